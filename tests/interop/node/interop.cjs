@@ -207,8 +207,11 @@ async function main() {
   });
 
   await check('FileRead of a missing file rejects (success=false)', async () => {
+    // success=false makes the SDK throw a plain CMDOPError carrying `error`; a gRPC
+    // status would surface as a subclass (NotFoundError, InvalidAPIKeyError, ...).
     const err = await expectReject(client.files.read(`${TEST_DIR}/does-not-exist.txt`),
-      (e) => e instanceof CMDOPError, 'missing file');
+      (e) => e instanceof CMDOPError && e.constructor === CMDOPError, 'missing file');
+    assert.ok(err.message && err.message !== 'Failed to read file', 'server sent no error text');
     return err.message;
   });
 

@@ -1,0 +1,62 @@
+//! `cmdop agent`: the machine agent.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+use cmdop_agent::AgentConfig;
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Control plane URL: http://host:port (plaintext) or https://host:port (TLS).
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "CMDOP_AGENT_SERVER")]
+    pub server: String,
+    /// One-time enrollment token (from `cmdop admin enroll-token`); only needed
+    /// on the first start, when the state file does not exist yet.
+    #[arg(long, env = "CMDOP_ENROLL_TOKEN")]
+    pub token: Option<String>,
+    /// Where the agent keeps its identity (created with mode 0600).
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+    /// PEM CA certificate to trust for https:// servers with a private CA.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Hostname to report instead of this machine's.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Shell for the interactive session (default: $SHELL, else bash, else sh).
+    #[arg(long)]
+    pub shell: Option<String>,
+    /// Serve only the official terminal path, not native Exec.
+    #[arg(long)]
+    pub no_native_exec: bool,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 25)]
+    pub heartbeat_secs: u64,
+}
+
+impl AgentArgs {
+    pub fn config(&self) -> AgentConfig {
+        AgentConfig {
+            server: self.server.clone(),
+            enrollment_token: self.token.clone(),
+            state_file: self
+                .state_file
+                .clone()
+                .unwrap_or_else(|| crate::data_dir::default_data_dir().join("agent.json")),
+            ca_cert: self.ca_cert.clone(),
+            hostname: self.hostname.clone(),
+            shell: self.shell.clone(),
+            native_exec: !self.no_native_exec,
+            heartbeat_interval: Duration::from_secs(self.heartbeat_secs.max(1)),
+            ..AgentConfig::default()
+        }
+    }
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    if let Some(dir) = config.state_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    cmdop_agent::run(config, crate::shutdown_signal()).await
+}

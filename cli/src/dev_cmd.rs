@@ -1,0 +1,98 @@
+//! `cmdop dev`: a throw-away control plane plus an agent for this machine,
+//! in one process, with a ready API key. For trying things out and for the
+//! README's demo; not for production.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use cmdop_controlplane::{store::Store, ServerConfig};
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Address for the control plane.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Once everything is up, write `CMDOP_API_KEY=…` and `CMDOP_SERVER=…`
+    /// lines (sourceable by sh) to this file.
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+    /// Serve only the official protocol (to try the fallback execute path).
+    #[arg(long)]
+    pub no_extensions: bool,
+    /// Hostname the agent reports.
+    #[arg(long)]
+    pub hostname: Option<String>,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("cmdop-dev-").tempdir().context("cannot create a temporary data dir")?;
+    let store = Store::open(dir.path())?;
+    let ws = store.create_workspace("dev")?;
+    let api_key = store.create_api_key(&ws.id, "dev")?;
+    let enroll = store.create_enrollment_token(&ws.id)?;
+    drop(store);
+
+    let (listener, local) = crate::server_cmd::bind(args.listen).await?;
+    let config = ServerConfig {
+        data_dir: dir.path().to_path_buf(),
+        extensions: !args.no_extensions,
+        ..ServerConfig::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(cmdop_controlplane::serve(listener, config, wait_for(stop_rx.clone())));
+
+    let agent_config = cmdop_agent::AgentConfig {
+        server: format!("http://{local}"),
+        enrollment_token: Some(enroll),
+        state_file: dir.path().join("agent.json"),
+        hostname: args.hostname.clone(),
+        ..cmdop_agent::AgentConfig::default()
+    };
+    let agent = tokio::spawn(cmdop_agent::run(agent_config, wait_for(stop_rx)));
+
+    wait_for_agent(local, &api_key).await?;
+
+    let env = format!("CMDOP_API_KEY={api_key}\nCMDOP_SERVER={local}\n");
+    println!("cmdop dev: control plane on {local} (plaintext, loopback), agent for this machine started");
+    println!("use it with:\n  export CMDOP_API_KEY={api_key} CMDOP_SERVER={local}");
+    if let Some(path) = &args.env_file {
+        crate::server_cmd::write_ready_file(path, &env)?;
+    }
+
+    tokio::select! {
+        _ = crate::shutdown_signal() => {}
+        res = server => { res.context("control plane task")?.context("control plane stopped")?; }
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), agent).await;
+    Ok(())
+}
+
+async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Waits until the agent shows up as a connected session, so that whoever
+/// reads the env file can select the machine right away.
+async fn wait_for_agent(server: SocketAddr, api_key: &str) -> anyhow::Result<()> {
+    use cmdop_proto::terminal::{terminal_streaming_service_client::TerminalStreamingServiceClient, ListSessionsRequest};
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {api_key}").parse()?;
+    loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{server}"))?.connect().await {
+            let mut client = TerminalStreamingServiceClient::new(channel);
+            let mut req = tonic::Request::new(ListSessionsRequest { status_filter: "connected".into(), limit: 1, ..Default::default() });
+            req.metadata_mut().insert("authorization", auth.clone());
+            if let Ok(resp) = client.list_sessions(req).await {
+                if !resp.into_inner().sessions.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("the agent did not connect within 20 s; run with --log-level debug to see why");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,186 @@
+//! Test harness: real `cmdop server` and `cmdop agent` processes on
+//! ephemeral loopback ports, each with its own temporary data dir. Every
+//! process is killed when its guard drops.
+
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use cmdop_proto::{
+    ext::{agent_link_client::AgentLinkClient, cmdop_client::CmdopClient},
+    terminal::{terminal_streaming_service_client::TerminalStreamingServiceClient, ListSessionsRequest},
+};
+use tonic::{metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel};
+
+pub fn cmdop_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cmdop")
+}
+
+/// A child process killed (SIGKILL) on drop.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Server {
+    pub proc: Proc,
+    pub addr: String,
+    pub data_dir: PathBuf,
+}
+
+pub fn admin(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(cmdop_bin())
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run cmdop admin");
+    assert!(out.status.success(), "cmdop admin {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+}
+
+/// Starts `cmdop server` on `listen` (use "127.0.0.1:0" for a fresh port).
+pub fn start_server(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
+    let ready = data_dir.join(format!("ready-{}", rand_suffix()));
+    let child = Command::new(cmdop_bin())
+        .args(["--log-level", "warn", "server", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(extra)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn cmdop server");
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&ready) {
+            let addr = s.trim().to_string();
+            let _ = std::fs::remove_file(&ready);
+            return Server { proc, addr, data_dir: data_dir.to_path_buf() };
+        }
+        assert!(Instant::now() < deadline, "cmdop server did not start within 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rand_suffix() -> String {
+    format!("{}-{:?}", std::process::id(), Instant::now())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect()
+}
+
+/// Starts `cmdop agent` against `addr` with its state in `state_file`.
+pub fn start_agent(addr: &str, token: Option<&str>, state_file: &Path, hostname: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(cmdop_bin());
+    cmd.args(["--log-level", "warn", "agent", "--server", &format!("http://{addr}"), "--hostname", hostname, "--state-file"])
+        .arg(state_file)
+        .args(extra)
+        .stdin(Stdio::null());
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    Proc(cmd.spawn().expect("spawn cmdop agent"))
+}
+
+/// One workspace with a key, on a running server.
+pub struct Workspace {
+    pub name: String,
+    pub api_key: String,
+}
+
+pub fn create_workspace(data_dir: &Path, name: &str) -> Workspace {
+    admin(data_dir, &["create-workspace", name]);
+    let api_key = admin(data_dir, &["create-key", "--workspace", name]);
+    assert!(api_key.starts_with("cmdop_"), "API keys start with cmdop_: {api_key}");
+    Workspace { name: name.to_string(), api_key }
+}
+
+pub fn enroll_token(data_dir: &Path, workspace: &str) -> String {
+    admin(data_dir, &["enroll-token", "--workspace", workspace])
+}
+
+pub type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+pub type Terminal = TerminalStreamingServiceClient<InterceptedService<Channel, Auth>>;
+pub type Ext = CmdopClient<InterceptedService<Channel, Auth>>;
+
+pub async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to control plane")
+}
+
+fn auth(key: Option<String>) -> Auth {
+    Box::new(move |mut req: tonic::Request<()>| {
+        if let Some(k) = &key {
+            let v: MetadataValue<_> = format!("Bearer {k}").parse().expect("ascii key");
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    })
+}
+
+pub async fn terminal(addr: &str, key: Option<&str>) -> Terminal {
+    TerminalStreamingServiceClient::with_interceptor(channel(addr).await, auth(key.map(str::to_string)))
+        .max_decoding_message_size(64 << 20)
+}
+
+pub async fn ext(addr: &str, key: Option<&str>) -> Ext {
+    CmdopClient::with_interceptor(channel(addr).await, auth(key.map(str::to_string))).max_decoding_message_size(64 << 20)
+}
+
+pub async fn agent_link(addr: &str) -> AgentLinkClient<Channel> {
+    AgentLinkClient::new(channel(addr).await)
+}
+
+/// Waits until `hostname` is listed as connected; returns its session id.
+pub async fn wait_connected(t: &mut Terminal, hostname: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = t
+            .list_sessions(ListSessionsRequest {
+                hostname_filter: hostname.into(),
+                status_filter: "connected".into(),
+                limit: 50,
+                offset: 0,
+            })
+            .await
+            .expect("ListSessions")
+            .into_inner();
+        if let Some(s) = resp.sessions.iter().find(|s| s.machine_hostname == hostname) {
+            return s.session_id.clone();
+        }
+        assert!(Instant::now() < deadline, "agent {hostname} did not connect within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// True while a process with this pid exists.
+pub fn pid_alive(pid: i32) -> bool {
+    // kill(pid, 0) through /proc, to avoid a libc dependency in tests.
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}

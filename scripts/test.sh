@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test suite: Rust unit and integration tests, the header
+# freshness check, the C tests (ASan + UBSan) against a real control plane
+# and agent, and the official Node SDK interop test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "build (debug)"
+cargo build --workspace --locked
+
+step "include/cmdop.h is up to date"
+if git rev-parse --git-dir >/dev/null 2>&1; then
+  git diff --exit-code -- include/cmdop.h || {
+    echo "include/cmdop.h changed when building: commit the regenerated header" >&2; exit 1; }
+fi
+
+step "Rust tests"
+cargo test --workspace --locked
+
+for suite in tests/c/run.sh tests/interop/node/run.sh; do
+  step "$suite"
+  "$suite"
+done
+
+printf '\nall test suites passed\n'
