@@ -9,6 +9,7 @@ fn main() {
     let fds = protox::compile(protos, ["."]).expect("proto files compile");
     tonic_prost_build::configure()
         .bytes(".")
+        .codec_path("crate::codec::StrictCodec")
         .compile_fds(fds)
         .expect("code generation");
 }

@@ -1,1 +1,64 @@
-//! placeholder
+//! The CMDOP machine agent.
+//!
+//! [`run`] enrolls the machine once (keeping its identity in a 0600 state
+//! file), then keeps a connection to the control plane alive forever:
+//!
+//! * the official `TerminalStreamingService/ConnectTerminal` stream carries a
+//!   real PTY shell ([`pty_session`]) and file operations ([`files`]);
+//! * next to it, `cmdop.ext.v1.AgentLink/Channel` carries native Exec
+//!   ([`exec`]) when the control plane offers it.
+//!
+//! Connection loss is never fatal: the agent reconnects with exponential
+//! backoff and jitter ([`backoff`]) and the shell keeps running meanwhile.
+
+pub mod backoff;
+pub mod config;
+pub mod connection;
+pub mod enroll;
+pub mod exec;
+pub mod exec_link;
+pub mod files;
+pub mod host_info;
+pub mod pty_session;
+pub mod state;
+pub mod transport;
+
+use std::future::Future;
+
+use anyhow::Context;
+
+pub use config::AgentConfig;
+
+/// Enrolls if needed, then connects and serves until `shutdown` resolves;
+/// reconnects forever with backoff.
+///
+/// Returns `Err` only for unrecoverable problems: no state file and no
+/// enrollment token, enrollment refused, state file unwritable, invalid
+/// server URL or CA file, or no PTY support on this machine.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let host = host_info::HostInfo::gather(config.hostname.as_deref());
+    tokio::pin!(shutdown);
+    let state = tokio::select! {
+        state = enroll::load_or_enroll(&config, &host.hostname) => state?,
+        () = &mut shutdown => return Ok(()),
+    };
+    let scratch_dir = config
+        .state_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    let spec =
+        pty_session::ShellSpec::choose(config.shell.as_deref(), &host.home_dir, Some(scratch_dir));
+    let pty =
+        pty_session::PtySession::start(spec).context("cannot start the agent's terminal shell")?;
+    let agent = connection::Agent {
+        config: &config,
+        state: &state,
+        host: &host,
+        pty: &pty,
+    };
+    agent.serve_forever(shutdown).await
+}

@@ -16,12 +16,13 @@ use tonic::Code;
 
 /// A server with workspace "alpha" and one connected agent.
 struct Stack {
-    dir: tempfile::TempDir,
+    // Fields drop in order: agent first, so it never logs a lost server.
+    agent: Proc,
     server: Server,
     ws: Workspace,
     host: String,
-    agent: Proc,
     session_id: String,
+    dir: tempfile::TempDir,
 }
 
 fn unique(prefix: &str) -> String {
@@ -39,7 +40,7 @@ async fn stack(server_flags: &[&str]) -> Stack {
     let agent = start_agent(&server.addr, Some(&token), &dir.path().join("agent.json"), &host, &["--heartbeat-secs", "1"]);
     let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
     let session_id = wait_connected(&mut t, &host).await;
-    Stack { dir, server, ws, host, agent, session_id }
+    Stack { agent, server, ws, host, session_id, dir }
 }
 
 async fn exec_collect(ext: &mut Ext, req: ExecRequest) -> Result<(Vec<u8>, Vec<u8>, cmdop_proto::ext::ExecExit), tonic::Status> {
@@ -253,6 +254,7 @@ async fn native_exec_streams_and_exit_codes() {
         env: [("GREETING".to_string(), "hi;".to_string())].into(),
         working_directory: "/tmp".into(),
         timeout_ms: 10_000,
+        ..Default::default()
     };
     let (out, _, x) = exec_collect(&mut e, req).await.unwrap();
     assert_eq!(x.exit_code, 0);

@@ -1,1 +1,111 @@
-//! placeholder
+//! The CMDOP control plane: a gRPC server that agents dial out to and SDK
+//! clients talk to.
+//!
+//! It serves the official `terminal.TerminalStreamingService`, libcmdop's
+//! `cmdop.ext.v1.Cmdop` (optional) and `cmdop.ext.v1.AgentLink`, keeps
+//! durable state (workspaces, keys, machines, tokens) in SQLite and live
+//! sessions in memory. [`serve`] runs it on a listener you bind.
+
+mod agent_link;
+mod auth;
+mod config;
+mod ext_service;
+mod files;
+pub mod limits;
+pub mod sessions;
+mod state;
+pub mod store;
+mod terminal_service;
+mod timestamps;
+mod tls;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use cmdop_proto::{
+    ext::{agent_link_server::AgentLinkServer, cmdop_server::CmdopServer},
+    terminal::terminal_streaming_service_server::TerminalStreamingServiceServer,
+};
+use tonic::transport::{server::TcpIncoming, Server};
+
+pub use config::{ServerConfig, TlsFiles};
+
+/// How long open streams get to finish after `shutdown` resolves before
+/// the server stops waiting for them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves on `listener` until `shutdown` resolves. Binds nothing itself.
+///
+/// On shutdown every agent session is closed (agents reconnect to the next
+/// instance), and open calls get [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = store::Store::open(&config.data_dir)?;
+    let state = Arc::new(state::State {
+        store,
+        sessions: sessions::Registry::new(config.output_buffer_bytes),
+        config: config.clone(),
+    });
+
+    let max = limits::MAX_MESSAGE_BYTES;
+    let terminal =
+        TerminalStreamingServiceServer::new(terminal_service::TerminalService::new(state.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+    let agent_link = AgentLinkServer::new(agent_link::AgentLinkService::new(state.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let cmdop = config.extensions.then(|| {
+        CmdopServer::new(ext_service::CmdopService::new(state.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+    });
+
+    // Clients ping every 25 s even when idle; hyper's HTTP/2 server does not
+    // police ping rates, so those are accepted. Our own pings detect dead peers.
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true);
+    if let Some(files) = &config.tls {
+        builder = builder
+            .tls_config(tls::server_tls_config(files)?)
+            .context("invalid TLS configuration")?;
+    }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let graceful = {
+        let mut rx = stop_rx.clone();
+        let state = state.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+            tracing::info!("shutting down; closing agent sessions");
+            state.sessions.close_all("control plane shutting down");
+        }
+    };
+    let server = builder
+        .add_service(terminal)
+        .add_service(agent_link)
+        .add_optional_service(cmdop)
+        .serve_with_incoming_shutdown(incoming, graceful);
+    let deadline = {
+        let mut rx = stop_rx;
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    tokio::select! {
+        res = server => res.context("gRPC server failed")?,
+        _ = deadline => tracing::warn!("streams still open after the shutdown grace period; stopping anyway"),
+    }
+    Ok(())
+}

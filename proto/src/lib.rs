@@ -3,6 +3,8 @@
 
 #![allow(clippy::all, missing_docs)]
 
+pub mod codec;
+
 pub mod terminal {
     tonic::include_proto!("terminal");
 }

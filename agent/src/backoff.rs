@@ -1,0 +1,95 @@
+//! Reconnect delays following gRPC's connection-backoff algorithm: start at
+//! `base`, multiply by 1.6 after each failed attempt up to `max`, and spread
+//! every delay by ±20 % jitter so a fleet of agents does not reconnect in
+//! lockstep after a control-plane restart.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// Growth factor between consecutive attempts.
+const MULTIPLIER: f64 = 1.6;
+/// Relative jitter applied to each delay (±20 %).
+const JITTER: f64 = 0.2;
+/// A connection that stayed up at least this long resets the backoff.
+pub const RESET_AFTER: Duration = Duration::from_secs(10);
+
+/// Exponential backoff state for one reconnect loop.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    /// Delay before jitter for the next attempt.
+    current: Duration,
+}
+
+impl Backoff {
+    /// A backoff starting at `base` and growing to at most `max`. A zero
+    /// `base` is raised to 1 ms so the loop can never spin.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        let base = base.max(Duration::from_millis(1));
+        let max = max.max(base);
+        Self {
+            base,
+            max,
+            current: base,
+        }
+    }
+
+    /// The delay to wait before the next attempt; advances the schedule.
+    pub fn next_delay(&mut self) -> Duration {
+        let unjittered = self.current;
+        let grown = unjittered.as_secs_f64() * MULTIPLIER;
+        self.current = Duration::from_secs_f64(grown.min(self.max.as_secs_f64()));
+        let factor = 1.0 + rand::rng().random_range(-JITTER..=JITTER);
+        Duration::from_secs_f64(unjittered.as_secs_f64() * factor)
+    }
+
+    /// Start over from `base` (after a connection that stayed up).
+    pub fn reset(&mut self) {
+        self.current = self.base;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn within(d: Duration, nominal: f64) -> bool {
+        let s = d.as_secs_f64();
+        s >= nominal * (1.0 - JITTER) - 1e-9 && s <= nominal * (1.0 + JITTER) + 1e-9
+    }
+
+    #[test]
+    fn grows_by_1_6_within_jitter_and_caps_at_max() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(120));
+        let mut nominal = 1.0_f64;
+        for _ in 0..40 {
+            let d = b.next_delay();
+            assert!(within(d, nominal), "{d:?} not within ±20% of {nominal}");
+            nominal = (nominal * MULTIPLIER).min(120.0);
+        }
+        // Far along the schedule every delay stays within the jittered cap.
+        for _ in 0..100 {
+            let d = b.next_delay();
+            assert!(d <= Duration::from_secs_f64(120.0 * 1.2 + 1e-6));
+            assert!(d >= Duration::from_secs_f64(120.0 * 0.8 - 1e-6));
+        }
+    }
+
+    #[test]
+    fn reset_starts_over() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        b.reset();
+        assert!(within(b.next_delay(), 0.1));
+    }
+
+    #[test]
+    fn zero_base_never_spins() {
+        let mut b = Backoff::new(Duration::ZERO, Duration::ZERO);
+        assert!(b.next_delay() >= Duration::from_micros(800));
+    }
+}

@@ -1,0 +1,54 @@
+//! Agent configuration, filled in by the CLI (`cmdop agent`, `cmdop dev`) or
+//! by tests.
+
+use std::{path::PathBuf, time::Duration};
+
+/// Everything [`crate::run`] needs to know. Start from [`AgentConfig::default`]
+/// and override what differs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Control plane URL: `http://host:port` (plaintext) or
+    /// `https://host:port` (TLS).
+    pub server: String,
+    /// One-time enrollment token (`cmdenr_…`). Needed only when
+    /// `state_file` does not exist yet.
+    pub enrollment_token: Option<String>,
+    /// Where the agent keeps its identity (JSON with `machine_id`,
+    /// `agent_secret` and `server`). Written atomically with mode 0600.
+    pub state_file: PathBuf,
+    /// PEM file with the CA certificate(s) to trust for `https://` servers
+    /// that use a private CA. System roots are trusted as well.
+    pub ca_cert: Option<PathBuf>,
+    /// Hostname to report instead of this machine's (tests run several
+    /// agents on one host).
+    pub hostname: Option<String>,
+    /// Shell for the interactive PTY session. Default: `$SHELL` when it is a
+    /// POSIX shell, else `/bin/bash`, else `/bin/sh`.
+    pub shell: Option<String>,
+    /// Open the `AgentLink.Channel` next to the terminal stream and serve
+    /// native Exec.
+    pub native_exec: bool,
+    /// Time between heartbeats on the terminal stream.
+    pub heartbeat_interval: Duration,
+    /// First reconnect delay (before jitter).
+    pub reconnect_base: Duration,
+    /// Largest reconnect delay (before jitter).
+    pub reconnect_max: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            server: "http://127.0.0.1:50051".to_owned(),
+            enrollment_token: None,
+            state_file: PathBuf::from("cmdop-agent.json"),
+            ca_cert: None,
+            hostname: None,
+            shell: None,
+            native_exec: true,
+            heartbeat_interval: Duration::from_secs(25),
+            reconnect_base: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(120),
+        }
+    }
+}

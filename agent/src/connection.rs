@@ -1,0 +1,401 @@
+//! One agent's life on the network: connect, register, serve the terminal
+//! stream (and the exec channel next to it), and reconnect with backoff and
+//! jitter forever when anything breaks.
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context;
+use cmdop_proto::terminal::{
+    agent_message, control_message,
+    terminal_streaming_service_client::TerminalStreamingServiceClient, AgentMessage,
+    ControlMessage, ErrorReport, FileOperationRequest, FileOperationResult, HeartbeatUpdate,
+    RegisterRequest, SessionStatus, StatusUpdate, TerminalOutput, TerminalSize,
+};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::{
+    backoff::{Backoff, RESET_AFTER},
+    config::AgentConfig,
+    enroll::error_chain,
+    exec_link::{self, LinkEnd},
+    files,
+    host_info::HostInfo,
+    pty_session::{PtySession, DEFAULT_COLS, DEFAULT_ROWS},
+    state::AgentState,
+    transport::{self, AuthedChannel, BearerAuth, MAX_MESSAGE},
+};
+
+/// Version string reported to the control plane.
+pub fn agent_version() -> String {
+    format!("cmdop-agent/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Capability advertised when native Exec is served.
+pub const EXEC_CAPABILITY: &str = "cmdop.exec.v1";
+/// Messages queued towards the control plane before senders wait.
+const OUTBOUND_QUEUE: usize = 128;
+/// How long the control plane may take to answer `register`.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// File operations running at once (each may hold up to 32 MiB).
+const MAX_CONCURRENT_FILE_OPS: usize = 4;
+
+/// Everything a connection needs, alive for the whole agent process.
+pub struct Agent<'a> {
+    pub config: &'a AgentConfig,
+    pub state: &'a AgentState,
+    pub host: &'a HostInfo,
+    pub pty: &'a PtySession,
+}
+
+/// Per-process state that survives reconnects.
+struct Session {
+    /// Chosen once per process (or adopted from the server) so SDK-cached
+    /// session ids survive reconnects.
+    id: String,
+    /// Sequence number of the next output chunk.
+    sequence: i64,
+}
+
+impl Agent<'_> {
+    /// Connects and serves until `shutdown` resolves, reconnecting forever.
+    /// Fails only on configuration errors (bad URL, unreadable CA file).
+    pub async fn serve_forever(&self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let endpoint = transport::endpoint(&self.config.server, self.config.ca_cert.as_deref())?;
+        let auth = BearerAuth::new(Some(&self.state.agent_secret))?;
+        let mut session = Session {
+            id: uuid::Uuid::new_v4().to_string(),
+            sequence: 0,
+        };
+        let mut backoff = Backoff::new(self.config.reconnect_base, self.config.reconnect_max);
+        tokio::pin!(shutdown);
+        for attempt in 1u64.. {
+            tracing::info!(attempt, server = %self.config.server, "connecting to the control plane");
+            let mut connected_at = None;
+            let ended = tokio::select! {
+                ended = self.run_connection(&endpoint, &auth, &mut session, &mut connected_at) => ended,
+                () = &mut shutdown => {
+                    tracing::info!("agent shutting down");
+                    return Ok(());
+                }
+            };
+            if connected_at.is_some_and(|t: Instant| t.elapsed() >= RESET_AFTER) {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            match ended {
+                Ok(why) => {
+                    tracing::warn!(reason = %why, retry_in = ?delay, "connection ended; reconnecting")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "connection failed; reconnecting")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = &mut shutdown => {
+                    tracing::info!("agent shutting down");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One connection: returns why it ended.
+    async fn run_connection(
+        &self,
+        endpoint: &tonic::transport::Endpoint,
+        auth: &BearerAuth,
+        session: &mut Session,
+        connected_at: &mut Option<Instant>,
+    ) -> anyhow::Result<String> {
+        let channel = endpoint.connect().await.map_err(|e| {
+            anyhow::anyhow!("cannot reach {}: {}", self.config.server, error_chain(&e))
+        })?;
+        let authed: AuthedChannel = InterceptedService::new(channel, auth.clone());
+        let mut client = TerminalStreamingServiceClient::new(authed.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+
+        let (tx, rx) = mpsc::channel::<AgentMessage>(OUTBOUND_QUEUE);
+        let out = Outbound {
+            tx,
+            session_id: session.id.clone(),
+        };
+        out.send(agent_message::Payload::Register(self.register_request()))
+            .await?;
+        let mut inbound = client
+            .connect_terminal(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| status_error("the control plane refused the terminal stream", &s))?
+            .into_inner();
+
+        // Wait for start_session; it may assign the session id.
+        let config = tokio::time::timeout(REGISTER_TIMEOUT, async {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(ControlMessage {
+                        payload: Some(control_message::Payload::StartSession(start)),
+                        ..
+                    })) => {
+                        return Ok(start.config.unwrap_or_default());
+                    }
+                    Ok(Some(other)) => {
+                        tracing::debug!(?other, "ignoring a message received before start_session")
+                    }
+                    Ok(None) => {
+                        anyhow::bail!("the control plane closed the stream before start_session")
+                    }
+                    Err(s) => return Err(status_error("registration failed", &s)),
+                }
+            }
+        })
+        .await
+        .context("the control plane did not answer register with start_session within 30 s")??;
+        if !config.session_id.is_empty() && config.session_id != session.id {
+            tracing::info!(session_id = %config.session_id, "adopting the session id assigned by the control plane");
+            session.id = config.session_id.clone();
+        }
+        let out = Outbound {
+            session_id: session.id.clone(),
+            ..out
+        };
+        if let Some(size) = &config.size {
+            self.apply_resize(size);
+        }
+        *connected_at = Some(Instant::now());
+        tracing::info!(session_id = %session.id, machine_id = %self.state.machine_id, "connected");
+
+        let exec = async {
+            if !self.config.native_exec {
+                return std::future::pending::<anyhow::Error>().await;
+            }
+            let home = self.host.home_dir.clone();
+            match exec_link::serve(authed.clone(), session.id.clone(), agent_version(), home).await
+            {
+                Ok(LinkEnd::Unsupported) => {
+                    tracing::info!(
+                        "control plane does not offer native exec; serving the terminal path only"
+                    );
+                    std::future::pending::<anyhow::Error>().await
+                }
+                Ok(LinkEnd::Closed) => anyhow::anyhow!("the control plane closed the exec channel"),
+                Err(s) => status_error("the exec channel failed", &s),
+            }
+        };
+        tokio::pin!(exec);
+
+        let period = self
+            .config
+            .heartbeat_interval
+            .max(Duration::from_millis(100));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shell_generation = self.pty.generation();
+        shell_generation.borrow_and_update();
+        let (file_tx, mut file_rx) = mpsc::channel::<FileOperationResult>(MAX_CONCURRENT_FILE_OPS);
+        let file_slots = Arc::new(Semaphore::new(MAX_CONCURRENT_FILE_OPS));
+
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(msg)) => {
+                        if let Some(why) = self.handle_control(msg, &out, &file_tx, &file_slots).await? {
+                            return Ok(why);
+                        }
+                    }
+                    Ok(None) => return Ok("the control plane closed the terminal stream".into()),
+                    Err(s) => return Err(status_error("the terminal stream failed", &s)),
+                },
+                chunk = self.pty.next_output() => {
+                    let seq = session.sequence;
+                    session.sequence += 1;
+                    out.send(agent_message::Payload::Output(TerminalOutput { data: chunk.into(), is_stderr: false, sequence: seq })).await?;
+                }
+                Some(result) = file_rx.recv() => {
+                    out.send(agent_message::Payload::FileOperationResult(result)).await?;
+                }
+                _ = heartbeat.tick() => {
+                    out.send(agent_message::Payload::Heartbeat(HeartbeatUpdate::default())).await?;
+                }
+                Ok(()) = shell_generation.changed() => {
+                    out.send(agent_message::Payload::Status(StatusUpdate {
+                        old_status: SessionStatus::Connected as i32,
+                        new_status: SessionStatus::Connected as i32,
+                        reason: "shell restarted".into(),
+                        working_directory: self.pty.working_directory().display().to_string(),
+                    })).await?;
+                }
+                err = &mut exec => return Err(err),
+            }
+        }
+    }
+
+    /// Acts on one control message. `Some(reason)` ends the connection.
+    async fn handle_control(
+        &self,
+        msg: ControlMessage,
+        out: &Outbound,
+        file_tx: &mpsc::Sender<FileOperationResult>,
+        file_slots: &Arc<Semaphore>,
+    ) -> anyhow::Result<Option<String>> {
+        use control_message::Payload as P;
+        match msg.payload {
+            Some(P::Input(input)) => self.pty.write_input(input.data.to_vec()).await,
+            Some(P::Resize(resize)) => {
+                if let Some(size) = resize.size {
+                    self.apply_resize(&size);
+                }
+            }
+            Some(P::Signal(sig)) => {
+                if let Err(e) = self.pty.signal(sig.signal) {
+                    tracing::warn!(signal = sig.signal, error = %format!("{e:#}"), "cannot deliver signal");
+                    out.send(agent_message::Payload::Error(ErrorReport {
+                        error_code: "SIGNAL_FAILED".into(),
+                        message: format!("{e:#}"),
+                        can_retry: true,
+                        ..Default::default()
+                    }))
+                    .await?;
+                }
+            }
+            Some(P::Ping(_)) => {
+                out.send(agent_message::Payload::Heartbeat(HeartbeatUpdate::default()))
+                    .await?
+            }
+            Some(P::CloseSession(close)) => {
+                return Ok(Some(format!(
+                    "the control plane closed the session ({})",
+                    close.reason
+                )));
+            }
+            Some(P::FileOperation(req)) => {
+                self.spawn_file_operation(req, file_tx, file_slots).await
+            }
+            Some(P::StartSession(_)) => tracing::debug!("ignoring a repeated start_session"),
+            Some(other) => tracing::debug!(?other, "ignoring an unsupported control message"),
+            None => tracing::debug!("ignoring an unknown control message"),
+        }
+        Ok(None)
+    }
+
+    /// Runs a file operation on the blocking pool; its result arrives on `file_tx`.
+    async fn spawn_file_operation(
+        &self,
+        req: FileOperationRequest,
+        file_tx: &mpsc::Sender<FileOperationResult>,
+        file_slots: &Arc<Semaphore>,
+    ) {
+        // Waiting for a slot holds up the stream a little: backpressure
+        // against a flood of large reads.
+        let Ok(permit) = Arc::clone(file_slots).acquire_owned().await else {
+            return;
+        };
+        let home: PathBuf = self.host.home_dir.clone();
+        let tx = file_tx.clone();
+        tokio::spawn(async move {
+            let request_id = req.request_id.clone();
+            let result = tokio::task::spawn_blocking(move || files::handle(req, &home))
+                .await
+                .unwrap_or_else(|e| FileOperationResult {
+                    request_id,
+                    success: false,
+                    error_code: "INTERNAL".into(),
+                    error_message: format!("the file operation crashed in the agent: {e}"),
+                    ..Default::default()
+                });
+            drop(permit);
+            let _ = tx.send(result).await;
+        });
+    }
+
+    fn apply_resize(&self, size: &TerminalSize) {
+        let rows = u16::try_from(size.rows).unwrap_or(0);
+        let cols = u16::try_from(size.cols).unwrap_or(0);
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        if let Err(e) = self.pty.resize(rows, cols) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot resize the terminal");
+        }
+    }
+
+    fn register_request(&self) -> RegisterRequest {
+        let h = self.host;
+        RegisterRequest {
+            version: agent_version(),
+            hostname: h.hostname.clone(),
+            platform: h.platform.clone(),
+            supported_shells: h.supported_shells.clone(),
+            initial_size: Some(TerminalSize {
+                rows: i32::from(DEFAULT_ROWS),
+                cols: i32::from(DEFAULT_COLS),
+                ..Default::default()
+            }),
+            architecture: h.architecture.clone(),
+            device_id: self.state.machine_id.clone(),
+            device_type: "desktop".into(),
+            has_shell: true,
+            username: h.username.clone(),
+            uid: h.uid,
+            is_root: h.is_root(),
+            home_dir: h.home_dir.display().to_string(),
+            os_version: h.os_version.clone(),
+            kernel_version: h.kernel_version.clone(),
+            cpu_count: h.cpu_count,
+            total_ram: h.total_ram,
+            agent_capabilities: if self.config.native_exec {
+                vec![EXEC_CAPABILITY.into()]
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// Sends `AgentMessage`s stamped with the session id and time.
+struct Outbound {
+    tx: mpsc::Sender<AgentMessage>,
+    session_id: String,
+}
+
+impl Outbound {
+    async fn send(&self, payload: agent_message::Payload) -> anyhow::Result<()> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let msg = AgentMessage {
+            session_id: self.session_id.clone(),
+            message_id: String::new(),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: now.as_secs() as i64,
+                nanos: now.subsec_nanos() as i32,
+            }),
+            payload: Some(payload),
+        };
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| anyhow::anyhow!("the terminal stream to the control plane is gone"))
+    }
+}
+
+/// Turns a gRPC status into an error that says what to do.
+fn status_error(context: &str, status: &tonic::Status) -> anyhow::Error {
+    let hint = match status.code() {
+        tonic::Code::Unauthenticated => {
+            "; the agent secret was rejected: if this machine was removed, delete the agent state file and enroll again with a new token"
+        }
+        tonic::Code::PermissionDenied => "; the agent is not allowed to do this",
+        _ => "",
+    };
+    anyhow::anyhow!("{context}: {:?}: {}{hint}", status.code(), status.message())
+}

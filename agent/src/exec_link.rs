@@ -1,0 +1,74 @@
+//! The `cmdop.ext.v1.AgentLink/Channel` stream: receives native Exec work
+//! and sends its output and results back. Every command still running when
+//! the stream ends is killed (its process group).
+
+use std::path::PathBuf;
+
+use cmdop_proto::ext::{
+    agent_downlink, agent_link_client::AgentLinkClient, agent_uplink, AgentHello, AgentUplink,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+use crate::{
+    exec::ExecRunner,
+    transport::{AuthedChannel, MAX_MESSAGE},
+};
+
+/// Uplink messages queued before command output waits (backpressure on
+/// the commands' pipes).
+const UPLINK_QUEUE: usize = 64;
+
+/// How the channel ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// The control plane does not offer AgentLink; serve only the official path.
+    Unsupported,
+    /// The control plane closed the stream.
+    Closed,
+}
+
+/// Opens the channel, says hello and serves Exec until the stream ends.
+pub async fn serve(
+    channel: AuthedChannel,
+    session_id: String,
+    agent_version: String,
+    home: PathBuf,
+) -> Result<LinkEnd, tonic::Status> {
+    let mut client = AgentLinkClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let (tx, rx) = mpsc::channel(UPLINK_QUEUE);
+    let hello = AgentUplink {
+        msg: Some(agent_uplink::Msg::Hello(AgentHello {
+            session_id,
+            agent_version,
+        })),
+    };
+    // The receiver is alive right here; the send cannot fail.
+    let _ = tx.send(hello).await;
+    let mut downlink = match client.channel(ReceiverStream::new(rx)).await {
+        Ok(resp) => resp.into_inner(),
+        Err(status) if status.code() == Code::Unimplemented => return Ok(LinkEnd::Unsupported),
+        Err(status) => return Err(status),
+    };
+    tracing::info!("native exec channel open");
+    let runner = ExecRunner::new(home, tx);
+    loop {
+        match downlink.message().await {
+            Ok(Some(msg)) => match msg.msg {
+                Some(agent_downlink::Msg::Start(start)) => runner.start(start),
+                Some(agent_downlink::Msg::Cancel(cancel)) => {
+                    tracing::debug!(exec_id = %cancel.exec_id, "exec cancel");
+                    runner.cancel(&cancel.exec_id);
+                }
+                None => tracing::debug!("ignoring an unknown downlink message"),
+            },
+            Ok(None) => return Ok(LinkEnd::Closed),
+            Err(status) if status.code() == Code::Unimplemented => return Ok(LinkEnd::Unsupported),
+            Err(status) => return Err(status),
+        }
+    }
+    // `runner` drops here on every path and kills what is still running.
+}

@@ -1,0 +1,121 @@
+//! Who is calling: client credentials (API key or access token) and agent
+//! secrets, read from the `authorization: Bearer …` header. Error texts
+//! are part of the contract with clients.
+
+use tonic::{metadata::MetadataMap, Status};
+
+use crate::{
+    limits,
+    store::{secrets, AccessCheck, MachineRow, Store, Workspace},
+};
+
+/// Response metadata key telling clients why authentication failed.
+pub const AUTH_ERROR_HEADER: &str = "x-cmdop-auth-error";
+
+/// The bearer credential of a request, if any. A bare token without the
+/// `Bearer` scheme is accepted too.
+pub fn bearer(meta: &MetadataMap) -> Option<&str> {
+    let value = meta.get("authorization")?.to_str().ok()?.trim();
+    let token = match value.split_once(char::is_whitespace) {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ if value.eq_ignore_ascii_case("bearer") => "",
+        _ => value,
+    };
+    (!token.is_empty()).then_some(token)
+}
+
+/// Maps a store failure to INTERNAL, logging the cause (never the credential).
+pub fn internal(err: anyhow::Error) -> Status {
+    tracing::error!(error = %format!("{err:#}"), "state database error");
+    Status::internal("the control plane could not read its state; check the server log")
+}
+
+fn missing_key() -> Status {
+    Status::unauthenticated("missing API key: pass one or set CMDOP_API_KEY")
+}
+
+fn invalid_key() -> Status {
+    Status::unauthenticated(
+        "API key is invalid or revoked; create a new one with `cmdop admin create-key`",
+    )
+}
+
+/// The workspace of the client calling with an API key or access token.
+pub fn authenticate_client(store: &Store, meta: &MetadataMap) -> Result<Workspace, Status> {
+    let token = bearer(meta).ok_or_else(missing_key)?;
+    if token.len() > limits::MAX_CREDENTIAL_BYTES {
+        return Err(invalid_key());
+    }
+    if token.starts_with(secrets::ACCESS_TOKEN_PREFIX) {
+        return match store.authenticate_access_token(token).map_err(internal)? {
+            AccessCheck::Valid(ws) => Ok(ws),
+            AccessCheck::Expired => {
+                let mut status = Status::unauthenticated(
+                    "access token expired; refresh it with RefreshToken or sign in again",
+                );
+                status.metadata_mut().insert(
+                    AUTH_ERROR_HEADER,
+                    tonic::metadata::MetadataValue::from_static("expired"),
+                );
+                Err(status)
+            }
+            AccessCheck::Invalid => Err(Status::unauthenticated(
+                "access token is invalid or revoked; issue a new one with your API key",
+            )),
+        };
+    }
+    store
+        .authenticate_api_key(token)
+        .map_err(internal)?
+        .ok_or_else(invalid_key)
+}
+
+/// The machine of the agent calling with its secret.
+pub fn authenticate_agent(store: &Store, meta: &MetadataMap) -> Result<MachineRow, Status> {
+    let secret = bearer(meta).ok_or_else(|| {
+        Status::unauthenticated(
+            "missing agent secret; enroll the agent with an enrollment token first",
+        )
+    })?;
+    if secret.len() > limits::MAX_CREDENTIAL_BYTES
+        || !secret.starts_with(secrets::AGENT_SECRET_PREFIX)
+    {
+        return Err(unknown_agent());
+    }
+    store
+        .machine_by_secret(secret)
+        .map_err(internal)?
+        .ok_or_else(unknown_agent)
+}
+
+fn unknown_agent() -> Status {
+    Status::unauthenticated(
+        "agent secret is invalid; enroll again with a new token from `cmdop admin enroll-token`",
+    )
+}
+
+/// True when the request's credential looks like an agent secret.
+pub fn is_agent_credential(meta: &MetadataMap) -> bool {
+    bearer(meta).is_some_and(|t| t.starts_with(secrets::AGENT_SECRET_PREFIX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(value: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert("authorization", value.parse().expect("ascii header"));
+        m
+    }
+
+    #[test]
+    fn bearer_reads_the_token() {
+        assert_eq!(bearer(&meta("Bearer cmdop_abc")), Some("cmdop_abc"));
+        assert_eq!(bearer(&meta("bearer  cmdat_x ")), Some("cmdat_x"));
+        assert_eq!(bearer(&meta("Bearer ")), None);
+        assert_eq!(bearer(&MetadataMap::new()), None);
+        assert!(is_agent_credential(&meta("Bearer cmdag_secret")));
+        assert!(!is_agent_credential(&meta("Bearer cmdop_key")));
+    }
+}

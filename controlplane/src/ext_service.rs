@@ -1,0 +1,401 @@
+//! `cmdop.ext.v1.Cmdop`: libcmdop's client-side extensions (server info,
+//! machine lookup by id, native exec, access/refresh tokens).
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use cmdop_proto::ext::{
+    cmdop_server::Cmdop, exec_event, ExecEvent, ExecExit, ExecRequest, ExecStart, ExecStarted,
+    IssueTokenRequest, Machine, RefreshTokenRequest, ResolveMachineRequest, ResolveMachineResponse,
+    ServerInfoRequest, ServerInfoResponse, TokenPair,
+};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    auth, limits,
+    sessions::{
+        hostname::{match_hostname, HostnameMatch},
+        ExecLink, ExecUpdate, Session,
+    },
+    state::{SharedState, State},
+    store::{now_ms, secrets, unix_ms, RefreshOutcome, Workspace},
+};
+
+/// Capabilities advertised by ServerInfo.
+pub const CAPABILITIES: [&str; 3] = ["exec.v1", "machine-id.v1", "tokens.v1"];
+
+/// Response stream of Exec.
+pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, Status>> + Send + 'static>>;
+
+/// The service implementation.
+pub struct CmdopService {
+    state: SharedState,
+}
+
+impl CmdopService {
+    pub fn new(state: SharedState) -> Self {
+        CmdopService { state }
+    }
+
+    fn client<T>(&self, req: &Request<T>) -> Result<Workspace, Status> {
+        auth::authenticate_client(&self.state.store, req.metadata())
+    }
+}
+
+/// A machine as reported to clients, with its current session if any.
+type MachineWithSession = (Machine, Option<Arc<Session>>);
+
+/// Every machine of a workspace with its current session, if any.
+fn machines(state: &State, ws: &Workspace) -> Result<Vec<MachineWithSession>, Status> {
+    let rows = state.store.list_machines(&ws.id).map_err(auth::internal)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let session = state.sessions.by_machine(&ws.id, &row.machine_id);
+            let machine = match &session {
+                Some(s) => Machine {
+                    machine_id: row.machine_id,
+                    hostname: s.info.hostname.clone(),
+                    session_id: if s.is_live() {
+                        s.id.clone()
+                    } else {
+                        String::new()
+                    },
+                    status: s.status_text().to_string(),
+                    os: s.info.os.clone(),
+                    shell: s.info.shell.clone(),
+                    agent_version: s.info.version.clone(),
+                    connected_at_unix_ms: unix_ms(s.connected_at),
+                    last_seen_unix_ms: s.last_activity_ms(),
+                    native_exec: s.is_live() && s.exec_link().is_some(),
+                },
+                None => Machine {
+                    machine_id: row.machine_id,
+                    hostname: row.hostname,
+                    status: "disconnected".into(),
+                    last_seen_unix_ms: row.last_seen_unix_ms,
+                    ..Default::default()
+                },
+            };
+            (machine, session)
+        })
+        .collect())
+}
+
+fn token_pair(p: crate::store::TokenPair) -> TokenPair {
+    TokenPair {
+        access_token: p.access_token,
+        refresh_token: p.refresh_token,
+        access_expires_unix_ms: p.access_expires_unix_ms,
+        refresh_expires_unix_ms: p.refresh_expires_unix_ms,
+    }
+}
+
+fn access_ttl(seconds: u32) -> Duration {
+    if seconds == 0 {
+        limits::DEFAULT_ACCESS_TTL
+    } else {
+        Duration::from_secs(u64::from(seconds)).min(limits::MAX_ACCESS_TTL)
+    }
+}
+
+fn validate_exec(req: &ExecRequest) -> Result<(), Status> {
+    limits::check_len("command", req.command.len(), limits::MAX_COMMAND_BYTES)?;
+    limits::check_len("stdin", req.stdin.len(), limits::MAX_EXEC_STDIN_BYTES)?;
+    limits::check_len(
+        "working_directory",
+        req.working_directory.len(),
+        limits::MAX_PATH_BYTES,
+    )?;
+    limits::check_len(
+        "session_id",
+        req.session_id.len(),
+        limits::MAX_SESSION_ID_BYTES,
+    )?;
+    limits::check_len(
+        "machine_id",
+        req.machine_id.len(),
+        limits::MAX_SESSION_ID_BYTES,
+    )?;
+    if req.command.trim().is_empty() {
+        return Err(Status::invalid_argument("command is empty"));
+    }
+    if req.env.len() > limits::MAX_EXEC_ENV_ENTRIES {
+        return Err(Status::invalid_argument(format!(
+            "{} environment variables given; the limit is {}",
+            req.env.len(),
+            limits::MAX_EXEC_ENV_ENTRIES
+        )));
+    }
+    for (k, v) in &req.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(Status::invalid_argument(format!(
+                "invalid environment variable name or value for '{k}'"
+            )));
+        }
+        limits::check_len(
+            "environment variable",
+            k.len() + v.len(),
+            limits::MAX_EXEC_ENV_ENTRY_BYTES,
+        )?;
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Cmdop for CmdopService {
+    async fn server_info(
+        &self,
+        request: Request<ServerInfoRequest>,
+    ) -> Result<Response<ServerInfoResponse>, Status> {
+        let ws = self.client(&request)?;
+        Ok(Response::new(ServerInfoResponse {
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            workspace_name: ws.name,
+            server_time_unix_ms: now_ms(),
+        }))
+    }
+
+    async fn resolve_machine(
+        &self,
+        request: Request<ResolveMachineRequest>,
+    ) -> Result<Response<ResolveMachineResponse>, Status> {
+        let ws = self.client(&request)?;
+        let req = request.into_inner();
+        limits::check_len("hostname", req.hostname.len(), limits::MAX_HOSTNAME_BYTES)?;
+        let all = machines(&self.state, &ws)?;
+        let answer = if !req.machine_id.is_empty() {
+            let found = all
+                .into_iter()
+                .map(|(m, _)| m)
+                .find(|m| m.machine_id == req.machine_id);
+            ResolveMachineResponse {
+                found: found.is_some(),
+                machine: found,
+                ..Default::default()
+            }
+        } else {
+            let candidates = all
+                .into_iter()
+                .map(|(m, s)| {
+                    // Connected machines rank above any offline one.
+                    let rank = if s.as_ref().is_some_and(|s| s.is_live()) {
+                        i64::MAX / 2
+                    } else {
+                        0
+                    };
+                    (
+                        m.hostname.clone(),
+                        rank.saturating_add(m.last_seen_unix_ms),
+                        m,
+                    )
+                })
+                .collect();
+            match match_hostname(&req.hostname, req.partial_match, candidates) {
+                HostnameMatch::One(m) => ResolveMachineResponse {
+                    found: true,
+                    machine: Some(m),
+                    ..Default::default()
+                },
+                HostnameMatch::Ambiguous(matches) => ResolveMachineResponse {
+                    ambiguous: true,
+                    matches,
+                    ..Default::default()
+                },
+                HostnameMatch::None => ResolveMachineResponse::default(),
+            }
+        };
+        Ok(Response::new(answer))
+    }
+
+    type ExecStream = ExecStream;
+
+    async fn exec(
+        &self,
+        request: Request<ExecRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let ws = self.client(&request)?;
+        let req = request.into_inner();
+        validate_exec(&req)?;
+        let session = if !req.session_id.is_empty() {
+            self.state
+                .sessions
+                .get(&ws.id, &req.session_id)
+                .ok_or_else(|| {
+                    Status::not_found(format!("session '{}' not found", req.session_id))
+                })?
+        } else if !req.machine_id.is_empty() {
+            match self.state.sessions.by_machine(&ws.id, &req.machine_id) {
+                Some(s) => s,
+                None => {
+                    let known = self
+                        .state
+                        .store
+                        .list_machines(&ws.id)
+                        .map_err(auth::internal)?;
+                    return Err(match known.iter().find(|m| m.machine_id == req.machine_id) {
+                        Some(m) => Status::unavailable(format!(
+                            "machine {} is offline; it will show as connected again when its agent reconnects",
+                            m.hostname
+                        )),
+                        None => Status::not_found(format!("machine '{}' not found", req.machine_id)),
+                    });
+                }
+            }
+        } else {
+            return Err(Status::invalid_argument(
+                "pass machine_id or session_id to choose the machine",
+            ));
+        };
+        if !session.is_live() {
+            return Err(session.offline_status());
+        }
+        let link = session.exec_link().ok_or_else(|| {
+            Status::unimplemented(format!(
+                "agent on {} does not support native exec; use the terminal (SendInput/GetOutput) path",
+                session.info.hostname
+            ))
+        })?;
+        let exec_id = format!("exec_{}", uuid::Uuid::new_v4().simple());
+        let updates = link
+            .start(ExecStart {
+                exec_id: exec_id.clone(),
+                command: req.command,
+                stdin: req.stdin,
+                env: req.env,
+                working_directory: req.working_directory,
+                timeout_ms: req.timeout_ms,
+            })
+            .await?;
+        tracing::info!(session = %session.id, %exec_id, "exec started");
+        let (tx, rx) = mpsc::channel(limits::EXEC_EVENT_QUEUE);
+        let started = ExecEvent {
+            event: Some(exec_event::Event::Started(ExecStarted {
+                exec_id: exec_id.clone(),
+                pid: 0,
+            })),
+        };
+        let _ = tx.try_send(Ok(started));
+        tokio::spawn(relay(session, link, exec_id, updates, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn issue_token(
+        &self,
+        request: Request<IssueTokenRequest>,
+    ) -> Result<Response<TokenPair>, Status> {
+        let key = auth::bearer(request.metadata())
+            .ok_or_else(|| {
+                Status::unauthenticated("missing API key: pass one or set CMDOP_API_KEY")
+            })?
+            .to_string();
+        if !key.starts_with(secrets::API_KEY_PREFIX) || key.len() > limits::MAX_CREDENTIAL_BYTES {
+            return Err(Status::unauthenticated(
+                "IssueToken needs an API key (cmdop_…), not a token",
+            ));
+        }
+        let ttl = access_ttl(request.get_ref().access_ttl_seconds);
+        let pair = self
+            .state
+            .store
+            .issue_tokens(&key, ttl)
+            .map_err(auth::internal)?
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "API key is invalid or revoked; create a new one with `cmdop admin create-key`",
+                )
+            })?;
+        Ok(Response::new(token_pair(pair)))
+    }
+
+    async fn refresh_token(
+        &self,
+        request: Request<RefreshTokenRequest>,
+    ) -> Result<Response<TokenPair>, Status> {
+        let token = request.into_inner().refresh_token;
+        let invalid = || {
+            Status::unauthenticated(
+                "refresh token is invalid or revoked — sign in again with your API key",
+            )
+        };
+        if token.len() > limits::MAX_CREDENTIAL_BYTES
+            || !token.starts_with(secrets::REFRESH_TOKEN_PREFIX)
+        {
+            return Err(invalid());
+        }
+        match self
+            .state
+            .store
+            .refresh_tokens(&token, limits::DEFAULT_ACCESS_TTL)
+            .map_err(auth::internal)?
+        {
+            RefreshOutcome::Rotated(pair) => Ok(Response::new(token_pair(pair))),
+            RefreshOutcome::ReuseDetected => {
+                tracing::warn!("refresh token reused; token family revoked");
+                Err(Status::unauthenticated(
+                    "refresh token reuse detected; the token family is revoked — sign in again",
+                ))
+            }
+            RefreshOutcome::Expired => Err(Status::unauthenticated(
+                "refresh token expired — sign in again with your API key",
+            )),
+            RefreshOutcome::Invalid => Err(invalid()),
+        }
+    }
+}
+
+/// Forwards one exec's events from the agent to the client. Cancels the
+/// remote process if the client goes away; fails with UNAVAILABLE if the
+/// agent does.
+async fn relay(
+    session: Arc<Session>,
+    link: Arc<ExecLink>,
+    exec_id: String,
+    mut updates: mpsc::Receiver<ExecUpdate>,
+    tx: mpsc::Sender<Result<ExecEvent, Status>>,
+) {
+    loop {
+        let update = tokio::select! {
+            update = updates.recv() => update,
+            _ = tx.closed() => {
+                tracing::info!(%exec_id, "exec client went away; cancelling");
+                link.cancel(&exec_id);
+                return;
+            }
+        };
+        let event = match update {
+            Some(ExecUpdate::Output {
+                data,
+                is_stderr: false,
+            }) => exec_event::Event::Stdout(data),
+            Some(ExecUpdate::Output {
+                data,
+                is_stderr: true,
+            }) => exec_event::Event::Stderr(data),
+            Some(ExecUpdate::Finished(finished)) => {
+                let exit = finished.exit.unwrap_or(ExecExit {
+                    exit_code: -1,
+                    ..Default::default()
+                });
+                tracing::info!(%exec_id, exit_code = exit.exit_code, signal = exit.signal, timed_out = exit.timed_out, "exec finished");
+                let _ = tx
+                    .send(Ok(ExecEvent {
+                        event: Some(exec_event::Event::Exit(exit)),
+                    }))
+                    .await;
+                return;
+            }
+            None => {
+                let _ = tx.send(Err(session.disconnected_status())).await;
+                return;
+            }
+        };
+        if tx.send(Ok(ExecEvent { event: Some(event) })).await.is_err() {
+            link.cancel(&exec_id);
+            return;
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! An agent's `AgentLink.Channel`: the downlink for native exec work and
+//! the routing of its uplink events back to the waiting `Exec` calls.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use cmdop_proto::ext::{agent_downlink, AgentDownlink, ExecCancel, ExecFinished, ExecStart};
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::limits;
+
+/// What the agent reports about one exec.
+#[derive(Debug)]
+pub enum ExecUpdate {
+    Output { data: bytes::Bytes, is_stderr: bool },
+    Finished(ExecFinished),
+}
+
+/// Sender half of an agent's Channel response stream.
+pub type DownlinkSender = mpsc::Sender<Result<AgentDownlink, Status>>;
+
+/// One open Channel of one agent.
+pub struct ExecLink {
+    downlink: DownlinkSender,
+    pending: Mutex<HashMap<String, mpsc::Sender<ExecUpdate>>>,
+    alive: watch::Sender<bool>,
+}
+
+impl ExecLink {
+    pub fn new(downlink: DownlinkSender) -> Arc<Self> {
+        Arc::new(ExecLink {
+            downlink,
+            pending: Mutex::new(HashMap::new()),
+            alive: watch::Sender::new(true),
+        })
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<ExecUpdate>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `start` to the agent; events for it arrive on the returned receiver,
+    /// which ends without a `Finished` if the link breaks.
+    pub async fn start(&self, start: ExecStart) -> Result<mpsc::Receiver<ExecUpdate>, Status> {
+        let (tx, rx) = mpsc::channel(limits::EXEC_EVENT_QUEUE);
+        {
+            let mut pending = self.pending();
+            if !self.is_alive() {
+                return Err(link_gone());
+            }
+            if pending.len() >= limits::MAX_PENDING_EXECS {
+                return Err(Status::resource_exhausted(format!(
+                    "the agent already runs {} exec calls; wait for some to finish",
+                    limits::MAX_PENDING_EXECS
+                )));
+            }
+            pending.insert(start.exec_id.clone(), tx);
+        }
+        let exec_id = start.exec_id.clone();
+        let msg = AgentDownlink {
+            msg: Some(agent_downlink::Msg::Start(start)),
+        };
+        if self.downlink.send(Ok(msg)).await.is_err() {
+            self.pending().remove(&exec_id);
+            return Err(link_gone());
+        }
+        Ok(rx)
+    }
+
+    /// Asks the agent to kill an exec and forgets it.
+    pub fn cancel(&self, exec_id: &str) {
+        self.pending().remove(exec_id);
+        let msg = AgentDownlink {
+            msg: Some(agent_downlink::Msg::Cancel(ExecCancel {
+                exec_id: exec_id.to_string(),
+            })),
+        };
+        // If the queue is full the agent is not reading; it kills every exec
+        // when its Channel breaks, so a lost cancel cannot leak a process for long.
+        let _ = self.downlink.try_send(Ok(msg));
+    }
+
+    /// Routes an uplink event to its Exec call, waiting while that call's
+    /// queue is full (backpressure towards the agent). Unknown ids are dropped.
+    pub async fn deliver(&self, exec_id: &str, update: ExecUpdate) {
+        let finished = matches!(update, ExecUpdate::Finished(_));
+        let tx = if finished {
+            self.pending().remove(exec_id)
+        } else {
+            self.pending().get(exec_id).cloned()
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(update).await;
+        }
+    }
+
+    /// True until [`ExecLink::close`].
+    pub fn is_alive(&self) -> bool {
+        *self.alive.borrow()
+    }
+
+    /// Resolves once the link is closed.
+    pub async fn closed(&self) {
+        let mut rx = self.alive.subscribe();
+        let _ = rx.wait_for(|alive| !*alive).await;
+    }
+
+    /// Marks the link dead and ends every Exec call waiting on it.
+    pub fn close(&self) {
+        self.alive.send_replace(false);
+        self.pending().clear();
+    }
+}
+
+fn link_gone() -> Status {
+    Status::unavailable("the agent's exec channel closed; retry once the agent reconnects")
+}

@@ -1,0 +1,214 @@
+//! All sessions this process knows: live ones and, for a while, ended ones
+//! (so they list as "disconnected" and their output stays readable).
+//! At most one session per machine.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use super::{
+    history::History,
+    ring::OutputRing,
+    session::{AgentInfo, Carried, ControlSender, Session},
+};
+use crate::{limits, store::now_ms};
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, Arc<Session>>,
+    /// machine_id → id of its current (live or last) session.
+    by_machine: HashMap<String, String>,
+}
+
+/// The in-memory session table.
+pub struct Registry {
+    inner: Mutex<Inner>,
+    output_capacity: usize,
+}
+
+impl Registry {
+    /// An empty registry whose sessions buffer up to `output_capacity` bytes each.
+    pub fn new(output_capacity: usize) -> Self {
+        Registry {
+            inner: Mutex::new(Inner::default()),
+            output_capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new agent connection of `machine_id`, replacing (and
+    /// closing) its previous one. The agent's `requested_id` is kept when
+    /// usable (non-empty, sane, not another machine's); otherwise a UUID is
+    /// assigned. Reusing the previous id carries output and history over.
+    pub fn register(
+        &self,
+        workspace_id: &str,
+        machine_id: &str,
+        requested_id: &str,
+        info: AgentInfo,
+        control: ControlSender,
+    ) -> Arc<Session> {
+        let mut inner = self.lock();
+        Self::prune(&mut inner);
+        let previous = inner
+            .by_machine
+            .get(machine_id)
+            .and_then(|sid| inner.by_id.get(sid))
+            .cloned();
+        let usable = !requested_id.is_empty()
+            && requested_id.len() <= limits::MAX_SESSION_ID_BYTES
+            && requested_id.bytes().all(|b| b.is_ascii_graphic())
+            && inner
+                .by_id
+                .get(requested_id)
+                .is_none_or(|s| s.machine_id == machine_id);
+        let id = if usable {
+            requested_id.to_string()
+        } else {
+            uuid::Uuid::new_v4().to_string()
+        };
+
+        let mut carried = None;
+        if let Some(prev) = previous {
+            prev.mark_closed("replaced by a new connection of the same machine");
+            if prev.id == id {
+                carried = Some(prev.carried());
+            } else {
+                inner.by_id.remove(&prev.id);
+            }
+        }
+        let carried = carried.unwrap_or_else(|| Carried {
+            output: Arc::new(Mutex::new(OutputRing::new(self.output_capacity))),
+            history: Arc::new(Mutex::new(History::default())),
+        });
+        let session = Arc::new(Session::new(
+            id.clone(),
+            workspace_id.to_string(),
+            machine_id.to_string(),
+            info,
+            control,
+            carried,
+        ));
+        inner.by_id.insert(id.clone(), session.clone());
+        inner.by_machine.insert(machine_id.to_string(), id);
+        session
+    }
+
+    /// Drops ended sessions older than the retention period.
+    fn prune(inner: &mut Inner) {
+        let cutoff = now_ms()
+            - i64::try_from(limits::DISCONNECTED_SESSION_RETENTION.as_millis()).unwrap_or(i64::MAX);
+        let expired: Vec<(String, String)> = inner
+            .by_id
+            .values()
+            .filter(|s| !s.is_live() && s.last_activity_ms() < cutoff)
+            .map(|s| (s.id.clone(), s.machine_id.clone()))
+            .collect();
+        for (sid, machine) in expired {
+            inner.by_id.remove(&sid);
+            if inner.by_machine.get(&machine) == Some(&sid) {
+                inner.by_machine.remove(&machine);
+            }
+        }
+    }
+
+    /// A session of `workspace_id`; another workspace's session is as absent as a missing one.
+    pub fn get(&self, workspace_id: &str, session_id: &str) -> Option<Arc<Session>> {
+        self.lock()
+            .by_id
+            .get(session_id)
+            .filter(|s| s.workspace_id == workspace_id)
+            .cloned()
+    }
+
+    /// The current (live or last) session of a machine.
+    pub fn by_machine(&self, workspace_id: &str, machine_id: &str) -> Option<Arc<Session>> {
+        let inner = self.lock();
+        inner
+            .by_machine
+            .get(machine_id)
+            .and_then(|sid| inner.by_id.get(sid))
+            .filter(|s| s.workspace_id == workspace_id)
+            .cloned()
+    }
+
+    /// Closes every live session (server shutdown).
+    pub fn close_all(&self, reason: &str) {
+        let sessions: Vec<_> = self.lock().by_id.values().cloned().collect();
+        for s in sessions {
+            s.mark_closed(reason);
+        }
+    }
+
+    /// Every session of a workspace, most recently active first.
+    pub fn list(&self, workspace_id: &str) -> Vec<Arc<Session>> {
+        let mut inner = self.lock();
+        Self::prune(&mut inner);
+        let mut out: Vec<_> = inner
+            .by_id
+            .values()
+            .filter(|s| s.workspace_id == workspace_id)
+            .cloned()
+            .collect();
+        drop(inner);
+        out.sort_by(|a, b| {
+            b.last_activity_ms()
+                .cmp(&a.last_activity_ms())
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    fn info(host: &str) -> AgentInfo {
+        AgentInfo {
+            hostname: host.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reconnect_with_same_id_keeps_output_and_closes_the_old_connection() {
+        let reg = Registry::new(1024);
+        let (tx, _rx) = mpsc::channel(4);
+        let first = reg.register("ws", "m1", "sid-1", info("a"), tx.clone());
+        first.record_output(b"before");
+        let second = reg.register("ws", "m1", "sid-1", info("a"), tx);
+        assert!(!first.is_live());
+        assert!(second.is_live());
+        assert_eq!(second.read_output(0, 0).data, b"before");
+        assert_eq!(reg.list("ws").len(), 1);
+    }
+
+    #[test]
+    fn foreign_or_empty_ids_are_replaced() {
+        let reg = Registry::new(1024);
+        let (tx, _rx) = mpsc::channel(4);
+        let a = reg.register("ws", "m1", "taken", info("a"), tx.clone());
+        let b = reg.register("ws", "m2", "taken", info("b"), tx.clone());
+        assert_eq!(a.id, "taken");
+        assert_ne!(b.id, "taken");
+        let c = reg.register("ws", "m3", "", info("c"), tx);
+        assert_eq!(c.id.len(), 36);
+    }
+
+    #[test]
+    fn workspaces_do_not_see_each_other() {
+        let reg = Registry::new(1024);
+        let (tx, _rx) = mpsc::channel(4);
+        let a = reg.register("ws1", "m1", "s1", info("a"), tx);
+        assert!(reg.get("ws1", &a.id).is_some());
+        assert!(reg.get("ws2", &a.id).is_none());
+        assert!(reg.by_machine("ws2", "m1").is_none());
+        assert!(reg.list("ws2").is_empty());
+    }
+}

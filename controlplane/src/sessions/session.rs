@@ -1,0 +1,361 @@
+//! One agent connection: its identity, output, pending file operations,
+//! attach subscribers and (optionally) its native exec link.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicI64, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, SystemTime},
+};
+
+use cmdop_proto::terminal::{
+    control_message, ControlMessage, FileOperationResult, RegisterRequest, TerminalSize,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::Status;
+
+use super::{exec_link::ExecLink, history::History, ring::OutputRing};
+use crate::{limits, store::now_ms};
+
+/// Sender half of a ConnectTerminal response stream (agent or attach client).
+pub type ControlSender = mpsc::Sender<Result<ControlMessage, Status>>;
+
+/// Capability an agent advertises when it serves native exec.
+pub const NATIVE_EXEC_CAPABILITY: &str = "cmdop.exec.v1";
+
+/// What an agent told us about itself when it registered.
+#[derive(Debug, Clone, Default)]
+pub struct AgentInfo {
+    pub hostname: String,
+    pub os: String,
+    pub version: String,
+    pub shell: String,
+    pub home_dir: String,
+    pub has_shell: bool,
+    pub native_exec: bool,
+    pub size: TerminalSize,
+}
+
+impl AgentInfo {
+    /// Extracts the parts we use from a RegisterRequest.
+    pub fn from_register(r: &RegisterRequest) -> Self {
+        AgentInfo {
+            hostname: r.hostname.clone(),
+            os: r.platform.clone(),
+            version: r.version.clone(),
+            shell: r.supported_shells.first().cloned().unwrap_or_default(),
+            home_dir: r.home_dir.clone(),
+            has_shell: r.has_shell,
+            native_exec: r
+                .agent_capabilities
+                .iter()
+                .any(|c| c == NATIVE_EXEC_CAPABILITY),
+            size: r
+                .initial_size
+                .filter(|s| s.rows > 0 && s.cols > 0)
+                .unwrap_or(TerminalSize {
+                    rows: 24,
+                    cols: 80,
+                    width: 0,
+                    height: 0,
+                }),
+        }
+    }
+}
+
+/// State carried over when an agent reconnects with the same session id,
+/// so SDK polling offsets and history survive a blip.
+#[derive(Clone)]
+pub struct Carried {
+    pub output: Arc<Mutex<OutputRing>>,
+    pub history: Arc<Mutex<History>>,
+}
+
+/// A session: one agent connection, live or recently ended.
+pub struct Session {
+    pub id: String,
+    pub workspace_id: String,
+    pub machine_id: String,
+    pub info: AgentInfo,
+    pub connected_at: SystemTime,
+    last_activity_ms: AtomicI64,
+    control: ControlSender,
+    alive: watch::Sender<bool>,
+    carried: Carried,
+    files: Mutex<HashMap<String, oneshot::Sender<FileOperationResult>>>,
+    subscribers: Mutex<HashMap<u64, ControlSender>>,
+    next_subscriber: AtomicU64,
+    exec_link: Mutex<Option<Arc<ExecLink>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Session {
+    pub(super) fn new(
+        id: String,
+        workspace_id: String,
+        machine_id: String,
+        info: AgentInfo,
+        control: ControlSender,
+        carried: Carried,
+    ) -> Self {
+        Session {
+            id,
+            workspace_id,
+            machine_id,
+            info,
+            connected_at: SystemTime::now(),
+            last_activity_ms: AtomicI64::new(now_ms()),
+            control,
+            alive: watch::Sender::new(true),
+            carried,
+            files: Mutex::new(HashMap::new()),
+            subscribers: Mutex::new(HashMap::new()),
+            next_subscriber: AtomicU64::new(0),
+            exec_link: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn carried(&self) -> Carried {
+        self.carried.clone()
+    }
+
+    /// True while the agent's ConnectTerminal stream is open.
+    pub fn is_live(&self) -> bool {
+        *self.alive.borrow()
+    }
+
+    /// Resolves when the agent's stream has ended (at once if it already has).
+    pub async fn closed(&self) {
+        let mut rx = self.alive.subscribe();
+        let _ = rx.wait_for(|alive| !*alive).await;
+    }
+
+    /// "connected" or "disconnected", as the SDKs expect.
+    pub fn status_text(&self) -> &'static str {
+        if self.is_live() {
+            "connected"
+        } else {
+            "disconnected"
+        }
+    }
+
+    /// Last time anything arrived from the agent (Unix ms).
+    pub fn last_activity_ms(&self) -> i64 {
+        self.last_activity_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whole seconds since the last message from the agent.
+    pub fn heartbeat_age_seconds(&self) -> i64 {
+        (now_ms() - self.last_activity_ms()).max(0) / 1000
+    }
+
+    /// Notes that the agent sent something.
+    pub fn touch(&self) {
+        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The error for calls that need a live agent.
+    pub fn offline_status(&self) -> Status {
+        Status::unavailable(format!(
+            "machine {} is offline; it will show as connected again when its agent reconnects",
+            self.info.hostname
+        ))
+    }
+
+    /// The error for calls whose agent went away while they waited.
+    pub fn disconnected_status(&self) -> Status {
+        Status::unavailable(format!(
+            "machine {} disconnected during the call; it will show as connected again when its agent reconnects",
+            self.info.hostname
+        ))
+    }
+
+    /// Queues a message to the agent. Waits (bounded) while the agent's
+    /// queue is full; fails with UNAVAILABLE if the agent is gone or stuck.
+    pub async fn send_control(&self, payload: control_message::Payload) -> Result<(), Status> {
+        if !self.is_live() {
+            return Err(self.offline_status());
+        }
+        let msg = ControlMessage {
+            payload: Some(payload),
+            ..Default::default()
+        };
+        tokio::select! {
+            res = self.control.send_timeout(Ok(msg), Duration::from_secs(10)) => match res {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Status::unavailable(format!(
+                    "machine {} is not reading its messages; try again later", self.info.hostname
+                ))),
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(self.disconnected_status()),
+            },
+            _ = self.closed() => Err(self.disconnected_status()),
+        }
+    }
+
+    /// Queues a message to the agent without waiting; dropped if the queue is full.
+    pub fn try_send_control(&self, payload: control_message::Payload) {
+        let msg = ControlMessage {
+            payload: Some(payload),
+            ..Default::default()
+        };
+        let _ = self.control.try_send(Ok(msg));
+    }
+
+    /// Stores agent output and copies it to attach subscribers. A subscriber
+    /// that cannot keep up is dropped (its stream ends) rather than
+    /// buffering without bound.
+    pub fn record_output(&self, data: &[u8]) {
+        lock(&self.carried.output).push(data);
+        let mut subs = lock(&self.subscribers);
+        if subs.is_empty() {
+            return;
+        }
+        let msg = ControlMessage {
+            payload: Some(control_message::Payload::Input(
+                cmdop_proto::terminal::TerminalInput {
+                    data: bytes::Bytes::copy_from_slice(data),
+                    sequence: 0,
+                },
+            )),
+            ..Default::default()
+        };
+        subs.retain(|id, tx| match tx.try_send(Ok(msg.clone())) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(session = %self.id, subscriber = id, "attach client too slow; detaching it");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// Reads buffered output with `GetOutput` semantics.
+    pub fn read_output(&self, offset: u64, limit: usize) -> super::ring::OutputSlice {
+        lock(&self.carried.output).read(offset, limit, limits::MAX_GET_OUTPUT_BYTES)
+    }
+
+    /// Remembers typed input for `GetHistory`.
+    pub fn record_input(&self, data: &[u8]) {
+        lock(&self.carried.history).record_input(data);
+    }
+
+    /// A page of typed commands and the total count.
+    pub fn history(&self, offset: usize, limit: usize) -> (Vec<String>, usize) {
+        let h = lock(&self.carried.history);
+        (h.page(offset, limit), h.len())
+    }
+
+    /// Registers a file operation awaiting the agent's answer.
+    pub fn expect_file_result(
+        &self,
+        request_id: &str,
+    ) -> Result<oneshot::Receiver<FileOperationResult>, Status> {
+        let mut files = lock(&self.files);
+        if !self.is_live() {
+            return Err(self.offline_status());
+        }
+        if files.len() >= limits::MAX_PENDING_FILE_OPS {
+            return Err(Status::resource_exhausted(format!(
+                "{} file operations are already waiting on this machine; retry when they finish",
+                limits::MAX_PENDING_FILE_OPS
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        files.insert(request_id.to_string(), tx);
+        Ok(rx)
+    }
+
+    /// Forgets a file operation (its caller gave up).
+    pub fn forget_file_op(&self, request_id: &str) {
+        lock(&self.files).remove(request_id);
+    }
+
+    /// Hands an agent's file result to the waiting call, if any.
+    pub fn complete_file_op(&self, result: FileOperationResult) {
+        if let Some(tx) = lock(&self.files).remove(&result.request_id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Adds an attach client; returns its id for [`Session::unsubscribe`].
+    pub fn subscribe(&self, tx: ControlSender) -> Result<u64, Status> {
+        let mut subs = lock(&self.subscribers);
+        if !self.is_live() {
+            return Err(self.offline_status());
+        }
+        if subs.len() >= limits::MAX_ATTACH_SUBSCRIBERS {
+            return Err(Status::resource_exhausted(format!(
+                "session already has {} attached clients",
+                limits::MAX_ATTACH_SUBSCRIBERS
+            )));
+        }
+        let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        subs.insert(id, tx);
+        Ok(id)
+    }
+
+    /// Removes an attach client; its stream ends once nothing else holds its sender.
+    pub fn unsubscribe(&self, id: u64) {
+        lock(&self.subscribers).remove(&id);
+    }
+
+    /// Number of attach clients.
+    pub fn subscriber_count(&self) -> usize {
+        lock(&self.subscribers).len()
+    }
+
+    /// Installs the agent's exec link, closing any previous one.
+    pub fn set_exec_link(&self, link: Arc<ExecLink>) -> Result<(), Status> {
+        let mut slot = lock(&self.exec_link);
+        if !self.is_live() {
+            return Err(self.offline_status());
+        }
+        if let Some(old) = slot.replace(link) {
+            old.close();
+        }
+        Ok(())
+    }
+
+    /// Removes `link` if it is still the installed one.
+    pub fn clear_exec_link(&self, link: &Arc<ExecLink>) {
+        let mut slot = lock(&self.exec_link);
+        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+            *slot = None;
+        }
+        link.close();
+    }
+
+    /// The agent's exec link, if it has an open Channel.
+    pub fn exec_link(&self) -> Option<Arc<ExecLink>> {
+        lock(&self.exec_link).clone().filter(|l| l.is_alive())
+    }
+
+    /// Ends the session: every waiting call fails with UNAVAILABLE, attach
+    /// clients get `close_session`, the exec link closes.
+    pub fn mark_closed(&self, reason: &str) {
+        if !self.alive.send_replace(false) {
+            return;
+        }
+        lock(&self.files).clear();
+        let close = ControlMessage {
+            payload: Some(control_message::Payload::CloseSession(
+                cmdop_proto::terminal::CloseSessionCommand {
+                    reason: reason.to_string(),
+                    force: false,
+                },
+            )),
+            ..Default::default()
+        };
+        for (_, tx) in lock(&self.subscribers).drain() {
+            let _ = tx.try_send(Ok(close.clone()));
+        }
+        if let Some(link) = lock(&self.exec_link).take() {
+            link.close();
+        }
+    }
+}

@@ -1,0 +1,153 @@
+use std::time::Duration;
+
+use super::*;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path()).expect("open store");
+    (dir, store)
+}
+
+#[test]
+fn workspace_names_are_unique() {
+    let (_dir, s) = store();
+    let ws = s.create_workspace("acme").unwrap();
+    assert!(s.create_workspace("acme").is_err());
+    assert_eq!(s.workspace_by_name("acme").unwrap(), Some(ws));
+    assert_eq!(s.workspace_by_name("other").unwrap(), None);
+}
+
+#[test]
+fn api_keys_are_stored_hashed_and_revocable_by_prefix() {
+    let (dir, s) = store();
+    let ws = s.create_workspace("acme").unwrap();
+    let key = s.create_api_key(&ws.id, "ci").unwrap();
+    assert!(key.starts_with("cmdop_") && key.len() == 38);
+    assert_eq!(s.authenticate_api_key(&key).unwrap(), Some(ws.clone()));
+    assert_eq!(s.authenticate_api_key("cmdop_nope").unwrap(), None);
+
+    // The plaintext key is nowhere in the database files.
+    drop(s);
+    let mut raw = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        raw.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    assert!(!raw.windows(key.len()).any(|w| w == key.as_bytes()));
+
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        s.authenticate_api_key(&key).unwrap(),
+        Some(ws),
+        "keys survive a reopen"
+    );
+    assert!(
+        !s.revoke_api_key("cmdop_").unwrap(),
+        "too short a prefix revokes nothing"
+    );
+    assert!(s.revoke_api_key(&api_key_prefix(&key)).unwrap());
+    assert_eq!(s.authenticate_api_key(&key).unwrap(), None);
+    assert!(!s.revoke_api_key(&key).unwrap(), "already revoked");
+}
+
+#[test]
+fn enrollment_tokens_work_once() {
+    let (_dir, s) = store();
+    let ws = s.create_workspace("acme").unwrap();
+    let token = s.create_enrollment_token(&ws.id).unwrap();
+    assert!(token.starts_with("cmdenr_"));
+    let e = s
+        .enroll_machine(&token, "web-1")
+        .unwrap()
+        .expect("first use works");
+    assert!(e.machine_id.starts_with("mach_") && e.machine_id.len() == 21);
+    assert!(e.agent_secret.starts_with("cmdag_"));
+    assert_eq!(e.workspace, ws);
+    assert!(
+        s.enroll_machine(&token, "web-2").unwrap().is_none(),
+        "second use fails"
+    );
+
+    let m = s
+        .machine_by_secret(&e.agent_secret)
+        .unwrap()
+        .expect("secret maps to machine");
+    assert_eq!(m.machine_id, e.machine_id);
+    assert_eq!(m.hostname, "web-1");
+    s.touch_machine(&m.machine_id, "web-1b").unwrap();
+    let listed = s.list_machines(&ws.id).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].hostname, "web-1b");
+    assert!(s.machine_by_secret("cmdag_wrong").unwrap().is_none());
+}
+
+#[test]
+fn refresh_rotates_and_reuse_revokes_the_family() {
+    let (_dir, s) = store();
+    let ws = s.create_workspace("acme").unwrap();
+    let key = s.create_api_key(&ws.id, "").unwrap();
+    let ttl = Duration::from_secs(60);
+    assert!(s.issue_tokens("cmdop_wrong", ttl).unwrap().is_none());
+    let first = s.issue_tokens(&key, ttl).unwrap().unwrap();
+    assert!(first.access_token.starts_with("cmdat_"));
+    assert!(first.refresh_token.starts_with("cmdrt_"));
+    assert_eq!(
+        s.authenticate_access_token(&first.access_token).unwrap(),
+        AccessCheck::Valid(ws.clone())
+    );
+
+    let RefreshOutcome::Rotated(second) = s.refresh_tokens(&first.refresh_token, ttl).unwrap()
+    else {
+        panic!("first refresh must rotate");
+    };
+    assert_eq!(
+        s.authenticate_access_token(&second.access_token).unwrap(),
+        AccessCheck::Valid(ws)
+    );
+
+    assert!(matches!(
+        s.refresh_tokens(&first.refresh_token, ttl).unwrap(),
+        RefreshOutcome::ReuseDetected
+    ));
+    assert_eq!(
+        s.authenticate_access_token(&second.access_token).unwrap(),
+        AccessCheck::Invalid
+    );
+    assert_eq!(
+        s.authenticate_access_token(&first.access_token).unwrap(),
+        AccessCheck::Invalid
+    );
+    assert!(matches!(
+        s.refresh_tokens(&second.refresh_token, ttl).unwrap(),
+        RefreshOutcome::Invalid
+    ));
+    assert!(matches!(
+        s.refresh_tokens("cmdrt_unknown", ttl).unwrap(),
+        RefreshOutcome::Invalid
+    ));
+}
+
+#[test]
+fn access_tokens_expire_and_die_with_their_api_key() {
+    let (_dir, s) = store();
+    let ws = s.create_workspace("acme").unwrap();
+    let key = s.create_api_key(&ws.id, "").unwrap();
+    let short = s
+        .issue_tokens(&key, Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        s.authenticate_access_token(&short.access_token).unwrap(),
+        AccessCheck::Expired
+    );
+
+    let long = s
+        .issue_tokens(&key, Duration::from_secs(60))
+        .unwrap()
+        .unwrap();
+    assert!(s.revoke_api_key(&key).unwrap());
+    assert_eq!(
+        s.authenticate_access_token(&long.access_token).unwrap(),
+        AccessCheck::Invalid
+    );
+}

@@ -1,0 +1,162 @@
+//! Access and refresh tokens. Each `IssueToken` starts a family; every
+//! refresh rotates within it. A refresh token works once: presenting a used
+//! one means it leaked, so the whole family (all its access tokens too) is
+//! revoked.
+
+use std::time::Duration;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{ms, now_ms, secrets, secrets::hash, secrets::random_token, Store, Workspace};
+use crate::limits;
+
+/// A freshly issued pair. The plaintext tokens exist only here.
+#[derive(Debug, Clone)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub access_expires_unix_ms: i64,
+    pub refresh_expires_unix_ms: i64,
+}
+
+/// Result of checking an access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessCheck {
+    Valid(Workspace),
+    Expired,
+    Invalid,
+}
+
+/// Result of presenting a refresh token.
+#[derive(Debug, Clone)]
+pub enum RefreshOutcome {
+    Rotated(TokenPair),
+    /// The token was already used; its family is now revoked.
+    ReuseDetected,
+    Expired,
+    Invalid,
+}
+
+/// family, expiry, when used, when the family was revoked, when its API key was revoked.
+type RefreshRow = (String, i64, Option<i64>, Option<i64>, Option<i64>);
+
+impl Store {
+    /// Starts a token family for the holder of `api_key` (which must be valid).
+    /// `access_ttl` is clamped to [1 s, [`limits::MAX_ACCESS_TTL`]].
+    pub fn issue_tokens(
+        &self,
+        api_key: &str,
+        access_ttl: Duration,
+    ) -> anyhow::Result<Option<TokenPair>> {
+        let Some(ws) = self.authenticate_api_key(api_key)? else {
+            return Ok(None);
+        };
+        let family = secrets::random_hex("fam_", 12);
+        self.conn().execute(
+            "INSERT INTO token_families (id, workspace_id, api_key_hash, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![family, ws.id, hash(api_key), now_ms()],
+        )?;
+        self.mint_pair(&family, access_ttl).map(Some)
+    }
+
+    fn mint_pair(&self, family: &str, access_ttl: Duration) -> anyhow::Result<TokenPair> {
+        let ttl = access_ttl.clamp(Duration::from_secs(1), limits::MAX_ACCESS_TTL);
+        let now = now_ms();
+        let pair = TokenPair {
+            access_token: random_token(secrets::ACCESS_TOKEN_PREFIX, 43),
+            refresh_token: random_token(secrets::REFRESH_TOKEN_PREFIX, 43),
+            access_expires_unix_ms: now.saturating_add(ms(ttl)),
+            refresh_expires_unix_ms: now.saturating_add(ms(limits::REFRESH_TTL)),
+        };
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO access_tokens (hash, family_id, expires_ms) VALUES (?1, ?2, ?3)",
+            params![
+                hash(&pair.access_token),
+                family,
+                pair.access_expires_unix_ms
+            ],
+        )?;
+        conn.execute(
+            "INSERT INTO refresh_tokens (hash, family_id, expires_ms) VALUES (?1, ?2, ?3)",
+            params![
+                hash(&pair.refresh_token),
+                family,
+                pair.refresh_expires_unix_ms
+            ],
+        )?;
+        Ok(pair)
+    }
+
+    /// Checks an access token: its family must be unrevoked and the API key
+    /// that started the family must still be valid.
+    pub fn authenticate_access_token(&self, token: &str) -> anyhow::Result<AccessCheck> {
+        let row: Option<(i64, String, String)> = self
+            .conn()
+            .query_row(
+                "SELECT a.expires_ms, w.id, w.name
+                 FROM access_tokens a
+                 JOIN token_families f ON f.id = a.family_id
+                 JOIN api_keys k ON k.hash = f.api_key_hash
+                 JOIN workspaces w ON w.id = f.workspace_id
+                 WHERE a.hash = ?1 AND f.revoked_ms IS NULL AND k.revoked_ms IS NULL",
+                [hash(token)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            None => AccessCheck::Invalid,
+            Some((expires, _, _)) if expires <= now_ms() => AccessCheck::Expired,
+            Some((_, id, name)) => AccessCheck::Valid(Workspace { id, name }),
+        })
+    }
+
+    /// Trades a refresh token for a new pair in the same family.
+    pub fn refresh_tokens(
+        &self,
+        refresh_token: &str,
+        access_ttl: Duration,
+    ) -> anyhow::Result<RefreshOutcome> {
+        let now = now_ms();
+        let family = {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            let row: Option<RefreshRow> = tx
+                .query_row(
+                    "SELECT r.family_id, r.expires_ms, r.used_ms, f.revoked_ms, k.revoked_ms
+                     FROM refresh_tokens r
+                     JOIN token_families f ON f.id = r.family_id
+                     LEFT JOIN api_keys k ON k.hash = f.api_key_hash
+                     WHERE r.hash = ?1",
+                    [hash(refresh_token)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?;
+            let Some((family, expires, used, family_revoked, key_revoked)) = row else {
+                return Ok(RefreshOutcome::Invalid);
+            };
+            if used.is_some() {
+                tx.execute(
+                    "UPDATE token_families SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+                    params![family, now],
+                )?;
+                tx.commit()?;
+                return Ok(RefreshOutcome::ReuseDetected);
+            }
+            if family_revoked.is_some() || key_revoked.is_some() {
+                return Ok(RefreshOutcome::Invalid);
+            }
+            if expires <= now {
+                return Ok(RefreshOutcome::Expired);
+            }
+            tx.execute(
+                "UPDATE refresh_tokens SET used_ms = ?2 WHERE hash = ?1",
+                params![hash(refresh_token), now],
+            )?;
+            tx.commit()?;
+            family
+        };
+        self.mint_pair(&family, access_ttl)
+            .map(RefreshOutcome::Rotated)
+    }
+}
