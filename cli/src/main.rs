@@ -4,6 +4,7 @@
 
 mod admin_cmd;
 mod agent_cmd;
+mod client_cmd;
 mod data_dir;
 mod dev_cmd;
 mod logging;
@@ -14,9 +15,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "cmdop", version, about = "Run commands on, and move files to and from, machines anywhere")]
 struct Cli {
-    /// Log level filter (error, warn, info, debug, trace, or a tracing filter).
-    #[arg(long, global = true, default_value = "info", env = "CMDOP_LOG")]
-    log_level: String,
+    /// Log level filter (error, warn, info, debug, trace, or a tracing
+    /// filter). Default: info for server, agent and dev; warn otherwise.
+    #[arg(long, global = true, env = "CMDOP_LOG")]
+    log_level: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -32,26 +34,40 @@ enum Command {
     Admin(admin_cmd::AdminArgs),
     /// Start a throw-away control plane and an agent for this machine.
     Dev(dev_cmd::DevArgs),
+    /// Run a command on a machine; exits with its exit status.
+    Exec(client_cmd::ExecArgs),
+    /// List the workspace's sessions.
+    Sessions(client_cmd::SessionsArgs),
+    /// List a directory on a machine.
+    Ls(client_cmd::LsArgs),
+    /// Attach to a live session: its output to stdout, stdin lines to it.
+    Attach(client_cmd::AttachArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    logging::init(&cli.log_level);
+    let quiet = matches!(cli.command, Command::Exec(_) | Command::Sessions(_) | Command::Ls(_) | Command::Attach(_));
+    logging::init(cli.log_level.as_deref().unwrap_or(if quiet { "warn" } else { "info" }));
+    let success = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Admin(args) => admin_cmd::run(args),
+        Command::Admin(args) => success(admin_cmd::run(args)),
         other => runtime().and_then(|rt| {
             rt.block_on(async move {
                 match other {
-                    Command::Server(args) => server_cmd::run(args).await,
-                    Command::Agent(args) => agent_cmd::run(args).await,
-                    Command::Dev(args) => dev_cmd::run(args).await,
+                    Command::Server(args) => success(server_cmd::run(args).await),
+                    Command::Agent(args) => success(agent_cmd::run(args).await),
+                    Command::Dev(args) => success(dev_cmd::run(args).await),
+                    Command::Exec(args) => client_cmd::exec(args).await,
+                    Command::Sessions(args) => client_cmd::sessions(args).await,
+                    Command::Ls(args) => client_cmd::ls(args).await,
+                    Command::Attach(args) => client_cmd::attach(args).await,
                     Command::Admin(_) => unreachable!("handled above"),
                 }
             })
         }),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("cmdop: {err:#}");
             std::process::ExitCode::FAILURE

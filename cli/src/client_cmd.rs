@@ -1,0 +1,242 @@
+//! Client commands (`exec`, `sessions`, `ls`, `attach`), built on the same
+//! client core as libcmdop.
+
+use std::{io::Write, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use cmdop::client::{AttachEvent, Client, ClientOptions, Credentials, Error, FileKind};
+
+/// How to reach the control plane; shared by every client command.
+#[derive(Args, Clone)]
+pub struct ConnectArgs {
+    /// Control plane: http://host:port (plaintext), https://host:port (TLS),
+    /// or host:port (plaintext on loopback, TLS elsewhere). Default: the
+    /// hosted CMDOP service.
+    #[arg(long, env = "CMDOP_SERVER")]
+    pub server: Option<String>,
+    /// API key (any non-empty key; keys issued by `cmdop admin` start with cmdop_).
+    #[arg(long, env = "CMDOP_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// PEM CA certificate to trust, for servers with a private CA.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Per-call timeout in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_secs: u64,
+}
+
+impl ConnectArgs {
+    fn options(&self) -> anyhow::Result<ClientOptions> {
+        let key = self
+            .api_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .context("no API key: pass --api-key or set CMDOP_API_KEY (create one with `cmdop admin create-key`)")?;
+        let mut opts = ClientOptions::remote(Credentials::ApiKey(key));
+        if let Some(server) = &self.server {
+            opts.tls = match server.split_once("://") {
+                Some(("https", _)) => true,
+                Some(("http", _)) => false,
+                Some((scheme, _)) => anyhow::bail!("unknown scheme '{scheme}' in --server; use http:// or https://"),
+                None => !is_loopback(server),
+            };
+            opts.server = server.clone();
+        }
+        if let Some(ca) = &self.ca_cert {
+            opts.ca_pem = Some(std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?);
+        }
+        opts.timeout = Duration::from_secs(self.timeout_secs.max(1));
+        opts.auto_reconnect = false;
+        Ok(opts)
+    }
+
+    async fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(self.options()?).await?)
+    }
+}
+
+fn is_loopback(host_port: &str) -> bool {
+    let host = host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+}
+
+/// Which machine a command acts on.
+#[derive(Args, Clone)]
+pub struct MachineArgs {
+    /// Hostname (exact, or a unique case-insensitive part of one).
+    #[arg(long, short = 'H', conflicts_with = "machine_id")]
+    pub host: Option<String>,
+    /// Stable machine id (mach_…).
+    #[arg(long)]
+    pub machine_id: Option<String>,
+}
+
+impl MachineArgs {
+    async fn select(&self, client: &Client) -> anyhow::Result<()> {
+        match (&self.host, &self.machine_id) {
+            (_, Some(id)) => {
+                client.set_machine_id(id).await?;
+            }
+            (Some(host), None) => {
+                client.set_machine(host).await?;
+            }
+            (None, None) => {
+                let session = client.get_active_session(None).await?;
+                client.set_machine(&session.hostname).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    /// Seconds before the remote command is killed (default: --timeout-secs).
+    #[arg(long)]
+    pub kill_after: Option<u64>,
+    /// The command, run by the remote shell (`sh -c`).
+    #[arg(trailing_var_arg = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs the command remotely, streaming its output; exits with its status.
+pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
+    let client = args.connect.connect().await?;
+    args.machine.select(&client).await?;
+    let command = args.command.join(" ");
+    let timeout = args.kill_after.map(Duration::from_secs);
+    let on_chunk = |stream: cmdop::client::Stream, data: &[u8]| {
+        let _ = match stream {
+            cmdop::client::Stream::Stdout => std::io::stdout().write_all(data),
+            cmdop::client::Stream::Stderr => std::io::stderr().write_all(data),
+        };
+    };
+    let result = client.execute_stream(&command, timeout, on_chunk, cmdop::client::CancelToken::new()).await;
+    let _ = std::io::stdout().flush();
+    client.close().await;
+    match result {
+        Ok(out) if out.signal != 0 => {
+            eprintln!("cmdop: remote command killed by signal {}", out.signal);
+            Ok(std::process::ExitCode::from(128u8.saturating_add(out.signal as u8)))
+        }
+        Ok(out) => Ok(std::process::ExitCode::from(out.exit_code.clamp(0, 255) as u8)),
+        Err(Error::Timeout { message, .. }) => {
+            eprintln!("cmdop: {message}");
+            Ok(std::process::ExitCode::from(124))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Args)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Lists the workspace's sessions, newest activity first.
+pub async fn sessions(args: SessionsArgs) -> anyhow::Result<std::process::ExitCode> {
+    let client = args.connect.connect().await?;
+    let sessions = client.list_sessions().await?;
+    println!("{:<38} {:<24} {:<13} {:<8} {}", "SESSION", "HOSTNAME", "STATUS", "OS", "SHELL");
+    for s in sessions {
+        println!("{:<38} {:<24} {:<13} {:<8} {}", s.session_id, s.hostname, s.status, s.os, s.shell);
+    }
+    client.close().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    /// Include hidden files.
+    #[arg(long, short = 'a')]
+    pub all: bool,
+    /// Directory on the remote machine (relative paths: from its home).
+    #[arg(default_value = ".")]
+    pub path: String,
+}
+
+/// Lists a remote directory, following pages.
+pub async fn ls(args: LsArgs) -> anyhow::Result<std::process::ExitCode> {
+    let client = args.connect.connect().await?;
+    args.machine.select(&client).await?;
+    let mut token: Option<String> = None;
+    loop {
+        let page = client.list_files(&args.path, token.as_deref(), args.all).await?;
+        for e in &page.entries {
+            let kind = match e.kind {
+                FileKind::Directory => 'd',
+                FileKind::Symlink => 'l',
+                _ => '-',
+            };
+            let suffix = if e.symlink_target.is_empty() { String::new() } else { format!(" -> {}", e.symlink_target) };
+            println!("{kind}{:<9} {:>12} {}{suffix}", e.permissions, e.size, e.name);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = Some(page.next_page_token);
+    }
+    client.close().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Session id (see `cmdop sessions`).
+    pub session_id: String,
+}
+
+/// Streams a session's live output to stdout and forwards stdin lines to it,
+/// until stdin ends or the session does.
+pub async fn attach(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
+    let client = args.connect.connect().await?;
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let handle = client
+        .attach(&args.session_id, move |ev| match ev {
+            AttachEvent::Output(data) => {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(data);
+                let _ = out.flush();
+            }
+            AttachEvent::Ended(reason) => {
+                let _ = ended_tx.send(reason.to_string());
+            }
+        })
+        .await?;
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut line = String::new();
+        while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            if line_tx.blocking_send(std::mem::take(&mut line).into_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    let reason = loop {
+        tokio::select! {
+            reason = ended_rx.recv() => break reason.unwrap_or_default(),
+            line = line_rx.recv() => match line {
+                Some(bytes) => handle.send_input(&bytes).await?,
+                None => break String::from("stdin closed"),
+            },
+        }
+    };
+    handle.close().await;
+    client.close().await;
+    eprintln!("cmdop: detached ({reason})");
+    Ok(std::process::ExitCode::SUCCESS)
+}
