@@ -1,0 +1,258 @@
+//! The error type of the client core and its mapping from gRPC statuses.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::exec::ExecOutput;
+
+/// Coarse classification of an [`Error`], one-to-one with the C
+/// `cmdop_status` values (see `src/ffi/status.rs`), so that both layers agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    InvalidArgument,
+    Unauthenticated,
+    NotFound,
+    Ambiguous,
+    Timeout,
+    Unavailable,
+    Disconnected,
+    Cancelled,
+    Protocol,
+    Internal,
+    NotSupported,
+    PermissionDenied,
+    OperationFailed,
+}
+
+/// Everything that can go wrong in a client call. Messages are written for
+/// the person reading a log: they say what happened and what to do next.
+#[derive(Debug, Clone)]
+pub enum Error {
+    /// Bad input from the caller (or RESOURCE_EXHAUSTED from the server).
+    InvalidArgument(String),
+    /// Missing, wrong or expired credentials.
+    Unauthenticated(String),
+    /// Unknown session, machine, file or path.
+    NotFound(String),
+    /// A hostname matched several machines.
+    Ambiguous {
+        message: String,
+        matches: Vec<String>,
+    },
+    /// The call ran out of time. For command execution `partial` holds what
+    /// the command printed before it was stopped.
+    Timeout {
+        message: String,
+        partial: Option<Box<ExecOutput>>,
+    },
+    /// Server, agent or network not reachable right now; retrying may help.
+    Unavailable(String),
+    /// The client is closed or gave up reconnecting.
+    Disconnected(String),
+    /// The caller cancelled the call.
+    Cancelled,
+    /// The peer answered something this client does not understand.
+    Protocol(String),
+    /// A bug or an unexpected server failure.
+    Internal(String),
+    /// The server lacks an extension this call needs.
+    NotSupported(String),
+    /// The agent was not allowed to do it (file permissions, ...).
+    PermissionDenied(String),
+    /// The remote side tried and reported a failure of its own.
+    OperationFailed(String),
+}
+
+impl Error {
+    /// The coarse classification, used for C status codes and retry decisions.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Ambiguous { .. } => ErrorKind::Ambiguous,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Unavailable(_) => ErrorKind::Unavailable,
+            Error::Disconnected(_) => ErrorKind::Disconnected,
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::Protocol(_) => ErrorKind::Protocol,
+            Error::Internal(_) => ErrorKind::Internal,
+            Error::NotSupported(_) => ErrorKind::NotSupported,
+            Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            Error::OperationFailed(_) => ErrorKind::OperationFailed,
+        }
+    }
+
+    /// A timeout without partial output.
+    pub(crate) fn timeout(what: &str, after: Duration) -> Error {
+        Error::Timeout {
+            message: format!(
+                "{what} timed out after {} ms: raise the timeout or check that the server and agent are responsive",
+                after.as_millis()
+            ),
+            partial: None,
+        }
+    }
+
+    /// The error for "no machine selected yet".
+    pub(crate) fn no_machine() -> Error {
+        Error::NotFound("no machine selected: call cmdop_set_machine() first".into())
+    }
+
+    /// Classify a failure that the server reported in a response field
+    /// (`success=false` + `error`) rather than as a gRPC status.
+    pub(crate) fn from_remote_text(what: &str, text: &str) -> Error {
+        let lower = text.to_ascii_lowercase();
+        let message = format!("{what} failed: {text}");
+        if lower.contains("not found")
+            || lower.contains("no such")
+            || lower.contains("unknown session")
+        {
+            Error::NotFound(message)
+        } else if lower.contains("permission denied") || lower.contains("not permitted") {
+            Error::PermissionDenied(message)
+        } else if lower.contains("offline")
+            || lower.contains("not connected")
+            || lower.contains("unavailable")
+        {
+            Error::Unavailable(message)
+        } else if lower.contains("invalid")
+            || lower.contains("too large")
+            || lower.contains("required")
+        {
+            Error::InvalidArgument(message)
+        } else {
+            Error::OperationFailed(message)
+        }
+    }
+
+    /// Map a gRPC status from call `what` to an error.
+    pub(crate) fn from_status(what: &str, status: &tonic::Status) -> Error {
+        use tonic::Code;
+        let msg = status.message();
+        let detail = if msg.is_empty() {
+            status.code().description()
+        } else {
+            msg
+        };
+        match status.code() {
+            Code::InvalidArgument
+            | Code::OutOfRange
+            | Code::FailedPrecondition
+            | Code::AlreadyExists => Error::InvalidArgument(format!("{what}: {detail}")),
+            Code::ResourceExhausted => Error::InvalidArgument(format!(
+                "{what}: {detail} (the request or its answer is too large; send less at once)"
+            )),
+            Code::Unauthenticated => {
+                Error::Unauthenticated(format!("{what}: {detail}: check the API key or tokens"))
+            }
+            Code::PermissionDenied => Error::PermissionDenied(format!("{what}: {detail}")),
+            Code::NotFound => Error::NotFound(format!("{what}: {detail}")),
+            Code::DeadlineExceeded => Error::Timeout {
+                message: format!("{what}: deadline exceeded: raise the timeout"),
+                partial: None,
+            },
+            Code::Unavailable => Error::Unavailable(format!(
+                "{what}: {detail}: check that the server is reachable and the agent is online"
+            )),
+            Code::Cancelled => Error::Cancelled,
+            Code::Unimplemented => Error::NotSupported(format!(
+                "{what}: the server does not implement this call ({detail})"
+            )),
+            Code::DataLoss | Code::Internal | Code::Unknown | Code::Aborted | Code::Ok => {
+                Error::Internal(format!("{what}: server error: {detail}"))
+            }
+        }
+    }
+}
+
+/// True when the server says the presented access token has expired (as
+/// opposed to being wrong), which is the signal to refresh it.
+pub(crate) fn is_expired_token(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unauthenticated
+        && (status.message().starts_with("access token expired")
+            || status
+                .metadata()
+                .get("x-cmdop-auth-error")
+                .and_then(|v| v.to_str().ok())
+                == Some("expired"))
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument(m)
+            | Error::Unauthenticated(m)
+            | Error::NotFound(m)
+            | Error::Unavailable(m)
+            | Error::Disconnected(m)
+            | Error::Protocol(m)
+            | Error::Internal(m)
+            | Error::NotSupported(m)
+            | Error::PermissionDenied(m)
+            | Error::OperationFailed(m) => f.write_str(m),
+            Error::Ambiguous { message, .. } => f.write_str(message),
+            Error::Timeout { message, .. } => f.write_str(message),
+            Error::Cancelled => f.write_str("the call was cancelled"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result alias of the client core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_map_to_kinds() {
+        let cases = [
+            (tonic::Code::Unauthenticated, ErrorKind::Unauthenticated),
+            (tonic::Code::NotFound, ErrorKind::NotFound),
+            (tonic::Code::Unavailable, ErrorKind::Unavailable),
+            (tonic::Code::InvalidArgument, ErrorKind::InvalidArgument),
+            (tonic::Code::ResourceExhausted, ErrorKind::InvalidArgument),
+            (tonic::Code::Unimplemented, ErrorKind::NotSupported),
+            (tonic::Code::DeadlineExceeded, ErrorKind::Timeout),
+            (tonic::Code::Cancelled, ErrorKind::Cancelled),
+            (tonic::Code::Internal, ErrorKind::Internal),
+        ];
+        for (code, kind) in cases {
+            let e = Error::from_status("Call", &tonic::Status::new(code, "boom"));
+            assert_eq!(e.kind(), kind, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn expired_token_is_detected_by_message_or_metadata() {
+        let s = tonic::Status::unauthenticated("access token expired at 12:00");
+        assert!(is_expired_token(&s));
+        let mut s = tonic::Status::unauthenticated("nope");
+        assert!(!is_expired_token(&s));
+        s.metadata_mut()
+            .insert("x-cmdop-auth-error", "expired".parse().unwrap());
+        assert!(is_expired_token(&s));
+        assert!(!is_expired_token(&tonic::Status::not_found(
+            "access token expired"
+        )));
+    }
+
+    #[test]
+    fn remote_text_is_classified() {
+        assert_eq!(
+            Error::from_remote_text("x", "No such file or directory").kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            Error::from_remote_text("x", "Permission denied").kind(),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            Error::from_remote_text("x", "disk on fire").kind(),
+            ErrorKind::OperationFailed
+        );
+    }
+}

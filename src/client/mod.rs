@@ -1,0 +1,175 @@
+//! The async client core: one [`Client`] per control plane and set of
+//! credentials. Cheap to clone (an `Arc` inside) and safe to use from many
+//! tasks and threads at once; all clones share one HTTP/2 connection.
+
+mod attach;
+mod backoff;
+mod cancel;
+mod connection;
+mod error;
+mod events;
+mod exec;
+mod files;
+mod log;
+mod machine;
+mod marker;
+mod sessions;
+
+#[cfg(test)]
+mod live_tests;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use tokio::sync::{watch, Notify};
+
+pub use attach::{AttachEvent, AttachHandle};
+pub use backoff::{backoff_ceiling, backoff_delay};
+pub use cancel::CancelToken;
+pub use connection::{ConnState, ConnectionInfo};
+pub use error::{Error, ErrorKind, Result};
+pub use events::{Event, EventHandler, EventKind};
+pub use exec::{ExecOutput, Stream};
+pub use files::{FileEntry, FileKind, FileList};
+pub use log::{set_log_sink, LogLevel, LogSink};
+pub use machine::MachineInfo;
+pub use options::{ClientOptions, Credentials, DEFAULT_REMOTE_SERVER};
+pub use sessions::SessionInfo;
+
+mod options;
+
+use connection::{Conn, ServerFacts};
+use events::EventDispatcher;
+
+/// A connection to one CMDOP control plane. See the module docs.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    /// Small number used to tell clients apart in logs and thread names.
+    id: u64,
+    opts: ClientOptions,
+    /// The live channel and stubs; `None` before connecting and after close.
+    conn: RwLock<Option<Conn>>,
+    state: watch::Sender<ConnState>,
+    /// Current credentials; tokens are swapped by refreshes.
+    creds: Mutex<Credentials>,
+    /// Serialises token refreshes (one refresh for many failing calls).
+    refresh_lock: tokio::sync::Mutex<()>,
+    /// What the server told us at connect time.
+    facts: Mutex<ServerFacts>,
+    /// The selected machine.
+    machine: Mutex<Option<MachineInfo>>,
+    events: EventDispatcher,
+    /// Pokes the supervisor to check the connection now.
+    trouble: Arc<Notify>,
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// One lock per terminal session: commands typed into one shell must
+    /// not interleave, so terminal-path executes on a session take turns.
+    terminals: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Lock a std mutex, ignoring poisoning (our critical sections only copy data).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Client {
+    /// Create a client without touching the network; call
+    /// [`open`](Self::open) to connect. Installing event handlers between the
+    /// two lets the application see the first `Connected` event.
+    pub fn new(opts: ClientOptions) -> Result<Client> {
+        if opts.server.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "server address is empty: pass host:port".into(),
+            ));
+        }
+        if opts.timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "timeout must be greater than zero".into(),
+            ));
+        }
+        let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
+        let events = EventDispatcher::spawn(id)
+            .map_err(|e| Error::Internal(format!("cannot start the event thread: {e}")))?;
+        let (state, _) = watch::channel(ConnState::Idle);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                id,
+                creds: Mutex::new(opts.credentials.clone()),
+                opts,
+                conn: RwLock::new(None),
+                state,
+                refresh_lock: tokio::sync::Mutex::new(()),
+                facts: Mutex::new(ServerFacts::default()),
+                machine: Mutex::new(None),
+                events,
+                trouble: Arc::new(Notify::new()),
+                supervisor: Mutex::new(None),
+                terminals: Mutex::new(std::collections::HashMap::new()),
+            }),
+        })
+    }
+
+    /// Create a client and connect it.
+    pub async fn connect(opts: ClientOptions) -> Result<Client> {
+        let client = Client::new(opts)?;
+        client.open().await?;
+        Ok(client)
+    }
+
+    /// The options this client was created with (credentials as given).
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.opts
+    }
+
+    /// Install or remove the handler of one event kind. Handlers run on this
+    /// client's event thread, one at a time, in order.
+    pub fn set_event_handler(&self, kind: EventKind, handler: Option<EventHandler>) -> Result<()> {
+        if self.inner.events.set_handler(kind, handler) {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(
+                "the event queue is full; try again".into(),
+            ))
+        }
+    }
+
+    /// The machine selected by [`set_machine`](Self::set_machine), if any.
+    pub fn machine(&self) -> Option<MachineInfo> {
+        lock(&self.inner.machine).clone()
+    }
+
+    /// Current credentials (e.g. to persist rotated tokens).
+    pub fn credentials(&self) -> Credentials {
+        lock(&self.inner.creds).clone()
+    }
+}
+
+impl Inner {
+    fn log(&self, level: LogLevel, message: impl FnOnce() -> String) {
+        log::log(self.opts.debug, level, || {
+            format!("client {}: {}", self.id, message())
+        });
+    }
+
+    fn emit(&self, event: Event) {
+        self.events.emit(event);
+    }
+
+    /// Report a failed call to the error handler and return it.
+    fn report(&self, err: Error) -> Error {
+        if err.kind() != ErrorKind::Cancelled {
+            self.log(LogLevel::Debug, || format!("error: {err}"));
+            self.emit(Event::Error {
+                kind: err.kind(),
+                message: err.to_string(),
+            });
+        }
+        err
+    }
+}

@@ -1,0 +1,143 @@
+//! Client configuration.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The hosted control plane the official SDKs talk to.
+pub const DEFAULT_REMOTE_SERVER: &str = "https://grpc.cmdop.com:443";
+
+/// Credentials presented as `authorization: Bearer …` on every call.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A long-lived API key. Any non-empty string is passed through as is.
+    ApiKey(String),
+    /// An OAuth-style pair; with `auto_refresh` the access token is renewed
+    /// through `cmdop.ext.v1.Cmdop/RefreshToken` when the server says it
+    /// expired, and the call is retried once.
+    Tokens {
+        access: String,
+        refresh: String,
+        auto_refresh: bool,
+    },
+    /// No credentials (only useful against servers without authentication).
+    None,
+}
+
+impl fmt::Debug for Credentials {
+    // Never print secrets, not even in debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
+            Credentials::Tokens { auto_refresh, .. } => {
+                write!(f, "Tokens(<redacted>, auto_refresh: {auto_refresh})")
+            }
+            Credentials::None => f.write_str("None"),
+        }
+    }
+}
+
+/// How to reach and talk to a control plane. Build with
+/// [`ClientOptions::remote`] or [`ClientOptions::local`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// `scheme://host:port`; the scheme is replaced according to `tls`.
+    pub server: String,
+    /// Use TLS (system roots, or `ca_pem` when set).
+    pub tls: bool,
+    /// Extra root certificate(s), PEM.
+    pub ca_pem: Option<Vec<u8>>,
+    pub credentials: Credentials,
+    /// Default deadline of each call (and of connecting).
+    pub timeout: Duration,
+    /// Extra attempts for calls that are safe to repeat.
+    pub max_retries: u32,
+    /// Pause between those attempts.
+    pub retry_delay: Duration,
+    /// Reconnect in the background when the connection drops.
+    pub auto_reconnect: bool,
+    pub reconnect_delay: Duration,
+    pub max_reconnect_delay: Duration,
+    /// 0 = unlimited.
+    pub max_reconnect_attempts: u32,
+    /// Emit debug-level log messages (requests, responses, state changes).
+    pub debug: bool,
+    /// How often the supervisor checks that the server is still there.
+    pub health_interval: Duration,
+}
+
+impl ClientOptions {
+    /// Defaults for the hosted control plane: TLS on, 30 s timeout.
+    pub fn remote(credentials: Credentials) -> ClientOptions {
+        ClientOptions {
+            server: DEFAULT_REMOTE_SERVER.to_string(),
+            tls: true,
+            ca_pem: None,
+            credentials,
+            timeout: Duration::from_secs(30),
+            max_retries: 3,
+            retry_delay: Duration::from_millis(500),
+            auto_reconnect: true,
+            reconnect_delay: Duration::from_millis(1000),
+            max_reconnect_delay: Duration::from_millis(30_000),
+            max_reconnect_attempts: 10,
+            debug: false,
+            health_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// Defaults for a control plane on `host:port`: plaintext, no credentials
+    /// unless `CMDOP_API_KEY` is set by the caller into `credentials`.
+    pub fn local(host: &str, port: u16) -> ClientOptions {
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]") // bare IPv6 literal
+        } else {
+            host.to_string()
+        };
+        ClientOptions {
+            server: format!("http://{host}:{port}"),
+            tls: false,
+            ..ClientOptions::remote(Credentials::None)
+        }
+    }
+
+    /// The URI tonic connects to, with the scheme matching `tls`.
+    pub(crate) fn endpoint_uri(&self) -> String {
+        let rest = self
+            .server
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .unwrap_or(&self.server);
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", rest.trim_end_matches('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_scheme_follows_tls_flag() {
+        let mut o = ClientOptions::local("127.0.0.1", 5000);
+        assert_eq!(o.endpoint_uri(), "http://127.0.0.1:5000");
+        o.tls = true;
+        assert_eq!(o.endpoint_uri(), "https://127.0.0.1:5000");
+        o.server = "grpc.example.com:443/".into();
+        assert_eq!(o.endpoint_uri(), "https://grpc.example.com:443");
+        assert_eq!(
+            ClientOptions::local("::1", 7).endpoint_uri(),
+            "http://[::1]:7"
+        );
+    }
+
+    #[test]
+    fn credentials_never_print_secrets() {
+        let c = Credentials::Tokens {
+            access: "at_secret".into(),
+            refresh: "rt_secret".into(),
+            auto_refresh: true,
+        };
+        let s = format!("{c:?} {:?}", Credentials::ApiKey("cmdop_secret".into()));
+        assert!(!s.contains("secret"), "{s}");
+    }
+}

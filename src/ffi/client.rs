@@ -1,0 +1,317 @@
+//! Client handles: creation, connection lifecycle, machine selection,
+//! introspection.
+
+use std::ffi::{c_char, CString};
+
+use super::boundary::{arg_str, c_string, handle, out_ptr, Failure};
+use super::options::{cmdop_local_options, cmdop_remote_options, local_options, remote_options};
+use super::runtime::block_on;
+use super::status::cmdop_status;
+use crate::client::{Client, Credentials};
+
+/// A connection to one control plane with one set of credentials. Opaque.
+///
+/// Thread-safe: any number of threads may call functions on one client at
+/// the same time, except cmdop_client_free(), which must be the last call.
+pub struct cmdop_client {
+    pub(crate) client: Client,
+}
+
+fn publish(out: &mut *mut cmdop_client, client: Client) {
+    *out = Box::into_raw(Box::new(cmdop_client { client }));
+}
+
+/// Create a client for a remote control plane, authenticated with an API
+/// key. Does not connect: install callbacks, then call cmdop_connect().
+///
+/// `api_key`: the key, or NULL to read $CMDOP_API_KEY. Any non-empty key is
+/// accepted as is. `opts`: NULL for the defaults (hosted endpoint, TLS).
+///
+/// On OK, `*out` is a new client owned by the caller; free it with
+/// cmdop_client_free(). On error `*out` is NULL.
+///
+/// Returns OK; UNAUTHENTICATED when no key is given and CMDOP_API_KEY is
+/// unset or empty; INVALID_ARGUMENT for NULL `out`, bad strings or options.
+/// Thread: any.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_remote_new(
+    api_key: *const c_char,
+    opts: *const cmdop_remote_options,
+    out: *mut *mut cmdop_client,
+) -> cmdop_status {
+    ffi_boundary! {
+        let out = unsafe { out_ptr(out, "out") }?;
+        let key = match unsafe { super::boundary::opt_str(api_key, "api_key") }? {
+            Some(k) => k.to_string(),
+            None => std::env::var("CMDOP_API_KEY").unwrap_or_default(),
+        };
+        if key.is_empty() {
+            return Err(Failure::new(
+                cmdop_status::Unauthenticated,
+                "no API key: pass one to cmdop_remote_new() or set CMDOP_API_KEY",
+            ));
+        }
+        let options = unsafe { remote_options(opts, Credentials::ApiKey(key)) }?;
+        publish(out, Client::new(options)?);
+        Ok(())
+    }
+}
+
+/// Create a client for a remote control plane authenticated with OAuth
+/// tokens. With `opts->auto_refresh` (default), an expired access token is
+/// refreshed and the call retried once; the new pair goes to the token
+/// callback (cmdop_set_token_callback) so the application can store it.
+///
+/// Ownership and returns as cmdop_remote_new(); UNAUTHENTICATED when either
+/// token is empty. Thread: any.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_remote_new_oauth(
+    access_token: *const c_char,
+    refresh_token: *const c_char,
+    opts: *const cmdop_remote_options,
+    out: *mut *mut cmdop_client,
+) -> cmdop_status {
+    ffi_boundary! {
+        let out = unsafe { out_ptr(out, "out") }?;
+        let access = unsafe { arg_str(access_token, "access_token") }?;
+        let refresh = unsafe { arg_str(refresh_token, "refresh_token") }?;
+        if access.is_empty() || refresh.is_empty() {
+            return Err(Failure::new(
+                cmdop_status::Unauthenticated,
+                "empty access or refresh token: sign in again to obtain tokens",
+            ));
+        }
+        let creds = Credentials::Tokens { access: access.into(), refresh: refresh.into(), auto_refresh: true };
+        let options = unsafe { remote_options(opts, creds) }?;
+        publish(out, Client::new(options)?);
+        Ok(())
+    }
+}
+
+/// Create a client for a control plane at `host`:`port` (plaintext unless
+/// `opts->tls`). The API key comes from `opts->api_key`, else
+/// $CMDOP_API_KEY, else none. Does not connect.
+///
+/// Ownership as cmdop_remote_new(). Returns OK or INVALID_ARGUMENT (NULL or
+/// empty host, port 0, bad options). Thread: any.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_local_new(
+    host: *const c_char,
+    port: u16,
+    opts: *const cmdop_local_options,
+    out: *mut *mut cmdop_client,
+) -> cmdop_status {
+    ffi_boundary! {
+        let out = unsafe { out_ptr(out, "out") }?;
+        let host = unsafe { arg_str(host, "host") }?;
+        if host.trim().is_empty() {
+            return Err(Failure::invalid("host is empty: pass e.g. \"127.0.0.1\""));
+        }
+        if port == 0 {
+            return Err(Failure::invalid("port is 0: pass the control plane's port"));
+        }
+        let options = unsafe { local_options(host, port, opts) }?;
+        publish(out, Client::new(options)?);
+        Ok(())
+    }
+}
+
+/// Connect: open the connection, learn the server's capabilities, check the
+/// credentials, fire on_connect, start watching the connection. Does nothing
+/// on a connected client; reconnects a closed or given-up one.
+///
+/// Returns OK; UNAVAILABLE when the server cannot be reached within the
+/// timeout; UNAUTHENTICATED for a rejected key; INVALID_ARGUMENT; TIMEOUT.
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connect(client: *mut cmdop_client) -> cmdop_status {
+    ffi_boundary! {
+        let c = unsafe { handle(client, "client") }?;
+        block_on("cmdop_connect", c.client.open())??;
+        Ok(())
+    }
+}
+
+/// Close the connection; later calls fail with DISCONNECTED until
+/// cmdop_connect(). Fires on_disconnect once. Closing a closed (or never
+/// connected) client does nothing.
+///
+/// Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included
+/// (it does not block).
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_close(client: *mut cmdop_client) -> cmdop_status {
+    ffi_boundary! {
+        let c = unsafe { handle(client, "client") }?;
+        c.client.shutdown();
+        Ok(())
+    }
+}
+
+/// Close (if needed) and free a client. NULL is a no-op. Calls on other
+/// threads must have returned. Callbacks already queued may still run on the
+/// library's event thread afterwards, but must not use this handle; every
+/// `free_user_data` runs after the last of them.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_client_free(client: *mut cmdop_client) {
+    ffi_boundary!(@value ();
+        if !client.is_null() {
+            // SAFETY: created by Box::into_raw in this module; freed once.
+            let boxed = unsafe { Box::from_raw(client) };
+            boxed.client.shutdown();
+            drop(boxed);
+        }
+    )
+}
+
+/// True while connected (false when NULL, never connected, reconnecting,
+/// closed). Thread: any, callbacks included.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_is_connected(client: *const cmdop_client) -> bool {
+    ffi_boundary!(@value false;
+        unsafe { client.as_ref() }.is_some_and(|c| c.client.is_connected())
+    )
+}
+
+/// Select the machine later calls act on, by hostname: an exact match, or a
+/// unique case-insensitive substring among connected machines. Switching
+/// machines at any time is fine.
+///
+/// Returns OK; NOT_FOUND (no such machine); AMBIGUOUS (several match; the
+/// message lists them); UNAVAILABLE; DISCONNECTED; INVALID_ARGUMENT.
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_set_machine(
+    client: *mut cmdop_client,
+    hostname: *const c_char,
+) -> cmdop_status {
+    ffi_boundary! {
+        let c = unsafe { handle(client, "client") }?;
+        let hostname = unsafe { arg_str(hostname, "hostname") }?;
+        block_on("cmdop_set_machine", c.client.set_machine(hostname))??;
+        Ok(())
+    }
+}
+
+/// Select the machine by its stable id ("mach_…"), which survives agent
+/// reconnections and hostname changes.
+///
+/// Returns as cmdop_set_machine(), plus NOT_SUPPORTED when the server lacks
+/// the libcmdop extension (select by hostname then).
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_set_machine_id(
+    client: *mut cmdop_client,
+    machine_id: *const c_char,
+) -> cmdop_status {
+    ffi_boundary! {
+        let c = unsafe { handle(client, "client") }?;
+        let id = unsafe { arg_str(machine_id, "machine_id") }?;
+        block_on("cmdop_set_machine_id", c.client.set_machine_id(id))??;
+        Ok(())
+    }
+}
+
+/// Facts about a client's connection. Opaque; read with the
+/// cmdop_connection_info_* accessors; free with cmdop_connection_info_free().
+pub struct cmdop_connection_info {
+    server: CString,
+    server_version: CString,
+    workspace: CString,
+    tls: bool,
+    connected: bool,
+    latency_ms: f64,
+    native_exec: bool,
+}
+
+/// Describe the connection, measuring the latency with one round trip now.
+///
+/// On OK `*out` is the caller's; free with cmdop_connection_info_free().
+/// Returns OK or INVALID_ARGUMENT. (A failing round trip is not an error:
+/// latency is then -1.) Thread: any; blocks; IN_CALLBACK in callbacks.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_get(
+    client: *mut cmdop_client,
+    out: *mut *mut cmdop_connection_info,
+) -> cmdop_status {
+    ffi_boundary! {
+        let out = unsafe { out_ptr(out, "out") }?;
+        let c = unsafe { handle(client, "client") }?;
+        let info = block_on("cmdop_connection_info_get", c.client.connection_info())?;
+        *out = Box::into_raw(Box::new(cmdop_connection_info {
+            server: c_string(&info.server),
+            server_version: c_string(&info.server_version),
+            workspace: c_string(&info.workspace),
+            tls: info.tls,
+            connected: info.connected,
+            latency_ms: info.latency.map_or(-1.0, |d| d.as_secs_f64() * 1e3),
+            native_exec: info.native_exec,
+        }));
+        Ok(())
+    }
+}
+
+/// Server URI, e.g. "https://grpc.cmdop.com:443". Borrowed from `info`;
+/// NULL when `info` is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_server(
+    info: *const cmdop_connection_info,
+) -> *const c_char {
+    ffi_boundary!(@value std::ptr::null(); unsafe { info.as_ref() }.map_or(std::ptr::null(), |i| i.server.as_ptr()))
+}
+
+/// Server version ("" when unknown). Borrowed from `info`.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_server_version(
+    info: *const cmdop_connection_info,
+) -> *const c_char {
+    ffi_boundary!(@value std::ptr::null(); unsafe { info.as_ref() }.map_or(std::ptr::null(), |i| i.server_version.as_ptr()))
+}
+
+/// Workspace name ("" when the server does not say). Borrowed from `info`.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_workspace(
+    info: *const cmdop_connection_info,
+) -> *const c_char {
+    ffi_boundary!(@value std::ptr::null(); unsafe { info.as_ref() }.map_or(std::ptr::null(), |i| i.workspace.as_ptr()))
+}
+
+/// True when the connection uses TLS.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_tls(info: *const cmdop_connection_info) -> bool {
+    ffi_boundary!(@value false; unsafe { info.as_ref() }.is_some_and(|i| i.tls))
+}
+
+/// True when the client was connected at the time of the query.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_connected(
+    info: *const cmdop_connection_info,
+) -> bool {
+    ffi_boundary!(@value false; unsafe { info.as_ref() }.is_some_and(|i| i.connected))
+}
+
+/// Measured round trip in milliseconds; -1 when it failed.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_latency_ms(
+    info: *const cmdop_connection_info,
+) -> f64 {
+    ffi_boundary!(@value -1.0; unsafe { info.as_ref() }.map_or(-1.0, |i| i.latency_ms))
+}
+
+/// True when the server offers native exec (stdout/stderr apart, no PTY).
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_native_exec(
+    info: *const cmdop_connection_info,
+) -> bool {
+    ffi_boundary!(@value false; unsafe { info.as_ref() }.is_some_and(|i| i.native_exec))
+}
+
+/// Free a connection info. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_free(info: *mut cmdop_connection_info) {
+    ffi_boundary!(@value ();
+        if !info.is_null() {
+            // SAFETY: created by Box::into_raw above; freed once.
+            drop(unsafe { Box::from_raw(info) });
+        }
+    )
+}

@@ -1,0 +1,284 @@
+//! Command execution, results and cancel tokens.
+
+use std::ffi::{c_char, c_void};
+use std::time::Duration;
+
+use super::boundary::{arg_str, as_callback, handle, out_ptr, Failure};
+use super::client::cmdop_client;
+use super::runtime::block_on;
+use super::status::cmdop_status;
+use crate::client::{CancelToken, Error, ExecOutput, Stream};
+
+/// Which stream a chunk of output belongs to.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum cmdop_stream_kind {
+    Stdout = 1,
+    /// Only on the native path; a terminal merges stderr into stdout.
+    Stderr = 2,
+}
+
+/// Receives output as it arrives: `data` (not NUL-terminated, borrowed for
+/// the duration of the call) holds `len` > 0 bytes.
+pub type cmdop_chunk_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        kind: cmdop_stream_kind,
+        data: *const u8,
+        len: usize,
+    ),
+>;
+
+/// The outcome of a command. Opaque; read with the cmdop_exec_result_*
+/// accessors (their pointers are borrowed from the result); free with
+/// cmdop_exec_result_free().
+pub struct cmdop_exec_result {
+    out: ExecOutput,
+}
+
+/// Cancels a running cmdop_execute_stream() from any thread. Opaque.
+pub struct cmdop_cancel_token {
+    token: CancelToken,
+}
+
+fn timeout_arg(timeout_ms: u32) -> Option<Duration> {
+    (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)))
+}
+
+/// Store the result (also on TIMEOUT, with the partial output) and turn the
+/// error into a failure.
+fn finish(
+    out: &mut *mut cmdop_exec_result,
+    result: Result<ExecOutput, Error>,
+) -> Result<(), Failure> {
+    match result {
+        Ok(o) => {
+            *out = Box::into_raw(Box::new(cmdop_exec_result { out: o }));
+            Ok(())
+        }
+        Err(Error::Timeout { message, partial }) => {
+            let partial = partial.map(|p| *p).unwrap_or_else(|| ExecOutput {
+                timed_out: true,
+                exit_code: -1,
+                ..Default::default()
+            });
+            *out = Box::into_raw(Box::new(cmdop_exec_result { out: partial }));
+            Err(Failure::new(cmdop_status::Timeout, message))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Run `command` (a shell command line) on the selected machine and wait
+/// for it. `timeout_ms` 0 = the client's timeout.
+///
+/// Uses the server's native exec when offered (stdout and stderr apart),
+/// else types the command into the machine's terminal session (the official
+/// SDKs' technique; output merged, needs a POSIX shell). Either way each
+/// command runs on its own: `cd` or `exit` do not affect later commands.
+/// On the terminal path, commands of one client on one session take turns.
+///
+/// On OK and on TIMEOUT, `*out` is the caller's; free it with
+/// cmdop_exec_result_free(). After TIMEOUT the command has been killed and
+/// `*out` holds the output printed before. Otherwise `*out` is NULL.
+///
+/// Returns OK (whatever the command's exit code); TIMEOUT; NOT_FOUND (no
+/// machine selected, unknown machine); UNAVAILABLE (agent offline, or it
+/// dropped mid-command); DISCONNECTED; INVALID_ARGUMENT.
+/// A started command is never retried. Thread: any; blocks; IN_CALLBACK
+/// from inside a callback.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_execute(
+    client: *mut cmdop_client,
+    command: *const c_char,
+    timeout_ms: u32,
+    out: *mut *mut cmdop_exec_result,
+) -> cmdop_status {
+    ffi_boundary! {
+        let out = unsafe { out_ptr(out, "out") }?;
+        let c = unsafe { handle(client, "client") }?;
+        let command = unsafe { arg_str(command, "command") }?;
+        let result = block_on("cmdop_execute", c.client.execute(command, timeout_arg(timeout_ms)))?;
+        finish(out, result)
+    }
+}
+
+struct ChunkSink {
+    cb: unsafe extern "C" fn(*mut c_void, cmdop_stream_kind, *const u8, usize),
+    user_data: *mut c_void,
+}
+// SAFETY: the callback runs on the thread that called cmdop_execute_stream
+// (the future is driven by block_on there); Send is only needed by the type.
+unsafe impl Send for ChunkSink {}
+
+/// Like cmdop_execute(), also handing each chunk of output to `on_chunk`
+/// (may be NULL) as it arrives. `on_chunk` runs on the calling thread,
+/// before this function returns; it may call accessors and cmdop_cancel(),
+/// not blocking functions. `cancel` (may be NULL): cmdop_cancel() on it from
+/// any thread stops and kills the command; the call then returns CANCELLED.
+///
+/// Ownership and returns as cmdop_execute(), plus CANCELLED.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_execute_stream(
+    client: *mut cmdop_client,
+    command: *const c_char,
+    timeout_ms: u32,
+    on_chunk: cmdop_chunk_fn,
+    user_data: *mut c_void,
+    cancel: *const cmdop_cancel_token,
+    out: *mut *mut cmdop_exec_result,
+) -> cmdop_status {
+    ffi_boundary! {
+        let out = unsafe { out_ptr(out, "out") }?;
+        let c = unsafe { handle(client, "client") }?;
+        let command = unsafe { arg_str(command, "command") }?;
+        let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
+        let sink = on_chunk.map(|cb| ChunkSink { cb, user_data });
+        let on_chunk = move |stream: Stream, data: &[u8]| {
+            if let Some(s) = &sink {
+                let kind = match stream {
+                    Stream::Stdout => cmdop_stream_kind::Stdout,
+                    Stream::Stderr => cmdop_stream_kind::Stderr,
+                };
+                if !data.is_empty() {
+                    as_callback(|| unsafe { (s.cb)(s.user_data, kind, data.as_ptr(), data.len()) });
+                }
+            }
+        };
+        let fut = c.client.execute_stream(command, timeout_arg(timeout_ms), on_chunk, token);
+        let result = block_on("cmdop_execute_stream", fut)?;
+        finish(out, result)
+    }
+}
+
+/// A new cancel token, or NULL if out of memory. Free with
+/// cmdop_cancel_token_free() after the calls using it returned.
+#[no_mangle]
+pub extern "C" fn cmdop_cancel_token_new() -> *mut cmdop_cancel_token {
+    ffi_boundary!(@value std::ptr::null_mut();
+        Box::into_raw(Box::new(cmdop_cancel_token { token: CancelToken::new() }))
+    )
+}
+
+/// Cancel every call using `token`, now and later (it stays cancelled).
+/// Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_cancel(token: *const cmdop_cancel_token) -> cmdop_status {
+    ffi_boundary! {
+        unsafe { handle(token, "token") }?.token.cancel();
+        Ok(())
+    }
+}
+
+/// Free a cancel token. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_cancel_token_free(token: *mut cmdop_cancel_token) {
+    ffi_boundary!(@value ();
+        if !token.is_null() {
+            // SAFETY: created by cmdop_cancel_token_new; freed once.
+            drop(unsafe { Box::from_raw(token) });
+        }
+    )
+}
+
+fn bytes_out(v: &[u8], len: *mut usize) -> *const u8 {
+    if !len.is_null() {
+        // SAFETY: non-null out-parameter provided by the caller.
+        unsafe { *len = v.len() };
+    }
+    v.as_ptr()
+}
+
+unsafe fn result_bytes(
+    r: *const cmdop_exec_result,
+    len: *mut usize,
+    pick: fn(&ExecOutput) -> &[u8],
+) -> *const u8 {
+    match unsafe { r.as_ref() } {
+        Some(r) => bytes_out(pick(&r.out), len),
+        None => {
+            if !len.is_null() {
+                unsafe { *len = 0 };
+            }
+            std::ptr::null()
+        }
+    }
+}
+
+/// All output in arrival order (stdout and stderr interleaved); `*len` gets
+/// its length (`len` may be NULL). Not NUL-terminated; borrowed from `r`.
+/// NULL (and 0) when `r` is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_exec_result_output(
+    r: *const cmdop_exec_result,
+    len: *mut usize,
+) -> *const u8 {
+    ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.output) })
+}
+
+/// Stdout alone (on the terminal path: all output). As cmdop_exec_result_output().
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_exec_result_stdout(
+    r: *const cmdop_exec_result,
+    len: *mut usize,
+) -> *const u8 {
+    ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.stdout) })
+}
+
+/// Stderr alone (native path only; empty on the terminal path).
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_exec_result_stderr(
+    r: *const cmdop_exec_result,
+    len: *mut usize,
+) -> *const u8 {
+    ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.stderr) })
+}
+
+/// Exit code; -1 when killed by a signal, timed out, or `r` is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_exec_result_exit_code(r: *const cmdop_exec_result) -> i32 {
+    ffi_boundary!(@value -1; unsafe { r.as_ref() }.map_or(-1, |r| r.out.exit_code))
+}
+
+/// Signal that ended the command (native path), 0 if none.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_exec_result_signal(r: *const cmdop_exec_result) -> i32 {
+    ffi_boundary!(@value 0; unsafe { r.as_ref() }.map_or(0, |r| r.out.signal))
+}
+
+/// True when the command was killed by the timeout.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_exec_result_timed_out(r: *const cmdop_exec_result) -> bool {
+    ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.timed_out))
+}
+
+/// True when the command ran through native exec, false for the terminal path.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_exec_result_native(r: *const cmdop_exec_result) -> bool {
+    ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.native))
+}
+
+/// True when some output is missing: beyond 64 MiB per stream (the chunk
+/// callback still saw it), or, on the terminal path, printed faster than
+/// the server's buffer could hold between two polls.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_exec_result_truncated(r: *const cmdop_exec_result) -> bool {
+    ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.truncated))
+}
+
+/// How long the command ran, in milliseconds.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_exec_result_duration_ms(r: *const cmdop_exec_result) -> u64 {
+    ffi_boundary!(@value 0; unsafe { r.as_ref() }.map_or(0, |r| u64::try_from(r.out.duration.as_millis()).unwrap_or(u64::MAX)))
+}
+
+/// Free a result. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_exec_result_free(r: *mut cmdop_exec_result) {
+    ffi_boundary!(@value ();
+        if !r.is_null() {
+            // SAFETY: created by Box::into_raw in this module; freed once.
+            drop(unsafe { Box::from_raw(r) });
+        }
+    )
+}

@@ -1,0 +1,190 @@
+//! Status codes, their text, the last error message, and version queries.
+
+use std::ffi::{c_char, c_int};
+
+use super::boundary::last_error_ptr;
+use crate::client::ErrorKind;
+
+/// Outcome of a libcmdop call. Values are part of the ABI: they are never
+/// renumbered, and a retired status keeps its number.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum cmdop_status {
+    /// Success.
+    Ok = 0,
+    /// A NULL or malformed argument (bad UTF-8, empty name, unknown options
+    /// version...), or a request the server found too large.
+    InvalidArgument = 1,
+    /// Missing, wrong or expired API key or tokens.
+    Unauthenticated = 2,
+    /// Unknown machine, session, file, or no machine selected.
+    NotFound = 3,
+    /// A hostname matched several machines; the message lists them.
+    Ambiguous = 4,
+    /// The call ran out of time (for execute: the command was killed).
+    Timeout = 5,
+    /// Server, agent or network unreachable now; may work later.
+    Unavailable = 6,
+    /// Not connected: never connected, closed, or reconnection gave up.
+    Disconnected = 7,
+    /// Stopped through a cancel token.
+    Cancelled = 8,
+    /// The server answered something this library does not understand.
+    Protocol = 9,
+    /// Unexpected failure in the library or on the server.
+    Internal = 10,
+    /// The server lacks the extension this call needs.
+    NotSupported = 11,
+    /// A blocking function was called from inside a libcmdop callback.
+    InCallback = 12,
+    /// A bug inside libcmdop was caught at the boundary.
+    Panic = 13,
+    /// The agent was not allowed to do it (e.g. file permissions).
+    PermissionDenied = 14,
+    /// The remote side tried and reported a failure; see the message.
+    OperationFailed = 15,
+}
+
+impl cmdop_status {
+    pub(crate) fn from_kind(kind: ErrorKind) -> cmdop_status {
+        use cmdop_status::*;
+        match kind {
+            ErrorKind::InvalidArgument => InvalidArgument,
+            ErrorKind::Unauthenticated => Unauthenticated,
+            ErrorKind::NotFound => NotFound,
+            ErrorKind::Ambiguous => Ambiguous,
+            ErrorKind::Timeout => Timeout,
+            ErrorKind::Unavailable => Unavailable,
+            ErrorKind::Disconnected => Disconnected,
+            ErrorKind::Cancelled => Cancelled,
+            ErrorKind::Protocol => Protocol,
+            ErrorKind::Internal => Internal,
+            ErrorKind::NotSupported => NotSupported,
+            ErrorKind::PermissionDenied => PermissionDenied,
+            ErrorKind::OperationFailed => OperationFailed,
+        }
+    }
+
+    fn from_raw(raw: c_int) -> Option<cmdop_status> {
+        use cmdop_status::*;
+        const ALL: [cmdop_status; 16] = [
+            Ok,
+            InvalidArgument,
+            Unauthenticated,
+            NotFound,
+            Ambiguous,
+            Timeout,
+            Unavailable,
+            Disconnected,
+            Cancelled,
+            Protocol,
+            Internal,
+            NotSupported,
+            InCallback,
+            Panic,
+            PermissionDenied,
+            OperationFailed,
+        ];
+        ALL.into_iter().find(|s| *s as c_int == raw)
+    }
+
+    fn text(self) -> &'static [u8] {
+        use cmdop_status::*;
+        match self {
+            Ok => b"ok\0",
+            InvalidArgument => b"invalid argument\0",
+            Unauthenticated => b"unauthenticated\0",
+            NotFound => b"not found\0",
+            Ambiguous => b"ambiguous machine name\0",
+            Timeout => b"timed out\0",
+            Unavailable => b"unavailable\0",
+            Disconnected => b"disconnected\0",
+            Cancelled => b"cancelled\0",
+            Protocol => b"protocol error\0",
+            Internal => b"internal error\0",
+            NotSupported => b"not supported by the server\0",
+            InCallback => b"called from inside a callback\0",
+            Panic => b"internal panic\0",
+            PermissionDenied => b"permission denied\0",
+            OperationFailed => b"operation failed\0",
+        }
+    }
+}
+
+/// Short static description of a `cmdop_status` value ("timed out", ...).
+/// Takes an int so that any value is safe to pass; unknown values give
+/// "unknown status". Never NULL; never free it.
+///
+/// Thread: any, including callbacks.
+#[no_mangle]
+pub extern "C" fn cmdop_status_str(status: c_int) -> *const c_char {
+    ffi_boundary!(@value c"unknown status".as_ptr();
+        match cmdop_status::from_raw(status) {
+            Some(s) => s.text().as_ptr().cast(),
+            None => c"unknown status".as_ptr(),
+        }
+    )
+}
+
+/// Detail of the last failed libcmdop call made on this thread, saying what
+/// happened and what to do next; "" after a successful call.
+///
+/// Never NULL. Owned by the library; valid until the next libcmdop call on
+/// this thread. Read it on the same thread as the failing call.
+///
+/// Thread: any, including callbacks.
+#[no_mangle]
+pub extern "C" fn cmdop_last_error_message() -> *const c_char {
+    ffi_boundary!(@value c"".as_ptr(); last_error_ptr())
+}
+
+/// Version of the library, e.g. "0.1.0". Static; never free it.
+#[no_mangle]
+pub extern "C" fn cmdop_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// ABI version of the library: changes only on incompatible changes to the
+/// header. Compare with CMDOP_ABI_VERSION at run time.
+#[no_mangle]
+pub extern "C" fn cmdop_abi_version() -> u32 {
+    CMDOP_ABI_VERSION
+}
+
+/// The ABI version this header describes.
+pub const CMDOP_ABI_VERSION: u32 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    #[test]
+    fn every_status_has_text_and_values_never_move() {
+        use cmdop_status::*;
+        assert_eq!(Ok as i32, 0);
+        assert_eq!(Timeout as i32, 5);
+        assert_eq!(Panic as i32, 13);
+        assert_eq!(OperationFailed as i32, 15);
+        let s = unsafe { CStr::from_ptr(cmdop_status_str(Ambiguous as c_int)) };
+        assert_eq!(s.to_str().unwrap(), "ambiguous machine name");
+        let s = unsafe { CStr::from_ptr(cmdop_status_str(-7)) };
+        assert_eq!(s.to_str().unwrap(), "unknown status");
+    }
+
+    #[test]
+    fn kinds_map_to_statuses() {
+        assert_eq!(
+            cmdop_status::from_kind(ErrorKind::Timeout),
+            cmdop_status::Timeout
+        );
+        assert_eq!(
+            cmdop_status::from_kind(ErrorKind::Ambiguous),
+            cmdop_status::Ambiguous
+        );
+        assert_eq!(
+            cmdop_status::from_kind(ErrorKind::Disconnected),
+            cmdop_status::Disconnected
+        );
+    }
+}
