@@ -40,6 +40,12 @@
 
 
 /**
+ * Largest file `write_file` sends: one official FileWrite message, which
+ * servers cap at 32 MiB including the envelope (path, session id).
+ */
+#define MAX_WRITE_BYTES (((32 * 1024) * 1024) - (64 * 1024))
+
+/**
  * Outcome of a libcmdop call. Values are part of the ABI: they are never
  * renumbered, and a retired status keeps its number.
  */
@@ -815,7 +821,10 @@ enum cmdop_status cmdop_file_read(struct cmdop_client *client,
 
 /**
  * Create or replace file `path` on the selected machine with `len` bytes
- * at `data` (`data` may be NULL only when `len` is 0).
+ * at `data` (`data` may be NULL only when `len` is 0). The file is
+ * written atomically by the agent. One write carries at most 32 MiB - 64 KiB
+ * (the protocol's message limit); larger `len` is
+ * CMDOP_STATUS_INVALID_ARGUMENT before anything is sent.
  *
  * Returns as cmdop_files_list_page(). Thread: any; blocks.
  */

@@ -14,6 +14,9 @@ use super::{Client, Error, ErrorKind, Result};
 const PAGE_SIZE: i32 = 100;
 /// Largest file [`Client::read_file`] assembles.
 const MAX_READ_BYTES: usize = 512 * 1024 * 1024;
+/// Largest file `write_file` sends: one official FileWrite message, which
+/// servers cap at 32 MiB including the envelope (path, session id).
+pub const MAX_WRITE_BYTES: usize = 32 * 1024 * 1024 - 64 * 1024;
 
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +239,13 @@ impl Client {
 
     /// Create or replace the file at `path` on the selected machine.
     pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        if data.len() > MAX_WRITE_BYTES {
+            return Err(self.inner.report(Error::InvalidArgument(format!(
+                "{} bytes is more than one write can carry ({} bytes); write it in parts of at most 32 MiB to separate files",
+                data.len(),
+                MAX_WRITE_BYTES
+            ))));
+        }
         let policy = CallPolicy {
             idempotent: true,
             timeout: self.inner.opts.timeout,

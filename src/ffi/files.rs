@@ -191,7 +191,10 @@ pub unsafe extern "C" fn cmdop_file_read(
 }
 
 /// Create or replace file `path` on the selected machine with `len` bytes
-/// at `data` (`data` may be NULL only when `len` is 0).
+/// at `data` (`data` may be NULL only when `len` is 0). The file is
+/// written atomically by the agent. One write carries at most 32 MiB - 64 KiB
+/// (the protocol's message limit); larger `len` is
+/// CMDOP_STATUS_INVALID_ARGUMENT before anything is sent.
 ///
 /// Returns as cmdop_files_list_page(). Thread: any; blocks.
 #[no_mangle]

@@ -1,0 +1,465 @@
+/* cmdop_bench: measures libcmdop through its C API against a running control
+ * plane + agent, and prints one JSON record per measurement (format in
+ * bench_common.h).
+ *
+ *   cmdop_bench MODE --server HOST:PORT --machine HOSTNAME --subject ID [options]
+ *
+ * Modes:
+ *   exec       execute(--command, default "true") --runs times with
+ *              --concurrency threads sharing one client (latency when 1,
+ *              throughput otherwise)
+ *   stream     execute("head -c --bytes /dev/zero") through the streaming
+ *              call, counting bytes in the callback; reports peak RSS of this
+ *              process and of every --watch NAME=PID
+ *   files      write a --bytes file into --dir on the machine, then read it
+ *              back; one record each
+ *   coldstart  per run, in a fresh child process: create client + connect +
+ *              set machine + first execute
+ *
+ * --timeout-ms bounds each execute (default 60000); a call that runs into it
+ * counts as an error. The API key comes from CMDOP_API_KEY. Everything the library returns is
+ * checked: a failed call counts as an error and the first one is described on
+ * stderr with the library's own message. */
+#include "bench_common.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdatomic.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cmdop.h"
+
+/* How long a single execute may take before the run counts as failed,
+ * unless --timeout-ms says otherwise. */
+#define DEFAULT_EXEC_TIMEOUT_MS 60000u
+static uint32_t exec_timeout_ms = DEFAULT_EXEC_TIMEOUT_MS;
+/* How long to keep retrying set_machine while the agent's session comes up. */
+#define MACHINE_WAIT_MS 20000u
+
+typedef struct {
+  const char *mode;
+  const char *host;
+  uint16_t port;
+  const char *machine;
+  const char *command;
+  const char *dir;
+  uint64_t bytes;
+  unsigned warmup;
+  bench_record rec;
+  bench_watch_list watch;
+} options;
+
+/* ------------------------------------------------------ library binding
+ * Every libcmdop call the benchmark makes goes through these few functions,
+ * so an API change touches only this block. */
+
+static void report_failure(const char *what, cmdop_status st) {
+  fprintf(stderr, "cmdop_bench: %s failed: %s: %s\n", what, cmdop_status_str(st),
+          cmdop_last_error_message());
+}
+
+/* Creates a client, connects and selects the machine (retrying while the
+ * agent's session comes up). Returns NULL after describing the failure. */
+static cmdop_client *open_client(const options *o) {
+  cmdop_client *client = NULL;
+  cmdop_status st = cmdop_local_new(o->host, o->port, NULL, &client);
+  if (st != CMDOP_STATUS_OK) {
+    report_failure("cmdop_local_new", st);
+    return NULL;
+  }
+  st = cmdop_connect(client);
+  if (st != CMDOP_STATUS_OK) {
+    report_failure("cmdop_connect", st);
+    cmdop_client_free(client);
+    return NULL;
+  }
+  uint64_t deadline = bench_now_ns() + (uint64_t)MACHINE_WAIT_MS * 1000000u;
+  for (;;) {
+    st = cmdop_set_machine(client, o->machine);
+    if (st == CMDOP_STATUS_OK) return client;
+    if (bench_now_ns() > deadline) {
+      report_failure("cmdop_set_machine", st);
+      cmdop_client_free(client);
+      return NULL;
+    }
+    usleep(100 * 1000);
+  }
+}
+
+/* Runs `cmd` and succeeds only on OK with exit code 0. */
+static bool exec_ok(cmdop_client *client, const char *cmd, bool describe) {
+  cmdop_exec_result *res = NULL;
+  cmdop_status st = cmdop_execute(client, cmd, exec_timeout_ms, &res);
+  bool ok = st == CMDOP_STATUS_OK && res && cmdop_exec_result_exit_code(res) == 0;
+  if (!ok && describe) {
+    if (st != CMDOP_STATUS_OK)
+      report_failure("cmdop_execute", st);
+    else
+      fprintf(stderr, "cmdop_bench: '%s' exited with %d\n", cmd,
+              res ? (int)cmdop_exec_result_exit_code(res) : -1);
+  }
+  cmdop_exec_result_free(res);
+  return ok;
+}
+
+typedef struct {
+  uint64_t stdout_bytes;
+} stream_count;
+
+static void count_chunk(void *user_data, cmdop_stream_kind kind, const uint8_t *data, size_t len) {
+  (void)data;
+  stream_count *c = user_data;
+  if (kind == CMDOP_STREAM_KIND_STDOUT) c->stdout_bytes += len;
+}
+
+/* Streams `cmd`'s output into `count_chunk`; OK only with exit code 0. */
+static bool stream_ok(cmdop_client *client, const char *cmd, uint64_t *stdout_bytes) {
+  stream_count count = {0};
+  cmdop_exec_result *res = NULL;
+  cmdop_status st =
+      cmdop_execute_stream(client, cmd, exec_timeout_ms, count_chunk, &count, NULL, &res);
+  *stdout_bytes = count.stdout_bytes;
+  if (st != CMDOP_STATUS_OK) {
+    report_failure("cmdop_execute_stream", st);
+    cmdop_exec_result_free(res);
+    return false;
+  }
+  int32_t exit_code = cmdop_exec_result_exit_code(res);
+  cmdop_exec_result_free(res);
+  if (exit_code != 0) fprintf(stderr, "cmdop_bench: '%s' exited with %d\n", cmd, (int)exit_code);
+  return exit_code == 0;
+}
+
+static bool file_write_ok(cmdop_client *client, const char *path, const uint8_t *data, size_t len) {
+  cmdop_status st = cmdop_file_write(client, path, data, len);
+  if (st != CMDOP_STATUS_OK) report_failure("cmdop_file_write", st);
+  return st == CMDOP_STATUS_OK;
+}
+
+static bool file_read_ok(cmdop_client *client, const char *path, uint64_t expect_len) {
+  cmdop_bytes *content = NULL;
+  cmdop_status st = cmdop_file_read(client, path, &content);
+  if (st != CMDOP_STATUS_OK) {
+    report_failure("cmdop_file_read", st);
+    return false;
+  }
+  size_t len = cmdop_bytes_len(content);
+  cmdop_bytes_free(content);
+  if (len != expect_len) {
+    fprintf(stderr, "cmdop_bench: read %zu bytes of %s, expected %" PRIu64 "\n", len, path,
+            expect_len);
+    return false;
+  }
+  return true;
+}
+
+/* ------------------------------------------------------------ exec mode */
+
+typedef struct {
+  cmdop_client *client;
+  const char *command;
+  atomic_long remaining;
+  atomic_long errors;
+  atomic_bool described;
+  bool record;
+} exec_job;
+
+typedef struct {
+  exec_job *job;
+  bench_samples samples;
+} exec_worker;
+
+static void *exec_worker_main(void *arg) {
+  exec_worker *w = arg;
+  exec_job *j = w->job;
+  while (atomic_fetch_sub(&j->remaining, 1) > 0) {
+    uint64_t t0 = bench_now_ns();
+    bool describe = !atomic_load(&j->described);
+    bool ok = exec_ok(j->client, j->command, describe);
+    uint64_t t1 = bench_now_ns();
+    if (!ok) atomic_store(&j->described, true);
+    if (!j->record) continue;
+    if (ok)
+      bench_samples_push(&w->samples, (double)(t1 - t0) / 1000.0);
+    else
+      atomic_fetch_add(&j->errors, 1);
+  }
+  return NULL;
+}
+
+static double exec_all(exec_job *j, exec_worker *workers, unsigned concurrency, long runs) {
+  pthread_t tids[concurrency];
+  atomic_store(&j->remaining, runs);
+  uint64_t t0 = bench_now_ns();
+  for (unsigned i = 0; i < concurrency; i++) {
+    workers[i].job = j;
+    int rc = pthread_create(&tids[i], NULL, exec_worker_main, &workers[i]);
+    if (rc != 0) bench_die("cannot start worker thread: %s", strerror(rc));
+  }
+  for (unsigned i = 0; i < concurrency; i++) pthread_join(tids[i], NULL);
+  return (double)(bench_now_ns() - t0) / 1e9;
+}
+
+static int mode_exec(options *o) {
+  cmdop_client *client = open_client(o);
+  if (!client) return 1;
+  exec_job j = {.client = client, .command = o->command};
+  unsigned conc = o->rec.concurrency;
+  exec_worker *workers = calloc(conc, sizeof *workers);
+  if (!workers) bench_die("out of memory");
+
+  if (o->warmup) {
+    j.record = false;
+    exec_all(&j, workers, conc < o->warmup ? conc : o->warmup, o->warmup);
+  }
+  j.record = true;
+  atomic_store(&j.errors, 0);
+  o->rec.wall_s = exec_all(&j, workers, conc, o->rec.runs);
+
+  bench_samples all = {0};
+  for (unsigned k = 0; k < conc; k++) bench_samples_move(&all, &workers[k].samples);
+  o->rec.errors = (unsigned)atomic_load(&j.errors);
+  o->rec.client_rss_kb = bench_vm_hwm_kb(0);
+  o->rec.samples = &all;
+  o->rec.watch = &o->watch;
+  bench_record_print(&o->rec);
+  free(all.us);
+  free(workers);
+  cmdop_client_free(client);
+  return o->rec.errors == o->rec.runs ? 1 : 0;
+}
+
+/* ---------------------------------------------------------- stream mode */
+
+static int mode_stream(options *o) {
+  cmdop_client *client = open_client(o);
+  if (!client) return 1;
+  char cmd[64];
+  snprintf(cmd, sizeof cmd, "head -c %" PRIu64 " /dev/zero", o->bytes);
+  uint64_t got = 0;
+  for (unsigned i = 0; i < o->warmup; i++) (void)stream_ok(client, "head -c 65536 /dev/zero", &got);
+
+  /* The peak RSS figures below belong to the streamed runs alone. */
+  long self_pid = (long)getpid();
+  bench_watch_list self = {.len = 0};
+  char spec[48];
+  snprintf(spec, sizeof spec, "client=%ld", self_pid);
+  bench_watch_add(&self, spec);
+  bench_watch_reset(&self);
+  bench_watch_reset(&o->watch);
+
+  bench_samples samples = {0};
+  uint64_t t0 = bench_now_ns();
+  for (unsigned i = 0; i < o->rec.runs; i++) {
+    uint64_t s = bench_now_ns();
+    bool ok = stream_ok(client, cmd, &got);
+    uint64_t e = bench_now_ns();
+    if (ok && got == o->bytes) {
+      bench_samples_push(&samples, (double)(e - s) / 1000.0);
+    } else {
+      if (ok)
+        fprintf(stderr, "cmdop_bench: streamed %" PRIu64 " bytes, expected %" PRIu64 "\n", got,
+                o->bytes);
+      o->rec.errors++;
+    }
+  }
+  o->rec.wall_s = (double)(bench_now_ns() - t0) / 1e9;
+  o->rec.bytes = o->bytes;
+  o->rec.client_rss_kb = bench_vm_hwm_kb(0);
+  o->rec.samples = &samples;
+  o->rec.watch = &o->watch;
+  bench_record_print(&o->rec);
+  free(samples.us);
+  cmdop_client_free(client);
+  return o->rec.errors == o->rec.runs ? 1 : 0;
+}
+
+/* ----------------------------------------------------------- files mode */
+
+static int mode_files(options *o) {
+  if (!o->dir) bench_die("files mode needs --dir DIR (a directory on the machine)");
+  if (o->bytes > SIZE_MAX) bench_die("--bytes too large for this platform");
+  cmdop_client *client = open_client(o);
+  if (!client) return 1;
+  size_t len = (size_t)o->bytes;
+  uint8_t *data = malloc(len ? len : 1);
+  if (!data) bench_die("cannot allocate %zu bytes of file content", len);
+  /* Not all zeros, so no layer can shortcut the content. */
+  for (size_t i = 0; i < len; i++) data[i] = (uint8_t)(i * 2654435761u >> 24);
+
+  char path[4096];
+  int n = snprintf(path, sizeof path, "%s/cmdop-bench.bin", o->dir);
+  if (n < 0 || (size_t)n >= sizeof path) bench_die("--dir is too long");
+
+  bench_samples wr = {0}, rd = {0};
+  unsigned wr_err = 0, rd_err = 0;
+  double wr_wall = 0, rd_wall = 0;
+  for (unsigned i = 0; i < o->rec.runs; i++) {
+    uint64_t t0 = bench_now_ns();
+    bool ok = file_write_ok(client, path, data, len);
+    uint64_t t1 = bench_now_ns();
+    wr_wall += (double)(t1 - t0) / 1e9;
+    if (ok) bench_samples_push(&wr, (double)(t1 - t0) / 1000.0);
+    else wr_err++;
+
+    t0 = bench_now_ns();
+    ok = file_read_ok(client, path, o->bytes);
+    t1 = bench_now_ns();
+    rd_wall += (double)(t1 - t0) / 1e9;
+    if (ok) bench_samples_push(&rd, (double)(t1 - t0) / 1000.0);
+    else rd_err++;
+  }
+
+  char label[256];
+  bench_record r = o->rec;
+  r.bytes = o->bytes;
+  r.client_rss_kb = bench_vm_hwm_kb(0);
+  r.watch = &o->watch;
+
+  snprintf(label, sizeof label, "%s write", o->rec.label ? o->rec.label : o->rec.subject);
+  r.label = label;
+  r.case_name = "file-write";
+  r.samples = &wr;
+  r.errors = wr_err;
+  r.wall_s = wr_wall;
+  bench_record_print(&r);
+
+  snprintf(label, sizeof label, "%s read", o->rec.label ? o->rec.label : o->rec.subject);
+  r.case_name = "file-read";
+  r.samples = &rd;
+  r.errors = rd_err;
+  r.wall_s = rd_wall;
+  bench_record_print(&r);
+
+  free(wr.us);
+  free(rd.us);
+  free(data);
+  cmdop_client_free(client);
+  return (wr_err == o->rec.runs || rd_err == o->rec.runs) ? 1 : 0;
+}
+
+/* ------------------------------------------------------- coldstart mode */
+
+/* In a child: one cold start, result (ns, 0 on failure) written to `fd`. */
+static void coldstart_child(const options *o, int fd) {
+  uint64_t t0 = bench_now_ns();
+  cmdop_client *client = open_client(o);
+  bool ok = client && exec_ok(client, o->command, true);
+  uint64_t elapsed = ok ? bench_now_ns() - t0 : 0;
+  if (write(fd, &elapsed, sizeof elapsed) != (ssize_t)sizeof elapsed) _exit(3);
+  cmdop_client_free(client);
+  _exit(ok ? 0 : 1);
+}
+
+static int mode_coldstart(options *o) {
+  bench_samples samples = {0};
+  uint64_t t0 = bench_now_ns();
+  for (unsigned i = 0; i < o->warmup + o->rec.runs; i++) {
+    int fds[2];
+    if (pipe(fds) != 0) bench_die("pipe: %s", strerror(errno));
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) bench_die("fork: %s", strerror(errno));
+    if (pid == 0) {
+      close(fds[0]);
+      coldstart_child(o, fds[1]);
+    }
+    close(fds[1]);
+    uint64_t ns = 0;
+    ssize_t got = read(fds[0], &ns, sizeof ns);
+    close(fds[0]);
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (i < o->warmup) continue;
+    if (got == (ssize_t)sizeof ns && ns > 0)
+      bench_samples_push(&samples, (double)ns / 1000.0);
+    else
+      o->rec.errors++;
+  }
+  o->rec.wall_s = (double)(bench_now_ns() - t0) / 1e9;
+  o->rec.samples = &samples;
+  o->rec.client_rss_kb = -1;
+  o->rec.watch = &o->watch;
+  bench_record_print(&o->rec);
+  free(samples.us);
+  return o->rec.errors == o->rec.runs ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------ main */
+
+static void usage(void) {
+  fputs("usage: cmdop_bench exec|stream|files|coldstart --server HOST:PORT --machine HOSTNAME\n"
+        "         --subject ID [--case NAME] [--label TEXT] [--note TEXT] [--runs N] [--warmup N]\n"
+        "         [--concurrency N] [--command CMD] [--bytes N[K|M|G]] [--dir DIR]\n"
+        "         [--timeout-ms N] [--watch NAME=PID]...\n"
+        "The API key is read from CMDOP_API_KEY.\n",
+        stderr);
+  exit(2);
+}
+
+static void parse_server(options *o, const char *v) {
+  const char *colon = strrchr(v, ':');
+  if (!colon || colon == v) bench_die("--server wants HOST:PORT, got '%s'", v);
+  uint64_t port = bench_parse_size("--server port", colon + 1);
+  if (port == 0 || port > 65535) bench_die("--server port out of range in '%s'", v);
+  char *host = strndup(v, (size_t)(colon - v));
+  if (!host) bench_die("out of memory");
+  o->host = host;
+  o->port = (uint16_t)port;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) usage();
+  options o = {.mode = argv[1], .command = "true", .warmup = 5};
+  o.rec.runs = 100;
+  o.rec.concurrency = 1;
+  for (int i = 2; i < argc; i += 2) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!v) usage();
+    if (strcmp(a, "--server") == 0) parse_server(&o, v);
+    else if (strcmp(a, "--machine") == 0) o.machine = v;
+    else if (strcmp(a, "--case") == 0) o.rec.case_name = v;
+    else if (strcmp(a, "--subject") == 0) o.rec.subject = v;
+    else if (strcmp(a, "--label") == 0) o.rec.label = v;
+    else if (strcmp(a, "--note") == 0) o.rec.note = v;
+    else if (strcmp(a, "--runs") == 0) o.rec.runs = (unsigned)bench_parse_size(a, v);
+    else if (strcmp(a, "--warmup") == 0) o.warmup = (unsigned)bench_parse_size(a, v);
+    else if (strcmp(a, "--concurrency") == 0) o.rec.concurrency = (unsigned)bench_parse_size(a, v);
+    else if (strcmp(a, "--command") == 0) o.command = v;
+    else if (strcmp(a, "--bytes") == 0) o.bytes = bench_parse_size(a, v);
+    else if (strcmp(a, "--dir") == 0) o.dir = v;
+    else if (strcmp(a, "--timeout-ms") == 0) {
+      uint64_t t = bench_parse_size(a, v);
+      if (t == 0 || t > UINT32_MAX) bench_die("--timeout-ms must be 1..%u", UINT32_MAX);
+      exec_timeout_ms = (uint32_t)t;
+    }
+    else if (strcmp(a, "--watch") == 0) bench_watch_add(&o.watch, v);
+    else usage();
+  }
+  if (!o.host || !o.machine || !o.rec.subject) usage();
+  if (o.rec.runs == 0 || o.rec.concurrency == 0 || o.rec.concurrency > 1024)
+    bench_die("--runs must be > 0 and --concurrency 1..1024");
+  if (!getenv("CMDOP_API_KEY")) bench_die("set CMDOP_API_KEY to the control plane's API key");
+
+  if (strcmp(o.mode, "exec") == 0) {
+    if (!o.rec.case_name) o.rec.case_name = o.rec.concurrency == 1 ? "latency" : "throughput";
+    return mode_exec(&o);
+  }
+  if (strcmp(o.mode, "stream") == 0) {
+    if (!o.rec.case_name) o.rec.case_name = "stream";
+    if (o.bytes == 0) bench_die("stream mode needs --bytes N");
+    return mode_stream(&o);
+  }
+  if (strcmp(o.mode, "files") == 0) {
+    o.rec.case_name = "files";
+    return mode_files(&o);
+  }
+  if (strcmp(o.mode, "coldstart") == 0) {
+    if (!o.rec.case_name) o.rec.case_name = "coldstart";
+    return mode_coldstart(&o);
+  }
+  usage();
+}

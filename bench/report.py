@@ -1,0 +1,523 @@
+#!/usr/bin/env python3
+"""Turns the records of one bench/run (JSON lines) into BENCHMARKS.md and SVG plots.
+
+    report.py RESULTS.jsonl --out DIR [--meta KEY=VALUE]... [--notes FILE]
+
+Every record is one measurement printed by bench/c/*.c, bench/node/*.cjs or
+bench/run itself (see bench/c/bench_common.h for the format); a record with
+"skipped" says why a case did not run. Statistics use the nearest-rank
+percentile over the recorded samples; ratios only compare records of the same
+results file, i.e. of the same run. Goals are reported, never asserted.
+
+Standard library only, so the harness needs nothing beyond python3.
+"""
+
+import argparse
+import datetime
+import html
+import json
+import math
+import os
+import platform
+import sys
+
+MIB = 1024 * 1024
+
+
+# ----------------------------------------------------------------- inputs
+
+def load_records(path):
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                sys.exit(f"report.py: {path}:{n}: not a JSON record ({e}); "
+                         "a bench program printed something unexpected on stdout")
+    return records
+
+
+def machine_facts():
+    facts = {"cores": os.cpu_count() or 0, "kernel": platform.release()}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    facts["memory_gib"] = int(line.split()[1]) / (1024 * 1024)
+    except OSError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    facts["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return facts
+
+
+# ------------------------------------------------------------- statistics
+
+def percentile(sorted_values, p):
+    """Nearest-rank percentile of an ascending list (p in 0..100)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+class Stats:
+    def __init__(self, rec):
+        s = sorted(rec.get("samples_us") or [])
+        self.n = len(s)
+        self.min = s[0] if s else None
+        self.p50 = percentile(s, 50)
+        self.p99 = percentile(s, 99)
+
+
+def fmt_us(us):
+    if us is None:
+        return "–"
+    if us < 1000:
+        return f"{us:.0f} µs"
+    if us < 1_000_000:
+        return f"{us / 1000:.2f} ms"
+    return f"{us / 1e6:.2f} s"
+
+
+def fmt_ratio(x):
+    if x is None:
+        return "–"
+    return f"{x:.1f}×" if x >= 10 else f"{x:.2f}×"
+
+
+def fmt_rate(bytes_, us):
+    if not bytes_ or not us:
+        return "–"
+    return f"{bytes_ / MIB / (us / 1e6):.0f} MiB/s"
+
+
+def fmt_kb(kb):
+    if kb is None or kb < 0:
+        return "–"
+    return f"{kb / 1024:.1f} MiB"
+
+
+def goal_word(ok):
+    if ok is None:
+        return "not measured"
+    return "met" if ok else "**missed**"
+
+
+# ------------------------------------------------------------------- SVG
+
+def svg_bars(path, title, rows, unit_fmt, log_scale, x_label, value_fmt=None):
+    """Horizontal bars. rows: (label, value, lo, hi) with optional lo/hi whisker.
+    unit_fmt labels the axis ticks, value_fmt (default unit_fmt) the bars."""
+    value_fmt = value_fmt or unit_fmt
+    rows = [r for r in rows if r[1] is not None and r[1] > 0]
+    if not rows:
+        return False
+    # Room for the longest label at about 6.6 px per character of 12 px sans.
+    left = int(min(440, max(200, 20 + 6.6 * max(len(r[0]) for r in rows))))
+    width, right, top, bar_h, gap = 600 + left, 40, 50, 22, 10
+    height = top + len(rows) * (bar_h + gap) + 50
+    vmax = max(max(r[1], r[3] or 0) for r in rows)
+    vmin = min(min(r[1], r[2] or r[1]) for r in rows)
+    if log_scale:
+        lo_exp = math.floor(math.log10(vmin))
+        hi_exp = math.ceil(math.log10(vmax))
+        if hi_exp == lo_exp:
+            hi_exp += 1
+
+        def x(v):
+            return left + (math.log10(v) - lo_exp) / (hi_exp - lo_exp) * (width - left - right)
+        ticks = [10 ** e for e in range(lo_exp, hi_exp + 1)]
+        base = left
+    else:
+        top_v = vmax * 1.1
+
+        def x(v):
+            return left + v / top_v * (width - left - right)
+        step = 10 ** math.floor(math.log10(top_v))
+        if top_v / step < 4:
+            step /= 2
+        ticks = [i * step for i in range(int(top_v / step) + 1)]
+        base = left
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{width / 2}" y="24" text-anchor="middle" font-size="15">{html.escape(title)}</text>']
+    axis_y = height - 40
+    for t in ticks:
+        tx = x(t) if t > 0 or not log_scale else base
+        out.append(f'<line x1="{tx:.1f}" y1="{top - 8}" x2="{tx:.1f}" y2="{axis_y}" stroke="#ddd"/>')
+        out.append(f'<text x="{tx:.1f}" y="{axis_y + 14}" text-anchor="middle" fill="#555">'
+                   f'{html.escape(unit_fmt(t))}</text>')
+    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle" '
+               f'fill="#333">{html.escape(x_label)}</text>')
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    colours = {}  # one colour per path, whatever its concurrency suffix
+    for i, (label, value, lo, hi) in enumerate(rows):
+        y = top + i * (bar_h + gap)
+        w = max(1.0, x(value) - base)
+        colour = colours.setdefault(label.split(" · ")[-1].split(" ×")[0], palette[len(colours) % len(palette)])
+        out.append(f'<text x="{left - 8}" y="{y + bar_h * 0.7:.1f}" text-anchor="end">{html.escape(label)}</text>')
+        out.append(f'<rect x="{base}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colour}" opacity="0.85"/>')
+        if lo and hi and hi > lo:
+            cy = y + bar_h / 2
+            out.append(f'<line x1="{x(lo):.1f}" y1="{cy}" x2="{x(hi):.1f}" y2="{cy}" stroke="black"/>')
+            for v in (lo, hi):
+                out.append(f'<line x1="{x(v):.1f}" y1="{y + 4}" x2="{x(v):.1f}" y2="{y + bar_h - 4}" stroke="black"/>')
+        out.append(f'<text x="{min(x(max(value, hi or 0)) + 6, width - right):.1f}" y="{y + bar_h * 0.7:.1f}" '
+                   f'fill="#222">{html.escape(value_fmt(value))}</text>')
+    out.append("</svg>")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(out) + "\n")
+    return True
+
+
+def us_tick(v):
+    for unit, scale in (("s", 1e6), ("ms", 1e3), ("µs", 1.0)):
+        if v >= scale:
+            return f"{v / scale:g} {unit}"
+    return f"{v:g} µs"
+
+
+def plain_tick(v):
+    return f"{v:,.0f}"
+
+
+# ---------------------------------------------------------------- report
+
+class Report:
+    def __init__(self, records, out_dir, meta, notes):
+        self.records = records
+        self.out_dir = out_dir
+        self.meta = meta
+        self.notes = notes
+        self.lines = []
+        self.plots = []
+
+    def find(self, case, subject, concurrency=None):
+        for r in self.records:
+            if r.get("case") == case and r.get("subject") == subject and "skipped" not in r:
+                if concurrency is None or r.get("concurrency") == concurrency:
+                    return r
+        return None
+
+    def of_case(self, case):
+        return [r for r in self.records if r.get("case") == case]
+
+    def w(self, line=""):
+        self.lines.append(line)
+
+    def skipped_lines(self, recs):
+        for r in recs:
+            if "skipped" in r:
+                self.w(f"- *{r.get('label', r.get('subject'))}*: not measured — {r['skipped']}")
+
+    def plot(self, name, *args):
+        if svg_bars(os.path.join(self.out_dir, name), *args):
+            self.w(f"![{args[0]}]({name})")
+            self.w()
+
+    # -- sections
+
+    def header(self):
+        m = machine_facts()
+        mode = self.meta.get("mode", "full")
+        self.w("# libcmdop benchmarks")
+        self.w()
+        self.w(f"Generated by `bench/run{' --quick' if mode == 'quick' else ''}` on "
+               f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
+               f"{' at commit ' + self.meta['commit'] if self.meta.get('commit') else ''}.")
+        if mode == "quick":
+            self.w()
+            self.w("> **Quick mode**: every case ran only briefly (CI smoke run). The figures show the "
+                   "harness works; they are not the measurements. Run `bench/run` on an idle machine for those.")
+        self.w()
+        self.w(f"- Machine: {m.get('cores', '?')} cores ({m.get('cpu', 'unknown CPU')}), "
+               f"{m.get('memory_gib', 0):.1f} GiB memory, Linux {m.get('kernel', '?')}")
+        for key in ("rustc", "openssh", "node", "sdk", "cc"):
+            if self.meta.get(key):
+                self.w(f"- {key}: {self.meta[key]}")
+        self.w("- Everything runs on this one machine over loopback (127.0.0.1): the control plane and "
+               "the agent as separate processes, a private `sshd` started by the harness, and the clients.")
+        self.w("- ssh peers: OpenSSH with default ciphers, key authentication, `sshd` on a loopback port; the "
+               "session's HOME is an empty directory so that the account's shell start-up files are not timed "
+               "(the agent does not read them either). scp goes through the open ControlMaster.")
+        self.w("- Every figure gives its number of runs and min / p50 / p99 (nearest rank; with fewer than "
+               "100 runs p99 is the maximum). Ratios compare p50s of this same run.")
+        self.w()
+
+    def latency_table(self, rows, base):
+        self.w("| path | runs | errors | min | p50 | p99 | p50 ÷ C native p50 |")
+        self.w("|---|---:|---:|---:|---:|---:|---:|")
+        base_p50 = Stats(base).p50 if base else None
+        for r in rows:
+            s = Stats(r)
+            ratio = s.p50 / base_p50 if base_p50 and s.p50 else None
+            note = f" ({r['note']})" if r.get("note") else ""
+            self.w(f"| {r['label']}{note} | {r['runs']} | {r['errors']} | {fmt_us(s.min)} | "
+                   f"{fmt_us(s.p50)} | {fmt_us(s.p99)} | {fmt_ratio(ratio)} |")
+        self.w()
+
+    def latency(self):
+        self.w("## `execute(\"true\")` latency, one client, one call in flight")
+        self.w()
+        recs = self.of_case("latency")
+        done = [r for r in recs if "skipped" not in r]
+        native = self.find("latency", "c-native")
+        self.latency_table(done, native)
+        self.skipped_lines(recs)
+        self.w()
+        ns = Stats(native) if native else None
+        cm = self.find("latency", "ssh-cm")
+        sdk = self.find("latency", "node-sdk-default")
+        ratio_cm = Stats(cm).p50 / ns.p50 if ns and cm and ns.p50 and Stats(cm).p50 else None
+        ratio_sdk = Stats(sdk).p50 / ns.p50 if ns and sdk and ns.p50 and Stats(sdk).p50 else None
+        self.w("| goal | measured | |")
+        self.w("|---|---|---|")
+        self.w(f"| C native p50 ≤ 1.5 ms | {fmt_us(ns.p50) if ns else '–'} | "
+               f"{goal_word(ns.p50 <= 1500 if ns and ns.p50 else None)} |")
+        self.w(f"| C native p99 ≤ 5 ms | {fmt_us(ns.p99) if ns else '–'} | "
+               f"{goal_word(ns.p99 <= 5000 if ns and ns.p99 else None)} |")
+        self.w(f"| ≥ 50× faster than ssh ControlMaster | {fmt_ratio(ratio_cm)} | "
+               f"{goal_word(ratio_cm >= 50 if ratio_cm else None)} |")
+        self.w(f"| ≥ 100× faster than the official SDK's execute (default settings) | {fmt_ratio(ratio_sdk)} | "
+               f"{goal_word(ratio_sdk >= 100 if ratio_sdk else None)} |")
+        floor = self.find("latency", "floor")
+        if cm and floor and Stats(floor).p50 and Stats(cm).p50:
+            self.w()
+            self.w(f"Bound: a command that spawns a process cannot take less than the local floor, so no such "
+                   f"path can be more than ssh ControlMaster p50 ÷ floor p50 = "
+                   f"**{fmt_ratio(Stats(cm).p50 / Stats(floor).p50)}** faster than ssh ControlMaster on this machine.")
+        self.w()
+        rows = [(r["label"], Stats(r).p50, Stats(r).min, Stats(r).p99) for r in done]
+        self.plot("latency.svg", "execute(\"true\") latency: p50, whiskers min..p99 (log scale)",
+                  rows, us_tick, True, "latency per call", fmt_us)
+
+    @staticmethod
+    def throughput_order(r):
+        """Floor first, then our paths, then peers; grouped by concurrency."""
+        order = ["floor", "c-native", "rust-direct", "c-fallback", "ssh-cm"]
+        rank = order.index(r["subject"]) if r["subject"] in order else len(order)
+        return (r["concurrency"], rank, r["subject"])
+
+    def throughput(self):
+        self.w("## Throughput: calls in flight at once")
+        self.w()
+        self.w("The floor is spawning `sh -c true` locally at the same concurrency (threads, `posix_spawn`). "
+               "Our client is shared by all threads of the C bench.")
+        self.w()
+        recs = self.of_case("throughput")
+        done = [r for r in recs if "skipped" not in r]
+        self.w("| path | in flight | runs | errors | calls/s | p50 | p99 | vs floor | goal ≥ 50% of floor |")
+        self.w("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        for r in sorted(done, key=self.throughput_order):
+            s = Stats(r)
+            floor = self.find("throughput", "floor", r["concurrency"])
+            share = r["ops_per_s"] / floor["ops_per_s"] if floor and floor["ops_per_s"] else None
+            goal = "" if r["subject"] == "floor" else (
+                goal_word(share >= 0.5 if share is not None else None) if r["subject"] == "c-native" else "")
+            self.w(f"| {r['label']} | {r['concurrency']} | {r['runs']} | {r['errors']} | "
+                   f"{r['ops_per_s']:,.0f} | {fmt_us(s.p50)} | {fmt_us(s.p99)} | "
+                   f"{'–' if share is None else f'{share * 100:.0f}%'} | {goal} |")
+        self.w()
+        self.skipped_lines(recs)
+        self.w()
+        rows = [(f"{r['label']} ×{r['concurrency']}", r["ops_per_s"], None, None)
+                for r in sorted(done, key=self.throughput_order)]
+        self.plot("throughput.svg", "calls per second by calls in flight", rows, plain_tick, False,
+                  "completed calls per second")
+
+    def transfer_table(self, case, title, peer_subject, goal_text, goal_ratio):
+        recs = self.of_case(case)
+        done = [r for r in recs if "skipped" not in r]
+        if not recs:
+            return []
+        self.w(f"### {title}")
+        self.w()
+        peer = self.find(case, peer_subject)
+        peer_p50 = Stats(peer).p50 if peer else None
+        self.w("| path | size | runs | errors | min | p50 | p99 | throughput (p50) | vs peer | "
+               "peak RSS client | control plane | agent |")
+        self.w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in done:
+            s = Stats(r)
+            ratio = peer_p50 / s.p50 if peer_p50 and s.p50 else None
+            rss = r.get("rss_kb", {})
+            self.w(f"| {r['label']} | {r['bytes'] / MIB:.0f} MiB | {r['runs']} | {r['errors']} | "
+                   f"{fmt_us(s.min)} | {fmt_us(s.p50)} | {fmt_us(s.p99)} | {fmt_rate(r['bytes'], s.p50)} | "
+                   f"{fmt_ratio(ratio) if r['subject'] != peer_subject else 'peer'} | "
+                   f"{fmt_kb(rss.get('client'))} | {fmt_kb(rss.get('controlplane'))} | {fmt_kb(rss.get('agent'))} |")
+        self.w()
+        ours = [r for r in done if r["subject"].startswith("c-")]
+        for r in ours:
+            s = Stats(r)
+            ratio = peer_p50 / s.p50 if peer_p50 and s.p50 else None
+            self.w(f"- Goal {goal_text}: {r['label']}: {fmt_ratio(ratio)} — "
+                   f"{goal_word(ratio >= goal_ratio if ratio else None)}")
+        self.skipped_lines(recs)
+        self.w()
+        return [(r["label"], r["bytes"] / MIB / (Stats(r).p50 / 1e6), None, None)
+                for r in done if Stats(r).p50]
+
+    def transfers(self):
+        self.w("## Bulk data")
+        self.w()
+        self.w("Peak RSS is VmHWM, reset (`/proc/PID/clear_refs`) before the measured runs; for ssh/scp it "
+               "is the client process's own peak (`wait4` rusage). Control plane and agent are only "
+               "watched for our own stack.")
+        self.w()
+        def tagged(kind, rows):
+            return [(f"{kind} · {label.removesuffix(' write').removesuffix(' read')}", v, None, None)
+                    for label, v, _, _ in rows]
+        rows = tagged("output", self.transfer_table(
+            "stream", "Output streamed back (`head -c N /dev/zero`)", "ssh-cm", "≥ 1.5× ssh ControlMaster", 1.5))
+        rows += tagged("write", self.transfer_table(
+            "file-write", "File write (local → machine)", "scp-write", "≥ scp throughput", 1.0))
+        rows += tagged("read", self.transfer_table(
+            "file-read", "File read (machine → local)", "scp-read", "≥ scp throughput", 1.0))
+        self.plot("transfer.svg", "bulk data throughput (p50 run)", rows, plain_tick, False, "MiB/s")
+
+    def coldstart(self):
+        self.w("## Cold start: create client + connect + set machine + first execute")
+        self.w()
+        self.w("Each run happens in a fresh child process (library loaded, its runtime not yet started).")
+        self.w()
+        recs = self.of_case("coldstart")
+        done = [r for r in recs if "skipped" not in r]
+        self.latency_table(done, self.find("coldstart", "c-native"))
+        for r in done:
+            s = Stats(r)
+            self.w(f"- Goal ≤ 10 ms (plaintext), {r['label']}: p50 {fmt_us(s.p50)} — "
+                   f"{goal_word(s.p50 <= 10_000 if s.p50 else None)}")
+        self.skipped_lines(recs)
+        self.w()
+
+    def abi(self):
+        self.w("## C ABI vs the Rust client")
+        self.w()
+        recs = self.of_case("abi-overhead")
+        done = [r for r in recs if "skipped" not in r]
+        native = self.find("latency", "c-native")
+        if done:
+            self.w("`execute(\"true\")` one call in flight: the C bench against `bench/rust` "
+                   "(the same client core called from Rust on its own tokio runtime).")
+            self.w()
+            self.latency_table(([native] if native else []) + done, native)
+        rust = self.find("abi-overhead", "rust-direct")
+        if rust and native and Stats(rust).p50 and Stats(native).p50:
+            overhead = Stats(native).p50 / Stats(rust).p50 - 1
+            self.w(f"- Goal C ABI ≤ 5% overhead over the Rust client (p50): {overhead * 100:+.1f}% — "
+                   f"{goal_word(overhead <= 0.05)}")
+        self.skipped_lines(recs)
+        self.w()
+
+    def agents(self):
+        recs = self.of_case("agents-10k")
+        sim = self.find("agents-10k", "idle-agents")
+        n = sim.get("agents", sim["runs"]) if sim else None
+        self.w(f"## {n if n else 'Many'} idle agents on one control plane")
+        self.w()
+        self.w("Simulated agents in one process (`bench/rust`, `cmdop-bench-agents`), each with its own "
+               "connection, enrolled with its own one-time token, registered through `ConnectTerminal` "
+               "and heartbeating like the real agent; one real agent serves the executes.")
+        self.w()
+        one = self.find("agents-10k", "exec-1")
+        many = self.find("agents-10k", "exec-n")
+        lat = [r for r in (one, many) if r]
+        if lat:
+            self.w("| path | runs | errors | min | p50 | p99 | p50 ÷ 1-agent p50 |")
+            self.w("|---|---:|---:|---:|---:|---:|---:|")
+            base = Stats(one).p50 if one else None
+            for r in lat:
+                st = Stats(r)
+                ratio = st.p50 / base if base and st.p50 else None
+                self.w(f"| {r['label']} | {r['runs']} | {r['errors']} | {fmt_us(st.min)} | {fmt_us(st.p50)} | "
+                       f"{fmt_us(st.p99)} | {fmt_ratio(ratio)} |")
+            self.w()
+        if sim:
+            rss = sim.get("rss_kb", {})
+            before, after = rss.get("controlplane_before", -1), rss.get("controlplane_after", -1)
+            per_agent = (after - before) / n if n and before >= 0 and after >= 0 else None
+            st = Stats(sim)
+            self.w(f"- {n} agents connected ({sim['errors']} failed) in {sim['wall_s']:.2f} s, "
+                   f"{sim['concurrency']} connecting at a time; connect time per agent min {fmt_us(st.min)}, "
+                   f"p50 {fmt_us(st.p50)}, p99 {fmt_us(st.p99)}.")
+            self.w(f"- Control-plane resident memory: {fmt_kb(before)} before, {fmt_kb(after)} with the agents "
+                   f"connected → {'–' if per_agent is None else f'{per_agent:.1f} KiB'} per idle agent.")
+            self.w(f"- Goal ≤ 64 KiB control-plane RSS per idle agent: "
+                   f"{goal_word(per_agent <= 64 if per_agent is not None else None)}")
+        if one and many and Stats(one).p50 and Stats(many).p50:
+            ratio = Stats(many).p50 / Stats(one).p50
+            self.w(f"- Goal execute p50 with the agents ≤ 1.2× its p50 with one: {fmt_ratio(ratio)} — "
+                   f"{goal_word(ratio <= 1.2)}")
+        self.skipped_lines(recs)
+        self.w()
+
+    def changes(self):
+        self.w("## What we changed and what it gave")
+        self.w()
+        if self.notes and os.path.exists(self.notes):
+            with open(self.notes, encoding="utf-8") as f:
+                self.w(f.read().rstrip())
+        else:
+            self.w("Nothing yet: this is the baseline.")
+        self.w()
+
+    def reproduce(self):
+        self.w("## Reproduce")
+        self.w()
+        self.w("```sh")
+        self.w("bench/run            # full run: release build, every case, this file + plots in bench/")
+        self.w("bench/run --quick    # every case briefly (what CI runs); output under target/bench/")
+        self.w("```")
+        self.w()
+        self.w("Raw records (one JSON line per measurement, every sample) are kept next to the report as "
+               "`results.jsonl`.")
+
+    def write(self):
+        self.header()
+        self.latency()
+        self.throughput()
+        self.transfers()
+        self.coldstart()
+        self.abi()
+        self.agents()
+        self.changes()
+        self.reproduce()
+        path = os.path.join(self.out_dir, "BENCHMARKS.md")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(self.lines).rstrip() + "\n")
+        return path
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results")
+    ap.add_argument("--out", required=True, help="directory for BENCHMARKS.md and the SVG plots")
+    ap.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--notes", help="markdown for the 'what we changed' section")
+    args = ap.parse_args()
+    meta = {}
+    for kv in args.meta:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            sys.exit(f"report.py: --meta wants KEY=VALUE, got {kv!r}")
+        meta[key] = value
+    os.makedirs(args.out, exist_ok=True)
+    path = Report(load_records(args.results), args.out, meta, args.notes).write()
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

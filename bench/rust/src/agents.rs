@@ -1,0 +1,423 @@
+//! `cmdop-bench-agents`: many idle agents in one process, each speaking the
+//! real agent protocol over its own connection, to measure what an idle agent
+//! costs the control plane and whether `execute` slows down with many of them.
+//!
+//! ```text
+//! cmdop-bench-agents --server http://HOST:PORT --data-dir DIR --workspace NAME \
+//!     --agents N [--parallel N] [--control-plane-pid PID] [--ready-file F] [--label TEXT]
+//! ```
+//!
+//! Each agent is enrolled with its own one-time token (minted straight into
+//! the control plane's SQLite store at `--data-dir`, as `cmdop admin
+//! enroll-token` would, but without a process per token), then opens
+//! `ConnectTerminal`, registers, waits for `start_session` and stays
+//! connected, sending a heartbeat every 25 s like the real agent. It serves no
+//! commands (no terminal, no `AgentLink.Channel`): idle agents.
+//!
+//! Once all agents are connected it prints one JSON record (format in
+//! `bench/c/bench_common.h`; samples are the per-agent connect times) with the
+//! control plane's resident memory before and after, writes `--ready-file`,
+//! and holds the connections until SIGTERM or SIGINT.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use cmdop_controlplane::store::Store;
+use cmdop_proto::{
+    ext::{agent_link_client::AgentLinkClient, EnrollRequest},
+    terminal::{
+        agent_message, control_message,
+        terminal_streaming_service_client::TerminalStreamingServiceClient, AgentMessage,
+        HeartbeatUpdate, RegisterRequest,
+    },
+};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+
+/// Heartbeat period of the real agent.
+const HEARTBEAT: Duration = Duration::from_secs(25);
+/// How long all agents together may take to connect.
+const CONNECT_ALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long one agent may wait for `start_session`.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Messages an agent may queue towards the control plane.
+const OUTBOUND_QUEUE: usize = 4;
+/// Time for the control plane's allocations to settle before measuring.
+const SETTLE: Duration = Duration::from_secs(2);
+
+const USAGE: &str =
+    "usage: cmdop-bench-agents --server http://HOST:PORT --data-dir DIR --workspace NAME \
+--agents N [--parallel N] [--control-plane-pid PID] [--ready-file F] [--label TEXT]";
+
+struct Args {
+    server: String,
+    data_dir: PathBuf,
+    workspace: String,
+    agents: usize,
+    parallel: usize,
+    control_plane_pid: Option<u32>,
+    ready_file: Option<PathBuf>,
+    label: String,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        server: String::new(),
+        data_dir: PathBuf::new(),
+        workspace: String::new(),
+        agents: 0,
+        parallel: 64,
+        control_plane_pid: None,
+        ready_file: None,
+        label: String::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value; {USAGE}"))?;
+        let count = |v: &str| {
+            v.parse::<usize>()
+                .with_context(|| format!("{flag}: '{v}' is not a count"))
+        };
+        match flag.as_str() {
+            "--server" => args.server = value,
+            "--data-dir" => args.data_dir = value.into(),
+            "--workspace" => args.workspace = value,
+            "--agents" => args.agents = count(&value)?,
+            "--parallel" => args.parallel = count(&value)?,
+            "--control-plane-pid" => {
+                args.control_plane_pid = Some(
+                    value
+                        .parse()
+                        .with_context(|| format!("--control-plane-pid: '{value}' is not a pid"))?,
+                )
+            }
+            "--ready-file" => args.ready_file = Some(value.into()),
+            "--label" => args.label = value,
+            _ => bail!("unknown option {flag}; {USAGE}"),
+        }
+    }
+    if args.server.is_empty() || args.data_dir.as_os_str().is_empty() || args.workspace.is_empty() {
+        bail!("--server, --data-dir and --workspace are required; {USAGE}");
+    }
+    if args.agents == 0 || args.parallel == 0 {
+        bail!("--agents and --parallel must be > 0");
+    }
+    if args.label.is_empty() {
+        args.label = format!("{} idle agents", args.agents);
+    }
+    Ok(args)
+}
+
+/// Current resident set (VmRSS, KiB) of `pid`; -1 when unknown.
+fn vm_rss_kb(pid: Option<u32>) -> i64 {
+    let Some(pid) = pid else { return -1 };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(-1)
+}
+
+/// Mints `n` one-time enrollment tokens for `workspace`.
+fn mint_tokens(
+    data_dir: &std::path::Path,
+    workspace: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let store = Store::open(data_dir).with_context(|| {
+        format!(
+            "cannot open the control plane's state in {}",
+            data_dir.display()
+        )
+    })?;
+    let ws = store
+        .workspace_by_name(workspace)?
+        .with_context(|| format!("no workspace named '{workspace}' in {}", data_dir.display()))?;
+    (0..n)
+        .map(|_| store.create_enrollment_token(&ws.id))
+        .collect()
+}
+
+/// One simulated agent: enroll, connect, register; then report readiness and
+/// stay connected until `stop` flips.
+async fn run_agent(
+    endpoint: Endpoint,
+    enroll_channel: Channel,
+    token: String,
+    hostname: String,
+    ready: mpsc::Sender<Result<Duration, String>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    let connected = async {
+        let enrolled = AgentLinkClient::new(enroll_channel)
+            .enroll(EnrollRequest {
+                enrollment_token: token,
+                hostname: hostname.clone(),
+            })
+            .await
+            .map_err(|s| format!("enroll: {}", s.message()))?
+            .into_inner();
+        let bearer: MetadataValue<Ascii> = format!("Bearer {}", enrolled.agent_secret)
+            .parse()
+            .map_err(|_| "the agent secret is not a valid header value".to_string())?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut client = TerminalStreamingServiceClient::with_interceptor(
+            channel,
+            move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            },
+        );
+        let (tx, rx) = mpsc::channel::<AgentMessage>(OUTBOUND_QUEUE);
+        let register = RegisterRequest {
+            version: "cmdop-bench-agents".into(),
+            hostname: hostname.clone(),
+            platform: "linux".into(),
+            has_shell: false,
+            ..Default::default()
+        };
+        tx.send(message(
+            String::new(),
+            agent_message::Payload::Register(register),
+        ))
+        .await
+        .map_err(|_| "the outbound stream closed".to_string())?;
+        let mut inbound = client
+            .connect_terminal(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("ConnectTerminal: {}", s.message()))?
+            .into_inner();
+        let session_id = tokio::time::timeout(REGISTER_TIMEOUT, async {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => {
+                        if let Some(control_message::Payload::StartSession(start)) = m.payload {
+                            return Ok(start.config.map(|c| c.session_id).unwrap_or_default());
+                        }
+                    }
+                    Ok(None) => {
+                        return Err(
+                            "the control plane closed the stream before start_session".to_string()
+                        )
+                    }
+                    Err(s) => return Err(format!("register: {}", s.message())),
+                }
+            }
+        })
+        .await
+        .map_err(|_| "no start_session within 60 s".to_string())??;
+        Ok::<_, String>((tx, inbound, session_id))
+    }
+    .await;
+
+    let (tx, mut inbound, session_id) = match connected {
+        Ok(c) => {
+            let _ = ready.send(Ok(started.elapsed())).await;
+            c
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e)).await;
+            return;
+        }
+    };
+    drop(ready);
+
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = heartbeat.tick() => {
+                let beat = message(session_id.clone(), agent_message::Payload::Heartbeat(HeartbeatUpdate::default()));
+                if tx.send(beat).await.is_err() {
+                    return;
+                }
+            }
+            msg = inbound.message() => match msg {
+                // Idle agents ignore what they are sent; a ping is answered
+                // by the next heartbeat.
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            },
+        }
+    }
+}
+
+fn message(session_id: String, payload: agent_message::Payload) -> AgentMessage {
+    AgentMessage {
+        session_id,
+        payload: Some(payload),
+        ..Default::default()
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let data_dir = args.data_dir.clone();
+    let workspace = args.workspace.clone();
+    let n = args.agents;
+    let tokens = tokio::task::spawn_blocking(move || mint_tokens(&data_dir, &workspace, n))
+        .await
+        .context("token minting task failed")??;
+
+    let endpoint = Endpoint::from_shared(args.server.clone())
+        .with_context(|| {
+            format!(
+                "invalid server URL '{}'; expected http://host:port",
+                args.server
+            )
+        })?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10));
+    let enroll_channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the control plane at {}", args.server))?;
+
+    let rss_before = vm_rss_kb(args.control_plane_pid);
+    let (ready_tx, mut ready_rx) = mpsc::channel(args.parallel.max(16));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(args.parallel));
+    let started = Instant::now();
+    let pid = std::process::id();
+
+    // Start agents at most `parallel` at a time; each frees its slot once it
+    // is connected (or has failed).
+    let spawner = {
+        let slots = slots.clone();
+        let endpoint = endpoint.clone();
+        let stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut handles = Vec::with_capacity(tokens.len());
+            for (i, token) in tokens.into_iter().enumerate() {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (agent_ready, mut agent_ready_rx) = mpsc::channel(1);
+                let ready_tx = ready_tx.clone();
+                tokio::spawn(async move {
+                    if let Some(outcome) = agent_ready_rx.recv().await {
+                        let _ = ready_tx.send(outcome).await;
+                    }
+                    drop(permit);
+                });
+                handles.push(tokio::spawn(run_agent(
+                    endpoint.clone(),
+                    enroll_channel.clone(),
+                    token,
+                    format!("sim-{pid}-{i}"),
+                    agent_ready,
+                    stop_rx.clone(),
+                )));
+            }
+            handles
+        })
+    };
+
+    let mut samples = Vec::with_capacity(n);
+    let mut errors = 0usize;
+    let deadline = tokio::time::Instant::now() + CONNECT_ALL_TIMEOUT;
+    while samples.len() + errors < n {
+        match tokio::time::timeout_at(deadline, ready_rx.recv()).await {
+            Ok(Some(Ok(took))) => samples.push(took.as_secs_f64() * 1e6),
+            Ok(Some(Err(why))) => {
+                if errors == 0 {
+                    eprintln!("cmdop-bench-agents: an agent failed to connect: {why}");
+                }
+                errors += 1;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                eprintln!(
+                    "cmdop-bench-agents: only {} of {n} agents connected within {} s",
+                    samples.len(),
+                    CONNECT_ALL_TIMEOUT.as_secs()
+                );
+                errors = n - samples.len();
+                break;
+            }
+        }
+    }
+    let wall = started.elapsed();
+    tokio::time::sleep(SETTLE).await;
+    let rss_after = vm_rss_kb(args.control_plane_pid);
+
+    let record = serde_json::json!({
+        "case": "agents-10k",
+        "subject": "idle-agents",
+        "label": args.label,
+        "runs": n,
+        "concurrency": args.parallel,
+        "wall_s": wall.as_secs_f64(),
+        "ops_per_s": if wall.as_secs_f64() > 0.0 { samples.len() as f64 / wall.as_secs_f64() } else { 0.0 },
+        "errors": errors,
+        "bytes": 0,
+        "agents": samples.len(),
+        "rss_kb": { "controlplane_before": rss_before, "controlplane_after": rss_after },
+        "samples_us": samples.iter().map(|v| (v * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+    });
+    println!("{record}");
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, format!("{}\n", samples.len()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    if let Ok(handles) = spawner.await {
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+    Ok(errors < n)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let result = parse_args().and_then(|args| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?;
+        rt.block_on(run(args))
+    });
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("cmdop-bench-agents: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
