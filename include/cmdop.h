@@ -213,7 +213,8 @@ typedef struct cmdop_stream cmdop_stream;
 /**
  * Receives live terminal output: `len` > 0 bytes at `data` (not
  * NUL-terminated, borrowed for the call). One last call with `data` NULL
- * and `len` 0 says the stream ended (session closed, agent gone, error).
+ * and `len` 0 says the stream ended (session closed, agent gone, error,
+ * or the client was closed with cmdop_close()/cmdop_client_free()).
  */
 typedef void (*cmdop_output_fn)(void *user_data, const uint8_t *data, size_t len);
 

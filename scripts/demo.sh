@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --workspace --locked
+# The library's soname is libcmdop.so.0 (see build.rs); cargo only writes
+# libcmdop.so, so give the dynamic loader the name it will look for.
+ln -sf libcmdop.so target/debug/libcmdop.so.0
 cc -std=c99 -Wall -Wextra -O2 -Iinclude examples/quickstart.c \
    -Ltarget/debug -lcmdop -Wl,-rpath,"$PWD/target/debug" -o target/quickstart
 

@@ -19,7 +19,11 @@ fi
 step "Rust tests"
 cargo test --workspace --locked
 
-for suite in tests/c/run.sh tests/interop/node/run.sh; do
+# The soname is libcmdop.so.0 (build.rs); programs linked against the
+# build tree look for that name.
+ln -sf libcmdop.so target/debug/libcmdop.so.0
+
+for suite in tests/c_smoke/run.sh tests/c/run.sh tests/interop/node/run.sh; do
   step "$suite"
   "$suite"
 done

@@ -14,7 +14,7 @@ use cmdop_proto::terminal::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{lock, Client, Error, Event, LogLevel, Result};
+use super::{lock, Client, ConnState, Error, Event, LogLevel, Result};
 
 /// Messages queued towards the server.
 const UPLINK_DEPTH: usize = 64;
@@ -154,11 +154,17 @@ impl Client {
         let up = uplink.clone();
         let sid = session_id.to_string();
         let weak = std::sync::Arc::downgrade(&self.inner);
+        // Closing the client ends its attachments too.
+        let client_closed = client_closed(self.inner.state.subscribe());
         let reader = tokio::spawn(async move {
+            tokio::pin!(client_closed);
             let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
             heartbeat.tick().await;
             let why = loop {
                 tokio::select! {
+                    _ = &mut client_closed => {
+                        break "the client was closed".to_string();
+                    }
                     m = stream.message() => match m {
                         Ok(Some(msg)) => match msg.payload {
                             Some(Down::Input(i)) => {
@@ -196,6 +202,16 @@ impl Client {
     }
 }
 
+/// Resolves once the client is closed (or dropped).
+async fn client_closed(mut state: tokio::sync::watch::Receiver<ConnState>) {
+    loop {
+        let closed = *state.borrow_and_update() == ConnState::Closed;
+        if closed || state.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn heartbeat_msg(session_id: &str) -> AgentMessage {
     AgentMessage {
         session_id: session_id.to_string(),
@@ -219,6 +235,9 @@ impl AttachHandle {
     }
 
     async fn send(&self, payload: Up) -> Result<()> {
+        if self.reader.is_finished() {
+            return Err(Error::Disconnected("the attach stream has ended: attach again".into()));
+        }
         let msg = AgentMessage {
             session_id: self.session_id.clone(),
             payload: Some(payload),

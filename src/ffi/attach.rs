@@ -11,7 +11,8 @@ use crate::client::{AttachEvent, AttachHandle};
 
 /// Receives live terminal output: `len` > 0 bytes at `data` (not
 /// NUL-terminated, borrowed for the call). One last call with `data` NULL
-/// and `len` 0 says the stream ended (session closed, agent gone, error).
+/// and `len` 0 says the stream ended (session closed, agent gone, error,
+/// or the client was closed with cmdop_close()/cmdop_client_free()).
 pub type cmdop_output_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, data: *const u8, len: usize)>;
 

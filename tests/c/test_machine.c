@@ -1,0 +1,110 @@
+/*
+ * Machine selection on a workspace with agents alpha-one, alpha-two and
+ * bravo-host (`cmdop server` + three `cmdop agent`s, see run.sh): exact and
+ * partial hostnames, unknown (NOT_FOUND), ambiguous (AMBIGUOUS listing the
+ * matches), by machine id, and switching between machines mid-session.
+ * Each agent exports CMDOP_TEST_AGENT=<its hostname>, so a command shows
+ * which machine ran it.
+ */
+#include "check.h"
+
+/* Run `echo $CMDOP_TEST_AGENT` and check which agent answered. */
+static void expect_agent(cmdop_client *c, const char *want, int line) {
+  cmdop_exec_result *r = NULL;
+  const uint8_t *p;
+  size_t len = 0;
+  char expected[128];
+  cmdop_status s = cmdop_execute(c, "echo $CMDOP_TEST_AGENT", 0, &r);
+  snprintf(expected, sizeof expected, "%s\n", want);
+  p = cmdop_exec_result_stdout(r, &len);
+  check_count++;
+  if (s != CMDOP_STATUS_OK || len != strlen(expected) || memcmp(p, expected, len) != 0)
+    check_fail(__FILE__, line, "expected agent %s, got status %s output \"%.*s\" (%s)", want,
+               cmdop_status_str((int)s), (int)len, p ? (const char *)p : "", cmdop_last_error_message());
+  cmdop_exec_result_free(r);
+}
+
+int main(void) {
+  const char *host = env_required("CMDOP_HOST");
+  uint16_t port = (uint16_t)strtol(env_required("CMDOP_PORT"), NULL, 10);
+  const char *id_alpha_two = env_required("CMDOP_TEST_ID_ALPHA_TWO");
+  const char *id_bravo = env_required("CMDOP_TEST_ID_BRAVO");
+  const char *id_charlie = env_required("CMDOP_TEST_ID_CHARLIE");
+  cmdop_local_options o = test_local_options(10000);
+  cmdop_client *c = NULL;
+
+  CHECK_OK(cmdop_local_new(host, port, &o, &c));
+  CHECK_OK(cmdop_connect(c));
+
+  /* Agents dial in asynchronously: wait for each. */
+  CHECK_OK(wait_set_machine(c, "alpha-two", 15000));
+  CHECK_OK(wait_set_machine(c, "bravo-host", 15000));
+  CHECK_OK(wait_set_machine(c, "alpha-one", 15000));
+
+  /* No machine selected yet on a fresh client: NOT_FOUND, saying what to do. */
+  {
+    cmdop_client *fresh = NULL;
+    cmdop_exec_result *r = NULL;
+    CHECK_OK(cmdop_local_new(host, port, &o, &fresh));
+    CHECK_OK(cmdop_connect(fresh));
+    CHECK_STATUS(cmdop_execute(fresh, "true", 0, &r), CMDOP_STATUS_NOT_FOUND);
+    CHECK_ERROR_MENTIONS("cmdop_set_machine");
+    cmdop_client_free(fresh);
+  }
+
+  /* Exact hostname. */
+  CHECK_OK(cmdop_set_machine(c, "alpha-one"));
+  expect_agent(c, "alpha-one", __LINE__);
+  CHECK_OK(cmdop_set_machine(c, "alpha-two"));
+  expect_agent(c, "alpha-two", __LINE__);
+
+  /* Unique case-insensitive substring. */
+  CHECK_OK(cmdop_set_machine(c, "BRAVO"));
+  expect_agent(c, "bravo-host", __LINE__);
+  CHECK_OK(cmdop_set_machine(c, "ha-on"));
+  expect_agent(c, "alpha-one", __LINE__);
+
+  /* Ambiguous: the message lists every match; the selection is unchanged. */
+  CHECK_STATUS(cmdop_set_machine(c, "alpha"), CMDOP_STATUS_AMBIGUOUS);
+  CHECK_ERROR_MENTIONS("alpha-one");
+  CHECK_ERROR_MENTIONS("alpha-two");
+  expect_agent(c, "alpha-one", __LINE__);
+  CHECK_STATUS(cmdop_set_machine(c, "-"), CMDOP_STATUS_AMBIGUOUS);
+  CHECK_ERROR_MENTIONS("bravo-host");
+
+  /* Unknown, and a machine of another workspace: NOT_FOUND. */
+  CHECK_STATUS(cmdop_set_machine(c, "zulu"), CMDOP_STATUS_NOT_FOUND);
+  CHECK_ERROR_MENTIONS("zulu");
+  CHECK_STATUS(cmdop_set_machine(c, "charlie-host"), CMDOP_STATUS_NOT_FOUND);
+  expect_agent(c, "alpha-one", __LINE__);
+
+  /* By machine id. */
+  CHECK_OK(cmdop_set_machine_id(c, id_bravo));
+  expect_agent(c, "bravo-host", __LINE__);
+  CHECK_OK(cmdop_set_machine_id(c, id_alpha_two));
+  expect_agent(c, "alpha-two", __LINE__);
+  CHECK_STATUS(cmdop_set_machine_id(c, "mach_0000000000000000"), CMDOP_STATUS_NOT_FOUND);
+  CHECK_STATUS(cmdop_set_machine_id(c, id_charlie), CMDOP_STATUS_NOT_FOUND);
+  CHECK_STATUS(cmdop_set_machine_id(c, ""), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(cmdop_set_machine(c, ""), CMDOP_STATUS_INVALID_ARGUMENT);
+
+  /* Switching back and forth mid-session, files follow the machine too. */
+  {
+    int i;
+    for (i = 0; i < 3; i++) {
+      CHECK_OK(cmdop_set_machine(c, "alpha-one"));
+      expect_agent(c, "alpha-one", __LINE__);
+      CHECK_OK(cmdop_set_machine_id(c, id_bravo));
+      expect_agent(c, "bravo-host", __LINE__);
+    }
+    {
+      cmdop_file_list *l = NULL;
+      CHECK_OK(cmdop_files_list(c, "/", &l));
+      CHECK(cmdop_file_list_count(l) > 0);
+      cmdop_file_list_free(l);
+    }
+  }
+
+  cmdop_client_free(c);
+  return check_report();
+}
