@@ -1,5 +1,11 @@
 # Entry points; see README.md.
-.PHONY: demo test build
+.PHONY: demo test build install uninstall
+
+# Where `make install` puts libcmdop (DESTDIR stages the tree for packagers).
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+DESTDIR ?=
 
 demo:
 	scripts/demo.sh
@@ -9,3 +15,11 @@ test:
 
 build:
 	cargo build --workspace --release
+
+# Release build, then lib/libcmdop.so.X.Y.Z (+ .so.X, .so), lib/libcmdop.a,
+# include/cmdop.h, lib/pkgconfig/cmdop.pc, lib/cmake/cmdop/ (cmdop::cmdop).
+install:
+	PREFIX="$(PREFIX)" LIBDIR="$(LIBDIR)" INCLUDEDIR="$(INCLUDEDIR)" DESTDIR="$(DESTDIR)" packaging/install.sh install
+
+uninstall:
+	PREFIX="$(PREFIX)" LIBDIR="$(LIBDIR)" INCLUDEDIR="$(INCLUDEDIR)" DESTDIR="$(DESTDIR)" packaging/install.sh uninstall

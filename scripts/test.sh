@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test suite: Rust unit and integration tests, the header
 # freshness check, the C tests (ASan + UBSan) against a real control plane
-# and agent, and the official Node SDK interop test.
+# and agent, the official Node SDK interop test, packaging (install, pkg-config,
+# CMake, exports), and the C++ and Go bindings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,8 @@ cargo test --workspace --locked
 # build tree look for that name.
 ln -sf libcmdop.so target/debug/libcmdop.so.0
 
-for suite in tests/c_smoke/run.sh tests/c/run.sh tests/interop/node/run.sh; do
+for suite in tests/c_smoke/run.sh tests/c/run.sh tests/interop/node/run.sh \
+             tests/packaging/run.sh bindings/run_tests.sh; do
   step "$suite"
   "$suite"
 done

@@ -1,0 +1,654 @@
+// cmdop.hpp: header-only C++17 wrapper over libcmdop's C API (cmdop.h).
+//
+//   cmdop::Client client = cmdop::Client::local("127.0.0.1", 50051);
+//   client.connect();
+//   client.set_machine("build-01");
+//   cmdop::ExecResult r = client.execute("uname -a");
+//   std::cout << r.output();
+//
+// Conventions
+// - Every failing C call becomes a thrown cmdop::Error carrying the status
+//   and the library's message (read on the calling thread, right away).
+// - Handles are move-only RAII objects (std::unique_ptr with a deleter that
+//   calls the matching *_free function); moved-from objects are empty and
+//   may only be destroyed or assigned to.
+// - Plain data (sessions, file entries, connection facts) is copied into
+//   value types, so nothing borrowed outlives its owner.
+// - Callbacks are std::function objects owned by the library through the C
+//   API's free_user_data finalizers: they stay alive exactly as long as the
+//   library may call them. Client callbacks run on a library thread and must
+//   not throw (an escaping exception calls std::terminate, as with
+//   std::thread); the execute() chunk callback runs on the calling thread,
+//   and an exception it throws cancels the command and is rethrown by
+//   execute().
+// - A Client is thread-safe, like the C client: any number of threads may
+//   call its member functions at the same time. Destroy it last.
+#ifndef CMDOP_HPP
+#define CMDOP_HPP
+
+#include <cmdop.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace cmdop {
+
+/// Outcome of a libcmdop call; the values are those of `cmdop_status`.
+enum class Status : int {
+  Ok = CMDOP_STATUS_OK,
+  InvalidArgument = CMDOP_STATUS_INVALID_ARGUMENT,
+  Unauthenticated = CMDOP_STATUS_UNAUTHENTICATED,
+  NotFound = CMDOP_STATUS_NOT_FOUND,
+  Ambiguous = CMDOP_STATUS_AMBIGUOUS,
+  Timeout = CMDOP_STATUS_TIMEOUT,
+  Unavailable = CMDOP_STATUS_UNAVAILABLE,
+  Disconnected = CMDOP_STATUS_DISCONNECTED,
+  Cancelled = CMDOP_STATUS_CANCELLED,
+  Protocol = CMDOP_STATUS_PROTOCOL,
+  Internal = CMDOP_STATUS_INTERNAL,
+  NotSupported = CMDOP_STATUS_NOT_SUPPORTED,
+  InCallback = CMDOP_STATUS_IN_CALLBACK,
+  Panic = CMDOP_STATUS_PANIC,
+  PermissionDenied = CMDOP_STATUS_PERMISSION_DENIED,
+  OperationFailed = CMDOP_STATUS_OPERATION_FAILED,
+};
+
+/// Short static description of a status ("timed out", ...).
+inline const char *to_string(Status s) noexcept { return cmdop_status_str(static_cast<int>(s)); }
+
+/// Which stream a chunk of output belongs to.
+enum class StreamKind : int { Stdout = CMDOP_STREAM_KIND_STDOUT, Stderr = CMDOP_STREAM_KIND_STDERR };
+
+/// What a directory entry is.
+enum class FileType : int {
+  Unknown = CMDOP_FILE_TYPE_UNKNOWN,
+  File = CMDOP_FILE_TYPE_FILE,
+  Directory = CMDOP_FILE_TYPE_DIRECTORY,
+  Symlink = CMDOP_FILE_TYPE_SYMLINK,
+};
+
+/// Log severities, for set_log_callback().
+enum class LogLevel : int {
+  Off = CMDOP_LOG_LEVEL_OFF,
+  Error = CMDOP_LOG_LEVEL_ERROR,
+  Warn = CMDOP_LOG_LEVEL_WARN,
+  Info = CMDOP_LOG_LEVEL_INFO,
+  Debug = CMDOP_LOG_LEVEL_DEBUG,
+};
+
+class ExecResult;
+
+/// A failed libcmdop call: its status and the library's message, which says
+/// what happened and what to do next.
+class Error : public std::runtime_error {
+ public:
+  Error(Status status, std::string message)
+      : std::runtime_error(std::string(to_string(status)) + ": " + message),
+        status_(status),
+        message_(std::move(message)) {}
+
+  Status status() const noexcept { return status_; }
+  /// The library's message alone (what() also names the status).
+  const std::string &message() const noexcept { return message_; }
+  /// For a timed-out execute(): what the command printed before it was
+  /// killed. Null otherwise.
+  const std::shared_ptr<const ExecResult> &partial_result() const noexcept { return partial_; }
+
+ private:
+  friend class Client;
+  Status status_;
+  std::string message_;
+  std::shared_ptr<const ExecResult> partial_;
+};
+
+namespace detail {
+
+/// Throws Error for a failed status, with this thread's last error message.
+inline void check(cmdop_status st) {
+  if (st != CMDOP_STATUS_OK) throw Error(static_cast<Status>(st), cmdop_last_error_message());
+}
+
+/// NUL-terminated copy of a string_view for the C API.
+inline std::string c_str(std::string_view s) { return std::string(s); }
+
+/// A borrowed C string as a std::string (NULL becomes "").
+inline std::string copy(const char *s) { return s ? std::string(s) : std::string(); }
+
+inline std::string_view view(const uint8_t *data, size_t len) noexcept {
+  return data ? std::string_view(reinterpret_cast<const char *>(data), len) : std::string_view();
+}
+
+template <typename T, void (*Free)(T *)>
+struct Deleter {
+  void operator()(T *p) const noexcept { Free(p); }
+};
+
+inline void free_client(cmdop_client *c) { cmdop_client_free(c); }
+inline void free_stream(cmdop_stream *s) { cmdop_stream_close(s); }
+
+using ClientPtr = std::unique_ptr<cmdop_client, Deleter<cmdop_client, free_client>>;
+using ResultPtr = std::unique_ptr<cmdop_exec_result, Deleter<cmdop_exec_result, cmdop_exec_result_free>>;
+using TokenPtr = std::unique_ptr<cmdop_cancel_token, Deleter<cmdop_cancel_token, cmdop_cancel_token_free>>;
+using StreamPtr = std::unique_ptr<cmdop_stream, Deleter<cmdop_stream, free_stream>>;
+using InfoPtr =
+    std::unique_ptr<cmdop_connection_info, Deleter<cmdop_connection_info, cmdop_connection_info_free>>;
+using SessionPtr = std::unique_ptr<cmdop_session, Deleter<cmdop_session, cmdop_session_free>>;
+using SessionListPtr =
+    std::unique_ptr<cmdop_session_list, Deleter<cmdop_session_list, cmdop_session_list_free>>;
+using FileListPtr = std::unique_ptr<cmdop_file_list, Deleter<cmdop_file_list, cmdop_file_list_free>>;
+using BytesPtr = std::unique_ptr<cmdop_bytes, Deleter<cmdop_bytes, cmdop_bytes_free>>;
+
+/// Finalizer handed to the C API with a heap-allocated callable.
+template <typename F>
+void delete_callable(void *user_data) noexcept {
+  delete static_cast<F *>(user_data);
+}
+
+inline uint32_t to_ms(std::chrono::milliseconds d) {
+  if (d.count() < 0) throw Error(Status::InvalidArgument, "a timeout cannot be negative");
+  if (d.count() > static_cast<std::chrono::milliseconds::rep>(UINT32_MAX))
+    throw Error(Status::InvalidArgument, "a timeout cannot exceed 4294967295 ms (about 49 days)");
+  return static_cast<uint32_t>(d.count());
+}
+
+/// The process-wide log callback. The C API forgets a replaced user_data
+/// without a finalizer, so the trampoline takes a reference to the current
+/// callable from this slot instead of owning one; a callable being replaced
+/// stays alive until the calls already using it return.
+struct LogSlot {
+  using Fn = std::function<void(LogLevel, std::string_view)>;
+  std::mutex mu;
+  std::shared_ptr<const Fn> fn;
+  static LogSlot &get() {
+    static LogSlot *slot = new LogSlot();  // never destroyed: library threads may log at exit
+    return *slot;
+  }
+};
+
+inline void log_trampoline(void *, cmdop_log_level level, const char *message) noexcept {
+  std::shared_ptr<const LogSlot::Fn> fn;
+  {
+    LogSlot &slot = LogSlot::get();
+    std::lock_guard<std::mutex> lock(slot.mu);
+    fn = slot.fn;
+  }
+  if (fn && *fn) (*fn)(static_cast<LogLevel>(level), message ? std::string_view(message) : std::string_view());
+}
+
+}  // namespace detail
+
+/// Version of the loaded library, e.g. "0.1.0".
+inline std::string_view version() noexcept { return cmdop_version(); }
+
+/// True when the loaded library implements the ABI this header describes.
+inline bool abi_compatible() noexcept { return cmdop_abi_version() == CMDOP_ABI_VERSION; }
+
+/// Install (or, with an empty function or LogLevel::Off, remove) the
+/// process-wide log callback. It may run on any thread, concurrently with
+/// itself: make it thread-safe and quick, and do not throw.
+inline void set_log_callback(LogLevel level, std::function<void(LogLevel, std::string_view)> fn) {
+  detail::LogSlot &slot = detail::LogSlot::get();
+  const bool on = fn && level != LogLevel::Off;
+  auto next = on ? std::make_shared<const detail::LogSlot::Fn>(std::move(fn)) : nullptr;
+  {
+    std::lock_guard<std::mutex> lock(slot.mu);
+    slot.fn = std::move(next);
+  }
+  detail::check(cmdop_set_log_callback(static_cast<cmdop_log_level>(on ? level : LogLevel::Off),
+                                       on ? detail::log_trampoline : nullptr, nullptr));
+}
+
+/// Options of a client for a remote (hosted) control plane. Unset optional
+/// fields keep the library's defaults (see cmdop_remote_options in cmdop.h).
+struct RemoteOptions {
+  std::string server;  ///< "host:port" or "https://host:port"; empty = hosted endpoint
+  bool insecure = false;
+  std::string ca_pem_path;  ///< empty = system roots
+  std::string ca_pem;       ///< PEM bytes; empty = unused
+  std::optional<std::chrono::milliseconds> timeout;
+  std::optional<uint32_t> max_retries;
+  std::optional<std::chrono::milliseconds> retry_delay;
+  std::optional<bool> auto_reconnect;
+  std::optional<std::chrono::milliseconds> reconnect_delay;
+  std::optional<std::chrono::milliseconds> max_reconnect_delay;
+  std::optional<uint32_t> max_reconnect_attempts;
+  bool debug = false;
+  std::optional<bool> auto_refresh;
+};
+
+/// Options of a client for a control plane at host:port (e.g. `cmdop dev`).
+struct LocalOptions {
+  std::string api_key;  ///< empty = $CMDOP_API_KEY if set, else none
+  bool tls = false;
+  std::string ca_pem_path;
+  std::string ca_pem;
+  std::optional<std::chrono::milliseconds> timeout;
+  std::optional<uint32_t> max_retries;
+  std::optional<std::chrono::milliseconds> retry_delay;
+  std::optional<bool> auto_reconnect;
+  std::optional<std::chrono::milliseconds> reconnect_delay;
+  std::optional<std::chrono::milliseconds> max_reconnect_delay;
+  std::optional<uint32_t> max_reconnect_attempts;
+  bool debug = false;
+};
+
+namespace detail {
+
+/// Copies the fields both option structs share onto a C struct.
+template <typename Cpp, typename C>
+void apply_common(const Cpp &o, C &c) {
+  c.ca_pem_path = o.ca_pem_path.empty() ? nullptr : o.ca_pem_path.c_str();
+  c.ca_pem = o.ca_pem.empty() ? nullptr : reinterpret_cast<const uint8_t *>(o.ca_pem.data());
+  c.ca_pem_len = o.ca_pem.size();
+  if (o.timeout) c.timeout_ms = to_ms(*o.timeout);
+  if (o.max_retries) c.max_retries = *o.max_retries;
+  if (o.retry_delay) c.retry_delay_ms = to_ms(*o.retry_delay);
+  if (o.auto_reconnect) c.auto_reconnect = *o.auto_reconnect;
+  if (o.reconnect_delay) c.reconnect_delay_ms = to_ms(*o.reconnect_delay);
+  if (o.max_reconnect_delay) c.max_reconnect_delay_ms = to_ms(*o.max_reconnect_delay);
+  if (o.max_reconnect_attempts) c.max_reconnect_attempts = *o.max_reconnect_attempts;
+  c.debug = o.debug;
+}
+
+}  // namespace detail
+
+/// The outcome of a command. Move-only; the views it returns are borrowed
+/// from it.
+class ExecResult {
+ public:
+  /// All output in arrival order (stdout and stderr interleaved).
+  std::string_view output() const noexcept {
+    size_t n = 0;
+    const uint8_t *p = cmdop_exec_result_output(r_.get(), &n);
+    return detail::view(p, n);
+  }
+  /// Stdout alone (on the terminal path: all output).
+  std::string_view stdout_data() const noexcept {
+    size_t n = 0;
+    const uint8_t *p = cmdop_exec_result_stdout(r_.get(), &n);
+    return detail::view(p, n);
+  }
+  /// Stderr alone (native path only).
+  std::string_view stderr_data() const noexcept {
+    size_t n = 0;
+    const uint8_t *p = cmdop_exec_result_stderr(r_.get(), &n);
+    return detail::view(p, n);
+  }
+  /// Exit code; -1 when killed by a signal or timed out.
+  int exit_code() const noexcept { return cmdop_exec_result_exit_code(r_.get()); }
+  /// Signal that ended the command (native path), 0 if none.
+  int signal() const noexcept { return cmdop_exec_result_signal(r_.get()); }
+  bool timed_out() const noexcept { return cmdop_exec_result_timed_out(r_.get()); }
+  /// True when the command ran through native exec, false for the terminal path.
+  bool native() const noexcept { return cmdop_exec_result_native(r_.get()); }
+  /// True when output beyond the library's per-stream cap was dropped.
+  bool truncated() const noexcept { return cmdop_exec_result_truncated(r_.get()); }
+  std::chrono::milliseconds duration() const noexcept {
+    return std::chrono::milliseconds(cmdop_exec_result_duration_ms(r_.get()));
+  }
+  /// The C handle, still owned by this object.
+  const cmdop_exec_result *raw() const noexcept { return r_.get(); }
+
+ private:
+  friend class Client;
+  explicit ExecResult(cmdop_exec_result *r) noexcept : r_(r) {}
+  detail::ResultPtr r_;
+};
+
+/// Stops a running execute() from any thread; stays cancelled once
+/// cancelled. Move-only; must outlive the calls using it.
+class CancelToken {
+ public:
+  CancelToken() : t_(cmdop_cancel_token_new()) {
+    if (!t_) throw std::bad_alloc();
+  }
+  /// Cancel every call using this token, now and later.
+  void cancel() const noexcept { cmdop_cancel(t_.get()); }
+  const cmdop_cancel_token *raw() const noexcept { return t_.get(); }
+
+ private:
+  detail::TokenPtr t_;
+};
+
+/// One session (a machine's terminal) as the control plane reported it.
+struct Session {
+  std::string id;
+  std::string hostname;
+  std::string status;  ///< "connected", "disconnected", ...
+  std::string os;
+  std::string shell;
+  int64_t connected_at = 0;   ///< Unix seconds, 0 when unknown
+  int64_t heartbeat_age = 0;  ///< seconds since the agent's last heartbeat
+
+  static Session from(const cmdop_session *s) {
+    return Session{detail::copy(cmdop_session_id(s)),       detail::copy(cmdop_session_hostname(s)),
+                   detail::copy(cmdop_session_status(s)),   detail::copy(cmdop_session_os(s)),
+                   detail::copy(cmdop_session_shell(s)),    cmdop_session_connected_at(s),
+                   cmdop_session_heartbeat_age(s)};
+  }
+};
+
+/// One directory entry.
+struct FileEntry {
+  std::string name;
+  std::string path;
+  FileType type = FileType::Unknown;
+  int64_t size = 0;
+  uint32_t mode = 0;   ///< permission bits, e.g. 0755
+  int64_t mtime = 0;   ///< Unix seconds, 0 when unknown
+};
+
+/// One page of a directory listing.
+struct FileList {
+  std::string path;             ///< the directory, as the agent resolved it
+  std::vector<FileEntry> entries;
+  std::string next_page_token;  ///< empty on the last page
+};
+
+/// Facts about a client's connection.
+struct ConnectionInfo {
+  std::string server;
+  std::string server_version;
+  std::string workspace;
+  bool tls = false;
+  bool connected = false;
+  double latency_ms = -1;  ///< -1 when the round trip failed
+  bool native_exec = false;
+};
+
+/// A live attachment to a session's terminal; detaches when destroyed.
+/// Move-only.
+class Stream {
+ public:
+  /// Type bytes into the terminal.
+  void write(std::string_view data) {
+    detail::check(cmdop_stream_write(s_.get(), reinterpret_cast<const uint8_t *>(data.data()), data.size()));
+  }
+  void resize(uint16_t cols, uint16_t rows) { detail::check(cmdop_stream_resize(s_.get(), cols, rows)); }
+  /// Detach now; after it returns the output callback is not called again.
+  void close() noexcept { s_.reset(); }
+
+ private:
+  friend class Client;
+  using Callback = std::function<void(std::string_view)>;
+  // Declared before s_, so the stream is closed before the callback dies.
+  std::unique_ptr<Callback> fn_;
+  detail::StreamPtr s_;
+};
+
+/// A connection to one control plane with one set of credentials.
+/// Move-only and thread-safe.
+class Client {
+ public:
+  /// Client for a remote control plane authenticated with an API key;
+  /// an empty key reads $CMDOP_API_KEY. Does not connect.
+  static Client remote(std::string_view api_key, const RemoteOptions &opts = {}) {
+    cmdop_remote_options c;
+    remote_options(opts, c);
+    const std::string key(api_key);
+    cmdop_client *out = nullptr;
+    detail::check(cmdop_remote_new(key.empty() ? nullptr : key.c_str(), &c, &out));
+    return Client(out);
+  }
+
+  /// Client for a remote control plane authenticated with OAuth tokens;
+  /// refreshed tokens go to on_tokens(). Does not connect.
+  static Client remote_oauth(std::string_view access_token, std::string_view refresh_token,
+                             const RemoteOptions &opts = {}) {
+    cmdop_remote_options c;
+    remote_options(opts, c);
+    cmdop_client *out = nullptr;
+    detail::check(cmdop_remote_new_oauth(detail::c_str(access_token).c_str(),
+                                         detail::c_str(refresh_token).c_str(), &c, &out));
+    return Client(out);
+  }
+
+  /// Client for a control plane at host:port (plaintext unless opts.tls).
+  /// Does not connect.
+  static Client local(std::string_view host, uint16_t port, const LocalOptions &opts = {}) {
+    cmdop_local_options c;
+    detail::check(cmdop_local_options_init(&c));
+    c.api_key = opts.api_key.empty() ? nullptr : opts.api_key.c_str();
+    c.tls = opts.tls;
+    detail::apply_common(opts, c);
+    cmdop_client *out = nullptr;
+    detail::check(cmdop_local_new(detail::c_str(host).c_str(), port, &c, &out));
+    return Client(out);
+  }
+
+  /// Connect (a no-op when connected; reconnects a closed client).
+  void connect() { detail::check(cmdop_connect(get())); }
+  /// Close the connection; later calls throw Disconnected until connect().
+  void close() { detail::check(cmdop_close(get())); }
+  bool is_connected() const noexcept { return cmdop_is_connected(c_.get()); }
+
+  /// Select the machine later calls act on, by hostname.
+  void set_machine(std::string_view hostname) {
+    detail::check(cmdop_set_machine(get(), detail::c_str(hostname).c_str()));
+  }
+  /// Select the machine by its stable id ("mach_…").
+  void set_machine_id(std::string_view machine_id) {
+    detail::check(cmdop_set_machine_id(get(), detail::c_str(machine_id).c_str()));
+  }
+
+  /// Describe the connection, measuring the latency now.
+  ConnectionInfo connection_info() {
+    cmdop_connection_info *raw = nullptr;
+    detail::check(cmdop_connection_info_get(get(), &raw));
+    detail::InfoPtr info(raw);
+    return ConnectionInfo{detail::copy(cmdop_connection_info_server(raw)),
+                          detail::copy(cmdop_connection_info_server_version(raw)),
+                          detail::copy(cmdop_connection_info_workspace(raw)),
+                          cmdop_connection_info_tls(raw),
+                          cmdop_connection_info_connected(raw),
+                          cmdop_connection_info_latency_ms(raw),
+                          cmdop_connection_info_native_exec(raw)};
+  }
+
+  /// Run a shell command on the selected machine and wait for it. A zero
+  /// timeout means the client's. On timeout throws Error{Timeout} whose
+  /// partial_result() holds the output printed before the kill.
+  ExecResult execute(std::string_view command, std::chrono::milliseconds timeout = {}) {
+    const std::string cmd(command);
+    const uint32_t ms = detail::to_ms(timeout);
+    cmdop_exec_result *out = nullptr;
+    const cmdop_status st = cmdop_execute(get(), cmd.c_str(), ms, &out);
+    return finish(st, out);
+  }
+
+  using ChunkCallback = std::function<void(StreamKind, std::string_view)>;
+
+  /// Like execute(), handing each chunk of output to `on_chunk` (on this
+  /// thread) as it arrives. `cancel` (optional) stops and kills the command
+  /// from any thread; execute() then throws Error{Cancelled}. If `on_chunk`
+  /// throws, the command is cancelled and the exception rethrown here.
+  ExecResult execute(std::string_view command, std::chrono::milliseconds timeout, const ChunkCallback &on_chunk,
+                     const CancelToken *cancel = nullptr) {
+    const std::string cmd(command);
+    const uint32_t ms = detail::to_ms(timeout);
+    std::optional<CancelToken> own;
+    if (!cancel) cancel = &own.emplace();
+    ChunkContext ctx{&on_chunk, cancel, nullptr};
+    cmdop_exec_result *out = nullptr;
+    const cmdop_status st = cmdop_execute_stream(get(), cmd.c_str(), ms, on_chunk ? chunk_trampoline : nullptr,
+                                                 &ctx, cancel->raw(), &out);
+    if (ctx.error) {
+      cmdop_exec_result_free(out);
+      std::rethrow_exception(ctx.error);
+    }
+    return finish(st, out);
+  }
+
+  /// The most recently active connected session, of a machine whose
+  /// hostname matches (empty = any machine). Throws NotFound when none.
+  Session active_session(std::string_view hostname = {}) {
+    const std::string h(hostname);
+    cmdop_session *raw = nullptr;
+    detail::check(cmdop_get_active_session(get(), h.empty() ? nullptr : h.c_str(), &raw));
+    detail::SessionPtr s(raw);
+    return Session::from(raw);
+  }
+
+  /// Every session of the workspace, connected ones first.
+  std::vector<Session> sessions() {
+    cmdop_session_list *raw = nullptr;
+    detail::check(cmdop_list_sessions(get(), &raw));
+    detail::SessionListPtr list(raw);
+    std::vector<Session> out;
+    const size_t n = cmdop_session_list_count(raw);
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) out.push_back(Session::from(cmdop_session_list_get(raw, i)));
+    return out;
+  }
+
+  /// One page of directory `path` on the selected machine.
+  FileList list_files(std::string_view path, std::string_view page_token = {}, bool include_hidden = false) {
+    const std::string p(path), tok(page_token);
+    cmdop_file_list *raw = nullptr;
+    detail::check(cmdop_files_list_page(get(), p.c_str(), tok.c_str(), include_hidden, &raw));
+    detail::FileListPtr list(raw);
+    FileList out{detail::copy(cmdop_file_list_path(raw)), {}, detail::copy(cmdop_file_list_next_page_token(raw))};
+    const size_t n = cmdop_file_list_count(raw);
+    out.entries.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      const cmdop_file_entry *e = cmdop_file_list_get(raw, i);
+      out.entries.push_back(FileEntry{detail::copy(cmdop_file_entry_name(e)), detail::copy(cmdop_file_entry_path(e)),
+                                      static_cast<FileType>(cmdop_file_entry_type(e)), cmdop_file_entry_size(e),
+                                      cmdop_file_entry_mode(e), cmdop_file_entry_mtime(e)});
+    }
+    return out;
+  }
+
+  /// The whole content of file `path` on the selected machine.
+  std::string read_file(std::string_view path) {
+    cmdop_bytes *raw = nullptr;
+    detail::check(cmdop_file_read(get(), detail::c_str(path).c_str(), &raw));
+    detail::BytesPtr b(raw);
+    return std::string(detail::view(cmdop_bytes_data(raw), cmdop_bytes_len(raw)));
+  }
+
+  /// Create or replace file `path` on the selected machine.
+  void write_file(std::string_view path, std::string_view data) {
+    detail::check(cmdop_file_write(get(), detail::c_str(path).c_str(),
+                                   reinterpret_cast<const uint8_t *>(data.data()), data.size()));
+  }
+
+  /// Attach to a session's terminal: `on_output` receives its output on a
+  /// library thread until the Stream is closed; an empty view (once, last)
+  /// says the stream ended. It must not throw.
+  Stream attach(std::string_view session_id, std::function<void(std::string_view)> on_output) {
+    if (!on_output) throw Error(Status::InvalidArgument, "attach() needs an output callback");
+    Stream s;
+    s.fn_ = std::make_unique<Stream::Callback>(std::move(on_output));
+    cmdop_stream *raw = nullptr;
+    detail::check(cmdop_stream_attach(get(), detail::c_str(session_id).c_str(), output_trampoline, s.fn_.get(), &raw));
+    s.s_.reset(raw);
+    return s;
+  }
+
+  /// Called (on the client's event thread) when the client connects or
+  /// reconnects. An empty function removes the callback.
+  void on_connect(std::function<void()> fn) {
+    using F = std::function<void()>;
+    install<F>(cmdop_on_connect, std::move(fn), [](void *ud) noexcept { (*static_cast<F *>(ud))(); });
+  }
+  /// Called when the connection is gone, with the reason.
+  void on_disconnect(std::function<void(std::string_view reason)> fn) {
+    using F = std::function<void(std::string_view)>;
+    install<F>(cmdop_on_disconnect, std::move(fn),
+               [](void *ud, const char *reason) noexcept { (*static_cast<F *>(ud))(reason ? reason : ""); });
+  }
+  /// Called for every failed call and background failure.
+  void on_error(std::function<void(Status, std::string_view message)> fn) {
+    using F = std::function<void(Status, std::string_view)>;
+    install<F>(cmdop_on_error, std::move(fn), [](void *ud, cmdop_status st, const char *msg) noexcept {
+      (*static_cast<F *>(ud))(static_cast<Status>(st), msg ? msg : "");
+    });
+  }
+  /// OAuth clients: receives the new (access, refresh) pair after a refresh.
+  void on_tokens(std::function<void(std::string_view access, std::string_view refresh)> fn) {
+    using F = std::function<void(std::string_view, std::string_view)>;
+    install<F>(cmdop_set_token_callback, std::move(fn), [](void *ud, const char *a, const char *r) noexcept {
+      (*static_cast<F *>(ud))(a ? a : "", r ? r : "");
+    });
+  }
+
+  /// The C handle, still owned by this object (for calls this header lacks).
+  cmdop_client *raw() const noexcept { return c_.get(); }
+
+ private:
+  explicit Client(cmdop_client *c) noexcept : c_(c) {}
+
+  cmdop_client *get() const {
+    if (!c_) throw Error(Status::InvalidArgument, "this cmdop::Client was moved from; use the object it moved to");
+    return c_.get();
+  }
+
+  static void remote_options(const RemoteOptions &o, cmdop_remote_options &c) {
+    detail::check(cmdop_remote_options_init(&c));
+    c.server = o.server.empty() ? nullptr : o.server.c_str();
+    c.insecure = o.insecure;
+    detail::apply_common(o, c);
+    if (o.auto_refresh) c.auto_refresh = *o.auto_refresh;
+  }
+
+  /// Hands a heap copy of `fn` to the C API, which frees it through
+  /// delete_callable once it will not call it any more.
+  template <typename F, typename Setter, typename Trampoline>
+  void install(Setter setter, F fn, Trampoline trampoline) {
+    if (!fn) {
+      detail::check(setter(get(), nullptr, nullptr, nullptr));
+      return;
+    }
+    auto box = std::make_unique<F>(std::move(fn));
+    detail::check(setter(get(), trampoline, box.get(), detail::delete_callable<F>));
+    box.release();  // owned by the library now
+  }
+
+  struct ChunkContext {
+    const ChunkCallback *fn;
+    const CancelToken *cancel;
+    std::exception_ptr error;
+  };
+
+  static void chunk_trampoline(void *ud, cmdop_stream_kind kind, const uint8_t *data, size_t len) noexcept {
+    auto *ctx = static_cast<ChunkContext *>(ud);
+    if (ctx->error) return;
+    try {
+      (*ctx->fn)(static_cast<StreamKind>(kind), detail::view(data, len));
+    } catch (...) {
+      ctx->error = std::current_exception();
+      ctx->cancel->cancel();
+    }
+  }
+
+  static void output_trampoline(void *ud, const uint8_t *data, size_t len) noexcept {
+    (*static_cast<Stream::Callback *>(ud))(detail::view(data, len));
+  }
+
+  /// Turns an execute status and result into a return value or an Error.
+  static ExecResult finish(cmdop_status st, cmdop_exec_result *out) {
+    ExecResult result(out);
+    if (st == CMDOP_STATUS_OK) return result;
+    Error e(static_cast<Status>(st), cmdop_last_error_message());
+    if (out) e.partial_ = std::make_shared<const ExecResult>(std::move(result));
+    throw e;
+  }
+
+  detail::ClientPtr c_;
+};
+
+}  // namespace cmdop
+
+#endif  // CMDOP_HPP

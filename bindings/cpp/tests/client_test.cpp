@@ -1,0 +1,283 @@
+// cmdop.hpp against a real control plane and agent. Reads CMDOP_HOST,
+// CMDOP_PORT, CMDOP_API_KEY and CMDOP_TEST_HOSTNAME, as exported by
+// tests/harness.sh (bindings/run_tests.sh starts the stack); without them
+// every test here is skipped.
+#include "cmdop.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <stdlib.h>
+#include <unistd.h>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Stack {
+  std::string host, machine;
+  uint16_t port = 0;
+
+  static const Stack *get() {
+    static const Stack *stack = [] () -> const Stack * {
+      const char *h = std::getenv("CMDOP_HOST"), *p = std::getenv("CMDOP_PORT"),
+                 *m = std::getenv("CMDOP_TEST_HOSTNAME");
+      if (!h || !p || !m) return nullptr;
+      return new Stack{h, m, static_cast<uint16_t>(std::atoi(p))};
+    }();
+    return stack;
+  }
+};
+
+/// A fresh directory under $TMPDIR (or /tmp), removed with its content.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    const char *base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/cmdop-cpp-XXXXXX";
+    if (::mkdtemp(tmpl.data())) path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    if (!path.empty()) std::filesystem::remove_all(path, ignored);
+  }
+  TempDir(const TempDir &) = delete;
+  TempDir &operator=(const TempDir &) = delete;
+};
+
+class Live : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    stack_ = Stack::get();
+    if (!stack_) GTEST_SKIP() << "set CMDOP_HOST, CMDOP_PORT, CMDOP_TEST_HOSTNAME (bindings/run_tests.sh does)";
+  }
+
+  cmdop::Client connected() {
+    cmdop::LocalOptions o;
+    o.timeout = 15s;
+    cmdop::Client c = cmdop::Client::local(stack_->host, stack_->port, o);
+    c.connect();
+    c.set_machine(stack_->machine);
+    return c;
+  }
+
+  const Stack *stack_ = nullptr;
+};
+
+TEST_F(Live, ExecuteReturnsOutputAndExitCode) {
+  cmdop::Client c = connected();
+  EXPECT_TRUE(c.is_connected());
+  cmdop::ExecResult r = c.execute("echo cpp-$((40+2))");
+  EXPECT_NE(r.output().find("cpp-42"), std::string_view::npos) << r.output();
+  EXPECT_EQ(r.exit_code(), 0);
+  EXPECT_FALSE(r.timed_out());
+
+  cmdop::ExecResult failed = c.execute("exit 3");
+  EXPECT_EQ(failed.exit_code(), 3);
+}
+
+TEST_F(Live, ResultsMoveAndOutliveTheirStatement) {
+  cmdop::Client c = connected();
+  std::vector<cmdop::ExecResult> results;
+  for (int i = 0; i < 3; ++i) results.push_back(c.execute("echo n" + std::to_string(i)));
+  for (int i = 0; i < 3; ++i)
+    EXPECT_NE(results[i].output().find("n" + std::to_string(i)), std::string_view::npos);
+}
+
+TEST_F(Live, TimeoutThrowsWithPartialOutput) {
+  cmdop::Client c = connected();
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    c.execute("echo before-sleep; sleep 30", 1500ms);
+    FAIL() << "the command should have timed out";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::Timeout) << e.what();
+    ASSERT_NE(e.partial_result(), nullptr);
+    EXPECT_TRUE(e.partial_result()->timed_out());
+    EXPECT_NE(e.partial_result()->output().find("before-sleep"), std::string_view::npos);
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 15s);
+}
+
+TEST_F(Live, StreamingCallbackSeesEveryChunk) {
+  cmdop::Client c = connected();
+  std::string seen;
+  cmdop::ExecResult r =
+      c.execute("for i in 1 2 3; do echo line$i; sleep 0.1; done", 10s,
+                [&](cmdop::StreamKind, std::string_view data) { seen.append(data); });
+  EXPECT_NE(seen.find("line3"), std::string::npos) << seen;
+  EXPECT_NE(r.output().find("line1"), std::string_view::npos);
+}
+
+TEST_F(Live, CancelFromAnotherThreadKillsTheCommand) {
+  cmdop::Client c = connected();
+  cmdop::CancelToken token;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(500ms);
+    token.cancel();
+  });
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    c.execute("sleep 30", 20s, [](cmdop::StreamKind, std::string_view) {}, &token);
+    ADD_FAILURE() << "the command should have been cancelled";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::Cancelled) << e.what();
+  }
+  canceller.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+}
+
+TEST_F(Live, ExceptionInChunkCallbackCancelsAndPropagates) {
+  cmdop::Client c = connected();
+  struct Stop {};
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(c.execute("echo go; sleep 30", 20s, [](cmdop::StreamKind, std::string_view) { throw Stop{}; }),
+               Stop);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  // The client is still usable afterwards.
+  EXPECT_EQ(c.execute("true").exit_code(), 0);
+}
+
+TEST_F(Live, ManyThreadsShareOneClient) {
+  cmdop::Client c = connected();
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 3; ++i) {
+        const std::string tag = "t" + std::to_string(t) + "i" + std::to_string(i);
+        try {
+          if (c.execute("echo " + tag).output().find(tag) != std::string_view::npos) ++good;
+        } catch (const cmdop::Error &e) {
+          ADD_FAILURE() << tag << ": " << e.what();
+        }
+      }
+    });
+  }
+  for (auto &th : threads) th.join();
+  EXPECT_EQ(good.load(), 12);
+}
+
+TEST_F(Live, ConnectCallbackFiresOnItsThreadAndIsReleased) {
+  auto fired = std::make_shared<std::atomic<int>>(0);
+  std::weak_ptr<std::atomic<int>> watch = fired;
+  {
+    cmdop::Client c = cmdop::Client::local(stack_->host, stack_->port);
+    c.on_connect([fired] { ++*fired; });
+    std::atomic<int> disconnects{0};
+    c.on_disconnect([&disconnects](std::string_view) { ++disconnects; });
+    c.connect();
+    for (int i = 0; i < 200 && fired->load() == 0; ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(fired->load(), 1);
+    c.set_machine(stack_->machine);
+    c.close();
+    for (int i = 0; i < 200 && disconnects.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(disconnects.load(), 1);
+    EXPECT_FALSE(c.is_connected());
+    try {
+      c.execute("true");
+      ADD_FAILURE() << "a closed client cannot execute";
+    } catch (const cmdop::Error &e) {
+      EXPECT_EQ(e.status(), cmdop::Status::Disconnected) << e.what();
+    }
+    c.on_disconnect(nullptr);  // `disconnects` dies with this scope
+    fired.reset();
+  }
+  for (int i = 0; i < 200 && !watch.expired(); ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(watch.expired());
+}
+
+TEST_F(Live, WrongKeyIsUnauthenticated) {
+  cmdop::LocalOptions o;
+  o.api_key = "cmdop_wrong_key_for_tests";
+  o.timeout = 10s;
+  cmdop::Client c = cmdop::Client::local(stack_->host, stack_->port, o);
+  try {
+    c.connect();
+    FAIL() << "a wrong key must be rejected";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::Unauthenticated) << e.what();
+    EXPECT_FALSE(e.message().empty());
+  }
+}
+
+TEST_F(Live, UnknownMachineIsNotFound) {
+  cmdop::Client c = connected();
+  try {
+    c.set_machine("no-such-machine-anywhere");
+    FAIL() << "unknown machine accepted";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::NotFound) << e.what();
+  }
+}
+
+TEST_F(Live, SessionsAndConnectionInfo) {
+  cmdop::Client c = connected();
+  cmdop::Session s = c.active_session(stack_->machine);
+  EXPECT_EQ(s.hostname, stack_->machine);
+  EXPECT_FALSE(s.id.empty());
+  EXPECT_EQ(s.status, "connected");
+
+  bool listed = false;
+  for (const cmdop::Session &each : c.sessions()) listed = listed || each.id == s.id;
+  EXPECT_TRUE(listed);
+
+  cmdop::ConnectionInfo info = c.connection_info();
+  EXPECT_TRUE(info.connected);
+  EXPECT_FALSE(info.tls);
+  EXPECT_NE(info.server.find(std::to_string(stack_->port)), std::string::npos) << info.server;
+}
+
+TEST_F(Live, FilesRoundTrip) {
+  cmdop::Client c = connected();
+  // The agent runs on this machine: a local temporary directory is its too.
+  TempDir tmp;
+  ASSERT_FALSE(tmp.path.empty()) << "mkdtemp failed";
+  const std::string &dir = tmp.path;
+  const std::string content("binary\0data\n", 12);
+  c.write_file(dir + "/a.bin", content);
+  EXPECT_EQ(c.read_file(dir + "/a.bin"), content);
+
+  cmdop::FileList list = c.list_files(dir);
+  ASSERT_EQ(list.entries.size(), 1u);
+  EXPECT_EQ(list.entries[0].name, "a.bin");
+  EXPECT_EQ(list.entries[0].type, cmdop::FileType::File);
+  EXPECT_EQ(list.entries[0].size, 12);
+  EXPECT_TRUE(list.next_page_token.empty());
+
+  try {
+    c.read_file(dir + "/missing");
+    ADD_FAILURE() << "reading a missing file must fail";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::NotFound) << e.what();
+  }
+}
+
+TEST_F(Live, AttachSeesTerminalOutput) {
+  cmdop::Client c = connected();
+  const cmdop::Session s = c.active_session(stack_->machine);
+  std::mutex mu;
+  std::string seen;
+  cmdop::Stream stream = c.attach(s.id, [&](std::string_view data) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.append(data);
+  });
+  stream.write("echo attached-$((6*7))\n");
+  bool found = false;
+  for (int i = 0; i < 500 && !found; ++i) {
+    std::this_thread::sleep_for(10ms);
+    std::lock_guard<std::mutex> lock(mu);
+    found = seen.find("attached-42") != std::string::npos;
+  }
+  EXPECT_TRUE(found);
+  stream.close();  // after this the callback (and `seen`) may go away
+}
+
+}  // namespace

@@ -1,0 +1,75 @@
+package cmdop
+
+// Trampolines from C into Go. The C side holds only a cgo.Handle number as
+// user_data; for client callbacks the library calls cmdopgoFreeHandle once
+// it will not call the callback any more, which deletes the handle.
+
+/*
+#include <stddef.h>
+#include <stdint.h>
+*/
+import "C"
+
+import (
+	"runtime/cgo"
+	"unsafe"
+)
+
+// chunkSink is the user_data of one ExecuteStream call.
+type chunkSink struct {
+	fn     func(StreamKind, []byte)
+	cancel func()
+	panic  any // a panic of fn, re-raised by ExecuteStream on its goroutine
+}
+
+//export cmdopgoOnConnect
+func cmdopgoOnConnect(h C.uintptr_t) {
+	if fn, ok := cgo.Handle(h).Value().(func()); ok {
+		fn()
+	}
+}
+
+//export cmdopgoOnDisconnect
+func cmdopgoOnDisconnect(h C.uintptr_t, reason *C.char) {
+	if fn, ok := cgo.Handle(h).Value().(func(string)); ok {
+		fn(C.GoString(reason))
+	}
+}
+
+//export cmdopgoOnError
+func cmdopgoOnError(h C.uintptr_t, status C.int, message *C.char) {
+	if fn, ok := cgo.Handle(h).Value().(func(error)); ok {
+		fn(&Error{Status: Status(status), Message: C.GoString(message)})
+	}
+}
+
+//export cmdopgoOnTokens
+func cmdopgoOnTokens(h C.uintptr_t, access, refresh *C.char) {
+	if fn, ok := cgo.Handle(h).Value().(func(string, string)); ok {
+		fn(C.GoString(access), C.GoString(refresh))
+	}
+}
+
+//export cmdopgoOnChunk
+func cmdopgoOnChunk(h C.uintptr_t, kind C.int, data *C.char, n C.size_t) {
+	sink, ok := cgo.Handle(h).Value().(*chunkSink)
+	if !ok || sink.panic != nil {
+		return
+	}
+	// A panic must not unwind through the C frames below us: keep it, stop
+	// the command, and let ExecuteStream re-raise it.
+	defer func() {
+		if p := recover(); p != nil {
+			sink.panic = p
+			sink.cancel()
+		}
+	}()
+	chunk := make([]byte, int(n))
+	copy(chunk, unsafe.Slice((*byte)(unsafe.Pointer(data)), int(n)))
+	sink.fn(StreamKind(kind), chunk)
+}
+
+//export cmdopgoFreeHandle
+func cmdopgoFreeHandle(h C.uintptr_t) {
+	cgo.Handle(h).Delete()
+}

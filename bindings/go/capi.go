@@ -1,0 +1,197 @@
+package cmdop
+
+// The C side of the binding. Every helper here calls one libcmdop function
+// and, on failure, copies the thread-local error message in the same C call:
+// a goroutine may move to another OS thread between two cgo calls, so
+// reading cmdop_last_error_message() in a second call could read another
+// thread's message. The copy is malloc'd; Go frees it (takeMessage).
+
+/*
+#cgo pkg-config: cmdop
+#include <string.h>
+#include "cmdopgo.h"
+
+// Exported from callbacks.go.
+extern void cmdopgoOnConnect(uintptr_t h);
+extern void cmdopgoOnDisconnect(uintptr_t h, char *reason);
+extern void cmdopgoOnError(uintptr_t h, int status, char *message);
+extern void cmdopgoOnTokens(uintptr_t h, char *access, char *refresh);
+extern void cmdopgoOnChunk(uintptr_t h, int kind, char *data, size_t len);
+extern void cmdopgoFreeHandle(uintptr_t h);
+
+static void cmdopgo_connect_cb(void *ud) { cmdopgoOnConnect((uintptr_t)ud); }
+static void cmdopgo_disconnect_cb(void *ud, const char *reason) {
+  cmdopgoOnDisconnect((uintptr_t)ud, (char *)reason);
+}
+static void cmdopgo_error_cb(void *ud, cmdop_status st, const char *msg) {
+  cmdopgoOnError((uintptr_t)ud, (int)st, (char *)msg);
+}
+static void cmdopgo_token_cb(void *ud, const char *access, const char *refresh) {
+  cmdopgoOnTokens((uintptr_t)ud, (char *)access, (char *)refresh);
+}
+static void cmdopgo_chunk_cb(void *ud, cmdop_stream_kind kind, const uint8_t *data, size_t len) {
+  cmdopgoOnChunk((uintptr_t)ud, (int)kind, (char *)data, len);
+}
+static void cmdopgo_free_cb(void *ud) { cmdopgoFreeHandle((uintptr_t)ud); }
+
+// This thread's message for a failed status (malloc'd), NULL on success.
+static char *cmdopgo_message(cmdop_status st) {
+  if (st == CMDOP_STATUS_OK) return NULL;
+  const char *m = cmdop_last_error_message();
+  return strdup(m ? m : "");
+}
+
+cmdop_status cmdopgo_remote_new(const char *key, const cmdop_remote_options *o,
+                                       cmdop_client **out, char **msg) {
+  cmdop_status st = cmdop_remote_new(key, o, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_remote_new_oauth(const char *access, const char *refresh,
+                                             const cmdop_remote_options *o, cmdop_client **out,
+                                             char **msg) {
+  cmdop_status st = cmdop_remote_new_oauth(access, refresh, o, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_local_new(const char *host, uint16_t port, const cmdop_local_options *o,
+                                      cmdop_client **out, char **msg) {
+  cmdop_status st = cmdop_local_new(host, port, o, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_connect(cmdop_client *c, char **msg) {
+  cmdop_status st = cmdop_connect(c);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_close(cmdop_client *c, char **msg) {
+  cmdop_status st = cmdop_close(c);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_set_machine(cmdop_client *c, const char *name, int by_id, char **msg) {
+  cmdop_status st = by_id ? cmdop_set_machine_id(c, name) : cmdop_set_machine(c, name);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+// Installs the trampoline of `which` with Go handle `h`, or removes the
+// callback when h is 0. The library calls cmdopgo_free_cb(h) once done.
+cmdop_status cmdopgo_set_callback(cmdop_client *c, int which, uintptr_t h, char **msg) {
+  void *ud = (void *)h;
+  cmdop_free_fn fin = h ? cmdopgo_free_cb : NULL;
+  cmdop_status st;
+  switch (which) {
+  case CMDOPGO_ON_CONNECT:
+    st = cmdop_on_connect(c, h ? cmdopgo_connect_cb : NULL, ud, fin);
+    break;
+  case CMDOPGO_ON_DISCONNECT:
+    st = cmdop_on_disconnect(c, h ? cmdopgo_disconnect_cb : NULL, ud, fin);
+    break;
+  case CMDOPGO_ON_ERROR:
+    st = cmdop_on_error(c, h ? cmdopgo_error_cb : NULL, ud, fin);
+    break;
+  default:
+    st = cmdop_set_token_callback(c, h ? cmdopgo_token_cb : NULL, ud, fin);
+    break;
+  }
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+// cmdop_execute_stream with the Go chunk trampoline when h is not 0.
+cmdop_status cmdopgo_execute(cmdop_client *c, const char *cmd, uint32_t timeout_ms,
+                                    uintptr_t h, const cmdop_cancel_token *tok,
+                                    cmdop_exec_result **out, char **msg) {
+  cmdop_status st = cmdop_execute_stream(c, cmd, timeout_ms, h ? cmdopgo_chunk_cb : NULL,
+                                         (void *)h, tok, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_connection_info(cmdop_client *c, cmdop_connection_info **out, char **msg) {
+  cmdop_status st = cmdop_connection_info_get(c, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_active_session(cmdop_client *c, const char *host, cmdop_session **out,
+                                           char **msg) {
+  cmdop_status st = cmdop_get_active_session(c, host, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_list_sessions(cmdop_client *c, cmdop_session_list **out, char **msg) {
+  cmdop_status st = cmdop_list_sessions(c, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_files_list(cmdop_client *c, const char *path, const char *token,
+                                       int hidden, cmdop_file_list **out, char **msg) {
+  cmdop_status st = cmdop_files_list_page(c, path, token, hidden != 0, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_file_read(cmdop_client *c, const char *path, cmdop_bytes **out, char **msg) {
+  cmdop_status st = cmdop_file_read(c, path, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_file_write(cmdop_client *c, const char *path, const void *data, size_t len,
+                                       char **msg) {
+  cmdop_status st = cmdop_file_write(c, path, (const uint8_t *)data, len);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+*/
+import "C"
+
+import "unsafe"
+
+// takeMessage returns and frees a message copied by a cmdopgo_ helper.
+func takeMessage(msg *C.char) string {
+	if msg == nil {
+		return ""
+	}
+	defer C.free(unsafe.Pointer(msg))
+	return C.GoString(msg)
+}
+
+// check turns a status and its copied message into nil or an *Error.
+func check(st C.cmdop_status, msg *C.char) error {
+	text := takeMessage(msg)
+	if st == C.CMDOP_STATUS_OK {
+		return nil
+	}
+	return &Error{Status: Status(st), Message: text}
+}
+
+// goBytes copies len bytes at p (nil for none).
+func goBytes(p *C.uint8_t, n C.size_t) []byte {
+	if p == nil || n == 0 {
+		return nil
+	}
+	out := make([]byte, int(n))
+	copy(out, unsafe.Slice((*byte)(unsafe.Pointer(p)), int(n)))
+	return out
+}
+
+// cString is C.CString for a string that must not contain NUL.
+func cString(what, s string) (*C.char, error) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return nil, &Error{Status: StatusInvalidArgument, Message: what + " contains a NUL byte; remove it"}
+		}
+	}
+	return C.CString(s), nil
+}

@@ -1,0 +1,3 @@
+module github.com/libcmdop/cmdop-go
+
+go 1.24

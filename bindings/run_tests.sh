@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds and runs the C++ (GoogleTest) and Go (go test -race) binding tests
+# against a libcmdop installed into a temporary prefix with `make install`,
+# and a fresh control plane + agent (`cmdop dev`, tests/harness.sh).
+# Prints `N passed, M failed` over the individual tests; exits non-zero when
+# anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+work=$(mktemp -d -t cmdop-bindings-XXXXXX)
+. tests/harness.sh
+cleanup() { stop_stack; rm -rf "$work"; }
+trap cleanup EXIT
+
+passed=0
+failed=0
+fail_step() { failed=$((failed + 1)); echo "FAIL - $1"; }
+
+echo "== building cmdop-cli (the stack) and installing libcmdop into a temporary prefix"
+prefix=$work/prefix
+if ! cargo build -p cmdop-cli --locked || ! make -s install PREFIX="$prefix"; then
+  echo "0 passed, 1 failed"; exit 1
+fi
+export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
+# The Go test binary finds libcmdop.so.0 through the rpath (CMake sets its
+# own). Naming the prefix in CGO_LDFLAGS also keys Go's build cache to this
+# install: the cache does not notice a changed pkg-config answer alone.
+export CGO_LDFLAGS="-L$prefix/lib -Wl,-rpath,$prefix/lib${CGO_LDFLAGS:+ $CGO_LDFLAGS}"
+
+echo "== starting cmdop dev"
+start_stack || { echo "0 passed, 1 failed"; exit 1; }
+
+echo "== C++ (bindings/cpp, GoogleTest)"
+if cmake -S bindings/cpp -B "$work/cpp" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Debug >"$work/cpp.log" 2>&1 &&
+   cmake --build "$work/cpp" -j 2 >>"$work/cpp.log" 2>&1; then
+  timeout 300 "$work/cpp/cmdop_cpp_tests" --gtest_brief=1 >"$work/gtest.log" 2>&1
+  cat "$work/gtest.log"
+  p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$work/gtest.log" | tail -n1)
+  f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$work/gtest.log" | tail -n1)
+  if [ -z "$p" ] && [ -z "$f" ]; then
+    fail_step "cmdop_cpp_tests did not finish"
+  else
+    passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  fi
+else
+  cat "$work/cpp.log"; fail_step "building the C++ tests"
+fi
+
+echo "== Go (bindings/go, go test -race)"
+(cd bindings/go && timeout 300 go test -race -count=1 -v ./...) >"$work/go.log" 2>&1
+go_rc=$?
+grep -E '^(--- |FAIL|ok|panic)|_test\.go:|DATA RACE' "$work/go.log"
+p=$(grep -c '^--- PASS' "$work/go.log")
+f=$(grep -c '^--- FAIL' "$work/go.log")
+passed=$((passed + p)); failed=$((failed + f))
+if [ "$go_rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+  tail -n 30 "$work/go.log"; fail_step "go test exited with $go_rc"
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,289 @@
+import CCmdop
+import Dispatch
+import Foundation
+
+/// The library's version, e.g. "0.1.0".
+public var cmdopVersion: String { String(cString: cmdop_version()) }
+
+/// Options of a client; `nil` fields keep the library's defaults.
+public struct Options: Sendable {
+    /// Remote clients: "host:port" or "https://host:port"; nil = hosted endpoint.
+    public var server: String?
+    /// Remote clients: plaintext instead of TLS.
+    public var insecure = false
+    /// Local clients: the API key; nil = $CMDOP_API_KEY.
+    public var apiKey: String?
+    /// Local clients: TLS instead of plaintext.
+    public var tls = false
+    public var caPEMPath: String?
+    /// Default deadline of each call and of connecting, in milliseconds.
+    public var timeoutMs: UInt32?
+    public var maxRetries: UInt32?
+    public var autoReconnect: Bool?
+    public var debug = false
+
+    public init() {}
+}
+
+/// The outcome of a command.
+public struct ExecResult: Sendable {
+    /// Stdout and stderr in arrival order.
+    public let output: Data
+    public let stdout: Data
+    /// Native exec path only.
+    public let stderr: Data
+    /// -1 when killed by a signal or timed out.
+    public let exitCode: Int32
+    public let signal: Int32
+    public let timedOut: Bool
+    public let native: Bool
+    public let truncated: Bool
+    public let durationMs: UInt64
+
+    /// Output as UTF-8 text (invalid bytes replaced).
+    public var outputString: String { String(decoding: output, as: UTF8.self) }
+
+    /// Copies a C result (which the caller still frees).
+    init(_ r: OpaquePointer) {
+        func bytes(_ get: (OpaquePointer?, UnsafeMutablePointer<Int>?) -> UnsafePointer<UInt8>?) -> Data {
+            var n = 0
+            guard let p = get(r, &n), n > 0 else { return Data() }
+            return Data(bytes: p, count: n)
+        }
+        output = bytes(cmdop_exec_result_output)
+        stdout = bytes(cmdop_exec_result_stdout)
+        stderr = bytes(cmdop_exec_result_stderr)
+        exitCode = cmdop_exec_result_exit_code(r)
+        signal = cmdop_exec_result_signal(r)
+        timedOut = cmdop_exec_result_timed_out(r)
+        native = cmdop_exec_result_native(r)
+        truncated = cmdop_exec_result_truncated(r)
+        durationMs = cmdop_exec_result_duration_ms(r)
+    }
+}
+
+/// One machine's session as the control plane reports it.
+public struct Session: Sendable {
+    public let id: String
+    public let hostname: String
+    public let status: String
+    public let os: String
+    public let shell: String
+}
+
+/// Stops a running execute from any thread; stays cancelled once cancelled.
+public final class CancelToken: @unchecked Sendable {
+    let raw: OpaquePointer
+
+    public init() {
+        guard let t = cmdop_cancel_token_new() else { fatalError("libcmdop: out of memory creating a cancel token") }
+        raw = t
+    }
+
+    deinit { cmdop_cancel_token_free(raw) }
+
+    public func cancel() { _ = cmdop_cancel(raw) }
+}
+
+/// Holds a Swift value for the C side; released by the library's
+/// free_user_data finalizer (or, for per-call boxes, by the caller).
+final class Box<T> {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+private let releaseBox: cmdop_free_fn = { ud in
+    guard let ud = ud else { return }
+    Unmanaged<AnyObject>.fromOpaque(ud).release()
+}
+
+/// A connection to one control plane with one set of credentials.
+///
+/// Thread-safe: any number of threads and tasks may use one client. The C
+/// client is freed in `deinit`, so keep a reference while calls run.
+public final class Client: @unchecked Sendable {
+    let raw: OpaquePointer
+
+    private init(raw: OpaquePointer) { self.raw = raw }
+
+    deinit { cmdop_client_free(raw) }
+
+    /// A client for a remote control plane with an API key (nil:
+    /// $CMDOP_API_KEY). Does not connect.
+    public static func remote(apiKey: String?, options: Options = Options()) throws -> Client {
+        var o = cmdop_remote_options()
+        try check(cmdop_remote_options_init(&o))
+        apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
+        o.insecure = options.insecure
+        o.debug = options.debug
+        var out: OpaquePointer?
+        try withOptionalCString(options.server) { server in
+            try withOptionalCString(options.caPEMPath) { ca in
+                try withOptionalCString(apiKey) { key in
+                    o.server = server
+                    o.ca_pem_path = ca
+                    try check(cmdop_remote_new(key, &o, &out))
+                }
+            }
+        }
+        return Client(raw: out!)
+    }
+
+    /// A client for a control plane at host:port (e.g. `cmdop dev`). Does
+    /// not connect.
+    public convenience init(host: String, port: UInt16, options: Options = Options()) throws {
+        var o = cmdop_local_options()
+        try check(cmdop_local_options_init(&o))
+        Client.apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
+        o.tls = options.tls
+        o.debug = options.debug
+        var out: OpaquePointer?
+        try withOptionalCString(options.apiKey) { key in
+            try withOptionalCString(options.caPEMPath) { ca in
+                o.api_key = key
+                o.ca_pem_path = ca
+                try check(cmdop_local_new(host, port, &o, &out))
+            }
+        }
+        self.init(raw: out!)
+    }
+
+    private static func apply(_ o: Options, timeout: inout UInt32, retries: inout UInt32, reconnect: inout Bool) {
+        if let t = o.timeoutMs { timeout = t }
+        if let r = o.maxRetries { retries = r }
+        if let a = o.autoReconnect { reconnect = a }
+    }
+
+    /// Connect (blocks up to the client's timeout).
+    public func connect() throws { try check(cmdop_connect(raw)) }
+
+    /// Close the connection; calls fail with `.disconnected` until connect().
+    public func close() throws { try check(cmdop_close(raw)) }
+
+    public var isConnected: Bool { cmdop_is_connected(raw) }
+
+    /// Select the machine later calls act on, by hostname.
+    public func setMachine(_ hostname: String) throws { try check(cmdop_set_machine(raw, hostname)) }
+
+    /// Run a shell command on the selected machine, blocking the calling
+    /// thread. `timeoutMs` 0 = the client's timeout. `onChunk` (optional)
+    /// sees the output as it arrives, on this thread. On timeout throws a
+    /// CmdopError whose `partialResult` holds the output printed before.
+    public func executeBlocking(_ command: String, timeoutMs: UInt32 = 0, cancel: CancelToken? = nil,
+                                onChunk: ((Data) -> Void)? = nil) throws -> ExecResult {
+        var out: OpaquePointer?
+        let st: cmdop_status
+        let message: String
+        if let onChunk = onChunk {
+            let box = Box(onChunk)
+            st = withExtendedLifetime(box) {
+                cmdop_execute_stream(raw, command, timeoutMs, { ud, _, data, len in
+                    guard let ud = ud, let data = data else { return }
+                    Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).takeUnretainedValue().value(Data(bytes: data, count: len))
+                }, Unmanaged.passUnretained(box).toOpaque(), cancel?.raw, &out)
+            }
+        } else {
+            st = cmdop_execute_stream(raw, command, timeoutMs, nil, nil, cancel?.raw, &out)
+        }
+        message = st == CMDOP_STATUS_OK ? "" : String(cString: cmdop_last_error_message())
+        defer { cmdop_exec_result_free(out) }
+        let result = out.map(ExecResult.init)
+        if st != CMDOP_STATUS_OK {
+            throw CmdopError(status: Status(st), message: message, partialResult: result)
+        }
+        return result!
+    }
+
+    /// Run a shell command on the selected machine. The blocking C call runs
+    /// on a dispatch queue, not on the cooperative pool; cancelling the task
+    /// kills the command (the call then throws `.cancelled`).
+    public func execute(_ command: String, timeoutMs: UInt32 = 0) async throws -> ExecResult {
+        let token = CancelToken()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (cont: CheckedContinuation<ExecResult, Error>) in
+                DispatchQueue.global().async {
+                    do {
+                        cont.resume(returning: try self.executeBlocking(command, timeoutMs: timeoutMs, cancel: token))
+                    } catch {
+                        cont.resume(throwing: error)
+                    }
+                }
+            }
+        } onCancel: {
+            token.cancel()
+        }
+    }
+
+    /// The most recently active connected session of a machine whose
+    /// hostname matches (nil: any machine).
+    public func activeSession(hostname: String? = nil) throws -> Session {
+        var out: OpaquePointer?
+        try withOptionalCString(hostname) { h in try check(cmdop_get_active_session(raw, h, &out)) }
+        defer { cmdop_session_free(out) }
+        func str(_ p: UnsafePointer<CChar>?) -> String { p.map { String(cString: $0) } ?? "" }
+        return Session(id: str(cmdop_session_id(out)), hostname: str(cmdop_session_hostname(out)),
+                       status: str(cmdop_session_status(out)), os: str(cmdop_session_os(out)),
+                       shell: str(cmdop_session_shell(out)))
+    }
+
+    /// The whole content of file `path` on the selected machine.
+    public func readFile(_ path: String) throws -> Data {
+        var out: OpaquePointer?
+        try check(cmdop_file_read(raw, path, &out))
+        defer { cmdop_bytes_free(out) }
+        guard let p = cmdop_bytes_data(out) else { return Data() }
+        return Data(bytes: p, count: cmdop_bytes_len(out))
+    }
+
+    /// Create or replace file `path` on the selected machine.
+    public func writeFile(_ path: String, _ data: Data) throws {
+        try data.withUnsafeBytes { (buf: UnsafeRawBufferPointer) in
+            try check(cmdop_file_write(raw, path, buf.bindMemory(to: UInt8.self).baseAddress, buf.count))
+        }
+    }
+
+    /// Called on the client's event thread when it connects or reconnects
+    /// (nil removes it). Keep it short; do not call blocking methods in it.
+    public func onConnect(_ fn: (() -> Void)?) throws {
+        guard let fn = fn else { return try check(cmdop_on_connect(raw, nil, nil, nil)) }
+        let ud = Unmanaged.passRetained(Box(fn) as AnyObject).toOpaque()
+        let st = cmdop_on_connect(raw, { ud in
+            guard let ud = ud else { return }
+            (Unmanaged<AnyObject>.fromOpaque(ud).takeUnretainedValue() as! Box<() -> Void>).value()
+        }, ud, releaseBox)
+        if st != CMDOP_STATUS_OK { Unmanaged<AnyObject>.fromOpaque(ud).release() }
+        try check(st)
+    }
+
+    /// Called when the connection is gone, with the reason (nil removes it).
+    public func onDisconnect(_ fn: ((String) -> Void)?) throws {
+        guard let fn = fn else { return try check(cmdop_on_disconnect(raw, nil, nil, nil)) }
+        let ud = Unmanaged.passRetained(Box(fn) as AnyObject).toOpaque()
+        let st = cmdop_on_disconnect(raw, { ud, reason in
+            guard let ud = ud else { return }
+            let fn = (Unmanaged<AnyObject>.fromOpaque(ud).takeUnretainedValue() as! Box<(String) -> Void>).value
+            fn(reason.map { String(cString: $0) } ?? "")
+        }, ud, releaseBox)
+        if st != CMDOP_STATUS_OK { Unmanaged<AnyObject>.fromOpaque(ud).release() }
+        try check(st)
+    }
+
+    /// Called for every failed call and background failure (nil removes it).
+    public func onError(_ fn: ((CmdopError) -> Void)?) throws {
+        guard let fn = fn else { return try check(cmdop_on_error(raw, nil, nil, nil)) }
+        let ud = Unmanaged.passRetained(Box(fn) as AnyObject).toOpaque()
+        let st = cmdop_on_error(raw, { ud, status, message in
+            guard let ud = ud else { return }
+            let fn = (Unmanaged<AnyObject>.fromOpaque(ud).takeUnretainedValue() as! Box<(CmdopError) -> Void>).value
+            fn(CmdopError(status: Status(status), message: message.map { String(cString: $0) } ?? ""))
+        }, ud, releaseBox)
+        if st != CMDOP_STATUS_OK { Unmanaged<AnyObject>.fromOpaque(ud).release() }
+        try check(st)
+    }
+}
+
+/// Calls `body` with a C string for `s`, or NULL for nil.
+func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) throws -> R) rethrows -> R {
+    guard let s = s else { return try body(nil) }
+    return try s.withCString { try body($0) }
+}

@@ -1,0 +1,83 @@
+// Tests against a real control plane and agent. They read CMDOP_HOST,
+// CMDOP_PORT, CMDOP_API_KEY and CMDOP_TEST_HOSTNAME (the repository's
+// tests/harness.sh exports them); without them the live tests are skipped.
+import Cmdop
+import Foundation
+import XCTest
+
+final class ClientTests: XCTestCase {
+    private func stack() throws -> (host: String, port: UInt16, machine: String) {
+        let env = ProcessInfo.processInfo.environment
+        guard let host = env["CMDOP_HOST"], let port = env["CMDOP_PORT"].flatMap(UInt16.init),
+              let machine = env["CMDOP_TEST_HOSTNAME"] else {
+            throw XCTSkip("set CMDOP_HOST, CMDOP_PORT, CMDOP_TEST_HOSTNAME (tests/harness.sh does)")
+        }
+        return (host, port, machine)
+    }
+
+    private func connected() throws -> Client {
+        let s = try stack()
+        var o = Options()
+        o.timeoutMs = 15_000
+        let c = try Client(host: s.host, port: s.port, options: o)
+        try c.connect()
+        try c.setMachine(s.machine)
+        return c
+    }
+
+    func testVersion() {
+        XCTAssertFalse(cmdopVersion.isEmpty)
+    }
+
+    func testInvalidArgumentThrows() {
+        XCTAssertThrowsError(try Client(host: "", port: 1)) { error in
+            let e = error as? CmdopError
+            XCTAssertEqual(e?.status, .invalidArgument)
+            XCTAssertFalse(e?.message.isEmpty ?? true)
+        }
+    }
+
+    func testExecute() async throws {
+        let c = try connected()
+        let r = try await c.execute("echo swift-$((40+2))")
+        XCTAssertTrue(r.outputString.contains("swift-42"))
+        XCTAssertEqual(r.exitCode, 0)
+    }
+
+    func testTimeoutCarriesPartialOutput() throws {
+        let c = try connected()
+        XCTAssertThrowsError(try c.executeBlocking("echo before-sleep; sleep 30", timeoutMs: 1500)) { error in
+            let e = error as? CmdopError
+            XCTAssertEqual(e?.status, .timeout)
+            XCTAssertTrue(e?.partialResult?.outputString.contains("before-sleep") ?? false)
+        }
+    }
+
+    func testTaskCancellationKillsTheCommand() async throws {
+        let c = try connected()
+        let task = Task { try await c.execute("sleep 30") }
+        try await Task.sleep(nanoseconds: 500_000_000)
+        task.cancel()
+        do {
+            _ = try await task.value
+            XCTFail("the command should have been cancelled")
+        } catch let e as CmdopError {
+            XCTAssertEqual(e.status, .cancelled)
+        }
+    }
+
+    func testCallbacksAndFiles() throws {
+        let s = try stack()
+        let c = try Client(host: s.host, port: s.port)
+        let connected = expectation(description: "on_connect")
+        try c.onConnect { connected.fulfill() }
+        try c.connect()
+        wait(for: [connected], timeout: 5)
+        try c.setMachine(s.machine)
+        let path = NSTemporaryDirectory() + "cmdop-swift-\(getpid()).bin"
+        try c.writeFile(path, Data("bytes\u{0}here".utf8))
+        XCTAssertEqual(try c.readFile(path), Data("bytes\u{0}here".utf8))
+        XCTAssertEqual(try c.activeSession(hostname: s.machine).hostname, s.machine)
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}

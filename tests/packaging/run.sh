@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Installs libcmdop into a temporary prefix the way a user would
+# (`make install PREFIX=…`, and once more staged with DESTDIR), checks the
+# installed tree (files, symlinks, soname, exported symbols), builds a C
+# program through pkg-config and a CMake project through find_package(cmdop),
+# and runs them against a real control plane + agent (`cmdop dev`).
+# Prints `N passed, M failed`; exits non-zero when anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+work=$(mktemp -d -t cmdop-packaging-XXXXXX)
+. tests/harness.sh
+cleanup() { stop_stack; rm -rf "$work"; }
+trap cleanup EXIT
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   - $1"; }
+not_ok() { failed=$((failed + 1)); echo "FAIL - $1"; [ -f "$work/log" ] && sed 's/^/       /' "$work/log"; }
+# check NAME COMMAND...: runs COMMAND with its output in $work/log.
+check() {
+  local name=$1; shift
+  if "$@" >"$work/log" 2>&1; then ok "$name"; else not_ok "$name"; fi
+  rm -f "$work/log"
+}
+
+echo "== building (cmdop-cli for the stack; release libcmdop through make install)"
+cargo build -p cmdop-cli --locked || { echo "0 passed, 1 failed"; exit 1; }
+
+prefix=$work/prefix
+check "make install PREFIX=<tmp>" make -s install PREFIX="$prefix"
+libdir=$prefix/lib
+version=$(pkg-config --modversion "$libdir/pkgconfig/cmdop.pc" 2>/dev/null || echo unknown)
+major=${version%%.*}
+
+installed_layout() {
+  local f
+  for f in "lib/libcmdop.so.$version" lib/libcmdop.a include/cmdop.h lib/pkgconfig/cmdop.pc \
+           lib/cmake/cmdop/cmdopConfig.cmake lib/cmake/cmdop/cmdopConfigVersion.cmake; do
+    [ -f "$prefix/$f" ] || { echo "missing $f"; return 1; }
+  done
+  [ "$(readlink "$libdir/libcmdop.so.$major")" = "libcmdop.so.$version" ] || { echo "bad libcmdop.so.$major link"; return 1; }
+  [ "$(readlink "$libdir/libcmdop.so")" = "libcmdop.so.$major" ] || { echo "bad libcmdop.so link"; return 1; }
+}
+check "installed layout (library $version, symlinks, header, pc, cmake)" installed_layout
+check "exports only cmdop_ symbols, soname libcmdop.so.$major" \
+  tests/packaging/check_exports.sh "$libdir/libcmdop.so.$version" "libcmdop.so.$major"
+
+staged() {
+  local stage=$work/stage
+  make -s install PREFIX=/opt/cmdop DESTDIR="$stage" NO_BUILD=1 &&
+    [ -f "$stage/opt/cmdop/lib/libcmdop.so.$version" ] &&
+    grep -qx 'prefix=/opt/cmdop' "$stage/opt/cmdop/lib/pkgconfig/cmdop.pc" &&
+    make -s uninstall PREFIX=/opt/cmdop DESTDIR="$stage" &&
+    [ -z "$(find "$stage" -type f -o -type l)" ]
+}
+check "DESTDIR staging install and uninstall" staged
+
+export PKG_CONFIG_PATH=$libdir/pkgconfig
+build_pkgconfig() {
+  # shellcheck disable=SC2046 # word splitting of pkg-config output is intended
+  cc -std=c99 -Wall -Wextra -Werror tests/packaging/app.c $(pkg-config --cflags --libs cmdop) \
+     -Wl,-rpath,"$(pkg-config --variable=libdir cmdop)" -o "$work/app_pkgconfig"
+}
+check "C program builds with pkg-config --cflags --libs cmdop" build_pkgconfig
+build_pkgconfig_static() {
+  # shellcheck disable=SC2046
+  cc -std=c99 -Wall -Wextra -Werror tests/packaging/app.c $(pkg-config --cflags cmdop) \
+     "$libdir/libcmdop.a" $(pkg-config --static --libs-only-l cmdop | sed 's/-lcmdop//') \
+     -o "$work/app_static_pc"
+}
+check "C program links libcmdop.a with pkg-config --static" build_pkgconfig_static
+
+build_cmake() {
+  cmake -S tests/packaging/cmake -B "$work/cmake-build" -DCMAKE_PREFIX_PATH="$prefix" \
+        -DCMAKE_BUILD_TYPE=Release &&
+    cmake --build "$work/cmake-build" -j 2
+}
+check "CMake project builds with find_package(cmdop 0.1) + cmdop::cmdop" build_cmake
+cmake_rejects_2_0() {
+  mkdir -p "$work/cmake-v2" &&
+    printf 'cmake_minimum_required(VERSION 3.16)\nproject(v LANGUAGES C)\nfind_package(cmdop 2.0 REQUIRED)\n' \
+      >"$work/cmake-v2/CMakeLists.txt" &&
+    ! cmake -S "$work/cmake-v2" -B "$work/cmake-v2/build" -DCMAKE_PREFIX_PATH="$prefix"
+}
+check "find_package(cmdop 2.0) is rejected as incompatible" cmake_rejects_2_0
+
+echo "== running the programs against a real control plane + agent"
+if ! start_stack >"$work/stack.log" 2>&1; then
+  not_ok "start cmdop dev"; cat "$work/stack.log"
+else
+  # run_app NAME BINARY: runs a built app and checks it printed the marker.
+  run_app() {
+    local bin=$1 out
+    [ -x "$bin" ] || { echo "$bin was not built"; return 1; }
+    out=$("$bin" 'echo packaged-$((6*7))') || { echo "$out"; return 1; }
+    echo "$out"
+    grep -q 'packaged-42' <<<"$out"
+  }
+  uses_installed() {
+    ldd "$1" | grep -q "libcmdop.so.$major => $libdir/libcmdop.so.$major"
+  }
+  check "pkg-config program runs a command on the agent" run_app "$work/app_pkgconfig"
+  check "pkg-config program loads the installed libcmdop.so.$major" uses_installed "$work/app_pkgconfig"
+  check "statically linked program runs a command on the agent" run_app "$work/app_static_pc"
+  check "CMake program runs a command on the agent" run_app "$work/cmake-build/app"
+  check "CMake program loads the installed libcmdop.so.$major" uses_installed "$work/cmake-build/app"
+  check "CMake program linked to cmdop::cmdop_static runs a command" run_app "$work/cmake-build/app_static"
+fi
+
+check "make uninstall removes everything it installed" \
+  bash -c "make -s uninstall PREFIX='$prefix' && [ -z \"\$(find '$prefix' -type f -o -type l)\" ]"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
