@@ -1,0 +1,76 @@
+//! TLS end to end: `cmdop server --tls-cert/--tls-key`, an agent dialing it
+//! over https with a private CA (`--ca-cert`), and the client core (through
+//! `cmdop exec --ca-cert`) trusting the same CA.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// A CA and a server certificate for "localhost" signed by it, as PEM files.
+fn make_certs(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let cert = params.signed_by(&key, &issuer).expect("server cert");
+    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn tls_with_a_private_ca_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(dir.path());
+    let server = start_server(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
+    let port = server.addr.rsplit_once(':').unwrap().1.to_string();
+    let ws = create_workspace(dir.path(), "tls");
+    let token = enroll_token(dir.path(), "tls");
+    let url = format!("https://localhost:{port}");
+    let _agent = Proc(
+        Command::new(cmdop_bin())
+            .args(["--log-level", "warn", "agent", "--server", &url, "--hostname", "tls-host", "--token", &token])
+            .arg("--state-file")
+            .arg(dir.path().join("agent.json"))
+            .arg("--ca-cert")
+            .arg(&ca)
+            .spawn()
+            .expect("spawn agent"),
+    );
+
+    let exec = |ca_cert: Option<&std::path::Path>| {
+        let mut cmd = Command::new(cmdop_bin());
+        cmd.args(["exec", "--server", &url, "--host", "tls-host", "--timeout-secs", "5"]).env("CMDOP_API_KEY", &ws.api_key);
+        if let Some(ca) = ca_cert {
+            cmd.arg("--ca-cert").arg(ca);
+        }
+        cmd.args(["--", "echo", "over-tls"]).output().expect("run cmdop exec")
+    };
+    // The agent needs a moment to enroll and connect.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let out = loop {
+        let out = exec(Some(&ca));
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(out.status.success(), "exec over TLS failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over-tls\n");
+
+    // Without the private CA the client refuses the server's certificate.
+    let out = exec(None);
+    assert!(!out.status.success(), "a certificate from an unknown CA was accepted");
+}
