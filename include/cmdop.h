@@ -40,8 +40,14 @@
 
 
 /**
- * Largest file `write_file` sends: one official FileWrite message, which
- * servers cap at 32 MiB including the envelope (path, session id).
+ * Largest file [`Client::read_file`] assembles (both paths).
+ */
+#define MAX_READ_BYTES ((512 * 1024) * 1024)
+
+/**
+ * Largest file `write_file` sends on the official path: one FileWrite
+ * message, which servers cap at 32 MiB including the envelope (path,
+ * session id). The streaming path has no such limit.
  */
 #define MAX_WRITE_BYTES (((32 * 1024) * 1024) - (64 * 1024))
 
@@ -648,6 +654,9 @@ enum cmdop_status cmdop_execute(struct cmdop_client *client,
  * not blocking functions. `cancel` (may be NULL): cmdop_cancel() on it from
  * any thread stops and kills the command; the call then returns CANCELLED.
  *
+ * The result also keeps the output (up to 64 MiB per stream); for large
+ * outputs use cmdop_execute_stream_discard(), which keeps none.
+ *
  * Ownership and returns as cmdop_execute(), plus CANCELLED.
  */
 enum cmdop_status cmdop_execute_stream(struct cmdop_client *client,
@@ -657,6 +666,23 @@ enum cmdop_status cmdop_execute_stream(struct cmdop_client *client,
                                        void *user_data,
                                        const struct cmdop_cancel_token *cancel,
                                        struct cmdop_exec_result **out);
+
+/**
+ * Like cmdop_execute_stream(), but the output goes only to `on_chunk`:
+ * the result keeps none (cmdop_exec_result_output(), _stdout() and
+ * _stderr() are empty, also after TIMEOUT), so memory use does not grow
+ * with what the command prints. Exit code, signal, duration and the other
+ * accessors work as usual.
+ *
+ * Ownership and returns as cmdop_execute_stream().
+ */
+enum cmdop_status cmdop_execute_stream_discard(struct cmdop_client *client,
+                                               const char *command,
+                                               uint32_t timeout_ms,
+                                               cmdop_chunk_fn on_chunk,
+                                               void *user_data,
+                                               const struct cmdop_cancel_token *cancel,
+                                               struct cmdop_exec_result **out);
 
 /**
  * A new cancel token, or NULL if out of memory. Free with
@@ -811,7 +837,12 @@ uint32_t cmdop_file_entry_mode(const struct cmdop_file_entry *e);
 int64_t cmdop_file_entry_mtime(const struct cmdop_file_entry *e);
 
 /**
- * Read the whole file `path` on the selected machine.
+ * Read the whole file `path` on the selected machine, at most 512 MiB
+ * (larger files are CMDOP_STATUS_INVALID_ARGUMENT). When the server offers
+ * streaming transfers (capability "files.v1", see
+ * cmdop_connection_info) the file arrives as one stream of 1 MiB chunks;
+ * otherwise through repeated official FileRead calls. The call timeout
+ * bounds each silence, not the whole transfer.
  *
  * On OK `*out` is the caller's; free with cmdop_bytes_free().
  * Returns as cmdop_files_list_page(). Thread: any; blocks.
@@ -823,9 +854,17 @@ enum cmdop_status cmdop_file_read(struct cmdop_client *client,
 /**
  * Create or replace file `path` on the selected machine with `len` bytes
  * at `data` (`data` may be NULL only when `len` is 0). The file is
- * written atomically by the agent. One write carries at most 32 MiB - 64 KiB
- * (the protocol's message limit); larger `len` is
- * CMDOP_STATUS_INVALID_ARGUMENT before anything is sent.
+ * written atomically by the agent: a temp file next to it is renamed into
+ * place after the last byte, so a failed or interrupted write leaves the
+ * old file (or none), never a partial one.
+ *
+ * Limits: when the server offers streaming transfers (capability
+ * "files.v1", see cmdop_connection_info) `len` may be up to 64 GiB; the
+ * data goes up in 1 MiB chunks with a few MiB in flight, and the call
+ * timeout bounds each stall, not the whole transfer. Otherwise one official
+ * FileWrite carries at most 32 MiB - 64 KiB (the protocol's message limit)
+ * and a larger `len` is CMDOP_STATUS_INVALID_ARGUMENT before anything is
+ * sent.
  *
  * Returns as cmdop_files_list_page(). Thread: any; blocks.
  */

@@ -17,7 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cmdop_proto::ext::{agent_uplink, AgentUplink, ExecExit, ExecFinished, ExecOutput, ExecStart};
+use bytes::{BufMut, Bytes, BytesMut};
+use cmdop_proto::ext::{
+    agent_uplink, AgentUplink, ExecExit, ExecFinished, ExecOutput, ExecSpawned, ExecStart,
+};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
@@ -28,10 +31,21 @@ use crate::files::path::resolve;
 
 /// Largest output chunk per uplink message.
 pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+/// Reads shorter than this are copied out so that the read buffer is reused;
+/// longer ones are handed on without a copy.
+const COPY_BELOW: usize = 8 * 1024;
+/// Capacity asked for the command's stdout and stderr pipes (Linux; the
+/// default is 64 KiB), so a fast writer is not stopped every 64 KiB while
+/// the previous chunk is being sent. Pages are only used while data waits.
+#[cfg(target_os = "linux")]
+const PIPE_CAPACITY: i32 = 1024 * 1024;
 /// How long output is still collected after the command itself exited.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Commands running at once; more are refused with an error.
 pub const MAX_RUNNING: usize = 256;
+/// Listed in the AgentLink hello: this agent reports each command's pid in
+/// an `ExecSpawned` message before its output.
+pub const CAPABILITY_SPAWNED: &str = "exec-spawned.v1";
 
 /// Why a command was killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +93,18 @@ pub async fn run_exec(
         }
     };
     let pid = child.id().unwrap_or(0);
+    // Announce the pid before any output (same queue, so it arrives first).
+    // Not waiting here keeps the timeout and cancel in force; if the queue
+    // is full, the control plane reports pid 0 instead.
+    let spawned = AgentUplink {
+        msg: Some(agent_uplink::Msg::Spawned(ExecSpawned {
+            exec_id: exec_id.clone(),
+            pid,
+        })),
+    };
+    if sink.try_send(spawned).is_err() {
+        tracing::debug!(exec_id, "uplink full; the pid is not announced");
+    }
 
     if let Some(mut stdin) = child.stdin.take() {
         let data = start.stdin.clone();
@@ -89,6 +115,7 @@ pub async fn run_exec(
     }
     let mut pumps = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
+        grow_pipe(&out);
         pumps.push(tokio::spawn(pump(
             out,
             exec_id.clone(),
@@ -97,6 +124,7 @@ pub async fn run_exec(
         )));
     }
     if let Some(err) = child.stderr.take() {
+        grow_pipe(&err);
         pumps.push(tokio::spawn(pump(err, exec_id.clone(), true, sink.clone())));
     }
 
@@ -202,6 +230,19 @@ fn kill_group(pid: u32) {
     }
 }
 
+/// Asks for a larger pipe buffer; the default size is kept if refused.
+fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{fcntl, FcntlArg};
+        if let Err(e) = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(PIPE_CAPACITY)) {
+            tracing::debug!(error = %e, "cannot enlarge the output pipe; keeping its size");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = pipe;
+}
+
 /// Forwards one pipe as `output` messages until EOF.
 async fn pump(
     mut pipe: impl AsyncRead + Unpin,
@@ -209,15 +250,24 @@ async fn pump(
     is_stderr: bool,
     sink: mpsc::Sender<AgentUplink>,
 ) {
-    let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
+    let mut buf = BytesMut::new();
     loop {
-        match pipe.read(&mut buf).await {
+        buf.clear();
+        buf.reserve(MAX_OUTPUT_CHUNK);
+        // `read_buf` fills at most the spare capacity; cap it at one chunk.
+        let mut limited = (&mut buf).limit(MAX_OUTPUT_CHUNK);
+        match pipe.read_buf(&mut limited).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                let data = if n < COPY_BELOW {
+                    Bytes::copy_from_slice(&buf[..n])
+                } else {
+                    buf.split().freeze()
+                };
                 let msg = AgentUplink {
                     msg: Some(agent_uplink::Msg::Output(ExecOutput {
                         exec_id: exec_id.clone(),
-                        data: bytes::Bytes::copy_from_slice(&buf[..n]),
+                        data,
                         is_stderr,
                     })),
                 };

@@ -12,7 +12,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use crate::{
-    exec::ExecRunner,
+    exec::{self, ExecRunner},
+    transfer::{self, Transfers},
     transport::{AuthedChannel, MAX_MESSAGE},
 };
 
@@ -30,7 +31,41 @@ pub enum LinkEnd {
 }
 
 /// Opens the channel, says hello and serves Exec until the stream ends.
+///
+/// The work runs in a task of its own on the runtime's worker threads, next
+/// to the connection it reads from: the caller may be a thread blocked in
+/// `Runtime::block_on`, where every downlink message would cost a wakeup
+/// across threads. Dropping the returned future stops the task (and with it
+/// every command it runs).
 pub async fn serve(
+    channel: AuthedChannel,
+    session_id: String,
+    agent_version: String,
+    home: PathBuf,
+) -> Result<LinkEnd, tonic::Status> {
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(tokio::spawn(serve_here(
+        channel,
+        session_id,
+        agent_version,
+        home,
+    )));
+    match (&mut task.0).await {
+        Ok(end) => end,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(tonic::Status::cancelled(
+            "the exec channel task was stopped",
+        )),
+    }
+}
+
+/// [`serve`], on the current task.
+async fn serve_here(
     channel: AuthedChannel,
     session_id: String,
     agent_version: String,
@@ -44,6 +79,10 @@ pub async fn serve(
         msg: Some(agent_uplink::Msg::Hello(AgentHello {
             session_id,
             agent_version,
+            capabilities: vec![
+                transfer::CAPABILITY.to_string(),
+                exec::CAPABILITY_SPAWNED.to_string(),
+            ],
         })),
     };
     // The receiver is alive right here; the send cannot fail.
@@ -54,6 +93,7 @@ pub async fn serve(
         Err(status) => return Err(status),
     };
     tracing::info!("native exec channel open");
+    let transfers = Transfers::new(home.clone(), tx.clone());
     let runner = ExecRunner::new(home, tx);
     loop {
         match downlink.message().await {
@@ -63,6 +103,7 @@ pub async fn serve(
                     tracing::debug!(exec_id = %cancel.exec_id, "exec cancel");
                     runner.cancel(&cancel.exec_id);
                 }
+                Some(agent_downlink::Msg::File(step)) => transfers.handle(step),
                 None => tracing::debug!("ignoring an unknown downlink message"),
             },
             Ok(None) => return Ok(LinkEnd::Closed),
@@ -70,5 +111,6 @@ pub async fn serve(
             Err(status) => return Err(status),
         }
     }
-    // `runner` drops here on every path and kills what is still running.
+    // `runner` and `transfers` drop here on every path: running commands are
+    // killed and unfinished uploads removed.
 }

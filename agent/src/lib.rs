@@ -21,6 +21,7 @@ pub mod files;
 pub mod host_info;
 pub mod pty_session;
 pub mod state;
+pub mod transfer;
 pub mod transport;
 
 use std::future::Future;

@@ -317,6 +317,12 @@ async fn exec(
         .unwrap()
         .into_inner();
     let (mut out, mut err) = (Vec::new(), Vec::new());
+    // This agent reports pids: `started` comes first and carries one.
+    let first = stream.message().await.unwrap().and_then(|ev| ev.event);
+    let Some(exec_event::Event::Started(started)) = first else {
+        panic!("expected `started` first, got {first:?}");
+    };
+    assert!(started.pid > 0, "started carries the real pid");
     while let Some(ev) = stream.message().await.unwrap() {
         match ev.event {
             Some(exec_event::Event::Stdout(b)) => out.extend_from_slice(&b),

@@ -255,3 +255,24 @@ async fn wait_for_file(path: &Path) {
     }
     panic!("{} never appeared", path.display());
 }
+
+#[tokio::test]
+async fn the_pid_is_reported_before_any_output() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let (_keep, cancel) = oneshot::channel();
+    let home = std::env::temp_dir();
+    let finished = run_exec(start("echo hi", 0), &home, cancel, &tx).await;
+    drop(tx);
+    let first = rx.recv().await.and_then(|m| m.msg);
+    let Some(agent_uplink::Msg::Spawned(spawned)) = first else {
+        panic!("expected `spawned` first, got {first:?}");
+    };
+    assert_eq!(spawned.exec_id, "e1");
+    assert!(spawned.pid > 0);
+    assert_eq!(spawned.pid, finished.pid);
+    let next = rx.recv().await.and_then(|m| m.msg);
+    assert!(
+        matches!(next, Some(agent_uplink::Msg::Output(ref o)) if &o.data[..] == b"hi\n"),
+        "{next:?}"
+    );
+}

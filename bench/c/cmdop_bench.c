@@ -9,8 +9,9 @@
  *              --concurrency threads sharing one client (latency when 1,
  *              throughput otherwise)
  *   stream     execute("head -c --bytes /dev/zero") through the streaming
- *              call, counting bytes in the callback; reports peak RSS of this
- *              process and of every --watch NAME=PID
+ *              call (cmdop_execute_stream_discard), counting bytes in the
+ *              callback; reports peak RSS of this process and of every
+ *              --watch NAME=PID
  *   files      write a --bytes file into --dir on the machine, then read it
  *              back; one record each
  *   coldstart  per run, in a fresh child process: create client + connect +
@@ -113,15 +114,17 @@ static void count_chunk(void *user_data, cmdop_stream_kind kind, const uint8_t *
   if (kind == CMDOP_STREAM_KIND_STDOUT) c->stdout_bytes += len;
 }
 
-/* Streams `cmd`'s output into `count_chunk`; OK only with exit code 0. */
+/* Streams `cmd`'s output into `count_chunk`; OK only with exit code 0. The
+ * result keeps no copy of the output (the callback is its only consumer),
+ * as an application streaming gigabytes would do. */
 static bool stream_ok(cmdop_client *client, const char *cmd, uint64_t *stdout_bytes) {
   stream_count count = {0};
   cmdop_exec_result *res = NULL;
   cmdop_status st =
-      cmdop_execute_stream(client, cmd, exec_timeout_ms, count_chunk, &count, NULL, &res);
+      cmdop_execute_stream_discard(client, cmd, exec_timeout_ms, count_chunk, &count, NULL, &res);
   *stdout_bytes = count.stdout_bytes;
   if (st != CMDOP_STATUS_OK) {
-    report_failure("cmdop_execute_stream", st);
+    report_failure("cmdop_execute_stream_discard", st);
     cmdop_exec_result_free(res);
     return false;
   }

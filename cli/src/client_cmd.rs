@@ -117,7 +117,9 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
             cmdop::client::Stream::Stderr => std::io::stderr().write_all(data),
         };
     };
-    let result = client.execute_stream(&command, timeout, on_chunk, cmdop::client::CancelToken::new()).await;
+    let result = client
+        .execute_stream_discarding(&command, timeout, on_chunk, cmdop::client::CancelToken::new())
+        .await;
     let _ = std::io::stdout().flush();
     client.close().await;
     match result {

@@ -133,6 +133,8 @@ impl AgentLink for AgentLinkService {
         let session = self.live_session(&machine, &hello.session_id).await?;
         let (tx, rx) = mpsc::channel(limits::AGENT_DOWNLINK_QUEUE);
         let link = ExecLink::new(tx);
+        link.transfers().set_supported(&hello.capabilities);
+        link.set_agent_capabilities(&hello.capabilities);
         session.set_exec_link(link.clone())?;
         tracing::info!(session = %session.id, machine = %machine.machine_id, agent_version = %hello.agent_version, "agent exec channel open");
         tokio::spawn(pump(session, link.clone(), uplink));
@@ -171,10 +173,15 @@ async fn pump(session: Arc<Session>, link: Arc<ExecLink>, mut uplink: Streaming<
                 };
                 link.deliver(&out.exec_id, update).await;
             }
+            Some(agent_uplink::Msg::Spawned(spawned)) => {
+                let update = ExecUpdate::Spawned { pid: spawned.pid };
+                link.deliver(&spawned.exec_id, update).await;
+            }
             Some(agent_uplink::Msg::Finished(finished)) => {
                 let exec_id = finished.exec_id.clone();
                 link.deliver(&exec_id, ExecUpdate::Finished(finished)).await;
             }
+            Some(agent_uplink::Msg::File(event)) => link.transfers().deliver(event).await,
             // A repeated hello and unknown members are ignored.
             _ => {}
         }

@@ -24,7 +24,12 @@ use crate::{
 };
 
 /// Capabilities advertised by ServerInfo.
-pub const CAPABILITIES: [&str; 3] = ["exec.v1", "machine-id.v1", "tokens.v1"];
+pub const CAPABILITIES: [&str; 4] = [
+    "exec.v1",
+    "machine-id.v1",
+    "tokens.v1",
+    crate::transfer::CAPABILITY,
+];
 
 /// Response stream of Exec.
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, Status>> + Send + 'static>>;
@@ -272,15 +277,35 @@ impl Cmdop for CmdopService {
             .await?;
         tracing::info!(session = %session.id, %exec_id, "exec started");
         let (tx, rx) = mpsc::channel(limits::EXEC_EVENT_QUEUE);
-        let started = ExecEvent {
-            event: Some(exec_event::Event::Started(ExecStarted {
-                exec_id: exec_id.clone(),
-                pid: 0,
-            })),
-        };
-        let _ = tx.try_send(Ok(started));
-        tokio::spawn(relay(session, link, exec_id, updates, tx));
+        // With an agent that reports pids, `started` waits for its `spawned`.
+        let started_sent = !link.reports_spawned();
+        if started_sent {
+            let _ = tx.try_send(Ok(started_event(&exec_id, 0)));
+        }
+        tokio::spawn(relay(session, link, exec_id, updates, tx, started_sent));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<tonic::Streaming<cmdop_proto::ext::UploadChunk>>,
+    ) -> Result<Response<cmdop_proto::ext::UploadResult>, Status> {
+        let ws = self.client(&request)?;
+        crate::transfer::upload(&self.state, &ws, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type DownloadStream = crate::transfer::DownloadStream;
+
+    async fn download(
+        &self,
+        request: Request<cmdop_proto::ext::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let ws = self.client(&request)?;
+        crate::transfer::download(&self.state, &ws, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn issue_token(
@@ -347,15 +372,26 @@ impl Cmdop for CmdopService {
     }
 }
 
-/// Forwards one exec's events from the agent to the client. Cancels the
-/// remote process if the client goes away; fails with UNAVAILABLE if the
-/// agent does.
+fn started_event(exec_id: &str, pid: u32) -> ExecEvent {
+    ExecEvent {
+        event: Some(exec_event::Event::Started(ExecStarted {
+            exec_id: exec_id.to_owned(),
+            pid,
+        })),
+    }
+}
+
+/// Forwards one exec's events from the agent to the client, opening with
+/// exactly one `started` (sent already unless `started_sent` is false).
+/// Cancels the remote process if the client goes away; fails with
+/// UNAVAILABLE if the agent does.
 async fn relay(
     session: Arc<Session>,
     link: Arc<ExecLink>,
     exec_id: String,
     mut updates: mpsc::Receiver<ExecUpdate>,
     tx: mpsc::Sender<Result<ExecEvent, Status>>,
+    mut started_sent: bool,
 ) {
     loop {
         let update = tokio::select! {
@@ -366,7 +402,26 @@ async fn relay(
                 return;
             }
         };
+        if !started_sent {
+            // Normally `spawned`; a command that could not start goes
+            // straight to `finished`.
+            let pid = match &update {
+                Some(ExecUpdate::Spawned { pid }) => *pid,
+                Some(ExecUpdate::Finished(f)) => f.pid,
+                _ => 0,
+            };
+            if tx.send(Ok(started_event(&exec_id, pid))).await.is_err() {
+                link.cancel(&exec_id);
+                return;
+            }
+            started_sent = true;
+            if matches!(update, Some(ExecUpdate::Spawned { .. })) {
+                continue;
+            }
+        }
         let event = match update {
+            // A repeated or unexpected `spawned` carries nothing new.
+            Some(ExecUpdate::Spawned { .. }) => continue,
             Some(ExecUpdate::Output {
                 data,
                 is_stderr: false,

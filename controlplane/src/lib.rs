@@ -18,6 +18,7 @@ pub mod store;
 mod terminal_service;
 mod timestamps;
 mod tls;
+mod transfer;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -69,6 +70,10 @@ pub async fn serve(
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // Bulk output (Exec, file transfers) would stall on a round trip
+        // every 64 KiB with the HTTP/2 default windows.
+        .initial_stream_window_size(cmdop_proto::limits::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(cmdop_proto::limits::HTTP2_CONNECTION_WINDOW)
         .tcp_nodelay(true);
     if let Some(files) = &config.tls {
         builder = builder

@@ -17,4 +17,12 @@ pub mod ext {
 pub mod limits {
     /// Largest gRPC message we send or accept (the Node SDK uses 32 MiB).
     pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
+    /// HTTP/2 flow-control window of one stream, set by every peer we build
+    /// (the default, 64 KiB, stalls bulk output once per 64 KiB on a round
+    /// trip). Bounds how much one stream's peer may send ahead of the reader.
+    pub const HTTP2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+    /// HTTP/2 flow-control window of a whole connection: what all its
+    /// streams together may have in flight towards one reader.
+    pub const HTTP2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 }

@@ -236,7 +236,9 @@ impl AttachHandle {
 
     async fn send(&self, payload: Up) -> Result<()> {
         if self.reader.is_finished() {
-            return Err(Error::Disconnected("the attach stream has ended: attach again".into()));
+            return Err(Error::Disconnected(
+                "the attach stream has ended: attach again".into(),
+            ));
         }
         let msg = AgentMessage {
             session_id: self.session_id.clone(),

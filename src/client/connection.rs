@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cmdop_proto::ext::cmdop_client::CmdopClient;
 use cmdop_proto::ext::{RefreshTokenRequest, ServerInfoRequest};
-use cmdop_proto::limits::MAX_MESSAGE_BYTES;
+use cmdop_proto::limits::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_MESSAGE_BYTES};
 use cmdop_proto::terminal::terminal_streaming_service_client::TerminalStreamingServiceClient;
 use cmdop_proto::terminal::HealthCheckRequest;
 use tonic::metadata::MetadataValue;
@@ -231,6 +231,8 @@ fn build_endpoint(opts: &super::ClientOptions) -> Result<Endpoint> {
         .map_err(|e| Error::InvalidArgument(format!("server address '{uri}' is not valid: {e}")))?
         .connect_timeout(opts.timeout)
         .tcp_nodelay(true)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
@@ -310,7 +312,7 @@ impl Inner {
     }
 
     /// The live connection, waiting (until `deadline`) while reconnecting.
-    async fn ready_conn(&self, deadline: Instant) -> Result<Conn> {
+    pub(crate) async fn ready_conn(&self, deadline: Instant) -> Result<Conn> {
         let mut rx = self.state.subscribe();
         loop {
             let state = rx.borrow_and_update().clone();
@@ -374,7 +376,7 @@ impl Inner {
         Ok(token)
     }
 
-    fn can_refresh(&self) -> bool {
+    pub(crate) fn can_refresh(&self) -> bool {
         matches!(
             &*lock(&self.creds),
             Credentials::Tokens {

@@ -60,7 +60,22 @@ pub struct ExecOutput {
     pub truncated: bool,
 }
 
+/// Which output a call keeps in its [`ExecOutput`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Everything, up to [`MAX_KEPT_OUTPUT`] per stream.
+    All,
+    /// Nothing: the chunk callback is the only consumer.
+    Nothing,
+}
+
 impl ExecOutput {
+    fn keep(&mut self, keep: Keep, stream: Stream, data: &[u8]) {
+        if keep == Keep::All {
+            self.push(stream, data);
+        }
+    }
+
     fn push(&mut self, stream: Stream, data: &[u8]) {
         let keep = |buf: &mut Vec<u8>, truncated: &mut bool| {
             let room = MAX_KEPT_OUTPUT.saturating_sub(buf.len());
@@ -92,8 +107,35 @@ impl Client {
         &self,
         command: &str,
         timeout: Option<Duration>,
+        on_chunk: impl FnMut(Stream, &[u8]) + Send,
+        cancel: CancelToken,
+    ) -> Result<ExecOutput> {
+        self.run_command(command, timeout, on_chunk, cancel, Keep::All)
+            .await
+    }
+
+    /// Like [`execute_stream`](Self::execute_stream), but the output only
+    /// goes to `on_chunk`: the result's `output`, `stdout` and `stderr`
+    /// stay empty (also the partial output of a timeout). Memory use does
+    /// not grow with the output, so this is the call for large outputs.
+    pub async fn execute_stream_discarding(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+        on_chunk: impl FnMut(Stream, &[u8]) + Send,
+        cancel: CancelToken,
+    ) -> Result<ExecOutput> {
+        self.run_command(command, timeout, on_chunk, cancel, Keep::Nothing)
+            .await
+    }
+
+    async fn run_command(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
         mut on_chunk: impl FnMut(Stream, &[u8]) + Send,
         cancel: CancelToken,
+        keep: Keep,
     ) -> Result<ExecOutput> {
         if command.is_empty() {
             return Err(Error::InvalidArgument("command is empty".into()));
@@ -112,7 +154,7 @@ impl Client {
         let try_native = server_native && (machine.native_exec || machine.machine_id.is_empty());
         if try_native {
             match self
-                .exec_native(&machine, command, timeout, &mut on_chunk, &cancel)
+                .exec_native(&machine, command, timeout, &mut on_chunk, &cancel, keep)
                 .await
             {
                 Err(Error::NotSupported(why)) => {
@@ -123,7 +165,7 @@ impl Client {
                 other => return other.map_err(|e| self.inner.report(e)),
             }
         }
-        self.exec_terminal(command, timeout, &mut on_chunk, &cancel)
+        self.exec_terminal(command, timeout, &mut on_chunk, &cancel, keep)
             .await
             .map_err(|e| self.inner.report(e))
     }
@@ -135,6 +177,7 @@ impl Client {
         timeout: Duration,
         on_chunk: &mut (impl FnMut(Stream, &[u8]) + Send),
         cancel: &CancelToken,
+        keep: Keep,
     ) -> Result<ExecOutput> {
         let started = Instant::now();
         let req = ExecRequest {
@@ -195,11 +238,11 @@ impl Client {
                 }
                 Some(ExecEv::Stdout(b)) => {
                     on_chunk(Stream::Stdout, &b);
-                    out.push(Stream::Stdout, &b);
+                    out.keep(keep, Stream::Stdout, &b);
                 }
                 Some(ExecEv::Stderr(b)) => {
                     on_chunk(Stream::Stderr, &b);
-                    out.push(Stream::Stderr, &b);
+                    out.keep(keep, Stream::Stderr, &b);
                 }
                 Some(ExecEv::Exit(exit)) => {
                     out.exit_code = exit.exit_code;
@@ -232,6 +275,7 @@ impl Client {
         timeout: Duration,
         on_chunk: &mut (impl FnMut(Stream, &[u8]) + Send),
         cancel: &CancelToken,
+        keep: Keep,
     ) -> Result<ExecOutput> {
         // Session lookups may retry once with a fresh session id, but only
         // before the command has been typed.
@@ -287,12 +331,12 @@ impl Client {
         let mut chunk = Vec::new();
         loop {
             if cancel.is_cancelled() {
-                self.interrupt(&session_id, &id, &mut cursor, &mut scanner, &mut out)
+                self.interrupt(&session_id, &id, &mut cursor, &mut scanner, &mut out, keep)
                     .await;
                 return Err(Error::Cancelled);
             }
             if Instant::now() >= deadline {
-                self.interrupt(&session_id, &id, &mut cursor, &mut scanner, &mut out)
+                self.interrupt(&session_id, &id, &mut cursor, &mut scanner, &mut out, keep)
                     .await;
                 out.timed_out = true;
                 out.duration = started.elapsed();
@@ -315,7 +359,7 @@ impl Client {
                 let code = scanner.push(&data, &mut chunk);
                 if !chunk.is_empty() {
                     on_chunk(Stream::Stdout, &chunk);
-                    out.push(Stream::Stdout, &chunk);
+                    out.keep(keep, Stream::Stdout, &chunk);
                 }
                 cursor += data.len() as i64;
                 pause = POLL_MIN;
@@ -398,6 +442,7 @@ impl Client {
         cursor: &mut i64,
         scanner: &mut MarkerScanner,
         out: &mut ExecOutput,
+        keep: Keep,
     ) {
         self.send_signal(session_id, 2).await;
         let probe = SendInputRequest {
@@ -426,7 +471,7 @@ impl Client {
             *cursor += data.len() as i64;
             chunk.clear();
             if scanner.push(&data, &mut chunk).is_none() {
-                out.push(Stream::Stdout, &chunk);
+                out.keep(keep, Stream::Stdout, &chunk);
             }
             window.extend_from_slice(&data);
             if find(&window, &idle).is_some() {

@@ -1,4 +1,6 @@
-//! File operations on the selected machine (official File*Rpc calls).
+//! File operations on the selected machine: official File*Rpc calls, and
+//! for whole-file reads and writes the streaming transfers of
+//! [`super::transfer`] when the server offers them.
 
 use std::future::Future;
 
@@ -8,14 +10,15 @@ use cmdop_proto::terminal::{
 };
 
 use super::connection::CallPolicy;
-use super::{Client, Error, ErrorKind, Result};
+use super::{Client, Error, ErrorKind, LogLevel, Result};
 
 /// Entries asked per page (the official SDKs' default).
 const PAGE_SIZE: i32 = 100;
-/// Largest file [`Client::read_file`] assembles.
-const MAX_READ_BYTES: usize = 512 * 1024 * 1024;
-/// Largest file `write_file` sends: one official FileWrite message, which
-/// servers cap at 32 MiB including the envelope (path, session id).
+/// Largest file [`Client::read_file`] assembles (both paths).
+pub const MAX_READ_BYTES: usize = 512 * 1024 * 1024;
+/// Largest file `write_file` sends on the official path: one FileWrite
+/// message, which servers cap at 32 MiB including the envelope (path,
+/// session id). The streaming path has no such limit.
 pub const MAX_WRITE_BYTES: usize = 32 * 1024 * 1024 - 64 * 1024;
 
 /// What a directory entry is.
@@ -188,8 +191,19 @@ impl Client {
         })
     }
 
-    /// Read the whole file at `path` on the selected machine.
+    /// Read the whole file at `path` (at most [`MAX_READ_BYTES`]) on the
+    /// selected machine: one streaming Download when the server offers it,
+    /// else repeated official FileRead calls.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        if self.offers_file_streams() {
+            let streamed = self
+                .with_session(|session_id| self.download(session_id, path, MAX_READ_BYTES))
+                .await;
+            match streamed {
+                Err(e) if e.kind() == ErrorKind::NotSupported => self.stream_fallback(&e),
+                other => return other.map_err(|e| self.inner.report(e)),
+            }
+        }
         let policy = CallPolicy {
             idempotent: true,
             timeout: self.inner.opts.timeout,
@@ -237,11 +251,24 @@ impl Client {
         .map_err(|e| self.inner.report(e))
     }
 
-    /// Create or replace the file at `path` on the selected machine.
+    /// Create or replace the file at `path` on the selected machine,
+    /// atomically: readers see the old or the new file, never a mix. With a
+    /// server that offers streaming transfers any size works (the data goes
+    /// up in 1 MiB chunks); otherwise one official FileWrite carries at most
+    /// [`MAX_WRITE_BYTES`].
     pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        if self.offers_file_streams() {
+            let streamed = self
+                .with_session(|session_id| self.upload(session_id, path, data))
+                .await;
+            match streamed {
+                Err(e) if e.kind() == ErrorKind::NotSupported => self.stream_fallback(&e),
+                other => return other.map_err(|e| self.inner.report(e)),
+            }
+        }
         if data.len() > MAX_WRITE_BYTES {
             return Err(self.inner.report(Error::InvalidArgument(format!(
-                "{} bytes is more than one write can carry ({} bytes); write it in parts of at most 32 MiB to separate files",
+                "{} bytes is more than one write can carry ({} bytes) because the server or agent does not offer streaming transfers (files.v1); update them, or write it in parts of at most 32 MiB to separate files",
                 data.len(),
                 MAX_WRITE_BYTES
             ))));
@@ -278,6 +305,13 @@ impl Client {
         })
         .await
         .map_err(|e| self.inner.report(e))
+    }
+
+    /// Notes that the machine's agent cannot stream and the official path follows.
+    fn stream_fallback(&self, why: &Error) {
+        self.inner.log(LogLevel::Debug, || {
+            format!("streaming transfer unavailable ({why}); using the official File* calls")
+        });
     }
 }
 

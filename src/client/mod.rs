@@ -14,6 +14,7 @@ mod log;
 mod machine;
 mod marker;
 mod sessions;
+mod transfer;
 
 #[cfg(test)]
 mod live_tests;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::boundary::{arg_str, as_callback, handle, out_ptr, Failure};
 use super::client::cmdop_client;
-use super::runtime::block_on;
+use super::runtime::{block_on, run_on_runtime};
 use super::status::cmdop_status;
 use crate::client::{CancelToken, Error, ExecOutput, Stream};
 
@@ -98,7 +98,12 @@ pub unsafe extern "C" fn cmdop_execute(
         let out = unsafe { out_ptr(out, "out") }?;
         let c = unsafe { handle(client, "client") }?;
         let command = unsafe { arg_str(command, "command") }?;
-        let result = block_on("cmdop_execute", c.client.execute(command, timeout_arg(timeout_ms)))?;
+        let client = c.client.clone();
+        let command = command.to_owned();
+        let timeout = timeout_arg(timeout_ms);
+        let result = run_on_runtime("cmdop_execute", async move {
+            client.execute(&command, timeout).await
+        })?;
         finish(out, result)
     }
 }
@@ -117,6 +122,9 @@ unsafe impl Send for ChunkSink {}
 /// not blocking functions. `cancel` (may be NULL): cmdop_cancel() on it from
 /// any thread stops and kills the command; the call then returns CANCELLED.
 ///
+/// The result also keeps the output (up to 64 MiB per stream); for large
+/// outputs use cmdop_execute_stream_discard(), which keeps none.
+///
 /// Ownership and returns as cmdop_execute(), plus CANCELLED.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_execute_stream(
@@ -127,6 +135,50 @@ pub unsafe extern "C" fn cmdop_execute_stream(
     user_data: *mut c_void,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
+) -> cmdop_status {
+    unsafe {
+        execute_streaming(
+            client, command, timeout_ms, on_chunk, user_data, cancel, out, true,
+        )
+    }
+}
+
+/// Like cmdop_execute_stream(), but the output goes only to `on_chunk`:
+/// the result keeps none (cmdop_exec_result_output(), _stdout() and
+/// _stderr() are empty, also after TIMEOUT), so memory use does not grow
+/// with what the command prints. Exit code, signal, duration and the other
+/// accessors work as usual.
+///
+/// Ownership and returns as cmdop_execute_stream().
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_execute_stream_discard(
+    client: *mut cmdop_client,
+    command: *const c_char,
+    timeout_ms: u32,
+    on_chunk: cmdop_chunk_fn,
+    user_data: *mut c_void,
+    cancel: *const cmdop_cancel_token,
+    out: *mut *mut cmdop_exec_result,
+) -> cmdop_status {
+    unsafe {
+        execute_streaming(
+            client, command, timeout_ms, on_chunk, user_data, cancel, out, false,
+        )
+    }
+}
+
+/// The body of cmdop_execute_stream() (`keep`) and
+/// cmdop_execute_stream_discard().
+#[allow(clippy::too_many_arguments)]
+unsafe fn execute_streaming(
+    client: *mut cmdop_client,
+    command: *const c_char,
+    timeout_ms: u32,
+    on_chunk: cmdop_chunk_fn,
+    user_data: *mut c_void,
+    cancel: *const cmdop_cancel_token,
+    out: *mut *mut cmdop_exec_result,
+    keep: bool,
 ) -> cmdop_status {
     ffi_boundary! {
         let out = unsafe { out_ptr(out, "out") }?;
@@ -145,8 +197,15 @@ pub unsafe extern "C" fn cmdop_execute_stream(
                 }
             }
         };
-        let fut = c.client.execute_stream(command, timeout_arg(timeout_ms), on_chunk, token);
-        let result = block_on("cmdop_execute_stream", fut)?;
+        let timeout = timeout_arg(timeout_ms);
+        let result = if keep {
+            block_on("cmdop_execute_stream", c.client.execute_stream(command, timeout, on_chunk, token))?
+        } else {
+            block_on(
+                "cmdop_execute_stream_discard",
+                c.client.execute_stream_discarding(command, timeout, on_chunk, token),
+            )?
+        };
         finish(out, result)
     }
 }

@@ -170,7 +170,12 @@ pub unsafe extern "C" fn cmdop_file_entry_mtime(e: *const cmdop_file_entry) -> i
     ffi_boundary!(@value 0; unsafe { e.as_ref() }.map_or(0, |e| e.entry.mtime))
 }
 
-/// Read the whole file `path` on the selected machine.
+/// Read the whole file `path` on the selected machine, at most 512 MiB
+/// (larger files are CMDOP_STATUS_INVALID_ARGUMENT). When the server offers
+/// streaming transfers (capability "files.v1", see
+/// cmdop_connection_info) the file arrives as one stream of 1 MiB chunks;
+/// otherwise through repeated official FileRead calls. The call timeout
+/// bounds each silence, not the whole transfer.
 ///
 /// On OK `*out` is the caller's; free with cmdop_bytes_free().
 /// Returns as cmdop_files_list_page(). Thread: any; blocks.
@@ -192,9 +197,17 @@ pub unsafe extern "C" fn cmdop_file_read(
 
 /// Create or replace file `path` on the selected machine with `len` bytes
 /// at `data` (`data` may be NULL only when `len` is 0). The file is
-/// written atomically by the agent. One write carries at most 32 MiB - 64 KiB
-/// (the protocol's message limit); larger `len` is
-/// CMDOP_STATUS_INVALID_ARGUMENT before anything is sent.
+/// written atomically by the agent: a temp file next to it is renamed into
+/// place after the last byte, so a failed or interrupted write leaves the
+/// old file (or none), never a partial one.
+///
+/// Limits: when the server offers streaming transfers (capability
+/// "files.v1", see cmdop_connection_info) `len` may be up to 64 GiB; the
+/// data goes up in 1 MiB chunks with a few MiB in flight, and the call
+/// timeout bounds each stall, not the whole transfer. Otherwise one official
+/// FileWrite carries at most 32 MiB - 64 KiB (the protocol's message limit)
+/// and a larger `len` is CMDOP_STATUS_INVALID_ARGUMENT before anything is
+/// sent.
 ///
 /// Returns as cmdop_files_list_page(). Thread: any; blocks.
 #[no_mangle]

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use tokio::runtime::Runtime;
 
-use super::boundary::{in_callback, Failure};
+use super::boundary::{in_callback, panic_message, Failure};
 use super::status::cmdop_status;
 
 /// Worker threads: I/O bound work, and the machine may be small.
@@ -31,7 +31,42 @@ pub(crate) fn runtime() -> Result<&'static Runtime, Failure> {
 /// Run `fut` to completion on the runtime, blocking this thread. Refuses
 /// (IN_CALLBACK) inside a library callback or on a runtime thread, where
 /// blocking would deadlock.
+///
+/// `fut` is polled on this thread, so every wakeup it waits for (each
+/// network event) crosses from a runtime thread to this one. Calls that
+/// need no callbacks on the caller's thread should use [`run_on_runtime`].
 pub(crate) fn block_on<F: Future>(what: &str, fut: F) -> Result<F::Output, Failure> {
+    check_may_block(what)?;
+    Ok(runtime()?.block_on(fut))
+}
+
+/// Run `fut` as a task on the runtime's threads and block this thread
+/// until it is done. Unlike [`block_on`], the network events it waits for
+/// wake it on the runtime thread that saw them; this thread is woken once,
+/// at the end. Same refusals as [`block_on`].
+pub(crate) fn run_on_runtime<F>(what: &str, fut: F) -> Result<F::Output, Failure>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    check_may_block(what)?;
+    let rt = runtime()?;
+    match rt.block_on(rt.spawn(fut)) {
+        Ok(out) => Ok(out),
+        Err(e) if e.is_panic() => Err(Failure::new(
+            cmdop_status::Panic,
+            panic_message(&*e.into_panic()),
+        )),
+        Err(_) => Err(Failure::new(
+            cmdop_status::Internal,
+            format!("{what} was stopped because libcmdop's runtime is shutting down"),
+        )),
+    }
+}
+
+/// IN_CALLBACK inside a library callback or on a runtime thread, where
+/// blocking would deadlock.
+fn check_may_block(what: &str) -> Result<(), Failure> {
     if in_callback() || tokio::runtime::Handle::try_current().is_ok() {
         return Err(Failure::new(
             cmdop_status::InCallback,
@@ -41,5 +76,5 @@ pub(crate) fn block_on<F: Future>(what: &str, fut: F) -> Result<F::Output, Failu
             ),
         ));
     }
-    Ok(runtime()?.block_on(fut))
+    Ok(())
 }

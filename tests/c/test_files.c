@@ -1,6 +1,7 @@
 /*
  * Files: listing (types, sizes, modes, mtimes, hidden files, paging),
- * reading and writing (binary bytes, empty and larger files), and errors.
+ * reading and writing (binary bytes, empty and larger files, files over
+ * the 32 MiB message limit through streaming transfers), and errors.
  * The agent of `cmdop dev` runs on this machine, so the test prepares and
  * checks the files locally.
  */
@@ -179,6 +180,31 @@ static void read_write(cmdop_client *c) {
   cmdop_bytes_free(b);
 }
 
+/* Beyond one message: the native stack offers streaming transfers
+ * ("files.v1"), so a file over the 32 MiB message limit goes up and comes
+ * back in 1 MiB chunks, byte for byte, and no temp file is left behind. */
+static void beyond_one_message(cmdop_client *c) {
+  char path[512], cmd[700];
+  size_t i, len = 40u * 1024 * 1024 + 3;
+  uint8_t *data = malloc(len);
+  cmdop_bytes *b = NULL;
+  struct stat st;
+
+  CHECK(data != NULL);
+  if (data == NULL) return;
+  for (i = 0; i < len; i++) data[i] = (uint8_t)((i * 2246822519u) >> 11);
+  snprintf(path, sizeof path, "%s/over-32-mib.dat", dir);
+  CHECK_OK(cmdop_file_write(c, path, data, len));
+  CHECK(stat(path, &st) == 0 && (size_t)st.st_size == len);
+  CHECK_OK(cmdop_file_read(c, path, &b));
+  CHECK(b != NULL && cmdop_bytes_len(b) == len);
+  CHECK(b != NULL && cmdop_bytes_len(b) == len && memcmp(cmdop_bytes_data(b), data, len) == 0);
+  cmdop_bytes_free(b);
+  free(data);
+  snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -q cmdop-tmp", dir);
+  CHECK(system(cmd) != 0);
+}
+
 static void errors(cmdop_client *c) {
   char path[512];
   cmdop_bytes *b = (cmdop_bytes *)dir;
@@ -217,6 +243,7 @@ int main(void) {
   listing(c);
   paging(c);
   read_write(c);
+  beyond_one_message(c);
   errors(c);
   cmdop_client_free(c);
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -3,6 +3,7 @@
 //! Everything here is blocking file-system work; the connection runs
 //! [`handle`] on tokio's blocking pool.
 
+pub mod atomic;
 pub mod entry;
 pub mod error;
 pub mod list;

@@ -10,14 +10,25 @@ use cmdop_proto::ext::{agent_downlink, AgentDownlink, ExecCancel, ExecFinished, 
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use crate::limits;
+use crate::{limits, transfer::TransferRoutes};
 
 /// What the agent reports about one exec.
 #[derive(Debug)]
 pub enum ExecUpdate {
-    Output { data: bytes::Bytes, is_stderr: bool },
+    /// The process exists (agents with [`CAPABILITY_SPAWNED`] only).
+    Spawned {
+        pid: u32,
+    },
+    Output {
+        data: bytes::Bytes,
+        is_stderr: bool,
+    },
     Finished(ExecFinished),
 }
+
+/// Agent capability (AgentLink hello): it sends `spawned` with the pid of
+/// each command before its output.
+pub const CAPABILITY_SPAWNED: &str = "exec-spawned.v1";
 
 /// Sender half of an agent's Channel response stream.
 pub type DownlinkSender = mpsc::Sender<Result<AgentDownlink, Status>>;
@@ -27,6 +38,10 @@ pub struct ExecLink {
     downlink: DownlinkSender,
     pending: Mutex<HashMap<String, mpsc::Sender<ExecUpdate>>>,
     alive: watch::Sender<bool>,
+    /// The agent reports pids with `spawned` ([`CAPABILITY_SPAWNED`]).
+    reports_spawned: std::sync::atomic::AtomicBool,
+    /// Streaming file transfers riding on this Channel.
+    transfers: TransferRoutes,
 }
 
 impl ExecLink {
@@ -35,7 +50,40 @@ impl ExecLink {
             downlink,
             pending: Mutex::new(HashMap::new()),
             alive: watch::Sender::new(true),
+            reports_spawned: std::sync::atomic::AtomicBool::new(false),
+            transfers: TransferRoutes::default(),
         })
+    }
+
+    /// Records what the agent said it supports in its hello.
+    pub fn set_agent_capabilities(&self, capabilities: &[String]) {
+        let spawned = capabilities.iter().any(|c| c == CAPABILITY_SPAWNED);
+        self.reports_spawned
+            .store(spawned, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True when the agent sends [`ExecUpdate::Spawned`] before any output.
+    pub fn reports_spawned(&self) -> bool {
+        self.reports_spawned
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The file transfers routed over this Channel.
+    pub fn transfers(&self) -> &TransferRoutes {
+        &self.transfers
+    }
+
+    /// Queues one message for the agent, waiting while the downlink is full.
+    pub async fn send(&self, msg: AgentDownlink) -> Result<(), Status> {
+        if !self.is_alive() {
+            return Err(link_gone());
+        }
+        self.downlink.send(Ok(msg)).await.map_err(|_| link_gone())
+    }
+
+    /// Queues one message for the agent if there is room; false otherwise.
+    pub fn try_send(&self, msg: AgentDownlink) -> bool {
+        self.downlink.try_send(Ok(msg)).is_ok()
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<ExecUpdate>>> {

@@ -214,22 +214,25 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// The workspace of a valid, unrevoked API key.
+    /// The workspace of a valid, unrevoked API key. Runs on every client
+    /// call, so the statement is compiled once and cached; the lookup itself
+    /// is never cached (a revocation by another process counts at once).
     pub fn authenticate_api_key(&self, key: &str) -> anyhow::Result<Option<Workspace>> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT w.id, w.name FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id
-                 WHERE k.hash = ?1 AND k.revoked_ms IS NULL",
-                [hash(key)],
-                |r| {
-                    Ok(Workspace {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                    })
-                },
-            )
-            .optional()?)
+        let hashed = hash(key);
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT w.id, w.name FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id
+             WHERE k.hash = ?1 AND k.revoked_ms IS NULL",
+        )?;
+        let workspace = stmt
+            .query_row([hashed], |r| {
+                Ok(Workspace {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                })
+            })
+            .optional()?;
+        Ok(workspace)
     }
 
     /// Creates a single-use enrollment token for `workspace_id`.

@@ -91,18 +91,19 @@ impl Store {
     /// Checks an access token: its family must be unrevoked and the API key
     /// that started the family must still be valid.
     pub fn authenticate_access_token(&self, token: &str) -> anyhow::Result<AccessCheck> {
-        let row: Option<(i64, String, String)> = self
-            .conn()
-            .query_row(
+        let hashed = hash(token);
+        let conn = self.conn();
+        // Runs on every call made with a token: compile the statement once.
+        let row: Option<(i64, String, String)> = conn
+            .prepare_cached(
                 "SELECT a.expires_ms, w.id, w.name
                  FROM access_tokens a
                  JOIN token_families f ON f.id = a.family_id
                  JOIN api_keys k ON k.hash = f.api_key_hash
                  JOIN workspaces w ON w.id = f.workspace_id
                  WHERE a.hash = ?1 AND f.revoked_ms IS NULL AND k.revoked_ms IS NULL",
-                [hash(token)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            )?
+            .query_row([hashed], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         Ok(match row {
             None => AccessCheck::Invalid,

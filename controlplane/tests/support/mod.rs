@@ -328,6 +328,7 @@ async fn open_channel(
             msg: Some(agent_uplink::Msg::Hello(AgentHello {
                 session_id: session_id.into(),
                 agent_version: "test".into(),
+                ..Default::default()
             })),
         })
         .await
@@ -372,7 +373,7 @@ async fn open_channel(
                 Some(agent_downlink::Msg::Cancel(c)) => {
                     let _ = cancels.send(c.exec_id);
                 }
-                None => {}
+                _ => {}
             }
         }
     })
