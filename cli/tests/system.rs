@@ -14,34 +14,6 @@ use cmdop_proto::{
 use common::*;
 use tonic::Code;
 
-/// A server with workspace "alpha" and one connected agent.
-struct Stack {
-    // Fields drop in order: agent first, so it never logs a lost server.
-    agent: Proc,
-    server: Server,
-    ws: Workspace,
-    host: String,
-    session_id: String,
-    dir: tempfile::TempDir,
-}
-
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-async fn stack(server_flags: &[&str]) -> Stack {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start_server(dir.path(), "127.0.0.1:0", server_flags);
-    let ws = create_workspace(dir.path(), "alpha");
-    let host = unique("alpha-host");
-    let token = enroll_token(dir.path(), "alpha");
-    let agent = start_agent(&server.addr, Some(&token), &dir.path().join("agent.json"), &host, &["--heartbeat-secs", "1"]);
-    let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
-    let session_id = wait_connected(&mut t, &host).await;
-    Stack { agent, server, ws, host, session_id, dir }
-}
 
 async fn exec_collect(ext: &mut Ext, req: ExecRequest) -> Result<(Vec<u8>, Vec<u8>, cmdop_proto::ext::ExecExit), tonic::Status> {
     let mut stream = ext.exec(req).await?.into_inner();
@@ -63,7 +35,7 @@ fn exec_req(session_id: &str, command: &str, timeout_ms: u32) -> ExecRequest {
 
 #[tokio::test]
 async fn registration_listing_and_hostname_resolution() {
-    let s = stack(&[]).await;
+    let s = stack("alpha-host", &[]).await;
     let tag = unique("res");
     let names = [format!("web-1-{tag}"), format!("web-2-{tag}")];
     let mut agents = Vec::new();
@@ -139,7 +111,7 @@ async fn registration_listing_and_hostname_resolution() {
 
 #[tokio::test]
 async fn pty_input_output_round_trip() {
-    let s = stack(&[]).await;
+    let s = stack("alpha-host", &[]).await;
     let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
     let r = t
         .send_input(SendInputRequest { session_id: s.session_id.clone(), data: b"echo pty-$((6*7))-ok\n".to_vec().into() })
@@ -165,7 +137,7 @@ async fn pty_input_output_round_trip() {
 
 #[tokio::test]
 async fn files_through_the_official_rpcs() {
-    let s = stack(&[]).await;
+    let s = stack("alpha-host", &[]).await;
     let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
     let dir = s.dir.path().join("files");
     std::fs::create_dir_all(dir.join("sub")).unwrap();
@@ -234,7 +206,7 @@ async fn files_through_the_official_rpcs() {
 
 #[tokio::test]
 async fn native_exec_streams_and_exit_codes() {
-    let s = stack(&[]).await;
+    let s = stack("alpha-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     let (out, err, x) = exec_collect(&mut e, exec_req(&s.session_id, "echo out; echo err >&2; exit 7", 10_000)).await.unwrap();
     assert_eq!(out, b"out\n");
@@ -263,7 +235,7 @@ async fn native_exec_streams_and_exit_codes() {
 
 #[tokio::test]
 async fn exec_timeout_kills_the_process_tree() {
-    let s = stack(&[]).await;
+    let s = stack("alpha-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     let started = Instant::now();
     let (out, _, x) = exec_collect(&mut e, exec_req(&s.session_id, "sleep 100 & echo $!; echo partial; wait", 700)).await.unwrap();
@@ -281,7 +253,7 @@ async fn exec_timeout_kills_the_process_tree() {
 
 #[tokio::test]
 async fn exec_cancelled_by_the_caller_kills_the_process() {
-    let s = stack(&[]).await;
+    let s = stack("alpha-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     let mut stream = e.exec(exec_req(&s.session_id, "echo $$; exec sleep 100", 0)).await.unwrap().into_inner();
     let mut pid = None;
@@ -302,7 +274,7 @@ async fn exec_cancelled_by_the_caller_kills_the_process() {
 
 #[tokio::test]
 async fn agent_killed_mid_call_fails_unavailable_within_a_second() {
-    let mut s = stack(&[]).await;
+    let mut s = stack("alpha-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     let mut stream = e.exec(exec_req(&s.session_id, "echo go; sleep 5", 0)).await.unwrap().into_inner();
     loop {
@@ -334,7 +306,7 @@ async fn agent_killed_mid_call_fails_unavailable_within_a_second() {
 
 #[tokio::test]
 async fn control_plane_restart_keeps_identity_and_keys() {
-    let mut s = stack(&[]).await;
+    let mut s = stack("alpha-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     let before = e
         .resolve_machine(ResolveMachineRequest { hostname: s.host.clone(), ..Default::default() })
@@ -366,7 +338,7 @@ async fn control_plane_restart_keeps_identity_and_keys() {
 
 #[tokio::test]
 async fn auth_errors_are_unauthenticated_and_say_what_to_do() {
-    let s = stack(&[]).await;
+    let s = stack("alpha-host", &[]).await;
     let mut none = terminal(&s.server.addr, None).await;
     let st = none.list_sessions(ListSessionsRequest::default()).await.unwrap_err();
     assert_eq!(st.code(), Code::Unauthenticated);
@@ -386,7 +358,7 @@ async fn auth_errors_are_unauthenticated_and_say_what_to_do() {
 /// as it does for an id that does not exist.
 #[tokio::test]
 async fn workspaces_are_walls() {
-    let s = stack(&[]).await;
+    let s = stack("alpha-host", &[]).await;
     let beta = create_workspace(s.dir.path(), "beta");
     let mut a = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     let machine_id = a
@@ -453,7 +425,7 @@ async fn workspaces_are_walls() {
 
 #[tokio::test]
 async fn oversized_and_malformed_requests_are_refused_and_the_server_keeps_serving() {
-    let s = stack(&[]).await;
+    let s = stack("alpha-host", &[]).await;
     let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
     let big = vec![b'x'; 2 << 20];
     match t.send_input(SendInputRequest { session_id: s.session_id.clone(), data: big.into() }).await {
@@ -526,7 +498,7 @@ async fn malformed_call(addr: &str, key: &str) -> tonic::Status {
 
 #[tokio::test]
 async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
-    let s = stack(&[]).await;
+    let s = stack("alpha-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     let first = e.issue_token(IssueTokenRequest::default()).await.unwrap().into_inner();
     assert!(!first.access_token.is_empty() && !first.refresh_token.is_empty());
@@ -552,7 +524,7 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
 
 #[tokio::test]
 async fn extensions_off_answers_unimplemented() {
-    let s = stack(&["--no-extensions"]).await;
+    let s = stack("alpha-host", &["--no-extensions"]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     assert_eq!(e.server_info(ServerInfoRequest {}).await.unwrap_err().code(), Code::Unimplemented);
     // The official path still works.

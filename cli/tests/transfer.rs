@@ -21,34 +21,6 @@ use tonic::Code;
 
 const MIB: usize = 1024 * 1024;
 
-/// A server with workspace "alpha" and one connected agent.
-struct Stack {
-    // Fields drop in order: agent first, so it never logs a lost server.
-    agent: Proc,
-    server: Server,
-    ws: Workspace,
-    host: String,
-    session_id: String,
-    dir: tempfile::TempDir,
-}
-
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-async fn stack(server_flags: &[&str]) -> Stack {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start_server(dir.path(), "127.0.0.1:0", server_flags);
-    let ws = create_workspace(dir.path(), "alpha");
-    let host = unique("xfer-host");
-    let token = enroll_token(dir.path(), "alpha");
-    let agent = start_agent(&server.addr, Some(&token), &dir.path().join("agent.json"), &host, &["--heartbeat-secs", "1"]);
-    let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
-    let session_id = wait_connected(&mut t, &host).await;
-    Stack { agent, server, ws, host, session_id, dir }
-}
 
 /// A library client on `s`'s workspace with its machine selected.
 async fn client(s: &Stack) -> Client {
@@ -113,7 +85,7 @@ fn data_chunk(data: &[u8]) -> UploadChunk {
 
 #[tokio::test]
 async fn server_advertises_files_v1() {
-    let s = stack(&[]).await;
+    let s = stack("xfer-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     let info = e.server_info(ServerInfoRequest {}).await.unwrap().into_inner();
     assert!(info.capabilities.iter().any(|c| c == "files.v1"), "{:?}", info.capabilities);
@@ -121,7 +93,7 @@ async fn server_advertises_files_v1() {
 
 #[tokio::test]
 async fn hundred_mib_round_trip_keeps_every_byte() {
-    let s = stack(&[]).await;
+    let s = stack("xfer-host", &[]).await;
     let c = client(&s).await;
     let path = s.dir.path().join("big.bin");
     let data = pattern(100 * MIB, 7);
@@ -145,7 +117,7 @@ async fn hundred_mib_round_trip_keeps_every_byte() {
 
 #[tokio::test]
 async fn broken_or_short_uploads_leave_no_partial_file() {
-    let s = stack(&[]).await;
+    let s = stack("xfer-host", &[]).await;
     let target = s.dir.path().join("atomic.bin");
     std::fs::write(&target, b"old content").unwrap();
     let start = UploadStart {
@@ -200,7 +172,7 @@ async fn broken_or_short_uploads_leave_no_partial_file() {
 
 #[tokio::test]
 async fn transfers_respect_workspace_walls() {
-    let s = stack(&[]).await;
+    let s = stack("xfer-host", &[]).await;
     let beta = create_workspace(s.dir.path(), "beta");
     let mut a = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     let machine_id = a
@@ -246,7 +218,7 @@ async fn transfers_respect_workspace_walls() {
 
 #[tokio::test]
 async fn agent_killed_mid_transfer_is_unavailable_and_leaves_no_file() {
-    let mut s = stack(&[]).await;
+    let mut s = stack("xfer-host", &[]).await;
     let source = s.dir.path().join("source.bin");
     std::fs::write(&source, pattern(64 * MIB, 11)).unwrap();
     let target = s.dir.path().join("upload.bin");
@@ -299,7 +271,7 @@ async fn agent_killed_mid_transfer_is_unavailable_and_leaves_no_file() {
 
 #[tokio::test]
 async fn without_extensions_writes_fall_back_to_one_message() {
-    let s = stack(&["--no-extensions"]).await;
+    let s = stack("xfer-host", &["--no-extensions"]).await;
     let c = client(&s).await;
     let path = s.dir.path().join("official.bin");
     let data = pattern(8 * MIB, 9);

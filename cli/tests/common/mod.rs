@@ -184,3 +184,36 @@ pub fn pid_alive(pid: i32) -> bool {
             .map(|s| !s.contains(") Z "))
             .unwrap_or(false)
 }
+
+/// A server with workspace "alpha" and one connected agent.
+pub struct Stack {
+    // Fields drop in order: agent first, so it never logs a lost server.
+    pub agent: Proc,
+    pub server: Server,
+    pub ws: Workspace,
+    pub host: String,
+    pub session_id: String,
+    pub dir: tempfile::TempDir,
+}
+
+/// A name no other test of this process uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Starts a server (with `server_flags`), workspace "alpha" and one agent
+/// named `<host_prefix>-…` heartbeating every second; waits until it is
+/// connected.
+pub async fn stack(host_prefix: &str, server_flags: &[&str]) -> Stack {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_server(dir.path(), "127.0.0.1:0", server_flags);
+    let ws = create_workspace(dir.path(), "alpha");
+    let host = unique(host_prefix);
+    let token = enroll_token(dir.path(), "alpha");
+    let agent = start_agent(&server.addr, Some(&token), &dir.path().join("agent.json"), &host, &["--heartbeat-secs", "1"]);
+    let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
+    let session_id = wait_connected(&mut t, &host).await;
+    Stack { agent, server, ws, host, session_id, dir }
+}
