@@ -2,7 +2,8 @@ package cmdop
 
 // Trampolines from C into Go. The C side holds only a cgo.Handle number as
 // user_data; for client callbacks the library calls cmdopgoFreeHandle once
-// it will not call the callback any more, which deletes the handle.
+// it will not call the callback any more, which deletes the handle; an
+// attachment's handle goes after its final call or its close (stream.go).
 
 /*
 #include <stddef.h>
@@ -72,4 +73,24 @@ func cmdopgoOnChunk(h C.uintptr_t, kind C.int, data *C.char, n C.size_t) {
 //export cmdopgoFreeHandle
 func cmdopgoFreeHandle(h C.uintptr_t) {
 	cgo.Handle(h).Delete()
+}
+
+// cmdopgoOnOutput runs on an attachment's delivery thread: it queues a copy
+// of the output for the Stream's goroutine, and on the final (NULL, 0) call
+// ends the queue and deletes the handle, as the library calls no more.
+//
+//export cmdopgoOnOutput
+func cmdopgoOnOutput(h C.uintptr_t, data *C.char, n C.size_t) {
+	sink, ok := cgo.Handle(h).Value().(*outputSink)
+	if !ok {
+		return
+	}
+	if data == nil {
+		close(sink.chunks)
+		sink.release()
+		return
+	}
+	chunk := make([]byte, int(n))
+	copy(chunk, unsafe.Slice((*byte)(unsafe.Pointer(data)), int(n)))
+	sink.push(chunk)
 }

@@ -18,6 +18,7 @@ extern void cmdopgoOnError(uintptr_t h, int status, char *message);
 extern void cmdopgoOnTokens(uintptr_t h, char *access, char *refresh);
 extern void cmdopgoOnChunk(uintptr_t h, int kind, char *data, size_t len);
 extern void cmdopgoFreeHandle(uintptr_t h);
+extern void cmdopgoOnOutput(uintptr_t h, char *data, size_t len);
 
 static void cmdopgo_connect_cb(void *ud) { cmdopgoOnConnect((uintptr_t)ud); }
 static void cmdopgo_disconnect_cb(void *ud, const char *reason) {
@@ -33,6 +34,9 @@ static void cmdopgo_chunk_cb(void *ud, cmdop_stream_kind kind, const uint8_t *da
   cmdopgoOnChunk((uintptr_t)ud, (int)kind, (char *)data, len);
 }
 static void cmdopgo_free_cb(void *ud) { cmdopgoFreeHandle((uintptr_t)ud); }
+static void cmdopgo_output_cb(void *ud, const uint8_t *data, size_t len) {
+  cmdopgoOnOutput((uintptr_t)ud, (char *)data, len);
+}
 
 // This thread's message for a failed status (malloc'd), NULL on success.
 static char *cmdopgo_message(cmdop_status st) {
@@ -150,6 +154,24 @@ cmdop_status cmdopgo_file_read(cmdop_client *c, const char *path, cmdop_bytes **
 cmdop_status cmdopgo_file_write(cmdop_client *c, const char *path, const void *data, size_t len,
                                        char **msg) {
   cmdop_status st = cmdop_file_write(c, path, (const uint8_t *)data, len);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+cmdop_status cmdopgo_stream_attach(cmdop_client *c, const char *session_id, uintptr_t h,
+                                   cmdop_stream **out, char **msg) {
+  cmdop_status st = cmdop_stream_attach(c, session_id, cmdopgo_output_cb, (void *)h, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_stream_write(cmdop_stream *s, const void *data, size_t len, char **msg) {
+  cmdop_status st = cmdop_stream_write(s, (const uint8_t *)data, len);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_stream_resize(cmdop_stream *s, uint16_t cols, uint16_t rows, char **msg) {
+  cmdop_status st = cmdop_stream_resize(s, cols, rows);
   *msg = cmdopgo_message(st);
   return st;
 }

@@ -73,9 +73,53 @@ type Client struct {
 
 // clientHandle owns the C client. Calls hold mu for reading; freeing takes
 // it for writing, so the C client is never freed under a running call.
+// Running executes register their cancel tokens so that Close can stop them.
 type clientHandle struct {
 	mu  sync.RWMutex
 	ptr *C.cmdop_client
+
+	tokensMu sync.Mutex
+	closing  bool
+	tokens   map[*C.cmdop_cancel_token]struct{}
+}
+
+// track registers the cancel token of an execute about to run; false when
+// the client is closing (the execute must not start).
+func (h *clientHandle) track(tok *C.cmdop_cancel_token) bool {
+	h.tokensMu.Lock()
+	defer h.tokensMu.Unlock()
+	if h.closing {
+		return false
+	}
+	if h.tokens == nil {
+		h.tokens = make(map[*C.cmdop_cancel_token]struct{})
+	}
+	h.tokens[tok] = struct{}{}
+	return true
+}
+
+// untrack forgets a token; after it returns, Close no longer touches it.
+func (h *clientHandle) untrack(tok *C.cmdop_cancel_token) {
+	h.tokensMu.Lock()
+	defer h.tokensMu.Unlock()
+	delete(h.tokens, tok)
+}
+
+// cancelAll marks the client as closing and cancels every running execute.
+func (h *clientHandle) cancelAll() {
+	h.tokensMu.Lock()
+	defer h.tokensMu.Unlock()
+	h.closing = true
+	for tok := range h.tokens {
+		C.cmdop_cancel(tok)
+	}
+}
+
+// isClosing reports whether Close has started.
+func (h *clientHandle) isClosing() bool {
+	h.tokensMu.Lock()
+	defer h.tokensMu.Unlock()
+	return h.closing
 }
 
 func (h *clientHandle) free() {
@@ -210,10 +254,15 @@ func (c *Client) Disconnect() error {
 	})
 }
 
-// Close disconnects and frees the client, after the calls running on
-// other goroutines have returned. Later calls fail with ErrClosed. Close
-// is idempotent; do not call it from a callback of the same client.
+// Close disconnects and frees the client. Commands running through
+// Execute or ExecuteStream on other goroutines are cancelled through their
+// cancel tokens (the remote command is killed; the call fails with an
+// ErrCancelled error that also wraps ErrClosed); Close waits for them and
+// for any other running call to return, and ends the client's Streams.
+// Later calls fail with ErrClosed. Close is idempotent; do not call it from
+// a callback of the same client.
 func (c *Client) Close() error {
+	c.h.cancelAll()
 	c.h.mu.RLock()
 	if c.h.ptr != nil {
 		C.cmdop_close(c.h.ptr) // wakes calls waiting on the connection
@@ -317,6 +366,10 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 	if tok == nil {
 		return nil, &Error{Status: StatusInternal, Message: "out of memory creating a cancel token"}
 	}
+	if !c.h.track(tok) {
+		C.cmdop_cancel_token_free(tok)
+		return nil, errClosed
+	}
 	// Cancellation kills the command at once. A passed deadline is the
 	// library's own timeout (timeoutMs above), which keeps the partial
 	// output; the token only backs it up should the library be late.
@@ -338,6 +391,7 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 		if !stop() {
 			<-cancelled // the AfterFunc ran: let it finish before freeing tok
 		}
+		c.h.untrack(tok) // Close cancels tokens only while they are tracked
 		C.cmdop_cancel_token_free(tok)
 	}()
 
@@ -370,6 +424,10 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 	status := Status(st)
 	if (status == StatusCancelled || status == StatusTimeout) && ctx.Err() != nil {
 		return result, contextError(ctx, status, text)
+	}
+	if status == StatusCancelled && c.h.isClosing() {
+		return result, &Error{Status: status, Message: "Close was called while the command ran; it was killed",
+			cause: ErrClosed}
 	}
 	return result, &Error{Status: status, Message: text}
 }

@@ -379,23 +379,151 @@ func TestUnclosedClientIsCollected(t *testing.T) {
 	t.Fatal("the client's callback was never released: the cleanup safety net did not run")
 }
 
-func TestCloseWaitsForRunningCalls(t *testing.T) {
+func TestCloseCancelsRunningExecute(t *testing.T) {
 	c := connected(t)
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Execute(context.Background(), "sleep 1")
+		_, err := c.Execute(context.Background(), "sleep 30")
 		done <- err
 	}()
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
 	start := time.Now()
 	c.Close()
 	select {
 	case err := <-done:
-		t.Logf("Execute after Close: %v (Close took %v)", err, time.Since(start))
-	case <-time.After(20 * time.Second):
-		t.Fatal("Execute did not return after Close")
+		if !errors.Is(err, cmdop.ErrCancelled) || !errors.Is(err, cmdop.ErrClosed) {
+			t.Fatalf("want ErrCancelled wrapping ErrClosed, got %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not cancel the running Execute")
+	}
+	if elapsed := time.Since(start); elapsed > 10*time.Second {
+		t.Fatalf("Close took %v", elapsed)
 	}
 	if _, err := c.Execute(context.Background(), "true"); !errors.Is(err, cmdop.ErrClosed) {
 		t.Fatalf("want ErrClosed, got %v", err)
+	}
+}
+
+// attachTo attaches to the test machine's session, collecting the output.
+func attachTo(t *testing.T, c *cmdop.Client) (*cmdop.Stream, *syncBuffer) {
+	t.Helper()
+	sess, err := c.ActiveSession(liveStack(t).machine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &syncBuffer{}
+	stream, err := c.Attach(sess.ID, out.Write)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stream.Close() })
+	return stream, out
+}
+
+// syncBuffer collects output written from another goroutine.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.Write(p)
+}
+
+func (b *syncBuffer) Contains(s string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Contains(b.buf.String(), s)
+}
+
+func TestAttach(t *testing.T) {
+	c := connected(t)
+	stream, out := attachTo(t, c)
+	if err := stream.Resize(100, 30); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Write([]byte("echo attach-$((6*7))\n")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !out.Contains("attach-42") {
+		if time.Now().After(deadline) {
+			t.Fatal("attach-42 never appeared in the attached terminal's output")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := stream.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Close(); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	select {
+	case <-stream.Done():
+	default:
+		t.Fatal("Done is not closed after Close")
+	}
+	if err := stream.Write([]byte("true\n")); !errors.Is(err, cmdop.ErrDisconnected) {
+		t.Fatalf("want ErrDisconnected after Close, got %v", err)
+	}
+	// The client stays usable.
+	if res, err := c.Execute(context.Background(), "true"); err != nil || res.ExitCode != 0 {
+		t.Fatalf("client unusable after closing a stream: %+v %v", res, err)
+	}
+}
+
+func TestAttachErrors(t *testing.T) {
+	c := connected(t)
+	if _, err := c.Attach("sess_no_such_session", func([]byte) {}); err == nil {
+		t.Fatal("attaching to an unknown session must fail")
+	}
+	if _, err := c.Attach("x", nil); !errors.Is(err, cmdop.ErrInvalidArgument) {
+		t.Fatalf("want ErrInvalidArgument for a nil callback, got %v", err)
+	}
+}
+
+func TestCloseFromOutputCallback(t *testing.T) {
+	c := connected(t)
+	sess, err := c.ActiveSession(liveStack(t).machine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stream *cmdop.Stream
+	ready := make(chan struct{})
+	stream, err = c.Attach(sess.ID, func([]byte) {
+		<-ready
+		stream.Close()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(ready)
+	if err := stream.Write([]byte("echo from-callback\n")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-stream.Done():
+	case <-time.After(15 * time.Second):
+		t.Fatal("Close from the output callback did not end the stream")
+	}
+}
+
+func TestClientCloseEndsStream(t *testing.T) {
+	c := connected(t)
+	stream, _ := attachTo(t, c)
+	c.Close()
+	select {
+	case <-stream.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("closing the client did not end the stream")
+	}
+	if err := stream.Write([]byte("true\n")); !errors.Is(err, cmdop.ErrDisconnected) {
+		t.Fatalf("want ErrDisconnected once the client is closed, got %v", err)
+	}
+	if err := stream.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -30,5 +30,10 @@ cmdop_status cmdopgo_files_list(cmdop_client *c, const char *path, const char *t
                                 cmdop_file_list **out, char **msg);
 cmdop_status cmdopgo_file_read(cmdop_client *c, const char *path, cmdop_bytes **out, char **msg);
 cmdop_status cmdopgo_file_write(cmdop_client *c, const char *path, const void *data, size_t len, char **msg);
+/* cmdop_stream_attach with the Go output trampoline and cgo handle h. */
+cmdop_status cmdopgo_stream_attach(cmdop_client *c, const char *session_id, uintptr_t h, cmdop_stream **out,
+                                   char **msg);
+cmdop_status cmdopgo_stream_write(cmdop_stream *s, const void *data, size_t len, char **msg);
+cmdop_status cmdopgo_stream_resize(cmdop_stream *s, uint16_t cols, uint16_t rows, char **msg);
 
 #endif

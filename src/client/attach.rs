@@ -278,13 +278,17 @@ impl AttachHandle {
         .await
     }
 
-    /// Detach. After this returns no callback runs any more (unless called
-    /// from the callback itself, which then is the last one).
-    pub async fn close(self) {
-        self.detach().await;
+    /// Detach. No callback starts once this is called (even before the
+    /// returned future runs, so a callback that closes its own stream, and
+    /// only spawns the future, is the last one); after the future completes
+    /// no callback is running either.
+    pub fn close(self) -> impl std::future::Future<Output = ()> + Send {
+        self.closed.store(true, Ordering::SeqCst);
+        async move { self.detach().await }
     }
 
     async fn detach(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         let _ = tokio::time::timeout(
             Duration::from_millis(200),
             self.send(Up::Status(StatusUpdate {
@@ -293,7 +297,6 @@ impl AttachHandle {
             })),
         )
         .await;
-        self.closed.store(true, Ordering::SeqCst);
         self.reader.abort();
         let handle = lock(&self.delivery).take();
         if let Some(h) = handle {

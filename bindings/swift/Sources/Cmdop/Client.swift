@@ -21,6 +21,9 @@ public struct Options: Sendable {
     public var maxRetries: UInt32?
     public var autoReconnect: Bool?
     public var debug = false
+    /// Remote OAuth clients: refresh an expired access token automatically
+    /// (nil = the library's default, on); new tokens go to `onTokens`.
+    public var autoRefresh: Bool?
 
     public init() {}
 }
@@ -66,9 +69,62 @@ public struct ExecResult: Sendable {
 public struct Session: Sendable {
     public let id: String
     public let hostname: String
+    /// "connected", "disconnected", "pending", "background", "error"...
     public let status: String
     public let os: String
     public let shell: String
+    /// When the session connected, Unix seconds (0 when unknown).
+    public let connectedAt: Int64
+    /// Seconds since the agent's last heartbeat.
+    public let heartbeatAgeSeconds: Int64
+
+    /// Copies a C session (borrowed or owned; the caller frees it if owned).
+    init(_ s: OpaquePointer?) {
+        func str(_ p: UnsafePointer<CChar>?) -> String { p.map { String(cString: $0) } ?? "" }
+        id = str(cmdop_session_id(s))
+        hostname = str(cmdop_session_hostname(s))
+        status = str(cmdop_session_status(s))
+        os = str(cmdop_session_os(s))
+        shell = str(cmdop_session_shell(s))
+        connectedAt = cmdop_session_connected_at(s)
+        heartbeatAgeSeconds = cmdop_session_heartbeat_age(s)
+    }
+}
+
+/// What a directory entry is.
+public enum FileType: Sendable {
+    case unknown, file, directory, symlink
+
+    init(_ t: cmdop_file_type) {
+        switch t {
+        case CMDOP_FILE_TYPE_FILE: self = .file
+        case CMDOP_FILE_TYPE_DIRECTORY: self = .directory
+        case CMDOP_FILE_TYPE_SYMLINK: self = .symlink
+        default: self = .unknown
+        }
+    }
+}
+
+/// One directory entry.
+public struct FileEntry: Sendable {
+    public let name: String
+    public let path: String
+    public let type: FileType
+    public let size: Int64
+    /// Permission bits, e.g. 0o755.
+    public let mode: UInt32
+    /// Modification time, Unix seconds (0 when unknown).
+    public let mtime: Int64
+}
+
+/// One page of a directory listing.
+public struct FileList: Sendable {
+    /// The directory listed, as the agent resolved it.
+    public let path: String
+    public let entries: [FileEntry]
+    /// Pass to `listFiles(_:pageToken:includeHidden:)` for the next page;
+    /// empty on the last page.
+    public let nextPageToken: String
 }
 
 /// Stops a running execute from any thread; stays cancelled once cancelled.
@@ -124,6 +180,29 @@ public final class Client: @unchecked Sendable {
                     o.ca_pem_path = ca
                     try check(cmdop_remote_new(key, &o, &out))
                 }
+            }
+        }
+        return Client(raw: out!)
+    }
+
+    /// A client for a remote control plane authenticated with OAuth tokens.
+    /// With `options.autoRefresh` (default on) an expired access token is
+    /// refreshed and the call retried once; install `onTokens` to store the
+    /// new pair. Does not connect.
+    public static func remoteOAuth(accessToken: String, refreshToken: String,
+                                   options: Options = Options()) throws -> Client {
+        var o = cmdop_remote_options()
+        try check(cmdop_remote_options_init(&o))
+        apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
+        o.insecure = options.insecure
+        o.debug = options.debug
+        if let r = options.autoRefresh { o.auto_refresh = r }
+        var out: OpaquePointer?
+        try withOptionalCString(options.server) { server in
+            try withOptionalCString(options.caPEMPath) { ca in
+                o.server = server
+                o.ca_pem_path = ca
+                try check(cmdop_remote_new_oauth(accessToken, refreshToken, &o, &out))
             }
         }
         return Client(raw: out!)
@@ -220,10 +299,36 @@ public final class Client: @unchecked Sendable {
         var out: OpaquePointer?
         try withOptionalCString(hostname) { h in try check(cmdop_get_active_session(raw, h, &out)) }
         defer { cmdop_session_free(out) }
+        return Session(out)
+    }
+
+    /// Every session of the workspace, connected ones first, newest activity
+    /// first (empty when there is none).
+    public func sessions() throws -> [Session] {
+        var out: OpaquePointer?
+        try check(cmdop_list_sessions(raw, &out))
+        defer { cmdop_session_list_free(out) }
+        return (0..<cmdop_session_list_count(out)).map { Session(cmdop_session_list_get(out, $0)) }
+    }
+
+    /// One page (up to 100 entries) of directory `path` on the selected
+    /// machine. `pageToken`: nil for the first page, else the previous
+    /// page's `nextPageToken`.
+    public func listFiles(_ path: String, pageToken: String? = nil, includeHidden: Bool = false) throws -> FileList {
+        var out: OpaquePointer?
+        try withOptionalCString(pageToken) { token in
+            try check(cmdop_files_list_page(raw, path, token, includeHidden, &out))
+        }
+        defer { cmdop_file_list_free(out) }
         func str(_ p: UnsafePointer<CChar>?) -> String { p.map { String(cString: $0) } ?? "" }
-        return Session(id: str(cmdop_session_id(out)), hostname: str(cmdop_session_hostname(out)),
-                       status: str(cmdop_session_status(out)), os: str(cmdop_session_os(out)),
-                       shell: str(cmdop_session_shell(out)))
+        let entries: [FileEntry] = (0..<cmdop_file_list_count(out)).map { i in
+            let e = cmdop_file_list_get(out, i)
+            return FileEntry(name: str(cmdop_file_entry_name(e)), path: str(cmdop_file_entry_path(e)),
+                             type: FileType(cmdop_file_entry_type(e)), size: cmdop_file_entry_size(e),
+                             mode: cmdop_file_entry_mode(e), mtime: cmdop_file_entry_mtime(e))
+        }
+        return FileList(path: str(cmdop_file_list_path(out)), entries: entries,
+                        nextPageToken: str(cmdop_file_list_next_page_token(out)))
     }
 
     /// The whole content of file `path` on the selected machine.
@@ -263,6 +368,20 @@ public final class Client: @unchecked Sendable {
             guard let ud = ud else { return }
             let fn = (Unmanaged<AnyObject>.fromOpaque(ud).takeUnretainedValue() as! Box<(String) -> Void>).value
             fn(reason.map { String(cString: $0) } ?? "")
+        }, ud, releaseBox)
+        if st != CMDOP_STATUS_OK { Unmanaged<AnyObject>.fromOpaque(ud).release() }
+        try check(st)
+    }
+
+    /// Receives the new OAuth tokens after an automatic refresh, to store
+    /// them (nil removes it). Same rules as `onConnect`.
+    public func onTokens(_ fn: ((_ accessToken: String, _ refreshToken: String) -> Void)?) throws {
+        guard let fn = fn else { return try check(cmdop_set_token_callback(raw, nil, nil, nil)) }
+        let ud = Unmanaged.passRetained(Box(fn) as AnyObject).toOpaque()
+        let st = cmdop_set_token_callback(raw, { ud, access, refresh in
+            guard let ud = ud else { return }
+            let fn = (Unmanaged<AnyObject>.fromOpaque(ud).takeUnretainedValue() as! Box<(String, String) -> Void>).value
+            fn(access.map { String(cString: $0) } ?? "", refresh.map { String(cString: $0) } ?? "")
         }, ud, releaseBox)
         if st != CMDOP_STATUS_OK { Unmanaged<AnyObject>.fromOpaque(ud).release() }
         try check(st)

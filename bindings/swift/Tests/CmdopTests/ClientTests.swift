@@ -80,4 +80,54 @@ final class ClientTests: XCTestCase {
         XCTAssertEqual(try c.activeSession(hostname: s.machine).hostname, s.machine)
         try? FileManager.default.removeItem(atPath: path)
     }
+
+    func testSessionsAndListing() throws {
+        let s = try stack()
+        let c = try connected()
+        let active = try c.activeSession(hostname: s.machine)
+        XCTAssertTrue(try c.sessions().contains { $0.id == active.id })
+        let dir = NSTemporaryDirectory() + "cmdop-swift-list-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try c.writeFile(dir + "/a.txt", Data("abc".utf8))
+        let list = try c.listFiles(dir)
+        XCTAssertEqual(list.entries.map(\.name), ["a.txt"])
+        XCTAssertEqual(list.entries.first?.type, .file)
+        XCTAssertEqual(list.entries.first?.size, 3)
+        XCTAssertEqual(list.nextPageToken, "")
+    }
+
+    func testAttachSeesTerminalOutput() throws {
+        let s = try stack()
+        let c = try connected()
+        let session = try c.activeSession(hostname: s.machine)
+        let seen = expectation(description: "attach-42 in the output")
+        let lock = NSLock()
+        var output = ""
+        var fulfilled = false
+        let stream = try c.attach(sessionID: session.id, onOutput: { data in
+            lock.lock()
+            defer { lock.unlock() }
+            output += String(decoding: data, as: UTF8.self)
+            if !fulfilled && output.contains("attach-42") {
+                fulfilled = true
+                seen.fulfill()
+            }
+        })
+        try stream.resize(cols: 100, rows: 30)
+        try stream.write("echo attach-$((6*7))\n")
+        wait(for: [seen], timeout: 15)
+        stream.close()
+        stream.close() // idempotent
+        XCTAssertThrowsError(try stream.write("true\n")) { error in
+            XCTAssertEqual((error as? CmdopError)?.status, .disconnected)
+        }
+    }
+
+    func testOAuthNeedsBothTokens() {
+        XCTAssertThrowsError(try Client.remoteOAuth(accessToken: "", refreshToken: "r")) { error in
+            XCTAssertEqual((error as? CmdopError)?.status, .unauthenticated)
+        }
+        XCTAssertNoThrow(try Client.remoteOAuth(accessToken: "a", refreshToken: "r").onTokens { _, _ in })
+    }
 }
