@@ -6,10 +6,17 @@
 //! of the AgentLink channel. A command that exits normally but leaves a
 //! background process holding its stdout/stderr gets [`DRAIN_GRACE`] for the
 //! remaining output; that process keeps running, its later output is not
-//! forwarded.
+//! forwarded. Time spent waiting for the control plane's credit does not
+//! count towards that grace.
+//!
+//! Flow control: when `ExecStart.window` is set (control planes that saw
+//! [`CAPABILITY_CREDIT`] in hello), the output pumps of one command keep at
+//! most that window of output un-credited and stop reading the pipes when it
+//! is spent, so the command blocks on its own pipe and no other command or
+//! transfer on the Channel waits for it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::Stdio,
@@ -20,11 +27,12 @@ use std::{
 use bytes::{BufMut, Bytes, BytesMut};
 use cmdop_proto::ext::{
     agent_uplink, AgentUplink, ExecExit, ExecFinished, ExecOutput, ExecSpawned, ExecStart,
+    ExecWindow,
 };
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
 };
 
 use crate::files::path::resolve;
@@ -46,6 +54,12 @@ pub const MAX_RUNNING: usize = 256;
 /// Listed in the AgentLink hello: this agent reports each command's pid in
 /// an `ExecSpawned` message before its output.
 pub const CAPABILITY_SPAWNED: &str = "exec-spawned.v1";
+/// Listed in the AgentLink hello: this agent honours `ExecStart.window` and
+/// the control plane's `ExecCredit` messages.
+pub const CAPABILITY_CREDIT: &str = "exec-credit.v1";
+/// Smallest window accepted from the control plane, so that a zero or tiny
+/// window cannot stop output altogether.
+const MIN_WINDOW_BYTES: u64 = 64 * 1024;
 
 /// Why a command was killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,11 +72,26 @@ enum KillReason {
 /// and returns the `finished` message (also for spawn failures).
 ///
 /// The command is killed when `cancel` fires or its sender is dropped.
+/// Output is not flow-controlled (`start.window` is ignored).
 pub async fn run_exec(
+    start: ExecStart,
+    home: &Path,
+    cancel: oneshot::Receiver<()>,
+    sink: &mpsc::Sender<AgentUplink>,
+) -> ExecFinished {
+    run_exec_credited(start, home, cancel, sink, None).await
+}
+
+/// [`run_exec`], keeping the output within `start.window` of what `credit`
+/// (cumulative bytes the control plane handed on) allows. Without a window
+/// or without `credit`, output is sent as fast as `sink` takes it. Dropping
+/// the credit sender stops the output pumps.
+pub async fn run_exec_credited(
     start: ExecStart,
     home: &Path,
     mut cancel: oneshot::Receiver<()>,
     sink: &mpsc::Sender<AgentUplink>,
+    credit: Option<watch::Receiver<u64>>,
 ) -> ExecFinished {
     let started = Instant::now();
     let exec_id = start.exec_id.clone();
@@ -113,19 +142,34 @@ pub async fn run_exec(
             let _ = stdin.write_all(&data).await;
         });
     }
+    let window = match (start.window, credit) {
+        (Some(w), Some(credit)) => Some(OutputWindow::new(w, credit)),
+        _ => None,
+    };
+    let credited = window.is_some();
+    let (exited_tx, exited) = watch::channel(false);
     let mut pumps = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
         grow_pipe(&out);
-        pumps.push(tokio::spawn(pump(
-            out,
-            exec_id.clone(),
-            false,
-            sink.clone(),
-        )));
+        let pump = Pump {
+            exec_id: exec_id.clone(),
+            is_stderr: false,
+            sink: sink.clone(),
+            window: window.clone(),
+            exited: exited.clone(),
+        };
+        pumps.push(tokio::spawn(pump.run(out)));
     }
     if let Some(err) = child.stderr.take() {
         grow_pipe(&err);
-        pumps.push(tokio::spawn(pump(err, exec_id.clone(), true, sink.clone())));
+        let pump = Pump {
+            exec_id: exec_id.clone(),
+            is_stderr: true,
+            sink: sink.clone(),
+            window,
+            exited,
+        };
+        pumps.push(tokio::spawn(pump.run(err)));
     }
 
     let timeout =
@@ -149,12 +193,22 @@ pub async fn run_exec(
     };
 
     // Collect what is left in the pipes; don't wait forever on a background
-    // process that inherited them.
-    let drained =
-        tokio::time::timeout(DRAIN_GRACE, futures::future::join_all(pumps.iter_mut())).await;
-    if drained.is_err() {
+    // process that inherited them. With credit, each pump bounds its own
+    // reads after the exit (waits for credit don't count), and output
+    // nobody will take after a cancel is not waited for.
+    exited_tx.send_replace(true);
+    if killed == Some(KillReason::Cancel) {
         for p in &pumps {
             p.abort();
+        }
+    } else if credited {
+        futures::future::join_all(pumps.iter_mut()).await;
+    } else {
+        let all = futures::future::join_all(pumps.iter_mut());
+        if tokio::time::timeout(DRAIN_GRACE, all).await.is_err() {
+            for p in &pumps {
+                p.abort();
+            }
         }
     }
 
@@ -243,37 +297,134 @@ fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
     let _ = pipe;
 }
 
-/// Forwards one pipe as `output` messages until EOF.
-async fn pump(
-    mut pipe: impl AsyncRead + Unpin,
+/// One command's output not yet credited by the control plane, shared by
+/// its stdout and stderr pumps.
+#[derive(Clone)]
+struct OutputWindow {
+    max_bytes: u64,
+    max_chunks: usize,
+    credit: watch::Receiver<u64>,
+    sent: Arc<Mutex<SentOutput>>,
+}
+
+/// Output sent so far: total bytes, and where each un-credited chunk ended.
+#[derive(Default)]
+struct SentOutput {
+    bytes: u64,
+    chunk_ends: VecDeque<u64>,
+}
+
+impl OutputWindow {
+    fn new(window: ExecWindow, credit: watch::Receiver<u64>) -> Self {
+        OutputWindow {
+            max_bytes: window.bytes.max(MIN_WINDOW_BYTES),
+            max_chunks: usize::try_from(window.chunks.max(2)).unwrap_or(usize::MAX),
+            credit,
+            sent: Arc::default(),
+        }
+    }
+
+    /// Waits until more output may be sent. False when the credit sender is
+    /// gone (the command was cancelled or the Channel closed).
+    async fn wait_for_room(&mut self) -> bool {
+        loop {
+            let credited = *self.credit.borrow_and_update();
+            {
+                let mut sent = lock(&self.sent);
+                while sent.chunk_ends.front().is_some_and(|end| *end <= credited) {
+                    sent.chunk_ends.pop_front();
+                }
+                let in_flight = sent.bytes.saturating_sub(credited);
+                if in_flight < self.max_bytes && sent.chunk_ends.len() < self.max_chunks {
+                    return true;
+                }
+            }
+            if self.credit.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Counts one chunk of `len` bytes as sent.
+    fn record(&self, len: usize) {
+        let mut sent = lock(&self.sent);
+        sent.bytes += len as u64;
+        let end = sent.bytes;
+        sent.chunk_ends.push_back(end);
+    }
+}
+
+/// Forwards one pipe of a command as `output` messages.
+struct Pump {
     exec_id: String,
     is_stderr: bool,
     sink: mpsc::Sender<AgentUplink>,
-) {
-    let mut buf = BytesMut::new();
-    loop {
-        buf.clear();
-        buf.reserve(MAX_OUTPUT_CHUNK);
-        // `read_buf` fills at most the spare capacity; cap it at one chunk.
-        let mut limited = (&mut buf).limit(MAX_OUTPUT_CHUNK);
-        match pipe.read_buf(&mut limited).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let data = if n < COPY_BELOW {
-                    Bytes::copy_from_slice(&buf[..n])
-                } else {
-                    buf.split().freeze()
-                };
-                let msg = AgentUplink {
-                    msg: Some(agent_uplink::Msg::Output(ExecOutput {
-                        exec_id: exec_id.clone(),
-                        data,
-                        is_stderr,
-                    })),
-                };
-                if sink.send(msg).await.is_err() {
+    /// Flow control, when the control plane asked for it.
+    window: Option<OutputWindow>,
+    /// Turns true once the command exited; reads then get [`DRAIN_GRACE`]
+    /// in total.
+    exited: watch::Receiver<bool>,
+}
+
+impl Pump {
+    /// Runs until EOF, a read error, the end of the drain grace, or the
+    /// loss of the uplink or of the credit.
+    async fn run(mut self, mut pipe: impl AsyncRead + Unpin) {
+        let mut buf = BytesMut::new();
+        let mut grace = DRAIN_GRACE;
+        loop {
+            if let Some(window) = self.window.as_mut() {
+                if !window.wait_for_room().await {
                     return;
                 }
+            }
+            buf.clear();
+            buf.reserve(MAX_OUTPUT_CHUNK);
+            // `read_buf` fills at most the spare capacity; cap it at one chunk.
+            let mut limited = (&mut buf).limit(MAX_OUTPUT_CHUNK);
+            let read = pipe.read_buf(&mut limited);
+            tokio::pin!(read);
+            let mut result = None;
+            if !*self.exited.borrow() {
+                tokio::select! {
+                    r = &mut read => result = Some(r),
+                    _ = self.exited.wait_for(|exited| *exited) => {}
+                }
+            }
+            let n = match result {
+                Some(r) => r,
+                None => {
+                    // The command exited: spend what is left of the grace.
+                    let began = Instant::now();
+                    let r = tokio::time::timeout(grace, read).await;
+                    grace = grace.saturating_sub(began.elapsed());
+                    match r {
+                        Ok(r) => r,
+                        Err(_) => return,
+                    }
+                }
+            };
+            let n = match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let data = if n < COPY_BELOW {
+                Bytes::copy_from_slice(&buf[..n])
+            } else {
+                buf.split().freeze()
+            };
+            if let Some(window) = &self.window {
+                window.record(n);
+            }
+            let msg = AgentUplink {
+                msg: Some(agent_uplink::Msg::Output(ExecOutput {
+                    exec_id: self.exec_id.clone(),
+                    data,
+                    is_stderr: self.is_stderr,
+                })),
+            };
+            if self.sink.send(msg).await.is_err() {
+                return;
             }
         }
     }
@@ -284,7 +435,14 @@ async fn pump(
 pub struct ExecRunner {
     home: PathBuf,
     uplink: mpsc::Sender<AgentUplink>,
-    running: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+}
+
+/// Handles on one running command. Dropping them kills it.
+struct Running {
+    cancel: oneshot::Sender<()>,
+    /// Output bytes the control plane handed on (flow-controlled commands).
+    credit: Option<watch::Sender<u64>>,
 }
 
 impl ExecRunner {
@@ -301,6 +459,13 @@ impl ExecRunner {
     pub fn start(&self, start: ExecStart) {
         let exec_id = start.exec_id.clone();
         let (cancel_tx, cancel_rx) = oneshot::channel();
+        let (credit_tx, credit_rx) = match start.window {
+            Some(_) => {
+                let (tx, rx) = watch::channel(0u64);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         {
             let mut running = lock(&self.running);
             let refusal = if exec_id.is_empty() {
@@ -321,14 +486,20 @@ impl ExecRunner {
                 });
                 return;
             }
-            running.insert(exec_id.clone(), cancel_tx);
+            running.insert(
+                exec_id.clone(),
+                Running {
+                    cancel: cancel_tx,
+                    credit: credit_tx,
+                },
+            );
         }
         tracing::debug!(exec_id, command = %start.command, "exec start");
         let home = self.home.clone();
         let uplink = self.uplink.clone();
         let running = Arc::clone(&self.running);
         tokio::spawn(async move {
-            let done = run_exec(start, &home, cancel_rx, &uplink).await;
+            let done = run_exec_credited(start, &home, cancel_rx, &uplink, credit_rx).await;
             lock(&running).remove(&exec_id);
             tracing::debug!(exec_id, exit = ?done.exit, "exec finished");
             let _ = uplink.send(finished_msg(done)).await;
@@ -337,8 +508,26 @@ impl ExecRunner {
 
     /// Kills the command `exec_id` (its process group); unknown ids are ignored.
     pub fn cancel(&self, exec_id: &str) {
-        if let Some(tx) = lock(&self.running).remove(exec_id) {
-            let _ = tx.send(());
+        if let Some(running) = lock(&self.running).remove(exec_id) {
+            let _ = running.cancel.send(());
+        }
+    }
+
+    /// Records that the control plane handed on `delivered` bytes of the
+    /// command's output (cumulative); unknown ids and stale values are ignored.
+    pub fn credit(&self, exec_id: &str, delivered: u64) {
+        if let Some(Running {
+            credit: Some(credit),
+            ..
+        }) = lock(&self.running).get(exec_id)
+        {
+            credit.send_if_modified(|current| {
+                let grows = delivered > *current;
+                if grows {
+                    *current = delivered;
+                }
+                grows
+            });
         }
     }
 
@@ -348,8 +537,8 @@ impl ExecRunner {
         if !all.is_empty() {
             tracing::info!(count = all.len(), "killing running commands");
         }
-        for (_, tx) in all {
-            let _ = tx.send(());
+        for (_, running) in all {
+            let _ = running.cancel.send(());
         }
     }
 }
@@ -368,4 +557,54 @@ fn finished_msg(f: ExecFinished) -> AgentUplink {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(bytes: u64, chunks: u32) -> (watch::Sender<u64>, OutputWindow) {
+        let (tx, rx) = watch::channel(0);
+        (tx, OutputWindow::new(ExecWindow { bytes, chunks }, rx))
+    }
+
+    async fn has_room(w: &mut OutputWindow) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), w.wait_for_room())
+            .await
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn a_spent_byte_window_waits_for_credit() {
+        let (credit, mut w) = window(MIN_WINDOW_BYTES, 100);
+        assert!(has_room(&mut w).await);
+        w.record(MIN_WINDOW_BYTES as usize);
+        assert!(!has_room(&mut w).await, "the window is spent");
+        credit.send_replace(1);
+        assert!(has_room(&mut w).await, "one credited byte reopens it");
+    }
+
+    #[tokio::test]
+    async fn a_spent_chunk_window_waits_for_credit() {
+        let (credit, mut w) = window(1 << 20, 2);
+        w.record(10);
+        w.record(10);
+        assert!(!has_room(&mut w).await, "two chunks in flight");
+        credit.send_replace(9);
+        assert!(
+            !has_room(&mut w).await,
+            "the first chunk is not fully credited"
+        );
+        credit.send_replace(10);
+        assert!(has_room(&mut w).await);
+    }
+
+    #[tokio::test]
+    async fn losing_the_credit_sender_stops_the_wait() {
+        let (credit, mut w) = window(0, 0);
+        w.record(MIN_WINDOW_BYTES as usize);
+        drop(credit);
+        let waited = tokio::time::timeout(Duration::from_secs(1), w.wait_for_room()).await;
+        assert_eq!(waited, Ok(false));
+    }
 }

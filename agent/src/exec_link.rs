@@ -82,6 +82,7 @@ async fn serve_here(
             capabilities: vec![
                 transfer::CAPABILITY.to_string(),
                 exec::CAPABILITY_SPAWNED.to_string(),
+                exec::CAPABILITY_CREDIT.to_string(),
             ],
         })),
     };
@@ -102,6 +103,9 @@ async fn serve_here(
                 Some(agent_downlink::Msg::Cancel(cancel)) => {
                     tracing::debug!(exec_id = %cancel.exec_id, "exec cancel");
                     runner.cancel(&cancel.exec_id);
+                }
+                Some(agent_downlink::Msg::Credit(credit)) => {
+                    runner.credit(&credit.exec_id, credit.delivered);
                 }
                 Some(agent_downlink::Msg::File(step)) => transfers.handle(step),
                 None => tracing::debug!("ignoring an unknown downlink message"),

@@ -29,10 +29,6 @@ async fn exec_collect(ext: &mut Ext, req: ExecRequest) -> Result<(Vec<u8>, Vec<u
     Err(tonic::Status::internal("exec stream ended without an exit event"))
 }
 
-fn exec_req(session_id: &str, command: &str, timeout_ms: u32) -> ExecRequest {
-    ExecRequest { session_id: session_id.into(), command: command.into(), timeout_ms, ..Default::default() }
-}
-
 #[tokio::test]
 async fn registration_listing_and_hostname_resolution() {
     let s = stack("alpha-host", &[]).await;

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth, limits,
     sessions::{
+        exec_link::{EXEC_WINDOW_BYTES, EXEC_WINDOW_CHUNKS},
         hostname::{match_hostname, HostnameMatch},
         ExecLink, ExecUpdate, Session,
     },
@@ -273,6 +274,7 @@ impl Cmdop for CmdopService {
                 env: req.env,
                 working_directory: req.working_directory,
                 timeout_ms: req.timeout_ms,
+                window: None,
             })
             .await?;
         tracing::info!(session = %session.id, %exec_id, "exec started");
@@ -381,10 +383,53 @@ fn started_event(exec_id: &str, pid: u32) -> ExecEvent {
     }
 }
 
+/// Output handed to one exec's client, and how much of it the agent has
+/// been credited for.
+struct CreditTracker {
+    /// The agent honours credit for this exec (it got an `ExecWindow`).
+    enabled: bool,
+    delivered: u64,
+    credited: u64,
+    chunks_since_credit: u32,
+}
+
+impl CreditTracker {
+    fn new(enabled: bool) -> Self {
+        CreditTracker {
+            enabled,
+            delivered: 0,
+            credited: 0,
+            chunks_since_credit: 0,
+        }
+    }
+
+    /// Counts one output chunk the client's stream accepted.
+    fn delivered(&mut self, bytes: usize) {
+        self.delivered += bytes as u64;
+        self.chunks_since_credit += 1;
+    }
+
+    /// Credit to send now, if any: once a quarter of either window was
+    /// handed on, or when nothing else is queued (so a sender that spent its
+    /// window always hears back once the client took everything).
+    fn due(&mut self, queue_empty: bool) -> Option<u64> {
+        let owed = self.delivered - self.credited;
+        let batch =
+            owed >= EXEC_WINDOW_BYTES / 4 || self.chunks_since_credit >= EXEC_WINDOW_CHUNKS / 4;
+        if !self.enabled || self.chunks_since_credit == 0 || !(batch || queue_empty) {
+            return None;
+        }
+        self.credited = self.delivered;
+        self.chunks_since_credit = 0;
+        Some(self.delivered)
+    }
+}
+
 /// Forwards one exec's events from the agent to the client, opening with
 /// exactly one `started` (sent already unless `started_sent` is false).
 /// Cancels the remote process if the client goes away; fails with
-/// UNAVAILABLE if the agent does.
+/// UNAVAILABLE if the agent does. With an agent that honours credit, grants
+/// it more output only as the client's stream accepts what came before.
 async fn relay(
     session: Arc<Session>,
     link: Arc<ExecLink>,
@@ -393,6 +438,7 @@ async fn relay(
     tx: mpsc::Sender<Result<ExecEvent, Status>>,
     mut started_sent: bool,
 ) {
+    let mut credit = CreditTracker::new(link.exec_credit());
     loop {
         let update = tokio::select! {
             update = updates.recv() => update,
@@ -419,6 +465,10 @@ async fn relay(
                 continue;
             }
         }
+        let output_len = match &update {
+            Some(ExecUpdate::Output { data, .. }) => Some(data.len()),
+            _ => None,
+        };
         let event = match update {
             // A repeated or unexpected `spawned` carries nothing new.
             Some(ExecUpdate::Spawned { .. }) => continue,
@@ -452,5 +502,47 @@ async fn relay(
             link.cancel(&exec_id);
             return;
         }
+        if let Some(len) = output_len {
+            credit.delivered(len);
+            if let Some(delivered) = credit.due(updates.is_empty()) {
+                // A failure means the link is gone; `updates` ends next.
+                let _ = link.credit(&exec_id, delivered).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_batches_but_always_answers_a_drained_queue() {
+        let mut credit = CreditTracker::new(true);
+        credit.delivered(1000);
+        assert_eq!(credit.due(false), None, "small output waits for a batch");
+        assert_eq!(credit.due(true), Some(1000), "an idle queue flushes it");
+        assert_eq!(credit.due(true), None, "nothing new, nothing sent");
+
+        for _ in 0..4 {
+            credit.delivered(64 * 1024);
+        }
+        assert_eq!(
+            credit.due(false),
+            Some(1000 + 4 * 64 * 1024),
+            "a quarter window"
+        );
+
+        for _ in 0..EXEC_WINDOW_CHUNKS / 4 {
+            credit.delivered(1);
+        }
+        assert!(credit.due(false).is_some(), "a quarter of the chunks");
+    }
+
+    #[test]
+    fn no_credit_for_agents_without_the_capability() {
+        let mut credit = CreditTracker::new(false);
+        credit.delivered(EXEC_WINDOW_BYTES as usize);
+        assert_eq!(credit.due(true), None);
     }
 }

@@ -217,3 +217,8 @@ pub async fn stack(host_prefix: &str, server_flags: &[&str]) -> Stack {
     let session_id = wait_connected(&mut t, &host).await;
     Stack { agent, server, ws, host, session_id, dir }
 }
+
+/// A native Exec request for `command` on `session_id`.
+pub fn exec_req(session_id: &str, command: &str, timeout_ms: u32) -> cmdop_proto::ext::ExecRequest {
+    cmdop_proto::ext::ExecRequest { session_id: session_id.into(), command: command.into(), timeout_ms, ..Default::default() }
+}

@@ -6,8 +6,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use cmdop_proto::ext::{agent_downlink, AgentDownlink, ExecCancel, ExecFinished, ExecStart};
-use tokio::sync::{mpsc, watch};
+use cmdop_proto::ext::{
+    agent_downlink, AgentDownlink, ExecCancel, ExecCredit, ExecFinished, ExecStart, ExecWindow,
+};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    watch,
+};
 use tonic::Status;
 
 use crate::{limits, transfer::TransferRoutes};
@@ -30,6 +35,22 @@ pub enum ExecUpdate {
 /// each command before its output.
 pub const CAPABILITY_SPAWNED: &str = "exec-spawned.v1";
 
+/// Agent capability (AgentLink hello): it honours [`ExecWindow`] and
+/// [`ExecCredit`], so its output never has to block the Channel.
+pub const CAPABILITY_CREDIT: &str = "exec-credit.v1";
+
+/// Output bytes an agent with [`CAPABILITY_CREDIT`] may send for one exec
+/// ahead of what its client has taken.
+pub const EXEC_WINDOW_BYTES: u64 = 1024 * 1024;
+/// Output messages an agent with [`CAPABILITY_CREDIT`] may send for one exec
+/// ahead of what its client has taken (many tiny reads would otherwise pile
+/// up messages inside the byte window).
+pub const EXEC_WINDOW_CHUNKS: u32 = 64;
+/// Room in a credited exec's event queue besides its window: `spawned`,
+/// `finished`, and one chunk per pipe that the agent may have counted in a
+/// different order than it sent them.
+const CREDITED_QUEUE_SLACK: usize = 8;
+
 /// Sender half of an agent's Channel response stream.
 pub type DownlinkSender = mpsc::Sender<Result<AgentDownlink, Status>>;
 
@@ -40,6 +61,8 @@ pub struct ExecLink {
     alive: watch::Sender<bool>,
     /// The agent reports pids with `spawned` ([`CAPABILITY_SPAWNED`]).
     reports_spawned: std::sync::atomic::AtomicBool,
+    /// The agent honours per-exec credit ([`CAPABILITY_CREDIT`]).
+    exec_credit: std::sync::atomic::AtomicBool,
     /// Streaming file transfers riding on this Channel.
     transfers: TransferRoutes,
 }
@@ -51,6 +74,7 @@ impl ExecLink {
             pending: Mutex::new(HashMap::new()),
             alive: watch::Sender::new(true),
             reports_spawned: std::sync::atomic::AtomicBool::new(false),
+            exec_credit: std::sync::atomic::AtomicBool::new(false),
             transfers: TransferRoutes::default(),
         })
     }
@@ -60,6 +84,15 @@ impl ExecLink {
         let spawned = capabilities.iter().any(|c| c == CAPABILITY_SPAWNED);
         self.reports_spawned
             .store(spawned, std::sync::atomic::Ordering::Relaxed);
+        let credit = capabilities.iter().any(|c| c == CAPABILITY_CREDIT);
+        self.exec_credit
+            .store(credit, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True when the agent's exec output is flow-controlled with
+    /// [`ExecLink::credit`], so delivering it never waits.
+    pub fn exec_credit(&self) -> bool {
+        self.exec_credit.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True when the agent sends [`ExecUpdate::Spawned`] before any output.
@@ -92,8 +125,20 @@ impl ExecLink {
 
     /// Sends `start` to the agent; events for it arrive on the returned receiver,
     /// which ends without a `Finished` if the link breaks.
-    pub async fn start(&self, start: ExecStart) -> Result<mpsc::Receiver<ExecUpdate>, Status> {
-        let (tx, rx) = mpsc::channel(limits::EXEC_EVENT_QUEUE);
+    ///
+    /// With an agent that honours credit the start carries an [`ExecWindow`];
+    /// the caller must then [`ExecLink::credit`] the output it hands on.
+    pub async fn start(&self, mut start: ExecStart) -> Result<mpsc::Receiver<ExecUpdate>, Status> {
+        let queue = if self.exec_credit() {
+            start.window = Some(ExecWindow {
+                bytes: EXEC_WINDOW_BYTES,
+                chunks: EXEC_WINDOW_CHUNKS,
+            });
+            EXEC_WINDOW_CHUNKS as usize + CREDITED_QUEUE_SLACK
+        } else {
+            limits::EXEC_EVENT_QUEUE
+        };
+        let (tx, rx) = mpsc::channel(queue);
         {
             let mut pending = self.pending();
             if !self.is_alive() {
@@ -131,8 +176,26 @@ impl ExecLink {
         let _ = self.downlink.try_send(Ok(msg));
     }
 
-    /// Routes an uplink event to its Exec call, waiting while that call's
-    /// queue is full (backpressure towards the agent). Unknown ids are dropped.
+    /// Tells the agent that `delivered` bytes of an exec's output (cumulative)
+    /// reached its client, opening the window again. Waits while the
+    /// downlink is full; fails once the link is gone.
+    pub async fn credit(&self, exec_id: &str, delivered: u64) -> Result<(), Status> {
+        self.send(AgentDownlink {
+            msg: Some(agent_downlink::Msg::Credit(ExecCredit {
+                exec_id: exec_id.to_string(),
+                delivered,
+            })),
+        })
+        .await
+    }
+
+    /// Routes an uplink event to its Exec call. Unknown ids are dropped.
+    ///
+    /// With an agent that honours credit this never waits: its window fits
+    /// the call's queue, and an agent that overruns it loses the exec (it is
+    /// cancelled, the client sees the stream end as if the agent left). With
+    /// other agents it waits while that call's queue is full, which stalls
+    /// every exec on the Channel until the slow client reads.
     pub async fn deliver(&self, exec_id: &str, update: ExecUpdate) {
         let finished = matches!(update, ExecUpdate::Finished(_));
         let tx = if finished {
@@ -140,8 +203,21 @@ impl ExecLink {
         } else {
             self.pending().get(exec_id).cloned()
         };
-        if let Some(tx) = tx {
+        let Some(tx) = tx else { return };
+        if !self.exec_credit() {
             let _ = tx.send(update).await;
+            return;
+        }
+        match tx.try_send(update) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(
+                    exec_id,
+                    "agent sent more exec output than its credit allows; cancelling the exec"
+                );
+                drop(tx);
+                self.cancel(exec_id);
+            }
         }
     }
 
