@@ -56,20 +56,22 @@ async fn wait_gone(pid: i32, within: Duration, what: &str) {
     }
 }
 
-#[tokio::test]
-async fn a_slow_reader_does_not_stall_other_execs_on_the_machine() {
-    let s = stack("flow-host", &[]).await;
-    let mut slow = ext(&s.server.addr, Some(&s.ws.api_key)).await;
-    let mut a = slow
-        .exec(exec_req(
-            &s.session_id,
-            &format!("exec head -c {BIG} /dev/zero"),
-            0,
-        ))
+/// Starts exec "A", which writes `BIG` bytes of zeros, and waits for its pid.
+async fn start_big(e: &mut Ext, session_id: &str, timeout_ms: u32) -> (Streaming<cmdop_proto::ext::ExecEvent>, i32) {
+    let mut a = e
+        .exec(exec_req(session_id, &format!("exec head -c {BIG} /dev/zero"), timeout_ms))
         .await
         .expect("start A")
         .into_inner();
     let pid = started_pid(&mut a).await;
+    (a, pid)
+}
+
+#[tokio::test]
+async fn a_slow_reader_does_not_stall_other_execs_on_the_machine() {
+    let s = stack("flow-host", &[]).await;
+    let mut slow = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let (mut a, pid) = start_big(&mut slow, &s.session_id, 0).await;
     // Let A fill every buffer on its way while nobody reads it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
@@ -119,16 +121,7 @@ async fn a_slow_reader_does_not_stall_other_execs_on_the_machine() {
 async fn cancelling_an_exec_blocked_on_credit_kills_it() {
     let s = stack("flow-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
-    let mut a = e
-        .exec(exec_req(
-            &s.session_id,
-            &format!("exec head -c {BIG} /dev/zero"),
-            0,
-        ))
-        .await
-        .expect("start A")
-        .into_inner();
-    let pid = started_pid(&mut a).await;
+    let (a, pid) = start_big(&mut e, &s.session_id, 0).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(pid_alive(pid), "A is blocked, not finished");
     drop(a);
@@ -139,16 +132,7 @@ async fn cancelling_an_exec_blocked_on_credit_kills_it() {
 async fn a_timeout_kills_an_exec_blocked_on_credit() {
     let s = stack("flow-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
-    let mut a = e
-        .exec(exec_req(
-            &s.session_id,
-            &format!("exec head -c {BIG} /dev/zero"),
-            1000,
-        ))
-        .await
-        .expect("start A")
-        .into_inner();
-    let pid = started_pid(&mut a).await;
+    let (mut a, pid) = start_big(&mut e, &s.session_id, 1000).await;
     // Nobody reads A; its timeout still kills it.
     wait_gone(pid, Duration::from_secs(4), "its timeout").await;
     let (bytes, _, exit) = tokio::time::timeout(Duration::from_secs(30), drain(&mut a))

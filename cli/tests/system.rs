@@ -304,13 +304,7 @@ async fn agent_killed_mid_call_fails_unavailable_within_a_second() {
 async fn control_plane_restart_keeps_identity_and_keys() {
     let mut s = stack("alpha-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
-    let before = e
-        .resolve_machine(ResolveMachineRequest { hostname: s.host.clone(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .machine
-        .expect("machine");
+    let before = machine_by_host(&mut e, &s.host).await;
 
     let addr = s.server.addr.clone();
     s.server.proc.kill();
@@ -318,13 +312,7 @@ async fn control_plane_restart_keeps_identity_and_keys() {
     let mut t = terminal(&addr, Some(&s.ws.api_key)).await;
     wait_connected(&mut t, &s.host).await;
     let mut e = ext(&addr, Some(&s.ws.api_key)).await;
-    let after = e
-        .resolve_machine(ResolveMachineRequest { hostname: s.host.clone(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .machine
-        .expect("machine");
+    let after = machine_by_host(&mut e, &s.host).await;
     assert_eq!(before.machine_id, after.machine_id);
     let (out, _, x) = exec_collect(&mut e, ExecRequest { machine_id: after.machine_id, command: "echo back".into(), ..Default::default() })
         .await
@@ -357,14 +345,7 @@ async fn workspaces_are_walls() {
     let s = stack("alpha-host", &[]).await;
     let beta = create_workspace(s.dir.path(), "beta");
     let mut a = ext(&s.server.addr, Some(&s.ws.api_key)).await;
-    let machine_id = a
-        .resolve_machine(ResolveMachineRequest { hostname: s.host.clone(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .machine
-        .unwrap()
-        .machine_id;
+    let machine_id = machine_by_host(&mut a, &s.host).await.machine_id;
     let mut t = terminal(&s.server.addr, Some(&beta.api_key)).await;
     let mut e = ext(&s.server.addr, Some(&beta.api_key)).await;
 

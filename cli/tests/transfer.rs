@@ -12,7 +12,7 @@ use std::{
 
 use cmdop::client::{Client, ClientOptions, Credentials, ErrorKind};
 use cmdop_proto::ext::{
-    download_chunk, upload_chunk, DownloadRequest, ResolveMachineRequest, ServerInfoRequest, UploadChunk, UploadStart,
+    download_chunk, upload_chunk, DownloadRequest, ServerInfoRequest, UploadChunk, UploadStart,
 };
 use common::*;
 use tokio::sync::mpsc;
@@ -175,14 +175,7 @@ async fn transfers_respect_workspace_walls() {
     let s = stack("xfer-host", &[]).await;
     let beta = create_workspace(s.dir.path(), "beta");
     let mut a = ext(&s.server.addr, Some(&s.ws.api_key)).await;
-    let machine_id = a
-        .resolve_machine(ResolveMachineRequest { hostname: s.host.clone(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .machine
-        .unwrap()
-        .machine_id;
+    let machine_id = machine_by_host(&mut a, &s.host).await.machine_id;
     let secret = s.dir.path().join("secret.txt");
     std::fs::write(&secret, b"alpha only").unwrap();
     let target = s.dir.path().join("planted.txt");

@@ -222,3 +222,13 @@ pub async fn stack(host_prefix: &str, server_flags: &[&str]) -> Stack {
 pub fn exec_req(session_id: &str, command: &str, timeout_ms: u32) -> cmdop_proto::ext::ExecRequest {
     cmdop_proto::ext::ExecRequest { session_id: session_id.into(), command: command.into(), timeout_ms, ..Default::default() }
 }
+
+/// The machine registered under exactly `hostname` (panics if none).
+pub async fn machine_by_host(e: &mut Ext, hostname: &str) -> cmdop_proto::ext::Machine {
+    e.resolve_machine(cmdop_proto::ext::ResolveMachineRequest { hostname: hostname.into(), ..Default::default() })
+        .await
+        .expect("ResolveMachine")
+        .into_inner()
+        .machine
+        .expect("machine")
+}
