@@ -40,6 +40,8 @@ pub struct AttachHandle {
     reader: tokio::task::JoinHandle<()>,
     delivery: Mutex<Option<JoinHandle<()>>>,
     closed: Arc<AtomicBool>,
+    /// The reader has stopped: writes fail from now on.
+    ended: Arc<AtomicBool>,
 }
 
 enum Delivery {
@@ -131,6 +133,10 @@ impl Client {
         });
 
         let closed = Arc::new(AtomicBool::new(false));
+        // Set before the Ended event is delivered, so a caller told the
+        // stream ended never sees a later write succeed.
+        let ended = Arc::new(AtomicBool::new(false));
+        let ended_in_reader = ended.clone();
         let (deliver_tx, mut deliver_rx) = mpsc::channel::<Delivery>(DELIVERY_DEPTH);
         let closed_for_thread = closed.clone();
         let delivery = std::thread::Builder::new()
@@ -189,6 +195,7 @@ impl Client {
                     _ = heartbeat.tick() => { let _ = up.try_send(heartbeat_msg(&sid)); }
                 }
             };
+            ended_in_reader.store(true, Ordering::SeqCst);
             let _ = deliver_tx.send(Delivery::Ended(why)).await;
         });
 
@@ -198,6 +205,7 @@ impl Client {
             reader,
             delivery: Mutex::new(Some(delivery)),
             closed,
+            ended,
         })
     }
 }
@@ -235,7 +243,7 @@ impl AttachHandle {
     }
 
     async fn send(&self, payload: Up) -> Result<()> {
-        if self.reader.is_finished() {
+        if self.ended.load(Ordering::SeqCst) || self.reader.is_finished() {
             return Err(Error::Disconnected(
                 "the attach stream has ended: attach again".into(),
             ));
