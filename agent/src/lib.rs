@@ -51,6 +51,15 @@ pub async fn run(
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or_else(|| std::path::Path::new("."));
+    // Named after the state file: agents sharing a directory never sweep
+    // each other's writes.
+    let mut journal_dir = config.state_file.clone().into_os_string();
+    journal_dir.push(".writes");
+    let journal_dir = std::path::PathBuf::from(journal_dir);
+    if let Err(e) = files::journal::open(&journal_dir) {
+        tracing::warn!(dir = %journal_dir.display(), error = %e,
+            "cannot keep a record of writes in progress; temp files of writes cut short by a crash will stay");
+    }
     let spec =
         pty_session::ShellSpec::choose(config.shell.as_deref(), &host.home_dir, Some(scratch_dir));
     let pty =

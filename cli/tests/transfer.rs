@@ -210,7 +210,7 @@ async fn transfers_respect_workspace_walls() {
 }
 
 #[tokio::test]
-async fn agent_killed_mid_transfer_is_unavailable_and_leaves_no_file() {
+async fn agent_killed_mid_transfer_is_unavailable_and_its_restart_removes_the_temp_file() {
     let mut s = stack("xfer-host", &[]).await;
     let source = s.dir.path().join("source.bin");
     std::fs::write(&source, pattern(64 * MIB, 11)).unwrap();
@@ -240,6 +240,12 @@ async fn agent_killed_mid_transfer_is_unavailable_and_leaves_no_file() {
     let first = stream.message().await.unwrap().unwrap();
     assert!(matches!(first.part, Some(download_chunk::Part::Start(ref st)) if st.total_size == 64 * MIB as u64));
 
+    // Kill the agent only once the upload's temp file exists.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while temp_files(s.dir.path()).is_empty() {
+        assert!(Instant::now() < deadline, "the upload never created its temp file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let killed = Instant::now();
     s.agent.kill();
     // Keep feeding the upload until the server gives up on it.
@@ -259,6 +265,14 @@ async fn agent_killed_mid_transfer_is_unavailable_and_leaves_no_file() {
     assert!(killed.elapsed() < Duration::from_secs(5), "took {:?}", killed.elapsed());
     feeder.abort();
     // The agent died before it could clean up; the file itself never appeared.
+    assert!(!target.exists());
+    assert!(!temp_files(s.dir.path()).is_empty(), "SIGKILL cannot have removed the temp file");
+
+    // Started again, the agent removes what the interrupted upload left.
+    s.agent = start_agent(&s.server.addr, None, &s.dir.path().join("agent.json"), &s.host, &["--heartbeat-secs", "1"]);
+    let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
+    wait_connected(&mut t, &s.host).await;
+    wait_no_temp_files(s.dir.path()).await;
     assert!(!target.exists());
 }
 

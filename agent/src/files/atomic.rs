@@ -2,7 +2,7 @@
 //! temp file in the target's directory, is fsynced, and is renamed over the
 //! target only by [`AtomicFile::commit`]. Dropping an uncommitted
 //! [`AtomicFile`] removes the temp file, so readers see the old file or the
-//! new one, never a partial one.
+//! new one, never a partial one; [`super::journal`] removes it after a crash.
 
 use std::{
     fs,
@@ -13,7 +13,10 @@ use std::{
 
 use rand::Rng;
 
-use super::error::{FileError, FileResult};
+use super::{
+    error::{FileError, FileResult},
+    journal,
+};
 
 /// Start disk writeback every this many bytes of a large write.
 const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
@@ -36,6 +39,8 @@ pub struct AtomicFile {
     file: Option<fs::File>,
     written: u64,
     overwrite: bool,
+    /// Dropped after the temp file is gone (fields drop after `Drop::drop`).
+    _journal: journal::Entry,
 }
 
 impl AtomicFile {
@@ -96,7 +101,9 @@ impl AtomicFile {
             (None, Some(m)) => (m.permissions().mode() & 0o7777, true),
             (None, None) => (0o644, false),
         };
-        let tmp = temp_path(dir, &target);
+        let nonce: u64 = rand::rng().random();
+        let tmp = temp_path(dir, &target, nonce);
+        let journal = journal::Entry::record(&tmp, nonce);
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -109,6 +116,7 @@ impl AtomicFile {
             file: Some(file),
             written: 0,
             overwrite: opts.overwrite,
+            _journal: journal,
         };
         if exact {
             // The mode given to open() was filtered by the umask; set the
@@ -212,11 +220,10 @@ impl Drop for AtomicFile {
     }
 }
 
-fn temp_path(dir: &Path, target: &Path) -> PathBuf {
+fn temp_path(dir: &Path, target: &Path, nonce: u64) -> PathBuf {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let nonce: u64 = rand::rng().random();
-    dir.join(format!(".{name}.cmdop-tmp-{nonce:016x}"))
+    dir.join(format!(".{name}{}{nonce:016x}", journal::TEMP_MARKER))
 }

@@ -6,6 +6,7 @@
 pub mod atomic;
 pub mod entry;
 pub mod error;
+pub mod journal;
 pub mod list;
 pub mod mime;
 pub mod ops;
