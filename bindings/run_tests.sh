@@ -6,6 +6,9 @@
 # anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# Builds live in this checkout's target/ (the paths below assume it),
+# whatever CARGO_TARGET_DIR the environment sets.
+export CARGO_TARGET_DIR="$PWD/target"
 
 work=$(mktemp -d -t cmdop-bindings-XXXXXX)
 . tests/harness.sh

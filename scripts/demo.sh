@@ -3,6 +3,9 @@
 # machine (`cmdop dev`), and runs the C quickstart against them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Builds live in this checkout's target/ (the paths below assume it),
+# whatever CARGO_TARGET_DIR the environment sets.
+export CARGO_TARGET_DIR="$PWD/target"
 
 cargo build --workspace --locked
 # The library's soname is libcmdop.so.0 (see build.rs); cargo only writes

@@ -5,6 +5,9 @@
 # CMake, exports), and the C++ and Go bindings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Builds live in this checkout's target/ (the paths below assume it),
+# whatever CARGO_TARGET_DIR the environment sets.
+export CARGO_TARGET_DIR="$PWD/target"
 
 step() { printf '\n==> %s\n' "$*"; }
 

@@ -11,10 +11,13 @@
 #   tests/c/run.sh [NAME…]     # e.g. tests/c/run.sh exec_native files
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# Builds live in this checkout's target/ (the paths below assume it),
+# whatever CARGO_TARGET_DIR the environment sets.
+export CARGO_TARGET_DIR="$PWD/target"
 
 cargo build -p cmdop -p cmdop-cli || { echo "0 passed, 1 failed"; exit 1; }
 
-target=${CARGO_TARGET_DIR:-target}/debug
+target=$PWD/target/debug
 out=$(mktemp -d -t cmdop-ctests-XXXXXX)
 . tests/harness.sh
 managed_dirs=()
@@ -38,8 +41,8 @@ cflags=(-std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -g
 # libcmdop.so: give the loader that name through a private symlink.
 mkdir -p "$out/lib"
 soname=$(objdump -p "$target/libcmdop.so" 2>/dev/null | awk '$1 == "SONAME" { print $2 }')
-[ -n "$soname" ] && [ "$soname" != libcmdop.so ] && ln -sf "$PWD/$target/libcmdop.so" "$out/lib/$soname"
-ldflags=(-L"$target" -lcmdop -Wl,-rpath,"$out/lib" -Wl,-rpath,"$PWD/$target" -pthread)
+[ -n "$soname" ] && [ "$soname" != libcmdop.so ] && ln -sf "$target/libcmdop.so" "$out/lib/$soname"
+ldflags=(-L"$target" -lcmdop -Wl,-rpath,"$out/lib" -Wl,-rpath,"$target" -pthread)
 
 passed=0
 failed=0

@@ -7,6 +7,9 @@
 # Prints `N passed, M failed`; exits non-zero when anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# Builds live in this checkout's target/ (the paths below assume it),
+# whatever CARGO_TARGET_DIR the environment sets.
+export CARGO_TARGET_DIR="$PWD/target"
 
 work=$(mktemp -d -t cmdop-packaging-XXXXXX)
 . tests/harness.sh

@@ -4,6 +4,9 @@
 # test script does it) and target/debug/cmdop built.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+# Builds live in this checkout's target/ (the paths below assume it),
+# whatever CARGO_TARGET_DIR the environment sets.
+export CARGO_TARGET_DIR="$PWD/target"
 . tests/harness.sh
 
 [ -d tests/interop/node/node_modules/@cmdop/node ] || (cd tests/interop/node && npm install --no-audit --no-fund --loglevel=error)
