@@ -27,7 +27,10 @@ static void die(const char *what, cmdop_status s) {
 
 /* Event callbacks run on a library thread: keep them short. */
 static void on_connect(void *ud) { (void)ud; printf("[event] connected\n"); }
-static void on_disconnect(void *ud, const char *reason) { (void)ud; printf("[event] disconnected: %s\n", reason); }
+static void on_disconnect(void *ud, const char *reason, bool will_reconnect) {
+  (void)ud;
+  printf("[event] disconnected: %s%s\n", reason, will_reconnect ? " (reconnecting)" : "");
+}
 static void on_error(void *ud, cmdop_status s, const char *msg) {
   (void)ud;
   printf("[event] error %s: %s\n", cmdop_status_str((int)s), msg);

@@ -340,9 +340,12 @@ typedef void (*cmdop_free_fn)(void *user_data);
 
 /**
  * on_disconnect: the connection is gone; `reason` (borrowed for the
- * duration of the call) says why and whether the library keeps trying.
+ * duration of the call) says why. `will_reconnect` is true while the
+ * library keeps trying on its own (auto_reconnect, attempts left); false
+ * when this is final (cmdop_close(), reconnection off or given up): call
+ * cmdop_connect() to try again.
  */
-typedef void (*cmdop_disconnect_fn)(void *user_data, const char *reason);
+typedef void (*cmdop_disconnect_fn)(void *user_data, const char *reason, bool will_reconnect);
 
 /**
  * on_error: a call or a background task failed with `status`; `message`
@@ -580,9 +583,9 @@ enum cmdop_status cmdop_on_connect(struct cmdop_client *client,
 
 /**
  * Set (or remove) the on_disconnect callback; see cmdop_on_connect() for
- * the threading rules. Fires when the connection drops (the reason says
- * whether the library reconnects), when reconnection gives up (final
- * reason), and on cmdop_close().
+ * the threading rules. Fires when the connection drops (`will_reconnect`
+ * says whether the library keeps trying), when reconnection gives up
+ * (`will_reconnect` false), and on cmdop_close() (false).
  */
 enum cmdop_status cmdop_on_disconnect(struct cmdop_client *client,
                                       cmdop_disconnect_fn cb,

@@ -6,6 +6,7 @@ package cmdop
 // attachment's handle goes after its final call or its close (stream.go).
 
 /*
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 */
@@ -31,9 +32,9 @@ func cmdopgoOnConnect(h C.uintptr_t) {
 }
 
 //export cmdopgoOnDisconnect
-func cmdopgoOnDisconnect(h C.uintptr_t, reason *C.char) {
-	if fn, ok := cgo.Handle(h).Value().(func(string)); ok {
-		fn(C.GoString(reason))
+func cmdopgoOnDisconnect(h C.uintptr_t, reason *C.char, willReconnect C.bool) {
+	if fn, ok := cgo.Handle(h).Value().(func(string, bool)); ok {
+		fn(C.GoString(reason), bool(willReconnect))
 	}
 }
 

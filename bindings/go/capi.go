@@ -13,7 +13,7 @@ package cmdop
 
 // Exported from callbacks.go.
 extern void cmdopgoOnConnect(uintptr_t h);
-extern void cmdopgoOnDisconnect(uintptr_t h, char *reason);
+extern void cmdopgoOnDisconnect(uintptr_t h, char *reason, bool will_reconnect);
 extern void cmdopgoOnError(uintptr_t h, int status, char *message);
 extern void cmdopgoOnTokens(uintptr_t h, char *access, char *refresh);
 extern void cmdopgoOnChunk(uintptr_t h, int kind, char *data, size_t len);
@@ -21,8 +21,8 @@ extern void cmdopgoFreeHandle(uintptr_t h);
 extern void cmdopgoOnOutput(uintptr_t h, char *data, size_t len);
 
 static void cmdopgo_connect_cb(void *ud) { cmdopgoOnConnect((uintptr_t)ud); }
-static void cmdopgo_disconnect_cb(void *ud, const char *reason) {
-  cmdopgoOnDisconnect((uintptr_t)ud, (char *)reason);
+static void cmdopgo_disconnect_cb(void *ud, const char *reason, bool will_reconnect) {
+  cmdopgoOnDisconnect((uintptr_t)ud, (char *)reason, will_reconnect);
 }
 static void cmdopgo_error_cb(void *ud, cmdop_status st, const char *msg) {
   cmdopgoOnError((uintptr_t)ud, (int)st, (char *)msg);

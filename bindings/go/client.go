@@ -474,8 +474,11 @@ func takeResult(r *C.cmdop_exec_result) *Result {
 func (c *Client) OnConnect(fn func()) error { return c.setCallback(C.CMDOPGO_ON_CONNECT, fn) }
 
 // OnDisconnect sets (nil: removes) the function called when the connection
-// is gone, with the reason; see OnConnect for the rules.
-func (c *Client) OnDisconnect(fn func(reason string)) error {
+// is gone, with the reason; willReconnect is true while the library keeps
+// trying by itself, false when this is final (Disconnect, Close,
+// reconnection off or given up: call Connect to try again). See OnConnect
+// for the rules.
+func (c *Client) OnDisconnect(fn func(reason string, willReconnect bool)) error {
 	return c.setCallback(C.CMDOPGO_ON_DISCONNECT, fn)
 }
 
@@ -494,7 +497,7 @@ func (c *Client) setCallback(which C.int, fn any) error {
 	switch f := fn.(type) {
 	case func():
 		isNil = f == nil
-	case func(string):
+	case func(string, bool):
 		isNil = f == nil
 	case func(error):
 		isNil = f == nil

@@ -248,11 +248,16 @@ func TestCallbacks(t *testing.T) {
 	}
 	defer c.Close()
 	connects := make(chan struct{}, 4)
-	disconnects := make(chan string, 4)
+	disconnects := make(chan bool, 4) // willReconnect of each call
 	if err := c.OnConnect(func() { connects <- struct{}{} }); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.OnDisconnect(func(reason string) { disconnects <- reason }); err != nil {
+	if err := c.OnDisconnect(func(reason string, willReconnect bool) {
+		if reason == "" {
+			t.Error("OnDisconnect without a reason")
+		}
+		disconnects <- willReconnect
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Connect(); err != nil {
@@ -267,7 +272,10 @@ func TestCallbacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case <-disconnects:
+	case willReconnect := <-disconnects:
+		if willReconnect {
+			t.Fatal("Disconnect is final, yet OnDisconnect says the library will reconnect")
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("OnDisconnect did not fire")
 	}

@@ -14,9 +14,13 @@ pub type cmdop_free_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 /// on_connect: the client is connected (first time or after reconnecting).
 pub type cmdop_connect_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 /// on_disconnect: the connection is gone; `reason` (borrowed for the
-/// duration of the call) says why and whether the library keeps trying.
-pub type cmdop_disconnect_fn =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, reason: *const c_char)>;
+/// duration of the call) says why. `will_reconnect` is true while the
+/// library keeps trying on its own (auto_reconnect, attempts left); false
+/// when this is final (cmdop_close(), reconnection off or given up): call
+/// cmdop_connect() to try again.
+pub type cmdop_disconnect_fn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, reason: *const c_char, will_reconnect: bool),
+>;
 /// on_error: a call or a background task failed with `status`; `message`
 /// is borrowed for the duration of the call.
 pub type cmdop_error_fn = Option<
@@ -121,9 +125,9 @@ pub unsafe extern "C" fn cmdop_on_connect(
 }
 
 /// Set (or remove) the on_disconnect callback; see cmdop_on_connect() for
-/// the threading rules. Fires when the connection drops (the reason says
-/// whether the library reconnects), when reconnection gives up (final
-/// reason), and on cmdop_close().
+/// the threading rules. Fires when the connection drops (`will_reconnect`
+/// says whether the library keeps trying), when reconnection gives up
+/// (`will_reconnect` false), and on cmdop_close() (false).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_on_disconnect(
     client: *mut cmdop_client,
@@ -135,9 +139,9 @@ pub unsafe extern "C" fn cmdop_on_disconnect(
         let ud = UserData::new(user_data, free_user_data);
         let handler: Option<EventHandler> = cb.map(|f| -> EventHandler {
             Box::new(move |e: &Event| {
-                if let Event::Disconnected { reason, .. } = e {
+                if let Event::Disconnected { reason, final_ } = e {
                     let reason = c_string(reason);
-                    as_callback(|| unsafe { f(ud.ptr(), reason.as_ptr()) });
+                    as_callback(|| unsafe { f(ud.ptr(), reason.as_ptr(), !final_) });
                 }
             })
         });

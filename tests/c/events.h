@@ -13,12 +13,15 @@
 struct events {
   pthread_mutex_t mu;
   int connects, disconnects, errors;
+  /* will_reconnect of the first and the last on_disconnect (-1: none yet). */
+  int first_will_reconnect, last_will_reconnect;
   char first_reason[512], last_reason[512], last_error[512];
   cmdop_status last_error_status;
 };
 
 static inline void events_init(struct events *e) {
   memset(e, 0, sizeof *e);
+  e->first_will_reconnect = e->last_will_reconnect = -1;
   pthread_mutex_init(&e->mu, NULL);
 }
 
@@ -29,11 +32,15 @@ static inline void events_on_connect(void *ud) {
   pthread_mutex_unlock(&e->mu);
 }
 
-static inline void events_on_disconnect(void *ud, const char *reason) {
+static inline void events_on_disconnect(void *ud, const char *reason, bool will_reconnect) {
   struct events *e = ud;
   pthread_mutex_lock(&e->mu);
-  if (e->disconnects++ == 0) snprintf(e->first_reason, sizeof e->first_reason, "%s", reason ? reason : "");
+  if (e->disconnects++ == 0) {
+    snprintf(e->first_reason, sizeof e->first_reason, "%s", reason ? reason : "");
+    e->first_will_reconnect = will_reconnect;
+  }
   snprintf(e->last_reason, sizeof e->last_reason, "%s", reason ? reason : "");
+  e->last_will_reconnect = will_reconnect;
   pthread_mutex_unlock(&e->mu);
 }
 

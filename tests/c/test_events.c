@@ -82,6 +82,7 @@ int main(void) {
   CHECK(events_wait(&ev, &ev.disconnects, 1, 3000) == 1);
   pthread_mutex_lock(&ev.mu);
   CHECK(ev.last_reason[0] != '\0');
+  CHECK(ev.last_will_reconnect == 0); /* closed: final */
   pthread_mutex_unlock(&ev.mu);
 
   /* on_disconnect when the server dies (no auto-reconnect here). */
@@ -93,6 +94,7 @@ int main(void) {
   pthread_mutex_lock(&ev.mu);
   printf("disconnect reason: %s\n", ev.last_reason);
   CHECK(ev.last_reason[0] != '\0');
+  CHECK(ev.last_will_reconnect == 0); /* auto_reconnect off: final */
   pthread_mutex_unlock(&ev.mu);
   {
     cmdop_status s = cmdop_execute(c, "true", 0, &r);

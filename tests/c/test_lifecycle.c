@@ -8,7 +8,7 @@
 #include <pthread.h>
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static int connects, disconnects;
+static int connects, disconnects, reconnecting_disconnects;
 
 static void on_connect(void *ud) {
   (void)ud;
@@ -17,11 +17,12 @@ static void on_connect(void *ud) {
   pthread_mutex_unlock(&mu);
 }
 
-static void on_disconnect(void *ud, const char *reason) {
+static void on_disconnect(void *ud, const char *reason, bool will_reconnect) {
   (void)ud;
   pthread_mutex_lock(&mu);
   disconnects++;
   if (reason == NULL || reason[0] == '\0') fprintf(stderr, "on_disconnect without a reason\n");
+  if (will_reconnect) reconnecting_disconnects++; /* close is final */
   pthread_mutex_unlock(&mu);
 }
 
@@ -93,6 +94,7 @@ int main(void) {
   CHECK(wait_count(&disconnects, 1) == 1);
   sleep_ms(200);
   CHECK(counter(&disconnects) == 1);
+  CHECK(counter(&reconnecting_disconnects) == 0);
 
   /* Use after close: DISCONNECTED saying what to do. */
   CHECK_STATUS(cmdop_execute(c, "true", 0, &r), CMDOP_STATUS_DISCONNECTED);

@@ -42,6 +42,9 @@ int main(void) {
   CHECK(server_ctl("server-stop") == 0);
   CHECK(events_wait(&ev, &ev.disconnects, 1, 10000) >= 1);
   CHECK(!cmdop_is_connected(c));
+  pthread_mutex_lock(&ev.mu);
+  CHECK(ev.first_will_reconnect == 1);
+  pthread_mutex_unlock(&ev.mu);
 
   /* A call during reconnection waits up to its timeout, then UNAVAILABLE. */
   t0 = now_ms();
@@ -56,6 +59,8 @@ int main(void) {
   pthread_mutex_lock(&evq.mu);
   printf("first reason: %s\nfinal reason: %s\n", evq.first_reason, evq.last_reason);
   CHECK(strcmp(evq.first_reason, evq.last_reason) != 0);
+  CHECK(evq.first_will_reconnect == 1); /* dropped: the library keeps trying */
+  CHECK(evq.last_will_reconnect == 0);  /* gave up: final */
   pthread_mutex_unlock(&evq.mu);
   CHECK(!cmdop_is_connected(quitter));
   {

@@ -563,11 +563,14 @@ class Client {
     using F = std::function<void()>;
     install<F>(cmdop_on_connect, std::move(fn), [](void *ud) noexcept { (*static_cast<F *>(ud))(); });
   }
-  /// Called when the connection is gone, with the reason.
-  void on_disconnect(std::function<void(std::string_view reason)> fn) {
-    using F = std::function<void(std::string_view)>;
-    install<F>(cmdop_on_disconnect, std::move(fn),
-               [](void *ud, const char *reason) noexcept { (*static_cast<F *>(ud))(reason ? reason : ""); });
+  /// Called when the connection is gone, with the reason; `will_reconnect`
+  /// is true while the library keeps trying by itself, false when this is
+  /// final (close(), reconnection off or given up: connect() to try again).
+  void on_disconnect(std::function<void(std::string_view reason, bool will_reconnect)> fn) {
+    using F = std::function<void(std::string_view, bool)>;
+    install<F>(cmdop_on_disconnect, std::move(fn), [](void *ud, const char *reason, bool will_reconnect) noexcept {
+      (*static_cast<F *>(ud))(reason ? reason : "", will_reconnect);
+    });
   }
   /// Called for every failed call and background failure.
   void on_error(std::function<void(Status, std::string_view message)> fn) {

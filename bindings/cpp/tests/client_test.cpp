@@ -172,7 +172,11 @@ TEST_F(Live, ConnectCallbackFiresOnItsThreadAndIsReleased) {
     cmdop::Client c = cmdop::Client::local(stack_->host, stack_->port);
     c.on_connect([fired] { ++*fired; });
     std::atomic<int> disconnects{0};
-    c.on_disconnect([&disconnects](std::string_view) { ++disconnects; });
+    std::atomic<int> reconnecting{0};
+    c.on_disconnect([&disconnects, &reconnecting](std::string_view, bool will_reconnect) {
+      if (will_reconnect) ++reconnecting;
+      ++disconnects;
+    });
     c.connect();
     for (int i = 0; i < 200 && fired->load() == 0; ++i) std::this_thread::sleep_for(10ms);
     EXPECT_EQ(fired->load(), 1);
@@ -180,6 +184,7 @@ TEST_F(Live, ConnectCallbackFiresOnItsThreadAndIsReleased) {
     c.close();
     for (int i = 0; i < 200 && disconnects.load() == 0; ++i) std::this_thread::sleep_for(10ms);
     EXPECT_EQ(disconnects.load(), 1);
+    EXPECT_EQ(reconnecting.load(), 0) << "close() is final";
     EXPECT_FALSE(c.is_connected());
     try {
       c.execute("true");

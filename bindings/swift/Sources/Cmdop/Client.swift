@@ -360,14 +360,16 @@ public final class Client: @unchecked Sendable {
         try check(st)
     }
 
-    /// Called when the connection is gone, with the reason (nil removes it).
-    public func onDisconnect(_ fn: ((String) -> Void)?) throws {
+    /// Called when the connection is gone, with the reason and whether the
+    /// library keeps trying by itself (false: final; `connect()` to try
+    /// again). nil removes it.
+    public func onDisconnect(_ fn: ((_ reason: String, _ willReconnect: Bool) -> Void)?) throws {
         guard let fn = fn else { return try check(cmdop_on_disconnect(raw, nil, nil, nil)) }
         let ud = Unmanaged.passRetained(Box(fn) as AnyObject).toOpaque()
-        let st = cmdop_on_disconnect(raw, { ud, reason in
+        let st = cmdop_on_disconnect(raw, { ud, reason, willReconnect in
             guard let ud = ud else { return }
-            let fn = (Unmanaged<AnyObject>.fromOpaque(ud).takeUnretainedValue() as! Box<(String) -> Void>).value
-            fn(reason.map { String(cString: $0) } ?? "")
+            let fn = (Unmanaged<AnyObject>.fromOpaque(ud).takeUnretainedValue() as! Box<(String, Bool) -> Void>).value
+            fn(reason.map { String(cString: $0) } ?? "", willReconnect)
         }, ud, releaseBox)
         if st != CMDOP_STATUS_OK { Unmanaged<AnyObject>.fromOpaque(ud).release() }
         try check(st)
