@@ -178,8 +178,14 @@ impl Agent<'_> {
                 return std::future::pending::<anyhow::Error>().await;
             }
             let home = self.host.home_dir.clone();
-            match exec_link::serve(authed.clone(), session.id.clone(), agent_version(), home).await
-            {
+            let served = exec_link::serve(
+                authed.clone(),
+                session.id.clone(),
+                agent_version(),
+                home,
+                self.config.server.clone(),
+            );
+            match served.await {
                 Ok(LinkEnd::Unsupported) => {
                     tracing::info!(
                         "control plane does not offer native exec; serving the terminal path only"

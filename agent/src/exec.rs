@@ -14,13 +14,17 @@
 //! most that window of output un-credited and stop reading the pipes when it
 //! is spent, so the command blocks on its own pipe and no other command or
 //! transfer on the Channel waits for it.
+//!
+//! Bulk stdout: when `ExecStart.raw_ticket` is set and the control plane is
+//! plaintext, stdout beyond the first [`exec_raw::RAW_SWITCH_AFTER`] bytes
+//! may move to a side connection ([`exec_raw`]); stderr never does.
 
 use std::{
     collections::{HashMap, VecDeque},
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::{atomic::AtomicU64, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -35,7 +39,10 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
 };
 
-use crate::files::path::resolve;
+use crate::{
+    exec_raw::{self, RawSwitch},
+    files::path::resolve,
+};
 
 /// Largest output chunk per uplink message.
 pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
@@ -72,26 +79,33 @@ enum KillReason {
 /// and returns the `finished` message (also for spawn failures).
 ///
 /// The command is killed when `cancel` fires or its sender is dropped.
-/// Output is not flow-controlled (`start.window` is ignored).
+/// Output is not flow-controlled (`start.window` is ignored) and always
+/// goes to `sink` (`start.raw_ticket` is ignored).
 pub async fn run_exec(
     start: ExecStart,
     home: &Path,
     cancel: oneshot::Receiver<()>,
     sink: &mpsc::Sender<AgentUplink>,
 ) -> ExecFinished {
-    run_exec_credited(start, home, cancel, sink, None).await
+    run_exec_credited(start, home, cancel, sink, None, None).await
 }
 
 /// [`run_exec`], keeping the output within `start.window` of what `credit`
 /// (cumulative bytes the control plane handed on) allows. Without a window
 /// or without `credit`, output is sent as fast as `sink` takes it. Dropping
 /// the credit sender stops the output pumps.
+///
+/// `server_url` is the control plane the agent talks to: when it is
+/// `http://` and `start.raw_ticket` is set, bulk stdout may move to a side
+/// connection there ([`exec_raw`]); `None` never does. The returned exit's
+/// `raw_stdout_bytes` counts the bytes that went that way.
 pub async fn run_exec_credited(
     start: ExecStart,
     home: &Path,
     mut cancel: oneshot::Receiver<()>,
     sink: &mpsc::Sender<AgentUplink>,
     credit: Option<watch::Receiver<u64>>,
+    server_url: Option<&str>,
 ) -> ExecFinished {
     let started = Instant::now();
     let exec_id = start.exec_id.clone();
@@ -147,9 +161,14 @@ pub async fn run_exec_credited(
         _ => None,
     };
     let credited = window.is_some();
+    let raw = RawSwitch::new(&exec_id, &start.raw_ticket, server_url);
+    let may_switch = raw.is_some();
+    // Stdout bytes moved to a side connection, kept up to date as they go.
+    let raw_moved = Arc::new(AtomicU64::new(0));
     let (exited_tx, exited) = watch::channel(false);
-    let mut pumps = Vec::with_capacity(2);
-    if let Some(out) = child.stdout.take() {
+    // Each pump returns the bytes it moved to a side connection.
+    let mut pumps: Vec<tokio::task::JoinHandle<u64>> = Vec::with_capacity(2);
+    if let Some(mut out) = child.stdout.take() {
         grow_pipe(&out);
         let pump = Pump {
             exec_id: exec_id.clone(),
@@ -157,10 +176,19 @@ pub async fn run_exec_credited(
             sink: sink.clone(),
             window: window.clone(),
             exited: exited.clone(),
+            raw,
         };
-        pumps.push(tokio::spawn(pump.run(out)));
+        let (exited, moved) = (exited.clone(), Arc::clone(&raw_moved));
+        pumps.push(tokio::spawn(async move {
+            match pump.run(&mut out).await {
+                PumpEnd::Done => 0,
+                PumpEnd::Switched { socket, grace } => {
+                    exec_raw::send_rest(out, socket, exited, grace, moved).await
+                }
+            }
+        }));
     }
-    if let Some(err) = child.stderr.take() {
+    if let Some(mut err) = child.stderr.take() {
         grow_pipe(&err);
         let pump = Pump {
             exec_id: exec_id.clone(),
@@ -168,8 +196,12 @@ pub async fn run_exec_credited(
             sink: sink.clone(),
             window,
             exited,
+            raw: None,
         };
-        pumps.push(tokio::spawn(pump.run(err)));
+        pumps.push(tokio::spawn(async move {
+            pump.run(&mut err).await;
+            0
+        }));
     }
 
     let timeout =
@@ -193,26 +225,32 @@ pub async fn run_exec_credited(
     };
 
     // Collect what is left in the pipes; don't wait forever on a background
-    // process that inherited them. With credit, each pump bounds its own
-    // reads after the exit (waits for credit don't count), and output
-    // nobody will take after a cancel is not waited for.
+    // process that inherited them. With credit or a side connection, each
+    // pump bounds its own reads after the exit (waits for credit or for a
+    // slow reader of the side connection don't count), and output nobody
+    // will take after a cancel is not waited for.
     exited_tx.send_replace(true);
-    if killed == Some(KillReason::Cancel) {
-        for p in &pumps {
-            p.abort();
-        }
-    } else if credited {
-        futures::future::join_all(pumps.iter_mut()).await;
+    let drained = if killed == Some(KillReason::Cancel) {
+        None
+    } else if credited || may_switch {
+        Some(futures::future::join_all(pumps.iter_mut()).await)
     } else {
         let all = futures::future::join_all(pumps.iter_mut());
-        if tokio::time::timeout(DRAIN_GRACE, all).await.is_err() {
+        tokio::time::timeout(DRAIN_GRACE, all).await.ok()
+    };
+    let raw_stdout_bytes = match drained {
+        Some(ends) => ends.into_iter().map(|end| end.unwrap_or(0)).sum(),
+        None => {
+            // Stopped early: the side connection's copy stops when its pump
+            // is dropped; report what it had moved by then.
             for p in &pumps {
                 p.abort();
             }
+            raw_moved.load(std::sync::atomic::Ordering::Relaxed)
         }
-    }
+    };
 
-    match status {
+    let mut done = match status {
         Ok(status) => {
             let (code, signal) = match (status.code(), status.signal()) {
                 (Some(code), _) => (code, 0),
@@ -238,7 +276,11 @@ pub async fn run_exec_credited(
             false,
             format!("cannot wait for the command: {e}"),
         ),
+    };
+    if let Some(exit) = done.exit.as_mut() {
+        exit.raw_stdout_bytes = raw_stdout_bytes;
     }
+    done
 }
 
 fn spawn_error(e: &std::io::Error, cwd: &Path) -> String {
@@ -269,6 +311,7 @@ fn finished(
             timed_out,
             duration_us: started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64,
             error,
+            raw_stdout_bytes: 0,
         }),
         pid,
     }
@@ -364,18 +407,43 @@ struct Pump {
     /// Turns true once the command exited; reads then get [`DRAIN_GRACE`]
     /// in total.
     exited: watch::Receiver<bool>,
+    /// Stdout only: the way to a side connection, when there is one.
+    raw: Option<RawSwitch>,
+}
+
+/// How a [`Pump`] ended.
+enum PumpEnd {
+    /// Nothing more to forward from the pipe.
+    Done,
+    /// `raw_switched` is sent: the rest of the pipe goes to `socket`, with
+    /// what is left of the drain grace.
+    Switched {
+        socket: std::net::TcpStream,
+        grace: Duration,
+    },
 }
 
 impl Pump {
-    /// Runs until EOF, a read error, the end of the drain grace, or the
-    /// loss of the uplink or of the credit.
-    async fn run(mut self, mut pipe: impl AsyncRead + Unpin) {
+    /// Runs until EOF, a read error, the end of the drain grace, the loss
+    /// of the uplink or of the credit, or a switch to a side connection.
+    async fn run(mut self, mut pipe: impl AsyncRead + Unpin) -> PumpEnd {
         let mut buf = BytesMut::new();
         let mut grace = DRAIN_GRACE;
+        // Bytes of this pipe sent as `output` messages.
+        let mut sent = 0u64;
         loop {
             if let Some(window) = self.window.as_mut() {
                 if !window.wait_for_room().await {
-                    return;
+                    return PumpEnd::Done;
+                }
+            }
+            if let Some(raw) = self.raw.as_mut() {
+                if let Some(socket) = raw.accepted() {
+                    // Everything read so far is queued ahead of this.
+                    return match self.sink.send(raw.switched_msg()).await {
+                        Ok(()) => PumpEnd::Switched { socket, grace },
+                        Err(_) => PumpEnd::Done,
+                    };
                 }
             }
             buf.clear();
@@ -400,12 +468,12 @@ impl Pump {
                     grace = grace.saturating_sub(began.elapsed());
                     match r {
                         Ok(r) => r,
-                        Err(_) => return,
+                        Err(_) => return PumpEnd::Done,
                     }
                 }
             };
             let n = match n {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return PumpEnd::Done,
                 Ok(n) => n,
             };
             let data = if n < COPY_BELOW {
@@ -424,7 +492,13 @@ impl Pump {
                 })),
             };
             if self.sink.send(msg).await.is_err() {
-                return;
+                return PumpEnd::Done;
+            }
+            sent += n as u64;
+            if let Some(raw) = self.raw.as_mut() {
+                if !raw.after_output(sent, &self.sink).await {
+                    return PumpEnd::Done;
+                }
             }
         }
     }
@@ -435,6 +509,8 @@ impl Pump {
 pub struct ExecRunner {
     home: PathBuf,
     uplink: mpsc::Sender<AgentUplink>,
+    /// The control plane's URL, for side connections (`http://` only).
+    server_url: Option<Arc<str>>,
     running: Arc<Mutex<HashMap<String, Running>>>,
 }
 
@@ -447,10 +523,18 @@ struct Running {
 
 impl ExecRunner {
     /// A runner whose output and `finished` messages go to `uplink`.
-    pub fn new(home: PathBuf, uplink: mpsc::Sender<AgentUplink>) -> Self {
+    /// `server_url` is the control plane's URL: when it is `http://`,
+    /// commands whose `ExecStart` carries a `raw_ticket` may move bulk
+    /// stdout to a side connection there ([`exec_raw`]); `None` never does.
+    pub fn new(
+        home: PathBuf,
+        uplink: mpsc::Sender<AgentUplink>,
+        server_url: Option<String>,
+    ) -> Self {
         Self {
             home,
             uplink,
+            server_url: server_url.map(Arc::from),
             running: Arc::default(),
         }
     }
@@ -498,8 +582,17 @@ impl ExecRunner {
         let home = self.home.clone();
         let uplink = self.uplink.clone();
         let running = Arc::clone(&self.running);
+        let server_url = self.server_url.clone();
         tokio::spawn(async move {
-            let done = run_exec_credited(start, &home, cancel_rx, &uplink, credit_rx).await;
+            let done = run_exec_credited(
+                start,
+                &home,
+                cancel_rx,
+                &uplink,
+                credit_rx,
+                server_url.as_deref(),
+            )
+            .await;
             lock(&running).remove(&exec_id);
             tracing::debug!(exec_id, exit = ?done.exit, "exec finished");
             let _ = uplink.send(finished_msg(done)).await;

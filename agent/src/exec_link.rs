@@ -13,6 +13,7 @@ use tonic::Code;
 
 use crate::{
     exec::{self, ExecRunner},
+    exec_raw,
     transfer::{self, Transfers},
     transport::{AuthedChannel, MAX_MESSAGE},
 };
@@ -31,6 +32,8 @@ pub enum LinkEnd {
 }
 
 /// Opens the channel, says hello and serves Exec until the stream ends.
+/// `server_url` is the control plane's URL the channel goes to; commands
+/// may open side connections there when it is `http://`.
 ///
 /// The work runs in a task of its own on the runtime's worker threads, next
 /// to the connection it reads from: the caller may be a thread blocked in
@@ -42,6 +45,7 @@ pub async fn serve(
     session_id: String,
     agent_version: String,
     home: PathBuf,
+    server_url: String,
 ) -> Result<LinkEnd, tonic::Status> {
     struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
     impl<T> Drop for AbortOnDrop<T> {
@@ -54,6 +58,7 @@ pub async fn serve(
         session_id,
         agent_version,
         home,
+        server_url,
     )));
     match (&mut task.0).await {
         Ok(end) => end,
@@ -70,20 +75,28 @@ async fn serve_here(
     session_id: String,
     agent_version: String,
     home: PathBuf,
+    server_url: String,
 ) -> Result<LinkEnd, tonic::Status> {
     let mut client = AgentLinkClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let (tx, rx) = mpsc::channel(UPLINK_QUEUE);
+    let mut capabilities = vec![
+        transfer::CAPABILITY.to_string(),
+        exec::CAPABILITY_SPAWNED.to_string(),
+        exec::CAPABILITY_CREDIT.to_string(),
+    ];
+    // Offered only where the agent would use it, so that the control
+    // plane does not hand out tickets for nothing.
+    let raw_usable = exec_raw::usable_with(&server_url);
+    if raw_usable {
+        capabilities.push(exec_raw::CAPABILITY.to_string());
+    }
     let hello = AgentUplink {
         msg: Some(agent_uplink::Msg::Hello(AgentHello {
             session_id,
             agent_version,
-            capabilities: vec![
-                transfer::CAPABILITY.to_string(),
-                exec::CAPABILITY_SPAWNED.to_string(),
-                exec::CAPABILITY_CREDIT.to_string(),
-            ],
+            capabilities,
         })),
     };
     // The receiver is alive right here; the send cannot fail.
@@ -95,7 +108,7 @@ async fn serve_here(
     };
     tracing::info!("native exec channel open");
     let transfers = Transfers::new(home.clone(), tx.clone());
-    let runner = ExecRunner::new(home, tx);
+    let runner = ExecRunner::new(home, tx, raw_usable.then_some(server_url));
     loop {
         match downlink.message().await {
             Ok(Some(msg)) => match msg.msg {

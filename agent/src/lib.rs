@@ -6,7 +6,8 @@
 //! * the official `TerminalStreamingService/ConnectTerminal` stream carries a
 //!   real PTY shell ([`pty_session`]) and file operations ([`files`]);
 //! * next to it, `cmdop.ext.v1.AgentLink/Channel` carries native Exec
-//!   ([`exec`]) when the control plane offers it.
+//!   ([`exec`]) when the control plane offers it; bulk stdout of a command
+//!   may leave it for a side connection ([`exec_raw`]).
 //!
 //! Connection loss is never fatal: the agent reconnects with exponential
 //! backoff and jitter ([`backoff`]) and the shell keeps running meanwhile.
@@ -17,6 +18,7 @@ pub mod connection;
 pub mod enroll;
 pub mod exec;
 pub mod exec_link;
+pub mod exec_raw;
 pub mod files;
 pub mod host_info;
 pub mod pty_session;

@@ -188,7 +188,7 @@ async fn dropping_the_runner_kills_running_commands() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("child.pid");
     let (tx, mut rx) = mpsc::channel(16);
-    let runner = ExecRunner::new(std::env::temp_dir(), tx);
+    let runner = ExecRunner::new(std::env::temp_dir(), tx, None);
     runner.start(start(
         &format!("echo $$ > {}; sleep 100", pidfile.display()),
         0,

@@ -70,6 +70,18 @@ fn tls_with_a_private_ca_end_to_end() {
     assert!(out.status.success(), "exec over TLS failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "over-tls\n");
 
+    // Bulk stdout stays inside TLS: no plaintext side connection is offered,
+    // and every byte still arrives.
+    let mut cmd = Command::new(cmdop_bin());
+    cmd.args(["exec", "--server", &url, "--host", "tls-host", "--timeout-secs", "30", "--ca-cert"])
+        .arg(&ca)
+        .env("CMDOP_API_KEY", &ws.api_key)
+        .args(["--", "seq", "1", "400000"]);
+    let out = cmd.output().expect("run cmdop exec");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want: String = (1..=400000).map(|i| format!("{i}\n")).collect();
+    assert!(out.stdout == want.as_bytes(), "bulk output over TLS arrived complete ({} bytes)", out.stdout.len());
+
     // Without the private CA the client refuses the server's certificate.
     let out = exec(None);
     assert!(!out.status.success(), "a certificate from an unknown CA was accepted");

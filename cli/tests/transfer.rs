@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cmdop::client::{Client, ClientOptions, Credentials, ErrorKind};
+use cmdop::client::ErrorKind;
 use cmdop_proto::ext::{
     download_chunk, upload_chunk, DownloadRequest, ServerInfoRequest, UploadChunk, UploadStart,
 };
@@ -21,26 +21,6 @@ use tonic::Code;
 
 const MIB: usize = 1024 * 1024;
 
-
-/// A library client on `s`'s workspace with its machine selected.
-async fn client(s: &Stack) -> Client {
-    let port = s.server.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    let mut opts = ClientOptions::local("127.0.0.1", port);
-    opts.credentials = Credentials::ApiKey(s.ws.api_key.clone());
-    opts.timeout = Duration::from_secs(30);
-    let c = Client::new(opts).expect("client");
-    c.open().await.expect("connect");
-    // The Channel (and its files.v1 hello) follows ConnectTerminal closely.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = c.set_machine(&s.host).await.expect("set_machine");
-        if m.native_exec || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    c
-}
 
 /// Deterministic, incompressible-looking bytes.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -94,7 +74,7 @@ async fn server_advertises_files_v1() {
 #[tokio::test]
 async fn hundred_mib_round_trip_keeps_every_byte() {
     let s = stack("xfer-host", &[]).await;
-    let c = client(&s).await;
+    let c = library_client(&s, false).await;
     let path = s.dir.path().join("big.bin");
     let data = pattern(100 * MIB, 7);
     c.write_file(path.to_str().unwrap(), &data).await.expect("write 100 MiB");
@@ -279,7 +259,7 @@ async fn agent_killed_mid_transfer_is_unavailable_and_its_restart_removes_the_te
 #[tokio::test]
 async fn without_extensions_writes_fall_back_to_one_message() {
     let s = stack("xfer-host", &["--no-extensions"]).await;
-    let c = client(&s).await;
+    let c = library_client(&s, false).await;
     let path = s.dir.path().join("official.bin");
     let data = pattern(8 * MIB, 9);
     c.write_file(path.to_str().unwrap(), &data).await.expect("8 MiB over FileWrite");

@@ -177,6 +177,13 @@ async fn pump(session: Arc<Session>, link: Arc<ExecLink>, mut uplink: Streaming<
                 let update = ExecUpdate::Spawned { pid: spawned.pid };
                 link.deliver(&spawned.exec_id, update).await;
             }
+            Some(agent_uplink::Msg::RawOffered(offered)) => {
+                link.deliver(&offered.exec_id, ExecUpdate::RawOffered).await;
+            }
+            Some(agent_uplink::Msg::RawSwitched(switched)) => {
+                link.deliver(&switched.exec_id, ExecUpdate::RawSwitched)
+                    .await;
+            }
             Some(agent_uplink::Msg::Finished(finished)) => {
                 let exec_id = finished.exec_id.clone();
                 link.deliver(&exec_id, ExecUpdate::Finished(finished)).await;

@@ -4,9 +4,9 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use cmdop_proto::ext::{
-    cmdop_server::Cmdop, exec_event, ExecEvent, ExecExit, ExecRequest, ExecStart, ExecStarted,
-    IssueTokenRequest, Machine, RefreshTokenRequest, ResolveMachineRequest, ResolveMachineResponse,
-    ServerInfoRequest, ServerInfoResponse, TokenPair,
+    cmdop_server::Cmdop, exec_event, ExecEvent, ExecExit, ExecRawOffer, ExecRawSwitch, ExecRequest,
+    ExecStart, ExecStarted, IssueTokenRequest, Machine, RefreshTokenRequest, ResolveMachineRequest,
+    ResolveMachineResponse, ServerInfoRequest, ServerInfoResponse, TokenPair,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth, limits,
+    auth, limits, raw,
     sessions::{
         exec_link::{EXEC_WINDOW_BYTES, EXEC_WINDOW_CHUNKS},
         hostname::{match_hostname, HostnameMatch},
@@ -24,7 +24,8 @@ use crate::{
     store::{now_ms, secrets, unix_ms, RefreshOutcome, Workspace},
 };
 
-/// Capabilities advertised by ServerInfo.
+/// Capabilities advertised by ServerInfo in every configuration; side
+/// connections ([`raw::CAPABILITY`]) are added when they are on.
 pub const CAPABILITIES: [&str; 4] = [
     "exec.v1",
     "machine-id.v1",
@@ -157,9 +158,13 @@ impl Cmdop for CmdopService {
         request: Request<ServerInfoRequest>,
     ) -> Result<Response<ServerInfoResponse>, Status> {
         let ws = self.client(&request)?;
+        let mut capabilities: Vec<String> = CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        if self.state.side_connections.is_some() {
+            capabilities.push(raw::CAPABILITY.to_string());
+        }
         Ok(Response::new(ServerInfoResponse {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
-            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            capabilities,
             workspace_name: ws.name,
             server_time_unix_ms: now_ms(),
         }))
@@ -266,6 +271,13 @@ impl Cmdop for CmdopService {
             ))
         })?;
         let exec_id = format!("exec_{}", uuid::Uuid::new_v4().simple());
+        // Valid until `relay` returns, however the call ends.
+        let ticket = match &self.state.side_connections {
+            Some(rendezvous) if req.accept_raw_stdout && link.raw_stdout() => {
+                Some(rendezvous.register(&exec_id))
+            }
+            _ => None,
+        };
         let updates = link
             .start(ExecStart {
                 exec_id: exec_id.clone(),
@@ -275,6 +287,10 @@ impl Cmdop for CmdopService {
                 working_directory: req.working_directory,
                 timeout_ms: req.timeout_ms,
                 window: None,
+                raw_ticket: ticket
+                    .as_ref()
+                    .map(|t| t.as_str().to_owned())
+                    .unwrap_or_default(),
             })
             .await?;
         tracing::info!(session = %session.id, %exec_id, "exec started");
@@ -284,7 +300,15 @@ impl Cmdop for CmdopService {
         if started_sent {
             let _ = tx.try_send(Ok(started_event(&exec_id, 0)));
         }
-        tokio::spawn(relay(session, link, exec_id, updates, tx, started_sent));
+        tokio::spawn(relay(
+            session,
+            link,
+            exec_id,
+            updates,
+            tx,
+            started_sent,
+            ticket,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -383,6 +407,37 @@ fn started_event(exec_id: &str, pid: u32) -> ExecEvent {
     }
 }
 
+/// Where one exec stands on moving stdout to a side connection, so that
+/// the client sees at most one `raw_offer` and then at most one
+/// `raw_switch`, whatever the agent sends.
+#[derive(Default)]
+struct RawProgress {
+    offered: bool,
+    switched: bool,
+}
+
+impl RawProgress {
+    /// The `raw_offer` event for the agent's `raw_offered`, if due: only
+    /// with a ticket, and only the first time.
+    fn offer(&mut self, ticket: Option<&raw::Ticket>) -> Option<exec_event::Event> {
+        let ticket = ticket.filter(|_| !self.offered)?;
+        self.offered = true;
+        Some(exec_event::Event::RawOffer(ExecRawOffer {
+            ticket: ticket.as_str().to_owned(),
+        }))
+    }
+
+    /// The `raw_switch` event for the agent's `raw_switched`, if due: only
+    /// after an offer, and only the first time.
+    fn switch(&mut self) -> Option<exec_event::Event> {
+        if !self.offered || self.switched {
+            return None;
+        }
+        self.switched = true;
+        Some(exec_event::Event::RawSwitch(ExecRawSwitch {}))
+    }
+}
+
 /// Output handed to one exec's client, and how much of it the agent has
 /// been credited for.
 struct CreditTracker {
@@ -430,6 +485,11 @@ impl CreditTracker {
 /// Cancels the remote process if the client goes away; fails with
 /// UNAVAILABLE if the agent does. With an agent that honours credit, grants
 /// it more output only as the client's stream accepts what came before.
+///
+/// With a side-connection `ticket` the agent's `raw_offered` becomes the
+/// client's `raw_offer` (once) and a later `raw_switched` its `raw_switch`
+/// (once); without one both are dropped. The ticket is withdrawn when this
+/// returns.
 async fn relay(
     session: Arc<Session>,
     link: Arc<ExecLink>,
@@ -437,8 +497,10 @@ async fn relay(
     mut updates: mpsc::Receiver<ExecUpdate>,
     tx: mpsc::Sender<Result<ExecEvent, Status>>,
     mut started_sent: bool,
+    ticket: Option<raw::Ticket>,
 ) {
     let mut credit = CreditTracker::new(link.exec_credit());
+    let mut raw = RawProgress::default();
     loop {
         let update = tokio::select! {
             update = updates.recv() => update,
@@ -472,6 +534,14 @@ async fn relay(
         let event = match update {
             // A repeated or unexpected `spawned` carries nothing new.
             Some(ExecUpdate::Spawned { .. }) => continue,
+            Some(ExecUpdate::RawOffered) => match raw.offer(ticket.as_ref()) {
+                Some(event) => event,
+                None => continue,
+            },
+            Some(ExecUpdate::RawSwitched) => match raw.switch() {
+                Some(event) => event,
+                None => continue,
+            },
             Some(ExecUpdate::Output {
                 data,
                 is_stderr: false,
@@ -485,7 +555,14 @@ async fn relay(
                     exit_code: -1,
                     ..Default::default()
                 });
-                tracing::info!(%exec_id, exit_code = exit.exit_code, signal = exit.signal, timed_out = exit.timed_out, "exec finished");
+                tracing::info!(
+                    %exec_id,
+                    exit_code = exit.exit_code,
+                    signal = exit.signal,
+                    timed_out = exit.timed_out,
+                    raw_stdout_bytes = exit.raw_stdout_bytes,
+                    "exec finished"
+                );
                 let _ = tx
                     .send(Ok(ExecEvent {
                         event: Some(exec_event::Event::Exit(exit)),
@@ -537,6 +614,29 @@ mod tests {
             credit.delivered(1);
         }
         assert!(credit.due(false).is_some(), "a quarter of the chunks");
+    }
+
+    #[test]
+    fn raw_events_need_a_ticket_and_come_once_in_order() {
+        let rendezvous = raw::Rendezvous::new(raw::PAIRING_TIMEOUT);
+        let ticket = rendezvous.register("exec_test");
+
+        let mut without = RawProgress::default();
+        assert!(without.offer(None).is_none(), "no ticket, no offer");
+        assert!(without.switch().is_none());
+
+        let mut raw = RawProgress::default();
+        assert!(raw.switch().is_none(), "no switch before an offer");
+        assert!(matches!(
+            raw.offer(Some(&ticket)),
+            Some(exec_event::Event::RawOffer(o)) if o.ticket == ticket.as_str()
+        ));
+        assert!(raw.offer(Some(&ticket)).is_none(), "one offer");
+        assert!(matches!(
+            raw.switch(),
+            Some(exec_event::Event::RawSwitch(_))
+        ));
+        assert!(raw.switch().is_none(), "one switch");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod config;
 mod ext_service;
 mod files;
 pub mod limits;
+mod raw;
 pub mod sessions;
 mod state;
 pub mod store;
@@ -27,6 +28,7 @@ use cmdop_proto::{
     ext::{agent_link_server::AgentLinkServer, cmdop_server::CmdopServer},
     terminal::terminal_streaming_service_server::TerminalStreamingServiceServer,
 };
+use futures::future::Either;
 use tonic::transport::{server::TcpIncoming, Server};
 
 pub use config::{ServerConfig, TlsFiles};
@@ -37,6 +39,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves on `listener` until `shutdown` resolves. Binds nothing itself.
 ///
+/// Over plaintext with extensions on, the same port also takes Exec side
+/// connections (capability `exec-raw.v1`), told apart from gRPC by their
+/// first byte.
+///
 /// On shutdown every agent session is closed (agents reconnect to the next
 /// instance), and open calls get [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
@@ -45,10 +51,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = store::Store::open(&config.data_dir)?;
+    let side_connections =
+        raw::enabled(&config).then(|| raw::Rendezvous::new(raw::PAIRING_TIMEOUT));
     let state = Arc::new(state::State {
         store,
         sessions: sessions::Registry::new(config.output_buffer_bytes),
         config: config.clone(),
+        side_connections: side_connections.clone(),
     });
 
     let max = limits::MAX_MESSAGE_BYTES;
@@ -80,8 +89,6 @@ pub async fn serve(
             .tls_config(tls::server_tls_config(files)?)
             .context("invalid TLS configuration")?;
     }
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -96,11 +103,21 @@ pub async fn serve(
             state.sessions.close_all("control plane shutting down");
         }
     };
-    let server = builder
+    let router = builder
         .add_service(terminal)
         .add_service(agent_link)
-        .add_optional_service(cmdop)
-        .serve_with_incoming_shutdown(incoming, graceful);
+        .add_optional_service(cmdop);
+    let server = match side_connections {
+        // Our own accept loop sorts side connections from gRPC.
+        Some(rendezvous) => Either::Left(
+            router
+                .serve_with_incoming_shutdown(raw::listener::spawn(listener, rendezvous), graceful),
+        ),
+        None => Either::Right(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            graceful,
+        )),
+    };
     let deadline = {
         let mut rx = stop_rx;
         async move {

@@ -2,13 +2,16 @@
 
 use std::sync::Arc;
 
-use crate::{config::ServerConfig, sessions::Registry, store::Store};
+use crate::{config::ServerConfig, raw::Rendezvous, sessions::Registry, store::Store};
 
 /// Shared server state.
 pub struct State {
     pub store: Store,
     pub sessions: Registry,
     pub config: ServerConfig,
+    /// Tickets for side connections; `None` when they are off
+    /// ([`crate::raw::enabled`]).
+    pub side_connections: Option<Arc<Rendezvous>>,
 }
 
 /// The handle services hold.

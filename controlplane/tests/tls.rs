@@ -5,8 +5,12 @@ mod support;
 use std::time::Duration;
 
 use cmdop_controlplane::{store::Store, ServerConfig, TlsFiles};
-use cmdop_proto::terminal::{
-    terminal_streaming_service_client::TerminalStreamingServiceClient, ListSessionsRequest,
+use cmdop_proto::{
+    ext::{cmdop_client::CmdopClient, ServerInfoRequest},
+    raw,
+    terminal::{
+        terminal_streaming_service_client::TerminalStreamingServiceClient, ListSessionsRequest,
+    },
 };
 use support::authed;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -82,12 +86,20 @@ async fn serves_tls() {
         .connect()
         .await
         .expect("TLS handshake");
-    let list = TerminalStreamingServiceClient::new(channel)
+    let list = TerminalStreamingServiceClient::new(channel.clone())
         .list_sessions(authed(ListSessionsRequest::default(), &key))
         .await
         .expect("call over TLS")
         .into_inner();
     assert_eq!(list.workspace_name, "acme");
+    // Side connections would carry command output unencrypted: not offered.
+    let info = CmdopClient::new(channel)
+        .server_info(authed(ServerInfoRequest {}, &key))
+        .await
+        .expect("server info over TLS")
+        .into_inner();
+    assert!(info.capabilities.contains(&"exec.v1".to_string()));
+    assert!(!info.capabilities.contains(&raw::CAPABILITY.to_string()));
 
     let plain = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()

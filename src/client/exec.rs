@@ -13,6 +13,7 @@ use cmdop_proto::ext::ExecRequest;
 use cmdop_proto::terminal::{GetOutputRequest, SendInputRequest, SendSignalRequest};
 
 use super::connection::{CallPolicy, CAP_EXEC};
+use super::exec_side::{side_address, SideStdout, SIDE_READ_BYTES};
 use super::marker::{
     find, idle_marker, idle_probe_line, marker_command_line, new_marker_id, MarkerScanner,
 };
@@ -180,6 +181,11 @@ impl Client {
         keep: Keep,
     ) -> Result<ExecOutput> {
         let started = Instant::now();
+        // Large stdout may move to a side connection (plaintext only).
+        let side_addr = lock(&self.inner.facts)
+            .has(cmdop_proto::raw::CAPABILITY)
+            .then(|| side_address(&self.inner.opts))
+            .flatten();
         let req = ExecRequest {
             machine_id: machine.machine_id.clone(),
             session_id: if machine.machine_id.is_empty() {
@@ -189,6 +195,7 @@ impl Client {
             },
             command: command.to_string(),
             timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            accept_raw_stdout: side_addr.is_some(),
             ..Default::default()
         };
         let hard_deadline = started + timeout + SERVER_TIMEOUT_GRACE;
@@ -202,9 +209,19 @@ impl Client {
             ..Default::default()
         };
         let mut seen_event = false;
+        let mut side = SideStdout::Unused;
+        let mut exec_id = String::new();
+        let mut side_buf = Vec::new();
         loop {
             let msg = tokio::select! {
                 m = stream.message() => m,
+                r = side.read(&mut side_buf), if side.reading() => {
+                    if let Some(n) = r? {
+                        on_chunk(Stream::Stdout, &side_buf[..n]);
+                        out.keep(keep, Stream::Stdout, &side_buf[..n]);
+                    }
+                    continue;
+                }
                 _ = cancel.cancelled() => return Err(Error::Cancelled), // dropping the stream kills it
                 _ = tokio::time::sleep_until(hard_deadline.into()) => {
                     out.timed_out = true;
@@ -235,6 +252,7 @@ impl Client {
                     self.inner.log(LogLevel::Debug, || {
                         format!("exec {} started as pid {}", s.exec_id, s.pid)
                     });
+                    exec_id = s.exec_id;
                 }
                 Some(ExecEv::Stdout(b)) => {
                     on_chunk(Stream::Stdout, &b);
@@ -245,6 +263,25 @@ impl Client {
                     out.keep(keep, Stream::Stderr, &b);
                 }
                 Some(ExecEv::Exit(exit)) => {
+                    // Stdout on a side connection ends with its EOF, which
+                    // may come after the exit event.
+                    while side.reading() {
+                        tokio::select! {
+                            r = side.read(&mut side_buf) => {
+                                if let Some(n) = r? {
+                                    on_chunk(Stream::Stdout, &side_buf[..n]);
+                                    out.keep(keep, Stream::Stdout, &side_buf[..n]);
+                                }
+                            }
+                            _ = cancel.cancelled() => return Err(Error::Cancelled),
+                            _ = tokio::time::sleep_until(hard_deadline.into()) => {
+                                out.timed_out = true;
+                                out.duration = started.elapsed();
+                                return Err(timeout_error(timeout, out));
+                            }
+                        }
+                    }
+                    side.verify(exit.raw_stdout_bytes)?;
                     out.exit_code = exit.exit_code;
                     out.signal = exit.signal;
                     out.timed_out = exit.timed_out;
@@ -263,6 +300,26 @@ impl Client {
                         )));
                     }
                     return Ok(out);
+                }
+                Some(ExecEv::RawOffer(offer)) => {
+                    if let Some(addr) = &side_addr {
+                        side.offer(addr, offer.ticket);
+                    }
+                }
+                Some(ExecEv::RawSwitch(_)) => {
+                    tokio::select! {
+                        r = side.switch() => r?,
+                        _ = cancel.cancelled() => return Err(Error::Cancelled),
+                        _ = tokio::time::sleep_until(hard_deadline.into()) => {
+                            out.timed_out = true;
+                            out.duration = started.elapsed();
+                            return Err(timeout_error(timeout, out));
+                        }
+                    }
+                    side_buf.resize(SIDE_READ_BYTES, 0);
+                    self.inner.log(LogLevel::Debug, || {
+                        format!("stdout of exec {exec_id} continues on a side connection")
+                    });
                 }
                 None => {} // a newer event kind: ignore
             }

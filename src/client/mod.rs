@@ -9,6 +9,7 @@ mod connection;
 mod error;
 mod events;
 mod exec;
+mod exec_side;
 mod files;
 mod log;
 mod machine;

@@ -232,3 +232,26 @@ pub async fn machine_by_host(e: &mut Ext, hostname: &str) -> cmdop_proto::ext::M
         .machine
         .expect("machine")
 }
+
+/// A library client on `s`'s workspace with its machine selected; `debug`
+/// turns on its debug-level log messages.
+pub async fn library_client(s: &Stack, debug: bool) -> cmdop::client::Client {
+    use cmdop::client::{Client, ClientOptions, Credentials};
+    let port = s.server.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let mut opts = ClientOptions::local("127.0.0.1", port);
+    opts.credentials = Credentials::ApiKey(s.ws.api_key.clone());
+    opts.timeout = Duration::from_secs(30);
+    opts.debug = debug;
+    let c = Client::new(opts).expect("client");
+    c.open().await.expect("connect");
+    // The Channel (and its files.v1 hello) follows ConnectTerminal closely.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = c.set_machine(&s.host).await.expect("set_machine");
+        if m.native_exec || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c
+}

@@ -28,6 +28,11 @@ pub enum ExecUpdate {
         data: bytes::Bytes,
         is_stderr: bool,
     },
+    /// The agent is opening a side connection for stdout (agents with
+    /// [`CAPABILITY_RAW`], for an exec that was given a ticket).
+    RawOffered,
+    /// The side connection was accepted: stdout continues there.
+    RawSwitched,
     Finished(ExecFinished),
 }
 
@@ -39,6 +44,10 @@ pub const CAPABILITY_SPAWNED: &str = "exec-spawned.v1";
 /// [`ExecCredit`], so its output never has to block the Channel.
 pub const CAPABILITY_CREDIT: &str = "exec-credit.v1";
 
+/// Agent capability (AgentLink hello): it can move an exec's stdout to a
+/// side connection when its `ExecStart` carries a `raw_ticket`.
+pub const CAPABILITY_RAW: &str = cmdop_proto::raw::CAPABILITY;
+
 /// Output bytes an agent with [`CAPABILITY_CREDIT`] may send for one exec
 /// ahead of what its client has taken.
 pub const EXEC_WINDOW_BYTES: u64 = 1024 * 1024;
@@ -47,9 +56,10 @@ pub const EXEC_WINDOW_BYTES: u64 = 1024 * 1024;
 /// up messages inside the byte window).
 pub const EXEC_WINDOW_CHUNKS: u32 = 64;
 /// Room in a credited exec's event queue besides its window: `spawned`,
-/// `finished`, and one chunk per pipe that the agent may have counted in a
-/// different order than it sent them.
-const CREDITED_QUEUE_SLACK: usize = 8;
+/// `finished`, one chunk per pipe that the agent may have counted in a
+/// different order than it sent them, and `raw_offered` / `raw_switched`
+/// (which are not output, so the window does not count them). Rounded up.
+const CREDITED_QUEUE_SLACK: usize = 10;
 
 /// Sender half of an agent's Channel response stream.
 pub type DownlinkSender = mpsc::Sender<Result<AgentDownlink, Status>>;
@@ -63,6 +73,8 @@ pub struct ExecLink {
     reports_spawned: std::sync::atomic::AtomicBool,
     /// The agent honours per-exec credit ([`CAPABILITY_CREDIT`]).
     exec_credit: std::sync::atomic::AtomicBool,
+    /// The agent can use side connections for stdout ([`CAPABILITY_RAW`]).
+    raw_stdout: std::sync::atomic::AtomicBool,
     /// Streaming file transfers riding on this Channel.
     transfers: TransferRoutes,
 }
@@ -75,6 +87,7 @@ impl ExecLink {
             alive: watch::Sender::new(true),
             reports_spawned: std::sync::atomic::AtomicBool::new(false),
             exec_credit: std::sync::atomic::AtomicBool::new(false),
+            raw_stdout: std::sync::atomic::AtomicBool::new(false),
             transfers: TransferRoutes::default(),
         })
     }
@@ -87,6 +100,15 @@ impl ExecLink {
         let credit = capabilities.iter().any(|c| c == CAPABILITY_CREDIT);
         self.exec_credit
             .store(credit, std::sync::atomic::Ordering::Relaxed);
+        let raw = capabilities.iter().any(|c| c == CAPABILITY_RAW);
+        self.raw_stdout
+            .store(raw, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True when the agent can move stdout to a side connection, given a
+    /// ticket in `ExecStart.raw_ticket`.
+    pub fn raw_stdout(&self) -> bool {
+        self.raw_stdout.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True when the agent's exec output is flow-controlled with

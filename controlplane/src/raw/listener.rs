@@ -1,0 +1,98 @@
+//! One port, two protocols: accepts connections and sorts them by their
+//! first byte. Side connections open with `C` (of "CMDOPRAW"); gRPC opens
+//! with "PRI" (the HTTP/2 preface) or, on a TLS port, a 0x16 record, so the
+//! two never collide. Everything that is not a side connection goes to
+//! tonic through the stream [`spawn`] returns.
+
+use std::{io, sync::Arc, time::Duration};
+
+use cmdop_proto::raw::MAGIC;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{rendezvous::Rendezvous, side};
+
+/// How long a new connection may stay silent before it is handed to tonic
+/// anyway (which then applies its own rules to it).
+pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sorted gRPC connections waiting for tonic to pick them up.
+const HANDOFF_QUEUE: usize = 64;
+/// Pause after an accept error such as running out of file descriptors,
+/// so the loop does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The gRPC connections, for `serve_with_incoming_shutdown`.
+pub type Incoming = ReceiverStream<io::Result<TcpStream>>;
+
+/// Accepts on `listener` in a task of its own: side connections are served
+/// with `rendezvous`, the rest come out of the returned stream. The task,
+/// and with it the listening socket, ends when that stream is dropped.
+pub fn spawn(listener: TcpListener, rendezvous: Arc<Rendezvous>) -> Incoming {
+    let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+    tokio::spawn(accept_loop(listener, rendezvous, tx));
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    rendezvous: Arc<Rendezvous>,
+    grpc: mpsc::Sender<io::Result<TcpStream>>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = grpc.closed() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                if !is_per_connection(&e) {
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        tokio::spawn(sort(stream, rendezvous.clone(), grpc.clone()));
+    }
+    tracing::debug!("side-connection listener stopped");
+}
+
+/// Errors that concern only the connection being accepted; the next
+/// accept may succeed at once.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Looks at the first byte without consuming it and passes the connection on.
+async fn sort(
+    stream: TcpStream,
+    rendezvous: Arc<Rendezvous>,
+    grpc: mpsc::Sender<io::Result<TcpStream>>,
+) {
+    let mut first = [0u8; 1];
+    let side = match tokio::time::timeout(SNIFF_TIMEOUT, stream.peek(&mut first)).await {
+        // Closed (or broken) before saying anything: nothing to serve.
+        Ok(Ok(0)) | Ok(Err(_)) => return,
+        Ok(Ok(_)) => first[0] == MAGIC[0],
+        Err(_) => false,
+    };
+    if side {
+        side::handle(rendezvous, stream).await;
+    } else {
+        // Fails only when the server is shutting down.
+        let _ = grpc.send(Ok(stream)).await;
+    }
+}

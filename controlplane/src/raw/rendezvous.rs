@@ -1,0 +1,190 @@
+//! Tickets and pairing: which two side connections belong together.
+//!
+//! `Exec` registers a fresh ticket per command that may use a side
+//! connection and holds the returned [`Ticket`] until the call ends. A side
+//! connection presenting that ticket either finds the slot empty and waits
+//! for its counterpart, or finds the counterpart waiting and hands itself
+//! over. Either way the ticket is gone after one pairing attempt.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use cmdop_proto::raw::{self, Role};
+use tokio::{net::TcpStream, sync::oneshot};
+
+/// Tickets that are still valid, and the connection waiting on each.
+pub struct Rendezvous {
+    slots: Mutex<HashMap<String, Slot>>,
+    timeout: Duration,
+}
+
+enum Slot {
+    /// Registered; nobody has connected with it yet.
+    Open { exec_id: String },
+    /// One side is connected and waits for the other to be handed over.
+    Waiting {
+        exec_id: String,
+        role: Role,
+        handover: oneshot::Sender<TcpStream>,
+    },
+}
+
+/// A registered ticket, valid until this is dropped (or it was used).
+pub struct Ticket {
+    rendezvous: Arc<Rendezvous>,
+    ticket: String,
+}
+
+impl Ticket {
+    /// The ticket text that goes into `ExecStart.raw_ticket`.
+    pub fn as_str(&self) -> &str {
+        &self.ticket
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // A side still waiting is woken by its sender being dropped here and
+        // answered REFUSED.
+        self.rendezvous.slots().remove(&self.ticket);
+    }
+}
+
+/// Both ends of one side connection, matched by ticket.
+pub struct Pair {
+    pub exec_id: String,
+    pub agent: TcpStream,
+    pub caller: TcpStream,
+}
+
+/// What became of a connection that presented a ticket.
+pub enum Joined {
+    /// This connection found its counterpart (or was found by it after
+    /// waiting): answer both and start moving bytes.
+    Paired(Pair),
+    /// This connection was handed to the waiting side, which carries on.
+    HandedOver,
+    /// Not paired; answer REFUSED on the stream given back.
+    Refused(TcpStream, &'static str),
+}
+
+impl Rendezvous {
+    /// An empty table. `timeout` bounds both reading a connection's opening
+    /// and waiting for the other side ([`raw::PAIRING_TIMEOUT`] in service).
+    pub fn new(timeout: Duration) -> Arc<Self> {
+        Arc::new(Rendezvous {
+            slots: Mutex::new(HashMap::new()),
+            timeout,
+        })
+    }
+
+    /// How long a side connection may take to open and to find its pair.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a fresh ticket for `exec_id`, valid while the result lives.
+    pub fn register(self: &Arc<Self>, exec_id: &str) -> Ticket {
+        let ticket = raw::new_ticket();
+        self.slots().insert(
+            ticket.clone(),
+            Slot::Open {
+                exec_id: exec_id.to_owned(),
+            },
+        );
+        Ticket {
+            rendezvous: self.clone(),
+            ticket,
+        }
+    }
+
+    /// Tickets currently registered.
+    #[cfg(test)]
+    pub fn registered(&self) -> usize {
+        self.slots().len()
+    }
+
+    /// Matches `stream`, which presented `ticket` as `role`, with the other
+    /// side of that ticket, waiting up to the timeout for it to arrive.
+    pub async fn join(&self, ticket: &str, role: Role, stream: TcpStream) -> Joined {
+        let waiting = {
+            let mut slots = self.slots();
+            match slots.remove(ticket) {
+                None => return Joined::Refused(stream, "unknown or used ticket"),
+                Some(Slot::Open { exec_id }) => {
+                    let (handover, waiting) = oneshot::channel();
+                    slots.insert(
+                        ticket.to_owned(),
+                        Slot::Waiting {
+                            exec_id: exec_id.clone(),
+                            role,
+                            handover,
+                        },
+                    );
+                    (exec_id, waiting)
+                }
+                Some(Slot::Waiting {
+                    exec_id,
+                    role: waiting_role,
+                    handover,
+                }) => {
+                    if waiting_role == role {
+                        // The one already waiting keeps its place.
+                        slots.insert(
+                            ticket.to_owned(),
+                            Slot::Waiting {
+                                exec_id,
+                                role: waiting_role,
+                                handover,
+                            },
+                        );
+                        return Joined::Refused(stream, "this side of the ticket is taken");
+                    }
+                    // The slot is gone from the table now: the ticket is used.
+                    return match handover.send(stream) {
+                        Ok(()) => Joined::HandedOver,
+                        // The waiting task was dropped without cleaning up.
+                        Err(stream) => Joined::Refused(stream, "the other side gave up"),
+                    };
+                }
+            }
+        };
+        let (exec_id, mut waiting) = waiting;
+        let peer = match tokio::time::timeout(self.timeout, &mut waiting).await {
+            Ok(Ok(peer)) => peer,
+            Ok(Err(_)) => return Joined::Refused(stream, "the exec ended"),
+            Err(_) => {
+                // Withdraw under the lock; a peer that got in just before
+                // then has already put its stream in the channel.
+                {
+                    let mut slots = self.slots();
+                    if matches!(slots.get(ticket), Some(Slot::Waiting { .. })) {
+                        slots.remove(ticket);
+                    }
+                }
+                match waiting.try_recv() {
+                    Ok(peer) => peer,
+                    Err(_) => {
+                        return Joined::Refused(stream, "the other side did not come in time")
+                    }
+                }
+            }
+        };
+        let (agent, caller) = match role {
+            Role::Agent => (stream, peer),
+            Role::Caller => (peer, stream),
+        };
+        Joined::Paired(Pair {
+            exec_id,
+            agent,
+            caller,
+        })
+    }
+}

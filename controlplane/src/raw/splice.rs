@@ -1,0 +1,144 @@
+//! The byte mover of a paired side connection: everything the agent sends
+//! goes to the caller, on Linux without passing through user space
+//! (socket → private pipe → socket with splice(2)).
+//!
+//! It blocks, so it runs on a blocking thread. The agent's half-close ends
+//! it cleanly (the caller then sees EOF); any error shuts both sockets down
+//! so that neither peer is left writing into, or waiting on, a dead pairing.
+
+use std::{
+    io,
+    net::{Shutdown, TcpStream},
+};
+
+/// Most bytes taken from the agent per round, and the pipe size asked for.
+pub const CHUNK: usize = 1024 * 1024;
+
+/// How one side connection ended.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// Bytes delivered to the caller's socket.
+    pub bytes: u64,
+    /// Why it stopped before the agent's EOF, if it did.
+    pub error: Option<io::Error>,
+}
+
+/// Moves bytes from `agent` to `caller` until the agent half-closes, then
+/// half-closes `caller`. Both sockets are closed on return.
+pub fn forward(agent: TcpStream, caller: TcpStream) -> Forwarded {
+    let mut bytes = 0;
+    let result = agent
+        .set_nonblocking(false)
+        .and_then(|()| caller.set_nonblocking(false))
+        .and_then(|()| {
+            keep_alive(&agent);
+            keep_alive(&caller);
+            pump(&agent, &caller, &mut bytes)
+        });
+    let error = match result {
+        Ok(()) => {
+            // Data still queued towards the caller is sent before this FIN.
+            let _ = caller.shutdown(Shutdown::Write);
+            None
+        }
+        Err(e) => {
+            // Closing the agent's socket with unread data resets it, so its
+            // writes fail at once instead of filling our receive buffer.
+            let _ = agent.shutdown(Shutdown::Both);
+            let _ = caller.shutdown(Shutdown::Both);
+            Some(e)
+        }
+    };
+    Forwarded { bytes, error }
+}
+
+#[cfg(target_os = "linux")]
+fn pump(agent: &TcpStream, caller: &TcpStream, bytes: &mut u64) -> io::Result<()> {
+    use nix::{
+        errno::Errno,
+        fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags},
+        unistd::pipe2,
+    };
+
+    /// Retries a call interrupted by a signal.
+    fn again(mut call: impl FnMut() -> nix::Result<usize>) -> io::Result<usize> {
+        loop {
+            match call() {
+                Err(Errno::EINTR) => continue,
+                other => return other.map_err(io::Error::from),
+            }
+        }
+    }
+
+    let (pipe_out, pipe_in) = pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    // The kernel may cap the size (fs.pipe-max-size, per-user page limits);
+    // a smaller pipe only means more rounds.
+    let capacity = fcntl(&pipe_in, FcntlArg::F_SETPIPE_SZ(CHUNK as i32))
+        .or_else(|_| fcntl(&pipe_in, FcntlArg::F_GETPIPE_SZ))
+        .map_or(64 * 1024, |n| usize::try_from(n).unwrap_or(64 * 1024));
+    let read_flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
+    loop {
+        // The pipe is empty here, so this takes whatever the agent has
+        // queued, up to the pipe's size, and waits only while it has none.
+        let filled = again(|| splice(agent, None, &pipe_in, None, CHUNK, read_flags))?;
+        if filled == 0 {
+            return Ok(());
+        }
+        // A full pipe means more is probably waiting: let the kernel hold a
+        // partial segment for it. Otherwise send at once (a trickle of
+        // output must not sit in the socket).
+        let write_flags = if filled >= capacity {
+            read_flags
+        } else {
+            SpliceFFlags::SPLICE_F_MOVE
+        };
+        let mut left = filled;
+        while left > 0 {
+            let sent = again(|| splice(&pipe_out, None, caller, None, left, write_flags))?;
+            if sent == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the caller's socket took no bytes",
+                ));
+            }
+            left -= sent;
+            *bytes += sent as u64;
+        }
+    }
+}
+
+/// Without splice(2): an ordinary copy through a user-space buffer.
+#[cfg(not(target_os = "linux"))]
+fn pump(mut agent: &TcpStream, caller: &TcpStream, bytes: &mut u64) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut caller = caller;
+    loop {
+        let n = match agent.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        caller.write_all(&buf[..n])?;
+        *bytes += n as u64;
+    }
+}
+
+/// Lets the kernel notice a peer whose host vanished while the connection
+/// is idle (a blocked splice would otherwise wait forever): probes after
+/// 30 s of silence, every 10 s, giving up after 3 unanswered.
+#[cfg(target_os = "linux")]
+fn keep_alive(socket: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let result = setsockopt(socket, sockopt::KeepAlive, &true)
+        .and_then(|()| setsockopt(socket, sockopt::TcpKeepIdle, &30))
+        .and_then(|()| setsockopt(socket, sockopt::TcpKeepInterval, &10))
+        .and_then(|()| setsockopt(socket, sockopt::TcpKeepCount, &3));
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "cannot enable keepalive on a side connection");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn keep_alive(_socket: &TcpStream) {}
