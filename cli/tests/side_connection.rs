@@ -39,51 +39,91 @@ const LINES: u32 = 2_600_000;
 async fn the_server_advertises_side_connections_over_plaintext() {
     let s = stack("side-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
-    let info = e.server_info(ServerInfoRequest {}).await.unwrap().into_inner();
-    assert!(info.capabilities.iter().any(|c| c == raw::CAPABILITY), "{:?}", info.capabilities);
+    let info = e
+        .server_info(ServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        info.capabilities.iter().any(|c| c == raw::CAPABILITY),
+        "{:?}",
+        info.capabilities
+    );
 }
 
 #[tokio::test]
 async fn big_stdout_moves_to_a_side_connection_in_order_and_complete() {
     let s = stack("side-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
-    let mut req = exec_req(&s.session_id, &format!("seq 1 {LINES}; echo done >&2; exit 3"), 60_000);
+    let mut req = exec_req(
+        &s.session_id,
+        &format!("seq 1 {LINES}; echo done >&2; exit 3"),
+        60_000,
+    );
     req.accept_raw_stdout = true;
     let mut stream = e.exec(req).await.expect("exec").into_inner();
 
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let mut side: Option<tokio::net::TcpStream> = None;
     let mut switched_at = None;
+    // After the switch the side connection must be read while the stream
+    // is: the exit event only comes once the agent has sent all of stdout.
+    let mut reader = None;
     let exit: ExecExit = loop {
-        let ev = stream.message().await.expect("exec stream").expect("an exit event");
+        let ev = stream
+            .message()
+            .await
+            .expect("exec stream")
+            .expect("an exit event");
         match ev.event {
             Some(Event::Stdout(b)) => {
-                assert!(switched_at.is_none(), "stdout on the stream after the switch");
+                assert!(
+                    switched_at.is_none(),
+                    "stdout on the stream after the switch"
+                );
                 stdout.extend_from_slice(&b);
             }
             Some(Event::Stderr(b)) => stderr.extend_from_slice(&b),
             Some(Event::RawOffer(offer)) => {
-                assert!(side.is_none(), "one offer per command");
-                let mut conn = tokio::net::TcpStream::connect(&s.server.addr).await.unwrap();
-                conn.write_all(&raw::opening(Role::Caller, &offer.ticket).expect("a valid ticket")).await.unwrap();
+                assert!(side.is_none() && reader.is_none(), "one offer per command");
+                let mut conn = tokio::net::TcpStream::connect(&s.server.addr)
+                    .await
+                    .unwrap();
+                conn.write_all(&raw::opening(Role::Caller, &offer.ticket).expect("a valid ticket"))
+                    .await
+                    .unwrap();
                 assert_eq!(conn.read_u8().await.unwrap(), raw::ACCEPTED);
                 side = Some(conn);
             }
             Some(Event::RawSwitch(_)) => {
-                assert!(side.is_some(), "switch without an offer");
+                let mut conn = side.take().expect("switch without an offer");
                 switched_at = Some(stdout.len());
+                reader = Some(tokio::spawn(async move {
+                    let mut rest = Vec::new();
+                    conn.read_to_end(&mut rest).await.map(|_| rest)
+                }));
             }
             Some(Event::Exit(x)) => break x,
             _ => {}
         }
     };
     let before = switched_at.expect("20 MiB of stdout moves to the side connection");
-    assert!(before >= 1024 * 1024, "small outputs stay on the stream ({before} bytes before the switch)");
-    let mut rest = Vec::new();
-    side.unwrap().read_to_end(&mut rest).await.unwrap();
-    assert_eq!(exit.raw_stdout_bytes, rest.len() as u64, "the agent's count matches what arrived");
+    assert!(
+        before >= 1024 * 1024,
+        "small outputs stay on the stream ({before} bytes before the switch)"
+    );
+    let rest = reader.expect("a reader").await.unwrap().expect("read the side connection");
+    assert_eq!(
+        exit.raw_stdout_bytes,
+        rest.len() as u64,
+        "the agent's count matches what arrived"
+    );
     stdout.extend_from_slice(&rest);
-    assert!(stdout == seq_text(LINES), "stdout arrived in order and complete ({} bytes)", stdout.len());
+    assert!(
+        stdout == seq_text(LINES),
+        "stdout arrived in order and complete ({} bytes)",
+        stdout.len()
+    );
     assert_eq!(stderr, b"done\n");
     assert_eq!((exit.exit_code, exit.timed_out), (3, false));
 }
@@ -92,12 +132,24 @@ async fn big_stdout_moves_to_a_side_connection_in_order_and_complete() {
 async fn callers_that_do_not_ask_get_everything_on_the_stream() {
     let s = stack("side-host", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
-    let mut stream = e.exec(exec_req(&s.session_id, &format!("seq 1 {LINES}"), 60_000)).await.unwrap().into_inner();
+    let mut stream = e
+        .exec(exec_req(&s.session_id, &format!("seq 1 {LINES}"), 60_000))
+        .await
+        .unwrap()
+        .into_inner();
     let mut stdout = Vec::new();
     let exit = loop {
-        match stream.message().await.unwrap().expect("an exit event").event {
+        match stream
+            .message()
+            .await
+            .unwrap()
+            .expect("an exit event")
+            .event
+        {
             Some(Event::Stdout(b)) => stdout.extend_from_slice(&b),
-            Some(Event::RawOffer(_)) | Some(Event::RawSwitch(_)) => panic!("side connection events for a caller that did not ask"),
+            Some(Event::RawOffer(_)) | Some(Event::RawSwitch(_)) => {
+                panic!("side connection events for a caller that did not ask")
+            }
             Some(Event::Exit(x)) => break x,
             _ => {}
         }
@@ -116,7 +168,13 @@ async fn an_offer_nobody_takes_keeps_stdout_on_the_stream() {
     let (mut stdout, mut offered) = (Vec::new(), false);
     let began = Instant::now();
     let exit = loop {
-        match stream.message().await.unwrap().expect("an exit event").event {
+        match stream
+            .message()
+            .await
+            .unwrap()
+            .expect("an exit event")
+            .event
+        {
             Some(Event::Stdout(b)) => stdout.extend_from_slice(&b),
             Some(Event::RawOffer(_)) => offered = true,
             Some(Event::RawSwitch(_)) => panic!("switched to a side connection nobody opened"),
@@ -126,7 +184,10 @@ async fn an_offer_nobody_takes_keeps_stdout_on_the_stream() {
     };
     assert!(offered);
     assert_eq!(exit.raw_stdout_bytes, 0);
-    assert!(stdout == seq_text(LINES), "nothing lost while the offer was pending");
+    assert!(
+        stdout == seq_text(LINES),
+        "nothing lost while the offer was pending"
+    );
     assert!(began.elapsed() < Duration::from_secs(30));
 }
 
@@ -147,11 +208,18 @@ async fn the_library_reads_big_stdout_through_the_side_connection() {
     )));
     let c = library_client(&s, true).await;
     let out = c
-        .execute(&format!("seq 1 {LINES}; echo tail >&2"), Some(Duration::from_secs(60)))
+        .execute(
+            &format!("seq 1 {LINES}; echo tail >&2"),
+            Some(Duration::from_secs(60)),
+        )
         .await
         .expect("execute");
     assert!(out.native);
-    assert!(out.stdout == seq_text(LINES), "stdout complete ({} bytes)", out.stdout.len());
+    assert!(
+        out.stdout == seq_text(LINES),
+        "stdout complete ({} bytes)",
+        out.stdout.len()
+    );
     assert_eq!(out.stderr, b"tail\n");
     assert_eq!(out.exit_code, 0);
 
@@ -173,7 +241,10 @@ async fn the_library_reads_big_stdout_through_the_side_connection() {
     assert_eq!(bytes, 256 << 20);
     assert_eq!(out.exit_code, 0);
     set_log_sink(None);
-    assert!(switches.load(Ordering::SeqCst) >= 2, "both commands' stdout moved to a side connection");
+    assert!(
+        switches.load(Ordering::SeqCst) >= 2,
+        "both commands' stdout moved to a side connection"
+    );
 }
 
 #[tokio::test]
@@ -184,16 +255,39 @@ async fn a_timeout_on_the_side_connection_returns_what_was_printed_and_kills_the
     // outlive the command; the pid goes to stderr first.
     let began = Instant::now();
     let err = c
-        .execute("echo $$ >&2; head -c 8388608 /dev/zero; sleep 30 & wait", Some(Duration::from_millis(2000)))
+        .execute(
+            "echo $$ >&2; head -c 8388608 /dev/zero; sleep 30 & wait",
+            Some(Duration::from_millis(2000)),
+        )
         .await
         .expect_err("the command times out");
-    assert!(began.elapsed() < Duration::from_secs(10), "took {:?}", began.elapsed());
-    let Error::Timeout { partial: Some(partial), .. } = err else { panic!("expected a timeout, got {err:?}") };
-    assert_eq!(partial.stdout.len(), 8 << 20, "everything printed before the timeout");
-    let pid: i32 = String::from_utf8_lossy(&partial.stderr).trim().parse().expect("the pid on stderr");
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        began.elapsed()
+    );
+    let Error::Timeout {
+        partial: Some(partial),
+        ..
+    } = err
+    else {
+        panic!("expected a timeout, got {err:?}")
+    };
+    assert_eq!(
+        partial.stdout.len(),
+        8 << 20,
+        "everything printed before the timeout"
+    );
+    let pid: i32 = String::from_utf8_lossy(&partial.stderr)
+        .trim()
+        .parse()
+        .expect("the pid on stderr");
     let deadline = Instant::now() + Duration::from_secs(3);
     while pid_alive(pid) {
-        assert!(Instant::now() < deadline, "the command survived its timeout");
+        assert!(
+            Instant::now() < deadline,
+            "the command survived its timeout"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
