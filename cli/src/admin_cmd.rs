@@ -42,20 +42,26 @@ pub enum AdminCommand {
 }
 
 fn workspace(store: &Store, name: &str) -> anyhow::Result<Workspace> {
-    store
-        .workspace_by_name(name)?
-        .with_context(|| format!("no workspace named '{name}'; create it with `cmdop admin create-workspace {name}`"))
+    store.workspace_by_name(name)?.with_context(|| {
+        format!("no workspace named '{name}'; create it with `cmdop admin create-workspace {name}`")
+    })
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let dir = args.data_dir.unwrap_or_else(crate::data_dir::default_data_dir);
-    let store = Store::open(&dir).with_context(|| format!("cannot open control-plane state in {}", dir.display()))?;
+    let dir = args
+        .data_dir
+        .unwrap_or_else(crate::data_dir::default_data_dir);
+    let store = Store::open(&dir)
+        .with_context(|| format!("cannot open control-plane state in {}", dir.display()))?;
     match args.command {
         AdminCommand::CreateWorkspace { name } => {
             let ws = store.create_workspace(&name)?;
             println!("{}\t{}", ws.id, ws.name);
         }
-        AdminCommand::CreateKey { workspace: name, label } => {
+        AdminCommand::CreateKey {
+            workspace: name,
+            label,
+        } => {
             let ws = workspace(&store, &name)?;
             println!("{}", store.create_api_key(&ws.id, &label)?);
         }

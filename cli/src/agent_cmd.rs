@@ -8,7 +8,11 @@ use cmdop_agent::AgentConfig;
 #[derive(Args)]
 pub struct AgentArgs {
     /// Control plane URL: http://host:port (plaintext) or https://host:port (TLS).
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "CMDOP_AGENT_SERVER")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:50051",
+        env = "CMDOP_AGENT_SERVER"
+    )]
     pub server: String,
     /// One-time enrollment token (from `cmdop admin enroll-token`); only needed
     /// on the first start, when the state file does not exist yet.
@@ -55,7 +59,11 @@ impl AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = args.config();
-    if let Some(dir) = config.state_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = config
+        .state_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir)?;
     }
     cmdop_agent::run(config, crate::shutdown_signal()).await

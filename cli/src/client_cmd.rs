@@ -38,13 +38,16 @@ impl ConnectArgs {
             opts.tls = match server.split_once("://") {
                 Some(("https", _)) => true,
                 Some(("http", _)) => false,
-                Some((scheme, _)) => anyhow::bail!("unknown scheme '{scheme}' in --server; use http:// or https://"),
+                Some((scheme, _)) => {
+                    anyhow::bail!("unknown scheme '{scheme}' in --server; use http:// or https://")
+                }
                 None => !is_loopback(server),
             };
             opts.server = server.clone();
         }
         if let Some(ca) = &self.ca_cert {
-            opts.ca_pem = Some(std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?);
+            opts.ca_pem =
+                Some(std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?);
         }
         opts.timeout = Duration::from_secs(self.timeout_secs.max(1));
         opts.auto_reconnect = false;
@@ -57,9 +60,16 @@ impl ConnectArgs {
 }
 
 fn is_loopback(host_port: &str) -> bool {
-    let host = host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port);
+    let host = host_port
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(host_port);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 /// Which machine a command acts on.
@@ -118,16 +128,25 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
         };
     };
     let result = client
-        .execute_stream_discarding(&command, timeout, on_chunk, cmdop::client::CancelToken::new())
+        .execute_stream_discarding(
+            &command,
+            timeout,
+            on_chunk,
+            cmdop::client::CancelToken::new(),
+        )
         .await;
     let _ = std::io::stdout().flush();
     client.close().await;
     match result {
         Ok(out) if out.signal != 0 => {
             eprintln!("cmdop: remote command killed by signal {}", out.signal);
-            Ok(std::process::ExitCode::from(128u8.saturating_add(out.signal as u8)))
+            Ok(std::process::ExitCode::from(
+                128u8.saturating_add(out.signal as u8),
+            ))
         }
-        Ok(out) => Ok(std::process::ExitCode::from(out.exit_code.clamp(0, 255) as u8)),
+        Ok(out) => Ok(std::process::ExitCode::from(
+            out.exit_code.clamp(0, 255) as u8
+        )),
         Err(Error::Timeout { message, .. }) => {
             eprintln!("cmdop: {message}");
             Ok(std::process::ExitCode::from(124))
@@ -146,9 +165,15 @@ pub struct SessionsArgs {
 pub async fn sessions(args: SessionsArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
     let sessions = client.list_sessions().await?;
-    println!("{:<38} {:<24} {:<13} {:<8} {}", "SESSION", "HOSTNAME", "STATUS", "OS", "SHELL");
+    println!(
+        "{:<38} {:<24} {:<13} {:<8} SHELL",
+        "SESSION", "HOSTNAME", "STATUS", "OS"
+    );
     for s in sessions {
-        println!("{:<38} {:<24} {:<13} {:<8} {}", s.session_id, s.hostname, s.status, s.os, s.shell);
+        println!(
+            "{:<38} {:<24} {:<13} {:<8} {}",
+            s.session_id, s.hostname, s.status, s.os, s.shell
+        );
     }
     client.close().await;
     Ok(std::process::ExitCode::SUCCESS)
@@ -174,15 +199,24 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<std::process::ExitCode> {
     args.machine.select(&client).await?;
     let mut token: Option<String> = None;
     loop {
-        let page = client.list_files(&args.path, token.as_deref(), args.all).await?;
+        let page = client
+            .list_files(&args.path, token.as_deref(), args.all)
+            .await?;
         for e in &page.entries {
             let kind = match e.kind {
                 FileKind::Directory => 'd',
                 FileKind::Symlink => 'l',
                 _ => '-',
             };
-            let suffix = if e.symlink_target.is_empty() { String::new() } else { format!(" -> {}", e.symlink_target) };
-            println!("{kind}{:<9} {:>12} {}{suffix}", e.permissions, e.size, e.name);
+            let suffix = if e.symlink_target.is_empty() {
+                String::new()
+            } else {
+                format!(" -> {}", e.symlink_target)
+            };
+            println!(
+                "{kind}{:<9} {:>12} {}{suffix}",
+                e.permissions, e.size, e.name
+            );
         }
         if page.next_page_token.is_empty() {
             break;
@@ -223,7 +257,10 @@ pub async fn attach(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> 
         let stdin = std::io::stdin();
         let mut line = String::new();
         while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            if line_tx.blocking_send(std::mem::take(&mut line).into_bytes()).is_err() {
+            if line_tx
+                .blocking_send(std::mem::take(&mut line).into_bytes())
+                .is_err()
+            {
                 break;
             }
         }

@@ -26,7 +26,10 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("cmdop-dev-").tempdir().context("cannot create a temporary data dir")?;
+    let dir = tempfile::Builder::new()
+        .prefix("cmdop-dev-")
+        .tempdir()
+        .context("cannot create a temporary data dir")?;
     let store = Store::open(dir.path())?;
     let ws = store.create_workspace("dev")?;
     let api_key = store.create_api_key(&ws.id, "dev")?;
@@ -40,7 +43,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ..ServerConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(cmdop_controlplane::serve(listener, config, wait_for(stop_rx.clone())));
+    let server = tokio::spawn(cmdop_controlplane::serve(
+        listener,
+        config,
+        wait_for(stop_rx.clone()),
+    ));
 
     let agent_config = cmdop_agent::AgentConfig {
         server: format!("http://{local}"),
@@ -54,7 +61,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     wait_for_agent(local, &api_key).await?;
 
     let env = format!("CMDOP_API_KEY={api_key}\nCMDOP_SERVER={local}\n");
-    println!("cmdop dev: control plane on {local} (plaintext, loopback), agent for this machine started");
+    println!(
+        "cmdop dev: control plane on {local} (plaintext, loopback), agent for this machine started"
+    );
     println!("use it with:\n  export CMDOP_API_KEY={api_key} CMDOP_SERVER={local}");
     if let Some(path) = &args.env_file {
         crate::server_cmd::write_ready_file(path, &env)?;
@@ -76,13 +85,22 @@ async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// Waits until the agent shows up as a connected session, so that whoever
 /// reads the env file can select the machine right away.
 async fn wait_for_agent(server: SocketAddr, api_key: &str) -> anyhow::Result<()> {
-    use cmdop_proto::terminal::{terminal_streaming_service_client::TerminalStreamingServiceClient, ListSessionsRequest};
+    use cmdop_proto::terminal::{
+        terminal_streaming_service_client::TerminalStreamingServiceClient, ListSessionsRequest,
+    };
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {api_key}").parse()?;
     loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{server}"))?.connect().await {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{server}"))?
+            .connect()
+            .await
+        {
             let mut client = TerminalStreamingServiceClient::new(channel);
-            let mut req = tonic::Request::new(ListSessionsRequest { status_filter: "connected".into(), limit: 1, ..Default::default() });
+            let mut req = tonic::Request::new(ListSessionsRequest {
+                status_filter: "connected".into(),
+                limit: 1,
+                ..Default::default()
+            });
             req.metadata_mut().insert("authorization", auth.clone());
             if let Ok(resp) = client.list_sessions(req).await {
                 if !resp.into_inner().sessions.is_empty() {
@@ -91,7 +109,9 @@ async fn wait_for_agent(server: SocketAddr, api_key: &str) -> anyhow::Result<()>
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("the agent did not connect within 20 s; run with --log-level debug to see why");
+            anyhow::bail!(
+                "the agent did not connect within 20 s; run with --log-level debug to see why"
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

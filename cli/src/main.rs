@@ -13,7 +13,11 @@ mod server_cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cmdop", version, about = "Run commands on, and move files to and from, machines anywhere")]
+#[command(
+    name = "cmdop",
+    version,
+    about = "Run commands on, and move files to and from, machines anywhere"
+)]
 struct Cli {
     /// Log level filter (error, warn, info, debug, trace, or a tracing
     /// filter). Default: info for server, agent and dev; warn otherwise.
@@ -46,8 +50,15 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Exec(_) | Command::Sessions(_) | Command::Ls(_) | Command::Attach(_));
-    logging::init(cli.log_level.as_deref().unwrap_or(if quiet { "warn" } else { "info" }));
+    let quiet = matches!(
+        cli.command,
+        Command::Exec(_) | Command::Sessions(_) | Command::Ls(_) | Command::Attach(_)
+    );
+    logging::init(
+        cli.log_level
+            .as_deref()
+            .unwrap_or(if quiet { "warn" } else { "info" }),
+    );
     let success = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Admin(args) => success(admin_cmd::run(args)),
@@ -76,7 +87,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.

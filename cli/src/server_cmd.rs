@@ -37,10 +37,16 @@ pub struct ServerArgs {
 impl ServerArgs {
     pub fn config(&self) -> ServerConfig {
         ServerConfig {
-            data_dir: self.data_dir.clone().unwrap_or_else(crate::data_dir::default_data_dir),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(crate::data_dir::default_data_dir),
             extensions: !self.no_extensions,
             tls: match (&self.tls_cert, &self.tls_key) {
-                (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
                 _ => None,
             },
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs.max(1)),

@@ -57,9 +57,17 @@ async fn wait_gone(pid: i32, within: Duration, what: &str) {
 }
 
 /// Starts exec "A", which writes `BIG` bytes of zeros, and waits for its pid.
-async fn start_big(e: &mut Ext, session_id: &str, timeout_ms: u32) -> (Streaming<cmdop_proto::ext::ExecEvent>, i32) {
+async fn start_big(
+    e: &mut Ext,
+    session_id: &str,
+    timeout_ms: u32,
+) -> (Streaming<cmdop_proto::ext::ExecEvent>, i32) {
     let mut a = e
-        .exec(exec_req(session_id, &format!("exec head -c {BIG} /dev/zero"), timeout_ms))
+        .exec(exec_req(
+            session_id,
+            &format!("exec head -c {BIG} /dev/zero"),
+            timeout_ms,
+        ))
         .await
         .expect("start A")
         .into_inner();

@@ -9,7 +9,9 @@ use std::process::Command;
 use common::*;
 
 /// A CA and a server certificate for "localhost" signed by it, as PEM files.
-fn make_certs(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+fn make_certs(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -19,7 +21,11 @@ fn make_certs(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf,
     let params = CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
     let cert = params.signed_by(&key, &issuer).expect("server cert");
-    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
     std::fs::write(&paths.0, ca.pem()).unwrap();
     std::fs::write(&paths.1, cert.pem()).unwrap();
     std::fs::write(&paths.2, key.serialize_pem()).unwrap();
@@ -33,7 +39,12 @@ fn tls_with_a_private_ca_end_to_end() {
     let server = start_server(
         dir.path(),
         "127.0.0.1:0",
-        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
     );
     let port = server.addr.rsplit_once(':').unwrap().1.to_string();
     let ws = create_workspace(dir.path(), "tls");
@@ -41,7 +52,17 @@ fn tls_with_a_private_ca_end_to_end() {
     let url = format!("https://localhost:{port}");
     let _agent = Proc(
         Command::new(cmdop_bin())
-            .args(["--log-level", "warn", "agent", "--server", &url, "--hostname", "tls-host", "--token", &token])
+            .args([
+                "--log-level",
+                "warn",
+                "agent",
+                "--server",
+                &url,
+                "--hostname",
+                "tls-host",
+                "--token",
+                &token,
+            ])
             .arg("--state-file")
             .arg(dir.path().join("agent.json"))
             .arg("--ca-cert")
@@ -52,11 +73,22 @@ fn tls_with_a_private_ca_end_to_end() {
 
     let exec = |ca_cert: Option<&std::path::Path>| {
         let mut cmd = Command::new(cmdop_bin());
-        cmd.args(["exec", "--server", &url, "--host", "tls-host", "--timeout-secs", "5"]).env("CMDOP_API_KEY", &ws.api_key);
+        cmd.args([
+            "exec",
+            "--server",
+            &url,
+            "--host",
+            "tls-host",
+            "--timeout-secs",
+            "5",
+        ])
+        .env("CMDOP_API_KEY", &ws.api_key);
         if let Some(ca) = ca_cert {
             cmd.arg("--ca-cert").arg(ca);
         }
-        cmd.args(["--", "echo", "over-tls"]).output().expect("run cmdop exec")
+        cmd.args(["--", "echo", "over-tls"])
+            .output()
+            .expect("run cmdop exec")
     };
     // The agent needs a moment to enroll and connect.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -67,22 +99,46 @@ fn tls_with_a_private_ca_end_to_end() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    assert!(out.status.success(), "exec over TLS failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exec over TLS failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "over-tls\n");
 
     // Bulk stdout stays inside TLS: no plaintext side connection is offered,
     // and every byte still arrives.
     let mut cmd = Command::new(cmdop_bin());
-    cmd.args(["exec", "--server", &url, "--host", "tls-host", "--timeout-secs", "30", "--ca-cert"])
-        .arg(&ca)
-        .env("CMDOP_API_KEY", &ws.api_key)
-        .args(["--", "seq", "1", "400000"]);
+    cmd.args([
+        "exec",
+        "--server",
+        &url,
+        "--host",
+        "tls-host",
+        "--timeout-secs",
+        "30",
+        "--ca-cert",
+    ])
+    .arg(&ca)
+    .env("CMDOP_API_KEY", &ws.api_key)
+    .args(["--", "seq", "1", "400000"]);
     let out = cmd.output().expect("run cmdop exec");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want: String = (1..=400000).map(|i| format!("{i}\n")).collect();
-    assert!(out.stdout == want.as_bytes(), "bulk output over TLS arrived complete ({} bytes)", out.stdout.len());
+    assert!(
+        out.stdout == want.as_bytes(),
+        "bulk output over TLS arrived complete ({} bytes)",
+        out.stdout.len()
+    );
 
     // Without the private CA the client refuses the server's certificate.
     let out = exec(None);
-    assert!(!out.status.success(), "a certificate from an unknown CA was accepted");
+    assert!(
+        !out.status.success(),
+        "a certificate from an unknown CA was accepted"
+    );
 }

@@ -136,15 +136,23 @@ impl Drop for Opening {
 /// pair it with the agent's connection.
 async fn open(addr: &str, ticket: &str) -> Result<TcpStream> {
     let opening = raw::opening(Role::Caller, ticket).ok_or_else(|| {
-        Error::Protocol("the server sent a malformed side-connection ticket; update the control plane".into())
+        Error::Protocol(
+            "the server sent a malformed side-connection ticket; update the control plane".into(),
+        )
     })?;
     let refused = |why: String| {
-        Error::Unavailable(format!("cannot open the stdout side connection to {addr}: {why}"))
+        Error::Unavailable(format!(
+            "cannot open the stdout side connection to {addr}: {why}"
+        ))
     };
     let attempt = async {
-        let mut conn = TcpStream::connect(addr).await.map_err(|e| refused(e.to_string()))?;
+        let mut conn = TcpStream::connect(addr)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
         let _ = conn.set_nodelay(true);
-        conn.write_all(&opening).await.map_err(|e| refused(e.to_string()))?;
+        conn.write_all(&opening)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
         let answer = conn.read_u8().await.map_err(|e| refused(e.to_string()))?;
         if answer == raw::ACCEPTED {
             Ok(conn)

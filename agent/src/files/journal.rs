@@ -27,7 +27,10 @@ static DIR: OnceLock<PathBuf> = OnceLock::new();
 /// the temp files a previous run left behind. Returns how many it removed.
 /// Only the first call in a process takes effect; later ones return 0.
 pub fn open(dir: &Path) -> io::Result<usize> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     if DIR.set(dir.to_path_buf()).is_err() {
         return Ok(0);
     }
@@ -89,25 +92,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let record = dir.path().join("agent.json.writes");
         fs::create_dir(&record).unwrap();
-        let leftover = dir.path().join(format!(".data.bin{TEMP_MARKER}00000000000000aa"));
+        let leftover = dir
+            .path()
+            .join(format!(".data.bin{TEMP_MARKER}00000000000000aa"));
         let user_file = dir.path().join("data.bin");
         fs::write(&leftover, b"partial").unwrap();
         fs::write(&user_file, b"keep me").unwrap();
-        fs::write(record.join("00000000000000aa"), leftover.as_os_str().as_bytes()).unwrap();
+        fs::write(
+            record.join("00000000000000aa"),
+            leftover.as_os_str().as_bytes(),
+        )
+        .unwrap();
         // A damaged entry naming a user's file must not delete it.
-        fs::write(record.join("00000000000000bb"), user_file.as_os_str().as_bytes()).unwrap();
+        fs::write(
+            record.join("00000000000000bb"),
+            user_file.as_os_str().as_bytes(),
+        )
+        .unwrap();
         // An entry whose temp file is already gone.
-        fs::write(record.join("00000000000000cc"), b"/nonexistent/.x.cmdop-tmp-cc").unwrap();
+        fs::write(
+            record.join("00000000000000cc"),
+            b"/nonexistent/.x.cmdop-tmp-cc",
+        )
+        .unwrap();
 
         assert_eq!(open(&record).unwrap(), 1);
         assert!(!leftover.exists());
         assert_eq!(fs::read(&user_file).unwrap(), b"keep me");
-        assert_eq!(fs::read_dir(&record).unwrap().count(), 0, "entries are removed");
+        assert_eq!(
+            fs::read_dir(&record).unwrap().count(),
+            0,
+            "entries are removed"
+        );
 
         // From now on every write is recorded while it runs.
-        let tmp = dir.path().join(format!(".new{TEMP_MARKER}00000000000000dd"));
+        let tmp = dir
+            .path()
+            .join(format!(".new{TEMP_MARKER}00000000000000dd"));
         let entry = Entry::record(&tmp, 0xdd);
-        assert_eq!(fs::read(record.join("00000000000000dd")).unwrap(), tmp.as_os_str().as_bytes());
+        assert_eq!(
+            fs::read(record.join("00000000000000dd")).unwrap(),
+            tmp.as_os_str().as_bytes()
+        );
         drop(entry);
         assert!(!record.join("00000000000000dd").exists());
     }

@@ -12,9 +12,13 @@ use std::{
 
 use cmdop_proto::{
     ext::{agent_link_client::AgentLinkClient, cmdop_client::CmdopClient},
-    terminal::{terminal_streaming_service_client::TerminalStreamingServiceClient, ListSessionsRequest},
+    terminal::{
+        terminal_streaming_service_client::TerminalStreamingServiceClient, ListSessionsRequest,
+    },
 };
-use tonic::{metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel};
+use tonic::{
+    metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel,
+};
 
 pub fn cmdop_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cmdop")
@@ -53,15 +57,29 @@ pub fn admin(data_dir: &Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run cmdop admin");
-    assert!(out.status.success(), "cmdop admin {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+    assert!(
+        out.status.success(),
+        "cmdop admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
 }
 
 /// Starts `cmdop server` on `listen` (use "127.0.0.1:0" for a fresh port).
 pub fn start_server(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
     let ready = data_dir.join(format!("ready-{}", rand_suffix()));
     let child = Command::new(cmdop_bin())
-        .args(["--log-level", "warn", "server", "--listen", listen, "--data-dir"])
+        .args([
+            "--log-level",
+            "warn",
+            "server",
+            "--listen",
+            listen,
+            "--data-dir",
+        ])
         .arg(data_dir)
         .arg("--ready-file")
         .arg(&ready)
@@ -75,9 +93,16 @@ pub fn start_server(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
         if let Ok(s) = std::fs::read_to_string(&ready) {
             let addr = s.trim().to_string();
             let _ = std::fs::remove_file(&ready);
-            return Server { proc, addr, data_dir: data_dir.to_path_buf() };
+            return Server {
+                proc,
+                addr,
+                data_dir: data_dir.to_path_buf(),
+            };
         }
-        assert!(Instant::now() < deadline, "cmdop server did not start within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "cmdop server did not start within 20 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -90,12 +115,27 @@ fn rand_suffix() -> String {
 }
 
 /// Starts `cmdop agent` against `addr` with its state in `state_file`.
-pub fn start_agent(addr: &str, token: Option<&str>, state_file: &Path, hostname: &str, extra: &[&str]) -> Proc {
+pub fn start_agent(
+    addr: &str,
+    token: Option<&str>,
+    state_file: &Path,
+    hostname: &str,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = Command::new(cmdop_bin());
-    cmd.args(["--log-level", "warn", "agent", "--server", &format!("http://{addr}"), "--hostname", hostname, "--state-file"])
-        .arg(state_file)
-        .args(extra)
-        .stdin(Stdio::null());
+    cmd.args([
+        "--log-level",
+        "warn",
+        "agent",
+        "--server",
+        &format!("http://{addr}"),
+        "--hostname",
+        hostname,
+        "--state-file",
+    ])
+    .arg(state_file)
+    .args(extra)
+    .stdin(Stdio::null());
     if let Some(t) = token {
         cmd.args(["--token", t]);
     }
@@ -111,15 +151,22 @@ pub struct Workspace {
 pub fn create_workspace(data_dir: &Path, name: &str) -> Workspace {
     admin(data_dir, &["create-workspace", name]);
     let api_key = admin(data_dir, &["create-key", "--workspace", name]);
-    assert!(api_key.starts_with("cmdop_"), "API keys start with cmdop_: {api_key}");
-    Workspace { name: name.to_string(), api_key }
+    assert!(
+        api_key.starts_with("cmdop_"),
+        "API keys start with cmdop_: {api_key}"
+    );
+    Workspace {
+        name: name.to_string(),
+        api_key,
+    }
 }
 
 pub fn enroll_token(data_dir: &Path, workspace: &str) -> String {
     admin(data_dir, &["enroll-token", "--workspace", workspace])
 }
 
-pub type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+pub type Auth =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
 pub type Terminal = TerminalStreamingServiceClient<InterceptedService<Channel, Auth>>;
 pub type Ext = CmdopClient<InterceptedService<Channel, Auth>>;
 
@@ -142,12 +189,16 @@ fn auth(key: Option<String>) -> Auth {
 }
 
 pub async fn terminal(addr: &str, key: Option<&str>) -> Terminal {
-    TerminalStreamingServiceClient::with_interceptor(channel(addr).await, auth(key.map(str::to_string)))
-        .max_decoding_message_size(64 << 20)
+    TerminalStreamingServiceClient::with_interceptor(
+        channel(addr).await,
+        auth(key.map(str::to_string)),
+    )
+    .max_decoding_message_size(64 << 20)
 }
 
 pub async fn ext(addr: &str, key: Option<&str>) -> Ext {
-    CmdopClient::with_interceptor(channel(addr).await, auth(key.map(str::to_string))).max_decoding_message_size(64 << 20)
+    CmdopClient::with_interceptor(channel(addr).await, auth(key.map(str::to_string)))
+        .max_decoding_message_size(64 << 20)
 }
 
 pub async fn agent_link(addr: &str) -> AgentLinkClient<Channel> {
@@ -168,10 +219,17 @@ pub async fn wait_connected(t: &mut Terminal, hostname: &str) -> String {
             .await
             .expect("ListSessions")
             .into_inner();
-        if let Some(s) = resp.sessions.iter().find(|s| s.machine_hostname == hostname) {
+        if let Some(s) = resp
+            .sessions
+            .iter()
+            .find(|s| s.machine_hostname == hostname)
+        {
             return s.session_id.clone();
         }
-        assert!(Instant::now() < deadline, "agent {hostname} did not connect within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "agent {hostname} did not connect within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -200,7 +258,11 @@ pub struct Stack {
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Starts a server (with `server_flags`), workspace "alpha" and one agent
@@ -212,32 +274,59 @@ pub async fn stack(host_prefix: &str, server_flags: &[&str]) -> Stack {
     let ws = create_workspace(dir.path(), "alpha");
     let host = unique(host_prefix);
     let token = enroll_token(dir.path(), "alpha");
-    let agent = start_agent(&server.addr, Some(&token), &dir.path().join("agent.json"), &host, &["--heartbeat-secs", "1"]);
+    let agent = start_agent(
+        &server.addr,
+        Some(&token),
+        &dir.path().join("agent.json"),
+        &host,
+        &["--heartbeat-secs", "1"],
+    );
     let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
     let session_id = wait_connected(&mut t, &host).await;
-    Stack { agent, server, ws, host, session_id, dir }
+    Stack {
+        agent,
+        server,
+        ws,
+        host,
+        session_id,
+        dir,
+    }
 }
 
 /// A native Exec request for `command` on `session_id`.
 pub fn exec_req(session_id: &str, command: &str, timeout_ms: u32) -> cmdop_proto::ext::ExecRequest {
-    cmdop_proto::ext::ExecRequest { session_id: session_id.into(), command: command.into(), timeout_ms, ..Default::default() }
+    cmdop_proto::ext::ExecRequest {
+        session_id: session_id.into(),
+        command: command.into(),
+        timeout_ms,
+        ..Default::default()
+    }
 }
 
 /// The machine registered under exactly `hostname` (panics if none).
 pub async fn machine_by_host(e: &mut Ext, hostname: &str) -> cmdop_proto::ext::Machine {
-    e.resolve_machine(cmdop_proto::ext::ResolveMachineRequest { hostname: hostname.into(), ..Default::default() })
-        .await
-        .expect("ResolveMachine")
-        .into_inner()
-        .machine
-        .expect("machine")
+    e.resolve_machine(cmdop_proto::ext::ResolveMachineRequest {
+        hostname: hostname.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("ResolveMachine")
+    .into_inner()
+    .machine
+    .expect("machine")
 }
 
 /// A library client on `s`'s workspace with its machine selected; `debug`
 /// turns on its debug-level log messages.
 pub async fn library_client(s: &Stack, debug: bool) -> cmdop::client::Client {
     use cmdop::client::{Client, ClientOptions, Credentials};
-    let port = s.server.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let port = s
+        .server
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
     let mut opts = ClientOptions::local("127.0.0.1", port);
     opts.credentials = Credentials::ApiKey(s.ws.api_key.clone());
     opts.timeout = Duration::from_secs(30);
