@@ -481,9 +481,12 @@ enum cmdop_status cmdop_close(struct cmdop_client *client);
 
 /**
  * Close (if needed) and free a client. NULL is a no-op. Calls on other
- * threads must have returned. Callbacks already queued may still run on the
- * library's event thread afterwards, but must not use this handle; every
- * `free_user_data` runs after the last of them.
+ * threads must have returned. Event callbacks already queued (such as the
+ * on_disconnect of this close) run before it returns, and so does every
+ * `free_user_data`: afterwards nothing of this client calls into the
+ * application, so its user_data may go. (Called from one of this client's
+ * own event callbacks, it cannot wait for that callback; the rest then
+ * follows on the event thread once the callback returns.)
  */
 void cmdop_client_free(struct cmdop_client *client);
 

@@ -171,6 +171,14 @@ impl Client {
         }
     }
 
+    /// [`shutdown`](Self::shutdown), then deliver the events still queued
+    /// and drop the event handlers; returns once no handler runs any more
+    /// (unless called from a handler, which cannot wait for itself).
+    pub fn shutdown_and_drain_events(&self) {
+        self.shutdown();
+        self.inner.events.finish();
+    }
+
     /// True while the client is connected (not reconnecting, closed...).
     pub fn is_connected(&self) -> bool {
         *self.inner.state.borrow() == ConnState::Connected

@@ -54,21 +54,46 @@ pub type EventHandler = Box<dyn FnMut(&Event) + Send>;
 enum Msg {
     Event(Event),
     SetHandler(EventKind, Option<EventHandler>),
+    /// Drop every handler (running their finalisers) and end the thread.
+    Stop,
 }
 
 /// Sending side of a client's dispatcher thread. Dropping it ends the thread
 /// once the queue is drained.
 pub(crate) struct EventDispatcher {
     tx: SyncSender<Msg>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl EventDispatcher {
     pub(crate) fn spawn(client_id: u64) -> std::io::Result<EventDispatcher> {
         let (tx, rx) = sync_channel(EVENT_QUEUE_DEPTH);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("cmdop-events-{client_id}"))
             .spawn(move || dispatch(rx))?;
-        Ok(EventDispatcher { tx })
+        Ok(EventDispatcher {
+            tx,
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Delivers every event queued so far, drops the handlers (running
+    /// their finalisers) and ends the thread; returns once that is done.
+    /// From a handler itself it cannot wait for its own thread: it only
+    /// asks, and the thread ends after that handler returns. Later events
+    /// are dropped.
+    pub(crate) fn finish(&self) {
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(thread) = thread else { return };
+        // Blocks only while the queue is full, i.e. while it is draining.
+        let _ = self.tx.send(Msg::Stop);
+        if thread.thread().id() != std::thread::current().id() {
+            let _ = thread.join();
+        }
     }
 
     /// Queue an event; never blocks.
@@ -105,6 +130,7 @@ fn dispatch(rx: Receiver<Msg>) {
                 }
             }
             Msg::SetHandler(kind, handler) => slots[slot(kind)] = handler,
+            Msg::Stop => return,
         }
     }
 }

@@ -148,16 +148,19 @@ pub unsafe extern "C" fn cmdop_close(client: *mut cmdop_client) -> cmdop_status 
 }
 
 /// Close (if needed) and free a client. NULL is a no-op. Calls on other
-/// threads must have returned. Callbacks already queued may still run on the
-/// library's event thread afterwards, but must not use this handle; every
-/// `free_user_data` runs after the last of them.
+/// threads must have returned. Event callbacks already queued (such as the
+/// on_disconnect of this close) run before it returns, and so does every
+/// `free_user_data`: afterwards nothing of this client calls into the
+/// application, so its user_data may go. (Called from one of this client's
+/// own event callbacks, it cannot wait for that callback; the rest then
+/// follows on the event thread once the callback returns.)
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_client_free(client: *mut cmdop_client) {
     ffi_boundary!(@value ();
         if !client.is_null() {
             // SAFETY: created by Box::into_raw in this module; freed once.
             let boxed = unsafe { Box::from_raw(client) };
-            boxed.client.shutdown();
+            boxed.client.shutdown_and_drain_events();
             drop(boxed);
         }
     )

@@ -26,6 +26,22 @@ static void on_disconnect(void *ud, const char *reason, bool will_reconnect) {
   pthread_mutex_unlock(&mu);
 }
 
+/* For the free-waits-for-callbacks check: no locking needed, since the
+ * test reads the fields only after cmdop_client_free returned. */
+struct slow_ctx {
+  int disconnects, finalised;
+};
+
+static void slow_on_disconnect(void *ud, const char *reason, bool will_reconnect) {
+  struct slow_ctx *ctx = ud;
+  (void)reason;
+  (void)will_reconnect;
+  sleep_ms(200);
+  ctx->disconnects++;
+}
+
+static void slow_finalised(void *ud) { ((struct slow_ctx *)ud)->finalised++; }
+
 static int counter(int *which) {
   int v;
   pthread_mutex_lock(&mu);
@@ -120,6 +136,20 @@ int main(void) {
   c = NULL;
   CHECK_OK(cmdop_local_new(host, port, NULL, &c));
   cmdop_client_free(c);
+
+  /* cmdop_client_free returns only after the callbacks it triggers (here a
+   * slow on_disconnect) and the user_data finaliser: the application may
+   * release its context right after. */
+  {
+    struct slow_ctx ctx = {0, 0};
+    c = NULL;
+    CHECK_OK(cmdop_local_new(host, port, &o, &c));
+    CHECK_OK(cmdop_on_disconnect(c, slow_on_disconnect, &ctx, slow_finalised));
+    CHECK_OK(cmdop_connect(c));
+    cmdop_client_free(c);
+    CHECK(ctx.disconnects == 1);
+    CHECK(ctx.finalised == 1);
+  }
 
   /* Many create/connect/free cycles: no leak, no crash (ASan watches). */
   {
