@@ -48,14 +48,6 @@ async fn drain(stream: &mut Streaming<cmdop_proto::ext::ExecEvent>) -> (u64, boo
     panic!("exec stream ended without an exit event");
 }
 
-async fn wait_gone(pid: i32, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    while pid_alive(pid) {
-        assert!(Instant::now() < deadline, "process {pid} survived {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Starts exec "A", which writes `BIG` bytes of zeros, and waits for its pid.
 async fn start_big(
     e: &mut Ext,

@@ -112,7 +112,11 @@ async fn big_stdout_moves_to_a_side_connection_in_order_and_complete() {
         before >= 1024 * 1024,
         "small outputs stay on the stream ({before} bytes before the switch)"
     );
-    let rest = reader.expect("a reader").await.unwrap().expect("read the side connection");
+    let rest = reader
+        .expect("a reader")
+        .await
+        .unwrap()
+        .expect("read the side connection");
     assert_eq!(
         exit.raw_stdout_bytes,
         rest.len() as u64,
@@ -282,14 +286,7 @@ async fn a_timeout_on_the_side_connection_returns_what_was_printed_and_kills_the
         .trim()
         .parse()
         .expect("the pid on stderr");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while pid_alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the command survived its timeout"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_gone(pid, Duration::from_secs(3), "its timeout").await;
 }
 
 #[tokio::test]
@@ -320,9 +317,5 @@ async fn cancelling_while_reading_the_side_connection_kills_the_command() {
         .expect_err("cancelled");
     assert!(matches!(err, Error::Cancelled), "{err:?}");
     assert!(pid > 0, "pid reported");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while pid_alive(pid) {
-        assert!(Instant::now() < deadline, "the command survived the cancel");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_gone(pid, Duration::from_secs(3), "the cancel").await;
 }

@@ -407,14 +407,12 @@ async fn exec_timeout_kills_the_process_tree() {
         "output captured before the timeout is kept: {text:?}"
     );
     let grandchild: i32 = text.lines().next().unwrap().trim().parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while pid_alive(grandchild) {
-        assert!(
-            Instant::now() < deadline,
-            "background child {grandchild} survived the timeout"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_gone(
+        grandchild,
+        Duration::from_secs(3),
+        "the timeout (a background child)",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -434,14 +432,7 @@ async fn exec_cancelled_by_the_caller_kills_the_process() {
     }
     drop(stream);
     let pid = pid.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while pid_alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "process {pid} survived the cancelled call"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_gone(pid, Duration::from_secs(3), "the cancelled call").await;
 }
 
 #[tokio::test]

@@ -83,11 +83,7 @@ impl EventDispatcher {
     /// asks, and the thread ends after that handler returns. Later events
     /// are dropped.
     pub(crate) fn finish(&self) {
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(thread) = thread else { return };
         // Blocks only while the queue is full, i.e. while it is draining.
         let _ = self.tx.send(Msg::Stop);

@@ -217,17 +217,12 @@ impl Client {
                 m = stream.message() => m,
                 r = side.read(&mut side_buf), if side.reading() => {
                     if let Some(n) = r? {
-                        on_chunk(Stream::Stdout, &side_buf[..n]);
-                        out.keep(keep, Stream::Stdout, &side_buf[..n]);
+                        deliver(on_chunk, &mut out, keep, Stream::Stdout, &side_buf[..n]);
                     }
                     continue;
                 }
                 _ = cancel.cancelled() => return Err(Error::Cancelled), // dropping the stream kills it
-                _ = tokio::time::sleep_until(hard_deadline.into()) => {
-                    out.timed_out = true;
-                    out.duration = started.elapsed();
-                    return Err(timeout_error(timeout, out));
-                }
+                _ = tokio::time::sleep_until(hard_deadline.into()) => return Err(expired(out, started, timeout)),
             };
             let event = match msg {
                 Ok(Some(ev)) => ev,
@@ -254,14 +249,8 @@ impl Client {
                     });
                     exec_id = s.exec_id;
                 }
-                Some(ExecEv::Stdout(b)) => {
-                    on_chunk(Stream::Stdout, &b);
-                    out.keep(keep, Stream::Stdout, &b);
-                }
-                Some(ExecEv::Stderr(b)) => {
-                    on_chunk(Stream::Stderr, &b);
-                    out.keep(keep, Stream::Stderr, &b);
-                }
+                Some(ExecEv::Stdout(b)) => deliver(on_chunk, &mut out, keep, Stream::Stdout, &b),
+                Some(ExecEv::Stderr(b)) => deliver(on_chunk, &mut out, keep, Stream::Stderr, &b),
                 Some(ExecEv::Exit(exit)) => {
                     // Stdout on a side connection ends with its EOF, which
                     // may come after the exit event.
@@ -269,16 +258,11 @@ impl Client {
                         tokio::select! {
                             r = side.read(&mut side_buf) => {
                                 if let Some(n) = r? {
-                                    on_chunk(Stream::Stdout, &side_buf[..n]);
-                                    out.keep(keep, Stream::Stdout, &side_buf[..n]);
+                                    deliver(on_chunk, &mut out, keep, Stream::Stdout, &side_buf[..n]);
                                 }
                             }
                             _ = cancel.cancelled() => return Err(Error::Cancelled),
-                            _ = tokio::time::sleep_until(hard_deadline.into()) => {
-                                out.timed_out = true;
-                                out.duration = started.elapsed();
-                                return Err(timeout_error(timeout, out));
-                            }
+                            _ = tokio::time::sleep_until(hard_deadline.into()) => return Err(expired(out, started, timeout)),
                         }
                     }
                     side.verify(exit.raw_stdout_bytes)?;
@@ -310,11 +294,7 @@ impl Client {
                     tokio::select! {
                         r = side.switch() => r?,
                         _ = cancel.cancelled() => return Err(Error::Cancelled),
-                        _ = tokio::time::sleep_until(hard_deadline.into()) => {
-                            out.timed_out = true;
-                            out.duration = started.elapsed();
-                            return Err(timeout_error(timeout, out));
-                        }
+                        _ = tokio::time::sleep_until(hard_deadline.into()) => return Err(expired(out, started, timeout)),
                     }
                     side_buf.resize(SIDE_READ_BYTES, 0);
                     self.inner.log(LogLevel::Debug, || {
@@ -395,9 +375,7 @@ impl Client {
             if Instant::now() >= deadline {
                 self.interrupt(&session_id, &id, &mut cursor, &mut scanner, &mut out, keep)
                     .await;
-                out.timed_out = true;
-                out.duration = started.elapsed();
-                return Err(timeout_error(timeout, out));
+                return Err(expired(out, started, timeout));
             }
             let (data, more, total) = self.read_output(&session_id, cursor).await?;
             if !more && total > cursor + data.len() as i64 && !out.truncated {
@@ -415,8 +393,7 @@ impl Client {
                 chunk.clear();
                 let code = scanner.push(&data, &mut chunk);
                 if !chunk.is_empty() {
-                    on_chunk(Stream::Stdout, &chunk);
-                    out.keep(keep, Stream::Stdout, &chunk);
+                    deliver(on_chunk, &mut out, keep, Stream::Stdout, &chunk);
                 }
                 cursor += data.len() as i64;
                 pause = POLL_MIN;
@@ -568,6 +545,25 @@ impl Client {
             }),
         }
     }
+}
+
+/// Hands a chunk to the caller's callback and keeps it as `keep` says.
+fn deliver(
+    on_chunk: &mut (impl FnMut(Stream, &[u8]) + Send),
+    out: &mut ExecOutput,
+    keep: Keep,
+    stream: Stream,
+    data: &[u8],
+) {
+    on_chunk(stream, data);
+    out.keep(keep, stream, data);
+}
+
+/// The error of a command that ran out of `timeout`, with what it printed.
+fn expired(mut partial: ExecOutput, started: Instant, timeout: Duration) -> Error {
+    partial.timed_out = true;
+    partial.duration = started.elapsed();
+    timeout_error(timeout, partial)
 }
 
 fn timeout_error(timeout: Duration, partial: ExecOutput) -> Error {

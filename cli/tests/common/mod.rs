@@ -243,6 +243,16 @@ pub fn pid_alive(pid: i32) -> bool {
             .unwrap_or(false)
 }
 
+/// Waits up to `within` for process `pid` to be gone; `what` names what
+/// should have ended it.
+pub async fn wait_gone(pid: i32, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while pid_alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} survived {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A server with workspace "alpha" and one connected agent.
 pub struct Stack {
     // Fields drop in order: agent first, so it never logs a lost server.
