@@ -162,6 +162,12 @@ async fn run(
     }
 }
 
+/// `seq 1 2000000` (about 14 MB), pausing after the first 1.3 MB (past
+/// the offer point) so that the handshake certainly finishes while there is
+/// stdout left: on a busy machine the rest could otherwise all go as
+/// ExecOutput first.
+const SEQ_WITH_A_PAUSE: &str = "seq 1 200000; sleep 0.3; seq 200001 2000000";
+
 /// What `seq 1 n` prints.
 fn seq(n: u32) -> Vec<u8> {
     let mut out = String::new();
@@ -201,7 +207,7 @@ async fn bulk_stdout_moves_to_an_accepted_side_connection() {
     let ep = endpoint(ticket.clone(), ACCEPTED, None);
     let url = format!("http://{}", ep.addr);
     let (_keep, cancel) = oneshot::channel();
-    let o = run(exec_start("seq 1 2000000", &ticket), &url, cancel, None).await;
+    let o = run(exec_start(SEQ_WITH_A_PAUSE, &ticket), &url, cancel, None).await;
     let side = side_bytes(ep, Duration::from_secs(10))
         .await
         .expect("the agent connected");
@@ -337,7 +343,10 @@ async fn a_background_process_holding_stdout_gets_only_the_drain_grace() {
     let ep = endpoint(ticket.clone(), ACCEPTED, None);
     let url = format!("http://{}", ep.addr);
     let (_keep, cancel) = oneshot::channel();
-    let command = format!("seq 1 2000000; sleep 30 & echo $! > {}", pidfile.display());
+    let command = format!(
+        "{SEQ_WITH_A_PAUSE}; sleep 30 & echo $! > {}",
+        pidfile.display()
+    );
     let began = std::time::Instant::now();
     let o = run(exec_start(&command, &ticket), &url, cancel, None).await;
     let took = began.elapsed();

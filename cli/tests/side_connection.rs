@@ -35,6 +35,13 @@ fn seq_text(n: u32) -> Vec<u8> {
 /// side connection.
 const LINES: u32 = 2_600_000;
 
+/// Prints `seq 1 LINES`, pausing after the first 1.3 MB (past the agent's
+/// 1 MiB offer point) so that the side connection is certainly up before
+/// the rest: a fast machine could otherwise finish on gRPC first.
+fn seq_with_a_pause() -> String {
+    format!("seq 1 200000; sleep 0.5; seq 200001 {LINES}")
+}
+
 #[tokio::test]
 async fn the_server_advertises_side_connections_over_plaintext() {
     let s = stack("side-host", &[]).await;
@@ -57,7 +64,7 @@ async fn big_stdout_moves_to_a_side_connection_in_order_and_complete() {
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     let mut req = exec_req(
         &s.session_id,
-        &format!("seq 1 {LINES}; echo done >&2; exit 3"),
+        &format!("{}; echo done >&2; exit 3", seq_with_a_pause()),
         60_000,
     );
     req.accept_raw_stdout = true;
@@ -213,7 +220,7 @@ async fn the_library_reads_big_stdout_through_the_side_connection() {
     let c = library_client(&s, true).await;
     let out = c
         .execute(
-            &format!("seq 1 {LINES}; echo tail >&2"),
+            &format!("{}; echo tail >&2", seq_with_a_pause()),
             Some(Duration::from_secs(60)),
         )
         .await
