@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cmdop_proto::{
     ext::{
-        cmdop_client::CmdopClient, exec_event, ExecRequest, IssueTokenRequest, RefreshTokenRequest,
-        ResolveMachineRequest, ServerInfoRequest,
+        exec_event, ExecRequest, IssueTokenRequest, RefreshTokenRequest, ResolveMachineRequest,
+        ServerInfoRequest,
     },
     terminal::{
         agent_message, control_message,
@@ -20,7 +20,7 @@ use cmdop_proto::{
         SendInputRequest, SessionStatus, StatusUpdate, TerminalOutput,
     },
 };
-use support::{authed, enroll, TestAgent, TestServer};
+use support::{authed, enroll, Fixture};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{transport::Channel, Code};
@@ -54,36 +54,81 @@ async fn wait_output(client: &mut Terminal, key: &str, sid: &str, want: &[u8]) -
     }
 }
 
+/// A SendInput request that types `data` into session `session_id`.
+fn input_to(session_id: &str, data: Bytes) -> SendInputRequest {
+    SendInputRequest {
+        session_id: session_id.into(),
+        data,
+    }
+}
+
+/// An Exec request that runs `command` on the machine `machine_id`.
+fn command_on_machine(machine_id: &str, command: &str) -> ExecRequest {
+    ExecRequest {
+        machine_id: machine_id.into(),
+        command: command.into(),
+        ..Default::default()
+    }
+}
+
+/// An Exec request that runs `command` on the machine behind session `session_id`.
+fn command_in_session(session_id: &str, command: &str) -> ExecRequest {
+    ExecRequest {
+        session_id: session_id.into(),
+        command: command.into(),
+        ..Default::default()
+    }
+}
+
+/// A request to list directory `path` on the machine behind session `session_id`.
+fn directory_in(session_id: &str, path: &str) -> FileListDirectoryRpcRequest {
+    FileListDirectoryRpcRequest {
+        session_id: session_id.into(),
+        path: path.into(),
+        ..Default::default()
+    }
+}
+
+/// A request to read file `path` on the machine behind session `session_id`.
+fn file_in(session_id: &str, path: &str) -> FileReadRpcRequest {
+    FileReadRpcRequest {
+        session_id: session_id.into(),
+        path: path.into(),
+        ..Default::default()
+    }
+}
+
+/// A request for the status of session `session_id`.
+fn status_of_session(session_id: &str) -> GetSessionStatusRequest {
+    GetSessionStatusRequest {
+        session_id: session_id.into(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_output_files_and_exec() {
-    let server = TestServer::start(tempfile::tempdir().unwrap(), true).await;
-    let tenant = server.tenant("acme");
-    let key = tenant.api_key.as_str();
-    let ch = server.channel().await;
+    let fixture = Fixture::start().await;
+    let key = fixture.key();
 
-    let id1 = enroll(ch.clone(), &server.enrollment_token(&tenant), "web-1").await;
+    let id1 = fixture.enroll("web-1").await;
     assert!(id1.machine_id.starts_with("mach_"));
-    let id2 = enroll(ch.clone(), &server.enrollment_token(&tenant), "web-2").await;
-    let agent1 = TestAgent::connect(
-        ch.clone(),
-        &id1,
-        "web-1",
-        "11111111-1111-4111-8111-111111111111",
-        true,
-    )
-    .await;
+    let id2 = fixture.enroll("web-2").await;
+    let agent1 = fixture
+        .connect(&id1, "web-1", "11111111-1111-4111-8111-111111111111", true)
+        .await;
     assert_eq!(
         agent1.session_id, "11111111-1111-4111-8111-111111111111",
         "the agent's session id is kept"
     );
-    let agent2 = TestAgent::connect(ch.clone(), &id2, "web-2", "", false).await;
+    let agent2 = fixture.connect(&id2, "web-2", "", false).await;
     assert_eq!(
         agent2.session_id.len(),
         36,
         "an empty session id gets a UUID"
     );
 
-    let mut client = TerminalStreamingServiceClient::new(ch.clone())
+    let mut client = fixture
+        .terminal()
         .max_encoding_message_size(cmdop_proto::limits::MAX_MESSAGE_BYTES);
 
     // ListSessions: both connected, newest activity first, lowercase status.
@@ -155,10 +200,7 @@ async fn sessions_output_files_and_exec() {
     let sid = agent1.session_id.clone();
     let sent = client
         .send_input(authed(
-            SendInputRequest {
-                session_id: sid.clone(),
-                data: Bytes::from_static(b"echo hello\n"),
-            },
+            input_to(&sid, Bytes::from_static(b"echo hello\n")),
             key,
         ))
         .await
@@ -209,25 +251,14 @@ async fn sessions_output_files_and_exec() {
         .into_inner();
     assert_eq!(history.commands, vec!["echo hello"]);
     let status = client
-        .get_session_status(authed(
-            GetSessionStatusRequest {
-                session_id: sid.clone(),
-            },
-            key,
-        ))
+        .get_session_status(authed(status_of_session(&sid), key))
         .await
         .unwrap()
         .into_inner();
     assert!(status.exists);
     assert_eq!(status.status, SessionStatus::Connected as i32);
     let unknown_input = client
-        .send_input(authed(
-            SendInputRequest {
-                session_id: "nope".into(),
-                data: Bytes::from_static(b"x"),
-            },
-            key,
-        ))
+        .send_input(authed(input_to("nope", Bytes::from_static(b"x")), key))
         .await
         .unwrap()
         .into_inner();
@@ -241,14 +272,7 @@ async fn sessions_output_files_and_exec() {
 
     // Files: forwarded to the agent; results always filled on success.
     let listing = client
-        .file_list_directory(authed(
-            FileListDirectoryRpcRequest {
-                session_id: sid.clone(),
-                path: "/tmp".into(),
-                ..Default::default()
-            },
-            key,
-        ))
+        .file_list_directory(authed(directory_in(&sid, "/tmp"), key))
         .await
         .unwrap()
         .into_inner();
@@ -272,14 +296,7 @@ async fn sessions_output_files_and_exec() {
         "entry is filled even when the agent sent none"
     );
     let missing = client
-        .file_read(authed(
-            FileReadRpcRequest {
-                session_id: sid.clone(),
-                path: "/missing".into(),
-                ..Default::default()
-            },
-            key,
-        ))
+        .file_read(authed(file_in(&sid, "/missing"), key))
         .await
         .unwrap()
         .into_inner();
@@ -299,13 +316,7 @@ async fn sessions_output_files_and_exec() {
         .into_inner();
     assert!(big.success && big.result.expect("result").entry.is_some());
     let err = client
-        .send_input(authed(
-            SendInputRequest {
-                session_id: sid.clone(),
-                data: vec![b'x'; 2 << 20].into(),
-            },
-            key,
-        ))
+        .send_input(authed(input_to(&sid, vec![b'x'; 2 << 20].into()), key))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -323,7 +334,7 @@ async fn sessions_output_files_and_exec() {
     assert!(!no_session.success && no_session.error.contains("session"));
 
     // Exec over the agent's Channel.
-    let mut ext = CmdopClient::new(ch.clone());
+    let mut ext = fixture.cmdop();
     let info = ext
         .server_info(authed(ServerInfoRequest {}, key))
         .await
@@ -350,10 +361,8 @@ async fn sessions_output_files_and_exec() {
     let mut events = ext
         .exec(authed(
             ExecRequest {
-                machine_id: id1.machine_id.clone(),
-                command: "true".into(),
                 stdin: Bytes::from_static(b"in"),
-                ..Default::default()
+                ..command_on_machine(&id1.machine_id, "true")
             },
             key,
         ))
@@ -378,32 +387,22 @@ async fn sessions_output_files_and_exec() {
 
     // An agent without a Channel: UNIMPLEMENTED so clients fall back.
     let err = ext
-        .exec(authed(
-            ExecRequest {
-                session_id: agent2.session_id.clone(),
-                command: "true".into(),
-                ..Default::default()
-            },
-            key,
-        ))
+        .exec(authed(command_in_session(&agent2.session_id, "true"), key))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
 
     drop((agent1, agent2));
-    server.stop().await;
+    fixture.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspaces_are_walls_and_auth_errors_are_clear() {
-    let server = TestServer::start(tempfile::tempdir().unwrap(), true).await;
-    let acme = server.tenant("acme");
-    let other = server.tenant("other");
-    let ch = server.channel().await;
-    let id = enroll(ch.clone(), &server.enrollment_token(&acme), "secret-box").await;
-    let agent = TestAgent::connect(ch.clone(), &id, "secret-box", "", true).await;
+    let fixture = Fixture::start().await;
+    let other = fixture.server.tenant("other");
+    let (id, agent) = fixture.agent("secret-box", "", true).await;
     let sid = agent.session_id.clone();
-    let mut client = TerminalStreamingServiceClient::new(ch.clone());
+    let mut client = fixture.terminal();
     let key = other.api_key.as_str();
 
     let list = client
@@ -436,36 +435,18 @@ async fn workspaces_are_walls_and_auth_errors_are_clear() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = client
-        .file_list_directory(authed(
-            FileListDirectoryRpcRequest {
-                session_id: sid.clone(),
-                path: "/".into(),
-                ..Default::default()
-            },
-            key,
-        ))
+        .file_list_directory(authed(directory_in(&sid, "/"), key))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = CmdopClient::new(ch.clone())
-        .exec(authed(
-            ExecRequest {
-                machine_id: id.machine_id.clone(),
-                command: "id".into(),
-                ..Default::default()
-            },
-            key,
-        ))
+    let err = fixture
+        .cmdop()
+        .exec(authed(command_on_machine(&id.machine_id, "id"), key))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let status = client
-        .get_session_status(authed(
-            GetSessionStatusRequest {
-                session_id: sid.clone(),
-            },
-            key,
-        ))
+        .get_session_status(authed(status_of_session(&sid), key))
         .await
         .unwrap()
         .into_inner();
@@ -486,9 +467,9 @@ async fn workspaces_are_walls_and_auth_errors_are_clear() {
     assert!(err.message().starts_with("API key is invalid or revoked"));
 
     // Enrollment tokens are single use.
-    let token = server.enrollment_token(&acme);
-    enroll(ch.clone(), &token, "box-2").await;
-    let err = cmdop_proto::ext::agent_link_client::AgentLinkClient::new(ch.clone())
+    let token = fixture.server.enrollment_token(&fixture.tenant);
+    enroll(fixture.channel.clone(), &token, "box-2").await;
+    let err = cmdop_proto::ext::agent_link_client::AgentLinkClient::new(fixture.channel.clone())
         .enroll(cmdop_proto::ext::EnrollRequest {
             enrollment_token: token,
             hostname: "box-3".into(),
@@ -499,30 +480,20 @@ async fn workspaces_are_walls_and_auth_errors_are_clear() {
     assert!(err.message().contains("cmdop admin enroll-token"));
 
     drop(agent);
-    server.stop().await;
+    fixture.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_loss_fails_calls_in_flight_quickly_and_client_loss_cancels_exec() {
-    let server = TestServer::start(tempfile::tempdir().unwrap(), true).await;
-    let tenant = server.tenant("acme");
-    let key = tenant.api_key.clone();
-    let ch = server.channel().await;
-    let id = enroll(ch.clone(), &server.enrollment_token(&tenant), "flaky").await;
-    let mut agent = TestAgent::connect(ch.clone(), &id, "flaky", "", true).await;
+    let fixture = Fixture::start().await;
+    let key = fixture.key().to_string();
+    let (id, mut agent) = fixture.agent("flaky", "", true).await;
     let sid = agent.session_id.clone();
 
     // A client that goes away cancels its exec on the agent.
-    let mut ext = CmdopClient::new(ch.clone());
+    let mut ext = fixture.cmdop();
     let mut events = ext
-        .exec(authed(
-            ExecRequest {
-                session_id: sid.clone(),
-                command: "hang 1".into(),
-                ..Default::default()
-            },
-            &key,
-        ))
+        .exec(authed(command_in_session(&sid, "hang 1"), &key))
         .await
         .unwrap()
         .into_inner();
@@ -537,31 +508,13 @@ async fn agent_loss_fails_calls_in_flight_quickly_and_client_loss_cancels_exec()
     assert_eq!(cancelled, Some(started.exec_id));
 
     // Calls waiting on the agent fail with UNAVAILABLE as soon as it drops.
-    let mut client = TerminalStreamingServiceClient::new(ch.clone());
+    let mut client = fixture.terminal();
     let read = {
         let (mut client, key, sid) = (client.clone(), key.clone(), sid.clone());
-        tokio::spawn(async move {
-            client
-                .file_read(authed(
-                    FileReadRpcRequest {
-                        session_id: sid,
-                        path: "/slow".into(),
-                        ..Default::default()
-                    },
-                    &key,
-                ))
-                .await
-        })
+        tokio::spawn(async move { client.file_read(authed(file_in(&sid, "/slow"), &key)).await })
     };
     let mut hung = ext
-        .exec(authed(
-            ExecRequest {
-                session_id: sid.clone(),
-                command: "hang 2".into(),
-                ..Default::default()
-            },
-            &key,
-        ))
+        .exec(authed(command_in_session(&sid, "hang 2"), &key))
         .await
         .unwrap()
         .into_inner();
@@ -598,43 +551,28 @@ async fn agent_loss_fails_calls_in_flight_quickly_and_client_loss_cancels_exec()
         .into_inner();
     assert_eq!(list.sessions[0].status, "disconnected");
     let sent = client
-        .send_input(authed(
-            SendInputRequest {
-                session_id: sid.clone(),
-                data: Bytes::from_static(b"x\n"),
-            },
-            &key,
-        ))
+        .send_input(authed(input_to(&sid, Bytes::from_static(b"x\n")), &key))
         .await
         .unwrap()
         .into_inner();
     assert!(!sent.success && sent.error.contains("offline"));
     let err = ext
-        .exec(authed(
-            ExecRequest {
-                machine_id: id.machine_id.clone(),
-                command: "id".into(),
-                ..Default::default()
-            },
-            &key,
-        ))
+        .exec(authed(command_on_machine(&id.machine_id, "id"), &key))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
 
-    server.stop().await;
+    fixture.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_tokens_refresh_and_reuse_detection() {
-    let server = TestServer::start(tempfile::tempdir().unwrap(), true).await;
-    let tenant = server.tenant("acme");
-    let ch = server.channel().await;
-    let mut ext = CmdopClient::new(ch.clone());
-    let mut client = TerminalStreamingServiceClient::new(ch.clone());
+    let fixture = Fixture::start().await;
+    let mut ext = fixture.cmdop();
+    let mut client = fixture.terminal();
 
     let first = ext
-        .issue_token(authed(IssueTokenRequest::default(), &tenant.api_key))
+        .issue_token(authed(IssueTokenRequest::default(), fixture.key()))
         .await
         .unwrap()
         .into_inner();
@@ -684,7 +622,7 @@ async fn access_tokens_refresh_and_reuse_detection() {
             IssueTokenRequest {
                 access_ttl_seconds: 1,
             },
-            &tenant.api_key,
+            fixture.key(),
         ))
         .await
         .unwrap()
@@ -703,19 +641,16 @@ async fn access_tokens_refresh_and_reuse_detection() {
         Some("expired")
     );
 
-    server.stop().await;
+    fixture.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_streams_output_and_ends_on_half_close() {
-    let server = TestServer::start(tempfile::tempdir().unwrap(), true).await;
-    let tenant = server.tenant("acme");
-    let key = tenant.api_key.clone();
-    let ch = server.channel().await;
-    let id = enroll(ch.clone(), &server.enrollment_token(&tenant), "shell-box").await;
-    let agent = TestAgent::connect(ch.clone(), &id, "shell-box", "", false).await;
+    let fixture = Fixture::start().await;
+    let key = fixture.key();
+    let (_, agent) = fixture.agent("shell-box", "", false).await;
     let sid = agent.session_id.clone();
-    let mut client = TerminalStreamingServiceClient::new(ch.clone());
+    let mut client = fixture.terminal();
 
     let (tx, rx) = mpsc::channel::<AgentMessage>(8);
     let register = AgentMessage {
@@ -729,7 +664,7 @@ async fn attach_streams_output_and_ends_on_half_close() {
     };
     tx.send(register).await.unwrap();
     let mut down = client
-        .connect_terminal(authed(ReceiverStream::new(rx), &key))
+        .connect_terminal(authed(ReceiverStream::new(rx), key))
         .await
         .unwrap()
         .into_inner();
@@ -788,37 +723,26 @@ async fn attach_streams_output_and_ends_on_half_close() {
     .await
     .unwrap();
     let err = client
-        .connect_terminal(authed(ReceiverStream::new(rx), &key))
+        .connect_terminal(authed(ReceiverStream::new(rx), key))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     drop(agent);
-    server.stop().await;
+    fixture.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_a_restart_and_extensions_can_be_disabled() {
-    let server = TestServer::start(tempfile::tempdir().unwrap(), true).await;
-    let tenant = server.tenant("acme");
-    let ch = server.channel().await;
-    let id = enroll(ch.clone(), &server.enrollment_token(&tenant), "stable").await;
-    let agent = TestAgent::connect(
-        ch.clone(),
-        &id,
-        "stable",
-        "22222222-2222-4222-8222-222222222222",
-        false,
-    )
-    .await;
+    const SESSION_ID: &str = "22222222-2222-4222-8222-222222222222";
+    let fixture = Fixture::start().await;
+    let (id, agent) = fixture.agent("stable", SESSION_ID, false).await;
     drop(agent);
-    drop(ch);
-    let dir = server.stop().await;
 
-    let server = TestServer::start(dir, false).await;
-    let ch = server.channel().await;
-    let before = TerminalStreamingServiceClient::new(ch.clone())
-        .list_sessions(authed(ListSessionsRequest::default(), &tenant.api_key))
+    let fixture = fixture.restart(false).await;
+    let before = fixture
+        .terminal()
+        .list_sessions(authed(ListSessionsRequest::default(), fixture.key()))
         .await
         .expect("key still works")
         .into_inner();
@@ -834,60 +758,41 @@ async fn state_survives_a_restart_and_extensions_can_be_disabled() {
         ),
         ("disconnected", "stable")
     );
-    let agent = TestAgent::connect(
-        ch.clone(),
-        &id,
-        "stable",
-        "22222222-2222-4222-8222-222222222222",
-        false,
-    )
-    .await;
-    let mut client = TerminalStreamingServiceClient::new(ch.clone());
+    let agent = fixture.connect(&id, "stable", SESSION_ID, false).await;
+    let mut client = fixture.terminal();
     let list = client
-        .list_sessions(authed(ListSessionsRequest::default(), &tenant.api_key))
+        .list_sessions(authed(ListSessionsRequest::default(), fixture.key()))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(list.sessions.len(), 1);
     assert_eq!(list.sessions[0].status, "connected");
     assert_eq!(list.sessions[0].session_id, agent.session_id);
-    let machines = cmdop_controlplane::store::Store::open(server.dir.path())
+    let machines = cmdop_controlplane::store::Store::open(fixture.server.dir.path())
         .unwrap()
-        .list_machines(&tenant.workspace_id)
+        .list_machines(&fixture.tenant.workspace_id)
         .unwrap();
     assert_eq!(machines.len(), 1);
     assert_eq!(machines[0].machine_id, id.machine_id);
 
-    let err = CmdopClient::new(ch.clone())
-        .server_info(authed(ServerInfoRequest {}, &tenant.api_key))
+    let err = fixture
+        .cmdop()
+        .server_info(authed(ServerInfoRequest {}, fixture.key()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
 
     drop(agent);
-    server.stop().await;
+    fixture.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_agents_go_offline_and_idle_client_pings_are_tolerated() {
-    let server = TestServer::start_with(
-        tempfile::tempdir().unwrap(),
-        true,
-        Duration::from_millis(600),
-    )
-    .await;
-    let tenant = server.tenant("acme");
-    let ch = server.channel().await;
-    let talkative_id = enroll(
-        ch.clone(),
-        &server.enrollment_token(&tenant),
-        "answers-pings",
-    )
-    .await;
-    let talkative = TestAgent::connect(ch.clone(), &talkative_id, "answers-pings", "", false).await;
+    let fixture = Fixture::start_with_heartbeat_timeout(Duration::from_millis(600)).await;
+    let (_, talkative) = fixture.agent("answers-pings", "", false).await;
 
     // An agent that registers and then says nothing, not even to pings.
-    let silent_id = enroll(ch.clone(), &server.enrollment_token(&tenant), "silent").await;
+    let silent_id = fixture.enroll("silent").await;
     let (tx, rx) = mpsc::channel::<AgentMessage>(1);
     tx.send(AgentMessage {
         payload: Some(agent_message::Payload::Register(RegisterRequest {
@@ -898,23 +803,25 @@ async fn silent_agents_go_offline_and_idle_client_pings_are_tolerated() {
     })
     .await
     .unwrap();
-    let _silent_stream = TerminalStreamingServiceClient::new(ch.clone())
+    let _silent_stream = fixture
+        .terminal()
         .connect_terminal(authed(ReceiverStream::new(rx), &silent_id.secret))
         .await
         .unwrap();
 
     // A client channel that pings every 200 ms even with no call open.
-    let pinging = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .http2_keep_alive_interval(Duration::from_millis(200))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-        .unwrap();
+    let pinging =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", fixture.server.addr))
+            .unwrap()
+            .http2_keep_alive_interval(Duration::from_millis(200))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let list = TerminalStreamingServiceClient::new(pinging)
-        .list_sessions(authed(ListSessionsRequest::default(), &tenant.api_key))
+        .list_sessions(authed(ListSessionsRequest::default(), fixture.key()))
         .await
         .expect("the pinging channel still works")
         .into_inner();
@@ -928,53 +835,39 @@ async fn silent_agents_go_offline_and_idle_client_pings_are_tolerated() {
     assert_eq!(status_of("silent").as_deref(), Some("disconnected"));
 
     drop((talkative, tx));
-    server.stop().await;
+    fixture.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_connection_of_a_machine_replaces_the_old_one() {
-    let server = TestServer::start(tempfile::tempdir().unwrap(), true).await;
-    let tenant = server.tenant("acme");
-    let ch = server.channel().await;
-    let id = enroll(ch.clone(), &server.enrollment_token(&tenant), "box").await;
+    let fixture = Fixture::start().await;
+    let key = fixture.key();
     let sid = "33333333-3333-4333-8333-333333333333";
-    let first = TestAgent::connect(ch.clone(), &id, "box", sid, true).await;
-    let mut client = TerminalStreamingServiceClient::new(ch.clone());
+    let (id, first) = fixture.agent("box", sid, true).await;
+    let mut client = fixture.terminal();
     client
-        .send_input(authed(
-            SendInputRequest {
-                session_id: sid.into(),
-                data: Bytes::from_static(b"one\n"),
-            },
-            &tenant.api_key,
-        ))
+        .send_input(authed(input_to(sid, Bytes::from_static(b"one\n")), key))
         .await
         .unwrap();
-    wait_output(&mut client, &tenant.api_key, sid, b"one\n").await;
+    wait_output(&mut client, key, sid, b"one\n").await;
 
-    let second = TestAgent::connect(ch.clone(), &id, "box", sid, true).await;
+    let second = fixture.connect(&id, "box", sid, true).await;
     assert_eq!(second.session_id, sid);
     assert!(
         first.finished(Duration::from_secs(5)).await,
         "the old connection's stream is closed"
     );
     client
-        .send_input(authed(
-            SendInputRequest {
-                session_id: sid.into(),
-                data: Bytes::from_static(b"two\n"),
-            },
-            &tenant.api_key,
-        ))
+        .send_input(authed(input_to(sid, Bytes::from_static(b"two\n")), key))
         .await
         .unwrap();
-    let out = wait_output(&mut client, &tenant.api_key, sid, b"two\n").await;
+    let out = wait_output(&mut client, key, sid, b"two\n").await;
     assert_eq!(
         out, b"one\ntwo\n",
         "output carries over a reconnect with the same session id"
     );
     let list = client
-        .list_sessions(authed(ListSessionsRequest::default(), &tenant.api_key))
+        .list_sessions(authed(ListSessionsRequest::default(), key))
         .await
         .unwrap()
         .into_inner();
@@ -984,5 +877,5 @@ async fn a_new_connection_of_a_machine_replaces_the_old_one() {
     );
 
     drop((first, second));
-    server.stop().await;
+    fixture.stop().await;
 }

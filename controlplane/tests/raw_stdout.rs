@@ -10,20 +10,17 @@ use std::{net::SocketAddr, time::Duration};
 use bytes::Bytes;
 use cmdop_proto::{
     ext::{
-        agent_downlink, agent_link_client::AgentLinkClient, agent_uplink,
-        cmdop_client::CmdopClient, exec_event, AgentHello, AgentUplink, ExecExit, ExecFinished,
-        ExecOutput, ExecRawOffered, ExecRawSwitched, ExecRequest, ServerInfoRequest,
+        agent_downlink, agent_uplink, exec_event, AgentUplink, ExecExit, ExecFinished, ExecOutput,
+        ExecRawOffered, ExecRawSwitched, ExecRequest, ServerInfoRequest,
     },
     raw::{self, Role, ACCEPTED},
 };
-use support::{authed, enroll, AgentIdentity, TestAgent, TestServer};
+use support::{authed, open_agent_link, AgentIdentity, Fixture, TestAgent};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     sync::mpsc,
-    task::JoinHandle,
 };
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -32,6 +29,33 @@ const BODY_LEN: usize = 3 << 20;
 
 fn body() -> Vec<u8> {
     (0..BODY_LEN).map(|i| (i % 251) as u8).collect()
+}
+
+/// An enrolled machine whose terminal is a [`TestAgent`] and whose exec is
+/// served by [`side_agent`].
+struct SideMachine {
+    id: AgentIdentity,
+    terminal: TestAgent,
+    tickets: mpsc::UnboundedReceiver<String>,
+}
+
+/// Enrolls `hostname`, connects its terminal and opens a [`side_agent`]
+/// Channel announcing `capabilities`.
+async fn side_machine(fixture: &Fixture, hostname: &str, capabilities: &[&str]) -> SideMachine {
+    let (id, terminal) = fixture.agent(hostname, "", false).await;
+    let tickets = side_agent(
+        fixture.server.addr,
+        fixture.channel.clone(),
+        &id,
+        &terminal.session_id,
+        capabilities,
+    )
+    .await;
+    SideMachine {
+        id,
+        terminal,
+        tickets,
+    }
 }
 
 /// An AgentLink Channel announcing `capabilities`. Each command writes
@@ -45,25 +69,10 @@ async fn side_agent(
     id: &AgentIdentity,
     session_id: &str,
     capabilities: &[&str],
-) -> (JoinHandle<()>, mpsc::UnboundedReceiver<String>) {
-    let (up_tx, up_rx) = mpsc::channel::<AgentUplink>(64);
-    up_tx
-        .send(AgentUplink {
-            msg: Some(agent_uplink::Msg::Hello(AgentHello {
-                session_id: session_id.into(),
-                agent_version: "test".into(),
-                capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
-            })),
-        })
-        .await
-        .unwrap();
-    let mut down = AgentLinkClient::new(channel)
-        .channel(authed(ReceiverStream::new(up_rx), &id.secret))
-        .await
-        .expect("open channel")
-        .into_inner();
+) -> mpsc::UnboundedReceiver<String> {
+    let (up_tx, mut down) = open_agent_link(channel, id, session_id, capabilities).await;
     let (tickets_tx, tickets) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         while let Ok(Some(msg)) = down.message().await {
             if let Some(agent_downlink::Msg::Start(start)) = msg.msg {
                 let _ = tickets_tx.send(start.raw_ticket.clone());
@@ -76,7 +85,7 @@ async fn side_agent(
             }
         }
     });
-    (task, tickets)
+    tickets
 }
 
 async fn run_command(
@@ -155,14 +164,10 @@ struct Seen {
 
 /// Runs `command` and collects its stdout from both paths, taking the side
 /// connection whenever it is offered.
-async fn exec(
-    addr: SocketAddr,
-    channel: Channel,
-    key: &str,
-    machine_id: &str,
-    accept_raw_stdout: bool,
-) -> Seen {
-    let mut events = CmdopClient::new(channel)
+async fn exec(fixture: &Fixture, machine_id: &str, accept_raw_stdout: bool) -> Seen {
+    let addr = fixture.server.addr;
+    let mut events = fixture
+        .cmdop()
         .max_decoding_message_size(cmdop_proto::limits::MAX_MESSAGE_BYTES)
         .exec(authed(
             ExecRequest {
@@ -171,7 +176,7 @@ async fn exec(
                 accept_raw_stdout,
                 ..Default::default()
             },
-            key,
+            fixture.key(),
         ))
         .await
         .unwrap()
@@ -221,32 +226,21 @@ async fn exec(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdout_moves_to_a_side_connection_on_the_grpc_port() {
-    let server = TestServer::start(tempfile::tempdir().unwrap(), true).await;
-    let tenant = server.tenant("acme");
-    let key = tenant.api_key.clone();
-    let ch = server.channel().await;
+    let fixture = Fixture::start().await;
 
-    let info = CmdopClient::new(ch.clone())
-        .server_info(authed(ServerInfoRequest {}, &key))
+    let info = fixture
+        .cmdop()
+        .server_info(authed(ServerInfoRequest {}, fixture.key()))
         .await
         .unwrap()
         .into_inner();
     assert!(info.capabilities.contains(&raw::CAPABILITY.to_string()));
 
     // A machine whose agent can use side connections.
-    let id = enroll(ch.clone(), &server.enrollment_token(&tenant), "fast").await;
-    let terminal = TestAgent::connect(ch.clone(), &id, "fast", "", false).await;
-    let (_agent, mut tickets) = side_agent(
-        server.addr,
-        ch.clone(),
-        &id,
-        &terminal.session_id,
-        &[raw::CAPABILITY],
-    )
-    .await;
+    let mut fast = side_machine(&fixture, "fast", &[raw::CAPABILITY]).await;
 
-    let seen = exec(server.addr, ch.clone(), &key, &id.machine_id, true).await;
-    let ticket = tickets.recv().await.unwrap();
+    let seen = exec(&fixture, &fast.id.machine_id, true).await;
+    let ticket = fast.tickets.recv().await.unwrap();
     assert_eq!(ticket.len(), raw::TICKET_LEN);
     assert_eq!(seen.grpc_stdout, b"head\n");
     assert_eq!((seen.offered, seen.switched), (1, 1));
@@ -257,35 +251,26 @@ async fn stdout_moves_to_a_side_connection_on_the_grpc_port() {
     assert_eq!(seen.exit.unwrap().raw_stdout_bytes, BODY_LEN as u64);
 
     // The ticket died with the call.
-    let mut late = TcpStream::connect(server.addr).await.unwrap();
+    let mut late = TcpStream::connect(fixture.server.addr).await.unwrap();
     late.write_all(&raw::opening(Role::Caller, &ticket).unwrap())
         .await
         .unwrap();
     assert_eq!(late.read_u8().await.unwrap(), raw::REFUSED);
 
     // A client that did not ask: no ticket, everything over gRPC.
-    let seen = exec(server.addr, ch.clone(), &key, &id.machine_id, false).await;
-    assert_eq!(tickets.recv().await.unwrap(), "");
+    let seen = exec(&fixture, &fast.id.machine_id, false).await;
+    assert_eq!(fast.tickets.recv().await.unwrap(), "");
     assert_eq!(seen.grpc_stdout.len(), 5 + BODY_LEN);
     assert_eq!((seen.offered, seen.switched), (0, 0));
     assert_eq!(seen.exit.unwrap().raw_stdout_bytes, 0);
 
     // An agent without the capability: no ticket even when the client asks.
-    let old_id = enroll(ch.clone(), &server.enrollment_token(&tenant), "old").await;
-    let old_terminal = TestAgent::connect(ch.clone(), &old_id, "old", "", false).await;
-    let (_old_agent, mut old_tickets) = side_agent(
-        server.addr,
-        ch.clone(),
-        &old_id,
-        &old_terminal.session_id,
-        &[],
-    )
-    .await;
-    let seen = exec(server.addr, ch.clone(), &key, &old_id.machine_id, true).await;
-    assert_eq!(old_tickets.recv().await.unwrap(), "");
+    let mut old = side_machine(&fixture, "old", &[]).await;
+    let seen = exec(&fixture, &old.id.machine_id, true).await;
+    assert_eq!(old.tickets.recv().await.unwrap(), "");
     assert_eq!(seen.grpc_stdout.len(), 5 + BODY_LEN);
     assert_eq!(seen.offered, 0);
 
-    drop((terminal, old_terminal));
-    server.stop().await;
+    drop((fast.terminal, old.terminal));
+    fixture.stop().await;
 }

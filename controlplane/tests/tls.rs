@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use cmdop_controlplane::{store::Store, ServerConfig, TlsFiles};
 use cmdop_proto::{
     ext::{cmdop_client::CmdopClient, ServerInfoRequest},
@@ -12,7 +10,7 @@ use cmdop_proto::{
         terminal_streaming_service_client::TerminalStreamingServiceClient, ListSessionsRequest,
     },
 };
-use support::authed;
+use support::{authed, TestServer};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// A self-signed certificate for "localhost", made with the openssl CLI.
@@ -62,18 +60,13 @@ async fn serves_tls() {
     let key = store.create_api_key(&ws.id, "").unwrap();
     drop(store);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let ca = Certificate::from_pem(std::fs::read(&tls.cert).unwrap());
     let config = ServerConfig {
-        data_dir: dir.path().to_path_buf(),
         tls: Some(tls),
         ..ServerConfig::default()
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(cmdop_controlplane::serve(listener, config, async move {
-        let _ = stopped.await;
-    }));
+    let server = TestServer::start_configured(dir, config).await;
+    let addr = server.addr;
 
     let channel = Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
         .unwrap()
@@ -111,10 +104,5 @@ async fn serves_tls() {
         .await;
     assert!(err.is_err(), "plaintext is refused on a TLS port");
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }

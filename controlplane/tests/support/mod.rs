@@ -9,8 +9,9 @@ use bytes::Bytes;
 use cmdop_controlplane::{store::Store, ServerConfig};
 use cmdop_proto::{
     ext::{
-        agent_downlink, agent_link_client::AgentLinkClient, agent_uplink, AgentHello, AgentUplink,
-        EnrollRequest, ExecExit, ExecFinished, ExecOutput,
+        agent_downlink, agent_link_client::AgentLinkClient, agent_uplink,
+        cmdop_client::CmdopClient, AgentDownlink, AgentHello, AgentUplink, EnrollRequest, ExecExit,
+        ExecFinished, ExecOutput,
     },
     terminal::{
         agent_message, control_message, file_operation_request::Operation, file_operation_result,
@@ -47,6 +48,16 @@ impl TestServer {
         extensions: bool,
         heartbeat_timeout: Duration,
     ) -> TestServer {
+        let config = ServerConfig {
+            extensions,
+            heartbeat_timeout,
+            ..ServerConfig::default()
+        };
+        Self::start_configured(dir, config).await
+    }
+
+    /// Starts a control plane with `config`, keeping its state in `dir`.
+    pub async fn start_configured(dir: tempfile::TempDir, config: ServerConfig) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -54,9 +65,7 @@ impl TestServer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let config = ServerConfig {
             data_dir: dir.path().to_path_buf(),
-            extensions,
-            heartbeat_timeout,
-            ..ServerConfig::default()
+            ..config
         };
         let task = tokio::spawn(cmdop_controlplane::serve(listener, config, async move {
             let _ = stopped.await;
@@ -139,6 +148,104 @@ pub async fn enroll(channel: Channel, token: &str, hostname: &str) -> AgentIdent
     AgentIdentity {
         machine_id: resp.machine_id,
         secret: resp.agent_secret,
+    }
+}
+
+/// What most tests start from: a running control plane with extensions, its
+/// workspace "acme" and a channel to it.
+pub struct Fixture {
+    pub server: TestServer,
+    pub tenant: Tenant,
+    pub channel: Channel,
+}
+
+impl Fixture {
+    /// Starts a control plane with extensions on and creates the workspace "acme".
+    pub async fn start() -> Fixture {
+        Self::around(TestServer::start(tempfile::tempdir().expect("tempdir"), true).await).await
+    }
+
+    /// Like [`Fixture::start`], with agents marked offline after `heartbeat_timeout` of silence.
+    pub async fn start_with_heartbeat_timeout(heartbeat_timeout: Duration) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::around(TestServer::start_with(dir, true, heartbeat_timeout).await).await
+    }
+
+    /// Creates the workspace "acme" on `server` and opens a channel to it.
+    async fn around(server: TestServer) -> Fixture {
+        let tenant = server.tenant("acme");
+        let channel = server.channel().await;
+        Fixture {
+            server,
+            tenant,
+            channel,
+        }
+    }
+
+    /// The API key of the workspace "acme".
+    pub fn key(&self) -> &str {
+        &self.tenant.api_key
+    }
+
+    /// Enrolls a machine named `hostname` in "acme" with a fresh enrollment token.
+    pub async fn enroll(&self, hostname: &str) -> AgentIdentity {
+        let token = self.server.enrollment_token(&self.tenant);
+        enroll(self.channel.clone(), &token, hostname).await
+    }
+
+    /// Connects a scripted agent for the enrolled machine `id` (see [`TestAgent::connect`]).
+    pub async fn connect(
+        &self,
+        id: &AgentIdentity,
+        hostname: &str,
+        session_id: &str,
+        native_exec: bool,
+    ) -> TestAgent {
+        TestAgent::connect(self.channel.clone(), id, hostname, session_id, native_exec).await
+    }
+
+    /// Enrolls a machine named `hostname` and connects a scripted agent for it.
+    pub async fn agent(
+        &self,
+        hostname: &str,
+        session_id: &str,
+        native_exec: bool,
+    ) -> (AgentIdentity, TestAgent) {
+        let id = self.enroll(hostname).await;
+        let agent = self.connect(&id, hostname, session_id, native_exec).await;
+        (id, agent)
+    }
+
+    /// A client of the terminal service over the fixture's channel.
+    pub fn terminal(&self) -> TerminalStreamingServiceClient<Channel> {
+        TerminalStreamingServiceClient::new(self.channel.clone())
+    }
+
+    /// A client of the Cmdop extension service over the fixture's channel.
+    pub fn cmdop(&self) -> CmdopClient<Channel> {
+        CmdopClient::new(self.channel.clone())
+    }
+
+    /// Closes the channel, stops the server and starts a new one on the same data.
+    pub async fn restart(self, extensions: bool) -> Fixture {
+        let Fixture {
+            server,
+            tenant,
+            channel,
+        } = self;
+        drop(channel);
+        let server = TestServer::start(server.stop().await, extensions).await;
+        let channel = server.channel().await;
+        Fixture {
+            server,
+            tenant,
+            channel,
+        }
+    }
+
+    /// Stops the server (the channel closes after it).
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
@@ -316,28 +423,40 @@ fn file_answer(request_id: String, op: Option<Operation>) -> Option<FileOperatio
     })
 }
 
-async fn open_channel(
+/// Opens machine `id`'s AgentLink Channel with a Hello announcing
+/// `capabilities`; returns the uplink sender and the downlink stream.
+pub async fn open_agent_link(
     channel: Channel,
     id: &AgentIdentity,
     session_id: &str,
-    cancels: mpsc::UnboundedSender<String>,
-) -> JoinHandle<()> {
+    capabilities: &[&str],
+) -> (mpsc::Sender<AgentUplink>, tonic::Streaming<AgentDownlink>) {
     let (up_tx, up_rx) = mpsc::channel::<AgentUplink>(64);
     up_tx
         .send(AgentUplink {
             msg: Some(agent_uplink::Msg::Hello(AgentHello {
                 session_id: session_id.into(),
                 agent_version: "test".into(),
-                ..Default::default()
+                capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
             })),
         })
         .await
         .expect("queue hello");
-    let mut down = AgentLinkClient::new(channel)
+    let down = AgentLinkClient::new(channel)
         .channel(authed(ReceiverStream::new(up_rx), &id.secret))
         .await
         .expect("open channel")
         .into_inner();
+    (up_tx, down)
+}
+
+async fn open_channel(
+    channel: Channel,
+    id: &AgentIdentity,
+    session_id: &str,
+    cancels: mpsc::UnboundedSender<String>,
+) -> JoinHandle<()> {
+    let (up_tx, mut down) = open_agent_link(channel, id, session_id, &[]).await;
     tokio::spawn(async move {
         while let Ok(Some(msg)) = down.message().await {
             match msg.msg {
