@@ -513,6 +513,37 @@ async fn control_plane_restart_keeps_identity_and_keys() {
 }
 
 #[tokio::test]
+async fn the_database_keeps_up_with_a_connected_machine_s_last_seen() {
+    // Heartbeat timeout 4 s: live sessions' activity is written every 2 s.
+    let s = stack("seen-host", &["--heartbeat-timeout-secs", "4"]).await;
+    let last_seen = || -> i64 {
+        let listing = admin(s.dir.path(), &["machines", "--workspace", "alpha"]);
+        let line = listing
+            .lines()
+            .find(|l| l.split('\t').nth(1) == Some(s.host.as_str()))
+            .unwrap_or_else(|| panic!("{} not listed: {listing}", s.host));
+        line.split('\t')
+            .nth(2)
+            .unwrap()
+            .parse()
+            .expect("last_seen in ms")
+    };
+    let first = last_seen();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let now = last_seen();
+        if now >= first + 1500 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last_seen stayed at {first} (now {now}) while the agent heartbeats every second"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
 async fn auth_errors_are_unauthenticated_and_say_what_to_do() {
     let s = stack("alpha-host", &[]).await;
     let mut none = terminal(&s.server.addr, None).await;

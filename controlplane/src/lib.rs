@@ -11,6 +11,7 @@ mod auth;
 mod config;
 mod ext_service;
 mod files;
+mod last_seen;
 pub mod limits;
 mod raw;
 pub mod sessions;
@@ -89,6 +90,17 @@ pub async fn serve(
             .tls_config(tls::server_tls_config(files)?)
             .context("invalid TLS configuration")?;
     }
+    // Stops with this function (dropping the handle would not).
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _last_seen = AbortOnDrop(tokio::spawn(last_seen::run(
+        state.clone(),
+        last_seen::flush_interval(config.heartbeat_timeout),
+    )));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

@@ -144,6 +144,16 @@ impl Registry {
         }
     }
 
+    /// `(machine_id, last activity in unix ms)` of every live session.
+    pub fn live_activity(&self) -> Vec<(String, i64)> {
+        self.lock()
+            .by_id
+            .values()
+            .filter(|s| s.is_live())
+            .map(|s| (s.machine_id.clone(), s.last_activity_ms()))
+            .collect()
+    }
+
     /// Every session of a workspace, most recently active first.
     pub fn list(&self, workspace_id: &str) -> Vec<Arc<Session>> {
         let mut inner = self.lock();

@@ -310,6 +310,24 @@ impl Store {
         Ok(())
     }
 
+    /// Records when connected machines were last heard from, in one
+    /// transaction: `(machine_id, unix_ms)` pairs; a time earlier than the
+    /// one stored is ignored.
+    pub fn record_seen(&self, seen: &[(String, i64)]) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE machines SET last_seen_ms = MAX(last_seen_ms, ?2) WHERE machine_id = ?1",
+            )?;
+            for (machine_id, at) in seen {
+                update.execute(params![machine_id, at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Machines of a workspace, most recently seen first.
     pub fn list_machines(&self, workspace_id: &str) -> anyhow::Result<Vec<MachineRow>> {
         let conn = self.conn();

@@ -78,6 +78,22 @@ fn enrollment_tokens_work_once() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].hostname, "web-1b");
     assert!(s.machine_by_secret("cmdag_wrong").unwrap().is_none());
+
+    // Last-seen times written in batches only ever move forward.
+    let touched = s.list_machines(&ws.id).unwrap()[0].last_seen_unix_ms;
+    let later = touched + 60_000;
+    s.record_seen(&[
+        (m.machine_id.clone(), later),
+        ("mach_unknown".into(), later),
+    ])
+    .unwrap();
+    assert_eq!(s.list_machines(&ws.id).unwrap()[0].last_seen_unix_ms, later);
+    s.record_seen(&[(m.machine_id.clone(), touched)]).unwrap();
+    assert_eq!(
+        s.list_machines(&ws.id).unwrap()[0].last_seen_unix_ms,
+        later,
+        "an older time does not move last_seen back"
+    );
 }
 
 #[test]
