@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 pub use tokens::{AccessCheck, RefreshOutcome, TokenPair};
 
@@ -105,6 +105,15 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Starts a transaction holding the write lock from its first statement.
+    /// A read-then-write transaction started the default (deferred) way
+    /// fails at once with SQLITE_BUSY_SNAPSHOT, which the busy timeout does
+    /// not cover, when another process (the admin CLI) writes between its
+    /// read and its write; this one waits for that writer instead.
+    fn write_transaction(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+        conn.transaction_with_behavior(TransactionBehavior::Immediate)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -256,7 +265,7 @@ impl Store {
         hostname: &str,
     ) -> anyhow::Result<Option<Enrollment>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = Self::write_transaction(&mut conn)?;
         let now = now_ms();
         let workspace: Option<Workspace> = tx
             .query_row(
@@ -315,7 +324,7 @@ impl Store {
     /// one stored is ignored.
     pub fn record_seen(&self, seen: &[(String, i64)]) -> anyhow::Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = Self::write_transaction(&mut conn)?;
         {
             let mut update = tx.prepare_cached(
                 "UPDATE machines SET last_seen_ms = MAX(last_seen_ms, ?2) WHERE machine_id = ?1",

@@ -167,3 +167,30 @@ fn access_tokens_expire_and_die_with_their_api_key() {
         AccessCheck::Invalid
     );
 }
+
+/// The admin CLI writes to the same database from its own process. A
+/// read-then-write transaction here must wait for such a writer, not fail
+/// because the data it read went stale meanwhile.
+#[test]
+fn enrollment_waits_for_a_writer_in_another_process() {
+    let (dir, s) = store();
+    let ws = s.create_workspace("acme").unwrap();
+    let token = s.create_enrollment_token(&ws.id).unwrap();
+    // Another connection (as the admin CLI has) holds the write lock.
+    let other = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    other
+        .execute(
+            "INSERT INTO workspaces (id, name, created_ms) VALUES ('ws_other', 'other', 0)",
+            [],
+        )
+        .unwrap();
+    let enrolling = std::thread::spawn(move || s.enroll_machine(&token, "web-1"));
+    std::thread::sleep(Duration::from_millis(300));
+    other.execute_batch("COMMIT").unwrap();
+    let enrolled = enrolling
+        .join()
+        .unwrap()
+        .expect("enrollment waits instead of failing");
+    assert!(enrolled.is_some(), "the token still works");
+}

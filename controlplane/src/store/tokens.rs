@@ -121,7 +121,7 @@ impl Store {
         let now = now_ms();
         let family = {
             let mut conn = self.conn();
-            let tx = conn.transaction()?;
+            let tx = Store::write_transaction(&mut conn)?;
             let row: Option<RefreshRow> = tx
                 .query_row(
                     "SELECT r.family_id, r.expires_ms, r.used_ms, f.revoked_ms, k.revoked_ms
