@@ -6,7 +6,7 @@
 //! carried a ticket, the agent says `raw_offered`, opens a plain TCP
 //! connection to the control plane's own address and sends the opening. The
 //! stdout pump keeps sending `ExecOutput` meanwhile; when the control plane
-//! answers [`ACCEPTED`], the pump says `raw_switched` and hands the pipe to
+//! answers [`raw::ACCEPTED`], the pump says `raw_switched` and hands the pipe to
 //! `send_rest`, which moves every further byte into the socket with
 //! splice(2) on a blocking thread: no copies through user space, and TCP
 //! does the flow control (no credit is spent on these bytes). Any other
@@ -28,11 +28,10 @@ use std::{
 
 use cmdop_proto::{
     ext::{agent_uplink, AgentUplink, ExecRawOffered, ExecRawSwitched},
-    raw::{self, Role, ACCEPTED, OPENING_LEN, PAIRING_TIMEOUT},
+    raw::{self, Role, OPENING_LEN},
 };
 use futures::FutureExt;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     process::ChildStdout,
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -43,11 +42,6 @@ pub use cmdop_proto::raw::CAPABILITY;
 /// Stdout bytes a command sends as ordinary `ExecOutput` before the agent
 /// offers a side connection, so that small outputs never pay for one.
 pub const RAW_SWITCH_AFTER: u64 = 1024 * 1024;
-/// Time allowed for the TCP handshake of a side connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the control plane may take to answer the opening: its own
-/// pairing timeout plus a little.
-const ANSWER_TIMEOUT: Duration = PAIRING_TIMEOUT.saturating_add(Duration::from_secs(1));
 /// Longest wait in poll(2) for more output before the loop looks at the
 /// stop flag and the command's exit again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
@@ -192,23 +186,10 @@ impl Drop for RawSwitch {
     }
 }
 
-/// Connects, sends the opening and waits for the control plane's answer.
-/// The socket comes back in blocking mode, ready for splice.
+/// The agent's handshake ([`raw::connect`]); the socket comes back in
+/// blocking mode, ready for splice.
 async fn handshake(addr: &ServerAddr, opening: &[u8; OPENING_LEN]) -> io::Result<TcpStream> {
-    let connect = tokio::net::TcpStream::connect((addr.host.as_str(), addr.port));
-    let mut socket = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    socket.set_nodelay(true)?;
-    socket.write_all(opening).await?;
-    let answer = tokio::time::timeout(ANSWER_TIMEOUT, socket.read_u8())
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer to the opening"))??;
-    if answer != ACCEPTED {
-        return Err(io::Error::other(format!(
-            "the control plane refused the side connection (answer {answer:#04x})"
-        )));
-    }
+    let socket = raw::connect((addr.host.as_str(), addr.port), opening).await?;
     let socket = socket.into_std()?;
     socket.set_nonblocking(false)?;
     Ok(socket)

@@ -2,7 +2,12 @@
 //! opening every peer sends and the control plane's one-byte answer. See
 //! "Side connections" at the end of `cmdop_ext.proto`.
 
-use std::time::Duration;
+use std::{io, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, ToSocketAddrs},
+};
 
 /// Capability name, in ServerInfo (control plane) and AgentHello (agent).
 pub const CAPABILITY: &str = "exec-raw.v1";
@@ -21,6 +26,36 @@ pub const REFUSED: u8 = b'N';
 /// How long the control plane waits for the other side, and a peer for
 /// the answer (plus a little).
 pub const PAIRING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a peer waits for its TCP connection to the control plane.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a peer waits for the answer to its opening: the control
+/// plane's pairing timeout plus a little.
+pub const ANSWER_TIMEOUT: Duration = PAIRING_TIMEOUT.saturating_add(Duration::from_secs(1));
+
+/// A peer's half of the handshake, for the agent and the caller alike:
+/// connects to the control plane at `addr`, sends `opening` and waits for
+/// the answer. `Ok` only when the control plane paired the connection
+/// ([`ACCEPTED`]); the socket then carries stdout and nothing else.
+pub async fn connect(
+    addr: impl ToSocketAddrs,
+    opening: &[u8; OPENING_LEN],
+) -> io::Result<TcpStream> {
+    let mut socket = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    socket.set_nodelay(true)?;
+    socket.write_all(opening).await?;
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, socket.read_u8())
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer to the opening"))??;
+    if answer != ACCEPTED {
+        return Err(io::Error::other(format!(
+            "the control plane refused the side connection (answer {answer:#04x})"
+        )));
+    }
+    Ok(socket)
+}
 
 /// Which end of the stream a side connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,10 +6,8 @@
 //! `raw_switch`, and accounts for every byte so that the `exit` event's
 //! `raw_stdout_bytes` can prove nothing was lost.
 
-use std::time::Duration;
-
 use cmdop_proto::raw::{self, Role};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -145,24 +143,11 @@ async fn open(addr: &str, ticket: &str) -> Result<TcpStream> {
             "cannot open the stdout side connection to {addr}: {why}"
         ))
     };
-    let attempt = async {
-        let mut conn = TcpStream::connect(addr)
-            .await
-            .map_err(|e| refused(e.to_string()))?;
-        let _ = conn.set_nodelay(true);
-        conn.write_all(&opening)
-            .await
-            .map_err(|e| refused(e.to_string()))?;
-        let answer = conn.read_u8().await.map_err(|e| refused(e.to_string()))?;
-        if answer == raw::ACCEPTED {
-            Ok(conn)
-        } else {
-            Err(refused("the control plane refused it".into()))
-        }
-    };
-    tokio::time::timeout(raw::PAIRING_TIMEOUT + Duration::from_secs(1), attempt)
+    // The whole handshake, connect included, within the answer timeout.
+    tokio::time::timeout(raw::ANSWER_TIMEOUT, raw::connect(addr, &opening))
         .await
         .map_err(|_| refused("no answer in time".into()))?
+        .map_err(|e| refused(e.to_string()))
 }
 
 #[cfg(test)]
