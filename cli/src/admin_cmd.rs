@@ -1,7 +1,7 @@
 //! `cmdop admin`: offline administration against the control plane's state.
 //! Safe to run while the server is up (SQLite in WAL mode).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -33,7 +33,26 @@ pub enum AdminCommand {
     EnrollToken {
         #[arg(long)]
         workspace: String,
+        /// How long the token works: a number with s, m, h or d (e.g. 30m, 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: Duration,
     },
+    /// Revoke an unused enrollment token (or, with --workspace and --all,
+    /// every unused token of a workspace).
+    RevokeEnrollToken {
+        /// The token as printed by `enroll-token`.
+        #[arg(required_unless_present = "all")]
+        token: Option<String>,
+        #[arg(long, requires = "all")]
+        workspace: Option<String>,
+        /// Revoke all unused tokens of --workspace (when a token was lost).
+        #[arg(long, requires = "workspace", conflicts_with = "token")]
+        all: bool,
+    },
+    /// Revoke a machine (id from `cmdop admin machines`): its agent secret
+    /// stops working, a running server closes its connection within about
+    /// a second, and it leaves the machine list. Enroll it again to re-add it.
+    RevokeMachine { machine_id: String },
     /// List the machines enrolled in a workspace.
     Machines {
         #[arg(long)]
@@ -45,6 +64,35 @@ fn workspace(store: &Store, name: &str) -> anyhow::Result<Workspace> {
     store.workspace_by_name(name)?.with_context(|| {
         format!("no workspace named '{name}'; create it with `cmdop admin create-workspace {name}`")
     })
+}
+
+/// Parses a lifetime such as `90s`, `30m`, `24h` or `7d`.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a lifetime; write e.g. 30m, 24h or 7d"))?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{text}'; use s, m, h or d"
+            ))
+        }
+    };
+    match n.checked_mul(unit_secs) {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "'{text}' must be more than zero and less than forever"
+        )),
+    }
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
@@ -71,9 +119,36 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             println!("revoked");
         }
-        AdminCommand::EnrollToken { workspace: name } => {
+        AdminCommand::EnrollToken {
+            workspace: name,
+            ttl,
+        } => {
             let ws = workspace(&store, &name)?;
-            println!("{}", store.create_enrollment_token(&ws.id)?);
+            println!("{}", store.create_enrollment_token_for(&ws.id, ttl)?);
+        }
+        AdminCommand::RevokeEnrollToken {
+            token,
+            workspace: name,
+            all,
+        } => match (token, name) {
+            (_, Some(name)) if all => {
+                let ws = workspace(&store, &name)?;
+                let n = store.revoke_all_enrollment_tokens(&ws.id)?;
+                println!("revoked {n}");
+            }
+            (Some(token), _) => {
+                if !store.revoke_enrollment_token(&token)? {
+                    bail!("no unused enrollment token matches; it may be used, revoked or mistyped (pass the whole token, or --workspace NAME --all)");
+                }
+                println!("revoked");
+            }
+            _ => bail!("pass the token, or --workspace NAME --all"),
+        },
+        AdminCommand::RevokeMachine { machine_id } => {
+            if !store.revoke_machine(&machine_id)? {
+                bail!("no enrolled machine has id '{machine_id}'; list them with `cmdop admin machines --workspace NAME`");
+            }
+            println!("revoked");
         }
         AdminCommand::Machines { workspace: name } => {
             let ws = workspace(&store, &name)?;

@@ -17,7 +17,7 @@ use crate::{
     auth, limits, raw,
     sessions::{
         exec_link::{EXEC_WINDOW_BYTES, EXEC_WINDOW_CHUNKS},
-        hostname::{match_hostname, HostnameMatch},
+        hostname::{match_hostname, Candidate, HostnameMatch},
         ExecLink, ExecUpdate, Session,
     },
     state::{SharedState, State},
@@ -191,18 +191,11 @@ impl Cmdop for CmdopService {
         } else {
             let candidates = all
                 .into_iter()
-                .map(|(m, s)| {
-                    // Connected machines rank above any offline one.
-                    let rank = if s.as_ref().is_some_and(|s| s.is_live()) {
-                        i64::MAX / 2
-                    } else {
-                        0
-                    };
-                    (
-                        m.hostname.clone(),
-                        rank.saturating_add(m.last_seen_unix_ms),
-                        m,
-                    )
+                .map(|(m, s)| Candidate {
+                    hostname: m.hostname.clone(),
+                    activity: m.last_seen_unix_ms,
+                    live: s.as_ref().is_some_and(|s| s.is_live()),
+                    value: m,
                 })
                 .collect();
             match match_hostname(&req.hostname, req.partial_match, candidates) {

@@ -14,6 +14,7 @@ mod files;
 mod last_seen;
 pub mod limits;
 mod raw;
+mod revocation;
 pub mod sessions;
 mod state;
 pub mod store;
@@ -101,6 +102,7 @@ pub async fn serve(
         state.clone(),
         last_seen::flush_interval(config.heartbeat_timeout),
     )));
+    let _revocations = AbortOnDrop(tokio::spawn(revocation::run(state.clone())));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

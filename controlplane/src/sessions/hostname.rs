@@ -12,17 +12,33 @@ pub enum HostnameMatch<T> {
     None,
 }
 
-/// Picks among `candidates` (hostname, last activity, value).
+/// A machine that a hostname lookup may pick.
+pub struct Candidate<T> {
+    /// The hostname the machine reported.
+    pub hostname: String,
+    /// Last activity (unix ms); ranks candidates.
+    pub activity: i64,
+    /// True while the machine's agent is connected.
+    pub live: bool,
+    pub value: T,
+}
+
+/// Picks among `candidates`.
 ///
 /// Hostnames compare ASCII case-insensitively (as DNS does). With
 /// `partial` a candidate matches when `query` is a substring of its
 /// hostname, but an exact match, if there is one, wins over substrings.
-/// Several candidates sharing one hostname are not ambiguous: the most
-/// recently active one is chosen.
+///
+/// Each candidate is a distinct machine, and a machine does not get
+/// another one's name by reporting it: two *connected* machines sharing a
+/// hostname are ambiguous, never a silent pick of the newest. Among
+/// machines sharing a hostname of which at most one is connected, the
+/// connected one (else the most recently active one) is chosen: that is
+/// how a re-enrolled machine replaces its old identity.
 pub fn match_hostname<T>(
     query: &str,
     partial: bool,
-    candidates: Vec<(String, i64, T)>,
+    candidates: Vec<Candidate<T>>,
 ) -> HostnameMatch<T> {
     let query = query.trim().to_ascii_lowercase();
     if query.is_empty() {
@@ -30,9 +46,12 @@ pub fn match_hostname<T>(
     }
     let (mut exact, mut substring): (Vec<_>, Vec<_>) = candidates
         .into_iter()
-        .map(|(host, seen, value)| (host.to_ascii_lowercase(), seen, value))
-        .filter(|(host, _, _)| *host == query || (partial && host.contains(&query)))
-        .partition(|(host, _, _)| *host == query);
+        .map(|c| Candidate {
+            hostname: c.hostname.to_ascii_lowercase(),
+            ..c
+        })
+        .filter(|c| c.hostname == query || (partial && c.hostname.contains(&query)))
+        .partition(|c| c.hostname == query);
     let mut chosen = if exact.is_empty() {
         std::mem::take(&mut substring)
     } else {
@@ -41,13 +60,15 @@ pub fn match_hostname<T>(
     if chosen.is_empty() {
         return HostnameMatch::None;
     }
-    chosen.sort_by_key(|c| std::cmp::Reverse(c.1));
-    let first_host = chosen[0].0.clone();
-    if chosen.iter().all(|(host, _, _)| *host == first_host) {
-        let (_, _, value) = chosen.swap_remove(0);
-        HostnameMatch::One(value)
+    // Connected first, then most recently active.
+    chosen.sort_by_key(|c| (std::cmp::Reverse(c.live), std::cmp::Reverse(c.activity)));
+    let first_host = chosen[0].hostname.clone();
+    let one_hostname = chosen.iter().all(|c| c.hostname == first_host);
+    let live = chosen.iter().filter(|c| c.live).count();
+    if one_hostname && live <= 1 {
+        HostnameMatch::One(chosen.swap_remove(0).value)
     } else {
-        HostnameMatch::Ambiguous(chosen.into_iter().map(|(_, _, v)| v).collect())
+        HostnameMatch::Ambiguous(chosen.into_iter().map(|c| c.value).collect())
     }
 }
 
@@ -55,10 +76,22 @@ pub fn match_hostname<T>(
 mod tests {
     use super::*;
 
-    fn hosts(list: &[(&str, i64)]) -> Vec<(String, i64, String)> {
+    fn hosts(list: &[(&str, i64)]) -> Vec<Candidate<String>> {
         list.iter()
-            .map(|(h, t)| (h.to_string(), *t, format!("{h}@{t}")))
+            .map(|(h, t)| Candidate {
+                hostname: h.to_string(),
+                activity: *t,
+                live: false,
+                value: format!("{h}@{t}"),
+            })
             .collect()
+    }
+
+    fn live(mut c: Vec<Candidate<String>>) -> Vec<Candidate<String>> {
+        for x in &mut c {
+            x.live = true;
+        }
+        c
     }
 
     #[test]
@@ -106,7 +139,26 @@ mod tests {
     }
 
     #[test]
-    fn same_hostname_picks_most_recent() {
+    fn two_connected_machines_with_one_hostname_are_ambiguous() {
+        let c = live(hosts(&[("web", 1), ("WEB", 7)]));
+        assert_eq!(
+            match_hostname("web", false, c),
+            HostnameMatch::Ambiguous(vec!["WEB@7".to_string(), "web@1".to_string()])
+        );
+    }
+
+    #[test]
+    fn the_connected_machine_wins_over_offline_ones_of_the_same_name() {
+        let mut c = hosts(&[("web", 1), ("web", 7)]);
+        c[0].live = true;
+        assert_eq!(
+            match_hostname("web", false, c),
+            HostnameMatch::One("web@1".into())
+        );
+    }
+
+    #[test]
+    fn same_hostname_offline_picks_most_recent() {
         let c = hosts(&[("web", 1), ("web", 7), ("web", 3)]);
         assert_eq!(
             match_hostname("web", false, c),

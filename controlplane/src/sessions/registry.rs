@@ -136,6 +136,27 @@ impl Registry {
             .cloned()
     }
 
+    /// Closes the live session of `machine_id` (any workspace), if any.
+    /// Returns true when one was open.
+    pub fn close_machine(&self, machine_id: &str, reason: &str) -> bool {
+        let session = {
+            let inner = self.lock();
+            inner
+                .by_machine
+                .get(machine_id)
+                .and_then(|sid| inner.by_id.get(sid))
+                .filter(|s| s.is_live())
+                .cloned()
+        };
+        match session {
+            Some(s) => {
+                s.mark_closed(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Closes every live session (server shutdown).
     pub fn close_all(&self, reason: &str) {
         let sessions: Vec<_> = self.lock().by_id.values().cloned().collect();

@@ -3,6 +3,8 @@
 //! hashes. The database runs in WAL mode with a busy timeout, so the admin
 //! CLI can open it while the server is running.
 
+mod machines;
+mod private;
 mod schema;
 pub mod secrets;
 mod tokens;
@@ -16,6 +18,7 @@ use std::{
 use anyhow::{bail, Context};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+pub use machines::{HostnameUpdate, DEFAULT_ENROLLMENT_TOKEN_TTL};
 pub use tokens::{AccessCheck, RefreshOutcome, TokenPair};
 
 use crate::limits;
@@ -76,6 +79,7 @@ impl Store {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let path = data_dir.join(DB_FILE);
+        private::secure(data_dir, &path)?;
         // Two processes creating the database at the same moment (server and
         // admin CLI) can see SQLITE_BUSY while switching to WAL, which the
         // busy timeout does not cover; retry briefly.
@@ -99,9 +103,11 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // SQLite creates the -wal and -shm files with the database's mode.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(schema::SCHEMA)?;
+        machines::migrate(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -244,21 +250,14 @@ impl Store {
         Ok(workspace)
     }
 
-    /// Creates a single-use enrollment token for `workspace_id`.
+    /// Creates a single-use enrollment token for `workspace_id` that
+    /// expires after [`DEFAULT_ENROLLMENT_TOKEN_TTL`].
     pub fn create_enrollment_token(&self, workspace_id: &str) -> anyhow::Result<String> {
-        if self.workspace_by_id(workspace_id)?.is_none() {
-            bail!("no workspace with id '{workspace_id}'");
-        }
-        let token = random_token(secrets::ENROLLMENT_TOKEN_PREFIX, 32);
-        self.conn().execute(
-            "INSERT INTO enrollment_tokens (hash, workspace_id, created_ms) VALUES (?1, ?2, ?3)",
-            params![hash(&token), workspace_id, now_ms()],
-        )?;
-        Ok(token)
+        self.create_enrollment_token_for(workspace_id, DEFAULT_ENROLLMENT_TOKEN_TTL)
     }
 
     /// Consumes an enrollment token and creates a machine. `None` when the
-    /// token is unknown or already used.
+    /// token is unknown, already used, expired or revoked.
     pub fn enroll_machine(
         &self,
         token: &str,
@@ -270,8 +269,8 @@ impl Store {
         let workspace: Option<Workspace> = tx
             .query_row(
                 "SELECT w.id, w.name FROM enrollment_tokens t JOIN workspaces w ON w.id = t.workspace_id
-                 WHERE t.hash = ?1 AND t.used_ms IS NULL",
-                [hash(token)],
+                 WHERE t.hash = ?1 AND t.used_ms IS NULL AND t.revoked_ms IS NULL AND t.expires_ms > ?2",
+                params![hash(token), now],
                 |r| Ok(Workspace { id: r.get(0)?, name: r.get(1)? }),
             )
             .optional()?;
@@ -297,26 +296,16 @@ impl Store {
         }))
     }
 
-    /// The machine an agent secret belongs to.
+    /// The machine an agent secret belongs to, unless it was revoked.
     pub fn machine_by_secret(&self, secret: &str) -> anyhow::Result<Option<MachineRow>> {
         Ok(self
             .conn()
             .query_row(
-                "SELECT machine_id, hostname, workspace_id, last_seen_ms, enrolled_ms FROM machines WHERE secret_hash = ?1",
+                "SELECT machine_id, hostname, workspace_id, last_seen_ms, enrolled_ms FROM machines WHERE secret_hash = ?1 AND revoked_ms IS NULL",
                 [hash(secret)],
                 machine_row,
             )
             .optional()?)
-    }
-
-    /// Records that a machine was seen now, under `hostname`.
-    pub fn touch_machine(&self, machine_id: &str, hostname: &str) -> anyhow::Result<()> {
-        self.conn().execute(
-            "UPDATE machines SET last_seen_ms = ?2, hostname = CASE WHEN ?3 = '' THEN hostname ELSE ?3 END
-             WHERE machine_id = ?1",
-            params![machine_id, now_ms(), hostname],
-        )?;
-        Ok(())
     }
 
     /// Records when connected machines were last heard from, in one
@@ -337,12 +326,12 @@ impl Store {
         Ok(())
     }
 
-    /// Machines of a workspace, most recently seen first.
+    /// Unrevoked machines of a workspace, most recently seen first.
     pub fn list_machines(&self, workspace_id: &str) -> anyhow::Result<Vec<MachineRow>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT machine_id, hostname, workspace_id, last_seen_ms, enrolled_ms FROM machines
-             WHERE workspace_id = ?1 ORDER BY last_seen_ms DESC, machine_id",
+             WHERE workspace_id = ?1 AND revoked_ms IS NULL ORDER BY last_seen_ms DESC, machine_id",
         )?;
         let rows = stmt.query_map([workspace_id], machine_row)?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -194,3 +194,143 @@ fn enrollment_waits_for_a_writer_in_another_process() {
         .expect("enrollment waits instead of failing");
     assert!(enrolled.is_some(), "the token still works");
 }
+
+#[test]
+fn enrollment_tokens_expire_and_can_be_revoked() {
+    let (_dir, s) = store();
+    let ws = s.create_workspace("acme").unwrap();
+    let short = s
+        .create_enrollment_token_for(&ws.id, Duration::from_secs(1))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(
+        s.enroll_machine(&short, "web-1").unwrap().is_none(),
+        "an expired token is refused"
+    );
+
+    let revoked = s.create_enrollment_token(&ws.id).unwrap();
+    assert!(s.revoke_enrollment_token(&revoked).unwrap());
+    assert!(!s.revoke_enrollment_token(&revoked).unwrap(), "only once");
+    assert!(s.enroll_machine(&revoked, "web-1").unwrap().is_none());
+
+    let a = s.create_enrollment_token(&ws.id).unwrap();
+    let b = s.create_enrollment_token(&ws.id).unwrap();
+    assert_eq!(s.revoke_all_enrollment_tokens(&ws.id).unwrap(), 2);
+    assert!(s.enroll_machine(&a, "web-1").unwrap().is_none());
+    assert!(s.enroll_machine(&b, "web-1").unwrap().is_none());
+
+    let fresh = s.create_enrollment_token(&ws.id).unwrap();
+    assert!(s.enroll_machine(&fresh, "web-1").unwrap().is_some());
+}
+
+#[test]
+fn a_revoked_machine_loses_its_secret_and_bumps_the_generation() {
+    let (_dir, s) = store();
+    let ws = s.create_workspace("acme").unwrap();
+    let token = s.create_enrollment_token(&ws.id).unwrap();
+    let e = s.enroll_machine(&token, "web-1").unwrap().unwrap();
+    let before = s.revocation_generation().unwrap();
+    assert!(s.revoke_machine(&e.machine_id).unwrap());
+    assert!(!s.revoke_machine(&e.machine_id).unwrap(), "only once");
+    assert!(!s.revoke_machine("mach_unknown").unwrap());
+    assert_eq!(s.revocation_generation().unwrap(), before + 1);
+    assert!(s.machine_by_secret(&e.agent_secret).unwrap().is_none());
+    assert!(s.list_machines(&ws.id).unwrap().is_empty());
+    assert_eq!(s.revoked_machines().unwrap(), vec![e.machine_id]);
+}
+
+#[test]
+fn a_machine_cannot_store_another_machines_hostname() {
+    let (_dir, s) = store();
+    let ws = s.create_workspace("acme").unwrap();
+    let enroll = |host: &str| {
+        let t = s.create_enrollment_token(&ws.id).unwrap();
+        s.enroll_machine(&t, host).unwrap().unwrap()
+    };
+    let victim = enroll("db-1");
+    let squatter = enroll("laptop");
+    assert_eq!(
+        s.touch_machine(&squatter.machine_id, "DB-1").unwrap(),
+        HostnameUpdate::Taken {
+            by: victim.machine_id.clone(),
+            kept: "laptop".into()
+        }
+    );
+    assert_eq!(
+        s.touch_machine(&squatter.machine_id, "laptop-2").unwrap(),
+        HostnameUpdate::Renamed {
+            from: "laptop".into()
+        }
+    );
+    assert_eq!(
+        s.touch_machine(&squatter.machine_id, "").unwrap(),
+        HostnameUpdate::Unchanged
+    );
+    let mut names: Vec<_> = s
+        .list_machines(&ws.id)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.hostname)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["db-1", "laptop-2"]);
+}
+
+#[test]
+fn data_dir_and_database_are_private_even_when_they_were_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("state");
+    drop(Store::open(&data).unwrap());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join(DB_FILE)), 0o600);
+
+    // A database created by an older version with open modes is fixed.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(data.join(DB_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = Store::open(&data).unwrap();
+    s.create_workspace("acme").unwrap();
+    assert_eq!(mode(&data), 0o700);
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+}
+
+#[test]
+fn an_old_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // The layout before expiry and revocation existed.
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE workspaces (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_ms INTEGER NOT NULL);
+             CREATE TABLE enrollment_tokens (hash TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, created_ms INTEGER NOT NULL, used_ms INTEGER);
+             CREATE TABLE machines (machine_id TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, hostname TEXT NOT NULL,
+                 secret_hash TEXT NOT NULL UNIQUE, enrolled_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL);
+             INSERT INTO workspaces VALUES ('ws_1', 'acme', 0);",
+        )
+        .unwrap();
+        let now = now_ms();
+        conn.execute(
+            "INSERT INTO enrollment_tokens VALUES (?1, 'ws_1', ?2, NULL)",
+            params![secrets::hash("cmdenr_recent"), now - 1000],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO enrollment_tokens VALUES (?1, 'ws_1', ?2, NULL)",
+            params![secrets::hash("cmdenr_old"), now - 25 * 3600 * 1000],
+        )
+        .unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert!(
+        s.enroll_machine("cmdenr_old", "a").unwrap().is_none(),
+        "an old token gets the default lifetime from its creation"
+    );
+    let e = s.enroll_machine("cmdenr_recent", "b").unwrap().unwrap();
+    assert!(s.revoke_machine(&e.machine_id).unwrap());
+    drop(s);
+    Store::open(dir.path()).expect("opening a migrated database again is a no-op");
+}

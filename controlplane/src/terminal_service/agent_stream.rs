@@ -16,7 +16,7 @@ use crate::{
     limits,
     sessions::{AgentInfo, Session},
     state::SharedState,
-    store::{now_ms, MachineRow},
+    store::{now_ms, HostnameUpdate, MachineRow},
 };
 
 /// Registers `machine`'s new connection and starts pumping its messages.
@@ -46,8 +46,19 @@ pub fn start(
     } else {
         &register.hostname
     };
-    if let Err(err) = state.store.touch_machine(&machine.machine_id, hostname) {
-        tracing::warn!(error = %format!("{err:#}"), "cannot record machine last-seen time");
+    match state.store.touch_machine(&machine.machine_id, hostname) {
+        Ok(HostnameUpdate::Unchanged) => {}
+        Ok(HostnameUpdate::Renamed { from }) => tracing::info!(
+            machine = %machine.machine_id, from = %from, to = %hostname, "machine changed its hostname"
+        ),
+        Ok(HostnameUpdate::Taken { by, kept }) => tracing::warn!(
+            machine = %machine.machine_id, reported = %hostname, owner = %by, kept = %kept,
+            "machine reports a hostname another machine of its workspace has; lookups by that name \
+             are ambiguous until one of them is renamed or revoked (`cmdop admin revoke-machine`)"
+        ),
+        Err(err) => {
+            tracing::warn!(error = %format!("{err:#}"), "cannot record machine last-seen time")
+        }
     }
     tracing::info!(
         session = %session.id, machine = %machine.machine_id, hostname = %session.info.hostname,

@@ -18,7 +18,7 @@ use tonic::Status;
 use crate::{
     auth, limits,
     sessions::{
-        hostname::{match_hostname, HostnameMatch},
+        hostname::{match_hostname, Candidate, HostnameMatch},
         Session,
     },
     state::State,
@@ -161,7 +161,12 @@ pub fn get_session_by_hostname(
     let live = sessions
         .iter()
         .filter(|s| s.is_live())
-        .map(|s| (s.info.hostname.clone(), s.last_activity_ms(), s.clone()))
+        .map(|s| Candidate {
+            hostname: s.info.hostname.clone(),
+            activity: s.last_activity_ms(),
+            live: true,
+            value: s.clone(),
+        })
         .collect();
     match match_hostname(&req.hostname, req.partial_match, live) {
         HostnameMatch::One(s) => GetSessionByHostnameResponse {
@@ -180,13 +185,16 @@ pub fn get_session_by_hostname(
             ..Default::default()
         },
         HostnameMatch::Ambiguous(all) => {
-            let names: Vec<_> = all.iter().map(|s| s.info.hostname.as_str()).collect();
+            let names: Vec<_> = all
+                .iter()
+                .map(|s| format!("{} [machine {}]", s.info.hostname, s.machine_id))
+                .collect();
             GetSessionByHostnameResponse {
                 found: false,
                 ambiguous: true,
                 matches_count: clamp_i32(all.len()),
                 error: format!(
-                    "hostname '{}' matches {} machines ({}); use a more specific hostname",
+                    "hostname '{}' matches {} machines ({}); use a more specific hostname, or the machine id",
                     req.hostname,
                     all.len(),
                     names.join(", ")
@@ -197,7 +205,12 @@ pub fn get_session_by_hostname(
         HostnameMatch::None => {
             let offline = sessions
                 .iter()
-                .map(|s| (s.info.hostname.clone(), s.last_activity_ms(), ()))
+                .map(|s| Candidate {
+                    hostname: s.info.hostname.clone(),
+                    activity: s.last_activity_ms(),
+                    live: false,
+                    value: (),
+                })
                 .collect();
             if matches!(
                 match_hostname(&req.hostname, req.partial_match, offline),
