@@ -75,7 +75,7 @@ impl AgentLink for AgentLinkService {
         limits::check_len("hostname", req.hostname.len(), limits::MAX_HOSTNAME_BYTES)?;
         let invalid = || {
             Status::unauthenticated(
-                "enrollment token is invalid or already used; create a new one with `cmdop admin enroll-token`",
+                "enrollment token is invalid, expired, revoked or already used; create a new one with `cmdop admin enroll-token`",
             )
         };
         if req.enrollment_token.len() > limits::MAX_CREDENTIAL_BYTES
