@@ -135,7 +135,7 @@ fn write_inputrc(dir: &Path) -> Option<PathBuf> {
         text.push_str("$include /etc/inputrc\n");
     }
     text.push_str("set enable-bracketed-paste off\n");
-    match std::fs::write(&path, text) {
+    match crate::private_file::write_atomically(&path, text.as_bytes(), 0o600) {
         Ok(()) => Some(path),
         Err(e) => {
             tracing::debug!(error = %e, "cannot write inputrc; bracketed paste stays on");

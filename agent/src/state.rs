@@ -1,13 +1,9 @@
 //! The agent's identity on disk: machine id, agent secret and the server it
 //! enrolled with. The file holds a bearer credential, so it is created with
-//! mode 0600 and replaced atomically (temp file, fsync, rename).
+//! mode 0600 and replaced atomically through a randomly named temp file
+//! that is never a planted symlink ([`crate::private_file`]).
 
-use std::{
-    fs,
-    io::{self, Write},
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::{Path, PathBuf},
-};
+use std::{fs, io, os::unix::fs::PermissionsExt, path::Path};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -56,50 +52,9 @@ impl AgentState {
     /// Writes the state file atomically with mode 0600.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let json = serde_json::to_vec_pretty(self).context("cannot encode agent state")?;
-        write_private_atomically(path, &json)
+        crate::private_file::write_atomically(path, &json, 0o600)
             .with_context(|| format!("cannot write agent state file {}", path.display()))
     }
-}
-
-/// Writes `bytes` to a 0600 temp file next to `path`, syncs it and renames
-/// it over `path`, then syncs the directory so the rename survives a crash.
-fn write_private_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "state file path has no file name",
-        )
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // `mode` only applies when the file is created; make sure of it.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Ok(d) = fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 fn warn_if_readable_by_others(path: &Path) {
@@ -136,6 +91,33 @@ mod tests {
         assert_eq!(AgentState::load(&path).unwrap(), Some(state));
         // No temp files left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_symlink_at_the_old_predictable_temp_name_gets_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.json");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "untouched").unwrap();
+        // The name earlier versions always used.
+        let planted = dir
+            .path()
+            .join(format!(".agent.json.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let state = AgentState {
+            machine_id: "mach_0123456789abcdef".into(),
+            agent_secret: "cmdag_secret".into(),
+            server: "http://127.0.0.1:1".into(),
+            workspace_name: "dev".into(),
+        };
+        state.save(&path).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
+        assert!(fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_file());
+        assert_eq!(AgentState::load(&path).unwrap(), Some(state));
     }
 
     #[test]

@@ -71,12 +71,18 @@ fn run(op: Option<Operation>, home: &Path) -> FileResult<OpResult> {
         }
         Operation::ReadFile(r) => OpResult::ReadFile(read::read_file(&resolve(&r.path, home), &r)?),
         Operation::WriteFile(r) => {
-            OpResult::WriteFile(write::write_file(&resolve(&r.path, home), &r)?)
+            OpResult::WriteFile(write::write_file(&require(&r.path, "path", home)?, &r)?)
         }
         Operation::CreateDirectory(r) => {
-            OpResult::CreateDirectory(ops::create_directory(&resolve(&r.path, home), &r)?)
+            OpResult::CreateDirectory(ops::create_directory(&require(&r.path, "path", home)?, &r)?)
         }
-        Operation::DeleteFile(r) => OpResult::DeleteFile(ops::delete(&resolve(&r.path, home), &r)?),
+        // The official FileDelete has no way to ask for the home directory
+        // or `/` explicitly, so over it they are always refused.
+        Operation::DeleteFile(r) => OpResult::DeleteFile(ops::delete(
+            &require(&r.path, "path", home)?,
+            &r,
+            ops::Protected::refuse(home),
+        )?),
         Operation::MoveFile(r) => OpResult::MoveFile(ops::move_path(
             &require(&r.source_path, "source_path", home)?,
             &require(&r.destination_path, "destination_path", home)?,
@@ -91,10 +97,13 @@ fn run(op: Option<Operation>, home: &Path) -> FileResult<OpResult> {
     })
 }
 
-/// Resolves a path that must be given (an empty one would mean "home").
+/// Resolves a path that a mutating operation needs: an empty one (which
+/// reads as "home" elsewhere) is INVALID_ARGUMENT, never the home directory.
 fn require(raw: &str, field: &str, home: &Path) -> FileResult<std::path::PathBuf> {
-    if raw.is_empty() {
-        return Err(FileError::invalid(format!("{field} is empty")));
+    if raw.trim().is_empty() {
+        return Err(FileError::invalid(format!(
+            "{field} is empty; name the file or directory to change"
+        )));
     }
     Ok(resolve(raw, home))
 }

@@ -1,6 +1,12 @@
 //! Create directory, delete, move, copy and get-info.
 
-use std::{fs, io, path::Path};
+use std::{
+    fs, io,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use rand::Rng;
 
 use cmdop_proto::terminal::{
     FileCopyRequest, FileCopyResult, FileCreateDirectoryRequest, FileCreateDirectoryResult,
@@ -36,13 +42,58 @@ pub fn create_directory(
     })
 }
 
+/// Directories a delete refuses unless the request explicitly allows them.
+pub struct Protected {
+    /// Canonical forms of the home directory and `/`; empty when allowed.
+    paths: Vec<PathBuf>,
+}
+
+impl Protected {
+    /// Refuses the agent's home directory and `/`.
+    pub fn refuse(home: &Path) -> Protected {
+        let mut paths = vec![PathBuf::from("/")];
+        paths.extend(fs::canonicalize(home).ok());
+        paths.push(home.to_path_buf());
+        Protected { paths }
+    }
+
+    /// Refuses nothing (the caller asked for it explicitly).
+    pub fn allow() -> Protected {
+        Protected { paths: Vec::new() }
+    }
+
+    fn check(&self, path: &Path, meta: &fs::Metadata) -> FileResult<()> {
+        if self.paths.is_empty() || meta.file_type().is_symlink() || !meta.is_dir() {
+            return Ok(());
+        }
+        let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if self.paths.contains(&canonical) {
+            return Err(FileError::new(
+                "PERMISSION_DENIED",
+                format!(
+                    "refusing to delete {} (the agent's home directory or /)",
+                    path.display()
+                ),
+            )
+            .suggest("delete the entries inside it one by one instead"));
+        }
+        Ok(())
+    }
+}
+
 /// Deletes a file, symlink or (empty, or with `recursive`) directory.
-/// Symlinks are removed, never followed.
-pub fn delete(path: &Path, req: &FileDeleteRequest) -> FileResult<FileDeleteResult> {
+/// Symlinks are removed, never followed. `/` and the home directory are
+/// refused unless `protected` allows them.
+pub fn delete(
+    path: &Path,
+    req: &FileDeleteRequest,
+    protected: Protected,
+) -> FileResult<FileDeleteResult> {
     if path.parent().is_none() {
         return Err(FileError::invalid("refusing to delete the root directory"));
     }
     let meta = fs::symlink_metadata(path).map_err(|e| FileError::io("delete", path, &e))?;
+    protected.check(path, &meta)?;
     let mut counts = (0i32, 0i32);
     if meta.is_dir() {
         if req.recursive {
@@ -95,6 +146,7 @@ pub fn move_path(from: &Path, to: &Path, req: &FileMoveRequest) -> FileResult<Fi
                     path: String::new(),
                     recursive: true,
                 },
+                Protected::allow(),
             )?;
         }
         Err(e) => return Err(FileError::io("move", from, &e)),
@@ -198,8 +250,45 @@ fn copy_tree(from: &Path, to: &Path, bytes: &mut i64) -> FileResult<()> {
             copy_tree(&item.path(), &to.join(item.file_name()), bytes)?;
         }
     } else {
-        let n = fs::copy(from, to).map_err(|e| FileError::io("copy to", to, &e))?;
+        let n = copy_file(from, to, &meta)?;
         *bytes = bytes.saturating_add(n as i64);
     }
     Ok(())
+}
+
+/// Copies a regular file to a new, randomly named temp file next to `to`
+/// (`O_EXCL|O_NOFOLLOW`) and renames it over `to`: a symlink at `to` is
+/// replaced, never written through.
+fn copy_file(from: &Path, to: &Path, meta: &fs::Metadata) -> FileResult<u64> {
+    let dir = to
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nonce: u64 = rand::rng().random();
+    let tmp = dir.join(format!(".{name}.copy-{nonce:016x}"));
+    let mut source = fs::File::open(from).map_err(|e| FileError::io("copy", from, &e))?;
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| FileError::io("copy to", to, &e))?;
+    let result = (|| {
+        let n = io::copy(&mut source, &mut out)?;
+        out.set_permissions(fs::Permissions::from_mode(
+            meta.permissions().mode() & 0o7777,
+        ))?;
+        drop(out);
+        fs::rename(&tmp, to)?;
+        Ok(n)
+    })();
+    result.map_err(|e: io::Error| {
+        let _ = fs::remove_file(&tmp);
+        FileError::io("copy to", to, &e)
+    })
 }

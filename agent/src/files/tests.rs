@@ -328,3 +328,108 @@ fn missing_operation_is_unsupported() {
     assert_eq!(res.error_code, "UNSUPPORTED");
     assert_eq!(res.request_id, "z");
 }
+
+#[test]
+fn mutating_operations_refuse_an_empty_path_and_change_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    fs::write(home.path().join("keep.txt"), "keep").unwrap();
+    let ops = [
+        Operation::DeleteFile(FileDeleteRequest {
+            path: String::new(),
+            recursive: true,
+        }),
+        Operation::WriteFile(FileWriteRequest {
+            path: String::new(),
+            content: b"x".to_vec().into(),
+            overwrite: true,
+            create_parents: false,
+        }),
+        Operation::CreateDirectory(FileCreateDirectoryRequest {
+            path: " ".into(),
+            create_parents: true,
+        }),
+        Operation::MoveFile(FileMoveRequest {
+            source_path: "keep.txt".into(),
+            destination_path: String::new(),
+            overwrite: true,
+        }),
+        Operation::CopyFile(FileCopyRequest {
+            source_path: String::new(),
+            destination_path: "copy".into(),
+            overwrite: true,
+            recursive: true,
+        }),
+    ];
+    for operation in ops {
+        let res = op(home.path(), operation);
+        assert!(!res.success);
+        assert_eq!(res.error_code, "INVALID_ARGUMENT", "{res:?}");
+        assert!(res.error_message.contains("empty"), "{res:?}");
+    }
+    assert!(home.path().is_dir(), "home still exists");
+    assert_eq!(fs::read_dir(home.path()).unwrap().count(), 1);
+    assert_eq!(
+        fs::read_to_string(home.path().join("keep.txt")).unwrap(),
+        "keep"
+    );
+}
+
+#[test]
+fn deleting_home_or_root_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    fs::write(home.path().join("keep.txt"), "keep").unwrap();
+    let home_str = home.path().display().to_string();
+    for path in ["~", ".", "/", "//", home_str.as_str(), "sub/.."] {
+        let res = op(
+            home.path(),
+            Operation::DeleteFile(FileDeleteRequest {
+                path: path.into(),
+                recursive: true,
+            }),
+        );
+        assert!(!res.success, "{path}: {res:?}");
+        assert!(
+            ["PERMISSION_DENIED", "INVALID_ARGUMENT", "NOT_FOUND"]
+                .contains(&res.error_code.as_str()),
+            "{path}: {res:?}"
+        );
+    }
+    assert!(home.path().join("keep.txt").exists());
+    // A symlink to home is just a link: deleting it removes the link only.
+    std::os::unix::fs::symlink(home.path(), home.path().join("me")).unwrap();
+    let res = op(
+        home.path(),
+        Operation::DeleteFile(FileDeleteRequest {
+            path: "me".into(),
+            recursive: true,
+        }),
+    );
+    assert!(res.success, "{res:?}");
+    assert!(home.path().join("keep.txt").exists());
+}
+
+#[test]
+fn copy_over_a_destination_symlink_replaces_the_link() {
+    let home = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    fs::write(&victim, "untouched").unwrap();
+    fs::write(home.path().join("src.txt"), "new content").unwrap();
+    std::os::unix::fs::symlink(&victim, home.path().join("dst")).unwrap();
+    let res = op(
+        home.path(),
+        Operation::CopyFile(FileCopyRequest {
+            source_path: "src.txt".into(),
+            destination_path: "dst".into(),
+            overwrite: true,
+            recursive: false,
+        }),
+    );
+    assert!(res.success, "{res:?}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
+    let dst = home.path().join("dst");
+    assert!(fs::symlink_metadata(&dst).unwrap().file_type().is_file());
+    assert_eq!(fs::read_to_string(&dst).unwrap(), "new content");
+    // No temp file is left behind.
+    assert_eq!(fs::read_dir(home.path()).unwrap().count(), 2);
+}
