@@ -3,6 +3,13 @@
 //! `file_operation_result` becomes the answer. On success `result` (and
 //! `result.entry` where the SDKs read it) is always present: the Node SDK
 //! dereferences them without checking.
+//!
+//! Every failure is a gRPC error status, never `success=false`: the
+//! official Python SDK ignores `success` and would turn a failed list,
+//! read or write into an empty listing, empty bytes or nothing at all.
+//! The Node SDK throws on an error status just as it does on
+//! `success=false`. The agent's error code is also sent in the
+//! `x-cmdop-file-error` response header.
 
 use std::time::Duration;
 
@@ -19,8 +26,21 @@ pub enum FileOutcome {
     /// The agent answered (successfully or not). Boxed: results are large
     /// next to the error text.
     Answered(Box<FileOperationResult>),
-    /// The call never reached an agent, or timed out; the text says why.
-    Failed(String),
+}
+
+/// Response header carrying the agent's error code of a failed file operation.
+pub const FILE_ERROR_HEADER: &str = "x-cmdop-file-error";
+
+/// Checks a path field of a request that changes files: it must be given
+/// (the agent would otherwise read an empty path as its home directory).
+pub fn check_target_path(field: &str, path: &str) -> Result<(), Status> {
+    check_path(field, path)?;
+    if path.trim().is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{field} is empty; name the file or directory to change"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a path field of a file request.
@@ -45,9 +65,7 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<FileOutcome, Status> {
     if session_id.is_empty() {
-        return Ok(FileOutcome::Failed(
-            "no session selected: pass a session_id (pick a machine with set_machine / GetSessionByHostname first)".into(),
-        ));
+        return Err(no_selection());
     }
     limits::check_len("session_id", session_id.len(), limits::MAX_SESSION_ID_BYTES)?;
     let session = state
@@ -72,7 +90,7 @@ pub async fn run(
             Ok(Ok(result)) => Ok(FileOutcome::Answered(Box::new(result))),
             // The sender was dropped: the agent disconnected.
             Ok(Err(_)) => Err(session.disconnected_status()),
-            Err(_) => Ok(FileOutcome::Failed(format!(
+            Err(_) => Err(Status::deadline_exceeded(format!(
                 "machine {} did not answer the file operation within {} s; check that its agent is healthy",
                 session.info.hostname,
                 timeout.as_secs()
@@ -84,30 +102,53 @@ pub async fn run(
     outcome
 }
 
-/// Splits an outcome into the `success`, `error`, `result` fields of a
-/// File*RpcResponse. `pick` extracts this operation's result; on success a
+/// The error of a File* call with no session id on a connection that has
+/// not picked a machine.
+pub fn no_selection() -> Status {
+    Status::failed_precondition(
+        "no machine selected: pick a machine first with set_machine (GetSessionByHostname) on this \
+         connection, or pass a session_id",
+    )
+}
+
+/// This operation's result from the agent's answer; a failure is an error
+/// status (see the module docs). `pick` extracts the result; on success a
 /// missing result becomes its default value.
-pub fn into_fields<T: Default>(
+pub fn answer<T: Default>(
     outcome: FileOutcome,
     pick: impl FnOnce(file_operation_result::Result) -> Option<T>,
-) -> (bool, String, Option<T>) {
-    match outcome {
-        FileOutcome::Failed(error) => (false, error, None),
-        FileOutcome::Answered(r) if r.success => (
-            true,
-            String::new(),
-            Some(r.result.and_then(pick).unwrap_or_default()),
-        ),
-        FileOutcome::Answered(r) => {
-            let r = *r;
-            let error = if !r.error_message.is_empty() {
-                r.error_message
-            } else if !r.error_code.is_empty() {
-                r.error_code
-            } else {
-                "the agent reported that the file operation failed".to_string()
-            };
-            (false, error, None)
+) -> Result<T, Status> {
+    let FileOutcome::Answered(r) = outcome;
+    let r = *r;
+    if r.success {
+        return Ok(r.result.and_then(pick).unwrap_or_default());
+    }
+    let message = if !r.error_message.is_empty() {
+        r.error_message
+    } else if !r.error_code.is_empty() {
+        format!("the file operation failed: {}", r.error_code)
+    } else {
+        "the agent reported that the file operation failed".to_string()
+    };
+    let code = match r.error_code.as_str() {
+        "NOT_FOUND" => tonic::Code::NotFound,
+        "PERMISSION_DENIED" => tonic::Code::PermissionDenied,
+        "ALREADY_EXISTS" => tonic::Code::AlreadyExists,
+        "INVALID_ARGUMENT" => tonic::Code::InvalidArgument,
+        "NO_SPACE" => tonic::Code::ResourceExhausted,
+        "UNSUPPORTED" => tonic::Code::Unimplemented,
+        "IS_DIRECTORY"
+        | "NOT_A_DIRECTORY"
+        | "DIRECTORY_NOT_EMPTY"
+        | "READ_ONLY"
+        | "CROSS_DEVICE" => tonic::Code::FailedPrecondition,
+        _ => tonic::Code::Unknown,
+    };
+    let mut status = Status::new(code, message);
+    if let Ok(value) = r.error_code.parse() {
+        if !r.error_code.is_empty() {
+            status.metadata_mut().insert(FILE_ERROR_HEADER, value);
         }
     }
+    Err(status)
 }

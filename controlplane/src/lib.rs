@@ -15,6 +15,7 @@ mod last_seen;
 pub mod limits;
 mod raw;
 mod revocation;
+mod selection;
 pub mod sessions;
 mod state;
 pub mod store;
@@ -60,6 +61,7 @@ pub async fn serve(
         sessions: sessions::Registry::new(config.output_buffer_bytes),
         config: config.clone(),
         side_connections: side_connections.clone(),
+        selections: Default::default(),
     });
 
     let max = limits::MAX_MESSAGE_BYTES;

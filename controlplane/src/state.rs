@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::{config::ServerConfig, raw::Rendezvous, sessions::Registry, store::Store};
+use crate::{
+    config::ServerConfig, raw::Rendezvous, selection::Selections, sessions::Registry, store::Store,
+};
 
 /// Shared server state.
 pub struct State {
@@ -12,6 +14,9 @@ pub struct State {
     /// Tickets for side connections; `None` when they are off
     /// ([`crate::raw::enabled`]).
     pub side_connections: Option<Arc<Rendezvous>>,
+    /// The machine each client connection picked last (for File* calls
+    /// without a session id).
+    pub selections: Selections,
 }
 
 /// The handle services hold.

@@ -295,12 +295,17 @@ async fn sessions_output_files_and_exec() {
         info.result.expect("result").entry.is_some(),
         "entry is filled even when the agent sent none"
     );
+    // Failures are error statuses (the Python SDK ignores `success`).
     let missing = client
         .file_read(authed(file_in(&sid, "/missing"), key))
         .await
-        .unwrap()
-        .into_inner();
-    assert!(!missing.success && missing.error.contains("no such file"));
+        .expect_err("a failed read is an error status");
+    assert_eq!(missing.code(), Code::NotFound);
+    assert!(missing.message().contains("no such file"), "{missing:?}");
+    assert_eq!(
+        missing.metadata().get("x-cmdop-file-error").unwrap(),
+        "NOT_FOUND"
+    );
     let big = client
         .file_write(authed(
             FileWriteRpcRequest {
@@ -320,7 +325,8 @@ async fn sessions_output_files_and_exec() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let no_session = client
+    // A connection that never picked a machine gets FAILED_PRECONDITION.
+    let no_session = TerminalStreamingServiceClient::new(fixture.server.channel().await)
         .file_list_directory(authed(
             FileListDirectoryRpcRequest {
                 path: "/".into(),
@@ -329,9 +335,12 @@ async fn sessions_output_files_and_exec() {
             key,
         ))
         .await
-        .unwrap()
-        .into_inner();
-    assert!(!no_session.success && no_session.error.contains("session"));
+        .expect_err("no machine selected");
+    assert_eq!(no_session.code(), Code::FailedPrecondition);
+    assert!(
+        no_session.message().contains("set_machine"),
+        "{no_session:?}"
+    );
 
     // Exec over the agent's Channel.
     let mut ext = fixture.cmdop();

@@ -152,3 +152,71 @@ async fn expired_and_revoked_enrollment_tokens_are_refused() {
     }
     fx.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_calls_without_a_session_id_use_this_connections_selection() {
+    use cmdop_proto::terminal::{FileDeleteRpcRequest, FileListDirectoryRpcRequest};
+    let fx = Fixture::start().await;
+    let (_id, _agent) = fx.agent("db-1", "", false).await;
+    let list = || FileListDirectoryRpcRequest {
+        path: "/var/log".into(),
+        ..Default::default()
+    };
+    // Nothing selected on this connection yet.
+    let mut picked = TerminalStreamingServiceClient::new(fx.server.channel().await);
+    let err = picked
+        .file_list_directory(authed(list(), fx.key()))
+        .await
+        .expect_err("no machine selected");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("set_machine"), "{err:?}");
+
+    let found = picked
+        .get_session_by_hostname(authed(by_hostname("db"), fx.key()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(found.found, "{found:?}");
+    let listing = picked
+        .file_list_directory(authed(list(), fx.key()))
+        .await
+        .expect("the selected machine answers")
+        .into_inner();
+    assert!(listing.success);
+    assert_eq!(listing.result.unwrap().current_path, "/var/log");
+
+    // Another connection's selection does not count.
+    let err = TerminalStreamingServiceClient::new(fx.server.channel().await)
+        .file_list_directory(authed(list(), fx.key()))
+        .await
+        .expect_err("selections are per connection");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // An empty path to change is refused before it reaches the agent.
+    let err = picked
+        .file_delete(authed(
+            FileDeleteRpcRequest {
+                session_id: String::new(),
+                path: String::new(),
+                recursive: true,
+            },
+            fx.key(),
+        ))
+        .await
+        .expect_err("empty path");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // A failed lookup clears the selection.
+    let miss = picked
+        .get_session_by_hostname(authed(by_hostname("nothing-here"), fx.key()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!miss.found);
+    let err = picked
+        .file_list_directory(authed(list(), fx.key()))
+        .await
+        .expect_err("selection cleared");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    fx.stop().await;
+}

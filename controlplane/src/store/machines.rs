@@ -14,8 +14,16 @@ use super::{ms, now_ms, secrets, secrets::hash, secrets::random_token, Store};
 pub const DEFAULT_ENROLLMENT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Columns and tables added after the first release. Each step checks
-/// whether it already ran, so opening any older database upgrades it.
-pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+/// whether it already ran, so opening any older database upgrades it. All
+/// steps run in one write transaction: the server and the admin CLI may
+/// open the same old database at the same moment.
+pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    migrate_in(&tx)?;
+    tx.commit()
+}
+
+fn migrate_in(conn: &Connection) -> rusqlite::Result<()> {
     if !has_column(conn, "machines", "revoked_ms")? {
         conn.execute_batch("ALTER TABLE machines ADD COLUMN revoked_ms INTEGER")?;
     }

@@ -100,14 +100,14 @@ impl Store {
     }
 
     fn open_once(path: &Path) -> rusqlite::Result<Store> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // SQLite creates the -wal and -shm files with the database's mode.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(schema::SCHEMA)?;
-        machines::migrate(&conn)?;
+        machines::migrate(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })

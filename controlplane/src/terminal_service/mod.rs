@@ -15,10 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{
-    auth, files, files::into_fields, limits, sessions::Session, state::SharedState,
-    store::Workspace,
-};
+use crate::{auth, files, limits, sessions::Session, state::SharedState, store::Workspace};
 
 /// Response stream of ConnectTerminal.
 pub type ControlStream =
@@ -45,6 +42,32 @@ impl TerminalService {
 
     fn client<T>(&self, req: &Request<T>) -> Result<Workspace, Status> {
         auth::authenticate_client(&self.state.store, req.metadata())
+    }
+
+    /// The caller's workspace and the session a File* call goes to: its
+    /// `session_id`, or when that is empty the current session of the
+    /// machine this connection last picked with GetSessionByHostname
+    /// (see [`crate::selection`]).
+    fn file_target<T>(
+        &self,
+        req: &Request<T>,
+        session_id: impl FnOnce(&T) -> &String,
+    ) -> Result<(Workspace, String), Status> {
+        let ws = self.client(req)?;
+        let given = session_id(req.get_ref());
+        if !given.is_empty() {
+            return Ok((ws, given.clone()));
+        }
+        let machine = req
+            .remote_addr()
+            .and_then(|peer| self.state.selections.selected(&ws.id, peer))
+            .ok_or_else(files::no_selection)?;
+        let session = self
+            .state
+            .sessions
+            .by_machine(&ws.id, &machine)
+            .ok_or_else(files::no_selection)?;
+        Ok((ws, session.id.clone()))
     }
 }
 
@@ -149,11 +172,21 @@ impl TerminalStreamingService for TerminalService {
         request: Request<GetSessionByHostnameRequest>,
     ) -> Result<Response<GetSessionByHostnameResponse>, Status> {
         let ws = self.client(&request)?;
-        Ok(Response::new(session_rpcs::get_session_by_hostname(
-            &self.state,
-            &ws,
-            request.into_inner(),
-        )))
+        let peer = request.remote_addr();
+        let answer = session_rpcs::get_session_by_hostname(&self.state, &ws, request.into_inner());
+        if let Some(peer) = peer {
+            // Remembered for File* calls on this connection without a
+            // session id; a failed lookup clears the selection.
+            let machine = answer
+                .found
+                .then(|| self.state.sessions.get(&ws.id, &answer.session_id))
+                .flatten()
+                .map(|s| s.machine_id.clone());
+            self.state
+                .selections
+                .select(&ws.id, peer, machine.as_deref());
+        }
+        Ok(Response::new(answer))
     }
 
     async fn send_input(
@@ -219,7 +252,7 @@ impl TerminalStreamingService for TerminalService {
         &self,
         request: Request<FileListDirectoryRpcRequest>,
     ) -> Result<Response<FileListDirectoryRpcResponse>, Status> {
-        let ws = self.client(&request)?;
+        let (ws, sid) = self.file_target(&request, |r| &r.session_id)?;
         let r = request.into_inner();
         files::check_path("path", &r.path)?;
         let op = Operation::ListDirectory(FileListDirectoryRequest {
@@ -229,16 +262,15 @@ impl TerminalStreamingService for TerminalService {
             include_hidden: r.include_hidden,
             visibility_mode: 0,
         });
-        let outcome =
-            files::run(&self.state, &ws, &r.session_id, op, limits::FILE_OP_TIMEOUT).await?;
-        let (success, error, result) = into_fields(outcome, |r| match r {
+        let outcome = files::run(&self.state, &ws, &sid, op, limits::FILE_OP_TIMEOUT).await?;
+        let result = files::answer(outcome, |r| match r {
             fres::Result::ListDirectory(x) => Some(x),
             _ => None,
-        });
+        })?;
         Ok(Response::new(FileListDirectoryRpcResponse {
-            success,
-            error,
-            result,
+            success: true,
+            error: String::new(),
+            result: Some(result),
         }))
     }
 
@@ -246,7 +278,7 @@ impl TerminalStreamingService for TerminalService {
         &self,
         request: Request<FileReadRpcRequest>,
     ) -> Result<Response<FileReadRpcResponse>, Status> {
-        let ws = self.client(&request)?;
+        let (ws, sid) = self.file_target(&request, |r| &r.session_id)?;
         let r = request.into_inner();
         files::check_path("path", &r.path)?;
         if r.offset < 0 || r.length < 0 {
@@ -260,22 +292,15 @@ impl TerminalStreamingService for TerminalService {
             length: r.length,
             transcode: r.transcode,
         });
-        let outcome = files::run(
-            &self.state,
-            &ws,
-            &r.session_id,
-            op,
-            limits::FILE_READ_TIMEOUT,
-        )
-        .await?;
-        let (success, error, result) = into_fields(outcome, |r| match r {
+        let outcome = files::run(&self.state, &ws, &sid, op, limits::FILE_READ_TIMEOUT).await?;
+        let result = files::answer(outcome, |r| match r {
             fres::Result::ReadFile(x) => Some(x),
             _ => None,
-        });
+        })?;
         Ok(Response::new(FileReadRpcResponse {
-            success,
-            error,
-            result,
+            success: true,
+            error: String::new(),
+            result: Some(result),
         }))
     }
 
@@ -283,9 +308,9 @@ impl TerminalStreamingService for TerminalService {
         &self,
         request: Request<FileWriteRpcRequest>,
     ) -> Result<Response<FileWriteRpcResponse>, Status> {
-        let ws = self.client(&request)?;
+        let (ws, sid) = self.file_target(&request, |r| &r.session_id)?;
         let r = request.into_inner();
-        files::check_path("path", &r.path)?;
+        files::check_target_path("path", &r.path)?;
         if r.content.len() > limits::MAX_FILE_WRITE_BYTES {
             return Err(Status::resource_exhausted(format!(
                 "file content is {} bytes; the limit is {} bytes",
@@ -301,19 +326,16 @@ impl TerminalStreamingService for TerminalService {
             overwrite: r.overwrite,
             create_parents: r.create_parents,
         });
-        let outcome =
-            files::run(&self.state, &ws, &r.session_id, op, limits::FILE_OP_TIMEOUT).await?;
-        let (success, error, mut result) = into_fields(outcome, |r| match r {
+        let outcome = files::run(&self.state, &ws, &sid, op, limits::FILE_OP_TIMEOUT).await?;
+        let mut result = files::answer(outcome, |r| match r {
             fres::Result::WriteFile(x) => Some(x),
             _ => None,
-        });
-        if let Some(x) = result.as_mut() {
-            x.entry.get_or_insert_with(Default::default);
-        }
+        })?;
+        result.entry.get_or_insert_with(Default::default);
         Ok(Response::new(FileWriteRpcResponse {
-            success,
-            error,
-            result,
+            success: true,
+            error: String::new(),
+            result: Some(result),
         }))
     }
 
@@ -321,26 +343,23 @@ impl TerminalStreamingService for TerminalService {
         &self,
         request: Request<FileCreateDirectoryRpcRequest>,
     ) -> Result<Response<FileCreateDirectoryRpcResponse>, Status> {
-        let ws = self.client(&request)?;
+        let (ws, sid) = self.file_target(&request, |r| &r.session_id)?;
         let r = request.into_inner();
-        files::check_path("path", &r.path)?;
+        files::check_target_path("path", &r.path)?;
         let op = Operation::CreateDirectory(FileCreateDirectoryRequest {
             path: r.path,
             create_parents: r.create_parents,
         });
-        let outcome =
-            files::run(&self.state, &ws, &r.session_id, op, limits::FILE_OP_TIMEOUT).await?;
-        let (success, error, mut result) = into_fields(outcome, |r| match r {
+        let outcome = files::run(&self.state, &ws, &sid, op, limits::FILE_OP_TIMEOUT).await?;
+        let mut result = files::answer(outcome, |r| match r {
             fres::Result::CreateDirectory(x) => Some(x),
             _ => None,
-        });
-        if let Some(x) = result.as_mut() {
-            x.entry.get_or_insert_with(Default::default);
-        }
+        })?;
+        result.entry.get_or_insert_with(Default::default);
         Ok(Response::new(FileCreateDirectoryRpcResponse {
-            success,
-            error,
-            result,
+            success: true,
+            error: String::new(),
+            result: Some(result),
         }))
     }
 
@@ -348,23 +367,22 @@ impl TerminalStreamingService for TerminalService {
         &self,
         request: Request<FileDeleteRpcRequest>,
     ) -> Result<Response<FileDeleteRpcResponse>, Status> {
-        let ws = self.client(&request)?;
+        let (ws, sid) = self.file_target(&request, |r| &r.session_id)?;
         let r = request.into_inner();
-        files::check_path("path", &r.path)?;
+        files::check_target_path("path", &r.path)?;
         let op = Operation::DeleteFile(FileDeleteRequest {
             path: r.path,
             recursive: r.recursive,
         });
-        let outcome =
-            files::run(&self.state, &ws, &r.session_id, op, limits::FILE_OP_TIMEOUT).await?;
-        let (success, error, result) = into_fields(outcome, |r| match r {
+        let outcome = files::run(&self.state, &ws, &sid, op, limits::FILE_OP_TIMEOUT).await?;
+        let result = files::answer(outcome, |r| match r {
             fres::Result::DeleteFile(x) => Some(x),
             _ => None,
-        });
+        })?;
         Ok(Response::new(FileDeleteRpcResponse {
-            success,
-            error,
-            result,
+            success: true,
+            error: String::new(),
+            result: Some(result),
         }))
     }
 
@@ -372,28 +390,25 @@ impl TerminalStreamingService for TerminalService {
         &self,
         request: Request<FileMoveRpcRequest>,
     ) -> Result<Response<FileMoveRpcResponse>, Status> {
-        let ws = self.client(&request)?;
+        let (ws, sid) = self.file_target(&request, |r| &r.session_id)?;
         let r = request.into_inner();
-        files::check_path("source_path", &r.source_path)?;
-        files::check_path("destination_path", &r.destination_path)?;
+        files::check_target_path("source_path", &r.source_path)?;
+        files::check_target_path("destination_path", &r.destination_path)?;
         let op = Operation::MoveFile(FileMoveRequest {
             source_path: r.source_path,
             destination_path: r.destination_path,
             overwrite: r.overwrite,
         });
-        let outcome =
-            files::run(&self.state, &ws, &r.session_id, op, limits::FILE_OP_TIMEOUT).await?;
-        let (success, error, mut result) = into_fields(outcome, |r| match r {
+        let outcome = files::run(&self.state, &ws, &sid, op, limits::FILE_OP_TIMEOUT).await?;
+        let mut result = files::answer(outcome, |r| match r {
             fres::Result::MoveFile(x) => Some(x),
             _ => None,
-        });
-        if let Some(x) = result.as_mut() {
-            x.entry.get_or_insert_with(Default::default);
-        }
+        })?;
+        result.entry.get_or_insert_with(Default::default);
         Ok(Response::new(FileMoveRpcResponse {
-            success,
-            error,
-            result,
+            success: true,
+            error: String::new(),
+            result: Some(result),
         }))
     }
 
@@ -401,29 +416,26 @@ impl TerminalStreamingService for TerminalService {
         &self,
         request: Request<FileCopyRpcRequest>,
     ) -> Result<Response<FileCopyRpcResponse>, Status> {
-        let ws = self.client(&request)?;
+        let (ws, sid) = self.file_target(&request, |r| &r.session_id)?;
         let r = request.into_inner();
-        files::check_path("source_path", &r.source_path)?;
-        files::check_path("destination_path", &r.destination_path)?;
+        files::check_target_path("source_path", &r.source_path)?;
+        files::check_target_path("destination_path", &r.destination_path)?;
         let op = Operation::CopyFile(FileCopyRequest {
             source_path: r.source_path,
             destination_path: r.destination_path,
             overwrite: r.overwrite,
             recursive: r.recursive,
         });
-        let outcome =
-            files::run(&self.state, &ws, &r.session_id, op, limits::FILE_OP_TIMEOUT).await?;
-        let (success, error, mut result) = into_fields(outcome, |r| match r {
+        let outcome = files::run(&self.state, &ws, &sid, op, limits::FILE_OP_TIMEOUT).await?;
+        let mut result = files::answer(outcome, |r| match r {
             fres::Result::CopyFile(x) => Some(x),
             _ => None,
-        });
-        if let Some(x) = result.as_mut() {
-            x.entry.get_or_insert_with(Default::default);
-        }
+        })?;
+        result.entry.get_or_insert_with(Default::default);
         Ok(Response::new(FileCopyRpcResponse {
-            success,
-            error,
-            result,
+            success: true,
+            error: String::new(),
+            result: Some(result),
         }))
     }
 
@@ -431,23 +443,20 @@ impl TerminalStreamingService for TerminalService {
         &self,
         request: Request<FileGetInfoRpcRequest>,
     ) -> Result<Response<FileGetInfoRpcResponse>, Status> {
-        let ws = self.client(&request)?;
+        let (ws, sid) = self.file_target(&request, |r| &r.session_id)?;
         let r = request.into_inner();
         files::check_path("path", &r.path)?;
         let op = Operation::GetInfo(FileGetInfoRequest { path: r.path });
-        let outcome =
-            files::run(&self.state, &ws, &r.session_id, op, limits::FILE_OP_TIMEOUT).await?;
-        let (success, error, mut result) = into_fields(outcome, |r| match r {
+        let outcome = files::run(&self.state, &ws, &sid, op, limits::FILE_OP_TIMEOUT).await?;
+        let mut result = files::answer(outcome, |r| match r {
             fres::Result::GetInfo(x) => Some(x),
             _ => None,
-        });
-        if let Some(x) = result.as_mut() {
-            x.entry.get_or_insert_with(Default::default);
-        }
+        })?;
+        result.entry.get_or_insert_with(Default::default);
         Ok(Response::new(FileGetInfoRpcResponse {
-            success,
-            error,
-            result,
+            success: true,
+            error: String::new(),
+            result: Some(result),
         }))
     }
 }
