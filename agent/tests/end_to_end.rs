@@ -257,12 +257,12 @@ async fn scenario() {
             },
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .expect_err("a failed read is an error status");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
     assert!(
-        !missing.success && missing.error.contains("no such file"),
+        missing.message().contains("no such file"),
         "{}",
-        missing.error
+        missing.message()
     );
 
     // Native exec.
