@@ -114,6 +114,15 @@ pub async fn run_exec_credited(
     } else {
         resolve(&start.working_directory, home)
     };
+    if start.command.len() > cmdop_proto::limits::MAX_COMMAND_BYTES {
+        let message = format!(
+            "the command is {} bytes; the limit is {} bytes (Linux's limit for \
+             one argument); send a longer script as stdin of `sh -s` instead",
+            start.command.len(),
+            cmdop_proto::limits::MAX_COMMAND_BYTES
+        );
+        return finished(&exec_id, 0, started, -1, 0, false, message);
+    }
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&start.command)
@@ -578,7 +587,12 @@ impl ExecRunner {
                 },
             );
         }
-        tracing::debug!(exec_id, command = %start.command, "exec start");
+        tracing::debug!(
+            exec_id,
+            command_bytes = start.command.len(),
+            command_prefix = %command_prefix(&start.command),
+            "exec start"
+        );
         let home = self.home.clone();
         let uplink = self.uplink.clone();
         let running = Arc::clone(&self.running);
@@ -650,6 +664,23 @@ fn finished_msg(f: ExecFinished) -> AgentUplink {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Characters of a command that logs may show: commands carry passwords
+/// and tokens, so a log never holds more than its length and this prefix.
+pub const LOGGED_COMMAND_PREFIX_CHARS: usize = 6;
+
+/// The part of `command` a log may show (see [`LOGGED_COMMAND_PREFIX_CHARS`]).
+pub fn command_prefix(command: &str) -> String {
+    let mut prefix: String = command
+        .chars()
+        .take(LOGGED_COMMAND_PREFIX_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if command.chars().count() > LOGGED_COMMAND_PREFIX_CHARS {
+        prefix.push('…');
+    }
+    prefix
 }
 
 #[cfg(test)]

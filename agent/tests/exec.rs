@@ -276,3 +276,24 @@ async fn the_pid_is_reported_before_any_output() {
         "{next:?}"
     );
 }
+
+/// The longest command the protocol allows really runs, and one byte more
+/// is refused before anything starts, naming the limit (instead of failing
+/// with "Argument list too long" from the kernel).
+#[tokio::test]
+async fn commands_up_to_the_os_argument_limit_run_and_longer_ones_are_refused() {
+    let max = cmdop_proto::limits::MAX_COMMAND_BYTES;
+    let longest = format!("echo ok #{}", "x".repeat(max - "echo ok #".len()));
+    assert_eq!(longest.len(), max);
+    let out = run_simple(&longest).await;
+    let exit = out.finished.exit.expect("exit");
+    assert_eq!((exit.exit_code, exit.error.as_str()), (0, ""));
+    assert_eq!(out.stdout, b"ok\n");
+
+    let too_long = format!("{longest}x");
+    let out = run_simple(&too_long).await;
+    let exit = out.finished.exit.expect("exit");
+    assert_eq!(exit.exit_code, -1);
+    assert!(exit.error.contains(&max.to_string()), "{}", exit.error);
+    assert_eq!(out.finished.pid, 0, "nothing was started");
+}

@@ -11,12 +11,13 @@ pub struct AgentArgs {
     #[arg(
         long,
         default_value = "http://127.0.0.1:50051",
-        env = "CMDOP_AGENT_SERVER"
+        env = "CMDOP_AGENT_SERVER",
+        hide_env_values = true
     )]
     pub server: String,
     /// One-time enrollment token (from `cmdop admin enroll-token`); only needed
     /// on the first start, when the state file does not exist yet.
-    #[arg(long, env = "CMDOP_ENROLL_TOKEN")]
+    #[arg(long, env = "CMDOP_ENROLL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Where the agent keeps its identity (created with mode 0600).
     #[arg(long)]

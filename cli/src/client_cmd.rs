@@ -13,7 +13,7 @@ pub struct ConnectArgs {
     /// Control plane: http://host:port (plaintext), https://host:port (TLS),
     /// or host:port (plaintext on loopback, TLS elsewhere). Default: the
     /// hosted CMDOP service.
-    #[arg(long, env = "CMDOP_SERVER")]
+    #[arg(long, env = "CMDOP_SERVER", hide_env_values = true)]
     pub server: Option<String>,
     /// API key (any non-empty key; keys issued by `cmdop admin` start with cmdop_).
     #[arg(long, env = "CMDOP_API_KEY", hide_env_values = true)]

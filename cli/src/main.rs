@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// Log level filter (error, warn, info, debug, trace, or a tracing
     /// filter). Default: info for server, agent and dev; warn otherwise.
-    #[arg(long, global = true, env = "CMDOP_LOG")]
+    #[arg(long, global = true, env = "CMDOP_LOG", hide_env_values = true)]
     log_level: Option<String>,
 
     #[command(subcommand)]
@@ -105,5 +105,32 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `--help` shows the value of an environment variable unless told not
+    /// to, and several carry secrets (API key, enrollment token): no
+    /// argument of any command may print one.
+    #[test]
+    fn no_help_text_prints_an_environment_value() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                if arg.get_env().is_some() {
+                    assert!(
+                        arg.is_hide_env_values_set(),
+                        "{path} --{}: set hide_env_values",
+                        arg.get_id()
+                    );
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        walk(&super::Cli::command(), "cmdop");
     }
 }

@@ -10,8 +10,9 @@ pub const MAX_MESSAGE_BYTES: usize = cmdop_proto::limits::MAX_MESSAGE_BYTES;
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 /// Largest file content in one `FileWrite`.
 pub const MAX_FILE_WRITE_BYTES: usize = 32 * 1024 * 1024;
-/// Largest command line for `Exec`.
-pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+/// Largest command line for `Exec`: Linux takes one argument (the command
+/// after `sh -c`) of at most 128 KiB including its NUL (MAX_ARG_STRLEN).
+pub const MAX_COMMAND_BYTES: usize = cmdop_proto::limits::MAX_COMMAND_BYTES;
 /// Largest stdin payload for `Exec`.
 pub const MAX_EXEC_STDIN_BYTES: usize = 16 * 1024 * 1024;
 /// Most environment variables one `Exec` may add.

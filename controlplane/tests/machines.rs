@@ -220,3 +220,31 @@ async fn file_calls_without_a_session_id_use_this_connections_selection() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     fx.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_longer_than_the_os_takes_are_refused_naming_the_limit() {
+    use cmdop_proto::ext::ExecRequest;
+    let fx = Fixture::start().await;
+    let (_id, agent) = fx.agent("web-1", "", true).await;
+    let max = cmdop_proto::limits::MAX_COMMAND_BYTES;
+    // Between the OS's 128 KiB and the old 256 KiB limit.
+    let err = fx
+        .cmdop()
+        .exec(authed(
+            ExecRequest {
+                session_id: agent.session_id.clone(),
+                command: "x".repeat(200 * 1024),
+                ..Default::default()
+            },
+            fx.key(),
+        ))
+        .await
+        .expect_err("too long for the OS");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains(&max.to_string()),
+        "{}",
+        err.message()
+    );
+    fx.stop().await;
+}

@@ -26,4 +26,13 @@ pub mod limits {
     /// HTTP/2 flow-control window of a whole connection: what all its
     /// streams together may have in flight towards one reader.
     pub const HTTP2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+    /// Longest `ExecRequest.command`, in bytes. The agent runs it as the one
+    /// argument after `/bin/sh -c`, and Linux refuses a single argument of
+    /// 128 KiB or more (MAX_ARG_STRLEN, counting its NUL) with "Argument
+    /// list too long". Longer commands are refused up front with
+    /// INVALID_ARGUMENT naming this limit, by the control plane and again
+    /// by the agent; to run a longer script, send it as `stdin` of
+    /// `/bin/sh -s` instead.
+    pub const MAX_COMMAND_BYTES: usize = 128 * 1024 - 1;
 }
