@@ -27,7 +27,7 @@ cargo test --workspace --locked
 # build tree look for that name.
 ln -sf libcmdop.so target/debug/libcmdop.so.0
 
-for suite in tests/c/run.sh tests/interop/node/run.sh \
+for suite in tests/c/run.sh tests/interop/node/run.sh tests/interop/python/run.sh \
              tests/packaging/run.sh bindings/run_tests.sh; do
   step "$suite"
   "$suite"
