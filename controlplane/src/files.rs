@@ -135,9 +135,11 @@ pub fn answer<T: Default>(
         "PERMISSION_DENIED" => tonic::Code::PermissionDenied,
         "ALREADY_EXISTS" => tonic::Code::AlreadyExists,
         "INVALID_ARGUMENT" => tonic::Code::InvalidArgument,
-        "NO_SPACE" => tonic::Code::ResourceExhausted,
         "UNSUPPORTED" => tonic::Code::Unimplemented,
-        "IS_DIRECTORY"
+        // Not RESOURCE_EXHAUSTED for a full disk: the Node SDK turns that
+        // into a rate-limit error.
+        "NO_SPACE"
+        | "IS_DIRECTORY"
         | "NOT_A_DIRECTORY"
         | "DIRECTORY_NOT_EMPTY"
         | "READ_ONLY"

@@ -24,7 +24,7 @@ try {
   console.error(`cannot load @cmdop/node (run "npm install" in ${__dirname}): ${err.message}`);
   process.exit(1);
 }
-const { CMDOPClient, CMDOPError, SessionError } = sdk;
+const { CMDOPClient, CMDOPError, NotFoundError, SessionError } = sdk;
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -206,12 +206,12 @@ async function main() {
     assert.equal(r.content.toString('utf8'), HELLO_CONTENT);
   });
 
-  await check('FileRead of a missing file rejects (success=false)', async () => {
-    // success=false makes the SDK throw a plain CMDOPError carrying `error`; a gRPC
-    // status would surface as a subclass (NotFoundError, InvalidAPIKeyError, ...).
+  await check('FileRead of a missing file rejects with NotFoundError', async () => {
+    // Failures are gRPC statuses (the Python SDK ignores success=false); the
+    // SDK maps NOT_FOUND to its NotFoundError, carrying the agent's text.
     const err = await expectReject(client.files.read(`${TEST_DIR}/does-not-exist.txt`),
-      (e) => e instanceof CMDOPError && e.constructor === CMDOPError, 'missing file');
-    assert.ok(err.message && err.message !== 'Failed to read file', 'server sent no error text');
+      (e) => e instanceof NotFoundError, 'missing file');
+    assert.ok(/no such file/.test(err.message), `server sent no error text: ${err.message}`);
     return err.message;
   });
 
