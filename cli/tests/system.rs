@@ -327,20 +327,20 @@ async fn files_through_the_official_rpcs() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
-    assert!(!missing.success && !missing.error.is_empty());
+        .expect_err("a failed read is an error status");
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
 
-    // Empty session id (Python SDK without set_machine): an error in the fields, not a crash.
-    let empty = t
+    // Empty session id on a connection that picked no machine (Python SDK
+    // without set_machine): FAILED_PRECONDITION, not an empty success.
+    let empty = terminal(&s.server.addr, Some(&s.ws.api_key))
+        .await
         .file_read(FileReadRpcRequest {
             path: path.clone(),
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
-    assert!(!empty.success && !empty.error.is_empty());
+        .expect_err("no machine selected");
+    assert_eq!(empty.code(), Code::FailedPrecondition, "{empty:?}");
 }
 
 #[tokio::test]

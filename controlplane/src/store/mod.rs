@@ -76,7 +76,7 @@ fn ms(d: Duration) -> i64 {
 impl Store {
     /// Opens (creating if needed) `data_dir/cmdop.db`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
-        std::fs::create_dir_all(data_dir)
+        private::create_dir(data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let path = data_dir.join(DB_FILE);
         private::secure(data_dir, &path)?;

@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::ErrorKind,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::Path,
 };
 
@@ -15,6 +15,20 @@ use anyhow::Context;
 pub const DIR_MODE: u32 = 0o700;
 /// Mode of the database and its -wal / -shm files.
 pub const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (mode 0700) and its missing parents (default mode).
+pub fn create_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        other => other,
+    }
+}
 
 /// Makes `dir` 0700 and `db` (creating it empty if missing, which SQLite
 /// treats as a new database) and its companions 0600.
