@@ -21,13 +21,6 @@ use tonic::Status;
 
 use crate::{limits, state::State, store::Workspace};
 
-/// How a file call ended, short of a status code.
-pub enum FileOutcome {
-    /// The agent answered (successfully or not). Boxed: results are large
-    /// next to the error text.
-    Answered(Box<FileOperationResult>),
-}
-
 /// Response header carrying the agent's error code of a failed file operation.
 pub const FILE_ERROR_HEADER: &str = "x-cmdop-file-error";
 
@@ -63,7 +56,7 @@ pub async fn run(
     session_id: &str,
     op: Operation,
     timeout: Duration,
-) -> Result<FileOutcome, Status> {
+) -> Result<FileOperationResult, Status> {
     if session_id.is_empty() {
         return Err(no_selection());
     }
@@ -87,7 +80,7 @@ pub async fn run(
     }
     let outcome = tokio::select! {
         res = tokio::time::timeout(timeout, answer) => match res {
-            Ok(Ok(result)) => Ok(FileOutcome::Answered(Box::new(result))),
+            Ok(Ok(result)) => Ok(result),
             // The sender was dropped: the agent disconnected.
             Ok(Err(_)) => Err(session.disconnected_status()),
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -115,11 +108,9 @@ pub fn no_selection() -> Status {
 /// status (see the module docs). `pick` extracts the result; on success a
 /// missing result becomes its default value.
 pub fn answer<T: Default>(
-    outcome: FileOutcome,
+    r: FileOperationResult,
     pick: impl FnOnce(file_operation_result::Result) -> Option<T>,
 ) -> Result<T, Status> {
-    let FileOutcome::Answered(r) = outcome;
-    let r = *r;
     if r.success {
         return Ok(r.result.and_then(pick).unwrap_or_default());
     }
