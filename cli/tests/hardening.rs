@@ -242,3 +242,39 @@ async fn admin_revocations_bite_on_a_running_server() {
     );
     assert!(enroll(enroll_token(s.dir.path(), "alpha")).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_reporting_the_same_hostname_makes_set_machine_ambiguous() {
+    let s = stack("squat", &[]).await;
+    let client = library_client(&s, false).await;
+    let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let owner = machine_by_host(&mut e, &s.host).await;
+
+    // Another machine of the workspace reports the same hostname.
+    let token = enroll_token(s.dir.path(), "alpha");
+    let _squatter = start_agent(
+        &s.server.addr,
+        Some(&token),
+        &s.dir.path().join("squatter.json"),
+        &s.host,
+        &["--heartbeat-secs", "1"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        match client.set_machine(&s.host).await {
+            Err(err) => break err,
+            Ok(m) => {
+                assert_eq!(m.machine_id, owner.machine_id, "silently switched machines");
+                assert!(
+                    Instant::now() < deadline,
+                    "the second agent never connected"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(err.kind(), cmdop::client::ErrorKind::Ambiguous, "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&owner.machine_id), "{text}");
+    assert_eq!(text.matches("mach_").count(), 2, "{text}");
+}

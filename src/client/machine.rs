@@ -143,7 +143,12 @@ impl Client {
                     })
                 }
                 Ok(r) if r.ambiguous => {
-                    let names: Vec<String> = r.matches.into_iter().map(|m| m.hostname).collect();
+                    // With the ids: two machines may report one hostname.
+                    let names: Vec<String> = r
+                        .matches
+                        .into_iter()
+                        .map(|m| format!("{} (machine {})", m.hostname, m.machine_id))
+                        .collect();
                     let n = names.len();
                     return Err(ambiguous(hostname.or(machine_id).unwrap_or_default(), names, n));
                 }
