@@ -51,12 +51,13 @@ fn help_texts_show_no_secret_from_the_environment() {
     }
 }
 
-/// Runs `cmdop` with `args` at debug level, its log going to `log`.
+/// Runs `cmdop` with `args` at trace level (the most verbose), its log
+/// going to `log`.
 fn spawn_logged(args: &[&str], log: &std::path::Path) -> Proc {
     let file = std::fs::File::create(log).expect("log file");
     Proc(
         Command::new(cmdop_bin())
-            .args(["--log-level", "debug"])
+            .args(["--log-level", "trace"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
@@ -67,7 +68,7 @@ fn spawn_logged(args: &[&str], log: &std::path::Path) -> Proc {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debug_logs_of_an_execute_hold_no_command_text_and_state_is_private() {
+async fn trace_logs_of_an_execute_hold_no_command_text_and_state_is_private() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server-state");
     let server_log = dir.path().join("server.log");
@@ -145,7 +146,7 @@ async fn debug_logs_of_an_execute_hold_no_command_text_and_state_is_private() {
     );
     assert!(
         logs.contains("exec start"),
-        "the agent logs the execute at debug level:\n{logs}"
+        "the agent logs the execute (at debug level):\n{logs}"
     );
     assert!(!logs.contains(secret), "a log holds the command:\n{logs}");
     assert!(
