@@ -11,8 +11,12 @@
 //! simply leave temp files to the OS on a crash, as before).
 
 use std::{
-    fs, io,
-    os::unix::{ffi::OsStrExt, fs::DirBuilderExt},
+    fs,
+    io::{self, Write},
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{DirBuilderExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
     sync::OnceLock,
 };
@@ -64,7 +68,15 @@ impl Entry {
             return Entry(None);
         };
         let path = dir.join(format!("{nonce:016x}"));
-        match fs::write(&path, tmp.as_os_str().as_bytes()) {
+        // A new file under the random name, never through a planted link.
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(tmp.as_os_str().as_bytes()));
+        match written {
             Ok(()) => Entry(Some(path)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record a write in progress; a crash now would leave its temp file");
