@@ -5,6 +5,7 @@
 
 mod schema;
 pub mod secrets;
+mod standing;
 mod tokens;
 
 use std::{
@@ -16,6 +17,7 @@ use std::{
 use anyhow::{bail, Context};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+pub use standing::{Credential, Standing};
 pub use tokens::{AccessCheck, RefreshOutcome, TokenPair};
 
 use crate::limits;
