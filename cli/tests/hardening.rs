@@ -1,0 +1,546 @@
+//! Nothing an unauthenticated peer can exhaust, and revocation that ends
+//! what is open: real `cmdop server` and `cmdop agent` processes on
+//! loopback.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use cmdop_proto::{
+    ext::{
+        download_chunk, exec_event::Event, upload_chunk, DownloadRequest, IssueTokenRequest,
+        RefreshTokenRequest, UploadChunk, UploadStart,
+    },
+    terminal::{
+        agent_message, control_message, AgentMessage, HealthCheckRequest, ListSessionsRequest,
+        RegisterRequest, TerminalOutput,
+    },
+};
+use common::*;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::mpsc,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+/// A field of /proc/<pid>/status, in KiB.
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// Sends `streams` concurrent FileWrite calls without a credential on one
+/// HTTP/2 connection, each announcing a `size`-byte message and sending it
+/// (while the server accepts data). Returns each call's grpc-status.
+async fn unauthenticated_big_writes(addr: &str, streams: usize, size: usize) -> Vec<String> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // One MiB shared by every stream, so the attacker (this test) stays small.
+    let payload = Bytes::from(vec![0x41u8; 1 << 20]);
+    let mut calls = Vec::new();
+    for _ in 0..streams {
+        let mut client = client.clone().ready().await.expect("stream slot");
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{addr}/terminal.TerminalStreamingService/FileWrite"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let (response, mut send) = client.send_request(req, false).expect("open stream");
+        let payload = payload.clone();
+        calls.push(tokio::spawn(async move {
+            let mut prefix = vec![0u8];
+            prefix.extend_from_slice(&u32::try_from(size).expect("size").to_be_bytes());
+            let _ = send.send_data(Bytes::from(prefix), false);
+            let sender = async {
+                let mut sent = 0;
+                while sent < size {
+                    send.reserve_capacity(payload.len().min(size - sent));
+                    match futures::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                        Some(Ok(n)) if n > 0 => {
+                            let n = n.min(size - sent);
+                            if send
+                                .send_data(payload.slice(0..n), sent + n == size)
+                                .is_err()
+                            {
+                                break;
+                            }
+                            sent += n;
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    }
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                r = response => match r {
+                    Ok(resp) => resp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("(in trailers)")
+                        .to_string(),
+                    Err(e) => format!("stream error: {e}"),
+                },
+                _ = sender => unreachable!(),
+            }
+        }));
+    }
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.expect("call task"));
+    }
+    statuses
+}
+
+/// Bound on the server's peak RSS growth under the attack below.
+const BIG_MESSAGE_RSS_BOUND_KIB: u64 = 128 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_big_messages_do_not_grow_the_server() {
+    let s = stack("rss-host", &[]).await;
+    let pid = s.server.proc.pid();
+    let before_hwm = proc_kib(pid, "VmHWM:");
+    let before_rss = proc_kib(pid, "VmRSS:");
+    let started = Instant::now();
+    let statuses = tokio::time::timeout(
+        Duration::from_secs(120),
+        unauthenticated_big_writes(&s.server.addr, 64, 31 << 20),
+    )
+    .await
+    .expect("the attack finished within 120 s");
+    let took = started.elapsed();
+    let after_hwm = proc_kib(pid, "VmHWM:");
+    let after_rss = proc_kib(pid, "VmRSS:");
+    eprintln!(
+        "64 x 31 MiB unauthenticated FileWrite: {took:?}; server RSS {} -> {} MiB, peak {} -> {} MiB",
+        before_rss / 1024,
+        after_rss / 1024,
+        before_hwm / 1024,
+        after_hwm / 1024
+    );
+    assert!(
+        statuses.iter().all(|s| s == "16"),
+        "every call is UNAUTHENTICATED: {statuses:?}"
+    );
+    assert!(
+        after_hwm < before_hwm + BIG_MESSAGE_RSS_BOUND_KIB,
+        "server peak RSS grew from {before_hwm} KiB to {after_hwm} KiB"
+    );
+    // And it still serves.
+    let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
+    t.list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("ListSessions after the attack");
+}
+
+/// Lets this test process hold a thousand sockets.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    }
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    assert!(
+        soft >= 2500,
+        "this test needs 2500 open files; raise `ulimit -n`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pre_handshake_connections_are_closed_within_the_bound() {
+    raise_fd_limit();
+    const BOUND: Duration = Duration::from_secs(3);
+    // The machine running the tests may be busy.
+    const SLACK: Duration = Duration::from_secs(7);
+    let s = stack("idle-host", &["--handshake-timeout-secs", "3"]).await;
+    let mut idle = Vec::new();
+    for i in 0..1000 {
+        let mut conn = TcpStream::connect(&s.server.addr).await.expect("connect");
+        let opened = Instant::now();
+        // Half say nothing, half send one byte of the HTTP/2 preface.
+        if i % 2 == 1 {
+            conn.write_all(b"P").await.expect("one byte");
+        }
+        idle.push(tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            loop {
+                match tokio::time::timeout(BOUND + SLACK, conn.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Some(opened.elapsed()),
+                    Ok(Ok(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        }));
+    }
+
+    // Meanwhile normal calls work.
+    let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
+    let list = t
+        .list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("ListSessions beside 1000 idle connections")
+        .into_inner();
+    assert!(list.sessions.iter().any(|r| r.machine_hostname == s.host));
+    let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let mut exec = e
+        .exec(exec_req(&s.session_id, "echo served", 10_000))
+        .await
+        .expect("Exec beside 1000 idle connections")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(ev) = exec.message().await.expect("exec events") {
+        if let Some(Event::Stdout(b)) = ev.event {
+            out.extend_from_slice(&b);
+        }
+    }
+    assert_eq!(out, b"served\n");
+
+    let mut slowest = Duration::ZERO;
+    let mut fastest = Duration::MAX;
+    for (i, conn) in idle.into_iter().enumerate() {
+        let closed = conn
+            .await
+            .expect("reader")
+            .unwrap_or_else(|| panic!("idle connection {i} still open after {:?}", BOUND + SLACK));
+        slowest = slowest.max(closed);
+        fastest = fastest.min(closed);
+    }
+    eprintln!("1000 idle connections closed between {fastest:?} and {slowest:?} after opening (bound {BOUND:?})");
+    assert!(
+        fastest >= BOUND - Duration::from_millis(500),
+        "closed before the bound: {fastest:?}"
+    );
+    // The server still takes new connections.
+    t.list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("ListSessions after the idle connections");
+}
+
+/// Runs `cmdop <args>` expecting it to exit (with failure) within 20 s;
+/// returns its stderr.
+fn refused(args: &[&str]) -> String {
+    let mut child = Command::new(cmdop_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cmdop");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err)
+                .expect("read stderr");
+            assert!(!status.success(), "cmdop {args:?} succeeded: {err}");
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cmdop {args:?} kept running instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn plaintext_beyond_loopback_needs_allow_plaintext() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf8 path");
+    let err = refused(&["server", "--listen", "0.0.0.0:0", "--data-dir", data]);
+    assert!(
+        err.contains("--allow-plaintext") && err.contains("--tls-cert"),
+        "the refusal says what to do: {err}"
+    );
+    let err = refused(&["dev", "--listen", "0.0.0.0:0"]);
+    assert!(err.contains("loopback"), "{err}");
+
+    let server = start_server(dir.path(), "0.0.0.0:0", &["--allow-plaintext"]);
+    let port = server.addr.rsplit(':').next().expect("port");
+    let mut t = terminal(&format!("127.0.0.1:{port}"), None).await;
+    t.health_check(HealthCheckRequest::default())
+        .await
+        .expect("HealthCheck over loopback to a 0.0.0.0 listener");
+}
+
+/// Waits for a stream to end; returns how it ended and when.
+async fn ended<T>(
+    mut next: impl FnMut() -> futures::future::BoxFuture<'static, Result<Option<T>, tonic::Status>>,
+) -> (Option<tonic::Status>, Instant) {
+    loop {
+        match next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return (None, Instant::now()),
+            Err(st) => return (Some(st), Instant::now()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_ends_its_attach_exec_and_transfer_streams() {
+    let s = stack("revoke-host", &[]).await;
+    let addr = s.server.addr.clone();
+    let key = admin(s.dir.path(), &["create-key", "--workspace", "alpha"]);
+    let sid = s.session_id.clone();
+    let big = s.dir.path().join("big.bin");
+    std::fs::write(&big, vec![0u8; 64 << 20]).expect("write a 64 MiB file");
+    let marker = s.dir.path().join("typed-after-revoke");
+
+    // Attach.
+    let mut t = terminal(&addr, Some(&key)).await;
+    let (attach_tx, attach_rx) = mpsc::channel::<AgentMessage>(8);
+    attach_tx
+        .send(AgentMessage {
+            session_id: sid.clone(),
+            message_id: format!("{sid}-attach"),
+            payload: Some(agent_message::Payload::Register(RegisterRequest {
+                version: "sdk-python-0.1.0-attach".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    let mut attach = t
+        .connect_terminal(ReceiverStream::new(attach_rx))
+        .await
+        .expect("attach")
+        .into_inner();
+    let first = attach.message().await.expect("attach").expect("first");
+    assert!(matches!(
+        first.payload,
+        Some(control_message::Payload::StartSession(_))
+    ));
+
+    // Exec.
+    let mut e = ext(&addr, Some(&key)).await;
+    let mut exec = e
+        .exec(exec_req(&sid, "sleep 30", 60_000))
+        .await
+        .expect("exec")
+        .into_inner();
+    let first = exec.message().await.expect("exec").expect("first");
+    assert!(matches!(first.event, Some(Event::Started(_))));
+
+    // Download, not read beyond its first message.
+    let mut down = e
+        .download(DownloadRequest {
+            session_id: sid.clone(),
+            path: big.to_str().expect("utf8").into(),
+            ..Default::default()
+        })
+        .await
+        .expect("download")
+        .into_inner();
+    let first = down.message().await.expect("download").expect("first");
+    assert!(matches!(first.part, Some(download_chunk::Part::Start(_))));
+
+    // Upload, kept open.
+    let (up_tx, up_rx) = mpsc::channel::<UploadChunk>(4);
+    up_tx
+        .send(UploadChunk {
+            part: Some(upload_chunk::Part::Start(UploadStart {
+                session_id: sid.clone(),
+                path: s.dir.path().join("up.bin").to_str().expect("utf8").into(),
+                overwrite: true,
+                ..Default::default()
+            })),
+        })
+        .await
+        .expect("upload start");
+    up_tx
+        .send(UploadChunk {
+            part: Some(upload_chunk::Part::Data(Bytes::from_static(b"partial"))),
+        })
+        .await
+        .expect("upload data");
+    let mut e2 = ext(&addr, Some(&key)).await;
+    let upload = tokio::spawn(async move { e2.upload(ReceiverStream::new(up_rx)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!upload.is_finished(), "the upload stays open");
+
+    admin(s.dir.path(), &["revoke-key", &key]);
+    let revoked = Instant::now();
+
+    let attach = std::sync::Arc::new(tokio::sync::Mutex::new(attach));
+    let exec = std::sync::Arc::new(tokio::sync::Mutex::new(exec));
+    let down = std::sync::Arc::new(tokio::sync::Mutex::new(down));
+    let within = Duration::from_secs(1);
+    let (a, x, d, u) = tokio::join!(
+        tokio::time::timeout(
+            within,
+            ended(|| {
+                let s = attach.clone();
+                Box::pin(async move { s.lock().await.message().await })
+            })
+        ),
+        tokio::time::timeout(
+            within,
+            ended(|| {
+                let s = exec.clone();
+                Box::pin(async move { s.lock().await.message().await })
+            })
+        ),
+        tokio::time::timeout(
+            within,
+            ended(|| {
+                let s = down.clone();
+                Box::pin(async move { s.lock().await.message().await })
+            })
+        ),
+        tokio::time::timeout(within, async {
+            let r = upload.await.expect("upload task");
+            (r.err(), Instant::now())
+        }),
+    );
+    let mut report = Vec::new();
+    for (what, res) in [("attach", a), ("exec", x), ("download", d), ("upload", u)] {
+        let (status, at) = res.unwrap_or_else(|_| panic!("{what} still open 1 s after revoke-key"));
+        let status = status.unwrap_or_else(|| panic!("{what} ended without an error"));
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert!(status.message().contains("revoked"), "{what}: {status:?}");
+        report.push(format!("{what} {:?}", at - revoked));
+    }
+    eprintln!("streams ended after revoke-key: {}", report.join(", "));
+    // Typing once the attach has ended reaches no shell.
+    let typed = attach_tx
+        .send(AgentMessage {
+            session_id: sid.clone(),
+            payload: Some(agent_message::Payload::Output(TerminalOutput {
+                data: format!("touch {}\n", marker.display()).into_bytes().into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .await;
+    drop(typed);
+
+    drop(up_tx);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!marker.exists(), "input typed after the revocation ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_token_streams_end_at_expiry_unless_refreshed() {
+    let s = stack("token-host", &[]).await;
+    let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let issue = |ttl| IssueTokenRequest {
+        access_ttl_seconds: ttl,
+    };
+    let expiring = e.issue_token(issue(2)).await.expect("issue").into_inner();
+    let refreshed = e.issue_token(issue(2)).await.expect("issue").into_inner();
+    let opened = Instant::now();
+    let mut streams = Vec::new();
+    for pair in [&expiring, &refreshed] {
+        let mut x = ext(&s.server.addr, Some(&pair.access_token)).await;
+        let mut stream = x
+            .exec(exec_req(&s.session_id, "sleep 30", 60_000))
+            .await
+            .expect("exec with an access token")
+            .into_inner();
+        let first = stream.message().await.expect("exec").expect("first");
+        assert!(matches!(first.event, Some(Event::Started(_))));
+        streams.push(stream);
+    }
+    let mut anon = ext(&s.server.addr, None).await;
+    anon.refresh_token(RefreshTokenRequest {
+        refresh_token: refreshed.refresh_token.clone(),
+    })
+    .await
+    .expect("refresh");
+    let mut kept = streams.pop().expect("refreshed stream");
+    let mut expired = streams.pop().expect("expiring stream");
+    let st = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match expired.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("ended without an error"),
+                Err(st) => return st,
+            }
+        }
+    })
+    .await
+    .expect("the stream of an expired token ends");
+    let at = opened.elapsed();
+    eprintln!("access-token stream ended {at:?} after opening (token lifetime 2 s)");
+    assert_eq!(st.code(), Code::Unauthenticated, "{st:?}");
+    assert!(st.message().contains("expired"), "{st:?}");
+    assert!(at >= Duration::from_millis(1500), "ended early: {at:?}");
+    // The refreshed family's stream is still open.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1000), kept.message())
+            .await
+            .is_err(),
+        "the stream of a refreshed token stays open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_exec_limit_answers_resource_exhausted() {
+    let s = stack("slots-host", &["--max-execs-per-key", "2"]).await;
+    let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = e
+            .exec(exec_req(&s.session_id, "sleep 30", 60_000))
+            .await
+            .expect("exec within the limit")
+            .into_inner();
+        stream.message().await.expect("exec").expect("started");
+        open.push(stream);
+    }
+    let st = e
+        .exec(exec_req(&s.session_id, "echo three", 10_000))
+        .await
+        .expect_err("a third exec on the same key");
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(st.message().contains("--max-execs-per-key"), "{st:?}");
+
+    // Another key has its own slots.
+    let other = admin(s.dir.path(), &["create-key", "--workspace", "alpha"]);
+    let mut o = ext(&s.server.addr, Some(&other)).await;
+    let mut stream = o
+        .exec(exec_req(&s.session_id, "echo other", 10_000))
+        .await
+        .expect("another key")
+        .into_inner();
+    while stream.message().await.expect("events").is_some() {}
+
+    // A finished call gives its slot back.
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match e.exec(exec_req(&s.session_id, "echo again", 10_000)).await {
+            Ok(_) => break,
+            Err(st) if st.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(st) => panic!("the slot did not come back: {st:?}"),
+        }
+    }
+}
