@@ -61,7 +61,7 @@ pub struct LimitArgs {
     #[arg(long, default_value_t = 256)]
     pub max_inflight_request_mib: usize,
     /// Exec calls open at once per API key.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     pub max_execs_per_key: usize,
     /// Attach streams open at once per API key.
     #[arg(long, default_value_t = 16)]

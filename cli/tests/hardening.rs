@@ -16,8 +16,8 @@ use cmdop_proto::{
         RefreshTokenRequest, UploadChunk, UploadStart,
     },
     terminal::{
-        agent_message, control_message, AgentMessage, HealthCheckRequest, ListSessionsRequest,
-        RegisterRequest, TerminalOutput,
+        agent_message, control_message, AgentMessage, FileListDirectoryRpcRequest,
+        HealthCheckRequest, ListSessionsRequest, RegisterRequest, TerminalOutput,
     },
 };
 use common::*;
@@ -39,10 +39,10 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
-/// Sends `streams` concurrent FileWrite calls without a credential on one
+/// Sends `streams` concurrent FileWrite calls with `key` (or none) on one
 /// HTTP/2 connection, each announcing a `size`-byte message and sending it
 /// (while the server accepts data). Returns each call's grpc-status.
-async fn unauthenticated_big_writes(addr: &str, streams: usize, size: usize) -> Vec<String> {
+async fn big_writes(addr: &str, key: Option<&str>, streams: usize, size: usize) -> Vec<String> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (client, conn) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
     tokio::spawn(async move {
@@ -53,15 +53,17 @@ async fn unauthenticated_big_writes(addr: &str, streams: usize, size: usize) -> 
     let mut calls = Vec::new();
     for _ in 0..streams {
         let mut client = client.clone().ready().await.expect("stream slot");
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method("POST")
             .uri(format!(
                 "http://{addr}/terminal.TerminalStreamingService/FileWrite"
             ))
             .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .expect("request");
+            .header("te", "trailers");
+        if let Some(key) = key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        let req = req.body(()).expect("request");
         let (response, mut send) = client.send_request(req, false).expect("open stream");
         let payload = payload.clone();
         calls.push(tokio::spawn(async move {
@@ -122,7 +124,7 @@ async fn unauthenticated_big_messages_do_not_grow_the_server() {
     let started = Instant::now();
     let statuses = tokio::time::timeout(
         Duration::from_secs(120),
-        unauthenticated_big_writes(&s.server.addr, 64, 31 << 20),
+        big_writes(&s.server.addr, None, 64, 31 << 20),
     )
     .await
     .expect("the attack finished within 120 s");
@@ -543,4 +545,128 @@ async fn per_key_exec_limit_answers_resource_exhausted() {
             Err(st) => panic!("the slot did not come back: {st:?}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_big_messages_share_a_byte_budget() {
+    let s = stack("budget-host", &["--max-inflight-request-mib", "32"]).await;
+    let statuses = tokio::time::timeout(
+        Duration::from_secs(120),
+        big_writes(&s.server.addr, Some(&s.ws.api_key), 8, 31 << 20),
+    )
+    .await
+    .expect("the calls finished within 120 s");
+    // A 32 MiB budget holds one 31 MiB message at a time.
+    let refused = statuses.iter().filter(|s| *s == "8").count();
+    assert!(
+        refused >= 1,
+        "some calls are RESOURCE_EXHAUSTED: {statuses:?}"
+    );
+    let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
+    t.list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("ListSessions after the burst");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_methods_refuse_big_messages_before_reading_them() {
+    let s = stack("limit-host", &[]).await;
+    let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
+    let st = t
+        .file_list_directory(FileListDirectoryRpcRequest {
+            session_id: s.session_id.clone(),
+            path: "x".repeat(2 << 20),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a 2 MiB FileListDirectory");
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(st.message().contains("at most"), "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_beyond_the_cap_push_out_the_oldest() {
+    let s = stack("cap-host", &["--max-unauthenticated-connections", "10"]).await;
+    let opened = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..30 {
+        let mut conn = TcpStream::connect(&s.server.addr).await.expect("connect");
+        idle.push(tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Some(opened.elapsed()),
+                    Ok(Ok(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        }));
+    }
+    // A client that authenticates is served (and pushes out one more).
+    let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
+    t.list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("ListSessions beside 30 idle connections");
+    let mut closed = 0;
+    let mut slowest = Duration::ZERO;
+    for conn in idle {
+        if let Some(at) = conn.await.expect("reader") {
+            closed += 1;
+            slowest = slowest.max(at);
+        }
+    }
+    eprintln!(
+        "{closed} of 30 idle connections pushed out, the last {slowest:?} after the first opened"
+    );
+    // Well before the 10 s handshake bound, only the newest (at most 10) are left.
+    assert!(closed >= 20, "only {closed} of 30 were closed");
+    t.list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("ListSessions afterwards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_family_ends_its_streams() {
+    let s = stack("family-host", &[]).await;
+    let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let pair = e
+        .issue_token(IssueTokenRequest {
+            access_ttl_seconds: 600,
+        })
+        .await
+        .expect("issue")
+        .into_inner();
+    let mut x = ext(&s.server.addr, Some(&pair.access_token)).await;
+    let mut stream = x
+        .exec(exec_req(&s.session_id, "sleep 30", 60_000))
+        .await
+        .expect("exec with an access token")
+        .into_inner();
+    stream.message().await.expect("exec").expect("started");
+    // Using a refresh token twice revokes its whole family.
+    let mut anon = ext(&s.server.addr, None).await;
+    let refresh = || RefreshTokenRequest {
+        refresh_token: pair.refresh_token.clone(),
+    };
+    anon.refresh_token(refresh()).await.expect("first refresh");
+    let reuse = anon.refresh_token(refresh()).await.expect_err("reuse");
+    assert_eq!(reuse.code(), Code::Unauthenticated);
+    let revoked = Instant::now();
+    let st = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("ended without an error"),
+                Err(st) => return st,
+            }
+        }
+    })
+    .await
+    .expect("the family's stream ends within 1 s");
+    eprintln!(
+        "token-family stream ended {:?} after the reuse",
+        revoked.elapsed()
+    );
+    assert_eq!(st.code(), Code::Unauthenticated, "{st:?}");
+    assert!(st.message().contains("revoked"), "{st:?}");
 }

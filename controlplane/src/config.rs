@@ -63,7 +63,7 @@ impl Default for Limits {
             max_unauthenticated_connections: 1024,
             max_concurrent_streams: 256,
             inflight_request_bytes: 256 * 1024 * 1024,
-            execs_per_key: 64,
+            execs_per_key: 128,
             attaches_per_key: 16,
             transfers_per_key: 16,
             revocation_poll: Duration::from_millis(250),

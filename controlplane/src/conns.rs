@@ -54,6 +54,20 @@ impl ConnState {
     fn is_killed(&self) -> bool {
         self.killed.load(Ordering::SeqCst)
     }
+
+    /// Resolves when the connection is closed by the limits. For use only
+    /// before the connection is handed to the server (they share a waker).
+    async fn killed(&self) {
+        futures::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.is_killed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 /// Every open gRPC connection of one server.
@@ -204,6 +218,12 @@ impl Guarded {
     /// The socket, for peeking at the first byte.
     pub fn tcp(&self) -> &TcpStream {
         &self.inner
+    }
+
+    /// Resolves when the limits close this connection (see
+    /// [`ConnState::killed`]).
+    pub async fn killed(&self) {
+        self.reg.conn.killed().await
     }
 
     /// Stops tracking (a side connection, which has its own time limits)

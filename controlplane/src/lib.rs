@@ -61,11 +61,13 @@ pub async fn serve(
     let store = store::Store::open(&config.data_dir)?;
     let side_connections =
         raw::enabled(&config).then(|| raw::Rendezvous::new(raw::PAIRING_TIMEOUT));
+    let open_streams = streams::OpenStreams::new(&config.limits);
     let state = Arc::new(state::State {
         store,
         sessions: sessions::Registry::new(config.output_buffer_bytes),
         config: config.clone(),
         side_connections: side_connections.clone(),
+        open_streams: open_streams.clone(),
     });
 
     let max = limits::MAX_MESSAGE_BYTES;
@@ -99,7 +101,6 @@ pub async fn serve(
             .context("invalid TLS configuration")?;
     }
     let tracker = conns::Tracker::new(&config.limits);
-    let open_streams = streams::OpenStreams::new(&config.limits);
     let gate = gate::Gate::new(state.clone(), tracker.clone(), open_streams.clone());
     // Stops with this function (dropping the handle would not).
     struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::{config::ServerConfig, raw::Rendezvous, sessions::Registry, store::Store};
+use crate::{
+    config::ServerConfig, raw::Rendezvous, sessions::Registry, store::Store, streams::OpenStreams,
+};
 
 /// Shared server state.
 pub struct State {
@@ -12,6 +14,10 @@ pub struct State {
     /// Tickets for side connections; `None` when they are off
     /// ([`crate::raw::enabled`]).
     pub side_connections: Option<Arc<Rendezvous>>,
+    /// Open calls by credential: end them when a credential is revoked
+    /// ([`OpenStreams::end`], or [`OpenStreams::recheck`] after changing
+    /// the database).
+    pub open_streams: Arc<OpenStreams>,
 }
 
 /// The handle services hold.

@@ -10,7 +10,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock,
+    },
     time::Duration,
 };
 
@@ -65,6 +68,7 @@ pub struct OpenStreams {
     limits: Limits,
     by_credential: Mutex<HashMap<Credential, Entry>>,
     slots: Mutex<HashMap<(SlotKind, String), usize>>,
+    recheck: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -78,6 +82,7 @@ impl OpenStreams {
             limits: limits.clone(),
             by_credential: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
+            recheck: AtomicBool::new(false),
         })
     }
 
@@ -141,6 +146,13 @@ impl OpenStreams {
             let _ = ending.why.set((code, why.to_owned()));
             ending.token.cancel();
         }
+    }
+
+    /// Asks [`watch`] to re-check every credential at its next tick; call it
+    /// after revoking something in this process's own database connection
+    /// (which the cheap "did anyone else write" test does not see).
+    pub fn recheck(&self) {
+        self.recheck.store(true, Ordering::SeqCst);
     }
 
     /// Credentials with open calls.
@@ -224,7 +236,9 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
         }
         let version = state.store.data_version().ok();
         ticks += 1;
-        if version.is_some()
+        let asked = streams.recheck.swap(false, Ordering::SeqCst);
+        if !asked
+            && version.is_some()
             && version == last_version
             && ticks < FULL_CHECK_TICKS
             && now_ms() < next_expiry

@@ -100,7 +100,12 @@ async fn sort(
     grpc: mpsc::Sender<io::Result<Guarded>>,
 ) {
     let mut first = [0u8; 1];
-    let side = match tokio::time::timeout(timeout, stream.tcp().peek(&mut first)).await {
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout(timeout, stream.tcp().peek(&mut first)) => peeked,
+        // Pushed out by newer unauthenticated connections.
+        _ = stream.killed() => return,
+    };
+    let side = match peeked {
         // Closed (or broken) before saying anything: nothing to serve.
         Ok(Ok(0)) | Ok(Err(_)) => return,
         Ok(Ok(_)) => first[0] == MAGIC[0],
