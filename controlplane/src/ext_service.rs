@@ -47,7 +47,7 @@ impl CmdopService {
     }
 
     fn client<T>(&self, req: &Request<T>) -> Result<Workspace, Status> {
-        auth::authenticate_client(&self.state.store, req.metadata())
+        auth::client_of(&self.state.store, req)
     }
 }
 

@@ -10,8 +10,9 @@
 //!   credential is revoked or expires, and holds the per-key slot of Exec,
 //!   attach and transfer calls.
 //!
-//! Handlers still authenticate as before (the same credential, so the same
-//! answer); the gate makes sure bad credentials are refused early.
+//! Handlers take the caller the gate found from the request's extensions
+//! ([`auth::Checked`]); a call that reaches a handler without it (public
+//! methods) is authenticated there as before.
 
 use std::{
     future::Future,
@@ -73,6 +74,7 @@ impl Gate {
             return Ok(Pass {
                 max_message: route.max_message,
                 ticket: None,
+                checked: None,
             });
         }
         let meta = MetadataMap::from_headers(req.headers().clone());
@@ -82,22 +84,28 @@ impl Gate {
             Need::AgentOrClient => auth::is_agent_credential(&meta),
             _ => false,
         };
-        let (credential, key_hash) = if agent {
-            auth::authenticate_agent(store, &meta)?;
+        let (credential, key_hash, checked) = if agent {
+            let machine = auth::authenticate_agent(store, &meta)?;
             let secret = auth::bearer(&meta).unwrap_or_default();
-            (Credential::agent_secret(secret), None)
+            (
+                Credential::agent_secret(secret),
+                None,
+                auth::Checked::Agent(machine),
+            )
         } else {
-            match auth::authenticate_client(store, &meta) {
-                Ok(_) => {}
+            let workspace = match auth::authenticate_client(store, &meta) {
+                Ok(ws) => ws,
                 // Health checks work without credentials (load balancers).
                 Err(_) if route.need == Need::OptionalClient => {
                     return Ok(Pass {
                         max_message: route.max_message,
                         ticket: None,
+                        checked: None,
                     })
                 }
                 Err(status) => return Err(status),
-            }
+            };
+            let checked = auth::Checked::Client(workspace);
             let token = auth::bearer(&meta).unwrap_or_default();
             if token.starts_with(secrets::ACCESS_TOKEN_PREFIX) {
                 let key = if route.slot.is_some() || route.need == Need::AgentOrClient {
@@ -105,14 +113,14 @@ impl Gate {
                 } else {
                     None
                 };
-                (Credential::access_token(token), key)
+                (Credential::access_token(token), key, checked)
             } else {
                 let credential = Credential::api_key(token);
                 let key = match &credential {
                     Credential::ApiKey { hash } => Some(hash.clone()),
                     _ => None,
                 };
-                (credential, key)
+                (credential, key, checked)
             }
         };
         if let Some(conn) = &conn {
@@ -133,6 +141,7 @@ impl Gate {
         Ok(Pass {
             max_message,
             ticket: Some(ticket),
+            checked: Some(checked),
         })
     }
 }
@@ -221,6 +230,8 @@ fn route(path: &str, extensions: bool) -> Route {
 struct Pass {
     max_message: usize,
     ticket: Option<Ticket>,
+    /// Who is calling, for the handler (see [`auth::Checked`]).
+    checked: Option<auth::Checked>,
 }
 
 /// The tower layer for `Server::layer`.
@@ -277,7 +288,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let ticket = pass.ticket.map(Arc::new);
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        if let Some(checked) = pass.checked {
+            parts.extensions.insert(checked);
+        }
         let body = Body::new(RequestBody {
             inner: body,
             max_message: pass.max_message,

@@ -44,7 +44,7 @@ impl TerminalService {
     }
 
     fn client<T>(&self, req: &Request<T>) -> Result<Workspace, Status> {
-        auth::authenticate_client(&self.state.store, req.metadata())
+        auth::client_of(&self.state.store, req)
     }
 }
 
@@ -57,10 +57,7 @@ impl TerminalStreamingService for TerminalService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectTerminalStream>, Status> {
         let agent = if auth::is_agent_credential(request.metadata()) {
-            Some(auth::authenticate_agent(
-                &self.state.store,
-                request.metadata(),
-            )?)
+            Some(auth::agent_of(&self.state.store, &request)?)
         } else {
             None
         };
