@@ -670,3 +670,98 @@ async fn a_revoked_token_family_ends_its_streams() {
     assert_eq!(st.code(), Code::Unauthenticated, "{st:?}");
     assert!(st.message().contains("revoked"), "{st:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_refused() {
+    let s = stack("header-host", &[]).await;
+    let tcp = TcpStream::connect(&s.server.addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.expect("stream slot");
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/terminal.TerminalStreamingService/ListSessions",
+            s.server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-padding", "p".repeat(1 << 20))
+        .body(())
+        .expect("request");
+    let outcome = match client.send_request(req, true) {
+        Err(e) => format!("refused: {e}"),
+        Ok((response, _)) => match response.await {
+            Err(e) => format!("refused: {e}"),
+            Ok(r) => format!(
+                "answered {} grpc-status {:?}",
+                r.status(),
+                r.headers().get("grpc-status")
+            ),
+        },
+    };
+    assert!(
+        outcome.starts_with("refused") || outcome.contains("431"),
+        "a 1 MiB header block was taken: {outcome}"
+    );
+    let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
+    t.list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("ListSessions afterwards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_to_a_tls_port_are_closed_within_the_bound() {
+    const BOUND: Duration = Duration::from_secs(2);
+    const SLACK: Duration = Duration::from_secs(8);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let server = start_server(
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf8"),
+            "--tls-key",
+            key.to_str().expect("utf8"),
+            "--handshake-timeout-secs",
+            "2",
+        ],
+    );
+    let mut idle = Vec::new();
+    for i in 0..100 {
+        let mut conn = TcpStream::connect(&server.addr).await.expect("connect");
+        let opened = Instant::now();
+        // Half say nothing, half start a TLS record and stop.
+        if i % 2 == 1 {
+            conn.write_all(&[0x16, 0x03, 0x01])
+                .await
+                .expect("three bytes");
+        }
+        idle.push(tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            loop {
+                match tokio::time::timeout(BOUND + SLACK, conn.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Some(opened.elapsed()),
+                    Ok(Ok(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        }));
+    }
+    let mut slowest = Duration::ZERO;
+    for (i, conn) in idle.into_iter().enumerate() {
+        let closed = conn
+            .await
+            .expect("reader")
+            .unwrap_or_else(|| panic!("idle TLS connection {i} still open"));
+        slowest = slowest.max(closed);
+    }
+    eprintln!("100 idle connections to a TLS port closed within {slowest:?} (bound {BOUND:?})");
+}

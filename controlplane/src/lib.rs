@@ -39,6 +39,10 @@ pub use config::{Limits, ServerConfig, TlsFiles};
 /// How long open streams get to finish after `shutdown` resolves before
 /// the server stops waiting for them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Largest header block (metadata) of one call. Headers arrive before the
+/// gate can look at a call, so they are capped low: credentials are at most
+/// 512 bytes and gRPC metadata is small (h2's default would be 16 MiB).
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// Serves on `listener` until `shutdown` resolves. Binds nothing itself.
 ///
@@ -94,6 +98,7 @@ pub async fn serve(
         .initial_stream_window_size(cmdop_proto::limits::HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(cmdop_proto::limits::HTTP2_CONNECTION_WINDOW)
         .max_concurrent_streams(config.limits.max_concurrent_streams.max(1))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .tcp_nodelay(true);
     if let Some(files) = &config.tls {
         builder = builder
