@@ -5,7 +5,10 @@
 //!   without one never gets a byte of its message decoded;
 //! - a message size limit per method (large only where a large message is
 //!   legitimate), checked from each message's length prefix;
-//! - a global budget of request bytes being received at once;
+//! - a global budget of request bytes being received at once, taken by
+//!   clients' messages above [`UNBUDGETED_MESSAGE_BYTES`] (agents' messages
+//!   and small ones never wait on it, so one key filling it cannot stop
+//!   agents or ordinary calls);
 //! - a [`Ticket`] in the open-stream registry, which ends the call when its
 //!   credential is revoked or expires, and holds the per-key slot of Exec,
 //!   attach and transfer calls.
@@ -73,6 +76,7 @@ impl Gate {
         if route.need == Need::Nothing {
             return Ok(Pass {
                 max_message: route.max_message,
+                budgeted: true,
                 ticket: None,
                 checked: None,
             });
@@ -99,6 +103,7 @@ impl Gate {
                 Err(_) if route.need == Need::OptionalClient => {
                     return Ok(Pass {
                         max_message: route.max_message,
+                        budgeted: true,
                         ticket: None,
                         checked: None,
                     })
@@ -140,12 +145,15 @@ impl Gate {
         let ticket = self.streams.open(credential, slot)?;
         Ok(Pass {
             max_message,
+            budgeted: !agent,
             ticket: Some(ticket),
             checked: Some(checked),
         })
     }
 }
 
+/// Messages up to this size do not take from the byte budget.
+const UNBUDGETED_MESSAGE_BYTES: usize = 64 * 1024;
 /// Largest message of calls that carry no bulk data.
 const DEFAULT_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Largest message of calls that need no credential (Enroll, RefreshToken,
@@ -229,6 +237,8 @@ fn route(path: &str, extensions: bool) -> Route {
 /// What an admitted call goes on with.
 struct Pass {
     max_message: usize,
+    /// Large messages take from the global byte budget (clients only).
+    budgeted: bool,
     ticket: Option<Ticket>,
     /// Who is calling, for the handler (see [`auth::Checked`]).
     checked: Option<auth::Checked>,
@@ -295,7 +305,7 @@ where
         let body = Body::new(RequestBody {
             inner: body,
             max_message: pass.max_message,
-            budget: self.gate.budget.clone(),
+            budget: pass.budgeted.then(|| self.gate.budget.clone()),
             budget_bytes: self.gate.budget_bytes,
             header: [0; 5],
             header_len: 0,
@@ -328,7 +338,8 @@ where
 struct RequestBody {
     inner: Body,
     max_message: usize,
-    budget: Arc<Semaphore>,
+    /// `None`: this call's messages do not take from the budget.
+    budget: Option<Arc<Semaphore>>,
     budget_bytes: usize,
     /// The 5-byte gRPC message prefix being read.
     header: [u8; 5],
@@ -373,14 +384,18 @@ impl RequestBody {
                     self.max_message
                 )));
             }
-            if len == 0 {
+            self.remaining = len;
+            let Some(budget) = &self.budget else {
+                continue;
+            };
+            if len <= UNBUDGETED_MESSAGE_BYTES {
                 continue;
             }
             let permit = u32::try_from(len)
                 .ok()
-                .and_then(|n| self.budget.clone().try_acquire_many_owned(n).ok())
+                .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
                 .ok_or_else(|| {
-                    tracing::warn!(
+                    tracing::debug!(
                         budget = self.budget_bytes,
                         "request byte budget exhausted; refusing a message"
                     );
@@ -390,7 +405,6 @@ impl RequestBody {
                     )
                 })?;
             self.permit = Some(permit);
-            self.remaining = len;
         }
         Ok(())
     }
@@ -529,5 +543,70 @@ mod tests {
         );
         assert_eq!(route("/cmdop.ext.v1.Cmdop/Exec", false).need, Need::Nothing);
         assert_eq!(p("/nope/Nothing").max_message, PUBLIC_MESSAGE_BYTES);
+    }
+
+    fn body(max_message: usize, budget: &Arc<Semaphore>) -> RequestBody {
+        RequestBody {
+            inner: Body::empty(),
+            max_message,
+            budget: Some(budget.clone()),
+            budget_bytes: budget.available_permits(),
+            header: [0; 5],
+            header_len: 0,
+            remaining: 0,
+            permit: None,
+            ending: None,
+            failed: false,
+        }
+    }
+
+    fn prefix(len: u32) -> Vec<u8> {
+        let mut p = vec![0u8];
+        p.extend_from_slice(&len.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn length_prefixes_are_read_across_chunks_and_budget_is_held_per_message() {
+        let budget = Arc::new(Semaphore::new(300_000));
+        let mut b = body(200_000, &budget);
+        let p = prefix(100_000);
+        // The prefix split over two chunks, then the message in pieces.
+        b.account(&p[..2]).unwrap();
+        b.account(&p[2..]).unwrap();
+        assert_eq!(budget.available_permits(), 200_000);
+        b.account(&vec![0u8; 60_000]).unwrap();
+        assert_eq!(budget.available_permits(), 200_000, "held until the end");
+        // The rest of this message and the next one's prefix in one chunk.
+        let mut chunk = vec![0u8; 40_000];
+        chunk.extend_from_slice(&prefix(10));
+        chunk.extend_from_slice(&[1u8; 10]);
+        b.account(&chunk).unwrap();
+        assert_eq!(
+            budget.available_permits(),
+            300_000,
+            "small messages are free"
+        );
+        // Over the method's limit.
+        let st = b.account(&prefix(200_001)).unwrap_err();
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        assert!(st.message().contains("at most 200000 bytes"), "{st:?}");
+    }
+
+    #[test]
+    fn a_full_budget_refuses_large_messages() {
+        let budget = Arc::new(Semaphore::new(150_000));
+        let mut first = body(1 << 20, &budget);
+        first.account(&prefix(100_000)).unwrap();
+        let mut second = body(1 << 20, &budget);
+        let st = second.account(&prefix(100_000)).unwrap_err();
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        // Small ones still go through.
+        let mut small = body(1 << 20, &budget);
+        small.account(&prefix(1_000)).unwrap();
+        assert_eq!(small.remaining, 1_000);
+        drop(first);
+        let mut third = body(1 << 20, &budget);
+        third.account(&prefix(100_000)).unwrap();
     }
 }
