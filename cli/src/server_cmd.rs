@@ -56,8 +56,9 @@ pub struct LimitArgs {
     /// Calls (HTTP/2 streams) open at once on one connection.
     #[arg(long, default_value_t = 256)]
     pub max_concurrent_streams: u32,
-    /// MiB of request messages being received at once over all calls
-    /// (at least 32); messages beyond it fail with RESOURCE_EXHAUSTED.
+    /// MiB of clients' request messages (those over 64 KiB) being received
+    /// at once over all calls (at least 32); a message that does not fit
+    /// fails with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 256)]
     pub max_inflight_request_mib: usize,
     /// Exec calls open at once per API key.

@@ -764,4 +764,48 @@ async fn idle_connections_to_a_tls_port_are_closed_within_the_bound() {
         slowest = slowest.max(closed);
     }
     eprintln!("100 idle connections to a TLS port closed within {slowest:?} (bound {BOUND:?})");
+
+    // TLS done, then silence or only the HTTP/2 preface: closed all the same.
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(certified.cert.der().clone())
+        .expect("trust the cert");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    for preface in [
+        &b""[..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"[..],
+    ] {
+        let tcp = TcpStream::connect(&server.addr).await.expect("connect");
+        let opened = Instant::now();
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        tls.write_all(preface).await.expect("preface");
+        let mut buf = [0u8; 256];
+        let closed = loop {
+            match tokio::time::timeout(BOUND + SLACK, tls.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break opened.elapsed(),
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!(
+                    "a TLS connection that sent {} bytes stayed open",
+                    preface.len()
+                ),
+            }
+        };
+        eprintln!(
+            "TLS connection sending {} bytes after its handshake closed after {closed:?}",
+            preface.len()
+        );
+        assert!(
+            closed >= BOUND - Duration::from_millis(300),
+            "closed early: {closed:?}"
+        );
+    }
 }
