@@ -809,3 +809,60 @@ async fn idle_connections_to_a_tls_port_are_closed_within_the_bound() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_attach_and_transfer_limits_answer_resource_exhausted() {
+    let s = stack(
+        "slots2-host",
+        &[
+            "--max-attaches-per-key",
+            "1",
+            "--max-transfers-per-key",
+            "1",
+        ],
+    )
+    .await;
+    let sid = s.session_id.clone();
+    let register = || AgentMessage {
+        session_id: sid.clone(),
+        payload: Some(agent_message::Payload::Register(RegisterRequest {
+            version: "sdk-python-0.1.0-attach".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
+    let (tx1, rx1) = mpsc::channel::<AgentMessage>(4);
+    tx1.send(register()).await.expect("register");
+    let mut first = t
+        .connect_terminal(ReceiverStream::new(rx1))
+        .await
+        .expect("first attach")
+        .into_inner();
+    first.message().await.expect("attach").expect("start");
+    let (tx2, rx2) = mpsc::channel::<AgentMessage>(4);
+    tx2.send(register()).await.expect("register");
+    let st = t
+        .connect_terminal(ReceiverStream::new(rx2))
+        .await
+        .expect_err("a second attach on the same key");
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(st.message().contains("--max-attaches-per-key"), "{st:?}");
+
+    let big = s.dir.path().join("big.bin");
+    std::fs::write(&big, vec![0u8; 32 << 20]).expect("write a 32 MiB file");
+    let request = || DownloadRequest {
+        session_id: sid.clone(),
+        path: big.to_str().expect("utf8").into(),
+        ..Default::default()
+    };
+    let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let mut down = e.download(request()).await.expect("download").into_inner();
+    down.message().await.expect("download").expect("start");
+    let st = e
+        .download(request())
+        .await
+        .expect_err("a second transfer on the same key");
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(st.message().contains("--max-transfers-per-key"), "{st:?}");
+}
