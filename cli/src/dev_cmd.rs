@@ -10,7 +10,8 @@ use cmdop_controlplane::{store::Store, ServerConfig};
 
 #[derive(Args)]
 pub struct DevArgs {
-    /// Address for the control plane.
+    /// Address for the control plane; loopback only (it serves plaintext
+    /// with a ready API key).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// Once everything is up, write `CMDOP_API_KEY=…` and `CMDOP_SERVER=…`
@@ -26,6 +27,12 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "`cmdop dev` listens on loopback only (it serves plaintext with a ready API key); \
+             use --listen 127.0.0.1:PORT, or run `cmdop server` with TLS to serve a network"
+        );
+    }
     let dir = tempfile::Builder::new()
         .prefix("cmdop-dev-")
         .tempdir()

@@ -4,14 +4,20 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
-use cmdop_controlplane::{ServerConfig, TlsFiles};
+use cmdop_controlplane::{Limits, ServerConfig, TlsFiles};
 
 #[derive(Args)]
 pub struct ServerArgs {
-    /// Address to listen on. Plaintext is meant for loopback only: to expose
-    /// the server beyond this machine, also pass --tls-cert and --tls-key.
+    /// Address to listen on. Plaintext is for loopback only: to listen
+    /// beyond this machine, also pass --tls-cert and --tls-key (or
+    /// --allow-plaintext).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Serve plaintext on a non-loopback --listen address. Keys, agent
+    /// secrets, enrollment tokens and command output then cross the network
+    /// unencrypted: only for a network you trust, or behind a TLS proxy.
+    #[arg(long)]
+    pub allow_plaintext: bool,
     /// Directory holding the SQLite state (created if missing).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -32,6 +38,55 @@ pub struct ServerArgs {
     /// Useful with --listen 127.0.0.1:0.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limits that keep one peer from exhausting the server.
+#[derive(Args)]
+pub struct LimitArgs {
+    /// Seconds a new connection has to finish its TLS and HTTP/2 handshakes
+    /// and send its first call before it is closed.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// Connections that have not made an authenticated call yet; beyond
+    /// this the oldest of them is closed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_unauthenticated_connections: usize,
+    /// Calls (HTTP/2 streams) open at once on one connection.
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+    /// MiB of clients' request messages (those over 64 KiB) being received
+    /// at once over all calls (at least 32); a message that does not fit
+    /// fails with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 256)]
+    pub max_inflight_request_mib: usize,
+    /// Exec calls open at once per API key.
+    #[arg(long, default_value_t = 128)]
+    pub max_execs_per_key: usize,
+    /// Attach streams open at once per API key.
+    #[arg(long, default_value_t = 16)]
+    pub max_attaches_per_key: usize,
+    /// Upload/Download calls open at once per API key.
+    #[arg(long, default_value_t = 16)]
+    pub max_transfers_per_key: usize,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            handshake_timeout: Duration::from_millis(
+                self.handshake_timeout_secs.saturating_mul(1000).max(100),
+            ),
+            max_unauthenticated_connections: self.max_unauthenticated_connections.max(1),
+            max_concurrent_streams: self.max_concurrent_streams.max(1),
+            inflight_request_bytes: self.max_inflight_request_mib.saturating_mul(1024 * 1024),
+            execs_per_key: self.max_execs_per_key,
+            attaches_per_key: self.max_attaches_per_key,
+            transfers_per_key: self.max_transfers_per_key,
+            ..Limits::default()
+        }
+    }
 }
 
 impl ServerArgs {
@@ -50,6 +105,7 @@ impl ServerArgs {
                 _ => None,
             },
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs.max(1)),
+            limits: self.limits.limits(),
             ..ServerConfig::default()
         }
     }
@@ -75,10 +131,19 @@ pub fn write_ready_file(path: &std::path::Path, contents: &str) -> anyhow::Resul
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = args.config();
-    let (listener, local) = bind(args.listen).await?;
-    if config.tls.is_none() && !local.ip().is_loopback() {
-        tracing::warn!(%local, "serving plaintext beyond loopback; pass --tls-cert/--tls-key to encrypt");
+    if config.tls.is_none() && !args.listen.ip().is_loopback() {
+        if !args.allow_plaintext {
+            anyhow::bail!(
+                "refusing to serve plaintext on {}, which is not a loopback address: keys, agent \
+                 secrets and command output would cross the network unencrypted. Pass \
+                 --tls-cert and --tls-key, listen on 127.0.0.1, or pass --allow-plaintext if \
+                 this network is trusted",
+                args.listen
+            );
+        }
+        tracing::warn!(listen = %args.listen, "serving PLAINTEXT beyond loopback (--allow-plaintext): credentials and output are not encrypted; pass --tls-cert/--tls-key to encrypt");
     }
+    let (listener, local) = bind(args.listen).await?;
     tracing::info!(%local, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "control plane listening");
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &format!("{local}\n"))?;

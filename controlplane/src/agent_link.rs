@@ -108,7 +108,7 @@ impl AgentLink for AgentLinkService {
         &self,
         request: Request<Streaming<AgentUplink>>,
     ) -> Result<Response<Self::ChannelStream>, Status> {
-        let machine = auth::authenticate_agent(&self.state.store, request.metadata())?;
+        let machine = auth::agent_of(&self.state.store, &request)?;
         let mut uplink = request.into_inner();
         let hello = match tokio::time::timeout(limits::FIRST_MESSAGE_TIMEOUT, uplink.message())
             .await

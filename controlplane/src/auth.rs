@@ -40,6 +40,30 @@ fn invalid_key() -> Status {
     )
 }
 
+/// Who the gate ([`crate::gate`]) found calling, in the request's
+/// extensions, so handlers need not ask the database a second time.
+#[derive(Debug, Clone)]
+pub enum Checked {
+    Client(Workspace),
+    Agent(MachineRow),
+}
+
+/// The caller's workspace: as the gate found it, or looked up now.
+pub fn client_of<T>(store: &Store, req: &tonic::Request<T>) -> Result<Workspace, Status> {
+    match req.extensions().get::<Checked>() {
+        Some(Checked::Client(ws)) => Ok(ws.clone()),
+        _ => authenticate_client(store, req.metadata()),
+    }
+}
+
+/// The calling agent's machine: as the gate found it, or looked up now.
+pub fn agent_of<T>(store: &Store, req: &tonic::Request<T>) -> Result<MachineRow, Status> {
+    match req.extensions().get::<Checked>() {
+        Some(Checked::Agent(machine)) => Ok(machine.clone()),
+        _ => authenticate_agent(store, req.metadata()),
+    }
+}
+
 /// The workspace of the client calling with an API key or access token.
 pub fn authenticate_client(store: &Store, meta: &MetadataMap) -> Result<Workspace, Status> {
     let token = bearer(meta).ok_or_else(missing_key)?;

@@ -26,6 +26,49 @@ pub struct ServerConfig {
     pub heartbeat_timeout: Duration,
     /// Per-session cap of the output ring buffer (allocated as output comes).
     pub output_buffer_bytes: usize,
+    /// Limits that keep one peer from exhausting the server.
+    pub limits: Limits,
+}
+
+/// Connection and request limits. The defaults suit a small deployment;
+/// `cmdop server` has a flag for each.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A connection must send its first gRPC request (after the TLS and
+    /// HTTP/2 handshakes) within this long, or it is closed.
+    pub handshake_timeout: Duration,
+    /// Connections that have not yet made an authenticated call. When a new
+    /// connection would exceed this, the oldest of them is closed.
+    pub max_unauthenticated_connections: usize,
+    /// HTTP/2 streams (calls) open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Bytes of request messages being received at once, over all calls.
+    /// A message that does not fit fails with RESOURCE_EXHAUSTED.
+    pub inflight_request_bytes: usize,
+    /// Exec calls open at once per API key (tokens count for their key).
+    pub execs_per_key: usize,
+    /// Attach streams open at once per API key.
+    pub attaches_per_key: usize,
+    /// Upload and Download calls open at once per API key.
+    pub transfers_per_key: usize,
+    /// How often open streams' credentials are checked again, so a revoked
+    /// key or token ends its streams.
+    pub revocation_poll: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            max_unauthenticated_connections: 1024,
+            max_concurrent_streams: 256,
+            inflight_request_bytes: 256 * 1024 * 1024,
+            execs_per_key: 128,
+            attaches_per_key: 16,
+            transfers_per_key: 16,
+            revocation_poll: Duration::from_millis(250),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -36,6 +79,7 @@ impl Default for ServerConfig {
             tls: None,
             heartbeat_timeout: Duration::from_secs(75),
             output_buffer_bytes: 1024 * 1024,
+            limits: Limits::default(),
         }
     }
 }

@@ -47,7 +47,7 @@ impl CmdopService {
     }
 
     fn client<T>(&self, req: &Request<T>) -> Result<Workspace, Status> {
-        auth::authenticate_client(&self.state.store, req.metadata())
+        auth::client_of(&self.state.store, req)
     }
 }
 
@@ -379,6 +379,9 @@ impl Cmdop for CmdopService {
             RefreshOutcome::Rotated(pair) => Ok(Response::new(token_pair(pair))),
             RefreshOutcome::ReuseDetected => {
                 tracing::warn!("refresh token reused; token family revoked");
+                // End the streams its access tokens opened now, not at the
+                // next periodic full check.
+                self.state.open_streams.recheck();
                 Err(Status::unauthenticated(
                     "refresh token reuse detected; the token family is revoked — sign in again",
                 ))

@@ -9,8 +9,10 @@
 mod agent_link;
 mod auth;
 mod config;
+mod conns;
 mod ext_service;
 mod files;
+mod gate;
 mod last_seen;
 pub mod limits;
 mod raw;
@@ -19,6 +21,7 @@ mod selection;
 pub mod sessions;
 mod state;
 pub mod store;
+mod streams;
 mod terminal_service;
 mod timestamps;
 mod tls;
@@ -31,20 +34,27 @@ use cmdop_proto::{
     ext::{agent_link_server::AgentLinkServer, cmdop_server::CmdopServer},
     terminal::terminal_streaming_service_server::TerminalStreamingServiceServer,
 };
-use futures::future::Either;
-use tonic::transport::{server::TcpIncoming, Server};
+use tonic::transport::Server;
 
-pub use config::{ServerConfig, TlsFiles};
+pub use config::{Limits, ServerConfig, TlsFiles};
 
 /// How long open streams get to finish after `shutdown` resolves before
 /// the server stops waiting for them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Largest header block (metadata) of one call. Headers arrive before the
+/// gate can look at a call, so they are capped low: credentials are at most
+/// 512 bytes and gRPC metadata is small (h2's default would be 16 MiB).
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// Serves on `listener` until `shutdown` resolves. Binds nothing itself.
 ///
 /// Over plaintext with extensions on, the same port also takes Exec side
 /// connections (capability `exec-raw.v1`), told apart from gRPC by their
 /// first byte.
+///
+/// Every call passes the gate ([`gate`]) first: credentials are checked
+/// before a request body is read, and calls end when their credential is
+/// revoked. Connections are tracked ([`conns`]) from accept to close.
 ///
 /// On shutdown every agent session is closed (agents reconnect to the next
 /// instance), and open calls get [`SHUTDOWN_GRACE`] to finish.
@@ -53,15 +63,18 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    conns::raise_fd_limit();
     let store = store::Store::open(&config.data_dir)?;
     let side_connections =
         raw::enabled(&config).then(|| raw::Rendezvous::new(raw::PAIRING_TIMEOUT));
+    let open_streams = streams::OpenStreams::new(&config.limits);
     let state = Arc::new(state::State {
         store,
         sessions: sessions::Registry::new(config.output_buffer_bytes),
         config: config.clone(),
         side_connections: side_connections.clone(),
         selections: Default::default(),
+        open_streams: open_streams.clone(),
     });
 
     let max = limits::MAX_MESSAGE_BYTES;
@@ -87,12 +100,16 @@ pub async fn serve(
         // every 64 KiB with the HTTP/2 default windows.
         .initial_stream_window_size(cmdop_proto::limits::HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(cmdop_proto::limits::HTTP2_CONNECTION_WINDOW)
+        .max_concurrent_streams(config.limits.max_concurrent_streams.max(1))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .tcp_nodelay(true);
     if let Some(files) = &config.tls {
         builder = builder
-            .tls_config(tls::server_tls_config(files)?)
+            .tls_config(tls::server_tls_config(files)?.timeout(config.limits.handshake_timeout))
             .context("invalid TLS configuration")?;
     }
+    let tracker = conns::Tracker::new(&config.limits);
+    let gate = gate::Gate::new(state.clone(), tracker.clone(), open_streams.clone());
     // Stops with this function (dropping the handle would not).
     struct AbortOnDrop(tokio::task::JoinHandle<()>);
     impl Drop for AbortOnDrop {
@@ -105,6 +122,11 @@ pub async fn serve(
         last_seen::flush_interval(config.heartbeat_timeout),
     )));
     let _revocations = AbortOnDrop(tokio::spawn(revocation::run(state.clone())));
+    let _revocations = AbortOnDrop(tokio::spawn(streams::watch(
+        state.clone(),
+        open_streams,
+        config.limits.revocation_poll,
+    )));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -120,20 +142,16 @@ pub async fn serve(
         }
     };
     let router = builder
+        .layer(gate::GateLayer(gate))
         .add_service(terminal)
         .add_service(agent_link)
         .add_optional_service(cmdop);
-    let server = match side_connections {
-        // Our own accept loop sorts side connections from gRPC.
-        Some(rendezvous) => Either::Left(
-            router
-                .serve_with_incoming_shutdown(raw::listener::spawn(listener, rendezvous), graceful),
-        ),
-        None => Either::Right(router.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            graceful,
-        )),
-    };
+    // Our own accept loop tracks connections and sorts side connections
+    // (when on) from gRPC.
+    let server = router.serve_with_incoming_shutdown(
+        raw::listener::spawn(listener, side_connections, tracker),
+        graceful,
+    );
     let deadline = {
         let mut rx = stop_rx;
         async move {

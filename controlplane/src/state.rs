@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::{
     config::ServerConfig, raw::Rendezvous, selection::Selections, sessions::Registry, store::Store,
+    streams::OpenStreams,
 };
 
 /// Shared server state.
@@ -17,6 +18,10 @@ pub struct State {
     /// The machine each client connection picked last (for File* calls
     /// without a session id).
     pub selections: Selections,
+    /// Open calls by credential: end them when a credential is revoked
+    /// ([`OpenStreams::end`], or [`OpenStreams::recheck`] after changing
+    /// the database).
+    pub open_streams: Arc<OpenStreams>,
 }
 
 /// The handle services hold.

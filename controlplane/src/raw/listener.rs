@@ -1,23 +1,20 @@
-//! One port, two protocols: accepts connections and sorts them by their
-//! first byte. Side connections open with `C` (of "CMDOPRAW"); gRPC opens
-//! with "PRI" (the HTTP/2 preface) or, on a TLS port, a 0x16 record, so the
-//! two never collide. Everything that is not a side connection goes to
-//! tonic through the stream [`spawn`] returns.
+//! The accept loop of every server. Each connection is tracked
+//! ([`crate::conns`]) from the moment it is accepted. With side connections
+//! on, one port serves two protocols, sorted by the first byte: side
+//! connections open with `C` (of "CMDOPRAW"); gRPC opens with "PRI" (the
+//! HTTP/2 preface) or, on a TLS port, a 0x16 record, so the two never
+//! collide. Everything that is not a side connection goes to tonic through
+//! the stream [`spawn`] returns.
 
 use std::{io, sync::Arc, time::Duration};
 
 use cmdop_proto::raw::MAGIC;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{rendezvous::Rendezvous, side};
+use crate::conns::{Guarded, Tracker};
 
-/// How long a new connection may stay silent before it is handed to tonic
-/// anyway (which then applies its own rules to it).
-pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sorted gRPC connections waiting for tonic to pick them up.
 const HANDOFF_QUEUE: usize = 64;
 /// Pause after an accept error such as running out of file descriptors,
@@ -25,21 +22,27 @@ const HANDOFF_QUEUE: usize = 64;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The gRPC connections, for `serve_with_incoming_shutdown`.
-pub type Incoming = ReceiverStream<io::Result<TcpStream>>;
+pub type Incoming = ReceiverStream<io::Result<Guarded>>;
 
-/// Accepts on `listener` in a task of its own: side connections are served
-/// with `rendezvous`, the rest come out of the returned stream. The task,
-/// and with it the listening socket, ends when that stream is dropped.
-pub fn spawn(listener: TcpListener, rendezvous: Arc<Rendezvous>) -> Incoming {
+/// Accepts on `listener` in a task of its own: side connections (when
+/// `rendezvous` is given) are served with it, the rest come out of the
+/// returned stream, tracked by `tracker`. The task, and with it the
+/// listening socket, ends when that stream is dropped.
+pub fn spawn(
+    listener: TcpListener,
+    rendezvous: Option<Arc<Rendezvous>>,
+    tracker: Arc<Tracker>,
+) -> Incoming {
     let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
-    tokio::spawn(accept_loop(listener, rendezvous, tx));
+    tokio::spawn(accept_loop(listener, rendezvous, tracker, tx));
     ReceiverStream::new(rx)
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    rendezvous: Arc<Rendezvous>,
-    grpc: mpsc::Sender<io::Result<TcpStream>>,
+    rendezvous: Option<Arc<Rendezvous>>,
+    tracker: Arc<Tracker>,
+    grpc: mpsc::Sender<io::Result<Guarded>>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -59,9 +62,21 @@ async fn accept_loop(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        tokio::spawn(sort(stream, rendezvous.clone(), grpc.clone()));
+        let stream = tracker.admit(stream);
+        match &rendezvous {
+            Some(rendezvous) => {
+                let timeout = tracker.handshake_timeout();
+                tokio::spawn(sort(stream, timeout, rendezvous.clone(), grpc.clone()));
+            }
+            // Fails only when the server is shutting down.
+            None => {
+                if grpc.send(Ok(stream)).await.is_err() {
+                    break;
+                }
+            }
+        }
     }
-    tracing::debug!("side-connection listener stopped");
+    tracing::debug!("listener stopped");
 }
 
 /// Errors that concern only the connection being accepted; the next
@@ -76,21 +91,31 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-/// Looks at the first byte without consuming it and passes the connection on.
+/// Looks at the first byte without consuming it and passes the connection
+/// on. One that says nothing within the handshake bound is closed.
 async fn sort(
-    stream: TcpStream,
+    stream: Guarded,
+    timeout: Duration,
     rendezvous: Arc<Rendezvous>,
-    grpc: mpsc::Sender<io::Result<TcpStream>>,
+    grpc: mpsc::Sender<io::Result<Guarded>>,
 ) {
     let mut first = [0u8; 1];
-    let side = match tokio::time::timeout(SNIFF_TIMEOUT, stream.peek(&mut first)).await {
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout(timeout, stream.tcp().peek(&mut first)) => peeked,
+        // Pushed out by newer unauthenticated connections.
+        _ = stream.killed() => return,
+    };
+    let side = match peeked {
         // Closed (or broken) before saying anything: nothing to serve.
         Ok(Ok(0)) | Ok(Err(_)) => return,
         Ok(Ok(_)) => first[0] == MAGIC[0],
-        Err(_) => false,
+        Err(_) => {
+            tracing::debug!("closing a connection that sent nothing in time");
+            return;
+        }
     };
     if side {
-        side::handle(rendezvous, stream).await;
+        side::handle(rendezvous, stream.into_tcp()).await;
     } else {
         // Fails only when the server is shutting down.
         let _ = grpc.send(Ok(stream)).await;

@@ -26,7 +26,8 @@ async fn harness(pairing_timeout: Duration) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let rendezvous = Rendezvous::new(pairing_timeout);
-    let grpc = listener::spawn(listener, rendezvous.clone());
+    let tracker = crate::conns::Tracker::new(&crate::config::Limits::default());
+    let grpc = listener::spawn(listener, Some(rendezvous.clone()), tracker);
     Harness {
         addr,
         rendezvous,
@@ -271,7 +272,7 @@ async fn everything_else_goes_to_grpc_untouched() {
             .expect("handed to gRPC")
             .expect("stream open")
             .expect("a connection");
-        assert!(server.nodelay().unwrap());
+        assert!(server.tcp().nodelay().unwrap());
         let mut got = vec![0u8; opening.len()];
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(got, opening, "the first bytes are still there");

@@ -7,6 +7,7 @@ mod machines;
 mod private;
 mod schema;
 pub mod secrets;
+mod standing;
 mod tokens;
 
 use std::{
@@ -19,6 +20,7 @@ use anyhow::{bail, Context};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 pub use machines::{HostnameUpdate, DEFAULT_ENROLLMENT_TOKEN_TTL};
+pub use standing::{Credential, Standing};
 pub use tokens::{AccessCheck, RefreshOutcome, TokenPair};
 
 use crate::limits;

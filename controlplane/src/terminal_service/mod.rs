@@ -41,7 +41,7 @@ impl TerminalService {
     }
 
     fn client<T>(&self, req: &Request<T>) -> Result<Workspace, Status> {
-        auth::authenticate_client(&self.state.store, req.metadata())
+        auth::client_of(&self.state.store, req)
     }
 
     /// The caller's workspace and the session a File* call goes to: its
@@ -80,10 +80,7 @@ impl TerminalStreamingService for TerminalService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectTerminalStream>, Status> {
         let agent = if auth::is_agent_credential(request.metadata()) {
-            Some(auth::authenticate_agent(
-                &self.state.store,
-                request.metadata(),
-            )?)
+            Some(auth::agent_of(&self.state.store, &request)?)
         } else {
             None
         };

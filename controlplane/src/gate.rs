@@ -1,0 +1,612 @@
+//! The gate every gRPC call passes before its request body is read:
+//!
+//! - authentication: the credential the method needs (API key or access
+//!   token, agent secret) is checked from the headers alone, so a caller
+//!   without one never gets a byte of its message decoded;
+//! - a message size limit per method (large only where a large message is
+//!   legitimate), checked from each message's length prefix;
+//! - a global budget of request bytes being received at once, taken by
+//!   clients' messages above [`UNBUDGETED_MESSAGE_BYTES`] (agents' messages
+//!   and small ones never wait on it, so one key filling it cannot stop
+//!   agents or ordinary calls);
+//! - a [`Ticket`] in the open-stream registry, which ends the call when its
+//!   credential is revoked or expires, and holds the per-key slot of Exec,
+//!   attach and transfer calls.
+//!
+//! Handlers take the caller the gate found from the request's extensions
+//! ([`auth::Checked`]); a call that reaches a handler without it (public
+//! methods) is authenticated there as before.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use tonic::{body::Body, metadata::MetadataMap, Status};
+
+use crate::{
+    auth,
+    conns::Tracker,
+    limits,
+    state::SharedState,
+    store::{secrets, Credential},
+    streams::{OpenStreams, SlotKind, Ticket},
+};
+
+/// Shared by every connection's copy of the gate service.
+pub struct Gate {
+    state: SharedState,
+    tracker: Arc<Tracker>,
+    streams: Arc<OpenStreams>,
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
+}
+
+impl Gate {
+    pub fn new(state: SharedState, tracker: Arc<Tracker>, streams: Arc<OpenStreams>) -> Arc<Gate> {
+        // One largest message must always fit, or it could never be sent.
+        let budget_bytes = state
+            .config
+            .limits
+            .inflight_request_bytes
+            .max(limits::MAX_MESSAGE_BYTES);
+        Arc::new(Gate {
+            state,
+            tracker,
+            streams,
+            budget: Arc::new(Semaphore::new(budget_bytes)),
+            budget_bytes,
+        })
+    }
+
+    /// Decides from the headers alone whether the call may go on, and with
+    /// what limits.
+    fn admit(&self, req: &http::Request<Body>) -> Result<Pass, Status> {
+        let conn = self.tracker.of_request(req.extensions());
+        if let Some(conn) = &conn {
+            self.tracker.saw_request(conn);
+        }
+        let route = route(req.uri().path(), self.state.config.extensions);
+        if route.need == Need::Nothing {
+            return Ok(Pass {
+                max_message: route.max_message,
+                budgeted: true,
+                ticket: None,
+                checked: None,
+            });
+        }
+        let meta = MetadataMap::from_headers(req.headers().clone());
+        let store = &self.state.store;
+        let agent = match route.need {
+            Need::Agent => true,
+            Need::AgentOrClient => auth::is_agent_credential(&meta),
+            _ => false,
+        };
+        let (credential, key_hash, checked) = if agent {
+            let machine = auth::authenticate_agent(store, &meta)?;
+            let secret = auth::bearer(&meta).unwrap_or_default();
+            (
+                Credential::agent_secret(secret),
+                None,
+                auth::Checked::Agent(machine),
+            )
+        } else {
+            let workspace = match auth::authenticate_client(store, &meta) {
+                Ok(ws) => ws,
+                // Health checks work without credentials (load balancers).
+                Err(_) if route.need == Need::OptionalClient => {
+                    return Ok(Pass {
+                        max_message: route.max_message,
+                        budgeted: true,
+                        ticket: None,
+                        checked: None,
+                    })
+                }
+                Err(status) => return Err(status),
+            };
+            let checked = auth::Checked::Client(workspace);
+            let token = auth::bearer(&meta).unwrap_or_default();
+            if token.starts_with(secrets::ACCESS_TOKEN_PREFIX) {
+                let key = if route.slot.is_some() || route.need == Need::AgentOrClient {
+                    store.access_token_key_hash(token).map_err(auth::internal)?
+                } else {
+                    None
+                };
+                (Credential::access_token(token), key, checked)
+            } else {
+                let credential = Credential::api_key(token);
+                let key = match &credential {
+                    Credential::ApiKey { hash } => Some(hash.clone()),
+                    _ => None,
+                };
+                (credential, key, checked)
+            }
+        };
+        if let Some(conn) = &conn {
+            self.tracker.authenticated(conn);
+        }
+        let (slot_kind, max_message) = match route.need {
+            // ConnectTerminal: agents send output and file contents; clients
+            // (attach) send keystrokes.
+            Need::AgentOrClient if agent => (None, limits::MAX_MESSAGE_BYTES),
+            Need::AgentOrClient => (Some(SlotKind::Attach), INPUT_MESSAGE_BYTES),
+            _ => (route.slot, route.max_message),
+        };
+        let slot = match (slot_kind, key_hash) {
+            (Some(kind), Some(key)) => Some((kind, key)),
+            _ => None,
+        };
+        let ticket = self.streams.open(credential, slot)?;
+        Ok(Pass {
+            max_message,
+            budgeted: !agent,
+            ticket: Some(ticket),
+            checked: Some(checked),
+        })
+    }
+}
+
+/// Messages up to this size do not take from the byte budget.
+const UNBUDGETED_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest message of calls that carry no bulk data.
+const DEFAULT_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Largest message of calls that need no credential (Enroll, RefreshToken,
+/// HealthCheck, unknown methods).
+const PUBLIC_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest message carrying terminal input (SendInput, attach). Input above
+/// MAX_INPUT_BYTES but below this gets the handler's own INVALID_ARGUMENT.
+const INPUT_MESSAGE_BYTES: usize = 4 * limits::MAX_INPUT_BYTES;
+/// Largest Exec request: command, stdin and environment.
+const EXEC_MESSAGE_BYTES: usize = limits::MAX_COMMAND_BYTES
+    + limits::MAX_EXEC_STDIN_BYTES
+    + limits::MAX_EXEC_ENV_ENTRIES * limits::MAX_EXEC_ENV_ENTRY_BYTES
+    + 64 * 1024;
+/// Largest Upload message: one chunk.
+const UPLOAD_MESSAGE_BYTES: usize = crate::transfer::MAX_CHUNK_BYTES + 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// No credential (the handler decides).
+    Nothing,
+    /// A client credential if any; the call goes on without one.
+    OptionalClient,
+    /// An API key or access token.
+    Client,
+    /// An agent secret.
+    Agent,
+    /// ConnectTerminal: an agent secret, or a client credential (attach).
+    AgentOrClient,
+}
+
+struct Route {
+    need: Need,
+    max_message: usize,
+    slot: Option<SlotKind>,
+}
+
+/// What each method needs. `extensions` says whether `cmdop.ext.v1.Cmdop`
+/// is served (when not, its calls go on to UNIMPLEMENTED).
+fn route(path: &str, extensions: bool) -> Route {
+    let r = |need, max_message| Route {
+        need,
+        max_message,
+        slot: None,
+    };
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", ""));
+    match service {
+        "terminal.TerminalStreamingService" => match method {
+            "ConnectTerminal" => r(Need::AgentOrClient, limits::MAX_MESSAGE_BYTES),
+            "HealthCheck" => r(Need::OptionalClient, PUBLIC_MESSAGE_BYTES),
+            "FileWrite" => r(Need::Client, limits::MAX_MESSAGE_BYTES),
+            "SendInput" => r(Need::Client, INPUT_MESSAGE_BYTES),
+            _ => r(Need::Client, DEFAULT_MESSAGE_BYTES),
+        },
+        "cmdop.ext.v1.Cmdop" if extensions => match method {
+            "RefreshToken" => r(Need::Nothing, PUBLIC_MESSAGE_BYTES),
+            "Exec" => Route {
+                slot: Some(SlotKind::Exec),
+                ..r(Need::Client, EXEC_MESSAGE_BYTES)
+            },
+            "Upload" => Route {
+                slot: Some(SlotKind::Transfer),
+                ..r(Need::Client, UPLOAD_MESSAGE_BYTES)
+            },
+            "Download" => Route {
+                slot: Some(SlotKind::Transfer),
+                ..r(Need::Client, DEFAULT_MESSAGE_BYTES)
+            },
+            _ => r(Need::Client, DEFAULT_MESSAGE_BYTES),
+        },
+        "cmdop.ext.v1.AgentLink" => match method {
+            "Enroll" => r(Need::Nothing, PUBLIC_MESSAGE_BYTES),
+            _ => r(Need::Agent, limits::MAX_MESSAGE_BYTES),
+        },
+        _ => r(Need::Nothing, PUBLIC_MESSAGE_BYTES),
+    }
+}
+
+/// What an admitted call goes on with.
+struct Pass {
+    max_message: usize,
+    /// Large messages take from the global byte budget (clients only).
+    budgeted: bool,
+    ticket: Option<Ticket>,
+    /// Who is calling, for the handler (see [`auth::Checked`]).
+    checked: Option<auth::Checked>,
+}
+
+/// The tower layer for `Server::layer`.
+#[derive(Clone)]
+pub struct GateLayer(pub Arc<Gate>);
+
+impl<S> tower_layer::Layer<S> for GateLayer {
+    type Service = GateService<S>;
+
+    fn layer(&self, inner: S) -> GateService<S> {
+        GateService {
+            inner,
+            gate: self.0.clone(),
+        }
+    }
+}
+
+/// [`Gate`] in front of the routes.
+#[derive(Clone)]
+pub struct GateService<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S> tower_service::Service<http::Request<Body>> for GateService<S>
+where
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let pass = match self.gate.admit(&req) {
+            Ok(pass) => pass,
+            // Answered without reading the body; dropping it resets the
+            // stream, so the peer's data is discarded, not buffered.
+            Err(status) => {
+                let response = status.into_http::<Body>();
+                return Box::pin(async move { Ok(response) });
+            }
+        };
+        // The clone that was made ready goes to this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let ticket = pass.ticket.map(Arc::new);
+        let (mut parts, body) = req.into_parts();
+        if let Some(checked) = pass.checked {
+            parts.extensions.insert(checked);
+        }
+        let body = Body::new(RequestBody {
+            inner: body,
+            max_message: pass.max_message,
+            budget: pass.budgeted.then(|| self.gate.budget.clone()),
+            budget_bytes: self.gate.budget_bytes,
+            header: [0; 5],
+            header_len: 0,
+            remaining: 0,
+            permit: None,
+            ending: ticket.as_ref().map(|t| (Box::pin(t.ended()), t.clone())),
+            failed: false,
+        });
+        let call = inner.call(http::Request::from_parts(parts, body));
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(match ticket {
+                Some(ticket) => response.map(|body| {
+                    Body::new(ResponseBody {
+                        inner: body,
+                        ended: Box::pin(ticket.ended()),
+                        ticket,
+                        done: false,
+                    })
+                }),
+                None => response,
+            })
+        })
+    }
+}
+
+/// A request body that checks each gRPC message's length prefix against
+/// the method's limit, holds budget for the message while it arrives, and
+/// fails when the call's credential is ended.
+struct RequestBody {
+    inner: Body,
+    max_message: usize,
+    /// `None`: this call's messages do not take from the budget.
+    budget: Option<Arc<Semaphore>>,
+    budget_bytes: usize,
+    /// The 5-byte gRPC message prefix being read.
+    header: [u8; 5],
+    header_len: usize,
+    /// Bytes of the current message still to come.
+    remaining: usize,
+    permit: Option<OwnedSemaphorePermit>,
+    ending: Option<(Pin<Box<WaitForCancellationFutureOwned>>, Arc<Ticket>)>,
+    failed: bool,
+}
+
+impl RequestBody {
+    fn account(&mut self, mut data: &[u8]) -> Result<(), Status> {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                self.remaining -= n;
+                data = &data[n..];
+                if self.remaining == 0 {
+                    self.permit = None;
+                }
+                continue;
+            }
+            let n = (5 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&data[..n]);
+            self.header_len += n;
+            data = &data[n..];
+            if self.header_len < 5 {
+                continue;
+            }
+            self.header_len = 0;
+            let len = u32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]) as usize;
+            if len > self.max_message {
+                return Err(Status::resource_exhausted(format!(
+                    "a message of this call is {len} bytes; this method takes at most {} bytes \
+                     per message — send smaller pieces",
+                    self.max_message
+                )));
+            }
+            self.remaining = len;
+            let Some(budget) = &self.budget else {
+                continue;
+            };
+            if len <= UNBUDGETED_MESSAGE_BYTES {
+                continue;
+            }
+            let permit = u32::try_from(len)
+                .ok()
+                .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
+                .ok_or_else(|| {
+                    tracing::debug!(
+                        budget = self.budget_bytes,
+                        "request byte budget exhausted; refusing a message"
+                    );
+                    Status::resource_exhausted(
+                        "the server is receiving too much request data at once; retry shortly \
+                         (operators: raise --max-inflight-request-mib on `cmdop server`)",
+                    )
+                })?;
+            self.permit = Some(permit);
+        }
+        Ok(())
+    }
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        if let Some((ended, ticket)) = &mut this.ending {
+            if ended.as_mut().poll(cx).is_ready() {
+                this.failed = true;
+                this.permit = None;
+                return Poll::Ready(Some(Err(ticket.status())));
+            }
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Err(status) = this.account(data) {
+                        this.failed = true;
+                        this.permit = None;
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(status)) => Poll::Ready(Some(Err(status))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that ends with the ticket's status (as trailers) when
+/// the call's credential is ended.
+struct ResponseBody {
+    inner: Body,
+    ended: Pin<Box<WaitForCancellationFutureOwned>>,
+    ticket: Arc<Ticket>,
+    done: bool,
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.ended.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            let mut trailers = http::HeaderMap::new();
+            // Only fails on a message that is not a valid header value;
+            // ours are plain text.
+            let _ = this.ticket.status().add_header(&mut trailers);
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if frame.is_trailers() {
+                    this.done = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(status)) => {
+                this.done = true;
+                Poll::Ready(Some(Err(status)))
+            }
+            None => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.done {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_need_what_their_handlers_check() {
+        let p = |path| route(path, true);
+        assert_eq!(
+            p("/terminal.TerminalStreamingService/FileWrite").need,
+            Need::Client
+        );
+        assert_eq!(
+            p("/terminal.TerminalStreamingService/FileWrite").max_message,
+            limits::MAX_MESSAGE_BYTES
+        );
+        assert_eq!(
+            p("/terminal.TerminalStreamingService/FileRead").max_message,
+            DEFAULT_MESSAGE_BYTES
+        );
+        assert_eq!(p("/cmdop.ext.v1.AgentLink/Enroll").need, Need::Nothing);
+        assert_eq!(p("/cmdop.ext.v1.AgentLink/Channel").need, Need::Agent);
+        assert_eq!(p("/cmdop.ext.v1.Cmdop/RefreshToken").need, Need::Nothing);
+        assert_eq!(p("/cmdop.ext.v1.Cmdop/Exec").slot, Some(SlotKind::Exec));
+        assert_eq!(
+            p("/cmdop.ext.v1.Cmdop/Upload").max_message,
+            UPLOAD_MESSAGE_BYTES
+        );
+        assert_eq!(route("/cmdop.ext.v1.Cmdop/Exec", false).need, Need::Nothing);
+        assert_eq!(p("/nope/Nothing").max_message, PUBLIC_MESSAGE_BYTES);
+    }
+
+    fn body(max_message: usize, budget: &Arc<Semaphore>) -> RequestBody {
+        RequestBody {
+            inner: Body::empty(),
+            max_message,
+            budget: Some(budget.clone()),
+            budget_bytes: budget.available_permits(),
+            header: [0; 5],
+            header_len: 0,
+            remaining: 0,
+            permit: None,
+            ending: None,
+            failed: false,
+        }
+    }
+
+    fn prefix(len: u32) -> Vec<u8> {
+        let mut p = vec![0u8];
+        p.extend_from_slice(&len.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn length_prefixes_are_read_across_chunks_and_budget_is_held_per_message() {
+        let budget = Arc::new(Semaphore::new(300_000));
+        let mut b = body(200_000, &budget);
+        let p = prefix(100_000);
+        // The prefix split over two chunks, then the message in pieces.
+        b.account(&p[..2]).unwrap();
+        b.account(&p[2..]).unwrap();
+        assert_eq!(budget.available_permits(), 200_000);
+        b.account(&vec![0u8; 60_000]).unwrap();
+        assert_eq!(budget.available_permits(), 200_000, "held until the end");
+        // The rest of this message and the next one's prefix in one chunk.
+        let mut chunk = vec![0u8; 40_000];
+        chunk.extend_from_slice(&prefix(10));
+        chunk.extend_from_slice(&[1u8; 10]);
+        b.account(&chunk).unwrap();
+        assert_eq!(
+            budget.available_permits(),
+            300_000,
+            "small messages are free"
+        );
+        // Over the method's limit.
+        let st = b.account(&prefix(200_001)).unwrap_err();
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        assert!(st.message().contains("at most 200000 bytes"), "{st:?}");
+    }
+
+    #[test]
+    fn a_full_budget_refuses_large_messages() {
+        let budget = Arc::new(Semaphore::new(150_000));
+        let mut first = body(1 << 20, &budget);
+        first.account(&prefix(100_000)).unwrap();
+        let mut second = body(1 << 20, &budget);
+        let st = second.account(&prefix(100_000)).unwrap_err();
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        // Small ones still go through.
+        let mut small = body(1 << 20, &budget);
+        small.account(&prefix(1_000)).unwrap();
+        assert_eq!(small.remaining, 1_000);
+        drop(first);
+        let mut third = body(1 << 20, &budget);
+        third.account(&prefix(100_000)).unwrap();
+    }
+}

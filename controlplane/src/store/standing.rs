@@ -1,0 +1,116 @@
+//! Is the credential an open stream was opened with still good? Asked for
+//! every credential with open streams a few times a second, so revoking a
+//! key, a token family or an agent secret — from this process or from the
+//! admin CLI in another — ends its streams.
+
+use rusqlite::OptionalExtension;
+
+use super::{now_ms, secrets::hash, Store};
+
+/// A credential as open streams are filed under it: only its hash is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Credential {
+    /// An API key (`cmdop_…`).
+    ApiKey { hash: String },
+    /// An access token (`cmdat_…`); good while its family has an unexpired
+    /// access token, so refreshing keeps the streams it opened.
+    AccessToken { hash: String },
+    /// An agent secret (`cmdag_…`).
+    AgentSecret { hash: String },
+}
+
+impl Credential {
+    pub fn api_key(key: &str) -> Credential {
+        Credential::ApiKey { hash: hash(key) }
+    }
+
+    pub fn access_token(token: &str) -> Credential {
+        Credential::AccessToken { hash: hash(token) }
+    }
+
+    pub fn agent_secret(secret: &str) -> Credential {
+        Credential::AgentSecret { hash: hash(secret) }
+    }
+}
+
+/// What [`Store::standing`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Good; for tokens, until this time (ms since the epoch).
+    Good {
+        until_ms: Option<i64>,
+    },
+    Revoked,
+    /// An access token family whose newest access token has expired.
+    Expired,
+}
+
+impl Store {
+    /// SQLite's counter of commits by other connections (the admin CLI).
+    /// Unchanged means nobody else wrote since the last look.
+    pub fn data_version(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .conn()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
+    /// Whether `credential` is still good.
+    pub fn standing(&self, credential: &Credential) -> anyhow::Result<Standing> {
+        let conn = self.conn();
+        Ok(match credential {
+            Credential::ApiKey { hash } => {
+                let revoked: Option<Option<i64>> = conn
+                    .prepare_cached("SELECT revoked_ms FROM api_keys WHERE hash = ?1")?
+                    .query_row([hash], |r| r.get(0))
+                    .optional()?;
+                match revoked {
+                    Some(None) => Standing::Good { until_ms: None },
+                    _ => Standing::Revoked,
+                }
+            }
+            Credential::AccessToken { hash } => {
+                let row: Option<(Option<i64>, Option<i64>, i64)> = conn
+                    .prepare_cached(
+                        "SELECT f.revoked_ms, k.revoked_ms,
+                                (SELECT MAX(expires_ms) FROM access_tokens WHERE family_id = f.id)
+                         FROM access_tokens a
+                         JOIN token_families f ON f.id = a.family_id
+                         JOIN api_keys k ON k.hash = f.api_key_hash
+                         WHERE a.hash = ?1",
+                    )?
+                    .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                match row {
+                    Some((None, None, until)) if until > now_ms() => Standing::Good {
+                        until_ms: Some(until),
+                    },
+                    Some((None, None, _)) => Standing::Expired,
+                    _ => Standing::Revoked,
+                }
+            }
+            Credential::AgentSecret { hash } => {
+                let found: Option<i64> = conn
+                    .prepare_cached("SELECT 1 FROM machines WHERE secret_hash = ?1 AND revoked_ms IS NULL")?
+                    .query_row([hash], |r| r.get(0))
+                    .optional()?;
+                match found {
+                    Some(_) => Standing::Good { until_ms: None },
+                    None => Standing::Revoked,
+                }
+            }
+        })
+    }
+
+    /// The hash of the API key that issued `access_token`, for per-key
+    /// limits. `None` for an unknown token.
+    pub fn access_token_key_hash(&self, access_token: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT f.api_key_hash FROM access_tokens a
+                 JOIN token_families f ON f.id = a.family_id WHERE a.hash = ?1",
+            )?
+            .query_row([hash(access_token)], |r| r.get(0))
+            .optional()?)
+    }
+}
