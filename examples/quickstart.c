@@ -80,7 +80,7 @@ int main(int argc, char **argv) {
   if ((s = cmdop_connect(client)) != CMDOP_STATUS_OK) die("connecting", s);
 
   /* 3. Connection info: where we are, how fast, which execute path. */
-  if ((s = cmdop_connection_info_get(client, &info)) != CMDOP_STATUS_OK) die("connection info", s);
+  if ((s = cmdop_get_connection_info(client, &info)) != CMDOP_STATUS_OK) die("connection info", s);
   printf("server %s (TLS %s), version %s, latency %.2f ms, native exec %s\n",
          cmdop_connection_info_server(info), cmdop_connection_info_tls(info) ? "on" : "off",
          cmdop_connection_info_server_version(info), cmdop_connection_info_latency_ms(info),
@@ -107,7 +107,7 @@ int main(int argc, char **argv) {
   cmdop_exec_result_free(result);
 
   /* 6. Files of the home directory (first page). */
-  if ((s = cmdop_files_list(client, "~", &files)) != CMDOP_STATUS_OK) {
+  if ((s = cmdop_list_files(client, "~", &files)) != CMDOP_STATUS_OK) {
     printf("listing ~ failed (%s): %s\n", cmdop_status_str((int)s), cmdop_last_error_message());
   } else {
     printf("--- %s: %zu entries\n", cmdop_file_list_path(files), cmdop_file_list_count(files));

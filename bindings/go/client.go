@@ -111,7 +111,7 @@ func (h *clientHandle) cancelAll() {
 	defer h.tokensMu.Unlock()
 	h.closing = true
 	for tok := range h.tokens {
-		C.cmdop_cancel(tok)
+		C.cmdop_cancel_token_cancel(tok)
 	}
 }
 
@@ -384,7 +384,7 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 			case <-time.After(deadlineGrace):
 			}
 		}
-		C.cmdop_cancel(tok)
+		C.cmdop_cancel_token_cancel(tok)
 	})
 	defer func() {
 		close(finished)
@@ -398,7 +398,7 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 	var sink *chunkSink
 	var handle C.uintptr_t
 	if onChunk != nil {
-		sink = &chunkSink{fn: onChunk, cancel: func() { C.cmdop_cancel(tok) }}
+		sink = &chunkSink{fn: onChunk, cancel: func() { C.cmdop_cancel_token_cancel(tok) }}
 		h := cgo.NewHandle(sink)
 		defer h.Delete()
 		handle = C.uintptr_t(h)

@@ -33,6 +33,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, EventHandler, EventKind};
 pub use exec::{ExecOutput, Stream};
 pub use files::{FileEntry, FileKind, FileList};
+pub(crate) use files::{MAX_READ_BYTES, MAX_WRITE_BYTES};
 pub use log::{set_log_sink, LogLevel, LogSink};
 pub use machine::MachineInfo;
 pub use options::{ClientOptions, Credentials, DEFAULT_REMOTE_SERVER};

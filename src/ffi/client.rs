@@ -1,5 +1,4 @@
-//! Client handles: creation, connection lifecycle, machine selection,
-//! introspection.
+//! Client handles: creation, connection lifecycle, connection info.
 
 use std::ffi::{c_char, CString};
 
@@ -60,7 +59,7 @@ pub unsafe extern "C" fn cmdop_remote_new(
 /// Create a client for a remote control plane authenticated with OAuth
 /// tokens. With `opts->auto_refresh` (default), an expired access token is
 /// refreshed and the call retried once; the new pair goes to the token
-/// callback (cmdop_set_token_callback) so the application can store it.
+/// callback (cmdop_on_token_refresh) so the application can store it.
 ///
 /// Ownership and returns as cmdop_remote_new(); UNAUTHENTICATED when either
 /// token is empty. Thread: any.
@@ -175,45 +174,6 @@ pub unsafe extern "C" fn cmdop_is_connected(client: *const cmdop_client) -> bool
     )
 }
 
-/// Select the machine later calls act on, by hostname: an exact match, or a
-/// unique case-insensitive substring among connected machines. Switching
-/// machines at any time is fine.
-///
-/// Returns OK; NOT_FOUND (no such machine); AMBIGUOUS (several match; the
-/// message lists them); UNAVAILABLE; DISCONNECTED; INVALID_ARGUMENT.
-/// Thread: any; blocks; IN_CALLBACK from inside a callback.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_set_machine(
-    client: *mut cmdop_client,
-    hostname: *const c_char,
-) -> cmdop_status {
-    ffi_boundary! {
-        let c = unsafe { handle(client, "client") }?;
-        let hostname = unsafe { arg_str(hostname, "hostname") }?;
-        block_on("cmdop_set_machine", c.client.set_machine(hostname))??;
-        Ok(())
-    }
-}
-
-/// Select the machine by its stable id ("mach_…"), which survives agent
-/// reconnections and hostname changes.
-///
-/// Returns as cmdop_set_machine(), plus NOT_SUPPORTED when the server lacks
-/// the libcmdop extension (select by hostname then).
-/// Thread: any; blocks; IN_CALLBACK from inside a callback.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_set_machine_id(
-    client: *mut cmdop_client,
-    machine_id: *const c_char,
-) -> cmdop_status {
-    ffi_boundary! {
-        let c = unsafe { handle(client, "client") }?;
-        let id = unsafe { arg_str(machine_id, "machine_id") }?;
-        block_on("cmdop_set_machine_id", c.client.set_machine_id(id))??;
-        Ok(())
-    }
-}
-
 /// Facts about a client's connection. Opaque; read with the
 /// cmdop_connection_info_* accessors; free with cmdop_connection_info_free().
 pub struct cmdop_connection_info {
@@ -232,14 +192,14 @@ pub struct cmdop_connection_info {
 /// Returns OK or INVALID_ARGUMENT. (A failing round trip is not an error:
 /// latency is then -1.) Thread: any; blocks; IN_CALLBACK in callbacks.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_connection_info_get(
+pub unsafe extern "C" fn cmdop_get_connection_info(
     client: *mut cmdop_client,
     out: *mut *mut cmdop_connection_info,
 ) -> cmdop_status {
     ffi_boundary! {
         let out = unsafe { out_ptr(out, "out") }?;
         let c = unsafe { handle(client, "client") }?;
-        let info = block_on("cmdop_connection_info_get", c.client.connection_info())?;
+        let info = block_on("cmdop_get_connection_info", c.client.connection_info())?;
         *out = Box::into_raw(Box::new(cmdop_connection_info {
             server: c_string(&info.server),
             server_version: c_string(&info.server_version),

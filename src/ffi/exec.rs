@@ -20,7 +20,7 @@ pub enum cmdop_stream_kind {
 
 /// Receives output as it arrives: `data` (not NUL-terminated, borrowed for
 /// the duration of the call) holds `len` > 0 bytes.
-pub type cmdop_chunk_fn = Option<
+pub type cmdop_exec_output_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
         kind: cmdop_stream_kind,
@@ -36,7 +36,7 @@ pub struct cmdop_exec_result {
     out: ExecOutput,
 }
 
-/// Cancels a running cmdop_execute_stream() from any thread. Opaque.
+/// Cancels a running cmdop_execute_with_callback() from any thread. Opaque.
 pub struct cmdop_cancel_token {
     token: CancelToken,
 }
@@ -112,26 +112,26 @@ struct ChunkSink {
     cb: unsafe extern "C" fn(*mut c_void, cmdop_stream_kind, *const u8, usize),
     user_data: *mut c_void,
 }
-// SAFETY: the callback runs on the thread that called cmdop_execute_stream
+// SAFETY: the callback runs on the thread that called cmdop_execute_with_callback
 // (the future is driven by block_on there); Send is only needed by the type.
 unsafe impl Send for ChunkSink {}
 
 /// Like cmdop_execute(), also handing each chunk of output to `on_chunk`
 /// (may be NULL) as it arrives. `on_chunk` runs on the calling thread,
-/// before this function returns; it may call accessors and cmdop_cancel(),
-/// not blocking functions. `cancel` (may be NULL): cmdop_cancel() on it from
+/// before this function returns; it may call accessors and cmdop_cancel_token_cancel(),
+/// not blocking functions. `cancel` (may be NULL): cmdop_cancel_token_cancel() on it from
 /// any thread stops and kills the command; the call then returns CANCELLED.
 ///
 /// The result also keeps the output (up to 64 MiB per stream); for large
-/// outputs use cmdop_execute_stream_discard(), which keeps none.
+/// outputs use cmdop_execute_with_callback_discard(), which keeps none.
 ///
 /// Ownership and returns as cmdop_execute(), plus CANCELLED.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_execute_stream(
+pub unsafe extern "C" fn cmdop_execute_with_callback(
     client: *mut cmdop_client,
     command: *const c_char,
     timeout_ms: u32,
-    on_chunk: cmdop_chunk_fn,
+    on_chunk: cmdop_exec_output_fn,
     user_data: *mut c_void,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
@@ -143,19 +143,19 @@ pub unsafe extern "C" fn cmdop_execute_stream(
     }
 }
 
-/// Like cmdop_execute_stream(), but the output goes only to `on_chunk`:
+/// Like cmdop_execute_with_callback(), but the output goes only to `on_chunk`:
 /// the result keeps none (cmdop_exec_result_output(), _stdout() and
 /// _stderr() are empty, also after TIMEOUT), so memory use does not grow
 /// with what the command prints. Exit code, signal, duration and the other
 /// accessors work as usual.
 ///
-/// Ownership and returns as cmdop_execute_stream().
+/// Ownership and returns as cmdop_execute_with_callback().
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_execute_stream_discard(
+pub unsafe extern "C" fn cmdop_execute_with_callback_discard(
     client: *mut cmdop_client,
     command: *const c_char,
     timeout_ms: u32,
-    on_chunk: cmdop_chunk_fn,
+    on_chunk: cmdop_exec_output_fn,
     user_data: *mut c_void,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
@@ -167,14 +167,14 @@ pub unsafe extern "C" fn cmdop_execute_stream_discard(
     }
 }
 
-/// The body of cmdop_execute_stream() (`keep`) and
-/// cmdop_execute_stream_discard().
+/// The body of cmdop_execute_with_callback() (`keep`) and
+/// cmdop_execute_with_callback_discard().
 #[allow(clippy::too_many_arguments)]
 unsafe fn execute_streaming(
     client: *mut cmdop_client,
     command: *const c_char,
     timeout_ms: u32,
-    on_chunk: cmdop_chunk_fn,
+    on_chunk: cmdop_exec_output_fn,
     user_data: *mut c_void,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
@@ -199,10 +199,10 @@ unsafe fn execute_streaming(
         };
         let timeout = timeout_arg(timeout_ms);
         let result = if keep {
-            block_on("cmdop_execute_stream", c.client.execute_stream(command, timeout, on_chunk, token))?
+            block_on("cmdop_execute_with_callback", c.client.execute_stream(command, timeout, on_chunk, token))?
         } else {
             block_on(
-                "cmdop_execute_stream_discard",
+                "cmdop_execute_with_callback_discard",
                 c.client.execute_stream_discarding(command, timeout, on_chunk, token),
             )?
         };
@@ -222,7 +222,9 @@ pub extern "C" fn cmdop_cancel_token_new() -> *mut cmdop_cancel_token {
 /// Cancel every call using `token`, now and later (it stays cancelled).
 /// Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_cancel(token: *const cmdop_cancel_token) -> cmdop_status {
+pub unsafe extern "C" fn cmdop_cancel_token_cancel(
+    token: *const cmdop_cancel_token,
+) -> cmdop_status {
     ffi_boundary! {
         unsafe { handle(token, "token") }?.token.cancel();
         Ok(())

@@ -39,15 +39,15 @@ pub struct cmdop_bytes {
 }
 
 /// List directory `path` on the selected machine: the first page (up to 100
-/// entries), hidden files excluded. Same as cmdop_files_list_page(client,
+/// entries), hidden files excluded. Same as cmdop_list_files_page(client,
 /// path, NULL, false, out).
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_files_list(
+pub unsafe extern "C" fn cmdop_list_files(
     client: *mut cmdop_client,
     path: *const c_char,
     out: *mut *mut cmdop_file_list,
 ) -> cmdop_status {
-    unsafe { cmdop_files_list_page(client, path, std::ptr::null(), false, out) }
+    unsafe { cmdop_list_files_page(client, path, std::ptr::null(), false, out) }
 }
 
 /// List one page of directory `path`. `page_token`: NULL or "" for the first
@@ -58,7 +58,7 @@ pub unsafe extern "C" fn cmdop_files_list(
 /// PERMISSION_DENIED; UNAVAILABLE; DISCONNECTED; INVALID_ARGUMENT;
 /// OPERATION_FAILED. Thread: any; blocks; IN_CALLBACK in callbacks.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_files_list_page(
+pub unsafe extern "C" fn cmdop_list_files_page(
     client: *mut cmdop_client,
     path: *const c_char,
     page_token: *const c_char,
@@ -70,7 +70,7 @@ pub unsafe extern "C" fn cmdop_files_list_page(
         let c = unsafe { handle(client, "client") }?;
         let path = unsafe { arg_str(path, "path") }?;
         let token = unsafe { opt_str(page_token, "page_token") }?.filter(|t| !t.is_empty());
-        let list = block_on("cmdop_files_list", c.client.list_files(path, token, include_hidden))??;
+        let list = block_on("cmdop_list_files", c.client.list_files(path, token, include_hidden))??;
         *out = Box::into_raw(Box::new(cmdop_file_list {
             path: c_string(&list.path),
             next_page_token: c_string(&list.next_page_token),
@@ -170,17 +170,26 @@ pub unsafe extern "C" fn cmdop_file_entry_mtime(e: *const cmdop_file_entry) -> i
     ffi_boundary!(@value 0; unsafe { e.as_ref() }.map_or(0, |e| e.entry.mtime))
 }
 
-/// Read the whole file `path` on the selected machine, at most 512 MiB
-/// (larger files are CMDOP_STATUS_INVALID_ARGUMENT). When the server offers
+/// Largest file cmdop_read_file() returns (512 MiB).
+pub const CMDOP_MAX_READ_BYTES: usize = 512 * 1024 * 1024;
+/// Largest `len` cmdop_write_file() accepts when the server lacks streaming
+/// transfers (one official FileWrite message: 32 MiB - 64 KiB).
+pub const CMDOP_MAX_WRITE_BYTES: usize = 32 * 1024 * 1024 - 64 * 1024;
+// The header's numbers are the core's.
+const _: () = assert!(CMDOP_MAX_READ_BYTES == crate::client::MAX_READ_BYTES);
+const _: () = assert!(CMDOP_MAX_WRITE_BYTES == crate::client::MAX_WRITE_BYTES);
+
+/// Read the whole file `path` on the selected machine, at most
+/// CMDOP_MAX_READ_BYTES (larger files are CMDOP_STATUS_INVALID_ARGUMENT). When the server offers
 /// streaming transfers (capability "files.v1", see
-/// cmdop_connection_info) the file arrives as one stream of 1 MiB chunks;
+/// cmdop_connection_info) the file arrives as one flow of 1 MiB chunks;
 /// otherwise through repeated official FileRead calls. The call timeout
 /// bounds each silence, not the whole transfer.
 ///
 /// On OK `*out` is the caller's; free with cmdop_bytes_free().
-/// Returns as cmdop_files_list_page(). Thread: any; blocks.
+/// Returns as cmdop_list_files_page(). Thread: any; blocks.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_file_read(
+pub unsafe extern "C" fn cmdop_read_file(
     client: *mut cmdop_client,
     path: *const c_char,
     out: *mut *mut cmdop_bytes,
@@ -189,7 +198,7 @@ pub unsafe extern "C" fn cmdop_file_read(
         let out = unsafe { out_ptr(out, "out") }?;
         let c = unsafe { handle(client, "client") }?;
         let path = unsafe { arg_str(path, "path") }?;
-        let data = block_on("cmdop_file_read", c.client.read_file(path))??;
+        let data = block_on("cmdop_read_file", c.client.read_file(path))??;
         *out = Box::into_raw(Box::new(cmdop_bytes { data }));
         Ok(())
     }
@@ -205,13 +214,13 @@ pub unsafe extern "C" fn cmdop_file_read(
 /// "files.v1", see cmdop_connection_info) `len` may be up to 64 GiB; the
 /// data goes up in 1 MiB chunks with a few MiB in flight, and the call
 /// timeout bounds each stall, not the whole transfer. Otherwise one official
-/// FileWrite carries at most 32 MiB - 64 KiB (the protocol's message limit)
+/// FileWrite carries at most CMDOP_MAX_WRITE_BYTES (the protocol's message limit)
 /// and a larger `len` is CMDOP_STATUS_INVALID_ARGUMENT before anything is
 /// sent.
 ///
-/// Returns as cmdop_files_list_page(). Thread: any; blocks.
+/// Returns as cmdop_list_files_page(). Thread: any; blocks.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_file_write(
+pub unsafe extern "C" fn cmdop_write_file(
     client: *mut cmdop_client,
     path: *const c_char,
     data: *const u8,
@@ -228,7 +237,7 @@ pub unsafe extern "C" fn cmdop_file_write(
             // SAFETY: the caller promises `len` readable bytes.
             unsafe { std::slice::from_raw_parts(data, len) }
         };
-        block_on("cmdop_file_write", c.client.write_file(path, bytes))??;
+        block_on("cmdop_write_file", c.client.write_file(path, bytes))??;
         Ok(())
     }
 }

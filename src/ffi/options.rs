@@ -45,7 +45,7 @@ pub struct cmdop_remote_options {
     pub max_reconnect_delay_ms: u32,
     /// Attempts before giving up (default 10; 0 = never give up).
     pub max_reconnect_attempts: u32,
-    /// Emit debug-level log messages (see cmdop_set_log_callback).
+    /// Emit debug-level log messages (see cmdop_on_log).
     pub debug: bool,
     /// OAuth clients: refresh an expired access token automatically
     /// (default true).

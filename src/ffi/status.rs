@@ -1,4 +1,4 @@
-//! Status codes, their text, the last error message, and version queries.
+//! Status codes, their text and the last error message.
 
 use std::ffi::{c_char, c_int};
 
@@ -137,22 +137,6 @@ pub extern "C" fn cmdop_status_str(status: c_int) -> *const c_char {
 pub extern "C" fn cmdop_last_error_message() -> *const c_char {
     ffi_boundary!(@value c"".as_ptr(); last_error_ptr())
 }
-
-/// Version of the library, e.g. "0.1.0". Static; never free it.
-#[no_mangle]
-pub extern "C" fn cmdop_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
-}
-
-/// ABI version of the library: changes only on incompatible changes to the
-/// header. Compare with CMDOP_ABI_VERSION at run time.
-#[no_mangle]
-pub extern "C" fn cmdop_abi_version() -> u32 {
-    CMDOP_ABI_VERSION
-}
-
-/// The ABI version this header describes.
-pub const CMDOP_ABI_VERSION: u32 = 1;
 
 #[cfg(test)]
 mod tests {

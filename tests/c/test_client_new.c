@@ -209,7 +209,7 @@ static void remote_defaults(void) {
   r.timeout_ms = 300; /* the sandbox has no route to the hosted endpoint */
   CHECK_OK(cmdop_remote_new("cmdop_key", &r, &c));
   CHECK(!cmdop_is_connected(c));
-  CHECK_OK(cmdop_connection_info_get(c, &info));
+  CHECK_OK(cmdop_get_connection_info(c, &info));
   if (info) {
     CHECK(strstr(cmdop_connection_info_server(info), "grpc.cmdop.com") != NULL);
     CHECK(cmdop_connection_info_tls(info));

@@ -20,7 +20,7 @@ int main(void) {
   CHECK(!cmdop_is_connected(NULL));
 
   /* Before connecting: describes the target, not connected. */
-  CHECK_OK(cmdop_connection_info_get(c, &info));
+  CHECK_OK(cmdop_get_connection_info(c, &info));
   CHECK(info != NULL);
   CHECK(!cmdop_connection_info_connected(info));
   cmdop_connection_info_free(info);
@@ -28,7 +28,7 @@ int main(void) {
 
   CHECK_OK(cmdop_connect(c));
   CHECK(cmdop_is_connected(c));
-  CHECK_OK(cmdop_connection_info_get(c, &info));
+  CHECK_OK(cmdop_get_connection_info(c, &info));
   if (info) {
     const char *s = cmdop_connection_info_server(info);
     printf("server %s version \"%s\" workspace \"%s\" tls %d latency %.3f ms native_exec %d\n", s,
@@ -50,7 +50,7 @@ int main(void) {
 
   /* Latency is measured each time (a fresh round trip). */
   for (i = 0; i < 5; i++) {
-    CHECK_OK(cmdop_connection_info_get(c, &info));
+    CHECK_OK(cmdop_get_connection_info(c, &info));
     CHECK(cmdop_connection_info_latency_ms(info) > 0.0);
     cmdop_connection_info_free(info);
     info = NULL;
@@ -67,7 +67,7 @@ int main(void) {
 
   CHECK_OK(cmdop_close(c));
   CHECK(!cmdop_is_connected(c));
-  CHECK_OK(cmdop_connection_info_get(c, &info));
+  CHECK_OK(cmdop_get_connection_info(c, &info));
   CHECK(info != NULL && !cmdop_connection_info_connected(info));
   cmdop_connection_info_free(info);
 

@@ -116,7 +116,7 @@ int main(void) {
   CHECK_STATUS(cmdop_execute(c, "true", 0, &r), CMDOP_STATUS_DISCONNECTED);
   CHECK(r == NULL);
   CHECK(strstr(cmdop_last_error_message(), "connect") != NULL);
-  CHECK_STATUS(cmdop_files_list(c, "/", &fl), CMDOP_STATUS_DISCONNECTED);
+  CHECK_STATUS(cmdop_list_files(c, "/", &fl), CMDOP_STATUS_DISCONNECTED);
   CHECK(fl == NULL);
 
   /* Connect again after close: works, fires on_connect again. */

@@ -99,7 +99,7 @@ int main(void) {
     }
     {
       cmdop_file_list *l = NULL;
-      CHECK_OK(cmdop_files_list(c, "/", &l));
+      CHECK_OK(cmdop_list_files(c, "/", &l));
       CHECK(cmdop_file_list_count(l) > 0);
       cmdop_file_list_free(l);
     }

@@ -13,7 +13,7 @@ struct capture {
   size_t len;
   size_t calls;
   int ended;
-  cmdop_stream *close_me; /* closed from inside the callback when set */
+  cmdop_attachment *close_me; /* closed from inside the callback when set */
 };
 
 static void on_output(void *ud, const uint8_t *data, size_t len) {
@@ -60,7 +60,7 @@ int main(void) {
   cmdop_client *c = test_connect(&o);
   cmdop_session *s = NULL, *any = NULL;
   cmdop_session_list *list = NULL;
-  cmdop_stream *st = NULL;
+  cmdop_attachment *st = NULL;
   static struct capture cap;
   char *id = NULL;
   size_t i;
@@ -109,18 +109,18 @@ int main(void) {
 
   /* Attach: typing a command shows its (computed) output live. */
   pthread_mutex_init(&cap.mu, NULL);
-  CHECK_OK(cmdop_stream_attach(c, id, on_output, &cap, &st));
+  CHECK_OK(cmdop_attach(c, id, on_output, &cap, NULL, &st));
   CHECK(st != NULL);
   if (st) {
     const char *typed = "echo attach-marker-$((6*7))\n";
-    CHECK_OK(cmdop_stream_resize(st, 120, 40));
-    CHECK_OK(cmdop_stream_write(st, (const uint8_t *)typed, strlen(typed)));
+    CHECK_OK(cmdop_attachment_resize(st, 120, 40));
+    CHECK_OK(cmdop_attachment_write(st, (const uint8_t *)typed, strlen(typed)));
     CHECK(wait_output(&cap, "attach-marker-42", 5000));
     /* Output of commands run through execute is visible too, on the
      * terminal path; typing more keeps working. */
-    CHECK_OK(cmdop_stream_write(st, (const uint8_t *)"echo second-$((1+1))\n", 21));
+    CHECK_OK(cmdop_attachment_write(st, (const uint8_t *)"echo second-$((1+1))\n", 21));
     CHECK(wait_output(&cap, "second-2", 5000));
-    CHECK_OK(cmdop_stream_close(st));
+    CHECK_OK(cmdop_attachment_close(st));
     {
       /* After close returns, the callback is not called again. */
       size_t n = calls_of(&cap);
@@ -130,17 +130,17 @@ int main(void) {
   }
 
   /* Unknown session. */
-  st = (cmdop_stream *)&o;
-  CHECK_STATUS(cmdop_stream_attach(c, "sess_does_not_exist", on_output, &cap, &st), CMDOP_STATUS_NOT_FOUND);
+  st = (cmdop_attachment *)&o;
+  CHECK_STATUS(cmdop_attach(c, "sess_does_not_exist", on_output, &cap, NULL, &st), CMDOP_STATUS_NOT_FOUND);
   CHECK(st == NULL);
-  CHECK_STATUS(cmdop_stream_close(NULL), CMDOP_STATUS_OK);
+  CHECK_STATUS(cmdop_attachment_close(NULL), CMDOP_STATUS_OK);
 
   /* Closing the client ends an attached stream: the end-of-stream call. */
   {
     static struct capture cap2;
-    cmdop_stream *st2 = NULL;
+    cmdop_attachment *st2 = NULL;
     pthread_mutex_init(&cap2.mu, NULL);
-    CHECK_OK(cmdop_stream_attach(c, id, on_output, &cap2, &st2));
+    CHECK_OK(cmdop_attach(c, id, on_output, &cap2, NULL, &st2));
     CHECK_OK(cmdop_close(c));
     {
       double end = now_ms() + 3000;
@@ -154,8 +154,8 @@ int main(void) {
       }
     }
     CHECK(cap2.ended);
-    if (st2) CHECK_STATUS(cmdop_stream_write(st2, (const uint8_t *)"x", 1), CMDOP_STATUS_DISCONNECTED);
-    CHECK_OK(cmdop_stream_close(st2));
+    if (st2) CHECK_STATUS(cmdop_attachment_write(st2, (const uint8_t *)"x", 1), CMDOP_STATUS_DISCONNECTED);
+    CHECK_OK(cmdop_attachment_close(st2));
     pthread_mutex_destroy(&cap2.mu);
   }
 

@@ -75,10 +75,10 @@ int main(void) {
   CHECK_OK(wait_set_machine(c1, "alpha-one", 15000));
   CHECK_OK(wait_set_machine(c2, "charlie-host", 15000));
 
-  CHECK_OK(cmdop_connection_info_get(c1, &info));
+  CHECK_OK(cmdop_get_connection_info(c1, &info));
   CHECK(strcmp(cmdop_connection_info_workspace(info), "w1") == 0);
   cmdop_connection_info_free(info);
-  CHECK_OK(cmdop_connection_info_get(c2, &info));
+  CHECK_OK(cmdop_get_connection_info(c2, &info));
   CHECK(strcmp(cmdop_connection_info_workspace(info), "w2") == 0);
   cmdop_connection_info_free(info);
 

@@ -135,12 +135,12 @@ struct Deleter {
 };
 
 inline void free_client(cmdop_client *c) { cmdop_client_free(c); }
-inline void free_stream(cmdop_stream *s) { cmdop_stream_close(s); }
+inline void free_stream(cmdop_attachment *s) { cmdop_attachment_close(s); }
 
 using ClientPtr = std::unique_ptr<cmdop_client, Deleter<cmdop_client, free_client>>;
 using ResultPtr = std::unique_ptr<cmdop_exec_result, Deleter<cmdop_exec_result, cmdop_exec_result_free>>;
 using TokenPtr = std::unique_ptr<cmdop_cancel_token, Deleter<cmdop_cancel_token, cmdop_cancel_token_free>>;
-using StreamPtr = std::unique_ptr<cmdop_stream, Deleter<cmdop_stream, free_stream>>;
+using StreamPtr = std::unique_ptr<cmdop_attachment, Deleter<cmdop_attachment, free_stream>>;
 using InfoPtr =
     std::unique_ptr<cmdop_connection_info, Deleter<cmdop_connection_info, cmdop_connection_info_free>>;
 using SessionPtr = std::unique_ptr<cmdop_session, Deleter<cmdop_session, cmdop_session_free>>;
@@ -205,8 +205,8 @@ inline void set_log_callback(LogLevel level, std::function<void(LogLevel, std::s
     std::lock_guard<std::mutex> lock(slot.mu);
     slot.fn = std::move(next);
   }
-  detail::check(cmdop_set_log_callback(static_cast<cmdop_log_level>(on ? level : LogLevel::Off),
-                                       on ? detail::log_trampoline : nullptr, nullptr));
+  detail::check(cmdop_on_log(static_cast<cmdop_log_level>(on ? level : LogLevel::Off),
+                                       on ? detail::log_trampoline : nullptr, nullptr, nullptr));
 }
 
 /// Options of a client for a remote (hosted) control plane. Unset optional
@@ -314,7 +314,7 @@ class CancelToken {
     if (!t_) throw std::bad_alloc();
   }
   /// Cancel every call using this token, now and later.
-  void cancel() const noexcept { cmdop_cancel(t_.get()); }
+  void cancel() const noexcept { cmdop_cancel_token_cancel(t_.get()); }
   const cmdop_cancel_token *raw() const noexcept { return t_.get(); }
 
  private:
@@ -373,9 +373,9 @@ class Stream {
  public:
   /// Type bytes into the terminal.
   void write(std::string_view data) {
-    detail::check(cmdop_stream_write(s_.get(), reinterpret_cast<const uint8_t *>(data.data()), data.size()));
+    detail::check(cmdop_attachment_write(s_.get(), reinterpret_cast<const uint8_t *>(data.data()), data.size()));
   }
-  void resize(uint16_t cols, uint16_t rows) { detail::check(cmdop_stream_resize(s_.get(), cols, rows)); }
+  void resize(uint16_t cols, uint16_t rows) { detail::check(cmdop_attachment_resize(s_.get(), cols, rows)); }
   /// Detach now; after it returns the output callback is not called again.
   void close() noexcept { s_.reset(); }
 
@@ -445,7 +445,7 @@ class Client {
   /// Describe the connection, measuring the latency now.
   ConnectionInfo connection_info() {
     cmdop_connection_info *raw = nullptr;
-    detail::check(cmdop_connection_info_get(get(), &raw));
+    detail::check(cmdop_get_connection_info(get(), &raw));
     detail::InfoPtr info(raw);
     return ConnectionInfo{detail::copy(cmdop_connection_info_server(raw)),
                           detail::copy(cmdop_connection_info_server_version(raw)),
@@ -481,7 +481,7 @@ class Client {
     if (!cancel) cancel = &own.emplace();
     ChunkContext ctx{&on_chunk, cancel, nullptr};
     cmdop_exec_result *out = nullptr;
-    const cmdop_status st = cmdop_execute_stream(get(), cmd.c_str(), ms, on_chunk ? chunk_trampoline : nullptr,
+    const cmdop_status st = cmdop_execute_with_callback(get(), cmd.c_str(), ms, on_chunk ? chunk_trampoline : nullptr,
                                                  &ctx, cancel->raw(), &out);
     if (ctx.error) {
       cmdop_exec_result_free(out);
@@ -516,7 +516,7 @@ class Client {
   FileList list_files(std::string_view path, std::string_view page_token = {}, bool include_hidden = false) {
     const std::string p(path), tok(page_token);
     cmdop_file_list *raw = nullptr;
-    detail::check(cmdop_files_list_page(get(), p.c_str(), tok.c_str(), include_hidden, &raw));
+    detail::check(cmdop_list_files_page(get(), p.c_str(), tok.c_str(), include_hidden, &raw));
     detail::FileListPtr list(raw);
     FileList out{detail::copy(cmdop_file_list_path(raw)), {}, detail::copy(cmdop_file_list_next_page_token(raw))};
     const size_t n = cmdop_file_list_count(raw);
@@ -533,14 +533,14 @@ class Client {
   /// The whole content of file `path` on the selected machine.
   std::string read_file(std::string_view path) {
     cmdop_bytes *raw = nullptr;
-    detail::check(cmdop_file_read(get(), detail::c_str(path).c_str(), &raw));
+    detail::check(cmdop_read_file(get(), detail::c_str(path).c_str(), &raw));
     detail::BytesPtr b(raw);
     return std::string(detail::view(cmdop_bytes_data(raw), cmdop_bytes_len(raw)));
   }
 
   /// Create or replace file `path` on the selected machine.
   void write_file(std::string_view path, std::string_view data) {
-    detail::check(cmdop_file_write(get(), detail::c_str(path).c_str(),
+    detail::check(cmdop_write_file(get(), detail::c_str(path).c_str(),
                                    reinterpret_cast<const uint8_t *>(data.data()), data.size()));
   }
 
@@ -551,8 +551,8 @@ class Client {
     if (!on_output) throw Error(Status::InvalidArgument, "attach() needs an output callback");
     Stream s;
     s.fn_ = std::make_unique<Stream::Callback>(std::move(on_output));
-    cmdop_stream *raw = nullptr;
-    detail::check(cmdop_stream_attach(get(), detail::c_str(session_id).c_str(), output_trampoline, s.fn_.get(), &raw));
+    cmdop_attachment *raw = nullptr;
+    detail::check(cmdop_attach(get(), detail::c_str(session_id).c_str(), output_trampoline, s.fn_.get(), nullptr, &raw));
     s.s_.reset(raw);
     return s;
   }
@@ -582,7 +582,7 @@ class Client {
   /// OAuth clients: receives the new (access, refresh) pair after a refresh.
   void on_tokens(std::function<void(std::string_view access, std::string_view refresh)> fn) {
     using F = std::function<void(std::string_view, std::string_view)>;
-    install<F>(cmdop_set_token_callback, std::move(fn), [](void *ud, const char *a, const char *r) noexcept {
+    install<F>(cmdop_on_token_refresh, std::move(fn), [](void *ud, const char *a, const char *r) noexcept {
       (*static_cast<F *>(ud))(a ? a : "", r ? r : "");
     });
   }

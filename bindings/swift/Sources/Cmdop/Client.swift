@@ -138,7 +138,7 @@ public final class CancelToken: @unchecked Sendable {
 
     deinit { cmdop_cancel_token_free(raw) }
 
-    public func cancel() { _ = cmdop_cancel(raw) }
+    public func cancel() { _ = cmdop_cancel_token_cancel(raw) }
 }
 
 /// Holds a Swift value for the C side; released by the library's
@@ -256,13 +256,13 @@ public final class Client: @unchecked Sendable {
         if let onChunk = onChunk {
             let box = Box(onChunk)
             st = withExtendedLifetime(box) {
-                cmdop_execute_stream(raw, command, timeoutMs, { ud, _, data, len in
+                cmdop_execute_with_callback(raw, command, timeoutMs, { ud, _, data, len in
                     guard let ud = ud, let data = data else { return }
                     Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).takeUnretainedValue().value(Data(bytes: data, count: len))
                 }, Unmanaged.passUnretained(box).toOpaque(), cancel?.raw, &out)
             }
         } else {
-            st = cmdop_execute_stream(raw, command, timeoutMs, nil, nil, cancel?.raw, &out)
+            st = cmdop_execute_with_callback(raw, command, timeoutMs, nil, nil, cancel?.raw, &out)
         }
         message = st == CMDOP_STATUS_OK ? "" : String(cString: cmdop_last_error_message())
         defer { cmdop_exec_result_free(out) }
@@ -317,7 +317,7 @@ public final class Client: @unchecked Sendable {
     public func listFiles(_ path: String, pageToken: String? = nil, includeHidden: Bool = false) throws -> FileList {
         var out: OpaquePointer?
         try withOptionalCString(pageToken) { token in
-            try check(cmdop_files_list_page(raw, path, token, includeHidden, &out))
+            try check(cmdop_list_files_page(raw, path, token, includeHidden, &out))
         }
         defer { cmdop_file_list_free(out) }
         func str(_ p: UnsafePointer<CChar>?) -> String { p.map { String(cString: $0) } ?? "" }
@@ -334,7 +334,7 @@ public final class Client: @unchecked Sendable {
     /// The whole content of file `path` on the selected machine.
     public func readFile(_ path: String) throws -> Data {
         var out: OpaquePointer?
-        try check(cmdop_file_read(raw, path, &out))
+        try check(cmdop_read_file(raw, path, &out))
         defer { cmdop_bytes_free(out) }
         guard let p = cmdop_bytes_data(out) else { return Data() }
         return Data(bytes: p, count: cmdop_bytes_len(out))
@@ -343,7 +343,7 @@ public final class Client: @unchecked Sendable {
     /// Create or replace file `path` on the selected machine.
     public func writeFile(_ path: String, _ data: Data) throws {
         try data.withUnsafeBytes { (buf: UnsafeRawBufferPointer) in
-            try check(cmdop_file_write(raw, path, buf.bindMemory(to: UInt8.self).baseAddress, buf.count))
+            try check(cmdop_write_file(raw, path, buf.bindMemory(to: UInt8.self).baseAddress, buf.count))
         }
     }
 
@@ -378,9 +378,9 @@ public final class Client: @unchecked Sendable {
     /// Receives the new OAuth tokens after an automatic refresh, to store
     /// them (nil removes it). Same rules as `onConnect`.
     public func onTokens(_ fn: ((_ accessToken: String, _ refreshToken: String) -> Void)?) throws {
-        guard let fn = fn else { return try check(cmdop_set_token_callback(raw, nil, nil, nil)) }
+        guard let fn = fn else { return try check(cmdop_on_token_refresh(raw, nil, nil, nil)) }
         let ud = Unmanaged.passRetained(Box(fn) as AnyObject).toOpaque()
-        let st = cmdop_set_token_callback(raw, { ud, access, refresh in
+        let st = cmdop_on_token_refresh(raw, { ud, access, refresh in
             guard let ud = ud else { return }
             let fn = (Unmanaged<AnyObject>.fromOpaque(ud).takeUnretainedValue() as! Box<(String, String) -> Void>).value
             fn(access.map { String(cString: $0) } ?? "", refresh.map { String(cString: $0) } ?? "")
