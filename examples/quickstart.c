@@ -44,7 +44,7 @@ static cmdop_client *create_client(void) {
   if (server && *server) {
     char host[256];
     const char *colon = strrchr(server, ':');
-    cmdop_local_options opts = CMDOP_LOCAL_OPTIONS_INIT; /* key from CMDOP_API_KEY */
+    cmdop_options opts = CMDOP_OPTIONS_INIT; /* key from CMDOP_API_KEY */
     if (!colon || (size_t)(colon - server) >= sizeof host) {
       fprintf(stderr, "CMDOP_SERVER must look like host:port, got \"%s\"\n", server);
       exit(1);
@@ -52,7 +52,7 @@ static cmdop_client *create_client(void) {
     memcpy(host, server, (size_t)(colon - server));
     host[colon - server] = '\0';
     opts.timeout_ms = 15000;
-    s = cmdop_local_new(host, (uint16_t)atoi(colon + 1), &opts, &client);
+    s = cmdop_local_new(host, (uint16_t)atoi(colon + 1), NULL, &opts, &client);
   } else {
     s = cmdop_remote_new(NULL /* = $CMDOP_API_KEY */, NULL /* defaults: TLS, hosted */, &client);
   }
@@ -66,7 +66,7 @@ int main(int argc, char **argv) {
   cmdop_exec_result *result = NULL;
   cmdop_file_list *files = NULL;
   cmdop_session_list *sessions = NULL;
-  cmdop_local_options defaults;
+  cmdop_options defaults;
   const uint8_t *out;
   size_t len, i;
   cmdop_status s;
@@ -130,7 +130,7 @@ int main(int argc, char **argv) {
   cmdop_session_list_free(sessions);
 
   /* 8. Reconnection: on by default; these options tune it at creation. */
-  cmdop_local_options_init(&defaults);
+  cmdop_options_init(&defaults, CMDOP_OPTIONS_VERSION);
   printf("--- auto_reconnect %s, first delay %u ms, max delay %u ms, max attempts %u (0 = forever)\n",
          defaults.auto_reconnect ? "on" : "off", defaults.reconnect_delay_ms, defaults.max_reconnect_delay_ms,
          defaults.max_reconnect_attempts);

@@ -58,17 +58,16 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-/** Version of the cmdop_remote_options layout this header describes. */
-#define CMDOP_REMOTE_OPTIONS_VERSION 1
-/** Version of the cmdop_local_options layout this header describes. */
-#define CMDOP_LOCAL_OPTIONS_VERSION 1
-/** ABI version this header describes; compare with cmdop_abi_version(). */
+/** ABI version this header describes; compare with cmdop_abi_version().
+ *  Policy (packaging/README.md): it changes on every incompatible change of
+ *  this header, and the library's soname is libcmdop.so.<CMDOP_ABI_VERSION>. */
 #define CMDOP_ABI_VERSION 1
 
-/** Defaults of cmdop_remote_options (same as cmdop_remote_options_init()). */
-#define CMDOP_REMOTE_OPTIONS_INIT { CMDOP_REMOTE_OPTIONS_VERSION, NULL, false, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false, true }
-/** Defaults of cmdop_local_options (same as cmdop_local_options_init()). */
-#define CMDOP_LOCAL_OPTIONS_INIT { CMDOP_LOCAL_OPTIONS_VERSION, NULL, false, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false }
+/** Version of the cmdop_options layout this header describes: pass it to
+ *  cmdop_options_init(). */
+#define CMDOP_OPTIONS_VERSION 1
+/** Defaults of cmdop_options (same as cmdop_options_init()). */
+#define CMDOP_OPTIONS_INIT { CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false, true }
 
 
 /**
@@ -191,6 +190,25 @@ typedef enum cmdop_file_type {
 } cmdop_file_type;
 
 /**
+ * Values of cmdop_options.tls (an int: any value is checked).
+ */
+typedef enum cmdop_tls {
+  /**
+   * The constructor's default: TLS for cmdop_remote_new*(), plaintext
+   * for cmdop_local_new().
+   */
+  CMDOP_TLS_DEFAULT = 0,
+  /**
+   * TLS.
+   */
+  CMDOP_TLS_ON = 1,
+  /**
+   * Plaintext (tests and private networks).
+   */
+  CMDOP_TLS_OFF = 2,
+} cmdop_tls;
+
+/**
  * A live attachment to a session. Opaque; end it with cmdop_attachment_close().
  */
 typedef struct cmdop_attachment cmdop_attachment;
@@ -248,24 +266,27 @@ typedef struct cmdop_session cmdop_session;
 typedef struct cmdop_session_list cmdop_session_list;
 
 /**
- * Options of a client for a remote (hosted) control plane. Initialise with
- * `cmdop_remote_options_init()` or `CMDOP_REMOTE_OPTIONS_INIT`, then change
- * fields. Strings are borrowed only during the call that reads them.
+ * Options of a client, for remote and local control planes alike.
+ * Initialise with `cmdop_options_init(&o, CMDOP_OPTIONS_VERSION)` or
+ * `CMDOP_OPTIONS_INIT`, then change fields. Strings and bytes are borrowed
+ * only during the call that reads them.
  */
-typedef struct cmdop_remote_options {
+typedef struct cmdop_options {
   /**
-   * CMDOP_REMOTE_OPTIONS_VERSION.
+   * The layout version the program was built against:
+   * CMDOP_OPTIONS_VERSION of its header. Set by the init function/macro.
    */
   uint32_t version;
   /**
-   * "host:port" or "https://host:port"; NULL = the hosted endpoint
-   * (grpc.cmdop.com:443).
+   * cmdop_remote_new*(): "host:port" or "https://host:port"; NULL = the
+   * hosted endpoint (grpc.cmdop.com:443). cmdop_local_new() takes host and
+   * port as arguments and refuses a non-NULL `server`.
    */
   const char *server;
   /**
-   * Plaintext instead of TLS (for tests and private networks).
+   * A cmdop_tls value (default CMDOP_TLS_DEFAULT).
    */
-  bool insecure;
+  int tls;
   /**
    * PEM file with the CA certificate(s) to trust instead of the system
    * roots; NULL = system roots.
@@ -275,6 +296,9 @@ typedef struct cmdop_remote_options {
    * PEM bytes (not NUL-terminated) used instead of `ca_pem_path`; NULL = unused.
    */
   const uint8_t *ca_pem;
+  /**
+   * Length of `ca_pem`.
+   */
   size_t ca_pem_len;
   /**
    * Default deadline of every call and of connecting (default 30000).
@@ -309,47 +333,11 @@ typedef struct cmdop_remote_options {
    */
   bool debug;
   /**
-   * OAuth clients: refresh an expired access token automatically
-   * (default true).
+   * OAuth clients (cmdop_remote_new_oauth): refresh an expired access
+   * token automatically (default true). Ignored for API keys.
    */
   bool auto_refresh;
-} cmdop_remote_options;
-
-/**
- * Options of a client for a control plane on host:port (e.g. `cmdop dev`).
- * Initialise with `cmdop_local_options_init()` or `CMDOP_LOCAL_OPTIONS_INIT`.
- */
-typedef struct cmdop_local_options {
-  /**
-   * CMDOP_LOCAL_OPTIONS_VERSION.
-   */
-  uint32_t version;
-  /**
-   * API key; NULL = $CMDOP_API_KEY if set, else no credentials.
-   */
-  const char *api_key;
-  /**
-   * Use TLS (default false: plaintext).
-   */
-  bool tls;
-  /**
-   * As in cmdop_remote_options.
-   */
-  const char *ca_pem_path;
-  const uint8_t *ca_pem;
-  size_t ca_pem_len;
-  /**
-   * Default deadline of every call and of connecting (default 30000).
-   */
-  uint32_t timeout_ms;
-  uint32_t max_retries;
-  uint32_t retry_delay_ms;
-  bool auto_reconnect;
-  uint32_t reconnect_delay_ms;
-  uint32_t max_reconnect_delay_ms;
-  uint32_t max_reconnect_attempts;
-  bool debug;
-} cmdop_local_options;
+} cmdop_options;
 
 /**
  * on_connect: the client is connected (first time or after reconnecting).
@@ -431,25 +419,22 @@ const char *cmdop_status_str(int status);
 const char *cmdop_last_error_message(void);
 
 /**
- * Fill `*opts` with the defaults of this library version.
+ * Fill `*opts` with the defaults, writing only the fields of `version`
+ * (pass CMDOP_OPTIONS_VERSION, the version of the header the program is
+ * built with; `opts->version` is set to it).
  *
- * Returns OK, or INVALID_ARGUMENT when `opts` is NULL. Thread: any.
+ * Returns OK; INVALID_ARGUMENT when `opts` is NULL or `version` is 0 or
+ * newer than this library (nothing is written then). Thread: any.
  */
-enum cmdop_status cmdop_remote_options_init(struct cmdop_remote_options *opts);
-
-/**
- * Fill `*opts` with the defaults of this library version.
- *
- * Returns OK, or INVALID_ARGUMENT when `opts` is NULL. Thread: any.
- */
-enum cmdop_status cmdop_local_options_init(struct cmdop_local_options *opts);
+enum cmdop_status cmdop_options_init(struct cmdop_options *opts, uint32_t version);
 
 /**
  * Create a client for a remote control plane, authenticated with an API
  * key. Does not connect: install callbacks, then call cmdop_connect().
  *
  * `api_key`: the key, or NULL to read $CMDOP_API_KEY. Any non-empty key is
- * accepted as is. `opts`: NULL for the defaults (hosted endpoint, TLS).
+ * accepted as is. `opts`: NULL for the defaults (hosted endpoint, TLS),
+ * else initialised by cmdop_options_init() or CMDOP_OPTIONS_INIT.
  *
  * On OK, `*out` is a new client owned by the caller; free it with
  * cmdop_client_free(). On error `*out` is NULL.
@@ -459,7 +444,7 @@ enum cmdop_status cmdop_local_options_init(struct cmdop_local_options *opts);
  * Thread: any.
  */
 enum cmdop_status cmdop_remote_new(const char *api_key,
-                                   const struct cmdop_remote_options *opts,
+                                   const struct cmdop_options *opts,
                                    struct cmdop_client **out);
 
 /**
@@ -473,20 +458,22 @@ enum cmdop_status cmdop_remote_new(const char *api_key,
  */
 enum cmdop_status cmdop_remote_new_oauth(const char *access_token,
                                          const char *refresh_token,
-                                         const struct cmdop_remote_options *opts,
+                                         const struct cmdop_options *opts,
                                          struct cmdop_client **out);
 
 /**
- * Create a client for a control plane at `host`:`port` (plaintext unless
- * `opts->tls`). The API key comes from `opts->api_key`, else
- * $CMDOP_API_KEY, else none. Does not connect.
+ * Create a client for a control plane at `host`:`port`, e.g. `cmdop dev`
+ * (plaintext unless `opts->tls` is CMDOP_TLS_ON). `api_key`: the key, or
+ * NULL for $CMDOP_API_KEY if set, else no credentials. `opts`: NULL for
+ * the defaults; `opts->server` must be NULL. Does not connect.
  *
  * Ownership as cmdop_remote_new(). Returns OK or INVALID_ARGUMENT (NULL or
  * empty host, port 0, bad options). Thread: any.
  */
 enum cmdop_status cmdop_local_new(const char *host,
                                   uint16_t port,
-                                  const struct cmdop_local_options *opts,
+                                  const char *api_key,
+                                  const struct cmdop_options *opts,
                                   struct cmdop_client **out);
 
 /**

@@ -64,7 +64,7 @@ static void report_failure(const char *what, cmdop_status st) {
  * agent's session comes up). Returns NULL after describing the failure. */
 static cmdop_client *open_client(const options *o) {
   cmdop_client *client = NULL;
-  cmdop_status st = cmdop_local_new(o->host, o->port, NULL, &client);
+  cmdop_status st = cmdop_local_new(o->host, o->port, NULL, NULL, &client);
   if (st != CMDOP_STATUS_OK) {
     report_failure("cmdop_local_new", st);
     return NULL;

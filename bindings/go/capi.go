@@ -45,7 +45,7 @@ static char *cmdopgo_message(cmdop_status st) {
   return strdup(m ? m : "");
 }
 
-cmdop_status cmdopgo_remote_new(const char *key, const cmdop_remote_options *o,
+cmdop_status cmdopgo_remote_new(const char *key, const cmdop_options *o,
                                        cmdop_client **out, char **msg) {
   cmdop_status st = cmdop_remote_new(key, o, out);
   *msg = cmdopgo_message(st);
@@ -53,16 +53,16 @@ cmdop_status cmdopgo_remote_new(const char *key, const cmdop_remote_options *o,
 }
 
 cmdop_status cmdopgo_remote_new_oauth(const char *access, const char *refresh,
-                                             const cmdop_remote_options *o, cmdop_client **out,
+                                             const cmdop_options *o, cmdop_client **out,
                                              char **msg) {
   cmdop_status st = cmdop_remote_new_oauth(access, refresh, o, out);
   *msg = cmdopgo_message(st);
   return st;
 }
 
-cmdop_status cmdopgo_local_new(const char *host, uint16_t port, const cmdop_local_options *o,
+cmdop_status cmdopgo_local_new(const char *host, uint16_t port, const char *key, const cmdop_options *o,
                                       cmdop_client **out, char **msg) {
-  cmdop_status st = cmdop_local_new(host, port, o, out);
+  cmdop_status st = cmdop_local_new(host, port, key, o, out);
   *msg = cmdopgo_message(st);
   return st;
 }

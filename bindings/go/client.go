@@ -28,14 +28,14 @@ func ABICompatible() bool { return C.cmdop_abi_version() == C.CMDOP_ABI_VERSION 
 // by NewRemote or NewLocal.
 type Options struct {
 	// Server is "host:port" or "https://host:port"; empty means the hosted
-	// endpoint. (remote)
+	// endpoint. (remote; NewLocal takes host and port)
 	Server string
-	// Insecure uses plaintext instead of TLS (tests, private networks). (remote)
-	Insecure bool
-	// APIKey authenticates; empty means $CMDOP_API_KEY if set. (local)
+	// APIKey authenticates; empty means $CMDOP_API_KEY if set. (local;
+	// NewRemote takes the key as an argument)
 	APIKey string
-	// TLS uses TLS instead of plaintext. (local)
-	TLS bool
+	// TLS: TLSDefault (TLS for remote clients, plaintext for local ones),
+	// TLSOn or TLSOff.
+	TLS TLSMode
 	// CAPEMPath is a PEM file of CA certificates to trust instead of the
 	// system roots; CAPEM holds such PEM bytes directly.
 	CAPEMPath string
@@ -61,6 +61,18 @@ type Options struct {
 	// access token. (remote)
 	DisableAutoRefresh bool
 }
+
+// TLSMode says whether a client uses TLS (cmdop_tls in cmdop.h).
+type TLSMode int
+
+const (
+	// TLSDefault is TLS for NewRemote*, plaintext for NewLocal.
+	TLSDefault TLSMode = C.CMDOP_TLS_DEFAULT
+	// TLSOn always uses TLS.
+	TLSOn TLSMode = C.CMDOP_TLS_ON
+	// TLSOff uses plaintext (tests, private networks).
+	TLSOff TLSMode = C.CMDOP_TLS_OFF
+)
 
 // Client is a connection to one control plane with one set of
 // credentials. It is safe for use by many goroutines at once. Call Close
@@ -151,10 +163,10 @@ func (c *Client) use(fn func(p *C.cmdop_client) error) error {
 // an API key (empty: $CMDOP_API_KEY). opts may be nil. It does not
 // connect: install callbacks, then call Connect.
 func NewRemote(apiKey string, opts *Options) (*Client, error) {
-	var o C.cmdop_remote_options
+	var o C.cmdop_options
 	var pins cStrings
 	defer pins.free()
-	if err := remoteOptions(opts, &o, &pins); err != nil {
+	if err := fillOptions(opts, &o, &pins, false); err != nil {
 		return nil, err
 	}
 	var key *C.char
@@ -176,10 +188,10 @@ func NewRemote(apiKey string, opts *Options) (*Client, error) {
 // NewRemoteOAuth creates a client authenticated with OAuth tokens; with
 // automatic refresh (the default) new tokens go to the OnTokens callback.
 func NewRemoteOAuth(accessToken, refreshToken string, opts *Options) (*Client, error) {
-	var o C.cmdop_remote_options
+	var o C.cmdop_options
 	var pins cStrings
 	defer pins.free()
-	if err := remoteOptions(opts, &o, &pins); err != nil {
+	if err := fillOptions(opts, &o, &pins, false); err != nil {
 		return nil, err
 	}
 	access, err := pins.add("the access token", accessToken)
@@ -203,22 +215,16 @@ func NewRemoteOAuth(accessToken, refreshToken string, opts *Options) (*Client, e
 // unless opts.TLS), e.g. one started by `cmdop dev`. opts may be nil. It
 // does not connect.
 func NewLocal(host string, port uint16, opts *Options) (*Client, error) {
-	var o C.cmdop_local_options
-	C.cmdop_local_options_init(&o)
+	var o C.cmdop_options
 	var pins cStrings
 	defer pins.free()
-	if opts != nil {
-		if opts.APIKey != "" {
-			key, err := pins.add("the API key", opts.APIKey)
-			if err != nil {
-				return nil, err
-			}
-			o.api_key = key
-		}
-		o.tls = C.bool(opts.TLS)
-		if err := commonOptions(opts, &pins, &o.ca_pem_path, &o.ca_pem, &o.ca_pem_len, &o.timeout_ms,
-			&o.max_retries, &o.retry_delay_ms, &o.auto_reconnect, &o.reconnect_delay_ms,
-			&o.max_reconnect_delay_ms, &o.max_reconnect_attempts, &o.debug); err != nil {
+	if err := fillOptions(opts, &o, &pins, true); err != nil {
+		return nil, err
+	}
+	var key *C.char
+	if opts != nil && opts.APIKey != "" {
+		var err error
+		if key, err = pins.add("the API key", opts.APIKey); err != nil {
 			return nil, err
 		}
 	}
@@ -228,7 +234,7 @@ func NewLocal(host string, port uint16, opts *Options) (*Client, error) {
 	}
 	var out *C.cmdop_client
 	var msg *C.char
-	st := C.cmdopgo_local_new(h, C.uint16_t(port), &o, &out, &msg)
+	st := C.cmdopgo_local_new(h, C.uint16_t(port), key, &o, &out, &msg)
 	if err := check(st, msg); err != nil {
 		return nil, err
 	}
@@ -548,26 +554,34 @@ func (s *cStrings) free() {
 	*s = nil
 }
 
-func remoteOptions(opts *Options, o *C.cmdop_remote_options, pins *cStrings) error {
-	C.cmdop_remote_options_init(o)
+// fillOptions initialises o (the header's layout version) and copies opts
+// into it; Server is for remote clients only.
+func fillOptions(opts *Options, o *C.cmdop_options, pins *cStrings, local bool) error {
+	if st := C.cmdop_options_init(o, C.CMDOP_OPTIONS_VERSION); st != C.CMDOP_STATUS_OK {
+		return &Error{Status: Status(st), Message: "cmdop_options_init refused this header's options version"}
+	}
 	if opts == nil {
 		return nil
 	}
 	if opts.Server != "" {
+		if local {
+			return &Error{Status: StatusInvalidArgument,
+				Message: "Options.Server is for NewRemote; NewLocal takes host and port"}
+		}
 		s, err := pins.add("the server address", opts.Server)
 		if err != nil {
 			return err
 		}
 		o.server = s
 	}
-	o.insecure = C.bool(opts.Insecure)
+	o.tls = C.int(opts.TLS)
 	o.auto_refresh = C.bool(!opts.DisableAutoRefresh)
 	return commonOptions(opts, pins, &o.ca_pem_path, &o.ca_pem, &o.ca_pem_len, &o.timeout_ms,
 		&o.max_retries, &o.retry_delay_ms, &o.auto_reconnect, &o.reconnect_delay_ms,
 		&o.max_reconnect_delay_ms, &o.max_reconnect_attempts, &o.debug)
 }
 
-// commonOptions writes the fields both C option structs share.
+// commonOptions writes the fields every client shares.
 func commonOptions(opts *Options, pins *cStrings, caPath **C.char, caPEM **C.uint8_t, caLen *C.size_t,
 	timeout, retries, retryDelay *C.uint32_t, autoReconnect *C.bool,
 	reconnectDelay, maxReconnectDelay, maxAttempts *C.uint32_t, debug *C.bool) error {

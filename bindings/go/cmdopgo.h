@@ -10,10 +10,10 @@
 
 enum { CMDOPGO_ON_CONNECT, CMDOPGO_ON_DISCONNECT, CMDOPGO_ON_ERROR, CMDOPGO_ON_TOKENS };
 
-cmdop_status cmdopgo_remote_new(const char *key, const cmdop_remote_options *o, cmdop_client **out, char **msg);
-cmdop_status cmdopgo_remote_new_oauth(const char *access, const char *refresh, const cmdop_remote_options *o,
+cmdop_status cmdopgo_remote_new(const char *key, const cmdop_options *o, cmdop_client **out, char **msg);
+cmdop_status cmdopgo_remote_new_oauth(const char *access, const char *refresh, const cmdop_options *o,
                                       cmdop_client **out, char **msg);
-cmdop_status cmdopgo_local_new(const char *host, uint16_t port, const cmdop_local_options *o, cmdop_client **out,
+cmdop_status cmdopgo_local_new(const char *host, uint16_t port, const char *key, const cmdop_options *o, cmdop_client **out,
                                char **msg);
 cmdop_status cmdopgo_connect(cmdop_client *c, char **msg);
 cmdop_status cmdopgo_close(cmdop_client *c, char **msg);

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, CString};
 
 use super::boundary::{arg_str, c_string, handle, out_ptr, Failure};
-use super::options::{cmdop_local_options, cmdop_remote_options, local_options, remote_options};
+use super::options::{client_options, cmdop_options, Target};
 use super::runtime::block_on;
 use super::status::cmdop_status;
 use crate::client::{Client, Credentials};
@@ -24,7 +24,8 @@ fn publish(out: &mut *mut cmdop_client, client: Client) {
 /// key. Does not connect: install callbacks, then call cmdop_connect().
 ///
 /// `api_key`: the key, or NULL to read $CMDOP_API_KEY. Any non-empty key is
-/// accepted as is. `opts`: NULL for the defaults (hosted endpoint, TLS).
+/// accepted as is. `opts`: NULL for the defaults (hosted endpoint, TLS),
+/// else initialised by cmdop_options_init() or CMDOP_OPTIONS_INIT.
 ///
 /// On OK, `*out` is a new client owned by the caller; free it with
 /// cmdop_client_free(). On error `*out` is NULL.
@@ -35,7 +36,7 @@ fn publish(out: &mut *mut cmdop_client, client: Client) {
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_remote_new(
     api_key: *const c_char,
-    opts: *const cmdop_remote_options,
+    opts: *const cmdop_options,
     out: *mut *mut cmdop_client,
 ) -> cmdop_status {
     ffi_boundary! {
@@ -50,7 +51,7 @@ pub unsafe extern "C" fn cmdop_remote_new(
                 "no API key: pass one to cmdop_remote_new() or set CMDOP_API_KEY",
             ));
         }
-        let options = unsafe { remote_options(opts, Credentials::ApiKey(key)) }?;
+        let options = unsafe { client_options(opts, Target::Remote, Credentials::ApiKey(key)) }?;
         publish(out, Client::new(options)?);
         Ok(())
     }
@@ -67,7 +68,7 @@ pub unsafe extern "C" fn cmdop_remote_new(
 pub unsafe extern "C" fn cmdop_remote_new_oauth(
     access_token: *const c_char,
     refresh_token: *const c_char,
-    opts: *const cmdop_remote_options,
+    opts: *const cmdop_options,
     out: *mut *mut cmdop_client,
 ) -> cmdop_status {
     ffi_boundary! {
@@ -81,15 +82,16 @@ pub unsafe extern "C" fn cmdop_remote_new_oauth(
             ));
         }
         let creds = Credentials::Tokens { access: access.into(), refresh: refresh.into(), auto_refresh: true };
-        let options = unsafe { remote_options(opts, creds) }?;
+        let options = unsafe { client_options(opts, Target::Remote, creds) }?;
         publish(out, Client::new(options)?);
         Ok(())
     }
 }
 
-/// Create a client for a control plane at `host`:`port` (plaintext unless
-/// `opts->tls`). The API key comes from `opts->api_key`, else
-/// $CMDOP_API_KEY, else none. Does not connect.
+/// Create a client for a control plane at `host`:`port`, e.g. `cmdop dev`
+/// (plaintext unless `opts->tls` is CMDOP_TLS_ON). `api_key`: the key, or
+/// NULL for $CMDOP_API_KEY if set, else no credentials. `opts`: NULL for
+/// the defaults; `opts->server` must be NULL. Does not connect.
 ///
 /// Ownership as cmdop_remote_new(). Returns OK or INVALID_ARGUMENT (NULL or
 /// empty host, port 0, bad options). Thread: any.
@@ -97,7 +99,8 @@ pub unsafe extern "C" fn cmdop_remote_new_oauth(
 pub unsafe extern "C" fn cmdop_local_new(
     host: *const c_char,
     port: u16,
-    opts: *const cmdop_local_options,
+    api_key: *const c_char,
+    opts: *const cmdop_options,
     out: *mut *mut cmdop_client,
 ) -> cmdop_status {
     ffi_boundary! {
@@ -109,7 +112,14 @@ pub unsafe extern "C" fn cmdop_local_new(
         if port == 0 {
             return Err(Failure::invalid("port is 0: pass the control plane's port"));
         }
-        let options = unsafe { local_options(host, port, opts) }?;
+        let credentials = match unsafe { super::boundary::opt_str(api_key, "api_key") }? {
+            Some(k) if !k.is_empty() => Credentials::ApiKey(k.to_string()),
+            _ => match std::env::var("CMDOP_API_KEY") {
+                Ok(k) if !k.is_empty() => Credentials::ApiKey(k),
+                _ => Credentials::None,
+            },
+        };
+        let options = unsafe { client_options(opts, Target::Local { host, port }, credentials) }?;
         publish(out, Client::new(options)?);
         Ok(())
     }

@@ -39,16 +39,16 @@ int main(void) {
   const char *access2 = env_required("CMDOP_TEST_ACCESS2");
   const char *refresh2 = env_required("CMDOP_TEST_REFRESH2");
   static struct tokens tk;
-  cmdop_remote_options r;
+  cmdop_options r;
   cmdop_client *c = NULL;
   cmdop_exec_result *res = NULL;
   cmdop_session_list *l = NULL;
   double deadline;
 
   pthread_mutex_init(&tk.mu, NULL);
-  cmdop_remote_options_init(&r);
+  cmdop_options_init(&r, CMDOP_OPTIONS_VERSION);
   r.server = env_required("CMDOP_SERVER");
-  r.insecure = true;
+  r.tls = CMDOP_TLS_OFF;
   r.timeout_ms = 10000;
 
   /* Bad token arguments. */

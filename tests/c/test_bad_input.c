@@ -29,11 +29,11 @@ static void null_arguments(cmdop_client *c, const char *machine) {
   CHECK_STATUS(cmdop_remote_new("k", NULL, NULL), INVALID);
   CHECK_STATUS(cmdop_remote_new_oauth("a", "r", NULL, NULL), INVALID);
   CHECK_STATUS(cmdop_remote_new_oauth(NULL, NULL, NULL, &nc), INVALID);
-  CHECK_STATUS(cmdop_local_new(NULL, 1, NULL, &nc), INVALID);
+  CHECK_STATUS(cmdop_local_new(NULL, 1, NULL, NULL, &nc), INVALID);
   CHECK(nc == NULL);
-  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, NULL, NULL), INVALID);
-  CHECK_STATUS(cmdop_remote_options_init(NULL), INVALID);
-  CHECK_STATUS(cmdop_local_options_init(NULL), INVALID);
+  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, NULL, NULL, NULL), INVALID);
+  CHECK_STATUS(cmdop_options_init(NULL, CMDOP_OPTIONS_VERSION), INVALID);
+  CHECK_STATUS(cmdop_options_init(NULL, CMDOP_OPTIONS_VERSION), INVALID);
 
   CHECK_STATUS(cmdop_connect(NULL), INVALID);
   CHECK_ERROR_MENTIONS("client");
@@ -150,19 +150,18 @@ static void invalid_utf8(cmdop_client *c) {
   cmdop_bytes *b = NULL;
   cmdop_session *s = NULL;
   cmdop_attachment *st = NULL;
-  cmdop_remote_options ro;
-  cmdop_local_options lo;
+  cmdop_options ro;
+  cmdop_options lo;
 
   CHECK_STATUS(cmdop_remote_new(bad_utf8, NULL, &nc), INVALID);
   CHECK_ERROR_MENTIONS("UTF-8");
   CHECK_STATUS(cmdop_remote_new_oauth(bad_utf8, "r", NULL, &nc), INVALID);
-  cmdop_remote_options_init(&ro);
+  cmdop_options_init(&ro, CMDOP_OPTIONS_VERSION);
   ro.server = bad_utf8;
   CHECK_STATUS(cmdop_remote_new("k", &ro, &nc), INVALID);
-  CHECK_STATUS(cmdop_local_new(bad_utf8, 1, NULL, &nc), INVALID);
-  cmdop_local_options_init(&lo);
-  lo.api_key = bad_utf8;
-  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, &lo, &nc), INVALID);
+  CHECK_STATUS(cmdop_local_new(bad_utf8, 1, NULL, NULL, &nc), INVALID);
+  cmdop_options_init(&lo, CMDOP_OPTIONS_VERSION);
+  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, bad_utf8, &lo, &nc), INVALID);
   CHECK(nc == NULL);
   CHECK_STATUS(cmdop_set_machine(c, bad_utf8), INVALID);
   CHECK_STATUS(cmdop_set_machine_id(c, bad_utf8), INVALID);
@@ -282,7 +281,7 @@ static void in_callbacks(cmdop_client *c, const char *machine) {
 
 int main(void) {
   const char *machine = env_required("CMDOP_TEST_HOSTNAME");
-  cmdop_local_options o = test_local_options(20000);
+  cmdop_options o = test_local_options(20000);
   cmdop_client *c = test_connect(&o);
 
   null_arguments(c, machine);

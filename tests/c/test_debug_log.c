@@ -49,7 +49,7 @@ static void reset(void) {
 
 /* Connect a client, run a command, list files, close, free. */
 static void workload(bool debug) {
-  cmdop_local_options o = test_local_options(10000);
+  cmdop_options o = test_local_options(10000);
   cmdop_client *c;
   cmdop_exec_result *r = NULL;
   cmdop_file_list *l = NULL;

@@ -14,7 +14,7 @@ static void count_chunk(void *ud, cmdop_stream_kind kind, const uint8_t *data, s
 }
 
 int main(void) {
-  cmdop_local_options o = test_local_options(4000);
+  cmdop_options o = test_local_options(4000);
   cmdop_client *c = test_connect(&o);
   cmdop_exec_result *r = NULL;
   const uint8_t *p;

@@ -48,7 +48,7 @@ static void *cancel_later(void *arg) {
 }
 
 int main(void) {
-  cmdop_local_options o = test_local_options(20000);
+  cmdop_options o = test_local_options(20000);
   cmdop_client *c = test_connect(&o);
   cmdop_exec_result *r = NULL;
   struct chunks k;

@@ -234,7 +234,7 @@ static void errors(cmdop_client *c) {
 }
 
 int main(void) {
-  cmdop_local_options o = test_local_options(20000);
+  cmdop_options o = test_local_options(20000);
   cmdop_client *c;
   char cmd[600];
 

@@ -10,12 +10,12 @@ int main(void) {
   int expect_native = atoi(env_required("CMDOP_TEST_EXPECT_NATIVE"));
   const char *host = env_required("CMDOP_HOST");
   uint16_t port = (uint16_t)strtol(env_required("CMDOP_PORT"), NULL, 10);
-  cmdop_local_options o = test_local_options(10000);
+  cmdop_options o = test_local_options(10000);
   cmdop_client *c = NULL;
   cmdop_connection_info *info = NULL;
   int i;
 
-  CHECK_OK(cmdop_local_new(host, port, &o, &c));
+  CHECK_OK(cmdop_local_new(host, port, NULL, &o, &c));
   CHECK(!cmdop_is_connected(c));
   CHECK(!cmdop_is_connected(NULL));
 

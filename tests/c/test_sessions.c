@@ -56,7 +56,7 @@ static size_t calls_of(struct capture *cap) {
 
 int main(void) {
   const char *machine = env_required("CMDOP_TEST_HOSTNAME");
-  cmdop_local_options o = test_local_options(10000);
+  cmdop_options o = test_local_options(10000);
   cmdop_client *c = test_connect(&o);
   cmdop_session *s = NULL, *any = NULL;
   cmdop_session_list *list = NULL;

@@ -209,11 +209,19 @@ inline void set_log_callback(LogLevel level, std::function<void(LogLevel, std::s
                                        on ? detail::log_trampoline : nullptr, nullptr, nullptr));
 }
 
-/// Options of a client for a remote (hosted) control plane. Unset optional
-/// fields keep the library's defaults (see cmdop_remote_options in cmdop.h).
-struct RemoteOptions {
-  std::string server;  ///< "host:port" or "https://host:port"; empty = hosted endpoint
-  bool insecure = false;
+/// Whether a client uses TLS (cmdop_tls in cmdop.h).
+enum class Tls : int {
+  Default = CMDOP_TLS_DEFAULT,  ///< TLS for remote clients, plaintext for local ones
+  On = CMDOP_TLS_ON,
+  Off = CMDOP_TLS_OFF,  ///< plaintext (tests, private networks)
+};
+
+/// Options of a client, remote or local (cmdop_options in cmdop.h). Unset
+/// optional fields keep the library's defaults.
+struct Options {
+  std::string server;   ///< remote only: "host:port" or "https://host:port"; empty = hosted endpoint
+  std::string api_key;  ///< local only: empty = $CMDOP_API_KEY if set, else none (remote takes it as an argument)
+  Tls tls = Tls::Default;
   std::string ca_pem_path;  ///< empty = system roots
   std::string ca_pem;       ///< PEM bytes; empty = unused
   std::optional<std::chrono::milliseconds> timeout;
@@ -224,30 +232,19 @@ struct RemoteOptions {
   std::optional<std::chrono::milliseconds> max_reconnect_delay;
   std::optional<uint32_t> max_reconnect_attempts;
   bool debug = false;
-  std::optional<bool> auto_refresh;
-};
-
-/// Options of a client for a control plane at host:port (e.g. `cmdop dev`).
-struct LocalOptions {
-  std::string api_key;  ///< empty = $CMDOP_API_KEY if set, else none
-  bool tls = false;
-  std::string ca_pem_path;
-  std::string ca_pem;
-  std::optional<std::chrono::milliseconds> timeout;
-  std::optional<uint32_t> max_retries;
-  std::optional<std::chrono::milliseconds> retry_delay;
-  std::optional<bool> auto_reconnect;
-  std::optional<std::chrono::milliseconds> reconnect_delay;
-  std::optional<std::chrono::milliseconds> max_reconnect_delay;
-  std::optional<uint32_t> max_reconnect_attempts;
-  bool debug = false;
+  std::optional<bool> auto_refresh;  ///< OAuth clients
 };
 
 namespace detail {
 
-/// Copies the fields both option structs share onto a C struct.
-template <typename Cpp, typename C>
-void apply_common(const Cpp &o, C &c) {
+/// Fills a C options struct (this header's layout version) from `o`;
+/// the strings stay owned by `o`.
+inline void to_c(const Options &o, cmdop_options &c, bool local) {
+  check(cmdop_options_init(&c, CMDOP_OPTIONS_VERSION));
+  if (local && !o.server.empty())
+    throw Error(Status::InvalidArgument, "Options::server is for Client::remote; Client::local takes host and port");
+  c.server = o.server.empty() ? nullptr : o.server.c_str();
+  c.tls = static_cast<int>(o.tls);
   c.ca_pem_path = o.ca_pem_path.empty() ? nullptr : o.ca_pem_path.c_str();
   c.ca_pem = o.ca_pem.empty() ? nullptr : reinterpret_cast<const uint8_t *>(o.ca_pem.data());
   c.ca_pem_len = o.ca_pem.size();
@@ -259,6 +256,7 @@ void apply_common(const Cpp &o, C &c) {
   if (o.max_reconnect_delay) c.max_reconnect_delay_ms = to_ms(*o.max_reconnect_delay);
   if (o.max_reconnect_attempts) c.max_reconnect_attempts = *o.max_reconnect_attempts;
   c.debug = o.debug;
+  if (o.auto_refresh) c.auto_refresh = *o.auto_refresh;
 }
 
 }  // namespace detail
@@ -393,9 +391,9 @@ class Client {
  public:
   /// Client for a remote control plane authenticated with an API key;
   /// an empty key reads $CMDOP_API_KEY. Does not connect.
-  static Client remote(std::string_view api_key, const RemoteOptions &opts = {}) {
-    cmdop_remote_options c;
-    remote_options(opts, c);
+  static Client remote(std::string_view api_key, const Options &opts = {}) {
+    cmdop_options c;
+    detail::to_c(opts, c, false);
     const std::string key(api_key);
     cmdop_client *out = nullptr;
     detail::check(cmdop_remote_new(key.empty() ? nullptr : key.c_str(), &c, &out));
@@ -405,25 +403,23 @@ class Client {
   /// Client for a remote control plane authenticated with OAuth tokens;
   /// refreshed tokens go to on_tokens(). Does not connect.
   static Client remote_oauth(std::string_view access_token, std::string_view refresh_token,
-                             const RemoteOptions &opts = {}) {
-    cmdop_remote_options c;
-    remote_options(opts, c);
+                             const Options &opts = {}) {
+    cmdop_options c;
+    detail::to_c(opts, c, false);
     cmdop_client *out = nullptr;
     detail::check(cmdop_remote_new_oauth(detail::c_str(access_token).c_str(),
                                          detail::c_str(refresh_token).c_str(), &c, &out));
     return Client(out);
   }
 
-  /// Client for a control plane at host:port (plaintext unless opts.tls).
-  /// Does not connect.
-  static Client local(std::string_view host, uint16_t port, const LocalOptions &opts = {}) {
-    cmdop_local_options c;
-    detail::check(cmdop_local_options_init(&c));
-    c.api_key = opts.api_key.empty() ? nullptr : opts.api_key.c_str();
-    c.tls = opts.tls;
-    detail::apply_common(opts, c);
+  /// Client for a control plane at host:port (plaintext unless opts.tls
+  /// is Tls::On). Does not connect.
+  static Client local(std::string_view host, uint16_t port, const Options &opts = {}) {
+    cmdop_options c;
+    detail::to_c(opts, c, true);
     cmdop_client *out = nullptr;
-    detail::check(cmdop_local_new(detail::c_str(host).c_str(), port, &c, &out));
+    detail::check(cmdop_local_new(detail::c_str(host).c_str(), port,
+                                  opts.api_key.empty() ? nullptr : opts.api_key.c_str(), &c, &out));
     return Client(out);
   }
 
@@ -596,14 +592,6 @@ class Client {
   cmdop_client *get() const {
     if (!c_) throw Error(Status::InvalidArgument, "this cmdop::Client was moved from; use the object it moved to");
     return c_.get();
-  }
-
-  static void remote_options(const RemoteOptions &o, cmdop_remote_options &c) {
-    detail::check(cmdop_remote_options_init(&c));
-    c.server = o.server.empty() ? nullptr : o.server.c_str();
-    c.insecure = o.insecure;
-    detail::apply_common(o, c);
-    if (o.auto_refresh) c.auto_refresh = *o.auto_refresh;
   }
 
   /// Hands a heap copy of `fn` to the C API, which frees it through

@@ -60,7 +60,7 @@ class Live : public ::testing::Test {
   }
 
   cmdop::Client connected() {
-    cmdop::LocalOptions o;
+    cmdop::Options o;
     o.timeout = 15s;
     cmdop::Client c = cmdop::Client::local(stack_->host, stack_->port, o);
     c.connect();
@@ -200,7 +200,7 @@ TEST_F(Live, ConnectCallbackFiresOnItsThreadAndIsReleased) {
 }
 
 TEST_F(Live, WrongKeyIsUnauthenticated) {
-  cmdop::LocalOptions o;
+  cmdop::Options o;
   o.api_key = "cmdop_wrong_key_for_tests";
   o.timeout = 10s;
   cmdop::Client c = cmdop::Client::local(stack_->host, stack_->port, o);

@@ -5,16 +5,20 @@ import Foundation
 /// The library's version, e.g. "0.1.0".
 public var cmdopVersion: String { String(cString: cmdop_version()) }
 
+/// Whether a client uses TLS (cmdop_tls in cmdop.h).
+public enum TLSMode: Int32, Sendable {
+    case `default` = 0, on = 1, off = 2
+}
+
 /// Options of a client; `nil` fields keep the library's defaults.
 public struct Options: Sendable {
     /// Remote clients: "host:port" or "https://host:port"; nil = hosted endpoint.
     public var server: String?
-    /// Remote clients: plaintext instead of TLS.
-    public var insecure = false
-    /// Local clients: the API key; nil = $CMDOP_API_KEY.
+    /// Local clients: the API key; nil = $CMDOP_API_KEY (remote clients
+    /// take it as an argument).
     public var apiKey: String?
-    /// Local clients: TLS instead of plaintext.
-    public var tls = false
+    /// TLS: `.default` is TLS for remote clients, plaintext for local ones.
+    public var tls = TLSMode.default
     public var caPEMPath: String?
     /// Default deadline of each call and of connecting, in milliseconds.
     public var timeoutMs: UInt32?
@@ -167,10 +171,10 @@ public final class Client: @unchecked Sendable {
     /// A client for a remote control plane with an API key (nil:
     /// $CMDOP_API_KEY). Does not connect.
     public static func remote(apiKey: String?, options: Options = Options()) throws -> Client {
-        var o = cmdop_remote_options()
-        try check(cmdop_remote_options_init(&o))
+        var o = cmdop_options()
+        try check(cmdop_options_init(&o, UInt32(CMDOP_OPTIONS_VERSION)))
         apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
-        o.insecure = options.insecure
+        o.tls = options.tls.rawValue
         o.debug = options.debug
         var out: OpaquePointer?
         try withOptionalCString(options.server) { server in
@@ -191,10 +195,10 @@ public final class Client: @unchecked Sendable {
     /// new pair. Does not connect.
     public static func remoteOAuth(accessToken: String, refreshToken: String,
                                    options: Options = Options()) throws -> Client {
-        var o = cmdop_remote_options()
-        try check(cmdop_remote_options_init(&o))
+        var o = cmdop_options()
+        try check(cmdop_options_init(&o, UInt32(CMDOP_OPTIONS_VERSION)))
         apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
-        o.insecure = options.insecure
+        o.tls = options.tls.rawValue
         o.debug = options.debug
         if let r = options.autoRefresh { o.auto_refresh = r }
         var out: OpaquePointer?
@@ -211,17 +215,16 @@ public final class Client: @unchecked Sendable {
     /// A client for a control plane at host:port (e.g. `cmdop dev`). Does
     /// not connect.
     public convenience init(host: String, port: UInt16, options: Options = Options()) throws {
-        var o = cmdop_local_options()
-        try check(cmdop_local_options_init(&o))
+        var o = cmdop_options()
+        try check(cmdop_options_init(&o, UInt32(CMDOP_OPTIONS_VERSION)))
         Client.apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
-        o.tls = options.tls
+        o.tls = options.tls.rawValue
         o.debug = options.debug
         var out: OpaquePointer?
         try withOptionalCString(options.apiKey) { key in
             try withOptionalCString(options.caPEMPath) { ca in
-                o.api_key = key
                 o.ca_pem_path = ca
-                try check(cmdop_local_new(host, port, &o, &out))
+                try check(cmdop_local_new(host, port, key, &o, &out))
             }
         }
         self.init(raw: out!)
