@@ -66,6 +66,19 @@
 /** Version of the cmdop_options layout this header describes: pass it to
  *  cmdop_options_init(). */
 #define CMDOP_OPTIONS_VERSION 1
+/** Capabilities a server may list; test them with
+ *  cmdop_connection_info_has_capability(). */
+/** Native exec: stdout and stderr apart, exact exit code, no PTY. */
+#define CMDOP_CAPABILITY_EXEC "exec.v1"
+/** Streamed file transfers (no 32 MiB cap on writes). */
+#define CMDOP_CAPABILITY_FILES "files.v1"
+/** Machine selection by stable id (cmdop_set_machine_id). */
+#define CMDOP_CAPABILITY_MACHINE_ID "machine-id.v1"
+/** The server issues OAuth tokens (for cmdop_remote_new_oauth). */
+#define CMDOP_CAPABILITY_TOKENS "tokens.v1"
+/** Bulk exec output over plain TCP side connections (plaintext servers). */
+#define CMDOP_CAPABILITY_SIDE_CONNECTIONS "exec-raw.v1"
+
 /** Defaults of cmdop_options (same as cmdop_options_init()). */
 #define CMDOP_OPTIONS_INIT { CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false, true }
 
@@ -559,6 +572,28 @@ double cmdop_connection_info_latency_ms(const struct cmdop_connection_info *info
  * True when the server offers native exec (stdout/stderr apart, no PTY).
  */
 bool cmdop_connection_info_native_exec(const struct cmdop_connection_info *info);
+
+/**
+ * Number of capabilities the server listed (0 when `info` is NULL, or
+ * when the server lacks the libcmdop extension: an official server).
+ */
+size_t cmdop_connection_info_capability_count(const struct cmdop_connection_info *info);
+
+/**
+ * Capability `index` (e.g. "files.v1"), borrowed from `info`; NULL when
+ * out of range or `info` is NULL.
+ */
+const char *cmdop_connection_info_capability_get(const struct cmdop_connection_info *info,
+                                                 size_t index);
+
+/**
+ * True when the server offers capability `name`, one of the
+ * CMDOP_CAPABILITY_* strings (compared exactly). False when `info` or
+ * `name` is NULL. Calls needing a capability the server lacks return
+ * NOT_SUPPORTED or take the official path, as each documents.
+ */
+bool cmdop_connection_info_has_capability(const struct cmdop_connection_info *info,
+                                          const char *name);
 
 /**
  * Free a connection info. NULL is a no-op.

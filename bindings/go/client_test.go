@@ -334,6 +334,9 @@ func TestSessionsAndInfo(t *testing.T) {
 	if !info.Connected || info.TLS || !strings.Contains(info.Server, strconv.Itoa(int(s.port))) {
 		t.Fatalf("unexpected info %+v", info)
 	}
+	if !info.HasCapability("exec.v1") || !info.HasCapability("files.v1") || info.HasCapability("exec") {
+		t.Fatalf("capabilities of cmdop dev: %v", info.Capabilities)
+	}
 }
 
 func TestFiles(t *testing.T) {

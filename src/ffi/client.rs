@@ -194,7 +194,13 @@ pub struct cmdop_connection_info {
     connected: bool,
     latency_ms: f64,
     native_exec: bool,
+    /// What the server offers, as it listed it (empty without the libcmdop
+    /// extension).
+    capabilities: Vec<CString>,
 }
+
+// The CMDOP_CAPABILITY_* names are macros in cbindgen.toml (cbindgen does
+// not emit string constants); a test below keeps them equal to the core's.
 
 /// Describe the connection, measuring the latency with one round trip now.
 ///
@@ -218,6 +224,7 @@ pub unsafe extern "C" fn cmdop_get_connection_info(
             connected: info.connected,
             latency_ms: info.latency.map_or(-1.0, |d| d.as_secs_f64() * 1e3),
             native_exec: info.native_exec,
+            capabilities: info.capabilities.iter().map(|c| c_string(c)).collect(),
         }));
         Ok(())
     }
@@ -278,6 +285,50 @@ pub unsafe extern "C" fn cmdop_connection_info_native_exec(
     ffi_boundary!(@value false; unsafe { info.as_ref() }.is_some_and(|i| i.native_exec))
 }
 
+/// Number of capabilities the server listed (0 when `info` is NULL, or
+/// when the server lacks the libcmdop extension: an official server).
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_capability_count(
+    info: *const cmdop_connection_info,
+) -> usize {
+    // SAFETY: `info` is NULL or from cmdop_get_connection_info (header contract).
+    ffi_boundary!(@value 0; unsafe { info.as_ref() }.map_or(0, |i| i.capabilities.len()))
+}
+
+/// Capability `index` (e.g. "files.v1"), borrowed from `info`; NULL when
+/// out of range or `info` is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_capability_get(
+    info: *const cmdop_connection_info,
+    index: usize,
+) -> *const c_char {
+    ffi_boundary!(@value std::ptr::null();
+        // SAFETY: `info` is NULL or from cmdop_get_connection_info.
+        unsafe { info.as_ref() }
+            .and_then(|i| i.capabilities.get(index))
+            .map_or(std::ptr::null(), |c| c.as_ptr()))
+}
+
+/// True when the server offers capability `name`, one of the
+/// CMDOP_CAPABILITY_* strings (compared exactly). False when `info` or
+/// `name` is NULL. Calls needing a capability the server lacks return
+/// NOT_SUPPORTED or take the official path, as each documents.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_has_capability(
+    info: *const cmdop_connection_info,
+    name: *const c_char,
+) -> bool {
+    ffi_boundary!(@value false; {
+        if name.is_null() {
+            return false;
+        }
+        // SAFETY: `name` is a non-NULL C string (header contract).
+        let name = unsafe { std::ffi::CStr::from_ptr(name) };
+        // SAFETY: `info` is NULL or from cmdop_get_connection_info.
+        unsafe { info.as_ref() }.is_some_and(|i| i.capabilities.iter().any(|c| c.as_c_str() == name))
+    })
+}
+
 /// Free a connection info. NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_free(info: *mut cmdop_connection_info) {
@@ -287,4 +338,19 @@ pub unsafe extern "C" fn cmdop_connection_info_free(info: *mut cmdop_connection_
             drop(unsafe { Box::from_raw(info) });
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn capability_macros_name_what_the_core_checks() {
+        let toml = include_str!("../../cbindgen.toml");
+        for (name, value) in [
+            ("EXEC", crate::client::CAP_EXEC),
+            ("FILES", crate::client::CAP_FILES),
+        ] {
+            let want = format!("#define CMDOP_CAPABILITY_{name} \"{value}\"");
+            assert!(toml.contains(&want), "cbindgen.toml must define {want}");
+        }
+    }
 }

@@ -44,6 +44,30 @@ int main(void) {
     if (expect_native) CHECK(cmdop_connection_info_server_version(info)[0] != '\0');
     CHECK(cmdop_connection_info_workspace(info) != NULL);
     CHECK(cmdop_connection_info_native_exec(info) == (expect_native != 0));
+    /* Capabilities: the extension's list (cmdop dev serves plaintext, so
+     * side connections too), none from an official-only server. */
+    {
+      size_t n = cmdop_connection_info_capability_count(info), k;
+      printf("capabilities:");
+      for (k = 0; k < n; k++) printf(" %s", cmdop_connection_info_capability_get(info, k));
+      printf("\n");
+      CHECK(cmdop_connection_info_capability_get(info, n) == NULL);
+      CHECK(cmdop_connection_info_has_capability(info, CMDOP_CAPABILITY_EXEC) == (expect_native != 0));
+      CHECK(cmdop_connection_info_has_capability(info, CMDOP_CAPABILITY_FILES) == (expect_native != 0));
+      CHECK(cmdop_connection_info_has_capability(info, CMDOP_CAPABILITY_MACHINE_ID) == (expect_native != 0));
+      CHECK(cmdop_connection_info_has_capability(info, CMDOP_CAPABILITY_TOKENS) == (expect_native != 0));
+      CHECK(cmdop_connection_info_has_capability(info, CMDOP_CAPABILITY_SIDE_CONNECTIONS) ==
+            (expect_native != 0));
+      CHECK(!cmdop_connection_info_has_capability(info, "no-such.v1"));
+      CHECK(!cmdop_connection_info_has_capability(info, "exec"));
+      CHECK(!cmdop_connection_info_has_capability(info, NULL));
+      if (expect_native) {
+        CHECK(n >= 5);
+        CHECK(n > 0 && strcmp(cmdop_connection_info_capability_get(info, 0), "") != 0);
+      } else {
+        CHECK(n == 0);
+      }
+    }
   }
   cmdop_connection_info_free(info);
   info = NULL;
@@ -76,6 +100,9 @@ int main(void) {
   CHECK(!cmdop_connection_info_tls(NULL));
   CHECK(!cmdop_connection_info_connected(NULL));
   CHECK(!cmdop_connection_info_native_exec(NULL));
+  CHECK(cmdop_connection_info_capability_count(NULL) == 0);
+  CHECK(cmdop_connection_info_capability_get(NULL, 0) == NULL);
+  CHECK(!cmdop_connection_info_has_capability(NULL, CMDOP_CAPABILITY_EXEC));
   cmdop_connection_info_free(NULL);
 
   cmdop_client_free(c);

@@ -363,6 +363,13 @@ struct ConnectionInfo {
   bool connected = false;
   double latency_ms = -1;  ///< -1 when the round trip failed
   bool native_exec = false;
+  /// What the server offers (CMDOP_CAPABILITY_*); empty for official servers.
+  std::vector<std::string> capabilities;
+  bool has_capability(std::string_view name) const {
+    for (const auto &c : capabilities)
+      if (c == name) return true;
+    return false;
+  }
 };
 
 /// A live attachment to a session's terminal; detaches when destroyed.
@@ -443,13 +450,17 @@ class Client {
     cmdop_connection_info *raw = nullptr;
     detail::check(cmdop_get_connection_info(get(), &raw));
     detail::InfoPtr info(raw);
-    return ConnectionInfo{detail::copy(cmdop_connection_info_server(raw)),
-                          detail::copy(cmdop_connection_info_server_version(raw)),
-                          detail::copy(cmdop_connection_info_workspace(raw)),
-                          cmdop_connection_info_tls(raw),
-                          cmdop_connection_info_connected(raw),
-                          cmdop_connection_info_latency_ms(raw),
-                          cmdop_connection_info_native_exec(raw)};
+    ConnectionInfo out{detail::copy(cmdop_connection_info_server(raw)),
+                       detail::copy(cmdop_connection_info_server_version(raw)),
+                       detail::copy(cmdop_connection_info_workspace(raw)),
+                       cmdop_connection_info_tls(raw),
+                       cmdop_connection_info_connected(raw),
+                       cmdop_connection_info_latency_ms(raw),
+                       cmdop_connection_info_native_exec(raw),
+                       {}};
+    for (size_t i = 0, n = cmdop_connection_info_capability_count(raw); i < n; i++)
+      out.capabilities.push_back(detail::copy(cmdop_connection_info_capability_get(raw, i)));
+    return out;
   }
 
   /// Run a shell command on the selected machine and wait for it. A zero

@@ -238,6 +238,9 @@ TEST_F(Live, SessionsAndConnectionInfo) {
   EXPECT_TRUE(info.connected);
   EXPECT_FALSE(info.tls);
   EXPECT_NE(info.server.find(std::to_string(stack_->port)), std::string::npos) << info.server;
+  EXPECT_TRUE(info.has_capability(CMDOP_CAPABILITY_EXEC));
+  EXPECT_TRUE(info.has_capability(CMDOP_CAPABILITY_FILES));
+  EXPECT_FALSE(info.has_capability("exec"));
 }
 
 TEST_F(Live, FilesRoundTrip) {
