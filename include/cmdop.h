@@ -505,6 +505,14 @@ enum cmdop_status cmdop_connect(struct cmdop_client *client);
  * cmdop_connect(). Fires on_disconnect once. Closing a closed (or never
  * connected) client does nothing.
  *
+ * Calls in flight on other threads end promptly (no need to cancel them
+ * first): every execute form returns DISCONNECTED after its remote command
+ * was killed (a call stopped through its own cancel token returns
+ * CANCELLED instead); cmdop_read_file() and cmdop_write_file() return
+ * DISCONNECTED (a write is atomic: the old file stays); attachments end
+ * (their output callback gets its final NULL call). cmdop_close() itself
+ * does not wait for them.
+ *
  * Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included
  * (it does not block).
  */
@@ -703,7 +711,8 @@ enum cmdop_status cmdop_set_machine_id(struct cmdop_client *client, const char *
  *
  * Returns OK (whatever the command's exit code); TIMEOUT; NOT_FOUND (no
  * machine selected, unknown machine); UNAVAILABLE (agent offline, or it
- * dropped mid-command); DISCONNECTED; INVALID_ARGUMENT.
+ * dropped mid-command); DISCONNECTED (not connected, or cmdop_close()
+ * was called while the command ran: it was killed); INVALID_ARGUMENT.
  * A started command is never retried. Thread: any; blocks; IN_CALLBACK
  * from inside a callback.
  */

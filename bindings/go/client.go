@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"runtime/cgo"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
@@ -85,53 +86,12 @@ type Client struct {
 
 // clientHandle owns the C client. Calls hold mu for reading; freeing takes
 // it for writing, so the C client is never freed under a running call.
-// Running executes register their cancel tokens so that Close can stop them.
+// Calls in flight need no registry: cmdop_close ends them (DISCONNECTED).
 type clientHandle struct {
 	mu  sync.RWMutex
 	ptr *C.cmdop_client
-
-	tokensMu sync.Mutex
-	closing  bool
-	tokens   map[*C.cmdop_cancel_token]struct{}
-}
-
-// track registers the cancel token of an execute about to run; false when
-// the client is closing (the execute must not start).
-func (h *clientHandle) track(tok *C.cmdop_cancel_token) bool {
-	h.tokensMu.Lock()
-	defer h.tokensMu.Unlock()
-	if h.closing {
-		return false
-	}
-	if h.tokens == nil {
-		h.tokens = make(map[*C.cmdop_cancel_token]struct{})
-	}
-	h.tokens[tok] = struct{}{}
-	return true
-}
-
-// untrack forgets a token; after it returns, Close no longer touches it.
-func (h *clientHandle) untrack(tok *C.cmdop_cancel_token) {
-	h.tokensMu.Lock()
-	defer h.tokensMu.Unlock()
-	delete(h.tokens, tok)
-}
-
-// cancelAll marks the client as closing and cancels every running execute.
-func (h *clientHandle) cancelAll() {
-	h.tokensMu.Lock()
-	defer h.tokensMu.Unlock()
-	h.closing = true
-	for tok := range h.tokens {
-		C.cmdop_cancel_token_cancel(tok)
-	}
-}
-
-// isClosing reports whether Close has started.
-func (h *clientHandle) isClosing() bool {
-	h.tokensMu.Lock()
-	defer h.tokensMu.Unlock()
-	return h.closing
+	// closing is set by Close, so that a call it ended wraps ErrClosed.
+	closing atomic.Bool
 }
 
 func (h *clientHandle) free() {
@@ -260,15 +220,15 @@ func (c *Client) Disconnect() error {
 	})
 }
 
-// Close disconnects and frees the client. Commands running through
-// Execute or ExecuteStream on other goroutines are cancelled through their
-// cancel tokens (the remote command is killed; the call fails with an
-// ErrCancelled error that also wraps ErrClosed); Close waits for them and
-// for any other running call to return, and ends the client's Streams.
+// Close disconnects and frees the client. Calls running on other
+// goroutines end promptly: the library's cmdop_close stops them (a running
+// command is killed; the call fails with an ErrDisconnected error that
+// also wraps ErrClosed); Close waits for them to return, and ends the
+// client's Streams.
 // Later calls fail with ErrClosed. Close is idempotent; do not call it from
 // a callback of the same client.
 func (c *Client) Close() error {
-	c.h.cancelAll()
+	c.h.closing.Store(true)
 	c.h.mu.RLock()
 	if c.h.ptr != nil {
 		C.cmdop_close(c.h.ptr) // wakes calls waiting on the connection
@@ -372,10 +332,6 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 	if tok == nil {
 		return nil, &Error{Status: StatusInternal, Message: "out of memory creating a cancel token"}
 	}
-	if !c.h.track(tok) {
-		C.cmdop_cancel_token_free(tok)
-		return nil, errClosed
-	}
 	// Cancellation kills the command at once. A passed deadline is the
 	// library's own timeout (timeoutMs above), which keeps the partial
 	// output; the token only backs it up should the library be late.
@@ -397,7 +353,6 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 		if !stop() {
 			<-cancelled // the AfterFunc ran: let it finish before freeing tok
 		}
-		c.h.untrack(tok) // Close cancels tokens only while they are tracked
 		C.cmdop_cancel_token_free(tok)
 	}()
 
@@ -431,7 +386,7 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 	if (status == StatusCancelled || status == StatusTimeout) && ctx.Err() != nil {
 		return result, contextError(ctx, status, text)
 	}
-	if status == StatusCancelled && c.h.isClosing() {
+	if status == StatusDisconnected && c.h.closing.Load() {
 		return result, &Error{Status: status, Message: "Close was called while the command ran; it was killed",
 			cause: ErrClosed}
 	}

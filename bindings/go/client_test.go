@@ -402,8 +402,8 @@ func TestCloseCancelsRunningExecute(t *testing.T) {
 	c.Close()
 	select {
 	case err := <-done:
-		if !errors.Is(err, cmdop.ErrCancelled) || !errors.Is(err, cmdop.ErrClosed) {
-			t.Fatalf("want ErrCancelled wrapping ErrClosed, got %v", err)
+		if !errors.Is(err, cmdop.ErrDisconnected) || !errors.Is(err, cmdop.ErrClosed) {
+			t.Fatalf("want ErrDisconnected wrapping ErrClosed, got %v", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not cancel the running Execute")

@@ -74,6 +74,10 @@ pub(crate) struct Inner {
     /// One lock per terminal session: commands typed into one shell must
     /// not interleave, so terminal-path executes on a session take turns.
     terminals: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Cancelled (and replaced by a fresh token) when the application
+    /// closes the client: calls in flight take the current one when they
+    /// start and stop when it fires.
+    closing: Mutex<CancelToken>,
 }
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -116,6 +120,7 @@ impl Client {
                 trouble: Arc::new(Notify::new()),
                 supervisor: Mutex::new(None),
                 terminals: Mutex::new(std::collections::HashMap::new()),
+                closing: Mutex::new(CancelToken::new()),
             }),
         })
     }

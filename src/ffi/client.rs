@@ -145,6 +145,14 @@ pub unsafe extern "C" fn cmdop_connect(client: *mut cmdop_client) -> cmdop_statu
 /// cmdop_connect(). Fires on_disconnect once. Closing a closed (or never
 /// connected) client does nothing.
 ///
+/// Calls in flight on other threads end promptly (no need to cancel them
+/// first): every execute form returns DISCONNECTED after its remote command
+/// was killed (a call stopped through its own cancel token returns
+/// CANCELLED instead); cmdop_read_file() and cmdop_write_file() return
+/// DISCONNECTED (a write is atomic: the old file stays); attachments end
+/// (their output callback gets its final NULL call). cmdop_close() itself
+/// does not wait for them.
+///
 /// Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included
 /// (it does not block).
 #[no_mangle]

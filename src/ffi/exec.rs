@@ -84,7 +84,8 @@ fn finish(
 ///
 /// Returns OK (whatever the command's exit code); TIMEOUT; NOT_FOUND (no
 /// machine selected, unknown machine); UNAVAILABLE (agent offline, or it
-/// dropped mid-command); DISCONNECTED; INVALID_ARGUMENT.
+/// dropped mid-command); DISCONNECTED (not connected, or cmdop_close()
+/// was called while the command ran: it was killed); INVALID_ARGUMENT.
 /// A started command is never retried. Thread: any; blocks; IN_CALLBACK
 /// from inside a callback.
 #[no_mangle]

@@ -198,7 +198,7 @@ pub unsafe extern "C" fn cmdop_read_file(
         let out = unsafe { out_ptr(out, "out") }?;
         let c = unsafe { handle(client, "client") }?;
         let path = unsafe { arg_str(path, "path") }?;
-        let data = block_on("cmdop_read_file", c.client.read_file(path))??;
+        let data = block_on("cmdop_read_file", c.client.until_closed("cmdop_read_file", c.client.read_file(path)))??;
         *out = Box::into_raw(Box::new(cmdop_bytes { data }));
         Ok(())
     }
@@ -237,7 +237,7 @@ pub unsafe extern "C" fn cmdop_write_file(
             // SAFETY: the caller promises `len` readable bytes.
             unsafe { std::slice::from_raw_parts(data, len) }
         };
-        block_on("cmdop_write_file", c.client.write_file(path, bytes))??;
+        block_on("cmdop_write_file", c.client.until_closed("cmdop_write_file", c.client.write_file(path, bytes)))??;
         Ok(())
     }
 }

@@ -162,28 +162,13 @@ inline uint32_t to_ms(std::chrono::milliseconds d) {
   return static_cast<uint32_t>(d.count());
 }
 
-/// The process-wide log callback. The C API forgets a replaced user_data
-/// without a finalizer, so the trampoline takes a reference to the current
-/// callable from this slot instead of owning one; a callable being replaced
-/// stays alive until the calls already using it return.
-struct LogSlot {
-  using Fn = std::function<void(LogLevel, std::string_view)>;
-  std::mutex mu;
-  std::shared_ptr<const Fn> fn;
-  static LogSlot &get() {
-    static LogSlot *slot = new LogSlot();  // never destroyed: library threads may log at exit
-    return *slot;
-  }
-};
+/// The process-wide log callback's callable: owned by the library, which
+/// deletes it (delete_callable) once no log call uses it any more.
+using LogFn = std::function<void(LogLevel, std::string_view)>;
 
-inline void log_trampoline(void *, cmdop_log_level level, const char *message) noexcept {
-  std::shared_ptr<const LogSlot::Fn> fn;
-  {
-    LogSlot &slot = LogSlot::get();
-    std::lock_guard<std::mutex> lock(slot.mu);
-    fn = slot.fn;
-  }
-  if (fn && *fn) (*fn)(static_cast<LogLevel>(level), message ? std::string_view(message) : std::string_view());
+inline void log_trampoline(void *user_data, cmdop_log_level level, const char *message) noexcept {
+  const LogFn &fn = *static_cast<const LogFn *>(user_data);
+  fn(static_cast<LogLevel>(level), message ? std::string_view(message) : std::string_view());
 }
 
 }  // namespace detail
@@ -198,15 +183,14 @@ inline bool abi_compatible() noexcept { return cmdop_abi_version() == CMDOP_ABI_
 /// process-wide log callback. It may run on any thread, concurrently with
 /// itself: make it thread-safe and quick, and do not throw.
 inline void set_log_callback(LogLevel level, std::function<void(LogLevel, std::string_view)> fn) {
-  detail::LogSlot &slot = detail::LogSlot::get();
-  const bool on = fn && level != LogLevel::Off;
-  auto next = on ? std::make_shared<const detail::LogSlot::Fn>(std::move(fn)) : nullptr;
-  {
-    std::lock_guard<std::mutex> lock(slot.mu);
-    slot.fn = std::move(next);
+  if (!fn || level == LogLevel::Off) {
+    detail::check(cmdop_on_log(CMDOP_LOG_LEVEL_OFF, nullptr, nullptr, nullptr));
+    return;
   }
-  detail::check(cmdop_on_log(static_cast<cmdop_log_level>(on ? level : LogLevel::Off),
-                                       on ? detail::log_trampoline : nullptr, nullptr, nullptr));
+  auto box = std::make_unique<detail::LogFn>(std::move(fn));
+  detail::check(cmdop_on_log(static_cast<int>(level), detail::log_trampoline, box.get(),
+                             detail::delete_callable<detail::LogFn>));
+  box.release();  // owned by the library now
 }
 
 /// Whether a client uses TLS (cmdop_tls in cmdop.h).

@@ -87,6 +87,9 @@ impl Client {
         }
         let was = inner.state.send_replace(ConnState::Closed);
         *inner.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+        // End the calls in flight (they kill what they started); later
+        // calls take the fresh token.
+        std::mem::take(&mut *lock(&inner.closing)).cancel();
         if was != ConnState::Closed && was != ConnState::Idle {
             inner.log(LogLevel::Info, || "closed by the application".into());
             inner.emit(Event::Disconnected {
