@@ -45,15 +45,20 @@ pub unsafe extern "C" fn cmdop_attach(
     ffi_boundary! {
         // Owned from here on, so that every failure below finalises it.
         let ud = UserData::new(user_data, free_user_data);
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let session_id = unsafe { arg_str(session_id, "session_id") }?;
         let cb = on_output.ok_or_else(|| Failure::null("on_output"))?;
         let on_event = move |e: AttachEvent<'_>| match e {
             AttachEvent::Output(data) if !data.is_empty() => {
+                // SAFETY: the application's callback with its own user_data.
                 as_callback(|| unsafe { cb(ud.ptr(), data.as_ptr(), data.len()) })
             }
             AttachEvent::Output(_) => {}
+            // SAFETY: the application's callback with its own user_data.
             AttachEvent::Ended(_) => as_callback(|| unsafe { cb(ud.ptr(), std::ptr::null(), 0) }),
         };
         let handle = block_on("cmdop_attach", c.client.attach(session_id, on_event))??;
@@ -71,6 +76,7 @@ pub unsafe extern "C" fn cmdop_attachment_write(
     len: usize,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         let s = unsafe { handle(attachment, "attachment") }?;
         if len == 0 {
             return Ok(());
@@ -93,6 +99,7 @@ pub unsafe extern "C" fn cmdop_attachment_resize(
     rows: u16,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         let s = unsafe { handle(attachment, "attachment") }?;
         if cols == 0 || rows == 0 {
             return Err(Failure::invalid("cols and rows must be greater than 0"));

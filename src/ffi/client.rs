@@ -40,7 +40,9 @@ pub unsafe extern "C" fn cmdop_remote_new(
     out: *mut *mut cmdop_client,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL or a NUL-terminated string.
         let key = match unsafe { super::boundary::opt_str(api_key, "api_key") }? {
             Some(k) => k.to_string(),
             None => std::env::var("CMDOP_API_KEY").unwrap_or_default(),
@@ -51,6 +53,7 @@ pub unsafe extern "C" fn cmdop_remote_new(
                 "no API key: pass one to cmdop_remote_new() or set CMDOP_API_KEY",
             ));
         }
+        // SAFETY: NULL or options initialised for their stated version.
         let options = unsafe { client_options(opts, Target::Remote, Credentials::ApiKey(key)) }?;
         publish(out, Client::new(options)?);
         Ok(())
@@ -72,8 +75,11 @@ pub unsafe extern "C" fn cmdop_remote_new_oauth(
     out: *mut *mut cmdop_client,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let access = unsafe { arg_str(access_token, "access_token") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let refresh = unsafe { arg_str(refresh_token, "refresh_token") }?;
         if access.is_empty() || refresh.is_empty() {
             return Err(Failure::new(
@@ -82,6 +88,7 @@ pub unsafe extern "C" fn cmdop_remote_new_oauth(
             ));
         }
         let creds = Credentials::Tokens { access: access.into(), refresh: refresh.into(), auto_refresh: true };
+        // SAFETY: NULL or options initialised for their stated version.
         let options = unsafe { client_options(opts, Target::Remote, creds) }?;
         publish(out, Client::new(options)?);
         Ok(())
@@ -104,7 +111,9 @@ pub unsafe extern "C" fn cmdop_local_new(
     out: *mut *mut cmdop_client,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let host = unsafe { arg_str(host, "host") }?;
         if host.trim().is_empty() {
             return Err(Failure::invalid("host is empty: pass e.g. \"127.0.0.1\""));
@@ -112,6 +121,7 @@ pub unsafe extern "C" fn cmdop_local_new(
         if port == 0 {
             return Err(Failure::invalid("port is 0: pass the control plane's port"));
         }
+        // SAFETY: NULL or a NUL-terminated string.
         let credentials = match unsafe { super::boundary::opt_str(api_key, "api_key") }? {
             Some(k) if !k.is_empty() => Credentials::ApiKey(k.to_string()),
             _ => match std::env::var("CMDOP_API_KEY") {
@@ -119,6 +129,7 @@ pub unsafe extern "C" fn cmdop_local_new(
                 _ => Credentials::None,
             },
         };
+        // SAFETY: NULL or options initialised for their stated version.
         let options = unsafe { client_options(opts, Target::Local { host, port }, credentials) }?;
         publish(out, Client::new(options)?);
         Ok(())
@@ -135,6 +146,7 @@ pub unsafe extern "C" fn cmdop_local_new(
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connect(client: *mut cmdop_client) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
         block_on("cmdop_connect", c.client.open())??;
         Ok(())
@@ -158,6 +170,7 @@ pub unsafe extern "C" fn cmdop_connect(client: *mut cmdop_client) -> cmdop_statu
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_close(client: *mut cmdop_client) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
         c.client.shutdown();
         Ok(())
@@ -188,6 +201,7 @@ pub unsafe extern "C" fn cmdop_client_free(client: *mut cmdop_client) {
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_is_connected(client: *const cmdop_client) -> bool {
     ffi_boundary!(@value false;
+        // SAFETY: NULL (checked) or a live object of this library.
         unsafe { client.as_ref() }.is_some_and(|c| c.client.is_connected())
     )
 }
@@ -221,7 +235,9 @@ pub unsafe extern "C" fn cmdop_get_connection_info(
     out: *mut *mut cmdop_connection_info,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
         let info = block_on("cmdop_get_connection_info", c.client.connection_info())?;
         *out = Box::into_raw(Box::new(cmdop_connection_info {
@@ -244,6 +260,7 @@ pub unsafe extern "C" fn cmdop_get_connection_info(
 pub unsafe extern "C" fn cmdop_connection_info_server(
     info: *const cmdop_connection_info,
 ) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { info.as_ref() }.map_or(std::ptr::null(), |i| i.server.as_ptr()))
 }
 
@@ -252,6 +269,7 @@ pub unsafe extern "C" fn cmdop_connection_info_server(
 pub unsafe extern "C" fn cmdop_connection_info_server_version(
     info: *const cmdop_connection_info,
 ) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { info.as_ref() }.map_or(std::ptr::null(), |i| i.server_version.as_ptr()))
 }
 
@@ -260,12 +278,14 @@ pub unsafe extern "C" fn cmdop_connection_info_server_version(
 pub unsafe extern "C" fn cmdop_connection_info_workspace(
     info: *const cmdop_connection_info,
 ) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { info.as_ref() }.map_or(std::ptr::null(), |i| i.workspace.as_ptr()))
 }
 
 /// True when the connection uses TLS.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_tls(info: *const cmdop_connection_info) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { info.as_ref() }.is_some_and(|i| i.tls))
 }
 
@@ -274,6 +294,7 @@ pub unsafe extern "C" fn cmdop_connection_info_tls(info: *const cmdop_connection
 pub unsafe extern "C" fn cmdop_connection_info_connected(
     info: *const cmdop_connection_info,
 ) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { info.as_ref() }.is_some_and(|i| i.connected))
 }
 
@@ -282,6 +303,7 @@ pub unsafe extern "C" fn cmdop_connection_info_connected(
 pub unsafe extern "C" fn cmdop_connection_info_latency_ms(
     info: *const cmdop_connection_info,
 ) -> f64 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value -1.0; unsafe { info.as_ref() }.map_or(-1.0, |i| i.latency_ms))
 }
 
@@ -290,6 +312,7 @@ pub unsafe extern "C" fn cmdop_connection_info_latency_ms(
 pub unsafe extern "C" fn cmdop_connection_info_native_exec(
     info: *const cmdop_connection_info,
 ) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { info.as_ref() }.is_some_and(|i| i.native_exec))
 }
 

@@ -64,6 +64,8 @@ pub(crate) struct UserData {
 // SAFETY: the header states that user_data is handed to callbacks on library
 // threads; making it usable there is the application's contract.
 unsafe impl Send for UserData {}
+// SAFETY: as for Send: the library only passes the pointer on to the
+// application's callbacks and finaliser; it never dereferences it.
 unsafe impl Sync for UserData {}
 
 impl UserData {
@@ -90,6 +92,7 @@ fn install(
     kind: EventKind,
     handler: Option<EventHandler>,
 ) -> Result<(), Failure> {
+    // SAFETY: NULL (checked) or a live handle of this library.
     let c = unsafe { handle(client, "client") }?;
     c.client.set_event_handler(kind, handler)?;
     Ok(())
@@ -116,6 +119,7 @@ pub unsafe extern "C" fn cmdop_on_connect(
         let handler: Option<EventHandler> = cb.map(|f| -> EventHandler {
             Box::new(move |e: &Event| {
                 if let Event::Connected = e {
+                    // SAFETY: the application's callback with its own user_data.
                     as_callback(|| unsafe { f(ud.ptr()) });
                 }
             })
@@ -141,6 +145,7 @@ pub unsafe extern "C" fn cmdop_on_disconnect(
             Box::new(move |e: &Event| {
                 if let Event::Disconnected { reason, final_ } = e {
                     let reason = c_string(reason);
+                    // SAFETY: the application's callback with its own user_data.
                     as_callback(|| unsafe { f(ud.ptr(), reason.as_ptr(), !final_) });
                 }
             })
@@ -165,6 +170,7 @@ pub unsafe extern "C" fn cmdop_on_error(
                 if let Event::Error { kind, message } = e {
                     let status = cmdop_status::from_kind(*kind);
                     let message = c_string(message);
+                    // SAFETY: the application's callback with its own user_data.
                     as_callback(|| unsafe { f(ud.ptr(), status, message.as_ptr()) });
                 }
             })
@@ -188,6 +194,7 @@ pub unsafe extern "C" fn cmdop_on_token_refresh(
             Box::new(move |e: &Event| {
                 if let Event::TokensRefreshed { access, refresh } = e {
                     let (a, r) = (c_string(access), c_string(refresh));
+                    // SAFETY: the application's callback with its own user_data.
                     as_callback(|| unsafe { f(ud.ptr(), a.as_ptr(), r.as_ptr()) });
                 }
             })
@@ -249,6 +256,7 @@ pub unsafe extern "C" fn cmdop_on_log(
                         LogLevel::Debug => cmdop_log_level::Debug,
                     };
                     let text: CString = c_string(msg);
+                    // SAFETY: the application's callback with its own user_data.
                     as_callback(|| unsafe { f(ud.ptr(), level, text.as_ptr()) });
                 }))));
             }

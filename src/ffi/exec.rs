@@ -96,8 +96,11 @@ pub unsafe extern "C" fn cmdop_execute(
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let command = unsafe { arg_str(command, "command") }?;
         let client = c.client.clone();
         let command = command.to_owned();
@@ -137,6 +140,7 @@ pub unsafe extern "C" fn cmdop_execute_with_callback(
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
+    // SAFETY: the caller's arguments, forwarded under the same contract.
     unsafe {
         execute_streaming(
             client, command, timeout_ms, on_chunk, user_data, cancel, out, true,
@@ -161,6 +165,7 @@ pub unsafe extern "C" fn cmdop_execute_with_callback_discard(
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
+    // SAFETY: the caller's arguments, forwarded under the same contract.
     unsafe {
         execute_streaming(
             client, command, timeout_ms, on_chunk, user_data, cancel, out, false,
@@ -182,9 +187,13 @@ unsafe fn execute_streaming(
     keep: bool,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let command = unsafe { arg_str(command, "command") }?;
+        // SAFETY: NULL (checked) or a live object of this library.
         let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
         let sink = on_chunk.map(|cb| ChunkSink { cb, user_data });
         let on_chunk = move |stream: Stream, data: &[u8]| {
@@ -194,6 +203,8 @@ unsafe fn execute_streaming(
                     Stream::Stderr => cmdop_stream_kind::Stderr,
                 };
                 if !data.is_empty() {
+                    // SAFETY: the application's callback with its own user_data;
+                    // `data` is valid for the call.
                     as_callback(|| unsafe { (s.cb)(s.user_data, kind, data.as_ptr(), data.len()) });
                 }
             }
@@ -227,6 +238,7 @@ pub unsafe extern "C" fn cmdop_cancel_token_cancel(
     token: *const cmdop_cancel_token,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         unsafe { handle(token, "token") }?.token.cancel();
         Ok(())
     }
@@ -256,10 +268,12 @@ unsafe fn result_bytes(
     len: *mut usize,
     pick: fn(&ExecOutput) -> &[u8],
 ) -> *const u8 {
+    // SAFETY: NULL (checked) or a live object of this library.
     match unsafe { r.as_ref() } {
         Some(r) => bytes_out(pick(&r.out), len),
         None => {
             if !len.is_null() {
+                // SAFETY: non-NULL `len` is writable (header contract).
                 unsafe { *len = 0 };
             }
             std::ptr::null()
@@ -275,6 +289,7 @@ pub unsafe extern "C" fn cmdop_exec_result_output(
     r: *const cmdop_exec_result,
     len: *mut usize,
 ) -> *const u8 {
+    // SAFETY: NULL or a live result; `len` NULL or writable.
     ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.output) })
 }
 
@@ -284,6 +299,7 @@ pub unsafe extern "C" fn cmdop_exec_result_stdout(
     r: *const cmdop_exec_result,
     len: *mut usize,
 ) -> *const u8 {
+    // SAFETY: NULL or a live result; `len` NULL or writable.
     ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.stdout) })
 }
 
@@ -293,30 +309,35 @@ pub unsafe extern "C" fn cmdop_exec_result_stderr(
     r: *const cmdop_exec_result,
     len: *mut usize,
 ) -> *const u8 {
+    // SAFETY: NULL or a live result; `len` NULL or writable.
     ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.stderr) })
 }
 
 /// Exit code; -1 when killed by a signal, timed out, or `r` is NULL.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_exit_code(r: *const cmdop_exec_result) -> i32 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value -1; unsafe { r.as_ref() }.map_or(-1, |r| r.out.exit_code))
 }
 
 /// Signal that ended the command (native path), 0 if none.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_signal(r: *const cmdop_exec_result) -> i32 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { r.as_ref() }.map_or(0, |r| r.out.signal))
 }
 
 /// True when the command was killed by the timeout.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_timed_out(r: *const cmdop_exec_result) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.timed_out))
 }
 
 /// True when the command ran through native exec, false for the terminal path.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_native(r: *const cmdop_exec_result) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.native))
 }
 
@@ -325,12 +346,14 @@ pub unsafe extern "C" fn cmdop_exec_result_native(r: *const cmdop_exec_result) -
 /// the server's buffer could hold between two polls.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_truncated(r: *const cmdop_exec_result) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.truncated))
 }
 
 /// How long the command ran, in milliseconds.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_duration_ms(r: *const cmdop_exec_result) -> u64 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { r.as_ref() }.map_or(0, |r| u64::try_from(r.out.duration.as_millis()).unwrap_or(u64::MAX)))
 }
 

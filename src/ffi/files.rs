@@ -47,6 +47,7 @@ pub unsafe extern "C" fn cmdop_list_files(
     path: *const c_char,
     out: *mut *mut cmdop_file_list,
 ) -> cmdop_status {
+    // SAFETY: the caller's arguments, forwarded under the same contract.
     unsafe { cmdop_list_files_page(client, path, std::ptr::null(), false, out) }
 }
 
@@ -66,9 +67,13 @@ pub unsafe extern "C" fn cmdop_list_files_page(
     out: *mut *mut cmdop_file_list,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let path = unsafe { arg_str(path, "path") }?;
+        // SAFETY: NULL or a NUL-terminated string.
         let token = unsafe { opt_str(page_token, "page_token") }?.filter(|t| !t.is_empty());
         let list = block_on("cmdop_list_files", c.client.list_files(path, token, include_hidden))??;
         *out = Box::into_raw(Box::new(cmdop_file_list {
@@ -87,6 +92,7 @@ pub unsafe extern "C" fn cmdop_list_files_page(
 /// Number of entries in `list` (0 when NULL).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_list_count(list: *const cmdop_file_list) -> usize {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { list.as_ref() }.map_or(0, |l| l.entries.len()))
 }
 
@@ -98,6 +104,7 @@ pub unsafe extern "C" fn cmdop_file_list_get(
     index: usize,
 ) -> *const cmdop_file_entry {
     ffi_boundary!(@value std::ptr::null();
+        // SAFETY: NULL (checked) or a live object of this library.
         unsafe { list.as_ref() }.and_then(|l| l.entries.get(index)).map_or(std::ptr::null(), |e| e as *const _)
     )
 }
@@ -107,12 +114,14 @@ pub unsafe extern "C" fn cmdop_file_list_get(
 pub unsafe extern "C" fn cmdop_file_list_next_page_token(
     list: *const cmdop_file_list,
 ) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { list.as_ref() }.map_or(std::ptr::null(), |l| l.next_page_token.as_ptr()))
 }
 
 /// The directory listed, as the agent resolved it. Borrowed from `list`.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_list_path(list: *const cmdop_file_list) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { list.as_ref() }.map_or(std::ptr::null(), |l| l.path.as_ptr()))
 }
 
@@ -130,12 +139,14 @@ pub unsafe extern "C" fn cmdop_file_list_free(list: *mut cmdop_file_list) {
 /// Entry name (no directory part). Borrowed.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_name(e: *const cmdop_file_entry) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { e.as_ref() }.map_or(std::ptr::null(), |e| e.name.as_ptr()))
 }
 
 /// Full path of the entry. Borrowed.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_path(e: *const cmdop_file_entry) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { e.as_ref() }.map_or(std::ptr::null(), |e| e.path.as_ptr()))
 }
 
@@ -143,6 +154,7 @@ pub unsafe extern "C" fn cmdop_file_entry_path(e: *const cmdop_file_entry) -> *c
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_type(e: *const cmdop_file_entry) -> cmdop_file_type {
     ffi_boundary!(@value cmdop_file_type::Unknown;
+        // SAFETY: NULL (checked) or a live object of this library.
         match unsafe { e.as_ref() }.map(|e| e.entry.kind) {
             Some(FileKind::File) => cmdop_file_type::File,
             Some(FileKind::Directory) => cmdop_file_type::Directory,
@@ -155,18 +167,21 @@ pub unsafe extern "C" fn cmdop_file_entry_type(e: *const cmdop_file_entry) -> cm
 /// Size in bytes.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_size(e: *const cmdop_file_entry) -> i64 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { e.as_ref() }.map_or(0, |e| e.entry.size))
 }
 
 /// Permission bits, e.g. 0755.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_mode(e: *const cmdop_file_entry) -> u32 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { e.as_ref() }.map_or(0, |e| e.entry.mode))
 }
 
 /// Modification time, Unix seconds (0 when unknown).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_mtime(e: *const cmdop_file_entry) -> i64 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { e.as_ref() }.map_or(0, |e| e.entry.mtime))
 }
 
@@ -195,8 +210,11 @@ pub unsafe extern "C" fn cmdop_read_file(
     out: *mut *mut cmdop_bytes,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let path = unsafe { arg_str(path, "path") }?;
         let data = block_on("cmdop_read_file", c.client.until_closed("cmdop_read_file", c.client.read_file(path)))??;
         *out = Box::into_raw(Box::new(cmdop_bytes { data }));
@@ -227,7 +245,9 @@ pub unsafe extern "C" fn cmdop_write_file(
     len: usize,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let path = unsafe { arg_str(path, "path") }?;
         let bytes: &[u8] = if len == 0 {
             &[]
@@ -245,12 +265,14 @@ pub unsafe extern "C" fn cmdop_write_file(
 /// The bytes (not NUL-terminated; NULL only when `b` is NULL). Borrowed.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_bytes_data(b: *const cmdop_bytes) -> *const u8 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { b.as_ref() }.map_or(std::ptr::null(), |b| b.data.as_ptr()))
 }
 
 /// Number of bytes (0 when `b` is NULL).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_bytes_len(b: *const cmdop_bytes) -> usize {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { b.as_ref() }.map_or(0, |b| b.data.len()))
 }
 

@@ -20,7 +20,9 @@ pub unsafe extern "C" fn cmdop_set_machine(
     hostname: *const c_char,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let hostname = unsafe { arg_str(hostname, "hostname") }?;
         block_on("cmdop_set_machine", c.client.set_machine(hostname))??;
         Ok(())
@@ -39,7 +41,9 @@ pub unsafe extern "C" fn cmdop_set_machine_id(
     machine_id: *const c_char,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let id = unsafe { arg_str(machine_id, "machine_id") }?;
         block_on("cmdop_set_machine_id", c.client.set_machine_id(id))??;
         Ok(())

@@ -4,6 +4,8 @@
 
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 // Declaration order is the header's order (cbindgen follows it), one
 // topic per group (the comments keep rustfmt from sorting them).

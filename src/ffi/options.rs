@@ -339,12 +339,15 @@ mod tests {
     fn version_zero_and_newer_versions_are_rejected() {
         let mut o = init();
         o.version = 0;
+        // SAFETY: NULL or options initialised for their stated version.
         let e = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap_err();
         assert!(e.message.contains("cmdop_options_init"), "{}", e.message);
         o.version = CMDOP_OPTIONS_VERSION + 1;
+        // SAFETY: NULL or options initialised for their stated version.
         let e = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap_err();
         assert!(e.message.contains("newer libcmdop"), "{}", e.message);
         o.version = CMDOP_OPTIONS_VERSION;
+        // SAFETY: NULL or options initialised for their stated version.
         let c = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap();
         assert!(c.tls);
         assert_eq!(c.timeout, Duration::from_secs(30));
@@ -358,20 +361,25 @@ mod tests {
             host: "127.0.0.1",
             port: 9,
         };
+        // SAFETY: NULL or options initialised for their stated version.
         let c = unsafe { client_options(&o, local, Credentials::None) }.unwrap();
         assert!(!c.tls);
         assert_eq!(c.endpoint_uri(), "http://127.0.0.1:9");
         o.tls = cmdop_tls::On as c_int;
         let c =
+            // SAFETY: NULL or options initialised for their stated version.
             unsafe { client_options(&o, Target::Local { host: "h", port: 1 }, Credentials::None) }
                 .unwrap();
         assert!(c.tls);
         o.tls = cmdop_tls::Off as c_int;
+        // SAFETY: NULL or options initialised for their stated version.
         let c = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap();
         assert!(!c.tls);
         o.tls = 3;
+        // SAFETY: NULL or options initialised for their stated version.
         assert!(unsafe { client_options(&o, Target::Remote, Credentials::None) }.is_err());
         o.tls = -1;
+        // SAFETY: NULL or options initialised for their stated version.
         assert!(unsafe { client_options(&o, Target::Remote, Credentials::None) }.is_err());
     }
 
@@ -379,13 +387,16 @@ mod tests {
     fn fields_are_read_and_checked() {
         let mut o = init();
         o.timeout_ms = 1234;
+        // SAFETY: NULL or options initialised for their stated version.
         let c = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap();
         assert_eq!(c.timeout, Duration::from_millis(1234));
         o.timeout_ms = 0;
+        // SAFETY: NULL or options initialised for their stated version.
         assert!(unsafe { client_options(&o, Target::Remote, Credentials::None) }.is_err());
         let mut o = init();
         o.server = c"h:1".as_ptr();
         let local = Target::Local { host: "h", port: 1 };
+        // SAFETY: NULL or options initialised for their stated version.
         assert!(unsafe { client_options(&o, local, Credentials::None) }.is_err());
         // A bool byte of 7, as C could write; never a Rust bool.
         let mut raw = std::mem::MaybeUninit::<cmdop_options>::uninit();
@@ -394,6 +405,7 @@ mod tests {
         // SAFETY: a byte inside the struct.
         unsafe { raw.as_mut_ptr().cast::<u8>().add(at).write(7) };
         let e =
+            // SAFETY: NULL or options initialised for their stated version.
             unsafe { client_options(raw.as_ptr(), Target::Remote, Credentials::None) }.unwrap_err();
         assert!(e.message.contains("debug"), "{}", e.message);
     }

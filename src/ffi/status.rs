@@ -150,8 +150,10 @@ mod tests {
         assert_eq!(Timeout as i32, 5);
         assert_eq!(Panic as i32, 13);
         assert_eq!(OperationFailed as i32, 15);
+        // SAFETY: a non-NULL, NUL-terminated string.
         let s = unsafe { CStr::from_ptr(cmdop_status_str(Ambiguous as c_int)) };
         assert_eq!(s.to_str().unwrap(), "ambiguous machine name");
+        // SAFETY: a non-NULL, NUL-terminated string.
         let s = unsafe { CStr::from_ptr(cmdop_status_str(-7)) };
         assert_eq!(s.to_str().unwrap(), "unknown status");
     }
