@@ -26,7 +26,7 @@ if ! cargo build -p cmdop-cli --locked || ! make -s install PREFIX="$prefix"; th
   echo "0 passed, 1 failed"; exit 1
 fi
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
-# The Go test binary finds libcmdop.so.0 through the rpath (CMake sets its
+# The Go test binary finds libcmdop.so.1 through the rpath (CMake sets its
 # own). Naming the prefix in CGO_LDFLAGS also keys Go's build cache to this
 # install: the cache does not notice a changed pkg-config answer alone.
 export CGO_LDFLAGS="-L$prefix/lib -Wl,-rpath,$prefix/lib${CGO_LDFLAGS:+ $CGO_LDFLAGS}"

@@ -1085,13 +1085,15 @@ enum cmdop_status cmdop_attachment_resize(struct cmdop_attachment *attachment,
 enum cmdop_status cmdop_attachment_close(struct cmdop_attachment *attachment);
 
 /**
- * Version of the library, e.g. "0.1.0". Static; never free it.
+ * Version of the library, e.g. "1.0.0": its major is CMDOP_ABI_VERSION,
+ * its minor grows with compatible additions. Static; never free it.
  */
 const char *cmdop_version(void);
 
 /**
  * ABI version of the library: changes only on incompatible changes to the
- * header. Compare with CMDOP_ABI_VERSION at run time.
+ * header, and is the major of the package version and of the soname
+ * (libcmdop.so.1). Compare with CMDOP_ABI_VERSION at run time.
  */
 uint32_t cmdop_abi_version(void);
 

@@ -17,7 +17,7 @@ import (
 	"unsafe"
 )
 
-// Version is the version of the loaded libcmdop, e.g. "0.1.0".
+// Version is the version of the loaded libcmdop, e.g. "1.0.0".
 func Version() string { return C.GoString(C.cmdop_version()) }
 
 // ABICompatible reports whether the loaded libcmdop implements the ABI the
