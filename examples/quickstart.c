@@ -85,6 +85,11 @@ int main(int argc, char **argv) {
          cmdop_connection_info_server(info), cmdop_connection_info_tls(info) ? "on" : "off",
          cmdop_connection_info_server_version(info), cmdop_connection_info_latency_ms(info),
          cmdop_connection_info_native_exec(info) ? "yes" : "no (terminal fallback)");
+  printf("capabilities:");
+  for (i = 0; i < cmdop_connection_info_capability_count(info); i++)
+    printf(" %s", cmdop_connection_info_capability_get(info, i));
+  printf("%s\n", cmdop_connection_info_has_capability(info, CMDOP_CAPABILITY_FILES)
+                     ? " (file transfers stream: no 32 MiB cap)" : " (official server)");
   cmdop_connection_info_free(info);
 
   /* 4. Pick a machine: argv[1], else the most recently active session's. */

@@ -96,7 +96,12 @@
 
 /**
  * Outcome of a libcmdop call. Values are part of the ABI: they are never
- * renumbered, and a retired status keeps its number.
+ * renumbered, and a retired status keeps its number. Later 1.x versions
+ * may add statuses (one is planned for an outcome that cannot be known,
+ * e.g. a command whose kill after a deadline was not confirmed), only for
+ * calls whose documentation then lists them; treat a value you do not know
+ * as a failure and show cmdop_status_str() and cmdop_last_error_message().
+ * Each function documents the statuses it returns.
  */
 typedef enum cmdop_status {
   /**
@@ -129,11 +134,12 @@ typedef enum cmdop_status {
    */
   CMDOP_STATUS_UNAVAILABLE = 6,
   /**
-   * Not connected: never connected, closed, or reconnection gave up.
+   * Not connected: never connected, closed, or reconnection gave up. Also
+   * what a call in flight returns when cmdop_close() ends it.
    */
   CMDOP_STATUS_DISCONNECTED = 7,
   /**
-   * Stopped through a cancel token.
+   * Stopped through the call's own cancel token.
    */
   CMDOP_STATUS_CANCELLED = 8,
   /**

@@ -6,7 +6,12 @@ use super::boundary::last_error_ptr;
 use crate::client::ErrorKind;
 
 /// Outcome of a libcmdop call. Values are part of the ABI: they are never
-/// renumbered, and a retired status keeps its number.
+/// renumbered, and a retired status keeps its number. Later 1.x versions
+/// may add statuses (one is planned for an outcome that cannot be known,
+/// e.g. a command whose kill after a deadline was not confirmed), only for
+/// calls whose documentation then lists them; treat a value you do not know
+/// as a failure and show cmdop_status_str() and cmdop_last_error_message().
+/// Each function documents the statuses it returns.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum cmdop_status {
@@ -25,9 +30,10 @@ pub enum cmdop_status {
     Timeout = 5,
     /// Server, agent or network unreachable now; may work later.
     Unavailable = 6,
-    /// Not connected: never connected, closed, or reconnection gave up.
+    /// Not connected: never connected, closed, or reconnection gave up. Also
+    /// what a call in flight returns when cmdop_close() ends it.
     Disconnected = 7,
-    /// Stopped through a cancel token.
+    /// Stopped through the call's own cancel token.
     Cancelled = 8,
     /// The server answered something this library does not understand.
     Protocol = 9,

@@ -32,6 +32,19 @@ public struct Options: Sendable {
     public init() {}
 }
 
+/// Facts about a client's connection.
+public struct ConnectionInfo: Sendable {
+    public let server: String
+    public let tls: Bool
+    public let connected: Bool
+    /// -1 when the round trip failed.
+    public let latencyMs: Double
+    /// What the server offers (e.g. "files.v1"); empty for official servers.
+    public let capabilities: [String]
+
+    public func has(_ capability: String) -> Bool { capabilities.contains(capability) }
+}
+
 /// The outcome of a command.
 public struct ExecResult: Sendable {
     /// Stdout and stderr in arrival order.
@@ -243,6 +256,23 @@ public final class Client: @unchecked Sendable {
     public func close() throws { try check(cmdop_close(raw)) }
 
     public var isConnected: Bool { cmdop_is_connected(raw) }
+
+    /// Describe the connection (one round trip now for the latency),
+    /// including what the server offers.
+    public func connectionInfo() throws -> ConnectionInfo {
+        var out: OpaquePointer?
+        try check(cmdop_get_connection_info(raw, &out))
+        defer { cmdop_connection_info_free(out) }
+        var caps: [String] = []
+        for i in 0..<cmdop_connection_info_capability_count(out) {
+            if let c = cmdop_connection_info_capability_get(out, i) { caps.append(String(cString: c)) }
+        }
+        return ConnectionInfo(server: String(cString: cmdop_connection_info_server(out)),
+                              tls: cmdop_connection_info_tls(out),
+                              connected: cmdop_connection_info_connected(out),
+                              latencyMs: cmdop_connection_info_latency_ms(out),
+                              capabilities: caps)
+    }
 
     /// Select the machine later calls act on, by hostname.
     public func setMachine(_ hostname: String) throws { try check(cmdop_set_machine(raw, hostname)) }
