@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cmdop_proto::caps;
 use cmdop_proto::ext::exec_event::Event as ExecEv;
 use cmdop_proto::ext::ExecRequest;
 use cmdop_proto::terminal::{GetOutputRequest, SendInputRequest, SendSignalRequest};
 
-use super::connection::{CallPolicy, CAP_EXEC};
+use super::connection::CallPolicy;
 use super::exec_side::{side_address, SideStdout, SIDE_READ_BYTES};
 use super::marker::{
     find, idle_marker, idle_probe_line, marker_command_line, new_marker_id, MarkerScanner,
@@ -148,7 +149,7 @@ impl Client {
             .machine()
             .ok_or_else(Error::no_machine)
             .map_err(|e| self.inner.report(e))?;
-        let server_native = lock(&self.inner.facts).has(CAP_EXEC);
+        let server_native = lock(&self.inner.facts).has(caps::EXEC);
         // Without the extension's machine lookup we do not know whether the
         // agent executes natively; asking costs one round trip and answers
         // UNIMPLEMENTED quickly when it does not.
@@ -183,7 +184,7 @@ impl Client {
         let started = Instant::now();
         // Large stdout may move to a side connection (plaintext only).
         let side_addr = lock(&self.inner.facts)
-            .has(cmdop_proto::raw::CAPABILITY)
+            .has(caps::EXEC_RAW)
             .then(|| side_address(&self.inner.opts))
             .flatten();
         let req = ExecRequest {

@@ -19,7 +19,11 @@ pub const MAX_READ_BYTES: usize = 512 * 1024 * 1024;
 /// Largest file `write_file` sends on the official path: one FileWrite
 /// message, which servers cap at 32 MiB including the envelope (path,
 /// session id). The streaming path has no such limit.
+// Spelled out rather than named: cbindgen copies this constant into
+// include/cmdop.h and cannot follow a path into another crate. The assert
+// keeps it equal to the one definition.
 pub const MAX_WRITE_BYTES: usize = 32 * 1024 * 1024 - 64 * 1024;
+const _: () = assert!(MAX_WRITE_BYTES == cmdop_proto::limits::MAX_INLINE_FILE_BYTES);
 
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
