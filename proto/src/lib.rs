@@ -4,17 +4,19 @@
 //! capability strings ([`caps`]), shared size limits ([`limits`]) and the
 //! side-connection handshake ([`raw`]).
 
-#![allow(clippy::all, missing_docs)]
-
 pub mod caps;
 pub mod codec;
 pub mod limits;
 pub mod raw;
 
+// The generated modules are tonic/prost output, not ours to restyle: lints
+// stay quiet there and apply everywhere else in this crate.
+#[allow(clippy::all, missing_docs, unused_qualifications)]
 pub mod terminal {
     tonic::include_proto!("terminal");
 }
 
+#[allow(clippy::all, missing_docs, unused_qualifications)]
 pub mod ext {
     tonic::include_proto!("cmdop.ext.v1");
 }

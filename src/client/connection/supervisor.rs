@@ -14,7 +14,7 @@ use crate::client::{Event, Inner, LogLevel};
 impl Inner {
     /// True when a probe reached the server (any answer but a transport
     /// failure or timeout counts).
-    async fn probe_alive(&self, conn: &Conn) -> std::result::Result<(), String> {
+    async fn probe_alive(&self, conn: &Conn) -> Result<(), String> {
         let mut request = tonic::Request::new(HealthCheckRequest {});
         let timeout = self.opts.timeout.min(PROBE_TIMEOUT);
         request.set_timeout(timeout);
