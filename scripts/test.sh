@@ -12,6 +12,12 @@ export CARGO_TARGET_DIR="$PWD/target"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Every tool the suites below need, installed when possible; otherwise this
+# stops here with the missing tool and its install command.
+step "tools and packages (scripts/deps.sh)"
+scripts/deps.sh
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
 step "cargo fmt --check"
 cargo fmt --all --check || {
   echo "formatting differs: run 'cargo fmt --all' and commit the result" >&2; exit 1; }
