@@ -82,6 +82,19 @@ else
   fail_step "C names used by the Swift sources but missing from cmdop.h: $missing"
 fi
 
+echo "== Go (bindings/go): gofmt -l and go vet"
+unformatted=$(gofmt -l bindings/go)
+if [ -z "$unformatted" ]; then
+  passed=$((passed + 1)); echo "PASS - gofmt -l finds nothing"
+else
+  fail_step "not gofmt-formatted (run: gofmt -w bindings/go): $unformatted"
+fi
+if (cd bindings/go && go vet ./...) >"$work/govet.log" 2>&1; then
+  passed=$((passed + 1)); echo "PASS - go vet"
+else
+  cat "$work/govet.log"; fail_step "go vet"
+fi
+
 echo "== Go (bindings/go, go test -race)"
 (cd bindings/go && timeout 300 go test -race -count=1 -v ./...) >"$work/go.log" 2>&1
 go_rc=$?

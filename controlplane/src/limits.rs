@@ -8,8 +8,8 @@ use std::time::Duration;
 pub const MAX_MESSAGE_BYTES: usize = cmdop_proto::limits::MAX_MESSAGE_BYTES;
 /// Largest `SendInput` payload.
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
-/// Largest file content in one `FileWrite`.
-pub const MAX_FILE_WRITE_BYTES: usize = 32 * 1024 * 1024;
+/// Largest file content in one `FileWrite`: whatever fits in a message.
+pub const MAX_FILE_WRITE_BYTES: usize = cmdop_proto::limits::MAX_MESSAGE_BYTES;
 /// Largest command line for `Exec`.
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
 /// Largest stdin payload for `Exec`.

@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cmdop_proto::caps;
 use cmdop_proto::ext::exec_event::Event as ExecEv;
 use cmdop_proto::ext::ExecRequest;
 use cmdop_proto::terminal::{GetOutputRequest, SendInputRequest, SendSignalRequest};
 
-use super::connection::{CallPolicy, Conn, CAP_EXEC};
+use super::connection::{CallPolicy, Conn};
 use super::exec_side::{side_address, SideStdout, SIDE_READ_BYTES};
 use super::marker::{
     find, idle_marker, idle_probe_line, marker_command_line, new_marker_id, MarkerScanner,
@@ -176,7 +177,7 @@ impl Client {
             .filter(|t| !t.is_zero())
             .unwrap_or(self.inner.opts.timeout);
         let machine = self.machine().ok_or_else(Error::no_machine)?;
-        let server_native = lock(&self.inner.facts).has(CAP_EXEC);
+        let server_native = lock(&self.inner.facts).has(caps::EXEC);
         // Without the extension's machine lookup we do not know whether the
         // agent executes natively; asking costs one round trip and answers
         // UNIMPLEMENTED quickly when it does not.
@@ -210,7 +211,7 @@ impl Client {
         let started = Instant::now();
         // Large stdout may move to a side connection (plaintext only).
         let side_addr = lock(&self.inner.facts)
-            .has(cmdop_proto::raw::CAPABILITY)
+            .has(caps::EXEC_RAW)
             .then(|| side_address(&self.inner.opts))
             .flatten();
         let req = ExecRequest {

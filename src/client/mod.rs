@@ -38,8 +38,6 @@ pub use log::{set_log_sink, LogLevel, LogSink};
 pub use machine::MachineInfo;
 pub use options::{ClientOptions, Credentials, DEFAULT_REMOTE_SERVER};
 pub use sessions::SessionInfo;
-#[cfg(test)]
-pub(crate) use {connection::CAP_EXEC, transfer::CAP_FILES};
 
 mod options;
 

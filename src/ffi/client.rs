@@ -222,7 +222,8 @@ pub struct cmdop_connection_info {
 }
 
 // The CMDOP_CAPABILITY_* names are macros in cbindgen.toml (cbindgen does
-// not emit string constants); a test below keeps them equal to the core's.
+// not emit string constants); a test below keeps them equal to
+// cmdop_proto::caps, the one definition.
 
 /// Describe the connection, measuring the latency with one round trip now.
 ///
@@ -377,8 +378,11 @@ mod tests {
     fn capability_macros_name_what_the_core_checks() {
         let toml = include_str!("../../cbindgen.toml");
         for (name, value) in [
-            ("EXEC", crate::client::CAP_EXEC),
-            ("FILES", crate::client::CAP_FILES),
+            ("EXEC", cmdop_proto::caps::EXEC),
+            ("FILES", cmdop_proto::caps::FILES),
+            ("MACHINE_ID", cmdop_proto::caps::MACHINE_ID),
+            ("TOKENS", cmdop_proto::caps::TOKENS),
+            ("SIDE_CONNECTIONS", cmdop_proto::caps::EXEC_RAW),
         ] {
             let want = format!("#define CMDOP_CAPABILITY_{name} \"{value}\"");
             assert!(toml.contains(&want), "cbindgen.toml must define {want}");

@@ -177,7 +177,7 @@ fn enrollment_waits_for_a_writer_in_another_process() {
     let ws = s.create_workspace("acme").unwrap();
     let token = s.create_enrollment_token(&ws.id).unwrap();
     // Another connection (as the admin CLI has) holds the write lock.
-    let other = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     other
         .execute(

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use cmdop_proto::caps;
 use cmdop_proto::ext::cmdop_client::CmdopClient;
 use cmdop_proto::ext::ServerInfoRequest;
 use cmdop_proto::limits::MAX_MESSAGE_BYTES;
@@ -12,7 +13,7 @@ use cmdop_proto::terminal::HealthCheckRequest;
 
 use super::endpoint::{build_endpoint, connect_error};
 use super::supervisor::supervise;
-use super::{CallPolicy, Conn, ConnState, ConnectionInfo, ServerFacts, CAP_EXEC, PROBE_TIMEOUT};
+use super::{CallPolicy, Conn, ConnState, ConnectionInfo, ServerFacts, PROBE_TIMEOUT};
 use crate::client::{lock, Client, Error, Event, Inner, LogLevel, Result};
 
 impl Client {
@@ -155,7 +156,7 @@ impl Client {
             latency: ok.then(|| started.elapsed()),
             server_version: facts.version.clone(),
             workspace: facts.workspace.clone(),
-            native_exec: facts.has(CAP_EXEC),
+            native_exec: facts.has(caps::EXEC),
             capabilities: facts.capabilities,
         }
     }

@@ -23,8 +23,6 @@ pub(crate) use call::CallPolicy;
 
 /// Upper bound of one health probe, whatever the call timeout.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Capability the server lists when it serves native `Exec`.
-pub(crate) const CAP_EXEC: &str = "exec.v1";
 
 /// Connection state, observable with [`Client::state`](super::Client::state).
 #[derive(Debug, Clone, PartialEq, Eq)]

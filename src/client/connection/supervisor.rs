@@ -14,7 +14,7 @@ use crate::client::{Event, Inner, LogLevel};
 impl Inner {
     /// True when a probe reached the server (any answer but a transport
     /// failure or timeout counts).
-    async fn probe_alive(&self, conn: &Conn) -> std::result::Result<(), String> {
+    async fn probe_alive(&self, conn: &Conn) -> Result<(), String> {
         let mut request = tonic::Request::new(HealthCheckRequest {});
         let timeout = self.opts.timeout.min(PROBE_TIMEOUT);
         request.set_timeout(timeout);
@@ -33,6 +33,19 @@ impl Inner {
             }
             Ok(Err(_)) => Ok(()),
         }
+    }
+
+    /// The connection is lost and will not come back by itself: say why
+    /// (log, state, final `Disconnected` event).
+    fn disconnect_for_good(&self, level: LogLevel, reason: String) {
+        self.log(level, || reason.clone());
+        self.state.send_replace(ConnState::Disconnected {
+            reason: reason.clone(),
+        });
+        self.emit(Event::Disconnected {
+            reason,
+            final_: true,
+        });
     }
 }
 
@@ -64,15 +77,10 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
 
         let server = inner.opts.endpoint_uri();
         if !inner.opts.auto_reconnect {
-            let reason = format!("lost connection to {server}: {why}");
-            inner.log(LogLevel::Warn, || reason.clone());
-            inner.state.send_replace(ConnState::Disconnected {
-                reason: reason.clone(),
-            });
-            inner.emit(Event::Disconnected {
-                reason,
-                final_: true,
-            });
+            inner.disconnect_for_good(
+                LogLevel::Warn,
+                format!("lost connection to {server}: {why}"),
+            );
             return;
         }
         inner.log(LogLevel::Warn, || {
@@ -126,14 +134,7 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
             let reason = format!(
                 "gave up reconnecting to {server} after {attempt} attempts (last error: {last}); connect the client again to retry"
             );
-            inner.log(LogLevel::Error, || reason.clone());
-            inner.state.send_replace(ConnState::Disconnected {
-                reason: reason.clone(),
-            });
-            inner.emit(Event::Disconnected {
-                reason,
-                final_: true,
-            });
+            inner.disconnect_for_good(LogLevel::Error, reason);
             return;
         }
     }
