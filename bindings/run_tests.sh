@@ -64,7 +64,9 @@ int main(void) {
   cmdop_client *c = 0;
   cmdop_disconnect_fn f = on_disconnect;
   (void)f;
-  return cmdop_local_new("127.0.0.1", 1, 0, &c) == CMDOP_STATUS_OK ? 0 : 1;
+  cmdop_options o;
+  if (cmdop_options_init(&o, CMDOP_OPTIONS_VERSION) != CMDOP_STATUS_OK) return 1;
+  return cmdop_local_new("127.0.0.1", 1, 0, &o, &c) == CMDOP_STATUS_OK ? 0 : 1;
 }
 OBJC
 if clang -x objective-c -fmodules -fmodules-cache-path="$work/modules" -fsyntax-only -Wall -Werror \

@@ -294,8 +294,10 @@ type Result struct {
 }
 
 // deadlineGrace is how long ExecuteStream lets the library's own timeout
-// end a command after the context's deadline before cancelling it.
-const deadlineGrace = time.Second
+// end a command after the context's deadline before cancelling it. The
+// library's timeout keeps the partial output (a cancellation has none), and
+// killing the command can take a while on a loaded machine: be generous.
+const deadlineGrace = 5 * time.Second
 
 // Execute runs a shell command on the selected machine and waits for it.
 // The context's deadline bounds the command (else the client's timeout
