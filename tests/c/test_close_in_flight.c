@@ -2,12 +2,14 @@
  * cmdop_close() ends calls in flight: an execute running on another thread
  * returns DISCONNECTED promptly and its remote command is killed; a call
  * stopped through its own cancel token returns CANCELLED. Afterwards the
- * client connects again and works. Runs on the native stack and on the
+ * client connects again and works. A file read in flight also ends with
+ * DISCONNECTED. Runs on the native stack and on the
  * official terminal path (CMDOP_TEST_NAME says which).
  */
 #include "check.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <pthread.h>
 
 struct call {
@@ -17,6 +19,22 @@ struct call {
   cmdop_status st;
   double ended_at;
 };
+
+struct read_call {
+  cmdop_client *c;
+  const char *path;
+  cmdop_status st;
+  double ended_at;
+};
+
+static void *run_read(void *arg) {
+  struct read_call *k = arg;
+  cmdop_bytes *b = NULL;
+  k->st = cmdop_read_file(k->c, k->path, &b);
+  k->ended_at = now_ms();
+  cmdop_bytes_free(b);
+  return NULL;
+}
 
 static void *run_exec(void *arg) {
   struct call *k = arg;
@@ -89,6 +107,36 @@ int main(void) {
   CHECK(k.st == CMDOP_STATUS_CANCELLED);
   if (pid > 0) CHECK(wait_process_gone(pid, 10000));
   CHECK(cmdop_is_connected(c));
+
+  /* 4. A file transfer in flight: reading a FIFO nobody writes to waits
+   * forever on the agent; cmdop_close ends the call with DISCONNECTED. */
+  {
+    char fifo[64] = "/tmp/cmdop-ctest-fifo-XXXXXX";
+    struct read_call rk;
+    pthread_t rt;
+    int wfd;
+    CHECK(mkdtemp(fifo) != NULL);
+    strcat(fifo, "/f");
+    CHECK(mkfifo(fifo, 0600) == 0);
+    memset(&rk, 0, sizeof rk);
+    rk.c = c;
+    rk.path = fifo;
+    CHECK(pthread_create(&rt, NULL, run_read, &rk) == 0);
+    sleep_ms(1000); /* the agent has opened the FIFO and waits */
+    closed_at = now_ms();
+    CHECK_OK(cmdop_close(c));
+    pthread_join(rt, NULL);
+    printf("read_file returned %s %.0f ms after cmdop_close\n", cmdop_status_str((int)rk.st),
+           rk.ended_at - closed_at);
+    CHECK(rk.st == CMDOP_STATUS_DISCONNECTED);
+    CHECK(rk.ended_at - closed_at < 10000);
+    /* Let the agent's reader go: open the writing end and close it (EOF). */
+    wfd = open(fifo, O_WRONLY | O_NONBLOCK);
+    if (wfd >= 0) close(wfd);
+    unlink(fifo);
+    *strrchr(fifo, '/') = '\0';
+    rmdir(fifo);
+  }
 
   cmdop_cancel_token_free(tok);
   unlink(pidfile);
