@@ -16,6 +16,23 @@ struct capture {
   cmdop_attachment *close_me; /* closed from inside the callback when set */
 };
 
+/* The attachment's finaliser: counts its calls. */
+static pthread_mutex_t freed_mu = PTHREAD_MUTEX_INITIALIZER;
+static int freed;
+static void on_free(void *ud) {
+  (void)ud;
+  pthread_mutex_lock(&freed_mu);
+  freed++;
+  pthread_mutex_unlock(&freed_mu);
+}
+static int freed_count(void) {
+  int n;
+  pthread_mutex_lock(&freed_mu);
+  n = freed;
+  pthread_mutex_unlock(&freed_mu);
+  return n;
+}
+
 static void on_output(void *ud, const uint8_t *data, size_t len) {
   struct capture *cap = ud;
   pthread_mutex_lock(&cap->mu);
@@ -109,7 +126,7 @@ int main(void) {
 
   /* Attach: typing a command shows its (computed) output live. */
   pthread_mutex_init(&cap.mu, NULL);
-  CHECK_OK(cmdop_attach(c, id, on_output, &cap, NULL, &st));
+  CHECK_OK(cmdop_attach(c, id, on_output, &cap, on_free, &st));
   CHECK(st != NULL);
   if (st) {
     const char *typed = "echo attach-marker-$((6*7))\n";
@@ -122,17 +139,22 @@ int main(void) {
     CHECK(wait_output(&cap, "second-2", 5000));
     CHECK_OK(cmdop_attachment_close(st));
     {
-      /* After close returns, the callback is not called again. */
+      /* After close returns, the callback is not called again, and the
+       * finaliser has run exactly once. */
       size_t n = calls_of(&cap);
       sleep_ms(300);
       CHECK(calls_of(&cap) == n);
+      CHECK(freed_count() == 1);
     }
   }
 
   /* Unknown session. */
   st = (cmdop_attachment *)&o;
-  CHECK_STATUS(cmdop_attach(c, "sess_does_not_exist", on_output, &cap, NULL, &st), CMDOP_STATUS_NOT_FOUND);
+  CHECK_STATUS(cmdop_attach(c, "sess_does_not_exist", on_output, &cap, on_free, &st), CMDOP_STATUS_NOT_FOUND);
   CHECK(st == NULL);
+  CHECK(freed_count() == 2); /* a failed attach finalises its user_data too */
+  CHECK_STATUS(cmdop_attach(c, id, NULL, &cap, on_free, &st), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK(freed_count() == 3);
   CHECK_STATUS(cmdop_attachment_close(NULL), CMDOP_STATUS_OK);
 
   /* Closing the client ends an attached stream: the end-of-stream call. */
