@@ -397,8 +397,9 @@ typedef void (*cmdop_token_refresh_fn)(void *user_data,
 typedef void (*cmdop_log_fn)(void *user_data, enum cmdop_log_level level, const char *message);
 
 /**
- * Receives output as it arrives: `data` (not NUL-terminated, borrowed for
- * the duration of the call) holds `len` > 0 bytes.
+ * Receives a command's output as it arrives: `data` (not NUL-terminated,
+ * borrowed for the duration of the call) holds `len` > 0 bytes of stream
+ * `kind` (a cmdop_stream_kind value).
  */
 typedef void (*cmdop_exec_output_fn)(void *user_data,
                                      enum cmdop_stream_kind kind,
@@ -730,9 +731,10 @@ enum cmdop_status cmdop_execute(struct cmdop_client *client,
 /**
  * Like cmdop_execute(), also handing each chunk of output to `on_chunk`
  * (may be NULL) as it arrives. `on_chunk` runs on the calling thread,
- * before this function returns; it may call accessors and cmdop_cancel_token_cancel(),
- * not blocking functions. `cancel` (may be NULL): cmdop_cancel_token_cancel() on it from
- * any thread stops and kills the command; the call then returns CANCELLED.
+ * before this function returns (so `user_data` needs no finaliser); it may
+ * call accessors and cmdop_cancel_token_cancel(), not blocking functions.
+ * `cancel` (may be NULL): cmdop_cancel_token_cancel() on it from any
+ * thread stops and kills the command; the call then returns CANCELLED.
  *
  * The result also keeps the output (up to 64 MiB per stream); for large
  * outputs use cmdop_execute_with_callback_discard(), which keeps none.
