@@ -18,6 +18,12 @@
  * - Values the library reads from C that name a choice (log levels, ...)
  *   are plain integers, checked: an unknown value is INVALID_ARGUMENT.
  *
+ * Layout: version, options and capability macros; then the types as the
+ * generator groups them (enums, opaque objects A-Z, the options struct,
+ * callback types); then the functions by topic: status and errors,
+ * options, client lifecycle, events, machines, execute, files, sessions,
+ * attach, version.
+ *
  * Naming rule (every name in this header follows it)
  * - Every function and type starts with cmdop_, every macro and enum
  *   constant with CMDOP_. Types are lowercase nouns: cmdop_client,
