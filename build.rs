@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-changed=src/ffi");
+    // cbindgen reads the whole crate (a constant or type of src/client can
+    // reach the header), so any change under src/ regenerates it.
+    println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=build.rs");
     emit_soname();
@@ -39,9 +41,10 @@ fn main() {
 }
 
 /// Gives the shared library the soname `libcmdop.so.<MAJOR>` on ELF
-/// targets, so that programs link against the ABI major version and
-/// `make install` can lay out the usual `.so.X.Y.Z` / `.so.X` / `.so`
-/// symlinks. While the crate is 0.x the major is 0.
+/// targets, so that programs link against the ABI version and `make
+/// install` can lay out the usual `.so.X.Y.Z` / `.so.X` / `.so` symlinks.
+/// Policy (packaging/README.md): the package's major version is
+/// CMDOP_ABI_VERSION; a unit test in src/ffi/version.rs holds them equal.
 fn emit_soname() {
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if !matches!(

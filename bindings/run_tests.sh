@@ -26,7 +26,7 @@ if ! cargo build -p cmdop-cli --locked || ! make -s install PREFIX="$prefix"; th
   echo "0 passed, 1 failed"; exit 1
 fi
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
-# The Go test binary finds libcmdop.so.0 through the rpath (CMake sets its
+# The Go test binary finds libcmdop.so.1 through the rpath (CMake sets its
 # own). Naming the prefix in CGO_LDFLAGS also keys Go's build cache to this
 # install: the cache does not notice a changed pkg-config answer alone.
 export CGO_LDFLAGS="-L$prefix/lib -Wl,-rpath,$prefix/lib${CGO_LDFLAGS:+ $CGO_LDFLAGS}"
@@ -64,7 +64,9 @@ int main(void) {
   cmdop_client *c = 0;
   cmdop_disconnect_fn f = on_disconnect;
   (void)f;
-  return cmdop_local_new("127.0.0.1", 1, 0, &c) == CMDOP_STATUS_OK ? 0 : 1;
+  cmdop_options o;
+  if (cmdop_options_init(&o, CMDOP_OPTIONS_VERSION) != CMDOP_STATUS_OK) return 1;
+  return cmdop_local_new("127.0.0.1", 1, 0, &o, &c) == CMDOP_STATUS_OK ? 0 : 1;
 }
 OBJC
 if clang -x objective-c -fmodules -fmodules-cache-path="$work/modules" -fsyntax-only -Wall -Werror \
@@ -80,6 +82,19 @@ if [ -z "$missing" ]; then
   passed=$((passed + 1)); echo "PASS - every C name in the Swift sources is in cmdop.h"
 else
   fail_step "C names used by the Swift sources but missing from cmdop.h: $missing"
+fi
+
+echo "== Go (bindings/go): gofmt -l and go vet"
+unformatted=$(gofmt -l bindings/go)
+if [ -z "$unformatted" ]; then
+  passed=$((passed + 1)); echo "PASS - gofmt -l finds nothing"
+else
+  fail_step "not gofmt-formatted (run: gofmt -w bindings/go): $unformatted"
+fi
+if (cd bindings/go && go vet ./...) >"$work/govet.log" 2>&1; then
+  passed=$((passed + 1)); echo "PASS - go vet"
+else
+  cat "$work/govet.log"; fail_step "go vet"
 fi
 
 echo "== Go (bindings/go, go test -race)"

@@ -44,7 +44,7 @@ static cmdop_client *create_client(void) {
   if (server && *server) {
     char host[256];
     const char *colon = strrchr(server, ':');
-    cmdop_local_options opts = CMDOP_LOCAL_OPTIONS_INIT; /* key from CMDOP_API_KEY */
+    cmdop_options opts = CMDOP_OPTIONS_INIT; /* key from CMDOP_API_KEY */
     if (!colon || (size_t)(colon - server) >= sizeof host) {
       fprintf(stderr, "CMDOP_SERVER must look like host:port, got \"%s\"\n", server);
       exit(1);
@@ -52,7 +52,7 @@ static cmdop_client *create_client(void) {
     memcpy(host, server, (size_t)(colon - server));
     host[colon - server] = '\0';
     opts.timeout_ms = 15000;
-    s = cmdop_local_new(host, (uint16_t)atoi(colon + 1), &opts, &client);
+    s = cmdop_local_new(host, (uint16_t)atoi(colon + 1), NULL, &opts, &client);
   } else {
     s = cmdop_remote_new(NULL /* = $CMDOP_API_KEY */, NULL /* defaults: TLS, hosted */, &client);
   }
@@ -66,7 +66,7 @@ int main(int argc, char **argv) {
   cmdop_exec_result *result = NULL;
   cmdop_file_list *files = NULL;
   cmdop_session_list *sessions = NULL;
-  cmdop_local_options defaults;
+  cmdop_options defaults;
   const uint8_t *out;
   size_t len, i;
   cmdop_status s;
@@ -80,11 +80,16 @@ int main(int argc, char **argv) {
   if ((s = cmdop_connect(client)) != CMDOP_STATUS_OK) die("connecting", s);
 
   /* 3. Connection info: where we are, how fast, which execute path. */
-  if ((s = cmdop_connection_info_get(client, &info)) != CMDOP_STATUS_OK) die("connection info", s);
+  if ((s = cmdop_get_connection_info(client, &info)) != CMDOP_STATUS_OK) die("connection info", s);
   printf("server %s (TLS %s), version %s, latency %.2f ms, native exec %s\n",
          cmdop_connection_info_server(info), cmdop_connection_info_tls(info) ? "on" : "off",
          cmdop_connection_info_server_version(info), cmdop_connection_info_latency_ms(info),
          cmdop_connection_info_native_exec(info) ? "yes" : "no (terminal fallback)");
+  printf("capabilities:");
+  for (i = 0; i < cmdop_connection_info_capability_count(info); i++)
+    printf(" %s", cmdop_connection_info_capability_get(info, i));
+  printf("%s\n", cmdop_connection_info_has_capability(info, CMDOP_CAPABILITY_FILES)
+                     ? " (file transfers stream: no 32 MiB cap)" : " (official server)");
   cmdop_connection_info_free(info);
 
   /* 4. Pick a machine: argv[1], else the most recently active session's. */
@@ -107,7 +112,7 @@ int main(int argc, char **argv) {
   cmdop_exec_result_free(result);
 
   /* 6. Files of the home directory (first page). */
-  if ((s = cmdop_files_list(client, "~", &files)) != CMDOP_STATUS_OK) {
+  if ((s = cmdop_list_files(client, "~", &files)) != CMDOP_STATUS_OK) {
     printf("listing ~ failed (%s): %s\n", cmdop_status_str((int)s), cmdop_last_error_message());
   } else {
     printf("--- %s: %zu entries\n", cmdop_file_list_path(files), cmdop_file_list_count(files));
@@ -130,7 +135,7 @@ int main(int argc, char **argv) {
   cmdop_session_list_free(sessions);
 
   /* 8. Reconnection: on by default; these options tune it at creation. */
-  cmdop_local_options_init(&defaults);
+  cmdop_options_init(&defaults, CMDOP_OPTIONS_VERSION);
   printf("--- auto_reconnect %s, first delay %u ms, max delay %u ms, max attempts %u (0 = forever)\n",
          defaults.auto_reconnect ? "on" : "off", defaults.reconnect_delay_ms, defaults.max_reconnect_delay_ms,
          defaults.max_reconnect_attempts);

@@ -15,6 +15,44 @@
  *   blocking function called from inside a libcmdop callback returns
  *   CMDOP_STATUS_IN_CALLBACK instead of deadlocking.
  * - No panic crosses this boundary: it becomes CMDOP_STATUS_PANIC.
+ * - Values the library reads from C that name a choice (log levels, ...)
+ *   are plain integers, checked: an unknown value is INVALID_ARGUMENT.
+ *
+ * Layout: version, options and capability macros; then the types as the
+ * generator groups them (enums, opaque objects A-Z, the options struct,
+ * callback types); then the functions by topic: status and errors,
+ * options, client lifecycle, events, machines, execute, files, sessions,
+ * attach, version.
+ *
+ * Naming rule (every name in this header follows it)
+ * - Every function and type starts with cmdop_, every macro and enum
+ *   constant with CMDOP_. Types are lowercase nouns: cmdop_client,
+ *   cmdop_exec_result, cmdop_attachment.
+ * - Operations of a client take the client first and read verb first:
+ *   cmdop_<verb>[_<object>], e.g. cmdop_connect, cmdop_set_machine,
+ *   cmdop_execute, cmdop_list_files, cmdop_read_file, cmdop_attach,
+ *   cmdop_get_connection_info. A suffix names a variant of the same verb:
+ *   cmdop_list_files_page, cmdop_execute_with_callback.
+ * - Constructors are cmdop_<type>_new (a client is made by
+ *   cmdop_remote_new or cmdop_local_new), destructors cmdop_<type>_free,
+ *   option initialisers cmdop_<type>_init.
+ * - Operations on any other object read object first:
+ *   cmdop_<type>_<verb>, e.g. cmdop_attachment_write,
+ *   cmdop_cancel_token_cancel.
+ * - Accessors are cmdop_<type>_<field> and never fail: cmdop_session_id,
+ *   cmdop_exec_result_exit_code. Lists have cmdop_<type>_list_count and
+ *   cmdop_<type>_list_get.
+ * - Callbacks are installed by cmdop_on_<event> (cmdop_on_connect,
+ *   cmdop_on_token_refresh, cmdop_on_log); their types are cmdop_<event>_fn.
+ *   A callback kept after the call that installs it comes with a
+ *   cmdop_free_fn finaliser, run once when the library is done with its
+ *   user_data. A callback used only while one call runs (it is called on
+ *   the caller's thread before that call returns) has none.
+ * - "stream" means stdout or stderr of a command (cmdop_stream_kind) and
+ *   nothing else; a live terminal session is an "attachment".
+ * - Options structs are versioned: cmdop_<type>_options with a first field
+ *   `version`, the CMDOP_<TYPE>_OPTIONS_VERSION macro and
+ *   cmdop_<type>_options_init(&opts, CMDOP_<TYPE>_OPTIONS_VERSION).
  */
 
 
@@ -26,34 +64,50 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-/** Version of the cmdop_remote_options layout this header describes. */
-#define CMDOP_REMOTE_OPTIONS_VERSION 1
-/** Version of the cmdop_local_options layout this header describes. */
-#define CMDOP_LOCAL_OPTIONS_VERSION 1
-/** ABI version this header describes; compare with cmdop_abi_version(). */
+/** ABI version this header describes; compare with cmdop_abi_version().
+ *  Policy (packaging/README.md): it changes on every incompatible change of
+ *  this header, and the library's soname is libcmdop.so.<CMDOP_ABI_VERSION>. */
 #define CMDOP_ABI_VERSION 1
 
-/** Defaults of cmdop_remote_options (same as cmdop_remote_options_init()). */
-#define CMDOP_REMOTE_OPTIONS_INIT { CMDOP_REMOTE_OPTIONS_VERSION, NULL, false, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false, true }
-/** Defaults of cmdop_local_options (same as cmdop_local_options_init()). */
-#define CMDOP_LOCAL_OPTIONS_INIT { CMDOP_LOCAL_OPTIONS_VERSION, NULL, false, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false }
+/** Version of the cmdop_options layout this header describes: pass it to
+ *  cmdop_options_init(). */
+#define CMDOP_OPTIONS_VERSION 1
+/** Capabilities a server may list; test them with
+ *  cmdop_connection_info_has_capability(). */
+/** Native exec: stdout and stderr apart, exact exit code, no PTY. */
+#define CMDOP_CAPABILITY_EXEC "exec.v1"
+/** Streamed file transfers (no 32 MiB cap on writes). */
+#define CMDOP_CAPABILITY_FILES "files.v1"
+/** Machine selection by stable id (cmdop_set_machine_id). */
+#define CMDOP_CAPABILITY_MACHINE_ID "machine-id.v1"
+/** The server issues OAuth tokens (for cmdop_remote_new_oauth). */
+#define CMDOP_CAPABILITY_TOKENS "tokens.v1"
+/** Bulk exec output over plain TCP side connections (plaintext servers). */
+#define CMDOP_CAPABILITY_SIDE_CONNECTIONS "exec-raw.v1"
+
+/** Defaults of cmdop_options (same as cmdop_options_init()). */
+#define CMDOP_OPTIONS_INIT { CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false, true }
 
 
 /**
- * Largest file [`Client::read_file`] assembles (both paths).
+ * Largest file cmdop_read_file() returns (512 MiB).
  */
-#define MAX_READ_BYTES ((512 * 1024) * 1024)
+#define CMDOP_MAX_READ_BYTES ((512 * 1024) * 1024)
 
 /**
- * Largest file `write_file` sends on the official path: one FileWrite
- * message, which servers cap at 32 MiB including the envelope (path,
- * session id). The streaming path has no such limit.
+ * Largest `len` cmdop_write_file() accepts when the server lacks streaming
+ * transfers (one official FileWrite message: 32 MiB - 64 KiB).
  */
-#define MAX_WRITE_BYTES (((32 * 1024) * 1024) - (64 * 1024))
+#define CMDOP_MAX_WRITE_BYTES (((32 * 1024) * 1024) - (64 * 1024))
 
 /**
  * Outcome of a libcmdop call. Values are part of the ABI: they are never
- * renumbered, and a retired status keeps its number.
+ * renumbered, and a retired status keeps its number. Later 1.x versions
+ * may add statuses (one is planned for an outcome that cannot be known,
+ * e.g. a command whose kill after a deadline was not confirmed), only for
+ * calls whose documentation then lists them; treat a value you do not know
+ * as a failure and show cmdop_status_str() and cmdop_last_error_message().
+ * Each function documents the statuses it returns.
  */
 typedef enum cmdop_status {
   /**
@@ -86,11 +140,12 @@ typedef enum cmdop_status {
    */
   CMDOP_STATUS_UNAVAILABLE = 6,
   /**
-   * Not connected: never connected, closed, or reconnection gave up.
+   * Not connected: never connected, closed, or reconnection gave up. Also
+   * what a call in flight returns when cmdop_close() ends it.
    */
   CMDOP_STATUS_DISCONNECTED = 7,
   /**
-   * Stopped through a cancel token.
+   * Stopped through the call's own cancel token.
    */
   CMDOP_STATUS_CANCELLED = 8,
   /**
@@ -160,12 +215,36 @@ typedef enum cmdop_file_type {
 } cmdop_file_type;
 
 /**
+ * Values of cmdop_options.tls (an int: any value is checked).
+ */
+typedef enum cmdop_tls {
+  /**
+   * The constructor's default: TLS for cmdop_remote_new*(), plaintext
+   * for cmdop_local_new().
+   */
+  CMDOP_TLS_DEFAULT = 0,
+  /**
+   * TLS.
+   */
+  CMDOP_TLS_ON = 1,
+  /**
+   * Plaintext (tests and private networks).
+   */
+  CMDOP_TLS_OFF = 2,
+} cmdop_tls;
+
+/**
+ * A live attachment to a session. Opaque; end it with cmdop_attachment_close().
+ */
+typedef struct cmdop_attachment cmdop_attachment;
+
+/**
  * Bytes owned by the library (file contents). Free with cmdop_bytes_free().
  */
 typedef struct cmdop_bytes cmdop_bytes;
 
 /**
- * Cancels a running cmdop_execute_stream() from any thread. Opaque.
+ * Cancels a running cmdop_execute_with_callback() from any thread. Opaque.
  */
 typedef struct cmdop_cancel_token cmdop_cancel_token;
 
@@ -212,37 +291,27 @@ typedef struct cmdop_session cmdop_session;
 typedef struct cmdop_session_list cmdop_session_list;
 
 /**
- * A live attachment to a session. Opaque; end it with cmdop_stream_close().
+ * Options of a client, for remote and local control planes alike.
+ * Initialise with `cmdop_options_init(&o, CMDOP_OPTIONS_VERSION)` or
+ * `CMDOP_OPTIONS_INIT`, then change fields. Strings and bytes are borrowed
+ * only during the call that reads them.
  */
-typedef struct cmdop_stream cmdop_stream;
-
-/**
- * Receives live terminal output: `len` > 0 bytes at `data` (not
- * NUL-terminated, borrowed for the call). One last call with `data` NULL
- * and `len` 0 says the stream ended (session closed, agent gone, error,
- * or the client was closed with cmdop_close()/cmdop_client_free()).
- */
-typedef void (*cmdop_output_fn)(void *user_data, const uint8_t *data, size_t len);
-
-/**
- * Options of a client for a remote (hosted) control plane. Initialise with
- * `cmdop_remote_options_init()` or `CMDOP_REMOTE_OPTIONS_INIT`, then change
- * fields. Strings are borrowed only during the call that reads them.
- */
-typedef struct cmdop_remote_options {
+typedef struct cmdop_options {
   /**
-   * CMDOP_REMOTE_OPTIONS_VERSION.
+   * The layout version the program was built against:
+   * CMDOP_OPTIONS_VERSION of its header. Set by the init function/macro.
    */
   uint32_t version;
   /**
-   * "host:port" or "https://host:port"; NULL = the hosted endpoint
-   * (grpc.cmdop.com:443).
+   * cmdop_remote_new*(): "host:port" or "https://host:port"; NULL = the
+   * hosted endpoint (grpc.cmdop.com:443). cmdop_local_new() takes host and
+   * port as arguments and refuses a non-NULL `server`.
    */
   const char *server;
   /**
-   * Plaintext instead of TLS (for tests and private networks).
+   * A cmdop_tls value (default CMDOP_TLS_DEFAULT).
    */
-  bool insecure;
+  int tls;
   /**
    * PEM file with the CA certificate(s) to trust instead of the system
    * roots; NULL = system roots.
@@ -252,6 +321,9 @@ typedef struct cmdop_remote_options {
    * PEM bytes (not NUL-terminated) used instead of `ca_pem_path`; NULL = unused.
    */
   const uint8_t *ca_pem;
+  /**
+   * Length of `ca_pem`.
+   */
   size_t ca_pem_len;
   /**
    * Default deadline of every call and of connecting (default 30000).
@@ -282,51 +354,15 @@ typedef struct cmdop_remote_options {
    */
   uint32_t max_reconnect_attempts;
   /**
-   * Emit debug-level log messages (see cmdop_set_log_callback).
+   * Emit debug-level log messages (see cmdop_on_log).
    */
   bool debug;
   /**
-   * OAuth clients: refresh an expired access token automatically
-   * (default true).
+   * OAuth clients (cmdop_remote_new_oauth): refresh an expired access
+   * token automatically (default true). Ignored for API keys.
    */
   bool auto_refresh;
-} cmdop_remote_options;
-
-/**
- * Options of a client for a control plane on host:port (e.g. `cmdop dev`).
- * Initialise with `cmdop_local_options_init()` or `CMDOP_LOCAL_OPTIONS_INIT`.
- */
-typedef struct cmdop_local_options {
-  /**
-   * CMDOP_LOCAL_OPTIONS_VERSION.
-   */
-  uint32_t version;
-  /**
-   * API key; NULL = $CMDOP_API_KEY if set, else no credentials.
-   */
-  const char *api_key;
-  /**
-   * Use TLS (default false: plaintext).
-   */
-  bool tls;
-  /**
-   * As in cmdop_remote_options.
-   */
-  const char *ca_pem_path;
-  const uint8_t *ca_pem;
-  size_t ca_pem_len;
-  /**
-   * Default deadline of every call and of connecting (default 30000).
-   */
-  uint32_t timeout_ms;
-  uint32_t max_retries;
-  uint32_t retry_delay_ms;
-  bool auto_reconnect;
-  uint32_t reconnect_delay_ms;
-  uint32_t max_reconnect_delay_ms;
-  uint32_t max_reconnect_attempts;
-  bool debug;
-} cmdop_local_options;
+} cmdop_options;
 
 /**
  * on_connect: the client is connected (first time or after reconnecting).
@@ -357,7 +393,9 @@ typedef void (*cmdop_error_fn)(void *user_data, enum cmdop_status status, const 
  * Token callback: new tokens after an automatic refresh, borrowed for the
  * duration of the call; copy them to persist them.
  */
-typedef void (*cmdop_token_fn)(void *user_data, const char *access_token, const char *refresh_token);
+typedef void (*cmdop_token_refresh_fn)(void *user_data,
+                                       const char *access_token,
+                                       const char *refresh_token);
 
 /**
  * Log callback: `message` is borrowed for the duration of the call.
@@ -365,60 +403,64 @@ typedef void (*cmdop_token_fn)(void *user_data, const char *access_token, const 
 typedef void (*cmdop_log_fn)(void *user_data, enum cmdop_log_level level, const char *message);
 
 /**
- * Receives output as it arrives: `data` (not NUL-terminated, borrowed for
- * the duration of the call) holds `len` > 0 bytes.
+ * Receives a command's output as it arrives: `data` (not NUL-terminated,
+ * borrowed for the duration of the call) holds `len` > 0 bytes of stream
+ * `kind` (a cmdop_stream_kind value).
  */
-typedef void (*cmdop_chunk_fn)(void *user_data,
-                               enum cmdop_stream_kind kind,
-                               const uint8_t *data,
-                               size_t len);
+typedef void (*cmdop_exec_output_fn)(void *user_data,
+                                     enum cmdop_stream_kind kind,
+                                     const uint8_t *data,
+                                     size_t len);
+
+/**
+ * Receives live terminal output: `len` > 0 bytes at `data` (not
+ * NUL-terminated, borrowed for the call). One last call with `data` NULL
+ * and `len` 0 says the attachment ended (session closed, agent gone, error,
+ * or the client was closed with cmdop_close()/cmdop_client_free()).
+ */
+typedef void (*cmdop_attach_output_fn)(void *user_data, const uint8_t *data, size_t len);
 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
 /**
- * Attach to session `session_id` (e.g. from cmdop_get_active_session()):
- * `on_output` receives its terminal output as it is printed, until
- * cmdop_stream_close(). It runs on a library thread dedicated to this
- * stream, one call at a time, in order; it may call accessors, cmdop_cancel
- * and non-blocking functions, and cmdop_stream_close() on its own stream.
- * A slow callback slows the stream down (bounded buffering).
+ * Short static description of a `cmdop_status` value ("timed out", ...).
+ * Takes an int so that any value is safe to pass; unknown values give
+ * "unknown status". Never NULL; never free it.
  *
- * On OK `*out` is the caller's; end it with cmdop_stream_close().
- * Returns OK; NOT_FOUND (unknown session); UNAVAILABLE; DISCONNECTED;
- * TIMEOUT; INVALID_ARGUMENT (`on_output` NULL...). Thread: any; blocks.
+ * Thread: any, including callbacks.
  */
-enum cmdop_status cmdop_stream_attach(struct cmdop_client *client,
-                                      const char *session_id,
-                                      cmdop_output_fn on_output,
-                                      void *user_data,
-                                      struct cmdop_stream **out);
+const char *cmdop_status_str(int status);
 
 /**
- * Type `len` bytes at `data` into the attached session's terminal.
- * Returns OK, DISCONNECTED (stream ended), INVALID_ARGUMENT. Thread: any; blocks.
+ * Detail of the last failed libcmdop call made on this thread, saying what
+ * happened and what to do next; "" after a successful call.
+ *
+ * Never NULL. Owned by the library; valid until the next libcmdop call on
+ * this thread. Read it on the same thread as the failing call.
+ *
+ * Thread: any, including callbacks.
  */
-enum cmdop_status cmdop_stream_write(struct cmdop_stream *stream, const uint8_t *data, size_t len);
+const char *cmdop_last_error_message(void);
 
 /**
- * Resize the attached session's terminal. Returns as cmdop_stream_write().
+ * Fill `*opts` with the defaults, writing only the fields of `version`
+ * (pass CMDOP_OPTIONS_VERSION, the version of the header the program is
+ * built with; `opts->version` is set to it).
+ *
+ * Returns OK; INVALID_ARGUMENT when `opts` is NULL or `version` is 0 or
+ * newer than this library (nothing is written then). Thread: any.
  */
-enum cmdop_status cmdop_stream_resize(struct cmdop_stream *stream, uint16_t cols, uint16_t rows);
-
-/**
- * Detach and free the stream. After it returns, `on_output` is not called
- * any more (when called from `on_output` itself, that call is the last).
- * NULL is a no-op. Returns OK. Thread: any; callbacks included.
- */
-enum cmdop_status cmdop_stream_close(struct cmdop_stream *stream);
+enum cmdop_status cmdop_options_init(struct cmdop_options *opts, uint32_t version);
 
 /**
  * Create a client for a remote control plane, authenticated with an API
  * key. Does not connect: install callbacks, then call cmdop_connect().
  *
  * `api_key`: the key, or NULL to read $CMDOP_API_KEY. Any non-empty key is
- * accepted as is. `opts`: NULL for the defaults (hosted endpoint, TLS).
+ * accepted as is. `opts`: NULL for the defaults (hosted endpoint, TLS),
+ * else initialised by cmdop_options_init() or CMDOP_OPTIONS_INIT.
  *
  * On OK, `*out` is a new client owned by the caller; free it with
  * cmdop_client_free(). On error `*out` is NULL.
@@ -428,34 +470,36 @@ enum cmdop_status cmdop_stream_close(struct cmdop_stream *stream);
  * Thread: any.
  */
 enum cmdop_status cmdop_remote_new(const char *api_key,
-                                   const struct cmdop_remote_options *opts,
+                                   const struct cmdop_options *opts,
                                    struct cmdop_client **out);
 
 /**
  * Create a client for a remote control plane authenticated with OAuth
  * tokens. With `opts->auto_refresh` (default), an expired access token is
  * refreshed and the call retried once; the new pair goes to the token
- * callback (cmdop_set_token_callback) so the application can store it.
+ * callback (cmdop_on_token_refresh) so the application can store it.
  *
  * Ownership and returns as cmdop_remote_new(); UNAUTHENTICATED when either
  * token is empty. Thread: any.
  */
 enum cmdop_status cmdop_remote_new_oauth(const char *access_token,
                                          const char *refresh_token,
-                                         const struct cmdop_remote_options *opts,
+                                         const struct cmdop_options *opts,
                                          struct cmdop_client **out);
 
 /**
- * Create a client for a control plane at `host`:`port` (plaintext unless
- * `opts->tls`). The API key comes from `opts->api_key`, else
- * $CMDOP_API_KEY, else none. Does not connect.
+ * Create a client for a control plane at `host`:`port`, e.g. `cmdop dev`
+ * (plaintext unless `opts->tls` is CMDOP_TLS_ON). `api_key`: the key, or
+ * NULL for $CMDOP_API_KEY if set, else no credentials. `opts`: NULL for
+ * the defaults; `opts->server` must be NULL. Does not connect.
  *
  * Ownership as cmdop_remote_new(). Returns OK or INVALID_ARGUMENT (NULL or
  * empty host, port 0, bad options). Thread: any.
  */
 enum cmdop_status cmdop_local_new(const char *host,
                                   uint16_t port,
-                                  const struct cmdop_local_options *opts,
+                                  const char *api_key,
+                                  const struct cmdop_options *opts,
                                   struct cmdop_client **out);
 
 /**
@@ -473,6 +517,14 @@ enum cmdop_status cmdop_connect(struct cmdop_client *client);
  * Close the connection; later calls fail with DISCONNECTED until
  * cmdop_connect(). Fires on_disconnect once. Closing a closed (or never
  * connected) client does nothing.
+ *
+ * Calls in flight on other threads end promptly (no need to cancel them
+ * first): every execute form returns DISCONNECTED after its remote command
+ * was killed (a call stopped through its own cancel token returns
+ * CANCELLED instead); cmdop_read_file() and cmdop_write_file() return
+ * DISCONNECTED (a write is atomic: the old file stays); attachments end
+ * (their output callback gets its final NULL call). cmdop_close() itself
+ * does not wait for them.
  *
  * Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included
  * (it does not block).
@@ -497,34 +549,13 @@ void cmdop_client_free(struct cmdop_client *client);
 bool cmdop_is_connected(const struct cmdop_client *client);
 
 /**
- * Select the machine later calls act on, by hostname: an exact match, or a
- * unique case-insensitive substring among connected machines. Switching
- * machines at any time is fine.
- *
- * Returns OK; NOT_FOUND (no such machine); AMBIGUOUS (several match; the
- * message lists them); UNAVAILABLE; DISCONNECTED; INVALID_ARGUMENT.
- * Thread: any; blocks; IN_CALLBACK from inside a callback.
- */
-enum cmdop_status cmdop_set_machine(struct cmdop_client *client, const char *hostname);
-
-/**
- * Select the machine by its stable id ("mach_…"), which survives agent
- * reconnections and hostname changes.
- *
- * Returns as cmdop_set_machine(), plus NOT_SUPPORTED when the server lacks
- * the libcmdop extension (select by hostname then).
- * Thread: any; blocks; IN_CALLBACK from inside a callback.
- */
-enum cmdop_status cmdop_set_machine_id(struct cmdop_client *client, const char *machine_id);
-
-/**
  * Describe the connection, measuring the latency with one round trip now.
  *
  * On OK `*out` is the caller's; free with cmdop_connection_info_free().
  * Returns OK or INVALID_ARGUMENT. (A failing round trip is not an error:
  * latency is then -1.) Thread: any; blocks; IN_CALLBACK in callbacks.
  */
-enum cmdop_status cmdop_connection_info_get(struct cmdop_client *client,
+enum cmdop_status cmdop_get_connection_info(struct cmdop_client *client,
                                             struct cmdop_connection_info **out);
 
 /**
@@ -564,6 +595,28 @@ double cmdop_connection_info_latency_ms(const struct cmdop_connection_info *info
 bool cmdop_connection_info_native_exec(const struct cmdop_connection_info *info);
 
 /**
+ * Number of capabilities the server listed (0 when `info` is NULL, or
+ * when the server lacks the libcmdop extension: an official server).
+ */
+size_t cmdop_connection_info_capability_count(const struct cmdop_connection_info *info);
+
+/**
+ * Capability `index` (e.g. "files.v1"), borrowed from `info`; NULL when
+ * out of range or `info` is NULL.
+ */
+const char *cmdop_connection_info_capability_get(const struct cmdop_connection_info *info,
+                                                 size_t index);
+
+/**
+ * True when the server offers capability `name`, one of the
+ * CMDOP_CAPABILITY_* strings (compared exactly). False when `info` or
+ * `name` is NULL. Calls needing a capability the server lacks return
+ * NOT_SUPPORTED or take the official path, as each documents.
+ */
+bool cmdop_connection_info_has_capability(const struct cmdop_connection_info *info,
+                                          const char *name);
+
+/**
  * Free a connection info. NULL is a no-op.
  */
 void cmdop_connection_info_free(struct cmdop_connection_info *info);
@@ -574,7 +627,7 @@ void cmdop_connection_info_free(struct cmdop_connection_info *info);
  * Callbacks of a client run on that client's event thread (a library
  * thread), one at a time and in order. Keep them short. Inside a callback
  * you may call accessors, non-blocking functions (cmdop_is_connected,
- * cmdop_close, cmdop_cancel, callback setters, cmdop_last_error_message);
+ * cmdop_close, cmdop_cancel_token_cancel, callback setters, cmdop_last_error_message);
  * blocking functions return IN_CALLBACK. `free_user_data` (may be NULL)
  * runs once, after the last call of this callback (when it is replaced or
  * the client is freed). Thread: any.
@@ -608,10 +661,10 @@ enum cmdop_status cmdop_on_error(struct cmdop_client *client,
  * Set (or remove) the callback receiving refreshed OAuth tokens; see
  * cmdop_on_connect() for the threading rules.
  */
-enum cmdop_status cmdop_set_token_callback(struct cmdop_client *client,
-                                           cmdop_token_fn cb,
-                                           void *user_data,
-                                           cmdop_free_fn free_user_data);
+enum cmdop_status cmdop_on_token_refresh(struct cmdop_client *client,
+                                         cmdop_token_refresh_fn cb,
+                                         void *user_data,
+                                         cmdop_free_fn free_user_data);
 
 /**
  * Install the process-wide log callback receiving messages up to `level`
@@ -619,14 +672,41 @@ enum cmdop_status cmdop_set_token_callback(struct cmdop_client *client,
  * `cb` NULL or level OFF removes it. Keys and tokens are never logged.
  *
  * The callback runs on whichever thread logs (library threads or the
- * caller's), possibly concurrently: make it thread-safe and quick. The
- * previous `user_data` is simply forgotten (no finaliser).
+ * caller's), possibly concurrently: make it thread-safe and quick.
+ * `level` is a cmdop_log_level value. `free_user_data` (may be NULL) runs
+ * once with `user_data` after the last call of this callback: when it is
+ * replaced or removed by a later cmdop_on_log(), possibly on the thread of
+ * a log call still running it (at once when `cb` is NULL or `level` OFF).
  *
- * Returns OK, or IN_CALLBACK when called from inside a callback.
+ * Returns OK; INVALID_ARGUMENT when `level` is not a cmdop_log_level
+ * (nothing is changed, `free_user_data` is not called); IN_CALLBACK when
+ * called from inside a callback. Thread: any.
  */
-enum cmdop_status cmdop_set_log_callback(enum cmdop_log_level level,
-                                         cmdop_log_fn cb,
-                                         void *user_data);
+enum cmdop_status cmdop_on_log(int level,
+                               cmdop_log_fn cb,
+                               void *user_data,
+                               cmdop_free_fn free_user_data);
+
+/**
+ * Select the machine later calls act on, by hostname: an exact match, or a
+ * unique case-insensitive substring among connected machines. Switching
+ * machines at any time is fine.
+ *
+ * Returns OK; NOT_FOUND (no such machine); AMBIGUOUS (several match; the
+ * message lists them); UNAVAILABLE; DISCONNECTED; INVALID_ARGUMENT.
+ * Thread: any; blocks; IN_CALLBACK from inside a callback.
+ */
+enum cmdop_status cmdop_set_machine(struct cmdop_client *client, const char *hostname);
+
+/**
+ * Select the machine by its stable id ("mach_…"), which survives agent
+ * reconnections and hostname changes.
+ *
+ * Returns as cmdop_set_machine(), plus NOT_SUPPORTED when the server lacks
+ * the libcmdop extension (select by hostname then).
+ * Thread: any; blocks; IN_CALLBACK from inside a callback.
+ */
+enum cmdop_status cmdop_set_machine_id(struct cmdop_client *client, const char *machine_id);
 
 /**
  * Run `command` (a shell command line) on the selected machine and wait
@@ -644,7 +724,8 @@ enum cmdop_status cmdop_set_log_callback(enum cmdop_log_level level,
  *
  * Returns OK (whatever the command's exit code); TIMEOUT; NOT_FOUND (no
  * machine selected, unknown machine); UNAVAILABLE (agent offline, or it
- * dropped mid-command); DISCONNECTED; INVALID_ARGUMENT.
+ * dropped mid-command); DISCONNECTED (not connected, or cmdop_close()
+ * was called while the command ran: it was killed); INVALID_ARGUMENT.
  * A started command is never retried. Thread: any; blocks; IN_CALLBACK
  * from inside a callback.
  */
@@ -656,39 +737,40 @@ enum cmdop_status cmdop_execute(struct cmdop_client *client,
 /**
  * Like cmdop_execute(), also handing each chunk of output to `on_chunk`
  * (may be NULL) as it arrives. `on_chunk` runs on the calling thread,
- * before this function returns; it may call accessors and cmdop_cancel(),
- * not blocking functions. `cancel` (may be NULL): cmdop_cancel() on it from
- * any thread stops and kills the command; the call then returns CANCELLED.
+ * before this function returns (so `user_data` needs no finaliser); it may
+ * call accessors and cmdop_cancel_token_cancel(), not blocking functions.
+ * `cancel` (may be NULL): cmdop_cancel_token_cancel() on it from any
+ * thread stops and kills the command; the call then returns CANCELLED.
  *
  * The result also keeps the output (up to 64 MiB per stream); for large
- * outputs use cmdop_execute_stream_discard(), which keeps none.
+ * outputs use cmdop_execute_with_callback_discard(), which keeps none.
  *
  * Ownership and returns as cmdop_execute(), plus CANCELLED.
  */
-enum cmdop_status cmdop_execute_stream(struct cmdop_client *client,
-                                       const char *command,
-                                       uint32_t timeout_ms,
-                                       cmdop_chunk_fn on_chunk,
-                                       void *user_data,
-                                       const struct cmdop_cancel_token *cancel,
-                                       struct cmdop_exec_result **out);
+enum cmdop_status cmdop_execute_with_callback(struct cmdop_client *client,
+                                              const char *command,
+                                              uint32_t timeout_ms,
+                                              cmdop_exec_output_fn on_chunk,
+                                              void *user_data,
+                                              const struct cmdop_cancel_token *cancel,
+                                              struct cmdop_exec_result **out);
 
 /**
- * Like cmdop_execute_stream(), but the output goes only to `on_chunk`:
+ * Like cmdop_execute_with_callback(), but the output goes only to `on_chunk`:
  * the result keeps none (cmdop_exec_result_output(), _stdout() and
  * _stderr() are empty, also after TIMEOUT), so memory use does not grow
  * with what the command prints. Exit code, signal, duration and the other
  * accessors work as usual.
  *
- * Ownership and returns as cmdop_execute_stream().
+ * Ownership and returns as cmdop_execute_with_callback().
  */
-enum cmdop_status cmdop_execute_stream_discard(struct cmdop_client *client,
-                                               const char *command,
-                                               uint32_t timeout_ms,
-                                               cmdop_chunk_fn on_chunk,
-                                               void *user_data,
-                                               const struct cmdop_cancel_token *cancel,
-                                               struct cmdop_exec_result **out);
+enum cmdop_status cmdop_execute_with_callback_discard(struct cmdop_client *client,
+                                                      const char *command,
+                                                      uint32_t timeout_ms,
+                                                      cmdop_exec_output_fn on_chunk,
+                                                      void *user_data,
+                                                      const struct cmdop_cancel_token *cancel,
+                                                      struct cmdop_exec_result **out);
 
 /**
  * A new cancel token, or NULL if out of memory. Free with
@@ -700,7 +782,7 @@ struct cmdop_cancel_token *cmdop_cancel_token_new(void);
  * Cancel every call using `token`, now and later (it stays cancelled).
  * Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included.
  */
-enum cmdop_status cmdop_cancel(const struct cmdop_cancel_token *token);
+enum cmdop_status cmdop_cancel_token_cancel(const struct cmdop_cancel_token *token);
 
 /**
  * Free a cancel token. NULL is a no-op.
@@ -763,10 +845,10 @@ void cmdop_exec_result_free(struct cmdop_exec_result *r);
 
 /**
  * List directory `path` on the selected machine: the first page (up to 100
- * entries), hidden files excluded. Same as cmdop_files_list_page(client,
+ * entries), hidden files excluded. Same as cmdop_list_files_page(client,
  * path, NULL, false, out).
  */
-enum cmdop_status cmdop_files_list(struct cmdop_client *client,
+enum cmdop_status cmdop_list_files(struct cmdop_client *client,
                                    const char *path,
                                    struct cmdop_file_list **out);
 
@@ -779,7 +861,7 @@ enum cmdop_status cmdop_files_list(struct cmdop_client *client,
  * PERMISSION_DENIED; UNAVAILABLE; DISCONNECTED; INVALID_ARGUMENT;
  * OPERATION_FAILED. Thread: any; blocks; IN_CALLBACK in callbacks.
  */
-enum cmdop_status cmdop_files_list_page(struct cmdop_client *client,
+enum cmdop_status cmdop_list_files_page(struct cmdop_client *client,
                                         const char *path,
                                         const char *page_token,
                                         bool include_hidden,
@@ -843,17 +925,17 @@ uint32_t cmdop_file_entry_mode(const struct cmdop_file_entry *e);
 int64_t cmdop_file_entry_mtime(const struct cmdop_file_entry *e);
 
 /**
- * Read the whole file `path` on the selected machine, at most 512 MiB
- * (larger files are CMDOP_STATUS_INVALID_ARGUMENT). When the server offers
+ * Read the whole file `path` on the selected machine, at most
+ * CMDOP_MAX_READ_BYTES (larger files are CMDOP_STATUS_INVALID_ARGUMENT). When the server offers
  * streaming transfers (capability "files.v1", see
- * cmdop_connection_info) the file arrives as one stream of 1 MiB chunks;
+ * cmdop_connection_info) the file arrives as one flow of 1 MiB chunks;
  * otherwise through repeated official FileRead calls. The call timeout
  * bounds each silence, not the whole transfer.
  *
  * On OK `*out` is the caller's; free with cmdop_bytes_free().
- * Returns as cmdop_files_list_page(). Thread: any; blocks.
+ * Returns as cmdop_list_files_page(). Thread: any; blocks.
  */
-enum cmdop_status cmdop_file_read(struct cmdop_client *client,
+enum cmdop_status cmdop_read_file(struct cmdop_client *client,
                                   const char *path,
                                   struct cmdop_bytes **out);
 
@@ -868,13 +950,13 @@ enum cmdop_status cmdop_file_read(struct cmdop_client *client,
  * "files.v1", see cmdop_connection_info) `len` may be up to 64 GiB; the
  * data goes up in 1 MiB chunks with a few MiB in flight, and the call
  * timeout bounds each stall, not the whole transfer. Otherwise one official
- * FileWrite carries at most 32 MiB - 64 KiB (the protocol's message limit)
+ * FileWrite carries at most CMDOP_MAX_WRITE_BYTES (the protocol's message limit)
  * and a larger `len` is CMDOP_STATUS_INVALID_ARGUMENT before anything is
  * sent.
  *
- * Returns as cmdop_files_list_page(). Thread: any; blocks.
+ * Returns as cmdop_list_files_page(). Thread: any; blocks.
  */
-enum cmdop_status cmdop_file_write(struct cmdop_client *client,
+enum cmdop_status cmdop_write_file(struct cmdop_client *client,
                                    const char *path,
                                    const uint8_t *data,
                                    size_t len);
@@ -893,20 +975,6 @@ size_t cmdop_bytes_len(const struct cmdop_bytes *b);
  * Free bytes. NULL is a no-op.
  */
 void cmdop_bytes_free(struct cmdop_bytes *b);
-
-/**
- * Fill `*opts` with the defaults of this library version.
- *
- * Returns OK, or INVALID_ARGUMENT when `opts` is NULL. Thread: any.
- */
-enum cmdop_status cmdop_remote_options_init(struct cmdop_remote_options *opts);
-
-/**
- * Fill `*opts` with the defaults of this library version.
- *
- * Returns OK, or INVALID_ARGUMENT when `opts` is NULL. Thread: any.
- */
-enum cmdop_status cmdop_local_options_init(struct cmdop_local_options *opts);
 
 /**
  * The most recently active connected session, of a machine whose hostname
@@ -988,33 +1056,58 @@ int64_t cmdop_session_connected_at(const struct cmdop_session *s);
 int64_t cmdop_session_heartbeat_age(const struct cmdop_session *s);
 
 /**
- * Short static description of a `cmdop_status` value ("timed out", ...).
- * Takes an int so that any value is safe to pass; unknown values give
- * "unknown status". Never NULL; never free it.
+ * Attach to session `session_id` (e.g. from cmdop_get_active_session()):
+ * `on_output` receives its terminal output as it is printed, until
+ * cmdop_attachment_close(). It runs on a library thread dedicated to this
+ * attachment, one call at a time, in order; it may call accessors, cmdop_cancel_token_cancel
+ * and non-blocking functions, and cmdop_attachment_close() on its own attachment.
+ * A slow callback slows the attachment down (bounded buffering).
+ * `free_user_data` (may be NULL) runs once with `user_data` after the last
+ * call of `on_output` (also when cmdop_attach() fails).
  *
- * Thread: any, including callbacks.
+ * On OK `*out` is the caller's; end it with cmdop_attachment_close().
+ * Returns OK; NOT_FOUND (unknown session); UNAVAILABLE; DISCONNECTED;
+ * TIMEOUT; INVALID_ARGUMENT (`on_output` NULL...). Thread: any; blocks.
  */
-const char *cmdop_status_str(int status);
+enum cmdop_status cmdop_attach(struct cmdop_client *client,
+                               const char *session_id,
+                               cmdop_attach_output_fn on_output,
+                               void *user_data,
+                               cmdop_free_fn free_user_data,
+                               struct cmdop_attachment **out);
 
 /**
- * Detail of the last failed libcmdop call made on this thread, saying what
- * happened and what to do next; "" after a successful call.
- *
- * Never NULL. Owned by the library; valid until the next libcmdop call on
- * this thread. Read it on the same thread as the failing call.
- *
- * Thread: any, including callbacks.
+ * Type `len` bytes at `data` into the attached session's terminal.
+ * Returns OK, DISCONNECTED (attachment ended), INVALID_ARGUMENT. Thread: any; blocks.
  */
-const char *cmdop_last_error_message(void);
+enum cmdop_status cmdop_attachment_write(struct cmdop_attachment *attachment,
+                                         const uint8_t *data,
+                                         size_t len);
 
 /**
- * Version of the library, e.g. "0.1.0". Static; never free it.
+ * Resize the attached session's terminal. Returns as cmdop_attachment_write().
+ */
+enum cmdop_status cmdop_attachment_resize(struct cmdop_attachment *attachment,
+                                          uint16_t cols,
+                                          uint16_t rows);
+
+/**
+ * Detach and free the attachment. After it returns, `on_output` is not called
+ * any more (when called from `on_output` itself, that call is the last).
+ * NULL is a no-op. Returns OK. Thread: any; callbacks included.
+ */
+enum cmdop_status cmdop_attachment_close(struct cmdop_attachment *attachment);
+
+/**
+ * Version of the library, e.g. "1.0.0": its major is CMDOP_ABI_VERSION,
+ * its minor grows with compatible additions. Static; never free it.
  */
 const char *cmdop_version(void);
 
 /**
  * ABI version of the library: changes only on incompatible changes to the
- * header. Compare with CMDOP_ABI_VERSION at run time.
+ * header, and is the major of the package version and of the soname
+ * (libcmdop.so.1). Compare with CMDOP_ABI_VERSION at run time.
  */
 uint32_t cmdop_abi_version(void);
 

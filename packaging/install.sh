@@ -2,7 +2,9 @@
 # Installs or removes libcmdop the way a system library is laid out:
 #
 #   $LIBDIR/libcmdop.so.X.Y.Z, libcmdop.so.X -> .so.X.Y.Z, libcmdop.so -> .so.X
-#   $LIBDIR/libcmdop.a
+#     (stripped; its debug info in $LIBDIR/.debug/libcmdop.so.X.Y.Z.debug,
+#     found by debuggers through the library's .gnu_debuglink)
+#   $LIBDIR/libcmdop.a (debug info stripped)
 #   $INCLUDEDIR/cmdop.h
 #   $LIBDIR/pkgconfig/cmdop.pc
 #   $LIBDIR/cmake/cmdop/cmdopConfig.cmake, cmdopConfigVersion.cmake
@@ -33,7 +35,8 @@ for d in "$LIBDIR" "$INCLUDEDIR"; do
   case "$d" in /*) ;; *) die "LIBDIR and INCLUDEDIR must be absolute paths (got $d)" ;; esac
 done
 
-# The version of the root package, e.g. 0.1.0 (the workspace sets it).
+# The version of the root package, e.g. 1.0.0 (the workspace sets it); its
+# major is CMDOP_ABI_VERSION and the soname's (packaging/README.md).
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml | head -n1)
 [ -n "$version" ] || die "cannot read the version from Cargo.toml ([workspace.package] version)"
 major=${version%%.*}
@@ -55,11 +58,19 @@ install_files() {
   [ -f "$so" ] && [ -f "$a" ] || die "$so or $a is missing: run 'cargo build -p cmdop --release' first"
   [ -f include/cmdop.h ] || die "include/cmdop.h is missing: build the cmdop crate to generate it"
 
-  install -d "$libdir" "$incdir" "$pcdir" "$cmakedir"
-  install -m 0755 "$so" "$libdir/libcmdop.so.$version"
+  install -d "$libdir" "$libdir/.debug" "$incdir" "$pcdir" "$cmakedir"
+  # Stripped library, debug info kept aside (as distributions do): the
+  # debug file first, then a stripped copy that names it in .gnu_debuglink.
+  local dbg="$libdir/.debug/libcmdop.so.$version.debug" tmp="$libdir/.libcmdop.so.$version.tmp"
+  objcopy --only-keep-debug "$so" "$dbg"
+  chmod 0644 "$dbg"
+  objcopy --strip-debug --strip-unneeded --add-gnu-debuglink="$dbg" "$so" "$tmp"
+  chmod 0755 "$tmp"
+  mv -f "$tmp" "$libdir/libcmdop.so.$version"
   ln -sfn "libcmdop.so.$version" "$libdir/libcmdop.so.$major"
   ln -sfn "libcmdop.so.$major" "$libdir/libcmdop.so"
   install -m 0644 "$a" "$libdir/libcmdop.a"
+  strip --strip-debug "$libdir/libcmdop.a"
   install -m 0644 include/cmdop.h "$incdir/cmdop.h"
 
   sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@LIBDIR@|$LIBDIR|g" -e "s|@INCLUDEDIR@|$INCLUDEDIR|g" \
@@ -83,10 +94,11 @@ install_files() {
 
 uninstall_files() {
   rm -f "$libdir/libcmdop.so.$version" "$libdir/libcmdop.so.$major" "$libdir/libcmdop.so" \
+        "$libdir/.debug/libcmdop.so.$version.debug" \
         "$libdir/libcmdop.a" "$incdir/cmdop.h" "$pcdir/cmdop.pc" \
         "$cmakedir/cmdopConfig.cmake" "$cmakedir/cmdopConfigVersion.cmake"
   # Remove the directories we created only when nothing else lives there.
-  rmdir "$cmakedir" 2>/dev/null || true
+  rmdir "$cmakedir" "$libdir/.debug" 2>/dev/null || true
   echo "removed libcmdop $version from ${DESTDIR}${PREFIX}"
 }
 

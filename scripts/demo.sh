@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="$PWD/target"
 
 cargo build --workspace --locked
-# The library's soname is libcmdop.so.0 (see build.rs); cargo only writes
-# libcmdop.so, so give the dynamic loader the name it will look for.
-ln -sf libcmdop.so target/debug/libcmdop.so.0
+# The library's soname is libcmdop.so.<ABI version> (see build.rs); cargo
+# only writes libcmdop.so, so give the dynamic loader the name it will look for.
+soname=$(objdump -p target/debug/libcmdop.so | awk '$1 == "SONAME" { print $2 }')
+ln -sf libcmdop.so "target/debug/${soname:-libcmdop.so.1}"
 cc -std=c99 -Wall -Wextra -O2 -Iinclude examples/quickstart.c \
    -Ltarget/debug -lcmdop -Wl,-rpath,"$PWD/target/debug" -o target/quickstart
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test suite: Rust unit and integration tests, the header
+# Runs every check and test suite: rustfmt and clippy (warnings fail), Rust
+# unit and integration tests, the header
 # freshness check, the C tests (ASan + UBSan) against a real control plane
 # and agent, the official Node SDK interop test, packaging (install, pkg-config,
 # CMake, exports), and the C++ and Go bindings.
@@ -11,8 +12,21 @@ export CARGO_TARGET_DIR="$PWD/target"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Every tool the suites below need, installed when possible; otherwise this
+# stops here with the missing tool and its install command.
+step "tools and packages (scripts/deps.sh)"
+scripts/deps.sh
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
+step "cargo fmt --check"
+cargo fmt --all --check || {
+  echo "formatting differs: run 'cargo fmt --all' and commit the result" >&2; exit 1; }
+
 step "build (debug)"
 cargo build --workspace --locked
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "include/cmdop.h is up to date"
 if git rev-parse --git-dir >/dev/null 2>&1; then
@@ -23,9 +37,10 @@ fi
 step "Rust tests"
 cargo test --workspace --locked
 
-# The soname is libcmdop.so.0 (build.rs); programs linked against the
-# build tree look for that name.
-ln -sf libcmdop.so target/debug/libcmdop.so.0
+# The soname is libcmdop.so.<ABI version> (build.rs); programs linked
+# against the build tree look for that name.
+soname=$(objdump -p target/debug/libcmdop.so | awk '$1 == "SONAME" { print $2 }')
+ln -sf libcmdop.so "target/debug/${soname:-libcmdop.so.1}"
 
 for suite in tests/c/run.sh tests/interop/node/run.sh tests/interop/python/run.sh \
              tests/packaging/run.sh bindings/run_tests.sh; do

@@ -38,7 +38,7 @@ pub fn agent_version() -> String {
 }
 
 /// Capability advertised when native Exec is served.
-pub const EXEC_CAPABILITY: &str = "cmdop.exec.v1";
+pub use cmdop_proto::caps::AGENT_NATIVE_EXEC as EXEC_CAPABILITY;
 /// Messages queued towards the control plane before senders wait.
 const OUTBOUND_QUEUE: usize = 128;
 /// How long the control plane may take to answer `register`.

@@ -45,7 +45,7 @@ use crate::{
 };
 
 /// Largest output chunk per uplink message.
-pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+pub use cmdop_proto::limits::OUTPUT_CHUNK_BYTES as MAX_OUTPUT_CHUNK;
 /// Reads shorter than this are copied out so that the read buffer is reused;
 /// longer ones are handed on without a copy.
 const COPY_BELOW: usize = 8 * 1024;
@@ -58,12 +58,12 @@ const PIPE_CAPACITY: i32 = 1024 * 1024;
 pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Commands running at once; more are refused with an error.
 pub const MAX_RUNNING: usize = 256;
-/// Listed in the AgentLink hello: this agent reports each command's pid in
-/// an `ExecSpawned` message before its output.
-pub const CAPABILITY_SPAWNED: &str = "exec-spawned.v1";
 /// Listed in the AgentLink hello: this agent honours `ExecStart.window` and
 /// the control plane's `ExecCredit` messages.
-pub const CAPABILITY_CREDIT: &str = "exec-credit.v1";
+pub use cmdop_proto::caps::EXEC_CREDIT as CAPABILITY_CREDIT;
+/// Listed in the AgentLink hello: this agent reports each command's pid in
+/// an `ExecSpawned` message before its output.
+pub use cmdop_proto::caps::EXEC_SPAWNED as CAPABILITY_SPAWNED;
 /// Smallest window accepted from the control plane, so that a zero or tiny
 /// window cannot stop output altogether.
 const MIN_WINDOW_BYTES: u64 = 64 * 1024;

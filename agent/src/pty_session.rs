@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch, Notify};
 /// Output kept while nobody consumes it (disconnected); oldest bytes go first.
 pub const OUTPUT_BUFFER_BYTES: usize = 1024 * 1024;
 /// Largest chunk handed out by [`PtySession::next_output`].
-pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+pub use cmdop_proto::limits::OUTPUT_CHUNK_BYTES as MAX_OUTPUT_CHUNK;
 /// Pending input writes before `write_input` waits.
 const INPUT_QUEUE: usize = 256;
 /// A shell that lived shorter than this counts as a quick exit.

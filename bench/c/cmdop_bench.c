@@ -9,7 +9,7 @@
  *              --concurrency threads sharing one client (latency when 1,
  *              throughput otherwise)
  *   stream     execute("head -c --bytes /dev/zero") through the streaming
- *              call (cmdop_execute_stream_discard), counting bytes in the
+ *              call (cmdop_execute_with_callback_discard), counting bytes in the
  *              callback; reports peak RSS of this process and of every
  *              --watch NAME=PID
  *   files      write a --bytes file into --dir on the machine, then read it
@@ -64,7 +64,7 @@ static void report_failure(const char *what, cmdop_status st) {
  * agent's session comes up). Returns NULL after describing the failure. */
 static cmdop_client *open_client(const options *o) {
   cmdop_client *client = NULL;
-  cmdop_status st = cmdop_local_new(o->host, o->port, NULL, &client);
+  cmdop_status st = cmdop_local_new(o->host, o->port, NULL, NULL, &client);
   if (st != CMDOP_STATUS_OK) {
     report_failure("cmdop_local_new", st);
     return NULL;
@@ -121,10 +121,10 @@ static bool stream_ok(cmdop_client *client, const char *cmd, uint64_t *stdout_by
   stream_count count = {0};
   cmdop_exec_result *res = NULL;
   cmdop_status st =
-      cmdop_execute_stream_discard(client, cmd, exec_timeout_ms, count_chunk, &count, NULL, &res);
+      cmdop_execute_with_callback_discard(client, cmd, exec_timeout_ms, count_chunk, &count, NULL, &res);
   *stdout_bytes = count.stdout_bytes;
   if (st != CMDOP_STATUS_OK) {
-    report_failure("cmdop_execute_stream_discard", st);
+    report_failure("cmdop_execute_with_callback_discard", st);
     cmdop_exec_result_free(res);
     return false;
   }
@@ -135,16 +135,16 @@ static bool stream_ok(cmdop_client *client, const char *cmd, uint64_t *stdout_by
 }
 
 static bool file_write_ok(cmdop_client *client, const char *path, const uint8_t *data, size_t len) {
-  cmdop_status st = cmdop_file_write(client, path, data, len);
-  if (st != CMDOP_STATUS_OK) report_failure("cmdop_file_write", st);
+  cmdop_status st = cmdop_write_file(client, path, data, len);
+  if (st != CMDOP_STATUS_OK) report_failure("cmdop_write_file", st);
   return st == CMDOP_STATUS_OK;
 }
 
 static bool file_read_ok(cmdop_client *client, const char *path, uint64_t expect_len) {
   cmdop_bytes *content = NULL;
-  cmdop_status st = cmdop_file_read(client, path, &content);
+  cmdop_status st = cmdop_read_file(client, path, &content);
   if (st != CMDOP_STATUS_OK) {
-    report_failure("cmdop_file_read", st);
+    report_failure("cmdop_read_file", st);
     return false;
   }
   size_t len = cmdop_bytes_len(content);

@@ -45,7 +45,7 @@ static char *cmdopgo_message(cmdop_status st) {
   return strdup(m ? m : "");
 }
 
-cmdop_status cmdopgo_remote_new(const char *key, const cmdop_remote_options *o,
+cmdop_status cmdopgo_remote_new(const char *key, const cmdop_options *o,
                                        cmdop_client **out, char **msg) {
   cmdop_status st = cmdop_remote_new(key, o, out);
   *msg = cmdopgo_message(st);
@@ -53,16 +53,16 @@ cmdop_status cmdopgo_remote_new(const char *key, const cmdop_remote_options *o,
 }
 
 cmdop_status cmdopgo_remote_new_oauth(const char *access, const char *refresh,
-                                             const cmdop_remote_options *o, cmdop_client **out,
+                                             const cmdop_options *o, cmdop_client **out,
                                              char **msg) {
   cmdop_status st = cmdop_remote_new_oauth(access, refresh, o, out);
   *msg = cmdopgo_message(st);
   return st;
 }
 
-cmdop_status cmdopgo_local_new(const char *host, uint16_t port, const cmdop_local_options *o,
+cmdop_status cmdopgo_local_new(const char *host, uint16_t port, const char *key, const cmdop_options *o,
                                       cmdop_client **out, char **msg) {
-  cmdop_status st = cmdop_local_new(host, port, o, out);
+  cmdop_status st = cmdop_local_new(host, port, key, o, out);
   *msg = cmdopgo_message(st);
   return st;
 }
@@ -102,25 +102,25 @@ cmdop_status cmdopgo_set_callback(cmdop_client *c, int which, uintptr_t h, char 
     st = cmdop_on_error(c, h ? cmdopgo_error_cb : NULL, ud, fin);
     break;
   default:
-    st = cmdop_set_token_callback(c, h ? cmdopgo_token_cb : NULL, ud, fin);
+    st = cmdop_on_token_refresh(c, h ? cmdopgo_token_cb : NULL, ud, fin);
     break;
   }
   *msg = cmdopgo_message(st);
   return st;
 }
 
-// cmdop_execute_stream with the Go chunk trampoline when h is not 0.
+// cmdop_execute_with_callback with the Go chunk trampoline when h is not 0.
 cmdop_status cmdopgo_execute(cmdop_client *c, const char *cmd, uint32_t timeout_ms,
                                     uintptr_t h, const cmdop_cancel_token *tok,
                                     cmdop_exec_result **out, char **msg) {
-  cmdop_status st = cmdop_execute_stream(c, cmd, timeout_ms, h ? cmdopgo_chunk_cb : NULL,
+  cmdop_status st = cmdop_execute_with_callback(c, cmd, timeout_ms, h ? cmdopgo_chunk_cb : NULL,
                                          (void *)h, tok, out);
   *msg = cmdopgo_message(st);
   return st;
 }
 
 cmdop_status cmdopgo_connection_info(cmdop_client *c, cmdop_connection_info **out, char **msg) {
-  cmdop_status st = cmdop_connection_info_get(c, out);
+  cmdop_status st = cmdop_get_connection_info(c, out);
   *msg = cmdopgo_message(st);
   return st;
 }
@@ -140,38 +140,38 @@ cmdop_status cmdopgo_list_sessions(cmdop_client *c, cmdop_session_list **out, ch
 
 cmdop_status cmdopgo_files_list(cmdop_client *c, const char *path, const char *token,
                                        int hidden, cmdop_file_list **out, char **msg) {
-  cmdop_status st = cmdop_files_list_page(c, path, token, hidden != 0, out);
+  cmdop_status st = cmdop_list_files_page(c, path, token, hidden != 0, out);
   *msg = cmdopgo_message(st);
   return st;
 }
 
 cmdop_status cmdopgo_file_read(cmdop_client *c, const char *path, cmdop_bytes **out, char **msg) {
-  cmdop_status st = cmdop_file_read(c, path, out);
+  cmdop_status st = cmdop_read_file(c, path, out);
   *msg = cmdopgo_message(st);
   return st;
 }
 
 cmdop_status cmdopgo_file_write(cmdop_client *c, const char *path, const void *data, size_t len,
                                        char **msg) {
-  cmdop_status st = cmdop_file_write(c, path, (const uint8_t *)data, len);
+  cmdop_status st = cmdop_write_file(c, path, (const uint8_t *)data, len);
   *msg = cmdopgo_message(st);
   return st;
 }
 cmdop_status cmdopgo_stream_attach(cmdop_client *c, const char *session_id, uintptr_t h,
-                                   cmdop_stream **out, char **msg) {
-  cmdop_status st = cmdop_stream_attach(c, session_id, cmdopgo_output_cb, (void *)h, out);
+                                   cmdop_attachment **out, char **msg) {
+  cmdop_status st = cmdop_attach(c, session_id, cmdopgo_output_cb, (void *)h, NULL, out);
   *msg = cmdopgo_message(st);
   return st;
 }
 
-cmdop_status cmdopgo_stream_write(cmdop_stream *s, const void *data, size_t len, char **msg) {
-  cmdop_status st = cmdop_stream_write(s, (const uint8_t *)data, len);
+cmdop_status cmdopgo_stream_write(cmdop_attachment *s, const void *data, size_t len, char **msg) {
+  cmdop_status st = cmdop_attachment_write(s, (const uint8_t *)data, len);
   *msg = cmdopgo_message(st);
   return st;
 }
 
-cmdop_status cmdopgo_stream_resize(cmdop_stream *s, uint16_t cols, uint16_t rows, char **msg) {
-  cmdop_status st = cmdop_stream_resize(s, cols, rows);
+cmdop_status cmdopgo_stream_resize(cmdop_attachment *s, uint16_t cols, uint16_t rows, char **msg) {
+  cmdop_status st = cmdop_attachment_resize(s, cols, rows);
   *msg = cmdopgo_message(st);
   return st;
 }

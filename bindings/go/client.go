@@ -12,11 +12,12 @@ import (
 	"runtime"
 	"runtime/cgo"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
 
-// Version is the version of the loaded libcmdop, e.g. "0.1.0".
+// Version is the version of the loaded libcmdop, e.g. "1.0.0".
 func Version() string { return C.GoString(C.cmdop_version()) }
 
 // ABICompatible reports whether the loaded libcmdop implements the ABI the
@@ -28,14 +29,14 @@ func ABICompatible() bool { return C.cmdop_abi_version() == C.CMDOP_ABI_VERSION 
 // by NewRemote or NewLocal.
 type Options struct {
 	// Server is "host:port" or "https://host:port"; empty means the hosted
-	// endpoint. (remote)
+	// endpoint. (remote; NewLocal takes host and port)
 	Server string
-	// Insecure uses plaintext instead of TLS (tests, private networks). (remote)
-	Insecure bool
-	// APIKey authenticates; empty means $CMDOP_API_KEY if set. (local)
+	// APIKey authenticates; empty means $CMDOP_API_KEY if set. (local;
+	// NewRemote takes the key as an argument)
 	APIKey string
-	// TLS uses TLS instead of plaintext. (local)
-	TLS bool
+	// TLS: TLSDefault (TLS for remote clients, plaintext for local ones),
+	// TLSOn or TLSOff.
+	TLS TLSMode
 	// CAPEMPath is a PEM file of CA certificates to trust instead of the
 	// system roots; CAPEM holds such PEM bytes directly.
 	CAPEMPath string
@@ -62,6 +63,18 @@ type Options struct {
 	DisableAutoRefresh bool
 }
 
+// TLSMode says whether a client uses TLS (cmdop_tls in cmdop.h).
+type TLSMode int
+
+const (
+	// TLSDefault is TLS for NewRemote*, plaintext for NewLocal.
+	TLSDefault TLSMode = C.CMDOP_TLS_DEFAULT
+	// TLSOn always uses TLS.
+	TLSOn TLSMode = C.CMDOP_TLS_ON
+	// TLSOff uses plaintext (tests, private networks).
+	TLSOff TLSMode = C.CMDOP_TLS_OFF
+)
+
 // Client is a connection to one control plane with one set of
 // credentials. It is safe for use by many goroutines at once. Call Close
 // when done; an unreachable Client is also freed by the garbage collector,
@@ -73,53 +86,12 @@ type Client struct {
 
 // clientHandle owns the C client. Calls hold mu for reading; freeing takes
 // it for writing, so the C client is never freed under a running call.
-// Running executes register their cancel tokens so that Close can stop them.
+// Calls in flight need no registry: cmdop_close ends them (DISCONNECTED).
 type clientHandle struct {
 	mu  sync.RWMutex
 	ptr *C.cmdop_client
-
-	tokensMu sync.Mutex
-	closing  bool
-	tokens   map[*C.cmdop_cancel_token]struct{}
-}
-
-// track registers the cancel token of an execute about to run; false when
-// the client is closing (the execute must not start).
-func (h *clientHandle) track(tok *C.cmdop_cancel_token) bool {
-	h.tokensMu.Lock()
-	defer h.tokensMu.Unlock()
-	if h.closing {
-		return false
-	}
-	if h.tokens == nil {
-		h.tokens = make(map[*C.cmdop_cancel_token]struct{})
-	}
-	h.tokens[tok] = struct{}{}
-	return true
-}
-
-// untrack forgets a token; after it returns, Close no longer touches it.
-func (h *clientHandle) untrack(tok *C.cmdop_cancel_token) {
-	h.tokensMu.Lock()
-	defer h.tokensMu.Unlock()
-	delete(h.tokens, tok)
-}
-
-// cancelAll marks the client as closing and cancels every running execute.
-func (h *clientHandle) cancelAll() {
-	h.tokensMu.Lock()
-	defer h.tokensMu.Unlock()
-	h.closing = true
-	for tok := range h.tokens {
-		C.cmdop_cancel(tok)
-	}
-}
-
-// isClosing reports whether Close has started.
-func (h *clientHandle) isClosing() bool {
-	h.tokensMu.Lock()
-	defer h.tokensMu.Unlock()
-	return h.closing
+	// closing is set by Close, so that a call it ended wraps ErrClosed.
+	closing atomic.Bool
 }
 
 func (h *clientHandle) free() {
@@ -151,10 +123,10 @@ func (c *Client) use(fn func(p *C.cmdop_client) error) error {
 // an API key (empty: $CMDOP_API_KEY). opts may be nil. It does not
 // connect: install callbacks, then call Connect.
 func NewRemote(apiKey string, opts *Options) (*Client, error) {
-	var o C.cmdop_remote_options
+	var o C.cmdop_options
 	var pins cStrings
 	defer pins.free()
-	if err := remoteOptions(opts, &o, &pins); err != nil {
+	if err := fillOptions(opts, &o, &pins, false); err != nil {
 		return nil, err
 	}
 	var key *C.char
@@ -176,10 +148,10 @@ func NewRemote(apiKey string, opts *Options) (*Client, error) {
 // NewRemoteOAuth creates a client authenticated with OAuth tokens; with
 // automatic refresh (the default) new tokens go to the OnTokens callback.
 func NewRemoteOAuth(accessToken, refreshToken string, opts *Options) (*Client, error) {
-	var o C.cmdop_remote_options
+	var o C.cmdop_options
 	var pins cStrings
 	defer pins.free()
-	if err := remoteOptions(opts, &o, &pins); err != nil {
+	if err := fillOptions(opts, &o, &pins, false); err != nil {
 		return nil, err
 	}
 	access, err := pins.add("the access token", accessToken)
@@ -203,22 +175,16 @@ func NewRemoteOAuth(accessToken, refreshToken string, opts *Options) (*Client, e
 // unless opts.TLS), e.g. one started by `cmdop dev`. opts may be nil. It
 // does not connect.
 func NewLocal(host string, port uint16, opts *Options) (*Client, error) {
-	var o C.cmdop_local_options
-	C.cmdop_local_options_init(&o)
+	var o C.cmdop_options
 	var pins cStrings
 	defer pins.free()
-	if opts != nil {
-		if opts.APIKey != "" {
-			key, err := pins.add("the API key", opts.APIKey)
-			if err != nil {
-				return nil, err
-			}
-			o.api_key = key
-		}
-		o.tls = C.bool(opts.TLS)
-		if err := commonOptions(opts, &pins, &o.ca_pem_path, &o.ca_pem, &o.ca_pem_len, &o.timeout_ms,
-			&o.max_retries, &o.retry_delay_ms, &o.auto_reconnect, &o.reconnect_delay_ms,
-			&o.max_reconnect_delay_ms, &o.max_reconnect_attempts, &o.debug); err != nil {
+	if err := fillOptions(opts, &o, &pins, true); err != nil {
+		return nil, err
+	}
+	var key *C.char
+	if opts != nil && opts.APIKey != "" {
+		var err error
+		if key, err = pins.add("the API key", opts.APIKey); err != nil {
 			return nil, err
 		}
 	}
@@ -228,7 +194,7 @@ func NewLocal(host string, port uint16, opts *Options) (*Client, error) {
 	}
 	var out *C.cmdop_client
 	var msg *C.char
-	st := C.cmdopgo_local_new(h, C.uint16_t(port), &o, &out, &msg)
+	st := C.cmdopgo_local_new(h, C.uint16_t(port), key, &o, &out, &msg)
 	if err := check(st, msg); err != nil {
 		return nil, err
 	}
@@ -254,15 +220,15 @@ func (c *Client) Disconnect() error {
 	})
 }
 
-// Close disconnects and frees the client. Commands running through
-// Execute or ExecuteStream on other goroutines are cancelled through their
-// cancel tokens (the remote command is killed; the call fails with an
-// ErrCancelled error that also wraps ErrClosed); Close waits for them and
-// for any other running call to return, and ends the client's Streams.
+// Close disconnects and frees the client. Calls running on other
+// goroutines end promptly: the library's cmdop_close stops them (a running
+// command is killed; the call fails with an ErrDisconnected error that
+// also wraps ErrClosed); Close waits for them to return, and ends the
+// client's Streams.
 // Later calls fail with ErrClosed. Close is idempotent; do not call it from
 // a callback of the same client.
 func (c *Client) Close() error {
-	c.h.cancelAll()
+	c.h.closing.Store(true)
 	c.h.mu.RLock()
 	if c.h.ptr != nil {
 		C.cmdop_close(c.h.ptr) // wakes calls waiting on the connection
@@ -328,8 +294,10 @@ type Result struct {
 }
 
 // deadlineGrace is how long ExecuteStream lets the library's own timeout
-// end a command after the context's deadline before cancelling it.
-const deadlineGrace = time.Second
+// end a command after the context's deadline before cancelling it. The
+// library's timeout keeps the partial output (a cancellation has none), and
+// killing the command can take a while on a loaded machine: be generous.
+const deadlineGrace = 5 * time.Second
 
 // Execute runs a shell command on the selected machine and waits for it.
 // The context's deadline bounds the command (else the client's timeout
@@ -366,10 +334,6 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 	if tok == nil {
 		return nil, &Error{Status: StatusInternal, Message: "out of memory creating a cancel token"}
 	}
-	if !c.h.track(tok) {
-		C.cmdop_cancel_token_free(tok)
-		return nil, errClosed
-	}
 	// Cancellation kills the command at once. A passed deadline is the
 	// library's own timeout (timeoutMs above), which keeps the partial
 	// output; the token only backs it up should the library be late.
@@ -384,21 +348,20 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 			case <-time.After(deadlineGrace):
 			}
 		}
-		C.cmdop_cancel(tok)
+		C.cmdop_cancel_token_cancel(tok)
 	})
 	defer func() {
 		close(finished)
 		if !stop() {
 			<-cancelled // the AfterFunc ran: let it finish before freeing tok
 		}
-		c.h.untrack(tok) // Close cancels tokens only while they are tracked
 		C.cmdop_cancel_token_free(tok)
 	}()
 
 	var sink *chunkSink
 	var handle C.uintptr_t
 	if onChunk != nil {
-		sink = &chunkSink{fn: onChunk, cancel: func() { C.cmdop_cancel(tok) }}
+		sink = &chunkSink{fn: onChunk, cancel: func() { C.cmdop_cancel_token_cancel(tok) }}
 		h := cgo.NewHandle(sink)
 		defer h.Delete()
 		handle = C.uintptr_t(h)
@@ -425,7 +388,7 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 	if (status == StatusCancelled || status == StatusTimeout) && ctx.Err() != nil {
 		return result, contextError(ctx, status, text)
 	}
-	if status == StatusCancelled && c.h.isClosing() {
+	if status == StatusDisconnected && c.h.closing.Load() {
 		return result, &Error{Status: status, Message: "Close was called while the command ran; it was killed",
 			cause: ErrClosed}
 	}
@@ -548,26 +511,34 @@ func (s *cStrings) free() {
 	*s = nil
 }
 
-func remoteOptions(opts *Options, o *C.cmdop_remote_options, pins *cStrings) error {
-	C.cmdop_remote_options_init(o)
+// fillOptions initialises o (the header's layout version) and copies opts
+// into it; Server is for remote clients only.
+func fillOptions(opts *Options, o *C.cmdop_options, pins *cStrings, local bool) error {
+	if st := C.cmdop_options_init(o, C.CMDOP_OPTIONS_VERSION); st != C.CMDOP_STATUS_OK {
+		return &Error{Status: Status(st), Message: "cmdop_options_init refused this header's options version"}
+	}
 	if opts == nil {
 		return nil
 	}
 	if opts.Server != "" {
+		if local {
+			return &Error{Status: StatusInvalidArgument,
+				Message: "Options.Server is for NewRemote; NewLocal takes host and port"}
+		}
 		s, err := pins.add("the server address", opts.Server)
 		if err != nil {
 			return err
 		}
 		o.server = s
 	}
-	o.insecure = C.bool(opts.Insecure)
+	o.tls = C.int(opts.TLS)
 	o.auto_refresh = C.bool(!opts.DisableAutoRefresh)
 	return commonOptions(opts, pins, &o.ca_pem_path, &o.ca_pem, &o.ca_pem_len, &o.timeout_ms,
 		&o.max_retries, &o.retry_delay_ms, &o.auto_reconnect, &o.reconnect_delay_ms,
 		&o.max_reconnect_delay_ms, &o.max_reconnect_attempts, &o.debug)
 }
 
-// commonOptions writes the fields both C option structs share.
+// commonOptions writes the fields every client shares.
 func commonOptions(opts *Options, pins *cStrings, caPath **C.char, caPEM **C.uint8_t, caLen *C.size_t,
 	timeout, retries, retryDelay *C.uint32_t, autoReconnect *C.bool,
 	reconnectDelay, maxReconnectDelay, maxAttempts *C.uint32_t, debug *C.bool) error {

@@ -334,6 +334,9 @@ func TestSessionsAndInfo(t *testing.T) {
 	if !info.Connected || info.TLS || !strings.Contains(info.Server, strconv.Itoa(int(s.port))) {
 		t.Fatalf("unexpected info %+v", info)
 	}
+	if !info.HasCapability("exec.v1") || !info.HasCapability("files.v1") || info.HasCapability("exec") {
+		t.Fatalf("capabilities of cmdop dev: %v", info.Capabilities)
+	}
 }
 
 func TestFiles(t *testing.T) {
@@ -399,8 +402,8 @@ func TestCloseCancelsRunningExecute(t *testing.T) {
 	c.Close()
 	select {
 	case err := <-done:
-		if !errors.Is(err, cmdop.ErrCancelled) || !errors.Is(err, cmdop.ErrClosed) {
-			t.Fatalf("want ErrCancelled wrapping ErrClosed, got %v", err)
+		if !errors.Is(err, cmdop.ErrDisconnected) || !errors.Is(err, cmdop.ErrClosed) {
+			t.Fatalf("want ErrDisconnected wrapping ErrClosed, got %v", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not cancel the running Execute")

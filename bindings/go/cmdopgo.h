@@ -10,17 +10,17 @@
 
 enum { CMDOPGO_ON_CONNECT, CMDOPGO_ON_DISCONNECT, CMDOPGO_ON_ERROR, CMDOPGO_ON_TOKENS };
 
-cmdop_status cmdopgo_remote_new(const char *key, const cmdop_remote_options *o, cmdop_client **out, char **msg);
-cmdop_status cmdopgo_remote_new_oauth(const char *access, const char *refresh, const cmdop_remote_options *o,
+cmdop_status cmdopgo_remote_new(const char *key, const cmdop_options *o, cmdop_client **out, char **msg);
+cmdop_status cmdopgo_remote_new_oauth(const char *access, const char *refresh, const cmdop_options *o,
                                       cmdop_client **out, char **msg);
-cmdop_status cmdopgo_local_new(const char *host, uint16_t port, const cmdop_local_options *o, cmdop_client **out,
+cmdop_status cmdopgo_local_new(const char *host, uint16_t port, const char *key, const cmdop_options *o, cmdop_client **out,
                                char **msg);
 cmdop_status cmdopgo_connect(cmdop_client *c, char **msg);
 cmdop_status cmdopgo_close(cmdop_client *c, char **msg);
 cmdop_status cmdopgo_set_machine(cmdop_client *c, const char *name, int by_id, char **msg);
 /* Installs the trampoline of `which` with cgo handle h (0: removes it). */
 cmdop_status cmdopgo_set_callback(cmdop_client *c, int which, uintptr_t h, char **msg);
-/* cmdop_execute_stream, with the Go chunk trampoline when h is not 0. */
+/* cmdop_execute_with_callback, with the Go chunk trampoline when h is not 0. */
 cmdop_status cmdopgo_execute(cmdop_client *c, const char *cmd, uint32_t timeout_ms, uintptr_t h,
                              const cmdop_cancel_token *tok, cmdop_exec_result **out, char **msg);
 cmdop_status cmdopgo_connection_info(cmdop_client *c, cmdop_connection_info **out, char **msg);
@@ -30,10 +30,10 @@ cmdop_status cmdopgo_files_list(cmdop_client *c, const char *path, const char *t
                                 cmdop_file_list **out, char **msg);
 cmdop_status cmdopgo_file_read(cmdop_client *c, const char *path, cmdop_bytes **out, char **msg);
 cmdop_status cmdopgo_file_write(cmdop_client *c, const char *path, const void *data, size_t len, char **msg);
-/* cmdop_stream_attach with the Go output trampoline and cgo handle h. */
-cmdop_status cmdopgo_stream_attach(cmdop_client *c, const char *session_id, uintptr_t h, cmdop_stream **out,
+/* cmdop_attach with the Go output trampoline and cgo handle h. */
+cmdop_status cmdopgo_stream_attach(cmdop_client *c, const char *session_id, uintptr_t h, cmdop_attachment **out,
                                    char **msg);
-cmdop_status cmdopgo_stream_write(cmdop_stream *s, const void *data, size_t len, char **msg);
-cmdop_status cmdopgo_stream_resize(cmdop_stream *s, uint16_t cols, uint16_t rows, char **msg);
+cmdop_status cmdopgo_stream_write(cmdop_attachment *s, const void *data, size_t len, char **msg);
+cmdop_status cmdopgo_stream_resize(cmdop_attachment *s, uint16_t cols, uint16_t rows, char **msg);
 
 #endif

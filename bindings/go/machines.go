@@ -92,6 +92,18 @@ type ConnectionInfo struct {
 	Connected     bool
 	Latency       time.Duration // -1 when the round trip failed
 	NativeExec    bool          // the server runs commands without a terminal
+	// Capabilities the server offers (e.g. "files.v1"); empty for official servers.
+	Capabilities []string
+}
+
+// HasCapability reports whether the server offers capability name.
+func (i ConnectionInfo) HasCapability(name string) bool {
+	for _, c := range i.Capabilities {
+		if c == name {
+			return true
+		}
+	}
+	return false
 }
 
 // ConnectionInfo describes the connection, measuring the latency now.
@@ -113,6 +125,10 @@ func (c *Client) ConnectionInfo() (ConnectionInfo, error) {
 			Connected:     bool(C.cmdop_connection_info_connected(info)),
 			Latency:       -1,
 			NativeExec:    bool(C.cmdop_connection_info_native_exec(info)),
+		}
+		n := C.cmdop_connection_info_capability_count(info)
+		for i := C.size_t(0); i < n; i++ {
+			out.Capabilities = append(out.Capabilities, C.GoString(C.cmdop_connection_info_capability_get(info, i)))
 		}
 		if latency >= 0 {
 			out.Latency = time.Duration(latency * float64(time.Millisecond))

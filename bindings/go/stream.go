@@ -48,7 +48,7 @@ func (s *outputSink) stop() { s.quitted.Do(func() { close(s.quit) }) }
 
 // release deletes the cgo handle. Call it only once the library will not
 // call the trampoline any more: after the final call, or after
-// cmdop_stream_close returned.
+// cmdop_attachment_close returned.
 func (s *outputSink) release() { s.freed.Do(s.handle.Delete) }
 
 // pump delivers queued output to fn in order until the stream ends or is
@@ -85,7 +85,7 @@ type Stream struct {
 // closing takes it for writing, so the stream is never freed under them.
 type streamHandle struct {
 	mu   sync.RWMutex
-	ptr  *C.cmdop_stream
+	ptr  *C.cmdop_attachment
 	sink *outputSink
 }
 
@@ -93,7 +93,7 @@ func (h *streamHandle) close() {
 	h.sink.stop() // unblocks the delivery thread should the queue be full
 	h.mu.Lock()
 	if h.ptr != nil {
-		C.cmdop_stream_close(h.ptr) // no trampoline call after this returns
+		C.cmdop_attachment_close(h.ptr) // no trampoline call after this returns
 		h.ptr = nil
 	}
 	h.mu.Unlock()
@@ -126,7 +126,7 @@ func (c *Client) Attach(sessionID string, onOutput func([]byte)) (*Stream, error
 		done:   make(chan struct{}),
 	}
 	sink.handle = cgo.NewHandle(sink)
-	var out *C.cmdop_stream
+	var out *C.cmdop_attachment
 	if err := c.use(func(p *C.cmdop_client) error {
 		var msg *C.char
 		return check(C.cmdopgo_stream_attach(p, sid, C.uintptr_t(sink.handle), &out, &msg), msg)
@@ -141,7 +141,7 @@ func (c *Client) Attach(sessionID string, onOutput func([]byte)) (*Stream, error
 }
 
 // use runs fn with the C stream while holding it alive.
-func (s *Stream) use(fn func(p *C.cmdop_stream) error) error {
+func (s *Stream) use(fn func(p *C.cmdop_attachment) error) error {
 	s.h.mu.RLock()
 	defer s.h.mu.RUnlock()
 	if s.h.ptr == nil {
@@ -157,7 +157,7 @@ func (s *Stream) Write(data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
-	return s.use(func(p *C.cmdop_stream) error {
+	return s.use(func(p *C.cmdop_attachment) error {
 		var msg *C.char
 		// The C call only reads data, and does not keep it.
 		return check(C.cmdopgo_stream_write(p, unsafe.Pointer(&data[0]), C.size_t(len(data)), &msg), msg)
@@ -166,7 +166,7 @@ func (s *Stream) Write(data []byte) error {
 
 // Resize sets the terminal's size in character cells (both above 0).
 func (s *Stream) Resize(cols, rows uint16) error {
-	return s.use(func(p *C.cmdop_stream) error {
+	return s.use(func(p *C.cmdop_attachment) error {
 		var msg *C.char
 		return check(C.cmdopgo_stream_resize(p, C.uint16_t(cols), C.uint16_t(rows), &msg), msg)
 	})

@@ -27,10 +27,10 @@ use crate::{
 /// Capabilities advertised by ServerInfo in every configuration; side
 /// connections ([`raw::CAPABILITY`]) are added when they are on.
 pub const CAPABILITIES: [&str; 4] = [
-    "exec.v1",
-    "machine-id.v1",
-    "tokens.v1",
-    crate::transfer::CAPABILITY,
+    cmdop_proto::caps::EXEC,
+    cmdop_proto::caps::MACHINE_ID,
+    cmdop_proto::caps::TOKENS,
+    cmdop_proto::caps::FILES,
 ];
 
 /// Response stream of Exec.

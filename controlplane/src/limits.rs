@@ -8,10 +8,9 @@ use std::time::Duration;
 pub const MAX_MESSAGE_BYTES: usize = cmdop_proto::limits::MAX_MESSAGE_BYTES;
 /// Largest `SendInput` payload.
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
-/// Largest file content in one `FileWrite`.
-pub const MAX_FILE_WRITE_BYTES: usize = 32 * 1024 * 1024;
-/// Largest command line for `Exec`: Linux takes one argument (the command
-/// after `sh -c`) of at most 128 KiB including its NUL (MAX_ARG_STRLEN).
+/// Largest file content in one `FileWrite`: whatever fits in a message.
+pub const MAX_FILE_WRITE_BYTES: usize = cmdop_proto::limits::MAX_MESSAGE_BYTES;
+/// Largest command line for `Exec` (see [`cmdop_proto::limits::MAX_COMMAND_BYTES`]).
 pub const MAX_COMMAND_BYTES: usize = cmdop_proto::limits::MAX_COMMAND_BYTES;
 /// Largest stdin payload for `Exec`.
 pub const MAX_EXEC_STDIN_BYTES: usize = 16 * 1024 * 1024;

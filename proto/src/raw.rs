@@ -10,7 +10,7 @@ use tokio::{
 };
 
 /// Capability name, in ServerInfo (control plane) and AgentHello (agent).
-pub const CAPABILITY: &str = "exec-raw.v1";
+pub use crate::caps::EXEC_RAW as CAPABILITY;
 /// First bytes of every side connection.
 pub const MAGIC: &[u8; 8] = b"CMDOPRAW";
 /// The only version so far.

@@ -159,7 +159,7 @@ impl Client {
 
         let up = uplink.clone();
         let sid = session_id.to_string();
-        let weak = std::sync::Arc::downgrade(&self.inner);
+        let weak = Arc::downgrade(&self.inner);
         // Closing the client ends its attachments too.
         let client_closed = client_closed(self.inner.state.subscribe());
         let reader = tokio::spawn(async move {

@@ -46,6 +46,28 @@ impl CancelToken {
     }
 }
 
+impl super::Client {
+    /// Run `fut` unless the application closes the client first: then `fut`
+    /// is dropped (ending its streams) and the result is
+    /// `Error::Disconnected`. For calls whose abandonment needs no cleanup
+    /// on the remote side (reads, atomic writes); execute stops its command
+    /// itself.
+    pub async fn until_closed<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = super::Result<T>>,
+    ) -> super::Result<T> {
+        let closing = super::lock(&self.inner.closing).clone();
+        tokio::select! {
+            biased;
+            r = fut => r,
+            _ = closing.cancelled() => Err(super::Error::Disconnected(format!(
+                "the client was closed during {what}; connect again and retry"
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,7 +96,7 @@ impl Error {
 
     /// The error for "no machine selected yet".
     pub(crate) fn no_machine() -> Error {
-        Error::NotFound("no machine selected: call cmdop_set_machine() first".into())
+        Error::NotFound("no machine selected: select one first (by name or id)".into())
     }
 
     /// Classify a failure that the server reported in a response field

@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cmdop_proto::caps;
 use cmdop_proto::ext::exec_event::Event as ExecEv;
 use cmdop_proto::ext::ExecRequest;
 use cmdop_proto::terminal::{GetOutputRequest, SendInputRequest, SendSignalRequest};
 
-use super::connection::{CallPolicy, CAP_EXEC};
+use super::connection::{CallPolicy, Conn};
 use super::exec_side::{side_address, SideStdout, SIDE_READ_BYTES};
 use super::marker::{
     find, idle_marker, idle_probe_line, marker_command_line, new_marker_id, MarkerScanner,
@@ -130,7 +131,38 @@ impl Client {
             .await
     }
 
+    /// Runs the command until it ends, `cancel` fires (CANCELLED) or the
+    /// application closes the client (DISCONNECTED); in the last two cases
+    /// the remote command is killed before this returns.
     async fn run_command(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+        on_chunk: impl FnMut(Stream, &[u8]) + Send,
+        cancel: CancelToken,
+        keep: Keep,
+    ) -> Result<ExecOutput> {
+        let closing = lock(&self.inner.closing).clone();
+        let stop = CancelToken::new();
+        let work = self.run_command_until(command, timeout, on_chunk, stop.clone(), keep);
+        tokio::pin!(work);
+        let closed = tokio::select! {
+            biased;
+            r = &mut work => return r.map_err(|e| self.inner.report(e)),
+            _ = cancel.cancelled() => false,
+            _ = closing.cancelled() => true,
+        };
+        stop.cancel();
+        match work.await {
+            Err(Error::Cancelled) if closed => Err(self.inner.report(Error::Disconnected(
+                "the client was closed while the command ran; the command was stopped (connect again to run it)"
+                    .into(),
+            ))),
+            r => r.map_err(|e| self.inner.report(e)),
+        }
+    }
+
+    async fn run_command_until(
         &self,
         command: &str,
         timeout: Option<Duration>,
@@ -144,11 +176,8 @@ impl Client {
         let timeout = timeout
             .filter(|t| !t.is_zero())
             .unwrap_or(self.inner.opts.timeout);
-        let machine = self
-            .machine()
-            .ok_or_else(Error::no_machine)
-            .map_err(|e| self.inner.report(e))?;
-        let server_native = lock(&self.inner.facts).has(CAP_EXEC);
+        let machine = self.machine().ok_or_else(Error::no_machine)?;
+        let server_native = lock(&self.inner.facts).has(caps::EXEC);
         // Without the extension's machine lookup we do not know whether the
         // agent executes natively; asking costs one round trip and answers
         // UNIMPLEMENTED quickly when it does not.
@@ -163,12 +192,11 @@ impl Client {
                         format!("native exec unavailable ({why}); using the terminal")
                     });
                 }
-                other => return other.map_err(|e| self.inner.report(e)),
+                other => return other,
             }
         }
         self.exec_terminal(command, timeout, &mut on_chunk, &cancel, keep)
             .await
-            .map_err(|e| self.inner.report(e))
     }
 
     async fn exec_native(
@@ -183,7 +211,7 @@ impl Client {
         let started = Instant::now();
         // Large stdout may move to a side connection (plaintext only).
         let side_addr = lock(&self.inner.facts)
-            .has(cmdop_proto::raw::CAPABILITY)
+            .has(caps::EXEC_RAW)
             .then(|| side_address(&self.inner.opts))
             .flatten();
         let req = ExecRequest {
@@ -333,6 +361,14 @@ impl Client {
             _ = cancel.cancelled() => return Err(Error::Cancelled),
             _ = tokio::time::sleep(timeout) => return Err(Error::timeout("waiting for the terminal (another command is running on it)", timeout)),
         };
+        // The connection this command runs on, kept so that stopping it
+        // still works after the application closed the client.
+        let pinned = self
+            .inner
+            .conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         // Where this command's output will start (after any earlier command's).
         let base = self.output_end(&session_id).await?;
         let started = Instant::now();
@@ -368,16 +404,32 @@ impl Client {
         let mut chunk = Vec::new();
         loop {
             if cancel.is_cancelled() {
-                self.interrupt(&session_id, &id, &mut cursor, &mut scanner, &mut out, keep)
-                    .await;
+                self.interrupt(
+                    &pinned,
+                    &session_id,
+                    &id,
+                    &mut cursor,
+                    &mut scanner,
+                    &mut out,
+                    keep,
+                )
+                .await;
                 return Err(Error::Cancelled);
             }
             if Instant::now() >= deadline {
-                self.interrupt(&session_id, &id, &mut cursor, &mut scanner, &mut out, keep)
-                    .await;
+                self.interrupt(
+                    &pinned,
+                    &session_id,
+                    &id,
+                    &mut cursor,
+                    &mut scanner,
+                    &mut out,
+                    keep,
+                )
+                .await;
                 return Err(expired(out, started, timeout));
             }
-            let (data, more, total) = self.read_output(&session_id, cursor).await?;
+            let (data, more, total) = self.read_output(None, &session_id, cursor).await?;
             if !more && total > cursor + data.len() as i64 && !out.truncated {
                 // The server's bounded buffer evicted bytes before we read
                 // them (the command printed faster than we polled).
@@ -438,6 +490,7 @@ impl Client {
     /// Output from absolute `offset`: (bytes, has_more, total_bytes).
     async fn read_output(
         &self,
+        pinned: Option<Conn>,
         session_id: &str,
         offset: i64,
     ) -> Result<(bytes::Bytes, bool, i64)> {
@@ -458,7 +511,7 @@ impl Client {
         };
         let r = self
             .inner
-            .unary("GetOutput", req, policy, |mut c, r| async move {
+            .unary_on(pinned, "GetOutput", req, policy, |mut c, r| async move {
                 c.terminal.get_output(r).await
             })
             .await?;
@@ -469,8 +522,10 @@ impl Client {
     /// an IDLE marker once the shell is back at its prompt; only if it does
     /// not appear in time, SIGKILL (which would hit the shell itself if sent
     /// when no job runs). Best effort; collects output printed meanwhile.
+    #[allow(clippy::too_many_arguments)]
     async fn interrupt(
         &self,
+        pinned: &Option<Conn>,
         session_id: &str,
         id: &str,
         cursor: &mut i64,
@@ -478,7 +533,7 @@ impl Client {
         out: &mut ExecOutput,
         keep: Keep,
     ) {
-        self.send_signal(session_id, 2).await;
+        self.send_signal(pinned, session_id, 2).await;
         let probe = SendInputRequest {
             session_id: session_id.to_string(),
             data: idle_probe_line(id).into_bytes().into(),
@@ -489,9 +544,13 @@ impl Client {
         };
         let _ = self
             .inner
-            .unary("SendInput", probe, policy, |mut c, r| async move {
-                c.terminal.send_input(r).await
-            })
+            .unary_on(
+                pinned.clone(),
+                "SendInput",
+                probe,
+                policy,
+                |mut c, r| async move { c.terminal.send_input(r).await },
+            )
             .await;
         let idle = idle_marker(id);
         let mut window: Vec<u8> = Vec::new();
@@ -499,7 +558,8 @@ impl Client {
         let until = Instant::now() + INTERRUPT_GRACE;
         while Instant::now() < until {
             tokio::time::sleep(POLL_MIN * 5).await;
-            let Ok((data, _, _)) = self.read_output(session_id, *cursor).await else {
+            let Ok((data, _, _)) = self.read_output(pinned.clone(), session_id, *cursor).await
+            else {
                 break;
             };
             *cursor += data.len() as i64;
@@ -517,10 +577,10 @@ impl Client {
         self.inner.log(LogLevel::Warn, || {
             "the command ignored SIGINT: sending SIGKILL".into()
         });
-        self.send_signal(session_id, 9).await;
+        self.send_signal(pinned, session_id, 9).await;
     }
 
-    async fn send_signal(&self, session_id: &str, signal: i32) {
+    async fn send_signal(&self, pinned: &Option<Conn>, session_id: &str, signal: i32) {
         let req = SendSignalRequest {
             session_id: session_id.to_string(),
             signal,
@@ -531,9 +591,13 @@ impl Client {
         };
         let r = self
             .inner
-            .unary("SendSignal", req, policy, |mut c, r| async move {
-                c.terminal.send_signal(r).await
-            })
+            .unary_on(
+                pinned.clone(),
+                "SendSignal",
+                req,
+                policy,
+                |mut c, r| async move { c.terminal.send_signal(r).await },
+            )
             .await;
         match r {
             Ok(r) if r.success => {}

@@ -15,11 +15,11 @@ use super::{Client, Error, ErrorKind, LogLevel, Result};
 /// Entries asked per page (the official SDKs' default).
 const PAGE_SIZE: i32 = 100;
 /// Largest file [`Client::read_file`] assembles (both paths).
-pub const MAX_READ_BYTES: usize = 512 * 1024 * 1024;
+pub(crate) const MAX_READ_BYTES: usize = 512 * 1024 * 1024;
 /// Largest file `write_file` sends on the official path: one FileWrite
 /// message, which servers cap at 32 MiB including the envelope (path,
 /// session id). The streaming path has no such limit.
-pub const MAX_WRITE_BYTES: usize = 32 * 1024 * 1024 - 64 * 1024;
+pub(crate) const MAX_WRITE_BYTES: usize = cmdop_proto::limits::MAX_INLINE_FILE_BYTES;
 
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

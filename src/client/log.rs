@@ -23,8 +23,13 @@ static SINK: RwLock<Option<(LogLevel, LogSink)>> = RwLock::new(None);
 /// Install the process-wide sink receiving messages up to `max_level`
 /// (`None` removes it).
 pub fn set_log_sink(sink: Option<(LogLevel, LogSink)>) {
-    let mut slot = SINK.write().unwrap_or_else(|p| p.into_inner());
-    *slot = sink;
+    let old = {
+        let mut slot = SINK.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *slot, sink)
+    };
+    // Dropped outside the lock: dropping the last reference runs the
+    // application's finaliser, which may log or install a new sink.
+    drop(old);
 }
 
 /// Log `message()` at `level`; `debug` is the client's debug option.

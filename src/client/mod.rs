@@ -33,6 +33,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, EventHandler, EventKind};
 pub use exec::{ExecOutput, Stream};
 pub use files::{FileEntry, FileKind, FileList};
+pub(crate) use files::{MAX_READ_BYTES, MAX_WRITE_BYTES};
 pub use log::{set_log_sink, LogLevel, LogSink};
 pub use machine::MachineInfo;
 pub use options::{ClientOptions, Credentials, DEFAULT_REMOTE_SERVER};
@@ -71,6 +72,10 @@ pub(crate) struct Inner {
     /// One lock per terminal session: commands typed into one shell must
     /// not interleave, so terminal-path executes on a session take turns.
     terminals: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Cancelled (and replaced by a fresh token) when the application
+    /// closes the client: calls in flight take the current one when they
+    /// start and stop when it fires.
+    closing: Mutex<CancelToken>,
 }
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -113,6 +118,7 @@ impl Client {
                 trouble: Arc::new(Notify::new()),
                 supervisor: Mutex::new(None),
                 terminals: Mutex::new(std::collections::HashMap::new()),
+                closing: Mutex::new(CancelToken::new()),
             }),
         })
     }

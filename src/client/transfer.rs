@@ -4,9 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use cmdop_proto::caps;
 use cmdop_proto::ext::{
     download_chunk, upload_chunk, DownloadChunk, DownloadRequest, UploadChunk, UploadStart,
 };
+use cmdop_proto::limits::TRANSFER_CHUNK_BYTES;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -14,10 +16,6 @@ use super::connection::Conn;
 use super::error::is_expired_token;
 use super::{lock, Client, Credentials, Error, ErrorKind, LogLevel, Result};
 
-/// Capability the server lists when it serves Upload and Download.
-pub(crate) const CAP_FILES: &str = "files.v1";
-/// Data bytes per upload chunk (the server accepts at most 1 MiB).
-const CHUNK_BYTES: usize = 1024 * 1024;
 /// Upload chunks copied ahead of what gRPC has taken.
 const UPLOAD_QUEUE: usize = 2;
 
@@ -37,7 +35,7 @@ impl From<Error> for Failure {
 impl Client {
     /// True when the server offers streaming transfers.
     pub(crate) fn offers_file_streams(&self) -> bool {
-        lock(&self.inner.facts).has(CAP_FILES)
+        lock(&self.inner.facts).has(caps::FILES)
     }
 
     /// Uploads `data` to `path` on `session_id` in 1 MiB chunks; the agent
@@ -91,7 +89,7 @@ impl Client {
     /// gRPC took nothing for a whole call timeout.
     async fn feed(&self, tx: mpsc::Sender<UploadChunk>, data: &[u8]) -> bool {
         let timeout = self.inner.opts.timeout;
-        for piece in data.chunks(CHUNK_BYTES) {
+        for piece in data.chunks(TRANSFER_CHUNK_BYTES) {
             let chunk = UploadChunk {
                 part: Some(upload_chunk::Part::Data(bytes::Bytes::copy_from_slice(
                     piece,

@@ -151,6 +151,7 @@ pub(crate) unsafe fn opt_str<'a>(
     if ptr.is_null() {
         Ok(None)
     } else {
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         unsafe { arg_str(ptr, name) }.map(Some)
     }
 }

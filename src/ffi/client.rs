@@ -1,10 +1,9 @@
-//! Client handles: creation, connection lifecycle, machine selection,
-//! introspection.
+//! Client handles: creation, connection lifecycle, connection info.
 
 use std::ffi::{c_char, CString};
 
 use super::boundary::{arg_str, c_string, handle, out_ptr, Failure};
-use super::options::{cmdop_local_options, cmdop_remote_options, local_options, remote_options};
+use super::options::{client_options, cmdop_options, Target};
 use super::runtime::block_on;
 use super::status::cmdop_status;
 use crate::client::{Client, Credentials};
@@ -25,7 +24,8 @@ fn publish(out: &mut *mut cmdop_client, client: Client) {
 /// key. Does not connect: install callbacks, then call cmdop_connect().
 ///
 /// `api_key`: the key, or NULL to read $CMDOP_API_KEY. Any non-empty key is
-/// accepted as is. `opts`: NULL for the defaults (hosted endpoint, TLS).
+/// accepted as is. `opts`: NULL for the defaults (hosted endpoint, TLS),
+/// else initialised by cmdop_options_init() or CMDOP_OPTIONS_INIT.
 ///
 /// On OK, `*out` is a new client owned by the caller; free it with
 /// cmdop_client_free(). On error `*out` is NULL.
@@ -36,11 +36,13 @@ fn publish(out: &mut *mut cmdop_client, client: Client) {
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_remote_new(
     api_key: *const c_char,
-    opts: *const cmdop_remote_options,
+    opts: *const cmdop_options,
     out: *mut *mut cmdop_client,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL or a NUL-terminated string.
         let key = match unsafe { super::boundary::opt_str(api_key, "api_key") }? {
             Some(k) => k.to_string(),
             None => std::env::var("CMDOP_API_KEY").unwrap_or_default(),
@@ -51,7 +53,8 @@ pub unsafe extern "C" fn cmdop_remote_new(
                 "no API key: pass one to cmdop_remote_new() or set CMDOP_API_KEY",
             ));
         }
-        let options = unsafe { remote_options(opts, Credentials::ApiKey(key)) }?;
+        // SAFETY: NULL or options initialised for their stated version.
+        let options = unsafe { client_options(opts, Target::Remote, Credentials::ApiKey(key)) }?;
         publish(out, Client::new(options)?);
         Ok(())
     }
@@ -60,7 +63,7 @@ pub unsafe extern "C" fn cmdop_remote_new(
 /// Create a client for a remote control plane authenticated with OAuth
 /// tokens. With `opts->auto_refresh` (default), an expired access token is
 /// refreshed and the call retried once; the new pair goes to the token
-/// callback (cmdop_set_token_callback) so the application can store it.
+/// callback (cmdop_on_token_refresh) so the application can store it.
 ///
 /// Ownership and returns as cmdop_remote_new(); UNAUTHENTICATED when either
 /// token is empty. Thread: any.
@@ -68,12 +71,15 @@ pub unsafe extern "C" fn cmdop_remote_new(
 pub unsafe extern "C" fn cmdop_remote_new_oauth(
     access_token: *const c_char,
     refresh_token: *const c_char,
-    opts: *const cmdop_remote_options,
+    opts: *const cmdop_options,
     out: *mut *mut cmdop_client,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let access = unsafe { arg_str(access_token, "access_token") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let refresh = unsafe { arg_str(refresh_token, "refresh_token") }?;
         if access.is_empty() || refresh.is_empty() {
             return Err(Failure::new(
@@ -82,15 +88,17 @@ pub unsafe extern "C" fn cmdop_remote_new_oauth(
             ));
         }
         let creds = Credentials::Tokens { access: access.into(), refresh: refresh.into(), auto_refresh: true };
-        let options = unsafe { remote_options(opts, creds) }?;
+        // SAFETY: NULL or options initialised for their stated version.
+        let options = unsafe { client_options(opts, Target::Remote, creds) }?;
         publish(out, Client::new(options)?);
         Ok(())
     }
 }
 
-/// Create a client for a control plane at `host`:`port` (plaintext unless
-/// `opts->tls`). The API key comes from `opts->api_key`, else
-/// $CMDOP_API_KEY, else none. Does not connect.
+/// Create a client for a control plane at `host`:`port`, e.g. `cmdop dev`
+/// (plaintext unless `opts->tls` is CMDOP_TLS_ON). `api_key`: the key, or
+/// NULL for $CMDOP_API_KEY if set, else no credentials. `opts`: NULL for
+/// the defaults; `opts->server` must be NULL. Does not connect.
 ///
 /// Ownership as cmdop_remote_new(). Returns OK or INVALID_ARGUMENT (NULL or
 /// empty host, port 0, bad options). Thread: any.
@@ -98,11 +106,14 @@ pub unsafe extern "C" fn cmdop_remote_new_oauth(
 pub unsafe extern "C" fn cmdop_local_new(
     host: *const c_char,
     port: u16,
-    opts: *const cmdop_local_options,
+    api_key: *const c_char,
+    opts: *const cmdop_options,
     out: *mut *mut cmdop_client,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let host = unsafe { arg_str(host, "host") }?;
         if host.trim().is_empty() {
             return Err(Failure::invalid("host is empty: pass e.g. \"127.0.0.1\""));
@@ -110,7 +121,16 @@ pub unsafe extern "C" fn cmdop_local_new(
         if port == 0 {
             return Err(Failure::invalid("port is 0: pass the control plane's port"));
         }
-        let options = unsafe { local_options(host, port, opts) }?;
+        // SAFETY: NULL or a NUL-terminated string.
+        let credentials = match unsafe { super::boundary::opt_str(api_key, "api_key") }? {
+            Some(k) if !k.is_empty() => Credentials::ApiKey(k.to_string()),
+            _ => match std::env::var("CMDOP_API_KEY") {
+                Ok(k) if !k.is_empty() => Credentials::ApiKey(k),
+                _ => Credentials::None,
+            },
+        };
+        // SAFETY: NULL or options initialised for their stated version.
+        let options = unsafe { client_options(opts, Target::Local { host, port }, credentials) }?;
         publish(out, Client::new(options)?);
         Ok(())
     }
@@ -126,6 +146,7 @@ pub unsafe extern "C" fn cmdop_local_new(
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connect(client: *mut cmdop_client) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
         block_on("cmdop_connect", c.client.open())??;
         Ok(())
@@ -136,11 +157,20 @@ pub unsafe extern "C" fn cmdop_connect(client: *mut cmdop_client) -> cmdop_statu
 /// cmdop_connect(). Fires on_disconnect once. Closing a closed (or never
 /// connected) client does nothing.
 ///
+/// Calls in flight on other threads end promptly (no need to cancel them
+/// first): every execute form returns DISCONNECTED after its remote command
+/// was killed (a call stopped through its own cancel token returns
+/// CANCELLED instead); cmdop_read_file() and cmdop_write_file() return
+/// DISCONNECTED (a write is atomic: the old file stays); attachments end
+/// (their output callback gets its final NULL call). cmdop_close() itself
+/// does not wait for them.
+///
 /// Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included
 /// (it does not block).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_close(client: *mut cmdop_client) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
         c.client.shutdown();
         Ok(())
@@ -171,47 +201,9 @@ pub unsafe extern "C" fn cmdop_client_free(client: *mut cmdop_client) {
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_is_connected(client: *const cmdop_client) -> bool {
     ffi_boundary!(@value false;
+        // SAFETY: NULL (checked) or a live object of this library.
         unsafe { client.as_ref() }.is_some_and(|c| c.client.is_connected())
     )
-}
-
-/// Select the machine later calls act on, by hostname: an exact match, or a
-/// unique case-insensitive substring among connected machines. Switching
-/// machines at any time is fine.
-///
-/// Returns OK; NOT_FOUND (no such machine); AMBIGUOUS (several match; the
-/// message lists them); UNAVAILABLE; DISCONNECTED; INVALID_ARGUMENT.
-/// Thread: any; blocks; IN_CALLBACK from inside a callback.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_set_machine(
-    client: *mut cmdop_client,
-    hostname: *const c_char,
-) -> cmdop_status {
-    ffi_boundary! {
-        let c = unsafe { handle(client, "client") }?;
-        let hostname = unsafe { arg_str(hostname, "hostname") }?;
-        block_on("cmdop_set_machine", c.client.set_machine(hostname))??;
-        Ok(())
-    }
-}
-
-/// Select the machine by its stable id ("mach_…"), which survives agent
-/// reconnections and hostname changes.
-///
-/// Returns as cmdop_set_machine(), plus NOT_SUPPORTED when the server lacks
-/// the libcmdop extension (select by hostname then).
-/// Thread: any; blocks; IN_CALLBACK from inside a callback.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_set_machine_id(
-    client: *mut cmdop_client,
-    machine_id: *const c_char,
-) -> cmdop_status {
-    ffi_boundary! {
-        let c = unsafe { handle(client, "client") }?;
-        let id = unsafe { arg_str(machine_id, "machine_id") }?;
-        block_on("cmdop_set_machine_id", c.client.set_machine_id(id))??;
-        Ok(())
-    }
 }
 
 /// Facts about a client's connection. Opaque; read with the
@@ -224,7 +216,14 @@ pub struct cmdop_connection_info {
     connected: bool,
     latency_ms: f64,
     native_exec: bool,
+    /// What the server offers, as it listed it (empty without the libcmdop
+    /// extension).
+    capabilities: Vec<CString>,
 }
+
+// The CMDOP_CAPABILITY_* names are macros in cbindgen.toml (cbindgen does
+// not emit string constants); a test below keeps them equal to
+// cmdop_proto::caps, the one definition.
 
 /// Describe the connection, measuring the latency with one round trip now.
 ///
@@ -232,14 +231,16 @@ pub struct cmdop_connection_info {
 /// Returns OK or INVALID_ARGUMENT. (A failing round trip is not an error:
 /// latency is then -1.) Thread: any; blocks; IN_CALLBACK in callbacks.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_connection_info_get(
+pub unsafe extern "C" fn cmdop_get_connection_info(
     client: *mut cmdop_client,
     out: *mut *mut cmdop_connection_info,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
-        let info = block_on("cmdop_connection_info_get", c.client.connection_info())?;
+        let info = block_on("cmdop_get_connection_info", c.client.connection_info())?;
         *out = Box::into_raw(Box::new(cmdop_connection_info {
             server: c_string(&info.server),
             server_version: c_string(&info.server_version),
@@ -248,6 +249,7 @@ pub unsafe extern "C" fn cmdop_connection_info_get(
             connected: info.connected,
             latency_ms: info.latency.map_or(-1.0, |d| d.as_secs_f64() * 1e3),
             native_exec: info.native_exec,
+            capabilities: info.capabilities.iter().map(|c| c_string(c)).collect(),
         }));
         Ok(())
     }
@@ -259,6 +261,7 @@ pub unsafe extern "C" fn cmdop_connection_info_get(
 pub unsafe extern "C" fn cmdop_connection_info_server(
     info: *const cmdop_connection_info,
 ) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { info.as_ref() }.map_or(std::ptr::null(), |i| i.server.as_ptr()))
 }
 
@@ -267,6 +270,7 @@ pub unsafe extern "C" fn cmdop_connection_info_server(
 pub unsafe extern "C" fn cmdop_connection_info_server_version(
     info: *const cmdop_connection_info,
 ) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { info.as_ref() }.map_or(std::ptr::null(), |i| i.server_version.as_ptr()))
 }
 
@@ -275,12 +279,14 @@ pub unsafe extern "C" fn cmdop_connection_info_server_version(
 pub unsafe extern "C" fn cmdop_connection_info_workspace(
     info: *const cmdop_connection_info,
 ) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { info.as_ref() }.map_or(std::ptr::null(), |i| i.workspace.as_ptr()))
 }
 
 /// True when the connection uses TLS.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_tls(info: *const cmdop_connection_info) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { info.as_ref() }.is_some_and(|i| i.tls))
 }
 
@@ -289,6 +295,7 @@ pub unsafe extern "C" fn cmdop_connection_info_tls(info: *const cmdop_connection
 pub unsafe extern "C" fn cmdop_connection_info_connected(
     info: *const cmdop_connection_info,
 ) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { info.as_ref() }.is_some_and(|i| i.connected))
 }
 
@@ -297,6 +304,7 @@ pub unsafe extern "C" fn cmdop_connection_info_connected(
 pub unsafe extern "C" fn cmdop_connection_info_latency_ms(
     info: *const cmdop_connection_info,
 ) -> f64 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value -1.0; unsafe { info.as_ref() }.map_or(-1.0, |i| i.latency_ms))
 }
 
@@ -305,7 +313,52 @@ pub unsafe extern "C" fn cmdop_connection_info_latency_ms(
 pub unsafe extern "C" fn cmdop_connection_info_native_exec(
     info: *const cmdop_connection_info,
 ) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { info.as_ref() }.is_some_and(|i| i.native_exec))
+}
+
+/// Number of capabilities the server listed (0 when `info` is NULL, or
+/// when the server lacks the libcmdop extension: an official server).
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_capability_count(
+    info: *const cmdop_connection_info,
+) -> usize {
+    // SAFETY: `info` is NULL or from cmdop_get_connection_info (header contract).
+    ffi_boundary!(@value 0; unsafe { info.as_ref() }.map_or(0, |i| i.capabilities.len()))
+}
+
+/// Capability `index` (e.g. "files.v1"), borrowed from `info`; NULL when
+/// out of range or `info` is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_capability_get(
+    info: *const cmdop_connection_info,
+    index: usize,
+) -> *const c_char {
+    ffi_boundary!(@value std::ptr::null();
+        // SAFETY: `info` is NULL or from cmdop_get_connection_info.
+        unsafe { info.as_ref() }
+            .and_then(|i| i.capabilities.get(index))
+            .map_or(std::ptr::null(), |c| c.as_ptr()))
+}
+
+/// True when the server offers capability `name`, one of the
+/// CMDOP_CAPABILITY_* strings (compared exactly). False when `info` or
+/// `name` is NULL. Calls needing a capability the server lacks return
+/// NOT_SUPPORTED or take the official path, as each documents.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_connection_info_has_capability(
+    info: *const cmdop_connection_info,
+    name: *const c_char,
+) -> bool {
+    ffi_boundary!(@value false; {
+        if name.is_null() {
+            return false;
+        }
+        // SAFETY: `name` is a non-NULL C string (header contract).
+        let name = unsafe { std::ffi::CStr::from_ptr(name) };
+        // SAFETY: `info` is NULL or from cmdop_get_connection_info.
+        unsafe { info.as_ref() }.is_some_and(|i| i.capabilities.iter().any(|c| c.as_c_str() == name))
+    })
 }
 
 /// Free a connection info. NULL is a no-op.
@@ -317,4 +370,22 @@ pub unsafe extern "C" fn cmdop_connection_info_free(info: *mut cmdop_connection_
             drop(unsafe { Box::from_raw(info) });
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn capability_macros_name_what_the_core_checks() {
+        let toml = include_str!("../../cbindgen.toml");
+        for (name, value) in [
+            ("EXEC", cmdop_proto::caps::EXEC),
+            ("FILES", cmdop_proto::caps::FILES),
+            ("MACHINE_ID", cmdop_proto::caps::MACHINE_ID),
+            ("TOKENS", cmdop_proto::caps::TOKENS),
+            ("SIDE_CONNECTIONS", cmdop_proto::caps::EXEC_RAW),
+        ] {
+            let want = format!("#define CMDOP_CAPABILITY_{name} \"{value}\"");
+            assert!(toml.contains(&want), "cbindgen.toml must define {want}");
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Event callbacks (connect, disconnect, error, tokens) and the global log
 //! callback.
 
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Arc;
 
 use super::boundary::{as_callback, c_string, handle, in_callback, Failure};
@@ -28,7 +28,7 @@ pub type cmdop_error_fn = Option<
 >;
 /// Token callback: new tokens after an automatic refresh, borrowed for the
 /// duration of the call; copy them to persist them.
-pub type cmdop_token_fn = Option<
+pub type cmdop_token_refresh_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
         access_token: *const c_char,
@@ -43,7 +43,7 @@ pub type cmdop_log_fn = Option<
 /// Log severities; a callback receives messages up to the level it asked for.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // OFF is only ever passed in from C
+#[allow(dead_code)] // OFF is only ever passed in from C (as an int)
 pub enum cmdop_log_level {
     Off = 0,
     Error = 1,
@@ -64,6 +64,8 @@ pub(crate) struct UserData {
 // SAFETY: the header states that user_data is handed to callbacks on library
 // threads; making it usable there is the application's contract.
 unsafe impl Send for UserData {}
+// SAFETY: as for Send: the library only passes the pointer on to the
+// application's callbacks and finaliser; it never dereferences it.
 unsafe impl Sync for UserData {}
 
 impl UserData {
@@ -90,6 +92,7 @@ fn install(
     kind: EventKind,
     handler: Option<EventHandler>,
 ) -> Result<(), Failure> {
+    // SAFETY: NULL (checked) or a live handle of this library.
     let c = unsafe { handle(client, "client") }?;
     c.client.set_event_handler(kind, handler)?;
     Ok(())
@@ -100,7 +103,7 @@ fn install(
 /// Callbacks of a client run on that client's event thread (a library
 /// thread), one at a time and in order. Keep them short. Inside a callback
 /// you may call accessors, non-blocking functions (cmdop_is_connected,
-/// cmdop_close, cmdop_cancel, callback setters, cmdop_last_error_message);
+/// cmdop_close, cmdop_cancel_token_cancel, callback setters, cmdop_last_error_message);
 /// blocking functions return IN_CALLBACK. `free_user_data` (may be NULL)
 /// runs once, after the last call of this callback (when it is replaced or
 /// the client is freed). Thread: any.
@@ -116,6 +119,7 @@ pub unsafe extern "C" fn cmdop_on_connect(
         let handler: Option<EventHandler> = cb.map(|f| -> EventHandler {
             Box::new(move |e: &Event| {
                 if let Event::Connected = e {
+                    // SAFETY: the application's callback with its own user_data.
                     as_callback(|| unsafe { f(ud.ptr()) });
                 }
             })
@@ -141,6 +145,7 @@ pub unsafe extern "C" fn cmdop_on_disconnect(
             Box::new(move |e: &Event| {
                 if let Event::Disconnected { reason, final_ } = e {
                     let reason = c_string(reason);
+                    // SAFETY: the application's callback with its own user_data.
                     as_callback(|| unsafe { f(ud.ptr(), reason.as_ptr(), !final_) });
                 }
             })
@@ -165,6 +170,7 @@ pub unsafe extern "C" fn cmdop_on_error(
                 if let Event::Error { kind, message } = e {
                     let status = cmdop_status::from_kind(*kind);
                     let message = c_string(message);
+                    // SAFETY: the application's callback with its own user_data.
                     as_callback(|| unsafe { f(ud.ptr(), status, message.as_ptr()) });
                 }
             })
@@ -176,9 +182,9 @@ pub unsafe extern "C" fn cmdop_on_error(
 /// Set (or remove) the callback receiving refreshed OAuth tokens; see
 /// cmdop_on_connect() for the threading rules.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_set_token_callback(
+pub unsafe extern "C" fn cmdop_on_token_refresh(
     client: *mut cmdop_client,
-    cb: cmdop_token_fn,
+    cb: cmdop_token_refresh_fn,
     user_data: *mut c_void,
     free_user_data: cmdop_free_fn,
 ) -> cmdop_status {
@@ -188,6 +194,7 @@ pub unsafe extern "C" fn cmdop_set_token_callback(
             Box::new(move |e: &Event| {
                 if let Event::TokensRefreshed { access, refresh } = e {
                     let (a, r) = (c_string(access), c_string(refresh));
+                    // SAFETY: the application's callback with its own user_data.
                     as_callback(|| unsafe { f(ud.ptr(), a.as_ptr(), r.as_ptr()) });
                 }
             })
@@ -201,33 +208,46 @@ pub unsafe extern "C" fn cmdop_set_token_callback(
 /// `cb` NULL or level OFF removes it. Keys and tokens are never logged.
 ///
 /// The callback runs on whichever thread logs (library threads or the
-/// caller's), possibly concurrently: make it thread-safe and quick. The
-/// previous `user_data` is simply forgotten (no finaliser).
+/// caller's), possibly concurrently: make it thread-safe and quick.
+/// `level` is a cmdop_log_level value. `free_user_data` (may be NULL) runs
+/// once with `user_data` after the last call of this callback: when it is
+/// replaced or removed by a later cmdop_on_log(), possibly on the thread of
+/// a log call still running it (at once when `cb` is NULL or `level` OFF).
 ///
-/// Returns OK, or IN_CALLBACK when called from inside a callback.
+/// Returns OK; INVALID_ARGUMENT when `level` is not a cmdop_log_level
+/// (nothing is changed, `free_user_data` is not called); IN_CALLBACK when
+/// called from inside a callback. Thread: any.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_set_log_callback(
-    level: cmdop_log_level,
+pub unsafe extern "C" fn cmdop_on_log(
+    level: c_int,
     cb: cmdop_log_fn,
     user_data: *mut c_void,
+    free_user_data: cmdop_free_fn,
 ) -> cmdop_status {
     ffi_boundary! {
         if in_callback() {
             return Err(Failure::new(
                 cmdop_status::InCallback,
-                "cmdop_set_log_callback cannot be called from inside a libcmdop callback",
+                "cmdop_on_log cannot be called from inside a libcmdop callback",
             ));
         }
+        // An int, not the enum: C may pass any number, and an out-of-range
+        // value in a Rust enum would be undefined behaviour.
         let max = match level {
-            cmdop_log_level::Off => None,
-            cmdop_log_level::Error => Some(LogLevel::Error),
-            cmdop_log_level::Warn => Some(LogLevel::Warn),
-            cmdop_log_level::Info => Some(LogLevel::Info),
-            cmdop_log_level::Debug => Some(LogLevel::Debug),
+            0 => None,
+            1 => Some(LogLevel::Error),
+            2 => Some(LogLevel::Warn),
+            3 => Some(LogLevel::Info),
+            4 => Some(LogLevel::Debug),
+            other => {
+                return Err(Failure::invalid(format!(
+                    "level {other} is not a cmdop_log_level: pass CMDOP_LOG_LEVEL_OFF (0) to CMDOP_LOG_LEVEL_DEBUG (4)"
+                )))
+            }
         };
         match (cb, max) {
             (Some(f), Some(max)) => {
-                let ud = Arc::new(UserData::new(user_data, None));
+                let ud = Arc::new(UserData::new(user_data, free_user_data));
                 set_log_sink(Some((max, Arc::new(move |lvl: LogLevel, msg: &str| {
                     let level = match lvl {
                         LogLevel::Error => cmdop_log_level::Error,
@@ -236,10 +256,14 @@ pub unsafe extern "C" fn cmdop_set_log_callback(
                         LogLevel::Debug => cmdop_log_level::Debug,
                     };
                     let text: CString = c_string(msg);
+                    // SAFETY: the application's callback with its own user_data.
                     as_callback(|| unsafe { f(ud.ptr(), level, text.as_ptr()) });
                 }))));
             }
-            _ => set_log_sink(None),
+            _ => {
+                set_log_sink(None);
+                drop(UserData::new(user_data, free_user_data));
+            }
         }
         Ok(())
     }

@@ -18,9 +18,10 @@ pub enum cmdop_stream_kind {
     Stderr = 2,
 }
 
-/// Receives output as it arrives: `data` (not NUL-terminated, borrowed for
-/// the duration of the call) holds `len` > 0 bytes.
-pub type cmdop_chunk_fn = Option<
+/// Receives a command's output as it arrives: `data` (not NUL-terminated,
+/// borrowed for the duration of the call) holds `len` > 0 bytes of stream
+/// `kind` (a cmdop_stream_kind value).
+pub type cmdop_exec_output_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
         kind: cmdop_stream_kind,
@@ -36,7 +37,7 @@ pub struct cmdop_exec_result {
     out: ExecOutput,
 }
 
-/// Cancels a running cmdop_execute_stream() from any thread. Opaque.
+/// Cancels a running cmdop_execute_with_callback() from any thread. Opaque.
 pub struct cmdop_cancel_token {
     token: CancelToken,
 }
@@ -84,7 +85,8 @@ fn finish(
 ///
 /// Returns OK (whatever the command's exit code); TIMEOUT; NOT_FOUND (no
 /// machine selected, unknown machine); UNAVAILABLE (agent offline, or it
-/// dropped mid-command); DISCONNECTED; INVALID_ARGUMENT.
+/// dropped mid-command); DISCONNECTED (not connected, or cmdop_close()
+/// was called while the command ran: it was killed); INVALID_ARGUMENT.
 /// A started command is never retried. Thread: any; blocks; IN_CALLBACK
 /// from inside a callback.
 #[no_mangle]
@@ -95,8 +97,11 @@ pub unsafe extern "C" fn cmdop_execute(
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let command = unsafe { arg_str(command, "command") }?;
         let client = c.client.clone();
         let command = command.to_owned();
@@ -112,30 +117,32 @@ struct ChunkSink {
     cb: unsafe extern "C" fn(*mut c_void, cmdop_stream_kind, *const u8, usize),
     user_data: *mut c_void,
 }
-// SAFETY: the callback runs on the thread that called cmdop_execute_stream
+// SAFETY: the callback runs on the thread that called cmdop_execute_with_callback
 // (the future is driven by block_on there); Send is only needed by the type.
 unsafe impl Send for ChunkSink {}
 
 /// Like cmdop_execute(), also handing each chunk of output to `on_chunk`
 /// (may be NULL) as it arrives. `on_chunk` runs on the calling thread,
-/// before this function returns; it may call accessors and cmdop_cancel(),
-/// not blocking functions. `cancel` (may be NULL): cmdop_cancel() on it from
-/// any thread stops and kills the command; the call then returns CANCELLED.
+/// before this function returns (so `user_data` needs no finaliser); it may
+/// call accessors and cmdop_cancel_token_cancel(), not blocking functions.
+/// `cancel` (may be NULL): cmdop_cancel_token_cancel() on it from any
+/// thread stops and kills the command; the call then returns CANCELLED.
 ///
 /// The result also keeps the output (up to 64 MiB per stream); for large
-/// outputs use cmdop_execute_stream_discard(), which keeps none.
+/// outputs use cmdop_execute_with_callback_discard(), which keeps none.
 ///
 /// Ownership and returns as cmdop_execute(), plus CANCELLED.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_execute_stream(
+pub unsafe extern "C" fn cmdop_execute_with_callback(
     client: *mut cmdop_client,
     command: *const c_char,
     timeout_ms: u32,
-    on_chunk: cmdop_chunk_fn,
+    on_chunk: cmdop_exec_output_fn,
     user_data: *mut c_void,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
+    // SAFETY: the caller's arguments, forwarded under the same contract.
     unsafe {
         execute_streaming(
             client, command, timeout_ms, on_chunk, user_data, cancel, out, true,
@@ -143,23 +150,24 @@ pub unsafe extern "C" fn cmdop_execute_stream(
     }
 }
 
-/// Like cmdop_execute_stream(), but the output goes only to `on_chunk`:
+/// Like cmdop_execute_with_callback(), but the output goes only to `on_chunk`:
 /// the result keeps none (cmdop_exec_result_output(), _stdout() and
 /// _stderr() are empty, also after TIMEOUT), so memory use does not grow
 /// with what the command prints. Exit code, signal, duration and the other
 /// accessors work as usual.
 ///
-/// Ownership and returns as cmdop_execute_stream().
+/// Ownership and returns as cmdop_execute_with_callback().
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_execute_stream_discard(
+pub unsafe extern "C" fn cmdop_execute_with_callback_discard(
     client: *mut cmdop_client,
     command: *const c_char,
     timeout_ms: u32,
-    on_chunk: cmdop_chunk_fn,
+    on_chunk: cmdop_exec_output_fn,
     user_data: *mut c_void,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
+    // SAFETY: the caller's arguments, forwarded under the same contract.
     unsafe {
         execute_streaming(
             client, command, timeout_ms, on_chunk, user_data, cancel, out, false,
@@ -167,23 +175,27 @@ pub unsafe extern "C" fn cmdop_execute_stream_discard(
     }
 }
 
-/// The body of cmdop_execute_stream() (`keep`) and
-/// cmdop_execute_stream_discard().
+/// The body of cmdop_execute_with_callback() (`keep`) and
+/// cmdop_execute_with_callback_discard().
 #[allow(clippy::too_many_arguments)]
 unsafe fn execute_streaming(
     client: *mut cmdop_client,
     command: *const c_char,
     timeout_ms: u32,
-    on_chunk: cmdop_chunk_fn,
+    on_chunk: cmdop_exec_output_fn,
     user_data: *mut c_void,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
     keep: bool,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let command = unsafe { arg_str(command, "command") }?;
+        // SAFETY: NULL (checked) or a live object of this library.
         let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
         let sink = on_chunk.map(|cb| ChunkSink { cb, user_data });
         let on_chunk = move |stream: Stream, data: &[u8]| {
@@ -193,16 +205,18 @@ unsafe fn execute_streaming(
                     Stream::Stderr => cmdop_stream_kind::Stderr,
                 };
                 if !data.is_empty() {
+                    // SAFETY: the application's callback with its own user_data;
+                    // `data` is valid for the call.
                     as_callback(|| unsafe { (s.cb)(s.user_data, kind, data.as_ptr(), data.len()) });
                 }
             }
         };
         let timeout = timeout_arg(timeout_ms);
         let result = if keep {
-            block_on("cmdop_execute_stream", c.client.execute_stream(command, timeout, on_chunk, token))?
+            block_on("cmdop_execute_with_callback", c.client.execute_stream(command, timeout, on_chunk, token))?
         } else {
             block_on(
-                "cmdop_execute_stream_discard",
+                "cmdop_execute_with_callback_discard",
                 c.client.execute_stream_discarding(command, timeout, on_chunk, token),
             )?
         };
@@ -222,8 +236,11 @@ pub extern "C" fn cmdop_cancel_token_new() -> *mut cmdop_cancel_token {
 /// Cancel every call using `token`, now and later (it stays cancelled).
 /// Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_cancel(token: *const cmdop_cancel_token) -> cmdop_status {
+pub unsafe extern "C" fn cmdop_cancel_token_cancel(
+    token: *const cmdop_cancel_token,
+) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         unsafe { handle(token, "token") }?.token.cancel();
         Ok(())
     }
@@ -253,10 +270,12 @@ unsafe fn result_bytes(
     len: *mut usize,
     pick: fn(&ExecOutput) -> &[u8],
 ) -> *const u8 {
+    // SAFETY: NULL (checked) or a live object of this library.
     match unsafe { r.as_ref() } {
         Some(r) => bytes_out(pick(&r.out), len),
         None => {
             if !len.is_null() {
+                // SAFETY: non-NULL `len` is writable (header contract).
                 unsafe { *len = 0 };
             }
             std::ptr::null()
@@ -272,6 +291,7 @@ pub unsafe extern "C" fn cmdop_exec_result_output(
     r: *const cmdop_exec_result,
     len: *mut usize,
 ) -> *const u8 {
+    // SAFETY: NULL or a live result; `len` NULL or writable.
     ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.output) })
 }
 
@@ -281,6 +301,7 @@ pub unsafe extern "C" fn cmdop_exec_result_stdout(
     r: *const cmdop_exec_result,
     len: *mut usize,
 ) -> *const u8 {
+    // SAFETY: NULL or a live result; `len` NULL or writable.
     ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.stdout) })
 }
 
@@ -290,30 +311,35 @@ pub unsafe extern "C" fn cmdop_exec_result_stderr(
     r: *const cmdop_exec_result,
     len: *mut usize,
 ) -> *const u8 {
+    // SAFETY: NULL or a live result; `len` NULL or writable.
     ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.stderr) })
 }
 
 /// Exit code; -1 when killed by a signal, timed out, or `r` is NULL.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_exit_code(r: *const cmdop_exec_result) -> i32 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value -1; unsafe { r.as_ref() }.map_or(-1, |r| r.out.exit_code))
 }
 
 /// Signal that ended the command (native path), 0 if none.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_signal(r: *const cmdop_exec_result) -> i32 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { r.as_ref() }.map_or(0, |r| r.out.signal))
 }
 
 /// True when the command was killed by the timeout.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_timed_out(r: *const cmdop_exec_result) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.timed_out))
 }
 
 /// True when the command ran through native exec, false for the terminal path.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_native(r: *const cmdop_exec_result) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.native))
 }
 
@@ -322,12 +348,14 @@ pub unsafe extern "C" fn cmdop_exec_result_native(r: *const cmdop_exec_result) -
 /// the server's buffer could hold between two polls.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_truncated(r: *const cmdop_exec_result) -> bool {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.truncated))
 }
 
 /// How long the command ran, in milliseconds.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_result_duration_ms(r: *const cmdop_exec_result) -> u64 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { r.as_ref() }.map_or(0, |r| u64::try_from(r.out.duration.as_millis()).unwrap_or(u64::MAX)))
 }
 

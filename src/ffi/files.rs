@@ -39,15 +39,16 @@ pub struct cmdop_bytes {
 }
 
 /// List directory `path` on the selected machine: the first page (up to 100
-/// entries), hidden files excluded. Same as cmdop_files_list_page(client,
+/// entries), hidden files excluded. Same as cmdop_list_files_page(client,
 /// path, NULL, false, out).
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_files_list(
+pub unsafe extern "C" fn cmdop_list_files(
     client: *mut cmdop_client,
     path: *const c_char,
     out: *mut *mut cmdop_file_list,
 ) -> cmdop_status {
-    unsafe { cmdop_files_list_page(client, path, std::ptr::null(), false, out) }
+    // SAFETY: the caller's arguments, forwarded under the same contract.
+    unsafe { cmdop_list_files_page(client, path, std::ptr::null(), false, out) }
 }
 
 /// List one page of directory `path`. `page_token`: NULL or "" for the first
@@ -58,7 +59,7 @@ pub unsafe extern "C" fn cmdop_files_list(
 /// PERMISSION_DENIED; UNAVAILABLE; DISCONNECTED; INVALID_ARGUMENT;
 /// OPERATION_FAILED. Thread: any; blocks; IN_CALLBACK in callbacks.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_files_list_page(
+pub unsafe extern "C" fn cmdop_list_files_page(
     client: *mut cmdop_client,
     path: *const c_char,
     page_token: *const c_char,
@@ -66,11 +67,15 @@ pub unsafe extern "C" fn cmdop_files_list_page(
     out: *mut *mut cmdop_file_list,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let path = unsafe { arg_str(path, "path") }?;
+        // SAFETY: NULL or a NUL-terminated string.
         let token = unsafe { opt_str(page_token, "page_token") }?.filter(|t| !t.is_empty());
-        let list = block_on("cmdop_files_list", c.client.list_files(path, token, include_hidden))??;
+        let list = block_on("cmdop_list_files", c.client.list_files(path, token, include_hidden))??;
         *out = Box::into_raw(Box::new(cmdop_file_list {
             path: c_string(&list.path),
             next_page_token: c_string(&list.next_page_token),
@@ -87,6 +92,7 @@ pub unsafe extern "C" fn cmdop_files_list_page(
 /// Number of entries in `list` (0 when NULL).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_list_count(list: *const cmdop_file_list) -> usize {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { list.as_ref() }.map_or(0, |l| l.entries.len()))
 }
 
@@ -98,6 +104,7 @@ pub unsafe extern "C" fn cmdop_file_list_get(
     index: usize,
 ) -> *const cmdop_file_entry {
     ffi_boundary!(@value std::ptr::null();
+        // SAFETY: NULL (checked) or a live object of this library.
         unsafe { list.as_ref() }.and_then(|l| l.entries.get(index)).map_or(std::ptr::null(), |e| e as *const _)
     )
 }
@@ -107,12 +114,14 @@ pub unsafe extern "C" fn cmdop_file_list_get(
 pub unsafe extern "C" fn cmdop_file_list_next_page_token(
     list: *const cmdop_file_list,
 ) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { list.as_ref() }.map_or(std::ptr::null(), |l| l.next_page_token.as_ptr()))
 }
 
 /// The directory listed, as the agent resolved it. Borrowed from `list`.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_list_path(list: *const cmdop_file_list) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { list.as_ref() }.map_or(std::ptr::null(), |l| l.path.as_ptr()))
 }
 
@@ -130,12 +139,14 @@ pub unsafe extern "C" fn cmdop_file_list_free(list: *mut cmdop_file_list) {
 /// Entry name (no directory part). Borrowed.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_name(e: *const cmdop_file_entry) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { e.as_ref() }.map_or(std::ptr::null(), |e| e.name.as_ptr()))
 }
 
 /// Full path of the entry. Borrowed.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_path(e: *const cmdop_file_entry) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { e.as_ref() }.map_or(std::ptr::null(), |e| e.path.as_ptr()))
 }
 
@@ -143,6 +154,7 @@ pub unsafe extern "C" fn cmdop_file_entry_path(e: *const cmdop_file_entry) -> *c
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_type(e: *const cmdop_file_entry) -> cmdop_file_type {
     ffi_boundary!(@value cmdop_file_type::Unknown;
+        // SAFETY: NULL (checked) or a live object of this library.
         match unsafe { e.as_ref() }.map(|e| e.entry.kind) {
             Some(FileKind::File) => cmdop_file_type::File,
             Some(FileKind::Directory) => cmdop_file_type::Directory,
@@ -155,41 +167,56 @@ pub unsafe extern "C" fn cmdop_file_entry_type(e: *const cmdop_file_entry) -> cm
 /// Size in bytes.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_size(e: *const cmdop_file_entry) -> i64 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { e.as_ref() }.map_or(0, |e| e.entry.size))
 }
 
 /// Permission bits, e.g. 0755.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_mode(e: *const cmdop_file_entry) -> u32 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { e.as_ref() }.map_or(0, |e| e.entry.mode))
 }
 
 /// Modification time, Unix seconds (0 when unknown).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_mtime(e: *const cmdop_file_entry) -> i64 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { e.as_ref() }.map_or(0, |e| e.entry.mtime))
 }
 
-/// Read the whole file `path` on the selected machine, at most 512 MiB
-/// (larger files are CMDOP_STATUS_INVALID_ARGUMENT). When the server offers
+/// Largest file cmdop_read_file() returns (512 MiB).
+pub const CMDOP_MAX_READ_BYTES: usize = 512 * 1024 * 1024;
+/// Largest `len` cmdop_write_file() accepts when the server lacks streaming
+/// transfers (one official FileWrite message: 32 MiB - 64 KiB).
+pub const CMDOP_MAX_WRITE_BYTES: usize = 32 * 1024 * 1024 - 64 * 1024;
+// The header's numbers are the core's.
+const _: () = assert!(CMDOP_MAX_READ_BYTES == crate::client::MAX_READ_BYTES);
+const _: () = assert!(CMDOP_MAX_WRITE_BYTES == crate::client::MAX_WRITE_BYTES);
+
+/// Read the whole file `path` on the selected machine, at most
+/// CMDOP_MAX_READ_BYTES (larger files are CMDOP_STATUS_INVALID_ARGUMENT). When the server offers
 /// streaming transfers (capability "files.v1", see
-/// cmdop_connection_info) the file arrives as one stream of 1 MiB chunks;
+/// cmdop_connection_info) the file arrives as one flow of 1 MiB chunks;
 /// otherwise through repeated official FileRead calls. The call timeout
 /// bounds each silence, not the whole transfer.
 ///
 /// On OK `*out` is the caller's; free with cmdop_bytes_free().
-/// Returns as cmdop_files_list_page(). Thread: any; blocks.
+/// Returns as cmdop_list_files_page(). Thread: any; blocks.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_file_read(
+pub unsafe extern "C" fn cmdop_read_file(
     client: *mut cmdop_client,
     path: *const c_char,
     out: *mut *mut cmdop_bytes,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let path = unsafe { arg_str(path, "path") }?;
-        let data = block_on("cmdop_file_read", c.client.read_file(path))??;
+        let data = block_on("cmdop_read_file", c.client.until_closed("cmdop_read_file", c.client.read_file(path)))??;
         *out = Box::into_raw(Box::new(cmdop_bytes { data }));
         Ok(())
     }
@@ -205,20 +232,22 @@ pub unsafe extern "C" fn cmdop_file_read(
 /// "files.v1", see cmdop_connection_info) `len` may be up to 64 GiB; the
 /// data goes up in 1 MiB chunks with a few MiB in flight, and the call
 /// timeout bounds each stall, not the whole transfer. Otherwise one official
-/// FileWrite carries at most 32 MiB - 64 KiB (the protocol's message limit)
+/// FileWrite carries at most CMDOP_MAX_WRITE_BYTES (the protocol's message limit)
 /// and a larger `len` is CMDOP_STATUS_INVALID_ARGUMENT before anything is
 /// sent.
 ///
-/// Returns as cmdop_files_list_page(). Thread: any; blocks.
+/// Returns as cmdop_list_files_page(). Thread: any; blocks.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_file_write(
+pub unsafe extern "C" fn cmdop_write_file(
     client: *mut cmdop_client,
     path: *const c_char,
     data: *const u8,
     len: usize,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL (checked) or a NUL-terminated string.
         let path = unsafe { arg_str(path, "path") }?;
         let bytes: &[u8] = if len == 0 {
             &[]
@@ -228,7 +257,7 @@ pub unsafe extern "C" fn cmdop_file_write(
             // SAFETY: the caller promises `len` readable bytes.
             unsafe { std::slice::from_raw_parts(data, len) }
         };
-        block_on("cmdop_file_write", c.client.write_file(path, bytes))??;
+        block_on("cmdop_write_file", c.client.until_closed("cmdop_write_file", c.client.write_file(path, bytes)))??;
         Ok(())
     }
 }
@@ -236,12 +265,14 @@ pub unsafe extern "C" fn cmdop_file_write(
 /// The bytes (not NUL-terminated; NULL only when `b` is NULL). Borrowed.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_bytes_data(b: *const cmdop_bytes) -> *const u8 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { b.as_ref() }.map_or(std::ptr::null(), |b| b.data.as_ptr()))
 }
 
 /// Number of bytes (0 when `b` is NULL).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_bytes_len(b: *const cmdop_bytes) -> usize {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { b.as_ref() }.map_or(0, |b| b.data.len()))
 }
 

@@ -4,15 +4,31 @@
 
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
+// Declaration order is the header's order (cbindgen follows it), one
+// topic per group (the comments keep rustfmt from sorting them).
 #[macro_use]
 mod boundary;
-mod attach;
-mod client;
-mod events;
-mod exec;
-mod files;
-mod options;
 mod runtime;
-mod sessions;
+// 1. status and errors
 mod status;
+// 2. options
+mod options;
+// 3. client lifecycle
+mod client;
+// 4. events
+mod events;
+// 5. machines
+mod machines;
+// 6. execute
+mod exec;
+// 7. files
+mod files;
+// 8. sessions
+mod sessions;
+// 9. attach
+mod attach;
+// 10. version
+mod version;

@@ -1,35 +1,59 @@
-//! Versioned option structs (libgit2 style): the caller fills `version`
-//! through the init function or the INIT macro; the library reads only the
-//! fields that version has and rejects versions it does not know.
+//! The versioned options struct (libgit2 style). The caller states the
+//! version it was built against, through `cmdop_options_init(&o,
+//! CMDOP_OPTIONS_VERSION)` or `CMDOP_OPTIONS_INIT`; the library writes and
+//! reads only the bytes that version has, so a program built against an
+//! older, shorter layout keeps working with a newer library.
+//!
+//! How to add a field: append it at the end of `cmdop_options`, bump
+//! `CMDOP_OPTIONS_VERSION` (and the macro in cbindgen.toml), add a frozen
+//! `OptionsV<n>` copy of the new layout and its size to `layout_size`. The
+//! defaults stay in one place: the core's `ClientOptions`.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
+use std::mem::size_of;
 use std::time::Duration;
 
-use super::boundary::{opt_str, run_status, Failure, FfiResult};
+use super::boundary::{opt_str, run_status, Failure};
 use crate::client::{ClientOptions, Credentials};
 
-/// Current version of `cmdop_remote_options`.
-pub const CMDOP_REMOTE_OPTIONS_VERSION: u32 = 1;
-/// Current version of `cmdop_local_options`.
-pub const CMDOP_LOCAL_OPTIONS_VERSION: u32 = 1;
+/// Current version of `cmdop_options`.
+pub const CMDOP_OPTIONS_VERSION: u32 = 1;
 
-/// Options of a client for a remote (hosted) control plane. Initialise with
-/// `cmdop_remote_options_init()` or `CMDOP_REMOTE_OPTIONS_INIT`, then change
-/// fields. Strings are borrowed only during the call that reads them.
+/// Values of cmdop_options.tls (an int: any value is checked).
 #[repr(C)]
-pub struct cmdop_remote_options {
-    /// CMDOP_REMOTE_OPTIONS_VERSION.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // only ever passed in from C, as an int
+pub enum cmdop_tls {
+    /// The constructor's default: TLS for cmdop_remote_new*(), plaintext
+    /// for cmdop_local_new().
+    Default = 0,
+    /// TLS.
+    On = 1,
+    /// Plaintext (tests and private networks).
+    Off = 2,
+}
+
+/// Options of a client, for remote and local control planes alike.
+/// Initialise with `cmdop_options_init(&o, CMDOP_OPTIONS_VERSION)` or
+/// `CMDOP_OPTIONS_INIT`, then change fields. Strings and bytes are borrowed
+/// only during the call that reads them.
+#[repr(C)]
+pub struct cmdop_options {
+    /// The layout version the program was built against:
+    /// CMDOP_OPTIONS_VERSION of its header. Set by the init function/macro.
     pub version: u32,
-    /// "host:port" or "https://host:port"; NULL = the hosted endpoint
-    /// (grpc.cmdop.com:443).
+    /// cmdop_remote_new*(): "host:port" or "https://host:port"; NULL = the
+    /// hosted endpoint (grpc.cmdop.com:443). cmdop_local_new() takes host and
+    /// port as arguments and refuses a non-NULL `server`.
     pub server: *const c_char,
-    /// Plaintext instead of TLS (for tests and private networks).
-    pub insecure: bool,
+    /// A cmdop_tls value (default CMDOP_TLS_DEFAULT).
+    pub tls: c_int,
     /// PEM file with the CA certificate(s) to trust instead of the system
     /// roots; NULL = system roots.
     pub ca_pem_path: *const c_char,
     /// PEM bytes (not NUL-terminated) used instead of `ca_pem_path`; NULL = unused.
     pub ca_pem: *const u8,
+    /// Length of `ca_pem`.
     pub ca_pem_len: usize,
     /// Default deadline of every call and of connecting (default 30000).
     pub timeout_ms: u32,
@@ -45,123 +69,146 @@ pub struct cmdop_remote_options {
     pub max_reconnect_delay_ms: u32,
     /// Attempts before giving up (default 10; 0 = never give up).
     pub max_reconnect_attempts: u32,
-    /// Emit debug-level log messages (see cmdop_set_log_callback).
+    /// Emit debug-level log messages (see cmdop_on_log).
     pub debug: bool,
-    /// OAuth clients: refresh an expired access token automatically
-    /// (default true).
+    /// OAuth clients (cmdop_remote_new_oauth): refresh an expired access
+    /// token automatically (default true). Ignored for API keys.
     pub auto_refresh: bool,
 }
 
-/// Options of a client for a control plane on host:port (e.g. `cmdop dev`).
-/// Initialise with `cmdop_local_options_init()` or `CMDOP_LOCAL_OPTIONS_INIT`.
+/// Version 1 of the layout, frozen: never change it. (Equal to
+/// `cmdop_options` until version 2 appends a field.)
 #[repr(C)]
-pub struct cmdop_local_options {
-    /// CMDOP_LOCAL_OPTIONS_VERSION.
-    pub version: u32,
-    /// API key; NULL = $CMDOP_API_KEY if set, else no credentials.
-    pub api_key: *const c_char,
-    /// Use TLS (default false: plaintext).
-    pub tls: bool,
-    /// As in cmdop_remote_options.
-    pub ca_pem_path: *const c_char,
-    pub ca_pem: *const u8,
-    pub ca_pem_len: usize,
-    /// Default deadline of every call and of connecting (default 30000).
-    pub timeout_ms: u32,
-    pub max_retries: u32,
-    pub retry_delay_ms: u32,
-    pub auto_reconnect: bool,
-    pub reconnect_delay_ms: u32,
-    pub max_reconnect_delay_ms: u32,
-    pub max_reconnect_attempts: u32,
-    pub debug: bool,
+#[allow(dead_code)] // only its size is used
+struct OptionsV1 {
+    version: u32,
+    server: *const c_char,
+    tls: c_int,
+    ca_pem_path: *const c_char,
+    ca_pem: *const u8,
+    ca_pem_len: usize,
+    timeout_ms: u32,
+    max_retries: u32,
+    retry_delay_ms: u32,
+    auto_reconnect: bool,
+    reconnect_delay_ms: u32,
+    max_reconnect_delay_ms: u32,
+    max_reconnect_attempts: u32,
+    debug: bool,
+    auto_refresh: bool,
 }
 
-fn remote_defaults() -> cmdop_remote_options {
-    cmdop_remote_options {
-        version: CMDOP_REMOTE_OPTIONS_VERSION,
+/// Bytes of the caller's struct for `version`, or an error saying what to do.
+fn layout_size(version: u32) -> Result<usize, Failure> {
+    match version {
+        1 => Ok(size_of::<OptionsV1>()),
+        0 => Err(Failure::invalid(
+            "cmdop_options.version is 0: initialise the struct with \
+             cmdop_options_init(&o, CMDOP_OPTIONS_VERSION) or CMDOP_OPTIONS_INIT",
+        )),
+        v => Err(Failure::invalid(format!(
+            "cmdop_options version {v} is unknown: this libcmdop knows versions 1 to \
+             {CMDOP_OPTIONS_VERSION}; the program was built against a newer libcmdop, install that"
+        ))),
+    }
+}
+
+/// The defaults of the current layout, from the core's defaults.
+fn defaults() -> cmdop_options {
+    let c = ClientOptions::remote(Credentials::None);
+    let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    cmdop_options {
+        version: CMDOP_OPTIONS_VERSION,
         server: std::ptr::null(),
-        insecure: false,
+        tls: cmdop_tls::Default as c_int,
         ca_pem_path: std::ptr::null(),
         ca_pem: std::ptr::null(),
         ca_pem_len: 0,
-        timeout_ms: 30_000,
-        max_retries: 3,
-        retry_delay_ms: 500,
-        auto_reconnect: true,
-        reconnect_delay_ms: 1000,
-        max_reconnect_delay_ms: 30_000,
-        max_reconnect_attempts: 10,
-        debug: false,
+        timeout_ms: ms(c.timeout),
+        max_retries: c.max_retries,
+        retry_delay_ms: ms(c.retry_delay),
+        auto_reconnect: c.auto_reconnect,
+        reconnect_delay_ms: ms(c.reconnect_delay),
+        max_reconnect_delay_ms: ms(c.max_reconnect_delay),
+        max_reconnect_attempts: c.max_reconnect_attempts,
+        debug: c.debug,
         auto_refresh: true,
     }
 }
 
-fn local_defaults() -> cmdop_local_options {
-    let r = remote_defaults();
-    cmdop_local_options {
-        version: CMDOP_LOCAL_OPTIONS_VERSION,
-        api_key: std::ptr::null(),
-        tls: false,
-        ca_pem_path: std::ptr::null(),
-        ca_pem: std::ptr::null(),
-        ca_pem_len: 0,
-        timeout_ms: r.timeout_ms,
-        max_retries: r.max_retries,
-        retry_delay_ms: r.retry_delay_ms,
-        auto_reconnect: r.auto_reconnect,
-        reconnect_delay_ms: r.reconnect_delay_ms,
-        max_reconnect_delay_ms: r.max_reconnect_delay_ms,
-        max_reconnect_attempts: r.max_reconnect_attempts,
-        debug: r.debug,
-    }
-}
-
-/// Fill `*opts` with the defaults of this library version.
+/// Fill `*opts` with the defaults, writing only the fields of `version`
+/// (pass CMDOP_OPTIONS_VERSION, the version of the header the program is
+/// built with; `opts->version` is set to it).
 ///
-/// Returns OK, or INVALID_ARGUMENT when `opts` is NULL. Thread: any.
+/// Returns OK; INVALID_ARGUMENT when `opts` is NULL or `version` is 0 or
+/// newer than this library (nothing is written then). Thread: any.
 #[no_mangle]
-pub extern "C" fn cmdop_remote_options_init(
-    opts: *mut cmdop_remote_options,
+pub extern "C" fn cmdop_options_init(
+    opts: *mut cmdop_options,
+    version: u32,
 ) -> super::status::cmdop_status {
     run_status(move || {
         if opts.is_null() {
             return Err(Failure::null("opts"));
         }
-        // SAFETY: non-null; the caller provides a writable struct.
-        unsafe { opts.write(remote_defaults()) };
+        let size = layout_size(version)?;
+        let mut d = defaults();
+        d.version = version;
+        // SAFETY: `opts` is non-null and, by the header's contract, points to
+        // a writable struct of the layout `version`, which is `size` bytes
+        // long; `d` is a current layout, at least as long (layouts only
+        // grow), and the two do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&d as *const cmdop_options).cast::<u8>(),
+                opts.cast::<u8>(),
+                size,
+            )
+        };
         Ok(())
     })
 }
 
-/// Fill `*opts` with the defaults of this library version.
-///
-/// Returns OK, or INVALID_ARGUMENT when `opts` is NULL. Thread: any.
-#[no_mangle]
-pub extern "C" fn cmdop_local_options_init(
-    opts: *mut cmdop_local_options,
-) -> super::status::cmdop_status {
-    run_status(move || {
-        if opts.is_null() {
-            return Err(Failure::null("opts"));
-        }
-        // SAFETY: as above.
-        unsafe { opts.write(local_defaults()) };
-        Ok(())
-    })
-}
-
-/// Check the version field, read before anything else.
-fn check_version(found: u32, current: u32, name: &str) -> FfiResult {
-    match found {
-        0 => Err(Failure::invalid(format!(
-            "{name}.version is 0: initialise the struct with {name}_init() or the INIT macro"
-        ))),
-        v if v > current => Err(Failure::invalid(format!(
-            "{name}.version is {v} but this libcmdop knows only up to {current}: the program was built against a newer libcmdop"
-        ))),
-        _ => Ok(()),
+/// Read a (possibly NULL) options struct into the current layout: the
+/// fields of the caller's version, defaults for the rest.
+unsafe fn read(opts: *const cmdop_options) -> Result<cmdop_options, Failure> {
+    if opts.is_null() {
+        return Ok(defaults());
     }
+    // SAFETY: non-null; every version starts with the u32 version field.
+    let version = unsafe { std::ptr::read(opts.cast::<u32>()) };
+    let size = layout_size(version)?;
+    // Assemble the bytes first: a bool byte other than 0 or 1 must be
+    // refused before it ever becomes a Rust bool.
+    let mut buf = std::mem::MaybeUninit::new(defaults());
+    // SAFETY: the caller's struct has the layout `version`: `size` readable
+    // bytes; `buf` is a current layout, at least that long; no overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(opts.cast::<u8>(), buf.as_mut_ptr().cast::<u8>(), size)
+    };
+    let bools = [
+        (
+            "auto_reconnect",
+            std::mem::offset_of!(cmdop_options, auto_reconnect),
+        ),
+        ("debug", std::mem::offset_of!(cmdop_options, debug)),
+        (
+            "auto_refresh",
+            std::mem::offset_of!(cmdop_options, auto_refresh),
+        ),
+    ];
+    for (name, offset) in bools {
+        // SAFETY: `offset` is inside `buf`, and a field byte (initialised by
+        // the defaults or by the caller's init), not padding.
+        let b = unsafe { buf.as_ptr().cast::<u8>().add(offset).read() };
+        if b > 1 {
+            return Err(Failure::invalid(format!(
+                "opts->{name} is {b}: pass true or false"
+            )));
+        }
+    }
+    // SAFETY: every field is initialised and every bool is 0 or 1.
+    Ok(unsafe { buf.assume_init() })
 }
 
 fn ms(v: u32) -> Duration {
@@ -179,6 +226,7 @@ unsafe fn read_ca(
             unsafe { std::slice::from_raw_parts(pem, len) }.to_vec(),
         ));
     }
+    // SAFETY: `path` is NULL or a C string, by the header's contract.
     match unsafe { opt_str(path, "ca_pem_path") }? {
         None => Ok(None),
         Some(p) => std::fs::read(p)
@@ -187,173 +235,214 @@ unsafe fn read_ca(
     }
 }
 
-/// Build core options from a (possibly NULL) remote options struct.
-pub(crate) unsafe fn remote_options(
-    opts: *const cmdop_remote_options,
-    credentials: Credentials,
+/// Which constructor reads the options.
+pub(crate) enum Target<'a> {
+    /// cmdop_remote_new*(): `server` from the options.
+    Remote,
+    /// cmdop_local_new(): host and port from the arguments.
+    Local { host: &'a str, port: u16 },
+}
+
+/// Build core options from a (possibly NULL) options struct.
+pub(crate) unsafe fn client_options(
+    opts: *const cmdop_options,
+    target: Target<'_>,
+    mut credentials: Credentials,
 ) -> Result<ClientOptions, Failure> {
-    let defaults = remote_defaults();
-    let o = if opts.is_null() {
-        &defaults
-    } else {
-        // SAFETY: non-null; read the leading version field alone first.
-        let version = unsafe { std::ptr::read(opts.cast::<u32>()) };
-        check_version(
-            version,
-            CMDOP_REMOTE_OPTIONS_VERSION,
-            "cmdop_remote_options",
-        )?;
-        unsafe { &*opts }
-    };
-    let mut c = ClientOptions::remote(credentials);
-    if let Some(server) = unsafe { opt_str(o.server, "opts->server") }? {
-        if server.trim().is_empty() {
-            return Err(Failure::invalid(
-                "opts->server is empty: pass host:port or NULL for the default",
-            ));
-        }
-        c.server = server.to_string();
-    }
-    c.tls = !o.insecure;
-    c.ca_pem = unsafe { read_ca(o.ca_pem_path, o.ca_pem, o.ca_pem_len) }?;
-    fill_common(
-        &mut c,
-        o.timeout_ms,
-        o.max_retries,
-        o.retry_delay_ms,
-        o.auto_reconnect,
-        o.reconnect_delay_ms,
-        o.max_reconnect_delay_ms,
-        o.max_reconnect_attempts,
-        o.debug,
-    )?;
-    if let Credentials::Tokens { auto_refresh, .. } = &mut c.credentials {
+    // SAFETY: forwarded contract of the constructors.
+    let o = unsafe { read(opts) }?;
+    if let Credentials::Tokens { auto_refresh, .. } = &mut credentials {
         *auto_refresh = o.auto_refresh;
     }
-    Ok(c)
-}
-
-/// Build core options for host:port from a (possibly NULL) struct.
-pub(crate) unsafe fn local_options(
-    host: &str,
-    port: u16,
-    opts: *const cmdop_local_options,
-) -> Result<ClientOptions, Failure> {
-    let defaults = local_defaults();
-    let o = if opts.is_null() {
-        &defaults
-    } else {
-        // SAFETY: as in remote_options.
-        let version = unsafe { std::ptr::read(opts.cast::<u32>()) };
-        check_version(version, CMDOP_LOCAL_OPTIONS_VERSION, "cmdop_local_options")?;
-        unsafe { &*opts }
+    // SAFETY: `server` is NULL or a C string, by the header's contract.
+    let server = unsafe { opt_str(o.server, "opts->server") }?;
+    let mut c = match target {
+        Target::Remote => {
+            let mut c = ClientOptions::remote(credentials);
+            if let Some(server) = server {
+                if server.trim().is_empty() {
+                    return Err(Failure::invalid(
+                        "opts->server is empty: pass host:port or NULL for the default",
+                    ));
+                }
+                c.server = server.to_string();
+            }
+            c
+        }
+        Target::Local { host, port } => {
+            if server.is_some() {
+                return Err(Failure::invalid(
+                    "opts->server is set, but cmdop_local_new() takes host and port as \
+                     arguments: leave opts->server NULL",
+                ));
+            }
+            ClientOptions {
+                credentials,
+                ..ClientOptions::local(host, port)
+            }
+        }
     };
-    let mut c = ClientOptions::local(host, port);
-    c.credentials = match unsafe { opt_str(o.api_key, "opts->api_key") }? {
-        Some(k) if !k.is_empty() => Credentials::ApiKey(k.to_string()),
-        _ => match std::env::var("CMDOP_API_KEY") {
-            Ok(k) if !k.is_empty() => Credentials::ApiKey(k),
-            _ => Credentials::None,
-        },
+    c.tls = match o.tls {
+        0 => c.tls,
+        1 => true,
+        2 => false,
+        v => {
+            return Err(Failure::invalid(format!(
+                "opts->tls is {v}: pass CMDOP_TLS_DEFAULT, CMDOP_TLS_ON or CMDOP_TLS_OFF"
+            )))
+        }
     };
-    c.tls = o.tls;
+    // SAFETY: forwarded contract (pointer and length from the caller).
     c.ca_pem = unsafe { read_ca(o.ca_pem_path, o.ca_pem, o.ca_pem_len) }?;
-    fill_common(
-        &mut c,
-        o.timeout_ms,
-        o.max_retries,
-        o.retry_delay_ms,
-        o.auto_reconnect,
-        o.reconnect_delay_ms,
-        o.max_reconnect_delay_ms,
-        o.max_reconnect_attempts,
-        o.debug,
-    )?;
-    Ok(c)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn fill_common(
-    c: &mut ClientOptions,
-    timeout_ms: u32,
-    max_retries: u32,
-    retry_delay_ms: u32,
-    auto_reconnect: bool,
-    reconnect_delay_ms: u32,
-    max_reconnect_delay_ms: u32,
-    max_reconnect_attempts: u32,
-    debug: bool,
-) -> FfiResult {
-    if timeout_ms == 0 {
+    if o.timeout_ms == 0 {
         return Err(Failure::invalid(
             "opts->timeout_ms is 0: give a deadline in milliseconds (default 30000)",
         ));
     }
-    if reconnect_delay_ms > max_reconnect_delay_ms {
+    if o.reconnect_delay_ms > o.max_reconnect_delay_ms {
         return Err(Failure::invalid(
             "opts->reconnect_delay_ms is larger than opts->max_reconnect_delay_ms",
         ));
     }
-    c.timeout = ms(timeout_ms);
-    c.max_retries = max_retries;
-    c.retry_delay = ms(retry_delay_ms);
-    c.auto_reconnect = auto_reconnect;
-    c.reconnect_delay = ms(reconnect_delay_ms);
-    c.max_reconnect_delay = ms(max_reconnect_delay_ms);
-    c.max_reconnect_attempts = max_reconnect_attempts;
-    c.debug = debug;
-    Ok(())
+    c.timeout = ms(o.timeout_ms);
+    c.max_retries = o.max_retries;
+    c.retry_delay = ms(o.retry_delay_ms);
+    c.auto_reconnect = o.auto_reconnect;
+    c.reconnect_delay = ms(o.reconnect_delay_ms);
+    c.max_reconnect_delay = ms(o.max_reconnect_delay_ms);
+    c.max_reconnect_attempts = o.max_reconnect_attempts;
+    c.debug = o.debug;
+    Ok(c)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn init() -> cmdop_options {
+        let mut o = std::mem::MaybeUninit::<cmdop_options>::uninit();
+        assert_eq!(
+            cmdop_options_init(o.as_mut_ptr(), CMDOP_OPTIONS_VERSION),
+            super::super::status::cmdop_status::Ok
+        );
+        // SAFETY: fully written by the init function (current version).
+        unsafe { o.assume_init() }
+    }
+
+    #[test]
+    fn version_one_is_the_current_layout_until_version_two() {
+        assert_eq!(CMDOP_OPTIONS_VERSION, 1);
+        assert_eq!(size_of::<OptionsV1>(), size_of::<cmdop_options>());
+    }
+
     #[test]
     fn version_zero_and_newer_versions_are_rejected() {
-        let mut o = remote_defaults();
+        let mut o = init();
         o.version = 0;
-        let e = unsafe { remote_options(&o, Credentials::None) }.unwrap_err();
-        assert!(e.message.contains("_init()"), "{}", e.message);
-        o.version = CMDOP_REMOTE_OPTIONS_VERSION + 1;
-        let e = unsafe { remote_options(&o, Credentials::None) }.unwrap_err();
+        // SAFETY: NULL or options initialised for their stated version.
+        let e = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap_err();
+        assert!(e.message.contains("cmdop_options_init"), "{}", e.message);
+        o.version = CMDOP_OPTIONS_VERSION + 1;
+        // SAFETY: NULL or options initialised for their stated version.
+        let e = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap_err();
         assert!(e.message.contains("newer libcmdop"), "{}", e.message);
-        o.version = CMDOP_REMOTE_OPTIONS_VERSION;
-        let c = unsafe { remote_options(&o, Credentials::None) }.unwrap();
+        o.version = CMDOP_OPTIONS_VERSION;
+        // SAFETY: NULL or options initialised for their stated version.
+        let c = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap();
         assert!(c.tls);
         assert_eq!(c.timeout, Duration::from_secs(30));
         assert_eq!(c.server, crate::client::DEFAULT_REMOTE_SERVER);
     }
 
     #[test]
-    fn local_defaults_are_plaintext_and_read_fields() {
-        let mut o = local_defaults();
-        o.timeout_ms = 1234;
-        o.api_key = c"k".as_ptr();
-        let c = unsafe { local_options("127.0.0.1", 9, &o) }.unwrap();
+    fn tls_default_depends_on_the_constructor_and_is_checked() {
+        let mut o = init();
+        let local = Target::Local {
+            host: "127.0.0.1",
+            port: 9,
+        };
+        // SAFETY: NULL or options initialised for their stated version.
+        let c = unsafe { client_options(&o, local, Credentials::None) }.unwrap();
         assert!(!c.tls);
-        assert_eq!(c.timeout, Duration::from_millis(1234));
         assert_eq!(c.endpoint_uri(), "http://127.0.0.1:9");
-        assert!(matches!(c.credentials, Credentials::ApiKey(ref k) if k == "k"));
-        o.timeout_ms = 0;
-        assert!(unsafe { local_options("h", 1, &o) }.is_err());
-        let mut bad = local_defaults();
-        bad.version = 99;
-        assert!(unsafe { local_options("h", 1, &bad) }.is_err());
+        o.tls = cmdop_tls::On as c_int;
+        let c =
+            // SAFETY: NULL or options initialised for their stated version.
+            unsafe { client_options(&o, Target::Local { host: "h", port: 1 }, Credentials::None) }
+                .unwrap();
+        assert!(c.tls);
+        o.tls = cmdop_tls::Off as c_int;
+        // SAFETY: NULL or options initialised for their stated version.
+        let c = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap();
+        assert!(!c.tls);
+        o.tls = 3;
+        // SAFETY: NULL or options initialised for their stated version.
+        assert!(unsafe { client_options(&o, Target::Remote, Credentials::None) }.is_err());
+        o.tls = -1;
+        // SAFETY: NULL or options initialised for their stated version.
+        assert!(unsafe { client_options(&o, Target::Remote, Credentials::None) }.is_err());
     }
 
     #[test]
-    fn init_functions_reject_null_and_fill_version() {
+    fn fields_are_read_and_checked() {
+        let mut o = init();
+        o.timeout_ms = 1234;
+        // SAFETY: NULL or options initialised for their stated version.
+        let c = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap();
+        assert_eq!(c.timeout, Duration::from_millis(1234));
+        o.timeout_ms = 0;
+        // SAFETY: NULL or options initialised for their stated version.
+        assert!(unsafe { client_options(&o, Target::Remote, Credentials::None) }.is_err());
+        let mut o = init();
+        o.server = c"h:1".as_ptr();
+        let local = Target::Local { host: "h", port: 1 };
+        // SAFETY: NULL or options initialised for their stated version.
+        assert!(unsafe { client_options(&o, local, Credentials::None) }.is_err());
+        // A bool byte of 7, as C could write; never a Rust bool.
+        let mut raw = std::mem::MaybeUninit::<cmdop_options>::uninit();
+        cmdop_options_init(raw.as_mut_ptr(), CMDOP_OPTIONS_VERSION);
+        let at = std::mem::offset_of!(cmdop_options, debug);
+        // SAFETY: a byte inside the struct.
+        unsafe { raw.as_mut_ptr().cast::<u8>().add(at).write(7) };
+        let e =
+            // SAFETY: NULL or options initialised for their stated version.
+            unsafe { client_options(raw.as_ptr(), Target::Remote, Credentials::None) }.unwrap_err();
+        assert!(e.message.contains("debug"), "{}", e.message);
+    }
+
+    #[test]
+    fn init_rejects_null_and_unknown_versions() {
         use super::super::status::cmdop_status;
         assert_eq!(
-            cmdop_remote_options_init(std::ptr::null_mut()),
+            cmdop_options_init(std::ptr::null_mut(), CMDOP_OPTIONS_VERSION),
             cmdop_status::InvalidArgument
         );
-        let mut o = std::mem::MaybeUninit::<cmdop_local_options>::uninit();
-        assert_eq!(cmdop_local_options_init(o.as_mut_ptr()), cmdop_status::Ok);
-        assert_eq!(
-            unsafe { o.assume_init() }.version,
-            CMDOP_LOCAL_OPTIONS_VERSION
+        let mut o = init();
+        o.timeout_ms = 5;
+        assert_eq!(cmdop_options_init(&mut o, 0), cmdop_status::InvalidArgument);
+        assert_eq!(cmdop_options_init(&mut o, 2), cmdop_status::InvalidArgument);
+        assert_eq!(o.timeout_ms, 5, "nothing written on failure");
+    }
+
+    #[test]
+    fn the_init_macro_in_the_header_matches_the_defaults() {
+        let header = include_str!("../../cbindgen.toml");
+        let d = defaults();
+        let want = format!(
+            "{{ CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, {}, {}, {}, {}, {}, {}, {}, {}, {} }}",
+            d.timeout_ms,
+            d.max_retries,
+            d.retry_delay_ms,
+            d.auto_reconnect,
+            d.reconnect_delay_ms,
+            d.max_reconnect_delay_ms,
+            d.max_reconnect_attempts,
+            d.debug,
+            d.auto_refresh
+        );
+        assert!(
+            header.contains(&format!("#define CMDOP_OPTIONS_INIT {want}")),
+            "cbindgen.toml's CMDOP_OPTIONS_INIT must be {want}"
         );
     }
 }

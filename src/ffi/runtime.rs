@@ -72,7 +72,7 @@ fn check_may_block(what: &str) -> Result<(), Failure> {
             cmdop_status::InCallback,
             format!(
                 "{what} blocks and cannot be called from inside a libcmdop callback; \
-                 call it from another thread, or use cmdop_cancel() to stop a running call"
+                 call it from another thread, or use cmdop_cancel_token_cancel() to stop a running call"
             ),
         ));
     }

@@ -47,8 +47,11 @@ pub unsafe extern "C" fn cmdop_get_active_session(
     out: *mut *mut cmdop_session,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
+        // SAFETY: NULL or a NUL-terminated string.
         let hostname = unsafe { opt_str(hostname, "hostname") }?;
         let info = block_on("cmdop_get_active_session", c.client.get_active_session(hostname))??;
         *out = Box::into_raw(Box::new(wrap(info)));
@@ -67,7 +70,9 @@ pub unsafe extern "C" fn cmdop_list_sessions(
     out: *mut *mut cmdop_session_list,
 ) -> cmdop_status {
     ffi_boundary! {
+        // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
         let c = unsafe { handle(client, "client") }?;
         let list = block_on("cmdop_list_sessions", c.client.list_sessions())??;
         *out = Box::into_raw(Box::new(cmdop_session_list { sessions: list.into_iter().map(wrap).collect() }));
@@ -78,6 +83,7 @@ pub unsafe extern "C" fn cmdop_list_sessions(
 /// Number of sessions (0 when NULL).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_list_count(list: *const cmdop_session_list) -> usize {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { list.as_ref() }.map_or(0, |l| l.sessions.len()))
 }
 
@@ -88,6 +94,7 @@ pub unsafe extern "C" fn cmdop_session_list_get(
     index: usize,
 ) -> *const cmdop_session {
     ffi_boundary!(@value std::ptr::null();
+        // SAFETY: NULL (checked) or a live object of this library.
         unsafe { list.as_ref() }.and_then(|l| l.sessions.get(index)).map_or(std::ptr::null(), |s| s as *const _)
     )
 }
@@ -118,12 +125,14 @@ pub unsafe extern "C" fn cmdop_session_free(s: *mut cmdop_session) {
 /// Session id. Borrowed from `s`; NULL when `s` is NULL.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_id(s: *const cmdop_session) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { s.as_ref() }.map_or(std::ptr::null(), |s| s.id.as_ptr()))
 }
 
 /// Hostname of the machine. Borrowed from `s`.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_hostname(s: *const cmdop_session) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { s.as_ref() }.map_or(std::ptr::null(), |s| s.hostname.as_ptr()))
 }
 
@@ -131,29 +140,34 @@ pub unsafe extern "C" fn cmdop_session_hostname(s: *const cmdop_session) -> *con
 /// "background", "error"... Borrowed from `s`.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_status(s: *const cmdop_session) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { s.as_ref() }.map_or(std::ptr::null(), |s| s.status.as_ptr()))
 }
 
 /// Operating system of the machine ("" when unknown). Borrowed from `s`.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_os(s: *const cmdop_session) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { s.as_ref() }.map_or(std::ptr::null(), |s| s.os.as_ptr()))
 }
 
 /// Shell of the session ("" when unknown). Borrowed from `s`.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_shell(s: *const cmdop_session) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { s.as_ref() }.map_or(std::ptr::null(), |s| s.shell.as_ptr()))
 }
 
 /// When the session connected, Unix seconds (0 when unknown).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_connected_at(s: *const cmdop_session) -> i64 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { s.as_ref() }.map_or(0, |s| s.info.connected_at))
 }
 
 /// Seconds since the agent's last heartbeat.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_heartbeat_age(s: *const cmdop_session) -> i64 {
+    // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value 0; unsafe { s.as_ref() }.map_or(0, |s| s.info.heartbeat_age_seconds))
 }

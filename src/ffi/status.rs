@@ -1,4 +1,4 @@
-//! Status codes, their text, the last error message, and version queries.
+//! Status codes, their text and the last error message.
 
 use std::ffi::{c_char, c_int};
 
@@ -6,7 +6,12 @@ use super::boundary::last_error_ptr;
 use crate::client::ErrorKind;
 
 /// Outcome of a libcmdop call. Values are part of the ABI: they are never
-/// renumbered, and a retired status keeps its number.
+/// renumbered, and a retired status keeps its number. Later 1.x versions
+/// may add statuses (one is planned for an outcome that cannot be known,
+/// e.g. a command whose kill after a deadline was not confirmed), only for
+/// calls whose documentation then lists them; treat a value you do not know
+/// as a failure and show cmdop_status_str() and cmdop_last_error_message().
+/// Each function documents the statuses it returns.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum cmdop_status {
@@ -25,9 +30,10 @@ pub enum cmdop_status {
     Timeout = 5,
     /// Server, agent or network unreachable now; may work later.
     Unavailable = 6,
-    /// Not connected: never connected, closed, or reconnection gave up.
+    /// Not connected: never connected, closed, or reconnection gave up. Also
+    /// what a call in flight returns when cmdop_close() ends it.
     Disconnected = 7,
-    /// Stopped through a cancel token.
+    /// Stopped through the call's own cancel token.
     Cancelled = 8,
     /// The server answered something this library does not understand.
     Protocol = 9,
@@ -138,22 +144,6 @@ pub extern "C" fn cmdop_last_error_message() -> *const c_char {
     ffi_boundary!(@value c"".as_ptr(); last_error_ptr())
 }
 
-/// Version of the library, e.g. "0.1.0". Static; never free it.
-#[no_mangle]
-pub extern "C" fn cmdop_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
-}
-
-/// ABI version of the library: changes only on incompatible changes to the
-/// header. Compare with CMDOP_ABI_VERSION at run time.
-#[no_mangle]
-pub extern "C" fn cmdop_abi_version() -> u32 {
-    CMDOP_ABI_VERSION
-}
-
-/// The ABI version this header describes.
-pub const CMDOP_ABI_VERSION: u32 = 1;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,8 +156,10 @@ mod tests {
         assert_eq!(Timeout as i32, 5);
         assert_eq!(Panic as i32, 13);
         assert_eq!(OperationFailed as i32, 15);
+        // SAFETY: a non-NULL, NUL-terminated string.
         let s = unsafe { CStr::from_ptr(cmdop_status_str(Ambiguous as c_int)) };
         assert_eq!(s.to_str().unwrap(), "ambiguous machine name");
+        // SAFETY: a non-NULL, NUL-terminated string.
         let s = unsafe { CStr::from_ptr(cmdop_status_str(-7)) };
         assert_eq!(s.to_str().unwrap(), "unknown status");
     }

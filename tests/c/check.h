@@ -168,20 +168,20 @@ static inline long read_pid_file(const char *path) {
 }
 
 /* Local-client options for the stack under test, with a short timeout. */
-static inline cmdop_local_options test_local_options(uint32_t timeout_ms) {
-  cmdop_local_options o = CMDOP_LOCAL_OPTIONS_INIT;
+static inline cmdop_options test_local_options(uint32_t timeout_ms) {
+  cmdop_options o = CMDOP_OPTIONS_INIT;
   o.timeout_ms = timeout_ms;
   return o;
 }
 
 /* A local client for the stack in the environment, connected and with the
  * test machine selected; exits when that fails (nothing else could pass). */
-static inline cmdop_client *test_connect(const cmdop_local_options *opts) {
+static inline cmdop_client *test_connect(const cmdop_options *opts) {
   const char *host = env_required("CMDOP_HOST");
   long port = strtol(env_required("CMDOP_PORT"), NULL, 10);
   const char *machine = env_required("CMDOP_TEST_HOSTNAME");
   cmdop_client *c = NULL;
-  cmdop_status s = cmdop_local_new(host, (uint16_t)port, opts, &c);
+  cmdop_status s = cmdop_local_new(host, (uint16_t)port, NULL, opts, &c);
   if (s != CMDOP_STATUS_OK) {
     fprintf(stderr, "cmdop_local_new: %s: %s\n", cmdop_status_str((int)s), cmdop_last_error_message());
     exit(1);

@@ -70,6 +70,7 @@ if wanted header; then
   printf '#include "cmdop.h"\n#include "cmdop.h"\nint main(void) { return CMDOP_STATUS_OK; }\n' >"$out/twice.c"
   check_cmd header-c99 cc -std=c99 -pedantic -Wall -Wextra -Werror -Iinclude -fsyntax-only "$out/h.c"
   check_cmd header-c++17 g++ -std=c++17 -fsyntax-only -Wall -Wextra -Werror -Iinclude -x c++ "$out/h.c"
+  check_cmd header-names tests/c/check_header_names.sh include/cmdop.h
   check_cmd header-double-include cc -std=c99 -Wall -Wextra -Werror -Iinclude -c "$out/twice.c" -o "$out/twice.o"
 fi
 
@@ -133,7 +134,7 @@ start_fresh() {
     CMDOP_TEST_HOSTNAME=solo CMDOP_TEST_SERVER_DIR=$dir"
 }
 
-native_tests=(client_new lifecycle exec_native exec_stream files sessions debug_log introspection bad_input)
+native_tests=(client_new options_v1 close_in_flight lifecycle exec_native exec_stream files sessions debug_log introspection bad_input)
 need_native=0
 for t in "${native_tests[@]}"; do has_test "$t" && need_native=1; done
 if [ "$need_native" = 1 ]; then
@@ -151,13 +152,15 @@ if [ "$need_native" = 1 ]; then
   fi
 fi
 
-if has_test exec_fallback || has_test introspection; then
+if has_test exec_fallback || has_test introspection || has_test close_in_flight; then
   if start_stack --no-extensions; then
     fallback_env=$(stack_env)
     # shellcheck disable=SC2086
     has_test exec_fallback && run_test exec_fallback $fallback_env
     # shellcheck disable=SC2086
     has_test introspection && run_test introspection@fallback $fallback_env CMDOP_TEST_EXPECT_NATIVE=0
+    # shellcheck disable=SC2086
+    has_test close_in_flight && run_test close_in_flight@fallback $fallback_env
     stop_stack
   else
     record "fallback stack (cmdop dev --no-extensions)" 1

@@ -39,16 +39,16 @@ int main(void) {
   const char *access2 = env_required("CMDOP_TEST_ACCESS2");
   const char *refresh2 = env_required("CMDOP_TEST_REFRESH2");
   static struct tokens tk;
-  cmdop_remote_options r;
+  cmdop_options r;
   cmdop_client *c = NULL;
   cmdop_exec_result *res = NULL;
   cmdop_session_list *l = NULL;
   double deadline;
 
   pthread_mutex_init(&tk.mu, NULL);
-  cmdop_remote_options_init(&r);
+  cmdop_options_init(&r, CMDOP_OPTIONS_VERSION);
   r.server = env_required("CMDOP_SERVER");
-  r.insecure = true;
+  r.tls = CMDOP_TLS_OFF;
   r.timeout_ms = 10000;
 
   /* Bad token arguments. */
@@ -61,7 +61,7 @@ int main(void) {
 
   /* Connect with a valid access token; refresh happens on expiry. */
   CHECK_OK(cmdop_remote_new_oauth(access, refresh, &r, &c));
-  CHECK_OK(cmdop_set_token_callback(c, on_tokens, &tk, NULL));
+  CHECK_OK(cmdop_on_token_refresh(c, on_tokens, &tk, NULL));
   CHECK_OK(cmdop_connect(c));
   CHECK_OK(wait_set_machine(c, "alpha-one", 10000));
   CHECK_OK(cmdop_execute(c, "true", 0, &res));
@@ -118,7 +118,7 @@ int main(void) {
   }
   cmdop_client_free(c);
 
-  CHECK_STATUS(cmdop_set_token_callback(NULL, on_tokens, NULL, NULL), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(cmdop_on_token_refresh(NULL, on_tokens, NULL, NULL), CMDOP_STATUS_INVALID_ARGUMENT);
   pthread_mutex_destroy(&tk.mu);
   return check_report();
 }

@@ -22,18 +22,18 @@ static void null_arguments(cmdop_client *c, const char *machine) {
   cmdop_bytes *b = NULL;
   cmdop_session *s = NULL;
   cmdop_session_list *sl = NULL;
-  cmdop_stream *st = NULL;
+  cmdop_attachment *st = NULL;
   cmdop_connection_info *info = NULL;
   size_t len = 99;
 
   CHECK_STATUS(cmdop_remote_new("k", NULL, NULL), INVALID);
   CHECK_STATUS(cmdop_remote_new_oauth("a", "r", NULL, NULL), INVALID);
   CHECK_STATUS(cmdop_remote_new_oauth(NULL, NULL, NULL, &nc), INVALID);
-  CHECK_STATUS(cmdop_local_new(NULL, 1, NULL, &nc), INVALID);
+  CHECK_STATUS(cmdop_local_new(NULL, 1, NULL, NULL, &nc), INVALID);
   CHECK(nc == NULL);
-  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, NULL, NULL), INVALID);
-  CHECK_STATUS(cmdop_remote_options_init(NULL), INVALID);
-  CHECK_STATUS(cmdop_local_options_init(NULL), INVALID);
+  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, NULL, NULL, NULL), INVALID);
+  CHECK_STATUS(cmdop_options_init(NULL, CMDOP_OPTIONS_VERSION), INVALID);
+  CHECK_STATUS(cmdop_options_init(NULL, CMDOP_OPTIONS_VERSION), INVALID);
 
   CHECK_STATUS(cmdop_connect(NULL), INVALID);
   CHECK_ERROR_MENTIONS("client");
@@ -45,25 +45,25 @@ static void null_arguments(cmdop_client *c, const char *machine) {
   CHECK_STATUS(cmdop_set_machine(c, NULL), INVALID);
   CHECK_STATUS(cmdop_set_machine_id(NULL, "mach_x"), INVALID);
   CHECK_STATUS(cmdop_set_machine_id(c, NULL), INVALID);
-  CHECK_STATUS(cmdop_connection_info_get(NULL, &info), INVALID);
+  CHECK_STATUS(cmdop_get_connection_info(NULL, &info), INVALID);
   CHECK(info == NULL);
-  CHECK_STATUS(cmdop_connection_info_get(c, NULL), INVALID);
+  CHECK_STATUS(cmdop_get_connection_info(c, NULL), INVALID);
   CHECK(cmdop_connection_info_server(NULL) == NULL);
   CHECK(cmdop_connection_info_latency_ms(NULL) < 0.0 || cmdop_connection_info_latency_ms(NULL) == 0.0);
 
   CHECK_STATUS(cmdop_on_connect(NULL, nop_connect, NULL, NULL), INVALID);
   CHECK_STATUS(cmdop_on_disconnect(NULL, NULL, NULL, NULL), INVALID);
   CHECK_STATUS(cmdop_on_error(NULL, NULL, NULL, NULL), INVALID);
-  CHECK_STATUS(cmdop_set_token_callback(NULL, NULL, NULL, NULL), INVALID);
+  CHECK_STATUS(cmdop_on_token_refresh(NULL, NULL, NULL, NULL), INVALID);
 
   CHECK_STATUS(cmdop_execute(NULL, "true", 0, &r), INVALID);
   CHECK(r == NULL);
   CHECK_STATUS(cmdop_execute(c, NULL, 0, &r), INVALID);
   CHECK_STATUS(cmdop_execute(c, "true", 0, NULL), INVALID);
-  CHECK_STATUS(cmdop_execute_stream(NULL, "true", 0, NULL, NULL, NULL, &r), INVALID);
-  CHECK_STATUS(cmdop_execute_stream(c, NULL, 0, NULL, NULL, NULL, &r), INVALID);
-  CHECK_STATUS(cmdop_execute_stream(c, "true", 0, NULL, NULL, NULL, NULL), INVALID);
-  CHECK_STATUS(cmdop_cancel(NULL), INVALID);
+  CHECK_STATUS(cmdop_execute_with_callback(NULL, "true", 0, NULL, NULL, NULL, &r), INVALID);
+  CHECK_STATUS(cmdop_execute_with_callback(c, NULL, 0, NULL, NULL, NULL, &r), INVALID);
+  CHECK_STATUS(cmdop_execute_with_callback(c, "true", 0, NULL, NULL, NULL, NULL), INVALID);
+  CHECK_STATUS(cmdop_cancel_token_cancel(NULL), INVALID);
   cmdop_cancel_token_free(NULL);
   CHECK(cmdop_exec_result_output(NULL, &len) == NULL && len == 0);
   CHECK(cmdop_exec_result_stdout(NULL, NULL) == NULL);
@@ -74,12 +74,12 @@ static void null_arguments(cmdop_client *c, const char *machine) {
   CHECK(!cmdop_exec_result_truncated(NULL) && cmdop_exec_result_duration_ms(NULL) == 0);
   cmdop_exec_result_free(NULL);
 
-  CHECK_STATUS(cmdop_files_list(NULL, "/", &fl), INVALID);
-  CHECK_STATUS(cmdop_files_list(c, NULL, &fl), INVALID);
-  CHECK_STATUS(cmdop_files_list(c, "/", NULL), INVALID);
-  CHECK_STATUS(cmdop_files_list_page(NULL, "/", NULL, false, &fl), INVALID);
-  CHECK_STATUS(cmdop_files_list_page(c, NULL, NULL, false, &fl), INVALID);
-  CHECK_STATUS(cmdop_files_list_page(c, "/", NULL, false, NULL), INVALID);
+  CHECK_STATUS(cmdop_list_files(NULL, "/", &fl), INVALID);
+  CHECK_STATUS(cmdop_list_files(c, NULL, &fl), INVALID);
+  CHECK_STATUS(cmdop_list_files(c, "/", NULL), INVALID);
+  CHECK_STATUS(cmdop_list_files_page(NULL, "/", NULL, false, &fl), INVALID);
+  CHECK_STATUS(cmdop_list_files_page(c, NULL, NULL, false, &fl), INVALID);
+  CHECK_STATUS(cmdop_list_files_page(c, "/", NULL, false, NULL), INVALID);
   CHECK(fl == NULL);
   CHECK(cmdop_file_list_count(NULL) == 0 && cmdop_file_list_get(NULL, 0) == NULL);
   CHECK(cmdop_file_entry_name(NULL) == NULL && cmdop_file_entry_path(NULL) == NULL);
@@ -89,13 +89,13 @@ static void null_arguments(cmdop_client *c, const char *machine) {
   CHECK(cmdop_file_list_next_page_token(NULL) == NULL || cmdop_file_list_next_page_token(NULL)[0] == '\0');
   CHECK(cmdop_file_list_path(NULL) == NULL || cmdop_file_list_path(NULL)[0] == '\0');
   cmdop_file_list_free(NULL);
-  CHECK_STATUS(cmdop_file_read(NULL, "/etc/hostname", &b), INVALID);
-  CHECK_STATUS(cmdop_file_read(c, NULL, &b), INVALID);
-  CHECK_STATUS(cmdop_file_read(c, "/etc/hostname", NULL), INVALID);
+  CHECK_STATUS(cmdop_read_file(NULL, "/etc/hostname", &b), INVALID);
+  CHECK_STATUS(cmdop_read_file(c, NULL, &b), INVALID);
+  CHECK_STATUS(cmdop_read_file(c, "/etc/hostname", NULL), INVALID);
   CHECK(b == NULL);
-  CHECK_STATUS(cmdop_file_write(NULL, "/tmp/x", (const uint8_t *)"x", 1), INVALID);
-  CHECK_STATUS(cmdop_file_write(c, NULL, (const uint8_t *)"x", 1), INVALID);
-  CHECK_STATUS(cmdop_file_write(c, "/tmp/cmdop-ctest-never", NULL, 5), INVALID);
+  CHECK_STATUS(cmdop_write_file(NULL, "/tmp/x", (const uint8_t *)"x", 1), INVALID);
+  CHECK_STATUS(cmdop_write_file(c, NULL, (const uint8_t *)"x", 1), INVALID);
+  CHECK_STATUS(cmdop_write_file(c, "/tmp/cmdop-ctest-never", NULL, 5), INVALID);
   CHECK(access("/tmp/cmdop-ctest-never", F_OK) != 0);
   CHECK(cmdop_bytes_data(NULL) == NULL && cmdop_bytes_len(NULL) == 0);
   cmdop_bytes_free(NULL);
@@ -113,23 +113,23 @@ static void null_arguments(cmdop_client *c, const char *machine) {
   cmdop_session_free(NULL);
   cmdop_session_list_free(NULL);
 
-  CHECK_STATUS(cmdop_stream_attach(NULL, "s", nop_output, NULL, &st), INVALID);
-  CHECK_STATUS(cmdop_stream_attach(c, NULL, nop_output, NULL, &st), INVALID);
-  CHECK_STATUS(cmdop_stream_attach(c, "s", NULL, NULL, &st), INVALID);
-  CHECK_STATUS(cmdop_stream_attach(c, "s", nop_output, NULL, NULL), INVALID);
+  CHECK_STATUS(cmdop_attach(NULL, "s", nop_output, NULL, NULL, &st), INVALID);
+  CHECK_STATUS(cmdop_attach(c, NULL, nop_output, NULL, NULL, &st), INVALID);
+  CHECK_STATUS(cmdop_attach(c, "s", NULL, NULL, NULL, &st), INVALID);
+  CHECK_STATUS(cmdop_attach(c, "s", nop_output, NULL, NULL, NULL), INVALID);
   CHECK(st == NULL);
-  CHECK_STATUS(cmdop_stream_write(NULL, (const uint8_t *)"x", 1), INVALID);
-  CHECK_STATUS(cmdop_stream_resize(NULL, 80, 24), INVALID);
-  CHECK_STATUS(cmdop_stream_close(NULL), CMDOP_STATUS_OK);
+  CHECK_STATUS(cmdop_attachment_write(NULL, (const uint8_t *)"x", 1), INVALID);
+  CHECK_STATUS(cmdop_attachment_resize(NULL, 80, 24), INVALID);
+  CHECK_STATUS(cmdop_attachment_close(NULL), CMDOP_STATUS_OK);
 
   /* With a live stream: NULL data. */
   {
     cmdop_session *active = NULL;
     CHECK_OK(cmdop_get_active_session(c, machine, &active));
-    CHECK_OK(cmdop_stream_attach(c, cmdop_session_id(active), nop_output, NULL, &st));
-    CHECK_STATUS(cmdop_stream_write(st, NULL, 3), INVALID);
-    CHECK_STATUS(cmdop_stream_resize(st, 0, 0), INVALID);
-    CHECK_OK(cmdop_stream_close(st));
+    CHECK_OK(cmdop_attach(c, cmdop_session_id(active), nop_output, NULL, NULL, &st));
+    CHECK_STATUS(cmdop_attachment_write(st, NULL, 3), INVALID);
+    CHECK_STATUS(cmdop_attachment_resize(st, 0, 0), INVALID);
+    CHECK_OK(cmdop_attachment_close(st));
     cmdop_session_free(active);
   }
 
@@ -149,32 +149,31 @@ static void invalid_utf8(cmdop_client *c) {
   cmdop_file_list *fl = NULL;
   cmdop_bytes *b = NULL;
   cmdop_session *s = NULL;
-  cmdop_stream *st = NULL;
-  cmdop_remote_options ro;
-  cmdop_local_options lo;
+  cmdop_attachment *st = NULL;
+  cmdop_options ro;
+  cmdop_options lo;
 
   CHECK_STATUS(cmdop_remote_new(bad_utf8, NULL, &nc), INVALID);
   CHECK_ERROR_MENTIONS("UTF-8");
   CHECK_STATUS(cmdop_remote_new_oauth(bad_utf8, "r", NULL, &nc), INVALID);
-  cmdop_remote_options_init(&ro);
+  cmdop_options_init(&ro, CMDOP_OPTIONS_VERSION);
   ro.server = bad_utf8;
   CHECK_STATUS(cmdop_remote_new("k", &ro, &nc), INVALID);
-  CHECK_STATUS(cmdop_local_new(bad_utf8, 1, NULL, &nc), INVALID);
-  cmdop_local_options_init(&lo);
-  lo.api_key = bad_utf8;
-  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, &lo, &nc), INVALID);
+  CHECK_STATUS(cmdop_local_new(bad_utf8, 1, NULL, NULL, &nc), INVALID);
+  cmdop_options_init(&lo, CMDOP_OPTIONS_VERSION);
+  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, bad_utf8, &lo, &nc), INVALID);
   CHECK(nc == NULL);
   CHECK_STATUS(cmdop_set_machine(c, bad_utf8), INVALID);
   CHECK_STATUS(cmdop_set_machine_id(c, bad_utf8), INVALID);
   CHECK_STATUS(cmdop_execute(c, bad_utf8, 0, &r), INVALID);
-  CHECK_STATUS(cmdop_execute_stream(c, bad_utf8, 0, NULL, NULL, NULL, &r), INVALID);
+  CHECK_STATUS(cmdop_execute_with_callback(c, bad_utf8, 0, NULL, NULL, NULL, &r), INVALID);
   CHECK(r == NULL);
-  CHECK_STATUS(cmdop_files_list(c, bad_utf8, &fl), INVALID);
-  CHECK_STATUS(cmdop_files_list_page(c, "/", bad_utf8, false, &fl), INVALID);
-  CHECK_STATUS(cmdop_file_read(c, bad_utf8, &b), INVALID);
-  CHECK_STATUS(cmdop_file_write(c, bad_utf8, (const uint8_t *)"x", 1), INVALID);
+  CHECK_STATUS(cmdop_list_files(c, bad_utf8, &fl), INVALID);
+  CHECK_STATUS(cmdop_list_files_page(c, "/", bad_utf8, false, &fl), INVALID);
+  CHECK_STATUS(cmdop_read_file(c, bad_utf8, &b), INVALID);
+  CHECK_STATUS(cmdop_write_file(c, bad_utf8, (const uint8_t *)"x", 1), INVALID);
   CHECK_STATUS(cmdop_get_active_session(c, bad_utf8, &s), INVALID);
-  CHECK_STATUS(cmdop_stream_attach(c, bad_utf8, nop_output, NULL, &st), INVALID);
+  CHECK_STATUS(cmdop_attach(c, bad_utf8, nop_output, NULL, NULL, &st), INVALID);
 
   /* The client is still fine afterwards. */
   CHECK_OK(cmdop_execute(c, "echo ok", 0, &r));
@@ -204,9 +203,9 @@ static void *hammer(void *arg) {
       if (len == strlen(want) && memcmp(p, want, len) == 0) h->ok++;
     }
     cmdop_exec_result_free(r);
-    if (cmdop_connection_info_get(h->c, &info) == CMDOP_STATUS_OK) h->ok++;
+    if (cmdop_get_connection_info(h->c, &info) == CMDOP_STATUS_OK) h->ok++;
     cmdop_connection_info_free(info);
-    if (cmdop_files_list(h->c, "/", &fl) == CMDOP_STATUS_OK) h->ok++;
+    if (cmdop_list_files(h->c, "/", &fl) == CMDOP_STATUS_OK) h->ok++;
     cmdop_file_list_free(fl);
     if (cmdop_set_machine(h->c, h->machine) == CMDOP_STATUS_OK) h->ok++;
     /* An error on this thread does not leak into the others' messages. */
@@ -257,7 +256,7 @@ static void reenter_on_output(void *ud, const uint8_t *d, size_t n) {
 
 static void in_callbacks(cmdop_client *c, const char *machine) {
   cmdop_session *s = NULL;
-  cmdop_stream *st = NULL;
+  cmdop_attachment *st = NULL;
   double end;
   reentrant_client = c;
   CHECK_OK(cmdop_on_error(c, reenter_on_error, NULL, NULL));
@@ -269,20 +268,20 @@ static void in_callbacks(cmdop_client *c, const char *machine) {
   CHECK_OK(cmdop_set_machine(c, machine));
 
   CHECK_OK(cmdop_get_active_session(c, machine, &s));
-  CHECK_OK(cmdop_stream_attach(c, cmdop_session_id(s), reenter_on_output, NULL, &st));
-  CHECK_OK(cmdop_stream_write(st, (const uint8_t *)"echo reenter\n", 13));
+  CHECK_OK(cmdop_attach(c, cmdop_session_id(s), reenter_on_output, NULL, NULL, &st));
+  CHECK_OK(cmdop_attachment_write(st, (const uint8_t *)"echo reenter\n", 13));
   end = now_ms() + 5000;
   while (!output_seen && now_ms() < end) sleep_ms(20);
   CHECK(in_output_cb == CMDOP_STATUS_IN_CALLBACK);
-  CHECK_OK(cmdop_stream_close(st));
+  CHECK_OK(cmdop_attachment_close(st));
   cmdop_session_free(s);
   /* The thread's own calls outside callbacks are unaffected. */
-  CHECK_OK(cmdop_set_log_callback(CMDOP_LOG_LEVEL_OFF, NULL, NULL));
+  CHECK_OK(cmdop_on_log(CMDOP_LOG_LEVEL_OFF, NULL, NULL, NULL));
 }
 
 int main(void) {
   const char *machine = env_required("CMDOP_TEST_HOSTNAME");
-  cmdop_local_options o = test_local_options(20000);
+  cmdop_options o = test_local_options(20000);
   cmdop_client *c = test_connect(&o);
 
   null_arguments(c, machine);

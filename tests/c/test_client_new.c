@@ -7,14 +7,13 @@
 #include "check.h"
 
 static void options_defaults(void) {
-  cmdop_remote_options r, r_macro = CMDOP_REMOTE_OPTIONS_INIT;
-  cmdop_local_options l, l_macro = CMDOP_LOCAL_OPTIONS_INIT;
+  cmdop_options r, r_macro = CMDOP_OPTIONS_INIT;
 
   memset(&r, 0xAB, sizeof r);
-  CHECK_OK(cmdop_remote_options_init(&r));
-  CHECK(r.version == CMDOP_REMOTE_OPTIONS_VERSION);
+  CHECK_OK(cmdop_options_init(&r, CMDOP_OPTIONS_VERSION));
+  CHECK(r.version == CMDOP_OPTIONS_VERSION);
   CHECK(r.server == NULL);
-  CHECK(!r.insecure);
+  CHECK(r.tls == CMDOP_TLS_DEFAULT);
   CHECK(r.ca_pem_path == NULL && r.ca_pem == NULL && r.ca_pem_len == 0);
   CHECK(r.timeout_ms == 30000);
   CHECK(r.max_retries == 3);
@@ -33,47 +32,58 @@ static void options_defaults(void) {
         r_macro.max_reconnect_delay_ms == r.max_reconnect_delay_ms &&
         r_macro.max_reconnect_attempts == r.max_reconnect_attempts &&
         r_macro.debug == r.debug && r_macro.auto_refresh == r.auto_refresh &&
-        r_macro.insecure == r.insecure);
+        r_macro.tls == r.tls);
 
-  memset(&l, 0xAB, sizeof l);
-  CHECK_OK(cmdop_local_options_init(&l));
-  CHECK(l.version == CMDOP_LOCAL_OPTIONS_VERSION);
-  CHECK(l.api_key == NULL);
-  CHECK(!l.tls);
-  CHECK(l.timeout_ms == 30000);
-  CHECK(l.auto_reconnect);
-  CHECK(l.reconnect_delay_ms == 1000 && l.max_reconnect_delay_ms == 30000);
-  CHECK(l.max_reconnect_attempts == 10);
-  CHECK(l_macro.version == l.version && l_macro.timeout_ms == l.timeout_ms &&
-        l_macro.tls == l.tls && l_macro.auto_reconnect == l.auto_reconnect &&
-        l_macro.max_reconnect_attempts == l.max_reconnect_attempts);
-
-  CHECK_STATUS(cmdop_remote_options_init(NULL), CMDOP_STATUS_INVALID_ARGUMENT);
-  CHECK_STATUS(cmdop_local_options_init(NULL), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(cmdop_options_init(NULL, CMDOP_OPTIONS_VERSION), CMDOP_STATUS_INVALID_ARGUMENT);
+  /* Unknown versions: refused, nothing written. */
+  r.timeout_ms = 7;
+  CHECK_STATUS(cmdop_options_init(&r, 0), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(cmdop_options_init(&r, CMDOP_OPTIONS_VERSION + 1), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("newer libcmdop");
+  CHECK(r.timeout_ms == 7);
 
   CHECK(cmdop_abi_version() == CMDOP_ABI_VERSION);
   CHECK(cmdop_version() != NULL && cmdop_version()[0] != '\0');
 }
 
 static void versioned_options(void) {
-  cmdop_remote_options r;
-  cmdop_local_options l;
+  cmdop_options r;
+  cmdop_options l;
   cmdop_client *c = (cmdop_client *)&r; /* must be reset to NULL on failure */
+  unsigned char bad_bool = 7;
 
-  cmdop_remote_options_init(&r);
+  cmdop_options_init(&r, CMDOP_OPTIONS_VERSION);
   r.version = 0;
   CHECK_STATUS(cmdop_remote_new("cmdop_anything", &r, &c), CMDOP_STATUS_INVALID_ARGUMENT);
   CHECK(c == NULL);
   CHECK_ERROR_MENTIONS("version");
-  r.version = CMDOP_REMOTE_OPTIONS_VERSION + 100;
+  r.version = CMDOP_OPTIONS_VERSION + 100;
   c = (cmdop_client *)&r;
   CHECK_STATUS(cmdop_remote_new("cmdop_anything", &r, &c), CMDOP_STATUS_INVALID_ARGUMENT);
   CHECK(c == NULL);
 
-  cmdop_local_options_init(&l);
+  cmdop_options_init(&l, CMDOP_OPTIONS_VERSION);
   l.version = 999;
   c = (cmdop_client *)&l;
-  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, &l, &c), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, NULL, &l, &c), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK(c == NULL);
+
+  /* Values C may put in fields the library reads: checked, never UB. */
+  cmdop_options_init(&l, CMDOP_OPTIONS_VERSION);
+  l.tls = 3;
+  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, NULL, &l, &c), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("CMDOP_TLS_");
+  l.tls = -1;
+  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, NULL, &l, &c), CMDOP_STATUS_INVALID_ARGUMENT);
+  l.tls = CMDOP_TLS_DEFAULT;
+  memcpy(&l.debug, &bad_bool, 1); /* a bool byte that is neither 0 nor 1 */
+  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, NULL, &l, &c), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("debug");
+  /* cmdop_local_new takes host and port as arguments: server must stay NULL. */
+  cmdop_options_init(&l, CMDOP_OPTIONS_VERSION);
+  l.server = "127.0.0.1:1";
+  CHECK_STATUS(cmdop_local_new("127.0.0.1", 1, NULL, &l, &c), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("server");
   CHECK(c == NULL);
 }
 
@@ -81,7 +91,7 @@ static void api_key_sources(void) {
   const char *key = env_required("CMDOP_API_KEY");
   char *saved = strdup(key);
   cmdop_client *c = NULL;
-  cmdop_remote_options r;
+  cmdop_options r;
 
   /* NULL key and no $CMDOP_API_KEY: UNAUTHENTICATED naming the variable. */
   unsetenv("CMDOP_API_KEY");
@@ -109,9 +119,9 @@ static void api_key_sources(void) {
 
   /* From the environment, against the real server: connects. */
   setenv("CMDOP_API_KEY", saved, 1);
-  cmdop_remote_options_init(&r);
+  cmdop_options_init(&r, CMDOP_OPTIONS_VERSION);
   r.server = env_required("CMDOP_SERVER");
-  r.insecure = true;
+  r.tls = CMDOP_TLS_OFF;
   r.timeout_ms = 10000;
   CHECK_OK(cmdop_remote_new(NULL, &r, &c));
   CHECK_OK(cmdop_connect(c));
@@ -132,33 +142,32 @@ static void api_key_sources(void) {
   {
     const char *host = env_required("CMDOP_HOST");
     uint16_t port = (uint16_t)strtol(env_required("CMDOP_PORT"), NULL, 10);
-    cmdop_local_options l;
+    cmdop_options l;
 
-    CHECK_OK(cmdop_local_new(host, port, NULL, &c));
+    CHECK_OK(cmdop_local_new(host, port, NULL, NULL, &c));
     CHECK_OK(cmdop_connect(c));
     cmdop_client_free(c);
     c = NULL;
 
-    /* opts->api_key wins over the environment. */
-    cmdop_local_options_init(&l);
-    l.api_key = "cmdop_wrong_key";
-    CHECK_OK(cmdop_local_new(host, port, &l, &c));
+    /* The api_key argument wins over the environment. */
+    cmdop_options_init(&l, CMDOP_OPTIONS_VERSION);
+    CHECK_OK(cmdop_local_new(host, port, "cmdop_wrong_key", &l, &c));
     CHECK_STATUS(cmdop_connect(c), CMDOP_STATUS_UNAUTHENTICATED);
     cmdop_client_free(c);
     c = NULL;
 
     /* No key anywhere: creating works, the server refuses the connection. */
     unsetenv("CMDOP_API_KEY");
-    CHECK_OK(cmdop_local_new(host, port, NULL, &c));
+    CHECK_OK(cmdop_local_new(host, port, NULL, NULL, &c));
     CHECK_STATUS(cmdop_connect(c), CMDOP_STATUS_UNAUTHENTICATED);
     cmdop_client_free(c);
     c = NULL;
     setenv("CMDOP_API_KEY", saved, 1);
 
     /* Bad addresses. */
-    CHECK_STATUS(cmdop_local_new("", port, NULL, &c), CMDOP_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(cmdop_local_new("", port, NULL, NULL, &c), CMDOP_STATUS_INVALID_ARGUMENT);
     CHECK(c == NULL);
-    CHECK_STATUS(cmdop_local_new(host, 0, NULL, &c), CMDOP_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(cmdop_local_new(host, 0, NULL, NULL, &c), CMDOP_STATUS_INVALID_ARGUMENT);
     CHECK(c == NULL);
   }
   free(saved);
@@ -166,15 +175,14 @@ static void api_key_sources(void) {
 
 /* timeout_ms bounds connecting to a port where nobody listens. */
 static void connect_timeout(void) {
-  cmdop_local_options l;
+  cmdop_options l;
   cmdop_client *c = NULL;
   double t0;
   cmdop_status s;
 
-  cmdop_local_options_init(&l);
+  cmdop_options_init(&l, CMDOP_OPTIONS_VERSION);
   l.timeout_ms = 500;
-  l.api_key = "cmdop_x";
-  CHECK_OK(cmdop_local_new("127.0.0.1", 1, &l, &c));
+  CHECK_OK(cmdop_local_new("127.0.0.1", 1, "cmdop_x", &l, &c));
   t0 = now_ms();
   s = cmdop_connect(c);
   CHECK(s == CMDOP_STATUS_UNAVAILABLE || s == CMDOP_STATUS_TIMEOUT);
@@ -187,13 +195,13 @@ static void connect_timeout(void) {
 static void tls_flag(void) {
   const char *host = env_required("CMDOP_HOST");
   uint16_t port = (uint16_t)strtol(env_required("CMDOP_PORT"), NULL, 10);
-  cmdop_local_options l;
+  cmdop_options l;
   cmdop_client *c = NULL;
 
-  cmdop_local_options_init(&l);
-  l.tls = true;
+  cmdop_options_init(&l, CMDOP_OPTIONS_VERSION);
+  l.tls = CMDOP_TLS_ON;
   l.timeout_ms = 3000;
-  CHECK_OK(cmdop_local_new(host, port, &l, &c));
+  CHECK_OK(cmdop_local_new(host, port, NULL, &l, &c));
   CHECK(cmdop_connect(c) != CMDOP_STATUS_OK);
   CHECK(!cmdop_is_connected(c));
   cmdop_client_free(c);
@@ -203,13 +211,13 @@ static void tls_flag(void) {
 static void remote_defaults(void) {
   cmdop_client *c = NULL;
   cmdop_connection_info *info = NULL;
-  cmdop_remote_options r;
+  cmdop_options r;
 
-  cmdop_remote_options_init(&r);
+  cmdop_options_init(&r, CMDOP_OPTIONS_VERSION);
   r.timeout_ms = 300; /* the sandbox has no route to the hosted endpoint */
   CHECK_OK(cmdop_remote_new("cmdop_key", &r, &c));
   CHECK(!cmdop_is_connected(c));
-  CHECK_OK(cmdop_connection_info_get(c, &info));
+  CHECK_OK(cmdop_get_connection_info(c, &info));
   if (info) {
     CHECK(strstr(cmdop_connection_info_server(info), "grpc.cmdop.com") != NULL);
     CHECK(cmdop_connection_info_tls(info));

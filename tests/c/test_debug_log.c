@@ -1,14 +1,16 @@
 /*
  * The debug log callback: receives request/response summaries and state
  * changes from clients created with `debug`, honours its level, can be
- * removed, and never shows the API key. Native `cmdop dev` stack.
+ * removed, and never shows the API key; its user_data is finalised once
+ * when replaced; levels outside cmdop_log_level are refused (an int is
+ * taken, so no undefined behaviour: run under UBSan). Native stack.
  */
 #include "check.h"
 
 #include <pthread.h>
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static int messages, debug_messages, above_level, leaks;
+static int messages, debug_messages, above_level, leaks, freed;
 static const char *secret;
 
 static void on_log(void *ud, cmdop_log_level level, const char *message) {
@@ -21,6 +23,13 @@ static void on_log(void *ud, cmdop_log_level level, const char *message) {
     leaks++;
     fprintf(stderr, "log message shows the key: %s\n", message ? message : "(null)");
   }
+  pthread_mutex_unlock(&mu);
+}
+
+static void on_free(void *ud) {
+  (void)ud;
+  pthread_mutex_lock(&mu);
+  freed++;
   pthread_mutex_unlock(&mu);
 }
 
@@ -40,7 +49,7 @@ static void reset(void) {
 
 /* Connect a client, run a command, list files, close, free. */
 static void workload(bool debug) {
-  cmdop_local_options o = test_local_options(10000);
+  cmdop_options o = test_local_options(10000);
   cmdop_client *c;
   cmdop_exec_result *r = NULL;
   cmdop_file_list *l = NULL;
@@ -48,7 +57,7 @@ static void workload(bool debug) {
   c = test_connect(&o);
   CHECK_OK(cmdop_execute(c, "echo logged", 0, &r));
   cmdop_exec_result_free(r);
-  CHECK_OK(cmdop_files_list(c, "/", &l));
+  CHECK_OK(cmdop_list_files(c, "/", &l));
   cmdop_file_list_free(l);
   CHECK_STATUS(cmdop_set_machine(c, "no-such-machine"), CMDOP_STATUS_NOT_FOUND);
   CHECK_OK(cmdop_close(c));
@@ -63,7 +72,7 @@ int main(void) {
   secret = strchr(key, '_') ? strchr(key, '_') + 1 : key;
 
   /* Debug client, DEBUG level: summaries and state changes. */
-  CHECK_OK(cmdop_set_log_callback(CMDOP_LOG_LEVEL_DEBUG, on_log, &debug_level));
+  CHECK_OK(cmdop_on_log(CMDOP_LOG_LEVEL_DEBUG, on_log, &debug_level, NULL));
   workload(true);
   printf("debug client: %d messages, %d at debug level\n", get(&messages), get(&debug_messages));
   CHECK(get(&messages) >= 3);
@@ -72,26 +81,44 @@ int main(void) {
 
   /* WARN level: nothing more verbose than warnings arrives. */
   reset();
-  CHECK_OK(cmdop_set_log_callback(CMDOP_LOG_LEVEL_WARN, on_log, &warn_level));
+  CHECK_OK(cmdop_on_log(CMDOP_LOG_LEVEL_WARN, on_log, &warn_level, NULL));
   workload(true);
   CHECK(get(&above_level) == 0);
   CHECK(get(&debug_messages) == 0);
 
   /* A client without `debug` emits no debug messages. */
   reset();
-  CHECK_OK(cmdop_set_log_callback(CMDOP_LOG_LEVEL_DEBUG, on_log, &debug_level));
+  CHECK_OK(cmdop_on_log(CMDOP_LOG_LEVEL_DEBUG, on_log, &debug_level, NULL));
   workload(false);
   CHECK(get(&debug_messages) == 0);
 
+  /* Out-of-range levels: INVALID_ARGUMENT, nothing changes, the rejected
+   * user_data is not finalised, the installed callback stays. */
+  CHECK_OK(cmdop_on_log(CMDOP_LOG_LEVEL_DEBUG, on_log, &debug_level, on_free));
+  CHECK_STATUS(cmdop_on_log(-1, on_log, &warn_level, on_free), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(cmdop_last_error_message(), "cmdop_log_level") != NULL);
+  CHECK_STATUS(cmdop_on_log(CMDOP_LOG_LEVEL_DEBUG + 1, on_log, &warn_level, on_free),
+               CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(cmdop_on_log(0x7fffffff, NULL, NULL, NULL), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK(get(&freed) == 0);
+  reset();
+  workload(true);
+  CHECK(get(&debug_messages) >= 3);
+  /* Replacing it finalises the old user_data exactly once. */
+  CHECK_OK(cmdop_on_log(CMDOP_LOG_LEVEL_WARN, on_log, &warn_level, on_free));
+  CHECK(get(&freed) == 1);
+  CHECK_OK(cmdop_on_log(CMDOP_LOG_LEVEL_OFF, NULL, NULL, NULL));
+  CHECK(get(&freed) == 2);
+
   /* Removed: silence. */
-  CHECK_OK(cmdop_set_log_callback(CMDOP_LOG_LEVEL_DEBUG, NULL, NULL));
+  CHECK_OK(cmdop_on_log(CMDOP_LOG_LEVEL_DEBUG, NULL, NULL, NULL));
   reset();
   workload(true);
   CHECK(get(&messages) == 0);
-  CHECK_OK(cmdop_set_log_callback(CMDOP_LOG_LEVEL_OFF, on_log, &debug_level));
+  CHECK_OK(cmdop_on_log(CMDOP_LOG_LEVEL_OFF, on_log, &debug_level, NULL));
   workload(true);
   CHECK(get(&messages) == 0);
-  CHECK_OK(cmdop_set_log_callback(CMDOP_LOG_LEVEL_OFF, NULL, NULL));
+  CHECK_OK(cmdop_on_log(CMDOP_LOG_LEVEL_OFF, NULL, NULL, NULL));
   CHECK(get(&leaks) == 0);
   return check_report();
 }

@@ -27,7 +27,7 @@ static void count_finalised(void *ud) {
 int main(void) {
   const char *host = env_required("CMDOP_HOST");
   uint16_t port = (uint16_t)strtol(env_required("CMDOP_PORT"), NULL, 10);
-  cmdop_local_options o = test_local_options(5000);
+  cmdop_options o = test_local_options(5000);
   cmdop_client *c = NULL;
   static struct events ev;
   cmdop_exec_result *r = NULL;
@@ -35,13 +35,13 @@ int main(void) {
   events_init(&ev);
   main_thread = pthread_self();
   o.auto_reconnect = false;
-  CHECK_OK(cmdop_local_new(host, port, &o, &c));
+  CHECK_OK(cmdop_local_new(host, port, NULL, &o, &c));
   events_install(c, &ev);
 
   /* on_connect runs on a library thread; blocking calls there are refused. */
   {
     cmdop_client *probe = NULL;
-    CHECK_OK(cmdop_local_new(host, port, &o, &probe));
+    CHECK_OK(cmdop_local_new(host, port, NULL, &o, &probe));
     nested_client = probe;
     CHECK_OK(cmdop_on_connect(probe, probing_connect, NULL, count_finalised));
     CHECK_OK(cmdop_connect(probe));

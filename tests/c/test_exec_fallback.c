@@ -14,7 +14,7 @@ static void count_chunk(void *ud, cmdop_stream_kind kind, const uint8_t *data, s
 }
 
 int main(void) {
-  cmdop_local_options o = test_local_options(4000);
+  cmdop_options o = test_local_options(4000);
   cmdop_client *c = test_connect(&o);
   cmdop_exec_result *r = NULL;
   const uint8_t *p;
@@ -96,7 +96,7 @@ int main(void) {
   /* Streaming works on this path too (chunks all marked stdout). */
   {
     size_t counts[3] = {0, 0, 0};
-    CHECK_OK(cmdop_execute_stream(c, "echo streamed; echo e >&2", 0, count_chunk, counts, NULL, &r));
+    CHECK_OK(cmdop_execute_with_callback(c, "echo streamed; echo e >&2", 0, count_chunk, counts, NULL, &r));
     CHECK(counts[CMDOP_STREAM_KIND_STDOUT] == strlen("streamed\ne\n"));
     CHECK(counts[CMDOP_STREAM_KIND_STDERR] == 0);
     cmdop_exec_result_free(r);

@@ -167,7 +167,7 @@ static void timeouts(cmdop_client *c) {
 }
 
 int main(void) {
-  cmdop_local_options o = test_local_options(3000);
+  cmdop_options o = test_local_options(3000);
   cmdop_client *c = test_connect(&o);
 
   streams_and_codes(c);

@@ -48,7 +48,7 @@ static void listing(cmdop_client *c) {
   snprintf(path, sizeof path, "%s/link", dir);
   CHECK(symlink("a.txt", path) == 0);
 
-  CHECK_OK(cmdop_files_list(c, dir, &l));
+  CHECK_OK(cmdop_list_files(c, dir, &l));
   CHECK(l != NULL);
   CHECK(cmdop_file_list_count(l) == 3);
   CHECK(strstr(cmdop_file_list_path(l), "cmdop-ctest-files-") != NULL);
@@ -73,7 +73,7 @@ static void listing(cmdop_client *c) {
   cmdop_file_list_free(l);
   l = NULL;
 
-  CHECK_OK(cmdop_files_list_page(c, dir, NULL, true, &l));
+  CHECK_OK(cmdop_list_files_page(c, dir, NULL, true, &l));
   CHECK(cmdop_file_list_count(l) == 4);
   e = find(l, ".hidden");
   CHECK(e != NULL && cmdop_file_entry_size(e) == 1);
@@ -97,7 +97,7 @@ static void paging(cmdop_client *c) {
   memset(seen, 0, sizeof seen);
   do {
     l = NULL;
-    CHECK_OK(cmdop_files_list_page(c, path, token, false, &l));
+    CHECK_OK(cmdop_list_files_page(c, path, token, false, &l));
     if (l == NULL) break;
     pages++;
     CHECK(cmdop_file_list_count(l) <= 100);
@@ -128,8 +128,8 @@ static void read_write(cmdop_client *c) {
 
   for (i = 0; i < sizeof all; i++) all[i] = (uint8_t)(255 - i);
   snprintf(path, sizeof path, "%s/bin.dat", dir);
-  CHECK_OK(cmdop_file_write(c, path, all, sizeof all));
-  CHECK_OK(cmdop_file_read(c, path, &b));
+  CHECK_OK(cmdop_write_file(c, path, all, sizeof all));
+  CHECK_OK(cmdop_read_file(c, path, &b));
   CHECK_BYTES(cmdop_bytes_data(b), cmdop_bytes_len(b), all, sizeof all);
   cmdop_bytes_free(b);
   b = NULL;
@@ -144,15 +144,15 @@ static void read_write(cmdop_client *c) {
   }
 
   /* Replace with something shorter. */
-  CHECK_OK(cmdop_file_write(c, path, (const uint8_t *)"short", 5));
-  CHECK_OK(cmdop_file_read(c, path, &b));
+  CHECK_OK(cmdop_write_file(c, path, (const uint8_t *)"short", 5));
+  CHECK_OK(cmdop_read_file(c, path, &b));
   CHECK_BYTES(cmdop_bytes_data(b), cmdop_bytes_len(b), "short", 5);
   cmdop_bytes_free(b);
   b = NULL;
 
   /* Empty file, NULL data allowed with length 0. */
-  CHECK_OK(cmdop_file_write(c, path, NULL, 0));
-  CHECK_OK(cmdop_file_read(c, path, &b));
+  CHECK_OK(cmdop_write_file(c, path, NULL, 0));
+  CHECK_OK(cmdop_read_file(c, path, &b));
   CHECK(b != NULL && cmdop_bytes_len(b) == 0);
   cmdop_bytes_free(b);
   b = NULL;
@@ -163,8 +163,8 @@ static void read_write(cmdop_client *c) {
   if (big) {
     for (i = 0; i < big_len; i++) big[i] = (uint8_t)((i * 2654435761u) >> 13);
     snprintf(path, sizeof path, "%s/big.dat", dir);
-    CHECK_OK(cmdop_file_write(c, path, big, big_len));
-    CHECK_OK(cmdop_file_read(c, path, &b));
+    CHECK_OK(cmdop_write_file(c, path, big, big_len));
+    CHECK_OK(cmdop_read_file(c, path, &b));
     CHECK(cmdop_bytes_len(b) == big_len);
     CHECK(cmdop_bytes_len(b) == big_len && memcmp(cmdop_bytes_data(b), big, big_len) == 0);
     cmdop_bytes_free(b);
@@ -175,7 +175,7 @@ static void read_write(cmdop_client *c) {
   /* A file written locally reads back through the agent. */
   write_local("local.txt", "from the test\n");
   snprintf(path, sizeof path, "%s/local.txt", dir);
-  CHECK_OK(cmdop_file_read(c, path, &b));
+  CHECK_OK(cmdop_read_file(c, path, &b));
   CHECK_BYTES(cmdop_bytes_data(b), cmdop_bytes_len(b), "from the test\n", 14);
   cmdop_bytes_free(b);
 }
@@ -194,9 +194,9 @@ static void beyond_one_message(cmdop_client *c) {
   if (data == NULL) return;
   for (i = 0; i < len; i++) data[i] = (uint8_t)((i * 2246822519u) >> 11);
   snprintf(path, sizeof path, "%s/over-32-mib.dat", dir);
-  CHECK_OK(cmdop_file_write(c, path, data, len));
+  CHECK_OK(cmdop_write_file(c, path, data, len));
   CHECK(stat(path, &st) == 0 && (size_t)st.st_size == len);
-  CHECK_OK(cmdop_file_read(c, path, &b));
+  CHECK_OK(cmdop_read_file(c, path, &b));
   CHECK(b != NULL && cmdop_bytes_len(b) == len);
   CHECK(b != NULL && cmdop_bytes_len(b) == len && memcmp(cmdop_bytes_data(b), data, len) == 0);
   cmdop_bytes_free(b);
@@ -211,30 +211,30 @@ static void errors(cmdop_client *c) {
   cmdop_file_list *l = (cmdop_file_list *)dir;
 
   snprintf(path, sizeof path, "%s/missing.txt", dir);
-  CHECK_STATUS(cmdop_file_read(c, path, &b), CMDOP_STATUS_NOT_FOUND);
+  CHECK_STATUS(cmdop_read_file(c, path, &b), CMDOP_STATUS_NOT_FOUND);
   CHECK(b == NULL);
   CHECK(cmdop_last_error_message()[0] != '\0');
   snprintf(path, sizeof path, "%s/missing-dir", dir);
-  CHECK_STATUS(cmdop_files_list(c, path, &l), CMDOP_STATUS_NOT_FOUND);
+  CHECK_STATUS(cmdop_list_files(c, path, &l), CMDOP_STATUS_NOT_FOUND);
   CHECK(l == NULL);
   snprintf(path, sizeof path, "%s/no/such/dir/f.txt", dir);
-  CHECK(cmdop_file_write(c, path, (const uint8_t *)"x", 1) != CMDOP_STATUS_OK);
+  CHECK(cmdop_write_file(c, path, (const uint8_t *)"x", 1) != CMDOP_STATUS_OK);
   /* Reading a directory, listing a file: errors, not crashes. */
-  CHECK(cmdop_file_read(c, dir, &b) != CMDOP_STATUS_OK);
+  CHECK(cmdop_read_file(c, dir, &b) != CMDOP_STATUS_OK);
   snprintf(path, sizeof path, "%s/a.txt", dir);
-  CHECK(cmdop_files_list(c, path, &l) != CMDOP_STATUS_OK);
+  CHECK(cmdop_list_files(c, path, &l) != CMDOP_STATUS_OK);
   /* A page token that no listing handed out: refused, saying so. */
-  CHECK(cmdop_files_list_page(c, dir, "not-a-real-page-token", false, &l) != CMDOP_STATUS_OK);
+  CHECK(cmdop_list_files_page(c, dir, "not-a-real-page-token", false, &l) != CMDOP_STATUS_OK);
   CHECK_ERROR_MENTIONS("page_token");
   CHECK(l == NULL);
   /* Without privileges the agent is refused (skipped as root). */
   if (geteuid() != 0) {
-    CHECK_STATUS(cmdop_file_write(c, "/proc/version", (const uint8_t *)"x", 1), CMDOP_STATUS_PERMISSION_DENIED);
+    CHECK_STATUS(cmdop_write_file(c, "/proc/version", (const uint8_t *)"x", 1), CMDOP_STATUS_PERMISSION_DENIED);
   }
 }
 
 int main(void) {
-  cmdop_local_options o = test_local_options(20000);
+  cmdop_options o = test_local_options(20000);
   cmdop_client *c;
   char cmd[600];
 

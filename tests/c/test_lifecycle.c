@@ -61,14 +61,14 @@ int main(void) {
   const char *host = env_required("CMDOP_HOST");
   uint16_t port = (uint16_t)strtol(env_required("CMDOP_PORT"), NULL, 10);
   const char *machine = env_required("CMDOP_TEST_HOSTNAME");
-  cmdop_local_options o = test_local_options(10000);
+  cmdop_options o = test_local_options(10000);
   cmdop_client *c = NULL;
   cmdop_exec_result *r = NULL;
   cmdop_file_list *fl = NULL;
   size_t len = 0;
   const uint8_t *p;
 
-  CHECK_OK(cmdop_local_new(host, port, &o, &c));
+  CHECK_OK(cmdop_local_new(host, port, NULL, &o, &c));
   CHECK_OK(cmdop_on_connect(c, on_connect, NULL, NULL));
   CHECK_OK(cmdop_on_disconnect(c, on_disconnect, NULL, NULL));
 
@@ -116,7 +116,7 @@ int main(void) {
   CHECK_STATUS(cmdop_execute(c, "true", 0, &r), CMDOP_STATUS_DISCONNECTED);
   CHECK(r == NULL);
   CHECK(strstr(cmdop_last_error_message(), "connect") != NULL);
-  CHECK_STATUS(cmdop_files_list(c, "/", &fl), CMDOP_STATUS_DISCONNECTED);
+  CHECK_STATUS(cmdop_list_files(c, "/", &fl), CMDOP_STATUS_DISCONNECTED);
   CHECK(fl == NULL);
 
   /* Connect again after close: works, fires on_connect again. */
@@ -134,7 +134,7 @@ int main(void) {
 
   /* A client that never connected frees cleanly too. */
   c = NULL;
-  CHECK_OK(cmdop_local_new(host, port, NULL, &c));
+  CHECK_OK(cmdop_local_new(host, port, NULL, NULL, &c));
   cmdop_client_free(c);
 
   /* cmdop_client_free returns only after the callbacks it triggers (here a
@@ -143,7 +143,7 @@ int main(void) {
   {
     struct slow_ctx ctx = {0, 0};
     c = NULL;
-    CHECK_OK(cmdop_local_new(host, port, &o, &c));
+    CHECK_OK(cmdop_local_new(host, port, NULL, &o, &c));
     CHECK_OK(cmdop_on_disconnect(c, slow_on_disconnect, &ctx, slow_finalised));
     CHECK_OK(cmdop_connect(c));
     cmdop_client_free(c);
@@ -156,7 +156,7 @@ int main(void) {
     int i;
     for (i = 0; i < 20; i++) {
       c = NULL;
-      CHECK_OK(cmdop_local_new(host, port, &o, &c));
+      CHECK_OK(cmdop_local_new(host, port, NULL, &o, &c));
       CHECK_OK(cmdop_connect(c));
       if (i % 2) CHECK_OK(cmdop_close(c));
       cmdop_client_free(c);

@@ -10,7 +10,7 @@
 int main(void) {
   const char *host = env_required("CMDOP_HOST");
   uint16_t port = (uint16_t)strtol(env_required("CMDOP_PORT"), NULL, 10);
-  cmdop_local_options o = test_local_options(2000);
+  cmdop_options o = test_local_options(2000);
   cmdop_client *c = NULL, *quitter = NULL;
   static struct events ev, evq;
   cmdop_exec_result *r = NULL;
@@ -23,7 +23,7 @@ int main(void) {
   o.reconnect_delay_ms = 200;
   o.max_reconnect_delay_ms = 1000;
   o.max_reconnect_attempts = 0; /* never give up */
-  CHECK_OK(cmdop_local_new(host, port, &o, &c));
+  CHECK_OK(cmdop_local_new(host, port, NULL, &o, &c));
   events_install(c, &ev);
   CHECK_OK(cmdop_connect(c));
   CHECK_OK(wait_set_machine(c, "solo", 10000));
@@ -34,7 +34,7 @@ int main(void) {
   o.reconnect_delay_ms = 100;
   o.max_reconnect_delay_ms = 200;
   o.max_reconnect_attempts = 2;
-  CHECK_OK(cmdop_local_new(host, port, &o, &quitter));
+  CHECK_OK(cmdop_local_new(host, port, NULL, &o, &quitter));
   events_install(quitter, &evq);
   CHECK_OK(cmdop_connect(quitter));
 

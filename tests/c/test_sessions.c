@@ -13,8 +13,25 @@ struct capture {
   size_t len;
   size_t calls;
   int ended;
-  cmdop_stream *close_me; /* closed from inside the callback when set */
+  cmdop_attachment *close_me; /* closed from inside the callback when set */
 };
+
+/* The attachment's finaliser: counts its calls. */
+static pthread_mutex_t freed_mu = PTHREAD_MUTEX_INITIALIZER;
+static int freed;
+static void on_free(void *ud) {
+  (void)ud;
+  pthread_mutex_lock(&freed_mu);
+  freed++;
+  pthread_mutex_unlock(&freed_mu);
+}
+static int freed_count(void) {
+  int n;
+  pthread_mutex_lock(&freed_mu);
+  n = freed;
+  pthread_mutex_unlock(&freed_mu);
+  return n;
+}
 
 static void on_output(void *ud, const uint8_t *data, size_t len) {
   struct capture *cap = ud;
@@ -56,11 +73,11 @@ static size_t calls_of(struct capture *cap) {
 
 int main(void) {
   const char *machine = env_required("CMDOP_TEST_HOSTNAME");
-  cmdop_local_options o = test_local_options(10000);
+  cmdop_options o = test_local_options(10000);
   cmdop_client *c = test_connect(&o);
   cmdop_session *s = NULL, *any = NULL;
   cmdop_session_list *list = NULL;
-  cmdop_stream *st = NULL;
+  cmdop_attachment *st = NULL;
   static struct capture cap;
   char *id = NULL;
   size_t i;
@@ -109,38 +126,43 @@ int main(void) {
 
   /* Attach: typing a command shows its (computed) output live. */
   pthread_mutex_init(&cap.mu, NULL);
-  CHECK_OK(cmdop_stream_attach(c, id, on_output, &cap, &st));
+  CHECK_OK(cmdop_attach(c, id, on_output, &cap, on_free, &st));
   CHECK(st != NULL);
   if (st) {
     const char *typed = "echo attach-marker-$((6*7))\n";
-    CHECK_OK(cmdop_stream_resize(st, 120, 40));
-    CHECK_OK(cmdop_stream_write(st, (const uint8_t *)typed, strlen(typed)));
+    CHECK_OK(cmdop_attachment_resize(st, 120, 40));
+    CHECK_OK(cmdop_attachment_write(st, (const uint8_t *)typed, strlen(typed)));
     CHECK(wait_output(&cap, "attach-marker-42", 5000));
     /* Output of commands run through execute is visible too, on the
      * terminal path; typing more keeps working. */
-    CHECK_OK(cmdop_stream_write(st, (const uint8_t *)"echo second-$((1+1))\n", 21));
+    CHECK_OK(cmdop_attachment_write(st, (const uint8_t *)"echo second-$((1+1))\n", 21));
     CHECK(wait_output(&cap, "second-2", 5000));
-    CHECK_OK(cmdop_stream_close(st));
+    CHECK_OK(cmdop_attachment_close(st));
     {
-      /* After close returns, the callback is not called again. */
+      /* After close returns, the callback is not called again, and the
+       * finaliser has run exactly once. */
       size_t n = calls_of(&cap);
       sleep_ms(300);
       CHECK(calls_of(&cap) == n);
+      CHECK(freed_count() == 1);
     }
   }
 
   /* Unknown session. */
-  st = (cmdop_stream *)&o;
-  CHECK_STATUS(cmdop_stream_attach(c, "sess_does_not_exist", on_output, &cap, &st), CMDOP_STATUS_NOT_FOUND);
+  st = (cmdop_attachment *)&o;
+  CHECK_STATUS(cmdop_attach(c, "sess_does_not_exist", on_output, &cap, on_free, &st), CMDOP_STATUS_NOT_FOUND);
   CHECK(st == NULL);
-  CHECK_STATUS(cmdop_stream_close(NULL), CMDOP_STATUS_OK);
+  CHECK(freed_count() == 2); /* a failed attach finalises its user_data too */
+  CHECK_STATUS(cmdop_attach(c, id, NULL, &cap, on_free, &st), CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK(freed_count() == 3);
+  CHECK_STATUS(cmdop_attachment_close(NULL), CMDOP_STATUS_OK);
 
   /* Closing the client ends an attached stream: the end-of-stream call. */
   {
     static struct capture cap2;
-    cmdop_stream *st2 = NULL;
+    cmdop_attachment *st2 = NULL;
     pthread_mutex_init(&cap2.mu, NULL);
-    CHECK_OK(cmdop_stream_attach(c, id, on_output, &cap2, &st2));
+    CHECK_OK(cmdop_attach(c, id, on_output, &cap2, NULL, &st2));
     CHECK_OK(cmdop_close(c));
     {
       double end = now_ms() + 3000;
@@ -154,8 +176,8 @@ int main(void) {
       }
     }
     CHECK(cap2.ended);
-    if (st2) CHECK_STATUS(cmdop_stream_write(st2, (const uint8_t *)"x", 1), CMDOP_STATUS_DISCONNECTED);
-    CHECK_OK(cmdop_stream_close(st2));
+    if (st2) CHECK_STATUS(cmdop_attachment_write(st2, (const uint8_t *)"x", 1), CMDOP_STATUS_DISCONNECTED);
+    CHECK_OK(cmdop_attachment_close(st2));
     pthread_mutex_destroy(&cap2.mu);
   }
 

@@ -15,14 +15,13 @@ struct worker {
 
 static void *work(void *arg) {
   struct worker *w = arg;
-  cmdop_local_options o = test_local_options(10000);
+  cmdop_options o = test_local_options(10000);
   cmdop_client *c = NULL;
   char want[64];
   int i;
 
-  o.api_key = w->key;
   snprintf(want, sizeof want, "%s\n", w->machine);
-  if (cmdop_local_new(env_required("CMDOP_HOST"), (uint16_t)atoi(env_required("CMDOP_PORT")), &o, &c) !=
+  if (cmdop_local_new(env_required("CMDOP_HOST"), (uint16_t)atoi(env_required("CMDOP_PORT")), w->key, &o, &c) !=
           CMDOP_STATUS_OK ||
       cmdop_connect(c) != CMDOP_STATUS_OK || wait_set_machine(c, w->machine, 15000) != CMDOP_STATUS_OK) {
     fprintf(stderr, "worker %s: %s\n", w->machine, cmdop_last_error_message());
@@ -61,24 +60,22 @@ int main(void) {
   uint16_t port = (uint16_t)strtol(env_required("CMDOP_PORT"), NULL, 10);
   const char *k1 = env_required("CMDOP_API_KEY");
   const char *k2 = env_required("CMDOP_TEST_KEY_W2");
-  cmdop_local_options o1 = test_local_options(10000), o2 = test_local_options(10000);
+  cmdop_options o1 = test_local_options(10000), o2 = test_local_options(10000);
   cmdop_client *c1 = NULL, *c2 = NULL;
   cmdop_connection_info *info = NULL;
   char hosts[1024];
 
-  o1.api_key = k1;
-  o2.api_key = k2;
-  CHECK_OK(cmdop_local_new(host, port, &o1, &c1));
-  CHECK_OK(cmdop_local_new(host, port, &o2, &c2));
+  CHECK_OK(cmdop_local_new(host, port, k1, &o1, &c1));
+  CHECK_OK(cmdop_local_new(host, port, k2, &o2, &c2));
   CHECK_OK(cmdop_connect(c1));
   CHECK_OK(cmdop_connect(c2));
   CHECK_OK(wait_set_machine(c1, "alpha-one", 15000));
   CHECK_OK(wait_set_machine(c2, "charlie-host", 15000));
 
-  CHECK_OK(cmdop_connection_info_get(c1, &info));
+  CHECK_OK(cmdop_get_connection_info(c1, &info));
   CHECK(strcmp(cmdop_connection_info_workspace(info), "w1") == 0);
   cmdop_connection_info_free(info);
-  CHECK_OK(cmdop_connection_info_get(c2, &info));
+  CHECK_OK(cmdop_get_connection_info(c2, &info));
   CHECK(strcmp(cmdop_connection_info_workspace(info), "w2") == 0);
   cmdop_connection_info_free(info);
 

@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
   }
   printf("libcmdop %s\n", cmdop_version());
 
-  st = cmdop_local_new(host, (uint16_t)atoi(port), NULL, &client);
+  st = cmdop_local_new(host, (uint16_t)atoi(port), NULL, NULL, &client);
   if (st != CMDOP_STATUS_OK) return fail("cmdop_local_new", st);
   if ((st = cmdop_connect(client)) != CMDOP_STATUS_OK) code = fail("cmdop_connect", st);
   else if ((st = cmdop_set_machine(client, machine)) != CMDOP_STATUS_OK) code = fail("cmdop_set_machine", st);

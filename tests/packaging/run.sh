@@ -49,6 +49,30 @@ check "installed layout (library $version, symlinks, header, pc, cmake)" install
 check "exports only cmdop_ symbols, soname libcmdop.so.$major" \
   tests/packaging/check_exports.sh "$libdir/libcmdop.so.$version" "libcmdop.so.$major"
 
+# Versions follow one policy (packaging/README.md): package major =
+# CMDOP_ABI_VERSION of the installed header = soname major.
+versions_agree() {
+  local abi
+  abi=$(printf '#include "cmdop.h"\nCMDOP_ABI_VERSION\n' | cc -E -P -I"$prefix/include" - | tail -n1 | tr -d '[:space:]')
+  echo "package $version, CMDOP_ABI_VERSION $abi, major $major"
+  [ -n "$abi" ] && [ "$abi" = "$major" ]
+}
+check "package major = CMDOP_ABI_VERSION = soname major" versions_agree
+
+# The installed library is stripped; its debug info sits in .debug/ and
+# the library names it (.gnu_debuglink) so debuggers find it.
+stripped_with_debug_file() {
+  local so="$libdir/libcmdop.so.$version" dbg="$libdir/.debug/libcmdop.so.$version.debug"
+  [ -f "$dbg" ] || { echo "missing $dbg"; return 1; }
+  if readelf -S "$so" | grep -qE '\.debug_(info|line)'; then echo "$so still has debug sections"; return 1; fi
+  readelf -S "$dbg" | grep -q '\.debug_info' || { echo "$dbg has no .debug_info"; return 1; }
+  readelf --string-dump=.gnu_debuglink "$so" | grep -q "libcmdop.so.$version.debug" ||
+    { echo "$so has no .gnu_debuglink to its debug file"; return 1; }
+  if readelf -S "$libdir/libcmdop.a" | grep -qE '\.debug_info'; then echo "libcmdop.a still has debug info"; return 1; fi
+  echo "libcmdop.so.$version: $(stat -c %s "$so") bytes; debug file: $(stat -c %s "$dbg") bytes"
+}
+check "installed library stripped, debug info in .debug/ via .gnu_debuglink" stripped_with_debug_file
+
 staged() {
   local stage=$work/stage
   make -s install PREFIX=/opt/cmdop DESTDIR="$stage" NO_BUILD=1 &&
@@ -79,7 +103,7 @@ build_cmake() {
         -DCMAKE_BUILD_TYPE=Release &&
     cmake --build "$work/cmake-build" -j 2
 }
-check "CMake project builds with find_package(cmdop 0.1) + cmdop::cmdop" build_cmake
+check "CMake project builds with find_package(cmdop 1.0) + cmdop::cmdop" build_cmake
 cmake_rejects_2_0() {
   mkdir -p "$work/cmake-v2" &&
     printf 'cmake_minimum_required(VERSION 3.16)\nproject(v LANGUAGES C)\nfind_package(cmdop 2.0 REQUIRED)\n' \

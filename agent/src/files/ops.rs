@@ -218,7 +218,7 @@ fn check_destination(from: &Path, to: &Path, overwrite: bool, from_is_dir: bool)
 
 /// Canonical form of `p`, or of its parent joined with its name when `p`
 /// does not exist yet.
-fn canonical_or_same(p: &Path) -> std::path::PathBuf {
+fn canonical_or_same(p: &Path) -> PathBuf {
     if let Ok(c) = fs::canonicalize(p) {
         return c;
     }

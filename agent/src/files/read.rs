@@ -14,7 +14,7 @@ use super::{
 
 /// Most bytes one read returns. It stays below the 32 MiB gRPC message
 /// limit with room for the envelope, so a capped read always fits.
-pub const MAX_READ_BYTES: u64 = 32 * 1024 * 1024 - 64 * 1024;
+pub const MAX_READ_BYTES: u64 = cmdop_proto::limits::MAX_INLINE_FILE_BYTES as u64;
 
 /// Reads `path` (already resolved) from `offset`, `length` bytes (0 = to the
 /// end), capped at [`MAX_READ_BYTES`] with `is_truncated`.

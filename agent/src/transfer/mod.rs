@@ -26,9 +26,9 @@ use crate::files::{
 };
 
 /// Capability announced in the Channel hello.
-pub const CAPABILITY: &str = "files.v1";
+pub use cmdop_proto::caps::FILES as CAPABILITY;
 /// Largest data chunk sent to the control plane.
-pub const CHUNK_BYTES: usize = 1024 * 1024;
+pub use cmdop_proto::limits::TRANSFER_CHUNK_BYTES as CHUNK_BYTES;
 /// Download bytes sent but not yet credited by the control plane.
 pub const DOWNLOAD_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
 /// Transfers served at once; more are refused.

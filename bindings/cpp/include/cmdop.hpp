@@ -135,12 +135,12 @@ struct Deleter {
 };
 
 inline void free_client(cmdop_client *c) { cmdop_client_free(c); }
-inline void free_stream(cmdop_stream *s) { cmdop_stream_close(s); }
+inline void free_stream(cmdop_attachment *s) { cmdop_attachment_close(s); }
 
 using ClientPtr = std::unique_ptr<cmdop_client, Deleter<cmdop_client, free_client>>;
 using ResultPtr = std::unique_ptr<cmdop_exec_result, Deleter<cmdop_exec_result, cmdop_exec_result_free>>;
 using TokenPtr = std::unique_ptr<cmdop_cancel_token, Deleter<cmdop_cancel_token, cmdop_cancel_token_free>>;
-using StreamPtr = std::unique_ptr<cmdop_stream, Deleter<cmdop_stream, free_stream>>;
+using StreamPtr = std::unique_ptr<cmdop_attachment, Deleter<cmdop_attachment, free_stream>>;
 using InfoPtr =
     std::unique_ptr<cmdop_connection_info, Deleter<cmdop_connection_info, cmdop_connection_info_free>>;
 using SessionPtr = std::unique_ptr<cmdop_session, Deleter<cmdop_session, cmdop_session_free>>;
@@ -162,28 +162,13 @@ inline uint32_t to_ms(std::chrono::milliseconds d) {
   return static_cast<uint32_t>(d.count());
 }
 
-/// The process-wide log callback. The C API forgets a replaced user_data
-/// without a finalizer, so the trampoline takes a reference to the current
-/// callable from this slot instead of owning one; a callable being replaced
-/// stays alive until the calls already using it return.
-struct LogSlot {
-  using Fn = std::function<void(LogLevel, std::string_view)>;
-  std::mutex mu;
-  std::shared_ptr<const Fn> fn;
-  static LogSlot &get() {
-    static LogSlot *slot = new LogSlot();  // never destroyed: library threads may log at exit
-    return *slot;
-  }
-};
+/// The process-wide log callback's callable: owned by the library, which
+/// deletes it (delete_callable) once no log call uses it any more.
+using LogFn = std::function<void(LogLevel, std::string_view)>;
 
-inline void log_trampoline(void *, cmdop_log_level level, const char *message) noexcept {
-  std::shared_ptr<const LogSlot::Fn> fn;
-  {
-    LogSlot &slot = LogSlot::get();
-    std::lock_guard<std::mutex> lock(slot.mu);
-    fn = slot.fn;
-  }
-  if (fn && *fn) (*fn)(static_cast<LogLevel>(level), message ? std::string_view(message) : std::string_view());
+inline void log_trampoline(void *user_data, cmdop_log_level level, const char *message) noexcept {
+  const LogFn &fn = *static_cast<const LogFn *>(user_data);
+  fn(static_cast<LogLevel>(level), message ? std::string_view(message) : std::string_view());
 }
 
 }  // namespace detail
@@ -198,22 +183,29 @@ inline bool abi_compatible() noexcept { return cmdop_abi_version() == CMDOP_ABI_
 /// process-wide log callback. It may run on any thread, concurrently with
 /// itself: make it thread-safe and quick, and do not throw.
 inline void set_log_callback(LogLevel level, std::function<void(LogLevel, std::string_view)> fn) {
-  detail::LogSlot &slot = detail::LogSlot::get();
-  const bool on = fn && level != LogLevel::Off;
-  auto next = on ? std::make_shared<const detail::LogSlot::Fn>(std::move(fn)) : nullptr;
-  {
-    std::lock_guard<std::mutex> lock(slot.mu);
-    slot.fn = std::move(next);
+  if (!fn || level == LogLevel::Off) {
+    detail::check(cmdop_on_log(CMDOP_LOG_LEVEL_OFF, nullptr, nullptr, nullptr));
+    return;
   }
-  detail::check(cmdop_set_log_callback(static_cast<cmdop_log_level>(on ? level : LogLevel::Off),
-                                       on ? detail::log_trampoline : nullptr, nullptr));
+  auto box = std::make_unique<detail::LogFn>(std::move(fn));
+  detail::check(cmdop_on_log(static_cast<int>(level), detail::log_trampoline, box.get(),
+                             detail::delete_callable<detail::LogFn>));
+  box.release();  // owned by the library now
 }
 
-/// Options of a client for a remote (hosted) control plane. Unset optional
-/// fields keep the library's defaults (see cmdop_remote_options in cmdop.h).
-struct RemoteOptions {
-  std::string server;  ///< "host:port" or "https://host:port"; empty = hosted endpoint
-  bool insecure = false;
+/// Whether a client uses TLS (cmdop_tls in cmdop.h).
+enum class Tls : int {
+  Default = CMDOP_TLS_DEFAULT,  ///< TLS for remote clients, plaintext for local ones
+  On = CMDOP_TLS_ON,
+  Off = CMDOP_TLS_OFF,  ///< plaintext (tests, private networks)
+};
+
+/// Options of a client, remote or local (cmdop_options in cmdop.h). Unset
+/// optional fields keep the library's defaults.
+struct Options {
+  std::string server;   ///< remote only: "host:port" or "https://host:port"; empty = hosted endpoint
+  std::string api_key;  ///< local only: empty = $CMDOP_API_KEY if set, else none (remote takes it as an argument)
+  Tls tls = Tls::Default;
   std::string ca_pem_path;  ///< empty = system roots
   std::string ca_pem;       ///< PEM bytes; empty = unused
   std::optional<std::chrono::milliseconds> timeout;
@@ -224,30 +216,19 @@ struct RemoteOptions {
   std::optional<std::chrono::milliseconds> max_reconnect_delay;
   std::optional<uint32_t> max_reconnect_attempts;
   bool debug = false;
-  std::optional<bool> auto_refresh;
-};
-
-/// Options of a client for a control plane at host:port (e.g. `cmdop dev`).
-struct LocalOptions {
-  std::string api_key;  ///< empty = $CMDOP_API_KEY if set, else none
-  bool tls = false;
-  std::string ca_pem_path;
-  std::string ca_pem;
-  std::optional<std::chrono::milliseconds> timeout;
-  std::optional<uint32_t> max_retries;
-  std::optional<std::chrono::milliseconds> retry_delay;
-  std::optional<bool> auto_reconnect;
-  std::optional<std::chrono::milliseconds> reconnect_delay;
-  std::optional<std::chrono::milliseconds> max_reconnect_delay;
-  std::optional<uint32_t> max_reconnect_attempts;
-  bool debug = false;
+  std::optional<bool> auto_refresh;  ///< OAuth clients
 };
 
 namespace detail {
 
-/// Copies the fields both option structs share onto a C struct.
-template <typename Cpp, typename C>
-void apply_common(const Cpp &o, C &c) {
+/// Fills a C options struct (this header's layout version) from `o`;
+/// the strings stay owned by `o`.
+inline void to_c(const Options &o, cmdop_options &c, bool local) {
+  check(cmdop_options_init(&c, CMDOP_OPTIONS_VERSION));
+  if (local && !o.server.empty())
+    throw Error(Status::InvalidArgument, "Options::server is for Client::remote; Client::local takes host and port");
+  c.server = o.server.empty() ? nullptr : o.server.c_str();
+  c.tls = static_cast<int>(o.tls);
   c.ca_pem_path = o.ca_pem_path.empty() ? nullptr : o.ca_pem_path.c_str();
   c.ca_pem = o.ca_pem.empty() ? nullptr : reinterpret_cast<const uint8_t *>(o.ca_pem.data());
   c.ca_pem_len = o.ca_pem.size();
@@ -259,6 +240,7 @@ void apply_common(const Cpp &o, C &c) {
   if (o.max_reconnect_delay) c.max_reconnect_delay_ms = to_ms(*o.max_reconnect_delay);
   if (o.max_reconnect_attempts) c.max_reconnect_attempts = *o.max_reconnect_attempts;
   c.debug = o.debug;
+  if (o.auto_refresh) c.auto_refresh = *o.auto_refresh;
 }
 
 }  // namespace detail
@@ -314,7 +296,7 @@ class CancelToken {
     if (!t_) throw std::bad_alloc();
   }
   /// Cancel every call using this token, now and later.
-  void cancel() const noexcept { cmdop_cancel(t_.get()); }
+  void cancel() const noexcept { cmdop_cancel_token_cancel(t_.get()); }
   const cmdop_cancel_token *raw() const noexcept { return t_.get(); }
 
  private:
@@ -365,6 +347,13 @@ struct ConnectionInfo {
   bool connected = false;
   double latency_ms = -1;  ///< -1 when the round trip failed
   bool native_exec = false;
+  /// What the server offers (CMDOP_CAPABILITY_*); empty for official servers.
+  std::vector<std::string> capabilities;
+  bool has_capability(std::string_view name) const {
+    for (const auto &c : capabilities)
+      if (c == name) return true;
+    return false;
+  }
 };
 
 /// A live attachment to a session's terminal; detaches when destroyed.
@@ -373,9 +362,9 @@ class Stream {
  public:
   /// Type bytes into the terminal.
   void write(std::string_view data) {
-    detail::check(cmdop_stream_write(s_.get(), reinterpret_cast<const uint8_t *>(data.data()), data.size()));
+    detail::check(cmdop_attachment_write(s_.get(), reinterpret_cast<const uint8_t *>(data.data()), data.size()));
   }
-  void resize(uint16_t cols, uint16_t rows) { detail::check(cmdop_stream_resize(s_.get(), cols, rows)); }
+  void resize(uint16_t cols, uint16_t rows) { detail::check(cmdop_attachment_resize(s_.get(), cols, rows)); }
   /// Detach now; after it returns the output callback is not called again.
   void close() noexcept { s_.reset(); }
 
@@ -393,9 +382,9 @@ class Client {
  public:
   /// Client for a remote control plane authenticated with an API key;
   /// an empty key reads $CMDOP_API_KEY. Does not connect.
-  static Client remote(std::string_view api_key, const RemoteOptions &opts = {}) {
-    cmdop_remote_options c;
-    remote_options(opts, c);
+  static Client remote(std::string_view api_key, const Options &opts = {}) {
+    cmdop_options c;
+    detail::to_c(opts, c, false);
     const std::string key(api_key);
     cmdop_client *out = nullptr;
     detail::check(cmdop_remote_new(key.empty() ? nullptr : key.c_str(), &c, &out));
@@ -405,25 +394,23 @@ class Client {
   /// Client for a remote control plane authenticated with OAuth tokens;
   /// refreshed tokens go to on_tokens(). Does not connect.
   static Client remote_oauth(std::string_view access_token, std::string_view refresh_token,
-                             const RemoteOptions &opts = {}) {
-    cmdop_remote_options c;
-    remote_options(opts, c);
+                             const Options &opts = {}) {
+    cmdop_options c;
+    detail::to_c(opts, c, false);
     cmdop_client *out = nullptr;
     detail::check(cmdop_remote_new_oauth(detail::c_str(access_token).c_str(),
                                          detail::c_str(refresh_token).c_str(), &c, &out));
     return Client(out);
   }
 
-  /// Client for a control plane at host:port (plaintext unless opts.tls).
-  /// Does not connect.
-  static Client local(std::string_view host, uint16_t port, const LocalOptions &opts = {}) {
-    cmdop_local_options c;
-    detail::check(cmdop_local_options_init(&c));
-    c.api_key = opts.api_key.empty() ? nullptr : opts.api_key.c_str();
-    c.tls = opts.tls;
-    detail::apply_common(opts, c);
+  /// Client for a control plane at host:port (plaintext unless opts.tls
+  /// is Tls::On). Does not connect.
+  static Client local(std::string_view host, uint16_t port, const Options &opts = {}) {
+    cmdop_options c;
+    detail::to_c(opts, c, true);
     cmdop_client *out = nullptr;
-    detail::check(cmdop_local_new(detail::c_str(host).c_str(), port, &c, &out));
+    detail::check(cmdop_local_new(detail::c_str(host).c_str(), port,
+                                  opts.api_key.empty() ? nullptr : opts.api_key.c_str(), &c, &out));
     return Client(out);
   }
 
@@ -445,15 +432,19 @@ class Client {
   /// Describe the connection, measuring the latency now.
   ConnectionInfo connection_info() {
     cmdop_connection_info *raw = nullptr;
-    detail::check(cmdop_connection_info_get(get(), &raw));
+    detail::check(cmdop_get_connection_info(get(), &raw));
     detail::InfoPtr info(raw);
-    return ConnectionInfo{detail::copy(cmdop_connection_info_server(raw)),
-                          detail::copy(cmdop_connection_info_server_version(raw)),
-                          detail::copy(cmdop_connection_info_workspace(raw)),
-                          cmdop_connection_info_tls(raw),
-                          cmdop_connection_info_connected(raw),
-                          cmdop_connection_info_latency_ms(raw),
-                          cmdop_connection_info_native_exec(raw)};
+    ConnectionInfo out{detail::copy(cmdop_connection_info_server(raw)),
+                       detail::copy(cmdop_connection_info_server_version(raw)),
+                       detail::copy(cmdop_connection_info_workspace(raw)),
+                       cmdop_connection_info_tls(raw),
+                       cmdop_connection_info_connected(raw),
+                       cmdop_connection_info_latency_ms(raw),
+                       cmdop_connection_info_native_exec(raw),
+                       {}};
+    for (size_t i = 0, n = cmdop_connection_info_capability_count(raw); i < n; i++)
+      out.capabilities.push_back(detail::copy(cmdop_connection_info_capability_get(raw, i)));
+    return out;
   }
 
   /// Run a shell command on the selected machine and wait for it. A zero
@@ -481,7 +472,7 @@ class Client {
     if (!cancel) cancel = &own.emplace();
     ChunkContext ctx{&on_chunk, cancel, nullptr};
     cmdop_exec_result *out = nullptr;
-    const cmdop_status st = cmdop_execute_stream(get(), cmd.c_str(), ms, on_chunk ? chunk_trampoline : nullptr,
+    const cmdop_status st = cmdop_execute_with_callback(get(), cmd.c_str(), ms, on_chunk ? chunk_trampoline : nullptr,
                                                  &ctx, cancel->raw(), &out);
     if (ctx.error) {
       cmdop_exec_result_free(out);
@@ -516,7 +507,7 @@ class Client {
   FileList list_files(std::string_view path, std::string_view page_token = {}, bool include_hidden = false) {
     const std::string p(path), tok(page_token);
     cmdop_file_list *raw = nullptr;
-    detail::check(cmdop_files_list_page(get(), p.c_str(), tok.c_str(), include_hidden, &raw));
+    detail::check(cmdop_list_files_page(get(), p.c_str(), tok.c_str(), include_hidden, &raw));
     detail::FileListPtr list(raw);
     FileList out{detail::copy(cmdop_file_list_path(raw)), {}, detail::copy(cmdop_file_list_next_page_token(raw))};
     const size_t n = cmdop_file_list_count(raw);
@@ -533,14 +524,14 @@ class Client {
   /// The whole content of file `path` on the selected machine.
   std::string read_file(std::string_view path) {
     cmdop_bytes *raw = nullptr;
-    detail::check(cmdop_file_read(get(), detail::c_str(path).c_str(), &raw));
+    detail::check(cmdop_read_file(get(), detail::c_str(path).c_str(), &raw));
     detail::BytesPtr b(raw);
     return std::string(detail::view(cmdop_bytes_data(raw), cmdop_bytes_len(raw)));
   }
 
   /// Create or replace file `path` on the selected machine.
   void write_file(std::string_view path, std::string_view data) {
-    detail::check(cmdop_file_write(get(), detail::c_str(path).c_str(),
+    detail::check(cmdop_write_file(get(), detail::c_str(path).c_str(),
                                    reinterpret_cast<const uint8_t *>(data.data()), data.size()));
   }
 
@@ -551,8 +542,8 @@ class Client {
     if (!on_output) throw Error(Status::InvalidArgument, "attach() needs an output callback");
     Stream s;
     s.fn_ = std::make_unique<Stream::Callback>(std::move(on_output));
-    cmdop_stream *raw = nullptr;
-    detail::check(cmdop_stream_attach(get(), detail::c_str(session_id).c_str(), output_trampoline, s.fn_.get(), &raw));
+    cmdop_attachment *raw = nullptr;
+    detail::check(cmdop_attach(get(), detail::c_str(session_id).c_str(), output_trampoline, s.fn_.get(), nullptr, &raw));
     s.s_.reset(raw);
     return s;
   }
@@ -582,7 +573,7 @@ class Client {
   /// OAuth clients: receives the new (access, refresh) pair after a refresh.
   void on_tokens(std::function<void(std::string_view access, std::string_view refresh)> fn) {
     using F = std::function<void(std::string_view, std::string_view)>;
-    install<F>(cmdop_set_token_callback, std::move(fn), [](void *ud, const char *a, const char *r) noexcept {
+    install<F>(cmdop_on_token_refresh, std::move(fn), [](void *ud, const char *a, const char *r) noexcept {
       (*static_cast<F *>(ud))(a ? a : "", r ? r : "");
     });
   }
@@ -596,14 +587,6 @@ class Client {
   cmdop_client *get() const {
     if (!c_) throw Error(Status::InvalidArgument, "this cmdop::Client was moved from; use the object it moved to");
     return c_.get();
-  }
-
-  static void remote_options(const RemoteOptions &o, cmdop_remote_options &c) {
-    detail::check(cmdop_remote_options_init(&c));
-    c.server = o.server.empty() ? nullptr : o.server.c_str();
-    c.insecure = o.insecure;
-    detail::apply_common(o, c);
-    if (o.auto_refresh) c.auto_refresh = *o.auto_refresh;
   }
 
   /// Hands a heap copy of `fn` to the C API, which frees it through

@@ -60,7 +60,7 @@ class Live : public ::testing::Test {
   }
 
   cmdop::Client connected() {
-    cmdop::LocalOptions o;
+    cmdop::Options o;
     o.timeout = 15s;
     cmdop::Client c = cmdop::Client::local(stack_->host, stack_->port, o);
     c.connect();
@@ -200,7 +200,7 @@ TEST_F(Live, ConnectCallbackFiresOnItsThreadAndIsReleased) {
 }
 
 TEST_F(Live, WrongKeyIsUnauthenticated) {
-  cmdop::LocalOptions o;
+  cmdop::Options o;
   o.api_key = "cmdop_wrong_key_for_tests";
   o.timeout = 10s;
   cmdop::Client c = cmdop::Client::local(stack_->host, stack_->port, o);
@@ -238,6 +238,9 @@ TEST_F(Live, SessionsAndConnectionInfo) {
   EXPECT_TRUE(info.connected);
   EXPECT_FALSE(info.tls);
   EXPECT_NE(info.server.find(std::to_string(stack_->port)), std::string::npos) << info.server;
+  EXPECT_TRUE(info.has_capability(CMDOP_CAPABILITY_EXEC));
+  EXPECT_TRUE(info.has_capability(CMDOP_CAPABILITY_FILES));
+  EXPECT_FALSE(info.has_capability("exec"));
 }
 
 TEST_F(Live, FilesRoundTrip) {

@@ -43,7 +43,7 @@ TEST(Header, InvalidArgumentsThrowWithStatusAndMessage) {
     EXPECT_NE(std::string(e.what()).find(e.message()), std::string::npos);
     EXPECT_EQ(e.partial_result(), nullptr);
   }
-  cmdop::LocalOptions o;
+  cmdop::Options o;
   o.timeout = std::chrono::milliseconds(-1);
   EXPECT_THROW((void)cmdop::Client::local("127.0.0.1", 1, o), cmdop::Error);
 }
@@ -62,7 +62,7 @@ TEST(Header, MovedFromClientReportsMisuse) {
 }
 
 TEST(Header, UnreachableServerIsUnavailable) {
-  cmdop::LocalOptions o;
+  cmdop::Options o;
   o.timeout = std::chrono::milliseconds(1000);
   o.max_retries = 0;
   cmdop::Client c = cmdop::Client::local("127.0.0.1", 1, o);
@@ -105,7 +105,7 @@ namespace {
 
 TEST(Header, LogCallbackCanBeInstalledAndRemoved) {
   cmdop::set_log_callback(cmdop::LogLevel::Debug, [](cmdop::LogLevel, std::string_view) {});
-  cmdop::LocalOptions o;
+  cmdop::Options o;
   o.debug = true;
   (void)cmdop::Client::local("127.0.0.1", 1, o);  // may log; must not crash
   cmdop::set_log_callback(cmdop::LogLevel::Off, nullptr);

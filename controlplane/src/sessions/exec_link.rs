@@ -38,15 +38,15 @@ pub enum ExecUpdate {
 
 /// Agent capability (AgentLink hello): it sends `spawned` with the pid of
 /// each command before its output.
-pub const CAPABILITY_SPAWNED: &str = "exec-spawned.v1";
+pub use cmdop_proto::caps::EXEC_SPAWNED as CAPABILITY_SPAWNED;
 
 /// Agent capability (AgentLink hello): it honours [`ExecWindow`] and
 /// [`ExecCredit`], so its output never has to block the Channel.
-pub const CAPABILITY_CREDIT: &str = "exec-credit.v1";
+pub use cmdop_proto::caps::EXEC_CREDIT as CAPABILITY_CREDIT;
 
 /// Agent capability (AgentLink hello): it can move an exec's stdout to a
 /// side connection when its `ExecStart` carries a `raw_ticket`.
-pub const CAPABILITY_RAW: &str = cmdop_proto::raw::CAPABILITY;
+pub use cmdop_proto::caps::EXEC_RAW as CAPABILITY_RAW;
 
 /// Output bytes an agent with [`CAPABILITY_CREDIT`] may send for one exec
 /// ahead of what its client has taken.

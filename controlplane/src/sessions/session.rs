@@ -23,7 +23,7 @@ use crate::{limits, store::now_ms};
 pub type ControlSender = mpsc::Sender<Result<ControlMessage, Status>>;
 
 /// Capability an agent advertises when it serves native exec.
-pub const NATIVE_EXEC_CAPABILITY: &str = "cmdop.exec.v1";
+pub use cmdop_proto::caps::AGENT_NATIVE_EXEC as NATIVE_EXEC_CAPABILITY;
 
 /// What an agent told us about itself when it registered.
 #[derive(Debug, Clone, Default)]

@@ -177,7 +177,7 @@ fn enrollment_waits_for_a_writer_in_another_process() {
     let ws = s.create_workspace("acme").unwrap();
     let token = s.create_enrollment_token(&ws.id).unwrap();
     // Another connection (as the admin CLI has) holds the write lock.
-    let other = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     other
         .execute(
@@ -282,7 +282,7 @@ fn data_dir_and_database_are_private_even_when_they_were_not() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("state");
     drop(Store::open(&data).unwrap());
-    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join(DB_FILE)), 0o600);
 
@@ -303,7 +303,7 @@ fn an_old_database_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
     {
         // The layout before expiry and revocation existed.
-        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
         conn.execute_batch(
             "CREATE TABLE workspaces (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_ms INTEGER NOT NULL);
              CREATE TABLE enrollment_tokens (hash TEXT PRIMARY KEY, workspace_id TEXT NOT NULL, created_ms INTEGER NOT NULL, used_ms INTEGER);
@@ -315,12 +315,12 @@ fn an_old_database_is_migrated() {
         let now = now_ms();
         conn.execute(
             "INSERT INTO enrollment_tokens VALUES (?1, 'ws_1', ?2, NULL)",
-            params![secrets::hash("cmdenr_recent"), now - 1000],
+            params![hash("cmdenr_recent"), now - 1000],
         )
         .unwrap();
         conn.execute(
             "INSERT INTO enrollment_tokens VALUES (?1, 'ws_1', ?2, NULL)",
-            params![secrets::hash("cmdenr_old"), now - 25 * 3600 * 1000],
+            params![hash("cmdenr_old"), now - 25 * 3600 * 1000],
         )
         .unwrap();
     }

@@ -26,11 +26,11 @@ pub use upload::upload;
 
 /// Capability the control plane advertises, and agents announce in their
 /// hello, for streaming transfers.
-pub const CAPABILITY: &str = "files.v1";
-/// Largest data chunk in either direction.
-pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+pub use cmdop_proto::caps::FILES as CAPABILITY;
 /// Largest upload accepted.
-pub const MAX_UPLOAD_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+pub use cmdop_proto::limits::MAX_UPLOAD_BYTES;
+/// Largest data chunk in either direction.
+pub use cmdop_proto::limits::TRANSFER_CHUNK_BYTES as MAX_CHUNK_BYTES;
 /// Upload bytes sent to the agent but not yet reported written.
 pub const UPLOAD_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
 /// Upload chunks sent to the agent but not yet reported written (small

@@ -5,16 +5,20 @@ import Foundation
 /// The library's version, e.g. "0.1.0".
 public var cmdopVersion: String { String(cString: cmdop_version()) }
 
+/// Whether a client uses TLS (cmdop_tls in cmdop.h).
+public enum TLSMode: Int32, Sendable {
+    case `default` = 0, on = 1, off = 2
+}
+
 /// Options of a client; `nil` fields keep the library's defaults.
 public struct Options: Sendable {
     /// Remote clients: "host:port" or "https://host:port"; nil = hosted endpoint.
     public var server: String?
-    /// Remote clients: plaintext instead of TLS.
-    public var insecure = false
-    /// Local clients: the API key; nil = $CMDOP_API_KEY.
+    /// Local clients: the API key; nil = $CMDOP_API_KEY (remote clients
+    /// take it as an argument).
     public var apiKey: String?
-    /// Local clients: TLS instead of plaintext.
-    public var tls = false
+    /// TLS: `.default` is TLS for remote clients, plaintext for local ones.
+    public var tls = TLSMode.default
     public var caPEMPath: String?
     /// Default deadline of each call and of connecting, in milliseconds.
     public var timeoutMs: UInt32?
@@ -26,6 +30,19 @@ public struct Options: Sendable {
     public var autoRefresh: Bool?
 
     public init() {}
+}
+
+/// Facts about a client's connection.
+public struct ConnectionInfo: Sendable {
+    public let server: String
+    public let tls: Bool
+    public let connected: Bool
+    /// -1 when the round trip failed.
+    public let latencyMs: Double
+    /// What the server offers (e.g. "files.v1"); empty for official servers.
+    public let capabilities: [String]
+
+    public func has(_ capability: String) -> Bool { capabilities.contains(capability) }
 }
 
 /// The outcome of a command.
@@ -138,7 +155,7 @@ public final class CancelToken: @unchecked Sendable {
 
     deinit { cmdop_cancel_token_free(raw) }
 
-    public func cancel() { _ = cmdop_cancel(raw) }
+    public func cancel() { _ = cmdop_cancel_token_cancel(raw) }
 }
 
 /// Holds a Swift value for the C side; released by the library's
@@ -167,10 +184,10 @@ public final class Client: @unchecked Sendable {
     /// A client for a remote control plane with an API key (nil:
     /// $CMDOP_API_KEY). Does not connect.
     public static func remote(apiKey: String?, options: Options = Options()) throws -> Client {
-        var o = cmdop_remote_options()
-        try check(cmdop_remote_options_init(&o))
+        var o = cmdop_options()
+        try check(cmdop_options_init(&o, UInt32(CMDOP_OPTIONS_VERSION)))
         apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
-        o.insecure = options.insecure
+        o.tls = options.tls.rawValue
         o.debug = options.debug
         var out: OpaquePointer?
         try withOptionalCString(options.server) { server in
@@ -191,10 +208,10 @@ public final class Client: @unchecked Sendable {
     /// new pair. Does not connect.
     public static func remoteOAuth(accessToken: String, refreshToken: String,
                                    options: Options = Options()) throws -> Client {
-        var o = cmdop_remote_options()
-        try check(cmdop_remote_options_init(&o))
+        var o = cmdop_options()
+        try check(cmdop_options_init(&o, UInt32(CMDOP_OPTIONS_VERSION)))
         apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
-        o.insecure = options.insecure
+        o.tls = options.tls.rawValue
         o.debug = options.debug
         if let r = options.autoRefresh { o.auto_refresh = r }
         var out: OpaquePointer?
@@ -211,17 +228,16 @@ public final class Client: @unchecked Sendable {
     /// A client for a control plane at host:port (e.g. `cmdop dev`). Does
     /// not connect.
     public convenience init(host: String, port: UInt16, options: Options = Options()) throws {
-        var o = cmdop_local_options()
-        try check(cmdop_local_options_init(&o))
+        var o = cmdop_options()
+        try check(cmdop_options_init(&o, UInt32(CMDOP_OPTIONS_VERSION)))
         Client.apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
-        o.tls = options.tls
+        o.tls = options.tls.rawValue
         o.debug = options.debug
         var out: OpaquePointer?
         try withOptionalCString(options.apiKey) { key in
             try withOptionalCString(options.caPEMPath) { ca in
-                o.api_key = key
                 o.ca_pem_path = ca
-                try check(cmdop_local_new(host, port, &o, &out))
+                try check(cmdop_local_new(host, port, key, &o, &out))
             }
         }
         self.init(raw: out!)
@@ -241,6 +257,23 @@ public final class Client: @unchecked Sendable {
 
     public var isConnected: Bool { cmdop_is_connected(raw) }
 
+    /// Describe the connection (one round trip now for the latency),
+    /// including what the server offers.
+    public func connectionInfo() throws -> ConnectionInfo {
+        var out: OpaquePointer?
+        try check(cmdop_get_connection_info(raw, &out))
+        defer { cmdop_connection_info_free(out) }
+        var caps: [String] = []
+        for i in 0..<cmdop_connection_info_capability_count(out) {
+            if let c = cmdop_connection_info_capability_get(out, i) { caps.append(String(cString: c)) }
+        }
+        return ConnectionInfo(server: String(cString: cmdop_connection_info_server(out)),
+                              tls: cmdop_connection_info_tls(out),
+                              connected: cmdop_connection_info_connected(out),
+                              latencyMs: cmdop_connection_info_latency_ms(out),
+                              capabilities: caps)
+    }
+
     /// Select the machine later calls act on, by hostname.
     public func setMachine(_ hostname: String) throws { try check(cmdop_set_machine(raw, hostname)) }
 
@@ -256,13 +289,13 @@ public final class Client: @unchecked Sendable {
         if let onChunk = onChunk {
             let box = Box(onChunk)
             st = withExtendedLifetime(box) {
-                cmdop_execute_stream(raw, command, timeoutMs, { ud, _, data, len in
+                cmdop_execute_with_callback(raw, command, timeoutMs, { ud, _, data, len in
                     guard let ud = ud, let data = data else { return }
                     Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).takeUnretainedValue().value(Data(bytes: data, count: len))
                 }, Unmanaged.passUnretained(box).toOpaque(), cancel?.raw, &out)
             }
         } else {
-            st = cmdop_execute_stream(raw, command, timeoutMs, nil, nil, cancel?.raw, &out)
+            st = cmdop_execute_with_callback(raw, command, timeoutMs, nil, nil, cancel?.raw, &out)
         }
         message = st == CMDOP_STATUS_OK ? "" : String(cString: cmdop_last_error_message())
         defer { cmdop_exec_result_free(out) }
@@ -317,7 +350,7 @@ public final class Client: @unchecked Sendable {
     public func listFiles(_ path: String, pageToken: String? = nil, includeHidden: Bool = false) throws -> FileList {
         var out: OpaquePointer?
         try withOptionalCString(pageToken) { token in
-            try check(cmdop_files_list_page(raw, path, token, includeHidden, &out))
+            try check(cmdop_list_files_page(raw, path, token, includeHidden, &out))
         }
         defer { cmdop_file_list_free(out) }
         func str(_ p: UnsafePointer<CChar>?) -> String { p.map { String(cString: $0) } ?? "" }
@@ -334,7 +367,7 @@ public final class Client: @unchecked Sendable {
     /// The whole content of file `path` on the selected machine.
     public func readFile(_ path: String) throws -> Data {
         var out: OpaquePointer?
-        try check(cmdop_file_read(raw, path, &out))
+        try check(cmdop_read_file(raw, path, &out))
         defer { cmdop_bytes_free(out) }
         guard let p = cmdop_bytes_data(out) else { return Data() }
         return Data(bytes: p, count: cmdop_bytes_len(out))
@@ -343,7 +376,7 @@ public final class Client: @unchecked Sendable {
     /// Create or replace file `path` on the selected machine.
     public func writeFile(_ path: String, _ data: Data) throws {
         try data.withUnsafeBytes { (buf: UnsafeRawBufferPointer) in
-            try check(cmdop_file_write(raw, path, buf.bindMemory(to: UInt8.self).baseAddress, buf.count))
+            try check(cmdop_write_file(raw, path, buf.bindMemory(to: UInt8.self).baseAddress, buf.count))
         }
     }
 
@@ -378,9 +411,9 @@ public final class Client: @unchecked Sendable {
     /// Receives the new OAuth tokens after an automatic refresh, to store
     /// them (nil removes it). Same rules as `onConnect`.
     public func onTokens(_ fn: ((_ accessToken: String, _ refreshToken: String) -> Void)?) throws {
-        guard let fn = fn else { return try check(cmdop_set_token_callback(raw, nil, nil, nil)) }
+        guard let fn = fn else { return try check(cmdop_on_token_refresh(raw, nil, nil, nil)) }
         let ud = Unmanaged.passRetained(Box(fn) as AnyObject).toOpaque()
-        let st = cmdop_set_token_callback(raw, { ud, access, refresh in
+        let st = cmdop_on_token_refresh(raw, { ud, access, refresh in
             guard let ud = ud else { return }
             let fn = (Unmanaged<AnyObject>.fromOpaque(ud).takeUnretainedValue() as! Box<(String, String) -> Void>).value
             fn(access.map { String(cString: $0) } ?? "", refresh.map { String(cString: $0) } ?? "")

@@ -4,7 +4,7 @@ import Foundation
 
 /// The user_data of one attachment. The C side holds one retained
 /// reference, given up exactly once: after the final (NULL, 0) call, or once
-/// cmdop_stream_close() has returned, whichever comes first. The stream
+/// cmdop_attachment_close() has returned, whichever comes first. The stream
 /// holds its own reference, so the sink outlives every use by the stream.
 final class OutputSink {
     let onOutput: (Data) -> Void
@@ -62,7 +62,7 @@ final class OutputSink {
 }
 
 /// Receives an attachment's output on the library's delivery thread.
-private let outputTrampoline: cmdop_output_fn = { ud, data, len in
+private let outputTrampoline: cmdop_attach_output_fn = { ud, data, len in
     guard let ud = ud else { return }
     let sink = Unmanaged<OutputSink>.fromOpaque(ud).takeUnretainedValue()
     guard let data = data, len > 0 else {
@@ -100,7 +100,7 @@ public final class TerminalStream: @unchecked Sendable {
         if data.isEmpty { return }
         try withRaw { s in
             try data.withUnsafeBytes { (buf: UnsafeRawBufferPointer) in
-                try check(cmdop_stream_write(s, buf.bindMemory(to: UInt8.self).baseAddress, buf.count))
+                try check(cmdop_attachment_write(s, buf.bindMemory(to: UInt8.self).baseAddress, buf.count))
             }
         }
     }
@@ -110,7 +110,7 @@ public final class TerminalStream: @unchecked Sendable {
 
     /// Resizes the session's terminal, in character cells (both above 0).
     public func resize(cols: UInt16, rows: UInt16) throws {
-        try withRaw { s in try check(cmdop_stream_resize(s, cols, rows)) }
+        try withRaw { s in try check(cmdop_attachment_resize(s, cols, rows)) }
     }
 
     /// Detaches and frees the stream. After it returns no callback runs any
@@ -127,11 +127,11 @@ public final class TerminalStream: @unchecked Sendable {
             // Closing from the delivery thread cannot wait for that thread:
             // finish on another one, which waits for the delivery to stop.
             DispatchQueue.global().async {
-                _ = cmdop_stream_close(s)
+                _ = cmdop_attachment_close(s)
                 sink.releaseCReference()
             }
         } else {
-            _ = cmdop_stream_close(s)
+            _ = cmdop_attachment_close(s)
             sink.releaseCReference()
         }
     }
@@ -162,7 +162,7 @@ extension Client {
         let sink = OutputSink(onOutput: onOutput, onEnd: onEnd)
         let ud = Unmanaged.passRetained(sink).toOpaque()
         var out: OpaquePointer?
-        let st = cmdop_stream_attach(raw, sessionID, outputTrampoline, ud, &out)
+        let st = cmdop_attach(raw, sessionID, outputTrampoline, ud, nil, &out)
         if st != CMDOP_STATUS_OK {
             let error = CmdopError(status: Status(st), message: String(cString: cmdop_last_error_message()))
             sink.releaseCReference() // the library keeps user_data only on success

@@ -1,0 +1,55 @@
+//! Capability strings: the names a peer lists to say which optional parts
+//! of the protocol it speaks. Each is defined here once and used by the
+//! client, the control plane and the agent, because a misspelt copy does not
+//! fail: it silently turns the feature off between two peers.
+//!
+//! Where they are listed:
+//! - `ServerInfoResponse.capabilities` (control plane to clients):
+//!   [`EXEC`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`];
+//! - `AgentHello.capabilities` (agent to control plane, extension Channel):
+//!   [`FILES`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`];
+//! - `RegisterRequest.agent_capabilities` (official protocol): [`AGENT_NATIVE_EXEC`].
+
+/// The server serves native `Exec` (`cmdop.ext.v1.Cmdop/Exec`).
+pub const EXEC: &str = "exec.v1";
+/// Machines are addressed by a stable machine id as well as by hostname.
+pub const MACHINE_ID: &str = "machine-id.v1";
+/// The server issues and refreshes access/refresh token pairs.
+pub const TOKENS: &str = "tokens.v1";
+/// Streaming file transfers: `Upload`/`Download` (server) and
+/// `FileDownlink`/`FileUplink` (agent).
+pub const FILES: &str = "files.v1";
+/// The agent reports each command's pid in an `ExecSpawned` message before
+/// its output.
+pub const EXEC_SPAWNED: &str = "exec-spawned.v1";
+/// The agent honours `ExecStart.window` and the control plane's `ExecCredit`.
+pub const EXEC_CREDIT: &str = "exec-credit.v1";
+/// Side connections for bulk exec stdout (see [`crate::raw`]).
+pub const EXEC_RAW: &str = "exec-raw.v1";
+/// Official protocol: an agent that serves native exec says so in its
+/// registration.
+pub const AGENT_NATIVE_EXEC: &str = "cmdop.exec.v1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// These strings are on the wire: old peers compare them byte for byte,
+    /// so a rename here would silently switch features off against them.
+    #[test]
+    fn wire_names_never_change() {
+        let all = [
+            (EXEC, "exec.v1"),
+            (MACHINE_ID, "machine-id.v1"),
+            (TOKENS, "tokens.v1"),
+            (FILES, "files.v1"),
+            (EXEC_SPAWNED, "exec-spawned.v1"),
+            (EXEC_CREDIT, "exec-credit.v1"),
+            (EXEC_RAW, "exec-raw.v1"),
+            (AGENT_NATIVE_EXEC, "cmdop.exec.v1"),
+        ];
+        for (got, wire) in all {
+            assert_eq!(got, wire);
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The connection's lifecycle: open (dial, learn what the server offers,
+//! start the supervisor), close, and the state and facts callers can read.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cmdop_proto::caps;
+use cmdop_proto::ext::cmdop_client::CmdopClient;
+use cmdop_proto::ext::ServerInfoRequest;
+use cmdop_proto::limits::MAX_MESSAGE_BYTES;
+use cmdop_proto::terminal::terminal_streaming_service_client::TerminalStreamingServiceClient;
+use cmdop_proto::terminal::HealthCheckRequest;
+
+use super::endpoint::{build_endpoint, connect_error};
+use super::supervisor::supervise;
+use super::{CallPolicy, Conn, ConnState, ConnectionInfo, ServerFacts, PROBE_TIMEOUT};
+use crate::client::{lock, Client, Error, Event, Inner, LogLevel, Result};
+
+impl Client {
+    /// Connect (or reconnect after [`close`](Self::close)): open the channel,
+    /// learn what the server offers, fire `Connected`, start the supervisor.
+    /// Connecting a connected client does nothing.
+    pub async fn open(&self) -> Result<()> {
+        let inner = &self.inner;
+        if *inner.state.borrow() == ConnState::Connected {
+            return Ok(());
+        }
+        let uri = inner.opts.endpoint_uri();
+        inner.log(LogLevel::Info, || {
+            format!("connecting to {uri} (tls: {})", inner.opts.tls)
+        });
+        let channel = build_endpoint(&inner.opts)?
+            .connect()
+            .await
+            .map_err(|e| inner.report(connect_error(&uri, &e)))?;
+        let conn = Conn {
+            terminal: TerminalStreamingServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            ext: CmdopClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        };
+        *inner.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+
+        let facts = match inner.probe_server(&conn).await {
+            Ok(f) => f,
+            Err(e) => {
+                *inner.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+                return Err(inner.report(e));
+            }
+        };
+        inner.log(LogLevel::Info, || {
+            format!(
+                "connected to {uri}: server {} (extensions: {}, capabilities: [{}])",
+                if facts.version.is_empty() {
+                    "?"
+                } else {
+                    &facts.version
+                },
+                if facts.ext { "yes" } else { "no" },
+                facts.capabilities.join(", ")
+            )
+        });
+        *lock(&inner.facts) = facts;
+        inner.state.send_replace(ConnState::Connected);
+        inner.emit(Event::Connected);
+
+        let weak = Arc::downgrade(&self.inner);
+        let handle = tokio::spawn(supervise(weak));
+        if let Some(old) = lock(&inner.supervisor).replace(handle) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Close the connection. Later calls fail with `Disconnected` until
+    /// [`open`](Self::open) is called again. Closing twice is harmless.
+    pub async fn close(&self) {
+        self.shutdown();
+    }
+
+    /// [`close`](Self::close) without awaiting: usable outside the runtime.
+    pub fn shutdown(&self) {
+        let inner = &self.inner;
+        if let Some(task) = lock(&inner.supervisor).take() {
+            task.abort();
+        }
+        let was = inner.state.send_replace(ConnState::Closed);
+        *inner.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+        // End the calls in flight (they kill what they started); later
+        // calls take the fresh token.
+        std::mem::take(&mut *lock(&inner.closing)).cancel();
+        if was != ConnState::Closed && was != ConnState::Idle {
+            inner.log(LogLevel::Info, || "closed by the application".into());
+            inner.emit(Event::Disconnected {
+                reason: "closed by the application".into(),
+                final_: true,
+            });
+        }
+    }
+
+    /// [`shutdown`](Self::shutdown), then deliver the events still queued
+    /// and drop the event handlers; returns once no handler runs any more
+    /// (unless called from a handler, which cannot wait for itself).
+    pub fn shutdown_and_drain_events(&self) {
+        self.shutdown();
+        self.inner.events.finish();
+    }
+
+    /// True while the client is connected (not reconnecting, closed...).
+    pub fn is_connected(&self) -> bool {
+        *self.inner.state.borrow() == ConnState::Connected
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// Server, TLS, measured latency (one ServerInfo or HealthCheck round
+    /// trip, made now), server version and native exec availability.
+    pub async fn connection_info(&self) -> ConnectionInfo {
+        let inner = &self.inner;
+        let facts = lock(&inner.facts).clone();
+        let policy = CallPolicy {
+            idempotent: false,
+            timeout: inner.opts.timeout.min(PROBE_TIMEOUT),
+        };
+        let started = Instant::now();
+        let ok = if facts.ext {
+            inner
+                .unary(
+                    "ServerInfo",
+                    ServerInfoRequest {},
+                    policy,
+                    |mut c, r| async move { c.ext.server_info(r).await },
+                )
+                .await
+                .is_ok()
+        } else {
+            inner
+                .unary(
+                    "HealthCheck",
+                    HealthCheckRequest {},
+                    policy,
+                    |mut c, r| async move { c.terminal.health_check(r).await },
+                )
+                .await
+                .is_ok()
+        };
+        ConnectionInfo {
+            server: inner.opts.endpoint_uri(),
+            tls: inner.opts.tls,
+            connected: self.is_connected(),
+            latency: ok.then(|| started.elapsed()),
+            server_version: facts.version.clone(),
+            workspace: facts.workspace.clone(),
+            native_exec: facts.has(caps::EXEC),
+            capabilities: facts.capabilities,
+        }
+    }
+}
+
+impl Inner {
+    /// Learn what the server offers; also checks the credentials.
+    async fn probe_server(&self, conn: &Conn) -> Result<ServerFacts> {
+        let policy = CallPolicy {
+            idempotent: true,
+            timeout: self.opts.timeout,
+        };
+        let info = self
+            .unary_on(
+                Some(conn.clone()),
+                "ServerInfo",
+                ServerInfoRequest {},
+                policy,
+                |mut c, r| async move { c.ext.server_info(r).await },
+            )
+            .await;
+        match info {
+            Ok(info) => Ok(ServerFacts {
+                ext: true,
+                capabilities: info.capabilities,
+                version: info.server_version,
+                workspace: info.workspace_name,
+            }),
+            Err(Error::NotSupported(_)) => {
+                self.log(LogLevel::Info, || {
+                    "server has no cmdop.ext.v1 extension: using the official protocol only".into()
+                });
+                let health = self
+                    .unary_on(
+                        Some(conn.clone()),
+                        "HealthCheck",
+                        HealthCheckRequest {},
+                        policy,
+                        |mut c, r| async move { c.terminal.health_check(r).await },
+                    )
+                    .await?;
+                Ok(ServerFacts {
+                    ext: false,
+                    version: health.version,
+                    ..Default::default()
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

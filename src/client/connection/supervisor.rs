@@ -1,0 +1,141 @@
+//! The reconnect supervisor: a task per connected client that probes the
+//! connection every `health_interval` (or at once when a call saw
+//! UNAVAILABLE), reports a loss and, with `auto_reconnect`, reconnects with
+//! exponential backoff and jitter.
+
+use std::sync::Weak;
+
+use cmdop_proto::terminal::HealthCheckRequest;
+
+use super::{Conn, ConnState, PROBE_TIMEOUT};
+use crate::client::backoff::backoff_delay;
+use crate::client::{Event, Inner, LogLevel};
+
+impl Inner {
+    /// True when a probe reached the server (any answer but a transport
+    /// failure or timeout counts).
+    async fn probe_alive(&self, conn: &Conn) -> Result<(), String> {
+        let mut request = tonic::Request::new(HealthCheckRequest {});
+        let timeout = self.opts.timeout.min(PROBE_TIMEOUT);
+        request.set_timeout(timeout);
+        let _ = self.authorize(&mut request);
+        let mut terminal = conn.terminal.clone();
+        match tokio::time::timeout(timeout, terminal.health_check(request)).await {
+            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s))
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                Err(s.message().to_string())
+            }
+            Ok(Err(_)) => Ok(()),
+        }
+    }
+
+    /// The connection is lost and will not come back by itself: say why
+    /// (log, state, final `Disconnected` event).
+    fn disconnect_for_good(&self, level: LogLevel, reason: String) {
+        self.log(level, || reason.clone());
+        self.state.send_replace(ConnState::Disconnected {
+            reason: reason.clone(),
+        });
+        self.emit(Event::Disconnected {
+            reason,
+            final_: true,
+        });
+    }
+}
+
+/// Watches the connection; on loss fires `Disconnected` and, with
+/// `auto_reconnect`, reconnects with exponential backoff and jitter.
+pub(super) async fn supervise(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let interval = inner.opts.health_interval;
+        {
+            let trouble_notify = inner.trouble.clone();
+            drop(inner); // do not keep the client alive while sleeping
+            let trouble = trouble_notify.notified();
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = trouble => {}
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        if *inner.state.borrow() != ConnState::Connected {
+            return;
+        }
+        let Some(conn) = inner.conn.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return;
+        };
+        let Err(why) = inner.probe_alive(&conn).await else {
+            continue;
+        };
+
+        let server = inner.opts.endpoint_uri();
+        if !inner.opts.auto_reconnect {
+            inner.disconnect_for_good(
+                LogLevel::Warn,
+                format!("lost connection to {server}: {why}"),
+            );
+            return;
+        }
+        inner.log(LogLevel::Warn, || {
+            format!("lost connection to {server}: {why}; reconnecting")
+        });
+        inner
+            .state
+            .send_replace(ConnState::Reconnecting { attempt: 1 });
+        inner.emit(Event::Disconnected {
+            reason: format!("lost connection to {server}: {why}; reconnecting"),
+            final_: false,
+        });
+
+        let max = inner.opts.max_reconnect_attempts;
+        let (base, cap) = (inner.opts.reconnect_delay, inner.opts.max_reconnect_delay);
+        drop(inner);
+        let mut attempt: u32 = 0;
+        let mut last = why;
+        let recovered = loop {
+            if max != 0 && attempt >= max {
+                break false;
+            }
+            tokio::time::sleep(backoff_delay(base, cap, attempt)).await;
+            attempt += 1;
+            let Some(inner) = weak.upgrade() else { return };
+            if !matches!(*inner.state.borrow(), ConnState::Reconnecting { .. }) {
+                return; // closed meanwhile
+            }
+            inner
+                .state
+                .send_replace(ConnState::Reconnecting { attempt });
+            inner.log(LogLevel::Info, || {
+                format!("reconnect attempt {attempt} to {server}")
+            });
+            match inner.probe_alive(&conn).await {
+                Ok(()) => break true,
+                Err(e) => last = e,
+            }
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        if !matches!(*inner.state.borrow(), ConnState::Reconnecting { .. }) {
+            return;
+        }
+        if recovered {
+            inner.log(LogLevel::Info, || {
+                format!("reconnected to {server} after {attempt} attempt(s)")
+            });
+            inner.state.send_replace(ConnState::Connected);
+            inner.emit(Event::Connected);
+        } else {
+            let reason = format!(
+                "gave up reconnecting to {server} after {attempt} attempts (last error: {last}); connect the client again to retry"
+            );
+            inner.disconnect_for_good(LogLevel::Error, reason);
+            return;
+        }
+    }
+}
