@@ -110,9 +110,23 @@ pub struct ExecArgs {
     /// Seconds before the remote command is killed (default: --timeout-secs).
     #[arg(long)]
     pub kill_after: Option<u64>,
+    /// Set an environment variable for the command (repeatable): --env K=V.
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Directory to run in (relative paths: from the agent's home).
+    #[arg(long)]
+    pub cwd: Option<String>,
     /// The command, run by the remote shell (`sh -c`).
     #[arg(trailing_var_arg = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// `K=V` from `--env`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not K=V; write --env NAME=value")),
+    }
 }
 
 /// Runs the command remotely, streaming its output; exits with its status.
@@ -120,7 +134,13 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
     args.machine.select(&client).await?;
     let command = args.command.join(" ");
-    let timeout = args.kill_after.map(Duration::from_secs);
+    let opts = cmdop::client::ExecOptions {
+        timeout: args.kill_after.map(Duration::from_secs),
+        env: args.env,
+        working_directory: args.cwd.unwrap_or_default(),
+        discard_output: true,
+        ..Default::default()
+    };
     let on_chunk = |stream: cmdop::client::Stream, data: &[u8]| {
         let _ = match stream {
             cmdop::client::Stream::Stdout => std::io::stdout().write_all(data),
@@ -128,12 +148,7 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
         };
     };
     let result = client
-        .execute_stream_discarding(
-            &command,
-            timeout,
-            on_chunk,
-            cmdop::client::CancelToken::new(),
-        )
+        .execute_with(&command, &opts, on_chunk, cmdop::client::CancelToken::new())
         .await;
     let _ = std::io::stdout().flush();
     client.close().await;

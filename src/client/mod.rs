@@ -33,7 +33,7 @@ pub use connection::{ConnState, ConnectionInfo};
 pub use disk::TransferOptions;
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, EventHandler, EventKind};
-pub use exec::{ExecOutput, Stream};
+pub use exec::{ExecOptions, ExecOutput, Stream};
 pub use files::{FileEntry, FileKind, FileList};
 pub use log::{set_log_sink, LogLevel, LogSink};
 pub use machine::MachineInfo;
