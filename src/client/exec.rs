@@ -234,6 +234,8 @@ impl Client {
             .map_err(|e| self.inner.report(e))
     }
 
+    // The arguments are the parts of one call, threaded through unchanged.
+    #[allow(clippy::too_many_arguments)]
     async fn exec_native(
         &self,
         machine: &super::MachineInfo,
