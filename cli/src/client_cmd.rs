@@ -116,9 +116,30 @@ pub struct ExecArgs {
     /// Directory to run in (relative paths: from the agent's home).
     #[arg(long)]
     pub cwd: Option<String>,
+    /// Do not forward stdin (it is forwarded when it is a pipe or a file).
+    #[arg(long, short = 'n')]
+    pub no_stdin: bool,
     /// The command, run by the remote shell (`sh -c`).
     #[arg(trailing_var_arg = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// True when stdin is a pipe, a socket or a regular file: something the
+/// user meant the command to read (a terminal, /dev/null or a closed stdin
+/// is not forwarded).
+fn stdin_has_data() -> bool {
+    use std::io::IsTerminal;
+    use std::os::unix::fs::FileTypeExt;
+    if std::io::stdin().is_terminal() {
+        return false;
+    }
+    match std::fs::metadata("/dev/stdin") {
+        Ok(m) => {
+            let t = m.file_type();
+            t.is_fifo() || t.is_socket() || t.is_file()
+        }
+        Err(_) => false,
+    }
 }
 
 /// `K=V` from `--env`.
@@ -147,9 +168,45 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
             cmdop::client::Stream::Stderr => std::io::stderr().write_all(data),
         };
     };
-    let result = client
-        .execute_with(&command, &opts, on_chunk, cmdop::client::CancelToken::new())
-        .await;
+    let result = if !args.no_stdin && stdin_has_data() {
+        let (writer, reader) = cmdop::client::stdin_pipe();
+        // A thread of its own: reading stdin blocks. It ends at EOF, or
+        // when the command stops taking stdin.
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if writer.write_blocking(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        eprintln!("cmdop: reading stdin failed: {e}; closing the command's stdin");
+                        break;
+                    }
+                }
+            }
+            let _ = writer.close_blocking();
+        });
+        client
+            .execute_piped(
+                &command,
+                &opts,
+                reader,
+                on_chunk,
+                cmdop::client::CancelToken::new(),
+            )
+            .await
+    } else {
+        client
+            .execute_with(&command, &opts, on_chunk, cmdop::client::CancelToken::new())
+            .await
+    };
     let _ = std::io::stdout().flush();
     client.close().await;
     match result {

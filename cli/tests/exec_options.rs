@@ -152,3 +152,160 @@ async fn cmdop_exec_takes_env_and_cwd() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("K=V"));
 }
+
+#[tokio::test]
+async fn streamed_stdin_feeds_cat_into_a_file() {
+    let s = stack("opts-host", &[]).await;
+    let c = library_client(&s, false).await;
+    let target = s.dir.path().join("fed.bin");
+    // 24 MiB in uneven pieces: far more than every window on the way.
+    let data: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let (writer, reader) = cmdop::client::stdin_pipe();
+    let feed = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            for piece in data.chunks(300_001) {
+                writer.write(piece).await.expect("write stdin");
+            }
+            writer.close().await.expect("close stdin");
+        })
+    };
+    let opts = ExecOptions {
+        stdin: b"".to_vec(),
+        ..Default::default()
+    };
+    let out = c
+        .execute_piped(
+            &format!("cat > '{}'; echo done", target.display()),
+            &opts,
+            reader,
+            |_, _| {},
+            CancelToken::new(),
+        )
+        .await
+        .expect("exec with streamed stdin");
+    feed.await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    let written = std::fs::read(&target).unwrap();
+    assert_eq!(written.len(), data.len());
+    assert!(written == data, "the file differs from what was streamed");
+
+    // Bytes in the options come first; dropping the writer closes stdin.
+    let (writer, reader) = cmdop::client::stdin_pipe();
+    let opts = ExecOptions {
+        stdin: b"first ".to_vec(),
+        ..Default::default()
+    };
+    let run = c.execute_piped("cat", &opts, reader, |_, _| {}, CancelToken::new());
+    let feed = async move {
+        writer.write(b"second").await.unwrap();
+        drop(writer);
+    };
+    let (out, ()) = tokio::join!(run, feed);
+    assert_eq!(out.unwrap().stdout, b"first second");
+
+    // A command that stops reading does not block the writer forever.
+    let (writer, reader) = cmdop::client::stdin_pipe();
+    let defaults = ExecOptions::default();
+    let run = c.execute_piped(
+        "head -c 5",
+        &defaults,
+        reader,
+        |_, _| {},
+        CancelToken::new(),
+    );
+    let feed = async move {
+        let big = vec![b'x'; 1024 * 1024];
+        for _ in 0..32 {
+            if writer.write(&big).await.is_err() {
+                break; // the call ended
+            }
+        }
+    };
+    let (out, ()) = tokio::join!(run, feed);
+    assert_eq!(out.unwrap().stdout, b"xxxxx");
+}
+
+#[tokio::test]
+async fn streamed_stdin_is_not_supported_without_extensions() {
+    let s = stack("opts-host", &["--no-extensions"]).await;
+    let c = library_client(&s, false).await;
+    let (_writer, reader) = cmdop::client::stdin_pipe();
+    let e = c
+        .execute_piped(
+            "cat",
+            &ExecOptions::default(),
+            reader,
+            |_, _| {},
+            CancelToken::new(),
+        )
+        .await
+        .expect_err("no streamed stdin over the terminal");
+    assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+
+    // The CLI says so too, and runs with --no-stdin.
+    let out = cmdop_exec(&s, &["cat"], Some(b"data"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stdin"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cmdop_exec(&s, &["--no-stdin", "echo", "ok"], Some(b"data"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+#[tokio::test]
+async fn tar_round_trip_through_cmdop_exec_stdin() {
+    let s = stack("opts-host", &[]).await;
+    let _c = library_client(&s, false).await;
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir(src.path().join("sub")).unwrap();
+    std::fs::write(src.path().join("a.txt"), b"alpha\n").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(src.path().join("sub/big.bin"), &big).unwrap();
+    let dst = s.dir.path().join("unpacked");
+    std::fs::create_dir(&dst).unwrap();
+
+    // tar c . | cmdop exec -H host 'tar x -C dst'
+    let mut tar = Command::new("tar")
+        .args(["c", "-C", src.path().to_str().unwrap(), "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn tar");
+    let out = Command::new(cmdop_bin())
+        .args([
+            "exec",
+            "-H",
+            &s.host,
+            &format!("tar x -C '{}'", dst.display()),
+        ])
+        .env("CMDOP_SERVER", format!("http://{}", s.server.addr))
+        .env("CMDOP_API_KEY", &s.ws.api_key)
+        .stdin(tar.stdout.take().unwrap())
+        .output()
+        .expect("run cmdop exec");
+    assert!(tar.wait().unwrap().success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(dst.join("a.txt")).unwrap(), b"alpha\n");
+    assert!(std::fs::read(dst.join("sub/big.bin")).unwrap() == big);
+
+    // And a plain pipe: printf | cmdop exec 'wc -c'.
+    let out = cmdop_exec(&s, &["wc", "-c"], Some(&[b'z'; 100_000]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100000");
+}

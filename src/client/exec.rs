@@ -16,6 +16,7 @@ use cmdop_proto::terminal::{
 
 use super::connection::{CallPolicy, CAP_EXEC};
 use super::exec_side::{side_address, SideStdout, SIDE_READ_BYTES};
+use super::exec_stdin::{PipedInput, StdinReader, CAP_EXEC_STDIN};
 use super::marker::{
     find, idle_marker, idle_probe_line, marker_command_line, new_marker_id, MarkerScanner,
 };
@@ -178,7 +179,30 @@ impl Client {
         } else {
             Keep::All
         };
-        self.run_command(command, opts, on_chunk, cancel, keep)
+        self.run_command(command, opts, None, on_chunk, cancel, keep)
+            .await
+    }
+
+    /// Like [`execute_with`](Self::execute_with), with stdin streamed from
+    /// `stdin` while the command runs (after `opts.stdin`): write with the
+    /// [`StdinWriter`] from the same [`stdin_pipe`](super::stdin_pipe),
+    /// close it (or drop it) for EOF. Needs native exec with streamed stdin
+    /// (`exec-stdin.v1`) on server and agent; otherwise NOT_SUPPORTED,
+    /// since a terminal cannot carry stdin faithfully.
+    pub async fn execute_piped(
+        &self,
+        command: &str,
+        opts: &ExecOptions,
+        stdin: StdinReader,
+        on_chunk: impl FnMut(Stream, &[u8]) + Send,
+        cancel: CancelToken,
+    ) -> Result<ExecOutput> {
+        let keep = if opts.discard_output {
+            Keep::Nothing
+        } else {
+            Keep::All
+        };
+        self.run_command(command, opts, Some(stdin), on_chunk, cancel, keep)
             .await
     }
 
@@ -186,6 +210,7 @@ impl Client {
         &self,
         command: &str,
         opts: &ExecOptions,
+        stdin: Option<StdinReader>,
         mut on_chunk: impl FnMut(Stream, &[u8]) + Send,
         cancel: CancelToken,
         keep: Keep,
@@ -206,12 +231,40 @@ impl Client {
         // agent executes natively; asking costs one round trip and answers
         // UNIMPLEMENTED quickly when it does not.
         let try_native = server_native && (machine.native_exec || machine.machine_id.is_empty());
+        if stdin.is_some() {
+            let why = if !lock(&self.inner.facts).has(CAP_EXEC_STDIN) {
+                "the server does not offer streamed stdin (exec-stdin.v1); update it"
+            } else if !try_native {
+                "the machine's agent does not offer native exec; update it"
+            } else {
+                ""
+            };
+            if !why.is_empty() {
+                return Err(self.inner.report(Error::NotSupported(format!(
+                    "streaming stdin into a command needs native exec: {why}"
+                ))));
+            }
+            return self
+                .exec_native(
+                    &machine,
+                    command,
+                    opts,
+                    stdin,
+                    timeout,
+                    &mut on_chunk,
+                    &cancel,
+                    keep,
+                )
+                .await
+                .map_err(|e| self.inner.report(e));
+        }
         if try_native {
             match self
                 .exec_native(
                     &machine,
                     command,
                     opts,
+                    None,
                     timeout,
                     &mut on_chunk,
                     &cancel,
@@ -241,6 +294,7 @@ impl Client {
         machine: &super::MachineInfo,
         command: &str,
         opts: &ExecOptions,
+        stdin: Option<StdinReader>,
         timeout: Duration,
         on_chunk: &mut (impl FnMut(Stream, &[u8]) + Send),
         cancel: &CancelToken,
@@ -267,9 +321,26 @@ impl Client {
             accept_raw_stdout: side_addr.is_some(),
         };
         let hard_deadline = started + timeout + SERVER_TIMEOUT_GRACE;
-        let mut stream = tokio::select! {
-            s = self.inner.open_stream("Exec", req, Some(timeout + SERVER_TIMEOUT_GRACE), |mut c, r| async move { c.ext.exec(r).await }) => s?,
-            _ = cancel.cancelled() => return Err(Error::Cancelled),
+        let mut stream = match stdin {
+            None => tokio::select! {
+                s = self.inner.open_stream("Exec", req, Some(timeout + SERVER_TIMEOUT_GRACE), |mut c, r| async move { c.ext.exec(r).await }) => s?,
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+            },
+            Some(reader) => {
+                let (input, open) = PipedInput::new(req, reader);
+                let opened = tokio::select! {
+                    s = self.inner.open_stream("ExecWithStdin", input, Some(timeout + SERVER_TIMEOUT_GRACE), |mut c, r| async move {
+                        let (meta, ext, input) = r.into_parts();
+                        c.ext.exec_with_stdin(tonic::Request::from_parts(meta, ext, input.into_stream())).await
+                    }) => s,
+                    _ = cancel.cancelled() => return Err(Error::Cancelled),
+                };
+                // UNIMPLEMENTED (old server, or an agent without streamed
+                // stdin) surfaces as NOT_SUPPORTED; no fallback can carry it.
+                let stream = opened?;
+                let _ = open.send(true);
+                stream
+            }
         };
         let mut out = ExecOutput {
             native: true,
