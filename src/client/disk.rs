@@ -194,7 +194,8 @@ impl Client {
             )));
         }
         if opts.no_clobber && existing.is_some() {
-            return Err(Error::OperationFailed(format!(
+            // The same kind as the agent's ALREADY_EXISTS for uploads.
+            return Err(Error::InvalidArgument(format!(
                 "'{}' already exists; remove it or allow replacing it",
                 local.display()
             )));
