@@ -476,3 +476,40 @@ async fn four_gib_download_keeps_client_memory_under_32_mib() {
     );
     assert!(kib <= 32 * 1024, "peak RSS {kib} KiB is over 32 MiB");
 }
+
+/// With stderr on a terminal (`script` gives it a pseudo-terminal) `cmdop
+/// cp` draws a byte progress bar; `cmdop_cp_copies_both_ways` checks that
+/// there is none otherwise.
+#[tokio::test]
+async fn cmdop_cp_draws_a_progress_bar_on_a_terminal() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: needs script(1) from util-linux");
+        return;
+    }
+    let s = stack("disk-host", &[]).await;
+    let _c = library_client(&s, false).await;
+    let src = s.dir.path().join("bar-src.bin");
+    std::fs::write(&src, pattern(2 * MIB, 17)).unwrap();
+    let down = tempfile::tempdir().unwrap();
+    let line = format!(
+        "'{}' cp '{}:{}' '{}'",
+        cmdop_bin(),
+        s.host,
+        src.display(),
+        down.path().display()
+    );
+    let out = Command::new("/usr/bin/script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("CMDOP_SERVER", format!("http://{}", s.server.addr))
+        .env("CMDOP_API_KEY", &s.ws.api_key)
+        .env("TERM", "xterm")
+        .output()
+        .expect("run script");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("2.00 MiB/2.00 MiB"),
+        "no finished progress bar in {shown:?}"
+    );
+    assert!(std::fs::read(down.path().join("bar-src.bin")).unwrap() == pattern(2 * MIB, 17));
+}
