@@ -476,3 +476,29 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
     }
     Some(bar)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_specs_need_a_host_before_the_colon() {
+        assert_eq!(remote_spec("web-1:/tmp/"), Some(("web-1", "/tmp/")));
+        assert_eq!(remote_spec("web-1:"), Some(("web-1", "")));
+        assert_eq!(remote_spec("./a:b"), None);
+        assert_eq!(remote_spec("/x/y:z"), None);
+        assert_eq!(remote_spec(":x"), None);
+        assert_eq!(remote_spec("plain"), None);
+        assert_eq!(base_name("/var/log/syslog"), "syslog");
+        assert_eq!(base_name("dir/"), "dir");
+        assert_eq!(base_name(""), "");
+    }
+
+    #[test]
+    fn env_arguments_are_name_equals_value() {
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env("A="), Ok(("A".into(), String::new())));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("novalue").is_err());
+    }
+}
