@@ -84,10 +84,17 @@
 #define CMDOP_CAPABILITY_TOKENS "tokens.v1"
 /** Bulk exec output over plain TCP side connections (plaintext servers). */
 #define CMDOP_CAPABILITY_SIDE_CONNECTIONS "exec-raw.v1"
+/** Stdin streamed while a command runs (cmdop_execute_with_stdin). */
+#define CMDOP_CAPABILITY_EXEC_STDIN "exec-stdin.v1"
 
 /** Defaults of cmdop_options (same as cmdop_options_init()). */
 #define CMDOP_OPTIONS_INIT { CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false, true }
 
+
+/**
+ * Version of the cmdop_exec_options layout this header describes.
+ */
+#define CMDOP_EXEC_OPTIONS_VERSION 1
 
 /**
  * Largest file cmdop_read_file() returns (512 MiB).
@@ -99,6 +106,11 @@
  * transfers (one official FileWrite message: 32 MiB - 64 KiB).
  */
 #define CMDOP_MAX_WRITE_BYTES (((32 * 1024) * 1024) - (64 * 1024))
+
+/**
+ * Version of the cmdop_transfer_options layout this header describes.
+ */
+#define CMDOP_TRANSFER_OPTIONS_VERSION 1
 
 /**
  * Outcome of a libcmdop call. Values are part of the ABI: they are never
@@ -270,6 +282,12 @@ typedef struct cmdop_connection_info cmdop_connection_info;
 typedef struct cmdop_exec_result cmdop_exec_result;
 
 /**
+ * The writing end of a command's stdin for cmdop_execute_with_stdin().
+ * Opaque; made by cmdop_exec_stdin_new(), freed by cmdop_exec_stdin_free().
+ */
+typedef struct cmdop_exec_stdin cmdop_exec_stdin;
+
+/**
  * One directory entry, borrowed from its cmdop_file_list. Opaque; read with
  * the cmdop_file_entry_* accessors.
  */
@@ -411,6 +429,82 @@ typedef void (*cmdop_exec_output_fn)(void *user_data,
                                      enum cmdop_stream_kind kind,
                                      const uint8_t *data,
                                      size_t len);
+
+/**
+ * How to run a command beyond its text. Initialise with
+ * cmdop_exec_options_init(&opts, CMDOP_EXEC_OPTIONS_VERSION), then set
+ * fields; everything it points to is borrowed only during the call.
+ */
+typedef struct cmdop_exec_options {
+  /**
+   * CMDOP_EXEC_OPTIONS_VERSION (the layout the caller was built with).
+   */
+  uint32_t version;
+  /**
+   * Kill the command after this long; 0 = the client's timeout.
+   */
+  uint32_t timeout_ms;
+  /**
+   * Written to the command's stdin, then closed (before any streamed
+   * stdin). NULL or `stdin_len` 0 = none. Native exec only: on the
+   * terminal path the call returns NOT_SUPPORTED.
+   */
+  const uint8_t *stdin_data;
+  size_t stdin_len;
+  /**
+   * `env_count` "NAME=value" strings added to the command's environment
+   * (NULL when 0). On the terminal path names must be shell identifiers
+   * and values free of control characters (else NOT_SUPPORTED).
+   */
+  const char *const *env;
+  size_t env_count;
+  /**
+   * Directory to run in (relative and "~/" paths from the agent's
+   * home); NULL or "" = the default. Missing: OPERATION_FAILED.
+   */
+  const char *working_directory;
+  /**
+   * Keep no output in the result (it goes only to the callback).
+   */
+  bool discard_output;
+} cmdop_exec_options;
+
+/**
+ * How cmdop_download_file() and cmdop_upload_file() treat their target.
+ * Initialise with cmdop_transfer_options_init(&opts,
+ * CMDOP_TRANSFER_OPTIONS_VERSION); NULL options mean the defaults.
+ */
+typedef struct cmdop_transfer_options {
+  /**
+   * CMDOP_TRANSFER_OPTIONS_VERSION (the layout the caller was built with).
+   */
+  uint32_t version;
+  /**
+   * Copy the source's permission bits to the target. Otherwise a
+   * replaced target keeps its bits and a new one gets the default.
+   */
+  bool keep_mode;
+  /**
+   * Fail instead of replacing an existing target.
+   */
+  bool no_clobber;
+  /**
+   * Create missing parent directories of the target.
+   */
+  bool create_parents;
+} cmdop_transfer_options;
+
+/**
+ * Reports a transfer's progress: `done` of `total` bytes. Runs on the
+ * thread that made the call, before it returns.
+ */
+typedef void (*cmdop_progress_fn)(void *user_data, uint64_t done, uint64_t total);
+
+/**
+ * Receives a file's bytes during cmdop_read_file_with_callback(): `len` > 0
+ * bytes at `data` (borrowed for the call), in order.
+ */
+typedef void (*cmdop_read_chunk_fn)(void *user_data, const uint8_t *data, size_t len);
 
 /**
  * Receives live terminal output: `len` > 0 bytes at `data` (not
@@ -844,6 +938,88 @@ uint64_t cmdop_exec_result_duration_ms(const struct cmdop_exec_result *r);
 void cmdop_exec_result_free(struct cmdop_exec_result *r);
 
 /**
+ * Fills `opts` with the defaults of layout `version` (only
+ * CMDOP_EXEC_OPTIONS_VERSION = 1 exists). Returns OK, or INVALID_ARGUMENT
+ * (NULL, unknown version). Thread: any.
+ */
+enum cmdop_status cmdop_exec_options_init(struct cmdop_exec_options *opts, uint32_t version);
+
+/**
+ * Runs `command` on the selected machine with `opts` (NULL = defaults),
+ * handing output to `on_output` (may be NULL) on the calling thread.
+ * `cancel` (may be NULL) stops and kills it from any thread (CANCELLED).
+ * cmdop_execute() stays the simple form.
+ *
+ * Native exec honours every option. On the terminal path environment and
+ * working directory are applied in the command's subshell, and stdin
+ * makes the call NOT_SUPPORTED: an option is never silently dropped.
+ *
+ * On OK and TIMEOUT `*out` is the caller's (cmdop_exec_result_free());
+ * otherwise NULL. Returns OK (any exit code), TIMEOUT, CANCELLED,
+ * NOT_SUPPORTED, OPERATION_FAILED (working directory missing), NOT_FOUND,
+ * UNAVAILABLE, DISCONNECTED, INVALID_ARGUMENT. Thread: any; blocks;
+ * IN_CALLBACK from inside a callback.
+ */
+enum cmdop_status cmdop_execute_with_options(struct cmdop_client *client,
+                                             const char *command,
+                                             const struct cmdop_exec_options *opts,
+                                             cmdop_exec_output_fn on_output,
+                                             void *user_data,
+                                             const struct cmdop_cancel_token *cancel,
+                                             struct cmdop_exec_result **out);
+
+/**
+ * A new stdin for one cmdop_execute_with_stdin() call, in `*out` (the
+ * caller's; cmdop_exec_stdin_free()). Returns OK or INVALID_ARGUMENT.
+ */
+enum cmdop_status cmdop_exec_stdin_new(struct cmdop_exec_stdin **out);
+
+/**
+ * Writes `len` bytes at `data` to the command's stdin, blocking while the
+ * command does not keep up (memory stays bounded). Call it from another
+ * thread than the one in cmdop_execute_with_stdin(), before or while the
+ * command runs. Returns OK, INVALID_ARGUMENT (NULL, closed), or
+ * OPERATION_FAILED (the command's call ended). Thread: any but a
+ * runtime thread; blocks.
+ */
+enum cmdop_status cmdop_exec_stdin_write(const struct cmdop_exec_stdin *stdin,
+                                         const uint8_t *data,
+                                         size_t len);
+
+/**
+ * Closes the command's stdin after what was written (the command sees
+ * EOF); later writes are INVALID_ARGUMENT. Returns OK (also when the
+ * command already ended) or INVALID_ARGUMENT (NULL). Thread: any.
+ */
+enum cmdop_status cmdop_exec_stdin_close(const struct cmdop_exec_stdin *stdin);
+
+/**
+ * Frees `stdin` (NULL: no-op), closing it if still open; only after the
+ * cmdop_execute_with_stdin() call using it returned. Thread: any.
+ */
+void cmdop_exec_stdin_free(struct cmdop_exec_stdin *stdin);
+
+/**
+ * Like cmdop_execute_with_options(), with stdin streamed from `stdin`
+ * (from cmdop_exec_stdin_new(); one command per stdin) while the command
+ * runs: other threads call cmdop_exec_stdin_write() and, for EOF,
+ * cmdop_exec_stdin_close(). `opts->stdin_data` is written first. Needs
+ * native exec with streamed stdin (CMDOP_CAPABILITY_EXEC_STDIN) on server
+ * and agent: otherwise NOT_SUPPORTED.
+ *
+ * Ownership and returns as cmdop_execute_with_options(); INVALID_ARGUMENT
+ * also when `stdin` was used before.
+ */
+enum cmdop_status cmdop_execute_with_stdin(struct cmdop_client *client,
+                                           const char *command,
+                                           const struct cmdop_exec_options *opts,
+                                           const struct cmdop_exec_stdin *stdin,
+                                           cmdop_exec_output_fn on_output,
+                                           void *user_data,
+                                           const struct cmdop_cancel_token *cancel,
+                                           struct cmdop_exec_result **out);
+
+/**
  * List directory `path` on the selected machine: the first page (up to 100
  * entries), hidden files excluded. Same as cmdop_list_files_page(client,
  * path, NULL, false, out).
@@ -975,6 +1151,69 @@ size_t cmdop_bytes_len(const struct cmdop_bytes *b);
  * Free bytes. NULL is a no-op.
  */
 void cmdop_bytes_free(struct cmdop_bytes *b);
+
+/**
+ * Fills `opts` with the defaults of layout `version` (only
+ * CMDOP_TRANSFER_OPTIONS_VERSION = 1 exists). Returns OK, or
+ * INVALID_ARGUMENT (NULL, unknown version). Thread: any.
+ */
+enum cmdop_status cmdop_transfer_options_init(struct cmdop_transfer_options *opts,
+                                              uint32_t version);
+
+/**
+ * Downloads the file at `remote_path` on the selected machine to
+ * `local_path`, atomically: a temp file next to the target, renamed into
+ * place when complete, so a failed or cancelled download leaves the target
+ * as it was. Any size; memory stays bounded (about 1 MiB in flight).
+ * `opts` may be NULL; `on_progress` (may be NULL) follows the bytes on
+ * disk; `cancel` (may be NULL) stops it from any thread (CANCELLED).
+ *
+ * Without streaming transfers (CMDOP_CAPABILITY_FILES) it reads with
+ * official FileRead calls; keep_mode then returns NOT_SUPPORTED.
+ * Returns OK, CANCELLED, NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT
+ * (also: no_clobber and the target exists), OPERATION_FAILED (local disk
+ * errors), NOT_SUPPORTED,
+ * UNAVAILABLE, TIMEOUT, DISCONNECTED, INVALID_ARGUMENT. Thread: any;
+ * blocks; IN_CALLBACK from inside a callback.
+ */
+enum cmdop_status cmdop_download_file(struct cmdop_client *client,
+                                      const char *remote_path,
+                                      const char *local_path,
+                                      const struct cmdop_transfer_options *opts,
+                                      cmdop_progress_fn on_progress,
+                                      void *user_data,
+                                      const struct cmdop_cancel_token *cancel);
+
+/**
+ * Uploads the local file `local_path` to `remote_path` on the selected
+ * machine, atomically (the agent renames its temp file into place after
+ * the last byte; a failed or cancelled upload leaves no partial file).
+ * Any size with streaming transfers (CMDOP_CAPABILITY_FILES); without
+ * them one official FileWrite (at most CMDOP_MAX_WRITE_BYTES), and
+ * keep_mode or no_clobber return NOT_SUPPORTED. Arguments and returns as
+ * cmdop_download_file().
+ */
+enum cmdop_status cmdop_upload_file(struct cmdop_client *client,
+                                    const char *local_path,
+                                    const char *remote_path,
+                                    const struct cmdop_transfer_options *opts,
+                                    cmdop_progress_fn on_progress,
+                                    void *user_data,
+                                    const struct cmdop_cancel_token *cancel);
+
+/**
+ * Streams the file at `path` on the selected machine into `on_chunk`
+ * (required), chunk by chunk in order, without holding it in memory; no
+ * size limit. `*size_out` (may be NULL) gets the bytes delivered.
+ * `cancel` (may be NULL) stops it (CANCELLED). Returns as
+ * cmdop_download_file().
+ */
+enum cmdop_status cmdop_read_file_with_callback(struct cmdop_client *client,
+                                                const char *path,
+                                                cmdop_read_chunk_fn on_chunk,
+                                                void *user_data,
+                                                const struct cmdop_cancel_token *cancel,
+                                                uint64_t *size_out);
 
 /**
  * The most recently active connected session, of a machine whose hostname

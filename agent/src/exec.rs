@@ -31,7 +31,7 @@ use std::{
 use bytes::{BufMut, Bytes, BytesMut};
 use cmdop_proto::ext::{
     agent_uplink, AgentUplink, ExecExit, ExecFinished, ExecOutput, ExecSpawned, ExecStart,
-    ExecWindow,
+    ExecStdin, ExecStdinWritten, ExecWindow,
 };
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
@@ -64,6 +64,10 @@ pub use cmdop_proto::caps::EXEC_CREDIT as CAPABILITY_CREDIT;
 /// Listed in the AgentLink hello: this agent reports each command's pid in
 /// an `ExecSpawned` message before its output.
 pub use cmdop_proto::caps::EXEC_SPAWNED as CAPABILITY_SPAWNED;
+/// Listed in the AgentLink hello: this agent keeps stdin open for commands
+/// started with `stdin_open` and writes what `ExecStdin` messages bring,
+/// reporting progress with `ExecStdinWritten`.
+pub use cmdop_proto::caps::EXEC_STDIN as CAPABILITY_STDIN;
 /// Smallest window accepted from the control plane, so that a zero or tiny
 /// window cannot stop output altogether.
 const MIN_WINDOW_BYTES: u64 = 64 * 1024;
@@ -102,10 +106,26 @@ pub async fn run_exec(
 pub async fn run_exec_credited(
     start: ExecStart,
     home: &Path,
+    cancel: oneshot::Receiver<()>,
+    sink: &mpsc::Sender<AgentUplink>,
+    credit: Option<watch::Receiver<u64>>,
+    server_url: Option<&str>,
+) -> ExecFinished {
+    run_exec_piped(start, home, cancel, sink, credit, server_url, None).await
+}
+
+/// [`run_exec_credited`], with more stdin from `more_stdin` after
+/// `start.stdin` (commands started with `stdin_open`): written in order,
+/// each step acknowledged on `sink` with `ExecStdinWritten`, until a step
+/// with `close` or the sender's drop closes stdin.
+pub async fn run_exec_piped(
+    start: ExecStart,
+    home: &Path,
     mut cancel: oneshot::Receiver<()>,
     sink: &mpsc::Sender<AgentUplink>,
     credit: Option<watch::Receiver<u64>>,
     server_url: Option<&str>,
+    more_stdin: Option<mpsc::UnboundedReceiver<ExecStdin>>,
 ) -> ExecFinished {
     let started = Instant::now();
     let exec_id = start.exec_id.clone();
@@ -130,7 +150,7 @@ pub async fn run_exec_credited(
         .current_dir(&cwd)
         .env_remove("CMDOP_ENROLL_TOKEN")
         .envs(&start.env)
-        .stdin(if start.stdin.is_empty() {
+        .stdin(if start.stdin.is_empty() && more_stdin.is_none() {
             Stdio::null()
         } else {
             Stdio::piped()
@@ -158,12 +178,16 @@ pub async fn run_exec_credited(
         tracing::debug!(exec_id, "uplink full; the pid is not announced");
     }
 
-    if let Some(mut stdin) = child.stdin.take() {
+    if let Some(stdin) = child.stdin.take() {
         let data = start.stdin.clone();
         // Stdin is closed (EOF) when this task ends.
-        tokio::spawn(async move {
-            let _ = stdin.write_all(&data).await;
-        });
+        tokio::spawn(feed_stdin(
+            stdin,
+            data,
+            more_stdin,
+            exec_id.clone(),
+            sink.clone(),
+        ));
     }
     let window = match (start.window, credit) {
         (Some(w), Some(credit)) => Some(OutputWindow::new(w, credit)),
@@ -513,6 +537,42 @@ impl Pump {
     }
 }
 
+/// Writes `first`, then each step of `more` in order, acknowledging every
+/// step's bytes on `sink` (also when the command stopped reading and they
+/// were discarded, so that the sender never waits for a reader that is
+/// gone). Returning drops `stdin`: the command sees EOF.
+async fn feed_stdin(
+    mut stdin: tokio::process::ChildStdin,
+    first: Bytes,
+    more: Option<mpsc::UnboundedReceiver<ExecStdin>>,
+    exec_id: String,
+    sink: mpsc::Sender<AgentUplink>,
+) {
+    let mut broken = stdin.write_all(&first).await.is_err();
+    let Some(mut more) = more else { return };
+    let mut written = 0u64;
+    while let Some(step) = more.recv().await {
+        if !broken && !step.data.is_empty() {
+            broken = stdin.write_all(&step.data).await.is_err();
+        }
+        if !step.data.is_empty() {
+            written += step.data.len() as u64;
+            let ack = AgentUplink {
+                msg: Some(agent_uplink::Msg::StdinWritten(ExecStdinWritten {
+                    exec_id: exec_id.clone(),
+                    written,
+                })),
+            };
+            if sink.send(ack).await.is_err() {
+                return;
+            }
+        }
+        if step.close {
+            return;
+        }
+    }
+}
+
 /// The commands running for one AgentLink channel. Dropping it (or
 /// [`ExecRunner::kill_all`]) kills every one of them.
 pub struct ExecRunner {
@@ -528,6 +588,9 @@ struct Running {
     cancel: oneshot::Sender<()>,
     /// Output bytes the control plane handed on (flow-controlled commands).
     credit: Option<watch::Sender<u64>>,
+    /// More stdin (commands started with `stdin_open`). Unbounded: the
+    /// control plane keeps at most a window of it unacknowledged.
+    stdin: Option<mpsc::UnboundedSender<ExecStdin>>,
 }
 
 impl ExecRunner {
@@ -559,6 +622,12 @@ impl ExecRunner {
             }
             None => (None, None),
         };
+        let (stdin_tx, stdin_rx) = if start.stdin_open {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         {
             let mut running = lock(&self.running);
             let refusal = if exec_id.is_empty() {
@@ -584,6 +653,7 @@ impl ExecRunner {
                 Running {
                     cancel: cancel_tx,
                     credit: credit_tx,
+                    stdin: stdin_tx,
                 },
             );
         }
@@ -598,13 +668,14 @@ impl ExecRunner {
         let running = Arc::clone(&self.running);
         let server_url = self.server_url.clone();
         tokio::spawn(async move {
-            let done = run_exec_credited(
+            let done = run_exec_piped(
                 start,
                 &home,
                 cancel_rx,
                 &uplink,
                 credit_rx,
                 server_url.as_deref(),
+                stdin_rx,
             )
             .await;
             lock(&running).remove(&exec_id);
@@ -635,6 +706,17 @@ impl ExecRunner {
                 }
                 grows
             });
+        }
+    }
+
+    /// Queues more stdin for `step.exec_id`; unknown ids (finished
+    /// commands) and commands without `stdin_open` are ignored.
+    pub fn stdin(&self, step: ExecStdin) {
+        if let Some(Running {
+            stdin: Some(stdin), ..
+        }) = lock(&self.running).get(&step.exec_id)
+        {
+            let _ = stdin.send(step);
         }
     }
 

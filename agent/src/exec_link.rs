@@ -85,6 +85,7 @@ async fn serve_here(
         transfer::CAPABILITY.to_string(),
         exec::CAPABILITY_SPAWNED.to_string(),
         exec::CAPABILITY_CREDIT.to_string(),
+        exec::CAPABILITY_STDIN.to_string(),
     ];
     // Offered only where the agent would use it, so that the control
     // plane does not hand out tickets for nothing.
@@ -120,6 +121,7 @@ async fn serve_here(
                 Some(agent_downlink::Msg::Credit(credit)) => {
                     runner.credit(&credit.exec_id, credit.delivered);
                 }
+                Some(agent_downlink::Msg::Stdin(step)) => runner.stdin(step),
                 Some(agent_downlink::Msg::File(step)) => transfers.handle(step),
                 None => tracing::debug!("ignoring an unknown downlink message"),
             },

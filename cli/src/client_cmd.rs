@@ -110,9 +110,44 @@ pub struct ExecArgs {
     /// Seconds before the remote command is killed (default: --timeout-secs).
     #[arg(long)]
     pub kill_after: Option<u64>,
+    /// Set an environment variable for the command (repeatable): --env K=V.
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Directory to run in (relative paths: from the agent's home).
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Do not forward stdin (it is forwarded when it is a pipe or a file).
+    #[arg(long, short = 'n')]
+    pub no_stdin: bool,
     /// The command, run by the remote shell (`sh -c`).
     #[arg(trailing_var_arg = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// True when stdin is a pipe, a socket or a regular file: something the
+/// user meant the command to read (a terminal, /dev/null or a closed stdin
+/// is not forwarded).
+fn stdin_has_data() -> bool {
+    use std::io::IsTerminal;
+    use std::os::unix::fs::FileTypeExt;
+    if std::io::stdin().is_terminal() {
+        return false;
+    }
+    match std::fs::metadata("/dev/stdin") {
+        Ok(m) => {
+            let t = m.file_type();
+            t.is_fifo() || t.is_socket() || t.is_file()
+        }
+        Err(_) => false,
+    }
+}
+
+/// `K=V` from `--env`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not K=V; write --env NAME=value")),
+    }
 }
 
 /// Runs the command remotely, streaming its output; exits with its status.
@@ -120,21 +155,58 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
     args.machine.select(&client).await?;
     let command = args.command.join(" ");
-    let timeout = args.kill_after.map(Duration::from_secs);
+    let opts = cmdop::client::ExecOptions {
+        timeout: args.kill_after.map(Duration::from_secs),
+        env: args.env,
+        working_directory: args.cwd.unwrap_or_default(),
+        discard_output: true,
+        ..Default::default()
+    };
     let on_chunk = |stream: cmdop::client::Stream, data: &[u8]| {
         let _ = match stream {
             cmdop::client::Stream::Stdout => std::io::stdout().write_all(data),
             cmdop::client::Stream::Stderr => std::io::stderr().write_all(data),
         };
     };
-    let result = client
-        .execute_stream_discarding(
-            &command,
-            timeout,
-            on_chunk,
-            cmdop::client::CancelToken::new(),
-        )
-        .await;
+    let result = if !args.no_stdin && stdin_has_data() {
+        let (writer, reader) = cmdop::client::stdin_pipe();
+        // A thread of its own: reading stdin blocks. It ends at EOF, or
+        // when the command stops taking stdin.
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if writer.write_blocking(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        eprintln!("cmdop: reading stdin failed: {e}; closing the command's stdin");
+                        break;
+                    }
+                }
+            }
+            let _ = writer.close_blocking();
+        });
+        client
+            .execute_piped(
+                &command,
+                &opts,
+                reader,
+                on_chunk,
+                cmdop::client::CancelToken::new(),
+            )
+            .await
+    } else {
+        client
+            .execute_with(&command, &opts, on_chunk, cmdop::client::CancelToken::new())
+            .await
+    };
     let _ = std::io::stdout().flush();
     client.close().await;
     match result {
@@ -278,4 +350,155 @@ pub async fn attach(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> 
     client.close().await;
     eprintln!("cmdop: detached ({reason})");
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct CpArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Keep the permission bits of the source (like `cp -p`).
+    #[arg(long, short = 'p')]
+    pub preserve_mode: bool,
+    /// Create missing parent directories of the target.
+    #[arg(long)]
+    pub parents: bool,
+    /// Fail instead of replacing an existing target.
+    #[arg(long, short = 'n')]
+    pub no_clobber: bool,
+    /// Source: a local path, or HOST:PATH on a machine.
+    pub source: String,
+    /// Target: HOST:PATH (ending in / for a directory) when the source is
+    /// local, a local file or directory when the source is remote.
+    pub target: String,
+}
+
+/// `HOST:PATH` when `spec` names a remote file. A local path containing
+/// ':' can be written as ./name.
+fn remote_spec(spec: &str) -> Option<(&str, &str)> {
+    let (host, path) = spec.split_once(':')?;
+    (!host.is_empty() && !host.contains('/')).then_some((host, path))
+}
+
+/// The last path component of `path` ("" when it has none).
+fn base_name(path: &str) -> &str {
+    path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
+}
+
+/// Copies one file to or from a machine, atomically on the receiving end.
+pub async fn cp(args: CpArgs) -> anyhow::Result<std::process::ExitCode> {
+    use cmdop::client::{CancelToken, TransferOptions};
+    let opts = TransferOptions {
+        keep_mode: args.preserve_mode,
+        no_clobber: args.no_clobber,
+        create_parents: args.parents,
+    };
+    let (upload, host, remote, local) =
+        match (remote_spec(&args.source), remote_spec(&args.target)) {
+            (None, Some((host, path))) => (true, host, path.to_string(), PathBuf::from(&args.source)),
+            (Some((host, path)), None) => (false, host, path.to_string(), PathBuf::from(&args.target)),
+            (Some(_), Some(_)) => anyhow::bail!(
+                "both paths are remote; copy through a local file, or run cp on the machine with `cmdop exec`"
+            ),
+            (None, None) => anyhow::bail!(
+                "neither path is remote; write one as HOST:PATH (e.g. web-1:/tmp/)"
+            ),
+        };
+    let client = args.connect.connect().await?;
+    client.set_machine(host).await?;
+    let cancel = CancelToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let bar = progress_bar();
+    let progress = {
+        let bar = bar.clone();
+        move |done: u64, total: u64| {
+            if let Some(bar) = &bar {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+        }
+    };
+    let result = if upload {
+        let name = local
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| format!("'{}' names no file", local.display()))?;
+        // HOST: and HOST:dir/ put the file under its own name.
+        let remote = if remote.is_empty() || remote.ends_with('/') {
+            format!("{remote}{name}")
+        } else {
+            remote
+        };
+        client
+            .upload_from_path(&local, &remote, opts, progress, cancel)
+            .await
+    } else {
+        let name = base_name(&remote);
+        anyhow::ensure!(
+            !name.is_empty(),
+            "'{remote}' names no file; give the remote file's path"
+        );
+        let local = if local.is_dir() {
+            local.join(name)
+        } else {
+            local
+        };
+        client
+            .download_to_path(&remote, &local, opts, progress, cancel)
+            .await
+    };
+    if let Some(bar) = bar {
+        if result.is_ok() {
+            bar.finish();
+        } else {
+            bar.abandon();
+        }
+    }
+    client.close().await;
+    result?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A byte progress bar on stderr when it is a terminal; none otherwise.
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bytes:>10}/{total_bytes:<10} {wide_bar} {bytes_per_sec:>12} {eta:>4}",
+    ) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_specs_need_a_host_before_the_colon() {
+        assert_eq!(remote_spec("web-1:/tmp/"), Some(("web-1", "/tmp/")));
+        assert_eq!(remote_spec("web-1:"), Some(("web-1", "")));
+        assert_eq!(remote_spec("./a:b"), None);
+        assert_eq!(remote_spec("/x/y:z"), None);
+        assert_eq!(remote_spec(":x"), None);
+        assert_eq!(remote_spec("plain"), None);
+        assert_eq!(base_name("/var/log/syslog"), "syslog");
+        assert_eq!(base_name("dir/"), "dir");
+        assert_eq!(base_name(""), "");
+    }
+
+    #[test]
+    fn env_arguments_are_name_equals_value() {
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env("A="), Ok(("A".into(), String::new())));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("novalue").is_err());
+    }
 }

@@ -46,13 +46,20 @@ enum Command {
     Ls(client_cmd::LsArgs),
     /// Attach to a live session: its output to stdout, stdin lines to it.
     Attach(client_cmd::AttachArgs),
+    /// Copy a file to or from a machine: `cp ./a.tar web-1:/tmp/`,
+    /// `cp web-1:/var/log/syslog .`
+    Cp(client_cmd::CpArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
-        Command::Exec(_) | Command::Sessions(_) | Command::Ls(_) | Command::Attach(_)
+        Command::Exec(_)
+            | Command::Sessions(_)
+            | Command::Ls(_)
+            | Command::Attach(_)
+            | Command::Cp(_)
     );
     logging::init(
         cli.log_level
@@ -72,6 +79,7 @@ fn main() -> std::process::ExitCode {
                     Command::Sessions(args) => client_cmd::sessions(args).await,
                     Command::Ls(args) => client_cmd::ls(args).await,
                     Command::Attach(args) => client_cmd::attach(args).await,
+                    Command::Cp(args) => client_cmd::cp(args).await,
                     Command::Admin(_) => unreachable!("handled above"),
                 }
             })

@@ -188,6 +188,7 @@ async fn pump(session: Arc<Session>, link: Arc<ExecLink>, mut uplink: Streaming<
                 let exec_id = finished.exec_id.clone();
                 link.deliver(&exec_id, ExecUpdate::Finished(finished)).await;
             }
+            Some(agent_uplink::Msg::StdinWritten(w)) => link.stdin_written(&w.exec_id, w.written),
             Some(agent_uplink::Msg::File(event)) => link.transfers().deliver(event).await,
             // A repeated hello and unknown members are ignored.
             _ => {}

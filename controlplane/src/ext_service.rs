@@ -4,9 +4,10 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use cmdop_proto::ext::{
-    cmdop_server::Cmdop, exec_event, ExecEvent, ExecExit, ExecRawOffer, ExecRawSwitch, ExecRequest,
-    ExecStart, ExecStarted, IssueTokenRequest, Machine, RefreshTokenRequest, ResolveMachineRequest,
-    ResolveMachineResponse, ServerInfoRequest, ServerInfoResponse, TokenPair,
+    cmdop_server::Cmdop, exec_event, exec_input, ExecEvent, ExecExit, ExecInput, ExecRawOffer,
+    ExecRawSwitch, ExecRequest, ExecStart, ExecStarted, IssueTokenRequest, Machine,
+    RefreshTokenRequest, ResolveMachineRequest, ResolveMachineResponse, ServerInfoRequest,
+    ServerInfoResponse, TokenPair,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -16,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth, limits, raw,
     sessions::{
-        exec_link::{EXEC_WINDOW_BYTES, EXEC_WINDOW_CHUNKS},
+        exec_link::{EXEC_WINDOW_BYTES, EXEC_WINDOW_CHUNKS, STDIN_WINDOW_BYTES},
         hostname::{match_hostname, Candidate, HostnameMatch},
         ExecLink, ExecUpdate, Session,
     },
@@ -26,12 +27,23 @@ use crate::{
 
 /// Capabilities advertised by ServerInfo in every configuration; side
 /// connections ([`raw::CAPABILITY`]) are added when they are on.
-pub const CAPABILITIES: [&str; 4] = [
+pub const CAPABILITIES: [&str; 5] = [
     cmdop_proto::caps::EXEC,
+    cmdop_proto::caps::EXEC_STDIN,
     cmdop_proto::caps::MACHINE_ID,
     cmdop_proto::caps::TOKENS,
     cmdop_proto::caps::FILES,
 ];
+
+/// What [`CmdopService::start_exec`] returns: the client's event stream,
+/// the agent's link, the exec id, and (with streamed stdin) the agent's
+/// stdin acknowledgements.
+type StartedExec = (
+    ExecStream,
+    Arc<ExecLink>,
+    String,
+    Option<tokio::sync::watch::Receiver<u64>>,
+);
 
 /// Response stream of Exec.
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, Status>> + Send + 'static>>;
@@ -222,87 +234,33 @@ impl Cmdop for CmdopService {
         request: Request<ExecRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let ws = self.client(&request)?;
-        let req = request.into_inner();
-        validate_exec(&req)?;
-        let session = if !req.session_id.is_empty() {
-            self.state
-                .sessions
-                .get(&ws.id, &req.session_id)
-                .ok_or_else(|| {
-                    Status::not_found(format!("session '{}' not found", req.session_id))
-                })?
-        } else if !req.machine_id.is_empty() {
-            match self.state.sessions.by_machine(&ws.id, &req.machine_id) {
-                Some(s) => s,
-                None => {
-                    let known = self
-                        .state
-                        .store
-                        .list_machines(&ws.id)
-                        .map_err(auth::internal)?;
-                    return Err(match known.iter().find(|m| m.machine_id == req.machine_id) {
-                        Some(m) => Status::unavailable(format!(
-                            "machine {} is offline; it will show as connected again when its agent reconnects",
-                            m.hostname
-                        )),
-                        None => Status::not_found(format!("machine '{}' not found", req.machine_id)),
-                    });
-                }
+        let (stream, _, _, _) = self.start_exec(&ws, request.into_inner(), false).await?;
+        Ok(Response::new(stream))
+    }
+
+    type ExecWithStdinStream = ExecStream;
+
+    async fn exec_with_stdin(
+        &self,
+        request: Request<tonic::Streaming<ExecInput>>,
+    ) -> Result<Response<Self::ExecWithStdinStream>, Status> {
+        let ws = self.client(&request)?;
+        let mut input = request.into_inner();
+        let req = match input.message().await? {
+            Some(ExecInput {
+                part: Some(exec_input::Part::Start(req)),
+            }) => req,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "ExecWithStdin must begin with `start`",
+                ))
             }
-        } else {
-            return Err(Status::invalid_argument(
-                "pass machine_id or session_id to choose the machine",
-            ));
         };
-        if !session.is_live() {
-            return Err(session.offline_status());
+        let (stream, link, exec_id, acks) = self.start_exec(&ws, req, true).await?;
+        if let Some(acks) = acks {
+            tokio::spawn(forward_stdin(link, exec_id, input, acks));
         }
-        let link = session.exec_link().ok_or_else(|| {
-            Status::unimplemented(format!(
-                "agent on {} does not support native exec; use the terminal (SendInput/GetOutput) path",
-                session.info.hostname
-            ))
-        })?;
-        let exec_id = format!("exec_{}", uuid::Uuid::new_v4().simple());
-        // Valid until `relay` returns, however the call ends.
-        let ticket = match &self.state.side_connections {
-            Some(rendezvous) if req.accept_raw_stdout && link.raw_stdout() => {
-                Some(rendezvous.register(&exec_id))
-            }
-            _ => None,
-        };
-        let updates = link
-            .start(ExecStart {
-                exec_id: exec_id.clone(),
-                command: req.command,
-                stdin: req.stdin,
-                env: req.env,
-                working_directory: req.working_directory,
-                timeout_ms: req.timeout_ms,
-                window: None,
-                raw_ticket: ticket
-                    .as_ref()
-                    .map(|t| t.as_str().to_owned())
-                    .unwrap_or_default(),
-            })
-            .await?;
-        tracing::info!(session = %session.id, %exec_id, "exec started");
-        let (tx, rx) = mpsc::channel(limits::EXEC_EVENT_QUEUE);
-        // With an agent that reports pids, `started` waits for its `spawned`.
-        let started_sent = !link.reports_spawned();
-        if started_sent {
-            let _ = tx.try_send(Ok(started_event(&exec_id, 0)));
-        }
-        tokio::spawn(relay(
-            session,
-            link,
-            exec_id,
-            updates,
-            tx,
-            started_sent,
-            ticket,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 
     async fn upload(
@@ -392,6 +350,171 @@ impl Cmdop for CmdopService {
             RefreshOutcome::Invalid => Err(invalid()),
         }
     }
+}
+
+impl CmdopService {
+    /// Validates `req`, starts it on its machine's agent and returns the
+    /// client's event stream, the agent's link and the exec id. With
+    /// `stdin_open` the agent keeps stdin open for [`forward_stdin`]
+    /// (UNIMPLEMENTED when it cannot).
+    async fn start_exec(
+        &self,
+        ws: &Workspace,
+        req: ExecRequest,
+        stdin_open: bool,
+    ) -> Result<StartedExec, Status> {
+        validate_exec(&req)?;
+        let session = if !req.session_id.is_empty() {
+            self.state
+                .sessions
+                .get(&ws.id, &req.session_id)
+                .ok_or_else(|| {
+                    Status::not_found(format!("session '{}' not found", req.session_id))
+                })?
+        } else if !req.machine_id.is_empty() {
+            match self.state.sessions.by_machine(&ws.id, &req.machine_id) {
+                Some(s) => s,
+                None => {
+                    let known = self
+                        .state
+                        .store
+                        .list_machines(&ws.id)
+                        .map_err(auth::internal)?;
+                    return Err(match known.iter().find(|m| m.machine_id == req.machine_id) {
+                        Some(m) => Status::unavailable(format!(
+                            "machine {} is offline; it will show as connected again when its agent reconnects",
+                            m.hostname
+                        )),
+                        None => Status::not_found(format!("machine '{}' not found", req.machine_id)),
+                    });
+                }
+            }
+        } else {
+            return Err(Status::invalid_argument(
+                "pass machine_id or session_id to choose the machine",
+            ));
+        };
+        if !session.is_live() {
+            return Err(session.offline_status());
+        }
+        let link = session.exec_link().ok_or_else(|| {
+            Status::unimplemented(format!(
+                "agent on {} does not support native exec; use the terminal (SendInput/GetOutput) path",
+                session.info.hostname
+            ))
+        })?;
+        if stdin_open && !link.takes_stdin() {
+            return Err(Status::unimplemented(format!(
+                "the agent on {} cannot take streamed stdin (exec-stdin.v1); update its cmdop agent",
+                session.info.hostname
+            )));
+        }
+        let exec_id = format!("exec_{}", uuid::Uuid::new_v4().simple());
+        // Valid until `relay` returns, however the call ends.
+        let ticket = match &self.state.side_connections {
+            Some(rendezvous) if req.accept_raw_stdout && link.raw_stdout() => {
+                Some(rendezvous.register(&exec_id))
+            }
+            _ => None,
+        };
+        let acks = stdin_open.then(|| link.watch_stdin(&exec_id));
+        let started = link
+            .start(ExecStart {
+                exec_id: exec_id.clone(),
+                command: req.command,
+                stdin: req.stdin,
+                env: req.env,
+                working_directory: req.working_directory,
+                timeout_ms: req.timeout_ms,
+                window: None,
+                raw_ticket: ticket
+                    .as_ref()
+                    .map(|t| t.as_str().to_owned())
+                    .unwrap_or_default(),
+                stdin_open,
+            })
+            .await;
+        let updates = match started {
+            Ok(updates) => updates,
+            Err(status) => {
+                link.forget_stdin(&exec_id);
+                return Err(status);
+            }
+        };
+        tracing::info!(session = %session.id, %exec_id, "exec started");
+        let (tx, rx) = mpsc::channel(limits::EXEC_EVENT_QUEUE);
+        // With an agent that reports pids, `started` waits for its `spawned`.
+        let started_sent = !link.reports_spawned();
+        if started_sent {
+            let _ = tx.try_send(Ok(started_event(&exec_id, 0)));
+        }
+        tokio::spawn(relay(
+            session,
+            Arc::clone(&link),
+            exec_id.clone(),
+            updates,
+            tx,
+            started_sent,
+            ticket,
+        ));
+        Ok((Box::pin(ReceiverStream::new(rx)), link, exec_id, acks))
+    }
+}
+
+/// Moves a streamed-stdin exec's input from its call to the agent, keeping
+/// at most [`STDIN_WINDOW_BYTES`] beyond what the agent acknowledged in
+/// flight: while the window is spent it stops reading the call, and HTTP/2
+/// flow control holds the caller back. `close_stdin` or the end of the
+/// request stream sends EOF; a broken call just stops (the response side
+/// cancels the exec).
+async fn forward_stdin(
+    link: Arc<ExecLink>,
+    exec_id: String,
+    mut input: tonic::Streaming<ExecInput>,
+    mut acks: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut sent = 0u64;
+    loop {
+        let room = sent.saturating_sub(*acks.borrow()) < STDIN_WINDOW_BYTES;
+        let next = tokio::select! {
+            // Ends (Err) once the exec is over: `relay` forgets its acks.
+            changed = acks.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => break,
+            },
+            next = input.message(), if room => next,
+            _ = link.closed() => break,
+        };
+        let close = match next {
+            Ok(Some(ExecInput {
+                part: Some(exec_input::Part::Stdin(data)),
+            })) => {
+                if data.is_empty() {
+                    continue;
+                }
+                sent += data.len() as u64;
+                if link.stdin(&exec_id, data, false).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Ok(Some(ExecInput {
+                part: Some(exec_input::Part::CloseStdin(close)),
+            })) => close,
+            // A repeated `start` or a newer member: ignored.
+            Ok(Some(_)) => false,
+            Ok(None) => true,
+            Err(_) => break,
+        };
+        if close {
+            let _ = link.stdin(&exec_id, bytes::Bytes::new(), true).await;
+            // Keep the call open (without reading it) until the exec ends,
+            // so that its stdin half is not reset early.
+            while acks.changed().await.is_ok() {}
+            break;
+        }
+    }
+    link.forget_stdin(&exec_id);
 }
 
 fn started_event(exec_id: &str, pid: u32) -> ExecEvent {
@@ -495,6 +618,15 @@ async fn relay(
     mut started_sent: bool,
     ticket: Option<raw::Ticket>,
 ) {
+    /// However `relay` ends, the exec's stdin (if streamed) is over too.
+    struct ForgetStdin<'a>(&'a ExecLink, &'a str);
+    impl Drop for ForgetStdin<'_> {
+        fn drop(&mut self) {
+            self.0.forget_stdin(self.1);
+        }
+    }
+    let exec_id_copy = exec_id.clone();
+    let _stdin = ForgetStdin(&link, &exec_id_copy);
     let mut credit = CreditTracker::new(link.exec_credit());
     let mut raw = RawProgress::default();
     loop {

@@ -5,9 +5,9 @@
 //!
 //! Where they are listed:
 //! - `ServerInfoResponse.capabilities` (control plane to clients):
-//!   [`EXEC`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`];
+//!   [`EXEC`], [`EXEC_STDIN`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`];
 //! - `AgentHello.capabilities` (agent to control plane, extension Channel):
-//!   [`FILES`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`];
+//!   [`FILES`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`], [`EXEC_STDIN`];
 //! - `RegisterRequest.agent_capabilities` (official protocol): [`AGENT_NATIVE_EXEC`].
 
 /// The server serves native `Exec` (`cmdop.ext.v1.Cmdop/Exec`).
@@ -26,6 +26,9 @@ pub const EXEC_SPAWNED: &str = "exec-spawned.v1";
 pub const EXEC_CREDIT: &str = "exec-credit.v1";
 /// Side connections for bulk exec stdout (see [`crate::raw`]).
 pub const EXEC_RAW: &str = "exec-raw.v1";
+/// Streamed stdin for `Exec`: `ExecWithStdin` (server) and
+/// `ExecStart.stdin_open` / `ExecStdin` / `ExecStdinWritten` (agent).
+pub const EXEC_STDIN: &str = "exec-stdin.v1";
 /// Official protocol: an agent that serves native exec says so in its
 /// registration.
 pub const AGENT_NATIVE_EXEC: &str = "cmdop.exec.v1";

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 use cmdop_proto::caps;
 use cmdop_proto::ext::exec_event::Event as ExecEv;
 use cmdop_proto::ext::ExecRequest;
-use cmdop_proto::terminal::{GetOutputRequest, SendInputRequest, SendSignalRequest};
+use cmdop_proto::terminal::{
+    FileGetInfoRpcRequest, GetOutputRequest, SendInputRequest, SendSignalRequest, StreamFileType,
+};
 
 use super::connection::{CallPolicy, Conn};
 use super::exec_side::{side_address, SideStdout, SIDE_READ_BYTES};
+use super::exec_stdin::{PipedInput, StdinReader, CAP_EXEC_STDIN};
 use super::marker::{
     find, idle_marker, idle_probe_line, marker_command_line, new_marker_id, MarkerScanner,
 };
@@ -60,6 +63,28 @@ pub struct ExecOutput {
     /// Some output is missing: beyond the kept limit (64 MiB per stream),
     /// or, on the terminal path, evicted by the server before it was read.
     pub truncated: bool,
+}
+
+/// How to run a command beyond its text (see [`Client::execute_with`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecOptions {
+    /// Kill the command after this long; `None` = the client timeout.
+    pub timeout: Option<Duration>,
+    /// Written to the command's stdin, which is then closed (native exec
+    /// only: NOT_SUPPORTED on the terminal path). Empty = no stdin.
+    pub stdin: Vec<u8>,
+    /// Added to the command's environment. Names must be shell identifiers
+    /// (letters, digits, `_`) and values free of control characters on the
+    /// terminal path, where they are exported in the command's subshell.
+    pub env: Vec<(String, String)>,
+    /// Directory to run in; relative and `~/` paths start at the agent's
+    /// home. Empty = the agent's home on the native path, the shell's
+    /// current directory on the terminal path. A directory that does not
+    /// exist fails the call with OPERATION_FAILED on both paths.
+    pub working_directory: String,
+    /// Hand the output only to the chunk callback and keep none of it in
+    /// the result (for large outputs).
+    pub discard_output: bool,
 }
 
 /// Which output a call keeps in its [`ExecOutput`].
@@ -112,8 +137,11 @@ impl Client {
         on_chunk: impl FnMut(Stream, &[u8]) + Send,
         cancel: CancelToken,
     ) -> Result<ExecOutput> {
-        self.run_command(command, timeout, on_chunk, cancel, Keep::All)
-            .await
+        let opts = ExecOptions {
+            timeout,
+            ..Default::default()
+        };
+        self.execute_with(command, &opts, on_chunk, cancel).await
     }
 
     /// Like [`execute_stream`](Self::execute_stream), but the output only
@@ -127,7 +155,55 @@ impl Client {
         on_chunk: impl FnMut(Stream, &[u8]) + Send,
         cancel: CancelToken,
     ) -> Result<ExecOutput> {
-        self.run_command(command, timeout, on_chunk, cancel, Keep::Nothing)
+        let opts = ExecOptions {
+            timeout,
+            discard_output: true,
+            ..Default::default()
+        };
+        self.execute_with(command, &opts, on_chunk, cancel).await
+    }
+
+    /// Runs `command` with `opts` (stdin bytes, environment, working
+    /// directory, timeout), handing each chunk of output to `on_chunk`.
+    /// Native exec honours every option; on the terminal path, environment
+    /// and working directory are applied in the command's subshell and
+    /// stdin makes the call NOT_SUPPORTED: no option is ever dropped.
+    pub async fn execute_with(
+        &self,
+        command: &str,
+        opts: &ExecOptions,
+        on_chunk: impl FnMut(Stream, &[u8]) + Send,
+        cancel: CancelToken,
+    ) -> Result<ExecOutput> {
+        let keep = if opts.discard_output {
+            Keep::Nothing
+        } else {
+            Keep::All
+        };
+        self.run_command(command, opts, None, on_chunk, cancel, keep)
+            .await
+    }
+
+    /// Like [`execute_with`](Self::execute_with), with stdin streamed from
+    /// `stdin` while the command runs (after `opts.stdin`): write with the
+    /// [`StdinWriter`] from the same [`stdin_pipe`](super::stdin_pipe),
+    /// close it (or drop it) for EOF. Needs native exec with streamed stdin
+    /// (`exec-stdin.v1`) on server and agent; otherwise NOT_SUPPORTED,
+    /// since a terminal cannot carry stdin faithfully.
+    pub async fn execute_piped(
+        &self,
+        command: &str,
+        opts: &ExecOptions,
+        stdin: StdinReader,
+        on_chunk: impl FnMut(Stream, &[u8]) + Send,
+        cancel: CancelToken,
+    ) -> Result<ExecOutput> {
+        let keep = if opts.discard_output {
+            Keep::Nothing
+        } else {
+            Keep::All
+        };
+        self.run_command(command, opts, Some(stdin), on_chunk, cancel, keep)
             .await
     }
 
@@ -137,14 +213,15 @@ impl Client {
     async fn run_command(
         &self,
         command: &str,
-        timeout: Option<Duration>,
+        opts: &ExecOptions,
+        stdin: Option<StdinReader>,
         on_chunk: impl FnMut(Stream, &[u8]) + Send,
         cancel: CancelToken,
         keep: Keep,
     ) -> Result<ExecOutput> {
         let closing = lock(&self.inner.closing).clone();
         let stop = CancelToken::new();
-        let work = self.run_command_until(command, timeout, on_chunk, stop.clone(), keep);
+        let work = self.run_command_until(command, opts, stdin, on_chunk, stop.clone(), keep);
         tokio::pin!(work);
         let closed = tokio::select! {
             biased;
@@ -165,7 +242,8 @@ impl Client {
     async fn run_command_until(
         &self,
         command: &str,
-        timeout: Option<Duration>,
+        opts: &ExecOptions,
+        stdin: Option<StdinReader>,
         mut on_chunk: impl FnMut(Stream, &[u8]) + Send,
         cancel: CancelToken,
         keep: Keep,
@@ -173,7 +251,8 @@ impl Client {
         if command.is_empty() {
             return Err(Error::InvalidArgument("command is empty".into()));
         }
-        let timeout = timeout
+        let timeout = opts
+            .timeout
             .filter(|t| !t.is_zero())
             .unwrap_or(self.inner.opts.timeout);
         let machine = self.machine().ok_or_else(Error::no_machine)?;
@@ -182,9 +261,45 @@ impl Client {
         // agent executes natively; asking costs one round trip and answers
         // UNIMPLEMENTED quickly when it does not.
         let try_native = server_native && (machine.native_exec || machine.machine_id.is_empty());
+        if stdin.is_some() {
+            let why = if !lock(&self.inner.facts).has(CAP_EXEC_STDIN) {
+                "the server does not offer streamed stdin (exec-stdin.v1); update it"
+            } else if !try_native {
+                "the machine's agent does not offer native exec; update it"
+            } else {
+                ""
+            };
+            if !why.is_empty() {
+                return Err(self.inner.report(Error::NotSupported(format!(
+                    "streaming stdin into a command needs native exec: {why}"
+                ))));
+            }
+            return self
+                .exec_native(
+                    &machine,
+                    command,
+                    opts,
+                    stdin,
+                    timeout,
+                    &mut on_chunk,
+                    &cancel,
+                    keep,
+                )
+                .await
+                .map_err(|e| self.inner.report(e));
+        }
         if try_native {
             match self
-                .exec_native(&machine, command, timeout, &mut on_chunk, &cancel, keep)
+                .exec_native(
+                    &machine,
+                    command,
+                    opts,
+                    None,
+                    timeout,
+                    &mut on_chunk,
+                    &cancel,
+                    keep,
+                )
                 .await
             {
                 Err(Error::NotSupported(why)) => {
@@ -195,14 +310,20 @@ impl Client {
                 other => return other,
             }
         }
-        self.exec_terminal(command, timeout, &mut on_chunk, &cancel, keep)
+        let line = terminal_command(command, opts).map_err(|e| self.inner.report(e))?;
+        let cwd = Some(opts.working_directory.as_str()).filter(|d| !d.is_empty());
+        self.exec_terminal(&line, cwd, timeout, &mut on_chunk, &cancel, keep)
             .await
     }
 
+    // The arguments are the parts of one call, threaded through unchanged.
+    #[allow(clippy::too_many_arguments)]
     async fn exec_native(
         &self,
         machine: &super::MachineInfo,
         command: &str,
+        opts: &ExecOptions,
+        stdin: Option<StdinReader>,
         timeout: Duration,
         on_chunk: &mut (impl FnMut(Stream, &[u8]) + Send),
         cancel: &CancelToken,
@@ -222,14 +343,33 @@ impl Client {
                 String::new()
             },
             command: command.to_string(),
+            stdin: opts.stdin.clone().into(),
+            env: opts.env.iter().cloned().collect(),
+            working_directory: opts.working_directory.clone(),
             timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
             accept_raw_stdout: side_addr.is_some(),
-            ..Default::default()
         };
         let hard_deadline = started + timeout + SERVER_TIMEOUT_GRACE;
-        let mut stream = tokio::select! {
-            s = self.inner.open_stream("Exec", req, Some(timeout + SERVER_TIMEOUT_GRACE), |mut c, r| async move { c.ext.exec(r).await }) => s?,
-            _ = cancel.cancelled() => return Err(Error::Cancelled),
+        let mut stream = match stdin {
+            None => tokio::select! {
+                s = self.inner.open_stream("Exec", req, Some(timeout + SERVER_TIMEOUT_GRACE), |mut c, r| async move { c.ext.exec(r).await }) => s?,
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+            },
+            Some(reader) => {
+                let (input, open) = PipedInput::new(req, reader);
+                let opened = tokio::select! {
+                    s = self.inner.open_stream("ExecWithStdin", input, Some(timeout + SERVER_TIMEOUT_GRACE), |mut c, r| async move {
+                        let (meta, ext, input) = r.into_parts();
+                        c.ext.exec_with_stdin(tonic::Request::from_parts(meta, ext, input.into_stream())).await
+                    }) => s,
+                    _ = cancel.cancelled() => return Err(Error::Cancelled),
+                };
+                // UNIMPLEMENTED (old server, or an agent without streamed
+                // stdin) surfaces as NOT_SUPPORTED; no fallback can carry it.
+                let stream = opened?;
+                let _ = open.send(true);
+                stream
+            }
         };
         let mut out = ExecOutput {
             native: true,
@@ -337,6 +477,7 @@ impl Client {
     async fn exec_terminal(
         &self,
         command: &str,
+        cwd: Option<&str>,
         timeout: Duration,
         on_chunk: &mut (impl FnMut(Stream, &[u8]) + Send),
         cancel: &CancelToken,
@@ -351,6 +492,9 @@ impl Client {
             })
             .await?;
         let (session_id, _) = session;
+        if let Some(dir) = cwd {
+            self.check_directory(&session_id, dir).await?;
+        }
         let turn = Arc::clone(
             lock(&self.inner.terminals)
                 .entry(session_id.clone())
@@ -464,6 +608,37 @@ impl Client {
                 }
                 pause = (pause * 2).min(POLL_MAX);
             }
+        }
+    }
+
+    /// Fails like native exec (OPERATION_FAILED, "could not start") when
+    /// `dir` is not a directory on the machine.
+    async fn check_directory(&self, session_id: &str, dir: &str) -> Result<()> {
+        let req = FileGetInfoRpcRequest {
+            session_id: session_id.to_string(),
+            path: dir.to_string(),
+        };
+        let policy = CallPolicy {
+            idempotent: true,
+            timeout: self.inner.opts.timeout,
+        };
+        let r = self
+            .inner
+            .unary("FileGetInfo", req, policy, |mut c, r| async move {
+                c.terminal.file_get_info(r).await
+            })
+            .await?;
+        let is_dir = r.success
+            && r.result
+                .and_then(|res| res.entry)
+                .is_some_and(|e| e.r#type == StreamFileType::StreamDirectory as i32);
+        if is_dir {
+            Ok(())
+        } else {
+            Err(Error::OperationFailed(format!(
+                "the command could not start: working directory '{dir}' is not a directory on the machine{}; create it or pass another",
+                if r.error.is_empty() { String::new() } else { format!(" ({})", r.error) }
+            )))
         }
     }
 
@@ -611,6 +786,61 @@ impl Client {
     }
 }
 
+/// The command typed on the terminal path: `command` preceded by what
+/// applies `opts` in its subshell (`export`, `cd`). NOT_SUPPORTED for what
+/// the terminal cannot carry faithfully.
+fn terminal_command(command: &str, opts: &ExecOptions) -> Result<String> {
+    let unsupported = |what: &str| {
+        Error::NotSupported(format!(
+            "{what} needs native exec, which this server or agent does not offer; update them, or do without it"
+        ))
+    };
+    if !opts.stdin.is_empty() {
+        return Err(unsupported("stdin for a command"));
+    }
+    let mut line = String::new();
+    for (name, value) in &opts.env {
+        let ident = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident {
+            return Err(Error::InvalidArgument(format!(
+                "'{name}' is not a valid environment variable name for the shell; use letters, digits and _"
+            )));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(unsupported(&format!(
+                "a control character (such as a newline) in the value of {name}"
+            )));
+        }
+        line.push_str(&format!("export {name}={}; ", shell_quote(value)));
+    }
+    let dir = &opts.working_directory;
+    if !dir.is_empty() {
+        if dir.chars().any(char::is_control) {
+            return Err(unsupported("a control character in the working directory"));
+        }
+        // As the agent resolves it: "~", "~/x" and relative paths from home.
+        let target = if dir == "~" {
+            "\"$HOME\"".to_string()
+        } else if let Some(rest) = dir.strip_prefix("~/") {
+            format!("\"$HOME\"/{}", shell_quote(rest))
+        } else if dir.starts_with('/') {
+            shell_quote(dir)
+        } else {
+            format!("\"$HOME\"/{}", shell_quote(dir))
+        };
+        line.push_str(&format!("cd -- {target} || exit 126; "));
+    }
+    line.push_str(command);
+    Ok(line)
+}
+
+/// `s` in single quotes for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// Hands a chunk to the caller's callback and keeps it as `keep` says.
 fn deliver(
     on_chunk: &mut (impl FnMut(Stream, &[u8]) + Send),
@@ -643,6 +873,47 @@ fn timeout_error(timeout: Duration, partial: ExecOutput) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_commands_apply_env_and_cwd_or_refuse() {
+        let opts = ExecOptions {
+            env: vec![("A_1".into(), "it's $x".into())],
+            working_directory: "~/my dir".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            terminal_command("pwd", &opts).unwrap(),
+            r#"export A_1='it'\''s $x'; cd -- "$HOME"/'my dir' || exit 126; pwd"#
+        );
+        let abs = ExecOptions {
+            working_directory: "/tmp".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            terminal_command("ls", &abs).unwrap(),
+            "cd -- '/tmp' || exit 126; ls"
+        );
+        assert_eq!(
+            terminal_command("ls", &ExecOptions::default()).unwrap(),
+            "ls"
+        );
+        let kind = |o: ExecOptions| terminal_command("x", &o).unwrap_err().kind();
+        let stdin = ExecOptions {
+            stdin: b"data".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(kind(stdin), super::super::ErrorKind::NotSupported);
+        let newline = ExecOptions {
+            env: vec![("A".into(), "a\nb".into())],
+            ..Default::default()
+        };
+        assert_eq!(kind(newline), super::super::ErrorKind::NotSupported);
+        let bad_name = ExecOptions {
+            env: vec![("1A".into(), "x".into())],
+            ..Default::default()
+        };
+        assert_eq!(kind(bad_name), super::super::ErrorKind::InvalidArgument);
+    }
 
     #[test]
     fn kept_output_is_bounded_and_flags_truncation() {

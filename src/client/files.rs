@@ -273,6 +273,19 @@ impl Client {
                 MAX_WRITE_BYTES
             ))));
         }
+        self.write_file_official(path, data, false)
+            .await
+            .map_err(|e| self.inner.report(e))
+    }
+
+    /// One official FileWrite of `data` to `path` (the caller checks the
+    /// size against [`MAX_WRITE_BYTES`]).
+    pub(crate) async fn write_file_official(
+        &self,
+        path: &str,
+        data: &[u8],
+        create_parents: bool,
+    ) -> Result<()> {
         let policy = CallPolicy {
             idempotent: true,
             timeout: self.inner.opts.timeout,
@@ -286,7 +299,7 @@ impl Client {
                     path: path.to_string(),
                     content,
                     overwrite: true,
-                    create_parents: false,
+                    create_parents,
                 };
                 let r = self
                     .inner
@@ -304,7 +317,6 @@ impl Client {
             }
         })
         .await
-        .map_err(|e| self.inner.report(e))
     }
 
     /// Notes that the machine's agent cannot stream and the official path follows.

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use cmdop_proto::caps;
 use cmdop_proto::ext::{
-    download_chunk, upload_chunk, DownloadChunk, DownloadRequest, UploadChunk, UploadStart,
+    download_chunk, upload_chunk, DownloadChunk, DownloadRequest, DownloadStart, UploadChunk,
+    UploadStart,
 };
 use cmdop_proto::limits::TRANSFER_CHUNK_BYTES;
 use tokio::sync::mpsc;
@@ -14,10 +15,27 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::connection::Conn;
 use super::error::is_expired_token;
-use super::{lock, Client, Credentials, Error, ErrorKind, LogLevel, Result};
+use super::{lock, CancelToken, Client, Credentials, Error, ErrorKind, LogLevel, Result};
 
 /// Upload chunks copied ahead of what gRPC has taken.
 const UPLOAD_QUEUE: usize = 2;
+
+/// Where upload data comes from.
+pub(crate) enum Source<'a> {
+    Bytes(&'a [u8]),
+    /// Read in 1 MiB chunks as gRPC takes them: memory stays bounded.
+    File(&'a std::path::Path),
+}
+
+/// How feeding an upload ended.
+enum Fed {
+    All,
+    /// The call answered first; its answer says why.
+    CallEnded,
+    /// gRPC took nothing for a whole call timeout.
+    Stalled,
+    Failed(Error),
+}
 
 /// What a transfer call failed with: a gRPC status (which may be retried
 /// after a token refresh) or an error of our own.
@@ -42,19 +60,46 @@ impl Client {
     /// renames the file into place only after the last byte. NotSupported
     /// when the machine's agent lacks streaming transfers.
     pub(crate) async fn upload(&self, session_id: String, path: &str, data: &[u8]) -> Result<()> {
+        let start = UploadStart {
+            path: path.to_string(),
+            overwrite: true,
+            total_size: Some(data.len() as u64),
+            ..Default::default()
+        };
+        self.upload_from(
+            session_id,
+            start,
+            Source::Bytes(data),
+            &|_| {},
+            &CancelToken::new(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Uploads `source` as `start` says (its session is filled in);
+    /// `progress` sees the bytes handed to gRPC so far. Cancelling `cancel`
+    /// resets the call, so the agent drops its temp file and the target is
+    /// untouched. Returns the bytes the agent wrote.
+    pub(crate) async fn upload_from(
+        &self,
+        session_id: String,
+        start: UploadStart,
+        source: Source<'_>,
+        progress: &(dyn Fn(u64) + Send + Sync),
+        cancel: &CancelToken,
+    ) -> Result<u64> {
         let what = "Upload";
-        self.with_refresh(what, |conn| {
-            let session_id = session_id.clone();
+        let attempt = self.with_refresh(what, |conn| {
+            let start = UploadStart {
+                session_id: session_id.clone(),
+                ..start.clone()
+            };
+            let source = &source;
             async move {
                 let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
                 let start = UploadChunk {
-                    part: Some(upload_chunk::Part::Start(UploadStart {
-                        session_id,
-                        path: path.to_string(),
-                        overwrite: true,
-                        total_size: Some(data.len() as u64),
-                        ..Default::default()
-                    })),
+                    part: Some(upload_chunk::Part::Start(start)),
                 };
                 // The queue is empty; this cannot fail.
                 let _ = tx.try_send(start);
@@ -62,7 +107,7 @@ impl Client {
                 self.inner.authorize(&mut request)?;
                 let mut ext = conn.ext.clone();
                 let call = ext.upload(request);
-                let feed = self.feed(tx, data);
+                let feed = self.feed(tx, source, progress);
                 tokio::pin!(call);
                 tokio::pin!(feed);
                 // Feed until the call answers; if the feeder stalls, the call
@@ -71,39 +116,99 @@ impl Client {
                 let answer = loop {
                     tokio::select! {
                         answer = &mut call => break answer,
-                        stalled = &mut feed, if !fed => {
+                        outcome = &mut feed, if !fed => {
                             fed = true;
-                            if stalled {
-                                return Err(Failure::Error(Error::timeout(what, self.inner.opts.timeout)));
+                            match outcome {
+                                Fed::All | Fed::CallEnded => {}
+                                Fed::Stalled => return Err(Failure::Error(Error::timeout(what, self.inner.opts.timeout))),
+                                Fed::Failed(e) => return Err(Failure::Error(e)),
                             }
                         }
                     }
                 };
-                answer.map(|_| ()).map_err(Failure::Status)
+                answer
+                    .map(|r| r.into_inner().bytes_written)
+                    .map_err(Failure::Status)
             }
-        })
-        .await
+        });
+        tokio::select! {
+            r = attempt => r,
+            _ = cancel.cancelled() => Err(Error::Cancelled),
+        }
     }
 
-    /// Copies `data` into the upload stream chunk by chunk. Returns true when
-    /// gRPC took nothing for a whole call timeout.
-    async fn feed(&self, tx: mpsc::Sender<UploadChunk>, data: &[u8]) -> bool {
+    /// Copies `source` into the upload stream chunk by chunk; dropping `tx`
+    /// at the end half-closes the stream, and the agent commits.
+    async fn feed(
+        &self,
+        tx: mpsc::Sender<UploadChunk>,
+        source: &Source<'_>,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Fed {
         let timeout = self.inner.opts.timeout;
-        for piece in data.chunks(TRANSFER_CHUNK_BYTES) {
+        let mut file = match source {
+            Source::Bytes(_) => None,
+            Source::File(path) => match tokio::fs::File::open(path).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    return Fed::Failed(Error::InvalidArgument(format!(
+                        "cannot open '{}' to upload it: {e}",
+                        path.display()
+                    )))
+                }
+            },
+        };
+        let mut sent = 0u64;
+        loop {
+            let piece = match (source, file.as_mut()) {
+                (Source::Bytes(data), _) => {
+                    let at = sent as usize;
+                    if at >= data.len() {
+                        break;
+                    }
+                    let end = (at + TRANSFER_CHUNK_BYTES).min(data.len());
+                    bytes::Bytes::copy_from_slice(&data[at..end])
+                }
+                (Source::File(path), Some(f)) => {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = bytes::BytesMut::zeroed(TRANSFER_CHUNK_BYTES);
+                    let mut n = 0;
+                    // Fill whole chunks: fewer, larger messages.
+                    while n < TRANSFER_CHUNK_BYTES {
+                        match f.read(&mut buf[n..]).await {
+                            Ok(0) => break,
+                            Ok(k) => n += k,
+                            Err(e) => {
+                                return Fed::Failed(Error::OperationFailed(format!(
+                                    "reading '{}' failed after {} bytes: {e}",
+                                    path.display(),
+                                    sent + n as u64
+                                )))
+                            }
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    buf.truncate(n);
+                    buf.freeze()
+                }
+                (Source::File(_), None) => unreachable!("opened above"),
+            };
+            let len = piece.len() as u64;
             let chunk = UploadChunk {
-                part: Some(upload_chunk::Part::Data(bytes::Bytes::copy_from_slice(
-                    piece,
-                ))),
+                part: Some(upload_chunk::Part::Data(piece)),
             };
             match tokio::time::timeout(timeout, tx.send(chunk)).await {
                 Ok(Ok(())) => {}
                 // The call ended (its answer says why).
-                Ok(Err(_)) => return false,
-                Err(_) => return true,
+                Ok(Err(_)) => return Fed::CallEnded,
+                Err(_) => return Fed::Stalled,
             }
+            sent += len;
+            progress(sent);
         }
-        // Dropping `tx` half-closes the stream: the agent commits.
-        false
+        Fed::All
     }
 
     /// Downloads the whole file at `path` on `session_id`, refusing files
@@ -114,10 +219,57 @@ impl Client {
         path: &str,
         max: usize,
     ) -> Result<Vec<u8>> {
+        let content = std::sync::Mutex::new(Vec::new());
+        let total = self
+            .download_each(
+                session_id,
+                path,
+                |start| {
+                    let total = usize::try_from(start.total_size)
+                        .ok()
+                        .filter(|t| *t <= max)
+                        .ok_or_else(|| {
+                            Error::InvalidArgument(format!(
+                                "'{path}' is {} bytes, more than the {} MiB one read may return; download it to a local file instead",
+                                start.total_size,
+                                max >> 20
+                            ))
+                        })?;
+                    *lock(&content) = Vec::with_capacity(total);
+                    Ok(())
+                },
+                |data| {
+                    lock(&content).extend_from_slice(data);
+                    Ok(())
+                },
+                &CancelToken::new(),
+            )
+            .await?;
+        let content = content.into_inner().unwrap_or_else(|p| p.into_inner());
+        debug_assert_eq!(content.len() as u64, total);
+        Ok(content)
+    }
+
+    /// Streams the file at `path` on `session_id`: `on_start` sees the
+    /// announced sizes and mode (and may refuse), then `on_data` each chunk
+    /// in order. Returns the bytes delivered, which are exactly the announced
+    /// `total_size`. After a token refresh the download starts over, and
+    /// `on_start` is called again (callers reset what they collected there).
+    /// Cancelling `cancel` drops the call and returns CANCELLED.
+    pub(crate) async fn download_each(
+        &self,
+        session_id: String,
+        path: &str,
+        on_start: impl Fn(&DownloadStart) -> Result<()> + Send + Sync,
+        on_data: impl Fn(&[u8]) -> Result<()> + Send + Sync,
+        cancel: &CancelToken,
+    ) -> Result<u64> {
         let what = "Download";
         let timeout = self.inner.opts.timeout;
-        self.with_refresh(what, |conn| {
+        let attempt = self.with_refresh(what, |conn| {
             let session_id = session_id.clone();
+            let on_start = &on_start;
+            let on_data = &on_data;
             async move {
                 let mut request = tonic::Request::new(DownloadRequest {
                     session_id,
@@ -132,43 +284,42 @@ impl Client {
                     Ok(Ok(response)) => response.into_inner(),
                 };
                 let total = match next_part(&mut stream, what, timeout).await? {
-                    Some(download_chunk::Part::Start(start)) => start.total_size,
+                    Some(download_chunk::Part::Start(start)) => {
+                        on_start(&start)?;
+                        start.total_size
+                    }
                     _ => {
-                        return Err(Error::Protocol(
-                            "Download did not begin with `start`".into(),
+                        return Err(
+                            Error::Protocol("Download did not begin with `start`".into()).into(),
                         )
-                        .into())
                     }
                 };
-                let total = usize::try_from(total).ok().filter(|t| *t <= max).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "'{path}' is {total} bytes, more than the {} MiB one read may return; copy it in parts with a command instead",
-                        max >> 20
-                    ))
-                })?;
-                let mut content = Vec::with_capacity(total);
+                let mut got = 0u64;
                 while let Some(part) = next_part(&mut stream, what, timeout).await? {
                     if let download_chunk::Part::Data(data) = part {
-                        if content.len() + data.len() > total {
+                        if got + data.len() as u64 > total {
                             return Err(Error::Protocol(format!(
                                 "Download sent more than the announced {total} bytes"
                             ))
                             .into());
                         }
-                        content.extend_from_slice(&data);
+                        got += data.len() as u64;
+                        on_data(&data)?;
                     }
                 }
-                if content.len() != total {
+                if got != total {
                     return Err(Error::Unavailable(format!(
-                        "Download of '{path}' ended after {} of {total} bytes; try again",
-                        content.len()
+                        "Download of '{path}' ended after {got} of {total} bytes; try again"
                     ))
                     .into());
                 }
-                Ok(content)
+                Ok(got)
             }
-        })
-        .await
+        });
+        tokio::select! {
+            r = attempt => r,
+            _ = cancel.cancelled() => Err(Error::Cancelled),
+        }
     }
 
     /// Runs `attempt` on the live connection; after an expired access token

@@ -383,6 +383,7 @@ mod tests {
             ("MACHINE_ID", cmdop_proto::caps::MACHINE_ID),
             ("TOKENS", cmdop_proto::caps::TOKENS),
             ("SIDE_CONNECTIONS", cmdop_proto::caps::EXEC_RAW),
+            ("EXEC_STDIN", cmdop_proto::caps::EXEC_STDIN),
         ] {
             let want = format!("#define CMDOP_CAPABILITY_{name} \"{value}\"");
             assert!(toml.contains(&want), "cbindgen.toml must define {want}");

@@ -39,7 +39,7 @@ pub struct cmdop_exec_result {
 
 /// Cancels a running cmdop_execute_with_callback() from any thread. Opaque.
 pub struct cmdop_cancel_token {
-    token: CancelToken,
+    pub(crate) token: CancelToken,
 }
 
 fn timeout_arg(timeout_ms: u32) -> Option<Duration> {
@@ -48,7 +48,7 @@ fn timeout_arg(timeout_ms: u32) -> Option<Duration> {
 
 /// Store the result (also on TIMEOUT, with the partial output) and turn the
 /// error into a failure.
-fn finish(
+pub(crate) fn finish(
     out: &mut *mut cmdop_exec_result,
     result: Result<ExecOutput, Error>,
 ) -> Result<(), Failure> {

@@ -24,8 +24,10 @@ mod events;
 mod machines;
 // 6. execute
 mod exec;
+mod exec_options;
 // 7. files
 mod files;
+mod transfer_disk;
 // 8. sessions
 mod sessions;
 // 9. attach

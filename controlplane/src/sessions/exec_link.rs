@@ -7,7 +7,8 @@ use std::{
 };
 
 use cmdop_proto::ext::{
-    agent_downlink, AgentDownlink, ExecCancel, ExecCredit, ExecFinished, ExecStart, ExecWindow,
+    agent_downlink, AgentDownlink, ExecCancel, ExecCredit, ExecFinished, ExecStart, ExecStdin,
+    ExecWindow,
 };
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
@@ -48,6 +49,14 @@ pub use cmdop_proto::caps::EXEC_CREDIT as CAPABILITY_CREDIT;
 /// side connection when its `ExecStart` carries a `raw_ticket`.
 pub use cmdop_proto::caps::EXEC_RAW as CAPABILITY_RAW;
 
+/// Agent capability (AgentLink hello): it keeps stdin open for an exec
+/// started with `stdin_open`, writes `ExecStdin` data and acknowledges it
+/// with `ExecStdinWritten`.
+pub use cmdop_proto::caps::EXEC_STDIN as CAPABILITY_STDIN;
+
+/// Streamed stdin bytes forwarded to an agent beyond what it acknowledged.
+pub const STDIN_WINDOW_BYTES: u64 = 2 * 1024 * 1024;
+
 /// Output bytes an agent with [`CAPABILITY_CREDIT`] may send for one exec
 /// ahead of what its client has taken.
 pub const EXEC_WINDOW_BYTES: u64 = 1024 * 1024;
@@ -75,6 +84,10 @@ pub struct ExecLink {
     exec_credit: std::sync::atomic::AtomicBool,
     /// The agent can use side connections for stdout ([`CAPABILITY_RAW`]).
     raw_stdout: std::sync::atomic::AtomicBool,
+    /// The agent takes streamed stdin ([`CAPABILITY_STDIN`]).
+    takes_stdin: std::sync::atomic::AtomicBool,
+    /// Stdin bytes each streamed-stdin exec's agent acknowledged so far.
+    stdin_acks: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// Streaming file transfers riding on this Channel.
     transfers: TransferRoutes,
 }
@@ -88,6 +101,8 @@ impl ExecLink {
             reports_spawned: std::sync::atomic::AtomicBool::new(false),
             exec_credit: std::sync::atomic::AtomicBool::new(false),
             raw_stdout: std::sync::atomic::AtomicBool::new(false),
+            takes_stdin: std::sync::atomic::AtomicBool::new(false),
+            stdin_acks: Mutex::new(HashMap::new()),
             transfers: TransferRoutes::default(),
         })
     }
@@ -103,6 +118,62 @@ impl ExecLink {
         let raw = capabilities.iter().any(|c| c == CAPABILITY_RAW);
         self.raw_stdout
             .store(raw, std::sync::atomic::Ordering::Relaxed);
+        let stdin = capabilities.iter().any(|c| c == CAPABILITY_STDIN);
+        self.takes_stdin
+            .store(stdin, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True when the agent takes streamed stdin ([`CAPABILITY_STDIN`]).
+    pub fn takes_stdin(&self) -> bool {
+        self.takes_stdin.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn stdin_acks(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+        self.stdin_acks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts following the stdin acknowledgements of `exec_id` (before
+    /// its start is sent, so that none is missed).
+    pub fn watch_stdin(&self, exec_id: &str) -> watch::Receiver<u64> {
+        let (tx, rx) = watch::channel(0);
+        self.stdin_acks().insert(exec_id.to_owned(), tx);
+        rx
+    }
+
+    /// Stops following `exec_id`'s stdin acknowledgements.
+    pub fn forget_stdin(&self, exec_id: &str) {
+        self.stdin_acks().remove(exec_id);
+    }
+
+    /// Records the agent's `ExecStdinWritten`; unknown ids are dropped.
+    pub fn stdin_written(&self, exec_id: &str, written: u64) {
+        if let Some(tx) = self.stdin_acks().get(exec_id) {
+            tx.send_if_modified(|w| {
+                let grows = written > *w;
+                if grows {
+                    *w = written;
+                }
+                grows
+            });
+        }
+    }
+
+    /// Sends more stdin (and with `close`, EOF) for `exec_id` to the agent,
+    /// waiting while the downlink is full; fails once the link is gone.
+    pub async fn stdin(
+        &self,
+        exec_id: &str,
+        data: bytes::Bytes,
+        close: bool,
+    ) -> Result<(), Status> {
+        self.send(AgentDownlink {
+            msg: Some(agent_downlink::Msg::Stdin(ExecStdin {
+                exec_id: exec_id.to_string(),
+                data,
+                close,
+            })),
+        })
+        .await
     }
 
     /// True when the agent can move stdout to a side connection, given a
