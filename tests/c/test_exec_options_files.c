@@ -138,7 +138,7 @@ static void on_progress(void *user_data, uint64_t done, uint64_t total) {
   p->last_done = done;
   p->total = total;
   if (p->cancel_at_half != NULL && done >= total / 2 && done < total)
-    cmdop_cancel(p->cancel_at_half);
+    cmdop_cancel_token_cancel(p->cancel_at_half);
 }
 
 static void on_chunk(void *user_data, const uint8_t *data, size_t len) {
@@ -214,7 +214,7 @@ static void files_on_disk(cmdop_client *c) {
 }
 
 int main(void) {
-  cmdop_local_options lo = test_local_options(20000);
+  cmdop_options lo = test_local_options(20000);
   cmdop_client *c;
   char cmd[600];
 
