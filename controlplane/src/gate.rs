@@ -216,6 +216,12 @@ fn route(path: &str, extensions: bool) -> Route {
                 slot: Some(SlotKind::Exec),
                 ..r(Need::Client, EXEC_MESSAGE_BYTES)
             },
+            // The first message is an Exec request; the rest carry stdin
+            // chunks of at most TRANSFER_CHUNK_BYTES.
+            "ExecWithStdin" => Route {
+                slot: Some(SlotKind::Exec),
+                ..r(Need::Client, EXEC_MESSAGE_BYTES)
+            },
             "Upload" => Route {
                 slot: Some(SlotKind::Transfer),
                 ..r(Need::Client, UPLOAD_MESSAGE_BYTES)
@@ -537,6 +543,10 @@ mod tests {
         assert_eq!(p("/cmdop.ext.v1.AgentLink/Channel").need, Need::Agent);
         assert_eq!(p("/cmdop.ext.v1.Cmdop/RefreshToken").need, Need::Nothing);
         assert_eq!(p("/cmdop.ext.v1.Cmdop/Exec").slot, Some(SlotKind::Exec));
+        assert_eq!(
+            p("/cmdop.ext.v1.Cmdop/ExecWithStdin").slot,
+            Some(SlotKind::Exec)
+        );
         assert_eq!(
             p("/cmdop.ext.v1.Cmdop/Upload").max_message,
             UPLOAD_MESSAGE_BYTES

@@ -622,12 +622,24 @@ impl Client {
             idempotent: true,
             timeout: self.inner.opts.timeout,
         };
-        let r = self
+        let not_a_dir = |why: &str| {
+            Error::OperationFailed(format!(
+                "the command could not start: working directory '{dir}' is not a directory on the machine{why}; create it or pass another"
+            ))
+        };
+        // Servers answer a missing path with NOT_FOUND (older ones with
+        // success=false): either way the command cannot start there.
+        let r = match self
             .inner
             .unary("FileGetInfo", req, policy, |mut c, r| async move {
                 c.terminal.file_get_info(r).await
             })
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(Error::NotFound(why)) => return Err(not_a_dir(&format!(" ({why})"))),
+            Err(e) => return Err(e),
+        };
         let is_dir = r.success
             && r.result
                 .and_then(|res| res.entry)
@@ -635,10 +647,11 @@ impl Client {
         if is_dir {
             Ok(())
         } else {
-            Err(Error::OperationFailed(format!(
-                "the command could not start: working directory '{dir}' is not a directory on the machine{}; create it or pass another",
-                if r.error.is_empty() { String::new() } else { format!(" ({})", r.error) }
-            )))
+            Err(not_a_dir(&if r.error.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.error)
+            }))
         }
     }
 

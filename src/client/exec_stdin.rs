@@ -12,9 +12,10 @@ use tokio::sync::{mpsc, watch};
 use super::{Error, Result};
 
 /// Capability the server lists when it serves ExecWithStdin.
-pub(crate) const CAP_EXEC_STDIN: &str = "exec-stdin.v1";
-/// Largest stdin message (the protocol's limit).
-const CHUNK_BYTES: usize = 1024 * 1024;
+pub(crate) use cmdop_proto::caps::EXEC_STDIN as CAP_EXEC_STDIN;
+/// Largest stdin message: one transfer chunk, as the control plane's
+/// message limit for ExecWithStdin expects.
+const CHUNK_BYTES: usize = cmdop_proto::limits::TRANSFER_CHUNK_BYTES;
 /// Messages buffered between the writer and the call.
 const QUEUE: usize = 4;
 
