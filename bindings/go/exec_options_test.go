@@ -285,3 +285,67 @@ func TestCancelledTransfersLeaveNoTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// failingReader yields some bytes, then an error.
+type failingReader struct{ sent bool }
+
+var errBroken = errors.New("source is broken")
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if f.sent {
+		return 0, errBroken
+	}
+	f.sent = true
+	return copy(p, "partial\n"), nil
+}
+
+func TestExecuteWithFailingStdinReportsTheReadError(t *testing.T) {
+	c := connected(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := c.ExecuteWithOptions(ctx, "cat", &cmdop.ExecOptions{Stdin: &failingReader{}})
+	if !errors.Is(err, errBroken) || !errors.Is(err, cmdop.ErrOperationFailed) {
+		t.Fatalf("want ErrOperationFailed wrapping the reader's error, got %v", err)
+	}
+	if r == nil || string(r.Stdout) != "partial\n" {
+		t.Fatalf("the command should have seen what was read before the error, got %+v", r)
+	}
+}
+
+func TestCloseEndsExecuteWithStreamedStdin(t *testing.T) {
+	s := liveStack(t)
+	c, err := cmdop.NewLocal(s.host, s.port, &cmdop.Options{Timeout: 15 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetMachine(s.machine); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.ExecuteWithOptions(context.Background(), "cat > /dev/null", &cmdop.ExecOptions{Stdin: pr})
+		done <- err
+	}()
+	if _, err := pw.Write([]byte("some input\n")); err != nil { // the command is running
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	c.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, cmdop.ErrDisconnected) || !errors.Is(err, cmdop.ErrClosed) {
+			t.Fatalf("want ErrDisconnected wrapping ErrClosed, got %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not end the running command")
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Fatalf("Close took %v", d)
+	}
+}
