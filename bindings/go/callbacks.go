@@ -95,3 +95,48 @@ func cmdopgoOnOutput(h C.uintptr_t, data *C.char, n C.size_t) {
 	copy(chunk, unsafe.Slice((*byte)(unsafe.Pointer(data)), int(n)))
 	sink.push(chunk)
 }
+
+// callSink is the user_data of one transfer or streamed read: fn runs on
+// the calling goroutine's thread; a panic or an error of fn stops the call
+// through its cancel token, and the Go caller re-raises or returns it.
+type callSink struct {
+	progress func(done, total uint64)
+	write    func([]byte) error
+	cancel   func()
+	err      error
+	panic    any
+}
+
+func (s *callSink) run(fn func()) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.panic = p
+			s.cancel()
+		}
+	}()
+	fn()
+}
+
+//export cmdopgoOnProgress
+func cmdopgoOnProgress(h C.uintptr_t, done, total C.uint64_t) {
+	sink, ok := cgo.Handle(h).Value().(*callSink)
+	if !ok || sink.panic != nil || sink.progress == nil {
+		return
+	}
+	sink.run(func() { sink.progress(uint64(done), uint64(total)) })
+}
+
+//export cmdopgoOnReadChunk
+func cmdopgoOnReadChunk(h C.uintptr_t, data *C.char, n C.size_t) {
+	sink, ok := cgo.Handle(h).Value().(*callSink)
+	if !ok || sink.panic != nil || sink.err != nil {
+		return
+	}
+	sink.run(func() {
+		// Borrowed for this call only: the writer must not keep it (io.Writer's contract).
+		if err := sink.write(unsafe.Slice((*byte)(unsafe.Pointer(data)), int(n))); err != nil {
+			sink.err = err
+			sink.cancel()
+		}
+	})
+}

@@ -19,6 +19,8 @@ extern void cmdopgoOnTokens(uintptr_t h, char *access, char *refresh);
 extern void cmdopgoOnChunk(uintptr_t h, int kind, char *data, size_t len);
 extern void cmdopgoFreeHandle(uintptr_t h);
 extern void cmdopgoOnOutput(uintptr_t h, char *data, size_t len);
+extern void cmdopgoOnProgress(uintptr_t h, uint64_t done, uint64_t total);
+extern void cmdopgoOnReadChunk(uintptr_t h, char *data, size_t len);
 
 static void cmdopgo_connect_cb(void *ud) { cmdopgoOnConnect((uintptr_t)ud); }
 static void cmdopgo_disconnect_cb(void *ud, const char *reason, bool will_reconnect) {
@@ -36,6 +38,13 @@ static void cmdopgo_chunk_cb(void *ud, cmdop_stream_kind kind, const uint8_t *da
 static void cmdopgo_free_cb(void *ud) { cmdopgoFreeHandle((uintptr_t)ud); }
 static void cmdopgo_output_cb(void *ud, const uint8_t *data, size_t len) {
   cmdopgoOnOutput((uintptr_t)ud, (char *)data, len);
+}
+
+static void cmdopgo_progress_cb(void *ud, uint64_t done, uint64_t total) {
+  cmdopgoOnProgress((uintptr_t)ud, done, total);
+}
+static void cmdopgo_read_chunk_cb(void *ud, const uint8_t *data, size_t len) {
+  cmdopgoOnReadChunk((uintptr_t)ud, (char *)data, len);
 }
 
 // This thread's message for a failed status (malloc'd), NULL on success.
@@ -115,6 +124,43 @@ cmdop_status cmdopgo_execute(cmdop_client *c, const char *cmd, uint32_t timeout_
                                     cmdop_exec_result **out, char **msg) {
   cmdop_status st = cmdop_execute_with_callback(c, cmd, timeout_ms, h ? cmdopgo_chunk_cb : NULL,
                                          (void *)h, tok, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+// cmdop_execute_with_options, or cmdop_execute_with_stdin when in is not
+// NULL, with the Go chunk trampoline when h is not 0.
+cmdop_status cmdopgo_execute_with_options(cmdop_client *c, const char *cmd, const cmdop_exec_options *o,
+                                          const cmdop_exec_stdin *in, uintptr_t h,
+                                          const cmdop_cancel_token *tok, cmdop_exec_result **out, char **msg) {
+  cmdop_exec_output_fn fn = h ? cmdopgo_chunk_cb : NULL;
+  cmdop_status st = in ? cmdop_execute_with_stdin(c, cmd, o, in, fn, (void *)h, tok, out)
+                       : cmdop_execute_with_options(c, cmd, o, fn, (void *)h, tok, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_exec_stdin_write(const cmdop_exec_stdin *in, const void *data, size_t len, char **msg) {
+  cmdop_status st = cmdop_exec_stdin_write(in, (const uint8_t *)data, len);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+// cmdop_download_file (download != 0) or cmdop_upload_file, with the Go
+// progress trampoline when h is not 0.
+cmdop_status cmdopgo_transfer(cmdop_client *c, int download, const char *from, const char *to,
+                              const cmdop_transfer_options *o, uintptr_t h, const cmdop_cancel_token *tok,
+                              char **msg) {
+  cmdop_progress_fn fn = h ? cmdopgo_progress_cb : NULL;
+  cmdop_status st = download ? cmdop_download_file(c, from, to, o, fn, (void *)h, tok)
+                             : cmdop_upload_file(c, from, to, o, fn, (void *)h, tok);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+cmdop_status cmdopgo_read_file_to(cmdop_client *c, const char *path, uintptr_t h, const cmdop_cancel_token *tok,
+                                  uint64_t *n, char **msg) {
+  cmdop_status st = cmdop_read_file_with_callback(c, path, cmdopgo_read_chunk_cb, (void *)h, tok, n);
   *msg = cmdopgo_message(st);
   return st;
 }

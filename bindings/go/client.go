@@ -312,6 +312,20 @@ func (c *Client) Execute(ctx context.Context, command string) (*Result, error) {
 // (may be nil) as it arrives, on the calling goroutine. If onChunk panics,
 // the command is killed and the panic resumes in ExecuteStream.
 func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func(StreamKind, []byte)) (*Result, error) {
+	return c.executeCall(ctx, command, onChunk, func(p *C.cmdop_client, cmd *C.char, timeoutMs C.uint32_t,
+		h C.uintptr_t, tok *C.cmdop_cancel_token, out **C.cmdop_exec_result, msg **C.char) C.cmdop_status {
+		return C.cmdopgo_execute(p, cmd, timeoutMs, h, tok, out, msg)
+	})
+}
+
+// execCall is one C execute function: it runs cmd with a timeout (0: the
+// client's), the chunk trampoline's handle h (0: none) and cancel token tok.
+type execCall func(p *C.cmdop_client, cmd *C.char, timeoutMs C.uint32_t, h C.uintptr_t,
+	tok *C.cmdop_cancel_token, out **C.cmdop_exec_result, msg **C.char) C.cmdop_status
+
+// executeCall runs call with the context mapped onto the library's timeout
+// and a cancel token, and onChunk (may be nil) behind the chunk trampoline.
+func (c *Client) executeCall(ctx context.Context, command string, onChunk func(StreamKind, []byte), call execCall) (*Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, contextError(ctx, StatusCancelled, "")
 	}
@@ -371,7 +385,7 @@ func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func
 	var st C.cmdop_status
 	var msg *C.char
 	if err := c.use(func(p *C.cmdop_client) error {
-		st = C.cmdopgo_execute(p, cmd, timeoutMs, handle, tok, &out, &msg)
+		st = call(p, cmd, timeoutMs, handle, tok, &out, &msg)
 		return nil
 	}); err != nil {
 		return nil, err

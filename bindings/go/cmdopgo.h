@@ -23,6 +23,18 @@ cmdop_status cmdopgo_set_callback(cmdop_client *c, int which, uintptr_t h, char 
 /* cmdop_execute_with_callback, with the Go chunk trampoline when h is not 0. */
 cmdop_status cmdopgo_execute(cmdop_client *c, const char *cmd, uint32_t timeout_ms, uintptr_t h,
                              const cmdop_cancel_token *tok, cmdop_exec_result **out, char **msg);
+/* cmdop_execute_with_options, or cmdop_execute_with_stdin when in is not NULL. */
+cmdop_status cmdopgo_execute_with_options(cmdop_client *c, const char *cmd, const cmdop_exec_options *o,
+                                          const cmdop_exec_stdin *in, uintptr_t h,
+                                          const cmdop_cancel_token *tok, cmdop_exec_result **out, char **msg);
+cmdop_status cmdopgo_exec_stdin_write(const cmdop_exec_stdin *in, const void *data, size_t len, char **msg);
+/* cmdop_download_file (download != 0) or cmdop_upload_file, progress to cgo handle h (0: none). */
+cmdop_status cmdopgo_transfer(cmdop_client *c, int download, const char *from, const char *to,
+                              const cmdop_transfer_options *o, uintptr_t h, const cmdop_cancel_token *tok,
+                              char **msg);
+/* cmdop_read_file_with_callback into cgo handle h. */
+cmdop_status cmdopgo_read_file_to(cmdop_client *c, const char *path, uintptr_t h, const cmdop_cancel_token *tok,
+                                  uint64_t *n, char **msg);
 cmdop_status cmdopgo_connection_info(cmdop_client *c, cmdop_connection_info **out, char **msg);
 cmdop_status cmdopgo_active_session(cmdop_client *c, const char *host, cmdop_session **out, char **msg);
 cmdop_status cmdopgo_list_sessions(cmdop_client *c, cmdop_session_list **out, char **msg);

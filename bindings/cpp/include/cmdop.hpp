@@ -148,6 +148,7 @@ using SessionListPtr =
     std::unique_ptr<cmdop_session_list, Deleter<cmdop_session_list, cmdop_session_list_free>>;
 using FileListPtr = std::unique_ptr<cmdop_file_list, Deleter<cmdop_file_list, cmdop_file_list_free>>;
 using BytesPtr = std::unique_ptr<cmdop_bytes, Deleter<cmdop_bytes, cmdop_bytes_free>>;
+using StdinPtr = std::unique_ptr<cmdop_exec_stdin, Deleter<cmdop_exec_stdin, cmdop_exec_stdin_free>>;
 
 /// Finalizer handed to the C API with a heap-allocated callable.
 template <typename F>
@@ -376,6 +377,54 @@ class Stream {
   detail::StreamPtr s_;
 };
 
+/// How to run a command beyond its text (cmdop_exec_options in cmdop.h).
+struct ExecOptions {
+  std::chrono::milliseconds timeout{};  ///< zero = the client's timeout
+  /// Written to the command's stdin, then closed (native exec only: the
+  /// terminal path throws NotSupported). Empty = no stdin.
+  std::string stdin_data;
+  std::vector<std::string> env;  ///< "NAME=value" entries added to the environment
+  std::string working_directory;  ///< empty = the agent's default
+  /// Keep no output in the result; it goes only to the chunk callback.
+  bool discard_output = false;
+};
+
+/// How download_file() and upload_file() treat their target
+/// (cmdop_transfer_options in cmdop.h).
+struct TransferOptions {
+  bool keep_mode = false;       ///< copy the source's permission bits to the target
+  bool no_clobber = false;      ///< throw InvalidArgument instead of replacing a target
+  bool create_parents = false;  ///< create missing parent directories of the target
+};
+
+/// The writing end of a command's stdin for Client::execute(command, opts,
+/// stdin, ...). Another thread writes while the command runs, then closes
+/// it (the command sees EOF). One command per ExecStdin; move-only; it must
+/// outlive the execute() call using it.
+class ExecStdin {
+ public:
+  ExecStdin() {
+    cmdop_exec_stdin *raw = nullptr;
+    detail::check(cmdop_exec_stdin_new(&raw));
+    s_.reset(raw);
+  }
+  /// Write bytes to the command's stdin, blocking while the command does
+  /// not keep up. Throws InvalidArgument after close(), OperationFailed
+  /// once the command's call ended.
+  void write(std::string_view data) const {
+    detail::check(cmdop_exec_stdin_write(raw(), reinterpret_cast<const uint8_t *>(data.data()), data.size()));
+  }
+  /// Close the command's stdin after what was written (idempotent).
+  void close() const { detail::check(cmdop_exec_stdin_close(raw())); }
+  const cmdop_exec_stdin *raw() const {
+    if (!s_) throw Error(Status::InvalidArgument, "this cmdop::ExecStdin was moved from; use the object it moved to");
+    return s_.get();
+  }
+
+ private:
+  detail::StdinPtr s_;
+};
+
 /// A connection to one control plane with one set of credentials.
 /// Move-only and thread-safe.
 class Client {
@@ -481,6 +530,25 @@ class Client {
     return finish(st, out);
   }
 
+  /// Run a command with options: stdin bytes, environment, working
+  /// directory, timeout. `on_chunk` and `cancel` as in execute() above. On
+  /// the terminal path an option that cannot be honoured throws
+  /// NotSupported; none is silently dropped.
+  ExecResult execute(std::string_view command, const ExecOptions &opts, const ChunkCallback &on_chunk = {},
+                     const CancelToken *cancel = nullptr) {
+    return execute_opts(command, opts, nullptr, on_chunk, cancel);
+  }
+
+  /// Like execute(command, opts, ...), with the command's stdin streamed
+  /// from `input` while it runs: another thread calls input.write() and
+  /// input.close(). opts.stdin_data, if any, is written first. Needs
+  /// streamed stdin on server and agent (CMDOP_CAPABILITY_EXEC_STDIN),
+  /// else throws NotSupported.
+  ExecResult execute(std::string_view command, const ExecOptions &opts, const ExecStdin &input,
+                     const ChunkCallback &on_chunk = {}, const CancelToken *cancel = nullptr) {
+    return execute_opts(command, opts, input.raw(), on_chunk, cancel);
+  }
+
   /// The most recently active connected session, of a machine whose
   /// hostname matches (empty = any machine). Throws NotFound when none.
   Session active_session(std::string_view hostname = {}) {
@@ -533,6 +601,44 @@ class Client {
   void write_file(std::string_view path, std::string_view data) {
     detail::check(cmdop_write_file(get(), detail::c_str(path).c_str(),
                                    reinterpret_cast<const uint8_t *>(data.data()), data.size()));
+  }
+
+  /// Progress of a transfer: `done` of `total` bytes, on the calling thread.
+  using ProgressCallback = std::function<void(uint64_t done, uint64_t total)>;
+
+  /// Download `remote_path` on the selected machine to `local_path`,
+  /// atomically (a failed or cancelled download leaves the target as it
+  /// was), in bounded memory whatever the size. `on_progress` runs on this
+  /// thread; if it throws, the download is cancelled and the exception
+  /// rethrown here. `cancel` stops it from any thread (Error{Cancelled}).
+  void download_file(std::string_view remote_path, std::string_view local_path, const TransferOptions &opts = {},
+                     const ProgressCallback &on_progress = {}, const CancelToken *cancel = nullptr) {
+    transfer(true, remote_path, local_path, opts, on_progress, cancel);
+  }
+
+  /// Upload the local file `local_path` to `remote_path` on the selected
+  /// machine, atomically; as download_file().
+  void upload_file(std::string_view local_path, std::string_view remote_path, const TransferOptions &opts = {},
+                   const ProgressCallback &on_progress = {}, const CancelToken *cancel = nullptr) {
+    transfer(false, local_path, remote_path, opts, on_progress, cancel);
+  }
+
+  /// Stream file `path` on the selected machine into `on_chunk` (on this
+  /// thread, in order), without holding it in memory; returns the bytes
+  /// delivered. If `on_chunk` throws, the read is cancelled and the
+  /// exception rethrown here.
+  uint64_t read_file(std::string_view path, const std::function<void(std::string_view)> &on_chunk,
+                     const CancelToken *cancel = nullptr) {
+    if (!on_chunk) throw Error(Status::InvalidArgument, "read_file() with a callback needs a non-empty callback");
+    std::optional<CancelToken> own;
+    if (!cancel) cancel = &own.emplace();
+    ReadContext ctx{&on_chunk, cancel, nullptr};
+    uint64_t n = 0;
+    const cmdop_status st =
+        cmdop_read_file_with_callback(get(), detail::c_str(path).c_str(), read_trampoline, &ctx, cancel->raw(), &n);
+    if (ctx.error) std::rethrow_exception(ctx.error);
+    detail::check(st);
+    return n;
   }
 
   /// Attach to a session's terminal: `on_output` receives its output on a
@@ -613,6 +719,89 @@ class Client {
     if (ctx->error) return;
     try {
       (*ctx->fn)(static_cast<StreamKind>(kind), detail::view(data, len));
+    } catch (...) {
+      ctx->error = std::current_exception();
+      ctx->cancel->cancel();
+    }
+  }
+
+  ExecResult execute_opts(std::string_view command, const ExecOptions &opts, const cmdop_exec_stdin *input,
+                          const ChunkCallback &on_chunk, const CancelToken *cancel) {
+    const std::string cmd(command);
+    cmdop_exec_options c;
+    detail::check(cmdop_exec_options_init(&c, CMDOP_EXEC_OPTIONS_VERSION));
+    c.timeout_ms = detail::to_ms(opts.timeout);
+    c.stdin_data = opts.stdin_data.empty() ? nullptr : reinterpret_cast<const uint8_t *>(opts.stdin_data.data());
+    c.stdin_len = opts.stdin_data.size();
+    std::vector<const char *> env;
+    env.reserve(opts.env.size());
+    for (const std::string &e : opts.env) env.push_back(e.c_str());
+    c.env = env.empty() ? nullptr : env.data();
+    c.env_count = env.size();
+    c.working_directory = opts.working_directory.empty() ? nullptr : opts.working_directory.c_str();
+    c.discard_output = opts.discard_output;
+    std::optional<CancelToken> own;
+    if (!cancel) cancel = &own.emplace();
+    ChunkContext ctx{&on_chunk, cancel, nullptr};
+    cmdop_exec_output_fn fn = on_chunk ? chunk_trampoline : nullptr;
+    cmdop_exec_result *out = nullptr;
+    const cmdop_status st =
+        input ? cmdop_execute_with_stdin(get(), cmd.c_str(), &c, input, fn, &ctx, cancel->raw(), &out)
+              : cmdop_execute_with_options(get(), cmd.c_str(), &c, fn, &ctx, cancel->raw(), &out);
+    if (ctx.error) {
+      cmdop_exec_result_free(out);
+      std::rethrow_exception(ctx.error);
+    }
+    return finish(st, out);
+  }
+
+  struct ProgressContext {
+    const ProgressCallback *fn;
+    const CancelToken *cancel;
+    std::exception_ptr error;
+  };
+
+  static void progress_trampoline(void *ud, uint64_t done, uint64_t total) noexcept {
+    auto *ctx = static_cast<ProgressContext *>(ud);
+    if (ctx->error) return;
+    try {
+      (*ctx->fn)(done, total);
+    } catch (...) {
+      ctx->error = std::current_exception();
+      ctx->cancel->cancel();
+    }
+  }
+
+  void transfer(bool download, std::string_view from, std::string_view to, const TransferOptions &opts,
+                const ProgressCallback &on_progress, const CancelToken *cancel) {
+    const std::string a(from), b(to);
+    cmdop_transfer_options c;
+    detail::check(cmdop_transfer_options_init(&c, CMDOP_TRANSFER_OPTIONS_VERSION));
+    c.keep_mode = opts.keep_mode;
+    c.no_clobber = opts.no_clobber;
+    c.create_parents = opts.create_parents;
+    std::optional<CancelToken> own;
+    if (!cancel) cancel = &own.emplace();
+    ProgressContext ctx{&on_progress, cancel, nullptr};
+    cmdop_progress_fn fn = on_progress ? progress_trampoline : nullptr;
+    const cmdop_status st = download
+                                ? cmdop_download_file(get(), a.c_str(), b.c_str(), &c, fn, &ctx, cancel->raw())
+                                : cmdop_upload_file(get(), a.c_str(), b.c_str(), &c, fn, &ctx, cancel->raw());
+    if (ctx.error) std::rethrow_exception(ctx.error);
+    detail::check(st);
+  }
+
+  struct ReadContext {
+    const std::function<void(std::string_view)> *fn;
+    const CancelToken *cancel;
+    std::exception_ptr error;
+  };
+
+  static void read_trampoline(void *ud, const uint8_t *data, size_t len) noexcept {
+    auto *ctx = static_cast<ReadContext *>(ud);
+    if (ctx->error) return;
+    try {
+      (*ctx->fn)(detail::view(data, len));
     } catch (...) {
       ctx->error = std::current_exception();
       ctx->cancel->cancel();

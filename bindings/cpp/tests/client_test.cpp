@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sys/stat.h>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -286,6 +288,191 @@ TEST_F(Live, AttachSeesTerminalOutput) {
   }
   EXPECT_TRUE(found);
   stream.close();  // after this the callback (and `seen`) may go away
+}
+
+/// Content of a local file, or "<missing>" when it cannot be opened.
+std::string slurp(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "<missing>";
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+/// `n` bytes of a non-repeating-looking pattern with every byte value.
+std::string pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 31 + i / 251) & 0xff);
+  return s;
+}
+
+TEST_F(Live, ExecuteWithStdinEnvAndWorkingDirectory) {
+  cmdop::Client c = connected();
+  TempDir tmp;
+  ASSERT_FALSE(tmp.path.empty()) << "mkdtemp failed";
+  cmdop::ExecOptions o;
+  o.stdin_data = std::string("in\0put\n", 7);
+  o.env = {"CMDOP_CPP_A=alpha", "CMDOP_CPP_B=b c"};
+  o.working_directory = tmp.path;
+  o.timeout = 15s;
+  std::string seen;
+  cmdop::ExecResult r = c.execute("od -An -c; echo \"$CMDOP_CPP_A/$CMDOP_CPP_B\"; pwd; echo err >&2", o,
+                                  [&](cmdop::StreamKind, std::string_view d) { seen.append(d); });
+  EXPECT_EQ(r.exit_code(), 0);
+  const std::string out(r.stdout_data());
+  EXPECT_NE(out.find("i   n  \\0   p   u   t  \\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("alpha/b c\n"), std::string::npos) << out;
+  EXPECT_NE(out.find(std::filesystem::canonical(tmp.path).string() + "\n"), std::string::npos) << out;
+  EXPECT_EQ(r.stderr_data(), "err\n");
+  EXPECT_NE(seen.find("alpha/b c"), std::string::npos) << seen;
+
+  // discard_output keeps nothing in the result; the callback still sees it.
+  o = {};
+  o.discard_output = true;
+  seen.clear();
+  cmdop::ExecResult d = c.execute("echo kept-out", o, [&](cmdop::StreamKind, std::string_view x) { seen.append(x); });
+  EXPECT_TRUE(d.output().empty());
+  EXPECT_EQ(seen, "kept-out\n");
+
+  o = {};
+  o.working_directory = tmp.path + "/missing-dir";
+  try {
+    c.execute("true", o);
+    ADD_FAILURE() << "a missing working directory must fail";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::OperationFailed) << e.what();
+  }
+}
+
+TEST_F(Live, StreamedStdinWritesARemoteFile) {
+  cmdop::Client c = connected();
+  TempDir tmp;
+  ASSERT_FALSE(tmp.path.empty()) << "mkdtemp failed";
+  const std::string path = tmp.path + "/fed.bin";
+  const std::string data = pattern(3 * 1024 * 1024 + 7);
+  cmdop::ExecStdin in;
+  std::exception_ptr writer_error;
+  std::thread writer([&] {
+    try {
+      for (size_t off = 0; off < data.size(); off += 100000)
+        in.write(std::string_view(data).substr(off, 100000));
+      in.close();
+    } catch (...) {
+      writer_error = std::current_exception();
+    }
+  });
+  cmdop::ExecOptions o;
+  o.timeout = 60s;
+  cmdop::ExecResult r = c.execute("cat > '" + path + "'", o, in);
+  writer.join();
+  ASSERT_FALSE(writer_error) << "the stdin writer failed";
+  EXPECT_EQ(r.exit_code(), 0);
+  EXPECT_TRUE(slurp(path) == data) << "the remote file differs from what was streamed";
+  // One command per stdin.
+  EXPECT_THROW(in.write("late"), cmdop::Error);
+  try {
+    c.execute("cat", o, in);
+    ADD_FAILURE() << "a used stdin must be refused";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::InvalidArgument) << e.what();
+  }
+}
+
+TEST_F(Live, UploadAndDownloadKeepBytesAndMode) {
+  cmdop::Client c = connected();
+  TempDir tmp;
+  ASSERT_FALSE(tmp.path.empty()) << "mkdtemp failed";
+  const std::string src = tmp.path + "/src.bin", remote = tmp.path + "/deep/er/remote.bin",
+                    back = tmp.path + "/back.bin";
+  const std::string data = pattern(2 * 1024 * 1024 + 3);
+  { std::ofstream(src, std::ios::binary) << data; }
+  ASSERT_EQ(::chmod(src.c_str(), 0751), 0);
+
+  cmdop::TransferOptions o;
+  o.keep_mode = true;
+  o.create_parents = true;
+  uint64_t calls = 0, last = 0, total = 0;
+  auto progress = [&](uint64_t done, uint64_t t) {
+    ++calls;
+    EXPECT_GE(done, last);
+    last = done;
+    total = t;
+  };
+  c.upload_file(src, remote, o, progress);
+  EXPECT_GE(calls, 2u);
+  EXPECT_EQ(last, data.size());
+  EXPECT_EQ(total, data.size());
+  EXPECT_TRUE(slurp(remote) == data) << "upload changed the bytes";
+  struct stat st {};
+  ASSERT_EQ(::stat(remote.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0751u);
+
+  calls = last = total = 0;
+  c.download_file(remote, back, o, progress);
+  EXPECT_GE(calls, 1u);
+  EXPECT_EQ(last, data.size());
+  EXPECT_TRUE(slurp(back) == data) << "download changed the bytes";
+  ASSERT_EQ(::stat(back.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0751u);
+
+  std::string streamed;
+  EXPECT_EQ(c.read_file(remote, [&](std::string_view d) { streamed.append(d); }), data.size());
+  EXPECT_TRUE(streamed == data) << "the streamed read differs";
+
+  cmdop::TransferOptions keep;
+  keep.no_clobber = true;
+  try {
+    c.download_file(remote, back, keep);
+    ADD_FAILURE() << "no_clobber must refuse an existing target";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::InvalidArgument) << e.what();
+  }
+  try {
+    c.download_file(tmp.path + "/no-such-file", tmp.path + "/never");
+    ADD_FAILURE() << "downloading a missing file must fail";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::NotFound) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(tmp.path + "/never"));
+}
+
+TEST_F(Live, CancelledTransfersLeaveNoTarget) {
+  cmdop::Client c = connected();
+  TempDir tmp;
+  ASSERT_FALSE(tmp.path.empty()) << "mkdtemp failed";
+  const std::string src = tmp.path + "/big.bin";
+  { std::ofstream(src, std::ios::binary) << pattern(8 * 1024 * 1024); }
+
+  // A token cancelled from the progress callback, halfway.
+  cmdop::CancelToken token;
+  const std::string down = tmp.path + "/down.bin";
+  try {
+    c.download_file(src, down, {}, [&](uint64_t done, uint64_t total) {
+      if (done >= total / 2 && done < total) token.cancel();
+    }, &token);
+    ADD_FAILURE() << "the download should have been cancelled";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::Cancelled) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(down));
+
+  // An exception thrown by the progress callback cancels the upload and
+  // reaches the caller; the remote target is not created.
+  struct Stop {};
+  const std::string up = tmp.path + "/up.bin";
+  EXPECT_THROW(c.upload_file(src, up, {}, [](uint64_t done, uint64_t) {
+    if (done > 0) throw Stop{};
+  }), Stop);
+  EXPECT_FALSE(std::filesystem::exists(up));
+  // No temporary file is left behind either (the agent removes its
+  // temporary file as the cancellation reaches it: allow it a while).
+  std::vector<std::string> names;
+  for (int i = 0; i < 200; ++i) {
+    names.clear();
+    for (const auto &e : std::filesystem::directory_iterator(tmp.path)) names.push_back(e.path().filename());
+    if (names.size() == 1) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(names.size(), 1u) << "left behind: " << names.back();
+  EXPECT_EQ(names[0], "big.bin");
 }
 
 }  // namespace

@@ -124,6 +124,61 @@ final class ClientTests: XCTestCase {
         }
     }
 
+    func testExecuteWithOptionsAndStreamedStdin() throws {
+        let c = try connected()
+        let dir = NSTemporaryDirectory() + "cmdop-swift-exec-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var o = ExecOptions()
+        o.stdin = Data("from-stdin".utf8)
+        o.env = ["CMDOP_SWIFT_A=alpha"]
+        o.workingDirectory = dir
+        let r = try c.executeBlocking("cat; echo \" $CMDOP_SWIFT_A\"; pwd", options: o)
+        XCTAssertTrue(r.outputString.contains("from-stdin alpha"))
+        XCTAssertTrue(r.outputString.contains("cmdop-swift-exec-"))
+
+        let input = try ExecStdin()
+        let payload = Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        let writer = Thread {
+            try? input.write(payload)
+            try? input.close()
+        }
+        writer.start()
+        _ = try c.executeBlocking("cat > '\(dir)/fed.bin'", options: ExecOptions(), stdin: input)
+        XCTAssertEqual(FileManager.default.contents(atPath: dir + "/fed.bin"), payload)
+    }
+
+    func testUploadDownloadKeepBytesAndMode() throws {
+        let c = try connected()
+        let dir = NSTemporaryDirectory() + "cmdop-swift-xfer-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let data = Data((0..<2_000_003).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        FileManager.default.createFile(atPath: dir + "/src.bin", contents: data,
+                                       attributes: [.posixPermissions: 0o751])
+        var o = TransferOptions()
+        o.keepMode = true
+        o.createParents = true
+        var last: UInt64 = 0
+        try c.uploadFileBlocking(dir + "/src.bin", to: dir + "/deep/remote.bin", options: o) { done, _ in last = done }
+        XCTAssertEqual(last, UInt64(data.count))
+        try c.downloadFileBlocking(dir + "/deep/remote.bin", to: dir + "/back.bin", options: o)
+        XCTAssertEqual(FileManager.default.contents(atPath: dir + "/back.bin"), data)
+        let mode = try FileManager.default.attributesOfItem(atPath: dir + "/back.bin")[.posixPermissions] as? Int
+        XCTAssertEqual(mode, 0o751)
+        var streamed = Data()
+        XCTAssertEqual(try c.readFileBlocking(dir + "/back.bin") { streamed.append($0) }, UInt64(data.count))
+        XCTAssertEqual(streamed, data)
+
+        let token = CancelToken()
+        XCTAssertThrowsError(try c.downloadFileBlocking(dir + "/src.bin", to: dir + "/never.bin", cancel: token) {
+            done, total in if done >= total / 2 && done < total { token.cancel() }
+        }) { error in
+            XCTAssertEqual((error as? CmdopError)?.status, .cancelled)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/never.bin"))
+    }
+
     func testOAuthNeedsBothTokens() {
         XCTAssertThrowsError(try Client.remoteOAuth(accessToken: "", refreshToken: "r")) { error in
             XCTAssertEqual((error as? CmdopError)?.status, .unauthenticated)
