@@ -345,8 +345,10 @@ impl Client {
 
     /// Uploads the local file `local` to `remote` on the selected machine,
     /// atomically: the agent renames its temp file into place only after
-    /// the last byte, so a failed or cancelled upload leaves no partial
-    /// file. `progress(done, total)` follows the bytes sent. Returns the
+    /// the last byte, so a failed or cancelled upload never leaves a
+    /// partial file at `remote` (the agent deletes its hidden temp file
+    /// when it sees the call end, moments after a cancel returns).
+    /// `progress(done, total)` follows the bytes sent. Returns the
     /// bytes written.
     pub async fn upload_from_path(
         &self,

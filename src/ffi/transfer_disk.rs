@@ -159,7 +159,9 @@ pub unsafe extern "C" fn cmdop_download_file(
 
 /// Uploads the local file `local_path` to `remote_path` on the selected
 /// machine, atomically (the agent renames its temp file into place after
-/// the last byte; a failed or cancelled upload leaves no partial file).
+/// the last byte; a failed or cancelled upload never leaves a partial
+/// file at `remote_path`, and the agent deletes its hidden temp file
+/// beside it when it sees the call end, moments after this returns).
 /// Any size with streaming transfers (CMDOP_CAPABILITY_FILES); without
 /// them one official FileWrite (at most CMDOP_MAX_WRITE_BYTES), and
 /// keep_mode or no_clobber return NOT_SUPPORTED. Arguments and returns as
