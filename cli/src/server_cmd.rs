@@ -143,10 +143,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         tracing::warn!(listen = %args.listen, "serving PLAINTEXT beyond loopback (--allow-plaintext): credentials and output are not encrypted; pass --tls-cert/--tls-key to encrypt");
     }
+    // Ready means ready: the database is open and migrated and the port is
+    // bound before "listening" is logged and the ready file is written.
+    let store = cmdop_controlplane::store::Store::open(&config.data_dir)?;
     let (listener, local) = bind(args.listen).await?;
     tracing::info!(%local, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "control plane listening");
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &format!("{local}\n"))?;
     }
-    cmdop_controlplane::serve(listener, config, crate::shutdown_signal()).await
+    cmdop_controlplane::serve_with_store(listener, config, store, crate::shutdown_signal()).await
 }

@@ -63,8 +63,19 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    conns::raise_fd_limit();
     let store = store::Store::open(&config.data_dir)?;
+    serve_with_store(listener, config, store, shutdown).await
+}
+
+/// [`serve`] with a store the caller opened (and migrated) already, so it
+/// can report readiness only once the database is usable.
+pub async fn serve_with_store(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    store: store::Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    conns::raise_fd_limit();
     let side_connections =
         raw::enabled(&config).then(|| raw::Rendezvous::new(raw::PAIRING_TIMEOUT));
     let open_streams = streams::OpenStreams::new(&config.limits);

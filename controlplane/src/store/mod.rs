@@ -343,6 +343,14 @@ impl Store {
 /// Attempts of [`Store::open`] while another process holds the database.
 const OPEN_RETRIES: u32 = 100;
 
+/// True when `err` (or any error in its chain) is SQLite saying the database
+/// is locked by another connection or process.
+pub fn is_busy_error(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<rusqlite::Error>())
+        .any(is_busy)
+}
+
 fn is_busy(err: &rusqlite::Error) -> bool {
     matches!(
         err.sqlite_error_code(),

@@ -90,7 +90,9 @@ impl Store {
             }
             Credential::AgentSecret { hash } => {
                 let found: Option<i64> = conn
-                    .prepare_cached("SELECT 1 FROM machines WHERE secret_hash = ?1 AND revoked_ms IS NULL")?
+                    .prepare_cached(
+                        "SELECT 1 FROM machines WHERE secret_hash = ?1 AND revoked_ms IS NULL",
+                    )?
                     .query_row([hash], |r| r.get(0))
                     .optional()?;
                 match found {
