@@ -104,3 +104,131 @@ async fn enrollment_during_a_database_lock_succeeds_once_released() {
     wait_connected(&mut t, &host).await;
     assert!(state_file.exists(), "enrolled agent saved its identity");
 }
+
+/// Pids of processes whose command line contains `needle`.
+fn pids_running(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && pid_alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A `sleep` argument no other process on this machine uses.
+fn unique_seconds(base: u32) -> String {
+    let n = unique("s");
+    let n = n.rsplit('-').next().expect("counter");
+    format!("{base}.{}{n}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_die_with_a_sigkilled_agent() {
+    let mut s = stack("orphan", &[]).await;
+    let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let secs = unique_seconds(301);
+    // Both the shell and a grandchild: the grandchild gets no death signal
+    // of its own, the restarted agent's sweep must take it.
+    let command = format!("sleep {secs} & sleep {secs}; wait");
+    let mut stream = ext
+        .exec(exec_req(&s.session_id, &command, 0))
+        .await
+        .expect("exec")
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids_running(&format!("sleep {secs}")).len() < 2 {
+        assert!(Instant::now() < deadline, "the command did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shell = pids_running(&command);
+    assert_eq!(shell.len(), 1, "one shell runs the command: {shell:?}");
+    s.agent.kill(); // SIGKILL
+                    // The shell dies with the agent (death signal) at once.
+    wait_gone(shell[0], Duration::from_secs(5), "the agent's SIGKILL").await;
+    let _ = stream.message().await;
+    // The restarted agent (same state file) kills the rest of the group.
+    let _agent = start_agent(
+        &s.server.addr,
+        None,
+        &s.dir.path().join("agent.json"),
+        &s.host,
+        &["--heartbeat-secs", "1"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = pids_running(&format!("sleep {secs}"));
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of the command survived the agent's restart: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Field 22 of /proc/<pid>/stat.
+fn start_time(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect(")") + 1..];
+    rest.split_whitespace()
+        .nth(19)
+        .expect("field 22")
+        .parse()
+        .expect("number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_kills_what_its_predecessor_left_but_not_a_recycled_pid() {
+    use std::os::unix::process::CommandExt;
+    let mut s = stack("sweep", &[]).await;
+    s.agent.kill();
+    let spawn = || {
+        Command::new("sleep")
+            .arg(unique_seconds(303))
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep")
+    };
+    // One left behind by the killed agent, one whose pid was "recycled".
+    let (mut left, mut unrelated) = (spawn(), spawn());
+    let pids = s.dir.path().join("agent.json.pids");
+    std::fs::create_dir_all(&pids).expect("pid dir");
+    let (a, b) = (left.id() as i32, unrelated.id() as i32);
+    std::fs::write(pids.join(a.to_string()), format!("{a} {}\n", start_time(a))).expect("write");
+    std::fs::write(
+        pids.join(b.to_string()),
+        format!("{b} {}\n", start_time(b) + 1),
+    )
+    .expect("write");
+    let _agent = start_agent(
+        &s.server.addr,
+        None,
+        &s.dir.path().join("agent.json"),
+        &s.host,
+        &["--heartbeat-secs", "1"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while left.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the left-behind command survived the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut t = terminal(&s.server.addr, Some(&s.ws.api_key)).await;
+    wait_connected(&mut t, &s.host).await;
+    assert!(
+        unrelated.try_wait().expect("wait").is_none(),
+        "the agent killed a process whose pid only matched"
+    );
+    let _ = unrelated.kill();
+    let _ = unrelated.wait();
+}
