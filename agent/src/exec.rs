@@ -330,6 +330,7 @@ fn finished(
             duration_us: started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64,
             error,
             raw_stdout_bytes: 0,
+            outcome_unknown: false,
         }),
         pid,
     }

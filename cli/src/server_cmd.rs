@@ -34,6 +34,12 @@ pub struct ServerArgs {
     /// Seconds without any message from an agent before it is marked offline.
     #[arg(long, default_value_t = 75)]
     pub heartbeat_timeout_secs: u64,
+    /// Seconds of silence on a connection before the server pings it; a
+    /// ping unanswered for as long again closes it. A dead agent link is
+    /// noticed within about twice this, and calls to that machine then fail
+    /// with UNAVAILABLE.
+    #[arg(long, default_value_t = 5)]
+    pub keepalive_secs: u64,
     /// Once listening, write the bound address (host:port) to this file.
     /// Useful with --listen 127.0.0.1:0.
     #[arg(long)]
@@ -105,6 +111,7 @@ impl ServerArgs {
                 _ => None,
             },
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs.max(1)),
+            keepalive: Duration::from_secs(self.keepalive_secs.max(1)),
             limits: self.limits.limits(),
             ..ServerConfig::default()
         }

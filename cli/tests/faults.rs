@@ -232,3 +232,187 @@ async fn a_restarted_agent_kills_what_its_predecessor_left_but_not_a_recycled_pi
     let _ = unrelated.kill();
     let _ = unrelated.wait();
 }
+
+/// A TCP proxy the test controls: while paused it reads nothing in either
+/// direction (a blackhole: no data, no FIN, no RST get through).
+struct Proxy {
+    addr: String,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: &str) -> Proxy {
+        use std::sync::{atomic::AtomicBool, Arc};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let paused = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_string();
+        let p = paused.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pipe(dr, uw, p.clone()));
+                tokio::spawn(pipe(ur, dw, p.clone()));
+            }
+        });
+        Proxy { addr, paused, task }
+    }
+
+    fn pause(&self, on: bool) {
+        self.paused.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while paused.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Read with a short timeout so a pause takes effect promptly.
+        let n = match tokio::time::timeout(Duration::from_millis(10), from.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_during_a_command_that_completes_reports_an_unknown_outcome() {
+    use cmdop_proto::ext::exec_event::Event;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_server(dir.path(), "127.0.0.1:0", &[]);
+    let ws = create_workspace(dir.path(), "alpha");
+    let token = enroll_token(dir.path(), "alpha");
+    let proxy = Proxy::start(&server.addr).await;
+    let host = unique("partition");
+    let _agent = start_agent(
+        &proxy.addr,
+        Some(&token),
+        &dir.path().join("agent.json"),
+        &host,
+        &["--heartbeat-secs", "1"],
+    );
+    let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
+    let session_id = wait_connected(&mut t, &host).await;
+    let mut ext = ext(&server.addr, Some(&ws.api_key)).await;
+    // One caller that understands "unknown", one that does not.
+    let markers = [dir.path().join("new-marker"), dir.path().join("old-marker")];
+    let mut streams = Vec::new();
+    for (i, marker) in markers.iter().enumerate() {
+        let mut req = exec_req(
+            &session_id,
+            &format!("sleep 3; echo done > '{}'", marker.display()),
+            5000,
+        );
+        req.accept_unknown_outcome = i == 0;
+        let mut stream = ext.exec(req).await.expect("exec").into_inner();
+        match stream
+            .message()
+            .await
+            .expect("started")
+            .and_then(|e| e.event)
+        {
+            Some(Event::Started(_)) => {}
+            other => panic!("expected started, got {other:?}"),
+        }
+        streams.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.pause(true);
+    let paused_at = Instant::now();
+
+    let mut new_caller = streams.remove(0);
+    let exit = loop {
+        match tokio::time::timeout(Duration::from_secs(30), new_caller.message()).await {
+            Err(_) => panic!("no end of the exec 30 s into the partition"),
+            Ok(Ok(Some(cmdop_proto::ext::ExecEvent {
+                event: Some(Event::Exit(x)),
+            }))) => break x,
+            Ok(Ok(Some(_))) => {}
+            Ok(other) => panic!("expected an exit with an unknown outcome, got {other:?}"),
+        }
+    };
+    let detected = paused_at.elapsed();
+    println!("dead agent link detected {detected:?} into the partition");
+    assert!(
+        exit.outcome_unknown,
+        "outcome not reported unknown: {exit:?}"
+    );
+    assert!(!exit.timed_out, "reported as timed out (killed): {exit:?}");
+    assert!(exit.error.contains("unknown"), "{}", exit.error);
+    assert!(
+        detected < Duration::from_secs(15),
+        "the dead link took {detected:?} to notice"
+    );
+    let mut old_caller = streams.remove(0);
+    let status = loop {
+        match old_caller.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the old caller's stream ended OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status
+            .metadata()
+            .get("x-cmdop-exec-outcome")
+            .and_then(|v| v.to_str().ok()),
+        Some("unknown"),
+        "{status:?}"
+    );
+    // A call to that machine now fails fast.
+    let t0 = Instant::now();
+    let status = match ext.exec(exec_req(&session_id, "true", 5000)).await {
+        Ok(s) => s
+            .into_inner()
+            .message()
+            .await
+            .expect_err("exec on a dead link succeeded"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
+    // The command really ran to completion on the far side.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !markers.iter().all(|m| m.exists()) {
+        assert!(Instant::now() < deadline, "the commands did not complete");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The partition heals: the agent is back by itself, promptly.
+    proxy.pause(false);
+    let healed = Instant::now();
+    wait_connected(&mut t, &host).await;
+    println!(
+        "agent back {:?} after the partition healed",
+        healed.elapsed()
+    );
+    assert!(healed.elapsed() < Duration::from_secs(15));
+}

@@ -26,12 +26,20 @@ use crate::{
 
 /// Capabilities advertised by ServerInfo in every configuration; side
 /// connections ([`raw::CAPABILITY`]) are added when they are on.
-pub const CAPABILITIES: [&str; 4] = [
+pub const CAPABILITIES: [&str; 5] = [
     "exec.v1",
+    OUTCOME_CAPABILITY,
     "machine-id.v1",
     "tokens.v1",
     crate::transfer::CAPABILITY,
 ];
+
+/// ServerInfo capability: Exec reports a lost agent link as an unknown
+/// outcome (`ExecExit.outcome_unknown`) to callers that accept it.
+pub const OUTCOME_CAPABILITY: &str = "exec-outcome.v1";
+/// Trailing metadata on UNAVAILABLE when the agent's link was lost while
+/// the command ran (for callers without `accept_unknown_outcome`).
+pub const OUTCOME_HEADER: &str = "x-cmdop-exec-outcome";
 
 /// Response stream of Exec.
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, Status>> + Send + 'static>>;
@@ -293,15 +301,11 @@ impl Cmdop for CmdopService {
         if started_sent {
             let _ = tx.try_send(Ok(started_event(&exec_id, 0)));
         }
-        tokio::spawn(relay(
-            session,
-            link,
-            exec_id,
-            updates,
-            tx,
+        let opts = RelayOptions {
             started_sent,
-            ticket,
-        ));
+            accept_unknown_outcome: req.accept_unknown_outcome,
+        };
+        tokio::spawn(relay(session, link, exec_id, updates, tx, opts, ticket));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -476,6 +480,14 @@ impl CreditTracker {
     }
 }
 
+/// How [`relay`] talks to its caller.
+struct RelayOptions {
+    /// `started` was sent already.
+    started_sent: bool,
+    /// The caller set `ExecRequest.accept_unknown_outcome`.
+    accept_unknown_outcome: bool,
+}
+
 /// Forwards one exec's events from the agent to the client, opening with
 /// exactly one `started` (sent already unless `started_sent` is false).
 /// Cancels the remote process if the client goes away; fails with
@@ -486,15 +498,21 @@ impl CreditTracker {
 /// client's `raw_offer` (once) and a later `raw_switched` its `raw_switch`
 /// (once); without one both are dropped. The ticket is withdrawn when this
 /// returns.
+///
+/// When the agent's link ends before the exit arrived, the outcome is
+/// unknown (the command may have finished): callers that accept it get an
+/// exit with `outcome_unknown`, others UNAVAILABLE marked with
+/// [`OUTCOME_HEADER`].
 async fn relay(
     session: Arc<Session>,
     link: Arc<ExecLink>,
     exec_id: String,
     mut updates: mpsc::Receiver<ExecUpdate>,
     tx: mpsc::Sender<Result<ExecEvent, Status>>,
-    mut started_sent: bool,
+    opts: RelayOptions,
     ticket: Option<raw::Ticket>,
 ) {
+    let mut started_sent = opts.started_sent;
     let mut credit = CreditTracker::new(link.exec_credit());
     let mut raw = RawProgress::default();
     loop {
@@ -567,7 +585,26 @@ async fn relay(
                 return;
             }
             None => {
-                let _ = tx.send(Err(session.disconnected_status())).await;
+                let message = session.outcome_unknown_message();
+                tracing::warn!(%exec_id, session = %session.id, "agent link lost during exec; outcome unknown");
+                let ending = if opts.accept_unknown_outcome {
+                    Ok(ExecEvent {
+                        event: Some(exec_event::Event::Exit(ExecExit {
+                            exit_code: -1,
+                            outcome_unknown: true,
+                            error: message,
+                            ..Default::default()
+                        })),
+                    })
+                } else {
+                    let mut status = Status::unavailable(message);
+                    status.metadata_mut().insert(
+                        OUTCOME_HEADER,
+                        tonic::metadata::MetadataValue::from_static("unknown"),
+                    );
+                    Err(status)
+                };
+                let _ = tx.send(ending).await;
                 return;
             }
         };

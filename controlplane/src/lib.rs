@@ -103,10 +103,12 @@ pub async fn serve_with_store(
     });
 
     // Clients ping every 25 s even when idle; hyper's HTTP/2 server does not
-    // police ping rates, so those are accepted. Our own pings detect dead peers.
+    // police ping rates, so those are accepted. Our own pings detect dead
+    // peers, agents' links above all, within about twice `keepalive`.
+    let keepalive = config.keepalive.max(Duration::from_millis(100));
     let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
         // Bulk output (Exec, file transfers) would stall on a round trip
         // every 64 KiB with the HTTP/2 default windows.
         .initial_stream_window_size(cmdop_proto::limits::HTTP2_STREAM_WINDOW)
