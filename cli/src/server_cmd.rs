@@ -40,6 +40,11 @@ pub struct ServerArgs {
     /// with UNAVAILABLE.
     #[arg(long, default_value_t = 5)]
     pub keepalive_secs: u64,
+    /// On SIGTERM/SIGINT: seconds running commands and file transfers get
+    /// to finish (no new connections are accepted meanwhile) before they
+    /// are ended with a message naming the shutdown.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
     /// Once listening, write the bound address (host:port) to this file.
     /// Useful with --listen 127.0.0.1:0.
     #[arg(long)]
@@ -112,6 +117,7 @@ impl ServerArgs {
             },
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs.max(1)),
             keepalive: Duration::from_secs(self.keepalive_secs.max(1)),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             limits: self.limits.limits(),
             ..ServerConfig::default()
         }

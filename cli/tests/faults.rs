@@ -416,3 +416,92 @@ async fn a_partition_during_a_command_that_completes_reports_an_unknown_outcome(
     );
     assert!(healed.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_command_finish() {
+    use cmdop_proto::ext::exec_event::Event;
+    let mut s = stack("drain", &[]).await;
+    let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let mut stream = ext
+        .exec(exec_req(&s.session_id, "sleep 2; echo finished", 0))
+        .await
+        .expect("exec")
+        .into_inner();
+    match stream
+        .message()
+        .await
+        .expect("started")
+        .and_then(|e| e.event)
+    {
+        Some(Event::Started(_)) => {}
+        other => panic!("expected started, got {other:?}"),
+    }
+    let server_pid = nix::unistd::Pid::from_raw(s.server.proc.pid() as i32);
+    nix::sys::signal::kill(server_pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let mut out = Vec::new();
+    let exit = loop {
+        match stream.message().await {
+            Ok(Some(cmdop_proto::ext::ExecEvent {
+                event: Some(Event::Stdout(b)),
+            })) => out.extend_from_slice(&b),
+            Ok(Some(cmdop_proto::ext::ExecEvent {
+                event: Some(Event::Exit(x)),
+            })) => break x,
+            Ok(Some(_)) => {}
+            other => panic!("the running command did not finish after SIGTERM: {other:?}"),
+        }
+    };
+    assert_eq!(exit.exit_code, 0, "{exit:?}");
+    assert!(!exit.outcome_unknown);
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "finished");
+    drop(stream);
+    drop(ext);
+    // With nothing left to wait for, the server exits well before its grace.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = s.server.proc.0.try_wait().expect("wait") {
+            assert!(status.success(), "server exit after SIGTERM: {status:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server still running 15 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_outliving_the_shutdown_grace_ends_naming_the_shutdown() {
+    use cmdop_proto::ext::exec_event::Event;
+    let s = stack("grace", &["--shutdown-grace-secs", "1"]).await;
+    let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let mut req = exec_req(&s.session_id, "sleep 30", 0);
+    req.accept_unknown_outcome = true;
+    let mut stream = ext.exec(req).await.expect("exec").into_inner();
+    match stream
+        .message()
+        .await
+        .expect("started")
+        .and_then(|e| e.event)
+    {
+        Some(Event::Started(_)) => {}
+        other => panic!("expected started, got {other:?}"),
+    }
+    let server_pid = nix::unistd::Pid::from_raw(s.server.proc.pid() as i32);
+    let t0 = Instant::now();
+    nix::sys::signal::kill(server_pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let exit = loop {
+        match stream.message().await {
+            Ok(Some(cmdop_proto::ext::ExecEvent {
+                event: Some(Event::Exit(x)),
+            })) => break x,
+            Ok(Some(_)) => {}
+            other => panic!("expected an exit naming the shutdown, got {other:?}"),
+        }
+    };
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(exit.outcome_unknown, "{exit:?}");
+    assert!(exit.error.contains("shutting down"), "{}", exit.error);
+    assert!(exit.error.contains("grace"), "{}", exit.error);
+}

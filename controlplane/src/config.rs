@@ -30,6 +30,11 @@ pub struct ServerConfig {
     /// agent link is therefore noticed within about twice this, and calls to
     /// that machine then fail fast with UNAVAILABLE.
     pub keepalive: Duration,
+    /// On shutdown, how long running Exec calls and file transfers get to
+    /// finish (no new connections are accepted meanwhile) before agents'
+    /// links are closed and what still runs ends with a message naming the
+    /// shutdown.
+    pub shutdown_grace: Duration,
     /// Per-session cap of the output ring buffer (allocated as output comes).
     pub output_buffer_bytes: usize,
     /// Limits that keep one peer from exhausting the server.
@@ -85,6 +90,7 @@ impl Default for ServerConfig {
             tls: None,
             heartbeat_timeout: Duration::from_secs(75),
             keepalive: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
             output_buffer_bytes: 1024 * 1024,
             limits: Limits::default(),
         }
