@@ -505,3 +505,52 @@ async fn a_command_outliving_the_shutdown_grace_ends_naming_the_shutdown() {
     assert!(exit.error.contains("shutting down"), "{}", exit.error);
     assert!(exit.error.contains("grace"), "{}", exit.error);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_does_not_stall_a_connected_clients_execute() {
+    // Heartbeat timeout 2 s: the server writes last-seen times every second,
+    // so its writes meet the lock while the client works.
+    let s = stack("dblock", &["--heartbeat-timeout-secs", "2"]).await;
+    let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let session_id = s.session_id.clone();
+    timed_exec(&mut ext, &session_id).await;
+    let lock = WriteLock::take(&s.server.data_dir);
+    let locked_at = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut runs = 0;
+    while locked_at.elapsed() < Duration::from_secs(10) {
+        worst = worst.max(timed_exec(&mut ext, &session_id).await);
+        runs += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(lock);
+    println!("{runs} executes during a 10 s database lock: slowest {worst:?}");
+    assert!(
+        worst < Duration::from_secs(1),
+        "an execute took {worst:?} while the database was locked"
+    );
+}
+
+/// Runs `echo hi` and returns how long the call took.
+async fn timed_exec(ext: &mut Ext, session_id: &str) -> Duration {
+    use cmdop_proto::ext::exec_event::Event;
+    let t0 = Instant::now();
+    let mut stream = ext
+        .exec(exec_req(session_id, "echo hi", 5000))
+        .await
+        .expect("exec")
+        .into_inner();
+    loop {
+        match stream.message().await.expect("exec stream") {
+            Some(cmdop_proto::ext::ExecEvent {
+                event: Some(Event::Exit(x)),
+            }) => {
+                assert_eq!(x.exit_code, 0, "{x:?}");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no exit"),
+        }
+    }
+    t0.elapsed()
+}

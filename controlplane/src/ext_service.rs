@@ -346,16 +346,15 @@ impl Cmdop for CmdopService {
             ));
         }
         let ttl = access_ttl(request.get_ref().access_ttl_seconds);
-        let pair = self
-            .state
-            .store
-            .issue_tokens(&key, ttl)
-            .map_err(auth::internal)?
-            .ok_or_else(|| {
-                Status::unauthenticated(
+        let pair =
+            crate::state::with_store(&self.state, move |store| store.issue_tokens(&key, ttl))
+                .await
+                .map_err(auth::internal)?
+                .ok_or_else(|| {
+                    Status::unauthenticated(
                     "API key is invalid or revoked; create a new one with `cmdop admin create-key`",
                 )
-            })?;
+                })?;
         Ok(Response::new(token_pair(pair)))
     }
 
@@ -374,11 +373,11 @@ impl Cmdop for CmdopService {
         {
             return Err(invalid());
         }
-        match self
-            .state
-            .store
-            .refresh_tokens(&token, limits::DEFAULT_ACCESS_TTL)
-            .map_err(auth::internal)?
+        match crate::state::with_store(&self.state, move |store| {
+            store.refresh_tokens(&token, limits::DEFAULT_ACCESS_TTL)
+        })
+        .await
+        .map_err(auth::internal)?
         {
             RefreshOutcome::Rotated(pair) => Ok(Response::new(token_pair(pair))),
             RefreshOutcome::ReuseDetected => {

@@ -183,7 +183,7 @@ impl Session {
     /// that the command was killed, so its outcome is unknown.
     pub fn outcome_unknown_message(&self) -> String {
         let why = match lock(&self.close_reason).as_deref() {
-            Some(reason) => format!("the control plane ended the link ({reason})"),
+            Some(reason) => format!("the link to its agent ended ({reason})"),
             None => "the link to its agent was lost".to_string(),
         };
         format!(
