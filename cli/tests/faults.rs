@@ -554,3 +554,73 @@ async fn timed_exec(ext: &mut Ext, session_id: &str) -> Duration {
     }
     t0.elapsed()
 }
+
+/// A small tmpfs mounted for the test; unmounted on drop.
+struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    /// `None` (with the reason) when this machine does not let us mount.
+    fn mount(at: &std::path::Path) -> Result<SmallTmpfs, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(SmallTmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_to_a_full_disk_says_so() {
+    use cmdop_proto::ext::{upload_chunk, UploadChunk, UploadStart};
+    let s = stack("diskfull", &[]).await;
+    let mnt = s.dir.path().join("small");
+    let _tmpfs = match SmallTmpfs::mount(&mnt) {
+        Ok(m) => m,
+        Err(why) => {
+            println!(
+                "SKIPPED: cannot mount a small tmpfs ({why}); run as root to test a full disk"
+            );
+            return;
+        }
+    };
+    let machine = machine_by_host(&mut ext(&s.server.addr, Some(&s.ws.api_key)).await, &s.host)
+        .await
+        .machine_id;
+    let mut chunks = vec![UploadChunk {
+        part: Some(upload_chunk::Part::Start(UploadStart {
+            machine_id: machine,
+            path: mnt.join("big").display().to_string(),
+            overwrite: true,
+            ..Default::default()
+        })),
+    }];
+    for _ in 0..4 {
+        chunks.push(UploadChunk {
+            part: Some(upload_chunk::Part::Data(bytes::Bytes::from(vec![
+                7u8;
+                1 << 20
+            ]))),
+        });
+    }
+    let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    let status = e
+        .upload(tokio_stream::iter(chunks))
+        .await
+        .expect_err("4 MiB fit on a 1 MiB disk");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("no space left on device"),
+        "{status:?}"
+    );
+}
