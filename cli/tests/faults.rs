@@ -132,6 +132,7 @@ fn unique_seconds(base: u32) -> String {
 async fn commands_die_with_a_sigkilled_agent() {
     let mut s = stack("orphan", &[]).await;
     let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    wait_native_exec(&mut ext, &s.host).await;
     let secs = unique_seconds(301);
     // Both the shell and a grandchild: the grandchild gets no death signal
     // of its own, the restarted agent's sweep must take it.
@@ -318,6 +319,7 @@ async fn a_partition_during_a_command_that_completes_reports_an_unknown_outcome(
     let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
     let session_id = wait_connected(&mut t, &host).await;
     let mut ext = ext(&server.addr, Some(&ws.api_key)).await;
+    wait_native_exec(&mut ext, &host).await;
     // One caller that understands "unknown", one that does not.
     let markers = [dir.path().join("new-marker"), dir.path().join("old-marker")];
     let mut streams = Vec::new();
@@ -422,6 +424,7 @@ async fn sigterm_lets_a_running_command_finish() {
     use cmdop_proto::ext::exec_event::Event;
     let mut s = stack("drain", &[]).await;
     let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    wait_native_exec(&mut ext, &s.host).await;
     let mut stream = ext
         .exec(exec_req(&s.session_id, "sleep 2; echo finished", 0))
         .await
@@ -476,6 +479,7 @@ async fn a_command_outliving_the_shutdown_grace_ends_naming_the_shutdown() {
     use cmdop_proto::ext::exec_event::Event;
     let s = stack("grace", &["--shutdown-grace-secs", "1"]).await;
     let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    wait_native_exec(&mut ext, &s.host).await;
     let mut req = exec_req(&s.session_id, "sleep 30", 0);
     req.accept_unknown_outcome = true;
     let mut stream = ext.exec(req).await.expect("exec").into_inner();
@@ -512,6 +516,7 @@ async fn a_locked_database_does_not_stall_a_connected_clients_execute() {
     // so its writes meet the lock while the client works.
     let s = stack("dblock", &["--heartbeat-timeout-secs", "2"]).await;
     let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    wait_native_exec(&mut ext, &s.host).await;
     let session_id = s.session_id.clone();
     timed_exec(&mut ext, &session_id).await;
     let lock = WriteLock::take(&s.server.data_dir);
@@ -623,4 +628,17 @@ async fn an_upload_to_a_full_disk_says_so() {
         status.message().contains("no space left on device"),
         "{status:?}"
     );
+}
+
+/// Waits until the agent on `hostname` serves native Exec (its exec channel
+/// opens just after its terminal stream).
+async fn wait_native_exec(ext: &mut Ext, hostname: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !machine_by_host(ext, hostname).await.native_exec {
+        assert!(
+            Instant::now() < deadline,
+            "{hostname} never offered native exec"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
