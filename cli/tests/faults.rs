@@ -36,13 +36,36 @@ fn ready_file_absent_when_the_database_cannot_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("cmdop.db")).expect("a directory where the db file goes");
-    let ready = dir.path().join("ready");
+    let log = assert_never_ready(&data, &[]);
+    assert!(
+        log.contains("database"),
+        "the error names the database: {log}"
+    );
+}
+
+#[test]
+fn ready_file_absent_when_the_tls_files_are_unusable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().expect("utf8");
+    assert_never_ready(
+        &dir.path().join("data"),
+        &["--tls-cert", missing, "--tls-key", missing],
+    );
+}
+
+/// Starts `cmdop server` with `extra` flags, expects it to exit with an
+/// error without ever writing its ready file or logging "listening";
+/// returns its log.
+fn assert_never_ready(data: &std::path::Path, extra: &[&str]) -> String {
+    let ready = data.with_extension("ready");
     let mut child = Command::new(cmdop_bin())
         .args(["--log-level", "info", "server", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         .arg("--ready-file")
         .arg(&ready)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -55,7 +78,7 @@ fn ready_file_absent_when_the_database_cannot_open() {
         }
         assert!(
             Instant::now() < deadline,
-            "a server whose database cannot open kept running"
+            "a server that cannot start kept running"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -68,13 +91,10 @@ fn ready_file_absent_when_the_database_cannot_open() {
     assert!(!status.success(), "server exited successfully: {log}");
     assert!(
         !ready.exists(),
-        "ready file written for a server that could not open its database"
+        "ready file written for a server that could not start"
     );
     assert!(!log.contains("listening"), "logged listening: {log}");
-    assert!(
-        log.contains("database"),
-        "the error names the database: {log}"
-    );
+    log
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
