@@ -5,7 +5,7 @@
 //!
 //! Where they are listed:
 //! - `ServerInfoResponse.capabilities` (control plane to clients):
-//!   [`EXEC`], [`EXEC_STDIN`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`];
+//!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`];
 //! - `AgentHello.capabilities` (agent to control plane, extension Channel):
 //!   [`FILES`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`], [`EXEC_STDIN`];
 //! - `RegisterRequest.agent_capabilities` (official protocol): [`AGENT_NATIVE_EXEC`].
@@ -29,6 +29,10 @@ pub const EXEC_RAW: &str = "exec-raw.v1";
 /// Streamed stdin for `Exec`: `ExecWithStdin` (server) and
 /// `ExecStart.stdin_open` / `ExecStdin` / `ExecStdinWritten` (agent).
 pub const EXEC_STDIN: &str = "exec-stdin.v1";
+/// Exec reports a lost agent link as an unknown outcome
+/// (`ExecExit.outcome_unknown`) to callers that set
+/// `ExecRequest.accept_unknown_outcome`.
+pub const EXEC_OUTCOME: &str = "exec-outcome.v1";
 /// Official protocol: an agent that serves native exec says so in its
 /// registration.
 pub const AGENT_NATIVE_EXEC: &str = "cmdop.exec.v1";
@@ -49,6 +53,8 @@ mod tests {
             (EXEC_SPAWNED, "exec-spawned.v1"),
             (EXEC_CREDIT, "exec-credit.v1"),
             (EXEC_RAW, "exec-raw.v1"),
+            (EXEC_STDIN, "exec-stdin.v1"),
+            (EXEC_OUTCOME, "exec-outcome.v1"),
             (AGENT_NATIVE_EXEC, "cmdop.exec.v1"),
         ];
         for (got, wire) in all {

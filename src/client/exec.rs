@@ -348,6 +348,8 @@ impl Client {
             working_directory: opts.working_directory.clone(),
             timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
             accept_raw_stdout: side_addr.is_some(),
+            // Not yet: the client still maps a lost link to UNAVAILABLE.
+            accept_unknown_outcome: false,
         };
         let hard_deadline = started + timeout + SERVER_TIMEOUT_GRACE;
         let mut stream = match stdin {

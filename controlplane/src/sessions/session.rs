@@ -65,6 +65,9 @@ impl AgentInfo {
     }
 }
 
+/// How the close reasons of a control-plane shutdown begin.
+pub const SHUTDOWN_REASON: &str = "control plane shutting down";
+
 /// State carried over when an agent reconnects with the same session id,
 /// so SDK polling offsets and history survive a blip.
 #[derive(Clone)]
@@ -88,6 +91,8 @@ pub struct Session {
     subscribers: Mutex<HashMap<u64, ControlSender>>,
     next_subscriber: AtomicU64,
     exec_link: Mutex<Option<Arc<ExecLink>>>,
+    /// Why the control plane ended the session, when it did.
+    close_reason: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +122,7 @@ impl Session {
             subscribers: Mutex::new(HashMap::new()),
             next_subscriber: AtomicU64::new(0),
             exec_link: Mutex::new(None),
+            close_reason: Mutex::new(None),
         }
     }
 
@@ -169,10 +175,33 @@ impl Session {
 
     /// The error for calls whose agent went away while they waited.
     pub fn disconnected_status(&self) -> Status {
-        Status::unavailable(format!(
-            "machine {} disconnected during the call; it will show as connected again when its agent reconnects",
+        let reason = lock(&self.close_reason).clone();
+        match reason {
+            Some(reason) if reason.starts_with(SHUTDOWN_REASON) => Status::unavailable(format!(
+                "{reason}; the call to machine {} was cut short: retry once the control plane is \
+                 back (clients and agents reconnect by themselves)",
+                self.info.hostname
+            )),
+            _ => Status::unavailable(format!(
+                "machine {} disconnected during the call; it will show as connected again when its agent reconnects",
+                self.info.hostname
+            )),
+        }
+    }
+
+    /// What a call whose command was handed to the agent is told when the
+    /// session ends before the command's exit arrived: nothing confirmed
+    /// that the command was killed, so its outcome is unknown.
+    pub fn outcome_unknown_message(&self) -> String {
+        let why = match lock(&self.close_reason).as_deref() {
+            Some(reason) => format!("the link to its agent ended ({reason})"),
+            None => "the link to its agent was lost".to_string(),
+        };
+        format!(
+            "machine {}: {why} while the command ran; it may have finished, may still be running \
+             or may have died with the agent. The outcome is unknown: check before running it again",
             self.info.hostname
-        ))
+        )
     }
 
     /// Queues a message to the agent. Waits (bounded) while the agent's
@@ -341,6 +370,7 @@ impl Session {
         if !self.alive.send_replace(false) {
             return;
         }
+        *lock(&self.close_reason) = Some(reason.to_string());
         lock(&self.files).clear();
         let close = ControlMessage {
             payload: Some(control_message::Payload::CloseSession(
