@@ -29,7 +29,7 @@ pub use attach::{AttachEvent, AttachHandle};
 pub use backoff::{backoff_ceiling, backoff_delay};
 pub use cancel::CancelToken;
 pub use connection::{ConnState, ConnectionInfo};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, NextStep, Result};
 pub use events::{Event, EventHandler, EventKind};
 pub use exec::{ExecOutput, Stream};
 pub use files::{FileEntry, FileKind, FileList};
