@@ -497,16 +497,7 @@ async fn control_plane_restart_keeps_identity_and_keys() {
     let mut t = terminal(&addr, Some(&s.ws.api_key)).await;
     wait_connected(&mut t, &s.host).await;
     let mut e = ext(&addr, Some(&s.ws.api_key)).await;
-    // The agent's Channel (native exec) re-attaches shortly after its
-    // terminal session; on a loaded machine the gap can be seconds.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        let m = machine_by_host(&mut e, &s.host).await;
-        if m.native_exec || Instant::now() > deadline {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let after = wait_native_exec(&mut e, &s.host).await;
     assert_eq!(before.machine_id, after.machine_id);
     let (out, _, x) = exec_collect(
         &mut e,
