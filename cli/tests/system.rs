@@ -497,7 +497,7 @@ async fn control_plane_restart_keeps_identity_and_keys() {
     let mut t = terminal(&addr, Some(&s.ws.api_key)).await;
     wait_connected(&mut t, &s.host).await;
     let mut e = ext(&addr, Some(&s.ws.api_key)).await;
-    let after = machine_by_host(&mut e, &s.host).await;
+    let after = wait_native_exec(&mut e, &s.host).await;
     assert_eq!(before.machine_id, after.machine_id);
     let (out, _, x) = exec_collect(
         &mut e,

@@ -24,6 +24,19 @@ pub enum ErrorKind {
     OperationFailed,
 }
 
+/// What fixes an error, independent of the API it is worded in
+/// ([`Error::next_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// Connect (again): the client is not connected, closed, or gave up.
+    Connect,
+    /// Select a machine before calling anything that acts on one.
+    SelectMachine,
+}
+
+/// How [`Error::no_machine`] starts.
+const NO_MACHINE: &str = "no machine selected";
+
 /// Everything that can go wrong in a client call. Messages are written for
 /// the person reading a log: they say what happened and what to do next.
 #[derive(Debug, Clone)]
@@ -96,7 +109,18 @@ impl Error {
 
     /// The error for "no machine selected yet".
     pub(crate) fn no_machine() -> Error {
-        Error::NotFound("no machine selected: select one first (by name or id)".into())
+        Error::NotFound(format!("{NO_MACHINE}: select one first (by name or id)"))
+    }
+
+    /// The call that fixes this error, for a layer that names it in its own
+    /// API (the C layer adds `cmdop_connect()`, for example). The message
+    /// itself says what to do in words every binding's user understands.
+    pub fn next_step(&self) -> Option<NextStep> {
+        match self {
+            Error::Disconnected(_) => Some(NextStep::Connect),
+            Error::NotFound(m) if m.starts_with(NO_MACHINE) => Some(NextStep::SelectMachine),
+            _ => None,
+        }
     }
 
     /// Classify a failure that the server reported in a response field
@@ -206,6 +230,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_machine_names_no_c_function_and_says_what_fixes_it() {
+        let e = Error::no_machine();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(!e.to_string().contains("cmdop_"), "{e}");
+        assert_eq!(e.next_step(), Some(NextStep::SelectMachine));
+        let other = Error::NotFound("no such file".into());
+        assert_eq!(other.next_step(), None);
+        let closed = Error::Disconnected("the client is closed".into());
+        assert_eq!(closed.next_step(), Some(NextStep::Connect));
+    }
 
     #[test]
     fn grpc_codes_map_to_kinds() {

@@ -32,7 +32,7 @@ pub use backoff::{backoff_ceiling, backoff_delay};
 pub use cancel::CancelToken;
 pub use connection::{ConnState, ConnectionInfo};
 pub use disk::TransferOptions;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, NextStep, Result};
 pub use events::{Event, EventHandler, EventKind};
 pub use exec::{ExecOptions, ExecOutput, Stream};
 pub use exec_stdin::{stdin_pipe, StdinReader, StdinWriter};

@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, CStr, CString};
 
 use super::status::cmdop_status;
-use crate::client::Error;
+use crate::client::{Error, NextStep};
 
 /// A failure on its way to C: a status plus the detail for
 /// `cmdop_last_error_message()`.
@@ -33,9 +33,17 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
+        // The core says what to do in words; C callers also get the function.
+        let call = match e.next_step() {
+            Some(NextStep::Connect) => " (call cmdop_connect())",
+            Some(NextStep::SelectMachine) => {
+                " (call cmdop_set_machine() or cmdop_set_machine_id())"
+            }
+            None => "",
+        };
         Failure {
             status: cmdop_status::from_kind(e.kind()),
-            message: e.to_string(),
+            message: format!("{e}{call}"),
         }
     }
 }

@@ -277,7 +277,7 @@ pub fn unique(prefix: &str) -> String {
 
 /// Starts a server (with `server_flags`), workspace "alpha" and one agent
 /// named `<host_prefix>-…` heartbeating every second; waits until it is
-/// connected.
+/// connected and, with extensions on, until its Channel serves native exec.
 pub async fn stack(host_prefix: &str, server_flags: &[&str]) -> Stack {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_server(dir.path(), "127.0.0.1:0", server_flags);
@@ -293,6 +293,10 @@ pub async fn stack(host_prefix: &str, server_flags: &[&str]) -> Stack {
     );
     let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
     let session_id = wait_connected(&mut t, &host).await;
+    if !server_flags.contains(&"--no-extensions") {
+        let mut e = ext(&server.addr, Some(&ws.api_key)).await;
+        wait_native_exec(&mut e, &host).await;
+    }
     Stack {
         agent,
         server,
@@ -314,6 +318,23 @@ pub fn exec_req(session_id: &str, command: &str, timeout_ms: u32) -> cmdop_proto
 }
 
 /// The machine registered under exactly `hostname` (panics if none).
+/// Waits until `hostname`'s agent serves native exec: its Channel attaches
+/// shortly after its terminal session, on a loaded machine seconds later.
+pub async fn wait_native_exec(e: &mut Ext, hostname: &str) -> cmdop_proto::ext::Machine {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = machine_by_host(e, hostname).await;
+        if m.native_exec {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{hostname}'s agent did not attach its Channel (native exec) within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn machine_by_host(e: &mut Ext, hostname: &str) -> cmdop_proto::ext::Machine {
     e.resolve_machine(cmdop_proto::ext::ResolveMachineRequest {
         hostname: hostname.into(),
