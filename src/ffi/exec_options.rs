@@ -52,11 +52,21 @@ pub unsafe extern "C" fn cmdop_exec_options_init(
 ) -> cmdop_status {
     ffi_boundary! {
         // SAFETY: NULL (checked) or a writable cmdop_exec_options of `version`.
-        let opts = unsafe { opts.as_mut() }
-            .ok_or_else(|| Failure::new(cmdop_status::InvalidArgument, "opts is NULL; pass the options to fill"))?;
-        check_version(version)?;
-        *opts = cmdop_exec_options {
-            version,
+        unsafe { super::versioned::init(opts, version) }
+    }
+}
+
+impl super::versioned::Versioned for cmdop_exec_options {
+    const NAME: &'static str = "cmdop_exec_options";
+    const INIT: &'static str = "cmdop_exec_options_init";
+    const CURRENT: u32 = CMDOP_EXEC_OPTIONS_VERSION;
+    /// Only version 1 exists: the current layout.
+    fn size_of_version(_version: u32) -> usize {
+        size_of::<Self>()
+    }
+    fn defaults() -> Self {
+        cmdop_exec_options {
+            version: CMDOP_EXEC_OPTIONS_VERSION,
             timeout_ms: 0,
             stdin_data: std::ptr::null(),
             stdin_len: 0,
@@ -64,21 +74,14 @@ pub unsafe extern "C" fn cmdop_exec_options_init(
             env_count: 0,
             working_directory: std::ptr::null(),
             discard_output: false,
-        };
-        Ok(())
+        }
     }
-}
-
-fn check_version(version: u32) -> Result<(), Failure> {
-    if version == 0 || version > CMDOP_EXEC_OPTIONS_VERSION {
-        return Err(Failure::new(
-            cmdop_status::InvalidArgument,
-            format!(
-                "cmdop_exec_options version {version} is unknown to this library (it knows 1..={CMDOP_EXEC_OPTIONS_VERSION}); initialise it with cmdop_exec_options_init()"
-            ),
-        ));
+    fn bools() -> &'static [(&'static str, usize)] {
+        &[(
+            "discard_output",
+            std::mem::offset_of!(cmdop_exec_options, discard_output),
+        )]
     }
-    Ok(())
 }
 
 /// Reads the fields of `opts`'s version into [`ExecOptions`].
@@ -87,11 +90,11 @@ fn check_version(version: u32) -> Result<(), Failure> {
 /// `opts` is NULL or points to a cmdop_exec_options whose pointers are
 /// NULL or valid as documented there.
 unsafe fn read_options(opts: *const cmdop_exec_options) -> Result<ExecOptions, Failure> {
-    // SAFETY: NULL (checked) or a readable struct; `version` is its first field.
-    let Some(o) = (unsafe { opts.as_ref() }) else {
+    if opts.is_null() {
         return Ok(ExecOptions::default());
-    };
-    check_version(o.version)?;
+    }
+    // SAFETY: a readable struct whose version field tells its layout.
+    let o = unsafe { super::versioned::read(opts) }?;
     let invalid = |m: String| Failure::new(cmdop_status::InvalidArgument, m);
     let stdin = if o.stdin_len == 0 {
         Vec::new()

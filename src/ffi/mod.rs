@@ -16,6 +16,7 @@ mod runtime;
 mod status;
 // 2. options
 mod options;
+mod versioned;
 // 3. client lifecycle
 mod client;
 // 4. events

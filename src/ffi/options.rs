@@ -6,7 +6,8 @@
 //!
 //! How to add a field: append it at the end of `cmdop_options`, bump
 //! `CMDOP_OPTIONS_VERSION` (and the macro in cbindgen.toml), add a frozen
-//! `OptionsV<n>` copy of the new layout and its size to `layout_size`. The
+//! `OptionsV<n>` copy of the new layout and its size to `size_of_version`
+//! (the rules for every versioned struct are in `versioned.rs`). The
 //! defaults stay in one place: the core's `ClientOptions`.
 
 use std::ffi::{c_char, c_int};
@@ -98,18 +99,28 @@ struct OptionsV1 {
     auto_refresh: bool,
 }
 
-/// Bytes of the caller's struct for `version`, or an error saying what to do.
-fn layout_size(version: u32) -> Result<usize, Failure> {
-    match version {
-        1 => Ok(size_of::<OptionsV1>()),
-        0 => Err(Failure::invalid(
-            "cmdop_options.version is 0: initialise the struct with \
-             cmdop_options_init(&o, CMDOP_OPTIONS_VERSION) or CMDOP_OPTIONS_INIT",
-        )),
-        v => Err(Failure::invalid(format!(
-            "cmdop_options version {v} is unknown: this libcmdop knows versions 1 to \
-             {CMDOP_OPTIONS_VERSION}; the program was built against a newer libcmdop, install that"
-        ))),
+impl super::versioned::Versioned for cmdop_options {
+    const NAME: &'static str = "cmdop_options";
+    const INIT: &'static str = "cmdop_options_init";
+    const CURRENT: u32 = CMDOP_OPTIONS_VERSION;
+    fn size_of_version(_version: u32) -> usize {
+        size_of::<OptionsV1>()
+    }
+    fn defaults() -> Self {
+        defaults()
+    }
+    fn bools() -> &'static [(&'static str, usize)] {
+        &[
+            (
+                "auto_reconnect",
+                std::mem::offset_of!(cmdop_options, auto_reconnect),
+            ),
+            ("debug", std::mem::offset_of!(cmdop_options, debug)),
+            (
+                "auto_refresh",
+                std::mem::offset_of!(cmdop_options, auto_refresh),
+            ),
+        ]
     }
 }
 
@@ -147,68 +158,9 @@ pub extern "C" fn cmdop_options_init(
     opts: *mut cmdop_options,
     version: u32,
 ) -> super::status::cmdop_status {
-    run_status(move || {
-        if opts.is_null() {
-            return Err(Failure::null("opts"));
-        }
-        let size = layout_size(version)?;
-        let mut d = defaults();
-        d.version = version;
-        // SAFETY: `opts` is non-null and, by the header's contract, points to
-        // a writable struct of the layout `version`, which is `size` bytes
-        // long; `d` is a current layout, at least as long (layouts only
-        // grow), and the two do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&d as *const cmdop_options).cast::<u8>(),
-                opts.cast::<u8>(),
-                size,
-            )
-        };
-        Ok(())
-    })
-}
-
-/// Read a (possibly NULL) options struct into the current layout: the
-/// fields of the caller's version, defaults for the rest.
-unsafe fn read(opts: *const cmdop_options) -> Result<cmdop_options, Failure> {
-    if opts.is_null() {
-        return Ok(defaults());
-    }
-    // SAFETY: non-null; every version starts with the u32 version field.
-    let version = unsafe { std::ptr::read(opts.cast::<u32>()) };
-    let size = layout_size(version)?;
-    // Assemble the bytes first: a bool byte other than 0 or 1 must be
-    // refused before it ever becomes a Rust bool.
-    let mut buf = std::mem::MaybeUninit::new(defaults());
-    // SAFETY: the caller's struct has the layout `version`: `size` readable
-    // bytes; `buf` is a current layout, at least that long; no overlap.
-    unsafe {
-        std::ptr::copy_nonoverlapping(opts.cast::<u8>(), buf.as_mut_ptr().cast::<u8>(), size)
-    };
-    let bools = [
-        (
-            "auto_reconnect",
-            std::mem::offset_of!(cmdop_options, auto_reconnect),
-        ),
-        ("debug", std::mem::offset_of!(cmdop_options, debug)),
-        (
-            "auto_refresh",
-            std::mem::offset_of!(cmdop_options, auto_refresh),
-        ),
-    ];
-    for (name, offset) in bools {
-        // SAFETY: `offset` is inside `buf`, and a field byte (initialised by
-        // the defaults or by the caller's init), not padding.
-        let b = unsafe { buf.as_ptr().cast::<u8>().add(offset).read() };
-        if b > 1 {
-            return Err(Failure::invalid(format!(
-                "opts->{name} is {b}: pass true or false"
-            )));
-        }
-    }
-    // SAFETY: every field is initialised and every bool is 0 or 1.
-    Ok(unsafe { buf.assume_init() })
+    // SAFETY: NULL (checked) or, by the header's contract, a writable
+    // struct of layout `version`.
+    run_status(move || unsafe { super::versioned::init(opts, version) })
 }
 
 fn ms(v: u32) -> Duration {
@@ -250,7 +202,7 @@ pub(crate) unsafe fn client_options(
     mut credentials: Credentials,
 ) -> Result<ClientOptions, Failure> {
     // SAFETY: forwarded contract of the constructors.
-    let o = unsafe { read(opts) }?;
+    let o = unsafe { super::versioned::read(opts) }?;
     if let Credentials::Tokens { auto_refresh, .. } = &mut credentials {
         *auto_refresh = o.auto_refresh;
     }

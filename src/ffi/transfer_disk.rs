@@ -40,39 +40,49 @@ pub unsafe extern "C" fn cmdop_transfer_options_init(
 ) -> cmdop_status {
     ffi_boundary! {
         // SAFETY: NULL (checked) or a writable struct of `version`.
-        let opts = unsafe { opts.as_mut() }
-            .ok_or_else(|| Failure::new(cmdop_status::InvalidArgument, "opts is NULL; pass the options to fill"))?;
-        check_version(version)?;
-        *opts = cmdop_transfer_options {
-            version,
-            keep_mode: false,
-            no_clobber: false,
-            create_parents: false,
-        };
-        Ok(())
+        unsafe { super::versioned::init(opts, version) }
     }
 }
 
-fn check_version(version: u32) -> Result<(), Failure> {
-    if version == 0 || version > CMDOP_TRANSFER_OPTIONS_VERSION {
-        return Err(Failure::new(
-            cmdop_status::InvalidArgument,
-            format!(
-                "cmdop_transfer_options version {version} is unknown to this library (it knows 1..={CMDOP_TRANSFER_OPTIONS_VERSION}); initialise it with cmdop_transfer_options_init()"
-            ),
-        ));
+impl super::versioned::Versioned for cmdop_transfer_options {
+    const NAME: &'static str = "cmdop_transfer_options";
+    const INIT: &'static str = "cmdop_transfer_options_init";
+    const CURRENT: u32 = CMDOP_TRANSFER_OPTIONS_VERSION;
+    /// Only version 1 exists: the current layout.
+    fn size_of_version(_version: u32) -> usize {
+        size_of::<Self>()
     }
-    Ok(())
+    fn defaults() -> Self {
+        cmdop_transfer_options {
+            version: CMDOP_TRANSFER_OPTIONS_VERSION,
+            keep_mode: false,
+            no_clobber: false,
+            create_parents: false,
+        }
+    }
+    fn bools() -> &'static [(&'static str, usize)] {
+        &[
+            (
+                "keep_mode",
+                std::mem::offset_of!(cmdop_transfer_options, keep_mode),
+            ),
+            (
+                "no_clobber",
+                std::mem::offset_of!(cmdop_transfer_options, no_clobber),
+            ),
+            (
+                "create_parents",
+                std::mem::offset_of!(cmdop_transfer_options, create_parents),
+            ),
+        ]
+    }
 }
 
 /// # Safety
 /// `opts` is NULL or points to a readable cmdop_transfer_options.
 unsafe fn read_options(opts: *const cmdop_transfer_options) -> Result<TransferOptions, Failure> {
-    // SAFETY: NULL (checked) or a readable struct; `version` is its first field.
-    let Some(o) = (unsafe { opts.as_ref() }) else {
-        return Ok(TransferOptions::default());
-    };
-    check_version(o.version)?;
+    // SAFETY: NULL or a readable struct whose version field tells its layout.
+    let o = unsafe { super::versioned::read(opts) }?;
     Ok(TransferOptions {
         keep_mode: o.keep_mode,
         no_clobber: o.no_clobber,

@@ -65,6 +65,14 @@ static void exec_options(cmdop_client *c) {
   o.version = 99;
   CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, &r),
                CMDOP_STATUS_INVALID_ARGUMENT);
+  /* A bool byte that is neither 0 nor 1, as C can write: refused, never
+   * read as a bool (UBSan would flag it). */
+  CHECK_OK(cmdop_exec_options_init(&o, CMDOP_EXEC_OPTIONS_VERSION));
+  memset(&o.discard_output, 7, 1);
+  CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, &r),
+               CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("discard_output");
+  CHECK(r == NULL);
 
   /* NULL options: the defaults. A missing directory: OPERATION_FAILED. */
   CHECK_OK(cmdop_execute_with_options(c, "echo hi", NULL, NULL, NULL, NULL, &r));
@@ -194,6 +202,13 @@ static void files_on_disk(cmdop_client *c) {
                CMDOP_STATUS_CANCELLED);
   CHECK(stat(back, &st) != 0);
   cmdop_cancel_token_free(p.cancel_at_half);
+
+  /* A bool byte that is neither 0 nor 1 is refused. */
+  CHECK_OK(cmdop_transfer_options_init(&o, CMDOP_TRANSFER_OPTIONS_VERSION));
+  memset(&o.keep_mode, 7, 1);
+  CHECK_STATUS(cmdop_download_file(c, remote, back, &o, NULL, NULL, NULL),
+               CMDOP_STATUS_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("keep_mode");
 
   /* no_clobber, missing files, bad arguments. */
   CHECK_OK(cmdop_transfer_options_init(&o, CMDOP_TRANSFER_OPTIONS_VERSION));
