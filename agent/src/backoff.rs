@@ -13,6 +13,9 @@ const MULTIPLIER: f64 = 1.6;
 const JITTER: f64 = 0.2;
 /// A connection that stayed up at least this long resets the backoff.
 pub const RESET_AFTER: Duration = Duration::from_secs(10);
+/// Default cap of the delay (before jitter): after an outage of any length
+/// the agent is back at most ~36 s after the server is.
+pub const DEFAULT_MAX: Duration = Duration::from_secs(30);
 
 /// Exponential backoff state for one reconnect loop.
 #[derive(Debug, Clone)]
@@ -85,6 +88,29 @@ mod tests {
         }
         b.reset();
         assert!(within(b.next_delay(), 0.1));
+    }
+
+    #[test]
+    fn default_schedule_caps_at_30_s_and_resets_after_a_healthy_connection() {
+        let config = crate::AgentConfig::default();
+        let mut b = Backoff::new(config.reconnect_base, config.reconnect_max);
+        // A long outage: many failed attempts in a row.
+        for _ in 0..200 {
+            let d = b.next_delay();
+            assert!(
+                d <= Duration::from_secs_f64(30.0 * (1.0 + JITTER) + 1e-6),
+                "{d:?} exceeds the 30 s cap with jitter"
+            );
+        }
+        // Jitter spreads the capped delays instead of repeating one value.
+        let capped: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
+        assert!(
+            capped.iter().any(|d| *d != capped[0]),
+            "no jitter: {capped:?}"
+        );
+        // After a connection that stayed up the first retry is quick again.
+        b.reset();
+        assert!(within(b.next_delay(), config.reconnect_base.as_secs_f64()));
     }
 
     #[test]

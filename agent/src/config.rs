@@ -32,7 +32,9 @@ pub struct AgentConfig {
     pub heartbeat_interval: Duration,
     /// First reconnect delay (before jitter).
     pub reconnect_base: Duration,
-    /// Largest reconnect delay (before jitter).
+    /// Largest reconnect delay (before jitter). Kept short so an agent is
+    /// back soon after a long outage heals; a connection that stayed up for
+    /// [`crate::backoff::RESET_AFTER`] starts the schedule over.
     pub reconnect_max: Duration,
 }
 
@@ -48,7 +50,7 @@ impl Default for AgentConfig {
             native_exec: true,
             heartbeat_interval: Duration::from_secs(25),
             reconnect_base: Duration::from_secs(1),
-            reconnect_max: Duration::from_secs(120),
+            reconnect_max: crate::backoff::DEFAULT_MAX,
         }
     }
 }

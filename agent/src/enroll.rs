@@ -11,9 +11,9 @@ use crate::{backoff::Backoff, config::AgentConfig, state::AgentState, transport}
 
 /// Loads the identity from the state file or enrolls to obtain one.
 ///
-/// Transport problems are retried with backoff (the control plane may still
-/// be starting); a refused token is returned as an error because retrying
-/// cannot fix it.
+/// Transport problems and server-side failures are retried with backoff
+/// (the control plane may still be starting, or its database busy); only a
+/// refused token is returned as an error because retrying cannot fix it.
 pub async fn load_or_enroll(config: &AgentConfig, hostname: &str) -> anyhow::Result<AgentState> {
     if let Some(state) = AgentState::load(&config.state_file)? {
         if state.server != config.server {
@@ -86,14 +86,19 @@ async fn try_enroll(
     request.set_timeout(Duration::from_secs(30));
     match client.enroll(request).await {
         Ok(resp) => Ok(resp.into_inner()),
-        Err(status) => match status.code() {
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::Unknown => Err(EnrollError::Transient(status.to_string())),
-            _ => Err(EnrollError::Refused(status)),
-        },
+        Err(status) => Err(classify(status)),
+    }
+}
+
+/// Only an explicit refusal of the token (or of the request itself) ends
+/// enrollment; anything else (UNAVAILABLE, a busy database, INTERNAL, a
+/// transport error surfacing as UNKNOWN) may pass and is retried.
+fn classify(status: tonic::Status) -> EnrollError {
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => {
+            EnrollError::Refused(status)
+        }
+        _ => EnrollError::Transient(status.to_string()),
     }
 }
 
@@ -107,4 +112,43 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_explicit_refusal_stops_enrollment() {
+        for code in [
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+        ] {
+            assert!(
+                matches!(
+                    classify(tonic::Status::new(code, "no")),
+                    EnrollError::Refused(_)
+                ),
+                "{code:?} must be a refusal"
+            );
+        }
+        for code in [
+            Code::Unavailable,
+            Code::Internal,
+            Code::Unknown,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Aborted,
+            Code::FailedPrecondition,
+        ] {
+            assert!(
+                matches!(
+                    classify(tonic::Status::new(code, "busy")),
+                    EnrollError::Transient(_)
+                ),
+                "{code:?} must be retried"
+            );
+        }
+    }
 }

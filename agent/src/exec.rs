@@ -158,6 +158,13 @@ pub async fn run_exec_piped(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(false);
+    let parent = std::process::id() as i32;
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only async-signal-safe system calls (prctl, getppid); it allocates
+    // nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || crate::orphans::die_with_parent(parent));
+    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -165,6 +172,8 @@ pub async fn run_exec_piped(
         }
     };
     let pid = child.id().unwrap_or(0);
+    // Lets a restarted agent kill this command's group if we die first.
+    let _record = crate::orphans::Record::new(pid);
     // Announce the pid before any output (same queue, so it arrives first).
     // Not waiting here keeps the timeout and cancel in force; if the queue
     // is full, the control plane reports pid 0 instead.
@@ -345,6 +354,7 @@ fn finished(
             duration_us: started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64,
             error,
             raw_stdout_bytes: 0,
+            outcome_unknown: false,
         }),
         pid,
     }

@@ -21,6 +21,7 @@ pub mod exec_link;
 pub mod exec_raw;
 pub mod files;
 pub mod host_info;
+pub mod orphans;
 pub mod private_file;
 pub mod pty_session;
 pub mod state;
@@ -45,6 +46,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let host = host_info::HostInfo::gather(config.hostname.as_deref());
     tokio::pin!(shutdown);
+    // Before serving anything: kill what a killed predecessor left running.
+    orphans::init(&orphans::dir_for(&config.state_file));
     let state = tokio::select! {
         state = enroll::load_or_enroll(&config, &host.hostname) => state?,
         () = &mut shutdown => return Ok(()),

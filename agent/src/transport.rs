@@ -15,10 +15,12 @@ use tonic::{
 
 /// Time allowed for the TCP/TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 ping interval; the control plane allows pings every 25 s.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(25);
+/// HTTP/2 ping interval: a dead link (partition, vanished server) is
+/// noticed within interval + timeout and the agent reconnects. The control
+/// plane does not police ping rates.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long to wait for a ping acknowledgement before dropping the link.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the endpoint for `server` (not connected yet).
 pub fn endpoint(server: &str, ca_cert: Option<&Path>) -> anyhow::Result<Endpoint> {

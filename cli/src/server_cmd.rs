@@ -34,6 +34,17 @@ pub struct ServerArgs {
     /// Seconds without any message from an agent before it is marked offline.
     #[arg(long, default_value_t = 75)]
     pub heartbeat_timeout_secs: u64,
+    /// Seconds of silence on a connection before the server pings it; a
+    /// ping unanswered for as long again closes it. A dead agent link is
+    /// noticed within about twice this, and calls to that machine then fail
+    /// with UNAVAILABLE.
+    #[arg(long, default_value_t = 5)]
+    pub keepalive_secs: u64,
+    /// On SIGTERM/SIGINT: seconds running commands and file transfers get
+    /// to finish (no new connections are accepted meanwhile) before they
+    /// are ended with a message naming the shutdown.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
     /// Once listening, write the bound address (host:port) to this file.
     /// Useful with --listen 127.0.0.1:0.
     #[arg(long)]
@@ -105,6 +116,8 @@ impl ServerArgs {
                 _ => None,
             },
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs.max(1)),
+            keepalive: Duration::from_secs(self.keepalive_secs.max(1)),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             limits: self.limits.limits(),
             ..ServerConfig::default()
         }
@@ -143,10 +156,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         tracing::warn!(listen = %args.listen, "serving PLAINTEXT beyond loopback (--allow-plaintext): credentials and output are not encrypted; pass --tls-cert/--tls-key to encrypt");
     }
+    // Ready means ready: the database is open and migrated and the port is
+    // bound before "listening" is logged and the ready file is written.
+    let store = cmdop_controlplane::store::Store::open(&config.data_dir)?;
     let (listener, local) = bind(args.listen).await?;
     tracing::info!(%local, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "control plane listening");
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &format!("{local}\n"))?;
     }
-    cmdop_controlplane::serve(listener, config, crate::shutdown_signal()).await
+    cmdop_controlplane::serve_with_store(listener, config, store, crate::shutdown_signal()).await
 }

@@ -85,12 +85,15 @@ impl AgentLink for AgentLinkService {
         {
             return Err(invalid());
         }
-        let enrollment = self
-            .state
-            .store
-            .enroll_machine(&req.enrollment_token, &req.hostname)
+        let enrollment = {
+            let (token, hostname) = (req.enrollment_token.clone(), req.hostname.clone());
+            crate::state::with_store(&self.state, move |store| {
+                store.enroll_machine(&token, &hostname)
+            })
+            .await
             .map_err(auth::internal)?
-            .ok_or_else(invalid)?;
+            .ok_or_else(invalid)?
+        };
         tracing::info!(
             machine = %enrollment.machine_id, hostname = %req.hostname, workspace = %enrollment.workspace.name,
             "machine enrolled"

@@ -24,8 +24,16 @@ pub fn bearer(meta: &MetadataMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// Maps a store failure to INTERNAL, logging the cause (never the credential).
+/// Maps a store failure to a status, logging the cause (never the
+/// credential): UNAVAILABLE when the database stayed locked past the busy
+/// timeout (a retry may succeed), INTERNAL otherwise.
 pub fn internal(err: anyhow::Error) -> Status {
+    if crate::store::is_busy_error(&err) {
+        tracing::warn!(error = %format!("{err:#}"), "state database busy");
+        return Status::unavailable(
+            "database busy; retry: the control plane's state database is locked by another process",
+        );
+    }
     tracing::error!(error = %format!("{err:#}"), "state database error");
     Status::internal("the control plane could not read its state; check the server log")
 }

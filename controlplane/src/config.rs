@@ -24,6 +24,17 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// An agent that sends nothing for this long is marked offline.
     pub heartbeat_timeout: Duration,
+    /// HTTP/2 keepalive of every connection (agents' links included): a
+    /// PING goes out after this long without traffic, and a connection
+    /// whose PING is not answered within this long again is closed. A dead
+    /// agent link is therefore noticed within about twice this, and calls to
+    /// that machine then fail fast with UNAVAILABLE.
+    pub keepalive: Duration,
+    /// On shutdown, how long running Exec calls and file transfers get to
+    /// finish (no new connections are accepted meanwhile) before agents'
+    /// links are closed and what still runs ends with a message naming the
+    /// shutdown.
+    pub shutdown_grace: Duration,
     /// Per-session cap of the output ring buffer (allocated as output comes).
     pub output_buffer_bytes: usize,
     /// Limits that keep one peer from exhausting the server.
@@ -78,6 +89,8 @@ impl Default for ServerConfig {
             extensions: true,
             tls: None,
             heartbeat_timeout: Duration::from_secs(75),
+            keepalive: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
             output_buffer_bytes: 1024 * 1024,
             limits: Limits::default(),
         }

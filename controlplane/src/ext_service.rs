@@ -27,8 +27,9 @@ use crate::{
 
 /// Capabilities advertised by ServerInfo in every configuration; side
 /// connections ([`raw::CAPABILITY`]) are added when they are on.
-pub const CAPABILITIES: [&str; 5] = [
+pub const CAPABILITIES: [&str; 6] = [
     cmdop_proto::caps::EXEC,
+    OUTCOME_CAPABILITY,
     cmdop_proto::caps::EXEC_STDIN,
     cmdop_proto::caps::MACHINE_ID,
     cmdop_proto::caps::TOKENS,
@@ -44,6 +45,13 @@ type StartedExec = (
     String,
     Option<tokio::sync::watch::Receiver<u64>>,
 );
+
+/// ServerInfo capability: Exec reports a lost agent link as an unknown
+/// outcome (`ExecExit.outcome_unknown`) to callers that accept it.
+pub const OUTCOME_CAPABILITY: &str = "exec-outcome.v1";
+/// Trailing metadata on UNAVAILABLE when the agent's link was lost while
+/// the command ran (for callers without `accept_unknown_outcome`).
+pub const OUTCOME_HEADER: &str = "x-cmdop-exec-outcome";
 
 /// Response stream of Exec.
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, Status>> + Send + 'static>>;
@@ -300,16 +308,15 @@ impl Cmdop for CmdopService {
             ));
         }
         let ttl = access_ttl(request.get_ref().access_ttl_seconds);
-        let pair = self
-            .state
-            .store
-            .issue_tokens(&key, ttl)
-            .map_err(auth::internal)?
-            .ok_or_else(|| {
-                Status::unauthenticated(
+        let pair =
+            crate::state::with_store(&self.state, move |store| store.issue_tokens(&key, ttl))
+                .await
+                .map_err(auth::internal)?
+                .ok_or_else(|| {
+                    Status::unauthenticated(
                     "API key is invalid or revoked; create a new one with `cmdop admin create-key`",
                 )
-            })?;
+                })?;
         Ok(Response::new(token_pair(pair)))
     }
 
@@ -328,11 +335,11 @@ impl Cmdop for CmdopService {
         {
             return Err(invalid());
         }
-        match self
-            .state
-            .store
-            .refresh_tokens(&token, limits::DEFAULT_ACCESS_TTL)
-            .map_err(auth::internal)?
+        match crate::state::with_store(&self.state, move |store| {
+            store.refresh_tokens(&token, limits::DEFAULT_ACCESS_TTL)
+        })
+        .await
+        .map_err(auth::internal)?
         {
             RefreshOutcome::Rotated(pair) => Ok(Response::new(token_pair(pair))),
             RefreshOutcome::ReuseDetected => {
@@ -364,6 +371,7 @@ impl CmdopService {
         stdin_open: bool,
     ) -> Result<StartedExec, Status> {
         validate_exec(&req)?;
+        let accept_unknown_outcome = req.accept_unknown_outcome;
         let session = if !req.session_id.is_empty() {
             self.state
                 .sessions
@@ -454,7 +462,10 @@ impl CmdopService {
             exec_id.clone(),
             updates,
             tx,
-            started_sent,
+            RelayOptions {
+                started_sent,
+                accept_unknown_outcome,
+            },
             ticket,
         ));
         Ok((Box::pin(ReceiverStream::new(rx)), link, exec_id, acks))
@@ -599,6 +610,14 @@ impl CreditTracker {
     }
 }
 
+/// How [`relay`] talks to its caller.
+struct RelayOptions {
+    /// `started` was sent already.
+    started_sent: bool,
+    /// The caller set `ExecRequest.accept_unknown_outcome`.
+    accept_unknown_outcome: bool,
+}
+
 /// Forwards one exec's events from the agent to the client, opening with
 /// exactly one `started` (sent already unless `started_sent` is false).
 /// Cancels the remote process if the client goes away; fails with
@@ -609,13 +628,18 @@ impl CreditTracker {
 /// client's `raw_offer` (once) and a later `raw_switched` its `raw_switch`
 /// (once); without one both are dropped. The ticket is withdrawn when this
 /// returns.
+///
+/// When the agent's link ends before the exit arrived, the outcome is
+/// unknown (the command may have finished): callers that accept it get an
+/// exit with `outcome_unknown`, others UNAVAILABLE marked with
+/// [`OUTCOME_HEADER`].
 async fn relay(
     session: Arc<Session>,
     link: Arc<ExecLink>,
     exec_id: String,
     mut updates: mpsc::Receiver<ExecUpdate>,
     tx: mpsc::Sender<Result<ExecEvent, Status>>,
-    mut started_sent: bool,
+    opts: RelayOptions,
     ticket: Option<raw::Ticket>,
 ) {
     /// However `relay` ends, the exec's stdin (if streamed) is over too.
@@ -627,6 +651,7 @@ async fn relay(
     }
     let exec_id_copy = exec_id.clone();
     let _stdin = ForgetStdin(&link, &exec_id_copy);
+    let mut started_sent = opts.started_sent;
     let mut credit = CreditTracker::new(link.exec_credit());
     let mut raw = RawProgress::default();
     loop {
@@ -699,7 +724,26 @@ async fn relay(
                 return;
             }
             None => {
-                let _ = tx.send(Err(session.disconnected_status())).await;
+                let message = session.outcome_unknown_message();
+                tracing::warn!(%exec_id, session = %session.id, "agent link lost during exec; outcome unknown");
+                let ending = if opts.accept_unknown_outcome {
+                    Ok(ExecEvent {
+                        event: Some(exec_event::Event::Exit(ExecExit {
+                            exit_code: -1,
+                            outcome_unknown: true,
+                            error: message,
+                            ..Default::default()
+                        })),
+                    })
+                } else {
+                    let mut status = Status::unavailable(message);
+                    status.metadata_mut().insert(
+                        OUTCOME_HEADER,
+                        tonic::metadata::MetadataValue::from_static("unknown"),
+                    );
+                    Err(status)
+                };
+                let _ = tx.send(ending).await;
                 return;
             }
         };

@@ -38,9 +38,9 @@ use tonic::transport::Server;
 
 pub use config::{Limits, ServerConfig, TlsFiles};
 
-/// How long open streams get to finish after `shutdown` resolves before
-/// the server stops waiting for them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long open streams get to end after agents' links were closed
+/// before the server stops waiting for them.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(5);
 /// Largest header block (metadata) of one call. Headers arrive before the
 /// gate can look at a call, so they are capped low: credentials are at most
 /// 512 bytes and gRPC metadata is small (h2's default would be 16 MiB).
@@ -56,15 +56,29 @@ const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 /// before a request body is read, and calls end when their credential is
 /// revoked. Connections are tracked ([`conns`]) from accept to close.
 ///
-/// On shutdown every agent session is closed (agents reconnect to the next
-/// instance), and open calls get [`SHUTDOWN_GRACE`] to finish.
+/// On shutdown no new connections or calls are accepted; running Exec
+/// calls and file transfers get `config.shutdown_grace` to finish. Then
+/// every agent session is closed (agents reconnect to the next instance;
+/// what still ran ends with a message naming the shutdown), and open calls
+/// get [`SHUTDOWN_LINGER`] more to end.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    conns::raise_fd_limit();
     let store = store::Store::open(&config.data_dir)?;
+    serve_with_store(listener, config, store, shutdown).await
+}
+
+/// [`serve`] with a store the caller opened (and migrated) already, so it
+/// can report readiness only once the database is usable.
+pub async fn serve_with_store(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    store: store::Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    conns::raise_fd_limit();
     let side_connections =
         raw::enabled(&config).then(|| raw::Rendezvous::new(raw::PAIRING_TIMEOUT));
     let open_streams = streams::OpenStreams::new(&config.limits);
@@ -92,10 +106,12 @@ pub async fn serve(
     });
 
     // Clients ping every 25 s even when idle; hyper's HTTP/2 server does not
-    // police ping rates, so those are accepted. Our own pings detect dead peers.
+    // police ping rates, so those are accepted. Our own pings detect dead
+    // peers, agents' links above all, within about twice `keepalive`.
+    let keepalive = config.keepalive.max(Duration::from_millis(100));
     let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
         // Bulk output (Exec, file transfers) would stall on a round trip
         // every 64 KiB with the HTTP/2 default windows.
         .initial_stream_window_size(cmdop_proto::limits::HTTP2_STREAM_WINDOW)
@@ -124,7 +140,7 @@ pub async fn serve(
     let _revocations = AbortOnDrop(tokio::spawn(revocation::run(state.clone())));
     let _revocations = AbortOnDrop(tokio::spawn(streams::watch(
         state.clone(),
-        open_streams,
+        open_streams.clone(),
         config.limits.revocation_poll,
     )));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -132,15 +148,25 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    // Stops accepting at once (and tells connected peers with GOAWAY);
+    // calls in progress, agents' links among them, go on.
     let graceful = {
         let mut rx = stop_rx.clone();
-        let state = state.clone();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
-            tracing::info!("shutting down; closing agent sessions");
-            state.sessions.close_all("control plane shutting down");
         }
     };
+    let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn({
+        let mut rx = stop_rx.clone();
+        let state = state.clone();
+        let grace = config.shutdown_grace;
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+            drain(&state, &open_streams, grace).await;
+            let _ = drained_tx.send(true);
+        }
+    });
     let router = builder
         .layer(gate::GateLayer(gate))
         .add_service(terminal)
@@ -153,10 +179,10 @@ pub async fn serve(
         graceful,
     );
     let deadline = {
-        let mut rx = stop_rx;
+        let mut rx = drained_rx;
         async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            let _ = rx.wait_for(|drained| *drained).await;
+            tokio::time::sleep(SHUTDOWN_LINGER).await;
         }
     };
     tokio::select! {
@@ -164,4 +190,35 @@ pub async fn serve(
         _ = deadline => tracing::warn!("streams still open after the shutdown grace period; stopping anyway"),
     }
     Ok(())
+}
+
+/// Waits (up to `grace`) for running Exec calls and file transfers to
+/// finish, then closes every agent session.
+async fn drain(state: &state::State, open: &streams::OpenStreams, grace: Duration) {
+    let running = open.running_work();
+    tracing::info!(
+        running,
+        grace = ?grace,
+        "shutting down: accepting no new connections; waiting for running commands and transfers"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut left = running;
+    while left > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = open.running_work();
+    }
+    let reason = if left == 0 {
+        "control plane shutting down".to_string()
+    } else {
+        tracing::warn!(
+            left,
+            "shutdown grace period over; ending the commands and transfers still running"
+        );
+        format!(
+            "control plane shutting down: the {} s grace period (--shutdown-grace-secs) for running calls ran out",
+            grace.as_secs()
+        )
+    };
+    tracing::info!("closing agent sessions");
+    state.sessions.close_all(&reason);
 }

@@ -26,3 +26,17 @@ pub struct State {
 
 /// The handle services hold.
 pub type SharedState = Arc<State>;
+
+/// Runs database work `f` on the blocking pool, so a write waiting for a
+/// lock held by another process never holds up the async workers (and the
+/// calls they serve). This is the seam a networked store (PostgreSQL)
+/// replaces with async calls.
+pub async fn with_store<T: Send + 'static>(
+    state: &SharedState,
+    f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(&state.store))
+        .await
+        .map_err(|e| anyhow::anyhow!("database task failed: {e}"))?
+}

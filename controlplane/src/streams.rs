@@ -136,6 +136,16 @@ impl OpenStreams {
         })
     }
 
+    /// Exec calls and file transfers open now (what a graceful stop waits
+    /// for).
+    pub fn running_work(&self) -> usize {
+        lock(&self.slots)
+            .iter()
+            .filter(|((kind, _), _)| matches!(kind, SlotKind::Exec | SlotKind::Transfer))
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
     /// Ends every open call made with `credential`, now. Calls opened with
     /// it later are not affected (they are authenticated afresh).
     pub fn end(&self, credential: &Credential, code: Code, why: &str) {

@@ -59,7 +59,7 @@ impl FileError {
                     .suggest("pass recursive=true to delete it with its contents")
             }
             K::StorageFull | K::QuotaExceeded => {
-                Self::new("NO_SPACE", format!("cannot {action} {p}: no space left on the device"))
+                Self::new("NO_SPACE", format!("cannot {action} {p}: no space left on device")).suggest("free space on the machine, or write somewhere with room")
             }
             K::ReadOnlyFilesystem => {
                 Self::new("READ_ONLY", format!("cannot {action} {p}: the file system is read-only"))

@@ -88,6 +88,8 @@ pub struct Session {
     subscribers: Mutex<HashMap<u64, ControlSender>>,
     next_subscriber: AtomicU64,
     exec_link: Mutex<Option<Arc<ExecLink>>>,
+    /// Why the control plane ended the session, when it did.
+    close_reason: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +119,7 @@ impl Session {
             subscribers: Mutex::new(HashMap::new()),
             next_subscriber: AtomicU64::new(0),
             exec_link: Mutex::new(None),
+            close_reason: Mutex::new(None),
         }
     }
 
@@ -173,6 +176,21 @@ impl Session {
             "machine {} disconnected during the call; it will show as connected again when its agent reconnects",
             self.info.hostname
         ))
+    }
+
+    /// What a call whose command was handed to the agent is told when the
+    /// session ends before the command's exit arrived: nothing confirmed
+    /// that the command was killed, so its outcome is unknown.
+    pub fn outcome_unknown_message(&self) -> String {
+        let why = match lock(&self.close_reason).as_deref() {
+            Some(reason) => format!("the link to its agent ended ({reason})"),
+            None => "the link to its agent was lost".to_string(),
+        };
+        format!(
+            "machine {}: {why} while the command ran; it may have finished, may still be running \
+             or may have died with the agent. The outcome is unknown: check before running it again",
+            self.info.hostname
+        )
     }
 
     /// Queues a message to the agent. Waits (bounded) while the agent's
@@ -341,6 +359,7 @@ impl Session {
         if !self.alive.send_replace(false) {
             return;
         }
+        *lock(&self.close_reason) = Some(reason.to_string());
         lock(&self.files).clear();
         let close = ControlMessage {
             payload: Some(control_message::Payload::CloseSession(

@@ -139,7 +139,7 @@ impl Store {
     /// A number that changes whenever a machine is revoked; cheap to poll.
     pub fn revocation_generation(&self) -> anyhow::Result<i64> {
         Ok(self
-            .conn()
+            .reader()
             .prepare_cached("SELECT generation FROM revocation_generation WHERE id = 1")?
             .query_row([], |r| r.get(0))
             .optional()?
@@ -148,7 +148,7 @@ impl Store {
 
     /// Ids of all revoked machines.
     pub fn revoked_machines(&self) -> anyhow::Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt =
             conn.prepare_cached("SELECT machine_id FROM machines WHERE revoked_ms IS NOT NULL")?;
         let ids = stmt.query_map([], |r| r.get(0))?;

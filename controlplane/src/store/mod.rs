@@ -55,9 +55,24 @@ pub struct Enrollment {
 }
 
 /// Handle to the database. Cheap operations only; callers share it behind an `Arc`.
+///
+/// Two connections: writes go through one (and may wait up to
+/// [`WRITE_BUSY_TIMEOUT`] for another process's lock, then fail with a
+/// busy error the API answers as UNAVAILABLE "database busy; retry");
+/// credential checks and other reads use the other. In WAL mode a reader
+/// never waits for a writer, so calls keep being authenticated while the
+/// database is locked for writing, and each check still reads the latest
+/// committed state (a revocation bites at the next call).
 pub struct Store {
     conn: Mutex<Connection>,
+    read: Mutex<Connection>,
 }
+
+/// How long a write waits for a lock held by another process.
+pub const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read waits (only WAL recovery or a truncating checkpoint
+/// make readers wait at all).
+const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -103,16 +118,26 @@ impl Store {
 
     fn open_once(path: &Path) -> rusqlite::Result<Store> {
         let mut conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.busy_timeout(WRITE_BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // SQLite creates the -wal and -shm files with the database's mode.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(schema::SCHEMA)?;
         machines::migrate(&mut conn)?;
+        let read = Connection::open(path)?;
+        read.busy_timeout(READ_BUSY_TIMEOUT)?;
+        read.pragma_update(None, "query_only", "ON")?;
+        read.pragma_update(None, "foreign_keys", "ON")?;
         Ok(Store {
             conn: Mutex::new(conn),
+            read: Mutex::new(read),
         })
+    }
+
+    /// The read connection (see [`Store`]).
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts a transaction holding the write lock from its first statement.
@@ -156,7 +181,7 @@ impl Store {
     /// Looks a workspace up by name.
     pub fn workspace_by_name(&self, name: &str) -> anyhow::Result<Option<Workspace>> {
         Ok(self
-            .conn()
+            .reader()
             .query_row(
                 "SELECT id, name FROM workspaces WHERE name = ?1",
                 [name],
@@ -173,7 +198,7 @@ impl Store {
     /// Looks a workspace up by id.
     pub fn workspace_by_id(&self, id: &str) -> anyhow::Result<Option<Workspace>> {
         Ok(self
-            .conn()
+            .reader()
             .query_row("SELECT id, name FROM workspaces WHERE id = ?1", [id], |r| {
                 Ok(Workspace {
                     id: r.get(0)?,
@@ -236,7 +261,7 @@ impl Store {
     /// is never cached (a revocation by another process counts at once).
     pub fn authenticate_api_key(&self, key: &str) -> anyhow::Result<Option<Workspace>> {
         let hashed = hash(key);
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT w.id, w.name FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id
              WHERE k.hash = ?1 AND k.revoked_ms IS NULL",
@@ -301,7 +326,7 @@ impl Store {
     /// The machine an agent secret belongs to, unless it was revoked.
     pub fn machine_by_secret(&self, secret: &str) -> anyhow::Result<Option<MachineRow>> {
         Ok(self
-            .conn()
+            .reader()
             .query_row(
                 "SELECT machine_id, hostname, workspace_id, last_seen_ms, enrolled_ms FROM machines WHERE secret_hash = ?1 AND revoked_ms IS NULL",
                 [hash(secret)],
@@ -330,7 +355,7 @@ impl Store {
 
     /// Unrevoked machines of a workspace, most recently seen first.
     pub fn list_machines(&self, workspace_id: &str) -> anyhow::Result<Vec<MachineRow>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT machine_id, hostname, workspace_id, last_seen_ms, enrolled_ms FROM machines
              WHERE workspace_id = ?1 AND revoked_ms IS NULL ORDER BY last_seen_ms DESC, machine_id",
@@ -342,6 +367,14 @@ impl Store {
 
 /// Attempts of [`Store::open`] while another process holds the database.
 const OPEN_RETRIES: u32 = 100;
+
+/// True when `err` (or any error in its chain) is SQLite saying the database
+/// is locked by another connection or process.
+pub fn is_busy_error(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<rusqlite::Error>())
+        .any(is_busy)
+}
 
 fn is_busy(err: &rusqlite::Error) -> bool {
     matches!(

@@ -50,13 +50,13 @@ impl Store {
     /// Unchanged means nobody else wrote since the last look.
     pub fn data_version(&self) -> anyhow::Result<i64> {
         Ok(self
-            .conn()
+            .reader()
             .query_row("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
     /// Whether `credential` is still good.
     pub fn standing(&self, credential: &Credential) -> anyhow::Result<Standing> {
-        let conn = self.conn();
+        let conn = self.reader();
         Ok(match credential {
             Credential::ApiKey { hash } => {
                 let revoked: Option<Option<i64>> = conn
@@ -107,7 +107,7 @@ impl Store {
     /// limits. `None` for an unknown token.
     pub fn access_token_key_hash(&self, access_token: &str) -> anyhow::Result<Option<String>> {
         Ok(self
-            .conn()
+            .reader()
             .prepare_cached(
                 "SELECT f.api_key_hash FROM access_tokens a
                  JOIN token_families f ON f.id = a.family_id WHERE a.hash = ?1",

@@ -92,7 +92,7 @@ impl Store {
     /// that started the family must still be valid.
     pub fn authenticate_access_token(&self, token: &str) -> anyhow::Result<AccessCheck> {
         let hashed = hash(token);
-        let conn = self.conn();
+        let conn = self.reader();
         // Runs on every call made with a token: compile the statement once.
         let row: Option<(i64, String, String)> = conn
             .prepare_cached(

@@ -42,24 +42,36 @@ pub fn start(
         tx.clone(),
     );
     let hostname = if register.hostname.is_empty() {
-        &machine.hostname
+        machine.hostname.clone()
     } else {
-        &register.hostname
+        register.hostname.clone()
     };
-    match state.store.touch_machine(&machine.machine_id, hostname) {
-        Ok(HostnameUpdate::Unchanged) => {}
-        Ok(HostnameUpdate::Renamed { from }) => tracing::info!(
-            machine = %machine.machine_id, from = %from, to = %hostname, "machine changed its hostname"
-        ),
-        Ok(HostnameUpdate::Taken { by, kept }) => tracing::warn!(
-            machine = %machine.machine_id, reported = %hostname, owner = %by, kept = %kept,
-            "machine reports a hostname another machine of its workspace has; lookups by that name \
-             are ambiguous until one of them is renamed or revoked (`cmdop admin revoke-machine`)"
-        ),
-        Err(err) => {
-            tracing::warn!(error = %format!("{err:#}"), "cannot record machine last-seen time")
+    // Recorded in the background: a database locked by another process
+    // must not hold up the agent's registration.
+    tokio::spawn({
+        let (state, id, name) = (state.clone(), machine.machine_id.clone(), hostname.clone());
+        async move {
+            let touched = crate::state::with_store(&state, {
+                let (id, name) = (id.clone(), name.clone());
+                move |store| store.touch_machine(&id, &name)
+            })
+            .await;
+            match touched {
+                Ok(HostnameUpdate::Unchanged) => {}
+                Ok(HostnameUpdate::Renamed { from }) => tracing::info!(
+                    machine = %id, from = %from, to = %name, "machine changed its hostname"
+                ),
+                Ok(HostnameUpdate::Taken { by, kept }) => tracing::warn!(
+                    machine = %id, reported = %name, owner = %by, kept = %kept,
+                    "machine reports a hostname another machine of its workspace has; lookups by that name \
+                     are ambiguous until one of them is renamed or revoked (`cmdop admin revoke-machine`)"
+                ),
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "cannot record machine last-seen time")
+                }
+            }
         }
-    }
+    });
     tracing::info!(
         session = %session.id, machine = %machine.machine_id, hostname = %session.info.hostname,
         version = %session.info.version, native_exec = session.info.native_exec, "agent connected"
@@ -121,7 +133,10 @@ async fn pump(state: SharedState, session: Arc<Session>, mut inbound: Streaming<
         }
     };
     session.mark_closed("agent disconnected");
-    if let Err(err) = state.store.touch_machine(&session.machine_id, "") {
+    let id = session.machine_id.clone();
+    if let Err(err) =
+        crate::state::with_store(&state, move |store| store.touch_machine(&id, "")).await
+    {
         tracing::warn!(error = %format!("{err:#}"), "cannot record machine last-seen time");
     }
     tracing::info!(session = %session.id, machine = %session.machine_id, reason, "agent disconnected");

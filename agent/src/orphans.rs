@@ -1,0 +1,195 @@
+//! Commands die with the agent.
+//!
+//! Two mechanisms, because neither covers everything alone:
+//!
+//! * each command's shell gets `PR_SET_PDEATHSIG(SIGKILL)` before `exec`, so
+//!   the kernel kills it the moment the agent dies, even by SIGKILL;
+//! * each running command has a record (`<pid> <start time>`) in a
+//!   directory next to the agent's state file. A restarted agent sweeps it
+//!   and kills the process group of every command a killed agent left
+//!   behind (grandchildren such as `sh -c 'a; b'`'s children do not get the
+//!   death signal). The start time (field 22 of `/proc/<pid>/stat`) is
+//!   compared first, so a pid the kernel has since given to an unrelated
+//!   process is never signalled.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+
+/// Where this agent process records its running commands; unset (no
+/// records) in embeddings that never call [`init`].
+static DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// The record directory for the agent whose state file is `state_file`.
+pub fn dir_for(state_file: &Path) -> PathBuf {
+    let mut dir = state_file.to_path_buf().into_os_string();
+    dir.push(".pids");
+    PathBuf::from(dir)
+}
+
+/// Kills what an earlier agent with the same state file left running, then
+/// records this agent's commands in `dir`. Returns how many process groups
+/// were killed.
+pub fn init(dir: &Path) -> usize {
+    let killed = sweep(dir);
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e,
+            "cannot record running commands; commands left by a killed agent will not be cleaned up on restart");
+        return killed;
+    }
+    let _ = DIR.set(dir.to_path_buf());
+    killed
+}
+
+/// Kills the process group of every command recorded in `dir` whose leader
+/// is gone or still the recorded process; removes the records.
+pub fn sweep(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if let Some((pid, start)) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| parse_record(&s))
+        {
+            if kill_left_behind(pid, start) {
+                killed += 1;
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    if killed > 0 {
+        tracing::warn!(
+            groups = killed,
+            "killed commands left running by an agent that did not shut down cleanly"
+        );
+    }
+    killed
+}
+
+fn parse_record(s: &str) -> Option<(i32, u64)> {
+    let mut it = s.split_whitespace();
+    let pid: i32 = it.next()?.parse().ok()?;
+    let start: u64 = it.next()?.parse().ok()?;
+    (pid > 1).then_some((pid, start))
+}
+
+/// Kills process group `pid` if it is the one recorded. While any member
+/// of a process group lives, its id is not handed out as a new pid; so if
+/// no process `pid` exists, whatever group `pid` still has is ours.
+fn kill_left_behind(pid: i32, recorded_start: u64) -> bool {
+    match start_time(pid) {
+        Some(start) if start != recorded_start => return false, // a recycled pid
+        _ => {}
+    }
+    nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+}
+
+/// Field 22 (`starttime`, clock ticks since boot) of `/proc/<pid>/stat`.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; the
+    // fields after it start past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` begins with field 3; field 22 is the 20th after it.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The record of one running command; removed when dropped.
+pub struct Record(Option<PathBuf>);
+
+impl Record {
+    /// Records command `pid` (a process group leader) if records are kept.
+    pub fn new(pid: u32) -> Record {
+        let Some(dir) = DIR.get() else {
+            return Record(None);
+        };
+        let Ok(pid) = i32::try_from(pid) else {
+            return Record(None);
+        };
+        let Some(start) = start_time(pid) else {
+            return Record(None);
+        };
+        let path = dir.join(pid.to_string());
+        match std::fs::write(&path, format!("{pid} {start}\n")) {
+            Ok(()) => Record(Some(path)),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot record a running command");
+                Record(None)
+            }
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Makes the child about to `exec` die with the agent (Linux). Runs between
+/// fork and exec: only async-signal-safe calls.
+///
+/// The death signal fires when the *thread* that forked the child exits.
+/// Commands are spawned from the async runtime's worker threads, which live
+/// as long as the agent's runtime; never spawn them from a blocking-pool
+/// thread (those exit when idle).
+pub fn die_with_parent(parent: i32) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+        // The agent may have died before the call above took effect.
+        if nix::unistd::getppid().as_raw() != parent {
+            return Err(std::io::Error::other("the agent exited during the spawn"));
+        }
+    }
+    let _ = parent;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    #[test]
+    fn start_time_reads_field_22() {
+        let me = std::process::id() as i32;
+        let a = start_time(me).expect("own start time");
+        assert_eq!(start_time(me), Some(a));
+        assert!(start_time(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_recycled_pid_is_never_killed() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        let start = start_time(pid).expect("start time");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Same pid, another start time: an unrelated process now.
+        std::fs::write(dir.path().join("a"), format!("{pid} {}\n", start + 1)).expect("write");
+        assert_eq!(sweep(dir.path()), 0);
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "killed a recycled pid"
+        );
+        // The recorded process itself is killed, with its group.
+        std::fs::write(dir.path().join("b"), format!("{pid} {start}\n")).expect("write");
+        assert_eq!(sweep(dir.path()), 1);
+        let status = child.wait().expect("wait");
+        assert!(!status.success());
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+    }
+}
