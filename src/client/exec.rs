@@ -348,6 +348,7 @@ impl Client {
             working_directory: opts.working_directory.clone(),
             timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
             accept_raw_stdout: side_addr.is_some(),
+            accept_unknown_outcome: true,
         };
         let hard_deadline = started + timeout + SERVER_TIMEOUT_GRACE;
         let mut stream = match stdin {
@@ -406,6 +407,9 @@ impl Client {
                     if status.code() == tonic::Code::Unavailable {
                         self.inner.trouble.notify_one();
                     }
+                    if seen_event && outcome_marked_unknown(&status) {
+                        return Err(outcome_unknown(out, started, status.message()));
+                    }
                     return Err(Error::from_status("Exec", &status));
                 }
             };
@@ -442,6 +446,12 @@ impl Client {
                     } else {
                         started.elapsed()
                     };
+                    if exit.outcome_unknown {
+                        out.exit_code = -1;
+                        out.signal = 0;
+                        out.timed_out = false;
+                        return Err(outcome_unknown(out, started, &exit.error));
+                    }
                     if out.timed_out {
                         return Err(timeout_error(timeout, out));
                     }
@@ -853,11 +863,49 @@ fn deliver(
     out.keep(keep, stream, data);
 }
 
-/// The error of a command that ran out of `timeout`, with what it printed.
-fn expired(mut partial: ExecOutput, started: Instant, timeout: Duration) -> Error {
-    partial.timed_out = true;
+/// The error of a native command whose deadline (its timeout plus the grace
+/// for the server's answer) passed without the agent reporting its end:
+/// nothing confirmed that it was killed, so its outcome is unknown.
+fn expired(partial: ExecOutput, started: Instant, timeout: Duration) -> Error {
+    outcome_unknown(
+        partial,
+        started,
+        &format!(
+            "no answer from the agent within {} ms of the command's {} ms timeout",
+            SERVER_TIMEOUT_GRACE.as_millis(),
+            timeout.as_millis()
+        ),
+    )
+}
+
+/// The command reached the agent but how it ended is not known (`why`).
+fn outcome_unknown(mut partial: ExecOutput, started: Instant, why: &str) -> Error {
+    partial.exit_code = -1;
     partial.duration = started.elapsed();
-    timeout_error(timeout, partial)
+    let why = if why.is_empty() {
+        "the link to the agent was lost while it ran"
+    } else {
+        why
+    };
+    Error::OutcomeUnknown {
+        message: format!(
+            "the command's outcome is unknown ({why}): it may have finished, may still be running, or may have died; it was not confirmed killed. Check on the machine before running it again"
+        ),
+        partial: Some(Box::new(partial)),
+    }
+}
+
+/// Trailing metadata of servers that end an exec whose agent link was lost
+/// with UNAVAILABLE for callers that do not accept the unknown outcome
+/// (older paths); we accept it, but honour the mark either way.
+const OUTCOME_HEADER: &str = "x-cmdop-exec-outcome";
+
+fn outcome_marked_unknown(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get(OUTCOME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        == Some("unknown")
 }
 
 fn timeout_error(timeout: Duration, partial: ExecOutput) -> Error {
