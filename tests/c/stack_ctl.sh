@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Lets a C test drive a managed control plane (see tests/harness.sh):
 #   tests/c/stack_ctl.sh server-stop DIR
+#   tests/c/stack_ctl.sh server-kill DIR      # SIGKILL, no grace
 #   tests/c/stack_ctl.sh server-start DIR     # again on the port in DIR/addr
 # Run from the repository root.
 set -euo pipefail
@@ -8,6 +9,11 @@ set -euo pipefail
 trap - EXIT
 case "${1:-}" in
   server-stop) managed_server_stop "$2" ;;
+  server-kill)
+    pid=$(cat "$2/server.pid")
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do _managed_alive "$pid" || break; sleep 0.01; done
+    rm -f "$2/server.pid" ;;
   server-start) managed_server_start "$2" ;;
-  *) echo "usage: $0 server-stop|server-start DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 server-stop|server-kill|server-start DIR" >&2; exit 2 ;;
 esac
