@@ -887,10 +887,16 @@ fn outcome_unknown(mut partial: ExecOutput, started: Instant, why: &str) -> Erro
     } else {
         why
     };
-    Error::OutcomeUnknown {
-        message: format!(
+    // The server's text already explains it; ours is for our own deadline.
+    let message = if why.contains("may have finished") {
+        format!("the command's outcome is unknown: {why}")
+    } else {
+        format!(
             "the command's outcome is unknown ({why}): it may have finished, may still be running, or may have died; it was not confirmed killed. Check on the machine before running it again"
-        ),
+        )
+    };
+    Error::OutcomeUnknown {
+        message,
         partial: Some(Box::new(partial)),
     }
 }

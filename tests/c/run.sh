@@ -191,7 +191,7 @@ if has_test machine || has_test workspaces || has_test auth; then
   fi
 fi
 
-for t in events reconnect server_restart; do
+for t in events reconnect server_restart outcome_unknown; do
   has_test "$t" || continue
   if start_fresh; then
     # shellcheck disable=SC2086
