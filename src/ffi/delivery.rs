@@ -201,18 +201,18 @@ struct OutputSink {
 // cancel, until a callback that already started returned.
 unsafe impl Send for OutputSink {}
 
+/// The chunk closure handed to the client core.
+pub(crate) type ChunkHandler = Box<dyn FnMut(Stream, &[u8]) + Send + 'static>;
+
 /// The chunk closure for a call's future and the delivery to finish after
 /// it: `on_output` (may be NULL) runs on a thread of its own.
 pub(crate) fn output_delivery(
     on_output: cmdop_exec_output_fn,
     user_data: *mut c_void,
     token: &CancelToken,
-) -> (
-    Box<dyn FnMut(Stream, &[u8]) + Send + 'static>,
-    Option<Delivery<cmdop_stream_kind>>,
-) {
+) -> (ChunkHandler, Option<Delivery<cmdop_stream_kind>>) {
     let Some(cb) = on_output else {
-        return (None, None).into_handler();
+        return (Box::new(|_: Stream, _: &[u8]| {}), None);
     };
     let sink = OutputSink { cb, user_data };
     let deliver: Deliver<cmdop_stream_kind> = Box::new(move |kind, data: &[u8]| {
@@ -221,44 +221,16 @@ pub(crate) fn output_delivery(
         // live slice of `data.len()` bytes.
         as_callback(|| unsafe { (s.cb)(s.user_data, kind, data.as_ptr(), data.len()) });
     });
-    let (pusher, delivery) = channel(deliver, token.clone());
-    (Some(pusher), Some(delivery)).into_handler()
-}
-
-trait IntoHandler {
-    fn into_handler(
-        self,
-    ) -> (
-        Box<dyn FnMut(Stream, &[u8]) + Send + 'static>,
-        Option<Delivery<cmdop_stream_kind>>,
-    );
-}
-
-impl IntoHandler
-    for (
-        Option<Pusher<cmdop_stream_kind>>,
-        Option<Delivery<cmdop_stream_kind>>,
-    )
-{
-    fn into_handler(
-        self,
-    ) -> (
-        Box<dyn FnMut(Stream, &[u8]) + Send + 'static>,
-        Option<Delivery<cmdop_stream_kind>>,
-    ) {
-        let (mut pusher, delivery) = self;
-        let handler = move |stream: Stream, data: &[u8]| {
-            if data.is_empty() {
-                return;
-            }
-            if let Some(p) = &mut pusher {
-                let kind = match stream {
-                    Stream::Stdout => cmdop_stream_kind::Stdout,
-                    Stream::Stderr => cmdop_stream_kind::Stderr,
-                };
-                p.push(kind, data);
-            }
+    let (mut pusher, delivery) = channel(deliver, token.clone());
+    let handler = move |stream: Stream, data: &[u8]| {
+        if data.is_empty() {
+            return;
+        }
+        let kind = match stream {
+            Stream::Stdout => cmdop_stream_kind::Stdout,
+            Stream::Stderr => cmdop_stream_kind::Stderr,
         };
-        (Box::new(handler), delivery)
-    }
+        pusher.push(kind, data);
+    };
+    (Box::new(handler), Some(delivery))
 }
