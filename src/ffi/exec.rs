@@ -245,7 +245,11 @@ pub unsafe extern "C" fn cmdop_cancel_token_cancel(
 ) -> cmdop_status {
     ffi_boundary! {
         // SAFETY: NULL (checked) or a live handle of this library.
-        unsafe { handle(token, "token") }?.token.cancel();
+        let token = unsafe { handle(token, "token") }?.token.clone();
+        // Only our own reference from here: a call using the token may
+        // return as soon as the flag is set (a callback cancelling its own
+        // call), and the application may then free `token` at once.
+        token.cancel();
         Ok(())
     }
 }
