@@ -158,6 +158,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     // Ready means ready: the database is open and migrated and the port is
     // bound before "listening" is logged and the ready file is written.
+    cmdop_controlplane::check_config(&config)?;
     let store = cmdop_controlplane::store::Store::open(&config.data_dir)?;
     let (listener, local) = bind(args.listen).await?;
     tracing::info!(%local, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "control plane listening");

@@ -36,13 +36,36 @@ fn ready_file_absent_when_the_database_cannot_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("cmdop.db")).expect("a directory where the db file goes");
-    let ready = dir.path().join("ready");
+    let log = assert_never_ready(&data, &[]);
+    assert!(
+        log.contains("database"),
+        "the error names the database: {log}"
+    );
+}
+
+#[test]
+fn ready_file_absent_when_the_tls_files_are_unusable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().expect("utf8");
+    assert_never_ready(
+        &dir.path().join("data"),
+        &["--tls-cert", missing, "--tls-key", missing],
+    );
+}
+
+/// Starts `cmdop server` with `extra` flags, expects it to exit with an
+/// error without ever writing its ready file or logging "listening";
+/// returns its log.
+fn assert_never_ready(data: &std::path::Path, extra: &[&str]) -> String {
+    let ready = data.with_extension("ready");
     let mut child = Command::new(cmdop_bin())
         .args(["--log-level", "info", "server", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         .arg("--ready-file")
         .arg(&ready)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -55,7 +78,7 @@ fn ready_file_absent_when_the_database_cannot_open() {
         }
         assert!(
             Instant::now() < deadline,
-            "a server whose database cannot open kept running"
+            "a server that cannot start kept running"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -68,13 +91,10 @@ fn ready_file_absent_when_the_database_cannot_open() {
     assert!(!status.success(), "server exited successfully: {log}");
     assert!(
         !ready.exists(),
-        "ready file written for a server that could not open its database"
+        "ready file written for a server that could not start"
     );
     assert!(!log.contains("listening"), "logged listening: {log}");
-    assert!(
-        log.contains("database"),
-        "the error names the database: {log}"
-    );
+    log
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,6 +152,7 @@ fn unique_seconds(base: u32) -> String {
 async fn commands_die_with_a_sigkilled_agent() {
     let mut s = stack("orphan", &[]).await;
     let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    wait_native_exec(&mut ext, &s.host).await;
     let secs = unique_seconds(301);
     // Both the shell and a grandchild: the grandchild gets no death signal
     // of its own, the restarted agent's sweep must take it.
@@ -318,6 +339,7 @@ async fn a_partition_during_a_command_that_completes_reports_an_unknown_outcome(
     let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
     let session_id = wait_connected(&mut t, &host).await;
     let mut ext = ext(&server.addr, Some(&ws.api_key)).await;
+    wait_native_exec(&mut ext, &host).await;
     // One caller that understands "unknown", one that does not.
     let markers = [dir.path().join("new-marker"), dir.path().join("old-marker")];
     let mut streams = Vec::new();
@@ -422,6 +444,7 @@ async fn sigterm_lets_a_running_command_finish() {
     use cmdop_proto::ext::exec_event::Event;
     let mut s = stack("drain", &[]).await;
     let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    wait_native_exec(&mut ext, &s.host).await;
     let mut stream = ext
         .exec(exec_req(&s.session_id, "sleep 2; echo finished", 0))
         .await
@@ -476,6 +499,7 @@ async fn a_command_outliving_the_shutdown_grace_ends_naming_the_shutdown() {
     use cmdop_proto::ext::exec_event::Event;
     let s = stack("grace", &["--shutdown-grace-secs", "1"]).await;
     let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    wait_native_exec(&mut ext, &s.host).await;
     let mut req = exec_req(&s.session_id, "sleep 30", 0);
     req.accept_unknown_outcome = true;
     let mut stream = ext.exec(req).await.expect("exec").into_inner();
@@ -512,6 +536,7 @@ async fn a_locked_database_does_not_stall_a_connected_clients_execute() {
     // so its writes meet the lock while the client works.
     let s = stack("dblock", &["--heartbeat-timeout-secs", "2"]).await;
     let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    wait_native_exec(&mut ext, &s.host).await;
     let session_id = s.session_id.clone();
     timed_exec(&mut ext, &session_id).await;
     let lock = WriteLock::take(&s.server.data_dir);
@@ -623,4 +648,17 @@ async fn an_upload_to_a_full_disk_says_so() {
         status.message().contains("no space left on device"),
         "{status:?}"
     );
+}
+
+/// Waits until the agent on `hostname` serves native Exec (its exec channel
+/// opens just after its terminal stream).
+async fn wait_native_exec(ext: &mut Ext, hostname: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !machine_by_host(ext, hostname).await.native_exec {
+        assert!(
+            Instant::now() < deadline,
+            "{hostname} never offered native exec"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -70,6 +70,15 @@ pub async fn serve(
     serve_with_store(listener, config, store, shutdown).await
 }
 
+/// Checks what [`serve`] would reject before it listens (the TLS files), so
+/// a caller can do it before reporting ready.
+pub fn check_config(config: &ServerConfig) -> anyhow::Result<()> {
+    if let Some(files) = &config.tls {
+        tls::server_tls_config(files)?;
+    }
+    Ok(())
+}
+
 /// [`serve`] with a store the caller opened (and migrated) already, so it
 /// can report readiness only once the database is usable.
 pub async fn serve_with_store(
@@ -208,14 +217,15 @@ async fn drain(state: &state::State, open: &streams::OpenStreams, grace: Duratio
         left = open.running_work();
     }
     let reason = if left == 0 {
-        "control plane shutting down".to_string()
+        sessions::SHUTDOWN_REASON.to_string()
     } else {
         tracing::warn!(
             left,
             "shutdown grace period over; ending the commands and transfers still running"
         );
         format!(
-            "control plane shutting down: the {} s grace period (--shutdown-grace-secs) for running calls ran out",
+            "{}: the {} s grace period (--shutdown-grace-secs) for running calls ran out",
+            sessions::SHUTDOWN_REASON,
             grace.as_secs()
         )
     };

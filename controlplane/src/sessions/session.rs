@@ -65,6 +65,9 @@ impl AgentInfo {
     }
 }
 
+/// How the close reasons of a control-plane shutdown begin.
+pub const SHUTDOWN_REASON: &str = "control plane shutting down";
+
 /// State carried over when an agent reconnects with the same session id,
 /// so SDK polling offsets and history survive a blip.
 #[derive(Clone)]
@@ -172,10 +175,18 @@ impl Session {
 
     /// The error for calls whose agent went away while they waited.
     pub fn disconnected_status(&self) -> Status {
-        Status::unavailable(format!(
-            "machine {} disconnected during the call; it will show as connected again when its agent reconnects",
-            self.info.hostname
-        ))
+        let reason = lock(&self.close_reason).clone();
+        match reason {
+            Some(reason) if reason.starts_with(SHUTDOWN_REASON) => Status::unavailable(format!(
+                "{reason}; the call to machine {} was cut short: retry once the control plane is \
+                 back (clients and agents reconnect by themselves)",
+                self.info.hostname
+            )),
+            _ => Status::unavailable(format!(
+                "machine {} disconnected during the call; it will show as connected again when its agent reconnects",
+                self.info.hostname
+            )),
+        }
     }
 
     /// What a call whose command was handed to the agent is told when the
