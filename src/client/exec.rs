@@ -929,6 +929,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_unconfirmed_end_is_unknown_never_killed() {
+        let partial = ExecOutput {
+            output: b"so far".to_vec(),
+            ..Default::default()
+        };
+        let e = expired(partial, Instant::now(), Duration::from_secs(5));
+        assert_eq!(e.kind(), super::super::ErrorKind::OutcomeUnknown);
+        assert!(!e.to_string().contains("was killed"), "{e}");
+        match e {
+            Error::OutcomeUnknown { partial, .. } => {
+                let p = partial.unwrap();
+                assert_eq!(p.output, b"so far");
+                assert_eq!(p.exit_code, -1);
+                assert!(!p.timed_out);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut s = tonic::Status::unavailable("agent link lost");
+        assert!(!outcome_marked_unknown(&s));
+        s.metadata_mut()
+            .insert(OUTCOME_HEADER, "unknown".parse().unwrap());
+        assert!(outcome_marked_unknown(&s));
+    }
+
+    #[test]
     fn terminal_commands_apply_env_and_cwd_or_refuse() {
         let opts = ExecOptions {
             env: vec![("A_1".into(), "it's $x".into())],
