@@ -1059,8 +1059,11 @@ enum cmdop_status cmdop_list_files(struct cmdop_client *client,
  *
  * On OK `*out` is the caller's; free with cmdop_file_list_free().
  * Returns OK; NOT_FOUND (no machine selected, no such directory);
- * PERMISSION_DENIED; UNAVAILABLE; DISCONNECTED; INVALID_ARGUMENT;
- * OPERATION_FAILED. Thread: any; blocks; IN_CALLBACK in callbacks.
+ * PERMISSION_DENIED; UNAVAILABLE (also when the connection to the server
+ * is lost during the call); DISCONNECTED; INVALID_ARGUMENT;
+ * OPERATION_FAILED (for the calls that write: a full disk on the machine,
+ * the message then says "no space left on device"). Thread: any; blocks;
+ * IN_CALLBACK in callbacks.
  */
 enum cmdop_status cmdop_list_files_page(struct cmdop_client *client,
                                         const char *path,
@@ -1197,8 +1200,9 @@ enum cmdop_status cmdop_transfer_options_init(struct cmdop_transfer_options *opt
  * official FileRead calls; keep_mode then returns NOT_SUPPORTED.
  * Returns OK, CANCELLED, NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT
  * (also: no_clobber and the target exists), OPERATION_FAILED (local disk
- * errors), NOT_SUPPORTED,
- * UNAVAILABLE, TIMEOUT, DISCONNECTED, INVALID_ARGUMENT. Thread: any;
+ * errors; for an upload, a full disk on the machine: "no space left on
+ * device"), NOT_SUPPORTED, UNAVAILABLE (also when the connection to the
+ * server is lost mid-transfer), TIMEOUT, DISCONNECTED, INVALID_ARGUMENT. Thread: any;
  * blocks; IN_CALLBACK from inside a callback.
  */
 enum cmdop_status cmdop_download_file(struct cmdop_client *client,

@@ -151,6 +151,15 @@ impl Error {
                 "{what}: the connection to the server was lost ({detail}): the client reconnects by itself; retry the call"
             ));
         }
+        if matches!(
+            status.code(),
+            Code::ResourceExhausted | Code::FailedPrecondition | Code::Internal | Code::Unknown
+        ) && detail.to_ascii_lowercase().contains("no space left")
+        {
+            return Error::OperationFailed(format!(
+                "{what}: {detail}: free space on the machine's disk, then retry"
+            ));
+        }
         match status.code() {
             Code::InvalidArgument
             | Code::OutOfRange
@@ -317,6 +326,22 @@ mod tests {
             Error::from_status("Exec", &tonic::Status::cancelled("cancelled by caller")).kind(),
             ErrorKind::Cancelled
         );
+    }
+
+    #[test]
+    fn a_full_disk_is_operation_failed_not_too_large() {
+        let e = Error::from_status(
+            "Upload",
+            &tonic::Status::resource_exhausted("writing /tmp/x: no space left on device"),
+        );
+        assert_eq!(e.kind(), ErrorKind::OperationFailed);
+        assert!(e.to_string().contains("no space left on device"), "{e}");
+        assert!(!e.to_string().contains("send less"), "{e}");
+        let e = Error::from_status(
+            "Upload",
+            &tonic::Status::resource_exhausted("message too big"),
+        );
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
 
     #[test]
