@@ -581,7 +581,7 @@ impl Client {
                     keep,
                 )
                 .await;
-                return Err(expired(out, started, timeout));
+                return Err(stopped_at_timeout(out, started, timeout));
             }
             let (data, more, total) = self.read_output(None, &session_id, cursor).await?;
             if !more && total > cursor + data.len() as i64 && !out.truncated {
@@ -861,6 +861,15 @@ fn deliver(
 ) {
     on_chunk(stream, data);
     out.keep(keep, stream, data);
+}
+
+/// The error of a terminal-path command that ran out of `timeout` and that
+/// this client interrupted itself (SIGINT, then SIGKILL), with what it
+/// printed.
+fn stopped_at_timeout(mut partial: ExecOutput, started: Instant, timeout: Duration) -> Error {
+    partial.timed_out = true;
+    partial.duration = started.elapsed();
+    timeout_error(timeout, partial)
 }
 
 /// The error of a native command whose deadline (its timeout plus the grace
