@@ -632,12 +632,22 @@ impl Client {
             idempotent: true,
             timeout: self.inner.opts.timeout,
         };
-        let r = self
+        let r = match self
             .inner
             .unary("FileGetInfo", req, policy, |mut c, r| async move {
                 c.terminal.file_get_info(r).await
             })
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            // Servers answer a missing path in the response or as NOT_FOUND.
+            Err(Error::NotFound(why)) => {
+                return Err(Error::OperationFailed(format!(
+                    "the command could not start: working directory '{dir}' is not a directory on the machine ({why}); create it or pass another"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
         let is_dir = r.success
             && r.result
                 .and_then(|res| res.entry)
