@@ -115,9 +115,8 @@
 /**
  * Outcome of a libcmdop call. Values are part of the ABI: they are never
  * renumbered, and a retired status keeps its number. Later 1.x versions
- * may add statuses (one is planned for an outcome that cannot be known,
- * e.g. a command whose kill after a deadline was not confirmed), only for
- * calls whose documentation then lists them; treat a value you do not know
+ * may add statuses, only for calls whose documentation then lists them
+ * (OUTCOME_UNKNOWN came this way); treat a value you do not know
  * as a failure and show cmdop_status_str() and cmdop_last_error_message().
  * Each function documents the statuses it returns.
  */
@@ -144,7 +143,8 @@ typedef enum cmdop_status {
    */
   CMDOP_STATUS_AMBIGUOUS = 4,
   /**
-   * The call ran out of time (for execute: the command was killed).
+   * The call ran out of time. For execute: the agent confirmed that it
+   * killed the command at its timeout.
    */
   CMDOP_STATUS_TIMEOUT = 5,
   /**
@@ -188,6 +188,15 @@ typedef enum cmdop_status {
    * The remote side tried and reported a failure; see the message.
    */
   CMDOP_STATUS_OPERATION_FAILED = 15,
+  /**
+   * Execute only: the command reached the agent, but how it ended is not
+   * known: the caller's deadline passed without the agent's answer, or
+   * the link to the agent (or the server) was lost while it ran. It may
+   * have finished, may still run, or may have died; nothing confirmed a
+   * kill. The output captured so far comes with it, as with TIMEOUT.
+   * Check on the machine before running it again.
+   */
+  CMDOP_STATUS_OUTCOME_UNKNOWN = 16,
 } cmdop_status;
 
 /**
@@ -812,15 +821,22 @@ enum cmdop_status cmdop_set_machine_id(struct cmdop_client *client, const char *
  * command runs on its own: `cd` or `exit` do not affect later commands.
  * On the terminal path, commands of one client on one session take turns.
  *
- * On OK and on TIMEOUT, `*out` is the caller's; free it with
- * cmdop_exec_result_free(). After TIMEOUT the command has been killed and
- * `*out` holds the output printed before. Otherwise `*out` is NULL.
+ * On OK, TIMEOUT and OUTCOME_UNKNOWN, `*out` is the caller's; free it with
+ * cmdop_exec_result_free(). After TIMEOUT the agent confirmed it killed
+ * the command at its timeout; `*out` holds the output printed before.
+ * After OUTCOME_UNKNOWN `*out` holds the output received so far (exit
+ * code -1, timed_out false). Otherwise `*out` is NULL.
  *
- * Returns OK (whatever the command's exit code); TIMEOUT; NOT_FOUND (no
- * machine selected, unknown machine); UNAVAILABLE (agent offline, or it
- * dropped mid-command); DISCONNECTED (not connected, or cmdop_close()
- * was called while the command ran: it was killed); INVALID_ARGUMENT.
- * A started command is never retried. Thread: any; blocks; IN_CALLBACK
+ * Returns OK (whatever the command's exit code); TIMEOUT (confirmed
+ * killed); OUTCOME_UNKNOWN (the timeout plus a 3 s grace passed with no
+ * answer from the agent, or the server lost the agent's link while the
+ * command ran: it may have finished, may still run, or may have died;
+ * check before running it again); NOT_FOUND (no machine selected, unknown
+ * machine); UNAVAILABLE (agent offline before the start, or the
+ * connection to the server was lost: server killed, restarted or
+ * unreachable; never INTERNAL for a lost connection); DISCONNECTED (not
+ * connected, or cmdop_close() was called while the command ran: it was
+ * killed); INVALID_ARGUMENT. A started command is never retried. Thread: any; blocks; IN_CALLBACK
  * from inside a callback.
  */
 enum cmdop_status cmdop_execute(struct cmdop_client *client,
@@ -830,16 +846,22 @@ enum cmdop_status cmdop_execute(struct cmdop_client *client,
 
 /**
  * Like cmdop_execute(), also handing each chunk of output to `on_chunk`
- * (may be NULL) as it arrives. `on_chunk` runs on the calling thread,
- * before this function returns (so `user_data` needs no finaliser); it may
- * call accessors and cmdop_cancel_token_cancel(), not blocking functions.
- * `cancel` (may be NULL): cmdop_cancel_token_cancel() on it from any
- * thread stops and kills the command; the call then returns CANCELLED.
+ * (may be NULL) as it arrives, in order, one call at a time, on a thread
+ * of the library's (one per call); it may call accessors and
+ * cmdop_cancel_token_cancel(), not blocking functions. Without a cancel,
+ * every callback has returned before this function returns. `cancel` (may
+ * be NULL): cmdop_cancel_token_cancel() on it from any thread stops and
+ * kills the command; the call then returns CANCELLED promptly (within
+ * milliseconds, whatever the callback is doing), output not yet delivered
+ * is dropped, and no callback starts after cmdop_cancel_token_cancel()
+ * returned. A callback already running then may still be finishing after
+ * this function returned: keep `user_data` valid until it has.
  *
  * The result also keeps the output (up to 64 MiB per stream); for large
  * outputs use cmdop_execute_with_callback_discard(), which keeps none.
  *
- * Ownership and returns as cmdop_execute(), plus CANCELLED.
+ * Ownership and returns as cmdop_execute() (OUTCOME_UNKNOWN included),
+ * plus CANCELLED.
  */
 enum cmdop_status cmdop_execute_with_callback(struct cmdop_client *client,
                                               const char *command,
@@ -946,7 +968,9 @@ enum cmdop_status cmdop_exec_options_init(struct cmdop_exec_options *opts, uint3
 
 /**
  * Runs `command` on the selected machine with `opts` (NULL = defaults),
- * handing output to `on_output` (may be NULL) on the calling thread.
+ * handing output to `on_output` (may be NULL) as
+ * cmdop_execute_with_callback() does (on a library thread; a cancel
+ * returns at once and no callback starts after it).
  * `cancel` (may be NULL) stops and kills it from any thread (CANCELLED).
  * cmdop_execute() stays the simple form.
  *
@@ -954,8 +978,9 @@ enum cmdop_status cmdop_exec_options_init(struct cmdop_exec_options *opts, uint3
  * working directory are applied in the command's subshell, and stdin
  * makes the call NOT_SUPPORTED: an option is never silently dropped.
  *
- * On OK and TIMEOUT `*out` is the caller's (cmdop_exec_result_free());
- * otherwise NULL. Returns OK (any exit code), TIMEOUT, CANCELLED,
+ * On OK, TIMEOUT and OUTCOME_UNKNOWN `*out` is the caller's
+ * (cmdop_exec_result_free()); otherwise NULL. Returns OK (any exit code),
+ * TIMEOUT (confirmed killed), OUTCOME_UNKNOWN (as cmdop_execute()), CANCELLED,
  * NOT_SUPPORTED, OPERATION_FAILED (working directory missing), NOT_FOUND,
  * UNAVAILABLE, DISCONNECTED, INVALID_ARGUMENT. Thread: any; blocks;
  * IN_CALLBACK from inside a callback.
@@ -1034,8 +1059,11 @@ enum cmdop_status cmdop_list_files(struct cmdop_client *client,
  *
  * On OK `*out` is the caller's; free with cmdop_file_list_free().
  * Returns OK; NOT_FOUND (no machine selected, no such directory);
- * PERMISSION_DENIED; UNAVAILABLE; DISCONNECTED; INVALID_ARGUMENT;
- * OPERATION_FAILED. Thread: any; blocks; IN_CALLBACK in callbacks.
+ * PERMISSION_DENIED; UNAVAILABLE (also when the connection to the server
+ * is lost during the call); DISCONNECTED; INVALID_ARGUMENT;
+ * OPERATION_FAILED (for the calls that write: a full disk on the machine,
+ * the message then says "no space left on device"). Thread: any; blocks;
+ * IN_CALLBACK in callbacks.
  */
 enum cmdop_status cmdop_list_files_page(struct cmdop_client *client,
                                         const char *path,
@@ -1172,8 +1200,9 @@ enum cmdop_status cmdop_transfer_options_init(struct cmdop_transfer_options *opt
  * official FileRead calls; keep_mode then returns NOT_SUPPORTED.
  * Returns OK, CANCELLED, NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT
  * (also: no_clobber and the target exists), OPERATION_FAILED (local disk
- * errors), NOT_SUPPORTED,
- * UNAVAILABLE, TIMEOUT, DISCONNECTED, INVALID_ARGUMENT. Thread: any;
+ * errors; for an upload, a full disk on the machine: "no space left on
+ * device"), NOT_SUPPORTED, UNAVAILABLE (also when the connection to the
+ * server is lost mid-transfer), TIMEOUT, DISCONNECTED, INVALID_ARGUMENT. Thread: any;
  * blocks; IN_CALLBACK from inside a callback.
  */
 enum cmdop_status cmdop_download_file(struct cmdop_client *client,

@@ -28,6 +28,10 @@ const (
 	StatusPanic            Status = C.CMDOP_STATUS_PANIC
 	StatusPermissionDenied Status = C.CMDOP_STATUS_PERMISSION_DENIED
 	StatusOperationFailed  Status = C.CMDOP_STATUS_OPERATION_FAILED
+	// StatusOutcomeUnknown: an execute reached the agent but how it ended
+	// is not known (no answer by its deadline, or the agent's link was
+	// lost); it was not confirmed killed. The Result holds the output so far.
+	StatusOutcomeUnknown Status = C.CMDOP_STATUS_OUTCOME_UNKNOWN
 )
 
 // String is the library's short description of the status ("timed out", ...).
@@ -81,6 +85,7 @@ var (
 	ErrPanic            = &Error{Status: StatusPanic}
 	ErrPermissionDenied = &Error{Status: StatusPermissionDenied}
 	ErrOperationFailed  = &Error{Status: StatusOperationFailed}
+	ErrOutcomeUnknown   = &Error{Status: StatusOutcomeUnknown}
 )
 
 // ErrClosed is wrapped by the error of any call on a closed Client (which

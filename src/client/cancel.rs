@@ -1,6 +1,6 @@
 //! A cancellation flag that any thread can raise and async code can await.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -15,6 +15,9 @@ pub struct CancelToken {
 #[derive(Debug, Default)]
 struct Inner {
     cancelled: AtomicBool,
+    /// Callers inside [`CancelToken::start_unless_cancelled`] between the
+    /// check and the start of their work.
+    starting: AtomicUsize,
     notify: Notify,
 }
 
@@ -23,9 +26,33 @@ impl CancelToken {
         CancelToken::default()
     }
 
+    /// Cancel. When this returns, no [`start_unless_cancelled`] will start
+    /// its work any more (one that started before may still be running).
+    ///
+    /// [`start_unless_cancelled`]: Self::start_unless_cancelled
     pub fn cancel(&self) {
         self.inner.cancelled.store(true, Ordering::SeqCst);
         self.inner.notify.notify_waiters();
+        // Wait out the few instructions between a starter's check and its
+        // start, so that "cancel returned" means "nothing starts later".
+        while self.inner.starting.load(Ordering::SeqCst) > 0 {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Run `f` unless the token is cancelled; returns `None` without
+    /// running it if so. Paired with [`cancel`](Self::cancel): `f` never
+    /// starts after `cancel` returned.
+    pub fn start_unless_cancelled<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        self.inner.starting.fetch_add(1, Ordering::SeqCst);
+        if self.is_cancelled() {
+            self.inner.starting.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        // From here on `f` counts as started: `f` may itself cancel the
+        // token, so the count must not cover its run.
+        self.inner.starting.fetch_sub(1, Ordering::SeqCst);
+        Some(f())
     }
 
     pub fn is_cancelled(&self) -> bool {

@@ -22,6 +22,7 @@ pub enum ErrorKind {
     NotSupported,
     PermissionDenied,
     OperationFailed,
+    OutcomeUnknown,
 }
 
 /// What fixes an error, independent of the API it is worded in
@@ -74,6 +75,15 @@ pub enum Error {
     PermissionDenied(String),
     /// The remote side tried and reported a failure of its own.
     OperationFailed(String),
+    /// A command was handed to the agent but nothing confirmed how it
+    /// ended: the caller's deadline passed without the agent's answer, or
+    /// the link to the agent was lost. It may have run to completion, may
+    /// still run, or may have died; it was not confirmed killed. `partial`
+    /// holds what it printed before the answer stopped.
+    OutcomeUnknown {
+        message: String,
+        partial: Option<Box<ExecOutput>>,
+    },
 }
 
 impl Error {
@@ -93,6 +103,7 @@ impl Error {
             Error::NotSupported(_) => ErrorKind::NotSupported,
             Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Error::OperationFailed(_) => ErrorKind::OperationFailed,
+            Error::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
         }
     }
 
@@ -159,6 +170,20 @@ impl Error {
         } else {
             msg
         };
+        if is_transport_loss(status) {
+            return Error::Unavailable(format!(
+                "{what}: the connection to the server was lost ({detail}): the client reconnects by itself; retry the call"
+            ));
+        }
+        if matches!(
+            status.code(),
+            Code::ResourceExhausted | Code::FailedPrecondition | Code::Internal | Code::Unknown
+        ) && detail.to_ascii_lowercase().contains("no space left")
+        {
+            return Error::OperationFailed(format!(
+                "{what}: {detail}: free space on the machine's disk, then retry"
+            ));
+        }
         match status.code() {
             Code::InvalidArgument
             | Code::OutOfRange
@@ -190,6 +215,50 @@ impl Error {
     }
 }
 
+/// True when `status` was made by the client's own transport from a lost
+/// connection (server killed, reset, GOAWAY, broken HTTP/2), not sent by
+/// the server: tonic reports those as INTERNAL or UNKNOWN, but retrying
+/// after the reconnect may help, which is what UNAVAILABLE says.
+pub(crate) fn is_transport_loss(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    if !matches!(
+        status.code(),
+        Code::Internal | Code::Unknown | Code::Cancelled
+    ) {
+        return false;
+    }
+    let msg = status.message().to_ascii_lowercase();
+    let markers = [
+        "h2 protocol error",
+        "transport error",
+        "connection reset",
+        "connection closed",
+        "connection error",
+        "broken pipe",
+        "goaway",
+        "go_away",
+        "stream no longer needed",
+        "error reading a body from connection",
+        "connection aborted",
+        "unexpected eof",
+    ];
+    if status.code() == Code::Cancelled {
+        // A GOAWAY or reset can surface as CANCELLED too; a cancel of our
+        // own never reaches this mapping (it ends the call first).
+        return markers[..7].iter().any(|m| msg.contains(m));
+    }
+    markers.iter().any(|m| msg.contains(m))
+        || std::error::Error::source(status).is_some_and(|mut e| loop {
+            if e.downcast_ref::<std::io::Error>().is_some() {
+                break true;
+            }
+            match e.source() {
+                Some(next) => e = next,
+                None => break false,
+            }
+        })
+}
+
 /// True when the server says the presented access token has expired (as
 /// opposed to being wrong), which is the signal to refresh it.
 pub(crate) fn is_expired_token(status: &tonic::Status) -> bool {
@@ -216,7 +285,9 @@ impl fmt::Display for Error {
             | Error::PermissionDenied(m)
             | Error::OperationFailed(m) => f.write_str(m),
             Error::Ambiguous { message, .. } => f.write_str(message),
-            Error::Timeout { message, .. } => f.write_str(message),
+            Error::Timeout { message, .. } | Error::OutcomeUnknown { message, .. } => {
+                f.write_str(message)
+            }
             Error::Cancelled => f.write_str("the call was cancelled"),
         }
     }
@@ -260,6 +331,53 @@ mod tests {
             let e = Error::from_status("Call", &tonic::Status::new(code, "boom"));
             assert_eq!(e.kind(), kind, "{code:?}");
         }
+    }
+
+    #[test]
+    fn transport_loss_is_unavailable_not_internal() {
+        for (code, msg) in [
+            (
+                tonic::Code::Internal,
+                "h2 protocol error: error reading a body from connection",
+            ),
+            (tonic::Code::Unknown, "transport error"),
+            (tonic::Code::Internal, "h2 protocol error: connection reset"),
+            (
+                tonic::Code::Unknown,
+                "error trying to connect: connection reset by peer",
+            ),
+            (tonic::Code::Internal, "h2 protocol error: received GOAWAY"),
+            (
+                tonic::Code::Cancelled,
+                "h2 protocol error: stream no longer needed; connection closed",
+            ),
+        ] {
+            let e = Error::from_status("Exec", &tonic::Status::new(code, msg));
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{code:?} {msg}");
+        }
+        // A failure the server itself reports stays INTERNAL.
+        let e = Error::from_status("Exec", &tonic::Status::internal("database exploded"));
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert_eq!(
+            Error::from_status("Exec", &tonic::Status::cancelled("cancelled by caller")).kind(),
+            ErrorKind::Cancelled
+        );
+    }
+
+    #[test]
+    fn a_full_disk_is_operation_failed_not_too_large() {
+        let e = Error::from_status(
+            "Upload",
+            &tonic::Status::resource_exhausted("writing /tmp/x: no space left on device"),
+        );
+        assert_eq!(e.kind(), ErrorKind::OperationFailed);
+        assert!(e.to_string().contains("no space left on device"), "{e}");
+        assert!(!e.to_string().contains("send less"), "{e}");
+        let e = Error::from_status(
+            "Upload",
+            &tonic::Status::resource_exhausted("message too big"),
+        );
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
 
     #[test]

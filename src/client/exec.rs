@@ -348,8 +348,7 @@ impl Client {
             working_directory: opts.working_directory.clone(),
             timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
             accept_raw_stdout: side_addr.is_some(),
-            // Not yet: the client still maps a lost link to UNAVAILABLE.
-            accept_unknown_outcome: false,
+            accept_unknown_outcome: true,
         };
         let hard_deadline = started + timeout + SERVER_TIMEOUT_GRACE;
         let mut stream = match stdin {
@@ -408,6 +407,9 @@ impl Client {
                     if status.code() == tonic::Code::Unavailable {
                         self.inner.trouble.notify_one();
                     }
+                    if seen_event && outcome_marked_unknown(&status) {
+                        return Err(outcome_unknown(out, started, status.message()));
+                    }
                     return Err(Error::from_status("Exec", &status));
                 }
             };
@@ -444,6 +446,12 @@ impl Client {
                     } else {
                         started.elapsed()
                     };
+                    if exit.outcome_unknown {
+                        out.exit_code = -1;
+                        out.signal = 0;
+                        out.timed_out = false;
+                        return Err(outcome_unknown(out, started, &exit.error));
+                    }
                     if out.timed_out {
                         return Err(timeout_error(timeout, out));
                     }
@@ -573,7 +581,7 @@ impl Client {
                     keep,
                 )
                 .await;
-                return Err(expired(out, started, timeout));
+                return Err(stopped_at_timeout(out, started, timeout));
             }
             let (data, more, total) = self.read_output(None, &session_id, cursor).await?;
             if !more && total > cursor + data.len() as i64 && !out.truncated {
@@ -868,11 +876,64 @@ fn deliver(
     out.keep(keep, stream, data);
 }
 
-/// The error of a command that ran out of `timeout`, with what it printed.
-fn expired(mut partial: ExecOutput, started: Instant, timeout: Duration) -> Error {
+/// The error of a terminal-path command that ran out of `timeout` and that
+/// this client interrupted itself (SIGINT, then SIGKILL), with what it
+/// printed.
+fn stopped_at_timeout(mut partial: ExecOutput, started: Instant, timeout: Duration) -> Error {
     partial.timed_out = true;
     partial.duration = started.elapsed();
     timeout_error(timeout, partial)
+}
+
+/// The error of a native command whose deadline (its timeout plus the grace
+/// for the server's answer) passed without the agent reporting its end:
+/// nothing confirmed that it was killed, so its outcome is unknown.
+fn expired(partial: ExecOutput, started: Instant, timeout: Duration) -> Error {
+    outcome_unknown(
+        partial,
+        started,
+        &format!(
+            "no answer from the agent within {} ms of the command's {} ms timeout",
+            SERVER_TIMEOUT_GRACE.as_millis(),
+            timeout.as_millis()
+        ),
+    )
+}
+
+/// The command reached the agent but how it ended is not known (`why`).
+fn outcome_unknown(mut partial: ExecOutput, started: Instant, why: &str) -> Error {
+    partial.exit_code = -1;
+    partial.duration = started.elapsed();
+    let why = if why.is_empty() {
+        "the link to the agent was lost while it ran"
+    } else {
+        why
+    };
+    // The server's text already explains it; ours is for our own deadline.
+    let message = if why.contains("may have finished") {
+        format!("the command's outcome is unknown: {why}")
+    } else {
+        format!(
+            "the command's outcome is unknown ({why}): it may have finished, may still be running, or may have died; it was not confirmed killed. Check on the machine before running it again"
+        )
+    };
+    Error::OutcomeUnknown {
+        message,
+        partial: Some(Box::new(partial)),
+    }
+}
+
+/// Trailing metadata of servers that end an exec whose agent link was lost
+/// with UNAVAILABLE for callers that do not accept the unknown outcome
+/// (older paths); we accept it, but honour the mark either way.
+const OUTCOME_HEADER: &str = "x-cmdop-exec-outcome";
+
+fn outcome_marked_unknown(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get(OUTCOME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        == Some("unknown")
 }
 
 fn timeout_error(timeout: Duration, partial: ExecOutput) -> Error {
@@ -888,6 +949,31 @@ fn timeout_error(timeout: Duration, partial: ExecOutput) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unconfirmed_end_is_unknown_never_killed() {
+        let partial = ExecOutput {
+            output: b"so far".to_vec(),
+            ..Default::default()
+        };
+        let e = expired(partial, Instant::now(), Duration::from_secs(5));
+        assert_eq!(e.kind(), super::super::ErrorKind::OutcomeUnknown);
+        assert!(!e.to_string().contains("was killed"), "{e}");
+        match e {
+            Error::OutcomeUnknown { partial, .. } => {
+                let p = partial.unwrap();
+                assert_eq!(p.output, b"so far");
+                assert_eq!(p.exit_code, -1);
+                assert!(!p.timed_out);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut s = tonic::Status::unavailable("agent link lost");
+        assert!(!outcome_marked_unknown(&s));
+        s.metadata_mut()
+            .insert(OUTCOME_HEADER, "unknown".parse().unwrap());
+        assert!(outcome_marked_unknown(&s));
+    }
 
     #[test]
     fn terminal_commands_apply_env_and_cwd_or_refuse() {

@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     events: EventDispatcher,
     /// Pokes the supervisor to check the connection now.
     trouble: Arc<Notify>,
+    /// A transport connection of the channel ended (a loss, no probe needed).
+    dropped: Arc<Notify>,
     supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// One lock per terminal session: commands typed into one shell must
     /// not interleave, so terminal-path executes on a session take turns.
@@ -120,6 +122,7 @@ impl Client {
                 machine: Mutex::new(None),
                 events,
                 trouble: Arc::new(Notify::new()),
+                dropped: Arc::new(Notify::new()),
                 supervisor: Mutex::new(None),
                 terminals: Mutex::new(std::collections::HashMap::new()),
                 closing: Mutex::new(CancelToken::new()),

@@ -3,11 +3,12 @@
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
-use super::boundary::{arg_str, as_callback, handle, out_ptr, Failure};
+use super::boundary::{arg_str, handle, out_ptr, Failure};
 use super::client::cmdop_client;
+use super::delivery::output_delivery;
 use super::runtime::{block_on, run_on_runtime};
 use super::status::cmdop_status;
-use crate::client::{CancelToken, Error, ExecOutput, Stream};
+use crate::client::{CancelToken, Error, ExecOutput};
 
 /// Which stream a chunk of output belongs to.
 #[repr(C)]
@@ -46,8 +47,8 @@ fn timeout_arg(timeout_ms: u32) -> Option<Duration> {
     (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)))
 }
 
-/// Store the result (also on TIMEOUT, with the partial output) and turn the
-/// error into a failure.
+/// Store the result (also on TIMEOUT and OUTCOME_UNKNOWN, with the partial
+/// output) and turn the error into a failure.
 pub(crate) fn finish(
     out: &mut *mut cmdop_exec_result,
     result: Result<ExecOutput, Error>,
@@ -66,6 +67,14 @@ pub(crate) fn finish(
             *out = Box::into_raw(Box::new(cmdop_exec_result { out: partial }));
             Err(Failure::new(cmdop_status::Timeout, message))
         }
+        Err(Error::OutcomeUnknown { message, partial }) => {
+            let partial = partial.map(|p| *p).unwrap_or_else(|| ExecOutput {
+                exit_code: -1,
+                ..Default::default()
+            });
+            *out = Box::into_raw(Box::new(cmdop_exec_result { out: partial }));
+            Err(Failure::new(cmdop_status::OutcomeUnknown, message))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -79,15 +88,22 @@ pub(crate) fn finish(
 /// command runs on its own: `cd` or `exit` do not affect later commands.
 /// On the terminal path, commands of one client on one session take turns.
 ///
-/// On OK and on TIMEOUT, `*out` is the caller's; free it with
-/// cmdop_exec_result_free(). After TIMEOUT the command has been killed and
-/// `*out` holds the output printed before. Otherwise `*out` is NULL.
+/// On OK, TIMEOUT and OUTCOME_UNKNOWN, `*out` is the caller's; free it with
+/// cmdop_exec_result_free(). After TIMEOUT the agent confirmed it killed
+/// the command at its timeout; `*out` holds the output printed before.
+/// After OUTCOME_UNKNOWN `*out` holds the output received so far (exit
+/// code -1, timed_out false). Otherwise `*out` is NULL.
 ///
-/// Returns OK (whatever the command's exit code); TIMEOUT; NOT_FOUND (no
-/// machine selected, unknown machine); UNAVAILABLE (agent offline, or it
-/// dropped mid-command); DISCONNECTED (not connected, or cmdop_close()
-/// was called while the command ran: it was killed); INVALID_ARGUMENT.
-/// A started command is never retried. Thread: any; blocks; IN_CALLBACK
+/// Returns OK (whatever the command's exit code); TIMEOUT (confirmed
+/// killed); OUTCOME_UNKNOWN (the timeout plus a 3 s grace passed with no
+/// answer from the agent, or the server lost the agent's link while the
+/// command ran: it may have finished, may still run, or may have died;
+/// check before running it again); NOT_FOUND (no machine selected, unknown
+/// machine); UNAVAILABLE (agent offline before the start, or the
+/// connection to the server was lost: server killed, restarted or
+/// unreachable; never INTERNAL for a lost connection); DISCONNECTED (not
+/// connected, or cmdop_close() was called while the command ran: it was
+/// killed); INVALID_ARGUMENT. A started command is never retried. Thread: any; blocks; IN_CALLBACK
 /// from inside a callback.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_execute(
@@ -113,25 +129,23 @@ pub unsafe extern "C" fn cmdop_execute(
     }
 }
 
-struct ChunkSink {
-    cb: unsafe extern "C" fn(*mut c_void, cmdop_stream_kind, *const u8, usize),
-    user_data: *mut c_void,
-}
-// SAFETY: the callback runs on the thread that called cmdop_execute_with_callback
-// (the future is driven by block_on there); Send is only needed by the type.
-unsafe impl Send for ChunkSink {}
-
 /// Like cmdop_execute(), also handing each chunk of output to `on_chunk`
-/// (may be NULL) as it arrives. `on_chunk` runs on the calling thread,
-/// before this function returns (so `user_data` needs no finaliser); it may
-/// call accessors and cmdop_cancel_token_cancel(), not blocking functions.
-/// `cancel` (may be NULL): cmdop_cancel_token_cancel() on it from any
-/// thread stops and kills the command; the call then returns CANCELLED.
+/// (may be NULL) as it arrives, in order, one call at a time, on a thread
+/// of the library's (one per call); it may call accessors and
+/// cmdop_cancel_token_cancel(), not blocking functions. Without a cancel,
+/// every callback has returned before this function returns. `cancel` (may
+/// be NULL): cmdop_cancel_token_cancel() on it from any thread stops and
+/// kills the command; the call then returns CANCELLED promptly (within
+/// milliseconds, whatever the callback is doing), output not yet delivered
+/// is dropped, and no callback starts after cmdop_cancel_token_cancel()
+/// returned. A callback already running then may still be finishing after
+/// this function returned: keep `user_data` valid until it has.
 ///
 /// The result also keeps the output (up to 64 MiB per stream); for large
 /// outputs use cmdop_execute_with_callback_discard(), which keeps none.
 ///
-/// Ownership and returns as cmdop_execute(), plus CANCELLED.
+/// Ownership and returns as cmdop_execute() (OUTCOME_UNKNOWN included),
+/// plus CANCELLED.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_execute_with_callback(
     client: *mut cmdop_client,
@@ -197,20 +211,7 @@ unsafe fn execute_streaming(
         let command = unsafe { arg_str(command, "command") }?;
         // SAFETY: NULL (checked) or a live object of this library.
         let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
-        let sink = on_chunk.map(|cb| ChunkSink { cb, user_data });
-        let on_chunk = move |stream: Stream, data: &[u8]| {
-            if let Some(s) = &sink {
-                let kind = match stream {
-                    Stream::Stdout => cmdop_stream_kind::Stdout,
-                    Stream::Stderr => cmdop_stream_kind::Stderr,
-                };
-                if !data.is_empty() {
-                    // SAFETY: the application's callback with its own user_data;
-                    // `data` is valid for the call.
-                    as_callback(|| unsafe { (s.cb)(s.user_data, kind, data.as_ptr(), data.len()) });
-                }
-            }
-        };
+        let (on_chunk, delivery) = output_delivery(on_chunk, user_data, &token);
         let timeout = timeout_arg(timeout_ms);
         let result = if keep {
             block_on("cmdop_execute_with_callback", c.client.execute_stream(command, timeout, on_chunk, token))?
@@ -220,6 +221,9 @@ unsafe fn execute_streaming(
                 c.client.execute_stream_discarding(command, timeout, on_chunk, token),
             )?
         };
+        if let Some(d) = delivery {
+            d.finish();
+        }
         finish(out, result)
     }
 }
@@ -241,7 +245,11 @@ pub unsafe extern "C" fn cmdop_cancel_token_cancel(
 ) -> cmdop_status {
     ffi_boundary! {
         // SAFETY: NULL (checked) or a live handle of this library.
-        unsafe { handle(token, "token") }?.token.cancel();
+        let token = unsafe { handle(token, "token") }?.token.clone();
+        // Only our own reference from here: a call using the token may
+        // return as soon as the flag is set (a callback cancelling its own
+        // call), and the application may then free `token` at once.
+        token.cancel();
         Ok(())
     }
 }

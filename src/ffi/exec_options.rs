@@ -4,14 +4,13 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::time::Duration;
 
-use super::boundary::{arg_str, as_callback, handle, out_ptr, Failure};
+use super::boundary::{arg_str, handle, out_ptr, Failure};
 use super::client::cmdop_client;
-use super::exec::{
-    cmdop_cancel_token, cmdop_exec_output_fn, cmdop_exec_result, cmdop_stream_kind, finish,
-};
+use super::delivery::output_delivery;
+use super::exec::{cmdop_cancel_token, cmdop_exec_output_fn, cmdop_exec_result, finish};
 use super::runtime::block_on;
 use super::status::cmdop_status;
-use crate::client::{stdin_pipe, ExecOptions, StdinReader, StdinWriter, Stream};
+use crate::client::{stdin_pipe, ExecOptions, StdinReader, StdinWriter};
 
 /// Version of the cmdop_exec_options layout this header describes.
 pub const CMDOP_EXEC_OPTIONS_VERSION: u32 = 1;
@@ -143,43 +142,10 @@ unsafe fn read_options(opts: *const cmdop_exec_options) -> Result<ExecOptions, F
     })
 }
 
-struct OutputSink {
-    cb: unsafe extern "C" fn(*mut c_void, cmdop_stream_kind, *const u8, usize),
-    user_data: *mut c_void,
-}
-// SAFETY: the callback runs on the thread that made the call (its future
-// is driven by block_on there); Send is only needed by the type.
-unsafe impl Send for OutputSink {}
-
-impl OutputSink {
-    fn deliver(&self, stream: Stream, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
-        let kind = match stream {
-            Stream::Stdout => cmdop_stream_kind::Stdout,
-            Stream::Stderr => cmdop_stream_kind::Stderr,
-        };
-        // SAFETY: the caller's callback with its own user_data and a live
-        // slice of `data.len()` bytes.
-        as_callback(|| unsafe { (self.cb)(self.user_data, kind, data.as_ptr(), data.len()) });
-    }
-}
-
-fn output_handler(
-    on_output: cmdop_exec_output_fn,
-    user_data: *mut c_void,
-) -> impl FnMut(Stream, &[u8]) + Send {
-    let sink = on_output.map(|cb| OutputSink { cb, user_data });
-    move |stream: Stream, data: &[u8]| {
-        if let Some(s) = &sink {
-            s.deliver(stream, data);
-        }
-    }
-}
-
 /// Runs `command` on the selected machine with `opts` (NULL = defaults),
-/// handing output to `on_output` (may be NULL) on the calling thread.
+/// handing output to `on_output` (may be NULL) as
+/// cmdop_execute_with_callback() does (on a library thread; a cancel
+/// returns at once and no callback starts after it).
 /// `cancel` (may be NULL) stops and kills it from any thread (CANCELLED).
 /// cmdop_execute() stays the simple form.
 ///
@@ -187,8 +153,9 @@ fn output_handler(
 /// working directory are applied in the command's subshell, and stdin
 /// makes the call NOT_SUPPORTED: an option is never silently dropped.
 ///
-/// On OK and TIMEOUT `*out` is the caller's (cmdop_exec_result_free());
-/// otherwise NULL. Returns OK (any exit code), TIMEOUT, CANCELLED,
+/// On OK, TIMEOUT and OUTCOME_UNKNOWN `*out` is the caller's
+/// (cmdop_exec_result_free()); otherwise NULL. Returns OK (any exit code),
+/// TIMEOUT (confirmed killed), OUTCOME_UNKNOWN (as cmdop_execute()), CANCELLED,
 /// NOT_SUPPORTED, OPERATION_FAILED (working directory missing), NOT_FOUND,
 /// UNAVAILABLE, DISCONNECTED, INVALID_ARGUMENT. Thread: any; blocks;
 /// IN_CALLBACK from inside a callback.
@@ -213,11 +180,14 @@ pub unsafe extern "C" fn cmdop_execute_with_options(
         let opts = unsafe { read_options(opts) }?;
         // SAFETY: NULL or a live token of this library.
         let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
-        let on_output = output_handler(on_output, user_data);
+        let (on_output, delivery) = output_delivery(on_output, user_data, &token);
         let result = block_on(
             "cmdop_execute_with_options",
             c.client.execute_with(command, &opts, on_output, token),
         )?;
+        if let Some(d) = delivery {
+            d.finish();
+        }
         finish(out, result)
     }
 }
@@ -350,11 +320,14 @@ pub unsafe extern "C" fn cmdop_execute_with_stdin(
         })?;
         // SAFETY: NULL or a live token of this library.
         let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
-        let on_output = output_handler(on_output, user_data);
+        let (on_output, delivery) = output_delivery(on_output, user_data, &token);
         let result = block_on(
             "cmdop_execute_with_stdin",
             c.client.execute_piped(command, &opts, reader, on_output, token),
         )?;
+        if let Some(d) = delivery {
+            d.finish();
+        }
         finish(out, result)
     }
 }

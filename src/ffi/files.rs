@@ -56,8 +56,11 @@ pub unsafe extern "C" fn cmdop_list_files(
 ///
 /// On OK `*out` is the caller's; free with cmdop_file_list_free().
 /// Returns OK; NOT_FOUND (no machine selected, no such directory);
-/// PERMISSION_DENIED; UNAVAILABLE; DISCONNECTED; INVALID_ARGUMENT;
-/// OPERATION_FAILED. Thread: any; blocks; IN_CALLBACK in callbacks.
+/// PERMISSION_DENIED; UNAVAILABLE (also when the connection to the server
+/// is lost during the call); DISCONNECTED; INVALID_ARGUMENT;
+/// OPERATION_FAILED (for the calls that write: a full disk on the machine,
+/// the message then says "no space left on device"). Thread: any; blocks;
+/// IN_CALLBACK in callbacks.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_list_files_page(
     client: *mut cmdop_client,

@@ -24,6 +24,7 @@ mod events;
 // 5. machines
 mod machines;
 // 6. execute
+mod delivery;
 mod exec;
 mod exec_options;
 // 7. files

@@ -7,9 +7,8 @@ use crate::client::ErrorKind;
 
 /// Outcome of a libcmdop call. Values are part of the ABI: they are never
 /// renumbered, and a retired status keeps its number. Later 1.x versions
-/// may add statuses (one is planned for an outcome that cannot be known,
-/// e.g. a command whose kill after a deadline was not confirmed), only for
-/// calls whose documentation then lists them; treat a value you do not know
+/// may add statuses, only for calls whose documentation then lists them
+/// (OUTCOME_UNKNOWN came this way); treat a value you do not know
 /// as a failure and show cmdop_status_str() and cmdop_last_error_message().
 /// Each function documents the statuses it returns.
 #[repr(C)]
@@ -26,7 +25,8 @@ pub enum cmdop_status {
     NotFound = 3,
     /// A hostname matched several machines; the message lists them.
     Ambiguous = 4,
-    /// The call ran out of time (for execute: the command was killed).
+    /// The call ran out of time. For execute: the agent confirmed that it
+    /// killed the command at its timeout.
     Timeout = 5,
     /// Server, agent or network unreachable now; may work later.
     Unavailable = 6,
@@ -49,6 +49,13 @@ pub enum cmdop_status {
     PermissionDenied = 14,
     /// The remote side tried and reported a failure; see the message.
     OperationFailed = 15,
+    /// Execute only: the command reached the agent, but how it ended is not
+    /// known: the caller's deadline passed without the agent's answer, or
+    /// the link to the agent (or the server) was lost while it ran. It may
+    /// have finished, may still run, or may have died; nothing confirmed a
+    /// kill. The output captured so far comes with it, as with TIMEOUT.
+    /// Check on the machine before running it again.
+    OutcomeUnknown = 16,
 }
 
 impl cmdop_status {
@@ -68,12 +75,13 @@ impl cmdop_status {
             ErrorKind::NotSupported => NotSupported,
             ErrorKind::PermissionDenied => PermissionDenied,
             ErrorKind::OperationFailed => OperationFailed,
+            ErrorKind::OutcomeUnknown => OutcomeUnknown,
         }
     }
 
     fn from_raw(raw: c_int) -> Option<cmdop_status> {
         use cmdop_status::*;
-        const ALL: [cmdop_status; 16] = [
+        const ALL: [cmdop_status; 17] = [
             Ok,
             InvalidArgument,
             Unauthenticated,
@@ -90,6 +98,7 @@ impl cmdop_status {
             Panic,
             PermissionDenied,
             OperationFailed,
+            OutcomeUnknown,
         ];
         ALL.into_iter().find(|s| *s as c_int == raw)
     }
@@ -113,6 +122,7 @@ impl cmdop_status {
             Panic => b"internal panic\0",
             PermissionDenied => b"permission denied\0",
             OperationFailed => b"operation failed\0",
+            OutcomeUnknown => b"outcome unknown (not confirmed killed)\0",
         }
     }
 }
@@ -156,6 +166,10 @@ mod tests {
         assert_eq!(Timeout as i32, 5);
         assert_eq!(Panic as i32, 13);
         assert_eq!(OperationFailed as i32, 15);
+        assert_eq!(OutcomeUnknown as i32, 16);
+        // SAFETY: a non-NULL, NUL-terminated string.
+        let s = unsafe { CStr::from_ptr(cmdop_status_str(OutcomeUnknown as c_int)) };
+        assert!(s.to_str().unwrap().starts_with("outcome unknown"));
         // SAFETY: a non-NULL, NUL-terminated string.
         let s = unsafe { CStr::from_ptr(cmdop_status_str(Ambiguous as c_int)) };
         assert_eq!(s.to_str().unwrap(), "ambiguous machine name");

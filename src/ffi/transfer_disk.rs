@@ -130,8 +130,9 @@ impl Progress {
 /// official FileRead calls; keep_mode then returns NOT_SUPPORTED.
 /// Returns OK, CANCELLED, NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT
 /// (also: no_clobber and the target exists), OPERATION_FAILED (local disk
-/// errors), NOT_SUPPORTED,
-/// UNAVAILABLE, TIMEOUT, DISCONNECTED, INVALID_ARGUMENT. Thread: any;
+/// errors; for an upload, a full disk on the machine: "no space left on
+/// device"), NOT_SUPPORTED, UNAVAILABLE (also when the connection to the
+/// server is lost mid-transfer), TIMEOUT, DISCONNECTED, INVALID_ARGUMENT. Thread: any;
 /// blocks; IN_CALLBACK from inside a callback.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_download_file(

@@ -134,7 +134,7 @@ start_fresh() {
     CMDOP_TEST_HOSTNAME=solo CMDOP_TEST_SERVER_DIR=$dir"
 }
 
-native_tests=(client_new options_v1 close_in_flight lifecycle exec_native exec_stream files exec_options_files sessions debug_log introspection bad_input)
+native_tests=(client_new options_v1 close_in_flight lifecycle exec_native exec_stream cancel_slow files exec_options_files sessions debug_log introspection bad_input)
 need_native=0
 for t in "${native_tests[@]}"; do has_test "$t" && need_native=1; done
 if [ "$need_native" = 1 ]; then
@@ -191,7 +191,7 @@ if has_test machine || has_test workspaces || has_test auth; then
   fi
 fi
 
-for t in events reconnect; do
+for t in events reconnect server_restart outcome_unknown; do
   has_test "$t" || continue
   if start_fresh; then
     # shellcheck disable=SC2086

@@ -62,6 +62,9 @@ enum class Status : int {
   Panic = CMDOP_STATUS_PANIC,
   PermissionDenied = CMDOP_STATUS_PERMISSION_DENIED,
   OperationFailed = CMDOP_STATUS_OPERATION_FAILED,
+  /// An execute reached the agent but how it ended is not known (not
+  /// confirmed killed); partial_result() holds the output so far.
+  OutcomeUnknown = CMDOP_STATUS_OUTCOME_UNKNOWN,
 };
 
 /// Short static description of a status ("timed out", ...).
@@ -102,7 +105,7 @@ class Error : public std::runtime_error {
   /// The library's message alone (what() also names the status).
   const std::string &message() const noexcept { return message_; }
   /// For a timed-out execute(): what the command printed before it was
-  /// killed. Null otherwise.
+  /// killed; for OutcomeUnknown: the output received so far. Null otherwise.
   const std::shared_ptr<const ExecResult> &partial_result() const noexcept { return partial_; }
 
  private:

@@ -11,7 +11,7 @@ use cmdop_proto::limits::MAX_MESSAGE_BYTES;
 use cmdop_proto::terminal::terminal_streaming_service_client::TerminalStreamingServiceClient;
 use cmdop_proto::terminal::HealthCheckRequest;
 
-use super::endpoint::{build_endpoint, connect_error};
+use super::endpoint::{build_endpoint, connect_error, WatchedConnector};
 use super::supervisor::supervise;
 use super::{CallPolicy, Conn, ConnState, ConnectionInfo, ServerFacts, PROBE_TIMEOUT};
 use crate::client::{lock, Client, Error, Event, Inner, LogLevel, Result};
@@ -29,8 +29,11 @@ impl Client {
         inner.log(LogLevel::Info, || {
             format!("connecting to {uri} (tls: {})", inner.opts.tls)
         });
+        let connector = WatchedConnector {
+            dropped: Arc::clone(&inner.dropped),
+        };
         let channel = build_endpoint(&inner.opts)?
-            .connect()
+            .connect_with_connector(connector)
             .await
             .map_err(|e| inner.report(connect_error(&uri, &e)))?;
         let conn = Conn {
@@ -63,6 +66,8 @@ impl Client {
             )
         });
         *lock(&inner.facts) = facts;
+        // A drop of an earlier connection is no news for this one.
+        let _ = futures::FutureExt::now_or_never(inner.dropped.notified());
         inner.state.send_replace(ConnState::Connected);
         inner.emit(Event::Connected);
 

@@ -4,11 +4,14 @@
 //! exponential backoff and jitter.
 
 use std::sync::Weak;
+use std::time::Instant;
+
+use futures::FutureExt;
 
 use cmdop_proto::terminal::HealthCheckRequest;
 
 use super::{Conn, ConnState, PROBE_TIMEOUT};
-use crate::client::backoff::backoff_delay;
+use crate::client::backoff::Backoff;
 use crate::client::{Event, Inner, LogLevel};
 
 impl Inner {
@@ -50,20 +53,34 @@ impl Inner {
 }
 
 /// Watches the connection; on loss fires `Disconnected` and, with
-/// `auto_reconnect`, reconnects with exponential backoff and jitter.
+/// `auto_reconnect`, reconnects with exponential backoff and jitter (reset
+/// once a connection stayed up for [`HEALTHY_RESET`]). A transport
+/// connection that ends (see `WatchedConnector`) is a loss by itself, with
+/// no probe: a server that is back before the probe still yields
+/// `Disconnected(will_reconnect)` then `Connected`.
+///
+/// [`HEALTHY_RESET`]: crate::client::backoff::HEALTHY_RESET
 pub(super) async fn supervise(weak: Weak<Inner>) {
+    let mut backoff = match weak.upgrade() {
+        Some(inner) => Backoff::new(inner.opts.reconnect_delay, inner.opts.max_reconnect_delay),
+        None => return,
+    };
+    backoff.connected(Instant::now());
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let interval = inner.opts.health_interval;
-        {
+        let dropped = {
             let trouble_notify = inner.trouble.clone();
+            let dropped_notify = inner.dropped.clone();
             drop(inner); // do not keep the client alive while sleeping
             let trouble = trouble_notify.notified();
+            let dropped = dropped_notify.notified();
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = trouble => {}
+                _ = tokio::time::sleep(interval) => false,
+                _ = trouble => false,
+                _ = dropped => true,
             }
-        }
+        };
         let Some(inner) = weak.upgrade() else { return };
         if *inner.state.borrow() != ConnState::Connected {
             return;
@@ -71,9 +88,15 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
         let Some(conn) = inner.conn.read().unwrap_or_else(|p| p.into_inner()).clone() else {
             return;
         };
-        let Err(why) = inner.probe_alive(&conn).await else {
-            continue;
+        let why = if dropped {
+            "the connection closed (server stopped, restarted or unreachable)".to_string()
+        } else {
+            match inner.probe_alive(&conn).await {
+                Ok(()) => continue,
+                Err(why) => why,
+            }
         };
+        backoff.lost(Instant::now());
 
         let server = inner.opts.endpoint_uri();
         if !inner.opts.auto_reconnect {
@@ -95,7 +118,6 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
         });
 
         let max = inner.opts.max_reconnect_attempts;
-        let (base, cap) = (inner.opts.reconnect_delay, inner.opts.max_reconnect_delay);
         drop(inner);
         let mut attempt: u32 = 0;
         let mut last = why;
@@ -103,7 +125,7 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
             if max != 0 && attempt >= max {
                 break false;
             }
-            tokio::time::sleep(backoff_delay(base, cap, attempt)).await;
+            tokio::time::sleep(backoff.next_delay()).await;
             attempt += 1;
             let Some(inner) = weak.upgrade() else { return };
             if !matches!(*inner.state.borrow(), ConnState::Reconnecting { .. }) {
@@ -128,6 +150,9 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
             inner.log(LogLevel::Info, || {
                 format!("reconnected to {server} after {attempt} attempt(s)")
             });
+            backoff.connected(Instant::now());
+            // Drops seen while reconnecting belong to the outage.
+            let _ = inner.dropped.notified().now_or_never();
             inner.state.send_replace(ConnState::Connected);
             inner.emit(Event::Connected);
         } else {

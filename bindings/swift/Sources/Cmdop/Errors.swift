@@ -23,6 +23,9 @@ public struct Status: RawRepresentable, Hashable, Sendable, CustomStringConverti
     public static let panic = Status(CMDOP_STATUS_PANIC)
     public static let permissionDenied = Status(CMDOP_STATUS_PERMISSION_DENIED)
     public static let operationFailed = Status(CMDOP_STATUS_OPERATION_FAILED)
+    /// An execute reached the agent but how it ended is not known; it was
+    /// not confirmed killed. `partialResult` holds the output so far.
+    public static let outcomeUnknown = Status(CMDOP_STATUS_OUTCOME_UNKNOWN)
 
     /// The library's short description ("timed out", ...).
     public var description: String { String(cString: cmdop_status_str(Int32(bitPattern: rawValue))) }
