@@ -855,7 +855,12 @@ enum cmdop_status cmdop_execute(struct cmdop_client *client,
  * milliseconds, whatever the callback is doing), output not yet delivered
  * is dropped, and no callback starts after cmdop_cancel_token_cancel()
  * returned. A callback already running then may still be finishing after
- * this function returned: keep `user_data` valid until it has.
+ * this function returned: `free_user_data` (may be NULL) is called with
+ * `user_data` exactly once, on any outcome (failed argument checks
+ * included), when no callback runs any more — before this function
+ * returns unless a cancel left a callback running, then right after that
+ * callback returned, on the library's thread. Keep `user_data` valid
+ * until then.
  *
  * The result also keeps the output (up to 64 MiB per stream); for large
  * outputs use cmdop_execute_with_callback_discard(), which keeps none.
@@ -868,6 +873,7 @@ enum cmdop_status cmdop_execute_with_callback(struct cmdop_client *client,
                                               uint32_t timeout_ms,
                                               cmdop_exec_output_fn on_chunk,
                                               void *user_data,
+                                              cmdop_free_fn free_user_data,
                                               const struct cmdop_cancel_token *cancel,
                                               struct cmdop_exec_result **out);
 
@@ -885,6 +891,7 @@ enum cmdop_status cmdop_execute_with_callback_discard(struct cmdop_client *clien
                                                       uint32_t timeout_ms,
                                                       cmdop_exec_output_fn on_chunk,
                                                       void *user_data,
+                                                      cmdop_free_fn free_user_data,
                                                       const struct cmdop_cancel_token *cancel,
                                                       struct cmdop_exec_result **out);
 
@@ -970,7 +977,8 @@ enum cmdop_status cmdop_exec_options_init(struct cmdop_exec_options *opts, uint3
  * Runs `command` on the selected machine with `opts` (NULL = defaults),
  * handing output to `on_output` (may be NULL) as
  * cmdop_execute_with_callback() does (on a library thread; a cancel
- * returns at once and no callback starts after it).
+ * returns at once and no callback starts after it; `free_user_data`, may
+ * be NULL, is called once when no callback runs any more).
  * `cancel` (may be NULL) stops and kills it from any thread (CANCELLED).
  * cmdop_execute() stays the simple form.
  *
@@ -990,6 +998,7 @@ enum cmdop_status cmdop_execute_with_options(struct cmdop_client *client,
                                              const struct cmdop_exec_options *opts,
                                              cmdop_exec_output_fn on_output,
                                              void *user_data,
+                                             cmdop_free_fn free_user_data,
                                              const struct cmdop_cancel_token *cancel,
                                              struct cmdop_exec_result **out);
 
@@ -1041,6 +1050,7 @@ enum cmdop_status cmdop_execute_with_stdin(struct cmdop_client *client,
                                            const struct cmdop_exec_stdin *stdin,
                                            cmdop_exec_output_fn on_output,
                                            void *user_data,
+                                           cmdop_free_fn free_user_data,
                                            const struct cmdop_cancel_token *cancel,
                                            struct cmdop_exec_result **out);
 

@@ -121,7 +121,7 @@ static bool stream_ok(cmdop_client *client, const char *cmd, uint64_t *stdout_by
   stream_count count = {0};
   cmdop_exec_result *res = NULL;
   cmdop_status st =
-      cmdop_execute_with_callback_discard(client, cmd, exec_timeout_ms, count_chunk, &count, NULL, &res);
+      cmdop_execute_with_callback_discard(client, cmd, exec_timeout_ms, count_chunk, &count, NULL, NULL, &res);
   *stdout_bytes = count.stdout_bytes;
   if (st != CMDOP_STATUS_OK) {
     report_failure("cmdop_execute_with_callback_discard", st);

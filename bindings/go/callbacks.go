@@ -14,14 +14,69 @@ import "C"
 
 import (
 	"runtime/cgo"
+	"sync"
 	"unsafe"
 )
 
-// chunkSink is the user_data of one ExecuteStream call.
+// chunkSink is the user_data of one execute call with an output callback.
+// The library calls it from its delivery thread; after a cancel, a call
+// that already started may still run while the execute returns. So the
+// sink is found through execSinks and forgotten by the library's finaliser
+// (cmdopgoForgetExecSink), and its panic field is guarded.
 type chunkSink struct {
 	fn     func(StreamKind, []byte)
 	cancel func()
-	panic  any // a panic of fn, re-raised by ExecuteStream on its goroutine
+
+	mu    sync.Mutex
+	panic any // a panic of fn, re-raised by the execute on its goroutine
+}
+
+func (s *chunkSink) setPanic(p any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.panic == nil {
+		s.panic = p
+	}
+}
+
+func (s *chunkSink) takePanic() any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.panic
+}
+
+// execSinks maps the user_data numbers of running executes to their sinks.
+var execSinks struct {
+	sync.Mutex
+	next uintptr
+	m    map[uintptr]*chunkSink
+}
+
+// registerExecSink returns the user_data number for sink; the library
+// forgets it through cmdopgoForgetExecSink, its finaliser, once no callback
+// can run any more (after a cancel, possibly after the execute returned).
+func registerExecSink(sink *chunkSink) uintptr {
+	execSinks.Lock()
+	defer execSinks.Unlock()
+	if execSinks.m == nil {
+		execSinks.m = make(map[uintptr]*chunkSink)
+	}
+	execSinks.next++
+	execSinks.m[execSinks.next] = sink
+	return execSinks.next
+}
+
+//export cmdopgoForgetExecSink
+func cmdopgoForgetExecSink(h C.uintptr_t) {
+	execSinks.Lock()
+	defer execSinks.Unlock()
+	delete(execSinks.m, uintptr(h))
+}
+
+func lookupExecSink(id uintptr) *chunkSink {
+	execSinks.Lock()
+	defer execSinks.Unlock()
+	return execSinks.m[id]
 }
 
 //export cmdopgoOnConnect
@@ -54,15 +109,15 @@ func cmdopgoOnTokens(h C.uintptr_t, access, refresh *C.char) {
 
 //export cmdopgoOnChunk
 func cmdopgoOnChunk(h C.uintptr_t, kind C.int, data *C.char, n C.size_t) {
-	sink, ok := cgo.Handle(h).Value().(*chunkSink)
-	if !ok || sink.panic != nil {
+	sink := lookupExecSink(uintptr(h))
+	if sink == nil || sink.takePanic() != nil {
 		return
 	}
 	// A panic must not unwind through the C frames below us: keep it, stop
-	// the command, and let ExecuteStream re-raise it.
+	// the command, and let the execute re-raise it.
 	defer func() {
 		if p := recover(); p != nil {
-			sink.panic = p
+			sink.setPanic(p)
 			sink.cancel()
 		}
 	}()

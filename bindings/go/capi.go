@@ -18,6 +18,7 @@ extern void cmdopgoOnError(uintptr_t h, int status, char *message);
 extern void cmdopgoOnTokens(uintptr_t h, char *access, char *refresh);
 extern void cmdopgoOnChunk(uintptr_t h, int kind, char *data, size_t len);
 extern void cmdopgoFreeHandle(uintptr_t h);
+extern void cmdopgoForgetExecSink(uintptr_t h);
 extern void cmdopgoOnOutput(uintptr_t h, char *data, size_t len);
 extern void cmdopgoOnProgress(uintptr_t h, uint64_t done, uint64_t total);
 extern void cmdopgoOnReadChunk(uintptr_t h, char *data, size_t len);
@@ -36,6 +37,7 @@ static void cmdopgo_chunk_cb(void *ud, cmdop_stream_kind kind, const uint8_t *da
   cmdopgoOnChunk((uintptr_t)ud, (int)kind, (char *)data, len);
 }
 static void cmdopgo_free_cb(void *ud) { cmdopgoFreeHandle((uintptr_t)ud); }
+static void cmdopgo_forget_exec_sink(void *ud) { cmdopgoForgetExecSink((uintptr_t)ud); }
 static void cmdopgo_output_cb(void *ud, const uint8_t *data, size_t len) {
   cmdopgoOnOutput((uintptr_t)ud, (char *)data, len);
 }
@@ -118,12 +120,14 @@ cmdop_status cmdopgo_set_callback(cmdop_client *c, int which, uintptr_t h, char 
   return st;
 }
 
-// cmdop_execute_with_callback with the Go chunk trampoline when h is not 0.
+// cmdop_execute_with_callback with the Go chunk trampoline when h is not 0;
+// the library forgets h's sink through cmdopgoForgetExecSink once no
+// callback can run any more.
 cmdop_status cmdopgo_execute(cmdop_client *c, const char *cmd, uint32_t timeout_ms,
                                     uintptr_t h, const cmdop_cancel_token *tok,
                                     cmdop_exec_result **out, char **msg) {
   cmdop_status st = cmdop_execute_with_callback(c, cmd, timeout_ms, h ? cmdopgo_chunk_cb : NULL,
-                                         (void *)h, tok, out);
+                                         (void *)h, h ? cmdopgo_forget_exec_sink : NULL, tok, out);
   *msg = cmdopgo_message(st);
   return st;
 }
@@ -134,8 +138,9 @@ cmdop_status cmdopgo_execute_with_options(cmdop_client *c, const char *cmd, cons
                                           const cmdop_exec_stdin *in, uintptr_t h,
                                           const cmdop_cancel_token *tok, cmdop_exec_result **out, char **msg) {
   cmdop_exec_output_fn fn = h ? cmdopgo_chunk_cb : NULL;
-  cmdop_status st = in ? cmdop_execute_with_stdin(c, cmd, o, in, fn, (void *)h, tok, out)
-                       : cmdop_execute_with_options(c, cmd, o, fn, (void *)h, tok, out);
+  cmdop_free_fn fin = h ? cmdopgo_forget_exec_sink : NULL;
+  cmdop_status st = in ? cmdop_execute_with_stdin(c, cmd, o, in, fn, (void *)h, fin, tok, out)
+                       : cmdop_execute_with_options(c, cmd, o, fn, (void *)h, fin, tok, out);
   *msg = cmdopgo_message(st);
   return st;
 }

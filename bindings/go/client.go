@@ -309,8 +309,10 @@ func (c *Client) Execute(ctx context.Context, command string) (*Result, error) {
 }
 
 // ExecuteStream is Execute, also handing each chunk of output to onChunk
-// (may be nil) as it arrives, on the calling goroutine. If onChunk panics,
-// the command is killed and the panic resumes in ExecuteStream.
+// (may be nil) as it arrives, on the library's delivery thread (one call
+// at a time, in order). If onChunk panics, the command is killed and the
+// panic resumes in ExecuteStream. After ctx ends, a call of onChunk that
+// had already started may still be running when ExecuteStream returns.
 func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func(StreamKind, []byte)) (*Result, error) {
 	return c.executeCall(ctx, command, onChunk, func(p *C.cmdop_client, cmd *C.char, timeoutMs C.uint32_t,
 		h C.uintptr_t, tok *C.cmdop_cancel_token, out **C.cmdop_exec_result, msg **C.char) C.cmdop_status {
@@ -376,9 +378,8 @@ func (c *Client) executeCall(ctx context.Context, command string, onChunk func(S
 	var handle C.uintptr_t
 	if onChunk != nil {
 		sink = &chunkSink{fn: onChunk, cancel: func() { C.cmdop_cancel_token_cancel(tok) }}
-		h := cgo.NewHandle(sink)
-		defer h.Delete()
-		handle = C.uintptr_t(h)
+		// Forgotten by the library's finaliser (cmdopgoForgetExecSink).
+		handle = C.uintptr_t(registerExecSink(sink))
 	}
 
 	var out *C.cmdop_exec_result
@@ -392,8 +393,10 @@ func (c *Client) executeCall(ctx context.Context, command string, onChunk func(S
 	}
 	result := takeResult(out)
 	text := takeMessage(msg)
-	if sink != nil && sink.panic != nil {
-		panic(sink.panic)
+	if sink != nil {
+		if p := sink.takePanic(); p != nil {
+			panic(p)
+		}
 	}
 	if st == C.CMDOP_STATUS_OK {
 		return result, nil

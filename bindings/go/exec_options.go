@@ -26,8 +26,8 @@ type ExecOptions struct {
 	// io.EOF. Like os/exec, a reader that blocks keeps its pumping
 	// goroutine until it returns, even after the command ended.
 	Stdin io.Reader
-	// Stdout and Stderr receive the command's output as it arrives, on the
-	// calling goroutine (nil: not copied). A write error kills the command
+	// Stdout and Stderr receive the command's output as it arrives, from
+	// the library's delivery thread, one write at a time (nil: not copied). A write error kills the command
 	// and is returned. The terminal path has no separate stderr: all
 	// output goes to Stdout.
 	Stdout io.Writer

@@ -15,6 +15,7 @@ use std::time::Duration;
 use std::ffi::c_void;
 
 use super::boundary::as_callback;
+use super::events::cmdop_free_fn;
 use super::exec::{cmdop_exec_output_fn, cmdop_stream_kind};
 use crate::client::{CancelToken, Stream};
 
@@ -190,36 +191,73 @@ impl<K> Delivery<K> {
     }
 }
 
-/// The application's output callback and its `user_data`.
-struct OutputSink {
-    cb: unsafe extern "C" fn(*mut c_void, cmdop_stream_kind, *const u8, usize),
+/// The application's output callback, its `user_data` and the finaliser
+/// that releases `user_data` once no callback can run any more: when the
+/// last owner of the sink (the delivery thread, or the call if no output
+/// ever came) drops it.
+pub(crate) struct OutputSink {
+    cb: Option<unsafe extern "C" fn(*mut c_void, cmdop_stream_kind, *const u8, usize)>,
     user_data: *mut c_void,
+    free_user_data: cmdop_free_fn,
 }
-// SAFETY: the callback runs on the delivery thread, one call at a time; the
-// header tells applications that output callbacks run on a library thread
-// and that `user_data` must stay valid until the call returned and, after a
-// cancel, until a callback that already started returned.
+// SAFETY: the callback runs on the delivery thread, one call at a time, and
+// the finaliser once, after it; the header tells applications that output
+// callbacks run on a library thread and that `user_data` must stay valid
+// until `free_user_data` is called (or, without one, until a callback that
+// started before a cancel returned).
 unsafe impl Send for OutputSink {}
+
+impl Drop for OutputSink {
+    fn drop(&mut self) {
+        if let Some(free) = self.free_user_data {
+            let user_data = self.user_data;
+            // SAFETY: the application's finaliser with its own user_data,
+            // called once: no callback runs after this sink is dropped.
+            as_callback(|| unsafe { free(user_data) });
+        }
+    }
+}
 
 /// The chunk closure handed to the client core.
 pub(crate) type ChunkHandler = Box<dyn FnMut(Stream, &[u8]) + Send + 'static>;
 
 /// The chunk closure for a call's future and the delivery to finish after
 /// it: `on_output` (may be NULL) runs on a thread of its own.
-pub(crate) fn output_delivery(
+/// The sink of one call's output callback. Build it first thing in an
+/// export, so that the finaliser runs on every path, failed argument
+/// checks included.
+pub(crate) fn output_sink(
     on_output: cmdop_exec_output_fn,
     user_data: *mut c_void,
+    free_user_data: cmdop_free_fn,
+) -> OutputSink {
+    OutputSink {
+        cb: on_output,
+        user_data,
+        free_user_data,
+    }
+}
+
+pub(crate) fn output_delivery(
+    sink: OutputSink,
     token: &CancelToken,
 ) -> (ChunkHandler, Option<Delivery<cmdop_stream_kind>>) {
-    let Some(cb) = on_output else {
-        return (Box::new(|_: Stream, _: &[u8]| {}), None);
-    };
-    let sink = OutputSink { cb, user_data };
+    if sink.cb.is_none() {
+        // No callback: the finaliser runs when the call drops the handler.
+        return (
+            Box::new(move |_: Stream, _: &[u8]| {
+                let _ = &sink;
+            }),
+            None,
+        );
+    }
     let deliver: Deliver<cmdop_stream_kind> = Box::new(move |kind, data: &[u8]| {
         let s = &sink;
-        // SAFETY: the application's callback with its own user_data and a
-        // live slice of `data.len()` bytes.
-        as_callback(|| unsafe { (s.cb)(s.user_data, kind, data.as_ptr(), data.len()) });
+        if let Some(cb) = s.cb {
+            // SAFETY: the application's callback with its own user_data and
+            // a live slice of `data.len()` bytes.
+            as_callback(|| unsafe { cb(s.user_data, kind, data.as_ptr(), data.len()) });
+        }
     });
     let (mut pusher, delivery) = channel(deliver, token.clone());
     let handler = move |stream: Stream, data: &[u8]| {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::boundary::{arg_str, handle, out_ptr, Failure};
 use super::client::cmdop_client;
-use super::delivery::output_delivery;
+use super::delivery::{output_delivery, output_sink, OutputSink};
+use super::events::cmdop_free_fn;
 use super::runtime::{block_on, run_on_runtime};
 use super::status::cmdop_status;
 use crate::client::{CancelToken, Error, ExecOutput};
@@ -139,7 +140,12 @@ pub unsafe extern "C" fn cmdop_execute(
 /// milliseconds, whatever the callback is doing), output not yet delivered
 /// is dropped, and no callback starts after cmdop_cancel_token_cancel()
 /// returned. A callback already running then may still be finishing after
-/// this function returned: keep `user_data` valid until it has.
+/// this function returned: `free_user_data` (may be NULL) is called with
+/// `user_data` exactly once, on any outcome (failed argument checks
+/// included), when no callback runs any more — before this function
+/// returns unless a cancel left a callback running, then right after that
+/// callback returned, on the library's thread. Keep `user_data` valid
+/// until then.
 ///
 /// The result also keeps the output (up to 64 MiB per stream); for large
 /// outputs use cmdop_execute_with_callback_discard(), which keeps none.
@@ -153,15 +159,13 @@ pub unsafe extern "C" fn cmdop_execute_with_callback(
     timeout_ms: u32,
     on_chunk: cmdop_exec_output_fn,
     user_data: *mut c_void,
+    free_user_data: cmdop_free_fn,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
+    let sink = output_sink(on_chunk, user_data, free_user_data);
     // SAFETY: the caller's arguments, forwarded under the same contract.
-    unsafe {
-        execute_streaming(
-            client, command, timeout_ms, on_chunk, user_data, cancel, out, true,
-        )
-    }
+    unsafe { execute_streaming(client, command, timeout_ms, sink, cancel, out, true) }
 }
 
 /// Like cmdop_execute_with_callback(), but the output goes only to `on_chunk`:
@@ -178,15 +182,13 @@ pub unsafe extern "C" fn cmdop_execute_with_callback_discard(
     timeout_ms: u32,
     on_chunk: cmdop_exec_output_fn,
     user_data: *mut c_void,
+    free_user_data: cmdop_free_fn,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
+    let sink = output_sink(on_chunk, user_data, free_user_data);
     // SAFETY: the caller's arguments, forwarded under the same contract.
-    unsafe {
-        execute_streaming(
-            client, command, timeout_ms, on_chunk, user_data, cancel, out, false,
-        )
-    }
+    unsafe { execute_streaming(client, command, timeout_ms, sink, cancel, out, false) }
 }
 
 /// The body of cmdop_execute_with_callback() (`keep`) and
@@ -196,13 +198,13 @@ unsafe fn execute_streaming(
     client: *mut cmdop_client,
     command: *const c_char,
     timeout_ms: u32,
-    on_chunk: cmdop_exec_output_fn,
-    user_data: *mut c_void,
+    sink: OutputSink,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
     keep: bool,
 ) -> cmdop_status {
     ffi_boundary! {
+        let sink = sink;
         // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
         // SAFETY: NULL (checked) or a live handle of this library.
@@ -211,7 +213,7 @@ unsafe fn execute_streaming(
         let command = unsafe { arg_str(command, "command") }?;
         // SAFETY: NULL (checked) or a live object of this library.
         let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
-        let (on_chunk, delivery) = output_delivery(on_chunk, user_data, &token);
+        let (on_chunk, delivery) = output_delivery(sink, &token);
         let timeout = timeout_arg(timeout_ms);
         let result = if keep {
             block_on("cmdop_execute_with_callback", c.client.execute_stream(command, timeout, on_chunk, token))?

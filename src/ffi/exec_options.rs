@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::boundary::{arg_str, handle, out_ptr, Failure};
 use super::client::cmdop_client;
-use super::delivery::output_delivery;
+use super::delivery::{output_delivery, output_sink};
+use super::events::cmdop_free_fn;
 use super::exec::{cmdop_cancel_token, cmdop_exec_output_fn, cmdop_exec_result, finish};
 use super::runtime::block_on;
 use super::status::cmdop_status;
@@ -145,7 +146,8 @@ unsafe fn read_options(opts: *const cmdop_exec_options) -> Result<ExecOptions, F
 /// Runs `command` on the selected machine with `opts` (NULL = defaults),
 /// handing output to `on_output` (may be NULL) as
 /// cmdop_execute_with_callback() does (on a library thread; a cancel
-/// returns at once and no callback starts after it).
+/// returns at once and no callback starts after it; `free_user_data`, may
+/// be NULL, is called once when no callback runs any more).
 /// `cancel` (may be NULL) stops and kills it from any thread (CANCELLED).
 /// cmdop_execute() stays the simple form.
 ///
@@ -166,10 +168,13 @@ pub unsafe extern "C" fn cmdop_execute_with_options(
     opts: *const cmdop_exec_options,
     on_output: cmdop_exec_output_fn,
     user_data: *mut c_void,
+    free_user_data: cmdop_free_fn,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
+    let sink = output_sink(on_output, user_data, free_user_data);
     ffi_boundary! {
+        let sink = sink;
         // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
         // SAFETY: NULL (checked) or a live handle of this library.
@@ -180,7 +185,7 @@ pub unsafe extern "C" fn cmdop_execute_with_options(
         let opts = unsafe { read_options(opts) }?;
         // SAFETY: NULL or a live token of this library.
         let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
-        let (on_output, delivery) = output_delivery(on_output, user_data, &token);
+        let (on_output, delivery) = output_delivery(sink, &token);
         let result = block_on(
             "cmdop_execute_with_options",
             c.client.execute_with(command, &opts, on_output, token),
@@ -301,10 +306,13 @@ pub unsafe extern "C" fn cmdop_execute_with_stdin(
     stdin: *const cmdop_exec_stdin,
     on_output: cmdop_exec_output_fn,
     user_data: *mut c_void,
+    free_user_data: cmdop_free_fn,
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
+    let sink = output_sink(on_output, user_data, free_user_data);
     ffi_boundary! {
+        let sink = sink;
         // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
         // SAFETY: NULL (checked) or a live handle of this library.
@@ -320,7 +328,7 @@ pub unsafe extern "C" fn cmdop_execute_with_stdin(
         })?;
         // SAFETY: NULL or a live token of this library.
         let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
-        let (on_output, delivery) = output_delivery(on_output, user_data, &token);
+        let (on_output, delivery) = output_delivery(sink, &token);
         let result = block_on(
             "cmdop_execute_with_stdin",
             c.client.execute_piped(command, &opts, reader, on_output, token),

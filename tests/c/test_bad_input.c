@@ -14,6 +14,7 @@ static const char bad_utf8[] = "ab\xff\xfe\xc3";
 
 static void nop_output(void *ud, const uint8_t *d, size_t n) { (void)ud; (void)d; (void)n; }
 static void nop_connect(void *ud) { (void)ud; }
+static void count_free(void *ud) { (*(int *)ud)++; }
 
 static void null_arguments(cmdop_client *c, const char *machine) {
   cmdop_client *nc = NULL;
@@ -60,9 +61,18 @@ static void null_arguments(cmdop_client *c, const char *machine) {
   CHECK(r == NULL);
   CHECK_STATUS(cmdop_execute(c, NULL, 0, &r), INVALID);
   CHECK_STATUS(cmdop_execute(c, "true", 0, NULL), INVALID);
-  CHECK_STATUS(cmdop_execute_with_callback(NULL, "true", 0, NULL, NULL, NULL, &r), INVALID);
-  CHECK_STATUS(cmdop_execute_with_callback(c, NULL, 0, NULL, NULL, NULL, &r), INVALID);
-  CHECK_STATUS(cmdop_execute_with_callback(c, "true", 0, NULL, NULL, NULL, NULL), INVALID);
+  CHECK_STATUS(cmdop_execute_with_callback(NULL, "true", 0, NULL, NULL, NULL, NULL, &r), INVALID);
+  CHECK_STATUS(cmdop_execute_with_callback(c, NULL, 0, NULL, NULL, NULL, NULL, &r), INVALID);
+  CHECK_STATUS(cmdop_execute_with_callback(c, "true", 0, NULL, NULL, NULL, NULL, NULL), INVALID);
+  {
+    /* The finaliser runs once on every outcome, refused arguments included. */
+    int freed = 0;
+    CHECK_STATUS(cmdop_execute_with_callback(c, NULL, 0, NULL, &freed, count_free, NULL, &r), INVALID);
+    CHECK(freed == 1);
+    CHECK_STATUS(cmdop_execute_with_options(c, "true", NULL, NULL, &freed, count_free, NULL, NULL),
+                 INVALID);
+    CHECK(freed == 2);
+  }
   CHECK_STATUS(cmdop_cancel_token_cancel(NULL), INVALID);
   cmdop_cancel_token_free(NULL);
   CHECK(cmdop_exec_result_output(NULL, &len) == NULL && len == 0);
@@ -166,7 +176,7 @@ static void invalid_utf8(cmdop_client *c) {
   CHECK_STATUS(cmdop_set_machine(c, bad_utf8), INVALID);
   CHECK_STATUS(cmdop_set_machine_id(c, bad_utf8), INVALID);
   CHECK_STATUS(cmdop_execute(c, bad_utf8, 0, &r), INVALID);
-  CHECK_STATUS(cmdop_execute_with_callback(c, bad_utf8, 0, NULL, NULL, NULL, &r), INVALID);
+  CHECK_STATUS(cmdop_execute_with_callback(c, bad_utf8, 0, NULL, NULL, NULL, NULL, &r), INVALID);
   CHECK(r == NULL);
   CHECK_STATUS(cmdop_list_files(c, bad_utf8, &fl), INVALID);
   CHECK_STATUS(cmdop_list_files_page(c, "/", bad_utf8, false, &fl), INVALID);

@@ -20,7 +20,18 @@ struct slow {
   double cancel_ms; /* when the callback cancelled */
   int cancel_inside_at; /* cancel from inside the callback at this start (0: no) */
   const cmdop_cancel_token *token;
+  int frees;                 /* calls of the finaliser */
+  int running_at_free;       /* callbacks running when it was called */
 };
+
+/* The finaliser of user_data: must come once, after the last callback. */
+static void free_slow(void *ud) {
+  struct slow *s = ud;
+  pthread_mutex_lock(&s->mu);
+  s->frees++;
+  s->running_at_free += s->running;
+  pthread_mutex_unlock(&s->mu);
+}
 
 static void on_chunk(void *ud, cmdop_stream_kind kind, const uint8_t *data, size_t len) {
   struct slow *s = ud;
@@ -100,7 +111,7 @@ int main(void) {
     can.s = &s;
     can.token = token;
     CHECK(pthread_create(&th, NULL, cancel_after_two, &can) == 0);
-    st = cmdop_execute_with_callback(c, CHATTY, 60000, on_chunk, &s, token, &r);
+    st = cmdop_execute_with_callback(c, CHATTY, 60000, on_chunk, &s, free_slow, token, &r);
     returned = now_ms();
     CHECK(pthread_join(th, NULL) == 0);
     CHECK_STATUS(st, CMDOP_STATUS_CANCELLED);
@@ -115,6 +126,9 @@ int main(void) {
     CHECK(after == can.starts_when_returned);
     pthread_mutex_lock(&s.mu);
     CHECK(s.running == 0);
+    /* The finaliser came once, when no callback was running any more. */
+    CHECK(s.frees == 1);
+    CHECK(s.running_at_free == 0);
     pthread_mutex_unlock(&s.mu);
     cmdop_cancel_token_free(token);
     pthread_mutex_destroy(&s.mu);
@@ -134,7 +148,7 @@ int main(void) {
     pthread_mutex_init(&s.mu, NULL);
     s.cancel_inside_at = 2;
     s.token = token;
-    st = cmdop_execute_with_callback(c, CHATTY, 60000, on_chunk, &s, token, &r);
+    st = cmdop_execute_with_callback(c, CHATTY, 60000, on_chunk, &s, NULL, token, &r);
     returned = now_ms();
     CHECK_STATUS(st, CMDOP_STATUS_CANCELLED);
     CHECK(r == NULL);
@@ -155,9 +169,10 @@ int main(void) {
     memset(&s, 0, sizeof s);
     pthread_mutex_init(&s.mu, NULL);
     CHECK_OK(cmdop_execute_with_callback(c, "for i in 1 2 3; do echo $i; sleep 0.3; done", 0, on_chunk,
-                                         &s, NULL, &r));
+                                         &s, free_slow, NULL, &r));
     pthread_mutex_lock(&s.mu);
     CHECK(s.starts >= 1 && s.running == 0);
+    CHECK(s.frees == 1); /* before the call returned */
     pthread_mutex_unlock(&s.mu);
     CHECK(r != NULL && cmdop_exec_result_output(r, NULL) != NULL);
     cmdop_exec_result_free(r);

@@ -39,7 +39,7 @@ static void *run_read(void *arg) {
 static void *run_exec(void *arg) {
   struct call *k = arg;
   cmdop_exec_result *r = NULL;
-  k->st = cmdop_execute_with_callback(k->c, k->cmd, 60000, NULL, NULL, k->cancel, &r);
+  k->st = cmdop_execute_with_callback(k->c, k->cmd, 60000, NULL, NULL, NULL, k->cancel, &r);
   k->ended_at = now_ms();
   cmdop_exec_result_free(r);
   return NULL;

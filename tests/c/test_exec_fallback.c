@@ -96,7 +96,7 @@ int main(void) {
   /* Streaming works on this path too (chunks all marked stdout). */
   {
     size_t counts[3] = {0, 0, 0};
-    CHECK_OK(cmdop_execute_with_callback(c, "echo streamed; echo e >&2", 0, count_chunk, counts, NULL, &r));
+    CHECK_OK(cmdop_execute_with_callback(c, "echo streamed; echo e >&2", 0, count_chunk, counts, NULL, NULL, &r));
     CHECK(counts[CMDOP_STREAM_KIND_STDOUT] == strlen("streamed\ne\n"));
     CHECK(counts[CMDOP_STREAM_KIND_STDERR] == 0);
     cmdop_exec_result_free(r);

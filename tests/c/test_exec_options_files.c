@@ -40,7 +40,7 @@ static void exec_options(cmdop_client *c) {
   o.working_directory = dir;
   CHECK_OK(cmdop_execute_with_options(
       c, "wc -l | tr -d ' '; printf '%s|%s|' \"$CMDOP_C1\" \"$CMDOP_C2\"; pwd", &o, on_output,
-      &seen, NULL, &r));
+      &seen, NULL, NULL, &r));
   CHECK(r != NULL);
   if (r) {
     out = cmdop_exec_result_stdout(r, &len);
@@ -54,33 +54,33 @@ static void exec_options(cmdop_client *c) {
 
   /* Malformed options are refused before anything runs. */
   env[1] = "=nope";
-  CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, &r),
+  CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, NULL, &r),
                CMDOP_STATUS_INVALID_ARGUMENT);
   CHECK(r == NULL);
   o.env_count = 0;
   o.stdin_len = 3;
   o.stdin_data = NULL;
-  CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, &r),
+  CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, NULL, &r),
                CMDOP_STATUS_INVALID_ARGUMENT);
   o.version = 99;
-  CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, &r),
+  CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, NULL, &r),
                CMDOP_STATUS_INVALID_ARGUMENT);
   /* A bool byte that is neither 0 nor 1, as C can write: refused, never
    * read as a bool (UBSan would flag it). */
   CHECK_OK(cmdop_exec_options_init(&o, CMDOP_EXEC_OPTIONS_VERSION));
   memset(&o.discard_output, 7, 1);
-  CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, &r),
+  CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, NULL, &r),
                CMDOP_STATUS_INVALID_ARGUMENT);
   CHECK_ERROR_MENTIONS("discard_output");
   CHECK(r == NULL);
 
   /* NULL options: the defaults. A missing directory: OPERATION_FAILED. */
-  CHECK_OK(cmdop_execute_with_options(c, "echo hi", NULL, NULL, NULL, NULL, &r));
+  CHECK_OK(cmdop_execute_with_options(c, "echo hi", NULL, NULL, NULL, NULL, NULL, &r));
   cmdop_exec_result_free(r);
   r = NULL;
   CHECK_OK(cmdop_exec_options_init(&o, CMDOP_EXEC_OPTIONS_VERSION));
   o.working_directory = "/nonexistent/cmdop-ctest";
-  CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, &r),
+  CHECK_STATUS(cmdop_execute_with_options(c, "true", &o, NULL, NULL, NULL, NULL, &r),
                CMDOP_STATUS_OPERATION_FAILED);
   CHECK(r == NULL);
 }
@@ -119,14 +119,14 @@ static void streamed_stdin(cmdop_client *c) {
   CHECK(pthread_create(&t, NULL, feed, &f) == 0);
   snprintf(path, sizeof path, "%s/fed.bin", dir);
   snprintf(cmd, sizeof cmd, "cat > '%s'", path);
-  CHECK_OK(cmdop_execute_with_stdin(c, cmd, NULL, f.in, NULL, NULL, NULL, &r));
+  CHECK_OK(cmdop_execute_with_stdin(c, cmd, NULL, f.in, NULL, NULL, NULL, NULL, &r));
   pthread_join(t, NULL);
   CHECK(f.last == CMDOP_STATUS_OK);
   CHECK(stat(path, &st) == 0 && (size_t)st.st_size == f.total);
   cmdop_exec_result_free(r);
   r = NULL;
   /* One command per stdin. */
-  CHECK_STATUS(cmdop_execute_with_stdin(c, "cat", NULL, f.in, NULL, NULL, NULL, &r),
+  CHECK_STATUS(cmdop_execute_with_stdin(c, "cat", NULL, f.in, NULL, NULL, NULL, NULL, &r),
                CMDOP_STATUS_INVALID_ARGUMENT);
   CHECK_STATUS(cmdop_exec_stdin_write(f.in, (const uint8_t *)"x", 1),
                CMDOP_STATUS_INVALID_ARGUMENT);

@@ -58,7 +58,7 @@ int main(void) {
   /* Chunks as they come: the first arrives long before the command ends. */
   memset(&k, 0, sizeof k);
   k.start_ms = now_ms();
-  CHECK_OK(cmdop_execute_with_callback(c, "echo first; echo warn >&2; sleep 1.5; echo second", 0, on_chunk, &k,
+  CHECK_OK(cmdop_execute_with_callback(c, "echo first; echo warn >&2; sleep 1.5; echo second", 0, on_chunk, &k, NULL,
                                 NULL, &r));
   CHECK(k.calls >= 2);
   CHECK(k.first_ms < 1200);
@@ -72,7 +72,7 @@ int main(void) {
   r = NULL;
 
   /* NULL callback and NULL token are fine. */
-  CHECK_OK(cmdop_execute_with_callback(c, "echo plain", 0, NULL, NULL, NULL, &r));
+  CHECK_OK(cmdop_execute_with_callback(c, "echo plain", 0, NULL, NULL, NULL, NULL, &r));
   p = cmdop_exec_result_output(r, &len);
   CHECK_BYTES(p, len, "plain\n", 6);
   cmdop_exec_result_free(r);
@@ -97,7 +97,7 @@ int main(void) {
     k.start_ms = now_ms();
     CHECK(pthread_create(&t, NULL, cancel_later, &w) == 0);
     t0 = now_ms();
-    CHECK_STATUS(cmdop_execute_with_callback(c, cmd, 0, on_chunk, &k, w.token, &r), CMDOP_STATUS_CANCELLED);
+    CHECK_STATUS(cmdop_execute_with_callback(c, cmd, 0, on_chunk, &k, NULL, w.token, &r), CMDOP_STATUS_CANCELLED);
     CHECK(now_ms() - t0 >= 700 && now_ms() - t0 < 5000);
     CHECK(r == NULL);
     CHECK(k.out == strlen("started\n"));
@@ -109,7 +109,7 @@ int main(void) {
 
     /* A cancelled token stays cancelled: the next call stops at once. */
     t0 = now_ms();
-    CHECK_STATUS(cmdop_execute_with_callback(c, "sleep 5", 0, NULL, NULL, w.token, &r), CMDOP_STATUS_CANCELLED);
+    CHECK_STATUS(cmdop_execute_with_callback(c, "sleep 5", 0, NULL, NULL, NULL, w.token, &r), CMDOP_STATUS_CANCELLED);
     CHECK(now_ms() - t0 < 2000);
     cmdop_cancel_token_free(w.token);
   }
@@ -120,7 +120,7 @@ int main(void) {
     double t0 = now_ms();
     memset(&k, 0, sizeof k);
     k.cancel_on_chunk = token;
-    CHECK_STATUS(cmdop_execute_with_callback(c, "echo go; sleep 30", 0, on_chunk, &k, token, &r),
+    CHECK_STATUS(cmdop_execute_with_callback(c, "echo go; sleep 30", 0, on_chunk, &k, NULL, token, &r),
                  CMDOP_STATUS_CANCELLED);
     CHECK(now_ms() - t0 < 5000);
     cmdop_cancel_token_free(token);
@@ -129,14 +129,14 @@ int main(void) {
   /* A blocking call from inside the chunk callback: IN_CALLBACK. */
   memset(&k, 0, sizeof k);
   k.client = c;
-  CHECK_OK(cmdop_execute_with_callback(c, "echo nested", 0, on_chunk, &k, NULL, &r));
+  CHECK_OK(cmdop_execute_with_callback(c, "echo nested", 0, on_chunk, &k, NULL, NULL, &r));
   CHECK(k.nested == CMDOP_STATUS_IN_CALLBACK);
   cmdop_exec_result_free(r);
   r = NULL;
 
   /* Timeout on the streaming variant: TIMEOUT with the partial result. */
   memset(&k, 0, sizeof k);
-  CHECK_STATUS(cmdop_execute_with_callback(c, "echo part; sleep 30", 1000, on_chunk, &k, NULL, &r),
+  CHECK_STATUS(cmdop_execute_with_callback(c, "echo part; sleep 30", 1000, on_chunk, &k, NULL, NULL, &r),
                CMDOP_STATUS_TIMEOUT);
   CHECK(r != NULL && cmdop_exec_result_timed_out(r));
   CHECK(k.out == 5);

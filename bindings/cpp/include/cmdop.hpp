@@ -18,9 +18,9 @@
 //   API's free_user_data finalizers: they stay alive exactly as long as the
 //   library may call them. Client callbacks run on a library thread and must
 //   not throw (an escaping exception calls std::terminate, as with
-//   std::thread); the execute() chunk callback runs on the calling thread,
-//   and an exception it throws cancels the command and is rethrown by
-//   execute().
+//   std::thread); the execute() chunk callback runs on a library thread,
+//   one call at a time, and an exception it throws cancels the command and
+//   is rethrown by execute().
 // - A Client is thread-safe, like the C client: any number of threads may
 //   call its member functions at the same time. Destroy it last.
 #ifndef CMDOP_HPP
@@ -512,23 +512,25 @@ class Client {
 
   using ChunkCallback = std::function<void(StreamKind, std::string_view)>;
 
-  /// Like execute(), handing each chunk of output to `on_chunk` (on this
-  /// thread) as it arrives. `cancel` (optional) stops and kills the command
-  /// from any thread; execute() then throws Error{Cancelled}. If `on_chunk`
+  /// Like execute(), handing each chunk of output to `on_chunk` as it
+  /// arrives, in order, one call at a time, on a library thread. `cancel`
+  /// (optional) stops and kills the command from any thread; execute() then
+  /// throws Error{Cancelled} at once, and a call of `on_chunk` that had
+  /// already started may still finish afterwards (the wrapper keeps its own
+  /// copy of `on_chunk` alive until then). If `on_chunk`
   /// throws, the command is cancelled and the exception rethrown here.
   ExecResult execute(std::string_view command, std::chrono::milliseconds timeout, const ChunkCallback &on_chunk,
                      const CancelToken *cancel = nullptr) {
     const std::string cmd(command);
     const uint32_t ms = detail::to_ms(timeout);
-    std::optional<CancelToken> own;
-    if (!cancel) cancel = &own.emplace();
-    ChunkContext ctx{&on_chunk, cancel, nullptr};
+    const ChunkShare ctx = chunk_context(on_chunk, cancel);
+    void *ud = chunk_share(ctx);
     cmdop_exec_result *out = nullptr;
-    const cmdop_status st = cmdop_execute_with_callback(get(), cmd.c_str(), ms, on_chunk ? chunk_trampoline : nullptr,
-                                                 &ctx, cancel->raw(), &out);
-    if (ctx.error) {
+    const cmdop_status st = cmdop_execute_with_callback(get(), cmd.c_str(), ms, ud ? chunk_trampoline : nullptr, ud,
+                                                        ud ? chunk_free : nullptr, ctx->cancel->raw(), &out);
+    if (const std::exception_ptr error = ctx->take_error()) {
       cmdop_exec_result_free(out);
-      std::rethrow_exception(ctx.error);
+      std::rethrow_exception(error);
     }
     return finish(st, out);
   }
@@ -711,20 +713,49 @@ class Client {
     box.release();  // owned by the library now
   }
 
+  // The state of one execute's output callback. The library runs callbacks
+  // on its own thread and, after a cancel, may still be finishing one when
+  // the call has returned: so the state (a copy of the callback, and the
+  // call's own token when the caller gave none) lives on the heap, shared
+  // with the library, which drops its share through chunk_free once no
+  // callback runs any more.
   struct ChunkContext {
-    const ChunkCallback *fn;
-    const CancelToken *cancel;
+    ChunkCallback fn;
+    std::optional<CancelToken> own;
+    const CancelToken *cancel = nullptr;
+    std::mutex mu;
     std::exception_ptr error;
+
+    std::exception_ptr take_error() {
+      std::lock_guard<std::mutex> lock(mu);
+      return error;
+    }
   };
+  using ChunkShare = std::shared_ptr<ChunkContext>;
+
+  static ChunkShare chunk_context(const ChunkCallback &on_chunk, const CancelToken *cancel) {
+    auto ctx = std::make_shared<ChunkContext>();
+    ctx->fn = on_chunk;
+    ctx->cancel = cancel ? cancel : &ctx->own.emplace();
+    return ctx;
+  }
+
+  // The library's share of `ctx`, as user_data (NULL when there is no callback).
+  static void *chunk_share(const ChunkShare &ctx) { return ctx->fn ? new ChunkShare(ctx) : nullptr; }
+
+  static void chunk_free(void *ud) noexcept { delete static_cast<ChunkShare *>(ud); }
 
   static void chunk_trampoline(void *ud, cmdop_stream_kind kind, const uint8_t *data, size_t len) noexcept {
-    auto *ctx = static_cast<ChunkContext *>(ud);
-    if (ctx->error) return;
+    ChunkContext &ctx = **static_cast<ChunkShare *>(ud);
+    if (ctx.take_error()) return;
     try {
-      (*ctx->fn)(static_cast<StreamKind>(kind), detail::view(data, len));
+      ctx.fn(static_cast<StreamKind>(kind), detail::view(data, len));
     } catch (...) {
-      ctx->error = std::current_exception();
-      ctx->cancel->cancel();
+      {
+        std::lock_guard<std::mutex> lock(ctx.mu);
+        if (!ctx.error) ctx.error = std::current_exception();
+      }
+      ctx.cancel->cancel();
     }
   }
 
@@ -743,17 +774,17 @@ class Client {
     c.env_count = env.size();
     c.working_directory = opts.working_directory.empty() ? nullptr : opts.working_directory.c_str();
     c.discard_output = opts.discard_output;
-    std::optional<CancelToken> own;
-    if (!cancel) cancel = &own.emplace();
-    ChunkContext ctx{&on_chunk, cancel, nullptr};
-    cmdop_exec_output_fn fn = on_chunk ? chunk_trampoline : nullptr;
+    const ChunkShare ctx = chunk_context(on_chunk, cancel);
+    void *ud = chunk_share(ctx);
+    cmdop_exec_output_fn fn = ud ? chunk_trampoline : nullptr;
+    cmdop_free_fn fin = ud ? chunk_free : nullptr;
     cmdop_exec_result *out = nullptr;
     const cmdop_status st =
-        input ? cmdop_execute_with_stdin(get(), cmd.c_str(), &c, input, fn, &ctx, cancel->raw(), &out)
-              : cmdop_execute_with_options(get(), cmd.c_str(), &c, fn, &ctx, cancel->raw(), &out);
-    if (ctx.error) {
+        input ? cmdop_execute_with_stdin(get(), cmd.c_str(), &c, input, fn, ud, fin, ctx->cancel->raw(), &out)
+              : cmdop_execute_with_options(get(), cmd.c_str(), &c, fn, ud, fin, ctx->cancel->raw(), &out);
+    if (const std::exception_ptr error = ctx->take_error()) {
       cmdop_exec_result_free(out);
-      std::rethrow_exception(ctx.error);
+      std::rethrow_exception(error);
     }
     return finish(st, out);
   }

@@ -292,10 +292,14 @@ public final class Client: @unchecked Sendable {
                 cmdop_execute_with_callback(raw, command, timeoutMs, { ud, _, data, len in
                     guard let ud = ud, let data = data else { return }
                     Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).takeUnretainedValue().value(Data(bytes: data, count: len))
-                }, Unmanaged.passUnretained(box).toOpaque(), cancel?.raw, &out)
+                }, Unmanaged.passRetained(box).toOpaque(), { ud in
+                    // The library's finaliser: no callback runs any more.
+                    guard let ud = ud else { return }
+                    Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).release()
+                }, cancel?.raw, &out)
             }
         } else {
-            st = cmdop_execute_with_callback(raw, command, timeoutMs, nil, nil, cancel?.raw, &out)
+            st = cmdop_execute_with_callback(raw, command, timeoutMs, nil, nil, nil, cancel?.raw, &out)
         }
         message = st == CMDOP_STATUS_OK ? "" : String(cString: cmdop_last_error_message())
         defer { cmdop_exec_result_free(out) }

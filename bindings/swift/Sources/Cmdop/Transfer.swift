@@ -107,7 +107,14 @@ extension Client {
                 Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).takeUnretainedValue().value(Data(bytes: data, count: len))
             }
         }
-        let ud = box.map { Unmanaged.passUnretained($0).toOpaque() }
+        // Retained for the library, which releases it through `release`
+        // once no callback runs any more (after a cancel, possibly later
+        // than the call's return).
+        let ud = box.map { Unmanaged.passRetained($0).toOpaque() }
+        let release: cmdop_free_fn? = box == nil ? nil : { ud in
+            guard let ud = ud else { return }
+            Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).release()
+        }
         let input = options.stdin ?? Data()
         var out: OpaquePointer?
         var message = ""
@@ -121,9 +128,9 @@ extension Client {
                     o.stdin_len = buf.count
                     let st = withExtendedLifetime(box) { () -> cmdop_status in
                         if let stdin = stdin {
-                            return cmdop_execute_with_stdin(raw, command, &o, stdin.raw, trampoline, ud, cancel?.raw, &out)
+                            return cmdop_execute_with_stdin(raw, command, &o, stdin.raw, trampoline, ud, release, cancel?.raw, &out)
                         }
-                        return cmdop_execute_with_options(raw, command, &o, trampoline, ud, cancel?.raw, &out)
+                        return cmdop_execute_with_options(raw, command, &o, trampoline, ud, release, cancel?.raw, &out)
                     }
                     if st != CMDOP_STATUS_OK { message = String(cString: cmdop_last_error_message()) }
                     return st
@@ -215,7 +222,14 @@ extension Client {
                 Unmanaged<Box<(UInt64, UInt64) -> Void>>.fromOpaque(ud).takeUnretainedValue().value(done, total)
             }
         }
-        let ud = box.map { Unmanaged.passUnretained($0).toOpaque() }
+        // Retained for the library, which releases it through `release`
+        // once no callback runs any more (after a cancel, possibly later
+        // than the call's return).
+        let ud = box.map { Unmanaged.passRetained($0).toOpaque() }
+        let release: cmdop_free_fn? = box == nil ? nil : { ud in
+            guard let ud = ud else { return }
+            Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).release()
+        }
         let st = withExtendedLifetime(box) { () -> cmdop_status in
             download ? cmdop_download_file(raw, from, to, &o, trampoline, ud, cancel?.raw)
                      : cmdop_upload_file(raw, from, to, &o, trampoline, ud, cancel?.raw)
