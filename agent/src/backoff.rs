@@ -14,7 +14,8 @@ const JITTER: f64 = 0.2;
 /// A connection that stayed up at least this long resets the backoff.
 pub const RESET_AFTER: Duration = Duration::from_secs(10);
 /// Default cap of the delay (before jitter): after an outage of any length
-/// the agent is back at most ~36 s after the server is.
+/// the agent's next attempt comes at most ~36 s after the server is back;
+/// TCP probes during the wait ([`crate::probe`]) usually cut that to ~1-3 s.
 pub const DEFAULT_MAX: Duration = Duration::from_secs(30);
 
 /// Exponential backoff state for one reconnect loop.

@@ -27,6 +27,7 @@ use crate::{
     exec_link::{self, LinkEnd},
     files,
     host_info::HostInfo,
+    probe::{self, Verdict},
     pty_session::{PtySession, DEFAULT_COLS, DEFAULT_ROWS},
     state::AgentState,
     transport::{self, AuthedChannel, BearerAuth, MAX_MESSAGE},
@@ -74,6 +75,7 @@ impl Agent<'_> {
             sequence: 0,
         };
         let mut backoff = Backoff::new(self.config.reconnect_base, self.config.reconnect_max);
+        let probe_target = probe::target(endpoint.uri());
         tokio::pin!(shutdown);
         for attempt in 1u64.. {
             tracing::info!(attempt, server = %self.config.server, "connecting to the control plane");
@@ -98,7 +100,7 @@ impl Agent<'_> {
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(delay) => {}
+                () = wait_before_retry(delay, probe_target.as_ref()) => {}
                 () = &mut shutdown => {
                     tracing::info!("agent shutting down");
                     return Ok(());
@@ -404,4 +406,39 @@ fn status_error(context: &str, status: &tonic::Status) -> anyhow::Error {
         _ => "",
     };
     anyhow::anyhow!("{context}: {:?}: {}{hint}", status.code(), status.message())
+}
+
+/// Sleeps out a backoff `delay`, but returns early (after a small random
+/// spread) when TCP probes of `target` see the control plane come back after
+/// being unreachable; see [`probe`].
+async fn wait_before_retry(delay: Duration, target: Option<&(String, u16)>) {
+    let deadline = tokio::time::Instant::now() + delay;
+    let Some((host, port)) = target.filter(|_| probe::worth_probing(delay)) else {
+        tokio::time::sleep_until(deadline).await;
+        return;
+    };
+    let mut watch = probe::HealWatch::default();
+    loop {
+        let reachable = probe::reachable(host, *port).await;
+        match watch.observe(reachable) {
+            Verdict::KeepProbing => {}
+            Verdict::WaitOut => break,
+            Verdict::ReconnectNow => {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let spread = probe::spread(remaining);
+                tracing::info!(
+                    cut_by = ?remaining.saturating_sub(spread),
+                    "the control plane is reachable again; reconnecting now"
+                );
+                tokio::time::sleep(spread).await;
+                return;
+            }
+        }
+        let next = tokio::time::Instant::now() + probe::probe_interval();
+        if next >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(next).await;
+    }
+    tokio::time::sleep_until(deadline).await;
 }

@@ -10,7 +10,8 @@
 //!   may leave it for a side connection ([`exec_raw`]).
 //!
 //! Connection loss is never fatal: the agent reconnects with exponential
-//! backoff and jitter ([`backoff`]) and the shell keeps running meanwhile.
+//! backoff and jitter ([`backoff`]), probes cheaply for the control plane's
+//! return while it waits ([`probe`]), and the shell keeps running meanwhile.
 
 pub mod backoff;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod files;
 pub mod host_info;
 pub mod orphans;
 pub mod private_file;
+pub mod probe;
 pub mod pty_session;
 pub mod state;
 pub mod transfer;
