@@ -148,9 +148,11 @@ fi
 if [ ! -d tests/interop/node/node_modules/@cmdop/node ] ||
    [ ! -d tests/interop/node/node_modules/@grpc/grpc-js ]; then
   if ! may_install_user; then
-    say "missing the Node interop's npm packages; install with: (cd tests/interop/node && npm ci)"
+    say "missing the Node interop's npm packages; install with: (cd tests/interop/node && npm install)"
     exit 1
   fi
   say "installing the Node interop's npm packages"
-  run sh -c "cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error"
+  # npm install, not npm ci: the lock file is not committed (the version is
+  # pinned in package.json).
+  run sh -c "cd tests/interop/node && npm install --no-audit --no-fund --loglevel=error"
 fi
