@@ -19,20 +19,6 @@ use common::*;
 
 const MIB: usize = 1024 * 1024;
 
-/// Deterministic, incompressible-looking bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Names in `dir` that look like an unfinished transfer's temp file (the
 /// agent's and the client's both contain ".cmdop-tmp-").
 fn temp_files(dir: &Path) -> Vec<String> {

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use cmdop_proto::ext::{DownloadStart, UploadStart};
-use cmdop_proto::terminal::FileReadRpcRequest;
 
 use super::connection::CallPolicy;
 use super::files::MAX_WRITE_BYTES;
@@ -300,28 +299,9 @@ impl Client {
                 let mut got = 0u64;
                 let mut started = false;
                 loop {
-                    let req = FileReadRpcRequest {
-                        session_id: session_id.clone(),
-                        path: path.to_string(),
-                        offset: got as i64,
-                        length: OFFICIAL_READ_BYTES,
-                        transcode: false,
-                    };
-                    let r = self
-                        .inner
-                        .unary("FileRead", req, policy, |mut c, r| async move {
-                            c.terminal.file_read(r).await
-                        })
+                    let res = self
+                        .official_read(&session_id, path, got, OFFICIAL_READ_BYTES, policy)
                         .await?;
-                    if !r.success {
-                        return Err(Error::from_remote_text(
-                            &format!("reading '{path}'"),
-                            &r.error,
-                        ));
-                    }
-                    let res = r.result.ok_or_else(|| {
-                        Error::Protocol("FileRead succeeded without a result".into())
-                    })?;
                     let total = u64::try_from(res.total_size).unwrap_or(0);
                     if !started {
                         on_start(total, None)?;

@@ -5,8 +5,8 @@
 use std::future::Future;
 
 use cmdop_proto::terminal::{
-    FileListDirectoryRpcRequest, FileReadRpcRequest, FileWriteRpcRequest, StreamFileEntry,
-    StreamFileType,
+    FileListDirectoryRpcRequest, FileReadResult, FileReadRpcRequest, FileWriteRpcRequest,
+    StreamFileEntry, StreamFileType,
 };
 
 use super::connection::CallPolicy;
@@ -211,28 +211,9 @@ impl Client {
         self.with_session(|session_id| async move {
             let mut content = Vec::new();
             loop {
-                let req = FileReadRpcRequest {
-                    session_id: session_id.clone(),
-                    path: path.to_string(),
-                    offset: content.len() as i64,
-                    length: 0,
-                    transcode: false,
-                };
-                let r = self
-                    .inner
-                    .unary("FileRead", req, policy, |mut c, r| async move {
-                        c.terminal.file_read(r).await
-                    })
+                let res = self
+                    .official_read(&session_id, path, content.len() as u64, 0, policy)
                     .await?;
-                if !r.success {
-                    return Err(Error::from_remote_text(
-                        &format!("reading '{path}'"),
-                        &r.error,
-                    ));
-                }
-                let res = r
-                    .result
-                    .ok_or_else(|| Error::Protocol("FileRead succeeded without a result".into()))?;
                 let got = res.content.len();
                 if content.len() + got > MAX_READ_BYTES {
                     return Err(Error::InvalidArgument(format!(
@@ -249,6 +230,40 @@ impl Client {
         })
         .await
         .map_err(|e| self.inner.report(e))
+    }
+
+    /// One official FileRead of `path` from `offset` (`length` 0: as much
+    /// as the server sends at once); a failure answered as `success=false`
+    /// (older servers) becomes an error like a failure status does.
+    pub(crate) async fn official_read(
+        &self,
+        session_id: &str,
+        path: &str,
+        offset: u64,
+        length: i64,
+        policy: CallPolicy,
+    ) -> Result<FileReadResult> {
+        let req = FileReadRpcRequest {
+            session_id: session_id.to_string(),
+            path: path.to_string(),
+            offset: i64::try_from(offset).unwrap_or(i64::MAX),
+            length,
+            transcode: false,
+        };
+        let r = self
+            .inner
+            .unary("FileRead", req, policy, |mut c, r| async move {
+                c.terminal.file_read(r).await
+            })
+            .await?;
+        if !r.success {
+            return Err(Error::from_remote_text(
+                &format!("reading '{path}'"),
+                &r.error,
+            ));
+        }
+        r.result
+            .ok_or_else(|| Error::Protocol("FileRead succeeded without a result".into()))
     }
 
     /// Create or replace the file at `path` on the selected machine,

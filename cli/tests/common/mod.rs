@@ -375,3 +375,17 @@ pub async fn library_client(s: &Stack, debug: bool) -> cmdop::client::Client {
     }
     c
 }
+
+/// Deterministic, incompressible-looking bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
