@@ -20,12 +20,32 @@ pub(crate) fn runtime() -> Result<&'static Runtime, Failure> {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(WORKER_THREADS)
             .thread_name("cmdop-runtime")
+            .on_thread_start(block_sigpipe)
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start libcmdop's runtime threads: {e}"))
     })
     .as_ref()
     .map_err(|e| Failure::new(cmdop_status::Internal, e.clone()))
+}
+
+/// Blocks SIGPIPE on the calling thread (each runtime thread, as it
+/// starts). The runtime writes to sockets; a write to one whose peer has
+/// gone raises SIGPIPE, whose default action ends the whole program, and a
+/// C program, unlike a Rust one, does not ignore it. Blocked on the threads
+/// that write, the signal stays pending there and the write fails with
+/// EPIPE, which the library reports as a lost connection. The host's own
+/// threads and its SIGPIPE handling are left alone.
+fn block_sigpipe() {
+    // SAFETY: `set` is a local sigset_t that sigemptyset initialises before
+    // sigaddset and pthread_sigmask read it; pthread_sigmask changes only
+    // this thread's mask and accepts a NULL old-mask pointer.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 /// Run `fut` to completion on the runtime, blocking this thread. Refuses

@@ -5,10 +5,46 @@
  *    second on_connect both fire (the health probe alone, every 5 s, would
  *    find the server back and say nothing);
  *  - SIGKILL during an execute and during a large write: UNAVAILABLE,
- *    never INTERNAL.
+ *    never INTERNAL;
+ *  - writes to a socket whose peer died never kill this program with
+ *    SIGPIPE (left at its default action here, as in most C programs):
+ *    the library's runtime threads block it.
  * Uses its own `cmdop server` + agent (tests/c/stack_ctl.sh).
  */
 #include "events.h"
+
+#include <dirent.h>
+#include <signal.h>
+
+/* How many of this process's threads are the library's runtime threads
+ * ("cmdop-runtime"), and how many of those have SIGPIPE blocked. */
+static void runtime_threads(int *count, int *blocking) {
+  DIR *d = opendir("/proc/self/task");
+  struct dirent *e;
+  *count = *blocking = 0;
+  if (d == NULL) return;
+  while ((e = readdir(d)) != NULL) {
+    char path[300], line[256];
+    FILE *f;
+    int runtime = 0;
+    if (e->d_name[0] == '.') continue;
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    if ((f = fopen(path, "r")) != NULL) {
+      runtime = fgets(line, sizeof line, f) != NULL && strncmp(line, "cmdop-runtime", 13) == 0;
+      fclose(f);
+    }
+    if (!runtime) continue;
+    (*count)++;
+    snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+    if ((f = fopen(path, "r")) == NULL) continue;
+    while (fgets(line, sizeof line, f) != NULL) {
+      unsigned long long mask;
+      if (sscanf(line, "SigBlk: %llx", &mask) == 1 && (mask & (1ULL << (SIGPIPE - 1)))) (*blocking)++;
+    }
+    fclose(f);
+  }
+  closedir(d);
+}
 
 struct times {
   pthread_mutex_t mu;
@@ -106,6 +142,14 @@ int main(void) {
   cmdop_exec_result_free(r);
   r = NULL;
   CHECK(events_get(&ev, &ev.connects) == 1);
+  {
+    int count, blocking;
+    CHECK(signal(SIGPIPE, SIG_DFL) != SIG_ERR);
+    runtime_threads(&count, &blocking);
+    printf("runtime threads: %d, with SIGPIPE blocked: %d\n", count, blocking);
+    CHECK(count >= 1);
+    CHECK(blocking == count);
+  }
 
   /* 1. Killed and back within about a second, no call running. */
   arm();
