@@ -14,9 +14,12 @@ use std::time::Duration;
 
 use std::ffi::c_void;
 
-use super::boundary::as_callback;
+use std::future::Future;
+
+use super::boundary::{as_callback, Failure};
 use super::events::cmdop_free_fn;
 use super::exec::{cmdop_exec_output_fn, cmdop_stream_kind};
+use super::runtime::block_on;
 use crate::client::{CancelToken, Stream};
 
 /// Most chunks and bytes waiting for the callback.
@@ -238,7 +241,25 @@ pub(crate) fn output_sink(
     }
 }
 
-pub(crate) fn output_delivery(
+/// Runs the call that `call` makes from the output handler and the token,
+/// with the handler delivering to `sink` on a delivery thread, blocking
+/// this thread; once the call is done, waits for that thread's remaining
+/// deliveries (none after a cancel).
+pub(crate) fn block_on_with_output<Fut: Future>(
+    what: &str,
+    sink: OutputSink,
+    token: CancelToken,
+    call: impl FnOnce(ChunkHandler, CancelToken) -> Fut,
+) -> Result<Fut::Output, Failure> {
+    let (handler, delivery) = output_delivery(sink, &token);
+    let result = block_on(what, call(handler, token))?;
+    if let Some(d) = delivery {
+        d.finish();
+    }
+    Ok(result)
+}
+
+fn output_delivery(
     sink: OutputSink,
     token: &CancelToken,
 ) -> (ChunkHandler, Option<Delivery<cmdop_stream_kind>>) {

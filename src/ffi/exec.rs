@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use super::boundary::{arg_str, handle, out_ptr, Failure};
 use super::client::cmdop_client;
-use super::delivery::{output_delivery, output_sink, OutputSink};
+use super::delivery::{block_on_with_output, output_sink, OutputSink};
 use super::events::cmdop_free_fn;
-use super::runtime::{block_on, run_on_runtime};
+use super::runtime::run_on_runtime;
 use super::status::cmdop_status;
 use crate::client::{CancelToken, Error, ExecOutput};
 
@@ -42,6 +42,18 @@ pub struct cmdop_exec_result {
 /// Cancels a running cmdop_execute_with_callback() from any thread. Opaque.
 pub struct cmdop_cancel_token {
     pub(crate) token: CancelToken,
+}
+
+/// The token behind a C `cancel` argument; a fresh one (never cancelled)
+/// for NULL.
+///
+/// # Safety
+/// `cancel` is NULL or a live cmdop_cancel_token of this library.
+pub(crate) unsafe fn cancel_arg(cancel: *const cmdop_cancel_token) -> CancelToken {
+    // SAFETY: NULL (handled) or a live token, by the contract.
+    unsafe { cancel.as_ref() }
+        .map(|t| t.token.clone())
+        .unwrap_or_default()
 }
 
 fn timeout_arg(timeout_ms: u32) -> Option<Duration> {
@@ -212,20 +224,17 @@ unsafe fn execute_streaming(
         // SAFETY: NULL (checked) or a NUL-terminated string.
         let command = unsafe { arg_str(command, "command") }?;
         // SAFETY: NULL (checked) or a live object of this library.
-        let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
-        let (on_chunk, delivery) = output_delivery(sink, &token);
+        let token = unsafe { cancel_arg(cancel) };
         let timeout = timeout_arg(timeout_ms);
         let result = if keep {
-            block_on("cmdop_execute_with_callback", c.client.execute_stream(command, timeout, on_chunk, token))?
+            block_on_with_output("cmdop_execute_with_callback", sink, token, |on_chunk, token| {
+                c.client.execute_stream(command, timeout, on_chunk, token)
+            })?
         } else {
-            block_on(
-                "cmdop_execute_with_callback_discard",
-                c.client.execute_stream_discarding(command, timeout, on_chunk, token),
-            )?
+            block_on_with_output("cmdop_execute_with_callback_discard", sink, token, |on_chunk, token| {
+                c.client.execute_stream_discarding(command, timeout, on_chunk, token)
+            })?
         };
-        if let Some(d) = delivery {
-            d.finish();
-        }
         finish(out, result)
     }
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use super::boundary::{arg_str, handle, out_ptr, Failure};
 use super::client::cmdop_client;
-use super::delivery::{output_delivery, output_sink};
+use super::delivery::{block_on_with_output, output_sink};
 use super::events::cmdop_free_fn;
-use super::exec::{cmdop_cancel_token, cmdop_exec_output_fn, cmdop_exec_result, finish};
-use super::runtime::block_on;
+use super::exec::{
+    cancel_arg, cmdop_cancel_token, cmdop_exec_output_fn, cmdop_exec_result, finish,
+};
 use super::status::cmdop_status;
 use crate::client::{stdin_pipe, ExecOptions, StdinReader, StdinWriter};
 
@@ -184,15 +185,10 @@ pub unsafe extern "C" fn cmdop_execute_with_options(
         // SAFETY: NULL or a struct as documented.
         let opts = unsafe { read_options(opts) }?;
         // SAFETY: NULL or a live token of this library.
-        let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
-        let (on_output, delivery) = output_delivery(sink, &token);
-        let result = block_on(
-            "cmdop_execute_with_options",
-            c.client.execute_with(command, &opts, on_output, token),
-        )?;
-        if let Some(d) = delivery {
-            d.finish();
-        }
+        let token = unsafe { cancel_arg(cancel) };
+        let result = block_on_with_output("cmdop_execute_with_options", sink, token, |on_output, token| {
+            c.client.execute_with(command, &opts, on_output, token)
+        })?;
         finish(out, result)
     }
 }
@@ -327,15 +323,10 @@ pub unsafe extern "C" fn cmdop_execute_with_stdin(
             Failure::new(cmdop_status::InvalidArgument, "this stdin was already used by a command; make a new one")
         })?;
         // SAFETY: NULL or a live token of this library.
-        let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
-        let (on_output, delivery) = output_delivery(sink, &token);
-        let result = block_on(
-            "cmdop_execute_with_stdin",
-            c.client.execute_piped(command, &opts, reader, on_output, token),
-        )?;
-        if let Some(d) = delivery {
-            d.finish();
-        }
+        let token = unsafe { cancel_arg(cancel) };
+        let result = block_on_with_output("cmdop_execute_with_stdin", sink, token, |on_output, token| {
+            c.client.execute_piped(command, &opts, reader, on_output, token)
+        })?;
         finish(out, result)
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::boundary::{arg_str, as_callback, handle, Failure};
 use super::client::cmdop_client;
-use super::exec::cmdop_cancel_token;
+use super::exec::{cancel_arg, cmdop_cancel_token};
 use super::runtime::block_on;
 use super::status::cmdop_status;
 use crate::client::TransferOptions;
@@ -154,7 +154,7 @@ pub unsafe extern "C" fn cmdop_download_file(
         // SAFETY: NULL or a struct as documented.
         let opts = unsafe { read_options(opts) }?;
         // SAFETY: NULL or a live token of this library.
-        let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
+        let token = unsafe { cancel_arg(cancel) };
         let progress = Progress { cb: on_progress, user_data };
         block_on(
             "cmdop_download_file",
@@ -197,7 +197,7 @@ pub unsafe extern "C" fn cmdop_upload_file(
         // SAFETY: NULL or a struct as documented.
         let opts = unsafe { read_options(opts) }?;
         // SAFETY: NULL or a live token of this library.
-        let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
+        let token = unsafe { cancel_arg(cancel) };
         let progress = Progress { cb: on_progress, user_data };
         block_on(
             "cmdop_upload_file",
@@ -251,7 +251,7 @@ pub unsafe extern "C" fn cmdop_read_file_with_callback(
         let cb = on_chunk.ok_or_else(|| Failure::new(cmdop_status::InvalidArgument, "on_chunk is NULL; pass a function that takes the bytes"))?;
         let sink = ChunkSink { cb, user_data };
         // SAFETY: NULL or a live token of this library.
-        let token = unsafe { cancel.as_ref() }.map(|t| t.token.clone()).unwrap_or_default();
+        let token = unsafe { cancel_arg(cancel) };
         let on_data = move |data: &[u8]| sink.deliver(data);
         let n = block_on(
             "cmdop_read_file_with_callback",
