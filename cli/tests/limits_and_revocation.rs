@@ -412,7 +412,12 @@ async fn revoking_a_key_ends_its_attach_exec_and_transfer_streams() {
             within,
             ended(|| {
                 let s = down.clone();
-                Box::pin(async move { s.lock().await.message().await })
+                // Read slowly: a fast reader could finish the 64 MiB
+                // before the server has noticed the revocation.
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    s.lock().await.message().await
+                })
             })
         ),
         tokio::time::timeout(within, async {
