@@ -15,6 +15,8 @@ mod files;
 mod gate;
 mod last_seen;
 pub mod limits;
+#[cfg(target_os = "linux")]
+pub mod local_postgres;
 mod raw;
 mod revocation;
 mod selection;
