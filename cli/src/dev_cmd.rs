@@ -24,6 +24,11 @@ pub struct DevArgs {
     /// Hostname the agent reports.
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Start a cluster instead: a private PostgreSQL (from the system's
+    /// packages), N control-plane replicas on consecutive ports from
+    /// --listen, and an agent that knows them all.
+    #[arg(long, value_name = "N")]
+    pub cluster: Option<u16>,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -32,6 +37,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             "`cmdop dev` listens on loopback only (it serves plaintext with a ready API key); \
              use --listen 127.0.0.1:PORT, or run `cmdop server` with TLS to serve a network"
         );
+    }
+    if let Some(replicas) = args.cluster {
+        if args.no_extensions {
+            anyhow::bail!("--no-extensions does not combine with --cluster; leave one out");
+        }
+        return crate::dev_cluster::run(
+            replicas,
+            args.listen,
+            args.hostname.as_deref(),
+            args.env_file.as_deref(),
+        )
+        .await;
     }
     let dir = tempfile::Builder::new()
         .prefix("cmdop-dev-")
@@ -91,7 +108,7 @@ async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
 
 /// Waits until the agent shows up as a connected session, so that whoever
 /// reads the env file can select the machine right away.
-async fn wait_for_agent(server: SocketAddr, api_key: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_agent(server: SocketAddr, api_key: &str) -> anyhow::Result<()> {
     use cmdop_proto::terminal::{
         terminal_streaming_service_client::TerminalStreamingServiceClient, ListSessionsRequest,
     };

@@ -6,6 +6,7 @@ mod admin_cmd;
 mod agent_cmd;
 mod client_cmd;
 mod data_dir;
+mod dev_cluster;
 mod dev_cmd;
 mod logging;
 mod server_cmd;

@@ -291,7 +291,8 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
     Ok(listener.local_addr()?.port())
 }
