@@ -7,7 +7,12 @@
 //! cmdop-bench-cluster --cmdop PATH --hostname NAME
 //!     [--latency-runs N] [--warmup N] [--stream-bytes N] [--stream-runs N]
 //!     [--failover-runs N] [--db-runs N] [--timeout-ms N] [--log-level L] [--keep-logs DIR]
+//!     [--store postgres|sqlite]
 //! ```
+//!
+//! `--store sqlite` (replicas sharing one SQLite data directory instead of
+//! PostgreSQL) is for trying the harness on builds without PostgreSQL
+//! support; the database case needs PostgreSQL and is skipped then.
 //!
 //! Prints one JSON record per measurement on stdout (format in
 //! `bench/c/bench_common.h`), progress on stderr:
@@ -62,7 +67,7 @@ const MIN_IDLE_WINDOW: Duration = Duration::from_secs(2);
 
 const USAGE: &str = "usage: cmdop-bench-cluster --cmdop PATH --hostname NAME \
 [--latency-runs N] [--warmup N] [--stream-bytes N] [--stream-runs N] [--failover-runs N] \
-[--db-runs N] [--timeout-ms N] [--log-level L] [--keep-logs DIR]";
+[--db-runs N] [--timeout-ms N] [--log-level L] [--keep-logs DIR] [--store postgres|sqlite]";
 
 struct Args {
     cmdop: PathBuf,
@@ -76,6 +81,7 @@ struct Args {
     timeout: Duration,
     log_level: String,
     keep_logs: Option<PathBuf>,
+    sqlite: bool,
 }
 
 fn parse_size(flag: &str, v: &str) -> anyhow::Result<u64> {
@@ -105,6 +111,7 @@ fn parse_args() -> anyhow::Result<Args> {
         timeout: Duration::from_secs(60),
         log_level: "warn".into(),
         keep_logs: None,
+        sqlite: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -131,6 +138,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--timeout-ms" => args.timeout = Duration::from_millis(count(&value)?.max(1) as u64),
             "--log-level" => args.log_level = value,
             "--keep-logs" => args.keep_logs = Some(value.into()),
+            "--store" => match value.as_str() {
+                "postgres" => args.sqlite = false,
+                "sqlite" => args.sqlite = true,
+                _ => bail!("--store takes postgres or sqlite, not '{value}'"),
+            },
             _ => bail!("unknown option {flag}; {USAGE}"),
         }
     }
@@ -226,6 +238,51 @@ fn psql(url: &str, sql: &str) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The replicas' shared state: a PostgreSQL URL or a SQLite data directory.
+#[derive(Clone)]
+enum Db {
+    Postgres(String),
+    Sqlite(PathBuf),
+}
+
+impl Db {
+    /// The `cmdop server` / `cmdop admin` arguments naming it.
+    fn args(&self) -> [std::ffi::OsString; 2] {
+        match self {
+            Db::Postgres(url) => ["--database".into(), url.into()],
+            Db::Sqlite(dir) => ["--data-dir".into(), dir.into()],
+        }
+    }
+
+    /// One query; rows as lines, fields separated by U+001F.
+    fn query(&self, sql: &str) -> anyhow::Result<String> {
+        match self {
+            Db::Postgres(url) => psql(url, sql),
+            Db::Sqlite(dir) => {
+                let out = std::process::Command::new("python3")
+                    .arg("-c")
+                    .arg(
+                        "import sqlite3, sys\n\
+                         c = sqlite3.connect(sys.argv[1], timeout=10)\n\
+                         for r in c.execute(sys.argv[2]): print('\\x1f'.join(map(str, r)))",
+                    )
+                    .arg(dir.join("cmdop.db"))
+                    .arg(sql)
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("cannot run python3 (for reading the SQLite store)")?;
+                if !out.status.success() {
+                    bail!(
+                        "query failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            }
+        }
+    }
 }
 
 /// Turns on `pg_stat_statements` (needs a restart of the server, done here
@@ -340,7 +397,7 @@ struct Replica {
 
 struct Cluster {
     cmdop: PathBuf,
-    url: String,
+    db: Db,
     log_level: String,
     peer_secret: String,
     replicas: Vec<Replica>,
@@ -355,9 +412,10 @@ fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 /// Runs `cmdop admin --database URL ARGS` and returns what it printed.
-async fn admin(cmdop: &Path, url: &str, args: &[&str]) -> anyhow::Result<String> {
+async fn admin(cmdop: &Path, db: &Db, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(cmdop)
-        .args(["admin", "--database", url])
+        .arg("admin")
+        .args(db.args())
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -392,13 +450,8 @@ impl Cluster {
             .open(&r.log)
             .with_context(|| format!("cannot open {}", r.log.display()))?;
         let child = Command::new(&self.cmdop)
-            .args([
-                "--log-level",
-                &self.log_level,
-                "server",
-                "--database",
-                &self.url,
-            ])
+            .args(["--log-level", &self.log_level, "server"])
+            .args(self.db.args())
             .args(["--listen", &r.listen.to_string()])
             .args(["--peer-listen", &r.peer.to_string()])
             .args(["--replica-id", &r.id])
@@ -466,13 +519,12 @@ impl Cluster {
         {
             bail!("unexpected machine id '{machine_id}'");
         }
-        let out = psql(
-            &self.url,
-            &format!(
+        let out = self
+            .db
+            .query(&format!(
                 "SELECT replica_id FROM routes WHERE machine_id = '{machine_id}' AND replica_id <> ''"
-            ),
-        )
-        .context("cannot read the routes table")?;
+            ))
+            .context("cannot read the routes table")?;
         let id = out.lines().next().unwrap_or("").trim();
         if id.is_empty() {
             return Ok(None);
@@ -524,15 +576,15 @@ struct Setup {
     machine_id: String,
 }
 
-async fn start_cluster(args: &Args, dir: &Path, url: String) -> anyhow::Result<Setup> {
-    admin(&args.cmdop, &url, &["create-workspace", "bench"]).await?;
+async fn start_cluster(args: &Args, dir: &Path, db: Db) -> anyhow::Result<Setup> {
+    admin(&args.cmdop, &db, &["create-workspace", "bench"]).await?;
     let api_key = admin(
         &args.cmdop,
-        &url,
+        &db,
         &["create-key", "--workspace", "bench", "--label", "bench"],
     )
     .await?;
-    let token = admin(&args.cmdop, &url, &["enroll-token", "--workspace", "bench"]).await?;
+    let token = admin(&args.cmdop, &db, &["enroll-token", "--workspace", "bench"]).await?;
     let mut replicas = Vec::new();
     for i in 0..REPLICAS {
         replicas.push(Replica {
@@ -546,7 +598,7 @@ async fn start_cluster(args: &Args, dir: &Path, url: String) -> anyhow::Result<S
     }
     let mut cluster = Cluster {
         cmdop: args.cmdop.clone(),
-        url,
+        db,
         log_level: args.log_level.clone(),
         peer_secret: cmdop_controlplane::store::secrets::random_hex("", 24),
         replicas,
@@ -981,7 +1033,9 @@ where
 /// length for the background (leases, heartbeats).
 async fn db_queries(args: &Args, setup: &Setup, counter: &DbCounter) -> anyhow::Result<()> {
     let c = &setup.cluster;
-    let url = c.url.clone();
+    let Db::Postgres(url) = c.db.clone() else {
+        bail!("needs PostgreSQL (run without --store sqlite)");
+    };
     let home = c.live_route(&setup.machine_id).await?;
     for (subject, label, at) in [
         (
@@ -1065,8 +1119,8 @@ async fn db_queries(args: &Args, setup: &Setup, counter: &DbCounter) -> anyhow::
 
 // ------------------------------------------------------------ main
 
-async fn run(args: Args, dir: PathBuf, url: String, counter: DbCounter) -> anyhow::Result<bool> {
-    let mut setup = start_cluster(&args, &dir, url).await?;
+async fn run(args: Args, dir: PathBuf, db: Db, counter: DbCounter) -> anyhow::Result<bool> {
+    let mut setup = start_cluster(&args, &dir, db).await?;
     eprintln!(
         "cmdop-bench-cluster: cluster up: replicas {}, agent '{}' on {}",
         setup
@@ -1164,33 +1218,42 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    // Started on the main thread, which lives as long as the program: the
-    // server dies with it even on SIGKILL.
-    eprintln!("cmdop-bench-cluster: starting PostgreSQL from the system's packages");
-    let mut pg = match LocalPostgres::start() {
-        Ok(pg) => pg,
-        Err(e) => {
-            eprintln!("cmdop-bench-cluster: cannot start PostgreSQL: {e:#}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let counter = match enable_statement_stats(&mut pg) {
-        Ok(()) => DbCounter::Statements,
-        Err(why) => {
-            eprintln!("cmdop-bench-cluster: counting transactions instead of statements: {why}");
-            if let Err(e) = pg.resume() {
-                eprintln!("cmdop-bench-cluster: PostgreSQL does not start again: {e:#}");
+    let (pg, db, counter) = if args.sqlite {
+        let data = dir.path().join("data");
+        (None, Db::Sqlite(data), DbCounter::Transactions)
+    } else {
+        // Started on the main thread, which lives as long as the program:
+        // the server dies with it even on SIGKILL.
+        eprintln!("cmdop-bench-cluster: starting PostgreSQL from the system's packages");
+        let mut pg = match LocalPostgres::start() {
+            Ok(pg) => pg,
+            Err(e) => {
+                eprintln!("cmdop-bench-cluster: cannot start PostgreSQL: {e:#}");
                 return std::process::ExitCode::from(2);
             }
-            DbCounter::Transactions
-        }
+        };
+        let counter = match enable_statement_stats(&mut pg) {
+            Ok(()) => DbCounter::Statements,
+            Err(why) => {
+                eprintln!(
+                    "cmdop-bench-cluster: counting transactions instead of statements: {why}"
+                );
+                if let Err(e) = pg.resume() {
+                    eprintln!("cmdop-bench-cluster: PostgreSQL does not start again: {e:#}");
+                    return std::process::ExitCode::from(2);
+                }
+                DbCounter::Transactions
+            }
+        };
+        let url = pg.url();
+        (Some(pg), Db::Postgres(url), counter)
     };
     let keep_logs = args.keep_logs.clone();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")
-        .and_then(|rt| rt.block_on(run(args, dir.path().to_path_buf(), pg.url(), counter)));
+        .and_then(|rt| rt.block_on(run(args, dir.path().to_path_buf(), db, counter)));
     if let Some(to) = keep_logs {
         let _ = std::fs::create_dir_all(&to);
         for entry in std::fs::read_dir(dir.path())
