@@ -464,6 +464,108 @@ class Report:
         self.skipped_lines(recs)
         self.w()
 
+    def cluster(self):
+        cases = ("cluster-latency", "cluster-stream", "cluster-failover", "cluster-db", "cluster-agents")
+        recs = [r for c in cases for r in self.of_case(c)]
+        if not recs:
+            return
+        self.w("## Cluster (3 replicas + PostgreSQL)")
+        self.w()
+        self.w("A private PostgreSQL (system packages, loopback), three `cmdop server` replicas sharing it and "
+               "forwarding to each other over their peer ports, one real agent given all three servers; "
+               "measured through the Rust client core (`bench/rust`, `cmdop-bench-cluster`). "
+               "*Same replica*: the client is connected to the replica holding the agent; *cross-replica*: "
+               "to another one, which forwards the call. The two latency paths run interleaved, call by call.")
+        self.w()
+        self.w("| measurement | runs | errors | min | p50 | p99 / max | vs peer | goal | |")
+        self.w("|---|---:|---:|---:|---:|---:|---:|---|---|")
+        same = self.find("cluster-latency", "same-replica")
+        cross = self.find("cluster-latency", "cross-replica")
+        ss, cs = (Stats(same) if same else None), (Stats(cross) if cross else None)
+
+        def row(r, ratio="", goal="", verdict="", size=""):
+            st = Stats(r)
+            self.w(f"| {r['label']}{size} | {r['runs']} | {r['errors']} | {fmt_us(st.min)} | {fmt_us(st.p50)} | "
+                   f"{fmt_us(st.p99)} | {ratio} | {goal} | {verdict} |")
+
+        if same:
+            row(same, "peer")
+        if cross:
+            added = cs.p50 - ss.p50 if ss and ss.p50 and cs.p50 else None
+            ratio = f"{fmt_ratio(cs.p50 / ss.p50)} (+{fmt_us(added)})" if added is not None and added >= 0 else (
+                f"{fmt_ratio(cs.p50 / ss.p50)} (−{fmt_us(-added)})" if added is not None else "–")
+            row(cross, ratio, "adds ≤ 0.3 ms p50", goal_word(added <= 300 if added is not None else None))
+        stream = self.find("cluster-stream", "cross-replica")
+        peer = self.find("stream", "ssh-cm") or self.find("cluster-stream", "ssh-cm")
+        if peer:
+            row(peer, "peer", size=f", {peer['bytes'] / MIB:.0f} MiB, {fmt_rate(peer['bytes'], Stats(peer).p50)}")
+        if stream:
+            st = Stats(stream)
+            ratio = Stats(peer).p50 / st.p50 if peer and Stats(peer).p50 and st.p50 else None
+            row(stream, fmt_ratio(ratio), "≥ 1.2× ssh ControlMaster", goal_word(ratio >= 1.2 if ratio else None),
+                size=f", {stream['bytes'] / MIB:.0f} MiB, {fmt_rate(stream['bytes'], st.p50)}")
+        fo = self.find("cluster-failover", "sigkill-agent-replica")
+        if fo:
+            st = Stats(fo)
+            mx = max(fo.get("samples_us") or [0]) or None
+            ok = None if st.p50 is None else (st.p50 <= 2e6 and mx is not None and mx <= 5e6 and fo["errors"] == 0)
+            self.w(f"| {fo['label']} | {fo['runs']} | {fo['errors']} | {fmt_us(st.min)} | {fmt_us(st.p50)} | "
+                   f"{fmt_us(mx)} (max) | | p50 ≤ 2 s, max ≤ 5 s | {goal_word(ok)} |")
+        db = [r for r in self.of_case("cluster-db") if "skipped" not in r]
+        for r in db:
+            d = r.get("db", {})
+            per = d.get("per_execute")
+            st = Stats(r)
+            self.w(f"| {r['label']}: {d.get('unit', '?')} per execute, minus the idle rate | {r['runs']} | "
+                   f"{r['errors']} | {fmt_us(st.min)} | {fmt_us(st.p50)} | {fmt_us(st.p99)} | "
+                   f"**{'–' if per is None else f'{per:.3f}'}** | none once the route is known | "
+                   f"{goal_word(per < 0.01 if per is not None else None)} |")
+        ag = self.find("cluster-agents", "idle-agents")
+        idle = self.find("cluster-agents", "exec-1")
+        busy = self.find("cluster-agents", "exec-n")
+        if idle:
+            row(idle, "peer")
+        if busy:
+            ratio = Stats(busy).p50 / Stats(idle).p50 if idle and Stats(idle).p50 and Stats(busy).p50 else None
+            row(busy, fmt_ratio(ratio), "≤ 1.2× idle p50", goal_word(ratio <= 1.2 if ratio else None))
+        if ag:
+            n = ag.get("agents", ag["runs"])
+            rss = ag.get("rss_kb", {})
+            before, after = rss.get("controlplane_before", -1), rss.get("controlplane_after", -1)
+            per_agent = (after - before) / n if n and before >= 0 and after >= 0 else None
+            self.w(f"| {ag['label']}: control-plane RSS per idle agent, summed over the replicas "
+                   f"({fmt_kb(before)} → {fmt_kb(after)}) | {n} | {ag['errors']} | | | | "
+                   f"{'–' if per_agent is None else f'{per_agent:.1f} KiB'} | ≤ 64 KiB | "
+                   f"{goal_word(per_agent <= 64 if per_agent is not None else None)} |")
+        self.w()
+        if stream and stream.get("rss_kb"):
+            rss = stream["rss_kb"]
+            self.w(f"- Peak RSS during the cross-replica stream: client {fmt_kb(rss.get('client'))}, forwarding "
+                   f"replica {fmt_kb(rss.get('controlplane'))}, agent's replica {fmt_kb(rss.get('controlplane_agent'))}, "
+                   f"agent {fmt_kb(rss.get('agent'))}.")
+        if fo:
+            rs = sorted(fo.get("restart_us") or [])
+            extra = f" Restarting the killed replica took p50 {fmt_us(percentile(rs, 50))}." if rs else ""
+            self.w(f"- Failover: the replica holding the agent (by the `routes` table) is killed with SIGKILL; "
+                   f"clients already connected to both survivors retry `execute(\"true\")` (each attempt bounded "
+                   f"to 1.5 s, 10 ms apart) until one succeeds; the time runs from the kill.{extra}"
+                   f"{' ' + fo['note'] if fo.get('note') else ''}")
+        for r in db:
+            d = r.get("db", {})
+            self.w(f"- Database, {r['label']}: {d.get('during_executes')} {d.get('unit')} during {r['runs']} executes "
+                   f"({r['wall_s']:.2f} s), {d.get('idle')} in an idle window of {d.get('idle_window_s', 0):.2f} s "
+                   f"(leases, heartbeats; {d.get('background_in_window', 0):.1f} scaled to the execute window).")
+            top = d.get("top_during_executes") or []
+            if top:
+                self.w("  Most frequent during the executes: " + "; ".join(
+                    f"{t['calls']}× `{t['query'][:90]}`" for t in top[:3]) + ".")
+        self.skipped_lines(recs)
+        self.w()
+        rows = [(r["label"], Stats(r).p50, Stats(r).min, Stats(r).p99)
+                for r in (same, cross, idle, busy) if r and Stats(r).p50]
+        self.plot("cluster.svg", "cluster execute(\"true\") latency: p50, whiskers min..p99 (log scale)",
+                  rows, us_tick, True, "latency per call", fmt_us)
+
     def changes(self):
         self.w("## What we changed and what it gave")
         self.w()
@@ -493,6 +595,7 @@ class Report:
         self.coldstart()
         self.abi()
         self.agents()
+        self.cluster()
         self.changes()
         self.reproduce()
         path = os.path.join(self.out_dir, "BENCHMARKS.md")
