@@ -3,20 +3,24 @@
 //! costs the control plane and whether `execute` slows down with many of them.
 //!
 //! ```text
-//! cmdop-bench-agents --server http://HOST:PORT --data-dir DIR --workspace NAME \
-//!     --agents N [--parallel N] [--control-plane-pid PID] [--ready-file F] [--label TEXT]
+//! cmdop-bench-agents --server http://HOST:PORT[,http://HOST:PORT…] \
+//!     (--data-dir DIR | --database postgres://…) --workspace NAME --agents N \
+//!     [--parallel N] [--control-plane-pid PID]… [--ready-file F] [--label TEXT] [--case NAME]
 //! ```
 //!
 //! Each agent is enrolled with its own one-time token (minted straight into
-//! the control plane's SQLite store at `--data-dir`, as `cmdop admin
-//! enroll-token` would, but without a process per token), then opens
+//! the control plane's store — SQLite at `--data-dir` or a cluster's
+//! PostgreSQL at `--database` — as `cmdop admin enroll-token` would, but
+//! without a process per token), then opens
 //! `ConnectTerminal`, registers, waits for `start_session` and stays
 //! connected, sending a heartbeat every 25 s like the real agent. It serves no
-//! commands (no terminal, no `AgentLink.Channel`): idle agents.
+//! commands (no terminal, no `AgentLink.Channel`): idle agents. With several
+//! servers (a cluster's replicas) agent `i` connects to server `i mod n`.
 //!
 //! Once all agents are connected it prints one JSON record (format in
 //! `bench/c/bench_common.h`; samples are the per-agent connect times) with the
-//! control plane's resident memory before and after, writes `--ready-file`,
+//! control planes' resident memory before and after (summed over every
+//! `--control-plane-pid`), writes `--ready-file`,
 //! and holds the connections until SIGTERM or SIGINT.
 
 use std::{
@@ -53,31 +57,35 @@ const OUTBOUND_QUEUE: usize = 4;
 /// Time for the control plane's allocations to settle before measuring.
 const SETTLE: Duration = Duration::from_secs(2);
 
-const USAGE: &str =
-    "usage: cmdop-bench-agents --server http://HOST:PORT --data-dir DIR --workspace NAME \
---agents N [--parallel N] [--control-plane-pid PID] [--ready-file F] [--label TEXT]";
+const USAGE: &str = "usage: cmdop-bench-agents --server http://HOST:PORT[,http://HOST:PORT…] \
+(--data-dir DIR | --database postgres://…) --workspace NAME --agents N [--parallel N] \
+[--control-plane-pid PID]… [--ready-file F] [--label TEXT] [--case NAME]";
 
 struct Args {
-    server: String,
+    servers: Vec<String>,
     data_dir: PathBuf,
+    database: Option<String>,
     workspace: String,
     agents: usize,
     parallel: usize,
-    control_plane_pid: Option<u32>,
+    control_plane_pids: Vec<u32>,
     ready_file: Option<PathBuf>,
     label: String,
+    case: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
-        server: String::new(),
+        servers: Vec::new(),
         data_dir: PathBuf::new(),
+        database: None,
         workspace: String::new(),
         agents: 0,
         parallel: 64,
-        control_plane_pid: None,
+        control_plane_pids: Vec::new(),
         ready_file: None,
         label: String::new(),
+        case: "agents-10k".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -89,25 +97,34 @@ fn parse_args() -> anyhow::Result<Args> {
                 .with_context(|| format!("{flag}: '{v}' is not a count"))
         };
         match flag.as_str() {
-            "--server" => args.server = value,
+            "--server" => args.servers.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            ),
             "--data-dir" => args.data_dir = value.into(),
+            "--database" => args.database = Some(value),
+            "--case" => args.case = value,
             "--workspace" => args.workspace = value,
             "--agents" => args.agents = count(&value)?,
             "--parallel" => args.parallel = count(&value)?,
-            "--control-plane-pid" => {
-                args.control_plane_pid = Some(
-                    value
-                        .parse()
-                        .with_context(|| format!("--control-plane-pid: '{value}' is not a pid"))?,
-                )
-            }
+            "--control-plane-pid" => args.control_plane_pids.push(
+                value
+                    .parse()
+                    .with_context(|| format!("--control-plane-pid: '{value}' is not a pid"))?,
+            ),
             "--ready-file" => args.ready_file = Some(value.into()),
             "--label" => args.label = value,
             _ => bail!("unknown option {flag}; {USAGE}"),
         }
     }
-    if args.server.is_empty() || args.data_dir.as_os_str().is_empty() || args.workspace.is_empty() {
-        bail!("--server, --data-dir and --workspace are required; {USAGE}");
+    if args.servers.is_empty()
+        || (args.data_dir.as_os_str().is_empty() == args.database.is_none())
+        || args.workspace.is_empty()
+    {
+        bail!("--server, one of --data-dir and --database, and --workspace are required; {USAGE}");
     }
     if args.agents == 0 || args.parallel == 0 {
         bail!("--agents and --parallel must be > 0");
@@ -118,9 +135,19 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// Current resident set (VmRSS, KiB) of `pid`; -1 when unknown.
-fn vm_rss_kb(pid: Option<u32>) -> i64 {
-    let Some(pid) = pid else { return -1 };
+/// Current resident set (VmRSS, KiB) of all `pids` together; -1 when
+/// there are none or one is unknown.
+fn vm_rss_kb(pids: &[u32]) -> i64 {
+    if pids.is_empty() {
+        return -1;
+    }
+    pids.iter()
+        .map(|&pid| one_vm_rss_kb(pid))
+        .try_fold(0i64, |sum, kb| (kb >= 0).then_some(sum + kb))
+        .unwrap_or(-1)
+}
+
+fn one_vm_rss_kb(pid: u32) -> i64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -131,21 +158,34 @@ fn vm_rss_kb(pid: Option<u32>) -> i64 {
         .unwrap_or(-1)
 }
 
-/// Mints `n` one-time enrollment tokens for `workspace`.
-fn mint_tokens(
-    data_dir: &std::path::Path,
-    workspace: &str,
-    n: usize,
-) -> anyhow::Result<Vec<String>> {
-    let store = Store::open(data_dir).with_context(|| {
+/// Opens the control plane's store: the SQLite one in `data_dir`, or the
+/// cluster's PostgreSQL database at `database`.
+fn open_store(data_dir: &std::path::Path, database: Option<&str>) -> anyhow::Result<Store> {
+    if database.is_some() {
+        bail!(
+            "--database needs a control plane with the PostgreSQL store (issue 11); \
+             this build has only SQLite: use --data-dir"
+        );
+    }
+    Store::open(data_dir).with_context(|| {
         format!(
             "cannot open the control plane's state in {}",
             data_dir.display()
         )
+    })
+}
+
+/// Mints `n` one-time enrollment tokens for `workspace`.
+fn mint_tokens(
+    data_dir: &std::path::Path,
+    database: Option<&str>,
+    workspace: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let store = open_store(data_dir, database)?;
+    let ws = store.workspace_by_name(workspace)?.with_context(|| {
+        format!("no workspace named '{workspace}' in the control plane's store")
     })?;
-    let ws = store
-        .workspace_by_name(workspace)?
-        .with_context(|| format!("no workspace named '{workspace}' in {}", data_dir.display()))?;
     (0..n)
         .map(|_| store.create_enrollment_token(&ws.id))
         .collect()
@@ -270,27 +310,30 @@ fn message(session_id: String, payload: agent_message::Payload) -> AgentMessage 
 
 async fn run(args: Args) -> anyhow::Result<bool> {
     let data_dir = args.data_dir.clone();
+    let database = args.database.clone();
     let workspace = args.workspace.clone();
     let n = args.agents;
-    let tokens = tokio::task::spawn_blocking(move || mint_tokens(&data_dir, &workspace, n))
-        .await
-        .context("token minting task failed")??;
+    let tokens = tokio::task::spawn_blocking(move || {
+        mint_tokens(&data_dir, database.as_deref(), &workspace, n)
+    })
+    .await
+    .context("token minting task failed")??;
 
-    let endpoint = Endpoint::from_shared(args.server.clone())
-        .with_context(|| {
-            format!(
-                "invalid server URL '{}'; expected http://host:port",
-                args.server
-            )
-        })?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10));
-    let enroll_channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the control plane at {}", args.server))?;
+    // One endpoint and enrollment channel per server.
+    let mut servers = Vec::with_capacity(args.servers.len());
+    for server in &args.servers {
+        let endpoint = Endpoint::from_shared(server.clone())
+            .with_context(|| format!("invalid server URL '{server}'; expected http://host:port"))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10));
+        let enroll_channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the control plane at {server}"))?;
+        servers.push((endpoint, enroll_channel));
+    }
 
-    let rss_before = vm_rss_kb(args.control_plane_pid);
+    let rss_before = vm_rss_kb(&args.control_plane_pids);
     let (ready_tx, mut ready_rx) = mpsc::channel(args.parallel.max(16));
     let (stop_tx, stop_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(args.parallel));
@@ -301,7 +344,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // is connected (or has failed).
     let spawner = {
         let slots = slots.clone();
-        let endpoint = endpoint.clone();
         let stop_rx = stop_rx.clone();
         tokio::spawn(async move {
             let mut handles = Vec::with_capacity(tokens.len());
@@ -317,6 +359,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     }
                     drop(permit);
                 });
+                let (endpoint, enroll_channel) = &servers[i % servers.len()];
                 handles.push(tokio::spawn(run_agent(
                     endpoint.clone(),
                     enroll_channel.clone(),
@@ -356,10 +399,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     let wall = started.elapsed();
     tokio::time::sleep(SETTLE).await;
-    let rss_after = vm_rss_kb(args.control_plane_pid);
+    let rss_after = vm_rss_kb(&args.control_plane_pids);
 
     let record = serde_json::json!({
-        "case": "agents-10k",
+        "case": args.case,
         "subject": "idle-agents",
         "label": args.label,
         "runs": n,
@@ -369,6 +412,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "errors": errors,
         "bytes": 0,
         "agents": samples.len(),
+        "servers": args.servers.len(),
         "rss_kb": { "controlplane_before": rss_before, "controlplane_after": rss_after },
         "samples_us": samples.iter().map(|v| (v * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
     });

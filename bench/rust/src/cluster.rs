@@ -6,8 +6,8 @@
 //! ```text
 //! cmdop-bench-cluster --cmdop PATH --hostname NAME
 //!     [--latency-runs N] [--warmup N] [--stream-bytes N] [--stream-runs N]
-//!     [--failover-runs N] [--db-runs N] [--timeout-ms N] [--log-level L] [--keep-logs DIR]
-//!     [--store postgres|sqlite]
+//!     [--failover-runs N] [--db-runs N] [--agents N --agents-bin PATH [--agents-lat-runs N]]
+//!     [--timeout-ms N] [--log-level L] [--keep-logs DIR] [--store postgres|sqlite]
 //! ```
 //!
 //! `--store sqlite` (replicas sharing one SQLite data directory instead of
@@ -28,7 +28,11 @@
 //! - `cluster-db`: database statements per execute on the hot path
 //!   (`pg_stat_statements`, or transactions from `pg_stat_database` when the
 //!   extension is not available), minus the background rate of an idle
-//!   window of the same length.
+//!   window of the same length;
+//! - `cluster-agents` (with `--agents N`): `cmdop-bench-agents` connects N
+//!   simulated idle agents spread over the replicas; the replicas' resident
+//!   memory before and after (summed), and cross-replica `execute("true")`
+//!   without (`exec-1`) and with them (`exec-n`).
 //!
 //! A part that cannot run prints a record with `"skipped"` and the run exits
 //! with status 1; status 2 means the cluster itself did not start.
@@ -67,7 +71,8 @@ const MIN_IDLE_WINDOW: Duration = Duration::from_secs(2);
 
 const USAGE: &str = "usage: cmdop-bench-cluster --cmdop PATH --hostname NAME \
 [--latency-runs N] [--warmup N] [--stream-bytes N] [--stream-runs N] [--failover-runs N] \
-[--db-runs N] [--timeout-ms N] [--log-level L] [--keep-logs DIR] [--store postgres|sqlite]";
+[--db-runs N] [--agents N --agents-bin PATH [--agents-lat-runs N]] [--timeout-ms N] [--log-level L] \
+[--keep-logs DIR] [--store postgres|sqlite]";
 
 struct Args {
     cmdop: PathBuf,
@@ -82,6 +87,9 @@ struct Args {
     log_level: String,
     keep_logs: Option<PathBuf>,
     sqlite: bool,
+    agents: usize,
+    agents_bin: Option<PathBuf>,
+    agents_lat_runs: usize,
 }
 
 fn parse_size(flag: &str, v: &str) -> anyhow::Result<u64> {
@@ -112,6 +120,9 @@ fn parse_args() -> anyhow::Result<Args> {
         log_level: "warn".into(),
         keep_logs: None,
         sqlite: false,
+        agents: 0,
+        agents_bin: None,
+        agents_lat_runs: 200,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -138,6 +149,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--timeout-ms" => args.timeout = Duration::from_millis(count(&value)?.max(1) as u64),
             "--log-level" => args.log_level = value,
             "--keep-logs" => args.keep_logs = Some(value.into()),
+            "--agents" => args.agents = count(&value)?,
+            "--agents-bin" => args.agents_bin = Some(value.into()),
+            "--agents-lat-runs" => args.agents_lat_runs = count(&value)?,
             "--store" => match value.as_str() {
                 "postgres" => args.sqlite = false,
                 "sqlite" => args.sqlite = true,
@@ -928,6 +942,125 @@ async fn until_success(client: Client, hostname: String) -> (usize, Option<Strin
     }
 }
 
+/// `runs` executes of `true` one after the other.
+async fn measure(client: &Client, runs: usize, timeout: Duration) -> (Samples, Duration) {
+    let mut s = Samples::new();
+    let t0 = Instant::now();
+    for _ in 0..runs {
+        s.add(timed_true(client, timeout).await);
+    }
+    (s, t0.elapsed())
+}
+
+fn agents_latency_record(subject: &str, label: &str, s: &Samples, runs: usize, wall: Duration) {
+    if let Some(e) = &s.first_error {
+        eprintln!(
+            "cmdop-bench-cluster: {subject}: {} failed, first: {e}",
+            s.errors
+        );
+    }
+    emit(serde_json::json!({
+        "case": "cluster-agents",
+        "subject": subject,
+        "label": label,
+        "runs": runs,
+        "concurrency": 1,
+        "wall_s": wall.as_secs_f64(),
+        "ops_per_s": if wall.as_secs_f64() > 0.0 { s.us.len() as f64 / wall.as_secs_f64() } else { 0.0 },
+        "errors": s.errors,
+        "bytes": 0,
+        "samples_us": round_us(&s.us),
+    }));
+}
+
+/// Cross-replica execute latency without and with `--agents` simulated idle
+/// agents spread over the replicas, and what they cost the replicas.
+async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
+    let bin = args
+        .agents_bin
+        .as_ref()
+        .context("--agents needs --agents-bin (target/release/cmdop-bench-agents)")?;
+    let c = &setup.cluster;
+    let home = c.live_route(&setup.machine_id).await?;
+    let (client, _) = open_client(c, (home + 1) % REPLICAS, &setup.api_key, &args.hostname).await?;
+    let _ = measure(&client, args.warmup, args.timeout).await;
+    let (s, wall) = measure(&client, args.agents_lat_runs, args.timeout).await;
+    agents_latency_record(
+        "exec-1",
+        "cross-replica execute(\"true\"), no other agent",
+        &s,
+        args.agents_lat_runs,
+        wall,
+    );
+
+    let servers: Vec<String> = c
+        .replicas
+        .iter()
+        .map(|r| format!("http://{}", r.listen))
+        .collect();
+    let log_path = c.agent_log.with_file_name("agents.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut sim = Command::new(bin);
+    sim.arg("--server")
+        .arg(servers.join(","))
+        .args(c.db.args())
+        .args(["--workspace", "bench", "--agents", &args.agents.to_string()])
+        .args(["--case", "cluster-agents"])
+        .args([
+            "--label",
+            &format!("{} idle agents over {REPLICAS} replicas", args.agents),
+        ]);
+    for i in 0..REPLICAS {
+        let pid = c.pid(i).context("a replica is not running")?;
+        sim.args(["--control-plane-pid", &pid.to_string()]);
+    }
+    let mut sim = sim
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    let stdout = sim.stdout.take().context("no stdout of the simulator")?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let record = tokio::time::timeout(Duration::from_secs(900), lines.next_line()).await;
+    let record = match record {
+        Ok(Ok(Some(line))) => line,
+        Ok(_) => bail!(
+            "the simulated agents did not connect: {}",
+            log_tail(&log_path, 2)
+        ),
+        Err(_) => bail!("the simulated agents did not all connect within 900 s"),
+    };
+    let parsed: serde_json::Value =
+        serde_json::from_str(&record).context("the simulator printed no JSON record")?;
+    emit(parsed);
+    let (s, wall) = measure(&client, args.agents_lat_runs, args.timeout).await;
+    agents_latency_record(
+        "exec-n",
+        &format!(
+            "cross-replica execute(\"true\"), {} idle agents connected",
+            args.agents
+        ),
+        &s,
+        args.agents_lat_runs,
+        wall,
+    );
+    client.close().await;
+    if let Some(pid) = sim.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    if tokio::time::timeout(Duration::from_secs(30), sim.wait())
+        .await
+        .is_err()
+    {
+        let _ = sim.kill().await;
+    }
+    Ok(())
+}
+
 /// SIGKILL the agent's replica, time until an execute succeeds through a
 /// survivor, restart the killed replica.
 async fn failover(args: &Args, setup: &mut Setup) -> anyhow::Result<()> {
@@ -1183,6 +1316,18 @@ async fn run(args: Args, dir: PathBuf, db: Db, counter: DbCounter) -> anyhow::Re
                 "cluster-stream",
                 "cross-replica",
                 "Rust client, cross-replica",
+            )],
+            r,
+        );
+    }
+    if args.agents > 0 {
+        let r = idle_agents(&args, &setup).await;
+        part(
+            "idle agents",
+            &[(
+                "cluster-agents",
+                "idle-agents",
+                "simulated idle agents over the replicas",
             )],
             r,
         );
