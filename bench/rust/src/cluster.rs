@@ -1443,3 +1443,52 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("--stream-bytes", "16M").unwrap(), 16 << 20);
+        assert_eq!(parse_size("--stream-bytes", "1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("--stream-bytes", "4096").unwrap(), 4096);
+        assert!(parse_size("--stream-bytes", "1T").is_err());
+        assert!(parse_size("--stream-bytes", "-1").is_err());
+    }
+
+    #[test]
+    fn statement_delta_counts_only_growth_and_orders_it() {
+        let snap = |v: &[(&str, u64)]| {
+            DbSnapshot::Statements(
+                v.iter()
+                    .map(|(q, n)| (q.to_string(), (*n, format!("query {q}"))))
+                    .collect(),
+            )
+        };
+        let a = snap(&[("1", 10), ("2", 5)]);
+        let b = snap(&[("1", 10), ("2", 8), ("3", 4)]);
+        let (total, top) = db_delta(&a, &b);
+        assert_eq!(total, 7);
+        assert_eq!(
+            top,
+            vec![(4, "query 3".to_string()), (3, "query 2".to_string())]
+        );
+    }
+
+    #[test]
+    fn transaction_delta_leaves_out_the_snapshot_itself() {
+        let (total, top) = db_delta(
+            &DbSnapshot::Transactions(100),
+            &DbSnapshot::Transactions(101),
+        );
+        assert_eq!(total, 0);
+        assert!(top.is_empty());
+    }
+
+    #[test]
+    fn median_of_samples() {
+        assert_eq!(p50(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(p50(&[]), 0.0);
+    }
+}
