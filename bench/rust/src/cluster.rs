@@ -1069,57 +1069,16 @@ async fn failover(args: &Args, setup: &mut Setup) -> anyhow::Result<()> {
     let mut restart_us = Vec::new();
     let t_all = Instant::now();
     for run in 0..args.failover_runs {
-        let home = setup.cluster.live_route(&setup.machine_id).await?;
-        let survivors: Vec<usize> = (0..REPLICAS).filter(|&i| i != home).collect();
-        let mut clients = Vec::new();
-        for &i in &survivors {
-            let (client, _) =
-                open_client(&setup.cluster, i, &setup.api_key, &args.hostname).await?;
-            // The survivors serve the machine before the kill.
-            if let Err(e) = timed_true(&client, args.timeout).await {
-                bail!(
-                    "execute through {} failed before the kill: {e}",
-                    setup.cluster.replicas[i].id
-                );
+        if let Err(e) = failover_run(args, setup, run, &mut s, &mut notes, &mut restart_us).await {
+            // What was measured so far is kept; the cluster is not in a
+            // state to go on.
+            s.add(Err(format!("{e:#}")));
+            notes.push(format!("run {} could not complete: {e:#}", run + 1));
+            if s.us.is_empty() {
+                return Err(e);
             }
-            clients.push(client);
+            break;
         }
-        let killed_id = setup.cluster.replicas[home].id.clone();
-        let t0 = Instant::now();
-        setup.cluster.kill_replica(home).await;
-        let tasks: Vec<_> = clients
-            .iter()
-            .map(|c| Box::pin(until_success(c.clone(), args.hostname.clone())))
-            .collect();
-        let outcome = tokio::time::timeout(FAILOVER_GIVE_UP, futures_select_first(tasks)).await;
-        let took = t0.elapsed();
-        match outcome {
-            Ok((which, attempts, first_error)) => {
-                s.add(Ok(took.as_secs_f64() * 1e6));
-                eprintln!(
-                    "cmdop-bench-cluster: failover {}: killed {killed_id}, execute through {} after {:.0} ms \
-                     ({attempts} attempts; first error: {})",
-                    run + 1,
-                    setup.cluster.replicas[survivors[which]].id,
-                    took.as_secs_f64() * 1e3,
-                    first_error.as_deref().unwrap_or("none")
-                );
-            }
-            Err(_) => {
-                s.add(Err(format!(
-                    "no execute succeeded within {FAILOVER_GIVE_UP:?} after killing {killed_id}"
-                )));
-                notes.push(format!("run {} gave up", run + 1));
-            }
-        }
-        for c in clients {
-            c.close().await;
-        }
-        let t_restart = Instant::now();
-        setup.cluster.start_replica(home).await.with_context(|| {
-            format!("cannot restart {killed_id} after failover run {}", run + 1)
-        })?;
-        restart_us.push(t_restart.elapsed().as_secs_f64() * 1e6);
     }
     if let Some(e) = &s.first_error {
         eprintln!(
@@ -1141,6 +1100,70 @@ async fn failover(args: &Args, setup: &mut Setup) -> anyhow::Result<()> {
         "restart_us": round_us(&restart_us),
         "samples_us": round_us(&s.us),
     }));
+    Ok(())
+}
+
+/// One failover run: kill, time the recovery, restart.
+async fn failover_run(
+    args: &Args,
+    setup: &mut Setup,
+    run: usize,
+    s: &mut Samples,
+    notes: &mut Vec<String>,
+    restart_us: &mut Vec<f64>,
+) -> anyhow::Result<()> {
+    let home = setup.cluster.live_route(&setup.machine_id).await?;
+    let survivors: Vec<usize> = (0..REPLICAS).filter(|&i| i != home).collect();
+    let mut clients = Vec::new();
+    for &i in &survivors {
+        let (client, _) = open_client(&setup.cluster, i, &setup.api_key, &args.hostname).await?;
+        // The survivors serve the machine before the kill.
+        if let Err(e) = timed_true(&client, args.timeout).await {
+            bail!(
+                "execute through {} failed before the kill: {e}",
+                setup.cluster.replicas[i].id
+            );
+        }
+        clients.push(client);
+    }
+    let killed_id = setup.cluster.replicas[home].id.clone();
+    let t0 = Instant::now();
+    setup.cluster.kill_replica(home).await;
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|c| Box::pin(until_success(c.clone(), args.hostname.clone())))
+        .collect();
+    let outcome = tokio::time::timeout(FAILOVER_GIVE_UP, futures_select_first(tasks)).await;
+    let took = t0.elapsed();
+    match outcome {
+        Ok((which, attempts, first_error)) => {
+            s.add(Ok(took.as_secs_f64() * 1e6));
+            eprintln!(
+                "cmdop-bench-cluster: failover {}: killed {killed_id}, execute through {} after {:.0} ms \
+                 ({attempts} attempts; first error: {})",
+                run + 1,
+                setup.cluster.replicas[survivors[which]].id,
+                took.as_secs_f64() * 1e3,
+                first_error.as_deref().unwrap_or("none")
+            );
+        }
+        Err(_) => {
+            s.add(Err(format!(
+                "no execute succeeded within {FAILOVER_GIVE_UP:?} after killing {killed_id}"
+            )));
+            notes.push(format!("run {} gave up", run + 1));
+        }
+    }
+    for c in clients {
+        c.close().await;
+    }
+    let t_restart = Instant::now();
+    setup
+        .cluster
+        .start_replica(home)
+        .await
+        .with_context(|| format!("cannot restart {killed_id} after failover run {}", run + 1))?;
+    restart_us.push(t_restart.elapsed().as_secs_f64() * 1e6);
     Ok(())
 }
 
@@ -1398,7 +1421,17 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")
-        .and_then(|rt| rt.block_on(run(args, dir.path().to_path_buf(), db, counter)));
+        .and_then(|rt| {
+            rt.block_on(async {
+                // SIGTERM/SIGINT (bench/run's timeout): stop what was
+                // started (the children die with their handles), remove
+                // the directories.
+                tokio::select! {
+                    r = run(args, dir.path().to_path_buf(), db, counter) => r,
+                    why = shutdown_signal() => Err(anyhow::anyhow!("stopped by {why}")),
+                }
+            })
+        });
     if let Some(to) = keep_logs {
         let _ = std::fs::create_dir_all(&to);
         for entry in std::fs::read_dir(dir.path())
@@ -1419,6 +1452,21 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("cmdop-bench-cluster: {e:#}");
             std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT, naming it.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
         }
     }
 }
