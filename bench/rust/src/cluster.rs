@@ -436,7 +436,18 @@ async fn admin(cmdop: &Path, db: &Db, args: &[&str]) -> anyhow::Result<String> {
         .await
         .with_context(|| format!("cannot run {}", cmdop.display()))?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        // On one line; clap's usage text after its error says nothing more.
+        let err = if stderr.contains("unexpected argument") {
+            lines.first().copied().unwrap_or_default().to_string()
+        } else {
+            lines.join(" | ")
+        };
         let hint = if err.contains("--database") {
             "; this cmdop has no cluster mode yet (issue 11: `cmdop admin --database postgres://…`) — \
              build a version that has it"
@@ -446,7 +457,7 @@ async fn admin(cmdop: &Path, db: &Db, args: &[&str]) -> anyhow::Result<String> {
         bail!(
             "cmdop admin {} failed: {}{hint}",
             args.first().copied().unwrap_or_default(),
-            err.trim()
+            err
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
