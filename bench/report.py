@@ -546,6 +546,10 @@ class Report:
         if fo:
             rs = sorted(fo.get("restart_us") or [])
             extra = f" Restarting the killed replica took p50 {fmt_us(percentile(rs, 50))}." if rs else ""
+            st_ = sorted(fo.get("settle_us") or [])
+            if st_:
+                extra += (f" Before each kill both survivors must serve the machine: after the previous run's move "
+                          f"that took p50 {fmt_us(percentile(st_, 50))}, max {fmt_us(st_[-1])} (not counted above).")
             self.w(f"- Failover: the replica holding the agent (by the `routes` table) is killed with SIGKILL; "
                    f"clients already connected to both survivors retry `execute(\"true\")` (each attempt bounded "
                    f"to 1.5 s, 10 ms apart) until one succeeds; the time runs from the kill.{extra}"

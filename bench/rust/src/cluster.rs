@@ -64,6 +64,9 @@ const FAILOVER_GIVE_UP: Duration = Duration::from_secs(30);
 /// Bound of one execute attempt during failover (a call through the dead
 /// replica must end, not hang; this keeps a hung one from hiding recovery).
 const FAILOVER_ATTEMPT: Duration = Duration::from_millis(1500);
+/// How long, before a failover run, the survivors may take to serve the
+/// machine (following the previous run's move).
+const SETTLE_WAIT: Duration = Duration::from_secs(15);
 /// Pause between failover attempts.
 const FAILOVER_PAUSE: Duration = Duration::from_millis(10);
 /// Shortest idle window for the database background rate.
@@ -1078,9 +1081,20 @@ async fn failover(args: &Args, setup: &mut Setup) -> anyhow::Result<()> {
     let mut s = Samples::new();
     let mut notes = Vec::new();
     let mut restart_us = Vec::new();
+    let mut settle_us = Vec::new();
     let t_all = Instant::now();
     for run in 0..args.failover_runs {
-        if let Err(e) = failover_run(args, setup, run, &mut s, &mut notes, &mut restart_us).await {
+        if let Err(e) = failover_run(
+            args,
+            setup,
+            run,
+            &mut s,
+            &mut notes,
+            &mut restart_us,
+            &mut settle_us,
+        )
+        .await
+        {
             // What was measured so far is kept; the cluster is not in a
             // state to go on.
             s.add(Err(format!("{e:#}")));
@@ -1109,6 +1123,7 @@ async fn failover(args: &Args, setup: &mut Setup) -> anyhow::Result<()> {
         "bytes": 0,
         "note": notes.join("; "),
         "restart_us": round_us(&restart_us),
+        "settle_us": round_us(&settle_us),
         "samples_us": round_us(&s.us),
     }));
     Ok(())
@@ -1122,21 +1137,33 @@ async fn failover_run(
     s: &mut Samples,
     notes: &mut Vec<String>,
     restart_us: &mut Vec<f64>,
+    settle_us: &mut Vec<f64>,
 ) -> anyhow::Result<()> {
     let home = setup.cluster.live_route(&setup.machine_id).await?;
     let survivors: Vec<usize> = (0..REPLICAS).filter(|&i| i != home).collect();
     let mut clients = Vec::new();
+    let settle_start = Instant::now();
     for &i in &survivors {
         let (client, _) = open_client(&setup.cluster, i, &setup.api_key, &args.hostname).await?;
-        // The survivors serve the machine before the kill.
-        if let Err(e) = timed_true(&client, args.timeout).await {
-            bail!(
-                "execute through {} failed before the kill: {e}",
-                setup.cluster.replicas[i].id
-            );
+        // The survivors serve the machine before the kill (after the
+        // previous run, a replica may need a moment to follow the move).
+        let deadline = Instant::now() + SETTLE_WAIT;
+        loop {
+            match timed_true(&client, args.timeout).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => bail!(
+                    "execute through {} still fails {SETTLE_WAIT:?} before the kill: {e}",
+                    setup.cluster.replicas[i].id
+                ),
+                Err(_) => {
+                    let _ = client.set_machine(&args.hostname).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
         }
         clients.push(client);
     }
+    settle_us.push(settle_start.elapsed().as_secs_f64() * 1e6);
     let killed_id = setup.cluster.replicas[home].id.clone();
     let t0 = Instant::now();
     setup.cluster.kill_replica(home).await;
