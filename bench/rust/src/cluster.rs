@@ -1572,6 +1572,32 @@ mod tests {
         assert!(top.is_empty());
     }
 
+    /// Against a real private PostgreSQL: the statistics are switched on
+    /// and count the statements run between two snapshots (and not the
+    /// snapshots themselves).
+    #[test]
+    fn statement_counts_of_a_real_postgres() {
+        let mut pg = LocalPostgres::start().expect("start PostgreSQL (apt-get install postgresql)");
+        enable_statement_stats(&mut pg).expect("pg_stat_statements");
+        let url = pg.url();
+        psql(&url, "CREATE TABLE t (v INT)").unwrap();
+        let a = DbCounter::Statements.snapshot(&url).unwrap();
+        for v in 0..3 {
+            psql(&url, &format!("INSERT INTO t VALUES ({v})")).unwrap();
+        }
+        let b = DbCounter::Statements.snapshot(&url).unwrap();
+        let (total, top) = db_delta(&a, &b);
+        assert_eq!(total, 3, "{:?}", top);
+        assert!(top[0].1.contains("INSERT INTO t"), "{:?}", top);
+        let c = DbCounter::Statements.snapshot(&url).unwrap();
+        assert_eq!(db_delta(&b, &c).0, 0, "the snapshots count themselves");
+        let x0 = DbCounter::Transactions.snapshot(&url).unwrap();
+        let DbSnapshot::Transactions(n) = x0 else {
+            panic!("not a transaction count")
+        };
+        assert!(n > 0);
+    }
+
     #[test]
     fn median_of_samples() {
         assert_eq!(p50(&[3.0, 1.0, 2.0]), 2.0);
