@@ -23,9 +23,7 @@ pub(crate) fn side_address(opts: &ClientOptions, server: &str) -> Option<String>
     if opts.tls {
         return None;
     }
-    let rest = server
-        .split_once("://")
-        .map_or(server, |(_, rest)| rest);
+    let rest = server.split_once("://").map_or(server, |(_, rest)| rest);
     let authority = rest.split('/').next().unwrap_or_default();
     (!authority.is_empty()).then(|| authority.to_string())
 }

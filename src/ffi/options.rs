@@ -431,11 +431,15 @@ mod tests {
         let mut aligned = std::mem::MaybeUninit::<cmdop_options>::uninit();
         // SAFETY: copying raw bytes into a buffer of the same size.
         unsafe {
-            std::ptr::copy_nonoverlapping(raw.as_ptr(), aligned.as_mut_ptr().cast::<u8>(), raw.len())
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr(),
+                aligned.as_mut_ptr().cast::<u8>(),
+                raw.len(),
+            )
         };
         // SAFETY: a version-1 struct followed by bytes the reader must skip.
-        let c = unsafe { client_options(aligned.as_ptr(), Target::Remote, Credentials::None) }
-            .unwrap();
+        let c =
+            unsafe { client_options(aligned.as_ptr(), Target::Remote, Credentials::None) }.unwrap();
         assert!(c.servers.is_empty());
     }
 
@@ -449,7 +453,10 @@ mod tests {
         let c = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap();
         assert_eq!(c.servers, vec!["10.0.0.1:7001", "10.0.0.2:7002"]);
         assert!(c.tls);
-        let local = Target::Local { host: None, port: 0 };
+        let local = Target::Local {
+            host: None,
+            port: 0,
+        };
         // SAFETY: as above.
         let c = unsafe { client_options(&o, local, Credentials::None) }.unwrap();
         assert_eq!(
@@ -459,7 +466,10 @@ mod tests {
         // Without a list, a local client still needs host and port.
         let mut plain = init();
         plain.servers = list.as_ptr(); // ignored with a count of 0
-        let local = Target::Local { host: None, port: 0 };
+        let local = Target::Local {
+            host: None,
+            port: 0,
+        };
         // SAFETY: as above.
         assert!(unsafe { client_options(&plain, local, Credentials::None) }.is_err());
         let err = |o: &cmdop_options| {
@@ -476,7 +486,11 @@ mod tests {
         assert!(err(&bad).contains("opts->servers[1]"), "{}", err(&bad));
         let empty = [c"a:1".as_ptr(), c"  ".as_ptr()];
         bad.servers = empty.as_ptr();
-        assert!(err(&bad).contains("opts->servers[1] is empty"), "{}", err(&bad));
+        assert!(
+            err(&bad).contains("opts->servers[1] is empty"),
+            "{}",
+            err(&bad)
+        );
         bad.server_count = CMDOP_MAX_SERVERS + 1;
         assert!(err(&bad).contains("at most 64"), "{}", err(&bad));
         let mut both = init();
@@ -508,7 +522,8 @@ mod tests {
     #[test]
     fn tls_default_depends_on_the_constructor_and_is_checked() {
         let mut o = init();
-        let local = Target::Local { host: Some("127.0.0.1"),
+        let local = Target::Local {
+            host: Some("127.0.0.1"),
             port: 9,
         };
         // SAFETY: NULL or options initialised for their stated version.
@@ -545,7 +560,10 @@ mod tests {
         assert!(unsafe { client_options(&o, Target::Remote, Credentials::None) }.is_err());
         let mut o = init();
         o.server = c"h:1".as_ptr();
-        let local = Target::Local { host: Some("h"), port: 1 };
+        let local = Target::Local {
+            host: Some("h"),
+            port: 1,
+        };
         // SAFETY: NULL or options initialised for their stated version.
         assert!(unsafe { client_options(&o, local, Credentials::None) }.is_err());
         // A bool byte of 7, as C could write; never a Rust bool.

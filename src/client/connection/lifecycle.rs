@@ -201,7 +201,9 @@ impl Inner {
                 Err(e)
                     if n > 1 && matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) =>
                 {
-                    self.log(LogLevel::Info, || format!("{uri}: {e}; trying the next server"));
+                    self.log(LogLevel::Info, || {
+                        format!("{uri}: {e}; trying the next server")
+                    });
                     failures.push(format!("{uri}: {e}"));
                 }
                 Err(e) => return Err(e),

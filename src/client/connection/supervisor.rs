@@ -168,7 +168,12 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
                 });
                 backoff.connected(Instant::now());
                 // Drops seen while reconnecting belong to the outage.
-                if let Some(c) = inner.conn.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                if let Some(c) = inner
+                    .conn
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
                     let _ = c.dropped.notified().now_or_never();
                 }
                 inner.state.send_replace(ConnState::Connected);
