@@ -160,8 +160,12 @@ async fn kill_9_of_the_server_in_use_moves_agent_and_client_to_the_other() {
     let mut in_use = 0;
     let mut times = Vec::new();
     for run in 0..runs {
-        // A fresh client per run: each measures a first failover.
-        let (c, events) = list_client(&list, &ws.api_key).await;
+        // A fresh client per run: each measures a first failover. Its list
+        // starts with the server the agent is on (without routing between
+        // replicas, a call must land where the agent is).
+        let other = 1 - in_use;
+        let order = [list[in_use], list[other]];
+        let (c, events) = list_client(&order, &ws.api_key).await;
         assert_eq!(
             c.connection_info().await.server,
             format!("http://{}", addrs[in_use]),
@@ -175,7 +179,6 @@ async fn kill_9_of_the_server_in_use_moves_agent_and_client_to_the_other() {
         dead.proc.kill(); // SIGKILL
         let ok_at = echo_until_ok(&c, &host, "after", Duration::from_secs(60)).await;
         let took = ok_at - killed;
-        let other = 1 - in_use;
         eprintln!(
             "failover run {}: kill -9 of {} -> first successful execute through {} after {} ms",
             run + 1,
