@@ -522,3 +522,69 @@ async fn probe_all(targets: &[Option<(String, u16)>]) -> Vec<bool> {
     }))
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(port: u16) -> Option<(String, u16)> {
+        Some(("127.0.0.1".to_owned(), port))
+    }
+
+    /// A port where nothing listens.
+    fn dead_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn after_a_loss_the_next_server_that_answers_is_picked_the_lost_one_last() {
+        let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (pa, pb) = (
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        );
+        let dead = dead_port();
+        let short = Duration::from_millis(10);
+        // Both answer: the one after the lost one.
+        assert_eq!(wait_and_pick(short, &[target(pa), target(pb)], 0).await, 1);
+        assert_eq!(wait_and_pick(short, &[target(pa), target(pb)], 1).await, 0);
+        // The next one is dead: skipped, on to the one after it.
+        let three = [target(pa), target(dead), target(pb)];
+        assert_eq!(wait_and_pick(short, &three, 0).await, 2);
+        // Only the lost one answers (it came back): back to it.
+        assert_eq!(
+            wait_and_pick(short, &[target(pa), target(dead)], 0).await,
+            0
+        );
+        // None answers: simply the next one (its attempt will fail).
+        let none = [target(dead), target(dead_port())];
+        assert_eq!(wait_and_pick(short, &none, 0).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_long_wait_is_cut_when_a_dead_server_comes_back() {
+        let dead = dead_port();
+        let other = dead_port();
+        let started = Instant::now();
+        let revive = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", other))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(l);
+        });
+        let picked =
+            wait_and_pick(Duration::from_secs(20), &[target(dead), target(other)], 0).await;
+        assert_eq!(picked, 1);
+        // Probes every 1-2 s, then at most 1 s of spread: far below 20 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+        revive.abort();
+    }
+}
