@@ -523,6 +523,35 @@ mod tests {
         assert_eq!(base_name(""), "");
     }
 
+    #[derive(clap::Parser)]
+    struct Connect {
+        #[command(flatten)]
+        c: ConnectArgs,
+    }
+
+    fn options(args: &[&str]) -> anyhow::Result<ClientOptions> {
+        use clap::Parser;
+        let mut argv = vec!["t", "--api-key", "k"];
+        argv.extend_from_slice(args);
+        Connect::try_parse_from(argv)?.c.options()
+    }
+
+    #[test]
+    fn several_servers_become_the_client_list() {
+        let o = options(&["--server", "127.0.0.1:1,127.0.0.1:2", "--server", "[::1]:3"]).unwrap();
+        assert_eq!(o.servers, vec!["127.0.0.1:1", "127.0.0.1:2", "[::1]:3"]);
+        assert!(!o.tls, "loopback without a scheme is plaintext");
+        let o = options(&["--server", "https://a:1,https://b:2"]).unwrap();
+        assert!(o.tls);
+        assert_eq!(o.servers.len(), 2);
+        // One server keeps the single-server field.
+        let o = options(&["--server", "127.0.0.1:1"]).unwrap();
+        assert!(o.servers.is_empty());
+        assert_eq!(o.server, "127.0.0.1:1");
+        let e = options(&["--server", "https://a:1,http://b:2"]).unwrap_err();
+        assert!(e.to_string().contains("mix TLS and plaintext"), "{e}");
+    }
+
     #[test]
     fn env_arguments_are_name_equals_value() {
         assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
