@@ -3,7 +3,8 @@
 //! two loopback ports; an agent and a library client are given both.
 //! Killing (SIGKILL) the server they use moves both to the other one: the
 //! client reports on_disconnect(will_reconnect) then on_connect, and a new
-//! execute succeeds there. A list whose first server is dead from the start
+//! execute succeeds there; a command in flight through the dead server ends
+//! with UNAVAILABLE at once (never hangs, never resent). A list whose first server is dead from the start
 //! connects to the next one.
 //!
 //! `CMDOP_FAILOVER_RUNS=5` repeats the kill (alternating servers) and
@@ -174,9 +175,34 @@ async fn kill_9_of_the_server_in_use_moves_agent_and_client_to_the_other() {
         echo_until_ok(&c, &host, "before", Duration::from_secs(30)).await;
         wait_events(&events, &["connect"], Duration::from_secs(5)).await;
 
+        // A command in flight through the server about to die.
+        let in_flight = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let r = c.execute("sleep 30", Some(Duration::from_secs(60))).await;
+                (r.map(|o| o.exit_code), Instant::now())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
         let mut dead = servers[in_use].take().expect("server running");
         let killed = Instant::now();
         dead.proc.kill(); // SIGKILL
+                          // It ends with UNAVAILABLE at once, never hangs, and is not moved
+                          // to the other server (an execute is never sent twice).
+        let (ended, at) = tokio::time::timeout(Duration::from_secs(10), in_flight)
+            .await
+            .expect("the call in flight ended within 10 s")
+            .expect("task");
+        match ended {
+            Err(e) => assert_eq!(
+                e.kind(),
+                cmdop::client::ErrorKind::Unavailable,
+                "call in flight: {e}"
+            ),
+            Ok(code) => panic!("the command in flight finished with {code} after its server died"),
+        }
+        assert!(at - killed < Duration::from_secs(5), "{:?}", at - killed);
         let ok_at = echo_until_ok(&c, &host, "after", Duration::from_secs(60)).await;
         let took = ok_at - killed;
         eprintln!(
