@@ -168,6 +168,14 @@ fn validate_exec(req: &ExecRequest) -> Result<(), Status> {
     Ok(())
 }
 
+/// True for a call that arrived on the cluster's peer port.
+fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request
+        .extensions()
+        .get::<crate::cluster::Forwarded>()
+        .is_some()
+}
+
 #[tonic::async_trait]
 impl Cmdop for CmdopService {
     async fn server_info(
@@ -239,7 +247,10 @@ impl Cmdop for CmdopService {
         request: Request<ExecRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let ws = self.client(&request)?;
-        let (stream, _, _, _) = self.start_exec(&ws, request.into_inner(), false).await?;
+        let forwarded = is_forwarded(&request);
+        let (stream, _, _, _) = self
+            .start_exec(&ws, request.into_inner(), false, forwarded)
+            .await?;
         Ok(Response::new(stream))
     }
 
@@ -250,6 +261,7 @@ impl Cmdop for CmdopService {
         request: Request<tonic::Streaming<ExecInput>>,
     ) -> Result<Response<Self::ExecWithStdinStream>, Status> {
         let ws = self.client(&request)?;
+        let forwarded = is_forwarded(&request);
         let mut input = request.into_inner();
         let req = match input.message().await? {
             Some(ExecInput {
@@ -261,7 +273,7 @@ impl Cmdop for CmdopService {
                 ))
             }
         };
-        let (stream, link, exec_id, acks) = self.start_exec(&ws, req, true).await?;
+        let (stream, link, exec_id, acks) = self.start_exec(&ws, req, true, forwarded).await?;
         if let Some(acks) = acks {
             tokio::spawn(forward_stdin(link, exec_id, input, acks));
         }
@@ -366,6 +378,7 @@ impl CmdopService {
         ws: &Workspace,
         req: ExecRequest,
         stdin_open: bool,
+        forwarded: bool,
     ) -> Result<StartedExec, Status> {
         validate_exec(&req)?;
         let session = if !req.session_id.is_empty() {
@@ -416,7 +429,9 @@ impl CmdopService {
         let exec_id = format!("exec_{}", uuid::Uuid::new_v4().simple());
         // Valid until `relay` returns, however the call ends.
         let ticket = match &self.state.side_connections {
-            Some(rendezvous) if req.accept_raw_stdout && link.raw_stdout() => {
+            // A forwarded call's client is connected to another replica: no
+            // side connection, stdout stays on gRPC.
+            Some(rendezvous) if req.accept_raw_stdout && link.raw_stdout() && !forwarded => {
                 Some(rendezvous.register(&exec_id))
             }
             _ => None,
