@@ -226,3 +226,52 @@ pub const PEER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn random_replica_id() -> String {
     crate::store::secrets::random_hex("rep_", 6)
 }
+
+impl Cluster {
+    /// Runs `ask` against every other live replica at once (each bounded by
+    /// [`PEER_LOOKUP_TIMEOUT`]) and returns the answers that came back. A
+    /// replica that fails or is slow is left out (and logged).
+    pub async fn ask_all<T, F, Fut>(&self, ask: F) -> Vec<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let calls = self.other_replicas().into_iter().map(|(id, addr)| {
+            let call = self.channel(&addr).map(&ask);
+            async move {
+                let answer = match call {
+                    Ok(fut) => tokio::time::timeout(PEER_LOOKUP_TIMEOUT, fut)
+                        .await
+                        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timed out"))),
+                    Err(status) => Err(status),
+                };
+                answer
+                    .map_err(|status| {
+                        tracing::warn!(replica = %id, %addr, %status, "a replica did not answer a workspace-wide lookup; its machines are left out")
+                    })
+                    .ok()
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+/// The caller of a client call in cluster mode that may ask other replicas:
+/// `None` for a single server and for calls that came from another replica
+/// (those answer from this replica alone).
+pub fn asking_caller<T>(state: &crate::state::State, req: &tonic::Request<T>) -> Option<Caller> {
+    state.cluster.as_ref()?;
+    if req.extensions().get::<Forwarded>().is_some() {
+        return None;
+    }
+    req.extensions().get::<Caller>().cloned()
+}
+
+/// True for a call that came from another replica.
+pub fn is_forwarded<T>(req: &tonic::Request<T>) -> bool {
+    req.extensions().get::<Forwarded>().is_some()
+}

@@ -1,0 +1,548 @@
+//! Cluster mode: three real `cmdop server` replicas sharing one database,
+//! a real agent on one of them, clients on another. Every call a client
+//! makes through a replica without the agent must behave as on the
+//! replica with it.
+
+mod common;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use cmdop_proto::{
+    ext::{
+        exec_event::Event, exec_input, ExecEvent, ExecInput, ExecRequest, ResolveMachineRequest,
+    },
+    terminal::{
+        agent_message, control_message, AgentMessage, ListSessionsRequest, RegisterRequest,
+        TerminalOutput,
+    },
+};
+use common::*;
+use tokio::sync::mpsc;
+use tonic::{codegen::tokio_stream::wrappers::ReceiverStream, Code};
+
+const MIB: usize = 1024 * 1024;
+const PEER_SECRET: &str = "cluster-test-peer-secret-0123456789";
+
+/// The flags that point a replica at the cluster's shared state. Today one
+/// SQLite data dir used by every replica (`start_server` passes it); the
+/// PostgreSQL store adds its URL here.
+fn store_flags(_dir: &Path) -> Vec<String> {
+    Vec::new()
+}
+
+/// Starts replica `id` on `dir`'s shared state.
+fn start_replica(dir: &Path, id: &str) -> Server {
+    let mut flags: Vec<String> = vec![
+        "--peer-listen".into(),
+        "127.0.0.1:0".into(),
+        "--peer-secret".into(),
+        PEER_SECRET.into(),
+        "--replica-id".into(),
+        id.into(),
+        "--keepalive-secs".into(),
+        "2".into(),
+    ];
+    flags.extend(store_flags(dir));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    start_server(dir, "127.0.0.1:0", &flags)
+}
+
+/// The peer address replica `id` recorded for itself.
+fn peer_addr(dir: &Path, id: &str) -> String {
+    let db = rusqlite::Connection::open(dir.join("cmdop.db")).expect("open db");
+    db.query_row(
+        "SELECT peer_addr FROM replicas WHERE replica_id = ?1",
+        [id],
+        |r| r.get(0),
+    )
+    .expect("replica row")
+}
+
+/// Three replicas (A, B, C), workspace "alpha", an agent on A.
+struct Cluster {
+    agent: Proc,
+    a: Server,
+    b: Server,
+    c: Server,
+    ws: Workspace,
+    host: String,
+    session_id: String,
+    machine_id: String,
+    dir: tempfile::TempDir,
+}
+
+async fn cluster(prefix: &str) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = start_replica(dir.path(), "rep_a");
+    let b = start_replica(dir.path(), "rep_b");
+    let c = start_replica(dir.path(), "rep_c");
+    let ws = create_workspace(dir.path(), "alpha");
+    let host = unique(prefix);
+    let token = enroll_token(dir.path(), "alpha");
+    let agent = start_agent(
+        &a.addr,
+        Some(&token),
+        &dir.path().join("agent.json"),
+        &host,
+        &["--heartbeat-secs", "1"],
+    );
+    let mut t = terminal(&a.addr, Some(&ws.api_key)).await;
+    let session_id = wait_connected(&mut t, &host).await;
+    // Through B: the machine shows as connected with native exec once A
+    // has recorded its route.
+    let mut e = ext(&b.addr, Some(&ws.api_key)).await;
+    let m = wait_native_exec(&mut e, &host).await;
+    assert_eq!(m.session_id, session_id);
+    Cluster {
+        agent,
+        a,
+        b,
+        c,
+        ws,
+        host,
+        session_id,
+        machine_id: m.machine_id,
+        dir,
+    }
+}
+
+/// Everything one Exec returned.
+#[derive(Default, Debug)]
+struct ExecResult {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit: Option<cmdop_proto::ext::ExecExit>,
+}
+
+async fn collect(mut stream: tonic::Streaming<ExecEvent>) -> Result<ExecResult, tonic::Status> {
+    let mut r = ExecResult::default();
+    while let Some(ev) = stream.message().await? {
+        match ev.event {
+            Some(Event::Stdout(d)) => r.stdout.extend_from_slice(&d),
+            Some(Event::Stderr(d)) => r.stderr.extend_from_slice(&d),
+            Some(Event::Exit(x)) => r.exit = Some(x),
+            _ => {}
+        }
+    }
+    Ok(r)
+}
+
+async fn exec(e: &mut Ext, req: ExecRequest) -> ExecResult {
+    let stream = e.exec(req).await.expect("exec").into_inner();
+    collect(stream).await.expect("exec stream")
+}
+
+#[tokio::test]
+async fn calls_through_another_replica_reach_the_agent() {
+    let cl = cluster("route-host").await;
+    let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+
+    // Exit code, stdout and stderr apart.
+    let r = exec(
+        &mut e,
+        exec_req(&cl.session_id, "echo out; echo err >&2; exit 7", 30_000),
+    )
+    .await;
+    assert_eq!(r.stdout, b"out\n");
+    assert_eq!(r.stderr, b"err\n");
+    assert_eq!(r.exit.as_ref().map(|x| x.exit_code), Some(7));
+
+    // By machine id too.
+    let r = exec(
+        &mut e,
+        ExecRequest {
+            machine_id: cl.machine_id.clone(),
+            command: "echo by-machine".into(),
+            timeout_ms: 30_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.stdout, b"by-machine\n");
+
+    // Stdin given with the request, and streamed.
+    let r = exec(
+        &mut e,
+        ExecRequest {
+            stdin: b"given stdin".to_vec().into(),
+            ..exec_req(&cl.session_id, "cat", 30_000)
+        },
+    )
+    .await;
+    assert_eq!(r.stdout, b"given stdin");
+    let (tx, rx) = mpsc::channel::<ExecInput>(4);
+    tx.send(ExecInput {
+        part: Some(exec_input::Part::Start(exec_req(
+            &cl.session_id,
+            "tr a-z A-Z",
+            30_000,
+        ))),
+    })
+    .await
+    .unwrap();
+    tx.send(ExecInput {
+        part: Some(exec_input::Part::Stdin(b"streamed ".to_vec().into())),
+    })
+    .await
+    .unwrap();
+    tx.send(ExecInput {
+        part: Some(exec_input::Part::Stdin(b"stdin".to_vec().into())),
+    })
+    .await
+    .unwrap();
+    tx.send(ExecInput {
+        part: Some(exec_input::Part::CloseStdin(true)),
+    })
+    .await
+    .unwrap();
+    let stream = e
+        .exec_with_stdin(ReceiverStream::new(rx))
+        .await
+        .expect("exec with stdin")
+        .into_inner();
+    let r = collect(stream).await.expect("exec with stdin stream");
+    assert_eq!(r.stdout, b"STREAMED STDIN");
+    drop(tx);
+
+    // A timeout keeps the output so far.
+    let started = Instant::now();
+    let r = exec(
+        &mut e,
+        exec_req(&cl.session_id, "echo partial; sleep 30", 1_000),
+    )
+    .await;
+    let exit = r.exit.expect("exit");
+    assert!(exit.timed_out, "{exit:?}");
+    assert_eq!(r.stdout, b"partial\n");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // 64 MiB of output, byte for byte.
+    let data = pattern(64 * MIB, 11);
+    let file = cl.dir.path().join("out.bin");
+    std::fs::write(&file, &data).unwrap();
+    let r = exec(
+        &mut e,
+        exec_req(&cl.session_id, &format!("cat {}", file.display()), 120_000),
+    )
+    .await;
+    assert_eq!(r.exit.as_ref().map(|x| x.exit_code), Some(0));
+    assert_eq!(r.stdout.len(), data.len());
+    assert!(r.stdout == data, "streamed output differs");
+
+    // Files, 64 MiB each way, through the library client on B (machine
+    // selected by hostname, which B finds on A).
+    let c = client_on(&cl.b.addr, &cl.ws.api_key, &cl.host).await;
+    let up = cl.dir.path().join("written.bin");
+    let data = pattern(64 * MIB, 12);
+    c.write_file(up.to_str().unwrap(), &data)
+        .await
+        .expect("write 64 MiB through B");
+    assert!(std::fs::read(&up).unwrap() == data, "written file differs");
+    let back = c
+        .read_file(up.to_str().unwrap())
+        .await
+        .expect("read 64 MiB through B");
+    assert!(back == data, "read file differs");
+
+    // The official File* path with the connection's selection (no session
+    // id): B fills in the session of the machine it selected.
+    let mut t = terminal(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let found = t
+        .get_session_by_hostname(cmdop_proto::terminal::GetSessionByHostnameRequest {
+            hostname: cl.host.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetSessionByHostname")
+        .into_inner();
+    assert!(found.found, "{found:?}");
+    assert_eq!(found.session_id, cl.session_id);
+    let small = cl.dir.path().join("small.txt");
+    std::fs::write(&small, b"selected machine").unwrap();
+    let read = t
+        .file_read(cmdop_proto::terminal::FileReadRpcRequest {
+            path: small.to_str().unwrap().into(),
+            ..Default::default()
+        })
+        .await
+        .expect("FileRead")
+        .into_inner();
+    assert!(read.success, "{read:?}");
+    let content = read.result.expect("result").content;
+    assert_eq!(&content[..], b"selected machine");
+
+    // Every replica lists the machine as connected.
+    for addr in [&cl.a.addr, &cl.b.addr, &cl.c.addr] {
+        let mut t = terminal(addr, Some(&cl.ws.api_key)).await;
+        let list = t
+            .list_sessions(ListSessionsRequest::default())
+            .await
+            .expect("ListSessions")
+            .into_inner();
+        let mine: Vec<_> = list
+            .sessions
+            .iter()
+            .filter(|s| s.machine_hostname == cl.host)
+            .collect();
+        assert_eq!(mine.len(), 1, "{addr}: {list:?}");
+        assert_eq!(mine[0].status, "connected");
+        assert_eq!(mine[0].session_id, cl.session_id);
+    }
+
+    // Attach through C: type into the terminal, see the output.
+    let mut t = terminal(&cl.c.addr, Some(&cl.ws.api_key)).await;
+    let (tx, rx) = mpsc::channel::<AgentMessage>(8);
+    tx.send(AgentMessage {
+        session_id: cl.session_id.clone(),
+        message_id: "attach-1".into(),
+        payload: Some(agent_message::Payload::Register(RegisterRequest {
+            version: "cluster-test-attach".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut attach = t
+        .connect_terminal(ReceiverStream::new(rx))
+        .await
+        .expect("attach through C")
+        .into_inner();
+    let first = attach.message().await.expect("attach").expect("first");
+    assert!(matches!(
+        first.payload,
+        Some(control_message::Payload::StartSession(_))
+    ));
+    tx.send(AgentMessage {
+        session_id: cl.session_id.clone(),
+        message_id: "attach-2".into(),
+        payload: Some(agent_message::Payload::Output(TerminalOutput {
+            data: b"echo cluster-$((6*7))\n".to_vec().into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&seen).contains("cluster-42") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, attach.message())
+            .await
+            .expect("the typed command's output within 20 s")
+            .expect("attach stream")
+            .expect("attach stream open");
+        if let Some(control_message::Payload::Input(i)) = msg.payload {
+            seen.extend_from_slice(&i.data);
+        }
+    }
+}
+
+/// A library client on `addr` with `host` selected.
+async fn client_on(addr: &str, key: &str, host: &str) -> cmdop::client::Client {
+    use cmdop::client::{Client, ClientOptions, Credentials};
+    let port = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut opts = ClientOptions::local("127.0.0.1", port);
+    opts.credentials = Credentials::ApiKey(key.to_string());
+    opts.timeout = Duration::from_secs(60);
+    let c = Client::new(opts).expect("client");
+    c.open().await.expect("connect");
+    let m = c.set_machine(host).await.expect("set_machine");
+    assert!(m.native_exec, "{m:?}");
+    c
+}
+
+#[tokio::test]
+async fn workspace_walls_hold_on_every_replica() {
+    let cl = cluster("wall-host").await;
+    let other = create_workspace(cl.dir.path(), "beta");
+    for addr in [&cl.a.addr, &cl.b.addr, &cl.c.addr] {
+        let mut t = terminal(addr, Some(&other.api_key)).await;
+        let list = t
+            .list_sessions(ListSessionsRequest::default())
+            .await
+            .expect("ListSessions")
+            .into_inner();
+        assert!(list.sessions.is_empty(), "{addr}: {list:?}");
+        let mut e = ext(addr, Some(&other.api_key)).await;
+        let st = e
+            .exec(exec_req(&cl.session_id, "echo leaked", 10_000))
+            .await
+            .expect_err("another workspace's session");
+        assert_eq!(st.code(), Code::NotFound, "{addr}: {st:?}");
+        let st = e
+            .exec(ExecRequest {
+                machine_id: cl.machine_id.clone(),
+                command: "echo leaked".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("another workspace's machine");
+        assert_eq!(st.code(), Code::NotFound, "{addr}: {st:?}");
+        let r = e
+            .resolve_machine(ResolveMachineRequest {
+                hostname: cl.host.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("ResolveMachine")
+            .into_inner();
+        assert!(!r.found && r.machine.is_none(), "{addr}: {r:?}");
+        let r = terminal(addr, Some(&other.api_key))
+            .await
+            .get_session_by_hostname(cmdop_proto::terminal::GetSessionByHostnameRequest {
+                hostname: cl.host.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("GetSessionByHostname")
+            .into_inner();
+        assert!(!r.found, "{addr}: {r:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_peer_port_refuses_calls_without_the_secret() {
+    let cl = cluster("peer-host").await;
+    let peer = peer_addr(cl.dir.path(), "rep_a");
+    // A client key is no good on the peer port...
+    let mut e = ext(&peer, Some(&cl.ws.api_key)).await;
+    let st = e
+        .exec(exec_req(&cl.session_id, "echo nope", 10_000))
+        .await
+        .expect_err("no peer secret");
+    assert_eq!(st.code(), Code::Unauthenticated, "{st:?}");
+    assert!(st.message().contains("peer secret"), "{st:?}");
+    // ...nor a wrong secret with forged identity headers.
+    let ch = channel(&peer).await;
+    let mut client = cmdop_proto::ext::cmdop_client::CmdopClient::new(ch);
+    let mut req = tonic::Request::new(exec_req(&cl.session_id, "echo nope", 10_000));
+    let m = req.metadata_mut();
+    m.insert(
+        "x-cmdop-peer-secret",
+        "not-the-secret-at-all".parse().unwrap(),
+    );
+    m.insert("x-cmdop-peer-workspace", "ws_x".parse().unwrap());
+    m.insert("x-cmdop-peer-workspace-name", "616c706861".parse().unwrap());
+    m.insert("x-cmdop-peer-credential", "key:00".parse().unwrap());
+    let st = client.exec(req).await.expect_err("wrong peer secret");
+    assert_eq!(st.code(), Code::Unauthenticated, "{st:?}");
+    // Peer headers on the public port are ignored: no key, no call.
+    let ch = channel(&cl.b.addr).await;
+    let mut client = cmdop_proto::ext::cmdop_client::CmdopClient::new(ch);
+    let mut req = tonic::Request::new(exec_req(&cl.session_id, "echo nope", 10_000));
+    req.metadata_mut()
+        .insert("x-cmdop-peer-secret", PEER_SECRET.parse().unwrap());
+    let st = client.exec(req).await.expect_err("no API key");
+    assert_eq!(st.code(), Code::Unauthenticated, "{st:?}");
+}
+
+#[tokio::test]
+async fn killing_the_owner_mid_exec_ends_the_call_on_another_replica_with_unavailable() {
+    let mut cl = cluster("kill-host").await;
+    let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let mut stream = e
+        .exec(exec_req(&cl.session_id, "echo started; sleep 60", 90_000))
+        .await
+        .expect("exec")
+        .into_inner();
+    // Wait for the command's first output: it runs.
+    loop {
+        let ev = stream.message().await.expect("exec").expect("event");
+        if matches!(ev.event, Some(Event::Stdout(_))) {
+            break;
+        }
+    }
+    cl.a.proc.kill();
+    let killed = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(st) => return Some(st),
+            }
+        }
+    })
+    .await
+    .expect("the call ends within 15 s of the owner's death");
+    let st = ended.expect("the call fails");
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    let took = killed.elapsed();
+    eprintln!("exec through B ended {took:?} after replica A was killed");
+    // A new call for that machine is refused at once, naming the replica.
+    let st = e
+        .exec(exec_req(&cl.session_id, "echo again", 10_000))
+        .await
+        .expect_err("owner gone");
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+}
+
+#[tokio::test]
+async fn the_newer_connection_of_a_machine_wins_and_calls_follow_it() {
+    let cl = cluster("twice-host").await;
+    // The same machine (same state file) connects to C as well.
+    let state = cl.dir.path().join("agent.json");
+    let second = start_agent(
+        &cl.c.addr,
+        None,
+        &state,
+        &cl.host,
+        &["--heartbeat-secs", "1"],
+    );
+    let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    // Calls through B soon run on the agent connected to C: its process
+    // is the one whose pid the command reports as its parent's.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let newer = second.pid().to_string();
+    let older = cl.agent.pid().to_string();
+    loop {
+        let r = e
+            .exec(ExecRequest {
+                machine_id: cl.machine_id.clone(),
+                command: "echo $PPID".into(),
+                timeout_ms: 10_000,
+                ..Default::default()
+            })
+            .await;
+        if let Ok(resp) = r {
+            if let Ok(out) = collect(resp.into_inner()).await {
+                let ran_on = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if ran_on == newer {
+                    break;
+                }
+                assert_eq!(ran_on, older, "ran on neither agent");
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "calls through B did not follow the newer connection on C within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The older link on A was closed: A no longer lists it as connected
+    // from its own sessions, and every replica lists one connected session.
+    for addr in [&cl.a.addr, &cl.b.addr, &cl.c.addr] {
+        let mut t = terminal(addr, Some(&cl.ws.api_key)).await;
+        let list = t
+            .list_sessions(ListSessionsRequest::default())
+            .await
+            .expect("ListSessions")
+            .into_inner();
+        let connected = list
+            .sessions
+            .iter()
+            .filter(|s| s.machine_hostname == cl.host && s.status == "connected")
+            .count();
+        assert_eq!(connected, 1, "{addr}: {list:?}");
+    }
+    drop(second);
+}
