@@ -63,6 +63,7 @@ fn peer_addr(dir: &Path, id: &str) -> String {
 
 /// Three replicas (A, B, C), workspace "alpha", an agent on A.
 struct Cluster {
+    // Dropped (killed) first.
     agent: Proc,
     a: Server,
     b: Server,
@@ -292,6 +293,8 @@ async fn calls_through_another_replica_reach_the_agent() {
         assert_eq!(mine[0].session_id, cl.session_id);
     }
 
+    terminal_rpcs_through(&cl.b.addr, &cl.ws.api_key, &cl.session_id, &cl.host).await;
+
     // Attach through C: type into the terminal, see the output.
     let mut t = terminal(&cl.c.addr, Some(&cl.ws.api_key)).await;
     let (tx, rx) = mpsc::channel::<AgentMessage>(8);
@@ -340,6 +343,63 @@ async fn calls_through_another_replica_reach_the_agent() {
             seen.extend_from_slice(&i.data);
         }
     }
+}
+
+/// The official terminal RPCs through B: input in, output out.
+async fn terminal_rpcs_through(addr: &str, key: &str, session_id: &str, host: &str) {
+    use cmdop_proto::terminal::{
+        GetHistoryRequest, GetOutputRequest, GetSessionStatusRequest, SendInputRequest,
+    };
+    let mut t = terminal(addr, Some(key)).await;
+    let status = t
+        .get_session_status(GetSessionStatusRequest {
+            session_id: session_id.into(),
+        })
+        .await
+        .expect("GetSessionStatus")
+        .into_inner();
+    assert!(status.exists, "{status:?}");
+    assert_eq!(status.agent_hostname, host);
+    let sent = t
+        .send_input(SendInputRequest {
+            session_id: session_id.into(),
+            data: b"echo via-b-$((40+2))\n".to_vec().into(),
+        })
+        .await
+        .expect("SendInput")
+        .into_inner();
+    assert!(sent.success, "{sent:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = t
+            .get_output(GetOutputRequest {
+                session_id: session_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("GetOutput")
+            .into_inner();
+        if String::from_utf8_lossy(&out.data).contains("via-b-42") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the typed command's output did not show within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let history = t
+        .get_history(GetHistoryRequest {
+            session_id: session_id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetHistory")
+        .into_inner();
+    assert!(
+        history.commands.iter().any(|c| c.contains("via-b-")),
+        "{history:?}"
+    );
 }
 
 /// A library client on `addr` with `host` selected.
@@ -528,21 +588,52 @@ async fn the_newer_connection_of_a_machine_wins_and_calls_follow_it() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The older link on A was closed: A no longer lists it as connected
-    // from its own sessions, and every replica lists one connected session.
-    for addr in [&cl.a.addr, &cl.b.addr, &cl.c.addr] {
-        let mut t = terminal(addr, Some(&cl.ws.api_key)).await;
-        let list = t
-            .list_sessions(ListSessionsRequest::default())
+    // The older link on A was closed. Both agents keep the same identity,
+    // so the older one reconnects and the two take turns winning; stopped,
+    // the cluster settles on the newer one: every replica lists exactly one
+    // connected session, and calls through B run on C's agent.
+    let mut older_agent = cl.agent;
+    older_agent.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut settled = true;
+        for addr in [&cl.a.addr, &cl.b.addr, &cl.c.addr] {
+            let mut t = terminal(addr, Some(&cl.ws.api_key)).await;
+            let list = t
+                .list_sessions(ListSessionsRequest::default())
+                .await
+                .expect("ListSessions")
+                .into_inner();
+            let connected = list
+                .sessions
+                .iter()
+                .filter(|s| s.machine_hostname == cl.host && s.status == "connected")
+                .count();
+            settled &= connected == 1;
+        }
+        let ran_on = match e
+            .exec(ExecRequest {
+                machine_id: cl.machine_id.clone(),
+                command: "echo $PPID".into(),
+                timeout_ms: 10_000,
+                ..Default::default()
+            })
             .await
-            .expect("ListSessions")
-            .into_inner();
-        let connected = list
-            .sessions
-            .iter()
-            .filter(|s| s.machine_hostname == cl.host && s.status == "connected")
-            .count();
-        assert_eq!(connected, 1, "{addr}: {list:?}");
+        {
+            Ok(resp) => collect(resp.into_inner())
+                .await
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if settled && ran_on == newer {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not settle on the newer connection within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     drop(second);
 }
