@@ -12,7 +12,8 @@ use std::{
 
 use cmdop_proto::{
     ext::{
-        exec_event::Event, exec_input, ExecEvent, ExecInput, ExecRequest, ResolveMachineRequest,
+        exec_event::Event, exec_input, upload_chunk, ExecEvent, ExecInput, ExecRequest,
+        ResolveMachineRequest, UploadChunk, UploadStart,
     },
     terminal::{
         agent_message, control_message, AgentMessage, ListSessionsRequest, RegisterRequest,
@@ -505,8 +506,22 @@ async fn the_peer_port_refuses_calls_without_the_secret() {
     assert_eq!(st.code(), Code::Unauthenticated, "{st:?}");
 }
 
+/// Names in `dir` that look like an unfinished upload's temp file.
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".cmdop-tmp-"))
+        .collect()
+}
+
+fn upload_chunk(part: upload_chunk::Part) -> UploadChunk {
+    UploadChunk { part: Some(part) }
+}
+
 #[tokio::test]
-async fn killing_the_owner_mid_exec_ends_the_call_on_another_replica_with_unavailable() {
+async fn killing_the_owner_mid_call_ends_the_call_on_another_replica_with_unavailable() {
     let mut cl = cluster("kill-host").await;
     let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
     let mut stream = e
@@ -521,8 +536,44 @@ async fn killing_the_owner_mid_exec_ends_the_call_on_another_replica_with_unavai
             break;
         }
     }
+    // An upload through B in progress, its temp file on the machine.
+    let target = cl.dir.path().join("upload.bin");
+    let (tx, rx) = mpsc::channel(2);
+    tx.send(upload_chunk(upload_chunk::Part::Start(UploadStart {
+        session_id: cl.session_id.clone(),
+        path: target.to_str().unwrap().into(),
+        overwrite: true,
+        total_size: Some(64 * MIB as u64),
+        ..Default::default()
+    })))
+    .await
+    .unwrap();
+    let mut up = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let upload = tokio::spawn(async move { up.upload(ReceiverStream::new(rx)).await });
+    let piece = bytes::Bytes::from(pattern(MIB, 5));
+    for _ in 0..4 {
+        tx.send(upload_chunk(upload_chunk::Part::Data(piece.clone())))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while temp_files(cl.dir.path()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the upload never created its temp file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     cl.a.proc.kill();
     let killed = Instant::now();
+    let feeder = tokio::spawn(async move {
+        while tx
+            .send(upload_chunk(upload_chunk::Part::Data(piece.clone())))
+            .await
+            .is_ok()
+        {}
+    });
     let ended = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             match stream.message().await {
@@ -533,17 +584,96 @@ async fn killing_the_owner_mid_exec_ends_the_call_on_another_replica_with_unavai
         }
     })
     .await
-    .expect("the call ends within 15 s of the owner's death");
-    let st = ended.expect("the call fails");
+    .expect("the exec ends within 15 s of the owner's death");
+    let st = ended.expect("the exec fails");
     assert_eq!(st.code(), Code::Unavailable, "{st:?}");
-    let took = killed.elapsed();
-    eprintln!("exec through B ended {took:?} after replica A was killed");
-    // A new call for that machine is refused at once, naming the replica.
+    let exec_took = killed.elapsed();
+    let st = tokio::time::timeout(Duration::from_secs(15), upload)
+        .await
+        .expect("the upload ends within 15 s of the owner's death")
+        .unwrap()
+        .expect_err("the upload fails");
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    let upload_took = killed.elapsed();
+    feeder.abort();
+    eprintln!(
+        "through B after replica A was killed: exec ended in {exec_took:?}, upload in {upload_took:?}"
+    );
+    // No partial target file; the agent, whose link died with A, removes
+    // the temp file.
+    assert!(!target.exists());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !temp_files(cl.dir.path()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "temp files left behind: {:?}",
+            temp_files(cl.dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A new call for that machine ends at once with UNAVAILABLE.
     let st = e
         .exec(exec_req(&cl.session_id, "echo again", 10_000))
         .await
         .expect_err("owner gone");
     assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+}
+
+/// Resident memory of process `pid` in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+#[tokio::test]
+async fn a_slow_reader_through_another_replica_holds_the_output_back() {
+    let cl = cluster("flow-host").await;
+    let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let total: usize = 512 * MIB;
+    let before = rss(cl.b.proc.pid());
+    let mut stream = e
+        .exec(exec_req(
+            &cl.session_id,
+            &format!("head -c {total} /dev/zero"),
+            300_000,
+        ))
+        .await
+        .expect("exec")
+        .into_inner();
+    let mut got = 0usize;
+    while got == 0 {
+        if let Some(Event::Stdout(d)) = stream.message().await.expect("exec").expect("event").event
+        {
+            got += d.len();
+        }
+    }
+    // Not reading: B must not pull the output from A into its memory.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grew = rss(cl.b.proc.pid()).saturating_sub(before);
+    assert!(
+        grew < 96 * MIB as u64,
+        "replica B grew by {} MiB while its client read nothing",
+        grew / MIB as u64
+    );
+    let mut exit = None;
+    while let Some(ev) = stream.message().await.expect("exec stream") {
+        match ev.event {
+            Some(Event::Stdout(d)) => got += d.len(),
+            Some(Event::Exit(x)) => exit = Some(x),
+            _ => {}
+        }
+    }
+    assert_eq!(got, total);
+    assert_eq!(exit.map(|x| x.exit_code), Some(0));
+    eprintln!(
+        "replica B grew by {} KiB with a stalled reader",
+        grew / 1024
+    );
 }
 
 #[tokio::test]
@@ -636,4 +766,35 @@ async fn the_newer_connection_of_a_machine_wins_and_calls_follow_it() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     drop(second);
+}
+
+/// Measurement, not a check (run with `--ignored --nocapture`): execute
+/// ("true") latency on the agent's replica and through another one.
+#[tokio::test]
+#[ignore]
+async fn measure_exec_latency_same_and_cross_replica() {
+    let cl = cluster("latency-host").await;
+    let mut same = ext(&cl.a.addr, Some(&cl.ws.api_key)).await;
+    let mut cross = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let runs = 200;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..runs + 20 {
+        for (e, out) in [(&mut same, &mut a), (&mut cross, &mut b)] {
+            let t = Instant::now();
+            let r = exec(e, exec_req(&cl.session_id, "true", 10_000)).await;
+            assert_eq!(r.exit.map(|x| x.exit_code), Some(0));
+            if i >= 20 {
+                out.push(t.elapsed());
+            }
+        }
+    }
+    for (name, mut v) in [("same replica", a), ("cross replica", b)] {
+        v.sort();
+        eprintln!(
+            "{name}: execute(true) p50 {:?} p99 {:?} ({} runs)",
+            v[v.len() / 2],
+            v[v.len() * 99 / 100],
+            v.len()
+        );
+    }
 }

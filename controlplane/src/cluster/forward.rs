@@ -356,8 +356,9 @@ async fn forward(
             cluster.drop_channel(&addr);
             tracing::warn!(replica = %route.replica_id, %addr, error = %err, "cannot reach a replica to forward a call");
             Status::unavailable(format!(
-                "cannot reach replica {} ({addr}), which holds the agent of machine {}: {err}; \
-                 retry in a few seconds (when a replica is gone its agents reconnect to another)",
+                "the call to replica {} ({addr}), which holds the agent of machine {}, failed: \
+                 {err}; the replica is unreachable or went away. What reached the machine may be \
+                 incomplete; retry in a few seconds (a gone replica's agents reconnect to another)",
                 route.replica_id, route.machine_id
             ))
             .into_http()
