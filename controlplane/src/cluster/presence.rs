@@ -1,9 +1,9 @@
 //! The lease and the routes this replica holds.
 //!
-//! Every [`TICK`] the replica renews its lease, reads the live replicas
-//! and the routes still recorded as its own (one query each), and closes
-//! each agent link whose route another replica claimed since (a newer
-//! connection of the same machine wins).
+//! Every [`TICK`] the replica renews its lease, reads the live replicas,
+//! checks the routes it has cached, and reads the routes still recorded as
+//! its own (one query each), closing each agent link whose route another
+//! replica claimed since (a newer connection of the same machine wins).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -27,6 +27,14 @@ pub fn tick(state: &SharedState, cluster: &Cluster) -> anyhow::Result<()> {
         .collect();
     cluster.routes.retain_replicas(&live);
     cluster.set_live(live);
+    // Cached routes whose machine moved (a newer generation) are dropped,
+    // so the next call looks the route up again instead of failing once.
+    let cached = cluster.routes.cached();
+    if !cached.is_empty() {
+        let machines: Vec<String> = cached.iter().map(|r| r.machine_id.clone()).collect();
+        let current = state.store.routes_of_machines(&machines)?;
+        cluster.routes.refresh(&cached, &current);
+    }
     // Only claims recorded before the query are judged by it.
     let snapshot: Vec<(String, i64, Arc<Session>)> = lock(&cluster.claims)
         .iter()

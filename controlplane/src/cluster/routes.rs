@@ -85,6 +85,26 @@ impl RouteCache {
             .retain(|_, r| live.contains_key(&r.replica_id));
     }
 
+    /// Every cached route (one per machine).
+    pub fn cached(&self) -> Vec<RouteRow> {
+        self.lock().by_machine.values().cloned().collect()
+    }
+
+    /// Forgets each cached route that no longer matches the table's row
+    /// (`current`, by machine): the agent moved or left.
+    pub fn refresh(&self, cached: &[RouteRow], current: &[RouteRow]) {
+        for route in cached {
+            let same = current.iter().any(|c| {
+                c.machine_id == route.machine_id
+                    && c.generation == route.generation
+                    && c.replica_id == route.replica_id
+            });
+            if !same {
+                self.forget(route);
+            }
+        }
+    }
+
     fn by_session(&self, session_id: &str) -> Option<RouteRow> {
         self.lock().by_session.get(session_id).cloned()
     }

@@ -182,6 +182,26 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The route rows (released ones too) of `machine_ids`, in as few
+    /// queries as the engine's parameter limit allows: a replica checks the
+    /// routes it has cached against them once a tick.
+    pub fn routes_of_machines(&self, machine_ids: &[String]) -> anyhow::Result<Vec<RouteRow>> {
+        const CHUNK: usize = 500;
+        let conn = self.reader();
+        let mut out = Vec::with_capacity(machine_ids.len());
+        for chunk in machine_ids.chunks(CHUNK) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {ROUTE_COLUMNS} FROM routes WHERE machine_id IN ({marks})"
+            ))?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(chunk), route_row)?;
+            for row in rows {
+                out.push(row?);
+            }
+        }
+        Ok(out)
+    }
+
     /// `(machine_id, generation)` of every route `replica_id` holds, in one
     /// query: a replica compares them with its own links to close the ones
     /// a newer connection elsewhere replaced.
@@ -222,7 +242,18 @@ mod tests {
         assert!(store.route_of_machine(&m).unwrap().is_none());
         let g3 = store.claim_route(&m, "rep_a", "s2").unwrap();
         assert!(g3 > g2, "generations survive a release");
-        assert_eq!(store.routes_of_replica("rep_a").unwrap(), vec![(m, g3)]);
+        assert_eq!(
+            store.routes_of_replica("rep_a").unwrap(),
+            vec![(m.clone(), g3)]
+        );
+        let rows = store
+            .routes_of_machines(&[m.clone(), "mach_none".into()])
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].machine_id.as_str(), rows[0].generation),
+            (m.as_str(), g3)
+        );
     }
 
     #[test]
