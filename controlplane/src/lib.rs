@@ -172,7 +172,7 @@ pub async fn serve_with_store(
         last_seen::flush_interval(config.heartbeat_timeout),
     )));
     let _revocations = AbortOnDrop(tokio::spawn(revocation::run(state.clone())));
-    let _presence = cluster
+    let presence = cluster
         .clone()
         .map(|c| AbortOnDrop(tokio::spawn(cluster::presence::run(state.clone(), c))));
     let _revocations = AbortOnDrop(tokio::spawn(streams::watch(
@@ -252,6 +252,19 @@ pub async fn serve_with_store(
         res = server => res.context("gRPC server failed")?,
         _ = deadline => tracing::warn!("streams still open after the shutdown grace period; stopping anyway"),
     }
+    // Leaving the cluster: no more renewals, then the replica's row and
+    // its routes go, so other replicas stop forwarding here at once.
+    drop(presence);
+    if let Some(cluster) = &cluster {
+        let (st, id) = (state.clone(), cluster.replica_id.clone());
+        match tokio::task::spawn_blocking(move || st.store.remove_replica(&id)).await {
+            Ok(Ok(())) => tracing::info!(replica = %cluster.replica_id, "left the cluster"),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %format!("{err:#}"), "cannot remove this replica from the database; its lease expires by itself")
+            }
+            Err(err) => tracing::warn!(error = %err, "removing this replica failed"),
+        }
+    }
     Ok(())
 }
 
@@ -275,7 +288,7 @@ fn server_builder(config: &ServerConfig) -> Server {
 
 /// Waits (up to `grace`) for running Exec calls and file transfers to
 /// finish, then closes every agent session.
-async fn drain(state: &state::SharedState, open: &streams::OpenStreams, grace: Duration) {
+async fn drain(state: &state::State, open: &streams::OpenStreams, grace: Duration) {
     let running = open.running_work();
     tracing::info!(
         running,
@@ -303,14 +316,4 @@ async fn drain(state: &state::SharedState, open: &streams::OpenStreams, grace: D
     };
     tracing::info!("closing agent sessions");
     state.sessions.close_all(&reason);
-    if let Some(cluster) = &state.cluster {
-        let (st, id) = (state.clone(), cluster.replica_id.clone());
-        match tokio::task::spawn_blocking(move || st.store.remove_replica(&id)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(error = %format!("{err:#}"), "cannot remove this replica from the database; its lease expires by itself")
-            }
-            Err(err) => tracing::warn!(error = %err, "removing this replica failed"),
-        }
-    }
 }
