@@ -249,6 +249,16 @@ async fn calls_through_another_replica_reach_the_agent() {
         .expect("read 64 MiB through B");
     assert!(back == data, "read file differs");
 
+    // The library's execute through B: it may ask for a side connection
+    // (B offers them), which a forwarded call never gets; stdout then
+    // stays on gRPC.
+    let out = c
+        .execute("echo from-the-library; echo e >&2; exit 3", None)
+        .await
+        .expect("library execute through B");
+    assert_eq!(out.stdout, b"from-the-library\n");
+    assert_eq!(out.exit_code, 3);
+
     // The official File* path with the connection's selection (no session
     // id): B fills in the session of the machine it selected.
     let mut t = terminal(&cl.b.addr, Some(&cl.ws.api_key)).await;
@@ -617,6 +627,53 @@ async fn killing_the_owner_mid_call_ends_the_call_on_another_replica_with_unavai
         .await
         .expect_err("owner gone");
     assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+}
+
+#[tokio::test]
+async fn a_frozen_owner_ends_calls_through_another_replica_with_unavailable() {
+    let cl = cluster("frozen-host").await;
+    let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let mut stream = e
+        .exec(exec_req(&cl.session_id, "echo started; sleep 60", 90_000))
+        .await
+        .expect("exec")
+        .into_inner();
+    loop {
+        let ev = stream.message().await.expect("exec").expect("event");
+        if matches!(ev.event, Some(Event::Stdout(_))) {
+            break;
+        }
+    }
+    // A stops answering without closing its sockets (SIGSTOP): only the
+    // peer channel's keepalive can notice.
+    let pid = cl.a.proc.pid().to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("run kill");
+    assert!(stopped.success());
+    let frozen = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(st) => return Some(st),
+            }
+        }
+    })
+    .await;
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    let st = ended
+        .expect("the call ends within 30 s of the owner freezing")
+        .expect("the call fails");
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    eprintln!(
+        "exec through B ended {:?} after replica A froze",
+        frozen.elapsed()
+    );
 }
 
 /// Resident memory of process `pid` in bytes.
