@@ -10,6 +10,9 @@ use std::{collections::HashMap, sync::Arc};
 use super::{lock, Cluster, LEASE, TICK};
 use crate::{sessions::Session, state::SharedState};
 
+/// Further attempts to record a route after a failed one.
+const CLAIM_RETRIES: u32 = 5;
+
 /// Why an older link is closed.
 const REPLACED: &str = "replaced by a newer connection of the same machine on another replica";
 
@@ -97,21 +100,32 @@ pub async fn run(state: SharedState, cluster: Arc<Cluster>) {
 pub fn claim(state: &SharedState, cluster: &Arc<Cluster>, session: &Arc<Session>) {
     let (state, cluster, session) = (state.clone(), cluster.clone(), session.clone());
     tokio::spawn(async move {
-        let claimed = crate::state::with_store(&state, {
-            let (machine, replica, sid) = (
-                session.machine_id.clone(),
-                cluster.replica_id.clone(),
-                session.id.clone(),
-            );
-            move |store| store.claim_route(&machine, &replica, &sid)
-        })
-        .await;
-        let generation = match claimed {
-            Ok(g) => g,
-            Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), machine = %session.machine_id,
-                    "cannot record the route of a connected agent; other replicas cannot reach it until it reconnects");
-                return;
+        // A database busy for longer than its timeout gets a few more tries
+        // while the link lasts: without a route other replicas cannot reach
+        // the agent.
+        let mut attempt = 0;
+        let generation = loop {
+            let claimed = crate::state::with_store(&state, {
+                let (machine, replica, sid) = (
+                    session.machine_id.clone(),
+                    cluster.replica_id.clone(),
+                    session.id.clone(),
+                );
+                move |store| store.claim_route(&machine, &replica, &sid)
+            })
+            .await;
+            match claimed {
+                Ok(g) => break g,
+                Err(err) if attempt < CLAIM_RETRIES && session.is_live() => {
+                    attempt += 1;
+                    tracing::debug!(error = %format!("{err:#}"), attempt, "claiming a route failed; retrying");
+                    tokio::time::sleep(TICK).await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), machine = %session.machine_id,
+                        "cannot record the route of a connected agent; other replicas cannot reach it until it reconnects");
+                    return;
+                }
             }
         };
         {
