@@ -118,10 +118,10 @@ pub fn list_sessions(
         .iter()
         .map(|s| (s.last_activity_ms(), item(s)))
         .collect();
-    let (remote, this_replica_only) = match scope {
-        ListScope::Server => (Vec::new(), false),
-        ListScope::ThisReplica => (Vec::new(), true),
-        ListScope::Cluster(remote) => (remote, false),
+    let (remote, this_replica_only, cluster) = match scope {
+        ListScope::Server => (Vec::new(), false, false),
+        ListScope::ThisReplica => (Vec::new(), true, false),
+        ListScope::Cluster(remote) => (remote, false, true),
     };
     let now = now_ms();
     for r in remote {
@@ -136,6 +136,17 @@ pub fn list_sessions(
             }
             None => rows.push((at, r)),
         }
+    }
+    if cluster {
+        // A machine that reconnected to another replica under a new session
+        // id leaves its old, ended session behind on the first one; a
+        // single server would have dropped it.
+        let connected: Vec<String> = rows
+            .iter()
+            .filter(|(_, i)| i.status == "connected")
+            .map(|(_, i)| i.machine_hostname.clone())
+            .collect();
+        rows.retain(|(_, i)| i.status == "connected" || !connected.contains(&i.machine_hostname));
     }
     if !this_replica_only {
         let retention =
