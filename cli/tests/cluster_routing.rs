@@ -855,3 +855,73 @@ async fn measure_exec_latency_same_and_cross_replica() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_stopped_replica_leaves_the_cluster_and_its_machines_show_offline() {
+    let mut cl = cluster("leave-host").await;
+    let pid = cl.a.proc.pid();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    wait_gone(pid as i32, Duration::from_secs(20), "SIGTERM").await;
+    let _ = cl.a.proc.0.wait();
+    // Its row and its routes are gone at once, not when the lease expires.
+    let db = rusqlite::Connection::open(cl.dir.path().join("cmdop.db")).expect("open db");
+    let rows: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM replicas WHERE replica_id = 'rep_a'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0);
+    let routed: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM routes WHERE replica_id = 'rep_a'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(routed, 0);
+    // Through B the machine is offline (once B's next tick has seen the
+    // replica leave, until then its calls there fail), and no call hangs.
+    let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = tokio::time::timeout(
+            Duration::from_secs(10),
+            e.exec(ExecRequest {
+                machine_id: cl.machine_id.clone(),
+                command: "true".into(),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("answered within 10 s")
+        .expect_err("the machine is offline");
+        assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+        if st.message().contains("offline") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B still forwards to the replica that left: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut t = terminal(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let list = t
+        .list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("ListSessions")
+        .into_inner();
+    let mine: Vec<_> = list
+        .sessions
+        .iter()
+        .filter(|s| s.machine_hostname == cl.host)
+        .collect();
+    assert_eq!(mine.len(), 1, "{list:?}");
+    assert_eq!(mine[0].status, "disconnected");
+}
