@@ -546,6 +546,21 @@ async fn killing_the_owner_mid_call_ends_the_call_on_another_replica_with_unavai
             break;
         }
     }
+    // A second Exec that takes an unknown outcome as an exit.
+    let mut accepting = e
+        .exec(ExecRequest {
+            accept_unknown_outcome: true,
+            ..exec_req(&cl.session_id, "echo started; sleep 60", 90_000)
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    loop {
+        let ev = accepting.message().await.expect("exec").expect("event");
+        if matches!(ev.event, Some(Event::Stdout(_))) {
+            break;
+        }
+    }
     // An upload through B in progress, its temp file on the machine.
     let target = cl.dir.path().join("upload.bin");
     let (tx, rx) = mpsc::channel(2);
@@ -597,7 +612,22 @@ async fn killing_the_owner_mid_call_ends_the_call_on_another_replica_with_unavai
     .expect("the exec ends within 15 s of the owner's death");
     let st = ended.expect("the exec fails");
     assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    assert_eq!(
+        st.metadata()
+            .get("x-cmdop-exec-outcome")
+            .and_then(|v| v.to_str().ok()),
+        Some("unknown"),
+        "{st:?}"
+    );
     let exec_took = killed.elapsed();
+    let r = tokio::time::timeout(Duration::from_secs(15), collect(accepting))
+        .await
+        .expect("the accepting exec ends within 15 s")
+        .expect("it ends OK, with an exit");
+    let exit = r.exit.expect("exit");
+    assert!(exit.outcome_unknown, "{exit:?}");
+    assert_eq!(exit.exit_code, -1);
+    assert!(exit.error.contains("rep_a"), "{exit:?}");
     let st = tokio::time::timeout(Duration::from_secs(15), upload)
         .await
         .expect("the upload ends within 15 s of the owner's death")

@@ -84,6 +84,9 @@ struct MachineOrSession {
     machine_id: String,
     #[prost(string, tag = "2")]
     session_id: String,
+    /// `ExecRequest.accept_unknown_outcome` (Exec calls only).
+    #[prost(bool, tag = "9")]
+    accept_unknown_outcome: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -123,6 +126,21 @@ fn want(pick: Pick, msg: &[u8]) -> Want {
             _ => Want::Nothing,
         },
     }
+}
+
+/// For Exec calls: whether the caller takes an exit with `outcome_unknown`
+/// (`Some(false)`: it gets UNAVAILABLE marked unknown instead); `None` for
+/// other methods.
+fn exec_mode(path: &str, msg: Option<&[u8]>) -> Option<bool> {
+    use prost::Message;
+    let method = path.strip_prefix("/cmdop.ext.v1.Cmdop/")?;
+    let accept = match (method, msg) {
+        ("Exec", Some(m)) => MachineOrSession::decode(m).ok()?.accept_unknown_outcome,
+        ("ExecWithStdin", Some(m)) => Start::decode(m).ok()?.start?.accept_unknown_outcome,
+        ("Exec" | "ExecWithStdin", None) => false,
+        _ => return None,
+    };
+    Some(accept)
 }
 
 /// The first message read off a request body.
@@ -273,6 +291,7 @@ pub async fn route_call(
     let want = peeked
         .message()
         .map_or(Want::Nothing, |msg| want(pick, msg));
+    let exec = exec_mode(parts.uri.path(), peeked.message());
     let (target, fill) = match want {
         Want::Session(sid) => (cluster.resolve_session(&state, ws, &sid).await?, false),
         Want::Machine(mid) => (cluster.resolve_machine(&state, ws, &mid).await?, false),
@@ -296,7 +315,7 @@ pub async fn route_call(
             }
             let body = replay(peeked, body);
             Ok(Decision::Done(
-                forward(&cluster, parts, body, &caller, route, addr).await,
+                forward(&cluster, parts, body, &caller, route, addr, exec).await,
             ))
         }
     }
@@ -323,6 +342,7 @@ async fn forward(
     caller: &Caller,
     route: RouteRow,
     addr: String,
+    exec: Option<bool>,
 ) -> http::Response<Body> {
     use tower_service::Service;
     cluster.peer_headers(caller, &mut parts.headers);
@@ -348,6 +368,9 @@ async fn forward(
                     cluster: cluster.clone(),
                     route,
                     done: false,
+                    exec,
+                    frames: Framing::default(),
+                    trailers: None,
                 })
             })
         }
@@ -366,14 +389,110 @@ async fn forward(
     }
 }
 
+/// Where a stream of gRPC messages stands: inside a message or between two.
+#[derive(Default)]
+struct Framing {
+    header: [u8; 5],
+    header_len: usize,
+    remaining: usize,
+}
+
+impl Framing {
+    fn account(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                self.remaining -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&data[..n]);
+            self.header_len += n;
+            data = &data[n..];
+            if self.header_len == 5 {
+                self.header_len = 0;
+                self.remaining = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize;
+            }
+        }
+    }
+
+    fn between_messages(&self) -> bool {
+        self.header_len == 0 && self.remaining == 0
+    }
+}
+
 /// The owner's response body: a lost connection to the owner ends the
-/// call with UNAVAILABLE (as trailers), and a stale-route status drops the
-/// cached route.
+/// call with UNAVAILABLE (as trailers) — for an Exec, as its local
+/// counterpart would: an exit with `outcome_unknown` for callers that take
+/// it, else UNAVAILABLE marked `x-cmdop-exec-outcome: unknown` — and a
+/// stale-route status drops the cached route.
 struct PeerBody {
     inner: Body,
     cluster: Arc<Cluster>,
     route: RouteRow,
     done: bool,
+    exec: Option<bool>,
+    frames: Framing,
+    /// Trailers still to send after a last message of our own.
+    trailers: Option<http::HeaderMap>,
+}
+
+impl PeerBody {
+    /// The frames that end the call after the owner was lost: a message
+    /// (first) and trailers.
+    fn lost(&mut self, err: &Status) -> (Option<Bytes>, http::HeaderMap) {
+        self.cluster.routes.forget(&self.route);
+        tracing::warn!(replica = %self.route.replica_id, error = %err, "lost a replica mid-call");
+        let what = if self.exec.is_some() {
+            "the command may have finished, may still be running or may have died; the \
+             outcome is unknown: check before running it again"
+        } else {
+            "what ran on the machine may or may not have finished — check before retrying"
+        };
+        let message = format!(
+            "lost the connection to replica {}, which holds the agent of machine {}, in the \
+             middle of this call ({}); {what}",
+            self.route.replica_id,
+            self.route.machine_id,
+            err.message()
+        );
+        let mut trailers = http::HeaderMap::new();
+        if self.exec == Some(true) && self.frames.between_messages() {
+            use prost::Message;
+            let event = cmdop_proto::ext::ExecEvent {
+                event: Some(cmdop_proto::ext::exec_event::Event::Exit(
+                    cmdop_proto::ext::ExecExit {
+                        exit_code: -1,
+                        outcome_unknown: true,
+                        error: message,
+                        ..Default::default()
+                    },
+                )),
+            };
+            let encoded = event.encode_to_vec();
+            let mut frame = BytesMut::with_capacity(5 + encoded.len());
+            frame.put_u8(0);
+            frame.put_u32(encoded.len() as u32);
+            frame.put_slice(&encoded);
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            return (Some(frame.freeze()), trailers);
+        }
+        let mut status = Status::unavailable(message);
+        if self.exec.is_some() {
+            status.metadata_mut().insert(
+                crate::ext_service::OUTCOME_HEADER,
+                tonic::metadata::MetadataValue::from_static("unknown"),
+            );
+        }
+        let _ = status.add_header(&mut trailers);
+        (None, trailers)
+    }
 }
 
 impl HttpBody for PeerBody {
@@ -385,11 +504,17 @@ impl HttpBody for PeerBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
+        if let Some(trailers) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
         if this.done {
             return Poll::Ready(None);
         }
         match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.frames.account(data);
+                }
                 if let Some(trailers) = frame.trailers_ref() {
                     this.done = true;
                     if stale(grpc_code(trailers)) {
@@ -400,19 +525,14 @@ impl HttpBody for PeerBody {
             }
             Some(Err(err)) => {
                 this.done = true;
-                this.cluster.routes.forget(&this.route);
-                tracing::warn!(replica = %this.route.replica_id, error = %err, "lost a replica mid-call");
-                let status = Status::unavailable(format!(
-                    "lost the connection to replica {}, which holds the agent of machine {}, in \
-                     the middle of this call ({}); what ran on the machine may or may not have \
-                     finished — check before retrying",
-                    this.route.replica_id,
-                    this.route.machine_id,
-                    err.message()
-                ));
-                let mut trailers = http::HeaderMap::new();
-                let _ = status.add_header(&mut trailers);
-                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                let (message, trailers) = this.lost(&err);
+                match message {
+                    Some(data) => {
+                        this.trailers = Some(trailers);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    None => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                }
             }
             None => {
                 this.done = true;
@@ -422,11 +542,11 @@ impl HttpBody for PeerBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.trailers.is_none() && (self.done || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        SizeHint::default()
     }
 }
 
@@ -472,10 +592,35 @@ mod tests {
             Want::Selection
         );
         assert_eq!(pick("/cmdop.ext.v1.Cmdop/ServerInfo"), None);
+        let accepting = cmdop_proto::ext::ExecRequest {
+            accept_unknown_outcome: true,
+            ..exec.clone()
+        };
+        assert_eq!(
+            exec_mode("/cmdop.ext.v1.Cmdop/Exec", Some(&accepting.encode_to_vec())),
+            Some(true)
+        );
+        assert_eq!(
+            exec_mode("/cmdop.ext.v1.Cmdop/Exec", Some(&exec.encode_to_vec())),
+            Some(false)
+        );
+        assert_eq!(exec_mode("/cmdop.ext.v1.Cmdop/Download", None), None);
         assert_eq!(
             pick("/terminal.TerminalStreamingService/FileWrite"),
             Some(Pick::Session { selection: true })
         );
+    }
+
+    #[test]
+    fn message_boundaries_are_tracked_across_frames() {
+        let mut f = Framing::default();
+        let two = [framed(b"abc"), framed(b"")].concat();
+        f.account(&two[..2]);
+        assert!(!f.between_messages());
+        f.account(&two[2..7]);
+        assert!(!f.between_messages());
+        f.account(&two[7..]);
+        assert!(f.between_messages());
     }
 
     #[test]
