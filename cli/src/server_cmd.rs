@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
-use cmdop_controlplane::{Limits, ServerConfig, TlsFiles};
+use cmdop_controlplane::{ClusterConfig, Limits, ServerConfig, TlsFiles, MIN_PEER_SECRET_BYTES};
 
 #[derive(Args)]
 pub struct ServerArgs {
@@ -49,6 +49,19 @@ pub struct ServerArgs {
     /// Useful with --listen 127.0.0.1:0.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Cluster mode: serve other replicas on this address (a second port)
+    /// and forward calls for machines whose agent is on another replica.
+    /// Every replica uses the same --data-dir database and --peer-secret.
+    #[arg(long, requires = "peer_secret")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Secret shared by the replicas of a cluster (at least 16 bytes);
+    /// required with --peer-listen. Prefer the environment variable: a
+    /// command line is visible to other users of the machine.
+    #[arg(long, env = "CMDOP_PEER_SECRET", hide_env_values = true)]
+    pub peer_secret: Option<String>,
+    /// This replica's id in the cluster (default: a random `rep_…`).
+    #[arg(long, requires = "peer_listen")]
+    pub replica_id: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -119,6 +132,14 @@ impl ServerArgs {
             keepalive: Duration::from_secs(self.keepalive_secs.max(1)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             limits: self.limits.limits(),
+            cluster: self.peer_listen.map(|peer_listen| ClusterConfig {
+                replica_id: self
+                    .replica_id
+                    .clone()
+                    .unwrap_or_else(cmdop_controlplane::cluster::random_replica_id),
+                peer_listen,
+                peer_secret: self.peer_secret.clone().unwrap_or_default(),
+            }),
             ..ServerConfig::default()
         }
     }
@@ -155,6 +176,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             );
         }
         tracing::warn!(listen = %args.listen, "serving PLAINTEXT beyond loopback (--allow-plaintext): credentials and output are not encrypted; pass --tls-cert/--tls-key to encrypt");
+    }
+    if let Some(cluster) = &config.cluster {
+        if cluster.peer_secret.len() < MIN_PEER_SECRET_BYTES {
+            anyhow::bail!(
+                "--peer-secret (or CMDOP_PEER_SECRET) must be at least {MIN_PEER_SECRET_BYTES} bytes; \
+                 generate one with `openssl rand -hex 32` and give every replica the same one"
+            );
+        }
+        if cluster.peer_listen.ip().is_unspecified() {
+            anyhow::bail!(
+                "--peer-listen {} is not an address other replicas can dial; pass this host's \
+                 own address (e.g. 10.0.0.5:50052)",
+                cluster.peer_listen
+            );
+        }
     }
     // Ready means ready: the database is open and migrated and the port is
     // bound before "listening" is logged and the ready file is written.

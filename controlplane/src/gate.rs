@@ -32,6 +32,7 @@ use tonic::{body::Body, metadata::MetadataMap, Status};
 
 use crate::{
     auth,
+    cluster::{self, Caller, Forwarded},
     conns::Tracker,
     limits,
     state::SharedState,
@@ -46,10 +47,26 @@ pub struct Gate {
     streams: Arc<OpenStreams>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
+    /// This gate guards the peer port ([`cluster::peer_gate`]).
+    peer: bool,
 }
 
 impl Gate {
     pub fn new(state: SharedState, tracker: Arc<Tracker>, streams: Arc<OpenStreams>) -> Arc<Gate> {
+        Self::with_role(state, tracker, streams, false)
+    }
+
+    /// The gate of the peer port: only replicas with the peer secret.
+    pub fn peer(state: SharedState, tracker: Arc<Tracker>, streams: Arc<OpenStreams>) -> Arc<Gate> {
+        Self::with_role(state, tracker, streams, true)
+    }
+
+    fn with_role(
+        state: SharedState,
+        tracker: Arc<Tracker>,
+        streams: Arc<OpenStreams>,
+        peer: bool,
+    ) -> Arc<Gate> {
         // One largest message must always fit, or it could never be sent.
         let budget_bytes = state
             .config
@@ -62,12 +79,54 @@ impl Gate {
             streams,
             budget: Arc::new(Semaphore::new(budget_bytes)),
             budget_bytes,
+            peer,
+        })
+    }
+
+    /// Admits a call on the peer port: the peer secret, then the caller the
+    /// forwarding replica vouches for. Agents and public methods are not
+    /// served here.
+    fn admit_peer(&self, req: &http::Request<Body>) -> Result<Pass, Status> {
+        let Some(cluster) = &self.state.cluster else {
+            return Err(Status::unavailable("cluster mode is off"));
+        };
+        let meta = MetadataMap::from_headers(req.headers().clone());
+        let vouched = cluster::peer_gate::admit(cluster, &meta)?;
+        if let Some(conn) = self.tracker.of_request(req.extensions()) {
+            self.tracker.saw_request(&conn);
+            self.tracker.authenticated(&conn);
+        }
+        let route = route(req.uri().path(), self.state.config.extensions);
+        let (slot_kind, max_message) =
+            match route.need {
+                Need::Client => (route.slot, route.max_message),
+                Need::AgentOrClient => (Some(SlotKind::Attach), INPUT_MESSAGE_BYTES),
+                _ => return Err(Status::permission_denied(
+                    "the peer port serves only forwarded client calls; agents and unauthenticated \
+                     calls go to the public port (--listen)",
+                )),
+            };
+        let slot = match (slot_kind, vouched.key_hash) {
+            (Some(kind), Some(key)) => Some((kind, key)),
+            _ => None,
+        };
+        let ticket = self.streams.open(vouched.credential, slot)?;
+        Ok(Pass {
+            max_message,
+            budgeted: true,
+            ticket: Some(ticket),
+            checked: Some(auth::Checked::Client(vouched.workspace)),
+            caller: None,
+            forwarded: true,
         })
     }
 
     /// Decides from the headers alone whether the call may go on, and with
     /// what limits.
     fn admit(&self, req: &http::Request<Body>) -> Result<Pass, Status> {
+        if self.peer {
+            return self.admit_peer(req);
+        }
         let conn = self.tracker.of_request(req.extensions());
         if let Some(conn) = &conn {
             self.tracker.saw_request(conn);
@@ -79,6 +138,8 @@ impl Gate {
                 budgeted: true,
                 ticket: None,
                 checked: None,
+                caller: None,
+                forwarded: false,
             });
         }
         let meta = MetadataMap::from_headers(req.headers().clone());
@@ -106,6 +167,8 @@ impl Gate {
                         budgeted: true,
                         ticket: None,
                         checked: None,
+                        caller: None,
+                        forwarded: false,
                     })
                 }
                 Err(status) => return Err(status),
@@ -142,12 +205,24 @@ impl Gate {
             (Some(kind), Some(key)) => Some((kind, key)),
             _ => None,
         };
+        // In cluster mode a client call may be forwarded: it carries who
+        // is calling to the replica that serves it.
+        let caller = match (&self.state.cluster, &checked) {
+            (Some(_), auth::Checked::Client(ws)) => Some(Caller {
+                workspace: ws.clone(),
+                credential: credential.clone(),
+                key_hash: slot.as_ref().map(|(_, k)| k.clone()),
+            }),
+            _ => None,
+        };
         let ticket = self.streams.open(credential, slot)?;
         Ok(Pass {
             max_message,
             budgeted: !agent,
             ticket: Some(ticket),
             checked: Some(checked),
+            caller,
+            forwarded: false,
         })
     }
 }
@@ -248,6 +323,11 @@ struct Pass {
     ticket: Option<Ticket>,
     /// Who is calling, for the handler (see [`auth::Checked`]).
     checked: Option<auth::Checked>,
+    /// Cluster mode, public port, a client: who is calling, should the
+    /// call be forwarded.
+    caller: Option<Caller>,
+    /// Arrived on the peer port.
+    forwarded: bool,
 }
 
 /// The tower layer for `Server::layer`.
@@ -308,6 +388,20 @@ where
         if let Some(checked) = pass.checked {
             parts.extensions.insert(checked);
         }
+        if pass.forwarded {
+            parts.extensions.insert(Forwarded);
+        }
+        let forwarding = match (&self.gate.state.cluster, pass.caller) {
+            (Some(cluster), Some(caller)) if cluster::forward::is_targeted(parts.uri.path()) => {
+                parts.extensions.insert(caller);
+                Some(cluster.clone())
+            }
+            (_, Some(caller)) => {
+                parts.extensions.insert(caller);
+                None
+            }
+            _ => None,
+        };
         let body = Body::new(RequestBody {
             inner: body,
             max_message: pass.max_message,
@@ -320,9 +414,21 @@ where
             ending: ticket.as_ref().map(|t| (Box::pin(t.ended()), t.clone())),
             failed: false,
         });
-        let call = inner.call(http::Request::from_parts(parts, body));
+        let request = http::Request::from_parts(parts, body);
+        let state = self.gate.state.clone();
         Box::pin(async move {
-            let response = call.await?;
+            let response = match forwarding {
+                None => inner.call(request).await?,
+                Some(cluster) => {
+                    match cluster::forward::route_call(state, cluster, request).await {
+                        Ok(cluster::forward::Decision::Local(request)) => {
+                            inner.call(request).await?
+                        }
+                        Ok(cluster::forward::Decision::Done(response)) => response,
+                        Err(status) => status.into_http::<Body>(),
+                    }
+                }
+            };
             Ok(match ticket {
                 Some(ticket) => response.map(|body| {
                     Body::new(ResponseBody {

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::{
-    config::ServerConfig, raw::Rendezvous, selection::Selections, sessions::Registry, store::Store,
-    streams::OpenStreams,
+    cluster::Cluster, config::ServerConfig, raw::Rendezvous, selection::Selections,
+    sessions::Registry, store::Store, streams::OpenStreams,
 };
 
 /// Shared server state.
@@ -22,6 +22,8 @@ pub struct State {
     /// ([`OpenStreams::end`], or [`OpenStreams::recheck`] after changing
     /// the database).
     pub open_streams: Arc<OpenStreams>,
+    /// Cluster mode ([`crate::cluster`]); `None` for a single server.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// The handle services hold.

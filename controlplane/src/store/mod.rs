@@ -3,6 +3,7 @@
 //! hashes. The database runs in WAL mode with a busy timeout, so the admin
 //! CLI can open it while the server is running.
 
+pub mod cluster;
 mod machines;
 mod private;
 mod schema;
@@ -125,6 +126,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(schema::SCHEMA)?;
         machines::migrate(&mut conn)?;
+        cluster::migrate(&conn)?;
         let read = Connection::open(path)?;
         read.busy_timeout(READ_BUSY_TIMEOUT)?;
         read.pragma_update(None, "query_only", "ON")?;
