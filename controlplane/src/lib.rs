@@ -16,7 +16,6 @@ mod gate;
 mod last_seen;
 pub mod limits;
 mod raw;
-mod revocation;
 mod selection;
 pub mod sessions;
 mod state;
@@ -66,7 +65,7 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = store::Store::open(&config.data_dir)?;
+    let store = store::Store::open_at(&config.data_dir, config.database.as_deref())?;
     serve_with_store(listener, config, store, shutdown).await
 }
 
@@ -146,7 +145,6 @@ pub async fn serve_with_store(
         state.clone(),
         last_seen::flush_interval(config.heartbeat_timeout),
     )));
-    let _revocations = AbortOnDrop(tokio::spawn(revocation::run(state.clone())));
     let _revocations = AbortOnDrop(tokio::spawn(streams::watch(
         state.clone(),
         open_streams.clone(),
