@@ -254,6 +254,8 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
     let mut ticks = 0u32;
     // Earliest expiry among the access tokens last seen good.
     let mut next_expiry = i64::MAX;
+    // The database could not be read at the last tick.
+    let mut unreadable = false;
     loop {
         ticker.tick().await;
         ticks += 1;
@@ -296,7 +298,11 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
                 if asked {
                     streams.recheck();
                 }
-                tracing::warn!(error = %format!("{e:#}"), "cannot read revocations; will retry");
+                // Once per outage, not at every tick.
+                if !unreadable {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot read revocations; retrying every tick until the database answers");
+                }
+                unreadable = true;
                 continue;
             }
             Err(e) => {
@@ -304,6 +310,10 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
                 continue;
             }
         };
+        if unreadable {
+            tracing::info!("revocations readable again");
+            unreadable = false;
+        }
         let rechecked = seen != Some(look.generation) || due;
         if rechecked {
             ticks = 0;
