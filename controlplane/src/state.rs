@@ -28,9 +28,8 @@ pub struct State {
 pub type SharedState = Arc<State>;
 
 /// Runs database work `f` on the blocking pool, so a write waiting for a
-/// lock held by another process never holds up the async workers (and the
-/// calls they serve). This is the seam a networked store (PostgreSQL)
-/// replaces with async calls.
+/// lock held by another process, or a PostgreSQL call waiting for the
+/// network, never holds up the async workers (and the calls they serve).
 pub async fn with_store<T: Send + 'static>(
     state: &SharedState,
     f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,

@@ -240,7 +240,8 @@ struct Look {
 
 /// Watches the store's revocation counter ([`crate::store::Store::revocation_generation`]),
 /// bumped in the same transaction as every revocation by any process or
-/// server sharing the database. Every `every` it reads that one number;
+/// server sharing the database. Every `every` (and, on PostgreSQL, as soon
+/// as a revocation's NOTIFY arrives) it reads that one number;
 /// when it moved (or [`OpenStreams::recheck`] asked, an access token is due
 /// to expire, or every [`FULL_CHECK_TICKS`]) it re-checks every credential
 /// with open calls, ending the calls of those revoked or expired, and
@@ -256,8 +257,25 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
     let mut next_expiry = i64::MAX;
     // The database could not be read at the last tick.
     let mut unreadable = false;
+    let signal = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || state.store.revocation_signal())
+            .await
+            .ok()
+            .flatten()
+    };
     loop {
-        ticker.tick().await;
+        match &signal {
+            Some(signal) => {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = signal.notified() => {}
+                }
+            }
+            None => {
+                ticker.tick().await;
+            }
+        }
         ticks += 1;
         let credentials = streams.credentials();
         let asked = streams.recheck.swap(false, Ordering::SeqCst);

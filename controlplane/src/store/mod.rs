@@ -194,6 +194,16 @@ impl Store {
         }
     }
 
+    /// Woken when a revocation is committed by any process sharing the
+    /// database, so watchers need not wait for their next poll. `None` on
+    /// SQLite (poll only).
+    pub fn revocation_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match &self.engine {
+            Engine::Sqlite { .. } => None,
+            Engine::Postgres(pg) => Some(pg.listen_revocations()),
+        }
+    }
+
     /// True when calls go over the network (PostgreSQL): then they must not
     /// run on an async worker. SQLite reads are local and never wait for a
     /// writer, so they may run inline.
@@ -477,6 +487,10 @@ fn bump_revocations(db: &mut dyn Exec) -> anyhow::Result<()> {
         "UPDATE revocation_generation SET generation = generation + 1 WHERE id = 1",
         &[],
     )?;
+    if db.kind() == engine::Kind::Postgres {
+        // Delivered at commit: wakes every server's watcher at once.
+        db.batch(&format!("NOTIFY {}", engine::postgres::REVOCATIONS_CHANNEL))?;
+    }
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Is the credential an open stream was opened with still good? Asked for
-//! every credential with open streams a few times a second, so revoking a
-//! key, a token family or an agent secret — from this process or from the
-//! admin CLI in another — ends its streams.
+//! every credential with open streams when the revocation counter moves,
+//! so revoking a key, a token family or an agent secret — in this process,
+//! the admin CLI or another server sharing the database — ends its streams.
 
 use super::{engine::args, now_ms, secrets::hash, Store};
 

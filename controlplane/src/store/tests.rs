@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use super::*;
+use super::{engine::args, *};
 
 #[path = "../../../cli/tests/common/postgres.rs"]
 mod postgres;
@@ -41,6 +41,10 @@ const BOTH: &[Case] = &[
     (
         "every_revocation_bumps_the_counter",
         every_revocation_bumps_the_counter,
+    ),
+    (
+        "cluster_tables_take_the_agreed_statements",
+        cluster_tables_take_the_agreed_statements,
     ),
 ];
 
@@ -107,6 +111,54 @@ fn every_revocation_bumps_the_counter(s: &Store) {
         last,
         "nothing revoked, no bump"
     );
+}
+
+/// The replicas and routes tables exist on both engines and take the
+/// upsert-with-generation the cluster code uses.
+fn cluster_tables_take_the_agreed_statements(s: &Store) {
+    let ws = s.create_workspace("acme").unwrap();
+    let token = s.create_enrollment_token(&ws.id).unwrap();
+    let e = s.enroll_machine(&token, "web-1").unwrap().unwrap();
+    let claim = |replica: &str, session: &str| {
+        s.transaction(|db| {
+            db.query_opt(
+                "INSERT INTO routes (machine_id, workspace_id, replica_id, session_id, generation, connected_ms)
+                 VALUES ($1, $2, $3, $4, 1, $5)
+                 ON CONFLICT(machine_id) DO UPDATE SET generation = routes.generation + 1,
+                     replica_id = excluded.replica_id, session_id = excluded.session_id,
+                     connected_ms = excluded.connected_ms
+                 RETURNING generation",
+                args![&e.machine_id, &ws.id, replica, session, now_ms()],
+            )?
+            .expect("a generation")
+            .int(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(claim("r1", "s1"), 1);
+    assert_eq!(
+        claim("r2", "s2"),
+        2,
+        "a newer connection gets a newer generation"
+    );
+    s.write(|db| {
+        db.execute(
+            "INSERT INTO replicas (replica_id, peer_addr, lease_until_ms, started_ms) VALUES ($1, $2, $3, $3)",
+            args!["r2", "127.0.0.1:1", now_ms()],
+        )
+    })
+    .unwrap();
+    let row = s
+        .read(|db| {
+            db.query_opt(
+                "SELECT r.replica_id, p.peer_addr FROM routes r JOIN replicas p ON p.replica_id = r.replica_id
+                 WHERE r.session_id = $1",
+                args!["s2"],
+            )
+        })
+        .unwrap()
+        .expect("the route");
+    assert_eq!(row.text(1).unwrap(), "127.0.0.1:1");
 }
 
 fn newer_schema_message(err: anyhow::Error) {

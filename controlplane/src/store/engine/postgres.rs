@@ -32,9 +32,14 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(12);
 /// Connections kept open at most.
 const POOL_SIZE: usize = 16;
 
+/// The channel revocations are announced on (`NOTIFY`, sent at commit by
+/// the transaction that revoked something).
+pub const REVOCATIONS_CHANNEL: &str = "cmdop_revocations";
+
 /// A PostgreSQL database and the runtime its calls run on.
 pub struct Pg {
     pool: Pool,
+    config: tokio_postgres::Config,
     rt: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     /// The URL with its password replaced by `***`, for messages.
@@ -105,7 +110,7 @@ impl Pg {
             .build()
             .context("cannot start the database runtime")?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -123,6 +128,7 @@ impl Pg {
             .context("cannot set up the database connection pool")?;
         let pg = Pg {
             pool,
+            config,
             handle: rt.handle().clone(),
             rt: Some(rt),
             shown,
@@ -135,6 +141,27 @@ impl Pg {
             )
         })?;
         Ok(pg)
+    }
+
+    /// Wakes the returned [`Notify`](tokio::sync::Notify) whenever any
+    /// server or admin CLI commits a revocation (LISTEN on its own
+    /// connection, re-established after the database was lost). A
+    /// notification lost in an outage is covered by the caller's polling.
+    pub fn listen_revocations(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        let config = self.config.clone();
+        let wake = notify.clone();
+        self.handle.spawn(async move {
+            loop {
+                if let Err(e) = listen(&config, &wake).await {
+                    tracing::debug!(error = %e, "revocation listener lost its connection; reconnecting");
+                }
+                // Whatever happened meanwhile: look again.
+                wake.notify_one();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        notify
     }
 
     /// The URL without its password.
@@ -182,6 +209,36 @@ impl Pg {
             )))),
         }
     }
+}
+
+/// LISTENs for revocations until the connection fails.
+async fn listen(
+    config: &tokio_postgres::Config,
+    wake: &tokio::sync::Notify,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = futures::StreamExt::next(&mut messages).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                    let _ = tx.send(());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    client
+        .batch_execute(&format!("LISTEN {REVOCATIONS_CHANNEL}"))
+        .await?;
+    while rx.recv().await.is_some() {
+        wake.notify_one();
+    }
+    drop(client);
+    driver.await.unwrap_or(Ok(()))
 }
 
 impl Drop for Pg {
