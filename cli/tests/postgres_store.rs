@@ -187,6 +187,59 @@ async fn server_agent_client_and_admin_on_postgres() {
     run(&mut e, &s.session_id, "true")
         .await
         .expect("the first key still works");
+
+    // Enrollment tokens: revoked ones are refused.
+    let token = admin_pg(&url, &["enroll-token", "--workspace", "alpha"]);
+    assert_eq!(admin_pg(&url, &["revoke-enroll-token", &token]), "revoked");
+    admin_pg(&url, &["enroll-token", "--workspace", "alpha"]);
+    assert_eq!(
+        admin_pg(
+            &url,
+            &["revoke-enroll-token", "--workspace", "alpha", "--all"]
+        ),
+        "revoked 1"
+    );
+    let enrolled = agent_link(addr)
+        .await
+        .enroll(cmdop_proto::ext::EnrollRequest {
+            enrollment_token: token,
+            hostname: "new-host".into(),
+        })
+        .await
+        .expect_err("a revoked token");
+    assert_eq!(enrolled.code(), Code::Unauthenticated);
+
+    // The machine list, and revoking the machine closes its link.
+    let listed = admin_pg(&url, &["machines", "--workspace", "alpha"]);
+    assert!(
+        listed.contains(&machine.machine_id) && listed.contains(&s.host),
+        "{listed}"
+    );
+    assert_eq!(
+        admin_pg(&url, &["revoke-machine", &machine.machine_id]),
+        "revoked"
+    );
+    let revoked_at = Instant::now();
+    let mut t = terminal(addr, Some(&s.key)).await;
+    loop {
+        let found = t
+            .get_session_by_hostname(cmdop_proto::terminal::GetSessionByHostnameRequest {
+                hostname: s.host.clone(),
+                partial_match: false,
+            })
+            .await
+            .expect("GetSessionByHostname")
+            .into_inner();
+        if !found.found {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "the revoked machine is still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!admin_pg(&url, &["machines", "--workspace", "alpha"]).contains(&s.host));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
