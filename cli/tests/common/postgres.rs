@@ -214,6 +214,49 @@ impl Postgres {
         }
     }
 
+    /// Freezes the server (SIGSTOP to the postmaster and its backends): it
+    /// keeps its connections and port but answers nothing, like a database
+    /// host that hangs. [`Postgres::thaw`] undoes it.
+    pub fn freeze(&self) {
+        assert!(self.signal_all("-STOP"), "cannot freeze PostgreSQL");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        assert!(self.signal_all("-CONT"), "cannot thaw PostgreSQL");
+    }
+
+    fn signal_all(&self, signal: &str) -> bool {
+        let Some(child) = &self.child else {
+            return true;
+        };
+        let postmaster = child.id();
+        let mut pids = vec![postmaster];
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // "pid (comm) state ppid …": the command may hold spaces.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        Command::new("kill")
+            .arg(signal)
+            .args(pids.iter().map(u32::to_string))
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.sock_dir().join("data")
     }
@@ -294,6 +337,8 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        // A frozen server (a failed test) could not act on the stop.
+        self.signal_all("-CONT");
         if let Some(mut child) = self.child.take() {
             // SIGKILL of the postmaster alone would leave its backends
             // running: an immediate shutdown stops them all.

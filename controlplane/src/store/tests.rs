@@ -234,6 +234,43 @@ fn postgres_schema_versions_concurrency_and_outages() {
     newer_schema_message(Store::connect(&url).err().expect("refused"));
 }
 
+/// A database that hangs (the host freezes) gives UNAVAILABLE within the
+/// call deadline, not a hung call, and the store recovers when it thaws.
+#[test]
+fn a_frozen_postgres_gives_unavailable_within_the_deadline() {
+    let pg = postgres::Postgres::start();
+    let s = Store::connect(&pg.url()).unwrap();
+    let ws = s.create_workspace("acme").unwrap();
+    let key = s.create_api_key(&ws.id, "").unwrap();
+    pg.freeze();
+    let started = std::time::Instant::now();
+    let err = s
+        .authenticate_api_key(&key)
+        .expect_err("the database hangs");
+    let took = started.elapsed();
+    pg.thaw();
+    assert!(is_unavailable_error(&err), "{err:#}");
+    assert!(
+        took < engine::postgres::CALL_TIMEOUT + Duration::from_secs(3),
+        "{took:?}"
+    );
+    eprintln!("a frozen database answered UNAVAILABLE after {took:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match s.authenticate_api_key(&key) {
+            Ok(found) => {
+                assert_eq!(found, Some(ws));
+                break;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(is_unavailable_error(&e), "{e:#}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("no recovery after the thaw: {e:#}"),
+        }
+    }
+}
+
 #[test]
 fn an_unreachable_postgres_fails_fast_without_the_password() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -24,11 +24,12 @@ use super::{Exec, Kind, Row, Unavailable, Value};
 
 /// Connecting to the database gives up after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// A statement running longer is cancelled by the server.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A statement running longer is cancelled by the server (as SQLite's
+/// writes give up waiting for a lock after 5 s).
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A caller waits at most this long for one database call (taking a
-/// connection from the pool included).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(12);
+/// connection from the pool included), even when the database hangs.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(6);
 /// Connections kept open at most.
 const POOL_SIZE: usize = 16;
 
