@@ -250,7 +250,7 @@ impl Store {
             }
             Engine::Postgres(pg) => {
                 let mut db = pg.client()?;
-                db.batch("BEGIN")?;
+                db.begin()?;
                 let out = db
                     .execute("SELECT pg_advisory_xact_lock(7436029418552)", &[])
                     .and_then(|_| f(&mut db));

@@ -202,6 +202,7 @@ impl Pg {
             Ok(client) => Ok(PgExec {
                 pg: self,
                 client: Some(client),
+                in_transaction: false,
             }),
             Err(e) => Err(anyhow::Error::new(Unavailable(format!(
                 "cannot connect to the database {}: {}",
@@ -294,6 +295,20 @@ fn transient(e: &tokio_postgres::Error) -> bool {
 pub struct PgExec<'a> {
     pg: &'a Pg,
     client: Option<Object>,
+    /// A transaction is open (between `BEGIN` and [`PgExec::finish`]).
+    in_transaction: bool,
+}
+
+impl Drop for PgExec<'_> {
+    fn drop(&mut self) {
+        // Left mid-transaction (a panic in the store method): the pool must
+        // not hand out a connection with a transaction still open.
+        if self.in_transaction {
+            if let Some(client) = self.client.take() {
+                drop(Object::take(client));
+            }
+        }
+    }
 }
 
 type Outcome<T> = (Object, Result<T, tokio_postgres::Error>);
@@ -332,9 +347,16 @@ impl PgExec<'_> {
         }
     }
 
+    /// Opens a transaction.
+    pub fn begin(&mut self) -> anyhow::Result<()> {
+        self.in_transaction = true;
+        self.batch("BEGIN")
+    }
+
     /// Ends an open transaction; a connection that cannot is closed.
     pub fn finish(&mut self, commit: bool) -> anyhow::Result<()> {
         let res = self.batch(if commit { "COMMIT" } else { "ROLLBACK" });
+        self.in_transaction = false;
         if res.is_err() {
             if let Some(client) = self.client.take() {
                 drop(Object::take(client));
