@@ -43,7 +43,12 @@ pub struct Postgres {
 
 /// The newest `/usr/lib/postgresql/<version>/bin` holding `initdb`.
 fn bin_dir() -> PathBuf {
-    let root = Path::new("/usr/lib/postgresql");
+    bin_dir_in(Path::new("/usr/lib/postgresql"))
+}
+
+/// The newest `<root>/<version>/bin` holding `initdb` (Debian's layout);
+/// panics with the install command when there is none.
+pub fn bin_dir_in(root: &Path) -> PathBuf {
     let mut versions: Vec<(u32, PathBuf)> = fs::read_dir(root)
         .into_iter()
         .flatten()
@@ -58,8 +63,9 @@ fn bin_dir() -> PathBuf {
     match versions.pop() {
         Some((_, bin)) => bin,
         None => panic!(
-            "PostgreSQL is not installed (no /usr/lib/postgresql/<version>/bin/initdb); these \
-             tests need it: install it with `{INSTALL_COMMAND}` (scripts/deps.sh does)"
+            "PostgreSQL is not installed (no {}/<version>/bin/initdb); these tests need it: \
+             install it with `{INSTALL_COMMAND}` (scripts/deps.sh does)",
+            root.display()
         ),
     }
 }
@@ -102,10 +108,16 @@ impl Postgres {
         } else {
             None
         };
-        let dir = tempfile::Builder::new()
-            .prefix("cmdop-pg-")
-            .tempdir()
-            .expect("temp dir for PostgreSQL");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("cmdop-pg-");
+        let dir = if user.is_some() {
+            // The postgres user must reach it: $TMPDIR may be under a
+            // directory only root can enter, /tmp never is.
+            builder.tempdir_in("/tmp")
+        } else {
+            builder.tempdir()
+        }
+        .expect("temp dir for PostgreSQL");
         if let Some((uid, gid)) = user {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .expect("give the PostgreSQL temp dir to the postgres user");

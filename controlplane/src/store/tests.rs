@@ -272,6 +272,13 @@ fn a_frozen_postgres_gives_unavailable_within_the_deadline() {
 }
 
 #[test]
+#[should_panic(expected = "install it with `apt-get install -y postgresql`")]
+fn without_postgresql_the_tests_fail_naming_the_install_command() {
+    let empty = tempfile::tempdir().unwrap();
+    postgres::bin_dir_in(empty.path());
+}
+
+#[test]
 fn an_unreachable_postgres_fails_fast_without_the_password() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
