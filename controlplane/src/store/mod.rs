@@ -3,6 +3,18 @@
 //! SHA-256 hashes. SQLite runs in WAL mode with a busy timeout, so the admin
 //! CLI can open it while the server is running; PostgreSQL is shared by any
 //! number of servers and admin CLIs.
+//!
+//! A store method is written once for both engines: run its statements in
+//! `Store::read`, `Store::write` or `Store::transaction` on the
+//! [`Exec`] they hand over, in SQL both engines accept (`$1`…`$n`
+//! placeholders, `BIGINT` times, `ON CONFLICT … DO UPDATE … RETURNING`),
+//! with parameters as `args![…]`:
+//!
+//! ```ignore
+//! self.write(|db| db.execute("UPDATE t SET a = $2 WHERE id = $1", args![id, now_ms()]))
+//! ```
+//!
+//! Schema changes are new steps in [`migrations`].
 
 pub mod engine;
 mod machines;
