@@ -14,7 +14,7 @@
 //! self.write(|db| db.execute("UPDATE t SET a = $2 WHERE id = $1", args![id, now_ms()]))
 //! ```
 //!
-//! Schema changes are new steps in [`migrations`].
+//! Schema changes are new steps in `migrations.rs`.
 
 pub mod engine;
 mod machines;
