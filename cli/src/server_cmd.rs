@@ -21,6 +21,16 @@ pub struct ServerArgs {
     /// Directory holding the SQLite state (created if missing).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Keep the state in PostgreSQL instead of SQLite:
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (several servers may
+    /// share one). The schema is created or upgraded at start-up.
+    #[arg(
+        long,
+        env = "CMDOP_DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "data_dir"
+    )]
+    pub database: Option<String>,
     /// PEM certificate chain; turns on TLS (with --tls-key).
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -120,6 +130,7 @@ impl ServerArgs {
                 .data_dir
                 .clone()
                 .unwrap_or_else(crate::data_dir::default_data_dir),
+            database: self.database.clone(),
             extensions: !self.no_extensions,
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
@@ -195,9 +206,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Ready means ready: the database is open and migrated and the port is
     // bound before "listening" is logged and the ready file is written.
     cmdop_controlplane::check_config(&config)?;
-    let store = cmdop_controlplane::store::Store::open(&config.data_dir)?;
+    let store = {
+        let (dir, database) = (config.data_dir.clone(), config.database.clone());
+        tokio::task::spawn_blocking(move || {
+            cmdop_controlplane::store::Store::open_at(&dir, database.as_deref())
+        })
+        .await??
+    };
     let (listener, local) = bind(args.listen).await?;
-    tracing::info!(%local, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "control plane listening");
+    tracing::info!(%local, state = %store.describe(), tls = config.tls.is_some(), "control plane listening");
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &format!("{local}\n"))?;
     }

@@ -16,7 +16,11 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Directory of the SQLite state (`cmdop.db`); created if missing.
+    /// Unused when `database` is set.
     pub data_dir: PathBuf,
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`) of the state
+    /// shared by several servers; `None`: SQLite in `data_dir`.
+    pub database: Option<String>,
     /// Serve `cmdop.ext.v1.Cmdop`. When false clients get UNIMPLEMENTED for
     /// it and fall back to the official protocol. AgentLink is always served.
     pub extensions: bool,
@@ -116,6 +120,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             data_dir: PathBuf::from("cmdop-data"),
+            database: None,
             extensions: true,
             tls: None,
             heartbeat_timeout: Duration::from_secs(75),

@@ -73,7 +73,8 @@ type MachineWithSession = (Machine, Option<Arc<Session>>);
 
 /// Every machine of a workspace with its current session, if any.
 fn machines(state: &State, ws: &Workspace) -> Result<Vec<MachineWithSession>, Status> {
-    let rows = state.store.list_machines(&ws.id).map_err(auth::internal)?;
+    let rows = crate::state::read_store(&state.store, |s| s.list_machines(&ws.id))
+        .map_err(auth::internal)?;
     Ok(rows
         .into_iter()
         .map(|row| {
@@ -434,11 +435,9 @@ impl CmdopService {
             match self.state.sessions.by_machine(&ws.id, &req.machine_id) {
                 Some(s) => s,
                 None => {
-                    let known = self
-                        .state
-                        .store
-                        .list_machines(&ws.id)
-                        .map_err(auth::internal)?;
+                    let known =
+                        crate::state::read_store(&self.state.store, |s| s.list_machines(&ws.id))
+                            .map_err(auth::internal)?;
                     return Err(match known.iter().find(|m| m.machine_id == req.machine_id) {
                         Some(m) => Status::unavailable(format!(
                             "machine {} is offline; it will show as connected again when its agent reconnects",

@@ -19,7 +19,6 @@ pub mod limits;
 #[cfg(target_os = "linux")]
 pub mod local_postgres;
 mod raw;
-mod revocation;
 mod selection;
 pub mod sessions;
 mod state;
@@ -69,7 +68,7 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = store::Store::open(&config.data_dir)?;
+    let store = store::Store::open_at(&config.data_dir, config.database.as_deref())?;
     serve_with_store(listener, config, store, shutdown).await
 }
 
@@ -173,7 +172,6 @@ pub async fn serve_with_store(
         state.clone(),
         last_seen::flush_interval(config.heartbeat_timeout),
     )));
-    let _revocations = AbortOnDrop(tokio::spawn(revocation::run(state.clone())));
     let presence = cluster
         .clone()
         .map(|c| AbortOnDrop(tokio::spawn(cluster::presence::run(state.clone(), c))));

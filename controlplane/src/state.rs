@@ -30,9 +30,8 @@ pub struct State {
 pub type SharedState = Arc<State>;
 
 /// Runs database work `f` on the blocking pool, so a write waiting for a
-/// lock held by another process never holds up the async workers (and the
-/// calls they serve). This is the seam a networked store (PostgreSQL)
-/// replaces with async calls.
+/// lock held by another process, or a PostgreSQL call waiting for the
+/// network, never holds up the async workers (and the calls they serve).
 pub async fn with_store<T: Send + 'static>(
     state: &SharedState,
     f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
@@ -41,4 +40,21 @@ pub async fn with_store<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&state.store))
         .await
         .map_err(|e| anyhow::anyhow!("database task failed: {e}"))?
+}
+
+/// Runs a quick database read `f` from synchronous code on an async
+/// worker. On SQLite it runs inline (local reads never wait for writers);
+/// on PostgreSQL the worker first hands its other tasks to the rest of the
+/// runtime (`block_in_place`), so a slow or unreachable database holds up
+/// only this call.
+pub fn read_store<T>(store: &Store, f: impl FnOnce(&Store) -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_thread = Handle::try_current()
+        .map(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+        .unwrap_or(false);
+    if store.is_networked() && multi_thread {
+        tokio::task::block_in_place(|| f(store))
+    } else {
+        f(store)
+    }
 }

@@ -8,9 +8,10 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
-
-use super::{ms, now_ms, Store};
+use super::{
+    engine::{args, Row},
+    ms, now_ms, Store,
+};
 
 /// One live (or recently live) replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,37 +31,14 @@ pub struct RouteRow {
     pub generation: i64,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS replicas (
-    replica_id     TEXT PRIMARY KEY,
-    peer_addr      TEXT NOT NULL,
-    lease_until_ms BIGINT NOT NULL,
-    started_ms     BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS routes (
-    machine_id   TEXT PRIMARY KEY REFERENCES machines(machine_id),
-    workspace_id TEXT NOT NULL,
-    replica_id   TEXT NOT NULL,
-    session_id   TEXT NOT NULL,
-    generation   BIGINT NOT NULL,
-    connected_ms BIGINT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS routes_session ON routes(session_id);
-CREATE INDEX IF NOT EXISTS routes_workspace ON routes(workspace_id);
-";
-
-/// Creates the cluster tables (idempotent).
-pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)
-}
-
-fn route_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RouteRow> {
+/// The tables are created by migration 2 (`migrations.rs`).
+fn route_row(r: &Row) -> anyhow::Result<RouteRow> {
     Ok(RouteRow {
-        machine_id: r.get(0)?,
-        workspace_id: r.get(1)?,
-        replica_id: r.get(2)?,
-        session_id: r.get(3)?,
-        generation: r.get(4)?,
+        machine_id: r.text(0)?,
+        workspace_id: r.text(1)?,
+        replica_id: r.text(2)?,
+        session_id: r.text(3)?,
+        generation: r.int(4)?,
     })
 }
 
@@ -75,44 +53,51 @@ impl Store {
         lease: Duration,
     ) -> anyhow::Result<()> {
         let now = now_ms();
-        self.conn().execute(
-            "INSERT INTO replicas (replica_id, peer_addr, lease_until_ms, started_ms)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(replica_id) DO UPDATE SET peer_addr = excluded.peer_addr,
-                 lease_until_ms = excluded.lease_until_ms",
-            params![replica_id, peer_addr, now.saturating_add(ms(lease)), now],
-        )?;
+        self.write(|db| {
+            db.execute(
+                "INSERT INTO replicas (replica_id, peer_addr, lease_until_ms, started_ms)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT(replica_id) DO UPDATE SET peer_addr = excluded.peer_addr,
+                     lease_until_ms = excluded.lease_until_ms",
+                args![replica_id, peer_addr, now.saturating_add(ms(lease)), now],
+            )
+        })?;
         Ok(())
     }
 
     /// Deletes the replica's row and releases all its routes (graceful shutdown).
     pub fn remove_replica(&self, replica_id: &str) -> anyhow::Result<()> {
-        let mut conn = self.conn();
-        let tx = Self::write_transaction(&mut conn)?;
-        tx.execute(
-            "UPDATE routes SET replica_id = '', session_id = '' WHERE replica_id = ?1",
-            [replica_id],
-        )?;
-        tx.execute("DELETE FROM replicas WHERE replica_id = ?1", [replica_id])?;
-        tx.commit()?;
-        Ok(())
+        self.transaction(|db| {
+            db.execute(
+                "UPDATE routes SET replica_id = '', session_id = '' WHERE replica_id = $1",
+                args![replica_id],
+            )?;
+            db.execute(
+                "DELETE FROM replicas WHERE replica_id = $1",
+                args![replica_id],
+            )?;
+            Ok(())
+        })
     }
 
     /// Replicas whose lease has not expired.
     pub fn live_replicas(&self) -> anyhow::Result<Vec<ReplicaRow>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT replica_id, peer_addr, lease_until_ms FROM replicas
-             WHERE lease_until_ms > ?1 ORDER BY replica_id",
-        )?;
-        let rows = stmt.query_map([now_ms()], |r| {
-            Ok(ReplicaRow {
-                replica_id: r.get(0)?,
-                peer_addr: r.get(1)?,
-                lease_until_ms: r.get(2)?,
+        self.read(|db| {
+            db.query(
+                "SELECT replica_id, peer_addr, lease_until_ms FROM replicas
+                 WHERE lease_until_ms > $1 ORDER BY replica_id",
+                args![now_ms()],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(ReplicaRow {
+                    replica_id: r.text(0)?,
+                    peer_addr: r.text(1)?,
+                    lease_until_ms: r.int(2)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     /// Records that `machine_id`'s agent is now connected to `replica_id` as `session_id`; returns the
@@ -125,37 +110,48 @@ impl Store {
         session_id: &str,
     ) -> anyhow::Result<i64> {
         let now = now_ms();
-        let conn = self.conn();
-        let generation = conn.query_row(
-            "INSERT INTO routes (machine_id, workspace_id, replica_id, session_id, generation, connected_ms)
-             SELECT machine_id, workspace_id, ?2, ?3, 1, ?4 FROM machines WHERE machine_id = ?1
-             ON CONFLICT(machine_id) DO UPDATE SET generation = routes.generation + 1,
-                 replica_id = excluded.replica_id, session_id = excluded.session_id,
-                 connected_ms = excluded.connected_ms
-             RETURNING generation",
-            params![machine_id, replica_id, session_id, now],
-            |r| r.get(0),
-        )?;
-        Ok(generation)
+        let row = self.write(|db| {
+            db.query_opt(
+                "INSERT INTO routes (machine_id, workspace_id, replica_id, session_id, generation, connected_ms)
+                 SELECT machine_id, workspace_id, $2, $3, 1, $4 FROM machines WHERE machine_id = $1
+                 ON CONFLICT(machine_id) DO UPDATE SET generation = routes.generation + 1,
+                     replica_id = excluded.replica_id, session_id = excluded.session_id,
+                     connected_ms = excluded.connected_ms
+                 RETURNING generation",
+                args![machine_id, replica_id, session_id, now],
+            )
+        })?;
+        match row {
+            Some(row) => row.int(0),
+            None => anyhow::bail!("no machine '{machine_id}' to route"),
+        }
     }
 
     /// Releases the route if it still has `generation` (replica_id and session_id become '').
     pub fn release_route(&self, machine_id: &str, generation: i64) -> anyhow::Result<()> {
-        self.conn().execute(
-            "UPDATE routes SET replica_id = '', session_id = ''
-             WHERE machine_id = ?1 AND generation = ?2",
-            params![machine_id, generation],
-        )?;
+        self.write(|db| {
+            db.execute(
+                "UPDATE routes SET replica_id = '', session_id = ''
+                 WHERE machine_id = $1 AND generation = $2",
+                args![machine_id, generation],
+            )
+        })?;
         Ok(())
     }
 
     /// The current (unreleased) route of a machine.
     pub fn route_of_machine(&self, machine_id: &str) -> anyhow::Result<Option<RouteRow>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {ROUTE_COLUMNS} FROM routes WHERE machine_id = ?1 AND replica_id <> ''"
-        ))?;
-        Ok(stmt.query_row([machine_id], route_row).optional()?)
+        self.read(|db| {
+            db.query_opt(
+                &format!(
+                    "SELECT {ROUTE_COLUMNS} FROM routes WHERE machine_id = $1 AND replica_id <> ''"
+                ),
+                args![machine_id],
+            )?
+            .as_ref()
+            .map(route_row)
+            .transpose()
+        })
     }
 
     /// The current (unreleased) route of a session id.
@@ -163,54 +159,73 @@ impl Store {
         if session_id.is_empty() {
             return Ok(None);
         }
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {ROUTE_COLUMNS} FROM routes WHERE session_id = ?1 AND replica_id <> ''
-             ORDER BY generation DESC LIMIT 1"
-        ))?;
-        Ok(stmt.query_row([session_id], route_row).optional()?)
+        self.read(|db| {
+            db.query_opt(
+                &format!(
+                    "SELECT {ROUTE_COLUMNS} FROM routes WHERE session_id = $1 AND replica_id <> ''
+                     ORDER BY generation DESC LIMIT 1"
+                ),
+                args![session_id],
+            )?
+            .as_ref()
+            .map(route_row)
+            .transpose()
+        })
     }
 
     /// The current (unreleased) routes of every machine of a workspace.
     pub fn routes_of_workspace(&self, workspace_id: &str) -> anyhow::Result<Vec<RouteRow>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {ROUTE_COLUMNS} FROM routes WHERE workspace_id = ?1 AND replica_id <> ''
-             ORDER BY machine_id"
-        ))?;
-        let rows = stmt.query_map([workspace_id], route_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|db| {
+            db.query(
+                &format!(
+                    "SELECT {ROUTE_COLUMNS} FROM routes WHERE workspace_id = $1 AND replica_id <> ''
+                     ORDER BY machine_id"
+                ),
+                args![workspace_id],
+            )?
+            .iter()
+            .map(route_row)
+            .collect()
+        })
     }
 
     /// The route rows (released ones too) of `machine_ids`, in as few
-    /// queries as the engine's parameter limit allows: a replica checks the
+    /// queries as the engines' parameter limits allow: a replica checks the
     /// routes it has cached against them once a tick.
     pub fn routes_of_machines(&self, machine_ids: &[String]) -> anyhow::Result<Vec<RouteRow>> {
         const CHUNK: usize = 500;
-        let conn = self.reader();
-        let mut out = Vec::with_capacity(machine_ids.len());
-        for chunk in machine_ids.chunks(CHUNK) {
-            let marks = vec!["?"; chunk.len()].join(", ");
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {ROUTE_COLUMNS} FROM routes WHERE machine_id IN ({marks})"
-            ))?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(chunk), route_row)?;
-            for row in rows {
-                out.push(row?);
+        self.read(|db| {
+            let mut out = Vec::with_capacity(machine_ids.len());
+            for chunk in machine_ids.chunks(CHUNK) {
+                let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let params: Vec<_> = chunk.iter().map(super::engine::Value::from).collect();
+                for row in db.query(
+                    &format!(
+                        "SELECT {ROUTE_COLUMNS} FROM routes WHERE machine_id IN ({})",
+                        marks.join(", ")
+                    ),
+                    &params,
+                )? {
+                    out.push(route_row(&row)?);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// `(machine_id, generation)` of every route `replica_id` holds, in one
     /// query: a replica compares them with its own links to close the ones
     /// a newer connection elsewhere replaced.
     pub fn routes_of_replica(&self, replica_id: &str) -> anyhow::Result<Vec<(String, i64)>> {
-        let conn = self.reader();
-        let mut stmt =
-            conn.prepare_cached("SELECT machine_id, generation FROM routes WHERE replica_id = ?1")?;
-        let rows = stmt.query_map([replica_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|db| {
+            db.query(
+                "SELECT machine_id, generation FROM routes WHERE replica_id = $1",
+                args![replica_id],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.int(1)?)))
+            .collect()
+        })
     }
 }
 

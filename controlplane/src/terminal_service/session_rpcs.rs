@@ -152,7 +152,9 @@ pub fn list_sessions(
         let retention =
             i64::try_from(limits::DISCONNECTED_SESSION_RETENTION.as_millis()).unwrap_or(i64::MAX);
         let recent = now.saturating_sub(retention);
-        for m in state.store.list_machines(&ws.id).map_err(auth::internal)? {
+        for m in crate::state::read_store(&state.store, |s| s.list_machines(&ws.id))
+            .map_err(auth::internal)?
+        {
             let listed = sessions.iter().any(|s| s.machine_id == m.machine_id)
                 || rows.iter().any(|(_, i)| i.machine_hostname == m.hostname);
             if m.last_seen_unix_ms >= recent && !listed {
