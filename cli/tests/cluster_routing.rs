@@ -1,5 +1,6 @@
-//! Cluster mode: three real `cmdop server` replicas sharing one database,
-//! a real agent on one of them, clients on another. Every call a client
+//! Cluster mode: three real `cmdop server` replicas sharing one PostgreSQL
+//! database (a private server per test, [`common::postgres`]), a real
+//! agent on one of them, clients on another. Every call a client
 //! makes through a replica without the agent must behave as on the
 //! replica with it.
 
@@ -20,46 +21,57 @@ use cmdop_proto::{
         TerminalOutput,
     },
 };
-use common::*;
+use common::{
+    postgres::{self, Postgres},
+    *,
+};
 use tokio::sync::mpsc;
 use tonic::{codegen::tokio_stream::wrappers::ReceiverStream, Code};
 
 const MIB: usize = 1024 * 1024;
 const PEER_SECRET: &str = "cluster-test-peer-secret-0123456789";
 
-/// The flags that point a replica at the cluster's shared state. Today one
-/// SQLite data dir used by every replica (`start_server` passes it); the
-/// PostgreSQL store adds its URL here.
-fn store_flags(_dir: &Path) -> Vec<String> {
-    Vec::new()
+/// Starts replica `id` on the cluster's database; `dir` holds its ready file.
+fn start_replica(url: &str, dir: &Path, id: &str) -> Server {
+    server_pg(
+        url,
+        dir,
+        &[
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--peer-secret",
+            PEER_SECRET,
+            "--replica-id",
+            id,
+            "--keepalive-secs",
+            "2",
+        ],
+    )
 }
 
-/// Starts replica `id` on `dir`'s shared state.
-fn start_replica(dir: &Path, id: &str) -> Server {
-    let mut flags: Vec<String> = vec![
-        "--peer-listen".into(),
-        "127.0.0.1:0".into(),
-        "--peer-secret".into(),
-        PEER_SECRET.into(),
-        "--replica-id".into(),
-        id.into(),
-        "--keepalive-secs".into(),
-        "2".into(),
-    ];
-    flags.extend(store_flags(dir));
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    start_server(dir, "127.0.0.1:0", &flags)
+/// One number or text the database answers to `sql`.
+fn query(pg: &Postgres, sql: &str) -> String {
+    pg.psql(postgres::DATABASE, sql).trim().to_string()
 }
 
 /// The peer address replica `id` recorded for itself.
-fn peer_addr(dir: &Path, id: &str) -> String {
-    let db = rusqlite::Connection::open(dir.join("cmdop.db")).expect("open db");
-    db.query_row(
-        "SELECT peer_addr FROM replicas WHERE replica_id = ?1",
-        [id],
-        |r| r.get(0),
-    )
-    .expect("replica row")
+fn peer_addr(pg: &Postgres, id: &str) -> String {
+    let addr = query(
+        pg,
+        &format!("SELECT peer_addr FROM replicas WHERE replica_id = '{id}'"),
+    );
+    assert!(!addr.is_empty(), "no replica row for {id}");
+    addr
+}
+
+fn create_workspace_pg(url: &str, name: &str) -> Workspace {
+    admin_pg(url, &["create-workspace", name]);
+    let api_key = admin_pg(url, &["create-key", "--workspace", name]);
+    assert!(api_key.starts_with("cmdop_"), "{api_key}");
+    Workspace {
+        name: name.to_string(),
+        api_key,
+    }
 }
 
 /// Three replicas (A, B, C), workspace "alpha", an agent on A.
@@ -74,16 +86,21 @@ struct Cluster {
     session_id: String,
     machine_id: String,
     dir: tempfile::TempDir,
+    url: String,
+    // Dropped (stopped) last.
+    pg: Postgres,
 }
 
 async fn cluster(prefix: &str) -> Cluster {
+    let pg = Postgres::start();
+    let url = pg.url();
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = start_replica(dir.path(), "rep_a");
-    let b = start_replica(dir.path(), "rep_b");
-    let c = start_replica(dir.path(), "rep_c");
-    let ws = create_workspace(dir.path(), "alpha");
+    let a = start_replica(&url, dir.path(), "rep_a");
+    let b = start_replica(&url, dir.path(), "rep_b");
+    let c = start_replica(&url, dir.path(), "rep_c");
+    let ws = create_workspace_pg(&url, "alpha");
     let host = unique(prefix);
-    let token = enroll_token(dir.path(), "alpha");
+    let token = admin_pg(&url, &["enroll-token", "--workspace", "alpha"]);
     let agent = start_agent(
         &a.addr,
         Some(&token),
@@ -108,6 +125,8 @@ async fn cluster(prefix: &str) -> Cluster {
         session_id,
         machine_id: m.machine_id,
         dir,
+        url,
+        pg,
     }
 }
 
@@ -434,7 +453,7 @@ async fn client_on(addr: &str, key: &str, host: &str) -> cmdop::client::Client {
 #[tokio::test]
 async fn workspace_walls_hold_on_every_replica() {
     let cl = cluster("wall-host").await;
-    let other = create_workspace(cl.dir.path(), "beta");
+    let other = create_workspace_pg(&cl.url, "beta");
     for addr in [&cl.a.addr, &cl.b.addr, &cl.c.addr] {
         let mut t = terminal(addr, Some(&other.api_key)).await;
         let list = t
@@ -483,7 +502,7 @@ async fn workspace_walls_hold_on_every_replica() {
 #[tokio::test]
 async fn the_peer_port_refuses_calls_without_the_secret() {
     let cl = cluster("peer-host").await;
-    let peer = peer_addr(cl.dir.path(), "rep_a");
+    let peer = peer_addr(&cl.pg, "rep_a");
     // A client key is no good on the peer port...
     let mut e = ext(&peer, Some(&cl.ws.api_key)).await;
     let st = e
@@ -898,23 +917,16 @@ async fn a_stopped_replica_leaves_the_cluster_and_its_machines_show_offline() {
     wait_gone(pid as i32, Duration::from_secs(20), "SIGTERM").await;
     let _ = cl.a.proc.0.wait();
     // Its row and its routes are gone at once, not when the lease expires.
-    let db = rusqlite::Connection::open(cl.dir.path().join("cmdop.db")).expect("open db");
-    let rows: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM replicas WHERE replica_id = 'rep_a'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(rows, 0);
-    let routed: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM routes WHERE replica_id = 'rep_a'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(routed, 0);
+    let rows = query(
+        &cl.pg,
+        "SELECT COUNT(*) FROM replicas WHERE replica_id = 'rep_a'",
+    );
+    assert_eq!(rows, "0");
+    let routed = query(
+        &cl.pg,
+        "SELECT COUNT(*) FROM routes WHERE replica_id = 'rep_a'",
+    );
+    assert_eq!(routed, "0");
     // Through B the machine is offline (once B's next tick has seen the
     // replica leave, until then its calls there fail), and no call hangs.
     let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;

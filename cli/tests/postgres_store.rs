@@ -17,52 +17,6 @@ use common::{
 };
 use tonic::Code;
 
-/// `cmdop admin --database URL ARGS…`; its trimmed stdout.
-fn admin_pg(url: &str, args: &[&str]) -> String {
-    let out = Command::new(cmdop_bin())
-        .args(["admin", "--database", url])
-        .args(args)
-        .output()
-        .expect("run cmdop admin");
-    assert!(
-        out.status.success(),
-        "cmdop admin {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_string()
-}
-
-/// `cmdop server --database URL` on a fresh loopback port.
-fn server_pg(url: &str, dir: &Path) -> Server {
-    let ready = dir.join(format!("ready-{}", unique("pg")));
-    let child = Command::new(cmdop_bin())
-        .args(["--log-level", "warn", "server", "--listen", "127.0.0.1:0"])
-        .args(["--database", url, "--ready-file"])
-        .arg(&ready)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn cmdop server");
-    let proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&ready) {
-            return Server {
-                proc,
-                addr: s.trim().to_string(),
-                data_dir: dir.to_path_buf(),
-            };
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cmdop server did not start within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Runs `cmdop server --database URL`, which must fail; returns its
 /// stderr and how long it took.
 fn refused_start(url: &str) -> (String, Duration) {
@@ -96,7 +50,9 @@ async fn pg_stack(servers: usize) -> PgStack {
     let pg = Postgres::start();
     let url = pg.url();
     let dir = tempfile::tempdir().expect("tempdir");
-    let servers: Vec<Server> = (0..servers).map(|_| server_pg(&url, dir.path())).collect();
+    let servers: Vec<Server> = (0..servers)
+        .map(|_| server_pg(&url, dir.path(), &[]))
+        .collect();
     admin_pg(&url, &["create-workspace", "alpha"]);
     let key = admin_pg(&url, &["create-key", "--workspace", "alpha"]);
     assert!(key.starts_with("cmdop_"), "{key}");
