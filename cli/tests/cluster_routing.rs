@@ -108,7 +108,14 @@ async fn cluster(prefix: &str) -> Cluster {
         Some(&token),
         &dir.path().join("agent.json"),
         &host,
-        &["--heartbeat-secs", "1", "--server", &to_b, "--server", &to_c],
+        &[
+            "--heartbeat-secs",
+            "1",
+            "--server",
+            &to_b,
+            "--server",
+            &to_c,
+        ],
     );
     let mut t = terminal(&a.addr, Some(&ws.api_key)).await;
     let session_id = wait_connected(&mut t, &host).await;

@@ -348,6 +348,10 @@ async fn forward(
     cluster.peer_headers(caller, &mut parts.headers);
     parts.extensions = http::Extensions::new();
     let req = http::Request::from_parts(parts, body);
+    if cluster.is_unreachable(&addr) {
+        cluster.routes.forget(&route);
+        return unreachable(&route, &addr, "it did not answer the last call").into_http();
+    }
     let mut channel = match cluster.channel(&addr) {
         Ok(c) => c,
         Err(status) => return status.into_http(),
@@ -376,17 +380,22 @@ async fn forward(
         }
         Err(err) => {
             cluster.routes.forget(&route);
-            cluster.drop_channel(&addr);
-            tracing::warn!(replica = %route.replica_id, %addr, error = %err, "cannot reach a replica to forward a call");
-            Status::unavailable(format!(
-                "the call to replica {} ({addr}), which holds the agent of machine {}, failed: \
-                 {err}; the replica is unreachable or went away. What reached the machine may be \
-                 incomplete; retry in a few seconds (a gone replica's agents reconnect to another)",
-                route.replica_id, route.machine_id
-            ))
-            .into_http()
+            if cluster.mark_unreachable(&addr) {
+                tracing::warn!(replica = %route.replica_id, %addr, error = %err, "cannot reach a replica to forward a call");
+            }
+            unreachable(&route, &addr, &err.to_string()).into_http()
         }
     }
+}
+
+/// The status of a call whose owner replica could not be reached.
+fn unreachable(route: &RouteRow, addr: &str, why: &str) -> Status {
+    Status::unavailable(format!(
+        "the call to replica {} ({addr}), which holds the agent of machine {}, failed: \
+         {why}; the replica is unreachable or went away. What reached the machine may be \
+         incomplete; retry in a few seconds (a gone replica's agents reconnect to another)",
+        route.replica_id, route.machine_id
+    ))
 }
 
 /// Where a stream of gRPC messages stands: inside a message or between two.

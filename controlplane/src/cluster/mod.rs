@@ -79,10 +79,16 @@ pub struct Cluster {
     live: Mutex<HashMap<String, String>>,
     /// Peer channels by address.
     channels: Mutex<HashMap<String, Channel>>,
+    /// Peer addresses a call just failed to reach, until when calls to them
+    /// fail at once (no connection attempt, no log line per call).
+    unreachable: Mutex<HashMap<String, std::time::Instant>>,
     pub routes: routes::RouteCache,
     /// Routes this replica claimed: machine → (generation, session).
     claims: Mutex<HashMap<String, (i64, Arc<Session>)>>,
 }
+
+/// How long calls to a peer address that just failed fail at once.
+pub const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain maps: still consistent after a panic elsewhere.
@@ -97,6 +103,7 @@ impl Cluster {
             peer_addr: OnceLock::new(),
             live: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
             routes: routes::RouteCache::default(),
             claims: Mutex::new(HashMap::new()),
         })
@@ -166,10 +173,24 @@ impl Cluster {
         Ok(ch)
     }
 
-    /// Forgets the channel to `addr` (after a transport failure), so the
-    /// next call connects afresh.
-    pub fn drop_channel(&self, addr: &str) {
+    /// Forgets the channel to `addr` after a transport failure and marks
+    /// the address unreachable for [`UNREACHABLE_FOR`], so that calls to a
+    /// dead replica fail at once until its agents have moved, and the next
+    /// call after that connects afresh. True when it was not marked yet
+    /// (log the failure once, not per call).
+    pub fn mark_unreachable(&self, addr: &str) -> bool {
         lock(&self.channels).remove(addr);
+        let until = std::time::Instant::now() + UNREACHABLE_FOR;
+        let mut marks = lock(&self.unreachable);
+        marks.retain(|_, t| *t > std::time::Instant::now());
+        marks.insert(addr.to_string(), until).is_none()
+    }
+
+    /// Whether a call to `addr` failed within the last [`UNREACHABLE_FOR`].
+    pub fn is_unreachable(&self, addr: &str) -> bool {
+        lock(&self.unreachable)
+            .get(addr)
+            .is_some_and(|t| *t > std::time::Instant::now())
     }
 
     /// Peer headers for a call made on behalf of `caller`.
