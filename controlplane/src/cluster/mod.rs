@@ -88,7 +88,7 @@ pub struct Cluster {
 }
 
 /// How long calls to a peer address that just failed fail at once.
-pub const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+pub const UNREACHABLE_FOR: Duration = Duration::from_millis(500);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain maps: still consistent after a panic elsewhere.
