@@ -488,6 +488,18 @@ mod tests {
         stat.rsplit_once(')')?.1.trim_start().chars().next()
     }
 
+    /// Whether `pid` is stopped (`T`), once a signal sent to it has landed.
+    fn stopped(pid: u32, expected: bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = state_of(pid) == Some('T');
+            if now == expected || Instant::now() > deadline {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     #[test]
     fn starts_serves_the_app_user_stops_starts_again_freezes_and_thaws() {
         // Started from a thread that then ends: the server must outlive it.
@@ -524,9 +536,9 @@ mod tests {
 
         let postmaster = pg.child.as_ref().unwrap().id();
         pg.freeze().unwrap();
-        assert_eq!(state_of(postmaster), Some('T'));
+        assert!(stopped(postmaster, true), "freeze left it running");
         pg.thaw().unwrap();
-        assert_ne!(state_of(postmaster), Some('T'));
+        assert!(!stopped(postmaster, false), "thaw left it stopped");
 
         pg.stop();
         assert!(
