@@ -5,7 +5,6 @@
 mod common;
 
 use std::{
-    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };

@@ -7,6 +7,8 @@
 #![allow(dead_code)]
 
 use cmdop_controlplane::local_postgres::LocalPostgres;
+// Not every suite uses every name.
+#[allow(unused_imports)]
 pub use cmdop_controlplane::local_postgres::{DATABASE, INSTALL_COMMAND, USER};
 
 /// A running (or stopped) PostgreSQL server of one test.
