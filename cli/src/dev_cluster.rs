@@ -38,8 +38,8 @@ pub async fn run(
         .tempdir()
         .context("cannot create a temporary directory")?;
     println!("cmdop dev: starting PostgreSQL from the system's packages…");
-    // Started from this (runtime) thread, which lives as long as the
-    // command: the server dies with it even on SIGKILL.
+    // The server dies with this process even on SIGKILL (see
+    // LocalPostgres), whichever thread starts it.
     let pg = LocalPostgres::start().context("cannot start PostgreSQL for the cluster")?;
     let url = pg.url();
 

@@ -3,9 +3,12 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::{engine::args, *};
+use crate::local_postgres::{LocalPostgres, DATABASE};
 
-#[path = "../../../cli/tests/common/postgres.rs"]
-mod postgres;
+/// A private PostgreSQL server; panics with what to do when it cannot.
+fn start_postgres() -> LocalPostgres {
+    LocalPostgres::start().unwrap_or_else(|e| panic!("{e:#}"))
+}
 
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -59,10 +62,10 @@ fn store_on_sqlite() {
 
 #[test]
 fn store_on_postgres() {
-    let pg = postgres::Postgres::start();
+    let pg = start_postgres();
     for (i, (name, case)) in BOTH.iter().enumerate() {
         eprintln!("postgres: {name}");
-        let url = pg.create_database(&format!("case_{i}"));
+        let url = pg.create_database(&format!("case_{i}")).unwrap();
         let s = Store::connect(&url).expect("connect to the test database");
         case(&s);
     }
@@ -184,7 +187,7 @@ fn a_newer_sqlite_schema_is_refused() {
 
 #[test]
 fn postgres_schema_versions_concurrency_and_outages() {
-    let mut pg = postgres::Postgres::start();
+    let mut pg = start_postgres();
     // Several servers starting at once on an empty database.
     let url = pg.url();
     let starts: Vec<_> = (0..4)
@@ -212,7 +215,7 @@ fn postgres_schema_versions_concurrency_and_outages() {
     );
     assert!(!format!("{err:#}").contains(pg.password()), "{err:#}");
     // ... and work again once it is back, with the same store.
-    pg.start_again();
+    pg.start_again().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         match s.authenticate_api_key(&key) {
@@ -230,7 +233,8 @@ fn postgres_schema_versions_concurrency_and_outages() {
 
     // A database from a newer cmdop is refused.
     drop(s);
-    pg.psql(postgres::DATABASE, "UPDATE schema_version SET version = 99");
+    pg.psql(DATABASE, "UPDATE schema_version SET version = 99")
+        .unwrap();
     newer_schema_message(Store::connect(&url).err().expect("refused"));
 }
 
@@ -238,17 +242,17 @@ fn postgres_schema_versions_concurrency_and_outages() {
 /// call deadline, not a hung call, and the store recovers when it thaws.
 #[test]
 fn a_frozen_postgres_gives_unavailable_within_the_deadline() {
-    let pg = postgres::Postgres::start();
+    let pg = start_postgres();
     let s = Store::connect(&pg.url()).unwrap();
     let ws = s.create_workspace("acme").unwrap();
     let key = s.create_api_key(&ws.id, "").unwrap();
-    pg.freeze();
+    pg.freeze().unwrap();
     let started = std::time::Instant::now();
     let err = s
         .authenticate_api_key(&key)
         .expect_err("the database hangs");
     let took = started.elapsed();
-    pg.thaw();
+    pg.thaw().unwrap();
     assert!(is_unavailable_error(&err), "{err:#}");
     assert!(
         took < engine::postgres::CALL_TIMEOUT + Duration::from_secs(3),
@@ -269,13 +273,6 @@ fn a_frozen_postgres_gives_unavailable_within_the_deadline() {
             Err(e) => panic!("no recovery after the thaw: {e:#}"),
         }
     }
-}
-
-#[test]
-#[should_panic(expected = "install it with `apt-get install -y postgresql`")]
-fn without_postgresql_the_tests_fail_naming_the_install_command() {
-    let empty = tempfile::tempdir().unwrap();
-    postgres::bin_dir_in(empty.path());
 }
 
 #[test]
