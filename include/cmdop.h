@@ -71,7 +71,7 @@
 
 /** Version of the cmdop_options layout this header describes: pass it to
  *  cmdop_options_init(). */
-#define CMDOP_OPTIONS_VERSION 1
+#define CMDOP_OPTIONS_VERSION 2
 /** Capabilities a server may list; test them with
  *  cmdop_connection_info_has_capability(). */
 /** Native exec: stdout and stderr apart, exact exit code, no PTY. */
@@ -88,8 +88,13 @@
 #define CMDOP_CAPABILITY_EXEC_STDIN "exec-stdin.v1"
 
 /** Defaults of cmdop_options (same as cmdop_options_init()). */
-#define CMDOP_OPTIONS_INIT { CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false, true }
+#define CMDOP_OPTIONS_INIT { CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false, true, NULL, 0 }
 
+
+/**
+ * Most entries `cmdop_options.servers` may have (server_count).
+ */
+#define CMDOP_MAX_SERVERS 64
 
 /**
  * Version of the cmdop_exec_options layout this header describes.
@@ -389,6 +394,37 @@ typedef struct cmdop_options {
    * token automatically (default true). Ignored for API keys.
    */
   bool auto_refresh;
+  /**
+   * Version 2. Several control planes (replicas of one cluster), each
+   * "host:port" (the scheme, if any, follows `tls` like `server`): when
+   * `server_count` is not 0 they are used instead of `server`
+   * (cmdop_remote_new*(), which then requires `server` to be NULL) or of
+   * the `host` and `port` arguments (cmdop_local_new(), which then
+   * ignores them: NULL and 0 are fine). `tls` applies to every entry.
+   *
+   * cmdop_connect() tries them in order and keeps the first that
+   * answers (a server that cannot be reached within min(timeout_ms, 5 s)
+   * passes the turn; a refused key does not). When the server in use is
+   * lost, on_disconnect(will_reconnect=true) fires and every reconnect
+   * attempt (with the backoff above) tries the other servers first,
+   * starting after the lost one, and the lost one last; on_connect fires
+   * once one answers. cmdop_get_connection_info() names the one in use.
+   * Calls in flight on the lost server end with UNAVAILABLE (an execute
+   * whose outcome is unknown with OUTCOME_UNKNOWN); they are not moved.
+   *
+   * A TCP load balancer or one DNS name in front of the replicas needs
+   * no list: pass it as `server`. The client then reconnects to whatever
+   * the name or balancer gives it, with the same events.
+   *
+   * The array and its strings are read by the constructor only (copied).
+   * Default NULL and 0; at most 64 entries; a NULL or empty entry, or a
+   * count without an array, is INVALID_ARGUMENT.
+   */
+  const char *const *servers;
+  /**
+   * Number of entries of `servers` (version 2; default 0: no list).
+   */
+  size_t server_count;
 } cmdop_options;
 
 /**
@@ -594,7 +630,9 @@ enum cmdop_status cmdop_remote_new_oauth(const char *access_token,
  * Create a client for a control plane at `host`:`port`, e.g. `cmdop dev`
  * (plaintext unless `opts->tls` is CMDOP_TLS_ON). `api_key`: the key, or
  * NULL for $CMDOP_API_KEY if set, else no credentials. `opts`: NULL for
- * the defaults; `opts->server` must be NULL. Does not connect.
+ * the defaults; `opts->server` must be NULL. With a server list in
+ * `opts->servers` the list is used and `host` and `port` are ignored (NULL
+ * and 0 allowed). Does not connect.
  *
  * Ownership as cmdop_remote_new(). Returns OK or INVALID_ARGUMENT (NULL or
  * empty host, port 0, bad options). Thread: any.

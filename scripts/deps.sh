@@ -68,6 +68,8 @@ check_system() {
   have npm || lack "npm" npm
   { have sshd || [ -x /usr/sbin/sshd ]; } || lack "sshd" openssh-server
   { have ssh && have scp && have ssh-keygen; } || lack "ssh" openssh-client
+  # The PostgreSQL store tests start a throwaway server (initdb, postgres).
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || lack "PostgreSQL" postgresql
   if ! have python3; then
     lack "python3" python3
     lack "python3 venv" python3-venv

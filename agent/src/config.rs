@@ -10,6 +10,10 @@ pub struct AgentConfig {
     /// Control plane URL: `http://host:port` (plaintext) or
     /// `https://host:port` (TLS).
     pub server: String,
+    /// More control planes (replicas of one cluster), written like
+    /// `server`. With any, the agent fails over between all of them (see
+    /// [`AgentConfig::servers`]); empty = `server` only, as always.
+    pub more_servers: Vec<String>,
     /// One-time enrollment token (`cmdenr_…`). Needed only when
     /// `state_file` does not exist yet.
     pub enrollment_token: Option<String>,
@@ -42,6 +46,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             server: "http://127.0.0.1:50051".to_owned(),
+            more_servers: Vec::new(),
             enrollment_token: None,
             state_file: PathBuf::from("cmdop-agent.json"),
             ca_cert: None,
@@ -52,5 +57,19 @@ impl Default for AgentConfig {
             reconnect_base: Duration::from_secs(1),
             reconnect_max: crate::backoff::DEFAULT_MAX,
         }
+    }
+}
+
+impl AgentConfig {
+    /// Every server, `server` first. The agent starts with the first and,
+    /// when the one it uses is unreachable or its link drops, waits its
+    /// backoff delay, probes all of them over TCP and connects to the first
+    /// that answers, counting from the one after the lost one (the lost one
+    /// last). Enrollment goes the same way round.
+    pub fn servers(&self) -> Vec<String> {
+        std::iter::once(&self.server)
+            .chain(&self.more_servers)
+            .cloned()
+            .collect()
     }
 }

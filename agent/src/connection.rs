@@ -68,20 +68,26 @@ impl Agent<'_> {
     /// Connects and serves until `shutdown` resolves, reconnecting forever.
     /// Fails only on configuration errors (bad URL, unreadable CA file).
     pub async fn serve_forever(&self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let endpoint = transport::endpoint(&self.config.server, self.config.ca_cert.as_deref())?;
+        let servers = self.config.servers();
+        let endpoints = servers
+            .iter()
+            .map(|s| transport::endpoint(s, self.config.ca_cert.as_deref()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let auth = BearerAuth::new(Some(&self.state.agent_secret))?;
         let mut session = Session {
             id: uuid::Uuid::new_v4().to_string(),
             sequence: 0,
         };
         let mut backoff = Backoff::new(self.config.reconnect_base, self.config.reconnect_max);
-        let probe_target = probe::target(endpoint.uri());
+        let probe_targets: Vec<_> = endpoints.iter().map(|e| probe::target(e.uri())).collect();
+        let mut current = 0;
         tokio::pin!(shutdown);
         for attempt in 1u64.. {
-            tracing::info!(attempt, server = %self.config.server, "connecting to the control plane");
+            let server = &servers[current];
+            tracing::info!(attempt, server = %server, "connecting to the control plane");
             let mut connected_at = None;
             let ended = tokio::select! {
-                ended = self.run_connection(&endpoint, &auth, &mut session, &mut connected_at) => ended,
+                ended = self.run_connection(&endpoints[current], server, &auth, &mut session, &mut connected_at) => ended,
                 () = &mut shutdown => {
                     tracing::info!("agent shutting down");
                     return Ok(());
@@ -93,18 +99,32 @@ impl Agent<'_> {
             let delay = backoff.next_delay();
             match ended {
                 Ok(why) => {
-                    tracing::warn!(reason = %why, retry_in = ?delay, "connection ended; reconnecting")
+                    tracing::warn!(server = %server, reason = %why, retry_in = ?delay, "connection ended; reconnecting")
                 }
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "connection failed; reconnecting")
+                    tracing::warn!(server = %server, error = %format!("{e:#}"), retry_in = ?delay, "connection failed; reconnecting")
                 }
             }
-            tokio::select! {
-                () = wait_before_retry(delay, probe_target.as_ref()) => {}
+            if servers.len() == 1 {
+                tokio::select! {
+                    () = wait_before_retry(delay, probe_targets[0].as_ref()) => {}
+                    () = &mut shutdown => {
+                        tracing::info!("agent shutting down");
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            let next = tokio::select! {
+                next = wait_and_pick(delay, &probe_targets, current) => next,
                 () = &mut shutdown => {
                     tracing::info!("agent shutting down");
                     return Ok(());
                 }
+            };
+            if next != current {
+                tracing::info!(from = %server, to = %servers[next], "moving to another control plane of the list");
+                current = next;
             }
         }
         Ok(())
@@ -114,13 +134,15 @@ impl Agent<'_> {
     async fn run_connection(
         &self,
         endpoint: &tonic::transport::Endpoint,
+        server: &str,
         auth: &BearerAuth,
         session: &mut Session,
         connected_at: &mut Option<Instant>,
     ) -> anyhow::Result<String> {
-        let channel = endpoint.connect().await.map_err(|e| {
-            anyhow::anyhow!("cannot reach {}: {}", self.config.server, error_chain(&e))
-        })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {server}: {}", error_chain(&e)))?;
         let authed: AuthedChannel = InterceptedService::new(channel, auth.clone());
         let mut client = TerminalStreamingServiceClient::new(authed.clone())
             .max_decoding_message_size(MAX_MESSAGE)
@@ -173,7 +195,7 @@ impl Agent<'_> {
             self.apply_resize(size);
         }
         *connected_at = Some(Instant::now());
-        tracing::info!(session_id = %session.id, machine_id = %self.state.machine_id, "connected");
+        tracing::info!(session_id = %session.id, machine_id = %self.state.machine_id, server = %server, "connected");
 
         let exec = async {
             if !self.config.native_exec {
@@ -185,7 +207,7 @@ impl Agent<'_> {
                 session.id.clone(),
                 agent_version(),
                 home,
-                self.config.server.clone(),
+                server.to_owned(),
             );
             match served.await {
                 Ok(LinkEnd::Unsupported) => {
@@ -441,4 +463,128 @@ async fn wait_before_retry(delay: Duration, target: Option<&(String, u16)>) {
         tokio::time::sleep_until(next).await;
     }
     tokio::time::sleep_until(deadline).await;
+}
+
+/// With several servers: sleeps out a backoff `delay` (cut short when a
+/// server that was unreachable during the wait answers again, like
+/// [`wait_before_retry`]), then probes every server and returns the index
+/// of the one to dial next: the first that answers counting from the one
+/// after `lost` (so `lost` comes last), or simply the next one when none
+/// answers (its attempt then fails and the backoff grows).
+async fn wait_and_pick(delay: Duration, targets: &[Option<(String, u16)>], lost: usize) -> usize {
+    let n = targets.len();
+    let order = |k: usize| (lost + k) % n;
+    let deadline = tokio::time::Instant::now() + delay;
+    if probe::worth_probing(delay) {
+        let mut watches: Vec<probe::HealWatch> = (0..n).map(|_| Default::default()).collect();
+        loop {
+            let seen = probe_all(targets).await;
+            let verdicts: Vec<Verdict> = watches
+                .iter_mut()
+                .zip(&seen)
+                .map(|(w, &reachable)| w.observe(reachable))
+                .collect();
+            let healed = (1..=n)
+                .map(order)
+                .find(|&i| verdicts[i] == Verdict::ReconnectNow);
+            if let Some(i) = healed {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                tracing::info!(
+                    server = i,
+                    "a control plane of the list is reachable again; reconnecting now"
+                );
+                tokio::time::sleep(probe::spread(remaining)).await;
+                return i;
+            }
+            let next = tokio::time::Instant::now() + probe::probe_interval();
+            if next >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(next).await;
+        }
+    }
+    tokio::time::sleep_until(deadline).await;
+    let seen = probe_all(targets).await;
+    (1..=n)
+        .map(order)
+        .find(|&i| seen[i])
+        .unwrap_or_else(|| order(1))
+}
+
+/// One TCP probe of every server at once; a server without a probe
+/// target counts as reachable (its full attempt will tell).
+async fn probe_all(targets: &[Option<(String, u16)>]) -> Vec<bool> {
+    futures::future::join_all(targets.iter().map(|t| async move {
+        match t {
+            Some((host, port)) => probe::reachable(host, *port).await,
+            None => true,
+        }
+    }))
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(port: u16) -> Option<(String, u16)> {
+        Some(("127.0.0.1".to_owned(), port))
+    }
+
+    /// A port where nothing listens.
+    fn dead_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn after_a_loss_the_next_server_that_answers_is_picked_the_lost_one_last() {
+        let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (pa, pb) = (
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        );
+        let dead = dead_port();
+        let short = Duration::from_millis(10);
+        // Both answer: the one after the lost one.
+        assert_eq!(wait_and_pick(short, &[target(pa), target(pb)], 0).await, 1);
+        assert_eq!(wait_and_pick(short, &[target(pa), target(pb)], 1).await, 0);
+        // The next one is dead: skipped, on to the one after it.
+        let three = [target(pa), target(dead), target(pb)];
+        assert_eq!(wait_and_pick(short, &three, 0).await, 2);
+        // Only the lost one answers (it came back): back to it.
+        assert_eq!(
+            wait_and_pick(short, &[target(pa), target(dead)], 0).await,
+            0
+        );
+        // None answers: simply the next one (its attempt will fail).
+        let none = [target(dead), target(dead_port())];
+        assert_eq!(wait_and_pick(short, &none, 0).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_long_wait_is_cut_when_a_dead_server_comes_back() {
+        let dead = dead_port();
+        let other = dead_port();
+        let started = Instant::now();
+        let revive = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", other))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(l);
+        });
+        let picked =
+            wait_and_pick(Duration::from_secs(20), &[target(dead), target(other)], 0).await;
+        assert_eq!(picked, 1);
+        // Probes every 1-2 s, then at most 1 s of spread: far below 20 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+        revive.abort();
+    }
 }

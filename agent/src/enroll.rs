@@ -16,10 +16,11 @@ use crate::{backoff::Backoff, config::AgentConfig, state::AgentState, transport}
 /// refused token is returned as an error because retrying cannot fix it.
 pub async fn load_or_enroll(config: &AgentConfig, hostname: &str) -> anyhow::Result<AgentState> {
     if let Some(state) = AgentState::load(&config.state_file)? {
-        if state.server != config.server {
+        let servers = config.servers();
+        if !servers.contains(&state.server) {
             tracing::info!(
                 enrolled_with = %state.server,
-                connecting_to = %config.server,
+                connecting_to = %servers.join(","),
                 "connecting to a different server URL than the one used at enrollment"
             );
         }
@@ -32,21 +33,26 @@ pub async fn load_or_enroll(config: &AgentConfig, hostname: &str) -> anyhow::Res
         )
     })?;
 
-    let endpoint = transport::endpoint(&config.server, config.ca_cert.as_deref())?;
+    let servers = config.servers();
+    let endpoints = servers
+        .iter()
+        .map(|s| transport::endpoint(s, config.ca_cert.as_deref()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
+    // Any server of the list may enroll the machine (they share one
+    // database): a failed attempt moves on to the next one.
+    let mut current = 0;
     let response = loop {
-        match try_enroll(&endpoint, token, hostname).await {
+        let server = &servers[current];
+        match try_enroll(&endpoints[current], token, hostname).await {
             Ok(resp) => break resp,
             Err(EnrollError::Refused(status)) => {
-                anyhow::bail!(
-                    "enrollment refused by {}: {}",
-                    config.server,
-                    status.message()
-                )
+                anyhow::bail!("enrollment refused by {server}: {}", status.message())
             }
             Err(EnrollError::Transient(msg)) => {
+                current = (current + 1) % servers.len();
                 let delay = backoff.next_delay();
-                tracing::warn!(server = %config.server, error = %msg, retry_in = ?delay, "enrollment attempt failed");
+                tracing::warn!(server = %server, error = %msg, retry_in = ?delay, "enrollment attempt failed");
                 tokio::time::sleep(delay).await;
             }
         }
@@ -54,7 +60,7 @@ pub async fn load_or_enroll(config: &AgentConfig, hostname: &str) -> anyhow::Res
     let state = AgentState {
         machine_id: response.machine_id,
         agent_secret: response.agent_secret,
-        server: config.server.clone(),
+        server: servers[current].clone(),
         workspace_name: response.workspace_name,
     };
     state.save(&config.state_file)?;

@@ -8,6 +8,7 @@ import "C"
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"runtime"
 	"runtime/cgo"
@@ -31,6 +32,15 @@ type Options struct {
 	// Server is "host:port" or "https://host:port"; empty means the hosted
 	// endpoint. (remote; NewLocal takes host and port)
 	Server string
+	// Servers lists several control planes (replicas of one cluster),
+	// "host:port" each. When not empty it is used instead of Server
+	// (remote, which then must be empty) or of NewLocal's host and port
+	// (which are then ignored). Connect takes the first that answers; when
+	// the one in use is lost the client moves to the next that does
+	// (OnDisconnect with willReconnect, then OnConnect), and
+	// ConnectionInfo().Server names it. A load balancer or DNS name in
+	// front of the replicas needs no list: give it as Server.
+	Servers []string
 	// APIKey authenticates; empty means $CMDOP_API_KEY if set. (local;
 	// NewRemote takes the key as an argument)
 	APIKey string
@@ -547,6 +557,24 @@ func fillOptions(opts *Options, o *C.cmdop_options, pins *cStrings, local bool) 
 			return err
 		}
 		o.server = s
+	}
+	if n := len(opts.Servers); n > 0 {
+		// The array lives in C memory, like the strings it points to.
+		arr := (**C.char)(C.malloc(C.size_t(n) * C.size_t(unsafe.Sizeof((*C.char)(nil)))))
+		if arr == nil {
+			return &Error{Status: StatusInternal, Message: "out of memory for the server list"}
+		}
+		*pins = append(*pins, unsafe.Pointer(arr))
+		entries := unsafe.Slice(arr, n)
+		for i, server := range opts.Servers {
+			p, err := pins.add(fmt.Sprintf("Options.Servers[%d]", i), server)
+			if err != nil {
+				return err
+			}
+			entries[i] = p
+		}
+		o.servers = arr
+		o.server_count = C.size_t(n)
 	}
 	o.tls = C.int(opts.TLS)
 	o.auto_refresh = C.bool(!opts.DisableAutoRefresh)

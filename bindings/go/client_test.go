@@ -84,6 +84,41 @@ func TestInvalidArgumentsAreTypedErrors(t *testing.T) {
 	if _, err := cmdop.NewLocal("127.0.0.1", 1, &cmdop.Options{Timeout: -time.Second}); !errors.Is(err, cmdop.ErrInvalidArgument) {
 		t.Fatalf("a negative timeout must be rejected, got %v", err)
 	}
+	_, err = cmdop.NewLocal("", 0, &cmdop.Options{Servers: []string{"127.0.0.1:1", ""}})
+	if !errors.As(err, &e) || e.Status != cmdop.StatusInvalidArgument || !strings.Contains(e.Message, "servers[1] is empty") {
+		t.Fatalf("an empty server entry must be rejected naming it, got %v", err)
+	}
+	if _, err := cmdop.NewRemote("k", &cmdop.Options{Server: "a:1", Servers: []string{"b:2"}}); !errors.Is(err, cmdop.ErrInvalidArgument) {
+		t.Fatalf("Server and Servers together must be rejected, got %v", err)
+	}
+}
+
+func TestServerListSkipsADeadFirstServer(t *testing.T) {
+	s := liveStack(t)
+	live := fmt.Sprintf("%s:%d", s.host, s.port)
+	// Port 1 on loopback: nothing listens there.
+	c, err := cmdop.NewLocal("", 0, &cmdop.Options{Timeout: 15 * time.Second, Servers: []string{"127.0.0.1:1", live}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.ConnectionInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Server != "http://"+live {
+		t.Fatalf("in use: %q, want the second server %q", info.Server, live)
+	}
+	if err := c.SetMachine(s.machine); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Execute(context.Background(), "echo via-the-list")
+	if err != nil || !strings.Contains(string(res.Output), "via-the-list") {
+		t.Fatalf("execute through the list: %v %+v", err, res)
+	}
 }
 
 func TestClosedClient(t *testing.T) {

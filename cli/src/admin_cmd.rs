@@ -12,6 +12,16 @@ pub struct AdminArgs {
     /// The control plane's data directory.
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
+    /// The control plane's PostgreSQL database instead of a data directory
+    /// (postgres://USER:PASSWORD@HOST:PORT/DATABASE).
+    #[arg(
+        long,
+        global = true,
+        env = "CMDOP_DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "data_dir"
+    )]
+    pub database: Option<String>,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -96,11 +106,17 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let dir = args
-        .data_dir
-        .unwrap_or_else(crate::data_dir::default_data_dir);
-    let store = Store::open(&dir)
-        .with_context(|| format!("cannot open control-plane state in {}", dir.display()))?;
+    let store = match &args.database {
+        Some(url) => Store::connect(url)?,
+        None => {
+            let dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(crate::data_dir::default_data_dir);
+            Store::open(&dir)
+                .with_context(|| format!("cannot open control-plane state in {}", dir.display()))?
+        }
+    };
     match args.command {
         AdminCommand::CreateWorkspace { name } => {
             let ws = store.create_workspace(&name)?;

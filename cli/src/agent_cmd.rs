@@ -2,19 +2,25 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use anyhow::Context;
 use clap::Args;
 use cmdop_agent::AgentConfig;
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// Control plane URL: http://host:port (plaintext) or https://host:port (TLS).
+    /// Control plane URL: http://host:port (plaintext) or https://host:port
+    /// (TLS). Several (replicas of one cluster): comma-separated or the flag
+    /// repeated; the agent starts with the first and, when the one it uses
+    /// is lost, moves to the first of the others that answers.
     #[arg(
         long,
         default_value = "http://127.0.0.1:50051",
         env = "CMDOP_AGENT_SERVER",
-        hide_env_values = true
+        hide_env_values = true,
+        value_delimiter = ',',
+        num_args = 1
     )]
-    pub server: String,
+    pub server: Vec<String>,
     /// One-time enrollment token (from `cmdop admin enroll-token`); only needed
     /// on the first start, when the state file does not exist yet.
     #[arg(long, env = "CMDOP_ENROLL_TOKEN", hide_env_values = true)]
@@ -40,9 +46,19 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
-    pub fn config(&self) -> AgentConfig {
-        AgentConfig {
-            server: self.server.clone(),
+    pub fn config(&self) -> anyhow::Result<AgentConfig> {
+        let mut servers = self
+            .server
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let server = servers.next().context(
+            "--server is empty: pass http://host:port (several: comma-separated or --server repeated)",
+        )?;
+        Ok(AgentConfig {
+            server,
+            more_servers: servers.collect(),
             enrollment_token: self.token.clone(),
             state_file: self
                 .state_file
@@ -54,12 +70,12 @@ impl AgentArgs {
             native_exec: !self.no_native_exec,
             heartbeat_interval: Duration::from_secs(self.heartbeat_secs.max(1)),
             ..AgentConfig::default()
-        }
+        })
     }
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let config = args.config();
+    let config = args.config()?;
     if let Some(dir) = config
         .state_file
         .parent()

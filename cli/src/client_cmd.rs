@@ -12,9 +12,16 @@ use cmdop::client::{AttachEvent, Client, ClientOptions, Credentials, Error, File
 pub struct ConnectArgs {
     /// Control plane: http://host:port (plaintext), https://host:port (TLS),
     /// or host:port (plaintext on loopback, TLS elsewhere). Default: the
-    /// hosted CMDOP service.
-    #[arg(long, env = "CMDOP_SERVER", hide_env_values = true)]
-    pub server: Option<String>,
+    /// hosted CMDOP service. Several (replicas of one cluster):
+    /// comma-separated or the flag repeated; the first that answers is used.
+    #[arg(
+        long,
+        env = "CMDOP_SERVER",
+        hide_env_values = true,
+        value_delimiter = ',',
+        num_args = 1
+    )]
+    pub server: Vec<String>,
     /// API key (any non-empty key; keys issued by `cmdop admin` start with cmdop_).
     #[arg(long, env = "CMDOP_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -34,16 +41,38 @@ impl ConnectArgs {
             .filter(|k| !k.is_empty())
             .context("no API key: pass --api-key or set CMDOP_API_KEY (create one with `cmdop admin create-key`)")?;
         let mut opts = ClientOptions::remote(Credentials::ApiKey(key));
-        if let Some(server) = &self.server {
-            opts.tls = match server.split_once("://") {
-                Some(("https", _)) => true,
-                Some(("http", _)) => false,
-                Some((scheme, _)) => {
-                    anyhow::bail!("unknown scheme '{scheme}' in --server; use http:// or https://")
+        let servers: Vec<&str> = self
+            .server
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !servers.is_empty() {
+            let mut tls = None;
+            for server in &servers {
+                let this = match server.split_once("://") {
+                    Some(("https", _)) => true,
+                    Some(("http", _)) => false,
+                    Some((scheme, _)) => {
+                        anyhow::bail!(
+                            "unknown scheme '{scheme}' in --server; use http:// or https://"
+                        )
+                    }
+                    None => !is_loopback(server),
+                };
+                if tls.is_some_and(|t| t != this) {
+                    anyhow::bail!(
+                        "the servers of --server (CMDOP_SERVER) mix TLS and plaintext: give every one the same scheme (https:// or http://)"
+                    );
                 }
-                None => !is_loopback(server),
-            };
-            opts.server = server.clone();
+                tls = Some(this);
+            }
+            opts.tls = tls.unwrap_or(true);
+            if servers.len() == 1 {
+                opts.server = servers[0].to_string();
+            } else {
+                opts.servers = servers.iter().map(|s| s.to_string()).collect();
+            }
         }
         if let Some(ca) = &self.ca_cert {
             opts.ca_pem =
@@ -492,6 +521,35 @@ mod tests {
         assert_eq!(base_name("/var/log/syslog"), "syslog");
         assert_eq!(base_name("dir/"), "dir");
         assert_eq!(base_name(""), "");
+    }
+
+    #[derive(clap::Parser)]
+    struct Connect {
+        #[command(flatten)]
+        c: ConnectArgs,
+    }
+
+    fn options(args: &[&str]) -> anyhow::Result<ClientOptions> {
+        use clap::Parser;
+        let mut argv = vec!["t", "--api-key", "k"];
+        argv.extend_from_slice(args);
+        Connect::try_parse_from(argv)?.c.options()
+    }
+
+    #[test]
+    fn several_servers_become_the_client_list() {
+        let o = options(&["--server", "127.0.0.1:1,127.0.0.1:2", "--server", "[::1]:3"]).unwrap();
+        assert_eq!(o.servers, vec!["127.0.0.1:1", "127.0.0.1:2", "[::1]:3"]);
+        assert!(!o.tls, "loopback without a scheme is plaintext");
+        let o = options(&["--server", "https://a:1,https://b:2"]).unwrap();
+        assert!(o.tls);
+        assert_eq!(o.servers.len(), 2);
+        // One server keeps the single-server field.
+        let o = options(&["--server", "127.0.0.1:1"]).unwrap();
+        assert!(o.servers.is_empty());
+        assert_eq!(o.server, "127.0.0.1:1");
+        let e = options(&["--server", "https://a:1,http://b:2"]).unwrap_err();
+        assert!(e.to_string().contains("mix TLS and plaintext"), "{e}");
     }
 
     #[test]

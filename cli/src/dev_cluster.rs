@@ -38,8 +38,8 @@ pub async fn run(
         .tempdir()
         .context("cannot create a temporary directory")?;
     println!("cmdop dev: starting PostgreSQL from the system's packages…");
-    // Started from this (runtime) thread, which lives as long as the
-    // command: the server dies with it even on SIGKILL.
+    // The server dies with this process even on SIGKILL (see
+    // LocalPostgres), whichever thread starts it.
     let pg = LocalPostgres::start().context("cannot start PostgreSQL for the cluster")?;
     let url = pg.url();
 
@@ -54,7 +54,14 @@ pub async fn run(
 
     let mut nodes = Vec::new();
     for i in 0..replicas {
-        let listen = SocketAddr::new(first_listen.ip(), first_listen.port() + i);
+        // Consecutive ports from --listen's, or free ones for port 0.
+        let port = match first_listen.port() {
+            0 => 0,
+            p => p
+                .checked_add(i)
+                .context("--listen's port is too high for the cluster")?,
+        };
+        let listen = SocketAddr::new(first_listen.ip(), port);
         let peer = SocketAddr::new(first_listen.ip(), free_port()?);
         let ready = dir.path().join(format!("ready-{i}"));
         let child = cmdop(&[
@@ -75,14 +82,16 @@ pub async fn run(
         .env("CMDOP_PEER_SECRET", &peer_secret)
         .spawn()
         .context("cannot start a replica")?;
-        nodes.push(Replica {
+        let mut node = Replica {
             listen,
             child,
             exited: false,
-        });
-        wait_for_file(&ready, &mut nodes[usize::from(i)])
+        };
+        // The address it bound (port 0 picks a free one for each).
+        node.listen = wait_for_file(&ready, &mut node)
             .await
             .with_context(|| format!("replica {} on {listen} did not start", i + 1))?;
+        nodes.push(node);
     }
     let servers: Vec<String> = nodes.iter().map(|n| n.listen.to_string()).collect();
     let agent_servers: Vec<String> = servers.iter().map(|s| format!("http://{s}")).collect();
@@ -177,9 +186,15 @@ async fn admin(url: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-async fn wait_for_file(path: &Path, node: &mut Replica) -> anyhow::Result<()> {
+/// Waits for a replica's ready file; returns the address it names.
+async fn wait_for_file(path: &Path, node: &mut Replica) -> anyhow::Result<SocketAddr> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(addr) = text.trim().parse() {
+                return Ok(addr);
+            }
+        }
         if let Ok(Some(status)) = node.child.try_wait() {
             node.exited = true;
             bail!("it exited ({status}); its error is above");
@@ -189,7 +204,6 @@ async fn wait_for_file(path: &Path, node: &mut Replica) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
 }
 
 /// SIGTERM (the replicas' graceful shutdown), then SIGKILL after 5 s.

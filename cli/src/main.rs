@@ -142,4 +142,39 @@ mod tests {
         }
         walk(&super::Cli::command(), "cmdop");
     }
+
+    #[test]
+    fn agent_servers_are_comma_separated_or_repeated() {
+        use clap::Parser;
+        let parse = |args: &[&str]| match super::Cli::try_parse_from(args).expect("parses").command
+        {
+            super::Command::Agent(a) => a.config().expect("config").servers(),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            parse(&[
+                "cmdop",
+                "agent",
+                "--server",
+                "http://a:1,http://b:2",
+                "--server",
+                "http://c:3"
+            ]),
+            vec!["http://a:1", "http://b:2", "http://c:3"]
+        );
+        assert_eq!(
+            parse(&["cmdop", "agent", "--server", "http://a:1"]),
+            vec!["http://a:1"]
+        );
+        // Empty pieces (a trailing comma) are dropped; nothing at all is an error.
+        assert_eq!(
+            parse(&["cmdop", "agent", "--server", "http://a:1,"]),
+            vec!["http://a:1"]
+        );
+        let cli = super::Cli::try_parse_from(["cmdop", "agent", "--server", ","]).expect("parses");
+        let super::Command::Agent(a) = cli.command else {
+            unreachable!()
+        };
+        assert!(a.config().is_err());
+    }
 }

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
-use cmdop_controlplane::{Limits, ServerConfig, TlsFiles};
+use cmdop_controlplane::{ClusterConfig, Limits, ServerConfig, TlsFiles, MIN_PEER_SECRET_BYTES};
 
 #[derive(Args)]
 pub struct ServerArgs {
@@ -21,6 +21,16 @@ pub struct ServerArgs {
     /// Directory holding the SQLite state (created if missing).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Keep the state in PostgreSQL instead of SQLite:
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (several servers may
+    /// share one). The schema is created or upgraded at start-up.
+    #[arg(
+        long,
+        env = "CMDOP_DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "data_dir"
+    )]
+    pub database: Option<String>,
     /// PEM certificate chain; turns on TLS (with --tls-key).
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -49,6 +59,19 @@ pub struct ServerArgs {
     /// Useful with --listen 127.0.0.1:0.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Cluster mode: serve other replicas on this address (a second port)
+    /// and forward calls for machines whose agent is on another replica.
+    /// Every replica uses the same --data-dir database and --peer-secret.
+    #[arg(long, requires = "peer_secret")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Secret shared by the replicas of a cluster (at least 16 bytes);
+    /// required with --peer-listen. Prefer the environment variable: a
+    /// command line is visible to other users of the machine.
+    #[arg(long, env = "CMDOP_PEER_SECRET", hide_env_values = true)]
+    pub peer_secret: Option<String>,
+    /// This replica's id in the cluster (default: a random `rep_…`).
+    #[arg(long, requires = "peer_listen")]
+    pub replica_id: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -107,6 +130,7 @@ impl ServerArgs {
                 .data_dir
                 .clone()
                 .unwrap_or_else(crate::data_dir::default_data_dir),
+            database: self.database.clone(),
             extensions: !self.no_extensions,
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
@@ -119,6 +143,14 @@ impl ServerArgs {
             keepalive: Duration::from_secs(self.keepalive_secs.max(1)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             limits: self.limits.limits(),
+            cluster: self.peer_listen.map(|peer_listen| ClusterConfig {
+                replica_id: self
+                    .replica_id
+                    .clone()
+                    .unwrap_or_else(cmdop_controlplane::cluster::random_replica_id),
+                peer_listen,
+                peer_secret: self.peer_secret.clone().unwrap_or_default(),
+            }),
             ..ServerConfig::default()
         }
     }
@@ -156,12 +188,33 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         tracing::warn!(listen = %args.listen, "serving PLAINTEXT beyond loopback (--allow-plaintext): credentials and output are not encrypted; pass --tls-cert/--tls-key to encrypt");
     }
+    if let Some(cluster) = &config.cluster {
+        if cluster.peer_secret.len() < MIN_PEER_SECRET_BYTES {
+            anyhow::bail!(
+                "--peer-secret (or CMDOP_PEER_SECRET) must be at least {MIN_PEER_SECRET_BYTES} bytes; \
+                 generate one with `openssl rand -hex 32` and give every replica the same one"
+            );
+        }
+        if cluster.peer_listen.ip().is_unspecified() {
+            anyhow::bail!(
+                "--peer-listen {} is not an address other replicas can dial; pass this host's \
+                 own address (e.g. 10.0.0.5:50052)",
+                cluster.peer_listen
+            );
+        }
+    }
     // Ready means ready: the database is open and migrated and the port is
     // bound before "listening" is logged and the ready file is written.
     cmdop_controlplane::check_config(&config)?;
-    let store = cmdop_controlplane::store::Store::open(&config.data_dir)?;
+    let store = {
+        let (dir, database) = (config.data_dir.clone(), config.database.clone());
+        tokio::task::spawn_blocking(move || {
+            cmdop_controlplane::store::Store::open_at(&dir, database.as_deref())
+        })
+        .await??
+    };
     let (listener, local) = bind(args.listen).await?;
-    tracing::info!(%local, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "control plane listening");
+    tracing::info!(%local, state = %store.describe(), tls = config.tls.is_some(), "control plane listening");
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &format!("{local}\n"))?;
     }

@@ -24,6 +24,10 @@ fn help_texts_show_no_secret_from_the_environment() {
         ("CMDOP_SERVER", "http://HelpLeakCanary3:1"),
         ("CMDOP_AGENT_SERVER", "http://HelpLeakCanary4:1"),
         ("CMDOP_LOG", "HelpLeakCanary5"),
+        (
+            "CMDOP_DATABASE_URL",
+            "postgres://u:HelpLeakCanary6@127.0.0.1:1/db",
+        ),
     ];
     for command in [
         &["--help"][..],

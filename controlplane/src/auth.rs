@@ -9,6 +9,11 @@ use crate::{
     store::{secrets, AccessCheck, MachineRow, Store, Workspace},
 };
 
+/// What calls that need the database get while it cannot be reached.
+pub const DATABASE_UNAVAILABLE: &str = "database unavailable; retry: the control plane cannot \
+     reach its state database (PostgreSQL) right now; calls that need it work again by \
+     themselves once it is back";
+
 /// Response metadata key telling clients why authentication failed.
 pub const AUTH_ERROR_HEADER: &str = "x-cmdop-auth-error";
 
@@ -26,13 +31,17 @@ pub fn bearer(meta: &MetadataMap) -> Option<&str> {
 
 /// Maps a store failure to a status, logging the cause (never the
 /// credential): UNAVAILABLE when the database stayed locked past the busy
-/// timeout (a retry may succeed), INTERNAL otherwise.
+/// timeout or cannot be reached (a retry may succeed), INTERNAL otherwise.
 pub fn internal(err: anyhow::Error) -> Status {
     if crate::store::is_busy_error(&err) {
         tracing::warn!(error = %format!("{err:#}"), "state database busy");
         return Status::unavailable(
             "database busy; retry: the control plane's state database is locked by another process",
         );
+    }
+    if crate::store::is_unavailable_error(&err) {
+        tracing::warn!(error = %format!("{err:#}"), "state database unavailable");
+        return Status::unavailable(DATABASE_UNAVAILABLE);
     }
     tracing::error!(error = %format!("{err:#}"), "state database error");
     Status::internal("the control plane could not read its state; check the server log")
@@ -60,7 +69,7 @@ pub enum Checked {
 pub fn client_of<T>(store: &Store, req: &tonic::Request<T>) -> Result<Workspace, Status> {
     match req.extensions().get::<Checked>() {
         Some(Checked::Client(ws)) => Ok(ws.clone()),
-        _ => authenticate_client(store, req.metadata()),
+        _ => crate::state::read_store(store, |s| authenticate_client(s, req.metadata())),
     }
 }
 
@@ -68,7 +77,7 @@ pub fn client_of<T>(store: &Store, req: &tonic::Request<T>) -> Result<Workspace,
 pub fn agent_of<T>(store: &Store, req: &tonic::Request<T>) -> Result<MachineRow, Status> {
     match req.extensions().get::<Checked>() {
         Some(Checked::Agent(machine)) => Ok(machine.clone()),
-        _ => authenticate_agent(store, req.metadata()),
+        _ => crate::state::read_store(store, |s| authenticate_agent(s, req.metadata())),
     }
 }
 

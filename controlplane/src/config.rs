@@ -1,6 +1,6 @@
 //! Server configuration.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// PEM files for serving TLS.
 #[derive(Debug, Clone)]
@@ -16,7 +16,11 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Directory of the SQLite state (`cmdop.db`); created if missing.
+    /// Unused when `database` is set.
     pub data_dir: PathBuf,
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`) of the state
+    /// shared by several servers; `None`: SQLite in `data_dir`.
+    pub database: Option<String>,
     /// Serve `cmdop.ext.v1.Cmdop`. When false clients get UNIMPLEMENTED for
     /// it and fall back to the official protocol. AgentLink is always served.
     pub extensions: bool,
@@ -39,6 +43,36 @@ pub struct ServerConfig {
     pub output_buffer_bytes: usize,
     /// Limits that keep one peer from exhausting the server.
     pub limits: Limits,
+    /// Cluster mode: several servers on one database, each call forwarded
+    /// to the replica that holds its machine's agent. `None`: one server,
+    /// no cluster queries at all.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How this server joins a cluster of replicas sharing one database.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// This replica's id in the `replicas` table (unique in the cluster).
+    pub replica_id: String,
+    /// Where the peer port listens; other replicas must reach it at this
+    /// address (with port 0 the bound port is advertised).
+    pub peer_listen: SocketAddr,
+    /// Shared by every replica; required on the peer port. At least
+    /// [`MIN_PEER_SECRET_BYTES`] bytes. Never logged.
+    pub peer_secret: String,
+}
+
+/// Shortest peer secret accepted.
+pub const MIN_PEER_SECRET_BYTES: usize = 16;
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("replica_id", &self.replica_id)
+            .field("peer_listen", &self.peer_listen)
+            .field("peer_secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Connection and request limits. The defaults suit a small deployment;
@@ -86,6 +120,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             data_dir: PathBuf::from("cmdop-data"),
+            database: None,
             extensions: true,
             tls: None,
             heartbeat_timeout: Duration::from_secs(75),
@@ -93,6 +128,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             output_buffer_bytes: 1024 * 1024,
             limits: Limits::default(),
+            cluster: None,
         }
     }
 }

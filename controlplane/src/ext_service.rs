@@ -73,7 +73,8 @@ type MachineWithSession = (Machine, Option<Arc<Session>>);
 
 /// Every machine of a workspace with its current session, if any.
 fn machines(state: &State, ws: &Workspace) -> Result<Vec<MachineWithSession>, Status> {
-    let rows = state.store.list_machines(&ws.id).map_err(auth::internal)?;
+    let rows = crate::state::read_store(&state.store, |s| s.list_machines(&ws.id))
+        .map_err(auth::internal)?;
     Ok(rows
         .into_iter()
         .map(|row| {
@@ -192,8 +193,10 @@ impl Cmdop for CmdopService {
         request: Request<ResolveMachineRequest>,
     ) -> Result<Response<ResolveMachineResponse>, Status> {
         let ws = self.client(&request)?;
+        let caller = crate::cluster::asking_caller(&self.state, &request);
         let req = request.into_inner();
         limits::check_len("hostname", req.hostname.len(), limits::MAX_HOSTNAME_BYTES)?;
+        let asked = req.clone();
         let all = machines(&self.state, &ws)?;
         let answer = if !req.machine_id.is_empty() {
             let found = all
@@ -229,6 +232,18 @@ impl Cmdop for CmdopService {
                 HostnameMatch::None => ResolveMachineResponse::default(),
             }
         };
+        // Cluster: a machine offline here may be connected to another
+        // replica, which then answers.
+        if let (Some(caller), Some(m)) = (caller, answer.machine.as_ref()) {
+            if answer.found && m.session_id.is_empty() {
+                if let Some(remote) = self
+                    .resolve_elsewhere(&caller, &m.machine_id, asked)
+                    .await?
+                {
+                    return Ok(Response::new(remote));
+                }
+            }
+        }
         Ok(Response::new(answer))
     }
 
@@ -239,7 +254,10 @@ impl Cmdop for CmdopService {
         request: Request<ExecRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let ws = self.client(&request)?;
-        let (stream, _, _, _) = self.start_exec(&ws, request.into_inner(), false).await?;
+        let forwarded = crate::cluster::is_forwarded(&request);
+        let (stream, _, _, _) = self
+            .start_exec(&ws, request.into_inner(), false, forwarded)
+            .await?;
         Ok(Response::new(stream))
     }
 
@@ -250,6 +268,7 @@ impl Cmdop for CmdopService {
         request: Request<tonic::Streaming<ExecInput>>,
     ) -> Result<Response<Self::ExecWithStdinStream>, Status> {
         let ws = self.client(&request)?;
+        let forwarded = crate::cluster::is_forwarded(&request);
         let mut input = request.into_inner();
         let req = match input.message().await? {
             Some(ExecInput {
@@ -261,7 +280,7 @@ impl Cmdop for CmdopService {
                 ))
             }
         };
-        let (stream, link, exec_id, acks) = self.start_exec(&ws, req, true).await?;
+        let (stream, link, exec_id, acks) = self.start_exec(&ws, req, true, forwarded).await?;
         if let Some(acks) = acks {
             tokio::spawn(forward_stdin(link, exec_id, input, acks));
         }
@@ -357,6 +376,42 @@ impl Cmdop for CmdopService {
 }
 
 impl CmdopService {
+    /// ResolveMachine answered by the replica that holds `machine_id`'s
+    /// agent, if another one does.
+    async fn resolve_elsewhere(
+        &self,
+        caller: &crate::cluster::Caller,
+        machine_id: &str,
+        mut req: ResolveMachineRequest,
+    ) -> Result<Option<ResolveMachineResponse>, Status> {
+        let Some(cluster) = &self.state.cluster else {
+            return Ok(None);
+        };
+        let target = match cluster
+            .resolve_machine(&self.state, &caller.workspace, machine_id)
+            .await
+        {
+            Ok(t) => t,
+            // The owner is gone: the machine is offline as answered here.
+            Err(_) => return Ok(None),
+        };
+        let crate::cluster::routes::Target::Remote { addr, .. } = target else {
+            return Ok(None);
+        };
+        req.machine_id = machine_id.to_string();
+        let channel = cluster.channel(&addr)?;
+        let mut client = cmdop_proto::ext::cmdop_client::CmdopClient::new(channel);
+        match tokio::time::timeout(
+            crate::cluster::PEER_LOOKUP_TIMEOUT,
+            client.resolve_machine(cluster.peer_request(caller, req)),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => Ok(Some(resp.into_inner())),
+            _ => Ok(None),
+        }
+    }
+
     /// Validates `req`, starts it on its machine's agent and returns the
     /// client's event stream, the agent's link and the exec id. With
     /// `stdin_open` the agent keeps stdin open for [`forward_stdin`]
@@ -366,6 +421,7 @@ impl CmdopService {
         ws: &Workspace,
         req: ExecRequest,
         stdin_open: bool,
+        forwarded: bool,
     ) -> Result<StartedExec, Status> {
         validate_exec(&req)?;
         let session = if !req.session_id.is_empty() {
@@ -379,11 +435,9 @@ impl CmdopService {
             match self.state.sessions.by_machine(&ws.id, &req.machine_id) {
                 Some(s) => s,
                 None => {
-                    let known = self
-                        .state
-                        .store
-                        .list_machines(&ws.id)
-                        .map_err(auth::internal)?;
+                    let known =
+                        crate::state::read_store(&self.state.store, |s| s.list_machines(&ws.id))
+                            .map_err(auth::internal)?;
                     return Err(match known.iter().find(|m| m.machine_id == req.machine_id) {
                         Some(m) => Status::unavailable(format!(
                             "machine {} is offline; it will show as connected again when its agent reconnects",
@@ -416,7 +470,9 @@ impl CmdopService {
         let exec_id = format!("exec_{}", uuid::Uuid::new_v4().simple());
         // Valid until `relay` returns, however the call ends.
         let ticket = match &self.state.side_connections {
-            Some(rendezvous) if req.accept_raw_stdout && link.raw_stdout() => {
+            // A forwarded call's client is connected to another replica: no
+            // side connection, stdout stays on gRPC.
+            Some(rendezvous) if req.accept_raw_stdout && link.raw_stdout() && !forwarded => {
                 Some(rendezvous.register(&exec_id))
             }
             _ => None,

@@ -32,6 +32,7 @@ use tonic::{body::Body, metadata::MetadataMap, Status};
 
 use crate::{
     auth,
+    cluster::{self, Caller, Forwarded},
     conns::Tracker,
     limits,
     state::SharedState,
@@ -46,10 +47,26 @@ pub struct Gate {
     streams: Arc<OpenStreams>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
+    /// This gate guards the peer port ([`cluster::peer_gate`]).
+    peer: bool,
 }
 
 impl Gate {
     pub fn new(state: SharedState, tracker: Arc<Tracker>, streams: Arc<OpenStreams>) -> Arc<Gate> {
+        Self::with_role(state, tracker, streams, false)
+    }
+
+    /// The gate of the peer port: only replicas with the peer secret.
+    pub fn peer(state: SharedState, tracker: Arc<Tracker>, streams: Arc<OpenStreams>) -> Arc<Gate> {
+        Self::with_role(state, tracker, streams, true)
+    }
+
+    fn with_role(
+        state: SharedState,
+        tracker: Arc<Tracker>,
+        streams: Arc<OpenStreams>,
+        peer: bool,
+    ) -> Arc<Gate> {
         // One largest message must always fit, or it could never be sent.
         let budget_bytes = state
             .config
@@ -62,26 +79,70 @@ impl Gate {
             streams,
             budget: Arc::new(Semaphore::new(budget_bytes)),
             budget_bytes,
+            peer,
+        })
+    }
+
+    /// Admits a call on the peer port: the peer secret, then the caller the
+    /// forwarding replica vouches for. Agents and public methods are not
+    /// served here.
+    fn admit_peer(&self, req: &http::request::Parts) -> Result<Pass, Status> {
+        let Some(cluster) = &self.state.cluster else {
+            return Err(Status::unavailable("cluster mode is off"));
+        };
+        let meta = MetadataMap::from_headers(req.headers.clone());
+        let vouched = cluster::peer_gate::admit(cluster, &meta)?;
+        if let Some(conn) = self.tracker.of_request(&req.extensions) {
+            self.tracker.saw_request(&conn);
+            self.tracker.authenticated(&conn);
+        }
+        let route = route(req.uri.path(), self.state.config.extensions);
+        let (slot_kind, max_message) =
+            match route.need {
+                Need::Client => (route.slot, route.max_message),
+                Need::AgentOrClient => (Some(SlotKind::Attach), INPUT_MESSAGE_BYTES),
+                _ => return Err(Status::permission_denied(
+                    "the peer port serves only forwarded client calls; agents and unauthenticated \
+                     calls go to the public port (--listen)",
+                )),
+            };
+        let slot = match (slot_kind, vouched.key_hash) {
+            (Some(kind), Some(key)) => Some((kind, key)),
+            _ => None,
+        };
+        let ticket = self.streams.open(vouched.credential, slot)?;
+        Ok(Pass {
+            max_message,
+            budgeted: true,
+            ticket: Some(ticket),
+            checked: Some(auth::Checked::Client(vouched.workspace)),
+            caller: None,
+            forwarded: true,
         })
     }
 
     /// Decides from the headers alone whether the call may go on, and with
     /// what limits.
-    fn admit(&self, req: &http::Request<Body>) -> Result<Pass, Status> {
-        let conn = self.tracker.of_request(req.extensions());
+    fn admit(&self, req: &http::request::Parts) -> Result<Pass, Status> {
+        if self.peer {
+            return self.admit_peer(req);
+        }
+        let conn = self.tracker.of_request(&req.extensions);
         if let Some(conn) = &conn {
             self.tracker.saw_request(conn);
         }
-        let route = route(req.uri().path(), self.state.config.extensions);
+        let route = route(req.uri.path(), self.state.config.extensions);
         if route.need == Need::Nothing {
             return Ok(Pass {
                 max_message: route.max_message,
                 budgeted: true,
                 ticket: None,
                 checked: None,
+                caller: None,
+                forwarded: false,
             });
         }
-        let meta = MetadataMap::from_headers(req.headers().clone());
+        let meta = MetadataMap::from_headers(req.headers.clone());
         let store = &self.state.store;
         let agent = match route.need {
             Need::Agent => true,
@@ -106,6 +167,8 @@ impl Gate {
                         budgeted: true,
                         ticket: None,
                         checked: None,
+                        caller: None,
+                        forwarded: false,
                     })
                 }
                 Err(status) => return Err(status),
@@ -142,12 +205,24 @@ impl Gate {
             (Some(kind), Some(key)) => Some((kind, key)),
             _ => None,
         };
+        // In cluster mode a client call may be forwarded: it carries who
+        // is calling to the replica that serves it.
+        let caller = match (&self.state.cluster, &checked) {
+            (Some(_), auth::Checked::Client(ws)) => Some(Caller {
+                workspace: ws.clone(),
+                credential: credential.clone(),
+                key_hash: slot.as_ref().map(|(_, k)| k.clone()),
+            }),
+            _ => None,
+        };
         let ticket = self.streams.open(credential, slot)?;
         Ok(Pass {
             max_message,
             budgeted: !agent,
             ticket: Some(ticket),
             checked: Some(checked),
+            caller,
+            forwarded: false,
         })
     }
 }
@@ -248,6 +323,11 @@ struct Pass {
     ticket: Option<Ticket>,
     /// Who is calling, for the handler (see [`auth::Checked`]).
     checked: Option<auth::Checked>,
+    /// Cluster mode, public port, a client: who is calling, should the
+    /// call be forwarded.
+    caller: Option<Caller>,
+    /// Arrived on the peer port.
+    forwarded: bool,
 }
 
 /// The tower layer for `Server::layer`.
@@ -291,51 +371,116 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let pass = match self.gate.admit(&req) {
-            Ok(pass) => pass,
-            // Answered without reading the body; dropping it resets the
-            // stream, so the peer's data is discarded, not buffered.
-            Err(status) => {
-                let response = status.into_http::<Body>();
-                return Box::pin(async move { Ok(response) });
-            }
-        };
         // The clone that was made ready goes to this call.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let ticket = pass.ticket.map(Arc::new);
-        let (mut parts, body) = req.into_parts();
-        if let Some(checked) = pass.checked {
-            parts.extensions.insert(checked);
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let gate = self.gate.clone();
+        let (parts, body) = req.into_parts();
+        // The peer port checks only the peer secret: no database.
+        if gate.peer || !gate.state.store.is_networked() {
+            let pass = gate.admit(&parts);
+            return proceed(gate, inner, parts, body, pass);
         }
-        let body = Body::new(RequestBody {
-            inner: body,
-            max_message: pass.max_message,
-            budget: pass.budgeted.then(|| self.gate.budget.clone()),
-            budget_bytes: self.gate.budget_bytes,
-            header: [0; 5],
-            header_len: 0,
-            remaining: 0,
-            permit: None,
-            ending: ticket.as_ref().map(|t| (Box::pin(t.ended()), t.clone())),
-            failed: false,
-        });
-        let call = inner.call(http::Request::from_parts(parts, body));
+        // A networked database (PostgreSQL) may take a while to answer, or
+        // not answer at all while it is down: check the credential on the
+        // blocking pool, never on an async worker.
         Box::pin(async move {
-            let response = call.await?;
-            Ok(match ticket {
-                Some(ticket) => response.map(|body| {
-                    Body::new(ResponseBody {
-                        inner: body,
-                        ended: Box::pin(ticket.ended()),
-                        ticket,
-                        done: false,
-                    })
-                }),
-                None => response,
+            let checked = tokio::task::spawn_blocking({
+                let gate = gate.clone();
+                move || {
+                    let pass = gate.admit(&parts);
+                    (parts, pass)
+                }
             })
+            .await;
+            match checked {
+                Ok((parts, pass)) => proceed(gate, inner, parts, body, pass).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "credential check failed");
+                    Ok(Status::internal("the credential check failed; retry").into_http::<Body>())
+                }
+            }
         })
     }
+}
+
+/// Goes on with a call the gate admitted (or answers it with the gate's
+/// refusal).
+fn proceed<S>(
+    gate: Arc<Gate>,
+    mut inner: S,
+    mut parts: http::request::Parts,
+    body: Body,
+    pass: Result<Pass, Status>,
+) -> BoxFuture<Result<http::Response<Body>, S::Error>>
+where
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let pass = match pass {
+        Ok(pass) => pass,
+        // Answered without reading the body; dropping it resets the
+        // stream, so the peer's data is discarded, not buffered.
+        Err(status) => {
+            let response = status.into_http::<Body>();
+            return Box::pin(async move { Ok(response) });
+        }
+    };
+    let ticket = pass.ticket.map(Arc::new);
+    if let Some(checked) = pass.checked {
+        parts.extensions.insert(checked);
+    }
+    if pass.forwarded {
+        parts.extensions.insert(Forwarded);
+    }
+    let forwarding = match (&gate.state.cluster, pass.caller) {
+        (Some(cluster), Some(caller)) if cluster::forward::is_targeted(parts.uri.path()) => {
+            parts.extensions.insert(caller);
+            Some(cluster.clone())
+        }
+        (_, Some(caller)) => {
+            parts.extensions.insert(caller);
+            None
+        }
+        _ => None,
+    };
+    let body = Body::new(RequestBody {
+        inner: body,
+        max_message: pass.max_message,
+        budget: pass.budgeted.then(|| gate.budget.clone()),
+        budget_bytes: gate.budget_bytes,
+        header: [0; 5],
+        header_len: 0,
+        remaining: 0,
+        permit: None,
+        ending: ticket.as_ref().map(|t| (Box::pin(t.ended()), t.clone())),
+        failed: false,
+    });
+    let request = http::Request::from_parts(parts, body);
+    let state = gate.state.clone();
+    Box::pin(async move {
+        let response = match forwarding {
+            None => inner.call(request).await?,
+            Some(cluster) => match cluster::forward::route_call(state, cluster, request).await {
+                Ok(cluster::forward::Decision::Local(request)) => inner.call(request).await?,
+                Ok(cluster::forward::Decision::Done(response)) => response,
+                Err(status) => status.into_http::<Body>(),
+            },
+        };
+        Ok(match ticket {
+            Some(ticket) => response.map(|body| {
+                Body::new(ResponseBody {
+                    inner: body,
+                    ended: Box::pin(ticket.ended()),
+                    ticket,
+                    done: false,
+                })
+            }),
+            None => response,
+        })
+    })
 }
 
 /// A request body that checks each gRPC message's length prefix against

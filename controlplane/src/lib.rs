@@ -8,6 +8,7 @@
 
 mod agent_link;
 mod auth;
+pub mod cluster;
 mod config;
 mod conns;
 mod ext_service;
@@ -18,7 +19,6 @@ pub mod limits;
 #[cfg(target_os = "linux")]
 pub mod local_postgres;
 mod raw;
-mod revocation;
 mod selection;
 pub mod sessions;
 mod state;
@@ -38,7 +38,7 @@ use cmdop_proto::{
 };
 use tonic::transport::Server;
 
-pub use config::{Limits, ServerConfig, TlsFiles};
+pub use config::{ClusterConfig, Limits, ServerConfig, TlsFiles, MIN_PEER_SECRET_BYTES};
 
 /// How long open streams get to end after agents' links were closed
 /// before the server stops waiting for them.
@@ -68,7 +68,7 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = store::Store::open(&config.data_dir)?;
+    let store = store::Store::open_at(&config.data_dir, config.database.as_deref())?;
     serve_with_store(listener, config, store, shutdown).await
 }
 
@@ -93,6 +93,30 @@ pub async fn serve_with_store(
     let side_connections =
         raw::enabled(&config).then(|| raw::Rendezvous::new(raw::PAIRING_TIMEOUT));
     let open_streams = streams::OpenStreams::new(&config.limits);
+    // Cluster mode: the peer port is bound and the lease taken before any
+    // call is served.
+    let (cluster, peer_listener) = match &config.cluster {
+        Some(cc) => {
+            if cc.peer_secret.len() < MIN_PEER_SECRET_BYTES {
+                anyhow::bail!(
+                    "the peer secret is shorter than {MIN_PEER_SECRET_BYTES} bytes; give every \
+                     replica the same long random --peer-secret (or CMDOP_PEER_SECRET)"
+                );
+            }
+            let listener = tokio::net::TcpListener::bind(cc.peer_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on the peer address {}; pick another with --peer-listen",
+                        cc.peer_listen
+                    )
+                })?;
+            let c = cluster::Cluster::new(cc);
+            c.set_peer_addr(listener.local_addr()?.to_string());
+            (Some(c), Some(listener))
+        }
+        None => (None, None),
+    };
     let state = Arc::new(state::State {
         store,
         sessions: sessions::Registry::new(config.output_buffer_bytes),
@@ -100,7 +124,16 @@ pub async fn serve_with_store(
         side_connections: side_connections.clone(),
         selections: Default::default(),
         open_streams: open_streams.clone(),
+        cluster: cluster.clone(),
     });
+    if let Some(c) = &cluster {
+        let (st, cl) = (state.clone(), c.clone());
+        tokio::task::spawn_blocking(move || cluster::presence::tick(&st, &cl))
+            .await
+            .context("cluster presence task failed")?
+            .context("cannot record this replica in the database")?;
+        tracing::info!(replica = %c.replica_id, peer = %c.peer_addr(), "cluster replica up");
+    }
 
     let max = limits::MAX_MESSAGE_BYTES;
     let terminal =
@@ -119,23 +152,14 @@ pub async fn serve_with_store(
     // Clients ping every 25 s even when idle; hyper's HTTP/2 server does not
     // police ping rates, so those are accepted. Our own pings detect dead
     // peers, agents' links above all, within about twice `keepalive`.
-    let keepalive = config.keepalive.max(Duration::from_millis(100));
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(keepalive))
-        .http2_keepalive_timeout(Some(keepalive))
-        // Bulk output (Exec, file transfers) would stall on a round trip
-        // every 64 KiB with the HTTP/2 default windows.
-        .initial_stream_window_size(cmdop_proto::limits::HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(cmdop_proto::limits::HTTP2_CONNECTION_WINDOW)
-        .max_concurrent_streams(config.limits.max_concurrent_streams.max(1))
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .tcp_nodelay(true);
+    let mut builder = server_builder(&config);
     if let Some(files) = &config.tls {
         builder = builder
             .tls_config(tls::server_tls_config(files)?.timeout(config.limits.handshake_timeout))
             .context("invalid TLS configuration")?;
     }
     let tracker = conns::Tracker::new(&config.limits);
+    let peer_streams = open_streams.clone();
     let gate = gate::Gate::new(state.clone(), tracker.clone(), open_streams.clone());
     // Stops with this function (dropping the handle would not).
     struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -148,7 +172,9 @@ pub async fn serve_with_store(
         state.clone(),
         last_seen::flush_interval(config.heartbeat_timeout),
     )));
-    let _revocations = AbortOnDrop(tokio::spawn(revocation::run(state.clone())));
+    let presence = cluster
+        .clone()
+        .map(|c| AbortOnDrop(tokio::spawn(cluster::presence::run(state.clone(), c))));
     let _revocations = AbortOnDrop(tokio::spawn(streams::watch(
         state.clone(),
         open_streams.clone(),
@@ -178,6 +204,32 @@ pub async fn serve_with_store(
             let _ = drained_tx.send(true);
         }
     });
+    // The peer port: the same services behind the peer gate (plaintext;
+    // for a trusted network between replicas).
+    let peer_server = peer_listener.map(|listener| {
+        let peer_tracker = conns::Tracker::new(&config.limits);
+        let peer_gate = gate::Gate::peer(state.clone(), peer_tracker.clone(), peer_streams);
+        let router = server_builder(&config)
+            .layer(gate::GateLayer(peer_gate))
+            .add_service(terminal.clone())
+            .add_optional_service(cmdop.clone());
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            if let Err(err) = router
+                .serve_with_incoming_shutdown(
+                    raw::listener::spawn(listener, None, peer_tracker),
+                    stopped,
+                )
+                .await
+            {
+                tracing::error!(error = %err, "the peer port failed");
+            }
+        })
+    });
+    let _peer_server = peer_server.map(AbortOnDrop);
     let router = builder
         .layer(gate::GateLayer(gate))
         .add_service(terminal)
@@ -200,7 +252,38 @@ pub async fn serve_with_store(
         res = server => res.context("gRPC server failed")?,
         _ = deadline => tracing::warn!("streams still open after the shutdown grace period; stopping anyway"),
     }
+    // Leaving the cluster: no more renewals, then the replica's row and
+    // its routes go, so other replicas stop forwarding here at once.
+    drop(presence);
+    if let Some(cluster) = &cluster {
+        let (st, id) = (state.clone(), cluster.replica_id.clone());
+        match tokio::task::spawn_blocking(move || st.store.remove_replica(&id)).await {
+            Ok(Ok(())) => tracing::info!(replica = %cluster.replica_id, "left the cluster"),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %format!("{err:#}"), "cannot remove this replica from the database; its lease expires by itself")
+            }
+            Err(err) => tracing::warn!(error = %err, "removing this replica failed"),
+        }
+    }
     Ok(())
+}
+
+/// The HTTP/2 server settings both ports use.
+fn server_builder(config: &ServerConfig) -> Server {
+    // Clients ping every 25 s even when idle; hyper's HTTP/2 server does not
+    // police ping rates, so those are accepted. Our own pings detect dead
+    // peers, agents' links above all, within about twice `keepalive`.
+    let keepalive = config.keepalive.max(Duration::from_millis(100));
+    Server::builder()
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
+        // Bulk output (Exec, file transfers) would stall on a round trip
+        // every 64 KiB with the HTTP/2 default windows.
+        .initial_stream_window_size(cmdop_proto::limits::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(cmdop_proto::limits::HTTP2_CONNECTION_WINDOW)
+        .max_concurrent_streams(config.limits.max_concurrent_streams.max(1))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .tcp_nodelay(true)
 }
 
 /// Waits (up to `grace`) for running Exec calls and file transfers to

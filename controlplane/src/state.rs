@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::{
-    config::ServerConfig, raw::Rendezvous, selection::Selections, sessions::Registry, store::Store,
-    streams::OpenStreams,
+    cluster::Cluster, config::ServerConfig, raw::Rendezvous, selection::Selections,
+    sessions::Registry, store::Store, streams::OpenStreams,
 };
 
 /// Shared server state.
@@ -22,15 +22,16 @@ pub struct State {
     /// ([`OpenStreams::end`], or [`OpenStreams::recheck`] after changing
     /// the database).
     pub open_streams: Arc<OpenStreams>,
+    /// Cluster mode ([`crate::cluster`]); `None` for a single server.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// The handle services hold.
 pub type SharedState = Arc<State>;
 
 /// Runs database work `f` on the blocking pool, so a write waiting for a
-/// lock held by another process never holds up the async workers (and the
-/// calls they serve). This is the seam a networked store (PostgreSQL)
-/// replaces with async calls.
+/// lock held by another process, or a PostgreSQL call waiting for the
+/// network, never holds up the async workers (and the calls they serve).
 pub async fn with_store<T: Send + 'static>(
     state: &SharedState,
     f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
@@ -39,4 +40,21 @@ pub async fn with_store<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&state.store))
         .await
         .map_err(|e| anyhow::anyhow!("database task failed: {e}"))?
+}
+
+/// Runs a quick database read `f` from synchronous code on an async
+/// worker. On SQLite it runs inline (local reads never wait for writers);
+/// on PostgreSQL the worker first hands its other tasks to the rest of the
+/// runtime (`block_in_place`), so a slow or unreachable database holds up
+/// only this call.
+pub fn read_store<T>(store: &Store, f: impl FnOnce(&Store) -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_thread = Handle::try_current()
+        .map(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+        .unwrap_or(false);
+    if store.is_networked() && multi_thread {
+        tokio::task::block_in_place(|| f(store))
+    } else {
+        f(store)
+    }
 }

@@ -247,6 +247,11 @@ impl Client {
             cancel,
         )
         .await?;
+        // A cancel that came in with the last bytes (say, from a progress
+        // callback) still wins: nothing is renamed into place after it.
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
         let s = state.into_inner().unwrap_or_else(|p| p.into_inner());
         let temp = s
             .temp

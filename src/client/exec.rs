@@ -333,7 +333,7 @@ impl Client {
         // Large stdout may move to a side connection (plaintext only).
         let side_addr = lock(&self.inner.facts)
             .has(caps::EXEC_RAW)
-            .then(|| side_address(&self.inner.opts))
+            .then(|| side_address(&self.inner.opts, &self.inner.current_server()))
             .flatten();
         let req = ExecRequest {
             machine_id: machine.machine_id.clone(),

@@ -16,16 +16,14 @@ use super::{ClientOptions, Error, Result};
 /// Bytes read from the side connection per chunk handed to the callback.
 pub(crate) const SIDE_READ_BYTES: usize = 256 * 1024;
 
-/// `host:port` for side connections, when this client may use them: only
-/// over plaintext (the side connection is not encrypted).
-pub(crate) fn side_address(opts: &ClientOptions) -> Option<String> {
+/// `host:port` for side connections to `server` (the one in use), when
+/// this client may use them: only over plaintext (the side connection is
+/// not encrypted).
+pub(crate) fn side_address(opts: &ClientOptions, server: &str) -> Option<String> {
     if opts.tls {
         return None;
     }
-    let rest = opts
-        .server
-        .split_once("://")
-        .map_or(opts.server.as_str(), |(_, rest)| rest);
+    let rest = server.split_once("://").map_or(server, |(_, rest)| rest);
     let authority = rest.split('/').next().unwrap_or_default();
     (!authority.is_empty()).then(|| authority.to_string())
 }
@@ -158,10 +156,16 @@ mod tests {
     #[test]
     fn side_connections_are_plaintext_only() {
         let local = ClientOptions::local("127.0.0.1", 50051);
-        assert_eq!(side_address(&local).as_deref(), Some("127.0.0.1:50051"));
+        let at = |o: &ClientOptions| side_address(o, &o.endpoint_uri());
+        assert_eq!(at(&local).as_deref(), Some("127.0.0.1:50051"));
         let v6 = ClientOptions::local("::1", 7);
-        assert_eq!(side_address(&v6).as_deref(), Some("[::1]:7"));
+        assert_eq!(at(&v6).as_deref(), Some("[::1]:7"));
         let remote = ClientOptions::remote(Credentials::None);
-        assert_eq!(side_address(&remote), None);
+        assert_eq!(at(&remote), None);
+        // With a server list: the one in use.
+        assert_eq!(
+            side_address(&local, "http://127.0.0.1:7001").as_deref(),
+            Some("127.0.0.1:7001")
+        );
     }
 }

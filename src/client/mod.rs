@@ -72,8 +72,10 @@ pub(crate) struct Inner {
     events: EventDispatcher,
     /// Pokes the supervisor to check the connection now.
     trouble: Arc<Notify>,
-    /// A transport connection of the channel ended (a loss, no probe needed).
-    dropped: Arc<Notify>,
+    /// The servers to use, as URIs, in the order given (one without a list).
+    servers: Vec<String>,
+    /// Index in `servers` of the one in use (or last tried).
+    current: Mutex<usize>,
     supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// One lock per terminal session: commands typed into one shell must
     /// not interleave, so terminal-path executes on a session take turns.
@@ -96,11 +98,17 @@ impl Client {
     /// [`open`](Self::open) to connect. Installing event handlers between the
     /// two lets the application see the first `Connected` event.
     pub fn new(opts: ClientOptions) -> Result<Client> {
-        if opts.server.trim().is_empty() {
+        if opts.servers.is_empty() && opts.server.trim().is_empty() {
             return Err(Error::InvalidArgument(
                 "server address is empty: pass host:port".into(),
             ));
         }
+        if let Some(i) = opts.servers.iter().position(|s| s.trim().is_empty()) {
+            return Err(Error::InvalidArgument(format!(
+                "entry {i} of the server list is empty: pass host:port for every server"
+            )));
+        }
+        let servers = opts.endpoint_uris();
         if opts.timeout.is_zero() {
             return Err(Error::InvalidArgument(
                 "timeout must be greater than zero".into(),
@@ -122,7 +130,8 @@ impl Client {
                 machine: Mutex::new(None),
                 events,
                 trouble: Arc::new(Notify::new()),
-                dropped: Arc::new(Notify::new()),
+                servers,
+                current: Mutex::new(0),
                 supervisor: Mutex::new(None),
                 terminals: Mutex::new(std::collections::HashMap::new()),
                 closing: Mutex::new(CancelToken::new()),
@@ -170,6 +179,12 @@ impl Inner {
         log::log(self.opts.debug, level, || {
             format!("client {}: {}", self.id, message())
         });
+    }
+
+    /// URI of the server in use (or last tried).
+    fn current_server(&self) -> String {
+        let i = *lock(&self.current);
+        self.servers.get(i).cloned().unwrap_or_default()
     }
 
     fn emit(&self, event: Event) {

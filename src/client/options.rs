@@ -41,7 +41,15 @@ impl fmt::Debug for Credentials {
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// `scheme://host:port`; the scheme is replaced according to `tls`.
+    /// Unused when `servers` is not empty.
     pub server: String,
+    /// Several control planes (replicas of one cluster), each written like
+    /// `server`; when not empty they replace `server`. Connecting tries them
+    /// in order and keeps the first that answers; when the one in use is
+    /// lost, reconnecting tries the next ones first (the lost one last),
+    /// with the same backoff between rounds. A load balancer or a DNS name
+    /// in front of the replicas needs no list: give it as `server`.
+    pub servers: Vec<String>,
     /// Use TLS (system roots, or `ca_pem` when set).
     pub tls: bool,
     /// Extra root certificate(s), PEM.
@@ -70,6 +78,7 @@ impl ClientOptions {
     pub fn remote(credentials: Credentials) -> ClientOptions {
         ClientOptions {
             server: DEFAULT_REMOTE_SERVER.to_string(),
+            servers: Vec::new(),
             tls: true,
             ca_pem: None,
             credentials,
@@ -100,16 +109,31 @@ impl ClientOptions {
         }
     }
 
-    /// The URI tonic connects to, with the scheme matching `tls`.
+    /// The URI tonic connects to, with the scheme matching `tls`: of
+    /// `server`, or of the first entry of `servers` when there are several.
     pub(crate) fn endpoint_uri(&self) -> String {
-        let rest = self
-            .server
-            .split_once("://")
-            .map(|(_, rest)| rest)
-            .unwrap_or(&self.server);
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}", rest.trim_end_matches('/'))
+        uri_for(self.servers.first().unwrap_or(&self.server), self.tls)
     }
+
+    /// Every server to try, in order, as URIs (see [`endpoint_uri`](Self::endpoint_uri)).
+    pub(crate) fn endpoint_uris(&self) -> Vec<String> {
+        if self.servers.is_empty() {
+            vec![self.endpoint_uri()]
+        } else {
+            self.servers.iter().map(|s| uri_for(s, self.tls)).collect()
+        }
+    }
+}
+
+/// `server` with the scheme matching `tls` and no trailing slash.
+fn uri_for(server: &str, tls: bool) -> String {
+    let server = server.trim();
+    let rest = server
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(server);
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", rest.trim_end_matches('/'))
 }
 
 #[cfg(test)]
@@ -128,6 +152,20 @@ mod tests {
             ClientOptions::local("::1", 7).endpoint_uri(),
             "http://[::1]:7"
         );
+    }
+
+    #[test]
+    fn a_server_list_replaces_the_single_server_in_order() {
+        let mut o = ClientOptions::local("127.0.0.1", 5000);
+        assert_eq!(o.endpoint_uris(), vec!["http://127.0.0.1:5000"]);
+        o.servers = vec!["10.0.0.1:1".into(), "https://10.0.0.2:2/".into()];
+        assert_eq!(
+            o.endpoint_uris(),
+            vec!["http://10.0.0.1:1", "http://10.0.0.2:2"]
+        );
+        assert_eq!(o.endpoint_uri(), "http://10.0.0.1:1");
+        o.tls = true;
+        assert_eq!(o.endpoint_uris()[1], "https://10.0.0.2:2");
     }
 
     #[test]

@@ -98,7 +98,9 @@ pub unsafe extern "C" fn cmdop_remote_new_oauth(
 /// Create a client for a control plane at `host`:`port`, e.g. `cmdop dev`
 /// (plaintext unless `opts->tls` is CMDOP_TLS_ON). `api_key`: the key, or
 /// NULL for $CMDOP_API_KEY if set, else no credentials. `opts`: NULL for
-/// the defaults; `opts->server` must be NULL. Does not connect.
+/// the defaults; `opts->server` must be NULL. With a server list in
+/// `opts->servers` the list is used and `host` and `port` are ignored (NULL
+/// and 0 allowed). Does not connect.
 ///
 /// Ownership as cmdop_remote_new(). Returns OK or INVALID_ARGUMENT (NULL or
 /// empty host, port 0, bad options). Thread: any.
@@ -113,14 +115,9 @@ pub unsafe extern "C" fn cmdop_local_new(
     ffi_boundary! {
         // SAFETY: NULL (checked) or a writable pointer slot.
         let out = unsafe { out_ptr(out, "out") }?;
-        // SAFETY: NULL (checked) or a NUL-terminated string.
-        let host = unsafe { arg_str(host, "host") }?;
-        if host.trim().is_empty() {
-            return Err(Failure::invalid("host is empty: pass e.g. \"127.0.0.1\""));
-        }
-        if port == 0 {
-            return Err(Failure::invalid("port is 0: pass the control plane's port"));
-        }
+        // SAFETY: NULL or a NUL-terminated string (NULL is refused later
+        // unless the options carry a server list).
+        let host = unsafe { super::boundary::opt_str(host, "host") }?;
         // SAFETY: NULL or a NUL-terminated string.
         let credentials = match unsafe { super::boundary::opt_str(api_key, "api_key") }? {
             Some(k) if !k.is_empty() => Credentials::ApiKey(k.to_string()),

@@ -14,11 +14,14 @@ use std::ffi::{c_char, c_int};
 use std::mem::size_of;
 use std::time::Duration;
 
-use super::boundary::{opt_str, run_status, Failure};
+use super::boundary::{arg_str, opt_str, run_status, Failure};
 use crate::client::{ClientOptions, Credentials};
 
 /// Current version of `cmdop_options`.
-pub const CMDOP_OPTIONS_VERSION: u32 = 1;
+pub const CMDOP_OPTIONS_VERSION: u32 = 2;
+
+/// Most entries `cmdop_options.servers` may have (server_count).
+pub const CMDOP_MAX_SERVERS: usize = 64;
 
 /// Values of cmdop_options.tls (an int: any value is checked).
 #[repr(C)]
@@ -75,10 +78,60 @@ pub struct cmdop_options {
     /// OAuth clients (cmdop_remote_new_oauth): refresh an expired access
     /// token automatically (default true). Ignored for API keys.
     pub auto_refresh: bool,
+    /// Version 2. Several control planes (replicas of one cluster), each
+    /// "host:port" (the scheme, if any, follows `tls` like `server`): when
+    /// `server_count` is not 0 they are used instead of `server`
+    /// (cmdop_remote_new*(), which then requires `server` to be NULL) or of
+    /// the `host` and `port` arguments (cmdop_local_new(), which then
+    /// ignores them: NULL and 0 are fine). `tls` applies to every entry.
+    ///
+    /// cmdop_connect() tries them in order and keeps the first that
+    /// answers (a server that cannot be reached within min(timeout_ms, 5 s)
+    /// passes the turn; a refused key does not). When the server in use is
+    /// lost, on_disconnect(will_reconnect=true) fires and every reconnect
+    /// attempt (with the backoff above) tries the other servers first,
+    /// starting after the lost one, and the lost one last; on_connect fires
+    /// once one answers. cmdop_get_connection_info() names the one in use.
+    /// Calls in flight on the lost server end with UNAVAILABLE (an execute
+    /// whose outcome is unknown with OUTCOME_UNKNOWN); they are not moved.
+    ///
+    /// A TCP load balancer or one DNS name in front of the replicas needs
+    /// no list: pass it as `server`. The client then reconnects to whatever
+    /// the name or balancer gives it, with the same events.
+    ///
+    /// The array and its strings are read by the constructor only (copied).
+    /// Default NULL and 0; at most 64 entries; a NULL or empty entry, or a
+    /// count without an array, is INVALID_ARGUMENT.
+    pub servers: *const *const c_char,
+    /// Number of entries of `servers` (version 2; default 0: no list).
+    pub server_count: usize,
 }
 
-/// Version 1 of the layout, frozen: never change it. (Equal to
-/// `cmdop_options` until version 2 appends a field.)
+/// Version 2 of the layout, frozen: never change it. (Equal to
+/// `cmdop_options` until version 3 appends a field.)
+#[repr(C)]
+#[allow(dead_code)] // only its size is used
+struct OptionsV2 {
+    version: u32,
+    server: *const c_char,
+    tls: c_int,
+    ca_pem_path: *const c_char,
+    ca_pem: *const u8,
+    ca_pem_len: usize,
+    timeout_ms: u32,
+    max_retries: u32,
+    retry_delay_ms: u32,
+    auto_reconnect: bool,
+    reconnect_delay_ms: u32,
+    max_reconnect_delay_ms: u32,
+    max_reconnect_attempts: u32,
+    debug: bool,
+    auto_refresh: bool,
+    servers: *const *const c_char,
+    server_count: usize,
+}
+
+/// Version 1 of the layout, frozen: never change it.
 #[repr(C)]
 #[allow(dead_code)] // only its size is used
 struct OptionsV1 {
@@ -103,8 +156,11 @@ impl super::versioned::Versioned for cmdop_options {
     const NAME: &'static str = "cmdop_options";
     const INIT: &'static str = "cmdop_options_init";
     const CURRENT: u32 = CMDOP_OPTIONS_VERSION;
-    fn size_of_version(_version: u32) -> usize {
-        size_of::<OptionsV1>()
+    fn size_of_version(version: u32) -> usize {
+        match version {
+            1 => size_of::<OptionsV1>(),
+            _ => size_of::<OptionsV2>(),
+        }
     }
     fn defaults() -> Self {
         defaults()
@@ -144,6 +200,8 @@ fn defaults() -> cmdop_options {
         max_reconnect_attempts: c.max_reconnect_attempts,
         debug: c.debug,
         auto_refresh: true,
+        servers: std::ptr::null(),
+        server_count: 0,
     }
 }
 
@@ -187,12 +245,46 @@ unsafe fn read_ca(
     }
 }
 
+/// The entries of `opts->servers`, checked and copied.
+unsafe fn read_servers(list: *const *const c_char, count: usize) -> Result<Vec<String>, Failure> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if list.is_null() {
+        return Err(Failure::invalid(format!(
+            "opts->server_count is {count} but opts->servers is NULL: pass the array of \"host:port\" strings, or a count of 0"
+        )));
+    }
+    if count > CMDOP_MAX_SERVERS {
+        return Err(Failure::invalid(format!(
+            "opts->server_count is {count}: at most {CMDOP_MAX_SERVERS} servers; put a load balancer or a DNS name in front of the replicas instead"
+        )));
+    }
+    // SAFETY: non-null and, by the header's contract, `count` readable
+    // pointers.
+    let entries = unsafe { std::slice::from_raw_parts(list, count) };
+    let mut out = Vec::with_capacity(count);
+    for (i, &p) in entries.iter().enumerate() {
+        let name = format!("opts->servers[{i}]");
+        // SAFETY: NULL (checked) or a NUL-terminated string.
+        let s = unsafe { arg_str(p, &name) }?;
+        if s.trim().is_empty() {
+            return Err(Failure::invalid(format!(
+                "{name} is empty: pass \"host:port\" for every server"
+            )));
+        }
+        out.push(s.trim().to_string());
+    }
+    Ok(out)
+}
+
 /// Which constructor reads the options.
 pub(crate) enum Target<'a> {
-    /// cmdop_remote_new*(): `server` from the options.
+    /// cmdop_remote_new*(): `server` (or `servers`) from the options.
     Remote,
-    /// cmdop_local_new(): host and port from the arguments.
-    Local { host: &'a str, port: u16 },
+    /// cmdop_local_new(): host and port from the arguments (unless the
+    /// options carry `servers`; then they may be NULL and 0).
+    Local { host: Option<&'a str>, port: u16 },
 }
 
 /// Build core options from a (possibly NULL) options struct.
@@ -208,7 +300,33 @@ pub(crate) unsafe fn client_options(
     }
     // SAFETY: `server` is NULL or a C string, by the header's contract.
     let server = unsafe { opt_str(o.server, "opts->server") }?;
+    // SAFETY: NULL or `server_count` C strings, by the header's contract.
+    let servers = unsafe { read_servers(o.servers, o.server_count) }?;
     let mut c = match target {
+        Target::Remote if !servers.is_empty() => {
+            if server.is_some() {
+                return Err(Failure::invalid(
+                    "both opts->server and opts->servers are set: use one (leave opts->server NULL with a list)",
+                ));
+            }
+            ClientOptions {
+                servers,
+                ..ClientOptions::remote(credentials)
+            }
+        }
+        Target::Local { .. } if !servers.is_empty() => {
+            if server.is_some() {
+                return Err(Failure::invalid(
+                    "opts->server is set, but cmdop_local_new() takes its servers from opts->servers \
+                     (or host and port): leave opts->server NULL",
+                ));
+            }
+            ClientOptions {
+                credentials,
+                servers,
+                ..ClientOptions::local("127.0.0.1", 1)
+            }
+        }
         Target::Remote => {
             let mut c = ClientOptions::remote(credentials);
             if let Some(server) = server {
@@ -222,6 +340,13 @@ pub(crate) unsafe fn client_options(
             c
         }
         Target::Local { host, port } => {
+            let host = host.ok_or_else(|| Failure::null("host"))?;
+            if host.trim().is_empty() {
+                return Err(Failure::invalid("host is empty: pass e.g. \"127.0.0.1\""));
+            }
+            if port == 0 {
+                return Err(Failure::invalid("port is 0: pass the control plane's port"));
+            }
             if server.is_some() {
                 return Err(Failure::invalid(
                     "opts->server is set, but cmdop_local_new() takes host and port as \
@@ -282,9 +407,97 @@ mod tests {
     }
 
     #[test]
-    fn version_one_is_the_current_layout_until_version_two() {
-        assert_eq!(CMDOP_OPTIONS_VERSION, 1);
-        assert_eq!(size_of::<OptionsV1>(), size_of::<cmdop_options>());
+    fn version_two_is_the_current_layout_until_version_three() {
+        assert_eq!(CMDOP_OPTIONS_VERSION, 2);
+        assert_eq!(size_of::<OptionsV2>(), size_of::<cmdop_options>());
+        assert!(size_of::<OptionsV1>() < size_of::<OptionsV2>());
+        assert_eq!(
+            std::mem::offset_of!(cmdop_options, servers),
+            std::mem::offset_of!(OptionsV2, servers)
+        );
+    }
+
+    #[test]
+    fn a_version_one_struct_is_read_without_the_list() {
+        // A v1 caller's struct ends after auto_refresh: bytes beyond it
+        // (here 0xFF garbage) are never read.
+        let mut raw = [0xFFu8; size_of::<OptionsV2>()];
+        let n = size_of::<OptionsV1>();
+        assert_eq!(
+            cmdop_options_init(raw.as_mut_ptr().cast(), 1),
+            super::super::status::cmdop_status::Ok
+        );
+        assert!(raw[n..].iter().all(|&b| b == 0xFF), "init wrote past v1");
+        let mut aligned = std::mem::MaybeUninit::<cmdop_options>::uninit();
+        // SAFETY: copying raw bytes into a buffer of the same size.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr(),
+                aligned.as_mut_ptr().cast::<u8>(),
+                raw.len(),
+            )
+        };
+        // SAFETY: a version-1 struct followed by bytes the reader must skip.
+        let c =
+            unsafe { client_options(aligned.as_ptr(), Target::Remote, Credentials::None) }.unwrap();
+        assert!(c.servers.is_empty());
+    }
+
+    #[test]
+    fn the_server_list_is_checked_and_replaces_the_single_server() {
+        let list = [c"10.0.0.1:7001".as_ptr(), c" 10.0.0.2:7002 ".as_ptr()];
+        let mut o = init();
+        o.servers = list.as_ptr();
+        o.server_count = 2;
+        // SAFETY: the list outlives the call.
+        let c = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap();
+        assert_eq!(c.servers, vec!["10.0.0.1:7001", "10.0.0.2:7002"]);
+        assert!(c.tls);
+        let local = Target::Local {
+            host: None,
+            port: 0,
+        };
+        // SAFETY: as above.
+        let c = unsafe { client_options(&o, local, Credentials::None) }.unwrap();
+        assert_eq!(
+            c.endpoint_uris(),
+            vec!["http://10.0.0.1:7001", "http://10.0.0.2:7002"]
+        );
+        // Without a list, a local client still needs host and port.
+        let mut plain = init();
+        plain.servers = list.as_ptr(); // ignored with a count of 0
+        let local = Target::Local {
+            host: None,
+            port: 0,
+        };
+        // SAFETY: as above.
+        assert!(unsafe { client_options(&plain, local, Credentials::None) }.is_err());
+        let err = |o: &cmdop_options| {
+            // SAFETY: as above.
+            unsafe { client_options(o, Target::Remote, Credentials::None) }
+                .unwrap_err()
+                .message
+        };
+        let mut bad = init();
+        bad.server_count = 2;
+        assert!(err(&bad).contains("opts->servers is NULL"), "{}", err(&bad));
+        let holes = [c"a:1".as_ptr(), std::ptr::null()];
+        bad.servers = holes.as_ptr();
+        assert!(err(&bad).contains("opts->servers[1]"), "{}", err(&bad));
+        let empty = [c"a:1".as_ptr(), c"  ".as_ptr()];
+        bad.servers = empty.as_ptr();
+        assert!(
+            err(&bad).contains("opts->servers[1] is empty"),
+            "{}",
+            err(&bad)
+        );
+        bad.server_count = CMDOP_MAX_SERVERS + 1;
+        assert!(err(&bad).contains("at most 64"), "{}", err(&bad));
+        let mut both = init();
+        both.servers = list.as_ptr();
+        both.server_count = 2;
+        both.server = c"h:1".as_ptr();
+        assert!(err(&both).contains("both opts->server"), "{}", err(&both));
     }
 
     #[test]
@@ -310,7 +523,7 @@ mod tests {
     fn tls_default_depends_on_the_constructor_and_is_checked() {
         let mut o = init();
         let local = Target::Local {
-            host: "127.0.0.1",
+            host: Some("127.0.0.1"),
             port: 9,
         };
         // SAFETY: NULL or options initialised for their stated version.
@@ -320,7 +533,7 @@ mod tests {
         o.tls = cmdop_tls::On as c_int;
         let c =
             // SAFETY: NULL or options initialised for their stated version.
-            unsafe { client_options(&o, Target::Local { host: "h", port: 1 }, Credentials::None) }
+            unsafe { client_options(&o, Target::Local { host: Some("h"), port: 1 }, Credentials::None) }
                 .unwrap();
         assert!(c.tls);
         o.tls = cmdop_tls::Off as c_int;
@@ -347,7 +560,10 @@ mod tests {
         assert!(unsafe { client_options(&o, Target::Remote, Credentials::None) }.is_err());
         let mut o = init();
         o.server = c"h:1".as_ptr();
-        let local = Target::Local { host: "h", port: 1 };
+        let local = Target::Local {
+            host: Some("h"),
+            port: 1,
+        };
         // SAFETY: NULL or options initialised for their stated version.
         assert!(unsafe { client_options(&o, local, Credentials::None) }.is_err());
         // A bool byte of 7, as C could write; never a Rust bool.
@@ -372,7 +588,7 @@ mod tests {
         let mut o = init();
         o.timeout_ms = 5;
         assert_eq!(cmdop_options_init(&mut o, 0), cmdop_status::InvalidArgument);
-        assert_eq!(cmdop_options_init(&mut o, 2), cmdop_status::InvalidArgument);
+        assert_eq!(cmdop_options_init(&mut o, 3), cmdop_status::InvalidArgument);
         assert_eq!(o.timeout_ms, 5, "nothing written on failure");
     }
 
@@ -381,7 +597,7 @@ mod tests {
         let header = include_str!("../../cbindgen.toml");
         let d = defaults();
         let want = format!(
-            "{{ CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, {}, {}, {}, {}, {}, {}, {}, {}, {} }}",
+            "{{ CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, {}, {}, {}, {}, {}, {}, {}, {}, {}, NULL, 0 }}",
             d.timeout_ms,
             d.max_retries,
             d.retry_delay_ms,

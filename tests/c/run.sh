@@ -6,6 +6,7 @@
 #   fallback  `cmdop dev --no-extensions`      (official terminal path)
 #   multi     `cmdop server` + `cmdop agent`s  (two workspaces, similar hostnames)
 #   fresh     one `cmdop server` + agent per test that stops/restarts it
+#   pair      two `cmdop server`s on one data dir + an agent given both
 # Ends with the line "N passed, M failed"; exits non-zero on any failure.
 #
 #   tests/c/run.sh [NAME…]     # e.g. tests/c/run.sh exec_native files
@@ -134,6 +135,28 @@ start_fresh() {
     CMDOP_TEST_HOSTNAME=solo CMDOP_TEST_SERVER_DIR=$dir"
 }
 
+# Two `cmdop server`s sharing one data directory (A in DIR, B in DIR/b,
+# whose data is a link to DIR/data) and agent "pair" started with
+# --server A,B, for a test that kills A (tests/c/stack_ctl.sh server-kill
+# DIR). Sets $pair_env.
+start_pair() {
+  local dir key a b token
+  dir=$(mktemp -d -t cmdop-pair-XXXXXX); managed_dirs+=("$dir")
+  managed_server_start "$dir" || return 1
+  mkdir -p "$dir/b" && ln -s "$dir/data" "$dir/b/data"
+  managed_dirs+=("$dir/b")
+  managed_server_start "$dir/b" || return 1
+  key=$(managed_workspace "$dir" w1) || return 1
+  a=$(cat "$dir/addr"); b=$(cat "$dir/b/addr")
+  token=$(managed_admin "$dir" enroll-token --workspace w1)
+  "$CMDOP_BIN" --log-level "${CMDOP_TEST_LOG:-warn}" agent --server "http://$a,http://$b" \
+      --token "$token" --state-file "$dir/agent-pair.state" --hostname pair >>"$dir/agent-pair.log" 2>&1 &
+  echo "$!" >"$dir/agent-pair.pid"
+  managed_machine_id "$dir" w1 pair >/dev/null || return 1
+  pair_env="CMDOP_SERVER=$a,$b CMDOP_HOST=${a%:*} CMDOP_PORT=${a##*:} CMDOP_API_KEY=$key
+    CMDOP_TEST_HOSTNAME=pair CMDOP_TEST_SERVER_DIR=$dir CMDOP_TEST_SERVER_A=$a CMDOP_TEST_SERVER_B=$b"
+}
+
 native_tests=(client_new options_v1 close_in_flight lifecycle exec_native exec_stream cancel_slow files exec_options_files sessions debug_log introspection bad_input)
 need_native=0
 for t in "${native_tests[@]}"; do has_test "$t" && need_native=1; done
@@ -200,6 +223,15 @@ for t in events reconnect server_restart outcome_unknown; do
     record "$t stack (cmdop server + agent)" 1
   fi
 done
+
+if has_test failover; then
+  if start_pair; then
+    # shellcheck disable=SC2086
+    run_test failover $pair_env
+  else
+    record "failover stack (two cmdop servers + agent)" 1
+  fi
+fi
 
 echo
 [ "$failed" -gt 0 ] && printf 'failed: %s\n' "${failed_names[*]}"

@@ -38,7 +38,7 @@ struct call {
 
 static void *run(void *arg) {
   struct call *k = arg;
-  k->status = cmdop_execute_with_callback(k->c, "echo before; sleep 6; echo after", 20000, on_chunk,
+  k->status = cmdop_execute_with_callback(k->c, "echo before; sleep 30; echo after", 60000, on_chunk,
                                           k->seen, NULL, NULL, &k->r);
   snprintf(k->message, sizeof k->message, "%s", cmdop_last_error_message());
   k->done_ms = now_ms();

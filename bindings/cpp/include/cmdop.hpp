@@ -208,6 +208,13 @@ enum class Tls : int {
 /// optional fields keep the library's defaults.
 struct Options {
   std::string server;   ///< remote only: "host:port" or "https://host:port"; empty = hosted endpoint
+  /// Several control planes (replicas of one cluster), "host:port" each:
+  /// when not empty, used instead of `server` (remote) or of host and port
+  /// (local, which then ignores them). Connecting takes the first that
+  /// answers; when it is lost the client moves to the next one that does
+  /// (on_disconnect(will_reconnect=true), then on_connect). A load
+  /// balancer or DNS name in front of the replicas needs no list.
+  std::vector<std::string> servers;
   std::string api_key;  ///< local only: empty = $CMDOP_API_KEY if set, else none (remote takes it as an argument)
   Tls tls = Tls::Default;
   std::string ca_pem_path;  ///< empty = system roots
@@ -226,12 +233,17 @@ struct Options {
 namespace detail {
 
 /// Fills a C options struct (this header's layout version) from `o`;
-/// the strings stay owned by `o`.
-inline void to_c(const Options &o, cmdop_options &c, bool local) {
+/// the strings stay owned by `o`, the server list's pointers by `servers`.
+inline void to_c(const Options &o, cmdop_options &c, std::vector<const char *> &servers, bool local) {
   check(cmdop_options_init(&c, CMDOP_OPTIONS_VERSION));
   if (local && !o.server.empty())
-    throw Error(Status::InvalidArgument, "Options::server is for Client::remote; Client::local takes host and port");
+    throw Error(Status::InvalidArgument,
+                "Options::server is for Client::remote; Client::local takes host and port (or Options::servers)");
   c.server = o.server.empty() ? nullptr : o.server.c_str();
+  servers.clear();
+  for (const std::string &s : o.servers) servers.push_back(s.c_str());
+  c.servers = servers.empty() ? nullptr : servers.data();
+  c.server_count = servers.size();
   c.tls = static_cast<int>(o.tls);
   c.ca_pem_path = o.ca_pem_path.empty() ? nullptr : o.ca_pem_path.c_str();
   c.ca_pem = o.ca_pem.empty() ? nullptr : reinterpret_cast<const uint8_t *>(o.ca_pem.data());
@@ -436,7 +448,8 @@ class Client {
   /// an empty key reads $CMDOP_API_KEY. Does not connect.
   static Client remote(std::string_view api_key, const Options &opts = {}) {
     cmdop_options c;
-    detail::to_c(opts, c, false);
+    std::vector<const char *> servers;
+    detail::to_c(opts, c, servers, false);
     const std::string key(api_key);
     cmdop_client *out = nullptr;
     detail::check(cmdop_remote_new(key.empty() ? nullptr : key.c_str(), &c, &out));
@@ -448,7 +461,8 @@ class Client {
   static Client remote_oauth(std::string_view access_token, std::string_view refresh_token,
                              const Options &opts = {}) {
     cmdop_options c;
-    detail::to_c(opts, c, false);
+    std::vector<const char *> servers;
+    detail::to_c(opts, c, servers, false);
     cmdop_client *out = nullptr;
     detail::check(cmdop_remote_new_oauth(detail::c_str(access_token).c_str(),
                                          detail::c_str(refresh_token).c_str(), &c, &out));
@@ -456,10 +470,12 @@ class Client {
   }
 
   /// Client for a control plane at host:port (plaintext unless opts.tls
-  /// is Tls::On). Does not connect.
+  /// is Tls::On); with opts.servers, for those (host and port are ignored:
+  /// pass "" and 0). Does not connect.
   static Client local(std::string_view host, uint16_t port, const Options &opts = {}) {
     cmdop_options c;
-    detail::to_c(opts, c, true);
+    std::vector<const char *> servers;
+    detail::to_c(opts, c, servers, true);
     cmdop_client *out = nullptr;
     detail::check(cmdop_local_new(detail::c_str(host).c_str(), port,
                                   opts.api_key.empty() ? nullptr : opts.api_key.c_str(), &c, &out));

@@ -245,6 +245,20 @@ TEST_F(Live, SessionsAndConnectionInfo) {
   EXPECT_FALSE(info.has_capability("exec"));
 }
 
+TEST_F(Live, ServerListSkipsADeadFirstServer) {
+  cmdop::Options o;
+  o.timeout = 15s;
+  // Port 1 on loopback: nothing listens there.
+  o.servers = {"127.0.0.1:1", stack_->host + ":" + std::to_string(stack_->port)};
+  cmdop::Client c = cmdop::Client::local("", 0, o);
+  c.connect();
+  cmdop::ConnectionInfo info = c.connection_info();
+  EXPECT_EQ(info.server, "http://" + o.servers[1]);
+  c.set_machine(stack_->machine);
+  cmdop::ExecResult r = c.execute("echo via-the-list");
+  EXPECT_NE(r.output().find("via-the-list"), std::string_view::npos) << r.output();
+}
+
 TEST_F(Live, FilesRoundTrip) {
   cmdop::Client c = connected();
   // The agent runs on this machine: a local temporary directory is its too.

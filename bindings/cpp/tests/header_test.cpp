@@ -48,6 +48,24 @@ TEST(Header, InvalidArgumentsThrowWithStatusAndMessage) {
   EXPECT_THROW((void)cmdop::Client::local("127.0.0.1", 1, o), cmdop::Error);
 }
 
+TEST(Header, BadServerListsAreInvalidArguments) {
+  cmdop::Options o;
+  o.servers = {"127.0.0.1:1", ""};
+  try {
+    (void)cmdop::Client::local("", 0, o);
+    FAIL() << "an empty entry must be refused";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::InvalidArgument);
+    EXPECT_NE(e.message().find("servers[1] is empty"), std::string::npos) << e.message();
+  }
+  o.servers = {"127.0.0.1:1"};
+  o.server = "127.0.0.1:2";
+  EXPECT_THROW((void)cmdop::Client::remote("key", o), cmdop::Error);
+  // A list of one is fine without host and port.
+  o.server.clear();
+  EXPECT_NO_THROW((void)cmdop::Client::local("", 0, o));
+}
+
 TEST(Header, MovedFromClientReportsMisuse) {
   cmdop::Client a = cmdop::Client::local("127.0.0.1", 1);
   cmdop::Client b = std::move(a);

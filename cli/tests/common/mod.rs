@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -388,4 +390,51 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// `cmdop admin --database URL ARGS…`; its trimmed stdout.
+pub fn admin_pg(url: &str, args: &[&str]) -> String {
+    let out = Command::new(cmdop_bin())
+        .args(["admin", "--database", url])
+        .args(args)
+        .output()
+        .expect("run cmdop admin");
+    assert!(
+        out.status.success(),
+        "cmdop admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
+}
+
+/// `cmdop server --database URL` on a fresh loopback port.
+pub fn server_pg(url: &str, dir: &Path, extra: &[&str]) -> Server {
+    let ready = dir.join(format!("ready-{}", unique("pg")));
+    let child = Command::new(cmdop_bin())
+        .args(["--log-level", "warn", "server", "--listen", "127.0.0.1:0"])
+        .args(["--database", url, "--ready-file"])
+        .arg(&ready)
+        .args(extra)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn cmdop server");
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&ready) {
+            return Server {
+                proc,
+                addr: s.trim().to_string(),
+                data_dir: dir.to_path_buf(),
+            };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cmdop server did not start within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

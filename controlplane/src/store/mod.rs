@@ -1,9 +1,25 @@
-//! Durable state in SQLite: workspaces, API keys, enrollment tokens,
-//! machines and token families. Credentials are stored only as SHA-256
-//! hashes. The database runs in WAL mode with a busy timeout, so the admin
-//! CLI can open it while the server is running.
+//! Durable state in SQLite or PostgreSQL: workspaces, API keys, enrollment
+//! tokens, machines and token families. Credentials are stored only as
+//! SHA-256 hashes. SQLite runs in WAL mode with a busy timeout, so the admin
+//! CLI can open it while the server is running; PostgreSQL is shared by any
+//! number of servers and admin CLIs.
+//!
+//! A store method is written once for both engines: run its statements in
+//! `Store::read`, `Store::write` or `Store::transaction` on the
+//! [`Exec`] they hand over, in SQL both engines accept (`$1`…`$n`
+//! placeholders, `BIGINT` times, `ON CONFLICT … DO UPDATE … RETURNING`),
+//! with parameters as `args![…]`:
+//!
+//! ```ignore
+//! self.write(|db| db.execute("UPDATE t SET a = $2 WHERE id = $1", args![id, now_ms()]))
+//! ```
+//!
+//! Schema changes are new steps in `migrations.rs`.
 
+pub mod cluster;
+pub mod engine;
 mod machines;
+mod migrations;
 mod private;
 mod schema;
 pub mod secrets;
@@ -17,13 +33,14 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 
 pub use machines::{HostnameUpdate, DEFAULT_ENROLLMENT_TOKEN_TTL};
 pub use standing::{Credential, Standing};
 pub use tokens::{AccessCheck, RefreshOutcome, TokenPair};
 
 use crate::limits;
+use engine::{args, sqlite::SqliteExec, Exec, Row, Unavailable};
 use secrets::{hash, random_hex, random_token};
 
 /// File name of the database inside the data directory.
@@ -56,16 +73,29 @@ pub struct Enrollment {
 
 /// Handle to the database. Cheap operations only; callers share it behind an `Arc`.
 ///
-/// Two connections: writes go through one (and may wait up to
+/// On SQLite, two connections: writes go through one (and may wait up to
 /// [`WRITE_BUSY_TIMEOUT`] for another process's lock, then fail with a
 /// busy error the API answers as UNAVAILABLE "database busy; retry");
 /// credential checks and other reads use the other. In WAL mode a reader
 /// never waits for a writer, so calls keep being authenticated while the
 /// database is locked for writing, and each check still reads the latest
 /// committed state (a revocation bites at the next call).
+///
+/// On PostgreSQL, a pool of connections shared by reads and writes; every
+/// call waits at most [`engine::postgres::CALL_TIMEOUT`], and a database
+/// that cannot be reached gives errors the API answers as UNAVAILABLE.
+/// Credential checks are never cached there either, so a revocation made
+/// through any server counts at the next call on every server.
 pub struct Store {
-    conn: Mutex<Connection>,
-    read: Mutex<Connection>,
+    engine: Engine,
+}
+
+enum Engine {
+    Sqlite {
+        conn: Mutex<Connection>,
+        read: Mutex<Connection>,
+    },
+    Postgres(engine::postgres::Pg),
 }
 
 /// How long a write waits for a lock held by another process.
@@ -90,7 +120,36 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Whether `s` names a PostgreSQL database (`postgres://…`,
+/// `postgresql://…`) rather than a SQLite data directory.
+pub fn is_postgres_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
 impl Store {
+    /// Opens the PostgreSQL database `database` when given, else (creating
+    /// if needed) `data_dir/cmdop.db`; runs the migrations either way.
+    pub fn open_at(data_dir: &Path, database: Option<&str>) -> anyhow::Result<Store> {
+        match database {
+            Some(url) => Store::connect(url),
+            None => Store::open(data_dir),
+        }
+    }
+
+    /// Connects to a PostgreSQL database (`postgres://user:password@host:port/db`)
+    /// and brings its schema up to date. Fails within a few seconds, with
+    /// the URL (password hidden) in the message, when it cannot be reached.
+    pub fn connect(url: &str) -> anyhow::Result<Store> {
+        let pg = engine::postgres::Pg::connect(url)?;
+        let store = Store {
+            engine: Engine::Postgres(pg),
+        };
+        store
+            .transaction(migrations::run)
+            .with_context(|| format!("cannot prepare the database {}", store.describe()))?;
+        Ok(store)
+    }
+
     /// Opens (creating if needed) `data_dir/cmdop.db`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
         private::create_dir(data_dir)
@@ -104,55 +163,122 @@ impl Store {
         loop {
             match Self::open_once(&path) {
                 Ok(store) => return Ok(store),
-                Err(err) if attempt < OPEN_RETRIES && is_busy(&err) => {
+                Err(err) if attempt < OPEN_RETRIES && is_busy_error(&err) => {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(err) => {
-                    return Err(anyhow::Error::new(err)
-                        .context(format!("cannot open database {}", path.display())))
+                    return Err(err.context(format!("cannot open database {}", path.display())))
                 }
             }
         }
     }
 
-    fn open_once(path: &Path) -> rusqlite::Result<Store> {
-        let mut conn = Connection::open(path)?;
+    fn open_once(path: &Path) -> anyhow::Result<Store> {
+        let conn = Connection::open(path)?;
         conn.busy_timeout(WRITE_BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // SQLite creates the -wal and -shm files with the database's mode.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(schema::SCHEMA)?;
-        machines::migrate(&mut conn)?;
         let read = Connection::open(path)?;
         read.busy_timeout(READ_BUSY_TIMEOUT)?;
         read.pragma_update(None, "query_only", "ON")?;
         read.pragma_update(None, "foreign_keys", "ON")?;
-        Ok(Store {
-            conn: Mutex::new(conn),
-            read: Mutex::new(read),
-        })
+        let store = Store {
+            engine: Engine::Sqlite {
+                conn: Mutex::new(conn),
+                read: Mutex::new(read),
+            },
+        };
+        store.transaction(migrations::run)?;
+        Ok(store)
     }
 
-    /// The read connection (see [`Store`]).
-    fn reader(&self) -> MutexGuard<'_, Connection> {
-        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    /// Where the state lives, for messages: the database file, or the
+    /// PostgreSQL URL without its password.
+    pub fn describe(&self) -> String {
+        match &self.engine {
+            Engine::Sqlite { conn, .. } => lock(conn)
+                .path()
+                .map(str::to_owned)
+                .unwrap_or_else(|| "(in memory)".into()),
+            Engine::Postgres(pg) => pg.shown_url().to_owned(),
+        }
     }
 
-    /// Starts a transaction holding the write lock from its first statement.
-    /// A read-then-write transaction started the default (deferred) way
-    /// fails at once with SQLITE_BUSY_SNAPSHOT, which the busy timeout does
-    /// not cover, when another process (the admin CLI) writes between its
-    /// read and its write; this one waits for that writer instead.
-    fn write_transaction(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
-        conn.transaction_with_behavior(TransactionBehavior::Immediate)
+    /// Woken when a revocation is committed by any process sharing the
+    /// database, so watchers need not wait for their next poll. `None` on
+    /// SQLite (poll only).
+    pub fn revocation_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match &self.engine {
+            Engine::Sqlite { .. } => None,
+            Engine::Postgres(pg) => Some(pg.listen_revocations()),
+        }
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent
-        // (statements are atomic), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// True when calls go over the network (PostgreSQL): then they must not
+    /// run on an async worker. SQLite reads are local and never wait for a
+    /// writer, so they may run inline.
+    pub fn is_networked(&self) -> bool {
+        matches!(self.engine, Engine::Postgres(_))
+    }
+
+    /// Runs reads `f` (SQLite: on the read connection).
+    fn read<T>(&self, f: impl FnOnce(&mut dyn Exec) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        match &self.engine {
+            Engine::Sqlite { read, .. } => f(&mut SqliteExec(&lock(read))),
+            Engine::Postgres(pg) => f(&mut pg.client()?),
+        }
+    }
+
+    /// Runs single-statement writes `f` (each statement commits by itself).
+    fn write<T>(&self, f: impl FnOnce(&mut dyn Exec) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        match &self.engine {
+            Engine::Sqlite { conn, .. } => f(&mut SqliteExec(&lock(conn))),
+            Engine::Postgres(pg) => f(&mut pg.client()?),
+        }
+    }
+
+    /// Runs `f` in a transaction holding the write lock from its start
+    /// (committed when `f` succeeds), so that read-then-write transactions
+    /// of several processes run one after the other.
+    ///
+    /// SQLite: a deferred transaction would fail at once with
+    /// SQLITE_BUSY_SNAPSHOT, which the busy timeout does not cover, when
+    /// another process writes between its read and its write; an immediate
+    /// one waits for that writer instead. PostgreSQL: a transaction-scoped
+    /// advisory lock does the same between servers.
+    fn transaction<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Exec) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        match &self.engine {
+            Engine::Sqlite { conn, .. } => {
+                let mut conn = lock(conn);
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let out = f(&mut SqliteExec(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Engine::Postgres(pg) => {
+                let mut db = pg.client()?;
+                db.begin()?;
+                let out = db
+                    .execute("SELECT pg_advisory_xact_lock(7436029418552)", &[])
+                    .and_then(|_| f(&mut db));
+                match out {
+                    Ok(out) => {
+                        db.finish(true)?;
+                        Ok(out)
+                    }
+                    Err(e) => {
+                        let _ = db.finish(false);
+                        Err(e)
+                    }
+                }
+            }
+        }
     }
 
     /// Creates a workspace; fails if the name is taken.
@@ -171,41 +297,34 @@ impl Store {
             id: random_hex("ws_", 8),
             name: name.to_string(),
         };
-        self.conn().execute(
-            "INSERT INTO workspaces (id, name, created_ms) VALUES (?1, ?2, ?3)",
-            params![ws.id, ws.name, now_ms()],
-        )?;
+        self.write(|db| {
+            db.execute(
+                "INSERT INTO workspaces (id, name, created_ms) VALUES ($1, $2, $3)",
+                args![&ws.id, &ws.name, now_ms()],
+            )
+        })?;
         Ok(ws)
     }
 
     /// Looks a workspace up by name.
     pub fn workspace_by_name(&self, name: &str) -> anyhow::Result<Option<Workspace>> {
-        Ok(self
-            .reader()
-            .query_row(
-                "SELECT id, name FROM workspaces WHERE name = ?1",
-                [name],
-                |r| {
-                    Ok(Workspace {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                    })
-                },
-            )
-            .optional()?)
+        self.read(|db| {
+            db.query_opt(
+                "SELECT id, name FROM workspaces WHERE name = $1",
+                args![name],
+            )?
+            .map(|r| workspace(&r))
+            .transpose()
+        })
     }
 
     /// Looks a workspace up by id.
     pub fn workspace_by_id(&self, id: &str) -> anyhow::Result<Option<Workspace>> {
-        Ok(self
-            .reader()
-            .query_row("SELECT id, name FROM workspaces WHERE id = ?1", [id], |r| {
-                Ok(Workspace {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                })
-            })
-            .optional()?)
+        self.read(|db| {
+            db.query_opt("SELECT id, name FROM workspaces WHERE id = $1", args![id])?
+                .map(|r| workspace(&r))
+                .transpose()
+        })
     }
 
     /// Creates an API key and returns it; only its hash and a short prefix
@@ -218,10 +337,12 @@ impl Store {
             bail!("no workspace with id '{workspace_id}'");
         }
         let key = random_token(secrets::API_KEY_PREFIX, 32);
-        self.conn().execute(
-            "INSERT INTO api_keys (hash, prefix, workspace_id, label, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![hash(&key), api_key_prefix(&key), workspace_id, label, now_ms()],
-        )?;
+        self.write(|db| {
+            db.execute(
+                "INSERT INTO api_keys (hash, prefix, workspace_id, label, created_ms) VALUES ($1, $2, $3, $4, $5)",
+                args![hash(&key), api_key_prefix(&key), workspace_id, label, now_ms()],
+            )
+        })?;
         Ok(key)
     }
 
@@ -230,30 +351,38 @@ impl Store {
     /// matched.
     pub fn revoke_api_key(&self, key_or_prefix: &str) -> anyhow::Result<bool> {
         let key_or_prefix = key_or_prefix.trim();
-        let conn = self.conn();
-        let by_hash = conn.execute(
-            "UPDATE api_keys SET revoked_ms = ?2 WHERE hash = ?1 AND revoked_ms IS NULL",
-            params![hash(key_or_prefix), now_ms()],
-        )?;
-        if by_hash > 0 {
-            return Ok(true);
-        }
-        if key_or_prefix.len() < 10 {
-            return Ok(false);
-        }
-        let matches: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM api_keys WHERE prefix = ?1 AND revoked_ms IS NULL",
-            [key_or_prefix],
-            |r| r.get(0),
-        )?;
-        if matches > 1 {
-            bail!("prefix '{key_or_prefix}' matches {matches} keys; pass the whole key");
-        }
-        let n = conn.execute(
-            "UPDATE api_keys SET revoked_ms = ?2 WHERE prefix = ?1 AND revoked_ms IS NULL",
-            params![key_or_prefix, now_ms()],
-        )?;
-        Ok(n > 0)
+        self.transaction(|db| {
+            let by_hash = db.execute(
+                "UPDATE api_keys SET revoked_ms = $2 WHERE hash = $1 AND revoked_ms IS NULL",
+                args![hash(key_or_prefix), now_ms()],
+            )?;
+            if by_hash > 0 {
+                bump_revocations(db)?;
+                return Ok(true);
+            }
+            if key_or_prefix.len() < 10 {
+                return Ok(false);
+            }
+            let matches = db
+                .query_opt(
+                    "SELECT COUNT(*) FROM api_keys WHERE prefix = $1 AND revoked_ms IS NULL",
+                    args![key_or_prefix],
+                )?
+                .map(|r| r.int(0))
+                .transpose()?
+                .unwrap_or(0);
+            if matches > 1 {
+                bail!("prefix '{key_or_prefix}' matches {matches} keys; pass the whole key");
+            }
+            let n = db.execute(
+                "UPDATE api_keys SET revoked_ms = $2 WHERE prefix = $1 AND revoked_ms IS NULL",
+                args![key_or_prefix, now_ms()],
+            )?;
+            if n > 0 {
+                bump_revocations(db)?;
+            }
+            Ok(n > 0)
+        })
     }
 
     /// The workspace of a valid, unrevoked API key. Runs on every client
@@ -261,20 +390,15 @@ impl Store {
     /// is never cached (a revocation by another process counts at once).
     pub fn authenticate_api_key(&self, key: &str) -> anyhow::Result<Option<Workspace>> {
         let hashed = hash(key);
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT w.id, w.name FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id
-             WHERE k.hash = ?1 AND k.revoked_ms IS NULL",
-        )?;
-        let workspace = stmt
-            .query_row([hashed], |r| {
-                Ok(Workspace {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                })
-            })
-            .optional()?;
-        Ok(workspace)
+        self.read(|db| {
+            db.query_opt(
+                "SELECT w.id, w.name FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id
+                 WHERE k.hash = $1 AND k.revoked_ms IS NULL",
+                args![hashed],
+            )?
+            .map(|r| workspace(&r))
+            .transpose()
+        })
     }
 
     /// Creates a single-use enrollment token for `workspace_id` that
@@ -290,79 +414,110 @@ impl Store {
         token: &str,
         hostname: &str,
     ) -> anyhow::Result<Option<Enrollment>> {
-        let mut conn = self.conn();
-        let tx = Self::write_transaction(&mut conn)?;
-        let now = now_ms();
-        let workspace: Option<Workspace> = tx
-            .query_row(
-                "SELECT w.id, w.name FROM enrollment_tokens t JOIN workspaces w ON w.id = t.workspace_id
-                 WHERE t.hash = ?1 AND t.used_ms IS NULL AND t.revoked_ms IS NULL AND t.expires_ms > ?2",
-                params![hash(token), now],
-                |r| Ok(Workspace { id: r.get(0)?, name: r.get(1)? }),
-            )
-            .optional()?;
-        let Some(workspace) = workspace else {
-            return Ok(None);
-        };
-        tx.execute(
-            "UPDATE enrollment_tokens SET used_ms = ?2 WHERE hash = ?1",
-            params![hash(token), now],
-        )?;
-        let machine_id = random_hex(secrets::MACHINE_ID_PREFIX, 8);
-        let agent_secret = random_token(secrets::AGENT_SECRET_PREFIX, 43);
-        tx.execute(
-            "INSERT INTO machines (machine_id, workspace_id, hostname, secret_hash, enrolled_ms, last_seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![machine_id, workspace.id, hostname, hash(&agent_secret), now],
-        )?;
-        tx.commit()?;
-        Ok(Some(Enrollment {
-            machine_id,
-            agent_secret,
-            workspace,
-        }))
+        self.transaction(|db| {
+            let now = now_ms();
+            let workspace = db
+                .query_opt(
+                    "SELECT w.id, w.name FROM enrollment_tokens t JOIN workspaces w ON w.id = t.workspace_id
+                     WHERE t.hash = $1 AND t.used_ms IS NULL AND t.revoked_ms IS NULL AND t.expires_ms > $2",
+                    args![hash(token), now],
+                )?
+                .map(|r| workspace(&r))
+                .transpose()?;
+            let Some(workspace) = workspace else {
+                return Ok(None);
+            };
+            let used = db.execute(
+                "UPDATE enrollment_tokens SET used_ms = $2 WHERE hash = $1 AND used_ms IS NULL",
+                args![hash(token), now],
+            )?;
+            if used == 0 {
+                return Ok(None);
+            }
+            let machine_id = random_hex(secrets::MACHINE_ID_PREFIX, 8);
+            let agent_secret = random_token(secrets::AGENT_SECRET_PREFIX, 43);
+            db.execute(
+                "INSERT INTO machines (machine_id, workspace_id, hostname, secret_hash, enrolled_ms, last_seen_ms)
+                 VALUES ($1, $2, $3, $4, $5, $5)",
+                args![&machine_id, &workspace.id, hostname, hash(&agent_secret), now],
+            )?;
+            Ok(Some(Enrollment {
+                machine_id,
+                agent_secret,
+                workspace,
+            }))
+        })
     }
 
     /// The machine an agent secret belongs to, unless it was revoked.
     pub fn machine_by_secret(&self, secret: &str) -> anyhow::Result<Option<MachineRow>> {
-        Ok(self
-            .reader()
-            .query_row(
-                "SELECT machine_id, hostname, workspace_id, last_seen_ms, enrolled_ms FROM machines WHERE secret_hash = ?1 AND revoked_ms IS NULL",
-                [hash(secret)],
-                machine_row,
-            )
-            .optional()?)
+        self.read(|db| {
+            db.query_opt(
+                "SELECT machine_id, hostname, workspace_id, last_seen_ms, enrolled_ms FROM machines WHERE secret_hash = $1 AND revoked_ms IS NULL",
+                args![hash(secret)],
+            )?
+            .map(|r| machine_row(&r))
+            .transpose()
+        })
     }
 
     /// Records when connected machines were last heard from, in one
     /// transaction: `(machine_id, unix_ms)` pairs; a time earlier than the
     /// one stored is ignored.
     pub fn record_seen(&self, seen: &[(String, i64)]) -> anyhow::Result<()> {
-        let mut conn = self.conn();
-        let tx = Self::write_transaction(&mut conn)?;
-        {
-            let mut update = tx.prepare_cached(
-                "UPDATE machines SET last_seen_ms = MAX(last_seen_ms, ?2) WHERE machine_id = ?1",
-            )?;
+        self.transaction(|db| {
             for (machine_id, at) in seen {
-                update.execute(params![machine_id, at])?;
+                db.execute(
+                    "UPDATE machines SET last_seen_ms = CASE WHEN last_seen_ms < $2 THEN $2 ELSE last_seen_ms END
+                     WHERE machine_id = $1",
+                    args![machine_id, at],
+                )?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Unrevoked machines of a workspace, most recently seen first.
     pub fn list_machines(&self, workspace_id: &str) -> anyhow::Result<Vec<MachineRow>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare(
-            "SELECT machine_id, hostname, workspace_id, last_seen_ms, enrolled_ms FROM machines
-             WHERE workspace_id = ?1 AND revoked_ms IS NULL ORDER BY last_seen_ms DESC, machine_id",
-        )?;
-        let rows = stmt.query_map([workspace_id], machine_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|db| {
+            db.query(
+                "SELECT machine_id, hostname, workspace_id, last_seen_ms, enrolled_ms FROM machines
+                 WHERE workspace_id = $1 AND revoked_ms IS NULL ORDER BY last_seen_ms DESC, machine_id",
+                args![workspace_id],
+            )?
+            .iter()
+            .map(machine_row)
+            .collect()
+        })
     }
+}
+
+/// Counts a revocation, in the transaction that made it: servers watch
+/// this number ([`Store::revocation_generation`]) to end what it made
+/// invalid.
+fn bump_revocations(db: &mut dyn Exec) -> anyhow::Result<()> {
+    db.execute(
+        "UPDATE revocation_generation SET generation = generation + 1 WHERE id = 1",
+        &[],
+    )?;
+    if db.kind() == engine::Kind::Postgres {
+        // Delivered at commit: wakes every server's watcher at once.
+        db.batch(&format!("NOTIFY {}", engine::postgres::REVOCATIONS_CHANNEL))?;
+    }
+    Ok(())
+}
+
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding the lock cannot leave SQLite inconsistent
+    // (statements are atomic), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn workspace(r: &Row) -> anyhow::Result<Workspace> {
+    Ok(Workspace {
+        id: r.text(0)?,
+        name: r.text(1)?,
+    })
 }
 
 /// Attempts of [`Store::open`] while another process holds the database.
@@ -373,23 +528,28 @@ const OPEN_RETRIES: u32 = 100;
 pub fn is_busy_error(err: &anyhow::Error) -> bool {
     err.chain()
         .filter_map(|e| e.downcast_ref::<rusqlite::Error>())
-        .any(is_busy)
+        .any(|e| {
+            matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            )
+        })
 }
 
-fn is_busy(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
+/// True when `err` says the database cannot be reached right now
+/// (PostgreSQL down, restarting, unreachable or not answering in time), so
+/// that a retry may succeed.
+pub fn is_unavailable_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<Unavailable>())
 }
 
-fn machine_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MachineRow> {
+fn machine_row(r: &Row) -> anyhow::Result<MachineRow> {
     Ok(MachineRow {
-        machine_id: r.get(0)?,
-        hostname: r.get(1)?,
-        workspace_id: r.get(2)?,
-        last_seen_unix_ms: r.get(3)?,
-        enrolled_at_unix_ms: r.get(4)?,
+        machine_id: r.text(0)?,
+        hostname: r.text(1)?,
+        workspace_id: r.text(2)?,
+        last_seen_unix_ms: r.int(3)?,
+        enrolled_at_unix_ms: r.int(4)?,
     })
 }
 

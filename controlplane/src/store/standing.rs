@@ -1,11 +1,9 @@
 //! Is the credential an open stream was opened with still good? Asked for
-//! every credential with open streams a few times a second, so revoking a
-//! key, a token family or an agent secret — from this process or from the
-//! admin CLI in another — ends its streams.
+//! every credential with open streams when the revocation counter moves,
+//! so revoking a key, a token family or an agent secret — in this process,
+//! the admin CLI or another server sharing the database — ends its streams.
 
-use rusqlite::OptionalExtension;
-
-use super::{now_ms, secrets::hash, Store};
+use super::{engine::args, now_ms, secrets::hash, Store};
 
 /// A credential as open streams are filed under it: only its hash is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -46,73 +44,67 @@ pub enum Standing {
 }
 
 impl Store {
-    /// SQLite's counter of commits by other connections (the admin CLI).
-    /// Unchanged means nobody else wrote since the last look.
-    pub fn data_version(&self) -> anyhow::Result<i64> {
-        Ok(self
-            .reader()
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
-    }
-
     /// Whether `credential` is still good.
     pub fn standing(&self, credential: &Credential) -> anyhow::Result<Standing> {
-        let conn = self.reader();
-        Ok(match credential {
-            Credential::ApiKey { hash } => {
-                let revoked: Option<Option<i64>> = conn
-                    .prepare_cached("SELECT revoked_ms FROM api_keys WHERE hash = ?1")?
-                    .query_row([hash], |r| r.get(0))
-                    .optional()?;
-                match revoked {
-                    Some(None) => Standing::Good { until_ms: None },
-                    _ => Standing::Revoked,
+        self.read(|db| {
+            Ok(match credential {
+                Credential::ApiKey { hash } => {
+                    let row = db.query_opt(
+                        "SELECT revoked_ms FROM api_keys WHERE hash = $1",
+                        args![hash],
+                    )?;
+                    match row.map(|r| r.opt_int(0)).transpose()? {
+                        Some(None) => Standing::Good { until_ms: None },
+                        _ => Standing::Revoked,
+                    }
                 }
-            }
-            Credential::AccessToken { hash } => {
-                let row: Option<(Option<i64>, Option<i64>, i64)> = conn
-                    .prepare_cached(
+                Credential::AccessToken { hash } => {
+                    let row = db.query_opt(
                         "SELECT f.revoked_ms, k.revoked_ms,
                                 (SELECT MAX(expires_ms) FROM access_tokens WHERE family_id = f.id)
                          FROM access_tokens a
                          JOIN token_families f ON f.id = a.family_id
                          JOIN api_keys k ON k.hash = f.api_key_hash
-                         WHERE a.hash = ?1",
-                    )?
-                    .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                match row {
-                    Some((None, None, until)) if until > now_ms() => Standing::Good {
-                        until_ms: Some(until),
-                    },
-                    Some((None, None, _)) => Standing::Expired,
-                    _ => Standing::Revoked,
+                         WHERE a.hash = $1",
+                        args![hash],
+                    )?;
+                    let row = match row {
+                        Some(r) => Some((r.opt_int(0)?, r.opt_int(1)?, r.int(2)?)),
+                        None => None,
+                    };
+                    match row {
+                        Some((None, None, until)) if until > now_ms() => Standing::Good {
+                            until_ms: Some(until),
+                        },
+                        Some((None, None, _)) => Standing::Expired,
+                        _ => Standing::Revoked,
+                    }
                 }
-            }
-            Credential::AgentSecret { hash } => {
-                let found: Option<i64> = conn
-                    .prepare_cached(
-                        "SELECT 1 FROM machines WHERE secret_hash = ?1 AND revoked_ms IS NULL",
-                    )?
-                    .query_row([hash], |r| r.get(0))
-                    .optional()?;
-                match found {
-                    Some(_) => Standing::Good { until_ms: None },
-                    None => Standing::Revoked,
+                Credential::AgentSecret { hash } => {
+                    let found = db.query_opt(
+                        "SELECT machine_id FROM machines WHERE secret_hash = $1 AND revoked_ms IS NULL",
+                        args![hash],
+                    )?;
+                    match found {
+                        Some(_) => Standing::Good { until_ms: None },
+                        None => Standing::Revoked,
+                    }
                 }
-            }
+            })
         })
     }
 
     /// The hash of the API key that issued `access_token`, for per-key
     /// limits. `None` for an unknown token.
     pub fn access_token_key_hash(&self, access_token: &str) -> anyhow::Result<Option<String>> {
-        Ok(self
-            .reader()
-            .prepare_cached(
+        self.read(|db| {
+            db.query_opt(
                 "SELECT f.api_key_hash FROM access_tokens a
-                 JOIN token_families f ON f.id = a.family_id WHERE a.hash = ?1",
+                 JOIN token_families f ON f.id = a.family_id WHERE a.hash = $1",
+                args![hash(access_token)],
             )?
-            .query_row([hash(access_token)], |r| r.get(0))
-            .optional()?)
+            .map(|r| r.text(0))
+            .transpose()
+        })
     }
 }

@@ -1,6 +1,14 @@
 use std::time::Duration;
 
-use super::*;
+use rusqlite::{params, Connection};
+
+use super::{engine::args, *};
+use crate::local_postgres::{LocalPostgres, DATABASE};
+
+/// A private PostgreSQL server; panics with what to do when it cannot.
+fn start_postgres() -> LocalPostgres {
+    LocalPostgres::start().unwrap_or_else(|e| panic!("{e:#}"))
+}
 
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -8,9 +16,291 @@ fn store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// Tests that run on both engines: each gets a fresh database.
+type Case = (&'static str, fn(&Store));
+const BOTH: &[Case] = &[
+    ("workspace_names_are_unique", workspace_names_are_unique),
+    ("enrollment_tokens_work_once", enrollment_tokens_work_once),
+    (
+        "refresh_rotates_and_reuse_revokes_the_family",
+        refresh_rotates_and_reuse_revokes_the_family,
+    ),
+    (
+        "access_tokens_expire_and_die_with_their_api_key",
+        access_tokens_expire_and_die_with_their_api_key,
+    ),
+    (
+        "enrollment_tokens_expire_and_can_be_revoked",
+        enrollment_tokens_expire_and_can_be_revoked,
+    ),
+    (
+        "a_revoked_machine_loses_its_secret_and_bumps_the_generation",
+        a_revoked_machine_loses_its_secret_and_bumps_the_generation,
+    ),
+    (
+        "a_machine_cannot_store_another_machines_hostname",
+        a_machine_cannot_store_another_machines_hostname,
+    ),
+    (
+        "every_revocation_bumps_the_counter",
+        every_revocation_bumps_the_counter,
+    ),
+    (
+        "cluster_tables_take_the_agreed_statements",
+        cluster_tables_take_the_agreed_statements,
+    ),
+];
+
 #[test]
-fn workspace_names_are_unique() {
-    let (_dir, s) = store();
+fn store_on_sqlite() {
+    for (name, case) in BOTH {
+        eprintln!("sqlite: {name}");
+        let (_dir, s) = store();
+        case(&s);
+    }
+}
+
+#[test]
+fn store_on_postgres() {
+    let pg = start_postgres();
+    for (i, (name, case)) in BOTH.iter().enumerate() {
+        eprintln!("postgres: {name}");
+        let url = pg.create_database(&format!("case_{i}")).unwrap();
+        let s = Store::connect(&url).expect("connect to the test database");
+        case(&s);
+    }
+}
+
+fn every_revocation_bumps_the_counter(s: &Store) {
+    let ws = s.create_workspace("acme").unwrap();
+    let mut last = s.revocation_generation().unwrap();
+    let mut bumped = |what: &str| {
+        let now = s.revocation_generation().unwrap();
+        assert_eq!(now, last + 1, "{what} bumps the revocation counter");
+        last = now;
+    };
+    let key = s.create_api_key(&ws.id, "").unwrap();
+    let pair = s
+        .issue_tokens(&key, Duration::from_secs(60))
+        .unwrap()
+        .unwrap();
+    let RefreshOutcome::Rotated(_) = s
+        .refresh_tokens(&pair.refresh_token, Duration::from_secs(60))
+        .unwrap()
+    else {
+        panic!("refresh rotates");
+    };
+    assert!(matches!(
+        s.refresh_tokens(&pair.refresh_token, Duration::from_secs(60))
+            .unwrap(),
+        RefreshOutcome::ReuseDetected
+    ));
+    bumped("refresh-token reuse");
+    assert!(s.revoke_api_key(&key).unwrap());
+    bumped("an API key revocation");
+    let token = s.create_enrollment_token(&ws.id).unwrap();
+    assert!(s.revoke_enrollment_token(&token).unwrap());
+    bumped("an enrollment-token revocation");
+    s.create_enrollment_token(&ws.id).unwrap();
+    assert_eq!(s.revoke_all_enrollment_tokens(&ws.id).unwrap(), 1);
+    bumped("revoking all enrollment tokens");
+    let token = s.create_enrollment_token(&ws.id).unwrap();
+    let e = s.enroll_machine(&token, "web-1").unwrap().unwrap();
+    assert!(s.revoke_machine(&e.machine_id).unwrap());
+    bumped("a machine revocation");
+    assert!(!s.revoke_api_key(&key).unwrap());
+    assert_eq!(
+        s.revocation_generation().unwrap(),
+        last,
+        "nothing revoked, no bump"
+    );
+}
+
+/// The replicas and routes tables exist on both engines and take the
+/// upsert-with-generation the cluster code uses.
+fn cluster_tables_take_the_agreed_statements(s: &Store) {
+    let ws = s.create_workspace("acme").unwrap();
+    let token = s.create_enrollment_token(&ws.id).unwrap();
+    let e = s.enroll_machine(&token, "web-1").unwrap().unwrap();
+    let claim = |replica: &str, session: &str| {
+        s.transaction(|db| {
+            db.query_opt(
+                "INSERT INTO routes (machine_id, workspace_id, replica_id, session_id, generation, connected_ms)
+                 VALUES ($1, $2, $3, $4, 1, $5)
+                 ON CONFLICT(machine_id) DO UPDATE SET generation = routes.generation + 1,
+                     replica_id = excluded.replica_id, session_id = excluded.session_id,
+                     connected_ms = excluded.connected_ms
+                 RETURNING generation",
+                args![&e.machine_id, &ws.id, replica, session, now_ms()],
+            )?
+            .expect("a generation")
+            .int(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(claim("r1", "s1"), 1);
+    assert_eq!(
+        claim("r2", "s2"),
+        2,
+        "a newer connection gets a newer generation"
+    );
+    s.write(|db| {
+        db.execute(
+            "INSERT INTO replicas (replica_id, peer_addr, lease_until_ms, started_ms) VALUES ($1, $2, $3, $3)",
+            args!["r2", "127.0.0.1:1", now_ms()],
+        )
+    })
+    .unwrap();
+    let row = s
+        .read(|db| {
+            db.query_opt(
+                "SELECT r.replica_id, p.peer_addr FROM routes r JOIN replicas p ON p.replica_id = r.replica_id
+                 WHERE r.session_id = $1",
+                args!["s2"],
+            )
+        })
+        .unwrap()
+        .expect("the route");
+    assert_eq!(row.text(1).unwrap(), "127.0.0.1:1");
+}
+
+fn newer_schema_message(err: anyhow::Error) {
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("schema version 99")
+            && text.contains(&format!("up to {}", migrations::LATEST))
+            && text.contains("upgrade cmdop"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_newer_sqlite_schema_is_refused() {
+    let (dir, s) = store();
+    drop(s);
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute("UPDATE schema_version SET version = 99", [])
+        .unwrap();
+    drop(conn);
+    newer_schema_message(Store::open(dir.path()).err().expect("refused"));
+}
+
+#[test]
+fn postgres_schema_versions_concurrency_and_outages() {
+    let mut pg = start_postgres();
+    // Several servers starting at once on an empty database.
+    let url = pg.url();
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || Store::connect(&url).map(|_| ()))
+        })
+        .collect();
+    for s in starts {
+        s.join().unwrap().expect("concurrent start-ups all succeed");
+    }
+    let s = Store::connect(&url).unwrap();
+    let ws = s.create_workspace("acme").unwrap();
+    let key = s.create_api_key(&ws.id, "").unwrap();
+
+    // The database goes away: calls fail as unavailable, within the deadline.
+    pg.stop();
+    let started = std::time::Instant::now();
+    let err = s.authenticate_api_key(&key).expect_err("database is down");
+    assert!(is_unavailable_error(&err), "{err:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!format!("{err:#}").contains(pg.password()), "{err:#}");
+    // ... and work again once it is back, with the same store.
+    pg.start_again().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match s.authenticate_api_key(&key) {
+            Ok(found) => {
+                assert_eq!(found, Some(ws.clone()));
+                break;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(is_unavailable_error(&e), "{e:#}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("no recovery: {e:#}"),
+        }
+    }
+
+    // A database from a newer cmdop is refused.
+    drop(s);
+    pg.psql(DATABASE, "UPDATE schema_version SET version = 99")
+        .unwrap();
+    newer_schema_message(Store::connect(&url).err().expect("refused"));
+}
+
+/// A database that hangs (the host freezes) gives UNAVAILABLE within the
+/// call deadline, not a hung call, and the store recovers when it thaws.
+#[test]
+fn a_frozen_postgres_gives_unavailable_within_the_deadline() {
+    let pg = start_postgres();
+    let s = Store::connect(&pg.url()).unwrap();
+    let ws = s.create_workspace("acme").unwrap();
+    let key = s.create_api_key(&ws.id, "").unwrap();
+    pg.freeze().unwrap();
+    let started = std::time::Instant::now();
+    let err = s
+        .authenticate_api_key(&key)
+        .expect_err("the database hangs");
+    let took = started.elapsed();
+    pg.thaw().unwrap();
+    assert!(is_unavailable_error(&err), "{err:#}");
+    assert!(
+        took < engine::postgres::CALL_TIMEOUT + Duration::from_secs(3),
+        "{took:?}"
+    );
+    eprintln!("a frozen database answered UNAVAILABLE after {took:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match s.authenticate_api_key(&key) {
+            Ok(found) => {
+                assert_eq!(found, Some(ws));
+                break;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(is_unavailable_error(&e), "{e:#}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("no recovery after the thaw: {e:#}"),
+        }
+    }
+}
+
+#[test]
+fn an_unreachable_postgres_fails_fast_without_the_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let err = Store::connect(&format!("postgres://cmdop:hunter2@127.0.0.1:{port}/cmdop"))
+        .err()
+        .expect("nothing listens there");
+    let text = format!("{err:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains(&format!("postgres://cmdop:***@127.0.0.1:{port}/cmdop")),
+        "{text}"
+    );
+    assert!(text.contains("check that PostgreSQL is running"), "{text}");
+}
+
+fn workspace_names_are_unique(s: &Store) {
     let ws = s.create_workspace("acme").unwrap();
     assert!(s.create_workspace("acme").is_err());
     assert_eq!(s.workspace_by_name("acme").unwrap(), Some(ws));
@@ -49,9 +339,7 @@ fn api_keys_are_stored_hashed_and_revocable_by_prefix() {
     assert!(!s.revoke_api_key(&key).unwrap(), "already revoked");
 }
 
-#[test]
-fn enrollment_tokens_work_once() {
-    let (_dir, s) = store();
+fn enrollment_tokens_work_once(s: &Store) {
     let ws = s.create_workspace("acme").unwrap();
     let token = s.create_enrollment_token(&ws.id).unwrap();
     assert!(token.starts_with("cmdenr_"));
@@ -96,9 +384,7 @@ fn enrollment_tokens_work_once() {
     );
 }
 
-#[test]
-fn refresh_rotates_and_reuse_revokes_the_family() {
-    let (_dir, s) = store();
+fn refresh_rotates_and_reuse_revokes_the_family(s: &Store) {
     let ws = s.create_workspace("acme").unwrap();
     let key = s.create_api_key(&ws.id, "").unwrap();
     let ttl = Duration::from_secs(60);
@@ -142,9 +428,7 @@ fn refresh_rotates_and_reuse_revokes_the_family() {
     ));
 }
 
-#[test]
-fn access_tokens_expire_and_die_with_their_api_key() {
-    let (_dir, s) = store();
+fn access_tokens_expire_and_die_with_their_api_key(s: &Store) {
     let ws = s.create_workspace("acme").unwrap();
     let key = s.create_api_key(&ws.id, "").unwrap();
     let short = s
@@ -195,9 +479,7 @@ fn enrollment_waits_for_a_writer_in_another_process() {
     assert!(enrolled.is_some(), "the token still works");
 }
 
-#[test]
-fn enrollment_tokens_expire_and_can_be_revoked() {
-    let (_dir, s) = store();
+fn enrollment_tokens_expire_and_can_be_revoked(s: &Store) {
     let ws = s.create_workspace("acme").unwrap();
     let short = s
         .create_enrollment_token_for(&ws.id, Duration::from_secs(1))
@@ -223,9 +505,7 @@ fn enrollment_tokens_expire_and_can_be_revoked() {
     assert!(s.enroll_machine(&fresh, "web-1").unwrap().is_some());
 }
 
-#[test]
-fn a_revoked_machine_loses_its_secret_and_bumps_the_generation() {
-    let (_dir, s) = store();
+fn a_revoked_machine_loses_its_secret_and_bumps_the_generation(s: &Store) {
     let ws = s.create_workspace("acme").unwrap();
     let token = s.create_enrollment_token(&ws.id).unwrap();
     let e = s.enroll_machine(&token, "web-1").unwrap().unwrap();
@@ -239,9 +519,7 @@ fn a_revoked_machine_loses_its_secret_and_bumps_the_generation() {
     assert_eq!(s.revoked_machines().unwrap(), vec![e.machine_id]);
 }
 
-#[test]
-fn a_machine_cannot_store_another_machines_hostname() {
-    let (_dir, s) = store();
+fn a_machine_cannot_store_another_machines_hostname(s: &Store) {
     let ws = s.create_workspace("acme").unwrap();
     let enroll = |host: &str| {
         let t = s.create_enrollment_token(&ws.id).unwrap();
@@ -325,6 +603,21 @@ fn an_old_database_is_migrated() {
         .unwrap();
     }
     let s = Store::open(dir.path()).unwrap();
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let version: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, migrations::LATEST);
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('replicas', 'routes')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 2, "the cluster tables exist");
+    }
     assert!(
         s.enroll_machine("cmdenr_old", "a").unwrap().is_none(),
         "an old token gets the default lifetime from its creation"

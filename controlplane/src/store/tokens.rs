@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
-
-use super::{ms, now_ms, secrets, secrets::hash, secrets::random_token, Store, Workspace};
+use super::{
+    bump_revocations, engine::args, ms, now_ms, secrets, secrets::hash, secrets::random_token,
+    Store, Workspace,
+};
 use crate::limits;
 
 /// A freshly issued pair. The plaintext tokens exist only here.
@@ -37,9 +38,6 @@ pub enum RefreshOutcome {
     Invalid,
 }
 
-/// family, expiry, when used, when the family was revoked, when its API key was revoked.
-type RefreshRow = (String, i64, Option<i64>, Option<i64>, Option<i64>);
-
 impl Store {
     /// Starts a token family for the holder of `api_key` (which must be valid).
     /// `access_ttl` is clamped to [1 s, [`limits::MAX_ACCESS_TTL`]].
@@ -52,10 +50,12 @@ impl Store {
             return Ok(None);
         };
         let family = secrets::random_hex("fam_", 12);
-        self.conn().execute(
-            "INSERT INTO token_families (id, workspace_id, api_key_hash, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![family, ws.id, hash(api_key), now_ms()],
-        )?;
+        self.write(|db| {
+            db.execute(
+                "INSERT INTO token_families (id, workspace_id, api_key_hash, created_ms) VALUES ($1, $2, $3, $4)",
+                args![&family, &ws.id, hash(api_key), now_ms()],
+            )
+        })?;
         self.mint_pair(&family, access_ttl).map(Some)
     }
 
@@ -68,23 +68,24 @@ impl Store {
             access_expires_unix_ms: now.saturating_add(ms(ttl)),
             refresh_expires_unix_ms: now.saturating_add(ms(limits::REFRESH_TTL)),
         };
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO access_tokens (hash, family_id, expires_ms) VALUES (?1, ?2, ?3)",
-            params![
-                hash(&pair.access_token),
-                family,
-                pair.access_expires_unix_ms
-            ],
-        )?;
-        conn.execute(
-            "INSERT INTO refresh_tokens (hash, family_id, expires_ms) VALUES (?1, ?2, ?3)",
-            params![
-                hash(&pair.refresh_token),
-                family,
-                pair.refresh_expires_unix_ms
-            ],
-        )?;
+        self.write(|db| {
+            db.execute(
+                "INSERT INTO access_tokens (hash, family_id, expires_ms) VALUES ($1, $2, $3)",
+                args![
+                    hash(&pair.access_token),
+                    family,
+                    pair.access_expires_unix_ms
+                ],
+            )?;
+            db.execute(
+                "INSERT INTO refresh_tokens (hash, family_id, expires_ms) VALUES ($1, $2, $3)",
+                args![
+                    hash(&pair.refresh_token),
+                    family,
+                    pair.refresh_expires_unix_ms
+                ],
+            )
+        })?;
         Ok(pair)
     }
 
@@ -92,23 +93,24 @@ impl Store {
     /// that started the family must still be valid.
     pub fn authenticate_access_token(&self, token: &str) -> anyhow::Result<AccessCheck> {
         let hashed = hash(token);
-        let conn = self.reader();
-        // Runs on every call made with a token: compile the statement once.
-        let row: Option<(i64, String, String)> = conn
-            .prepare_cached(
+        let row = self.read(|db| {
+            db.query_opt(
                 "SELECT a.expires_ms, w.id, w.name
                  FROM access_tokens a
                  JOIN token_families f ON f.id = a.family_id
                  JOIN api_keys k ON k.hash = f.api_key_hash
                  JOIN workspaces w ON w.id = f.workspace_id
-                 WHERE a.hash = ?1 AND f.revoked_ms IS NULL AND k.revoked_ms IS NULL",
-            )?
-            .query_row([hashed], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
+                 WHERE a.hash = $1 AND f.revoked_ms IS NULL AND k.revoked_ms IS NULL",
+                args![hashed],
+            )
+        })?;
         Ok(match row {
             None => AccessCheck::Invalid,
-            Some((expires, _, _)) if expires <= now_ms() => AccessCheck::Expired,
-            Some((_, id, name)) => AccessCheck::Valid(Workspace { id, name }),
+            Some(r) if r.int(0)? <= now_ms() => AccessCheck::Expired,
+            Some(r) => AccessCheck::Valid(Workspace {
+                id: r.text(1)?,
+                name: r.text(2)?,
+            }),
         })
     }
 
@@ -119,45 +121,48 @@ impl Store {
         access_ttl: Duration,
     ) -> anyhow::Result<RefreshOutcome> {
         let now = now_ms();
-        let family = {
-            let mut conn = self.conn();
-            let tx = Store::write_transaction(&mut conn)?;
-            let row: Option<RefreshRow> = tx
-                .query_row(
-                    "SELECT r.family_id, r.expires_ms, r.used_ms, f.revoked_ms, k.revoked_ms
-                     FROM refresh_tokens r
-                     JOIN token_families f ON f.id = r.family_id
-                     LEFT JOIN api_keys k ON k.hash = f.api_key_hash
-                     WHERE r.hash = ?1",
-                    [hash(refresh_token)],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
-                .optional()?;
-            let Some((family, expires, used, family_revoked, key_revoked)) = row else {
-                return Ok(RefreshOutcome::Invalid);
+        let family = self.transaction(|db| {
+            let row = db.query_opt(
+                "SELECT r.family_id, r.expires_ms, r.used_ms, f.revoked_ms, k.revoked_ms
+                 FROM refresh_tokens r
+                 JOIN token_families f ON f.id = r.family_id
+                 LEFT JOIN api_keys k ON k.hash = f.api_key_hash
+                 WHERE r.hash = $1",
+                args![hash(refresh_token)],
+            )?;
+            let Some(row) = row else {
+                return Ok(Err(RefreshOutcome::Invalid));
             };
+            let family = row.text(0)?;
+            let (expires, used) = (row.int(1)?, row.opt_int(2)?);
+            let (family_revoked, key_revoked) = (row.opt_int(3)?, row.opt_int(4)?);
             if used.is_some() {
-                tx.execute(
-                    "UPDATE token_families SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
-                    params![family, now],
+                let n = db.execute(
+                    "UPDATE token_families SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
+                    args![&family, now],
                 )?;
-                tx.commit()?;
-                return Ok(RefreshOutcome::ReuseDetected);
+                if n > 0 {
+                    bump_revocations(db)?;
+                }
+                return Ok(Err(RefreshOutcome::ReuseDetected));
             }
             if family_revoked.is_some() || key_revoked.is_some() {
-                return Ok(RefreshOutcome::Invalid);
+                return Ok(Err(RefreshOutcome::Invalid));
             }
             if expires <= now {
-                return Ok(RefreshOutcome::Expired);
+                return Ok(Err(RefreshOutcome::Expired));
             }
-            tx.execute(
-                "UPDATE refresh_tokens SET used_ms = ?2 WHERE hash = ?1",
-                params![hash(refresh_token), now],
+            db.execute(
+                "UPDATE refresh_tokens SET used_ms = $2 WHERE hash = $1",
+                args![hash(refresh_token), now],
             )?;
-            tx.commit()?;
-            family
-        };
-        self.mint_pair(&family, access_ttl)
-            .map(RefreshOutcome::Rotated)
+            Ok(Ok(family))
+        })?;
+        match family {
+            Ok(family) => self
+                .mint_pair(&family, access_ttl)
+                .map(RefreshOutcome::Rotated),
+            Err(outcome) => Ok(outcome),
+        }
     }
 }

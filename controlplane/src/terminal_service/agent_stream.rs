@@ -41,6 +41,9 @@ pub fn start(
         info,
         tx.clone(),
     );
+    if let Some(cluster) = &state.cluster {
+        crate::cluster::presence::claim(&state, cluster, &session);
+    }
     let hostname = if register.hostname.is_empty() {
         machine.hostname.clone()
     } else {
@@ -133,6 +136,9 @@ async fn pump(state: SharedState, session: Arc<Session>, mut inbound: Streaming<
         }
     };
     session.mark_closed("agent disconnected");
+    if let Some(cluster) = &state.cluster {
+        crate::cluster::presence::release(&state, cluster, &session).await;
+    }
     let id = session.machine_id.clone();
     if let Err(err) =
         crate::state::with_store(&state, move |store| store.touch_machine(&id, "")).await

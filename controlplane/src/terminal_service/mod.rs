@@ -71,6 +71,70 @@ impl TerminalService {
     }
 }
 
+/// Cluster lookups over the other replicas.
+impl TerminalService {
+    /// The sessions every other live replica holds for `caller`'s workspace.
+    async fn list_elsewhere(&self, caller: &crate::cluster::Caller) -> Vec<SessionInfoItem> {
+        let Some(cluster) = &self.state.cluster else {
+            return Vec::new();
+        };
+        let answers = cluster
+            .ask_all(|channel| {
+                let req = cluster.peer_request(
+                    caller,
+                    ListSessionsRequest {
+                        limit: i32::try_from(limits::MAX_LIST_LIMIT).unwrap_or(i32::MAX),
+                        ..Default::default()
+                    },
+                );
+                async move {
+                    let mut client =
+                        terminal_streaming_service_client::TerminalStreamingServiceClient::new(
+                            channel,
+                        );
+                    Ok(client.list_sessions(req).await?.into_inner())
+                }
+            })
+            .await;
+        answers.into_iter().flat_map(|a| a.sessions).collect()
+    }
+
+    /// GetSessionByHostname answered by another replica with that machine
+    /// connected, and the machine's id (for this connection's selection).
+    async fn hostname_elsewhere(
+        &self,
+        caller: &crate::cluster::Caller,
+        req: GetSessionByHostnameRequest,
+    ) -> Result<Option<(GetSessionByHostnameResponse, String)>, Status> {
+        let Some(cluster) = &self.state.cluster else {
+            return Ok(None);
+        };
+        let answers = cluster
+            .ask_all(|channel| {
+                let req = cluster.peer_request(caller, req.clone());
+                async move {
+                    let mut client =
+                        terminal_streaming_service_client::TerminalStreamingServiceClient::new(
+                            channel,
+                        );
+                    Ok(client.get_session_by_hostname(req).await?.into_inner())
+                }
+            })
+            .await;
+        let Some(found) = answers.into_iter().find(|a| a.found) else {
+            return Ok(None);
+        };
+        let sid = found.session_id.clone();
+        let route =
+            crate::state::with_store(&self.state, move |store| store.route_of_session(&sid))
+                .await
+                .map_err(auth::internal)?;
+        Ok(route
+            .filter(|r| r.workspace_id == caller.workspace.id)
+            .map(|r| (found, r.machine_id)))
+    }
+}
+
 #[tonic::async_trait]
 impl TerminalStreamingService for TerminalService {
     type ConnectTerminalStream = ControlStream;
@@ -161,7 +225,15 @@ impl TerminalStreamingService for TerminalService {
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
         let ws = self.client(&request)?;
-        session_rpcs::list_sessions(&self.state, &ws, request.into_inner()).map(Response::new)
+        let scope = if crate::cluster::is_forwarded(&request) {
+            session_rpcs::ListScope::ThisReplica
+        } else if let Some(caller) = crate::cluster::asking_caller(&self.state, &request) {
+            session_rpcs::ListScope::Cluster(self.list_elsewhere(&caller).await)
+        } else {
+            session_rpcs::ListScope::Server
+        };
+        session_rpcs::list_sessions(&self.state, &ws, request.into_inner(), scope)
+            .map(Response::new)
     }
 
     async fn get_session_by_hostname(
@@ -170,15 +242,24 @@ impl TerminalStreamingService for TerminalService {
     ) -> Result<Response<GetSessionByHostnameResponse>, Status> {
         let ws = self.client(&request)?;
         let peer = request.remote_addr();
-        let answer = session_rpcs::get_session_by_hostname(&self.state, &ws, request.into_inner());
+        let caller = crate::cluster::asking_caller(&self.state, &request);
+        let req = request.into_inner();
+        let mut answer = session_rpcs::get_session_by_hostname(&self.state, &ws, req.clone());
+        let mut machine = answer
+            .found
+            .then(|| self.state.sessions.get(&ws.id, &answer.session_id))
+            .flatten()
+            .map(|s| s.machine_id.clone());
+        // Cluster: a machine not connected here may be connected elsewhere.
+        if let Some(caller) = caller.filter(|_| !answer.found && !answer.ambiguous) {
+            if let Some((remote, machine_id)) = self.hostname_elsewhere(&caller, req).await? {
+                answer = remote;
+                machine = Some(machine_id);
+            }
+        }
         if let Some(peer) = peer {
             // Remembered for File* calls on this connection without a
             // session id; a failed lookup clears the selection.
-            let machine = answer
-                .found
-                .then(|| self.state.sessions.get(&ws.id, &answer.session_id))
-                .flatten()
-                .map(|s| s.machine_id.clone());
             self.state
                 .selections
                 .select(&ws.id, peer, machine.as_deref());

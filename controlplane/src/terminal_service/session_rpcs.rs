@@ -94,10 +94,22 @@ fn offline_item(m: &MachineRow) -> SessionInfoItem {
     }
 }
 
+/// What ListSessions covers.
+pub enum ListScope {
+    /// A single server: its sessions and the enrolled machines it has none of.
+    Server,
+    /// Cluster, asked by another replica: this replica's sessions only.
+    ThisReplica,
+    /// Cluster, asked by a client: this replica's sessions, the other
+    /// replicas' (given), and the enrolled machines nobody has.
+    Cluster(Vec<SessionInfoItem>),
+}
+
 pub fn list_sessions(
     state: &State,
     ws: &Workspace,
     req: ListSessionsRequest,
+    scope: ListScope,
 ) -> Result<ListSessionsResponse, Status> {
     let status = req.status_filter.trim().to_ascii_lowercase();
     let host = req.hostname_filter.trim().to_ascii_lowercase();
@@ -106,12 +118,48 @@ pub fn list_sessions(
         .iter()
         .map(|s| (s.last_activity_ms(), item(s)))
         .collect();
-    let retention =
-        i64::try_from(limits::DISCONNECTED_SESSION_RETENTION.as_millis()).unwrap_or(i64::MAX);
-    let recent = now_ms().saturating_sub(retention);
-    for m in state.store.list_machines(&ws.id).map_err(auth::internal)? {
-        if m.last_seen_unix_ms >= recent && !sessions.iter().any(|s| s.machine_id == m.machine_id) {
-            rows.push((m.last_seen_unix_ms, offline_item(&m)));
+    let (remote, this_replica_only, cluster) = match scope {
+        ListScope::Server => (Vec::new(), false, false),
+        ListScope::ThisReplica => (Vec::new(), true, false),
+        ListScope::Cluster(remote) => (remote, false, true),
+    };
+    let now = now_ms();
+    for r in remote {
+        let at = now - r.heartbeat_age_seconds.max(0) * 1000;
+        match rows.iter_mut().find(|(_, i)| i.session_id == r.session_id) {
+            // The same session on two replicas (its agent moved): the
+            // connected one counts.
+            Some(row) => {
+                if row.1.status != "connected" && r.status == "connected" {
+                    *row = (at, r);
+                }
+            }
+            None => rows.push((at, r)),
+        }
+    }
+    if cluster {
+        // A machine that reconnected to another replica under a new session
+        // id leaves its old, ended session behind on the first one; a
+        // single server would have dropped it.
+        let connected: Vec<String> = rows
+            .iter()
+            .filter(|(_, i)| i.status == "connected")
+            .map(|(_, i)| i.machine_hostname.clone())
+            .collect();
+        rows.retain(|(_, i)| i.status == "connected" || !connected.contains(&i.machine_hostname));
+    }
+    if !this_replica_only {
+        let retention =
+            i64::try_from(limits::DISCONNECTED_SESSION_RETENTION.as_millis()).unwrap_or(i64::MAX);
+        let recent = now.saturating_sub(retention);
+        for m in crate::state::read_store(&state.store, |s| s.list_machines(&ws.id))
+            .map_err(auth::internal)?
+        {
+            let listed = sessions.iter().any(|s| s.machine_id == m.machine_id)
+                || rows.iter().any(|(_, i)| i.machine_hostname == m.hostname);
+            if m.last_seen_unix_ms >= recent && !listed {
+                rows.push((m.last_seen_unix_ms, offline_item(&m)));
+            }
         }
     }
     rows.sort_by_key(|(seen, _)| std::cmp::Reverse(*seen));

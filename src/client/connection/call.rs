@@ -223,7 +223,7 @@ impl Inner {
                         Err(_) => {
                             return Err(Error::Unavailable(format!(
                                 "reconnecting to {} (attempt {attempt}) took longer than the call's timeout; try again later",
-                                self.opts.endpoint_uri()
+                                self.current_server()
                             )))
                         }
                     }

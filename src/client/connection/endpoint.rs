@@ -27,11 +27,16 @@ use crate::client::{ClientOptions, Error, Result};
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(super) fn build_endpoint(opts: &ClientOptions) -> Result<Endpoint> {
-    let uri = opts.endpoint_uri();
-    let mut ep = Endpoint::from_shared(uri.clone())
+/// The endpoint of `uri` (one of the client's servers); dialling it takes
+/// at most `connect_timeout`.
+pub(super) fn build_endpoint(
+    opts: &ClientOptions,
+    uri: &str,
+    connect_timeout: Duration,
+) -> Result<Endpoint> {
+    let mut ep = Endpoint::from_shared(uri.to_string())
         .map_err(|e| Error::InvalidArgument(format!("server address '{uri}' is not valid: {e}")))?
-        .connect_timeout(opts.timeout)
+        .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)

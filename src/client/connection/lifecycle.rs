@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::Notify;
+
 use cmdop_proto::caps;
 use cmdop_proto::ext::cmdop_client::CmdopClient;
 use cmdop_proto::ext::ServerInfoRequest;
@@ -14,7 +16,7 @@ use cmdop_proto::terminal::HealthCheckRequest;
 use super::endpoint::{build_endpoint, connect_error, WatchedConnector};
 use super::supervisor::supervise;
 use super::{CallPolicy, Conn, ConnState, ConnectionInfo, ServerFacts, PROBE_TIMEOUT};
-use crate::client::{lock, Client, Error, Event, Inner, LogLevel, Result};
+use crate::client::{lock, Client, Error, ErrorKind, Event, Inner, LogLevel, Result};
 
 impl Client {
     /// Connect (or reconnect after [`close`](Self::close)): open the channel,
@@ -25,49 +27,11 @@ impl Client {
         if *inner.state.borrow() == ConnState::Connected {
             return Ok(());
         }
-        let uri = inner.opts.endpoint_uri();
-        inner.log(LogLevel::Info, || {
-            format!("connecting to {uri} (tls: {})", inner.opts.tls)
-        });
-        let connector = WatchedConnector {
-            dropped: Arc::clone(&inner.dropped),
-        };
-        let channel = build_endpoint(&inner.opts)?
-            .connect_with_connector(connector)
+        let (index, conn, facts) = inner
+            .dial_in_turn(0, None)
             .await
-            .map_err(|e| inner.report(connect_error(&uri, &e)))?;
-        let conn = Conn {
-            terminal: TerminalStreamingServiceClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            ext: CmdopClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        };
-        *inner.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-
-        let facts = match inner.probe_server(&conn).await {
-            Ok(f) => f,
-            Err(e) => {
-                *inner.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
-                return Err(inner.report(e));
-            }
-        };
-        inner.log(LogLevel::Info, || {
-            format!(
-                "connected to {uri}: server {} (extensions: {}, capabilities: [{}])",
-                if facts.version.is_empty() {
-                    "?"
-                } else {
-                    &facts.version
-                },
-                if facts.ext { "yes" } else { "no" },
-                facts.capabilities.join(", ")
-            )
-        });
-        *lock(&inner.facts) = facts;
-        // A drop of an earlier connection is no news for this one.
-        let _ = futures::FutureExt::now_or_never(inner.dropped.notified());
+            .map_err(|e| inner.report(e))?;
+        inner.install(index, conn, facts);
         inner.state.send_replace(ConnState::Connected);
         inner.emit(Event::Connected);
 
@@ -155,7 +119,7 @@ impl Client {
                 .is_ok()
         };
         ConnectionInfo {
-            server: inner.opts.endpoint_uri(),
+            server: inner.current_server(),
             tls: inner.opts.tls,
             connected: self.is_connected(),
             latency: ok.then(|| started.elapsed()),
@@ -168,6 +132,97 @@ impl Client {
 }
 
 impl Inner {
+    /// Dial one server and learn what it offers (which also checks the
+    /// credentials). Nothing of the client changes.
+    pub(super) async fn dial(&self, uri: &str) -> Result<(Conn, ServerFacts)> {
+        self.log(LogLevel::Info, || {
+            format!("connecting to {uri} (tls: {})", self.opts.tls)
+        });
+        let dropped = Arc::new(Notify::new());
+        let connector = WatchedConnector {
+            dropped: Arc::clone(&dropped),
+        };
+        // With several servers a blackholed one must not hold up the rest
+        // for the whole call timeout.
+        let connect_timeout = if self.servers.len() > 1 {
+            self.opts.timeout.min(PROBE_TIMEOUT)
+        } else {
+            self.opts.timeout
+        };
+        let channel = build_endpoint(&self.opts, uri, connect_timeout)?
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| connect_error(uri, &e))?;
+        let conn = Conn {
+            terminal: TerminalStreamingServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            ext: CmdopClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            dropped,
+        };
+        let facts = self.probe_server(&conn).await?;
+        self.log(LogLevel::Info, || {
+            format!(
+                "connected to {uri}: server {} (extensions: {}, capabilities: [{}])",
+                if facts.version.is_empty() {
+                    "?"
+                } else {
+                    &facts.version
+                },
+                if facts.ext { "yes" } else { "no" },
+                facts.capabilities.join(", ")
+            )
+        });
+        Ok((conn, facts))
+    }
+
+    /// Dial the servers in turn from index `first` (wrapping around), each
+    /// once, skipping `skip`; the first that answers wins. Only a server
+    /// that cannot be reached (or does not answer in time) passes the turn
+    /// to the next: a refusal (credentials, bad options) is the same on
+    /// every replica and ends the round.
+    pub(super) async fn dial_in_turn(
+        &self,
+        first: usize,
+        skip: Option<usize>,
+    ) -> Result<(usize, Conn, ServerFacts)> {
+        let n = self.servers.len();
+        let mut failures = Vec::new();
+        for k in 0..n {
+            let i = (first + k) % n;
+            if Some(i) == skip {
+                continue;
+            }
+            let uri = &self.servers[i];
+            match self.dial(uri).await {
+                Ok((conn, facts)) => return Ok((i, conn, facts)),
+                Err(e)
+                    if n > 1 && matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) =>
+                {
+                    self.log(LogLevel::Info, || {
+                        format!("{uri}: {e}; trying the next server")
+                    });
+                    failures.push(format!("{uri}: {e}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "none of the {} servers answered ({}): check that at least one control plane of the list is running and reachable",
+            failures.len(),
+            failures.join("; ")
+        )))
+    }
+
+    /// Make `conn` (to server `index`) the live connection.
+    pub(super) fn install(&self, index: usize, conn: Conn, facts: ServerFacts) {
+        *lock(&self.facts) = facts;
+        *lock(&self.current) = index;
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+    }
+
     /// Learn what the server offers; also checks the credentials.
     async fn probe_server(&self, conn: &Conn) -> Result<ServerFacts> {
         let policy = CallPolicy {

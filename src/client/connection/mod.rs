@@ -13,10 +13,12 @@ mod endpoint;
 mod lifecycle;
 mod supervisor;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cmdop_proto::ext::cmdop_client::CmdopClient;
 use cmdop_proto::terminal::terminal_streaming_service_client::TerminalStreamingServiceClient;
+use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 pub(crate) use call::CallPolicy;
@@ -47,6 +49,10 @@ pub enum ConnState {
 pub(crate) struct Conn {
     pub(crate) terminal: TerminalStreamingServiceClient<Channel>,
     pub(crate) ext: CmdopClient<Channel>,
+    /// A transport connection of this channel ended (a loss, no probe
+    /// needed). One per channel: the end of a channel left behind for
+    /// another server is no news for the one in use.
+    pub(crate) dropped: Arc<Notify>,
 }
 
 /// What the server said about itself at connect time.
@@ -68,6 +74,7 @@ impl ServerFacts {
 /// What [`Client::connection_info`](super::Client::connection_info) reports.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
+    /// The server in use (one of the list, when several were given).
     pub server: String,
     pub tls: bool,
     pub connected: bool,

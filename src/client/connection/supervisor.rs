@@ -69,9 +69,12 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let interval = inner.opts.health_interval;
+        let Some(conn) = inner.conn.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return;
+        };
         let dropped = {
             let trouble_notify = inner.trouble.clone();
-            let dropped_notify = inner.dropped.clone();
+            let dropped_notify = conn.dropped.clone();
             drop(inner); // do not keep the client alive while sleeping
             let trouble = trouble_notify.notified();
             let dropped = dropped_notify.notified();
@@ -85,9 +88,6 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
         if *inner.state.borrow() != ConnState::Connected {
             return;
         }
-        let Some(conn) = inner.conn.read().unwrap_or_else(|p| p.into_inner()).clone() else {
-            return;
-        };
         let why = if dropped {
             "the connection closed (server stopped, restarted or unreachable)".to_string()
         } else {
@@ -98,7 +98,9 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
         };
         backoff.lost(Instant::now());
 
-        let server = inner.opts.endpoint_uri();
+        let server = inner.current_server();
+        let lost_index = *crate::client::lock(&inner.current);
+        let several = inner.servers.len() > 1;
         if !inner.opts.auto_reconnect {
             inner.disconnect_for_good(
                 LogLevel::Warn,
@@ -123,7 +125,7 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
         let mut last = why;
         let recovered = loop {
             if max != 0 && attempt >= max {
-                break false;
+                break None;
             }
             tokio::time::sleep(backoff.next_delay()).await;
             attempt += 1;
@@ -137,8 +139,17 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
             inner.log(LogLevel::Info, || {
                 format!("reconnect attempt {attempt} to {server}")
             });
+            if several {
+                // The others first, from the next one; the lost one last,
+                // over its own channel (which redials by itself).
+                match inner.dial_in_turn(lost_index + 1, Some(lost_index)).await {
+                    Ok(found) => break Some(Some(found)),
+                    Err(e) => last = e.to_string(),
+                }
+            }
             match inner.probe_alive(&conn).await {
-                Ok(()) => break true,
+                Ok(()) => break Some(None),
+                Err(e) if several => last = format!("{last}; {server}: {e}"),
                 Err(e) => last = e,
             }
         };
@@ -146,21 +157,40 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
         if !matches!(*inner.state.borrow(), ConnState::Reconnecting { .. }) {
             return;
         }
-        if recovered {
-            inner.log(LogLevel::Info, || {
-                format!("reconnected to {server} after {attempt} attempt(s)")
-            });
-            backoff.connected(Instant::now());
-            // Drops seen while reconnecting belong to the outage.
-            let _ = inner.dropped.notified().now_or_never();
-            inner.state.send_replace(ConnState::Connected);
-            inner.emit(Event::Connected);
-        } else {
-            let reason = format!(
-                "gave up reconnecting to {server} after {attempt} attempts (last error: {last}); connect the client again to retry"
-            );
-            inner.disconnect_for_good(LogLevel::Error, reason);
-            return;
+        match recovered {
+            Some(other) => {
+                if let Some((index, new_conn, facts)) = other {
+                    inner.install(index, new_conn, facts);
+                }
+                let now_on = inner.current_server();
+                inner.log(LogLevel::Info, || {
+                    format!("reconnected to {now_on} after {attempt} attempt(s)")
+                });
+                backoff.connected(Instant::now());
+                // Drops seen while reconnecting belong to the outage.
+                if let Some(c) = inner
+                    .conn
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
+                    let _ = c.dropped.notified().now_or_never();
+                }
+                inner.state.send_replace(ConnState::Connected);
+                inner.emit(Event::Connected);
+            }
+            None => {
+                let which = if several {
+                    format!("any of the {} servers", inner.servers.len())
+                } else {
+                    server
+                };
+                let reason = format!(
+                    "gave up reconnecting to {which} after {attempt} attempts (last error: {last}); connect the client again to retry"
+                );
+                inner.disconnect_for_good(LogLevel::Error, reason);
+                return;
+            }
         }
     }
 }

@@ -14,6 +14,14 @@ public enum TLSMode: Int32, Sendable {
 public struct Options: Sendable {
     /// Remote clients: "host:port" or "https://host:port"; nil = hosted endpoint.
     public var server: String?
+    /// Several control planes (replicas of one cluster), "host:port" each.
+    /// When not empty, used instead of `server` (remote, which must then
+    /// be nil) or of the host and port of `init(host:port:)` (then
+    /// ignored). Connecting takes the first that answers; when the one in
+    /// use is lost the client moves to the next that does (`onDisconnect`
+    /// with willReconnect, then `onConnect`). A load balancer or DNS name in
+    /// front of the replicas needs no list: give it as `server`.
+    public var servers: [String] = []
     /// Local clients: the API key; nil = $CMDOP_API_KEY (remote clients
     /// take it as an argument).
     public var apiKey: String?
@@ -193,9 +201,13 @@ public final class Client: @unchecked Sendable {
         try withOptionalCString(options.server) { server in
             try withOptionalCString(options.caPEMPath) { ca in
                 try withOptionalCString(apiKey) { key in
-                    o.server = server
-                    o.ca_pem_path = ca
-                    try check(cmdop_remote_new(key, &o, &out))
+                    try withCStringArray(options.servers) { list, count in
+                        o.server = server
+                        o.ca_pem_path = ca
+                        o.servers = list
+                        o.server_count = count
+                        try check(cmdop_remote_new(key, &o, &out))
+                    }
                 }
             }
         }
@@ -217,15 +229,20 @@ public final class Client: @unchecked Sendable {
         var out: OpaquePointer?
         try withOptionalCString(options.server) { server in
             try withOptionalCString(options.caPEMPath) { ca in
-                o.server = server
-                o.ca_pem_path = ca
-                try check(cmdop_remote_new_oauth(accessToken, refreshToken, &o, &out))
+                try withCStringArray(options.servers) { list, count in
+                    o.server = server
+                    o.ca_pem_path = ca
+                    o.servers = list
+                    o.server_count = count
+                    try check(cmdop_remote_new_oauth(accessToken, refreshToken, &o, &out))
+                }
             }
         }
         return Client(raw: out!)
     }
 
-    /// A client for a control plane at host:port (e.g. `cmdop dev`). Does
+    /// A client for a control plane at host:port (e.g. `cmdop dev`); with
+    /// `options.servers`, for those (host and port are then ignored). Does
     /// not connect.
     public convenience init(host: String, port: UInt16, options: Options = Options()) throws {
         var o = cmdop_options()
@@ -236,8 +253,12 @@ public final class Client: @unchecked Sendable {
         var out: OpaquePointer?
         try withOptionalCString(options.apiKey) { key in
             try withOptionalCString(options.caPEMPath) { ca in
-                o.ca_pem_path = ca
-                try check(cmdop_local_new(host, port, key, &o, &out))
+                try withCStringArray(options.servers) { list, count in
+                    o.ca_pem_path = ca
+                    o.servers = list
+                    o.server_count = count
+                    try check(cmdop_local_new(host, port, key, &o, &out))
+                }
             }
         }
         self.init(raw: out!)
@@ -441,6 +462,17 @@ public final class Client: @unchecked Sendable {
 }
 
 /// Calls `body` with a C string for `s`, or NULL for nil.
+/// Calls `body` with a C array of C copies of `strings` and its count
+/// (nil and 0 when empty); the copies live until `body` returns.
+func withCStringArray<R>(_ strings: [String],
+                         _ body: (UnsafePointer<UnsafePointer<CChar>?>?, Int) throws -> R) rethrows -> R {
+    if strings.isEmpty { return try body(nil, 0) }
+    let copies: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    defer { copies.forEach { free($0) } }
+    let entries: [UnsafePointer<CChar>?] = copies.map { $0.map { UnsafePointer($0) } }
+    return try entries.withUnsafeBufferPointer { try body($0.baseAddress, strings.count) }
+}
+
 func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) throws -> R) rethrows -> R {
     guard let s = s else { return try body(nil) }
     return try s.withCString { try body($0) }

@@ -37,6 +37,21 @@ final class ClientTests: XCTestCase {
         }
     }
 
+    func testServerListSkipsADeadFirstServer() throws {
+        let s = try stack()
+        var o = Options()
+        o.timeoutMs = 15_000
+        // Port 1 on loopback: nothing listens there.
+        o.servers = ["127.0.0.1:1", "\(s.host):\(s.port)"]
+        let c = try Client(host: "", port: 0, options: o)
+        try c.connect()
+        XCTAssertEqual(try c.connectionInfo().server, "http://\(s.host):\(s.port)")
+        o.servers = ["127.0.0.1:1", ""]
+        XCTAssertThrowsError(try Client(host: "", port: 0, options: o)) { error in
+            XCTAssertEqual((error as? CmdopError)?.status, .invalidArgument)
+        }
+    }
+
     func testExecute() async throws {
         let c = try connected()
         let r = try await c.execute("echo swift-$((40+2))")

@@ -1,0 +1,381 @@
+//! The control plane on PostgreSQL: real `cmdop server` processes (one or
+//! two sharing a database), a real agent and clients, and a throwaway
+//! PostgreSQL server ([`common::postgres`]) that tests also stop and start.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use cmdop_proto::ext::{exec_event::Event, ExecEvent};
+use common::{
+    postgres::{self, Postgres},
+    *,
+};
+use tonic::Code;
+
+/// Runs `cmdop server --database URL`, which must fail; returns its
+/// stderr and how long it took.
+fn refused_start(url: &str) -> (String, Duration) {
+    let t0 = Instant::now();
+    let out = Command::new(cmdop_bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--database", url])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cmdop server");
+    assert!(!out.status.success(), "the server started");
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        t0.elapsed(),
+    )
+}
+
+struct PgStack {
+    // Dropped in order: agent, servers, then PostgreSQL.
+    agent: Proc,
+    servers: Vec<Server>,
+    key: String,
+    host: String,
+    session_id: String,
+    _dir: tempfile::TempDir,
+    pg: Postgres,
+}
+
+/// PostgreSQL, `servers` servers on it, workspace "alpha" with a key, and
+/// one agent connected to the first server.
+async fn pg_stack(servers: usize) -> PgStack {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let servers: Vec<Server> = (0..servers)
+        .map(|_| server_pg(&url, dir.path(), &[]))
+        .collect();
+    admin_pg(&url, &["create-workspace", "alpha"]);
+    let key = admin_pg(&url, &["create-key", "--workspace", "alpha"]);
+    assert!(key.starts_with("cmdop_"), "{key}");
+    let token = admin_pg(&url, &["enroll-token", "--workspace", "alpha"]);
+    let host = unique("pg");
+    let agent = start_agent(
+        &servers[0].addr,
+        Some(&token),
+        &dir.path().join("agent.json"),
+        &host,
+        &["--heartbeat-secs", "1"],
+    );
+    let mut t = terminal(&servers[0].addr, Some(&key)).await;
+    let session_id = wait_connected(&mut t, &host).await;
+    let mut e = ext(&servers[0].addr, Some(&key)).await;
+    wait_native_exec(&mut e, &host).await;
+    PgStack {
+        agent,
+        servers,
+        key,
+        host,
+        session_id,
+        _dir: dir,
+        pg,
+    }
+}
+
+/// ResolveMachine by exact hostname: a call that needs the credential check.
+async fn resolve(e: &mut Ext, host: &str) -> Result<cmdop_proto::ext::Machine, tonic::Status> {
+    Ok(e.resolve_machine(cmdop_proto::ext::ResolveMachineRequest {
+        hostname: host.into(),
+        ..Default::default()
+    })
+    .await?
+    .into_inner()
+    .machine
+    .expect("a machine"))
+}
+
+/// Runs `command`; its stdout and exit code.
+async fn run(e: &mut Ext, session_id: &str, command: &str) -> Result<(String, i32), tonic::Status> {
+    let mut stream = e
+        .exec(exec_req(session_id, command, 30_000))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    loop {
+        match stream.message().await? {
+            Some(ExecEvent {
+                event: Some(Event::Stdout(b)),
+            }) => out.extend_from_slice(&b),
+            Some(ExecEvent {
+                event: Some(Event::Exit(x)),
+            }) => return Ok((String::from_utf8_lossy(&out).into_owned(), x.exit_code)),
+            Some(_) => {}
+            None => panic!("the exec stream ended without an exit"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_agent_client_and_admin_on_postgres() {
+    let s = pg_stack(1).await;
+    let addr = &s.servers[0].addr;
+    let mut e = ext(addr, Some(&s.key)).await;
+    assert_eq!(
+        run(&mut e, &s.session_id, "echo hello; exit 3")
+            .await
+            .expect("exec"),
+        ("hello\n".to_string(), 3)
+    );
+    let machine = machine_by_host(&mut e, &s.host).await;
+    assert_eq!(machine.status, "connected", "{machine:?}");
+
+    // Admin on the same database: a second key works, and revoking it bites
+    // at the next call.
+    let url = s.pg.url();
+    let second = admin_pg(&url, &["create-key", "--workspace", "alpha"]);
+    let mut e2 = ext(addr, Some(&second)).await;
+    run(&mut e2, &s.session_id, "true")
+        .await
+        .expect("the new key works");
+    assert_eq!(admin_pg(&url, &["revoke-key", &second]), "revoked");
+    let refused = run(&mut e2, &s.session_id, "true")
+        .await
+        .expect_err("revoked");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    run(&mut e, &s.session_id, "true")
+        .await
+        .expect("the first key still works");
+
+    // Enrollment tokens: revoked ones are refused.
+    let token = admin_pg(&url, &["enroll-token", "--workspace", "alpha"]);
+    assert_eq!(admin_pg(&url, &["revoke-enroll-token", &token]), "revoked");
+    admin_pg(&url, &["enroll-token", "--workspace", "alpha"]);
+    assert_eq!(
+        admin_pg(
+            &url,
+            &["revoke-enroll-token", "--workspace", "alpha", "--all"]
+        ),
+        "revoked 1"
+    );
+    let enrolled = agent_link(addr)
+        .await
+        .enroll(cmdop_proto::ext::EnrollRequest {
+            enrollment_token: token,
+            hostname: "new-host".into(),
+        })
+        .await
+        .expect_err("a revoked token");
+    assert_eq!(enrolled.code(), Code::Unauthenticated);
+
+    // The machine list, and revoking the machine closes its link.
+    let listed = admin_pg(&url, &["machines", "--workspace", "alpha"]);
+    assert!(
+        listed.contains(&machine.machine_id) && listed.contains(&s.host),
+        "{listed}"
+    );
+    assert_eq!(
+        admin_pg(&url, &["revoke-machine", &machine.machine_id]),
+        "revoked"
+    );
+    let revoked_at = Instant::now();
+    let mut t = terminal(addr, Some(&s.key)).await;
+    loop {
+        let found = t
+            .get_session_by_hostname(cmdop_proto::terminal::GetSessionByHostnameRequest {
+                hostname: s.host.clone(),
+                partial_match: false,
+            })
+            .await
+            .expect("GetSessionByHostname")
+            .into_inner();
+        if !found.found {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "the revoked machine is still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!admin_pg(&url, &["machines", "--workspace", "alpha"]).contains(&s.host));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_server_is_refused_by_the_other_at_once() {
+    let s = pg_stack(2).await;
+    let (a, b) = (&s.servers[0].addr, &s.servers[1].addr);
+    let mut on_a = ext(a, Some(&s.key)).await;
+    let mut on_b = ext(b, Some(&s.key)).await;
+    // B serves the same workspace's state (it knows the machine).
+    let known = resolve(&mut on_b, &s.host)
+        .await
+        .expect("ResolveMachine on B");
+    assert_eq!(known.hostname, s.host);
+
+    // An exec stream open on A, with the key.
+    let mut stream = on_a
+        .exec(exec_req(&s.session_id, "sleep 60", 0))
+        .await
+        .expect("exec on A")
+        .into_inner();
+    match stream
+        .message()
+        .await
+        .expect("started")
+        .and_then(|e| e.event)
+    {
+        Some(Event::Started(_)) => {}
+        other => panic!("expected started, got {other:?}"),
+    }
+
+    // Noted the moment the open stream ends.
+    let ended = tokio::spawn(async move {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(status) => break (status, Instant::now()),
+            }
+        }
+    });
+    // The key is revoked in the shared database (by the admin CLI): both
+    // servers refuse it at the next call.
+    assert_eq!(admin_pg(&s.pg.url(), &["revoke-key", &s.key]), "revoked");
+    let revoked_at = Instant::now();
+    let refused = resolve(&mut on_b, &s.host)
+        .await
+        .expect_err("B refuses the revoked key");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let refused = resolve(&mut on_a, &s.host)
+        .await
+        .expect_err("A refuses the revoked key");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    // ... and A ends the open stream.
+    let (ended, at) = ended.await.expect("stream task");
+    let took = at.saturating_duration_since(revoked_at);
+    eprintln!("revoke-key committed to the open exec stream on the other server ending: {took:?}");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    // NOTIFY wakes the watcher; without it, it polls every 250 ms.
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_family_revoked_through_one_server_is_refused_by_the_other() {
+    let s = pg_stack(2).await;
+    let (a, b) = (&s.servers[0].addr, &s.servers[1].addr);
+    let mut keyed_a = ext(a, Some(&s.key)).await;
+    let pair = keyed_a
+        .issue_token(cmdop_proto::ext::IssueTokenRequest::default())
+        .await
+        .expect("IssueToken on A")
+        .into_inner();
+    let mut with_token_b = ext(b, Some(&pair.access_token)).await;
+    resolve(&mut with_token_b, &s.host)
+        .await
+        .expect("B accepts the token");
+    let mut anon_a = ext(a, None).await;
+    let refresh = cmdop_proto::ext::RefreshTokenRequest {
+        refresh_token: pair.refresh_token.clone(),
+    };
+    anon_a
+        .refresh_token(refresh.clone())
+        .await
+        .expect("first refresh rotates");
+    let reuse = anon_a.refresh_token(refresh).await.expect_err("reuse");
+    assert_eq!(reuse.code(), Code::Unauthenticated, "{reuse:?}");
+    let refused = resolve(&mut with_token_b, &s.host)
+        .await
+        .expect_err("B refuses a token of the revoked family at the next call");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+}
+
+#[test]
+fn an_unreachable_database_stops_the_server_at_once_naming_it_without_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let (stderr, took) = refused_start(&format!(
+        "postgres://cmdop:s3cr3t-pw@127.0.0.1:{port}/cmdop"
+    ));
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(!stderr.contains("s3cr3t-pw"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("postgres://cmdop:***@127.0.0.1:{port}/cmdop")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("check that PostgreSQL is running"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_database_of_a_newer_schema_is_refused() {
+    let pg = Postgres::start();
+    admin_pg(&pg.url(), &["create-workspace", "alpha"]);
+    pg.psql(postgres::DATABASE, "UPDATE schema_version SET version = 99");
+    let (stderr, _) = refused_start(&pg.url());
+    assert!(stderr.contains("schema version 99"), "{stderr}");
+    assert!(stderr.contains("upgrade cmdop"), "{stderr}");
+    assert!(!stderr.contains(pg.password()), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_for_ten_seconds_gives_unavailable_then_recovers() {
+    let mut s = pg_stack(1).await;
+    let addr = s.servers[0].addr.clone();
+    let mut e = ext(&addr, Some(&s.key)).await;
+    run(&mut e, &s.session_id, "true")
+        .await
+        .expect("exec before");
+
+    s.pg.stop();
+    let down = Instant::now();
+    let mut unavailable = 0;
+    let mut slowest = Duration::ZERO;
+    while down.elapsed() < Duration::from_secs(10) {
+        let t0 = Instant::now();
+        let status = run(&mut e, &s.session_id, "true")
+            .await
+            .expect_err("the database is down");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("database unavailable; retry"),
+            "{status:?}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+        slowest = slowest.max(t0.elapsed());
+        unavailable += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(unavailable >= 2, "{unavailable}");
+    eprintln!("{unavailable} calls while PostgreSQL was down; slowest UNAVAILABLE: {slowest:?}");
+    s.pg.start_again();
+    let back = Instant::now();
+    loop {
+        match run(&mut e, &s.session_id, "echo back").await {
+            Ok(out) => {
+                assert_eq!(out, ("back\n".to_string(), 0));
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    back.elapsed() < Duration::from_secs(20),
+                    "no recovery: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    eprintln!(
+        "PostgreSQL restarted to a working execute: {:?}",
+        back.elapsed()
+    );
+    // The agent stayed connected throughout, and new clients work too.
+    let mut fresh = ext(&addr, Some(&s.key)).await;
+    assert_eq!(
+        machine_by_host(&mut fresh, &s.host).await.status,
+        "connected"
+    );
+    let _ = &s.agent;
+}

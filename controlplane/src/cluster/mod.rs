@@ -1,0 +1,298 @@
+//! Cluster mode: several `cmdop server` replicas on one database, any
+//! machine reachable through any replica.
+//!
+//! - [`presence`]: each replica renews a lease in the `replicas` table and
+//!   claims a route (machine → replica, with a generation) when an agent
+//!   registers; a newer claim elsewhere closes the older link here.
+//! - [`forward`]: a client call for a machine whose agent is on another
+//!   replica is sent, as the same HTTP/2 gRPC stream, to that replica's
+//!   peer port; lookups over the whole workspace (ListSessions, machine
+//!   and hostname lookups) ask every live replica.
+//! - [`peer_gate`]: the peer port serves the same services, only to callers
+//!   with the peer secret, and trusts the caller identity the forwarding
+//!   replica's gate found (headers the public port never reads).
+//! - [`routes`]: where each machine's agent is, cached in memory.
+
+pub mod forward;
+pub mod peer_gate;
+pub mod presence;
+pub mod routes;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    time::Duration,
+};
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    config::ClusterConfig,
+    sessions::Session,
+    store::{Credential, Workspace},
+};
+
+/// The peer secret (peer port only).
+pub const PEER_SECRET_HEADER: &str = "x-cmdop-peer-secret";
+/// The workspace id the forwarding replica authenticated.
+pub const PEER_WORKSPACE_HEADER: &str = "x-cmdop-peer-workspace";
+/// That workspace's name, hex-encoded (names may be any UTF-8).
+pub const PEER_WORKSPACE_NAME_HEADER: &str = "x-cmdop-peer-workspace-name";
+/// The caller's credential as open calls are filed: `key:<hash>` or
+/// `token:<hash>` (revocations end the call on the owner too).
+pub const PEER_CREDENTIAL_HEADER: &str = "x-cmdop-peer-credential";
+/// The API key hash per-key limits count against.
+pub const PEER_KEY_HEADER: &str = "x-cmdop-peer-key";
+
+/// How long a replica's lease lasts without renewal.
+pub const LEASE: Duration = Duration::from_secs(5);
+/// How often the lease is renewed and the routes this replica holds are
+/// checked against newer claims.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Connecting to a peer replica gives up after this long.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 keepalive of peer channels: a call in flight through a replica
+/// that vanished without closing its sockets fails within about twice this.
+const PEER_KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// Marks a call that arrived on the peer port: it is served here, never
+/// forwarded again, and gets no side connection (stdout stays on gRPC).
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded;
+
+/// Who is calling, as the public gate found it: what a forwarded call
+/// carries to the replica that serves it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub workspace: Workspace,
+    pub credential: Credential,
+    pub key_hash: Option<String>,
+}
+
+/// This replica's view of the cluster.
+pub struct Cluster {
+    pub replica_id: String,
+    secret: String,
+    /// The peer address other replicas reach this one at (set once bound).
+    peer_addr: OnceLock<String>,
+    /// Live replicas (id → peer address), refreshed every [`TICK`].
+    live: Mutex<HashMap<String, String>>,
+    /// Peer channels by address.
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Peer addresses a call just failed to reach, until when calls to them
+    /// fail at once (no connection attempt, no log line per call).
+    unreachable: Mutex<HashMap<String, std::time::Instant>>,
+    pub routes: routes::RouteCache,
+    /// Routes this replica claimed: machine → (generation, session).
+    claims: Mutex<HashMap<String, (i64, Arc<Session>)>>,
+}
+
+/// How long calls to a peer address that just failed fail at once.
+pub const UNREACHABLE_FOR: Duration = Duration::from_millis(500);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain maps: still consistent after a panic elsewhere.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cluster {
+    pub fn new(config: &ClusterConfig) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            replica_id: config.replica_id.clone(),
+            secret: config.peer_secret.clone(),
+            peer_addr: OnceLock::new(),
+            live: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
+            routes: routes::RouteCache::default(),
+            claims: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Records the address the peer port was bound to.
+    pub fn set_peer_addr(&self, addr: String) {
+        let _ = self.peer_addr.set(addr);
+    }
+
+    pub fn peer_addr(&self) -> &str {
+        self.peer_addr.get().map(String::as_str).unwrap_or("")
+    }
+
+    /// True when `given` is the peer secret (compared in constant time).
+    pub fn secret_matches(&self, given: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        let a = Sha256::digest(given);
+        let b = Sha256::digest(self.secret.as_bytes());
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+
+    /// The peer address of `replica_id` if its lease is current.
+    pub fn live_addr(&self, replica_id: &str) -> Option<String> {
+        lock(&self.live).get(replica_id).cloned()
+    }
+
+    /// Every other live replica: (id, peer address).
+    pub fn other_replicas(&self) -> Vec<(String, String)> {
+        let mut out: Vec<_> = lock(&self.live)
+            .iter()
+            .filter(|(id, _)| **id != self.replica_id)
+            .map(|(id, addr)| (id.clone(), addr.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn set_live(&self, live: HashMap<String, String>) {
+        *lock(&self.live) = live;
+    }
+
+    /// The (cached) channel to the peer port at `addr`. Connects lazily,
+    /// with a connect timeout and HTTP/2 keepalive.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
+        if let Some(ch) = lock(&self.channels).get(addr) {
+            return Ok(ch.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| {
+                tonic::Status::internal(format!(
+                    "replica peer address '{addr}' is not usable ({e}); check that replica's --peer-listen"
+                ))
+            })?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(PEER_KEEPALIVE)
+            .keep_alive_timeout(PEER_KEEPALIVE)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(cmdop_proto::limits::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(cmdop_proto::limits::HTTP2_CONNECTION_WINDOW)
+            .tcp_nodelay(true);
+        let ch = endpoint.connect_lazy();
+        lock(&self.channels).insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// Forgets the channel to `addr` after a transport failure and marks
+    /// the address unreachable for [`UNREACHABLE_FOR`], so that calls to a
+    /// dead replica fail at once until its agents have moved, and the next
+    /// call after that connects afresh. True when it was not marked yet
+    /// (log the failure once, not per call).
+    pub fn mark_unreachable(&self, addr: &str) -> bool {
+        lock(&self.channels).remove(addr);
+        let until = std::time::Instant::now() + UNREACHABLE_FOR;
+        let mut marks = lock(&self.unreachable);
+        marks.retain(|_, t| *t > std::time::Instant::now());
+        marks.insert(addr.to_string(), until).is_none()
+    }
+
+    /// Whether a call to `addr` failed within the last [`UNREACHABLE_FOR`].
+    pub fn is_unreachable(&self, addr: &str) -> bool {
+        lock(&self.unreachable)
+            .get(addr)
+            .is_some_and(|t| *t > std::time::Instant::now())
+    }
+
+    /// Peer headers for a call made on behalf of `caller`.
+    pub fn peer_headers(&self, caller: &Caller, headers: &mut http::HeaderMap) {
+        use http::HeaderValue;
+        for name in [
+            PEER_SECRET_HEADER,
+            PEER_WORKSPACE_HEADER,
+            PEER_WORKSPACE_NAME_HEADER,
+            PEER_CREDENTIAL_HEADER,
+            PEER_KEY_HEADER,
+            "authorization",
+        ] {
+            headers.remove(name);
+        }
+        let mut put = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        };
+        put(PEER_SECRET_HEADER, &self.secret);
+        put(PEER_WORKSPACE_HEADER, &caller.workspace.id);
+        put(
+            PEER_WORKSPACE_NAME_HEADER,
+            &hex::encode(caller.workspace.name.as_bytes()),
+        );
+        let credential = match &caller.credential {
+            Credential::ApiKey { hash } => format!("key:{hash}"),
+            Credential::AccessToken { hash } => format!("token:{hash}"),
+            Credential::AgentSecret { hash } => format!("agent:{hash}"),
+        };
+        put(PEER_CREDENTIAL_HEADER, &credential);
+        if let Some(key) = &caller.key_hash {
+            put(PEER_KEY_HEADER, key);
+        }
+    }
+
+    /// A typed request to a peer on behalf of `caller`.
+    pub fn peer_request<T>(&self, caller: &Caller, message: T) -> tonic::Request<T> {
+        let mut headers = http::HeaderMap::new();
+        self.peer_headers(caller, &mut headers);
+        let mut req = tonic::Request::new(message);
+        *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+        req.set_timeout(PEER_LOOKUP_TIMEOUT);
+        req
+    }
+}
+
+/// A lookup asked of every live replica (ListSessions, hostname lookups)
+/// waits at most this long for each.
+pub const PEER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A random replica id (`rep_…`).
+pub fn random_replica_id() -> String {
+    crate::store::secrets::random_hex("rep_", 6)
+}
+
+impl Cluster {
+    /// Runs `ask` against every other live replica at once (each bounded by
+    /// [`PEER_LOOKUP_TIMEOUT`]) and returns the answers that came back. A
+    /// replica that fails or is slow is left out (and logged).
+    pub async fn ask_all<T, F, Fut>(&self, ask: F) -> Vec<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let calls = self.other_replicas().into_iter().map(|(id, addr)| {
+            let call = self.channel(&addr).map(&ask);
+            async move {
+                let answer = match call {
+                    Ok(fut) => tokio::time::timeout(PEER_LOOKUP_TIMEOUT, fut)
+                        .await
+                        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timed out"))),
+                    Err(status) => Err(status),
+                };
+                answer
+                    .map_err(|status| {
+                        tracing::warn!(replica = %id, %addr, %status, "a replica did not answer a workspace-wide lookup; its machines are left out")
+                    })
+                    .ok()
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+/// The caller of a client call in cluster mode that may ask other replicas:
+/// `None` for a single server and for calls that came from another replica
+/// (those answer from this replica alone).
+pub fn asking_caller<T>(state: &crate::state::State, req: &tonic::Request<T>) -> Option<Caller> {
+    state.cluster.as_ref()?;
+    if req.extensions().get::<Forwarded>().is_some() {
+        return None;
+    }
+    req.extensions().get::<Caller>().cloned()
+}
+
+/// True for a call that came from another replica.
+pub fn is_forwarded<T>(req: &tonic::Request<T>) -> bool {
+    req.extensions().get::<Forwarded>().is_some()
+}

@@ -1,0 +1,186 @@
+//! Versioned schema changes for both engines. `schema_version` holds the
+//! version a database is at; opening it applies the steps after that, in
+//! one transaction holding the store's write lock (SQLite: an immediate
+//! transaction; PostgreSQL: an advisory lock), so servers and admin CLIs
+//! starting at the same moment do not trip over each other. A database at
+//! a newer version than this build knows is refused.
+//!
+//! Version 1 is the schema of the releases before versioning: on SQLite it
+//! is reached from any of them by idempotent steps, so their databases
+//! upgrade in place.
+
+use anyhow::bail;
+
+use super::{
+    engine::{args, Exec, Kind},
+    machines::DEFAULT_ENROLLMENT_TOKEN_TTL,
+    ms, schema,
+};
+
+/// The schema version this build writes and understands.
+pub const LATEST: i64 = 2;
+
+/// Brings the database to [`LATEST`]; run inside a write transaction.
+pub fn run(db: &mut dyn Exec) -> anyhow::Result<()> {
+    db.batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+             id      BIGINT PRIMARY KEY CHECK (id = 1),
+             version BIGINT NOT NULL
+         )",
+    )?;
+    let found = db
+        .query_opt("SELECT version FROM schema_version WHERE id = 1", &[])?
+        .map(|r| r.int(0))
+        .transpose()?;
+    let current = found.unwrap_or(0);
+    if current > LATEST {
+        bail!(
+            "the database has schema version {current}, but this cmdop ({}) knows versions up \
+             to {LATEST}: a newer cmdop has upgraded it; upgrade cmdop to use this database",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+    for version in current + 1..=LATEST {
+        step(db, version)?;
+    }
+    if found.is_none() {
+        db.execute(
+            "INSERT INTO schema_version (id, version) VALUES (1, $1)",
+            args![LATEST],
+        )?;
+    } else if current < LATEST {
+        db.execute(
+            "UPDATE schema_version SET version = $1 WHERE id = 1",
+            args![LATEST],
+        )?;
+    }
+    Ok(())
+}
+
+fn step(db: &mut dyn Exec, version: i64) -> anyhow::Result<()> {
+    match (version, db.kind()) {
+        (1, Kind::Sqlite) => sqlite_v1(db),
+        (1, Kind::Postgres) => db.batch(POSTGRES_V1),
+        (2, _) => db.batch(CLUSTER_V2),
+        _ => bail!("no migration to schema version {version}"),
+    }
+}
+
+/// The unversioned SQLite schema, brought up to date by idempotent steps.
+fn sqlite_v1(db: &mut dyn Exec) -> anyhow::Result<()> {
+    db.batch(schema::SCHEMA)?;
+    if !has_column(db, "machines", "revoked_ms")? {
+        db.batch("ALTER TABLE machines ADD COLUMN revoked_ms INTEGER")?;
+    }
+    if !has_column(db, "enrollment_tokens", "expires_ms")? {
+        // Tokens created before expiry existed get the default lifetime
+        // counted from their creation.
+        db.batch("ALTER TABLE enrollment_tokens ADD COLUMN expires_ms INTEGER")?;
+        db.execute(
+            "UPDATE enrollment_tokens SET expires_ms = created_ms + $1 WHERE expires_ms IS NULL",
+            args![ms(DEFAULT_ENROLLMENT_TOKEN_TTL)],
+        )?;
+    }
+    if !has_column(db, "enrollment_tokens", "revoked_ms")? {
+        db.batch("ALTER TABLE enrollment_tokens ADD COLUMN revoked_ms INTEGER")?;
+    }
+    db.batch(
+        "CREATE TABLE IF NOT EXISTS revocation_generation (
+             id         INTEGER PRIMARY KEY CHECK (id = 1),
+             generation INTEGER NOT NULL
+         );
+         INSERT OR IGNORE INTO revocation_generation (id, generation) VALUES (1, 0);",
+    )
+}
+
+fn has_column(db: &mut dyn Exec, table: &str, column: &str) -> anyhow::Result<bool> {
+    let rows = db.query(&format!("PRAGMA table_info({table})"), &[])?;
+    for row in rows {
+        if row.text(1)? == column {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Version 1 on PostgreSQL: the same tables, with 64-bit integers.
+const POSTGRES_V1: &str = "
+CREATE TABLE IF NOT EXISTS workspaces (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_ms  BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    hash         TEXT PRIMARY KEY,
+    prefix       TEXT NOT NULL,
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+    label        TEXT NOT NULL,
+    created_ms   BIGINT NOT NULL,
+    revoked_ms   BIGINT
+);
+CREATE INDEX IF NOT EXISTS api_keys_prefix ON api_keys(prefix);
+CREATE TABLE IF NOT EXISTS enrollment_tokens (
+    hash         TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+    created_ms   BIGINT NOT NULL,
+    used_ms      BIGINT,
+    expires_ms   BIGINT,
+    revoked_ms   BIGINT
+);
+CREATE TABLE IF NOT EXISTS machines (
+    machine_id   TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+    hostname     TEXT NOT NULL,
+    secret_hash  TEXT NOT NULL UNIQUE,
+    enrolled_ms  BIGINT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    revoked_ms   BIGINT
+);
+CREATE INDEX IF NOT EXISTS machines_workspace ON machines(workspace_id);
+CREATE TABLE IF NOT EXISTS token_families (
+    id           TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+    api_key_hash TEXT NOT NULL,
+    created_ms   BIGINT NOT NULL,
+    revoked_ms   BIGINT
+);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    hash         TEXT PRIMARY KEY,
+    family_id    TEXT NOT NULL REFERENCES token_families(id),
+    expires_ms   BIGINT NOT NULL,
+    used_ms      BIGINT
+);
+CREATE TABLE IF NOT EXISTS access_tokens (
+    hash         TEXT PRIMARY KEY,
+    family_id    TEXT NOT NULL REFERENCES token_families(id),
+    expires_ms   BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS access_tokens_family ON access_tokens(family_id);
+CREATE TABLE IF NOT EXISTS revocation_generation (
+    id         BIGINT PRIMARY KEY CHECK (id = 1),
+    generation BIGINT NOT NULL
+);
+INSERT INTO revocation_generation (id, generation) VALUES (1, 0) ON CONFLICT DO NOTHING;
+";
+
+/// Version 2, both engines: replicas' presence and machines' routes
+/// (cluster mode).
+const CLUSTER_V2: &str = "
+CREATE TABLE IF NOT EXISTS replicas (
+    replica_id     TEXT PRIMARY KEY,
+    peer_addr      TEXT NOT NULL,
+    lease_until_ms BIGINT NOT NULL,
+    started_ms     BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS routes (
+    machine_id   TEXT PRIMARY KEY REFERENCES machines(machine_id),
+    workspace_id TEXT NOT NULL,
+    replica_id   TEXT NOT NULL,
+    session_id   TEXT NOT NULL,
+    generation   BIGINT NOT NULL,
+    connected_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS routes_session ON routes(session_id);
+CREATE INDEX IF NOT EXISTS routes_workspace ON routes(workspace_id);
+CREATE INDEX IF NOT EXISTS routes_replica ON routes(replica_id);
+";
