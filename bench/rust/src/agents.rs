@@ -161,17 +161,12 @@ fn one_vm_rss_kb(pid: u32) -> i64 {
 /// Opens the control plane's store: the SQLite one in `data_dir`, or the
 /// cluster's PostgreSQL database at `database`.
 fn open_store(data_dir: &std::path::Path, database: Option<&str>) -> anyhow::Result<Store> {
-    if database.is_some() {
-        bail!(
-            "--database needs a control plane with the PostgreSQL store (issue 11); \
-             this build has only SQLite: use --data-dir"
-        );
-    }
-    Store::open(data_dir).with_context(|| {
-        format!(
+    Store::open_at(data_dir, database).with_context(|| match database {
+        Some(_) => "cannot open the control plane's PostgreSQL database".to_string(),
+        None => format!(
             "cannot open the control plane's state in {}",
             data_dir.display()
-        )
+        ),
     })
 }
 

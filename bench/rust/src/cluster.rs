@@ -302,27 +302,30 @@ impl Db {
     }
 }
 
-/// Turns on `pg_stat_statements` (needs a restart of the server, done here
-/// before any replica connects). Returns why not when it cannot.
+/// Turns on `pg_stat_statements` (as the superuser; needs a restart of the
+/// server, done here before any replica connects) and lets the application
+/// user read every statement's counts. Returns why not when it cannot.
 fn enable_statement_stats(pg: &mut LocalPostgres) -> Result<(), String> {
-    psql(
-        &pg.url(),
+    let db = cmdop_controlplane::local_postgres::DATABASE;
+    pg.psql(
+        "postgres",
         "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| format!("{e:#}"))?;
     pg.stop();
-    if let Err(e) = pg.resume() {
-        // Without the library the server may not start; undo and go on.
-        return Err(format!(
-            "PostgreSQL did not restart with pg_stat_statements: {e:#}"
-        ));
-    }
-    psql(
-        &pg.url(),
-        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+    pg.start_again()
+        .map_err(|e| format!("PostgreSQL did not restart with pg_stat_statements: {e:#}"))?;
+    pg.psql(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .map_err(|e| format!("{e:#}"))?;
+    pg.psql(
+        db,
+        &format!(
+            "GRANT pg_read_all_stats TO {}",
+            cmdop_controlplane::local_postgres::USER
+        ),
     )
     .map(|_| ())
-    .map_err(|e| e.to_string())
+    .map_err(|e| format!("{e:#}"))
 }
 
 /// Statement counts per query of this database, leaving out the queries
@@ -1444,7 +1447,7 @@ fn main() -> std::process::ExitCode {
                 eprintln!(
                     "cmdop-bench-cluster: counting transactions instead of statements: {why}"
                 );
-                if let Err(e) = pg.resume() {
+                if let Err(e) = pg.start_again() {
                     eprintln!("cmdop-bench-cluster: PostgreSQL does not start again: {e:#}");
                     return std::process::ExitCode::from(2);
                 }
