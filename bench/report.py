@@ -552,7 +552,9 @@ class Report:
                           f"that took p50 {fmt_us(percentile(st_, 50))}, max {fmt_us(st_[-1])} (not counted above).")
             self.w(f"- Failover: the replica holding the agent (by the `routes` table) is killed with SIGKILL; "
                    f"clients already connected to both survivors retry `execute(\"true\")` (each attempt bounded "
-                   f"to 1.5 s, 10 ms apart) until one succeeds; the time runs from the kill.{extra}"
+                   f"to 1.5 s, 10 ms apart) until one succeeds; the time runs from the kill. "
+                   f"{'Each run starts ' + format(fo['steady_s'], 'g') + ' s after the previous recovery (the agent resets its reconnect backoff once a link stayed up 10 s).' if fo.get('steady_s') else ''}"
+                   f"{extra}"
                    f"{' ' + fo['note'] if fo.get('note') else ''}")
         for r in db:
             d = r.get("db", {})

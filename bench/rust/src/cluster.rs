@@ -6,7 +6,8 @@
 //! ```text
 //! cmdop-bench-cluster --cmdop PATH --hostname NAME
 //!     [--latency-runs N] [--warmup N] [--stream-bytes N] [--stream-runs N]
-//!     [--failover-runs N] [--db-runs N] [--agents N --agents-bin PATH [--agents-lat-runs N]]
+//!     [--failover-runs N] [--failover-steady-ms N] [--db-runs N]
+//!     [--agents N --agents-bin PATH [--agents-lat-runs N]]
 //!     [--timeout-ms N] [--log-level L] [--keep-logs DIR] [--store postgres|sqlite]
 //! ```
 //!
@@ -24,7 +25,9 @@
 //!   client, bytes counted in the streaming callback;
 //! - `cluster-failover`: SIGKILL of the replica holding the agent, time
 //!   until an execute on the machine succeeds through a survivor; the killed
-//!   replica is restarted (same arguments) before the next run;
+//!   replica is restarted (same arguments) before the next run, which starts
+//!   `--failover-steady-ms` after the recovery (default 12 s: the agent
+//!   resets its reconnect backoff once a link stayed up 10 s);
 //! - `cluster-db`: database statements per execute on the hot path
 //!   (`pg_stat_statements`, or transactions from `pg_stat_database` when the
 //!   extension is not available), minus the background rate of an idle
@@ -67,6 +70,9 @@ const FAILOVER_ATTEMPT: Duration = Duration::from_millis(1500);
 /// How long, before a failover run, the survivors may take to serve the
 /// machine (following the previous run's move).
 const SETTLE_WAIT: Duration = Duration::from_secs(15);
+/// Time from one failover run's recovery to the next kill: the agent resets its
+/// reconnect backoff once a link stayed up 10 s (its `RESET_AFTER`).
+const DEFAULT_FAILOVER_STEADY: Duration = Duration::from_secs(12);
 /// Pause between failover attempts.
 const FAILOVER_PAUSE: Duration = Duration::from_millis(10);
 /// Shortest idle window for the database background rate.
@@ -74,7 +80,8 @@ const MIN_IDLE_WINDOW: Duration = Duration::from_secs(2);
 
 const USAGE: &str = "usage: cmdop-bench-cluster --cmdop PATH --hostname NAME \
 [--latency-runs N] [--warmup N] [--stream-bytes N] [--stream-runs N] [--failover-runs N] \
-[--db-runs N] [--agents N --agents-bin PATH [--agents-lat-runs N]] [--timeout-ms N] [--log-level L] \
+[--db-runs N] [--agents N --agents-bin PATH [--agents-lat-runs N]] [--failover-steady-ms N] \
+[--timeout-ms N] [--log-level L] \
 [--keep-logs DIR] [--store postgres|sqlite]";
 
 struct Args {
@@ -93,6 +100,7 @@ struct Args {
     agents: usize,
     agents_bin: Option<PathBuf>,
     agents_lat_runs: usize,
+    failover_steady: Duration,
 }
 
 fn parse_size(flag: &str, v: &str) -> anyhow::Result<u64> {
@@ -126,6 +134,7 @@ fn parse_args() -> anyhow::Result<Args> {
         agents: 0,
         agents_bin: None,
         agents_lat_runs: 200,
+        failover_steady: DEFAULT_FAILOVER_STEADY,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -155,6 +164,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--agents" => args.agents = count(&value)?,
             "--agents-bin" => args.agents_bin = Some(value.into()),
             "--agents-lat-runs" => args.agents_lat_runs = count(&value)?,
+            "--failover-steady-ms" => {
+                args.failover_steady = Duration::from_millis(count(&value)? as u64)
+            }
             "--store" => match value.as_str() {
                 "postgres" => args.sqlite = false,
                 "sqlite" => args.sqlite = true,
@@ -1127,6 +1139,7 @@ async fn failover(args: &Args, setup: &mut Setup) -> anyhow::Result<()> {
         "note": notes.join("; "),
         "restart_us": round_us(&restart_us),
         "settle_us": round_us(&settle_us),
+        "steady_s": args.failover_steady.as_secs_f64(),
         "samples_us": round_us(&s.us),
     }));
     Ok(())
@@ -1176,6 +1189,7 @@ async fn failover_run(
         .collect();
     let outcome = tokio::time::timeout(FAILOVER_GIVE_UP, futures_select_first(tasks)).await;
     let took = t0.elapsed();
+    let recovered = Instant::now();
     match outcome {
         Ok((which, attempts, first_error)) => {
             s.add(Ok(took.as_secs_f64() * 1e6));
@@ -1205,6 +1219,12 @@ async fn failover_run(
         .await
         .with_context(|| format!("cannot restart {killed_id} after failover run {}", run + 1))?;
     restart_us.push(t_restart.elapsed().as_secs_f64() * 1e6);
+    // Steady state before the next run: the agent resets its reconnect
+    // backoff only after a link stayed up a while, so kills in quick
+    // succession would measure a flapping server's growing backoff.
+    if run + 1 < args.failover_runs {
+        tokio::time::sleep(args.failover_steady.saturating_sub(recovered.elapsed())).await;
+    }
     Ok(())
 }
 
