@@ -996,3 +996,56 @@ async fn a_stopped_replica_leaves_the_cluster_and_its_machines_show_offline() {
     assert_eq!(mine.len(), 1, "{list:?}");
     assert_eq!(mine[0].status, "disconnected");
 }
+
+/// Execute through B on the machine whose agent is on A, by session id or
+/// machine id: stdout and exit code, or the status.
+async fn exec_through(e: &mut Ext, cl: &Cluster, by_machine: bool, word: &str) -> ExecResult {
+    let req = if by_machine {
+        ExecRequest {
+            machine_id: cl.machine_id.clone(),
+            command: format!("echo {word}"),
+            timeout_ms: 30_000,
+            ..Default::default()
+        }
+    } else {
+        exec_req(&cl.session_id, &format!("echo {word}"), 30_000)
+    };
+    let r = exec(e, req).await;
+    assert_eq!(r.exit.as_ref().map(|x| x.exit_code), Some(0), "{r:?}");
+    assert_eq!(r.stdout, format!("{word}\n").as_bytes());
+    r
+}
+
+#[tokio::test]
+async fn with_postgres_stopped_calls_on_known_routes_keep_working_through_another_replica() {
+    let mut cl = cluster("outage-host").await;
+    let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    // Before the outage B learns the route, by session and by machine.
+    exec_through(&mut e, &cl, false, "before").await;
+    exec_through(&mut e, &cl, true, "before").await;
+
+    // Longer than a lease (5 s): leases expire meanwhile.
+    cl.pg.stop();
+    let down = Instant::now();
+    let mut calls = 0;
+    while down.elapsed() < Duration::from_secs(8) {
+        exec_through(&mut e, &cl, calls % 2 == 1, "during").await;
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("{calls} executes through B on A's machine while PostgreSQL was down");
+
+    // Back: the replicas renew their leases and no call fails meanwhile.
+    cl.pg.start_again();
+    let back = Instant::now();
+    while back.elapsed() < Duration::from_secs(6) {
+        exec_through(&mut e, &cl, calls % 2 == 1, "after").await;
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // And a client that never called B before works again too.
+    let mut fresh = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let m = wait_native_exec(&mut fresh, &cl.host).await;
+    assert_eq!(m.session_id, cl.session_id);
+    exec_through(&mut fresh, &cl, true, "fresh").await;
+}

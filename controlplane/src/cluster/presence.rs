@@ -19,15 +19,28 @@ const REPLACED: &str = "replaced by a newer connection of the same machine on an
 /// One round: renew, refresh the live set, close superseded links. The
 /// first round runs before the server takes calls.
 pub fn tick(state: &SharedState, cluster: &Cluster) -> anyhow::Result<()> {
+    tick_after(state, cluster, false)
+}
+
+/// [`tick`]; with `after_outage` (the database was unreachable until
+/// just now) replicas live before the outage stay live although their
+/// lease ran out meanwhile — they could not renew it either, and do so at
+/// their own next tick — so calls on the routes cached here keep working.
+fn tick_after(state: &SharedState, cluster: &Cluster, after_outage: bool) -> anyhow::Result<()> {
     state
         .store
         .renew_replica(&cluster.replica_id, cluster.peer_addr(), LEASE)?;
-    let live: HashMap<String, String> = state
+    let mut live: HashMap<String, String> = state
         .store
         .live_replicas()?
         .into_iter()
         .map(|r| (r.replica_id, r.peer_addr))
         .collect();
+    if after_outage {
+        for (id, addr) in lock(&cluster.live).iter() {
+            live.entry(id.clone()).or_insert_with(|| addr.clone());
+        }
+    }
     cluster.routes.retain_replicas(&live);
     cluster.set_live(live);
     // Cached routes whose machine moved (a newer generation) are dropped,
@@ -81,15 +94,34 @@ pub fn tick(state: &SharedState, cluster: &Cluster) -> anyhow::Result<()> {
 pub async fn run(state: SharedState, cluster: Arc<Cluster>) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last round failed (logged once per outage).
+    let mut failing = false;
+    // Until then, replicas live before an outage stay live.
+    let mut lenient_until: Option<tokio::time::Instant> = None;
     loop {
         interval.tick().await;
         let (s, c) = (state.clone(), cluster.clone());
-        match tokio::task::spawn_blocking(move || tick(&s, &c)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(
-                error = %format!("{err:#}"),
-                "cannot renew this replica's lease; other replicas stop forwarding to it once it expires"
-            ),
+        let after_outage =
+            failing || lenient_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        match tokio::task::spawn_blocking(move || tick_after(&s, &c, after_outage)).await {
+            Ok(Ok(())) => {
+                if failing {
+                    tracing::info!("lease renewed again; the database answers");
+                    lenient_until = Some(tokio::time::Instant::now() + LEASE);
+                }
+                failing = false;
+            }
+            Ok(Err(err)) => {
+                if !failing {
+                    tracing::warn!(
+                        error = %format!("{err:#}"),
+                        "cannot renew this replica's lease; calls on routes cached here keep \
+                         working, other replicas stop forwarding to it if it stays expired \
+                         once the database is back; retrying every tick"
+                    );
+                }
+                failing = true;
+            }
             Err(err) => tracing::warn!(error = %err, "the cluster presence task failed"),
         }
     }
