@@ -370,6 +370,18 @@ async fn postgres_down_for_ten_seconds_known_credentials_keep_working_then_recov
     // A key that exists but was never used on this server.
     let unused = admin_pg(&url, &["create-key", "--workspace", "alpha"]);
     let mut stranger = ext(&addr, Some(&unused)).await;
+    // A key used, then revoked before the outage: the server's refusal
+    // drops what it remembered, so the outage does not bring it back.
+    let revoked = admin_pg(&url, &["create-key", "--workspace", "alpha"]);
+    let mut gone = ext(&addr, Some(&revoked)).await;
+    run(&mut gone, &s.session_id, "true")
+        .await
+        .expect("exec with a key not yet revoked");
+    assert_eq!(admin_pg(&url, &["revoke-key", &revoked]), "revoked");
+    let status = run(&mut gone, &s.session_id, "true")
+        .await
+        .expect_err("revoked");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
     s.pg.stop();
     let down = Instant::now();
@@ -398,6 +410,10 @@ async fn postgres_down_for_ten_seconds_known_credentials_keep_working_then_recov
             .expect_err("an unknown key during the outage");
         assert_database_unavailable(&status);
         assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+        let status = run(&mut gone, &session_id, "true")
+            .await
+            .expect_err("a key revoked before the outage");
+        assert_database_unavailable(&status);
         refused += 1;
         // The agent, restarted mid-outage, reconnects with its secret
         // (checked before the outage) and serves execute again.
