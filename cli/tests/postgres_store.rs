@@ -449,6 +449,9 @@ async fn postgres_down_for_ten_seconds_known_credentials_keep_working_then_recov
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(agent_restarted);
+    // The official ListSessions still lists the session connected here.
+    let mut t = terminal(&addr, Some(&s.key)).await;
+    assert_eq!(wait_connected(&mut t, &s.host).await, session_id);
     assert!(worked >= 3 && refused >= 3, "{worked} {refused}");
     eprintln!(
         "{worked} executes worked and {refused} calls of an unused key got UNAVAILABLE while PostgreSQL was down; slowest execute: {slowest:?}"
