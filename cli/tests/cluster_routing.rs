@@ -1049,3 +1049,81 @@ async fn with_postgres_stopped_calls_on_known_routes_keep_working_through_anothe
     assert_eq!(m.session_id, cl.session_id);
     exec_through(&mut fresh, &cl, true, "fresh").await;
 }
+
+#[tokio::test]
+async fn an_agent_reconnecting_during_an_outage_is_routed_once_the_database_is_back() {
+    let mut cl = cluster("outage-reconnect").await;
+    let mut on_a = ext(&cl.a.addr, Some(&cl.ws.api_key)).await;
+    let mut via_b = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    exec_through(&mut via_b, &cl, false, "before").await;
+
+    cl.pg.stop();
+    // The agent restarts and reconnects to A (its secret was checked
+    // there before the outage).
+    cl.agent.kill();
+    let (to_b, to_c) = (
+        format!("http://{}", cl.b.addr),
+        format!("http://{}", cl.c.addr),
+    );
+    cl.agent = start_agent(
+        &cl.a.addr,
+        None,
+        &cl.dir.path().join("agent.json"),
+        &cl.host,
+        &[
+            "--heartbeat-secs",
+            "1",
+            "--server",
+            &to_b,
+            "--server",
+            &to_c,
+        ],
+    );
+    let since = Instant::now();
+    let session_id = loop {
+        if let Ok(r) = on_a
+            .resolve_machine(ResolveMachineRequest {
+                hostname: cl.host.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            let m = r.into_inner().machine.unwrap_or_default();
+            if !m.session_id.is_empty() && m.session_id != cl.session_id {
+                break m.session_id;
+            }
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "the agent did not reconnect to A during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Longer than the claim's retries for a merely busy database.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    cl.pg.start_again();
+    // Through B by the new session id: B finds its route in the database.
+    cl.session_id = session_id;
+    let back = Instant::now();
+    loop {
+        let req = exec_req(&cl.session_id, "echo rerouted", 30_000);
+        match via_b.exec(req).await {
+            Ok(stream) => {
+                let r = collect(stream.into_inner()).await.expect("exec stream");
+                assert_eq!(r.stdout, b"rerouted\n");
+                break;
+            }
+            Err(status) => {
+                assert!(
+                    back.elapsed() < Duration::from_secs(20),
+                    "no route to the reconnected agent after the outage: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    eprintln!(
+        "execute through B on the agent that reconnected during the outage: {:?} after PostgreSQL restarted",
+        back.elapsed()
+    );
+}

@@ -133,8 +133,9 @@ pub fn claim(state: &SharedState, cluster: &Arc<Cluster>, session: &Arc<Session>
     let (state, cluster, session) = (state.clone(), cluster.clone(), session.clone());
     tokio::spawn(async move {
         // A database busy for longer than its timeout gets a few more tries
-        // while the link lasts: without a route other replicas cannot reach
-        // the agent.
+        // while the link lasts, an unreachable one as many as it takes
+        // (an agent reconnecting during an outage): without a route other
+        // replicas cannot reach the agent.
         let mut attempt = 0;
         let generation = loop {
             let claimed = crate::state::with_store(&state, {
@@ -148,7 +149,11 @@ pub fn claim(state: &SharedState, cluster: &Arc<Cluster>, session: &Arc<Session>
             .await;
             match claimed {
                 Ok(g) => break g,
-                Err(err) if attempt < CLAIM_RETRIES && session.is_live() => {
+                Err(err)
+                    if session.is_live()
+                        && (attempt < CLAIM_RETRIES
+                            || crate::store::is_unavailable_error(&err)) =>
+                {
                     attempt += 1;
                     tracing::debug!(error = %format!("{err:#}"), attempt, "claiming a route failed; retrying");
                     tokio::time::sleep(TICK).await;
