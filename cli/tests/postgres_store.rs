@@ -512,3 +512,59 @@ async fn with_no_outage_grace_postgres_down_gives_unavailable_then_recovers() {
         "connected"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_expiring_during_a_database_outage_works_again_after_it() {
+    use cmdop::client::{Client, ClientOptions, Credentials, Error};
+    let mut s = pg_stack(1).await;
+    let addr = s.servers[0].addr.clone();
+    let mut e = ext(&addr, Some(&s.key)).await;
+    let pair = e
+        .issue_token(cmdop_proto::ext::IssueTokenRequest {
+            access_ttl_seconds: 2,
+        })
+        .await
+        .expect("IssueToken")
+        .into_inner();
+    let port = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut opts = ClientOptions::local("127.0.0.1", port);
+    opts.credentials = Credentials::Tokens {
+        access: pair.access_token,
+        refresh: pair.refresh_token,
+        auto_refresh: true,
+    };
+    opts.timeout = Duration::from_secs(20);
+    let client = Client::new(opts).expect("client");
+    client.open().await.expect("connect");
+    client.set_machine(&s.host).await.expect("set_machine");
+
+    s.pg.stop();
+    tokio::time::sleep(Duration::from_millis(2200)).await; // the access token expires
+                                                           // Nothing can check or refresh it: a retryable error, not "sign in
+                                                           // again", and the tokens are kept for later.
+    match client.execute("echo during", None).await {
+        Err(Error::Unavailable(msg)) => {
+            assert!(msg.contains("retry"), "{msg}");
+        }
+        other => panic!("expected UNAVAILABLE while the database is down, got {other:?}"),
+    }
+    s.pg.start_again();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.execute("echo after", None).await {
+            Ok(out) => {
+                assert_eq!(out.output, b"after\n");
+                break;
+            }
+            Err(err) => assert!(
+                Instant::now() < deadline,
+                "no execute worked within 20 s of the database's return: {err}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
