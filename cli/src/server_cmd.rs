@@ -55,6 +55,13 @@ pub struct ServerArgs {
     /// are ended with a message naming the shutdown.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// While the state database (PostgreSQL) cannot be reached, calls whose
+    /// API key, access token or agent secret passed a check on this server
+    /// within this many seconds are still admitted (expired tokens never);
+    /// others get UNAVAILABLE. 0: every authenticated call fails with
+    /// UNAVAILABLE until the database is back.
+    #[arg(long, default_value_t = 300)]
+    pub db_outage_grace_secs: u64,
     /// Once listening, write the bound address (host:port) to this file.
     /// Useful with --listen 127.0.0.1:0.
     #[arg(long)]
@@ -142,6 +149,7 @@ impl ServerArgs {
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs.max(1)),
             keepalive: Duration::from_secs(self.keepalive_secs.max(1)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            db_outage_grace: Duration::from_secs(self.db_outage_grace_secs),
             limits: self.limits.limits(),
             cluster: self.peer_listen.map(|peer_listen| ClusterConfig {
                 replica_id: self

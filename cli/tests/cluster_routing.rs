@@ -996,3 +996,134 @@ async fn a_stopped_replica_leaves_the_cluster_and_its_machines_show_offline() {
     assert_eq!(mine.len(), 1, "{list:?}");
     assert_eq!(mine[0].status, "disconnected");
 }
+
+/// Execute through B on the machine whose agent is on A, by session id or
+/// machine id: stdout and exit code, or the status.
+async fn exec_through(e: &mut Ext, cl: &Cluster, by_machine: bool, word: &str) -> ExecResult {
+    let req = if by_machine {
+        ExecRequest {
+            machine_id: cl.machine_id.clone(),
+            command: format!("echo {word}"),
+            timeout_ms: 30_000,
+            ..Default::default()
+        }
+    } else {
+        exec_req(&cl.session_id, &format!("echo {word}"), 30_000)
+    };
+    let r = exec(e, req).await;
+    assert_eq!(r.exit.as_ref().map(|x| x.exit_code), Some(0), "{r:?}");
+    assert_eq!(r.stdout, format!("{word}\n").as_bytes());
+    r
+}
+
+#[tokio::test]
+async fn with_postgres_stopped_calls_on_known_routes_keep_working_through_another_replica() {
+    let mut cl = cluster("outage-host").await;
+    let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    // Before the outage B learns the route, by session and by machine.
+    exec_through(&mut e, &cl, false, "before").await;
+    exec_through(&mut e, &cl, true, "before").await;
+
+    // Longer than a lease (5 s): leases expire meanwhile.
+    cl.pg.stop();
+    let down = Instant::now();
+    let mut calls = 0;
+    while down.elapsed() < Duration::from_secs(8) {
+        exec_through(&mut e, &cl, calls % 2 == 1, "during").await;
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("{calls} executes through B on A's machine while PostgreSQL was down");
+
+    // Back: the replicas renew their leases and no call fails meanwhile.
+    cl.pg.start_again();
+    let back = Instant::now();
+    while back.elapsed() < Duration::from_secs(6) {
+        exec_through(&mut e, &cl, calls % 2 == 1, "after").await;
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // And a client that never called B before works again too.
+    let mut fresh = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let m = wait_native_exec(&mut fresh, &cl.host).await;
+    assert_eq!(m.session_id, cl.session_id);
+    exec_through(&mut fresh, &cl, true, "fresh").await;
+}
+
+#[tokio::test]
+async fn an_agent_reconnecting_during_an_outage_is_routed_once_the_database_is_back() {
+    let mut cl = cluster("outage-reconnect").await;
+    let mut on_a = ext(&cl.a.addr, Some(&cl.ws.api_key)).await;
+    let mut via_b = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    exec_through(&mut via_b, &cl, false, "before").await;
+
+    cl.pg.stop();
+    // The agent restarts and reconnects to A (its secret was checked
+    // there before the outage).
+    cl.agent.kill();
+    let (to_b, to_c) = (
+        format!("http://{}", cl.b.addr),
+        format!("http://{}", cl.c.addr),
+    );
+    cl.agent = start_agent(
+        &cl.a.addr,
+        None,
+        &cl.dir.path().join("agent.json"),
+        &cl.host,
+        &[
+            "--heartbeat-secs",
+            "1",
+            "--server",
+            &to_b,
+            "--server",
+            &to_c,
+        ],
+    );
+    let since = Instant::now();
+    let session_id = loop {
+        if let Ok(r) = on_a
+            .resolve_machine(ResolveMachineRequest {
+                hostname: cl.host.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            let m = r.into_inner().machine.unwrap_or_default();
+            if !m.session_id.is_empty() && m.session_id != cl.session_id {
+                break m.session_id;
+            }
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "the agent did not reconnect to A during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Longer than the claim's retries for a merely busy database.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    cl.pg.start_again();
+    // Through B by the new session id: B finds its route in the database.
+    cl.session_id = session_id;
+    let back = Instant::now();
+    loop {
+        let req = exec_req(&cl.session_id, "echo rerouted", 30_000);
+        match via_b.exec(req).await {
+            Ok(stream) => {
+                let r = collect(stream.into_inner()).await.expect("exec stream");
+                assert_eq!(r.stdout, b"rerouted\n");
+                break;
+            }
+            Err(status) => {
+                assert!(
+                    back.elapsed() < Duration::from_secs(20),
+                    "no route to the reconnected agent after the outage: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    eprintln!(
+        "execute through B on the agent that reconnected during the outage: {:?} after PostgreSQL restarted",
+        back.elapsed()
+    );
+}

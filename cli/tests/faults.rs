@@ -556,6 +556,56 @@ async fn a_locked_database_does_not_stall_a_connected_clients_execute() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_the_locked_database_cannot_write_is_retryable_not_sign_in_again() {
+    use cmdop::client::{Client, ClientOptions, Credentials, Error};
+    let s = stack("refreshlock", &[]).await;
+    let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
+    wait_native_exec(&mut e, &s.host).await;
+    let pair = e
+        .issue_token(cmdop_proto::ext::IssueTokenRequest {
+            access_ttl_seconds: 1,
+        })
+        .await
+        .expect("IssueToken")
+        .into_inner();
+    let port = s
+        .server
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut opts = ClientOptions::local("127.0.0.1", port);
+    opts.credentials = Credentials::Tokens {
+        access: pair.access_token.clone(),
+        refresh: pair.refresh_token.clone(),
+        auto_refresh: true,
+    };
+    opts.timeout = Duration::from_secs(20);
+    let client = Client::new(opts).expect("client");
+    client.open().await.expect("connect");
+    client.set_machine(&s.host).await.expect("set_machine");
+    // Reads still work under the write lock, so the server can tell the
+    // token expired; the refresh is a write and waits out its busy timeout.
+    let lock = WriteLock::take(&s.server.data_dir);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    match client.execute("echo during", None).await {
+        Err(Error::Unavailable(msg)) => assert!(msg.contains("retry"), "{msg}"),
+        other => panic!("expected a retryable UNAVAILABLE, got {other:?}"),
+    }
+    let Credentials::Tokens { refresh, .. } = client.credentials() else {
+        panic!("credentials changed kind")
+    };
+    assert_eq!(refresh, pair.refresh_token, "the refresh token is kept");
+    drop(lock);
+    let out = client
+        .execute("echo after", None)
+        .await
+        .expect("execute once the database is writable");
+    assert_eq!(out.output, b"after\n");
+}
+
 /// Runs `echo hi` and returns how long the call took.
 async fn timed_exec(ext: &mut Ext, session_id: &str) -> Duration {
     use cmdop_proto::ext::exec_event::Event;

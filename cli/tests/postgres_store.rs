@@ -46,11 +46,16 @@ struct PgStack {
 /// PostgreSQL, `servers` servers on it, workspace "alpha" with a key, and
 /// one agent connected to the first server.
 async fn pg_stack(servers: usize) -> PgStack {
+    pg_stack_with(servers, &[]).await
+}
+
+/// [`pg_stack`] with `extra` flags for every server.
+async fn pg_stack_with(servers: usize, extra: &[&str]) -> PgStack {
     let pg = Postgres::start();
     let url = pg.url();
     let dir = tempfile::tempdir().expect("tempdir");
     let servers: Vec<Server> = (0..servers)
-        .map(|_| server_pg(&url, dir.path(), &[]))
+        .map(|_| server_pg(&url, dir.path(), extra))
         .collect();
     admin_pg(&url, &["create-workspace", "alpha"]);
     let key = admin_pg(&url, &["create-key", "--workspace", "alpha"]);
@@ -319,46 +324,26 @@ fn a_database_of_a_newer_schema_is_refused() {
     assert!(!stderr.contains(pg.password()), "{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_down_for_ten_seconds_gives_unavailable_then_recovers() {
-    let mut s = pg_stack(1).await;
-    let addr = s.servers[0].addr.clone();
-    let mut e = ext(&addr, Some(&s.key)).await;
-    run(&mut e, &s.session_id, "true")
-        .await
-        .expect("exec before");
+/// Asserts that `status` is the UNAVAILABLE of a database outage.
+fn assert_database_unavailable(status: &tonic::Status) {
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("database unavailable; retry"),
+        "{status:?}"
+    );
+}
 
-    s.pg.stop();
-    let down = Instant::now();
-    let mut unavailable = 0;
-    let mut slowest = Duration::ZERO;
-    while down.elapsed() < Duration::from_secs(10) {
-        let t0 = Instant::now();
-        let status = run(&mut e, &s.session_id, "true")
-            .await
-            .expect_err("the database is down");
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-        assert!(
-            status.message().contains("database unavailable; retry"),
-            "{status:?}"
-        );
-        assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
-        slowest = slowest.max(t0.elapsed());
-        unavailable += 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(unavailable >= 2, "{unavailable}");
-    eprintln!("{unavailable} calls while PostgreSQL was down; slowest UNAVAILABLE: {slowest:?}");
-    s.pg.start_again();
+/// After PostgreSQL is back: an execute through `e` works again within 20 s.
+async fn recovers(e: &mut Ext, session_id: &str) {
     let back = Instant::now();
     loop {
-        match run(&mut e, &s.session_id, "echo back").await {
+        match run(e, session_id, "echo back").await {
             Ok(out) => {
                 assert_eq!(out, ("back\n".to_string(), 0));
                 break;
             }
             Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert_database_unavailable(&status);
                 assert!(
                     back.elapsed() < Duration::from_secs(20),
                     "no recovery: {status:?}"
@@ -371,11 +356,215 @@ async fn postgres_down_for_ten_seconds_gives_unavailable_then_recovers() {
         "PostgreSQL restarted to a working execute: {:?}",
         back.elapsed()
     );
-    // The agent stayed connected throughout, and new clients work too.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_for_ten_seconds_known_credentials_keep_working_then_recovers() {
+    let mut s = pg_stack(1).await;
+    let addr = s.servers[0].addr.clone();
+    let url = s.pg.url();
+    let mut e = ext(&addr, Some(&s.key)).await;
+    run(&mut e, &s.session_id, "true")
+        .await
+        .expect("exec before");
+    // A key that exists but was never used on this server.
+    let unused = admin_pg(&url, &["create-key", "--workspace", "alpha"]);
+    let mut stranger = ext(&addr, Some(&unused)).await;
+    // A key used, then revoked before the outage: the server's refusal
+    // drops what it remembered, so the outage does not bring it back.
+    let revoked = admin_pg(&url, &["create-key", "--workspace", "alpha"]);
+    let mut gone = ext(&addr, Some(&revoked)).await;
+    run(&mut gone, &s.session_id, "true")
+        .await
+        .expect("exec with a key not yet revoked");
+    assert_eq!(admin_pg(&url, &["revoke-key", &revoked]), "revoked");
+    let status = run(&mut gone, &s.session_id, "true")
+        .await
+        .expect_err("revoked");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    s.pg.stop();
+    let down = Instant::now();
+    let (mut worked, mut refused) = (0, 0);
+    let mut slowest = Duration::ZERO;
+    let mut session_id = s.session_id.clone();
+    let mut agent_restarted = false;
+    while down.elapsed() < Duration::from_secs(10) {
+        // The key used before the outage keeps working for execute.
+        let t0 = Instant::now();
+        let out = run(&mut e, &session_id, "echo during")
+            .await
+            .expect("a key checked before the outage works during it");
+        assert_eq!(out, ("during\n".to_string(), 0));
+        slowest = slowest.max(t0.elapsed());
+        worked += 1;
+        // So does looking up the machine connected here by its hostname.
+        assert_eq!(
+            resolve(&mut e, &s.host).await.expect("resolve").hostname,
+            s.host
+        );
+        // A key never checked before gets UNAVAILABLE saying why.
+        let t0 = Instant::now();
+        let status = run(&mut stranger, &session_id, "true")
+            .await
+            .expect_err("an unknown key during the outage");
+        assert_database_unavailable(&status);
+        assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+        let status = run(&mut gone, &session_id, "true")
+            .await
+            .expect_err("a key revoked before the outage");
+        assert_database_unavailable(&status);
+        refused += 1;
+        // The agent, restarted mid-outage, reconnects with its secret
+        // (checked before the outage) and serves execute again.
+        if !agent_restarted && down.elapsed() > Duration::from_secs(3) {
+            agent_restarted = true;
+            s.agent.kill();
+            s.agent = start_agent(
+                &addr,
+                None,
+                &s._dir.path().join("agent.json"),
+                &s.host,
+                &["--heartbeat-secs", "1"],
+            );
+            let again = Instant::now();
+            session_id = loop {
+                if let Ok(m) = resolve(&mut e, &s.host).await {
+                    if !m.session_id.is_empty() && run(&mut e, &m.session_id, "true").await.is_ok()
+                    {
+                        break m.session_id;
+                    }
+                }
+                assert!(
+                    again.elapsed() < Duration::from_secs(20),
+                    "the restarted agent did not come back during the outage"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            eprintln!(
+                "agent restarted during the outage serves again after {:?}",
+                again.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(agent_restarted);
+    // The official ListSessions still lists the session connected here.
+    let mut t = terminal(&addr, Some(&s.key)).await;
+    assert_eq!(wait_connected(&mut t, &s.host).await, session_id);
+    assert!(worked >= 3 && refused >= 3, "{worked} {refused}");
+    eprintln!(
+        "{worked} executes worked and {refused} calls of an unused key got UNAVAILABLE while PostgreSQL was down; slowest execute: {slowest:?}"
+    );
+    s.pg.start_again();
+    recovers(&mut e, &session_id).await;
+    // The key never used before works now too, and new clients as well.
+    let mut fresh = ext(&addr, Some(&unused)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match run(&mut fresh, &session_id, "true").await {
+            Ok(_) => break,
+            Err(status) => {
+                assert_database_unavailable(&status);
+                assert!(Instant::now() < deadline, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert_eq!(
+        machine_by_host(&mut fresh, &s.host).await.status,
+        "connected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_outage_grace_postgres_down_gives_unavailable_then_recovers() {
+    let mut s = pg_stack_with(1, &["--db-outage-grace-secs", "0"]).await;
+    let addr = s.servers[0].addr.clone();
+    let mut e = ext(&addr, Some(&s.key)).await;
+    run(&mut e, &s.session_id, "true")
+        .await
+        .expect("exec before");
+
+    s.pg.stop();
+    let down = Instant::now();
+    let mut unavailable = 0;
+    let mut slowest = Duration::ZERO;
+    while down.elapsed() < Duration::from_secs(5) {
+        let t0 = Instant::now();
+        let status = run(&mut e, &s.session_id, "true")
+            .await
+            .expect_err("the database is down and there is no grace");
+        assert_database_unavailable(&status);
+        assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+        slowest = slowest.max(t0.elapsed());
+        unavailable += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(unavailable >= 2, "{unavailable}");
+    eprintln!("{unavailable} calls while PostgreSQL was down; slowest UNAVAILABLE: {slowest:?}");
+    s.pg.start_again();
+    recovers(&mut e, &s.session_id).await;
+    // The agent stayed connected throughout.
     let mut fresh = ext(&addr, Some(&s.key)).await;
     assert_eq!(
         machine_by_host(&mut fresh, &s.host).await.status,
         "connected"
     );
-    let _ = &s.agent;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_expiring_during_a_database_outage_works_again_after_it() {
+    use cmdop::client::{Client, ClientOptions, Credentials, Error};
+    let mut s = pg_stack(1).await;
+    let addr = s.servers[0].addr.clone();
+    let mut e = ext(&addr, Some(&s.key)).await;
+    let pair = e
+        .issue_token(cmdop_proto::ext::IssueTokenRequest {
+            access_ttl_seconds: 2,
+        })
+        .await
+        .expect("IssueToken")
+        .into_inner();
+    let port = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut opts = ClientOptions::local("127.0.0.1", port);
+    opts.credentials = Credentials::Tokens {
+        access: pair.access_token,
+        refresh: pair.refresh_token,
+        auto_refresh: true,
+    };
+    opts.timeout = Duration::from_secs(20);
+    let client = Client::new(opts).expect("client");
+    client.open().await.expect("connect");
+    client.set_machine(&s.host).await.expect("set_machine");
+
+    s.pg.stop();
+    tokio::time::sleep(Duration::from_millis(2200)).await; // the access token expires
+                                                           // Nothing can check or refresh it: a retryable error, not "sign in
+                                                           // again", and the tokens are kept for later.
+    match client.execute("echo during", None).await {
+        Err(Error::Unavailable(msg)) => {
+            assert!(msg.contains("retry"), "{msg}");
+        }
+        other => panic!("expected UNAVAILABLE while the database is down, got {other:?}"),
+    }
+    s.pg.start_again();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.execute("echo after", None).await {
+            Ok(out) => {
+                assert_eq!(out.output, b"after\n");
+                break;
+            }
+            Err(err) => assert!(
+                Instant::now() < deadline,
+                "no execute worked within 20 s of the database's return: {err}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

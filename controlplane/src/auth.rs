@@ -6,7 +6,8 @@ use tonic::{metadata::MetadataMap, Status};
 
 use crate::{
     limits,
-    store::{secrets, AccessCheck, MachineRow, Store, Workspace},
+    remembered::{Remembered, Verified},
+    store::{secrets, AccessCheck, Credential, MachineRow, Store, Workspace},
 };
 
 /// What calls that need the database get while it cannot be reached.
@@ -90,19 +91,8 @@ pub fn authenticate_client(store: &Store, meta: &MetadataMap) -> Result<Workspac
     if token.starts_with(secrets::ACCESS_TOKEN_PREFIX) {
         return match store.authenticate_access_token(token).map_err(internal)? {
             AccessCheck::Valid(ws) => Ok(ws),
-            AccessCheck::Expired => {
-                let mut status = Status::unauthenticated(
-                    "access token expired; refresh it with RefreshToken or sign in again",
-                );
-                status.metadata_mut().insert(
-                    AUTH_ERROR_HEADER,
-                    tonic::metadata::MetadataValue::from_static("expired"),
-                );
-                Err(status)
-            }
-            AccessCheck::Invalid => Err(Status::unauthenticated(
-                "access token is invalid or revoked; issue a new one with your API key",
-            )),
+            AccessCheck::Expired => Err(expired_token()),
+            AccessCheck::Invalid => Err(invalid_token()),
         };
     }
     store
@@ -111,13 +101,145 @@ pub fn authenticate_client(store: &Store, meta: &MetadataMap) -> Result<Workspac
         .ok_or_else(invalid_key)
 }
 
+fn expired_token() -> Status {
+    let mut status = Status::unauthenticated(
+        "access token expired; refresh it with RefreshToken or sign in again",
+    );
+    status.metadata_mut().insert(
+        AUTH_ERROR_HEADER,
+        tonic::metadata::MetadataValue::from_static("expired"),
+    );
+    status
+}
+
+fn invalid_token() -> Status {
+    Status::unauthenticated("access token is invalid or revoked; issue a new one with your API key")
+}
+
+/// A client credential the gate admitted.
+pub struct ClientPass {
+    pub workspace: Workspace,
+    pub credential: Credential,
+    /// The API key the call counts against (per-key limits).
+    pub key_hash: Option<String>,
+}
+
+/// The gate's check of an API key or access token: in the database, and
+/// — only when the database cannot be reached — from the memory of recent
+/// successful checks ([`Remembered`]). Every answer of the database updates
+/// that memory.
+pub fn check_client(
+    store: &Store,
+    memory: &Remembered,
+    meta: &MetadataMap,
+) -> Result<ClientPass, Status> {
+    let token = bearer(meta).ok_or_else(missing_key)?;
+    if token.len() > limits::MAX_CREDENTIAL_BYTES {
+        return Err(invalid_key());
+    }
+    let access = token.starts_with(secrets::ACCESS_TOKEN_PREFIX);
+    let credential = if access {
+        Credential::access_token(token)
+    } else {
+        Credential::api_key(token)
+    };
+    let checked = if access {
+        store.check_access_token(token).map(|(check, details)| {
+            let (expires_ms, key_hash) = details.unzip();
+            match check {
+                AccessCheck::Valid(workspace) => Ok(Verified::Client {
+                    workspace,
+                    key_hash,
+                    expires_ms,
+                }),
+                AccessCheck::Expired => Err(expired_token()),
+                AccessCheck::Invalid => Err(invalid_token()),
+            }
+        })
+    } else {
+        store.authenticate_api_key(token).map(|found| match found {
+            Some(workspace) => Ok(Verified::Client {
+                workspace,
+                key_hash: match &credential {
+                    Credential::ApiKey { hash } => Some(hash.clone()),
+                    _ => None,
+                },
+                expires_ms: None,
+            }),
+            None => Err(invalid_key()),
+        })
+    };
+    match answered(memory, &credential, checked)? {
+        Verified::Client {
+            workspace,
+            key_hash,
+            ..
+        } => Ok(ClientPass {
+            workspace,
+            credential,
+            key_hash,
+        }),
+        Verified::Agent(_) => Err(invalid_key()),
+    }
+}
+
+/// The gate's check of an agent secret, with the same outage fallback as
+/// [`check_client`].
+pub fn check_agent(
+    store: &Store,
+    memory: &Remembered,
+    meta: &MetadataMap,
+) -> Result<(MachineRow, Credential), Status> {
+    let secret = bearer(meta).ok_or_else(missing_secret)?;
+    if secret.len() > limits::MAX_CREDENTIAL_BYTES
+        || !secret.starts_with(secrets::AGENT_SECRET_PREFIX)
+    {
+        return Err(unknown_agent());
+    }
+    let credential = Credential::agent_secret(secret);
+    let checked = store
+        .machine_by_secret(secret)
+        .map(|found| found.map(Verified::Agent).ok_or_else(unknown_agent));
+    match answered(memory, &credential, checked)? {
+        Verified::Agent(machine) => Ok((machine, credential)),
+        Verified::Client { .. } => Err(unknown_agent()),
+    }
+}
+
+/// Applies what the database answered about `credential` to the memory,
+/// or — when it could not be reached — asks the memory.
+fn answered(
+    memory: &Remembered,
+    credential: &Credential,
+    checked: anyhow::Result<Result<Verified, Status>>,
+) -> Result<Verified, Status> {
+    match checked {
+        Ok(Ok(verified)) => {
+            memory.remember(credential, verified.clone());
+            Ok(verified)
+        }
+        Ok(Err(refused)) => {
+            memory.forget(credential);
+            Err(refused)
+        }
+        Err(err) => {
+            if crate::store::is_unavailable_error(&err) {
+                if let Some(verified) = memory.recall(credential) {
+                    return Ok(verified);
+                }
+            }
+            Err(internal(err))
+        }
+    }
+}
+
+fn missing_secret() -> Status {
+    Status::unauthenticated("missing agent secret; enroll the agent with an enrollment token first")
+}
+
 /// The machine of the agent calling with its secret.
 pub fn authenticate_agent(store: &Store, meta: &MetadataMap) -> Result<MachineRow, Status> {
-    let secret = bearer(meta).ok_or_else(|| {
-        Status::unauthenticated(
-            "missing agent secret; enroll the agent with an enrollment token first",
-        )
-    })?;
+    let secret = bearer(meta).ok_or_else(missing_secret)?;
     if secret.len() > limits::MAX_CREDENTIAL_BYTES
         || !secret.starts_with(secrets::AGENT_SECRET_PREFIX)
     {

@@ -47,6 +47,11 @@ pub struct ServerConfig {
     /// to the replica that holds its machine's agent. `None`: one server,
     /// no cluster queries at all.
     pub cluster: Option<ClusterConfig>,
+    /// While the database cannot be reached, calls whose credential (API
+    /// key, access token, agent secret) passed a check on this server
+    /// within this long are still admitted; zero turns that off (every
+    /// authenticated call then fails with UNAVAILABLE during an outage).
+    pub db_outage_grace: Duration,
 }
 
 /// How this server joins a cluster of replicas sharing one database.
@@ -129,6 +134,7 @@ impl Default for ServerConfig {
             output_buffer_bytes: 1024 * 1024,
             limits: Limits::default(),
             cluster: None,
+            db_outage_grace: Duration::from_secs(300),
         }
     }
 }

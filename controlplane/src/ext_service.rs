@@ -71,11 +71,37 @@ impl CmdopService {
 /// A machine as reported to clients, with its current session if any.
 type MachineWithSession = (Machine, Option<Arc<Session>>);
 
-/// Every machine of a workspace with its current session, if any.
-fn machines(state: &State, ws: &Workspace) -> Result<Vec<MachineWithSession>, Status> {
-    let rows = crate::state::read_store(&state.store, |s| s.list_machines(&ws.id))
-        .map_err(auth::internal)?;
-    Ok(rows
+/// Every machine of a workspace with its current session, if any, and
+/// whether that is all of them (false: the database cannot be reached and
+/// only the machines connected here are listed).
+fn machines(state: &State, ws: &Workspace) -> Result<(Vec<MachineWithSession>, bool), Status> {
+    let mut complete = true;
+    let rows = match crate::state::read_store(&state.store, |s| s.list_machines(&ws.id)) {
+        Ok(rows) => rows,
+        // The database cannot be reached: the machines connected here are
+        // still known (what they report themselves), so lookups of those
+        // keep working; the others are missing until it is back.
+        Err(err) if crate::store::is_unavailable_error(&err) => {
+            tracing::debug!(error = %format!("{err:#}"), "listing only the machines connected here");
+            complete = false;
+            let mut seen = std::collections::HashSet::new();
+            state
+                .sessions
+                .list(&ws.id)
+                .into_iter()
+                .filter(|s| s.is_live() && seen.insert(s.machine_id.clone()))
+                .map(|s| crate::store::MachineRow {
+                    machine_id: s.machine_id.clone(),
+                    hostname: s.info.hostname.clone(),
+                    workspace_id: ws.id.clone(),
+                    last_seen_unix_ms: s.last_activity_ms(),
+                    enrolled_at_unix_ms: 0,
+                })
+                .collect()
+        }
+        Err(err) => return Err(auth::internal(err)),
+    };
+    let all = rows
         .into_iter()
         .map(|row| {
             let session = state.sessions.by_machine(&ws.id, &row.machine_id);
@@ -106,7 +132,8 @@ fn machines(state: &State, ws: &Workspace) -> Result<Vec<MachineWithSession>, St
             };
             (machine, session)
         })
-        .collect())
+        .collect();
+    Ok((all, complete))
 }
 
 fn token_pair(p: crate::store::TokenPair) -> TokenPair {
@@ -197,7 +224,7 @@ impl Cmdop for CmdopService {
         let req = request.into_inner();
         limits::check_len("hostname", req.hostname.len(), limits::MAX_HOSTNAME_BYTES)?;
         let asked = req.clone();
-        let all = machines(&self.state, &ws)?;
+        let (all, complete) = machines(&self.state, &ws)?;
         let answer = if !req.machine_id.is_empty() {
             let found = all
                 .into_iter()
@@ -232,6 +259,14 @@ impl Cmdop for CmdopService {
                 HostnameMatch::None => ResolveMachineResponse::default(),
             }
         };
+        // Not connected here, and the database that knows the others
+        // cannot be reached.
+        if !complete && !answer.found && !answer.ambiguous {
+            return Err(Status::unavailable(format!(
+                "{} (only machines connected to this server can be looked up meanwhile)",
+                auth::DATABASE_UNAVAILABLE
+            )));
+        }
         // Cluster: a machine offline here may be connected to another
         // replica, which then answers.
         if let (Some(caller), Some(m)) = (caller, answer.machine.as_ref()) {

@@ -36,7 +36,6 @@ use crate::{
     conns::Tracker,
     limits,
     state::SharedState,
-    store::{secrets, Credential},
     streams::{OpenStreams, SlotKind, Ticket},
 };
 
@@ -149,17 +148,13 @@ impl Gate {
             Need::AgentOrClient => auth::is_agent_credential(&meta),
             _ => false,
         };
+        let memory = &self.state.remembered;
         let (credential, key_hash, checked) = if agent {
-            let machine = auth::authenticate_agent(store, &meta)?;
-            let secret = auth::bearer(&meta).unwrap_or_default();
-            (
-                Credential::agent_secret(secret),
-                None,
-                auth::Checked::Agent(machine),
-            )
+            let (machine, credential) = auth::check_agent(store, memory, &meta)?;
+            (credential, None, auth::Checked::Agent(machine))
         } else {
-            let workspace = match auth::authenticate_client(store, &meta) {
-                Ok(ws) => ws,
+            let pass = match auth::check_client(store, memory, &meta) {
+                Ok(pass) => pass,
                 // Health checks work without credentials (load balancers).
                 Err(_) if route.need == Need::OptionalClient => {
                     return Ok(Pass {
@@ -173,23 +168,11 @@ impl Gate {
                 }
                 Err(status) => return Err(status),
             };
-            let checked = auth::Checked::Client(workspace);
-            let token = auth::bearer(&meta).unwrap_or_default();
-            if token.starts_with(secrets::ACCESS_TOKEN_PREFIX) {
-                let key = if route.slot.is_some() || route.need == Need::AgentOrClient {
-                    store.access_token_key_hash(token).map_err(auth::internal)?
-                } else {
-                    None
-                };
-                (Credential::access_token(token), key, checked)
-            } else {
-                let credential = Credential::api_key(token);
-                let key = match &credential {
-                    Credential::ApiKey { hash } => Some(hash.clone()),
-                    _ => None,
-                };
-                (credential, key, checked)
-            }
+            (
+                pass.credential,
+                pass.key_hash,
+                auth::Checked::Client(pass.workspace),
+            )
         };
         if let Some(conn) = &conn {
             self.tracker.authenticated(conn);

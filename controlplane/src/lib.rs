@@ -19,6 +19,7 @@ pub mod limits;
 #[cfg(target_os = "linux")]
 pub mod local_postgres;
 mod raw;
+mod remembered;
 mod selection;
 pub mod sessions;
 mod state;
@@ -125,6 +126,7 @@ pub async fn serve_with_store(
         selections: Default::default(),
         open_streams: open_streams.clone(),
         cluster: cluster.clone(),
+        remembered: remembered::Remembered::new(config.db_outage_grace),
     });
     if let Some(c) = &cluster {
         let (st, cl) = (state.clone(), c.clone());

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::{
-    cluster::Cluster, config::ServerConfig, raw::Rendezvous, selection::Selections,
-    sessions::Registry, store::Store, streams::OpenStreams,
+    cluster::Cluster, config::ServerConfig, raw::Rendezvous, remembered::Remembered,
+    selection::Selections, sessions::Registry, store::Store, streams::OpenStreams,
 };
 
 /// Shared server state.
@@ -24,6 +24,9 @@ pub struct State {
     pub open_streams: Arc<OpenStreams>,
     /// Cluster mode ([`crate::cluster`]); `None` for a single server.
     pub cluster: Option<Arc<Cluster>>,
+    /// Recent successful credential checks, for database outages
+    /// ([`crate::remembered`]).
+    pub remembered: Remembered,
 }
 
 /// The handle services hold.

@@ -345,6 +345,7 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
                     }
                 }
                 Ok(Standing::Revoked) => {
+                    state.remembered.forget(&credential);
                     tracing::info!(
                         kind = kind(&credential),
                         "credential revoked; ending its open calls"
@@ -356,6 +357,7 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
                     );
                 }
                 Ok(Standing::Expired) => {
+                    state.remembered.forget(&credential);
                     tracing::info!("access token expired; ending the calls it opened");
                     streams.end(
                         &credential,
@@ -372,6 +374,7 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
             }
         }
         if let Some(revoked) = look.revoked_machines {
+            state.remembered.forget_machines(&revoked);
             for machine_id in &revoked {
                 if state.sessions.close_machine(machine_id, "machine revoked") {
                     tracing::info!(machine = %machine_id, "closed the connection of a revoked machine");

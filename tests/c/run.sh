@@ -23,9 +23,11 @@ out=$(mktemp -d -t cmdop-ctests-XXXXXX)
 . tests/harness.sh
 managed_dirs=()
 cleanup() {
-  local d
+  local i
   stop_stack
-  for d in "${managed_dirs[@]}"; do managed_cleanup "$d"; done
+  # Last first: a directory inside an earlier one (the pair's B) must stop
+  # its processes before the outer one is removed with its pid files.
+  for (( i = ${#managed_dirs[@]} - 1; i >= 0; i-- )); do managed_cleanup "${managed_dirs[i]}"; done
   rm -rf "$out"
 }
 trap cleanup EXIT

@@ -19,15 +19,28 @@ const REPLACED: &str = "replaced by a newer connection of the same machine on an
 /// One round: renew, refresh the live set, close superseded links. The
 /// first round runs before the server takes calls.
 pub fn tick(state: &SharedState, cluster: &Cluster) -> anyhow::Result<()> {
+    tick_after(state, cluster, false)
+}
+
+/// [`tick`]; with `after_outage` (the database was unreachable until
+/// just now) replicas live before the outage stay live although their
+/// lease ran out meanwhile — they could not renew it either, and do so at
+/// their own next tick — so calls on the routes cached here keep working.
+fn tick_after(state: &SharedState, cluster: &Cluster, after_outage: bool) -> anyhow::Result<()> {
     state
         .store
         .renew_replica(&cluster.replica_id, cluster.peer_addr(), LEASE)?;
-    let live: HashMap<String, String> = state
+    let mut live: HashMap<String, String> = state
         .store
         .live_replicas()?
         .into_iter()
         .map(|r| (r.replica_id, r.peer_addr))
         .collect();
+    if after_outage {
+        for (id, addr) in lock(&cluster.live).iter() {
+            live.entry(id.clone()).or_insert_with(|| addr.clone());
+        }
+    }
     cluster.routes.retain_replicas(&live);
     cluster.set_live(live);
     // Cached routes whose machine moved (a newer generation) are dropped,
@@ -81,15 +94,34 @@ pub fn tick(state: &SharedState, cluster: &Cluster) -> anyhow::Result<()> {
 pub async fn run(state: SharedState, cluster: Arc<Cluster>) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last round failed (logged once per outage).
+    let mut failing = false;
+    // Until then, replicas live before an outage stay live.
+    let mut lenient_until: Option<tokio::time::Instant> = None;
     loop {
         interval.tick().await;
         let (s, c) = (state.clone(), cluster.clone());
-        match tokio::task::spawn_blocking(move || tick(&s, &c)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(
-                error = %format!("{err:#}"),
-                "cannot renew this replica's lease; other replicas stop forwarding to it once it expires"
-            ),
+        let after_outage =
+            failing || lenient_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        match tokio::task::spawn_blocking(move || tick_after(&s, &c, after_outage)).await {
+            Ok(Ok(())) => {
+                if failing {
+                    tracing::info!("lease renewed again; the database answers");
+                    lenient_until = Some(tokio::time::Instant::now() + LEASE);
+                }
+                failing = false;
+            }
+            Ok(Err(err)) => {
+                if !failing {
+                    tracing::warn!(
+                        error = %format!("{err:#}"),
+                        "cannot renew this replica's lease; calls on routes cached here keep \
+                         working, other replicas stop forwarding to it if it stays expired \
+                         once the database is back; retrying every tick"
+                    );
+                }
+                failing = true;
+            }
             Err(err) => tracing::warn!(error = %err, "the cluster presence task failed"),
         }
     }
@@ -101,8 +133,9 @@ pub fn claim(state: &SharedState, cluster: &Arc<Cluster>, session: &Arc<Session>
     let (state, cluster, session) = (state.clone(), cluster.clone(), session.clone());
     tokio::spawn(async move {
         // A database busy for longer than its timeout gets a few more tries
-        // while the link lasts: without a route other replicas cannot reach
-        // the agent.
+        // while the link lasts, an unreachable one as many as it takes
+        // (an agent reconnecting during an outage): without a route other
+        // replicas cannot reach the agent.
         let mut attempt = 0;
         let generation = loop {
             let claimed = crate::state::with_store(&state, {
@@ -116,7 +149,11 @@ pub fn claim(state: &SharedState, cluster: &Arc<Cluster>, session: &Arc<Session>
             .await;
             match claimed {
                 Ok(g) => break g,
-                Err(err) if attempt < CLAIM_RETRIES && session.is_live() => {
+                Err(err)
+                    if session.is_live()
+                        && (attempt < CLAIM_RETRIES
+                            || crate::store::is_unavailable_error(&err)) =>
+                {
                     attempt += 1;
                     tracing::debug!(error = %format!("{err:#}"), attempt, "claiming a route failed; retrying");
                     tokio::time::sleep(TICK).await;

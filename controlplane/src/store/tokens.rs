@@ -92,10 +92,20 @@ impl Store {
     /// Checks an access token: its family must be unrevoked and the API key
     /// that started the family must still be valid.
     pub fn authenticate_access_token(&self, token: &str) -> anyhow::Result<AccessCheck> {
+        Ok(self.check_access_token(token)?.0)
+    }
+
+    /// [`Store::authenticate_access_token`], with — for a valid token —
+    /// when it expires (ms since the epoch) and the hash of the API key
+    /// that started its family.
+    pub fn check_access_token(
+        &self,
+        token: &str,
+    ) -> anyhow::Result<(AccessCheck, Option<(i64, String)>)> {
         let hashed = hash(token);
         let row = self.read(|db| {
             db.query_opt(
-                "SELECT a.expires_ms, w.id, w.name
+                "SELECT a.expires_ms, w.id, w.name, f.api_key_hash
                  FROM access_tokens a
                  JOIN token_families f ON f.id = a.family_id
                  JOIN api_keys k ON k.hash = f.api_key_hash
@@ -105,12 +115,15 @@ impl Store {
             )
         })?;
         Ok(match row {
-            None => AccessCheck::Invalid,
-            Some(r) if r.int(0)? <= now_ms() => AccessCheck::Expired,
-            Some(r) => AccessCheck::Valid(Workspace {
-                id: r.text(1)?,
-                name: r.text(2)?,
-            }),
+            None => (AccessCheck::Invalid, None),
+            Some(r) if r.int(0)? <= now_ms() => (AccessCheck::Expired, None),
+            Some(r) => (
+                AccessCheck::Valid(Workspace {
+                    id: r.text(1)?,
+                    name: r.text(2)?,
+                }),
+                Some((r.int(0)?, r.text(3)?)),
+            ),
         })
     }
 

@@ -152,9 +152,18 @@ pub fn list_sessions(
         let retention =
             i64::try_from(limits::DISCONNECTED_SESSION_RETENTION.as_millis()).unwrap_or(i64::MAX);
         let recent = now.saturating_sub(retention);
-        for m in crate::state::read_store(&state.store, |s| s.list_machines(&ws.id))
-            .map_err(auth::internal)?
-        {
+        let known = match crate::state::read_store(&state.store, |s| s.list_machines(&ws.id)) {
+            Ok(known) => known,
+            // The database cannot be reached: the sessions connected here
+            // are still listed (calls on them keep working); the offline
+            // machines it knows are missing until it is back.
+            Err(err) if crate::store::is_unavailable_error(&err) => {
+                tracing::debug!(error = %format!("{err:#}"), "listing only the sessions known here");
+                Vec::new()
+            }
+            Err(err) => return Err(auth::internal(err)),
+        };
+        for m in known {
             let listed = sessions.iter().any(|s| s.machine_id == m.machine_id)
                 || rows.iter().any(|(_, i)| i.machine_hostname == m.hostname);
             if m.last_seen_unix_ms >= recent && !listed {

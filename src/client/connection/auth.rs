@@ -71,6 +71,20 @@ impl Inner {
         let mut ext = conn.ext.clone();
         let pair = match tokio::time::timeout(self.opts.timeout, ext.refresh_token(request)).await {
             Ok(Ok(r)) => r.into_inner(),
+            // The server could not answer (its database is down, it is
+            // shutting down…): the refresh token may still be good, so this
+            // is worth retrying, not a reason to sign in again.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                return Err(Error::from_status(
+                    "refreshing the expired access token (retry in a moment; the tokens are kept)",
+                    &status,
+                ));
+            }
             Ok(Err(status)) => {
                 let e = Error::Unauthenticated(format!(
                     "access token expired and refreshing it failed ({}): sign in again for new tokens",
