@@ -18,7 +18,7 @@ use cmdop_proto::{
     },
     terminal::{
         agent_message, control_message, AgentMessage, ListSessionsRequest, RegisterRequest,
-        TerminalOutput,
+        SessionInfoItem, TerminalOutput,
     },
 };
 use common::{
@@ -64,14 +64,18 @@ fn peer_addr(pg: &Postgres, id: &str) -> String {
     addr
 }
 
-fn create_workspace_pg(url: &str, name: &str) -> Workspace {
-    admin_pg(url, &["create-workspace", name]);
-    let api_key = admin_pg(url, &["create-key", "--workspace", name]);
-    assert!(api_key.starts_with("cmdop_"), "{api_key}");
-    Workspace {
-        name: name.to_string(),
-        api_key,
-    }
+/// The sessions of machine `host` that ListSessions through `addr` shows.
+async fn sessions_of(addr: &str, key: &str, host: &str) -> Vec<SessionInfoItem> {
+    let mut t = terminal(addr, Some(key)).await;
+    let list = t
+        .list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("ListSessions")
+        .into_inner();
+    list.sessions
+        .into_iter()
+        .filter(|s| s.machine_hostname == host)
+        .collect()
 }
 
 /// Three replicas (A, B, C), workspace "alpha", an agent on A.
@@ -316,18 +320,8 @@ async fn calls_through_another_replica_reach_the_agent() {
 
     // Every replica lists the machine as connected.
     for addr in [&cl.a.addr, &cl.b.addr, &cl.c.addr] {
-        let mut t = terminal(addr, Some(&cl.ws.api_key)).await;
-        let list = t
-            .list_sessions(ListSessionsRequest::default())
-            .await
-            .expect("ListSessions")
-            .into_inner();
-        let mine: Vec<_> = list
-            .sessions
-            .iter()
-            .filter(|s| s.machine_hostname == cl.host)
-            .collect();
-        assert_eq!(mine.len(), 1, "{addr}: {list:?}");
+        let mine = sessions_of(addr, &cl.ws.api_key, &cl.host).await;
+        assert_eq!(mine.len(), 1, "{addr}: {mine:?}");
         assert_eq!(mine[0].status, "connected");
         assert_eq!(mine[0].session_id, cl.session_id);
     }
@@ -443,15 +437,12 @@ async fn terminal_rpcs_through(addr: &str, key: &str, session_id: &str, host: &s
 
 /// A library client on `addr` with `host` selected.
 async fn client_on(addr: &str, key: &str, host: &str) -> cmdop::client::Client {
-    use cmdop::client::{Client, ClientOptions, Credentials};
-    let port = addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    let mut opts = ClientOptions::local("127.0.0.1", port);
-    opts.credentials = Credentials::ApiKey(key.to_string());
-    opts.timeout = Duration::from_secs(60);
+    use cmdop::client::{Client, Credentials};
+    let opts = local_options(
+        addr,
+        Credentials::ApiKey(key.to_string()),
+        Duration::from_secs(60),
+    );
     let c = Client::new(opts).expect("client");
     c.open().await.expect("connect");
     let m = c.set_machine(host).await.expect("set_machine");
@@ -863,16 +854,10 @@ async fn the_newer_connection_of_a_machine_wins_and_calls_follow_it() {
     loop {
         let mut settled = true;
         for addr in [&cl.a.addr, &cl.b.addr, &cl.c.addr] {
-            let mut t = terminal(addr, Some(&cl.ws.api_key)).await;
-            let list = t
-                .list_sessions(ListSessionsRequest::default())
+            let connected = sessions_of(addr, &cl.ws.api_key, &cl.host)
                 .await
-                .expect("ListSessions")
-                .into_inner();
-            let connected = list
-                .sessions
                 .iter()
-                .filter(|s| s.machine_hostname == cl.host && s.status == "connected")
+                .filter(|s| s.status == "connected")
                 .count();
             settled &= connected == 1;
         }
@@ -982,18 +967,8 @@ async fn a_stopped_replica_leaves_the_cluster_and_its_machines_show_offline() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut t = terminal(&cl.b.addr, Some(&cl.ws.api_key)).await;
-    let list = t
-        .list_sessions(ListSessionsRequest::default())
-        .await
-        .expect("ListSessions")
-        .into_inner();
-    let mine: Vec<_> = list
-        .sessions
-        .iter()
-        .filter(|s| s.machine_hostname == cl.host)
-        .collect();
-    assert_eq!(mine.len(), 1, "{list:?}");
+    let mine = sessions_of(&cl.b.addr, &cl.ws.api_key, &cl.host).await;
+    assert_eq!(mine.len(), 1, "{mine:?}");
     assert_eq!(mine[0].status, "disconnected");
 }
 

@@ -558,7 +558,7 @@ async fn a_locked_database_does_not_stall_a_connected_clients_execute() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_the_locked_database_cannot_write_is_retryable_not_sign_in_again() {
-    use cmdop::client::{Client, ClientOptions, Credentials, Error};
+    use cmdop::client::{Client, Credentials, Error};
     let s = stack("refreshlock", &[]).await;
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     wait_native_exec(&mut e, &s.host).await;
@@ -569,20 +569,15 @@ async fn a_refresh_the_locked_database_cannot_write_is_retryable_not_sign_in_aga
         .await
         .expect("IssueToken")
         .into_inner();
-    let port = s
-        .server
-        .addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    let mut opts = ClientOptions::local("127.0.0.1", port);
-    opts.credentials = Credentials::Tokens {
-        access: pair.access_token.clone(),
-        refresh: pair.refresh_token.clone(),
-        auto_refresh: true,
-    };
-    opts.timeout = Duration::from_secs(20);
+    let opts = local_options(
+        &s.server.addr,
+        Credentials::Tokens {
+            access: pair.access_token.clone(),
+            refresh: pair.refresh_token.clone(),
+            auto_refresh: true,
+        },
+        Duration::from_secs(20),
+    );
     let client = Client::new(opts).expect("client");
     client.open().await.expect("connect");
     client.set_machine(&s.host).await.expect("set_machine");

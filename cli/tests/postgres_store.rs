@@ -515,7 +515,7 @@ async fn with_no_outage_grace_postgres_down_gives_unavailable_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_token_expiring_during_a_database_outage_works_again_after_it() {
-    use cmdop::client::{Client, ClientOptions, Credentials, Error};
+    use cmdop::client::{Client, Credentials, Error};
     let mut s = pg_stack(1).await;
     let addr = s.servers[0].addr.clone();
     let mut e = ext(&addr, Some(&s.key)).await;
@@ -526,18 +526,15 @@ async fn an_access_token_expiring_during_a_database_outage_works_again_after_it(
         .await
         .expect("IssueToken")
         .into_inner();
-    let port = addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    let mut opts = ClientOptions::local("127.0.0.1", port);
-    opts.credentials = Credentials::Tokens {
-        access: pair.access_token,
-        refresh: pair.refresh_token,
-        auto_refresh: true,
-    };
-    opts.timeout = Duration::from_secs(20);
+    let opts = local_options(
+        &addr,
+        Credentials::Tokens {
+            access: pair.access_token,
+            refresh: pair.refresh_token,
+            auto_refresh: true,
+        },
+        Duration::from_secs(20),
+    );
     let client = Client::new(opts).expect("client");
     client.open().await.expect("connect");
     client.set_machine(&s.host).await.expect("set_machine");

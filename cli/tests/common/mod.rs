@@ -52,10 +52,15 @@ pub struct Server {
 }
 
 pub fn admin(data_dir: &Path, args: &[&str]) -> String {
+    admin_on(&["--data-dir".as_ref(), data_dir.as_os_str()], args)
+}
+
+/// `cmdop admin STORE… ARGS…` (STORE: `--data-dir DIR` or `--database
+/// URL`); its trimmed stdout.
+fn admin_on(store: &[&std::ffi::OsStr], args: &[&str]) -> String {
     let out = Command::new(cmdop_bin())
         .arg("admin")
-        .arg("--data-dir")
-        .arg(data_dir)
+        .args(store)
         .args(args)
         .output()
         .expect("run cmdop admin");
@@ -72,17 +77,29 @@ pub fn admin(data_dir: &Path, args: &[&str]) -> String {
 
 /// Starts `cmdop server` on `listen` (use "127.0.0.1:0" for a fresh port).
 pub fn start_server(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
-    let ready = data_dir.join(format!("ready-{}", rand_suffix()));
+    spawn_server(
+        &["--data-dir".as_ref(), data_dir.as_os_str()],
+        data_dir,
+        listen,
+        extra,
+        Duration::from_secs(20),
+    )
+}
+
+/// `cmdop server STORE… --listen LISTEN EXTRA…` (STORE: `--data-dir DIR`
+/// or `--database URL`), its ready file in `dir`; fails the test unless it
+/// is ready within `within`.
+fn spawn_server(
+    store: &[&std::ffi::OsStr],
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+    within: Duration,
+) -> Server {
+    let ready = dir.join(format!("ready-{}", rand_suffix()));
     let child = Command::new(cmdop_bin())
-        .args([
-            "--log-level",
-            "warn",
-            "server",
-            "--listen",
-            listen,
-            "--data-dir",
-        ])
-        .arg(data_dir)
+        .args(["--log-level", "warn", "server", "--listen", listen])
+        .args(store)
         .arg("--ready-file")
         .arg(&ready)
         .args(extra)
@@ -90,7 +107,7 @@ pub fn start_server(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
         .spawn()
         .expect("spawn cmdop server");
     let proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + within;
     loop {
         if let Ok(s) = std::fs::read_to_string(&ready) {
             let addr = s.trim().to_string();
@@ -98,12 +115,12 @@ pub fn start_server(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
             return Server {
                 proc,
                 addr,
-                data_dir: data_dir.to_path_buf(),
+                data_dir: dir.to_path_buf(),
             };
         }
         assert!(
             Instant::now() < deadline,
-            "cmdop server did not start within 20 s"
+            "cmdop server did not start within {within:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -151,8 +168,17 @@ pub struct Workspace {
 }
 
 pub fn create_workspace(data_dir: &Path, name: &str) -> Workspace {
-    admin(data_dir, &["create-workspace", name]);
-    let api_key = admin(data_dir, &["create-key", "--workspace", name]);
+    workspace_through(|args| admin(data_dir, args), name)
+}
+
+/// [`create_workspace`] in the database at `url`.
+pub fn create_workspace_pg(url: &str, name: &str) -> Workspace {
+    workspace_through(|args| admin_pg(url, args), name)
+}
+
+fn workspace_through(admin: impl Fn(&[&str]) -> String, name: &str) -> Workspace {
+    admin(&["create-workspace", name]);
+    let api_key = admin(&["create-key", "--workspace", name]);
     assert!(
         api_key.starts_with("cmdop_"),
         "API keys start with cmdop_: {api_key}"
@@ -161,6 +187,24 @@ pub fn create_workspace(data_dir: &Path, name: &str) -> Workspace {
         name: name.to_string(),
         api_key,
     }
+}
+
+/// Options for a library client of the loopback server at `addr`
+/// ("127.0.0.1:PORT").
+pub fn local_options(
+    addr: &str,
+    credentials: cmdop::client::Credentials,
+    timeout: Duration,
+) -> cmdop::client::ClientOptions {
+    let port = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut opts = cmdop::client::ClientOptions::local("127.0.0.1", port);
+    opts.credentials = credentials;
+    opts.timeout = timeout;
+    opts
 }
 
 pub fn enroll_token(data_dir: &Path, workspace: &str) -> String {
@@ -394,47 +438,17 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// `cmdop admin --database URL ARGS…`; its trimmed stdout.
 pub fn admin_pg(url: &str, args: &[&str]) -> String {
-    let out = Command::new(cmdop_bin())
-        .args(["admin", "--database", url])
-        .args(args)
-        .output()
-        .expect("run cmdop admin");
-    assert!(
-        out.status.success(),
-        "cmdop admin {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_string()
+    admin_on(&["--database".as_ref(), url.as_ref()], args)
 }
 
-/// `cmdop server --database URL` on a fresh loopback port.
+/// `cmdop server --database URL` on a fresh loopback port, its ready file
+/// in `dir`.
 pub fn server_pg(url: &str, dir: &Path, extra: &[&str]) -> Server {
-    let ready = dir.join(format!("ready-{}", unique("pg")));
-    let child = Command::new(cmdop_bin())
-        .args(["--log-level", "warn", "server", "--listen", "127.0.0.1:0"])
-        .args(["--database", url, "--ready-file"])
-        .arg(&ready)
-        .args(extra)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn cmdop server");
-    let proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&ready) {
-            return Server {
-                proc,
-                addr: s.trim().to_string(),
-                data_dir: dir.to_path_buf(),
-            };
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cmdop server did not start within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    spawn_server(
+        &["--database".as_ref(), url.as_ref()],
+        dir,
+        "127.0.0.1:0",
+        extra,
+        Duration::from_secs(30),
+    )
 }
