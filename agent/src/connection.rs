@@ -432,8 +432,9 @@ fn status_error(context: &str, status: &tonic::Status) -> anyhow::Error {
 
 /// Sleeps out a backoff `delay`, but returns early (after a small random
 /// spread) when TCP probes of `target` see the control plane come back after
-/// being unreachable; see [`probe`].
-async fn wait_before_retry(delay: Duration, target: Option<&(String, u16)>) {
+/// being unreachable; see [`probe`]. Public so that the many-agents
+/// benchmark's simulated agents wait exactly like the real one.
+pub async fn wait_before_retry(delay: Duration, target: Option<&(String, u16)>) {
     let deadline = tokio::time::Instant::now() + delay;
     let Some((host, port)) = target.filter(|_| probe::worth_probing(delay)) else {
         tokio::time::sleep_until(deadline).await;
