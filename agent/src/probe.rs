@@ -1,13 +1,15 @@
 //! Cheap reachability probes while the agent backs off, so it comes back
 //! within seconds after a long outage heals instead of sleeping out a delay
-//! of up to ~36 s.
+//! of up to ~45 s.
 //!
 //! During a backoff wait the agent opens a plain TCP connection to the
 //! server address every 1–2 s (jittered) and closes it at once: no TLS, no
 //! gRPC, and a server that is down answers with a kernel RST. When the
-//! server turns reachable again the rest of the wait is cut to a small
-//! random spread (at most [`MAX_SPREAD`]) so a fleet of agents does not
-//! reconnect in the same instant.
+//! server turns reachable again the rest of the wait is cut to a random
+//! spread (at most [`MAX_SPREAD`]) so a fleet of agents does not reconnect
+//! in the same instant: every waiting agent sees the heal within the same
+//! 1–2 s, so this spread is what a restarted control plane gets as its
+//! arrival window.
 //!
 //! A probe only shortcuts a wait after it saw the server *unreachable*
 //! earlier in that same wait: the outage healed. A server that accepts TCP
@@ -29,7 +31,12 @@ pub const PROBE_EVERY_MAX: Duration = Duration::from_secs(2);
 /// blackholed address counts as unreachable after this.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest random delay between a successful probe and the full attempt.
-pub const MAX_SPREAD: Duration = Duration::from_secs(1);
+/// Every waiting agent sees a heal within the same 1–2 s, so this is the
+/// window a restarted control plane gets their attempts in: at 1 s, 18,000
+/// simulated agents came back within ~3 s, several times what it registers
+/// per second. It cannot grow much: one agent must still be back within 5 s
+/// of a heal (probe interval + spread + connecting; issue 10).
+pub const MAX_SPREAD: Duration = Duration::from_secs(2);
 
 /// What to do after a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,10 +161,17 @@ mod tests {
     }
 
     #[test]
-    fn the_reconnect_spread_is_at_most_1_s_and_never_past_the_wait() {
-        let spreads: Vec<Duration> = (0..200).map(|_| spread(Duration::from_secs(30))).collect();
+    fn the_reconnect_spread_covers_up_to_2_s_and_never_past_the_wait() {
+        let spreads: Vec<Duration> = (0..400).map(|_| spread(Duration::from_secs(30))).collect();
         assert!(spreads.iter().all(|d| *d <= MAX_SPREAD));
-        assert!(spreads.iter().any(|d| *d != spreads[0]), "no jitter");
+        assert!(
+            spreads.iter().any(|d| *d < Duration::from_millis(500)),
+            "never quick: {spreads:?}"
+        );
+        assert!(
+            spreads.iter().any(|d| *d > Duration::from_millis(1500)),
+            "never spread wide: {spreads:?}"
+        );
         for _ in 0..50 {
             assert!(spread(Duration::from_millis(100)) <= Duration::from_millis(100));
         }

@@ -709,7 +709,7 @@ async fn wait_native_exec(ext: &mut Ext, hostname: &str) {
 }
 
 /// Issue 10, slow comeback: after a 100 s outage the agent's backoff has
-/// grown to its cap (up to ~36 s with jitter), yet it must be serving
+/// grown to its cap (up to ~45 s with jitter), yet it must be serving
 /// executes again within 5 s of the control plane's return. The server comes
 /// back just after one of the agent's failed attempts, the worst moment for
 /// a plain backoff, so the outage lasts 100 s plus up to one backoff delay

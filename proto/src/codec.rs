@@ -20,6 +20,19 @@ impl<T, U> Default for StrictCodec<T, U> {
     }
 }
 
+/// Initial size of a call's encode and decode buffers (tonic's default is
+/// 8 KiB each). Every open stream holds both, so a control plane with many
+/// idle agents paid 16 KiB per agent for buffers that carry a few hundred
+/// bytes; they still grow on demand for large messages.
+pub const CODEC_BUFFER_BYTES: usize = 2 * 1024;
+/// Encoded bytes after which a stream hands what it has to HTTP/2 (tonic's
+/// default).
+const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
+
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(CODEC_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
+}
+
 impl<T, U> Codec for StrictCodec<T, U>
 where
     T: Message + Send + 'static,
@@ -31,11 +44,11 @@ where
     type Decoder = StrictDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        self.0.encoder()
+        ProstCodec::<T, U>::raw_encoder(buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        StrictDecoder(self.0.decoder())
+        StrictDecoder(ProstCodec::<T, U>::raw_decoder(buffer_settings()))
     }
 }
 

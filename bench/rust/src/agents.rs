@@ -235,12 +235,19 @@ fn mint_tokens(
 struct Stats {
     /// Connections that ended while the agents were not being stopped.
     lost: AtomicUsize,
+    /// Agents that lost their connection at least once.
+    agents_lost: AtomicUsize,
+    /// Agents without a registered connection right now.
+    down: AtomicUsize,
     /// When each connection ended.
     lost_at: Mutex<Vec<SystemTime>>,
     /// When each reconnect attempt started.
     attempts: Mutex<Vec<SystemTime>>,
-    /// When each agent was registered again (`start_session` received).
+    /// When each registration after a lost connection completed
+    /// (`start_session` received).
     registered_again: Mutex<Vec<SystemTime>>,
+    /// When each agent was first registered again after its first loss.
+    first_back: Mutex<Vec<SystemTime>>,
     /// The first reason an attempt failed, for the log.
     first_failure: Mutex<Option<String>>,
 }
@@ -404,12 +411,18 @@ async fn run_agent(
     // delay (probing), try again.
     let config = AgentConfig::default();
     let mut backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
+    let mut losses = 0u64;
     loop {
         let up_since = Instant::now();
         if stay_connected(connected, &mut stop).await {
             return;
         }
+        losses += 1;
+        stats.down.fetch_add(1, Ordering::SeqCst);
         stats.lost.fetch_add(1, Ordering::Relaxed);
+        if losses == 1 {
+            stats.agents_lost.fetch_add(1, Ordering::SeqCst);
+        }
         push(&stats.lost_at, SystemTime::now());
         if up_since.elapsed() >= RESET_AFTER {
             backoff.reset();
@@ -423,7 +436,12 @@ async fn run_agent(
             push(&stats.attempts, SystemTime::now());
             match connect_and_register(&route.endpoint, &bearer, &hostname).await {
                 Ok(c) => {
-                    push(&stats.registered_again, SystemTime::now());
+                    let now = SystemTime::now();
+                    push(&stats.registered_again, now);
+                    if losses == 1 {
+                        push(&stats.first_back, now);
+                    }
+                    stats.down.fetch_sub(1, Ordering::SeqCst);
                     break c;
                 }
                 Err(why) => {
@@ -516,13 +534,16 @@ async fn measure_restart(
 ) -> anyhow::Result<()> {
     let (new_pid, ready_at) = wait_restart_file(path).await?;
     let deadline = Instant::now() + RECONNECT_ALL_TIMEOUT;
+    // All back: every agent lost its connection and none is down now.
+    let mut all_back_at = None;
     loop {
-        let back = stats
-            .registered_again
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len();
-        if back >= expected || Instant::now() > deadline {
+        if stats.agents_lost.load(Ordering::SeqCst) >= expected
+            && stats.down.load(Ordering::SeqCst) == 0
+        {
+            all_back_at = Some(SystemTime::now());
+            break;
+        }
+        if Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -544,8 +565,14 @@ async fn measure_restart(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    let first_back = stats
+        .first_back
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let lost = stats.lost.load(Ordering::Relaxed);
-    if back.len() < expected {
+    let down = stats.down.load(Ordering::SeqCst);
+    if all_back_at.is_none() {
         let why = stats
             .first_failure
             .lock()
@@ -553,17 +580,15 @@ async fn measure_restart(
             .clone()
             .unwrap_or_else(|| "no attempt failed".into());
         eprintln!(
-            "cmdop-bench-agents: only {} of {expected} agents registered again within {} s of the restart (first failure: {why})",
-            back.len(),
+            "cmdop-bench-agents: {down} of {expected} agents were still not registered again {} s after the restart (first failure: {why})",
             RECONNECT_ALL_TIMEOUT.as_secs()
         );
     }
     let first_lost = lost_at.iter().min().copied().unwrap_or(ready_at);
-    let last_back = back.iter().max().copied().unwrap_or(ready_at);
-    let all_back_s = secs_between(ready_at, last_back);
+    let all_back_s = all_back_at.map_or(-1.0, |t| secs_between(ready_at, t));
     let (back_per_s, back_before) = per_second(&back, ready_at);
     let (attempts_per_s, attempts_before) = per_second(&attempts, ready_at);
-    let mut samples: Vec<f64> = back
+    let mut samples: Vec<f64> = first_back
         .iter()
         .map(|t| secs_between(ready_at, *t) * 1e6)
         .collect();
@@ -575,11 +600,12 @@ async fn measure_restart(
         "runs": expected,
         "concurrency": 0,
         "wall_s": all_back_s,
-        "ops_per_s": if all_back_s > 0.0 { back.len() as f64 / all_back_s } else { 0.0 },
-        "errors": expected.saturating_sub(back.len()),
+        "ops_per_s": if all_back_s > 0.0 { expected as f64 / all_back_s } else { 0.0 },
+        "errors": if all_back_at.is_some() { 0 } else { down },
         "bytes": 0,
-        "agents": back.len(),
+        "agents": expected - if all_back_at.is_some() { 0 } else { down },
         "lost": lost,
+        "registrations": back.len(),
         "attempts": attempts.len(),
         "attempts_before_ready": attempts_before,
         "registered_before_ready": back_before,
@@ -595,7 +621,7 @@ async fn measure_restart(
     println!("{record}");
     let mut done = path.as_os_str().to_owned();
     done.push(".done");
-    std::fs::write(&done, format!("{}\n", back.len()))
+    std::fs::write(&done, format!("{}\n", first_back.len()))
         .with_context(|| format!("cannot write {}", PathBuf::from(&done).display()))?;
     Ok(())
 }

@@ -19,8 +19,13 @@ use tonic::Status;
 use super::{exec_link::ExecLink, history::History, ring::OutputRing};
 use crate::{limits, store::now_ms};
 
+/// One item of a ConnectTerminal response stream, boxed: a tokio channel
+/// allocates its slots 32 at a time when it is created, so with the ~250-byte
+/// unboxed item every idle agent's channel held ~8 KiB of empty slots.
+pub type ControlItem = Box<Result<ControlMessage, Status>>;
+
 /// Sender half of a ConnectTerminal response stream (agent or attach client).
-pub type ControlSender = mpsc::Sender<Result<ControlMessage, Status>>;
+pub type ControlSender = mpsc::Sender<ControlItem>;
 
 /// Capability an agent advertises when it serves native exec.
 pub use cmdop_proto::caps::AGENT_NATIVE_EXEC as NATIVE_EXEC_CAPABILITY;
@@ -215,7 +220,7 @@ impl Session {
             ..Default::default()
         };
         tokio::select! {
-            res = self.control.send_timeout(Ok(msg), Duration::from_secs(10)) => match res {
+            res = self.control.send_timeout(Box::new(Ok(msg)), Duration::from_secs(10)) => match res {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Status::unavailable(format!(
                     "machine {} is not reading its messages; try again later", self.info.hostname
@@ -232,7 +237,7 @@ impl Session {
             payload: Some(payload),
             ..Default::default()
         };
-        let _ = self.control.try_send(Ok(msg));
+        let _ = self.control.try_send(Box::new(Ok(msg)));
     }
 
     /// Stores agent output and copies it to attach subscribers. A subscriber
@@ -253,7 +258,7 @@ impl Session {
             )),
             ..Default::default()
         };
-        subs.retain(|id, tx| match tx.try_send(Ok(msg.clone())) {
+        subs.retain(|id, tx| match tx.try_send(Box::new(Ok(msg.clone()))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(session = %self.id, subscriber = id, "attach client too slow; detaching it");
@@ -382,7 +387,7 @@ impl Session {
             ..Default::default()
         };
         for (_, tx) in lock(&self.subscribers).drain() {
-            let _ = tx.try_send(Ok(close.clone()));
+            let _ = tx.try_send(Box::new(Ok(close.clone())));
         }
         if let Some(link) = lock(&self.exec_link).take() {
             link.close();

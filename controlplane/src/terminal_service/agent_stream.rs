@@ -91,10 +91,10 @@ pub fn start(
         ..Default::default()
     });
     // The queue is fresh, so this cannot be full.
-    let _ = tx.try_send(Ok(cmdop_proto::terminal::ControlMessage {
+    let _ = tx.try_send(Box::new(Ok(cmdop_proto::terminal::ControlMessage {
         payload: Some(start),
         ..Default::default()
-    }));
+    })));
     drop(tx);
 
     tokio::spawn(pump(state, session.clone(), inbound));

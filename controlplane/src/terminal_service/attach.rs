@@ -9,6 +9,7 @@ use cmdop_proto::terminal::{
     agent_message, control_message, AgentMessage, ControlMessage, ResizeCommand, SessionConfig,
     SignalCommand, StartSessionCommand, TerminalInput, TerminalSize,
 };
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
@@ -46,14 +47,14 @@ pub fn start(
         )),
         ..Default::default()
     };
-    let _ = tx.try_send(Ok(start));
+    let _ = tx.try_send(Box::new(Ok(start)));
     // From here the session's subscriber table holds the only sender: the
     // response stream ends when the client detaches, half-closes, or the
     // agent goes away.
     let subscriber = session.subscribe(tx)?;
     tracing::info!(session = %session.id, subscriber, "attach client subscribed");
     tokio::spawn(pump(session, subscriber, inbound));
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    Ok(Box::pin(ReceiverStream::new(rx).map(|item| *item)))
 }
 
 async fn pump(session: Arc<Session>, subscriber: u64, mut inbound: Streaming<AgentMessage>) {

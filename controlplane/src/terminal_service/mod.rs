@@ -24,10 +24,14 @@ pub type ControlStream =
 /// Ends an agent's response stream when its session closes (e.g. replaced
 /// by a newer connection), even though the session still holds a sender.
 fn until_closed(
-    rx: mpsc::Receiver<Result<ControlMessage, Status>>,
+    rx: mpsc::Receiver<crate::sessions::ControlItem>,
     session: Arc<Session>,
 ) -> ControlStream {
-    Box::pin(ReceiverStream::new(rx).take_until(async move { session.closed().await }))
+    Box::pin(
+        ReceiverStream::new(rx)
+            .map(|item| *item)
+            .take_until(async move { session.closed().await }),
+    )
 }
 
 /// The service implementation.
