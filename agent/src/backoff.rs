@@ -81,8 +81,8 @@ mod tests {
         // Far along the schedule every delay stays within the jittered cap.
         for _ in 0..100 {
             let d = b.next_delay();
-            assert!(d <= Duration::from_secs_f64(120.0 * 1.2 + 1e-6));
-            assert!(d >= Duration::from_secs_f64(120.0 * 0.8 - 1e-6));
+            assert!(d <= Duration::from_secs_f64(120.0 * (1.0 + JITTER) + 1e-6));
+            assert!(d >= Duration::from_secs_f64(120.0 * (1.0 - JITTER) - 1e-6));
         }
     }
 

@@ -18,8 +18,8 @@
 //! commands (no terminal, no `AgentLink.Channel`): idle agents. With several
 //! servers (a cluster's replicas) agent `i` connects to server `i mod n`.
 //! A loopback address pair has only ~28,000 ephemeral ports, so agents bind
-//! their connections to several source addresses, 127.0.0.1, 127.0.0.2, …,
-//! at most `--per-source` agents each.
+//! their connections to several source addresses, 127.R.0.1, 127.R.0.2, …
+//! (`R` differs between runs), at most `--per-source` (10,000) agents each.
 //!
 //! An agent whose connection ends reconnects the way the real agent does:
 //! the same backoff with jitter, reset after a connection that stayed up,
@@ -118,7 +118,7 @@ fn parse_args() -> anyhow::Result<Args> {
         workspace: String::new(),
         agents: 0,
         parallel: 64,
-        per_source: 20_000,
+        per_source: 10_000,
         control_plane_pids: Vec::new(),
         ready_file: None,
         restart_file: None,
@@ -464,9 +464,12 @@ fn message(session_id: String, payload: agent_message::Payload) -> AgentMessage 
     }
 }
 
-/// `127.0.0.(1 + i)`: the `i`-th source address agents bind to.
-fn source_address(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8))
+/// The `i`-th source address agents bind to: `127.R.0.(1 + i)`, with `R`
+/// picked per run. A socket bound before connecting cannot take a port still
+/// in TIME_WAIT from the previous run's connections (those the simulator
+/// closed), so runs in a row must not share source addresses.
+fn source_address(run: u8, i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, run, 0, 1 + i as u8))
 }
 
 /// Counts of `events` per whole second after `zero` (events before it go
@@ -640,6 +643,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // One enrollment channel per server, and one endpoint per server and
     // source address.
     let sources = n.div_ceil(args.per_source);
+    let run = 1 + (std::process::id() % 254) as u8;
     let mut servers = Vec::with_capacity(args.servers.len());
     for server in &args.servers {
         let endpoint = Endpoint::from_shared(server.clone())
@@ -653,7 +657,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let probe_target = cmdop_agent::probe::target(endpoint.uri());
         let routes: Vec<Route> = (0..sources)
             .map(|s| Route {
-                endpoint: endpoint.clone().local_address(Some(source_address(s))),
+                endpoint: endpoint.clone().local_address(Some(source_address(run, s))),
                 enroll_channel: enroll_channel.clone(),
                 probe_target: probe_target.clone(),
             })
