@@ -248,8 +248,6 @@ static int mode_exec(options *o) {
   j.record = true;
   atomic_store(&j.errors, 0);
   if (o->duration_s > 0) j.deadline_ns = bench_now_ns() + (uint64_t)(o->duration_s * 1e9);
-  /* The peak RSS figures of the watched processes belong to these runs. */
-  bench_watch_reset(&o->watch);
   o->rec.wall_s = exec_all(&j, workers, conc, o->rec.runs);
 
   bench_samples all = {0};
