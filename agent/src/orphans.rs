@@ -134,26 +134,6 @@ impl Drop for Record {
     }
 }
 
-/// Makes the child about to `exec` die with the agent (Linux). Runs between
-/// fork and exec: only async-signal-safe calls.
-///
-/// The death signal fires when the *thread* that forked the child exits.
-/// Commands are spawned from the async runtime's worker threads, which live
-/// as long as the agent's runtime; never spawn them from a blocking-pool
-/// thread (those exit when idle).
-pub fn die_with_parent(parent: i32) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-        // The agent may have died before the call above took effect.
-        if nix::unistd::getppid().as_raw() != parent {
-            return Err(std::io::Error::other("the agent exited during the spawn"));
-        }
-    }
-    let _ = parent;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::process::CommandExt;
