@@ -383,3 +383,44 @@ async fn many_quick_commands_are_all_reaped() {
         assert!(pid_alive(pid), "child {pid} is an unreaped zombie");
     }
 }
+
+#[test]
+fn a_command_dies_with_the_thread_that_started_it() {
+    // PR_SET_PDEATHSIG: the kernel kills the command when the thread that
+    // started it exits (here a runtime's only thread; in the agent, any
+    // worker thread, i.e. the agent itself).
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel(16);
+            let (_keep, cancel) = oneshot::channel();
+            let home = std::env::temp_dir();
+            let run = run_exec(start("sleep 30", 0), &home, cancel, &tx);
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    _ = &mut run => panic!("sleep 30 ended early"),
+                    m = rx.recv() => {
+                        if let Some(AgentUplink { msg: Some(agent_uplink::Msg::Spawned(s)) }) = m {
+                            pid_tx.send(s.pid).unwrap();
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    });
+    let pid = pid_rx.recv().unwrap() as i32;
+    thread.join().unwrap();
+    for _ in 0..100 {
+        if !pid_alive(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("command {pid} outlived the thread that started it");
+}
