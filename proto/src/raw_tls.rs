@@ -382,10 +382,9 @@ mod tests {
         let caller_pin = caller_id.pin();
         let server =
             tokio::spawn(async move { accept(&agent_id, caller_pin, agent_sock).await.err() });
-        let err = connect(&caller_id, someone_else.pin(), caller_sock)
-            .await
-            .err()
-            .expect("the handshake fails");
+        let Err(err) = connect(&caller_id, someone_else.pin(), caller_sock).await else {
+            panic!("the handshake with the wrong agent succeeded");
+        };
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         assert!(server.await.unwrap().is_some());
     }
