@@ -349,6 +349,31 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// A connection cut without close_notify (agent killed, connection
+    /// reset on the way) is an error for the caller, not a clean end.
+    #[tokio::test]
+    async fn a_cut_without_close_notify_is_an_error() {
+        let (agent_id, caller_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let (agent_sock, caller_sock) = pair().await;
+        let (caller_pin, agent_pin) = (caller_id.pin(), agent_id.pin());
+        let server = tokio::spawn(async move {
+            let (mut sock, mut conn) = accept(&agent_id, caller_pin, agent_sock).await.unwrap();
+            io::Write::write_all(&mut conn.writer(), b"partial").unwrap();
+            let mut out = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut out).unwrap();
+            }
+            sock.write_all(&out).await.unwrap();
+            sock.shutdown().await.unwrap();
+        });
+        let mut caller = connect(&caller_id, agent_pin, caller_sock).await.unwrap();
+        let mut got = Vec::new();
+        let err = caller.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        assert_eq!(got, b"partial", "what came before the cut is delivered");
+        server.await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_caller_without_the_pinned_key_gets_nothing() {
         let agent_id = Identity::generate().unwrap();
