@@ -191,7 +191,12 @@ pub async fn run_exec_piped(
         _ => None,
     };
     let credited = window.is_some();
-    let raw = RawSwitch::new(&exec_id, &start.raw_ticket, server_url);
+    let raw = RawSwitch::new(
+        &exec_id,
+        &start.raw_ticket,
+        &start.raw_tls_peer_sha256,
+        server_url,
+    );
     let may_switch = raw.is_some();
     // Stdout bytes moved to a side connection, kept up to date as they go.
     let raw_moved = Arc::new(AtomicU64::new(0));
@@ -451,7 +456,7 @@ enum PumpEnd {
     /// `raw_switched` is sent: the rest of the pipe goes to `socket`, with
     /// what is left of the drain grace.
     Switched {
-        socket: std::net::TcpStream,
+        socket: exec_raw::SideConn,
         grace: Duration,
     },
 }
