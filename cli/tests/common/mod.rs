@@ -311,6 +311,27 @@ pub struct Stack {
 }
 
 /// A name no other test of this process uses.
+/// A free loopback address whose port lies below the kernel's ephemeral
+/// range (32768 and up by default), for a server that must come back on its
+/// old port after a long outage: while it is down, the kernel may hand an
+/// ephemeral port to an outgoing connection (even the agent's own attempt,
+/// connecting to itself), and the restart would fail with "address in use".
+pub fn listen_addr_outside_ephemeral_range() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id()) * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_micros()));
+    for _ in 0..2000 {
+        let port = 20000 + (seed + NEXT.fetch_add(104_729, Ordering::Relaxed)) % 12000;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
+    panic!("no free loopback port in 20000-31999; stop what holds them and retry");
+}
+
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
