@@ -607,6 +607,174 @@ class Report:
         self.plot("cluster.svg", "cluster execute(\"true\") latency: p50, whiskers min..p99 (log scale)",
                   rows, us_tick, True, "latency per call", fmt_us)
 
+    # -- performance round 2 (issue 14)
+
+    # "Bounded" resident memory for the hol case: what the control plane or the
+    # agent may grow by while the slow reader runs. The reader holds its
+    # command back for the whole window, so buffering its output instead
+    # would grow by about all `yes` can print in that time (gigabytes).
+    HOL_RSS_BOUND_KB = 64 * 1024
+
+    def stat_row(self, r, ratio="", extra=""):
+        st = Stats(r)
+        self.w(f"| {r['label']}{extra} | {r['runs']} | {r['errors']} | {fmt_us(st.min)} | {fmt_us(st.p50)} | "
+               f"{fmt_us(st.p99)} | {ratio} |")
+
+    def round2(self):
+        hol = self.of_case("hol")
+        tls_subjects = {("stream", "c-native-tls"), ("stream", "tcp-floor"),
+                        ("file-write", "c-files-tls"), ("file-read", "c-files-tls")}
+        if not hol and not any((r.get("case"), r.get("subject")) in tls_subjects for r in self.records):
+            return
+        self.w("## Performance round 2 (issue 14)")
+        self.w()
+        self.w("The TLS stack is the same control plane and agent started with `cmdop server --tls-cert/--tls-key` "
+               "(a throwaway CA and a server certificate for 127.0.0.1 made by `openssl`, ECDSA P-256); the agent "
+               "dials `https://` and trusts the CA, the C bench trusts it through `cmdop_options.ca_pem_path`. "
+               "ssh and scp encrypt with OpenSSH's default cipher. Ratios compare p50s of this same run.")
+        self.w()
+        verdicts = []  # (goal, measured, runs, verdict)
+
+        # Goal 1: a slow reader slows only its own command.
+        idle, busy = self.find("hol", "idle"), self.find("hol", "busy")
+        slow = self.find("hol", "slow-reader")
+        if hol:
+            self.w("### A slow reader next to `execute(\"true\")` (TLS)")
+            self.w()
+            self.w("`execute(\"true\")` for a fixed time on an idle agent, then again while a second client "
+                   "process runs `yes` on the same agent through the streaming call and reads its output at a "
+                   "fixed rate (its callback sleeps, so the library's bounded queue and the per-exec credit hold "
+                   "`yes` back).")
+            self.w()
+            ratio = None
+            if idle or busy:
+                self.w("| path | runs | errors | min | p50 | p99 | p50 ÷ idle p50 |")
+                self.w("|---|---:|---:|---:|---:|---:|---:|")
+            if idle:
+                self.stat_row(idle, "peer")
+            if busy:
+                if idle and Stats(idle).p50 and Stats(busy).p50:
+                    ratio = Stats(busy).p50 / Stats(idle).p50
+                self.stat_row(busy, fmt_ratio(ratio))
+            if idle or busy:
+                self.w()
+            verdicts.append(("1. execute p50 with a slow reader ≤ 1.2× idle p50 (TLS)",
+                             f"{fmt_us(Stats(busy).p50) if busy else '–'} vs "
+                             f"{fmt_us(Stats(idle).p50) if idle else '–'}: {fmt_ratio(ratio)}",
+                             f"{busy['runs'] if busy else 0} + {idle['runs'] if idle else 0}",
+                             goal_word(ratio <= 1.2 if ratio else None)))
+            if not slow:
+                verdicts.append(("1. control-plane and agent RSS bounded", "–", "0", goal_word(None)))
+            if slow:
+                rate = slow.get("read_bytes_per_s")
+                limit = slow.get("rate_limit_bytes_per_s")
+                self.w(f"- The slow reader read {slow['bytes'] / MIB:.1f} MiB in {slow['wall_s']:.1f} s "
+                       f"({'–' if rate is None else f'{rate / MIB:.2f} MiB/s'}, limit "
+                       f"{'–' if not limit else f'{limit / MIB:.2f} MiB/s'}); its client's peak RSS "
+                       f"{fmt_kb(slow.get('rss_kb', {}).get('client'))}.")
+                self.w()
+                sampled = slow.get("rss_sampled_kb", {})
+                hwm = slow.get("rss_kb", {})
+                if not sampled:
+                    verdicts.append(("1. control-plane and agent RSS bounded", "–", "0", goal_word(None)))
+                if sampled:
+                    self.w("Resident memory while it read (VmRSS every 100 ms; VmHWM reset at its start):")
+                    self.w()
+                    self.w("| process | at start | peak (sampled) | peak (VmHWM) | at end | peak − start |")
+                    self.w("|---|---:|---:|---:|---:|---:|")
+                    for name in ("controlplane", "agent"):
+                        t = sampled.get(name)
+                        if not t:
+                            continue
+                        peak = max(t.get("peak", -1), hwm.get(name, -1))
+                        growth = peak - t["start"] if peak >= 0 and t.get("start", -1) >= 0 else None
+                        self.w(f"| {'control plane' if name == 'controlplane' else 'agent'} | {fmt_kb(t.get('start'))} | "
+                               f"{fmt_kb(t.get('peak'))} | {fmt_kb(hwm.get(name))} | {fmt_kb(t.get('end'))} | "
+                               f"{'–' if growth is None else fmt_kb(growth) if growth >= 0 else '0'} |")
+                        verdicts.append((f"1. {'control-plane' if name == 'controlplane' else 'agent'} RSS bounded "
+                                         f"(peak − start ≤ {self.HOL_RSS_BOUND_KB // 1024} MiB)",
+                                         f"{fmt_kb(t.get('start'))} → peak {fmt_kb(peak)}, end {fmt_kb(t.get('end'))}",
+                                         "1 slow read",
+                                         goal_word(growth <= self.HOL_RSS_BOUND_KB if growth is not None else None)))
+                    self.w()
+            self.skipped_lines(hol)
+            self.w()
+
+        # Goals 2 and 3: encrypted bulk, next to the raw loopback floor.
+        floor = self.find("stream", "tcp-floor")
+        plain = self.find("stream", "c-native")
+        tls = self.find("stream", "c-native-tls")
+        ssh = self.find("stream", "ssh-cm")
+        floor_p50 = Stats(floor).p50 if floor else None
+        ssh_p50 = Stats(ssh).p50 if ssh else None
+        stream_rows = [r for r in (floor, plain, tls, ssh) if r]
+        if stream_rows:
+            self.w("### Bulk output: TLS, plaintext, ssh and the raw loopback floor")
+            self.w()
+            self.w("The floor copies the same bytes (`head -c N /dev/zero`) through one loopback TCP connection "
+                   "with `splice(2)` on both sides (`bench/c/tcp_floor.c`, timed per process like ssh): no "
+                   "user-space copy, no framing, no encryption.")
+            self.w()
+            self.w("| path | size | runs | errors | min | p50 | p99 | throughput (p50) | share of the floor | "
+                   "vs ssh ControlMaster |")
+            self.w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for r in stream_rows:
+                st = Stats(r)
+                share = floor_p50 / st.p50 if floor_p50 and st.p50 else None
+                vs_ssh = ssh_p50 / st.p50 if ssh_p50 and st.p50 else None
+                self.w(f"| {r['label']} | {r['bytes'] / MIB:.0f} MiB | {r['runs']} | {r['errors']} | {fmt_us(st.min)} | "
+                       f"{fmt_us(st.p50)} | {fmt_us(st.p99)} | {fmt_rate(r['bytes'], st.p50)} | "
+                       f"{'floor' if r is floor else ('–' if share is None else f'{share * 100:.0f}%')} | "
+                       f"{'peer' if r is ssh else fmt_ratio(vs_ssh)} |")
+            self.w()
+
+        def bulk_verdict(goal, ours, peer, want):
+            if not ours and not peer:
+                return
+            ratio = Stats(peer).p50 / Stats(ours).p50 if ours and peer and Stats(ours).p50 and Stats(peer).p50 else None
+            measured = (f"{fmt_rate(ours['bytes'], Stats(ours).p50) if ours else '–'} vs "
+                        f"{fmt_rate(peer['bytes'], Stats(peer).p50) if peer else '–'}: {fmt_ratio(ratio)}")
+            runs = f"{ours['runs'] if ours else 0} + {peer['runs'] if peer else 0}"
+            verdicts.append((goal, measured, runs, goal_word(ratio >= want if ratio else None)))
+
+        bulk_verdict("2. TLS stream ≥ 1.5× ssh ControlMaster", tls, ssh, 1.5)
+        bulk_verdict("2. TLS file write ≥ 1.2× scp", self.find("file-write", "c-files-tls"),
+                     self.find("file-write", "scp-write"), 1.2)
+        bulk_verdict("2. TLS file read ≥ 1.2× scp", self.find("file-read", "c-files-tls"),
+                     self.find("file-read", "scp-read"), 1.2)
+
+        def floor_share(goal, r, want):
+            if not r and not floor:
+                return
+            share = floor_p50 / Stats(r).p50 if r and floor_p50 and Stats(r).p50 else None
+            measured = (f"{fmt_rate(r['bytes'], Stats(r).p50) if r else '–'} of "
+                        f"{fmt_rate(floor['bytes'], floor_p50) if floor else '–'}: "
+                        f"{'–' if share is None else f'{share * 100:.0f}%'}")
+            runs = f"{r['runs'] if r else 0} + {floor['runs'] if floor else 0}"
+            if want:
+                verdict = goal_word(share >= want if share is not None else None)
+            else:
+                verdict = "reported" if share is not None else goal_word(None)
+            verdicts.append((goal, measured, runs, verdict))
+
+        floor_share("3. plaintext stream ≥ 80% of the raw loopback floor", plain, 0.8)
+        floor_share("3. TLS stream as a share of the raw loopback floor", tls, None)
+        floor_share("3. ssh ControlMaster stream as a share of the raw loopback floor", ssh, None)
+
+        if verdicts:
+            self.w("### Goals")
+            self.w()
+            self.w("| goal | measured (p50) | runs (ours + peer) | |")
+            self.w("|---|---|---:|---|")
+            for goal, measured, runs, verdict in verdicts:
+                self.w(f"| {goal} | {measured} | {runs} | {verdict} |")
+            self.w()
+        for case, subject in sorted(tls_subjects):
+            for r in self.of_case(case):
+                if r.get("subject") == subject and "skipped" in r:
+                    self.skipped_lines([r])
+        self.w()
+
     def changes(self):
         self.w("## What we changed and what it gave")
         self.w()
@@ -637,6 +805,7 @@ class Report:
         self.abi()
         self.agents()
         self.cluster()
+        self.round2()
         self.changes()
         self.reproduce()
         path = os.path.join(self.out_dir, "BENCHMARKS.md")

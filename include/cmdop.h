@@ -84,6 +84,8 @@
 #define CMDOP_CAPABILITY_TOKENS "tokens.v1"
 /** Bulk exec output over plain TCP side connections (plaintext servers). */
 #define CMDOP_CAPABILITY_SIDE_CONNECTIONS "exec-raw.v1"
+/** Bulk exec output over TLS side connections, end to end with the agent (TLS servers). */
+#define CMDOP_CAPABILITY_SIDE_CONNECTIONS_TLS "exec-raw-tls.v1"
 /** Stdin streamed while a command runs (cmdop_execute_with_stdin). */
 #define CMDOP_CAPABILITY_EXEC_STDIN "exec-stdin.v1"
 

@@ -23,7 +23,6 @@ use std::{
     collections::{HashMap, VecDeque},
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
-    process::Stdio,
     sync::{atomic::AtomicU64, Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -143,35 +142,24 @@ pub async fn run_exec_piped(
         );
         return finished(&exec_id, 0, started, -1, 0, false, message);
     }
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&start.command)
-        .process_group(0)
-        .current_dir(&cwd)
-        .env_remove("CMDOP_ENROLL_TOKEN")
-        .envs(&start.env)
-        .stdin(if start.stdin.is_empty() && more_stdin.is_none() {
-            Stdio::null()
-        } else {
-            Stdio::piped()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false);
-    let parent = std::process::id() as i32;
-    // SAFETY: the closure runs in the forked child before exec and makes
-    // only async-signal-safe system calls (prctl, getppid); it allocates
-    // nothing and touches no lock.
-    unsafe {
-        cmd.pre_exec(move || crate::orphans::die_with_parent(parent));
-    }
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
+    let spawned = crate::spawn::spawn_shell(&crate::spawn::ShellCommand {
+        command: &start.command,
+        cwd: &cwd,
+        env: &start.env,
+        stdin_piped: !start.stdin.is_empty() || more_stdin.is_some(),
+    });
+    let crate::spawn::Spawned {
+        stdin,
+        stdout,
+        stderr,
+        mut child,
+    } = match spawned {
+        Ok(spawned) => spawned,
         Err(e) => {
             return finished(&exec_id, 0, started, -1, 0, false, spawn_error(&e, &cwd));
         }
     };
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
     // Lets a restarted agent kill this command's group if we die first.
     let _record = crate::orphans::Record::new(pid);
     // Announce the pid before any output (same queue, so it arrives first).
@@ -187,7 +175,7 @@ pub async fn run_exec_piped(
         tracing::debug!(exec_id, "uplink full; the pid is not announced");
     }
 
-    if let Some(stdin) = child.stdin.take() {
+    if let Some(stdin) = stdin {
         let data = start.stdin.clone();
         // Stdin is closed (EOF) when this task ends.
         tokio::spawn(feed_stdin(
@@ -203,14 +191,20 @@ pub async fn run_exec_piped(
         _ => None,
     };
     let credited = window.is_some();
-    let raw = RawSwitch::new(&exec_id, &start.raw_ticket, server_url);
+    let raw = RawSwitch::new(
+        &exec_id,
+        &start.raw_ticket,
+        &start.raw_tls_peer_sha256,
+        server_url,
+    );
     let may_switch = raw.is_some();
     // Stdout bytes moved to a side connection, kept up to date as they go.
     let raw_moved = Arc::new(AtomicU64::new(0));
     let (exited_tx, exited) = watch::channel(false);
     // Each pump returns the bytes it moved to a side connection.
     let mut pumps: Vec<tokio::task::JoinHandle<u64>> = Vec::with_capacity(2);
-    if let Some(mut out) = child.stdout.take() {
+    {
+        let mut out = stdout;
         grow_pipe(&out);
         let pump = Pump {
             exec_id: exec_id.clone(),
@@ -230,7 +224,8 @@ pub async fn run_exec_piped(
             }
         }));
     }
-    if let Some(mut err) = child.stderr.take() {
+    {
+        let mut err = stderr;
         grow_pipe(&err);
         let pump = Pump {
             exec_id: exec_id.clone(),
@@ -461,7 +456,7 @@ enum PumpEnd {
     /// `raw_switched` is sent: the rest of the pipe goes to `socket`, with
     /// what is left of the drain grace.
     Switched {
-        socket: std::net::TcpStream,
+        socket: exec_raw::SideConn,
         grace: Duration,
     },
 }

@@ -33,7 +33,7 @@ pub enum LinkEnd {
 
 /// Opens the channel, says hello and serves Exec until the stream ends.
 /// `server_url` is the control plane's URL the channel goes to; commands
-/// may open side connections there when it is `http://`.
+/// may open side connections there (plain ones only when it is `http://`).
 ///
 /// The work runs in a task of its own on the runtime's worker threads, next
 /// to the connection it reads from: the caller may be a thread blocked in
@@ -89,10 +89,9 @@ async fn serve_here(
     ];
     // Offered only where the agent would use it, so that the control
     // plane does not hand out tickets for nothing.
-    let raw_usable = exec_raw::usable_with(&server_url);
-    if raw_usable {
-        capabilities.push(exec_raw::CAPABILITY.to_string());
-    }
+    let raw_caps = exec_raw::capabilities_for(&server_url);
+    let raw_usable = !raw_caps.is_empty();
+    capabilities.extend(raw_caps.iter().map(|c| c.to_string()));
     let hello = AgentUplink {
         msg: Some(agent_uplink::Msg::Hello(AgentHello {
             session_id,

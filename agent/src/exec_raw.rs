@@ -12,8 +12,15 @@
 //! does the flow control (no credit is spent on these bytes). Any other
 //! answer, an error or a timeout leaves the command on gRPC for good.
 //!
-//! Only for `http://` control planes (the side connection is plaintext) and
-//! only on Linux (splice).
+//! When the `ExecStart` also carries the caller's certificate pin
+//! (`raw_tls_peer_sha256`, capability [`CAPABILITY_TLS`]), the agent runs
+//! TLS 1.3 as server on the side connection right after the answer,
+//! requiring that certificate ([`cmdop_proto::raw_tls`]), says its own pin
+//! in `raw_offered`, and `send_rest` encrypts instead of splicing: it reads
+//! the pipe in big pieces, seals them into records and writes many records
+//! per system call, ending with close_notify. An agent whose link is
+//! `https://` uses no side connection without a pin, and plain ones only
+//! over `http://`. Only on Linux.
 
 use std::{
     io,
@@ -29,6 +36,7 @@ use std::{
 use cmdop_proto::{
     ext::{agent_uplink, AgentUplink, ExecRawOffered, ExecRawSwitched},
     raw::{self, Role, OPENING_LEN},
+    raw_tls::{self, rustls::ServerConnection, Identity, Pin},
 };
 use futures::FutureExt;
 use tokio::{
@@ -38,6 +46,7 @@ use tokio::{
 };
 
 pub use cmdop_proto::raw::CAPABILITY;
+pub use cmdop_proto::raw_tls::CAPABILITY as CAPABILITY_TLS;
 
 /// Stdout bytes a command sends as ordinary `ExecOutput` before the agent
 /// offers a side connection, so that small outputs never pay for one.
@@ -47,27 +56,65 @@ pub const RAW_SWITCH_AFTER: u64 = 1024 * 1024;
 const IDLE_POLL: Duration = Duration::from_millis(50);
 /// Most bytes moved by one splice(2) call.
 const MAX_SPLICE: usize = 1024 * 1024;
+/// Stdout bytes read from the pipe per round on a TLS side connection.
+const TLS_READ: usize = 256 * 1024;
+/// Sealed records held before they must be written to the socket: several
+/// per writev(2), bounded memory per command.
+const TLS_BUFFER: usize = 512 * 1024;
 
-/// Whether this agent opens side connections when its control plane URL is
-/// `server_url`: only plaintext `http://` URLs, only where splice exists.
-pub fn usable_with(server_url: &str) -> bool {
-    cfg!(target_os = "linux") && ServerAddr::from_url(server_url).is_some()
+/// This agent's side-connection identity: one throwaway key and
+/// certificate for its lifetime, in memory only. `None` if it cannot be
+/// made (then no TLS side connections).
+pub fn identity() -> Option<&'static Identity> {
+    static IDENTITY: std::sync::OnceLock<Option<Identity>> = std::sync::OnceLock::new();
+    IDENTITY
+        .get_or_init(|| match Identity::generate() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "no TLS side connections; bulk stdout stays on gRPC");
+                None
+            }
+        })
+        .as_ref()
 }
 
-/// Host and port of a plaintext control plane.
+/// The side-connection capabilities this agent lists when its control
+/// plane URL is `server_url` (empty: none, it would not use them): plain
+/// ones only over `http://`, TLS ones over either; only where splice
+/// exists.
+pub fn capabilities_for(server_url: &str) -> Vec<&'static str> {
+    let Some(addr) = ServerAddr::from_url(server_url).filter(|_| cfg!(target_os = "linux")) else {
+        return Vec::new();
+    };
+    let mut caps = Vec::with_capacity(2);
+    if !addr.tls {
+        caps.push(CAPABILITY);
+    }
+    if identity().is_some() {
+        caps.push(CAPABILITY_TLS);
+    }
+    caps
+}
+
+/// Host and port of the control plane, and whether the agent's link to it
+/// is TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ServerAddr {
     host: String,
     port: u16,
+    tls: bool,
 }
 
 impl ServerAddr {
-    /// `http://host[:port][/...]`; `None` for any other scheme or garbage.
+    /// `http://host[:port][/...]` or `https://...`; `None` for any other
+    /// scheme or garbage.
     fn from_url(url: &str) -> Option<Self> {
         let uri: http::Uri = url.parse().ok()?;
-        if uri.scheme_str() != Some("http") {
-            return None;
-        }
+        let (tls, default_port) = match uri.scheme_str() {
+            Some("http") => (false, 80),
+            Some("https") => (true, 443),
+            _ => return None,
+        };
         // IPv6 literals come bracketed; connecting wants the bare address.
         let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
@@ -75,8 +122,25 @@ impl ServerAddr {
         }
         Some(ServerAddr {
             host: host.to_owned(),
-            port: uri.port_u16().unwrap_or(80),
+            port: uri.port_u16().unwrap_or(default_port),
+            tls,
         })
+    }
+}
+
+/// An accepted side connection, blocking, ready for [`send_rest`].
+pub(crate) enum SideConn {
+    /// Plain bytes, moved with splice(2).
+    Plain(TcpStream),
+    /// TLS after a completed handshake with the pinned caller.
+    Tls(TcpStream, Box<ServerConnection>),
+}
+
+impl SideConn {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            SideConn::Plain(s) | SideConn::Tls(s, _) => s,
+        }
     }
 }
 
@@ -86,6 +150,8 @@ pub(crate) struct RawSwitch {
     exec_id: String,
     addr: ServerAddr,
     opening: [u8; OPENING_LEN],
+    /// The caller's pin, for a TLS side connection.
+    tls: Option<Pin>,
     stage: Stage,
 }
 
@@ -93,19 +159,37 @@ enum Stage {
     /// Less than [`RAW_SWITCH_AFTER`] bytes sent so far.
     Waiting,
     /// `raw_offered` sent; the handshake runs in this task.
-    Handshaking(JoinHandle<Option<TcpStream>>),
+    Handshaking(JoinHandle<Option<SideConn>>),
     /// Switched, or given up: nothing more to do.
     Over,
 }
 
 impl RawSwitch {
     /// A switch for this command, when it carries a ticket and the agent
-    /// talks to a plaintext control plane (`server_url`).
-    pub(crate) fn new(exec_id: &str, ticket: &str, server_url: Option<&str>) -> Option<Self> {
+    /// may use it with its control plane (`server_url`): with the caller's
+    /// pin (`peer_pin`, 32 bytes) a TLS one, without it a plain one, but
+    /// only when the agent's own link is plaintext.
+    pub(crate) fn new(
+        exec_id: &str,
+        ticket: &str,
+        peer_pin: &[u8],
+        server_url: Option<&str>,
+    ) -> Option<Self> {
         if ticket.is_empty() || !cfg!(target_os = "linux") {
             return None;
         }
         let addr = server_url.and_then(ServerAddr::from_url)?;
+        let tls = match raw_tls::parse_pin(peer_pin) {
+            Some(pin) if identity().is_some() => Some(pin),
+            None if peer_pin.is_empty() && !addr.tls => None,
+            _ => {
+                tracing::debug!(
+                    exec_id,
+                    "no usable caller pin over TLS; stdout stays on gRPC"
+                );
+                return None;
+            }
+        };
         let Some(opening) = raw::opening(Role::Agent, ticket) else {
             tracing::debug!(exec_id, "malformed raw ticket; stdout stays on gRPC");
             return None;
@@ -114,6 +198,7 @@ impl RawSwitch {
             exec_id: exec_id.to_owned(),
             addr,
             opening,
+            tls,
             stage: Stage::Waiting,
         })
     }
@@ -130,9 +215,14 @@ impl RawSwitch {
         if !matches!(self.stage, Stage::Waiting) || sent < RAW_SWITCH_AFTER {
             return true;
         }
+        let agent_pin = match (self.tls, identity()) {
+            (Some(_), Some(id)) => bytes::Bytes::copy_from_slice(&id.pin()),
+            _ => bytes::Bytes::new(),
+        };
         let offered = AgentUplink {
             msg: Some(agent_uplink::Msg::RawOffered(ExecRawOffered {
                 exec_id: self.exec_id.clone(),
+                raw_tls_agent_sha256: agent_pin,
             })),
         };
         if sink.send(offered).await.is_err() {
@@ -140,8 +230,9 @@ impl RawSwitch {
             return false;
         }
         let (exec_id, addr, opening) = (self.exec_id.clone(), self.addr.clone(), self.opening);
+        let tls = self.tls;
         self.stage = Stage::Handshaking(tokio::spawn(async move {
-            match handshake(&addr, &opening).await {
+            match handshake(&addr, &opening, tls).await {
                 Ok(socket) => Some(socket),
                 Err(e) => {
                     tracing::debug!(exec_id, host = %addr.host, port = addr.port, error = %e,
@@ -156,7 +247,7 @@ impl RawSwitch {
     /// The accepted side connection, once the handshake has succeeded;
     /// never waits. After it returned a socket (or the handshake failed),
     /// always `None`.
-    pub(crate) fn accepted(&mut self) -> Option<TcpStream> {
+    pub(crate) fn accepted(&mut self) -> Option<SideConn> {
         let Stage::Handshaking(task) = &mut self.stage else {
             return None;
         };
@@ -186,13 +277,26 @@ impl Drop for RawSwitch {
     }
 }
 
-/// The agent's handshake ([`raw::connect`]); the socket comes back in
-/// blocking mode, ready for splice.
-async fn handshake(addr: &ServerAddr, opening: &[u8; OPENING_LEN]) -> io::Result<TcpStream> {
+/// The agent's handshake ([`raw::connect`]), then with `tls` (the caller's
+/// pin) the TLS one as server; the socket comes back in blocking mode,
+/// ready for [`send_rest`].
+async fn handshake(
+    addr: &ServerAddr,
+    opening: &[u8; OPENING_LEN],
+    tls: Option<Pin>,
+) -> io::Result<SideConn> {
     let socket = raw::connect((addr.host.as_str(), addr.port), opening).await?;
-    let socket = socket.into_std()?;
-    socket.set_nonblocking(false)?;
-    Ok(socket)
+    let conn = match tls {
+        None => SideConn::Plain(socket.into_std()?),
+        Some(caller) => {
+            let identity = identity().ok_or_else(|| io::Error::other("no side-connection key"))?;
+            let (socket, mut tls) = raw_tls::accept(identity, caller, socket).await?;
+            tls.set_buffer_limit(Some(TLS_BUFFER));
+            SideConn::Tls(socket.into_std()?, Box::new(tls))
+        }
+    };
+    conn.socket().set_nonblocking(false)?;
+    Ok(conn)
 }
 
 /// Moves the rest of the command's stdout into `socket` until EOF, the end
@@ -206,7 +310,7 @@ async fn handshake(addr: &ServerAddr, opening: &[u8; OPENING_LEN]) -> io::Result
 /// the copy promptly, even one blocked on a full socket.
 pub(crate) async fn send_rest(
     stdout: ChildStdout,
-    socket: TcpStream,
+    conn: SideConn,
     exited: watch::Receiver<bool>,
     grace: Duration,
     moved: Arc<AtomicU64>,
@@ -215,22 +319,27 @@ pub(crate) async fn send_rest(
         Ok(fd) => fd,
         Err(e) => {
             tracing::warn!(error = %e, "cannot take the stdout pipe; the side connection gets no data");
-            let _ = socket.shutdown(Shutdown::Write);
+            let _ = conn.socket().shutdown(Shutdown::Write);
             return 0;
         }
     };
-    let mut guard = match StopOnDrop::new(&socket) {
+    let mut guard = match StopOnDrop::new(conn.socket()) {
         Ok(guard) => guard,
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the side connection; it gets no data");
-            let _ = socket.shutdown(Shutdown::Write);
+            let _ = conn.socket().shutdown(Shutdown::Write);
             return 0;
         }
     };
     let stop = Arc::clone(&guard.stop);
     let counter = Arc::clone(&moved);
-    let copy = tokio::task::spawn_blocking(move || {
-        splice_until_done(&pipe, &socket, &exited, grace, &stop, &counter)
+    let copy = tokio::task::spawn_blocking(move || match conn {
+        SideConn::Plain(socket) => {
+            splice_until_done(&pipe, &socket, &exited, grace, &stop, &counter)
+        }
+        SideConn::Tls(socket, mut tls) => {
+            seal_until_done(&pipe, &socket, &mut tls, &exited, grace, &stop, &counter)
+        }
     });
     match copy.await {
         Ok(end) => tracing::debug!(?end, "side connection done"),
@@ -282,7 +391,59 @@ enum CopyEnd {
     Failed,
 }
 
-/// The blocking copy loop of [`send_rest`].
+/// Makes the stdout pipe non-blocking, for the copy loops.
+#[cfg(target_os = "linux")]
+fn pipe_nonblocking(pipe: &OwnedFd) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let nonblocking = fcntl(pipe, FcntlArg::F_GETFL)
+        .map(|bits| OFlag::from_bits_truncate(bits) | OFlag::O_NONBLOCK)
+        .and_then(|flags| fcntl(pipe, FcntlArg::F_SETFL(flags)));
+    if let Err(e) = nonblocking {
+        tracing::warn!(error = %e, "cannot make the stdout pipe non-blocking");
+        return false;
+    }
+    true
+}
+
+/// The pipe is empty: waits up to [`IDLE_POLL`] for more. After the
+/// command exited only this waiting counts against `grace`; `Some` when the
+/// copy is to end (grace spent, or poll failed).
+#[cfg(target_os = "linux")]
+fn wait_for_pipe(
+    pipe: &OwnedFd,
+    exited: &watch::Receiver<bool>,
+    grace: &mut Duration,
+) -> Option<CopyEnd> {
+    use nix::{
+        errno::Errno,
+        poll::{poll, PollFd, PollFlags, PollTimeout},
+    };
+    let after_exit = *exited.borrow();
+    if after_exit && grace.is_zero() {
+        return Some(CopyEnd::Finished);
+    }
+    let wait = if after_exit {
+        IDLE_POLL.min(*grace)
+    } else {
+        IDLE_POLL
+    };
+    let millis = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
+    let began = Instant::now();
+    let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(millis)) {
+        Ok(_) | Err(Errno::EINTR) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot wait for the stdout pipe");
+            return Some(CopyEnd::Failed);
+        }
+    }
+    if after_exit {
+        *grace = grace.saturating_sub(began.elapsed());
+    }
+    None
+}
+
+/// The blocking copy loop of [`send_rest`] for a plain side connection.
 ///
 /// The socket stays blocking: a splice waits while the reader is slow, and
 /// that time does not count against the drain grace. The pipe is
@@ -299,15 +460,10 @@ fn splice_until_done(
 ) -> CopyEnd {
     use nix::{
         errno::Errno,
-        fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags},
-        poll::{poll, PollFd, PollFlags, PollTimeout},
+        fcntl::{splice, SpliceFFlags},
     };
 
-    let nonblocking = fcntl(pipe, FcntlArg::F_GETFL)
-        .map(|bits| OFlag::from_bits_truncate(bits) | OFlag::O_NONBLOCK)
-        .and_then(|flags| fcntl(pipe, FcntlArg::F_SETFL(flags)));
-    if let Err(e) = nonblocking {
-        tracing::warn!(error = %e, "cannot make the stdout pipe non-blocking");
+    if !pipe_nonblocking(pipe) {
         return CopyEnd::Failed;
     }
     let flags =
@@ -334,27 +490,8 @@ fn splice_until_done(
                     let _ = socket.set_nodelay(true);
                     held_back = false;
                 }
-                let after_exit = *exited.borrow();
-                if after_exit && grace.is_zero() {
-                    break CopyEnd::Finished;
-                }
-                let wait = if after_exit {
-                    IDLE_POLL.min(grace)
-                } else {
-                    IDLE_POLL
-                };
-                let millis = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
-                let began = Instant::now();
-                let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
-                match poll(&mut fds, PollTimeout::from(millis)) {
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot wait for the stdout pipe");
-                        break CopyEnd::Failed;
-                    }
-                }
-                if after_exit {
-                    grace = grace.saturating_sub(began.elapsed());
+                if let Some(end) = wait_for_pipe(pipe, exited, &mut grace) {
+                    break end;
                 }
             }
             // The guard shut the socket down: any error is the cancel.
@@ -377,6 +514,91 @@ fn splice_until_done(
     end
 }
 
+/// Writes every sealed record `tls` holds to the blocking `socket`.
+fn flush_records(tls: &mut ServerConnection, mut socket: &TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        tls.write_tls(&mut socket)?;
+    }
+    Ok(())
+}
+
+/// The blocking copy loop of [`send_rest`] for a TLS side connection:
+/// like [`splice_until_done`], but each round reads up to [`TLS_READ`]
+/// bytes of stdout, seals them and writes the records (several per
+/// writev(2), at most [`TLS_BUFFER`] held). A finished copy ends with
+/// close_notify, so the caller can tell the end from a cut connection.
+#[cfg(target_os = "linux")]
+fn seal_until_done(
+    pipe: &OwnedFd,
+    socket: &TcpStream,
+    tls: &mut ServerConnection,
+    exited: &watch::Receiver<bool>,
+    mut grace: Duration,
+    stop: &AtomicBool,
+    moved: &AtomicU64,
+) -> CopyEnd {
+    use nix::errno::Errno;
+    use std::io::Write;
+
+    if !pipe_nonblocking(pipe) {
+        return CopyEnd::Failed;
+    }
+    let mut buf = vec![0u8; TLS_READ];
+    let end = loop {
+        if stop.load(Ordering::Relaxed) {
+            break CopyEnd::Stopped;
+        }
+        let n = match nix::unistd::read(pipe, &mut buf) {
+            Ok(0) => break CopyEnd::Finished,
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => {
+                if let Some(end) = wait_for_pipe(pipe, exited, &mut grace) {
+                    break end;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the stdout pipe");
+                break CopyEnd::Failed;
+            }
+        };
+        let mut rest = &buf[..n];
+        let written = loop {
+            // Takes what fits under the buffer limit; the flush makes room.
+            match tls.writer().write(rest) {
+                Ok(k) => rest = &rest[k..],
+                Err(e) => break Err(e),
+            }
+            if let Err(e) = flush_records(tls, socket) {
+                break Err(e);
+            }
+            if rest.is_empty() {
+                break Ok(());
+            }
+        };
+        match written {
+            Ok(()) => {
+                moved.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            // The guard shut the socket down: any error is the cancel.
+            Err(_) if stop.load(Ordering::Relaxed) => break CopyEnd::Stopped,
+            Err(e) => {
+                tracing::debug!(error = %e, "the TLS side connection failed; its caller went away");
+                break CopyEnd::Failed;
+            }
+        }
+    };
+    if end == CopyEnd::Finished {
+        tls.send_close_notify();
+        let closed = flush_records(tls, socket).and_then(|()| socket.shutdown(Shutdown::Write));
+        if let Err(e) = closed {
+            tracing::debug!(error = %e, "cannot close the TLS side connection");
+        }
+    }
+    end
+}
+
 /// splice(2) is Linux only, and [`RawSwitch::new`] never switches elsewhere.
 #[cfg(not(target_os = "linux"))]
 fn splice_until_done(
@@ -391,12 +613,27 @@ fn splice_until_done(
     CopyEnd::Failed
 }
 
+/// Never used off Linux: [`RawSwitch::new`] never switches there.
+#[cfg(not(target_os = "linux"))]
+fn seal_until_done(
+    _pipe: &OwnedFd,
+    socket: &TcpStream,
+    _tls: &mut ServerConnection,
+    _exited: &watch::Receiver<bool>,
+    _grace: Duration,
+    _stop: &AtomicBool,
+    _moved: &AtomicU64,
+) -> CopyEnd {
+    let _ = socket.shutdown(Shutdown::Write);
+    CopyEnd::Failed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn only_plain_http_urls_give_an_address() {
+    fn only_http_and_https_urls_give_an_address() {
         let addr = |url| ServerAddr::from_url(url).map(|a| (a.host, a.port));
         assert_eq!(
             addr("http://127.0.0.1:50051"),
@@ -404,24 +641,52 @@ mod tests {
         );
         assert_eq!(addr("http://cp.example/"), Some(("cp.example".into(), 80)));
         assert_eq!(addr("http://[::1]:7000"), Some(("::1".into(), 7000)));
-        assert_eq!(addr("https://127.0.0.1:50051"), None);
+        assert_eq!(
+            addr("https://127.0.0.1:50051"),
+            Some(("127.0.0.1".into(), 50051))
+        );
+        assert!(ServerAddr::from_url("https://cp.example").unwrap().tls);
+        assert!(!ServerAddr::from_url("http://cp.example").unwrap().tls);
         assert_eq!(addr("unix:///run/cmdop.sock"), None);
         assert_eq!(addr("not a url"), None);
         assert_eq!(addr(""), None);
     }
 
     #[test]
-    fn no_switch_without_a_good_ticket_or_a_plaintext_server() {
+    fn no_switch_without_a_good_ticket_and_never_plain_over_tls() {
         let ticket = raw::new_ticket();
         let http = Some("http://127.0.0.1:1");
-        assert_eq!(
-            RawSwitch::new("e", &ticket, http).is_some(),
-            cfg!(target_os = "linux")
-        );
-        assert!(RawSwitch::new("e", "", http).is_none());
-        assert!(RawSwitch::new("e", "short", http).is_none());
-        assert!(RawSwitch::new("e", &ticket, Some("https://127.0.0.1:1")).is_none());
-        assert!(RawSwitch::new("e", &ticket, None).is_none());
+        let https = Some("https://127.0.0.1:1");
+        let pin = [5u8; 32];
+        let linux = cfg!(target_os = "linux");
+        let switch = |ticket: &str, pin: &[u8], url| RawSwitch::new("e", ticket, pin, url);
+        assert_eq!(switch(&ticket, &[], http).is_some(), linux);
+        assert!(switch(&ticket, &[], http).is_none_or(|s| s.tls.is_none()));
+        assert!(switch("", &[], http).is_none());
+        assert!(switch("short", &[], http).is_none());
+        assert!(switch(&ticket, &[], None).is_none());
+        // Over TLS only with the caller's pin, and then as TLS.
+        assert!(switch(&ticket, &[], https).is_none());
+        assert!(switch(&ticket, &pin[..31], https).is_none());
+        assert!(switch(&ticket, &pin[..31], http).is_none());
+        let tls = switch(&ticket, &pin, https);
+        assert_eq!(tls.is_some(), linux);
+        assert!(tls.is_none_or(|s| s.tls == Some(pin)));
+        assert!(switch(&ticket, &pin, http).is_none_or(|s| s.tls == Some(pin)));
+    }
+
+    #[test]
+    fn capabilities_follow_the_link() {
+        let linux = cfg!(target_os = "linux");
+        let plain = capabilities_for("http://127.0.0.1:1");
+        let tls = capabilities_for("https://127.0.0.1:1");
+        if linux {
+            assert_eq!(plain, [CAPABILITY, CAPABILITY_TLS]);
+            assert_eq!(tls, [CAPABILITY_TLS]);
+        } else {
+            assert!(plain.is_empty() && tls.is_empty());
+        }
+        assert!(capabilities_for("unix:///x").is_empty());
     }
 
     #[cfg(target_os = "linux")]
@@ -442,7 +707,7 @@ mod tests {
         let moved = Arc::new(AtomicU64::new(0));
         let copy = tokio::spawn(send_rest(
             stdout,
-            socket,
+            SideConn::Plain(socket),
             exited,
             Duration::from_secs(1),
             Arc::clone(&moved),

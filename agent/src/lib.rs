@@ -26,6 +26,7 @@ pub mod orphans;
 pub mod private_file;
 pub mod probe;
 pub mod pty_session;
+mod spawn;
 pub mod state;
 pub mod transfer;
 pub mod transport;

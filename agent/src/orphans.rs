@@ -4,8 +4,9 @@
 //!
 //! * each command's shell gets `PR_SET_PDEATHSIG(SIGKILL)` before `exec`, so
 //!   the kernel kills it the moment the agent dies, even by SIGKILL;
-//! * each running command has a record (`<pid> <start time>`) in a
-//!   directory next to the agent's state file. A restarted agent sweeps it
+//! * each running command has a record (`<pid> <start time>`) in a file
+//!   of a directory next to the agent's state file (files are reused: a
+//!   blank one is free). A restarted agent sweeps it
 //!   and kills the process group of every command a killed agent left
 //!   behind (grandchildren such as `sh -c 'a; b'`'s children do not get the
 //!   death signal). The start time (field 22 of `/proc/<pid>/stat`) is
@@ -13,8 +14,12 @@
 //!   process is never signalled.
 
 use std::{
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    sync::OnceLock,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, OnceLock,
+    },
 };
 
 use nix::{sys::signal::Signal, unistd::Pid};
@@ -45,7 +50,8 @@ pub fn init(dir: &Path) -> usize {
 }
 
 /// Kills the process group of every command recorded in `dir` whose leader
-/// is gone or still the recorded process; removes the records.
+/// is gone or still the recorded process; removes the record files (blank
+/// ones too).
 pub fn sweep(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -92,7 +98,19 @@ fn kill_left_behind(pid: i32, recorded_start: u64) -> bool {
 
 /// Field 22 (`starttime`, clock ticks since boot) of `/proc/<pid>/stat`.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    use std::io::Read;
+    // One read into a buffer that holds the whole line (the kernel makes
+    // it at once), not read_to_string's stat and growing reads.
+    let mut buf = [0u8; 1024];
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = file.read(&mut buf).ok()?;
+    let long;
+    let stat = if n < buf.len() {
+        std::str::from_utf8(&buf[..n]).ok()?
+    } else {
+        long = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        long.as_str()
+    };
     // The command name (field 2) may contain spaces and parentheses; the
     // fields after it start past the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -100,8 +118,20 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// The record of one running command; removed when dropped.
-pub struct Record(Option<PathBuf>);
+/// Size of one record: `<pid> <start time>` and a newline, padded with
+/// spaces. A record of spaces only is free.
+const RECORD_BYTES: usize = 48;
+
+/// Record files not in use, open for writing. A command's record is
+/// written into one of them and blanked when it ends, so that the hot path
+/// creates and deletes no file (each costs a directory update); the
+/// directory holds at most as many files as commands ever ran at once.
+static FREE: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+/// Names new record files.
+static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
+
+/// The record of one running command; blanked when dropped.
+pub struct Record(Option<std::fs::File>);
 
 impl Record {
     /// Records command `pid` (a process group leader) if records are kept.
@@ -115,9 +145,23 @@ impl Record {
         let Some(start) = start_time(pid) else {
             return Record(None);
         };
-        let path = dir.join(pid.to_string());
-        match std::fs::write(&path, format!("{pid} {start}\n")) {
-            Ok(()) => Record(Some(path)),
+        let mut record = [b' '; RECORD_BYTES];
+        let text = format!("{pid} {start}\n");
+        record[..text.len()].copy_from_slice(text.as_bytes());
+        let free = lock(&FREE).pop();
+        let file = match free {
+            Some(file) => Ok(file),
+            None => {
+                let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(dir.join(format!("slot-{n}")))
+            }
+        };
+        match file.and_then(|file| file.write_all_at(&record, 0).map(|()| file)) {
+            Ok(file) => Record(Some(file)),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot record a running command");
                 Record(None)
@@ -128,30 +172,18 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
+        if let Some(file) = self.0.take() {
+            // A file that cannot be blanked is not reused (the next agent's
+            // sweep removes it).
+            if file.write_all_at(&[b' '; RECORD_BYTES], 0).is_ok() {
+                lock(&FREE).push(file);
+            }
         }
     }
 }
 
-/// Makes the child about to `exec` die with the agent (Linux). Runs between
-/// fork and exec: only async-signal-safe calls.
-///
-/// The death signal fires when the *thread* that forked the child exits.
-/// Commands are spawned from the async runtime's worker threads, which live
-/// as long as the agent's runtime; never spawn them from a blocking-pool
-/// thread (those exit when idle).
-pub fn die_with_parent(parent: i32) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-        // The agent may have died before the call above took effect.
-        if nix::unistd::getppid().as_raw() != parent {
-            return Err(std::io::Error::other("the agent exited during the spawn"));
-        }
-    }
-    let _ = parent;
-    Ok(())
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -191,5 +223,44 @@ mod tests {
         let status = child.wait().expect("wait");
         assert!(!status.success());
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+    }
+
+    #[test]
+    fn records_reuse_their_files_and_are_swept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(init(dir.path()), 0);
+        assert_eq!(DIR.get().map(PathBuf::as_path), Some(dir.path()));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        let files = || -> Vec<String> {
+            std::fs::read_dir(dir.path())
+                .expect("dir")
+                .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("read"))
+                .collect()
+        };
+        let start = start_time(pid as i32).expect("start time");
+        let first = Record::new(pid);
+        assert_eq!(files().len(), 1);
+        assert_eq!(parse_record(&files()[0]), Some((pid as i32, start)));
+        drop(first);
+        assert_eq!(files().len(), 1, "the file stays for the next command");
+        assert!(
+            files()[0].trim().is_empty(),
+            "a finished command's record is blank"
+        );
+        // Two at once: the free file is reused, one more is made.
+        let (a, b) = (Record::new(pid), Record::new(pid));
+        assert_eq!(files().len(), 2);
+        drop(b);
+        // What a killed agent leaves: one live record, one blank file.
+        let mut a = a;
+        drop(a.0.take());
+        assert_eq!(sweep(dir.path()), 1);
+        assert!(!child.wait().expect("wait").success());
+        assert!(files().is_empty());
     }
 }

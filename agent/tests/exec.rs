@@ -297,3 +297,130 @@ async fn commands_up_to_the_os_argument_limit_run_and_longer_ones_are_refused() 
     assert!(exit.error.contains(&max.to_string()), "{}", exit.error);
     assert_eq!(out.finished.pid, 0, "nothing was started");
 }
+
+fn libc_sigpipe() -> u32 {
+    nix::sys::signal::Signal::SIGPIPE as u32
+}
+
+/// A field of `/proc/<pid>/status` as printed by the command itself.
+fn status_field(out: &str, name: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_command_leads_its_own_group_with_default_signals() {
+    // The test process ignores SIGPIPE (Rust does) and runs handlers on
+    // runtime threads; the command must see none of that.
+    // Read by the shell itself (builtins only: a child would see the
+    // shell's state while it waits for that child).
+    let o = run_simple(
+        "while read -r l; do echo \"$l\"; done </proc/self/status; \
+         read -r _ _ _ _ pgid _ </proc/self/stat; echo pgid=$pgid pid=$$",
+    )
+    .await;
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(o.finished.exit.unwrap().exit_code, 0, "{out}");
+    // (Caught signals are the shell's own business.)
+    let blocked = status_field(&out, "SigBlk");
+    assert!(
+        blocked.chars().all(|c| c == '0'),
+        "the command starts with signals {blocked} blocked"
+    );
+    // Ignored: only what this process inherited ignored, not SIGPIPE.
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mask = |v: &str| u64::from_str_radix(v, 16).unwrap();
+    let sigpipe = 1u64 << (libc_sigpipe() - 1);
+    assert_eq!(
+        mask(&status_field(&out, "SigIgn")),
+        mask(&status_field(&own, "SigIgn")) & !sigpipe,
+        "{out}"
+    );
+    let last = out.lines().last().unwrap();
+    let pid = o.finished.pid;
+    assert_eq!(last, format!("pgid={pid} pid={pid}"), "{out}");
+}
+
+#[tokio::test]
+async fn the_environment_is_the_agents_plus_the_requests() {
+    let mut s = start("printf '%s|%s' \"$HOME\" \"$PATH\"", 0);
+    s.env.insert("PATH".into(), "/only/this".into());
+    let (_keep, cancel) = oneshot::channel();
+    let o = run(s, cancel).await;
+    let out = String::from_utf8(o.stdout).unwrap();
+    let home = std::env::var("HOME").unwrap_or_default();
+    assert_eq!(out, format!("{home}|/only/this"));
+}
+
+#[tokio::test]
+async fn a_nul_byte_is_refused_without_running_anything() {
+    let mut s = start("echo ran", 0);
+    s.env.insert("BAD".into(), "a\0b".into());
+    let (_keep, cancel) = oneshot::channel();
+    let o = run(s, cancel).await;
+    let exit = o.finished.exit.unwrap();
+    assert_eq!((exit.exit_code, o.finished.pid), (-1, 0));
+    assert!(exit.error.contains("NUL"), "{}", exit.error);
+    assert!(o.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn many_quick_commands_are_all_reaped() {
+    // Children are listed per thread: this test's runtime runs on this one.
+    let (me, thread) = (std::process::id(), nix::unistd::gettid());
+    for _ in 0..200 {
+        let o = run_simple("true").await;
+        assert_eq!(o.finished.exit.unwrap().exit_code, 0);
+    }
+    // No zombie children left behind.
+    let children =
+        std::fs::read_to_string(format!("/proc/{me}/task/{thread}/children")).unwrap_or_default();
+    for pid in children.split_whitespace() {
+        let pid: i32 = pid.parse().unwrap();
+        assert!(pid_alive(pid), "child {pid} is an unreaped zombie");
+    }
+}
+
+#[test]
+fn a_command_dies_with_the_thread_that_started_it() {
+    // PR_SET_PDEATHSIG: the kernel kills the command when the thread that
+    // started it exits (here a runtime's only thread; in the agent, any
+    // worker thread, i.e. the agent itself).
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel(16);
+            let (_keep, cancel) = oneshot::channel();
+            let home = std::env::temp_dir();
+            let run = run_exec(start("sleep 30", 0), &home, cancel, &tx);
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    _ = &mut run => panic!("sleep 30 ended early"),
+                    m = rx.recv() => {
+                        if let Some(AgentUplink { msg: Some(agent_uplink::Msg::Spawned(s)) }) = m {
+                            pid_tx.send(s.pid).unwrap();
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    });
+    let pid = pid_rx.recv().unwrap() as i32;
+    thread.join().unwrap();
+    for _ in 0..100 {
+        if !pid_alive(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("command {pid} outlived the thread that started it");
+}

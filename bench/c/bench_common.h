@@ -6,6 +6,8 @@
  *   {"case":"latency","subject":"ssh-cm","label":"…","runs":N,"concurrency":C,
  *    "wall_s":…,"ops_per_s":…,"errors":E,"bytes":B,"samples_us":[…],
  *    "rss_kb":{"client":…,"controlplane":…}, "note":"…"}
+ * plus, for some modes, members of their own (e.g. "rss_sampled_kb" of the
+ * slow reader).
  */
 #ifndef CMDOP_BENCH_COMMON_H
 #define CMDOP_BENCH_COMMON_H
@@ -34,8 +36,8 @@ static inline uint64_t bench_now_ns(void) {
 
 /* --------------------------------------------------------------- failure */
 
-static void bench_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void bench_die(const char *fmt, ...) {
+static inline void bench_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static inline void bench_die(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   fputs("bench: ", stderr);
@@ -46,7 +48,7 @@ static void bench_die(const char *fmt, ...) {
 }
 
 /* Parses a non-negative integer with an optional K/M/G (binary) suffix. */
-static uint64_t bench_parse_size(const char *what, const char *s) {
+static inline uint64_t bench_parse_size(const char *what, const char *s) {
   char *end = NULL;
   errno = 0;
   unsigned long long v = strtoull(s, &end, 10);
@@ -74,7 +76,7 @@ typedef struct {
   size_t cap;
 } bench_samples;
 
-static void bench_samples_push(bench_samples *s, double us) {
+static inline void bench_samples_push(bench_samples *s, double us) {
   if (s->len == s->cap) {
     size_t cap = s->cap ? s->cap * 2 : 256;
     double *p = realloc(s->us, cap * sizeof *p);
@@ -86,7 +88,7 @@ static void bench_samples_push(bench_samples *s, double us) {
 }
 
 /* Appends all of `from` to `into` and empties `from`. */
-static void bench_samples_move(bench_samples *into, bench_samples *from) {
+static inline void bench_samples_move(bench_samples *into, bench_samples *from) {
   for (size_t i = 0; i < from->len; i++) bench_samples_push(into, from->us[i]);
   free(from->us);
   from->us = NULL;
@@ -106,7 +108,7 @@ typedef struct {
   size_t len;
 } bench_watch_list;
 
-static void bench_watch_add(bench_watch_list *w, const char *spec) {
+static inline void bench_watch_add(bench_watch_list *w, const char *spec) {
   const char *eq = strchr(spec, '=');
   if (!eq || eq == spec || (size_t)(eq - spec) >= sizeof w->items[0].name)
     bench_die("--watch wants NAME=PID (NAME up to 31 bytes), got '%s'", spec);
@@ -118,7 +120,7 @@ static void bench_watch_add(bench_watch_list *w, const char *spec) {
 }
 
 /* Reads VmHWM (peak resident set, KiB) of `pid` (0 = this process); -1 if unknown. */
-static long bench_vm_hwm_kb(long pid) {
+static inline long bench_vm_hwm_kb(long pid) {
   char path[64];
   if (pid == 0)
     snprintf(path, sizeof path, "/proc/self/status");
@@ -138,10 +140,31 @@ static long bench_vm_hwm_kb(long pid) {
   return kb;
 }
 
+/* Reads VmRSS (current resident set, KiB) of `pid` (0 = this process); -1 if unknown. */
+static inline long bench_vm_rss_kb(long pid) {
+  char path[64];
+  if (pid == 0)
+    snprintf(path, sizeof path, "/proc/self/status");
+  else
+    snprintf(path, sizeof path, "/proc/%ld/status", pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  char line[256];
+  long kb = -1;
+  while (fgets(line, sizeof line, f)) {
+    if (strncmp(line, "VmRSS:", 6) == 0) {
+      kb = strtol(line + 6, NULL, 10);
+      break;
+    }
+  }
+  fclose(f);
+  return kb;
+}
+
 /* Resets the peak-RSS counter of every watched process (Linux clear_refs "5"),
  * so the figure afterwards belongs to this case alone. Best effort: without
  * permission the figure is the process's lifetime peak, which the report says. */
-static void bench_watch_reset(const bench_watch_list *w) {
+static inline void bench_watch_reset(const bench_watch_list *w) {
   for (size_t i = 0; i < w->len; i++) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%ld/clear_refs", w->items[i].pid);
@@ -155,7 +178,7 @@ static void bench_watch_reset(const bench_watch_list *w) {
 /* ------------------------------------------------------------ JSON record */
 
 /* Writes `s` as a JSON string literal. */
-static void bench_json_str(FILE *out, const char *s) {
+static inline void bench_json_str(FILE *out, const char *s) {
   fputc('"', out);
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
     if (*p == '"' || *p == '\\')
@@ -182,9 +205,11 @@ typedef struct {
   long client_rss_kb;
   const bench_samples *samples;
   const bench_watch_list *watch;
+  /* Optional extra members, already JSON ("\"key\":value,…"); NULL = none. */
+  const char *extra_json;
 } bench_record;
 
-static void bench_record_print(const bench_record *r) {
+static inline void bench_record_print(const bench_record *r) {
   FILE *out = stdout;
   fputs("{\"case\":", out);
   bench_json_str(out, r->case_name);
@@ -209,7 +234,9 @@ static void bench_record_print(const bench_record *r) {
       fprintf(out, ":%ld", bench_vm_hwm_kb(r->watch->items[i].pid));
     }
   }
-  fputs("},\"samples_us\":[", out);
+  fputc('}', out);
+  if (r->extra_json && *r->extra_json) fprintf(out, ",%s", r->extra_json);
+  fputs(",\"samples_us\":[", out);
   if (r->samples) {
     for (size_t i = 0; i < r->samples->len; i++)
       fprintf(out, "%s%.3f", i ? "," : "", r->samples->us[i]);

@@ -16,6 +16,18 @@
  *              back; one record each
  *   coldstart  per run, in a fresh child process: create client + connect +
  *              set machine + first execute
+ *   slowread   a slow reader: runs --command (default "yes") through the
+ *              streaming call and reads its output at --rate bytes/s (the
+ *              callback sleeps, so the library's bounded queue and the
+ *              per-exec flow control hold the command back) for --seconds,
+ *              then cancels it; writes --ready-file once output flows.
+ *              Samples the VmRSS of every --watch NAME=PID every 100 ms
+ *              (at the start, peak, at the end: "rss_sampled_kb")
+ *
+ * --ca FILE turns TLS on and trusts the CA certificate(s) in FILE (PEM), for
+ * a control plane started with --tls-cert/--tls-key. In exec mode,
+ * --duration-s S stops after S seconds (--runs is then an upper bound and the
+ * record gives the runs done).
  *
  * --timeout-ms bounds each execute (default 60000); a call that runs into it
  * counts as an error. The API key comes from CMDOP_API_KEY. Everything the library returns is
@@ -47,6 +59,11 @@ typedef struct {
   const char *dir;
   uint64_t bytes;
   unsigned warmup;
+  const char *ca_path;
+  double duration_s;
+  uint64_t rate;
+  double seconds;
+  const char *ready_file;
   bench_record rec;
   bench_watch_list watch;
 } options;
@@ -64,7 +81,17 @@ static void report_failure(const char *what, cmdop_status st) {
  * agent's session comes up). Returns NULL after describing the failure. */
 static cmdop_client *open_client(const options *o) {
   cmdop_client *client = NULL;
-  cmdop_status st = cmdop_local_new(o->host, o->port, NULL, NULL, &client);
+  cmdop_options opts;
+  cmdop_status st = cmdop_options_init(&opts, CMDOP_OPTIONS_VERSION);
+  if (st != CMDOP_STATUS_OK) {
+    report_failure("cmdop_options_init", st);
+    return NULL;
+  }
+  if (o->ca_path) {
+    opts.tls = CMDOP_TLS_ON;
+    opts.ca_pem_path = o->ca_path;
+  }
+  st = cmdop_local_new(o->host, o->port, NULL, &opts, &client);
   if (st != CMDOP_STATUS_OK) {
     report_failure("cmdop_local_new", st);
     return NULL;
@@ -166,6 +193,7 @@ typedef struct {
   atomic_long errors;
   atomic_bool described;
   bool record;
+  uint64_t deadline_ns; /* 0 = none: run until `remaining` is used up */
 } exec_job;
 
 typedef struct {
@@ -178,6 +206,7 @@ static void *exec_worker_main(void *arg) {
   exec_job *j = w->job;
   while (atomic_fetch_sub(&j->remaining, 1) > 0) {
     uint64_t t0 = bench_now_ns();
+    if (j->record && j->deadline_ns && t0 >= j->deadline_ns) break;
     bool describe = !atomic_load(&j->described);
     bool ok = exec_ok(j->client, j->command, describe);
     uint64_t t1 = bench_now_ns();
@@ -218,11 +247,13 @@ static int mode_exec(options *o) {
   }
   j.record = true;
   atomic_store(&j.errors, 0);
+  if (o->duration_s > 0) j.deadline_ns = bench_now_ns() + (uint64_t)(o->duration_s * 1e9);
   o->rec.wall_s = exec_all(&j, workers, conc, o->rec.runs);
 
   bench_samples all = {0};
   for (unsigned k = 0; k < conc; k++) bench_samples_move(&all, &workers[k].samples);
   o->rec.errors = (unsigned)atomic_load(&j.errors);
+  if (o->duration_s > 0) o->rec.runs = (unsigned)all.len + o->rec.errors;
   o->rec.client_rss_kb = bench_vm_hwm_kb(0);
   o->rec.samples = &all;
   o->rec.watch = &o->watch;
@@ -342,6 +373,154 @@ static int mode_files(options *o) {
   return (wr_err == o->rec.runs || rd_err == o->rec.runs) ? 1 : 0;
 }
 
+/* -------------------------------------------------------- slowread mode */
+
+typedef struct {
+  uint64_t rate;     /* bytes per second the reader allows itself */
+  uint64_t t0_ns;    /* when the first byte arrived (0 = not yet) */
+  atomic_ullong bytes;
+  atomic_bool released; /* the library is done with this reader */
+} slow_reader;
+
+static void slow_release(void *user_data) {
+  slow_reader *r = user_data;
+  atomic_store(&r->released, true);
+}
+
+/* Takes a chunk, then sleeps until reading it fits the rate: the callback is
+ * the only consumer, so while it sleeps the library's queue fills and the
+ * command is held back by flow control. */
+static void slow_chunk(void *user_data, cmdop_stream_kind kind, const uint8_t *data, size_t len) {
+  (void)data;
+  (void)kind;
+  slow_reader *r = user_data;
+  uint64_t now = bench_now_ns();
+  if (r->t0_ns == 0) r->t0_ns = now;
+  uint64_t total = atomic_fetch_add(&r->bytes, len) + len;
+  uint64_t due = r->t0_ns + (uint64_t)((double)total / (double)r->rate * 1e9);
+  while (now < due) {
+    uint64_t ns = due - now;
+    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
+    nanosleep(&ts, NULL);
+    now = bench_now_ns();
+  }
+}
+
+typedef struct {
+  cmdop_client *client;
+  const char *command;
+  slow_reader *reader;
+  cmdop_cancel_token *cancel;
+  cmdop_status status;
+  atomic_bool done;
+} slow_call;
+
+static void *slow_call_main(void *arg) {
+  slow_call *c = arg;
+  cmdop_exec_result *res = NULL;
+  /* The cancel below ends it; the timeout only bounds a harness gone wrong. */
+  c->status = cmdop_execute_with_callback_discard(c->client, c->command, exec_timeout_ms, slow_chunk,
+                                                  c->reader, slow_release, c->cancel, &res);
+  cmdop_exec_result_free(res);
+  atomic_store(&c->done, true);
+  return NULL;
+}
+
+/* Per watched process: VmRSS at the start, the largest sample, the last. */
+typedef struct {
+  long start, peak, end;
+} rss_track;
+
+static void rss_sample(const bench_watch_list *w, rss_track *t, bool first) {
+  for (size_t i = 0; i < w->len; i++) {
+    long kb = bench_vm_rss_kb(w->items[i].pid);
+    if (first) t[i].start = t[i].peak = kb;
+    if (kb > t[i].peak) t[i].peak = kb;
+    t[i].end = kb;
+  }
+}
+
+static int mode_slowread(options *o) {
+  if (o->rate == 0 || o->seconds <= 0) bench_die("slowread mode needs --rate N[K|M] and --seconds S");
+  cmdop_client *client = open_client(o);
+  if (!client) return 1;
+  slow_reader reader = {.rate = o->rate};
+  atomic_store(&reader.bytes, 0);
+  atomic_store(&reader.released, false);
+  slow_call call = {.client = client, .command = o->command, .reader = &reader};
+  call.cancel = cmdop_cancel_token_new();
+  if (!call.cancel) bench_die("cmdop_cancel_token_new failed");
+  atomic_store(&call.done, false);
+
+  rss_track track[BENCH_MAX_WATCHED];
+  bench_watch_reset(&o->watch);
+  rss_sample(&o->watch, track, true);
+  pthread_t tid;
+  int rc = pthread_create(&tid, NULL, slow_call_main, &call);
+  if (rc != 0) bench_die("cannot start the reading thread: %s", strerror(rc));
+
+  /* Wait for the output to flow (at most 20 s), then say so. */
+  uint64_t start_deadline = bench_now_ns() + 20000000000ull;
+  while (atomic_load(&reader.bytes) == 0 && !atomic_load(&call.done) && bench_now_ns() < start_deadline)
+    usleep(10 * 1000);
+  bool flowing = atomic_load(&reader.bytes) > 0 && !atomic_load(&call.done);
+  if (flowing && o->ready_file) {
+    FILE *f = fopen(o->ready_file, "w");
+    if (!f) bench_die("cannot write --ready-file %s: %s", o->ready_file, strerror(errno));
+    fputs("reading\n", f);
+    fclose(f);
+  }
+  uint64_t t0 = bench_now_ns();
+  uint64_t end = t0 + (uint64_t)(o->seconds * 1e9);
+  while (flowing && !atomic_load(&call.done) && bench_now_ns() < end) {
+    usleep(100 * 1000);
+    rss_sample(&o->watch, track, false);
+  }
+  bool ended_early = atomic_load(&call.done);
+  cmdop_cancel_token_cancel(call.cancel);
+  pthread_join(tid, NULL);
+  /* A callback still sleeping when the cancel came finishes on its own. */
+  for (int i = 0; i < 500 && !atomic_load(&reader.released); i++) usleep(10 * 1000);
+  if (!atomic_load(&reader.released)) bench_die("the reader callback did not finish within 5 s of the cancel");
+  double wall = (double)(bench_now_ns() - t0) / 1e9;
+  rss_sample(&o->watch, track, false);
+  uint64_t got = atomic_load(&reader.bytes);
+
+  bool ok = flowing && !ended_early && call.status == CMDOP_STATUS_CANCELLED;
+  if (!ok) {
+    if (!flowing)
+      fprintf(stderr, "cmdop_bench: '%s' printed nothing within 20 s\n", o->command);
+    if (call.status != CMDOP_STATUS_CANCELLED)
+      report_failure("cmdop_execute_with_callback_discard (expected CANCELLED)", call.status);
+  }
+
+  char extra[1024];
+  size_t n = 0;
+  n += (size_t)snprintf(extra + n, sizeof extra - n, "\"rate_limit_bytes_per_s\":%" PRIu64
+                        ",\"read_bytes_per_s\":%.0f,\"rss_sampled_kb\":{",
+                        o->rate, wall > 0 ? (double)got / wall : 0.0);
+  for (size_t i = 0; i < o->watch.len && n < sizeof extra; i++)
+    n += (size_t)snprintf(extra + n, sizeof extra - n, "%s\"%s\":{\"start\":%ld,\"peak\":%ld,\"end\":%ld}",
+                          i ? "," : "", o->watch.items[i].name, track[i].start, track[i].peak,
+                          track[i].end);
+  if (n < sizeof extra) snprintf(extra + n, sizeof extra - n, "}");
+  else bench_die("too many --watch entries for the record");
+
+  bench_samples none = {0};
+  o->rec.runs = 1;
+  o->rec.errors = ok ? 0 : 1;
+  o->rec.wall_s = wall;
+  o->rec.bytes = got;
+  o->rec.client_rss_kb = bench_vm_hwm_kb(0);
+  o->rec.samples = &none;
+  o->rec.watch = &o->watch;
+  o->rec.extra_json = extra;
+  bench_record_print(&o->rec);
+  cmdop_cancel_token_free(call.cancel);
+  cmdop_client_free(client);
+  return ok ? 0 : 1;
+}
+
 /* ------------------------------------------------------- coldstart mode */
 
 /* In a child: one cold start, result (ns, 0 on failure) written to `fd`. */
@@ -393,13 +572,23 @@ static int mode_coldstart(options *o) {
 /* ------------------------------------------------------------------ main */
 
 static void usage(void) {
-  fputs("usage: cmdop_bench exec|stream|files|coldstart --server HOST:PORT --machine HOSTNAME\n"
+  fputs("usage: cmdop_bench exec|stream|files|coldstart|slowread --server HOST:PORT --machine HOSTNAME\n"
         "         --subject ID [--case NAME] [--label TEXT] [--note TEXT] [--runs N] [--warmup N]\n"
         "         [--concurrency N] [--command CMD] [--bytes N[K|M|G]] [--dir DIR]\n"
-        "         [--timeout-ms N] [--watch NAME=PID]...\n"
+        "         [--timeout-ms N] [--watch NAME=PID]... [--ca FILE] [--duration-s S]\n"
+        "         [--rate N[K|M|G]] [--seconds S] [--ready-file FILE]\n"
         "The API key is read from CMDOP_API_KEY.\n",
         stderr);
   exit(2);
+}
+
+static double parse_seconds(const char *what, const char *v) {
+  char *end = NULL;
+  errno = 0;
+  double d = strtod(v, &end);
+  if (errno != 0 || end == v || *end != '\0' || !(d > 0) || d > 86400)
+    bench_die("%s wants seconds (0 < S <= 86400), got '%s'", what, v);
+  return d;
 }
 
 static void parse_server(options *o, const char *v) {
@@ -415,7 +604,7 @@ static void parse_server(options *o, const char *v) {
 
 int main(int argc, char **argv) {
   if (argc < 2) usage();
-  options o = {.mode = argv[1], .command = "true", .warmup = 5};
+  options o = {.mode = argv[1], .warmup = 5};
   o.rec.runs = 100;
   o.rec.concurrency = 1;
   for (int i = 2; i < argc; i += 2) {
@@ -440,12 +629,18 @@ int main(int argc, char **argv) {
       exec_timeout_ms = (uint32_t)t;
     }
     else if (strcmp(a, "--watch") == 0) bench_watch_add(&o.watch, v);
+    else if (strcmp(a, "--ca") == 0) o.ca_path = v;
+    else if (strcmp(a, "--duration-s") == 0) o.duration_s = parse_seconds(a, v);
+    else if (strcmp(a, "--seconds") == 0) o.seconds = parse_seconds(a, v);
+    else if (strcmp(a, "--rate") == 0) o.rate = bench_parse_size(a, v);
+    else if (strcmp(a, "--ready-file") == 0) o.ready_file = v;
     else usage();
   }
   if (!o.host || !o.machine || !o.rec.subject) usage();
   if (o.rec.runs == 0 || o.rec.concurrency == 0 || o.rec.concurrency > 1024)
     bench_die("--runs must be > 0 and --concurrency 1..1024");
   if (!getenv("CMDOP_API_KEY")) bench_die("set CMDOP_API_KEY to the control plane's API key");
+  if (!o.command && strcmp(o.mode, "slowread") != 0) o.command = "true";
 
   if (strcmp(o.mode, "exec") == 0) {
     if (!o.rec.case_name) o.rec.case_name = o.rec.concurrency == 1 ? "latency" : "throughput";
@@ -459,6 +654,11 @@ int main(int argc, char **argv) {
   if (strcmp(o.mode, "files") == 0) {
     o.rec.case_name = "files";
     return mode_files(&o);
+  }
+  if (strcmp(o.mode, "slowread") == 0) {
+    if (!o.rec.case_name) o.rec.case_name = "hol";
+    if (!o.command) o.command = "yes";
+    return mode_slowread(&o);
   }
   if (strcmp(o.mode, "coldstart") == 0) {
     if (!o.rec.case_name) o.rec.case_name = "coldstart";

@@ -3,11 +3,14 @@
 #
 #   . bench/lib/stack.sh
 #   bench_stack_start NAME DIR HOSTNAME [extra `cmdop server` flags…]
+#   BENCH_STACK_CA=ca.pem bench_stack_start NAME DIR HOSTNAME --tls-cert C --tls-key K
+#                     # a TLS stack: the agent dials https and trusts ca.pem
 #
 # sets, for NAME=native say:
 #   native_SERVER     host:port        native_HOST, native_PORT
 #   native_API_KEY    cmdop_…          native_HOSTNAME
 #   native_CP_PID     control plane    native_AGENT_PID  agent
+#   native_CA         the CA file clients trust (TLS stacks; empty otherwise)
 # The agent is enrolled when this returns; its terminal session may need a
 # moment more, so clients retry selecting the machine for a few seconds.
 
@@ -35,8 +38,10 @@ bench_stack_start() {
   local addr
   addr=$(head -n1 "$dir/ready")
 
-  "$CMDOP_BIN" --log-level "$log_level" agent --server "http://$addr" --token "$token" \
-    --state-file "$dir/agent.json" --hostname "$host" >"$dir/agent.log" 2>&1 &
+  local ca=${BENCH_STACK_CA:-} scheme=http agent_tls=()
+  [ -z "$ca" ] || { scheme=https; agent_tls=(--ca-cert "$ca"); }
+  "$CMDOP_BIN" --log-level "$log_level" agent --server "$scheme://$addr" --token "$token" \
+    --state-file "$dir/agent.json" --hostname "$host" "${agent_tls[@]}" >"$dir/agent.log" 2>&1 &
   local agent_pid=$!
   bench_own_pid "$agent_pid"
 
@@ -62,5 +67,6 @@ bench_stack_start() {
   printf -v "${name}_HOSTNAME" '%s' "$host"
   printf -v "${name}_CP_PID" '%s' "$cp_pid"
   printf -v "${name}_AGENT_PID" '%s' "$agent_pid"
-  bench_log "stack '$name' up: control plane $addr (pid $cp_pid), agent '$host' (pid $agent_pid)"
+  printf -v "${name}_CA" '%s' "$ca"
+  bench_log "stack '$name' up: control plane $scheme://$addr (pid $cp_pid), agent '$host' (pid $agent_pid)"
 }

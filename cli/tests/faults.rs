@@ -718,7 +718,7 @@ async fn wait_native_exec(ext: &mut Ext, hostname: &str) {
 async fn the_agent_is_back_within_5_s_after_a_100_s_outage_heals() {
     const OUTAGE: Duration = Duration::from_secs(100);
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = start_server(dir.path(), "127.0.0.1:0", &[]);
+    let server = start_server(dir.path(), &listen_addr_outside_ephemeral_range(), &[]);
     let addr = server.addr.clone();
     let ws = create_workspace(dir.path(), "alpha");
     let token = enroll_token(dir.path(), "alpha");

@@ -8,34 +8,10 @@ use std::process::Command;
 
 use common::*;
 
-/// A CA and a server certificate for "localhost" signed by it, as PEM files.
-fn make_certs(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
-    let key = KeyPair::generate().expect("server key");
-    let params = CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let cert = params.signed_by(&key, &issuer).expect("server cert");
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
 #[test]
 fn tls_with_a_private_ca_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_certs(dir.path());
+    let (ca, cert, key) = make_tls_certs(dir.path());
     let server = start_server(
         dir.path(),
         "127.0.0.1:0",
@@ -106,8 +82,8 @@ fn tls_with_a_private_ca_end_to_end() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "over-tls\n");
 
-    // Bulk stdout stays inside TLS: no plaintext side connection is offered,
-    // and every byte still arrives.
+    // Bulk stdout stays inside TLS (on the stream or on a pinned TLS side
+    // connection, see tls_side.rs), and every byte arrives.
     let mut cmd = Command::new(cmdop_bin());
     cmd.args([
         "exec",

@@ -181,7 +181,10 @@ async fn pump(session: Arc<Session>, link: Arc<ExecLink>, mut uplink: Streaming<
                 link.deliver(&spawned.exec_id, update).await;
             }
             Some(agent_uplink::Msg::RawOffered(offered)) => {
-                link.deliver(&offered.exec_id, ExecUpdate::RawOffered).await;
+                let update = ExecUpdate::RawOffered {
+                    agent_pin: offered.raw_tls_agent_sha256,
+                };
+                link.deliver(&offered.exec_id, update).await;
             }
             Some(agent_uplink::Msg::RawSwitched(switched)) => {
                 link.deliver(&switched.exec_id, ExecUpdate::RawSwitched)

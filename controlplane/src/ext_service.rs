@@ -205,7 +205,7 @@ impl Cmdop for CmdopService {
         let ws = self.client(&request)?;
         let mut capabilities: Vec<String> = CAPABILITIES.iter().map(|c| c.to_string()).collect();
         if self.state.side_connections.is_some() {
-            capabilities.push(raw::CAPABILITY.to_string());
+            capabilities.push(raw::capability(&self.state.config).to_string());
         }
         Ok(Response::new(ServerInfoResponse {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -504,13 +504,24 @@ impl CmdopService {
         }
         let exec_id = format!("exec_{}", uuid::Uuid::new_v4().simple());
         // Valid until `relay` returns, however the call ends.
-        let ticket = match &self.state.side_connections {
+        let side_mode = raw::side_mode(
+            self.state.config.tls.is_some(),
+            req.accept_raw_stdout,
+            &req.raw_tls_client_sha256,
+            link.raw_stdout(),
+            link.raw_stdout_tls(),
+        );
+        let ticket = match (&self.state.side_connections, side_mode) {
             // A forwarded call's client is connected to another replica: no
             // side connection, stdout stays on gRPC.
-            Some(rendezvous) if req.accept_raw_stdout && link.raw_stdout() && !forwarded => {
-                Some(rendezvous.register(&exec_id))
+            (Some(rendezvous), Some(mode)) if !forwarded => {
+                Some((rendezvous.register(&exec_id), mode))
             }
             _ => None,
+        };
+        let peer_pin = match &ticket {
+            Some((_, raw::SideMode::Tls(pin))) => bytes::Bytes::copy_from_slice(pin),
+            _ => bytes::Bytes::new(),
         };
         let acks = stdin_open.then(|| link.watch_stdin(&exec_id));
         let accept_unknown_outcome = req.accept_unknown_outcome;
@@ -525,9 +536,10 @@ impl CmdopService {
                 window: None,
                 raw_ticket: ticket
                     .as_ref()
-                    .map(|t| t.as_str().to_owned())
+                    .map(|(t, _)| t.as_str().to_owned())
                     .unwrap_or_default(),
                 stdin_open,
+                raw_tls_peer_sha256: peer_pin,
             })
             .await;
         let updates = match started {
@@ -636,13 +648,27 @@ struct RawProgress {
 }
 
 impl RawProgress {
-    /// The `raw_offer` event for the agent's `raw_offered`, if due: only
-    /// with a ticket, and only the first time.
-    fn offer(&mut self, ticket: Option<&raw::Ticket>) -> Option<exec_event::Event> {
-        let ticket = ticket.filter(|_| !self.offered)?;
+    /// The `raw_offer` event for the agent's `raw_offered` (with the
+    /// agent's pin `agent_pin`), if due: only with a ticket, only the first
+    /// time, and for a TLS side connection only with a well-formed pin (an
+    /// offer without one would be plaintext).
+    fn offer(
+        &mut self,
+        ticket: Option<&(raw::Ticket, raw::SideMode)>,
+        agent_pin: bytes::Bytes,
+    ) -> Option<exec_event::Event> {
+        let (ticket, mode) = ticket.filter(|_| !self.offered)?;
+        let agent_pin = match mode {
+            raw::SideMode::Plain => bytes::Bytes::new(),
+            raw::SideMode::Tls(_) => {
+                cmdop_proto::raw_tls::parse_pin(&agent_pin)?;
+                agent_pin
+            }
+        };
         self.offered = true;
         Some(exec_event::Event::RawOffer(ExecRawOffer {
             ticket: ticket.as_str().to_owned(),
+            raw_tls_agent_sha256: agent_pin,
         }))
     }
 
@@ -729,7 +755,7 @@ async fn relay(
     mut updates: mpsc::Receiver<ExecUpdate>,
     tx: mpsc::Sender<Result<ExecEvent, Status>>,
     opts: RelayOptions,
-    ticket: Option<raw::Ticket>,
+    ticket: Option<(raw::Ticket, raw::SideMode)>,
 ) {
     /// However `relay` ends, the exec's stdin (if streamed) is over too.
     struct ForgetStdin<'a>(&'a ExecLink, &'a str);
@@ -776,10 +802,12 @@ async fn relay(
         let event = match update {
             // A repeated or unexpected `spawned` carries nothing new.
             Some(ExecUpdate::Spawned { .. }) => continue,
-            Some(ExecUpdate::RawOffered) => match raw.offer(ticket.as_ref()) {
-                Some(event) => event,
-                None => continue,
-            },
+            Some(ExecUpdate::RawOffered { agent_pin }) => {
+                match raw.offer(ticket.as_ref(), agent_pin) {
+                    Some(event) => event,
+                    None => continue,
+                }
+            }
             Some(ExecUpdate::RawSwitched) => match raw.switch() {
                 Some(event) => event,
                 None => continue,
@@ -880,19 +908,21 @@ mod tests {
     #[test]
     fn raw_events_need_a_ticket_and_come_once_in_order() {
         let rendezvous = raw::Rendezvous::new(raw::PAIRING_TIMEOUT);
-        let ticket = rendezvous.register("exec_test");
+        let ticket = (rendezvous.register("exec_test"), raw::SideMode::Plain);
+        let none = bytes::Bytes::new;
 
         let mut without = RawProgress::default();
-        assert!(without.offer(None).is_none(), "no ticket, no offer");
+        assert!(without.offer(None, none()).is_none(), "no ticket, no offer");
         assert!(without.switch().is_none());
 
         let mut raw = RawProgress::default();
         assert!(raw.switch().is_none(), "no switch before an offer");
         assert!(matches!(
-            raw.offer(Some(&ticket)),
-            Some(exec_event::Event::RawOffer(o)) if o.ticket == ticket.as_str()
+            raw.offer(Some(&ticket), bytes::Bytes::from_static(&[7; 32])),
+            Some(exec_event::Event::RawOffer(o))
+                if o.ticket == ticket.0.as_str() && o.raw_tls_agent_sha256.is_empty()
         ));
-        assert!(raw.offer(Some(&ticket)).is_none(), "one offer");
+        assert!(raw.offer(Some(&ticket), none()).is_none(), "one offer");
         assert!(matches!(
             raw.switch(),
             Some(exec_event::Event::RawSwitch(_))

@@ -113,6 +113,7 @@ async fn run_command(
     } else {
         send(agent_uplink::Msg::RawOffered(ExecRawOffered {
             exec_id: exec_id.clone(),
+            ..Default::default()
         }))
         .await;
         let mut side = TcpStream::connect(addr).await.unwrap();

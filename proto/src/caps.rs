@@ -5,9 +5,10 @@
 //!
 //! Where they are listed:
 //! - `ServerInfoResponse.capabilities` (control plane to clients):
-//!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`];
+//!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`], [`EXEC_RAW_TLS`];
 //! - `AgentHello.capabilities` (agent to control plane, extension Channel):
-//!   [`FILES`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`], [`EXEC_STDIN`];
+//!   [`FILES`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`], [`EXEC_RAW_TLS`],
+//!   [`EXEC_STDIN`];
 //! - `RegisterRequest.agent_capabilities` (official protocol): [`AGENT_NATIVE_EXEC`].
 
 /// The server serves native `Exec` (`cmdop.ext.v1.Cmdop/Exec`).
@@ -26,6 +27,10 @@ pub const EXEC_SPAWNED: &str = "exec-spawned.v1";
 pub const EXEC_CREDIT: &str = "exec-credit.v1";
 /// Side connections for bulk exec stdout (see [`crate::raw`]).
 pub const EXEC_RAW: &str = "exec-raw.v1";
+/// Side connections for bulk exec stdout that run TLS 1.3 end to end
+/// between agent and caller, authenticated by certificate pins (see
+/// [`crate::raw_tls`]).
+pub const EXEC_RAW_TLS: &str = "exec-raw-tls.v1";
 /// Streamed stdin for `Exec`: `ExecWithStdin` (server) and
 /// `ExecStart.stdin_open` / `ExecStdin` / `ExecStdinWritten` (agent).
 pub const EXEC_STDIN: &str = "exec-stdin.v1";
@@ -53,6 +58,7 @@ mod tests {
             (EXEC_SPAWNED, "exec-spawned.v1"),
             (EXEC_CREDIT, "exec-credit.v1"),
             (EXEC_RAW, "exec-raw.v1"),
+            (EXEC_RAW_TLS, "exec-raw-tls.v1"),
             (EXEC_STDIN, "exec-stdin.v1"),
             (EXEC_OUTCOME, "exec-outcome.v1"),
             (AGENT_NATIVE_EXEC, "cmdop.exec.v1"),

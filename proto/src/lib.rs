@@ -2,12 +2,13 @@
 //! official CMDOP package, the subset we speak; `ext`, libcmdop's own
 //! extension package), and the one home of what peers must agree on:
 //! capability strings ([`caps`]), shared size limits ([`limits`]) and the
-//! side-connection handshake ([`raw`]).
+//! side-connection handshake ([`raw`]) and its TLS ([`raw_tls`]).
 
 pub mod caps;
 pub mod codec;
 pub mod limits;
 pub mod raw;
+pub mod raw_tls;
 
 // The generated modules are tonic/prost output, not ours to restyle: lints
 // stay quiet there and apply everywhere else in this crate.

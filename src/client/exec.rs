@@ -16,7 +16,7 @@ use cmdop_proto::terminal::{
 };
 
 use super::connection::{CallPolicy, Conn};
-use super::exec_side::{side_address, SideStdout, SIDE_READ_BYTES};
+use super::exec_side::{offer_security, side_plan, SideStdout, SIDE_READ_BYTES};
 use super::exec_stdin::{PipedInput, StdinReader, CAP_EXEC_STDIN};
 use super::marker::{
     find, idle_marker, idle_probe_line, marker_command_line, new_marker_id, MarkerScanner,
@@ -330,11 +330,24 @@ impl Client {
         keep: Keep,
     ) -> Result<ExecOutput> {
         let started = Instant::now();
-        // Large stdout may move to a side connection (plaintext only).
-        let side_addr = lock(&self.inner.facts)
-            .has(caps::EXEC_RAW)
-            .then(|| side_address(&self.inner.opts, &self.inner.current_server()))
-            .flatten();
+        // Large stdout may move to a side connection: a plain one over
+        // plaintext, a pinned TLS one over TLS.
+        let (plain, tls) = {
+            let facts = lock(&self.inner.facts);
+            (facts.has(caps::EXEC_RAW), facts.has(caps::EXEC_RAW_TLS))
+        };
+        let mut side_plan = side_plan(&self.inner.opts, &self.inner.current_server(), plain, tls);
+        let identity = match &side_plan {
+            Some(plan) if plan.tls => self.inner.side_identity(),
+            _ => None,
+        };
+        if side_plan.as_ref().is_some_and(|p| p.tls) && identity.is_none() {
+            side_plan = None;
+        }
+        let client_pin = identity
+            .as_ref()
+            .map(|id| bytes::Bytes::copy_from_slice(&id.pin()))
+            .unwrap_or_default();
         let req = ExecRequest {
             machine_id: machine.machine_id.clone(),
             session_id: if machine.machine_id.is_empty() {
@@ -347,8 +360,9 @@ impl Client {
             env: opts.env.iter().cloned().collect(),
             working_directory: opts.working_directory.clone(),
             timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
-            accept_raw_stdout: side_addr.is_some(),
+            accept_raw_stdout: side_plan.is_some(),
             accept_unknown_outcome: true,
+            raw_tls_client_sha256: client_pin,
         };
         let hard_deadline = started + timeout + SERVER_TIMEOUT_GRACE;
         let mut stream = match stdin {
@@ -464,8 +478,21 @@ impl Client {
                     return Ok(out);
                 }
                 Some(ExecEv::RawOffer(offer)) => {
-                    if let Some(addr) = &side_addr {
-                        side.offer(addr, offer.ticket);
+                    if let Some(plan) = &side_plan {
+                        let security = match offer_security(plan.tls, &offer.raw_tls_agent_sha256) {
+                            Some(None) => Some(None),
+                            Some(Some(pin)) => identity.clone().map(|id| Some((id, pin))),
+                            None => None,
+                        };
+                        match security {
+                            Some(tls) => side.offer(&plan.addr, offer.ticket, tls),
+                            // Stdout stays on this stream.
+                            None => self.inner.log(LogLevel::Debug, || {
+                                format!(
+                                    "exec {exec_id}: ignoring a side connection offer without TLS"
+                                )
+                            }),
+                        }
                     }
                 }
                 Some(ExecEv::RawSwitch(_)) => {

@@ -84,6 +84,9 @@ pub(crate) struct Inner {
     /// closes the client: calls in flight take the current one when they
     /// start and stop when it fires.
     closing: Mutex<CancelToken>,
+    /// This client's side-connection key and certificate, made on first
+    /// use over TLS and kept in memory only (`None` if that failed).
+    side_identity: std::sync::OnceLock<Option<Arc<cmdop_proto::raw_tls::Identity>>>,
 }
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -135,6 +138,7 @@ impl Client {
                 supervisor: Mutex::new(None),
                 terminals: Mutex::new(std::collections::HashMap::new()),
                 closing: Mutex::new(CancelToken::new()),
+                side_identity: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -182,6 +186,21 @@ impl Inner {
     }
 
     /// URI of the server in use (or last tried).
+    /// This client's side-connection identity, made on first use.
+    fn side_identity(&self) -> Option<Arc<cmdop_proto::raw_tls::Identity>> {
+        self.side_identity
+            .get_or_init(|| match cmdop_proto::raw_tls::Identity::generate() {
+                Ok(id) => Some(Arc::new(id)),
+                Err(e) => {
+                    self.log(LogLevel::Warn, || {
+                        format!("{e}; large stdout stays on the Exec stream")
+                    });
+                    None
+                }
+            })
+            .clone()
+    }
+
     fn current_server(&self) -> String {
         let i = *lock(&self.current);
         self.servers.get(i).cloned().unwrap_or_default()

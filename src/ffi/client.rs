@@ -380,6 +380,7 @@ mod tests {
             ("MACHINE_ID", cmdop_proto::caps::MACHINE_ID),
             ("TOKENS", cmdop_proto::caps::TOKENS),
             ("SIDE_CONNECTIONS", cmdop_proto::caps::EXEC_RAW),
+            ("SIDE_CONNECTIONS_TLS", cmdop_proto::caps::EXEC_RAW_TLS),
             ("EXEC_STDIN", cmdop_proto::caps::EXEC_STDIN),
         ] {
             let want = format!("#define CMDOP_CAPABILITY_{name} \"{value}\"");

@@ -311,6 +311,27 @@ pub struct Stack {
 }
 
 /// A name no other test of this process uses.
+/// A free loopback address whose port lies below the kernel's ephemeral
+/// range (32768 and up by default), for a server that must come back on its
+/// old port after a long outage: while it is down, the kernel may hand an
+/// ephemeral port to an outgoing connection (even the agent's own attempt,
+/// connecting to itself), and the restart would fail with "address in use".
+pub fn listen_addr_outside_ephemeral_range() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id()) * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_micros()));
+    for _ in 0..2000 {
+        let port = 20000 + (seed + NEXT.fetch_add(104_729, Ordering::Relaxed)) % 12000;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
+    panic!("no free loopback port in 20000-31999; stop what holds them and retry");
+}
+
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
@@ -451,4 +472,146 @@ pub fn server_pg(url: &str, dir: &Path, extra: &[&str]) -> Server {
         extra,
         Duration::from_secs(30),
     )
+}
+
+/// A CA and a server certificate for "localhost" signed by it, as PEM files
+/// in `dir`: (CA, certificate, key).
+pub fn make_tls_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let cert = params.signed_by(&key, &issuer).expect("server cert");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// A TLS server (`--tls-cert/--tls-key`, private CA), workspace "alpha"
+/// and one agent dialing it over https with `--ca-cert`.
+pub struct TlsStack {
+    // Fields drop in order: agent first, so it never logs a lost server.
+    pub agent: Proc,
+    pub server: Server,
+    pub ws: Workspace,
+    pub host: String,
+    /// `https://localhost:PORT`.
+    pub url: String,
+    pub ca: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl TlsStack {
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    }
+
+    /// The private CA, PEM.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.ca).expect("CA file")
+    }
+}
+
+/// Starts a [`TlsStack`]; waits until its agent serves native exec.
+pub async fn tls_stack(host_prefix: &str) -> TlsStack {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = make_tls_certs(dir.path());
+    let server = start_server(
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let port = server.addr.rsplit_once(':').unwrap().1.to_string();
+    let ws = create_workspace(dir.path(), "alpha");
+    let token = enroll_token(dir.path(), "alpha");
+    let host = unique(host_prefix);
+    let url = format!("https://localhost:{port}");
+    let agent = Proc(
+        Command::new(cmdop_bin())
+            .args(["--log-level", "warn", "agent", "--server", &url])
+            .args([
+                "--hostname",
+                &host,
+                "--token",
+                &token,
+                "--heartbeat-secs",
+                "1",
+            ])
+            .arg("--state-file")
+            .arg(dir.path().join("agent.json"))
+            .arg("--ca-cert")
+            .arg(&ca)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn cmdop agent"),
+    );
+    let stack = TlsStack {
+        agent,
+        server,
+        ws,
+        host,
+        url,
+        ca,
+        dir,
+    };
+    // The agent enrolls, connects, then attaches its Channel: on a loaded
+    // machine that takes seconds.
+    let mut e = ext_tls(&stack, Some(&stack.ws.api_key)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = e
+            .resolve_machine(cmdop_proto::ext::ResolveMachineRequest {
+                hostname: stack.host.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("ResolveMachine")
+            .into_inner()
+            .machine;
+        if found.is_some_and(|m| m.native_exec) {
+            return stack;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}'s agent did not attach its Channel over TLS within 30 s",
+            stack.host
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An extension client of `s`'s server over TLS, trusting its CA.
+pub async fn ext_tls(s: &TlsStack, key: Option<&str>) -> Ext {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(s.ca_pem()))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(s.url.clone())
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("TLS config")
+        .connect()
+        .await
+        .expect("connect to the TLS control plane");
+    CmdopClient::with_interceptor(channel, auth(key.map(str::to_string)))
+        .max_decoding_message_size(64 << 20)
 }

@@ -1,6 +1,8 @@
 //! The byte mover of a paired side connection: everything the agent sends
 //! goes to the caller, on Linux without passing through user space
-//! (socket → private pipe → socket with splice(2)).
+//! (socket → private pipe → socket with splice(2)). The few bytes a caller
+//! sends (its half of a TLS handshake, an alert) go the other way on a
+//! thread of their own, at most [`BACK_LIMIT`] of them.
 //!
 //! It blocks, so it runs on a blocking thread. The agent's half-close ends
 //! it cleanly (the caller then sees EOF); any error shuts both sockets down
@@ -13,6 +15,9 @@ use std::{
 
 /// Most bytes taken from the agent per round, and the pipe size asked for.
 pub const CHUNK: usize = 1024 * 1024;
+/// Most bytes passed from the caller to the agent: a TLS handshake with a
+/// certificate takes a few KiB; anything beyond this is not forwarded.
+pub const BACK_LIMIT: u64 = 256 * 1024;
 
 /// How one side connection ended.
 #[derive(Debug)]
@@ -33,12 +38,16 @@ pub fn forward(agent: TcpStream, caller: TcpStream) -> Forwarded {
         .and_then(|()| {
             keep_alive(&agent);
             keep_alive(&caller);
-            pump(&agent, &caller, &mut bytes)
-        });
+            pass_back(&caller, &agent)
+        })
+        .and_then(|()| pump(&agent, &caller, &mut bytes));
     let error = match result {
         Ok(()) => {
             // Data still queued towards the caller is sent before this FIN.
             let _ = caller.shutdown(Shutdown::Write);
+            // Ends the way back: its read sees EOF, its write fails.
+            let _ = caller.shutdown(Shutdown::Read);
+            let _ = agent.shutdown(Shutdown::Write);
             None
         }
         Err(e) => {
@@ -50,6 +59,32 @@ pub fn forward(agent: TcpStream, caller: TcpStream) -> Forwarded {
         }
     };
     Forwarded { bytes, error }
+}
+
+/// Starts copying what the caller sends to the agent, on a thread of its
+/// own, until the caller's EOF, an error, or [`BACK_LIMIT`] bytes. The
+/// main mover shuts the sockets down when it is done, which ends this too.
+fn pass_back(caller: &TcpStream, agent: &TcpStream) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let (mut from, mut to) = (caller.try_clone()?, agent.try_clone()?);
+    std::thread::Builder::new()
+        .name("cmdop-side-back".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            let mut passed = 0u64;
+            while passed < BACK_LIMIT {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                passed += n as u64;
+            }
+        })?;
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]

@@ -278,3 +278,36 @@ async fn everything_else_goes_to_grpc_untouched() {
         assert_eq!(got, opening, "the first bytes are still there");
     }
 }
+
+#[test]
+fn tls_servers_give_tickets_only_for_pinned_tls_side_connections() {
+    use super::{side_mode, SideMode};
+    let pin = [9u8; 32];
+    // Plaintext server: as before, plus TLS when both ends can.
+    assert_eq!(
+        side_mode(false, true, &[], true, false),
+        Some(SideMode::Plain)
+    );
+    assert_eq!(
+        side_mode(false, true, &pin, true, true),
+        Some(SideMode::Tls(pin))
+    );
+    assert_eq!(
+        side_mode(false, true, &pin, true, false),
+        Some(SideMode::Plain)
+    );
+    assert_eq!(side_mode(false, false, &pin, true, true), None);
+    // TLS server: never plain.
+    assert_eq!(
+        side_mode(true, true, &pin, true, true),
+        Some(SideMode::Tls(pin))
+    );
+    assert_eq!(side_mode(true, true, &[], true, true), None, "no pin");
+    assert_eq!(
+        side_mode(true, true, &pin[..31], true, true),
+        None,
+        "bad pin"
+    );
+    assert_eq!(side_mode(true, true, &pin, true, false), None, "old agent");
+    assert_eq!(side_mode(true, false, &pin, true, true), None);
+}

@@ -30,8 +30,11 @@ pub enum ExecUpdate {
         is_stderr: bool,
     },
     /// The agent is opening a side connection for stdout (agents with
-    /// [`CAPABILITY_RAW`], for an exec that was given a ticket).
-    RawOffered,
+    /// [`CAPABILITY_RAW`] or [`CAPABILITY_RAW_TLS`], for an exec that was
+    /// given a ticket), with its certificate pin for a TLS one.
+    RawOffered {
+        agent_pin: bytes::Bytes,
+    },
     /// The side connection was accepted: stdout continues there.
     RawSwitched,
     Finished(ExecFinished),
@@ -48,6 +51,10 @@ pub use cmdop_proto::caps::EXEC_CREDIT as CAPABILITY_CREDIT;
 /// Agent capability (AgentLink hello): it can move an exec's stdout to a
 /// side connection when its `ExecStart` carries a `raw_ticket`.
 pub use cmdop_proto::caps::EXEC_RAW as CAPABILITY_RAW;
+
+/// Agent capability (AgentLink hello): it can run TLS on a side connection
+/// when its `ExecStart` carries `raw_tls_peer_sha256` besides the ticket.
+pub use cmdop_proto::caps::EXEC_RAW_TLS as CAPABILITY_RAW_TLS;
 
 /// Agent capability (AgentLink hello): it keeps stdin open for an exec
 /// started with `stdin_open`, writes `ExecStdin` data and acknowledges it
@@ -84,6 +91,8 @@ pub struct ExecLink {
     exec_credit: std::sync::atomic::AtomicBool,
     /// The agent can use side connections for stdout ([`CAPABILITY_RAW`]).
     raw_stdout: std::sync::atomic::AtomicBool,
+    /// The agent can run TLS on side connections ([`CAPABILITY_RAW_TLS`]).
+    raw_stdout_tls: std::sync::atomic::AtomicBool,
     /// The agent takes streamed stdin ([`CAPABILITY_STDIN`]).
     takes_stdin: std::sync::atomic::AtomicBool,
     /// Stdin bytes each streamed-stdin exec's agent acknowledged so far.
@@ -101,6 +110,7 @@ impl ExecLink {
             reports_spawned: std::sync::atomic::AtomicBool::new(false),
             exec_credit: std::sync::atomic::AtomicBool::new(false),
             raw_stdout: std::sync::atomic::AtomicBool::new(false),
+            raw_stdout_tls: std::sync::atomic::AtomicBool::new(false),
             takes_stdin: std::sync::atomic::AtomicBool::new(false),
             stdin_acks: Mutex::new(HashMap::new()),
             transfers: TransferRoutes::default(),
@@ -118,6 +128,9 @@ impl ExecLink {
         let raw = capabilities.iter().any(|c| c == CAPABILITY_RAW);
         self.raw_stdout
             .store(raw, std::sync::atomic::Ordering::Relaxed);
+        let raw_tls = capabilities.iter().any(|c| c == CAPABILITY_RAW_TLS);
+        self.raw_stdout_tls
+            .store(raw_tls, std::sync::atomic::Ordering::Relaxed);
         let stdin = capabilities.iter().any(|c| c == CAPABILITY_STDIN);
         self.takes_stdin
             .store(stdin, std::sync::atomic::Ordering::Relaxed);
@@ -180,6 +193,13 @@ impl ExecLink {
     /// ticket in `ExecStart.raw_ticket`.
     pub fn raw_stdout(&self) -> bool {
         self.raw_stdout.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True when the agent can run TLS on a side connection, given the
+    /// caller's pin in `ExecStart.raw_tls_peer_sha256`.
+    pub fn raw_stdout_tls(&self) -> bool {
+        self.raw_stdout_tls
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True when the agent's exec output is flow-controlled with
