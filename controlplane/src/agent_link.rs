@@ -143,7 +143,7 @@ impl AgentLink for AgentLinkService {
         tokio::spawn(pump(session, link.clone(), uplink));
         let closed = async move { link.closed().await };
         Ok(Response::new(Box::pin(
-            ReceiverStream::new(rx).take_until(closed),
+            ReceiverStream::new(rx).map(|item| *item).take_until(closed),
         )))
     }
 }

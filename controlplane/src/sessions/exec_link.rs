@@ -77,8 +77,13 @@ pub const EXEC_WINDOW_CHUNKS: u32 = 64;
 /// (which are not output, so the window does not count them). Rounded up.
 const CREDITED_QUEUE_SLACK: usize = 10;
 
+/// One item of an agent's Channel response stream, boxed: a tokio channel
+/// allocates its slots 32 at a time when it is created, and every connected
+/// agent holds one of these channels, idle or not.
+pub type DownlinkItem = Box<Result<AgentDownlink, Status>>;
+
 /// Sender half of an agent's Channel response stream.
-pub type DownlinkSender = mpsc::Sender<Result<AgentDownlink, Status>>;
+pub type DownlinkSender = mpsc::Sender<DownlinkItem>;
 
 /// One open Channel of one agent.
 pub struct ExecLink {
@@ -224,12 +229,15 @@ impl ExecLink {
         if !self.is_alive() {
             return Err(link_gone());
         }
-        self.downlink.send(Ok(msg)).await.map_err(|_| link_gone())
+        self.downlink
+            .send(Box::new(Ok(msg)))
+            .await
+            .map_err(|_| link_gone())
     }
 
     /// Queues one message for the agent if there is room; false otherwise.
     pub fn try_send(&self, msg: AgentDownlink) -> bool {
-        self.downlink.try_send(Ok(msg)).is_ok()
+        self.downlink.try_send(Box::new(Ok(msg))).is_ok()
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<ExecUpdate>>> {
@@ -269,7 +277,7 @@ impl ExecLink {
         let msg = AgentDownlink {
             msg: Some(agent_downlink::Msg::Start(start)),
         };
-        if self.downlink.send(Ok(msg)).await.is_err() {
+        if self.downlink.send(Box::new(Ok(msg))).await.is_err() {
             self.pending().remove(&exec_id);
             return Err(link_gone());
         }
@@ -286,7 +294,7 @@ impl ExecLink {
         };
         // If the queue is full the agent is not reading; it kills every exec
         // when its Channel breaks, so a lost cancel cannot leak a process for long.
-        let _ = self.downlink.try_send(Ok(msg));
+        let _ = self.downlink.try_send(Box::new(Ok(msg)));
     }
 
     /// Tells the agent that `delivered` bytes of an exec's output (cumulative)
