@@ -452,6 +452,7 @@ impl Client {
                         }
                     }
                     side.verify(exit.raw_stdout_bytes)?;
+                    finish_in_background(stream);
                     out.exit_code = exit.exit_code;
                     out.signal = exit.signal;
                     out.timed_out = exit.timed_out;
@@ -839,6 +840,23 @@ impl Client {
 /// The command typed on the terminal path: `command` preceded by what
 /// applies `opts` in its subshell (`export`, `cd`). NOT_SUPPORTED for what
 /// the terminal cannot carry faithfully.
+/// How long an ended Exec stream may take to deliver its trailers.
+const TRAILERS_WAIT: Duration = Duration::from_secs(5);
+
+/// Reads the trailers of an Exec stream whose exit event has arrived, off
+/// the caller's path, so the stream ends the normal way. Dropped before
+/// them, h2 resets it (RST_STREAM CANCEL); a connection that piles up
+/// resets is eventually closed by h2 itself with ENHANCE_YOUR_CALM, which
+/// fails every call then in flight on it.
+fn finish_in_background(mut stream: tonic::Streaming<cmdop_proto::ext::ExecEvent>) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(TRAILERS_WAIT, async {
+            while let Ok(Some(_)) = stream.message().await {}
+        })
+        .await;
+    });
+}
+
 fn terminal_command(command: &str, opts: &ExecOptions) -> Result<String> {
     let unsupported = |what: &str| {
         Error::NotSupported(format!(
