@@ -119,8 +119,9 @@ static inline void bench_watch_add(bench_watch_list *w, const char *spec) {
   it->pid = (long)bench_parse_size("--watch PID", eq + 1);
 }
 
-/* Reads VmHWM (peak resident set, KiB) of `pid` (0 = this process); -1 if unknown. */
-static inline long bench_vm_hwm_kb(long pid) {
+/* Reads the "<field>:" line (a size in KiB, e.g. "VmHWM") of /proc/<pid>/status
+ * (pid 0 = this process); -1 if unknown. */
+static inline long bench_status_kb(long pid, const char *field) {
   char path[64];
   if (pid == 0)
     snprintf(path, sizeof path, "/proc/self/status");
@@ -129,10 +130,11 @@ static inline long bench_vm_hwm_kb(long pid) {
   FILE *f = fopen(path, "r");
   if (!f) return -1;
   char line[256];
+  size_t len = strlen(field);
   long kb = -1;
   while (fgets(line, sizeof line, f)) {
-    if (strncmp(line, "VmHWM:", 6) == 0) {
-      kb = strtol(line + 6, NULL, 10);
+    if (strncmp(line, field, len) == 0 && line[len] == ':') {
+      kb = strtol(line + len + 1, NULL, 10);
       break;
     }
   }
@@ -140,26 +142,11 @@ static inline long bench_vm_hwm_kb(long pid) {
   return kb;
 }
 
+/* Reads VmHWM (peak resident set, KiB) of `pid` (0 = this process); -1 if unknown. */
+static inline long bench_vm_hwm_kb(long pid) { return bench_status_kb(pid, "VmHWM"); }
+
 /* Reads VmRSS (current resident set, KiB) of `pid` (0 = this process); -1 if unknown. */
-static inline long bench_vm_rss_kb(long pid) {
-  char path[64];
-  if (pid == 0)
-    snprintf(path, sizeof path, "/proc/self/status");
-  else
-    snprintf(path, sizeof path, "/proc/%ld/status", pid);
-  FILE *f = fopen(path, "r");
-  if (!f) return -1;
-  char line[256];
-  long kb = -1;
-  while (fgets(line, sizeof line, f)) {
-    if (strncmp(line, "VmRSS:", 6) == 0) {
-      kb = strtol(line + 6, NULL, 10);
-      break;
-    }
-  }
-  fclose(f);
-  return kb;
-}
+static inline long bench_vm_rss_kb(long pid) { return bench_status_kb(pid, "VmRSS"); }
 
 /* Resets the peak-RSS counter of every watched process (Linux clear_refs "5"),
  * so the figure afterwards belongs to this case alone. Best effort: without
