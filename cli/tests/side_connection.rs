@@ -16,31 +16,14 @@ use std::time::{Duration, Instant};
 use cmdop::client::{set_log_sink, CancelToken, Error, LogLevel, Stream};
 use cmdop_proto::{
     ext::{exec_event::Event, ExecExit, ServerInfoRequest},
-    raw::{self, Role},
+    raw,
 };
-use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Lines 1..=N of `seq`, as the command prints them.
-fn seq_text(n: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    for i in 1..=n {
-        out.extend_from_slice(i.to_string().as_bytes());
-        out.push(b'\n');
-    }
-    out
-}
+use common::{side::*, *};
+use tokio::io::AsyncReadExt;
 
 /// About 20 MiB of stdout: far beyond the point where the agent offers a
 /// side connection.
 const LINES: u32 = 2_600_000;
-
-/// Prints `seq 1 LINES`, pausing after the first 1.3 MB (past the agent's
-/// 1 MiB offer point) so that the side connection is certainly up before
-/// the rest: a fast machine could otherwise finish on gRPC first.
-fn seq_with_a_pause() -> String {
-    format!("seq 1 200000; sleep 0.5; seq 200001 {LINES}")
-}
 
 #[tokio::test]
 async fn the_server_advertises_side_connections_over_plaintext() {
@@ -64,7 +47,7 @@ async fn big_stdout_moves_to_a_side_connection_in_order_and_complete() {
     let mut e = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     let mut req = exec_req(
         &s.session_id,
-        &format!("{}; echo done >&2; exit 3", seq_with_a_pause()),
+        &format!("{}; echo done >&2; exit 3", seq_with_a_pause(LINES)),
         60_000,
     );
     req.accept_raw_stdout = true;
@@ -93,13 +76,8 @@ async fn big_stdout_moves_to_a_side_connection_in_order_and_complete() {
             Some(Event::Stderr(b)) => stderr.extend_from_slice(&b),
             Some(Event::RawOffer(offer)) => {
                 assert!(side.is_none() && reader.is_none(), "one offer per command");
-                let mut conn = tokio::net::TcpStream::connect(&s.server.addr)
-                    .await
-                    .unwrap();
-                conn.write_all(&raw::opening(Role::Caller, &offer.ticket).expect("a valid ticket"))
-                    .await
-                    .unwrap();
-                assert_eq!(conn.read_u8().await.unwrap(), raw::ACCEPTED);
+                let (conn, answer) = open_side(&s.server.addr, &offer.ticket).await;
+                assert_eq!(answer, raw::ACCEPTED);
                 side = Some(conn);
             }
             Some(Event::RawSwitch(_)) => {
@@ -220,7 +198,7 @@ async fn the_library_reads_big_stdout_through_the_side_connection() {
     let c = library_client(&s, true).await;
     let out = c
         .execute(
-            &format!("{}; echo tail >&2", seq_with_a_pause()),
+            &format!("{}; echo tail >&2", seq_with_a_pause(LINES)),
             Some(Duration::from_secs(60)),
         )
         .await

@@ -17,42 +17,14 @@ use cmdop::client::{set_log_sink, Client, ClientOptions, Credentials, LogLevel};
 use cmdop_proto::{
     caps,
     ext::{exec_event::Event, ExecExit, ExecRequest, ServerInfoRequest},
-    raw::{self, Role},
+    raw,
     raw_tls::{self, Identity},
 };
-use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Lines 1..=N of `seq`, as the command prints them.
-fn seq_text(n: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    for i in 1..=n {
-        out.extend_from_slice(i.to_string().as_bytes());
-        out.push(b'\n');
-    }
-    out
-}
+use common::{side::*, *};
+use tokio::io::AsyncReadExt;
 
 /// `seq 1 LINES` is 69 MB, more than 64 MiB.
 const LINES: u32 = 8_700_000;
-
-/// Prints `seq 1 lines`, pausing after the first 1.3 MB (past the agent's
-/// 1 MiB offer point) so that the side connection is certainly up before
-/// the rest: a fast machine could otherwise finish on gRPC first.
-fn seq_with_a_pause(lines: u32) -> String {
-    format!("seq 1 200000; sleep 0.5; seq 200001 {lines}")
-}
-
-/// Opens the caller's side of a side connection for `ticket` on the
-/// server's port; the control plane's one-byte answer.
-async fn open_side(addr: &str, ticket: &str) -> (tokio::net::TcpStream, u8) {
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(&raw::opening(Role::Caller, ticket).expect("a valid ticket"))
-        .await
-        .unwrap();
-    let answer = conn.read_u8().await.unwrap();
-    (conn, answer)
-}
 
 /// A native Exec request on `machine_id` that asks for a side
 /// connection, with the pin of `me` if given.
