@@ -8,53 +8,18 @@ use std::process::Command;
 
 use common::*;
 
-#[test]
-fn tls_with_a_private_ca_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_tls_certs(dir.path());
-    let server = start_server(
-        dir.path(),
-        "127.0.0.1:0",
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
-    let port = server.addr.rsplit_once(':').unwrap().1.to_string();
-    let ws = create_workspace(dir.path(), "tls");
-    let token = enroll_token(dir.path(), "tls");
-    let url = format!("https://localhost:{port}");
-    let _agent = Proc(
-        Command::new(cmdop_bin())
-            .args([
-                "--log-level",
-                "warn",
-                "agent",
-                "--server",
-                &url,
-                "--hostname",
-                "tls-host",
-                "--token",
-                &token,
-            ])
-            .arg("--state-file")
-            .arg(dir.path().join("agent.json"))
-            .arg("--ca-cert")
-            .arg(&ca)
-            .spawn()
-            .expect("spawn agent"),
-    );
-
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_end_to_end() {
+    let s = tls_stack("tls-host").await;
+    let (url, ws, ca) = (&s.url, &s.ws, &s.ca);
     let exec = |ca_cert: Option<&std::path::Path>| {
         let mut cmd = Command::new(cmdop_bin());
         cmd.args([
             "exec",
             "--server",
-            &url,
+            url,
             "--host",
-            "tls-host",
+            &s.host,
             "--timeout-secs",
             "5",
         ])
@@ -66,15 +31,8 @@ fn tls_with_a_private_ca_end_to_end() {
             .output()
             .expect("run cmdop exec")
     };
-    // The agent needs a moment to enroll and connect.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let out = loop {
-        let out = exec(Some(&ca));
-        if out.status.success() || std::time::Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    // `tls_stack` returned once the agent serves native exec.
+    let out = exec(Some(ca));
     assert!(
         out.status.success(),
         "exec over TLS failed: {}",
@@ -88,14 +46,14 @@ fn tls_with_a_private_ca_end_to_end() {
     cmd.args([
         "exec",
         "--server",
-        &url,
+        url,
         "--host",
-        "tls-host",
+        &s.host,
         "--timeout-secs",
         "30",
         "--ca-cert",
     ])
-    .arg(&ca)
+    .arg(ca)
     .env("CMDOP_API_KEY", &ws.api_key)
     .args(["--", "seq", "1", "400000"]);
     let out = cmd.output().expect("run cmdop exec");
