@@ -99,8 +99,8 @@ managed_workspace() {
 managed_agent_start() {
   local dir=$1 ws=$2 host=$3 token
   token=$(managed_admin "$dir" enroll-token --workspace "$ws")
-  CMDOP_TEST_AGENT=$host "$CMDOP_BIN" --log-level "${CMDOP_TEST_LOG:-warn}" agent \
-      --server "http://$(cat "$dir/addr")" --token "$token" \
+  CMDOP_TEST_AGENT=$host CMDOP_ENROLL_TOKEN=$token "$CMDOP_BIN" --log-level "${CMDOP_TEST_LOG:-warn}" agent \
+      --server "http://$(cat "$dir/addr")" \
       --state-file "$dir/agent-$host.state" --hostname "$host" >>"$dir/agent-$host.log" 2>&1 &
   echo "$!" >"$dir/agent-$host.pid"
 }

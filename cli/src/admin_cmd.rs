@@ -13,7 +13,9 @@ pub struct AdminArgs {
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
     /// The control plane's PostgreSQL database instead of a data directory
-    /// (postgres://USER:PASSWORD@HOST:PORT/DATABASE).
+    /// (postgres://USER:PASSWORD@HOST:PORT/DATABASE). Other local users can
+    /// read a command line: give a URL with a password through
+    /// CMDOP_DATABASE_URL or --database-url-file instead.
     #[arg(
         long,
         global = true,
@@ -22,6 +24,15 @@ pub struct AdminArgs {
         conflicts_with = "data_dir"
     )]
     pub database: Option<String>,
+    /// Read the --database URL from the first line of this file (mode 0600).
+    #[arg(
+        long,
+        global = true,
+        env = "CMDOP_DATABASE_URL_FILE",
+        hide_env_values = true,
+        conflicts_with = "data_dir"
+    )]
+    pub database_url_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -106,7 +117,9 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let store = match &args.database {
+    let database =
+        crate::secret_flags::resolve(&args.database, &args.database_url_file, "database-url-file")?;
+    let store = match &database {
         Some(url) => Store::connect(url)?,
         None => {
             let dir = args

@@ -22,9 +22,14 @@ pub struct AgentArgs {
     )]
     pub server: Vec<String>,
     /// One-time enrollment token (from `cmdop admin enroll-token`); only needed
-    /// on the first start, when the state file does not exist yet.
+    /// on the first start, when the state file does not exist yet. Other
+    /// local users can read a command line: prefer CMDOP_ENROLL_TOKEN or
+    /// --token-file.
     #[arg(long, env = "CMDOP_ENROLL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read --token from the first line of this file (mode 0600).
+    #[arg(long, env = "CMDOP_ENROLL_TOKEN_FILE", hide_env_values = true)]
+    pub token_file: Option<PathBuf>,
     /// Where the agent keeps its identity (created with mode 0600).
     #[arg(long)]
     pub state_file: Option<PathBuf>,
@@ -59,7 +64,11 @@ impl AgentArgs {
         Ok(AgentConfig {
             server,
             more_servers: servers.collect(),
-            enrollment_token: self.token.clone(),
+            enrollment_token: crate::secret_flags::resolve(
+                &self.token,
+                &self.token_file,
+                "token-file",
+            )?,
             state_file: self
                 .state_file
                 .clone()

@@ -22,9 +22,14 @@ pub struct ConnectArgs {
         num_args = 1
     )]
     pub server: Vec<String>,
-    /// API key (any non-empty key; keys issued by `cmdop admin` start with cmdop_).
+    /// API key (any non-empty key; keys issued by `cmdop admin` start with
+    /// cmdop_). Other local users can read a command line: prefer
+    /// CMDOP_API_KEY or --api-key-file.
     #[arg(long, env = "CMDOP_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Read the API key from the first line of this file (mode 0600).
+    #[arg(long, env = "CMDOP_API_KEY_FILE", hide_env_values = true)]
+    pub api_key_file: Option<PathBuf>,
     /// PEM CA certificate to trust, for servers with a private CA.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
@@ -35,11 +40,9 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     fn options(&self) -> anyhow::Result<ClientOptions> {
-        let key = self
-            .api_key
-            .clone()
+        let key = crate::secret_flags::resolve(&self.api_key, &self.api_key_file, "api-key-file")?
             .filter(|k| !k.is_empty())
-            .context("no API key: pass --api-key or set CMDOP_API_KEY (create one with `cmdop admin create-key`)")?;
+            .context("no API key: set CMDOP_API_KEY or pass --api-key-file FILE (create one with `cmdop admin create-key`)")?;
         let mut opts = ClientOptions::remote(Credentials::ApiKey(key));
         let servers: Vec<&str> = self
             .server

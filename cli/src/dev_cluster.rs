@@ -68,8 +68,6 @@ pub async fn run(
             "--log-level",
             "warn",
             "server",
-            "--database",
-            &url,
             "--listen",
             &listen.to_string(),
             "--peer-listen",
@@ -79,6 +77,9 @@ pub async fn run(
             "--ready-file",
             &ready.display().to_string(),
         ])
+        // Secrets through the environment, which only this user can read
+        // (/proc/PID/environ), never the command line, which every user can.
+        .env("CMDOP_DATABASE_URL", &url)
         .env("CMDOP_PEER_SECRET", &peer_secret)
         .spawn()
         .context("cannot start a replica")?;
@@ -153,11 +154,24 @@ pub async fn run(
     Ok(())
 }
 
-/// `cmdop ARGS` (this very binary), killed if this process dies.
+/// `cmdop ARGS` (this very binary), killed if this process dies. It
+/// inherits no secret variable of ours: each is passed where it is meant.
 fn cmdop(args: &[&str]) -> Command {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cmdop"));
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    for var in [
+        "CMDOP_DATABASE_URL",
+        "CMDOP_DATABASE_URL_FILE",
+        "CMDOP_PEER_SECRET",
+        "CMDOP_PEER_SECRET_FILE",
+        "CMDOP_ENROLL_TOKEN",
+        "CMDOP_ENROLL_TOKEN_FILE",
+        "CMDOP_API_KEY",
+        "CMDOP_API_KEY_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
     // SAFETY: the closure runs in the child between fork and exec and only
     // calls prctl(2), which is async-signal-safe.
     unsafe {
@@ -169,10 +183,12 @@ fn cmdop(args: &[&str]) -> Command {
     cmd
 }
 
-/// Runs `cmdop admin --database URL ARGS` and returns what it printed.
+/// Runs `cmdop admin ARGS` on database `url` (given in the environment)
+/// and returns what it printed.
 async fn admin(url: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = cmdop(&["admin", "--database", url])
+    let out = cmdop(&["admin"])
         .args(args)
+        .env("CMDOP_DATABASE_URL", url)
         .output()
         .await
         .context("cannot run cmdop admin")?;

@@ -9,9 +9,10 @@ mod data_dir;
 mod dev_cluster;
 mod dev_cmd;
 mod logging;
+mod secret_flags;
 mod server_cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -53,7 +54,16 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let command = Cli::command();
+    let matches = command.clone().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.format(&mut Cli::command()).exit(),
+    };
+    if let Err(err) = secret_flags::check_command_line(&command, &matches) {
+        eprintln!("cmdop: {err:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let quiet = matches!(
         cli.command,
         Command::Exec(_)

@@ -23,7 +23,9 @@ pub struct ServerArgs {
     pub data_dir: Option<PathBuf>,
     /// Keep the state in PostgreSQL instead of SQLite:
     /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (several servers may
-    /// share one). The schema is created or upgraded at start-up.
+    /// share one). The schema is created or upgraded at start-up. Other
+    /// local users can read a command line: give a URL with a password
+    /// through CMDOP_DATABASE_URL or --database-url-file instead.
     #[arg(
         long,
         env = "CMDOP_DATABASE_URL",
@@ -31,6 +33,14 @@ pub struct ServerArgs {
         conflicts_with = "data_dir"
     )]
     pub database: Option<String>,
+    /// Read the --database URL from the first line of this file (mode 0600).
+    #[arg(
+        long,
+        env = "CMDOP_DATABASE_URL_FILE",
+        hide_env_values = true,
+        conflicts_with = "data_dir"
+    )]
+    pub database_url_file: Option<PathBuf>,
     /// PEM certificate chain; turns on TLS (with --tls-key).
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -69,13 +79,16 @@ pub struct ServerArgs {
     /// Cluster mode: serve other replicas on this address (a second port)
     /// and forward calls for machines whose agent is on another replica.
     /// Every replica uses the same --data-dir database and --peer-secret.
-    #[arg(long, requires = "peer_secret")]
+    #[arg(long)]
     pub peer_listen: Option<SocketAddr>,
     /// Secret shared by the replicas of a cluster (at least 16 bytes);
-    /// required with --peer-listen. Prefer the environment variable: a
-    /// command line is visible to other users of the machine.
+    /// required with --peer-listen. Give it through CMDOP_PEER_SECRET or
+    /// --peer-secret-file: a command line is visible to other users.
     #[arg(long, env = "CMDOP_PEER_SECRET", hide_env_values = true)]
     pub peer_secret: Option<String>,
+    /// Read --peer-secret from the first line of this file (mode 0600).
+    #[arg(long, env = "CMDOP_PEER_SECRET_FILE", hide_env_values = true)]
+    pub peer_secret_file: Option<PathBuf>,
     /// This replica's id in the cluster (default: a random `rep_…`).
     #[arg(long, requires = "peer_listen")]
     pub replica_id: Option<String>,
@@ -131,13 +144,26 @@ impl LimitArgs {
 }
 
 impl ServerArgs {
-    pub fn config(&self) -> ServerConfig {
-        ServerConfig {
+    pub fn config(&self) -> anyhow::Result<ServerConfig> {
+        use crate::secret_flags::resolve;
+        let database = resolve(&self.database, &self.database_url_file, "database-url-file")?;
+        let peer_secret = resolve(
+            &self.peer_secret,
+            &self.peer_secret_file,
+            "peer-secret-file",
+        )?;
+        if self.peer_listen.is_some() && peer_secret.is_none() {
+            anyhow::bail!(
+                "--peer-listen needs the cluster's peer secret: set CMDOP_PEER_SECRET or pass \
+                 --peer-secret-file FILE (the same secret on every replica)"
+            );
+        }
+        Ok(ServerConfig {
             data_dir: self
                 .data_dir
                 .clone()
                 .unwrap_or_else(crate::data_dir::default_data_dir),
-            database: self.database.clone(),
+            database,
             extensions: !self.no_extensions,
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
@@ -157,10 +183,10 @@ impl ServerArgs {
                     .clone()
                     .unwrap_or_else(cmdop_controlplane::cluster::random_replica_id),
                 peer_listen,
-                peer_secret: self.peer_secret.clone().unwrap_or_default(),
+                peer_secret: peer_secret.unwrap_or_default(),
             }),
             ..ServerConfig::default()
-        }
+        })
     }
 }
 
@@ -183,7 +209,7 @@ pub fn write_ready_file(path: &std::path::Path, contents: &str) -> anyhow::Resul
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let config = args.config();
+    let config = args.config()?;
     if config.tls.is_none() && !args.listen.ip().is_loopback() {
         if !args.allow_plaintext {
             anyhow::bail!(
@@ -199,7 +225,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(cluster) = &config.cluster {
         if cluster.peer_secret.len() < MIN_PEER_SECRET_BYTES {
             anyhow::bail!(
-                "--peer-secret (or CMDOP_PEER_SECRET) must be at least {MIN_PEER_SECRET_BYTES} bytes; \
+                "the peer secret (CMDOP_PEER_SECRET or --peer-secret-file) must be at least {MIN_PEER_SECRET_BYTES} bytes; \
                  generate one with `openssl rand -hex 32` and give every replica the same one"
             );
         }

@@ -33,14 +33,13 @@ const PEER_SECRET: &str = "cluster-test-peer-secret-0123456789";
 
 /// Starts replica `id` on the cluster's database; `dir` holds its ready file.
 fn start_replica(url: &str, dir: &Path, id: &str) -> Server {
-    server_pg(
+    server_pg_env(
         url,
+        &[("CMDOP_PEER_SECRET", PEER_SECRET)],
         dir,
         &[
             "--peer-listen",
             "127.0.0.1:0",
-            "--peer-secret",
-            PEER_SECRET,
             "--replica-id",
             id,
             "--keepalive-secs",

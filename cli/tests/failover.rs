@@ -29,14 +29,8 @@ fn start_agent_on(servers: &[&str], token: &str, state_file: &Path, hostname: &s
     let child = Command::new(cmdop_bin())
         .args(["--log-level", "warn", "agent", "--server"])
         .arg(list.join(","))
-        .args([
-            "--hostname",
-            hostname,
-            "--heartbeat-secs",
-            "1",
-            "--token",
-            token,
-        ])
+        .args(["--hostname", hostname, "--heartbeat-secs", "1"])
+        .env("CMDOP_ENROLL_TOKEN", token)
         .arg("--state-file")
         .arg(state_file)
         .stdin(Stdio::null())

@@ -16,8 +16,9 @@ use common::{
 };
 use tonic::Code;
 
-/// Runs `cmdop server --database URL`, which must fail; returns its
-/// stderr and how long it took.
+/// Runs `cmdop server --database URL` (the URL on the command line, which
+/// the server warns about), which must fail; returns its stderr and how
+/// long it took.
 fn refused_start(url: &str) -> (String, Duration) {
     let t0 = Instant::now();
     let out = Command::new(cmdop_bin())
@@ -310,6 +311,12 @@ fn an_unreachable_database_stops_the_server_at_once_naming_it_without_password()
     assert!(
         stderr.contains("check that PostgreSQL is running"),
         "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "warning: --database on the command line can be read by every user of this machine"
+        ) && stderr.contains("set CMDOP_DATABASE_URL or pass --database-url-file FILE"),
+        "a password on the command line is warned about: {stderr}"
     );
 }
 

@@ -283,3 +283,213 @@ async fn a_second_agent_reporting_the_same_hostname_makes_set_machine_ambiguous(
     assert!(text.contains(&owner.machine_id), "{text}");
     assert_eq!(text.matches("mach_").count(), 2, "{text}");
 }
+
+/// Every process's command line, as a user other than the one running the
+/// test sees it (`nobody` under root; ourselves otherwise): one line each.
+fn command_lines_seen_by(uid: Option<u32>) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' <"$f" 2>/dev/null; echo; done"#);
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd.output().expect("read /proc/*/cmdline");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `psql` as `uid` with no password available; true when it logged in.
+fn psql_logs_in(uid: Option<u32>, args: &[&str]) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("psql");
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/nonexistent")
+        .args(["-X", "-w", "-qAt", "-c", "SELECT 'logged-in'"])
+        .args(args)
+        .stdin(Stdio::null());
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd.output().expect("run psql (postgresql-client)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && said.contains("logged-in"), said)
+}
+
+/// The environment variable `name` of process `pid` (readable by its user
+/// and root only).
+fn environ_var(pid: u32, name: &str) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    raw.split(|&b| b == 0).find_map(|kv| {
+        let kv = String::from_utf8_lossy(kv);
+        kv.strip_prefix(&format!("{name}=")).map(str::to_owned)
+    })
+}
+
+/// Pids of `root`'s descendants.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …"; comm may hold spaces and parentheses.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// The hole of issue 19: `cmdop dev --cluster` put its database URL (with
+/// the owner's password) on its replicas' command lines, so any local user
+/// could log in to the database and mint an API key. Now no secret is on
+/// any command line, and another user cannot log in to the database.
+#[test]
+fn dev_cluster_shows_no_secret_to_other_users_and_its_database_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("env");
+    let mut dev = Proc(
+        Command::new(cmdop_bin())
+            .args(["--log-level", "warn", "dev", "--cluster", "3"])
+            .args(["--listen", "127.0.0.1:0", "--env-file"])
+            .arg(&env_file)
+            .env_remove("CMDOP_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn cmdop dev --cluster 3"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let env_text = loop {
+        if let Ok(text) = std::fs::read_to_string(&env_file) {
+            break text;
+        }
+        assert!(
+            dev.0.try_wait().expect("wait").is_none(),
+            "cmdop dev --cluster 3 exited before it was ready"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "cmdop dev --cluster 3 not ready in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let api_key = env_text
+        .lines()
+        .find_map(|l| l.strip_prefix("CMDOP_API_KEY="))
+        .expect("CMDOP_API_KEY in the env file")
+        .to_string();
+
+    // The secrets, read where only the user running cmdop dev can: the
+    // children's environments.
+    let children = descendants(dev.pid());
+    let var = |name: &str| {
+        children
+            .iter()
+            .find_map(|&pid| environ_var(pid, name))
+            .unwrap_or_else(|| panic!("no child of cmdop dev has {name}"))
+    };
+    let database_url = var("CMDOP_DATABASE_URL");
+    let peer_secret = var("CMDOP_PEER_SECRET");
+    let enroll_token = var("CMDOP_ENROLL_TOKEN");
+    let password = database_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, pw)| pw.to_string())
+        .expect("the URL has a password");
+    let port = database_url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(port, _)| port.to_string())
+        .expect("the URL has a port");
+
+    let other_user = nix::unistd::geteuid().is_root().then_some(65534u32);
+    if other_user.is_none() {
+        eprintln!(
+            "NOTE: not root, so the probes below run as the same user as cmdop dev \
+             (command lines and the password check still apply; the socket check does not)"
+        );
+    }
+    let seen = command_lines_seen_by(other_user);
+    assert!(
+        seen.contains("--peer-listen") && seen.contains("--cluster"),
+        "the probe saw the cluster's command lines: {seen}"
+    );
+    for (what, secret) in [
+        ("the database password", password.as_str()),
+        ("the peer secret", peer_secret.as_str()),
+        ("the enrollment token", enroll_token.as_str()),
+        ("the API key", api_key.as_str()),
+    ] {
+        assert!(secret.len() >= 16, "{what} looks too short: {secret}");
+        assert!(
+            !seen.contains(secret),
+            "{what} is on a command line every user can read"
+        );
+    }
+
+    // Over TCP without the password: refused. With it: in (so the refusal
+    // was for the password, not for a missing psql or server).
+    let no_pw = format!("postgresql://cmdop@127.0.0.1:{port}/cmdop");
+    let (logged_in, said) = psql_logs_in(other_user, &[&no_pw]);
+    assert!(!logged_in, "logged in without the password: {said}");
+    let (logged_in, said) = psql_logs_in(other_user, &[&database_url]);
+    assert!(logged_in, "the password itself works: {said}");
+    // The superuser's socket (trusted, no password) is in a directory only
+    // the database's owner can enter.
+    if other_user.is_some() {
+        let sock_dir = seen
+            .lines()
+            .filter(|l| l.contains(&format!("-p {port} -k")))
+            .find_map(|l| {
+                let mut words = l.split_whitespace();
+                words.find(|w| *w == "-k")?;
+                words.next().map(str::to_owned)
+            })
+            .expect("the postgres server's -k socket directory");
+        let (logged_in, said) = psql_logs_in(
+            other_user,
+            &[
+                "-h",
+                &sock_dir,
+                "-p",
+                &port,
+                "-U",
+                "cmdop_admin",
+                "-d",
+                "postgres",
+            ],
+        );
+        assert!(
+            !logged_in,
+            "another user reached the superuser's socket: {said}"
+        );
+    }
+
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dev.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let stop = Instant::now() + Duration::from_secs(30);
+    while dev.0.try_wait().expect("wait").is_none() && Instant::now() < stop {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -16,7 +16,8 @@
 //! process.
 
 use std::{
-    fs, io,
+    fs,
+    io::{self, Write},
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -83,13 +84,17 @@ impl LocalPostgres {
             child: None,
         };
         let data = pg.data_dir();
-        pg.tool("initdb", |c| {
-            c.arg("-D")
-                .arg(&data)
-                .args(["-U", SUPERUSER, "--auth-local=trust"])
-                .args(["--auth-host=scram-sha-256", "--encoding=UTF8"])
-                .args(["--locale=C", "--no-sync"]);
-        })?;
+        pg.tool(
+            "initdb",
+            |c| {
+                c.arg("-D")
+                    .arg(&data)
+                    .args(["-U", SUPERUSER, "--auth-local=trust"])
+                    .args(["--auth-host=scram-sha-256", "--encoding=UTF8"])
+                    .args(["--locale=C", "--no-sync"]);
+            },
+            None,
+        )?;
         pg.start_server()?;
         pg.psql(
             "postgres",
@@ -138,12 +143,16 @@ impl LocalPostgres {
     pub fn psql(&self, db: &str, sql: &str) -> anyhow::Result<String> {
         let sock = self.sock_dir();
         let port = self.port.to_string();
-        let out = self.tool("psql", |c| {
-            c.arg("-h")
-                .arg(&sock)
-                .args(["-p", &port, "-U", SUPERUSER, "-d", db])
-                .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql]);
-        })?;
+        let out = self.tool(
+            "psql",
+            |c| {
+                c.arg("-h")
+                    .arg(&sock)
+                    .args(["-p", &port, "-U", SUPERUSER, "-d", db])
+                    .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-f", "-"]);
+            },
+            Some(sql.as_bytes()),
+        )?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -221,17 +230,39 @@ impl LocalPostgres {
         c
     }
 
-    /// Runs one of PostgreSQL's programs to completion; an error unless it
-    /// succeeds.
-    fn tool(&self, program: &str, args: impl FnOnce(&mut Command)) -> anyhow::Result<Output> {
+    /// Runs one of PostgreSQL's programs to completion, `input` on its
+    /// stdin (SQL goes there, never on the command line, where every local
+    /// user could read a password in it); an error unless it succeeds.
+    fn tool(
+        &self,
+        program: &str,
+        args: impl FnOnce(&mut Command),
+        input: Option<&[u8]>,
+    ) -> anyhow::Result<Output> {
         let mut c = self.command(program);
         args(&mut c);
-        let out = c.stdin(Stdio::null()).output().with_context(|| {
+        let cannot_run = || {
             format!(
                 "cannot run {}; install PostgreSQL with `{INSTALL_COMMAND}`",
                 self.bin.join(program).display()
             )
-        })?;
+        };
+        let out = match input {
+            None => c.stdin(Stdio::null()).output().with_context(cannot_run)?,
+            Some(input) => {
+                let mut child = c
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .with_context(cannot_run)?;
+                let mut stdin = child.stdin.take().context("no stdin pipe")?;
+                // Small SQL fits the pipe; a failed write shows as psql's error.
+                let _ = stdin.write_all(input);
+                drop(stdin);
+                child.wait_with_output().with_context(cannot_run)?
+            }
+        };
         if !out.status.success() {
             // psql may quote the statement, which may hold the password.
             let said = format!(
@@ -277,11 +308,15 @@ impl LocalPostgres {
         loop {
             // Through the socket: accepting TCP is not enough, the server
             // refuses logins until its start-up recovery is done.
-            let ready = self.tool("pg_isready", |c| {
-                c.arg("-h")
-                    .arg(&sock)
-                    .args(["-p", &port, "-U", SUPERUSER, "-d", "postgres", "-q"]);
-            });
+            let ready = self.tool(
+                "pg_isready",
+                |c| {
+                    c.arg("-h")
+                        .arg(&sock)
+                        .args(["-p", &port, "-U", SUPERUSER, "-d", "postgres", "-q"]);
+                },
+                None,
+            );
             if ready.is_ok() {
                 return Ok(());
             }
@@ -310,12 +345,16 @@ impl LocalPostgres {
             return;
         };
         let data = self.data_dir();
-        let stopped = self.tool("pg_ctl", |c| {
-            c.arg("stop")
-                .arg("-D")
-                .arg(&data)
-                .args(["-m", mode, "-w", "-t", timeout_secs]);
-        });
+        let stopped = self.tool(
+            "pg_ctl",
+            |c| {
+                c.arg("stop")
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["-m", mode, "-w", "-t", timeout_secs]);
+            },
+            None,
+        );
         if stopped.is_err() {
             let _ = child.kill();
         }

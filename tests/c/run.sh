@@ -151,8 +151,8 @@ start_pair() {
   key=$(managed_workspace "$dir" w1) || return 1
   a=$(cat "$dir/addr"); b=$(cat "$dir/b/addr")
   token=$(managed_admin "$dir" enroll-token --workspace w1)
-  "$CMDOP_BIN" --log-level "${CMDOP_TEST_LOG:-warn}" agent --server "http://$a,http://$b" \
-      --token "$token" --state-file "$dir/agent-pair.state" --hostname pair >>"$dir/agent-pair.log" 2>&1 &
+  CMDOP_ENROLL_TOKEN=$token "$CMDOP_BIN" --log-level "${CMDOP_TEST_LOG:-warn}" agent --server "http://$a,http://$b" \
+      --state-file "$dir/agent-pair.state" --hostname pair >>"$dir/agent-pair.log" 2>&1 &
   echo "$!" >"$dir/agent-pair.pid"
   managed_machine_id "$dir" w1 pair >/dev/null || return 1
   pair_env="CMDOP_SERVER=$a,$b CMDOP_HOST=${a%:*} CMDOP_PORT=${a##*:} CMDOP_API_KEY=$key

@@ -4,14 +4,15 @@
 //!
 //! ```text
 //! cmdop-bench-agents --server http://HOST:PORT[,http://HOST:PORT…] \
-//!     (--data-dir DIR | --database postgres://…) --workspace NAME --agents N \
+//!     (--data-dir DIR | CMDOP_DATABASE_URL=postgres://… in the environment) \
+//!     --workspace NAME --agents N \
 //!     [--parallel N] [--per-source N] [--control-plane-pid PID]… [--ready-file F]
 //!     [--restart-file F] [--label TEXT] [--case NAME]
 //! ```
 //!
 //! Each agent is enrolled with its own one-time token (minted straight into
 //! the control plane's store — SQLite at `--data-dir` or a cluster's
-//! PostgreSQL at `--database` — as `cmdop admin enroll-token` would, but
+//! PostgreSQL at `CMDOP_DATABASE_URL` — as `cmdop admin enroll-token` would, but
 //! without a process per token), then opens
 //! `ConnectTerminal`, registers, waits for `start_session` and stays
 //! connected, sending a heartbeat every 25 s like the real agent. It serves no
@@ -91,7 +92,8 @@ const RECONNECT_ALL_TIMEOUT: Duration = Duration::from_secs(600);
 const RESTART_TIMEOUT: Duration = Duration::from_secs(600);
 
 const USAGE: &str = "usage: cmdop-bench-agents --server http://HOST:PORT[,http://HOST:PORT…] \
-(--data-dir DIR | --database postgres://…) --workspace NAME --agents N [--parallel N] \
+(--data-dir DIR | CMDOP_DATABASE_URL=postgres://… in the environment) --workspace NAME \
+--agents N [--parallel N] \
 [--per-source N] [--control-plane-pid PID]… [--ready-file F] [--restart-file F] \
 [--label TEXT] [--case NAME]";
 
@@ -114,7 +116,10 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         servers: Vec::new(),
         data_dir: PathBuf::new(),
-        database: None,
+        // The URL holds a password: never on a command line.
+        database: std::env::var("CMDOP_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty()),
         workspace: String::new(),
         agents: 0,
         parallel: 64,
@@ -143,7 +148,6 @@ fn parse_args() -> anyhow::Result<Args> {
                     .map(String::from),
             ),
             "--data-dir" => args.data_dir = value.into(),
-            "--database" => args.database = Some(value),
             "--case" => args.case = value,
             "--workspace" => args.workspace = value,
             "--agents" => args.agents = count(&value)?,
@@ -164,7 +168,9 @@ fn parse_args() -> anyhow::Result<Args> {
         || (args.data_dir.as_os_str().is_empty() == args.database.is_none())
         || args.workspace.is_empty()
     {
-        bail!("--server, one of --data-dir and --database, and --workspace are required; {USAGE}");
+        bail!(
+            "--server, one of --data-dir and CMDOP_DATABASE_URL, and --workspace are required; {USAGE}"
+        );
     }
     if args.agents == 0 || args.parallel == 0 || args.per_source == 0 {
         bail!("--agents, --parallel and --per-source must be > 0");

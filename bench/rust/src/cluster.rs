@@ -277,12 +277,14 @@ enum Db {
 }
 
 impl Db {
-    /// The `cmdop server` / `cmdop admin` arguments naming it.
-    fn args(&self) -> [std::ffi::OsString; 2] {
+    /// Names it to a `cmdop server` / `cmdop admin` command: the data
+    /// directory as a flag, the URL (with its password) in the environment,
+    /// never on a command line other users can read.
+    fn name_to(&self, cmd: &mut Command) {
         match self {
-            Db::Postgres(url) => ["--database".into(), url.into()],
-            Db::Sqlite(dir) => ["--data-dir".into(), dir.into()],
-        }
+            Db::Postgres(url) => cmd.env("CMDOP_DATABASE_URL", url),
+            Db::Sqlite(dir) => cmd.arg("--data-dir").arg(dir),
+        };
     }
 
     /// One query; rows as lines, fields separated by U+001F.
@@ -443,11 +445,12 @@ fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join(" | ")
 }
 
-/// Runs `cmdop admin --database URL ARGS` and returns what it printed.
+/// Runs `cmdop admin ARGS` on `db` and returns what it printed.
 async fn admin(cmdop: &Path, db: &Db, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(cmdop)
-        .arg("admin")
-        .args(db.args())
+    let mut cmd = Command::new(cmdop);
+    cmd.arg("admin");
+    db.name_to(&mut cmd);
+    let out = cmd
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -492,9 +495,10 @@ impl Cluster {
             .append(true)
             .open(&r.log)
             .with_context(|| format!("cannot open {}", r.log.display()))?;
-        let child = Command::new(&self.cmdop)
-            .args(["--log-level", &self.log_level, "server"])
-            .args(self.db.args())
+        let mut cmd = Command::new(&self.cmdop);
+        cmd.args(["--log-level", &self.log_level, "server"]);
+        self.db.name_to(&mut cmd);
+        let child = cmd
             .args(["--listen", &r.listen.to_string()])
             .args(["--peer-listen", &r.peer.to_string()])
             .args(["--replica-id", &r.id])
@@ -1030,10 +1034,9 @@ async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
     let log_path = c.agent_log.with_file_name("agents.log");
     let log = std::fs::File::create(&log_path)?;
     let mut sim = Command::new(bin);
-    sim.arg("--server")
-        .arg(servers.join(","))
-        .args(c.db.args())
-        .args(["--workspace", "bench", "--agents", &args.agents.to_string()])
+    sim.arg("--server").arg(servers.join(","));
+    c.db.name_to(&mut sim);
+    sim.args(["--workspace", "bench", "--agents", &args.agents.to_string()])
         .args(["--case", "cluster-agents"])
         .args([
             "--label",

@@ -53,15 +53,16 @@ pub struct Server {
 }
 
 pub fn admin(data_dir: &Path, args: &[&str]) -> String {
-    admin_on(&["--data-dir".as_ref(), data_dir.as_os_str()], args)
+    admin_on(&["--data-dir".as_ref(), data_dir.as_os_str()], &[], args)
 }
 
 /// `cmdop admin STORE… ARGS…` (STORE: `--data-dir DIR` or `--database
 /// URL`); its trimmed stdout.
-fn admin_on(store: &[&std::ffi::OsStr], args: &[&str]) -> String {
+fn admin_on(store: &[&std::ffi::OsStr], env: &[(&str, &str)], args: &[&str]) -> String {
     let out = Command::new(cmdop_bin())
         .arg("admin")
         .args(store)
+        .envs(env.iter().copied())
         .args(args)
         .output()
         .expect("run cmdop admin");
@@ -80,6 +81,7 @@ fn admin_on(store: &[&std::ffi::OsStr], args: &[&str]) -> String {
 pub fn start_server(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
     spawn_server(
         &["--data-dir".as_ref(), data_dir.as_os_str()],
+        &[],
         data_dir,
         listen,
         extra,
@@ -92,6 +94,7 @@ pub fn start_server(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
 /// is ready within `within`.
 fn spawn_server(
     store: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
     dir: &Path,
     listen: &str,
     extra: &[&str],
@@ -101,6 +104,7 @@ fn spawn_server(
     let child = Command::new(cmdop_bin())
         .args(["--log-level", "warn", "server", "--listen", listen])
         .args(store)
+        .envs(env.iter().copied())
         .arg("--ready-file")
         .arg(&ready)
         .args(extra)
@@ -157,7 +161,7 @@ pub fn start_agent(
     .args(extra)
     .stdin(Stdio::null());
     if let Some(t) = token {
-        cmd.args(["--token", t]);
+        cmd.env("CMDOP_ENROLL_TOKEN", t);
     }
     Proc(cmd.spawn().expect("spawn cmdop agent"))
 }
@@ -458,16 +462,27 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// `cmdop admin --database URL ARGS…`; its trimmed stdout.
+/// `cmdop admin ARGS…` on database `url` (in CMDOP_DATABASE_URL, as the
+/// README teaches: a password on a command line is readable by every
+/// user); its trimmed stdout.
 pub fn admin_pg(url: &str, args: &[&str]) -> String {
-    admin_on(&["--database".as_ref(), url.as_ref()], args)
+    admin_on(&[], &[("CMDOP_DATABASE_URL", url)], args)
 }
 
-/// `cmdop server --database URL` on a fresh loopback port, its ready file
-/// in `dir`.
+/// `cmdop server` on database `url` (in CMDOP_DATABASE_URL) on a fresh
+/// loopback port, its ready file in `dir`.
 pub fn server_pg(url: &str, dir: &Path, extra: &[&str]) -> Server {
+    server_pg_env(url, &[], dir, extra)
+}
+
+/// [`server_pg`] with more environment (secrets such as
+/// CMDOP_PEER_SECRET, which never go on a command line).
+pub fn server_pg_env(url: &str, env: &[(&str, &str)], dir: &Path, extra: &[&str]) -> Server {
+    let mut all = vec![("CMDOP_DATABASE_URL", url)];
+    all.extend_from_slice(env);
     spawn_server(
-        &["--database".as_ref(), url.as_ref()],
+        &[],
+        &all,
         dir,
         "127.0.0.1:0",
         extra,
@@ -549,16 +564,10 @@ pub async fn tls_stack(host_prefix: &str) -> TlsStack {
     let agent = Proc(
         Command::new(cmdop_bin())
             .args(["--log-level", "warn", "agent", "--server", &url])
-            .args([
-                "--hostname",
-                &host,
-                "--token",
-                &token,
-                "--heartbeat-secs",
-                "1",
-            ])
+            .args(["--hostname", &host, "--heartbeat-secs", "1"])
             .arg("--state-file")
             .arg(dir.path().join("agent.json"))
+            .env("CMDOP_ENROLL_TOKEN", &token)
             .arg("--ca-cert")
             .arg(&ca)
             .stdin(Stdio::null())
