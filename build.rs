@@ -55,4 +55,27 @@ fn emit_soname() {
     }
     let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap_or_else(|_| "0".to_owned());
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libcmdop.so.{major}");
+    link_soname_in_build_tree(&major);
+}
+
+/// A program linked with `-Ltarget/debug -lcmdop` asks the loader for the
+/// soname, `libcmdop.so.<MAJOR>`, which cargo does not write: put that
+/// name beside the library as a symlink to `libcmdop.so` (dangling until
+/// cargo links it, moments later). The profile directory is three levels
+/// above OUT_DIR (`<profile>/build/<pkg>-<hash>/out`).
+fn link_soname_in_build_tree(major: &str) {
+    let Some(out_dir) = std::env::var_os("OUT_DIR").map(PathBuf::from) else {
+        return;
+    };
+    let Some(profile_dir) = out_dir.ancestors().nth(3) else {
+        return;
+    };
+    let link = profile_dir.join(format!("libcmdop.so.{major}"));
+    if std::fs::read_link(&link).is_ok_and(|target| target == std::path::Path::new("libcmdop.so")) {
+        return;
+    }
+    let _ = std::fs::remove_file(&link);
+    if let Err(e) = std::os::unix::fs::symlink("libcmdop.so", &link) {
+        println!("cargo:warning=cannot create {}: {e}", link.display());
+    }
 }

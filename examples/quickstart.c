@@ -4,9 +4,10 @@
  *   connect -> connection info -> pick a machine -> execute -> files ->
  *   sessions -> reconnection settings -> clean up
  *
- * Build and run (scripts/demo.sh does both against `cmdop dev`):
- *   cc -std=c99 -Wall -Wextra -O2 -Iinclude examples/quickstart.c -Ltarget/debug -lcmdop
- *   CMDOP_SERVER=127.0.0.1:50051 CMDOP_API_KEY=cmdop_... ./a.out [hostname]
+ * Build and run from the repository root after `cargo build` (scripts/demo.sh
+ * and the C tests run these very lines against `cmdop dev`):
+ *   cc -std=c99 -Wall -Wextra -O2 -Iinclude examples/quickstart.c -Ltarget/debug -lcmdop -Wl,-rpath,"$PWD/target/debug" -o target/quickstart
+ *   CMDOP_SERVER=127.0.0.1:50051 CMDOP_API_KEY=cmdop_... target/quickstart [hostname]
  *
  * CMDOP_SERVER ("host:port") selects a local control plane (plaintext);
  * without it the client talks to the hosted service over TLS.
@@ -103,8 +104,10 @@ int main(int argc, char **argv) {
   }
   if (s != CMDOP_STATUS_OK) die("selecting the machine", s);
 
-  /* 5. Execute a command (0 = the client's default timeout). */
-  s = cmdop_execute(client, "uname -a && echo \"hello from $(hostname)\"", 0, &result);
+  /* 5. Execute a command (NULL options: the defaults; set a timeout, stdin,
+   *    environment, an output callback or a cancel token in a
+   *    cmdop_exec_options initialised with CMDOP_EXEC_OPTIONS_INIT). */
+  s = cmdop_exec(client, "uname -a && echo \"hello from $(hostname)\"", NULL, &result);
   if (s != CMDOP_STATUS_OK) die("executing", s);
   out = cmdop_exec_result_output(result, &len);
   printf("--- output (%zu bytes, exit code %d, %llu ms)\n%.*s", len, cmdop_exec_result_exit_code(result),

@@ -11,9 +11,18 @@
  * - Objects returned through out-parameters are the caller's and have a
  *   matching *_free function (NULL is always a no-op for them); pointers
  *   returned by accessors are borrowed from their object.
+ * - `const` on a pointer parameter means one thing: the function does not
+ *   change the object's state as the caller can observe it (accessors,
+ *   cmdop_is_connected, a cancel token an execute only watches). Functions
+ *   that change an object's state take it non-const (cmdop_connect,
+ *   cmdop_cancel_token_cancel, cmdop_exec_stdin_write). `const` never
+ *   speaks of threads: every function states its threads in a "Thread:"
+ *   line.
  * - Clients are thread-safe. Blocking functions run on a hidden runtime; a
  *   blocking function called from inside a libcmdop callback returns
  *   CMDOP_STATUS_IN_CALLBACK instead of deadlocking.
+ * - No parameter is named after a C library macro (stdin, stdout, stderr,
+ *   errno: MSVC's headers define them as macros).
  * - No panic crosses this boundary: it becomes CMDOP_STATUS_PANIC.
  * - Values the library reads from C that name a choice (log levels, ...)
  *   are plain integers, checked: an unknown value is INVALID_ARGUMENT.
@@ -86,11 +95,18 @@
 #define CMDOP_CAPABILITY_SIDE_CONNECTIONS "exec-raw.v1"
 /** Bulk exec output over TLS side connections, end to end with the agent (TLS servers). */
 #define CMDOP_CAPABILITY_SIDE_CONNECTIONS_TLS "exec-raw-tls.v1"
-/** Stdin streamed while a command runs (cmdop_execute_with_stdin). */
+/** Stdin streamed while a command runs (cmdop_exec_options.input). */
 #define CMDOP_CAPABILITY_EXEC_STDIN "exec-stdin.v1"
+/** Truthful outcomes: a timed-out or lost execute is TIMEOUT only when the
+ *  kill was confirmed, else OUTCOME_UNKNOWN, with the output so far. */
+#define CMDOP_CAPABILITY_EXEC_OUTCOME "exec-outcome.v1"
 
 /** Defaults of cmdop_options (same as cmdop_options_init()). */
 #define CMDOP_OPTIONS_INIT { CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false, true, NULL, 0 }
+/** Defaults of cmdop_exec_options (same as cmdop_exec_options_init()). */
+#define CMDOP_EXEC_OPTIONS_INIT { CMDOP_EXEC_OPTIONS_VERSION, 0, NULL, 0, NULL, 0, NULL, false, NULL, NULL, NULL, NULL, NULL }
+/** Defaults of cmdop_transfer_options (same as cmdop_transfer_options_init()). */
+#define CMDOP_TRANSFER_OPTIONS_INIT { CMDOP_TRANSFER_OPTIONS_VERSION, false, false, false }
 
 
 /**
@@ -101,7 +117,7 @@
 /**
  * Version of the cmdop_exec_options layout this header describes.
  */
-#define CMDOP_EXEC_OPTIONS_VERSION 1
+#define CMDOP_EXEC_OPTIONS_VERSION 2
 
 /**
  * Largest file cmdop_read_file() returns (512 MiB).
@@ -298,8 +314,9 @@ typedef struct cmdop_connection_info cmdop_connection_info;
 typedef struct cmdop_exec_result cmdop_exec_result;
 
 /**
- * The writing end of a command's stdin for cmdop_execute_with_stdin().
- * Opaque; made by cmdop_exec_stdin_new(), freed by cmdop_exec_stdin_free().
+ * The writing end of a command's stdin, streamed while it runs (the
+ * `input` of cmdop_exec_options). Opaque; made by cmdop_exec_stdin_new(),
+ * freed by cmdop_exec_stdin_free().
  */
 typedef struct cmdop_exec_stdin cmdop_exec_stdin;
 
@@ -478,9 +495,11 @@ typedef void (*cmdop_exec_output_fn)(void *user_data,
                                      size_t len);
 
 /**
- * How to run a command beyond its text. Initialise with
- * cmdop_exec_options_init(&opts, CMDOP_EXEC_OPTIONS_VERSION), then set
- * fields; everything it points to is borrowed only during the call.
+ * Everything an execute can take beyond the command's text, for
+ * cmdop_exec(). Initialise with cmdop_exec_options_init(&opts,
+ * CMDOP_EXEC_OPTIONS_VERSION) (or CMDOP_EXEC_OPTIONS_INIT), then set
+ * fields; what it points to is borrowed only during the call, except
+ * `user_data` (see `free_user_data`).
  */
 typedef struct cmdop_exec_options {
   /**
@@ -493,7 +512,7 @@ typedef struct cmdop_exec_options {
   uint32_t timeout_ms;
   /**
    * Written to the command's stdin, then closed (before any streamed
-   * stdin). NULL or `stdin_len` 0 = none. Native exec only: on the
+   * `input`). NULL or `stdin_len` 0 = none. Native exec only: on the
    * terminal path the call returns NOT_SUPPORTED.
    */
   const uint8_t *stdin_data;
@@ -511,9 +530,46 @@ typedef struct cmdop_exec_options {
    */
   const char *working_directory;
   /**
-   * Keep no output in the result (it goes only to the callback).
+   * Keep no output in the result (it goes only to `on_output`), so
+   * memory does not grow with what the command prints.
    */
   bool discard_output;
+  /**
+   * Version 2. Receives each chunk of output as it arrives (NULL = none),
+   * in order, one call at a time, on a thread of the library's (one per
+   * call); it may call accessors and cmdop_cancel_token_cancel(), not
+   * blocking functions. Without a cancel, every callback has returned
+   * before the execute returns.
+   */
+  cmdop_exec_output_fn on_output;
+  /**
+   * Version 2. Passed to `on_output` and to `free_user_data`.
+   */
+  void *user_data;
+  /**
+   * Version 2. Called with `user_data` exactly once when no callback runs
+   * any more, on every outcome once `opts` was read (failed argument
+   * checks included; not when `opts` itself is refused for an unknown
+   * version): before the execute returns, unless a cancel left a
+   * callback running, then right after that callback, on the library's
+   * thread. NULL = none; keep `user_data` valid until then.
+   */
+  cmdop_free_fn free_user_data;
+  /**
+   * Version 2. cmdop_cancel_token_cancel() on it, from any thread, stops
+   * and kills the command: the execute returns CANCELLED within
+   * milliseconds, output not yet delivered is dropped and no callback
+   * starts after the cancel returned. NULL = not cancellable.
+   */
+  const struct cmdop_cancel_token *cancel;
+  /**
+   * Version 2. Stdin streamed while the command runs (from
+   * cmdop_exec_stdin_new(); one command per stream): other threads call
+   * cmdop_exec_stdin_write() and, for EOF, cmdop_exec_stdin_close().
+   * `stdin_data` is written first. Needs CMDOP_CAPABILITY_EXEC_STDIN on
+   * server and agent, else NOT_SUPPORTED. NULL = none.
+   */
+  struct cmdop_exec_stdin *input;
 } cmdop_exec_options;
 
 /**
@@ -682,6 +738,7 @@ enum cmdop_status cmdop_close(struct cmdop_client *client);
  * application, so its user_data may go. (Called from one of this client's
  * own event callbacks, it cannot wait for that callback; the rest then
  * follows on the event thread once the callback returns.)
+ * Thread: any, once no other call uses the object (it may be one other than the thread that made it).
  */
 void cmdop_client_free(struct cmdop_client *client);
 
@@ -704,48 +761,57 @@ enum cmdop_status cmdop_get_connection_info(struct cmdop_client *client,
 /**
  * Server URI, e.g. "https://grpc.cmdop.com:443". Borrowed from `info`;
  * NULL when `info` is NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_connection_info_server(const struct cmdop_connection_info *info);
 
 /**
  * Server version ("" when unknown). Borrowed from `info`.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_connection_info_server_version(const struct cmdop_connection_info *info);
 
 /**
  * Workspace name ("" when the server does not say). Borrowed from `info`.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_connection_info_workspace(const struct cmdop_connection_info *info);
 
 /**
  * True when the connection uses TLS.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 bool cmdop_connection_info_tls(const struct cmdop_connection_info *info);
 
 /**
  * True when the client was connected at the time of the query.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 bool cmdop_connection_info_connected(const struct cmdop_connection_info *info);
 
 /**
  * Measured round trip in milliseconds; -1 when it failed.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 double cmdop_connection_info_latency_ms(const struct cmdop_connection_info *info);
 
 /**
  * True when the server offers native exec (stdout/stderr apart, no PTY).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 bool cmdop_connection_info_native_exec(const struct cmdop_connection_info *info);
 
 /**
  * Number of capabilities the server listed (0 when `info` is NULL, or
  * when the server lacks the libcmdop extension: an official server).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 size_t cmdop_connection_info_capability_count(const struct cmdop_connection_info *info);
 
 /**
  * Capability `index` (e.g. "files.v1"), borrowed from `info`; NULL when
  * out of range or `info` is NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_connection_info_capability_get(const struct cmdop_connection_info *info,
                                                  size_t index);
@@ -755,12 +821,14 @@ const char *cmdop_connection_info_capability_get(const struct cmdop_connection_i
  * CMDOP_CAPABILITY_* strings (compared exactly). False when `info` or
  * `name` is NULL. Calls needing a capability the server lacks return
  * NOT_SUPPORTED or take the official path, as each documents.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 bool cmdop_connection_info_has_capability(const struct cmdop_connection_info *info,
                                           const char *name);
 
 /**
  * Free a connection info. NULL is a no-op.
+ * Thread: any, once no other call uses the object (it may be one other than the thread that made it).
  */
 void cmdop_connection_info_free(struct cmdop_connection_info *info);
 
@@ -785,6 +853,7 @@ enum cmdop_status cmdop_on_connect(struct cmdop_client *client,
  * the threading rules. Fires when the connection drops (`will_reconnect`
  * says whether the library keeps trying), when reconnection gives up
  * (`will_reconnect` false), and on cmdop_close() (false).
+ * Thread: any; the callback runs on a library thread.
  */
 enum cmdop_status cmdop_on_disconnect(struct cmdop_client *client,
                                       cmdop_disconnect_fn cb,
@@ -793,7 +862,14 @@ enum cmdop_status cmdop_on_disconnect(struct cmdop_client *client,
 
 /**
  * Set (or remove) the on_error callback; see cmdop_on_connect() for the
- * threading rules. Fires for every failed call and background failure.
+ * threading rules. Fires for every call of this client that failed after
+ * its arguments were accepted (connection, server, machine and command
+ * failures) and for background failures (reconnects, token refresh).
+ * Calls refused by their argument checks (INVALID_ARGUMENT for a NULL or
+ * malformed argument, IN_CALLBACK) do not fire it, nor does a call the
+ * application cancelled (CANCELLED): their status and
+ * cmdop_last_error_message() are the whole report, on the caller's thread.
+ * Thread: any; the callback runs on a library thread.
  */
 enum cmdop_status cmdop_on_error(struct cmdop_client *client,
                                  cmdop_error_fn cb,
@@ -803,6 +879,7 @@ enum cmdop_status cmdop_on_error(struct cmdop_client *client,
 /**
  * Set (or remove) the callback receiving refreshed OAuth tokens; see
  * cmdop_on_connect() for the threading rules.
+ * Thread: any; the callback runs on a library thread.
  */
 enum cmdop_status cmdop_on_token_refresh(struct cmdop_client *client,
                                          cmdop_token_refresh_fn cb,
@@ -852,31 +929,50 @@ enum cmdop_status cmdop_set_machine(struct cmdop_client *client, const char *hos
 enum cmdop_status cmdop_set_machine_id(struct cmdop_client *client, const char *machine_id);
 
 /**
- * Run `command` (a shell command line) on the selected machine and wait
- * for it. `timeout_ms` 0 = the client's timeout.
+ * Runs `command` (a shell command line) on the selected machine with
+ * `opts` (NULL = the defaults of cmdop_exec_options_init()) and waits for
+ * it: the one execute every other cmdop_execute* function is a form of.
  *
  * Uses the server's native exec when offered (stdout and stderr apart),
  * else types the command into the machine's terminal session (the official
  * SDKs' technique; output merged, needs a POSIX shell). Either way each
  * command runs on its own: `cd` or `exit` do not affect later commands.
- * On the terminal path, commands of one client on one session take turns.
+ * On the terminal path, commands of one client on one session take turns;
+ * environment and working directory are applied in the command's subshell,
+ * and stdin (`stdin_data`, `input`) makes the call NOT_SUPPORTED: an
+ * option is never silently dropped.
  *
- * On OK, TIMEOUT and OUTCOME_UNKNOWN, `*out` is the caller's; free it with
- * cmdop_exec_result_free(). After TIMEOUT the agent confirmed it killed
- * the command at its timeout; `*out` holds the output printed before.
- * After OUTCOME_UNKNOWN `*out` holds the output received so far (exit
- * code -1, timed_out false). Otherwise `*out` is NULL.
+ * The result keeps the output (up to 64 MiB per stream) unless
+ * `opts->discard_output`. On OK, TIMEOUT and OUTCOME_UNKNOWN `*out` is
+ * the caller's (cmdop_exec_result_free()); otherwise NULL. After TIMEOUT
+ * the agent confirmed it killed the command at its timeout, and `*out`
+ * holds the output printed before; after OUTCOME_UNKNOWN `*out` holds the
+ * output received so far (exit code -1, timed_out false).
  *
  * Returns OK (whatever the command's exit code); TIMEOUT (confirmed
  * killed); OUTCOME_UNKNOWN (the timeout plus a 3 s grace passed with no
  * answer from the agent, or the server lost the agent's link while the
  * command ran: it may have finished, may still run, or may have died;
- * check before running it again); NOT_FOUND (no machine selected, unknown
- * machine); UNAVAILABLE (agent offline before the start, or the
- * connection to the server was lost: server killed, restarted or
- * unreachable; never INTERNAL for a lost connection); DISCONNECTED (not
- * connected, or cmdop_close() was called while the command ran: it was
- * killed); INVALID_ARGUMENT. A started command is never retried. Thread: any; blocks; IN_CALLBACK
+ * check before running it again); CANCELLED (`opts->cancel`); NOT_FOUND
+ * (no machine selected, unknown machine); UNAVAILABLE (agent offline
+ * before the start, or the connection to the server was lost: server
+ * killed, restarted or unreachable; never INTERNAL for a lost
+ * connection); DISCONNECTED (not connected, or cmdop_close() was called
+ * while the command ran: it was killed); NOT_SUPPORTED (an option the
+ * path cannot honour); OPERATION_FAILED (working directory missing);
+ * INVALID_ARGUMENT (NULL `client`, `command` or `out`, a bad field of
+ * `opts`, an `input` used before). A started command is never retried.
+ * Thread: any; blocks; IN_CALLBACK from inside a callback.
+ */
+enum cmdop_status cmdop_exec(struct cmdop_client *client,
+                             const char *command,
+                             const struct cmdop_exec_options *opts,
+                             struct cmdop_exec_result **out);
+
+/**
+ * cmdop_exec() with only a timeout (`timeout_ms` 0 = the client's
+ * timeout): `opts.timeout_ms`. Ownership and returns as cmdop_exec()
+ * (CANCELLED and NOT_SUPPORTED aside). Thread: any; blocks; IN_CALLBACK
  * from inside a callback.
  */
 enum cmdop_status cmdop_execute(struct cmdop_client *client,
@@ -885,28 +981,12 @@ enum cmdop_status cmdop_execute(struct cmdop_client *client,
                                 struct cmdop_exec_result **out);
 
 /**
- * Like cmdop_execute(), also handing each chunk of output to `on_chunk`
- * (may be NULL) as it arrives, in order, one call at a time, on a thread
- * of the library's (one per call); it may call accessors and
- * cmdop_cancel_token_cancel(), not blocking functions. Without a cancel,
- * every callback has returned before this function returns. `cancel` (may
- * be NULL): cmdop_cancel_token_cancel() on it from any thread stops and
- * kills the command; the call then returns CANCELLED promptly (within
- * milliseconds, whatever the callback is doing), output not yet delivered
- * is dropped, and no callback starts after cmdop_cancel_token_cancel()
- * returned. A callback already running then may still be finishing after
- * this function returned: `free_user_data` (may be NULL) is called with
- * `user_data` exactly once, on any outcome (failed argument checks
- * included), when no callback runs any more — before this function
- * returns unless a cancel left a callback running, then right after that
- * callback returned, on the library's thread. Keep `user_data` valid
- * until then.
- *
- * The result also keeps the output (up to 64 MiB per stream); for large
- * outputs use cmdop_execute_with_callback_discard(), which keeps none.
- *
- * Ownership and returns as cmdop_execute() (OUTCOME_UNKNOWN included),
- * plus CANCELLED.
+ * cmdop_exec() with `timeout_ms`, `on_chunk` (may be NULL), `user_data`,
+ * `free_user_data` (may be NULL) and `cancel` (may be NULL) in the
+ * options' fields of the same meaning (`on_output` for `on_chunk`):
+ * `free_user_data` is called exactly once on every outcome. Ownership,
+ * returns and threads as cmdop_exec().
+ * Thread: any; blocks; IN_CALLBACK from inside a callback.
  */
 enum cmdop_status cmdop_execute_with_callback(struct cmdop_client *client,
                                               const char *command,
@@ -918,13 +998,10 @@ enum cmdop_status cmdop_execute_with_callback(struct cmdop_client *client,
                                               struct cmdop_exec_result **out);
 
 /**
- * Like cmdop_execute_with_callback(), but the output goes only to `on_chunk`:
- * the result keeps none (cmdop_exec_result_output(), _stdout() and
- * _stderr() are empty, also after TIMEOUT), so memory use does not grow
- * with what the command prints. Exit code, signal, duration and the other
- * accessors work as usual.
- *
- * Ownership and returns as cmdop_execute_with_callback().
+ * cmdop_execute_with_callback() with `discard_output`: the result keeps no
+ * output (cmdop_exec_result_output(), _stdout() and _stderr() are empty,
+ * also after TIMEOUT). Ownership, returns and threads as cmdop_exec().
+ * Thread: any; blocks; IN_CALLBACK from inside a callback.
  */
 enum cmdop_status cmdop_execute_with_callback_discard(struct cmdop_client *client,
                                                       const char *command,
@@ -936,102 +1013,12 @@ enum cmdop_status cmdop_execute_with_callback_discard(struct cmdop_client *clien
                                                       struct cmdop_exec_result **out);
 
 /**
- * A new cancel token, or NULL if out of memory. Free with
- * cmdop_cancel_token_free() after the calls using it returned.
- */
-struct cmdop_cancel_token *cmdop_cancel_token_new(void);
-
-/**
- * Cancel every call using `token`, now and later (it stays cancelled).
- * Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included.
- */
-enum cmdop_status cmdop_cancel_token_cancel(const struct cmdop_cancel_token *token);
-
-/**
- * Free a cancel token. NULL is a no-op.
- */
-void cmdop_cancel_token_free(struct cmdop_cancel_token *token);
-
-/**
- * All output in arrival order (stdout and stderr interleaved); `*len` gets
- * its length (`len` may be NULL). Not NUL-terminated; borrowed from `r`.
- * NULL (and 0) when `r` is NULL.
- */
-const uint8_t *cmdop_exec_result_output(const struct cmdop_exec_result *r, size_t *len);
-
-/**
- * Stdout alone (on the terminal path: all output). As cmdop_exec_result_output().
- */
-const uint8_t *cmdop_exec_result_stdout(const struct cmdop_exec_result *r, size_t *len);
-
-/**
- * Stderr alone (native path only; empty on the terminal path).
- */
-const uint8_t *cmdop_exec_result_stderr(const struct cmdop_exec_result *r, size_t *len);
-
-/**
- * Exit code; -1 when killed by a signal, timed out, or `r` is NULL.
- */
-int32_t cmdop_exec_result_exit_code(const struct cmdop_exec_result *r);
-
-/**
- * Signal that ended the command (native path), 0 if none.
- */
-int32_t cmdop_exec_result_signal(const struct cmdop_exec_result *r);
-
-/**
- * True when the command was killed by the timeout.
- */
-bool cmdop_exec_result_timed_out(const struct cmdop_exec_result *r);
-
-/**
- * True when the command ran through native exec, false for the terminal path.
- */
-bool cmdop_exec_result_native(const struct cmdop_exec_result *r);
-
-/**
- * True when some output is missing: beyond 64 MiB per stream (the chunk
- * callback still saw it), or, on the terminal path, printed faster than
- * the server's buffer could hold between two polls.
- */
-bool cmdop_exec_result_truncated(const struct cmdop_exec_result *r);
-
-/**
- * How long the command ran, in milliseconds.
- */
-uint64_t cmdop_exec_result_duration_ms(const struct cmdop_exec_result *r);
-
-/**
- * Free a result. NULL is a no-op.
- */
-void cmdop_exec_result_free(struct cmdop_exec_result *r);
-
-/**
- * Fills `opts` with the defaults of layout `version` (only
- * CMDOP_EXEC_OPTIONS_VERSION = 1 exists). Returns OK, or INVALID_ARGUMENT
- * (NULL, unknown version). Thread: any.
- */
-enum cmdop_status cmdop_exec_options_init(struct cmdop_exec_options *opts, uint32_t version);
-
-/**
- * Runs `command` on the selected machine with `opts` (NULL = defaults),
- * handing output to `on_output` (may be NULL) as
- * cmdop_execute_with_callback() does (on a library thread; a cancel
- * returns at once and no callback starts after it; `free_user_data`, may
- * be NULL, is called once when no callback runs any more).
- * `cancel` (may be NULL) stops and kills it from any thread (CANCELLED).
- * cmdop_execute() stays the simple form.
- *
- * Native exec honours every option. On the terminal path environment and
- * working directory are applied in the command's subshell, and stdin
- * makes the call NOT_SUPPORTED: an option is never silently dropped.
- *
- * On OK, TIMEOUT and OUTCOME_UNKNOWN `*out` is the caller's
- * (cmdop_exec_result_free()); otherwise NULL. Returns OK (any exit code),
- * TIMEOUT (confirmed killed), OUTCOME_UNKNOWN (as cmdop_execute()), CANCELLED,
- * NOT_SUPPORTED, OPERATION_FAILED (working directory missing), NOT_FOUND,
- * UNAVAILABLE, DISCONNECTED, INVALID_ARGUMENT. Thread: any; blocks;
- * IN_CALLBACK from inside a callback.
+ * cmdop_exec() with `opts` (NULL = defaults; version 1 or 2) and the
+ * callback, `user_data`, finaliser and cancel given apart: these arguments
+ * replace the fields of the same meaning in a version-2 `opts`, and
+ * `free_user_data` is called exactly once on every outcome, a refused
+ * `opts` included. Ownership, returns and threads as cmdop_exec().
+ * Thread: any; blocks; IN_CALLBACK from inside a callback.
  */
 enum cmdop_status cmdop_execute_with_options(struct cmdop_client *client,
                                              const char *command,
@@ -1043,20 +1030,62 @@ enum cmdop_status cmdop_execute_with_options(struct cmdop_client *client,
                                              struct cmdop_exec_result **out);
 
 /**
- * A new stdin for one cmdop_execute_with_stdin() call, in `*out` (the
- * caller's; cmdop_exec_stdin_free()). Returns OK or INVALID_ARGUMENT.
+ * cmdop_execute_with_options() with stdin streamed from `input` (the
+ * `input` field of cmdop_exec_options). Ownership, returns and threads as
+ * cmdop_exec(); INVALID_ARGUMENT also for a NULL `input`.
+ * Thread: any; blocks; IN_CALLBACK from inside a callback.
+ */
+enum cmdop_status cmdop_execute_with_stdin(struct cmdop_client *client,
+                                           const char *command,
+                                           const struct cmdop_exec_options *opts,
+                                           struct cmdop_exec_stdin *input,
+                                           cmdop_exec_output_fn on_output,
+                                           void *user_data,
+                                           cmdop_free_fn free_user_data,
+                                           const struct cmdop_cancel_token *cancel,
+                                           struct cmdop_exec_result **out);
+
+/**
+ * A new cancel token; never fails (like every allocation in libcmdop, an
+ * out-of-memory aborts the process). Free with cmdop_cancel_token_free()
+ * after the calls using it returned. Thread: any.
+ */
+struct cmdop_cancel_token *cmdop_cancel_token_new(void);
+
+/**
+ * Cancel every call using `token`, now and later (it stays cancelled).
+ * Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included.
+ */
+enum cmdop_status cmdop_cancel_token_cancel(struct cmdop_cancel_token *token);
+
+/**
+ * Free a cancel token. NULL is a no-op.
+ * Thread: any, once no other call uses the object (it may be one other than the thread that made it).
+ */
+void cmdop_cancel_token_free(struct cmdop_cancel_token *token);
+
+/**
+ * Fills `opts` with the defaults of layout `version` (1 or
+ * CMDOP_EXEC_OPTIONS_VERSION = 2), writing only that layout's bytes.
+ * Returns OK, or INVALID_ARGUMENT (NULL, unknown version). Thread: any.
+ */
+enum cmdop_status cmdop_exec_options_init(struct cmdop_exec_options *opts, uint32_t version);
+
+/**
+ * A new stdin stream for one execute, in `*out` (the caller's;
+ * cmdop_exec_stdin_free()). Returns OK or INVALID_ARGUMENT. Thread: any.
  */
 enum cmdop_status cmdop_exec_stdin_new(struct cmdop_exec_stdin **out);
 
 /**
  * Writes `len` bytes at `data` to the command's stdin, blocking while the
  * command does not keep up (memory stays bounded). Call it from another
- * thread than the one in cmdop_execute_with_stdin(), before or while the
- * command runs. Returns OK, INVALID_ARGUMENT (NULL, closed), or
- * OPERATION_FAILED (the command's call ended). Thread: any but a
- * runtime thread; blocks.
+ * thread than the one in the execute, before or while the command runs.
+ * Returns OK, INVALID_ARGUMENT (NULL, closed), or OPERATION_FAILED (the
+ * execute using `input` has returned: always, once it has). Thread: any
+ * but a library thread (IN_CALLBACK there); blocks.
  */
-enum cmdop_status cmdop_exec_stdin_write(const struct cmdop_exec_stdin *stdin,
+enum cmdop_status cmdop_exec_stdin_write(struct cmdop_exec_stdin *input,
                                          const uint8_t *data,
                                          size_t len);
 
@@ -1065,39 +1094,83 @@ enum cmdop_status cmdop_exec_stdin_write(const struct cmdop_exec_stdin *stdin,
  * EOF); later writes are INVALID_ARGUMENT. Returns OK (also when the
  * command already ended) or INVALID_ARGUMENT (NULL). Thread: any.
  */
-enum cmdop_status cmdop_exec_stdin_close(const struct cmdop_exec_stdin *stdin);
+enum cmdop_status cmdop_exec_stdin_close(struct cmdop_exec_stdin *input);
 
 /**
- * Frees `stdin` (NULL: no-op), closing it if still open; only after the
- * cmdop_execute_with_stdin() call using it returned. Thread: any.
+ * Frees `input` (NULL: no-op), closing it if still open; only after the
+ * execute using it returned. Thread: any.
  */
-void cmdop_exec_stdin_free(struct cmdop_exec_stdin *stdin);
+void cmdop_exec_stdin_free(struct cmdop_exec_stdin *input);
 
 /**
- * Like cmdop_execute_with_options(), with stdin streamed from `stdin`
- * (from cmdop_exec_stdin_new(); one command per stdin) while the command
- * runs: other threads call cmdop_exec_stdin_write() and, for EOF,
- * cmdop_exec_stdin_close(). `opts->stdin_data` is written first. Needs
- * native exec with streamed stdin (CMDOP_CAPABILITY_EXEC_STDIN) on server
- * and agent: otherwise NOT_SUPPORTED.
- *
- * Ownership and returns as cmdop_execute_with_options(); INVALID_ARGUMENT
- * also when `stdin` was used before.
+ * All output in arrival order (stdout and stderr interleaved); `*len` gets
+ * its length (`len` may be NULL). Not NUL-terminated; borrowed from `r`.
+ * NULL (and 0) when `r` is NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
-enum cmdop_status cmdop_execute_with_stdin(struct cmdop_client *client,
-                                           const char *command,
-                                           const struct cmdop_exec_options *opts,
-                                           const struct cmdop_exec_stdin *stdin,
-                                           cmdop_exec_output_fn on_output,
-                                           void *user_data,
-                                           cmdop_free_fn free_user_data,
-                                           const struct cmdop_cancel_token *cancel,
-                                           struct cmdop_exec_result **out);
+const uint8_t *cmdop_exec_result_output(const struct cmdop_exec_result *r, size_t *len);
+
+/**
+ * Stdout alone (on the terminal path: all output). As cmdop_exec_result_output().
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const uint8_t *cmdop_exec_result_stdout(const struct cmdop_exec_result *r, size_t *len);
+
+/**
+ * Stderr alone (native path only; empty on the terminal path).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const uint8_t *cmdop_exec_result_stderr(const struct cmdop_exec_result *r, size_t *len);
+
+/**
+ * Exit code; -1 when killed by a signal, timed out, or `r` is NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+int32_t cmdop_exec_result_exit_code(const struct cmdop_exec_result *r);
+
+/**
+ * Signal that ended the command (native path), 0 if none.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+int32_t cmdop_exec_result_signal(const struct cmdop_exec_result *r);
+
+/**
+ * True when the command was killed by the timeout.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+bool cmdop_exec_result_timed_out(const struct cmdop_exec_result *r);
+
+/**
+ * True when the command ran through native exec, false for the terminal path.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+bool cmdop_exec_result_native(const struct cmdop_exec_result *r);
+
+/**
+ * True when some output is missing: beyond 64 MiB per stream (the chunk
+ * callback still saw it), or, on the terminal path, printed faster than
+ * the server's buffer could hold between two polls.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+bool cmdop_exec_result_truncated(const struct cmdop_exec_result *r);
+
+/**
+ * How long the command ran, in milliseconds.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+uint64_t cmdop_exec_result_duration_ms(const struct cmdop_exec_result *r);
+
+/**
+ * Free a result. NULL is a no-op.
+ * Thread: any, once no other call uses the object (it may be one other than the thread that made it).
+ */
+void cmdop_exec_result_free(struct cmdop_exec_result *r);
 
 /**
  * List directory `path` on the selected machine: the first page (up to 100
  * entries), hidden files excluded. Same as cmdop_list_files_page(client,
  * path, NULL, false, out).
+ * Thread: any; blocks; IN_CALLBACK from inside a callback.
  */
 enum cmdop_status cmdop_list_files(struct cmdop_client *client,
                                    const char *path,
@@ -1123,58 +1196,69 @@ enum cmdop_status cmdop_list_files_page(struct cmdop_client *client,
 
 /**
  * Number of entries in `list` (0 when NULL).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 size_t cmdop_file_list_count(const struct cmdop_file_list *list);
 
 /**
  * Entry `index` of `list`, borrowed from it; NULL when out of range or
  * `list` is NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const struct cmdop_file_entry *cmdop_file_list_get(const struct cmdop_file_list *list,
                                                    size_t index);
 
 /**
  * Token for the next page; "" on the last page. Borrowed from `list`.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_file_list_next_page_token(const struct cmdop_file_list *list);
 
 /**
  * The directory listed, as the agent resolved it. Borrowed from `list`.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_file_list_path(const struct cmdop_file_list *list);
 
 /**
  * Free a listing and its entries. NULL is a no-op.
+ * Thread: any, once no other call uses the object (it may be one other than the thread that made it).
  */
 void cmdop_file_list_free(struct cmdop_file_list *list);
 
 /**
  * Entry name (no directory part). Borrowed.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_file_entry_name(const struct cmdop_file_entry *e);
 
 /**
  * Full path of the entry. Borrowed.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_file_entry_path(const struct cmdop_file_entry *e);
 
 /**
  * File, directory or symlink.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 enum cmdop_file_type cmdop_file_entry_type(const struct cmdop_file_entry *e);
 
 /**
  * Size in bytes.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 int64_t cmdop_file_entry_size(const struct cmdop_file_entry *e);
 
 /**
  * Permission bits, e.g. 0755.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 uint32_t cmdop_file_entry_mode(const struct cmdop_file_entry *e);
 
 /**
  * Modification time, Unix seconds (0 when unknown).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 int64_t cmdop_file_entry_mtime(const struct cmdop_file_entry *e);
 
@@ -1217,16 +1301,19 @@ enum cmdop_status cmdop_write_file(struct cmdop_client *client,
 
 /**
  * The bytes (not NUL-terminated; NULL only when `b` is NULL). Borrowed.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const uint8_t *cmdop_bytes_data(const struct cmdop_bytes *b);
 
 /**
  * Number of bytes (0 when `b` is NULL).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 size_t cmdop_bytes_len(const struct cmdop_bytes *b);
 
 /**
  * Free bytes. NULL is a no-op.
+ * Thread: any, once no other call uses the object (it may be one other than the thread that made it).
  */
 void cmdop_bytes_free(struct cmdop_bytes *b);
 
@@ -1273,6 +1360,7 @@ enum cmdop_status cmdop_download_file(struct cmdop_client *client,
  * them one official FileWrite (at most CMDOP_MAX_WRITE_BYTES), and
  * keep_mode or no_clobber return NOT_SUPPORTED. Arguments and returns as
  * cmdop_download_file().
+ * Thread: any; blocks; IN_CALLBACK from inside a callback.
  */
 enum cmdop_status cmdop_upload_file(struct cmdop_client *client,
                                     const char *local_path,
@@ -1288,6 +1376,7 @@ enum cmdop_status cmdop_upload_file(struct cmdop_client *client,
  * size limit. `*size_out` (may be NULL) gets the bytes delivered.
  * `cancel` (may be NULL) stops it (CANCELLED). Returns as
  * cmdop_download_file().
+ * Thread: any; blocks; IN_CALLBACK from inside a callback.
  */
 enum cmdop_status cmdop_read_file_with_callback(struct cmdop_client *client,
                                                 const char *path,
@@ -1314,64 +1403,76 @@ enum cmdop_status cmdop_get_active_session(struct cmdop_client *client,
  *
  * On OK `*out` is the caller's; free with cmdop_session_list_free().
  * Returns as cmdop_get_active_session() (an empty list is OK).
+ * Thread: any; blocks; IN_CALLBACK from inside a callback.
  */
 enum cmdop_status cmdop_list_sessions(struct cmdop_client *client, struct cmdop_session_list **out);
 
 /**
  * Number of sessions (0 when NULL).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 size_t cmdop_session_list_count(const struct cmdop_session_list *list);
 
 /**
  * Session `index`, borrowed from `list` (do not free it); NULL when out of range.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const struct cmdop_session *cmdop_session_list_get(const struct cmdop_session_list *list,
                                                    size_t index);
 
 /**
  * Free a session list. NULL is a no-op.
+ * Thread: any, once no other call uses the object (it may be one other than the thread that made it).
  */
 void cmdop_session_list_free(struct cmdop_session_list *list);
 
 /**
  * Free a session from cmdop_get_active_session(). NULL is a no-op. Never
  * pass a session borrowed from a list.
+ * Thread: any, once no other call uses the object (it may be one other than the thread that made it).
  */
 void cmdop_session_free(struct cmdop_session *s);
 
 /**
  * Session id. Borrowed from `s`; NULL when `s` is NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_session_id(const struct cmdop_session *s);
 
 /**
  * Hostname of the machine. Borrowed from `s`.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_session_hostname(const struct cmdop_session *s);
 
 /**
  * Status in lowercase: "connected", "disconnected", "pending",
  * "background", "error"... Borrowed from `s`.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_session_status(const struct cmdop_session *s);
 
 /**
  * Operating system of the machine ("" when unknown). Borrowed from `s`.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_session_os(const struct cmdop_session *s);
 
 /**
  * Shell of the session ("" when unknown). Borrowed from `s`.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 const char *cmdop_session_shell(const struct cmdop_session *s);
 
 /**
  * When the session connected, Unix seconds (0 when unknown).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 int64_t cmdop_session_connected_at(const struct cmdop_session *s);
 
 /**
  * Seconds since the agent's last heartbeat.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */
 int64_t cmdop_session_heartbeat_age(const struct cmdop_session *s);
 
@@ -1406,6 +1507,7 @@ enum cmdop_status cmdop_attachment_write(struct cmdop_attachment *attachment,
 
 /**
  * Resize the attached session's terminal. Returns as cmdop_attachment_write().
+ * Thread: any; blocks.
  */
 enum cmdop_status cmdop_attachment_resize(struct cmdop_attachment *attachment,
                                           uint16_t cols,
@@ -1421,6 +1523,7 @@ enum cmdop_status cmdop_attachment_close(struct cmdop_attachment *attachment);
 /**
  * Version of the library, e.g. "1.0.0": its major is CMDOP_ABI_VERSION,
  * its minor grows with compatible additions. Static; never free it.
+ * Thread: any.
  */
 const char *cmdop_version(void);
 
@@ -1428,6 +1531,7 @@ const char *cmdop_version(void);
  * ABI version of the library: changes only on incompatible changes to the
  * header, and is the major of the package version and of the soname
  * (libcmdop.so.1). Compare with CMDOP_ABI_VERSION at run time.
+ * Thread: any.
  */
 uint32_t cmdop_abi_version(void);
 

@@ -8,12 +8,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="$PWD/target"
 
 cargo build --workspace --locked
-# The library's soname is libcmdop.so.<ABI version> (see build.rs); cargo
-# only writes libcmdop.so, so give the dynamic loader the name it will look for.
-soname=$(objdump -p target/debug/libcmdop.so | awk '$1 == "SONAME" { print $2 }')
-ln -sf libcmdop.so "target/debug/${soname:-libcmdop.so.1}"
-cc -std=c99 -Wall -Wextra -O2 -Iinclude examples/quickstart.c \
-   -Ltarget/debug -lcmdop -Wl,-rpath,"$PWD/target/debug" -o target/quickstart
+# The build line exactly as examples/quickstart.c's comment gives it
+# (build.rs leaves libcmdop.so.<ABI> beside libcmdop.so for the loader).
+eval "$(sed -n 's/^ \*   \(cc .*examples\/quickstart\.c.*\)$/\1/p' examples/quickstart.c)"
 
 . tests/harness.sh
 CMDOP_TEST_HOSTNAME=$(hostname) start_stack

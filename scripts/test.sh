@@ -37,11 +37,6 @@ fi
 step "Rust tests"
 cargo test --workspace --locked
 
-# The soname is libcmdop.so.<ABI version> (build.rs); programs linked
-# against the build tree look for that name.
-soname=$(objdump -p target/debug/libcmdop.so | awk '$1 == "SONAME" { print $2 }')
-ln -sf libcmdop.so "target/debug/${soname:-libcmdop.so.1}"
-
 for suite in tests/c/run.sh tests/interop/node/run.sh tests/interop/python/run.sh \
              tests/packaging/run.sh bindings/run_tests.sh; do
   step "$suite"

@@ -120,32 +120,28 @@ cmdop_status cmdopgo_set_callback(cmdop_client *c, int which, uintptr_t h, char 
   return st;
 }
 
-// cmdop_execute_with_callback with the Go chunk trampoline when h is not 0;
-// the library forgets h's sink through cmdopgoForgetExecSink once no
-// callback can run any more.
-cmdop_status cmdopgo_execute(cmdop_client *c, const char *cmd, uint32_t timeout_ms,
-                                    uintptr_t h, const cmdop_cancel_token *tok,
-                                    cmdop_exec_result **out, char **msg) {
-  cmdop_status st = cmdop_execute_with_callback(c, cmd, timeout_ms, h ? cmdopgo_chunk_cb : NULL,
-                                         (void *)h, h ? cmdopgo_forget_exec_sink : NULL, tok, out);
+// Every execute of the binding: one cmdop_exec() with `o` (NULL: the
+// defaults), timeout_ms when not 0, the Go chunk trampoline when h is not 0
+// (the library forgets h's sink through cmdopgo_forget_exec_sink once no
+// callback can run any more), cancel token tok and stdin stream in (NULL:
+// none).
+cmdop_status cmdopgo_exec(cmdop_client *c, const char *cmd, const cmdop_exec_options *o, uint32_t timeout_ms,
+                          cmdop_exec_stdin *in, uintptr_t h, const cmdop_cancel_token *tok,
+                          cmdop_exec_result **out, char **msg) {
+  cmdop_exec_options opts = CMDOP_EXEC_OPTIONS_INIT;
+  if (o) opts = *o;
+  if (timeout_ms) opts.timeout_ms = timeout_ms;
+  opts.on_output = h ? cmdopgo_chunk_cb : NULL;
+  opts.user_data = (void *)h;
+  opts.free_user_data = h ? cmdopgo_forget_exec_sink : NULL;
+  opts.cancel = tok;
+  opts.input = in;
+  cmdop_status st = cmdop_exec(c, cmd, &opts, out);
   *msg = cmdopgo_message(st);
   return st;
 }
 
-// cmdop_execute_with_options, or cmdop_execute_with_stdin when in is not
-// NULL, with the Go chunk trampoline when h is not 0.
-cmdop_status cmdopgo_execute_with_options(cmdop_client *c, const char *cmd, const cmdop_exec_options *o,
-                                          const cmdop_exec_stdin *in, uintptr_t h,
-                                          const cmdop_cancel_token *tok, cmdop_exec_result **out, char **msg) {
-  cmdop_exec_output_fn fn = h ? cmdopgo_chunk_cb : NULL;
-  cmdop_free_fn fin = h ? cmdopgo_forget_exec_sink : NULL;
-  cmdop_status st = in ? cmdop_execute_with_stdin(c, cmd, o, in, fn, (void *)h, fin, tok, out)
-                       : cmdop_execute_with_options(c, cmd, o, fn, (void *)h, fin, tok, out);
-  *msg = cmdopgo_message(st);
-  return st;
-}
-
-cmdop_status cmdopgo_exec_stdin_write(const cmdop_exec_stdin *in, const void *data, size_t len, char **msg) {
+cmdop_status cmdopgo_exec_stdin_write(cmdop_exec_stdin *in, const void *data, size_t len, char **msg) {
   cmdop_status st = cmdop_exec_stdin_write(in, (const uint8_t *)data, len);
   *msg = cmdopgo_message(st);
   return st;

@@ -326,7 +326,7 @@ func (c *Client) Execute(ctx context.Context, command string) (*Result, error) {
 func (c *Client) ExecuteStream(ctx context.Context, command string, onChunk func(StreamKind, []byte)) (*Result, error) {
 	return c.executeCall(ctx, command, onChunk, func(p *C.cmdop_client, cmd *C.char, timeoutMs C.uint32_t,
 		h C.uintptr_t, tok *C.cmdop_cancel_token, out **C.cmdop_exec_result, msg **C.char) C.cmdop_status {
-		return C.cmdopgo_execute(p, cmd, timeoutMs, h, tok, out, msg)
+		return C.cmdopgo_exec(p, cmd, nil, timeoutMs, nil, h, tok, out, msg)
 	})
 }
 

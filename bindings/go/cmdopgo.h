@@ -20,14 +20,12 @@ cmdop_status cmdopgo_close(cmdop_client *c, char **msg);
 cmdop_status cmdopgo_set_machine(cmdop_client *c, const char *name, int by_id, char **msg);
 /* Installs the trampoline of `which` with cgo handle h (0: removes it). */
 cmdop_status cmdopgo_set_callback(cmdop_client *c, int which, uintptr_t h, char **msg);
-/* cmdop_execute_with_callback, with the Go chunk trampoline when h is not 0. */
-cmdop_status cmdopgo_execute(cmdop_client *c, const char *cmd, uint32_t timeout_ms, uintptr_t h,
-                             const cmdop_cancel_token *tok, cmdop_exec_result **out, char **msg);
-/* cmdop_execute_with_options, or cmdop_execute_with_stdin when in is not NULL. */
-cmdop_status cmdopgo_execute_with_options(cmdop_client *c, const char *cmd, const cmdop_exec_options *o,
-                                          const cmdop_exec_stdin *in, uintptr_t h,
-                                          const cmdop_cancel_token *tok, cmdop_exec_result **out, char **msg);
-cmdop_status cmdopgo_exec_stdin_write(const cmdop_exec_stdin *in, const void *data, size_t len, char **msg);
+/* Every execute: cmdop_exec with o (NULL: defaults), timeout_ms (0: o's), the
+   Go chunk trampoline when h is not 0, cancel token tok and stdin stream in. */
+cmdop_status cmdopgo_exec(cmdop_client *c, const char *cmd, const cmdop_exec_options *o, uint32_t timeout_ms,
+                          cmdop_exec_stdin *in, uintptr_t h, const cmdop_cancel_token *tok,
+                          cmdop_exec_result **out, char **msg);
+cmdop_status cmdopgo_exec_stdin_write(cmdop_exec_stdin *in, const void *data, size_t len, char **msg);
 /* cmdop_download_file (download != 0) or cmdop_upload_file, progress to cgo handle h (0: none). */
 cmdop_status cmdopgo_transfer(cmdop_client *c, int download, const char *from, const char *to,
                               const cmdop_transfer_options *o, uintptr_t h, const cmdop_cancel_token *tok,

@@ -137,10 +137,7 @@ func (c *Client) ExecuteWithOptions(ctx context.Context, command string, opts *E
 	result, err := c.executeCall(ctx, command, onChunk, func(p *C.cmdop_client, cmd *C.char, timeoutMs C.uint32_t,
 		h C.uintptr_t, tok *C.cmdop_cancel_token, out **C.cmdop_exec_result, msg **C.char) C.cmdop_status {
 		cancelCmd = func() { C.cmdop_cancel_token_cancel(tok) }
-		if timeoutMs != 0 {
-			o.timeout_ms = timeoutMs
-		}
-		return C.cmdopgo_execute_with_options(p, cmd, &o, in, h, tok, out, msg)
+		return C.cmdopgo_exec(p, cmd, &o, timeoutMs, in, h, tok, out, msg)
 	})
 	if writeErr != nil {
 		return result, &Error{Status: StatusOperationFailed,

@@ -92,7 +92,7 @@ pub(crate) struct Inner {
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Lock a std mutex, ignoring poisoning (our critical sections only copy data).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

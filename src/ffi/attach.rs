@@ -92,6 +92,7 @@ pub unsafe extern "C" fn cmdop_attachment_write(
 }
 
 /// Resize the attached session's terminal. Returns as cmdop_attachment_write().
+/// Thread: any; blocks.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_attachment_resize(
     attachment: *mut cmdop_attachment,

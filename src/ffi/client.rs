@@ -181,6 +181,7 @@ pub unsafe extern "C" fn cmdop_close(client: *mut cmdop_client) -> cmdop_status 
 /// application, so its user_data may go. (Called from one of this client's
 /// own event callbacks, it cannot wait for that callback; the rest then
 /// follows on the event thread once the callback returns.)
+/// Thread: any, once no other call uses the object (it may be one other than the thread that made it).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_client_free(client: *mut cmdop_client) {
     ffi_boundary!(@value ();
@@ -254,6 +255,7 @@ pub unsafe extern "C" fn cmdop_get_connection_info(
 
 /// Server URI, e.g. "https://grpc.cmdop.com:443". Borrowed from `info`;
 /// NULL when `info` is NULL.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_server(
     info: *const cmdop_connection_info,
@@ -263,6 +265,7 @@ pub unsafe extern "C" fn cmdop_connection_info_server(
 }
 
 /// Server version ("" when unknown). Borrowed from `info`.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_server_version(
     info: *const cmdop_connection_info,
@@ -272,6 +275,7 @@ pub unsafe extern "C" fn cmdop_connection_info_server_version(
 }
 
 /// Workspace name ("" when the server does not say). Borrowed from `info`.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_workspace(
     info: *const cmdop_connection_info,
@@ -281,6 +285,7 @@ pub unsafe extern "C" fn cmdop_connection_info_workspace(
 }
 
 /// True when the connection uses TLS.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_tls(info: *const cmdop_connection_info) -> bool {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -288,6 +293,7 @@ pub unsafe extern "C" fn cmdop_connection_info_tls(info: *const cmdop_connection
 }
 
 /// True when the client was connected at the time of the query.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_connected(
     info: *const cmdop_connection_info,
@@ -297,6 +303,7 @@ pub unsafe extern "C" fn cmdop_connection_info_connected(
 }
 
 /// Measured round trip in milliseconds; -1 when it failed.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_latency_ms(
     info: *const cmdop_connection_info,
@@ -306,6 +313,7 @@ pub unsafe extern "C" fn cmdop_connection_info_latency_ms(
 }
 
 /// True when the server offers native exec (stdout/stderr apart, no PTY).
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_native_exec(
     info: *const cmdop_connection_info,
@@ -316,6 +324,7 @@ pub unsafe extern "C" fn cmdop_connection_info_native_exec(
 
 /// Number of capabilities the server listed (0 when `info` is NULL, or
 /// when the server lacks the libcmdop extension: an official server).
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_capability_count(
     info: *const cmdop_connection_info,
@@ -326,6 +335,7 @@ pub unsafe extern "C" fn cmdop_connection_info_capability_count(
 
 /// Capability `index` (e.g. "files.v1"), borrowed from `info`; NULL when
 /// out of range or `info` is NULL.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_capability_get(
     info: *const cmdop_connection_info,
@@ -342,6 +352,7 @@ pub unsafe extern "C" fn cmdop_connection_info_capability_get(
 /// CMDOP_CAPABILITY_* strings (compared exactly). False when `info` or
 /// `name` is NULL. Calls needing a capability the server lacks return
 /// NOT_SUPPORTED or take the official path, as each documents.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_has_capability(
     info: *const cmdop_connection_info,
@@ -359,6 +370,7 @@ pub unsafe extern "C" fn cmdop_connection_info_has_capability(
 }
 
 /// Free a connection info. NULL is a no-op.
+/// Thread: any, once no other call uses the object (it may be one other than the thread that made it).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_connection_info_free(info: *mut cmdop_connection_info) {
     ffi_boundary!(@value ();

@@ -19,7 +19,7 @@ use std::future::Future;
 use super::boundary::{as_callback, Failure};
 use super::events::cmdop_free_fn;
 use super::exec::{cmdop_exec_output_fn, cmdop_stream_kind};
-use super::runtime::block_on;
+use super::runtime::{block_on, run_on_runtime};
 use crate::client::{CancelToken, Stream};
 
 /// Most chunks and bytes waiting for the callback.
@@ -257,6 +257,30 @@ pub(crate) fn block_on_with_output<Fut: Future>(
         d.finish();
     }
     Ok(result)
+}
+
+/// [`block_on_with_output`], except that a call without an output
+/// callback runs as a task on the runtime's threads (each network event
+/// then wakes a runtime thread, not this one: the fast path of a plain
+/// execute). `free_user_data` still runs before this returns: the task
+/// drops its future, and the sink with it, before it reports completion.
+pub(crate) fn run_with_output<Fut>(
+    what: &str,
+    sink: OutputSink,
+    token: CancelToken,
+    call: impl FnOnce(ChunkHandler, CancelToken) -> Fut,
+) -> Result<Fut::Output, Failure>
+where
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    if sink.cb.is_some() {
+        return block_on_with_output(what, sink, token, call);
+    }
+    let handler: ChunkHandler = Box::new(move |_: Stream, _: &[u8]| {
+        let _ = &sink;
+    });
+    run_on_runtime(what, call(handler, token))
 }
 
 fn output_delivery(

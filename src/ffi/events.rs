@@ -132,6 +132,7 @@ pub unsafe extern "C" fn cmdop_on_connect(
 /// the threading rules. Fires when the connection drops (`will_reconnect`
 /// says whether the library keeps trying), when reconnection gives up
 /// (`will_reconnect` false), and on cmdop_close() (false).
+/// Thread: any; the callback runs on a library thread.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_on_disconnect(
     client: *mut cmdop_client,
@@ -155,7 +156,14 @@ pub unsafe extern "C" fn cmdop_on_disconnect(
 }
 
 /// Set (or remove) the on_error callback; see cmdop_on_connect() for the
-/// threading rules. Fires for every failed call and background failure.
+/// threading rules. Fires for every call of this client that failed after
+/// its arguments were accepted (connection, server, machine and command
+/// failures) and for background failures (reconnects, token refresh).
+/// Calls refused by their argument checks (INVALID_ARGUMENT for a NULL or
+/// malformed argument, IN_CALLBACK) do not fire it, nor does a call the
+/// application cancelled (CANCELLED): their status and
+/// cmdop_last_error_message() are the whole report, on the caller's thread.
+/// Thread: any; the callback runs on a library thread.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_on_error(
     client: *mut cmdop_client,
@@ -181,6 +189,7 @@ pub unsafe extern "C" fn cmdop_on_error(
 
 /// Set (or remove) the callback receiving refreshed OAuth tokens; see
 /// cmdop_on_connect() for the threading rules.
+/// Thread: any; the callback runs on a library thread.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_on_token_refresh(
     client: *mut cmdop_client,

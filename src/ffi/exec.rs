@@ -1,15 +1,17 @@
-//! Command execution, results and cancel tokens.
+//! Execute: the one entry point (cmdop_exec), the older positional forms
+//! as thin wrappers over it, and cancel tokens.
 
 use std::ffi::{c_char, c_void};
-use std::time::Duration;
 
 use super::boundary::{arg_str, handle, out_ptr, Failure};
 use super::client::cmdop_client;
-use super::delivery::{block_on_with_output, output_sink, OutputSink};
+use super::delivery::{output_sink, run_with_output};
 use super::events::cmdop_free_fn;
-use super::runtime::run_on_runtime;
+use super::exec_options::{cmdop_exec_options, cmdop_exec_stdin, core_options};
+use super::exec_result::{cmdop_exec_result, finish};
 use super::status::cmdop_status;
-use crate::client::{CancelToken, Error, ExecOutput};
+use super::versioned::Versioned;
+use crate::client::CancelToken;
 
 /// Which stream a chunk of output belongs to.
 #[repr(C)]
@@ -32,13 +34,6 @@ pub type cmdop_exec_output_fn = Option<
     ),
 >;
 
-/// The outcome of a command. Opaque; read with the cmdop_exec_result_*
-/// accessors (their pointers are borrowed from the result); free with
-/// cmdop_exec_result_free().
-pub struct cmdop_exec_result {
-    out: ExecOutput,
-}
-
 /// Cancels a running cmdop_execute_with_callback() from any thread. Opaque.
 pub struct cmdop_cancel_token {
     pub(crate) token: CancelToken,
@@ -56,67 +51,110 @@ pub(crate) unsafe fn cancel_arg(cancel: *const cmdop_cancel_token) -> CancelToke
         .unwrap_or_default()
 }
 
-fn timeout_arg(timeout_ms: u32) -> Option<Duration> {
-    (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)))
-}
-
-/// Store the result (also on TIMEOUT and OUTCOME_UNKNOWN, with the partial
-/// output) and turn the error into a failure.
-pub(crate) fn finish(
-    out: &mut *mut cmdop_exec_result,
-    result: Result<ExecOutput, Error>,
-) -> Result<(), Failure> {
-    match result {
-        Ok(o) => {
-            *out = Box::into_raw(Box::new(cmdop_exec_result { out: o }));
-            Ok(())
-        }
-        Err(Error::Timeout { message, partial }) => {
-            let partial = partial.map(|p| *p).unwrap_or_else(|| ExecOutput {
-                timed_out: true,
-                exit_code: -1,
-                ..Default::default()
-            });
-            *out = Box::into_raw(Box::new(cmdop_exec_result { out: partial }));
-            Err(Failure::new(cmdop_status::Timeout, message))
-        }
-        Err(Error::OutcomeUnknown { message, partial }) => {
-            let partial = partial.map(|p| *p).unwrap_or_else(|| ExecOutput {
-                exit_code: -1,
-                ..Default::default()
-            });
-            *out = Box::into_raw(Box::new(cmdop_exec_result { out: partial }));
-            Err(Failure::new(cmdop_status::OutcomeUnknown, message))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Run `command` (a shell command line) on the selected machine and wait
-/// for it. `timeout_ms` 0 = the client's timeout.
+/// Runs `command` (a shell command line) on the selected machine with
+/// `opts` (NULL = the defaults of cmdop_exec_options_init()) and waits for
+/// it: the one execute every other cmdop_execute* function is a form of.
 ///
 /// Uses the server's native exec when offered (stdout and stderr apart),
 /// else types the command into the machine's terminal session (the official
 /// SDKs' technique; output merged, needs a POSIX shell). Either way each
 /// command runs on its own: `cd` or `exit` do not affect later commands.
-/// On the terminal path, commands of one client on one session take turns.
+/// On the terminal path, commands of one client on one session take turns;
+/// environment and working directory are applied in the command's subshell,
+/// and stdin (`stdin_data`, `input`) makes the call NOT_SUPPORTED: an
+/// option is never silently dropped.
 ///
-/// On OK, TIMEOUT and OUTCOME_UNKNOWN, `*out` is the caller's; free it with
-/// cmdop_exec_result_free(). After TIMEOUT the agent confirmed it killed
-/// the command at its timeout; `*out` holds the output printed before.
-/// After OUTCOME_UNKNOWN `*out` holds the output received so far (exit
-/// code -1, timed_out false). Otherwise `*out` is NULL.
+/// The result keeps the output (up to 64 MiB per stream) unless
+/// `opts->discard_output`. On OK, TIMEOUT and OUTCOME_UNKNOWN `*out` is
+/// the caller's (cmdop_exec_result_free()); otherwise NULL. After TIMEOUT
+/// the agent confirmed it killed the command at its timeout, and `*out`
+/// holds the output printed before; after OUTCOME_UNKNOWN `*out` holds the
+/// output received so far (exit code -1, timed_out false).
 ///
 /// Returns OK (whatever the command's exit code); TIMEOUT (confirmed
 /// killed); OUTCOME_UNKNOWN (the timeout plus a 3 s grace passed with no
 /// answer from the agent, or the server lost the agent's link while the
 /// command ran: it may have finished, may still run, or may have died;
-/// check before running it again); NOT_FOUND (no machine selected, unknown
-/// machine); UNAVAILABLE (agent offline before the start, or the
-/// connection to the server was lost: server killed, restarted or
-/// unreachable; never INTERNAL for a lost connection); DISCONNECTED (not
-/// connected, or cmdop_close() was called while the command ran: it was
-/// killed); INVALID_ARGUMENT. A started command is never retried. Thread: any; blocks; IN_CALLBACK
+/// check before running it again); CANCELLED (`opts->cancel`); NOT_FOUND
+/// (no machine selected, unknown machine); UNAVAILABLE (agent offline
+/// before the start, or the connection to the server was lost: server
+/// killed, restarted or unreachable; never INTERNAL for a lost
+/// connection); DISCONNECTED (not connected, or cmdop_close() was called
+/// while the command ran: it was killed); NOT_SUPPORTED (an option the
+/// path cannot honour); OPERATION_FAILED (working directory missing);
+/// INVALID_ARGUMENT (NULL `client`, `command` or `out`, a bad field of
+/// `opts`, an `input` used before). A started command is never retried.
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_exec(
+    client: *mut cmdop_client,
+    command: *const c_char,
+    opts: *const cmdop_exec_options,
+    out: *mut *mut cmdop_exec_result,
+) -> cmdop_status {
+    let read = ffi_boundary!(@value Err(Failure::invalid("opts could not be read"));
+        // SAFETY: NULL (defaults) or a readable struct whose version field
+        // tells its layout.
+        unsafe { super::versioned::read(opts) });
+    match read {
+        // SAFETY: the caller's arguments, forwarded under the same contract.
+        Ok(o) => unsafe { exec_call("cmdop_exec", client, command, o, out) },
+        Err(failure) => super::boundary::run_status(|| Err(failure)),
+    }
+}
+
+/// The body of every execute: arms the finaliser of `o.user_data` first,
+/// so it runs on every path, then checks the arguments and runs the call.
+///
+/// # Safety
+/// The arguments are as cmdop_exec() documents, `o` read from the caller.
+unsafe fn exec_call(
+    what: &'static str,
+    client: *mut cmdop_client,
+    command: *const c_char,
+    o: cmdop_exec_options,
+    out: *mut *mut cmdop_exec_result,
+) -> cmdop_status {
+    let sink = output_sink(o.on_output, o.user_data, o.free_user_data);
+    ffi_boundary! {
+        let sink = sink;
+        // SAFETY: NULL (checked) or a writable pointer slot.
+        let out = unsafe { out_ptr(out, "out") }?;
+        // SAFETY: NULL (checked) or a live handle of this library.
+        let client = unsafe { handle(client, "client") }?.client.clone();
+        // SAFETY: NULL (checked) or a NUL-terminated string.
+        let command = unsafe { arg_str(command, "command") }?.to_owned();
+        // SAFETY: the pointers of `o` are as documented on the struct.
+        let opts = unsafe { core_options(&o) }?;
+        // SAFETY: NULL or a live cmdop_exec_stdin of this library.
+        let input = unsafe { o.input.as_ref() };
+        let reader = input.map(cmdop_exec_stdin::take_reader).transpose()?;
+        // SAFETY: NULL or a live token of this library.
+        let token = unsafe { cancel_arg(o.cancel) };
+        let result = run_with_output(what, sink, token, |on_output, token| async move {
+            match reader {
+                Some(reader) => client.execute_piped(&command, &opts, reader, on_output, token).await,
+                None => client.execute_with(&command, &opts, on_output, token).await,
+            }
+        });
+        if let Some(input) = input {
+            input.end();
+        }
+        finish(out, result?)
+    }
+}
+
+/// The defaults with a timeout, for the positional forms.
+fn with_timeout(timeout_ms: u32) -> cmdop_exec_options {
+    cmdop_exec_options {
+        timeout_ms,
+        ..<cmdop_exec_options as Versioned>::defaults()
+    }
+}
+
+/// cmdop_exec() with only a timeout (`timeout_ms` 0 = the client's
+/// timeout): `opts.timeout_ms`. Ownership and returns as cmdop_exec()
+/// (CANCELLED and NOT_SUPPORTED aside). Thread: any; blocks; IN_CALLBACK
 /// from inside a callback.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_execute(
@@ -125,45 +163,24 @@ pub unsafe extern "C" fn cmdop_execute(
     timeout_ms: u32,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
-    ffi_boundary! {
-        // SAFETY: NULL (checked) or a writable pointer slot.
-        let out = unsafe { out_ptr(out, "out") }?;
-        // SAFETY: NULL (checked) or a live handle of this library.
-        let c = unsafe { handle(client, "client") }?;
-        // SAFETY: NULL (checked) or a NUL-terminated string.
-        let command = unsafe { arg_str(command, "command") }?;
-        let client = c.client.clone();
-        let command = command.to_owned();
-        let timeout = timeout_arg(timeout_ms);
-        let result = run_on_runtime("cmdop_execute", async move {
-            client.execute(&command, timeout).await
-        })?;
-        finish(out, result)
+    // SAFETY: the caller's arguments, forwarded under the same contract.
+    unsafe {
+        exec_call(
+            "cmdop_execute",
+            client,
+            command,
+            with_timeout(timeout_ms),
+            out,
+        )
     }
 }
 
-/// Like cmdop_execute(), also handing each chunk of output to `on_chunk`
-/// (may be NULL) as it arrives, in order, one call at a time, on a thread
-/// of the library's (one per call); it may call accessors and
-/// cmdop_cancel_token_cancel(), not blocking functions. Without a cancel,
-/// every callback has returned before this function returns. `cancel` (may
-/// be NULL): cmdop_cancel_token_cancel() on it from any thread stops and
-/// kills the command; the call then returns CANCELLED promptly (within
-/// milliseconds, whatever the callback is doing), output not yet delivered
-/// is dropped, and no callback starts after cmdop_cancel_token_cancel()
-/// returned. A callback already running then may still be finishing after
-/// this function returned: `free_user_data` (may be NULL) is called with
-/// `user_data` exactly once, on any outcome (failed argument checks
-/// included), when no callback runs any more — before this function
-/// returns unless a cancel left a callback running, then right after that
-/// callback returned, on the library's thread. Keep `user_data` valid
-/// until then.
-///
-/// The result also keeps the output (up to 64 MiB per stream); for large
-/// outputs use cmdop_execute_with_callback_discard(), which keeps none.
-///
-/// Ownership and returns as cmdop_execute() (OUTCOME_UNKNOWN included),
-/// plus CANCELLED.
+/// cmdop_exec() with `timeout_ms`, `on_chunk` (may be NULL), `user_data`,
+/// `free_user_data` (may be NULL) and `cancel` (may be NULL) in the
+/// options' fields of the same meaning (`on_output` for `on_chunk`):
+/// `free_user_data` is called exactly once on every outcome. Ownership,
+/// returns and threads as cmdop_exec().
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_execute_with_callback(
     client: *mut cmdop_client,
@@ -175,18 +192,21 @@ pub unsafe extern "C" fn cmdop_execute_with_callback(
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
-    let sink = output_sink(on_chunk, user_data, free_user_data);
+    let o = cmdop_exec_options {
+        on_output: on_chunk,
+        user_data,
+        free_user_data,
+        cancel,
+        ..with_timeout(timeout_ms)
+    };
     // SAFETY: the caller's arguments, forwarded under the same contract.
-    unsafe { execute_streaming(client, command, timeout_ms, sink, cancel, out, true) }
+    unsafe { exec_call("cmdop_execute_with_callback", client, command, o, out) }
 }
 
-/// Like cmdop_execute_with_callback(), but the output goes only to `on_chunk`:
-/// the result keeps none (cmdop_exec_result_output(), _stdout() and
-/// _stderr() are empty, also after TIMEOUT), so memory use does not grow
-/// with what the command prints. Exit code, signal, duration and the other
-/// accessors work as usual.
-///
-/// Ownership and returns as cmdop_execute_with_callback().
+/// cmdop_execute_with_callback() with `discard_output`: the result keeps no
+/// output (cmdop_exec_result_output(), _stdout() and _stderr() are empty,
+/// also after TIMEOUT). Ownership, returns and threads as cmdop_exec().
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_execute_with_callback_discard(
     client: *mut cmdop_client,
@@ -198,49 +218,140 @@ pub unsafe extern "C" fn cmdop_execute_with_callback_discard(
     cancel: *const cmdop_cancel_token,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
-    let sink = output_sink(on_chunk, user_data, free_user_data);
+    let o = cmdop_exec_options {
+        on_output: on_chunk,
+        user_data,
+        free_user_data,
+        cancel,
+        discard_output: true,
+        ..with_timeout(timeout_ms)
+    };
     // SAFETY: the caller's arguments, forwarded under the same contract.
-    unsafe { execute_streaming(client, command, timeout_ms, sink, cancel, out, false) }
-}
-
-/// The body of cmdop_execute_with_callback() (`keep`) and
-/// cmdop_execute_with_callback_discard().
-#[allow(clippy::too_many_arguments)]
-unsafe fn execute_streaming(
-    client: *mut cmdop_client,
-    command: *const c_char,
-    timeout_ms: u32,
-    sink: OutputSink,
-    cancel: *const cmdop_cancel_token,
-    out: *mut *mut cmdop_exec_result,
-    keep: bool,
-) -> cmdop_status {
-    ffi_boundary! {
-        let sink = sink;
-        // SAFETY: NULL (checked) or a writable pointer slot.
-        let out = unsafe { out_ptr(out, "out") }?;
-        // SAFETY: NULL (checked) or a live handle of this library.
-        let c = unsafe { handle(client, "client") }?;
-        // SAFETY: NULL (checked) or a NUL-terminated string.
-        let command = unsafe { arg_str(command, "command") }?;
-        // SAFETY: NULL (checked) or a live object of this library.
-        let token = unsafe { cancel_arg(cancel) };
-        let timeout = timeout_arg(timeout_ms);
-        let result = if keep {
-            block_on_with_output("cmdop_execute_with_callback", sink, token, |on_chunk, token| {
-                c.client.execute_stream(command, timeout, on_chunk, token)
-            })?
-        } else {
-            block_on_with_output("cmdop_execute_with_callback_discard", sink, token, |on_chunk, token| {
-                c.client.execute_stream_discarding(command, timeout, on_chunk, token)
-            })?
-        };
-        finish(out, result)
+    unsafe {
+        exec_call(
+            "cmdop_execute_with_callback_discard",
+            client,
+            command,
+            o,
+            out,
+        )
     }
 }
 
-/// A new cancel token, or NULL if out of memory. Free with
-/// cmdop_cancel_token_free() after the calls using it returned.
+/// cmdop_exec() with `opts` (NULL = defaults; version 1 or 2) and the
+/// callback, `user_data`, finaliser and cancel given apart: these arguments
+/// replace the fields of the same meaning in a version-2 `opts`, and
+/// `free_user_data` is called exactly once on every outcome, a refused
+/// `opts` included. Ownership, returns and threads as cmdop_exec().
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_execute_with_options(
+    client: *mut cmdop_client,
+    command: *const c_char,
+    opts: *const cmdop_exec_options,
+    on_output: cmdop_exec_output_fn,
+    user_data: *mut c_void,
+    free_user_data: cmdop_free_fn,
+    cancel: *const cmdop_cancel_token,
+    out: *mut *mut cmdop_exec_result,
+) -> cmdop_status {
+    // SAFETY: the caller's arguments, forwarded under the same contract.
+    unsafe {
+        positional(
+            "cmdop_execute_with_options",
+            client,
+            command,
+            opts,
+            std::ptr::null_mut(),
+            (on_output, user_data, free_user_data, cancel),
+            out,
+        )
+    }
+}
+
+/// cmdop_execute_with_options() with stdin streamed from `input` (the
+/// `input` field of cmdop_exec_options). Ownership, returns and threads as
+/// cmdop_exec(); INVALID_ARGUMENT also for a NULL `input`.
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_execute_with_stdin(
+    client: *mut cmdop_client,
+    command: *const c_char,
+    opts: *const cmdop_exec_options,
+    input: *mut cmdop_exec_stdin,
+    on_output: cmdop_exec_output_fn,
+    user_data: *mut c_void,
+    free_user_data: cmdop_free_fn,
+    cancel: *const cmdop_cancel_token,
+    out: *mut *mut cmdop_exec_result,
+) -> cmdop_status {
+    if input.is_null() {
+        // The finaliser still runs once, as for any refused argument.
+        drop(output_sink(on_output, user_data, free_user_data));
+        return super::boundary::run_status(|| Err(Failure::null("input")));
+    }
+    // SAFETY: the caller's arguments, forwarded under the same contract.
+    unsafe {
+        positional(
+            "cmdop_execute_with_stdin",
+            client,
+            command,
+            opts,
+            input,
+            (on_output, user_data, free_user_data, cancel),
+            out,
+        )
+    }
+}
+
+/// The callback set of the positional forms.
+type Callbacks = (
+    cmdop_exec_output_fn,
+    *mut c_void,
+    cmdop_free_fn,
+    *const cmdop_cancel_token,
+);
+
+/// Merges the positional forms' arguments into the caller's options and
+/// runs [`exec_call`]; the finaliser runs also when `opts` is refused.
+///
+/// # Safety
+/// As cmdop_execute_with_stdin().
+unsafe fn positional(
+    what: &'static str,
+    client: *mut cmdop_client,
+    command: *const c_char,
+    opts: *const cmdop_exec_options,
+    input: *mut cmdop_exec_stdin,
+    (on_output, user_data, free_user_data, cancel): Callbacks,
+    out: *mut *mut cmdop_exec_result,
+) -> cmdop_status {
+    let read = ffi_boundary!(@value Err(Failure::invalid("opts could not be read"));
+        // SAFETY: NULL (defaults) or a readable struct whose version field
+        // tells its layout.
+        unsafe { super::versioned::read(opts) });
+    let o = match read {
+        Ok(o) => o,
+        Err(failure) => {
+            drop(output_sink(on_output, user_data, free_user_data));
+            return super::boundary::run_status(|| Err(failure));
+        }
+    };
+    let o = cmdop_exec_options {
+        on_output,
+        user_data,
+        free_user_data,
+        cancel,
+        input,
+        ..o
+    };
+    // SAFETY: the caller's arguments, forwarded under the same contract.
+    unsafe { exec_call(what, client, command, o, out) }
+}
+
+/// A new cancel token; never fails (like every allocation in libcmdop, an
+/// out-of-memory aborts the process). Free with cmdop_cancel_token_free()
+/// after the calls using it returned. Thread: any.
 #[no_mangle]
 pub extern "C" fn cmdop_cancel_token_new() -> *mut cmdop_cancel_token {
     ffi_boundary!(@value std::ptr::null_mut();
@@ -251,9 +362,7 @@ pub extern "C" fn cmdop_cancel_token_new() -> *mut cmdop_cancel_token {
 /// Cancel every call using `token`, now and later (it stays cancelled).
 /// Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_cancel_token_cancel(
-    token: *const cmdop_cancel_token,
-) -> cmdop_status {
+pub unsafe extern "C" fn cmdop_cancel_token_cancel(token: *mut cmdop_cancel_token) -> cmdop_status {
     ffi_boundary! {
         // SAFETY: NULL (checked) or a live handle of this library.
         let token = unsafe { handle(token, "token") }?.token.clone();
@@ -266,125 +375,13 @@ pub unsafe extern "C" fn cmdop_cancel_token_cancel(
 }
 
 /// Free a cancel token. NULL is a no-op.
+/// Thread: any, once no other call uses the object (it may be one other than the thread that made it).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_cancel_token_free(token: *mut cmdop_cancel_token) {
     ffi_boundary!(@value ();
         if !token.is_null() {
             // SAFETY: created by cmdop_cancel_token_new; freed once.
             drop(unsafe { Box::from_raw(token) });
-        }
-    )
-}
-
-fn bytes_out(v: &[u8], len: *mut usize) -> *const u8 {
-    if !len.is_null() {
-        // SAFETY: non-null out-parameter provided by the caller.
-        unsafe { *len = v.len() };
-    }
-    v.as_ptr()
-}
-
-unsafe fn result_bytes(
-    r: *const cmdop_exec_result,
-    len: *mut usize,
-    pick: fn(&ExecOutput) -> &[u8],
-) -> *const u8 {
-    // SAFETY: NULL (checked) or a live object of this library.
-    match unsafe { r.as_ref() } {
-        Some(r) => bytes_out(pick(&r.out), len),
-        None => {
-            if !len.is_null() {
-                // SAFETY: non-NULL `len` is writable (header contract).
-                unsafe { *len = 0 };
-            }
-            std::ptr::null()
-        }
-    }
-}
-
-/// All output in arrival order (stdout and stderr interleaved); `*len` gets
-/// its length (`len` may be NULL). Not NUL-terminated; borrowed from `r`.
-/// NULL (and 0) when `r` is NULL.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_result_output(
-    r: *const cmdop_exec_result,
-    len: *mut usize,
-) -> *const u8 {
-    // SAFETY: NULL or a live result; `len` NULL or writable.
-    ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.output) })
-}
-
-/// Stdout alone (on the terminal path: all output). As cmdop_exec_result_output().
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_result_stdout(
-    r: *const cmdop_exec_result,
-    len: *mut usize,
-) -> *const u8 {
-    // SAFETY: NULL or a live result; `len` NULL or writable.
-    ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.stdout) })
-}
-
-/// Stderr alone (native path only; empty on the terminal path).
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_result_stderr(
-    r: *const cmdop_exec_result,
-    len: *mut usize,
-) -> *const u8 {
-    // SAFETY: NULL or a live result; `len` NULL or writable.
-    ffi_boundary!(@value std::ptr::null(); unsafe { result_bytes(r, len, |o| &o.stderr) })
-}
-
-/// Exit code; -1 when killed by a signal, timed out, or `r` is NULL.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_result_exit_code(r: *const cmdop_exec_result) -> i32 {
-    // SAFETY: NULL (checked) or a live object of this library.
-    ffi_boundary!(@value -1; unsafe { r.as_ref() }.map_or(-1, |r| r.out.exit_code))
-}
-
-/// Signal that ended the command (native path), 0 if none.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_result_signal(r: *const cmdop_exec_result) -> i32 {
-    // SAFETY: NULL (checked) or a live object of this library.
-    ffi_boundary!(@value 0; unsafe { r.as_ref() }.map_or(0, |r| r.out.signal))
-}
-
-/// True when the command was killed by the timeout.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_result_timed_out(r: *const cmdop_exec_result) -> bool {
-    // SAFETY: NULL (checked) or a live object of this library.
-    ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.timed_out))
-}
-
-/// True when the command ran through native exec, false for the terminal path.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_result_native(r: *const cmdop_exec_result) -> bool {
-    // SAFETY: NULL (checked) or a live object of this library.
-    ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.native))
-}
-
-/// True when some output is missing: beyond 64 MiB per stream (the chunk
-/// callback still saw it), or, on the terminal path, printed faster than
-/// the server's buffer could hold between two polls.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_result_truncated(r: *const cmdop_exec_result) -> bool {
-    // SAFETY: NULL (checked) or a live object of this library.
-    ffi_boundary!(@value false; unsafe { r.as_ref() }.is_some_and(|r| r.out.truncated))
-}
-
-/// How long the command ran, in milliseconds.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_result_duration_ms(r: *const cmdop_exec_result) -> u64 {
-    // SAFETY: NULL (checked) or a live object of this library.
-    ffi_boundary!(@value 0; unsafe { r.as_ref() }.map_or(0, |r| u64::try_from(r.out.duration.as_millis()).unwrap_or(u64::MAX)))
-}
-
-/// Free a result. NULL is a no-op.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_result_free(r: *mut cmdop_exec_result) {
-    ffi_boundary!(@value ();
-        if !r.is_null() {
-            // SAFETY: created by Box::into_raw in this module; freed once.
-            drop(unsafe { Box::from_raw(r) });
         }
     )
 }

@@ -2,24 +2,25 @@
 //! with stdin streamed from the caller while the command runs.
 
 use std::ffi::{c_char, c_void, CStr};
+use std::mem::size_of;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use super::boundary::{arg_str, handle, out_ptr, Failure};
-use super::client::cmdop_client;
-use super::delivery::{block_on_with_output, output_sink};
+use super::boundary::{handle, out_ptr, Failure};
 use super::events::cmdop_free_fn;
-use super::exec::{
-    cancel_arg, cmdop_cancel_token, cmdop_exec_output_fn, cmdop_exec_result, finish,
-};
+use super::exec::{cmdop_cancel_token, cmdop_exec_output_fn};
 use super::status::cmdop_status;
-use crate::client::{stdin_pipe, ExecOptions, StdinReader, StdinWriter};
+use crate::client::{lock, stdin_pipe, ExecOptions, StdinReader, StdinWriter};
 
 /// Version of the cmdop_exec_options layout this header describes.
-pub const CMDOP_EXEC_OPTIONS_VERSION: u32 = 1;
+pub const CMDOP_EXEC_OPTIONS_VERSION: u32 = 2;
 
-/// How to run a command beyond its text. Initialise with
-/// cmdop_exec_options_init(&opts, CMDOP_EXEC_OPTIONS_VERSION), then set
-/// fields; everything it points to is borrowed only during the call.
+/// Everything an execute can take beyond the command's text, for
+/// cmdop_exec(). Initialise with cmdop_exec_options_init(&opts,
+/// CMDOP_EXEC_OPTIONS_VERSION) (or CMDOP_EXEC_OPTIONS_INIT), then set
+/// fields; what it points to is borrowed only during the call, except
+/// `user_data` (see `free_user_data`).
 #[repr(C)]
 pub struct cmdop_exec_options {
     /// CMDOP_EXEC_OPTIONS_VERSION (the layout the caller was built with).
@@ -27,7 +28,7 @@ pub struct cmdop_exec_options {
     /// Kill the command after this long; 0 = the client's timeout.
     pub timeout_ms: u32,
     /// Written to the command's stdin, then closed (before any streamed
-    /// stdin). NULL or `stdin_len` 0 = none. Native exec only: on the
+    /// `input`). NULL or `stdin_len` 0 = none. Native exec only: on the
     /// terminal path the call returns NOT_SUPPORTED.
     pub stdin_data: *const u8,
     pub stdin_len: usize,
@@ -39,13 +40,54 @@ pub struct cmdop_exec_options {
     /// Directory to run in (relative and "~/" paths from the agent's
     /// home); NULL or "" = the default. Missing: OPERATION_FAILED.
     pub working_directory: *const c_char,
-    /// Keep no output in the result (it goes only to the callback).
+    /// Keep no output in the result (it goes only to `on_output`), so
+    /// memory does not grow with what the command prints.
     pub discard_output: bool,
+    /// Version 2. Receives each chunk of output as it arrives (NULL = none),
+    /// in order, one call at a time, on a thread of the library's (one per
+    /// call); it may call accessors and cmdop_cancel_token_cancel(), not
+    /// blocking functions. Without a cancel, every callback has returned
+    /// before the execute returns.
+    pub on_output: cmdop_exec_output_fn,
+    /// Version 2. Passed to `on_output` and to `free_user_data`.
+    pub user_data: *mut c_void,
+    /// Version 2. Called with `user_data` exactly once when no callback runs
+    /// any more, on every outcome once `opts` was read (failed argument
+    /// checks included; not when `opts` itself is refused for an unknown
+    /// version): before the execute returns, unless a cancel left a
+    /// callback running, then right after that callback, on the library's
+    /// thread. NULL = none; keep `user_data` valid until then.
+    pub free_user_data: cmdop_free_fn,
+    /// Version 2. cmdop_cancel_token_cancel() on it, from any thread, stops
+    /// and kills the command: the execute returns CANCELLED within
+    /// milliseconds, output not yet delivered is dropped and no callback
+    /// starts after the cancel returned. NULL = not cancellable.
+    pub cancel: *const cmdop_cancel_token,
+    /// Version 2. Stdin streamed while the command runs (from
+    /// cmdop_exec_stdin_new(); one command per stream): other threads call
+    /// cmdop_exec_stdin_write() and, for EOF, cmdop_exec_stdin_close().
+    /// `stdin_data` is written first. Needs CMDOP_CAPABILITY_EXEC_STDIN on
+    /// server and agent, else NOT_SUPPORTED. NULL = none.
+    pub input: *mut cmdop_exec_stdin,
 }
 
-/// Fills `opts` with the defaults of layout `version` (only
-/// CMDOP_EXEC_OPTIONS_VERSION = 1 exists). Returns OK, or INVALID_ARGUMENT
-/// (NULL, unknown version). Thread: any.
+/// Version 1 of cmdop_exec_options, frozen: its size is what a caller
+/// built against version 1 passes.
+#[repr(C)]
+struct ExecOptionsV1 {
+    version: u32,
+    timeout_ms: u32,
+    stdin_data: *const u8,
+    stdin_len: usize,
+    env: *const *const c_char,
+    env_count: usize,
+    working_directory: *const c_char,
+    discard_output: bool,
+}
+
+/// Fills `opts` with the defaults of layout `version` (1 or
+/// CMDOP_EXEC_OPTIONS_VERSION = 2), writing only that layout's bytes.
+/// Returns OK, or INVALID_ARGUMENT (NULL, unknown version). Thread: any.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_options_init(
     opts: *mut cmdop_exec_options,
@@ -61,9 +103,11 @@ impl super::versioned::Versioned for cmdop_exec_options {
     const NAME: &'static str = "cmdop_exec_options";
     const INIT: &'static str = "cmdop_exec_options_init";
     const CURRENT: u32 = CMDOP_EXEC_OPTIONS_VERSION;
-    /// Only version 1 exists: the current layout.
-    fn size_of_version(_version: u32) -> usize {
-        size_of::<Self>()
+    fn size_of_version(version: u32) -> usize {
+        match version {
+            1 => size_of::<ExecOptionsV1>(),
+            _ => size_of::<Self>(),
+        }
     }
     fn defaults() -> Self {
         cmdop_exec_options {
@@ -75,6 +119,11 @@ impl super::versioned::Versioned for cmdop_exec_options {
             env_count: 0,
             working_directory: std::ptr::null(),
             discard_output: false,
+            on_output: None,
+            user_data: std::ptr::null_mut(),
+            free_user_data: None,
+            cancel: std::ptr::null(),
+            input: std::ptr::null_mut(),
         }
     }
     fn bools() -> &'static [(&'static str, usize)] {
@@ -85,22 +134,20 @@ impl super::versioned::Versioned for cmdop_exec_options {
     }
 }
 
-/// Reads the fields of `opts`'s version into [`ExecOptions`].
+/// The core's options from the fields of a read `cmdop_exec_options`
+/// (the callback, cancel and stdin-stream fields are taken apart by the
+/// caller).
 ///
 /// # Safety
-/// `opts` is NULL or points to a cmdop_exec_options whose pointers are
-/// NULL or valid as documented there.
-unsafe fn read_options(opts: *const cmdop_exec_options) -> Result<ExecOptions, Failure> {
-    if opts.is_null() {
-        return Ok(ExecOptions::default());
-    }
-    // SAFETY: a readable struct whose version field tells its layout.
-    let o = unsafe { super::versioned::read(opts) }?;
+/// The pointers of `o` are NULL or valid as documented on the struct.
+pub(super) unsafe fn core_options(o: &cmdop_exec_options) -> Result<ExecOptions, Failure> {
     let invalid = |m: String| Failure::new(cmdop_status::InvalidArgument, m);
     let stdin = if o.stdin_len == 0 {
         Vec::new()
     } else if o.stdin_data.is_null() {
-        return Err(invalid("stdin_data is NULL but stdin_len is not 0".into()));
+        return Err(invalid(
+            "opts->stdin_data is NULL but opts->stdin_len is not 0".into(),
+        ));
     } else {
         // SAFETY: non-NULL and, per the contract, `stdin_len` readable bytes.
         unsafe { std::slice::from_raw_parts(o.stdin_data, o.stdin_len) }.to_vec()
@@ -108,21 +155,27 @@ unsafe fn read_options(opts: *const cmdop_exec_options) -> Result<ExecOptions, F
     let mut env = Vec::with_capacity(o.env_count.min(1024));
     if o.env_count > 0 {
         if o.env.is_null() {
-            return Err(invalid("env is NULL but env_count is not 0".into()));
+            return Err(invalid(
+                "opts->env is NULL but opts->env_count is not 0".into(),
+            ));
         }
         // SAFETY: non-NULL and, per the contract, `env_count` pointers.
         let entries = unsafe { std::slice::from_raw_parts(o.env, o.env_count) };
         for (i, &entry) in entries.iter().enumerate() {
             if entry.is_null() {
-                return Err(invalid(format!("env[{i}] is NULL")));
+                return Err(invalid(format!("opts->env[{i}] is NULL")));
             }
             // SAFETY: non-NULL, a NUL-terminated string per the contract.
             let text = unsafe { CStr::from_ptr(entry) }
                 .to_str()
-                .map_err(|_| invalid(format!("env[{i}] is not UTF-8")))?;
+                .map_err(|_| invalid(format!("opts->env[{i}] is not UTF-8")))?;
             match text.split_once('=') {
                 Some((k, v)) if !k.is_empty() => env.push((k.to_owned(), v.to_owned())),
-                _ => return Err(invalid(format!("env[{i}] '{text}' is not NAME=value"))),
+                _ => {
+                    return Err(invalid(format!(
+                        "opts->env[{i}] '{text}' is not NAME=value"
+                    )))
+                }
             }
         }
     }
@@ -132,7 +185,7 @@ unsafe fn read_options(opts: *const cmdop_exec_options) -> Result<ExecOptions, F
         // SAFETY: non-NULL, a NUL-terminated string per the contract.
         unsafe { CStr::from_ptr(o.working_directory) }
             .to_str()
-            .map_err(|_| invalid("working_directory is not UTF-8".into()))?
+            .map_err(|_| invalid("opts->working_directory is not UTF-8".into()))?
             .to_owned()
     };
     Ok(ExecOptions {
@@ -144,64 +197,35 @@ unsafe fn read_options(opts: *const cmdop_exec_options) -> Result<ExecOptions, F
     })
 }
 
-/// Runs `command` on the selected machine with `opts` (NULL = defaults),
-/// handing output to `on_output` (may be NULL) as
-/// cmdop_execute_with_callback() does (on a library thread; a cancel
-/// returns at once and no callback starts after it; `free_user_data`, may
-/// be NULL, is called once when no callback runs any more).
-/// `cancel` (may be NULL) stops and kills it from any thread (CANCELLED).
-/// cmdop_execute() stays the simple form.
-///
-/// Native exec honours every option. On the terminal path environment and
-/// working directory are applied in the command's subshell, and stdin
-/// makes the call NOT_SUPPORTED: an option is never silently dropped.
-///
-/// On OK, TIMEOUT and OUTCOME_UNKNOWN `*out` is the caller's
-/// (cmdop_exec_result_free()); otherwise NULL. Returns OK (any exit code),
-/// TIMEOUT (confirmed killed), OUTCOME_UNKNOWN (as cmdop_execute()), CANCELLED,
-/// NOT_SUPPORTED, OPERATION_FAILED (working directory missing), NOT_FOUND,
-/// UNAVAILABLE, DISCONNECTED, INVALID_ARGUMENT. Thread: any; blocks;
-/// IN_CALLBACK from inside a callback.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_execute_with_options(
-    client: *mut cmdop_client,
-    command: *const c_char,
-    opts: *const cmdop_exec_options,
-    on_output: cmdop_exec_output_fn,
-    user_data: *mut c_void,
-    free_user_data: cmdop_free_fn,
-    cancel: *const cmdop_cancel_token,
-    out: *mut *mut cmdop_exec_result,
-) -> cmdop_status {
-    let sink = output_sink(on_output, user_data, free_user_data);
-    ffi_boundary! {
-        let sink = sink;
-        // SAFETY: NULL (checked) or a writable pointer slot.
-        let out = unsafe { out_ptr(out, "out") }?;
-        // SAFETY: NULL (checked) or a live handle of this library.
-        let c = unsafe { handle(client, "client") }?;
-        // SAFETY: NULL (checked) or a NUL-terminated string.
-        let command = unsafe { arg_str(command, "command") }?;
-        // SAFETY: NULL or a struct as documented.
-        let opts = unsafe { read_options(opts) }?;
-        // SAFETY: NULL or a live token of this library.
-        let token = unsafe { cancel_arg(cancel) };
-        let result = block_on_with_output("cmdop_execute_with_options", sink, token, |on_output, token| {
-            c.client.execute_with(command, &opts, on_output, token)
-        })?;
-        finish(out, result)
+/// The writing end of a command's stdin, streamed while it runs (the
+/// `input` of cmdop_exec_options). Opaque; made by cmdop_exec_stdin_new(),
+/// freed by cmdop_exec_stdin_free().
+pub struct cmdop_exec_stdin {
+    writer: Mutex<Option<StdinWriter>>,
+    reader: Mutex<Option<StdinReader>>,
+    /// The execute that used it returned: every later write fails.
+    ended: AtomicBool,
+}
+
+impl cmdop_exec_stdin {
+    /// The reading end, for the one execute that uses this stdin.
+    pub(super) fn take_reader(&self) -> Result<StdinReader, Failure> {
+        lock(&self.reader).take().ok_or_else(|| {
+            Failure::invalid(
+                "opts->input was already used by a command; make a new one with cmdop_exec_stdin_new()",
+            )
+        })
+    }
+
+    /// The execute that used it is returning.
+    pub(super) fn end(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        lock(&self.writer).take();
     }
 }
 
-/// The writing end of a command's stdin for cmdop_execute_with_stdin().
-/// Opaque; made by cmdop_exec_stdin_new(), freed by cmdop_exec_stdin_free().
-pub struct cmdop_exec_stdin {
-    writer: std::sync::Mutex<Option<StdinWriter>>,
-    reader: std::sync::Mutex<Option<StdinReader>>,
-}
-
-/// A new stdin for one cmdop_execute_with_stdin() call, in `*out` (the
-/// caller's; cmdop_exec_stdin_free()). Returns OK or INVALID_ARGUMENT.
+/// A new stdin stream for one execute, in `*out` (the caller's;
+/// cmdop_exec_stdin_free()). Returns OK or INVALID_ARGUMENT. Thread: any.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_stdin_new(out: *mut *mut cmdop_exec_stdin) -> cmdop_status {
     ffi_boundary! {
@@ -209,53 +233,62 @@ pub unsafe extern "C" fn cmdop_exec_stdin_new(out: *mut *mut cmdop_exec_stdin) -
         let out = unsafe { out_ptr(out, "out") }?;
         let (writer, reader) = stdin_pipe();
         *out = Box::into_raw(Box::new(cmdop_exec_stdin {
-            writer: std::sync::Mutex::new(Some(writer)),
-            reader: std::sync::Mutex::new(Some(reader)),
+            writer: Mutex::new(Some(writer)),
+            reader: Mutex::new(Some(reader)),
+            ended: AtomicBool::new(false),
         }));
         Ok(())
     }
 }
 
 fn writer_of(s: &cmdop_exec_stdin) -> Result<StdinWriter, Failure> {
-    s.writer
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .ok_or_else(|| {
-            Failure::new(
-                cmdop_status::InvalidArgument,
-                "this stdin is closed; make a new one for the next command",
-            )
-        })
+    if s.ended.load(Ordering::SeqCst) {
+        return Err(Failure::new(
+            cmdop_status::OperationFailed,
+            "the execute using this stdin has returned; nothing was written",
+        ));
+    }
+    lock(&s.writer).clone().ok_or_else(|| {
+        Failure::invalid("this stdin is closed; make a new one for the next command")
+    })
 }
 
 /// Writes `len` bytes at `data` to the command's stdin, blocking while the
 /// command does not keep up (memory stays bounded). Call it from another
-/// thread than the one in cmdop_execute_with_stdin(), before or while the
-/// command runs. Returns OK, INVALID_ARGUMENT (NULL, closed), or
-/// OPERATION_FAILED (the command's call ended). Thread: any but a
-/// runtime thread; blocks.
+/// thread than the one in the execute, before or while the command runs.
+/// Returns OK, INVALID_ARGUMENT (NULL, closed), or OPERATION_FAILED (the
+/// execute using `input` has returned: always, once it has). Thread: any
+/// but a library thread (IN_CALLBACK there); blocks.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_exec_stdin_write(
-    stdin: *const cmdop_exec_stdin,
+    input: *mut cmdop_exec_stdin,
     data: *const u8,
     len: usize,
 ) -> cmdop_status {
     ffi_boundary! {
         // SAFETY: NULL (checked) or a live cmdop_exec_stdin.
-        let s = unsafe { handle(stdin, "stdin") }?;
-        if len == 0 {
-            return Ok(());
+        let s = unsafe { handle(input, "input") }?;
+        if data.is_null() && len != 0 {
+            return Err(Failure::invalid("data is NULL but len is not 0"));
         }
-        if data.is_null() {
-            return Err(Failure::new(cmdop_status::InvalidArgument, "data is NULL but len is not 0"));
-        }
-        // SAFETY: non-NULL and, per the contract, `len` readable bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(data, len) };
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Failure::new(cmdop_status::InCallback, "cmdop_exec_stdin_write blocks; call it from a thread of your own"));
         }
-        writer_of(s)?.write_blocking(bytes).map_err(Failure::from)
+        let writer = writer_of(s)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: non-NULL and, per the contract, `len` readable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+        writer.write_blocking(bytes).map_err(Failure::from)?;
+        // Queued just as the execute returned: it never reached the command.
+        if s.ended.load(Ordering::SeqCst) {
+            return Err(Failure::new(
+                cmdop_status::OperationFailed,
+                "the execute using this stdin returned while writing; the bytes may not have reached the command",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -263,70 +296,24 @@ pub unsafe extern "C" fn cmdop_exec_stdin_write(
 /// EOF); later writes are INVALID_ARGUMENT. Returns OK (also when the
 /// command already ended) or INVALID_ARGUMENT (NULL). Thread: any.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_stdin_close(stdin: *const cmdop_exec_stdin) -> cmdop_status {
+pub unsafe extern "C" fn cmdop_exec_stdin_close(input: *mut cmdop_exec_stdin) -> cmdop_status {
     ffi_boundary! {
         // SAFETY: NULL (checked) or a live cmdop_exec_stdin.
-        let s = unsafe { handle(stdin, "stdin") }?;
+        let s = unsafe { handle(input, "input") }?;
         // Dropping the only writer closes stdin without blocking.
-        s.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        lock(&s.writer).take();
         Ok(())
     }
 }
 
-/// Frees `stdin` (NULL: no-op), closing it if still open; only after the
-/// cmdop_execute_with_stdin() call using it returned. Thread: any.
+/// Frees `input` (NULL: no-op), closing it if still open; only after the
+/// execute using it returned. Thread: any.
 #[no_mangle]
-pub unsafe extern "C" fn cmdop_exec_stdin_free(stdin: *mut cmdop_exec_stdin) {
+pub unsafe extern "C" fn cmdop_exec_stdin_free(input: *mut cmdop_exec_stdin) {
     ffi_boundary!(@value ();
-        if !stdin.is_null() {
+        if !input.is_null() {
             // SAFETY: non-NULL, made by cmdop_exec_stdin_new, freed once.
-            drop(unsafe { Box::from_raw(stdin) });
+            drop(unsafe { Box::from_raw(input) });
         }
     )
-}
-
-/// Like cmdop_execute_with_options(), with stdin streamed from `stdin`
-/// (from cmdop_exec_stdin_new(); one command per stdin) while the command
-/// runs: other threads call cmdop_exec_stdin_write() and, for EOF,
-/// cmdop_exec_stdin_close(). `opts->stdin_data` is written first. Needs
-/// native exec with streamed stdin (CMDOP_CAPABILITY_EXEC_STDIN) on server
-/// and agent: otherwise NOT_SUPPORTED.
-///
-/// Ownership and returns as cmdop_execute_with_options(); INVALID_ARGUMENT
-/// also when `stdin` was used before.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_execute_with_stdin(
-    client: *mut cmdop_client,
-    command: *const c_char,
-    opts: *const cmdop_exec_options,
-    stdin: *const cmdop_exec_stdin,
-    on_output: cmdop_exec_output_fn,
-    user_data: *mut c_void,
-    free_user_data: cmdop_free_fn,
-    cancel: *const cmdop_cancel_token,
-    out: *mut *mut cmdop_exec_result,
-) -> cmdop_status {
-    let sink = output_sink(on_output, user_data, free_user_data);
-    ffi_boundary! {
-        let sink = sink;
-        // SAFETY: NULL (checked) or a writable pointer slot.
-        let out = unsafe { out_ptr(out, "out") }?;
-        // SAFETY: NULL (checked) or a live handle of this library.
-        let c = unsafe { handle(client, "client") }?;
-        // SAFETY: NULL (checked) or a NUL-terminated string.
-        let command = unsafe { arg_str(command, "command") }?;
-        // SAFETY: NULL (checked) or a live cmdop_exec_stdin.
-        let s = unsafe { handle(stdin, "stdin") }?;
-        // SAFETY: NULL or a struct as documented.
-        let opts = unsafe { read_options(opts) }?;
-        let reader = s.reader.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or_else(|| {
-            Failure::new(cmdop_status::InvalidArgument, "this stdin was already used by a command; make a new one")
-        })?;
-        // SAFETY: NULL or a live token of this library.
-        let token = unsafe { cancel_arg(cancel) };
-        let result = block_on_with_output("cmdop_execute_with_stdin", sink, token, |on_output, token| {
-            c.client.execute_piped(command, &opts, reader, on_output, token)
-        })?;
-        finish(out, result)
-    }
 }

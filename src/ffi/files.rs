@@ -41,6 +41,7 @@ pub struct cmdop_bytes {
 /// List directory `path` on the selected machine: the first page (up to 100
 /// entries), hidden files excluded. Same as cmdop_list_files_page(client,
 /// path, NULL, false, out).
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_list_files(
     client: *mut cmdop_client,
@@ -93,6 +94,7 @@ pub unsafe extern "C" fn cmdop_list_files_page(
 }
 
 /// Number of entries in `list` (0 when NULL).
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_list_count(list: *const cmdop_file_list) -> usize {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -101,6 +103,7 @@ pub unsafe extern "C" fn cmdop_file_list_count(list: *const cmdop_file_list) -> 
 
 /// Entry `index` of `list`, borrowed from it; NULL when out of range or
 /// `list` is NULL.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_list_get(
     list: *const cmdop_file_list,
@@ -113,6 +116,7 @@ pub unsafe extern "C" fn cmdop_file_list_get(
 }
 
 /// Token for the next page; "" on the last page. Borrowed from `list`.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_list_next_page_token(
     list: *const cmdop_file_list,
@@ -122,6 +126,7 @@ pub unsafe extern "C" fn cmdop_file_list_next_page_token(
 }
 
 /// The directory listed, as the agent resolved it. Borrowed from `list`.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_list_path(list: *const cmdop_file_list) -> *const c_char {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -129,6 +134,7 @@ pub unsafe extern "C" fn cmdop_file_list_path(list: *const cmdop_file_list) -> *
 }
 
 /// Free a listing and its entries. NULL is a no-op.
+/// Thread: any, once no other call uses the object (it may be one other than the thread that made it).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_list_free(list: *mut cmdop_file_list) {
     ffi_boundary!(@value ();
@@ -140,6 +146,7 @@ pub unsafe extern "C" fn cmdop_file_list_free(list: *mut cmdop_file_list) {
 }
 
 /// Entry name (no directory part). Borrowed.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_name(e: *const cmdop_file_entry) -> *const c_char {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -147,6 +154,7 @@ pub unsafe extern "C" fn cmdop_file_entry_name(e: *const cmdop_file_entry) -> *c
 }
 
 /// Full path of the entry. Borrowed.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_path(e: *const cmdop_file_entry) -> *const c_char {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -154,6 +162,7 @@ pub unsafe extern "C" fn cmdop_file_entry_path(e: *const cmdop_file_entry) -> *c
 }
 
 /// File, directory or symlink.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_type(e: *const cmdop_file_entry) -> cmdop_file_type {
     ffi_boundary!(@value cmdop_file_type::Unknown;
@@ -168,6 +177,7 @@ pub unsafe extern "C" fn cmdop_file_entry_type(e: *const cmdop_file_entry) -> cm
 }
 
 /// Size in bytes.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_size(e: *const cmdop_file_entry) -> i64 {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -175,6 +185,7 @@ pub unsafe extern "C" fn cmdop_file_entry_size(e: *const cmdop_file_entry) -> i6
 }
 
 /// Permission bits, e.g. 0755.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_mode(e: *const cmdop_file_entry) -> u32 {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -182,6 +193,7 @@ pub unsafe extern "C" fn cmdop_file_entry_mode(e: *const cmdop_file_entry) -> u3
 }
 
 /// Modification time, Unix seconds (0 when unknown).
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_file_entry_mtime(e: *const cmdop_file_entry) -> i64 {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -266,6 +278,7 @@ pub unsafe extern "C" fn cmdop_write_file(
 }
 
 /// The bytes (not NUL-terminated; NULL only when `b` is NULL). Borrowed.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_bytes_data(b: *const cmdop_bytes) -> *const u8 {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -273,6 +286,7 @@ pub unsafe extern "C" fn cmdop_bytes_data(b: *const cmdop_bytes) -> *const u8 {
 }
 
 /// Number of bytes (0 when `b` is NULL).
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_bytes_len(b: *const cmdop_bytes) -> usize {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -280,6 +294,7 @@ pub unsafe extern "C" fn cmdop_bytes_len(b: *const cmdop_bytes) -> usize {
 }
 
 /// Free bytes. NULL is a no-op.
+/// Thread: any, once no other call uses the object (it may be one other than the thread that made it).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_bytes_free(b: *mut cmdop_bytes) {
     ffi_boundary!(@value ();

@@ -27,6 +27,7 @@ mod machines;
 mod delivery;
 mod exec;
 mod exec_options;
+mod exec_result;
 // 7. files
 mod files;
 mod transfer_disk;

@@ -64,6 +64,7 @@ pub unsafe extern "C" fn cmdop_get_active_session(
 ///
 /// On OK `*out` is the caller's; free with cmdop_session_list_free().
 /// Returns as cmdop_get_active_session() (an empty list is OK).
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_list_sessions(
     client: *mut cmdop_client,
@@ -81,6 +82,7 @@ pub unsafe extern "C" fn cmdop_list_sessions(
 }
 
 /// Number of sessions (0 when NULL).
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_list_count(list: *const cmdop_session_list) -> usize {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -88,6 +90,7 @@ pub unsafe extern "C" fn cmdop_session_list_count(list: *const cmdop_session_lis
 }
 
 /// Session `index`, borrowed from `list` (do not free it); NULL when out of range.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_list_get(
     list: *const cmdop_session_list,
@@ -100,6 +103,7 @@ pub unsafe extern "C" fn cmdop_session_list_get(
 }
 
 /// Free a session list. NULL is a no-op.
+/// Thread: any, once no other call uses the object (it may be one other than the thread that made it).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_list_free(list: *mut cmdop_session_list) {
     ffi_boundary!(@value ();
@@ -112,6 +116,7 @@ pub unsafe extern "C" fn cmdop_session_list_free(list: *mut cmdop_session_list) 
 
 /// Free a session from cmdop_get_active_session(). NULL is a no-op. Never
 /// pass a session borrowed from a list.
+/// Thread: any, once no other call uses the object (it may be one other than the thread that made it).
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_free(s: *mut cmdop_session) {
     ffi_boundary!(@value ();
@@ -123,6 +128,7 @@ pub unsafe extern "C" fn cmdop_session_free(s: *mut cmdop_session) {
 }
 
 /// Session id. Borrowed from `s`; NULL when `s` is NULL.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_id(s: *const cmdop_session) -> *const c_char {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -130,6 +136,7 @@ pub unsafe extern "C" fn cmdop_session_id(s: *const cmdop_session) -> *const c_c
 }
 
 /// Hostname of the machine. Borrowed from `s`.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_hostname(s: *const cmdop_session) -> *const c_char {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -138,6 +145,7 @@ pub unsafe extern "C" fn cmdop_session_hostname(s: *const cmdop_session) -> *con
 
 /// Status in lowercase: "connected", "disconnected", "pending",
 /// "background", "error"... Borrowed from `s`.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_status(s: *const cmdop_session) -> *const c_char {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -145,6 +153,7 @@ pub unsafe extern "C" fn cmdop_session_status(s: *const cmdop_session) -> *const
 }
 
 /// Operating system of the machine ("" when unknown). Borrowed from `s`.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_os(s: *const cmdop_session) -> *const c_char {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -152,6 +161,7 @@ pub unsafe extern "C" fn cmdop_session_os(s: *const cmdop_session) -> *const c_c
 }
 
 /// Shell of the session ("" when unknown). Borrowed from `s`.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_shell(s: *const cmdop_session) -> *const c_char {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -159,6 +169,7 @@ pub unsafe extern "C" fn cmdop_session_shell(s: *const cmdop_session) -> *const 
 }
 
 /// When the session connected, Unix seconds (0 when unknown).
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_connected_at(s: *const cmdop_session) -> i64 {
     // SAFETY: NULL (checked) or a live object of this library.
@@ -166,6 +177,7 @@ pub unsafe extern "C" fn cmdop_session_connected_at(s: *const cmdop_session) -> 
 }
 
 /// Seconds since the agent's last heartbeat.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_session_heartbeat_age(s: *const cmdop_session) -> i64 {
     // SAFETY: NULL (checked) or a live object of this library.

@@ -177,6 +177,7 @@ pub unsafe extern "C" fn cmdop_download_file(
 /// them one official FileWrite (at most CMDOP_MAX_WRITE_BYTES), and
 /// keep_mode or no_clobber return NOT_SUPPORTED. Arguments and returns as
 /// cmdop_download_file().
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_upload_file(
     client: *mut cmdop_client,
@@ -234,6 +235,7 @@ impl ChunkSink {
 /// size limit. `*size_out` (may be NULL) gets the bytes delivered.
 /// `cancel` (may be NULL) stops it (CANCELLED). Returns as
 /// cmdop_download_file().
+/// Thread: any; blocks; IN_CALLBACK from inside a callback.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_read_file_with_callback(
     client: *mut cmdop_client,

@@ -4,6 +4,7 @@ use std::ffi::c_char;
 
 /// Version of the library, e.g. "1.0.0": its major is CMDOP_ABI_VERSION,
 /// its minor grows with compatible additions. Static; never free it.
+/// Thread: any.
 #[no_mangle]
 pub extern "C" fn cmdop_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
@@ -12,6 +13,7 @@ pub extern "C" fn cmdop_version() -> *const c_char {
 /// ABI version of the library: changes only on incompatible changes to the
 /// header, and is the major of the package version and of the soname
 /// (libcmdop.so.1). Compare with CMDOP_ABI_VERSION at run time.
+/// Thread: any.
 #[no_mangle]
 pub extern "C" fn cmdop_abi_version() -> u32 {
     CMDOP_ABI_VERSION

@@ -74,7 +74,13 @@ if wanted header; then
   check_cmd header-c99 cc -std=c99 -pedantic -Wall -Wextra -Werror -Iinclude -fsyntax-only "$out/h.c"
   check_cmd header-c++17 g++ -std=c++17 -fsyntax-only -Wall -Wextra -Werror -Iinclude -x c++ "$out/h.c"
   check_cmd header-names tests/c/check_header_names.sh include/cmdop.h
+  check_cmd header-threads tests/c/check_header_threads.sh include/cmdop.h
   check_cmd header-double-include cc -std=c99 -Wall -Wextra -Werror -Iinclude -c "$out/twice.c" -o "$out/twice.o"
+  # MSVC's headers define stdin, stdout, stderr and errno as macros; a
+  # parameter of one of those names would not compile there.
+  printf '%s\n' '#define stdin (msvc_iob(0))' '#define stdout (msvc_iob(1))' \
+    '#define stderr (msvc_iob(2))' '#define errno (*msvc_errno())' '#include "cmdop.h"' >"$out/msvc.c"
+  check_cmd header-msvc-macros cc -std=c99 -pedantic -Wall -Wextra -Werror -Iinclude -fsyntax-only "$out/msvc.c"
 fi
 
 # ---------------------------------------------------------------- build tests
@@ -159,9 +165,10 @@ start_pair() {
     CMDOP_TEST_HOSTNAME=pair CMDOP_TEST_SERVER_DIR=$dir CMDOP_TEST_SERVER_A=$a CMDOP_TEST_SERVER_B=$b"
 }
 
-native_tests=(client_new options_v1 close_in_flight lifecycle exec_native exec_stream cancel_slow files exec_options_files sessions debug_log introspection bad_input)
+native_tests=(client_new options_v1 close_in_flight lifecycle exec_native exec_one exec_stream cancel_slow files exec_options_files sessions debug_log introspection bad_input)
 need_native=0
 for t in "${native_tests[@]}"; do has_test "$t" && need_native=1; done
+wanted quickstart && need_native=1
 if [ "$need_native" = 1 ]; then
   if start_stack; then
     native_env=$(stack_env)
@@ -171,6 +178,21 @@ if [ "$need_native" = 1 ]; then
       if [ "$t" = introspection ]; then run_test "$t" $native_env CMDOP_TEST_EXPECT_NATIVE=1
       else run_test "$t" $native_env; fi
     done
+    if wanted quickstart; then
+      # examples/quickstart.c built and run exactly as its comment says
+      # (from the repository root, against the build tree).
+      printf -- '---- quickstart (as its comment says)\n'
+      build=$(sed -n 's/^ \*   \(cc .*examples\/quickstart\.c.*\)$/\1/p' examples/quickstart.c)
+      run=$(sed -n 's/^ \*   CMDOP_SERVER=.* \(target\/quickstart\) .*$/\1/p' examples/quickstart.c)
+      if [ -z "$build" ] || [ "$run" != target/quickstart ]; then
+        echo "examples/quickstart.c no longer says how to build and run it"; record quickstart 1
+      elif (eval "$build") && timeout 120 env CMDOP_SERVER="$CMDOP_SERVER" CMDOP_API_KEY="$CMDOP_API_KEY" \
+             target/quickstart "$CMDOP_TEST_HOSTNAME" >"$out/quickstart.log" 2>&1; then
+        record quickstart 0
+      else
+        cat "$out/quickstart.log" 2>/dev/null; record quickstart 1
+      fi
+    fi
     stop_stack
   else
     record "native stack (cmdop dev)" 1

@@ -19,7 +19,7 @@ struct slow {
   double last_start_ms;
   double cancel_ms; /* when the callback cancelled */
   int cancel_inside_at; /* cancel from inside the callback at this start (0: no) */
-  const cmdop_cancel_token *token;
+  cmdop_cancel_token *token;
   int frees;                 /* calls of the finaliser */
   int running_at_free;       /* callbacks running when it was called */
 };

@@ -15,7 +15,7 @@
 struct call {
   cmdop_client *c;
   const char *cmd;
-  const cmdop_cancel_token *cancel;
+  cmdop_cancel_token *cancel;
   cmdop_status st;
   double ended_at;
 };

@@ -128,8 +128,9 @@ static void streamed_stdin(cmdop_client *c) {
   /* One command per stdin. */
   CHECK_STATUS(cmdop_execute_with_stdin(c, "cat", NULL, f.in, NULL, NULL, NULL, NULL, &r),
                CMDOP_STATUS_INVALID_ARGUMENT);
+  /* Its execute returned: every later write fails. */
   CHECK_STATUS(cmdop_exec_stdin_write(f.in, (const uint8_t *)"x", 1),
-               CMDOP_STATUS_INVALID_ARGUMENT);
+               CMDOP_STATUS_OPERATION_FAILED);
   cmdop_exec_stdin_free(f.in);
   cmdop_exec_stdin_free(NULL);
   CHECK_STATUS(cmdop_exec_stdin_new(NULL), CMDOP_STATUS_INVALID_ARGUMENT);

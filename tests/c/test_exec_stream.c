@@ -14,7 +14,7 @@ struct chunks {
   double start_ms;
   char text[256];
   size_t text_len;
-  const cmdop_cancel_token *cancel_on_chunk;
+  cmdop_cancel_token *cancel_on_chunk;
   cmdop_client *client;
   cmdop_status nested;
 };

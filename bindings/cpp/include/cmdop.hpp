@@ -431,7 +431,7 @@ class ExecStdin {
   }
   /// Close the command's stdin after what was written (idempotent).
   void close() const { detail::check(cmdop_exec_stdin_close(raw())); }
-  const cmdop_exec_stdin *raw() const {
+  cmdop_exec_stdin *raw() const {
     if (!s_) throw Error(Status::InvalidArgument, "this cmdop::ExecStdin was moved from; use the object it moved to");
     return s_.get();
   }
@@ -520,9 +520,10 @@ class Client {
   /// partial_result() holds the output printed before the kill.
   ExecResult execute(std::string_view command, std::chrono::milliseconds timeout = {}) {
     const std::string cmd(command);
-    const uint32_t ms = detail::to_ms(timeout);
+    cmdop_exec_options c = CMDOP_EXEC_OPTIONS_INIT;
+    c.timeout_ms = detail::to_ms(timeout);
     cmdop_exec_result *out = nullptr;
-    const cmdop_status st = cmdop_execute(get(), cmd.c_str(), ms, &out);
+    const cmdop_status st = cmdop_exec(get(), cmd.c_str(), &c, &out);
     return finish(st, out);
   }
 
@@ -537,18 +538,9 @@ class Client {
   /// throws, the command is cancelled and the exception rethrown here.
   ExecResult execute(std::string_view command, std::chrono::milliseconds timeout, const ChunkCallback &on_chunk,
                      const CancelToken *cancel = nullptr) {
-    const std::string cmd(command);
-    const uint32_t ms = detail::to_ms(timeout);
-    const ChunkShare ctx = chunk_context(on_chunk, cancel);
-    void *ud = chunk_share(ctx);
-    cmdop_exec_result *out = nullptr;
-    const cmdop_status st = cmdop_execute_with_callback(get(), cmd.c_str(), ms, ud ? chunk_trampoline : nullptr, ud,
-                                                        ud ? chunk_free : nullptr, ctx->cancel->raw(), &out);
-    if (const std::exception_ptr error = ctx->take_error()) {
-      cmdop_exec_result_free(out);
-      std::rethrow_exception(error);
-    }
-    return finish(st, out);
+    ExecOptions opts;
+    opts.timeout = timeout;
+    return execute_opts(command, opts, nullptr, on_chunk, cancel);
   }
 
   /// Run a command with options: stdin bytes, environment, working
@@ -775,7 +767,8 @@ class Client {
     }
   }
 
-  ExecResult execute_opts(std::string_view command, const ExecOptions &opts, const cmdop_exec_stdin *input,
+  // Every execute of this class ends here: one cmdop_exec() call.
+  ExecResult execute_opts(std::string_view command, const ExecOptions &opts, cmdop_exec_stdin *input,
                           const ChunkCallback &on_chunk, const CancelToken *cancel) {
     const std::string cmd(command);
     cmdop_exec_options c;
@@ -791,13 +784,13 @@ class Client {
     c.working_directory = opts.working_directory.empty() ? nullptr : opts.working_directory.c_str();
     c.discard_output = opts.discard_output;
     const ChunkShare ctx = chunk_context(on_chunk, cancel);
-    void *ud = chunk_share(ctx);
-    cmdop_exec_output_fn fn = ud ? chunk_trampoline : nullptr;
-    cmdop_free_fn fin = ud ? chunk_free : nullptr;
+    c.user_data = chunk_share(ctx);
+    c.on_output = c.user_data ? chunk_trampoline : nullptr;
+    c.free_user_data = c.user_data ? chunk_free : nullptr;
+    c.cancel = ctx->cancel->raw();
+    c.input = input;
     cmdop_exec_result *out = nullptr;
-    const cmdop_status st =
-        input ? cmdop_execute_with_stdin(get(), cmd.c_str(), &c, input, fn, ud, fin, ctx->cancel->raw(), &out)
-              : cmdop_execute_with_options(get(), cmd.c_str(), &c, fn, ud, fin, ctx->cancel->raw(), &out);
+    const cmdop_status st = cmdop_exec(get(), cmd.c_str(), &c, &out);
     if (const std::exception_ptr error = ctx->take_error()) {
       cmdop_exec_result_free(out);
       std::rethrow_exception(error);

@@ -307,20 +307,25 @@ public final class Client: @unchecked Sendable {
         var out: OpaquePointer?
         let st: cmdop_status
         let message: String
+        var o = cmdop_exec_options()
+        try check(cmdop_exec_options_init(&o, UInt32(CMDOP_EXEC_OPTIONS_VERSION)))
+        o.timeout_ms = timeoutMs
+        o.cancel = cancel?.raw
         if let onChunk = onChunk {
             let box = Box(onChunk)
-            st = withExtendedLifetime(box) {
-                cmdop_execute_with_callback(raw, command, timeoutMs, { ud, _, data, len in
-                    guard let ud = ud, let data = data else { return }
-                    Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).takeUnretainedValue().value(Data(bytes: data, count: len))
-                }, Unmanaged.passRetained(box).toOpaque(), { ud in
-                    // The library's finaliser: no callback runs any more.
-                    guard let ud = ud else { return }
-                    Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).release()
-                }, cancel?.raw, &out)
+            o.on_output = { ud, _, data, len in
+                guard let ud = ud, let data = data else { return }
+                Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).takeUnretainedValue().value(Data(bytes: data, count: len))
             }
+            o.user_data = Unmanaged.passRetained(box).toOpaque()
+            o.free_user_data = { ud in
+                // The library's finaliser: no callback runs any more.
+                guard let ud = ud else { return }
+                Unmanaged<Box<(Data) -> Void>>.fromOpaque(ud).release()
+            }
+            st = withExtendedLifetime(box) { cmdop_exec(raw, command, &o, &out) }
         } else {
-            st = cmdop_execute_with_callback(raw, command, timeoutMs, nil, nil, nil, cancel?.raw, &out)
+            st = cmdop_exec(raw, command, &o, &out)
         }
         message = st == CMDOP_STATUS_OK ? "" : String(cString: cmdop_last_error_message())
         defer { cmdop_exec_result_free(out) }

@@ -126,12 +126,12 @@ extension Client {
                     o.working_directory = dir
                     o.stdin_data = buf.bindMemory(to: UInt8.self).baseAddress
                     o.stdin_len = buf.count
-                    let st = withExtendedLifetime(box) { () -> cmdop_status in
-                        if let stdin = stdin {
-                            return cmdop_execute_with_stdin(raw, command, &o, stdin.raw, trampoline, ud, release, cancel?.raw, &out)
-                        }
-                        return cmdop_execute_with_options(raw, command, &o, trampoline, ud, release, cancel?.raw, &out)
-                    }
+                    o.on_output = trampoline
+                    o.user_data = ud
+                    o.free_user_data = release
+                    o.cancel = cancel?.raw
+                    o.input = stdin?.raw
+                    let st = withExtendedLifetime(box) { cmdop_exec(raw, command, &o, &out) }
                     if st != CMDOP_STATUS_OK { message = String(cString: cmdop_last_error_message()) }
                     return st
                 }
