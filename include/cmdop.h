@@ -288,7 +288,8 @@ typedef struct cmdop_attachment cmdop_attachment;
 typedef struct cmdop_bytes cmdop_bytes;
 
 /**
- * Cancels a running cmdop_execute_with_callback() from any thread. Opaque.
+ * Cancels the calls given it (cmdop_exec_options.cancel, the transfer and
+ * read functions' `cancel`) from any thread. Opaque.
  */
 typedef struct cmdop_cancel_token cmdop_cancel_token;
 

@@ -112,7 +112,7 @@ pub async fn run(
         .env("CMDOP_ENROLL_TOKEN", &enroll)
         .spawn()
         .context("cannot start the agent")?;
-    crate::dev_cmd::wait_for_agent(nodes[0].listen, &api_key).await?;
+    crate::readiness::wait_for_agent(nodes[0].listen, &api_key).await?;
 
     let server_list = servers.join(",");
     println!(
@@ -123,7 +123,7 @@ pub async fn run(
     println!("use it with:\n  export CMDOP_API_KEY={api_key} CMDOP_SERVER={server_list}");
     println!("every replica serves every call; kill one to watch the agent and clients move on");
     if let Some(path) = env_file {
-        crate::server_cmd::write_ready_file(
+        crate::readiness::write_ready_file(
             path,
             &format!("CMDOP_API_KEY={api_key}\nCMDOP_SERVER={server_list}\n"),
         )?;

@@ -82,7 +82,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let agent = tokio::spawn(cmdop_agent::run(agent_config, wait_for(stop_rx)));
 
-    wait_for_agent(local, &api_key).await?;
+    crate::readiness::wait_for_agent(local, &api_key).await?;
 
     let env = format!("CMDOP_API_KEY={api_key}\nCMDOP_SERVER={local}\n");
     println!(
@@ -90,7 +90,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("use it with:\n  export CMDOP_API_KEY={api_key} CMDOP_SERVER={local}");
     if let Some(path) = &args.env_file {
-        crate::server_cmd::write_ready_file(path, &env)?;
+        crate::readiness::write_ready_file(path, &env)?;
     }
 
     tokio::select! {
@@ -104,39 +104,4 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
 async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
-}
-
-/// Waits until the agent shows up as a connected session, so that whoever
-/// reads the env file can select the machine right away.
-pub(crate) async fn wait_for_agent(server: SocketAddr, api_key: &str) -> anyhow::Result<()> {
-    use cmdop_proto::terminal::{
-        terminal_streaming_service_client::TerminalStreamingServiceClient, ListSessionsRequest,
-    };
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {api_key}").parse()?;
-    loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{server}"))?
-            .connect()
-            .await
-        {
-            let mut client = TerminalStreamingServiceClient::new(channel);
-            let mut req = tonic::Request::new(ListSessionsRequest {
-                status_filter: "connected".into(),
-                limit: 1,
-                ..Default::default()
-            });
-            req.metadata_mut().insert("authorization", auth.clone());
-            if let Ok(resp) = client.list_sessions(req).await {
-                if !resp.into_inner().sessions.is_empty() {
-                    return Ok(());
-                }
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!(
-                "the agent did not connect within 20 s; run with --log-level debug to see why"
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }

@@ -9,6 +9,7 @@ mod data_dir;
 mod dev_cluster;
 mod dev_cmd;
 mod logging;
+mod readiness;
 mod secret_flags;
 mod server_cmd;
 

@@ -199,15 +199,6 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(tokio::net::TcpListener, 
     Ok((listener, local))
 }
 
-/// Writes `contents` to `path` atomically (temp file + rename), so readers
-/// polling for the file never see it half written.
-pub fn write_ready_file(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     if config.tls.is_none() && !args.listen.ip().is_loopback() {
@@ -250,7 +241,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let (listener, local) = bind(args.listen).await?;
     tracing::info!(%local, state = %store.describe(), tls = config.tls.is_some(), "control plane listening");
     if let Some(path) = &args.ready_file {
-        write_ready_file(path, &format!("{local}\n"))?;
+        crate::readiness::write_ready_file(path, &format!("{local}\n"))?;
     }
     cmdop_controlplane::serve_with_store(listener, config, store, crate::shutdown_signal()).await
 }

@@ -87,11 +87,11 @@ impl AgentLink for AgentLinkService {
         }
         let enrollment = {
             let (token, hostname) = (req.enrollment_token.clone(), req.hostname.clone());
-            crate::state::with_store(&self.state, move |store| {
+            crate::db::with_store(&self.state.store, move |store| {
                 store.enroll_machine(&token, &hostname)
             })
             .await
-            .map_err(auth::internal)?
+            .map_err(crate::db::internal)?
             .ok_or_else(invalid)?
         };
         tracing::info!(

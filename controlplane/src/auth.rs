@@ -10,13 +10,7 @@ use crate::{
     store::{secrets, AccessCheck, Credential, MachineRow, Store, Workspace},
 };
 
-/// What calls that need the database get while it cannot be reached.
-pub const DATABASE_UNAVAILABLE: &str = "database unavailable; retry: the control plane cannot \
-     reach its state database (PostgreSQL) right now; calls that need it work again by \
-     themselves once it is back";
-
-/// Response metadata key telling clients why authentication failed.
-pub const AUTH_ERROR_HEADER: &str = "x-cmdop-auth-error";
+use cmdop_proto::headers::AUTH_ERROR as AUTH_ERROR_HEADER;
 
 /// The bearer credential of a request, if any. A bare token without the
 /// `Bearer` scheme is accepted too.
@@ -28,24 +22,6 @@ pub fn bearer(meta: &MetadataMap) -> Option<&str> {
         _ => value,
     };
     (!token.is_empty()).then_some(token)
-}
-
-/// Maps a store failure to a status, logging the cause (never the
-/// credential): UNAVAILABLE when the database stayed locked past the busy
-/// timeout or cannot be reached (a retry may succeed), INTERNAL otherwise.
-pub fn internal(err: anyhow::Error) -> Status {
-    if crate::store::is_busy_error(&err) {
-        tracing::warn!(error = %format!("{err:#}"), "state database busy");
-        return Status::unavailable(
-            "database busy; retry: the control plane's state database is locked by another process",
-        );
-    }
-    if crate::store::is_unavailable_error(&err) {
-        tracing::warn!(error = %format!("{err:#}"), "state database unavailable");
-        return Status::unavailable(DATABASE_UNAVAILABLE);
-    }
-    tracing::error!(error = %format!("{err:#}"), "state database error");
-    Status::internal("the control plane could not read its state; check the server log")
 }
 
 fn missing_key() -> Status {
@@ -70,7 +46,7 @@ pub enum Checked {
 pub fn client_of<T>(store: &Store, req: &tonic::Request<T>) -> Result<Workspace, Status> {
     match req.extensions().get::<Checked>() {
         Some(Checked::Client(ws)) => Ok(ws.clone()),
-        _ => crate::state::read_store(store, |s| authenticate_client(s, req.metadata())),
+        _ => crate::db::read_store(store, |s| authenticate_client(s, req.metadata())),
     }
 }
 
@@ -78,7 +54,7 @@ pub fn client_of<T>(store: &Store, req: &tonic::Request<T>) -> Result<Workspace,
 pub fn agent_of<T>(store: &Store, req: &tonic::Request<T>) -> Result<MachineRow, Status> {
     match req.extensions().get::<Checked>() {
         Some(Checked::Agent(machine)) => Ok(machine.clone()),
-        _ => crate::state::read_store(store, |s| authenticate_agent(s, req.metadata())),
+        _ => crate::db::read_store(store, |s| authenticate_agent(s, req.metadata())),
     }
 }
 
@@ -89,7 +65,10 @@ pub fn authenticate_client(store: &Store, meta: &MetadataMap) -> Result<Workspac
         return Err(invalid_key());
     }
     if token.starts_with(secrets::ACCESS_TOKEN_PREFIX) {
-        return match store.authenticate_access_token(token).map_err(internal)? {
+        return match store
+            .authenticate_access_token(token)
+            .map_err(crate::db::internal)?
+        {
             AccessCheck::Valid(ws) => Ok(ws),
             AccessCheck::Expired => Err(expired_token()),
             AccessCheck::Invalid => Err(invalid_token()),
@@ -97,7 +76,7 @@ pub fn authenticate_client(store: &Store, meta: &MetadataMap) -> Result<Workspac
     }
     store
         .authenticate_api_key(token)
-        .map_err(internal)?
+        .map_err(crate::db::internal)?
         .ok_or_else(invalid_key)
 }
 
@@ -228,7 +207,7 @@ fn answered(
                     return Ok(verified);
                 }
             }
-            Err(internal(err))
+            Err(crate::db::internal(err))
         }
     }
 }
@@ -247,7 +226,7 @@ pub fn authenticate_agent(store: &Store, meta: &MetadataMap) -> Result<MachineRo
     }
     store
         .machine_by_secret(secret)
-        .map_err(internal)?
+        .map_err(crate::db::internal)?
         .ok_or_else(unknown_agent)
 }
 

@@ -36,9 +36,9 @@ pub const CAPABILITIES: [&str; 6] = [
     cmdop_proto::caps::FILES,
 ];
 
-/// Trailing metadata on UNAVAILABLE when the agent's link was lost while
-/// the command ran (for callers without `accept_unknown_outcome`).
-pub const OUTCOME_HEADER: &str = "x-cmdop-exec-outcome";
+// Trailing metadata on UNAVAILABLE when the agent's link was lost while
+// the command ran (for callers without `accept_unknown_outcome`).
+use cmdop_proto::headers::EXEC_OUTCOME as OUTCOME_HEADER;
 
 /// What [`CmdopService::start_exec`] returns: the client's event stream,
 /// the agent's link, the exec id, and (with streamed stdin) the agent's
@@ -76,7 +76,7 @@ type MachineWithSession = (Machine, Option<Arc<Session>>);
 /// only the machines connected here are listed).
 fn machines(state: &State, ws: &Workspace) -> Result<(Vec<MachineWithSession>, bool), Status> {
     let mut complete = true;
-    let rows = match crate::state::read_store(&state.store, |s| s.list_machines(&ws.id)) {
+    let rows = match crate::db::read_store(&state.store, |s| s.list_machines(&ws.id)) {
         Ok(rows) => rows,
         // The database cannot be reached: the machines connected here are
         // still known (what they report themselves), so lookups of those
@@ -99,7 +99,7 @@ fn machines(state: &State, ws: &Workspace) -> Result<(Vec<MachineWithSession>, b
                 })
                 .collect()
         }
-        Err(err) => return Err(auth::internal(err)),
+        Err(err) => return Err(crate::db::internal(err)),
     };
     let all = rows
         .into_iter()
@@ -220,7 +220,7 @@ impl Cmdop for CmdopService {
         request: Request<ResolveMachineRequest>,
     ) -> Result<Response<ResolveMachineResponse>, Status> {
         let ws = self.client(&request)?;
-        let caller = crate::cluster::asking_caller(&self.state, &request);
+        let caller = crate::cluster::asking_caller(self.state.cluster.is_some(), &request);
         let req = request.into_inner();
         limits::check_len("hostname", req.hostname.len(), limits::MAX_HOSTNAME_BYTES)?;
         let asked = req.clone();
@@ -264,7 +264,7 @@ impl Cmdop for CmdopService {
         if !complete && !answer.found && !answer.ambiguous {
             return Err(Status::unavailable(format!(
                 "{} (only machines connected to this server can be looked up meanwhile)",
-                auth::DATABASE_UNAVAILABLE
+                crate::db::DATABASE_UNAVAILABLE
             )));
         }
         // Cluster: a machine offline here may be connected to another
@@ -359,15 +359,16 @@ impl Cmdop for CmdopService {
             ));
         }
         let ttl = access_ttl(request.get_ref().access_ttl_seconds);
-        let pair =
-            crate::state::with_store(&self.state, move |store| store.issue_tokens(&key, ttl))
-                .await
-                .map_err(auth::internal)?
-                .ok_or_else(|| {
-                    Status::unauthenticated(
-                    "API key is invalid or revoked; create a new one with `cmdop admin create-key`",
-                )
-                })?;
+        let pair = crate::db::with_store(&self.state.store, move |store| {
+            store.issue_tokens(&key, ttl)
+        })
+        .await
+        .map_err(crate::db::internal)?
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "API key is invalid or revoked; create a new one with `cmdop admin create-key`",
+            )
+        })?;
         Ok(Response::new(token_pair(pair)))
     }
 
@@ -386,11 +387,11 @@ impl Cmdop for CmdopService {
         {
             return Err(invalid());
         }
-        match crate::state::with_store(&self.state, move |store| {
+        match crate::db::with_store(&self.state.store, move |store| {
             store.refresh_tokens(&token, limits::DEFAULT_ACCESS_TTL)
         })
         .await
-        .map_err(auth::internal)?
+        .map_err(crate::db::internal)?
         {
             RefreshOutcome::Rotated(pair) => Ok(Response::new(token_pair(pair))),
             RefreshOutcome::ReuseDetected => {
@@ -423,7 +424,12 @@ impl CmdopService {
             return Ok(None);
         };
         let target = match cluster
-            .resolve_machine(&self.state, &caller.workspace, machine_id)
+            .resolve_machine(
+                &self.state.sessions,
+                &self.state.store,
+                &caller.workspace,
+                machine_id,
+            )
             .await
         {
             Ok(t) => t,
@@ -471,8 +477,8 @@ impl CmdopService {
                 Some(s) => s,
                 None => {
                     let known =
-                        crate::state::read_store(&self.state.store, |s| s.list_machines(&ws.id))
-                            .map_err(auth::internal)?;
+                        crate::db::read_store(&self.state.store, |s| s.list_machines(&ws.id))
+                            .map_err(crate::db::internal)?;
                     return Err(match known.iter().find(|m| m.machine_id == req.machine_id) {
                         Some(m) => Status::unavailable(format!(
                             "machine {} is offline; it will show as connected again when its agent reconnects",

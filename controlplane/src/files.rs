@@ -21,8 +21,7 @@ use tonic::Status;
 
 use crate::{limits, state::State, store::Workspace};
 
-/// Response header carrying the agent's error code of a failed file operation.
-pub const FILE_ERROR_HEADER: &str = "x-cmdop-file-error";
+use cmdop_proto::headers::FILE_ERROR as FILE_ERROR_HEADER;
 
 /// Checks a path field of a request that changes files: it must be given
 /// (the agent would otherwise read an empty path as its home directory).

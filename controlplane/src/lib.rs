@@ -11,6 +11,7 @@ mod auth;
 pub mod cluster;
 mod config;
 mod conns;
+mod db;
 mod ext_service;
 mod files;
 mod gate;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod local_postgres;
 mod raw;
 mod remembered;
+mod revocations;
 mod selection;
 pub mod sessions;
 mod state;
@@ -119,7 +121,7 @@ pub async fn serve_with_store(
         None => (None, None),
     };
     let state = Arc::new(state::State {
-        store,
+        store: Arc::new(store),
         sessions: sessions::Registry::new(config.output_buffer_bytes),
         config: config.clone(),
         side_connections: side_connections.clone(),
@@ -177,7 +179,7 @@ pub async fn serve_with_store(
     let presence = cluster
         .clone()
         .map(|c| AbortOnDrop(tokio::spawn(cluster::presence::run(state.clone(), c))));
-    let _revocations = AbortOnDrop(tokio::spawn(streams::watch(
+    let _revocations = AbortOnDrop(tokio::spawn(revocations::watch(
         state.clone(),
         open_streams.clone(),
         config.limits.revocation_poll,

@@ -14,17 +14,12 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard, OnceLock,
     },
-    time::Duration,
 };
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Code, Status};
 
-use crate::{
-    config::Limits,
-    state::SharedState,
-    store::{now_ms, Credential, Standing},
-};
+use crate::{config::Limits, store::Credential};
 
 /// Calls that hold a per-key slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,6 +160,11 @@ impl OpenStreams {
         self.recheck.store(true, Ordering::SeqCst);
     }
 
+    /// Whether [`recheck`](Self::recheck) was asked since the last call.
+    pub fn take_recheck(&self) -> bool {
+        self.recheck.swap(false, Ordering::SeqCst)
+    }
+
     /// Credentials with open calls.
     pub fn credentials(&self) -> Vec<Credential> {
         lock(&self.by_credential).keys().cloned().collect()
@@ -222,190 +222,5 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.streams.close(self);
-    }
-}
-
-/// Full re-checks happen at least this often (in ticks) even when the
-/// revocation counter did not move (a credential deleted by hand, say).
-const FULL_CHECK_TICKS: u32 = 20;
-
-/// What one look at the database found.
-struct Look {
-    generation: i64,
-    /// Standing of each credential with open calls (when re-checked).
-    standings: Vec<(Credential, anyhow::Result<Standing>)>,
-    /// Revoked machines (when the counter moved).
-    revoked_machines: Option<Vec<String>>,
-}
-
-/// Watches the store's revocation counter ([`crate::store::Store::revocation_generation`]),
-/// bumped in the same transaction as every revocation by any process or
-/// server sharing the database. Every `every` (and, on PostgreSQL, as soon
-/// as a revocation's NOTIFY arrives) it reads that one number;
-/// when it moved (or [`OpenStreams::recheck`] asked, an access token is due
-/// to expire, or every [`FULL_CHECK_TICKS`]) it re-checks every credential
-/// with open calls, ending the calls of those revoked or expired, and
-/// closes the sessions of revoked machines (their agents' reconnects then
-/// fail: the secret is refused). Database calls run on the blocking pool.
-/// Runs until the server stops.
-pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duration) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_generation: Option<i64> = None;
-    let mut ticks = 0u32;
-    // Earliest expiry among the access tokens last seen good.
-    let mut next_expiry = i64::MAX;
-    // The database could not be read at the last tick.
-    let mut unreadable = false;
-    let signal = {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || state.store.revocation_signal())
-            .await
-            .ok()
-            .flatten()
-    };
-    loop {
-        match &signal {
-            Some(signal) => {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    _ = signal.notified() => {}
-                }
-            }
-            None => {
-                ticker.tick().await;
-            }
-        }
-        ticks += 1;
-        let credentials = streams.credentials();
-        let asked = streams.recheck.swap(false, Ordering::SeqCst);
-        let due = asked || ticks >= FULL_CHECK_TICKS || now_ms() >= next_expiry;
-        let seen = last_generation;
-        let look = tokio::task::spawn_blocking({
-            let state = state.clone();
-            move || -> anyhow::Result<Look> {
-                let generation = state.store.revocation_generation()?;
-                let moved = seen != Some(generation);
-                let standings = if moved || due {
-                    credentials
-                        .into_iter()
-                        .map(|c| {
-                            let standing = state.store.standing(&c);
-                            (c, standing)
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let revoked_machines = if moved {
-                    Some(state.store.revoked_machines()?)
-                } else {
-                    None
-                };
-                Ok(Look {
-                    generation,
-                    standings,
-                    revoked_machines,
-                })
-            }
-        })
-        .await;
-        let look = match look {
-            Ok(Ok(look)) => look,
-            Ok(Err(e)) => {
-                if asked {
-                    streams.recheck();
-                }
-                // Once per outage, not at every tick.
-                if !unreadable {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot read revocations; retrying every tick until the database answers");
-                }
-                unreadable = true;
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the revocation watcher failed; will retry");
-                continue;
-            }
-        };
-        if unreadable {
-            tracing::info!("revocations readable again");
-            unreadable = false;
-        }
-        let rechecked = seen != Some(look.generation) || due;
-        if rechecked {
-            ticks = 0;
-            next_expiry = i64::MAX;
-        }
-        for (credential, standing) in look.standings {
-            match standing {
-                Ok(Standing::Good { until_ms }) => {
-                    if let Some(until) = until_ms {
-                        next_expiry = next_expiry.min(until);
-                    }
-                }
-                Ok(Standing::Revoked) => {
-                    state.remembered.forget(&credential);
-                    tracing::info!(
-                        kind = kind(&credential),
-                        "credential revoked; ending its open calls"
-                    );
-                    streams.end(
-                        &credential,
-                        Code::Unauthenticated,
-                        revoked_text(&credential),
-                    );
-                }
-                Ok(Standing::Expired) => {
-                    state.remembered.forget(&credential);
-                    tracing::info!("access token expired; ending the calls it opened");
-                    streams.end(
-                        &credential,
-                        Code::Unauthenticated,
-                        "the access token this call was opened with expired and was not \
-                         refreshed; refresh it with RefreshToken and open the call again",
-                    );
-                }
-                Err(e) => {
-                    // Look again at the next tick.
-                    next_expiry = 0;
-                    tracing::warn!(error = %format!("{e:#}"), "cannot re-check a credential; will retry");
-                }
-            }
-        }
-        if let Some(revoked) = look.revoked_machines {
-            state.remembered.forget_machines(&revoked);
-            for machine_id in &revoked {
-                if state.sessions.close_machine(machine_id, "machine revoked") {
-                    tracing::info!(machine = %machine_id, "closed the connection of a revoked machine");
-                }
-            }
-        }
-        last_generation = Some(look.generation);
-    }
-}
-
-fn kind(credential: &Credential) -> &'static str {
-    match credential {
-        Credential::ApiKey { .. } => "api key",
-        Credential::AccessToken { .. } => "access token",
-        Credential::AgentSecret { .. } => "agent secret",
-    }
-}
-
-fn revoked_text(credential: &Credential) -> &'static str {
-    match credential {
-        Credential::ApiKey { .. } => {
-            "the API key this call was opened with was revoked; create a new one with \
-             `cmdop admin create-key`"
-        }
-        Credential::AccessToken { .. } => {
-            "the access token this call was opened with was revoked (its API key or token \
-             family); sign in again with a valid API key"
-        }
-        Credential::AgentSecret { .. } => {
-            "this agent's secret was revoked; enroll it again with a new token from \
-             `cmdop admin enroll-token`"
-        }
     }
 }

@@ -1,11 +1,13 @@
 //! The protocol every libcmdop peer speaks: generated types (`terminal`, the
 //! official CMDOP package, the subset we speak; `ext`, libcmdop's own
 //! extension package), and the one home of what peers must agree on:
-//! capability strings ([`caps`]), shared size limits ([`limits`]) and the
-//! side-connection handshake ([`raw`]) and its TLS ([`raw_tls`]).
+//! capability strings ([`caps`]), our metadata keys ([`headers`]), shared
+//! size limits ([`limits`]) and the side-connection handshake ([`raw`]) and
+//! its TLS ([`raw_tls`]).
 
 pub mod caps;
 pub mod codec;
+pub mod headers;
 pub mod limits;
 pub mod raw;
 pub mod raw_tls;

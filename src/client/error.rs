@@ -266,7 +266,7 @@ pub(crate) fn is_expired_token(status: &tonic::Status) -> bool {
         && (status.message().starts_with("access token expired")
             || status
                 .metadata()
-                .get("x-cmdop-auth-error")
+                .get(cmdop_proto::headers::AUTH_ERROR)
                 .and_then(|v| v.to_str().ok())
                 == Some("expired"))
 }
@@ -387,7 +387,7 @@ mod tests {
         let mut s = tonic::Status::unauthenticated("nope");
         assert!(!is_expired_token(&s));
         s.metadata_mut()
-            .insert("x-cmdop-auth-error", "expired".parse().unwrap());
+            .insert(cmdop_proto::headers::AUTH_ERROR, "expired".parse().unwrap());
         assert!(is_expired_token(&s));
         assert!(!is_expired_token(&tonic::Status::not_found(
             "access token expired"

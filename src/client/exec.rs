@@ -968,10 +968,10 @@ fn outcome_unknown(mut partial: ExecOutput, started: Instant, why: &str) -> Erro
     }
 }
 
-/// Trailing metadata of servers that end an exec whose agent link was lost
-/// with UNAVAILABLE for callers that do not accept the unknown outcome
-/// (older paths); we accept it, but honour the mark either way.
-const OUTCOME_HEADER: &str = "x-cmdop-exec-outcome";
+// Trailing metadata of servers that end an exec whose agent link was lost
+// with UNAVAILABLE for callers that do not accept the unknown outcome
+// (older paths); we accept it, but honour the mark either way.
+use cmdop_proto::headers::EXEC_OUTCOME as OUTCOME_HEADER;
 
 fn outcome_marked_unknown(status: &tonic::Status) -> bool {
     status

@@ -6,6 +6,7 @@ mod attach;
 mod backoff;
 mod cancel;
 mod connection;
+pub(crate) mod delivery;
 mod disk;
 mod error;
 mod events;

@@ -4,52 +4,14 @@
 use std::ffi::{c_char, c_void};
 
 use super::boundary::{arg_str, handle, out_ptr, Failure};
+use super::cancel::{cancel_arg, cmdop_cancel_token};
 use super::client::cmdop_client;
-use super::delivery::{output_sink, run_with_output};
 use super::events::cmdop_free_fn;
 use super::exec_options::{cmdop_exec_options, cmdop_exec_stdin, core_options};
 use super::exec_result::{cmdop_exec_result, finish};
+use super::output::{cmdop_exec_output_fn, output_sink, run_with_output};
 use super::status::cmdop_status;
 use super::versioned::Versioned;
-use crate::client::CancelToken;
-
-/// Which stream a chunk of output belongs to.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum cmdop_stream_kind {
-    Stdout = 1,
-    /// Only on the native path; a terminal merges stderr into stdout.
-    Stderr = 2,
-}
-
-/// Receives a command's output as it arrives: `data` (not NUL-terminated,
-/// borrowed for the duration of the call) holds `len` > 0 bytes of stream
-/// `kind` (a cmdop_stream_kind value).
-pub type cmdop_exec_output_fn = Option<
-    unsafe extern "C" fn(
-        user_data: *mut c_void,
-        kind: cmdop_stream_kind,
-        data: *const u8,
-        len: usize,
-    ),
->;
-
-/// Cancels a running cmdop_execute_with_callback() from any thread. Opaque.
-pub struct cmdop_cancel_token {
-    pub(crate) token: CancelToken,
-}
-
-/// The token behind a C `cancel` argument; a fresh one (never cancelled)
-/// for NULL.
-///
-/// # Safety
-/// `cancel` is NULL or a live cmdop_cancel_token of this library.
-pub(crate) unsafe fn cancel_arg(cancel: *const cmdop_cancel_token) -> CancelToken {
-    // SAFETY: NULL (handled) or a live token, by the contract.
-    unsafe { cancel.as_ref() }
-        .map(|t| t.token.clone())
-        .unwrap_or_default()
-}
 
 /// Runs `command` (a shell command line) on the selected machine with
 /// `opts` (NULL = the defaults of cmdop_exec_options_init()) and waits for
@@ -347,41 +309,4 @@ unsafe fn positional(
     };
     // SAFETY: the caller's arguments, forwarded under the same contract.
     unsafe { exec_call(what, client, command, o, out) }
-}
-
-/// A new cancel token; never fails (like every allocation in libcmdop, an
-/// out-of-memory aborts the process). Free with cmdop_cancel_token_free()
-/// after the calls using it returned. Thread: any.
-#[no_mangle]
-pub extern "C" fn cmdop_cancel_token_new() -> *mut cmdop_cancel_token {
-    ffi_boundary!(@value std::ptr::null_mut();
-        Box::into_raw(Box::new(cmdop_cancel_token { token: CancelToken::new() }))
-    )
-}
-
-/// Cancel every call using `token`, now and later (it stays cancelled).
-/// Returns OK or INVALID_ARGUMENT (NULL). Thread: any, callbacks included.
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_cancel_token_cancel(token: *mut cmdop_cancel_token) -> cmdop_status {
-    ffi_boundary! {
-        // SAFETY: NULL (checked) or a live handle of this library.
-        let token = unsafe { handle(token, "token") }?.token.clone();
-        // Only our own reference from here: a call using the token may
-        // return as soon as the flag is set (a callback cancelling its own
-        // call), and the application may then free `token` at once.
-        token.cancel();
-        Ok(())
-    }
-}
-
-/// Free a cancel token. NULL is a no-op.
-/// Thread: any, once no other call uses the object (it may be one other than the thread that made it).
-#[no_mangle]
-pub unsafe extern "C" fn cmdop_cancel_token_free(token: *mut cmdop_cancel_token) {
-    ffi_boundary!(@value ();
-        if !token.is_null() {
-            // SAFETY: created by cmdop_cancel_token_new; freed once.
-            drop(unsafe { Box::from_raw(token) });
-        }
-    )
 }

@@ -8,8 +8,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::boundary::{handle, out_ptr, Failure};
+use super::cancel::cmdop_cancel_token;
 use super::events::cmdop_free_fn;
-use super::exec::{cmdop_cancel_token, cmdop_exec_output_fn};
+use super::output::cmdop_exec_output_fn;
 use super::status::cmdop_status;
 use crate::client::{lock, stdin_pipe, ExecOptions, StdinReader, StdinWriter};
 

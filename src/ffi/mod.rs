@@ -13,6 +13,7 @@
 mod boundary;
 mod runtime;
 // 1. status and errors
+mod errors;
 mod status;
 // 2. options
 mod options;
@@ -23,11 +24,13 @@ mod client;
 mod events;
 // 5. machines
 mod machines;
-// 6. execute
-mod delivery;
+// 6. execute, then what it takes and gives
 mod exec;
+// (options, cancel tokens, output callbacks, results)
+mod cancel;
 mod exec_options;
 mod exec_result;
+mod output;
 // 7. files
 mod files;
 mod transfer_disk;

@@ -1,8 +1,7 @@
-//! Status codes, their text and the last error message.
+//! Status codes and their text.
 
-use std::ffi::{c_char, c_int};
+use std::ffi::c_int;
 
-use super::boundary::last_error_ptr;
 use crate::client::ErrorKind;
 
 /// Outcome of a libcmdop call. Values are part of the ABI: they are never
@@ -79,7 +78,7 @@ impl cmdop_status {
         }
     }
 
-    fn from_raw(raw: c_int) -> Option<cmdop_status> {
+    pub(super) fn from_raw(raw: c_int) -> Option<cmdop_status> {
         use cmdop_status::*;
         const ALL: [cmdop_status; 17] = [
             Ok,
@@ -103,7 +102,7 @@ impl cmdop_status {
         ALL.into_iter().find(|s| *s as c_int == raw)
     }
 
-    fn text(self) -> &'static [u8] {
+    pub(super) fn text(self) -> &'static [u8] {
         use cmdop_status::*;
         match self {
             Ok => b"ok\0",
@@ -127,35 +126,9 @@ impl cmdop_status {
     }
 }
 
-/// Short static description of a `cmdop_status` value ("timed out", ...).
-/// Takes an int so that any value is safe to pass; unknown values give
-/// "unknown status". Never NULL; never free it.
-///
-/// Thread: any, including callbacks.
-#[no_mangle]
-pub extern "C" fn cmdop_status_str(status: c_int) -> *const c_char {
-    ffi_boundary!(@value c"unknown status".as_ptr();
-        match cmdop_status::from_raw(status) {
-            Some(s) => s.text().as_ptr().cast(),
-            None => c"unknown status".as_ptr(),
-        }
-    )
-}
-
-/// Detail of the last failed libcmdop call made on this thread, saying what
-/// happened and what to do next; "" after a successful call.
-///
-/// Never NULL. Owned by the library; valid until the next libcmdop call on
-/// this thread. Read it on the same thread as the failing call.
-///
-/// Thread: any, including callbacks.
-#[no_mangle]
-pub extern "C" fn cmdop_last_error_message() -> *const c_char {
-    ffi_boundary!(@value c"".as_ptr(); last_error_ptr())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::errors::cmdop_status_str;
     use super::*;
     use std::ffi::CStr;
 

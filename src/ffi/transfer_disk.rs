@@ -5,8 +5,8 @@ use std::ffi::{c_char, c_void};
 use std::path::Path;
 
 use super::boundary::{arg_str, as_callback, handle, Failure};
+use super::cancel::{cancel_arg, cmdop_cancel_token};
 use super::client::cmdop_client;
-use super::exec::{cancel_arg, cmdop_cancel_token};
 use super::runtime::block_on;
 use super::status::cmdop_status;
 use crate::client::TransferOptions;

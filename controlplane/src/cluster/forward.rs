@@ -293,12 +293,27 @@ pub async fn route_call(
         .map_or(Want::Nothing, |msg| want(pick, msg));
     let exec = exec_mode(parts.uri.path(), peeked.message());
     let (target, fill) = match want {
-        Want::Session(sid) => (cluster.resolve_session(&state, ws, &sid).await?, false),
-        Want::Machine(mid) => (cluster.resolve_machine(&state, ws, &mid).await?, false),
+        Want::Session(sid) => (
+            cluster
+                .resolve_session(&state.sessions, &state.store, ws, &sid)
+                .await?,
+            false,
+        ),
+        Want::Machine(mid) => (
+            cluster
+                .resolve_machine(&state.sessions, &state.store, ws, &mid)
+                .await?,
+            false,
+        ),
         Want::Selection => {
             let machine = remote.and_then(|peer| state.selections.selected(&ws.id, peer));
             match machine {
-                Some(m) => (cluster.resolve_machine(&state, ws, &m).await?, true),
+                Some(m) => (
+                    cluster
+                        .resolve_machine(&state.sessions, &state.store, ws, &m)
+                        .await?,
+                    true,
+                ),
                 None => (Target::Local, false),
             }
         }
@@ -495,7 +510,7 @@ impl PeerBody {
         let mut status = Status::unavailable(message);
         if self.exec.is_some() {
             status.metadata_mut().insert(
-                crate::ext_service::OUTCOME_HEADER,
+                cmdop_proto::headers::EXEC_OUTCOME,
                 tonic::metadata::MetadataValue::from_static("unknown"),
             );
         }

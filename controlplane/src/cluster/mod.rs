@@ -32,17 +32,11 @@ use crate::{
     store::{Credential, Workspace},
 };
 
-/// The peer secret (peer port only).
-pub const PEER_SECRET_HEADER: &str = "x-cmdop-peer-secret";
-/// The workspace id the forwarding replica authenticated.
-pub const PEER_WORKSPACE_HEADER: &str = "x-cmdop-peer-workspace";
-/// That workspace's name, hex-encoded (names may be any UTF-8).
-pub const PEER_WORKSPACE_NAME_HEADER: &str = "x-cmdop-peer-workspace-name";
-/// The caller's credential as open calls are filed: `key:<hash>` or
-/// `token:<hash>` (revocations end the call on the owner too).
-pub const PEER_CREDENTIAL_HEADER: &str = "x-cmdop-peer-credential";
-/// The API key hash per-key limits count against.
-pub const PEER_KEY_HEADER: &str = "x-cmdop-peer-key";
+pub use cmdop_proto::headers::{
+    PEER_CREDENTIAL as PEER_CREDENTIAL_HEADER, PEER_KEY as PEER_KEY_HEADER,
+    PEER_SECRET as PEER_SECRET_HEADER, PEER_WORKSPACE as PEER_WORKSPACE_HEADER,
+    PEER_WORKSPACE_NAME as PEER_WORKSPACE_NAME_HEADER,
+};
 
 /// How long a replica's lease lasts without renewal.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -284,8 +278,10 @@ impl Cluster {
 /// The caller of a client call in cluster mode that may ask other replicas:
 /// `None` for a single server and for calls that came from another replica
 /// (those answer from this replica alone).
-pub fn asking_caller<T>(state: &crate::state::State, req: &tonic::Request<T>) -> Option<Caller> {
-    state.cluster.as_ref()?;
+pub fn asking_caller<T>(in_cluster: bool, req: &tonic::Request<T>) -> Option<Caller> {
+    if !in_cluster {
+        return None;
+    }
     if req.extensions().get::<Forwarded>().is_some() {
         return None;
     }

@@ -138,7 +138,7 @@ pub fn claim(state: &SharedState, cluster: &Arc<Cluster>, session: &Arc<Session>
         // replicas cannot reach the agent.
         let mut attempt = 0;
         let generation = loop {
-            let claimed = crate::state::with_store(&state, {
+            let claimed = crate::db::with_store(&state.store, {
                 let (machine, replica, sid) = (
                     session.machine_id.clone(),
                     cluster.replica_id.clone(),
@@ -199,7 +199,7 @@ pub async fn release(state: &SharedState, cluster: &Cluster, session: &Arc<Sessi
 
 async fn release_generation(state: &SharedState, machine_id: &str, generation: i64) {
     let machine = machine_id.to_string();
-    if let Err(err) = crate::state::with_store(state, move |store| {
+    if let Err(err) = crate::db::with_store(&state.store, move |store| {
         store.release_route(&machine, generation)
     })
     .await

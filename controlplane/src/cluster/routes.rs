@@ -6,16 +6,16 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use tonic::Status;
 
 use super::Cluster;
 use crate::{
-    auth,
-    state::{with_store, SharedState},
-    store::{cluster::RouteRow, Workspace},
+    db::{internal, with_store},
+    sessions::Registry,
+    store::{cluster::RouteRow, Store, Workspace},
 };
 
 /// Where a call goes.
@@ -143,13 +143,13 @@ impl Cluster {
     /// Where a call for `session_id` of `ws` goes.
     pub async fn resolve_session(
         &self,
-        state: &SharedState,
+        sessions: &Registry,
+        store: &Arc<Store>,
         ws: &Workspace,
         session_id: &str,
     ) -> Result<Target, Status> {
         if session_id.is_empty()
-            || state
-                .sessions
+            || sessions
                 .get(&ws.id, session_id)
                 .is_some_and(|s| s.is_live())
         {
@@ -159,9 +159,9 @@ impl Cluster {
             Some(r) => Some(r),
             None => {
                 let sid = session_id.to_string();
-                with_store(state, move |store| store.route_of_session(&sid))
+                with_store(store, move |store| store.route_of_session(&sid))
                     .await
-                    .map_err(auth::internal)?
+                    .map_err(internal)?
             }
         };
         match route {
@@ -173,13 +173,13 @@ impl Cluster {
     /// Where a call for machine `machine_id` of `ws` goes.
     pub async fn resolve_machine(
         &self,
-        state: &SharedState,
+        sessions: &Registry,
+        store: &Arc<Store>,
         ws: &Workspace,
         machine_id: &str,
     ) -> Result<Target, Status> {
         if machine_id.is_empty()
-            || state
-                .sessions
+            || sessions
                 .by_machine(&ws.id, machine_id)
                 .is_some_and(|s| s.is_live())
         {
@@ -189,9 +189,9 @@ impl Cluster {
             Some(r) => Some(r),
             None => {
                 let mid = machine_id.to_string();
-                with_store(state, move |store| store.route_of_machine(&mid))
+                with_store(store, move |store| store.route_of_machine(&mid))
                     .await
-                    .map_err(auth::internal)?
+                    .map_err(internal)?
             }
         };
         match route {

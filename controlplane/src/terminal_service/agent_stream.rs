@@ -54,7 +54,7 @@ pub fn start(
     tokio::spawn({
         let (state, id, name) = (state.clone(), machine.machine_id.clone(), hostname.clone());
         async move {
-            let touched = crate::state::with_store(&state, {
+            let touched = crate::db::with_store(&state.store, {
                 let (id, name) = (id.clone(), name.clone());
                 move |store| store.touch_machine(&id, &name)
             })
@@ -141,7 +141,7 @@ async fn pump(state: SharedState, session: Arc<Session>, mut inbound: Streaming<
     }
     let id = session.machine_id.clone();
     if let Err(err) =
-        crate::state::with_store(&state, move |store| store.touch_machine(&id, "")).await
+        crate::db::with_store(&state.store, move |store| store.touch_machine(&id, "")).await
     {
         tracing::warn!(error = %format!("{err:#}"), "cannot record machine last-seen time");
     }

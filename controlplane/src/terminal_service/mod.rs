@@ -130,9 +130,9 @@ impl TerminalService {
         };
         let sid = found.session_id.clone();
         let route =
-            crate::state::with_store(&self.state, move |store| store.route_of_session(&sid))
+            crate::db::with_store(&self.state.store, move |store| store.route_of_session(&sid))
                 .await
-                .map_err(auth::internal)?;
+                .map_err(crate::db::internal)?;
         Ok(route
             .filter(|r| r.workspace_id == caller.workspace.id)
             .map(|r| (found, r.machine_id)))
@@ -231,7 +231,9 @@ impl TerminalStreamingService for TerminalService {
         let ws = self.client(&request)?;
         let scope = if crate::cluster::is_forwarded(&request) {
             session_rpcs::ListScope::ThisReplica
-        } else if let Some(caller) = crate::cluster::asking_caller(&self.state, &request) {
+        } else if let Some(caller) =
+            crate::cluster::asking_caller(self.state.cluster.is_some(), &request)
+        {
             session_rpcs::ListScope::Cluster(self.list_elsewhere(&caller).await)
         } else {
             session_rpcs::ListScope::Server
@@ -246,7 +248,7 @@ impl TerminalStreamingService for TerminalService {
     ) -> Result<Response<GetSessionByHostnameResponse>, Status> {
         let ws = self.client(&request)?;
         let peer = request.remote_addr();
-        let caller = crate::cluster::asking_caller(&self.state, &request);
+        let caller = crate::cluster::asking_caller(self.state.cluster.is_some(), &request);
         let req = request.into_inner();
         let mut answer = session_rpcs::get_session_by_hostname(&self.state, &ws, req.clone());
         let mut machine = answer

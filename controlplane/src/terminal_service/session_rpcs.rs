@@ -16,7 +16,7 @@ use cmdop_proto::terminal::{
 use tonic::Status;
 
 use crate::{
-    auth, limits,
+    limits,
     sessions::{
         hostname::{match_hostname, Candidate, HostnameMatch},
         Session,
@@ -152,7 +152,7 @@ pub fn list_sessions(
         let retention =
             i64::try_from(limits::DISCONNECTED_SESSION_RETENTION.as_millis()).unwrap_or(i64::MAX);
         let recent = now.saturating_sub(retention);
-        let known = match crate::state::read_store(&state.store, |s| s.list_machines(&ws.id)) {
+        let known = match crate::db::read_store(&state.store, |s| s.list_machines(&ws.id)) {
             Ok(known) => known,
             // The database cannot be reached: the sessions connected here
             // are still listed (calls on them keep working); the offline
@@ -161,7 +161,7 @@ pub fn list_sessions(
                 tracing::debug!(error = %format!("{err:#}"), "listing only the sessions known here");
                 Vec::new()
             }
-            Err(err) => return Err(auth::internal(err)),
+            Err(err) => return Err(crate::db::internal(err)),
         };
         for m in known {
             let listed = sessions.iter().any(|s| s.machine_id == m.machine_id)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::Status;
 
 use crate::{
-    auth, files, limits,
+    files, limits,
     sessions::{ExecLink, Session},
     state::State,
     store::Workspace,
@@ -47,8 +47,8 @@ impl Target {
             match state.sessions.by_machine(&ws.id, machine_id) {
                 Some(s) => s,
                 None => {
-                    let known = crate::state::read_store(&state.store, |s| s.list_machines(&ws.id))
-                        .map_err(auth::internal)?;
+                    let known = crate::db::read_store(&state.store, |s| s.list_machines(&ws.id))
+                        .map_err(crate::db::internal)?;
                     return Err(match known.iter().find(|m| m.machine_id == machine_id) {
                         Some(m) => Status::unavailable(format!(
                             "machine {} is offline; it will show as connected again when its agent reconnects",

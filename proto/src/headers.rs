@@ -1,0 +1,49 @@
+//! Metadata keys (gRPC headers and trailers) of our own, `x-cmdop-…`, that
+//! peers must spell alike: defined once here, used by the control plane,
+//! the client and the agent.
+
+/// Response metadata telling a client why authentication failed
+/// (`expired`: refresh the access token and retry).
+pub const AUTH_ERROR: &str = "x-cmdop-auth-error";
+/// Trailing metadata on UNAVAILABLE when an exec's agent link was lost
+/// while the command ran (`unknown`: the outcome is not known).
+pub const EXEC_OUTCOME: &str = "x-cmdop-exec-outcome";
+/// Response metadata carrying the agent's error code of a failed file
+/// operation.
+pub const FILE_ERROR: &str = "x-cmdop-file-error";
+
+/// Between replicas of a cluster (peer port only): the peer secret.
+pub const PEER_SECRET: &str = "x-cmdop-peer-secret";
+/// The workspace id the forwarding replica authenticated.
+pub const PEER_WORKSPACE: &str = "x-cmdop-peer-workspace";
+/// That workspace's name, hex-encoded (names may be any UTF-8).
+pub const PEER_WORKSPACE_NAME: &str = "x-cmdop-peer-workspace-name";
+/// The caller's credential as open calls are filed: `key:<hash>` or
+/// `token:<hash>` (revocations end the call on the owner too).
+pub const PEER_CREDENTIAL: &str = "x-cmdop-peer-credential";
+/// The API key hash per-key limits count against.
+pub const PEER_KEY: &str = "x-cmdop-peer-key";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_never_change() {
+        let all = [
+            (AUTH_ERROR, "x-cmdop-auth-error"),
+            (EXEC_OUTCOME, "x-cmdop-exec-outcome"),
+            (FILE_ERROR, "x-cmdop-file-error"),
+            (PEER_SECRET, "x-cmdop-peer-secret"),
+            (PEER_WORKSPACE, "x-cmdop-peer-workspace"),
+            (PEER_WORKSPACE_NAME, "x-cmdop-peer-workspace-name"),
+            (PEER_CREDENTIAL, "x-cmdop-peer-credential"),
+            (PEER_KEY, "x-cmdop-peer-key"),
+        ];
+        for (got, wire) in all {
+            assert_eq!(got, wire);
+            // gRPC metadata keys are lowercase ASCII.
+            assert!(got.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
+        }
+    }
+}
