@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use cmdop_controlplane::local_postgres::{free_port, LocalPostgres};
+use cmdop_localpg::{free_port, LocalPostgres};
 use tokio::process::{Child, Command};
 
 /// Most replicas `--cluster` starts.

@@ -887,37 +887,6 @@ async fn the_newer_connection_of_a_machine_wins_and_calls_follow_it() {
     drop(second);
 }
 
-/// Measurement, not a check (run with `--ignored --nocapture`): execute
-/// ("true") latency on the agent's replica and through another one.
-#[tokio::test]
-#[ignore]
-async fn measure_exec_latency_same_and_cross_replica() {
-    let cl = cluster("latency-host").await;
-    let mut same = ext(&cl.a.addr, Some(&cl.ws.api_key)).await;
-    let mut cross = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
-    let runs = 200;
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for i in 0..runs + 20 {
-        for (e, out) in [(&mut same, &mut a), (&mut cross, &mut b)] {
-            let t = Instant::now();
-            let r = exec(e, exec_req(&cl.session_id, "true", 10_000)).await;
-            assert_eq!(r.exit.map(|x| x.exit_code), Some(0));
-            if i >= 20 {
-                out.push(t.elapsed());
-            }
-        }
-    }
-    for (name, mut v) in [("same replica", a), ("cross replica", b)] {
-        v.sort();
-        eprintln!(
-            "{name}: execute(true) p50 {:?} p99 {:?} ({} runs)",
-            v[v.len() / 2],
-            v[v.len() * 99 / 100],
-            v.len()
-        );
-    }
-}
-
 #[tokio::test]
 async fn a_stopped_replica_leaves_the_cluster_and_its_machines_show_offline() {
     let mut cl = cluster("leave-host").await;

@@ -18,7 +18,6 @@ mod gate;
 mod last_seen;
 pub mod limits;
 #[cfg(target_os = "linux")]
-pub mod local_postgres;
 mod raw;
 mod remembered;
 mod revocations;

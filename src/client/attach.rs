@@ -1,5 +1,5 @@
 //! Attaching to a live session: the official ConnectTerminal stream with a
-//! register version containing "attach" (PROTOCOL.md "Attach").
+//! register version containing "attach" (docs/PROTOCOL.md, "Attach").
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,7 @@
-//! Tests against a live control plane and agent, skipped unless the
-//! environment names one (tests/harness.sh exports these variables):
+//! Tests against a live control plane and agent: ignored by `cargo test`
+//! (it lists them as ignored); run with `--ignored` they fail, naming what
+//! is missing, unless the environment names a stack (tests/harness.sh
+//! exports these variables):
 //!
 //! ```sh
 //! . tests/harness.sh && start_stack
@@ -20,15 +22,28 @@ struct Live {
     machine: String,
 }
 
-fn live() -> Option<Live> {
-    let server = std::env::var("CMDOP_SERVER").ok()?;
-    let (host, port) = server.rsplit_once(':')?;
-    Some(Live {
+/// The stack the environment names; a test run without one fails (it
+/// never passes without testing).
+fn live() -> Live {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: start a stack with `. tests/harness.sh && start_stack` first"
+            )
+        })
+    };
+    let server = var("CMDOP_SERVER");
+    let (host, port) = server
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("CMDOP_SERVER '{server}' is not host:port"));
+    Live {
         host: host.to_string(),
-        port: port.parse().ok()?,
-        key: std::env::var("CMDOP_API_KEY").ok()?,
-        machine: std::env::var("CMDOP_TEST_HOSTNAME").ok()?,
-    })
+        port: port
+            .parse()
+            .unwrap_or_else(|_| panic!("CMDOP_SERVER '{server}' has no port")),
+        key: var("CMDOP_API_KEY"),
+        machine: var("CMDOP_TEST_HOSTNAME"),
+    }
 }
 
 fn options(l: &Live, credentials: Credentials) -> ClientOptions {
@@ -41,7 +56,7 @@ fn options(l: &Live, credentials: Credentials) -> ClientOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a live control plane (tests/harness.sh)"]
 async fn live_expired_access_token_is_refreshed_and_the_call_retried() {
-    let Some(l) = live() else { return };
+    let l = live();
     let keyed = Client::connect(options(&l, Credentials::ApiKey(l.key.clone())))
         .await
         .unwrap();
@@ -101,7 +116,7 @@ async fn live_expired_access_token_is_refreshed_and_the_call_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a live control plane (tests/harness.sh)"]
 async fn live_many_concurrent_executes_share_one_client() {
-    let Some(l) = live() else { return };
+    let l = live();
     let client = Client::connect(options(&l, Credentials::ApiKey(l.key.clone())))
         .await
         .unwrap();
@@ -122,7 +137,7 @@ async fn live_many_concurrent_executes_share_one_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a live control plane (tests/harness.sh)"]
 async fn live_wrong_key_is_unauthenticated_at_connect() {
-    let Some(l) = live() else { return };
+    let l = live();
     let err = Client::connect(options(&l, Credentials::ApiKey("cmdop_wrong".into())))
         .await
         .err()

@@ -89,6 +89,11 @@ static inline void check_fail(const char *file, int line, const char *fmt, ...) 
 /* Print the verdict; the exit status of a test. */
 static inline int check_report(void) {
   const char *name = getenv("CMDOP_TEST_NAME");
+  if (check_count == 0) {
+    /* A test that checked nothing proved nothing. */
+    fprintf(stderr, "%s: made no check\n", name ? name : "test");
+    return 1;
+  }
   if (check_failures) {
     fprintf(stderr, "%s: %d of %d checks failed\n", name ? name : "test", check_failures, check_count);
     return 1;

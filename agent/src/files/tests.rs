@@ -155,7 +155,7 @@ fn write_is_atomic_replaces_and_keeps_mode() {
     let target = home.path().join("a/b/new.txt");
     assert_eq!(fs::read(&target).unwrap(), b"hello");
 
-    // overwrite=false still replaces (PROTOCOL.md pitfall), keeping the mode.
+    // overwrite=false still replaces (docs/PROTOCOL.md, "File writes"), keeping the mode.
     fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
     assert!(write("a/b/new.txt", b"bye", false).success);
     assert_eq!(fs::read(&target).unwrap(), b"bye");

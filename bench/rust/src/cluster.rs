@@ -54,7 +54,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use cmdop::client::{CancelToken, Client, ClientOptions, Credentials};
-use cmdop_controlplane::local_postgres::{free_port, LocalPostgres};
+use cmdop_localpg::{free_port, LocalPostgres};
 use tokio::process::{Child, Command};
 
 const REPLICAS: usize = 3;
@@ -320,7 +320,7 @@ impl Db {
 /// server, done here before any replica connects) and lets the application
 /// user read every statement's counts. Returns why not when it cannot.
 fn enable_statement_stats(pg: &mut LocalPostgres) -> Result<(), String> {
-    let db = cmdop_controlplane::local_postgres::DATABASE;
+    let db = cmdop_localpg::DATABASE;
     pg.psql(
         "postgres",
         "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
@@ -333,10 +333,7 @@ fn enable_statement_stats(pg: &mut LocalPostgres) -> Result<(), String> {
         .map_err(|e| format!("{e:#}"))?;
     pg.psql(
         db,
-        &format!(
-            "GRANT pg_read_all_stats TO {}",
-            cmdop_controlplane::local_postgres::USER
-        ),
+        &format!("GRANT pg_read_all_stats TO {}", cmdop_localpg::USER),
     )
     .map(|_| ())
     .map_err(|e| format!("{e:#}"))

@@ -6,10 +6,10 @@
 
 #![allow(dead_code)]
 
-use cmdop_controlplane::local_postgres::LocalPostgres;
+use cmdop_localpg::LocalPostgres;
 // Not every suite uses every name.
 #[allow(unused_imports)]
-pub use cmdop_controlplane::local_postgres::{DATABASE, INSTALL_COMMAND, USER};
+pub use cmdop_localpg::{DATABASE, INSTALL_COMMAND, USER};
 
 /// A running (or stopped) PostgreSQL server of one test.
 pub struct Postgres(LocalPostgres);

@@ -3,7 +3,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::{engine::args, *};
-use crate::local_postgres::{LocalPostgres, DATABASE};
+use cmdop_localpg::{LocalPostgres, DATABASE};
 
 /// A private PostgreSQL server; panics with what to do when it cannot.
 fn start_postgres() -> LocalPostgres {
@@ -16,60 +16,43 @@ fn store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-/// Tests that run on both engines: each gets a fresh database.
-type Case = (&'static str, fn(&Store));
-const BOTH: &[Case] = &[
-    ("workspace_names_are_unique", workspace_names_are_unique),
-    ("enrollment_tokens_work_once", enrollment_tokens_work_once),
-    (
-        "refresh_rotates_and_reuse_revokes_the_family",
-        refresh_rotates_and_reuse_revokes_the_family,
-    ),
-    (
-        "access_tokens_expire_and_die_with_their_api_key",
-        access_tokens_expire_and_die_with_their_api_key,
-    ),
-    (
-        "enrollment_tokens_expire_and_can_be_revoked",
-        enrollment_tokens_expire_and_can_be_revoked,
-    ),
-    (
-        "a_revoked_machine_loses_its_secret_and_bumps_the_generation",
-        a_revoked_machine_loses_its_secret_and_bumps_the_generation,
-    ),
-    (
-        "a_machine_cannot_store_another_machines_hostname",
-        a_machine_cannot_store_another_machines_hostname,
-    ),
-    (
-        "every_revocation_bumps_the_counter",
-        every_revocation_bumps_the_counter,
-    ),
-    (
-        "cluster_tables_take_the_agreed_statements",
-        cluster_tables_take_the_agreed_statements,
-    ),
-];
-
-#[test]
-fn store_on_sqlite() {
-    for (name, case) in BOTH {
-        eprintln!("sqlite: {name}");
-        let (_dir, s) = store();
-        case(&s);
-    }
+/// Cases that run on both engines, each as two tests of its own
+/// (`sqlite::NAME`, `postgres::NAME`) on a fresh database.
+macro_rules! on_both_engines {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $case() {
+                    let (_dir, s) = super::store();
+                    super::$case(&s);
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $case() {
+                    let pg = super::start_postgres();
+                    let s = super::Store::connect(&pg.url()).expect("connect to the test database");
+                    super::$case(&s);
+                }
+            )*
+        }
+    };
 }
 
-#[test]
-fn store_on_postgres() {
-    let pg = start_postgres();
-    for (i, (name, case)) in BOTH.iter().enumerate() {
-        eprintln!("postgres: {name}");
-        let url = pg.create_database(&format!("case_{i}")).unwrap();
-        let s = Store::connect(&url).expect("connect to the test database");
-        case(&s);
-    }
-}
+on_both_engines!(
+    workspace_names_are_unique,
+    enrollment_tokens_work_once,
+    refresh_rotates_and_reuse_revokes_the_family,
+    access_tokens_expire_and_die_with_their_api_key,
+    enrollment_tokens_expire_and_can_be_revoked,
+    a_revoked_machine_loses_its_secret_and_bumps_the_generation,
+    a_machine_cannot_store_another_machines_hostname,
+    every_revocation_bumps_the_counter,
+    cluster_tables_take_the_agreed_statements,
+);
 
 fn every_revocation_bumps_the_counter(s: &Store) {
     let ws = s.create_workspace("acme").unwrap();

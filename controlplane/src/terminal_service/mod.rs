@@ -403,7 +403,7 @@ impl TerminalStreamingService for TerminalService {
             )));
         }
         // The SDKs leave `overwrite` false for plain writes; forward it as
-        // given and let the agent treat false as "may replace" (PROTOCOL.md).
+        // given and let the agent treat false as "may replace" (docs/PROTOCOL.md).
         let op = Operation::WriteFile(FileWriteRequest {
             path: r.path,
             content: r.content,

@@ -80,7 +80,7 @@ impl LocalPostgres {
             owner,
             dir: Some(dir),
             port: free_port()?,
-            password: crate::store::secrets::random_hex("", 16),
+            password: random_password(),
             child: None,
         };
         let data = pg.data_dir();
@@ -508,6 +508,14 @@ fn spawn_dying_with_process(mut cmd: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("the PostgreSQL spawner thread is gone"))?
 }
 
+/// 32 random hex digits (rand's thread-local generator, seeded from the OS).
+fn random_password() -> String {
+    use rand::Rng;
+    let mut buf = [0u8; 16];
+    rand::rng().fill(&mut buf[..]);
+    hex::encode(buf)
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {
     let listener =
@@ -520,7 +528,19 @@ mod tests {
     use std::net::{SocketAddr, TcpStream};
 
     use super::*;
-    use crate::store::Store;
+
+    /// Whether the application user logs in to `url` over TCP with its
+    /// password (given in the environment, not on psql's command line).
+    fn app_logs_in(pg: &LocalPostgres, url: &str) -> bool {
+        let without_password = url.replacen(&format!(":{}@", pg.password()), "@", 1);
+        Command::new(pg.bin.join("psql"))
+            .env("PGPASSWORD", pg.password())
+            .args(["-X", "-w", "-qAt", "-c", "SELECT 1"])
+            .arg(without_password)
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "1")
+    }
 
     fn state_of(pid: u32) -> Option<char> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -557,7 +577,7 @@ mod tests {
         );
         // The application user logs in with its password and owns the
         // database, without being a superuser.
-        Store::connect(&pg.url()).expect("the store opens the database");
+        assert!(app_logs_in(&pg, &pg.url()), "the application user logs in");
         assert_eq!(
             pg.psql(
                 DATABASE,
@@ -569,7 +589,7 @@ mod tests {
         );
         let other = pg.create_database("second").unwrap();
         assert_eq!(other, pg.url_of("second"));
-        Store::connect(&other).expect("the second database opens");
+        assert!(app_logs_in(&pg, &other), "the second database opens");
         let err = pg.psql(DATABASE, "SELEC 1").unwrap_err();
         assert!(format!("{err:#}").contains("psql failed"), "{err:#}");
 
@@ -585,7 +605,10 @@ mod tests {
             "a stopped server still listens"
         );
         pg.start_again().unwrap_or_else(|e| panic!("{e:#}"));
-        Store::connect(&pg.url()).expect("the data survives a restart");
+        assert!(
+            app_logs_in(&pg, &pg.url()),
+            "the server is back after a restart"
+        );
 
         let dir = pg.sock_dir();
         pg.freeze().unwrap();
