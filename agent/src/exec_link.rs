@@ -3,6 +3,7 @@
 //! the stream ends is killed (its process group).
 
 use std::path::PathBuf;
+use tokio_util::task::AbortOnDropHandle;
 
 use cmdop_proto::ext::{
     agent_downlink, agent_link_client::AgentLinkClient, agent_uplink, AgentHello, AgentUplink,
@@ -47,20 +48,14 @@ pub async fn serve(
     home: PathBuf,
     server_url: String,
 ) -> Result<LinkEnd, tonic::Status> {
-    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-    impl<T> Drop for AbortOnDrop<T> {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let mut task = AbortOnDrop(tokio::spawn(serve_here(
+    let mut task = AbortOnDropHandle::new(tokio::spawn(serve_here(
         channel,
         session_id,
         agent_version,
         home,
         server_url,
     )));
-    match (&mut task.0).await {
+    match (&mut task).await {
         Ok(end) => end,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(tonic::Status::cancelled(

@@ -164,21 +164,16 @@ pub async fn serve_with_store(
     let tracker = conns::Tracker::new(&config.limits);
     let peer_streams = open_streams.clone();
     let gate = gate::Gate::new(state.clone(), tracker.clone(), open_streams.clone());
-    // Stops with this function (dropping the handle would not).
-    struct AbortOnDrop(tokio::task::JoinHandle<()>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let _last_seen = AbortOnDrop(tokio::spawn(last_seen::run(
+    // Stops with this function (dropping a plain JoinHandle would not).
+    use tokio_util::task::AbortOnDropHandle as AbortOnDrop;
+    let _last_seen = AbortOnDrop::new(tokio::spawn(last_seen::run(
         state.clone(),
         last_seen::flush_interval(config.heartbeat_timeout),
     )));
     let presence = cluster
         .clone()
-        .map(|c| AbortOnDrop(tokio::spawn(cluster::presence::run(state.clone(), c))));
-    let _revocations = AbortOnDrop(tokio::spawn(revocations::watch(
+        .map(|c| AbortOnDrop::new(tokio::spawn(cluster::presence::run(state.clone(), c))));
+    let _revocations = AbortOnDrop::new(tokio::spawn(revocations::watch(
         state.clone(),
         open_streams.clone(),
         config.limits.revocation_poll,
@@ -232,7 +227,7 @@ pub async fn serve_with_store(
             }
         })
     });
-    let _peer_server = peer_server.map(AbortOnDrop);
+    let _peer_server = peer_server.map(AbortOnDrop::new);
     let router = builder
         .layer(gate::GateLayer(gate))
         .add_service(terminal)
