@@ -12,6 +12,7 @@ pub mod cluster;
 mod config;
 mod conns;
 mod db;
+mod exec_relay;
 mod ext_service;
 mod files;
 mod gate;
