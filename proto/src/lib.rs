@@ -2,8 +2,9 @@
 //! official CMDOP package, the subset we speak; `ext`, libcmdop's own
 //! extension package), and the one home of what peers must agree on:
 //! capability strings ([`caps`]), our metadata keys ([`headers`]), shared
-//! size limits ([`limits`]) and the side-connection handshake ([`raw`]) and
-//! its TLS ([`raw_tls`]).
+//! size limits ([`limits`]), the side-connection handshake ([`raw`]) and
+//! its TLS ([`raw_tls`]), and the label selectors and hostname patterns
+//! that choose machines in a fleet ([`selector`]).
 
 pub mod caps;
 pub mod codec;
@@ -11,6 +12,7 @@ pub mod headers;
 pub mod limits;
 pub mod raw;
 pub mod raw_tls;
+pub mod selector;
 
 // The generated modules are tonic/prost output, not ours to restyle: lints
 // stay quiet there and apply everywhere else in this crate.
