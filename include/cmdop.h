@@ -89,6 +89,8 @@
 #define CMDOP_CAPABILITY_FILES "files.v1"
 /** Machine selection by stable id (cmdop_set_machine_id). */
 #define CMDOP_CAPABILITY_MACHINE_ID "machine-id.v1"
+/** Machines listed with labels, facts and presence (cmdop_list_machines). */
+#define CMDOP_CAPABILITY_MACHINES "machines.v1"
 /** The server issues OAuth tokens (for cmdop_remote_new_oauth). */
 #define CMDOP_CAPABILITY_TOKENS "tokens.v1"
 /** Bulk exec output over plain TCP side connections (plaintext servers). */
@@ -331,6 +333,17 @@ typedef struct cmdop_file_entry cmdop_file_entry;
  * One page of a directory listing. Opaque; free with cmdop_file_list_free().
  */
 typedef struct cmdop_file_list cmdop_file_list;
+
+/**
+ * One machine of a listing. Opaque; read with the cmdop_machine_*
+ * accessors; borrowed from its list.
+ */
+typedef struct cmdop_machine cmdop_machine;
+
+/**
+ * Machines of the workspace. Opaque; free with cmdop_machine_list_free().
+ */
+typedef struct cmdop_machine_list cmdop_machine_list;
 
 /**
  * One session. Opaque; read with the cmdop_session_* accessors.
@@ -928,6 +941,126 @@ enum cmdop_status cmdop_set_machine(struct cmdop_client *client, const char *hos
  * Thread: any; blocks; IN_CALLBACK from inside a callback.
  */
 enum cmdop_status cmdop_set_machine_id(struct cmdop_client *client, const char *machine_id);
+
+/**
+ * The workspace's machines, online or not, sorted by hostname, that match
+ * `selector` (a label selector: `k=v`, `k!=v`, `k in (a,b)`, `k notin
+ * (a,b)`, `k`, `!k`, comma = AND; facts are `cmdop.io/…` labels such as
+ * `cmdop.io/status=online`; NULL or "" = every machine) and `hosts`
+ * (hostnames or globs, comma-separated; NULL or "" = any). Every page is
+ * read. Machine ids (`mach_…`) from here work with cmdop_set_machine_id().
+ *
+ * On OK `*out` is the caller's; free with cmdop_machine_list_free().
+ * Returns OK (an empty list included); INVALID_ARGUMENT (the message says
+ * what is wrong with `selector` or `hosts`); NOT_SUPPORTED (the server
+ * cannot list machines: CMDOP_CAPABILITY_MACHINES missing); UNAVAILABLE;
+ * DISCONNECTED; UNAUTHENTICATED. Thread: any; blocks; IN_CALLBACK from
+ * inside a callback.
+ */
+enum cmdop_status cmdop_list_machines(struct cmdop_client *client,
+                                      const char *selector,
+                                      const char *hosts,
+                                      struct cmdop_machine_list **out);
+
+/**
+ * Number of machines (0 when NULL).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+size_t cmdop_machine_list_count(const struct cmdop_machine_list *list);
+
+/**
+ * Machine `index`, borrowed from `list` (do not free it); NULL when out
+ * of range.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const struct cmdop_machine *cmdop_machine_list_get(const struct cmdop_machine_list *list,
+                                                   size_t index);
+
+/**
+ * Free a machine list (and every machine borrowed from it). NULL is a no-op.
+ * Thread: any, once no other call uses the object (it may be one other than the thread that made it).
+ */
+void cmdop_machine_list_free(struct cmdop_machine_list *list);
+
+/**
+ * The machine's stable id (`mach_…`). Borrowed; NULL when `m` is NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const char *cmdop_machine_id(const struct cmdop_machine *m);
+
+/**
+ * The machine's hostname. Borrowed; NULL when `m` is NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const char *cmdop_machine_hostname(const struct cmdop_machine *m);
+
+/**
+ * True while the machine's agent is connected (to any replica).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+bool cmdop_machine_online(const struct cmdop_machine *m);
+
+/**
+ * When the machine was last heard from, Unix milliseconds (0: never).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+int64_t cmdop_machine_last_seen_ms(const struct cmdop_machine *m);
+
+/**
+ * Operating system ("linux", …; "" when unknown). Borrowed.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const char *cmdop_machine_os(const struct cmdop_machine *m);
+
+/**
+ * CPU architecture ("x86_64", …; "" when unknown). Borrowed.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const char *cmdop_machine_arch(const struct cmdop_machine *m);
+
+/**
+ * The agent's version ("" when unknown). Borrowed.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const char *cmdop_machine_agent_version(const struct cmdop_machine *m);
+
+/**
+ * Number of CPUs the agent reported (0 when unknown).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+uint32_t cmdop_machine_cpu_count(const struct cmdop_machine *m);
+
+/**
+ * Memory the agent reported, in bytes (0 when unknown).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+uint64_t cmdop_machine_memory_bytes(const struct cmdop_machine *m);
+
+/**
+ * Number of labels selectors see on the machine: agent labels, admin
+ * labels over them, and facts as `cmdop.io/…` labels.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+size_t cmdop_machine_label_count(const struct cmdop_machine *m);
+
+/**
+ * Key of label `index` (sorted by key); NULL when out of range. Borrowed.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const char *cmdop_machine_label_key(const struct cmdop_machine *m, size_t index);
+
+/**
+ * Value of label `index`; NULL when out of range. Borrowed.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const char *cmdop_machine_label_value(const struct cmdop_machine *m, size_t index);
+
+/**
+ * Value of the label `key` (e.g. "env", "cmdop.io/arch"); NULL when the
+ * machine has no such label or `key` is NULL or not UTF-8. Borrowed.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const char *cmdop_machine_label(const struct cmdop_machine *m, const char *key);
 
 /**
  * Runs `command` (a shell command line) on the selected machine with

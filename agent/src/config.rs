@@ -1,7 +1,7 @@
 //! Agent configuration, filled in by the CLI (`cmdop agent`, `cmdop dev`) or
 //! by tests.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 /// Everything [`crate::run`] needs to know. Start from [`AgentConfig::default`]
 /// and override what differs.
@@ -32,6 +32,10 @@ pub struct AgentConfig {
     /// Open the `AgentLink.Channel` next to the terminal stream and serve
     /// native Exec.
     pub native_exec: bool,
+    /// Labels this agent declares for its machine (`key=value`), sent when
+    /// its exec channel opens. Shown and selectable, never trusted: admin
+    /// labels win over them and access rules read admin labels only.
+    pub labels: BTreeMap<String, String>,
     /// Time between heartbeats on the terminal stream.
     pub heartbeat_interval: Duration,
     /// First reconnect delay (before jitter).
@@ -53,6 +57,7 @@ impl Default for AgentConfig {
             hostname: None,
             shell: None,
             native_exec: true,
+            labels: BTreeMap::new(),
             heartbeat_interval: Duration::from_secs(25),
             reconnect_base: Duration::from_secs(1),
             reconnect_max: crate::backoff::DEFAULT_MAX,

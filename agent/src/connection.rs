@@ -206,6 +206,7 @@ impl Agent<'_> {
                 authed.clone(),
                 session.id.clone(),
                 agent_version(),
+                self.config.labels.clone(),
                 home,
                 server.to_owned(),
             );

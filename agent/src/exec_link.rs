@@ -2,6 +2,7 @@
 //! and sends its output and results back. Every command still running when
 //! the stream ends is killed (its process group).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -45,6 +46,7 @@ pub async fn serve(
     channel: AuthedChannel,
     session_id: String,
     agent_version: String,
+    labels: BTreeMap<String, String>,
     home: PathBuf,
     server_url: String,
 ) -> Result<LinkEnd, tonic::Status> {
@@ -52,6 +54,7 @@ pub async fn serve(
         channel,
         session_id,
         agent_version,
+        labels,
         home,
         server_url,
     )));
@@ -69,6 +72,7 @@ async fn serve_here(
     channel: AuthedChannel,
     session_id: String,
     agent_version: String,
+    labels: BTreeMap<String, String>,
     home: PathBuf,
     server_url: String,
 ) -> Result<LinkEnd, tonic::Status> {
@@ -92,6 +96,7 @@ async fn serve_here(
             session_id,
             agent_version,
             capabilities,
+            labels: labels.into_iter().collect(),
         })),
     };
     // The receiver is alive right here; the send cannot fail.

@@ -74,6 +74,23 @@ pub enum AdminCommand {
     /// stops working, a running server closes its connection within about
     /// a second, and it leaves the machine list. Enroll it again to re-add it.
     RevokeMachine { machine_id: String },
+    /// Set admin labels on a machine (KEY=VALUE …) and remove some
+    /// (--remove KEY). Admin labels win over the labels the machine's agent
+    /// declares, and only they may grant access (see the README's security
+    /// model). Prints the machine's admin labels after the change.
+    Label {
+        /// The machine: its id (mach_…) or its hostname.
+        machine: String,
+        /// Labels to set.
+        #[arg(value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Keys to remove (repeatable).
+        #[arg(long, value_name = "KEY")]
+        remove: Vec<String>,
+        /// The machine's workspace, when its hostname is used in several.
+        #[arg(long)]
+        workspace: Option<String>,
+    },
     /// List the machines enrolled in a workspace.
     Machines {
         #[arg(long)]
@@ -173,6 +190,50 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             _ => bail!("pass the token, or --workspace NAME --all"),
         },
+        AdminCommand::Label {
+            machine,
+            set,
+            remove,
+            workspace,
+        } => {
+            let set = crate::labels::parse_assignments(&set, "label")?;
+            for key in &remove {
+                crate::labels::check_key(key, "--remove")?;
+            }
+            if set.is_empty() && remove.is_empty() {
+                bail!("name labels to set (KEY=VALUE …) or to remove (--remove KEY)");
+            }
+            let found: Vec<_> = store
+                .find_machines(&machine)?
+                .into_iter()
+                .filter(|(_, _, ws)| workspace.as_ref().is_none_or(|w| w == ws))
+                .collect();
+            let machine_id = match found.as_slice() {
+                [(id, _, _)] => id.clone(),
+                [] => bail!(
+                    "no machine '{machine}'{}; `cmdop admin machines --workspace NAME` lists them",
+                    workspace.as_ref().map(|w| format!(" in workspace {w}")).unwrap_or_default()
+                ),
+                several => bail!(
+                    "'{machine}' names {} machines: {}; pass the machine id (mach_…) or --workspace",
+                    several.len(),
+                    several
+                        .iter()
+                        .map(|(id, host, ws)| format!("{host} ({id}, workspace {ws})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let Some(now) = store.change_admin_labels(&machine_id, &set, &remove)? else {
+                bail!("machine {machine_id} was revoked meanwhile");
+            };
+            if now.is_empty() {
+                println!("{machine_id}: no admin labels");
+            }
+            for (k, v) in now {
+                println!("{machine_id}\t{k}={v}");
+            }
+        }
         AdminCommand::RevokeMachine { machine_id } => {
             if !store.revoke_machine(&machine_id)? {
                 bail!("no enrolled machine has id '{machine_id}'; list them with `cmdop admin machines --workspace NAME`");

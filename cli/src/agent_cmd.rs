@@ -48,6 +48,18 @@ pub struct AgentArgs {
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = 25)]
     pub heartbeat_secs: u64,
+    /// A label this machine declares, KEY=VALUE (repeat the flag, or
+    /// comma-separate: env=prod,role=web). Shown by `cmdop machines` and
+    /// selectable with `-l`; labels an admin sets with `cmdop admin label`
+    /// win over them.
+    #[arg(
+        long = "label",
+        env = "CMDOP_AGENT_LABELS",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    pub labels: Vec<String>,
 }
 
 impl AgentArgs {
@@ -77,6 +89,7 @@ impl AgentArgs {
             hostname: self.hostname.clone(),
             shell: self.shell.clone(),
             native_exec: !self.no_native_exec,
+            labels: crate::labels::parse_assignments(&self.labels, "--label")?,
             heartbeat_interval: Duration::from_secs(self.heartbeat_secs.max(1)),
             ..AgentConfig::default()
         })

@@ -86,7 +86,7 @@ impl ConnectArgs {
         Ok(opts)
     }
 
-    async fn connect(&self) -> anyhow::Result<Client> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(self.options()?).await?)
     }
 }
@@ -107,7 +107,9 @@ fn is_loopback(host_port: &str) -> bool {
 /// Which machine a command acts on.
 #[derive(Args, Clone)]
 pub struct MachineArgs {
-    /// Hostname (exact, or a unique case-insensitive part of one).
+    /// Hostname (exact, or a unique case-insensitive part of one). For
+    /// `exec`: also a comma-separated list or globs (`-H web-1,web-2`,
+    /// `-H 'web-*'`) to run on each.
     #[arg(long, short = 'H', conflicts_with = "machine_id")]
     pub host: Option<String>,
     /// Stable machine id (mach_…).
@@ -124,10 +126,16 @@ impl MachineArgs {
             (Some(host), None) => {
                 client.set_machine(host).await?;
             }
-            (None, None) => {
-                let session = client.get_active_session(None).await?;
-                client.set_machine(&session.hostname).await?;
-            }
+            (None, None) => match crate::fleet_cmd::the_only_online_machine(client).await? {
+                Some(machine_id) => {
+                    client.set_machine_id(&machine_id).await?;
+                }
+                // A server that cannot list machines: its active session.
+                None => {
+                    let session = client.get_active_session(None).await?;
+                    client.set_machine(&session.hostname).await?;
+                }
+            },
         }
         Ok(())
     }
@@ -151,6 +159,27 @@ pub struct ExecArgs {
     /// Do not forward stdin (it is forwarded when it is a pipe or a file).
     #[arg(long, short = 'n')]
     pub no_stdin: bool,
+    /// Run on every online machine matching this label selector (k=v,
+    /// k!=v, 'k in (a,b)', k, !k; comma = AND), each output line prefixed
+    /// with its hostname.
+    #[arg(
+        long = "selector",
+        short = 'l',
+        value_name = "SELECTOR",
+        conflicts_with = "machine_id"
+    )]
+    pub selector: Option<String>,
+    /// With several machines: how many run the command at once.
+    #[arg(long, default_value_t = crate::fleet_cmd::DEFAULT_PARALLEL, value_name = "N")]
+    pub parallel: usize,
+    /// With several machines: start no more machines once this many failed.
+    #[arg(long, value_name = "K")]
+    pub max_failures: Option<usize>,
+    /// With several machines: one JSON object per machine and line
+    /// (machine_id, hostname, status, exit_code, stdout, stderr,
+    /// duration_ms) instead of prefixed lines.
+    #[arg(long)]
+    pub json: bool,
     /// The command, run by the remote shell (`sh -c`).
     #[arg(trailing_var_arg = true, required = true)]
     pub command: Vec<String>,
@@ -185,7 +214,6 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 /// Runs the command remotely, streaming its output; exits with its status.
 pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
-    args.machine.select(&client).await?;
     let command = args.command.join(" ");
     let opts = cmdop::client::ExecOptions {
         timeout: args.kill_after.map(Duration::from_secs),
@@ -194,6 +222,22 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
         discard_output: true,
         ..Default::default()
     };
+    if crate::fleet_cmd::is_fan_out(args.selector.as_deref(), args.machine.host.as_deref()) {
+        if !args.no_stdin && stdin_has_data() {
+            anyhow::bail!(
+                "stdin cannot go to several machines at once: pass -n, or one machine with -H HOST"
+            );
+        }
+        let fan = crate::fleet_cmd::FanOut {
+            selector: args.selector.unwrap_or_default(),
+            hosts: args.machine.host.unwrap_or_default(),
+            parallel: args.parallel,
+            max_failures: args.max_failures,
+            json: args.json,
+        };
+        return crate::fleet_cmd::exec_many(client, command, opts, fan).await;
+    }
+    args.machine.select(&client).await?;
     let on_chunk = |stream: cmdop::client::Stream, data: &[u8]| {
         let _ = match stream {
             cmdop::client::Stream::Stdout => std::io::stdout().write_all(data),

@@ -8,6 +8,8 @@ mod client_cmd;
 mod data_dir;
 mod dev_cluster;
 mod dev_cmd;
+mod fleet_cmd;
+mod labels;
 mod logging;
 mod readiness;
 mod secret_flags;
@@ -45,6 +47,9 @@ enum Command {
     Exec(client_cmd::ExecArgs),
     /// List the workspace's sessions.
     Sessions(client_cmd::SessionsArgs),
+    /// List the workspace's machines with labels, facts and presence
+    /// (`-l env=prod`, `-H 'web-*'`, `--json`).
+    Machines(fleet_cmd::MachinesArgs),
     /// List a directory on a machine.
     Ls(client_cmd::LsArgs),
     /// Attach to a live session: its output to stdout, stdin lines to it.
@@ -69,6 +74,7 @@ fn main() -> std::process::ExitCode {
         cli.command,
         Command::Exec(_)
             | Command::Sessions(_)
+            | Command::Machines(_)
             | Command::Ls(_)
             | Command::Attach(_)
             | Command::Cp(_)
@@ -89,6 +95,7 @@ fn main() -> std::process::ExitCode {
                     Command::Dev(args) => success(dev_cmd::run(args).await),
                     Command::Exec(args) => client_cmd::exec(args).await,
                     Command::Sessions(args) => client_cmd::sessions(args).await,
+                    Command::Machines(args) => fleet_cmd::machines(args).await,
                     Command::Ls(args) => client_cmd::ls(args).await,
                     Command::Attach(args) => client_cmd::attach(args).await,
                     Command::Cp(args) => client_cmd::cp(args).await,

@@ -134,6 +134,22 @@ impl AgentLink for AgentLinkService {
             limits::MAX_SESSION_ID_BYTES,
         )?;
         let session = self.live_session(&machine, &hello.session_id).await?;
+        // What the machine declares about itself: stored (validated and
+        // bounded) in the background, never trusted for access.
+        tokio::spawn({
+            let (state, id) = (self.state.clone(), machine.machine_id.clone());
+            let labels = crate::inventory::declared_labels(&id, hello.labels.clone());
+            async move {
+                let stored = crate::db::with_store(&state.store, {
+                    let id = id.clone();
+                    move |store| store.set_agent_labels(&id, &labels)
+                })
+                .await;
+                if let Err(err) = stored {
+                    tracing::warn!(error = %format!("{err:#}"), machine = %id, "cannot record the labels the agent declared");
+                }
+            }
+        });
         let (tx, rx) = mpsc::channel(limits::AGENT_DOWNLINK_QUEUE);
         let link = ExecLink::new(tx);
         link.transfers().set_supported(&hello.capabilities);

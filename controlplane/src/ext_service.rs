@@ -7,9 +7,9 @@
 use std::{sync::Arc, time::Duration};
 
 use cmdop_proto::ext::{
-    cmdop_server::Cmdop, exec_input, ExecInput, ExecRequest, IssueTokenRequest, Machine,
-    RefreshTokenRequest, ResolveMachineRequest, ResolveMachineResponse, ServerInfoRequest,
-    ServerInfoResponse, TokenPair,
+    cmdop_server::Cmdop, exec_input, ExecInput, ExecRequest, IssueTokenRequest,
+    ListMachinesRequest, ListMachinesResponse, Machine, RefreshTokenRequest, ResolveMachineRequest,
+    ResolveMachineResponse, ServerInfoRequest, ServerInfoResponse, TokenPair,
 };
 use tonic::{Request, Response, Status};
 
@@ -27,8 +27,9 @@ use crate::{
 
 /// Capabilities advertised by ServerInfo in every configuration; side
 /// connections ([`raw::CAPABILITY`]) are added when they are on.
-pub const CAPABILITIES: [&str; 6] = [
+pub const CAPABILITIES: [&str; 7] = [
     cmdop_proto::caps::EXEC,
+    cmdop_proto::caps::MACHINES,
     cmdop_proto::caps::EXEC_STDIN,
     cmdop_proto::caps::EXEC_OUTCOME,
     cmdop_proto::caps::MACHINE_ID,
@@ -104,6 +105,7 @@ fn machines(state: &State, ws: &Workspace) -> Result<(Vec<MachineWithSession>, b
                     connected_at_unix_ms: unix_ms(s.connected_at),
                     last_seen_unix_ms: s.last_activity_ms(),
                     native_exec: s.is_live() && s.exec_link().is_some(),
+                    ..Default::default()
                 },
                 None => Machine {
                     machine_id: row.machine_id,
@@ -138,6 +140,26 @@ fn access_ttl(seconds: u32) -> Duration {
 
 #[tonic::async_trait]
 impl Cmdop for CmdopService {
+    async fn list_machines(
+        &self,
+        request: Request<ListMachinesRequest>,
+    ) -> Result<Response<ListMachinesResponse>, Status> {
+        let ws = self.client(&request)?;
+        let scope = if crate::cluster::is_forwarded(&request) {
+            crate::inventory::Scope::ThisReplica
+        } else {
+            match crate::cluster::asking_caller(self.state.cluster.is_some(), &request) {
+                Some(caller) => crate::inventory::Scope::Workspace(
+                    crate::inventory::live_elsewhere(&self.state, &caller).await,
+                ),
+                None => crate::inventory::Scope::Workspace(Vec::new()),
+            }
+        };
+        crate::inventory::list(&self.state, &ws, request.into_inner(), scope)
+            .await
+            .map(Response::new)
+    }
+
     async fn server_info(
         &self,
         request: Request<ServerInfoRequest>,

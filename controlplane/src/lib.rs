@@ -16,6 +16,7 @@ mod exec_relay;
 mod ext_service;
 mod files;
 mod gate;
+mod inventory;
 mod last_seen;
 pub mod limits;
 #[cfg(target_os = "linux")]

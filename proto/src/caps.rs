@@ -15,6 +15,9 @@
 pub const EXEC: &str = "exec.v1";
 /// Machines are addressed by a stable machine id as well as by hostname.
 pub const MACHINE_ID: &str = "machine-id.v1";
+/// The server lists machines with labels, facts and presence, chosen by a
+/// selector (`Cmdop/ListMachines`).
+pub const MACHINES: &str = "machines.v1";
 /// The server issues and refreshes access/refresh token pairs.
 pub const TOKENS: &str = "tokens.v1";
 /// Streaming file transfers: `Upload`/`Download` (server) and
@@ -53,6 +56,7 @@ mod tests {
         let all = [
             (EXEC, "exec.v1"),
             (MACHINE_ID, "machine-id.v1"),
+            (MACHINES, "machines.v1"),
             (TOKENS, "tokens.v1"),
             (FILES, "files.v1"),
             (EXEC_SPAWNED, "exec-spawned.v1"),

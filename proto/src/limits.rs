@@ -37,3 +37,14 @@ pub const HTTP2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// by the agent; to run a longer script, send it as `stdin` of
 /// `/bin/sh -s` instead.
 pub const MAX_COMMAND_BYTES: usize = 128 * 1024 - 1;
+
+/// Most labels one source (an agent, or admins) may set on one machine;
+/// more is refused, so what a machine declares stays bounded.
+pub const MAX_LABELS_PER_SOURCE: usize = 64;
+
+/// Most machines one ListMachines page holds (and the default page size).
+pub const MAX_MACHINES_PAGE: usize = 1000;
+
+/// The label-key prefix of facts the control plane derives (hostname, os,
+/// arch, status …): reserved, neither agents nor admins can set it.
+pub const FACT_LABEL_PREFIX: &str = "cmdop.io/";

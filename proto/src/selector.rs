@@ -380,6 +380,27 @@ fn char_hint(c: char) -> &'static str {
     }
 }
 
+/// Checks one label as a machine may carry it (`key=value`): the key as a
+/// selector writes it, the value at most 63 characters of
+/// `[A-Za-z0-9._-]` starting and ending with a letter or digit, or empty
+/// (selected by `key`, `!key`, `key!=v`). The message names the label and
+/// byte offsets count in `key=value`.
+pub fn check_label(key: &str, value: &str) -> Result<(), SelectorError> {
+    let fail = |m: String| SelectorError {
+        message: format!("label `{}`: {m}", quoted(key)),
+    };
+    if key.is_empty() {
+        return Err(fail(
+            "the key is empty; write KEY=VALUE, e.g. env=prod".into(),
+        ));
+    }
+    check_key(key, 0).map_err(fail)?;
+    if !value.is_empty() {
+        check_name(value, key.len() + 1, "value").map_err(fail)?;
+    }
+    Ok(())
+}
+
 /// Checks a key (`name` or `prefix/name`) that starts at byte `at`.
 fn check_key(key: &str, at: usize) -> Result<(), String> {
     let (prefix, name, name_at) = match key.split_once('/') {
@@ -847,6 +868,21 @@ pub fn parse_host_list(input: &str) -> Result<Vec<String>, SelectorError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn labels_are_checked_like_selector_terms_and_may_have_empty_values() {
+        assert!(check_label("env", "prod").is_ok());
+        assert!(check_label("example.com/role", "web-1").is_ok());
+        assert!(check_label("env", "").is_ok());
+        let err = check_label("", "x").unwrap_err().to_string();
+        assert!(err.contains("the key is empty"), "{err}");
+        let err = check_label("bad key", "x").unwrap_err().to_string();
+        assert!(err.starts_with("label `bad key`:"), "{err}");
+        assert!(check_label("env", "has space").is_err());
+        assert!(check_label("env", "-dash").is_err());
+        assert!(check_label("env", &"v".repeat(64)).is_err());
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

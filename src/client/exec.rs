@@ -69,6 +69,10 @@ pub struct ExecOptions {
     /// Hand the output only to the chunk callback and keep none of it in
     /// the result (for large outputs).
     pub discard_output: bool,
+    /// Run on this machine (from a listing, e.g. [`Client::list_machines`])
+    /// instead of the client's selected one, so that one client can run
+    /// commands on many machines at once. `None` = the selected machine.
+    pub machine: Option<super::MachineInfo>,
 }
 
 /// Which output a call keeps in its [`ExecOutput`].
@@ -239,7 +243,10 @@ impl Client {
             .timeout
             .filter(|t| !t.is_zero())
             .unwrap_or(self.inner.opts.timeout);
-        let machine = self.machine().ok_or_else(Error::no_machine)?;
+        let machine = match &opts.machine {
+            Some(m) => m.clone(),
+            None => self.machine().ok_or_else(Error::no_machine)?,
+        };
         let server_native = lock(&self.inner.facts).has(caps::EXEC);
         // Without the extension's machine lookup we do not know whether the
         // agent executes natively; asking costs one round trip and answers

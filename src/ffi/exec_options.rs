@@ -195,6 +195,7 @@ pub(super) unsafe fn core_options(o: &cmdop_exec_options) -> Result<ExecOptions,
         env,
         working_directory,
         discard_output: o.discard_output,
+        machine: None,
     })
 }
 

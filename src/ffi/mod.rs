@@ -24,6 +24,8 @@ mod client;
 mod events;
 // 5. machines
 mod machines;
+// (the fleet: listing machines by label)
+mod fleet;
 // 6. execute, then what it takes and gives
 mod exec;
 // (options, cancel tokens, output callbacks, results)

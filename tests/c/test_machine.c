@@ -2,7 +2,9 @@
  * Machine selection on a workspace with agents alpha-one, alpha-two and
  * bravo-host (`cmdop server` + three `cmdop agent`s, see run.sh): exact and
  * partial hostnames, unknown (NOT_FOUND), ambiguous (AMBIGUOUS listing the
- * matches), by machine id, and switching between machines mid-session.
+ * matches), by machine id, switching between machines mid-session, and
+ * listing the machines by label selector and host list
+ * (cmdop_list_machines).
  * Each agent exports CMDOP_TEST_AGENT=<its hostname>, so a command shows
  * which machine ran it.
  */
@@ -103,6 +105,57 @@ int main(void) {
       CHECK(cmdop_file_list_count(l) > 0);
       cmdop_file_list_free(l);
     }
+  }
+
+  /* The fleet: every machine of the workspace, sorted by hostname, with
+   * ids that select them and facts as labels. */
+  {
+    cmdop_machine_list *l = NULL;
+    const cmdop_machine *m;
+    size_t i;
+    CHECK_OK(cmdop_list_machines(c, NULL, NULL, &l));
+    CHECK(cmdop_machine_list_count(l) == 3);
+    m = cmdop_machine_list_get(l, 0);
+    CHECK(m != NULL && strcmp(cmdop_machine_hostname(m), "alpha-one") == 0);
+    CHECK(cmdop_machine_online(m));
+    CHECK(strncmp(cmdop_machine_id(m), "mach_", 5) == 0);
+    CHECK(cmdop_machine_label(m, "cmdop.io/hostname") != NULL &&
+          strcmp(cmdop_machine_label(m, "cmdop.io/hostname"), "alpha-one") == 0);
+    CHECK(cmdop_machine_label(m, "no-such-label") == NULL);
+    CHECK(cmdop_machine_label(m, NULL) == NULL);
+    CHECK(cmdop_machine_cpu_count(m) > 0 && cmdop_machine_memory_bytes(m) > 0);
+    CHECK(strcmp(cmdop_machine_os(m), "linux") == 0);
+    CHECK(cmdop_machine_label_count(m) > 3);
+    for (i = 0; i < cmdop_machine_label_count(m); i++)
+      CHECK(cmdop_machine_label_key(m, i) != NULL && cmdop_machine_label_value(m, i) != NULL);
+    CHECK(cmdop_machine_label_key(m, 9999) == NULL);
+    CHECK(cmdop_machine_list_get(l, 3) == NULL);
+    /* A listed id selects its machine. */
+    m = cmdop_machine_list_get(l, 2);
+    CHECK(m != NULL && strcmp(cmdop_machine_hostname(m), "bravo-host") == 0);
+    if (m) {
+      CHECK(strcmp(cmdop_machine_id(m), id_bravo) == 0);
+      CHECK_OK(cmdop_set_machine_id(c, cmdop_machine_id(m)));
+      expect_agent(c, "bravo-host", __LINE__);
+    }
+    cmdop_machine_list_free(l);
+    l = NULL;
+    CHECK_OK(cmdop_list_machines(c, "cmdop.io/status=online", "alpha-*", &l));
+    CHECK(cmdop_machine_list_count(l) == 2);
+    cmdop_machine_list_free(l);
+    l = NULL;
+    CHECK_OK(cmdop_list_machines(c, "cmdop.io/hostname in (bravo-host)", "", &l));
+    CHECK(cmdop_machine_list_count(l) == 1);
+    cmdop_machine_list_free(l);
+    l = NULL;
+    /* A bad selector: INVALID_ARGUMENT saying what is wrong. */
+    CHECK_STATUS(cmdop_list_machines(c, "env=", NULL, &l), CMDOP_STATUS_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("a value is missing");
+    CHECK(l == NULL);
+    CHECK_STATUS(cmdop_list_machines(c, NULL, NULL, NULL), CMDOP_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(cmdop_list_machines(NULL, NULL, NULL, &l), CMDOP_STATUS_INVALID_ARGUMENT);
+    cmdop_machine_list_free(NULL);
+    CHECK(cmdop_machine_list_count(NULL) == 0 && cmdop_machine_id(NULL) == NULL);
   }
 
   cmdop_client_free(c);

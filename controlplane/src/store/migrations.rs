@@ -18,7 +18,7 @@ use super::{
 };
 
 /// The schema version this build writes and understands.
-pub const LATEST: i64 = 2;
+pub const LATEST: i64 = 3;
 
 /// Brings the database to [`LATEST`]; run inside a write transaction.
 pub fn run(db: &mut dyn Exec) -> anyhow::Result<()> {
@@ -62,6 +62,7 @@ fn step(db: &mut dyn Exec, version: i64) -> anyhow::Result<()> {
         (1, Kind::Sqlite) => sqlite_v1(db),
         (1, Kind::Postgres) => db.batch(POSTGRES_V1),
         (2, _) => db.batch(CLUSTER_V2),
+        (3, _) => db.batch(INVENTORY_V3),
         _ => bail!("no migration to schema version {version}"),
     }
 }
@@ -183,4 +184,23 @@ CREATE TABLE IF NOT EXISTS routes (
 CREATE INDEX IF NOT EXISTS routes_session ON routes(session_id);
 CREATE INDEX IF NOT EXISTS routes_workspace ON routes(workspace_id);
 CREATE INDEX IF NOT EXISTS routes_replica ON routes(replica_id);
+";
+
+/// Version 3: machine facts (as last reported) and labels, by source
+/// (`agent`: declared by the machine, untrusted; `admin`: set by an admin).
+const INVENTORY_V3: &str = "
+ALTER TABLE machines ADD COLUMN os TEXT NOT NULL DEFAULT '';
+ALTER TABLE machines ADD COLUMN os_version TEXT NOT NULL DEFAULT '';
+ALTER TABLE machines ADD COLUMN kernel TEXT NOT NULL DEFAULT '';
+ALTER TABLE machines ADD COLUMN arch TEXT NOT NULL DEFAULT '';
+ALTER TABLE machines ADD COLUMN cpu_count BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE machines ADD COLUMN memory_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE machines ADD COLUMN agent_version TEXT NOT NULL DEFAULT '';
+CREATE TABLE IF NOT EXISTS machine_labels (
+    machine_id TEXT NOT NULL REFERENCES machines(machine_id),
+    source     TEXT NOT NULL CHECK (source IN ('agent', 'admin')),
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    PRIMARY KEY (machine_id, source, key)
+);
 ";

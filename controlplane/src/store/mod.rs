@@ -18,6 +18,7 @@
 
 pub mod cluster;
 pub mod engine;
+mod inventory;
 mod machines;
 mod migrations;
 mod private;
@@ -35,6 +36,7 @@ use std::{
 use anyhow::{bail, Context};
 use rusqlite::{Connection, TransactionBehavior};
 
+pub use inventory::{Facts, InventoryRow, LabelSource, Labels};
 pub use machines::{HostnameUpdate, DEFAULT_ENROLLMENT_TOKEN_TTL};
 pub use standing::{Credential, Standing};
 pub use tokens::{AccessCheck, RefreshOutcome, TokenPair};

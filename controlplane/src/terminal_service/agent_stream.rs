@@ -53,7 +53,16 @@ pub fn start(
     // must not hold up the agent's registration.
     tokio::spawn({
         let (state, id, name) = (state.clone(), machine.machine_id.clone(), hostname.clone());
+        let facts = crate::inventory::facts_of(&register);
         async move {
+            let recorded = crate::db::with_store(&state.store, {
+                let id = id.clone();
+                move |store| store.set_facts(&id, &facts)
+            })
+            .await;
+            if let Err(err) = recorded {
+                tracing::warn!(error = %format!("{err:#}"), machine = %id, "cannot record machine facts");
+            }
             let touched = crate::db::with_store(&state.store, {
                 let (id, name) = (id.clone(), name.clone());
                 move |store| store.touch_machine(&id, &name)

@@ -438,6 +438,7 @@ pub async fn open_agent_link(
                 session_id: session_id.into(),
                 agent_version: "test".into(),
                 capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+                ..Default::default()
             })),
         })
         .await

@@ -1,0 +1,287 @@
+//! Fleets through the CLI against a real control plane and real agents:
+//! labels declared by agents and set by an admin, `cmdop machines` with
+//! selectors, one command on several machines with per-host output, and
+//! `cmdop exec` refusing to guess among several machines.
+
+mod common;
+
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+struct Fleet {
+    server: Server,
+    ws: Workspace,
+    _agents: Vec<Proc>,
+    hosts: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// A server with agents `<prefix>-web-1` (env=prod, role=web),
+/// `<prefix>-web-2` (env=staging, role=web) and `<prefix>-db-1` (env=prod,
+/// role=db), all online with native exec.
+async fn fleet(prefix: &str) -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0", &[]);
+    let ws = create_workspace(dir.path(), "fleet");
+    let specs = [
+        ("web-1", "env=prod,role=web"),
+        ("web-2", "env=staging,role=web"),
+        ("db-1", "env=prod,role=db"),
+    ];
+    let mut agents = Vec::new();
+    let mut hosts = Vec::new();
+    for (name, labels) in specs {
+        let host = format!("{prefix}-{name}");
+        let token = enroll_token(dir.path(), "fleet");
+        let state = dir.path().join(format!("{name}.json"));
+        agents.push(start_agent(
+            &server.addr,
+            Some(&token),
+            &state,
+            &host,
+            &["--label", labels],
+        ));
+        hosts.push(host);
+    }
+    let mut e = ext(&server.addr, Some(&ws.api_key)).await;
+    for host in &hosts {
+        wait_native_exec(&mut e, host).await;
+    }
+    let f = Fleet {
+        server,
+        ws,
+        _agents: agents,
+        hosts,
+        _dir: dir,
+    };
+    // Declared labels are stored in the background: wait until all show.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cli(&f, &["machines", "-l", "role"]);
+        if String::from_utf8_lossy(&out.stdout).lines().count() == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "labels did not show: {out:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f
+}
+
+/// `cmdop ARGS` as a client of the fleet's server.
+fn cli(f: &Fleet, args: &[&str]) -> Output {
+    Command::new(cmdop_bin())
+        .args(args)
+        .env("CMDOP_SERVER", format!("http://{}", f.server.addr))
+        .env("CMDOP_API_KEY", &f.ws.api_key)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cmdop")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Hostnames of `cmdop machines --json ARGS`.
+fn listed(f: &Fleet, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["machines", "--json"];
+    all.extend_from_slice(args);
+    let out = cli(f, &all);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut hosts: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("one JSON object per line");
+            v["hostname"].as_str().unwrap().to_string()
+        })
+        .collect();
+    hosts.sort();
+    hosts
+}
+
+#[tokio::test]
+async fn labels_select_machines_and_one_command_runs_on_several() {
+    let f = fleet("fl").await;
+    let [web1, web2, db1] = [&f.hosts[0], &f.hosts[1], &f.hosts[2]];
+
+    // The table: a header and every machine with its labels and presence.
+    let out = cli(&f, &["machines"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("HOSTNAME"), "{table}");
+    let db_line = table.lines().find(|l| l.starts_with(db1.as_str())).unwrap();
+    assert!(
+        db_line.contains("online") && db_line.contains("env=prod,role=db"),
+        "{db_line}"
+    );
+    assert!(db_line.contains("mach_"), "{db_line}");
+
+    // Every selector form, and host lists and globs.
+    assert_eq!(listed(&f, &["-l", "env=prod"]), [db1.clone(), web1.clone()]);
+    assert_eq!(listed(&f, &["-l", "env!=prod"]), vec![web2.clone()]);
+    assert_eq!(listed(&f, &["-l", "role in (db,cache)"]), vec![db1.clone()]);
+    assert_eq!(
+        listed(&f, &["-l", "role notin (db)"]),
+        [web1.clone(), web2.clone()]
+    );
+    assert_eq!(listed(&f, &["-l", "env=prod,role=web"]), vec![web1.clone()]);
+    assert_eq!(listed(&f, &["-l", "tier"]), Vec::<String>::new());
+    assert_eq!(listed(&f, &["-l", "!tier"]).len(), 3);
+    assert_eq!(listed(&f, &["-l", "cmdop.io/status=online"]).len(), 3);
+    assert_eq!(listed(&f, &["-l", "cmdop.io/os=linux"]).len(), 3);
+    assert_eq!(
+        listed(&f, &["-H", "fl-web-*"]),
+        [web1.clone(), web2.clone()]
+    );
+    assert_eq!(
+        listed(&f, &["-H", &format!("{web2},{db1}")]),
+        [db1.clone(), web2.clone()]
+    );
+    // A bad selector is refused with what is wrong and the flag.
+    let bad = cli(&f, &["machines", "-l", "env="]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("-l"), "{}", stderr(&bad));
+
+    // An admin label wins over what the machine declares, and the machine
+    // cannot take it back by declaring again.
+    let dir = &f.server.data_dir;
+    let set = admin(dir, &["label", web1, "env=staging", "owner=ops"]);
+    assert!(
+        set.contains("env=staging") && set.contains("owner=ops"),
+        "{set}"
+    );
+    assert_eq!(listed(&f, &["-l", "env=prod"]), vec![db1.clone()]);
+    assert_eq!(
+        listed(&f, &["-l", "env=staging"]),
+        [web1.clone(), web2.clone()]
+    );
+    let out = cli(&f, &["machines", "--json", "-H", web1]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        v["agent_labels"]["env"], "prod",
+        "the declaration is still shown"
+    );
+    assert_eq!(v["admin_labels"]["env"], "staging");
+    assert_eq!(
+        v["labels"]["env"], "staging",
+        "the admin's value is what selectors see"
+    );
+    let removed = admin(dir, &["label", web1, "--remove", "env"]);
+    assert!(!removed.contains("env="), "{removed}");
+    assert_eq!(listed(&f, &["-l", "env=prod"]), [db1.clone(), web1.clone()]);
+    // Reserved keys cannot be set by anyone.
+    let refused = Command::new(cmdop_bin())
+        .args(["admin", "--data-dir"])
+        .arg(dir)
+        .args(["label", web1, "cmdop.io/status=online"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("reserved"));
+
+    // One command on two machines: each line prefixed with its host, a
+    // summary on stderr, exit 0.
+    let out = cli(&f, &["exec", "-l", "role=web", "echo hello; echo oops >&2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut got: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    got.sort();
+    assert_eq!(got, [format!("{web1}: hello"), format!("{web2}: hello")]);
+    assert!(
+        stderr(&out).contains(&format!("{web1}: oops")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("2 ok, 0 failed, 0 did not run"),
+        "{}",
+        stderr(&out)
+    );
+
+    // One machine failing (exactly one of two wins an atomic mkdir): exit
+    // 1, and the summary names the failure.
+    let marker = f._dir.path().join("first");
+    let race = format!("mkdir '{}' 2>/dev/null || exit 5", marker.display());
+    let out = cli(&f, &["exec", "-l", "env=prod", &race]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 ok, 1 failed, 0 did not run"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains(": exit 5"), "{}", stderr(&out));
+
+    // JSON: one object per machine with its exact outcome.
+    let out = cli(
+        &f,
+        &[
+            "exec",
+            "--json",
+            "-l",
+            "role=web",
+            "printf out; printf err >&2; exit 7",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    for line in stdout(&out).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["exit_code"], 7);
+        assert_eq!(v["status"], "failed");
+        assert_eq!(v["stdout"], "out");
+        assert_eq!(v["stderr"], "err");
+        assert!(v["machine_id"].as_str().unwrap().starts_with("mach_"));
+    }
+    assert_eq!(stdout(&out).lines().count(), 2);
+
+    // Several machines online and no -H/-l: refused, naming some of them.
+    let out = cli(&f, &["exec", "true"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("3 machines are online") && err.contains("-H HOST"),
+        "{err}"
+    );
+    // A selector that matches nothing is an error, not silence.
+    let out = cli(&f, &["exec", "-l", "env=nowhere", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no machine matches"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn an_offline_machine_of_the_selection_did_not_run() {
+    let mut f = fleet("off").await;
+    let gone = f.hosts[2].clone();
+    f._agents[2].kill();
+    let mut e = ext(&f.server.addr, Some(&f.ws.api_key)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while machine_by_host(&mut e, &gone).await.status == "connected" {
+        assert!(
+            Instant::now() < deadline,
+            "the killed agent still shows as connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = cli(&f, &["exec", "-l", "env=prod", "echo ran"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("{}: ran", f.hosts[0]));
+    let err = stderr(&out);
+    assert!(err.contains("1 ok, 0 failed, 1 did not run"), "{err}");
+    assert!(
+        err.contains(&format!("{gone}: did not run: offline")),
+        "{err}"
+    );
+    let listed = cli(&f, &["machines", "-l", "cmdop.io/status=offline"]);
+    assert!(stdout(&listed).contains(&gone), "{}", stdout(&listed));
+}
