@@ -1070,3 +1070,41 @@ async fn an_agent_reconnecting_during_an_outage_is_routed_once_the_database_is_b
         back.elapsed()
     );
 }
+
+/// ListMachines through a replica that does not hold the agent shows the
+/// machine online, with its labels and facts, on every replica; a machine
+/// offline everywhere shows as offline.
+#[tokio::test]
+async fn every_replica_lists_the_workspace_s_machines_with_presence() {
+    use cmdop_proto::ext::ListMachinesRequest;
+    let cl = cluster("inventory-host").await;
+    admin_pg(&cl.url, &["label", &cl.machine_id, "tier=db"]);
+    for addr in [&cl.a.addr, &cl.b.addr, &cl.c.addr] {
+        let mut e = ext(addr, Some(&cl.ws.api_key)).await;
+        let listed = e
+            .list_machines(ListMachinesRequest {
+                selector: "tier=db,cmdop.io/status=online".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("ListMachines")
+            .into_inner();
+        assert_eq!(listed.machines.len(), 1, "through {addr}: {listed:?}");
+        let m = &listed.machines[0];
+        assert_eq!(m.hostname, cl.host);
+        assert_eq!(m.machine_id, cl.machine_id);
+        assert_eq!(m.status, "connected", "through {addr}");
+        assert_eq!(m.admin_labels.get("tier").map(String::as_str), Some("db"));
+        assert!(m.facts.as_ref().is_some_and(|f| f.cpu_count > 0));
+    }
+    // A selector error is INVALID_ARGUMENT on every replica.
+    let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let err = e
+        .list_machines(ListMachinesRequest {
+            selector: "tier in (".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a bad selector");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+}
