@@ -185,6 +185,13 @@ cmdop_status cmdopgo_list_sessions(cmdop_client *c, cmdop_session_list **out, ch
   return st;
 }
 
+cmdop_status cmdopgo_list_machines(cmdop_client *c, const char *selector, const char *hosts,
+                                  cmdop_machine_list **out, char **msg) {
+  cmdop_status st = cmdop_list_machines(c, selector, hosts, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
 cmdop_status cmdopgo_files_list(cmdop_client *c, const char *path, const char *token,
                                        int hidden, cmdop_file_list **out, char **msg) {
   cmdop_status st = cmdop_list_files_page(c, path, token, hidden != 0, out);

@@ -362,6 +362,17 @@ func TestSessionsAndInfo(t *testing.T) {
 	if !found {
 		t.Fatalf("session %s missing from %+v", sess.ID, all)
 	}
+	machines, err := c.Machines("cmdop.io/status=online", s.machine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(machines) != 1 || machines[0].Hostname != s.machine || !machines[0].Online ||
+		!strings.HasPrefix(machines[0].ID, "mach_") || machines[0].Labels["cmdop.io/hostname"] != s.machine {
+		t.Fatalf("machines matching %s: %+v", s.machine, machines)
+	}
+	if _, err := c.Machines("env=", ""); !errors.Is(err, cmdop.ErrInvalidArgument) {
+		t.Fatalf("a bad selector: %v", err)
+	}
 	info, err := c.ConnectionInfo()
 	if err != nil {
 		t.Fatal(err)

@@ -36,6 +36,8 @@ cmdop_status cmdopgo_read_file_to(cmdop_client *c, const char *path, uintptr_t h
 cmdop_status cmdopgo_connection_info(cmdop_client *c, cmdop_connection_info **out, char **msg);
 cmdop_status cmdopgo_active_session(cmdop_client *c, const char *host, cmdop_session **out, char **msg);
 cmdop_status cmdopgo_list_sessions(cmdop_client *c, cmdop_session_list **out, char **msg);
+cmdop_status cmdopgo_list_machines(cmdop_client *c, const char *selector, const char *hosts,
+                                  cmdop_machine_list **out, char **msg);
 cmdop_status cmdopgo_files_list(cmdop_client *c, const char *path, const char *token, int hidden,
                                 cmdop_file_list **out, char **msg);
 cmdop_status cmdopgo_file_read(cmdop_client *c, const char *path, cmdop_bytes **out, char **msg);

@@ -83,6 +83,78 @@ func (c *Client) Sessions() ([]Session, error) {
 	return out, err
 }
 
+// Machine is one machine of the workspace as ListMachines reports it.
+type Machine struct {
+	ID       string // stable id, mach_…; works with SetMachineID
+	Hostname string
+	Online   bool
+	LastSeen time.Time // zero when never seen
+	OS       string
+	Arch     string
+	CPUs     int
+	Memory   uint64 // bytes
+	// Labels are what selectors see: the agent's labels, admin labels
+	// over them, and facts as cmdop.io/… labels.
+	Labels       map[string]string
+	AgentVersion string
+}
+
+func machineFrom(m *C.cmdop_machine) Machine {
+	out := Machine{
+		ID:           C.GoString(C.cmdop_machine_id(m)),
+		Hostname:     C.GoString(C.cmdop_machine_hostname(m)),
+		Online:       bool(C.cmdop_machine_online(m)),
+		OS:           C.GoString(C.cmdop_machine_os(m)),
+		Arch:         C.GoString(C.cmdop_machine_arch(m)),
+		CPUs:         int(C.cmdop_machine_cpu_count(m)),
+		Memory:       uint64(C.cmdop_machine_memory_bytes(m)),
+		AgentVersion: C.GoString(C.cmdop_machine_agent_version(m)),
+		Labels:       map[string]string{},
+	}
+	if ms := int64(C.cmdop_machine_last_seen_ms(m)); ms > 0 {
+		out.LastSeen = time.UnixMilli(ms)
+	}
+	n := C.cmdop_machine_label_count(m)
+	for i := C.size_t(0); i < n; i++ {
+		out.Labels[C.GoString(C.cmdop_machine_label_key(m, i))] = C.GoString(C.cmdop_machine_label_value(m, i))
+	}
+	return out
+}
+
+// Machines lists the workspace's machines, online or not, sorted by
+// hostname, that match selector (a label selector such as
+// "env=prod,role in (web,api)"; "" for all) and hosts (hostnames or globs,
+// comma-separated; "" for any). ErrInvalidArgument says what is wrong with
+// either; ErrNotSupported when the server cannot list machines.
+func (c *Client) Machines(selector, hosts string) ([]Machine, error) {
+	sel, err := cString("the selector", selector)
+	if err != nil {
+		return nil, err
+	}
+	defer C.free(unsafe.Pointer(sel))
+	h, err := cString("the host list", hosts)
+	if err != nil {
+		return nil, err
+	}
+	defer C.free(unsafe.Pointer(h))
+	var out []Machine
+	err = c.use(func(p *C.cmdop_client) error {
+		var list *C.cmdop_machine_list
+		var msg *C.char
+		if err := check(C.cmdopgo_list_machines(p, sel, h, &list, &msg), msg); err != nil {
+			return err
+		}
+		defer C.cmdop_machine_list_free(list)
+		n := int(C.cmdop_machine_list_count(list))
+		out = make([]Machine, 0, n)
+		for i := 0; i < n; i++ {
+			out = append(out, machineFrom(C.cmdop_machine_list_get(list, C.size_t(i))))
+		}
+		return nil
+	})
+	return out, err
+}
+
 // ConnectionInfo describes a client's connection.
 type ConnectionInfo struct {
 	Server        string

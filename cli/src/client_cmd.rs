@@ -175,6 +175,10 @@ pub struct ExecArgs {
     /// With several machines: start no more machines once this many failed.
     #[arg(long, value_name = "K")]
     pub max_failures: Option<usize>,
+    /// With several machines: rolling batches of N machines (or P% of
+    /// them); the next batch starts when the previous one has finished.
+    #[arg(long, value_name = "N|P%", value_parser = crate::fleet_cmd::parse_batch)]
+    pub batch: Option<crate::fleet_cmd::Batch>,
     /// With several machines: one JSON object per machine and line
     /// (machine_id, hostname, status, exit_code, stdout, stderr,
     /// duration_ms) instead of prefixed lines.
@@ -233,6 +237,7 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
             hosts: args.machine.host.unwrap_or_default(),
             parallel: args.parallel,
             max_failures: args.max_failures,
+            batch: args.batch,
             json: args.json,
         };
         return crate::fleet_cmd::exec_many(client, command, opts, fan).await;

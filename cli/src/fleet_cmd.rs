@@ -210,7 +210,33 @@ pub struct FanOut {
     pub hosts: String,
     pub parallel: usize,
     pub max_failures: Option<usize>,
+    /// Rolling batches: the next starts when the previous has finished.
+    pub batch: Option<Batch>,
     pub json: bool,
+}
+
+/// The size of a rolling batch: a count or a share of the selected machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    Machines(usize),
+    Percent(usize),
+}
+
+/// `--batch N` or `--batch P%`.
+pub fn parse_batch(text: &str) -> Result<Batch, String> {
+    let bad = || {
+        format!("'{text}' is not a batch size; write a count (--batch 10) or a share (--batch 25%)")
+    };
+    match text.trim().strip_suffix('%') {
+        Some(p) => match p.trim().parse::<usize>() {
+            Ok(p) if (1..=100).contains(&p) => Ok(Batch::Percent(p)),
+            _ => Err(bad()),
+        },
+        None => match text.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Batch::Machines(n)),
+            _ => Err(bad()),
+        },
+    }
 }
 
 /// One machine's end.
@@ -321,7 +347,7 @@ pub async fn exec_many(
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = CancelToken::new();
     let results = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut targets = Vec::new();
     for m in machines {
         if !m.online() {
             results.lock().unwrap_or_else(|p| p.into_inner()).push((
@@ -333,88 +359,103 @@ pub async fn exec_many(
             ));
             continue;
         }
-        let (client, limiter, failures, stop, results) = (
-            client.clone(),
-            limiter.clone(),
-            failures.clone(),
-            stop.clone(),
-            results.clone(),
-        );
-        let (command, mut opts) = (command.clone(), opts.clone());
-        let (json, max_failures) = (fan.json, fan.max_failures);
-        tasks.spawn(async move {
-            let _slot = limiter.acquire_owned().await;
-            let skip = max_failures
-                .is_some_and(|k| failures.load(std::sync::atomic::Ordering::SeqCst) >= k);
-            if skip || stop.is_cancelled() {
-                results.lock().unwrap_or_else(|p| p.into_inner()).push((
-                    m,
-                    Outcome::NotRun("skipped after --max-failures".into()),
-                    Vec::new(),
-                    Vec::new(),
-                    0,
-                ));
-                return;
-            }
-            opts.machine = Some(MachineInfo {
-                machine_id: m.machine_id.clone(),
-                hostname: m.hostname.clone(),
-                session_id: m.session_id.clone(),
-                status: m.status.clone(),
-                os: m.os.clone(),
-                shell: String::new(),
-                native_exec: m.native_exec,
-            });
-            opts.discard_output = !json;
-            let mut prefixer = Prefixer {
-                prefix: format!("{}: ", m.hostname),
-                partial: [Vec::new(), Vec::new()],
-            };
-            let started = std::time::Instant::now();
-            let result = if json {
-                client
-                    .execute_with(&command, &opts, |_, _| {}, stop.clone())
-                    .await
-            } else {
-                client
-                    .execute_with(&command, &opts, |s, d| prefixer.push(s, d), stop.clone())
-                    .await
-            };
-            prefixer.finish();
-            let took = started.elapsed().as_millis() as u64;
-            let (outcome, out, err) = match result {
-                Ok(o) if o.signal != 0 => (Outcome::Signal(o.signal), o.stdout, o.stderr),
-                Ok(o) => (Outcome::Exited(o.exit_code), o.stdout, o.stderr),
-                Err(Error::Timeout { partial, .. }) => {
-                    let p = partial.map(|p| *p).unwrap_or_default();
-                    (Outcome::Timeout, p.stdout, p.stderr)
-                }
-                Err(Error::OutcomeUnknown { message, partial }) => {
-                    let p = partial.map(|p| *p).unwrap_or_default();
-                    (Outcome::Unknown(message), p.stdout, p.stderr)
-                }
-                Err(Error::Unavailable(msg)) if !msg.is_empty() => {
-                    (Outcome::NotRun(msg), Vec::new(), Vec::new())
-                }
-                Err(e) => (Outcome::Failed(e.to_string()), Vec::new(), Vec::new()),
-            };
-            if outcome.ran() && !outcome.ok() {
-                failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            results
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((m, outcome, out, err, took));
-        });
+        targets.push(m);
     }
+    let batch_size = match fan.batch {
+        Some(Batch::Machines(n)) => n.max(1),
+        Some(Batch::Percent(p)) => (targets.len() * p).div_ceil(100).max(1),
+        None => targets.len().max(1),
+    };
+    let mut interrupted = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    loop {
-        tokio::select! {
-            next = tasks.join_next() => if next.is_none() { break },
-            _ = &mut ctrl_c => {
-                eprintln!("cmdop: interrupted: stopping the command on every machine");
-                stop.cancel();
+    let mut pending = targets.into_iter().peekable();
+    while pending.peek().is_some() {
+        // A rolling batch: the next starts once this one has finished.
+        let mut tasks = tokio::task::JoinSet::new();
+        for m in pending.by_ref().take(batch_size) {
+            let (client, limiter, failures, stop, results) = (
+                client.clone(),
+                limiter.clone(),
+                failures.clone(),
+                stop.clone(),
+                results.clone(),
+            );
+            let (command, mut opts) = (command.clone(), opts.clone());
+            let (json, max_failures) = (fan.json, fan.max_failures);
+            tasks.spawn(async move {
+                let _slot = limiter.acquire_owned().await;
+                let skip = max_failures
+                    .is_some_and(|k| failures.load(std::sync::atomic::Ordering::SeqCst) >= k);
+                if skip || stop.is_cancelled() {
+                    results.lock().unwrap_or_else(|p| p.into_inner()).push((
+                        m,
+                        Outcome::NotRun("skipped after --max-failures".into()),
+                        Vec::new(),
+                        Vec::new(),
+                        0,
+                    ));
+                    return;
+                }
+                opts.machine = Some(MachineInfo {
+                    machine_id: m.machine_id.clone(),
+                    hostname: m.hostname.clone(),
+                    session_id: m.session_id.clone(),
+                    status: m.status.clone(),
+                    os: m.os.clone(),
+                    shell: String::new(),
+                    native_exec: m.native_exec,
+                });
+                opts.discard_output = !json;
+                let mut prefixer = Prefixer {
+                    prefix: format!("{}: ", m.hostname),
+                    partial: [Vec::new(), Vec::new()],
+                };
+                let started = std::time::Instant::now();
+                let result = if json {
+                    client
+                        .execute_with(&command, &opts, |_, _| {}, stop.clone())
+                        .await
+                } else {
+                    client
+                        .execute_with(&command, &opts, |s, d| prefixer.push(s, d), stop.clone())
+                        .await
+                };
+                prefixer.finish();
+                let took = started.elapsed().as_millis() as u64;
+                let (outcome, out, err) = match result {
+                    Ok(o) if o.signal != 0 => (Outcome::Signal(o.signal), o.stdout, o.stderr),
+                    Ok(o) => (Outcome::Exited(o.exit_code), o.stdout, o.stderr),
+                    Err(Error::Timeout { partial, .. }) => {
+                        let p = partial.map(|p| *p).unwrap_or_default();
+                        (Outcome::Timeout, p.stdout, p.stderr)
+                    }
+                    Err(Error::OutcomeUnknown { message, partial }) => {
+                        let p = partial.map(|p| *p).unwrap_or_default();
+                        (Outcome::Unknown(message), p.stdout, p.stderr)
+                    }
+                    Err(Error::Unavailable(msg)) if !msg.is_empty() => {
+                        (Outcome::NotRun(msg), Vec::new(), Vec::new())
+                    }
+                    Err(e) => (Outcome::Failed(e.to_string()), Vec::new(), Vec::new()),
+                };
+                if outcome.ran() && !outcome.ok() {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                results
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((m, outcome, out, err, took));
+            });
+        }
+        loop {
+            tokio::select! {
+                next = tasks.join_next() => if next.is_none() { break },
+                _ = &mut ctrl_c, if !interrupted => {
+                    interrupted = true;
+                    eprintln!("cmdop: interrupted: stopping the command on every machine");
+                    stop.cancel();
+                }
             }
         }
     }
@@ -486,6 +527,15 @@ mod tests {
         assert!(is_fan_out(None, Some("web-*")));
         assert!(!is_fan_out(None, Some("web-1")));
         assert!(!is_fan_out(None, None));
+    }
+
+    #[test]
+    fn batches_are_counts_or_shares() {
+        assert_eq!(parse_batch("10"), Ok(Batch::Machines(10)));
+        assert_eq!(parse_batch("25%"), Ok(Batch::Percent(25)));
+        for bad in ["0", "0%", "101%", "x", "-1", ""] {
+            assert!(parse_batch(bad).unwrap_err().contains("--batch"), "{bad}");
+        }
     }
 
     #[test]

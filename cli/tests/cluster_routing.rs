@@ -1097,6 +1097,20 @@ async fn every_replica_lists_the_workspace_s_machines_with_presence() {
         assert_eq!(m.admin_labels.get("tier").map(String::as_str), Some("db"));
         assert!(m.facts.as_ref().is_some_and(|f| f.cpu_count > 0));
     }
+    // One command on the selection through a replica that does not hold
+    // the agent: forwarded to the one that does, output prefixed.
+    let out = std::process::Command::new(cmdop_bin())
+        .args(["exec", "-l", "tier=db", "echo through-b"])
+        .env("CMDOP_SERVER", format!("http://{}", cl.b.addr))
+        .env("CMDOP_API_KEY", &cl.ws.api_key)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cmdop exec");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{}: through-b", cl.host)
+    );
     // A selector error is INVALID_ARGUMENT on every replica.
     let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
     let err = e

@@ -47,8 +47,11 @@ async fn fleet(prefix: &str) -> Fleet {
         ));
         hosts.push(host);
     }
+    // Each agent enrolls, connects, then opens its exec channel.
+    let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
     let mut e = ext(&server.addr, Some(&ws.api_key)).await;
     for host in &hosts {
+        wait_connected(&mut t, host).await;
         wait_native_exec(&mut e, host).await;
     }
     let f = Fleet {
@@ -219,6 +222,26 @@ async fn labels_select_machines_and_one_command_runs_on_several() {
     );
     assert!(stderr(&out).contains(": exit 5"), "{}", stderr(&out));
 
+    // Rolling batches of one never overlap (a lock directory proves it);
+    // all three at once do.
+    let lock = f._dir.path().join("lock");
+    let exclusive = format!(
+        "mkdir '{0}' 2>/dev/null || exit 9; sleep 0.3; rmdir '{0}'",
+        lock.display()
+    );
+    let out = cli(&f, &["exec", "-l", "role", "--batch", "1", &exclusive]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("3 ok, 0 failed"), "{}", stderr(&out));
+    let out = cli(&f, &["exec", "-l", "role", "--batch", "100%", &exclusive]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(": exit 9"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir(&lock);
+    let bad = cli(&f, &["exec", "-l", "role", "--batch", "0", "true"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--batch 10"),
+        "{bad:?}"
+    );
+
     // JSON: one object per machine with its exact outcome.
     let out = cli(
         &f,
@@ -264,12 +287,11 @@ async fn an_offline_machine_of_the_selection_did_not_run() {
     let mut f = fleet("off").await;
     let gone = f.hosts[2].clone();
     f._agents[2].kill();
-    let mut e = ext(&f.server.addr, Some(&f.ws.api_key)).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while machine_by_host(&mut e, &gone).await.status == "connected" {
+    while !listed(&f, &["-l", "cmdop.io/status=offline"]).contains(&gone) {
         assert!(
             Instant::now() < deadline,
-            "the killed agent still shows as connected"
+            "the killed agent still shows as online"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

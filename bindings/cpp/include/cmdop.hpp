@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -149,6 +150,8 @@ using InfoPtr =
 using SessionPtr = std::unique_ptr<cmdop_session, Deleter<cmdop_session, cmdop_session_free>>;
 using SessionListPtr =
     std::unique_ptr<cmdop_session_list, Deleter<cmdop_session_list, cmdop_session_list_free>>;
+using MachineListPtr =
+    std::unique_ptr<cmdop_machine_list, Deleter<cmdop_machine_list, cmdop_machine_list_free>>;
 using FileListPtr = std::unique_ptr<cmdop_file_list, Deleter<cmdop_file_list, cmdop_file_list_free>>;
 using BytesPtr = std::unique_ptr<cmdop_bytes, Deleter<cmdop_bytes, cmdop_bytes_free>>;
 using StdinPtr = std::unique_ptr<cmdop_exec_stdin, Deleter<cmdop_exec_stdin, cmdop_exec_stdin_free>>;
@@ -317,6 +320,38 @@ class CancelToken {
 
  private:
   detail::TokenPtr t_;
+};
+
+/// One machine of the workspace as cmdop_list_machines() reports it.
+struct Machine {
+  std::string id;  ///< mach_…; works with Client::set_machine_id()
+  std::string hostname;
+  bool online = false;
+  int64_t last_seen_ms = 0;  ///< Unix milliseconds, 0 when never seen
+  std::string os;
+  std::string arch;
+  uint32_t cpu_count = 0;
+  uint64_t memory_bytes = 0;
+  std::string agent_version;
+  /// What selectors see: agent labels, admin labels over them, facts as
+  /// cmdop.io/… labels.
+  std::map<std::string, std::string> labels;
+
+  static Machine from(const cmdop_machine *m) {
+    Machine out{detail::copy(cmdop_machine_id(m)),
+                detail::copy(cmdop_machine_hostname(m)),
+                cmdop_machine_online(m),
+                cmdop_machine_last_seen_ms(m),
+                detail::copy(cmdop_machine_os(m)),
+                detail::copy(cmdop_machine_arch(m)),
+                cmdop_machine_cpu_count(m),
+                cmdop_machine_memory_bytes(m),
+                detail::copy(cmdop_machine_agent_version(m)),
+                {}};
+    for (size_t i = 0, n = cmdop_machine_label_count(m); i < n; ++i)
+      out.labels.emplace(detail::copy(cmdop_machine_label_key(m, i)), detail::copy(cmdop_machine_label_value(m, i)));
+    return out;
+  }
 };
 
 /// One session (a machine's terminal) as the control plane reported it.
@@ -581,6 +616,22 @@ class Client {
     const size_t n = cmdop_session_list_count(raw);
     out.reserve(n);
     for (size_t i = 0; i < n; ++i) out.push_back(Session::from(cmdop_session_list_get(raw, i)));
+    return out;
+  }
+
+  /// The workspace's machines, online or not, sorted by hostname, matching
+  /// `selector` (a label selector such as "env=prod,role in (web,api)";
+  /// empty = all) and `hosts` (hostnames or globs, comma-separated; empty =
+  /// any). A bad selector throws InvalidArgument saying what is wrong.
+  std::vector<Machine> machines(std::string_view selector = {}, std::string_view hosts = {}) {
+    const std::string sel(selector), h(hosts);
+    cmdop_machine_list *raw = nullptr;
+    detail::check(cmdop_list_machines(get(), sel.c_str(), h.c_str(), &raw));
+    detail::MachineListPtr list(raw);
+    std::vector<Machine> out;
+    const size_t n = cmdop_machine_list_count(raw);
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) out.push_back(Machine::from(cmdop_machine_list_get(raw, i)));
     return out;
   }
 

@@ -236,6 +236,19 @@ TEST_F(Live, SessionsAndConnectionInfo) {
   for (const cmdop::Session &each : c.sessions()) listed = listed || each.id == s.id;
   EXPECT_TRUE(listed);
 
+  std::vector<cmdop::Machine> machines = c.machines("cmdop.io/status=online", stack_->machine);
+  ASSERT_EQ(machines.size(), 1u);
+  EXPECT_EQ(machines[0].hostname, stack_->machine);
+  EXPECT_TRUE(machines[0].online);
+  EXPECT_EQ(machines[0].id.rfind("mach_", 0), 0u);
+  EXPECT_EQ(machines[0].labels.at("cmdop.io/hostname"), stack_->machine);
+  try {
+    c.machines("env=");
+    ADD_FAILURE() << "a bad selector was accepted";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::InvalidArgument) << e.what();
+  }
+
   cmdop::ConnectionInfo info = c.connection_info();
   EXPECT_TRUE(info.connected);
   EXPECT_FALSE(info.tls);

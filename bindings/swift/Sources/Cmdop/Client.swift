@@ -91,6 +91,43 @@ public struct ExecResult: Sendable {
 }
 
 /// One machine's session as the control plane reports it.
+/// One machine of the workspace as `machines(selector:hosts:)` lists it.
+public struct Machine: Sendable {
+    /// Stable id (mach_…); works with `setMachineID`.
+    public let id: String
+    public let hostname: String
+    public let online: Bool
+    /// Unix milliseconds the machine was last heard from (0: never).
+    public let lastSeenMs: Int64
+    public let os: String
+    public let arch: String
+    public let cpuCount: UInt32
+    public let memoryBytes: UInt64
+    public let agentVersion: String
+    /// What selectors see: agent labels, admin labels over them, facts as
+    /// cmdop.io/… labels.
+    public let labels: [String: String]
+
+    /// Copies a machine borrowed from a C list.
+    init(_ m: OpaquePointer?) {
+        func str(_ p: UnsafePointer<CChar>?) -> String { p.map { String(cString: $0) } ?? "" }
+        id = str(cmdop_machine_id(m))
+        hostname = str(cmdop_machine_hostname(m))
+        online = cmdop_machine_online(m)
+        lastSeenMs = cmdop_machine_last_seen_ms(m)
+        os = str(cmdop_machine_os(m))
+        arch = str(cmdop_machine_arch(m))
+        cpuCount = cmdop_machine_cpu_count(m)
+        memoryBytes = cmdop_machine_memory_bytes(m)
+        agentVersion = str(cmdop_machine_agent_version(m))
+        var all: [String: String] = [:]
+        for i in 0..<cmdop_machine_label_count(m) {
+            all[str(cmdop_machine_label_key(m, i))] = str(cmdop_machine_label_value(m, i))
+        }
+        labels = all
+    }
+}
+
 public struct Session: Sendable {
     public let id: String
     public let hostname: String
@@ -372,6 +409,19 @@ public final class Client: @unchecked Sendable {
         try check(cmdop_list_sessions(raw, &out))
         defer { cmdop_session_list_free(out) }
         return (0..<cmdop_session_list_count(out)).map { Session(cmdop_session_list_get(out, $0)) }
+    }
+
+    /// The workspace's machines, online or not, sorted by hostname, matching
+    /// `selector` (a label selector such as "env=prod,role in (web,api)";
+    /// nil = all) and `hosts` (hostnames or globs, comma-separated; nil =
+    /// any). A bad selector throws `.invalidArgument` saying what is wrong.
+    public func machines(selector: String? = nil, hosts: String? = nil) throws -> [Machine] {
+        var out: OpaquePointer?
+        try withOptionalCString(selector) { sel in
+            try withOptionalCString(hosts) { h in try check(cmdop_list_machines(raw, sel, h, &out)) }
+        }
+        defer { cmdop_machine_list_free(out) }
+        return (0..<cmdop_machine_list_count(out)).map { Machine(cmdop_machine_list_get(out, $0)) }
     }
 
     /// One page (up to 100 entries) of directory `path` on the selected
