@@ -13,7 +13,7 @@ use std::{
 use clap::Args;
 use cmdop::client::{CancelToken, Client, Error, ExecOptions, FleetMachine, MachineInfo, Stream};
 
-use crate::client_cmd::ConnectArgs;
+use crate::connect::ConnectArgs;
 
 #[derive(Args)]
 pub struct MachinesArgs {

@@ -5,6 +5,7 @@
 mod admin_cmd;
 mod agent_cmd;
 mod client_cmd;
+mod connect;
 mod data_dir;
 mod dev_cluster;
 mod dev_cmd;

@@ -22,7 +22,7 @@ use crate::{
         Session,
     },
     state::{SharedState, State},
-    store::{now_ms, secrets, unix_ms, RefreshOutcome, Workspace},
+    store::{now_ms, secrets, RefreshOutcome, Workspace},
 };
 
 /// Capabilities advertised by ServerInfo in every configuration; side
@@ -90,23 +90,7 @@ fn machines(state: &State, ws: &Workspace) -> Result<(Vec<MachineWithSession>, b
         .map(|row| {
             let session = state.sessions.by_machine(&ws.id, &row.machine_id);
             let machine = match &session {
-                Some(s) => Machine {
-                    machine_id: row.machine_id,
-                    hostname: s.info.hostname.clone(),
-                    session_id: if s.is_live() {
-                        s.id.clone()
-                    } else {
-                        String::new()
-                    },
-                    status: s.status_text().to_string(),
-                    os: s.info.os.clone(),
-                    shell: s.info.shell.clone(),
-                    agent_version: s.info.version.clone(),
-                    connected_at_unix_ms: unix_ms(s.connected_at),
-                    last_seen_unix_ms: s.last_activity_ms(),
-                    native_exec: s.is_live() && s.exec_link().is_some(),
-                    ..Default::default()
-                },
+                Some(s) => crate::inventory::of_session(row.machine_id, s),
                 None => Machine {
                     machine_id: row.machine_id,
                     hostname: row.hostname,

@@ -14,6 +14,7 @@ use cmdop_proto::{
 use tonic::Status;
 
 use crate::{
+    sessions::Session,
     state::{SharedState, State},
     store::{unix_ms, Facts, InventoryRow, Labels, Workspace},
 };
@@ -162,19 +163,7 @@ fn machine_of(
 ) -> Machine {
     let session = state.sessions.by_machine(&ws.id, &row.machine.machine_id);
     let mut m = match (&session, remote) {
-        (Some(s), _) if s.is_live() => Machine {
-            machine_id: row.machine.machine_id.clone(),
-            hostname: s.info.hostname.clone(),
-            session_id: s.id.clone(),
-            status: s.status_text().to_string(),
-            os: s.info.os.clone(),
-            shell: s.info.shell.clone(),
-            agent_version: s.info.version.clone(),
-            connected_at_unix_ms: unix_ms(s.connected_at),
-            last_seen_unix_ms: s.last_activity_ms(),
-            native_exec: s.exec_link().is_some(),
-            ..Default::default()
-        },
+        (Some(s), _) if s.is_live() => of_session(row.machine.machine_id.clone(), s),
         (_, Some(r)) if r.status == "connected" => Machine {
             labels: HashMap::new(),
             agent_labels: HashMap::new(),
@@ -207,6 +196,27 @@ fn machine_of(
     m.agent_labels = row.labels.agent.into_iter().collect();
     m.admin_labels = row.labels.admin.into_iter().collect();
     m
+}
+
+/// A machine as its session here describes it (no labels or facts).
+pub fn of_session(machine_id: String, s: &Session) -> Machine {
+    Machine {
+        machine_id,
+        hostname: s.info.hostname.clone(),
+        session_id: if s.is_live() {
+            s.id.clone()
+        } else {
+            String::new()
+        },
+        status: s.status_text().to_string(),
+        os: s.info.os.clone(),
+        shell: s.info.shell.clone(),
+        agent_version: s.info.version.clone(),
+        connected_at_unix_ms: unix_ms(s.connected_at),
+        last_seen_unix_ms: s.last_activity_ms(),
+        native_exec: s.is_live() && s.exec_link().is_some(),
+        ..Default::default()
+    }
 }
 
 /// What selectors see: agent labels, admin labels over them, and the
