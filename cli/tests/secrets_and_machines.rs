@@ -129,6 +129,8 @@ async fn trace_logs_of_an_execute_hold_no_command_text_and_state_is_private() {
     let secret = "Passw0rdCanary-9f1c";
     let command = format!("echo pw={secret} >/dev/null");
     let mut e = ext(&addr, Some(&ws.api_key)).await;
+    // The exec channel opens just after the terminal session.
+    wait_native_exec(&mut e, &host).await;
     let mut events = e
         .exec(exec_req(&sid, &command, 10_000))
         .await
