@@ -19,11 +19,12 @@
 //! plaintext, stdout beyond the first [`exec_raw::RAW_SWITCH_AFTER`] bytes
 //! may move to a side connection ([`exec_raw`]); stderr never does.
 
+use parking_lot::Mutex;
 use std::{
     collections::{HashMap, VecDeque},
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
-    sync::{atomic::AtomicU64, Arc, Mutex},
+    sync::{atomic::AtomicU64, Arc},
     time::{Duration, Instant},
 };
 
@@ -411,7 +412,7 @@ impl OutputWindow {
         loop {
             let credited = *self.credit.borrow_and_update();
             {
-                let mut sent = lock(&self.sent);
+                let mut sent = self.sent.lock();
                 while sent.chunk_ends.front().is_some_and(|end| *end <= credited) {
                     sent.chunk_ends.pop_front();
                 }
@@ -428,7 +429,7 @@ impl OutputWindow {
 
     /// Counts one chunk of `len` bytes as sent.
     fn record(&self, len: usize) {
-        let mut sent = lock(&self.sent);
+        let mut sent = self.sent.lock();
         sent.bytes += len as u64;
         let end = sent.bytes;
         sent.chunk_ends.push_back(end);
@@ -634,7 +635,7 @@ impl ExecRunner {
             (None, None)
         };
         {
-            let mut running = lock(&self.running);
+            let mut running = self.running.lock();
             let refusal = if exec_id.is_empty() {
                 Some("exec_id is empty")
             } else if running.contains_key(&exec_id) {
@@ -683,7 +684,7 @@ impl ExecRunner {
                 stdin_rx,
             )
             .await;
-            lock(&running).remove(&exec_id);
+            running.lock().remove(&exec_id);
             tracing::debug!(exec_id, exit = ?done.exit, "exec finished");
             let _ = uplink.send(finished_msg(done)).await;
         });
@@ -691,7 +692,7 @@ impl ExecRunner {
 
     /// Kills the command `exec_id` (its process group); unknown ids are ignored.
     pub fn cancel(&self, exec_id: &str) {
-        if let Some(running) = lock(&self.running).remove(exec_id) {
+        if let Some(running) = self.running.lock().remove(exec_id) {
             let _ = running.cancel.send(());
         }
     }
@@ -702,7 +703,7 @@ impl ExecRunner {
         if let Some(Running {
             credit: Some(credit),
             ..
-        }) = lock(&self.running).get(exec_id)
+        }) = self.running.lock().get(exec_id)
         {
             credit.send_if_modified(|current| {
                 let grows = delivered > *current;
@@ -719,7 +720,7 @@ impl ExecRunner {
     pub fn stdin(&self, step: ExecStdin) {
         if let Some(Running {
             stdin: Some(stdin), ..
-        }) = lock(&self.running).get(&step.exec_id)
+        }) = self.running.lock().get(&step.exec_id)
         {
             let _ = stdin.send(step);
         }
@@ -727,7 +728,7 @@ impl ExecRunner {
 
     /// Kills every running command.
     pub fn kill_all(&self) {
-        let all: Vec<_> = lock(&self.running).drain().collect();
+        let all: Vec<_> = self.running.lock().drain().collect();
         if !all.is_empty() {
             tracing::info!(count = all.len(), "killing running commands");
         }
@@ -747,10 +748,6 @@ fn finished_msg(f: ExecFinished) -> AgentUplink {
     AgentUplink {
         msg: Some(agent_uplink::Msg::Finished(f)),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Characters of a command that logs may show: commands carry passwords

@@ -18,9 +18,11 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex, OnceLock,
+        OnceLock,
     },
 };
+
+use parking_lot::Mutex;
 
 use nix::{sys::signal::Signal, unistd::Pid};
 
@@ -148,7 +150,7 @@ impl Record {
         let mut record = [b' '; RECORD_BYTES];
         let text = format!("{pid} {start}\n");
         record[..text.len()].copy_from_slice(text.as_bytes());
-        let free = lock(&FREE).pop();
+        let free = FREE.lock().pop();
         let file = match free {
             Some(file) => Ok(file),
             None => {
@@ -176,14 +178,10 @@ impl Drop for Record {
             // A file that cannot be blanked is not reused (the next agent's
             // sweep removes it).
             if file.write_all_at(&[b' '; RECORD_BYTES], 0).is_ok() {
-                lock(&FREE).push(file);
+                FREE.lock().push(file);
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -23,11 +23,13 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc,
     },
     thread,
     time::{Duration, Instant},
 };
+
+use parking_lot::Mutex;
 
 use anyhow::Context;
 use nix::{sys::signal::Signal, unistd::Pid};
@@ -153,7 +155,7 @@ struct OutputBuffer {
 
 impl OutputBuffer {
     fn push(&self, data: &[u8]) {
-        let mut bytes = lock(&self.bytes);
+        let mut bytes = self.bytes.lock();
         bytes.extend(data);
         let excess = bytes.len().saturating_sub(OUTPUT_BUFFER_BYTES);
         if excess > 0 {
@@ -164,7 +166,7 @@ impl OutputBuffer {
     }
 
     fn take(&self, max: usize) -> Option<Vec<u8>> {
-        let mut bytes = lock(&self.bytes);
+        let mut bytes = self.bytes.lock();
         if bytes.is_empty() {
             return None;
         }
@@ -229,7 +231,7 @@ impl PtySession {
             .name("cmdop-pty-writer".into())
             .spawn(move || {
                 while let Some(data) = input_rx.blocking_recv() {
-                    let mut writer = lock(&wr.writer);
+                    let mut writer = wr.writer.lock();
                     if let Some(w) = writer.as_mut() {
                         if let Err(e) = w.write_all(&data).and_then(|()| w.flush()) {
                             tracing::debug!(error = %e, "PTY input write failed (shell restarting?)");
@@ -283,8 +285,8 @@ impl PtySession {
             pixel_width: 0,
             pixel_height: 0,
         };
-        *lock(&self.shared.size) = size;
-        if let Some(cur) = lock(&self.shared.current).as_ref() {
+        *self.shared.size.lock() = size;
+        if let Some(cur) = self.shared.current.lock().as_ref() {
             cur.master
                 .resize(size)
                 .map_err(|e| anyhow::anyhow!("cannot resize the terminal: {e}"))?;
@@ -297,7 +299,7 @@ impl PtySession {
     pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
         let sig =
             Signal::try_from(signal).with_context(|| format!("unknown signal number {signal}"))?;
-        let guard = lock(&self.shared.current);
+        let guard = self.shared.current.lock();
         let cur = guard.as_ref().context("no shell is running right now")?;
         let pgid = cur
             .master
@@ -316,14 +318,14 @@ impl PtySession {
 
     /// Process id of the running shell, if any.
     pub fn shell_pid(&self) -> Option<u32> {
-        lock(&self.shared.current).as_ref().and_then(|c| c.pid)
+        self.shared.current.lock().as_ref().and_then(|c| c.pid)
     }
 }
 
 impl Drop for PtySession {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        if let Some(cur) = lock(&self.shared.current).as_mut() {
+        if let Some(cur) = self.shared.current.lock().as_mut() {
             // SIGHUP first, as a closing terminal would; bash passes it on to its jobs.
             if let Some(pid) = cur.pid {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGHUP);
@@ -335,7 +337,7 @@ impl Drop for PtySession {
 
 /// Spawns one shell on a fresh PTY and installs it as the current one.
 fn spawn_shell(shared: &Arc<Shared>) -> anyhow::Result<Box<dyn portable_pty::Child + Send + Sync>> {
-    let size = *lock(&shared.size);
+    let size = *shared.size.lock();
     let pair = native_pty_system()
         .openpty(size)
         .map_err(|e| anyhow::anyhow!("cannot open a pseudo-terminal: {e}"))?;
@@ -379,8 +381,8 @@ fn spawn_shell(shared: &Arc<Shared>) -> anyhow::Result<Box<dyn portable_pty::Chi
         })
         .context("cannot start the PTY reader thread")?;
 
-    *lock(&shared.writer) = Some(writer);
-    *lock(&shared.current) = Some(CurrentShell {
+    *shared.writer.lock() = Some(writer);
+    *shared.current.lock() = Some(CurrentShell {
         master: pair.master,
         pid: child.process_id(),
         killer: child.clone_killer(),
@@ -396,8 +398,8 @@ fn supervise(shared: Arc<Shared>, mut child: Box<dyn portable_pty::Child + Send 
         let started = Instant::now();
         let status = child.wait();
         if shared.stopping.load(Ordering::SeqCst) {
-            *lock(&shared.current) = None;
-            *lock(&shared.writer) = None;
+            *shared.current.lock() = None;
+            *shared.writer.lock() = None;
             return;
         }
         tracing::info!(status = ?status, "shell exited; starting a new one");
@@ -430,10 +432,4 @@ fn supervise(shared: Arc<Shared>, mut child: Box<dyn portable_pty::Child + Send 
         }
         shared.generation.send_modify(|g| *g += 1);
     }
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it
-/// (every critical section here leaves the data consistent).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

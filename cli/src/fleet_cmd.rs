@@ -3,10 +3,11 @@
 //! (`-l SELECTOR`, `-H a,b`, `-H 'web-*'`), each output line prefixed with
 //! its machine's hostname.
 
+use parking_lot::Mutex;
 use std::{
     collections::BTreeMap,
     io::Write,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -350,7 +351,7 @@ pub async fn exec_many(
     let mut targets = Vec::new();
     for m in machines {
         if !m.online() {
-            results.lock().unwrap_or_else(|p| p.into_inner()).push((
+            results.lock().push((
                 m,
                 Outcome::NotRun("offline".into()),
                 Vec::new(),
@@ -388,7 +389,7 @@ pub async fn exec_many(
                 let skip = max_failures
                     .is_some_and(|k| failures.load(std::sync::atomic::Ordering::SeqCst) >= k);
                 if skip || stop.is_cancelled() {
-                    results.lock().unwrap_or_else(|p| p.into_inner()).push((
+                    results.lock().push((
                         m,
                         Outcome::NotRun("skipped after --max-failures".into()),
                         Vec::new(),
@@ -442,10 +443,7 @@ pub async fn exec_many(
                 if outcome.ran() && !outcome.ok() {
                     failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
-                results
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((m, outcome, out, err, took));
+                results.lock().push((m, outcome, out, err, took));
             });
         }
         loop {
@@ -460,7 +458,7 @@ pub async fn exec_many(
         }
     }
     let _ = std::io::stdout().flush();
-    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut results = std::mem::take(&mut *results.lock());
     results.sort_by(|a, b| {
         a.0.hostname
             .to_lowercase()

@@ -17,11 +17,13 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard, Weak,
+        Arc, Weak,
     },
     task::{Context, Poll},
     time::Duration,
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 use futures::task::AtomicWaker;
 use tokio::{
@@ -96,7 +98,7 @@ impl Tracker {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Plain bookkeeping: still consistent after a panic elsewhere.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
     }
 
     /// How long a new connection has to finish its handshakes.

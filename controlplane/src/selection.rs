@@ -12,10 +12,10 @@
 //! connections. Entries are bounded in number and age; the stored value is
 //! the machine id, so a selection survives its agent reconnecting.
 
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -36,7 +36,7 @@ impl Selections {
     /// Records that the connection from `peer`, calling for `workspace_id`,
     /// selected `machine_id`; `None` clears its selection.
     pub fn select(&self, workspace_id: &str, peer: SocketAddr, machine_id: Option<&str>) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock();
         let key = (workspace_id.to_string(), peer);
         let Some(machine_id) = machine_id else {
             map.remove(&key);
@@ -60,7 +60,7 @@ impl Selections {
 
     /// The machine the connection from `peer` selected for `workspace_id`.
     pub fn selected(&self, workspace_id: &str, peer: SocketAddr) -> Option<String> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock();
         let key = (workspace_id.to_string(), peer);
         let entry = map.get_mut(&key)?;
         let now = Instant::now();

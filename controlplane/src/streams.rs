@@ -12,9 +12,11 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock,
+        Arc, OnceLock,
     },
 };
+
+use parking_lot::Mutex;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Code, Status};
@@ -66,11 +68,6 @@ pub struct OpenStreams {
     recheck: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Counters only: still consistent after a panic elsewhere.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl OpenStreams {
     pub fn new(limits: &Limits) -> Arc<OpenStreams> {
         Arc::new(OpenStreams {
@@ -99,7 +96,7 @@ impl OpenStreams {
     ) -> Result<Ticket, Status> {
         if let Some((kind, key)) = &slot {
             let limit = self.slot_limit(*kind);
-            let mut slots = lock(&self.slots);
+            let mut slots = self.slots.lock();
             let used = slots.entry((*kind, key.clone())).or_insert(0);
             if *used >= limit {
                 return Err(Status::resource_exhausted(format!(
@@ -112,7 +109,7 @@ impl OpenStreams {
             *used += 1;
         }
         let ending = {
-            let mut map = lock(&self.by_credential);
+            let mut map = self.by_credential.lock();
             let entry = map.entry(credential.clone()).or_insert_with(|| Entry {
                 open: 0,
                 ending: Arc::new(Ending {
@@ -134,7 +131,8 @@ impl OpenStreams {
     /// Exec calls and file transfers open now (what a graceful stop waits
     /// for).
     pub fn running_work(&self) -> usize {
-        lock(&self.slots)
+        self.slots
+            .lock()
             .iter()
             .filter(|((kind, _), _)| matches!(kind, SlotKind::Exec | SlotKind::Transfer))
             .map(|(_, n)| *n)
@@ -144,7 +142,9 @@ impl OpenStreams {
     /// Ends every open call made with `credential`, now. Calls opened with
     /// it later are not affected (they are authenticated afresh).
     pub fn end(&self, credential: &Credential, code: Code, why: &str) {
-        let ending = lock(&self.by_credential)
+        let ending = self
+            .by_credential
+            .lock()
             .remove(credential)
             .map(|e| e.ending);
         if let Some(ending) = ending {
@@ -167,12 +167,12 @@ impl OpenStreams {
 
     /// Credentials with open calls.
     pub fn credentials(&self) -> Vec<Credential> {
-        lock(&self.by_credential).keys().cloned().collect()
+        self.by_credential.lock().keys().cloned().collect()
     }
 
     fn close(&self, ticket: &Ticket) {
         {
-            let mut map = lock(&self.by_credential);
+            let mut map = self.by_credential.lock();
             if let Some(entry) = map.get_mut(&ticket.credential) {
                 // The entry may be a newer one after an `end`; only ours counts.
                 if Arc::ptr_eq(&entry.ending, &ticket.ending) {
@@ -184,7 +184,7 @@ impl OpenStreams {
             }
         }
         if let Some(slot) = &ticket.slot {
-            let mut slots = lock(&self.slots);
+            let mut slots = self.slots.lock();
             if let Some(used) = slots.get_mut(slot) {
                 *used -= 1;
                 if *used == 0 {

@@ -1,8 +1,9 @@
 //! Attaching to a live session: the official ConnectTerminal stream with a
 //! register version containing "attach" (docs/PROTOCOL.md, "Attach").
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use cmdop_proto::terminal::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{lock, Client, ConnState, Error, Event, LogLevel, Result};
+use super::{Client, ConnState, Error, Event, LogLevel, Result};
 
 /// Messages queued towards the server.
 const UPLINK_DEPTH: usize = 64;
@@ -92,7 +93,7 @@ impl Client {
                 (),
                 None,
                 |mut c, r: tonic::Request<()>| {
-                    let rx = lock(&stream_rx).take();
+                    let rx = stream_rx.lock().take();
                     async move {
                         let Some(rx) = rx else {
                             return Err(tonic::Status::aborted("attach request already sent"));
@@ -306,7 +307,7 @@ impl AttachHandle {
         )
         .await;
         self.reader.abort();
-        let handle = lock(&self.delivery).take();
+        let handle = self.delivery.lock().take();
         if let Some(h) = handle {
             if h.thread().id() != std::thread::current().id() {
                 let _ = tokio::task::spawn_blocking(move || h.join()).await;

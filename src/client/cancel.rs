@@ -84,7 +84,7 @@ impl super::Client {
         what: &str,
         fut: impl std::future::Future<Output = super::Result<T>>,
     ) -> super::Result<T> {
-        let closing = super::lock(&self.inner.closing).clone();
+        let closing = self.inner.closing.lock().clone();
         tokio::select! {
             biased;
             r = fut => r,

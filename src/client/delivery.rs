@@ -6,8 +6,9 @@
 //! The queue is bounded: a slow callback slows the command's output down
 //! (HTTP/2 flow control) instead of growing memory.
 
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -39,14 +40,12 @@ struct Shared<K> {
 
 impl<K> Shared<K> {
     fn lock(&self) -> MutexGuard<'_, State<K>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
-    fn wait<'a>(&self, g: MutexGuard<'a, State<K>>) -> MutexGuard<'a, State<K>> {
-        match self.changed.wait_timeout(g, CANCEL_POLL) {
-            Ok((g, _)) => g,
-            Err(p) => p.into_inner().0,
-        }
+    fn wait<'a>(&self, mut g: MutexGuard<'a, State<K>>) -> MutexGuard<'a, State<K>> {
+        self.changed.wait_for(&mut g, CANCEL_POLL);
+        g
     }
 }
 
@@ -99,7 +98,7 @@ impl<K: Send + 'static> Pusher<K> {
                 .spawn(move || deliver_all(shared, deliver));
             match spawned {
                 Ok(h) => {
-                    *super::lock(&self.thread) = Some(h);
+                    *self.thread.lock() = Some(h);
                 }
                 Err(_) => {
                     // No thread: nothing will be delivered; let finish() return.
@@ -161,7 +160,7 @@ impl<K> Delivery<K> {
     pub(crate) fn finish(self) {
         let mut g = self.shared.lock();
         g.closed = true;
-        if super::lock(&self.thread).is_none() {
+        if self.thread.lock().is_none() {
             return; // no chunk came, no thread started
         }
         self.shared.changed.notify_all();
@@ -170,7 +169,7 @@ impl<K> Delivery<K> {
         }
         let done = g.done;
         drop(g);
-        let handle = super::lock(&self.thread).take();
+        let handle = self.thread.lock().take();
         if done {
             if let Some(h) = handle {
                 let _ = h.join();

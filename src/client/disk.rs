@@ -10,19 +10,19 @@
 //! official calls cannot honour make such a call fail with NOT_SUPPORTED
 //! rather than be dropped.
 
+use parking_lot::Mutex;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use cmdop_proto::ext::{DownloadStart, UploadStart};
 
 use super::connection::CallPolicy;
 use super::files::MAX_WRITE_BYTES;
 use super::transfer::Source;
-use super::{lock, CancelToken, Client, Error, ErrorKind, Result};
+use super::{CancelToken, Client, Error, ErrorKind, Result};
 
 /// Bytes asked per official FileRead when streaming without `files.v1`.
 const OFFICIAL_READ_BYTES: i64 = 4 * 1024 * 1024;
@@ -151,7 +151,7 @@ impl Client {
             false,
             |_, _| Ok(()),
             |data| {
-                (lock(&on_chunk))(data);
+                (on_chunk.lock())(data);
                 Ok(())
             },
             &cancel,
@@ -226,7 +226,7 @@ impl Client {
             remote,
             opts.keep_mode,
             |total, mode| {
-                let mut s = lock(&state);
+                let mut s = state.lock();
                 // A restart (after a token refresh) begins a fresh temp file.
                 s.temp = Some(LocalTemp::create(local)?);
                 s.total = total;
@@ -238,7 +238,7 @@ impl Client {
                 Ok(())
             },
             |data| {
-                let mut s = lock(&state);
+                let mut s = state.lock();
                 s.temp.as_mut().expect("created at start").write(data)?;
                 s.done += data.len() as u64;
                 progress(s.done, s.total);
@@ -252,7 +252,7 @@ impl Client {
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let s = state.into_inner().unwrap_or_else(|p| p.into_inner());
+        let s = state.into_inner();
         let temp = s
             .temp
             .ok_or_else(|| Error::Protocol("the download never started".into()))?;

@@ -62,7 +62,7 @@ enum Msg {
 /// once the queue is drained.
 pub(crate) struct EventDispatcher {
     tx: SyncSender<Msg>,
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl EventDispatcher {
@@ -73,7 +73,7 @@ impl EventDispatcher {
             .spawn(move || dispatch(rx))?;
         Ok(EventDispatcher {
             tx,
-            thread: std::sync::Mutex::new(Some(thread)),
+            thread: parking_lot::Mutex::new(Some(thread)),
         })
     }
 
@@ -83,7 +83,7 @@ impl EventDispatcher {
     /// asks, and the thread ends after that handler returns. Later events
     /// are dropped.
     pub(crate) fn finish(&self) {
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().take();
         let Some(thread) = thread else { return };
         // Blocks only while the queue is full, i.e. while it is draining.
         let _ = self.tx.send(Msg::Stop);
@@ -134,14 +134,15 @@ fn dispatch(rx: Receiver<Msg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use parking_lot::Mutex;
+    use std::sync::Arc;
 
     #[test]
     fn events_are_delivered_in_order_and_handlers_dropped_after_use() {
         struct DropFlag(Arc<Mutex<Vec<String>>>);
         impl Drop for DropFlag {
             fn drop(&mut self) {
-                self.0.lock().unwrap().push("dropped".into());
+                self.0.lock().push("dropped".into());
             }
         }
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -153,7 +154,7 @@ mod tests {
             Some(Box::new(move |e| {
                 let _keep = &flag;
                 if let Event::Disconnected { reason, .. } = e {
-                    l.lock().unwrap().push(reason.clone());
+                    l.lock().push(reason.clone());
                 }
             })),
         );
@@ -169,11 +170,11 @@ mod tests {
         d.set_handler(EventKind::Disconnect, None);
         drop(d);
         for _ in 0..200 {
-            if log.lock().unwrap().len() == 3 {
+            if log.lock().len() == 3 {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(*log.lock().unwrap(), vec!["a", "b", "dropped"]);
+        assert_eq!(*log.lock(), vec!["a", "b", "dropped"]);
     }
 }

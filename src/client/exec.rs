@@ -13,7 +13,7 @@ use std::time::Duration;
 use cmdop_proto::caps;
 
 use super::exec_stdin::{StdinReader, CAP_EXEC_STDIN};
-use super::{lock, CancelToken, Client, Error, LogLevel, Result};
+use super::{CancelToken, Client, Error, LogLevel, Result};
 
 /// Output kept per stream in an [`ExecOutput`]; the rest still reaches the
 /// chunk callback, and `truncated` is set.
@@ -207,7 +207,7 @@ impl Client {
         cancel: CancelToken,
         keep: Keep,
     ) -> Result<ExecOutput> {
-        let closing = lock(&self.inner.closing).clone();
+        let closing = self.inner.closing.lock().clone();
         let stop = CancelToken::new();
         let work = self.run_command_until(command, opts, stdin, on_chunk, stop.clone(), keep);
         tokio::pin!(work);
@@ -247,13 +247,13 @@ impl Client {
             Some(m) => m.clone(),
             None => self.machine().ok_or_else(Error::no_machine)?,
         };
-        let server_native = lock(&self.inner.facts).has(caps::EXEC);
+        let server_native = self.inner.facts.lock().has(caps::EXEC);
         // Without the extension's machine lookup we do not know whether the
         // agent executes natively; asking costs one round trip and answers
         // UNIMPLEMENTED quickly when it does not.
         let try_native = server_native && (machine.native_exec || machine.machine_id.is_empty());
         if stdin.is_some() {
-            let why = if !lock(&self.inner.facts).has(CAP_EXEC_STDIN) {
+            let why = if !self.inner.facts.lock().has(CAP_EXEC_STDIN) {
                 "the server does not offer streamed stdin (exec-stdin.v1); update it"
             } else if !try_native {
                 "the machine's agent does not offer native exec; update it"

@@ -16,7 +16,7 @@ use cmdop_proto::headers::EXEC_OUTCOME as OUTCOME_HEADER;
 use super::exec::{deliver, timeout_error, ExecOptions, ExecOutput, Keep, Stream};
 use super::exec_side::{offer_security, side_plan, SideStdout, SIDE_READ_BYTES};
 use super::exec_stdin::{PipedInput, StdinReader};
-use super::{lock, CancelToken, Client, Error, LogLevel, Result};
+use super::{CancelToken, Client, Error, LogLevel, Result};
 
 /// Extra time the client waits for the server to report its own timeout.
 const SERVER_TIMEOUT_GRACE: Duration = Duration::from_secs(3);
@@ -42,7 +42,7 @@ impl Client {
         // Large stdout may move to a side connection: a plain one over
         // plaintext, a pinned TLS one over TLS.
         let (plain, tls) = {
-            let facts = lock(&self.inner.facts);
+            let facts = self.inner.facts.lock();
             (facts.has(caps::EXEC_RAW), facts.has(caps::EXEC_RAW_TLS))
         };
         let mut side_plan = side_plan(&self.inner.opts, &self.inner.current_server(), plain, tls);

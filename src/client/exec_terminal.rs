@@ -15,7 +15,7 @@ use super::exec::{deliver, timeout_error, ExecOptions, ExecOutput, Keep, Stream}
 use super::marker::{
     find, idle_marker, idle_probe_line, marker_command_line, new_marker_id, MarkerScanner,
 };
-use super::{lock, CancelToken, Client, Error, LogLevel, Result};
+use super::{CancelToken, Client, Error, LogLevel, Result};
 
 /// Terminal polling: first pause after sending, and the ceiling it backs
 /// off to while the command prints nothing.
@@ -66,7 +66,9 @@ impl Client {
             self.check_directory(&session_id, dir).await?;
         }
         let turn = Arc::clone(
-            lock(&self.inner.terminals)
+            self.inner
+                .terminals
+                .lock()
                 .entry(session_id.clone())
                 .or_default(),
         );
@@ -77,12 +79,7 @@ impl Client {
         };
         // The connection this command runs on, kept so that stopping it
         // still works after the application closed the client.
-        let pinned = self
-            .inner
-            .conn
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let pinned = self.inner.conn.read().clone();
         // Where this command's output will start (after any earlier command's).
         let base = self.output_end(&session_id).await?;
         let started = Instant::now();

@@ -8,7 +8,7 @@ use cmdop_proto::caps;
 use cmdop_proto::ext::{ListMachinesRequest, Machine};
 
 use super::connection::CallPolicy;
-use super::{lock, Client, Error, Result};
+use super::{Client, Error, Result};
 
 /// Most pages one listing reads (at most 1,000 machines each).
 const MAX_PAGES: usize = 1000;
@@ -89,7 +89,7 @@ impl Client {
     /// when the server cannot list machines; InvalidArgument (the server's
     /// words) for a bad selector or host list.
     pub async fn list_machines(&self, selector: &str, hosts: &str) -> Result<Vec<FleetMachine>> {
-        if !lock(&self.inner.facts).has(caps::MACHINES) {
+        if !self.inner.facts.lock().has(caps::MACHINES) {
             return Err(Error::NotSupported(
                 "this server cannot list machines by label (it lacks machines.v1): upgrade the control plane".into(),
             ));

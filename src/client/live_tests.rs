@@ -8,7 +8,8 @@
 //! cargo test -p cmdop --lib live_ -- --ignored
 //! ```
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cmdop_proto::ext::IssueTokenRequest;
@@ -60,7 +61,7 @@ async fn live_expired_access_token_is_refreshed_and_the_call_retried() {
     let keyed = Client::connect(options(&l, Credentials::ApiKey(l.key.clone())))
         .await
         .unwrap();
-    let conn = keyed.inner.conn.read().unwrap().clone().unwrap();
+    let conn = keyed.inner.conn.read().clone().unwrap();
     let mut req = tonic::Request::new(IssueTokenRequest {
         access_ttl_seconds: 1,
     });
@@ -86,7 +87,7 @@ async fn live_expired_access_token_is_refreshed_and_the_call_retried() {
             EventKind::Tokens,
             Some(Box::new(move |e| {
                 if let Event::TokensRefreshed { access, .. } = e {
-                    s.lock().unwrap().push(access.clone());
+                    s.lock().push(access.clone());
                 }
             })),
         )
@@ -105,12 +106,12 @@ async fn live_expired_access_token_is_refreshed_and_the_call_retried() {
     assert_ne!(access, pair.access_token);
     assert_ne!(refresh, pair.refresh_token);
     for _ in 0..100 {
-        if !seen.lock().unwrap().is_empty() {
+        if !seen.lock().is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(seen.lock().unwrap().as_slice(), &[access]);
+    assert_eq!(seen.lock().as_slice(), &[access]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 //! Debug-level messages (request/response summaries) are only produced by
 //! clients created with `debug = true`. Messages never contain keys or tokens.
 
-use std::sync::{Arc, RwLock};
+use parking_lot::RwLock;
+use std::sync::Arc;
 
 /// Severity, ordered from most to least severe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -24,7 +25,7 @@ static SINK: RwLock<Option<(LogLevel, LogSink)>> = RwLock::new(None);
 /// (`None` removes it).
 pub fn set_log_sink(sink: Option<(LogLevel, LogSink)>) {
     let old = {
-        let mut slot = SINK.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = SINK.write();
         std::mem::replace(&mut *slot, sink)
     };
     // Dropped outside the lock: dropping the last reference runs the
@@ -39,7 +40,7 @@ pub(crate) fn log(debug: bool, level: LogLevel, message: impl FnOnce() -> String
     }
     // Clone the sink out of the lock so that a sink may replace itself.
     let sink = {
-        let slot = SINK.read().unwrap_or_else(|p| p.into_inner());
+        let slot = SINK.read();
         match slot.as_ref() {
             Some((max, sink)) if level <= *max => Some(sink.clone()),
             _ => None,

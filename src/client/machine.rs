@@ -5,7 +5,7 @@ use cmdop_proto::ext::{Machine, ResolveMachineRequest};
 use cmdop_proto::terminal::{GetSessionByHostnameRequest, ListSessionsRequest};
 
 use super::connection::CallPolicy;
-use super::{lock, Client, Error, LogLevel, Result};
+use super::{Client, Error, LogLevel, Result};
 
 /// How many candidate names an ambiguity error lists.
 const MAX_LISTED_MATCHES: usize = 10;
@@ -84,7 +84,7 @@ impl Client {
                 }
             )
         });
-        *lock(&self.inner.machine) = Some(m.clone());
+        *self.inner.machine.lock() = Some(m.clone());
         Ok(m)
     }
 
@@ -97,7 +97,7 @@ impl Client {
             .resolve(None, Some(machine_id))
             .await
             .map_err(|e| self.inner.report(e))?;
-        *lock(&self.inner.machine) = Some(m.clone());
+        *self.inner.machine.lock() = Some(m.clone());
         Ok(m)
     }
 
@@ -110,7 +110,7 @@ impl Client {
         } else {
             self.resolve(Some(&current.hostname), None).await?
         };
-        *lock(&self.inner.machine) = Some(m.clone());
+        *self.inner.machine.lock() = Some(m.clone());
         Ok(m)
     }
 
@@ -119,7 +119,7 @@ impl Client {
         hostname: Option<&str>,
         machine_id: Option<&str>,
     ) -> Result<MachineInfo> {
-        let ext = lock(&self.inner.facts).ext;
+        let ext = self.inner.facts.lock().ext;
         let policy = CallPolicy {
             idempotent: true,
             timeout: self.inner.opts.timeout,

@@ -26,8 +26,9 @@ mod transfer;
 #[cfg(test)]
 mod live_tests;
 
+use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
 
@@ -95,11 +96,6 @@ pub(crate) struct Inner {
 }
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Lock a std mutex, ignoring poisoning (our critical sections only copy data).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Client {
     /// Create a client without touching the network; call
@@ -174,12 +170,12 @@ impl Client {
 
     /// The machine selected by [`set_machine`](Self::set_machine), if any.
     pub fn machine(&self) -> Option<MachineInfo> {
-        lock(&self.inner.machine).clone()
+        self.inner.machine.lock().clone()
     }
 
     /// Current credentials (e.g. to persist rotated tokens).
     pub fn credentials(&self) -> Credentials {
-        lock(&self.inner.creds).clone()
+        self.inner.creds.lock().clone()
     }
 }
 
@@ -207,7 +203,7 @@ impl Inner {
     }
 
     fn current_server(&self) -> String {
-        let i = *lock(&self.current);
+        let i = *self.current.lock();
         self.servers.get(i).cloned().unwrap_or_default()
     }
 

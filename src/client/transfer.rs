@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::connection::Conn;
 use super::error::is_expired_token;
-use super::{lock, CancelToken, Client, Credentials, Error, ErrorKind, LogLevel, Result};
+use super::{CancelToken, Client, Credentials, Error, ErrorKind, LogLevel, Result};
 
 /// Upload chunks copied ahead of what gRPC has taken.
 const UPLOAD_QUEUE: usize = 2;
@@ -53,7 +53,7 @@ impl From<Error> for Failure {
 impl Client {
     /// True when the server offers streaming transfers.
     pub(crate) fn offers_file_streams(&self) -> bool {
-        lock(&self.inner.facts).has(caps::FILES)
+        self.inner.facts.lock().has(caps::FILES)
     }
 
     /// Uploads `data` to `path` on `session_id` in 1 MiB chunks; the agent
@@ -219,7 +219,7 @@ impl Client {
         path: &str,
         max: usize,
     ) -> Result<Vec<u8>> {
-        let content = std::sync::Mutex::new(Vec::new());
+        let content = parking_lot::Mutex::new(Vec::new());
         let total = self
             .download_each(
                 session_id,
@@ -235,17 +235,17 @@ impl Client {
                                 max >> 20
                             ))
                         })?;
-                    *lock(&content) = Vec::with_capacity(total);
+                    *content.lock() = Vec::with_capacity(total);
                     Ok(())
                 },
                 |data| {
-                    lock(&content).extend_from_slice(data);
+                    content.lock().extend_from_slice(data);
                     Ok(())
                 },
                 &CancelToken::new(),
             )
             .await?;
-        let content = content.into_inner().unwrap_or_else(|p| p.into_inner());
+        let content = content.into_inner();
         debug_assert_eq!(content.len() as u64, total);
         Ok(content)
     }
@@ -366,7 +366,7 @@ impl Client {
 
 /// The access token (or API key) calls are sent with right now.
 fn current_token(client: &Client) -> Option<String> {
-    match &*lock(&client.inner.creds) {
+    match &*client.inner.creds.lock() {
         Credentials::ApiKey(k) => Some(k.clone()),
         Credentials::Tokens { access, .. } => Some(access.clone()),
         Credentials::None => None,

@@ -1,10 +1,10 @@
 //! Execute with options (stdin bytes, environment, working directory) and
 //! with stdin streamed from the caller while the command runs.
 
+use parking_lot::Mutex;
 use std::ffi::{c_char, c_void, CStr};
 use std::mem::size_of;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use super::boundary::{handle, out_ptr, Failure};
@@ -12,7 +12,7 @@ use super::cancel::cmdop_cancel_token;
 use super::events::cmdop_free_fn;
 use super::output::cmdop_exec_output_fn;
 use super::status::cmdop_status;
-use crate::client::{lock, stdin_pipe, ExecOptions, StdinReader, StdinWriter};
+use crate::client::{stdin_pipe, ExecOptions, StdinReader, StdinWriter};
 
 /// Version of the cmdop_exec_options layout this header describes.
 pub const CMDOP_EXEC_OPTIONS_VERSION: u32 = 2;
@@ -212,7 +212,7 @@ pub struct cmdop_exec_stdin {
 impl cmdop_exec_stdin {
     /// The reading end, for the one execute that uses this stdin.
     pub(super) fn take_reader(&self) -> Result<StdinReader, Failure> {
-        lock(&self.reader).take().ok_or_else(|| {
+        self.reader.lock().take().ok_or_else(|| {
             Failure::invalid(
                 "opts->input was already used by a command; make a new one with cmdop_exec_stdin_new()",
             )
@@ -222,7 +222,7 @@ impl cmdop_exec_stdin {
     /// The execute that used it is returning.
     pub(super) fn end(&self) {
         self.ended.store(true, Ordering::SeqCst);
-        lock(&self.writer).take();
+        self.writer.lock().take();
     }
 }
 
@@ -250,7 +250,7 @@ fn writer_of(s: &cmdop_exec_stdin) -> Result<StdinWriter, Failure> {
             "the execute using this stdin has returned; nothing was written",
         ));
     }
-    lock(&s.writer).clone().ok_or_else(|| {
+    s.writer.lock().clone().ok_or_else(|| {
         Failure::invalid("this stdin is closed; make a new one for the next command")
     })
 }
@@ -303,7 +303,7 @@ pub unsafe extern "C" fn cmdop_exec_stdin_close(input: *mut cmdop_exec_stdin) ->
         // SAFETY: NULL (checked) or a live cmdop_exec_stdin.
         let s = unsafe { handle(input, "input") }?;
         // Dropping the only writer closes stdin without blocking.
-        lock(&s.writer).take();
+        s.writer.lock().take();
         Ok(())
     }
 }

@@ -7,12 +7,8 @@
 mod download;
 mod upload;
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
-};
+use parking_lot::Mutex;
+use std::{collections::HashMap, future::Future, path::PathBuf, sync::Arc};
 
 use cmdop_proto::ext::{
     agent_uplink, file_downlink::Op, file_uplink::Event, AgentUplink, FileDownlink, FileUplink,
@@ -78,7 +74,7 @@ impl Transfers {
                 });
             }
             Some(op) => {
-                let mut active = lock(&self.active);
+                let mut active = self.active.lock();
                 let overrun = match active.get(&id) {
                     Some(tx) => tx.try_send(op).is_err(),
                     None => false, // already finished: a late credit or abort
@@ -101,7 +97,7 @@ impl Transfers {
     {
         let (tx, rx) = mpsc::channel(STEP_QUEUE);
         let refused = {
-            let mut active = lock(&self.active);
+            let mut active = self.active.lock();
             if active.contains_key(&report.id) {
                 Some(FileError::invalid(
                     "a transfer with this id is already running",
@@ -125,7 +121,7 @@ impl Transfers {
         let task = run(rx, report.clone());
         tokio::spawn(async move {
             let result = task.await;
-            lock(&active).remove(&id);
+            active.lock().remove(&id);
             if let Err(err) = result {
                 tracing::info!(transfer = %id, error = %err.message, "transfer failed");
                 report.fail(err).await;
@@ -137,12 +133,8 @@ impl Transfers {
 impl Drop for Transfers {
     fn drop(&mut self) {
         // Every task sees its step queue close and aborts.
-        lock(&self.active).clear();
+        self.active.lock().clear();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Sends one transfer's events to the control plane.

@@ -18,9 +18,10 @@ pub mod peer_gate;
 pub mod presence;
 pub mod routes;
 
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
@@ -84,11 +85,6 @@ pub struct Cluster {
 /// How long calls to a peer address that just failed fail at once.
 pub const UNREACHABLE_FOR: Duration = Duration::from_millis(500);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain maps: still consistent after a panic elsewhere.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Cluster {
     pub fn new(config: &ClusterConfig) -> Arc<Cluster> {
         Arc::new(Cluster {
@@ -125,12 +121,14 @@ impl Cluster {
 
     /// The peer address of `replica_id` if its lease is current.
     pub fn live_addr(&self, replica_id: &str) -> Option<String> {
-        lock(&self.live).get(replica_id).cloned()
+        self.live.lock().get(replica_id).cloned()
     }
 
     /// Every other live replica: (id, peer address).
     pub fn other_replicas(&self) -> Vec<(String, String)> {
-        let mut out: Vec<_> = lock(&self.live)
+        let mut out: Vec<_> = self
+            .live
+            .lock()
             .iter()
             .filter(|(id, _)| **id != self.replica_id)
             .map(|(id, addr)| (id.clone(), addr.clone()))
@@ -140,13 +138,13 @@ impl Cluster {
     }
 
     fn set_live(&self, live: HashMap<String, String>) {
-        *lock(&self.live) = live;
+        *self.live.lock() = live;
     }
 
     /// The (cached) channel to the peer port at `addr`. Connects lazily,
     /// with a connect timeout and HTTP/2 keepalive.
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
-        if let Some(ch) = lock(&self.channels).get(addr) {
+        if let Some(ch) = self.channels.lock().get(addr) {
             return Ok(ch.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -163,7 +161,7 @@ impl Cluster {
             .initial_connection_window_size(cmdop_proto::limits::HTTP2_CONNECTION_WINDOW)
             .tcp_nodelay(true);
         let ch = endpoint.connect_lazy();
-        lock(&self.channels).insert(addr.to_string(), ch.clone());
+        self.channels.lock().insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
 
@@ -173,16 +171,17 @@ impl Cluster {
     /// call after that connects afresh. True when it was not marked yet
     /// (log the failure once, not per call).
     pub fn mark_unreachable(&self, addr: &str) -> bool {
-        lock(&self.channels).remove(addr);
+        self.channels.lock().remove(addr);
         let until = std::time::Instant::now() + UNREACHABLE_FOR;
-        let mut marks = lock(&self.unreachable);
+        let mut marks = self.unreachable.lock();
         marks.retain(|_, t| *t > std::time::Instant::now());
         marks.insert(addr.to_string(), until).is_none()
     }
 
     /// Whether a call to `addr` failed within the last [`UNREACHABLE_FOR`].
     pub fn is_unreachable(&self, addr: &str) -> bool {
-        lock(&self.unreachable)
+        self.unreachable
+            .lock()
             .get(addr)
             .is_some_and(|t| *t > std::time::Instant::now())
     }

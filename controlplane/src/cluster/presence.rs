@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{lock, Cluster, LEASE, TICK};
+use super::{Cluster, LEASE, TICK};
 use crate::{sessions::Session, state::SharedState};
 
 /// Further attempts to record a route after a failed one.
@@ -37,7 +37,7 @@ fn tick_after(state: &SharedState, cluster: &Cluster, after_outage: bool) -> any
         .map(|r| (r.replica_id, r.peer_addr))
         .collect();
     if after_outage {
-        for (id, addr) in lock(&cluster.live).iter() {
+        for (id, addr) in cluster.live.lock().iter() {
             live.entry(id.clone()).or_insert_with(|| addr.clone());
         }
     }
@@ -52,7 +52,9 @@ fn tick_after(state: &SharedState, cluster: &Cluster, after_outage: bool) -> any
         cluster.routes.refresh(&cached, &current);
     }
     // Only claims recorded before the query are judged by it.
-    let snapshot: Vec<(String, i64, Arc<Session>)> = lock(&cluster.claims)
+    let snapshot: Vec<(String, i64, Arc<Session>)> = cluster
+        .claims
+        .lock()
         .iter()
         .map(|(m, (g, s))| (m.clone(), *g, s.clone()))
         .collect();
@@ -65,7 +67,7 @@ fn tick_after(state: &SharedState, cluster: &Cluster, after_outage: bool) -> any
         .into_iter()
         .collect();
     let superseded: Vec<Arc<Session>> = {
-        let mut claims = lock(&cluster.claims);
+        let mut claims = cluster.claims.lock();
         let mut out = Vec::new();
         for (machine, generation, session) in snapshot {
             if held.get(&machine) == Some(&generation) {
@@ -166,7 +168,7 @@ pub fn claim(state: &SharedState, cluster: &Arc<Cluster>, session: &Arc<Session>
             }
         };
         {
-            let mut claims = lock(&cluster.claims);
+            let mut claims = cluster.claims.lock();
             let newer_here = claims
                 .get(&session.machine_id)
                 .is_some_and(|(g, _)| *g > generation);
@@ -184,7 +186,7 @@ pub fn claim(state: &SharedState, cluster: &Arc<Cluster>, session: &Arc<Session>
 /// holds it for that link.
 pub async fn release(state: &SharedState, cluster: &Cluster, session: &Arc<Session>) {
     let generation = {
-        let mut claims = lock(&cluster.claims);
+        let mut claims = cluster.claims.lock();
         match claims.get(&session.machine_id) {
             Some((g, s)) if Arc::ptr_eq(s, session) => {
                 let g = *g;

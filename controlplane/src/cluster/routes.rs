@@ -4,10 +4,8 @@
 //! answers that it no longer has the session, when a call to it fails, or
 //! when its replica's lease runs out.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
-};
+use parking_lot::{Mutex, MutexGuard};
+use std::{collections::HashMap, sync::Arc};
 
 use tonic::Status;
 
@@ -42,7 +40,7 @@ pub struct RouteCache {
 
 impl RouteCache {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
     }
 
     fn remember(&self, route: &RouteRow) {

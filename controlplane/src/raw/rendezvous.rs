@@ -6,11 +6,8 @@
 //! for its counterpart, or finds the counterpart waiting and hands itself
 //! over. Either way the ticket is gone after one pairing attempt.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
-};
+use parking_lot::{Mutex, MutexGuard};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use cmdop_proto::raw::{self, Role};
 use tokio::{net::TcpStream, sync::oneshot};
@@ -87,7 +84,7 @@ impl Rendezvous {
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+        self.slots.lock()
     }
 
     /// Makes a fresh ticket for `exec_id`, valid while the result lives.

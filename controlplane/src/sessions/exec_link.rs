@@ -1,10 +1,8 @@
 //! An agent's `AgentLink.Channel`: the downlink for native exec work and
 //! the routing of its uplink events back to the waiting `Exec` calls.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use parking_lot::Mutex;
+use std::{collections::HashMap, sync::Arc};
 
 use cmdop_proto::ext::{
     agent_downlink, AgentDownlink, ExecCancel, ExecCredit, ExecFinished, ExecStart, ExecStdin,
@@ -146,8 +144,8 @@ impl ExecLink {
         self.takes_stdin.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn stdin_acks(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
-        self.stdin_acks.lock().unwrap_or_else(|p| p.into_inner())
+    fn stdin_acks(&self) -> parking_lot::MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+        self.stdin_acks.lock()
     }
 
     /// Starts following the stdin acknowledgements of `exec_id` (before
@@ -240,8 +238,8 @@ impl ExecLink {
         self.downlink.try_send(Box::new(Ok(msg))).is_ok()
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<ExecUpdate>>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    fn pending(&self) -> parking_lot::MutexGuard<'_, HashMap<String, mpsc::Sender<ExecUpdate>>> {
+        self.pending.lock()
     }
 
     /// Sends `start` to the agent; events for it arrive on the returned receiver,

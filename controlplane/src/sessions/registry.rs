@@ -2,10 +2,8 @@
 //! (so they list as "disconnected" and their output stays readable).
 //! At most one session per machine.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
-};
+use parking_lot::{Mutex, MutexGuard};
+use std::{collections::HashMap, sync::Arc};
 
 use super::{
     history::History,
@@ -37,7 +35,7 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
     }
 
     /// Registers a new agent connection of `machine_id`, replacing (and

@@ -5,10 +5,12 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicI64, AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc,
     },
     time::{Duration, SystemTime},
 };
+
+use parking_lot::Mutex;
 
 use cmdop_proto::terminal::{
     control_message, ControlMessage, FileOperationResult, RegisterRequest, TerminalSize,
@@ -100,10 +102,6 @@ pub struct Session {
     close_reason: Mutex<Option<String>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Session {
     pub(super) fn new(
         id: String,
@@ -180,7 +178,7 @@ impl Session {
 
     /// The error for calls whose agent went away while they waited.
     pub fn disconnected_status(&self) -> Status {
-        let reason = lock(&self.close_reason).clone();
+        let reason = self.close_reason.lock().clone();
         match reason {
             Some(reason) if reason.starts_with(SHUTDOWN_REASON) => Status::unavailable(format!(
                 "{reason}; the call to machine {} was cut short: retry once the control plane is \
@@ -198,7 +196,7 @@ impl Session {
     /// session ends before the command's exit arrived: nothing confirmed
     /// that the command was killed, so its outcome is unknown.
     pub fn outcome_unknown_message(&self) -> String {
-        let why = match lock(&self.close_reason).as_deref() {
+        let why = match self.close_reason.lock().as_deref() {
             Some(reason) => format!("the link to its agent ended ({reason})"),
             None => "the link to its agent was lost".to_string(),
         };
@@ -244,8 +242,8 @@ impl Session {
     /// that cannot keep up is dropped (its stream ends) rather than
     /// buffering without bound.
     pub fn record_output(&self, data: &[u8]) {
-        lock(&self.carried.output).push(data);
-        let mut subs = lock(&self.subscribers);
+        self.carried.output.lock().push(data);
+        let mut subs = self.subscribers.lock();
         if subs.is_empty() {
             return;
         }
@@ -270,17 +268,20 @@ impl Session {
 
     /// Reads buffered output with `GetOutput` semantics.
     pub fn read_output(&self, offset: u64, limit: usize) -> super::ring::OutputSlice {
-        lock(&self.carried.output).read(offset, limit, limits::MAX_GET_OUTPUT_BYTES)
+        self.carried
+            .output
+            .lock()
+            .read(offset, limit, limits::MAX_GET_OUTPUT_BYTES)
     }
 
     /// Remembers typed input for `GetHistory`.
     pub fn record_input(&self, data: &[u8]) {
-        lock(&self.carried.history).record_input(data);
+        self.carried.history.lock().record_input(data);
     }
 
     /// A page of typed commands and the total count.
     pub fn history(&self, offset: usize, limit: usize) -> (Vec<String>, usize) {
-        let h = lock(&self.carried.history);
+        let h = self.carried.history.lock();
         (h.page(offset, limit), h.len())
     }
 
@@ -289,7 +290,7 @@ impl Session {
         &self,
         request_id: &str,
     ) -> Result<oneshot::Receiver<FileOperationResult>, Status> {
-        let mut files = lock(&self.files);
+        let mut files = self.files.lock();
         if !self.is_live() {
             return Err(self.offline_status());
         }
@@ -306,19 +307,19 @@ impl Session {
 
     /// Forgets a file operation (its caller gave up).
     pub fn forget_file_op(&self, request_id: &str) {
-        lock(&self.files).remove(request_id);
+        self.files.lock().remove(request_id);
     }
 
     /// Hands an agent's file result to the waiting call, if any.
     pub fn complete_file_op(&self, result: FileOperationResult) {
-        if let Some(tx) = lock(&self.files).remove(&result.request_id) {
+        if let Some(tx) = self.files.lock().remove(&result.request_id) {
             let _ = tx.send(result);
         }
     }
 
     /// Adds an attach client; returns its id for [`Session::unsubscribe`].
     pub fn subscribe(&self, tx: ControlSender) -> Result<u64, Status> {
-        let mut subs = lock(&self.subscribers);
+        let mut subs = self.subscribers.lock();
         if !self.is_live() {
             return Err(self.offline_status());
         }
@@ -335,17 +336,17 @@ impl Session {
 
     /// Removes an attach client; its stream ends once nothing else holds its sender.
     pub fn unsubscribe(&self, id: u64) {
-        lock(&self.subscribers).remove(&id);
+        self.subscribers.lock().remove(&id);
     }
 
     /// Number of attach clients.
     pub fn subscriber_count(&self) -> usize {
-        lock(&self.subscribers).len()
+        self.subscribers.lock().len()
     }
 
     /// Installs the agent's exec link, closing any previous one.
     pub fn set_exec_link(&self, link: Arc<ExecLink>) -> Result<(), Status> {
-        let mut slot = lock(&self.exec_link);
+        let mut slot = self.exec_link.lock();
         if !self.is_live() {
             return Err(self.offline_status());
         }
@@ -357,7 +358,7 @@ impl Session {
 
     /// Removes `link` if it is still the installed one.
     pub fn clear_exec_link(&self, link: &Arc<ExecLink>) {
-        let mut slot = lock(&self.exec_link);
+        let mut slot = self.exec_link.lock();
         if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
             *slot = None;
         }
@@ -366,7 +367,7 @@ impl Session {
 
     /// The agent's exec link, if it has an open Channel.
     pub fn exec_link(&self) -> Option<Arc<ExecLink>> {
-        lock(&self.exec_link).clone().filter(|l| l.is_alive())
+        self.exec_link.lock().clone().filter(|l| l.is_alive())
     }
 
     /// Ends the session: every waiting call fails with UNAVAILABLE, attach
@@ -375,8 +376,8 @@ impl Session {
         if !self.alive.send_replace(false) {
             return;
         }
-        *lock(&self.close_reason) = Some(reason.to_string());
-        lock(&self.files).clear();
+        *self.close_reason.lock() = Some(reason.to_string());
+        self.files.lock().clear();
         let close = ControlMessage {
             payload: Some(control_message::Payload::CloseSession(
                 cmdop_proto::terminal::CloseSessionCommand {
@@ -386,10 +387,10 @@ impl Session {
             )),
             ..Default::default()
         };
-        for (_, tx) in lock(&self.subscribers).drain() {
+        for (_, tx) in self.subscribers.lock().drain() {
             let _ = tx.try_send(Box::new(Ok(close.clone())));
         }
-        if let Some(link) = lock(&self.exec_link).take() {
+        if let Some(link) = self.exec_link.lock().take() {
             link.close();
         }
     }

@@ -27,9 +27,9 @@ pub mod secrets;
 mod standing;
 mod tokens;
 
+use parking_lot::Mutex;
 use std::{
     path::Path,
-    sync::{Mutex, MutexGuard},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -201,7 +201,8 @@ impl Store {
     /// PostgreSQL URL without its password.
     pub fn describe(&self) -> String {
         match &self.engine {
-            Engine::Sqlite { conn, .. } => lock(conn)
+            Engine::Sqlite { conn, .. } => conn
+                .lock()
                 .path()
                 .map(str::to_owned)
                 .unwrap_or_else(|| "(in memory)".into()),
@@ -229,7 +230,7 @@ impl Store {
     /// Runs reads `f` (SQLite: on the read connection).
     fn read<T>(&self, f: impl FnOnce(&mut dyn Exec) -> anyhow::Result<T>) -> anyhow::Result<T> {
         match &self.engine {
-            Engine::Sqlite { read, .. } => f(&mut SqliteExec(&lock(read))),
+            Engine::Sqlite { read, .. } => f(&mut SqliteExec(&read.lock())),
             Engine::Postgres(pg) => f(&mut pg.client()?),
         }
     }
@@ -237,7 +238,7 @@ impl Store {
     /// Runs single-statement writes `f` (each statement commits by itself).
     fn write<T>(&self, f: impl FnOnce(&mut dyn Exec) -> anyhow::Result<T>) -> anyhow::Result<T> {
         match &self.engine {
-            Engine::Sqlite { conn, .. } => f(&mut SqliteExec(&lock(conn))),
+            Engine::Sqlite { conn, .. } => f(&mut SqliteExec(&conn.lock())),
             Engine::Postgres(pg) => f(&mut pg.client()?),
         }
     }
@@ -257,7 +258,7 @@ impl Store {
     ) -> anyhow::Result<T> {
         match &self.engine {
             Engine::Sqlite { conn, .. } => {
-                let mut conn = lock(conn);
+                let mut conn = conn.lock();
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let out = f(&mut SqliteExec(&tx))?;
                 tx.commit()?;
@@ -507,12 +508,6 @@ fn bump_revocations(db: &mut dyn Exec) -> anyhow::Result<()> {
         db.batch(&format!("NOTIFY {}", engine::postgres::REVOCATIONS_CHANNEL))?;
     }
     Ok(())
-}
-
-fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A panic while holding the lock cannot leave SQLite inconsistent
-    // (statements are atomic), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn workspace(r: &Row) -> anyhow::Result<Workspace> {

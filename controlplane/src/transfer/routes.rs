@@ -3,11 +3,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Mutex, MutexGuard,
-    },
+    sync::atomic::{AtomicBool, Ordering},
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 use cmdop_proto::ext::{file_uplink, FileUplink};
 use tokio::sync::mpsc;
@@ -38,7 +37,7 @@ impl TransferRoutes {
     }
 
     fn lock(&self) -> MutexGuard<'_, Routes> {
-        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+        self.routes.lock()
     }
 
     /// Registers transfer `id`; its events arrive on the receiver.

@@ -5,13 +5,13 @@ use cmdop_proto::ext::RefreshTokenRequest;
 use tonic::metadata::MetadataValue;
 
 use super::Conn;
-use crate::client::{lock, Credentials, Error, Event, Inner, LogLevel, Result};
+use crate::client::{Credentials, Error, Event, Inner, LogLevel, Result};
 
 impl Inner {
     /// Put the `authorization` header on `request`; returns the access token
     /// used (to detect a concurrent refresh).
     pub(crate) fn authorize<T>(&self, request: &mut tonic::Request<T>) -> Result<Option<String>> {
-        let token = match &*lock(&self.creds) {
+        let token = match &*self.creds.lock() {
             Credentials::ApiKey(k) => Some(k.clone()),
             Credentials::Tokens { access, .. } => Some(access.clone()),
             Credentials::None => None,
@@ -30,7 +30,7 @@ impl Inner {
 
     pub(crate) fn can_refresh(&self) -> bool {
         matches!(
-            &*lock(&self.creds),
+            &*self.creds.lock(),
             Credentials::Tokens {
                 auto_refresh: true,
                 ..
@@ -46,7 +46,7 @@ impl Inner {
         conn: &Conn,
     ) -> Result<()> {
         let _guard = self.refresh_lock.lock().await;
-        let refresh = match &*lock(&self.creds) {
+        let refresh = match &*self.creds.lock() {
             Credentials::Tokens {
                 access, refresh, ..
             } => {
@@ -100,7 +100,7 @@ impl Inner {
             ));
         }
         {
-            let mut creds = lock(&self.creds);
+            let mut creds = self.creds.lock();
             if let Credentials::Tokens {
                 access, refresh, ..
             } = &mut *creds

@@ -194,7 +194,7 @@ impl Inner {
             let state = rx.borrow_and_update().clone();
             match state {
                 ConnState::Connected => {
-                    if let Some(c) = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone() {
+                    if let Some(c) = self.conn.read().clone() {
                         return Ok(c);
                     }
                     return Err(Error::Disconnected(

@@ -16,7 +16,7 @@ use cmdop_proto::terminal::HealthCheckRequest;
 use super::endpoint::{build_endpoint, connect_error, WatchedConnector};
 use super::supervisor::supervise;
 use super::{CallPolicy, Conn, ConnState, ConnectionInfo, ServerFacts, PROBE_TIMEOUT};
-use crate::client::{lock, Client, Error, ErrorKind, Event, Inner, LogLevel, Result};
+use crate::client::{Client, Error, ErrorKind, Event, Inner, LogLevel, Result};
 
 impl Client {
     /// Connect (or reconnect after [`close`](Self::close)): open the channel,
@@ -37,7 +37,7 @@ impl Client {
 
         let weak = Arc::downgrade(&self.inner);
         let handle = tokio::spawn(supervise(weak));
-        if let Some(old) = lock(&inner.supervisor).replace(handle) {
+        if let Some(old) = inner.supervisor.lock().replace(handle) {
             old.abort();
         }
         Ok(())
@@ -52,14 +52,14 @@ impl Client {
     /// [`close`](Self::close) without awaiting: usable outside the runtime.
     pub fn shutdown(&self) {
         let inner = &self.inner;
-        if let Some(task) = lock(&inner.supervisor).take() {
+        if let Some(task) = inner.supervisor.lock().take() {
             task.abort();
         }
         let was = inner.state.send_replace(ConnState::Closed);
-        *inner.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *inner.conn.write() = None;
         // End the calls in flight (they kill what they started); later
         // calls take the fresh token.
-        std::mem::take(&mut *lock(&inner.closing)).cancel();
+        std::mem::take(&mut *inner.closing.lock()).cancel();
         if was != ConnState::Closed && was != ConnState::Idle {
             inner.log(LogLevel::Info, || "closed by the application".into());
             inner.emit(Event::Disconnected {
@@ -91,7 +91,7 @@ impl Client {
     /// trip, made now), server version and native exec availability.
     pub async fn connection_info(&self) -> ConnectionInfo {
         let inner = &self.inner;
-        let facts = lock(&inner.facts).clone();
+        let facts = inner.facts.lock().clone();
         let policy = CallPolicy {
             idempotent: false,
             timeout: inner.opts.timeout.min(PROBE_TIMEOUT),
@@ -218,9 +218,9 @@ impl Inner {
 
     /// Make `conn` (to server `index`) the live connection.
     pub(super) fn install(&self, index: usize, conn: Conn, facts: ServerFacts) {
-        *lock(&self.facts) = facts;
-        *lock(&self.current) = index;
-        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+        *self.facts.lock() = facts;
+        *self.current.lock() = index;
+        *self.conn.write() = Some(conn);
     }
 
     /// Learn what the server offers; also checks the credentials.

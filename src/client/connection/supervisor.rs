@@ -69,7 +69,7 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let interval = inner.opts.health_interval;
-        let Some(conn) = inner.conn.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+        let Some(conn) = inner.conn.read().clone() else {
             return;
         };
         let dropped = {
@@ -99,7 +99,7 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
         backoff.lost(Instant::now());
 
         let server = inner.current_server();
-        let lost_index = *crate::client::lock(&inner.current);
+        let lost_index = *inner.current.lock();
         let several = inner.servers.len() > 1;
         if !inner.opts.auto_reconnect {
             inner.disconnect_for_good(
@@ -168,12 +168,7 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
                 });
                 backoff.connected(Instant::now());
                 // Drops seen while reconnecting belong to the outage.
-                if let Some(c) = inner
-                    .conn
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                {
+                if let Some(c) = inner.conn.read().as_ref() {
                     let _ = c.dropped.notified().now_or_never();
                 }
                 inner.state.send_replace(ConnState::Connected);
