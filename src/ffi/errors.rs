@@ -15,7 +15,7 @@ use super::status::cmdop_status;
 pub extern "C" fn cmdop_status_str(status: c_int) -> *const c_char {
     ffi_boundary!(@value c"unknown status".as_ptr();
         match cmdop_status::from_raw(status) {
-            Some(s) => s.text().as_ptr().cast(),
+            Some(s) => s.text().as_ptr(),
             None => c"unknown status".as_ptr(),
         }
     )

@@ -1,6 +1,6 @@
 //! Status codes and their text.
 
-use std::ffi::c_int;
+use std::ffi::{c_int, CStr};
 
 use crate::client::ErrorKind;
 
@@ -10,6 +10,7 @@ use crate::client::ErrorKind;
 /// (OUTCOME_UNKNOWN came this way); treat a value you do not know
 /// as a failure and show cmdop_status_str() and cmdop_last_error_message().
 /// Each function documents the statuses it returns.
+// A new status also gets its row in TEXTS (below), in value order.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum cmdop_status {
@@ -78,53 +79,44 @@ impl cmdop_status {
         }
     }
 
+    /// The status whose value is `raw`, if any.
     pub(super) fn from_raw(raw: c_int) -> Option<cmdop_status> {
-        use cmdop_status::*;
-        const ALL: [cmdop_status; 17] = [
-            Ok,
-            InvalidArgument,
-            Unauthenticated,
-            NotFound,
-            Ambiguous,
-            Timeout,
-            Unavailable,
-            Disconnected,
-            Cancelled,
-            Protocol,
-            Internal,
-            NotSupported,
-            InCallback,
-            Panic,
-            PermissionDenied,
-            OperationFailed,
-            OutcomeUnknown,
-        ];
-        ALL.into_iter().find(|s| *s as c_int == raw)
+        TEXTS.iter().map(|&(s, _)| s).find(|s| *s as c_int == raw)
     }
 
-    pub(super) fn text(self) -> &'static [u8] {
-        use cmdop_status::*;
-        match self {
-            Ok => b"ok\0",
-            InvalidArgument => b"invalid argument\0",
-            Unauthenticated => b"unauthenticated\0",
-            NotFound => b"not found\0",
-            Ambiguous => b"ambiguous machine name\0",
-            Timeout => b"timed out\0",
-            Unavailable => b"unavailable\0",
-            Disconnected => b"disconnected\0",
-            Cancelled => b"cancelled\0",
-            Protocol => b"protocol error\0",
-            Internal => b"internal error\0",
-            NotSupported => b"not supported by the server\0",
-            InCallback => b"called from inside a callback\0",
-            Panic => b"internal panic\0",
-            PermissionDenied => b"permission denied\0",
-            OperationFailed => b"operation failed\0",
-            OutcomeUnknown => b"outcome unknown (not confirmed killed)\0",
-        }
+    /// Its short static description.
+    pub(super) fn text(self) -> &'static CStr {
+        TEXTS
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or(c"unknown status", |&(_, t)| t)
     }
 }
+
+/// Every status with its text: the one list beside the enum (a test holds
+/// the two equal, in value order).
+const TEXTS: [(cmdop_status, &CStr); 17] = {
+    use cmdop_status::*;
+    [
+        (Ok, c"ok"),
+        (InvalidArgument, c"invalid argument"),
+        (Unauthenticated, c"unauthenticated"),
+        (NotFound, c"not found"),
+        (Ambiguous, c"ambiguous machine name"),
+        (Timeout, c"timed out"),
+        (Unavailable, c"unavailable"),
+        (Disconnected, c"disconnected"),
+        (Cancelled, c"cancelled"),
+        (Protocol, c"protocol error"),
+        (Internal, c"internal error"),
+        (NotSupported, c"not supported by the server"),
+        (InCallback, c"called from inside a callback"),
+        (Panic, c"internal panic"),
+        (PermissionDenied, c"permission denied"),
+        (OperationFailed, c"operation failed"),
+        (OutcomeUnknown, c"outcome unknown (not confirmed killed)"),
+    ]
+};
 
 #[cfg(test)]
 mod tests {
@@ -149,6 +141,16 @@ mod tests {
         // SAFETY: a non-NULL, NUL-terminated string.
         let s = unsafe { CStr::from_ptr(cmdop_status_str(-7)) };
         assert_eq!(s.to_str().unwrap(), "unknown status");
+    }
+
+    #[test]
+    fn the_text_table_lists_every_status_once_in_value_order() {
+        for (i, (status, text)) in TEXTS.iter().enumerate() {
+            assert_eq!(*status as usize, i, "{text:?}");
+            assert_eq!(cmdop_status::from_raw(i as c_int), Some(*status));
+        }
+        // The last variant is the table's last row: nothing is missing.
+        assert_eq!(cmdop_status::OutcomeUnknown as usize + 1, TEXTS.len());
     }
 
     #[test]
