@@ -307,3 +307,94 @@ async fn an_offline_machine_of_the_selection_did_not_run() {
     let listed = cli(&f, &["machines", "-l", "cmdop.io/status=offline"]);
     assert!(stdout(&listed).contains(&gone), "{}", stdout(&listed));
 }
+
+/// The agent's `--hostname` as a command sees it: its parent is the agent.
+const WHO_AM_I: &str =
+    "h=$(tr '\\0' '\\n' < /proc/$PPID/cmdline | grep -A1 -x -- --hostname | tail -n 1)";
+
+/// Each machine's outcome is exact: exit code, a confirmed timeout, an
+/// unknown outcome when the agent dies mid-run; a megabyte from each of two
+/// machines never mixes.
+#[tokio::test]
+async fn every_machine_s_outcome_is_exact_and_outputs_never_mix() {
+    let mut f = fleet("ex").await;
+    let [web1, web2, db1] = [f.hosts[0].clone(), f.hosts[1].clone(), f.hosts[2].clone()];
+    let script = format!(
+        "{WHO_AM_I}; case $h in \
+         *web-1) yes aaaaaaaaaaaaaaa | head -c 1048576;; \
+         *web-2) yes bbbbbbbbbbbbbbb | head -c 1048576; sleep 30;; \
+         *db-1) echo failing >&2; exit 4;; esac"
+    );
+    let out = cli(&f, &["exec", "-l", "role", "--kill-after", "3", &script]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    let (mut a, mut b) = (0usize, 0usize);
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(&format!("{web1}: ")) {
+            assert_eq!(
+                rest, "aaaaaaaaaaaaaaa",
+                "a line of {web1} mixed with another"
+            );
+            a += rest.len() + 1;
+        } else if let Some(rest) = line.strip_prefix(&format!("{web2}: ")) {
+            assert_eq!(
+                rest, "bbbbbbbbbbbbbbb",
+                "a line of {web2} mixed with another"
+            );
+            b += rest.len() + 1;
+        } else {
+            panic!("a line without its machine: {line:?}");
+        }
+    }
+    // 1 MiB each; the last line of each is cut at the megabyte.
+    assert!(
+        (1_048_560..=1_048_576 + 16).contains(&a),
+        "{a} bytes of {web1}"
+    );
+    assert!(
+        (1_048_560..=1_048_576 + 16).contains(&b),
+        "{b} bytes of {web2}"
+    );
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{db1}: failing")), "{err}");
+    assert!(err.contains("1 ok, 2 failed, 0 did not run"), "{err}");
+    assert!(err.contains(&format!("{db1}: exit 4")), "{err}");
+    assert!(
+        err.contains(&format!("{web2}: timed out (killed)")),
+        "{err}"
+    );
+
+    // The agent of the only selected machine dies while the command runs:
+    // its outcome is unknown (never "killed", never run again).
+    let mut run = Command::new(cmdop_bin())
+        .args(["exec", "--json", "-l", "role=db", "sleep 20"])
+        .env("CMDOP_SERVER", format!("http://{}", f.server.addr))
+        .env("CMDOP_API_KEY", &f.ws.api_key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cmdop exec");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f._agents[2].kill();
+    let out = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        loop {
+            if run.try_wait().expect("wait").is_some() {
+                return run.wait_with_output().expect("output");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "cmdop exec hung"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one object");
+    assert_eq!(v["hostname"], db1.as_str());
+    assert_eq!(v["status"], "outcome_unknown", "{v}");
+    assert!(v["exit_code"].is_null());
+}
