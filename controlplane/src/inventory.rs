@@ -21,8 +21,9 @@ use crate::{
 
 /// Who answers a ListMachines.
 pub enum Scope {
-    /// The machines connected to this replica only (a call another replica
-    /// forwarded to ask what is live here).
+    /// The machines connected to this replica only, from its sessions (a
+    /// call another replica forwarded to ask what is live here; selector
+    /// and hosts do not apply).
     ThisReplica,
     /// The whole workspace, with presence from this server and, in a
     /// cluster, the machines live on the other replicas (given).
@@ -51,43 +52,45 @@ pub async fn list(
         n => n.min(MAX_MACHINES_PAGE),
     };
     let offset = parse_page_token(&req.page_token)?;
-    let rows = {
-        let ws_id = ws.id.clone();
-        crate::db::with_store(&state.store, move |s| s.inventory(&ws_id))
-            .await
-            .map_err(crate::db::internal)?
-    };
-    let (only_here, elsewhere) = match scope {
-        Scope::ThisReplica => (true, HashMap::new()),
-        Scope::Workspace(remote) => (
-            false,
-            remote
+    let mut machines = match scope {
+        // What is live here, from this replica's sessions alone (no
+        // database: the asking replica has the labels and facts).
+        Scope::ThisReplica => {
+            let mut seen = std::collections::HashSet::new();
+            state
+                .sessions
+                .list(&ws.id)
+                .into_iter()
+                .filter(|s| s.is_live() && seen.insert(s.machine_id.clone()))
+                .map(|s| of_session(s.machine_id.clone(), &s))
+                .collect()
+        }
+        Scope::Workspace(remote) => {
+            let rows = {
+                let ws_id = ws.id.clone();
+                crate::db::with_store(&state.store, move |s| s.inventory(&ws_id))
+                    .await
+                    .map_err(crate::db::internal)?
+            };
+            let elsewhere: HashMap<String, Machine> = remote
                 .into_iter()
                 .map(|m| (m.machine_id.clone(), m))
-                .collect::<HashMap<_, _>>(),
-        ),
+                .collect();
+            rows.into_iter()
+                .map(|row| {
+                    let remote = elsewhere.get(&row.machine.machine_id);
+                    machine_of(state, ws, row, remote)
+                })
+                .filter(|m| sel.matches(|k| m.labels.get(k).map(String::as_str)))
+                .filter(|m| {
+                    hosts.is_empty()
+                        || hosts
+                            .iter()
+                            .any(|p| selector::hostname_matches(p, &m.hostname))
+                })
+                .collect::<Vec<Machine>>()
+        }
     };
-    let mut machines: Vec<Machine> = rows
-        .into_iter()
-        .filter_map(|row| {
-            let live_here = state
-                .sessions
-                .by_machine(&ws.id, &row.machine.machine_id)
-                .filter(|s| s.is_live());
-            if only_here && live_here.is_none() {
-                return None;
-            }
-            let remote = elsewhere.get(&row.machine.machine_id);
-            Some(machine_of(state, ws, row, remote))
-        })
-        .filter(|m| sel.matches(|k| m.labels.get(k).map(String::as_str)))
-        .filter(|m| {
-            hosts.is_empty()
-                || hosts
-                    .iter()
-                    .any(|p| selector::hostname_matches(p, &m.hostname))
-        })
-        .collect();
     machines.sort_by(|a, b| {
         (a.hostname.to_lowercase(), &a.machine_id).cmp(&(b.hostname.to_lowercase(), &b.machine_id))
     });
