@@ -68,12 +68,10 @@ fn machines(state: &State, ws: &Workspace) -> Result<(Vec<MachineWithSession>, b
         Err(err) if crate::store::is_unavailable_error(&err) => {
             tracing::debug!(error = %format!("{err:#}"), "listing only the machines connected here");
             complete = false;
-            let mut seen = std::collections::HashSet::new();
             state
                 .sessions
-                .list(&ws.id)
+                .live_machines(&ws.id)
                 .into_iter()
-                .filter(|s| s.is_live() && seen.insert(s.machine_id.clone()))
                 .map(|s| crate::store::MachineRow {
                     machine_id: s.machine_id.clone(),
                     hostname: s.info.hostname.clone(),

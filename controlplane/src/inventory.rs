@@ -55,16 +55,12 @@ pub async fn list(
     let mut machines = match scope {
         // What is live here, from this replica's sessions alone (no
         // database: the asking replica has the labels and facts).
-        Scope::ThisReplica => {
-            let mut seen = std::collections::HashSet::new();
-            state
-                .sessions
-                .list(&ws.id)
-                .into_iter()
-                .filter(|s| s.is_live() && seen.insert(s.machine_id.clone()))
-                .map(|s| of_session(s.machine_id.clone(), &s))
-                .collect()
-        }
+        Scope::ThisReplica => state
+            .sessions
+            .live_machines(&ws.id)
+            .into_iter()
+            .map(|s| of_session(s.machine_id.clone(), &s))
+            .collect(),
         Scope::Workspace(remote) => {
             let rows = {
                 let ws_id = ws.id.clone();

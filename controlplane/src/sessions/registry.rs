@@ -191,6 +191,16 @@ impl Registry {
         });
         out
     }
+
+    /// The live session of each machine of `workspace_id` connected here
+    /// (its newest, when a machine has several), newest activity first.
+    pub fn live_machines(&self, workspace_id: &str) -> Vec<Arc<Session>> {
+        let mut seen = std::collections::HashSet::new();
+        self.list(workspace_id)
+            .into_iter()
+            .filter(|s| s.is_live() && seen.insert(s.machine_id.clone()))
+            .collect()
+    }
 }
 
 #[cfg(test)]
