@@ -48,7 +48,8 @@ pub enum AdminCommand {
         #[arg(long, default_value = "")]
         label: String,
     },
-    /// Revoke an API key (the key itself or its listed prefix).
+    /// Revoke an API key: its listed prefix, or `-` to read the key itself
+    /// from stdin (a key on the command line is visible to other users).
     RevokeKey { key: String },
     /// Create a one-time token that enrolls one agent into a workspace.
     EnrollToken {
@@ -61,7 +62,8 @@ pub enum AdminCommand {
     /// Revoke an unused enrollment token (or, with --workspace and --all,
     /// every unused token of a workspace).
     RevokeEnrollToken {
-        /// The token as printed by `enroll-token`.
+        /// The token as printed by `enroll-token`, or `-` to read it from
+        /// stdin (a token on the command line is visible to other users).
         #[arg(required_unless_present = "all")]
         token: Option<String>,
         #[arg(long, requires = "all")]
@@ -160,8 +162,17 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             println!("{}", store.create_api_key(&ws.id, &label)?);
         }
         AdminCommand::RevokeKey { key } => {
+            let key = crate::secret_flags::positional_secret(
+                &key,
+                "API key",
+                cmdop_controlplane::store::api_key_prefix(&key).len(),
+                "pass its first 12 characters instead",
+            )?;
             if !store.revoke_api_key(&key)? {
-                bail!("no API key matches '{key}'");
+                bail!(
+                    "no unrevoked API key matches '{}…'; check the key (or its first 12 characters)",
+                    cmdop_controlplane::store::api_key_prefix(&key)
+                );
             }
             println!("revoked");
         }
@@ -183,6 +194,12 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 println!("revoked {n}");
             }
             (Some(token), _) => {
+                let token = crate::secret_flags::positional_secret(
+                    &token,
+                    "enrollment token",
+                    0,
+                    "revoke all unused tokens with --workspace NAME --all",
+                )?;
                 if !store.revoke_enrollment_token(&token)? {
                     bail!("no unused enrollment token matches; it may be used, revoked or mistyped (pass the whole token, or --workspace NAME --all)");
                 }

@@ -91,6 +91,36 @@ pub fn check_command_line(cmd: &clap::Command, matches: &ArgMatches) -> anyhow::
     Ok(())
 }
 
+/// A secret given as a positional argument (`cmdop admin revoke-key KEY`):
+/// `-` reads it from the first line of stdin; a whole secret on the
+/// command line (longer than `visible_prefix` characters, which identify it
+/// without being it) gets a warning saying `how` to avoid that.
+pub fn positional_secret(
+    value: &str,
+    what: &str,
+    visible_prefix: usize,
+    how: &str,
+) -> anyhow::Result<String> {
+    if value == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read the {what} from stdin"))?;
+        let secret = line.trim();
+        if secret.is_empty() {
+            bail!("stdin is empty: write the {what} on its first line");
+        }
+        return Ok(secret.to_string());
+    }
+    if value.len() > visible_prefix {
+        eprintln!(
+            "cmdop: warning: the {what} on the command line can be read by every user of this \
+             machine (ps); pass - and write it on stdin, or {how}"
+        );
+    }
+    Ok(value.to_string())
+}
+
 /// True when a PostgreSQL URL (or key=value string) holds a password.
 fn url_has_password(url: &str) -> bool {
     cmdop_controlplane::store::engine::postgres::redact(url) != url

@@ -495,3 +495,58 @@ fn dev_cluster_shows_no_secret_to_other_users_and_its_database_refuses_them() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `cmdop admin revoke-key -` and `revoke-enroll-token -` read the secret
+/// from stdin; a whole key or token on the command line is warned about,
+/// and a refusal shows only the key's prefix.
+#[test]
+fn revocations_take_the_secret_from_stdin_and_warn_about_argv() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = create_workspace(dir.path(), "alpha");
+    let admin_with_stdin = |args: &[&str], input: &str| {
+        let mut child = Command::new(cmdop_bin())
+            .arg("admin")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run cmdop admin");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = admin_with_stdin(&["revoke-key", "-"], &format!("{}\n", ws.api_key));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "revoked");
+    assert!(out.stderr.is_empty(), "no warning for stdin: {out:?}");
+    // Revoked: a second time matches nothing, and the refusal shows only
+    // the prefix.
+    let out = admin_with_stdin(&["revoke-key", &ws.api_key], "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: the API key on the command line"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&ws.api_key),
+        "the whole key was printed: {err}"
+    );
+    assert!(err.contains(&ws.api_key[..12]), "{err}");
+
+    let token = enroll_token(dir.path(), "alpha");
+    let out = admin_with_stdin(&["revoke-enroll-token", "-"], &token);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let out = admin_with_stdin(&["revoke-enroll-token", "-"], "\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stdin is empty"));
+}
