@@ -279,6 +279,28 @@ impl Outcome {
     }
 }
 
+/// One machine of a fan-out and how it ended.
+struct MachineResult {
+    machine: FleetMachine,
+    outcome: Outcome,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    duration_ms: u64,
+}
+
+impl MachineResult {
+    /// A machine the command never reached.
+    fn not_run(machine: FleetMachine, why: &str) -> MachineResult {
+        MachineResult {
+            machine,
+            outcome: Outcome::NotRun(why.into()),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            duration_ms: 0,
+        }
+    }
+}
+
 /// Prefixes complete lines with `host: ` and writes them whole, so lines
 /// of different machines never mix.
 struct Prefixer {
@@ -326,8 +348,8 @@ impl Prefixer {
 /// the hostname (or, with --json, one object per machine), a summary on
 /// stderr. Exit status: 0 when every selected machine ran the command and
 /// it exited 0; 1 when one failed (non-zero exit, signal, timeout, unknown
-/// outcome, error); 2 when none failed but some did not run (offline, or
-/// skipped after --max-failures).
+/// outcome, error); 2 when none failed but some did not run (offline,
+/// skipped after --max-failures, or interrupted before it started).
 pub async fn exec_many(
     client: Client,
     command: String,
@@ -351,13 +373,7 @@ pub async fn exec_many(
     let mut targets = Vec::new();
     for m in machines {
         if !m.online() {
-            results.lock().push((
-                m,
-                Outcome::NotRun("offline".into()),
-                Vec::new(),
-                Vec::new(),
-                0u64,
-            ));
+            results.lock().push(MachineResult::not_run(m, "offline"));
             continue;
         }
         targets.push(m);
@@ -388,14 +404,15 @@ pub async fn exec_many(
                 let _slot = limiter.acquire_owned().await;
                 let skip = max_failures
                     .is_some_and(|k| failures.load(std::sync::atomic::Ordering::SeqCst) >= k);
-                if skip || stop.is_cancelled() {
-                    results.lock().push((
-                        m,
-                        Outcome::NotRun("skipped after --max-failures".into()),
-                        Vec::new(),
-                        Vec::new(),
-                        0,
-                    ));
+                if stop.is_cancelled() {
+                    results
+                        .lock()
+                        .push(MachineResult::not_run(m, "interrupted"));
+                    return;
+                }
+                if skip {
+                    let why = "skipped after --max-failures";
+                    results.lock().push(MachineResult::not_run(m, why));
                     return;
                 }
                 opts.machine = Some(MachineInfo {
@@ -443,7 +460,13 @@ pub async fn exec_many(
                 if outcome.ran() && !outcome.ok() {
                     failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
-                results.lock().push((m, outcome, out, err, took));
+                results.lock().push(MachineResult {
+                    machine: m,
+                    outcome,
+                    stdout: out,
+                    stderr: err,
+                    duration_ms: took,
+                });
             });
         }
         loop {
@@ -459,13 +482,16 @@ pub async fn exec_many(
     }
     let _ = std::io::stdout().flush();
     let mut results = std::mem::take(&mut *results.lock());
-    results.sort_by(|a, b| {
-        a.0.hostname
-            .to_lowercase()
-            .cmp(&b.0.hostname.to_lowercase())
-    });
+    results.sort_by_key(|r| r.machine.hostname.to_lowercase());
     let (mut ok, mut failed, mut not_run) = (0, 0, 0);
-    for (m, outcome, out, err, took) in &results {
+    for MachineResult {
+        machine: m,
+        outcome,
+        stdout: out,
+        stderr: err,
+        duration_ms: took,
+    } in &results
+    {
         if fan.json {
             let exit_code = match outcome {
                 Outcome::Exited(c) => Some(*c),
@@ -494,8 +520,12 @@ pub async fn exec_many(
         }
     }
     let mut summary = format!("cmdop: {ok} ok, {failed} failed, {not_run} did not run");
-    for (m, outcome, ..) in results.iter().filter(|r| !r.1.ok()) {
-        summary.push_str(&format!("\n  {}: {}", m.hostname, outcome.describe()));
+    for r in results.iter().filter(|r| !r.outcome.ok()) {
+        summary.push_str(&format!(
+            "\n  {}: {}",
+            r.machine.hostname,
+            r.outcome.describe()
+        ));
     }
     eprintln!("{summary}");
     if let Ok(client) = Arc::try_unwrap(client) {

@@ -54,15 +54,23 @@ pub unsafe extern "C" fn cmdop_exec(
     opts: *const cmdop_exec_options,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
-    let read = ffi_boundary!(@value Err(Failure::invalid("opts could not be read"));
-        // SAFETY: NULL (defaults) or a readable struct whose version field
-        // tells its layout.
-        unsafe { super::versioned::read(opts) });
-    match read {
+    // SAFETY: the caller's `opts`, under cmdop_exec()'s contract.
+    match unsafe { read_opts(opts) } {
         // SAFETY: the caller's arguments, forwarded under the same contract.
         Ok(o) => unsafe { exec_call("cmdop_exec", client, command, o, out) },
         Err(failure) => super::boundary::run_status(|| Err(failure)),
     }
+}
+
+/// The caller's options in the current layout (NULL: the defaults), with
+/// panics caught.
+///
+/// # Safety
+/// `opts` is NULL or a readable struct whose version field tells its layout.
+unsafe fn read_opts(opts: *const cmdop_exec_options) -> Result<cmdop_exec_options, Failure> {
+    ffi_boundary!(@value Err(Failure::invalid("opts could not be read"));
+        // SAFETY: by this function's contract.
+        unsafe { super::versioned::read(opts) })
 }
 
 /// The body of every execute: arms the finaliser of `o.user_data` first,
@@ -288,11 +296,8 @@ unsafe fn positional(
     (on_output, user_data, free_user_data, cancel): Callbacks,
     out: *mut *mut cmdop_exec_result,
 ) -> cmdop_status {
-    let read = ffi_boundary!(@value Err(Failure::invalid("opts could not be read"));
-        // SAFETY: NULL (defaults) or a readable struct whose version field
-        // tells its layout.
-        unsafe { super::versioned::read(opts) });
-    let o = match read {
+    // SAFETY: the caller's `opts`, under the same contract.
+    let o = match unsafe { read_opts(opts) } {
         Ok(o) => o,
         Err(failure) => {
             drop(output_sink(on_output, user_data, free_user_data));
