@@ -399,7 +399,9 @@ typedef struct cmdop_options {
    */
   uint32_t max_retries;
   /**
-   * Pause between those attempts (default 500).
+   * Pause between those attempts (default 500): each one a random part
+   * between half and all of it, so clients refused together (a replica
+   * stopping) do not retry in step.
    */
   uint32_t retry_delay_ms;
   /**

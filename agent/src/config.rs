@@ -42,9 +42,16 @@ pub struct AgentConfig {
     pub reconnect_base: Duration,
     /// Largest reconnect delay (before jitter). Kept short so an agent is
     /// back soon after a long outage heals; a connection that stayed up for
-    /// [`crate::backoff::RESET_AFTER`] starts the schedule over.
+    /// `cmdop_proto::backoff::AGENT_RECONNECT.reset_after` starts the
+    /// schedule over.
     pub reconnect_max: Duration,
 }
+
+/// Default cap of the reconnect delay (before the spread): after an outage
+/// of any length the agent's next attempt comes at most ~45 s after the
+/// server is back; TCP probes during the wait ([`crate::probe`]) usually
+/// cut that to ~1-3 s.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -60,7 +67,7 @@ impl Default for AgentConfig {
             labels: BTreeMap::new(),
             heartbeat_interval: Duration::from_secs(25),
             reconnect_base: Duration::from_secs(1),
-            reconnect_max: crate::backoff::DEFAULT_MAX,
+            reconnect_max: DEFAULT_RECONNECT_MAX,
         }
     }
 }

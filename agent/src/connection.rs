@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::Context;
+use cmdop_proto::backoff::{Backoff, AGENT_RECONNECT};
 use cmdop_proto::terminal::{
     agent_message, control_message,
     terminal_streaming_service_client::TerminalStreamingServiceClient, AgentMessage,
@@ -21,7 +22,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::{
-    backoff::{Backoff, RESET_AFTER},
     config::AgentConfig,
     enroll::error_chain,
     exec_link::{self, LinkEnd},
@@ -78,7 +78,11 @@ impl Agent<'_> {
             id: uuid::Uuid::new_v4().to_string(),
             sequence: 0,
         };
-        let mut backoff = Backoff::new(self.config.reconnect_base, self.config.reconnect_max);
+        let mut backoff = Backoff::new(
+            AGENT_RECONNECT,
+            self.config.reconnect_base,
+            self.config.reconnect_max,
+        );
         let probe_targets: Vec<_> = endpoints.iter().map(|e| probe::target(e.uri())).collect();
         let mut current = 0;
         tokio::pin!(shutdown);
@@ -93,8 +97,9 @@ impl Agent<'_> {
                     return Ok(());
                 }
             };
-            if connected_at.is_some_and(|t: Instant| t.elapsed() >= RESET_AFTER) {
-                backoff.reset();
+            if let Some(up) = connected_at {
+                backoff.connected(up);
+                backoff.lost(Instant::now());
             }
             let delay = backoff.next_delay();
             match ended {

@@ -7,7 +7,8 @@ use anyhow::Context;
 use cmdop_proto::ext::{agent_link_client::AgentLinkClient, EnrollRequest};
 use tonic::Code;
 
-use crate::{backoff::Backoff, config::AgentConfig, state::AgentState, transport};
+use crate::{config::AgentConfig, state::AgentState, transport};
+use cmdop_proto::backoff::{Backoff, AGENT_RECONNECT};
 
 /// Loads the identity from the state file or enrolls to obtain one.
 ///
@@ -38,7 +39,7 @@ pub async fn load_or_enroll(config: &AgentConfig, hostname: &str) -> anyhow::Res
         .iter()
         .map(|s| transport::endpoint(s, config.ca_cert.as_deref()))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
+    let mut backoff = Backoff::new(AGENT_RECONNECT, config.reconnect_base, config.reconnect_max);
     // Any server of the list may enroll the machine (they share one
     // database): a failed attempt moves on to the next one.
     let mut current = 0;

@@ -10,10 +10,9 @@
 //!   may leave it for a side connection ([`exec_raw`]).
 //!
 //! Connection loss is never fatal: the agent reconnects with exponential
-//! backoff and jitter ([`backoff`]), probes cheaply for the control plane's
+//! backoff and jitter (`cmdop_proto::backoff`, agent policy), probes cheaply for the control plane's
 //! return while it waits ([`probe`]), and the shell keeps running meanwhile.
 
-pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod enroll;

@@ -3,9 +3,11 @@
 //! extension package), and the one home of what peers must agree on:
 //! capability strings ([`caps`]), our metadata keys ([`headers`]), shared
 //! size limits ([`limits`]), the side-connection handshake ([`raw`]) and
-//! its TLS ([`raw_tls`]), and the label selectors and hostname patterns
+//! its TLS ([`raw_tls`]), the one retry schedule of clients and agents
+//! ([`backoff`]), and the label selectors and hostname patterns
 //! that choose machines in a fleet ([`selector`]).
 
+pub mod backoff;
 pub mod caps;
 pub mod codec;
 pub mod headers;

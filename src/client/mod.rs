@@ -3,7 +3,6 @@
 //! tasks and threads at once; all clones share one HTTP/2 connection.
 
 mod attach;
-mod backoff;
 mod cancel;
 mod connection;
 pub(crate) mod delivery;
@@ -33,7 +32,6 @@ use std::sync::Arc;
 use tokio::sync::{watch, Notify};
 
 pub use attach::{AttachEvent, AttachHandle};
-pub use backoff::{backoff_ceiling, backoff_delay};
 pub use cancel::CancelToken;
 pub use connection::{ConnState, ConnectionInfo};
 pub use disk::TransferOptions;

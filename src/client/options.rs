@@ -59,7 +59,8 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Extra attempts for calls that are safe to repeat.
     pub max_retries: u32,
-    /// Pause between those attempts.
+    /// Pause between those attempts: each one a random part between half
+    /// and all of it, so clients refused together do not retry in step.
     pub retry_delay: Duration,
     /// Reconnect in the background when the connection drops.
     pub auto_reconnect: bool,

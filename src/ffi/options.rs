@@ -63,7 +63,9 @@ pub struct cmdop_options {
     pub timeout_ms: u32,
     /// Extra attempts of calls that are safe to repeat (default 3).
     pub max_retries: u32,
-    /// Pause between those attempts (default 500).
+    /// Pause between those attempts (default 500): each one a random part
+    /// between half and all of it, so clients refused together (a replica
+    /// stopping) do not retry in step.
     pub retry_delay_ms: u32,
     /// Reconnect in the background when the connection drops (default true).
     pub auto_reconnect: bool,

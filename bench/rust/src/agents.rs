@@ -24,7 +24,7 @@
 //!
 //! An agent whose connection ends reconnects the way the real agent does:
 //! the same backoff with jitter, reset after a connection that stayed up,
-//! and the same probing wait (`cmdop_agent::backoff`,
+//! and the same probing wait (`cmdop_proto::backoff::AGENT_RECONNECT`,
 //! `cmdop_agent::connection::wait_before_retry`), then registers again with
 //! its agent secret.
 //!
@@ -54,12 +54,9 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use cmdop_agent::{
-    backoff::{Backoff, RESET_AFTER},
-    connection::wait_before_retry,
-    AgentConfig,
-};
+use cmdop_agent::{connection::wait_before_retry, AgentConfig};
 use cmdop_controlplane::store::Store;
+use cmdop_proto::backoff::{Backoff, AGENT_RECONNECT};
 use cmdop_proto::{
     ext::{agent_link_client::AgentLinkClient, EnrollRequest},
     terminal::{
@@ -416,10 +413,10 @@ async fn run_agent(
     // backoff after a connection that stayed up, wait out the next jittered
     // delay (probing), try again.
     let config = AgentConfig::default();
-    let mut backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
+    let mut backoff = Backoff::new(AGENT_RECONNECT, config.reconnect_base, config.reconnect_max);
     let mut losses = 0u64;
     loop {
-        let up_since = Instant::now();
+        backoff.connected(Instant::now());
         if stay_connected(connected, &mut stop).await {
             return;
         }
@@ -430,9 +427,7 @@ async fn run_agent(
             stats.agents_lost.fetch_add(1, Ordering::SeqCst);
         }
         push(&stats.lost_at, SystemTime::now());
-        if up_since.elapsed() >= RESET_AFTER {
-            backoff.reset();
-        }
+        backoff.lost(Instant::now());
         connected = loop {
             let delay = backoff.next_delay();
             tokio::select! {

@@ -71,7 +71,7 @@ const FAILOVER_ATTEMPT: Duration = Duration::from_millis(1500);
 /// machine (following the previous run's move).
 const SETTLE_WAIT: Duration = Duration::from_secs(15);
 /// Time from one failover run's recovery to the next kill: the agent resets its
-/// reconnect backoff once a link stayed up 10 s (its `RESET_AFTER`).
+/// reconnect backoff once a link stayed up 10 s (`AGENT_RECONNECT.reset_after`).
 const DEFAULT_FAILOVER_STEADY: Duration = Duration::from_secs(12);
 /// Pause between failover attempts.
 const FAILOVER_PAUSE: Duration = Duration::from_millis(10);

@@ -6,6 +6,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use cmdop_proto::backoff::{Backoff, CLIENT_CALL_RETRY};
+
 use super::{Conn, ConnState};
 use crate::client::error::is_expired_token;
 use crate::client::{Error, ErrorKind, Inner, LogLevel, Result};
@@ -121,6 +123,11 @@ impl Inner {
         };
         let deadline = Instant::now() + plan.budget;
         let mut retries = 0;
+        let mut pauses = Backoff::new(
+            CLIENT_CALL_RETRY,
+            self.opts.retry_delay,
+            self.opts.retry_delay,
+        );
         let mut refreshed = false;
         loop {
             let conn = match &plan.fixed {
@@ -166,7 +173,7 @@ impl Inner {
             let err = Error::from_status(what, &status);
             if err.kind() == ErrorKind::Unavailable {
                 self.trouble.notify_one();
-                let pause = self.opts.retry_delay;
+                let pause = pauses.next_delay();
                 if plan.idempotent
                     && retries < self.opts.max_retries
                     && Instant::now() + pause < deadline

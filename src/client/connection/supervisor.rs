@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use futures::FutureExt;
 
+use cmdop_proto::backoff::{Backoff, CLIENT_RECONNECT};
 use cmdop_proto::terminal::HealthCheckRequest;
 
 use super::{Conn, ConnState, PROBE_TIMEOUT};
-use crate::client::backoff::Backoff;
 use crate::client::{Event, Inner, LogLevel};
 
 impl Inner {
@@ -54,15 +54,18 @@ impl Inner {
 
 /// Watches the connection; on loss fires `Disconnected` and, with
 /// `auto_reconnect`, reconnects with exponential backoff and jitter (reset
-/// once a connection stayed up for [`HEALTHY_RESET`]). A transport
+/// once a connection stayed up for `CLIENT_RECONNECT.reset_after`, see
+/// `cmdop_proto::backoff`). A transport
 /// connection that ends (see `WatchedConnector`) is a loss by itself, with
 /// no probe: a server that is back before the probe still yields
 /// `Disconnected(will_reconnect)` then `Connected`.
-///
-/// [`HEALTHY_RESET`]: crate::client::backoff::HEALTHY_RESET
 pub(super) async fn supervise(weak: Weak<Inner>) {
     let mut backoff = match weak.upgrade() {
-        Some(inner) => Backoff::new(inner.opts.reconnect_delay, inner.opts.max_reconnect_delay),
+        Some(inner) => Backoff::new(
+            CLIENT_RECONNECT,
+            inner.opts.reconnect_delay,
+            inner.opts.max_reconnect_delay,
+        ),
         None => return,
     };
     backoff.connected(Instant::now());
