@@ -1576,6 +1576,15 @@ void cmdop_session_free(struct cmdop_session *s);
 const char *cmdop_session_id(const struct cmdop_session *s);
 
 /**
+ * The machine's stable id ("mach_…"), for cmdop_set_machine_id().
+ * Borrowed from `s`; "" when the server cannot tell (it lacks
+ * CMDOP_CAPABILITY_MACHINES, or the row is of a machine that is offline);
+ * NULL when `s` is NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const char *cmdop_session_machine_id(const struct cmdop_session *s);
+
+/**
  * Hostname of the machine. Borrowed from `s`.
  * Thread: any; concurrent reads of one object are safe, but not during its _free.
  */

@@ -348,8 +348,12 @@ func TestSessionsAndInfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sess.Hostname != s.machine || sess.ID == "" || sess.Status != "connected" {
+	if sess.Hostname != s.machine || sess.ID == "" || sess.Status != "connected" ||
+		!strings.HasPrefix(sess.MachineID, "mach_") {
 		t.Fatalf("unexpected session %+v", sess)
+	}
+	if err := c.SetMachineID(sess.MachineID); err != nil {
+		t.Fatalf("SetMachineID(%q) from the session: %v", sess.MachineID, err)
 	}
 	all, err := c.Sessions()
 	if err != nil {
@@ -357,7 +361,7 @@ func TestSessionsAndInfo(t *testing.T) {
 	}
 	found := false
 	for _, each := range all {
-		found = found || each.ID == sess.ID
+		found = found || (each.ID == sess.ID && each.MachineID == sess.MachineID)
 	}
 	if !found {
 		t.Fatalf("session %s missing from %+v", sess.ID, all)

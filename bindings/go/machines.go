@@ -12,7 +12,10 @@ import (
 
 // Session is one machine's terminal session as the control plane reports it.
 type Session struct {
-	ID          string
+	ID string
+	// MachineID is the machine's stable id ("mach_…", for SetMachineID);
+	// empty when the server cannot tell.
+	MachineID   string
 	Hostname    string
 	Status      string // "connected", "disconnected", "pending", ...
 	OS          string
@@ -25,6 +28,7 @@ type Session struct {
 func sessionFrom(s *C.cmdop_session) Session {
 	out := Session{
 		ID:           C.GoString(C.cmdop_session_id(s)),
+		MachineID:    C.GoString(C.cmdop_session_machine_id(s)),
 		Hostname:     C.GoString(C.cmdop_session_hostname(s)),
 		Status:       C.GoString(C.cmdop_session_status(s)),
 		OS:           C.GoString(C.cmdop_session_os(s)),

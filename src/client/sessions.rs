@@ -1,9 +1,12 @@
 //! Sessions: the live terminal connections of agents in the workspace.
 
+use std::collections::HashMap;
+
+use cmdop_proto::caps;
 use cmdop_proto::terminal::{ListSessionsRequest, SessionInfoItem};
 
 use super::connection::CallPolicy;
-use super::{Client, Error, Result};
+use super::{Client, Error, LogLevel, Result};
 
 /// Rows asked per ListSessions page.
 const PAGE: i32 = 100;
@@ -14,6 +17,10 @@ const MAX_SESSIONS: usize = 10_000;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SessionInfo {
     pub session_id: String,
+    /// The machine's stable id (`mach_…`), for [`Client::set_machine_id`];
+    /// empty when the server cannot tell (no `machines.v1`, an offline
+    /// machine's row, or the listing failed).
+    pub machine_id: String,
     pub hostname: String,
     pub machine_name: String,
     /// Lowercase: connected, disconnected, pending, background, error...
@@ -32,6 +39,7 @@ impl From<SessionInfoItem> for SessionInfo {
     fn from(s: SessionInfoItem) -> SessionInfo {
         SessionInfo {
             session_id: s.session_id,
+            machine_id: String::new(),
             hostname: s.machine_hostname,
             machine_name: s.machine_name,
             status: s.status,
@@ -87,6 +95,7 @@ impl Client {
                 || all.len() >= total.max(0) as usize
                 || all.len() >= MAX_SESSIONS
             {
+                self.fill_machine_ids(&mut all, "").await;
                 return Ok(all);
             }
         }
@@ -108,6 +117,49 @@ impl Client {
                 "no connected session{which}: start an agent on the machine, or list sessions to see what is there"
             )));
         }
-        Ok(page.swap_remove(0))
+        let mut found = page.swap_remove(0);
+        // The exact hostname as a host list, unless it has the list's own
+        // metacharacters (then the whole fleet is read to join on).
+        let exact = if found.hostname.contains([',', '*', '?', '[']) {
+            ""
+        } else {
+            found.hostname.as_str()
+        }
+        .to_string();
+        self.fill_machine_ids(std::slice::from_mut(&mut found), &exact)
+            .await;
+        Ok(found)
+    }
+
+    /// Sets each session's `machine_id` from the server's machine listing
+    /// (ext ListMachines of the machines in `hosts`, "" = all), joined on
+    /// the session id. The official ListSessions has no machine ids; a
+    /// server without `machines.v1`, or a listing that fails, leaves them
+    /// empty (the sessions themselves are still right).
+    async fn fill_machine_ids(&self, sessions: &mut [SessionInfo], hosts: &str) {
+        if sessions.iter().all(|s| s.session_id.is_empty())
+            || !self.inner.facts.lock().has(caps::MACHINES)
+        {
+            return;
+        }
+        let machines = match self.list_machines("", hosts).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.inner.log(LogLevel::Debug, || {
+                    format!("sessions listed without machine ids: {e}")
+                });
+                return;
+            }
+        };
+        let by_session: HashMap<&str, &str> = machines
+            .iter()
+            .filter(|m| !m.session_id.is_empty())
+            .map(|m| (m.session_id.as_str(), m.machine_id.as_str()))
+            .collect();
+        for s in sessions {
+            if let Some(id) = by_session.get(s.session_id.as_str()) {
+                s.machine_id = (*id).to_string();
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@ use crate::client::SessionInfo;
 pub struct cmdop_session {
     info: SessionInfo,
     id: CString,
+    machine_id: CString,
     hostname: CString,
     status: CString,
     os: CString,
@@ -26,6 +27,7 @@ pub struct cmdop_session_list {
 fn wrap(info: SessionInfo) -> cmdop_session {
     cmdop_session {
         id: c_string(&info.session_id),
+        machine_id: c_string(&info.machine_id),
         hostname: c_string(&info.hostname),
         status: c_string(&info.status),
         os: c_string(&info.os),
@@ -133,6 +135,17 @@ pub unsafe extern "C" fn cmdop_session_free(s: *mut cmdop_session) {
 pub unsafe extern "C" fn cmdop_session_id(s: *const cmdop_session) -> *const c_char {
     // SAFETY: NULL (checked) or a live object of this library.
     ffi_boundary!(@value std::ptr::null(); unsafe { s.as_ref() }.map_or(std::ptr::null(), |s| s.id.as_ptr()))
+}
+
+/// The machine's stable id ("mach_…"), for cmdop_set_machine_id().
+/// Borrowed from `s`; "" when the server cannot tell (it lacks
+/// CMDOP_CAPABILITY_MACHINES, or the row is of a machine that is offline);
+/// NULL when `s` is NULL.
+/// Thread: any; concurrent reads of one object are safe, but not during its _free.
+#[no_mangle]
+pub unsafe extern "C" fn cmdop_session_machine_id(s: *const cmdop_session) -> *const c_char {
+    // SAFETY: NULL (checked) or a live object of this library.
+    ffi_boundary!(@value std::ptr::null(); unsafe { s.as_ref() }.map_or(std::ptr::null(), |s| s.machine_id.as_ptr()))
 }
 
 /// Hostname of the machine. Borrowed from `s`.

@@ -158,6 +158,32 @@ int main(void) {
     CHECK(cmdop_machine_list_count(NULL) == 0 && cmdop_machine_id(NULL) == NULL);
   }
 
+  /* Sessions name their machine's id: the active one and every listed
+   * one, and the id selects that machine. */
+  {
+    cmdop_session *s = NULL;
+    cmdop_session_list *l = NULL;
+    size_t i, with_id = 0;
+    CHECK_OK(cmdop_get_active_session(c, "bravo-host", &s));
+    CHECK(s != NULL && strcmp(cmdop_session_machine_id(s), id_bravo) == 0);
+    cmdop_session_free(s);
+    CHECK_OK(cmdop_list_sessions(c, &l));
+    for (i = 0; i < cmdop_session_list_count(l); i++) {
+      const cmdop_session *e = cmdop_session_list_get(l, i);
+      if (strcmp(cmdop_session_status(e), "connected") != 0)
+        continue;
+      CHECK(strncmp(cmdop_session_machine_id(e), "mach_", 5) == 0);
+      with_id++;
+      if (strcmp(cmdop_session_hostname(e), "alpha-one") == 0) {
+        CHECK_OK(cmdop_set_machine_id(c, cmdop_session_machine_id(e)));
+        expect_agent(c, "alpha-one", __LINE__);
+      }
+    }
+    CHECK(with_id == 3);
+    cmdop_session_list_free(l);
+    CHECK(cmdop_session_machine_id(NULL) == NULL);
+  }
+
   cmdop_client_free(c);
   return check_report();
 }

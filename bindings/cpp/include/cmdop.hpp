@@ -363,12 +363,15 @@ struct Session {
   std::string shell;
   int64_t connected_at = 0;   ///< Unix seconds, 0 when unknown
   int64_t heartbeat_age = 0;  ///< seconds since the agent's last heartbeat
+  /// The machine's stable id ("mach_…", for set_machine_id); empty when the
+  /// server cannot tell.
+  std::string machine_id;
 
   static Session from(const cmdop_session *s) {
     return Session{detail::copy(cmdop_session_id(s)),       detail::copy(cmdop_session_hostname(s)),
                    detail::copy(cmdop_session_status(s)),   detail::copy(cmdop_session_os(s)),
                    detail::copy(cmdop_session_shell(s)),    cmdop_session_connected_at(s),
-                   cmdop_session_heartbeat_age(s)};
+                   cmdop_session_heartbeat_age(s),          detail::copy(cmdop_session_machine_id(s))};
   }
 };
 

@@ -130,6 +130,9 @@ public struct Machine: Sendable {
 
 public struct Session: Sendable {
     public let id: String
+    /// The machine's stable id ("mach_…", for `setMachineId`); empty when
+    /// the server cannot tell.
+    public let machineId: String
     public let hostname: String
     /// "connected", "disconnected", "pending", "background", "error"...
     public let status: String
@@ -144,6 +147,7 @@ public struct Session: Sendable {
     init(_ s: OpaquePointer?) {
         func str(_ p: UnsafePointer<CChar>?) -> String { p.map { String(cString: $0) } ?? "" }
         id = str(cmdop_session_id(s))
+        machineId = str(cmdop_session_machine_id(s))
         hostname = str(cmdop_session_hostname(s))
         status = str(cmdop_session_status(s))
         os = str(cmdop_session_os(s))
@@ -334,6 +338,10 @@ public final class Client: @unchecked Sendable {
 
     /// Select the machine later calls act on, by hostname.
     public func setMachine(_ hostname: String) throws { try check(cmdop_set_machine(raw, hostname)) }
+
+    /// Select the machine later calls act on, by its stable id ("mach_…",
+    /// from `Session.machineId` or `Machine.id`).
+    public func setMachineId(_ machineId: String) throws { try check(cmdop_set_machine_id(raw, machineId)) }
 
     /// Run a shell command on the selected machine, blocking the calling
     /// thread. `timeoutMs` 0 = the client's timeout. `onChunk` (optional)
