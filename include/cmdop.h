@@ -109,6 +109,8 @@
 #define CMDOP_EXEC_OPTIONS_INIT { CMDOP_EXEC_OPTIONS_VERSION, 0, NULL, 0, NULL, 0, NULL, false, NULL, NULL, NULL, NULL, NULL }
 /** Defaults of cmdop_transfer_options (same as cmdop_transfer_options_init()). */
 #define CMDOP_TRANSFER_OPTIONS_INIT { CMDOP_TRANSFER_OPTIONS_VERSION, false, false, false }
+/** Defaults of cmdop_fleet_options (same as cmdop_fleet_options_init()). */
+#define CMDOP_FLEET_OPTIONS_INIT { CMDOP_FLEET_OPTIONS_VERSION, NULL, NULL, 0, 0, 0, 0, NULL, NULL, NULL, NULL }
 
 
 /**
@@ -120,6 +122,11 @@
  * Version of the cmdop_exec_options layout this header describes.
  */
 #define CMDOP_EXEC_OPTIONS_VERSION 2
+
+/**
+ * Version of the cmdop_fleet_options layout this header describes.
+ */
+#define CMDOP_FLEET_OPTIONS_VERSION 1
 
 /**
  * Largest file cmdop_read_file() returns (512 MiB).
@@ -333,6 +340,19 @@ typedef struct cmdop_file_entry cmdop_file_entry;
  * One page of a directory listing. Opaque; free with cmdop_file_list_free().
  */
 typedef struct cmdop_file_list cmdop_file_list;
+
+/**
+ * One machine's end in a fleet execute. Opaque; read with the
+ * cmdop_fleet_result_* accessors; borrowed from its list (or, in
+ * `on_result`, for the duration of the callback).
+ */
+typedef struct cmdop_fleet_result cmdop_fleet_result;
+
+/**
+ * Every selected machine's end, sorted by hostname. Opaque; free with
+ * cmdop_fleet_result_list_free().
+ */
+typedef struct cmdop_fleet_result_list cmdop_fleet_result_list;
 
 /**
  * One machine of a listing. Opaque; read with the cmdop_machine_*
@@ -587,6 +607,83 @@ typedef struct cmdop_exec_options {
    */
   struct cmdop_exec_stdin *input;
 } cmdop_exec_options;
+
+/**
+ * Receives a chunk of one machine's output: `machine` (borrowed for the
+ * duration of the call; the same machine as the result's later),
+ * `data` (not NUL-terminated, borrowed) holding `len` > 0 bytes of stream
+ * `kind`.
+ */
+typedef void (*cmdop_fleet_output_fn)(void *user_data,
+                                      const struct cmdop_machine *machine,
+                                      enum cmdop_stream_kind kind,
+                                      const uint8_t *data,
+                                      size_t len);
+
+/**
+ * Receives one machine's end, `result` borrowed for the duration of the
+ * call (the same result is in the list cmdop_exec_fleet() returns).
+ */
+typedef void (*cmdop_fleet_result_fn)(void *user_data, const struct cmdop_fleet_result *result);
+
+/**
+ * Which machines cmdop_exec_fleet() runs on, how fast, and where their
+ * output and results go. Initialise with cmdop_fleet_options_init(&opts,
+ * CMDOP_FLEET_OPTIONS_VERSION) (or CMDOP_FLEET_OPTIONS_INIT), then set
+ * fields; strings are borrowed only during the call.
+ */
+typedef struct cmdop_fleet_options {
+  /**
+   * CMDOP_FLEET_OPTIONS_VERSION (the layout the caller was built with).
+   */
+  uint32_t version;
+  /**
+   * Label selector as cmdop_list_machines() takes it; NULL or "" = any.
+   */
+  const char *selector;
+  /**
+   * Hostnames or globs, comma-separated; NULL or "" = any.
+   */
+  const char *hosts;
+  /**
+   * Most machines running at once (default 0 = 64).
+   */
+  uint32_t parallel;
+  /**
+   * Rolling batches of this many machines: the next batch starts when
+   * the previous one has finished (default 0 = one batch).
+   */
+  uint32_t batch_size;
+  /**
+   * Rolling batches of this share (1-100) of the online machines,
+   * rounded up; 0 = unused. Set at most one of the two batch fields.
+   */
+  uint32_t batch_percent;
+  /**
+   * Start no further machine once this many have failed (non-zero exit,
+   * signal, timeout, unknown outcome, error); 0 = no limit.
+   */
+  uint32_t max_failures;
+  /**
+   * Output of every machine as it arrives (NULL = none); see the
+   * threading note of cmdop_exec_fleet().
+   */
+  cmdop_fleet_output_fn on_output;
+  /**
+   * Each machine's end as it comes (NULL = none).
+   */
+  cmdop_fleet_result_fn on_result;
+  /**
+   * Passed to both callbacks.
+   */
+  void *user_data;
+  /**
+   * Called once with `user_data` when no callback can run any more,
+   * before cmdop_exec_fleet() returns, on every outcome (a refused
+   * argument included). NULL = none.
+   */
+  cmdop_free_fn free_user_data;
+} cmdop_fleet_options;
 
 /**
  * How cmdop_download_file() and cmdop_upload_file() treat their target.
@@ -1301,6 +1398,138 @@ uint64_t cmdop_exec_result_duration_ms(const struct cmdop_exec_result *r);
  * Thread: any, once no other call uses the object (it may be one other than the thread that made it).
  */
 void cmdop_exec_result_free(struct cmdop_exec_result *r);
+
+/**
+ * Fills `opts` with the defaults of layout `version` (1 =
+ * CMDOP_FLEET_OPTIONS_VERSION). Returns OK, or INVALID_ARGUMENT (NULL,
+ * unknown version). Thread: any.
+ */
+enum cmdop_status cmdop_fleet_options_init(struct cmdop_fleet_options *opts, uint32_t version);
+
+/**
+ * Runs `command` on every online machine that `fleet` selects, with the
+ * execute options `opts` (NULL = defaults) applied to each machine: its
+ * timeout (per machine), environment, working directory, stdin bytes,
+ * `discard_output` and `cancel` (stops every running command and starts
+ * no more). `opts->on_output` and `opts->input` are refused
+ * (INVALID_ARGUMENT): output comes tagged with its machine through
+ * `fleet->on_output`, and one stdin stream cannot feed many machines.
+ * `opts->free_user_data`, if set, is still called once.
+ *
+ * Every machine ends exactly once, with a status: OK (the command ran;
+ * read its exit code or signal), TIMEOUT (killed at its timeout,
+ * confirmed), OUTCOME_UNKNOWN (started, end unknown: not sent again), an
+ * error status, or, for a machine where it never started
+ * (cmdop_fleet_result_ran() false), UNAVAILABLE (offline, or refused
+ * before it reached the machine) or CANCELLED (the cancel, or
+ * `max_failures` reached). Nothing is retried.
+ *
+ * Callbacks run on the calling thread, one at a time, while this call
+ * blocks: a machine's output in order, then its result; machines
+ * interleave. A slow callback slows the machines' output down (it is
+ * not queued without bound). After a cancel, output not yet delivered is
+ * dropped; every machine's result still comes.
+ *
+ * On OK `*out` is the caller's (cmdop_fleet_result_list_free()), holding
+ * every selected machine, offline ones included, sorted by hostname;
+ * OK whatever the machines' outcomes. Returns INVALID_ARGUMENT (NULL
+ * `client`, `command`, `fleet` or `out`, a bad selector or host list,
+ * both batch fields set, a refused field of `opts`); NOT_FOUND (nothing
+ * matches: cmdop_list_machines() shows what there is); NOT_SUPPORTED (the
+ * server lacks CMDOP_CAPABILITY_MACHINES); UNAVAILABLE; DISCONNECTED;
+ * UNAUTHENTICATED. Thread: any; blocks; IN_CALLBACK from inside a
+ * callback.
+ */
+enum cmdop_status cmdop_exec_fleet(struct cmdop_client *client,
+                                   const char *command,
+                                   const struct cmdop_fleet_options *fleet,
+                                   const struct cmdop_exec_options *opts,
+                                   struct cmdop_fleet_result_list **out);
+
+/**
+ * Number of results (0 when NULL).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+size_t cmdop_fleet_result_list_count(const struct cmdop_fleet_result_list *list);
+
+/**
+ * Result `index`, borrowed from `list` (do not free it); NULL when out of
+ * range.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const struct cmdop_fleet_result *cmdop_fleet_result_list_get(const struct cmdop_fleet_result_list *list,
+                                                             size_t index);
+
+/**
+ * Free a result list (and every result and machine borrowed from it).
+ * NULL is a no-op.
+ * Thread: any, once no other call uses the object (it may be one other than the thread that made it).
+ */
+void cmdop_fleet_result_list_free(struct cmdop_fleet_result_list *list);
+
+/**
+ * The machine (read with the cmdop_machine_* accessors). Borrowed from
+ * `r`; NULL when `r` is NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const struct cmdop_machine *cmdop_fleet_result_machine(const struct cmdop_fleet_result *r);
+
+/**
+ * How the machine ended (see cmdop_exec_fleet()); INVALID_ARGUMENT when
+ * `r` is NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+enum cmdop_status cmdop_fleet_result_status(const struct cmdop_fleet_result *r);
+
+/**
+ * Whether the command was (or, after OUTCOME_UNKNOWN, may have been)
+ * started on the machine; false when NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+bool cmdop_fleet_result_ran(const struct cmdop_fleet_result *r);
+
+/**
+ * The command's exit code when its status is OK and no signal killed
+ * it; -1 otherwise (and when NULL).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+int cmdop_fleet_result_exit_code(const struct cmdop_fleet_result *r);
+
+/**
+ * The signal that killed the command; 0 when none (and when NULL).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+int cmdop_fleet_result_signal(const struct cmdop_fleet_result *r);
+
+/**
+ * What happened in words ("exit 0", "timed out (killed)", "did not run:
+ * offline", the error's message …). Borrowed from `r`; NULL when `r` is
+ * NULL.
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const char *cmdop_fleet_result_message(const struct cmdop_fleet_result *r);
+
+/**
+ * Milliseconds from the machine's start to its end; 0 when it did not
+ * run (and when NULL).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+uint64_t cmdop_fleet_result_duration_ms(const struct cmdop_fleet_result *r);
+
+/**
+ * The machine's standard output as kept (also the part before a timeout
+ * or a lost link; nothing with `discard_output`): `*len` bytes, not
+ * NUL-terminated, borrowed from `r`. NULL with `*len` 0 when `r` is NULL
+ * (`len` may be NULL).
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const uint8_t *cmdop_fleet_result_stdout(const struct cmdop_fleet_result *r, size_t *len);
+
+/**
+ * The machine's standard error, as cmdop_fleet_result_stdout().
+ * Thread: any; concurrent reads of one object are safe, but not during its _free.
+ */
+const uint8_t *cmdop_fleet_result_stderr(const struct cmdop_fleet_result *r, size_t *len);
 
 /**
  * List directory `path` on the selected machine: the first page (up to 100

@@ -75,7 +75,7 @@ pub struct ExecArgs {
     )]
     pub selector: Option<String>,
     /// With several machines: how many run the command at once.
-    #[arg(long, default_value_t = crate::fleet_cmd::DEFAULT_PARALLEL, value_name = "N")]
+    #[arg(long, default_value_t = cmdop::client::DEFAULT_PARALLEL, value_name = "N")]
     pub parallel: usize,
     /// With several machines: start no more machines once this many failed.
     #[arg(long, value_name = "K")]
@@ -83,7 +83,7 @@ pub struct ExecArgs {
     /// With several machines: rolling batches of N machines (or P% of
     /// them); the next batch starts when the previous one has finished.
     #[arg(long, value_name = "N|P%", value_parser = crate::fleet_cmd::parse_batch)]
-    pub batch: Option<crate::fleet_cmd::Batch>,
+    pub batch: Option<cmdop::client::Batch>,
     /// With several machines: one JSON object per machine and line
     /// (machine_id, hostname, status, exit_code, stdout, stderr,
     /// duration_ms) instead of prefixed lines.
@@ -138,11 +138,13 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
             );
         }
         let fan = crate::fleet_cmd::FanOut {
-            selector: args.selector.unwrap_or_default(),
-            hosts: args.machine.host.unwrap_or_default(),
-            parallel: args.parallel,
-            max_failures: args.max_failures,
-            batch: args.batch,
+            fleet: cmdop::client::FleetExec {
+                selector: args.selector.unwrap_or_default(),
+                hosts: args.machine.host.unwrap_or_default(),
+                parallel: args.parallel,
+                max_failures: args.max_failures,
+                batch: args.batch,
+            },
             json: args.json,
         };
         return crate::fleet_cmd::exec_many(client, command, opts, fan).await;

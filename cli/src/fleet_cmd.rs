@@ -3,16 +3,17 @@
 //! (`-l SELECTOR`, `-H a,b`, `-H 'web-*'`), each output line prefixed with
 //! its machine's hostname.
 
-use parking_lot::Mutex;
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::Write,
-    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use clap::Args;
-use cmdop::client::{CancelToken, Client, Error, ExecOptions, FleetMachine, MachineInfo, Stream};
+use cmdop::client::{
+    Batch, CancelToken, Client, Error, ExecOptions, FleetEvent, FleetExec, FleetMachine, NotRun,
+    Outcome, Stream,
+};
 
 use crate::connect::ConnectArgs;
 
@@ -205,22 +206,11 @@ pub fn is_fan_out(selector: Option<&str>, hosts: Option<&str>) -> bool {
     selector.is_some() || hosts.is_some_and(|h| h.contains([',', '*', '?']))
 }
 
-/// How a fan-out runs.
+/// How a fan-out runs: which machines and how fast (the library's
+/// [`FleetExec`]), and how results are printed.
 pub struct FanOut {
-    pub selector: String,
-    pub hosts: String,
-    pub parallel: usize,
-    pub max_failures: Option<usize>,
-    /// Rolling batches: the next starts when the previous has finished.
-    pub batch: Option<Batch>,
+    pub fleet: FleetExec,
     pub json: bool,
-}
-
-/// The size of a rolling batch: a count or a share of the selected machines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Batch {
-    Machines(usize),
-    Percent(usize),
 }
 
 /// `--batch N` or `--batch P%`.
@@ -240,64 +230,14 @@ pub fn parse_batch(text: &str) -> Result<Batch, String> {
     }
 }
 
-/// One machine's end.
-enum Outcome {
-    Exited(i32),
-    Signal(i32),
-    Timeout,
-    Unknown(String),
-    Failed(String),
-    NotRun(String),
-}
-
-impl Outcome {
-    fn ok(&self) -> bool {
-        matches!(self, Outcome::Exited(0))
-    }
-    fn ran(&self) -> bool {
-        !matches!(self, Outcome::NotRun(_))
-    }
-    fn status(&self) -> &'static str {
-        match self {
-            Outcome::Exited(0) => "ok",
-            Outcome::Exited(_) | Outcome::Signal(_) => "failed",
-            Outcome::Timeout => "timeout",
-            Outcome::Unknown(_) => "outcome_unknown",
-            Outcome::Failed(_) => "error",
-            Outcome::NotRun(_) => "not_run",
+/// A machine's end in the CLI's words (its flags, not the library's).
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::NotRun(NotRun::AfterMaxFailures) => {
+            "did not run: skipped after --max-failures".into()
         }
-    }
-    fn describe(&self) -> String {
-        match self {
-            Outcome::Exited(code) => format!("exit {code}"),
-            Outcome::Signal(sig) => format!("killed by signal {sig}"),
-            Outcome::Timeout => "timed out (killed)".into(),
-            Outcome::Unknown(why) => format!("outcome unknown: {why}"),
-            Outcome::Failed(why) => why.clone(),
-            Outcome::NotRun(why) => format!("did not run: {why}"),
-        }
-    }
-}
-
-/// One machine of a fan-out and how it ended.
-struct MachineResult {
-    machine: FleetMachine,
-    outcome: Outcome,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    duration_ms: u64,
-}
-
-impl MachineResult {
-    /// A machine the command never reached.
-    fn not_run(machine: FleetMachine, why: &str) -> MachineResult {
-        MachineResult {
-            machine,
-            outcome: Outcome::NotRun(why.into()),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            duration_ms: 0,
-        }
+        Outcome::NotRun(NotRun::Cancelled) => "did not run: interrupted".into(),
+        other => other.to_string(),
     }
 }
 
@@ -309,6 +249,13 @@ struct Prefixer {
 }
 
 impl Prefixer {
+    fn new(hostname: &str) -> Prefixer {
+        Prefixer {
+            prefix: format!("{hostname}: "),
+            partial: [Vec::new(), Vec::new()],
+        }
+    }
+
     fn push(&mut self, stream: Stream, data: &[u8]) {
         let i = usize::from(stream == Stream::Stderr);
         self.partial[i].extend_from_slice(data);
@@ -353,167 +300,81 @@ impl Prefixer {
 pub async fn exec_many(
     client: Client,
     command: String,
-    opts: ExecOptions,
+    mut opts: ExecOptions,
     fan: FanOut,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let machines = client
-        .list_machines(&fan.selector, &fan.hosts)
-        .await
-        .map_err(|e| flag_words(e, "-l"))?;
-    if machines.is_empty() {
-        anyhow::bail!(
-            "no machine matches -l/-H; `cmdop machines` lists the machines with their labels"
-        );
-    }
-    let client = Arc::new(client);
-    let limiter = Arc::new(tokio::sync::Semaphore::new(fan.parallel.max(1)));
-    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Text mode prints as chunks come and keeps nothing; --json keeps each
+    // machine's output for its object.
+    opts.discard_output = !fan.json;
     let stop = CancelToken::new();
-    let results = Arc::new(Mutex::new(Vec::new()));
-    let mut targets = Vec::new();
-    for m in machines {
-        if !m.online() {
-            results.lock().push(MachineResult::not_run(m, "offline"));
-            continue;
-        }
-        targets.push(m);
-    }
-    let batch_size = match fan.batch {
-        Some(Batch::Machines(n)) => n.max(1),
-        Some(Batch::Percent(p)) => (targets.len() * p).div_ceil(100).max(1),
-        None => targets.len().max(1),
-    };
-    let mut interrupted = false;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut pending = targets.into_iter().peekable();
-    while pending.peek().is_some() {
-        // A rolling batch: the next starts once this one has finished.
-        let mut tasks = tokio::task::JoinSet::new();
-        for m in pending.by_ref().take(batch_size) {
-            let (client, limiter, failures, stop, results) = (
-                client.clone(),
-                limiter.clone(),
-                failures.clone(),
-                stop.clone(),
-                results.clone(),
-            );
-            let (command, mut opts) = (command.clone(), opts.clone());
-            let (json, max_failures) = (fan.json, fan.max_failures);
-            tasks.spawn(async move {
-                let _slot = limiter.acquire_owned().await;
-                let skip = max_failures
-                    .is_some_and(|k| failures.load(std::sync::atomic::Ordering::SeqCst) >= k);
-                if stop.is_cancelled() {
-                    results
-                        .lock()
-                        .push(MachineResult::not_run(m, "interrupted"));
-                    return;
-                }
-                if skip {
-                    let why = "skipped after --max-failures";
-                    results.lock().push(MachineResult::not_run(m, why));
-                    return;
-                }
-                opts.machine = Some(MachineInfo {
-                    machine_id: m.machine_id.clone(),
-                    hostname: m.hostname.clone(),
-                    session_id: m.session_id.clone(),
-                    status: m.status.clone(),
-                    os: m.os.clone(),
-                    shell: String::new(),
-                    native_exec: m.native_exec,
-                });
-                opts.discard_output = !json;
-                let mut prefixer = Prefixer {
-                    prefix: format!("{}: ", m.hostname),
-                    partial: [Vec::new(), Vec::new()],
-                };
-                let started = std::time::Instant::now();
-                let result = if json {
-                    client
-                        .execute_with(&command, &opts, |_, _| {}, stop.clone())
-                        .await
-                } else {
-                    client
-                        .execute_with(&command, &opts, |s, d| prefixer.push(s, d), stop.clone())
-                        .await
-                };
-                prefixer.finish();
-                let took = started.elapsed().as_millis() as u64;
-                let (outcome, out, err) = match result {
-                    Ok(o) if o.signal != 0 => (Outcome::Signal(o.signal), o.stdout, o.stderr),
-                    Ok(o) => (Outcome::Exited(o.exit_code), o.stdout, o.stderr),
-                    Err(Error::Timeout { partial, .. }) => {
-                        let p = partial.map(|p| *p).unwrap_or_default();
-                        (Outcome::Timeout, p.stdout, p.stderr)
-                    }
-                    Err(Error::OutcomeUnknown { message, partial }) => {
-                        let p = partial.map(|p| *p).unwrap_or_default();
-                        (Outcome::Unknown(message), p.stdout, p.stderr)
-                    }
-                    Err(Error::Unavailable(msg)) if !msg.is_empty() => {
-                        (Outcome::NotRun(msg), Vec::new(), Vec::new())
-                    }
-                    Err(e) => (Outcome::Failed(e.to_string()), Vec::new(), Vec::new()),
-                };
-                if outcome.ran() && !outcome.ok() {
-                    failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                results.lock().push(MachineResult {
-                    machine: m,
-                    outcome,
-                    stdout: out,
-                    stderr: err,
-                    duration_ms: took,
-                });
-            });
-        }
-        loop {
-            tokio::select! {
-                next = tasks.join_next() => if next.is_none() { break },
-                _ = &mut ctrl_c, if !interrupted => {
-                    interrupted = true;
-                    eprintln!("cmdop: interrupted: stopping the command on every machine");
-                    stop.cancel();
-                }
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("cmdop: interrupted: stopping the command on every machine");
+                stop.cancel();
             }
-        }
-    }
+        })
+    };
+    let mut prefixers: HashMap<String, Prefixer> = HashMap::new();
+    let json = fan.json;
+    let ran = client
+        .execute_on_fleet(
+            &command,
+            &opts,
+            &fan.fleet,
+            |event| match event {
+                FleetEvent::Output { .. } if json => {}
+                FleetEvent::Output {
+                    machine,
+                    stream,
+                    data,
+                } => prefixers
+                    .entry(machine.machine_id.clone())
+                    .or_insert_with(|| Prefixer::new(&machine.hostname))
+                    .push(stream, data),
+                FleetEvent::Finished(r) => {
+                    if let Some(mut p) = prefixers.remove(&r.machine.machine_id) {
+                        p.finish();
+                    }
+                }
+            },
+            stop,
+        )
+        .await;
+    watcher.abort();
+    let results = match ran {
+        Ok(results) => results,
+        Err(Error::NotFound(_)) => anyhow::bail!(
+            "no machine matches -l/-H; `cmdop machines` lists the machines with their labels"
+        ),
+        Err(e) => return Err(flag_words(e, "-l")),
+    };
     let _ = std::io::stdout().flush();
-    let mut results = std::mem::take(&mut *results.lock());
-    results.sort_by_key(|r| r.machine.hostname.to_lowercase());
     let (mut ok, mut failed, mut not_run) = (0, 0, 0);
-    for MachineResult {
-        machine: m,
-        outcome,
-        stdout: out,
-        stderr: err,
-        duration_ms: took,
-    } in &results
-    {
+    for r in &results {
         if fan.json {
-            let exit_code = match outcome {
-                Outcome::Exited(c) => Some(*c),
+            let exit_code = match r.outcome {
+                Outcome::Exited(c) => Some(c),
                 _ => None,
             };
             println!(
                 "{}",
                 serde_json::json!({
-                    "machine_id": m.machine_id,
-                    "hostname": m.hostname,
-                    "status": outcome.status(),
+                    "machine_id": r.machine.machine_id,
+                    "hostname": r.machine.hostname,
+                    "status": r.outcome.status(),
                     "exit_code": exit_code,
-                    "detail": outcome.describe(),
-                    "stdout": String::from_utf8_lossy(out),
-                    "stderr": String::from_utf8_lossy(err),
-                    "duration_ms": took,
+                    "detail": describe(&r.outcome),
+                    "stdout": String::from_utf8_lossy(&r.stdout),
+                    "stderr": String::from_utf8_lossy(&r.stderr),
+                    "duration_ms": u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
                 })
             );
         }
-        if outcome.ok() {
+        if r.outcome.ok() {
             ok += 1;
-        } else if outcome.ran() {
+        } else if r.outcome.ran() {
             failed += 1;
         } else {
             not_run += 1;
@@ -524,13 +385,11 @@ pub async fn exec_many(
         summary.push_str(&format!(
             "\n  {}: {}",
             r.machine.hostname,
-            r.outcome.describe()
+            describe(&r.outcome)
         ));
     }
     eprintln!("{summary}");
-    if let Ok(client) = Arc::try_unwrap(client) {
-        client.close().await;
-    }
+    client.close().await;
     Ok(std::process::ExitCode::from(if failed > 0 {
         1
     } else if not_run > 0 {
@@ -539,10 +398,6 @@ pub async fn exec_many(
         0
     }))
 }
-
-/// `--parallel`'s default: enough to keep a few hundred machines busy
-/// without opening a stream per machine at once.
-pub const DEFAULT_PARALLEL: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -574,9 +429,12 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_keep_their_exact_meaning() {
-        assert_eq!(Outcome::Timeout.status(), "timeout");
-        assert!(!Outcome::NotRun("offline".into()).ran());
-        assert!(Outcome::Exited(0).ok());
+    fn not_run_reasons_name_the_cli_flags() {
+        assert!(describe(&Outcome::NotRun(NotRun::AfterMaxFailures)).contains("--max-failures"));
+        assert!(describe(&Outcome::NotRun(NotRun::Cancelled)).contains("interrupted"));
+        assert_eq!(
+            describe(&Outcome::NotRun(NotRun::Offline)),
+            "did not run: offline"
+        );
     }
 }

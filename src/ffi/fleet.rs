@@ -27,7 +27,8 @@ pub struct cmdop_machine_list {
     machines: Vec<cmdop_machine>,
 }
 
-fn wrap(m: FleetMachine) -> cmdop_machine {
+/// A listed machine as C reads it (also the machine of a fleet result).
+pub(super) fn wrap_machine(m: FleetMachine) -> cmdop_machine {
     cmdop_machine {
         id: c_string(&m.machine_id),
         hostname: c_string(&m.hostname),
@@ -74,7 +75,7 @@ pub unsafe extern "C" fn cmdop_list_machines(
         let hosts = unsafe { opt_str(hosts, "hosts") }?.unwrap_or("");
         let list = block_on("cmdop_list_machines", c.client.list_machines(selector, hosts))??;
         *out = Box::into_raw(Box::new(cmdop_machine_list {
-            machines: list.into_iter().map(wrap).collect(),
+            machines: list.into_iter().map(wrap_machine).collect(),
         }));
         Ok(())
     }

@@ -33,6 +33,8 @@ mod cancel;
 mod exec_options;
 mod exec_result;
 mod output;
+// (the same on every machine of a fleet)
+mod fleet_exec;
 // 7. files
 mod files;
 mod transfer_disk;

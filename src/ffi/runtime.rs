@@ -71,7 +71,35 @@ where
 {
     check_may_block(what)?;
     let rt = runtime()?;
-    match rt.block_on(rt.spawn(fut)) {
+    joined(what, rt.block_on(rt.spawn(fut)))
+}
+
+/// [`run_on_runtime`] while this thread takes the messages `fut` sends
+/// into `feed` and hands each to `each`, in order, until `fut` is done
+/// and has dropped its sender (the fleet execute: the application's
+/// callbacks run here, on the caller's thread).
+pub(crate) fn run_feeding<F, M>(
+    what: &str,
+    fut: F,
+    feed: std::sync::mpsc::Receiver<M>,
+    mut each: impl FnMut(M),
+) -> Result<F::Output, Failure>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    check_may_block(what)?;
+    let rt = runtime()?;
+    let task = rt.spawn(fut);
+    for msg in feed {
+        each(msg);
+    }
+    joined(what, rt.block_on(task))
+}
+
+/// A task's end as the caller's result.
+fn joined<T>(what: &str, r: Result<T, tokio::task::JoinError>) -> Result<T, Failure> {
+    match r {
         Ok(out) => Ok(out),
         Err(e) if e.is_panic() => Err(Failure::new(
             cmdop_status::Panic,

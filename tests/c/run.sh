@@ -214,10 +214,12 @@ if has_test exec_fallback || has_test introspection || has_test close_in_flight;
   fi
 fi
 
-if has_test machine || has_test workspaces || has_test auth; then
+if has_test machine || has_test fleet_exec || has_test workspaces || has_test auth; then
   if start_multi; then
     # shellcheck disable=SC2086
     has_test machine && run_test machine $multi_env
+    # shellcheck disable=SC2086
+    has_test fleet_exec && run_test fleet_exec $multi_env
     # shellcheck disable=SC2086
     has_test workspaces && run_test workspaces $multi_env
     if has_test auth; then
