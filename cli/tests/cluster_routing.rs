@@ -1122,3 +1122,162 @@ async fn every_replica_lists_the_workspace_s_machines_with_presence() {
         .expect_err("a bad selector");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
+
+/// A fleet of eight agents spread over the three replicas (the cluster's
+/// own agent on A, seven more started on A, B and C in turn): every replica
+/// lists all eight, and one command on a selection through any replica
+/// reaches each machine on its own replica, with rolling batches, a failure
+/// limit and an offline machine reported as not run.
+#[tokio::test]
+async fn one_command_reaches_eight_machines_spread_over_the_replicas() {
+    let cl = cluster("fleet8-0").await;
+    admin_pg(&cl.url, &["label", &cl.machine_id, "fleet=eight"]);
+    let replicas = [&cl.a.addr, &cl.b.addr, &cl.c.addr];
+    let mut agents = Vec::new();
+    let mut hosts = vec![cl.host.clone()];
+    for i in 1..8 {
+        let host = unique(&format!("fleet8-{i}"));
+        let token = admin_pg(&cl.url, &["enroll-token", "--workspace", "alpha"]);
+        let role = if i % 2 == 0 { "role=web" } else { "role=db" };
+        agents.push(start_agent(
+            replicas[i % 3],
+            Some(&token),
+            &cl.dir.path().join(format!("agent-{i}.json")),
+            &host,
+            &["--label", "fleet=eight", "--label", role],
+        ));
+        hosts.push(host);
+    }
+    let everyone = |addr: &str| {
+        let out = std::process::Command::new(cmdop_bin())
+            .args([
+                "machines",
+                "--json",
+                "-l",
+                "fleet=eight,cmdop.io/status=online",
+            ])
+            .env("CMDOP_SERVER", format!("http://{addr}"))
+            .env("CMDOP_API_KEY", &cl.ws.api_key)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("cmdop machines");
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("one object per line");
+                v["hostname"].as_str().unwrap_or_default().to_string()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let mut want = hosts.clone();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for addr in replicas {
+        while everyone(addr) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{addr} lists {:?}, not all eight",
+                everyone(addr)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let exec = |addr: &str, args: &[&str]| {
+        std::process::Command::new(cmdop_bin())
+            .arg("exec")
+            .args(args)
+            .env("CMDOP_SERVER", format!("http://{addr}"))
+            .env("CMDOP_API_KEY", &cl.ws.api_key)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("cmdop exec")
+    };
+    // All eight through each replica, in rolling batches of three: every
+    // machine's line once, prefixed with its hostname.
+    for addr in replicas {
+        let out = exec(
+            addr,
+            &["-l", "fleet=eight", "--batch", "3", "echo ran-here"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(0), "through {addr}: {err}");
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        let expected: Vec<String> = want.iter().map(|h| format!("{h}: ran-here")).collect();
+        assert_eq!(lines, expected, "through {addr}");
+        assert!(err.contains("8 ok, 0 failed, 0 did not run"), "{err}");
+    }
+    // A selector the agents declared: the three role=web machines, on
+    // three different replicas, and no other.
+    let out = exec(&cl.a.addr, &["-l", "fleet=eight,role in (web)", "echo web"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    let mut web: Vec<String> = [2, 4, 6]
+        .iter()
+        .map(|&i| format!("{}: web", hosts[i]))
+        .collect();
+    web.sort();
+    assert_eq!(lines, web);
+    // A command that fails everywhere, one machine at a time: the first
+    // failure stops new starts; each other machine did not run, and says
+    // why in the CLI's words.
+    let out = exec(
+        &cl.c.addr,
+        &[
+            "-l",
+            "fleet=eight",
+            "--parallel",
+            "1",
+            "--max-failures",
+            "1",
+            "--json",
+            "exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one object per line"))
+        .collect();
+    assert_eq!(results.len(), 8);
+    let failed = results.iter().filter(|v| v["status"] == "failed").count();
+    let skipped: Vec<&serde_json::Value> = results
+        .iter()
+        .filter(|v| v["status"] == "not_run")
+        .collect();
+    assert_eq!(failed, 1, "{results:?}");
+    assert_eq!(skipped.len(), 7, "{results:?}");
+    assert!(skipped
+        .iter()
+        .all(|v| v["detail"] == "did not run: skipped after --max-failures"));
+    // An agent stopped: the selection through another replica reports it
+    // as not run (offline), the rest ran.
+    let gone = hosts[1].clone();
+    agents[0].kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let online = everyone(&cl.b.addr);
+        if !online.contains(&gone) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{gone} still online");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = exec(&cl.b.addr, &["-l", "fleet=eight", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("7 ok, 0 failed, 1 did not run"), "{err}");
+    assert!(
+        err.contains(&format!("{gone}: did not run: offline")),
+        "{err}"
+    );
+}
