@@ -76,8 +76,9 @@ impl AgentConfig {
     /// Every server, `server` first. The agent starts with the first and,
     /// when the one it uses is unreachable or its link drops, waits its
     /// backoff delay, probes all of them over TCP and connects to the first
-    /// that answers, counting from the one after the lost one (the lost one
-    /// last). Enrollment goes the same way round.
+    /// that answers of the others in a random order (the lost one last), so
+    /// that the agents of a lost server spread over the survivors.
+    /// Enrollment goes round the list in order.
     pub fn servers(&self) -> Vec<String> {
         std::iter::once(&self.server)
             .chain(&self.more_servers)

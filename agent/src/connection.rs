@@ -17,6 +17,7 @@ use cmdop_proto::terminal::{
     ControlMessage, ErrorReport, FileOperationRequest, FileOperationResult, HeartbeatUpdate,
     RegisterRequest, SessionStatus, StatusUpdate, TerminalOutput, TerminalSize,
 };
+use rand::seq::SliceRandom;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
@@ -475,12 +476,18 @@ pub async fn wait_before_retry(delay: Duration, target: Option<&(String, u16)>) 
 /// With several servers: sleeps out a backoff `delay` (cut short when a
 /// server that was unreachable during the wait answers again, like
 /// [`wait_before_retry`]), then probes every server and returns the index
-/// of the one to dial next: the first that answers counting from the one
-/// after `lost` (so `lost` comes last), or simply the next one when none
+/// of the one to dial next: the first that answers of the others in a
+/// random order (then `lost`), or the first of that order when none
 /// answers (its attempt then fails and the backoff grows).
 async fn wait_and_pick(delay: Duration, targets: &[Option<(String, u16)>], lost: usize) -> usize {
     let n = targets.len();
-    let order = |k: usize| (lost + k) % n;
+    // The other servers in a random order of this agent's own, the lost one
+    // last: the agents of a lost replica spread over the survivors instead
+    // of all moving to the next in their list.
+    let mut others: Vec<usize> = (0..n).filter(|&i| i != lost).collect();
+    others.shuffle(&mut rand::rng());
+    others.push(lost);
+    let order = |k: usize| others[(k - 1) % n];
     let deadline = tokio::time::Instant::now() + delay;
     if probe::worth_probing(delay) {
         let mut watches: Vec<probe::HealWatch> = (0..n).map(|_| Default::default()).collect();
@@ -554,10 +561,10 @@ mod tests {
         );
         let dead = dead_port();
         let short = Duration::from_millis(10);
-        // Both answer: the one after the lost one.
+        // Both answer: the other one.
         assert_eq!(wait_and_pick(short, &[target(pa), target(pb)], 0).await, 1);
         assert_eq!(wait_and_pick(short, &[target(pa), target(pb)], 1).await, 0);
-        // The next one is dead: skipped, on to the one after it.
+        // One of the others is dead: never picked while another answers.
         let three = [target(pa), target(dead), target(pb)];
         assert_eq!(wait_and_pick(short, &three, 0).await, 2);
         // Only the lost one answers (it came back): back to it.
@@ -565,9 +572,33 @@ mod tests {
             wait_and_pick(short, &[target(pa), target(dead)], 0).await,
             0
         );
-        // None answers: simply the next one (its attempt will fail).
+        // None answers: the other one (its attempt will fail).
         let none = [target(dead), target(dead_port())];
         assert_eq!(wait_and_pick(short, &none, 0).await, 1);
+    }
+
+    /// The agents of a lost server spread over the survivors: over 300
+    /// picks, each of three answering others gets a fair share.
+    #[tokio::test]
+    async fn agents_of_a_lost_server_spread_over_the_others() {
+        let mut targets = Vec::new();
+        for _ in 0..4 {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            targets.push(target(l.local_addr().unwrap().port()));
+            // Accept (and drop) every probe, so the backlog never fills.
+            tokio::spawn(async move { while l.accept().await.is_ok() {} });
+        }
+        let mut count = [0usize; 4];
+        for _ in 0..300 {
+            count[wait_and_pick(Duration::from_millis(1), &targets, 0).await] += 1;
+        }
+        assert_eq!(count[0], 0, "{count:?}");
+        for (i, &n) in count.iter().enumerate().skip(1) {
+            assert!(
+                (60..=140).contains(&n),
+                "server {i} got {n} of 300: {count:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -46,7 +46,9 @@ pub struct ClientOptions {
     /// Several control planes (replicas of one cluster), each written like
     /// `server`; when not empty they replace `server`. Connecting tries them
     /// in order and keeps the first that answers; when the one in use is
-    /// lost, reconnecting tries the next ones first (the lost one last),
+    /// lost, reconnecting tries the others first, in a random order so that
+    /// the clients of a lost replica spread over the survivors (the lost
+    /// one last),
     /// with the same backoff between rounds. A load balancer or a DNS name
     /// in front of the replicas needs no list: give it as `server`.
     pub servers: Vec<String>,

@@ -92,7 +92,8 @@ pub struct cmdop_options {
     /// passes the turn; a refused key does not). When the server in use is
     /// lost, on_disconnect(will_reconnect=true) fires and every reconnect
     /// attempt (with the backoff above) tries the other servers first,
-    /// starting after the lost one, and the lost one last; on_connect fires
+    /// in a random order (so the clients of a lost replica spread over the
+    /// survivors), and the lost one last; on_connect fires
     /// once one answers. cmdop_get_connection_info() names the one in use.
     /// Calls in flight on the lost server end with UNAVAILABLE (an execute
     /// whose outcome is unknown with OUTCOME_UNKNOWN); they are not moved.

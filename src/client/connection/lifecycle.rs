@@ -28,7 +28,7 @@ impl Client {
             return Ok(());
         }
         let (index, conn, facts) = inner
-            .dial_in_turn(0, None)
+            .dial_in_turn(&(0..inner.servers.len()).collect::<Vec<_>>())
             .await
             .map_err(|e| inner.report(e))?;
         inner.install(index, conn, facts);
@@ -178,23 +178,15 @@ impl Inner {
         Ok((conn, facts))
     }
 
-    /// Dial the servers in turn from index `first` (wrapping around), each
-    /// once, skipping `skip`; the first that answers wins. Only a server
-    /// that cannot be reached (or does not answer in time) passes the turn
-    /// to the next: a refusal (credentials, bad options) is the same on
-    /// every replica and ends the round.
-    pub(super) async fn dial_in_turn(
-        &self,
-        first: usize,
-        skip: Option<usize>,
-    ) -> Result<(usize, Conn, ServerFacts)> {
+    /// Dial the servers at the indices of `order`, each once; the first
+    /// that answers wins. Only a server that cannot be reached (or does not
+    /// answer in time) passes the turn to the next: a refusal
+    /// (credentials, bad options) is the same on every replica and ends
+    /// the round.
+    pub(super) async fn dial_in_turn(&self, order: &[usize]) -> Result<(usize, Conn, ServerFacts)> {
         let n = self.servers.len();
         let mut failures = Vec::new();
-        for k in 0..n {
-            let i = (first + k) % n;
-            if Some(i) == skip {
-                continue;
-            }
+        for &i in order {
             let uri = &self.servers[i];
             match self.dial(uri).await {
                 Ok((conn, facts)) => return Ok((i, conn, facts)),

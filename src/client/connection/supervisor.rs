@@ -7,6 +7,7 @@ use std::sync::Weak;
 use std::time::Instant;
 
 use futures::FutureExt;
+use rand::seq::SliceRandom;
 
 use cmdop_proto::backoff::{Backoff, CLIENT_RECONNECT};
 use cmdop_proto::terminal::HealthCheckRequest;
@@ -143,9 +144,16 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
                 format!("reconnect attempt {attempt} to {server}")
             });
             if several {
-                // The others first, from the next one; the lost one last,
-                // over its own channel (which redials by itself).
-                match inner.dial_in_turn(lost_index + 1, Some(lost_index)).await {
+                // The others first, in a random order of this client's own,
+                // so that the clients of a lost replica spread over the
+                // survivors instead of all moving to the next in the list;
+                // the lost one last, over its own channel (which redials
+                // by itself).
+                let mut others: Vec<usize> = (0..inner.servers.len())
+                    .filter(|&i| i != lost_index)
+                    .collect();
+                others.shuffle(&mut rand::rng());
+                match inner.dial_in_turn(&others).await {
                     Ok(found) => break Some(Some(found)),
                     Err(e) => last = e.to_string(),
                 }
