@@ -1,7 +1,9 @@
 //! The one retry schedule of every libcmdop peer: exponential growth from a
 //! base delay up to a ceiling, a random spread of each delay so that peers
 //! which failed together do not retry together, and a reset once a
-//! connection stayed up long enough. The client's reconnects, the client's
+//! connection stayed up long enough, with one quick retry after a link that
+//! was up for a while and then lost (a replica killed soon after the last
+//! one). The client's reconnects, the client's
 //! call retries and the agent's reconnects and enrollment all use
 //! [`Backoff`]; they differ only in their [`Policy`], named here so the
 //! numbers live in one place.
@@ -25,6 +27,12 @@ pub struct Policy {
     /// start from the base delay again; a shorter one (a flapping server or
     /// link) keeps the schedule where it was.
     pub reset_after: Duration,
+    /// A connection that stayed up at least this long (but less than
+    /// `reset_after`) gets one retry after the base delay when it is lost;
+    /// if that retry fails the schedule goes on from where it was. A link
+    /// that drops sooner (a server refusing right after accepting) gets no
+    /// quick retry, so it cannot make its clients retry at the base rate.
+    pub quick_after: Duration,
 }
 
 /// The client's reconnects (library, CLI, bindings): doubling, "equal
@@ -35,6 +43,7 @@ pub const CLIENT_RECONNECT: Policy = Policy {
     spread_low: 0.5,
     spread_high: 1.0,
     reset_after: Duration::from_secs(30),
+    quick_after: Duration::from_secs(1),
 };
 
 /// The client's retries of calls that are safe to repeat: a constant pause
@@ -45,18 +54,22 @@ pub const CLIENT_CALL_RETRY: Policy = Policy {
     spread_low: 0.5,
     spread_high: 1.0,
     reset_after: Duration::ZERO,
+    quick_after: Duration::ZERO,
 };
 
 /// The agent's reconnects and enrollment attempts: gRPC's connection
 /// backoff growth (×1.6) with a wider spread (±50 % instead of ±20 %:
 /// agents that failed together against an overloaded control plane retried
 /// together again with ±20 %, wave after wave; the many-agents benchmark
-/// measures the restart), reset after 10 s up.
+/// measures the restart), reset after 10 s up, one quick retry after a
+/// link that was up 1 s (so a second replica killed 3 s after the first
+/// costs its agents no more than the first did).
 pub const AGENT_RECONNECT: Policy = Policy {
     multiplier: 1.6,
     spread_low: 0.5,
     spread_high: 1.5,
     reset_after: Duration::from_secs(10),
+    quick_after: Duration::from_secs(1),
 };
 
 /// The retry schedule of one loop (a reconnect loop, a call's retries).
@@ -69,6 +82,8 @@ pub struct Backoff {
     current: Duration,
     /// When the connection last came up, while it is up.
     up_since: Option<Instant>,
+    /// The next delay is the base once, then the schedule goes on.
+    quick: bool,
 }
 
 impl Backoff {
@@ -84,6 +99,7 @@ impl Backoff {
             max,
             current: base,
             up_since: None,
+            quick: false,
         }
     }
 
@@ -93,11 +109,15 @@ impl Backoff {
     }
 
     /// The connection was lost at `now`: if it had been up for the
-    /// policy's `reset_after`, the schedule starts from `base` again.
+    /// policy's `reset_after`, the schedule starts from `base` again; if
+    /// for its `quick_after`, the next delay only is the base.
     pub fn lost(&mut self, now: Instant) {
         if let Some(since) = self.up_since.take() {
-            if now.saturating_duration_since(since) >= self.policy.reset_after {
+            let up = now.saturating_duration_since(since);
+            if up >= self.policy.reset_after {
                 self.reset();
+            } else if up >= self.policy.quick_after && !self.policy.quick_after.is_zero() {
+                self.quick = true;
             }
         }
     }
@@ -105,19 +125,28 @@ impl Backoff {
     /// Start over from `base`.
     pub fn reset(&mut self) {
         self.current = self.base;
+        self.quick = false;
     }
 
     /// The nominal delay (before the spread) of the next attempt.
     pub fn next_nominal(&self) -> Duration {
-        self.current
+        if self.quick {
+            self.base
+        } else {
+            self.current
+        }
     }
 
     /// The spread delay to wait before the next attempt; advances the
-    /// schedule.
+    /// schedule (a quick retry leaves it where it was).
     pub fn next_delay(&mut self) -> Duration {
-        let nominal = self.current;
-        let grown = nominal.as_secs_f64() * self.policy.multiplier;
-        self.current = Duration::from_secs_f64(grown.min(self.max.as_secs_f64()));
+        let nominal = self.next_nominal();
+        if self.quick {
+            self.quick = false;
+        } else {
+            let grown = nominal.as_secs_f64() * self.policy.multiplier;
+            self.current = Duration::from_secs_f64(grown.min(self.max.as_secs_f64()));
+        }
         let (low, high) = (self.policy.spread_low, self.policy.spread_high);
         let factor = if high > low {
             rand::rng().random_range(low..=high)
@@ -182,9 +211,18 @@ mod tests {
         }
         let grown = b.next_nominal();
         assert!(grown > Duration::from_secs(6), "{grown:?}");
-        // Up for 5 s, then lost: keep backing off from where it was.
+        // Up for half a second, then lost: keep backing off from where it
+        // was (no quick retry for a link that drops at once).
+        b.connected(t0);
+        b.lost(t0 + Duration::from_millis(500));
+        assert_eq!(b.next_nominal(), grown);
+        // Up for 5 s, then lost: one quick retry at the base, and if it
+        // fails, on from where the schedule was.
         b.connected(t0);
         b.lost(t0 + Duration::from_secs(5));
+        assert_eq!(b.next_nominal(), Duration::from_secs(1));
+        let d = b.next_delay();
+        assert!(d <= Duration::from_millis(1500), "{d:?}");
         assert_eq!(b.next_nominal(), grown);
         // Up for the policy's stretch: the next loss starts from base.
         b.connected(t0 + Duration::from_secs(20));
