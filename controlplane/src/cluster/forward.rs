@@ -365,17 +365,17 @@ async fn forward(
     let req = http::Request::from_parts(parts, body);
     if cluster.is_unreachable(&addr) {
         cluster.routes.forget(&route);
-        return unreachable(&route, &addr, "it did not answer the last call").into_http();
+        return not_sent(&route, &addr, "it did not answer the last call").into_http();
     }
     let mut channel = match cluster.channel(&addr) {
         Ok(c) => c,
         Err(status) => return status.into_http(),
     };
-    let sent = async {
-        poll_fn(|cx| channel.poll_ready(cx)).await?;
-        channel.call(req).await
+    if let Err(err) = poll_fn(|cx| channel.poll_ready(cx)).await {
+        cluster.routes.forget(&route);
+        return not_sent(&route, &addr, &err.to_string()).into_http();
     }
-    .await;
+    let sent = channel.call(req).await;
     match sent {
         Ok(response) => {
             if stale(grpc_code(response.headers())) {
@@ -403,7 +403,18 @@ async fn forward(
     }
 }
 
-/// The status of a call whose owner replica could not be reached.
+/// The status of a call that was not sent to its owner replica: nothing of
+/// it reached the machine.
+fn not_sent(route: &RouteRow, addr: &str, why: &str) -> Status {
+    Status::unavailable(format!(
+        "the call was refused before it reached machine {}: replica {} ({addr}), which holds \
+         its agent, cannot be reached ({why}); nothing ran. Retry in a few seconds (a gone \
+         replica's agents reconnect to another)",
+        route.machine_id, route.replica_id
+    ))
+}
+
+/// The status of a call whose owner replica went away while it was sent.
 fn unreachable(route: &RouteRow, addr: &str, why: &str) -> Status {
     Status::unavailable(format!(
         "the call to replica {} ({addr}), which holds the agent of machine {}, failed: \
