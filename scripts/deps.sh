@@ -70,6 +70,8 @@ check_system() {
   have npm || lack "npm" npm
   { have sshd || [ -x /usr/sbin/sshd ]; } || lack "sshd" openssh-server
   { have ssh && have scp && have ssh-keygen; } || lack "ssh" openssh-client
+  # bench/run's fleet case compares the fan-out with parallel-ssh.
+  have parallel-ssh || lack "parallel-ssh" pssh
   # The PostgreSQL store tests start a throwaway server (initdb, postgres).
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || lack "PostgreSQL" postgresql
   if ! have python3; then

@@ -1,6 +1,8 @@
 //! One simulated idle agent: enroll, register over its own connection,
 //! heartbeat, and reconnect the way the real agent does, reporting into the
-//! shared counters.
+//! shared counters. With [`Serving`] it also opens the exec channel with
+//! declared labels and answers every command at once with exit 0, spawning
+//! nothing: a fan-out's machines at the control plane's cost alone.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -14,7 +16,10 @@ use std::{
 use cmdop_agent::{connection::wait_before_retry, AgentConfig};
 use cmdop_proto::backoff::{Backoff, AGENT_RECONNECT};
 use cmdop_proto::{
-    ext::{agent_link_client::AgentLinkClient, EnrollRequest},
+    ext::{
+        agent_downlink, agent_link_client::AgentLinkClient, agent_uplink, AgentHello, AgentUplink,
+        EnrollRequest, ExecExit, ExecFinished,
+    },
     terminal::{
         agent_message, control_message,
         terminal_streaming_service_client::TerminalStreamingServiceClient, AgentMessage,
@@ -76,6 +81,50 @@ struct Connected {
     tx: mpsc::Sender<AgentMessage>,
     inbound: tonic::Streaming<cmdop_proto::terminal::ControlMessage>,
     session_id: String,
+    channel: Channel,
+}
+
+/// What a simulated agent serves besides its terminal stream: with
+/// `Some(labels)` the exec channel, declaring `labels`.
+pub type Serving = Option<Arc<std::collections::HashMap<String, String>>>;
+
+/// The uplink and downlink of an agent's exec channel.
+type ExecLink = (
+    mpsc::Sender<AgentUplink>,
+    tonic::Streaming<cmdop_proto::ext::AgentDownlink>,
+);
+
+/// Opens the exec channel (`AgentLink.Channel`) of a registered session with
+/// its hello.
+async fn open_exec_link(
+    channel: Channel,
+    bearer: &MetadataValue<Ascii>,
+    session_id: &str,
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<ExecLink, String> {
+    let bearer = bearer.clone();
+    let mut link = AgentLinkClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", bearer.clone());
+        Ok(req)
+    });
+    let (tx, rx) = mpsc::channel::<AgentUplink>(64);
+    let hello = AgentHello {
+        session_id: session_id.to_string(),
+        agent_version: "cmdop-bench-agents".into(),
+        capabilities: Vec::new(),
+        labels: labels.clone(),
+    };
+    tx.send(AgentUplink {
+        msg: Some(agent_uplink::Msg::Hello(hello)),
+    })
+    .await
+    .map_err(|_| "the exec uplink closed".to_string())?;
+    let down = link
+        .channel(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("AgentLink.Channel: {}", s.message()))?
+        .into_inner();
+    Ok((tx, down))
 }
 
 /// Opens a connection, starts `ConnectTerminal` with `register` and waits
@@ -91,7 +140,7 @@ async fn connect_and_register(
         .map_err(|e| format!("connect: {e}"))?;
     let bearer = bearer.clone();
     let mut client = TerminalStreamingServiceClient::with_interceptor(
-        channel,
+        channel.clone(),
         move |mut req: tonic::Request<()>| {
             req.metadata_mut().insert("authorization", bearer.clone());
             Ok(req)
@@ -139,17 +188,32 @@ async fn connect_and_register(
         tx,
         inbound,
         session_id,
+        channel,
     })
 }
 
-/// Serves one registered stream (heartbeats, ignoring what arrives) until
-/// it ends (`false`) or `stop` flips (`true`).
-async fn stay_connected(c: Connected, stop: &mut watch::Receiver<bool>) -> bool {
+/// Serves one registered stream (heartbeats, ignoring what arrives; with
+/// `serving`, every ExecStart answered with exit 0) until it ends (`false`)
+/// or `stop` flips (`true`).
+async fn stay_connected(
+    c: Connected,
+    bearer: &MetadataValue<Ascii>,
+    serving: &Serving,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
     let Connected {
         tx,
         mut inbound,
         session_id,
+        channel,
     } = c;
+    let mut exec = match serving {
+        Some(labels) => match open_exec_link(channel, bearer, &session_id, labels).await {
+            Ok(link) => Some(link),
+            Err(_) => return false,
+        },
+        None => None,
+    };
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
@@ -167,6 +231,30 @@ async fn stay_connected(c: Connected, stop: &mut watch::Receiver<bool>) -> bool 
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return false,
             },
+            work = async {
+                match exec.as_mut() {
+                    Some((_, down)) => down.message().await,
+                    None => std::future::pending().await,
+                }
+            } => match work {
+                Ok(Some(cmdop_proto::ext::AgentDownlink {
+                    msg: Some(agent_downlink::Msg::Start(start)),
+                })) => {
+                    let done = AgentUplink {
+                        msg: Some(agent_uplink::Msg::Finished(ExecFinished {
+                            exec_id: start.exec_id,
+                            exit: Some(ExecExit::default()),
+                            pid: 0,
+                        })),
+                    };
+                    let Some((up, _)) = exec.as_ref() else { return false };
+                    if up.send(done).await.is_err() {
+                        return false;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return false,
+            },
         }
     }
 }
@@ -181,6 +269,7 @@ pub async fn run_agent(
     ready: mpsc::Sender<Result<Duration, String>>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<Stats>,
+    serving: Serving,
 ) {
     let started = Instant::now();
     let first = async {
@@ -220,7 +309,7 @@ pub async fn run_agent(
     let mut losses = 0u64;
     loop {
         backoff.connected(Instant::now());
-        if stay_connected(connected, &mut stop).await {
+        if stay_connected(connected, &bearer, &serving, &mut stop).await {
             return;
         }
         losses += 1;

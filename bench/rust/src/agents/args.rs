@@ -9,7 +9,7 @@ const USAGE: &str = "usage: cmdop-bench-agents --server http://HOST:PORT[,http:/
 (--data-dir DIR | CMDOP_DATABASE_URL=postgres://… in the environment) --workspace NAME \
 --agents N [--parallel N] \
 [--per-source N] [--control-plane-pid PID]… [--ready-file F] [--restart-file F] \
-[--label TEXT] [--case NAME]";
+[--label TEXT] [--case NAME] [--serve-exec K=V[,K=V…]]";
 
 pub struct Args {
     pub servers: Vec<String>,
@@ -24,6 +24,9 @@ pub struct Args {
     pub restart_file: Option<PathBuf>,
     pub label: String,
     pub case: String,
+    /// `--serve-exec`: the agents open the exec channel declaring these
+    /// labels and answer every command with exit 0 (spawning nothing).
+    pub serve_exec: Option<std::collections::HashMap<String, String>>,
 }
 
 pub fn parse_args() -> anyhow::Result<Args> {
@@ -43,6 +46,7 @@ pub fn parse_args() -> anyhow::Result<Args> {
         restart_file: None,
         label: String::new(),
         case: "agents-10k".into(),
+        serve_exec: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,6 +79,16 @@ pub fn parse_args() -> anyhow::Result<Args> {
             ),
             "--ready-file" => args.ready_file = Some(value.into()),
             "--label" => args.label = value,
+            "--serve-exec" => {
+                let mut labels = std::collections::HashMap::new();
+                for pair in value.split(',').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').with_context(|| {
+                        format!("--serve-exec: '{pair}' is not K=V; write --serve-exec fleet=sim")
+                    })?;
+                    labels.insert(k.to_string(), v.to_string());
+                }
+                args.serve_exec = Some(labels);
+            }
             _ => bail!("unknown option {flag}; {USAGE}"),
         }
     }

@@ -64,7 +64,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::transport::Endpoint;
 
 use crate::{
-    agent::{run_agent, source_address, Route, Stats},
+    agent::{run_agent, source_address, Route, Serving, Stats},
     args::{parse_args, Args},
     restart::measure_restart,
     rss::{vm_rss_kb, SETTLE},
@@ -112,6 +112,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     let rss_before = vm_rss_kb(&args.control_plane_pids);
     let stats = Arc::new(Stats::default());
+    let serving: Serving = args.serve_exec.clone().map(Arc::new);
     let (ready_tx, mut ready_rx) = mpsc::channel(args.parallel.max(16));
     let (stop_tx, stop_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(args.parallel));
@@ -124,6 +125,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let slots = slots.clone();
         let stop_rx = stop_rx.clone();
         let stats = stats.clone();
+        let serving = serving.clone();
         tokio::spawn(async move {
             let mut handles = Vec::with_capacity(tokens.len());
             for (i, token) in tokens.into_iter().enumerate() {
@@ -147,6 +149,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     agent_ready,
                     stop_rx.clone(),
                     stats.clone(),
+                    serving.clone(),
                 )));
             }
             handles

@@ -25,7 +25,7 @@ const FAILOVER_PAUSE: Duration = Duration::from_millis(10);
 
 /// Retries `execute("true")` on `client` until it succeeds; returns the
 /// attempts it took and the first error seen.
-async fn until_success(client: Client, hostname: String) -> (usize, Option<String>) {
+pub async fn until_success(client: Client, hostname: String) -> (usize, Option<String>) {
     let mut attempts = 0usize;
     let mut first_error = None;
     loop {
@@ -192,7 +192,7 @@ async fn failover_run(
 }
 
 /// Polls the futures until the first finishes; returns its index and output.
-async fn futures_select_first<F>(
+pub async fn futures_select_first<F>(
     mut futs: Vec<std::pin::Pin<Box<F>>>,
 ) -> (usize, usize, Option<String>)
 where

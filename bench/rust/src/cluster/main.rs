@@ -27,7 +27,9 @@
 //!   until an execute on the machine succeeds through a survivor; the killed
 //!   replica is restarted (same arguments) before the next run, which starts
 //!   `--failover-steady-ms` after the recovery (default 12 s: the agent
-//!   resets its reconnect backoff once a link stayed up 10 s);
+//!   resets its reconnect backoff once a link stayed up 10 s); then
+//!   (`sigkill-twice-3s`, half as many runs) the holder is killed, and 3 s
+//!   later the replica the agent moved to, each recovery timed;
 //! - `cluster-db`: database statements per execute on the hot path
 //!   (`pg_stat_statements`, or transactions from `pg_stat_database` when the
 //!   extension is not available), minus the background rate of an idle
@@ -50,6 +52,7 @@ mod args;
 mod database;
 mod db_queries;
 mod failover;
+mod failover_twice;
 mod idle_agents;
 mod latency;
 mod record;
@@ -156,6 +159,16 @@ async fn run(args: Args, dir: PathBuf, db: Db, counter: DbCounter) -> anyhow::Re
                 "cluster-failover",
                 "sigkill-agent-replica",
                 "SIGKILL of the agent's replica",
+            )],
+            r,
+        );
+        let r = failover_twice::failover_twice(&args, &mut setup).await;
+        part(
+            "failover twice",
+            &[(
+                "cluster-failover",
+                "sigkill-twice-3s",
+                "two SIGKILLs 3 s apart",
             )],
             r,
         );
