@@ -317,3 +317,45 @@ func TestExecFleetSeq(t *testing.T) {
 		}
 	}()
 }
+
+// Close from another goroutine ends a running fleet: the machine's
+// command is stopped and its result still comes, to a loop that then ends.
+func TestCloseEndsExecFleetSeq(t *testing.T) {
+	s := liveStack(t)
+	c := connected(t)
+	marker := fmt.Sprintf("sleep 5%d.75", os.Getpid()%10)
+	var got []cmdop.FleetResult
+	done := make(chan error, 1)
+	go func() {
+		var last error
+		for r, err := range c.ExecFleetSeq(context.Background(), "exec "+marker, cmdop.FleetOptions{
+			Hosts: s.machine,
+		}, nil) {
+			if err != nil {
+				last = err
+				continue
+			}
+			got = append(got, r)
+		}
+		done <- last
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !processRunning(t, marker) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	closed := time.Now()
+	c.Close()
+	select {
+	case err := <-done:
+		if len(got) != 1 || got[0].Machine.Hostname != s.machine || got[0].Status == cmdop.StatusOK || !got[0].Ran {
+			t.Fatalf("want the machine's result, stopped by Close, got %s (error %v)", brief(got...), err)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("Close did not end the fleet")
+	}
+	// Well before the command's timeout (the client's, 15 s), which would
+	// also end it.
+	if elapsed := time.Since(closed); elapsed > 8*time.Second {
+		t.Fatalf("the fleet ended %v after Close", elapsed)
+	}
+}
