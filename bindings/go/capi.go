@@ -22,6 +22,8 @@ extern void cmdopgoForgetExecSink(uintptr_t h);
 extern void cmdopgoOnOutput(uintptr_t h, char *data, size_t len);
 extern void cmdopgoOnProgress(uintptr_t h, uint64_t done, uint64_t total);
 extern void cmdopgoOnReadChunk(uintptr_t h, char *data, size_t len);
+extern void cmdopgoOnFleetOutput(uintptr_t h, cmdop_machine *m, int kind, char *data, size_t len);
+extern void cmdopgoOnFleetResult(uintptr_t h, cmdop_fleet_result *r);
 
 static void cmdopgo_connect_cb(void *ud) { cmdopgoOnConnect((uintptr_t)ud); }
 static void cmdopgo_disconnect_cb(void *ud, const char *reason, bool will_reconnect) {
@@ -47,6 +49,14 @@ static void cmdopgo_progress_cb(void *ud, uint64_t done, uint64_t total) {
 }
 static void cmdopgo_read_chunk_cb(void *ud, const uint8_t *data, size_t len) {
   cmdopgoOnReadChunk((uintptr_t)ud, (char *)data, len);
+}
+
+static void cmdopgo_fleet_output_cb(void *ud, const cmdop_machine *m, cmdop_stream_kind kind,
+                                    const uint8_t *data, size_t len) {
+  cmdopgoOnFleetOutput((uintptr_t)ud, (cmdop_machine *)m, (int)kind, (char *)data, len);
+}
+static void cmdopgo_fleet_result_cb(void *ud, const cmdop_fleet_result *r) {
+  cmdopgoOnFleetResult((uintptr_t)ud, (cmdop_fleet_result *)r);
 }
 
 // This thread's message for a failed status (malloc'd), NULL on success.
@@ -137,6 +147,24 @@ cmdop_status cmdopgo_exec(cmdop_client *c, const char *cmd, const cmdop_exec_opt
   opts.cancel = tok;
   opts.input = in;
   cmdop_status st = cmdop_exec(c, cmd, &opts, out);
+  *msg = cmdopgo_message(st);
+  return st;
+}
+
+// cmdop_exec_fleet with the fleet options f and execute options o, the Go
+// trampolines with cgo handle h (output only when want_output) and cancel
+// token tok.
+cmdop_status cmdopgo_exec_fleet(cmdop_client *c, const char *cmd, const cmdop_fleet_options *f,
+                                const cmdop_exec_options *o, uintptr_t h, int want_output,
+                                const cmdop_cancel_token *tok, cmdop_fleet_result_list **out, char **msg) {
+  cmdop_fleet_options fleet = *f;
+  cmdop_exec_options opts = *o;
+  opts.cancel = tok;
+  fleet.on_output = want_output ? cmdopgo_fleet_output_cb : NULL;
+  fleet.on_result = cmdopgo_fleet_result_cb;
+  fleet.user_data = (void *)h;
+  fleet.free_user_data = NULL;
+  cmdop_status st = cmdop_exec_fleet(c, cmd, &fleet, &opts, out);
   *msg = cmdopgo_message(st);
   return st;
 }

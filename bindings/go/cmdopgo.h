@@ -25,6 +25,11 @@ cmdop_status cmdopgo_set_callback(cmdop_client *c, int which, uintptr_t h, char 
 cmdop_status cmdopgo_exec(cmdop_client *c, const char *cmd, const cmdop_exec_options *o, uint32_t timeout_ms,
                           cmdop_exec_stdin *in, uintptr_t h, const cmdop_cancel_token *tok,
                           cmdop_exec_result **out, char **msg);
+/* cmdop_exec_fleet with the Go fleet trampolines and cgo handle h (output
+   only when want_output) and cancel token tok. */
+cmdop_status cmdopgo_exec_fleet(cmdop_client *c, const char *cmd, const cmdop_fleet_options *f,
+                                const cmdop_exec_options *o, uintptr_t h, int want_output,
+                                const cmdop_cancel_token *tok, cmdop_fleet_result_list **out, char **msg);
 cmdop_status cmdopgo_exec_stdin_write(cmdop_exec_stdin *in, const void *data, size_t len, char **msg);
 /* cmdop_download_file (download != 0) or cmdop_upload_file, progress to cgo handle h (0: none). */
 cmdop_status cmdopgo_transfer(cmdop_client *c, int download, const char *from, const char *to,

@@ -59,47 +59,9 @@ func (c *Client) ExecuteWithOptions(ctx context.Context, command string, opts *E
 	var pins cStrings
 	defer pins.free()
 	var o C.cmdop_exec_options
-	if st := C.cmdop_exec_options_init(&o, C.CMDOP_EXEC_OPTIONS_VERSION); st != C.CMDOP_STATUS_OK {
-		return nil, &Error{Status: Status(st), Message: "cmdop_exec_options_init refused this header's options version"}
-	}
-	o.discard_output = C.bool(opts.DiscardOutput)
-	if opts.Dir != "" {
-		dir, err := pins.add("the working directory", opts.Dir)
-		if err != nil {
-			return nil, err
-		}
-		o.working_directory = dir
-	}
-	if len(opts.Env) > 0 {
-		// The array of entries lives in C memory, freed with the strings.
-		arr := (**C.char)(C.malloc(C.size_t(len(opts.Env)) * C.size_t(unsafe.Sizeof((*C.char)(nil)))))
-		pins = append(pins, unsafe.Pointer(arr))
-		slots := unsafe.Slice(arr, len(opts.Env))
-		for i, e := range opts.Env {
-			if !strings.Contains(e, "=") {
-				return nil, &Error{Status: StatusInvalidArgument,
-					Message: "ExecOptions.Env entry " + e + " is not NAME=value; add the value"}
-			}
-			p, err := pins.add("an environment entry", e)
-			if err != nil {
-				return nil, err
-			}
-			slots[i] = p
-		}
-		o.env = arr
-		o.env_count = C.size_t(len(opts.Env))
-	}
-	var streamed io.Reader
-	switch r := opts.Stdin.(type) {
-	case nil:
-	case *bytes.Reader, *bytes.Buffer, *strings.Reader:
-		data, err := io.ReadAll(r)
-		if err != nil {
-			return nil, err
-		}
-		o.stdin_data, o.stdin_len = pins.addBytes(data)
-	default:
-		streamed = r
+	streamed, err := fillExecOptions(opts, &o, &pins)
+	if err != nil {
+		return nil, err
 	}
 
 	// Output to the writers; the first write error kills the command.
@@ -150,6 +112,54 @@ func (c *Client) ExecuteWithOptions(ctx context.Context, command string, opts *E
 		}
 	}
 	return result, err
+}
+
+// fillExecOptions initialises o (the header's layout version) and copies
+// opts into it, the strings into pins; it returns the Stdin reader when it
+// must be streamed (not an in-memory one, whose bytes go in o.stdin_data).
+func fillExecOptions(opts *ExecOptions, o *C.cmdop_exec_options, pins *cStrings) (io.Reader, error) {
+	if st := C.cmdop_exec_options_init(o, C.CMDOP_EXEC_OPTIONS_VERSION); st != C.CMDOP_STATUS_OK {
+		return nil, &Error{Status: Status(st), Message: "cmdop_exec_options_init refused this header's options version"}
+	}
+	o.discard_output = C.bool(opts.DiscardOutput)
+	if opts.Dir != "" {
+		dir, err := pins.add("the working directory", opts.Dir)
+		if err != nil {
+			return nil, err
+		}
+		o.working_directory = dir
+	}
+	if len(opts.Env) > 0 {
+		// The array of entries lives in C memory, freed with the strings.
+		arr := (**C.char)(C.malloc(C.size_t(len(opts.Env)) * C.size_t(unsafe.Sizeof((*C.char)(nil)))))
+		*pins = append(*pins, unsafe.Pointer(arr))
+		slots := unsafe.Slice(arr, len(opts.Env))
+		for i, e := range opts.Env {
+			if !strings.Contains(e, "=") {
+				return nil, &Error{Status: StatusInvalidArgument,
+					Message: "ExecOptions.Env entry " + e + " is not NAME=value; add the value"}
+			}
+			p, err := pins.add("an environment entry", e)
+			if err != nil {
+				return nil, err
+			}
+			slots[i] = p
+		}
+		o.env = arr
+		o.env_count = C.size_t(len(opts.Env))
+	}
+	switch r := opts.Stdin.(type) {
+	case nil:
+	case *bytes.Reader, *bytes.Buffer, *strings.Reader:
+		data, err := io.ReadAll(r)
+		if err != nil {
+			return nil, err
+		}
+		o.stdin_data, o.stdin_len = pins.addBytes(data)
+	default:
+		return r, nil
+	}
+	return nil, nil
 }
 
 // stdinPump copies a reader into a cmdop_exec_stdin on its own goroutine,

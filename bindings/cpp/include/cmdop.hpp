@@ -20,7 +20,8 @@
 //   not throw (an escaping exception calls std::terminate, as with
 //   std::thread); the execute() chunk callback runs on a library thread,
 //   one call at a time, and an exception it throws cancels the command and
-//   is rethrown by execute().
+//   is rethrown by execute(). The exec_fleet() callbacks run on the calling
+//   thread, likewise: an exception cancels the fleet and is rethrown.
 // - A Client is thread-safe, like the C client: any number of threads may
 //   call its member functions at the same time. Destroy it last.
 #ifndef CMDOP_HPP
@@ -152,6 +153,8 @@ using SessionListPtr =
     std::unique_ptr<cmdop_session_list, Deleter<cmdop_session_list, cmdop_session_list_free>>;
 using MachineListPtr =
     std::unique_ptr<cmdop_machine_list, Deleter<cmdop_machine_list, cmdop_machine_list_free>>;
+using FleetResultListPtr =
+    std::unique_ptr<cmdop_fleet_result_list, Deleter<cmdop_fleet_result_list, cmdop_fleet_result_list_free>>;
 using FileListPtr = std::unique_ptr<cmdop_file_list, Deleter<cmdop_file_list, cmdop_file_list_free>>;
 using BytesPtr = std::unique_ptr<cmdop_bytes, Deleter<cmdop_bytes, cmdop_bytes_free>>;
 using StdinPtr = std::unique_ptr<cmdop_exec_stdin, Deleter<cmdop_exec_stdin, cmdop_exec_stdin_free>>;
@@ -478,6 +481,71 @@ class ExecStdin {
   detail::StdinPtr s_;
 };
 
+/// One machine's end in Client::exec_fleet(): a value copied out of the
+/// library's result, so it outlives the call.
+struct FleetResult {
+  Machine machine;
+  /// How it ended: Ok (the command ran to its end: read exit_code and
+  /// signal), Timeout (killed at its timeout, confirmed), OutcomeUnknown
+  /// (started, end unknown; not sent again), another error status, or, when
+  /// `ran` is false, Unavailable (offline, or refused before it reached the
+  /// machine) or Cancelled (the cancel token, or max_failures reached).
+  Status status = Status::Ok;
+  /// Whether the command was (or, after OutcomeUnknown, may have been) started.
+  bool ran = false;
+  /// The exit code when `status` is Ok and no signal ended it; -1 otherwise.
+  int exit_code = -1;
+  /// The signal that ended the command, 0 if none.
+  int signal = 0;
+  /// What happened in words ("exit 0", "timed out (killed)", ...).
+  std::string message;
+  /// From the machine's start to its end; zero when it did not run.
+  std::chrono::milliseconds duration{};
+  /// Output as kept: also what came before a timeout; empty with
+  /// ExecOptions::discard_output.
+  std::string stdout_data;
+  std::string stderr_data;
+
+  /// Ran to its end with exit code 0.
+  bool succeeded() const noexcept { return status == Status::Ok && exit_code == 0; }
+
+  static FleetResult from(const cmdop_fleet_result *r) {
+    size_t out_len = 0, err_len = 0;
+    const uint8_t *out = cmdop_fleet_result_stdout(r, &out_len);
+    const uint8_t *err = cmdop_fleet_result_stderr(r, &err_len);
+    return FleetResult{Machine::from(cmdop_fleet_result_machine(r)),
+                       static_cast<Status>(cmdop_fleet_result_status(r)),
+                       cmdop_fleet_result_ran(r),
+                       cmdop_fleet_result_exit_code(r),
+                       cmdop_fleet_result_signal(r),
+                       detail::copy(cmdop_fleet_result_message(r)),
+                       std::chrono::milliseconds(cmdop_fleet_result_duration_ms(r)),
+                       std::string(detail::view(out, out_len)),
+                       std::string(detail::view(err, err_len))};
+  }
+};
+
+/// Which machines Client::exec_fleet() runs on, how fast, and where their
+/// output and results go (cmdop_fleet_options in cmdop.h). Zero means the
+/// library's default everywhere.
+struct FleetOptions {
+  /// Label selector, as Client::machines() takes it; empty = any machine.
+  std::string selector;
+  /// Hostnames or globs, comma-separated; empty = any.
+  std::string hosts;
+  uint32_t parallel = 0;       ///< most machines running at once; 0 = 64
+  uint32_t batch_size = 0;     ///< rolling batches of this many machines; 0 = one batch
+  uint32_t batch_percent = 0;  ///< or of this share (1-100) of the online machines; set one of the two
+  /// Start no further machine once this many have failed (non-zero exit,
+  /// signal, timeout, unknown outcome, error); 0 = no limit.
+  uint32_t max_failures = 0;
+  /// Each chunk of a machine's output as it arrives, in order per machine
+  /// (machines interleave).
+  std::function<void(const Machine &, StreamKind, std::string_view)> on_output;
+  /// Each machine's end as it comes (the same result is in the returned list).
+  std::function<void(const FleetResult &)> on_result;
+};
+
 /// A connection to one control plane with one set of credentials.
 /// Move-only and thread-safe.
 class Client {
@@ -635,6 +703,58 @@ class Client {
     const size_t n = cmdop_machine_list_count(raw);
     out.reserve(n);
     for (size_t i = 0; i < n; ++i) out.push_back(Machine::from(cmdop_machine_list_get(raw, i)));
+    return out;
+  }
+
+  /// Run `command` on every online machine `fleet` selects (its selector
+  /// and host list; the selected machine of set_machine() plays no part),
+  /// with `opts` applied to each machine: its timeout is per machine, its
+  /// environment, working directory, stdin bytes and discard_output apply
+  /// to every machine. Returns every selected machine's end, offline ones
+  /// included, sorted by hostname, whatever their outcomes: check each
+  /// FleetResult's status and exit_code.
+  ///
+  /// fleet.on_output and fleet.on_result run on this thread, one at a time,
+  /// while the call blocks; they must not call blocking members of a
+  /// Client (those throw InCallback). A slow callback slows the machines'
+  /// output down. If a callback throws, the fleet is cancelled (running
+  /// commands killed, no more started), no callback runs after it, and the
+  /// exception is rethrown here. `cancel` (optional) does the same from any
+  /// thread; the call then still returns every machine's result, those it
+  /// stopped with status Cancelled.
+  ///
+  /// Throws NotFound when nothing matches (machines() shows what there
+  /// is), InvalidArgument for a bad selector or host list or both batch
+  /// fields set, NotSupported when the server cannot list machines.
+  std::vector<FleetResult> exec_fleet(std::string_view command, const FleetOptions &fleet, const ExecOptions &opts = {},
+                                      const CancelToken *cancel = nullptr) {
+    const std::string cmd(command);
+    cmdop_exec_options c;
+    std::vector<const char *> env;
+    to_c(opts, c, env);
+    std::optional<CancelToken> own;
+    FleetContext ctx{&fleet, cancel ? cancel : &own.emplace(), {}, nullptr};
+    c.cancel = ctx.cancel->raw();
+    cmdop_fleet_options f;
+    detail::check(cmdop_fleet_options_init(&f, CMDOP_FLEET_OPTIONS_VERSION));
+    f.selector = fleet.selector.empty() ? nullptr : fleet.selector.c_str();
+    f.hosts = fleet.hosts.empty() ? nullptr : fleet.hosts.c_str();
+    f.parallel = fleet.parallel;
+    f.batch_size = fleet.batch_size;
+    f.batch_percent = fleet.batch_percent;
+    f.max_failures = fleet.max_failures;
+    f.on_output = fleet.on_output ? fleet_output_trampoline : nullptr;
+    f.on_result = fleet.on_result ? fleet_result_trampoline : nullptr;
+    f.user_data = &ctx;
+    cmdop_fleet_result_list *raw = nullptr;
+    const cmdop_status st = cmdop_exec_fleet(get(), cmd.c_str(), &f, &c, &raw);
+    detail::FleetResultListPtr list(raw);
+    if (ctx.error) std::rethrow_exception(ctx.error);
+    detail::check(st);
+    std::vector<FleetResult> out;
+    const size_t n = cmdop_fleet_result_list_count(raw);
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) out.push_back(FleetResult::from(cmdop_fleet_result_list_get(raw, i)));
     return out;
   }
 
@@ -821,22 +941,68 @@ class Client {
     }
   }
 
-  // Every execute of this class ends here: one cmdop_exec() call.
-  ExecResult execute_opts(std::string_view command, const ExecOptions &opts, cmdop_exec_stdin *input,
-                          const ChunkCallback &on_chunk, const CancelToken *cancel) {
-    const std::string cmd(command);
-    cmdop_exec_options c;
+  // Fills `c` (this header's layout version, no callbacks) from `opts`;
+  // the strings stay owned by `opts`, the environment's pointers by `env`.
+  static void to_c(const ExecOptions &opts, cmdop_exec_options &c, std::vector<const char *> &env) {
     detail::check(cmdop_exec_options_init(&c, CMDOP_EXEC_OPTIONS_VERSION));
     c.timeout_ms = detail::to_ms(opts.timeout);
     c.stdin_data = opts.stdin_data.empty() ? nullptr : reinterpret_cast<const uint8_t *>(opts.stdin_data.data());
     c.stdin_len = opts.stdin_data.size();
-    std::vector<const char *> env;
+    env.clear();
     env.reserve(opts.env.size());
     for (const std::string &e : opts.env) env.push_back(e.c_str());
     c.env = env.empty() ? nullptr : env.data();
     c.env_count = env.size();
     c.working_directory = opts.working_directory.empty() ? nullptr : opts.working_directory.c_str();
     c.discard_output = opts.discard_output;
+  }
+
+  // The state of one exec_fleet() call. Its callbacks run on the calling
+  // thread while the call blocks, so it lives on that call's stack; the
+  // first exception a callback throws is kept here (no callback runs after
+  // it) and rethrown once the call returned. Machines are copied once each
+  // for on_output, keyed by id.
+  struct FleetContext {
+    const FleetOptions *fleet;
+    const CancelToken *cancel;
+    std::map<std::string, Machine> machines;
+    std::exception_ptr error;
+
+    template <typename F>
+    void run(F &&f) noexcept {
+      if (error) return;
+      try {
+        f();
+      } catch (...) {
+        error = std::current_exception();
+        cancel->cancel();
+      }
+    }
+  };
+
+  static void fleet_output_trampoline(void *ud, const cmdop_machine *m, cmdop_stream_kind kind, const uint8_t *data,
+                                      size_t len) noexcept {
+    auto *ctx = static_cast<FleetContext *>(ud);
+    ctx->run([&] {
+      const std::string id = detail::copy(cmdop_machine_id(m));
+      auto it = ctx->machines.find(id);
+      if (it == ctx->machines.end()) it = ctx->machines.emplace(id, Machine::from(m)).first;
+      ctx->fleet->on_output(it->second, static_cast<StreamKind>(kind), detail::view(data, len));
+    });
+  }
+
+  static void fleet_result_trampoline(void *ud, const cmdop_fleet_result *r) noexcept {
+    auto *ctx = static_cast<FleetContext *>(ud);
+    ctx->run([&] { ctx->fleet->on_result(FleetResult::from(r)); });
+  }
+
+  // Every execute of this class ends here: one cmdop_exec() call.
+  ExecResult execute_opts(std::string_view command, const ExecOptions &opts, cmdop_exec_stdin *input,
+                          const ChunkCallback &on_chunk, const CancelToken *cancel) {
+    const std::string cmd(command);
+    cmdop_exec_options c;
+    std::vector<const char *> env;
+    to_c(opts, c, env);
     const ChunkShare ctx = chunk_context(on_chunk, cancel);
     c.user_data = chunk_share(ctx);
     c.on_output = c.user_data ? chunk_trampoline : nullptr;

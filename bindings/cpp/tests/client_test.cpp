@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sys/stat.h>
 #include <mutex>
 #include <string>
@@ -500,6 +501,176 @@ TEST_F(Live, CancelledTransfersLeaveNoTarget) {
   }
   ASSERT_EQ(names.size(), 1u) << "left behind: " << names.back();
   EXPECT_EQ(names[0], "big.bin");
+}
+
+// exec_fleet on the stack's one machine, chosen by the host list: output
+// and results reach the callbacks on this thread, tagged with the machine.
+TEST_F(Live, ExecFleetRunsOnTheHostListWithCallbacks) {
+  cmdop::Client c = connected();
+  const std::thread::id caller = std::this_thread::get_id();
+  std::map<std::string, std::string> out, err;  // by hostname
+  std::vector<cmdop::FleetResult> ended;
+  int wrong_thread = 0;
+  cmdop::FleetOptions f;
+  f.hosts = stack_->machine;
+  f.on_output = [&](const cmdop::Machine &m, cmdop::StreamKind kind, std::string_view data) {
+    if (std::this_thread::get_id() != caller) ++wrong_thread;
+    (kind == cmdop::StreamKind::Stderr ? err : out)[m.hostname].append(data);
+  };
+  f.on_result = [&](const cmdop::FleetResult &r) {
+    if (std::this_thread::get_id() != caller) ++wrong_thread;
+    ended.push_back(r);
+  };
+  cmdop::ExecOptions o;
+  o.env = {"CMDOP_CPP_FLEET=fleet-$((6*7))"};
+  o.timeout = 15s;
+  std::vector<cmdop::FleetResult> rs =
+      c.exec_fleet("echo \"$CMDOP_CPP_FLEET\" $((40+2)); echo on-err >&2", f, o);
+  ASSERT_EQ(rs.size(), 1u);
+  const cmdop::FleetResult &r = rs[0];
+  EXPECT_EQ(r.machine.hostname, stack_->machine);
+  EXPECT_EQ(r.machine.id.rfind("mach_", 0), 0u) << r.machine.id;
+  EXPECT_TRUE(r.machine.online);
+  EXPECT_EQ(r.status, cmdop::Status::Ok) << r.message;
+  EXPECT_TRUE(r.ran);
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.signal, 0);
+  EXPECT_TRUE(r.succeeded());
+  EXPECT_EQ(r.message, "exit 0");
+  // The environment's value is not expanded again, the command's $((…)) is.
+  EXPECT_EQ(r.stdout_data, "fleet-$((6*7)) 42\n");
+  EXPECT_EQ(r.stderr_data, "on-err\n");
+  EXPECT_LT(r.duration, 15s);
+
+  EXPECT_EQ(wrong_thread, 0);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[stack_->machine], "fleet-$((6*7)) 42\n");
+  EXPECT_EQ(err[stack_->machine], "on-err\n");
+  ASSERT_EQ(ended.size(), 1u) << "on_result runs once per machine";
+  EXPECT_EQ(ended[0].machine.hostname, stack_->machine);
+  EXPECT_EQ(ended[0].stdout_data, r.stdout_data);
+
+  // A non-zero exit is a result, not an exception.
+  ended.clear();
+  rs = c.exec_fleet("echo partial; exit 7", f);
+  ASSERT_EQ(rs.size(), 1u);
+  EXPECT_EQ(rs[0].status, cmdop::Status::Ok);
+  EXPECT_TRUE(rs[0].ran);
+  EXPECT_EQ(rs[0].exit_code, 7);
+  EXPECT_FALSE(rs[0].succeeded());
+  EXPECT_EQ(rs[0].stdout_data, "partial\n");
+  EXPECT_EQ(ended.size(), 1u);
+
+  // A selector over facts picks the same machine; discard_output keeps
+  // nothing, the callback still sees it.
+  cmdop::FleetOptions g;
+  g.selector = "cmdop.io/hostname=" + stack_->machine;
+  std::string seen;
+  g.on_output = [&](const cmdop::Machine &, cmdop::StreamKind, std::string_view d) { seen.append(d); };
+  o = {};
+  o.discard_output = true;
+  rs = c.exec_fleet("echo only-in-callback", g, o);
+  ASSERT_EQ(rs.size(), 1u);
+  EXPECT_EQ(rs[0].machine.hostname, stack_->machine);
+  EXPECT_TRUE(rs[0].stdout_data.empty());
+  EXPECT_EQ(seen, "only-in-callback\n");
+}
+
+TEST_F(Live, ExecFleetTimeoutIsAPerMachineStatus) {
+  cmdop::Client c = connected();
+  cmdop::FleetOptions f;
+  f.hosts = stack_->machine;
+  cmdop::ExecOptions o;
+  o.timeout = 700ms;
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<cmdop::FleetResult> rs = c.exec_fleet("echo started; sleep 30", f, o);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 15s);
+  ASSERT_EQ(rs.size(), 1u);
+  EXPECT_EQ(rs[0].status, cmdop::Status::Timeout) << rs[0].message;
+  EXPECT_TRUE(rs[0].ran);
+  EXPECT_EQ(rs[0].exit_code, -1);
+  EXPECT_EQ(rs[0].stdout_data, "started\n");
+  EXPECT_GE(rs[0].duration, 500ms);
+}
+
+TEST_F(Live, ExecFleetRefusalsAreErrors) {
+  cmdop::Client c = connected();
+  cmdop::FleetOptions f;
+  int results = 0;
+  f.on_result = [&](const cmdop::FleetResult &) { ++results; };
+  f.selector = "no-such-label=anywhere";
+  try {
+    c.exec_fleet("true", f);
+    ADD_FAILURE() << "a selector matching nothing must throw";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::NotFound) << e.what();
+    EXPECT_NE(e.message().find("no machine matches"), std::string::npos) << e.message();
+  }
+  f.selector.clear();
+  f.hosts = "no-such-host-anywhere,no-such-*-either";
+  try {
+    c.exec_fleet("true", f);
+    ADD_FAILURE() << "a host list matching nothing must throw";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::NotFound) << e.what();
+  }
+  f.hosts.clear();
+  f.selector = "env=";
+  try {
+    c.exec_fleet("true", f);
+    ADD_FAILURE() << "a bad selector must throw";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::InvalidArgument) << e.what();
+  }
+  f.selector.clear();
+  f.hosts = stack_->machine;
+  f.batch_size = 1;
+  f.batch_percent = 50;
+  try {
+    c.exec_fleet("true", f);
+    ADD_FAILURE() << "both batch fields must throw";
+  } catch (const cmdop::Error &e) {
+    EXPECT_EQ(e.status(), cmdop::Status::InvalidArgument) << e.what();
+  }
+  EXPECT_EQ(results, 0);
+}
+
+TEST_F(Live, ExceptionInFleetCallbackCancelsAndPropagates) {
+  cmdop::Client c = connected();
+  struct Stop {};
+  cmdop::FleetOptions f;
+  f.hosts = stack_->machine;
+  int after = 0, results = 0;
+  f.on_output = [&](const cmdop::Machine &, cmdop::StreamKind, std::string_view) {
+    ++after;
+    throw Stop{};
+  };
+  f.on_result = [&](const cmdop::FleetResult &) { ++results; };
+  cmdop::ExecOptions o;
+  o.timeout = 30s;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(c.exec_fleet("echo go; sleep 0.2; echo more; sleep 30", f, o), Stop);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  EXPECT_EQ(after, 1) << "no callback runs after one threw";
+  EXPECT_EQ(results, 0);
+
+  // A cancel token from another thread stops the fleet; the call still
+  // returns the machine's result, cancelled while it ran.
+  cmdop::CancelToken token;
+  cmdop::FleetOptions g;
+  g.hosts = stack_->machine;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(500ms);
+    token.cancel();
+  });
+  std::vector<cmdop::FleetResult> rs = c.exec_fleet("sleep 30", g, o, &token);
+  canceller.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
+  ASSERT_EQ(rs.size(), 1u);
+  EXPECT_EQ(rs[0].status, cmdop::Status::Cancelled) << rs[0].message;
+  EXPECT_TRUE(rs[0].ran);
+  // The client is still usable afterwards.
+  EXPECT_EQ(c.execute("true").exit_code(), 0);
 }
 
 }  // namespace

@@ -163,6 +163,50 @@ final class ClientTests: XCTestCase {
         XCTAssertEqual(FileManager.default.contents(atPath: dir + "/fed.bin"), payload)
     }
 
+    func testExecFleetOnTheHostList() throws {
+        let s = try stack()
+        let c = try connected()
+        var out: [String: Data] = [:] // by hostname
+        var ended: [FleetResult] = []
+        var fleet = FleetOptions()
+        fleet.hosts = s.machine
+        fleet.onOutput = { machine, kind, data in
+            if kind == .stdout { out[machine.hostname, default: Data()].append(data) }
+        }
+        fleet.onResult = { ended.append($0) }
+        var o = ExecOptions()
+        o.env = ["CMDOP_SWIFT_FLEET=fleet-x"]
+        let results = try c.execFleetBlocking("echo \"$CMDOP_SWIFT_FLEET\" $((40+2))", fleet: fleet, options: o)
+        XCTAssertEqual(results.count, 1)
+        XCTAssertEqual(results.first?.machine.hostname, s.machine)
+        XCTAssertEqual(results.first?.status, .ok)
+        XCTAssertEqual(results.first?.exitCode, 0)
+        XCTAssertEqual(results.first?.stdoutString, "fleet-x 42\n")
+        XCTAssertEqual(out[s.machine], Data("fleet-x 42\n".utf8))
+        XCTAssertEqual(ended.map(\.machine.hostname), [s.machine])
+
+        let failed = try c.execFleetBlocking("exit 7", fleet: fleet)
+        XCTAssertEqual(failed.first?.exitCode, 7)
+        XCTAssertEqual(failed.first?.succeeded, false)
+
+        var short = ExecOptions()
+        short.timeoutMs = 700
+        let timedOut = try c.execFleetBlocking("echo started; sleep 30", fleet: fleet, options: short)
+        XCTAssertEqual(timedOut.first?.status, .timeout)
+        XCTAssertEqual(timedOut.first?.stdoutString, "started\n")
+
+        var nothing = FleetOptions()
+        nothing.selector = "no-such-label=anywhere"
+        XCTAssertThrowsError(try c.execFleetBlocking("true", fleet: nothing)) { error in
+            XCTAssertEqual((error as? CmdopError)?.status, .notFound)
+        }
+        nothing.selector = nil
+        nothing.hosts = "no-such-host-anywhere"
+        XCTAssertThrowsError(try c.execFleetBlocking("true", fleet: nothing)) { error in
+            XCTAssertEqual((error as? CmdopError)?.status, .notFound)
+        }
+    }
+
     func testUploadDownloadKeepBytesAndMode() throws {
         let c = try connected()
         let dir = NSTemporaryDirectory() + "cmdop-swift-xfer-\(getpid())"
