@@ -260,21 +260,11 @@ func (c *Client) ExecFleet(ctx context.Context, command string, fleet FleetOptio
 		return nil, err
 	}
 
-	tok := C.cmdop_cancel_token_new()
-	if tok == nil {
-		return nil, &Error{Status: StatusInternal, Message: "out of memory creating a cancel token"}
+	tok, release, err := contextToken(ctx)
+	if err != nil {
+		return nil, err
 	}
-	cancelled := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		defer close(cancelled)
-		C.cmdop_cancel_token_cancel(tok)
-	})
-	defer func() {
-		if !stop() {
-			<-cancelled // the AfterFunc ran: let it finish before freeing tok
-		}
-		C.cmdop_cancel_token_free(tok)
-	}()
+	defer release()
 	sink := &fleetSink{
 		onOutput: fleet.OnOutput,
 		onResult: fleet.OnResult,

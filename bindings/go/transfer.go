@@ -114,21 +114,11 @@ func (c *Client) withSink(ctx context.Context, sink *callSink,
 	if ctx.Err() != nil {
 		return contextError(ctx, StatusCancelled, "")
 	}
-	tok := C.cmdop_cancel_token_new()
-	if tok == nil {
-		return &Error{Status: StatusInternal, Message: "out of memory creating a cancel token"}
+	tok, release, err := contextToken(ctx)
+	if err != nil {
+		return err
 	}
-	cancelled := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		defer close(cancelled)
-		C.cmdop_cancel_token_cancel(tok)
-	})
-	defer func() {
-		if !stop() {
-			<-cancelled // the AfterFunc ran: let it finish before freeing tok
-		}
-		C.cmdop_cancel_token_free(tok)
-	}()
+	defer release()
 	sink.cancel = func() { C.cmdop_cancel_token_cancel(tok) }
 	h := cgo.NewHandle(sink)
 	defer h.Delete()
@@ -165,4 +155,26 @@ func (c *Client) callError(ctx context.Context, status Status, text string) erro
 		return &Error{Status: status, Message: "Close was called while the call ran; it was stopped", cause: ErrClosed}
 	}
 	return &Error{Status: status, Message: text}
+}
+
+// contextToken returns a cancel token that the end of ctx cancels, and the
+// function that detaches it from ctx and frees it: call that once the C call
+// given the token has returned.
+func contextToken(ctx context.Context) (*C.cmdop_cancel_token, func(), error) {
+	tok := C.cmdop_cancel_token_new()
+	if tok == nil {
+		return nil, nil, &Error{Status: StatusInternal, Message: "out of memory creating a cancel token"}
+	}
+	cancelled := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(cancelled)
+		C.cmdop_cancel_token_cancel(tok)
+	})
+	release := func() {
+		if !stop() {
+			<-cancelled // the AfterFunc ran: let it finish before freeing tok
+		}
+		C.cmdop_cancel_token_free(tok)
+	}
+	return tok, release, nil
 }
