@@ -45,6 +45,12 @@ pub struct AgentConfig {
     /// `cmdop_proto::backoff::AGENT_RECONNECT.reset_after` starts the
     /// schedule over.
     pub reconnect_max: Duration,
+    /// A program and its arguments that run
+    /// [`crate::orphans::reap_when_closed`] on the directory appended to
+    /// them (`cmdop agent-reaper`): started once, it kills this agent's
+    /// commands the moment the agent dies, without waiting for a restart.
+    /// Empty = no reaper (a restarted agent still sweeps).
+    pub reaper: Vec<std::ffi::OsString>,
 }
 
 /// Default cap of the reconnect delay (before the spread): after an outage
@@ -68,6 +74,7 @@ impl Default for AgentConfig {
             heartbeat_interval: Duration::from_secs(25),
             reconnect_base: Duration::from_secs(1),
             reconnect_max: DEFAULT_RECONNECT_MAX,
+            reaper: Vec::new(),
         }
     }
 }

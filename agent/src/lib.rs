@@ -48,8 +48,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let host = host_info::HostInfo::gather(config.hostname.as_deref());
     tokio::pin!(shutdown);
-    // Before serving anything: kill what a killed predecessor left running.
-    orphans::init(&orphans::dir_for(&config.state_file));
+    // Before serving anything: kill what a killed predecessor left running,
+    // and start the reaper that does the same the moment this agent dies.
+    let orphan_dir = orphans::dir_for(&config.state_file);
+    orphans::init(&orphan_dir);
+    if let Err(e) = orphans::start_reaper(&config.reaper, &orphan_dir) {
+        tracing::warn!(error = %e,
+            "cannot start the reaper; commands left by this agent if it is killed die only when it restarts");
+    }
     let state = tokio::select! {
         state = enroll::load_or_enroll(&config, &host.hostname) => state?,
         () = &mut shutdown => return Ok(()),

@@ -1,17 +1,22 @@
 //! Commands die with the agent.
 //!
-//! Two mechanisms, because neither covers everything alone:
+//! Three mechanisms, because none covers everything alone:
 //!
 //! * each command's shell gets `PR_SET_PDEATHSIG(SIGKILL)` before `exec`, so
 //!   the kernel kills it the moment the agent dies, even by SIGKILL;
 //! * each running command has a record (`<pid> <start time>`) in a file
 //!   of a directory next to the agent's state file (files are reused: a
-//!   blank one is free). A restarted agent sweeps it
-//!   and kills the process group of every command a killed agent left
-//!   behind (grandchildren such as `sh -c 'a; b'`'s children do not get the
-//!   death signal). The start time (field 22 of `/proc/<pid>/stat`) is
-//!   compared first, so a pid the kernel has since given to an unrelated
-//!   process is never signalled.
+//!   blank one is free). Sweeping it kills the process group of every
+//!   command a dead agent left behind (grandchildren such as
+//!   `sh -c 'a; b'`'s children do not get the death signal). The start
+//!   time (field 22 of `/proc/<pid>/stat`) is compared first, so a pid the
+//!   kernel has since given to an unrelated process is never signalled;
+//! * a small reaper process ([`start_reaper`], [`reap_when_closed`]) holds
+//!   the read end of a pipe only the agent writes to: when the agent dies,
+//!   however it dies, the pipe closes and the reaper sweeps at once, so the
+//!   commands die within moments even if the agent never comes back. A
+//!   restarted agent sweeps too, as the second line (the reaper itself may
+//!   have been killed with the agent).
 
 use std::{
     os::unix::fs::FileExt,
@@ -78,6 +83,53 @@ pub fn sweep(dir: &Path) -> usize {
         );
     }
     killed
+}
+
+/// Starts the reaper: `argv` (a program and its arguments, to which `dir`
+/// is appended) that runs [`reap_when_closed`] on `dir`, in a process
+/// group of its own (a terminal's Ctrl-C meant for the agent does not reach
+/// it), its stdin a pipe whose only write end this process keeps open until
+/// it exits. Every other descriptor of the pipe is close-on-exec, so no
+/// command inherits it and holds the reaper back.
+pub fn start_reaper(argv: &[std::ffi::OsString], dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        // It needs nothing of the agent's environment (its secrets least).
+        .env_clear()
+        .process_group(0)
+        .spawn()?;
+    static WRITE_END: OnceLock<std::process::ChildStdin> = OnceLock::new();
+    if let Some(pipe) = child.stdin.take() {
+        let _ = WRITE_END.set(pipe);
+    }
+    // Never waited for: it exits after this process, and init reaps it.
+    drop(child);
+    Ok(())
+}
+
+/// The reaper's whole life: waits until its stdin reaches end of file (the
+/// agent that started it is gone), then kills what the agent left running
+/// in `dir` ([`sweep`]). Returns how many process groups it killed.
+pub fn reap_when_closed(dir: &Path) -> usize {
+    use std::io::Read;
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    sweep(dir)
 }
 
 fn parse_record(s: &str) -> Option<(i32, u64)> {

@@ -62,6 +62,22 @@ pub struct AgentArgs {
     pub labels: Vec<String>,
 }
 
+/// `cmdop agent-reaper DIR` (hidden; the agent starts it).
+#[derive(clap::Args)]
+pub struct ReaperArgs {
+    /// The agent's directory of running-command records.
+    pub dir: PathBuf,
+}
+
+/// This binary as the agent's reaper (`cmdop agent-reaper`), when its path
+/// is known.
+pub fn reaper_argv() -> Vec<std::ffi::OsString> {
+    match std::env::current_exe() {
+        Ok(exe) => vec![exe.into_os_string(), "agent-reaper".into()],
+        Err(_) => Vec::new(),
+    }
+}
+
 impl AgentArgs {
     pub fn config(&self) -> anyhow::Result<AgentConfig> {
         let mut servers = self
@@ -91,6 +107,7 @@ impl AgentArgs {
             native_exec: !self.no_native_exec,
             labels: crate::labels::parse_assignments(&self.labels, "--label")?,
             heartbeat_interval: Duration::from_secs(self.heartbeat_secs.max(1)),
+            reaper: reaper_argv(),
             ..AgentConfig::default()
         })
     }

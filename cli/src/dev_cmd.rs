@@ -78,6 +78,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         enrollment_token: Some(enroll),
         state_file: dir.path().join("agent.json"),
         hostname: args.hostname.clone(),
+        reaper: crate::agent_cmd::reaper_argv(),
         ..cmdop_agent::AgentConfig::default()
     };
     let agent = tokio::spawn(cmdop_agent::run(agent_config, wait_for(stop_rx)));

@@ -58,6 +58,10 @@ enum Command {
     /// Copy a file to or from a machine: `cp ./a.tar web-1:/tmp/`,
     /// `cp web-1:/var/log/syslog .`
     Cp(client_cmd::CpArgs),
+    /// Started by `cmdop agent` itself: waits for the agent to die, then
+    /// kills the commands it left running (see `cmdop_agent::orphans`).
+    #[command(hide = true)]
+    AgentReaper(agent_cmd::ReaperArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +92,10 @@ fn main() -> std::process::ExitCode {
     let success = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Admin(args) => success(admin_cmd::run(args)),
+        Command::AgentReaper(args) => {
+            cmdop_agent::orphans::reap_when_closed(&args.dir);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         other => runtime().and_then(|rt| {
             rt.block_on(async move {
                 match other {
@@ -100,7 +108,7 @@ fn main() -> std::process::ExitCode {
                     Command::Ls(args) => client_cmd::ls(args).await,
                     Command::Attach(args) => client_cmd::attach(args).await,
                     Command::Cp(args) => client_cmd::cp(args).await,
-                    Command::Admin(_) => unreachable!("handled above"),
+                    Command::Admin(_) | Command::AgentReaper(_) => unreachable!("handled above"),
                 }
             })
         }),

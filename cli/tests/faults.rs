@@ -155,7 +155,7 @@ async fn commands_die_with_a_sigkilled_agent() {
     wait_native_exec(&mut ext, &s.host).await;
     let secs = unique_seconds(301);
     // Both the shell and a grandchild: the grandchild gets no death signal
-    // of its own, the restarted agent's sweep must take it.
+    // of its own; the agent's reaper must take it, with no restart.
     let command = format!("sleep {secs} & sleep {secs}; wait");
     let mut stream = ext
         .exec(exec_req(&s.session_id, &command, 0))
@@ -173,15 +173,8 @@ async fn commands_die_with_a_sigkilled_agent() {
                     // The shell dies with the agent (death signal) at once.
     wait_gone(shell[0], Duration::from_secs(5), "the agent's SIGKILL").await;
     let _ = stream.message().await;
-    // The restarted agent (same state file) kills the rest of the group.
-    let _agent = start_agent(
-        &s.server.addr,
-        None,
-        &s.dir.path().join("agent.json"),
-        &s.host,
-        &["--heartbeat-secs", "1"],
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The agent never comes back: its reaper kills the rest of the group.
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = pids_running(&format!("sleep {secs}"));
         if left.is_empty() {
@@ -189,8 +182,14 @@ async fn commands_die_with_a_sigkilled_agent() {
         }
         assert!(
             Instant::now() < deadline,
-            "processes of the command survived the agent's restart: {left:?}"
+            "processes of the command survived the SIGKILLed agent: {left:?}"
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the reaper itself is gone (it lives only as long as its agent).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pids_running(&format!("agent-reaper {}", s.dir.path().display())).is_empty() {
+        assert!(Instant::now() < deadline, "the reaper outlived its work");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
