@@ -966,6 +966,11 @@ async fn with_postgres_stopped_calls_on_known_routes_keep_working_through_anothe
     // Before the outage B learns the route, by session and by machine.
     exec_through(&mut e, &cl, false, "before").await;
     exec_through(&mut e, &cl, true, "before").await;
+    // C has seen the key, never the machine.
+    let mut on_c = ext(&cl.c.addr, Some(&cl.ws.api_key)).await;
+    on_c.server_info(cmdop_proto::ext::ServerInfoRequest::default())
+        .await
+        .expect("ServerInfo through C");
 
     // Longer than a lease (5 s): leases expire meanwhile.
     cl.pg.stop();
@@ -977,6 +982,25 @@ async fn with_postgres_stopped_calls_on_known_routes_keep_working_through_anothe
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!("{calls} executes through B on A's machine while PostgreSQL was down");
+    // Still down: selecting the machine by hostname through B and C (whose
+    // databases cannot tell) works, answered by A, and C then runs a
+    // command on it.
+    for (replica, client) in [("B", &mut e), ("C", &mut on_c)] {
+        let found = client
+            .resolve_machine(ResolveMachineRequest {
+                hostname: cl.host.clone(),
+                partial_match: false,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("ResolveMachine through {replica} during the outage: {s:?}"))
+            .into_inner();
+        assert!(found.found, "through {replica}: {found:?}");
+        let m = found.machine.expect("the machine");
+        assert_eq!(m.machine_id, cl.machine_id, "through {replica}");
+        assert_eq!(m.session_id, cl.session_id, "through {replica}");
+    }
+    exec_through(&mut on_c, &cl, true, "through-c").await;
 
     // Back: the replicas renew their leases and no call fails meanwhile.
     cl.pg.start_again();

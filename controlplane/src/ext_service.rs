@@ -204,8 +204,14 @@ impl Cmdop for CmdopService {
             }
         };
         // Not connected here, and the database that knows the others
-        // cannot be reached.
+        // cannot be reached: the live replicas answer for the machines
+        // connected to them.
         if !complete && !answer.found && !answer.ambiguous {
+            if let Some(caller) = &caller {
+                if let Some(found) = self.resolve_on_peers(caller, asked.clone()).await {
+                    return Ok(Response::new(found));
+                }
+            }
             return Err(Status::unavailable(format!(
                 "{} (only machines connected to this server can be looked up meanwhile)",
                 crate::db::DATABASE_UNAVAILABLE
@@ -358,6 +364,57 @@ impl Cmdop for CmdopService {
 impl CmdopService {
     /// ResolveMachine answered by the replica that holds `machine_id`'s
     /// agent, if another one does.
+    /// ResolveMachine asked of every other live replica (a database
+    /// outage: only they know the machines connected to them); their
+    /// answers merged: one machine found, several (ambiguous), or `None`.
+    async fn resolve_on_peers(
+        &self,
+        caller: &crate::cluster::Caller,
+        req: ResolveMachineRequest,
+    ) -> Option<ResolveMachineResponse> {
+        let cluster = self.state.cluster.as_ref()?;
+        let answers = cluster
+            .ask_each(|channel| {
+                let req = cluster.peer_request(caller, req.clone());
+                async move {
+                    let mut client = cmdop_proto::ext::cmdop_client::CmdopClient::new(channel);
+                    Ok(client.resolve_machine(req).await?.into_inner())
+                }
+            })
+            .await;
+        let mut found: Vec<Machine> = Vec::new();
+        for (replica_id, a) in answers {
+            let machines = a.machine.into_iter().filter(|_| a.found).chain(a.matches);
+            for m in machines {
+                if m.session_id.is_empty() || found.iter().any(|f| f.machine_id == m.machine_id) {
+                    continue;
+                }
+                // Calls for it go to the replica that has it meanwhile.
+                cluster.learn_route(crate::store::cluster::RouteRow {
+                    machine_id: m.machine_id.clone(),
+                    workspace_id: caller.workspace.id.clone(),
+                    replica_id: replica_id.clone(),
+                    session_id: m.session_id.clone(),
+                    generation: 0,
+                });
+                found.push(m);
+            }
+        }
+        match found.len() {
+            0 => None,
+            1 => Some(ResolveMachineResponse {
+                found: true,
+                machine: found.pop(),
+                ..Default::default()
+            }),
+            _ => Some(ResolveMachineResponse {
+                ambiguous: true,
+                matches: found,
+                ..Default::default()
+            }),
+        }
+    }
+
     async fn resolve_elsewhere(
         &self,
         caller: &crate::cluster::Caller,

@@ -250,6 +250,20 @@ impl Cluster {
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
+        self.ask_each(ask)
+            .await
+            .into_iter()
+            .map(|(_, answer)| answer)
+            .collect()
+    }
+
+    /// [`Cluster::ask_all`], each answer with the id of the replica that
+    /// gave it.
+    pub async fn ask_each<T, F, Fut>(&self, ask: F) -> Vec<(String, T)>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
         let calls = self.other_replicas().into_iter().map(|(id, addr)| {
             let call = self.channel(&addr).map(&ask);
             async move {
@@ -259,11 +273,13 @@ impl Cluster {
                         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timed out"))),
                     Err(status) => Err(status),
                 };
-                answer
-                    .map_err(|status| {
-                        tracing::warn!(replica = %id, %addr, %status, "a replica did not answer a workspace-wide lookup; its machines are left out")
-                    })
-                    .ok()
+                match answer {
+                    Ok(answer) => Some((id, answer)),
+                    Err(status) => {
+                        tracing::warn!(replica = %id, %addr, %status, "a replica did not answer a workspace-wide lookup; its machines are left out");
+                        None
+                    }
+                }
             }
         });
         futures::future::join_all(calls)

@@ -138,6 +138,16 @@ impl Cluster {
         }
     }
 
+    /// Remembers that replica `route.replica_id` holds `route`'s session,
+    /// as that replica itself answered (a lookup during a database outage),
+    /// so calls for the machine are forwarded there meanwhile. The table's
+    /// row replaces it once the database is back.
+    pub fn learn_route(&self, route: RouteRow) {
+        if route.replica_id != self.replica_id && self.live_addr(&route.replica_id).is_some() {
+            self.routes.remember(&route);
+        }
+    }
+
     /// Where a call for `session_id` of `ws` goes.
     pub async fn resolve_session(
         &self,
