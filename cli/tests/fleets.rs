@@ -565,7 +565,8 @@ async fn one_exec_fleet_call_streams_every_machine_s_events() {
 }
 
 /// `cmdop exec -l` makes one call on a server with ExecFleet (which holds
-/// one of the key's exec slots, however many machines), and one Exec per
+/// one of the key's exec slots, however many machines, and then runs them
+/// one at a time), and one Exec per
 /// machine on a server without it (each holding a slot: with one slot per
 /// key, only one machine gets to run at a time, the others are refused).
 #[tokio::test]

@@ -124,7 +124,13 @@ pub async fn start(
     caller: Option<Caller>,
     req: ExecFleetRequest,
 ) -> Result<ExecFleetStream, Status> {
-    let pacing = Pacing::of(&req)?;
+    let mut pacing = Pacing::of(&req)?;
+    // A fan-out holds one of its key's exec slots; the execs it runs take
+    // none (on this replica or the owners'), and never outnumber what the
+    // key may run at once.
+    pacing.parallel = pacing
+        .parallel
+        .min(state.config.limits.execs_per_key.max(1));
     let template = ExecRequest {
         command: req.command,
         stdin: req.stdin,
@@ -341,10 +347,16 @@ async fn open(job: &Job, machine_id: &str) -> Result<ExecStream, Status> {
                 cluster.routes.forget(&route);
                 return Err(crate::cluster::routes::replica_gone(&route));
             }
+            // The fan-out already holds the key's exec slot: the owner
+            // counts none for its machines (no key header).
+            let caller = Caller {
+                key_hash: None,
+                ..caller.clone()
+            };
             let mut client =
                 cmdop_proto::ext::cmdop_client::CmdopClient::new(cluster.channel(&addr)?)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES);
-            return match client.exec(cluster.peer_stream_request(caller, req)).await {
+            return match client.exec(cluster.peer_stream_request(&caller, req)).await {
                 Ok(response) => Ok(Box::pin(response.into_inner())),
                 Err(status) => {
                     if matches!(
