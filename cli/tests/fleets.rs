@@ -620,3 +620,69 @@ async fn the_cli_fans_out_on_the_server_or_itself_without_it() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("1 ok, 2 failed"), "{}", stderr(&out));
 }
+
+/// A machine whose agent has no native exec comes back from ExecFleet as
+/// not run (unsupported), and the client then tries it itself, as its own
+/// fan-out always did: the others ran through the server meanwhile.
+#[tokio::test]
+async fn a_machine_without_native_exec_is_left_to_the_client() {
+    use cmdop_proto::ext::{exec_fleet_not_run::Reason, ExecFleetRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0", &[]);
+    let ws = create_workspace(dir.path(), "fleet");
+    let (native, terminal_only) = (unique("nx-native"), unique("nx-terminal"));
+    let mut agents = Vec::new();
+    for (host, extra) in [
+        (&native, &[][..]),
+        (&terminal_only, &["--no-native-exec"][..]),
+    ] {
+        let token = enroll_token(dir.path(), "fleet");
+        agents.push(start_agent(
+            &server.addr,
+            Some(&token),
+            &dir.path().join(format!("{host}.json")),
+            host,
+            extra,
+        ));
+    }
+    let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
+    let mut e = ext(&server.addr, Some(&ws.api_key)).await;
+    wait_connected(&mut t, &terminal_only).await;
+    wait_connected(&mut t, &native).await;
+    wait_native_exec(&mut e, &native).await;
+    let hosts = format!("{native},{terminal_only}");
+    let stream = e
+        .exec_fleet(ExecFleetRequest {
+            hosts: hosts.clone(),
+            command: "echo via-fleet".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ExecFleet")
+        .into_inner();
+    let (all, _) = fleet_events(stream).await;
+    assert_eq!(all[&native].exit().exit_code, 0);
+    assert_eq!(all[&native].stdout, b"via-fleet\n");
+    assert_eq!(all[&terminal_only].not_run(), Reason::Unsupported);
+
+    let f = Fleet {
+        server,
+        ws,
+        _agents: agents,
+        hosts: vec![native.clone(), terminal_only.clone()],
+        _dir: dir,
+    };
+    let out = cli(&f, &["exec", "-H", &hosts, "echo ran-$((40+2))"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{native}: ran-42"),
+        "{}",
+        stderr(&out)
+    );
+    // The client's terminal path runs on its selected machine only, so a
+    // fan-out's machine without native exec ends as an error there (as
+    // before ExecFleet), named in the summary.
+    let err = stderr(&out);
+    assert!(err.contains("1 ok, 1 failed, 0 did not run"), "{err}");
+    assert!(err.contains(&format!("{terminal_only}: ")), "{err}");
+}

@@ -2,8 +2,10 @@
 //! `exec-fleet.v1`): one call whose stream brings every selected machine's
 //! events, tagged with its machine id, mapped here to the same
 //! [`FleetEvent`]s and [`Outcome`]s as the fan-out run from the client.
-//! Machines whose agent has no native exec come back as such and run from
-//! here afterwards (over their terminal), so no option is dropped.
+//! Machines whose agent has no native exec come back as such and are tried
+//! from here afterwards, as the client's own fan-out would (its terminal
+//! path runs on the client's selected machine only, so they end as errors
+//! unless that is the one).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -286,7 +288,7 @@ impl Client {
                 finish(&mut results, slot.end(outcome));
             }
         }
-        // Agents without native exec: from here, over their terminal.
+        // Agents without native exec: as the client-side fan-out does.
         if !no_native.is_empty() {
             let failures = results
                 .iter()
