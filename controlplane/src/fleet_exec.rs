@@ -9,6 +9,10 @@
 //! peer port. Every machine's exec is read by a task of its own, so a
 //! machine that is slow (or silent) holds nothing but itself; all of them
 //! hand their events to one bounded queue that is the caller's stream.
+//! While the caller reads slowly, each running machine keeps at most its
+//! exec's credit window (1 MiB) queued here, or its peer stream's HTTP/2
+//! window for a machine on another replica, and its agent stops reading
+//! the command's output: memory is bounded by `parallel` windows.
 //! When the caller goes away the fan-out is dropped, and with it every
 //! running machine's task and exec stream, which cancels those commands
 //! as dropping a plain Exec does. Nothing is ever resent.
