@@ -74,7 +74,8 @@ pub struct ExecArgs {
         conflicts_with = "machine_id"
     )]
     pub selector: Option<String>,
-    /// With several machines: how many run the command at once.
+    /// With several machines: how many run the command at once (at most
+    /// 256 when the server fans out, as current servers do).
     #[arg(long, default_value_t = cmdop::client::DEFAULT_PARALLEL, value_name = "N")]
     pub parallel: usize,
     /// With several machines: start no more machines once this many failed.

@@ -51,6 +51,10 @@ pub struct ServerArgs {
     /// clients then use the official execute path.
     #[arg(long)]
     pub no_extensions: bool,
+    /// Do not fan commands out over machine selections here (ExecFleet):
+    /// clients then run one Exec per machine themselves.
+    #[arg(long)]
+    pub no_server_fanout: bool,
     /// Seconds without any message from an agent before it is marked offline.
     #[arg(long, default_value_t = 75)]
     pub heartbeat_timeout_secs: u64,
@@ -165,6 +169,7 @@ impl ServerArgs {
                 .unwrap_or_else(crate::data_dir::default_data_dir),
             database,
             extensions: !self.no_extensions,
+            server_fanout: !self.no_server_fanout,
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
                     cert: cert.clone(),

@@ -1305,3 +1305,145 @@ async fn one_command_reaches_eight_machines_spread_over_the_replicas() {
         "{err}"
     );
 }
+
+/// One ExecFleet call through replica B runs the selection wherever each
+/// agent is: on B itself, on A and C through their peer ports. Each
+/// machine's output, exit code and confirmed timeout come back in the one
+/// stream, an offline machine as not run, and dropping the call stops the
+/// commands on the other replicas too.
+#[tokio::test]
+async fn one_exec_fleet_call_runs_machines_on_every_replica() {
+    use cmdop_proto::ext::{
+        exec_fleet_event, exec_fleet_not_run::Reason, ExecFleetRequest, ListMachinesRequest,
+    };
+    let cl = cluster("xf-a").await;
+    admin_pg(&cl.url, &["label", &cl.machine_id, "xf=yes"]);
+    let mut agents = Vec::new();
+    let mut hosts = Vec::new();
+    for (i, (name, addr)) in [
+        ("xf-b", &cl.b.addr),
+        ("xf-c", &cl.c.addr),
+        ("xf-gone", &cl.c.addr),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let host = unique(name);
+        let token = admin_pg(&cl.url, &["enroll-token", "--workspace", "alpha"]);
+        agents.push(start_agent(
+            addr,
+            Some(&token),
+            &cl.dir.path().join(format!("xf-{i}.json")),
+            &host,
+            &["--label", "xf=yes"],
+        ));
+        hosts.push(host);
+    }
+    let (on_a, on_b, on_c, gone) = (
+        cl.host.clone(),
+        hosts[0].clone(),
+        hosts[1].clone(),
+        hosts[2].clone(),
+    );
+    let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    let (b_addr, key) = (cl.b.addr.clone(), cl.ws.api_key.clone());
+    let listed = |selector: &'static str| {
+        let (b_addr, key) = (b_addr.clone(), key.clone());
+        async move {
+            let mut e = ext(&b_addr, Some(&key)).await;
+            let mut names: Vec<String> = e
+                .list_machines(ListMachinesRequest {
+                    selector: selector.into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("ListMachines")
+                .into_inner()
+                .machines
+                .into_iter()
+                .map(|m| m.hostname)
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while listed("xf=yes,cmdop.io/status=online").await.len() < 4 {
+        assert!(Instant::now() < deadline, "not all four online");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agents[2].kill();
+    while !listed("xf=yes,cmdop.io/status=offline")
+        .await
+        .contains(&gone)
+    {
+        assert!(Instant::now() < deadline, "{gone} still online");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let script = format!(
+        "{WHO_AM_I}; case $h in \
+         {on_a}) echo out; echo err >&2;; \
+         {on_b}) exit 4;; \
+         {on_c}) echo before; sleep 30;; esac"
+    );
+    let stream = e
+        .exec_fleet(ExecFleetRequest {
+            selector: "xf=yes".into(),
+            command: script,
+            timeout_ms: 2000,
+            accept_unknown_outcome: true,
+            ..Default::default()
+        })
+        .await
+        .expect("ExecFleet")
+        .into_inner();
+    let (all, ended) = fleet_events(stream).await;
+    assert_eq!(all.len(), 4, "{:?}", all.keys());
+    assert_eq!(all[&on_a].exit().exit_code, 0);
+    assert_eq!(all[&on_a].stdout, b"out\n");
+    assert_eq!(all[&on_a].stderr, b"err\n");
+    assert_eq!(all[&on_b].exit().exit_code, 4);
+    assert!(all[&on_c].exit().timed_out, "{:?}", all[&on_c].ends);
+    assert_eq!(all[&on_c].stdout, b"before\n");
+    assert_eq!(all[&gone].not_run(), Reason::Offline);
+    assert_eq!(ended.last(), Some(&on_c), "{ended:?}");
+
+    // Dropping the call stops the commands on A and C as well as on B.
+    let pids = cl.dir.path().join("xf-pids");
+    std::fs::create_dir(&pids).unwrap();
+    let script = format!(
+        "{WHO_AM_I}; echo $$ > '{}'/$h; echo running; exec sleep 60",
+        pids.display()
+    );
+    let mut stream = e
+        .exec_fleet(ExecFleetRequest {
+            selector: "xf=yes,cmdop.io/status=online".into(),
+            command: script,
+            ..Default::default()
+        })
+        .await
+        .expect("ExecFleet")
+        .into_inner();
+    let mut running = 0;
+    while running < 3 {
+        let ev = stream.message().await.expect("stream").expect("an event");
+        if matches!(ev.event, Some(exec_fleet_event::Event::Stdout(_))) {
+            running += 1;
+        }
+    }
+    drop(stream);
+    for host in [&on_a, &on_b, &on_c] {
+        let pid: i32 = std::fs::read_to_string(pids.join(host))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        wait_gone(
+            pid,
+            Duration::from_secs(10),
+            "a command of a dropped ExecFleet",
+        )
+        .await;
+    }
+}

@@ -1,7 +1,9 @@
 //! Fleets through the CLI against a real control plane and real agents:
 //! labels declared by agents and set by an admin, `cmdop machines` with
 //! selectors, one command on several machines with per-host output, and
-//! `cmdop exec` refusing to guess among several machines.
+//! `cmdop exec` refusing to guess among several machines; the server-side
+//! fan-out (ExecFleet) itself, and the client's own fan-out against a
+//! server without it.
 
 mod common;
 
@@ -24,8 +26,13 @@ struct Fleet {
 /// `<prefix>-web-2` (env=staging, role=web) and `<prefix>-db-1` (env=prod,
 /// role=db), all online with native exec.
 async fn fleet(prefix: &str) -> Fleet {
+    fleet_with(prefix, &[]).await
+}
+
+/// [`fleet`] with `server_flags` for the server.
+async fn fleet_with(prefix: &str, server_flags: &[&str]) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path(), "127.0.0.1:0", &[]);
+    let server = start_server(dir.path(), "127.0.0.1:0", server_flags);
     let ws = create_workspace(dir.path(), "fleet");
     let specs = [
         ("web-1", "env=prod,role=web"),
@@ -308,10 +315,6 @@ async fn an_offline_machine_of_the_selection_did_not_run() {
     assert!(stdout(&listed).contains(&gone), "{}", stdout(&listed));
 }
 
-/// The agent's `--hostname` as a command sees it: its parent is the agent.
-const WHO_AM_I: &str =
-    "h=$(tr '\\0' '\\n' < /proc/$PPID/cmdline | grep -A1 -x -- --hostname | tail -n 1)";
-
 /// Each machine's outcome is exact: exit code, a confirmed timeout, an
 /// unknown outcome when the agent dies mid-run; a megabyte from each of two
 /// machines never mixes.
@@ -397,4 +400,289 @@ async fn every_machine_s_outcome_is_exact_and_outputs_never_mix() {
     assert_eq!(v["hostname"], db1.as_str());
     assert_eq!(v["status"], "outcome_unknown", "{v}");
     assert!(v["exit_code"].is_null());
+}
+
+/// One ExecFleet call brings every selected machine's events: output, an
+/// exit code, a confirmed timeout, a failure limit, an offline machine as
+/// not run; a slow machine ends last without holding the others; dropping
+/// the call stops what runs.
+#[tokio::test]
+async fn one_exec_fleet_call_streams_every_machine_s_events() {
+    use cmdop_proto::ext::{exec_fleet_not_run::Reason, ExecFleetRequest, ServerInfoRequest};
+    let mut f = fleet("sf").await;
+    let [web1, web2, db1] = [f.hosts[0].clone(), f.hosts[1].clone(), f.hosts[2].clone()];
+    let mut e = ext(&f.server.addr, Some(&f.ws.api_key)).await;
+    let info = e
+        .server_info(ServerInfoRequest {})
+        .await
+        .expect("ServerInfo")
+        .into_inner();
+    assert!(
+        info.capabilities
+            .iter()
+            .any(|c| c == cmdop_proto::caps::EXEC_FLEET),
+        "{info:?}"
+    );
+    let req = |command: String| ExecFleetRequest {
+        selector: "role".into(),
+        command,
+        accept_unknown_outcome: true,
+        ..Default::default()
+    };
+
+    // web-1 prints, db-1 fails, web-2 runs past its timeout.
+    let script = format!(
+        "{WHO_AM_I}; case $h in \
+         *web-1) echo out; echo err >&2;; \
+         *web-2) echo before; sleep 30;; \
+         *db-1) exit 4;; esac"
+    );
+    let started = Instant::now();
+    let stream = e
+        .exec_fleet(ExecFleetRequest {
+            timeout_ms: 2000,
+            ..req(script)
+        })
+        .await
+        .expect("ExecFleet")
+        .into_inner();
+    let (all, ended) = fleet_events(stream).await;
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[&web1].exit().exit_code, 0);
+    assert_eq!(all[&web1].stdout, b"out\n");
+    assert_eq!(all[&web1].stderr, b"err\n");
+    assert_eq!(all[&db1].exit().exit_code, 4);
+    assert!(all[&web2].exit().timed_out, "{:?}", all[&web2].ends);
+    assert_eq!(all[&web2].stdout, b"before\n", "kept up to the timeout");
+    assert!(all.values().all(|m| m.started));
+    assert!(all[&db1].machine.labels.contains_key("role"));
+    // The slow machine held only itself: the others ended first.
+    assert_eq!(ended.last(), Some(&web2), "{ended:?}");
+
+    // The failure limit: one machine at a time, the first failure stops
+    // new starts; the others did not run.
+    let stream = e
+        .exec_fleet(ExecFleetRequest {
+            parallel: 1,
+            max_failures: Some(1),
+            ..req("exit 3".into())
+        })
+        .await
+        .expect("ExecFleet")
+        .into_inner();
+    let (all, ended) = fleet_events(stream).await;
+    assert_eq!(all[&ended[0]].exit().exit_code, 3);
+    for host in &ended[1..] {
+        assert_eq!(all[host].not_run(), Reason::AfterMaxFailures);
+        assert!(!all[host].started);
+    }
+
+    // What is wrong is said up front.
+    let too_many = e
+        .exec_fleet(ExecFleetRequest {
+            parallel: 257,
+            ..req("true".into())
+        })
+        .await
+        .expect_err("parallel above the limit");
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+    assert!(too_many.message().contains("256"), "{too_many:?}");
+    let both = e
+        .exec_fleet(ExecFleetRequest {
+            batch_size: 1,
+            batch_percent: 50,
+            ..req("true".into())
+        })
+        .await
+        .expect_err("two batch sizes");
+    assert_eq!(both.code(), tonic::Code::InvalidArgument);
+    let nothing = e
+        .exec_fleet(ExecFleetRequest {
+            selector: "env=nowhere".into(),
+            ..req("true".into())
+        })
+        .await
+        .expect_err("an empty selection");
+    assert_eq!(nothing.code(), tonic::Code::NotFound);
+
+    // Dropping the call stops every running command.
+    let pids = f._dir.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let script = format!(
+        "{WHO_AM_I}; echo $$ > '{}'/$h; echo running; exec sleep 60",
+        pids.display()
+    );
+    let mut stream = e
+        .exec_fleet(req(script))
+        .await
+        .expect("ExecFleet")
+        .into_inner();
+    let mut running = 0;
+    while running < 3 {
+        let ev = stream.message().await.expect("stream").expect("an event");
+        if matches!(
+            ev.event,
+            Some(cmdop_proto::ext::exec_fleet_event::Event::Stdout(_))
+        ) {
+            running += 1;
+        }
+    }
+    drop(stream);
+    for host in &f.hosts {
+        let pid: i32 = std::fs::read_to_string(pids.join(host))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        wait_gone(
+            pid,
+            Duration::from_secs(10),
+            "a command of a dropped ExecFleet",
+        )
+        .await;
+    }
+
+    // An offline machine of the selection did not run; the others did.
+    f._agents[2].kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listed(&f, &["-l", "cmdop.io/status=offline"]).contains(&db1) {
+        assert!(Instant::now() < deadline, "{db1} still online");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stream = e
+        .exec_fleet(req("echo hi".into()))
+        .await
+        .expect("ExecFleet")
+        .into_inner();
+    let (all, _) = fleet_events(stream).await;
+    assert_eq!(all[&db1].not_run(), Reason::Offline);
+    assert!(!all[&db1].started);
+    for host in [&web1, &web2] {
+        assert_eq!(all[host].exit().exit_code, 0);
+        assert_eq!(all[host].stdout, b"hi\n");
+    }
+}
+
+/// `cmdop exec -l` makes one call on a server with ExecFleet (which holds
+/// one of the key's exec slots, however many machines, and then runs them
+/// one at a time), and one Exec per
+/// machine on a server without it (each holding a slot: with one slot per
+/// key, only one machine gets to run at a time, the others are refused).
+#[tokio::test]
+async fn the_cli_fans_out_on_the_server_or_itself_without_it() {
+    use cmdop_proto::ext::{ExecFleetRequest, ServerInfoRequest};
+    let slow = "sleep 1; echo done";
+    let f = fleet_with("sv", &["--max-execs-per-key", "1"]).await;
+    let out = cli(&f, &["exec", "-l", "role", "--parallel", "3", slow]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3 ok, 0 failed, 0 did not run"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out).lines().count(), 3, "{}", stdout(&out));
+    drop(f);
+
+    let f = fleet_with("cl", &["--no-server-fanout", "--max-execs-per-key", "1"]).await;
+    let mut e = ext(&f.server.addr, Some(&f.ws.api_key)).await;
+    let info = e
+        .server_info(ServerInfoRequest {})
+        .await
+        .expect("ServerInfo")
+        .into_inner();
+    assert!(
+        !info
+            .capabilities
+            .iter()
+            .any(|c| c == cmdop_proto::caps::EXEC_FLEET),
+        "{info:?}"
+    );
+    let refused = e
+        .exec_fleet(ExecFleetRequest {
+            selector: "role".into(),
+            command: "true".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("ExecFleet is off");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented);
+    // One machine at a time: the client's own fan-out, exact as ever.
+    let out = cli(&f, &["exec", "-l", "role", "--parallel", "1", "echo here"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut got: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    got.sort();
+    let mut want: Vec<String> = f.hosts.iter().map(|h| format!("{h}: here")).collect();
+    want.sort();
+    assert_eq!(got, want);
+    // Three at once: one Exec each, and the key has one slot.
+    let out = cli(&f, &["exec", "-l", "role", "--parallel", "3", slow]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("1 ok, 2 failed"), "{}", stderr(&out));
+}
+
+/// A machine whose agent has no native exec comes back from ExecFleet as
+/// not run (unsupported), and the client then tries it itself, as its own
+/// fan-out always did: the others ran through the server meanwhile.
+#[tokio::test]
+async fn a_machine_without_native_exec_is_left_to_the_client() {
+    use cmdop_proto::ext::{exec_fleet_not_run::Reason, ExecFleetRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0", &[]);
+    let ws = create_workspace(dir.path(), "fleet");
+    let (native, terminal_only) = (unique("nx-native"), unique("nx-terminal"));
+    let mut agents = Vec::new();
+    for (host, extra) in [
+        (&native, &[][..]),
+        (&terminal_only, &["--no-native-exec"][..]),
+    ] {
+        let token = enroll_token(dir.path(), "fleet");
+        agents.push(start_agent(
+            &server.addr,
+            Some(&token),
+            &dir.path().join(format!("{host}.json")),
+            host,
+            extra,
+        ));
+    }
+    let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
+    let mut e = ext(&server.addr, Some(&ws.api_key)).await;
+    wait_connected(&mut t, &terminal_only).await;
+    wait_connected(&mut t, &native).await;
+    wait_native_exec(&mut e, &native).await;
+    let hosts = format!("{native},{terminal_only}");
+    let stream = e
+        .exec_fleet(ExecFleetRequest {
+            hosts: hosts.clone(),
+            command: "echo via-fleet".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ExecFleet")
+        .into_inner();
+    let (all, _) = fleet_events(stream).await;
+    assert_eq!(all[&native].exit().exit_code, 0);
+    assert_eq!(all[&native].stdout, b"via-fleet\n");
+    assert_eq!(all[&terminal_only].not_run(), Reason::Unsupported);
+
+    let f = Fleet {
+        server,
+        ws,
+        _agents: agents,
+        hosts: vec![native.clone(), terminal_only.clone()],
+        _dir: dir,
+    };
+    let out = cli(&f, &["exec", "-H", &hosts, "echo ran-$((40+2))"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{native}: ran-42"),
+        "{}",
+        stderr(&out)
+    );
+    // The client's terminal path runs on its selected machine only, so a
+    // fan-out's machine without native exec ends as an error there (as
+    // before ExecFleet), named in the summary.
+    let err = stderr(&out);
+    assert!(err.contains("1 ok, 1 failed, 0 did not run"), "{err}");
+    assert!(err.contains(&format!("{terminal_only}: ")), "{err}");
 }

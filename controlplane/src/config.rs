@@ -24,6 +24,10 @@ pub struct ServerConfig {
     /// Serve `cmdop.ext.v1.Cmdop`. When false clients get UNIMPLEMENTED for
     /// it and fall back to the official protocol. AgentLink is always served.
     pub extensions: bool,
+    /// Fan a command out over a selection of machines here (ExecFleet,
+    /// capability `exec-fleet.v1`). When false clients run one Exec per
+    /// machine themselves.
+    pub server_fanout: bool,
     /// Serve TLS with these files; plaintext when `None`.
     pub tls: Option<TlsFiles>,
     /// An agent that sends nothing for this long is marked offline.
@@ -127,6 +131,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("cmdop-data"),
             database: None,
             extensions: true,
+            server_fanout: true,
             tls: None,
             heartbeat_timeout: Duration::from_secs(75),
             keepalive: Duration::from_secs(5),

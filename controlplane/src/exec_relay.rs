@@ -43,7 +43,7 @@ pub(crate) type StartedExec = (
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, Status>> + Send + 'static>>;
 
 /// The request's sizes, command and environment within the limits.
-fn validate_exec(req: &ExecRequest) -> Result<(), Status> {
+pub(crate) fn validate_exec(req: &ExecRequest) -> Result<(), Status> {
     limits::check_len("command", req.command.len(), limits::MAX_COMMAND_BYTES)?;
     limits::check_len("stdin", req.stdin.len(), limits::MAX_EXEC_STDIN_BYTES)?;
     limits::check_len(

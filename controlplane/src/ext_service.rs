@@ -2,12 +2,13 @@
 //! extensions. Each handler authenticates the call and answers it or hands
 //! it on: server info, machine lookup (asking the replica that holds the
 //! machine in a cluster), access/refresh tokens here; native exec to
-//! [`crate::exec_relay`], uploads and downloads to [`crate::transfer`].
+//! [`crate::exec_relay`], fan-out over a selection to
+//! [`crate::fleet_exec`], uploads and downloads to [`crate::transfer`].
 
 use std::{sync::Arc, time::Duration};
 
 use cmdop_proto::ext::{
-    cmdop_server::Cmdop, exec_input, ExecInput, ExecRequest, IssueTokenRequest,
+    cmdop_server::Cmdop, exec_input, ExecFleetRequest, ExecInput, ExecRequest, IssueTokenRequest,
     ListMachinesRequest, ListMachinesResponse, Machine, RefreshTokenRequest, ResolveMachineRequest,
     ResolveMachineResponse, ServerInfoRequest, ServerInfoResponse, TokenPair,
 };
@@ -26,7 +27,8 @@ use crate::{
 };
 
 /// Capabilities advertised by ServerInfo in every configuration; side
-/// connections ([`raw::CAPABILITY`]) are added when they are on.
+/// connections ([`raw::CAPABILITY`]) and server-side fan-out
+/// ([`cmdop_proto::caps::EXEC_FLEET`]) are added when they are on.
 pub const CAPABILITIES: [&str; 7] = [
     cmdop_proto::caps::EXEC,
     cmdop_proto::caps::MACHINES,
@@ -151,6 +153,9 @@ impl Cmdop for CmdopService {
         if self.state.side_connections.is_some() {
             capabilities.push(raw::capability(&self.state.config).to_string());
         }
+        if self.state.config.server_fanout {
+            capabilities.push(cmdop_proto::caps::EXEC_FLEET.to_string());
+        }
         Ok(Response::new(ServerInfoResponse {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             capabilities,
@@ -243,6 +248,24 @@ impl Cmdop for CmdopService {
         let (stream, _, _, _) =
             start_exec(&self.state, &ws, request.into_inner(), false, forwarded).await?;
         Ok(Response::new(stream))
+    }
+
+    type ExecFleetStream = crate::fleet_exec::ExecFleetStream;
+
+    async fn exec_fleet(
+        &self,
+        request: Request<ExecFleetRequest>,
+    ) -> Result<Response<Self::ExecFleetStream>, Status> {
+        let ws = self.client(&request)?;
+        if !self.state.config.server_fanout {
+            return Err(Status::unimplemented(
+                "this server does not fan out (it runs with --no-server-fanout): run one Exec per machine",
+            ));
+        }
+        let caller = crate::cluster::asking_caller(self.state.cluster.is_some(), &request);
+        crate::fleet_exec::start(Arc::clone(&self.state), ws, caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type ExecWithStdinStream = ExecStream;

@@ -40,18 +40,43 @@ pub async fn list(
     req: ListMachinesRequest,
     scope: Scope,
 ) -> Result<ListMachinesResponse, Status> {
-    let invalid = |e: selector::SelectorError| Status::invalid_argument(e.to_string());
-    let sel = Selector::parse(&req.selector).map_err(invalid)?;
-    let hosts = if req.hosts.trim().is_empty() {
-        Vec::new()
-    } else {
-        selector::parse_host_list(&req.hosts).map_err(invalid)?
-    };
     let page_size = match req.page_size as usize {
         0 => MAX_MACHINES_PAGE,
         n => n.min(MAX_MACHINES_PAGE),
     };
     let offset = parse_page_token(&req.page_token)?;
+    let machines = select(state, ws, &req.selector, &req.hosts, scope).await?;
+    let total = machines.len();
+    let page: Vec<Machine> = machines.into_iter().skip(offset).take(page_size).collect();
+    let next = offset + page.len();
+    Ok(ListMachinesResponse {
+        machines: page,
+        next_page_token: if next < total {
+            format!("o{next}")
+        } else {
+            String::new()
+        },
+    })
+}
+
+/// Every machine of `ws` that `selector` and `hosts` (ListMachines'
+/// grammar) choose, sorted by hostname: what ListMachines pages through,
+/// and what ExecFleet runs on. INVALID_ARGUMENT for a bad selector or
+/// host list.
+pub async fn select(
+    state: &SharedState,
+    ws: &Workspace,
+    selector: &str,
+    hosts: &str,
+    scope: Scope,
+) -> Result<Vec<Machine>, Status> {
+    let invalid = |e: selector::SelectorError| Status::invalid_argument(e.to_string());
+    let sel = Selector::parse(selector).map_err(invalid)?;
+    let hosts = if hosts.trim().is_empty() {
+        Vec::new()
+    } else {
+        selector::parse_host_list(hosts).map_err(invalid)?
+    };
     let mut machines = match scope {
         // What is live here, from this replica's sessions alone (no
         // database: the asking replica has the labels and facts).
@@ -90,17 +115,7 @@ pub async fn list(
     machines.sort_by(|a, b| {
         (a.hostname.to_lowercase(), &a.machine_id).cmp(&(b.hostname.to_lowercase(), &b.machine_id))
     });
-    let total = machines.len();
-    let page: Vec<Machine> = machines.into_iter().skip(offset).take(page_size).collect();
-    let next = offset + page.len();
-    Ok(ListMachinesResponse {
-        machines: page,
-        next_page_token: if next < total {
-            format!("o{next}")
-        } else {
-            String::new()
-        },
-    })
+    Ok(machines)
 }
 
 /// The machines live on the other replicas of a cluster, as each answers

@@ -15,6 +15,7 @@ mod db;
 mod exec_relay;
 mod ext_service;
 mod files;
+mod fleet_exec;
 mod gate;
 mod inventory;
 mod last_seen;

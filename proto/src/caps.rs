@@ -5,7 +5,7 @@
 //!
 //! Where they are listed:
 //! - `ServerInfoResponse.capabilities` (control plane to clients):
-//!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`], [`EXEC_RAW_TLS`];
+//!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`EXEC_FLEET`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`], [`EXEC_RAW_TLS`];
 //! - `AgentHello.capabilities` (agent to control plane, extension Channel):
 //!   [`FILES`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`], [`EXEC_RAW_TLS`],
 //!   [`EXEC_STDIN`];
@@ -41,6 +41,9 @@ pub const EXEC_STDIN: &str = "exec-stdin.v1";
 /// (`ExecExit.outcome_unknown`) to callers that set
 /// `ExecRequest.accept_unknown_outcome`.
 pub const EXEC_OUTCOME: &str = "exec-outcome.v1";
+/// The server fans one command out over a selection of machines itself
+/// (`Cmdop/ExecFleet`): one call and one stream for the whole fleet.
+pub const EXEC_FLEET: &str = "exec-fleet.v1";
 /// Official protocol: an agent that serves native exec says so in its
 /// registration.
 pub const AGENT_NATIVE_EXEC: &str = "cmdop.exec.v1";
@@ -65,6 +68,7 @@ mod tests {
             (EXEC_RAW_TLS, "exec-raw-tls.v1"),
             (EXEC_STDIN, "exec-stdin.v1"),
             (EXEC_OUTCOME, "exec-outcome.v1"),
+            (EXEC_FLEET, "exec-fleet.v1"),
             (AGENT_NATIVE_EXEC, "cmdop.exec.v1"),
         ];
         for (got, wire) in all {

@@ -45,6 +45,19 @@ pub const MAX_LABELS_PER_SOURCE: usize = 64;
 /// Most machines one ListMachines page holds (and the default page size).
 pub const MAX_MACHINES_PAGE: usize = 1000;
 
+/// Most machines one ExecFleet runs at once (`ExecFleetRequest.parallel`);
+/// more is INVALID_ARGUMENT. Each running machine holds an exec stream and
+/// its flow-control window on the control plane.
+pub const MAX_FLEET_PARALLEL: usize = 256;
+
+/// Machines running at once when `ExecFleetRequest.parallel` is 0.
+pub const DEFAULT_FLEET_PARALLEL: usize = 64;
+
+/// Most machines one ExecFleet may select (online or not); a larger
+/// selection is INVALID_ARGUMENT naming this limit: narrow the selector or
+/// split the host list over several calls.
+pub const MAX_FLEET_MACHINES: usize = 10_000;
+
 /// The label-key prefix of facts the control plane derives (hostname, os,
 /// arch, status …): reserved, neither agents nor admins can set it.
 pub const FACT_LABEL_PREFIX: &str = "cmdop.io/";

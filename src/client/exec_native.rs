@@ -255,7 +255,7 @@ fn expired(partial: ExecOutput, started: Instant, timeout: Duration) -> Error {
 }
 
 /// The command reached the agent but how it ended is not known (`why`).
-fn outcome_unknown(mut partial: ExecOutput, started: Instant, why: &str) -> Error {
+pub(super) fn outcome_unknown(mut partial: ExecOutput, started: Instant, why: &str) -> Error {
     partial.exit_code = -1;
     partial.duration = started.elapsed();
     let why = if why.is_empty() {

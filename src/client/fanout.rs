@@ -3,6 +3,11 @@
 //! batches, stopping new starts after a number of failures; every machine
 //! ends with an exact [`Outcome`], and nothing is sent twice.
 //!
+//! A server listing `exec-fleet.v1` runs the fan-out itself
+//! ([`super::fanout_server`]): one call, one stream, whatever the size of
+//! the selection. Otherwise the fan-out runs here, one Exec per machine
+//! over the client's connection.
+//!
 //! The executes run as futures of the caller's own task (no task per
 //! machine): the events callback is therefore never called from two
 //! threads at once, and a machine's output reaches it in order. A slow
@@ -17,7 +22,12 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 
-use super::{CancelToken, Client, Error, ExecOptions, FleetMachine, MachineInfo, Result, Stream};
+use cmdop_proto::caps;
+pub use cmdop_proto::limits::MAX_FLEET_PARALLEL;
+
+use super::{
+    CancelToken, Client, Error, ExecOptions, FleetMachine, LogLevel, MachineInfo, Result, Stream,
+};
 
 /// Machines run at once unless told otherwise: enough to keep a few
 /// hundred machines busy without opening a stream per machine at once.
@@ -165,7 +175,7 @@ pub struct MachineResult {
 }
 
 impl MachineResult {
-    fn not_run(machine: FleetMachine, why: NotRun) -> MachineResult {
+    pub(super) fn not_run(machine: FleetMachine, why: NotRun) -> MachineResult {
         MachineResult {
             machine,
             outcome: Outcome::NotRun(why),
@@ -211,12 +221,43 @@ impl Client {
     /// Cancelling `cancel` stops the running commands and starts no more.
     /// Errors: those of [`Client::list_machines`]; NotFound when nothing
     /// matches.
+    ///
+    /// A server that lists `exec-fleet.v1` fans the command out itself:
+    /// one ExecFleet call for the whole selection (parallelism capped at
+    /// [`MAX_FLEET_PARALLEL`]); others get one Exec per machine from here.
     pub async fn execute_on_fleet(
         &self,
         command: &str,
         opts: &ExecOptions,
         fleet: &FleetExec,
         on_event: impl FnMut(FleetEvent<'_>) + Send,
+        cancel: CancelToken,
+    ) -> Result<Vec<MachineResult>> {
+        let on_server = self.inner.facts.lock().has(caps::EXEC_FLEET);
+        let on_event = Mutex::new(on_event);
+        if on_server && !cancel.is_cancelled() {
+            match self
+                .fan_out_on_server(command, opts, fleet, &on_event, &cancel)
+                .await
+            {
+                // The server stopped offering it (e.g. restarted without).
+                Err(Error::NotSupported(why)) => self.inner.log(LogLevel::Debug, || {
+                    format!("server-side fan-out unavailable ({why}); one Exec per machine")
+                }),
+                other => return other,
+            }
+        }
+        self.fan_out_here(command, opts, fleet, &on_event, cancel)
+            .await
+    }
+
+    /// The fan-out run from here: one Exec per machine.
+    async fn fan_out_here<F: FnMut(FleetEvent<'_>) + Send>(
+        &self,
+        command: &str,
+        opts: &ExecOptions,
+        fleet: &FleetExec,
+        on_event: &Mutex<F>,
         cancel: CancelToken,
     ) -> Result<Vec<MachineResult>> {
         let machines = self.list_machines(&fleet.selector, &fleet.hosts).await?;
@@ -226,7 +267,6 @@ impl Client {
                 fleet.selector, fleet.hosts
             ))));
         }
-        let on_event = Mutex::new(on_event);
         let failures = AtomicUsize::new(0);
         let mut results = Vec::with_capacity(machines.len());
         let mut targets = Vec::new();
@@ -240,7 +280,7 @@ impl Client {
             }
         }
         let run_one = |m: FleetMachine| {
-            let (on_event, failures, cancel) = (&on_event, &failures, cancel.clone());
+            let (failures, cancel) = (&failures, cancel.clone());
             async move {
                 let why = if cancel.is_cancelled() {
                     Some(NotRun::Cancelled)
@@ -288,15 +328,12 @@ impl Client {
                 }
             }
         }
-        results.sort_by(|a, b| {
-            (a.machine.hostname.to_lowercase(), &a.machine.machine_id)
-                .cmp(&(b.machine.hostname.to_lowercase(), &b.machine.machine_id))
-        });
+        sort_results(&mut results);
         Ok(results)
     }
 
     /// One machine's execute, mapped to its exact outcome.
-    async fn run_on<F: FnMut(FleetEvent<'_>) + Send>(
+    pub(super) async fn run_on<F: FnMut(FleetEvent<'_>) + Send>(
         &self,
         command: &str,
         opts: &ExecOptions,
@@ -355,6 +392,14 @@ impl Client {
             duration,
         }
     }
+}
+
+/// Results in hostname order.
+pub(super) fn sort_results(results: &mut [MachineResult]) {
+    results.sort_by(|a, b| {
+        (a.machine.hostname.to_lowercase(), &a.machine.machine_id)
+            .cmp(&(b.machine.hostname.to_lowercase(), &b.machine.machine_id))
+    });
 }
 
 /// A fan-out's events, owned, for a thread that waits on them (the C

@@ -15,6 +15,7 @@ mod exec_side;
 mod exec_stdin;
 mod exec_terminal;
 mod fanout;
+mod fanout_server;
 mod files;
 mod fleet;
 mod log;
@@ -41,7 +42,10 @@ pub use events::{Event, EventHandler, EventKind};
 pub use exec::{ExecOptions, ExecOutput, Stream};
 pub use exec_stdin::{stdin_pipe, StdinReader, StdinWriter};
 pub(crate) use fanout::{fleet_feed, FleetMsg};
-pub use fanout::{Batch, FleetEvent, FleetExec, MachineResult, NotRun, Outcome, DEFAULT_PARALLEL};
+pub use fanout::{
+    Batch, FleetEvent, FleetExec, MachineResult, NotRun, Outcome, DEFAULT_PARALLEL,
+    MAX_FLEET_PARALLEL,
+};
 pub use files::{FileEntry, FileKind, FileList};
 pub(crate) use files::{MAX_READ_BYTES, MAX_WRITE_BYTES};
 pub use fleet::FleetMachine;

@@ -625,3 +625,101 @@ pub async fn ext_tls(s: &TlsStack, key: Option<&str>) -> Ext {
     CmdopClient::with_interceptor(channel, auth(key.map(str::to_string)))
         .max_decoding_message_size(64 << 20)
 }
+
+/// Shell that sets `h` to the agent's `--hostname` as a command sees it:
+/// its parent is the agent.
+pub const WHO_AM_I: &str =
+    "h=$(tr '\\0' '\\n' < /proc/$PPID/cmdline | grep -A1 -x -- --hostname | tail -n 1)";
+
+/// What one ExecFleet call reported for one machine.
+#[derive(Debug, Default)]
+pub struct FleetMachineEvents {
+    pub machine: cmdop_proto::ext::Machine,
+    pub started: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Every end event (there must be exactly one).
+    pub ends: Vec<cmdop_proto::ext::exec_fleet_event::Event>,
+}
+
+impl FleetMachineEvents {
+    /// The one `exit` this machine ended with.
+    pub fn exit(&self) -> &cmdop_proto::ext::ExecExit {
+        match self.ends.as_slice() {
+            [cmdop_proto::ext::exec_fleet_event::Event::Exit(x)] => x,
+            other => panic!("{}: not one exit but {other:?}", self.machine.hostname),
+        }
+    }
+
+    /// The reason of the one `not_run` this machine ended with.
+    pub fn not_run(&self) -> cmdop_proto::ext::exec_fleet_not_run::Reason {
+        match self.ends.as_slice() {
+            [cmdop_proto::ext::exec_fleet_event::Event::NotRun(n)] => n.reason(),
+            other => panic!("{}: not one not_run but {other:?}", self.machine.hostname),
+        }
+    }
+}
+
+/// Everything an ExecFleet stream brought, by hostname, and the hostnames
+/// in the order their ends came. Checks the stream's shape as it goes:
+/// every `selected` before anything else, nothing of a machine before its
+/// `selected` or after its end, output only after `started`.
+pub async fn fleet_events(
+    mut stream: tonic::Streaming<cmdop_proto::ext::ExecFleetEvent>,
+) -> (
+    std::collections::BTreeMap<String, FleetMachineEvents>,
+    Vec<String>,
+) {
+    use cmdop_proto::ext::exec_fleet_event::Event;
+    let mut by_id: std::collections::HashMap<String, FleetMachineEvents> = Default::default();
+    let mut ended = Vec::new();
+    let mut past_selection = false;
+    while let Some(ev) = stream.message().await.expect("ExecFleet stream") {
+        let event = ev.event.expect("an event");
+        if let Event::Selected(m) = event {
+            assert!(!past_selection, "a `selected` after other events");
+            assert_eq!(m.machine_id, ev.machine_id);
+            let prev = by_id.insert(
+                ev.machine_id.clone(),
+                FleetMachineEvents {
+                    machine: m,
+                    ..Default::default()
+                },
+            );
+            assert!(prev.is_none(), "{} selected twice", ev.machine_id);
+            continue;
+        }
+        past_selection = true;
+        let m = by_id
+            .get_mut(&ev.machine_id)
+            .unwrap_or_else(|| panic!("an event of unselected {}", ev.machine_id));
+        assert!(
+            m.ends.is_empty(),
+            "{}: an event after its end: {event:?}",
+            m.machine.hostname
+        );
+        match event {
+            Event::Started(_) => m.started = true,
+            Event::Stdout(d) => {
+                assert!(m.started, "output before `started`");
+                m.stdout.extend_from_slice(&d)
+            }
+            Event::Stderr(d) => {
+                assert!(m.started, "output before `started`");
+                m.stderr.extend_from_slice(&d)
+            }
+            end => {
+                ended.push(m.machine.hostname.clone());
+                m.ends.push(end)
+            }
+        }
+    }
+    let all = by_id
+        .into_values()
+        .map(|m| {
+            assert_eq!(m.ends.len(), 1, "{}: {:?}", m.machine.hostname, m.ends);
+            (m.machine.hostname.clone(), m)
+        })
+        .collect();
+    (all, ended)
+}

@@ -230,6 +230,16 @@ impl Cluster {
         req.set_timeout(PEER_LOOKUP_TIMEOUT);
         req
     }
+
+    /// A typed request to a peer on behalf of `caller` for a call that
+    /// lasts as long as its work (an Exec): no deadline of its own.
+    pub fn peer_stream_request<T>(&self, caller: &Caller, message: T) -> tonic::Request<T> {
+        let mut headers = http::HeaderMap::new();
+        self.peer_headers(caller, &mut headers);
+        let mut req = tonic::Request::new(message);
+        *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+        req
+    }
 }
 
 /// A lookup asked of every live replica (ListSessions, hostname lookups)

@@ -280,6 +280,12 @@ fn route(path: &str, extensions: bool) -> Route {
                 slot: Some(SlotKind::Exec),
                 ..r(Need::Client, EXEC_MESSAGE_BYTES)
             },
+            // One slot for the whole fan-out: its machines' execs are
+            // paced by the call's own `parallel`.
+            "ExecFleet" => Route {
+                slot: Some(SlotKind::Exec),
+                ..r(Need::Client, EXEC_MESSAGE_BYTES)
+            },
             "Upload" => Route {
                 slot: Some(SlotKind::Transfer),
                 ..r(Need::Client, UPLOAD_MESSAGE_BYTES)
