@@ -263,9 +263,19 @@ impl Cmdop for CmdopService {
             ));
         }
         let caller = crate::cluster::asking_caller(self.state.cluster.is_some(), &request);
-        crate::fleet_exec::start(Arc::clone(&self.state), ws, caller, request.into_inner())
-            .await
-            .map(Response::new)
+        let ticket = request
+            .extensions()
+            .get::<Arc<crate::streams::Ticket>>()
+            .cloned();
+        crate::fleet_exec::start(
+            Arc::clone(&self.state),
+            ws,
+            caller,
+            ticket,
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
     }
 
     type ExecWithStdinStream = ExecStream;

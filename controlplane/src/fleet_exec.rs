@@ -126,15 +126,26 @@ pub async fn start(
     state: SharedState,
     ws: Workspace,
     caller: Option<Caller>,
+    ticket: Option<Arc<crate::streams::Ticket>>,
     req: ExecFleetRequest,
 ) -> Result<ExecFleetStream, Status> {
     let mut pacing = Pacing::of(&req)?;
-    // A fan-out holds one of its key's exec slots; the execs it runs take
-    // none (on this replica or the owners'), and never outnumber what the
-    // key may run at once.
+    // A fan-out runs at most as many machines at once as its key has exec
+    // slots free: it holds the call's own slot and takes up to
+    // `parallel - 1` more for its life, so plain execs and fan-outs of one
+    // key share one bound on this replica. The owners of its machines
+    // count none of them again (no key header on the peer calls).
     pacing.parallel = pacing
         .parallel
         .min(state.config.limits.execs_per_key.max(1));
+    let slots = match &ticket {
+        Some(t) => {
+            let more = t.more(pacing.parallel.saturating_sub(1));
+            pacing.parallel = 1 + more.len();
+            more
+        }
+        None => Vec::new(),
+    };
     let template = ExecRequest {
         command: req.command,
         stdin: req.stdin,
@@ -185,6 +196,8 @@ pub async fn start(
         "exec fleet started"
     );
     tokio::spawn(async move {
+        // Held until the fan-out ends.
+        let _slots = slots;
         // The caller went away: dropping the fan-out drops every running
         // machine's task and exec stream, which cancels those commands.
         tokio::select! {

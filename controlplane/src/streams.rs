@@ -210,6 +210,27 @@ impl Ticket {
         self.ending.token.clone().cancelled_owned()
     }
 
+    /// Up to `n` more slots of this call's kind and key, filed under its
+    /// credential like the call itself (so a revocation ends them with
+    /// it): as many as the key has free now. Without a slot (a call not
+    /// counted per key), none.
+    pub fn more(&self, n: usize) -> Vec<Ticket> {
+        let Some(slot) = &self.slot else {
+            return Vec::new();
+        };
+        let mut more = Vec::new();
+        while more.len() < n {
+            match self
+                .streams
+                .open(self.credential.clone(), Some(slot.clone()))
+            {
+                Ok(t) => more.push(t),
+                Err(_) => break,
+            }
+        }
+        more
+    }
+
     /// What the call ends with.
     pub fn status(&self) -> Status {
         match self.ending.why.get() {

@@ -280,8 +280,8 @@ fn route(path: &str, extensions: bool) -> Route {
                 slot: Some(SlotKind::Exec),
                 ..r(Need::Client, EXEC_MESSAGE_BYTES)
             },
-            // One slot for the whole fan-out: its machines' execs are
-            // paced by the call's own `parallel`.
+            // One slot to start; the fan-out takes up to `parallel - 1`
+            // more of its key's free exec slots for its machines.
             "ExecFleet" => Route {
                 slot: Some(SlotKind::Exec),
                 ..r(Need::Client, EXEC_MESSAGE_BYTES)
@@ -418,6 +418,10 @@ where
         }
     };
     let ticket = pass.ticket.map(Arc::new);
+    if let Some(ticket) = &ticket {
+        // The handler may take more slots of the same key (ExecFleet).
+        parts.extensions.insert(ticket.clone());
+    }
     if let Some(checked) = pass.checked {
         parts.extensions.insert(checked);
     }
