@@ -647,7 +647,9 @@ typedef struct cmdop_fleet_options {
    */
   const char *hosts;
   /**
-   * Most machines running at once (default 0 = 64).
+   * Most machines running at once (default 0 = 64; at most 256). A
+   * server that fans out itself also keeps it within the API key's free
+   * exec slots (`cmdop server --max-execs-per-key`).
    */
   uint32_t parallel;
   /**

@@ -55,7 +55,9 @@ pub struct cmdop_fleet_options {
     pub selector: *const c_char,
     /// Hostnames or globs, comma-separated; NULL or "" = any.
     pub hosts: *const c_char,
-    /// Most machines running at once (default 0 = 64).
+    /// Most machines running at once (default 0 = 64; at most 256). A
+    /// server that fans out itself also keeps it within the API key's free
+    /// exec slots (`cmdop server --max-execs-per-key`).
     pub parallel: u32,
     /// Rolling batches of this many machines: the next batch starts when
     /// the previous one has finished (default 0 = one batch).
