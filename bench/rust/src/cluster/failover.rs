@@ -53,6 +53,26 @@ pub async fn until_success(client: Client, hostname: String) -> (usize, Option<S
     }
 }
 
+/// A client on replica `i` that has run an execute on the machine (after
+/// a previous run's move, a replica may need a moment to follow it).
+pub async fn settled_client(args: &Args, setup: &Setup, i: usize) -> anyhow::Result<Client> {
+    let (client, _) = open_client(&setup.cluster, i, &setup.api_key, &args.hostname).await?;
+    let deadline = Instant::now() + SETTLE_WAIT;
+    loop {
+        match timed_true(&client, args.timeout).await {
+            Ok(_) => return Ok(client),
+            Err(e) if Instant::now() > deadline => bail!(
+                "execute through {} still fails {SETTLE_WAIT:?} before the kill: {e}",
+                setup.cluster.replicas[i].id
+            ),
+            Err(_) => {
+                let _ = client.set_machine(&args.hostname).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// SIGKILL the agent's replica, time until an execute succeeds through a
 /// survivor, restart the killed replica.
 pub async fn failover(args: &Args, setup: &mut Setup) -> anyhow::Result<()> {
@@ -123,24 +143,7 @@ async fn failover_run(
     let mut clients = Vec::new();
     let settle_start = Instant::now();
     for &i in &survivors {
-        let (client, _) = open_client(&setup.cluster, i, &setup.api_key, &args.hostname).await?;
-        // The survivors serve the machine before the kill (after the
-        // previous run, a replica may need a moment to follow the move).
-        let deadline = Instant::now() + SETTLE_WAIT;
-        loop {
-            match timed_true(&client, args.timeout).await {
-                Ok(_) => break,
-                Err(e) if Instant::now() > deadline => bail!(
-                    "execute through {} still fails {SETTLE_WAIT:?} before the kill: {e}",
-                    setup.cluster.replicas[i].id
-                ),
-                Err(_) => {
-                    let _ = client.set_machine(&args.hostname).await;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-        clients.push(client);
+        clients.push(settled_client(args, setup, i).await?);
     }
     settle_us.push(settle_start.elapsed().as_secs_f64() * 1e6);
     let killed_id = setup.cluster.replicas[home].id.clone();

@@ -9,9 +9,9 @@ use anyhow::{bail, Context};
 
 use crate::{
     args::Args,
-    failover::{futures_select_first, until_success},
-    record::{emit, round_us, timed_true, Samples},
-    setup::{open_client, Setup, REPLICAS},
+    failover::{futures_select_first, settled_client, until_success},
+    record::{emit, round_us, Samples},
+    setup::{Setup, REPLICAS},
 };
 
 /// From the first kill to the second.
@@ -23,6 +23,8 @@ const GIVE_UP: Duration = Duration::from_secs(30);
 pub async fn failover_twice(args: &Args, setup: &mut Setup) -> anyhow::Result<()> {
     let runs = (args.failover_runs / 2).max(1);
     let (mut first, mut second) = (Samples::new(), Samples::new());
+    // Steady state first: the previous case's last recovery is recent.
+    tokio::time::sleep(args.failover_steady).await;
     let t_all = Instant::now();
     for run in 0..runs {
         if let Err(e) = one_run(args, setup, &mut first, &mut second).await {
@@ -65,11 +67,7 @@ async fn one_run(
     // A client on each other replica, each serving the machine first.
     let mut clients = Vec::new();
     for i in (0..REPLICAS).filter(|&i| i != home) {
-        let (client, _) = open_client(&setup.cluster, i, &setup.api_key, &args.hostname).await?;
-        timed_true(&client, args.timeout)
-            .await
-            .map_err(|e| anyhow::anyhow!("execute before the kill: {e}"))?;
-        clients.push((i, client));
+        clients.push((i, settled_client(args, setup, i).await?));
     }
     let t0 = Instant::now();
     setup.cluster.kill_replica(home).await;
