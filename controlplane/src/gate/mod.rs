@@ -270,19 +270,11 @@ fn route(path: &str, extensions: bool) -> Route {
         },
         "cmdop.ext.v1.Cmdop" if extensions => match method {
             "RefreshToken" => r(Need::Nothing, PUBLIC_MESSAGE_BYTES),
-            "Exec" => Route {
-                slot: Some(SlotKind::Exec),
-                ..r(Need::Client, EXEC_MESSAGE_BYTES)
-            },
-            // The first message is an Exec request; the rest carry stdin
-            // chunks of at most TRANSFER_CHUNK_BYTES.
-            "ExecWithStdin" => Route {
-                slot: Some(SlotKind::Exec),
-                ..r(Need::Client, EXEC_MESSAGE_BYTES)
-            },
-            // One slot to start; the fan-out takes up to `parallel - 1`
+            // ExecWithStdin: the first message is an Exec request; the rest
+            // carry stdin chunks of at most TRANSFER_CHUNK_BYTES. ExecFleet:
+            // one slot to start; the fan-out takes up to `parallel - 1`
             // more of its key's free exec slots for its machines.
-            "ExecFleet" => Route {
+            "Exec" | "ExecWithStdin" | "ExecFleet" => Route {
                 slot: Some(SlotKind::Exec),
                 ..r(Need::Client, EXEC_MESSAGE_BYTES)
             },
