@@ -1433,17 +1433,10 @@ async fn one_exec_fleet_call_runs_machines_on_every_replica() {
         }
     }
     drop(stream);
-    for host in [&on_a, &on_b, &on_c] {
-        let pid: i32 = std::fs::read_to_string(pids.join(host))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        wait_gone(
-            pid,
-            Duration::from_secs(10),
-            "a command of a dropped ExecFleet",
-        )
-        .await;
-    }
+    wait_recorded_pids_gone(
+        &pids,
+        [&on_a, &on_b, &on_c],
+        "a command of a dropped ExecFleet",
+    )
+    .await;
 }

@@ -529,19 +529,7 @@ async fn one_exec_fleet_call_streams_every_machine_s_events() {
         }
     }
     drop(stream);
-    for host in &f.hosts {
-        let pid: i32 = std::fs::read_to_string(pids.join(host))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        wait_gone(
-            pid,
-            Duration::from_secs(10),
-            "a command of a dropped ExecFleet",
-        )
-        .await;
-    }
+    wait_recorded_pids_gone(&pids, &f.hosts, "a command of a dropped ExecFleet").await;
 
     // An offline machine of the selection did not run; the others did.
     f._agents[2].kill();

@@ -304,6 +304,23 @@ pub async fn wait_gone(pid: i32, within: Duration, what: &str) {
     }
 }
 
+/// Waits until the command of each of `hosts` is gone: each wrote its pid
+/// to the file named after its host in `dir` (`echo $$ > DIR/HOST`).
+pub async fn wait_recorded_pids_gone<'a>(
+    dir: &Path,
+    hosts: impl IntoIterator<Item = &'a String>,
+    what: &str,
+) {
+    for host in hosts {
+        let pid: i32 = std::fs::read_to_string(dir.join(host))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        wait_gone(pid, Duration::from_secs(10), what).await;
+    }
+}
+
 /// A server with workspace "alpha" and one connected agent.
 pub struct Stack {
     // Fields drop in order: agent first, so it never logs a lost server.
