@@ -229,6 +229,14 @@ typedef enum cmdop_status {
    * Check on the machine before running it again.
    */
   CMDOP_STATUS_OUTCOME_UNKNOWN = 16,
+  /**
+   * The server refused the call: the API key's scope does not allow
+   * this operation (the message names it). Machines outside a key's
+   * scope are not refused but invisible (NOT_FOUND). Any function that
+   * calls the server may return it; use a key created with that
+   * operation allowed.
+   */
+  CMDOP_STATUS_NOT_ALLOWED = 17,
 } cmdop_status;
 
 /**

@@ -32,6 +32,9 @@ const (
 	// is not known (no answer by its deadline, or the agent's link was
 	// lost); it was not confirmed killed. The Result holds the output so far.
 	StatusOutcomeUnknown Status = C.CMDOP_STATUS_OUTCOME_UNKNOWN
+	// StatusNotAllowed: the server refused the call because the API key's
+	// scope does not allow the operation (the message names it).
+	StatusNotAllowed Status = C.CMDOP_STATUS_NOT_ALLOWED
 )
 
 // String is the library's short description of the status ("timed out", ...).
@@ -86,6 +89,7 @@ var (
 	ErrPermissionDenied = &Error{Status: StatusPermissionDenied}
 	ErrOperationFailed  = &Error{Status: StatusOperationFailed}
 	ErrOutcomeUnknown   = &Error{Status: StatusOutcomeUnknown}
+	ErrNotAllowed       = &Error{Status: StatusNotAllowed}
 )
 
 // ErrClosed is wrapped by the error of any call on a closed Client (which

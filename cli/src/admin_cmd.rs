@@ -42,11 +42,39 @@ pub enum AdminCommand {
     /// Create a workspace.
     CreateWorkspace { name: String },
     /// Create an API key for a workspace; it is printed once, keep it.
+    /// Without --allow and --machines the key may do everything in the
+    /// workspace; with them it is limited for good (a scope is never
+    /// widened: create another key).
     CreateKey {
         #[arg(long)]
         workspace: String,
-        #[arg(long, default_value = "")]
-        label: String,
+        /// The key's name, shown in listings, refusals and the audit trail.
+        #[arg(long, visible_alias = "label", default_value = "")]
+        name: String,
+        /// The operations it may use, comma-separated: exec, shell,
+        /// files:read, files:write, sessions:list, machines:list (default:
+        /// all).
+        #[arg(long, value_name = "OPS")]
+        allow: Option<String>,
+        /// The machines it may reach and see: a label selector over admin
+        /// labels (`cmdop admin label`), e.g. 'env=staging' or
+        /// 'env in (staging,dev),!legacy' (default: every machine). Labels
+        /// a machine declares itself never count.
+        #[arg(long, value_name = "SELECTOR")]
+        machines: Option<String>,
+        /// How long it works: a number with s, m, h or d (e.g. 30d);
+        /// default: until revoked.
+        #[arg(long, value_parser = parse_ttl, value_name = "LIFETIME")]
+        expires: Option<Duration>,
+    },
+    /// List a workspace's API keys (never the keys themselves): prefix,
+    /// name, scope, created, expiry, last use, revoked.
+    Keys {
+        #[arg(long)]
+        workspace: String,
+        /// One JSON object per key instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke an API key: its listed prefix, or `-` to read the key itself
     /// from stdin (a key on the command line is visible to other users).
@@ -155,11 +183,22 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             println!("{}\t{}", ws.id, ws.name);
         }
         AdminCommand::CreateKey {
-            workspace: name,
-            label,
+            workspace: ws_name,
+            name,
+            allow,
+            machines,
+            expires,
         } => {
-            let ws = workspace(&store, &name)?;
-            println!("{}", store.create_api_key(&ws.id, &label)?);
+            let ws = workspace(&store, &ws_name)?;
+            let new = crate::keys_cmd::new_key(name, allow, machines, expires)?;
+            println!("{}", store.create_key(&ws.id, &new)?);
+        }
+        AdminCommand::Keys {
+            workspace: ws_name,
+            json,
+        } => {
+            let ws = workspace(&store, &ws_name)?;
+            crate::keys_cmd::print_keys(&store.list_keys(&ws.id)?, json)?;
         }
         AdminCommand::RevokeKey { key } => {
             let key = crate::secret_flags::positional_secret(

@@ -139,7 +139,7 @@ fn machine_json(m: &FleetMachine) -> serde_json::Value {
     })
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -147,7 +147,7 @@ fn now_ms() -> i64 {
 }
 
 /// "3 min ago", "2 h ago", "never".
-fn ago(now_ms: i64, then_ms: i64) -> String {
+pub(crate) fn ago(now_ms: i64, then_ms: i64) -> String {
     if then_ms <= 0 {
         return "never".into();
     }

@@ -10,6 +10,7 @@ mod data_dir;
 mod dev_cluster;
 mod dev_cmd;
 mod fleet_cmd;
+mod keys_cmd;
 mod labels;
 mod logging;
 mod readiness;

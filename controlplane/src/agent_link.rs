@@ -44,7 +44,7 @@ impl AgentLinkService {
             if let Some(s) = self
                 .state
                 .sessions
-                .by_machine(&machine.workspace_id, &machine.machine_id)
+                .current_of(&machine.workspace_id, &machine.machine_id)
             {
                 if s.is_live() && (hello_session.is_empty() || s.id == hello_session) {
                     return Ok(s);

@@ -30,7 +30,7 @@ fn missing_key() -> Status {
 
 fn invalid_key() -> Status {
     Status::unauthenticated(
-        "API key is invalid or revoked; create a new one with `cmdop admin create-key`",
+        "API key is invalid or revoked, or it expired; create a new one with `cmdop admin create-key`",
     )
 }
 
@@ -136,14 +136,14 @@ pub fn check_client(
             }
         })
     } else {
-        store.authenticate_api_key(token).map(|found| match found {
-            Some(workspace) => Ok(Verified::Client {
+        store.check_api_key(token).map(|found| match found {
+            Some((workspace, expires_ms)) => Ok(Verified::Client {
                 workspace,
                 key_hash: match &credential {
                     Credential::ApiKey { hash } => Some(hash.clone()),
                     _ => None,
                 },
-                expires_ms: None,
+                expires_ms,
             }),
             None => Err(invalid_key()),
         })

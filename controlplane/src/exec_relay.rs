@@ -101,23 +101,13 @@ pub(crate) async fn start_exec(
     let session = if !req.session_id.is_empty() {
         state
             .sessions
-            .get(&ws.id, &req.session_id)
+            .get(ws, &req.session_id)
             .ok_or_else(|| Status::not_found(format!("session '{}' not found", req.session_id)))?
     } else if !req.machine_id.is_empty() {
-        match state.sessions.by_machine(&ws.id, &req.machine_id) {
-            Some(s) => s,
-            None => {
-                let known = crate::db::read_store(&state.store, |s| s.list_machines(&ws.id))
-                    .map_err(crate::db::internal)?;
-                return Err(match known.iter().find(|m| m.machine_id == req.machine_id) {
-                    Some(m) => Status::unavailable(format!(
-                        "machine {} is offline; it will show as connected again when its agent reconnects",
-                        m.hostname
-                    )),
-                    None => Status::not_found(format!("machine '{}' not found", req.machine_id)),
-                });
-            }
-        }
+        state
+            .sessions
+            .by_machine(ws, &req.machine_id)
+            .ok_or_else(|| crate::inventory::absent_machine(state, ws, &req.machine_id))?
     } else {
         return Err(Status::invalid_argument(
             "pass machine_id or session_id to choose the machine",

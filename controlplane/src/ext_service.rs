@@ -62,7 +62,7 @@ type MachineWithSession = (Machine, Option<Arc<Session>>);
 /// only the machines connected here are listed).
 fn machines(state: &State, ws: &Workspace) -> Result<(Vec<MachineWithSession>, bool), Status> {
     let mut complete = true;
-    let rows = match crate::db::read_store(&state.store, |s| s.list_machines(&ws.id)) {
+    let rows = match crate::inventory::known_machines(state, ws) {
         Ok(rows) => rows,
         // The database cannot be reached: the machines connected here are
         // still known (what they report themselves), so lookups of those
@@ -72,7 +72,7 @@ fn machines(state: &State, ws: &Workspace) -> Result<(Vec<MachineWithSession>, b
             complete = false;
             state
                 .sessions
-                .live_machines(&ws.id)
+                .live_machines(ws)
                 .into_iter()
                 .map(|s| crate::store::MachineRow {
                     machine_id: s.machine_id.clone(),
@@ -88,7 +88,7 @@ fn machines(state: &State, ws: &Workspace) -> Result<(Vec<MachineWithSession>, b
     let all = rows
         .into_iter()
         .map(|row| {
-            let session = state.sessions.by_machine(&ws.id, &row.machine_id);
+            let session = state.sessions.by_machine(ws, &row.machine_id);
             let machine = match &session {
                 Some(s) => crate::inventory::of_session(row.machine_id, s),
                 None => Machine {

@@ -62,7 +62,7 @@ pub async fn run(
     limits::check_len("session_id", session_id.len(), limits::MAX_SESSION_ID_BYTES)?;
     let session = state
         .sessions
-        .get(&ws.id, session_id)
+        .get(ws, session_id)
         .ok_or_else(|| Status::not_found(format!("session '{session_id}' not found")))?;
     let request_id = uuid::Uuid::new_v4().to_string();
     let answer = session.expect_file_result(&request_id)?;

@@ -353,7 +353,7 @@ async fn open(job: &Job, machine_id: &str) -> Result<ExecStream, Status> {
     };
     let here = state
         .sessions
-        .by_machine(&job.ws.id, machine_id)
+        .by_machine(&job.ws, machine_id)
         .is_some_and(|s| s.is_live());
     if let (false, Some(cluster), Some(caller)) = (here, &state.cluster, &job.caller) {
         let target = cluster

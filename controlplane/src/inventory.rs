@@ -16,7 +16,7 @@ use tonic::Status;
 use crate::{
     sessions::Session,
     state::{SharedState, State},
-    store::{unix_ms, Facts, InventoryRow, Labels, Workspace},
+    store::{unix_ms, Facts, InventoryRow, Labels, MachineRow, Workspace},
 };
 
 /// Who answers a ListMachines.
@@ -82,7 +82,7 @@ pub async fn select(
         // database: the asking replica has the labels and facts).
         Scope::ThisReplica => state
             .sessions
-            .live_machines(&ws.id)
+            .live_machines(ws)
             .into_iter()
             .map(|s| of_session(s.machine_id.clone(), &s))
             .collect(),
@@ -98,6 +98,9 @@ pub async fn select(
                 .map(|m| (m.machine_id.clone(), m))
                 .collect();
             rows.into_iter()
+                // A scoped key sees the machines its selector chooses by
+                // admin labels (never by what a machine declares).
+                .filter(|row| ws.scope.sees(Some(&row.labels.admin)))
                 .map(|row| {
                     let remote = elsewhere.get(&row.machine.machine_id);
                     machine_of(state, ws, row, remote)
@@ -116,6 +119,61 @@ pub async fn select(
         (a.hostname.to_lowercase(), &a.machine_id).cmp(&(b.hostname.to_lowercase(), &b.machine_id))
     });
     Ok(machines)
+}
+
+/// Every enrolled machine of the caller's workspace that its scope sees,
+/// as the store knows them.
+pub fn known_machines(state: &State, ws: &Workspace) -> anyhow::Result<Vec<MachineRow>> {
+    let rows = crate::db::read_store(&state.store, |s| s.list_machines(&ws.id))?;
+    if !ws.scope.limits_machines() {
+        return Ok(rows);
+    }
+    let labels = crate::db::read_store(&state.store, |s| s.admin_labels_in(&ws.id))?;
+    let none = BTreeMap::new();
+    Ok(rows
+        .into_iter()
+        .filter(|m| {
+            ws.scope
+                .sees(Some(labels.get(&m.machine_id).unwrap_or(&none)))
+        })
+        .collect())
+}
+
+/// The answer for a call to machine `machine_id` that has no session
+/// here: UNAVAILABLE naming it when it is enrolled (offline), NOT_FOUND
+/// when the caller cannot see such a machine.
+pub fn absent_machine(state: &State, ws: &Workspace, machine_id: &str) -> Status {
+    match known_machines(state, ws) {
+        Ok(known) => match known.iter().find(|m| m.machine_id == machine_id) {
+            Some(m) => Status::unavailable(format!(
+                "machine {} is offline; it will show as connected again when its agent reconnects",
+                m.hostname
+            )),
+            None => Status::not_found(format!("machine '{machine_id}' not found")),
+        },
+        Err(err) => crate::db::internal(err),
+    }
+}
+
+/// Reads the admin labels of the machines connected here into their
+/// sessions (what scoped keys are checked against). Blocking: run on the
+/// blocking pool.
+pub fn refresh_admin_labels(state: &State) -> anyhow::Result<()> {
+    let mut by_workspace: HashMap<String, Vec<std::sync::Arc<Session>>> = HashMap::new();
+    for s in state.sessions.live() {
+        by_workspace
+            .entry(s.workspace_id.clone())
+            .or_default()
+            .push(s);
+    }
+    for (ws, sessions) in by_workspace {
+        let mut labels = state.store.admin_labels_in(&ws)?;
+        for s in sessions {
+            let mine = labels.remove(&s.machine_id).unwrap_or_default();
+            s.set_admin_labels(std::sync::Arc::new(mine));
+        }
+    }
+    Ok(())
 }
 
 /// The machines live on the other replicas of a cluster, as each answers
@@ -175,7 +233,7 @@ fn machine_of(
     row: InventoryRow,
     remote: Option<&Machine>,
 ) -> Machine {
-    let session = state.sessions.by_machine(&ws.id, &row.machine.machine_id);
+    let session = state.sessions.by_machine(ws, &row.machine.machine_id);
     let mut m = match (&session, remote) {
         (Some(s), _) if s.is_live() => of_session(row.machine.machine_id.clone(), s),
         (_, Some(r)) if r.status == "connected" => Machine {

@@ -18,12 +18,14 @@ mod files;
 mod fleet_exec;
 mod gate;
 mod inventory;
+mod key_use;
 mod last_seen;
 pub mod limits;
 #[cfg(target_os = "linux")]
 mod raw;
 mod remembered;
 mod revocations;
+pub mod scope;
 mod selection;
 pub mod sessions;
 mod state;
@@ -131,6 +133,7 @@ pub async fn serve_with_store(
         open_streams: open_streams.clone(),
         cluster: cluster.clone(),
         remembered: remembered::Remembered::new(config.db_outage_grace),
+        key_uses: key_use::KeyUses::default(),
     });
     if let Some(c) = &cluster {
         let (st, cl) = (state.clone(), c.clone());

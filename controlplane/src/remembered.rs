@@ -204,6 +204,7 @@ mod tests {
             workspace: Workspace {
                 id: "w".into(),
                 name: "default".into(),
+                scope: crate::scope::Scope::full(),
             },
             key_hash: Some("k".into()),
             expires_ms,

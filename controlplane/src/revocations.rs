@@ -1,6 +1,7 @@
 //! Ending what a revoked credential opened: the watch over the store's
 //! revocation counter that ends open calls ([`crate::streams::OpenStreams`])
-//! and closes revoked machines' sessions.
+//! and closes revoked machines' sessions, and re-reads connected machines'
+//! admin labels (which decide what scoped keys see) when it moves.
 
 use std::{sync::Arc, time::Duration};
 
@@ -89,6 +90,16 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
                 } else {
                     None
                 };
+                // Admin label changes move the counter too: what scoped
+                // keys see follows them.
+                if moved {
+                    crate::inventory::refresh_admin_labels(&state)?;
+                }
+                // Last use of keys, for listings; lost on a failed write
+                // (the next calls note it again).
+                if let Err(e) = state.store.note_key_use(&state.key_uses.take()) {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot record when keys were last used");
+                }
                 Ok(Look {
                     generation,
                     standings,
@@ -145,12 +156,14 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
                 }
                 Ok(Standing::Expired) => {
                     state.remembered.forget(&credential);
-                    tracing::info!("access token expired; ending the calls it opened");
+                    tracing::info!(
+                        kind = kind(&credential),
+                        "credential expired; ending the calls it opened"
+                    );
                     streams.end(
                         &credential,
                         Code::Unauthenticated,
-                        "the access token this call was opened with expired and was not \
-                         refreshed; refresh it with RefreshToken and open the call again",
+                        expired_text(&credential),
                     );
                 }
                 Err(e) => {
@@ -177,6 +190,19 @@ fn kind(credential: &Credential) -> &'static str {
         Credential::ApiKey { .. } => "api key",
         Credential::AccessToken { .. } => "access token",
         Credential::AgentSecret { .. } => "agent secret",
+    }
+}
+
+fn expired_text(credential: &Credential) -> &'static str {
+    match credential {
+        Credential::ApiKey { .. } => {
+            "the API key this call was opened with expired; create a new one with \
+             `cmdop admin create-key`"
+        }
+        _ => {
+            "the access token this call was opened with expired and was not refreshed (or \
+             its API key expired); refresh it with RefreshToken and open the call again"
+        }
     }
 }
 

@@ -28,6 +28,8 @@ pub struct State {
     /// Recent successful credential checks, for database outages
     /// ([`crate::remembered`]).
     pub remembered: Remembered,
+    /// Keys used since the revocation watch last wrote their last use.
+    pub key_uses: crate::key_use::KeyUses,
 }
 
 /// The handle services hold.

@@ -3,8 +3,12 @@
 //! the client and the agent.
 
 /// Response metadata telling a client why authentication failed
-/// (`expired`: refresh the access token and retry).
+/// (`expired`: refresh the access token and retry), or, on
+/// PERMISSION_DENIED, that the key's scope refused the call
+/// ([`AUTH_ERROR_SCOPE`]).
 pub const AUTH_ERROR: &str = "x-cmdop-auth-error";
+/// The [`AUTH_ERROR`] value of a call the API key's scope does not allow.
+pub const AUTH_ERROR_SCOPE: &str = "scope";
 /// Trailing metadata on UNAVAILABLE when an exec's agent link was lost
 /// while the command ran (`unknown`: the outcome is not known).
 pub const EXEC_OUTCOME: &str = "x-cmdop-exec-outcome";
@@ -23,6 +27,9 @@ pub const PEER_WORKSPACE_NAME: &str = "x-cmdop-peer-workspace-name";
 pub const PEER_CREDENTIAL: &str = "x-cmdop-peer-credential";
 /// The API key hash per-key limits count against.
 pub const PEER_KEY: &str = "x-cmdop-peer-key";
+/// The caller's key scope, as the forwarding replica found it (absent:
+/// an unscoped key); hex-encoded, see the control plane's `scope` module.
+pub const PEER_SCOPE: &str = "x-cmdop-peer-scope";
 
 #[cfg(test)]
 mod tests {
@@ -39,6 +46,7 @@ mod tests {
             (PEER_WORKSPACE_NAME, "x-cmdop-peer-workspace-name"),
             (PEER_CREDENTIAL, "x-cmdop-peer-credential"),
             (PEER_KEY, "x-cmdop-peer-key"),
+            (PEER_SCOPE, "x-cmdop-peer-scope"),
         ];
         for (got, wire) in all {
             assert_eq!(got, wire);

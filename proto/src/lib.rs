@@ -5,7 +5,8 @@
 //! size limits ([`limits`]), the side-connection handshake ([`raw`]) and
 //! its TLS ([`raw_tls`]), the one retry schedule of clients and agents
 //! ([`backoff`]), and the label selectors and hostname patterns
-//! that choose machines in a fleet ([`selector`]).
+//! that choose machines in a fleet ([`selector`]), and the operations a
+//! scoped API key may be allowed ([`scope`]).
 
 pub mod backoff;
 pub mod caps;
@@ -14,6 +15,7 @@ pub mod headers;
 pub mod limits;
 pub mod raw;
 pub mod raw_tls;
+pub mod scope;
 pub mod selector;
 
 // The generated modules are tonic/prost output, not ours to restyle: lints

@@ -23,6 +23,7 @@ pub enum ErrorKind {
     PermissionDenied,
     OperationFailed,
     OutcomeUnknown,
+    NotAllowed,
 }
 
 /// What fixes an error, independent of the API it is worded in
@@ -84,6 +85,9 @@ pub enum Error {
         message: String,
         partial: Option<Box<ExecOutput>>,
     },
+    /// The server refused the call because the API key's scope does not
+    /// allow it (an operation the key may not use).
+    NotAllowed(String),
 }
 
 impl Error {
@@ -104,6 +108,7 @@ impl Error {
             Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Error::OperationFailed(_) => ErrorKind::OperationFailed,
             Error::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
+            Error::NotAllowed(_) => ErrorKind::NotAllowed,
         }
     }
 
@@ -195,6 +200,7 @@ impl Error {
             Code::Unauthenticated => {
                 Error::Unauthenticated(format!("{what}: {detail}: check the API key or tokens"))
             }
+            Code::PermissionDenied if is_scope_refusal(status) => Error::NotAllowed(detail.into()),
             Code::PermissionDenied => Error::PermissionDenied(format!("{what}: {detail}")),
             Code::NotFound => Error::NotFound(format!("{what}: {detail}")),
             Code::DeadlineExceeded => Error::Timeout {
@@ -259,6 +265,16 @@ pub(crate) fn is_transport_loss(status: &tonic::Status) -> bool {
         })
 }
 
+/// True when the server refused a call because the API key's scope does not
+/// allow it.
+fn is_scope_refusal(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get(cmdop_proto::headers::AUTH_ERROR)
+        .and_then(|v| v.to_str().ok())
+        == Some(cmdop_proto::headers::AUTH_ERROR_SCOPE)
+}
+
 /// True when the server says the presented access token has expired (as
 /// opposed to being wrong), which is the signal to refresh it.
 pub(crate) fn is_expired_token(status: &tonic::Status) -> bool {
@@ -283,6 +299,7 @@ impl fmt::Display for Error {
             | Error::Internal(m)
             | Error::NotSupported(m)
             | Error::PermissionDenied(m)
+            | Error::NotAllowed(m)
             | Error::OperationFailed(m) => f.write_str(m),
             Error::Ambiguous { message, .. } => f.write_str(message),
             Error::Timeout { message, .. } | Error::OutcomeUnknown { message, .. } => {

@@ -56,6 +56,12 @@ pub enum cmdop_status {
     /// kill. The output captured so far comes with it, as with TIMEOUT.
     /// Check on the machine before running it again.
     OutcomeUnknown = 16,
+    /// The server refused the call: the API key's scope does not allow
+    /// this operation (the message names it). Machines outside a key's
+    /// scope are not refused but invisible (NOT_FOUND). Any function that
+    /// calls the server may return it; use a key created with that
+    /// operation allowed.
+    NotAllowed = 17,
 }
 
 impl cmdop_status {
@@ -76,6 +82,7 @@ impl cmdop_status {
             ErrorKind::PermissionDenied => PermissionDenied,
             ErrorKind::OperationFailed => OperationFailed,
             ErrorKind::OutcomeUnknown => OutcomeUnknown,
+            ErrorKind::NotAllowed => NotAllowed,
         }
     }
 
@@ -95,7 +102,7 @@ impl cmdop_status {
 
 /// Every status with its text: the one list beside the enum (a test holds
 /// the two equal, in value order).
-const TEXTS: [(cmdop_status, &CStr); 17] = {
+const TEXTS: [(cmdop_status, &CStr); 18] = {
     use cmdop_status::*;
     [
         (Ok, c"ok"),
@@ -115,6 +122,7 @@ const TEXTS: [(cmdop_status, &CStr); 17] = {
         (PermissionDenied, c"permission denied"),
         (OperationFailed, c"operation failed"),
         (OutcomeUnknown, c"outcome unknown (not confirmed killed)"),
+        (NotAllowed, c"not allowed by the API key's scope"),
     ]
 };
 
@@ -150,7 +158,7 @@ mod tests {
             assert_eq!(cmdop_status::from_raw(i as c_int), Some(*status));
         }
         // The last variant is the table's last row: nothing is missing.
-        assert_eq!(cmdop_status::OutcomeUnknown as usize + 1, TEXTS.len());
+        assert_eq!(cmdop_status::NotAllowed as usize + 1, TEXTS.len());
     }
 
     #[test]

@@ -67,6 +67,9 @@ enum class Status : int {
   /// An execute reached the agent but how it ended is not known (not
   /// confirmed killed); partial_result() holds the output so far.
   OutcomeUnknown = CMDOP_STATUS_OUTCOME_UNKNOWN,
+  /// The server refused the call: the API key's scope does not allow the
+  /// operation (the message names it).
+  NotAllowed = CMDOP_STATUS_NOT_ALLOWED,
 };
 
 /// Short static description of a status ("timed out", ...).

@@ -35,8 +35,8 @@ use crate::{
 
 pub use cmdop_proto::headers::{
     PEER_CREDENTIAL as PEER_CREDENTIAL_HEADER, PEER_KEY as PEER_KEY_HEADER,
-    PEER_SECRET as PEER_SECRET_HEADER, PEER_WORKSPACE as PEER_WORKSPACE_HEADER,
-    PEER_WORKSPACE_NAME as PEER_WORKSPACE_NAME_HEADER,
+    PEER_SCOPE as PEER_SCOPE_HEADER, PEER_SECRET as PEER_SECRET_HEADER,
+    PEER_WORKSPACE as PEER_WORKSPACE_HEADER, PEER_WORKSPACE_NAME as PEER_WORKSPACE_NAME_HEADER,
 };
 
 /// How long a replica's lease lasts without renewal.
@@ -195,6 +195,7 @@ impl Cluster {
             PEER_WORKSPACE_NAME_HEADER,
             PEER_CREDENTIAL_HEADER,
             PEER_KEY_HEADER,
+            PEER_SCOPE_HEADER,
             "authorization",
         ] {
             headers.remove(name);
@@ -216,6 +217,10 @@ impl Cluster {
             Credential::AgentSecret { hash } => format!("agent:{hash}"),
         };
         put(PEER_CREDENTIAL_HEADER, &credential);
+        // The replica that serves the call sees what the key may see here.
+        if let Some(scope) = caller.workspace.scope.to_header() {
+            put(PEER_SCOPE_HEADER, &scope);
+        }
         if let Some(key) = &caller.key_hash {
             put(PEER_KEY_HEADER, key);
         }

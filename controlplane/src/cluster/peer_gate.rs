@@ -6,10 +6,13 @@
 use tonic::{metadata::MetadataMap, Status};
 
 use super::{
-    Cluster, PEER_CREDENTIAL_HEADER, PEER_KEY_HEADER, PEER_SECRET_HEADER, PEER_WORKSPACE_HEADER,
-    PEER_WORKSPACE_NAME_HEADER,
+    Cluster, PEER_CREDENTIAL_HEADER, PEER_KEY_HEADER, PEER_SCOPE_HEADER, PEER_SECRET_HEADER,
+    PEER_WORKSPACE_HEADER, PEER_WORKSPACE_NAME_HEADER,
 };
-use crate::store::{Credential, Workspace};
+use crate::{
+    scope::Scope,
+    store::{Credential, Workspace},
+};
 
 /// The caller a forwarding replica vouches for.
 pub struct Vouched {
@@ -49,10 +52,17 @@ pub fn admit(cluster: &Cluster, meta: &MetadataMap) -> Result<Vouched, Status> {
         Some(("token", hash)) => Credential::AccessToken { hash: hash.into() },
         _ => return Err(bad(PEER_CREDENTIAL_HEADER)),
     };
+    // No header: the key is unscoped. One that does not read is refused,
+    // never taken as full access.
+    let scope = match text(PEER_SCOPE_HEADER) {
+        None => Scope::full(),
+        Some(h) => Scope::from_header(h).map_err(|_| bad(PEER_SCOPE_HEADER))?,
+    };
     Ok(Vouched {
         workspace: Workspace {
             id: workspace_id.to_string(),
             name,
+            scope,
         },
         credential,
         key_hash: text(PEER_KEY_HEADER).map(str::to_string),

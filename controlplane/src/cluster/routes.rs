@@ -156,11 +156,7 @@ impl Cluster {
         ws: &Workspace,
         session_id: &str,
     ) -> Result<Target, Status> {
-        if session_id.is_empty()
-            || sessions
-                .get(&ws.id, session_id)
-                .is_some_and(|s| s.is_live())
-        {
+        if session_id.is_empty() || sessions.get(ws, session_id).is_some_and(|s| s.is_live()) {
             return Ok(Target::Local);
         }
         let route = match self.routes.by_session(session_id) {
@@ -188,7 +184,7 @@ impl Cluster {
     ) -> Result<Target, Status> {
         if machine_id.is_empty()
             || sessions
-                .by_machine(&ws.id, machine_id)
+                .by_machine(ws, machine_id)
                 .is_some_and(|s| s.is_live())
         {
             return Ok(Target::Local);

@@ -25,6 +25,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use cmdop_proto::scope::Operation;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -105,6 +106,15 @@ impl Gate {
                      calls go to the public port (--listen)",
                 )),
             };
+        // The forwarding replica checked this too; the scope travels with
+        // the call, so this replica holds it to the same.
+        let op = match route.need {
+            Need::AgentOrClient => Some(Operation::Shell),
+            _ => route.op,
+        };
+        if let Some(op) = op {
+            vouched.workspace.scope.check(op)?;
+        }
         let slot = match (slot_kind, vouched.key_hash) {
             (Some(kind), Some(key)) => Some((kind, key)),
             _ => None,
@@ -168,6 +178,16 @@ impl Gate {
                 }
                 Err(status) => return Err(status),
             };
+            let op = match route.need {
+                Need::AgentOrClient => Some(Operation::Shell),
+                _ => route.op,
+            };
+            if let Some(op) = op {
+                pass.workspace.scope.check(op)?;
+            }
+            if let Some(key) = &pass.key_hash {
+                self.state.key_uses.note(key);
+            }
             (
                 pass.credential,
                 pass.key_hash,
@@ -246,6 +266,10 @@ struct Route {
     need: Need,
     max_message: usize,
     slot: Option<SlotKind>,
+    /// What a client's key must be allowed (see [`crate::scope`]); `None`:
+    /// any key may call (lookups by name, server info, tokens), still only
+    /// seeing the machines in its scope.
+    op: Option<Operation>,
 }
 
 /// What each method needs. `extensions` says whether `cmdop.ext.v1.Cmdop`
@@ -255,6 +279,11 @@ fn route(path: &str, extensions: bool) -> Route {
         need,
         max_message,
         slot: None,
+        op: None,
+    };
+    let with = |op, route: Route| Route {
+        op: Some(op),
+        ..route
     };
     let (service, method) = path
         .trim_start_matches('/')
@@ -262,10 +291,29 @@ fn route(path: &str, extensions: bool) -> Route {
         .unwrap_or(("", ""));
     match service {
         "terminal.TerminalStreamingService" => match method {
+            // Agents need no operation; a client attaching needs `shell`
+            // (checked in `Gate::admit`).
             "ConnectTerminal" => r(Need::AgentOrClient, limits::MAX_MESSAGE_BYTES),
             "HealthCheck" => r(Need::OptionalClient, PUBLIC_MESSAGE_BYTES),
-            "FileWrite" => r(Need::Client, limits::MAX_MESSAGE_BYTES),
-            "SendInput" => r(Need::Client, INPUT_MESSAGE_BYTES),
+            "FileWrite" => with(
+                Operation::FilesWrite,
+                r(Need::Client, limits::MAX_MESSAGE_BYTES),
+            ),
+            "SendInput" => with(Operation::Shell, r(Need::Client, INPUT_MESSAGE_BYTES)),
+            "CreateSession" | "CloseSession" | "SendResize" | "SendSignal" | "GetHistory"
+            | "GetOutput" => with(Operation::Shell, r(Need::Client, DEFAULT_MESSAGE_BYTES)),
+            "FileListDirectory" | "FileRead" | "FileGetInfo" => {
+                with(Operation::FilesRead, r(Need::Client, DEFAULT_MESSAGE_BYTES))
+            }
+            "FileCreateDirectory" | "FileDelete" | "FileMove" | "FileCopy" => with(
+                Operation::FilesWrite,
+                r(Need::Client, DEFAULT_MESSAGE_BYTES),
+            ),
+            "ListSessions" => with(
+                Operation::SessionsList,
+                r(Need::Client, DEFAULT_MESSAGE_BYTES),
+            ),
+            // GetSessionByHostname, GetSessionStatus: lookups.
             _ => r(Need::Client, DEFAULT_MESSAGE_BYTES),
         },
         "cmdop.ext.v1.Cmdop" if extensions => match method {
@@ -276,16 +324,22 @@ fn route(path: &str, extensions: bool) -> Route {
             // more of its key's free exec slots for its machines.
             "Exec" | "ExecWithStdin" | "ExecFleet" => Route {
                 slot: Some(SlotKind::Exec),
-                ..r(Need::Client, EXEC_MESSAGE_BYTES)
+                ..with(Operation::Exec, r(Need::Client, EXEC_MESSAGE_BYTES))
             },
             "Upload" => Route {
                 slot: Some(SlotKind::Transfer),
-                ..r(Need::Client, UPLOAD_MESSAGE_BYTES)
+                ..with(Operation::FilesWrite, r(Need::Client, UPLOAD_MESSAGE_BYTES))
             },
             "Download" => Route {
                 slot: Some(SlotKind::Transfer),
-                ..r(Need::Client, DEFAULT_MESSAGE_BYTES)
+                ..with(Operation::FilesRead, r(Need::Client, DEFAULT_MESSAGE_BYTES))
             },
+            "ListMachines" => with(
+                Operation::MachinesList,
+                r(Need::Client, DEFAULT_MESSAGE_BYTES),
+            ),
+            // ServerInfo, ResolveMachine, IssueToken (tokens carry the
+            // key's scope).
             _ => r(Need::Client, DEFAULT_MESSAGE_BYTES),
         },
         "cmdop.ext.v1.AgentLink" => match method {

@@ -10,7 +10,10 @@ use super::{
     ring::OutputRing,
     session::{AgentInfo, Carried, ControlSender, Session},
 };
-use crate::{limits, store::now_ms};
+use crate::{
+    limits,
+    store::{now_ms, Workspace},
+};
 
 #[derive(Default)]
 struct Inner {
@@ -71,6 +74,9 @@ impl Registry {
         };
 
         let mut carried = None;
+        // A reconnect keeps what is known of the machine's admin labels
+        // until they are read again.
+        let labels = previous.as_ref().and_then(|p| p.admin_labels());
         if let Some(prev) = previous {
             prev.mark_closed("replaced by a new connection of the same machine");
             if prev.id == id {
@@ -91,6 +97,9 @@ impl Registry {
             control,
             carried,
         ));
+        if let Some(labels) = labels {
+            session.set_admin_labels(labels);
+        }
         inner.by_id.insert(id.clone(), session.clone());
         inner.by_machine.insert(machine_id.to_string(), id);
         session
@@ -114,17 +123,26 @@ impl Registry {
         }
     }
 
-    /// A session of `workspace_id`; another workspace's session is as absent as a missing one.
-    pub fn get(&self, workspace_id: &str, session_id: &str) -> Option<Arc<Session>> {
+    /// A session of the caller's workspace that its scope sees; another
+    /// workspace's session, or one out of scope, is as absent as a missing one.
+    pub fn get(&self, ws: &Workspace, session_id: &str) -> Option<Arc<Session>> {
         self.lock()
             .by_id
             .get(session_id)
-            .filter(|s| s.workspace_id == workspace_id)
+            .filter(|s| s.workspace_id == ws.id && s.visible_to(&ws.scope))
             .cloned()
     }
 
-    /// The current (live or last) session of a machine.
-    pub fn by_machine(&self, workspace_id: &str, machine_id: &str) -> Option<Arc<Session>> {
+    /// The current (live or last) session of a machine, if the caller's
+    /// scope sees it.
+    pub fn by_machine(&self, ws: &Workspace, machine_id: &str) -> Option<Arc<Session>> {
+        self.current_of(&ws.id, machine_id)
+            .filter(|s| s.visible_to(&ws.scope))
+    }
+
+    /// The current (live or last) session of a machine of `workspace_id`,
+    /// for the server's own work (an agent's other links): no scope applies.
+    pub fn current_of(&self, workspace_id: &str, machine_id: &str) -> Option<Arc<Session>> {
         let inner = self.lock();
         inner
             .by_machine
@@ -173,8 +191,17 @@ impl Registry {
             .collect()
     }
 
-    /// Every session of a workspace, most recently active first.
-    pub fn list(&self, workspace_id: &str) -> Vec<Arc<Session>> {
+    /// Every session of the caller's workspace that its scope sees, most
+    /// recently active first.
+    pub fn list(&self, ws: &Workspace) -> Vec<Arc<Session>> {
+        let mut out = self.all_of(&ws.id);
+        out.retain(|s| s.visible_to(&ws.scope));
+        out
+    }
+
+    /// Every session of `workspace_id`, most recently active first, for the
+    /// server's own work: no scope applies.
+    pub fn all_of(&self, workspace_id: &str) -> Vec<Arc<Session>> {
         let mut inner = self.lock();
         Self::prune(&mut inner);
         let mut out: Vec<_> = inner
@@ -192,13 +219,25 @@ impl Registry {
         out
     }
 
-    /// The live session of each machine of `workspace_id` connected here
-    /// (its newest, when a machine has several), newest activity first.
-    pub fn live_machines(&self, workspace_id: &str) -> Vec<Arc<Session>> {
+    /// The live session of each machine of the caller's workspace connected
+    /// here that its scope sees (its newest, when a machine has several),
+    /// newest activity first.
+    pub fn live_machines(&self, ws: &Workspace) -> Vec<Arc<Session>> {
         let mut seen = std::collections::HashSet::new();
-        self.list(workspace_id)
+        self.list(ws)
             .into_iter()
             .filter(|s| s.is_live() && seen.insert(s.machine_id.clone()))
+            .collect()
+    }
+
+    /// Every live session (any workspace), for refreshing what the server
+    /// knows of their machines.
+    pub fn live(&self) -> Vec<Arc<Session>> {
+        self.lock()
+            .by_id
+            .values()
+            .filter(|s| s.is_live())
+            .cloned()
             .collect()
     }
 }
@@ -225,7 +264,7 @@ mod tests {
         assert!(!first.is_live());
         assert!(second.is_live());
         assert_eq!(second.read_output(0, 0).data, b"before");
-        assert_eq!(reg.list("ws").len(), 1);
+        assert_eq!(reg.all_of("ws").len(), 1);
     }
 
     #[test]
@@ -245,9 +284,40 @@ mod tests {
         let reg = Registry::new(1024);
         let (tx, _rx) = mpsc::channel(4);
         let a = reg.register("ws1", "m1", "s1", info("a"), tx);
-        assert!(reg.get("ws1", &a.id).is_some());
-        assert!(reg.get("ws2", &a.id).is_none());
-        assert!(reg.by_machine("ws2", "m1").is_none());
-        assert!(reg.list("ws2").is_empty());
+        assert!(reg.get(&ws("ws1", None), &a.id).is_some());
+        assert!(reg.get(&ws("ws2", None), &a.id).is_none());
+        assert!(reg.by_machine(&ws("ws2", None), "m1").is_none());
+        assert!(reg.list(&ws("ws2", None)).is_empty());
+    }
+
+    fn ws(id: &str, machines: Option<&str>) -> Workspace {
+        Workspace {
+            id: id.into(),
+            name: id.into(),
+            scope: crate::scope::Scope::from_stored("k", None, machines).unwrap(),
+        }
+    }
+
+    #[test]
+    fn scoped_callers_see_only_machines_their_selector_chooses() {
+        let reg = Registry::new(1024);
+        let (tx, _rx) = mpsc::channel(4);
+        let staging = reg.register("ws", "m1", "s1", info("a"), tx.clone());
+        let prod = reg.register("ws", "m2", "s2", info("b"), tx.clone());
+        let unknown = reg.register("ws", "m3", "s3", info("c"), tx.clone());
+        let label = |k: &str, v: &str| Arc::new([(k.to_string(), v.to_string())].into());
+        staging.set_admin_labels(label("env", "staging"));
+        prod.set_admin_labels(label("env", "prod"));
+        let scoped = ws("ws", Some("env=staging"));
+        assert!(reg.get(&scoped, "s1").is_some());
+        assert!(reg.get(&scoped, "s2").is_none());
+        assert!(reg.by_machine(&scoped, "m2").is_none());
+        assert!(reg.by_machine(&scoped, &unknown.machine_id).is_none());
+        let seen: Vec<_> = reg.list(&scoped).iter().map(|s| s.id.clone()).collect();
+        assert_eq!(seen, ["s1"]);
+        assert_eq!(reg.live_machines(&ws("ws", None)).len(), 3);
+        // A reconnect keeps the labels known so far.
+        let again = reg.register("ws", "m1", "s1-new", info("a"), tx);
+        assert!(reg.get(&scoped, &again.id).is_some());
     }
 }

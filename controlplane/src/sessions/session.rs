@@ -2,7 +2,7 @@
 //! attach subscribers and (optionally) its native exec link.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicI64, AtomicU64, Ordering},
         Arc,
@@ -100,6 +100,9 @@ pub struct Session {
     exec_link: Mutex<Option<Arc<ExecLink>>>,
     /// Why the control plane ended the session, when it did.
     close_reason: Mutex<Option<String>>,
+    /// The machine's admin labels, which decide which scoped keys see it
+    /// ([`crate::scope`]); `None` until read from the store.
+    admin_labels: Mutex<Option<Arc<BTreeMap<String, String>>>>,
 }
 
 impl Session {
@@ -126,7 +129,23 @@ impl Session {
             next_subscriber: AtomicU64::new(0),
             exec_link: Mutex::new(None),
             close_reason: Mutex::new(None),
+            admin_labels: Mutex::new(None),
         }
+    }
+
+    /// The machine's admin labels as last read; `None` when not read yet.
+    pub fn admin_labels(&self) -> Option<Arc<BTreeMap<String, String>>> {
+        self.admin_labels.lock().clone()
+    }
+
+    /// Records the machine's admin labels (read from the store).
+    pub fn set_admin_labels(&self, labels: Arc<BTreeMap<String, String>>) {
+        *self.admin_labels.lock() = Some(labels);
+    }
+
+    /// Whether a caller with `scope` may see this session's machine.
+    pub fn visible_to(&self, scope: &crate::scope::Scope) -> bool {
+        !scope.limits_machines() || scope.sees(self.admin_labels().as_deref())
     }
 
     pub(super) fn carried(&self) -> Carried {

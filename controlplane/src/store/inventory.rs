@@ -156,6 +156,9 @@ impl Store {
                     "a machine may carry at most {MAX_LABELS_PER_SOURCE} admin labels; remove some with --remove KEY"
                 );
             }
+            // Admin labels decide what scoped keys reach: running servers
+            // re-read them when this counter moves, as for revocations.
+            super::bump_revocations(db)?;
             Ok(Some(now))
         })
     }
@@ -211,6 +214,33 @@ impl Store {
                 target.insert(r.text(2)?, r.text(3)?);
             }
             Ok(rows)
+        })
+    }
+
+    /// A machine's admin labels (empty for an unknown machine).
+    pub fn admin_labels(&self, machine_id: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        self.read(|db| labels_of(db, machine_id, LabelSource::Admin))
+    }
+
+    /// The admin labels of every unrevoked machine of a workspace that has
+    /// any, by machine id.
+    pub fn admin_labels_in(
+        &self,
+        workspace_id: &str,
+    ) -> anyhow::Result<HashMap<String, BTreeMap<String, String>>> {
+        self.read(|db| {
+            let mut all: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+            for r in db.query(
+                "SELECT l.machine_id, l.key, l.value
+                 FROM machine_labels l JOIN machines m ON m.machine_id = l.machine_id
+                 WHERE m.workspace_id = $1 AND m.revoked_ms IS NULL AND l.source = 'admin'",
+                args![workspace_id],
+            )? {
+                all.entry(r.text(0)?)
+                    .or_default()
+                    .insert(r.text(1)?, r.text(2)?);
+            }
+            Ok(all)
         })
     }
 

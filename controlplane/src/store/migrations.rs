@@ -18,7 +18,7 @@ use super::{
 };
 
 /// The schema version this build writes and understands.
-pub const LATEST: i64 = 3;
+pub const LATEST: i64 = 4;
 
 /// Brings the database to [`LATEST`]; run inside a write transaction.
 pub fn run(db: &mut dyn Exec) -> anyhow::Result<()> {
@@ -63,6 +63,7 @@ fn step(db: &mut dyn Exec, version: i64) -> anyhow::Result<()> {
         (1, Kind::Postgres) => db.batch(POSTGRES_V1),
         (2, _) => db.batch(CLUSTER_V2),
         (3, _) => db.batch(INVENTORY_V3),
+        (4, _) => db.batch(KEY_SCOPES_V4),
         _ => bail!("no migration to schema version {version}"),
     }
 }
@@ -203,4 +204,13 @@ CREATE TABLE IF NOT EXISTS machine_labels (
     value      TEXT NOT NULL,
     PRIMARY KEY (machine_id, source, key)
 );
+";
+
+/// Version 4: API key scopes (operation names and a machine selector over
+/// admin labels; NULL: not limited that way), expiry and last use.
+const KEY_SCOPES_V4: &str = "
+ALTER TABLE api_keys ADD COLUMN allow_ops TEXT;
+ALTER TABLE api_keys ADD COLUMN machines TEXT;
+ALTER TABLE api_keys ADD COLUMN expires_ms BIGINT;
+ALTER TABLE api_keys ADD COLUMN last_used_ms BIGINT;
 ";

@@ -19,6 +19,7 @@
 pub mod cluster;
 pub mod engine;
 mod inventory;
+mod keys;
 mod machines;
 mod migrations;
 mod private;
@@ -37,11 +38,12 @@ use anyhow::{bail, Context};
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use inventory::{Facts, InventoryRow, LabelSource, Labels};
+pub use keys::{KeyInfo, NewKey};
 pub use machines::{HostnameUpdate, DEFAULT_ENROLLMENT_TOKEN_TTL};
 pub use standing::{Credential, Standing};
 pub use tokens::{AccessCheck, RefreshOutcome, TokenPair};
 
-use crate::limits;
+use crate::{limits, scope::Scope};
 use engine::{args, sqlite::SqliteExec, Exec, Row, Unavailable};
 use secrets::{hash, random_hex, random_token};
 
@@ -49,10 +51,15 @@ use secrets::{hash, random_hex, random_token};
 pub const DB_FILE: &str = "cmdop.db";
 
 /// A tenant. Everything else belongs to exactly one workspace.
+///
+/// As a client's workspace (what the gate found), it carries the caller's
+/// [`Scope`]: lookups on its behalf see only the machines that scope
+/// allows. Read from the store, it is the whole workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workspace {
     pub id: String,
     pub name: String,
+    pub scope: Scope,
 }
 
 /// An enrolled machine.
@@ -299,6 +306,7 @@ impl Store {
         let ws = Workspace {
             id: random_hex("ws_", 8),
             name: name.to_string(),
+            scope: Scope::full(),
         };
         self.write(|db| {
             db.execute(
@@ -327,80 +335,6 @@ impl Store {
             db.query_opt("SELECT id, name FROM workspaces WHERE id = $1", args![id])?
                 .map(|r| workspace(&r))
                 .transpose()
-        })
-    }
-
-    /// Creates an API key and returns it; only its hash and a short prefix
-    /// (for listing and revoking) are stored.
-    pub fn create_api_key(&self, workspace_id: &str, label: &str) -> anyhow::Result<String> {
-        if label.len() > limits::MAX_LABEL_BYTES {
-            bail!("label is longer than {} bytes", limits::MAX_LABEL_BYTES);
-        }
-        if self.workspace_by_id(workspace_id)?.is_none() {
-            bail!("no workspace with id '{workspace_id}'");
-        }
-        let key = random_token(secrets::API_KEY_PREFIX, 32);
-        self.write(|db| {
-            db.execute(
-                "INSERT INTO api_keys (hash, prefix, workspace_id, label, created_ms) VALUES ($1, $2, $3, $4, $5)",
-                args![hash(&key), api_key_prefix(&key), workspace_id, label, now_ms()],
-            )
-        })?;
-        Ok(key)
-    }
-
-    /// Revokes a key given in full or by its listed prefix (at least 10
-    /// characters, and matching exactly one key). Returns false when nothing
-    /// matched.
-    pub fn revoke_api_key(&self, key_or_prefix: &str) -> anyhow::Result<bool> {
-        let key_or_prefix = key_or_prefix.trim();
-        self.transaction(|db| {
-            let by_hash = db.execute(
-                "UPDATE api_keys SET revoked_ms = $2 WHERE hash = $1 AND revoked_ms IS NULL",
-                args![hash(key_or_prefix), now_ms()],
-            )?;
-            if by_hash > 0 {
-                bump_revocations(db)?;
-                return Ok(true);
-            }
-            if key_or_prefix.len() < 10 {
-                return Ok(false);
-            }
-            let matches = db
-                .query_opt(
-                    "SELECT COUNT(*) FROM api_keys WHERE prefix = $1 AND revoked_ms IS NULL",
-                    args![key_or_prefix],
-                )?
-                .map(|r| r.int(0))
-                .transpose()?
-                .unwrap_or(0);
-            if matches > 1 {
-                bail!("prefix '{key_or_prefix}' matches {matches} keys; pass the whole key");
-            }
-            let n = db.execute(
-                "UPDATE api_keys SET revoked_ms = $2 WHERE prefix = $1 AND revoked_ms IS NULL",
-                args![key_or_prefix, now_ms()],
-            )?;
-            if n > 0 {
-                bump_revocations(db)?;
-            }
-            Ok(n > 0)
-        })
-    }
-
-    /// The workspace of a valid, unrevoked API key. Runs on every client
-    /// call, so the statement is compiled once and cached; the lookup itself
-    /// is never cached (a revocation by another process counts at once).
-    pub fn authenticate_api_key(&self, key: &str) -> anyhow::Result<Option<Workspace>> {
-        let hashed = hash(key);
-        self.read(|db| {
-            db.query_opt(
-                "SELECT w.id, w.name FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id
-                 WHERE k.hash = $1 AND k.revoked_ms IS NULL",
-                args![hashed],
-            )?
-            .map(|r| workspace(&r))
-            .transpose()
         })
     }
 
@@ -514,6 +448,7 @@ fn workspace(r: &Row) -> anyhow::Result<Workspace> {
     Ok(Workspace {
         id: r.text(0)?,
         name: r.text(1)?,
+        scope: Scope::full(),
     })
 }
 

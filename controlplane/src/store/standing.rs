@@ -39,7 +39,8 @@ pub enum Standing {
         until_ms: Option<i64>,
     },
     Revoked,
-    /// An access token family whose newest access token has expired.
+    /// An API key past its expiry, or an access token family whose newest
+    /// access token (or whose key) has expired.
     Expired,
 }
 
@@ -50,18 +51,27 @@ impl Store {
             Ok(match credential {
                 Credential::ApiKey { hash } => {
                     let row = db.query_opt(
-                        "SELECT revoked_ms FROM api_keys WHERE hash = $1",
+                        "SELECT revoked_ms, expires_ms FROM api_keys WHERE hash = $1",
                         args![hash],
                     )?;
-                    match row.map(|r| r.opt_int(0)).transpose()? {
-                        Some(None) => Standing::Good { until_ms: None },
+                    let row = match row {
+                        Some(r) => Some((r.opt_int(0)?, r.opt_int(1)?)),
+                        None => None,
+                    };
+                    match row {
+                        Some((None, None)) => Standing::Good { until_ms: None },
+                        Some((None, Some(until))) if until > now_ms() => Standing::Good {
+                            until_ms: Some(until),
+                        },
+                        Some((None, Some(_))) => Standing::Expired,
                         _ => Standing::Revoked,
                     }
                 }
                 Credential::AccessToken { hash } => {
                     let row = db.query_opt(
                         "SELECT f.revoked_ms, k.revoked_ms,
-                                (SELECT MAX(expires_ms) FROM access_tokens WHERE family_id = f.id)
+                                (SELECT MAX(expires_ms) FROM access_tokens WHERE family_id = f.id),
+                                k.expires_ms
                          FROM access_tokens a
                          JOIN token_families f ON f.id = a.family_id
                          JOIN api_keys k ON k.hash = f.api_key_hash
@@ -69,14 +79,22 @@ impl Store {
                         args![hash],
                     )?;
                     let row = match row {
-                        Some(r) => Some((r.opt_int(0)?, r.opt_int(1)?, r.int(2)?)),
+                        Some(r) => Some((r.opt_int(0)?, r.opt_int(1)?, r.int(2)?, r.opt_int(3)?)),
                         None => None,
                     };
                     match row {
-                        Some((None, None, until)) if until > now_ms() => Standing::Good {
-                            until_ms: Some(until),
-                        },
-                        Some((None, None, _)) => Standing::Expired,
+                        // Good until the family's newest access token or
+                        // its key expires, whichever comes first.
+                        Some((None, None, newest, key_expiry)) => {
+                            let until = key_expiry.map_or(newest, |k| k.min(newest));
+                            if until > now_ms() {
+                                Standing::Good {
+                                    until_ms: Some(until),
+                                }
+                            } else {
+                                Standing::Expired
+                            }
+                        }
                         _ => Standing::Revoked,
                     }
                 }

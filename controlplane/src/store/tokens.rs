@@ -6,7 +6,12 @@
 use std::time::Duration;
 
 use super::{
-    bump_revocations, engine::args, ms, now_ms, secrets, secrets::hash, secrets::random_token,
+    bump_revocations,
+    engine::args,
+    keys::{scope_of, SCOPE_COLUMNS},
+    ms, now_ms, secrets,
+    secrets::hash,
+    secrets::random_token,
     Store, Workspace,
 };
 use crate::limits;
@@ -105,25 +110,39 @@ impl Store {
         let hashed = hash(token);
         let row = self.read(|db| {
             db.query_opt(
-                "SELECT a.expires_ms, w.id, w.name, f.api_key_hash
-                 FROM access_tokens a
-                 JOIN token_families f ON f.id = a.family_id
-                 JOIN api_keys k ON k.hash = f.api_key_hash
-                 JOIN workspaces w ON w.id = f.workspace_id
-                 WHERE a.hash = $1 AND f.revoked_ms IS NULL AND k.revoked_ms IS NULL",
+                &format!(
+                    "SELECT a.expires_ms, w.id, w.name, f.api_key_hash, k.expires_ms, {SCOPE_COLUMNS}
+                     FROM access_tokens a
+                     JOIN token_families f ON f.id = a.family_id
+                     JOIN api_keys k ON k.hash = f.api_key_hash
+                     JOIN workspaces w ON w.id = f.workspace_id
+                     WHERE a.hash = $1 AND f.revoked_ms IS NULL AND k.revoked_ms IS NULL"
+                ),
                 args![hashed],
             )
         })?;
+        let now = now_ms();
         Ok(match row {
             None => (AccessCheck::Invalid, None),
-            Some(r) if r.int(0)? <= now_ms() => (AccessCheck::Expired, None),
-            Some(r) => (
-                AccessCheck::Valid(Workspace {
-                    id: r.text(1)?,
-                    name: r.text(2)?,
-                }),
-                Some((r.int(0)?, r.text(3)?)),
-            ),
+            // The key that issued it expired: its tokens end with it.
+            Some(r) if r.opt_int(4)?.is_some_and(|at| at <= now) => (AccessCheck::Invalid, None),
+            Some(r) if r.int(0)? <= now => (AccessCheck::Expired, None),
+            Some(r) => {
+                // A token carries its key's scope; it works until the
+                // earlier of its own expiry and its key's.
+                let until = match r.opt_int(4)? {
+                    Some(key_expiry) => r.int(0)?.min(key_expiry),
+                    None => r.int(0)?,
+                };
+                (
+                    AccessCheck::Valid(Workspace {
+                        id: r.text(1)?,
+                        name: r.text(2)?,
+                        scope: scope_of(&r, 5)?,
+                    }),
+                    Some((until, r.text(3)?)),
+                )
+            }
         })
     }
 
@@ -136,7 +155,7 @@ impl Store {
         let now = now_ms();
         let family = self.transaction(|db| {
             let row = db.query_opt(
-                "SELECT r.family_id, r.expires_ms, r.used_ms, f.revoked_ms, k.revoked_ms
+                "SELECT r.family_id, r.expires_ms, r.used_ms, f.revoked_ms, k.revoked_ms, k.expires_ms
                  FROM refresh_tokens r
                  JOIN token_families f ON f.id = r.family_id
                  LEFT JOIN api_keys k ON k.hash = f.api_key_hash
@@ -149,6 +168,7 @@ impl Store {
             let family = row.text(0)?;
             let (expires, used) = (row.int(1)?, row.opt_int(2)?);
             let (family_revoked, key_revoked) = (row.opt_int(3)?, row.opt_int(4)?);
+            let key_expired = row.opt_int(5)?.is_some_and(|at| at <= now);
             if used.is_some() {
                 let n = db.execute(
                     "UPDATE token_families SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
@@ -159,7 +179,7 @@ impl Store {
                 }
                 return Ok(Err(RefreshOutcome::ReuseDetected));
             }
-            if family_revoked.is_some() || key_revoked.is_some() {
+            if family_revoked.is_some() || key_revoked.is_some() || key_expired {
                 return Ok(Err(RefreshOutcome::Invalid));
             }
             if expires <= now {

@@ -19,6 +19,10 @@ use crate::{
     store::{now_ms, HostnameUpdate, MachineRow},
 };
 
+/// How often a connected machine's admin labels are asked for again while
+/// the database cannot be reached.
+const LABELS_RETRY: Duration = Duration::from_secs(2);
+
 /// Registers `machine`'s new connection and starts pumping its messages.
 pub fn start(
     state: SharedState,
@@ -54,7 +58,31 @@ pub fn start(
     tokio::spawn({
         let (state, id, name) = (state.clone(), machine.machine_id.clone(), hostname.clone());
         let facts = crate::inventory::facts_of(&register);
+        let session = session.clone();
         async move {
+            // Until read, scoped keys limited by machine do not see it; a
+            // database that cannot be reached is asked again while the
+            // agent stays connected.
+            loop {
+                let labels = crate::db::with_store(&state.store, {
+                    let id = id.clone();
+                    move |store| store.admin_labels(&id)
+                })
+                .await;
+                match labels {
+                    Ok(labels) => {
+                        session.set_admin_labels(Arc::new(labels));
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %format!("{err:#}"), machine = %id, "cannot read machine labels; retrying");
+                        tokio::select! {
+                            _ = session.closed() => break,
+                            _ = tokio::time::sleep(LABELS_RETRY) => {}
+                        }
+                    }
+                }
+            }
             let recorded = crate::db::with_store(&state.store, {
                 let id = id.clone();
                 move |store| store.set_facts(&id, &facts)

@@ -26,7 +26,7 @@ pub fn start(
 ) -> Result<ControlStream, Status> {
     let session = state
         .sessions
-        .get(&workspace.id, &first.session_id)
+        .get(&workspace, &first.session_id)
         .ok_or_else(|| Status::not_found(format!("session '{}' not found", first.session_id)))?;
     if !session.is_live() {
         return Err(session.offline_status());

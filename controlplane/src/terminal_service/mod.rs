@@ -69,7 +69,7 @@ impl TerminalService {
         let session = self
             .state
             .sessions
-            .by_machine(&ws.id, &machine)
+            .by_machine(&ws, &machine)
             .ok_or_else(files::no_selection)?;
         Ok((ws, session.id.clone()))
     }
@@ -253,7 +253,7 @@ impl TerminalStreamingService for TerminalService {
         let mut answer = session_rpcs::get_session_by_hostname(&self.state, &ws, req.clone());
         let mut machine = answer
             .found
-            .then(|| self.state.sessions.get(&ws.id, &answer.session_id))
+            .then(|| self.state.sessions.get(&ws, &answer.session_id))
             .flatten()
             .map(|s| s.machine_id.clone());
         // Cluster: a machine not connected here may be connected elsewhere.

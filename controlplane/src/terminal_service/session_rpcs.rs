@@ -54,7 +54,7 @@ fn find(state: &State, ws: &Workspace, session_id: &str) -> Result<Arc<Session>,
     }
     state
         .sessions
-        .get(&ws.id, session_id)
+        .get(ws, session_id)
         .ok_or_else(|| format!("session '{session_id}' not found"))
 }
 
@@ -77,7 +77,7 @@ fn find_or_status(state: &State, ws: &Workspace, session_id: &str) -> Result<Arc
     }
     state
         .sessions
-        .get(&ws.id, session_id)
+        .get(ws, session_id)
         .ok_or_else(|| Status::not_found(format!("session '{session_id}' not found")))
 }
 
@@ -113,7 +113,7 @@ pub fn list_sessions(
 ) -> Result<ListSessionsResponse, Status> {
     let status = req.status_filter.trim().to_ascii_lowercase();
     let host = req.hostname_filter.trim().to_ascii_lowercase();
-    let sessions = state.sessions.list(&ws.id);
+    let sessions = state.sessions.list(ws);
     let mut rows: Vec<(i64, SessionInfoItem)> = sessions
         .iter()
         .map(|s| (s.last_activity_ms(), item(s)))
@@ -152,7 +152,7 @@ pub fn list_sessions(
         let retention =
             i64::try_from(limits::DISCONNECTED_SESSION_RETENTION.as_millis()).unwrap_or(i64::MAX);
         let recent = now.saturating_sub(retention);
-        let known = match crate::db::read_store(&state.store, |s| s.list_machines(&ws.id)) {
+        let known = match crate::inventory::known_machines(state, ws) {
             Ok(known) => known,
             // The database cannot be reached: the sessions connected here
             // are still listed (calls on them keep working); the offline
@@ -214,7 +214,7 @@ pub fn get_session_by_hostname(
             limits::MAX_HOSTNAME_BYTES
         ));
     }
-    let sessions = state.sessions.list(&ws.id);
+    let sessions = state.sessions.list(ws);
     let live = sessions
         .iter()
         .filter(|s| s.is_live())
@@ -497,7 +497,7 @@ pub fn health_check(state: &State, ws: Option<&Workspace>) -> HealthCheckRespons
     let (active, clients) = match ws {
         Some(ws) => state
             .sessions
-            .list(&ws.id)
+            .list(ws)
             .iter()
             .filter(|s| s.is_live())
             .fold((0usize, 0usize), |(a, c), s| {

@@ -41,23 +41,13 @@ impl Target {
         let session = if !session_id.is_empty() {
             state
                 .sessions
-                .get(&ws.id, session_id)
+                .get(ws, session_id)
                 .ok_or_else(|| Status::not_found(format!("session '{session_id}' not found")))?
         } else if !machine_id.is_empty() {
-            match state.sessions.by_machine(&ws.id, machine_id) {
-                Some(s) => s,
-                None => {
-                    let known = crate::db::read_store(&state.store, |s| s.list_machines(&ws.id))
-                        .map_err(crate::db::internal)?;
-                    return Err(match known.iter().find(|m| m.machine_id == machine_id) {
-                        Some(m) => Status::unavailable(format!(
-                            "machine {} is offline; it will show as connected again when its agent reconnects",
-                            m.hostname
-                        )),
-                        None => Status::not_found(format!("machine '{machine_id}' not found")),
-                    });
-                }
-            }
+            state
+                .sessions
+                .by_machine(ws, machine_id)
+                .ok_or_else(|| crate::inventory::absent_machine(state, ws, machine_id))?
         } else {
             return Err(Status::invalid_argument(
                 "pass machine_id or session_id to choose the machine",

@@ -26,6 +26,9 @@ public struct Status: RawRepresentable, Hashable, Sendable, CustomStringConverti
     /// An execute reached the agent but how it ended is not known; it was
     /// not confirmed killed. `partialResult` holds the output so far.
     public static let outcomeUnknown = Status(CMDOP_STATUS_OUTCOME_UNKNOWN)
+    /// The server refused the call: the API key's scope does not allow the
+    /// operation (the message names it).
+    public static let notAllowed = Status(CMDOP_STATUS_NOT_ALLOWED)
 
     /// The library's short description ("timed out", ...).
     public var description: String { String(cString: cmdop_status_str(Int32(bitPattern: rawValue))) }

@@ -47,6 +47,13 @@ impl From<&String> for Value {
     }
 }
 
+/// `None` is NULL.
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
 /// Parameters of a statement: `args![a, b]`.
 macro_rules! args {
     ($($x:expr),* $(,)?) => {
@@ -70,6 +77,15 @@ impl Row {
     pub fn text(&self, i: usize) -> anyhow::Result<String> {
         match self.at(i)? {
             Value::Text(s) => Ok(s.clone()),
+            other => anyhow::bail!("column {i} is {other:?}, not text"),
+        }
+    }
+
+    /// Column `i` as text or NULL.
+    pub fn opt_text(&self, i: usize) -> anyhow::Result<Option<String>> {
+        match self.at(i)? {
+            Value::Text(s) => Ok(Some(s.clone())),
+            Value::Null => Ok(None),
             other => anyhow::bail!("column {i} is {other:?}, not text"),
         }
     }
