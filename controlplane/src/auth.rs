@@ -101,6 +101,8 @@ pub struct ClientPass {
     pub credential: Credential,
     /// The API key the call counts against (per-key limits).
     pub key_hash: Option<String>,
+    /// When the credential stops working (ms since the epoch), if it does.
+    pub expires_ms: Option<i64>,
 }
 
 /// The gate's check of an API key or access token: in the database, and
@@ -152,11 +154,12 @@ pub fn check_client(
         Verified::Client {
             workspace,
             key_hash,
-            ..
+            expires_ms,
         } => Ok(ClientPass {
             workspace,
             credential,
             key_hash,
+            expires_ms,
         }),
         Verified::Agent(_) => Err(invalid_key()),
     }

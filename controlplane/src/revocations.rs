@@ -67,6 +67,7 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
         ticks += 1;
         let credentials = streams.credentials();
         let asked = streams.take_recheck();
+        next_expiry = next_expiry.min(streams.take_earliest_expiry());
         let due = asked || ticks >= FULL_CHECK_TICKS || now_ms() >= next_expiry;
         let seen = last_generation;
         let look = tokio::task::spawn_blocking({

@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Arc, OnceLock,
     },
 };
@@ -66,6 +66,9 @@ pub struct OpenStreams {
     by_credential: Mutex<HashMap<Credential, Entry>>,
     slots: Mutex<HashMap<(SlotKind, String), usize>>,
     recheck: AtomicBool,
+    /// The earliest expiry (ms since the epoch) of a credential that opened
+    /// a call since the revocation watch last re-checked them all.
+    earliest_expiry: AtomicI64,
 }
 
 impl OpenStreams {
@@ -75,6 +78,7 @@ impl OpenStreams {
             by_credential: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             recheck: AtomicBool::new(false),
+            earliest_expiry: AtomicI64::new(i64::MAX),
         })
     }
 
@@ -158,6 +162,18 @@ impl OpenStreams {
     /// (which the cheap "did anyone else write" test does not see).
     pub fn recheck(&self) {
         self.recheck.store(true, Ordering::SeqCst);
+    }
+
+    /// Notes that a call was opened with a credential that expires at
+    /// `until_ms`, so the revocation watch ends its calls then rather than
+    /// at its next full re-check.
+    pub fn expires_at(&self, until_ms: i64) {
+        self.earliest_expiry.fetch_min(until_ms, Ordering::SeqCst);
+    }
+
+    /// The earliest expiry noted since the last call (`i64::MAX`: none).
+    pub fn take_earliest_expiry(&self) -> i64 {
+        self.earliest_expiry.swap(i64::MAX, Ordering::SeqCst)
     }
 
     /// Whether [`recheck`](Self::recheck) was asked since the last call.

@@ -106,11 +106,16 @@ impl Gate {
                      calls go to the public port (--listen)",
                 )),
             };
-        // The forwarding replica checked this too; the scope travels with
-        // the call, so this replica holds it to the same.
+        // A call forwarded to the machine's replica: the forwarding replica
+        // checked the operation too; the scope travels with the call, so
+        // this replica holds it to the same. Other peer calls are lookups
+        // a replica makes to serve a call it checked itself (an ExecFleet
+        // asks every replica what is live there): they need no operation
+        // of their own, and the scope still limits what they see.
         let op = match route.need {
             Need::AgentOrClient => Some(Operation::Shell),
-            _ => route.op,
+            _ if cluster::forward::is_targeted(req.uri.path()) => route.op,
+            _ => None,
         };
         if let Some(op) = op {
             vouched.workspace.scope.check(op)?;
@@ -187,6 +192,9 @@ impl Gate {
             }
             if let Some(key) = &pass.key_hash {
                 self.state.key_uses.note(key);
+            }
+            if let Some(until) = pass.expires_ms {
+                self.streams.expires_at(until);
             }
             (
                 pass.credential,
