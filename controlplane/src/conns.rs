@@ -164,13 +164,7 @@ impl Tracker {
 
     /// The connection a request came in on, from the request's extensions.
     pub fn of_request(&self, ext: &http::Extensions) -> Option<Arc<ConnState>> {
-        let remote = ext
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .or_else(|| {
-                ext.get::<TlsConnectInfo<TcpConnectInfo>>()
-                    .and_then(|t| t.get_ref().remote_addr())
-            })?;
+        let remote = remote_addr(ext)?;
         self.lock().by_remote.get(&remote).cloned()
     }
 
@@ -326,4 +320,14 @@ pub fn raise_fd_limit() {
             Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
         }
     }
+}
+
+/// The peer address of the connection a request arrived on (plain or TLS).
+pub fn remote_addr(ext: &http::Extensions) -> Option<SocketAddr> {
+    ext.get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|t| t.get_ref().remote_addr())
+        })
 }

@@ -205,6 +205,7 @@ mod tests {
                 id: "w".into(),
                 name: "default".into(),
                 scope: crate::scope::Scope::full(),
+                source: String::new(),
             },
             key_hash: Some("k".into()),
             expires_ms,

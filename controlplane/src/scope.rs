@@ -20,12 +20,16 @@ use cmdop_proto::{
 };
 use tonic::Status;
 
-/// A scoped key's limits.
+/// What a key may do, and who it is.
 #[derive(Debug)]
 pub struct KeyScope {
     /// The key's name (its label, or its listed prefix when it has none),
-    /// for refusals and the audit trail.
+    /// for refusals.
     pub key_name: String,
+    /// Who is calling, for the audit trail: the key's name and listed
+    /// prefix, and the token family when the call came with a token (never
+    /// a secret).
+    pub actor: String,
     pub ops: Operations,
     /// `None`: every machine of the workspace.
     pub machines: Option<Selector>,
@@ -44,16 +48,15 @@ impl Scope {
 
     /// The scope of a key as stored: `allow` (operation names) and
     /// `machines` (a selector), each `None` when the key is not limited
-    /// that way. A stored scope that no longer parses is an error: the key
-    /// is refused rather than widened.
+    /// that way; `actor` names the caller for the audit trail. A stored
+    /// scope that no longer parses is an error: the key is refused rather
+    /// than widened.
     pub fn from_stored(
         key_name: &str,
+        actor: &str,
         allow: Option<&str>,
         machines: Option<&str>,
     ) -> anyhow::Result<Scope> {
-        if allow.is_none() && machines.is_none() {
-            return Ok(Scope::full());
-        }
         let ops = match allow {
             Some(text) => Operations::parse(text)
                 .map_err(|e| anyhow::anyhow!("stored scope of key '{key_name}': {e}"))?,
@@ -68,12 +71,18 @@ impl Scope {
         };
         Ok(Scope(Some(Arc::new(KeyScope {
             key_name: key_name.to_string(),
+            actor: actor.to_string(),
             ops,
             machines,
         }))))
     }
 
-    /// The key's limits; `None` for full access.
+    /// Who is calling, for the audit trail ("" for the server's own work).
+    pub fn actor(&self) -> &str {
+        self.key().map_or("", |k| k.actor.as_str())
+    }
+
+    /// The key's limits; `None` for the server's own work.
     pub fn key(&self) -> Option<&KeyScope> {
         self.0.as_deref()
     }
@@ -129,10 +138,11 @@ impl Scope {
         let key = self.key()?;
         let machines = key.machines.as_ref().map(|s| s.to_string());
         let text = format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{}\n{}",
             key.key_name,
             key.ops,
-            machines.as_deref().unwrap_or("\u{0}")
+            machines.as_deref().unwrap_or("\u{0}"),
+            key.actor
         );
         Some(hex::encode(text))
     }
@@ -143,10 +153,11 @@ impl Scope {
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or("not hex-encoded UTF-8")?;
-        let mut parts = text.splitn(3, '\n');
-        let (Some(name), Some(ops), Some(machines)) = (parts.next(), parts.next(), parts.next())
+        let mut parts = text.splitn(4, '\n');
+        let (Some(name), Some(ops), Some(machines), Some(actor)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err("not three lines".into());
+            return Err("not four lines".into());
         };
         let ops = if ops.is_empty() {
             Operations::none()
@@ -159,6 +170,7 @@ impl Scope {
         };
         Ok(Scope(Some(Arc::new(KeyScope {
             key_name: name.to_string(),
+            actor: actor.to_string(),
             ops,
             machines,
         }))))
@@ -204,16 +216,18 @@ mod tests {
 
     #[test]
     fn unscoped_keys_may_do_everything() {
-        let s = Scope::from_stored("k", None, None).unwrap();
-        assert!(s.key().is_none());
+        let s = Scope::from_stored("k", "key k", None, None).unwrap();
         assert!(s.allows(Operation::FilesWrite));
+        assert!(s.check(Operation::Shell).is_ok());
+        assert!(!s.limits_machines());
         assert!(s.sees(None));
-        assert_eq!(s.to_header(), None);
+        assert_eq!(s.actor(), "key k");
+        assert_eq!(Scope::full().to_header(), None);
     }
 
     #[test]
     fn operations_are_checked_with_a_message_naming_the_key() {
-        let s = Scope::from_stored("ci-deploy", Some("exec"), None).unwrap();
+        let s = Scope::from_stored("ci-deploy", "a", Some("exec"), None).unwrap();
         assert!(s.check(Operation::Exec).is_ok());
         let refused = s.check(Operation::FilesRead).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
@@ -235,13 +249,13 @@ mod tests {
 
     #[test]
     fn machines_are_chosen_by_admin_labels_and_unknown_ones_are_hidden() {
-        let s = Scope::from_stored("k", None, Some("env=staging")).unwrap();
+        let s = Scope::from_stored("k", "a", None, Some("env=staging")).unwrap();
         assert!(s.allows(Operation::Shell));
         assert!(s.sees(Some(&labels(&[("env", "staging")]))));
         assert!(!s.sees(Some(&labels(&[("env", "prod")]))));
         assert!(!s.sees(None));
         // Negative selectors do not see machines whose labels are unknown.
-        let not_prod = Scope::from_stored("k", None, Some("env!=prod")).unwrap();
+        let not_prod = Scope::from_stored("k", "a", None, Some("env!=prod")).unwrap();
         assert!(not_prod.sees(Some(&labels(&[]))));
         assert!(!not_prod.sees(None));
     }
@@ -255,11 +269,14 @@ mod tests {
             ),
             (Some("exec"), None),
             (None, Some("!legacy")),
+            (None, None),
         ] {
-            let s = Scope::from_stored("name with spaces", allow, machines).unwrap();
+            let s =
+                Scope::from_stored("name with spaces", "key n (cmdop_x)", allow, machines).unwrap();
             let back = Scope::from_header(&s.to_header().unwrap()).unwrap();
             assert_eq!(back, s);
             assert_eq!(back.key().unwrap().key_name, "name with spaces");
+            assert_eq!(back.actor(), "key n (cmdop_x)");
         }
         assert!(Scope::from_header("zz").is_err());
         assert!(Scope::from_header(&hex::encode("only\ntwo")).is_err());
@@ -267,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_stored_scope_that_does_not_parse_is_refused() {
-        assert!(Scope::from_stored("k", Some("exec,teleport"), None).is_err());
-        assert!(Scope::from_stored("k", None, Some("env in (")).is_err());
+        assert!(Scope::from_stored("k", "a", Some("exec,teleport"), None).is_err());
+        assert!(Scope::from_stored("k", "a", None, Some("env in (")).is_err());
     }
 }

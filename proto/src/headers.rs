@@ -30,6 +30,8 @@ pub const PEER_KEY: &str = "x-cmdop-peer-key";
 /// The caller's key scope, as the forwarding replica found it (absent:
 /// an unscoped key); hex-encoded, see the control plane's `scope` module.
 pub const PEER_SCOPE: &str = "x-cmdop-peer-scope";
+/// The client's address as the forwarding replica saw it (audit trail).
+pub const PEER_SOURCE: &str = "x-cmdop-peer-source";
 
 #[cfg(test)]
 mod tests {
@@ -47,6 +49,7 @@ mod tests {
             (PEER_CREDENTIAL, "x-cmdop-peer-credential"),
             (PEER_KEY, "x-cmdop-peer-key"),
             (PEER_SCOPE, "x-cmdop-peer-scope"),
+            (PEER_SOURCE, "x-cmdop-peer-source"),
         ];
         for (got, wire) in all {
             assert_eq!(got, wire);

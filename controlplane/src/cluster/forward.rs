@@ -14,7 +14,6 @@
 //! forwarded again (the peer port serves locally).
 
 use std::{
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -24,7 +23,7 @@ use std::{
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::poll_fn;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tonic::{body::Body, transport::server::TcpConnectInfo, Code, Status};
+use tonic::{body::Body, Code, Status};
 
 use super::{routes::Target, Caller, Cluster};
 use crate::{state::SharedState, store::cluster::RouteRow};
@@ -255,15 +254,6 @@ fn replay(peeked: Peeked, body: Body) -> Body {
     })
 }
 
-fn remote_addr(ext: &http::Extensions) -> Option<SocketAddr> {
-    ext.get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| {
-            ext.get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|t| t.get_ref().remote_addr())
-        })
-}
-
 /// True for methods [`route_call`] may forward.
 pub fn is_targeted(path: &str) -> bool {
     pick(path).is_some()
@@ -282,7 +272,7 @@ pub async fn route_call(
     let Some(caller) = req.extensions().get::<Caller>().cloned() else {
         return Ok(Decision::Local(req));
     };
-    let remote = remote_addr(req.extensions());
+    let remote = crate::conns::remote_addr(req.extensions());
     let (parts, mut body) = req.into_parts();
     let mut peeked = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, peek(&mut body))
         .await

@@ -36,7 +36,8 @@ use crate::{
 pub use cmdop_proto::headers::{
     PEER_CREDENTIAL as PEER_CREDENTIAL_HEADER, PEER_KEY as PEER_KEY_HEADER,
     PEER_SCOPE as PEER_SCOPE_HEADER, PEER_SECRET as PEER_SECRET_HEADER,
-    PEER_WORKSPACE as PEER_WORKSPACE_HEADER, PEER_WORKSPACE_NAME as PEER_WORKSPACE_NAME_HEADER,
+    PEER_SOURCE as PEER_SOURCE_HEADER, PEER_WORKSPACE as PEER_WORKSPACE_HEADER,
+    PEER_WORKSPACE_NAME as PEER_WORKSPACE_NAME_HEADER,
 };
 
 /// How long a replica's lease lasts without renewal.
@@ -196,6 +197,7 @@ impl Cluster {
             PEER_CREDENTIAL_HEADER,
             PEER_KEY_HEADER,
             PEER_SCOPE_HEADER,
+            PEER_SOURCE_HEADER,
             "authorization",
         ] {
             headers.remove(name);
@@ -221,6 +223,7 @@ impl Cluster {
         if let Some(scope) = caller.workspace.scope.to_header() {
             put(PEER_SCOPE_HEADER, &scope);
         }
+        put(PEER_SOURCE_HEADER, &caller.workspace.source);
         if let Some(key) = &caller.key_hash {
             put(PEER_KEY_HEADER, key);
         }

@@ -7,7 +7,7 @@ use tonic::{metadata::MetadataMap, Status};
 
 use super::{
     Cluster, PEER_CREDENTIAL_HEADER, PEER_KEY_HEADER, PEER_SCOPE_HEADER, PEER_SECRET_HEADER,
-    PEER_WORKSPACE_HEADER, PEER_WORKSPACE_NAME_HEADER,
+    PEER_SOURCE_HEADER, PEER_WORKSPACE_HEADER, PEER_WORKSPACE_NAME_HEADER,
 };
 use crate::{
     scope::Scope,
@@ -63,6 +63,7 @@ pub fn admit(cluster: &Cluster, meta: &MetadataMap) -> Result<Vouched, Status> {
             id: workspace_id.to_string(),
             name,
             scope,
+            source: text(PEER_SOURCE_HEADER).unwrap_or_default().to_string(),
         },
         credential,
         key_hash: text(PEER_KEY_HEADER).map(str::to_string),

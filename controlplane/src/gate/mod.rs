@@ -196,10 +196,14 @@ impl Gate {
             if let Some(until) = pass.expires_ms {
                 self.streams.expires_at(until);
             }
+            let mut workspace = pass.workspace;
+            workspace.source = crate::conns::remote_addr(&req.extensions)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             (
                 pass.credential,
                 pass.key_hash,
-                auth::Checked::Client(pass.workspace),
+                auth::Checked::Client(workspace),
             )
         };
         if let Some(conn) = &conn {

@@ -294,7 +294,8 @@ mod tests {
         Workspace {
             id: id.into(),
             name: id.into(),
-            scope: crate::scope::Scope::from_stored("k", None, machines).unwrap(),
+            scope: crate::scope::Scope::from_stored("k", "key k", None, machines).unwrap(),
+            source: String::new(),
         }
     }
 

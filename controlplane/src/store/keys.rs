@@ -47,12 +47,22 @@ pub struct KeyInfo {
 /// The columns [`scope_of`] reads, in its order, for a query over `api_keys k`.
 pub(super) const SCOPE_COLUMNS: &str = "k.label, k.prefix, k.allow_ops, k.machines";
 
-/// The scope stored on a key, from [`SCOPE_COLUMNS`] starting at column `at`.
-pub(super) fn scope_of(r: &Row, at: usize) -> anyhow::Result<Scope> {
+/// The scope stored on a key, from [`SCOPE_COLUMNS`] starting at column
+/// `at`; `family`: the token family the call came with, if any.
+pub(super) fn scope_of(r: &Row, at: usize, family: Option<&str>) -> anyhow::Result<Scope> {
     let (label, prefix) = (r.text(at)?, r.text(at + 1)?);
+    let mut actor = if label.is_empty() {
+        format!("key {prefix}")
+    } else {
+        format!("key {label} ({prefix})")
+    };
+    if let Some(family) = family {
+        actor.push_str(&format!(" via token family {family}"));
+    }
     let name = if label.is_empty() { prefix } else { label };
     Scope::from_stored(
         &name,
+        &actor,
         r.opt_text(at + 2)?.as_deref(),
         r.opt_text(at + 3)?.as_deref(),
     )
@@ -188,7 +198,8 @@ impl Store {
             Workspace {
                 id: r.text(0)?,
                 name: r.text(1)?,
-                scope: scope_of(&r, 3)?,
+                scope: scope_of(&r, 3, None)?,
+                source: String::new(),
             },
             expires,
         )))

@@ -18,7 +18,7 @@ use super::{
 };
 
 /// The schema version this build writes and understands.
-pub const LATEST: i64 = 4;
+pub const LATEST: i64 = 5;
 
 /// Brings the database to [`LATEST`]; run inside a write transaction.
 pub fn run(db: &mut dyn Exec) -> anyhow::Result<()> {
@@ -64,6 +64,7 @@ fn step(db: &mut dyn Exec, version: i64) -> anyhow::Result<()> {
         (2, _) => db.batch(CLUSTER_V2),
         (3, _) => db.batch(INVENTORY_V3),
         (4, _) => db.batch(KEY_SCOPES_V4),
+        (5, _) => db.batch(AUDIT_V5),
         _ => bail!("no migration to schema version {version}"),
     }
 }
@@ -213,4 +214,43 @@ ALTER TABLE api_keys ADD COLUMN allow_ops TEXT;
 ALTER TABLE api_keys ADD COLUMN machines TEXT;
 ALTER TABLE api_keys ADD COLUMN expires_ms BIGINT;
 ALTER TABLE api_keys ADD COLUMN last_used_ms BIGINT;
+";
+
+/// Version 5: the audit trail (records hash-chained per workspace, their
+/// outcomes, each chain's head and pruning anchor).
+const AUDIT_V5: &str = "
+CREATE TABLE IF NOT EXISTS audit_records (
+    id           BIGINT PRIMARY KEY,
+    seq          BIGINT NOT NULL,
+    workspace_id TEXT NOT NULL,
+    at_ms        BIGINT NOT NULL,
+    replica      TEXT NOT NULL,
+    actor        TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    machine_id   TEXT NOT NULL,
+    hostname     TEXT NOT NULL,
+    detail       TEXT NOT NULL,
+    prev_hash    TEXT NOT NULL,
+    hash         TEXT NOT NULL,
+    UNIQUE (workspace_id, seq)
+);
+CREATE INDEX IF NOT EXISTS audit_records_at ON audit_records(at_ms);
+CREATE TABLE IF NOT EXISTS audit_outcomes (
+    id          BIGINT PRIMARY KEY,
+    at_ms       BIGINT NOT NULL,
+    outcome     TEXT NOT NULL,
+    exit_code   BIGINT,
+    bytes_in    BIGINT NOT NULL,
+    bytes_out   BIGINT NOT NULL,
+    duration_ms BIGINT NOT NULL,
+    hash        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    workspace_id TEXT PRIMARY KEY,
+    seq          BIGINT NOT NULL,
+    hash         TEXT NOT NULL,
+    pruned_seq   BIGINT NOT NULL,
+    pruned_hash  TEXT NOT NULL
+);
 ";

@@ -16,6 +16,7 @@
 //!
 //! Schema changes are new steps in `migrations.rs`.
 
+mod audit;
 pub mod cluster;
 pub mod engine;
 mod inventory;
@@ -37,6 +38,7 @@ use std::{
 use anyhow::{bail, Context};
 use rusqlite::{Connection, TransactionBehavior};
 
+pub use audit::{AuditEntry, AuditFilter, AuditOutcome, AuditProblem, AuditRecord, AuditReport};
 pub use inventory::{Facts, InventoryRow, LabelSource, Labels};
 pub use keys::{KeyInfo, NewKey};
 pub use machines::{HostnameUpdate, DEFAULT_ENROLLMENT_TOKEN_TTL};
@@ -60,6 +62,10 @@ pub struct Workspace {
     pub id: String,
     pub name: String,
     pub scope: Scope,
+    /// Where the call came from (the client's address, as the gate saw it
+    /// or the forwarding replica vouched), for the audit trail; "" when
+    /// not a client's call.
+    pub source: String,
 }
 
 /// An enrolled machine.
@@ -307,6 +313,7 @@ impl Store {
             id: random_hex("ws_", 8),
             name: name.to_string(),
             scope: Scope::full(),
+            source: String::new(),
         };
         self.write(|db| {
             db.execute(
@@ -449,6 +456,7 @@ fn workspace(r: &Row) -> anyhow::Result<Workspace> {
         id: r.text(0)?,
         name: r.text(1)?,
         scope: Scope::full(),
+        source: String::new(),
     })
 }
 

@@ -111,7 +111,7 @@ impl Store {
         let row = self.read(|db| {
             db.query_opt(
                 &format!(
-                    "SELECT a.expires_ms, w.id, w.name, f.api_key_hash, k.expires_ms, {SCOPE_COLUMNS}
+                    "SELECT a.expires_ms, w.id, w.name, f.api_key_hash, k.expires_ms, {SCOPE_COLUMNS}, f.id
                      FROM access_tokens a
                      JOIN token_families f ON f.id = a.family_id
                      JOIN api_keys k ON k.hash = f.api_key_hash
@@ -138,7 +138,8 @@ impl Store {
                     AccessCheck::Valid(Workspace {
                         id: r.text(1)?,
                         name: r.text(2)?,
-                        scope: scope_of(&r, 5)?,
+                        scope: scope_of(&r, 5, Some(&r.text(9)?))?,
+                        source: String::new(),
                     }),
                     Some((until, r.text(3)?)),
                 )
