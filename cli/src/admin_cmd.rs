@@ -7,6 +7,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use cmdop_controlplane::store::{Store, Workspace};
 
+use crate::audit_cmd as audit;
+
 #[derive(Args)]
 pub struct AdminArgs {
     /// The control plane's data directory.
@@ -126,6 +128,9 @@ pub enum AdminCommand {
         #[arg(long)]
         workspace: String,
     },
+    /// The audit trail: who did what where, with what outcome (a table,
+    /// --json lines, --follow); `audit verify` checks its hash chains.
+    Audit(crate::audit_cmd::AuditArgs),
 }
 
 fn workspace(store: &Store, name: &str) -> anyhow::Result<Workspace> {
@@ -135,7 +140,7 @@ fn workspace(store: &Store, name: &str) -> anyhow::Result<Workspace> {
 }
 
 /// Parses a lifetime such as `90s`, `30m`, `24h` or `7d`.
-fn parse_ttl(text: &str) -> Result<Duration, String> {
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -163,7 +168,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     }
 }
 
-pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+pub fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
     let database =
         crate::secret_flags::resolve(&args.database, &args.database_url_file, "database-url-file")?;
     let store = match &database {
@@ -191,7 +196,16 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         } => {
             let ws = workspace(&store, &ws_name)?;
             let new = crate::keys_cmd::new_key(name, allow, machines, expires)?;
-            println!("{}", store.create_key(&ws.id, &new)?);
+            let detail = serde_json::json!({
+                "name": new.label,
+                "allow": new.allow.map(|a| a.to_string()),
+                "machines": new.machines,
+                "expires_unix_ms": new.expires_ms,
+            });
+            let key = audited(&store, &ws.id, "key.create", ("", ""), detail, || {
+                store.create_key(&ws.id, &new)
+            })?;
+            println!("{key}");
         }
         AdminCommand::Keys {
             workspace: ws_name,
@@ -207,12 +221,21 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 cmdop_controlplane::store::api_key_prefix(&key).len(),
                 "pass its first 12 characters instead",
             )?;
-            if !store.revoke_api_key(&key)? {
-                bail!(
+            let not_found = || {
+                anyhow::anyhow!(
                     "no unrevoked API key matches '{}…'; check the key (or its first 12 characters)",
                     cmdop_controlplane::store::api_key_prefix(&key)
-                );
-            }
+                )
+            };
+            let (ws_id, name, prefix) = store.key_owner(&key)?.ok_or_else(not_found)?;
+            let detail = serde_json::json!({ "name": name, "prefix": prefix });
+            audited(&store, &ws_id, "key.revoke", ("", ""), detail, || {
+                if store.revoke_api_key(&key)? {
+                    Ok(())
+                } else {
+                    Err(not_found())
+                }
+            })?;
             println!("revoked");
         }
         AdminCommand::EnrollToken {
@@ -220,7 +243,16 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             ttl,
         } => {
             let ws = workspace(&store, &name)?;
-            println!("{}", store.create_enrollment_token_for(&ws.id, ttl)?);
+            let detail = serde_json::json!({ "ttl_s": ttl.as_secs() });
+            let token = audited(
+                &store,
+                &ws.id,
+                "enroll_token.create",
+                ("", ""),
+                detail,
+                || store.create_enrollment_token_for(&ws.id, ttl),
+            )?;
+            println!("{token}");
         }
         AdminCommand::RevokeEnrollToken {
             token,
@@ -229,7 +261,15 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         } => match (token, name) {
             (_, Some(name)) if all => {
                 let ws = workspace(&store, &name)?;
-                let n = store.revoke_all_enrollment_tokens(&ws.id)?;
+                let detail = serde_json::json!({ "all": true });
+                let n = audited(
+                    &store,
+                    &ws.id,
+                    "enroll_token.revoke",
+                    ("", ""),
+                    detail,
+                    || store.revoke_all_enrollment_tokens(&ws.id),
+                )?;
                 println!("revoked {n}");
             }
             (Some(token), _) => {
@@ -250,7 +290,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             machine,
             set,
             remove,
-            workspace,
+            workspace: in_workspace,
         } => {
             let set = crate::labels::parse_assignments(&set, "label")?;
             for key in &remove {
@@ -262,13 +302,13 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             let found: Vec<_> = store
                 .find_machines(&machine)?
                 .into_iter()
-                .filter(|(_, _, ws)| workspace.as_ref().is_none_or(|w| w == ws))
+                .filter(|(_, _, ws)| in_workspace.as_ref().is_none_or(|w| w == ws))
                 .collect();
-            let machine_id = match found.as_slice() {
-                [(id, _, _)] => id.clone(),
+            let (machine_id, hostname, ws_name) = match found.as_slice() {
+                [(id, host, ws)] => (id.clone(), host.clone(), ws.clone()),
                 [] => bail!(
                     "no machine '{machine}'{}; `cmdop admin machines --workspace NAME` lists them",
-                    workspace.as_ref().map(|w| format!(" in workspace {w}")).unwrap_or_default()
+                    in_workspace.as_ref().map(|w| format!(" in workspace {w}")).unwrap_or_default()
                 ),
                 several => bail!(
                     "'{machine}' names {} machines: {}; pass the machine id (mach_…) or --workspace",
@@ -280,9 +320,14 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                         .join(", ")
                 ),
             };
-            let Some(now) = store.change_admin_labels(&machine_id, &set, &remove)? else {
-                bail!("machine {machine_id} was revoked meanwhile");
-            };
+            let ws = workspace(&store, &ws_name)?;
+            let detail = serde_json::json!({ "set": set, "remove": remove });
+            let machine = (machine_id.as_str(), hostname.as_str());
+            let now = audited(&store, &ws.id, "label.change", machine, detail, || {
+                store
+                    .change_admin_labels(&machine_id, &set, &remove)?
+                    .with_context(|| format!("machine {machine_id} was revoked meanwhile"))
+            })?;
             if now.is_empty() {
                 println!("{machine_id}: no admin labels");
             }
@@ -291,9 +336,30 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
         }
         AdminCommand::RevokeMachine { machine_id } => {
-            if !store.revoke_machine(&machine_id)? {
-                bail!("no enrolled machine has id '{machine_id}'; list them with `cmdop admin machines --workspace NAME`");
-            }
+            let not_found = || {
+                anyhow::anyhow!("no enrolled machine has id '{machine_id}'; list them with `cmdop admin machines --workspace NAME`")
+            };
+            let found = store.find_machines(&machine_id)?;
+            let (_, hostname, ws_name) = found
+                .iter()
+                .find(|(id, _, _)| *id == machine_id)
+                .ok_or_else(not_found)?;
+            let ws = workspace(&store, ws_name)?;
+            let machine = (machine_id.as_str(), hostname.as_str());
+            audited(
+                &store,
+                &ws.id,
+                "machine.revoke",
+                machine,
+                serde_json::json!({}),
+                || {
+                    if store.revoke_machine(&machine_id)? {
+                        Ok(())
+                    } else {
+                        Err(not_found())
+                    }
+                },
+            )?;
             println!("revoked");
         }
         AdminCommand::Machines { workspace: name } => {
@@ -302,6 +368,30 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 println!("{}\t{}\t{}", m.machine_id, m.hostname, m.last_seen_unix_ms);
             }
         }
+        AdminCommand::Audit(audit_args) => return audit::run(&store, audit_args),
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Runs admin action `f` on the record: the audit record is written first
+/// (no record, no action), its outcome after.
+fn audited<T>(
+    store: &Store,
+    workspace_id: &str,
+    action: &str,
+    machine: (&str, &str),
+    detail: serde_json::Value,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let record = audit::begin_admin(store, workspace_id, action, machine, detail)?;
+    let result = f();
+    audit::finish_admin(
+        store,
+        record,
+        &result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e:#}")),
+    );
+    result
 }

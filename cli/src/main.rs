@@ -4,6 +4,7 @@
 
 mod admin_cmd;
 mod agent_cmd;
+mod audit_cmd;
 mod client_cmd;
 mod connect;
 mod data_dir;
@@ -92,7 +93,7 @@ fn main() -> std::process::ExitCode {
     );
     let success = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Admin(args) => success(admin_cmd::run(args)),
+        Command::Admin(args) => admin_cmd::run(args),
         Command::AgentReaper(args) => {
             cmdop_agent::orphans::reap_when_closed(&args.dir);
             Ok(std::process::ExitCode::SUCCESS)

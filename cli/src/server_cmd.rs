@@ -55,6 +55,13 @@ pub struct ServerArgs {
     /// clients then run one Exec per machine themselves.
     #[arg(long)]
     pub no_server_fanout: bool,
+    /// When an action's audit record cannot be written: `closed` refuses
+    /// the action with UNAVAILABLE, `open` logs and lets it go on.
+    #[arg(long, value_enum, default_value = "closed", value_name = "closed|open")]
+    pub audit_failure: AuditFailureArg,
+    /// Keep no audit trail (to measure its cost; not for production).
+    #[arg(long)]
+    pub no_audit: bool,
     /// Seconds without any message from an agent before it is marked offline.
     #[arg(long, default_value_t = 75)]
     pub heartbeat_timeout_secs: u64,
@@ -170,6 +177,13 @@ impl ServerArgs {
             database,
             extensions: !self.no_extensions,
             server_fanout: !self.no_server_fanout,
+            audit: cmdop_controlplane::audit::AuditConfig {
+                enabled: !self.no_audit,
+                failure: match self.audit_failure {
+                    AuditFailureArg::Closed => cmdop_controlplane::audit::AuditFailure::Closed,
+                    AuditFailureArg::Open => cmdop_controlplane::audit::AuditFailure::Open,
+                },
+            },
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
                     cert: cert.clone(),
@@ -249,4 +263,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         crate::readiness::write_ready_file(path, &format!("{local}\n"))?;
     }
     cmdop_controlplane::serve_with_store(listener, config, store, crate::shutdown_signal()).await
+}
+
+/// `--audit-failure`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum AuditFailureArg {
+    Closed,
+    Open,
 }

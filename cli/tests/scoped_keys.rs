@@ -644,32 +644,6 @@ async fn token_of(addr: &str, key: &str) -> String {
         .access_token
 }
 
-/// Waits until replica `addr` has read the machines' admin labels into
-/// their sessions (a key limited to env=staging finds the staging
-/// machine's session).
-async fn wait_labels_read(addr: &str, key: &str, host: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut t = terminal(addr, Some(key)).await;
-    loop {
-        let found = t
-            .get_session_by_hostname(GetSessionByHostnameRequest {
-                hostname: host.into(),
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner().found)
-            .unwrap_or(false);
-        if found {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} did not apply the admin label of {host} within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_is_held_to_the_key_s_scope_directly_and_forwarded() {
     let w = world().await;

@@ -16,7 +16,7 @@ use crate::{
     auth, limits,
     sessions::{ExecLink, ExecUpdate, Session},
     state::SharedState,
-    store::{secrets, MachineRow},
+    store::{secrets, MachineRow, Workspace},
 };
 
 /// How long a Channel waits for its agent's ConnectTerminal session to be
@@ -71,6 +71,10 @@ impl AgentLink for AgentLinkService {
         &self,
         request: Request<EnrollRequest>,
     ) -> Result<Response<EnrollResponse>, Status> {
+        let source = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let req = request.into_inner();
         limits::check_len("hostname", req.hostname.len(), limits::MAX_HOSTNAME_BYTES)?;
         let invalid = || {
@@ -98,6 +102,19 @@ impl AgentLink for AgentLinkService {
             machine = %enrollment.machine_id, hostname = %req.hostname, workspace = %enrollment.workspace.name,
             "machine enrolled"
         );
+        let audit = &self.state.audit;
+        let mut entry = audit.entry(
+            &Workspace {
+                source,
+                ..enrollment.workspace.clone()
+            },
+            "machine.enroll",
+            &enrollment.machine_id,
+            &req.hostname,
+            serde_json::json!({}),
+        );
+        entry.actor = "enrollment token".into();
+        audit.note(entry);
         Ok(Response::new(EnrollResponse {
             machine_id: enrollment.machine_id,
             agent_secret: enrollment.agent_secret,

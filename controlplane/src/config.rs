@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// within this long are still admitted; zero turns that off (every
     /// authenticated call then fails with UNAVAILABLE during an outage).
     pub db_outage_grace: Duration,
+    /// The audit trail: on (the default) or off, and whether an action
+    /// whose record cannot be written is refused (the default) or goes on.
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// How this server joins a cluster of replicas sharing one database.
@@ -140,6 +143,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             cluster: None,
             db_outage_grace: Duration::from_secs(300),
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 }

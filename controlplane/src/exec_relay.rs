@@ -147,6 +147,27 @@ pub(crate) async fn start_exec(
         Some((_, raw::SideMode::Tls(pin))) => bytes::Bytes::copy_from_slice(pin),
         _ => bytes::Bytes::new(),
     };
+    // On the record before it reaches the agent (refused when it cannot be).
+    let mut env_names: Vec<&String> = req.env.keys().collect();
+    env_names.sort();
+    let detail = serde_json::json!({
+        "command": req.command,
+        "cwd": req.working_directory,
+        "env": env_names,
+        "stdin_bytes": req.stdin.len(),
+        "stdin_streamed": stdin_open,
+        "timeout_ms": req.timeout_ms,
+    });
+    let audit = state
+        .audit
+        .begin(state.audit.entry(
+            ws,
+            "exec",
+            &session.machine_id,
+            &session.info.hostname,
+            detail,
+        ))
+        .await?;
     let acks = stdin_open.then(|| link.watch_stdin(&exec_id));
     let accept_unknown_outcome = req.accept_unknown_outcome;
     let started = link
@@ -183,6 +204,7 @@ pub(crate) async fn start_exec(
     let opts = RelayOptions {
         started_sent,
         accept_unknown_outcome,
+        audit: Some(audit),
     };
     tokio::spawn(relay(
         session,
@@ -354,6 +376,8 @@ struct RelayOptions {
     started_sent: bool,
     /// The caller set `ExecRequest.accept_unknown_outcome`.
     accept_unknown_outcome: bool,
+    /// The exec's audit record, finished with what it came to.
+    audit: Option<crate::audit::Begun>,
 }
 
 /// Forwards one exec's events from the agent to the client, opening with
@@ -390,6 +414,17 @@ async fn relay(
     let exec_id_copy = exec_id.clone();
     let _stdin = ForgetStdin(&link, &exec_id_copy);
     let mut started_sent = opts.started_sent;
+    let mut audit = opts.audit;
+    let mut bytes_out: i64 = 0;
+    let mut finish = |outcome: crate::store::AuditOutcome| {
+        if let Some(record) = audit.take() {
+            record.finish(outcome);
+        }
+    };
+    let cancelled = || crate::store::AuditOutcome {
+        outcome: "cancelled: the caller went away; the command was stopped".into(),
+        ..Default::default()
+    };
     let mut credit = CreditTracker::new(link.exec_credit());
     let mut raw = RawProgress::default();
     loop {
@@ -398,6 +433,7 @@ async fn relay(
             _ = tx.closed() => {
                 tracing::info!(%exec_id, "exec client went away; cancelling");
                 link.cancel(&exec_id);
+                finish(cancelled());
                 return;
             }
         };
@@ -411,6 +447,7 @@ async fn relay(
             };
             if tx.send(Ok(started_event(&exec_id, pid))).await.is_err() {
                 link.cancel(&exec_id);
+                finish(cancelled());
                 return;
             }
             started_sent = true;
@@ -422,6 +459,7 @@ async fn relay(
             Some(ExecUpdate::Output { data, .. }) => Some(data.len()),
             _ => None,
         };
+        bytes_out += output_len.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
         let event = match update {
             // A repeated or unexpected `spawned` carries nothing new.
             Some(ExecUpdate::Spawned { .. }) => continue,
@@ -456,6 +494,11 @@ async fn relay(
                     raw_stdout_bytes = exit.raw_stdout_bytes,
                     "exec finished"
                 );
+                let raw = i64::try_from(exit.raw_stdout_bytes).unwrap_or(i64::MAX);
+                finish(crate::audit::exec_outcome(
+                    &exit,
+                    bytes_out.saturating_add(raw),
+                ));
                 let _ = tx
                     .send(Ok(ExecEvent {
                         event: Some(exec_event::Event::Exit(exit)),
@@ -466,6 +509,11 @@ async fn relay(
             None => {
                 let message = session.outcome_unknown_message();
                 tracing::warn!(%exec_id, session = %session.id, "agent link lost during exec; outcome unknown");
+                finish(crate::store::AuditOutcome {
+                    outcome: "outcome unknown (the agent's link was lost)".into(),
+                    bytes_out,
+                    ..Default::default()
+                });
                 let ending = if opts.accept_unknown_outcome {
                     Ok(ExecEvent {
                         event: Some(exec_event::Event::Exit(ExecExit {
@@ -489,6 +537,7 @@ async fn relay(
         };
         if tx.send(Ok(ExecEvent { event: Some(event) })).await.is_err() {
             link.cancel(&exec_id);
+            finish(cancelled());
             return;
         }
         if let Some(len) = output_len {

@@ -341,7 +341,18 @@ impl Cmdop for CmdopService {
                 "IssueToken needs an API key (cmdop_…), not a token",
             ));
         }
+        let ws = self.client(&request)?;
         let ttl = access_ttl(request.get_ref().access_ttl_seconds);
+        let audit = &self.state.audit;
+        let record = audit
+            .begin(audit.entry(
+                &ws,
+                "token.issue",
+                "",
+                "",
+                serde_json::json!({ "access_ttl_s": ttl.as_secs() }),
+            ))
+            .await?;
         let pair = crate::db::with_store(&self.state.store, move |store| {
             store.issue_tokens(&key, ttl)
         })
@@ -352,6 +363,10 @@ impl Cmdop for CmdopService {
                 "API key is invalid or revoked; create a new one with `cmdop admin create-key`",
             )
         })?;
+        record.finish(crate::store::AuditOutcome {
+            outcome: "ok".into(),
+            ..Default::default()
+        });
         Ok(Response::new(token_pair(pair)))
     }
 

@@ -19,7 +19,12 @@ use cmdop_proto::terminal::{
 };
 use tonic::Status;
 
-use crate::{limits, state::State, store::Workspace};
+use crate::{
+    limits,
+    state::State,
+    store::{AuditOutcome, Workspace},
+};
+use file_operation_result as fres;
 
 use cmdop_proto::headers::FILE_ERROR as FILE_ERROR_HEADER;
 
@@ -64,6 +69,17 @@ pub async fn run(
         .sessions
         .get(ws, session_id)
         .ok_or_else(|| Status::not_found(format!("session '{session_id}' not found")))?;
+    let (action, detail, bytes_in) = audit_of(&op);
+    let record = state
+        .audit
+        .begin(state.audit.entry(
+            ws,
+            action,
+            &session.machine_id,
+            &session.info.hostname,
+            detail,
+        ))
+        .await?;
     let request_id = uuid::Uuid::new_v4().to_string();
     let answer = session.expect_file_result(&request_id)?;
     let request = FileOperationRequest {
@@ -91,7 +107,62 @@ pub async fn run(
         _ = session.closed() => Err(session.disconnected_status()),
     };
     session.forget_file_op(&request_id);
+    record.finish(match &outcome {
+        Ok(result) if result.success => AuditOutcome {
+            outcome: "ok".into(),
+            bytes_in,
+            bytes_out: match &result.result {
+                Some(fres::Result::ReadFile(r)) => i64::try_from(r.content.len()).unwrap_or(0),
+                _ => 0,
+            },
+            ..AuditOutcome::default()
+        },
+        Ok(result) => AuditOutcome {
+            outcome: format!("failed: {} {}", result.error_code, result.error_message),
+            ..AuditOutcome::default()
+        },
+        Err(status) => AuditOutcome {
+            outcome: format!("failed: {}", status.message()),
+            ..AuditOutcome::default()
+        },
+    });
     outcome
+}
+
+/// A file operation's audit action, details (paths, sizes; never
+/// contents) and bytes sent to the machine.
+fn audit_of(op: &Operation) -> (&'static str, serde_json::Value, i64) {
+    use serde_json::json;
+    match op {
+        Operation::ListDirectory(r) => ("file.list", json!({ "path": r.path }), 0),
+        Operation::ReadFile(r) => (
+            "file.read",
+            json!({ "path": r.path, "offset": r.offset, "length": r.length }),
+            0,
+        ),
+        Operation::WriteFile(r) => (
+            "file.write",
+            json!({ "path": r.path, "bytes": r.content.len(), "overwrite": r.overwrite }),
+            i64::try_from(r.content.len()).unwrap_or(0),
+        ),
+        Operation::CreateDirectory(r) => ("file.mkdir", json!({ "path": r.path }), 0),
+        Operation::DeleteFile(r) => (
+            "file.delete",
+            json!({ "path": r.path, "recursive": r.recursive }),
+            0,
+        ),
+        Operation::MoveFile(r) => (
+            "file.move",
+            json!({ "from": r.source_path, "to": r.destination_path }),
+            0,
+        ),
+        Operation::CopyFile(r) => (
+            "file.copy",
+            json!({ "from": r.source_path, "to": r.destination_path, "recursive": r.recursive }),
+            0,
+        ),
+        Operation::GetInfo(r) => ("file.info", json!({ "path": r.path }), 0),
+    }
 }
 
 /// The error of a File* call with no session id on a connection that has

@@ -7,6 +7,7 @@
 //! sessions in memory. [`serve`] runs it on a listener you bind.
 
 mod agent_link;
+pub mod audit;
 mod auth;
 pub mod cluster;
 mod config;
@@ -124,8 +125,9 @@ pub async fn serve_with_store(
         }
         None => (None, None),
     };
+    let store = Arc::new(store);
     let state = Arc::new(state::State {
-        store: Arc::new(store),
+        store: Arc::clone(&store),
         sessions: sessions::Registry::new(config.output_buffer_bytes),
         config: config.clone(),
         side_connections: side_connections.clone(),
@@ -134,6 +136,14 @@ pub async fn serve_with_store(
         cluster: cluster.clone(),
         remembered: remembered::Remembered::new(config.db_outage_grace),
         key_uses: key_use::KeyUses::default(),
+        audit: audit::Trail::start(
+            Arc::clone(&store),
+            config.audit,
+            config
+                .cluster
+                .as_ref()
+                .map_or_else(|| "server".to_string(), |c| c.replica_id.clone()),
+        ),
     });
     if let Some(c) = &cluster {
         let (st, cl) = (state.clone(), c.clone());

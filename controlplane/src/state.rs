@@ -30,6 +30,8 @@ pub struct State {
     pub remembered: Remembered,
     /// Keys used since the revocation watch last wrote their last use.
     pub key_uses: crate::key_use::KeyUses,
+    /// The audit trail's writer ([`crate::audit`]).
+    pub audit: Arc<crate::audit::Trail>,
 }
 
 /// The handle services hold.

@@ -740,3 +740,29 @@ pub async fn fleet_events(
         .collect();
     (all, ended)
 }
+
+/// Waits until replica `addr` has read the machines' admin labels into
+/// their sessions (a key limited to env=staging finds the staging
+/// machine's session).
+pub async fn wait_labels_read(addr: &str, key: &str, host: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut t = terminal(addr, Some(key)).await;
+    loop {
+        let found = t
+            .get_session_by_hostname(cmdop_proto::terminal::GetSessionByHostnameRequest {
+                hostname: host.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().found)
+            .unwrap_or(false);
+        if found {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not apply the admin label of {host} within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -187,8 +187,25 @@ impl Gate {
                 Need::AgentOrClient => Some(Operation::Shell),
                 _ => route.op,
             };
+            let source = crate::conns::remote_addr(&req.extensions)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             if let Some(op) = op {
-                pass.workspace.scope.check(op)?;
+                if let Err(refused) = pass.workspace.scope.check(op) {
+                    // Refused calls are on the record too (without a wait:
+                    // nothing proceeds).
+                    let ws = crate::store::Workspace {
+                        source,
+                        ..pass.workspace
+                    };
+                    let detail = serde_json::json!({
+                        "method": req.uri.path(),
+                        "missing": op.name(),
+                    });
+                    let audit = &self.state.audit;
+                    audit.note(audit.entry(&ws, "denied", "", "", detail));
+                    return Err(refused);
+                }
             }
             if let Some(key) = &pass.key_hash {
                 self.state.key_uses.note(key);
@@ -197,9 +214,7 @@ impl Gate {
                 self.streams.expires_at(until);
             }
             let mut workspace = pass.workspace;
-            workspace.source = crate::conns::remote_addr(&req.extensions)
-                .map(|a| a.to_string())
-                .unwrap_or_default();
+            workspace.source = source;
             (
                 pass.credential,
                 pass.key_hash,

@@ -263,8 +263,10 @@ impl Store {
         })
     }
 
-    /// Records matching `filter`, oldest first.
-    pub fn audit_records(&self, filter: &AuditFilter) -> anyhow::Result<Vec<AuditRecord>> {
+    /// Records matching `filter`, oldest first, and the id of the newest
+    /// record looked at (matching or not; `filter.after_id` when none), for
+    /// following the trail with `after_id`.
+    pub fn audit_records(&self, filter: &AuditFilter) -> anyhow::Result<(Vec<AuditRecord>, i64)> {
         let limit = if filter.limit == 0 {
             1000
         } else {
@@ -287,8 +289,10 @@ impl Store {
             )
         })?;
         let mut out = Vec::new();
+        let mut scanned_to = filter.after_id;
         for r in &rows {
             let rec = stored(r)?.record;
+            scanned_to = scanned_to.max(rec.id);
             let e = &rec.entry;
             if let Some(m) = &filter.machine {
                 if e.machine_id != *m && !e.hostname.eq_ignore_ascii_case(m) {
@@ -312,7 +316,7 @@ impl Store {
             }
             out.push(rec);
         }
-        Ok(out)
+        Ok((out, scanned_to))
     }
 
     /// Walks every workspace's chain (or one's) and reports the first

@@ -205,6 +205,25 @@ impl Store {
         )))
     }
 
+    /// The workspace, name and listed prefix of the unrevoked key given in
+    /// full or by its listed prefix (as [`Store::revoke_api_key`] takes it).
+    pub fn key_owner(
+        &self,
+        key_or_prefix: &str,
+    ) -> anyhow::Result<Option<(String, String, String)>> {
+        let key_or_prefix = key_or_prefix.trim();
+        self.read(|db| {
+            db.query_opt(
+                "SELECT workspace_id, label, prefix FROM api_keys
+                 WHERE (hash = $1 OR prefix = $2) AND revoked_ms IS NULL
+                 ORDER BY created_ms LIMIT 1",
+                args![hash(key_or_prefix), key_or_prefix],
+            )?
+            .map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)))
+            .transpose()
+        })
+    }
+
     /// Every key of a workspace, revoked ones included, oldest first.
     pub fn list_keys(&self, workspace_id: &str) -> anyhow::Result<Vec<KeyInfo>> {
         let rows = self.read(|db| {

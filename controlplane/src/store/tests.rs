@@ -158,12 +158,13 @@ fn the_audit_chain_finds_edits_removals_and_reorders(s: &Store) {
     .unwrap();
     let ok = s.verify_audit(None).unwrap();
     assert_eq!((ok.records, ok.workspaces, ok.problem), (6, 2, None));
-    let found = s
+    let (found, scanned_to) = s
         .audit_records(&AuditFilter {
             workspace_id: Some("ws_a".into()),
             ..AuditFilter::default()
         })
         .unwrap();
+    assert_eq!(scanned_to, ids[4]);
     assert_eq!(found.len(), 3);
     assert_eq!(found[0].outcome.as_ref().unwrap().exit_code, Some(0));
     let sql = |q: &str| s.write(|db| db.execute(q, &[])).unwrap();

@@ -18,7 +18,7 @@ use super::ControlStream;
 use crate::{limits, sessions::Session, state::SharedState, store::Workspace};
 
 /// Subscribes the stream to `first.session_id` of the caller's workspace.
-pub fn start(
+pub async fn start(
     state: SharedState,
     workspace: Workspace,
     first: AgentMessage,
@@ -31,6 +31,17 @@ pub fn start(
     if !session.is_live() {
         return Err(session.offline_status());
     }
+    // Opening the shell is on the record first; its close is the outcome.
+    let record = state
+        .audit
+        .begin(state.audit.entry(
+            &workspace,
+            "shell.attach",
+            &session.machine_id,
+            &session.info.hostname,
+            serde_json::json!({ "session_id": session.id }),
+        ))
+        .await?;
     let (tx, rx) = mpsc::channel(limits::ATTACH_QUEUE);
     let start = ControlMessage {
         payload: Some(control_message::Payload::StartSession(
@@ -53,11 +64,25 @@ pub fn start(
     // agent goes away.
     let subscriber = session.subscribe(tx)?;
     tracing::info!(session = %session.id, subscriber, "attach client subscribed");
-    tokio::spawn(pump(session, subscriber, inbound));
+    tokio::spawn(async move {
+        let typed = pump(session, subscriber, inbound).await;
+        record.finish(crate::store::AuditOutcome {
+            outcome: "detached".into(),
+            bytes_in: i64::try_from(typed).unwrap_or(i64::MAX),
+            ..Default::default()
+        });
+    });
     Ok(Box::pin(ReceiverStream::new(rx).map(|item| *item)))
 }
 
-async fn pump(session: Arc<Session>, subscriber: u64, mut inbound: Streaming<AgentMessage>) {
+/// Moves the client's keystrokes to the agent until it detaches; returns
+/// how many bytes it typed.
+async fn pump(
+    session: Arc<Session>,
+    subscriber: u64,
+    mut inbound: Streaming<AgentMessage>,
+) -> usize {
+    let mut typed = 0usize;
     loop {
         let next = tokio::select! {
             next = inbound.message() => next,
@@ -74,6 +99,7 @@ async fn pump(session: Arc<Session>, subscriber: u64, mut inbound: Streaming<Age
                     continue;
                 }
                 session.record_input(&out.data);
+                typed += out.data.len();
                 let input = control_message::Payload::Input(TerminalInput {
                     data: out.data,
                     sequence: out.sequence,
@@ -93,6 +119,7 @@ async fn pump(session: Arc<Session>, subscriber: u64, mut inbound: Streaming<Age
     }
     session.unsubscribe(subscriber);
     tracing::info!(session = %session.id, subscriber, "attach client detached");
+    typed
 }
 
 /// What an attach client asked for in `status.reason`.

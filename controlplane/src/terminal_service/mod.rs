@@ -182,7 +182,7 @@ impl TerminalStreamingService for TerminalService {
         let stream = match (agent, workspace) {
             (Some(machine), _) => agent_stream::start(self.state.clone(), machine, first, register, inbound)?,
             (None, Some(ws)) if register.version.contains("attach") => {
-                attach::start(self.state.clone(), ws, first, inbound)?
+                attach::start(self.state.clone(), ws, first, inbound).await?
             }
             (None, _) => {
                 return Err(Status::permission_denied(

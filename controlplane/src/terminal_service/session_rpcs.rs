@@ -362,6 +362,24 @@ pub async fn send_input(
     req: SendInputRequest,
 ) -> Result<SendInputResponse, Status> {
     limits::check_len("data", req.data.len(), limits::MAX_INPUT_BYTES)?;
+    let req_len = req.data.len();
+    // Typed input is how the official SDKs run commands: on the record
+    // before it reaches the shell.
+    let record = match find_live(state, ws, &req.session_id) {
+        Ok(s) => Some(
+            state
+                .audit
+                .begin(state.audit.entry(
+                    ws,
+                    "shell.input",
+                    &s.machine_id,
+                    &s.info.hostname,
+                    serde_json::json!({ "input": String::from_utf8_lossy(&req.data) }),
+                ))
+                .await?,
+        ),
+        Err(_) => None,
+    };
     let result = async {
         let s = find_live(state, ws, &req.session_id)?;
         s.record_input(&req.data);
@@ -373,6 +391,16 @@ pub async fn send_input(
         .map_err(|e| e.message().to_string())
     }
     .await;
+    if let Some(record) = record {
+        record.finish(crate::store::AuditOutcome {
+            outcome: match &result {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("failed: {e}"),
+            },
+            bytes_in: i64::try_from(req_len).unwrap_or(0),
+            ..Default::default()
+        });
+    }
     Ok(match result {
         Ok(()) => SendInputResponse {
             success: true,

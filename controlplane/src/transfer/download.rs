@@ -12,7 +12,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{Target, Transfer, DOWNLOAD_CLIENT_QUEUE, TRANSFER_IDLE_TIMEOUT};
-use crate::{state::State, store::Workspace};
+use crate::{
+    state::State,
+    store::{AuditOutcome, Workspace},
+};
 
 /// Response stream of Download.
 pub type DownloadStream =
@@ -29,6 +32,21 @@ pub async fn download(
     req: DownloadRequest,
 ) -> Result<DownloadStream, Status> {
     let target = Target::resolve(state, ws, &req.machine_id, &req.session_id, &req.path)?;
+    let record = state
+        .audit
+        .begin(state.audit.entry(
+            ws,
+            "transfer.download",
+            &target.session.machine_id,
+            &target.session.info.hostname,
+            serde_json::json!({
+                "path": req.path,
+                "direction": "from machine",
+                "offset": req.offset,
+                "length": req.length,
+            }),
+        ))
+        .await?;
     let mut xfer = Transfer::open(target)?;
     tracing::info!(transfer = %xfer.id, path = %req.path, "download started");
     xfer.send(Op::Download(DownloadRequest {
@@ -38,14 +56,22 @@ pub async fn download(
         ..Default::default()
     }))
     .await?;
+    let failed = |record: crate::audit::Begun, status: Status| {
+        record.finish(AuditOutcome {
+            outcome: format!("failed: {}", status.message()),
+            ..AuditOutcome::default()
+        });
+        Err(status)
+    };
     let start = match tokio::time::timeout(TRANSFER_IDLE_TIMEOUT, xfer.next_event()).await {
-        Err(_) => return Err(xfer.stalled()),
-        Ok(Err(status)) => return Err(status),
+        Err(_) => return failed(record, xfer.stalled()),
+        Ok(Err(status)) => return failed(record, status),
         Ok(Ok(Event::Start(start))) => start,
         Ok(Ok(_)) => {
-            return Err(Status::internal(
-                "the agent answered the download out of order; update the agent",
-            ))
+            return failed(
+                record,
+                Status::internal("the agent answered the download out of order; update the agent"),
+            )
         }
     };
     let total = start.total_size;
@@ -54,18 +80,27 @@ pub async fn download(
     let _ = tx.try_send(Ok(DownloadChunk {
         part: Some(Part::Start(start)),
     }));
-    tokio::spawn(relay(xfer, total, tx));
+    tokio::spawn(async move {
+        let (outcome, delivered) = relay(xfer, total, tx).await;
+        record.finish(AuditOutcome {
+            outcome,
+            bytes_out: i64::try_from(delivered).unwrap_or(i64::MAX),
+            ..AuditOutcome::default()
+        });
+    });
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
 /// Forwards data until the agent says `end` with exactly `total` bytes
 /// delivered. A client that goes away aborts the transfer (by dropping it).
-async fn relay(mut xfer: Transfer, total: u64, tx: ClientSender) {
+/// Returns what it came to and the bytes delivered.
+async fn relay(mut xfer: Transfer, total: u64, tx: ClientSender) -> (String, u64) {
+    const GONE: &str = "cancelled: the caller went away";
     let mut delivered = 0u64;
     let result = loop {
         let event = tokio::select! {
             event = tokio::time::timeout(TRANSFER_IDLE_TIMEOUT, xfer.next_event()) => event,
-            _ = tx.closed() => return,
+            _ = tx.closed() => return (GONE.into(), delivered),
         };
         let event = match event {
             Err(_) => break Err(xfer.stalled()),
@@ -82,7 +117,7 @@ async fn relay(mut xfer: Transfer, total: u64, tx: ClientSender) {
                     part: Some(Part::Data(data)),
                 };
                 if tx.send(Ok(chunk)).await.is_err() {
-                    return;
+                    return (GONE.into(), delivered);
                 }
                 if let Err(status) = xfer.send(Op::Credit(delivered)).await {
                     break Err(status);
@@ -101,9 +136,14 @@ async fn relay(mut xfer: Transfer, total: u64, tx: ClientSender) {
             }
         }
     };
-    if let Err(status) = result {
-        tracing::info!(transfer = %xfer.id, %status, "download failed");
-        let _ = tx.send(Err(status)).await;
+    match result {
+        Ok(()) => ("ok".into(), delivered),
+        Err(status) => {
+            tracing::info!(transfer = %xfer.id, %status, "download failed");
+            let outcome = format!("failed: {}", status.message());
+            let _ = tx.send(Err(status)).await;
+            (outcome, delivered)
+        }
     }
 }
 

@@ -11,7 +11,11 @@ use super::{
     Target, Transfer, MAX_CHUNK_BYTES, MAX_UPLOAD_BYTES, TRANSFER_IDLE_TIMEOUT,
     UPLOAD_WINDOW_BYTES, UPLOAD_WINDOW_CHUNKS,
 };
-use crate::{limits, state::State, store::Workspace};
+use crate::{
+    limits,
+    state::State,
+    store::{AuditOutcome, Workspace},
+};
 
 /// What the relay loop saw next.
 enum Step {
@@ -39,8 +43,44 @@ pub async fn upload(
         }
     };
     validate(&start)?;
-    let total = start.total_size;
     let target = Target::resolve(state, ws, &start.machine_id, &start.session_id, &start.path)?;
+    let record = state
+        .audit
+        .begin(state.audit.entry(
+            ws,
+            "transfer.upload",
+            &target.session.machine_id,
+            &target.session.info.hostname,
+            serde_json::json!({
+                "path": start.path,
+                "direction": "to machine",
+                "declared_bytes": start.total_size,
+                "overwrite": start.overwrite,
+            }),
+        ))
+        .await?;
+    let result = run(target, start, chunks).await;
+    record.finish(match &result {
+        Ok(r) => AuditOutcome {
+            outcome: "ok".into(),
+            bytes_in: i64::try_from(r.bytes_written).unwrap_or(i64::MAX),
+            ..AuditOutcome::default()
+        },
+        Err(status) => AuditOutcome {
+            outcome: format!("failed: {}", status.message()),
+            ..AuditOutcome::default()
+        },
+    });
+    result
+}
+
+/// Moves an upload's data from its call to the agent until committed.
+async fn run(
+    target: Target,
+    start: UploadStart,
+    mut chunks: Streaming<UploadChunk>,
+) -> Result<UploadResult, Status> {
+    let total = start.total_size;
     let hostname = target.session.info.hostname.clone();
     let mut xfer = Transfer::open(target)?;
     tracing::info!(transfer = %xfer.id, path = %start.path, ?total, "upload started");

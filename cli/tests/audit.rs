@@ -1,0 +1,365 @@
+//! The audit trail against a real server, agents and the `cmdop` CLI:
+//! every action leaves exactly one record with the right fields, no
+//! secret reaches it, `cmdop admin audit verify` catches a record edited
+//! in the database, and with the store refusing writes actions are refused
+//! (`--audit-failure closed`) or go on (`open`).
+
+mod common;
+
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use cmdop_proto::{
+    ext::IssueTokenRequest,
+    terminal::{
+        agent_message, AgentMessage, FileReadRpcRequest, RegisterRequest, SendInputRequest,
+    },
+};
+use common::*;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+
+fn cli(addr: &str, key: &str, args: &[&str]) -> Output {
+    Command::new(cmdop_bin())
+        .args(args)
+        .env("CMDOP_SERVER", format!("http://{addr}"))
+        .env("CMDOP_API_KEY", key)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cmdop")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Every record, as `cmdop admin audit --json` prints them.
+fn records(dir: &Path) -> Vec<Value> {
+    admin(dir, &["audit", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+fn of<'a>(all: &'a [Value], action: &str) -> Vec<&'a Value> {
+    all.iter().filter(|r| r["action"] == action).collect()
+}
+
+/// A server, workspace alpha and one connected agent labelled env=staging.
+async fn setup(extra: &[&str]) -> (tempfile::TempDir, Server, Workspace, Proc, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_server(dir.path(), "127.0.0.1:0", extra);
+    let ws = create_workspace(dir.path(), "alpha");
+    let host = unique("audit");
+    let token = enroll_token(dir.path(), "alpha");
+    let agent = start_agent(
+        &server.addr,
+        Some(&token),
+        &dir.path().join("agent.json"),
+        &host,
+        &["--heartbeat-secs", "1"],
+    );
+    let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
+    let session = wait_connected(&mut t, &host).await;
+    let mut e = ext(&server.addr, Some(&ws.api_key)).await;
+    wait_native_exec(&mut e, &host).await;
+    admin(dir.path(), &["label", &host, "env=staging"]);
+    (dir, server, ws, agent, host, session)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_action_leaves_one_record_and_no_secret() {
+    let (dir, server, ws, _agent, host, session) = setup(&[]).await;
+    let addr = &server.addr;
+    let key = admin(
+        dir.path(),
+        &[
+            "create-key",
+            "--workspace",
+            "alpha",
+            "--name",
+            "ci-deploy",
+            "--allow",
+            "exec",
+            "--machines",
+            "env=staging",
+        ],
+    );
+    wait_labels_read(addr, &key, &host).await;
+
+    // exec, with its command, cwd, env names and exit code.
+    let out = cli(
+        addr,
+        &key,
+        &[
+            "exec",
+            "-H",
+            &host,
+            "--env",
+            "SECRET_TOKEN=hunter2",
+            "--cwd",
+            "/tmp",
+            "echo audited; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // Refused: reading a file with an exec-only key.
+    let refused = cli(
+        addr,
+        &key,
+        &[
+            "cp",
+            &format!("{host}:/etc/hostname"),
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success());
+    // Files both ways with the workspace's full key.
+    let local = dir.path().join("up.txt");
+    std::fs::write(&local, b"twelve bytes").unwrap();
+    let remote = dir.path().join("remote.txt");
+    let up = cli(
+        addr,
+        &ws.api_key,
+        &[
+            "cp",
+            local.to_str().unwrap(),
+            &format!("{host}:{}", remote.display()),
+        ],
+    );
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    let back = dir.path().join("back.txt");
+    let down = cli(
+        addr,
+        &ws.api_key,
+        &[
+            "cp",
+            &format!("{host}:{}", remote.display()),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    // The official protocol: a file read, typed input, an attach.
+    let mut t = terminal(addr, Some(&ws.api_key)).await;
+    let read = t
+        .file_read(FileReadRpcRequest {
+            session_id: session.clone(),
+            path: remote.to_str().unwrap().into(),
+            ..Default::default()
+        })
+        .await
+        .expect("FileRead")
+        .into_inner();
+    assert!(read.success);
+    t.send_input(SendInputRequest {
+        session_id: session.clone(),
+        data: b"echo typed-in\n".to_vec().into(),
+    })
+    .await
+    .expect("SendInput");
+    let (tx, rx) = mpsc::channel::<AgentMessage>(2);
+    tx.send(AgentMessage {
+        session_id: session.clone(),
+        payload: Some(agent_message::Payload::Register(RegisterRequest {
+            version: "audit-test-attach".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut attach = t
+        .connect_terminal(ReceiverStream::new(rx))
+        .await
+        .expect("attach")
+        .into_inner();
+    attach
+        .message()
+        .await
+        .expect("attach opens")
+        .expect("first");
+    drop(tx);
+    drop(attach);
+    let token = ext(addr, Some(&key))
+        .await
+        .issue_token(IssueTokenRequest::default())
+        .await
+        .expect("IssueToken")
+        .into_inner();
+    admin(dir.path(), &["label", &host, "tier=web"]);
+    let prefix: String = key.chars().take(12).collect();
+    admin(dir.path(), &["revoke-key", &prefix]);
+
+    // The outcomes of the streams that ended are written shortly after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let all = loop {
+        let all = records(dir.path());
+        let attach_done = of(&all, "shell.attach")
+            .first()
+            .is_some_and(|r| !r["outcome"].is_null());
+        if attach_done || std::time::Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let execs = of(&all, "exec");
+    assert_eq!(execs.len(), 1, "{execs:#?}");
+    let exec = execs[0];
+    assert_eq!(exec["detail"]["command"], "echo audited; exit 3");
+    assert_eq!(exec["detail"]["cwd"], "/tmp");
+    assert_eq!(exec["detail"]["env"], serde_json::json!(["SECRET_TOKEN"]));
+    assert_eq!(exec["hostname"], host.as_str());
+    assert!(exec["machine_id"].as_str().unwrap().starts_with("mach_"));
+    assert!(
+        exec["actor"].as_str().unwrap().contains("ci-deploy"),
+        "{exec}"
+    );
+    assert!(
+        exec["actor"].as_str().unwrap().contains(&prefix[..12]),
+        "{exec}"
+    );
+    assert!(
+        exec["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{exec}"
+    );
+    assert_eq!(exec["outcome"]["exit_code"], 3);
+    assert_eq!(exec["outcome"]["outcome"], "exit 3");
+    assert_eq!(exec["outcome"]["bytes_out"], 8);
+
+    let denied = of(&all, "denied");
+    assert_eq!(denied.len(), 1, "{denied:#?}");
+    assert_eq!(denied[0]["detail"]["missing"], "files:read");
+
+    let ups = of(&all, "transfer.upload");
+    assert_eq!(ups.len(), 1, "{ups:#?}");
+    assert_eq!(ups[0]["detail"]["path"], remote.to_str().unwrap());
+    assert_eq!(ups[0]["outcome"]["bytes_in"], 12);
+    let downs = of(&all, "transfer.download");
+    assert_eq!(downs.len(), 1, "{downs:#?}");
+    assert_eq!(downs[0]["outcome"]["bytes_out"], 12);
+    let reads = of(&all, "file.read");
+    assert_eq!(reads.len(), 1, "{reads:#?}");
+    assert_eq!(reads[0]["outcome"]["bytes_out"], 12);
+    let typed = of(&all, "shell.input");
+    assert_eq!(typed.len(), 1, "{typed:#?}");
+    assert_eq!(typed[0]["detail"]["input"], "echo typed-in\n");
+    let attaches = of(&all, "shell.attach");
+    assert_eq!(attaches.len(), 1, "{attaches:#?}");
+    assert_eq!(attaches[0]["outcome"]["outcome"], "detached");
+    let tokens = of(&all, "token.issue");
+    assert_eq!(tokens.len(), 1, "{tokens:#?}");
+    assert_eq!(of(&all, "machine.enroll").len(), 1);
+    // The workspace's first key and ci-deploy.
+    let created = of(&all, "key.create");
+    assert_eq!(created.len(), 2, "{created:#?}");
+    assert_eq!(created[1]["detail"]["allow"], "exec");
+    assert!(created[1]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("admin CLI"));
+    assert_eq!(of(&all, "key.revoke").len(), 1);
+    assert_eq!(of(&all, "label.change").len(), 2);
+    assert_eq!(of(&all, "label.change")[1]["detail"]["set"]["tier"], "web");
+
+    // No secret anywhere: not in the records, not in the database file.
+    let printed = admin(dir.path(), &["audit", "--json"]);
+    let mut db = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("cmdop.db") {
+            db.extend(std::fs::read(entry.path()).unwrap());
+        }
+    }
+    for secret in [
+        key.as_str(),
+        ws.api_key.as_str(),
+        token.access_token.as_str(),
+        token.refresh_token.as_str(),
+        "hunter2",
+    ] {
+        assert!(!printed.contains(secret), "a secret is in the audit output");
+        assert!(
+            !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a secret is in the database"
+        );
+    }
+
+    // Filters and the table.
+    let table = admin(
+        dir.path(),
+        &["audit", "--action", "exec", "--key", "ci-deploy"],
+    );
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(lines[0].starts_with("ID"), "{table}");
+    assert!(lines[1].contains("echo audited; exit 3") && lines[1].contains("exit 3"));
+    let on_host = admin(
+        dir.path(),
+        &["audit", "--machine", &host, "--json", "--since", "1h"],
+    );
+    assert!(on_host.lines().count() >= 8, "{on_host}");
+
+    // Verify, then edit one record by hand.
+    let ok = admin(dir.path(), &["audit", "verify"]);
+    assert!(ok.starts_with("audit trail intact"), "{ok}");
+    let conn = rusqlite::Connection::open(dir.path().join("cmdop.db")).unwrap();
+    let id: i64 = exec["id"].as_i64().unwrap();
+    conn.execute(
+        "UPDATE audit_records SET detail = replace(detail, 'exit 3', 'exit 0') WHERE id = ?1",
+        [id],
+    )
+    .unwrap();
+    let out = Command::new(cmdop_bin())
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(&format!("record {id} was changed")),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Holds SQLite's write lock (an exclusive transaction) until dropped.
+fn lock_database(dir: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.join("cmdop.db")).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_trail_refuses_actions_unless_told_to_go_on() {
+    let (dir, server, ws, _agent, host, _) = setup(&[]).await;
+    let lock = lock_database(dir.path());
+    let out = cli(
+        &server.addr,
+        &ws.api_key,
+        &["exec", "-H", &host, "echo ran"],
+    );
+    drop(lock);
+    assert!(!out.status.success(), "ran without a record");
+    assert!(!text(&out.stdout).contains("ran"));
+    assert!(
+        text(&out.stderr).contains("audit trail"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let (dir, server, ws, _agent, host, _) = setup(&["--audit-failure", "open"]).await;
+    let lock = lock_database(dir.path());
+    let out = cli(
+        &server.addr,
+        &ws.api_key,
+        &["exec", "-H", &host, "echo ran"],
+    );
+    drop(lock);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ran\n");
+}
