@@ -32,20 +32,17 @@ const MIB: usize = 1024 * 1024;
 const PEER_SECRET: &str = "cluster-test-peer-secret-0123456789";
 
 /// Starts replica `id` on the cluster's database; `dir` holds its ready file.
-fn start_replica(url: &str, dir: &Path, id: &str) -> Server {
-    server_pg_env(
-        url,
-        &[("CMDOP_PEER_SECRET", PEER_SECRET)],
-        dir,
-        &[
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--replica-id",
-            id,
-            "--keepalive-secs",
-            "2",
-        ],
-    )
+fn start_replica(url: &str, dir: &Path, id: &str, extra: &[&str]) -> Server {
+    let mut flags = vec![
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--replica-id",
+        id,
+        "--keepalive-secs",
+        "2",
+    ];
+    flags.extend_from_slice(extra);
+    server_pg_env(url, &[("CMDOP_PEER_SECRET", PEER_SECRET)], dir, &flags)
 }
 
 /// One number or text the database answers to `sql`.
@@ -95,12 +92,17 @@ struct Cluster {
 }
 
 async fn cluster(prefix: &str) -> Cluster {
+    cluster_with(prefix, &[]).await
+}
+
+/// [`cluster`] with `extra` flags on every replica.
+async fn cluster_with(prefix: &str, extra: &[&str]) -> Cluster {
     let pg = Postgres::start();
     let url = pg.url();
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = start_replica(&url, dir.path(), "rep_a");
-    let b = start_replica(&url, dir.path(), "rep_b");
-    let c = start_replica(&url, dir.path(), "rep_c");
+    let a = start_replica(&url, dir.path(), "rep_a", extra);
+    let b = start_replica(&url, dir.path(), "rep_b", extra);
+    let c = start_replica(&url, dir.path(), "rep_c", extra);
     let ws = create_workspace_pg(&url, "alpha");
     let host = unique(prefix);
     let token = admin_pg(&url, &["enroll-token", "--workspace", "alpha"]);
@@ -959,9 +961,30 @@ async fn exec_through(e: &mut Ext, cl: &Cluster, by_machine: bool, word: &str) -
     r
 }
 
+/// The audit trail lives in PostgreSQL: while it is down, actions cannot be
+/// put on the record, and by default they are refused (see
+/// `--audit-failure`); the outage tests below let them go on unrecorded.
+#[tokio::test]
+async fn with_postgres_stopped_and_the_trail_closed_actions_are_refused() {
+    let mut cl = cluster("outage-closed").await;
+    let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
+    exec_through(&mut e, &cl, true, "before").await;
+    cl.pg.stop();
+    let mut req = exec_req("", "echo must-not-run", 10_000);
+    req.machine_id = cl.machine_id.clone();
+    let refused = match e.exec(req).await {
+        Err(status) => status,
+        Ok(stream) => collect(stream.into_inner())
+            .await
+            .expect_err("an exec must not run without its audit record"),
+    };
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("audit trail"), "{refused:?}");
+}
+
 #[tokio::test]
 async fn with_postgres_stopped_calls_on_known_routes_keep_working_through_another_replica() {
-    let mut cl = cluster("outage-host").await;
+    let mut cl = cluster_with("outage-host", &["--audit-failure", "open"]).await;
     let mut e = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
     // Before the outage B learns the route, by session and by machine.
     exec_through(&mut e, &cl, false, "before").await;
@@ -1019,7 +1042,7 @@ async fn with_postgres_stopped_calls_on_known_routes_keep_working_through_anothe
 
 #[tokio::test]
 async fn an_agent_reconnecting_during_an_outage_is_routed_once_the_database_is_back() {
-    let mut cl = cluster("outage-reconnect").await;
+    let mut cl = cluster_with("outage-reconnect", &["--audit-failure", "open"]).await;
     let mut on_a = ext(&cl.a.addr, Some(&cl.ws.api_key)).await;
     let mut via_b = ext(&cl.b.addr, Some(&cl.ws.api_key)).await;
     exec_through(&mut via_b, &cl, false, "before").await;

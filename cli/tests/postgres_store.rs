@@ -367,7 +367,9 @@ async fn recovers(e: &mut Ext, session_id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_for_ten_seconds_known_credentials_keep_working_then_recovers() {
-    let mut s = pg_stack(1).await;
+    // Actions go on unrecorded while the trail is down (the default refuses
+    // them: cluster_routing's outage tests show both).
+    let mut s = pg_stack_with(1, &["--audit-failure", "open"]).await;
     let addr = s.servers[0].addr.clone();
     let url = s.pg.url();
     let mut e = ext(&addr, Some(&s.key)).await;
@@ -523,7 +525,7 @@ async fn with_no_outage_grace_postgres_down_gives_unavailable_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_token_expiring_during_a_database_outage_works_again_after_it() {
     use cmdop::client::{Client, Credentials, Error};
-    let mut s = pg_stack(1).await;
+    let mut s = pg_stack_with(1, &["--audit-failure", "open"]).await;
     let addr = s.servers[0].addr.clone();
     let mut e = ext(&addr, Some(&s.key)).await;
     let pair = e
