@@ -50,6 +50,18 @@ pub enum AuditCommand {
         #[arg(long, value_parser = crate::admin_cmd::parse_ttl, value_name = "LIFETIME")]
         older_than: Duration,
     },
+    /// Replay the recording of an attached shell session (record ID from
+    /// `cmdop admin audit --action shell.attach`) as its user saw it.
+    Play {
+        id: i64,
+        /// Print the asciicast v2 recording itself (for asciinema and
+        /// other players) instead of replaying it.
+        #[arg(long)]
+        raw: bool,
+        /// Replay this many times faster (pauses are also cut to 2 s).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+    },
 }
 
 fn now_ms() -> i64 {
@@ -92,6 +104,20 @@ pub fn run(store: &Store, args: AuditArgs) -> anyhow::Result<std::process::ExitC
                     std::process::ExitCode::from(1)
                 }
             });
+        }
+        Some(AuditCommand::Play { id, raw, speed }) => {
+            let Some(cast) = store.recording(id)? else {
+                bail!(
+                    "record {id} has no recording; recordings belong to shell.attach records \
+                     (`cmdop admin audit --action shell.attach` lists them)"
+                );
+            };
+            if raw {
+                print!("{cast}");
+            } else {
+                play(&cast, speed)?;
+            }
+            return Ok(std::process::ExitCode::SUCCESS);
         }
         Some(AuditCommand::Prune { older_than }) => {
             let gone = store.prune_audit(now_ms() - ms(older_than))?;
@@ -139,6 +165,36 @@ pub fn run(store: &Store, args: AuditArgs) -> anyhow::Result<std::process::ExitC
         }
         filter.after_id = scanned_to;
     }
+}
+
+/// Writes a recording's output with its timing (pauses cut to 2 s).
+fn play(cast: &str, speed: f64) -> anyhow::Result<()> {
+    if !(speed > 0.0 && speed.is_finite()) {
+        bail!("--speed must be more than 0");
+    }
+    let mut out = std::io::stdout().lock();
+    let mut last = 0.0f64;
+    for line in cast.lines().skip(1) {
+        let event: serde_json::Value =
+            serde_json::from_str(line).context("the recording is not asciicast v2")?;
+        let (Some(at), Some(kind), Some(text)) =
+            (event[0].as_f64(), event[1].as_str(), event[2].as_str())
+        else {
+            continue;
+        };
+        if kind != "o" {
+            continue;
+        }
+        let pause = ((at - last) / speed).clamp(0.0, 2.0);
+        last = at;
+        if pause > 0.0 {
+            out.flush()?;
+            std::thread::sleep(Duration::from_secs_f64(pause));
+        }
+        out.write_all(text.as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn record_json(r: &AuditRecord) -> serde_json::Value {

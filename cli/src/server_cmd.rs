@@ -62,6 +62,10 @@ pub struct ServerArgs {
     /// Keep no audit trail (to measure its cost; not for production).
     #[arg(long)]
     pub no_audit: bool,
+    /// Largest recording of one attached shell session kept with its
+    /// audit record, in KiB (0: no recordings).
+    #[arg(long, default_value_t = 1024, value_name = "KIB")]
+    pub audit_recording_max_kib: usize,
     /// Seconds without any message from an agent before it is marked offline.
     #[arg(long, default_value_t = 75)]
     pub heartbeat_timeout_secs: u64,
@@ -183,6 +187,7 @@ impl ServerArgs {
                     AuditFailureArg::Closed => cmdop_controlplane::audit::AuditFailure::Closed,
                     AuditFailureArg::Open => cmdop_controlplane::audit::AuditFailure::Open,
                 },
+                recording_max_bytes: self.audit_recording_max_kib.saturating_mul(1024),
             },
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {

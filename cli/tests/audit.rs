@@ -15,7 +15,8 @@ use std::{
 use cmdop_proto::{
     ext::IssueTokenRequest,
     terminal::{
-        agent_message, AgentMessage, FileReadRpcRequest, RegisterRequest, SendInputRequest,
+        agent_message, control_message, AgentMessage, FileReadRpcRequest, RegisterRequest,
+        SendInputRequest, TerminalOutput,
     },
 };
 use common::*;
@@ -182,6 +183,28 @@ async fn every_action_leaves_one_record_and_no_secret() {
         .await
         .expect("attach opens")
         .expect("first");
+    // Type a command and watch its output, as a user of `cmdop attach`.
+    tx.send(AgentMessage {
+        session_id: session.clone(),
+        payload: Some(agent_message::Payload::Output(TerminalOutput {
+            data: b"echo cast-$((6*7))\n".to_vec().into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("cast-42") {
+        let msg = tokio::time::timeout(Duration::from_secs(20), attach.message())
+            .await
+            .expect("the typed command's output within 20 s")
+            .expect("attach stream")
+            .expect("attach stream open");
+        if let Some(control_message::Payload::Input(shown)) = msg.payload {
+            seen.extend_from_slice(&shown.data);
+        }
+    }
     drop(tx);
     drop(attach);
     let token = ext(addr, Some(&key))
@@ -251,6 +274,27 @@ async fn every_action_leaves_one_record_and_no_secret() {
     let attaches = of(&all, "shell.attach");
     assert_eq!(attaches.len(), 1, "{attaches:#?}");
     assert_eq!(attaches[0]["outcome"]["outcome"], "detached");
+    // The recording replays to what the user saw.
+    let id = attaches[0]["id"].as_i64().unwrap().to_string();
+    let cast = admin(dir.path(), &["audit", "play", &id, "--raw"]);
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    let replayed: String = lines
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()[2]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        replayed.starts_with(&*String::from_utf8_lossy(&seen)),
+        "recording {replayed:?} differs from what was seen {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    let played = admin(dir.path(), &["audit", "play", &id, "--speed", "1000"]);
+    assert!(played.contains("cast-42"), "{played}");
     let tokens = of(&all, "token.issue");
     assert_eq!(tokens.len(), 1, "{tokens:#?}");
     assert_eq!(of(&all, "machine.enroll").len(), 1);

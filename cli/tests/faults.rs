@@ -532,8 +532,14 @@ async fn a_command_outliving_the_shutdown_grace_ends_naming_the_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_database_does_not_stall_a_connected_clients_execute() {
     // Heartbeat timeout 2 s: the server writes last-seen times every second,
-    // so its writes meet the lock while the client works.
-    let s = stack("dblock", &["--heartbeat-timeout-secs", "2"]).await;
+    // so its writes meet the lock while the client works. The audit trail
+    // cannot be written under the lock either: by default that refuses
+    // executes (tests/audit.rs); open, it holds none up for long.
+    let s = stack(
+        "dblock",
+        &["--heartbeat-timeout-secs", "2", "--audit-failure", "open"],
+    )
+    .await;
     let mut ext = ext(&s.server.addr, Some(&s.ws.api_key)).await;
     wait_native_exec(&mut ext, &s.host).await;
     let session_id = s.session_id.clone();

@@ -32,6 +32,8 @@ pub enum AuditFailure {
 pub struct AuditConfig {
     pub enabled: bool,
     pub failure: AuditFailure,
+    /// Largest recording of one attached shell session (bytes).
+    pub recording_max_bytes: usize,
 }
 
 impl Default for AuditConfig {
@@ -39,9 +41,13 @@ impl Default for AuditConfig {
         AuditConfig {
             enabled: true,
             failure: AuditFailure::Closed,
+            recording_max_bytes: 1024 * 1024,
         }
     }
 }
+
+/// How long an action waits for its record with `--audit-failure open`.
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Records waiting at most for one commit; more wait for the next.
 const MAX_BATCH: usize = 512;
@@ -53,6 +59,7 @@ enum Op {
     Append(AuditEntry, oneshot::Sender<Result<i64, String>>),
     Note(AuditEntry),
     Finish(i64, AuditOutcome),
+    Recording(i64, String),
 }
 
 /// The server's audit writer.
@@ -60,6 +67,7 @@ pub struct Trail {
     tx: Option<mpsc::Sender<Op>>,
     failure: AuditFailure,
     replica: String,
+    recording_max_bytes: usize,
 }
 
 /// An action's record, to finish when the action ends. Dropped without
@@ -84,7 +92,13 @@ impl Trail {
             tx,
             failure: config.failure,
             replica,
+            recording_max_bytes: config.recording_max_bytes,
         })
+    }
+
+    /// Whether shell sessions are recorded, and at most how many bytes each.
+    pub fn recording_limit(&self) -> Option<usize> {
+        (self.tx.is_some() && self.recording_max_bytes > 0).then_some(self.recording_max_bytes)
     }
 
     /// A record of `action` by the caller `ws` on a machine, with
@@ -125,9 +139,21 @@ impl Trail {
         };
         let (ack, answer) = oneshot::channel();
         let written = match tx.send(Op::Append(entry, ack)).await {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err("the audit writer stopped".into())),
+            // Closed: the action waits for its record, however long the
+            // store takes to write it or to fail. Open: at most OPEN_WAIT;
+            // a slower record is still written, the action goes on.
+            Ok(()) => match self.failure {
+                AuditFailure::Closed => answer
+                    .await
+                    .unwrap_or_else(|_| Err("the audit writer stopped".into())),
+                AuditFailure::Open => match tokio::time::timeout(OPEN_WAIT, answer).await {
+                    Ok(answer) => answer.unwrap_or_else(|_| Err("the audit writer stopped".into())),
+                    Err(_) => Err(format!(
+                        "the store did not write it within {} ms",
+                        OPEN_WAIT.as_millis()
+                    )),
+                },
+            },
             Err(_) => Err("the audit writer stopped".into()),
         };
         match written {
@@ -164,6 +190,18 @@ impl Trail {
 }
 
 impl Begun {
+    /// Keeps a recording of the action (a shell session) with its record.
+    pub fn attach_recording(&self, cast: String) {
+        if let (Some(id), Some(tx)) = (self.id, &self.trail.tx) {
+            if tx.try_send(Op::Recording(id, cast)).is_err() {
+                tracing::warn!(
+                    record = id,
+                    "audit queue full; a session recording was not kept"
+                );
+            }
+        }
+    }
+
     /// Records what the action came to (`duration_ms` is measured here).
     pub fn finish(mut self, mut outcome: AuditOutcome) {
         self.done = true;
@@ -201,6 +239,7 @@ async fn write_batches(store: Arc<Store>, mut rx: mpsc::Receiver<Op>) {
         let mut entries = Vec::new();
         let mut acks = Vec::new();
         let mut outcomes = Vec::new();
+        let mut recordings = Vec::new();
         for op in batch.drain(..) {
             match op {
                 Op::Append(e, ack) => {
@@ -212,11 +251,21 @@ async fn write_batches(store: Arc<Store>, mut rx: mpsc::Receiver<Op>) {
                     acks.push(None);
                 }
                 Op::Finish(id, o) => outcomes.push((id, o)),
+                Op::Recording(id, cast) => recordings.push((id, cast)),
             }
         }
+        // The records first (their callers wait); outcomes and recordings
+        // of earlier records after, failing on their own.
         let written = crate::db::with_store(&store, move |s| {
             let ids = s.append_audit(&entries)?;
-            s.finish_audit(&outcomes)?;
+            let rest = s.finish_audit(&outcomes).and_then(|()| {
+                recordings
+                    .iter()
+                    .try_for_each(|(id, cast)| s.save_recording(*id, cast))
+            });
+            if let Err(e) = rest {
+                tracing::warn!(error = %format!("{e:#}"), "cannot write audit outcomes or recordings");
+            }
             Ok(ids)
         })
         .await;

@@ -24,6 +24,7 @@ mod last_seen;
 pub mod limits;
 #[cfg(target_os = "linux")]
 mod raw;
+mod recording;
 mod remembered;
 mod revocations;
 pub mod scope;

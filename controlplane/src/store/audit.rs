@@ -263,6 +263,38 @@ impl Store {
         })
     }
 
+    /// Stores the asciicast recording of record `id`'s shell session, bound
+    /// to the record by a hash.
+    pub fn save_recording(&self, id: i64, cast: &str) -> anyhow::Result<()> {
+        self.transaction(|db| {
+            let Some(hash) = db
+                .query_opt("SELECT hash FROM audit_records WHERE id = $1", args![id])?
+                .map(|r| r.text(0))
+                .transpose()?
+            else {
+                return Ok(());
+            };
+            db.execute(
+                "INSERT INTO audit_recordings (id, asciicast, hash) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO NOTHING",
+                args![id, cast, sha(&[&hash, cast])],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The recording of record `id`, if it has one.
+    pub fn recording(&self, id: i64) -> anyhow::Result<Option<String>> {
+        self.read(|db| {
+            db.query_opt(
+                "SELECT asciicast FROM audit_recordings WHERE id = $1",
+                args![id],
+            )?
+            .map(|r| r.text(0))
+            .transpose()
+        })
+    }
+
     /// Records matching `filter`, oldest first, and the id of the newest
     /// record looked at (matching or not; `filter.after_id` when none), for
     /// following the trail with `after_id`.
@@ -374,6 +406,11 @@ impl Store {
                        (SELECT id FROM audit_records WHERE workspace_id = $1 AND seq <= $2)",
                     args![ws.as_str(), seq],
                 )?;
+                db.execute(
+                    "DELETE FROM audit_recordings WHERE id IN
+                       (SELECT id FROM audit_records WHERE workspace_id = $1 AND seq <= $2)",
+                    args![ws.as_str(), seq],
+                )?;
                 gone += db.execute(
                     "DELETE FROM audit_records WHERE workspace_id = $1 AND seq <= $2",
                     args![ws.as_str(), seq],
@@ -460,6 +497,17 @@ fn verify_workspace(
         if let (Some(o), Some(h)) = (&s.record.outcome, &s.outcome_hash) {
             if outcome_hash(&s.hash, o) != *h {
                 return problem(Some(id), format!("the outcome of record {id} was changed"));
+            }
+        }
+        if let Some(r) = db.query_opt(
+            "SELECT asciicast, hash FROM audit_recordings WHERE id = $1",
+            args![id],
+        )? {
+            if sha(&[&s.hash, &r.text(0)?]) != r.text(1)? {
+                return problem(
+                    Some(id),
+                    format!("the recording of record {id} was changed"),
+                );
             }
         }
         *count += 1;

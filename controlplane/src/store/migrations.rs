@@ -217,7 +217,7 @@ ALTER TABLE api_keys ADD COLUMN last_used_ms BIGINT;
 ";
 
 /// Version 5: the audit trail (records hash-chained per workspace, their
-/// outcomes, each chain's head and pruning anchor).
+/// outcomes, shell recordings, each chain's head and pruning anchor).
 const AUDIT_V5: &str = "
 CREATE TABLE IF NOT EXISTS audit_records (
     id           BIGINT PRIMARY KEY,
@@ -245,6 +245,11 @@ CREATE TABLE IF NOT EXISTS audit_outcomes (
     bytes_out   BIGINT NOT NULL,
     duration_ms BIGINT NOT NULL,
     hash        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_recordings (
+    id        BIGINT PRIMARY KEY,
+    asciicast TEXT NOT NULL,
+    hash      TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit_heads (
     workspace_id TEXT PRIMARY KEY,

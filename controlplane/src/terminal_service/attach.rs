@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::ControlStream;
-use crate::{limits, sessions::Session, state::SharedState, store::Workspace};
+use crate::{limits, recording::Recorder, sessions::Session, state::SharedState, store::Workspace};
 
 /// Subscribes the stream to `first.session_id` of the caller's workspace.
 pub async fn start(
@@ -59,20 +59,44 @@ pub async fn start(
         ..Default::default()
     };
     let _ = tx.try_send(Box::new(Ok(start)));
+    // What the user sees from here on, for the trail.
+    let recorder = state.audit.recording_limit().map(|limit| {
+        Arc::new(parking_lot::Mutex::new(Recorder::new(
+            u32::try_from(session.info.size.cols).unwrap_or(80),
+            u32::try_from(session.info.size.rows).unwrap_or(24),
+            limit,
+        )))
+    });
     // From here the session's subscriber table holds the only sender: the
     // response stream ends when the client detaches, half-closes, or the
     // agent goes away.
     let subscriber = session.subscribe(tx)?;
     tracing::info!(session = %session.id, subscriber, "attach client subscribed");
+    let seen = recorder.clone();
     tokio::spawn(async move {
         let typed = pump(session, subscriber, inbound).await;
+        if let Some(recorder) = &recorder {
+            record.attach_recording(recorder.lock().finish());
+        }
         record.finish(crate::store::AuditOutcome {
             outcome: "detached".into(),
             bytes_in: i64::try_from(typed).unwrap_or(i64::MAX),
             ..Default::default()
         });
     });
-    Ok(Box::pin(ReceiverStream::new(rx).map(|item| *item)))
+    Ok(Box::pin(ReceiverStream::new(rx).map(move |item| {
+        if let (
+            Some(recorder),
+            Ok(ControlMessage {
+                payload: Some(control_message::Payload::Input(shown)),
+                ..
+            }),
+        ) = (&seen, &*item)
+        {
+            recorder.lock().output(&shown.data);
+        }
+        *item
+    })))
 }
 
 /// Moves the client's keystrokes to the agent until it detaches; returns
