@@ -60,6 +60,15 @@ pub struct AgentArgs {
         value_name = "KEY=VALUE"
     )]
     pub labels: Vec<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics, with /healthz
+    /// (alive) and /readyz (connected to a control plane). Off by default;
+    /// loopback only unless --metrics-allow-remote.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Let --metrics-listen take a non-loopback address (plain HTTP, no
+    /// credential: only for a network you trust).
+    #[arg(long, requires = "metrics_listen")]
+    pub metrics_allow_remote: bool,
 }
 
 /// `cmdop agent-reaper DIR` (hidden; the agent starts it).
@@ -115,6 +124,22 @@ impl AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = args.config()?;
+    if let Some(addr) = args.metrics_listen {
+        crate::metrics_http::check_exposure(
+            addr,
+            args.metrics_allow_remote,
+            "pass --metrics-allow-remote if this network is trusted",
+        )?;
+        crate::metrics_http::start(
+            addr,
+            crate::metrics_http::Endpoints {
+                metrics: cmdop_agent::metrics::encode,
+                content_type: cmdop_agent::metrics::CONTENT_TYPE,
+                ready: std::sync::Arc::new(cmdop_agent::metrics::is_connected),
+            },
+        )
+        .await?;
+    }
     if let Some(dir) = config
         .state_file
         .parent()

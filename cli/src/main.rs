@@ -12,6 +12,7 @@ mod dev_cmd;
 mod fleet_cmd;
 mod labels;
 mod logging;
+mod metrics_http;
 mod readiness;
 mod secret_flags;
 mod server_cmd;

@@ -93,6 +93,11 @@ pub struct ServerArgs {
     /// Read --peer-secret from the first line of this file (mode 0600).
     #[arg(long, env = "CMDOP_PEER_SECRET_FILE", hide_env_values = true)]
     pub peer_secret_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics, with /healthz
+    /// (alive) and /readyz (ready for work). Off by default; a non-loopback
+    /// ADDR needs TLS on --listen or --allow-plaintext, like the main port.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// This replica's id in the cluster (default: a random `rep_…`).
     #[arg(long, requires = "peer_listen")]
     pub replica_id: Option<String>,
@@ -218,6 +223,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         tracing::warn!(listen = %args.listen, "serving PLAINTEXT beyond loopback (--allow-plaintext): credentials and output are not encrypted; pass --tls-cert/--tls-key to encrypt");
     }
+    if let Some(addr) = args.metrics_listen {
+        crate::metrics_http::check_exposure(
+            addr,
+            config.tls.is_some() || args.allow_plaintext,
+            "serve TLS on --listen (--tls-cert, --tls-key) or pass --allow-plaintext if this \
+             network is trusted",
+        )?;
+    }
     if let Some(cluster) = &config.cluster {
         if cluster.peer_secret.len() < MIN_PEER_SECRET_BYTES {
             anyhow::bail!(
@@ -244,6 +257,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await??
     };
     let (listener, local) = bind(args.listen).await?;
+    if let Some(addr) = args.metrics_listen {
+        let serving = config.serving.clone();
+        crate::metrics_http::start(
+            addr,
+            crate::metrics_http::Endpoints {
+                metrics: cmdop_controlplane::metrics::encode,
+                content_type: cmdop_controlplane::metrics::CONTENT_TYPE,
+                ready: std::sync::Arc::new(move || serving.is_ready()),
+            },
+        )
+        .await?;
+    }
     tracing::info!(%local, state = %store.describe(), tls = config.tls.is_some(), "control plane listening");
     if let Some(path) = &args.ready_file {
         crate::readiness::write_ready_file(path, &format!("{local}\n"))?;

@@ -56,6 +56,10 @@ pub struct ServerConfig {
     /// within this long are still admitted; zero turns that off (every
     /// authenticated call then fails with UNAVAILABLE during an outage).
     pub db_outage_grace: Duration,
+    /// Whether this server should get new work (listening, not draining,
+    /// database reachable); the health service reports it, and a caller
+    /// that keeps a clone can too (`/readyz`).
+    pub serving: crate::health::Serving,
 }
 
 /// How this server joins a cluster of replicas sharing one database.
@@ -140,6 +144,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             cluster: None,
             db_outage_grace: Duration::from_secs(300),
+            serving: crate::health::Serving::default(),
         }
     }
 }

@@ -142,6 +142,7 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
                         Code::Unauthenticated,
                         revoked_text(&credential),
                     );
+                    crate::metrics::revoked();
                 }
                 Ok(Standing::Expired) => {
                     state.remembered.forget(&credential);
@@ -152,6 +153,7 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
                         "the access token this call was opened with expired and was not \
                          refreshed; refresh it with RefreshToken and open the call again",
                     );
+                    crate::metrics::revoked();
                 }
                 Err(e) => {
                     // Look again at the next tick.
