@@ -69,6 +69,18 @@ pub struct AgentArgs {
     /// credential: only for a network you trust).
     #[arg(long, requires = "metrics_listen")]
     pub metrics_allow_remote: bool,
+    /// Read settings from this TOML file: any flag above by its long name
+    /// with `_` for `-` (server = ["https://cp:50051"], state_file = "…").
+    /// Flags and environment variables win over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the settings (flags, environment, --config file), print
+    /// them with secrets masked, and exit without starting.
+    #[arg(long)]
+    pub check: bool,
+    /// The effective settings `--check` prints (filled in by the CLI).
+    #[arg(skip)]
+    pub effective: String,
 }
 
 /// `cmdop agent-reaper DIR` (hidden; the agent starts it).
@@ -130,6 +142,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             args.metrics_allow_remote,
             "pass --metrics-allow-remote if this network is trusted",
         )?;
+    }
+    if args.check {
+        print!("{}", args.effective);
+        eprintln!("cmdop: the settings are valid");
+        return Ok(());
+    }
+    if let Some(addr) = args.metrics_listen {
         crate::metrics_http::start(
             addr,
             crate::metrics_http::Endpoints {

@@ -103,6 +103,18 @@ pub struct ServerArgs {
     pub replica_id: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Read settings from this TOML file: any flag above by its long name
+    /// with `_` for `-` (listen = "0.0.0.0:50051", data_dir = "/var/lib/cmdop").
+    /// Flags and environment variables win over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the settings (flags, environment, --config file), print
+    /// them with secrets masked, and exit without serving.
+    #[arg(long)]
+    pub check: bool,
+    /// The effective settings `--check` prints (filled in by the CLI).
+    #[arg(skip)]
+    pub effective: String,
 }
 
 /// Limits that keep one peer from exhausting the server.
@@ -246,9 +258,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             );
         }
     }
+    cmdop_controlplane::check_config(&config)?;
+    if args.check {
+        print!("{}", args.effective);
+        eprintln!("cmdop: the settings are valid");
+        return Ok(());
+    }
     // Ready means ready: the database is open and migrated and the port is
     // bound before "listening" is logged and the ready file is written.
-    cmdop_controlplane::check_config(&config)?;
     let store = {
         let (dir, database) = (config.data_dir.clone(), config.database.clone());
         tokio::task::spawn_blocking(move || {
