@@ -274,6 +274,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await??
     };
     let (listener, local) = bind(args.listen).await?;
+    // Installed before anyone is told we are ready, so that a stop right
+    // after is a drain, not the default action of the signal.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
     if let Some(addr) = args.metrics_listen {
         let serving = config.serving.clone();
         crate::metrics_http::start(
@@ -290,5 +297,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.ready_file {
         crate::readiness::write_ready_file(path, &format!("{local}\n"))?;
     }
-    cmdop_controlplane::serve_with_store(listener, config, store, crate::shutdown_signal()).await
+    crate::readiness::notify_service_manager(false);
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        crate::readiness::notify_service_manager(true);
+    };
+    cmdop_controlplane::serve_with_store(listener, config, store, shutdown).await
 }
