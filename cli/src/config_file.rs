@@ -93,6 +93,13 @@ fn file_arguments(
             .find(|a| a.get_long() == Some(long.as_str()))
             .filter(|_| !key.contains('-') && !NOT_IN_FILES.contains(&key.as_str()));
         let Some(arg) = arg else {
+            if NOT_IN_FILES.contains(&key.as_str()) {
+                bail!(
+                    "`{key}` in --config {}: this setting only works on the command line; \
+                     remove it from the file and pass --{long}",
+                    path.display()
+                );
+            }
             if key.contains('-') {
                 bail!(
                     "unknown key `{key}` in --config {}: keys are long flag names with `_` for \

@@ -200,6 +200,13 @@ fn an_unknown_key_is_refused_by_name() {
         "{err}"
     );
 
+    // What only a command line can say stays there.
+    write_private(&file, "check = true\n");
+    let out = cmdop(&["server", "--config", file.to_str().expect("utf8")], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pass --check"), "{err}");
+
     // The agent's keys are the agent's: a server key is unknown there.
     write_private(&file, "data_dir = \"/nowhere\"\n");
     let out = cmdop(

@@ -358,6 +358,20 @@ async fn health_service_and_readyz_report_not_serving_while_draining() {
         .await
         .expect_err("ServerInfo without a key");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    // A service the server does not have is not served either.
+    let mut other = tonic::client::Grpc::new(common::channel(&server.addr).await);
+    other.ready().await.expect("ready");
+    let err = other
+        .unary::<(), (), _>(
+            tonic::Request::new(()),
+            http::uri::PathAndQuery::from_static(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            ),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("an unknown service fails");
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
     assert_eq!(http_get(&metrics, "/readyz").await.expect("readyz").0, 200);
     assert_eq!(
         http_get(&metrics, "/healthz").await.expect("healthz").0,
