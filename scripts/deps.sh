@@ -74,6 +74,8 @@ check_system() {
   have parallel-ssh || lack "parallel-ssh" pssh
   # cli/tests/metrics.rs scrapes a server and an agent with a real Prometheus.
   have prometheus || lack "prometheus" prometheus
+  # make deb and tests/packaging/deb.sh (dpkg-shlibdeps, dpkg-architecture).
+  have dpkg-shlibdeps || lack "dpkg-dev" dpkg-dev
   # The PostgreSQL store tests start a throwaway server (initdb, postgres).
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || lack "PostgreSQL" postgresql
   if ! have python3; then

@@ -38,7 +38,7 @@ step "Rust tests"
 cargo test --workspace --locked
 
 for suite in tests/c/run.sh tests/interop/node/run.sh tests/interop/python/run.sh \
-             tests/packaging/run.sh bindings/run_tests.sh; do
+             tests/packaging/run.sh tests/packaging/deb.sh bindings/run_tests.sh; do
   step "$suite"
   "$suite"
 done
