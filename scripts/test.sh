@@ -3,7 +3,7 @@
 # unit and integration tests, the header
 # freshness check, the C tests (ASan + UBSan) against a real control plane
 # and agent, the official Node SDK interop test, packaging (install, pkg-config,
-# CMake, exports), and the C++ and Go bindings.
+# CMake, exports; Debian packages), and the C++ and Go bindings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Builds live in this checkout's target/ (the paths below assume it),
