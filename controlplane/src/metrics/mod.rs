@@ -26,10 +26,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-pub use layer::MetricsLayer;
+pub(crate) use layer::MetricsLayer;
 
 /// `method` of [`Metrics::calls`] for a path that is none of our RPCs.
-pub const OTHER_METHOD: &str = "other";
+pub(crate) const OTHER_METHOD: &str = "other";
 /// The standard health service's methods, labelled like ours.
 const HEALTH_METHODS: &[&str] = &[
     "/grpc.health.v1.Health/Check",
@@ -38,7 +38,7 @@ const HEALTH_METHODS: &[&str] = &[
 
 /// A limit of `cmdop server` that refused something, named by its flag.
 #[derive(Debug, Clone, Copy)]
-pub enum Limit {
+pub(crate) enum Limit {
     ExecsPerKey,
     AttachesPerKey,
     TransfersPerKey,
@@ -97,7 +97,7 @@ struct FlagLabel {
 }
 
 /// Every metric of the control plane.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     agents_connected: Gauge,
     connections_open: Gauge,
@@ -243,24 +243,24 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// The `method` label of a request path: one of our RPCs or the health
 /// service's, else [`OTHER_METHOD`].
-pub fn method_label(path: &str) -> &'static str {
+pub(crate) fn method_label(path: &str) -> &'static str {
     cmdop_proto::methods::known(path)
         .or_else(|| HEALTH_METHODS.iter().copied().find(|m| *m == path))
         .unwrap_or(OTHER_METHOD)
 }
 
 /// An agent's session started (+1) or ended (-1).
-pub fn agents_connected(delta: i64) {
+pub(crate) fn agents_connected(delta: i64) {
     get().agents_connected.inc_by(delta);
 }
 
 /// A connection was accepted (+1) or closed (-1).
-pub fn connections_open(delta: i64) {
+pub(crate) fn connections_open(delta: i64) {
     get().connections_open.inc_by(delta);
 }
 
 /// A limit refused something.
-pub fn limit_hit(limit: Limit) {
+pub(crate) fn limit_hit(limit: Limit) {
     get()
         .limits_hit
         .get_or_create(&FlagLabel { flag: limit.flag() })
@@ -269,12 +269,12 @@ pub fn limit_hit(limit: Limit) {
 
 /// A credential with open calls was found revoked or expired (its calls
 /// were ended).
-pub fn revoked() {
+pub(crate) fn revoked() {
     get().revocations.inc();
 }
 
 /// A shutdown drain started (`true`) or ended (`false`).
-pub fn draining(on: bool) {
+pub(crate) fn draining(on: bool) {
     let m = get();
     if on {
         m.drains.inc();
@@ -284,13 +284,13 @@ pub fn draining(on: bool) {
 
 /// A forwarded call's result: `forwarded` (the owner answered) or
 /// `failed` (it could not be sent or the owner refused it).
-pub fn forwarded(ok: bool) {
+pub(crate) fn forwarded(ok: bool) {
     let result = if ok { "forwarded" } else { "failed" };
     get().forwarded.get_or_create(&ResultLabel { result }).inc();
 }
 
 /// Exec stdout bytes spliced from an agent's side connection to a client's.
-pub fn side_connection_bytes(n: u64) {
+pub(crate) fn side_connection_bytes(n: u64) {
     stream_bytes("side_connection", "out", n);
 }
 
@@ -302,7 +302,7 @@ fn stream_bytes(path: &'static str, direction: &'static str, n: u64) {
 }
 
 /// One state database statement took `took`. `kind`: query, execute, batch.
-pub fn db_statement(engine: &'static str, kind: &'static str, took: Duration) {
+pub(crate) fn db_statement(engine: &'static str, kind: &'static str, took: Duration) {
     get()
         .db_statement
         .get_or_create(&StatementLabels { engine, kind })
@@ -310,7 +310,7 @@ pub fn db_statement(engine: &'static str, kind: &'static str, took: Duration) {
 }
 
 /// The PostgreSQL pool's connections after a checkout.
-pub fn db_pool(in_use: usize, idle: usize) {
+pub(crate) fn db_pool(in_use: usize, idle: usize) {
     let m = get();
     let set = |state, n: usize| {
         m.db_pool
