@@ -1,5 +1,5 @@
 # Entry points; see README.md.
-.PHONY: demo test build install uninstall
+.PHONY: demo test build install uninstall deb
 
 # Where `make install` puts libcmdop (DESTDIR stages the tree for packagers).
 PREFIX ?= /usr/local
@@ -23,3 +23,8 @@ install:
 
 uninstall:
 	PREFIX="$(PREFIX)" LIBDIR="$(LIBDIR)" INCLUDEDIR="$(INCLUDEDIR)" DESTDIR="$(DESTDIR)" packaging/install.sh uninstall
+
+# Debian packages cmdop, libcmdop1 and libcmdop-dev in target/debian/
+# (packaging/deb/build.sh; a release build first).
+deb:
+	packaging/deb/build.sh

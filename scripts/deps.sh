@@ -72,6 +72,10 @@ check_system() {
   { have ssh && have scp && have ssh-keygen; } || lack "ssh" openssh-client
   # bench/run's fleet case compares the fan-out with parallel-ssh.
   have parallel-ssh || lack "parallel-ssh" pssh
+  # cli/tests/metrics.rs scrapes a server and an agent with a real Prometheus.
+  have prometheus || lack "prometheus" prometheus
+  # make deb and tests/packaging/deb.sh (dpkg-shlibdeps, dpkg-architecture).
+  have dpkg-shlibdeps || lack "dpkg-dev" dpkg-dev
   # The PostgreSQL store tests start a throwaway server (initdb, postgres).
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || lack "PostgreSQL" postgresql
   if ! have python3; then

@@ -3,7 +3,7 @@
 # unit and integration tests, the header
 # freshness check, the C tests (ASan + UBSan) against a real control plane
 # and agent, the official Node SDK interop test, packaging (install, pkg-config,
-# CMake, exports), and the C++ and Go bindings.
+# CMake, exports; Debian packages), and the C++ and Go bindings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Builds live in this checkout's target/ (the paths below assume it),
@@ -38,7 +38,7 @@ step "Rust tests"
 cargo test --workspace --locked
 
 for suite in tests/c/run.sh tests/interop/node/run.sh tests/interop/python/run.sh \
-             tests/packaging/run.sh bindings/run_tests.sh; do
+             tests/packaging/run.sh tests/packaging/deb.sh bindings/run_tests.sh; do
   step "$suite"
   "$suite"
 done

@@ -98,6 +98,8 @@ impl Agent<'_> {
                     return Ok(());
                 }
             };
+            crate::metrics::connected(false);
+            crate::metrics::reconnect();
             if let Some(up) = connected_at {
                 backoff.connected(up);
                 backoff.lost(Instant::now());
@@ -201,6 +203,7 @@ impl Agent<'_> {
             self.apply_resize(size);
         }
         *connected_at = Some(Instant::now());
+        crate::metrics::connected(true);
         tracing::info!(session_id = %session.id, machine_id = %self.state.machine_id, server = %server, "connected");
 
         let exec = async {

@@ -21,6 +21,7 @@ pub mod exec_link;
 pub mod exec_raw;
 pub mod files;
 pub mod host_info;
+pub mod metrics;
 pub mod orphans;
 pub mod private_file;
 pub mod probe;

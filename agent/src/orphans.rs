@@ -76,6 +76,7 @@ pub fn sweep(dir: &Path) -> usize {
         }
         let _ = std::fs::remove_file(&path);
     }
+    crate::metrics::orphans_reaped(killed);
     if killed > 0 {
         tracing::warn!(
             groups = killed,

@@ -60,6 +60,27 @@ pub struct AgentArgs {
         value_name = "KEY=VALUE"
     )]
     pub labels: Vec<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics, with /healthz
+    /// (alive) and /readyz (connected to a control plane). Off by default;
+    /// loopback only unless --metrics-allow-remote.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Let --metrics-listen take a non-loopback address (plain HTTP, no
+    /// credential: only for a network you trust).
+    #[arg(long, requires = "metrics_listen")]
+    pub metrics_allow_remote: bool,
+    /// Read settings from this TOML file: any flag above by its long name
+    /// with `_` for `-` (server = ["https://cp:50051"], state_file = "…").
+    /// Flags and environment variables win over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the settings (flags, environment, --config file), print
+    /// them with secrets masked, and exit without starting.
+    #[arg(long)]
+    pub check: bool,
+    /// The effective settings `--check` prints (filled in by the CLI).
+    #[arg(skip)]
+    pub effective: String,
 }
 
 /// `cmdop agent-reaper DIR` (hidden; the agent starts it).
@@ -115,6 +136,29 @@ impl AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = args.config()?;
+    if let Some(addr) = args.metrics_listen {
+        crate::metrics_http::check_exposure(
+            addr,
+            args.metrics_allow_remote,
+            "pass --metrics-allow-remote if this network is trusted",
+        )?;
+    }
+    if args.check {
+        print!("{}", args.effective);
+        eprintln!("cmdop: the settings are valid");
+        return Ok(());
+    }
+    if let Some(addr) = args.metrics_listen {
+        crate::metrics_http::start(
+            addr,
+            crate::metrics_http::Endpoints {
+                metrics: cmdop_agent::metrics::encode,
+                content_type: cmdop_agent::metrics::CONTENT_TYPE,
+                ready: std::sync::Arc::new(cmdop_agent::metrics::is_connected),
+            },
+        )
+        .await?;
+    }
     if let Some(dir) = config
         .state_file
         .parent()

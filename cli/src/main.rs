@@ -6,6 +6,7 @@ mod admin_cmd;
 mod agent_cmd;
 mod audit_cmd;
 mod client_cmd;
+mod config_file;
 mod connect;
 mod data_dir;
 mod dev_cluster;
@@ -14,6 +15,7 @@ mod fleet_cmd;
 mod keys_cmd;
 mod labels;
 mod logging;
+mod metrics_http;
 mod readiness;
 mod secret_flags;
 mod server_cmd;
@@ -77,6 +79,14 @@ fn main() -> std::process::ExitCode {
         eprintln!("cmdop: {err:#}");
         return std::process::ExitCode::FAILURE;
     }
+    // `--config FILE` of server and agent: under the flags and environment.
+    let cli = match config_file::apply(&command, cli, &matches) {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("cmdop: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let quiet = matches!(
         cli.command,
         Command::Exec(_)

@@ -48,3 +48,17 @@ pub async fn wait_for_agent(server: SocketAddr, api_key: &str) -> anyhow::Result
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Tells the service manager (systemd, `Type=notify`) that the service is
+/// ready or stopping; does nothing when it was not started by one
+/// (`$NOTIFY_SOCKET` unset).
+pub fn notify_service_manager(stopping: bool) {
+    let state = if stopping {
+        sd_notify::NotifyState::Stopping
+    } else {
+        sd_notify::NotifyState::Ready
+    };
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "cannot notify the service manager ($NOTIFY_SOCKET)");
+    }
+}

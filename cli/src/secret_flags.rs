@@ -51,6 +51,11 @@ const SECRET_FLAGS: &[SecretFlag] = &[
     },
 ];
 
+/// Whether the argument with clap id `id` carries a secret.
+pub fn is_secret(id: &str) -> bool {
+    SECRET_FLAGS.iter().any(|flag| flag.id == id)
+}
+
 /// Warns on stderr about every secret given on the command line of the
 /// (sub)command `matches` describes; an error when a secret flag and its
 /// `…-file` flag are both on the command line.

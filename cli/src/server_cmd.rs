@@ -104,11 +104,28 @@ pub struct ServerArgs {
     /// Read --peer-secret from the first line of this file (mode 0600).
     #[arg(long, env = "CMDOP_PEER_SECRET_FILE", hide_env_values = true)]
     pub peer_secret_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics, with /healthz
+    /// (alive) and /readyz (ready for work). Off by default; a non-loopback
+    /// ADDR needs TLS on --listen or --allow-plaintext, like the main port.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// This replica's id in the cluster (default: a random `rep_…`).
     #[arg(long, requires = "peer_listen")]
     pub replica_id: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Read settings from this TOML file: any flag above by its long name
+    /// with `_` for `-` (listen = "0.0.0.0:50051", data_dir = "/var/lib/cmdop").
+    /// Flags and environment variables win over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the settings (flags, environment, --config file), print
+    /// them with secrets masked, and exit without serving.
+    #[arg(long)]
+    pub check: bool,
+    /// The effective settings `--check` prints (filled in by the CLI).
+    #[arg(skip)]
+    pub effective: String,
 }
 
 /// Limits that keep one peer from exhausting the server.
@@ -237,6 +254,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         tracing::warn!(listen = %args.listen, "serving PLAINTEXT beyond loopback (--allow-plaintext): credentials and output are not encrypted; pass --tls-cert/--tls-key to encrypt");
     }
+    if let Some(addr) = args.metrics_listen {
+        crate::metrics_http::check_exposure(
+            addr,
+            config.tls.is_some() || args.allow_plaintext,
+            "serve TLS on --listen (--tls-cert, --tls-key) or pass --allow-plaintext if this \
+             network is trusted",
+        )?;
+    }
     if let Some(cluster) = &config.cluster {
         if cluster.peer_secret.len() < MIN_PEER_SECRET_BYTES {
             anyhow::bail!(
@@ -252,9 +277,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             );
         }
     }
+    cmdop_controlplane::check_config(&config)?;
+    if args.check {
+        print!("{}", args.effective);
+        eprintln!("cmdop: the settings are valid");
+        return Ok(());
+    }
     // Ready means ready: the database is open and migrated and the port is
     // bound before "listening" is logged and the ready file is written.
-    cmdop_controlplane::check_config(&config)?;
     let store = {
         let (dir, database) = (config.data_dir.clone(), config.database.clone());
         tokio::task::spawn_blocking(move || {
@@ -263,11 +293,38 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await??
     };
     let (listener, local) = bind(args.listen).await?;
+    // Installed before anyone is told we are ready, so that a stop right
+    // after is a drain, not the default action of the signal.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    if let Some(addr) = args.metrics_listen {
+        let serving = config.serving.clone();
+        crate::metrics_http::start(
+            addr,
+            crate::metrics_http::Endpoints {
+                metrics: cmdop_controlplane::metrics::encode,
+                content_type: cmdop_controlplane::metrics::CONTENT_TYPE,
+                ready: std::sync::Arc::new(move || serving.is_ready()),
+            },
+        )
+        .await?;
+    }
     tracing::info!(%local, state = %store.describe(), tls = config.tls.is_some(), "control plane listening");
     if let Some(path) = &args.ready_file {
         crate::readiness::write_ready_file(path, &format!("{local}\n"))?;
     }
-    cmdop_controlplane::serve_with_store(listener, config, store, crate::shutdown_signal()).await
+    crate::readiness::notify_service_manager(false);
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        crate::readiness::notify_service_manager(true);
+    };
+    cmdop_controlplane::serve_with_store(listener, config, store, shutdown).await
 }
 
 /// `--audit-failure`.

@@ -59,6 +59,10 @@ pub struct ServerConfig {
     /// The audit trail: on (the default) or off, and whether an action
     /// whose record cannot be written is refused (the default) or goes on.
     pub audit: crate::audit::AuditConfig,
+    /// Whether this server should get new work (listening, not draining,
+    /// database reachable); the health service reports it, and a caller
+    /// that keeps a clone can too (`/readyz`).
+    pub serving: crate::health::Serving,
 }
 
 /// How this server joins a cluster of replicas sharing one database.
@@ -144,6 +148,7 @@ impl Default for ServerConfig {
             cluster: None,
             db_outage_grace: Duration::from_secs(300),
             audit: crate::audit::AuditConfig::default(),
+            serving: crate::health::Serving::default(),
         }
     }
 }

@@ -132,7 +132,9 @@ impl Tracker {
             inner.unauthenticated.insert(conn.id, conn.clone());
             (conn, evicted)
         };
+        crate::metrics::connections_open(1);
         if let Some(old) = evicted {
+            crate::metrics::limit_hit(crate::metrics::Limit::UnauthenticatedConnections);
             tracing::debug!(
                 cap = self.max_unauthenticated,
                 "too many unauthenticated connections; closing the oldest"
@@ -145,6 +147,7 @@ impl Tracker {
             tokio::time::sleep(timeout).await;
             if let Some(conn) = watched.upgrade() {
                 if !conn.handshaken.load(Ordering::SeqCst) {
+                    crate::metrics::limit_hit(crate::metrics::Limit::HandshakeTimeout);
                     tracing::debug!(
                         timeout_ms = timeout.as_millis() as u64,
                         "closing a connection that did not finish its handshake in time"
@@ -206,6 +209,7 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        crate::metrics::connections_open(-1);
         self.tracker.forget(&self.conn);
     }
 }

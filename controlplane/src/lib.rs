@@ -18,10 +18,12 @@ mod ext_service;
 mod files;
 mod fleet_exec;
 mod gate;
+pub mod health;
 mod inventory;
 mod key_use;
 mod last_seen;
 pub mod limits;
+pub mod metrics;
 #[cfg(target_os = "linux")]
 mod raw;
 mod recording;
@@ -213,9 +215,13 @@ pub async fn serve_with_store(
         let mut rx = stop_rx.clone();
         let state = state.clone();
         let grace = config.shutdown_grace;
+        let serving = config.serving.clone();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
+            serving.draining();
+            metrics::draining(true);
             drain(&state, &open_streams, grace).await;
+            metrics::draining(false);
             let _ = drained_tx.send(true);
         }
     });
@@ -245,10 +251,24 @@ pub async fn serve_with_store(
         })
     });
     let _peer_server = peer_server.map(AbortOnDrop::new);
+    // The standard health service, for load balancers (see [`health`]).
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let _health = AbortOnDrop::new(tokio::spawn(health::report(
+        config.serving.clone(),
+        reporter,
+    )));
+    let _database_health = AbortOnDrop::new(tokio::spawn(health::watch_database(
+        state.clone(),
+        config.serving.clone(),
+        config.db_outage_grace,
+    )));
+    // Outside the gate, so the calls it refuses are counted too.
     let router = builder
+        .layer(metrics::MetricsLayer)
         .layer(gate::GateLayer(gate))
         .add_service(terminal)
         .add_service(agent_link)
+        .add_service(health_service)
         .add_optional_service(cmdop);
     // Our own accept loop tracks connections and sorts side connections
     // (when on) from gRPC.
@@ -256,6 +276,7 @@ pub async fn serve_with_store(
         raw::listener::spawn(listener, side_connections, tracker),
         graceful,
     );
+    config.serving.listening();
     let deadline = {
         let mut rx = drained_rx;
         async move {

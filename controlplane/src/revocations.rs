@@ -154,6 +154,7 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
                         Code::Unauthenticated,
                         revoked_text(&credential),
                     );
+                    crate::metrics::revoked();
                 }
                 Ok(Standing::Expired) => {
                     state.remembered.forget(&credential);
@@ -166,6 +167,7 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
                         Code::Unauthenticated,
                         expired_text(&credential),
                     );
+                    crate::metrics::revoked();
                 }
                 Err(e) => {
                     // Look again at the next tick.

@@ -103,6 +103,11 @@ impl OpenStreams {
             let mut slots = self.slots.lock();
             let used = slots.entry((*kind, key.clone())).or_insert(0);
             if *used >= limit {
+                crate::metrics::limit_hit(match kind {
+                    SlotKind::Exec => crate::metrics::Limit::ExecsPerKey,
+                    SlotKind::Attach => crate::metrics::Limit::AttachesPerKey,
+                    SlotKind::Transfer => crate::metrics::Limit::TransfersPerKey,
+                });
                 return Err(Status::resource_exhausted(format!(
                     "this API key already has {used} {} open, the most allowed; wait for one to \
                      finish or cancel one, or ask the operator to raise {} on `cmdop server`",

@@ -29,3 +29,17 @@ pub mod terminal {
 pub mod ext {
     tonic::include_proto!("cmdop.ext.v1");
 }
+
+/// The path of every RPC both packages define, generated from the .proto
+/// files (metrics label calls by these, never by a path a caller made up).
+pub mod methods {
+    include!(concat!(env!("OUT_DIR"), "/methods.rs"));
+
+    /// `path` if it is one of ours, else `None`.
+    pub fn known(path: &str) -> Option<&'static str> {
+        METHOD_PATHS
+            .binary_search(&path)
+            .ok()
+            .map(|i| METHOD_PATHS[i])
+    }
+}

@@ -135,6 +135,7 @@ pub async fn run_exec_piped(
         );
         return finished(&exec_id, 0, started, -1, 0, false, message);
     }
+    let spawn_started = Instant::now();
     let spawned = crate::spawn::spawn_shell(&crate::spawn::ShellCommand {
         command: &start.command,
         cwd: &cwd,
@@ -152,6 +153,8 @@ pub async fn run_exec_piped(
             return finished(&exec_id, 0, started, -1, 0, false, spawn_error(&e, &cwd));
         }
     };
+    crate::metrics::spawned(spawn_started.elapsed());
+    let _running = crate::metrics::Running::start();
     let pid = child.id();
     // Lets a restarted agent kill this command's group if we die first.
     let _record = crate::orphans::Record::new(pid);

@@ -319,9 +319,15 @@ pub async fn route_call(
                 peeked.fill_session(&route.session_id);
             }
             let body = replay(peeked, body);
-            Ok(Decision::Done(
-                forward(&cluster, parts, body, &caller, route, addr, exec).await,
-            ))
+            let response = forward(&cluster, parts, body, &caller, route, addr, exec).await;
+            // A refusal is answered in the headers; the owner's answer
+            // carries its status in the trailers.
+            let refused = response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|code| code.as_bytes() != b"0");
+            crate::metrics::forwarded(!refused);
+            Ok(Decision::Done(response))
         }
     }
 }

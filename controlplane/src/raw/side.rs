@@ -72,6 +72,9 @@ async fn run(pair: Pair) {
         }
     };
     let moved = tokio::task::spawn_blocking(move || splice::forward(agent, caller)).await;
+    if let Ok(forwarded) = &moved {
+        crate::metrics::side_connection_bytes(forwarded.bytes);
+    }
     match moved {
         Ok(splice::Forwarded { bytes, error: None }) => {
             tracing::info!(%exec_id, bytes, "side connection finished");

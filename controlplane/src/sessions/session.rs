@@ -114,6 +114,8 @@ impl Session {
         control: ControlSender,
         carried: Carried,
     ) -> Self {
+        // Until mark_closed.
+        crate::metrics::agents_connected(1);
         Session {
             id,
             workspace_id,
@@ -395,6 +397,7 @@ impl Session {
         if !self.alive.send_replace(false) {
             return;
         }
+        crate::metrics::agents_connected(-1);
         *self.close_reason.lock() = Some(reason.to_string());
         self.files.lock().clear();
         let close = ControlMessage {

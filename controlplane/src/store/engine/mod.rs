@@ -143,3 +143,27 @@ impl fmt::Display for Unavailable {
 }
 
 impl std::error::Error for Unavailable {}
+
+/// Times one statement for the metrics (`cmdop_server_db_statement_duration_seconds`)
+/// until dropped, whether it succeeded or not.
+pub(crate) struct StatementTimer {
+    engine: &'static str,
+    kind: &'static str,
+    started: std::time::Instant,
+}
+
+impl StatementTimer {
+    pub(crate) fn start(engine: &'static str, kind: &'static str) -> StatementTimer {
+        StatementTimer {
+            engine,
+            kind,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for StatementTimer {
+    fn drop(&mut self) {
+        crate::metrics::db_statement(self.engine, self.kind, self.started.elapsed());
+    }
+}

@@ -20,7 +20,7 @@ use tokio_postgres::{
     NoTls,
 };
 
-use super::{Exec, Kind, Row, Unavailable, Value};
+use super::{Exec, Kind, Row, StatementTimer, Unavailable, Value};
 
 /// Connecting to the database gives up after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -198,6 +198,11 @@ impl Pg {
     pub fn client(&self) -> anyhow::Result<PgExec<'_>> {
         let pool = self.pool.clone();
         let got = self.wait(async move { pool.get().await }, |_| {})?;
+        let status = self.pool.status();
+        crate::metrics::db_pool(
+            status.size.saturating_sub(status.available),
+            status.available,
+        );
         match got {
             Ok(client) => Ok(PgExec {
                 pg: self,
@@ -395,6 +400,7 @@ fn convert(row: &tokio_postgres::Row) -> Result<Row, tokio_postgres::Error> {
 
 impl Exec for PgExec<'_> {
     fn execute(&mut self, sql: &str, params: &[Value]) -> anyhow::Result<u64> {
+        let _timer = StatementTimer::start("postgres", "execute");
         let sql = sql.to_owned();
         let params = params.to_vec();
         self.run(move |client| async move {
@@ -408,6 +414,7 @@ impl Exec for PgExec<'_> {
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> anyhow::Result<Vec<Row>> {
+        let _timer = StatementTimer::start("postgres", "query");
         let sql = sql.to_owned();
         let params = params.to_vec();
         self.run(move |client| async move {
@@ -422,6 +429,7 @@ impl Exec for PgExec<'_> {
     }
 
     fn batch(&mut self, sql: &str) -> anyhow::Result<()> {
+        let _timer = StatementTimer::start("postgres", "batch");
         let sql = sql.to_owned();
         self.run(move |client| async move {
             let res = client.batch_execute(&sql).await;

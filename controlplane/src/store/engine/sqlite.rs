@@ -7,7 +7,7 @@ use rusqlite::{
     Connection, ToSql,
 };
 
-use super::{Exec, Kind, Row, Value};
+use super::{Exec, Kind, Row, StatementTimer, Value};
 
 /// Statements run on this connection.
 pub struct SqliteExec<'a>(pub &'a Connection);
@@ -56,11 +56,13 @@ fn row(r: &rusqlite::Row<'_>, columns: usize) -> rusqlite::Result<Row> {
 
 impl Exec for SqliteExec<'_> {
     fn execute(&mut self, sql: &str, params: &[Value]) -> anyhow::Result<u64> {
+        let _timer = StatementTimer::start("sqlite", "execute");
         let mut stmt = self.0.prepare_cached(&placeholders(sql))?;
         Ok(stmt.execute(rusqlite::params_from_iter(params.iter()))? as u64)
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> anyhow::Result<Vec<Row>> {
+        let _timer = StatementTimer::start("sqlite", "query");
         let mut stmt = self.0.prepare_cached(&placeholders(sql))?;
         let columns = stmt.column_count();
         let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
@@ -70,6 +72,7 @@ impl Exec for SqliteExec<'_> {
     }
 
     fn batch(&mut self, sql: &str) -> anyhow::Result<()> {
+        let _timer = StatementTimer::start("sqlite", "batch");
         Ok(self.0.execute_batch(sql)?)
     }
 

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Builds the Debian packages (`make deb`), checks their metadata, unpacks
+# them with dpkg into a scratch root (the machine itself is left alone), and
+# uses what they installed: the packaged `cmdop dev` runs a control plane and
+# an agent, and a C program built through pkg-config against the packaged
+# library runs a command on it.
+# Prints `N passed, M failed`; exits non-zero when anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+work=$(mktemp -d -t cmdop-deb-test-XXXXXX)
+root=$work/root
+CMDOP_BIN=$root/usr/bin/cmdop
+. tests/harness.sh
+cleanup() { stop_stack; rm -rf "$work"; }
+trap cleanup EXIT
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   - $1"; }
+not_ok() { failed=$((failed + 1)); echo "FAIL - $1"; [ -f "$work/log" ] && sed 's/^/       /' "$work/log"; }
+check() {
+  local name=$1; shift
+  if "$@" >"$work/log" 2>&1; then ok "$name"; else not_ok "$name"; fi
+  rm -f "$work/log"
+}
+finish() { echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit $?; }
+
+echo "== make deb"
+if ! make -s deb >"$work/built" 2>"$work/log"; then
+  not_ok "make deb"
+  finish
+fi
+rm -f "$work/log"
+ok "make deb"
+mapfile -t debs < <(grep '\.deb$' "$work/built")
+deb_of() { printf '%s\n' "${debs[@]}" | grep "/$1_"; }
+field() { dpkg-deb -f "$(deb_of "$1")" "$2"; }
+
+check "three packages: cmdop, libcmdop1, libcmdop-dev" \
+  test -f "$(deb_of cmdop)" -a -f "$(deb_of libcmdop1)" -a -f "$(deb_of libcmdop-dev)"
+version=$(field cmdop Version)
+depends_right() {
+  field cmdop Depends | tee /dev/stderr | grep -q 'libc6 (>='
+  field cmdop Depends | grep -q adduser
+  field libcmdop1 Depends | tee /dev/stderr | grep -q 'libc6 (>='
+  [ "$(field libcmdop-dev Depends)" = "libcmdop1 (= $version)" ]
+}
+check "dependencies (libc6 from dpkg-shlibdeps; -dev on the same libcmdop1)" depends_right
+units_and_conffiles() {
+  dpkg-deb -c "$(deb_of cmdop)" | grep -q './lib/systemd/system/cmdop-server.service'
+  dpkg-deb -c "$(deb_of cmdop)" | grep -q './lib/systemd/system/cmdop-agent.service'
+  dpkg-deb -e "$(deb_of cmdop)" "$work/control"
+  grep -qx /etc/cmdop/server.toml "$work/control/conffiles"
+  grep -qx /etc/cmdop/agent.toml "$work/control/conffiles"
+}
+check "cmdop ships the units and its settings as conffiles" units_and_conffiles
+
+mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
+touch "$root/var/lib/dpkg/status" "$root/var/lib/dpkg/available"
+# Unpacked, not configured: postinst would add a user to the machine.
+check "dpkg --root unpacks all three" \
+  dpkg --root="$root" --force-depends --force-not-root --unpack "${debs[@]}"
+check "dpkg lists them as unpacked" \
+  sh -c "dpkg --root='$root' -l cmdop libcmdop1 libcmdop-dev | grep -c '^iU' | grep -qx 3"
+# Unpacked conffiles wait as FILE.dpkg-new until the package is configured.
+conffile() { [ -f "$root$1" ] && echo "$root$1" || echo "$root$1.dpkg-new"; }
+check "the packaged settings pass cmdop server --check" \
+  "$CMDOP_BIN" server --config "$(conffile /etc/cmdop/server.toml)" --check
+check "the packaged settings pass cmdop agent --check" \
+  "$CMDOP_BIN" agent --config "$(conffile /etc/cmdop/agent.toml)" --check
+
+multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+libdir=$root/usr/lib/$multiarch
+export PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_LIBDIR=$libdir/pkgconfig
+check "pkg-config finds cmdop $version" sh -c "[ \"\$(pkg-config --modversion cmdop)\" = '$version' ]"
+check "a C program builds against the packaged library" \
+  sh -c "cc -o '$work/app' tests/packaging/app.c \$(pkg-config --cflags --libs cmdop)"
+
+if start_stack; then
+  ok "the packaged cmdop dev starts a control plane and an agent"
+  run_app() {
+    local out
+    out=$(LD_LIBRARY_PATH="$libdir" "$work/app" 'echo packaged') || return 1
+    echo "$out"
+    [ "$(echo "$out" | head -n1)" = "libcmdop $version" ] || return 1
+    [ "$(echo "$out" | tail -n1)" = packaged ] || return 1
+    LD_LIBRARY_PATH="$libdir" ldd "$work/app" | grep -q "$libdir/libcmdop.so.${version%%.*}"
+  }
+  check "the C program runs a command through the packaged library" run_app
+else
+  not_ok "the packaged cmdop dev starts a control plane and an agent"
+fi
+finish
