@@ -256,6 +256,7 @@ async fn write_batches(store: Arc<Store>, mut rx: mpsc::Receiver<Op>) {
         }
         // The records first (their callers wait); outcomes and recordings
         // of earlier records after, failing on their own.
+        let count = entries.len();
         let written = crate::db::with_store(&store, move |s| {
             let ids = s.append_audit(&entries)?;
             let rest = s.finish_audit(&outcomes).and_then(|()| {
@@ -269,6 +270,9 @@ async fn write_batches(store: Arc<Store>, mut rx: mpsc::Receiver<Op>) {
             Ok(ids)
         })
         .await;
+        if count > 0 {
+            crate::metrics::audit_batch(count, written.is_ok());
+        }
         match written {
             Ok(ids) => {
                 for (ack, id) in acks.into_iter().zip(ids) {

@@ -204,6 +204,7 @@ impl Gate {
                     });
                     let audit = &self.state.audit;
                     audit.note(audit.entry(&ws, "denied", "", "", detail));
+                    crate::metrics::scope_denied();
                     return Err(refused);
                 }
             }

@@ -113,6 +113,9 @@ pub(crate) struct Metrics {
     revocations: Counter,
     drains: Counter,
     draining: Gauge,
+    scope_denials: Counter,
+    audit_records: Family<ResultLabel, Counter>,
+    audit_batch: Histogram,
 }
 
 fn exec_histogram() -> Histogram {
@@ -145,6 +148,9 @@ impl Metrics {
             revocations: Counter::default(),
             drains: Counter::default(),
             draining: Gauge::default(),
+            scope_denials: Counter::default(),
+            audit_records: Family::default(),
+            audit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -222,6 +228,21 @@ impl Metrics {
             "1 while this server drains before stopping",
             m.draining.clone(),
         );
+        r.register(
+            "scope_denials",
+            "Calls refused because the API key's scope does not allow the operation",
+            m.scope_denials.clone(),
+        );
+        r.register(
+            "audit_records",
+            "Audit records by result: written, or failed (the store could not write the batch)",
+            m.audit_records.clone(),
+        );
+        r.register(
+            "audit_batch_records",
+            "Records committed together by the audit writer (group commit)",
+            m.audit_batch.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -280,6 +301,23 @@ pub(crate) fn draining(on: bool) {
         m.drains.inc();
     }
     m.draining.set(i64::from(on));
+}
+
+/// A key's scope refused a call.
+pub(crate) fn scope_denied() {
+    get().scope_denials.inc();
+}
+
+/// The audit writer committed `n` records (`ok`) or failed to.
+pub(crate) fn audit_batch(n: usize, ok: bool) {
+    let m = get();
+    let result = if ok { "written" } else { "failed" };
+    m.audit_records
+        .get_or_create(&ResultLabel { result })
+        .inc_by(n as u64);
+    if ok {
+        m.audit_batch.observe(n as f64);
+    }
 }
 
 /// A forwarded call's result: `forwarded` (the owner answered) or
