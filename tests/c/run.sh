@@ -120,9 +120,15 @@ start_multi() {
   k1=$(managed_workspace "$dir" w1) && k2=$(managed_workspace "$dir" w2) || return 1
   for h in alpha-one alpha-two bravo-host; do managed_agent_start "$dir" w1 "$h"; done
   managed_agent_start "$dir" w2 charlie-host
+  # A w1 key scoped to `exec` on machines labelled team=alpha (alpha-one).
+  local ks
+  managed_machine_id "$dir" w1 alpha-one >/dev/null || return 1
+  managed_admin "$dir" label alpha-one team=alpha >/dev/null || return 1
+  ks=$(managed_admin "$dir" create-key --workspace w1 --name c-exec-only --allow exec \
+         --machines team=alpha) || return 1
   local addr; addr=$(cat "$dir/addr")
   multi_env="CMDOP_SERVER=$addr CMDOP_HOST=${addr%:*} CMDOP_PORT=${addr##*:} CMDOP_API_KEY=$k1
-    CMDOP_TEST_KEY_W2=$k2 CMDOP_TEST_HOSTNAME=alpha-one
+    CMDOP_TEST_KEY_W2=$k2 CMDOP_TEST_KEY_SCOPED=$ks CMDOP_TEST_HOSTNAME=alpha-one
     CMDOP_TEST_ID_ALPHA_TWO=$(managed_machine_id "$dir" w1 alpha-two)
     CMDOP_TEST_ID_BRAVO=$(managed_machine_id "$dir" w1 bravo-host)
     CMDOP_TEST_ID_CHARLIE=$(managed_machine_id "$dir" w2 charlie-host)
@@ -222,6 +228,7 @@ if has_test machine || has_test fleet_exec || has_test workspaces || has_test au
     has_test fleet_exec && run_test fleet_exec $multi_env
     # shellcheck disable=SC2086
     has_test workspaces && run_test workspaces $multi_env
+    has_test scoped_key && run_test scoped_key $multi_env
     if has_test auth; then
       addr=$(echo "$multi_env" | sed -n 's/.*CMDOP_SERVER=\([^ ]*\).*/\1/p' | head -1)
       key=$(echo "$multi_env" | sed -n 's/.*CMDOP_API_KEY=\([^ ]*\).*/\1/p' | head -1)
