@@ -66,6 +66,10 @@ pub struct ServerArgs {
     /// audit record, in KiB (0: no recordings).
     #[arg(long, default_value_t = 1024, value_name = "KIB")]
     pub audit_recording_max_kib: usize,
+    /// Prune audit records older than this many days (hourly; the chains
+    /// stay verifiable); 0 keeps them forever.
+    #[arg(long, default_value_t = 0, value_name = "DAYS")]
+    pub audit_retention_days: u64,
     /// Seconds without any message from an agent before it is marked offline.
     #[arg(long, default_value_t = 75)]
     pub heartbeat_timeout_secs: u64,
@@ -205,6 +209,8 @@ impl ServerArgs {
                     AuditFailureArg::Open => cmdop_controlplane::audit::AuditFailure::Open,
                 },
                 recording_max_bytes: self.audit_recording_max_kib.saturating_mul(1024),
+                retention: (self.audit_retention_days > 0)
+                    .then(|| Duration::from_secs(self.audit_retention_days.saturating_mul(86_400))),
             },
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {

@@ -34,6 +34,8 @@ pub struct AuditConfig {
     pub failure: AuditFailure,
     /// Largest recording of one attached shell session (bytes).
     pub recording_max_bytes: usize,
+    /// Records older than this are pruned (hourly); `None`: kept forever.
+    pub retention: Option<std::time::Duration>,
 }
 
 impl Default for AuditConfig {
@@ -42,6 +44,7 @@ impl Default for AuditConfig {
             enabled: true,
             failure: AuditFailure::Closed,
             recording_max_bytes: 1024 * 1024,
+            retention: None,
         }
     }
 }
@@ -85,9 +88,12 @@ impl Trail {
     pub fn start(store: Arc<Store>, config: AuditConfig, replica: String) -> Arc<Trail> {
         let tx = config.enabled.then(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(write_batches(store, rx));
+            tokio::spawn(write_batches(Arc::clone(&store), rx));
             tx
         });
+        if let (true, Some(keep)) = (config.enabled, config.retention) {
+            tokio::spawn(prune_every_hour(store, keep));
+        }
         Arc::new(Trail {
             tx,
             failure: config.failure,
@@ -287,6 +293,26 @@ async fn write_batches(store: Arc<Store>, mut rx: mpsc::Receiver<Op>) {
                 for ack in acks.into_iter().flatten() {
                     let _ = ack.send(Err(why.clone()));
                 }
+            }
+        }
+    }
+}
+
+/// Prunes records older than `keep`, now and every hour (every replica of
+/// a cluster does; the store serializes them and the second finds nothing).
+async fn prune_every_hour(store: Arc<Store>, keep: std::time::Duration) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        ticker.tick().await;
+        let before = now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        match crate::db::with_store(&store, move |s| s.prune_audit(before)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                records = n,
+                "pruned audit records past --audit-retention-days"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot prune the audit trail; will retry in an hour")
             }
         }
     }
