@@ -51,31 +51,16 @@ fn of<'a>(all: &'a [Value], action: &str) -> Vec<&'a Value> {
 }
 
 /// A server, workspace alpha and one connected agent labelled env=staging.
-async fn setup(extra: &[&str]) -> (tempfile::TempDir, Server, Workspace, Proc, String, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start_server(dir.path(), "127.0.0.1:0", extra);
-    let ws = create_workspace(dir.path(), "alpha");
-    let host = unique("audit");
-    let token = enroll_token(dir.path(), "alpha");
-    let agent = start_agent(
-        &server.addr,
-        Some(&token),
-        &dir.path().join("agent.json"),
-        &host,
-        &["--heartbeat-secs", "1"],
-    );
-    let mut t = terminal(&server.addr, Some(&ws.api_key)).await;
-    let session = wait_connected(&mut t, &host).await;
-    let mut e = ext(&server.addr, Some(&ws.api_key)).await;
-    wait_native_exec(&mut e, &host).await;
-    admin(dir.path(), &["label", &host, "env=staging"]);
-    (dir, server, ws, agent, host, session)
+async fn setup(extra: &[&str]) -> Stack {
+    let s = stack("audit", extra).await;
+    admin(s.dir.path(), &["label", &s.host, "env=staging"]);
+    s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_action_leaves_one_record_and_no_secret() {
-    let (dir, server, ws, _agent, host, session) = setup(&[]).await;
-    let addr = &server.addr;
+    let s = setup(&[]).await;
+    let (dir, ws, host, session, addr) = (&s.dir, &s.ws, &s.host, &s.session_id, &s.server.addr);
     let key = admin(
         dir.path(),
         &[
@@ -380,12 +365,12 @@ fn lock_database(dir: &Path) -> rusqlite::Connection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_trail_refuses_actions_unless_told_to_go_on() {
-    let (dir, server, ws, _agent, host, _) = setup(&[]).await;
-    let lock = lock_database(dir.path());
+    let s = setup(&[]).await;
+    let lock = lock_database(s.dir.path());
     let out = cli(
-        &server.addr,
-        &ws.api_key,
-        &["exec", "-H", &host, "echo ran"],
+        &s.server.addr,
+        &s.ws.api_key,
+        &["exec", "-H", &s.host, "echo ran"],
     );
     drop(lock);
     assert!(!out.status.success(), "ran without a record");
@@ -396,12 +381,12 @@ async fn an_unwritable_trail_refuses_actions_unless_told_to_go_on() {
         text(&out.stderr)
     );
 
-    let (dir, server, ws, _agent, host, _) = setup(&["--audit-failure", "open"]).await;
-    let lock = lock_database(dir.path());
+    let s = setup(&["--audit-failure", "open"]).await;
+    let lock = lock_database(s.dir.path());
     let out = cli(
-        &server.addr,
-        &ws.api_key,
-        &["exec", "-H", &host, "echo ran"],
+        &s.server.addr,
+        &s.ws.api_key,
+        &["exec", "-H", &s.host, "echo ran"],
     );
     drop(lock);
     assert!(out.status.success(), "{}", text(&out.stderr));
