@@ -75,7 +75,7 @@ async fn every_action_leaves_one_record_and_no_secret() {
             "env=staging",
         ],
     );
-    wait_labels_read(addr, &key, &host).await;
+    wait_labels_read(addr, &key, host).await;
 
     // exec, with its command, cwd, env names and exit code.
     let out = cli(
@@ -84,7 +84,7 @@ async fn every_action_leaves_one_record_and_no_secret() {
         &[
             "exec",
             "-H",
-            &host,
+            host,
             "--env",
             "SECRET_TOKEN=hunter2",
             "--cwd",
@@ -198,7 +198,7 @@ async fn every_action_leaves_one_record_and_no_secret() {
         .await
         .expect("IssueToken")
         .into_inner();
-    admin(dir.path(), &["label", &host, "tier=web"]);
+    admin(dir.path(), &["label", host, "tier=web"]);
     let prefix: String = key.chars().take(12).collect();
     admin(dir.path(), &["revoke-key", &prefix]);
 
@@ -328,7 +328,7 @@ async fn every_action_leaves_one_record_and_no_secret() {
     assert!(lines[1].contains("echo audited; exit 3") && lines[1].contains("exit 3"));
     let on_host = admin(
         dir.path(),
-        &["audit", "--machine", &host, "--json", "--since", "1h"],
+        &["audit", "--machine", host, "--json", "--since", "1h"],
     );
     assert!(on_host.lines().count() >= 8, "{on_host}");
 
