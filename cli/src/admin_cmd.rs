@@ -66,7 +66,7 @@ pub enum AdminCommand {
         machines: Option<String>,
         /// How long it works: a number with s, m, h or d (e.g. 30d);
         /// default: until revoked.
-        #[arg(long, value_parser = parse_ttl, value_name = "LIFETIME")]
+        #[arg(long, value_parser = crate::lifetime::parse, value_name = "LIFETIME")]
         expires: Option<Duration>,
     },
     /// List a workspace's API keys (never the keys themselves): prefix,
@@ -86,7 +86,7 @@ pub enum AdminCommand {
         #[arg(long)]
         workspace: String,
         /// How long the token works: a number with s, m, h or d (e.g. 30m, 7d).
-        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        #[arg(long, default_value = "24h", value_parser = crate::lifetime::parse)]
         ttl: Duration,
     },
     /// Revoke an unused enrollment token (or, with --workspace and --all,
@@ -137,35 +137,6 @@ fn workspace(store: &Store, name: &str) -> anyhow::Result<Workspace> {
     store.workspace_by_name(name)?.with_context(|| {
         format!("no workspace named '{name}'; create it with `cmdop admin create-workspace {name}`")
     })
-}
-
-/// Parses a lifetime such as `90s`, `30m`, `24h` or `7d`.
-pub fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a lifetime; write e.g. 30m, 24h or 7d"))?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" | "" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "unknown unit '{unit}' in '{text}'; use s, m, h or d"
-            ))
-        }
-    };
-    match n.checked_mul(unit_secs) {
-        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
-        _ => Err(format!(
-            "'{text}' must be more than zero and less than forever"
-        )),
-    }
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {

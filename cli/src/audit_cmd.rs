@@ -20,7 +20,7 @@ pub struct AuditArgs {
     #[arg(long)]
     pub workspace: Option<String>,
     /// Only records of the last LIFETIME (e.g. 90s, 30m, 1h, 7d).
-    #[arg(long, value_parser = crate::admin_cmd::parse_ttl, value_name = "LIFETIME")]
+    #[arg(long, value_parser = crate::lifetime::parse, value_name = "LIFETIME")]
     pub since: Option<Duration>,
     /// Only records on this machine (its id or hostname).
     #[arg(long, value_name = "MACHINE")]
@@ -47,7 +47,7 @@ pub enum AuditCommand {
     Verify,
     /// Delete records older than --older-than; the chains stay verifiable.
     Prune {
-        #[arg(long, value_parser = crate::admin_cmd::parse_ttl, value_name = "LIFETIME")]
+        #[arg(long, value_parser = crate::lifetime::parse, value_name = "LIFETIME")]
         older_than: Duration,
     },
     /// Replay the recording of an attached shell session (record ID from

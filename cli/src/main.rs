@@ -14,6 +14,7 @@ mod dev_cmd;
 mod fleet_cmd;
 mod keys_cmd;
 mod labels;
+mod lifetime;
 mod logging;
 mod metrics_http;
 mod readiness;

@@ -16,7 +16,7 @@ use std::{
 use tokio::sync::watch;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
-use crate::state::SharedState;
+use crate::store::Store;
 
 /// How often a networked database is probed.
 const DATABASE_PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -99,8 +99,8 @@ pub async fn report(serving: Serving, reporter: HealthReporter) {
 /// Probes a networked database (PostgreSQL) every second; when it has been
 /// unreachable for longer than `grace`, the server is not ready until it
 /// answers again. Returns at once for SQLite.
-pub async fn watch_database(state: SharedState, serving: Serving, grace: Duration) {
-    if !state.store.is_networked() {
+pub async fn watch_database(store: Arc<Store>, serving: Serving, grace: Duration) {
+    if !store.is_networked() {
         return;
     }
     let mut down_since: Option<Instant> = None;
@@ -108,9 +108,9 @@ pub async fn watch_database(state: SharedState, serving: Serving, grace: Duratio
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let st = state.clone();
+        let st = Arc::clone(&store);
         // Any cheap statement does; an unknown id reads one index entry.
-        let probe = tokio::task::spawn_blocking(move || st.store.workspace_by_id("")).await;
+        let probe = tokio::task::spawn_blocking(move || st.workspace_by_id("")).await;
         let unreachable = matches!(&probe, Ok(Err(e)) if crate::store::is_unavailable_error(e));
         if unreachable {
             let since = *down_since.get_or_insert_with(Instant::now);

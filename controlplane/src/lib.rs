@@ -258,7 +258,7 @@ pub async fn serve_with_store(
         reporter,
     )));
     let _database_health = AbortOnDrop::new(tokio::spawn(health::watch_database(
-        state.clone(),
+        Arc::clone(&state.store),
         config.serving.clone(),
         config.db_outage_grace,
     )));
