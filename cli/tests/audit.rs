@@ -93,6 +93,22 @@ async fn every_action_leaves_one_record_and_no_secret() {
         ],
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // Hidden: a production machine, out of the key's scope.
+    let prod = unique("audit-prod");
+    let token = enroll_token(dir.path(), "alpha");
+    let _prod_agent = start_agent(
+        addr,
+        Some(&token),
+        &dir.path().join("prod.json"),
+        &prod,
+        &["--heartbeat-secs", "1"],
+    );
+    let mut t = terminal(addr, Some(&ws.api_key)).await;
+    wait_connected(&mut t, &prod).await;
+    admin(dir.path(), &["label", &prod, "env=prod"]);
+    let hidden = cli(addr, &key, &["exec", "-H", &prod, "echo prod"]);
+    assert!(!hidden.status.success(), "ran out of scope");
+    assert!(!text(&hidden.stdout).contains("prod"));
     // Refused: reading a file with an exec-only key.
     let refused = cli(
         addr,
@@ -240,8 +256,12 @@ async fn every_action_leaves_one_record_and_no_secret() {
     assert_eq!(exec["outcome"]["bytes_out"], 8);
 
     let denied = of(&all, "denied");
-    assert_eq!(denied.len(), 1, "{denied:#?}");
-    assert_eq!(denied[0]["detail"]["missing"], "files:read");
+    assert_eq!(denied.len(), 2, "{denied:#?}");
+    // The exec on a machine out of the key's scope: the caller was told
+    // "not found", the trail names the machine.
+    assert_eq!(denied[0]["detail"]["missing"], "machine scope");
+    assert_eq!(denied[0]["hostname"], prod.as_str());
+    assert_eq!(denied[1]["detail"]["missing"], "files:read");
 
     let ups = of(&all, "transfer.upload");
     assert_eq!(ups.len(), 1, "{ups:#?}");
@@ -282,7 +302,7 @@ async fn every_action_leaves_one_record_and_no_secret() {
     assert!(played.contains("cast-42"), "{played}");
     let tokens = of(&all, "token.issue");
     assert_eq!(tokens.len(), 1, "{tokens:#?}");
-    assert_eq!(of(&all, "machine.enroll").len(), 1);
+    assert_eq!(of(&all, "machine.enroll").len(), 2);
     // The workspace's first key and ci-deploy.
     let created = of(&all, "key.create");
     assert_eq!(created.len(), 2, "{created:#?}");
@@ -292,8 +312,9 @@ async fn every_action_leaves_one_record_and_no_secret() {
         .unwrap()
         .starts_with("admin CLI"));
     assert_eq!(of(&all, "key.revoke").len(), 1);
-    assert_eq!(of(&all, "label.change").len(), 2);
-    assert_eq!(of(&all, "label.change")[1]["detail"]["set"]["tier"], "web");
+    let labels = of(&all, "label.change");
+    assert_eq!(labels.len(), 3, "{labels:#?}");
+    assert_eq!(labels[2]["detail"]["set"]["tier"], "web");
 
     // No secret anywhere: not in the records, not in the database file.
     let printed = admin(dir.path(), &["audit", "--json"]);

@@ -208,6 +208,14 @@ impl Cmdop for CmdopService {
                 HostnameMatch::None => ResolveMachineResponse::default(),
             }
         };
+        if !answer.found && !answer.ambiguous {
+            let asked = if req.machine_id.is_empty() {
+                &req.hostname
+            } else {
+                &req.machine_id
+            };
+            crate::inventory::note_hidden(&self.state, &ws, "ResolveMachine", asked);
+        }
         // Not connected here, and the database that knows the others
         // cannot be reached: the live replicas answer for the machines
         // connected to them.

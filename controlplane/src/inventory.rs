@@ -139,10 +139,38 @@ pub fn known_machines(state: &State, ws: &Workspace) -> anyhow::Result<Vec<Machi
         .collect())
 }
 
+/// When a scoped caller asked for a machine (`asked`: its id or hostname)
+/// that exists but is out of its scope, puts the attempt on the audit
+/// trail as refused. The caller's answer stays "not found": nothing tells
+/// it the machine exists.
+pub fn note_hidden(state: &State, ws: &Workspace, method: &str, asked: &str) {
+    if !ws.scope.limits_machines() || asked.is_empty() {
+        return;
+    }
+    let whole = Workspace {
+        scope: crate::scope::Scope::full(),
+        ..ws.clone()
+    };
+    let Ok(all) = known_machines(state, &whole) else {
+        return;
+    };
+    let Some(m) = all
+        .iter()
+        .find(|m| m.machine_id == asked || m.hostname.eq_ignore_ascii_case(asked))
+    else {
+        return;
+    };
+    let detail = serde_json::json!({ "method": method, "missing": "machine scope" });
+    let audit = &state.audit;
+    audit.note(audit.entry(ws, "denied", &m.machine_id, &m.hostname, detail));
+    crate::metrics::scope_denied();
+}
+
 /// The answer for a call to machine `machine_id` that has no session
 /// here: UNAVAILABLE naming it when it is enrolled (offline), NOT_FOUND
 /// when the caller cannot see such a machine.
 pub fn absent_machine(state: &State, ws: &Workspace, machine_id: &str) -> Status {
+    note_hidden(state, ws, "a call on a machine", machine_id);
     match known_machines(state, ws) {
         Ok(known) => match known.iter().find(|m| m.machine_id == machine_id) {
             Some(m) => Status::unavailable(format!(

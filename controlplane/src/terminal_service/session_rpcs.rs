@@ -273,6 +273,7 @@ pub fn get_session_by_hostname(
                 match_hostname(&req.hostname, req.partial_match, offline),
                 HostnameMatch::None
             ) {
+                crate::inventory::note_hidden(state, ws, "GetSessionByHostname", &req.hostname);
                 not_found(format!(
                     "no machine with hostname '{}' is connected to workspace '{}'",
                     req.hostname, ws.name
