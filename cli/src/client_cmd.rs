@@ -52,9 +52,10 @@ pub struct ExecArgs {
     pub connect: ConnectArgs,
     #[command(flatten)]
     pub machine: MachineArgs,
-    /// Seconds before the remote command is killed (default: --timeout-secs).
-    #[arg(long)]
-    pub kill_after: Option<u64>,
+    /// Kill the remote command if it runs longer than this: `30s`, `5m`,
+    /// `1h30m` (a bare number is seconds). Default: no time limit.
+    #[arg(long, alias = "kill-after", value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
     /// Set an environment variable for the command (repeatable): --env K=V.
     #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -113,6 +114,50 @@ fn stdin_has_data() -> bool {
     }
 }
 
+/// `cmdop exec --help`'s table of exit statuses (also in the README).
+pub const EXIT_STATUS: &str = "\
+Exit status:
+  0-255  the remote command's own status (one machine)
+  128+N  the remote command was killed by signal N (137: kill -9)
+  124    the command ran longer than --timeout and was killed
+  255    cmdop itself failed: wrong command line, cannot connect, key refused,
+         machine unknown or offline, connection lost while the command ran
+         (its outcome is then unknown)
+On several machines (-l, -H a,b, -H 'web-*'): 0 when every machine ran it and
+it exited 0, 1 when one failed, 2 when none failed but some did not run; 255
+as above.";
+
+/// What `cmdop exec` asks for when no `--timeout` is given: the longest
+/// limit the protocol carries (milliseconds in 32 bits, about 49 days). The
+/// library would otherwise apply its per-call timeout (`--timeout-secs`) to
+/// the command, which kills builds and other long work.
+pub(crate) const NO_TIME_LIMIT: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// `cmdop exec`'s status when the command ran out of its `--timeout` and
+/// was killed (as `timeout(1)`).
+pub(crate) const TIMED_OUT: u8 = 124;
+
+/// `--timeout`: a humantime duration (`90s`, `5m`, `1h30m`) or bare seconds.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s.trim()).map_err(|e| {
+            format!("'{s}' is not a duration ({e}); write e.g. --timeout 30s or --timeout 5m")
+        })?,
+    };
+    if d.is_zero() {
+        return Err(
+            "a zero --timeout would kill every command; leave --timeout out for no limit".into(),
+        );
+    }
+    if d > NO_TIME_LIMIT {
+        return Err(format!(
+            "--timeout {s} is longer than the longest limit cmdop can set (49 days); leave --timeout out for no limit"
+        ));
+    }
+    Ok(d)
+}
+
 /// `K=V` from `--env`.
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -126,7 +171,7 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
     let command = args.command.join(" ");
     let opts = cmdop::client::ExecOptions {
-        timeout: args.kill_after.map(Duration::from_secs),
+        timeout: Some(args.timeout.unwrap_or(NO_TIME_LIMIT)),
         env: args.env,
         working_directory: args.cwd.unwrap_or_default(),
         discard_output: true,
@@ -208,9 +253,14 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
         Ok(out) => Ok(std::process::ExitCode::from(
             out.exit_code.clamp(0, 255) as u8
         )),
-        Err(Error::Timeout { message, .. }) => {
-            eprintln!("cmdop: {message}");
-            Ok(std::process::ExitCode::from(124))
+        // The agent confirmed the kill at the --timeout; 124 as timeout(1).
+        Err(Error::Timeout { .. }) if args.timeout.is_some() => {
+            let limit = humantime::format_duration(args.timeout.unwrap_or_default());
+            eprintln!(
+                "cmdop: the remote command ran longer than --timeout {limit} and was killed; \
+                 raise --timeout, or leave it out for no limit"
+            );
+            Ok(std::process::ExitCode::from(TIMED_OUT))
         }
         Err(e) => Err(e.into()),
     }

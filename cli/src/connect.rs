@@ -83,6 +83,8 @@ impl ConnectArgs {
         }
         opts.timeout = Duration::from_secs(self.timeout_secs.max(1));
         opts.auto_reconnect = false;
+        // -v: the library's request/response summaries too.
+        opts.debug = crate::logging::verbosity() >= 1;
         Ok(opts)
     }
 

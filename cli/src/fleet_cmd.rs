@@ -237,6 +237,7 @@ fn describe(outcome: &Outcome) -> String {
             "did not run: skipped after --max-failures".into()
         }
         Outcome::NotRun(NotRun::Cancelled) => "did not run: interrupted".into(),
+        Outcome::Timeout => "timed out: killed after --timeout".into(),
         other => other.to_string(),
     }
 }

@@ -1,15 +1,100 @@
-//! Structured logs to stderr via `tracing`.
+//! Logs to stderr via `tracing`: text (coloured only on a terminal) or one
+//! JSON object per line, at a level chosen by `--log-level` or `-v`/`-vv`.
+
+use std::{
+    io::IsTerminal,
+    sync::atomic::{AtomicU8, Ordering},
+};
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs a stderr subscriber. `level` is a tracing filter such as
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line with the fields `timestamp`, `level`,
+    /// `target` and `message` (plus the event's own fields).
+    Json,
+}
+
+/// How many `-v` were given; the client commands read it to turn on the
+/// library's own debug messages.
+static VERBOSITY: AtomicU8 = AtomicU8::new(0);
+
+/// The number of `-v` flags given (0 without any).
+pub fn verbosity() -> u8 {
+    VERBOSITY.load(Ordering::Relaxed)
+}
+
+/// The crates whose debug messages `-v` shows: ours (the library and this
+/// binary are both `cmdop`), not the HTTP/2, gRPC and TLS stacks underneath
+/// (those need `-vv`).
+const OUR_CRATES: &[&str] = &[
+    "cmdop",
+    "cmdop_controlplane",
+    "cmdop_agent",
+    "cmdop_localpg",
+];
+
+/// The tracing filter for `--log-level` (wins when given), else `-v`
+/// (`verbose` = 1: our crates at debug; 2 or more: everything at debug,
+/// HTTP/2 internals included), else `default`.
+pub fn filter_for(log_level: Option<&str>, verbose: u8, default: &str) -> String {
+    if let Some(level) = log_level {
+        return level.to_string();
+    }
+    match verbose {
+        0 => default.to_string(),
+        1 => {
+            let mut f = default.to_string();
+            for c in OUR_CRATES {
+                f.push_str(&format!(",{c}=debug"));
+            }
+            f
+        }
+        _ => "debug".to_string(),
+    }
+}
+
+/// Installs a stderr subscriber. `filter` is a tracing filter such as
 /// `info` or `cmdop_controlplane=debug,info`; `RUST_LOG` overrides it.
-pub fn init(level: &str) {
+/// Colours only when stderr is a terminal and `NO_COLOR` is not set, so a
+/// log written to a file or a pipe holds no escape codes.
+pub fn init(filter: &str, verbose: u8, format: LogFormat) {
+    VERBOSITY.store(verbose, Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_level_wins_then_verbosity_then_the_default() {
+        assert_eq!(filter_for(Some("trace"), 2, "warn"), "trace");
+        assert_eq!(filter_for(None, 0, "warn"), "warn");
+        let one = filter_for(None, 1, "warn");
+        assert!(one.starts_with("warn,"), "{one}");
+        assert!(one.contains("cmdop=debug"), "{one}");
+        assert!(!one.contains("h2"), "HTTP/2 internals only at -vv: {one}");
+        assert_eq!(filter_for(None, 2, "warn"), "debug");
+    }
 }

@@ -17,6 +17,7 @@ mod labels;
 mod logging;
 mod metrics_http;
 mod readiness;
+mod report;
 mod secret_flags;
 mod server_cmd;
 
@@ -34,6 +35,16 @@ struct Cli {
     #[arg(long, global = true, env = "CMDOP_LOG", hide_env_values = true)]
     log_level: Option<String>,
 
+    /// More log output: -v shows cmdop's own debug messages, -vv also the
+    /// HTTP/2, gRPC and TLS internals. --log-level wins when given.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Log line format on stderr: text, or json (one object per line with
+    /// timestamp, level, target and message).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +60,7 @@ enum Command {
     /// Start a throw-away control plane and an agent for this machine.
     Dev(dev_cmd::DevArgs),
     /// Run a command on a machine; exits with its exit status.
+    #[command(after_help = client_cmd::EXIT_STATUS, after_long_help = client_cmd::EXIT_STATUS)]
     Exec(client_cmd::ExecArgs),
     /// List the workspace's sessions.
     Sessions(client_cmd::SessionsArgs),
@@ -70,7 +82,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let command = Cli::command();
-    let matches = command.clone().get_matches();
+    let matches = match command.clone().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => report::usage_error(e),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.format(&mut Cli::command()).exit(),
@@ -97,9 +112,13 @@ fn main() -> std::process::ExitCode {
             | Command::Cp(_)
     );
     logging::init(
-        cli.log_level
-            .as_deref()
-            .unwrap_or(if quiet { "warn" } else { "info" }),
+        &logging::filter_for(
+            cli.log_level.as_deref(),
+            cli.verbose,
+            if quiet { "warn" } else { "info" },
+        ),
+        cli.verbose,
+        cli.log_format,
     );
     let success = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     let result = match cli.command {
@@ -127,8 +146,14 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The client commands exit 255 for their own failures, like ssh,
+        // so that a script tells them from the remote command's status.
+        Err(err) if quiet => {
+            eprintln!("cmdop: {}", report::one_line(&err));
+            std::process::ExitCode::from(report::CMDOP_FAILED)
+        }
         Err(err) => {
-            eprintln!("cmdop: {err:#}");
+            eprintln!("cmdop: {}", report::one_line(&err));
             std::process::ExitCode::FAILURE
         }
     }
