@@ -11,6 +11,7 @@ mod connect;
 mod data_dir;
 mod dev_cluster;
 mod dev_cmd;
+mod docs_cmd;
 mod fleet_cmd;
 mod keys_cmd;
 mod labels;
@@ -74,6 +75,11 @@ enum Command {
     /// Copy a file to or from a machine: `cp ./a.tar web-1:/tmp/`,
     /// `cp web-1:/var/log/syslog .`
     Cp(client_cmd::CpArgs),
+    /// Print a shell completion script (bash, zsh, fish, …) to stdout.
+    Completions(docs_cmd::CompletionsArgs),
+    /// Write the manual pages (cmdop.1, cmdop-exec.1, …) to a directory.
+    #[command(hide = true)]
+    Man(docs_cmd::ManArgs),
     /// Started by `cmdop agent` itself: waits for the agent to die, then
     /// kills the commands it left running (see `cmdop_agent::orphans`).
     #[command(hide = true)]
@@ -123,6 +129,8 @@ fn main() -> std::process::ExitCode {
     let success = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Admin(args) => admin_cmd::run(args),
+        Command::Completions(args) => success(docs_cmd::completions(args, Cli::command())),
+        Command::Man(args) => success(docs_cmd::man(args, Cli::command())),
         Command::AgentReaper(args) => {
             cmdop_agent::orphans::reap_when_closed(&args.dir);
             Ok(std::process::ExitCode::SUCCESS)
@@ -139,7 +147,10 @@ fn main() -> std::process::ExitCode {
                     Command::Ls(args) => client_cmd::ls(args).await,
                     Command::Attach(args) => client_cmd::attach(args).await,
                     Command::Cp(args) => client_cmd::cp(args).await,
-                    Command::Admin(_) | Command::AgentReaper(_) => unreachable!("handled above"),
+                    Command::Admin(_)
+                    | Command::AgentReaper(_)
+                    | Command::Completions(_)
+                    | Command::Man(_) => unreachable!("handled above"),
                 }
             })
         }),
