@@ -86,9 +86,9 @@ pub struct ExecArgs {
     /// them); the next batch starts when the previous one has finished.
     #[arg(long, value_name = "N|P%", value_parser = crate::fleet_cmd::parse_batch)]
     pub batch: Option<cmdop::client::Batch>,
-    /// With several machines: one JSON object per machine and line
-    /// (machine_id, hostname, status, exit_code, stdout, stderr,
-    /// duration_ms) instead of prefixed lines.
+    /// Print one JSON object (with several machines: one per machine and
+    /// line) with machine_id, hostname, status, exit_code, stdout, stderr
+    /// and duration_ms, instead of the command's output as it comes.
     #[arg(long)]
     pub json: bool,
     /// The command, run by the remote shell (`sh -c`).
@@ -170,7 +170,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
     let command = args.command.join(" ");
-    let opts = cmdop::client::ExecOptions {
+    let mut opts = cmdop::client::ExecOptions {
         timeout: Some(args.timeout.unwrap_or(NO_TIME_LIMIT)),
         env: args.env,
         working_directory: args.cwd.unwrap_or_default(),
@@ -196,7 +196,13 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
         return crate::fleet_cmd::exec_many(client, command, opts, fan).await;
     }
     args.machine.select(&client).await?;
-    let on_chunk = |stream: cmdop::client::Stream, data: &[u8]| {
+    // --json keeps the output for its object instead of printing it.
+    let json = args.json;
+    opts.discard_output = !json;
+    let on_chunk = move |stream: cmdop::client::Stream, data: &[u8]| {
+        if json {
+            return;
+        }
         let _ = match stream {
             cmdop::client::Stream::Stdout => std::io::stdout().write_all(data),
             cmdop::client::Stream::Stderr => std::io::stderr().write_all(data),
@@ -242,7 +248,36 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
             .await
     };
     let _ = std::io::stdout().flush();
+    let machine = client.machine();
     client.close().await;
+    if json {
+        let (status, out) = match &result {
+            Ok(out) if out.signal == 0 && out.exit_code == 0 => ("ok", Some(out)),
+            Ok(out) => ("failed", Some(out)),
+            Err(Error::Timeout {
+                partial: Some(p), ..
+            }) if args.timeout.is_some() => ("timeout", Some(p.as_ref())),
+            Err(_) => ("error", None),
+        };
+        if let Some(out) = out {
+            let (machine_id, hostname) = machine
+                .map(|m| (m.machine_id, m.hostname))
+                .unwrap_or_default();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "machine_id": machine_id,
+                    "hostname": hostname,
+                    "status": status,
+                    "exit_code": (out.signal == 0 && status != "timeout").then_some(out.exit_code),
+                    "signal": (out.signal != 0).then_some(out.signal),
+                    "stdout": String::from_utf8_lossy(&out.stdout),
+                    "stderr": String::from_utf8_lossy(&out.stderr),
+                    "duration_ms": u64::try_from(out.duration.as_millis()).unwrap_or(u64::MAX),
+                })
+            );
+        }
+    }
     match result {
         Ok(out) if out.signal != 0 => {
             eprintln!("cmdop: remote command killed by signal {}", out.signal);
@@ -270,23 +305,70 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
 pub struct SessionsArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// One JSON object per session and line (session_id, machine_id,
+    /// hostname, status, os, shell, agent_version, connected_at_unix,
+    /// heartbeat_age_seconds) instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Lists the workspace's sessions, newest activity first.
 pub async fn sessions(args: SessionsArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
     let sessions = client.list_sessions().await?;
-    println!(
-        "{:<38} {:<24} {:<13} {:<8} SHELL",
-        "SESSION", "HOSTNAME", "STATUS", "OS"
-    );
-    for s in sessions {
-        println!(
-            "{:<38} {:<24} {:<13} {:<8} {}",
-            s.session_id, s.hostname, s.status, s.os, s.shell
-        );
-    }
     client.close().await;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for s in &sessions {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "session_id": s.session_id,
+                    "machine_id": s.machine_id,
+                    "hostname": s.hostname,
+                    "machine_name": s.machine_name,
+                    "status": s.status,
+                    "os": s.os,
+                    "shell": s.shell,
+                    "agent_version": s.agent_version,
+                    "working_directory": s.working_directory,
+                    "has_shell": s.has_shell,
+                    "connected_at_unix": s.connected_at,
+                    "heartbeat_age_seconds": s.heartbeat_age_seconds,
+                })
+            )?;
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let now = crate::table::now_ms();
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.session_id.clone(),
+                s.hostname.clone(),
+                s.status.clone(),
+                crate::table::ago(now, s.connected_at.saturating_mul(1000)),
+                crate::table::ago(now, now - s.heartbeat_age_seconds.saturating_mul(1000)),
+                s.os.clone(),
+                s.shell.clone(),
+            ]
+        })
+        .collect();
+    crate::table::print(
+        &mut out,
+        &[
+            "SESSION",
+            "HOSTNAME",
+            "STATUS",
+            "CONNECTED",
+            "HEARTBEAT",
+            "OS",
+            "SHELL",
+        ],
+        &rows,
+    )?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -299,6 +381,10 @@ pub struct LsArgs {
     /// Include hidden files.
     #[arg(long, short = 'a')]
     pub all: bool,
+    /// One JSON object per entry and line (name, path, kind, size, mode,
+    /// permissions, mtime_unix, symlink_target) instead of the table.
+    #[arg(long)]
+    pub json: bool,
     /// Directory on the remote machine (relative paths: from its home).
     #[arg(default_value = ".")]
     pub path: String,
@@ -308,33 +394,68 @@ pub struct LsArgs {
 pub async fn ls(args: LsArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
     args.machine.select(&client).await?;
+    let mut entries = Vec::new();
     let mut token: Option<String> = None;
     loop {
         let page = client
             .list_files(&args.path, token.as_deref(), args.all)
             .await?;
-        for e in &page.entries {
-            let kind = match e.kind {
-                FileKind::Directory => 'd',
-                FileKind::Symlink => 'l',
-                _ => '-',
-            };
-            let suffix = if e.symlink_target.is_empty() {
-                String::new()
-            } else {
-                format!(" -> {}", e.symlink_target)
-            };
-            println!(
-                "{kind}{:<9} {:>12} {}{suffix}",
-                e.permissions, e.size, e.name
-            );
-        }
+        entries.extend(page.entries);
         if page.next_page_token.is_empty() {
             break;
         }
         token = Some(page.next_page_token);
     }
     client.close().await;
+    let mut out = std::io::stdout().lock();
+    let kind_name = |k: &FileKind| match k {
+        FileKind::Directory => "directory",
+        FileKind::Symlink => "symlink",
+        FileKind::File => "file",
+        _ => "other",
+    };
+    if args.json {
+        for e in &entries {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "name": e.name,
+                    "path": e.path,
+                    "kind": kind_name(&e.kind),
+                    "size": e.size,
+                    "mode": e.mode,
+                    "permissions": e.permissions,
+                    "mtime_unix": e.mtime,
+                    "symlink_target": e.symlink_target,
+                })
+            )?;
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let now = crate::table::now_ms();
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let kind = match e.kind {
+                FileKind::Directory => 'd',
+                FileKind::Symlink => 'l',
+                _ => '-',
+            };
+            let name = if e.symlink_target.is_empty() {
+                e.name.clone()
+            } else {
+                format!("{} -> {}", e.name, e.symlink_target)
+            };
+            vec![
+                format!("{kind}{}", e.permissions),
+                e.size.to_string(),
+                crate::table::ago(now, e.mtime.saturating_mul(1000)),
+                name,
+            ]
+        })
+        .collect();
+    crate::table::print(&mut out, &["MODE", "SIZE", "MODIFIED", "NAME"], &rows)?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

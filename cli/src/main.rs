@@ -21,6 +21,7 @@ mod readiness;
 mod report;
 mod secret_flags;
 mod server_cmd;
+mod table;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
