@@ -6,7 +6,10 @@ use std::{
     sync::atomic::{AtomicU8, Ordering},
 };
 
-use tracing_subscriber::EnvFilter;
+use parking_lot::Mutex;
+use tracing_subscriber::{
+    filter::Targets, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
+};
 
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -67,20 +70,80 @@ pub fn init(filter: &str, verbose: u8, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder
+    let lines = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-            .try_init(),
-        LogFormat::Json => builder
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .try_init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    // The agent's warnings are kept whatever the level shown, so that
+    // `cmdop dev` can say why its agent did not connect.
+    let agent_problems = Targets::new().with_target("cmdop_agent", tracing::Level::WARN);
+    let _ = tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(LastAgentProblem.with_filter(agent_problems))
+        .try_init();
+}
+
+/// The last warning or error an agent in this process logged.
+static LAST_AGENT_PROBLEM: Mutex<Option<String>> = Mutex::new(None);
+
+/// The last warning or error the agent running in this process (`cmdop
+/// dev`) logged, as "message (field: value, …)".
+pub fn last_agent_problem() -> Option<String> {
+    LAST_AGENT_PROBLEM.lock().clone()
+}
+
+/// Records each event it sees in [`LAST_AGENT_PROBLEM`].
+struct LastAgentProblem;
+
+impl<S: tracing::Subscriber> Layer<S> for LastAgentProblem {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut text = EventText::default();
+        event.record(&mut text);
+        let line = if text.fields.is_empty() {
+            text.message
+        } else {
+            format!("{} ({})", text.message, text.fields.join(", "))
+        };
+        *LAST_AGENT_PROBLEM.lock() = Some(line);
+    }
+}
+
+/// An event's message and its other fields as `name: value`.
+#[derive(Default)]
+struct EventText {
+    message: String,
+    fields: Vec<String>,
+}
+
+impl tracing::field::Visit for EventText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            self.fields.push(format!("{}: {value:?}", field.name()));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.fields.push(format!("{}: {value}", field.name()));
+        }
+    }
 }
 
 #[cfg(test)]
