@@ -1,9 +1,8 @@
 //! Client commands (`exec`, `sessions`, `ls`, `attach`), built on the same
 //! client core as libcmdop.
 
-use std::{io::Write, path::PathBuf, time::Duration};
+use std::{io::Write, time::Duration};
 
-use anyhow::Context;
 use clap::Args;
 
 use crate::connect::ConnectArgs;
@@ -512,147 +511,9 @@ pub async fn attach(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> 
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-#[derive(Args)]
-pub struct CpArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-    /// Keep the permission bits of the source (like `cp -p`).
-    #[arg(long, short = 'p')]
-    pub preserve_mode: bool,
-    /// Create missing parent directories of the target.
-    #[arg(long)]
-    pub parents: bool,
-    /// Fail instead of replacing an existing target.
-    #[arg(long, short = 'n')]
-    pub no_clobber: bool,
-    /// Source: a local path, or HOST:PATH on a machine.
-    pub source: String,
-    /// Target: HOST:PATH (ending in / for a directory) when the source is
-    /// local, a local file or directory when the source is remote.
-    pub target: String,
-}
-
-/// `HOST:PATH` when `spec` names a remote file. A local path containing
-/// ':' can be written as ./name.
-fn remote_spec(spec: &str) -> Option<(&str, &str)> {
-    let (host, path) = spec.split_once(':')?;
-    (!host.is_empty() && !host.contains('/')).then_some((host, path))
-}
-
-/// The last path component of `path` ("" when it has none).
-fn base_name(path: &str) -> &str {
-    path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
-}
-
-/// Copies one file to or from a machine, atomically on the receiving end.
-pub async fn cp(args: CpArgs) -> anyhow::Result<std::process::ExitCode> {
-    use cmdop::client::{CancelToken, TransferOptions};
-    let opts = TransferOptions {
-        keep_mode: args.preserve_mode,
-        no_clobber: args.no_clobber,
-        create_parents: args.parents,
-    };
-    let (upload, host, remote, local) =
-        match (remote_spec(&args.source), remote_spec(&args.target)) {
-            (None, Some((host, path))) => (true, host, path.to_string(), PathBuf::from(&args.source)),
-            (Some((host, path)), None) => (false, host, path.to_string(), PathBuf::from(&args.target)),
-            (Some(_), Some(_)) => anyhow::bail!(
-                "both paths are remote; copy through a local file, or run cp on the machine with `cmdop exec`"
-            ),
-            (None, None) => anyhow::bail!(
-                "neither path is remote; write one as HOST:PATH (e.g. web-1:/tmp/)"
-            ),
-        };
-    let client = args.connect.connect().await?;
-    client.set_machine(host).await?;
-    let cancel = CancelToken::new();
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        crate::shutdown_signal().await;
-        on_signal.cancel();
-    });
-    let bar = progress_bar();
-    let progress = {
-        let bar = bar.clone();
-        move |done: u64, total: u64| {
-            if let Some(bar) = &bar {
-                bar.set_length(total);
-                bar.set_position(done);
-            }
-        }
-    };
-    let result = if upload {
-        let name = local
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .with_context(|| format!("'{}' names no file", local.display()))?;
-        // HOST: and HOST:dir/ put the file under its own name.
-        let remote = if remote.is_empty() || remote.ends_with('/') {
-            format!("{remote}{name}")
-        } else {
-            remote
-        };
-        client
-            .upload_from_path(&local, &remote, opts, progress, cancel)
-            .await
-    } else {
-        let name = base_name(&remote);
-        anyhow::ensure!(
-            !name.is_empty(),
-            "'{remote}' names no file; give the remote file's path"
-        );
-        let local = if local.is_dir() {
-            local.join(name)
-        } else {
-            local
-        };
-        client
-            .download_to_path(&remote, &local, opts, progress, cancel)
-            .await
-    };
-    if let Some(bar) = bar {
-        if result.is_ok() {
-            bar.finish();
-        } else {
-            bar.abandon();
-        }
-    }
-    client.close().await;
-    result?;
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// A byte progress bar on stderr when it is a terminal; none otherwise.
-fn progress_bar() -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bytes:>10}/{total_bytes:<10} {wide_bar} {bytes_per_sec:>12} {eta:>4}",
-    ) {
-        bar.set_style(style);
-    }
-    Some(bar)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remote_specs_need_a_host_before_the_colon() {
-        assert_eq!(remote_spec("web-1:/tmp/"), Some(("web-1", "/tmp/")));
-        assert_eq!(remote_spec("web-1:"), Some(("web-1", "")));
-        assert_eq!(remote_spec("./a:b"), None);
-        assert_eq!(remote_spec("/x/y:z"), None);
-        assert_eq!(remote_spec(":x"), None);
-        assert_eq!(remote_spec("plain"), None);
-        assert_eq!(base_name("/var/log/syslog"), "syslog");
-        assert_eq!(base_name("dir/"), "dir");
-        assert_eq!(base_name(""), "");
-    }
 
     #[test]
     fn env_arguments_are_name_equals_value() {

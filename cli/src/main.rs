@@ -8,6 +8,7 @@ mod audit_cmd;
 mod client_cmd;
 mod config_file;
 mod connect;
+mod cp_cmd;
 mod data_dir;
 mod dev_cluster;
 mod dev_cmd;
@@ -73,9 +74,9 @@ enum Command {
     Ls(client_cmd::LsArgs),
     /// Attach to a live session: its output to stdout, stdin lines to it.
     Attach(client_cmd::AttachArgs),
-    /// Copy a file to or from a machine: `cp ./a.tar web-1:/tmp/`,
-    /// `cp web-1:/var/log/syslog .`
-    Cp(client_cmd::CpArgs),
+    /// Copy files or trees to or from a machine: `cp ./a.tar web-1:/tmp/`,
+    /// `cp -r web-1:/etc/nginx .`
+    Cp(cp_cmd::CpArgs),
     /// Print a shell completion script (bash, zsh, fish, …) to stdout.
     Completions(docs_cmd::CompletionsArgs),
     /// Write the manual pages (cmdop.1, cmdop-exec.1, …) to a directory.
@@ -147,7 +148,7 @@ fn main() -> std::process::ExitCode {
                     Command::Machines(args) => fleet_cmd::machines(args).await,
                     Command::Ls(args) => client_cmd::ls(args).await,
                     Command::Attach(args) => client_cmd::attach(args).await,
-                    Command::Cp(args) => client_cmd::cp(args).await,
+                    Command::Cp(args) => cp_cmd::cp(args).await,
                     Command::Admin(_)
                     | Command::AgentReaper(_)
                     | Command::Completions(_)
