@@ -1,4 +1,4 @@
-//! Client commands (`exec`, `sessions`, `ls`, `attach`), built on the same
+//! Client commands (`exec`, `sessions`, `ls`), built on the same
 //! client core as libcmdop.
 
 use std::{io::Write, time::Duration};
@@ -6,7 +6,7 @@ use std::{io::Write, time::Duration};
 use clap::Args;
 
 use crate::connect::ConnectArgs;
-use cmdop::client::{AttachEvent, Client, Error, FileKind};
+use cmdop::client::{Client, Error, FileKind};
 
 /// Which machine a command acts on.
 #[derive(Args, Clone)]
@@ -22,7 +22,7 @@ pub struct MachineArgs {
 }
 
 impl MachineArgs {
-    async fn select(&self, client: &Client) -> anyhow::Result<()> {
+    pub(crate) async fn select(&self, client: &Client) -> anyhow::Result<()> {
         match (&self.host, &self.machine_id) {
             (_, Some(id)) => {
                 client.set_machine_id(id).await?;
@@ -455,59 +455,6 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<std::process::ExitCode> {
         })
         .collect();
     crate::table::print(&mut out, &["MODE", "SIZE", "MODIFIED", "NAME"], &rows)?;
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-#[derive(Args)]
-pub struct AttachArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-    /// Session id (see `cmdop sessions`).
-    pub session_id: String,
-}
-
-/// Streams a session's live output to stdout and forwards stdin lines to it,
-/// until stdin ends or the session does.
-pub async fn attach(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
-    let client = args.connect.connect().await?;
-    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let handle = client
-        .attach(&args.session_id, move |ev| match ev {
-            AttachEvent::Output(data) => {
-                let mut out = std::io::stdout();
-                let _ = out.write_all(data);
-                let _ = out.flush();
-            }
-            AttachEvent::Ended(reason) => {
-                let _ = ended_tx.send(reason.to_string());
-            }
-        })
-        .await?;
-    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
-    std::thread::spawn(move || {
-        let stdin = std::io::stdin();
-        let mut line = String::new();
-        while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            if line_tx
-                .blocking_send(std::mem::take(&mut line).into_bytes())
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let reason = loop {
-        tokio::select! {
-            reason = ended_rx.recv() => break reason.unwrap_or_default(),
-            line = line_rx.recv() => match line {
-                Some(bytes) => handle.send_input(&bytes).await?,
-                None => break String::from("stdin closed"),
-            },
-        }
-    };
-    handle.close().await;
-    client.close().await;
-    eprintln!("cmdop: detached ({reason})");
     Ok(std::process::ExitCode::SUCCESS)
 }
 

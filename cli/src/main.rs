@@ -4,6 +4,7 @@
 
 mod admin_cmd;
 mod agent_cmd;
+mod attach_cmd;
 mod audit_cmd;
 mod client_cmd;
 mod config_file;
@@ -72,8 +73,9 @@ enum Command {
     Machines(fleet_cmd::MachinesArgs),
     /// List a directory on a machine.
     Ls(client_cmd::LsArgs),
-    /// Attach to a live session: its output to stdout, stdin lines to it.
-    Attach(client_cmd::AttachArgs),
+    /// Join a machine's live session like ssh (raw terminal, its size
+    /// followed); `~.` leaves it running.
+    Attach(attach_cmd::AttachArgs),
     /// Copy files or trees to or from a machine: `cp ./a.tar web-1:/tmp/`,
     /// `cp -r web-1:/etc/nginx .`
     Cp(cp_cmd::CpArgs),
@@ -147,7 +149,7 @@ fn main() -> std::process::ExitCode {
                     Command::Sessions(args) => client_cmd::sessions(args).await,
                     Command::Machines(args) => fleet_cmd::machines(args).await,
                     Command::Ls(args) => client_cmd::ls(args).await,
-                    Command::Attach(args) => client_cmd::attach(args).await,
+                    Command::Attach(args) => attach_cmd::attach(args).await,
                     Command::Cp(args) => cp_cmd::cp(args).await,
                     Command::Admin(_)
                     | Command::AgentReaper(_)
