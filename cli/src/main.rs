@@ -130,6 +130,7 @@ fn main() -> std::process::ExitCode {
         cli.verbose,
         cli.log_format,
     );
+    let is_dev = matches!(cli.command, Command::Dev(_));
     let success = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Admin(args) => admin_cmd::run(args),
@@ -167,8 +168,12 @@ fn main() -> std::process::ExitCode {
             eprintln!("cmdop: {}", report::one_line(&err));
             std::process::ExitCode::from(report::CMDOP_FAILED)
         }
-        Err(err) => {
+        Err(err) if is_dev => {
             eprintln!("cmdop: {}", report::one_line(&err));
+            std::process::ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("cmdop: {err:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -160,8 +160,9 @@ fn clean(text: &str) -> String {
         }
         // A cause that repeats an earlier one word for word (tonic and
         // hyper each print their source), with or without parentheses.
+        // Short pieces ("no", "EOF") may well recur on their own.
         let bare = piece.trim_start_matches('(').trim_end_matches(')');
-        if kept.iter().any(|k| k.contains(bare)) {
+        if bare.len() >= 8 && kept.iter().any(|k| k.contains(bare)) {
             continue;
         }
         kept.push(strip_library_words(piece));
@@ -169,17 +170,46 @@ fn clean(text: &str) -> String {
     kept.join(": ")
 }
 
-/// The RPCs whose names are one plain word.
-const ONE_WORD_RPCS: &[&str] = &["Channel", "Download", "Enroll", "Exec", "Upload"];
+/// The RPCs of both protocol packages, as the library names them in
+/// its messages ("ServerInfo: …").
+const RPC_NAMES: &[&str] = &[
+    "Channel",
+    "CloseSession",
+    "ConnectTerminal",
+    "CreateSession",
+    "Download",
+    "Enroll",
+    "Exec",
+    "ExecFleet",
+    "ExecWithStdin",
+    "FileCopy",
+    "FileCreateDirectory",
+    "FileDelete",
+    "FileGetInfo",
+    "FileListDirectory",
+    "FileMove",
+    "FileRead",
+    "FileWrite",
+    "GetHistory",
+    "GetOutput",
+    "GetSessionByHostname",
+    "GetSessionStatus",
+    "HealthCheck",
+    "IssueToken",
+    "ListMachines",
+    "ListSessions",
+    "RefreshToken",
+    "ResolveMachine",
+    "SendInput",
+    "SendResize",
+    "SendSignal",
+    "ServerInfo",
+    "Upload",
+];
 
-/// `ServerInfo`, `ResolveMachine`, `ExecWithStdin`: one CamelCase word of
-/// at least two parts, or one of [`ONE_WORD_RPCS`].
+/// A cause that is only an RPC's name.
 fn is_rpc_name(piece: &str) -> bool {
-    ONE_WORD_RPCS.contains(&piece)
-        || piece.chars().all(|c| c.is_ascii_alphanumeric())
-            && piece.starts_with(|c: char| c.is_ascii_uppercase())
-            && piece.chars().filter(|c| c.is_ascii_uppercase()).count() >= 2
-            && piece.chars().any(|c| c.is_ascii_lowercase())
+    RPC_NAMES.contains(&piece)
 }
 
 /// The library's option names inside a cause, in the CLI's flags.
@@ -187,6 +217,7 @@ fn strip_library_words(piece: &str) -> String {
     piece
         .replace("pass overwrite=true", "leave out -n/--no-clobber")
         .replace("overwrite=true", "no -n/--no-clobber")
+        .replace("allow replacing it", "leave out -n/--no-clobber")
         .replace("; the client reconnects by itself; retry the call", "")
 }
 
@@ -255,6 +286,14 @@ mod tests {
         let line = one_line(&anyhow::Error::new(e));
         assert!(!line.contains("overwrite=true"), "{line}");
         assert!(line.contains("--no-clobber"), "{line}");
+        let e = Error::InvalidArgument(
+            "'a.txt' already exists; remove it or allow replacing it".into(),
+        );
+        let line = one_line(&anyhow::Error::new(e));
+        assert!(
+            line.ends_with("remove it or leave out -n/--no-clobber"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -216,6 +216,20 @@ async fn an_existing_directory_receives_each_source_by_name() {
     ));
     assert_eq!(std::fs::read(down.join("one.txt")).unwrap(), b"1");
     assert_eq!(std::fs::read(down.join("two.txt")).unwrap(), b"2");
+    // -n refuses to replace, both ways, naming the flag to leave out.
+    for (from, to) in [
+        (one.to_str().unwrap().to_string(), target.clone()),
+        (
+            format!("{target}/one.txt"),
+            down.to_str().unwrap().to_string(),
+        ),
+    ] {
+        let out = cmdop(&s, &["cp", "-n", &from, &to]);
+        assert_eq!(out.status.code(), Some(255));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("-n/--no-clobber"), "{err}");
+        assert!(!err.contains("overwrite="), "{err}");
+    }
     // Several sources but no directory to hold them: refused.
     let out = cmdop(
         &s,
