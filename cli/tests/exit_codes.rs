@@ -200,6 +200,10 @@ async fn verbosity_and_json_logs() {
         assert!(out.status.success(), "{}", stderr(&out));
         let err = stderr(&out);
         assert!(!err.is_empty(), "no log lines at {verbosity}");
+        assert!(
+            !err.contains(&s.ws.api_key[7..]),
+            "the API key is in the {verbosity} log"
+        );
         err.lines()
             .map(|l| {
                 let v: serde_json::Value =
