@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use cmdop::client::{CancelToken, Client, Error, FileEntry, FileKind, TransferOptions};
+use cmdop::client::{CancelToken, Client, Error, ErrorKind, FileEntry, FileKind, TransferOptions};
 
 use crate::connect::ConnectArgs;
 
@@ -483,8 +483,12 @@ async fn remote_entry(client: &Client, path: &str) -> anyhow::Result<Option<File
     }
     match list_all(client, parent).await {
         Ok(entries) => Ok(entries.into_iter().find(|e| e.name == name)),
-        Err(e) => match e.downcast_ref::<Error>() {
-            Some(Error::NotFound(_)) => Ok(None),
+        // Missing, or not for this key to list (a key may write files
+        // without reading them): the path is taken as it is written.
+        Err(e) => match e.downcast_ref::<Error>().map(Error::kind) {
+            Some(ErrorKind::NotFound | ErrorKind::NotAllowed | ErrorKind::PermissionDenied) => {
+                Ok(None)
+            }
             _ => Err(e),
         },
     }

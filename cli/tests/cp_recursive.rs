@@ -216,6 +216,33 @@ async fn an_existing_directory_receives_each_source_by_name() {
     ));
     assert_eq!(std::fs::read(down.join("one.txt")).unwrap(), b"1");
     assert_eq!(std::fs::read(down.join("two.txt")).unwrap(), b"2");
+    // A key that may write files but not list them still uploads: the
+    // check whether the target is a directory is refused to it, and the
+    // path is taken as written.
+    let writer = admin(
+        s.dir.path(),
+        &[
+            "create-key",
+            "--workspace",
+            "alpha",
+            "--name",
+            "uploader",
+            "--allow",
+            "files:write",
+        ],
+    );
+    let three = local.path().join("three.txt");
+    std::fs::write(&three, b"3").unwrap();
+    let out = Command::new(cmdop_bin())
+        .args(["cp", three.to_str().unwrap(), &format!("{target}/3.txt")])
+        .env("CMDOP_SERVER", format!("http://{}", s.server.addr))
+        .env("CMDOP_API_KEY", &writer)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cmdop");
+    ok(&out);
+    assert_eq!(std::fs::read(remote.join("3.txt")).unwrap(), b"3");
+
     // -n refuses to replace, both ways, naming the flag to leave out.
     for (from, to) in [
         (one.to_str().unwrap().to_string(), target.clone()),
