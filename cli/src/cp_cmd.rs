@@ -21,7 +21,9 @@ pub struct CpArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Copy directories with everything in them (files, subdirectories,
-    /// empty ones too, and symlinks as links).
+    /// empty ones too, and symlinks as links). Uploading a tree makes its
+    /// directories and links with the machine's `sh`, so a scoped key needs
+    /// exec besides files:write.
     #[arg(long, short = 'r')]
     pub recursive: bool,
     /// Keep the permission bits and modification times of the source
