@@ -63,6 +63,8 @@ check_system() {
   have curl || lack "curl" curl
   [ -f /etc/ssl/certs/ca-certificates.crt ] || lack "CA certificates" ca-certificates
   have ps || lack "ps" procps
+  # tests/packaging renders the installed manual page with `man -l`.
+  have man || lack "man" man-db
   # bench/run makes a throwaway CA for its TLS stack.
   have openssl || lack "openssl" openssl
   have go || lack "go" golang-go

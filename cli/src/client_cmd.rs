@@ -1,13 +1,12 @@
-//! Client commands (`exec`, `sessions`, `ls`, `attach`), built on the same
+//! Client commands (`exec`, `sessions`, `ls`), built on the same
 //! client core as libcmdop.
 
-use std::{io::Write, path::PathBuf, time::Duration};
+use std::{io::Write, time::Duration};
 
-use anyhow::Context;
 use clap::Args;
 
 use crate::connect::ConnectArgs;
-use cmdop::client::{AttachEvent, Client, Error, FileKind};
+use cmdop::client::{Client, Error, FileKind};
 
 /// Which machine a command acts on.
 #[derive(Args, Clone)]
@@ -23,7 +22,7 @@ pub struct MachineArgs {
 }
 
 impl MachineArgs {
-    async fn select(&self, client: &Client) -> anyhow::Result<()> {
+    pub(crate) async fn select(&self, client: &Client) -> anyhow::Result<()> {
         match (&self.host, &self.machine_id) {
             (_, Some(id)) => {
                 client.set_machine_id(id).await?;
@@ -52,9 +51,10 @@ pub struct ExecArgs {
     pub connect: ConnectArgs,
     #[command(flatten)]
     pub machine: MachineArgs,
-    /// Seconds before the remote command is killed (default: --timeout-secs).
-    #[arg(long)]
-    pub kill_after: Option<u64>,
+    /// Kill the remote command if it runs longer than this: `30s`, `5m`,
+    /// `1h30m` (a bare number is seconds). Default: no time limit.
+    #[arg(long, alias = "kill-after", value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
     /// Set an environment variable for the command (repeatable): --env K=V.
     #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -85,9 +85,9 @@ pub struct ExecArgs {
     /// them); the next batch starts when the previous one has finished.
     #[arg(long, value_name = "N|P%", value_parser = crate::fleet_cmd::parse_batch)]
     pub batch: Option<cmdop::client::Batch>,
-    /// With several machines: one JSON object per machine and line
-    /// (machine_id, hostname, status, exit_code, stdout, stderr,
-    /// duration_ms) instead of prefixed lines.
+    /// Print one JSON object (with several machines: one per machine and
+    /// line) with machine_id, hostname, status, exit_code, stdout, stderr
+    /// and duration_ms, instead of the command's output as it comes.
     #[arg(long)]
     pub json: bool,
     /// The command, run by the remote shell (`sh -c`).
@@ -113,6 +113,50 @@ fn stdin_has_data() -> bool {
     }
 }
 
+/// `cmdop exec --help`'s table of exit statuses (also in the README).
+pub const EXIT_STATUS: &str = "\
+Exit status:
+  0-255  the remote command's own status (one machine)
+  128+N  the remote command was killed by signal N (137: kill -9)
+  124    the command ran longer than --timeout and was killed
+  255    cmdop itself failed: wrong command line, cannot connect, key refused,
+         machine unknown or offline, connection lost while the command ran
+         (its outcome is then unknown)
+On several machines (-l, -H a,b, -H 'web-*'): 0 when every machine ran it and
+it exited 0, 1 when one failed, 2 when none failed but some did not run; 255
+as above.";
+
+/// What `cmdop exec` asks for when no `--timeout` is given: the longest
+/// limit the protocol carries (milliseconds in 32 bits, about 49 days). The
+/// library would otherwise apply its per-call timeout (`--timeout-secs`) to
+/// the command, which kills builds and other long work.
+pub(crate) const NO_TIME_LIMIT: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// `cmdop exec`'s status when the command ran out of its `--timeout` and
+/// was killed (as `timeout(1)`).
+pub(crate) const TIMED_OUT: u8 = 124;
+
+/// `--timeout`: a humantime duration (`90s`, `5m`, `1h30m`) or bare seconds.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s.trim()).map_err(|e| {
+            format!("'{s}' is not a duration ({e}); write e.g. --timeout 30s or --timeout 5m")
+        })?,
+    };
+    if d.is_zero() {
+        return Err(
+            "a zero --timeout would kill every command; leave --timeout out for no limit".into(),
+        );
+    }
+    if d > NO_TIME_LIMIT {
+        return Err(format!(
+            "--timeout {s} is longer than the longest limit cmdop can set (49 days); leave --timeout out for no limit"
+        ));
+    }
+    Ok(d)
+}
+
 /// `K=V` from `--env`.
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -125,8 +169,8 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
     let command = args.command.join(" ");
-    let opts = cmdop::client::ExecOptions {
-        timeout: args.kill_after.map(Duration::from_secs),
+    let mut opts = cmdop::client::ExecOptions {
+        timeout: Some(args.timeout.unwrap_or(NO_TIME_LIMIT)),
         env: args.env,
         working_directory: args.cwd.unwrap_or_default(),
         discard_output: true,
@@ -151,7 +195,13 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
         return crate::fleet_cmd::exec_many(client, command, opts, fan).await;
     }
     args.machine.select(&client).await?;
-    let on_chunk = |stream: cmdop::client::Stream, data: &[u8]| {
+    // --json keeps the output for its object instead of printing it.
+    let json = args.json;
+    opts.discard_output = !json;
+    let on_chunk = move |stream: cmdop::client::Stream, data: &[u8]| {
+        if json {
+            return;
+        }
         let _ = match stream {
             cmdop::client::Stream::Stdout => std::io::stdout().write_all(data),
             cmdop::client::Stream::Stderr => std::io::stderr().write_all(data),
@@ -197,7 +247,36 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
             .await
     };
     let _ = std::io::stdout().flush();
+    let machine = client.machine();
     client.close().await;
+    if json {
+        let (status, out) = match &result {
+            Ok(out) if out.signal == 0 && out.exit_code == 0 => ("ok", Some(out)),
+            Ok(out) => ("failed", Some(out)),
+            Err(Error::Timeout {
+                partial: Some(p), ..
+            }) if args.timeout.is_some() => ("timeout", Some(p.as_ref())),
+            Err(_) => ("error", None),
+        };
+        if let Some(out) = out {
+            let (machine_id, hostname) = machine
+                .map(|m| (m.machine_id, m.hostname))
+                .unwrap_or_default();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "machine_id": machine_id,
+                    "hostname": hostname,
+                    "status": status,
+                    "exit_code": (out.signal == 0 && status != "timeout").then_some(out.exit_code),
+                    "signal": (out.signal != 0).then_some(out.signal),
+                    "stdout": String::from_utf8_lossy(&out.stdout),
+                    "stderr": String::from_utf8_lossy(&out.stderr),
+                    "duration_ms": u64::try_from(out.duration.as_millis()).unwrap_or(u64::MAX),
+                })
+            );
+        }
+    }
     match result {
         Ok(out) if out.signal != 0 => {
             eprintln!("cmdop: remote command killed by signal {}", out.signal);
@@ -208,9 +287,14 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
         Ok(out) => Ok(std::process::ExitCode::from(
             out.exit_code.clamp(0, 255) as u8
         )),
-        Err(Error::Timeout { message, .. }) => {
-            eprintln!("cmdop: {message}");
-            Ok(std::process::ExitCode::from(124))
+        // The agent confirmed the kill at the --timeout; 124 as timeout(1).
+        Err(Error::Timeout { .. }) if args.timeout.is_some() => {
+            let limit = humantime::format_duration(args.timeout.unwrap_or_default());
+            eprintln!(
+                "cmdop: the remote command ran longer than --timeout {limit} and was killed; \
+                 raise --timeout, or leave it out for no limit"
+            );
+            Ok(std::process::ExitCode::from(TIMED_OUT))
         }
         Err(e) => Err(e.into()),
     }
@@ -220,23 +304,70 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
 pub struct SessionsArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// One JSON object per session and line (session_id, machine_id,
+    /// hostname, status, os, shell, agent_version, connected_at_unix,
+    /// heartbeat_age_seconds) instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Lists the workspace's sessions, newest activity first.
 pub async fn sessions(args: SessionsArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
     let sessions = client.list_sessions().await?;
-    println!(
-        "{:<38} {:<24} {:<13} {:<8} SHELL",
-        "SESSION", "HOSTNAME", "STATUS", "OS"
-    );
-    for s in sessions {
-        println!(
-            "{:<38} {:<24} {:<13} {:<8} {}",
-            s.session_id, s.hostname, s.status, s.os, s.shell
-        );
-    }
     client.close().await;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for s in &sessions {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "session_id": s.session_id,
+                    "machine_id": s.machine_id,
+                    "hostname": s.hostname,
+                    "machine_name": s.machine_name,
+                    "status": s.status,
+                    "os": s.os,
+                    "shell": s.shell,
+                    "agent_version": s.agent_version,
+                    "working_directory": s.working_directory,
+                    "has_shell": s.has_shell,
+                    "connected_at_unix": s.connected_at,
+                    "heartbeat_age_seconds": s.heartbeat_age_seconds,
+                })
+            )?;
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let now = crate::table::now_ms();
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.session_id.clone(),
+                s.hostname.clone(),
+                s.status.clone(),
+                crate::table::ago(now, s.connected_at.saturating_mul(1000)),
+                crate::table::ago(now, now - s.heartbeat_age_seconds.saturating_mul(1000)),
+                s.os.clone(),
+                s.shell.clone(),
+            ]
+        })
+        .collect();
+    crate::table::print(
+        &mut out,
+        &[
+            "SESSION",
+            "HOSTNAME",
+            "STATUS",
+            "CONNECTED",
+            "HEARTBEAT",
+            "OS",
+            "SHELL",
+        ],
+        &rows,
+    )?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -249,6 +380,10 @@ pub struct LsArgs {
     /// Include hidden files.
     #[arg(long, short = 'a')]
     pub all: bool,
+    /// One JSON object per entry and line (name, path, kind, size, mode,
+    /// permissions, mtime_unix, symlink_target) instead of the table.
+    #[arg(long)]
+    pub json: bool,
     /// Directory on the remote machine (relative paths: from its home).
     #[arg(default_value = ".")]
     pub path: String,
@@ -258,230 +393,74 @@ pub struct LsArgs {
 pub async fn ls(args: LsArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
     args.machine.select(&client).await?;
+    let mut entries = Vec::new();
     let mut token: Option<String> = None;
     loop {
         let page = client
             .list_files(&args.path, token.as_deref(), args.all)
             .await?;
-        for e in &page.entries {
-            let kind = match e.kind {
-                FileKind::Directory => 'd',
-                FileKind::Symlink => 'l',
-                _ => '-',
-            };
-            let suffix = if e.symlink_target.is_empty() {
-                String::new()
-            } else {
-                format!(" -> {}", e.symlink_target)
-            };
-            println!(
-                "{kind}{:<9} {:>12} {}{suffix}",
-                e.permissions, e.size, e.name
-            );
-        }
+        entries.extend(page.entries);
         if page.next_page_token.is_empty() {
             break;
         }
         token = Some(page.next_page_token);
     }
     client.close().await;
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-#[derive(Args)]
-pub struct AttachArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-    /// Session id (see `cmdop sessions`).
-    pub session_id: String,
-}
-
-/// Streams a session's live output to stdout and forwards stdin lines to it,
-/// until stdin ends or the session does.
-pub async fn attach(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
-    let client = args.connect.connect().await?;
-    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let handle = client
-        .attach(&args.session_id, move |ev| match ev {
-            AttachEvent::Output(data) => {
-                let mut out = std::io::stdout();
-                let _ = out.write_all(data);
-                let _ = out.flush();
-            }
-            AttachEvent::Ended(reason) => {
-                let _ = ended_tx.send(reason.to_string());
-            }
+    let mut out = std::io::stdout().lock();
+    let kind_name = |k: &FileKind| match k {
+        FileKind::Directory => "directory",
+        FileKind::Symlink => "symlink",
+        FileKind::File => "file",
+        _ => "other",
+    };
+    if args.json {
+        for e in &entries {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "name": e.name,
+                    "path": e.path,
+                    "kind": kind_name(&e.kind),
+                    "size": e.size,
+                    "mode": e.mode,
+                    "permissions": e.permissions,
+                    "mtime_unix": e.mtime,
+                    "symlink_target": e.symlink_target,
+                })
+            )?;
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let now = crate::table::now_ms();
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let kind = match e.kind {
+                FileKind::Directory => 'd',
+                FileKind::Symlink => 'l',
+                _ => '-',
+            };
+            let name = if e.symlink_target.is_empty() {
+                e.name.clone()
+            } else {
+                format!("{} -> {}", e.name, e.symlink_target)
+            };
+            vec![
+                format!("{kind}{}", e.permissions),
+                e.size.to_string(),
+                crate::table::ago(now, e.mtime.saturating_mul(1000)),
+                name,
+            ]
         })
-        .await?;
-    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
-    std::thread::spawn(move || {
-        let stdin = std::io::stdin();
-        let mut line = String::new();
-        while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            if line_tx
-                .blocking_send(std::mem::take(&mut line).into_bytes())
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let reason = loop {
-        tokio::select! {
-            reason = ended_rx.recv() => break reason.unwrap_or_default(),
-            line = line_rx.recv() => match line {
-                Some(bytes) => handle.send_input(&bytes).await?,
-                None => break String::from("stdin closed"),
-            },
-        }
-    };
-    handle.close().await;
-    client.close().await;
-    eprintln!("cmdop: detached ({reason})");
+        .collect();
+    crate::table::print(&mut out, &["MODE", "SIZE", "MODIFIED", "NAME"], &rows)?;
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-#[derive(Args)]
-pub struct CpArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-    /// Keep the permission bits of the source (like `cp -p`).
-    #[arg(long, short = 'p')]
-    pub preserve_mode: bool,
-    /// Create missing parent directories of the target.
-    #[arg(long)]
-    pub parents: bool,
-    /// Fail instead of replacing an existing target.
-    #[arg(long, short = 'n')]
-    pub no_clobber: bool,
-    /// Source: a local path, or HOST:PATH on a machine.
-    pub source: String,
-    /// Target: HOST:PATH (ending in / for a directory) when the source is
-    /// local, a local file or directory when the source is remote.
-    pub target: String,
-}
-
-/// `HOST:PATH` when `spec` names a remote file. A local path containing
-/// ':' can be written as ./name.
-fn remote_spec(spec: &str) -> Option<(&str, &str)> {
-    let (host, path) = spec.split_once(':')?;
-    (!host.is_empty() && !host.contains('/')).then_some((host, path))
-}
-
-/// The last path component of `path` ("" when it has none).
-fn base_name(path: &str) -> &str {
-    path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
-}
-
-/// Copies one file to or from a machine, atomically on the receiving end.
-pub async fn cp(args: CpArgs) -> anyhow::Result<std::process::ExitCode> {
-    use cmdop::client::{CancelToken, TransferOptions};
-    let opts = TransferOptions {
-        keep_mode: args.preserve_mode,
-        no_clobber: args.no_clobber,
-        create_parents: args.parents,
-    };
-    let (upload, host, remote, local) =
-        match (remote_spec(&args.source), remote_spec(&args.target)) {
-            (None, Some((host, path))) => (true, host, path.to_string(), PathBuf::from(&args.source)),
-            (Some((host, path)), None) => (false, host, path.to_string(), PathBuf::from(&args.target)),
-            (Some(_), Some(_)) => anyhow::bail!(
-                "both paths are remote; copy through a local file, or run cp on the machine with `cmdop exec`"
-            ),
-            (None, None) => anyhow::bail!(
-                "neither path is remote; write one as HOST:PATH (e.g. web-1:/tmp/)"
-            ),
-        };
-    let client = args.connect.connect().await?;
-    client.set_machine(host).await?;
-    let cancel = CancelToken::new();
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        crate::shutdown_signal().await;
-        on_signal.cancel();
-    });
-    let bar = progress_bar();
-    let progress = {
-        let bar = bar.clone();
-        move |done: u64, total: u64| {
-            if let Some(bar) = &bar {
-                bar.set_length(total);
-                bar.set_position(done);
-            }
-        }
-    };
-    let result = if upload {
-        let name = local
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .with_context(|| format!("'{}' names no file", local.display()))?;
-        // HOST: and HOST:dir/ put the file under its own name.
-        let remote = if remote.is_empty() || remote.ends_with('/') {
-            format!("{remote}{name}")
-        } else {
-            remote
-        };
-        client
-            .upload_from_path(&local, &remote, opts, progress, cancel)
-            .await
-    } else {
-        let name = base_name(&remote);
-        anyhow::ensure!(
-            !name.is_empty(),
-            "'{remote}' names no file; give the remote file's path"
-        );
-        let local = if local.is_dir() {
-            local.join(name)
-        } else {
-            local
-        };
-        client
-            .download_to_path(&remote, &local, opts, progress, cancel)
-            .await
-    };
-    if let Some(bar) = bar {
-        if result.is_ok() {
-            bar.finish();
-        } else {
-            bar.abandon();
-        }
-    }
-    client.close().await;
-    result?;
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// A byte progress bar on stderr when it is a terminal; none otherwise.
-fn progress_bar() -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bytes:>10}/{total_bytes:<10} {wide_bar} {bytes_per_sec:>12} {eta:>4}",
-    ) {
-        bar.set_style(style);
-    }
-    Some(bar)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remote_specs_need_a_host_before_the_colon() {
-        assert_eq!(remote_spec("web-1:/tmp/"), Some(("web-1", "/tmp/")));
-        assert_eq!(remote_spec("web-1:"), Some(("web-1", "")));
-        assert_eq!(remote_spec("./a:b"), None);
-        assert_eq!(remote_spec("/x/y:z"), None);
-        assert_eq!(remote_spec(":x"), None);
-        assert_eq!(remote_spec("plain"), None);
-        assert_eq!(base_name("/var/log/syslog"), "syslog");
-        assert_eq!(base_name("dir/"), "dir");
-        assert_eq!(base_name(""), "");
-    }
 
     #[test]
     fn env_arguments_are_name_equals_value() {

@@ -20,8 +20,8 @@ use clap::{parser::ValueSource, ArgMatches, FromArgMatches};
 use crate::{Cli, Command};
 
 /// Flags a config file cannot set: the file itself, and what only makes
-/// sense on a command line.
-const NOT_IN_FILES: &[&str] = &["config", "check", "help", "version"];
+/// sense on a command line (`-v`/`-vv` is a count, for one run).
+const NOT_IN_FILES: &[&str] = &["config", "check", "help", "version", "verbose"];
 
 /// Applies the `--config` file of `cmdop server` / `cmdop agent`, if any,
 /// and fills in what `--check` prints. Other commands pass through.

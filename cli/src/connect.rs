@@ -33,7 +33,9 @@ pub struct ConnectArgs {
     /// PEM CA certificate to trust, for servers with a private CA.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
-    /// Per-call timeout in seconds.
+    /// Time limit, in seconds, of each call to the control plane
+    /// (connecting, lookups, listings); not of a remote command, which
+    /// `exec --timeout` limits.
     #[arg(long, default_value_t = 30)]
     pub timeout_secs: u64,
 }
@@ -83,6 +85,8 @@ impl ConnectArgs {
         }
         opts.timeout = Duration::from_secs(self.timeout_secs.max(1));
         opts.auto_reconnect = false;
+        // -v: the library's request/response summaries too.
+        opts.debug = crate::logging::verbosity() >= 1;
         Ok(opts)
     }
 

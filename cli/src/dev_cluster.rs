@@ -112,7 +112,15 @@ pub async fn run(
         .env("CMDOP_ENROLL_TOKEN", &enroll)
         .spawn()
         .context("cannot start the agent")?;
-    crate::readiness::wait_for_agent(nodes[0].listen, &api_key).await?;
+    // An agent that gives up (enrollment refused, say) ends at once, its
+    // error printed above; no need to wait out the readiness timeout.
+    tokio::select! {
+        ready = crate::readiness::wait_for_agent(nodes[0].listen, &api_key) => ready?,
+        status = agent.wait() => bail!(
+            "the agent for this machine exited ({}) before it connected; its error is above",
+            status.map_or_else(|e| e.to_string(), |s| s.to_string())
+        ),
+    }
 
     let server_list = servers.join(",");
     println!(

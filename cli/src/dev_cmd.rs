@@ -50,8 +50,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         )
         .await;
     }
+    // Private from the start (0700), as the control plane wants its state:
+    // otherwise it tightens the directory itself and warns about it.
     let dir = tempfile::Builder::new()
         .prefix("cmdop-dev-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .context("cannot create a temporary data dir")?;
     let store = Store::open(dir.path())?;
@@ -81,9 +84,34 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         reaper: crate::agent_cmd::reaper_argv(),
         ..cmdop_agent::AgentConfig::default()
     };
-    let agent = tokio::spawn(cmdop_agent::run(agent_config, wait_for(stop_rx)));
+    let mut agent = tokio::spawn(cmdop_agent::run(agent_config, wait_for(stop_rx)));
 
-    crate::readiness::wait_for_agent(local, &api_key).await?;
+    // The agent may give up (enrollment refused, no shell) or keep
+    // retrying; either way the user sees its own words.
+    tokio::select! {
+        ready = crate::readiness::wait_for_agent(local, &api_key) => {
+            if let Err(e) = ready {
+                match crate::logging::last_agent_problem() {
+                    Some(problem) => anyhow::bail!(
+                        "the agent for this machine did not connect within 20 s; its last problem: \
+                         {problem}; run `cmdop -v dev` for its whole log"
+                    ),
+                    None => return Err(e),
+                }
+            }
+        }
+        ended = &mut agent => {
+            let why = match ended {
+                Ok(Ok(())) => "it stopped without an error".to_string(),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(e) => format!("it crashed: {e}"),
+            };
+            anyhow::bail!(
+                "the agent for this machine could not start: {why}; fix that and run `cmdop dev` \
+                 again (`cmdop -v dev` shows its whole log)"
+            );
+        }
+    }
 
     let env = format!("CMDOP_API_KEY={api_key}\nCMDOP_SERVER={local}\n");
     println!(

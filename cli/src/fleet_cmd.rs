@@ -6,7 +6,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     io::Write,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use clap::Args;
@@ -57,7 +56,7 @@ pub async fn machines(args: MachinesArgs) -> anyhow::Result<std::process::ExitCo
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let now = now_ms();
-    let rows: Vec<[String; 6]> = list
+    let rows: Vec<Vec<String>> = list
         .iter()
         .map(|m| {
             let presence = if m.online() {
@@ -65,7 +64,7 @@ pub async fn machines(args: MachinesArgs) -> anyhow::Result<std::process::ExitCo
             } else {
                 format!("offline, seen {}", ago(now, m.last_seen_unix_ms))
             };
-            [
+            vec![
                 m.hostname.clone(),
                 m.machine_id.clone(),
                 presence,
@@ -80,29 +79,11 @@ pub async fn machines(args: MachinesArgs) -> anyhow::Result<std::process::ExitCo
             ]
         })
         .collect();
-    let header = ["HOSTNAME", "MACHINE", "PRESENCE", "OS", "AGENT", "LABELS"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[&str]| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            }
-        }
-        s.trim_end().to_string()
-    };
-    writeln!(out, "{}", line(&header))?;
-    for row in &rows {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        writeln!(out, "{}", line(&cells))?;
-    }
+    crate::table::print(
+        &mut out,
+        &["HOSTNAME", "MACHINE", "PRESENCE", "OS", "AGENT", "LABELS"],
+        &rows,
+    )?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -139,26 +120,9 @@ fn machine_json(m: &FleetMachine) -> serde_json::Value {
     })
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// "3 min ago", "2 h ago", "never".
-pub(crate) fn ago(now_ms: i64, then_ms: i64) -> String {
-    if then_ms <= 0 {
-        return "never".into();
-    }
-    let secs = (now_ms - then_ms).max(0) / 1000;
-    match secs {
-        0..=59 => format!("{secs} s ago"),
-        60..=3599 => format!("{} min ago", secs / 60),
-        3600..=86_399 => format!("{} h ago", secs / 3600),
-        _ => format!("{} d ago", secs / 86_400),
-    }
-}
+/// The listings' time helpers live in `table`; this module and `keys_cmd`
+/// use them from here.
+pub(crate) use crate::table::{ago, now_ms};
 
 /// A server's refusal of a selector or host list, in the CLI's words.
 fn flag_words(e: Error, flag: &str) -> anyhow::Error {
@@ -237,6 +201,7 @@ fn describe(outcome: &Outcome) -> String {
             "did not run: skipped after --max-failures".into()
         }
         Outcome::NotRun(NotRun::Cancelled) => "did not run: interrupted".into(),
+        Outcome::Timeout => "timed out: killed after --timeout".into(),
         other => other.to_string(),
     }
 }
@@ -419,13 +384,6 @@ mod tests {
         for bad in ["0", "0%", "101%", "x", "-1", ""] {
             assert!(parse_batch(bad).unwrap_err().contains("--batch"), "{bad}");
         }
-    }
-
-    #[test]
-    fn ages_read_like_a_person_would_say_them() {
-        assert_eq!(ago(100_000, 99_000), "1 s ago");
-        assert_eq!(ago(10_000_000, 10_000_000 - 180_000), "3 min ago");
-        assert_eq!(ago(1, 0), "never");
     }
 
     #[test]

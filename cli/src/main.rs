@@ -4,13 +4,16 @@
 
 mod admin_cmd;
 mod agent_cmd;
+mod attach_cmd;
 mod audit_cmd;
 mod client_cmd;
 mod config_file;
 mod connect;
+mod cp_cmd;
 mod data_dir;
 mod dev_cluster;
 mod dev_cmd;
+mod docs_cmd;
 mod fleet_cmd;
 mod keys_cmd;
 mod labels;
@@ -18,8 +21,10 @@ mod lifetime;
 mod logging;
 mod metrics_http;
 mod readiness;
+mod report;
 mod secret_flags;
 mod server_cmd;
+mod table;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -34,6 +39,16 @@ struct Cli {
     /// filter). Default: info for server, agent and dev; warn otherwise.
     #[arg(long, global = true, env = "CMDOP_LOG", hide_env_values = true)]
     log_level: Option<String>,
+
+    /// More log output: -v shows cmdop's own debug messages, -vv also the
+    /// HTTP/2, gRPC and TLS internals. --log-level wins when given.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Log line format on stderr: text, or json (one object per line with
+    /// timestamp, level, target and message).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -50,6 +65,7 @@ enum Command {
     /// Start a throw-away control plane and an agent for this machine.
     Dev(dev_cmd::DevArgs),
     /// Run a command on a machine; exits with its exit status.
+    #[command(after_help = client_cmd::EXIT_STATUS, after_long_help = client_cmd::EXIT_STATUS)]
     Exec(client_cmd::ExecArgs),
     /// List the workspace's sessions.
     Sessions(client_cmd::SessionsArgs),
@@ -58,11 +74,17 @@ enum Command {
     Machines(fleet_cmd::MachinesArgs),
     /// List a directory on a machine.
     Ls(client_cmd::LsArgs),
-    /// Attach to a live session: its output to stdout, stdin lines to it.
-    Attach(client_cmd::AttachArgs),
-    /// Copy a file to or from a machine: `cp ./a.tar web-1:/tmp/`,
-    /// `cp web-1:/var/log/syslog .`
-    Cp(client_cmd::CpArgs),
+    /// Join a machine's live session like ssh (raw terminal, its size
+    /// followed); `~.` leaves it running.
+    Attach(attach_cmd::AttachArgs),
+    /// Copy files or trees to or from a machine: `cp ./a.tar web-1:/tmp/`,
+    /// `cp -r web-1:/etc/nginx .`
+    Cp(cp_cmd::CpArgs),
+    /// Print a shell completion script (bash, zsh, fish, …) to stdout.
+    Completions(docs_cmd::CompletionsArgs),
+    /// Write the manual pages (cmdop.1, cmdop-exec.1, …) to a directory.
+    #[command(hide = true)]
+    Man(docs_cmd::ManArgs),
     /// Started by `cmdop agent` itself: waits for the agent to die, then
     /// kills the commands it left running (see `cmdop_agent::orphans`).
     #[command(hide = true)]
@@ -71,7 +93,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let command = Cli::command();
-    let matches = command.clone().get_matches();
+    let matches = match command.clone().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => report::usage_error(e),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.format(&mut Cli::command()).exit(),
@@ -98,13 +123,20 @@ fn main() -> std::process::ExitCode {
             | Command::Cp(_)
     );
     logging::init(
-        cli.log_level
-            .as_deref()
-            .unwrap_or(if quiet { "warn" } else { "info" }),
+        &logging::filter_for(
+            cli.log_level.as_deref(),
+            cli.verbose,
+            if quiet { "warn" } else { "info" },
+        ),
+        cli.verbose,
+        cli.log_format,
     );
+    let is_dev = matches!(cli.command, Command::Dev(_));
     let success = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Admin(args) => admin_cmd::run(args),
+        Command::Completions(args) => success(docs_cmd::completions(args, Cli::command())),
+        Command::Man(args) => success(docs_cmd::man(args, Cli::command())),
         Command::AgentReaper(args) => {
             cmdop_agent::orphans::reap_when_closed(&args.dir);
             Ok(std::process::ExitCode::SUCCESS)
@@ -119,15 +151,28 @@ fn main() -> std::process::ExitCode {
                     Command::Sessions(args) => client_cmd::sessions(args).await,
                     Command::Machines(args) => fleet_cmd::machines(args).await,
                     Command::Ls(args) => client_cmd::ls(args).await,
-                    Command::Attach(args) => client_cmd::attach(args).await,
-                    Command::Cp(args) => client_cmd::cp(args).await,
-                    Command::Admin(_) | Command::AgentReaper(_) => unreachable!("handled above"),
+                    Command::Attach(args) => attach_cmd::attach(args).await,
+                    Command::Cp(args) => cp_cmd::cp(args).await,
+                    Command::Admin(_)
+                    | Command::AgentReaper(_)
+                    | Command::Completions(_)
+                    | Command::Man(_) => unreachable!("handled above"),
                 }
             })
         }),
     };
     match result {
         Ok(code) => code,
+        // The client commands exit 255 for their own failures, like ssh,
+        // so that a script tells them from the remote command's status.
+        Err(err) if quiet => {
+            eprintln!("cmdop: {}", report::one_line(&err));
+            std::process::ExitCode::from(report::CMDOP_FAILED)
+        }
+        Err(err) if is_dev => {
+            eprintln!("cmdop: {}", report::one_line(&err));
+            std::process::ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("cmdop: {err:#}");
             std::process::ExitCode::FAILURE

@@ -41,9 +41,7 @@ pub async fn wait_for_agent(server: SocketAddr, api_key: &str) -> anyhow::Result
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!(
-                "the agent did not connect within 20 s; run with --log-level debug to see why"
-            );
+            anyhow::bail!("the agent did not connect within 20 s; run `cmdop -v dev` to see why");
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

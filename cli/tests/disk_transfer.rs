@@ -497,5 +497,37 @@ async fn cmdop_cp_draws_a_progress_bar_on_a_terminal() {
         shown.contains("2.00 MiB/2.00 MiB"),
         "no finished progress bar in {shown:?}"
     );
+    // The bar names the file and ends its line.
+    assert!(shown.contains("bar-src.bin"), "{shown:?}");
+    assert!(
+        shown.ends_with('\n'),
+        "the bar's line is not ended: {shown:?}"
+    );
     assert!(std::fs::read(down.path().join("bar-src.bin")).unwrap() == pattern(2 * MIB, 17));
+
+    let on_terminal = |line: String| {
+        Command::new("/usr/bin/script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("CMDOP_SERVER", format!("http://{}", s.server.addr))
+            .env("CMDOP_API_KEY", &s.ws.api_key)
+            .env("TERM", "xterm")
+            .output()
+            .expect("run script")
+    };
+    // -q: no bar even on a terminal.
+    let out = on_terminal(format!("{line} -q"));
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "-q draws nothing");
+    // A failed copy shows no bar that could pass for success, only the error.
+    let out = on_terminal(format!(
+        "'{}' cp '{}:{}' '{}'",
+        cmdop_bin(),
+        s.host,
+        s.dir.path().join("missing.bin").display(),
+        down.path().display()
+    ));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{shown}");
+    assert!(!shown.contains(" B/"), "a bar for a failed copy: {shown:?}");
+    assert!(shown.starts_with("cmdop: "), "{shown:?}");
 }

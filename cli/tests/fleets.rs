@@ -328,7 +328,7 @@ async fn every_machine_s_outcome_is_exact_and_outputs_never_mix() {
          *web-2) yes bbbbbbbbbbbbbbb | head -c 1048576; sleep 30;; \
          *db-1) echo failing >&2; exit 4;; esac"
     );
-    let out = cli(&f, &["exec", "-l", "role", "--kill-after", "3", &script]);
+    let out = cli(&f, &["exec", "-l", "role", "--timeout", "3s", &script]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = stdout(&out);
     let (mut a, mut b) = (0usize, 0usize);
@@ -363,7 +363,7 @@ async fn every_machine_s_outcome_is_exact_and_outputs_never_mix() {
     assert!(err.contains("1 ok, 2 failed, 0 did not run"), "{err}");
     assert!(err.contains(&format!("{db1}: exit 4")), "{err}");
     assert!(
-        err.contains(&format!("{web2}: timed out (killed)")),
+        err.contains(&format!("{web2}: timed out: killed after --timeout")),
         "{err}"
     );
 

@@ -46,6 +46,45 @@ installed_layout() {
   [ "$(readlink "$libdir/libcmdop.so")" = "libcmdop.so.$major" ] || { echo "bad libcmdop.so link"; return 1; }
 }
 check "installed layout (library $version, symlinks, header, pc, cmake)" installed_layout
+
+# The cmdop command, its manual pages and completions, as `make install`
+# put them: the installed binary runs, `man -l` renders its page, and bash
+# completes `cmdop ex<TAB>` to `exec`.
+installed_cli() {
+  local f
+  for f in bin/cmdop share/man/man1/cmdop.1 share/man/man1/cmdop-exec.1 \
+           share/bash-completion/completions/cmdop share/zsh/site-functions/_cmdop \
+           share/fish/vendor_completions.d/cmdop.fish; do
+    [ -f "$prefix/$f" ] || { echo "missing $f"; return 1; }
+  done
+  local out
+  out=$("$prefix/bin/cmdop" --version) || return 1
+  echo "$out"
+  [ "$out" = "cmdop $version" ]
+}
+check "installed cmdop --version runs; man pages and completions in place" installed_cli
+man_renders() {
+  command -v man >/dev/null || { echo "man is missing: scripts/deps.sh installs it (man-db)"; return 1; }
+  local page
+  page=$(MANWIDTH=100 man -l "$prefix/share/man/man1/cmdop-exec.1" 2>&1) || { echo "$page"; return 1; }
+  sed -n 1,12p <<<"$page"
+  grep -q 'cmdop-exec' <<<"$page" && grep -q -- '--timeout' <<<"$page" && grep -q 'Exit status' <<<"$page"
+}
+check "man -l renders the installed cmdop-exec(1) page" man_renders
+bash_completes_exec() {
+  # A non-interactive bash drives the completion function the way readline
+  # would for `cmdop ex<TAB>`.
+  bash --norc --noprofile -c '
+    source "$1" || exit 1
+    fn=$(complete -p cmdop | sed -n "s/.*-F \([^ ]*\).*/\1/p")
+    [ -n "$fn" ] || { echo "the script registers no completion function for cmdop"; exit 1; }
+    COMP_WORDS=(cmdop ex); COMP_CWORD=1; COMP_LINE="cmdop ex"; COMP_POINT=${#COMP_LINE}
+    "$fn" cmdop ex cmdop 2>/dev/null
+    echo "COMPREPLY: ${COMPREPLY[*]}"
+    [ "${COMPREPLY[*]}" = exec ]
+  ' _ "$prefix/share/bash-completion/completions/cmdop"
+}
+check "bash completion completes cmdop ex<TAB> to exec" bash_completes_exec
 check "exports only cmdop_ symbols, soname libcmdop.so.$major" \
   tests/packaging/check_exports.sh "$libdir/libcmdop.so.$version" "libcmdop.so.$major"
 
@@ -77,6 +116,7 @@ staged() {
   local stage=$work/stage
   make -s install PREFIX=/opt/cmdop DESTDIR="$stage" NO_BUILD=1 &&
     [ -f "$stage/opt/cmdop/lib/libcmdop.so.$version" ] &&
+    [ -x "$stage/opt/cmdop/bin/cmdop" ] &&
     grep -qx 'prefix=/opt/cmdop' "$stage/opt/cmdop/lib/pkgconfig/cmdop.pc" &&
     make -s uninstall PREFIX=/opt/cmdop DESTDIR="$stage" &&
     [ -z "$(find "$stage" -type f -o -type l)" ]
