@@ -154,12 +154,16 @@ pub fn note_hidden(state: &State, ws: &Workspace, method: &str, asked: &str) {
     let Ok(all) = known_machines(state, &whole) else {
         return;
     };
-    let Some(m) = all
-        .iter()
-        .find(|m| m.machine_id == asked || m.hostname.eq_ignore_ascii_case(asked))
-    else {
+    let named = |m: &&MachineRow| m.machine_id == asked || m.hostname.eq_ignore_ascii_case(asked);
+    let Some(m) = all.iter().find(named) else {
         return;
     };
+    // In scope by the store's labels: the session here has not read them
+    // yet (a label change moments ago), not a refusal.
+    if known_machines(state, ws).is_ok_and(|seen| seen.iter().any(|s| s.machine_id == m.machine_id))
+    {
+        return;
+    }
     let detail = serde_json::json!({ "method": method, "missing": "machine scope" });
     let audit = &state.audit;
     audit.note(audit.entry(ws, "denied", &m.machine_id, &m.hostname, detail));
