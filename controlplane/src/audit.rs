@@ -260,20 +260,11 @@ async fn write_batches(store: Arc<Store>, mut rx: mpsc::Receiver<Op>) {
                 Op::Recording(id, cast) => recordings.push((id, cast)),
             }
         }
-        // The records first (their callers wait); outcomes and recordings
-        // of earlier records after, failing on their own.
+        // One commit for the new records (their callers wait) and the
+        // outcomes and recordings of earlier ones.
         let count = entries.len();
         let written = crate::db::with_store(&store, move |s| {
-            let ids = s.append_audit(&entries)?;
-            let rest = s.finish_audit(&outcomes).and_then(|()| {
-                recordings
-                    .iter()
-                    .try_for_each(|(id, cast)| s.save_recording(*id, cast))
-            });
-            if let Err(e) = rest {
-                tracing::warn!(error = %format!("{e:#}"), "cannot write audit outcomes or recordings");
-            }
-            Ok(ids)
+            s.write_audit(&entries, &outcomes, &recordings)
         })
         .await;
         if count > 0 {

@@ -182,65 +182,37 @@ fn stored(r: &Row) -> anyhow::Result<Stored> {
 impl Store {
     /// Appends records (in order) in one transaction; returns their ids.
     pub fn append_audit(&self, entries: &[AuditEntry]) -> anyhow::Result<Vec<i64>> {
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.transaction(|db| {
-            let first_id = db
-                .query_opt("SELECT COALESCE(MAX(id), 0) FROM audit_records", &[])?
-                .map(|r| r.int(0))
-                .transpose()?
-                .unwrap_or(0)
-                + 1;
-            let mut ids = Vec::with_capacity(entries.len());
-            for (next_id, e) in (first_id..).zip(entries) {
-                let (seq, prev) = head(db, &e.workspace_id)?;
-                let seq = seq + 1;
-                let hash = record_hash(&prev, next_id, seq, e);
-                db.execute(
-                    "INSERT INTO audit_records (id, seq, workspace_id, at_ms, replica, actor, source,
-                         action, machine_id, hostname, detail, prev_hash, hash)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                    args![
-                        next_id,
-                        seq,
-                        e.workspace_id.as_str(),
-                        e.at_ms,
-                        e.replica.as_str(),
-                        e.actor.as_str(),
-                        e.source.as_str(),
-                        e.action.as_str(),
-                        e.machine_id.as_str(),
-                        e.hostname.as_str(),
-                        e.detail.as_str(),
-                        prev,
-                        hash.as_str()
-                    ],
-                )?;
-                db.execute(
-                    "INSERT INTO audit_heads (workspace_id, seq, hash, pruned_seq, pruned_hash)
-                     VALUES ($1, $2, $3, 0, '')
-                     ON CONFLICT (workspace_id) DO UPDATE SET seq = $2, hash = $3",
-                    args![e.workspace_id.as_str(), seq, hash],
-                )?;
-                ids.push(next_id);
-            }
-            Ok(ids)
-        })
+        self.write_audit(entries, &[], &[])
     }
 
     /// Records what the actions of records `id` came to (once each).
     pub fn finish_audit(&self, outcomes: &[(i64, AuditOutcome)]) -> anyhow::Result<()> {
-        if outcomes.is_empty() {
-            return Ok(());
+        self.write_audit(&[], outcomes, &[]).map(drop)
+    }
+
+    /// Stores the asciicast recording of record `id`'s shell session, bound
+    /// to the record by a hash.
+    pub fn save_recording(&self, id: i64, cast: &str) -> anyhow::Result<()> {
+        self.write_audit(&[], &[], &[(id, cast.to_string())])
+            .map(drop)
+    }
+
+    /// One group commit: appends `entries` (in order), then records
+    /// `outcomes` and `recordings` of earlier records, in one transaction.
+    /// Returns the new records' ids.
+    pub fn write_audit(
+        &self,
+        entries: &[AuditEntry],
+        outcomes: &[(i64, AuditOutcome)],
+        recordings: &[(i64, String)],
+    ) -> anyhow::Result<Vec<i64>> {
+        if entries.is_empty() && outcomes.is_empty() && recordings.is_empty() {
+            return Ok(Vec::new());
         }
         self.transaction(|db| {
+            let ids = append_in(db, entries)?;
             for (id, o) in outcomes {
-                let Some(hash) = db
-                    .query_opt("SELECT hash FROM audit_records WHERE id = $1", args![*id])?
-                    .map(|r| r.text(0))
-                    .transpose()?
-                else {
+                let Some(hash) = hash_of(db, *id)? else {
                     continue;
                 };
                 db.execute(
@@ -259,27 +231,17 @@ impl Store {
                     ],
                 )?;
             }
-            Ok(())
-        })
-    }
-
-    /// Stores the asciicast recording of record `id`'s shell session, bound
-    /// to the record by a hash.
-    pub fn save_recording(&self, id: i64, cast: &str) -> anyhow::Result<()> {
-        self.transaction(|db| {
-            let Some(hash) = db
-                .query_opt("SELECT hash FROM audit_records WHERE id = $1", args![id])?
-                .map(|r| r.text(0))
-                .transpose()?
-            else {
-                return Ok(());
-            };
-            db.execute(
-                "INSERT INTO audit_recordings (id, asciicast, hash) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO NOTHING",
-                args![id, cast, sha(&[&hash, cast])],
-            )?;
-            Ok(())
+            for (id, cast) in recordings {
+                let Some(hash) = hash_of(db, *id)? else {
+                    continue;
+                };
+                db.execute(
+                    "INSERT INTO audit_recordings (id, asciicast, hash) VALUES ($1, $2, $3)
+                     ON CONFLICT (id) DO NOTHING",
+                    args![*id, cast.as_str(), sha(&[&hash, cast])],
+                )?;
+            }
+            Ok(ids)
         })
     }
 
@@ -423,6 +385,67 @@ impl Store {
             Ok(gone)
         })
     }
+}
+
+/// Appends `entries` in order; each workspace's head is read once.
+fn append_in(db: &mut dyn Exec, entries: &[AuditEntry]) -> anyhow::Result<Vec<i64>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let first_id = db
+        .query_opt("SELECT COALESCE(MAX(id), 0) FROM audit_records", &[])?
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(0)
+        + 1;
+    let mut heads: std::collections::HashMap<&str, (i64, String)> = Default::default();
+    let mut ids = Vec::with_capacity(entries.len());
+    for (id, e) in (first_id..).zip(entries) {
+        let (seq, prev) = match heads.remove(e.workspace_id.as_str()) {
+            Some(head) => head,
+            None => head(db, &e.workspace_id)?,
+        };
+        let seq = seq + 1;
+        let hash = record_hash(&prev, id, seq, e);
+        db.execute(
+            "INSERT INTO audit_records (id, seq, workspace_id, at_ms, replica, actor, source,
+                 action, machine_id, hostname, detail, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            args![
+                id,
+                seq,
+                e.workspace_id.as_str(),
+                e.at_ms,
+                e.replica.as_str(),
+                e.actor.as_str(),
+                e.source.as_str(),
+                e.action.as_str(),
+                e.machine_id.as_str(),
+                e.hostname.as_str(),
+                e.detail.as_str(),
+                prev,
+                hash.as_str()
+            ],
+        )?;
+        heads.insert(&e.workspace_id, (seq, hash));
+        ids.push(id);
+    }
+    for (ws, (seq, hash)) in heads {
+        db.execute(
+            "INSERT INTO audit_heads (workspace_id, seq, hash, pruned_seq, pruned_hash)
+             VALUES ($1, $2, $3, 0, '')
+             ON CONFLICT (workspace_id) DO UPDATE SET seq = $2, hash = $3",
+            args![ws, seq, hash],
+        )?;
+    }
+    Ok(ids)
+}
+
+/// The stored hash of record `id`, if it exists.
+fn hash_of(db: &mut dyn Exec, id: i64) -> anyhow::Result<Option<String>> {
+    db.query_opt("SELECT hash FROM audit_records WHERE id = $1", args![id])?
+        .map(|r| r.text(0))
+        .transpose()
 }
 
 /// A workspace's last `(seq, hash)`: `(0, "")` before its first record.
