@@ -140,7 +140,26 @@ impl Client {
                 .await;
                 return Err(stopped_at_timeout(out, started, timeout));
             }
-            let (data, more, total) = self.read_output(None, &session_id, cursor).await?;
+            let (data, more, total) = match self.read_output(None, &session_id, cursor).await {
+                Ok(read) => read,
+                // Closing the client ends its connection (before its calls
+                // hear of it), so a read under way fails: the command must
+                // still be stopped, through the connection it was typed on.
+                Err(_) if cancel.is_cancelled() || self.is_closed() => {
+                    self.interrupt(
+                        &pinned,
+                        &session_id,
+                        &id,
+                        &mut cursor,
+                        &mut scanner,
+                        &mut out,
+                        keep,
+                    )
+                    .await;
+                    return Err(Error::Cancelled);
+                }
+                Err(e) => return Err(e),
+            };
             if !more && total > cursor + data.len() as i64 && !out.truncated {
                 // The server's bounded buffer evicted bytes before we read
                 // them (the command printed faster than we polled).
@@ -176,6 +195,11 @@ impl Client {
                 pause = (pause * 2).min(POLL_MAX);
             }
         }
+    }
+
+    /// The application closed this client.
+    fn is_closed(&self) -> bool {
+        *self.inner.state.borrow() == super::connection::ConnState::Closed
     }
 
     /// Fails like native exec (OPERATION_FAILED, "could not start") when
