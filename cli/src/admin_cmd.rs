@@ -250,9 +250,27 @@ pub fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
                     0,
                     "revoke all unused tokens with --workspace NAME --all",
                 )?;
-                if !store.revoke_enrollment_token(&token)? {
-                    bail!("no unused enrollment token matches; it may be used, revoked or mistyped (pass the whole token, or --workspace NAME --all)");
-                }
+                let not_found = || {
+                    anyhow::anyhow!("no unused enrollment token matches; it may be used, revoked or mistyped (pass the whole token, or --workspace NAME --all)")
+                };
+                let ws_id = store
+                    .enrollment_token_owner(&token)?
+                    .ok_or_else(not_found)?;
+                let detail = serde_json::json!({ "all": false });
+                audited(
+                    &store,
+                    &ws_id,
+                    "enroll_token.revoke",
+                    ("", ""),
+                    detail,
+                    || {
+                        if store.revoke_enrollment_token(&token)? {
+                            Ok(())
+                        } else {
+                            Err(not_found())
+                        }
+                    },
+                )?;
                 println!("revoked");
             }
             _ => bail!("pass the token, or --workspace NAME --all"),

@@ -13,7 +13,7 @@ use std::{
 };
 
 use cmdop_proto::{
-    ext::IssueTokenRequest,
+    ext::{IssueTokenRequest, RefreshTokenRequest},
     terminal::{
         agent_message, control_message, AgentMessage, FileReadRpcRequest, RegisterRequest,
         SendInputRequest, TerminalOutput,
@@ -214,6 +214,36 @@ async fn every_action_leaves_one_record_and_no_secret() {
         .await
         .expect("IssueToken")
         .into_inner();
+    // A refresh token presented twice revokes its family.
+    let mut refresher = ext(addr, None).await;
+    let refresh = || RefreshTokenRequest {
+        refresh_token: token.refresh_token.clone(),
+    };
+    refresher
+        .refresh_token(refresh())
+        .await
+        .expect("first refresh");
+    let reused = refresher
+        .refresh_token(refresh())
+        .await
+        .expect_err("a reused refresh token");
+    assert!(reused.message().contains("reuse"), "{reused:?}");
+    // An enrollment token revoked by itself (on stdin).
+    let unused = enroll_token(dir.path(), "alpha");
+    let mut revoke = Command::new(cmdop_bin())
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args(["revoke-enroll-token", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = revoke.stdin.take().unwrap();
+        writeln!(stdin, "{unused}").unwrap();
+    }
+    assert!(revoke.wait_with_output().unwrap().status.success());
     admin(dir.path(), &["label", host, "tier=web"]);
     let prefix: String = key.chars().take(12).collect();
     admin(dir.path(), &["revoke-key", &prefix]);
@@ -303,6 +333,15 @@ async fn every_action_leaves_one_record_and_no_secret() {
     let tokens = of(&all, "token.issue");
     assert_eq!(tokens.len(), 1, "{tokens:#?}");
     assert_eq!(of(&all, "machine.enroll").len(), 2);
+    let families = of(&all, "token.revoke");
+    assert_eq!(families.len(), 1, "{families:#?}");
+    assert!(families[0]["detail"]["family"]
+        .as_str()
+        .unwrap()
+        .starts_with("fam_"));
+    let enroll_revoked = of(&all, "enroll_token.revoke");
+    assert_eq!(enroll_revoked.len(), 1, "{enroll_revoked:#?}");
+    assert_eq!(enroll_revoked[0]["outcome"]["outcome"], "ok");
     // The workspace's first key and ci-deploy.
     let created = of(&all, "key.create");
     assert_eq!(created.len(), 2, "{created:#?}");
@@ -329,6 +368,7 @@ async fn every_action_leaves_one_record_and_no_secret() {
         ws.api_key.as_str(),
         token.access_token.as_str(),
         token.refresh_token.as_str(),
+        unused.as_str(),
         "hunter2",
     ] {
         assert!(!printed.contains(secret), "a secret is in the audit output");

@@ -382,6 +382,10 @@ impl Cmdop for CmdopService {
         &self,
         request: Request<RefreshTokenRequest>,
     ) -> Result<Response<TokenPair>, Status> {
+        let source = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let token = request.into_inner().refresh_token;
         let invalid = || {
             Status::unauthenticated(
@@ -393,6 +397,7 @@ impl Cmdop for CmdopService {
         {
             return Err(invalid());
         }
+        let presented = token.clone();
         match crate::db::with_store(&self.state.store, move |store| {
             store.refresh_tokens(&token, limits::DEFAULT_ACCESS_TTL)
         })
@@ -402,6 +407,32 @@ impl Cmdop for CmdopService {
             RefreshOutcome::Rotated(pair) => Ok(Response::new(token_pair(pair))),
             RefreshOutcome::ReuseDetected => {
                 tracing::warn!("refresh token reused; token family revoked");
+                // On the record: whose family went, and from where.
+                let family = crate::db::with_store(&self.state.store, move |store| {
+                    store.family_of_refresh_token(&presented)
+                })
+                .await;
+                if let Ok(Some((workspace_id, family))) = family {
+                    let ws = Workspace {
+                        id: workspace_id,
+                        name: String::new(),
+                        scope: crate::scope::Scope::full(),
+                        source,
+                    };
+                    let audit = &self.state.audit;
+                    let mut entry = audit.entry(
+                        &ws,
+                        "token.revoke",
+                        "",
+                        "",
+                        serde_json::json!({
+                            "family": family,
+                            "reason": "a used refresh token was presented again",
+                        }),
+                    );
+                    entry.actor = "control plane (refresh-token reuse)".into();
+                    audit.note(entry);
+                }
                 // End the streams its access tokens opened now, not at the
                 // next periodic full check.
                 self.state.open_streams.recheck();

@@ -66,6 +66,19 @@ impl Store {
         })
     }
 
+    /// The workspace of an unused, unrevoked enrollment token, if any.
+    pub fn enrollment_token_owner(&self, token: &str) -> anyhow::Result<Option<String>> {
+        self.read(|db| {
+            db.query_opt(
+                "SELECT workspace_id FROM enrollment_tokens
+                 WHERE hash = $1 AND used_ms IS NULL AND revoked_ms IS NULL",
+                args![hash(token.trim())],
+            )?
+            .map(|r| r.text(0))
+            .transpose()
+        })
+    }
+
     /// Revokes every unused, unexpired enrollment token of a workspace
     /// (for a token that was lost). Returns how many.
     pub fn revoke_all_enrollment_tokens(&self, workspace_id: &str) -> anyhow::Result<usize> {

@@ -147,6 +147,23 @@ impl Store {
         })
     }
 
+    /// The workspace and family of a refresh token (used or not), for the
+    /// audit record of a family revoked on its reuse.
+    pub fn family_of_refresh_token(
+        &self,
+        refresh_token: &str,
+    ) -> anyhow::Result<Option<(String, String)>> {
+        self.read(|db| {
+            db.query_opt(
+                "SELECT f.workspace_id, f.id FROM refresh_tokens r
+                 JOIN token_families f ON f.id = r.family_id WHERE r.hash = $1",
+                args![hash(refresh_token)],
+            )?
+            .map(|r| Ok((r.text(0)?, r.text(1)?)))
+            .transpose()
+        })
+    }
+
     /// Trades a refresh token for a new pair in the same family.
     pub fn refresh_tokens(
         &self,
