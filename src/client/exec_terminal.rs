@@ -114,7 +114,10 @@ impl Client {
         let mut pause = POLL_MIN;
         let mut chunk = Vec::new();
         loop {
-            if cancel.is_cancelled() {
+            // Closing the client ends its connection before its calls hear
+            // of it: a closed client stops the command like a cancel does,
+            // through the connection it was typed on.
+            if cancel.is_cancelled() || self.is_closed() {
                 self.interrupt(
                     &pinned,
                     &session_id,
@@ -142,22 +145,8 @@ impl Client {
             }
             let (data, more, total) = match self.read_output(None, &session_id, cursor).await {
                 Ok(read) => read,
-                // Closing the client ends its connection (before its calls
-                // hear of it), so a read under way fails: the command must
-                // still be stopped, through the connection it was typed on.
-                Err(_) if cancel.is_cancelled() || self.is_closed() => {
-                    self.interrupt(
-                        &pinned,
-                        &session_id,
-                        &id,
-                        &mut cursor,
-                        &mut scanner,
-                        &mut out,
-                        keep,
-                    )
-                    .await;
-                    return Err(Error::Cancelled);
-                }
+                // A read under way when the client closed: stopped above.
+                Err(_) if cancel.is_cancelled() || self.is_closed() => continue,
                 Err(e) => return Err(e),
             };
             if !more && total > cursor + data.len() as i64 && !out.truncated {
