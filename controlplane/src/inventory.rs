@@ -147,21 +147,22 @@ pub fn note_hidden(state: &State, ws: &Workspace, method: &str, asked: &str) {
     if !ws.scope.limits_machines() || asked.is_empty() {
         return;
     }
-    let whole = Workspace {
-        scope: crate::scope::Scope::full(),
-        ..ws.clone()
-    };
-    let Ok(all) = known_machines(state, &whole) else {
+    let store = &state.store;
+    let Ok(all) = crate::db::read_store(store, |s| s.list_machines(&ws.id)) else {
         return;
     };
-    let named = |m: &&MachineRow| m.machine_id == asked || m.hostname.eq_ignore_ascii_case(asked);
-    let Some(m) = all.iter().find(named) else {
+    let Some(m) = all
+        .iter()
+        .find(|m| m.machine_id == asked || m.hostname.eq_ignore_ascii_case(asked))
+    else {
         return;
     };
     // In scope by the store's labels: the session here has not read them
     // yet (a label change moments ago), not a refusal.
-    if known_machines(state, ws).is_ok_and(|seen| seen.iter().any(|s| s.machine_id == m.machine_id))
-    {
+    let Ok(labels) = crate::db::read_store(store, |s| s.admin_labels(&m.machine_id)) else {
+        return;
+    };
+    if ws.scope.sees(Some(&labels)) {
         return;
     }
     let detail = serde_json::json!({ "method": method, "missing": "machine scope" });
