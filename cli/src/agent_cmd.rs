@@ -148,6 +148,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         eprintln!("cmdop: the settings are valid");
         return Ok(());
     }
+    // `systemctl reload` (SIGHUP's default action would end the agent).
+    crate::reload::on_hangup("agent", args.effective.clone());
     if let Some(addr) = args.metrics_listen {
         crate::metrics_http::start(
             addr,

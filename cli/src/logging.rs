@@ -8,7 +8,8 @@ use std::{
 
 use parking_lot::Mutex;
 use tracing_subscriber::{
-    filter::Targets, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
+    filter::Targets, layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Layer,
+    Registry,
 };
 
 /// `--log-format`.
@@ -61,6 +62,24 @@ pub fn filter_for(log_level: Option<&str>, verbose: u8, default: &str) -> String
     }
 }
 
+/// Changes the filter of the installed subscriber ([`init`]), for
+/// `systemctl reload` ([`crate::reload`]).
+static FILTER: Mutex<Option<reload::Handle<EnvFilter, Registry>>> = Mutex::new(None);
+
+/// Replaces the log filter (same syntax as `--log-level`; `RUST_LOG`, when
+/// set, still wins as at start).
+pub fn set_filter(filter: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .map_err(|e| anyhow::anyhow!("--log-level {filter}: {e}"))?;
+    match FILTER.lock().as_ref() {
+        Some(handle) => handle
+            .reload(filter)
+            .map_err(|e| anyhow::anyhow!("cannot change the log level: {e}")),
+        None => anyhow::bail!("no log subscriber is installed"),
+    }
+}
+
 /// Installs a stderr subscriber. `filter` is a tracing filter such as
 /// `info` or `cmdop_controlplane=debug,info`; `RUST_LOG` overrides it.
 /// Colours only when stderr is a terminal and `NO_COLOR` is not set, so a
@@ -86,6 +105,8 @@ pub fn init(filter: &str, verbose: u8, format: LogFormat) {
     // The agent's warnings are kept whatever the level shown, so that
     // `cmdop dev` can say why its agent did not connect.
     let agent_problems = Targets::new().with_target("cmdop_agent", tracing::Level::WARN);
+    let (filter, handle) = reload::Layer::new(filter);
+    *FILTER.lock() = Some(handle);
     let _ = tracing_subscriber::registry()
         .with(lines.with_filter(filter))
         .with(LastAgentProblem.with_filter(agent_problems))

@@ -21,6 +21,7 @@ mod lifetime;
 mod logging;
 mod metrics_http;
 mod readiness;
+mod reload;
 mod report;
 mod secret_flags;
 mod server_cmd;

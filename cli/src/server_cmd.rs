@@ -306,6 +306,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
     );
+    // `systemctl reload`: installed before anyone is told we are ready, as
+    // SIGHUP's default action would end the process.
+    crate::reload::on_hangup("server", args.effective.clone());
     if let Some(addr) = args.metrics_listen {
         let serving = config.serving.clone();
         crate::metrics_http::start(
