@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian packages (`make deb`), with dpkg-deb from a release build:
 #
-#   cmdop          /usr/bin/cmdop, the systemd units (packaging/systemd/),
+#   cmdop          /usr/bin/cmdop, its manual pages and bash/zsh/fish
+#                  completions, the systemd units (packaging/systemd/),
 #                  example settings in /etc/cmdop/ (conffiles), a `cmdop`
 #                  system user made by postinst
 #   libcmdop1      the shared library (soname libcmdop.so.1)
@@ -123,6 +124,19 @@ install -m 0644 packaging/systemd/cmdop-server.service packaging/systemd/cmdop-a
   "$p/lib/systemd/system/"
 install -m 0640 packaging/deb/server.toml packaging/deb/agent.toml "$p/etc/cmdop/"
 install -m 0644 README.md "$p/usr/share/doc/cmdop/"
+# Manual pages (compressed, as Debian policy asks) and shell completions,
+# from the staged `make install` tree; zsh's go where Debian's zsh looks.
+install -d "$p/usr/share/man/man1" "$p/usr/share/bash-completion/completions" \
+  "$p/usr/share/zsh/vendor-completions" "$p/usr/share/fish/vendor_completions.d"
+for page in "$stage"/usr/share/man/man1/cmdop*.1; do
+  gzip -9n -c "$page" >"$p/usr/share/man/man1/$(basename "$page").gz"
+done
+chmod 0644 "$p"/usr/share/man/man1/*.gz
+install -m 0644 "$stage/usr/share/bash-completion/completions/cmdop" \
+  "$p/usr/share/bash-completion/completions/cmdop"
+install -m 0644 "$stage/usr/share/zsh/site-functions/_cmdop" "$p/usr/share/zsh/vendor-completions/_cmdop"
+install -m 0644 "$stage/usr/share/fish/vendor_completions.d/cmdop.fish" \
+  "$p/usr/share/fish/vendor_completions.d/cmdop.fish"
 copyright "$p/usr/share/doc/cmdop"
 mkdir -p "$p/DEBIAN"
 printf '/etc/cmdop/server.toml\n/etc/cmdop/agent.toml\n' >"$p/DEBIAN/conffiles"

@@ -56,6 +56,16 @@ units_and_conffiles() {
   grep -qx /etc/cmdop/agent.toml "$work/control/conffiles"
 }
 check "cmdop ships the units and its settings as conffiles" units_and_conffiles
+pages_and_completions() {
+  local listing
+  listing=$(dpkg-deb -c "$(deb_of cmdop)")
+  echo "$listing" | grep -q './usr/share/man/man1/cmdop.1.gz'
+  echo "$listing" | grep -q './usr/share/man/man1/cmdop-exec.1.gz'
+  echo "$listing" | grep -q './usr/share/bash-completion/completions/cmdop'
+  echo "$listing" | grep -q './usr/share/zsh/vendor-completions/_cmdop'
+  echo "$listing" | grep -q './usr/share/fish/vendor_completions.d/cmdop.fish'
+}
+check "cmdop ships its manual pages and bash, zsh and fish completions" pages_and_completions
 
 mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
 touch "$root/var/lib/dpkg/status" "$root/var/lib/dpkg/available"
@@ -66,6 +76,17 @@ check "dpkg lists them as unpacked" \
   sh -c "dpkg --root='$root' -l cmdop libcmdop1 libcmdop-dev | grep -c '^iU' | grep -qx 3"
 # Unpacked conffiles wait as FILE.dpkg-new until the package is configured.
 conffile() { [ -f "$root$1" ] && echo "$root$1" || echo "$root$1.dpkg-new"; }
+man_page_renders() {
+  MANPATH=$root/usr/share/man man -P cat cmdop-exec 2>/dev/null | grep -q -- '--timeout'
+}
+check "man cmdop-exec renders the packaged page" man_page_renders
+bash_completes() {
+  # Loads the packaged completion and asks it for `cmdop ex<TAB>`.
+  bash -c '. "$1"; COMP_WORDS=(cmdop ex); COMP_CWORD=1; COMP_LINE="cmdop ex"; COMP_POINT=8
+           _cmdop cmdop ex cmdop; printf "%s\n" "${COMPREPLY[@]}"' _ \
+    "$root/usr/share/bash-completion/completions/cmdop" | grep -qx exec
+}
+check "the packaged bash completion completes cmdop ex to exec" bash_completes
 check "the packaged settings pass cmdop server --check" \
   "$CMDOP_BIN" server --config "$(conffile /etc/cmdop/server.toml)" --check
 check "the packaged settings pass cmdop agent --check" \
