@@ -98,7 +98,7 @@ pub async fn attach(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> 
     let session_id = match &args.session_id {
         Some(id) => id.clone(),
         None => {
-            args.machine.select(&client).await?;
+            args.machine.select(&client, &args.connect).await?;
             let machine = client.machine().unwrap_or_default();
             anyhow::ensure!(
                 !machine.session_id.is_empty(),

@@ -22,8 +22,18 @@ pub struct MachineArgs {
 }
 
 impl MachineArgs {
-    pub(crate) async fn select(&self, client: &Client) -> anyhow::Result<()> {
-        match (&self.host, &self.machine_id) {
+    /// Selects the machine: -H, --machine-id, the profile's `host`, else
+    /// the only online machine (or the active session).
+    pub(crate) async fn select(
+        &self,
+        client: &Client,
+        connect: &ConnectArgs,
+    ) -> anyhow::Result<()> {
+        let host = match (&self.host, &self.machine_id) {
+            (None, None) => connect.profile_host()?,
+            (host, _) => host.clone(),
+        };
+        match (&host, &self.machine_id) {
             (_, Some(id)) => {
                 client.set_machine_id(id).await?;
             }
@@ -166,7 +176,10 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 /// Runs the command remotely, streaming its output; exits with its status.
-pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
+pub async fn exec(mut args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
+    if args.machine.host.is_none() && args.machine.machine_id.is_none() && args.selector.is_none() {
+        args.machine.host = args.connect.profile_host()?;
+    }
     let client = args.connect.connect().await?;
     let command = args.command.join(" ");
     let mut opts = cmdop::client::ExecOptions {
@@ -194,7 +207,7 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
         };
         return crate::fleet_cmd::exec_many(client, command, opts, fan).await;
     }
-    args.machine.select(&client).await?;
+    args.machine.select(&client, &args.connect).await?;
     // --json keeps the output for its object instead of printing it.
     let json = args.json;
     opts.discard_output = !json;
@@ -392,7 +405,7 @@ pub struct LsArgs {
 /// Lists a remote directory, following pages.
 pub async fn ls(args: LsArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = args.connect.connect().await?;
-    args.machine.select(&client).await?;
+    args.machine.select(&client, &args.connect).await?;
     let mut entries = Vec::new();
     let mut token: Option<String> = None;
     loop {

@@ -7,6 +7,7 @@ mod agent_cmd;
 mod attach_cmd;
 mod audit_cmd;
 mod client_cmd;
+mod config_cmd;
 mod config_file;
 mod connect;
 mod cp_cmd;
@@ -20,6 +21,7 @@ mod labels;
 mod lifetime;
 mod logging;
 mod metrics_http;
+mod profile;
 mod readiness;
 mod reload;
 mod report;
@@ -81,6 +83,10 @@ enum Command {
     /// Copy files or trees to or from a machine: `cp ./a.tar web-1:/tmp/`,
     /// `cp -r web-1:/etc/nginx .`
     Cp(cp_cmd::CpArgs),
+    /// The client's settings: `cmdop config show` prints what every command
+    /// would use (server, key masked, CA, default host) and where each
+    /// came from (flags, environment, the profile of the config file).
+    Config(config_cmd::ConfigArgs),
     /// Print a shell completion script (bash, zsh, fish, …) to stdout.
     Completions(docs_cmd::CompletionsArgs),
     /// Write the manual pages (cmdop.1, cmdop-exec.1, …) to a directory.
@@ -137,6 +143,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Admin(args) => admin_cmd::run(args),
         Command::Completions(args) => success(docs_cmd::completions(args, Cli::command())),
+        Command::Config(args) => success(config_cmd::run(args)),
         Command::Man(args) => success(docs_cmd::man(args, Cli::command())),
         Command::AgentReaper(args) => {
             cmdop_agent::orphans::reap_when_closed(&args.dir);
@@ -155,6 +162,7 @@ fn main() -> std::process::ExitCode {
                     Command::Attach(args) => attach_cmd::attach(args).await,
                     Command::Cp(args) => cp_cmd::cp(args).await,
                     Command::Admin(_)
+                    | Command::Config(_)
                     | Command::AgentReaper(_)
                     | Command::Completions(_)
                     | Command::Man(_) => unreachable!("handled above"),
