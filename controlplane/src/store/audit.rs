@@ -17,7 +17,7 @@
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
-use super::{engine::args, engine::Exec, engine::Row, now_ms, Store};
+use super::{engine::args, engine::Exec, engine::Row, engine::Value, now_ms, Store};
 
 /// A record to append.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -211,24 +211,32 @@ impl Store {
         }
         self.transaction(|db| {
             let ids = append_in(db, entries)?;
+            let hashes = hashes_of(db, outcomes.iter().map(|(id, _)| *id))?;
+            let mut rows: Vec<Value> = Vec::with_capacity(outcomes.len() * 8);
             for (id, o) in outcomes {
-                let Some(hash) = hash_of(db, *id)? else {
+                let Some(hash) = hashes.get(id) else {
                     continue;
                 };
+                rows.extend([
+                    Value::from(*id),
+                    Value::from(now_ms()),
+                    Value::from(o.outcome.as_str()),
+                    Value::from(o.exit_code),
+                    Value::from(o.bytes_in),
+                    Value::from(o.bytes_out),
+                    Value::from(o.duration_ms),
+                    Value::from(outcome_hash(hash, o)),
+                ]);
+            }
+            for chunk in rows.chunks(8 * ROWS_PER_STATEMENT) {
                 db.execute(
-                    "INSERT INTO audit_outcomes (id, at_ms, outcome, exit_code, bytes_in, bytes_out, duration_ms, hash)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                     ON CONFLICT (id) DO NOTHING",
-                    args![
-                        *id,
-                        now_ms(),
-                        o.outcome.as_str(),
-                        o.exit_code,
-                        o.bytes_in,
-                        o.bytes_out,
-                        o.duration_ms,
-                        outcome_hash(&hash, o)
-                    ],
+                    &format!(
+                        "INSERT INTO audit_outcomes (id, at_ms, outcome, exit_code, bytes_in, bytes_out, duration_ms, hash)
+                         VALUES {}
+                         ON CONFLICT (id) DO NOTHING",
+                        placeholders(chunk.len() / 8, 8)
+                    ),
+                    chunk,
                 )?;
             }
             for (id, cast) in recordings {
@@ -387,19 +395,48 @@ impl Store {
     }
 }
 
-/// Appends `entries` in order; each workspace's head is read once.
+/// Rows per multi-row INSERT or IN list: one statement instead of one per
+/// row, with a bounded number of distinct statements to prepare and cache.
+const ROWS_PER_STATEMENT: usize = 32;
+
+/// `($k, $k+1, …)` groups for `rows` rows of `width` parameters each.
+fn placeholders(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Appends `entries` in order; each workspace's head is read once. The
+/// next id and the first workspace's head come in one statement and the
+/// records go in multi-row INSERTs, so that a group commit costs a few
+/// round trips to PostgreSQL however many records it holds.
 fn append_in(db: &mut dyn Exec, entries: &[AuditEntry]) -> anyhow::Result<Vec<i64>> {
-    if entries.is_empty() {
+    let Some(first) = entries.first() else {
         return Ok(Vec::new());
-    }
-    let first_id = db
-        .query_opt("SELECT COALESCE(MAX(id), 0) FROM audit_records", &[])?
-        .map(|r| r.int(0))
-        .transpose()?
-        .unwrap_or(0)
-        + 1;
+    };
+    let start = db
+        .query_opt(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM audit_records),
+                    (SELECT seq FROM audit_heads WHERE workspace_id = $1),
+                    (SELECT hash FROM audit_heads WHERE workspace_id = $1)",
+            args![first.workspace_id.as_str()],
+        )?
+        .context("the audit trail's next id could not be read")?;
+    let first_id = start.int(0)? + 1;
     let mut heads: std::collections::HashMap<&str, (i64, String)> = Default::default();
+    heads.insert(
+        &first.workspace_id,
+        (
+            start.opt_int(1)?.unwrap_or(0),
+            start.opt_text(2)?.unwrap_or_default(),
+        ),
+    );
     let mut ids = Vec::with_capacity(entries.len());
+    let mut rows: Vec<Value> = Vec::with_capacity(entries.len() * 13);
     for (id, e) in (first_id..).zip(entries) {
         let (seq, prev) = match heads.remove(e.workspace_id.as_str()) {
             Some(head) => head,
@@ -407,28 +444,34 @@ fn append_in(db: &mut dyn Exec, entries: &[AuditEntry]) -> anyhow::Result<Vec<i6
         };
         let seq = seq + 1;
         let hash = record_hash(&prev, id, seq, e);
-        db.execute(
-            "INSERT INTO audit_records (id, seq, workspace_id, at_ms, replica, actor, source,
-                 action, machine_id, hostname, detail, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            args![
-                id,
-                seq,
-                e.workspace_id.as_str(),
-                e.at_ms,
-                e.replica.as_str(),
-                e.actor.as_str(),
-                e.source.as_str(),
-                e.action.as_str(),
-                e.machine_id.as_str(),
-                e.hostname.as_str(),
-                e.detail.as_str(),
-                prev,
-                hash.as_str()
-            ],
-        )?;
+        rows.extend([
+            Value::from(id),
+            Value::from(seq),
+            Value::from(e.workspace_id.as_str()),
+            Value::from(e.at_ms),
+            Value::from(e.replica.as_str()),
+            Value::from(e.actor.as_str()),
+            Value::from(e.source.as_str()),
+            Value::from(e.action.as_str()),
+            Value::from(e.machine_id.as_str()),
+            Value::from(e.hostname.as_str()),
+            Value::from(e.detail.as_str()),
+            Value::from(prev),
+            Value::from(hash.as_str()),
+        ]);
         heads.insert(&e.workspace_id, (seq, hash));
         ids.push(id);
+    }
+    for chunk in rows.chunks(13 * ROWS_PER_STATEMENT) {
+        db.execute(
+            &format!(
+                "INSERT INTO audit_records (id, seq, workspace_id, at_ms, replica, actor, source,
+                     action, machine_id, hostname, detail, prev_hash, hash)
+                 VALUES {}",
+                placeholders(chunk.len() / 13, 13)
+            ),
+            chunk,
+        )?;
     }
     for (ws, (seq, hash)) in heads {
         db.execute(
@@ -439,6 +482,29 @@ fn append_in(db: &mut dyn Exec, entries: &[AuditEntry]) -> anyhow::Result<Vec<i6
         )?;
     }
     Ok(ids)
+}
+
+/// The stored hashes of the records `ids` (missing ones left out), in
+/// IN lists of [`ROWS_PER_STATEMENT`].
+fn hashes_of(
+    db: &mut dyn Exec,
+    ids: impl Iterator<Item = i64>,
+) -> anyhow::Result<std::collections::HashMap<i64, String>> {
+    let ids: Vec<Value> = ids.map(Value::from).collect();
+    let mut found = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        for r in db.query(
+            &format!(
+                "SELECT id, hash FROM audit_records WHERE id IN ({})",
+                list.join(", ")
+            ),
+            chunk,
+        )? {
+            found.insert(r.int(0)?, r.text(1)?);
+        }
+    }
+    Ok(found)
 }
 
 /// The stored hash of record `id`, if it exists.

@@ -279,10 +279,10 @@ impl Store {
             }
             Engine::Postgres(pg) => {
                 let mut db = pg.client()?;
-                db.begin()?;
+                // BEGIN and the lock in one round trip.
                 let out = db
-                    .execute("SELECT pg_advisory_xact_lock(7436029418552)", &[])
-                    .and_then(|_| f(&mut db));
+                    .begin_with("SELECT pg_advisory_xact_lock(7436029418552)")
+                    .and_then(|()| f(&mut db));
                 match out {
                     Ok(out) => {
                         db.finish(true)?;

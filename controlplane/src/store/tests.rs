@@ -54,7 +54,55 @@ on_both_engines!(
     cluster_tables_take_the_agreed_statements,
     scoped_keys_keep_their_scope_and_expire,
     the_audit_chain_finds_edits_removals_and_reorders,
+    a_large_group_commit_chains_and_verifies,
 );
+
+/// One group commit larger than a multi-row statement (records of two
+/// workspaces interleaved, then outcomes of most of them, one missing):
+/// every record and outcome lands, each workspace's chain verifies.
+fn a_large_group_commit_chains_and_verifies(s: &Store) {
+    let entries: Vec<AuditEntry> = (0..75)
+        .map(|n| AuditEntry {
+            workspace_id: if n % 3 == 0 { "ws_x" } else { "ws_y" }.into(),
+            at_ms: 2_000 + n,
+            replica: "rep_a".into(),
+            actor: "key ci (cmdop_abc123)".into(),
+            source: "127.0.0.1:5000".into(),
+            action: "exec".into(),
+            machine_id: "mach_1".into(),
+            hostname: "web-1".into(),
+            detail: format!("{{\"command\":\"echo {n}\"}}"),
+        })
+        .collect();
+    let ids = s.write_audit(&entries, &[], &[]).unwrap();
+    assert_eq!(ids.len(), 75);
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    let outcomes: Vec<(i64, AuditOutcome)> = ids[..40]
+        .iter()
+        .map(|&id| {
+            (
+                id,
+                AuditOutcome {
+                    outcome: "exit 0".into(),
+                    exit_code: Some(0),
+                    ..AuditOutcome::default()
+                },
+            )
+        })
+        .chain(std::iter::once((999_999, AuditOutcome::default())))
+        .collect();
+    // The next group: one more record, and the outcomes of earlier ones.
+    let more = s.write_audit(&entries[..1], &outcomes, &[]).unwrap();
+    assert_eq!(more, vec![ids[74] + 1]);
+    let report = s.verify_audit(None).unwrap();
+    assert_eq!(
+        (report.records, report.workspaces, report.problem),
+        (76, 2, None)
+    );
+    let (found, _) = s.audit_records(&AuditFilter::default()).unwrap();
+    let with_outcome = found.iter().filter(|r| r.outcome.is_some()).count();
+    assert_eq!(with_outcome, 40);
+}
 
 fn scoped_keys_keep_their_scope_and_expire(s: &Store) {
     use cmdop_proto::scope::{Operation, Operations};

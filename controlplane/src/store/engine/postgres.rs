@@ -358,6 +358,14 @@ impl PgExec<'_> {
         self.batch("BEGIN")
     }
 
+    /// Opens a transaction and runs `sql` (statements without parameters)
+    /// first in it, in one round trip. The caller ends it with
+    /// [`finish`](Self::finish) whether this succeeded or not.
+    pub fn begin_with(&mut self, sql: &str) -> anyhow::Result<()> {
+        self.in_transaction = true;
+        self.batch(&format!("BEGIN; {sql}"))
+    }
+
     /// Ends an open transaction; a connection that cannot is closed.
     pub fn finish(&mut self, commit: bool) -> anyhow::Result<()> {
         let res = self.batch(if commit { "COMMIT" } else { "ROLLBACK" });
