@@ -5,6 +5,9 @@
 #   bench_stack_start NAME DIR HOSTNAME [extra `cmdop server` flags…]
 #   BENCH_STACK_CA=ca.pem bench_stack_start NAME DIR HOSTNAME --tls-cert C --tls-key K
 #                     # a TLS stack: the agent dials https and trusts ca.pem
+#   BENCH_STACK_DATABASE_URL_FILE=F bench_stack_start NAME DIR HOSTNAME
+#                     # the control plane on the PostgreSQL database whose
+#                     # URL is in F (see bench/rust/src/pg) instead of SQLite
 #
 # sets, for NAME=native say:
 #   native_SERVER     host:port        native_HOST, native_PORT
@@ -21,12 +24,14 @@ bench_stack_start() {
   shift 3
   mkdir -p "$dir"
   local log_level=${CMDOP_BENCH_LOG:-warn}
-  "$CMDOP_BIN" admin --data-dir "$dir" create-workspace bench >/dev/null
+  local store=(--data-dir "$dir")
+  [ -z "${BENCH_STACK_DATABASE_URL_FILE:-}" ] || store=(--database-url-file "$BENCH_STACK_DATABASE_URL_FILE")
+  "$CMDOP_BIN" admin "${store[@]}" create-workspace bench >/dev/null
   local key token
-  key=$("$CMDOP_BIN" admin --data-dir "$dir" create-key --workspace bench --label bench)
-  token=$("$CMDOP_BIN" admin --data-dir "$dir" enroll-token --workspace bench)
+  key=$("$CMDOP_BIN" admin "${store[@]}" create-key --workspace bench --label bench)
+  token=$("$CMDOP_BIN" admin "${store[@]}" enroll-token --workspace bench)
 
-  "$CMDOP_BIN" --log-level "$log_level" server --listen 127.0.0.1:0 --data-dir "$dir" \
+  "$CMDOP_BIN" --log-level "$log_level" server --listen 127.0.0.1:0 "${store[@]}" \
     --ready-file "$dir/ready" "$@" >"$dir/server.log" 2>&1 &
   local cp_pid=$!
   bench_own_pid "$cp_pid"
@@ -47,7 +52,7 @@ bench_stack_start() {
 
   local enrolled=
   for _ in $(seq 200); do
-    if "$CMDOP_BIN" admin --data-dir "$dir" machines --workspace bench 2>/dev/null | grep -q "	$host	"; then
+    if "$CMDOP_BIN" admin "${store[@]}" machines --workspace bench 2>/dev/null | grep -q "	$host	"; then
       enrolled=1
       break
     fi
