@@ -133,7 +133,13 @@ fn main() -> std::process::ExitCode {
         &logging::filter_for(
             cli.log_level.as_deref(),
             cli.verbose,
-            if quiet { "warn" } else { "info" },
+            // PostgreSQL's NOTICEs ("relation … already exists, skipping"
+            // on every migration check) are no news to an operator.
+            if quiet {
+                "warn"
+            } else {
+                "info,tokio_postgres=warn"
+            },
         ),
         cli.verbose,
         cli.log_format,
