@@ -280,8 +280,13 @@ typedef enum cmdop_file_type {
  */
 typedef enum cmdop_tls {
   /**
-   * The constructor's default: TLS for cmdop_remote_new*(), plaintext
-   * for cmdop_local_new().
+   * The rule the `cmdop` command line follows too. cmdop_local_new():
+   * plaintext. cmdop_remote_new*(): "https://" means TLS and "http://"
+   * plaintext; without a scheme, a loopback host ("localhost",
+   * 127.0.0.0/8, "[::1]") means plaintext (a control plane on this
+   * machine, as `cmdop dev` starts one) and any other host TLS; every
+   * entry of `servers` must come out the same (else
+   * CMDOP_STATUS_INVALID_ARGUMENT). The hosted default is TLS.
    */
   CMDOP_TLS_DEFAULT = 0,
   /**
@@ -396,7 +401,10 @@ typedef struct cmdop_options {
    */
   uint32_t version;
   /**
-   * cmdop_remote_new*(): "host:port" or "https://host:port"; NULL = the
+   * cmdop_remote_new*(): "host:port", "https://host:port" or
+   * "http://host:port" (TLS or not: see CMDOP_TLS_DEFAULT); NULL (and no
+   * `servers`) = $CMDOP_SERVER when set (one "host:port" or several
+   * separated by commas, as the `cmdop` command line reads it), else the
    * hosted endpoint (grpc.cmdop.com:443). cmdop_local_new() takes host and
    * port as arguments and refuses a non-NULL `server`.
    */
@@ -780,8 +788,9 @@ enum cmdop_status cmdop_options_init(struct cmdop_options *opts, uint32_t versio
  * key. Does not connect: install callbacks, then call cmdop_connect().
  *
  * `api_key`: the key, or NULL to read $CMDOP_API_KEY. Any non-empty key is
- * accepted as is. `opts`: NULL for the defaults (hosted endpoint, TLS),
- * else initialised by cmdop_options_init() or CMDOP_OPTIONS_INIT.
+ * accepted as is. `opts`: NULL for the defaults ($CMDOP_SERVER, else the
+ * hosted endpoint; TLS by the rule of CMDOP_TLS_DEFAULT), else initialised
+ * by cmdop_options_init() or CMDOP_OPTIONS_INIT.
  *
  * On OK, `*out` is a new client owned by the caller; free it with
  * cmdop_client_free(). On error `*out` is NULL.

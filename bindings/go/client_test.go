@@ -155,6 +155,31 @@ func TestExecute(t *testing.T) {
 	}
 }
 
+// The README's first snippet, as `cmdop dev` prints its environment: no
+// options at all, the server and key from $CMDOP_SERVER and $CMDOP_API_KEY
+// like the cmdop command line (a loopback host:port means plaintext).
+func TestNewRemoteReadsTheEnvironmentLikeTheCLI(t *testing.T) {
+	s := liveStack(t)
+	if os.Getenv("CMDOP_SERVER") == "" || os.Getenv("CMDOP_API_KEY") == "" {
+		t.Fatal("bindings/run_tests.sh exports CMDOP_SERVER and CMDOP_API_KEY from cmdop dev")
+	}
+	c, err := cmdop.NewRemote("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetMachine(s.machine); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Execute(context.Background(), "echo from-env")
+	if err != nil || !bytes.Contains(res.Output, []byte("from-env")) {
+		t.Fatalf("want from-env, got %+v, %v", res, err)
+	}
+}
+
 func TestExecuteHonoursDeadline(t *testing.T) {
 	c := connected(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)

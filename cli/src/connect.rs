@@ -148,26 +148,14 @@ impl ConnectArgs {
         let mut opts = ClientOptions::remote(Credentials::ApiKey(key));
         let servers: Vec<&str> = settings.servers.0.iter().map(|s| s.as_str()).collect();
         if !servers.is_empty() {
-            let mut tls = None;
-            for server in &servers {
-                let this = match server.split_once("://") {
-                    Some(("https", _)) => true,
-                    Some(("http", _)) => false,
-                    Some((scheme, _)) => {
-                        anyhow::bail!(
-                            "unknown scheme '{scheme}' in --server; use http:// or https://"
-                        )
-                    }
-                    None => !is_loopback(server),
-                };
-                if tls.is_some_and(|t| t != this) {
-                    anyhow::bail!(
-                        "the servers of --server (CMDOP_SERVER) mix TLS and plaintext: give every one the same scheme (https:// or http://)"
-                    );
-                }
-                tls = Some(this);
-            }
-            opts.tls = tls.unwrap_or(true);
+            opts.tls = cmdop::client::tls_by_default(servers.iter().copied()).map_err(|e| match e {
+                cmdop::client::TlsRuleError::UnknownScheme(scheme) => anyhow::anyhow!(
+                    "unknown scheme '{scheme}' in --server; use http:// or https://"
+                ),
+                cmdop::client::TlsRuleError::Mixed => anyhow::anyhow!(
+                    "the servers of --server (CMDOP_SERVER) mix TLS and plaintext: give every one the same scheme (https:// or http://)"
+                ),
+            })?;
             if servers.len() == 1 {
                 opts.server = servers[0].to_string();
             } else {
@@ -188,19 +176,6 @@ impl ConnectArgs {
     pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(self.options()?).await?)
     }
-}
-
-fn is_loopback(host_port: &str) -> bool {
-    let host = host_port
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .unwrap_or(host_port);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -51,7 +51,9 @@ pub(crate) use files::{MAX_READ_BYTES, MAX_WRITE_BYTES};
 pub use fleet::FleetMachine;
 pub use log::{set_log_sink, LogLevel, LogSink};
 pub use machine::MachineInfo;
-pub use options::{ClientOptions, Credentials, DEFAULT_REMOTE_SERVER};
+pub use options::{
+    tls_by_default, ClientOptions, Credentials, TlsRuleError, DEFAULT_REMOTE_SERVER,
+};
 pub use sessions::SessionInfo;
 
 mod options;

@@ -128,6 +128,58 @@ impl ClientOptions {
     }
 }
 
+/// Why [`tls_by_default`] could not decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsRuleError {
+    /// A scheme other than `http` or `https`.
+    UnknownScheme(String),
+    /// Some servers of one list say TLS and others plaintext.
+    Mixed,
+}
+
+/// The TLS rule every front end shares when the caller does not choose
+/// (the CLI's `--server` and `CMDOP_SERVER`; `cmdop_remote_new*()` with
+/// `CMDOP_TLS_DEFAULT`; the bindings through it): `https://` means TLS,
+/// `http://` plaintext; without a scheme, a loopback host (`localhost`,
+/// 127.0.0.0/8, `::1`) means plaintext — a control plane on this machine,
+/// as `cmdop dev` starts one — and any other host TLS. Every server of a
+/// list must come out the same.
+pub fn tls_by_default<'a>(
+    servers: impl IntoIterator<Item = &'a str>,
+) -> Result<bool, TlsRuleError> {
+    let mut tls = None;
+    for server in servers {
+        let server = server.trim();
+        let this = match server.split_once("://") {
+            Some(("https", _)) => true,
+            Some(("http", _)) => false,
+            Some((scheme, _)) => return Err(TlsRuleError::UnknownScheme(scheme.to_string())),
+            None => !is_loopback(server),
+        };
+        if tls.is_some_and(|t| t != this) {
+            return Err(TlsRuleError::Mixed);
+        }
+        tls = Some(this);
+    }
+    Ok(tls.unwrap_or(true))
+}
+
+/// Whether the host of `host:port` (or a bare host) is this machine.
+fn is_loopback(host_port: &str) -> bool {
+    let host = match host_port.rsplit_once(':') {
+        // `[::1]:50051`, `127.0.0.1:50051`, `localhost:50051`; a bare IPv6
+        // literal (`::1`) has colons but no port.
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host_port,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
 /// `server` with the scheme matching `tls` and no trailing slash.
 fn uri_for(server: &str, tls: bool) -> String {
     let server = server.trim();
@@ -142,6 +194,29 @@ fn uri_for(server: &str, tls: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_tls_rule() {
+        let one = |s: &str| tls_by_default([s]);
+        assert_eq!(one("127.0.0.1:50051"), Ok(false));
+        assert_eq!(one("localhost:1"), Ok(false));
+        assert_eq!(one("[::1]:1"), Ok(false));
+        assert_eq!(one("127.1.2.3:1"), Ok(false));
+        assert_eq!(one("10.0.0.1:1"), Ok(true));
+        assert_eq!(one("cp.example.com:443"), Ok(true));
+        assert_eq!(one("https://127.0.0.1:1"), Ok(true));
+        assert_eq!(one("http://cp.example.com:80"), Ok(false));
+        assert_eq!(
+            one("ftp://a:1"),
+            Err(TlsRuleError::UnknownScheme("ftp".into()))
+        );
+        assert_eq!(
+            tls_by_default(["127.0.0.1:1", "10.0.0.1:2"]),
+            Err(TlsRuleError::Mixed)
+        );
+        assert_eq!(tls_by_default(["http://a:1", "127.0.0.1:2"]), Ok(false));
+        assert_eq!(tls_by_default([]), Ok(true));
+    }
 
     #[test]
     fn endpoint_scheme_follows_tls_flag() {

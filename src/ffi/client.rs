@@ -24,8 +24,9 @@ fn publish(out: &mut *mut cmdop_client, client: Client) {
 /// key. Does not connect: install callbacks, then call cmdop_connect().
 ///
 /// `api_key`: the key, or NULL to read $CMDOP_API_KEY. Any non-empty key is
-/// accepted as is. `opts`: NULL for the defaults (hosted endpoint, TLS),
-/// else initialised by cmdop_options_init() or CMDOP_OPTIONS_INIT.
+/// accepted as is. `opts`: NULL for the defaults ($CMDOP_SERVER, else the
+/// hosted endpoint; TLS by the rule of CMDOP_TLS_DEFAULT), else initialised
+/// by cmdop_options_init() or CMDOP_OPTIONS_INIT.
 ///
 /// On OK, `*out` is a new client owned by the caller; free it with
 /// cmdop_client_free(). On error `*out` is NULL.

@@ -28,8 +28,13 @@ pub const CMDOP_MAX_SERVERS: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(dead_code)] // only ever passed in from C, as an int
 pub enum cmdop_tls {
-    /// The constructor's default: TLS for cmdop_remote_new*(), plaintext
-    /// for cmdop_local_new().
+    /// The rule the `cmdop` command line follows too. cmdop_local_new():
+    /// plaintext. cmdop_remote_new*(): "https://" means TLS and "http://"
+    /// plaintext; without a scheme, a loopback host ("localhost",
+    /// 127.0.0.0/8, "[::1]") means plaintext (a control plane on this
+    /// machine, as `cmdop dev` starts one) and any other host TLS; every
+    /// entry of `servers` must come out the same (else
+    /// CMDOP_STATUS_INVALID_ARGUMENT). The hosted default is TLS.
     Default = 0,
     /// TLS.
     On = 1,
@@ -46,7 +51,10 @@ pub struct cmdop_options {
     /// The layout version the program was built against:
     /// CMDOP_OPTIONS_VERSION of its header. Set by the init function/macro.
     pub version: u32,
-    /// cmdop_remote_new*(): "host:port" or "https://host:port"; NULL = the
+    /// cmdop_remote_new*(): "host:port", "https://host:port" or
+    /// "http://host:port" (TLS or not: see CMDOP_TLS_DEFAULT); NULL (and no
+    /// `servers`) = $CMDOP_SERVER when set (one "host:port" or several
+    /// separated by commas, as the `cmdop` command line reads it), else the
     /// hosted endpoint (grpc.cmdop.com:443). cmdop_local_new() takes host and
     /// port as arguments and refuses a non-NULL `server`.
     pub server: *const c_char,
@@ -290,6 +298,29 @@ pub(crate) enum Target<'a> {
     Local { host: Option<&'a str>, port: u16 },
 }
 
+/// The environment variable the `cmdop` command line reads its servers
+/// from; cmdop_remote_new*() read it too when given no server.
+const SERVER_ENV: &str = "CMDOP_SERVER";
+
+/// $CMDOP_SERVER as a list ("host:port" entries separated by commas); empty
+/// when unset or blank.
+fn servers_from_env() -> Result<Vec<String>, Failure> {
+    let value = std::env::var(SERVER_ENV).unwrap_or_default();
+    let list: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if list.len() > CMDOP_MAX_SERVERS {
+        return Err(Failure::invalid(format!(
+            "${SERVER_ENV} lists {} servers: at most {CMDOP_MAX_SERVERS}; put a load balancer or a DNS name in front of the replicas instead",
+            list.len()
+        )));
+    }
+    Ok(list)
+}
+
 /// Build core options from a (possibly NULL) options struct.
 pub(crate) unsafe fn client_options(
     opts: *const cmdop_options,
@@ -332,13 +363,23 @@ pub(crate) unsafe fn client_options(
         }
         Target::Remote => {
             let mut c = ClientOptions::remote(credentials);
-            if let Some(server) = server {
-                if server.trim().is_empty() {
-                    return Err(Failure::invalid(
-                        "opts->server is empty: pass host:port or NULL for the default",
-                    ));
+            match server {
+                Some(server) => {
+                    if server.trim().is_empty() {
+                        return Err(Failure::invalid(
+                            "opts->server is empty: pass host:port or NULL for the default",
+                        ));
+                    }
+                    c.server = server.to_string();
                 }
-                c.server = server.to_string();
+                None => {
+                    let mut from_env = servers_from_env()?;
+                    if from_env.len() == 1 {
+                        c.server = from_env.remove(0);
+                    } else {
+                        c.servers = from_env;
+                    }
+                }
             }
             c
         }
@@ -363,7 +404,25 @@ pub(crate) unsafe fn client_options(
         }
     };
     c.tls = match o.tls {
-        0 => c.tls,
+        // cmdop_local_new(): plaintext; cmdop_remote_new*(): the rule the
+        // CLI follows too (see `tls_by_default`).
+        0 if matches!(target, Target::Local { .. }) => c.tls,
+        0 => {
+            let servers: Vec<&str> = if c.servers.is_empty() {
+                vec![c.server.as_str()]
+            } else {
+                c.servers.iter().map(String::as_str).collect()
+            };
+            crate::client::tls_by_default(servers).map_err(|e| match e {
+                crate::client::TlsRuleError::UnknownScheme(scheme) => Failure::invalid(format!(
+                    "unknown scheme '{scheme}' in opts->server(s): use http://, https:// or none"
+                )),
+                crate::client::TlsRuleError::Mixed => Failure::invalid(
+                    "opts->servers mix TLS and plaintext (https://, http://, loopback without a \
+                     scheme): give every entry the same scheme, or set opts->tls",
+                ),
+            })?
+        }
         1 => true,
         2 => false,
         v => {

@@ -129,6 +129,36 @@ static void api_key_sources(void) {
   cmdop_client_free(c);
   c = NULL;
 
+  /* No options at all: the server comes from $CMDOP_SERVER, as for the
+   * cmdop command line, and a loopback "host:port" without a scheme means
+   * plaintext by the shared TLS rule (CMDOP_TLS_DEFAULT). */
+  CHECK_OK(cmdop_remote_new(NULL, NULL, &c));
+  CHECK_OK(cmdop_connect(c));
+  CHECK(cmdop_is_connected(c));
+  {
+    cmdop_connection_info *info = NULL;
+    CHECK_OK(cmdop_get_connection_info(c, &info));
+    CHECK(!cmdop_connection_info_tls(info));
+    cmdop_connection_info_free(info);
+  }
+  cmdop_client_free(c);
+  c = NULL;
+  /* The same server with https:// is TLS: the plaintext server fails it. */
+  {
+    char tls_server[256];
+    cmdop_options t;
+    snprintf(tls_server, sizeof tls_server, "https://%s", env_required("CMDOP_SERVER"));
+    cmdop_options_init(&t, CMDOP_OPTIONS_VERSION);
+    t.server = tls_server;
+    t.timeout_ms = 3000;
+    t.max_retries = 0;
+    t.auto_reconnect = false;
+    CHECK_OK(cmdop_remote_new(NULL, &t, &c));
+    CHECK(cmdop_connect(c) != CMDOP_STATUS_OK);
+    cmdop_client_free(c);
+    c = NULL;
+  }
+
   /* A wrong key in a documented shape: the server rejects it at connect. */
   CHECK_OK(cmdop_remote_new("cmd_not_a_real_key", &r, &c));
   CHECK_STATUS(cmdop_connect(c), CMDOP_STATUS_UNAUTHENTICATED);
@@ -207,12 +237,15 @@ static void tls_flag(void) {
   cmdop_client_free(c);
 }
 
-/* Remote defaults: the hosted endpoint over TLS (not contacted here). */
+/* Remote defaults without $CMDOP_SERVER: the hosted endpoint over TLS
+ * (not contacted here). */
 static void remote_defaults(void) {
   cmdop_client *c = NULL;
   cmdop_connection_info *info = NULL;
   cmdop_options r;
+  char *saved = strdup(env_required("CMDOP_SERVER"));
 
+  unsetenv("CMDOP_SERVER");
   cmdop_options_init(&r, CMDOP_OPTIONS_VERSION);
   r.timeout_ms = 300; /* the sandbox has no route to the hosted endpoint */
   CHECK_OK(cmdop_remote_new("cmdop_key", &r, &c));
@@ -225,6 +258,8 @@ static void remote_defaults(void) {
   }
   cmdop_connection_info_free(info);
   cmdop_client_free(c);
+  setenv("CMDOP_SERVER", saved, 1);
+  free(saved);
 }
 
 int main(void) {

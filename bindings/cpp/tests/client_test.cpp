@@ -86,6 +86,17 @@ TEST_F(Live, ExecuteReturnsOutputAndExitCode) {
   EXPECT_EQ(failed.exit_code(), 3);
 }
 
+// The README's first snippet, as `cmdop dev` prints its environment: the
+// server and key from $CMDOP_SERVER and $CMDOP_API_KEY like the cmdop
+// command line (a loopback host:port means plaintext).
+TEST_F(Live, RemoteReadsTheEnvironmentLikeTheCli) {
+  ASSERT_NE(std::getenv("CMDOP_SERVER"), nullptr) << "bindings/run_tests.sh exports it from cmdop dev";
+  auto c = cmdop::Client::remote("");
+  c.connect();
+  c.set_machine(stack_->machine);
+  EXPECT_NE(c.execute("echo from-env").output().find("from-env"), std::string_view::npos);
+}
+
 TEST_F(Live, ResultsMoveAndOutliveTheirStatement) {
   cmdop::Client c = connected();
   std::vector<cmdop::ExecResult> results;
