@@ -13,9 +13,12 @@ use tokio::process::Command;
 
 use crate::{
     args::Args,
-    record::{emit, round_us, timed_true, Samples},
+    record::{emit, round_us, rss_kb, timed_true, Samples},
     setup::{log_tail, open_client, Setup, REPLICAS},
 };
+
+/// Time for the replicas' allocations to settle before their memory is read.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// `runs` executes of `true` one after the other.
 async fn measure(client: &Client, runs: usize, timeout: Duration) -> (Samples, Duration) {
@@ -48,8 +51,20 @@ fn agents_latency_record(subject: &str, label: &str, s: &Samples, runs: usize, w
     }));
 }
 
-/// Cross-replica execute latency without and with `--agents` simulated idle
-/// agents spread over the replicas, and what they cost the replicas.
+/// Agents one simulator process holds: one connection each, so that the
+/// simulator stays under a 20,000 descriptor limit with room to spare (more
+/// agents take more simulators, each of which spreads its agents over every
+/// replica).
+const PER_SIMULATOR: usize = 15_000;
+/// Agents per source address in a simulator: with several simulators on
+/// one machine, even a shared source address keeps below the ~28,000
+/// ephemeral ports it has.
+const PER_SOURCE: usize = 5_000;
+
+/// Execute latency, same replica and cross-replica, without and with
+/// `--agents` simulated idle agents spread over the replicas (by as many
+/// simulator processes as [`PER_SIMULATOR`] asks), and what they cost the
+/// replicas' memory.
 pub async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
     let bin = args
         .agents_bin
@@ -57,80 +72,134 @@ pub async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
         .context("--agents needs --agents-bin (target/release/cmdop-bench-agents)")?;
     let c = &setup.cluster;
     let home = c.live_route(&setup.machine_id).await?;
-    let (client, _) = open_client(c, (home + 1) % REPLICAS, &setup.api_key, &args.hostname).await?;
-    let _ = measure(&client, args.warmup, args.timeout).await;
-    let (s, wall) = measure(&client, args.agents_lat_runs, args.timeout).await;
-    agents_latency_record(
-        "exec-1",
-        "cross-replica execute(\"true\"), no other agent",
-        &s,
-        args.agents_lat_runs,
-        wall,
-    );
+    let (cross, _) = open_client(c, (home + 1) % REPLICAS, &setup.api_key, &args.hostname).await?;
+    let (same, _) = open_client(c, home, &setup.api_key, &args.hostname).await?;
+    let runs = args.agents_lat_runs;
+    for (client, subject, label) in [
+        (&same, "same-1", "same-replica execute(\"true\"), no other agent"),
+        (&cross, "exec-1", "cross-replica execute(\"true\"), no other agent"),
+    ] {
+        let _ = measure(client, args.warmup, args.timeout).await;
+        let (s, wall) = measure(client, runs, args.timeout).await;
+        agents_latency_record(subject, label, &s, runs, wall);
+    }
 
     let servers: Vec<String> = c
         .replicas
         .iter()
         .map(|r| format!("http://{}", r.listen))
         .collect();
-    let log_path = c.agent_log.with_file_name("agents.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut sim = Command::new(bin);
-    sim.arg("--server").arg(servers.join(","));
-    c.db.name_to(&mut sim);
-    sim.args(["--workspace", "bench", "--agents", &args.agents.to_string()])
-        .args(["--case", "cluster-agents"])
-        .args([
-            "--label",
-            &format!("{} idle agents over {REPLICAS} replicas", args.agents),
-        ]);
-    for i in 0..REPLICAS {
-        let pid = c.pid(i).context("a replica is not running")?;
-        sim.args(["--control-plane-pid", &pid.to_string()]);
-    }
-    let mut sim = sim
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    let stdout = sim.stdout.take().context("no stdout of the simulator")?;
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let record = tokio::time::timeout(Duration::from_secs(900), lines.next_line()).await;
-    let record = match record {
-        Ok(Ok(Some(line))) => line,
-        Ok(_) => bail!(
-            "the simulated agents did not connect: {}",
-            log_tail(&log_path, 2)
-        ),
-        Err(_) => bail!("the simulated agents did not all connect within 900 s"),
+    let pids: Vec<u32> = (0..REPLICAS)
+        .map(|i| c.pid(i).context("a replica is not running"))
+        .collect::<anyhow::Result<_>>()?;
+    let rss = |pids: &[u32]| -> i64 {
+        pids.iter()
+            .map(|&p| rss_kb(Some(p), "VmRSS:"))
+            .try_fold(0i64, |sum, kb| (kb >= 0).then_some(sum + kb))
+            .unwrap_or(-1)
     };
-    let parsed: serde_json::Value =
-        serde_json::from_str(&record).context("the simulator printed no JSON record")?;
-    emit(parsed);
-    let (s, wall) = measure(&client, args.agents_lat_runs, args.timeout).await;
-    agents_latency_record(
-        "exec-n",
-        &format!(
-            "cross-replica execute(\"true\"), {} idle agents connected",
-            args.agents
-        ),
-        &s,
-        args.agents_lat_runs,
-        wall,
-    );
-    client.close().await;
-    if let Some(pid) = sim.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
+    let rss_before = rss(&pids);
+    let simulators = args.agents.div_ceil(PER_SIMULATOR).max(1);
+    let label = format!("{} idle agents over {REPLICAS} replicas", args.agents);
+    let mut sims = Vec::with_capacity(simulators);
+    for k in 0..simulators {
+        let share = args.agents / simulators + usize::from(k < args.agents % simulators);
+        let log_path = c.agent_log.with_file_name(format!("agents-{k}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let mut sim = Command::new(bin);
+        sim.arg("--server").arg(servers.join(","));
+        c.db.name_to(&mut sim);
+        sim.args(["--workspace", "bench", "--agents", &share.to_string()])
+            .args(["--per-source", &PER_SOURCE.to_string()])
+            .args(["--case", "cluster-agents", "--label", &label]);
+        let mut child = sim
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout of the simulator")?;
+        sims.push((child, stdout, log_path));
     }
-    if tokio::time::timeout(Duration::from_secs(30), sim.wait())
-        .await
-        .is_err()
-    {
-        let _ = sim.kill().await;
+    // Each simulator prints one record once its agents are connected.
+    let mut records = Vec::with_capacity(simulators);
+    let mut children = Vec::with_capacity(simulators);
+    let mut waits = Vec::with_capacity(simulators);
+    for (child, stdout, log_path) in sims {
+        children.push(child);
+        waits.push(tokio::spawn(async move {
+            let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+            match tokio::time::timeout(Duration::from_secs(900), lines.next_line()).await {
+                Ok(Ok(Some(line))) => serde_json::from_str::<serde_json::Value>(&line)
+                    .context("a simulator printed no JSON record"),
+                Ok(_) => bail!(
+                    "simulated agents did not connect: {}",
+                    log_tail(&log_path, 2)
+                ),
+                Err(_) => bail!("simulated agents did not all connect within 900 s"),
+            }
+        }));
+    }
+    for wait in waits {
+        records.push(wait.await.context("a simulator's reader task failed")??);
+    }
+    tokio::time::sleep(SETTLE).await;
+    let rss_after = rss(&pids);
+    let sum = |field: &str| -> u64 {
+        records
+            .iter()
+            .map(|r| r[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let wall = records
+        .iter()
+        .map(|r| r["wall_s"].as_f64().unwrap_or(0.0))
+        .fold(0.0, f64::max);
+    let samples: Vec<serde_json::Value> = records
+        .iter()
+        .flat_map(|r| r["samples_us"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let agents = sum("agents");
+    emit(serde_json::json!({
+        "case": "cluster-agents",
+        "subject": "idle-agents",
+        "label": label,
+        "runs": args.agents,
+        "concurrency": records.first().map_or(serde_json::Value::Null, |r| r["concurrency"].clone()),
+        "wall_s": wall,
+        "ops_per_s": if wall > 0.0 { agents as f64 / wall } else { 0.0 },
+        "errors": sum("errors"),
+        "bytes": 0,
+        "agents": agents,
+        "servers": REPLICAS,
+        "simulators": simulators,
+        "rss_kb": { "controlplane_before": rss_before, "controlplane_after": rss_after },
+        "samples_us": samples,
+    }));
+    for (client, subject, label) in [
+        (&same, "same-n", format!("same-replica execute(\"true\"), {} idle agents connected", args.agents)),
+        (&cross, "exec-n", format!("cross-replica execute(\"true\"), {} idle agents connected", args.agents)),
+    ] {
+        let (s, wall) = measure(client, runs, args.timeout).await;
+        agents_latency_record(subject, &label, &s, runs, wall);
+    }
+    same.close().await;
+    cross.close().await;
+    for child in &children {
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    for mut child in children {
+        if tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
     }
     Ok(())
 }
