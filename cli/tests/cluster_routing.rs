@@ -890,8 +890,29 @@ async fn the_newer_connection_of_a_machine_wins_and_calls_follow_it() {
 }
 
 #[tokio::test]
-async fn a_stopped_replica_leaves_the_cluster_and_its_machines_show_offline() {
+async fn a_stopped_replica_leaves_the_cluster_and_machines_that_cannot_move_show_offline() {
     let mut cl = cluster("leave-host").await;
+    // An agent that knows only A has nowhere to move to (an agent with the
+    // whole list moves during the drain: see rolling_restart.rs).
+    cl.agent.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sessions_of(&cl.a.addr, &cl.ws.api_key, &cl.host)
+        .await
+        .iter()
+        .any(|s| s.status == "connected")
+    {
+        assert!(Instant::now() < deadline, "A did not see the agent leave");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _only_a = start_agent(
+        &cl.a.addr,
+        None,
+        &cl.dir.path().join("agent.json"),
+        &cl.host,
+        &["--heartbeat-secs", "1"],
+    );
+    let mut t = terminal(&cl.a.addr, Some(&cl.ws.api_key)).await;
+    wait_connected(&mut t, &cl.host).await;
     let pid = cl.a.proc.pid();
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])

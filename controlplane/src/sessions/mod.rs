@@ -9,4 +9,4 @@ pub mod session;
 
 pub use exec_link::{ExecLink, ExecUpdate};
 pub use registry::Registry;
-pub use session::{AgentInfo, ControlItem, ControlSender, Session, SHUTDOWN_REASON};
+pub use session::{AgentInfo, ControlItem, ControlSender, Move, Session, SHUTDOWN_REASON};
