@@ -952,6 +952,13 @@ async fn a_stopped_replica_leaves_the_cluster_and_machines_that_cannot_move_show
         if st.message().contains("offline") {
             break;
         }
+        // Until then B refuses the calls it cannot forward, and says that
+        // nothing ran (never that some of it may have).
+        assert!(
+            st.message().contains("refused before it reached")
+                && st.metadata().get("x-cmdop-not-started").is_some(),
+            "{st:?}"
+        );
         assert!(
             Instant::now() < deadline,
             "B still forwards to the replica that left: {st:?}"
@@ -961,6 +968,46 @@ async fn a_stopped_replica_leaves_the_cluster_and_machines_that_cannot_move_show
     let mine = sessions_of(&cl.b.addr, &cl.ws.api_key, &cl.host).await;
     assert_eq!(mine.len(), 1, "{mine:?}");
     assert_eq!(mine[0].status, "disconnected");
+}
+
+/// A replica that finds no route for a machine (here the row is removed
+/// behind the cluster's back) asks the live replicas before it calls the
+/// machine offline: the one with the agent answers, and calls follow.
+#[tokio::test]
+async fn a_machine_without_a_route_is_found_by_asking_the_live_replicas() {
+    let cl = cluster("no-route").await;
+    let mut e = ext(&cl.c.addr, Some(&cl.ws.api_key)).await;
+    // A notices at its next tick (1 s) that its route is gone and closes
+    // the link (the agent reconnects and claims it again); a lookup that
+    // lands after that may rightly find the machine offline, so the
+    // scenario is tried up to three times. Before lookups asked the live
+    // replicas, every try found it offline.
+    let mut found = None;
+    for _ in 0..3 {
+        let mut a = ext(&cl.a.addr, Some(&cl.ws.api_key)).await;
+        wait_native_exec(&mut a, &cl.host).await;
+        query(
+            &cl.pg,
+            &format!("DELETE FROM routes WHERE machine_id = '{}'", cl.machine_id),
+        );
+        let m = e
+            .resolve_machine(ResolveMachineRequest {
+                hostname: cl.host.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("ResolveMachine")
+            .into_inner()
+            .machine
+            .expect("the machine is known");
+        if !m.session_id.is_empty() {
+            found = Some(m);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let m = found.expect("ResolveMachine through C said offline although A has the agent");
+    assert_eq!(m.session_id, cl.session_id);
 }
 
 /// Execute through B on the machine whose agent is on A, by session id or

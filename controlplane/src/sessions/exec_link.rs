@@ -277,7 +277,7 @@ impl ExecLink {
         {
             let mut pending = self.pending();
             if !self.is_alive() {
-                return Err(link_gone());
+                return Err(link_gone_before_start());
             }
             if pending.len() >= limits::MAX_PENDING_EXECS {
                 return Err(Status::resource_exhausted(format!(
@@ -293,7 +293,7 @@ impl ExecLink {
         };
         if self.downlink.send(Box::new(Ok(msg))).await.is_err() {
             self.pending().remove(&exec_id);
-            return Err(link_gone());
+            return Err(link_gone_before_start());
         }
         Ok(rx)
     }
@@ -376,4 +376,23 @@ impl ExecLink {
 
 fn link_gone() -> Status {
     Status::unavailable("the agent's exec channel closed; retry once the agent reconnects")
+}
+
+/// `status` marked as a refusal before anything reached the machine
+/// ([`cmdop_proto::headers::CALL_NOT_STARTED`]): nothing ran, so a client
+/// may send the call again, even a command.
+pub fn not_started(mut status: Status) -> Status {
+    status.metadata_mut().insert(
+        cmdop_proto::headers::CALL_NOT_STARTED,
+        tonic::metadata::MetadataValue::from_static(cmdop_proto::headers::CALL_NOT_STARTED_REFUSED),
+    );
+    status
+}
+
+/// [`link_gone`] for a command whose start never reached the agent.
+fn link_gone_before_start() -> Status {
+    not_started(Status::unavailable(
+        "the command was refused before it reached the machine: the agent's exec channel \
+         closed; nothing ran. Retry once the agent reconnects",
+    ))
 }
