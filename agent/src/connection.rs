@@ -87,7 +87,13 @@ impl Agent<'_> {
             self.config.reconnect_max,
         );
         let probe_targets: Vec<_> = endpoints.iter().map(|e| probe::target(e.uri())).collect();
-        let mut current = 0;
+        // A random entry of the list, so that agents with the same list
+        // spread over the replicas.
+        let mut current = if self.config.servers_in_order {
+            0
+        } else {
+            rand::random_range(0..servers.len())
+        };
         // With other servers to go to, the agent moves when a control
         // plane that is stopping asks it to (see `run_connection`).
         let can_move = servers.len() > 1;

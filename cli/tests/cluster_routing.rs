@@ -106,7 +106,7 @@ async fn cluster_with(prefix: &str, extra: &[&str]) -> Cluster {
     let ws = create_workspace_pg(&url, "alpha");
     let host = unique(prefix);
     let token = admin_pg(&url, &["enroll-token", "--workspace", "alpha"]);
-    // The agent knows every replica and starts on A, the first.
+    // The agent knows every replica and starts on A, the first (in order).
     let (to_b, to_c) = (format!("http://{}", b.addr), format!("http://{}", c.addr));
     let agent = start_agent(
         &a.addr,
@@ -120,6 +120,7 @@ async fn cluster_with(prefix: &str, extra: &[&str]) -> Cluster {
             &to_b,
             "--server",
             &to_c,
+            "--servers-in-order",
         ],
     );
     let mut t = terminal(&a.addr, Some(&ws.api_key)).await;
@@ -1135,6 +1136,7 @@ async fn an_agent_reconnecting_during_an_outage_is_routed_once_the_database_is_b
             &to_b,
             "--server",
             &to_c,
+            "--servers-in-order",
         ],
     );
     let since = Instant::now();

@@ -61,11 +61,12 @@ fn route_of(pg: &Postgres, machine_id: &str) -> String {
     )
 }
 
-/// A library client with every replica in its list, `first` first.
+/// A library client with every replica in its list, preferring `first`.
 async fn client(addrs: &[String], first: usize, key: &str, host: &str) -> Client {
     let n = addrs.len();
     let mut opts = ClientOptions::local("127.0.0.1", 1);
     opts.servers = (0..n).map(|i| addrs[(first + i) % n].clone()).collect();
+    opts.servers_in_order = true;
     opts.credentials = Credentials::ApiKey(key.to_string());
     opts.timeout = Duration::from_secs(30);
     let c = Client::new(opts).expect("client");
