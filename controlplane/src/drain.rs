@@ -4,9 +4,10 @@
 //! 1. Every agent that lists `link-move.v1` is told `MoveLink`: it opens a
 //!    new link to another control plane of its list at once and keeps this
 //!    one for its running commands. Once the new Channel is open it says
-//!    `LinkMoved` here; in cluster mode the move counts once the route
-//!    table names the new replica too (the new link's claim replaced this
-//!    one's, so there is never a moment without a route).
+//!    `LinkMoved` here, which is what counts with a single server; in
+//!    cluster mode the move counts once the route table names another
+//!    replica (the new link's claim replaced this one's, so there is never
+//!    a moment without a route).
 //! 2. Calls that still reach this replica for a moving machine (forwarded
 //!    by a replica whose cached route is a tick old) run on the old link,
 //!    which is alive; so the old link is kept [`SETTLE`] after the last
@@ -116,22 +117,20 @@ pub async fn run(state: &Arc<State>, open: &OpenStreams, grace: Duration) {
     state.sessions.close_all(&reason);
 }
 
-/// The ids of the sessions among `waiting` whose move is done: the agent
-/// reported its new link, and (in cluster mode) the route table names the
-/// replica it moved to.
+/// The ids of the sessions among `waiting` whose move is done. In cluster
+/// mode: the route table names another replica for the machine (the
+/// agent's new link claimed it; also when the new link was opened after a
+/// first try failed, and the old one never heard of it). A single server:
+/// the agent reported its new link (`LinkMoved`).
 async fn confirm_moves(state: &Arc<State>, waiting: &[&Arc<Session>]) -> Vec<String> {
-    let reported: Vec<&Arc<Session>> = waiting
-        .iter()
-        .copied()
-        .filter(|s| s.move_state() == Move::Moved)
-        .collect();
-    if reported.is_empty() {
-        return Vec::new();
-    }
     let Some(cluster) = &state.cluster else {
-        return reported.iter().map(|s| s.id.clone()).collect();
+        return waiting
+            .iter()
+            .filter(|s| s.move_state() == Move::Moved)
+            .map(|s| s.id.clone())
+            .collect();
     };
-    let machines: Vec<String> = reported.iter().map(|s| s.machine_id.clone()).collect();
+    let machines: Vec<String> = waiting.iter().map(|s| s.machine_id.clone()).collect();
     let routes = match crate::db::with_store(&state.store, move |store| {
         store.routes_of_machines(&machines)
     })
@@ -145,7 +144,7 @@ async fn confirm_moves(state: &Arc<State>, waiting: &[&Arc<Session>]) -> Vec<Str
             return Vec::new();
         }
     };
-    reported
+    waiting
         .iter()
         .filter(|s| {
             routes.iter().any(|r| {
