@@ -189,9 +189,16 @@ impl Session {
         true
     }
 
-    /// The agent reported its new link up (`LinkMoved`).
+    /// The agent reported its new link up (`LinkMoved`). Counts only
+    /// after [`Session::ask_to_move`]: a link never asked stays an ordinary
+    /// one (a newer link elsewhere closes it as usual).
     pub fn note_moved(&self) {
-        self.moving.store(Move::Moved as u8, Ordering::Release);
+        let _ = self.moving.compare_exchange(
+            Move::Asked as u8,
+            Move::Moved as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// The machine's admin labels as last read; `None` when not read yet.
