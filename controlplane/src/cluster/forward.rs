@@ -420,9 +420,10 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// True when a failed call to a peer certainly never left this replica:
-/// the connection to the peer could not be made (refused, timed out), or
-/// the peer refused the stream before processing it (HTTP/2
-/// REFUSED_STREAM). Anything else may have reached the owner.
+/// the TCP connection to the peer could not be made (refused: nothing
+/// listens there any more; or any other connect error), or the peer
+/// refused the stream before processing it (HTTP/2 REFUSED_STREAM).
+/// Anything else may have reached the owner.
 fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
     while let Some(e) = next {
