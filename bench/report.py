@@ -501,7 +501,8 @@ class Report:
         self.w(f"- Goal all agents back within 60 s of a restart: {goal_word(ok)}")
 
     def cluster(self):
-        cases = ("cluster-latency", "cluster-stream", "cluster-failover", "cluster-db", "cluster-agents")
+        cases = ("cluster-latency", "cluster-stream", "cluster-failover", "cluster-rolling", "cluster-db",
+                 "cluster-agents")
         recs = [r for c in cases for r in self.of_case(c)]
         if not recs:
             return
@@ -556,6 +557,13 @@ class Report:
             self.w(f"| {twice['label']} (first kill: max {fmt_us(max(firsts) if firsts else None)}) | "
                    f"{twice['runs']} | {twice['errors']} | {fmt_us(st.min)} | {fmt_us(st.p50)} | "
                    f"{fmt_us(worst)} (max of both) | | each ≤ 2 s | {goal_word(ok)} |")
+        rolling = self.find("cluster-rolling", "sigterm-each-replica")
+        if rolling and "skipped" not in rolling:
+            st = Stats(rolling)
+            failed = rolling["errors"]
+            self.w(f"| {rolling['label']} ({rolling.get('restarts', '?')} restart(s) of all 3; calls failed: "
+                   f"**{failed}**) | {rolling['runs']} | {failed} | {fmt_us(st.min)} | {fmt_us(st.p50)} | "
+                   f"{fmt_us(st.p99)} | | 0 calls failed | {goal_word(failed == 0)} |")
         db = [r for r in self.of_case("cluster-db") if "skipped" not in r]
         for r in db:
             d = r.get("db", {})
@@ -586,6 +594,14 @@ class Report:
                    f"{'–' if per_agent is None else f'{per_agent:.1f} KiB'} | ≤ 32 KiB | "
                    f"{goal_word(per_agent <= 32 if per_agent is not None else None)} |")
         self.w()
+        if rolling and "skipped" not in rolling:
+            stops = sorted(rolling.get("stop_us") or [])
+            took = f" From SIGTERM to exit a replica took p50 {fmt_us(percentile(stops, 50))}." if stops else ""
+            self.w("- Rolling restart: each replica in turn (the one holding the agent first) gets SIGTERM, "
+                   "drains (its agent moves to another replica at once; calls already running finish) and starts "
+                   "again on its address 3 s before the next one stops, while one client per replica (all three "
+                   "in its list, that one first) runs `execute(\"true\")` in a loop; every call counts, and the "
+                   f"latency columns are those calls.{took}")
         if stream and stream.get("rss_kb"):
             rss = stream["rss_kb"]
             self.w(f"- Peak RSS during the cross-replica stream: client {fmt_kb(rss.get('client'))}, forwarding "

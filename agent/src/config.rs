@@ -14,6 +14,11 @@ pub struct AgentConfig {
     /// `server`. With any, the agent fails over between all of them (see
     /// [`AgentConfig::servers`]); empty = `server` only, as always.
     pub more_servers: Vec<String>,
+    /// Connect first to `server`, then the rest in the order given (a
+    /// preferred control plane), instead of starting at a random entry of
+    /// the list. Moving away from a lost or stopping server still picks a
+    /// random other one.
+    pub servers_in_order: bool,
     /// One-time enrollment token (`cmdenr_…`). Needed only when
     /// `state_file` does not exist yet.
     pub enrollment_token: Option<String>,
@@ -64,6 +69,7 @@ impl Default for AgentConfig {
         Self {
             server: "http://127.0.0.1:50051".to_owned(),
             more_servers: Vec::new(),
+            servers_in_order: false,
             enrollment_token: None,
             state_file: PathBuf::from("cmdop-agent.json"),
             ca_cert: None,
@@ -80,7 +86,8 @@ impl Default for AgentConfig {
 }
 
 impl AgentConfig {
-    /// Every server, `server` first. The agent starts with the first and,
+    /// Every server, `server` first. The agent starts with a random one
+    /// (the first with `servers_in_order`) and,
     /// when the one it uses is unreachable or its link drops, waits its
     /// backoff delay, probes all of them over TCP and connects to the first
     /// that answers of the others in a random order (the lost one last), so

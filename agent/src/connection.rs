@@ -5,12 +5,14 @@
 use std::{
     future::Future,
     path::PathBuf,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context;
 use cmdop_proto::backoff::{Backoff, AGENT_RECONNECT};
+use cmdop_proto::ext::MoveLink;
 use cmdop_proto::terminal::{
     agent_message, control_message,
     terminal_streaming_service_client::TerminalStreamingServiceClient, AgentMessage,
@@ -18,7 +20,7 @@ use cmdop_proto::terminal::{
     RegisterRequest, SessionStatus, StatusUpdate, TerminalOutput, TerminalSize,
 };
 use rand::seq::SliceRandom;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 
@@ -85,18 +87,44 @@ impl Agent<'_> {
             self.config.reconnect_max,
         );
         let probe_targets: Vec<_> = endpoints.iter().map(|e| probe::target(e.uri())).collect();
-        let mut current = 0;
+        // A random entry of the list, so that agents with the same list
+        // spread over the replicas.
+        let mut current = if self.config.servers_in_order {
+            0
+        } else {
+            rand::random_range(0..servers.len())
+        };
+        // With other servers to go to, the agent moves when a control
+        // plane that is stopping asks it to (see `run_connection`).
+        let can_move = servers.len() > 1;
+        // The old link of a move, told the new link's server once it is up.
+        let mut moved_from: Option<oneshot::Sender<String>> = None;
         tokio::pin!(shutdown);
         for attempt in 1u64.. {
             let server = &servers[current];
             tracing::info!(attempt, server = %server, "connecting to the control plane");
             let mut connected_at = None;
             let ended = tokio::select! {
-                ended = self.run_connection(&endpoints[current], server, &auth, &mut session, &mut connected_at) => ended,
+                ended = self.run_connection(&endpoints[current], server, &auth, &mut session, &mut connected_at, Moves { from: moved_from.take(), can: can_move }) => ended,
                 () = &mut shutdown => {
                     tracing::info!("agent shutting down");
                     return Ok(());
                 }
+            };
+            let ended = match ended {
+                Ok(Ended::Moving(moved)) => {
+                    // No backoff: the old link stays up for its running
+                    // commands while the new one opens.
+                    let next = wait_and_pick(Duration::ZERO, &probe_targets, current).await;
+                    tracing::info!(from = %server, to = %servers[next],
+                        "the control plane is stopping; moving to another of the list (running commands finish on the old link)");
+                    crate::metrics::reconnect();
+                    current = next;
+                    moved_from = Some(moved);
+                    continue;
+                }
+                Ok(Ended::Closed(why)) => Ok(why),
+                Err(e) => Err(e),
             };
             crate::metrics::connected(false);
             crate::metrics::reconnect();
@@ -138,7 +166,9 @@ impl Agent<'_> {
         Ok(())
     }
 
-    /// One connection: returns why it ended.
+    /// One connection: returns why it ended, or that it is moving (the
+    /// control plane asked: its old link lives on in a task of its own
+    /// until its running commands end).
     async fn run_connection(
         &self,
         endpoint: &tonic::transport::Endpoint,
@@ -146,7 +176,12 @@ impl Agent<'_> {
         auth: &BearerAuth,
         session: &mut Session,
         connected_at: &mut Option<Instant>,
-    ) -> anyhow::Result<String> {
+        moves: Moves,
+    ) -> anyhow::Result<Ended> {
+        let Moves {
+            from: moved_from,
+            can: can_move,
+        } = moves;
         let channel = endpoint
             .connect()
             .await
@@ -206,31 +241,50 @@ impl Agent<'_> {
         crate::metrics::connected(true);
         tracing::info!(session_id = %session.id, machine_id = %self.state.machine_id, server = %server, "connected");
 
-        let exec = async {
-            if !self.config.native_exec {
-                return std::future::pending::<anyhow::Error>().await;
-            }
-            let home = self.host.home_dir.clone();
+        let (ask_tx, mut ask_rx) = mpsc::channel::<MoveLink>(1);
+        let (moved_tx, moved_rx) = oneshot::channel::<String>();
+        let mut moved_tx = Some(moved_tx);
+        // Owned, so that a move can hand it to the old link's task.
+        let mut exec: Pin<Box<dyn Future<Output = anyhow::Error> + Send>> = if self
+            .config
+            .native_exec
+        {
+            let hooks = exec_link::Hooks {
+                ready: moved_from,
+                moves: can_move.then_some(exec_link::MoveHooks {
+                    asked: ask_tx,
+                    moved: moved_rx,
+                }),
+            };
             let served = exec_link::serve(
                 authed.clone(),
                 session.id.clone(),
                 agent_version(),
                 self.config.labels.clone(),
-                home,
+                self.host.home_dir.clone(),
                 server.to_owned(),
+                hooks,
             );
-            match served.await {
-                Ok(LinkEnd::Unsupported) => {
-                    tracing::info!(
-                        "control plane does not offer native exec; serving the terminal path only"
-                    );
-                    std::future::pending::<anyhow::Error>().await
+            Box::pin(async move {
+                match served.await {
+                    Ok(LinkEnd::Unsupported) => {
+                        tracing::info!(
+                                "control plane does not offer native exec; serving the terminal path only"
+                            );
+                        std::future::pending::<anyhow::Error>().await
+                    }
+                    Ok(LinkEnd::Closed) => {
+                        anyhow::anyhow!("the control plane closed the exec channel")
+                    }
+                    Err(s) => status_error("the exec channel failed", &s),
                 }
-                Ok(LinkEnd::Closed) => anyhow::anyhow!("the control plane closed the exec channel"),
-                Err(s) => status_error("the exec channel failed", &s),
+            })
+        } else {
+            if let Some(old) = moved_from {
+                let _ = old.send(server.to_owned());
             }
+            Box::pin(std::future::pending())
         };
-        tokio::pin!(exec);
 
         let period = self
             .config
@@ -248,10 +302,10 @@ impl Agent<'_> {
                 msg = inbound.message() => match msg {
                     Ok(Some(msg)) => {
                         if let Some(why) = self.handle_control(msg, &out, &file_tx, &file_slots).await? {
-                            return Ok(why);
+                            return Ok(Ended::Closed(why));
                         }
                     }
-                    Ok(None) => return Ok("the control plane closed the terminal stream".into()),
+                    Ok(None) => return Ok(Ended::Closed("the control plane closed the terminal stream".into())),
                     Err(s) => return Err(status_error("the terminal stream failed", &s)),
                 },
                 chunk = self.pty.next_output() => {
@@ -274,6 +328,13 @@ impl Agent<'_> {
                     })).await?;
                 }
                 err = &mut exec => return Err(err),
+                Some(ask) = ask_rx.recv() => {
+                    let Some(moved) = moved_tx.take() else { continue };
+                    tracing::info!(reason = %ask.reason, grace_ms = ask.grace_ms, server = %server,
+                        "the control plane asks this agent to move; its running commands finish on this link");
+                    tokio::spawn(linger(inbound, out, exec, period));
+                    return Ok(Ended::Moving(moved));
+                }
             }
         }
     }
@@ -399,6 +460,64 @@ impl Agent<'_> {
             ..Default::default()
         }
     }
+}
+
+/// A connection's part in moves.
+struct Moves {
+    /// The old link of a move, told this connection's server once its
+    /// Channel is open (it then reports `LinkMoved`).
+    from: Option<oneshot::Sender<String>>,
+    /// The agent has other servers: it may be asked to move.
+    can: bool,
+}
+
+/// How a connection ended.
+enum Ended {
+    /// Closed or lost, and why: reconnect after a backoff.
+    Closed(String),
+    /// Asked to move: connect to another server now, and tell the old
+    /// link (through this) once the new one is up.
+    Moving(oneshot::Sender<String>),
+}
+
+/// The old link of a move: keeps its terminal stream alive (heartbeats,
+/// pings) while its Channel serves the commands that were running, until
+/// the control plane closes it (their work done, or its grace over) or it
+/// breaks. Dropping the Channel then stops whatever still runs on it.
+async fn linger(
+    mut inbound: tonic::Streaming<ControlMessage>,
+    out: Outbound,
+    mut exec: Pin<Box<dyn Future<Output = anyhow::Error> + Send>>,
+    period: Duration,
+) {
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let why = loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(ControlMessage { payload: Some(control_message::Payload::Ping(_)), .. })) => {
+                    if out.send(agent_message::Payload::Heartbeat(HeartbeatUpdate::default())).await.is_err() {
+                        break "the terminal stream ended".to_string();
+                    }
+                }
+                Ok(Some(ControlMessage { payload: Some(control_message::Payload::CloseSession(close)), .. })) => {
+                    break format!("the control plane closed it ({})", close.reason);
+                }
+                // The terminal moved with the new link: input, resizes and
+                // the rest go there.
+                Ok(Some(_)) => {}
+                Ok(None) => break "the control plane closed the terminal stream".to_string(),
+                Err(s) => break format!("{:#}", status_error("the terminal stream failed", &s)),
+            },
+            _ = heartbeat.tick() => {
+                if out.send(agent_message::Payload::Heartbeat(HeartbeatUpdate::default())).await.is_err() {
+                    break "the terminal stream ended".to_string();
+                }
+            }
+            err = &mut exec => break format!("{err:#}"),
+        }
+    };
+    tracing::info!(reason = %why, "the old link of a move ended");
 }
 
 /// Sends `AgentMessage`s stamped with the session id and time.

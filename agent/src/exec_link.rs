@@ -8,8 +8,9 @@ use tokio_util::task::AbortOnDropHandle;
 
 use cmdop_proto::ext::{
     agent_downlink, agent_link_client::AgentLinkClient, agent_uplink, AgentHello, AgentUplink,
+    LinkMoved, MoveLink,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
@@ -33,6 +34,24 @@ pub enum LinkEnd {
     Closed,
 }
 
+/// What a link tells the connection around it, and hears from it.
+#[derive(Default)]
+pub struct Hooks {
+    /// Told the control plane's URL once the Channel is open (the new
+    /// link of a move: the old link then reports `LinkMoved`).
+    pub ready: Option<oneshot::Sender<String>>,
+    /// Set when the agent can move (it has other servers): the link lists
+    /// `link-move.v1`, passes each `MoveLink` to `asked`, and reports
+    /// `LinkMoved` once `moved` tells the URL of the new link.
+    pub moves: Option<MoveHooks>,
+}
+
+/// See [`Hooks::moves`].
+pub struct MoveHooks {
+    pub asked: mpsc::Sender<MoveLink>,
+    pub moved: oneshot::Receiver<String>,
+}
+
 /// Opens the channel, says hello and serves Exec until the stream ends.
 /// `server_url` is the control plane's URL the channel goes to; commands
 /// may open side connections there (plain ones only when it is `http://`).
@@ -49,6 +68,7 @@ pub async fn serve(
     labels: BTreeMap<String, String>,
     home: PathBuf,
     server_url: String,
+    hooks: Hooks,
 ) -> Result<LinkEnd, tonic::Status> {
     let mut task = AbortOnDropHandle::new(tokio::spawn(serve_here(
         channel,
@@ -57,6 +77,7 @@ pub async fn serve(
         labels,
         home,
         server_url,
+        hooks,
     )));
     match (&mut task).await {
         Ok(end) => end,
@@ -75,7 +96,9 @@ async fn serve_here(
     labels: BTreeMap<String, String>,
     home: PathBuf,
     server_url: String,
+    hooks: Hooks,
 ) -> Result<LinkEnd, tonic::Status> {
+    let Hooks { ready, moves } = hooks;
     let mut client = AgentLinkClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -91,6 +114,13 @@ async fn serve_here(
     let raw_caps = exec_raw::capabilities_for(&server_url);
     let raw_usable = !raw_caps.is_empty();
     capabilities.extend(raw_caps.iter().map(|c| c.to_string()));
+    let (asked, mut moved) = match moves {
+        Some(MoveHooks { asked, moved }) => {
+            capabilities.push(cmdop_proto::caps::LINK_MOVE.to_string());
+            (Some(asked), Some(moved))
+        }
+        None => (None, None),
+    };
     let hello = AgentUplink {
         msg: Some(agent_uplink::Msg::Hello(AgentHello {
             session_id,
@@ -107,10 +137,32 @@ async fn serve_here(
         Err(status) => return Err(status),
     };
     tracing::info!("native exec channel open");
+    if let Some(ready) = ready {
+        let _ = ready.send(server_url.clone());
+    }
     let transfers = Transfers::new(home.clone(), tx.clone());
+    let moved_tx = tx.clone();
     let runner = ExecRunner::new(home, tx, raw_usable.then_some(server_url));
     loop {
-        match downlink.message().await {
+        let next = tokio::select! {
+            next = downlink.message() => next,
+            to = async {
+                match moved.as_mut() {
+                    Some(rx) => rx.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                moved = None;
+                if let Ok(server) = to {
+                    let msg = AgentUplink {
+                        msg: Some(agent_uplink::Msg::Moved(LinkMoved { server })),
+                    };
+                    let _ = moved_tx.send(msg).await;
+                }
+                continue;
+            }
+        };
+        match next {
             Ok(Some(msg)) => match msg.msg {
                 Some(agent_downlink::Msg::Start(start)) => runner.start(start),
                 Some(agent_downlink::Msg::Cancel(cancel)) => {
@@ -122,6 +174,12 @@ async fn serve_here(
                 }
                 Some(agent_downlink::Msg::Stdin(step)) => runner.stdin(step),
                 Some(agent_downlink::Msg::File(step)) => transfers.handle(step),
+                Some(agent_downlink::Msg::MoveLink(ask)) => match &asked {
+                    Some(asked) => {
+                        let _ = asked.try_send(ask);
+                    }
+                    None => tracing::debug!("asked to move with nowhere to go; staying"),
+                },
                 None => tracing::debug!("ignoring an unknown downlink message"),
             },
             Ok(None) => return Ok(LinkEnd::Closed),

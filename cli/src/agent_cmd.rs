@@ -21,6 +21,12 @@ pub struct AgentArgs {
         num_args = 1
     )]
     pub server: Vec<String>,
+    /// With several --server: connect to them in the order given (the
+    /// first that answers) instead of starting at a random one, so that
+    /// this agent prefers the first. Leaving a lost or stopping server
+    /// still picks a random other one.
+    #[arg(long)]
+    pub servers_in_order: bool,
     /// One-time enrollment token (from `cmdop admin enroll-token`); only needed
     /// on the first start, when the state file does not exist yet. Other
     /// local users can read a command line: prefer CMDOP_ENROLL_TOKEN or
@@ -113,6 +119,7 @@ impl AgentArgs {
         Ok(AgentConfig {
             server,
             more_servers: servers.collect(),
+            servers_in_order: self.servers_in_order,
             enrollment_token: crate::secret_flags::resolve(
                 &self.token,
                 &self.token_file,

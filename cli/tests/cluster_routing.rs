@@ -106,7 +106,7 @@ async fn cluster_with(prefix: &str, extra: &[&str]) -> Cluster {
     let ws = create_workspace_pg(&url, "alpha");
     let host = unique(prefix);
     let token = admin_pg(&url, &["enroll-token", "--workspace", "alpha"]);
-    // The agent knows every replica and starts on A, the first.
+    // The agent knows every replica and starts on A, the first (in order).
     let (to_b, to_c) = (format!("http://{}", b.addr), format!("http://{}", c.addr));
     let agent = start_agent(
         &a.addr,
@@ -120,6 +120,7 @@ async fn cluster_with(prefix: &str, extra: &[&str]) -> Cluster {
             &to_b,
             "--server",
             &to_c,
+            "--servers-in-order",
         ],
     );
     let mut t = terminal(&a.addr, Some(&ws.api_key)).await;
@@ -890,8 +891,29 @@ async fn the_newer_connection_of_a_machine_wins_and_calls_follow_it() {
 }
 
 #[tokio::test]
-async fn a_stopped_replica_leaves_the_cluster_and_its_machines_show_offline() {
+async fn a_stopped_replica_leaves_the_cluster_and_machines_that_cannot_move_show_offline() {
     let mut cl = cluster("leave-host").await;
+    // An agent that knows only A has nowhere to move to (an agent with the
+    // whole list moves during the drain: see rolling_restart.rs).
+    cl.agent.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sessions_of(&cl.a.addr, &cl.ws.api_key, &cl.host)
+        .await
+        .iter()
+        .any(|s| s.status == "connected")
+    {
+        assert!(Instant::now() < deadline, "A did not see the agent leave");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _only_a = start_agent(
+        &cl.a.addr,
+        None,
+        &cl.dir.path().join("agent.json"),
+        &cl.host,
+        &["--heartbeat-secs", "1"],
+    );
+    let mut t = terminal(&cl.a.addr, Some(&cl.ws.api_key)).await;
+    wait_connected(&mut t, &cl.host).await;
     let pid = cl.a.proc.pid();
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -931,6 +953,13 @@ async fn a_stopped_replica_leaves_the_cluster_and_its_machines_show_offline() {
         if st.message().contains("offline") {
             break;
         }
+        // Until then B refuses the calls it cannot forward, and says that
+        // nothing ran (never that some of it may have).
+        assert!(
+            st.message().contains("refused before it reached")
+                && st.metadata().get("x-cmdop-not-started").is_some(),
+            "{st:?}"
+        );
         assert!(
             Instant::now() < deadline,
             "B still forwards to the replica that left: {st:?}"
@@ -940,6 +969,46 @@ async fn a_stopped_replica_leaves_the_cluster_and_its_machines_show_offline() {
     let mine = sessions_of(&cl.b.addr, &cl.ws.api_key, &cl.host).await;
     assert_eq!(mine.len(), 1, "{mine:?}");
     assert_eq!(mine[0].status, "disconnected");
+}
+
+/// A replica that finds no route for a machine (here the row is removed
+/// behind the cluster's back) asks the live replicas before it calls the
+/// machine offline: the one with the agent answers, and calls follow.
+#[tokio::test]
+async fn a_machine_without_a_route_is_found_by_asking_the_live_replicas() {
+    let cl = cluster("no-route").await;
+    let mut e = ext(&cl.c.addr, Some(&cl.ws.api_key)).await;
+    // A notices at its next tick (1 s) that its route is gone and closes
+    // the link (the agent reconnects and claims it again); a lookup that
+    // lands after that may rightly find the machine offline, so the
+    // scenario is tried up to three times. Before lookups asked the live
+    // replicas, every try found it offline.
+    let mut found = None;
+    for _ in 0..3 {
+        let mut a = ext(&cl.a.addr, Some(&cl.ws.api_key)).await;
+        wait_native_exec(&mut a, &cl.host).await;
+        query(
+            &cl.pg,
+            &format!("DELETE FROM routes WHERE machine_id = '{}'", cl.machine_id),
+        );
+        let m = e
+            .resolve_machine(ResolveMachineRequest {
+                hostname: cl.host.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("ResolveMachine")
+            .into_inner()
+            .machine
+            .expect("the machine is known");
+        if !m.session_id.is_empty() {
+            found = Some(m);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let m = found.expect("ResolveMachine through C said offline although A has the agent");
+    assert_eq!(m.session_id, cl.session_id);
 }
 
 /// Execute through B on the machine whose agent is on A, by session id or
@@ -1067,6 +1136,7 @@ async fn an_agent_reconnecting_during_an_outage_is_routed_once_the_database_is_b
             &to_b,
             "--server",
             &to_c,
+            "--servers-in-order",
         ],
     );
     let since = Instant::now();

@@ -23,13 +23,19 @@ use std::{
 use cmdop::client::{Client, ClientOptions, Credentials, Event, EventKind};
 use common::*;
 
-/// An agent given every address of `servers` (in that order).
+/// An agent given every address of `servers`, preferring them in that order.
 fn start_agent_on(servers: &[&str], token: &str, state_file: &Path, hostname: &str) -> Proc {
     let list: Vec<String> = servers.iter().map(|a| format!("http://{a}")).collect();
     let child = Command::new(cmdop_bin())
         .args(["--log-level", "warn", "agent", "--server"])
         .arg(list.join(","))
-        .args(["--hostname", hostname, "--heartbeat-secs", "1"])
+        .args([
+            "--hostname",
+            hostname,
+            "--heartbeat-secs",
+            "1",
+            "--servers-in-order",
+        ])
         .env("CMDOP_ENROLL_TOKEN", token)
         .arg("--state-file")
         .arg(state_file)
@@ -39,12 +45,14 @@ fn start_agent_on(servers: &[&str], token: &str, state_file: &Path, hostname: &s
     Proc(child)
 }
 
-/// A library client with `servers` as its list, recording its connect and
+/// A library client with `servers` as its list (tried in that order),
+/// recording its connect and
 /// disconnect events as "connect" / "disconnect(will_reconnect)" /
 /// "disconnect(final)".
 async fn list_client(servers: &[&str], key: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
     let mut opts = ClientOptions::local("127.0.0.1", 1);
     opts.servers = servers.iter().map(|s| s.to_string()).collect();
+    opts.servers_in_order = true;
     opts.credentials = Credentials::ApiKey(key.to_string());
     opts.timeout = Duration::from_secs(30);
     let c = Client::new(opts).expect("client");

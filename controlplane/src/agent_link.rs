@@ -228,6 +228,11 @@ async fn pump(session: Arc<Session>, link: Arc<ExecLink>, mut uplink: Streaming<
                 link.deliver(&exec_id, ExecUpdate::Finished(finished)).await;
             }
             Some(agent_uplink::Msg::StdinWritten(w)) => link.stdin_written(&w.exec_id, w.written),
+            Some(agent_uplink::Msg::Moved(moved)) => {
+                tracing::info!(session = %session.id, machine = %session.machine_id, to = %moved.server,
+                    "the agent's new link is up elsewhere; this one finishes its running work");
+                session.note_moved();
+            }
             Some(agent_uplink::Msg::File(event)) => link.transfers().deliver(event).await,
             // A repeated hello and unknown members are ignored.
             _ => {}

@@ -231,7 +231,9 @@ impl Cmdop for CmdopService {
             )));
         }
         // Cluster: a machine offline here may be connected to another
-        // replica, which then answers.
+        // replica, which then answers: the one its route names, else
+        // (no route, or its replica is gone or did not answer) whichever
+        // live replica has it. Only when none has it is it offline.
         if let (Some(caller), Some(m)) = (caller, answer.machine.as_ref()) {
             if answer.found && m.session_id.is_empty() {
                 if let Some(remote) = self
@@ -239,6 +241,16 @@ impl Cmdop for CmdopService {
                     .await?
                 {
                     return Ok(Response::new(remote));
+                }
+                let by_id = ResolveMachineRequest {
+                    machine_id: m.machine_id.clone(),
+                    hostname: String::new(),
+                    ..req.clone()
+                };
+                if let Some(found) = self.resolve_on_peers(&caller, by_id).await {
+                    if found.found {
+                        return Ok(Response::new(found));
+                    }
                 }
             }
         }
@@ -449,11 +461,10 @@ impl Cmdop for CmdopService {
 }
 
 impl CmdopService {
-    /// ResolveMachine answered by the replica that holds `machine_id`'s
-    /// agent, if another one does.
     /// ResolveMachine asked of every other live replica (a database
-    /// outage: only they know the machines connected to them); their
-    /// answers merged: one machine found, several (ambiguous), or `None`.
+    /// outage, or a machine offline here with no usable route: only they
+    /// know the machines connected to them); their answers merged: one
+    /// machine found, several (ambiguous), or `None`.
     async fn resolve_on_peers(
         &self,
         caller: &crate::cluster::Caller,
@@ -502,6 +513,8 @@ impl CmdopService {
         }
     }
 
+    /// ResolveMachine answered by the replica that holds `machine_id`'s
+    /// agent, if another one does.
     async fn resolve_elsewhere(
         &self,
         caller: &crate::cluster::Caller,

@@ -13,6 +13,7 @@ pub mod cluster;
 mod config;
 mod conns;
 mod db;
+mod drain;
 mod exec_relay;
 mod ext_service;
 mod files;
@@ -69,11 +70,14 @@ const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 /// before a request body is read, and calls end when their credential is
 /// revoked. Connections are tracked ([`conns`]) from accept to close.
 ///
-/// On shutdown no new connections or calls are accepted; running Exec
-/// calls and file transfers get `config.shutdown_grace` to finish. Then
-/// every agent session is closed (agents reconnect to the next instance;
-/// what still ran ends with a message naming the shutdown), and open calls
-/// get [`SHUTDOWN_LINGER`] more to end.
+/// On shutdown no new connections or calls are accepted on the public
+/// port; agents that can move are told to connect to another control
+/// plane of their list now, and running Exec calls and file transfers get
+/// `config.shutdown_grace` to finish on their old links (see [`drain`]).
+/// Then every agent session is closed (agents that did not move reconnect
+/// to the next instance; what still ran ends with a message naming the
+/// shutdown), and open calls get [`SHUTDOWN_LINGER`] more to end. The
+/// peer port (cluster mode) serves until the drain is over.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: ServerConfig,
@@ -220,13 +224,16 @@ pub async fn serve_with_store(
             let _ = rx.wait_for(|stop| *stop).await;
             serving.draining();
             metrics::draining(true);
-            drain(&state, &open_streams, grace).await;
+            drain::run(&state, &open_streams, grace).await;
             metrics::draining(false);
             let _ = drained_tx.send(true);
         }
     });
     // The peer port: the same services behind the peer gate (plaintext;
-    // for a trusted network between replicas).
+    // for a trusted network between replicas). It serves through the
+    // drain: calls other replicas forward for a machine whose agent is
+    // moving away run on its old link until every replica has followed
+    // the new route.
     let peer_server = peer_listener.map(|listener| {
         let peer_tracker = conns::Tracker::new(&config.limits);
         let peer_gate = gate::Gate::peer(state.clone(), peer_tracker.clone(), peer_streams);
@@ -234,10 +241,10 @@ pub async fn serve_with_store(
             .layer(gate::GateLayer(peer_gate))
             .add_service(terminal.clone())
             .add_optional_service(cmdop.clone());
-        let mut rx = stop_rx.clone();
+        let mut rx = drained_rx.clone();
         tokio::spawn(async move {
             let stopped = async move {
-                let _ = rx.wait_for(|stop| *stop).await;
+                let _ = rx.wait_for(|drained| *drained).await;
             };
             if let Err(err) = router
                 .serve_with_incoming_shutdown(
@@ -320,36 +327,4 @@ fn server_builder(config: &ServerConfig) -> Server {
         .max_concurrent_streams(config.limits.max_concurrent_streams.max(1))
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .tcp_nodelay(true)
-}
-
-/// Waits (up to `grace`) for running Exec calls and file transfers to
-/// finish, then closes every agent session.
-async fn drain(state: &state::State, open: &streams::OpenStreams, grace: Duration) {
-    let running = open.running_work();
-    tracing::info!(
-        running,
-        grace = ?grace,
-        "shutting down: accepting no new connections; waiting for running commands and transfers"
-    );
-    let deadline = tokio::time::Instant::now() + grace;
-    let mut left = running;
-    while left > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        left = open.running_work();
-    }
-    let reason = if left == 0 {
-        sessions::SHUTDOWN_REASON.to_string()
-    } else {
-        tracing::warn!(
-            left,
-            "shutdown grace period over; ending the commands and transfers still running"
-        );
-        format!(
-            "{}: the {} s grace period (--shutdown-grace-secs) for running calls ran out",
-            sessions::SHUTDOWN_REASON,
-            grace.as_secs()
-        )
-    };
-    tracing::info!("closing agent sessions");
-    state.sessions.close_all(&reason);
 }

@@ -12,6 +12,12 @@ pub const AUTH_ERROR_SCOPE: &str = "scope";
 /// Trailing metadata on UNAVAILABLE when an exec's agent link was lost
 /// while the command ran (`unknown`: the outcome is not known).
 pub const EXEC_OUTCOME: &str = "x-cmdop-exec-outcome";
+/// Metadata on a refusal (UNAVAILABLE) of a call that never reached the
+/// machine: [`CALL_NOT_STARTED_REFUSED`] says nothing of it ran, so
+/// sending it again is safe even for a command.
+pub const CALL_NOT_STARTED: &str = "x-cmdop-not-started";
+/// The [`CALL_NOT_STARTED`] value.
+pub const CALL_NOT_STARTED_REFUSED: &str = "refused";
 /// Response metadata carrying the agent's error code of a failed file
 /// operation.
 pub const FILE_ERROR: &str = "x-cmdop-file-error";
@@ -42,6 +48,8 @@ mod tests {
         let all = [
             (AUTH_ERROR, "x-cmdop-auth-error"),
             (EXEC_OUTCOME, "x-cmdop-exec-outcome"),
+            (CALL_NOT_STARTED, "x-cmdop-not-started"),
+            (CALL_NOT_STARTED_REFUSED, "refused"),
             (FILE_ERROR, "x-cmdop-file-error"),
             (PEER_SECRET, "x-cmdop-peer-secret"),
             (PEER_WORKSPACE, "x-cmdop-peer-workspace"),

@@ -45,13 +45,18 @@ pub struct ClientOptions {
     pub server: String,
     /// Several control planes (replicas of one cluster), each written like
     /// `server`; when not empty they replace `server`. Connecting tries them
-    /// in order and keeps the first that answers; when the one in use is
-    /// lost, reconnecting tries the others first, in a random order so that
-    /// the clients of a lost replica spread over the survivors (the lost
-    /// one last),
-    /// with the same backoff between rounds. A load balancer or a DNS name
-    /// in front of the replicas needs no list: give it as `server`.
+    /// in a random order of this client's own (unless `servers_in_order`)
+    /// and keeps the first that answers, so that clients spread over the
+    /// replicas; when the one in use is lost, reconnecting tries the others
+    /// first, in a random order so that the clients of a lost replica
+    /// spread over the survivors (the lost one last), with the same backoff
+    /// between rounds. A load balancer or a DNS name in front of the
+    /// replicas needs no list: give it as `server`.
     pub servers: Vec<String>,
+    /// Connect to `servers` in the order given (the first that answers),
+    /// for a preferred replica, instead of starting at a random one.
+    /// Failing over still picks a random survivor.
+    pub servers_in_order: bool,
     /// Use TLS (system roots, or `ca_pem` when set).
     pub tls: bool,
     /// Extra root certificate(s), PEM.
@@ -82,6 +87,7 @@ impl ClientOptions {
         ClientOptions {
             server: DEFAULT_REMOTE_SERVER.to_string(),
             servers: Vec::new(),
+            servers_in_order: false,
             tls: true,
             ca_pem: None,
             credentials,

@@ -95,9 +95,10 @@ pub struct cmdop_options {
     /// the `host` and `port` arguments (cmdop_local_new(), which then
     /// ignores them: NULL and 0 are fine). `tls` applies to every entry.
     ///
-    /// cmdop_connect() tries them in order and keeps the first that
-    /// answers (a server that cannot be reached within min(timeout_ms, 5 s)
-    /// passes the turn; a refused key does not). When the server in use is
+    /// cmdop_connect() tries them in a random order of the client's own
+    /// (so that clients with the same list spread over the replicas) and
+    /// keeps the first that answers (a server that cannot be reached within
+    /// min(timeout_ms, 5 s) passes the turn; a refused key does not). When the server in use is
     /// lost, on_disconnect(will_reconnect=true) fires and every reconnect
     /// attempt (with the backoff above) tries the other servers first,
     /// in a random order (so the clients of a lost replica spread over the

@@ -151,8 +151,8 @@ start_fresh() {
 
 # Two `cmdop server`s sharing one data directory (A in DIR, B in DIR/b,
 # whose data is a link to DIR/data) and agent "pair" started with
-# --server A,B, for a test that kills A (tests/c/stack_ctl.sh server-kill
-# DIR). Sets $pair_env.
+# --server A,B --servers-in-order (on A), for a test that kills A
+# (tests/c/stack_ctl.sh server-kill DIR). Sets $pair_env.
 start_pair() {
   local dir key a b token
   dir=$(mktemp -d -t cmdop-pair-XXXXXX); managed_dirs+=("$dir")
@@ -163,7 +163,7 @@ start_pair() {
   key=$(managed_workspace "$dir" w1) || return 1
   a=$(cat "$dir/addr"); b=$(cat "$dir/b/addr")
   token=$(managed_admin "$dir" enroll-token --workspace w1)
-  CMDOP_ENROLL_TOKEN=$token "$CMDOP_BIN" --log-level "${CMDOP_TEST_LOG:-warn}" agent --server "http://$a,http://$b" \
+  CMDOP_ENROLL_TOKEN=$token "$CMDOP_BIN" --log-level "${CMDOP_TEST_LOG:-warn}" agent --server "http://$a,http://$b" --servers-in-order \
       --state-file "$dir/agent-pair.state" --hostname pair >>"$dir/agent-pair.log" 2>&1 &
   echo "$!" >"$dir/agent-pair.pid"
   managed_machine_id "$dir" w1 pair >/dev/null || return 1

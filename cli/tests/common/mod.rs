@@ -495,16 +495,21 @@ pub fn server_pg(url: &str, dir: &Path, extra: &[&str]) -> Server {
 /// [`server_pg`] with more environment (secrets such as
 /// CMDOP_PEER_SECRET, which never go on a command line).
 pub fn server_pg_env(url: &str, env: &[(&str, &str)], dir: &Path, extra: &[&str]) -> Server {
+    server_pg_env_on(url, env, dir, "127.0.0.1:0", extra)
+}
+
+/// [`server_pg_env`] listening on `listen` (a replica restarted on the
+/// address its clients and agents know).
+pub fn server_pg_env_on(
+    url: &str,
+    env: &[(&str, &str)],
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+) -> Server {
     let mut all = vec![("CMDOP_DATABASE_URL", url)];
     all.extend_from_slice(env);
-    spawn_server(
-        &[],
-        &all,
-        dir,
-        "127.0.0.1:0",
-        extra,
-        Duration::from_secs(30),
-    )
+    spawn_server(&[], &all, dir, listen, extra, Duration::from_secs(30))
 }
 
 /// A CA and a server certificate for "localhost" signed by it, as PEM files

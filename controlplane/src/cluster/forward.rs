@@ -26,7 +26,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::{body::Body, Code, Status};
 
 use super::{routes::Target, Caller, Cluster};
-use crate::{state::SharedState, store::cluster::RouteRow};
+use crate::{sessions::not_started, state::SharedState, store::cluster::RouteRow};
 
 /// How long the first message of a call may take to arrive.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -391,23 +391,72 @@ async fn forward(
         }
         Err(err) => {
             cluster.routes.forget(&route);
+            let detail = error_chain(&err);
             if cluster.mark_unreachable(&addr) {
-                tracing::warn!(replica = %route.replica_id, %addr, error = %err, "cannot reach a replica to forward a call");
+                tracing::warn!(replica = %route.replica_id, %addr, error = %detail, "cannot reach a replica to forward a call");
             }
-            unreachable(&route, &addr, &err.to_string()).into_http()
+            if never_sent(&err) {
+                not_sent(&route, &addr, &detail).into_http()
+            } else {
+                unreachable(&route, &addr, &detail).into_http()
+            }
         }
     }
 }
 
+/// An error and its causes, as one line.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// True when a failed call to a peer certainly never left this replica:
+/// the TCP connection to the peer could not be made (refused: nothing
+/// listens there any more; or any other connect error), or the peer
+/// refused the stream before processing it (HTTP/2 REFUSED_STREAM).
+/// Anything else may have reached the owner.
+fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        let text = e.to_string().to_ascii_lowercase();
+        if text.contains("tcp connect error")
+            || text.contains("error trying to connect")
+            || text.contains("refused stream")
+            || text.contains("refused_stream")
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// The status of a call that was not sent to its owner replica: nothing of
-/// it reached the machine.
+/// it reached the machine (marked [`CALL_NOT_STARTED`], so a client may
+/// send it again).
+///
+/// [`CALL_NOT_STARTED`]: cmdop_proto::headers::CALL_NOT_STARTED
 fn not_sent(route: &RouteRow, addr: &str, why: &str) -> Status {
-    Status::unavailable(format!(
+    not_started(Status::unavailable(format!(
         "the call was refused before it reached machine {}: replica {} ({addr}), which holds \
          its agent, cannot be reached ({why}); nothing ran. Retry in a few seconds (a gone \
          replica's agents reconnect to another)",
         route.machine_id, route.replica_id
-    ))
+    )))
 }
 
 /// The status of a call whose owner replica went away while it was sent.

@@ -3,7 +3,9 @@
 //! Every [`TICK`] the replica renews its lease, reads the live replicas,
 //! checks the routes it has cached, and reads the routes still recorded as
 //! its own (one query each), closing each agent link whose route another
-//! replica claimed since (a newer connection of the same machine wins).
+//! replica claimed since (a newer connection of the same machine wins) —
+//! except a link that was asked to move during a drain, which finishes
+//! its running work first (the drain closes it).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -84,6 +86,11 @@ fn tick_after(state: &SharedState, cluster: &Cluster, after_outage: bool) -> any
         out
     };
     for session in superseded {
+        // A link asked to move (a drain) was superseded by its own new
+        // link: it keeps its running work until the drain closes it.
+        if session.move_state() != crate::sessions::Move::Staying {
+            continue;
+        }
         if session.is_live() {
             tracing::info!(session = %session.id, machine = %session.machine_id, "closing an agent link: {REPLACED}");
             session.mark_closed(REPLACED);

@@ -113,12 +113,14 @@ impl RouteCache {
 }
 
 /// UNAVAILABLE for a machine whose agent's replica is gone.
+/// Nothing of the call reached the machine.
 pub fn replica_gone(route: &RouteRow) -> Status {
-    Status::unavailable(format!(
-        "the agent of machine {} was connected to replica {}, which is gone; the agent \
-         reconnects to a live replica within seconds — retry then",
+    crate::sessions::not_started(Status::unavailable(format!(
+        "the call was refused before it reached machine {}: its agent was connected to \
+         replica {}, which is gone; nothing ran. The agent reconnects to a live replica within \
+         seconds — retry then",
         route.machine_id, route.replica_id
-    ))
+    )))
 }
 
 impl Cluster {

@@ -59,6 +59,10 @@ pub use cmdop_proto::caps::EXEC_RAW_TLS as CAPABILITY_RAW_TLS;
 /// with `ExecStdinWritten`.
 pub use cmdop_proto::caps::EXEC_STDIN as CAPABILITY_STDIN;
 
+/// Agent capability (AgentLink hello): told `MoveLink`, it opens a new link
+/// to another control plane of its list and reports it with `LinkMoved`.
+pub use cmdop_proto::caps::LINK_MOVE as CAPABILITY_LINK_MOVE;
+
 /// Streamed stdin bytes forwarded to an agent beyond what it acknowledged.
 pub const STDIN_WINDOW_BYTES: u64 = 2 * 1024 * 1024;
 
@@ -98,6 +102,8 @@ pub struct ExecLink {
     raw_stdout_tls: std::sync::atomic::AtomicBool,
     /// The agent takes streamed stdin ([`CAPABILITY_STDIN`]).
     takes_stdin: std::sync::atomic::AtomicBool,
+    /// The agent moves its link when told ([`CAPABILITY_LINK_MOVE`]).
+    moves: std::sync::atomic::AtomicBool,
     /// Stdin bytes each streamed-stdin exec's agent acknowledged so far.
     stdin_acks: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// Streaming file transfers riding on this Channel.
@@ -115,6 +121,7 @@ impl ExecLink {
             raw_stdout: std::sync::atomic::AtomicBool::new(false),
             raw_stdout_tls: std::sync::atomic::AtomicBool::new(false),
             takes_stdin: std::sync::atomic::AtomicBool::new(false),
+            moves: std::sync::atomic::AtomicBool::new(false),
             stdin_acks: Mutex::new(HashMap::new()),
             transfers: TransferRoutes::default(),
         })
@@ -137,6 +144,15 @@ impl ExecLink {
         let stdin = capabilities.iter().any(|c| c == CAPABILITY_STDIN);
         self.takes_stdin
             .store(stdin, std::sync::atomic::Ordering::Relaxed);
+        let moves = capabilities.iter().any(|c| c == CAPABILITY_LINK_MOVE);
+        self.moves
+            .store(moves, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True when the agent moves its link to another control plane when
+    /// told to ([`CAPABILITY_LINK_MOVE`]).
+    pub fn moves(&self) -> bool {
+        self.moves.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True when the agent takes streamed stdin ([`CAPABILITY_STDIN`]).
@@ -261,7 +277,7 @@ impl ExecLink {
         {
             let mut pending = self.pending();
             if !self.is_alive() {
-                return Err(link_gone());
+                return Err(link_gone_before_start());
             }
             if pending.len() >= limits::MAX_PENDING_EXECS {
                 return Err(Status::resource_exhausted(format!(
@@ -277,7 +293,7 @@ impl ExecLink {
         };
         if self.downlink.send(Box::new(Ok(msg))).await.is_err() {
             self.pending().remove(&exec_id);
-            return Err(link_gone());
+            return Err(link_gone_before_start());
         }
         Ok(rx)
     }
@@ -360,4 +376,23 @@ impl ExecLink {
 
 fn link_gone() -> Status {
     Status::unavailable("the agent's exec channel closed; retry once the agent reconnects")
+}
+
+/// `status` marked as a refusal before anything reached the machine
+/// ([`cmdop_proto::headers::CALL_NOT_STARTED`]): nothing ran, so a client
+/// may send the call again, even a command.
+pub fn not_started(mut status: Status) -> Status {
+    status.metadata_mut().insert(
+        cmdop_proto::headers::CALL_NOT_STARTED,
+        tonic::metadata::MetadataValue::from_static(cmdop_proto::headers::CALL_NOT_STARTED_REFUSED),
+    );
+    status
+}
+
+/// [`link_gone`] for a command whose start never reached the agent.
+fn link_gone_before_start() -> Status {
+    not_started(Status::unavailable(
+        "the command was refused before it reached the machine: the agent's exec channel \
+         closed; nothing ran. Retry once the agent reconnects",
+    ))
 }

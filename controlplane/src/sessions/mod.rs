@@ -7,6 +7,6 @@ pub mod registry;
 pub mod ring;
 pub mod session;
 
-pub use exec_link::{ExecLink, ExecUpdate};
+pub use exec_link::{not_started, ExecLink, ExecUpdate};
 pub use registry::Registry;
-pub use session::{AgentInfo, ControlItem, ControlSender, Session, SHUTDOWN_REASON};
+pub use session::{AgentInfo, ControlItem, ControlSender, Move, Session, SHUTDOWN_REASON};

@@ -290,6 +290,39 @@ mod tests {
         assert!(reg.list(&ws("ws2", None)).is_empty());
     }
 
+    #[tokio::test]
+    async fn only_agents_that_can_move_are_asked_and_a_move_counts_once_asked() {
+        use crate::sessions::{ExecLink, Move};
+        let reg = Registry::new(1024);
+        let (tx, _rx) = mpsc::channel(4);
+        let mover = reg.register("ws", "m1", "s1", info("a"), tx.clone());
+        let stayer = reg.register("ws", "m2", "s2", info("b"), tx);
+        let (down_tx, mut down_rx) = mpsc::channel(4);
+        let link = ExecLink::new(down_tx);
+        link.set_agent_capabilities(&[cmdop_proto::caps::LINK_MOVE.to_string()]);
+        mover.set_exec_link(link).unwrap();
+        let (old_tx, _old_rx) = mpsc::channel(4);
+        stayer.set_exec_link(ExecLink::new(old_tx)).unwrap();
+
+        // A LinkMoved nobody asked for changes nothing.
+        mover.note_moved();
+        assert_eq!(mover.move_state(), Move::Staying);
+        assert!(!stayer.ask_to_move("stopping", std::time::Duration::from_secs(30)));
+        assert_eq!(stayer.move_state(), Move::Staying);
+        assert!(mover.ask_to_move("stopping", std::time::Duration::from_secs(30)));
+        assert_eq!(mover.move_state(), Move::Asked);
+        let sent = down_rx.recv().await.expect("a downlink message");
+        match (*sent).expect("not an error").msg {
+            Some(cmdop_proto::ext::agent_downlink::Msg::MoveLink(m)) => {
+                assert_eq!(m.grace_ms, 30_000);
+                assert_eq!(m.reason, "stopping");
+            }
+            other => panic!("expected MoveLink, got {other:?}"),
+        }
+        mover.note_moved();
+        assert_eq!(mover.move_state(), Move::Moved);
+    }
+
     fn ws(id: &str, machines: Option<&str>) -> Workspace {
         Workspace {
             id: id.into(),

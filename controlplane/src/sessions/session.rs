@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering},
         Arc,
     },
     time::{Duration, SystemTime},
@@ -103,6 +103,21 @@ pub struct Session {
     /// The machine's admin labels, which decide which scoped keys see it
     /// ([`crate::scope`]); `None` until read from the store.
     admin_labels: Mutex<Option<Arc<BTreeMap<String, String>>>>,
+    /// Where a move of the agent's link to another control plane stands
+    /// (a drain): [`Move`] as a number.
+    moving: AtomicU8,
+}
+
+/// Where a move of an agent's link stands (see `cmdop.ext.v1.MoveLink`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// Not asked to move.
+    Staying = 0,
+    /// Asked to move; its new link is not up yet.
+    Asked = 1,
+    /// The agent said its new link is up (`LinkMoved`): this one only
+    /// finishes the work it already has.
+    Moved = 2,
 }
 
 impl Session {
@@ -132,7 +147,58 @@ impl Session {
             exec_link: Mutex::new(None),
             close_reason: Mutex::new(None),
             admin_labels: Mutex::new(None),
+            moving: AtomicU8::new(Move::Staying as u8),
         }
+    }
+
+    /// Where a move of this link stands.
+    pub fn move_state(&self) -> Move {
+        match self.moving.load(Ordering::Acquire) {
+            0 => Move::Staying,
+            1 => Move::Asked,
+            _ => Move::Moved,
+        }
+    }
+
+    /// Asks the agent to move its link to another control plane now
+    /// (`MoveLink`), keeping this one for the work already running on it.
+    /// False when it cannot be asked: no live exec link, or an agent that
+    /// does not list [`cmdop_proto::caps::LINK_MOVE`]; its link then stays
+    /// until the session is closed, as before.
+    pub fn ask_to_move(&self, reason: &str, grace: Duration) -> bool {
+        let Some(link) = self.exec_link().filter(|l| l.moves()) else {
+            return false;
+        };
+        let msg = cmdop_proto::ext::AgentDownlink {
+            msg: Some(cmdop_proto::ext::agent_downlink::Msg::MoveLink(
+                cmdop_proto::ext::MoveLink {
+                    reason: reason.to_string(),
+                    grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                },
+            )),
+        };
+        if !link.try_send(msg) {
+            return false;
+        }
+        let _ = self.moving.compare_exchange(
+            Move::Staying as u8,
+            Move::Asked as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        true
+    }
+
+    /// The agent reported its new link up (`LinkMoved`). Counts only
+    /// after [`Session::ask_to_move`]: a link never asked stays an ordinary
+    /// one (a newer link elsewhere closes it as usual).
+    pub fn note_moved(&self) {
+        let _ = self.moving.compare_exchange(
+            Move::Asked as u8,
+            Move::Moved as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// The machine's admin labels as last read; `None` when not read yet.

@@ -174,7 +174,9 @@ impl Inner {
             if err.kind() == ErrorKind::Unavailable {
                 self.trouble.notify_one();
                 let pause = pauses.next_delay();
-                if plan.idempotent
+                // A call refused before it reached the machine ran nowhere:
+                // sending it again is safe even when it is a command.
+                if (plan.idempotent || never_started(&status))
                     && retries < self.opts.max_retries
                     && Instant::now() + pause < deadline
                 {
@@ -237,5 +239,65 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+/// True when `status` proves that nothing of the call reached the machine:
+/// the server said so ([`CALL_NOT_STARTED`]), or the client's own transport
+/// could not open the connection or the stream (connection refused, the
+/// stream refused by a server that is stopping).
+///
+/// [`CALL_NOT_STARTED`]: cmdop_proto::headers::CALL_NOT_STARTED
+pub(crate) fn never_started(status: &tonic::Status) -> bool {
+    use cmdop_proto::headers::{CALL_NOT_STARTED, CALL_NOT_STARTED_REFUSED};
+    if status
+        .metadata()
+        .get(CALL_NOT_STARTED)
+        .and_then(|v| v.to_str().ok())
+        == Some(CALL_NOT_STARTED_REFUSED)
+    {
+        return true;
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        let text = e.to_string().to_ascii_lowercase();
+        if text.contains("tcp connect error")
+            || text.contains("error trying to connect")
+            || text.contains("refused stream")
+            || text.contains("refused_stream")
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_before_the_machine_count_as_never_started() {
+        let mut refused = tonic::Status::unavailable("refused before it reached the machine");
+        refused.metadata_mut().insert(
+            cmdop_proto::headers::CALL_NOT_STARTED,
+            tonic::metadata::MetadataValue::from_static(
+                cmdop_proto::headers::CALL_NOT_STARTED_REFUSED,
+            ),
+        );
+        assert!(never_started(&refused));
+        let lost = tonic::Status::unavailable("lost the connection in the middle of this call");
+        assert!(!never_started(&lost));
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let from_io = tonic::Status::from_error(Box::new(io));
+        assert!(never_started(&from_io));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!never_started(&tonic::Status::from_error(Box::new(reset))));
     }
 }

@@ -28,7 +28,7 @@ impl Client {
             return Ok(());
         }
         let (index, conn, facts) = inner
-            .dial_in_turn(&(0..inner.servers.len()).collect::<Vec<_>>())
+            .dial_in_turn(&inner.first_order())
             .await
             .map_err(|e| inner.report(e))?;
         inner.install(index, conn, facts);
@@ -206,6 +206,18 @@ impl Inner {
             failures.len(),
             failures.join("; ")
         )))
+    }
+
+    /// The order in which connecting tries the servers: a random one of
+    /// this client's own, so that clients with the same list spread over
+    /// the replicas (or the list's order, with `servers_in_order`).
+    fn first_order(&self) -> Vec<usize> {
+        use rand::seq::SliceRandom;
+        let mut order: Vec<usize> = (0..self.servers.len()).collect();
+        if !self.opts.servers_in_order {
+            order.shuffle(&mut rand::rng());
+        }
+        order
     }
 
     /// Make `conn` (to server `index`) the live connection.

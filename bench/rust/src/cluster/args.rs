@@ -11,6 +11,7 @@ const DEFAULT_FAILOVER_STEADY: Duration = Duration::from_secs(12);
 
 const USAGE: &str = "usage: cmdop-bench-cluster --cmdop PATH --hostname NAME \
 [--latency-runs N] [--warmup N] [--stream-bytes N] [--stream-runs N] [--failover-runs N] \
+[--rolling-runs N] \
 [--db-runs N] [--agents N --agents-bin PATH [--agents-lat-runs N]] [--failover-steady-ms N] \
 [--timeout-ms N] [--log-level L] \
 [--keep-logs DIR] [--store postgres|sqlite]";
@@ -23,6 +24,9 @@ pub struct Args {
     pub stream_bytes: u64,
     pub stream_runs: usize,
     pub failover_runs: usize,
+    /// Rolling restarts (each: every replica stopped with SIGTERM and
+    /// started again in turn) under execute loops; 0 = none.
+    pub rolling_runs: usize,
     pub db_runs: usize,
     pub timeout: Duration,
     pub log_level: String,
@@ -57,6 +61,7 @@ pub fn parse_args() -> anyhow::Result<Args> {
         stream_bytes: 16 << 20,
         stream_runs: 2,
         failover_runs: 2,
+        rolling_runs: 0,
         db_runs: 100,
         timeout: Duration::from_secs(60),
         log_level: "warn".into(),
@@ -88,6 +93,7 @@ pub fn parse_args() -> anyhow::Result<Args> {
             "--stream-bytes" => args.stream_bytes = parse_size(&flag, &value)?,
             "--stream-runs" => args.stream_runs = count(&value)?,
             "--failover-runs" => args.failover_runs = count(&value)?,
+            "--rolling-runs" => args.rolling_runs = count(&value)?,
             "--db-runs" => args.db_runs = count(&value)?,
             "--timeout-ms" => args.timeout = Duration::from_millis(count(&value)?.max(1) as u64),
             "--log-level" => args.log_level = value,

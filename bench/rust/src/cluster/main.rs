@@ -34,6 +34,11 @@
 //!   (`pg_stat_statements`, or transactions from `pg_stat_database` when the
 //!   extension is not available), minus the background rate of an idle
 //!   window of the same length;
+//! - `cluster-rolling` (with `--rolling-runs N`): each replica in turn (the
+//!   one holding the agent first) gets SIGTERM and starts again before the
+//!   next, while one client per replica (the whole list, that one first)
+//!   runs `execute("true")` in a loop: calls failed (goal 0) and the
+//!   latency of every call during the restarts;
 //! - `cluster-agents` (with `--agents N`): `cmdop-bench-agents` connects N
 //!   simulated idle agents spread over the replicas; the replicas' resident
 //!   memory before and after (summed), and cross-replica `execute("true")`
@@ -56,6 +61,7 @@ mod failover_twice;
 mod idle_agents;
 mod latency;
 mod record;
+mod rolling;
 mod setup;
 mod stream;
 
@@ -147,6 +153,18 @@ async fn run(args: Args, dir: PathBuf, db: Db, counter: DbCounter) -> anyhow::Re
                 "cluster-agents",
                 "idle-agents",
                 "simulated idle agents over the replicas",
+            )],
+            r,
+        );
+    }
+    if args.rolling_runs > 0 {
+        let r = rolling::rolling(&args, &mut setup).await;
+        part(
+            "rolling restart",
+            &[(
+                "cluster-rolling",
+                "sigterm-each-replica",
+                "rolling restart (SIGTERM of each replica in turn)",
             )],
             r,
         );

@@ -152,6 +152,31 @@ impl Cluster {
         self.agent.as_ref().and_then(|c| c.id())
     }
 
+    /// SIGTERM to replica `i` (a graceful stop: it drains and moves its
+    /// agents), reaped before this returns; how long it took to exit.
+    pub async fn stop_replica(&mut self, i: usize, within: Duration) -> anyhow::Result<Duration> {
+        let Some(mut child) = self.replicas[i].child.take() else {
+            bail!("replica {} is not running", self.replicas[i].id);
+        };
+        let started = Instant::now();
+        if let Some(pid) = child.id() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .context("cannot run kill")?;
+        }
+        match tokio::time::timeout(within, child.wait()).await {
+            Ok(_) => Ok(started.elapsed()),
+            Err(_) => {
+                let _ = child.kill().await;
+                bail!(
+                    "replica {} did not exit within {within:?} of SIGTERM",
+                    self.replicas[i].id
+                )
+            }
+        }
+    }
+
     /// SIGKILL to replica `i`, reaped before this returns.
     pub async fn kill_replica(&mut self, i: usize) {
         if let Some(mut child) = self.replicas[i].child.take() {
