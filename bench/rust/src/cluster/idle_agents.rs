@@ -76,8 +76,16 @@ pub async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
     let (same, _) = open_client(c, home, &setup.api_key, &args.hostname).await?;
     let runs = args.agents_lat_runs;
     for (client, subject, label) in [
-        (&same, "same-1", "same-replica execute(\"true\"), no other agent"),
-        (&cross, "exec-1", "cross-replica execute(\"true\"), no other agent"),
+        (
+            &same,
+            "same-1",
+            "same-replica execute(\"true\"), no other agent",
+        ),
+        (
+            &cross,
+            "exec-1",
+            "cross-replica execute(\"true\"), no other agent",
+        ),
     ] {
         let _ = measure(client, args.warmup, args.timeout).await;
         let (s, wall) = measure(client, runs, args.timeout).await;
@@ -146,12 +154,7 @@ pub async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
     }
     tokio::time::sleep(SETTLE).await;
     let rss_after = rss(&pids);
-    let sum = |field: &str| -> u64 {
-        records
-            .iter()
-            .map(|r| r[field].as_u64().unwrap_or(0))
-            .sum()
-    };
+    let sum = |field: &str| -> u64 { records.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum() };
     let wall = records
         .iter()
         .map(|r| r["wall_s"].as_f64().unwrap_or(0.0))
@@ -178,8 +181,22 @@ pub async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
         "samples_us": samples,
     }));
     for (client, subject, label) in [
-        (&same, "same-n", format!("same-replica execute(\"true\"), {} idle agents connected", args.agents)),
-        (&cross, "exec-n", format!("cross-replica execute(\"true\"), {} idle agents connected", args.agents)),
+        (
+            &same,
+            "same-n",
+            format!(
+                "same-replica execute(\"true\"), {} idle agents connected",
+                args.agents
+            ),
+        ),
+        (
+            &cross,
+            "exec-n",
+            format!(
+                "cross-replica execute(\"true\"), {} idle agents connected",
+                args.agents
+            ),
+        ),
     ] {
         let (s, wall) = measure(client, runs, args.timeout).await;
         agents_latency_record(subject, &label, &s, runs, wall);
