@@ -172,6 +172,12 @@ impl Remembered {
         }
     }
 
+    /// The revocation watch could not read the counter: nothing is trusted
+    /// until it can again (known credentials then follow the outage rules).
+    pub fn distrust(&self) {
+        self.lock().counter.confirmed_at = None;
+    }
+
     /// The hot path: who `credential` is, when its entry is trusted (the
     /// counter confirmed unchanged since its check within the lease) and
     /// it has not expired. `None`: check it in the database.
@@ -438,6 +444,10 @@ mod tests {
         assert_eq!(m.cached(&key(1)), None, "no confirmation within the lease");
         m.confirmed(7, Instant::now());
         assert!(m.cached(&key(1)).is_some());
+        // A failed read of the counter ends the trust at once.
+        m.distrust();
+        assert_eq!(m.cached(&key(1)), None);
+        assert!(m.recall(&key(1)).is_some(), "the outage rules still apply");
         let m = confirmed(LONG, LONG);
         m.remember(&key(2), client(Some(now_ms() + 60_000)), m.generation());
         assert!(m.cached(&key(2)).is_some());

@@ -158,6 +158,9 @@ pub async fn watch(
         let look = match look {
             Ok(Ok(look)) => look,
             Ok(Err(e)) => {
+                // It cannot hear revocations: the cache is not trusted
+                // until it can (the lease would end it anyway).
+                state.remembered.distrust();
                 if asked {
                     streams.recheck();
                 }
