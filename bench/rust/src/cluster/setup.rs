@@ -47,7 +47,7 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 /// Runs `cmdop admin ARGS` on `db` and returns what it printed.
-async fn admin(cmdop: &Path, db: &Db, args: &[&str]) -> anyhow::Result<String> {
+pub async fn admin(cmdop: &Path, db: &Db, args: &[&str]) -> anyhow::Result<String> {
     let mut cmd = Command::new(cmdop);
     cmd.arg("admin");
     db.name_to(&mut cmd);
