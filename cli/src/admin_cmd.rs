@@ -381,16 +381,20 @@ fn await_servers(store: &Store) -> anyhow::Result<()> {
     let max = 2 * lease + cmdop_controlplane::store::ACK_CLOCK_MARGIN;
     let generation = store.revocation_generation()?;
     let report = store.wait_for_revocation_acks(generation, max)?;
-    eprintln!("{}", describe_wait(&report));
+    if let Some(line) = describe_wait(&report) {
+        eprintln!("{line}");
+    }
     Ok(())
 }
 
-/// One line about a revocation's wait for the servers.
-fn describe_wait(r: &cmdop_controlplane::store::AckReport) -> String {
+/// A line about a revocation's wait for the servers; `None` when no
+/// running server caches credentials (nothing was waited for).
+fn describe_wait(r: &cmdop_controlplane::store::AckReport) -> Option<String> {
     let waited = format!("{:.3} s", r.waited.as_secs_f64());
-    let mut line = if r.acknowledged.is_empty() && r.lapsed.is_empty() && r.pending.is_empty() {
-        "no running server caches credentials; nothing to wait for".to_string()
-    } else if r.acknowledged.is_empty() {
+    if r.acknowledged.is_empty() && r.lapsed.is_empty() && r.pending.is_empty() {
+        return None;
+    }
+    let mut line = if r.acknowledged.is_empty() {
         format!("waited {waited}; no server acknowledged")
     } else {
         format!(
@@ -414,7 +418,7 @@ fn describe_wait(r: &cmdop_controlplane::store::AckReport) -> String {
             r.pending.join(", ")
         ));
     }
-    line
+    Some(line)
 }
 
 /// Runs admin action `f` on the record: the audit record is written first
