@@ -502,6 +502,7 @@ class Report:
 
     def cluster(self):
         cases = ("cluster-latency", "cluster-stream", "cluster-failover", "cluster-rolling", "cluster-db",
+                 "cluster-revoke",
                  "cluster-agents")
         recs = [r for c in cases for r in self.of_case(c)]
         if not recs:
@@ -569,10 +570,21 @@ class Report:
             d = r.get("db", {})
             per = d.get("per_execute")
             st = Stats(r)
-            self.w(f"| {r['label']}: {d.get('unit', '?')} per execute, minus the idle rate | {r['runs']} | "
+            cred, audit = d.get("credential_per_execute"), d.get("audit_per_execute")
+            split = "" if cred is None else (
+                f" (credential checks {cred:.3f}, audit trail {audit or 0:.3f} per execute, counted in the total)")
+            self.w(f"| {r['label']}: {d.get('unit', '?')} per execute, minus the idle rate{split} | {r['runs']} | "
                    f"{r['errors']} | {fmt_us(st.min)} | {fmt_us(st.p50)} | {fmt_us(st.p99)} | "
                    f"**{'–' if per is None else f'{per:.3f}'}** | none once the route is known | "
                    f"{goal_word(per < 0.01 if per is not None else None)} |")
+        rv = self.find("cluster-revoke", "revoke-to-refusal")
+        if rv:
+            st = Stats(rv)
+            took = sorted(rv.get("revoke_key_us") or [])
+            took_txt = f"; revoke-key itself p50 {fmt_us(percentile(took, 50))}" if took else ""
+            self.w(f"| {rv['label']}{took_txt} | {rv['runs']} | {rv['errors']} (accepted after revoke-key returned) | "
+                   f"{fmt_us(st.min)} | {fmt_us(st.p50)} | {fmt_us(st.p99)} | | refused by the time revoke-key "
+                   f"returns | {goal_word(rv['errors'] == 0)} |")
         ag = self.find("cluster-agents", "idle-agents")
         for quiet, loaded in (("same-1", "same-n"), ("exec-1", "exec-n")):
             idle = self.find("cluster-agents", quiet)

@@ -207,6 +207,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
                     Err(not_found())
                 }
             })?;
+            await_servers(&store)?;
             println!("revoked");
         }
         AdminCommand::EnrollToken {
@@ -241,6 +242,9 @@ pub fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
                     detail,
                     || store.revoke_all_enrollment_tokens(&ws.id),
                 )?;
+                if n > 0 {
+                    await_servers(&store)?;
+                }
                 println!("revoked {n}");
             }
             (Some(token), _) => {
@@ -271,6 +275,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
                         }
                     },
                 )?;
+                await_servers(&store)?;
                 println!("revoked");
             }
             _ => bail!("pass the token, or --workspace NAME --all"),
@@ -317,6 +322,9 @@ pub fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
                     .change_admin_labels(&machine_id, &set, &remove)?
                     .with_context(|| format!("machine {machine_id} was revoked meanwhile"))
             })?;
+            // What scoped keys reach follows admin labels: servers apply a
+            // change like a revocation.
+            await_servers(&store)?;
             if now.is_empty() {
                 println!("{machine_id}: no admin labels");
             }
@@ -349,6 +357,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
                     }
                 },
             )?;
+            await_servers(&store)?;
             println!("revoked");
         }
         AdminCommand::Machines { workspace: name } => {
@@ -360,6 +369,56 @@ pub fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
         AdminCommand::Audit(audit_args) => return audit::run(&store, audit_args),
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Waits until every running server has applied the revocation just
+/// committed (its credential cache no longer trusts anything from before
+/// it), or that server's cache lease ran out, and says so on stderr. Gives
+/// up after twice the lease, with a warning naming the servers still
+/// trusting older state.
+fn await_servers(store: &Store) -> anyhow::Result<()> {
+    let lease = Duration::from_millis(cmdop_proto::limits::CREDENTIAL_CACHE_LEASE_MS);
+    let max = 2 * lease + cmdop_controlplane::store::ACK_CLOCK_MARGIN;
+    let generation = store.revocation_generation()?;
+    let report = store.wait_for_revocation_acks(generation, max)?;
+    if let Some(line) = describe_wait(&report) {
+        eprintln!("{line}");
+    }
+    Ok(())
+}
+
+/// A line about a revocation's wait for the servers; `None` when no
+/// running server caches credentials (nothing was waited for).
+fn describe_wait(r: &cmdop_controlplane::store::AckReport) -> Option<String> {
+    let waited = format!("{:.3} s", r.waited.as_secs_f64());
+    if r.acknowledged.is_empty() && r.lapsed.is_empty() && r.pending.is_empty() {
+        return None;
+    }
+    let mut line = if r.acknowledged.is_empty() {
+        format!("waited {waited}; no server acknowledged")
+    } else {
+        format!(
+            "applied by {} server(s) in {waited}: {}",
+            r.acknowledged.len(),
+            r.acknowledged.join(", ")
+        )
+    };
+    if !r.lapsed.is_empty() {
+        line.push_str(&format!(
+            "; not answering, their cache lease ran out (they check credentials in the database \
+             again): {}",
+            r.lapsed.join(", ")
+        ));
+    }
+    if !r.pending.is_empty() {
+        line.push_str(&format!(
+            "\nwarning: gave up after {waited}: server(s) {} still trust what they cached before \
+             this revocation; check their logs and clocks (servers' clocks must agree within a \
+             second)",
+            r.pending.join(", ")
+        ));
+    }
+    Some(line)
 }
 
 /// Runs admin action `f` on the record: the audit record is written first

@@ -91,6 +91,11 @@ pub struct ServerArgs {
     /// UNAVAILABLE until the database is back.
     #[arg(long, default_value_t = 300)]
     pub db_outage_grace_secs: u64,
+    /// Check every call's API key, access token or agent secret in the
+    /// database instead of trusting a credential checked before while no
+    /// revocation happened (see the README's security model).
+    #[arg(long)]
+    pub no_credential_cache: bool,
     /// Once listening, write the bound address (host:port) to this file.
     /// Useful with --listen 127.0.0.1:0.
     #[arg(long)]
@@ -223,6 +228,7 @@ impl ServerArgs {
             keepalive: Duration::from_secs(self.keepalive_secs.max(1)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             db_outage_grace: Duration::from_secs(self.db_outage_grace_secs),
+            credential_cache: !self.no_credential_cache,
             limits: self.limits.limits(),
             cluster: self.peer_listen.map(|peer_listen| ClusterConfig {
                 replica_id: self

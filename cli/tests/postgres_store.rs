@@ -496,6 +496,15 @@ async fn with_no_outage_grace_postgres_down_gives_unavailable_then_recovers() {
         .expect("exec before");
 
     s.pg.stop();
+    // Credentials cached before the outage are trusted for at most the
+    // cache's lease after the server last read the revocation counter (the
+    // call may then fail later, at the audit trail); beyond it the check
+    // itself answers UNAVAILABLE.
+    tokio::time::sleep(
+        Duration::from_millis(cmdop_proto::limits::CREDENTIAL_CACHE_LEASE_MS)
+            + Duration::from_secs(1),
+    )
+    .await;
     let down = Instant::now();
     let mut unavailable = 0;
     let mut slowest = Duration::ZERO;

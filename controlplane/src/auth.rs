@@ -105,10 +105,11 @@ pub struct ClientPass {
     pub expires_ms: Option<i64>,
 }
 
-/// The gate's check of an API key or access token: in the database, and
-/// — only when the database cannot be reached — from the memory of recent
-/// successful checks ([`Remembered`]). Every answer of the database updates
-/// that memory.
+/// The gate's check of an API key or access token: from the credential
+/// cache when it is trusted ([`Remembered::cached`]), otherwise in the
+/// database, and — only when the database cannot be reached — from the
+/// memory of recent successful checks ([`Remembered::recall`]). Every
+/// answer of the database updates that memory.
 pub fn check_client(
     store: &Store,
     memory: &Remembered,
@@ -124,33 +125,35 @@ pub fn check_client(
     } else {
         Credential::api_key(token)
     };
-    let checked = if access {
-        store.check_access_token(token).map(|(check, details)| {
-            let (expires_ms, key_hash) = details.unzip();
-            match check {
-                AccessCheck::Valid(workspace) => Ok(Verified::Client {
+    let verified = known_or_checked(memory, &credential, || {
+        if access {
+            store.check_access_token(token).map(|(check, details)| {
+                let (expires_ms, key_hash) = details.unzip();
+                match check {
+                    AccessCheck::Valid(workspace) => Ok(Verified::Client {
+                        workspace,
+                        key_hash,
+                        expires_ms,
+                    }),
+                    AccessCheck::Expired => Err(expired_token()),
+                    AccessCheck::Invalid => Err(invalid_token()),
+                }
+            })
+        } else {
+            store.check_api_key(token).map(|found| match found {
+                Some((workspace, expires_ms)) => Ok(Verified::Client {
                     workspace,
-                    key_hash,
+                    key_hash: match &credential {
+                        Credential::ApiKey { hash } => Some(hash.clone()),
+                        _ => None,
+                    },
                     expires_ms,
                 }),
-                AccessCheck::Expired => Err(expired_token()),
-                AccessCheck::Invalid => Err(invalid_token()),
-            }
-        })
-    } else {
-        store.check_api_key(token).map(|found| match found {
-            Some((workspace, expires_ms)) => Ok(Verified::Client {
-                workspace,
-                key_hash: match &credential {
-                    Credential::ApiKey { hash } => Some(hash.clone()),
-                    _ => None,
-                },
-                expires_ms,
-            }),
-            None => Err(invalid_key()),
-        })
-    };
-    match answered(memory, &credential, checked)? {
+                None => Err(invalid_key()),
+            })
+        }
+    })?;
+    match verified {
         Verified::Client {
             workspace,
             key_hash,
@@ -165,8 +168,8 @@ pub fn check_client(
     }
 }
 
-/// The gate's check of an agent secret, with the same outage fallback as
-/// [`check_client`].
+/// The gate's check of an agent secret, with the same cache and outage
+/// fallback as [`check_client`].
 pub fn check_agent(
     store: &Store,
     memory: &Remembered,
@@ -179,13 +182,30 @@ pub fn check_agent(
         return Err(unknown_agent());
     }
     let credential = Credential::agent_secret(secret);
-    let checked = store
-        .machine_by_secret(secret)
-        .map(|found| found.map(Verified::Agent).ok_or_else(unknown_agent));
-    match answered(memory, &credential, checked)? {
+    let verified = known_or_checked(memory, &credential, || {
+        store
+            .machine_by_secret(secret)
+            .map(|found| found.map(Verified::Agent).ok_or_else(unknown_agent))
+    })?;
+    match verified {
         Verified::Agent(machine) => Ok((machine, credential)),
         Verified::Client { .. } => Err(unknown_agent()),
     }
+}
+
+/// Who `credential` is: from the cache when it is trusted, otherwise as
+/// `check` finds it in the database (tagged with the revocation counter
+/// value known before the check began).
+fn known_or_checked(
+    memory: &Remembered,
+    credential: &Credential,
+    check: impl FnOnce() -> anyhow::Result<Result<Verified, Status>>,
+) -> Result<Verified, Status> {
+    if let Some(verified) = memory.cached(credential) {
+        return Ok(verified);
+    }
+    let generation = memory.generation();
+    answered(memory, credential, check(), generation)
 }
 
 /// Applies what the database answered about `credential` to the memory,
@@ -194,10 +214,11 @@ fn answered(
     memory: &Remembered,
     credential: &Credential,
     checked: anyhow::Result<Result<Verified, Status>>,
+    generation: Option<i64>,
 ) -> Result<Verified, Status> {
     match checked {
         Ok(Ok(verified)) => {
-            memory.remember(credential, verified.clone());
+            memory.remember(credential, verified.clone(), generation);
             Ok(verified)
         }
         Ok(Err(refused)) => {

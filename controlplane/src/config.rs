@@ -56,6 +56,12 @@ pub struct ServerConfig {
     /// within this long are still admitted; zero turns that off (every
     /// authenticated call then fails with UNAVAILABLE during an outage).
     pub db_outage_grace: Duration,
+    /// The credential cache: a credential checked once is accepted again
+    /// without a database statement while the revocation watch keeps
+    /// confirming that nothing was revoked since
+    /// ([`credential_cache_lease`]). Off: every call checks its credential
+    /// in the database.
+    pub credential_cache: bool,
     /// The audit trail: on (the default) or off, and whether an action
     /// whose record cannot be written is refused (the default) or goes on.
     pub audit: crate::audit::AuditConfig,
@@ -147,8 +153,21 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             cluster: None,
             db_outage_grace: Duration::from_secs(300),
+            credential_cache: true,
             audit: crate::audit::AuditConfig::default(),
             serving: crate::health::Serving::default(),
         }
     }
+}
+
+/// How long the credential cache is trusted after the revocation watch last
+/// confirmed the revocation counter: [`cmdop_proto::limits::CREDENTIAL_CACHE_LEASE_MS`],
+/// or four polls when `--revocation-poll` is set that slow (so that a
+/// healthy watch always renews it in time); zero when the cache is off.
+pub fn credential_cache_lease(config: &ServerConfig) -> Duration {
+    if !config.credential_cache {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(cmdop_proto::limits::CREDENTIAL_CACHE_LEASE_MS)
+        .max(config.limits.revocation_poll.saturating_mul(4))
 }

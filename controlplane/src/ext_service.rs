@@ -448,6 +448,23 @@ impl Cmdop for CmdopService {
                 // End the streams its access tokens opened now, not at the
                 // next periodic full check.
                 self.state.open_streams.recheck();
+                // Answer once no server's credential cache trusts the
+                // family's access tokens any more (bounded by the lease).
+                let waited = crate::db::with_store(&self.state.store, |store| {
+                    let generation = store.revocation_generation()?;
+                    store.wait_for_revocation_acks(generation, crate::revocations::ACK_WAIT)
+                })
+                .await;
+                match waited {
+                    Ok(r) if !r.pending.is_empty() => tracing::warn!(
+                        servers = ?r.pending,
+                        "a revoked token family may still be accepted from these servers' caches until their lease runs out"
+                    ),
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %format!("{err:#}"), "cannot wait for servers to apply a token family's revocation")
+                    }
+                }
                 Err(Status::unauthenticated(
                     "refresh token reuse detected; the token family is revoked — sign in again",
                 ))

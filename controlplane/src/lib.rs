@@ -141,7 +141,10 @@ pub async fn serve_with_store(
         selections: Default::default(),
         open_streams: open_streams.clone(),
         cluster: cluster.clone(),
-        remembered: remembered::Remembered::new(config.db_outage_grace),
+        remembered: remembered::Remembered::new(
+            config.db_outage_grace,
+            config::credential_cache_lease(&config),
+        ),
         key_uses: key_use::KeyUses::default(),
         audit: audit::Trail::start(
             Arc::clone(&store),
@@ -196,10 +199,17 @@ pub async fn serve_with_store(
     let presence = cluster
         .clone()
         .map(|c| AbortOnDrop::new(tokio::spawn(cluster::presence::run(state.clone(), c))));
-    let _revocations = AbortOnDrop::new(tokio::spawn(revocations::watch(
+    // The name this server acknowledges revocations under: its replica id
+    // in a cluster, a random one otherwise.
+    let server_id = cluster.as_ref().map_or_else(
+        || store::secrets::random_hex("srv_", 6),
+        |c| c.replica_id.clone(),
+    );
+    let revocation_watch = AbortOnDrop::new(tokio::spawn(revocations::watch(
         state.clone(),
         open_streams.clone(),
         config.limits.revocation_poll,
+        server_id.clone(),
     )));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -294,6 +304,20 @@ pub async fn serve_with_store(
     tokio::select! {
         res = server => res.context("gRPC server failed")?,
         _ = deadline => tracing::warn!("streams still open after the shutdown grace period; stopping anyway"),
+    }
+    // No more acknowledgements: revokers stop waiting for this server.
+    drop(revocation_watch);
+    if state.remembered.caching() {
+        let (st, id) = (state.clone(), server_id);
+        match tokio::task::spawn_blocking(move || st.store.drop_revocation_ack(&id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %format!("{err:#}"), "cannot remove this server's revocation acknowledgement; revokers wait for its lease to run out")
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "removing the revocation acknowledgement failed")
+            }
+        }
     }
     // Leaving the cluster: no more renewals, then the replica's row and
     // its routes go, so other replicas stop forwarding here at once.

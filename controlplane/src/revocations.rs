@@ -1,9 +1,15 @@
 //! Ending what a revoked credential opened: the watch over the store's
 //! revocation counter that ends open calls ([`crate::streams::OpenStreams`])
-//! and closes revoked machines' sessions, and re-reads connected machines'
-//! admin labels (which decide what scoped keys see) when it moves.
+//! and closes revoked machines' sessions, re-reads connected machines'
+//! admin labels (which decide what scoped keys see) when it moves, and
+//! keeps the credential cache ([`crate::remembered`]) trusted: each read
+//! of the counter also tells revokers, in the database, which value this
+//! server has applied (`Store::ack_revocations`).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tonic::Code;
 
@@ -17,9 +23,17 @@ use crate::{
 /// revocation counter did not move (a credential deleted by hand, say).
 const FULL_CHECK_TICKS: u32 = 20;
 
+/// The longest a revocation made by the server itself (a token family
+/// revoked on refresh-token reuse) waits for every server to apply it:
+/// twice the default lease, plus the clock margin.
+pub const ACK_WAIT: Duration =
+    Duration::from_millis(2 * cmdop_proto::limits::CREDENTIAL_CACHE_LEASE_MS + 1_000);
+
 /// What one look at the database found.
 struct Look {
     generation: i64,
+    /// When the read of the counter began.
+    read_started: Instant,
     /// Standing of each credential with open calls (when re-checked).
     standings: Vec<(Credential, anyhow::Result<Standing>)>,
     /// Revoked machines (when the counter moved).
@@ -35,8 +49,21 @@ struct Look {
 /// with open calls, ending the calls of those revoked or expired, and
 /// closes the sessions of revoked machines (their agents' reconnects then
 /// fail: the secret is refused). Database calls run on the blocking pool.
-/// Runs until the server stops.
-pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duration) {
+///
+/// With the credential cache on, the read is also the acknowledgement
+/// under `server_id`: it records the value last applied and the end of the
+/// lease, and the cache is trusted only when the counter was found still
+/// at that value. A moved counter is applied at once (the cache stops
+/// trusting older entries, open calls are re-checked) and acknowledged
+/// without waiting for the next tick. Runs until the server stops.
+pub async fn watch(
+    state: SharedState,
+    streams: Arc<OpenStreams>,
+    every: Duration,
+    server_id: String,
+) {
+    let lease = state.remembered.lease();
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_generation: Option<i64> = None;
@@ -45,6 +72,8 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
     let mut next_expiry = i64::MAX;
     // The database could not be read at the last tick.
     let mut unreadable = false;
+    // Look again at once (a moved counter to acknowledge).
+    let mut again = false;
     let signal = {
         let state = state.clone();
         tokio::task::spawn_blocking(move || state.store.revocation_signal())
@@ -54,6 +83,7 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
     };
     loop {
         match &signal {
+            _ if std::mem::take(&mut again) => {}
             Some(signal) => {
                 tokio::select! {
                     _ = ticker.tick() => {}
@@ -72,9 +102,24 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
         let seen = last_generation;
         let look = tokio::task::spawn_blocking({
             let state = state.clone();
+            let server_id = server_id.clone();
             move || -> anyhow::Result<Look> {
-                let generation = state.store.revocation_generation()?;
+                let read_started = Instant::now();
+                let generation = if lease.is_zero() {
+                    state.store.revocation_generation()?
+                } else {
+                    // Nothing applied yet: acknowledge nothing, trust nothing.
+                    let (applied, until) = match seen {
+                        Some(g) => (g, now_ms().saturating_add(lease_ms)),
+                        None => (-1, 0),
+                    };
+                    state.store.ack_revocations(&server_id, applied, until)?
+                };
                 let moved = seen != Some(generation);
+                if moved {
+                    // Entries of older values are no longer served, from now.
+                    state.remembered.moved(generation);
+                }
                 let standings = if moved || due {
                     credentials
                         .into_iter()
@@ -103,6 +148,7 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
                 }
                 Ok(Look {
                     generation,
+                    read_started,
                     standings,
                     revoked_machines,
                 })
@@ -112,6 +158,9 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
         let look = match look {
             Ok(Ok(look)) => look,
             Ok(Err(e)) => {
+                // It cannot hear revocations: the cache is not trusted
+                // until it can (the lease would end it anyway).
+                state.remembered.distrust();
                 if asked {
                     streams.recheck();
                 }
@@ -130,6 +179,13 @@ pub async fn watch(state: SharedState, streams: Arc<OpenStreams>, every: Duratio
         if unreadable {
             tracing::info!("revocations readable again");
             unreadable = false;
+        }
+        if seen == Some(look.generation) {
+            state
+                .remembered
+                .confirmed(look.generation, look.read_started);
+        } else if !lease.is_zero() {
+            again = true;
         }
         let rechecked = seen != Some(look.generation) || due;
         if rechecked {

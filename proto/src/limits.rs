@@ -61,3 +61,11 @@ pub const MAX_FLEET_MACHINES: usize = 10_000;
 /// The label-key prefix of facts the control plane derives (hostname, os,
 /// arch, status …): reserved, neither agents nor admins can set it.
 pub const FACT_LABEL_PREFIX: &str = "cmdop.io/";
+
+/// How long a control plane trusts the credentials it has cached after its
+/// last successful read of the revocation counter (which also tells
+/// revokers, through the database, which revocations it has applied). A
+/// server that cannot read the counter for longer checks every credential
+/// in the database again; a revocation waits at most this long (plus a
+/// clock margin) for a server that stopped answering. Milliseconds.
+pub const CREDENTIAL_CACHE_LEASE_MS: u64 = 5_000;

@@ -18,7 +18,7 @@ use super::{
 };
 
 /// The schema version this build writes and understands.
-pub const LATEST: i64 = 5;
+pub const LATEST: i64 = 6;
 
 /// Brings the database to [`LATEST`]; run inside a write transaction.
 pub fn run(db: &mut dyn Exec) -> anyhow::Result<()> {
@@ -65,6 +65,7 @@ fn step(db: &mut dyn Exec, version: i64) -> anyhow::Result<()> {
         (3, _) => db.batch(INVENTORY_V3),
         (4, _) => db.batch(KEY_SCOPES_V4),
         (5, _) => db.batch(AUDIT_V5),
+        (6, _) => db.batch(REVOCATION_ACKS_V6),
         _ => bail!("no migration to schema version {version}"),
     }
 }
@@ -257,5 +258,16 @@ CREATE TABLE IF NOT EXISTS audit_heads (
     hash         TEXT NOT NULL,
     pruned_seq   BIGINT NOT NULL,
     pruned_hash  TEXT NOT NULL
+);
+";
+
+/// Version 6: which revocations each running server has applied to its
+/// credential cache, and until when it trusts that cache without reading
+/// the revocation counter again (see `store/acks.rs`).
+const REVOCATION_ACKS_V6: &str = "
+CREATE TABLE IF NOT EXISTS revocation_acks (
+    server_id        TEXT PRIMARY KEY,
+    generation       BIGINT NOT NULL,
+    trusted_until_ms BIGINT NOT NULL
 );
 ";

@@ -16,6 +16,7 @@
 //!
 //! Schema changes are new steps in `migrations.rs`.
 
+mod acks;
 mod audit;
 pub mod cluster;
 pub mod engine;
@@ -38,6 +39,7 @@ use std::{
 use anyhow::{bail, Context};
 use rusqlite::{Connection, TransactionBehavior};
 
+pub use acks::{AckReport, CLOCK_MARGIN as ACK_CLOCK_MARGIN};
 pub use audit::{AuditEntry, AuditFilter, AuditOutcome, AuditProblem, AuditRecord, AuditReport};
 pub use inventory::{Facts, InventoryRow, LabelSource, Labels};
 pub use keys::{KeyInfo, NewKey};

@@ -55,6 +55,7 @@ on_both_engines!(
     scoped_keys_keep_their_scope_and_expire,
     the_audit_chain_finds_edits_removals_and_reorders,
     a_large_group_commit_chains_and_verifies,
+    revokers_wait_only_for_servers_trusting_an_older_counter,
 );
 
 /// One group commit larger than a multi-row statement (records of two
@@ -844,4 +845,47 @@ fn an_old_database_is_migrated() {
     assert!(s.revoke_machine(&e.machine_id).unwrap());
     drop(s);
     Store::open(dir.path()).expect("opening a migrated database again is a no-op");
+}
+
+/// The acknowledgements of revocations (`acks.rs`).
+fn revokers_wait_only_for_servers_trusting_an_older_counter(store: &Store) {
+    let g0 = store.revocation_generation().unwrap();
+    assert_eq!(
+        store.ack_revocations("a", g0, now_ms() + 60_000).unwrap(),
+        g0
+    );
+    // A server whose trust ran out long ago is not waited for.
+    store.ack_revocations("dead", g0, 1).unwrap();
+    // A server whose trust runs out soon is waited for until then.
+    store
+        .ack_revocations("stuck", g0, now_ms() - ms(acks::CLOCK_MARGIN) + 3000)
+        .unwrap();
+    let ws = store.create_workspace("w").unwrap();
+    let key = store.create_api_key(&ws.id, "k").unwrap();
+    assert!(store.revoke_api_key(&key).unwrap());
+    let g1 = store.revocation_generation().unwrap();
+    assert!(g1 > g0);
+    // "a" has not applied g1: the wait gives up at its bound.
+    let r = store
+        .wait_for_revocation_acks(g1, Duration::from_millis(50))
+        .unwrap();
+    assert_eq!(r.pending, vec!["a".to_string(), "stuck".to_string()]);
+    assert!(r.acknowledged.is_empty());
+    // "a" applies it; the wait goes on until "stuck" lapses.
+    assert_eq!(
+        store.ack_revocations("a", g1, now_ms() + 60_000).unwrap(),
+        g1
+    );
+    let r = store
+        .wait_for_revocation_acks(g1, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(r.acknowledged, vec!["a".to_string()]);
+    assert_eq!(r.lapsed, vec!["stuck".to_string()]);
+    assert!(r.pending.is_empty());
+    assert!(r.waited < Duration::from_secs(10));
+    store.drop_revocation_ack("a").unwrap();
+    let r = store
+        .wait_for_revocation_acks(g1, Duration::from_secs(10))
+        .unwrap();
+    assert!(r.acknowledged.is_empty() && r.pending.is_empty());
 }

@@ -14,7 +14,7 @@ const USAGE: &str = "usage: cmdop-bench-cluster --cmdop PATH --hostname NAME \
 [--rolling-runs N] \
 [--db-runs N] [--agents N --agents-bin PATH [--agents-lat-runs N]] [--failover-steady-ms N] \
 [--timeout-ms N] [--log-level L] \
-[--keep-logs DIR] [--store postgres|sqlite]";
+[--keep-logs DIR] [--store postgres|sqlite] [--no-audit]";
 
 pub struct Args {
     pub cmdop: PathBuf,
@@ -36,6 +36,9 @@ pub struct Args {
     pub agents_bin: Option<PathBuf>,
     pub agents_lat_runs: usize,
     pub failover_steady: Duration,
+    /// Replicas run without the audit trail (`cmdop server --no-audit`), so
+    /// the database case shows the hot path's own statements.
+    pub no_audit: bool,
 }
 
 fn parse_size(flag: &str, v: &str) -> anyhow::Result<u64> {
@@ -71,9 +74,14 @@ pub fn parse_args() -> anyhow::Result<Args> {
         agents_bin: None,
         agents_lat_runs: 200,
         failover_steady: DEFAULT_FAILOVER_STEADY,
+        no_audit: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--no-audit" {
+            args.no_audit = true;
+            continue;
+        }
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             std::process::exit(0);

@@ -58,7 +58,22 @@ pub async fn db_queries(args: &Args, setup: &Setup, counter: &DbCounter) -> anyh
         let s2 = snap(url.clone(), counter.clone()).await?;
         client.close().await;
         let (busy, top) = db_delta(&s0, &s1);
-        let (background, _) = db_delta(&s1, &s2);
+        let (background, idle_top) = db_delta(&s1, &s2);
+        // Statements by kind: credential checks (the hot path's own), the
+        // audit trail's batched writes (one record per execute), the rest.
+        let kinds = |top: &[(u64, String)]| {
+            let (mut credential, mut audit) = (0u64, 0u64);
+            for (n, q) in top {
+                if is_credential_check(q) {
+                    credential += n;
+                } else if q.contains("audit_") {
+                    audit += n;
+                }
+            }
+            (credential, audit)
+        };
+        let (credential, audit) = kinds(&top);
+        let (idle_credential, _) = kinds(&idle_top);
         // The background scaled to the execute window.
         let background_in_window = background as f64 * window.as_secs_f64() / idle.as_secs_f64();
         let per_execute = (busy as f64 - background_in_window) / args.db_runs as f64;
@@ -68,7 +83,8 @@ pub async fn db_queries(args: &Args, setup: &Setup, counter: &DbCounter) -> anyh
         };
         eprintln!(
             "cmdop-bench-cluster: db {subject}: {busy} {unit} during {} executes ({:.2} s), \
-             {background} in {:.2} s idle → {per_execute:.3} per execute",
+             {background} in {:.2} s idle → {per_execute:.3} per execute ({credential} credential \
+             checks, {audit} audit-trail statements)",
             args.db_runs,
             window.as_secs_f64(),
             idle.as_secs_f64()
@@ -95,10 +111,21 @@ pub async fn db_queries(args: &Args, setup: &Setup, counter: &DbCounter) -> anyh
                 "idle": background,
                 "background_in_window": background_in_window,
                 "per_execute": per_execute,
+                "credential_per_execute": credential as f64 / args.db_runs as f64,
+                "credential_idle": idle_credential,
+                "audit_per_execute": audit as f64 / args.db_runs as f64,
                 "top_during_executes": top,
             },
             "samples_us": round_us(&s.us),
         }));
     }
     Ok(())
+}
+
+/// The statements that check a credential: an API key, an access token, an
+/// agent secret.
+fn is_credential_check(query: &str) -> bool {
+    query.contains("FROM api_keys k JOIN workspaces")
+        || query.contains("FROM access_tokens a")
+        || (query.contains("FROM machines") && query.contains("secret_hash ="))
 }

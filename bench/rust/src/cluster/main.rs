@@ -33,7 +33,12 @@
 //! - `cluster-db`: database statements per execute on the hot path
 //!   (`pg_stat_statements`, or transactions from `pg_stat_database` when the
 //!   extension is not available), minus the background rate of an idle
-//!   window of the same length;
+//!   window of the same length, with the credential checks and the audit
+//!   trail's statements also counted apart;
+//! - `cluster-revoke` (with the database case): a key cached on every
+//!   replica is revoked with `cmdop admin revoke-key` while each replica
+//!   runs calls with it; the time from revoke-key's start to each
+//!   replica's first refusal, and revoke-key's own time;
 //! - `cluster-rolling` (with `--rolling-runs N`): each replica in turn (the
 //!   one holding the agent first) gets SIGTERM and starts again before the
 //!   next, while one client per replica (the whole list, that one first)
@@ -51,7 +56,7 @@
 //! line is read in `args`, the processes are started in `setup`, the
 //! database and its counters are in `database`, what all cases share is in
 //! `record`, and each case has a module of its own (`latency`, `stream`,
-//! `failover`, `db_queries`, `idle_agents`).
+//! `failover`, `db_queries`, `revoke`, `idle_agents`).
 
 mod args;
 mod database;
@@ -61,6 +66,7 @@ mod failover_twice;
 mod idle_agents;
 mod latency;
 mod record;
+mod revoke;
 mod rolling;
 mod setup;
 mod stream;
@@ -130,6 +136,16 @@ async fn run(args: Args, dir: PathBuf, db: Db, counter: DbCounter) -> anyhow::Re
         part(
             "database queries",
             &[("cluster-db", "cross-replica", "database work per execute")],
+            r,
+        );
+        let r = revoke::revoke(&args, &setup).await;
+        part(
+            "revocation",
+            &[(
+                "cluster-revoke",
+                "revoke-to-refusal",
+                "revoke-key start to the first refused call, each replica",
+            )],
             r,
         );
     }

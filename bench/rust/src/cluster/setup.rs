@@ -34,6 +34,8 @@ pub struct Cluster {
     cmdop: PathBuf,
     pub db: Db,
     log_level: String,
+    /// `--no-audit` on every replica.
+    no_audit: bool,
     peer_secret: String,
     pub replicas: Vec<Replica>,
     agent: Option<Child>,
@@ -47,7 +49,7 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 /// Runs `cmdop admin ARGS` on `db` and returns what it printed.
-async fn admin(cmdop: &Path, db: &Db, args: &[&str]) -> anyhow::Result<String> {
+pub async fn admin(cmdop: &Path, db: &Db, args: &[&str]) -> anyhow::Result<String> {
     let mut cmd = Command::new(cmdop);
     cmd.arg("admin");
     db.name_to(&mut cmd);
@@ -103,6 +105,7 @@ impl Cluster {
             .args(["--listen", &r.listen.to_string()])
             .args(["--peer-listen", &r.peer.to_string()])
             .args(["--replica-id", &r.id])
+            .args(self.no_audit.then_some("--no-audit"))
             .arg("--ready-file")
             .arg(&r.ready)
             .env("CMDOP_PEER_SECRET", &self.peer_secret)
@@ -273,6 +276,7 @@ pub async fn start_cluster(args: &Args, dir: &Path, db: Db) -> anyhow::Result<Se
         cmdop: args.cmdop.clone(),
         db,
         log_level: args.log_level.clone(),
+        no_audit: args.no_audit,
         peer_secret: cmdop_controlplane::store::secrets::random_hex("", 24),
         replicas,
         agent: None,
