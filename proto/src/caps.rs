@@ -5,10 +5,10 @@
 //!
 //! Where they are listed:
 //! - `ServerInfoResponse.capabilities` (control plane to clients):
-//!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`EXEC_FLEET`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`], [`EXEC_RAW_TLS`];
+//!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`EXEC_FLEET`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`], [`EXEC_RAW_TLS`], [`EXEC_TTY`];
 //! - `AgentHello.capabilities` (agent to control plane, extension Channel):
 //!   [`FILES`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`], [`EXEC_RAW_TLS`],
-//!   [`EXEC_STDIN`];
+//!   [`EXEC_STDIN`], [`EXEC_TTY`];
 //! - `RegisterRequest.agent_capabilities` (official protocol): [`AGENT_NATIVE_EXEC`].
 
 /// The server serves native `Exec` (`cmdop.ext.v1.Cmdop/Exec`).
@@ -44,6 +44,10 @@ pub const EXEC_OUTCOME: &str = "exec-outcome.v1";
 /// The server fans one command out over a selection of machines itself
 /// (`Cmdop/ExecFleet`): one call and one stream for the whole fleet.
 pub const EXEC_FLEET: &str = "exec-fleet.v1";
+/// Commands in a pseudo-terminal (`cmdop exec -t`, `cmdop shell`):
+/// `ExecRequest.terminal` and `ExecInput.resize` (server), `ExecStart.
+/// terminal` and `ExecStdin.resize` (agent).
+pub const EXEC_TTY: &str = "exec-tty.v1";
 /// Official protocol: an agent that serves native exec says so in its
 /// registration.
 pub const AGENT_NATIVE_EXEC: &str = "cmdop.exec.v1";
@@ -69,6 +73,7 @@ mod tests {
             (EXEC_STDIN, "exec-stdin.v1"),
             (EXEC_OUTCOME, "exec-outcome.v1"),
             (EXEC_FLEET, "exec-fleet.v1"),
+            (EXEC_TTY, "exec-tty.v1"),
             (AGENT_NATIVE_EXEC, "cmdop.exec.v1"),
         ];
         for (got, wire) in all {

@@ -61,3 +61,12 @@ pub const MAX_FLEET_MACHINES: usize = 10_000;
 /// The label-key prefix of facts the control plane derives (hostname, os,
 /// arch, status …): reserved, neither agents nor admins can set it.
 pub const FACT_LABEL_PREFIX: &str = "cmdop.io/";
+
+/// Size of a command's pseudo-terminal (`ExecTerminal`) when the caller
+/// gives 0, as a VT100's.
+pub const DEFAULT_TERMINAL_ROWS: u16 = 24;
+pub const DEFAULT_TERMINAL_COLS: u16 = 80;
+/// `TERM` of a command's pseudo-terminal when the caller gives none.
+pub const DEFAULT_TERM: &str = "xterm-256color";
+/// Longest `ExecTerminal.term` accepted.
+pub const MAX_TERM_BYTES: usize = 64;
