@@ -1,0 +1,160 @@
+//! `cmdop shell` and `cmdop exec -t` in a real pseudo-terminal, against a
+//! real control plane and agent: the remote terminal has the local size
+//! and follows a resize, Ctrl-C interrupts the remote command and not
+//! cmdop, `exit 3` ends the client with 3, `~.` disconnects (255), an
+//! interactive prompt gets its answer, and without a local terminal
+//! `exec -t` warns and runs without one, as ssh does.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{pty::Tty, *};
+
+fn env(s: &Stack) -> [(&'static str, String); 2] {
+    [
+        ("CMDOP_SERVER", format!("http://{}", s.server.addr)),
+        ("CMDOP_API_KEY", s.ws.api_key.clone()),
+    ]
+}
+
+fn spawn(s: &Stack, args: &[&str], rows: u16, cols: u16) -> Tty {
+    let env = env(s);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Tty::spawn(args, &env, rows, cols)
+}
+
+#[tokio::test]
+async fn shell_is_sized_interruptible_and_ends_with_the_shell_s_status() {
+    let s = stack("shell-pty", &[]).await;
+    let mut t = spawn(&s, &["shell", "-H", &s.host], 33, 111);
+
+    // The remote terminal has the local size (not 24x80), and follows a
+    // resize.
+    t.type_keys(b"stty size\r");
+    t.wait_for("33 111").await;
+    t.resize(30, 100);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !t.screen.text().contains("30 100") {
+        assert!(
+            Instant::now() < deadline,
+            "no resize: {:?}",
+            t.screen.text()
+        );
+        t.type_keys(b"stty size\r");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // It is a terminal: `tty` names one, and a command is echoed once (by
+    // the remote terminal; the local one is raw).
+    t.type_keys(b"tty; echo one-$((40+2))\r");
+    t.wait_for("one-42").await;
+    assert!(
+        t.screen.text().contains("/dev/pts/"),
+        "{:?}",
+        t.screen.text()
+    );
+    assert_eq!(
+        t.screen.text().matches("echo one-$((40+2))").count(),
+        1,
+        "echoed locally and remotely: {:?}",
+        t.screen.text()
+    );
+
+    // Ctrl-C goes to the remote command, not to cmdop; the shell stays.
+    t.type_keys(b"echo st$((1+1))rt; sleep 300\r");
+    t.wait_for("st2rt").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.type_keys(b"\x03");
+    t.type_keys(b"echo after-$((1+1))\r");
+    t.wait_for("after-2").await;
+    assert!(t.running(), "Ctrl-C ended cmdop: {:?}", t.screen.text());
+
+    // `exit 3` ends the shell, and cmdop with its status.
+    t.type_keys(b"exit 3\r");
+    let status = t.wait_exit().await;
+    assert_eq!(status.code(), Some(3), "{:?}", t.screen.text());
+}
+
+#[tokio::test]
+async fn tilde_dot_disconnects_the_shell() {
+    let s = stack("shell-escape", &[]).await;
+    let mut t = spawn(&s, &["shell", "-H", &s.host], 24, 80);
+    t.type_keys(b"echo ready-$((2+3))\r");
+    t.wait_for("ready-5").await;
+    // A `~` inside a line is typed as is.
+    t.type_keys(b"echo a~.b-$((1+1))\r");
+    t.wait_for("a~.b-2").await;
+    assert!(t.running());
+    t.type_keys(b"\r~.");
+    let status = t.wait_exit().await;
+    assert_eq!(status.code(), Some(255), "{:?}", t.screen.text());
+    t.wait_for("closed (~.)").await;
+}
+
+#[tokio::test]
+async fn exec_t_runs_interactive_programs_in_a_terminal() {
+    let s = stack("exec-tty", &[]).await;
+
+    // A prompt that reads from the terminal gets what is typed.
+    let mut t = spawn(
+        &s,
+        &[
+            "exec",
+            "-t",
+            "-H",
+            &s.host,
+            "read -p 'name? ' n; echo hi-$n; exit 7",
+        ],
+        24,
+        80,
+    );
+    t.wait_for("name? ").await;
+    t.type_keys(b"bob\r");
+    t.wait_for("hi-bob").await;
+    let status = t.wait_exit().await;
+    assert_eq!(status.code(), Some(7), "{:?}", t.screen.text());
+
+    // The command's stdin, stdout and stderr are the terminal.
+    let mut t = spawn(&s, &["exec", "-t", "-H", &s.host, "tty"], 24, 80);
+    let status = t.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{:?}", t.screen.text());
+    t.wait_for("/dev/pts/").await;
+    let mut t = spawn(
+        &s,
+        &[
+            "exec",
+            "-t",
+            "-H",
+            &s.host,
+            "test -t 2 && echo err-$((3*3))",
+        ],
+        24,
+        80,
+    );
+    t.wait_for("err-9").await;
+    assert_eq!(t.wait_exit().await.code(), Some(0));
+
+    // Without a local terminal: ssh's warning, and no terminal remotely.
+    let mut cmd = Command::new(cmdop_bin());
+    cmd.args(["exec", "-t", "-H", &s.host, "tty"])
+        .stdin(Stdio::null());
+    for (k, v) in env(&s) {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("cmdop exec -t");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Pseudo-terminal will not be allocated because stdin is not a terminal"),
+        "{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "not a tty",
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "tty's own status: {stderr}");
+}
