@@ -3,7 +3,8 @@
 //! and follows a resize, Ctrl-C interrupts the remote command and not
 //! cmdop, `exit 3` ends the client with 3, `~.` disconnects (255), an
 //! interactive prompt gets its answer, and without a local terminal
-//! `exec -t` warns and runs without one, as ssh does.
+//! `exec -t` warns and runs without one and `shell` reads a script from
+//! stdin, as ssh does.
 
 mod common;
 
@@ -89,10 +90,31 @@ async fn tilde_dot_disconnects_the_shell() {
     t.type_keys(b"echo a~.b-$((1+1))\r");
     t.wait_for("a~.b-2").await;
     assert!(t.running());
+    let pid_file = s.dir.path().join("shell.pid");
+    t.type_keys(format!("echo $$ > {}; echo saved-$((1+2))\r", pid_file.display()).as_bytes());
+    t.wait_for("saved-3").await;
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     t.type_keys(b"\r~.");
     let status = t.wait_exit().await;
     assert_eq!(status.code(), Some(255), "{:?}", t.screen.text());
     t.wait_for("closed (~.)").await;
+    // The remote shell was stopped with the connection.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+        assert!(Instant::now() < deadline, "the remote shell {pid} lives on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 #[tokio::test]
@@ -157,4 +179,33 @@ async fn exec_t_runs_interactive_programs_in_a_terminal() {
         "{stderr}"
     );
     assert_eq!(out.status.code(), Some(1), "tty's own status: {stderr}");
+
+    // `cmdop shell < script`: the login shell reads the script, as
+    // `ssh host < script` does, and cmdop exits with its status.
+    let mut cmd = Command::new(cmdop_bin());
+    cmd.args(["shell", "-H", &s.host])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env(&s) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("cmdop shell");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"echo piped-$((1+1)); test -t 0 || echo no-tty; exit 4\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().expect("cmdop shell ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("piped-2"), "{stdout}");
+    assert!(stdout.contains("no-tty"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
