@@ -1,10 +1,10 @@
 //! `cmdop shell` and `cmdop exec -t` in a real pseudo-terminal, against a
 //! real control plane and agent: the remote terminal has the local size
-//! and follows a resize, Ctrl-C interrupts the remote command and not
-//! cmdop, `exit 3` ends the client with 3, `~.` disconnects (255), an
-//! interactive prompt gets its answer, and without a local terminal
-//! `exec -t` warns and runs without one and `shell` reads a script from
-//! stdin, as ssh does.
+//! and follows a resize, Ctrl-C and Ctrl-\ interrupt the remote command
+//! and not cmdop, `exit 3` ends the client with 3, `~.` disconnects (255)
+//! and stops the remote shell, an interactive prompt gets its answer, and
+//! without a local terminal `exec -t` warns and runs without one and
+//! `shell` reads a script from stdin, as ssh does.
 
 mod common;
 
@@ -73,6 +73,14 @@ async fn shell_is_sized_interruptible_and_ends_with_the_shell_s_status() {
     t.type_keys(b"echo after-$((1+1))\r");
     t.wait_for("after-2").await;
     assert!(t.running(), "Ctrl-C ended cmdop: {:?}", t.screen.text());
+    // So does Ctrl-\ (SIGQUIT).
+    t.type_keys(b"echo q$((2+2))q; sleep 300\r");
+    t.wait_for("q4q").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.type_keys(b"\x1c");
+    t.type_keys(b"echo after-quit-$((1+1))\r");
+    t.wait_for("after-quit-2").await;
+    assert!(t.running(), "Ctrl-\\ ended cmdop: {:?}", t.screen.text());
 
     // `exit 3` ends the shell, and cmdop with its status.
     t.type_keys(b"exit 3\r");
