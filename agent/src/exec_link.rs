@@ -108,6 +108,7 @@ async fn serve_here(
         exec::CAPABILITY_SPAWNED.to_string(),
         exec::CAPABILITY_CREDIT.to_string(),
         exec::CAPABILITY_STDIN.to_string(),
+        exec::CAPABILITY_TTY.to_string(),
     ];
     // Offered only where the agent would use it, so that the control
     // plane does not hand out tickets for nothing.

@@ -15,14 +15,17 @@
 //!   signal mask (the agent's thread blocks every signal around `clone`);
 //!   SIGPIPE, which the Rust runtime ignores, is reset to its default too;
 //! * leads a new process group (`setpgid(0, 0)`), so that killing the group
-//!   reaches whatever the command starts;
+//!   reaches whatever the command starts; a command in a pseudo-terminal
+//!   ([`spawn_shell_in_terminal`]) leads a new session instead (`setsid`,
+//!   which makes a process group too) with the terminal as its controlling
+//!   terminal;
 //! * gets SIGKILL when the agent's thread that started it exits
 //!   (`PR_SET_PDEATHSIG`), and gives up if the agent is already gone.
 //!   Commands are started from the async runtime's worker threads, which
 //!   live as long as the runtime; never start them from a blocking-pool
 //!   thread (those exit when idle, and the command would die with it);
 //! * changes to the working directory and takes its stdin (a pipe or
-//!   `/dev/null`), stdout and stderr (pipes).
+//!   `/dev/null`), stdout and stderr (pipes, or all three the terminal).
 //!
 //! Exit is watched with a pidfd on the runtime's reactor: no thread, no
 //! SIGCHLD handler. Kernels without `pidfd_open` (before 5.3) wait on the
@@ -91,6 +94,7 @@ enum Step {
     Chdir,
     Redirect,
     Exec,
+    Terminal,
 }
 
 impl Step {
@@ -102,6 +106,7 @@ impl Step {
             4 => Step::Chdir,
             5 => Step::Redirect,
             6 => Step::Exec,
+            7 => Step::Terminal,
             _ => Step::None,
         }
     }
@@ -116,6 +121,10 @@ struct ChildArgs {
     cwd: *const libc::c_char,
     /// Descriptors that become the child's 0, 1 and 2.
     fds: [RawFd; 3],
+    /// A pseudo-terminal's slave end to become the controlling terminal of
+    /// a new session; -1 for none (the child then only leads a new process
+    /// group).
+    terminal: RawFd,
     parent: libc::pid_t,
     step: AtomicI32,
     errno: AtomicI32,
@@ -123,17 +132,6 @@ struct ChildArgs {
 
 /// Runs `/bin/sh -c command` as described in the module documentation.
 pub fn spawn_shell(cmd: &ShellCommand<'_>) -> io::Result<Spawned> {
-    let path = CString::new("/bin/sh").expect("no NUL in a literal");
-    let argv_owned = [
-        CString::new("sh").expect("no NUL in a literal"),
-        CString::new("-c").expect("no NUL in a literal"),
-        cstring(cmd.command.as_bytes(), "the command")?,
-    ];
-    let env_owned = environment(cmd.env)?;
-    let cwd = cstring(cmd.cwd.as_os_str().as_bytes(), "the working directory")?;
-    let argv = pointers(&argv_owned);
-    let envp = pointers(&env_owned);
-
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
     let (stdin_parent, stdin_child) = if cmd.stdin_piped {
@@ -146,29 +144,13 @@ pub fn spawn_shell(cmd: &ShellCommand<'_>) -> io::Result<Spawned> {
         Some(fd) => fd.as_raw_fd(),
         None => dev_null()?,
     };
-
-    let args = ChildArgs {
-        path: path.as_ptr(),
-        argv: argv.as_ptr(),
-        envp: envp.as_ptr(),
-        cwd: cwd.as_ptr(),
-        fds: [stdin_fd, out_write.as_raw_fd(), err_write.as_raw_fd()],
-        parent: std::process::id() as libc::pid_t,
-        step: AtomicI32::new(Step::None as i32),
-        errno: AtomicI32::new(0),
-    };
-    let mut stack = vec![0u8; CHILD_STACK_BYTES];
-    let pid = clone_child(&args, &mut stack)?;
-    // The child has called execve or exited: nothing of ours is in use now.
+    let child = launch(
+        cmd,
+        [stdin_fd, out_write.as_raw_fd(), err_write.as_raw_fd()],
+        None,
+    )?;
+    // The child has its own copies now.
     drop((out_write, err_write, stdin_child));
-    let step = Step::from_i32(args.step.load(Ordering::Acquire));
-    if step != Step::None {
-        let errno = args.errno.load(Ordering::Acquire);
-        // It has exited (status 127); reap it.
-        let _ = reap(pid, 0);
-        return Err(child_error(step, errno));
-    }
-    let child = Child::new(pid);
     let stdout = ChildStdout::from_std(std::process::ChildStdout::from(out_read))?;
     let stderr = ChildStderr::from_std(std::process::ChildStderr::from(err_read))?;
     let stdin = match stdin_parent {
@@ -181,6 +163,56 @@ pub fn spawn_shell(cmd: &ShellCommand<'_>) -> io::Result<Spawned> {
         stderr,
         child,
     })
+}
+
+/// Runs `/bin/sh -c command` in the pseudo-terminal whose slave end is
+/// `terminal`: the child leads a new session (`setsid`, which also makes it
+/// a process group of its own, so killing the group works as for
+/// [`spawn_shell`]), takes the terminal as its controlling terminal and as
+/// its stdin, stdout and stderr. `cmd.stdin_piped` is ignored. The caller
+/// keeps the master end and closes its copy of `terminal` afterwards.
+pub fn spawn_shell_in_terminal(cmd: &ShellCommand<'_>, terminal: &OwnedFd) -> io::Result<Child> {
+    let fd = terminal.as_raw_fd();
+    launch(cmd, [fd, fd, fd], Some(fd))
+}
+
+/// Starts the child with `fds` as its 0, 1 and 2 (and `terminal` as its
+/// controlling terminal, in a session of its own); returns once it has
+/// called `execve`, or its error if it could not.
+fn launch(cmd: &ShellCommand<'_>, fds: [RawFd; 3], terminal: Option<RawFd>) -> io::Result<Child> {
+    let path = CString::new("/bin/sh").expect("no NUL in a literal");
+    let argv_owned = [
+        CString::new("sh").expect("no NUL in a literal"),
+        CString::new("-c").expect("no NUL in a literal"),
+        cstring(cmd.command.as_bytes(), "the command")?,
+    ];
+    let env_owned = environment(cmd.env)?;
+    let cwd = cstring(cmd.cwd.as_os_str().as_bytes(), "the working directory")?;
+    let argv = pointers(&argv_owned);
+    let envp = pointers(&env_owned);
+
+    let args = ChildArgs {
+        path: path.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: cwd.as_ptr(),
+        fds,
+        terminal: terminal.unwrap_or(-1),
+        parent: std::process::id() as libc::pid_t,
+        step: AtomicI32::new(Step::None as i32),
+        errno: AtomicI32::new(0),
+    };
+    let mut stack = vec![0u8; CHILD_STACK_BYTES];
+    let pid = clone_child(&args, &mut stack)?;
+    // The child has called execve or exited: nothing of ours is in use now.
+    let step = Step::from_i32(args.step.load(Ordering::Acquire));
+    if step != Step::None {
+        let errno = args.errno.load(Ordering::Acquire);
+        // It has exited (status 127); reap it.
+        let _ = reap(pid, 0);
+        return Err(child_error(step, errno));
+    }
+    Ok(Child::new(pid))
 }
 
 fn cstring(bytes: &[u8], what: &str) -> io::Result<CString> {
@@ -321,7 +353,15 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
 
-        if libc::setpgid(0, 0) != 0 {
+        if args.terminal >= 0 {
+            // A new session is also a new process group, led by the child.
+            if libc::setsid() < 0 {
+                return fail(Step::ProcessGroup);
+            }
+            if libc::ioctl(args.terminal, libc::TIOCSCTTY as _, 0) != 0 {
+                return fail(Step::Terminal);
+            }
+        } else if libc::setpgid(0, 0) != 0 {
             return fail(Step::ProcessGroup);
         }
         if libc::prctl(
@@ -367,6 +407,7 @@ fn child_error(step: Step, errno: i32) -> io::Error {
         Step::ParentGone => "the agent exited during the spawn",
         Step::Chdir => "cannot change to the working directory",
         Step::Redirect => "cannot connect the command's stdin/stdout/stderr",
+        Step::Terminal => "cannot give the command its terminal (TIOCSCTTY)",
         Step::Exec | Step::None => "cannot execute /bin/sh",
     };
     io::Error::new(os.kind(), format!("{what}: {os}"))

@@ -4,12 +4,16 @@
 //! session's terminal takes the local size and follows it on SIGWINCH, and
 //! `~.` after a newline leaves without ending the session.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 
 use clap::Args;
 use cmdop::client::AttachEvent;
 
-use crate::{client_cmd::MachineArgs, connect::ConnectArgs};
+use crate::{
+    client_cmd::MachineArgs,
+    connect::ConnectArgs,
+    terminal::{Escape, RawMode, Typed},
+};
 
 #[derive(Args)]
 pub struct AttachArgs {
@@ -20,75 +24,6 @@ pub struct AttachArgs {
     /// Session id (see `cmdop sessions`); instead of -H or --machine-id.
     #[arg(conflicts_with_all = ["host", "machine_id"])]
     pub session_id: Option<String>,
-}
-
-/// What the escape reader makes of the bytes typed.
-#[derive(Debug, PartialEq, Eq)]
-enum Typed {
-    /// Send these bytes to the session.
-    Send(Vec<u8>),
-    /// `~.`: leave.
-    Leave,
-}
-
-/// ssh's escape: `~` right after a newline (or at the start) waits for the
-/// next byte; `.` leaves, `~` sends one `~`, anything else sends both.
-struct Escape {
-    at_line_start: bool,
-    after_tilde: bool,
-}
-
-impl Escape {
-    fn new() -> Escape {
-        Escape {
-            at_line_start: true,
-            after_tilde: false,
-        }
-    }
-
-    fn feed(&mut self, data: &[u8]) -> Typed {
-        let mut out = Vec::with_capacity(data.len() + 1);
-        for &b in data {
-            if self.after_tilde {
-                self.after_tilde = false;
-                match b {
-                    b'.' => return Typed::Leave,
-                    b'~' => out.push(b'~'),
-                    other => out.extend_from_slice(&[b'~', other]),
-                }
-                self.at_line_start = matches!(b, b'\r' | b'\n');
-                continue;
-            }
-            if self.at_line_start && b == b'~' {
-                self.after_tilde = true;
-                continue;
-            }
-            out.push(b);
-            self.at_line_start = matches!(b, b'\r' | b'\n');
-        }
-        Typed::Send(out)
-    }
-}
-
-/// Raw mode for as long as it lives; the terminal is restored on drop,
-/// on every way out (errors included).
-struct RawMode;
-
-impl RawMode {
-    fn enable() -> anyhow::Result<RawMode> {
-        crossterm::terminal::enable_raw_mode().map_err(|e| {
-            anyhow::anyhow!(
-                "cannot put the terminal into raw mode ({e}); run attach from a terminal"
-            )
-        })?;
-        Ok(RawMode)
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let _ = crossterm::terminal::disable_raw_mode();
-    }
 }
 
 /// Attaches to the session until `~.`, the end of stdin, or the end of the
@@ -125,7 +60,7 @@ pub async fn attach(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> 
 
     let terminal = std::io::stdin().is_terminal();
     let raw = if terminal {
-        Some(RawMode::enable()?)
+        Some(RawMode::enable("attach")?)
     } else {
         None
     };
@@ -138,24 +73,7 @@ pub async fn attach(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> 
     }
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
 
-    // Reading stdin blocks: a thread of its own, bytes as they come.
-    let (input_tx, mut input_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = [0u8; 4096];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if input_tx.blocking_send(buf[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-    });
+    let mut input_rx = crate::terminal::stdin_reads();
 
     let mut escape = Escape::new();
     let outcome: anyhow::Result<String> = loop {
@@ -188,34 +106,4 @@ pub async fn attach(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> 
     let reason = outcome?;
     eprintln!("\ncmdop: {reason}");
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tilde_dot_after_a_newline_leaves() {
-        let mut e = Escape::new();
-        assert_eq!(e.feed(b"~."), Typed::Leave, "at the very start");
-        let mut e = Escape::new();
-        assert_eq!(e.feed(b"ls\r"), Typed::Send(b"ls\r".to_vec()));
-        assert_eq!(e.feed(b"~"), Typed::Send(vec![]), "waits for the next byte");
-        assert_eq!(e.feed(b"."), Typed::Leave);
-    }
-
-    #[test]
-    fn other_tildes_pass_through() {
-        let mut e = Escape::new();
-        assert_eq!(
-            e.feed(b"a~.b"),
-            Typed::Send(b"a~.b".to_vec()),
-            "not after a newline"
-        );
-        let mut e = Escape::new();
-        assert_eq!(e.feed(b"~~"), Typed::Send(b"~".to_vec()), "~~ sends one ~");
-        let mut e = Escape::new();
-        assert_eq!(e.feed(b"~x"), Typed::Send(b"~x".to_vec()));
-        assert_eq!(e.feed(b"\n~."), Typed::Leave);
-    }
 }

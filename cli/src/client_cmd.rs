@@ -1,7 +1,10 @@
 //! Client commands (`exec`, `sessions`, `ls`), built on the same
 //! client core as libcmdop.
 
-use std::{io::Write, time::Duration};
+use std::{
+    io::{IsTerminal, Write},
+    time::Duration,
+};
 
 use clap::Args;
 
@@ -74,6 +77,14 @@ pub struct ExecArgs {
     /// Do not forward stdin (it is forwarded when it is a pipe or a file).
     #[arg(long, short = 'n')]
     pub no_stdin: bool,
+    /// Run the command in a pseudo-terminal, for interactive programs (as
+    /// `ssh -t`): the local terminal goes into raw mode, keys (Ctrl-C
+    /// included) go to the remote terminal, its size follows the local one,
+    /// and `~.` after a newline disconnects (exit status 255). Stdout and
+    /// stderr are then one stream. When stdin is not a terminal, cmdop
+    /// warns and runs the command without one, as ssh does.
+    #[arg(long = "tty", short = 't', conflicts_with_all = ["no_stdin", "json", "selector"])]
+    pub tty: bool,
     /// Run on every online machine matching this label selector (k=v,
     /// k!=v, 'k in (a,b)', k, !k; comma = AND), each output line prefixed
     /// with its hostname.
@@ -109,7 +120,6 @@ pub struct ExecArgs {
 /// user meant the command to read (a terminal, /dev/null or a closed stdin
 /// is not forwarded).
 fn stdin_has_data() -> bool {
-    use std::io::IsTerminal;
     use std::os::unix::fs::FileTypeExt;
     if std::io::stdin().is_terminal() {
         return false;
@@ -123,12 +133,41 @@ fn stdin_has_data() -> bool {
     }
 }
 
+/// Streams this process's stdin into a command, from a thread of its own
+/// (reading stdin blocks), until EOF or until the command stops taking it.
+pub(crate) fn forward_stdin() -> cmdop::client::StdinReader {
+    let (writer, reader) = cmdop::client::stdin_pipe();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if writer.write_blocking(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!("cmdop: reading stdin failed: {e}; closing the command's stdin");
+                    break;
+                }
+            }
+        }
+        let _ = writer.close_blocking();
+    });
+    reader
+}
+
 /// `cmdop exec --help`'s table of exit statuses (also in the README).
 pub const EXIT_STATUS: &str = "\
 Exit status:
   0-255  the remote command's own status (one machine)
   128+N  the remote command was killed by signal N (137: kill -9)
   124    the command ran longer than --timeout and was killed
+  255    also: -t or cmdop shell left with ~.
   255    cmdop itself failed: wrong command line, cannot connect, key refused,
          machine unknown or offline, connection lost while the command ran
          (its outcome is then unknown)
@@ -190,6 +229,11 @@ pub async fn exec(mut args: ExecArgs) -> anyhow::Result<std::process::ExitCode> 
         ..Default::default()
     };
     if crate::fleet_cmd::is_fan_out(args.selector.as_deref(), args.machine.host.as_deref()) {
+        if args.tty {
+            anyhow::bail!(
+                "-t runs a command in one terminal on one machine: pass one -H HOST, or leave out -t"
+            );
+        }
         if !args.no_stdin && stdin_has_data() {
             anyhow::bail!(
                 "stdin cannot go to several machines at once: pass -n, or one machine with -H HOST"
@@ -208,6 +252,15 @@ pub async fn exec(mut args: ExecArgs) -> anyhow::Result<std::process::ExitCode> 
         return crate::fleet_cmd::exec_many(client, command, opts, fan).await;
     }
     args.machine.select(&client, &args.connect).await?;
+    if args.tty {
+        if std::io::stdin().is_terminal() {
+            return crate::shell_cmd::run_in_terminal(client, &command, opts, args.timeout).await;
+        }
+        eprintln!(
+            "cmdop: Pseudo-terminal will not be allocated because stdin is not a terminal; \
+             running the command without one"
+        );
+    }
     // --json keeps the output for its object instead of printing it.
     let json = args.json;
     opts.discard_output = !json;
@@ -221,30 +274,7 @@ pub async fn exec(mut args: ExecArgs) -> anyhow::Result<std::process::ExitCode> 
         };
     };
     let result = if !args.no_stdin && stdin_has_data() {
-        let (writer, reader) = cmdop::client::stdin_pipe();
-        // A thread of its own: reading stdin blocks. It ends at EOF, or
-        // when the command stops taking stdin.
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut stdin = std::io::stdin().lock();
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if writer.write_blocking(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        eprintln!("cmdop: reading stdin failed: {e}; closing the command's stdin");
-                        break;
-                    }
-                }
-            }
-            let _ = writer.close_blocking();
-        });
+        let reader = forward_stdin();
         client
             .execute_piped(
                 &command,
@@ -290,6 +320,15 @@ pub async fn exec(mut args: ExecArgs) -> anyhow::Result<std::process::ExitCode> 
             );
         }
     }
+    exit_status(result, args.timeout)
+}
+
+/// cmdop's exit status for a command's `result` (see [`EXIT_STATUS`]);
+/// `timeout` is the `--timeout` given, if any.
+pub(crate) fn exit_status(
+    result: Result<cmdop::client::ExecOutput, Error>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<std::process::ExitCode> {
     match result {
         Ok(out) if out.signal != 0 => {
             eprintln!("cmdop: remote command killed by signal {}", out.signal);
@@ -301,8 +340,8 @@ pub async fn exec(mut args: ExecArgs) -> anyhow::Result<std::process::ExitCode> 
             out.exit_code.clamp(0, 255) as u8
         )),
         // The agent confirmed the kill at the --timeout; 124 as timeout(1).
-        Err(Error::Timeout { .. }) if args.timeout.is_some() => {
-            let limit = humantime::format_duration(args.timeout.unwrap_or_default());
+        Err(Error::Timeout { .. }) if timeout.is_some() => {
+            let limit = humantime::format_duration(timeout.unwrap_or_default());
             eprintln!(
                 "cmdop: the remote command ran longer than --timeout {limit} and was killed; \
                  raise --timeout, or leave it out for no limit"

@@ -45,7 +45,7 @@ pub struct ConnectArgs {
     /// Profile of the config file (~/.config/cmdop/config.toml, or
     /// CMDOP_CONFIG) to take the server, key, CA and default host from;
     /// default: the file's `default`. Flags and environment win over it.
-    #[arg(long, env = "CMDOP_PROFILE")]
+    #[arg(long, env = "CMDOP_PROFILE", hide_env_values = true)]
     pub profile: Option<String>,
     /// The profile, read once.
     #[arg(skip)]

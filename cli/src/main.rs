@@ -27,7 +27,9 @@ mod reload;
 mod report;
 mod secret_flags;
 mod server_cmd;
+mod shell_cmd;
 mod table;
+mod terminal;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -80,6 +82,10 @@ enum Command {
     /// Join a machine's live session like ssh (raw terminal, its size
     /// followed); `~.` leaves it running.
     Attach(attach_cmd::AttachArgs),
+    /// Open an interactive login shell on a machine, like `ssh host`: raw
+    /// terminal, its size followed, Ctrl-C to the remote side; exits with
+    /// the shell's status, or 255 after `~.` (which disconnects).
+    Shell(shell_cmd::ShellArgs),
     /// Copy files or trees to or from a machine: `cp ./a.tar web-1:/tmp/`,
     /// `cp -r web-1:/etc/nginx .`
     Cp(cp_cmd::CpArgs),
@@ -127,6 +133,7 @@ fn main() -> std::process::ExitCode {
             | Command::Machines(_)
             | Command::Ls(_)
             | Command::Attach(_)
+            | Command::Shell(_)
             | Command::Cp(_)
     );
     logging::init(
@@ -166,6 +173,7 @@ fn main() -> std::process::ExitCode {
                     Command::Machines(args) => fleet_cmd::machines(args).await,
                     Command::Ls(args) => client_cmd::ls(args).await,
                     Command::Attach(args) => attach_cmd::attach(args).await,
+                    Command::Shell(args) => shell_cmd::shell(args).await,
                     Command::Cp(args) => cp_cmd::cp(args).await,
                     Command::Admin(_)
                     | Command::Config(_)

@@ -5,7 +5,7 @@
 
 use cmdop::client::{Error, ErrorKind};
 
-/// The exit status of `exec`, `cp`, `ls`, `sessions`, `machines` and
+/// The exit status of `exec`, `shell`, `cp`, `ls`, `sessions`, `machines` and
 /// `attach` when cmdop itself failed (cannot connect, refused key, unknown
 /// or offline machine, connection lost), like ssh: any other status is
 /// the remote command's own.
@@ -13,7 +13,9 @@ pub const CMDOP_FAILED: u8 = 255;
 
 /// The client commands, whose every failure of cmdop's own exits
 /// [`CMDOP_FAILED`].
-pub const CLIENT_COMMANDS: &[&str] = &["exec", "sessions", "machines", "ls", "attach", "cp"];
+pub const CLIENT_COMMANDS: &[&str] = &[
+    "exec", "sessions", "machines", "ls", "attach", "shell", "cp",
+];
 
 /// Ends the process for a command line clap refused: help and version as
 /// clap does; a wrong command line of a client command exits

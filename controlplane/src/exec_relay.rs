@@ -1,7 +1,7 @@
 //! The exec relay engine: starts one native exec on its machine's agent
 //! (`start_exec`), relays the agent's updates to the client as `ExecEvent`s
 //! with credit back to the agent (`relay`), moves streamed stdin the other
-//! way (`forward_stdin`), hands stdout over to a side connection when one
+//! way (`forward_stdin`, with a terminal's resizes in order), hands stdout over to a side connection when one
 //! was offered, and ends a call whose agent link was lost with an unknown
 //! outcome (an exit event, or UNAVAILABLE marked with the outcome trailer).
 
@@ -83,6 +83,28 @@ pub(crate) fn validate_exec(req: &ExecRequest) -> Result<(), Status> {
             limits::MAX_EXEC_ENV_ENTRY_BYTES,
         )?;
     }
+    if let Some(terminal) = &req.terminal {
+        validate_terminal(terminal)?;
+    }
+    Ok(())
+}
+
+/// A terminal's size (and TERM) within what a pseudo-terminal takes.
+pub(crate) fn validate_terminal(t: &cmdop_proto::ext::ExecTerminal) -> Result<(), Status> {
+    if t.rows > u32::from(u16::MAX) || t.cols > u32::from(u16::MAX) {
+        return Err(Status::invalid_argument(format!(
+            "a terminal of {} rows and {} columns is too large; the limit is {} each",
+            t.rows,
+            t.cols,
+            u16::MAX
+        )));
+    }
+    limits::check_len("term", t.term.len(), cmdop_proto::limits::MAX_TERM_BYTES)?;
+    if t.term.contains(|c: char| c.is_control()) {
+        return Err(Status::invalid_argument(
+            "term holds a control character; pass a TERM name such as xterm-256color",
+        ));
+    }
     Ok(())
 }
 
@@ -128,11 +150,18 @@ pub(crate) async fn start_exec(
             session.info.hostname
         )));
     }
+    if req.terminal.is_some() && !link.runs_tty() {
+        return Err(Status::unimplemented(format!(
+            "the agent on {} cannot run commands in a terminal (exec-tty.v1); update its cmdop agent",
+            session.info.hostname
+        )));
+    }
     let exec_id = format!("exec_{}", uuid::Uuid::new_v4().simple());
     // Valid until `relay` returns, however the call ends.
     let side_mode = raw::side_mode(
         state.config.tls.is_some(),
-        req.accept_raw_stdout,
+        // A terminal's output stays on the call.
+        req.accept_raw_stdout && req.terminal.is_none(),
         &req.raw_tls_client_sha256,
         link.raw_stdout(),
         link.raw_stdout_tls(),
@@ -157,6 +186,7 @@ pub(crate) async fn start_exec(
         "stdin_bytes": req.stdin.len(),
         "stdin_streamed": stdin_open,
         "timeout_ms": req.timeout_ms,
+        "terminal": req.terminal.is_some(),
     });
     let audit = state
         .audit
@@ -185,6 +215,7 @@ pub(crate) async fn start_exec(
                 .unwrap_or_default(),
             stdin_open,
             raw_tls_peer_sha256: peer_pin,
+            terminal: req.terminal,
         })
         .await;
     let updates = match started {
@@ -258,6 +289,15 @@ pub(crate) async fn forward_stdin(
             Ok(Some(ExecInput {
                 part: Some(exec_input::Part::CloseStdin(close)),
             })) => close,
+            Ok(Some(ExecInput {
+                part: Some(exec_input::Part::Resize(size)),
+            })) => {
+                // A bad size is dropped rather than failing the command.
+                if validate_terminal(&size).is_ok() && link.resize(&exec_id, size).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             // A repeated `start` or a newer member: ignored.
             Ok(Some(_)) => false,
             Ok(None) => true,

@@ -29,7 +29,7 @@ use crate::{
 /// Capabilities advertised by ServerInfo in every configuration; side
 /// connections ([`raw::CAPABILITY`]) and server-side fan-out
 /// ([`cmdop_proto::caps::EXEC_FLEET`]) are added when they are on.
-pub const CAPABILITIES: [&str; 7] = [
+pub const CAPABILITIES: [&str; 8] = [
     cmdop_proto::caps::EXEC,
     cmdop_proto::caps::MACHINES,
     cmdop_proto::caps::EXEC_STDIN,
@@ -37,6 +37,7 @@ pub const CAPABILITIES: [&str; 7] = [
     cmdop_proto::caps::MACHINE_ID,
     cmdop_proto::caps::TOKENS,
     cmdop_proto::caps::FILES,
+    cmdop_proto::caps::EXEC_TTY,
 ];
 
 /// The service implementation.

@@ -5,10 +5,10 @@
 //!
 //! Where they are listed:
 //! - `ServerInfoResponse.capabilities` (control plane to clients):
-//!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`EXEC_FLEET`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`], [`EXEC_RAW_TLS`];
+//!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`EXEC_FLEET`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`], [`EXEC_RAW_TLS`], [`EXEC_TTY`];
 //! - `AgentHello.capabilities` (agent to control plane, extension Channel):
 //!   [`FILES`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`], [`EXEC_RAW_TLS`],
-//!   [`EXEC_STDIN`], [`LINK_MOVE`];
+//!   [`EXEC_STDIN`], [`LINK_MOVE`], [`EXEC_TTY`];
 //! - `RegisterRequest.agent_capabilities` (official protocol): [`AGENT_NATIVE_EXEC`].
 
 /// The server serves native `Exec` (`cmdop.ext.v1.Cmdop/Exec`).
@@ -48,6 +48,10 @@ pub const EXEC_FLEET: &str = "exec-fleet.v1";
 /// told to (`MoveLink`, during a drain) and reports the new link with
 /// `LinkMoved`.
 pub const LINK_MOVE: &str = "link-move.v1";
+/// Commands in a pseudo-terminal (`cmdop exec -t`, `cmdop shell`):
+/// `ExecRequest.terminal` and `ExecInput.resize` (server), `ExecStart.
+/// terminal` and `ExecStdin.resize` (agent).
+pub const EXEC_TTY: &str = "exec-tty.v1";
 /// Official protocol: an agent that serves native exec says so in its
 /// registration.
 pub const AGENT_NATIVE_EXEC: &str = "cmdop.exec.v1";
@@ -74,6 +78,7 @@ mod tests {
             (EXEC_OUTCOME, "exec-outcome.v1"),
             (EXEC_FLEET, "exec-fleet.v1"),
             (LINK_MOVE, "link-move.v1"),
+            (EXEC_TTY, "exec-tty.v1"),
             (AGENT_NATIVE_EXEC, "cmdop.exec.v1"),
         ];
         for (got, wire) in all {

@@ -69,3 +69,12 @@ pub const FACT_LABEL_PREFIX: &str = "cmdop.io/";
 /// in the database again; a revocation waits at most this long (plus a
 /// clock margin) for a server that stopped answering. Milliseconds.
 pub const CREDENTIAL_CACHE_LEASE_MS: u64 = 5_000;
+
+/// Size of a command's pseudo-terminal (`ExecTerminal`) when the caller
+/// gives 0, as a VT100's.
+pub const DEFAULT_TERMINAL_ROWS: u16 = 24;
+pub const DEFAULT_TERMINAL_COLS: u16 = 80;
+/// `TERM` of a command's pseudo-terminal when the caller gives none.
+pub const DEFAULT_TERM: &str = "xterm-256color";
+/// Longest `ExecTerminal.term` accepted.
+pub const MAX_TERM_BYTES: usize = 64;

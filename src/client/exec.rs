@@ -73,6 +73,14 @@ pub struct ExecOptions {
     /// instead of the client's selected one, so that one client can run
     /// commands on many machines at once. `None` = the selected machine.
     pub machine: Option<super::MachineInfo>,
+    /// Run the command in a pseudo-terminal of this size, as `ssh -t` does
+    /// (native exec with `exec-tty.v1` on server and agent; otherwise
+    /// NOT_SUPPORTED, never a silent run without one). Its output is then
+    /// one stream, the terminal, delivered as [`Stream::Stdout`]; stdin from
+    /// [`Client::execute_piped`] is typed into the terminal (a 0x03 byte
+    /// interrupts it as Ctrl-C does), and
+    /// [`StdinWriter::resize`](super::StdinWriter::resize) changes its size.
+    pub terminal: Option<super::Terminal>,
 }
 
 /// Which output a call keeps in its [`ExecOutput`].
@@ -252,6 +260,20 @@ impl Client {
         // agent executes natively; asking costs one round trip and answers
         // UNIMPLEMENTED quickly when it does not.
         let try_native = server_native && (machine.native_exec || machine.machine_id.is_empty());
+        if opts.terminal.is_some() {
+            let why = if !self.inner.facts.lock().has(caps::EXEC_TTY) {
+                "the server does not offer it (exec-tty.v1); update it"
+            } else if !try_native {
+                "the machine's agent does not offer native exec; update it"
+            } else {
+                ""
+            };
+            if !why.is_empty() {
+                return Err(self.inner.report(Error::NotSupported(format!(
+                    "running a command in a terminal (exec -t, shell) needs native exec: {why}"
+                ))));
+            }
+        }
         if stdin.is_some() {
             let why = if !self.inner.facts.lock().has(CAP_EXEC_STDIN) {
                 "the server does not offer streamed stdin (exec-stdin.v1); update it"
@@ -265,6 +287,9 @@ impl Client {
                     "streaming stdin into a command needs native exec: {why}"
                 ))));
             }
+        }
+        if stdin.is_some() || opts.terminal.is_some() {
+            // No fallback: the terminal path can carry neither.
             return self
                 .exec_native(
                     &machine,

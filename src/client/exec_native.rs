@@ -46,6 +46,10 @@ impl Client {
             (facts.has(caps::EXEC_RAW), facts.has(caps::EXEC_RAW_TLS))
         };
         let mut side_plan = side_plan(&self.inner.opts, &self.inner.current_server(), plain, tls);
+        // A terminal's output stays on the call.
+        if opts.terminal.is_some() {
+            side_plan = None;
+        }
         let identity = match &side_plan {
             Some(plan) if plan.tls => self.inner.side_identity(),
             _ => None,
@@ -72,6 +76,7 @@ impl Client {
             accept_raw_stdout: side_plan.is_some(),
             accept_unknown_outcome: true,
             raw_tls_client_sha256: client_pin,
+            terminal: opts.terminal.as_ref().map(super::Terminal::to_wire),
         };
         let hard_deadline = started + timeout + SERVER_TIMEOUT_GRACE;
         let mut stream = match stdin {

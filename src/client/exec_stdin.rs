@@ -22,6 +22,7 @@ const QUEUE: usize = 4;
 enum Step {
     Data(Bytes),
     Close,
+    Resize(super::Terminal),
 }
 
 /// The writing end of a command's stdin. Cloneable; stdin is closed (the
@@ -81,6 +82,13 @@ impl StdinWriter {
     pub fn close_blocking(&self) -> Result<()> {
         self.tx.blocking_send(Step::Close).map_err(|_| gone())
     }
+
+    /// Gives the command's terminal ([`super::ExecOptions::terminal`]) a
+    /// new size (`term` is not used), in order with what was written
+    /// before; ignored for a command without a terminal.
+    pub async fn resize(&self, size: super::Terminal) -> Result<()> {
+        self.tx.send(Step::Resize(size)).await.map_err(|_| gone())
+    }
 }
 
 /// The request side of one ExecWithStdin call, cheap to clone so that the
@@ -133,6 +141,12 @@ impl PipedInput {
                     Some(Step::Data(data)) => Some((
                         ExecInput {
                             part: Some(exec_input::Part::Stdin(data)),
+                        },
+                        Some(r),
+                    )),
+                    Some(Step::Resize(size)) => Some((
+                        ExecInput {
+                            part: Some(exec_input::Part::Resize(size.to_wire())),
                         },
                         Some(r),
                     )),

@@ -14,6 +14,7 @@ mod exec_native;
 mod exec_side;
 mod exec_stdin;
 mod exec_terminal;
+mod exec_tty;
 mod fanout;
 mod fanout_server;
 mod files;
@@ -41,6 +42,7 @@ pub use error::{Error, ErrorKind, NextStep, Result};
 pub use events::{Event, EventHandler, EventKind};
 pub use exec::{ExecOptions, ExecOutput, Stream};
 pub use exec_stdin::{stdin_pipe, StdinReader, StdinWriter};
+pub use exec_tty::Terminal;
 pub(crate) use fanout::{fleet_feed, FleetMsg};
 pub use fanout::{
     Batch, FleetEvent, FleetExec, MachineResult, NotRun, Outcome, DEFAULT_PARALLEL,

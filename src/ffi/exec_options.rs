@@ -196,6 +196,8 @@ pub(super) unsafe fn core_options(o: &cmdop_exec_options) -> Result<ExecOptions,
         working_directory,
         discard_output: o.discard_output,
         machine: None,
+        // The C API runs no command in a terminal (yet).
+        terminal: None,
     })
 }
 

@@ -15,11 +15,15 @@
 //! is spent, so the command blocks on its own pipe and no other command or
 //! transfer on the Channel waits for it.
 //!
+//! In a terminal: a command whose `ExecStart` carries `terminal` runs in a
+//! pseudo-terminal of its own instead of pipes ([`tty`]).
+//!
 //! Bulk stdout: when `ExecStart.raw_ticket` is set and the control plane is
 //! plaintext, stdout beyond the first [`exec_raw::RAW_SWITCH_AFTER`] bytes
 //! may move to a side connection ([`exec_raw`]); stderr never does.
 
 mod output;
+mod tty;
 
 use parking_lot::Mutex;
 use std::{
@@ -63,6 +67,9 @@ pub use cmdop_proto::caps::EXEC_SPAWNED as CAPABILITY_SPAWNED;
 /// started with `stdin_open` and writes what `ExecStdin` messages bring,
 /// reporting progress with `ExecStdinWritten`.
 pub use cmdop_proto::caps::EXEC_STDIN as CAPABILITY_STDIN;
+/// Listed in the AgentLink hello: this agent runs commands whose
+/// `ExecStart` carries `terminal` in a pseudo-terminal ([`tty`]).
+pub use cmdop_proto::caps::EXEC_TTY as CAPABILITY_TTY;
 
 /// Why a command was killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +142,15 @@ pub async fn run_exec_piped(
         );
         return finished(&exec_id, 0, started, -1, 0, false, message);
     }
+    if let Some(terminal) = start.terminal.clone() {
+        let io = tty::TtyIo {
+            cancel,
+            sink,
+            credit,
+            more_stdin,
+        };
+        return tty::run(start, terminal, &cwd, io, started).await;
+    }
     let spawn_started = Instant::now();
     let spawned = crate::spawn::spawn_shell(&crate::spawn::ShellCommand {
         command: &start.command,
@@ -158,18 +174,7 @@ pub async fn run_exec_piped(
     let pid = child.id();
     // Lets a restarted agent kill this command's group if we die first.
     let _record = crate::orphans::Record::new(pid);
-    // Announce the pid before any output (same queue, so it arrives first).
-    // Not waiting here keeps the timeout and cancel in force; if the queue
-    // is full, the control plane reports pid 0 instead.
-    let spawned = AgentUplink {
-        msg: Some(agent_uplink::Msg::Spawned(ExecSpawned {
-            exec_id: exec_id.clone(),
-            pid,
-        })),
-    };
-    if sink.try_send(spawned).is_err() {
-        tracing::debug!(exec_id, "uplink full; the pid is not announced");
-    }
+    announce_spawned(sink, &exec_id, pid);
 
     if let Some(stdin) = stdin {
         let data = start.stdin.clone();
@@ -237,25 +242,7 @@ pub async fn run_exec_piped(
         }));
     }
 
-    let timeout =
-        (start.timeout_ms > 0).then(|| Duration::from_millis(u64::from(start.timeout_ms)));
-    let deadline = async {
-        match timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
-        }
-    };
-    let (status, killed) = tokio::select! {
-        status = child.wait() => (status, None),
-        _ = deadline => {
-            kill_group(pid);
-            (child.wait().await, Some(KillReason::Timeout))
-        }
-        _ = &mut cancel => {
-            kill_group(pid);
-            (child.wait().await, Some(KillReason::Cancel))
-        }
-    };
+    let (status, killed) = wait_or_kill(&mut child, start.timeout_ms, &mut cancel).await;
 
     // Collect what is left in the pipes; don't wait forever on a background
     // process that inherited them. With credit or a side connection, each
@@ -283,7 +270,68 @@ pub async fn run_exec_piped(
         }
     };
 
-    let mut done = match status {
+    let mut done = ended(&exec_id, pid, started, status, killed);
+    if let Some(exit) = done.exit.as_mut() {
+        exit.raw_stdout_bytes = raw_stdout_bytes;
+    }
+    done
+}
+
+/// Announces the pid before any output (same queue, so it arrives first).
+/// Not waiting here keeps the timeout and cancel in force; if the queue is
+/// full, the control plane reports pid 0 instead.
+fn announce_spawned(sink: &mpsc::Sender<AgentUplink>, exec_id: &str, pid: u32) {
+    let spawned = AgentUplink {
+        msg: Some(agent_uplink::Msg::Spawned(ExecSpawned {
+            exec_id: exec_id.to_owned(),
+            pid,
+        })),
+    };
+    if sink.try_send(spawned).is_err() {
+        tracing::debug!(exec_id, "uplink full; the pid is not announced");
+    }
+}
+
+/// Waits for the command to exit, killing its process group when
+/// `timeout_ms` (0 = none) passes or `cancel` fires first.
+async fn wait_or_kill(
+    child: &mut crate::spawn::Child,
+    timeout_ms: u32,
+    cancel: &mut oneshot::Receiver<()>,
+) -> (
+    std::io::Result<std::process::ExitStatus>,
+    Option<KillReason>,
+) {
+    let pid = child.id();
+    let timeout = (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        status = child.wait() => (status, None),
+        _ = deadline => {
+            kill_group(pid);
+            (child.wait().await, Some(KillReason::Timeout))
+        }
+        _ = cancel => {
+            kill_group(pid);
+            (child.wait().await, Some(KillReason::Cancel))
+        }
+    }
+}
+
+/// The `finished` message of a command that ran and ended with `status`.
+fn ended(
+    exec_id: &str,
+    pid: u32,
+    started: Instant,
+    status: std::io::Result<std::process::ExitStatus>,
+    killed: Option<KillReason>,
+) -> ExecFinished {
+    match status {
         Ok(status) => {
             let (code, signal) = match (status.code(), status.signal()) {
                 (Some(code), _) => (code, 0),
@@ -291,7 +339,7 @@ pub async fn run_exec_piped(
                 (None, None) => (-1, 0),
             };
             finished(
-                &exec_id,
+                exec_id,
                 pid,
                 started,
                 code,
@@ -301,7 +349,7 @@ pub async fn run_exec_piped(
             )
         }
         Err(e) => finished(
-            &exec_id,
+            exec_id,
             pid,
             started,
             -1,
@@ -309,11 +357,7 @@ pub async fn run_exec_piped(
             false,
             format!("cannot wait for the command: {e}"),
         ),
-    };
-    if let Some(exit) = done.exit.as_mut() {
-        exit.raw_stdout_bytes = raw_stdout_bytes;
     }
-    done
 }
 
 fn spawn_error(e: &std::io::Error, cwd: &Path) -> String {

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use cmdop_proto::ext::{
     agent_downlink, AgentDownlink, ExecCancel, ExecCredit, ExecFinished, ExecStart, ExecStdin,
-    ExecWindow,
+    ExecTerminal, ExecWindow,
 };
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
@@ -58,6 +58,9 @@ pub use cmdop_proto::caps::EXEC_RAW_TLS as CAPABILITY_RAW_TLS;
 /// started with `stdin_open`, writes `ExecStdin` data and acknowledges it
 /// with `ExecStdinWritten`.
 pub use cmdop_proto::caps::EXEC_STDIN as CAPABILITY_STDIN;
+/// Listed in the agent's hello: it runs commands whose `ExecStart` carries
+/// `terminal` in a pseudo-terminal, and applies `ExecStdin.resize`.
+pub use cmdop_proto::caps::EXEC_TTY as CAPABILITY_TTY;
 
 /// Agent capability (AgentLink hello): told `MoveLink`, it opens a new link
 /// to another control plane of its list and reports it with `LinkMoved`.
@@ -104,6 +107,8 @@ pub struct ExecLink {
     takes_stdin: std::sync::atomic::AtomicBool,
     /// The agent moves its link when told ([`CAPABILITY_LINK_MOVE`]).
     moves: std::sync::atomic::AtomicBool,
+    /// The agent runs commands in a pseudo-terminal ([`CAPABILITY_TTY`]).
+    runs_tty: std::sync::atomic::AtomicBool,
     /// Stdin bytes each streamed-stdin exec's agent acknowledged so far.
     stdin_acks: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// Streaming file transfers riding on this Channel.
@@ -122,6 +127,7 @@ impl ExecLink {
             raw_stdout_tls: std::sync::atomic::AtomicBool::new(false),
             takes_stdin: std::sync::atomic::AtomicBool::new(false),
             moves: std::sync::atomic::AtomicBool::new(false),
+            runs_tty: std::sync::atomic::AtomicBool::new(false),
             stdin_acks: Mutex::new(HashMap::new()),
             transfers: TransferRoutes::default(),
         })
@@ -147,12 +153,34 @@ impl ExecLink {
         let moves = capabilities.iter().any(|c| c == CAPABILITY_LINK_MOVE);
         self.moves
             .store(moves, std::sync::atomic::Ordering::Relaxed);
+        let tty = capabilities.iter().any(|c| c == CAPABILITY_TTY);
+        self.runs_tty
+            .store(tty, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// True when the agent moves its link to another control plane when
     /// told to ([`CAPABILITY_LINK_MOVE`]).
     pub fn moves(&self) -> bool {
         self.moves.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True when the agent runs commands in a pseudo-terminal
+    /// ([`CAPABILITY_TTY`]).
+    pub fn runs_tty(&self) -> bool {
+        self.runs_tty.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends the new size of `exec_id`'s terminal to the agent, in order
+    /// with its stdin; fails once the link is gone.
+    pub async fn resize(&self, exec_id: &str, size: ExecTerminal) -> Result<(), Status> {
+        self.send(AgentDownlink {
+            msg: Some(agent_downlink::Msg::Stdin(ExecStdin {
+                exec_id: exec_id.to_string(),
+                resize: Some(size),
+                ..Default::default()
+            })),
+        })
+        .await
     }
 
     /// True when the agent takes streamed stdin ([`CAPABILITY_STDIN`]).
@@ -203,6 +231,7 @@ impl ExecLink {
                 exec_id: exec_id.to_string(),
                 data,
                 close,
+                resize: None,
             })),
         })
         .await
