@@ -17,6 +17,7 @@ pub mod raw;
 pub mod raw_tls;
 pub mod scope;
 pub mod selector;
+pub mod unsent;
 
 // The generated modules are tonic/prost output, not ours to restyle: lints
 // stay quiet there and apply everywhere else in this crate.

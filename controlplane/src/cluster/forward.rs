@@ -425,24 +425,7 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// refused the stream before processing it (HTTP/2 REFUSED_STREAM).
 /// Anything else may have reached the owner.
 fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        let text = e.to_string().to_ascii_lowercase();
-        if text.contains("tcp connect error")
-            || text.contains("error trying to connect")
-            || text.contains("refused stream")
-            || text.contains("refused_stream")
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+    cmdop_proto::unsent::never_sent(err)
 }
 
 /// The status of a call that was not sent to its owner replica: nothing of

@@ -258,24 +258,7 @@ pub(crate) fn never_started(status: &tonic::Status) -> bool {
     {
         return true;
     }
-    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        let text = e.to_string().to_ascii_lowercase();
-        if text.contains("tcp connect error")
-            || text.contains("error trying to connect")
-            || text.contains("refused stream")
-            || text.contains("refused_stream")
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+    std::error::Error::source(status).is_some_and(cmdop_proto::unsent::never_sent)
 }
 
 #[cfg(test)]
