@@ -91,6 +91,9 @@ async fn serve_here(
     let raw_caps = exec_raw::capabilities_for(&server_url);
     let raw_usable = !raw_caps.is_empty();
     capabilities.extend(raw_caps.iter().map(|c| c.to_string()));
+    if raw_usable {
+        capabilities.push(transfer::CAPABILITY_RAW.to_string());
+    }
     let hello = AgentUplink {
         msg: Some(agent_uplink::Msg::Hello(AgentHello {
             session_id,
@@ -107,7 +110,11 @@ async fn serve_here(
         Err(status) => return Err(status),
     };
     tracing::info!("native exec channel open");
-    let transfers = Transfers::new(home.clone(), tx.clone());
+    let transfers = Transfers::new(
+        home.clone(),
+        tx.clone(),
+        raw_usable.then_some(server_url.as_str()),
+    );
     let runner = ExecRunner::new(home, tx, raw_usable.then_some(server_url));
     loop {
         match downlink.message().await {
