@@ -122,6 +122,9 @@ async fn serve_here(
         }
         None => (None, None),
     };
+    if raw_usable {
+        capabilities.push(transfer::CAPABILITY_RAW.to_string());
+    }
     let hello = AgentUplink {
         msg: Some(agent_uplink::Msg::Hello(AgentHello {
             session_id,
@@ -141,7 +144,11 @@ async fn serve_here(
     if let Some(ready) = ready {
         let _ = ready.send(server_url.clone());
     }
-    let transfers = Transfers::new(home.clone(), tx.clone());
+    let transfers = Transfers::new(
+        home.clone(),
+        tx.clone(),
+        raw_usable.then_some(server_url.as_str()),
+    );
     let moved_tx = tx.clone();
     let runner = ExecRunner::new(home, tx, raw_usable.then_some(server_url));
     loop {

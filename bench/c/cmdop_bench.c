@@ -12,8 +12,12 @@
  *              call (cmdop_execute_with_callback_discard), counting bytes in the
  *              callback; reports peak RSS of this process and of every
  *              --watch NAME=PID
- *   files      write a --bytes file into --dir on the machine, then read it
- *              back; one record each
+ *   files      write a --bytes buffer into --dir on the machine, then read it
+ *              back; one record each, with the client's peak RSS of each
+ *              call over its RSS just before it ("client_peak_over_kb")
+ *   disk       cmdop_upload_file of a --bytes local file (made in
+ *              --local-dir) into --dir on the machine, then
+ *              cmdop_download_file back; records and peaks as in files
  *   coldstart  per run, in a fresh child process: create client + connect +
  *              set machine + first execute
  *   slowread   a slow reader: runs --command (default "yes") through the
@@ -38,6 +42,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdatomic.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -57,6 +62,7 @@ typedef struct {
   const char *machine;
   const char *command;
   const char *dir;
+  const char *local_dir;
   uint64_t bytes;
   unsigned warmup;
   const char *ca_path;
@@ -311,6 +317,74 @@ static int mode_stream(options *o) {
 
 /* ----------------------------------------------------------- files mode */
 
+/* Resets this process's peak-RSS counter (clear_refs "5") so that VmHWM
+ * afterwards is the peak of what runs next; false if the kernel refused. */
+static bool reset_own_peak(void) {
+  FILE *f = fopen("/proc/self/clear_refs", "w");
+  if (!f) return false;
+  bool ok = fputs("5", f) >= 0;
+  return fclose(f) == 0 && ok;
+}
+
+/* Per-call client memory: what one call added to this process's resident
+ * set at its peak, over the resident set just before it (which already holds
+ * the caller's buffer for a write). One sample per call, in KiB. */
+typedef struct {
+  bench_samples over_kb;
+  long before_kb;
+  bool exact; /* every reset worked: the samples are per call */
+} call_peaks;
+
+static void call_peak_begin(call_peaks *p) {
+  p->before_kb = bench_vm_rss_kb(0);
+  if (!reset_own_peak()) p->exact = false;
+}
+
+static void call_peak_end(call_peaks *p) {
+  long peak = bench_vm_hwm_kb(0);
+  if (peak >= 0 && p->before_kb >= 0) bench_samples_push(&p->over_kb, (double)(peak - p->before_kb));
+}
+
+/* The record member with a call's peaks: "client_peak_over_kb":[…] and
+ * whether they are per call; "" when there are none. Caller frees. */
+static char *call_peaks_json(const call_peaks *p) {
+  size_t cap = 96 + p->over_kb.len * 24, at = 0;
+  char *out = malloc(cap);
+  if (!out) bench_die("out of memory");
+  at += (size_t)snprintf(out + at, cap - at, "\"client_peak_per_call\":%s,\"client_peak_over_kb\":[",
+                         p->exact ? "true" : "false");
+  for (size_t i = 0; i < p->over_kb.len; i++)
+    at += (size_t)snprintf(out + at, cap - at, "%s%.0f", i ? "," : "", p->over_kb.us[i]);
+  snprintf(out + at, cap - at, "]");
+  return out;
+}
+
+/* Prints one record of a files-type mode: `suffix` goes after the label,
+ * `peaks` become its client_peak_over_kb and its client RSS the largest of
+ * them over the starting resident set. */
+static void print_call_record(const options *o, const char *case_name, const char *suffix,
+                              const bench_samples *samples, unsigned errors, double wall_s,
+                              const call_peaks *peaks) {
+  char label[256];
+  snprintf(label, sizeof label, "%s %s", o->rec.label ? o->rec.label : o->rec.subject, suffix);
+  bench_record r = o->rec;
+  r.label = label;
+  r.case_name = case_name;
+  r.bytes = o->bytes;
+  r.samples = samples;
+  r.errors = errors;
+  r.wall_s = wall_s;
+  r.watch = &o->watch;
+  double max_over = 0;
+  for (size_t i = 0; i < peaks->over_kb.len; i++)
+    if (peaks->over_kb.us[i] > max_over) max_over = peaks->over_kb.us[i];
+  r.client_rss_kb = peaks->over_kb.len ? peaks->before_kb + (long)max_over : bench_vm_hwm_kb(0);
+  char *extra = call_peaks_json(peaks);
+  r.extra_json = extra;
+  bench_record_print(&r);
+  free(extra);
+}
+
 static int mode_files(options *o) {
   if (!o->dir) bench_die("files mode needs --dir DIR (a directory on the machine)");
   if (o->bytes > SIZE_MAX) bench_die("--bytes too large for this platform");
@@ -327,50 +401,126 @@ static int mode_files(options *o) {
   if (n < 0 || (size_t)n >= sizeof path) bench_die("--dir is too long");
 
   bench_samples wr = {0}, rd = {0};
+  call_peaks wr_peak = {.exact = true}, rd_peak = {.exact = true};
   unsigned wr_err = 0, rd_err = 0;
   double wr_wall = 0, rd_wall = 0;
   for (unsigned i = 0; i < o->rec.runs; i++) {
+    call_peak_begin(&wr_peak);
     uint64_t t0 = bench_now_ns();
     bool ok = file_write_ok(client, path, data, len);
     uint64_t t1 = bench_now_ns();
+    call_peak_end(&wr_peak);
     wr_wall += (double)(t1 - t0) / 1e9;
     if (ok) bench_samples_push(&wr, (double)(t1 - t0) / 1000.0);
     else wr_err++;
 
+    /* The read's result (the whole file, by design of cmdop_read_file) is
+     * freed inside file_read_ok, so its peak is the file plus overhead. */
+    call_peak_begin(&rd_peak);
     t0 = bench_now_ns();
     ok = file_read_ok(client, path, o->bytes);
     t1 = bench_now_ns();
+    call_peak_end(&rd_peak);
     rd_wall += (double)(t1 - t0) / 1e9;
     if (ok) bench_samples_push(&rd, (double)(t1 - t0) / 1000.0);
     else rd_err++;
   }
 
-  char label[256];
-  bench_record r = o->rec;
-  r.bytes = o->bytes;
-  r.client_rss_kb = bench_vm_hwm_kb(0);
-  r.watch = &o->watch;
-
-  snprintf(label, sizeof label, "%s write", o->rec.label ? o->rec.label : o->rec.subject);
-  r.label = label;
-  r.case_name = "file-write";
-  r.samples = &wr;
-  r.errors = wr_err;
-  r.wall_s = wr_wall;
-  bench_record_print(&r);
-
-  snprintf(label, sizeof label, "%s read", o->rec.label ? o->rec.label : o->rec.subject);
-  r.case_name = "file-read";
-  r.samples = &rd;
-  r.errors = rd_err;
-  r.wall_s = rd_wall;
-  bench_record_print(&r);
+  print_call_record(o, "file-write", "write", &wr, wr_err, wr_wall, &wr_peak);
+  print_call_record(o, "file-read", "read", &rd, rd_err, rd_wall, &rd_peak);
 
   free(wr.us);
   free(rd.us);
+  free(wr_peak.over_kb.us);
+  free(rd_peak.over_kb.us);
   free(data);
   cmdop_client_free(client);
   return (wr_err == o->rec.runs || rd_err == o->rec.runs) ? 1 : 0;
+}
+
+/* ------------------------------------------------------------ disk mode */
+
+/* Writes `bytes` of a fixed, non-zero pattern to `path` in 1 MiB blocks. */
+static void make_local_file(const char *path, uint64_t bytes) {
+  FILE *f = fopen(path, "wb");
+  if (!f) bench_die("cannot create %s: %s", path, strerror(errno));
+  enum { BLOCK = 1 << 20 };
+  static uint8_t block[BLOCK];
+  for (size_t i = 0; i < BLOCK; i++) block[i] = (uint8_t)(i * 2654435761u >> 24);
+  for (uint64_t left = bytes; left > 0;) {
+    size_t n = left < BLOCK ? (size_t)left : BLOCK;
+    block[0]++; /* each block differs */
+    if (fwrite(block, 1, n, f) != n) bench_die("cannot write %s: %s", path, strerror(errno));
+    left -= n;
+  }
+  if (fclose(f) != 0) bench_die("cannot write %s: %s", path, strerror(errno));
+}
+
+static uint64_t local_size(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 ? (uint64_t)st.st_size : UINT64_MAX;
+}
+
+/* Uploads a --bytes local file (made in --local-dir) to --dir on the machine
+ * with cmdop_upload_file and downloads it back with cmdop_download_file;
+ * one record each, with the client's peak RSS per call. */
+static int mode_disk(options *o) {
+  if (!o->dir || !o->local_dir) bench_die("disk mode needs --dir DIR (on the machine) and --local-dir DIR");
+  cmdop_client *client = open_client(o);
+  if (!client) return 1;
+  char src[4096], back[4096], remote[4096];
+  if (snprintf(src, sizeof src, "%s/cmdop-disk-src.bin", o->local_dir) >= (int)sizeof src ||
+      snprintf(back, sizeof back, "%s/cmdop-disk-back.bin", o->local_dir) >= (int)sizeof back ||
+      snprintf(remote, sizeof remote, "%s/cmdop-disk.bin", o->dir) >= (int)sizeof remote)
+    bench_die("--dir or --local-dir is too long");
+  make_local_file(src, o->bytes);
+
+  bench_samples up = {0}, down = {0};
+  call_peaks up_peak = {.exact = true}, down_peak = {.exact = true};
+  unsigned up_err = 0, down_err = 0;
+  double up_wall = 0, down_wall = 0;
+  for (unsigned i = 0; i < o->rec.runs; i++) {
+    call_peak_begin(&up_peak);
+    uint64_t t0 = bench_now_ns();
+    cmdop_status st = cmdop_upload_file(client, src, remote, NULL, NULL, NULL, NULL);
+    uint64_t t1 = bench_now_ns();
+    call_peak_end(&up_peak);
+    up_wall += (double)(t1 - t0) / 1e9;
+    if (st == CMDOP_STATUS_OK) bench_samples_push(&up, (double)(t1 - t0) / 1000.0);
+    else {
+      report_failure("cmdop_upload_file", st);
+      up_err++;
+    }
+
+    call_peak_begin(&down_peak);
+    t0 = bench_now_ns();
+    st = cmdop_download_file(client, remote, back, NULL, NULL, NULL, NULL);
+    t1 = bench_now_ns();
+    call_peak_end(&down_peak);
+    down_wall += (double)(t1 - t0) / 1e9;
+    if (st != CMDOP_STATUS_OK) {
+      report_failure("cmdop_download_file", st);
+      down_err++;
+    } else if (local_size(back) != o->bytes) {
+      fprintf(stderr, "cmdop_bench: downloaded %" PRIu64 " bytes, expected %" PRIu64 "\n", local_size(back),
+              o->bytes);
+      down_err++;
+    } else {
+      bench_samples_push(&down, (double)(t1 - t0) / 1000.0);
+    }
+    unlink(back);
+  }
+  unlink(src);
+
+  print_call_record(o, "disk-upload", "upload from disk", &up, up_err, up_wall, &up_peak);
+  print_call_record(o, "disk-download", "download to disk", &down, down_err, down_wall, &down_peak);
+
+  free(up.us);
+  free(down.us);
+  free(up_peak.over_kb.us);
+  free(down_peak.over_kb.us);
+  cmdop_client_free(client);
+  return (up_err == o->rec.runs || down_err == o->rec.runs) ? 1 : 0;
 }
 
 /* -------------------------------------------------------- slowread mode */
@@ -572,9 +722,9 @@ static int mode_coldstart(options *o) {
 /* ------------------------------------------------------------------ main */
 
 static void usage(void) {
-  fputs("usage: cmdop_bench exec|stream|files|coldstart|slowread --server HOST:PORT --machine HOSTNAME\n"
+  fputs("usage: cmdop_bench exec|stream|files|disk|coldstart|slowread --server HOST:PORT --machine HOSTNAME\n"
         "         --subject ID [--case NAME] [--label TEXT] [--note TEXT] [--runs N] [--warmup N]\n"
-        "         [--concurrency N] [--command CMD] [--bytes N[K|M|G]] [--dir DIR]\n"
+        "         [--concurrency N] [--command CMD] [--bytes N[K|M|G]] [--dir DIR] [--local-dir DIR]\n"
         "         [--timeout-ms N] [--watch NAME=PID]... [--ca FILE] [--duration-s S]\n"
         "         [--rate N[K|M|G]] [--seconds S] [--ready-file FILE]\n"
         "The API key is read from CMDOP_API_KEY.\n",
@@ -623,6 +773,7 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--command") == 0) o.command = v;
     else if (strcmp(a, "--bytes") == 0) o.bytes = bench_parse_size(a, v);
     else if (strcmp(a, "--dir") == 0) o.dir = v;
+    else if (strcmp(a, "--local-dir") == 0) o.local_dir = v;
     else if (strcmp(a, "--timeout-ms") == 0) {
       uint64_t t = bench_parse_size(a, v);
       if (t == 0 || t > UINT32_MAX) bench_die("--timeout-ms must be 1..%u", UINT32_MAX);
@@ -654,6 +805,10 @@ int main(int argc, char **argv) {
   if (strcmp(o.mode, "files") == 0) {
     o.rec.case_name = "files";
     return mode_files(&o);
+  }
+  if (strcmp(o.mode, "disk") == 0) {
+    o.rec.case_name = "disk";
+    return mode_disk(&o);
   }
   if (strcmp(o.mode, "slowread") == 0) {
     if (!o.rec.case_name) o.rec.case_name = "hol";

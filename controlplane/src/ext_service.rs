@@ -343,7 +343,8 @@ impl Cmdop for CmdopService {
         request: Request<cmdop_proto::ext::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let ws = self.client(&request)?;
-        crate::transfer::download(&self.state, &ws, request.into_inner())
+        let forwarded = crate::cluster::is_forwarded(&request);
+        crate::transfer::download(&self.state, &ws, request.into_inner(), forwarded)
             .await
             .map(Response::new)
     }

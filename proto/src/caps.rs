@@ -7,8 +7,8 @@
 //! - `ServerInfoResponse.capabilities` (control plane to clients):
 //!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`EXEC_FLEET`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`], [`EXEC_RAW_TLS`], [`EXEC_TTY`];
 //! - `AgentHello.capabilities` (agent to control plane, extension Channel):
-//!   [`FILES`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`], [`EXEC_RAW_TLS`],
-//!   [`EXEC_STDIN`], [`LINK_MOVE`], [`EXEC_TTY`];
+//!   [`FILES`], [`FILES_RAW`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`],
+//!   [`EXEC_RAW_TLS`], [`EXEC_STDIN`], [`LINK_MOVE`], [`EXEC_TTY`];
 //! - `RegisterRequest.agent_capabilities` (official protocol): [`AGENT_NATIVE_EXEC`].
 
 /// The server serves native `Exec` (`cmdop.ext.v1.Cmdop/Exec`).
@@ -23,6 +23,10 @@ pub const TOKENS: &str = "tokens.v1";
 /// Streaming file transfers: `Upload`/`Download` (server) and
 /// `FileDownlink`/`FileUplink` (agent).
 pub const FILES: &str = "files.v1";
+/// The agent moves a download's data to a side connection when the
+/// control plane's `DownloadRequest` carries a ticket (plain or TLS, as it
+/// lists [`EXEC_RAW`] / [`EXEC_RAW_TLS`]).
+pub const FILES_RAW: &str = "files-raw.v1";
 /// The agent reports each command's pid in an `ExecSpawned` message before
 /// its output.
 pub const EXEC_SPAWNED: &str = "exec-spawned.v1";
@@ -70,6 +74,7 @@ mod tests {
             (MACHINES, "machines.v1"),
             (TOKENS, "tokens.v1"),
             (FILES, "files.v1"),
+            (FILES_RAW, "files-raw.v1"),
             (EXEC_SPAWNED, "exec-spawned.v1"),
             (EXEC_CREDIT, "exec-credit.v1"),
             (EXEC_RAW, "exec-raw.v1"),

@@ -111,7 +111,7 @@ impl SideStdout {
         if matches!(self, SideStdout::Unused) {
             let addr = addr.to_string();
             let task = tokio::spawn(async move {
-                let socket = open(&addr, &ticket).await?;
+                let socket = open_side(&addr, &ticket).await?;
                 match tls {
                     None => Ok(SideConn::Plain(socket)),
                     Some((identity, agent)) => raw_tls::connect(&identity, agent, socket)
@@ -206,17 +206,15 @@ impl Drop for Opening {
 }
 
 /// Connects, sends the caller's opening and waits for the control plane to
-/// pair it with the agent's connection.
-async fn open(addr: &str, ticket: &str) -> Result<TcpStream> {
+/// pair it with the agent's connection (for Exec stdout and downloads).
+pub(crate) async fn open_side(addr: &str, ticket: &str) -> Result<TcpStream> {
     let opening = raw::opening(Role::Caller, ticket).ok_or_else(|| {
         Error::Protocol(
             "the server sent a malformed side-connection ticket; update the control plane".into(),
         )
     })?;
     let refused = |why: String| {
-        Error::Unavailable(format!(
-            "cannot open the stdout side connection to {addr}: {why}"
-        ))
+        Error::Unavailable(format!("cannot open the side connection to {addr}: {why}"))
     };
     // The whole handshake, connect included, within the answer timeout.
     tokio::time::timeout(raw::ANSWER_TIMEOUT, raw::connect(addr, &opening))

@@ -24,6 +24,7 @@ mod machine;
 mod marker;
 mod sessions;
 mod transfer;
+mod transfer_side;
 
 #[cfg(test)]
 mod live_tests;

@@ -1,6 +1,7 @@
 //! Streaming file transfers (`cmdop.ext.v1.Cmdop/Upload` and `/Download`,
 //! capability `files.v1`): no size limit from the 32 MiB message cap, and
-//! memory bounded by a few chunks in flight whatever the file size.
+//! memory bounded by a few chunks in flight whatever the file size. A large
+//! download may finish on a side connection ([`super::transfer_side`]).
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::connection::Conn;
 use super::error::is_expired_token;
+use super::transfer_side::{SideAsk, SideData, READ_BYTES};
 use super::{CancelToken, Client, Credentials, Error, ErrorKind, LogLevel, Result};
 
 /// Upload chunks copied ahead of what gRPC has taken.
@@ -271,9 +273,12 @@ impl Client {
             let on_start = &on_start;
             let on_data = &on_data;
             async move {
+                let ask = SideAsk::new(self);
                 let mut request = tonic::Request::new(DownloadRequest {
                     session_id,
                     path: path.to_string(),
+                    accept_raw: ask.accept(),
+                    raw_tls_client_sha256: ask.pin(),
                     ..Default::default()
                 });
                 self.inner.authorize(&mut request)?;
@@ -283,10 +288,10 @@ impl Client {
                     Ok(Err(status)) => return Err(Failure::Status(status)),
                     Ok(Ok(response)) => response.into_inner(),
                 };
-                let total = match next_part(&mut stream, what, timeout).await? {
+                let (total, mut side) = match next_part(&mut stream, what, timeout).await? {
                     Some(download_chunk::Part::Start(start)) => {
                         on_start(&start)?;
-                        start.total_size
+                        (start.total_size, ask.take(&start))
                     }
                     _ => {
                         return Err(
@@ -294,17 +299,35 @@ impl Client {
                         )
                     }
                 };
+                let too_much = || {
+                    Failure::Error(Error::Protocol(format!(
+                        "Download sent more than the announced {total} bytes"
+                    )))
+                };
                 let mut got = 0u64;
                 while let Some(part) = next_part(&mut stream, what, timeout).await? {
-                    if let download_chunk::Part::Data(data) = part {
-                        if got + data.len() as u64 > total {
-                            return Err(Error::Protocol(format!(
-                                "Download sent more than the announced {total} bytes"
-                            ))
-                            .into());
+                    match part {
+                        download_chunk::Part::Data(data) => {
+                            if got + data.len() as u64 > total {
+                                return Err(too_much());
+                            }
+                            got += data.len() as u64;
+                            on_data(&data)?;
                         }
-                        got += data.len() as u64;
-                        on_data(&data)?;
+                        download_chunk::Part::RawSwitch(_) => {
+                            self.inner.log(LogLevel::Debug, || {
+                                format!("download of '{path}' continues on a side connection after {got} bytes")
+                            });
+                            match tokio::time::timeout(timeout, side.switch()).await {
+                                Err(_) => return Err(Error::timeout(what, timeout).into()),
+                                Ok(r) => r?,
+                            }
+                            got = read_side(&mut side, &mut stream, got, total, &on_data, what, timeout)
+                                .await?;
+                        }
+                        download_chunk::Part::Start(_) => {
+                            return Err(Error::Protocol("Download sent a second `start`".into()).into())
+                        }
                     }
                 }
                 if got != total {
@@ -375,6 +398,50 @@ fn current_token(client: &Client) -> Option<String> {
 
 fn millis(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Reads the rest of a download from its side connection into `on_data`
+/// until its end, counting from `got` of `total` bytes; returns the new
+/// count. A connection that breaks, or ends short, yields the stream's own
+/// ending when it has one (the agent's error, a revoked key), else
+/// UNAVAILABLE.
+async fn read_side(
+    side: &mut SideData,
+    stream: &mut tonic::Streaming<DownloadChunk>,
+    mut got: u64,
+    total: u64,
+    on_data: &(impl Fn(&[u8]) -> Result<()> + Send + Sync),
+    what: &str,
+    timeout: Duration,
+) -> std::result::Result<u64, Failure> {
+    let mut buf = vec![0u8; READ_BYTES];
+    let broken = loop {
+        match tokio::time::timeout(timeout, side.read(&mut buf)).await {
+            Err(_) => return Err(Error::timeout(what, timeout).into()),
+            Ok(Ok(Some(n))) => {
+                if got + n as u64 > total {
+                    return Err(Error::Protocol(format!(
+                        "Download sent more than the announced {total} bytes"
+                    ))
+                    .into());
+                }
+                got += n as u64;
+                on_data(&buf[..n])?;
+            }
+            Ok(Ok(None)) if got == total => return Ok(got),
+            Ok(Ok(None)) => {
+                break Error::Unavailable(format!(
+                    "the download's side connection ended after {got} of {total} bytes; try again"
+                ))
+            }
+            Ok(Err(e)) => break e,
+        }
+    };
+    // The stream says why, when it knows (its status comes at once then).
+    match next_part(stream, what, timeout).await {
+        Err(Failure::Status(status)) => Err(Failure::Status(status)),
+        _ => Err(broken.into()),
+    }
 }
 
 /// The next part of a download; a silence of a whole `timeout` is TIMEOUT.

@@ -251,6 +251,12 @@ pub unsafe extern "C" fn cmdop_read_file(
 /// and a larger `len` is CMDOP_STATUS_INVALID_ARGUMENT before anything is
 /// sent.
 ///
+/// Ownership: `data` stays the caller's and is borrowed only until this
+/// returns; it must stay readable and unchanged until then. With streaming
+/// transfers the library reads it in place, a chunk at a time, so the
+/// call adds a few MiB of memory whatever `len` (never a second copy of
+/// the buffer); the official FileWrite sends one copy of it.
+///
 /// Returns as cmdop_list_files_page(). Thread: any; blocks.
 #[no_mangle]
 pub unsafe extern "C" fn cmdop_write_file(

@@ -137,10 +137,67 @@ pub(crate) enum SideConn {
 }
 
 impl SideConn {
-    fn socket(&self) -> &TcpStream {
+    pub(crate) fn socket(&self) -> &TcpStream {
         match self {
             SideConn::Plain(s) | SideConn::Tls(s, _) => s,
         }
+    }
+}
+
+/// Where and how this agent opens one side connection: the control
+/// plane's address, the opening with the ticket, and the caller's pin for a
+/// TLS one. Shared by Exec stdout and downloads.
+#[derive(Clone)]
+pub(crate) struct SideTarget {
+    addr: ServerAddr,
+    opening: [u8; OPENING_LEN],
+    /// The caller's pin, for a TLS side connection.
+    tls: Option<Pin>,
+}
+
+impl SideTarget {
+    /// The target for `ticket`, when the agent may use it with its control
+    /// plane (`server_url`): with the caller's pin (`peer_pin`, 32 bytes) a
+    /// TLS one, without it a plain one, but only when the agent's own link
+    /// is plaintext. `what` names the exec or transfer in the log.
+    pub(crate) fn new(
+        what: &str,
+        ticket: &str,
+        peer_pin: &[u8],
+        server_url: Option<&str>,
+    ) -> Option<Self> {
+        if ticket.is_empty() || !cfg!(target_os = "linux") {
+            return None;
+        }
+        let addr = server_url.and_then(ServerAddr::from_url)?;
+        let tls = match raw_tls::parse_pin(peer_pin) {
+            Some(pin) if identity().is_some() => Some(pin),
+            None if peer_pin.is_empty() && !addr.tls => None,
+            _ => {
+                tracing::debug!(what, "no usable caller pin over TLS; no side connection");
+                return None;
+            }
+        };
+        let Some(opening) = raw::opening(Role::Agent, ticket) else {
+            tracing::debug!(what, "malformed raw ticket; no side connection");
+            return None;
+        };
+        Some(SideTarget { addr, opening, tls })
+    }
+
+    /// This agent's pin, to send with the offer of a TLS side connection
+    /// (empty for a plain one).
+    pub(crate) fn agent_pin(&self) -> bytes::Bytes {
+        match (self.tls, identity()) {
+            (Some(_), Some(id)) => bytes::Bytes::copy_from_slice(&id.pin()),
+            _ => bytes::Bytes::new(),
+        }
+    }
+
+    /// Connects and, when paired, runs the TLS handshake if there is one;
+    /// the socket comes back in blocking mode.
+    pub(crate) async fn connect(&self) -> io::Result<SideConn> {
+        handshake(&self.addr, &self.opening, self.tls).await
     }
 }
 
@@ -148,10 +205,7 @@ impl SideConn {
 /// pump: offer once enough stdout went over gRPC, then watch the handshake.
 pub(crate) struct RawSwitch {
     exec_id: String,
-    addr: ServerAddr,
-    opening: [u8; OPENING_LEN],
-    /// The caller's pin, for a TLS side connection.
-    tls: Option<Pin>,
+    target: SideTarget,
     stage: Stage,
 }
 
@@ -166,39 +220,18 @@ enum Stage {
 
 impl RawSwitch {
     /// A switch for this command, when it carries a ticket and the agent
-    /// may use it with its control plane (`server_url`): with the caller's
-    /// pin (`peer_pin`, 32 bytes) a TLS one, without it a plain one, but
-    /// only when the agent's own link is plaintext.
+    /// may use it with its control plane (`server_url`), see
+    /// [`SideTarget::new`].
     pub(crate) fn new(
         exec_id: &str,
         ticket: &str,
         peer_pin: &[u8],
         server_url: Option<&str>,
     ) -> Option<Self> {
-        if ticket.is_empty() || !cfg!(target_os = "linux") {
-            return None;
-        }
-        let addr = server_url.and_then(ServerAddr::from_url)?;
-        let tls = match raw_tls::parse_pin(peer_pin) {
-            Some(pin) if identity().is_some() => Some(pin),
-            None if peer_pin.is_empty() && !addr.tls => None,
-            _ => {
-                tracing::debug!(
-                    exec_id,
-                    "no usable caller pin over TLS; stdout stays on gRPC"
-                );
-                return None;
-            }
-        };
-        let Some(opening) = raw::opening(Role::Agent, ticket) else {
-            tracing::debug!(exec_id, "malformed raw ticket; stdout stays on gRPC");
-            return None;
-        };
+        let target = SideTarget::new(exec_id, ticket, peer_pin, server_url)?;
         Some(RawSwitch {
             exec_id: exec_id.to_owned(),
-            addr,
-            opening,
-            tls,
+            target,
             stage: Stage::Waiting,
         })
     }
@@ -215,10 +248,7 @@ impl RawSwitch {
         if !matches!(self.stage, Stage::Waiting) || sent < RAW_SWITCH_AFTER {
             return true;
         }
-        let agent_pin = match (self.tls, identity()) {
-            (Some(_), Some(id)) => bytes::Bytes::copy_from_slice(&id.pin()),
-            _ => bytes::Bytes::new(),
-        };
+        let agent_pin = self.target.agent_pin();
         let offered = AgentUplink {
             msg: Some(agent_uplink::Msg::RawOffered(ExecRawOffered {
                 exec_id: self.exec_id.clone(),
@@ -229,13 +259,12 @@ impl RawSwitch {
             self.stage = Stage::Over;
             return false;
         }
-        let (exec_id, addr, opening) = (self.exec_id.clone(), self.addr.clone(), self.opening);
-        let tls = self.tls;
+        let (exec_id, target) = (self.exec_id.clone(), self.target.clone());
         self.stage = Stage::Handshaking(tokio::spawn(async move {
-            match handshake(&addr, &opening, tls).await {
+            match target.connect().await {
                 Ok(socket) => Some(socket),
                 Err(e) => {
-                    tracing::debug!(exec_id, host = %addr.host, port = addr.port, error = %e,
+                    tracing::debug!(exec_id, host = %target.addr.host, port = target.addr.port, error = %e,
                         "no side connection; stdout stays on gRPC");
                     None
                 }
@@ -351,21 +380,26 @@ pub(crate) async fn send_rest(
 
 /// Stops a copy thread when dropped: sets its stop flag and shuts its
 /// socket down, so that a splice blocked on a full socket returns.
-struct StopOnDrop {
+pub(crate) struct StopOnDrop {
     stop: Arc<AtomicBool>,
     socket: Option<TcpStream>,
 }
 
 impl StopOnDrop {
-    fn new(socket: &TcpStream) -> io::Result<Self> {
+    pub(crate) fn new(socket: &TcpStream) -> io::Result<Self> {
         Ok(StopOnDrop {
             stop: Arc::default(),
             socket: Some(socket.try_clone()?),
         })
     }
 
+    /// The flag the copy thread watches.
+    pub(crate) fn stop(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
     /// The copy ended by itself; leave its socket alone.
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.socket = None;
     }
 }
@@ -515,7 +549,7 @@ fn splice_until_done(
 }
 
 /// Writes every sealed record `tls` holds to the blocking `socket`.
-fn flush_records(tls: &mut ServerConnection, mut socket: &TcpStream) -> io::Result<()> {
+pub(crate) fn flush_records(tls: &mut ServerConnection, mut socket: &TcpStream) -> io::Result<()> {
     while tls.wants_write() {
         tls.write_tls(&mut socket)?;
     }

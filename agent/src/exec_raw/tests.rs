@@ -32,7 +32,7 @@ fn no_switch_without_a_good_ticket_and_never_plain_over_tls() {
     let linux = cfg!(target_os = "linux");
     let switch = |ticket: &str, pin: &[u8], url| RawSwitch::new("e", ticket, pin, url);
     assert_eq!(switch(&ticket, &[], http).is_some(), linux);
-    assert!(switch(&ticket, &[], http).is_none_or(|s| s.tls.is_none()));
+    assert!(switch(&ticket, &[], http).is_none_or(|s| s.target.tls.is_none()));
     assert!(switch("", &[], http).is_none());
     assert!(switch("short", &[], http).is_none());
     assert!(switch(&ticket, &[], None).is_none());
@@ -42,8 +42,8 @@ fn no_switch_without_a_good_ticket_and_never_plain_over_tls() {
     assert!(switch(&ticket, &pin[..31], http).is_none());
     let tls = switch(&ticket, &pin, https);
     assert_eq!(tls.is_some(), linux);
-    assert!(tls.is_none_or(|s| s.tls == Some(pin)));
-    assert!(switch(&ticket, &pin, http).is_none_or(|s| s.tls == Some(pin)));
+    assert!(tls.is_none_or(|s| s.target.tls == Some(pin)));
+    assert!(switch(&ticket, &pin, http).is_none_or(|s| s.target.tls == Some(pin)));
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! One download: `start`, then chunks read from the file, never more than
-//! [`DOWNLOAD_WINDOW_BYTES`] ahead of the control plane's credit, then `end`.
+//! [`DOWNLOAD_WINDOW_BYTES`] ahead of the control plane's credit, then `end`;
+//! or, once a side connection offered in `start` is up, the rest there
+//! ([`super::side`]).
 
 use std::{
     fs,
@@ -12,20 +14,43 @@ use std::{
 use cmdop_proto::ext::{file_downlink::Op, file_uplink::Event, DownloadRequest, DownloadStart};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
-use super::{blocking, Reporter, CHUNK_BYTES, DOWNLOAD_WINDOW_BYTES};
-use crate::files::error::{FileError, FileResult};
+use super::{
+    blocking,
+    side::{self, SideDownload},
+    Reporter, CHUNK_BYTES, DOWNLOAD_WINDOW_BYTES,
+};
+use crate::{
+    exec_raw::SideTarget,
+    files::error::{FileError, FileResult},
+};
 
+/// Sends the file `req` names (resolved to `path`); with a ticket and the
+/// control plane's address (`server_url`, when this agent may use side
+/// connections) a large file moves to a side connection once it is up.
 pub async fn run(
     req: DownloadRequest,
     path: PathBuf,
     mut steps: mpsc::Receiver<Op>,
     report: &Reporter,
+    server_url: Option<&str>,
 ) -> FileResult<()> {
-    let (mut file, start) = blocking(move || open(&path, req.offset, req.length)).await?;
+    let (ticket, peer_pin) = (req.raw_ticket.clone(), req.raw_tls_peer_sha256.clone());
+    let (mut file, mut start) = blocking(move || open(&path, req.offset, req.length)).await?;
     let total = start.total_size;
+    let target = (total >= side::SIDE_AFTER_BYTES)
+        .then(|| SideTarget::new(&report.id, &ticket, &peer_pin, server_url))
+        .flatten();
+    if let Some(target) = &target {
+        start.raw_ticket = ticket;
+        start.raw_tls_agent_sha256 = target.agent_pin();
+    }
     report.send(Event::Start(start)).await?;
+    let mut side = target.map(SideDownload::open);
     let (mut sent, mut credited) = (0u64, 0u64);
     while sent < total {
+        if let Some(conn) = side.as_mut().and_then(SideDownload::ready) {
+            return side::send_rest(file, total - sent, conn, &mut steps, report).await;
+        }
         // Take every step already queued; wait for one while the window is full.
         loop {
             let step = if sent - credited < DOWNLOAD_WINDOW_BYTES {
@@ -107,6 +132,7 @@ fn open(path: &Path, offset: u64, length: u64) -> FileResult<((fs::File, PathBuf
         mode: meta.permissions().mode() & 0o7777,
         mtime_unix_ms,
         path: absolute.to_string_lossy().into_owned(),
+        ..Default::default()
     };
     Ok(((file, path.to_path_buf()), start))
 }

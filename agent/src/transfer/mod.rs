@@ -2,9 +2,11 @@
 //! `files.v1`): the control plane opens an upload or a download with a
 //! `FileDownlink`, and each runs as its own task until it finishes, fails
 //! or is aborted. When the Channel ends, every transfer is dropped and an
-//! unfinished upload's temp file is removed.
+//! unfinished upload's temp file is removed. A large download may finish on
+//! a side connection ([`side`], capability [`CAPABILITY_RAW`]).
 
 mod download;
+mod side;
 mod upload;
 
 use parking_lot::Mutex;
@@ -23,6 +25,8 @@ use crate::files::{
 
 /// Capability announced in the Channel hello.
 pub use cmdop_proto::caps::FILES as CAPABILITY;
+/// Announced with it when downloads may use side connections.
+pub use cmdop_proto::caps::FILES_RAW as CAPABILITY_RAW;
 /// Largest data chunk sent to the control plane.
 pub use cmdop_proto::limits::TRANSFER_CHUNK_BYTES as CHUNK_BYTES;
 /// Download bytes sent but not yet credited by the control plane.
@@ -41,15 +45,24 @@ pub struct Transfers {
     home: PathBuf,
     uplink: mpsc::Sender<AgentUplink>,
     active: Active,
+    /// The control plane's URL, when downloads may use side connections.
+    side_server: Option<Arc<str>>,
 }
 
 impl Transfers {
-    /// Paths resolve against `home`; events go out on `uplink`.
-    pub fn new(home: PathBuf, uplink: mpsc::Sender<AgentUplink>) -> Self {
+    /// Paths resolve against `home`; events go out on `uplink`. With
+    /// `side_server` (the control plane's URL, given only when this agent
+    /// lists [`CAPABILITY_RAW`]) large downloads may use side connections.
+    pub fn new(
+        home: PathBuf,
+        uplink: mpsc::Sender<AgentUplink>,
+        side_server: Option<&str>,
+    ) -> Self {
         Transfers {
             home,
             uplink,
             active: Active::default(),
+            side_server: side_server.map(Arc::from),
         }
     }
 
@@ -69,8 +82,9 @@ impl Transfers {
             }
             Some(Op::Download(req)) => {
                 let path = resolve(&req.path, &self.home);
+                let server = self.side_server.clone();
                 self.spawn(report, |steps, report| async move {
-                    download::run(req, path, steps, &report).await
+                    download::run(req, path, steps, &report, server.as_deref()).await
                 });
             }
             Some(op) => {

@@ -7,7 +7,14 @@
 //! over. Either way the ticket is gone after one pairing attempt.
 
 use parking_lot::{Mutex, MutexGuard};
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use cmdop_proto::raw::{self, Role};
 use tokio::{net::TcpStream, sync::oneshot};
@@ -20,25 +27,37 @@ pub struct Rendezvous {
 
 enum Slot {
     /// Registered; nobody has connected with it yet.
-    Open { exec_id: String },
+    Open { exec_id: String, moved: Moved },
     /// One side is connected and waits for the other to be handed over.
     Waiting {
         exec_id: String,
+        moved: Moved,
         role: Role,
         handover: oneshot::Sender<TcpStream>,
     },
 }
 
+/// Bytes forwarded to the caller so far on a ticket's side connection.
+type Moved = Arc<AtomicU64>;
+
 /// A registered ticket, valid until this is dropped (or it was used).
 pub struct Ticket {
     rendezvous: Arc<Rendezvous>,
     ticket: String,
+    moved: Moved,
 }
 
 impl Ticket {
     /// The ticket text that goes into `ExecStart.raw_ticket`.
     pub fn as_str(&self) -> &str {
         &self.ticket
+    }
+
+    /// Bytes forwarded to the caller on this ticket's side connection so
+    /// far (TLS records included, on a TLS one); it keeps counting after
+    /// the ticket is dropped.
+    pub fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
     }
 }
 
@@ -53,6 +72,8 @@ impl Drop for Ticket {
 /// Both ends of one side connection, matched by ticket.
 pub struct Pair {
     pub exec_id: String,
+    /// Counts the bytes forwarded, for the ticket's holder.
+    pub moved: Arc<AtomicU64>,
     pub agent: TcpStream,
     pub caller: TcpStream,
 }
@@ -90,15 +111,18 @@ impl Rendezvous {
     /// Makes a fresh ticket for `exec_id`, valid while the result lives.
     pub fn register(self: &Arc<Self>, exec_id: &str) -> Ticket {
         let ticket = raw::new_ticket();
+        let moved = Moved::default();
         self.slots().insert(
             ticket.clone(),
             Slot::Open {
                 exec_id: exec_id.to_owned(),
+                moved: moved.clone(),
             },
         );
         Ticket {
             rendezvous: self.clone(),
             ticket,
+            moved,
         }
     }
 
@@ -115,20 +139,22 @@ impl Rendezvous {
             let mut slots = self.slots();
             match slots.remove(ticket) {
                 None => return Joined::Refused(stream, "unknown or used ticket"),
-                Some(Slot::Open { exec_id }) => {
+                Some(Slot::Open { exec_id, moved }) => {
                     let (handover, waiting) = oneshot::channel();
                     slots.insert(
                         ticket.to_owned(),
                         Slot::Waiting {
                             exec_id: exec_id.clone(),
+                            moved: moved.clone(),
                             role,
                             handover,
                         },
                     );
-                    (exec_id, waiting)
+                    (exec_id, moved, waiting)
                 }
                 Some(Slot::Waiting {
                     exec_id,
+                    moved,
                     role: waiting_role,
                     handover,
                 }) => {
@@ -138,6 +164,7 @@ impl Rendezvous {
                             ticket.to_owned(),
                             Slot::Waiting {
                                 exec_id,
+                                moved,
                                 role: waiting_role,
                                 handover,
                             },
@@ -153,7 +180,7 @@ impl Rendezvous {
                 }
             }
         };
-        let (exec_id, mut waiting) = waiting;
+        let (exec_id, moved, mut waiting) = waiting;
         let peer = match tokio::time::timeout(self.timeout, &mut waiting).await {
             Ok(Ok(peer)) => peer,
             Ok(Err(_)) => return Joined::Refused(stream, "the exec ended"),
@@ -180,6 +207,7 @@ impl Rendezvous {
         };
         Joined::Paired(Pair {
             exec_id,
+            moved,
             agent,
             caller,
         })

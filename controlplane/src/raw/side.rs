@@ -50,6 +50,7 @@ async fn refuse(mut stream: TcpStream, why: &str) {
 async fn run(pair: Pair) {
     let Pair {
         exec_id,
+        moved: counter,
         mut agent,
         mut caller,
     } = pair;
@@ -71,7 +72,7 @@ async fn run(pair: Pair) {
             return;
         }
     };
-    let moved = tokio::task::spawn_blocking(move || splice::forward(agent, caller)).await;
+    let moved = tokio::task::spawn_blocking(move || splice::forward(agent, caller, &counter)).await;
     if let Ok(forwarded) = &moved {
         crate::metrics::side_connection_bytes(forwarded.bytes);
     }

@@ -11,6 +11,7 @@
 use std::{
     io,
     net::{Shutdown, TcpStream},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 /// Most bytes taken from the agent per round, and the pipe size asked for.
@@ -29,8 +30,9 @@ pub struct Forwarded {
 }
 
 /// Moves bytes from `agent` to `caller` until the agent half-closes, then
-/// half-closes `caller`. Both sockets are closed on return.
-pub fn forward(agent: TcpStream, caller: TcpStream) -> Forwarded {
+/// half-closes `caller`. Both sockets are closed on return. `counter`
+/// follows the bytes delivered as they go.
+pub fn forward(agent: TcpStream, caller: TcpStream, counter: &AtomicU64) -> Forwarded {
     let mut bytes = 0;
     let result = agent
         .set_nonblocking(false)
@@ -40,7 +42,7 @@ pub fn forward(agent: TcpStream, caller: TcpStream) -> Forwarded {
             keep_alive(&caller);
             pass_back(&caller, &agent)
         })
-        .and_then(|()| pump(&agent, &caller, &mut bytes));
+        .and_then(|()| pump(&agent, &caller, &mut bytes, counter));
     let error = match result {
         Ok(()) => {
             // Data still queued towards the caller is sent before this FIN.
@@ -88,7 +90,12 @@ fn pass_back(caller: &TcpStream, agent: &TcpStream) -> io::Result<()> {
 }
 
 #[cfg(target_os = "linux")]
-fn pump(agent: &TcpStream, caller: &TcpStream, bytes: &mut u64) -> io::Result<()> {
+fn pump(
+    agent: &TcpStream,
+    caller: &TcpStream,
+    bytes: &mut u64,
+    counter: &AtomicU64,
+) -> io::Result<()> {
     use nix::{
         errno::Errno,
         fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags},
@@ -139,12 +146,18 @@ fn pump(agent: &TcpStream, caller: &TcpStream, bytes: &mut u64) -> io::Result<()
             left -= sent;
             *bytes += sent as u64;
         }
+        counter.fetch_add(filled as u64, Ordering::Relaxed);
     }
 }
 
 /// Without splice(2): an ordinary copy through a user-space buffer.
 #[cfg(not(target_os = "linux"))]
-fn pump(mut agent: &TcpStream, caller: &TcpStream, bytes: &mut u64) -> io::Result<()> {
+fn pump(
+    mut agent: &TcpStream,
+    caller: &TcpStream,
+    bytes: &mut u64,
+    counter: &AtomicU64,
+) -> io::Result<()> {
     use std::io::{Read, Write};
     let mut buf = vec![0u8; 256 * 1024];
     let mut caller = caller;
@@ -157,6 +170,7 @@ fn pump(mut agent: &TcpStream, caller: &TcpStream, bytes: &mut u64) -> io::Resul
         };
         caller.write_all(&buf[..n])?;
         *bytes += n as u64;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 

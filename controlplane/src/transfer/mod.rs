@@ -5,6 +5,8 @@
 //! [`UPLOAD_WINDOW_BYTES`] of upload data in flight towards the agent, and
 //! download data moves one chunk at a time from the agent to the client, the
 //! agent sending more only as the control plane credits what it delivered.
+//! A large download may move to a side connection ([`crate::raw`]) that
+//! agents listing [`CAPABILITY_RAW`] open, as Exec stdout does.
 
 mod download;
 mod routes;
@@ -27,6 +29,8 @@ pub use upload::upload;
 /// Capability the control plane advertises, and agents announce in their
 /// hello, for streaming transfers.
 pub use cmdop_proto::caps::FILES as CAPABILITY;
+/// Agents that list it may move a download to a side connection.
+pub use cmdop_proto::caps::FILES_RAW as CAPABILITY_RAW;
 /// Largest upload accepted.
 pub use cmdop_proto::limits::MAX_UPLOAD_BYTES;
 /// Largest data chunk in either direction.

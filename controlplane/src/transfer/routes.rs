@@ -12,7 +12,9 @@ use cmdop_proto::ext::{file_uplink, FileUplink};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::{CAPABILITY, MAX_CHUNK_BYTES, MAX_TRANSFERS_PER_AGENT, TRANSFER_EVENT_QUEUE};
+use super::{
+    CAPABILITY, CAPABILITY_RAW, MAX_CHUNK_BYTES, MAX_TRANSFERS_PER_AGENT, TRANSFER_EVENT_QUEUE,
+};
 
 type Routes = HashMap<String, mpsc::Sender<file_uplink::Event>>;
 
@@ -21,14 +23,24 @@ type Routes = HashMap<String, mpsc::Sender<file_uplink::Event>>;
 pub struct TransferRoutes {
     /// The agent announced [`CAPABILITY`] in its hello.
     supported: AtomicBool,
+    /// The agent announced [`CAPABILITY_RAW`] in its hello.
+    raw: AtomicBool,
     routes: Mutex<Routes>,
 }
 
 impl TransferRoutes {
-    /// Records whether the agent's hello listed [`CAPABILITY`].
+    /// Records whether the agent's hello listed [`CAPABILITY`] and
+    /// [`CAPABILITY_RAW`].
     pub fn set_supported(&self, agent_capabilities: &[String]) {
-        let yes = agent_capabilities.iter().any(|c| c == CAPABILITY);
-        self.supported.store(yes, Ordering::Relaxed);
+        let listed = |cap: &str| agent_capabilities.iter().any(|c| c == cap);
+        self.supported.store(listed(CAPABILITY), Ordering::Relaxed);
+        self.raw.store(listed(CAPABILITY_RAW), Ordering::Relaxed);
+    }
+
+    /// True when the agent can move a download to a side connection
+    /// (plain or TLS, as its exec side-connection capabilities say).
+    pub fn raw_supported(&self) -> bool {
+        self.raw.load(Ordering::Relaxed)
     }
 
     /// True when the agent serves streaming transfers.

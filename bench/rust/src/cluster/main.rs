@@ -153,11 +153,18 @@ async fn run(args: Args, dir: PathBuf, db: Db, counter: DbCounter) -> anyhow::Re
         let r = stream::stream(&args, &setup).await;
         part(
             "stream",
-            &[(
-                "cluster-stream",
-                "cross-replica",
-                "Rust client, cross-replica",
-            )],
+            &[
+                (
+                    "cluster-stream",
+                    "same-replica",
+                    "Rust client, replica holding the agent",
+                ),
+                (
+                    "cluster-stream",
+                    "cross-replica",
+                    "Rust client, cross-replica",
+                ),
+            ],
             r,
         );
     }

@@ -1,5 +1,7 @@
-//! The `cluster-stream` case: `head -c N /dev/zero` through a
-//! cross-replica client, bytes counted in the streaming callback.
+//! The `cluster-stream` case: `head -c N /dev/zero` through a client of
+//! the replica holding the agent, then through a cross-replica client,
+//! bytes counted in the streaming callback. The first is the rate the
+//! second is judged against (issue 25: forwarded output at ≥ 80 % of it).
 
 use std::{
     sync::{
@@ -17,11 +19,42 @@ use crate::{
     setup::{open_client, Setup, REPLICAS},
 };
 
-/// `head -c N /dev/zero` through a cross-replica client.
+/// `head -c N /dev/zero` through the agent's own replica, then through
+/// another one.
 pub async fn stream(args: &Args, setup: &Setup) -> anyhow::Result<()> {
-    let c = &setup.cluster;
-    let home = c.live_route(&setup.machine_id).await?;
+    let home = setup.cluster.live_route(&setup.machine_id).await?;
     let other = (home + 1) % REPLICAS;
+    stream_through(
+        args,
+        setup,
+        home,
+        home,
+        "same-replica",
+        "Rust client, replica holding the agent (streaming callback)",
+    )
+    .await?;
+    stream_through(
+        args,
+        setup,
+        home,
+        other,
+        "cross-replica",
+        "Rust client, cross-replica (streaming callback)",
+    )
+    .await
+}
+
+/// One record: the stream through a client of replica `via`.
+async fn stream_through(
+    args: &Args,
+    setup: &Setup,
+    home: usize,
+    via: usize,
+    subject: &str,
+    label: &str,
+) -> anyhow::Result<()> {
+    let c = &setup.cluster;
+    let other = via;
     let (client, _) = open_client(c, other, &setup.api_key, &args.hostname).await?;
     let command = format!("head -c {} /dev/zero", args.stream_bytes);
     let timeout = args.timeout.max(Duration::from_secs(600));
@@ -85,14 +118,14 @@ pub async fn stream(args: &Args, setup: &Setup) -> anyhow::Result<()> {
     client.close().await;
     if let Some(e) = &s.first_error {
         eprintln!(
-            "cmdop-bench-cluster: stream: {} failed, first: {e}",
+            "cmdop-bench-cluster: stream {subject}: {} failed, first: {e}",
             s.errors
         );
     }
     emit(serde_json::json!({
         "case": "cluster-stream",
-        "subject": "cross-replica",
-        "label": "Rust client, cross-replica (streaming callback)",
+        "subject": subject,
+        "label": label,
         "runs": args.stream_runs,
         "concurrency": 1,
         "wall_s": wall.as_secs_f64(),
