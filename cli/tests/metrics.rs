@@ -243,6 +243,25 @@ async fn prometheus_scrapes_server_and_agent_and_counts_every_call() {
         .await
         .expect("bytes sent are counted");
     assert!(out > 0.0, "{out}");
+    // The key was checked in the database once, then answered from the
+    // credential cache.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let cached = prom
+            .value("cmdop_server_credential_checks_total{source=\"cache\"}")
+            .await;
+        let checked = prom
+            .value("cmdop_server_credential_checks_total{source=\"database\"}")
+            .await;
+        if cached.is_some_and(|v| v > 0.0) && checked.is_some_and(|v| v >= 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "credential checks: cache {cached:?}, database {checked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // A call without a key: one auth failure, counted under its method.
     let mut anon = ext(&server.addr, None).await;

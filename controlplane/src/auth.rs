@@ -202,6 +202,7 @@ fn known_or_checked(
     check: impl FnOnce() -> anyhow::Result<Result<Verified, Status>>,
 ) -> Result<Verified, Status> {
     if let Some(verified) = memory.cached(credential) {
+        crate::metrics::credential_checked("cache");
         return Ok(verified);
     }
     let generation = memory.generation();
@@ -218,6 +219,7 @@ fn answered(
 ) -> Result<Verified, Status> {
     match checked {
         Ok(Ok(verified)) => {
+            crate::metrics::credential_checked("database");
             memory.remember(credential, verified.clone(), generation);
             Ok(verified)
         }
@@ -228,6 +230,7 @@ fn answered(
         Err(err) => {
             if crate::store::is_unavailable_error(&err) {
                 if let Some(verified) = memory.recall(credential) {
+                    crate::metrics::credential_checked("outage");
                     return Ok(verified);
                 }
             }

@@ -319,6 +319,7 @@ pub async fn route_call(
                 peeked.fill_session(&route.session_id);
             }
             let body = replay(peeked, body);
+            let peer = addr.clone();
             let response = forward(&cluster, parts, body, &caller, route, addr, exec).await;
             // A refusal is answered in the headers; the owner's answer
             // carries its status in the trailers.
@@ -326,7 +327,7 @@ pub async fn route_call(
                 .headers()
                 .get("grpc-status")
                 .is_some_and(|code| code.as_bytes() != b"0");
-            crate::metrics::forwarded(!refused);
+            crate::metrics::forwarded(&peer, !refused);
             Ok(Decision::Done(response))
         }
     }

@@ -617,6 +617,7 @@ impl RequestBody {
                         budget = self.budget_bytes,
                         "request byte budget exhausted; refusing a message"
                     );
+                    crate::metrics::limit_hit(crate::metrics::Limit::InflightRequestBytes);
                     Status::resource_exhausted(
                         "the server is receiving too much request data at once; retry shortly \
                          (operators: raise --max-inflight-request-mib on `cmdop server`)",

@@ -44,6 +44,7 @@ pub(crate) enum Limit {
     TransfersPerKey,
     UnauthenticatedConnections,
     HandshakeTimeout,
+    InflightRequestBytes,
 }
 
 impl Limit {
@@ -54,6 +55,7 @@ impl Limit {
             Limit::TransfersPerKey => "max-transfers-per-key",
             Limit::UnauthenticatedConnections => "max-unauthenticated-connections",
             Limit::HandshakeTimeout => "handshake-timeout-secs",
+            Limit::InflightRequestBytes => "max-inflight-request-mib",
         }
     }
 }
@@ -96,6 +98,22 @@ struct FlagLabel {
     flag: &'static str,
 }
 
+/// A forwarded call: the peer replica's address (one series per replica
+/// of the cluster) and the result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwardLabels {
+    peer: String,
+    result: &'static str,
+}
+
+/// Where a credential check was answered: `cache` (no database
+/// statement), `database`, or `outage` (the memory, the database being
+/// unreachable).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: &'static str,
+}
+
 /// Every metric of the control plane.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -105,7 +123,8 @@ pub(crate) struct Metrics {
     calls: Family<CallLabels, Counter>,
     exec_duration: Family<MethodLabel, Histogram>,
     stream_bytes: Family<BytesLabels, Counter>,
-    forwarded: Family<ResultLabel, Counter>,
+    forwarded: Family<ForwardLabels, Counter>,
+    credential_checks: Family<SourceLabel, Counter>,
     db_statement: Family<StatementLabels, Histogram>,
     db_pool: Family<PoolLabel, Gauge>,
     auth_failures: Counter,
@@ -141,6 +160,7 @@ impl Metrics {
             exec_duration: Family::new_with_constructor(exec_histogram),
             stream_bytes: Family::default(),
             forwarded: Family::default(),
+            credential_checks: Family::default(),
             db_statement: Family::new_with_constructor(statement_histogram),
             db_pool: Family::default(),
             auth_failures: Counter::default(),
@@ -189,8 +209,14 @@ impl Metrics {
         );
         r.register(
             "forwarded_calls",
-            "Calls forwarded to the replica that holds their machine's agent, by result",
+            "Calls forwarded to the replica that holds their machine's agent, by peer address and result",
             m.forwarded.clone(),
+        );
+        r.register(
+            "credential_checks",
+            "Credentials admitted, by where the check was answered: cache (no statement), database, \
+             or outage (remembered while the database is unreachable)",
+            m.credential_checks.clone(),
         );
         r.register_with_unit(
             "db_statement_duration",
@@ -322,9 +348,23 @@ pub(crate) fn audit_batch(n: usize, ok: bool) {
 
 /// A forwarded call's result: `forwarded` (the owner answered) or
 /// `failed` (it could not be sent or the owner refused it).
-pub(crate) fn forwarded(ok: bool) {
+pub(crate) fn forwarded(peer: &str, ok: bool) {
     let result = if ok { "forwarded" } else { "failed" };
-    get().forwarded.get_or_create(&ResultLabel { result }).inc();
+    get()
+        .forwarded
+        .get_or_create(&ForwardLabels {
+            peer: peer.to_string(),
+            result,
+        })
+        .inc();
+}
+
+/// A credential was admitted; `source` is `cache`, `database` or `outage`.
+pub(crate) fn credential_checked(source: &'static str) {
+    get()
+        .credential_checks
+        .get_or_create(&SourceLabel { source })
+        .inc();
 }
 
 /// Exec stdout bytes spliced from an agent's side connection to a client's.
