@@ -62,10 +62,23 @@ pub async fn revoke(args: &Args, setup: &Setup) -> anyhow::Result<()> {
                 let mut cmd = Command::new(&cmdop);
                 cmd.arg("admin");
                 db.name_to(&mut cmd);
-                let out = cmd
-                    .args(["revoke-key", &key])
-                    .stdin(Stdio::null())
-                    .output()
+                // The key on stdin (`-`), never on a command line.
+                let mut child = cmd
+                    .args(["revoke-key", "-"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("cannot run cmdop admin revoke-key")?;
+                if let Some(mut stdin) = child.stdin.take() {
+                    use tokio::io::AsyncWriteExt;
+                    stdin
+                        .write_all(format!("{key}\n").as_bytes())
+                        .await
+                        .context("cannot give revoke-key the key")?;
+                }
+                let out = child
+                    .wait_with_output()
                     .await
                     .context("cannot run cmdop admin revoke-key")?;
                 *returned.lock().expect("lock") = Some(Instant::now());
