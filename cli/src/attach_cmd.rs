@@ -10,8 +10,8 @@ use clap::Args;
 use cmdop::client::AttachEvent;
 
 use crate::{
-    client_cmd::MachineArgs,
     connect::ConnectArgs,
+    remote_run::MachineArgs,
     terminal::{Escape, RawMode, Typed},
 };
 

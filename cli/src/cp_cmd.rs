@@ -515,7 +515,7 @@ async fn list_all(client: &Client, dir: &str) -> anyhow::Result<Vec<FileEntry>> 
 async fn run_script(client: &Client, script: &str) -> anyhow::Result<()> {
     let opts = cmdop::client::ExecOptions {
         stdin: script.as_bytes().to_vec(),
-        timeout: Some(crate::client_cmd::NO_TIME_LIMIT),
+        timeout: Some(crate::remote_run::NO_TIME_LIMIT),
         ..Default::default()
     };
     let out = client

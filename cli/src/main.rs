@@ -24,6 +24,7 @@ mod metrics_http;
 mod profile;
 mod readiness;
 mod reload;
+mod remote_run;
 mod report;
 mod secret_flags;
 mod server_cmd;
@@ -70,7 +71,7 @@ enum Command {
     /// Start a throw-away control plane and an agent for this machine.
     Dev(dev_cmd::DevArgs),
     /// Run a command on a machine; exits with its exit status.
-    #[command(after_help = client_cmd::EXIT_STATUS, after_long_help = client_cmd::EXIT_STATUS)]
+    #[command(after_help = remote_run::EXIT_STATUS, after_long_help = remote_run::EXIT_STATUS)]
     Exec(client_cmd::ExecArgs),
     /// List the workspace's sessions.
     Sessions(client_cmd::SessionsArgs),

@@ -20,8 +20,8 @@ use cmdop::client::{CancelToken, Client, ExecOptions, Stream, Terminal};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    client_cmd::{exit_status, forward_stdin, MachineArgs, NO_TIME_LIMIT},
     connect::ConnectArgs,
+    remote_run::{exit_status, forward_stdin, MachineArgs, NO_TIME_LIMIT},
     report::CMDOP_FAILED,
     terminal::{Escape, RawMode, Typed},
 };
