@@ -14,6 +14,7 @@ mod config;
 mod conns;
 mod db;
 mod drain;
+mod error_text;
 mod exec_relay;
 mod ext_service;
 mod files;

@@ -392,7 +392,7 @@ async fn forward(
         }
         Err(err) => {
             cluster.routes.forget(&route);
-            let detail = error_chain(&err);
+            let detail = crate::error_text::chain(&err);
             if cluster.mark_unreachable(&addr) {
                 tracing::warn!(replica = %route.replica_id, %addr, error = %detail, "cannot reach a replica to forward a call");
             }
@@ -403,21 +403,6 @@ async fn forward(
             }
         }
     }
-}
-
-/// An error and its causes, as one line.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// True when a failed call to a peer certainly never left this replica:

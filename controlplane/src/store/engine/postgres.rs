@@ -258,19 +258,7 @@ impl Drop for Pg {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+use crate::error_text::chain;
 
 /// True when `e` means the database is unreachable, restarting, or
 /// overloaded (a retry may succeed) rather than a bad statement.
