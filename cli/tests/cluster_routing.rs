@@ -253,7 +253,9 @@ async fn calls_through_another_replica_reach_the_agent() {
     let exit = r.exit.expect("exit");
     assert!(exit.timed_out, "{exit:?}");
     assert_eq!(r.stdout, b"partial\n");
-    assert!(started.elapsed() < Duration::from_secs(15));
+    // Killed at its 1 s limit, not after its 30 s sleep (a loose bound: a
+    // loaded machine may take seconds to tear the command down).
+    assert!(started.elapsed() < Duration::from_secs(25));
 
     // 64 MiB of output, byte for byte.
     let data = pattern(64 * MIB, 11);
