@@ -1,7 +1,7 @@
 //! The reconnect supervisor: a task per connected client that probes the
 //! connection every `health_interval` (or at once when a call saw
 //! UNAVAILABLE), reports a loss and, with `auto_reconnect`, reconnects with
-//! exponential backoff and jitter.
+//! exponential backoff and jitter (at once to another server of a list).
 
 use std::sync::Weak;
 use std::time::Instant;
@@ -52,6 +52,11 @@ impl Inner {
         });
     }
 }
+
+/// Upper bound of the pause before the first failover attempt to another
+/// server of the list, so that the clients of a lost replica do not all
+/// dial in the same millisecond.
+const FIRST_FAILOVER_JITTER_MS: u64 = 50;
 
 /// Watches the connection; on loss fires `Disconnected` and, with
 /// `auto_reconnect`, reconnects with exponential backoff and jitter (reset
@@ -131,7 +136,16 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
             if max != 0 && attempt >= max {
                 break None;
             }
-            tokio::time::sleep(backoff.next_delay()).await;
+            // With other servers to go to, the first attempt starts at
+            // once (within a few ms of jitter): a replica that stops or dies
+            // should cost its clients no reconnect delay. Later attempts,
+            // and a lone server, back off.
+            let delay = if attempt == 0 && several {
+                std::time::Duration::from_millis(rand::random_range(0..FIRST_FAILOVER_JITTER_MS))
+            } else {
+                backoff.next_delay()
+            };
+            tokio::time::sleep(delay).await;
             attempt += 1;
             let Some(inner) = weak.upgrade() else { return };
             if !matches!(*inner.state.borrow(), ConnState::Reconnecting { .. }) {
