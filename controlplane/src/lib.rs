@@ -219,10 +219,19 @@ pub async fn serve_with_store(
     });
     // Stops accepting at once (and tells connected peers with GOAWAY);
     // calls in progress, agents' links among them, go on.
+    // The accept loop closes the port at the stop and says when what it
+    // accepted before has been handed over; only then does the graceful
+    // shutdown begin, so that no accepted connection is left unserved.
+    let (handed_off_tx, mut handed_off_rx) = tokio::sync::watch::channel(false);
     let graceful = {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
+            let _ = tokio::time::timeout(
+                raw::listener::HANDOFF_GRACE * 2,
+                handed_off_rx.wait_for(|handed| *handed),
+            )
+            .await;
         }
     };
     let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
@@ -253,13 +262,14 @@ pub async fn serve_with_store(
             .add_service(terminal.clone())
             .add_optional_service(cmdop.clone());
         let mut rx = drained_rx.clone();
+        let drained_port = drained_rx.clone();
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = rx.wait_for(|drained| *drained).await;
             };
             if let Err(err) = router
                 .serve_with_incoming_shutdown(
-                    raw::listener::spawn(listener, None, peer_tracker),
+                    raw::listener::spawn(listener, None, peer_tracker, drained_port, None),
                     stopped,
                 )
                 .await
@@ -268,7 +278,7 @@ pub async fn serve_with_store(
             }
         })
     });
-    let _peer_server = peer_server.map(AbortOnDrop::new);
+    let mut peer_server = peer_server.map(AbortOnDrop::new);
     // The standard health service, for load balancers (see [`health`]).
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let _health = AbortOnDrop::new(tokio::spawn(health::report(
@@ -291,10 +301,17 @@ pub async fn serve_with_store(
     // Our own accept loop tracks connections and sorts side connections
     // (when on) from gRPC.
     let server = router.serve_with_incoming_shutdown(
-        raw::listener::spawn(listener, side_connections, tracker),
+        raw::listener::spawn(
+            listener,
+            side_connections,
+            tracker,
+            stop_rx.clone(),
+            Some(handed_off_tx),
+        ),
         graceful,
     );
     config.serving.listening();
+    let mut drained_wait = drained_rx.clone();
     let deadline = {
         let mut rx = drained_rx;
         async move {
@@ -305,6 +322,20 @@ pub async fn serve_with_store(
     tokio::select! {
         res = server => res.context("gRPC server failed")?,
         _ = deadline => tracing::warn!("streams still open after the shutdown grace period; stopping anyway"),
+    }
+    // The main port can finish first (its clients and agents gone) while
+    // the drain still runs. The peer port stops taking calls once the drain
+    // is over and lets those under way finish: wait for both, bounded, so
+    // that a call another replica forwarded here is not cut off.
+    if let Some(peer) = peer_server.as_mut() {
+        let waited = tokio::time::timeout(SHUTDOWN_LINGER, async {
+            let _ = drained_wait.wait_for(|drained| *drained).await;
+            let _ = peer.await;
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!("forwarded calls still open on the peer port after the shutdown grace period; stopping anyway");
+        }
     }
     // No more acknowledgements: revokers stop waiting for this server.
     drop(revocation_watch);

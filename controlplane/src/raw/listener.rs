@@ -9,7 +9,10 @@
 use std::{io, sync::Arc, time::Duration};
 
 use cmdop_proto::raw::MAGIC;
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{rendezvous::Rendezvous, side};
@@ -27,27 +30,57 @@ pub type Incoming = ReceiverStream<io::Result<Guarded>>;
 /// Accepts on `listener` in a task of its own: side connections (when
 /// `rendezvous` is given) are served with it, the rest come out of the
 /// returned stream, tracked by `tracker`. The task, and with it the
-/// listening socket, ends when that stream is dropped.
+/// listening socket, ends when that stream is dropped or `stop` turns
+/// true: from then on a new connection is refused by the kernel (the
+/// caller tries another server at once) instead of being accepted and left
+/// unserved while the server drains.
+///
+/// `handed_off`, when given, turns true once the loop stopped for `stop`
+/// and every connection it accepted before has been taken from the
+/// returned stream (or [`HANDOFF_GRACE`] passed): the server should begin
+/// its graceful shutdown only then, or a connection accepted just before
+/// would never be served and its call would end with a reset.
 pub fn spawn(
     listener: TcpListener,
     rendezvous: Option<Arc<Rendezvous>>,
     tracker: Arc<Tracker>,
+    stop: watch::Receiver<bool>,
+    handed_off: Option<watch::Sender<bool>>,
 ) -> Incoming {
     let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
-    tokio::spawn(accept_loop(listener, rendezvous, tracker, tx));
+    tokio::spawn(async move {
+        accept_loop(listener, rendezvous, tracker, tx.clone(), stop).await;
+        if let Some(handed_off) = handed_off {
+            // Sorting tasks hold clones of the sender; queued connections
+            // use up its capacity.
+            let deadline = tokio::time::Instant::now() + HANDOFF_GRACE;
+            while (tx.strong_count() > 1 || tx.capacity() < tx.max_capacity())
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let _ = handed_off.send(true);
+        }
+    });
     ReceiverStream::new(rx)
 }
+
+/// Longest wait, once accepting stopped, for the connections accepted
+/// before to be taken up by the server.
+pub const HANDOFF_GRACE: Duration = Duration::from_millis(500);
 
 async fn accept_loop(
     listener: TcpListener,
     rendezvous: Option<Arc<Rendezvous>>,
     tracker: Arc<Tracker>,
     grpc: mpsc::Sender<io::Result<Guarded>>,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = grpc.closed() => break,
+            _ = stop.wait_for(|stop| *stop) => break,
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,

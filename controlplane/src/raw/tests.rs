@@ -20,6 +20,8 @@ struct Harness {
     rendezvous: Arc<Rendezvous>,
     /// Keeps the accept loop running; yields what went to gRPC.
     grpc: listener::Incoming,
+    /// Never sends a stop: the accept loop runs while the harness lives.
+    _serving: tokio::sync::watch::Sender<bool>,
 }
 
 async fn harness(pairing_timeout: Duration) -> Harness {
@@ -27,11 +29,13 @@ async fn harness(pairing_timeout: Duration) -> Harness {
     let addr = listener.local_addr().unwrap();
     let rendezvous = Rendezvous::new(pairing_timeout);
     let tracker = crate::conns::Tracker::new(&crate::config::Limits::default());
-    let grpc = listener::spawn(listener, Some(rendezvous.clone()), tracker);
+    let (serving, stop) = tokio::sync::watch::channel(false);
+    let grpc = listener::spawn(listener, Some(rendezvous.clone()), tracker, stop, None);
     Harness {
         addr,
         rendezvous,
         grpc,
+        _serving: serving,
     }
 }
 
