@@ -355,8 +355,14 @@ pub async fn serve_with_store(
     // its routes go, so other replicas stop forwarding here at once.
     drop(presence);
     if let Some(cluster) = &cluster {
-        let (st, id) = (state.clone(), cluster.replica_id.clone());
-        match tokio::task::spawn_blocking(move || st.store.remove_replica(&id)).await {
+        let (st, cl) = (state.clone(), cluster.clone());
+        // After any presence round under way (its spawn_blocking outlives
+        // the aborted task), so the row is not written back.
+        match tokio::task::spawn_blocking(move || {
+            cl.leave(|| st.store.remove_replica(&cl.replica_id))
+        })
+        .await
+        {
             Ok(Ok(())) => tracing::info!(replica = %cluster.replica_id, "left the cluster"),
             Ok(Err(err)) => {
                 tracing::warn!(error = %format!("{err:#}"), "cannot remove this replica from the database; its lease expires by itself")

@@ -81,6 +81,10 @@ pub struct Cluster {
     pub routes: routes::RouteCache,
     /// Routes this replica claimed: machine → (generation, session).
     claims: Mutex<HashMap<String, (i64, Arc<Session>)>>,
+    /// Held by each presence round and by leaving, so that a round under
+    /// way when the replica leaves cannot write its row back after it was
+    /// removed; `true` once left (no round writes any more).
+    presence: Mutex<bool>,
 }
 
 /// How long calls to a peer address that just failed fail at once.
@@ -97,7 +101,30 @@ impl Cluster {
             unreachable: Mutex::new(HashMap::new()),
             routes: routes::RouteCache::default(),
             claims: Mutex::new(HashMap::new()),
+            presence: Mutex::new(false),
         })
+    }
+
+    /// Runs `round` (a presence round) unless the replica has left; rounds
+    /// and [`leave`](Self::leave) never overlap.
+    pub fn presence_round<T>(
+        &self,
+        round: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<Option<T>> {
+        let left = self.presence.lock();
+        if *left {
+            return Ok(None);
+        }
+        round().map(Some)
+    }
+
+    /// Runs `remove` (taking this replica's row and routes out of the
+    /// database) once any presence round under way has ended, and stops
+    /// later rounds. Blocking.
+    pub fn leave<T>(&self, remove: impl FnOnce() -> T) -> T {
+        let mut left = self.presence.lock();
+        *left = true;
+        remove()
     }
 
     /// Records the address the peer port was bound to.

@@ -112,8 +112,14 @@ pub async fn run(state: SharedState, cluster: Arc<Cluster>) {
         let (s, c) = (state.clone(), cluster.clone());
         let after_outage =
             failing || lenient_until.is_some_and(|t| tokio::time::Instant::now() < t);
-        match tokio::task::spawn_blocking(move || tick_after(&s, &c, after_outage)).await {
-            Ok(Ok(())) => {
+        match tokio::task::spawn_blocking(move || {
+            c.presence_round(|| tick_after(&s, &c, after_outage))
+        })
+        .await
+        {
+            // Left the cluster: no more rounds.
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(()))) => {
                 if failing {
                     tracing::info!("lease renewed again; the database answers");
                     lenient_until = Some(tokio::time::Instant::now() + LEASE);
