@@ -35,18 +35,12 @@ fn routes_need_what_their_handlers_check() {
 }
 
 fn body(max_message: usize, budget: &Arc<Semaphore>) -> RequestBody {
-    RequestBody {
-        inner: Body::empty(),
+    RequestBody::new(
+        Body::empty(),
         max_message,
-        budget: Some(budget.clone()),
-        budget_bytes: budget.available_permits(),
-        header: [0; 5],
-        header_len: 0,
-        remaining: 0,
-        permit: None,
-        ending: None,
-        failed: false,
-    }
+        Some((budget.clone(), budget.available_permits())),
+        None,
+    )
 }
 
 fn prefix(len: u32) -> Vec<u8> {
