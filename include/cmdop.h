@@ -80,7 +80,7 @@
 
 /** Version of the cmdop_options layout this header describes: pass it to
  *  cmdop_options_init(). */
-#define CMDOP_OPTIONS_VERSION 2
+#define CMDOP_OPTIONS_VERSION 3
 /** Capabilities a server may list; test them with
  *  cmdop_connection_info_has_capability(). */
 /** Native exec: stdout and stderr apart, exact exit code, no PTY. */
@@ -104,7 +104,7 @@
 #define CMDOP_CAPABILITY_EXEC_OUTCOME "exec-outcome.v1"
 
 /** Defaults of cmdop_options (same as cmdop_options_init()). */
-#define CMDOP_OPTIONS_INIT { CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false, true, NULL, 0 }
+#define CMDOP_OPTIONS_INIT { CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, 30000, 3, 500, true, 1000, 30000, 10, false, true, NULL, 0, false }
 /** Defaults of cmdop_exec_options (same as cmdop_exec_options_init()). */
 #define CMDOP_EXEC_OPTIONS_INIT { CMDOP_EXEC_OPTIONS_VERSION, 0, NULL, 0, NULL, 0, NULL, false, NULL, NULL, NULL, NULL, NULL }
 /** Defaults of cmdop_transfer_options (same as cmdop_transfer_options_init()). */
@@ -474,7 +474,8 @@ typedef struct cmdop_options {
    * ignores them: NULL and 0 are fine). `tls` applies to every entry.
    *
    * cmdop_connect() tries them in a random order of the client's own
-   * (so that clients with the same list spread over the replicas) and
+   * (so that clients with the same list spread over the replicas;
+   * `servers_in_order` keeps the list's order) and
    * keeps the first that answers (a server that cannot be reached within
    * min(timeout_ms, 5 s) passes the turn; a refused key does not). When the server in use is
    * lost, on_disconnect(will_reconnect=true) fires and every reconnect
@@ -498,6 +499,16 @@ typedef struct cmdop_options {
    * Number of entries of `servers` (version 2; default 0: no list).
    */
   size_t server_count;
+  /**
+   * Version 3; default false. true: cmdop_connect() tries `servers` in
+   * the list's order and keeps the first that answers, instead of
+   * starting at a random entry. For a preferred replica, or for servers
+   * that are not one cluster (not forwarding to each other), where a
+   * machine is reachable only through the server its agent uses. When
+   * the server in use is lost, reconnecting still tries the others in a
+   * random order, the lost one last.
+   */
+  bool servers_in_order;
 } cmdop_options;
 
 /**

@@ -35,12 +35,17 @@ type Options struct {
 	// Servers lists several control planes (replicas of one cluster),
 	// "host:port" each. When not empty it is used instead of Server
 	// (remote, which then must be empty) or of NewLocal's host and port
-	// (which are then ignored). Connect takes the first that answers; when
-	// the one in use is lost the client moves to the next that does
-	// (OnDisconnect with willReconnect, then OnConnect), and
-	// ConnectionInfo().Server names it. A load balancer or DNS name in
-	// front of the replicas needs no list: give it as Server.
+	// (which are then ignored). Connect tries them in a random order of
+	// the client's own (so that clients spread over the replicas) and takes
+	// the first that answers; when the one in use is lost the client moves
+	// to another that does (OnDisconnect with willReconnect, then
+	// OnConnect), and ConnectionInfo().Server names it. A load balancer or
+	// DNS name in front of the replicas needs no list: give it as Server.
 	Servers []string
+	// ServersInOrder makes Connect try Servers in the list's order (the
+	// first that answers) instead of a random one: for a preferred
+	// replica, or servers that are not one cluster.
+	ServersInOrder bool
 	// APIKey authenticates; empty means $CMDOP_API_KEY if set. (local;
 	// NewRemote takes the key as an argument)
 	APIKey string
@@ -576,6 +581,7 @@ func fillOptions(opts *Options, o *C.cmdop_options, pins *cStrings, local bool) 
 		o.servers = arr
 		o.server_count = C.size_t(n)
 	}
+	o.servers_in_order = C.bool(opts.ServersInOrder)
 	o.tls = C.int(opts.TLS)
 	o.auto_refresh = C.bool(!opts.DisableAutoRefresh)
 	return commonOptions(opts, pins, &o.ca_pem_path, &o.ca_pem, &o.ca_pem_len, &o.timeout_ms,

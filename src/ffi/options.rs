@@ -18,7 +18,7 @@ use super::boundary::{arg_str, opt_str, run_status, Failure};
 use crate::client::{ClientOptions, Credentials};
 
 /// Current version of `cmdop_options`.
-pub const CMDOP_OPTIONS_VERSION: u32 = 2;
+pub const CMDOP_OPTIONS_VERSION: u32 = 3;
 
 /// Most entries `cmdop_options.servers` may have (server_count).
 pub const CMDOP_MAX_SERVERS: usize = 64;
@@ -96,7 +96,8 @@ pub struct cmdop_options {
     /// ignores them: NULL and 0 are fine). `tls` applies to every entry.
     ///
     /// cmdop_connect() tries them in a random order of the client's own
-    /// (so that clients with the same list spread over the replicas) and
+    /// (so that clients with the same list spread over the replicas;
+    /// `servers_in_order` keeps the list's order) and
     /// keeps the first that answers (a server that cannot be reached within
     /// min(timeout_ms, 5 s) passes the turn; a refused key does not). When the server in use is
     /// lost, on_disconnect(will_reconnect=true) fires and every reconnect
@@ -117,10 +118,17 @@ pub struct cmdop_options {
     pub servers: *const *const c_char,
     /// Number of entries of `servers` (version 2; default 0: no list).
     pub server_count: usize,
+    /// Version 3; default false. true: cmdop_connect() tries `servers` in
+    /// the list's order and keeps the first that answers, instead of
+    /// starting at a random entry. For a preferred replica, or for servers
+    /// that are not one cluster (not forwarding to each other), where a
+    /// machine is reachable only through the server its agent uses. When
+    /// the server in use is lost, reconnecting still tries the others in a
+    /// random order, the lost one last.
+    pub servers_in_order: bool,
 }
 
-/// Version 2 of the layout, frozen: never change it. (Equal to
-/// `cmdop_options` until version 3 appends a field.)
+/// Version 2 of the layout, frozen: never change it.
 #[repr(C)]
 #[allow(dead_code)] // only its size is used
 struct OptionsV2 {
@@ -171,7 +179,8 @@ impl super::versioned::Versioned for cmdop_options {
     fn size_of_version(version: u32) -> usize {
         match version {
             1 => size_of::<OptionsV1>(),
-            _ => size_of::<OptionsV2>(),
+            2 => size_of::<OptionsV2>(),
+            _ => size_of::<cmdop_options>(),
         }
     }
     fn defaults() -> Self {
@@ -187,6 +196,10 @@ impl super::versioned::Versioned for cmdop_options {
             (
                 "auto_refresh",
                 std::mem::offset_of!(cmdop_options, auto_refresh),
+            ),
+            (
+                "servers_in_order",
+                std::mem::offset_of!(cmdop_options, servers_in_order),
             ),
         ]
     }
@@ -214,6 +227,7 @@ fn defaults() -> cmdop_options {
         auto_refresh: true,
         servers: std::ptr::null(),
         server_count: 0,
+        servers_in_order: c.servers_in_order,
     }
 }
 
@@ -452,6 +466,7 @@ pub(crate) unsafe fn client_options(
     c.max_reconnect_delay = ms(o.max_reconnect_delay_ms);
     c.max_reconnect_attempts = o.max_reconnect_attempts;
     c.debug = o.debug;
+    c.servers_in_order = o.servers_in_order;
     Ok(c)
 }
 
@@ -470,27 +485,34 @@ mod tests {
     }
 
     #[test]
-    fn version_two_is_the_current_layout_until_version_three() {
-        assert_eq!(CMDOP_OPTIONS_VERSION, 2);
-        assert_eq!(size_of::<OptionsV2>(), size_of::<cmdop_options>());
+    fn each_version_is_a_prefix_of_the_next() {
+        assert_eq!(CMDOP_OPTIONS_VERSION, 3);
         assert!(size_of::<OptionsV1>() < size_of::<OptionsV2>());
+        assert!(size_of::<OptionsV2>() < size_of::<cmdop_options>());
         assert_eq!(
             std::mem::offset_of!(cmdop_options, servers),
             std::mem::offset_of!(OptionsV2, servers)
         );
+        assert_eq!(
+            std::mem::offset_of!(cmdop_options, server_count),
+            std::mem::offset_of!(OptionsV2, server_count)
+        );
+        assert!(std::mem::offset_of!(cmdop_options, servers_in_order) >= size_of::<OptionsV2>());
     }
 
-    #[test]
-    fn a_version_one_struct_is_read_without_the_list() {
-        // A v1 caller's struct ends after auto_refresh: bytes beyond it
-        // (here 0xFF garbage) are never read.
-        let mut raw = [0xFFu8; size_of::<OptionsV2>()];
-        let n = size_of::<OptionsV1>();
+    /// A caller's struct of an older `version` (`size` bytes), followed by
+    /// 0xFF garbage up to the current size: init must write, and the
+    /// constructors read, none of the garbage.
+    fn read_as_version(version: u32, size: usize) -> ClientOptions {
+        let mut raw = [0xFFu8; size_of::<cmdop_options>()];
         assert_eq!(
-            cmdop_options_init(raw.as_mut_ptr().cast(), 1),
+            cmdop_options_init(raw.as_mut_ptr().cast(), version),
             super::super::status::cmdop_status::Ok
         );
-        assert!(raw[n..].iter().all(|&b| b == 0xFF), "init wrote past v1");
+        assert!(
+            raw[size..].iter().all(|&b| b == 0xFF),
+            "init wrote past version {version}"
+        );
         let mut aligned = std::mem::MaybeUninit::<cmdop_options>::uninit();
         // SAFETY: copying raw bytes into a buffer of the same size.
         unsafe {
@@ -500,9 +522,37 @@ mod tests {
                 raw.len(),
             )
         };
-        // SAFETY: a version-1 struct followed by bytes the reader must skip.
-        let c =
-            unsafe { client_options(aligned.as_ptr(), Target::Remote, Credentials::None) }.unwrap();
+        // SAFETY: a struct of layout `version` followed by bytes the
+        // reader must skip.
+        unsafe { client_options(aligned.as_ptr(), Target::Remote, Credentials::None) }.unwrap()
+    }
+
+    #[test]
+    fn a_version_two_struct_is_read_without_the_order_flag() {
+        // A v2 caller's struct ends after server_count: where v3 keeps
+        // servers_in_order there is 0xFF, not a valid bool.
+        let c = read_as_version(2, size_of::<OptionsV2>());
+        assert!(!c.servers_in_order);
+    }
+
+    #[test]
+    fn servers_in_order_reaches_the_client_options() {
+        let mut o = init();
+        assert!(!o.servers_in_order);
+        let list = [c"127.0.0.1:1".as_ptr(), c"127.0.0.1:2".as_ptr()];
+        o.servers = list.as_ptr();
+        o.server_count = 2;
+        o.servers_in_order = true;
+        // SAFETY: options from the init function, with a valid list.
+        let c = unsafe { client_options(&o, Target::Remote, Credentials::None) }.unwrap();
+        assert!(c.servers_in_order);
+        assert_eq!(c.servers.len(), 2);
+    }
+
+    #[test]
+    fn a_version_one_struct_is_read_without_the_list() {
+        // A v1 caller's struct ends after auto_refresh.
+        let c = read_as_version(1, size_of::<OptionsV1>());
         assert!(c.servers.is_empty());
     }
 
@@ -651,7 +701,10 @@ mod tests {
         let mut o = init();
         o.timeout_ms = 5;
         assert_eq!(cmdop_options_init(&mut o, 0), cmdop_status::InvalidArgument);
-        assert_eq!(cmdop_options_init(&mut o, 3), cmdop_status::InvalidArgument);
+        assert_eq!(
+            cmdop_options_init(&mut o, CMDOP_OPTIONS_VERSION + 1),
+            cmdop_status::InvalidArgument
+        );
         assert_eq!(o.timeout_ms, 5, "nothing written on failure");
     }
 
@@ -660,7 +713,7 @@ mod tests {
         let header = include_str!("../../cbindgen.toml");
         let d = defaults();
         let want = format!(
-            "{{ CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, {}, {}, {}, {}, {}, {}, {}, {}, {}, NULL, 0 }}",
+            "{{ CMDOP_OPTIONS_VERSION, NULL, CMDOP_TLS_DEFAULT, NULL, NULL, 0, {}, {}, {}, {}, {}, {}, {}, {}, {}, NULL, 0, {} }}",
             d.timeout_ms,
             d.max_retries,
             d.retry_delay_ms,
@@ -669,7 +722,8 @@ mod tests {
             d.max_reconnect_delay_ms,
             d.max_reconnect_attempts,
             d.debug,
-            d.auto_refresh
+            d.auto_refresh,
+            d.servers_in_order
         );
         assert!(
             header.contains(&format!("#define CMDOP_OPTIONS_INIT {want}")),

@@ -219,11 +219,17 @@ struct Options {
   std::string server;   ///< remote only: "host:port" or "https://host:port"; empty = hosted endpoint
   /// Several control planes (replicas of one cluster), "host:port" each:
   /// when not empty, used instead of `server` (remote) or of host and port
-  /// (local, which then ignores them). Connecting takes the first that
-  /// answers; when it is lost the client moves to the next one that does
-  /// (on_disconnect(will_reconnect=true), then on_connect). A load
-  /// balancer or DNS name in front of the replicas needs no list.
+  /// (local, which then ignores them). Connecting tries them in a random
+  /// order of the client's own (so clients spread over the replicas) and
+  /// takes the first that answers; when it is lost the client moves to
+  /// another that does (on_disconnect(will_reconnect=true), then
+  /// on_connect). A load balancer or DNS name in front of the replicas
+  /// needs no list.
   std::vector<std::string> servers;
+  /// Connect to `servers` in the list's order (the first that answers)
+  /// instead of a random one: for a preferred replica, or servers that
+  /// are not one cluster (cmdop_options.servers_in_order).
+  bool servers_in_order = false;
   std::string api_key;  ///< local only: empty = $CMDOP_API_KEY if set, else none (remote takes it as an argument)
   Tls tls = Tls::Default;
   std::string ca_pem_path;  ///< empty = system roots
@@ -253,6 +259,7 @@ inline void to_c(const Options &o, cmdop_options &c, std::vector<const char *> &
   for (const std::string &s : o.servers) servers.push_back(s.c_str());
   c.servers = servers.empty() ? nullptr : servers.data();
   c.server_count = servers.size();
+  c.servers_in_order = o.servers_in_order;
   c.tls = static_cast<int>(o.tls);
   c.ca_pem_path = o.ca_pem_path.empty() ? nullptr : o.ca_pem_path.c_str();
   c.ca_pem = o.ca_pem.empty() ? nullptr : reinterpret_cast<const uint8_t *>(o.ca_pem.data());

@@ -17,11 +17,17 @@ public struct Options: Sendable {
     /// Several control planes (replicas of one cluster), "host:port" each.
     /// When not empty, used instead of `server` (remote, which must then
     /// be nil) or of the host and port of `init(host:port:)` (then
-    /// ignored). Connecting takes the first that answers; when the one in
-    /// use is lost the client moves to the next that does (`onDisconnect`
-    /// with willReconnect, then `onConnect`). A load balancer or DNS name in
-    /// front of the replicas needs no list: give it as `server`.
+    /// ignored). Connecting tries them in a random order of the client's
+    /// own (so that clients spread over the replicas) and takes the first
+    /// that answers; when the one in use is lost the client moves to
+    /// another that does (`onDisconnect` with willReconnect, then
+    /// `onConnect`). A load balancer or DNS name in front of the replicas
+    /// needs no list: give it as `server`.
     public var servers: [String] = []
+    /// Connect to `servers` in the list's order (the first that answers)
+    /// instead of a random one: for a preferred replica, or servers that
+    /// are not one cluster.
+    public var serversInOrder = false
     /// Local clients: the API key; nil = $CMDOP_API_KEY (remote clients
     /// take it as an argument).
     public var apiKey: String?
@@ -238,6 +244,7 @@ public final class Client: @unchecked Sendable {
         apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
         o.tls = options.tls.rawValue
         o.debug = options.debug
+        o.servers_in_order = options.serversInOrder
         var out: OpaquePointer?
         try withOptionalCString(options.server) { server in
             try withOptionalCString(options.caPEMPath) { ca in
@@ -266,6 +273,7 @@ public final class Client: @unchecked Sendable {
         apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
         o.tls = options.tls.rawValue
         o.debug = options.debug
+        o.servers_in_order = options.serversInOrder
         if let r = options.autoRefresh { o.auto_refresh = r }
         var out: OpaquePointer?
         try withOptionalCString(options.server) { server in
@@ -291,6 +299,7 @@ public final class Client: @unchecked Sendable {
         Client.apply(options, timeout: &o.timeout_ms, retries: &o.max_retries, reconnect: &o.auto_reconnect)
         o.tls = options.tls.rawValue
         o.debug = options.debug
+        o.servers_in_order = options.serversInOrder
         var out: OpaquePointer?
         try withOptionalCString(options.apiKey) { key in
             try withOptionalCString(options.caPEMPath) { ca in
