@@ -604,6 +604,16 @@ class Report:
                    f"({fmt_kb(before)} → {fmt_kb(after)}{by}) | {n} | {ag['errors']} | | | | "
                    f"{'–' if per_agent is None else f'{per_agent:.1f} KiB'} | ≤ 32 KiB | "
                    f"{goal_word(per_agent <= 32 if per_agent is not None else None)} |")
+        kill = self.find("cluster-agents", "sigkill-replica")
+        if kill:
+            st = Stats(kill)
+            back = kill.get("all_back_s", -1)
+            spread = [n for i, n in enumerate(kill.get("moved_to") or []) if i != kill.get("killed")]
+            share = f"; survivors got {' / '.join(str(n) for n in spread)}" if spread else ""
+            self.w(f"| {kill['label']} (time from the kill per agent{share}) | {kill['runs']} | {kill['errors']} | "
+                   f"{fmt_us(st.min)} | {fmt_us(st.p50)} | {fmt_us(st.p99)} | "
+                   f"{'not all' if back < 0 else f'all in {back:.1f} s'} | all within 30 s | "
+                   f"{goal_word(0 <= back <= 30 and kill['errors'] == 0)} |")
         self.w()
         if rolling and "skipped" not in rolling:
             stops = sorted(rolling.get("stop_us") or [])

@@ -600,8 +600,14 @@ pub async fn wait_before_retry(delay: Duration, target: Option<&(String, u16)>) 
 /// [`wait_before_retry`]), then probes every server and returns the index
 /// of the one to dial next: the first that answers of the others in a
 /// random order (then `lost`), or the first of that order when none
-/// answers (its attempt then fails and the backoff grows).
-async fn wait_and_pick(delay: Duration, targets: &[Option<(String, u16)>], lost: usize) -> usize {
+/// answers (its attempt then fails and the backoff grows). Public so that
+/// the many-agents benchmark's simulated agents fail over exactly like the
+/// real one.
+pub async fn wait_and_pick(
+    delay: Duration,
+    targets: &[Option<(String, u16)>],
+    lost: usize,
+) -> usize {
     let n = targets.len();
     // The other servers in a random order of this agent's own, the lost one
     // last: the agents of a lost replica spread over the survivors instead

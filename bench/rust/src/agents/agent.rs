@@ -1,6 +1,7 @@
 //! One simulated idle agent: enroll, register over its own connection,
 //! heartbeat, and reconnect the way the real agent does, reporting into the
-//! shared counters. With [`Serving`] it also opens the exec channel with
+//! shared counters (with several servers it fails over like the real agent
+//! too). With [`Serving`] it also opens the exec channel with
 //! declared labels and answers every command at once with exit 0, spawning
 //! nothing: a fan-out's machines at the control plane's cost alone.
 
@@ -13,7 +14,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use cmdop_agent::{connection::wait_before_retry, AgentConfig};
+use cmdop_agent::{
+    connection::{wait_and_pick, wait_before_retry},
+    AgentConfig,
+};
 use cmdop_proto::backoff::{Backoff, AGENT_RECONNECT};
 use cmdop_proto::{
     ext::{
@@ -61,11 +65,30 @@ pub struct Stats {
     pub first_back: Mutex<Vec<SystemTime>>,
     /// The first reason an attempt failed, for the log.
     pub first_failure: Mutex<Option<String>>,
+    /// Agents registered on each server (by its place in `--server`) now.
+    pub on_server: Vec<AtomicUsize>,
+    /// Each registration after a lost connection: the server whose
+    /// connection was lost, the server registered on, and when.
+    pub moved: Mutex<Vec<(usize, usize, SystemTime)>>,
+}
+
+impl Stats {
+    /// Counters for agents spread over `servers` servers.
+    pub fn new(servers: usize) -> Stats {
+        Stats {
+            on_server: (0..servers).map(|_| AtomicUsize::new(0)).collect(),
+            ..Default::default()
+        }
+    }
 }
 
 fn push(list: &Mutex<Vec<SystemTime>>, at: SystemTime) {
     list.lock().unwrap_or_else(|e| e.into_inner()).push(at);
 }
+
+/// Where agents connect: `[server][source]`, each route bound to one of the
+/// source addresses (see [`source_address`]).
+pub type Routes = Arc<Vec<Vec<Route>>>;
 
 /// Where one agent connects: its endpoint (bound to its source address) and
 /// the enrollment channel of that server.
@@ -261,9 +284,17 @@ async fn stay_connected(
 
 /// One simulated agent: enroll, connect, register; then report readiness and
 /// stay connected until `stop` flips, reconnecting like the real agent
-/// whenever the connection ends.
+/// whenever the connection ends. It starts on server `home` of `routes`
+/// (always through source address `source`); with several servers it picks
+/// the next one as the real agent does
+/// (`cmdop_agent::connection::wait_and_pick`: the others in a random order,
+/// the lost one last, the first that answers a TCP probe), so the agents of
+/// a killed replica spread over the survivors.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_agent(
-    route: Route,
+    routes: Routes,
+    home: usize,
+    source: usize,
     token: String,
     hostname: String,
     ready: mpsc::Sender<Result<Duration, String>>,
@@ -272,8 +303,9 @@ pub async fn run_agent(
     serving: Serving,
 ) {
     let started = Instant::now();
+    let route = |server: usize| &routes[server][source];
     let first = async {
-        let enrolled = AgentLinkClient::new(route.enroll_channel.clone())
+        let enrolled = AgentLinkClient::new(route(home).enroll_channel.clone())
             .enroll(EnrollRequest {
                 enrollment_token: token,
                 hostname: hostname.clone(),
@@ -284,13 +316,14 @@ pub async fn run_agent(
         let bearer: MetadataValue<Ascii> = format!("Bearer {}", enrolled.agent_secret)
             .parse()
             .map_err(|_| "the agent secret is not a valid header value".to_string())?;
-        let connected = connect_and_register(&route.endpoint, &bearer, &hostname).await?;
+        let connected = connect_and_register(&route(home).endpoint, &bearer, &hostname).await?;
         Ok::<_, String>((bearer, connected))
     }
     .await;
 
     let (bearer, mut connected) = match first {
         Ok(c) => {
+            stats.on_server[home].fetch_add(1, Ordering::SeqCst);
             let _ = ready.send(Ok(started.elapsed())).await;
             c
         }
@@ -306,13 +339,20 @@ pub async fn run_agent(
     // delay (probing), try again.
     let config = AgentConfig::default();
     let mut backoff = Backoff::new(AGENT_RECONNECT, config.reconnect_base, config.reconnect_max);
+    let probes: Vec<Option<(String, u16)>> = routes
+        .iter()
+        .map(|r| r[source].probe_target.clone())
+        .collect();
+    let mut current = home;
     let mut losses = 0u64;
     loop {
         backoff.connected(Instant::now());
         if stay_connected(connected, &bearer, &serving, &mut stop).await {
             return;
         }
+        let lost_from = current;
         losses += 1;
+        stats.on_server[lost_from].fetch_sub(1, Ordering::SeqCst);
         stats.down.fetch_add(1, Ordering::SeqCst);
         stats.lost.fetch_add(1, Ordering::Relaxed);
         if losses == 1 {
@@ -322,18 +362,32 @@ pub async fn run_agent(
         backoff.lost(Instant::now());
         connected = loop {
             let delay = backoff.next_delay();
+            let waited = async {
+                if probes.len() == 1 {
+                    wait_before_retry(delay, probes[0].as_ref()).await;
+                    0
+                } else {
+                    wait_and_pick(delay, &probes, current).await
+                }
+            };
             tokio::select! {
                 _ = stop.changed() => return,
-                () = wait_before_retry(delay, route.probe_target.as_ref()) => {}
+                next = waited => current = next,
             }
             push(&stats.attempts, SystemTime::now());
-            match connect_and_register(&route.endpoint, &bearer, &hostname).await {
+            match connect_and_register(&route(current).endpoint, &bearer, &hostname).await {
                 Ok(c) => {
                     let now = SystemTime::now();
                     push(&stats.registered_again, now);
                     if losses == 1 {
                         push(&stats.first_back, now);
                     }
+                    stats
+                        .moved
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((lost_from, current, now));
+                    stats.on_server[current].fetch_add(1, Ordering::SeqCst);
                     stats.down.fetch_sub(1, Ordering::SeqCst);
                     break c;
                 }

@@ -9,6 +9,7 @@ const USAGE: &str = "usage: cmdop-bench-agents --server http://HOST:PORT[,http:/
 (--data-dir DIR | CMDOP_DATABASE_URL=postgres://… in the environment) --workspace NAME \
 --agents N [--parallel N] \
 [--per-source N] [--control-plane-pid PID]… [--ready-file F] [--restart-file F] \
+[--failover-file F] \
 [--label TEXT] [--case NAME] [--serve-exec K=V[,K=V…]]";
 
 pub struct Args {
@@ -22,6 +23,7 @@ pub struct Args {
     pub control_plane_pids: Vec<u32>,
     pub ready_file: Option<PathBuf>,
     pub restart_file: Option<PathBuf>,
+    pub failover_file: Option<PathBuf>,
     pub label: String,
     pub case: String,
     /// `--serve-exec`: the agents open the exec channel declaring these
@@ -44,6 +46,7 @@ pub fn parse_args() -> anyhow::Result<Args> {
         control_plane_pids: Vec::new(),
         ready_file: None,
         restart_file: None,
+        failover_file: None,
         label: String::new(),
         case: "agents-10k".into(),
         serve_exec: None,
@@ -72,6 +75,7 @@ pub fn parse_args() -> anyhow::Result<Args> {
             "--parallel" => args.parallel = count(&value)?,
             "--per-source" => args.per_source = count(&value)?,
             "--restart-file" => args.restart_file = Some(value.into()),
+            "--failover-file" => args.failover_file = Some(value.into()),
             "--control-plane-pid" => args.control_plane_pids.push(
                 value
                     .parse()
@@ -105,6 +109,14 @@ pub fn parse_args() -> anyhow::Result<Args> {
     }
     if args.agents.div_ceil(args.per_source) > 250 {
         bail!("--agents / --per-source needs more than 250 source addresses; raise --per-source");
+    }
+    if args.failover_file.is_some() && args.servers.len() < 2 {
+        bail!(
+            "--failover-file needs at least two servers in --server (the agents move to another)"
+        );
+    }
+    if args.failover_file.is_some() && args.restart_file.is_some() {
+        bail!("give --failover-file or --restart-file, not both");
     }
     if args.label.is_empty() {
         args.label = format!("{} idle agents", args.agents);

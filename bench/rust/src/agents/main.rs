@@ -7,7 +7,7 @@
 //!     (--data-dir DIR | CMDOP_DATABASE_URL=postgres://… in the environment) \
 //!     --workspace NAME --agents N \
 //!     [--parallel N] [--per-source N] [--control-plane-pid PID]… [--ready-file F]
-//!     [--restart-file F] [--label TEXT] [--case NAME]
+//!     [--restart-file F | --failover-file F] [--label TEXT] [--case NAME]
 //! ```
 //!
 //! Each agent is enrolled with its own one-time token (minted straight into
@@ -17,7 +17,7 @@
 //! `ConnectTerminal`, registers, waits for `start_session` and stays
 //! connected, sending a heartbeat every 25 s like the real agent. It serves no
 //! commands (no terminal, no `AgentLink.Channel`): idle agents. With several
-//! servers (a cluster's replicas) agent `i` connects to server `i mod n`.
+//! servers (a cluster's replicas) agent `i` connects to server `i mod n` first.
 //! A loopback address pair has only ~28,000 ephemeral ports, so agents bind
 //! their connections to several source addresses, 127.R.0.1, 127.R.0.2, …
 //! (`R` differs between runs), at most `--per-source` (10,000) agents each.
@@ -43,13 +43,25 @@
 //! registered again, plus registrations and attempts per second), and
 //! writes `F.done`.
 //!
+//! With `--failover-file F` (several servers) it measures the loss of one of
+//! them instead: the harness kills server `I` (its place in `--server`) and
+//! writes `F` as `I EPOCH_SECONDS` (when it was killed). The simulator waits
+//! until no agent is left on it and every agent is registered again, each
+//! having picked its next server as the real agent does, prints a record
+//! (subject `failover`: samples are each moved agent's time from the kill
+//! until it was registered on a survivor; `moved_to` counts them per
+//! server), and writes `F.done`.
+//!
 //! This file starts the agents, waits for them and prints the first record.
 //! The command line is read in `args`, the tokens are minted in `tokens`,
 //! one simulated agent is `agent`, the restart measurement is `restart`,
+//! the loss of one server is `failover`,
 //! and the control planes' memory is read in `rss`.
 
 mod agent;
 mod args;
+mod failover;
+mod harness_file;
 mod restart;
 mod rss;
 mod tokens;
@@ -64,8 +76,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::transport::Endpoint;
 
 use crate::{
-    agent::{run_agent, source_address, Route, Serving, Stats},
+    agent::{run_agent, source_address, Route, Routes, Serving, Stats},
     args::{parse_args, Args},
+    failover::measure_failover,
     restart::measure_restart,
     rss::{vm_rss_kb, SETTLE},
     tokens::mint_tokens,
@@ -109,9 +122,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             .collect();
         servers.push(routes);
     }
+    let servers: Routes = Arc::new(servers);
 
     let rss_before = vm_rss_kb(&args.control_plane_pids);
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new(servers.len()));
     let serving: Serving = args.serve_exec.clone().map(Arc::new);
     let (ready_tx, mut ready_rx) = mpsc::channel(args.parallel.max(16));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -140,10 +154,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     }
                     drop(permit);
                 });
-                let routes = &servers[i % servers.len()];
-                let route = routes[(i / servers.len()) % routes.len()].clone();
+                let home = i % servers.len();
+                let source = (i / servers.len()) % sources;
                 handles.push(tokio::spawn(run_agent(
-                    route,
+                    servers.clone(),
+                    home,
+                    source,
                     token,
                     format!("sim-{pid}-{i}"),
                     agent_ready,
@@ -204,6 +220,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(path) = &args.ready_file {
         std::fs::write(path, format!("{}\n", samples.len()))
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+
+    if let Some(path) = &args.failover_file {
+        tokio::select! {
+            measured = measure_failover(&args, path, &stats) => measured?,
+            () = shutdown_signal() => return Ok(false),
+        }
     }
 
     if let Some(path) = &args.restart_file {

@@ -5,14 +5,15 @@
 use std::{
     path::PathBuf,
     sync::atomic::Ordering,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use crate::{
     agent::Stats,
     args::Args,
+    harness_file::wait_for,
     rss::{vm_rss_kb, SETTLE},
 };
 
@@ -49,33 +50,6 @@ fn secs_between(from: SystemTime, to: SystemTime) -> f64 {
     }
 }
 
-/// Waits for the harness's restart file, `PID EPOCH_SECONDS`.
-async fn wait_restart_file(path: &std::path::Path) -> anyhow::Result<(u32, SystemTime)> {
-    let deadline = Instant::now() + RESTART_TIMEOUT;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            let mut words = text.split_whitespace();
-            if let (Some(pid), Some(at)) = (words.next(), words.next()) {
-                let pid: u32 = pid
-                    .parse()
-                    .with_context(|| format!("{}: '{pid}' is not a pid", path.display()))?;
-                let at: f64 = at
-                    .parse()
-                    .with_context(|| format!("{}: '{at}' is not a time", path.display()))?;
-                return Ok((pid, UNIX_EPOCH + Duration::from_secs_f64(at)));
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the harness did not restart the control plane within {} s ({} never appeared)",
-                RESTART_TIMEOUT.as_secs(),
-                path.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The restart measurement: waits for the harness to restart the control
 /// plane, then for all `expected` agents to register again, and prints its
 /// record.
@@ -85,7 +59,9 @@ pub async fn measure_restart(
     expected: usize,
     stats: &Stats,
 ) -> anyhow::Result<()> {
-    let (new_pid, ready_at) = wait_restart_file(path).await?;
+    let (new_pid, ready_at) =
+        wait_for(path, RESTART_TIMEOUT, "pid", "restart the control plane").await?;
+    let new_pid = u32::try_from(new_pid).context("the restart file's pid is out of range")?;
     let deadline = Instant::now() + RECONNECT_ALL_TIMEOUT;
     // All back: every agent lost its connection and none is down now.
     let mut all_back_at = None;

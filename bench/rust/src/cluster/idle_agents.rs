@@ -1,6 +1,8 @@
 //! The `cluster-agents` case: `cmdop-bench-agents` connects many simulated
 //! idle agents over the replicas; cross-replica execute latency without and
-//! with them, and what they cost the replicas.
+//! with them, what they cost the replicas, and how long the agents of a
+//! replica killed with SIGKILL take to be registered on the others (the
+//! killed replica is started again afterwards).
 
 use std::{
     process::Stdio,
@@ -65,13 +67,16 @@ const PER_SOURCE: usize = 5_000;
 /// `--agents` simulated idle agents spread over the replicas (by as many
 /// simulator processes as [`PER_SIMULATOR`] asks), and what they cost the
 /// replicas' memory.
-pub async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
+pub async fn idle_agents(args: &Args, setup: &mut Setup) -> anyhow::Result<()> {
     let bin = args
         .agents_bin
         .as_ref()
         .context("--agents needs --agents-bin (target/release/cmdop-bench-agents)")?;
     let c = &setup.cluster;
     let home = c.live_route(&setup.machine_id).await?;
+    // Killed after the latency rows: neither the agent's replica nor the
+    // cross-replica client's.
+    let victim = (home + 2) % REPLICAS;
     let (cross, _) = open_client(c, (home + 1) % REPLICAS, &setup.api_key, &args.hostname).await?;
     let (same, _) = open_client(c, home, &setup.api_key, &args.hostname).await?;
     let runs = args.agents_lat_runs;
@@ -113,13 +118,17 @@ pub async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
     for k in 0..simulators {
         let share = args.agents / simulators + usize::from(k < args.agents % simulators);
         let log_path = c.agent_log.with_file_name(format!("agents-{k}.log"));
+        let kill_file = c.agent_log.with_file_name(format!("agents-{k}.killed"));
+        let _ = std::fs::remove_file(&kill_file);
         let log = std::fs::File::create(&log_path)?;
         let mut sim = Command::new(bin);
         sim.arg("--server").arg(servers.join(","));
         c.db.name_to(&mut sim);
         sim.args(["--workspace", "bench", "--agents", &share.to_string()])
             .args(["--per-source", &PER_SOURCE.to_string()])
-            .args(["--case", "cluster-agents", "--label", &label]);
+            .args(["--case", "cluster-agents", "--label", &label])
+            .arg("--failover-file")
+            .arg(&kill_file);
         let mut child = sim
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -128,29 +137,30 @@ pub async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("cannot run {}", bin.display()))?;
         let stdout = child.stdout.take().context("no stdout of the simulator")?;
-        sims.push((child, stdout, log_path));
+        sims.push((child, stdout, log_path, kill_file));
     }
-    // Each simulator prints one record once its agents are connected.
+    // Each simulator prints one record once its agents are connected, and
+    // a second once the agents of the killed replica have moved.
     let mut records = Vec::with_capacity(simulators);
     let mut children = Vec::with_capacity(simulators);
     let mut waits = Vec::with_capacity(simulators);
-    for (child, stdout, log_path) in sims {
+    let mut outputs = Vec::with_capacity(simulators);
+    for (child, stdout, log_path, kill_file) in sims {
         children.push(child);
+        outputs.push((log_path.clone(), kill_file));
         waits.push(tokio::spawn(async move {
             let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-            match tokio::time::timeout(Duration::from_secs(900), lines.next_line()).await {
-                Ok(Ok(Some(line))) => serde_json::from_str::<serde_json::Value>(&line)
-                    .context("a simulator printed no JSON record"),
-                Ok(_) => bail!(
-                    "simulated agents did not connect: {}",
-                    log_tail(&log_path, 2)
-                ),
-                Err(_) => bail!("simulated agents did not all connect within 900 s"),
-            }
+            let record = next_record(&mut lines, &log_path, Duration::from_secs(900))
+                .await
+                .context("simulated agents did not all connect")?;
+            Ok::<_, anyhow::Error>((record, lines))
         }));
     }
+    let mut readers = Vec::with_capacity(simulators);
     for wait in waits {
-        records.push(wait.await.context("a simulator's reader task failed")??);
+        let (record, lines) = wait.await.context("a simulator's reader task failed")??;
+        records.push(record);
+        readers.push(lines);
     }
     tokio::time::sleep(SETTLE).await;
     let rss_after = rss(&pids);
@@ -203,6 +213,8 @@ pub async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
     }
     same.close().await;
     cross.close().await;
+    let moved = failover(setup, victim, &outputs, &mut readers, args.agents).await;
+    let restarted = setup.cluster.start_replica(victim).await;
     for child in &children {
         if let Some(pid) = child.id() {
             let _ = std::process::Command::new("kill")
@@ -218,5 +230,90 @@ pub async fn idle_agents(args: &Args, setup: &Setup) -> anyhow::Result<()> {
             let _ = child.kill().await;
         }
     }
+    moved?;
+    restarted.with_context(|| format!("cannot restart replica {victim} after killing it"))
+}
+
+type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// The next JSON record a simulator prints, within `within`.
+async fn next_record(
+    lines: &mut Lines,
+    log_path: &std::path::Path,
+    within: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    match tokio::time::timeout(within, lines.next_line()).await {
+        Ok(Ok(Some(line))) => {
+            serde_json::from_str(&line).context("a simulator printed no JSON record")
+        }
+        Ok(_) => bail!("the simulator ended: {}", log_tail(log_path, 2)),
+        Err(_) => bail!("no record within {within:?}: {}", log_tail(log_path, 2)),
+    }
+}
+
+/// SIGKILL of replica `victim` with the simulated agents connected: tells
+/// every simulator (through its failover file), waits for each one's record
+/// of its agents moving to the survivors, and prints the combined record.
+async fn failover(
+    setup: &mut Setup,
+    victim: usize,
+    outputs: &[(std::path::PathBuf, std::path::PathBuf)],
+    readers: &mut [Lines],
+    agents: usize,
+) -> anyhow::Result<()> {
+    setup.cluster.kill_replica(victim).await;
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    for (_, kill_file) in outputs {
+        std::fs::write(kill_file, format!("{victim} {at:.6}\n"))
+            .with_context(|| format!("cannot write {}", kill_file.display()))?;
+    }
+    let mut records = Vec::with_capacity(readers.len());
+    for (lines, (log_path, _)) in readers.iter_mut().zip(outputs) {
+        records.push(
+            next_record(lines, log_path, Duration::from_secs(240))
+                .await
+                .context("the agents of the killed replica did not move")?,
+        );
+    }
+    let sum = |field: &str| -> u64 { records.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum() };
+    let all_back = records
+        .iter()
+        .map(|r| r["all_back_s"].as_f64().unwrap_or(-1.0))
+        .fold(
+            0.0,
+            |a: f64, b| if a < 0.0 || b < 0.0 { -1.0 } else { a.max(b) },
+        );
+    let mut moved_to = vec![0u64; REPLICAS];
+    for r in &records {
+        for (i, n) in r["moved_to"].as_array().into_iter().flatten().enumerate() {
+            if i < REPLICAS {
+                moved_to[i] += n.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    let samples: Vec<serde_json::Value> = records
+        .iter()
+        .flat_map(|r| r["samples_us"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let moved = sum("agents");
+    emit(serde_json::json!({
+        "case": "cluster-agents",
+        "subject": "sigkill-replica",
+        "label": format!("SIGKILL of one of {REPLICAS} replicas with {agents} agents: its agents registered on the survivors"),
+        "runs": moved,
+        "concurrency": 0,
+        "wall_s": all_back,
+        "ops_per_s": if all_back > 0.0 { moved as f64 / all_back } else { 0.0 },
+        "errors": sum("errors"),
+        "bytes": 0,
+        "agents": moved,
+        "killed": victim,
+        "moved_to": moved_to,
+        "all_back_s": all_back,
+        "samples_us": samples,
+    }));
     Ok(())
 }

@@ -47,7 +47,10 @@
 //! - `cluster-agents` (with `--agents N`): `cmdop-bench-agents` connects N
 //!   simulated idle agents spread over the replicas; the replicas' resident
 //!   memory before and after (summed), and cross-replica `execute("true")`
-//!   without (`exec-1`) and with them (`exec-n`).
+//!   without (`exec-1`) and with them (`exec-n`); then SIGKILL of a replica
+//!   that holds neither the agent nor the cross-replica client, and the
+//!   time until its simulated agents are all registered on the survivors
+//!   (`sigkill-replica`, with how they spread); it is started again after.
 //!
 //! A part that cannot run prints a record with `"skipped"` and the run exits
 //! with status 1; status 2 means the cluster itself did not start.
@@ -169,7 +172,7 @@ async fn run(args: Args, dir: PathBuf, db: Db, counter: DbCounter) -> anyhow::Re
         );
     }
     if args.agents > 0 {
-        let r = idle_agents::idle_agents(&args, &setup).await;
+        let r = idle_agents::idle_agents(&args, &mut setup).await;
         part(
             "idle agents",
             &[(
