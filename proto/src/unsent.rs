@@ -46,15 +46,16 @@ pub fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// True when `err`'s chain holds the peer's graceful GOAWAY (NO_ERROR)
-/// ending a request that was being sent as the peer began to shut down: the request either never
-/// left, or left with a stream id above the last one the peer processed,
-/// or, in one case, may have reached it. hyper reports all three alike:
-/// after handing a request to HTTP/2 it checks the connection once more,
-/// and a GOAWAY read by the connection's task in between fails the request
-/// although its HEADERS may already be on the wire (and a peer that had
-/// not yet sent its final GOAWAY processes them). So such a request must
-/// not be sent again unless it is safe to repeat; this only lets the
-/// caller say what happened.
+/// ending a request that was being sent as the peer began to shut down.
+/// The request either never left, or left with a stream id above the last
+/// one the peer processed (never run), or, in one case, may have reached
+/// it: hyper reports all three alike. After handing a request to HTTP/2 it
+/// checks the connection once more, and a GOAWAY read by the connection's
+/// task in between fails the request although its HEADERS may already be
+/// on the wire (and a peer that had not yet sent its final GOAWAY
+/// processes them). So this alone does not allow sending a command again;
+/// a caller that knows HTTP/2 had taken the request on (hyper polled its
+/// body, which it does only after that check) knows it never ran.
 pub fn crossed_goaway(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
     while let Some(e) = next {
