@@ -5,8 +5,8 @@
 //! all three) is asked to move by each replica that holds it and opens its
 //! new link elsewhere while its old link finishes its work; clients (each
 //! with the full list, starting at a different replica) fail over by
-//! themselves. Almost no call may fail (the goal is none; see the bound
-//! below), a 10 s command started before its
+//! themselves (a call that provably never reached the stopping replica is
+//! sent again). No call may fail, a 10 s command started before its
 //! replica's SIGTERM completes with its output, and the route table never
 //! shows the machine without a route.
 
@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cmdop::client::{Client, ClientOptions, Credentials};
+use cmdop::client::{set_log_sink, Client, ClientOptions, Credentials, LogLevel};
 use common::{
     postgres::{self, Postgres},
     *,
@@ -70,10 +70,28 @@ async fn client(addrs: &[String], first: usize, key: &str, host: &str) -> Client
     opts.servers_in_order = true;
     opts.credentials = Credentials::ApiKey(key.to_string());
     opts.timeout = Duration::from_secs(30);
+    // For the count of resent calls (see `count_resends`).
+    opts.debug = true;
     let c = Client::new(opts).expect("client");
     c.open().await.expect("connect");
     c.set_machine(host).await.expect("select the machine");
     c
+}
+
+/// Counts the calls the library sent again, from its debug log: an execute
+/// is resent only when its failure proves that nothing of it ran.
+fn count_resends() -> Arc<AtomicUsize> {
+    let resent = Arc::new(AtomicUsize::new(0));
+    let counter = resent.clone();
+    set_log_sink(Some((
+        LogLevel::Debug,
+        Arc::new(move |_, message: &str| {
+            if message.contains("retrying Exec") {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }),
+    )));
+    resent
 }
 
 /// What the execute loops saw.
@@ -191,6 +209,7 @@ async fn a_rolling_restart_under_load_loses_no_call() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
+    let resent = count_resends();
     let mut loops = Vec::new();
     for first in 0..addrs.len() {
         let c = client(&addrs, first, &ws.api_key, &host).await;
@@ -291,24 +310,28 @@ async fn a_rolling_restart_under_load_loses_no_call() {
     lat.sort();
     let pick = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize].as_millis();
     eprintln!(
-        "rolling restart: {ok} calls ok, {failed} failed; latency min {} ms, p50 {} ms, p99 {} ms, \
+        "rolling restart: {ok} calls ok, {failed} failed, {} resent; latency min {} ms, p50 {} ms, p99 {} ms, \
          max {} ms; agent moved {moves} time(s); route samples {samples}, without a route {empty}, \
          route holders in turn {seen:?}",
+        resent.load(Ordering::Relaxed),
         pick(0.0),
         pick(0.5),
         pick(0.99),
         pick(1.0)
     );
     let errors = tally.errors.lock().unwrap().clone();
-    // The goal is 0 (issue 19). Now and then one call of ~2,000 ends with
-    // the client's connection to the stopping replica lost under it (the
-    // README says so, with the runs): hold that under 0.5 % until it is
-    // found and fixed, and show what failed.
-    if failed > 0 {
-        eprintln!("failed calls: {errors:#?}");
-    }
-    assert!(
-        failed * 200 <= ok,
+    // No call may be lost (issue 19). The calls that used to be: one queued
+    // on the client's connection to the stopping replica when its GOAWAY
+    // arrived (hyper hands it back unsent), and one whose stream the GOAWAY
+    // put above the last one the replica processed; both never ran, and
+    // the library sends them again (counted as resent above). A call whose
+    // failure cannot prove that, e.g. hyper's GOAWAY for a request it had
+    // not yet taken on while its HEADERS may have left (a window of a few
+    // instructions, see `cmdop_proto::unsent::crossed_goaway`), is not
+    // resent and would fail here, named as such.
+    assert_eq!(
+        failed,
+        0,
         "{failed} of {} calls failed: {errors:#?}",
         ok + failed
     );

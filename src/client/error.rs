@@ -175,6 +175,20 @@ impl Error {
         } else {
             msg
         };
+        if super::connection::refused_above_last_stream(status) {
+            return Error::Unavailable(format!(
+                "{what}: the server was shutting down (HTTP/2 GOAWAY) and refused the call before \
+                 it ran: the client moves to another server by itself; retry the call"
+            ));
+        }
+        let source = std::error::Error::source(status);
+        if source.is_some_and(cmdop_proto::unsent::crossed_goaway) {
+            return Error::Unavailable(format!(
+                "{what}: the server was shutting down (HTTP/2 GOAWAY) as the call was being sent, and \
+                 the connection cannot tell whether the call reached it: the client moves to another \
+                 server by itself; check whether it ran before running it again"
+            ));
+        }
         if is_transport_loss(status) {
             return Error::Unavailable(format!(
                 "{what}: the connection to the server was lost ({detail}): the client reconnects by itself; retry the call"
@@ -232,6 +246,12 @@ pub(crate) fn is_transport_loss(status: &tonic::Status) -> bool {
         Code::Internal | Code::Unknown | Code::Cancelled
     ) {
         return false;
+    }
+    // Made by the transport for a request it never sent (hyper's
+    // "operation was canceled" when the connection closed under a queued
+    // request, a GOAWAY above all): nothing of ours cancelled it.
+    if std::error::Error::source(status).is_some_and(cmdop_proto::unsent::never_sent) {
+        return true;
     }
     let msg = status.message().to_ascii_lowercase();
     let markers = [

@@ -407,8 +407,10 @@ async fn forward(
 
 /// True when a failed call to a peer certainly never left this replica:
 /// the TCP connection to the peer could not be made (refused: nothing
-/// listens there any more; or any other connect error), or the peer
-/// refused the stream before processing it (HTTP/2 REFUSED_STREAM).
+/// listens there any more; or any other connect error), hyper handed the
+/// request back unsent (the connection to the peer closed under it, as
+/// after the peer's GOAWAY), or the peer refused the stream before
+/// processing it (HTTP/2 REFUSED_STREAM).
 /// Anything else may have reached the owner.
 fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
     cmdop_proto::unsent::never_sent(err)

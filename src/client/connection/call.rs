@@ -245,7 +245,8 @@ impl Inner {
 /// True when `status` proves that nothing of the call reached the machine:
 /// the server said so ([`CALL_NOT_STARTED`]), or the client's own transport
 /// could not open the connection or the stream (connection refused, the
-/// stream refused by a server that is stopping).
+/// request handed back unsent, the stream refused by a server that is
+/// stopping, or above the last one its GOAWAY says it processed).
 ///
 /// [`CALL_NOT_STARTED`]: cmdop_proto::headers::CALL_NOT_STARTED
 pub(crate) fn never_started(status: &tonic::Status) -> bool {
@@ -259,6 +260,7 @@ pub(crate) fn never_started(status: &tonic::Status) -> bool {
         return true;
     }
     std::error::Error::source(status).is_some_and(cmdop_proto::unsent::never_sent)
+        || super::handed::refused_above_last_stream(status)
 }
 
 #[cfg(test)]

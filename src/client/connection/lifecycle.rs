@@ -14,6 +14,7 @@ use cmdop_proto::terminal::terminal_streaming_service_client::TerminalStreamingS
 use cmdop_proto::terminal::HealthCheckRequest;
 
 use super::endpoint::{build_endpoint, connect_error, WatchedConnector};
+use super::handed::Watched;
 use super::supervisor::supervise;
 use super::{CallPolicy, Conn, ConnState, ConnectionInfo, ServerFacts, PROBE_TIMEOUT};
 use crate::client::{Client, Error, ErrorKind, Event, Inner, LogLevel, Result};
@@ -154,10 +155,10 @@ impl Inner {
             .await
             .map_err(|e| connect_error(uri, &e))?;
         let conn = Conn {
-            terminal: TerminalStreamingServiceClient::new(channel.clone())
+            terminal: TerminalStreamingServiceClient::new(Watched(channel.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            ext: CmdopClient::new(channel)
+            ext: CmdopClient::new(Watched(channel))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             dropped,

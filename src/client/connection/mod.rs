@@ -2,6 +2,8 @@
 //!
 //! - [`lifecycle`]: open, close, state and what the server offers;
 //! - [`endpoint`]: the HTTP/2 endpoint (keepalive, windows, TLS) and connect errors;
+//! - [`handed`]: the channel under the stubs, which tells the requests
+//!   HTTP/2 took on (a GOAWAY above them proves they never ran);
 //! - [`call`]: the call pipeline every RPC goes through (live connection,
 //!   deadline, retries), shared by unary calls and stream openings;
 //! - [`auth`]: the `authorization` header and access-token refresh;
@@ -10,6 +12,7 @@
 mod auth;
 mod call;
 mod endpoint;
+mod handed;
 mod lifecycle;
 mod supervisor;
 
@@ -19,9 +22,9 @@ use std::time::Duration;
 use cmdop_proto::ext::cmdop_client::CmdopClient;
 use cmdop_proto::terminal::terminal_streaming_service_client::TerminalStreamingServiceClient;
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 
 pub(crate) use call::CallPolicy;
+pub(crate) use handed::refused_above_last_stream;
 
 /// Upper bound of one health probe, whatever the call timeout.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,8 +50,8 @@ pub enum ConnState {
 /// The generated stubs over the client's single channel.
 #[derive(Clone)]
 pub(crate) struct Conn {
-    pub(crate) terminal: TerminalStreamingServiceClient<Channel>,
-    pub(crate) ext: CmdopClient<Channel>,
+    pub(crate) terminal: TerminalStreamingServiceClient<handed::Watched>,
+    pub(crate) ext: CmdopClient<handed::Watched>,
     /// A transport connection of this channel ended (a loss, no probe
     /// needed). One per channel: the end of a channel left behind for
     /// another server is no news for the one in use.
