@@ -38,6 +38,7 @@ struct Pair {
     host: String,
     /// The private CA (TLS pairs only).
     ca: Option<Vec<u8>>,
+    url: String,
     dir: tempfile::TempDir,
     // Dropped (stopped) last.
     _pg: Postgres,
@@ -106,6 +107,7 @@ async fn pair(prefix: &str, tls: bool) -> Pair {
         ws,
         host,
         ca: tls.then(|| std::fs::read(&ca).expect("CA file")),
+        url,
         dir,
         _pg: pg,
     };
@@ -329,6 +331,64 @@ async fn cancelling_a_forwarded_exec_on_its_side_connection_kills_the_command() 
     })
     .await;
     assert!(ended.is_ok(), "the relayed side connection stayed open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_key_ends_a_forwarded_exec_s_relayed_side_connection() {
+    let p = pair("fwd-side-revoke", false).await;
+    let machine_id = p.machine_id().await;
+    let key = admin_pg(&p.url, &["create-key", "--workspace", "alpha"]);
+    let mut e = ext(&p.via.addr, Some(key.trim())).await;
+    let req = side_req(&machine_id, "exec yes");
+    let mut stream = e.exec(req).await.expect("exec").into_inner();
+    let mut side = None;
+    loop {
+        let ev = stream
+            .message()
+            .await
+            .expect("exec stream")
+            .expect("events");
+        match ev.event {
+            Some(Event::RawOffer(offer)) => {
+                let (conn, answer) = open_side(&p.via.addr, &offer.ticket).await;
+                assert_eq!(answer, raw::ACCEPTED);
+                side = Some(conn);
+            }
+            Some(Event::RawSwitch(_)) => break,
+            Some(Event::Exit(x)) => panic!("`yes` ended: {x:?}"),
+            _ => {}
+        }
+    }
+    let mut side = side.expect("an offer before the switch");
+    let mut buf = vec![0u8; 1 << 20];
+    side.read_exact(&mut buf).await.expect("the first bytes");
+    admin_pg(&p.url, &["revoke-key", key.trim()]);
+    // `yes` never ends by itself: only the revocation ends the relayed
+    // connection (read slowly, so it is not the reader that keeps up).
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match side.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the relayed side connection still runs 60 s after revoke-key"
+    );
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(ev)) => assert!(
+                !matches!(ev.event, Some(Event::Exit(_))),
+                "an exit instead of the revocation: {ev:?}"
+            ),
+            Ok(None) => panic!("the exec ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 }
 
 /// Counts the library's debug lines that say output moved to a side
