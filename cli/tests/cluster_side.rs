@@ -279,14 +279,14 @@ async fn a_forwarded_offer_nobody_takes_keeps_stdout_on_the_stream() {
     assert_eq!(exit.exit_code, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_a_forwarded_exec_on_its_side_connection_kills_the_command() {
-    let p = pair("fwd-side-cancel", false).await;
-    let machine_id = p.machine_id().await;
-    let mut e = ext(&p.via.addr, Some(&p.ws.api_key)).await;
-    let req = side_req(&machine_id, "echo $$ >&2; exec yes");
-    let mut stream = e.exec(req).await.expect("exec").into_inner();
-    let (mut stderr, mut side, mut read) = (Vec::new(), None, 0u64);
+/// Reads an endless command's events up to its switch, opening the side
+/// connection through `via` on the offer: that connection, and the
+/// stderr seen before the switch.
+async fn until_switched(
+    stream: &mut tonic::Streaming<cmdop_proto::ext::ExecEvent>,
+    via: &str,
+) -> (tokio::net::TcpStream, Vec<u8>) {
+    let (mut stderr, mut side) = (Vec::new(), None);
     loop {
         let ev = stream
             .message()
@@ -296,16 +296,27 @@ async fn cancelling_a_forwarded_exec_on_its_side_connection_kills_the_command() 
         match ev.event {
             Some(Event::Stderr(b)) => stderr.extend_from_slice(&b),
             Some(Event::RawOffer(offer)) => {
-                let (conn, answer) = open_side(&p.via.addr, &offer.ticket).await;
+                let (conn, answer) = open_side(via, &offer.ticket).await;
                 assert_eq!(answer, raw::ACCEPTED);
                 side = Some(conn);
             }
             Some(Event::RawSwitch(_)) => break,
-            Some(Event::Exit(x)) => panic!("`yes` ended: {x:?}"),
+            Some(Event::Exit(x)) => panic!("the endless command ended: {x:?}"),
             _ => {}
         }
     }
-    let mut conn = side.expect("an offer before the switch");
+    (side.expect("an offer before the switch"), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_forwarded_exec_on_its_side_connection_kills_the_command() {
+    let p = pair("fwd-side-cancel", false).await;
+    let machine_id = p.machine_id().await;
+    let mut e = ext(&p.via.addr, Some(&p.ws.api_key)).await;
+    let req = side_req(&machine_id, "echo $$ >&2; exec yes");
+    let mut stream = e.exec(req).await.expect("exec").into_inner();
+    let (mut conn, stderr) = until_switched(&mut stream, &p.via.addr).await;
+    let mut read = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     while read < 32 << 20 {
         let n = conn.read(&mut buf).await.expect("read the side connection");
@@ -341,25 +352,7 @@ async fn revoking_the_key_ends_a_forwarded_exec_s_relayed_side_connection() {
     let mut e = ext(&p.via.addr, Some(key.trim())).await;
     let req = side_req(&machine_id, "exec yes");
     let mut stream = e.exec(req).await.expect("exec").into_inner();
-    let mut side = None;
-    loop {
-        let ev = stream
-            .message()
-            .await
-            .expect("exec stream")
-            .expect("events");
-        match ev.event {
-            Some(Event::RawOffer(offer)) => {
-                let (conn, answer) = open_side(&p.via.addr, &offer.ticket).await;
-                assert_eq!(answer, raw::ACCEPTED);
-                side = Some(conn);
-            }
-            Some(Event::RawSwitch(_)) => break,
-            Some(Event::Exit(x)) => panic!("`yes` ended: {x:?}"),
-            _ => {}
-        }
-    }
-    let mut side = side.expect("an offer before the switch");
+    let (mut side, _) = until_switched(&mut stream, &p.via.addr).await;
     let mut buf = vec![0u8; 1 << 20];
     side.read_exact(&mut buf).await.expect("the first bytes");
     admin_pg(&p.url, &["revoke-key", key.trim()]);
