@@ -286,8 +286,8 @@ async fn calls_through_another_replica_reach_the_agent() {
     assert!(back == data, "read file differs");
 
     // The library's execute through B: it may ask for a side connection
-    // (B offers them), which a forwarded call never gets; stdout then
-    // stays on gRPC.
+    // (B offers them, relaying a forwarded call's: cluster_side.rs); this
+    // output is too small for one and stays on gRPC.
     let out = c
         .execute("echo from-the-library; echo e >&2; exit 3", None)
         .await

@@ -117,7 +117,7 @@ pub(crate) async fn start_exec(
     ws: &Workspace,
     req: ExecRequest,
     stdin_open: bool,
-    forwarded: bool,
+    side: raw::SideTicket,
 ) -> Result<StartedExec, Status> {
     validate_exec(&req)?;
     let session = if !req.session_id.is_empty() {
@@ -167,9 +167,11 @@ pub(crate) async fn start_exec(
         link.raw_stdout_tls(),
     );
     let ticket = match (&state.side_connections, side_mode) {
-        // A forwarded call's client is connected to another replica: no
-        // side connection, stdout stays on gRPC.
-        (Some(rendezvous), Some(mode)) if !forwarded => Some((rendezvous.register(&exec_id), mode)),
+        // A forwarded call's ticket is the one its replica relays (none:
+        // stdout stays on gRPC).
+        (Some(rendezvous), Some(mode)) => {
+            raw::relay::register(rendezvous, &exec_id, &side).map(|t| (t, mode))
+        }
         _ => None,
     };
     let peer_pin = match &ticket {

@@ -265,9 +265,9 @@ impl Cmdop for CmdopService {
         request: Request<ExecRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let ws = self.client(&request)?;
-        let forwarded = crate::cluster::is_forwarded(&request);
+        let side = crate::cluster::side_ticket(&request);
         let (stream, _, _, _) =
-            start_exec(&self.state, &ws, request.into_inner(), false, forwarded).await?;
+            start_exec(&self.state, &ws, request.into_inner(), false, side).await?;
         Ok(Response::new(stream))
     }
 
@@ -306,7 +306,7 @@ impl Cmdop for CmdopService {
         request: Request<tonic::Streaming<ExecInput>>,
     ) -> Result<Response<Self::ExecWithStdinStream>, Status> {
         let ws = self.client(&request)?;
-        let forwarded = crate::cluster::is_forwarded(&request);
+        let side = crate::cluster::side_ticket(&request);
         let mut input = request.into_inner();
         let req = match input.message().await? {
             Some(ExecInput {
@@ -318,8 +318,7 @@ impl Cmdop for CmdopService {
                 ))
             }
         };
-        let (stream, link, exec_id, acks) =
-            start_exec(&self.state, &ws, req, true, forwarded).await?;
+        let (stream, link, exec_id, acks) = start_exec(&self.state, &ws, req, true, side).await?;
         if let Some(acks) = acks {
             tokio::spawn(forward_stdin(link, exec_id, input, acks));
         }
@@ -343,8 +342,8 @@ impl Cmdop for CmdopService {
         request: Request<cmdop_proto::ext::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let ws = self.client(&request)?;
-        let forwarded = crate::cluster::is_forwarded(&request);
-        crate::transfer::download(&self.state, &ws, request.into_inner(), forwarded)
+        let side = crate::cluster::side_ticket(&request);
+        crate::transfer::download(&self.state, &ws, request.into_inner(), side)
             .await
             .map(Response::new)
     }

@@ -387,7 +387,8 @@ async fn open(job: &Job, machine_id: &str) -> Result<ExecStream, Status> {
             };
         }
     }
-    let (stream, ..) = start_exec(state, &job.ws, req, false, false).await?;
+    let (stream, ..) =
+        start_exec(state, &job.ws, req, false, crate::raw::SideTicket::Fresh).await?;
     Ok(stream)
 }
 

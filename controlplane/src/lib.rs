@@ -250,7 +250,9 @@ pub async fn serve_with_store(
         }
     });
     // The peer port: the same services behind the peer gate (plaintext;
-    // for a trusted network between replicas). It serves through the
+    // for a trusted network between replicas), and the side connections
+    // other replicas relay for the calls they forwarded here (by ticket,
+    // as on the public port: `raw::relay`). It serves through the
     // drain: calls other replicas forward for a machine whose agent is
     // moving away run on its old link until every replica has followed
     // the new route.
@@ -263,13 +265,20 @@ pub async fn serve_with_store(
             .add_optional_service(cmdop.clone());
         let mut rx = drained_rx.clone();
         let drained_port = drained_rx.clone();
+        let peer_side_connections = side_connections.clone();
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = rx.wait_for(|drained| *drained).await;
             };
             if let Err(err) = router
                 .serve_with_incoming_shutdown(
-                    raw::listener::spawn(listener, None, peer_tracker, drained_port, None),
+                    raw::listener::spawn(
+                        listener,
+                        peer_side_connections,
+                        peer_tracker,
+                        drained_port,
+                        None,
+                    ),
                     stopped,
                 )
                 .await

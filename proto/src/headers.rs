@@ -38,6 +38,11 @@ pub const PEER_KEY: &str = "x-cmdop-peer-key";
 pub const PEER_SCOPE: &str = "x-cmdop-peer-scope";
 /// The client's address as the forwarding replica saw it (audit trail).
 pub const PEER_SOURCE: &str = "x-cmdop-peer-source";
+/// On an Exec or Download a replica forwards (peer port only): the
+/// side-connection ticket it will relay to the owner's peer port, 32 hex
+/// characters ([`crate::raw::TICKET_LEN`]). The owner offers its side
+/// connection under this ticket; without the header it offers none.
+pub const PEER_SIDE_TICKET: &str = "x-cmdop-peer-side-ticket";
 
 #[cfg(test)]
 mod tests {
@@ -58,6 +63,7 @@ mod tests {
             (PEER_KEY, "x-cmdop-peer-key"),
             (PEER_SCOPE, "x-cmdop-peer-scope"),
             (PEER_SOURCE, "x-cmdop-peer-source"),
+            (PEER_SIDE_TICKET, "x-cmdop-peer-side-ticket"),
         ];
         for (got, wire) in all {
             assert_eq!(got, wire);

@@ -26,7 +26,9 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::{body::Body, Code, Status};
 
 use super::{routes::Target, Caller, Cluster};
-use crate::{sessions::not_started, state::SharedState, store::cluster::RouteRow};
+use crate::{
+    raw::relay::RelayTicket, sessions::not_started, state::SharedState, store::cluster::RouteRow,
+};
 
 /// How long the first message of a call may take to arrive.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -320,7 +322,13 @@ pub async fn route_call(
             }
             let body = replay(peeked, body);
             let peer = addr.clone();
-            let response = forward(&cluster, parts, body, &caller, route, addr, exec).await;
+            let side = state
+                .side_connections
+                .as_ref()
+                .filter(|_| takes_side_connection(parts.uri.path()))
+                .map(|rendezvous| rendezvous.relays().open(&addr));
+            let to = Peer { route, addr, side };
+            let response = forward(&cluster, parts, body, &caller, to, exec).await;
             // A refusal is answered in the headers; the owner's answer
             // carries its status in the trailers.
             let refused = response
@@ -347,17 +355,41 @@ fn grpc_code(headers: &http::HeaderMap) -> Option<Code> {
     Some(Code::from(n))
 }
 
+/// Methods whose bulk output may move to a side connection, which a
+/// forwarded call gets through this replica ([`crate::raw::relay`]).
+fn takes_side_connection(path: &str) -> bool {
+    matches!(
+        path.strip_prefix("/cmdop.ext.v1.Cmdop/"),
+        Some("Exec" | "ExecWithStdin" | "Download")
+    )
+}
+
+/// Where a call is forwarded: the owner's route, its peer address, and
+/// the ticket this replica relays the call's side connection under.
+struct Peer {
+    route: RouteRow,
+    addr: String,
+    side: Option<RelayTicket>,
+}
+
 async fn forward(
     cluster: &Arc<Cluster>,
     mut parts: http::request::Parts,
     body: Body,
     caller: &Caller,
-    route: RouteRow,
-    addr: String,
+    to: Peer,
     exec: Option<bool>,
 ) -> http::Response<Body> {
     use tower_service::Service;
+    let Peer { route, addr, side } = to;
     cluster.peer_headers(caller, &mut parts.headers);
+    if let Some(side) = &side {
+        if let Ok(ticket) = http::HeaderValue::from_str(side.as_str()) {
+            parts
+                .headers
+                .insert(cmdop_proto::headers::PEER_SIDE_TICKET, ticket);
+        }
+    }
     parts.extensions = http::Extensions::new();
     let req = http::Request::from_parts(parts, body);
     if cluster.is_unreachable(&addr) {
@@ -383,6 +415,7 @@ async fn forward(
                     inner,
                     cluster: cluster.clone(),
                     route,
+                    side,
                     done: false,
                     exec,
                     frames: Framing::default(),
@@ -487,6 +520,9 @@ struct PeerBody {
     inner: Body,
     cluster: Arc<Cluster>,
     route: RouteRow,
+    /// Held for the whole call: the client's side connection is relayed
+    /// while it lasts.
+    side: Option<RelayTicket>,
     done: bool,
     exec: Option<bool>,
     frames: Framing,
@@ -568,6 +604,9 @@ impl HttpBody for PeerBody {
                 }
                 if let Some(trailers) = frame.trailers_ref() {
                     this.done = true;
+                    if let Some(side) = &mut this.side {
+                        side.answered();
+                    }
                     if stale(grpc_code(trailers)) {
                         this.cluster.routes.forget(&this.route);
                     }

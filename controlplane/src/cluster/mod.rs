@@ -51,8 +51,9 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// that vanished without closing its sockets fails within about twice this.
 const PEER_KEEPALIVE: Duration = Duration::from_secs(2);
 
-/// Marks a call that arrived on the peer port: it is served here, never
-/// forwarded again, and gets no side connection (stdout stays on gRPC).
+/// Marks a call that arrived on the peer port: it is served here and never
+/// forwarded again; it gets a side connection only under the ticket the
+/// forwarding replica relays ([`side_ticket`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded;
 
@@ -225,6 +226,7 @@ impl Cluster {
             PEER_KEY_HEADER,
             PEER_SCOPE_HEADER,
             PEER_SOURCE_HEADER,
+            cmdop_proto::headers::PEER_SIDE_TICKET,
             "authorization",
         ] {
             headers.remove(name);
@@ -351,4 +353,18 @@ pub fn asking_caller<T>(in_cluster: bool, req: &tonic::Request<T>) -> Option<Cal
 /// True for a call that came from another replica.
 pub fn is_forwarded<T>(req: &tonic::Request<T>) -> bool {
     req.extensions().get::<Forwarded>().is_some()
+}
+
+/// Which ticket a call's side connection may use: a fresh one for a
+/// client of this replica; for a forwarded call the one the forwarding
+/// replica relays (none from a replica that relays nothing).
+pub fn side_ticket<T>(req: &tonic::Request<T>) -> crate::raw::SideTicket {
+    if !is_forwarded(req) {
+        return crate::raw::SideTicket::Fresh;
+    }
+    let header = req
+        .metadata()
+        .get(cmdop_proto::headers::PEER_SIDE_TICKET)
+        .and_then(|v| v.to_str().ok());
+    crate::raw::SideTicket::forwarded(header)
 }

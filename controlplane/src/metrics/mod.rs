@@ -372,6 +372,12 @@ pub(crate) fn side_connection_bytes(n: u64) {
     stream_bytes("side_connection", "out", n);
 }
 
+/// Side-connection bytes this replica relayed from the replica holding
+/// the agent to a client whose call it forwarded there.
+pub(crate) fn side_connection_relayed_bytes(n: u64) {
+    stream_bytes("side_connection_relayed", "out", n);
+}
+
 fn stream_bytes(path: &'static str, direction: &'static str, n: u64) {
     get()
         .stream_bytes

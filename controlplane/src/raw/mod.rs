@@ -13,9 +13,11 @@
 //! - [`rendezvous`]: the tickets handed out by `Exec` and the pairing of the
 //!   two connections that present one,
 //! - [`side`]: what happens on one side connection (opening, answer),
-//! - [`splice`]: the byte mover.
+//! - [`splice`]: the byte mover,
+//! - [`relay`]: side connections of calls forwarded to another replica.
 
 pub mod listener;
+pub mod relay;
 pub mod rendezvous;
 mod side;
 mod splice;
@@ -24,6 +26,7 @@ mod splice;
 mod tests;
 
 pub use cmdop_proto::raw::{CAPABILITY, PAIRING_TIMEOUT};
+pub use relay::SideTicket;
 pub use rendezvous::{Rendezvous, Ticket};
 
 use crate::config::ServerConfig;

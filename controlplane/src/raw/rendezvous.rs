@@ -19,10 +19,14 @@ use std::{
 use cmdop_proto::raw::{self, Role};
 use tokio::{net::TcpStream, sync::oneshot};
 
+use super::relay::Relays;
+
 /// Tickets that are still valid, and the connection waiting on each.
 pub struct Rendezvous {
     slots: Mutex<HashMap<String, Slot>>,
     timeout: Duration,
+    /// Tickets of calls forwarded to other replicas, relayed there.
+    relays: Arc<Relays>,
 }
 
 enum Slot {
@@ -96,6 +100,7 @@ impl Rendezvous {
         Arc::new(Rendezvous {
             slots: Mutex::new(HashMap::new()),
             timeout,
+            relays: Arc::default(),
         })
     }
 
@@ -124,6 +129,35 @@ impl Rendezvous {
             ticket,
             moved,
         }
+    }
+
+    /// Registers `ticket`, chosen by the replica that forwarded call
+    /// `exec_id` here ([`super::relay`]); `None` if it is in use already.
+    pub fn register_as(self: &Arc<Self>, exec_id: &str, ticket: &str) -> Option<Ticket> {
+        let moved = Moved::default();
+        {
+            let mut slots = self.slots();
+            if slots.contains_key(ticket) {
+                return None;
+            }
+            slots.insert(
+                ticket.to_owned(),
+                Slot::Open {
+                    exec_id: exec_id.to_owned(),
+                    moved: moved.clone(),
+                },
+            );
+        }
+        Some(Ticket {
+            rendezvous: self.clone(),
+            ticket: ticket.to_owned(),
+            moved,
+        })
+    }
+
+    /// The relay tickets of calls this replica forwarded.
+    pub fn relays(&self) -> &Arc<Relays> {
+        &self.relays
     }
 
     /// Tickets currently registered.

@@ -10,6 +10,7 @@ use tokio::{
 };
 
 use super::{
+    relay,
     rendezvous::{Joined, Pair, Rendezvous},
     splice,
 };
@@ -29,6 +30,10 @@ pub async fn handle(rendezvous: Arc<Rendezvous>, mut stream: TcpStream) {
     let (role, ticket) = match raw::parse_opening(&opening) {
         Ok(parsed) => parsed,
         Err(why) => return refuse(stream, why).await,
+    };
+    // A forwarded call's ticket: relayed to the replica that holds its agent.
+    let Some(stream) = relay::serve(&rendezvous, &opening, role, &ticket, stream).await else {
+        return;
     };
     match rendezvous.join(&ticket, role, stream).await {
         Joined::Paired(pair) => run(pair).await,

@@ -31,13 +31,13 @@ type ClientSender = mpsc::Sender<Result<DownloadChunk, Status>>;
 
 /// Opens a download for workspace `ws`. Errors found before the first byte
 /// (no such file, permissions) are the call's status; later ones end the
-/// stream. A `forwarded` call (its client is connected to another replica)
-/// gets no side connection.
+/// stream. `side` says under which ticket a side connection may be
+/// offered (a forwarded call: only the one its replica relays).
 pub async fn download(
     state: &State,
     ws: &Workspace,
     req: DownloadRequest,
-    forwarded: bool,
+    side: raw::SideTicket,
 ) -> Result<DownloadStream, Status> {
     let target = Target::resolve(state, ws, &req.machine_id, &req.session_id, &req.path)?;
     let agent_raw = target.link.transfers().raw_supported();
@@ -66,12 +66,14 @@ pub async fn download(
     let mut xfer = Transfer::open(target)?;
     // Valid until the relay ends, however the call ends.
     let side = match (&state.side_connections, side_mode) {
-        (Some(rendezvous), Some(mode)) if !forwarded => Some(Side {
-            ticket: rendezvous.register(&xfer.id),
-            mode,
-            offered: false,
-            switched: false,
-        }),
+        (Some(rendezvous), Some(mode)) => {
+            raw::relay::register(rendezvous, &xfer.id, &side).map(|ticket| Side {
+                ticket,
+                mode,
+                offered: false,
+                switched: false,
+            })
+        }
         _ => None,
     };
     let peer_pin = match &side {
