@@ -27,6 +27,9 @@ const UPLOAD_QUEUE: usize = 2;
 /// Uploads smaller than this never ask for a side connection: they are
 /// gone on gRPC before one would be up.
 const SIDE_UPLOAD_AFTER: u64 = 1024 * 1024;
+/// How long an upload whose side connection broke waits for the call to
+/// say why.
+const SIDE_BROKEN_WAIT: Duration = Duration::from_secs(5);
 
 /// Where upload data comes from.
 pub(crate) enum Source<'a> {
@@ -54,6 +57,9 @@ enum Fed {
     /// gRPC took nothing for a whole call timeout.
     Stalled,
     Failed(Error),
+    /// The side connection broke. The call stays open (not half-closed,
+    /// so nothing is committed) until its answer says why.
+    SideBroken(mpsc::Sender<UploadChunk>, Error),
 }
 
 /// What a transfer call failed with: a gRPC status (which may be retried
@@ -159,7 +165,7 @@ impl Client {
                             match outcome {
                                 Fed::All | Fed::CallEnded => {}
                                 Fed::Stalled => return Err(Failure::Error(Error::timeout(what, self.inner.opts.timeout))),
-                                Fed::Failed(e) => return Err(Failure::Error(e)),
+                                Fed::Failed(e) | Fed::SideBroken(_, e) => return Err(Failure::Error(e)),
                             }
                         }
                     }
@@ -277,7 +283,7 @@ impl Client {
                     Ok(Ok(())) => {}
                     // The call says why, when it knows (an agent error, a
                     // revoked key).
-                    Ok(Err(_)) => return Fed::CallEnded,
+                    Ok(Err(e)) => return Fed::SideBroken(tx, e),
                     Err(_) => return Fed::Stalled,
                 }
                 sent += len;
@@ -299,7 +305,7 @@ impl Client {
         if let Some(conn) = side.as_mut() {
             match tokio::time::timeout(timeout, conn.finish()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Fed::CallEnded,
+                Ok(Err(e)) => return Fed::SideBroken(tx, e),
                 Err(_) => return Fed::Stalled,
             }
         }
@@ -389,6 +395,15 @@ impl Client {
                                 Fed::All | Fed::CallEnded => {}
                                 Fed::Stalled => return Err(Failure::Error(Error::timeout(what, timeout))),
                                 Fed::Failed(e) => return Err(Failure::Error(e)),
+                                Fed::SideBroken(_open, e) => {
+                                    // The call's own ending (the agent's
+                                    // error, a revoked key) says more, when
+                                    // it comes soon.
+                                    return match tokio::time::timeout(SIDE_BROKEN_WAIT, &mut call).await {
+                                        Ok(Err(failure)) => Err(failure),
+                                        _ => Err(Failure::Error(e)),
+                                    };
+                                }
                             }
                         }
                     }
