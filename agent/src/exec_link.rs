@@ -124,6 +124,7 @@ async fn serve_here(
     };
     if raw_usable {
         capabilities.push(transfer::CAPABILITY_RAW.to_string());
+        capabilities.push(transfer::CAPABILITY_RAW_WRITE.to_string());
     }
     let hello = AgentUplink {
         msg: Some(agent_uplink::Msg::Hello(AgentHello {

@@ -153,6 +153,7 @@ impl Cmdop for CmdopService {
         let mut capabilities: Vec<String> = CAPABILITIES.iter().map(|c| c.to_string()).collect();
         if self.state.side_connections.is_some() {
             capabilities.push(raw::capability(&self.state.config).to_string());
+            capabilities.push(crate::transfer::CAPABILITY_RAW_WRITE.to_string());
         }
         if self.state.config.server_fanout {
             capabilities.push(cmdop_proto::caps::EXEC_FLEET.to_string());
@@ -331,6 +332,19 @@ impl Cmdop for CmdopService {
     ) -> Result<Response<cmdop_proto::ext::UploadResult>, Status> {
         let ws = self.client(&request)?;
         crate::transfer::upload(&self.state, &ws, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type UploadWithSideStream = crate::transfer::UploadEventStream;
+
+    async fn upload_with_side(
+        &self,
+        request: Request<tonic::Streaming<cmdop_proto::ext::UploadChunk>>,
+    ) -> Result<Response<Self::UploadWithSideStream>, Status> {
+        let ws = self.client(&request)?;
+        let forwarded = crate::cluster::is_forwarded(&request);
+        crate::transfer::upload_with_side(&self.state, &ws, request.into_inner(), forwarded)
             .await
             .map(Response::new)
     }

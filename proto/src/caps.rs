@@ -5,9 +5,9 @@
 //!
 //! Where they are listed:
 //! - `ServerInfoResponse.capabilities` (control plane to clients):
-//!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`EXEC_FLEET`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`EXEC_RAW`], [`EXEC_RAW_TLS`], [`EXEC_TTY`];
+//!   [`EXEC`], [`EXEC_STDIN`], [`EXEC_OUTCOME`], [`EXEC_FLEET`], [`MACHINE_ID`], [`TOKENS`], [`FILES`], [`FILES_RAW_WRITE`], [`EXEC_RAW`], [`EXEC_RAW_TLS`], [`EXEC_TTY`];
 //! - `AgentHello.capabilities` (agent to control plane, extension Channel):
-//!   [`FILES`], [`FILES_RAW`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`],
+//!   [`FILES`], [`FILES_RAW`], [`FILES_RAW_WRITE`], [`EXEC_SPAWNED`], [`EXEC_CREDIT`], [`EXEC_RAW`],
 //!   [`EXEC_RAW_TLS`], [`EXEC_STDIN`], [`LINK_MOVE`], [`EXEC_TTY`];
 //! - `RegisterRequest.agent_capabilities` (official protocol): [`AGENT_NATIVE_EXEC`].
 
@@ -27,6 +27,10 @@ pub const FILES: &str = "files.v1";
 /// control plane's `DownloadRequest` carries a ticket (plain or TLS, as it
 /// lists [`EXEC_RAW`] / [`EXEC_RAW_TLS`]).
 pub const FILES_RAW: &str = "files-raw.v1";
+/// Uploads on side connections: the server serves `UploadWithSide`
+/// (ServerInfo), the agent takes an upload's data from a side connection
+/// when the control plane's `UploadStart` carries a ticket (hello).
+pub const FILES_RAW_WRITE: &str = "files-raw-write.v1";
 /// The agent reports each command's pid in an `ExecSpawned` message before
 /// its output.
 pub const EXEC_SPAWNED: &str = "exec-spawned.v1";
@@ -75,6 +79,7 @@ mod tests {
             (TOKENS, "tokens.v1"),
             (FILES, "files.v1"),
             (FILES_RAW, "files-raw.v1"),
+            (FILES_RAW_WRITE, "files-raw-write.v1"),
             (EXEC_SPAWNED, "exec-spawned.v1"),
             (EXEC_CREDIT, "exec-credit.v1"),
             (EXEC_RAW, "exec-raw.v1"),

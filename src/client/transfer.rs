@@ -1,32 +1,52 @@
 //! Streaming file transfers (`cmdop.ext.v1.Cmdop/Upload` and `/Download`,
 //! capability `files.v1`): no size limit from the 32 MiB message cap, and
 //! memory bounded by a few chunks in flight whatever the file size. A large
-//! download may finish on a side connection ([`super::transfer_side`]).
+//! download may finish on a side connection ([`super::transfer_side`]), and
+//! so may a large upload on servers with `UploadWithSide` (capability
+//! `files-raw-write.v1`); an older server, or one that answers
+//! UNIMPLEMENTED, gets the plain `Upload`.
 
 use std::time::{Duration, Instant};
 
 use cmdop_proto::caps;
 use cmdop_proto::ext::{
-    download_chunk, upload_chunk, DownloadChunk, DownloadRequest, DownloadStart, UploadChunk,
-    UploadStart,
+    download_chunk, upload_chunk, upload_event, DownloadChunk, DownloadRequest, DownloadStart,
+    UploadChunk, UploadRawSwitch, UploadStart,
 };
 use cmdop_proto::limits::TRANSFER_CHUNK_BYTES;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::connection::Conn;
 use super::error::is_expired_token;
-use super::transfer_side::{SideAsk, SideData, READ_BYTES};
+use super::transfer_side::{OpenTask, SideAsk, SideData, SideWrite, READ_BYTES};
 use super::{CancelToken, Client, Credentials, Error, ErrorKind, LogLevel, Result};
 
 /// Upload chunks copied ahead of what gRPC has taken.
 const UPLOAD_QUEUE: usize = 2;
+/// Uploads smaller than this never ask for a side connection: they are
+/// gone on gRPC before one would be up.
+const SIDE_UPLOAD_AFTER: u64 = 1024 * 1024;
+/// How long an upload whose side connection broke waits for the call to
+/// say why.
+const SIDE_BROKEN_WAIT: Duration = Duration::from_secs(5);
 
 /// Where upload data comes from.
 pub(crate) enum Source<'a> {
     Bytes(&'a [u8]),
     /// Read in 1 MiB chunks as gRPC takes them: memory stays bounded.
     File(&'a std::path::Path),
+}
+
+impl Source<'_> {
+    /// Bytes to send, as far as known now (0 when the file cannot be read;
+    /// the upload then says why).
+    async fn len(&self) -> u64 {
+        match self {
+            Source::Bytes(data) => data.len() as u64,
+            Source::File(path) => tokio::fs::metadata(path).await.map_or(0, |m| m.len()),
+        }
+    }
 }
 
 /// How feeding an upload ended.
@@ -37,6 +57,9 @@ enum Fed {
     /// gRPC took nothing for a whole call timeout.
     Stalled,
     Failed(Error),
+    /// The side connection broke. The call stays open (not half-closed,
+    /// so nothing is committed) until its answer says why.
+    SideBroken(mpsc::Sender<UploadChunk>, Error),
 }
 
 /// What a transfer call failed with: a gRPC status (which may be retried
@@ -91,12 +114,31 @@ impl Client {
         progress: &(dyn Fn(u64) + Send + Sync),
         cancel: &CancelToken,
     ) -> Result<u64> {
+        if self.inner.facts.lock().has(caps::FILES_RAW_WRITE)
+            && source.len().await >= SIDE_UPLOAD_AFTER
+        {
+            let ask = SideAsk::new(self);
+            if ask.accept() {
+                match self
+                    .upload_with_side(&session_id, &start, &source, progress, cancel, &ask)
+                    .await
+                {
+                    Err(e) if e.kind() == ErrorKind::NotSupported => {
+                        self.inner.log(LogLevel::Debug, || {
+                            format!("UploadWithSide not served here ({e}); using Upload")
+                        });
+                    }
+                    other => return other,
+                }
+            }
+        }
         let what = "Upload";
         let attempt = self.with_refresh(what, |conn| {
             let start = UploadStart {
                 session_id: session_id.clone(),
                 ..start.clone()
             };
+            let start_path = start.path.clone();
             let source = &source;
             async move {
                 let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
@@ -109,7 +151,7 @@ impl Client {
                 self.inner.authorize(&mut request)?;
                 let mut ext = conn.ext.clone();
                 let call = ext.upload(request);
-                let feed = self.feed(tx, source, progress);
+                let feed = self.feed(tx, source, progress, None, &start_path);
                 tokio::pin!(call);
                 tokio::pin!(feed);
                 // Feed until the call answers; if the feeder stalls, the call
@@ -123,7 +165,7 @@ impl Client {
                             match outcome {
                                 Fed::All | Fed::CallEnded => {}
                                 Fed::Stalled => return Err(Failure::Error(Error::timeout(what, self.inner.opts.timeout))),
-                                Fed::Failed(e) => return Err(Failure::Error(e)),
+                                Fed::Failed(e) | Fed::SideBroken(_, e) => return Err(Failure::Error(e)),
                             }
                         }
                     }
@@ -141,13 +183,21 @@ impl Client {
 
     /// Copies `source` into the upload stream chunk by chunk; dropping `tx`
     /// at the end half-closes the stream, and the agent commits.
+    ///
+    /// With `offers` (UploadWithSide), the side connection an offer opens
+    /// takes the rest once it is up: `raw_switch`, then the bytes there,
+    /// then its end, then the half-close.
     async fn feed(
         &self,
         tx: mpsc::Sender<UploadChunk>,
         source: &Source<'_>,
         progress: &(dyn Fn(u64) + Send + Sync),
+        mut offers: Option<oneshot::Receiver<OpenTask>>,
+        path: &str,
     ) -> Fed {
         let timeout = self.inner.opts.timeout;
+        let mut opening: Option<OpenTask> = None;
+        let mut side: Option<SideWrite> = None;
         let mut file = match source {
             Source::Bytes(_) => None,
             Source::File(path) => match tokio::fs::File::open(path).await {
@@ -162,6 +212,36 @@ impl Client {
         };
         let mut sent = 0u64;
         loop {
+            if side.is_none() {
+                if let Some(task) = offers.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                    offers = None;
+                    opening = Some(task);
+                }
+                match opening.as_mut().and_then(OpenTask::ready) {
+                    Some(Ok(conn)) => {
+                        opening = None;
+                        let switch = UploadChunk {
+                            part: Some(upload_chunk::Part::RawSwitch(UploadRawSwitch {})),
+                        };
+                        match tokio::time::timeout(timeout, tx.send(switch)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return Fed::CallEnded,
+                            Err(_) => return Fed::Stalled,
+                        }
+                        self.inner.log(LogLevel::Debug, || {
+                            format!("upload of '{path}' continues on a side connection after {sent} bytes")
+                        });
+                        side = Some(SideWrite(conn));
+                    }
+                    Some(Err(e)) => {
+                        opening = None;
+                        self.inner.log(LogLevel::Debug, || {
+                            format!("no side connection for the upload ({e}); it stays on gRPC")
+                        });
+                    }
+                    None => {}
+                }
+            }
             let piece = match (source, file.as_mut()) {
                 (Source::Bytes(data), _) => {
                     let at = sent as usize;
@@ -198,6 +278,18 @@ impl Client {
                 (Source::File(_), None) => unreachable!("opened above"),
             };
             let len = piece.len() as u64;
+            if let Some(conn) = side.as_mut() {
+                match tokio::time::timeout(timeout, conn.write(&piece)).await {
+                    Ok(Ok(())) => {}
+                    // The call says why, when it knows (an agent error, a
+                    // revoked key).
+                    Ok(Err(e)) => return Fed::SideBroken(tx, e),
+                    Err(_) => return Fed::Stalled,
+                }
+                sent += len;
+                progress(sent);
+                continue;
+            }
             let chunk = UploadChunk {
                 part: Some(upload_chunk::Part::Data(piece)),
             };
@@ -210,7 +302,118 @@ impl Client {
             sent += len;
             progress(sent);
         }
+        if let Some(conn) = side.as_mut() {
+            match tokio::time::timeout(timeout, conn.finish()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Fed::SideBroken(tx, e),
+                Err(_) => return Fed::Stalled,
+            }
+        }
+        // Dropping `tx` here half-closes the call: the agent commits.
+        drop(tx);
         Fed::All
+    }
+
+    /// [`Client::upload_from`] through `UploadWithSide`: the data starts on
+    /// the call, and moves to a side connection once the agent's offer is
+    /// taken and the connection is up.
+    async fn upload_with_side(
+        &self,
+        session_id: &str,
+        start: &UploadStart,
+        source: &Source<'_>,
+        progress: &(dyn Fn(u64) + Send + Sync),
+        cancel: &CancelToken,
+        ask: &SideAsk,
+    ) -> Result<u64> {
+        let what = "UploadWithSide";
+        let timeout = self.inner.opts.timeout;
+        let attempt = self.with_refresh(what, |conn| {
+            let start = UploadStart {
+                session_id: session_id.to_owned(),
+                accept_raw: true,
+                raw_tls_client_sha256: ask.pin(),
+                ..start.clone()
+            };
+            let start_path = start.path.clone();
+            async move {
+                let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+                // The queue is empty; this cannot fail.
+                let _ = tx.try_send(UploadChunk {
+                    part: Some(upload_chunk::Part::Start(start)),
+                });
+                let mut request = tonic::Request::new(ReceiverStream::new(rx));
+                self.inner.authorize(&mut request)?;
+                let mut ext = conn.ext.clone();
+                let (offer_tx, offer_rx) = oneshot::channel();
+                let call = async move {
+                    let mut events = match tokio::time::timeout(timeout, ext.upload_with_side(request)).await {
+                        Err(_) => return Err(Error::timeout(what, timeout).into()),
+                        Ok(Err(status)) => return Err(Failure::Status(status)),
+                        Ok(Ok(response)) => response.into_inner(),
+                    };
+                    let mut offer_tx = Some(offer_tx);
+                    // No bound here: the feeder bounds each step of its own.
+                    loop {
+                        match events.message().await {
+                            Err(status) => return Err(Failure::Status(status)),
+                            Ok(None) => {
+                                return Err(Error::Protocol(format!(
+                                    "{what} ended without a result"
+                                ))
+                                .into())
+                            }
+                            Ok(Some(event)) => match event.event {
+                                Some(upload_event::Event::RawOffer(offer)) => {
+                                    let task = ask.open(
+                                        &offer.ticket,
+                                        &offer.raw_tls_agent_sha256,
+                                        "upload",
+                                    );
+                                    if let (Some(task), Some(tx)) = (task, offer_tx.take()) {
+                                        let _ = tx.send(task);
+                                    }
+                                }
+                                Some(upload_event::Event::Result(r)) => {
+                                    return Ok(r.bytes_written)
+                                }
+                                None => {}
+                            },
+                        }
+                    }
+                };
+                let feed = self.feed(tx, source, progress, Some(offer_rx), &start_path);
+                tokio::pin!(call);
+                tokio::pin!(feed);
+                let mut fed = false;
+                loop {
+                    tokio::select! {
+                        answer = &mut call => break answer,
+                        outcome = &mut feed, if !fed => {
+                            fed = true;
+                            match outcome {
+                                Fed::All | Fed::CallEnded => {}
+                                Fed::Stalled => return Err(Failure::Error(Error::timeout(what, timeout))),
+                                Fed::Failed(e) => return Err(Failure::Error(e)),
+                                Fed::SideBroken(_open, e) => {
+                                    // The call's own ending (the agent's
+                                    // error, a revoked key) says more, when
+                                    // it comes soon.
+                                    return match tokio::time::timeout(SIDE_BROKEN_WAIT, &mut call).await {
+                                        Ok(Err(failure)) => Err(failure),
+                                        _ => Err(Failure::Error(e)),
+                                    };
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        tokio::select! {
+            r = attempt => r,
+            _ = cancel.cancelled() => Err(Error::Cancelled),
+        }
     }
 
     /// Downloads the whole file at `path` on `session_id`, refusing files

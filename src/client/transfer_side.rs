@@ -4,11 +4,16 @@
 //! background; `raw_switch` says the rest of the file comes on it. A client
 //! connected over TLS takes only offers that carry the agent's pin and runs
 //! TLS 1.3 on the connection with both pins checked, as for Exec stdout.
+//!
+//! Uploads (`UploadWithSide`) use the same offer the other way round: the
+//! `raw_offer` event's ticket opens the connection, and once it is up the
+//! client says `raw_switch` and writes the rest of the file there
+//! ([`SideWrite`]).
 
 use std::sync::Arc;
 
 use cmdop_proto::{caps, ext::DownloadStart, raw_tls::Identity};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::exec_side::{offer_security, open_side, side_plan, SideConn, SidePlan};
 use super::{Client, Error, Result};
@@ -62,22 +67,31 @@ impl SideAsk {
     /// Takes the offer in `start`, if there is one this client may take:
     /// starts opening the connection in the background.
     pub(crate) fn take(&self, start: &DownloadStart) -> SideData {
-        let Some(plan) = &self.plan else {
-            return SideData::Unused;
-        };
-        if start.raw_ticket.is_empty() {
-            return SideData::Unused;
+        match self.open(&start.raw_ticket, &start.raw_tls_agent_sha256, "download") {
+            Some(task) => SideData::Opening(task),
+            None => SideData::Unused,
         }
-        let tls = match offer_security(plan.tls, &start.raw_tls_agent_sha256) {
-            Some(None) => None,
-            Some(Some(pin)) => match &self.identity {
-                Some(id) => Some((id.clone(), pin)),
-                None => return SideData::Unused,
-            },
-            None => return SideData::Unused,
+    }
+
+    /// Starts opening the side connection an offer of `ticket` (with the
+    /// agent's pin for a TLS one) names, when this client may take it;
+    /// `what` names the transfer in errors.
+    pub(crate) fn open(
+        &self,
+        ticket: &str,
+        agent_pin: &[u8],
+        what: &'static str,
+    ) -> Option<OpenTask> {
+        let plan = self.plan.as_ref()?;
+        if ticket.is_empty() {
+            return None;
+        }
+        let tls = match offer_security(plan.tls, agent_pin)? {
+            None => None,
+            Some(pin) => Some((self.identity.clone()?, pin)),
         };
-        let (addr, ticket) = (plan.addr.clone(), start.raw_ticket.clone());
-        SideData::Opening(OpenTask(tokio::spawn(async move {
+        let (addr, ticket) = (plan.addr.clone(), ticket.to_owned());
+        Some(OpenTask(tokio::spawn(async move {
             let socket = open_side(&addr, &ticket).await?;
             match tls {
                 None => Ok(SideConn::Plain(socket)),
@@ -87,7 +101,7 @@ impl SideAsk {
                         .map(|s| SideConn::Tls(Box::new(s)))
                         .map_err(|e| {
                             Error::Unavailable(format!(
-                                "the TLS handshake on the download's side connection to {addr} failed: {e}; try again"
+                                "the TLS handshake on the {what}'s side connection to {addr} failed: {e}; try again"
                             ))
                         })
                 }
@@ -150,4 +164,48 @@ impl Drop for OpenTask {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+impl OpenTask {
+    /// The connection once the task is done, without waiting: `None`
+    /// while it is still opening; `Some(Err)` when it failed.
+    pub(crate) fn ready(&mut self) -> Option<Result<SideConn>> {
+        use futures::FutureExt;
+        let outcome = (&mut self.0).now_or_never()?;
+        Some(
+            outcome.unwrap_or_else(|e| {
+                Err(Error::Internal(format!("side connection task failed: {e}")))
+            }),
+        )
+    }
+}
+
+/// The sending end of an upload's side connection.
+pub(crate) struct SideWrite(pub(crate) SideConn);
+
+impl SideWrite {
+    /// Writes all of `data`.
+    pub(crate) async fn write(&mut self, data: &[u8]) -> Result<()> {
+        let written = match &mut self.0 {
+            SideConn::Plain(s) => s.write_all(data).await,
+            SideConn::Tls(s) => s.write_all(data).await,
+        };
+        written.map_err(broken_upload)
+    }
+
+    /// Ends the data: with TLS close_notify, then the half-close, so the
+    /// agent can tell the end from a cut connection.
+    pub(crate) async fn finish(&mut self) -> Result<()> {
+        let done = match &mut self.0 {
+            SideConn::Plain(s) => s.shutdown().await,
+            SideConn::Tls(s) => s.shutdown().await,
+        };
+        done.map_err(broken_upload)
+    }
+}
+
+fn broken_upload(e: std::io::Error) -> Error {
+    Error::Unavailable(format!(
+        "the upload's side connection broke: {e}; try again"
+    ))
 }

@@ -3,10 +3,13 @@
 //! `FileDownlink`, and each runs as its own task until it finishes, fails
 //! or is aborted. When the Channel ends, every transfer is dropped and an
 //! unfinished upload's temp file is removed. A large download may finish on
-//! a side connection ([`side`], capability [`CAPABILITY_RAW`]).
+//! a side connection ([`side`], capability [`CAPABILITY_RAW`]), and a large
+//! upload's data may come on one ([`side_upload`], capability
+//! [`CAPABILITY_RAW_WRITE`]).
 
 mod download;
 mod side;
+mod side_upload;
 mod upload;
 
 use parking_lot::Mutex;
@@ -27,6 +30,8 @@ use crate::files::{
 pub use cmdop_proto::caps::FILES as CAPABILITY;
 /// Announced with it when downloads may use side connections.
 pub use cmdop_proto::caps::FILES_RAW as CAPABILITY_RAW;
+/// Announced with it when uploads may use side connections.
+pub use cmdop_proto::caps::FILES_RAW_WRITE as CAPABILITY_RAW_WRITE;
 /// Largest data chunk sent to the control plane.
 pub use cmdop_proto::limits::TRANSFER_CHUNK_BYTES as CHUNK_BYTES;
 /// Download bytes sent but not yet credited by the control plane.
@@ -45,7 +50,7 @@ pub struct Transfers {
     home: PathBuf,
     uplink: mpsc::Sender<AgentUplink>,
     active: Active,
-    /// The control plane's URL, when downloads may use side connections.
+    /// The control plane's URL, when transfers may use side connections.
     side_server: Option<Arc<str>>,
 }
 
@@ -76,8 +81,9 @@ impl Transfers {
         match msg.op {
             Some(Op::Upload(start)) => {
                 let path = resolve(&start.path, &self.home);
+                let server = self.side_server.clone();
                 self.spawn(report, |steps, report| async move {
-                    upload::run(start, path, steps, &report).await
+                    upload::run(start, path, steps, &report, server.as_deref()).await
                 });
             }
             Some(Op::Download(req)) => {

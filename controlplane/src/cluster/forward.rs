@@ -66,7 +66,7 @@ fn pick(path: &str) -> Option<Pick> {
         },
         "cmdop.ext.v1.Cmdop" => match method {
             "Exec" | "Download" => Some(Pick::MachineOrSession),
-            "ExecWithStdin" | "Upload" => Some(Pick::Start),
+            "ExecWithStdin" | "Upload" | "UploadWithSide" => Some(Pick::Start),
             _ => None,
         },
         _ => None,

@@ -351,7 +351,7 @@ fn route(path: &str, extensions: bool) -> Route {
                 slot: Some(SlotKind::Exec),
                 ..with(Operation::Exec, r(Need::Client, EXEC_MESSAGE_BYTES))
             },
-            "Upload" => Route {
+            "Upload" | "UploadWithSide" => Route {
                 slot: Some(SlotKind::Transfer),
                 ..with(Operation::FilesWrite, r(Need::Client, UPLOAD_MESSAGE_BYTES))
             },

@@ -30,6 +30,10 @@ fn routes_need_what_their_handlers_check() {
         p("/cmdop.ext.v1.Cmdop/Upload").max_message,
         UPLOAD_MESSAGE_BYTES
     );
+    let side = p("/cmdop.ext.v1.Cmdop/UploadWithSide");
+    assert_eq!(side.max_message, UPLOAD_MESSAGE_BYTES);
+    assert_eq!(side.slot, Some(SlotKind::Transfer));
+    assert_eq!(side.op, Some(Operation::FilesWrite));
     assert_eq!(route("/cmdop.ext.v1.Cmdop/Exec", false).need, Need::Nothing);
     assert_eq!(p("/nope/Nothing").max_message, PUBLIC_MESSAGE_BYTES);
 }

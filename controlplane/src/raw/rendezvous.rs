@@ -5,6 +5,10 @@
 //! connection presenting that ticket either finds the slot empty and waits
 //! for its counterpart, or finds the counterpart waiting and hands itself
 //! over. Either way the ticket is gone after one pairing attempt.
+//!
+//! Bytes flow from agent to caller (Exec stdout, downloads) unless the
+//! ticket was registered for an upload ([`Rendezvous::register_upload`]):
+//! then from caller to agent.
 
 use parking_lot::{Mutex, MutexGuard};
 use std::{
@@ -31,17 +35,22 @@ pub struct Rendezvous {
 
 enum Slot {
     /// Registered; nobody has connected with it yet.
-    Open { exec_id: String, moved: Moved },
+    Open {
+        exec_id: String,
+        moved: Moved,
+        upload: bool,
+    },
     /// One side is connected and waits for the other to be handed over.
     Waiting {
         exec_id: String,
         moved: Moved,
+        upload: bool,
         role: Role,
         handover: oneshot::Sender<TcpStream>,
     },
 }
 
-/// Bytes forwarded to the caller so far on a ticket's side connection.
+/// Bytes forwarded so far on a ticket's side connection.
 type Moved = Arc<AtomicU64>;
 
 /// A registered ticket, valid until this is dropped (or it was used).
@@ -57,8 +66,7 @@ impl Ticket {
         &self.ticket
     }
 
-    /// Bytes forwarded to the caller on this ticket's side connection so
-    /// far (TLS records included, on a TLS one); it keeps counting after
+    /// Bytes forwarded on this ticket's side connection so far (TLS records included, on a TLS one); it keeps counting after
     /// the ticket is dropped.
     pub fn moved(&self) -> u64 {
         self.moved.load(Ordering::Relaxed)
@@ -78,6 +86,8 @@ pub struct Pair {
     pub exec_id: String,
     /// Counts the bytes forwarded, for the ticket's holder.
     pub moved: Arc<AtomicU64>,
+    /// The caller sends and the agent receives (an upload).
+    pub upload: bool,
     pub agent: TcpStream,
     pub caller: TcpStream,
 }
@@ -115,6 +125,16 @@ impl Rendezvous {
 
     /// Makes a fresh ticket for `exec_id`, valid while the result lives.
     pub fn register(self: &Arc<Self>, exec_id: &str) -> Ticket {
+        self.register_as(exec_id, false)
+    }
+
+    /// Makes a fresh ticket for upload `transfer_id`: its bytes go from
+    /// the caller to the agent.
+    pub fn register_upload(self: &Arc<Self>, transfer_id: &str) -> Ticket {
+        self.register_as(transfer_id, true)
+    }
+
+    fn register_as(self: &Arc<Self>, exec_id: &str, upload: bool) -> Ticket {
         let ticket = raw::new_ticket();
         let moved = Moved::default();
         self.slots().insert(
@@ -122,6 +142,7 @@ impl Rendezvous {
             Slot::Open {
                 exec_id: exec_id.to_owned(),
                 moved: moved.clone(),
+                upload,
             },
         );
         Ticket {
@@ -173,22 +194,28 @@ impl Rendezvous {
             let mut slots = self.slots();
             match slots.remove(ticket) {
                 None => return Joined::Refused(stream, "unknown or used ticket"),
-                Some(Slot::Open { exec_id, moved }) => {
+                Some(Slot::Open {
+                    exec_id,
+                    moved,
+                    upload,
+                }) => {
                     let (handover, waiting) = oneshot::channel();
                     slots.insert(
                         ticket.to_owned(),
                         Slot::Waiting {
                             exec_id: exec_id.clone(),
                             moved: moved.clone(),
+                            upload,
                             role,
                             handover,
                         },
                     );
-                    (exec_id, moved, waiting)
+                    (exec_id, moved, upload, waiting)
                 }
                 Some(Slot::Waiting {
                     exec_id,
                     moved,
+                    upload,
                     role: waiting_role,
                     handover,
                 }) => {
@@ -199,6 +226,7 @@ impl Rendezvous {
                             Slot::Waiting {
                                 exec_id,
                                 moved,
+                                upload,
                                 role: waiting_role,
                                 handover,
                             },
@@ -214,7 +242,7 @@ impl Rendezvous {
                 }
             }
         };
-        let (exec_id, moved, mut waiting) = waiting;
+        let (exec_id, moved, upload, mut waiting) = waiting;
         let peer = match tokio::time::timeout(self.timeout, &mut waiting).await {
             Ok(Ok(peer)) => peer,
             Ok(Err(_)) => return Joined::Refused(stream, "the exec ended"),
@@ -242,6 +270,7 @@ impl Rendezvous {
         Joined::Paired(Pair {
             exec_id,
             moved,
+            upload,
             agent,
             caller,
         })

@@ -50,34 +50,42 @@ async fn refuse(mut stream: TcpStream, why: &str) {
     let _ = stream.shutdown().await;
 }
 
-/// Tells both sides they are paired, then moves the agent's bytes to the
-/// caller until the agent half-closes or either side fails.
+/// Tells both sides they are paired, then moves the sender's bytes (the
+/// agent's, or the caller's for an upload) to the receiver until the
+/// sender half-closes or either side fails.
 async fn run(pair: Pair) {
     let Pair {
         exec_id,
         moved: counter,
-        mut agent,
-        mut caller,
+        upload,
+        agent,
+        caller,
     } = pair;
-    // The caller hears first: if it is already gone, the agent still gets a
-    // REFUSED and keeps its stdout on the gRPC stream.
-    if caller.write_all(&[ACCEPTED]).await.is_err() {
-        return refuse(agent, "the caller left before the answer").await;
+    let (mut sender, mut receiver) = if upload {
+        (caller, agent)
+    } else {
+        (agent, caller)
+    };
+    // The receiver hears first: if it is already gone, the sender still
+    // gets a REFUSED and keeps its data on the gRPC stream.
+    if receiver.write_all(&[ACCEPTED]).await.is_err() {
+        return refuse(sender, "the receiving side left before the answer").await;
     }
-    if let Err(e) = agent.write_all(&[ACCEPTED]).await {
-        // The caller sees EOF with no switch; stdout stays on gRPC.
-        tracing::debug!(%exec_id, error = %e, "agent left before the answer");
+    if let Err(e) = sender.write_all(&[ACCEPTED]).await {
+        // The receiver sees EOF with no switch; the data stays on gRPC.
+        tracing::debug!(%exec_id, error = %e, "sending side left before the answer");
         return;
     }
-    tracing::info!(%exec_id, "side connection paired");
-    let (agent, caller) = match (agent.into_std(), caller.into_std()) {
-        (Ok(agent), Ok(caller)) => (agent, caller),
+    tracing::info!(%exec_id, upload, "side connection paired");
+    let (sender, receiver) = match (sender.into_std(), receiver.into_std()) {
+        (Ok(sender), Ok(receiver)) => (sender, receiver),
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(%exec_id, error = %e, "cannot take over the side connection sockets");
             return;
         }
     };
-    let moved = tokio::task::spawn_blocking(move || splice::forward(agent, caller, &counter)).await;
+    let moved =
+        tokio::task::spawn_blocking(move || splice::forward(sender, receiver, &counter)).await;
     if let Ok(forwarded) = &moved {
         crate::metrics::side_connection_bytes(forwarded.bytes);
     }

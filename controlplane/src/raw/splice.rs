@@ -1,12 +1,14 @@
-//! The byte mover of a paired side connection: everything the agent sends
-//! goes to the caller, on Linux without passing through user space
-//! (socket → private pipe → socket with splice(2)). The few bytes a caller
-//! sends (its half of a TLS handshake, an alert) go the other way on a
-//! thread of their own, at most [`BACK_LIMIT`] of them.
+//! The byte mover of a paired side connection: everything the sender (the
+//! agent, or the caller of an upload) sends goes to the receiver, on Linux
+//! without passing through user space (socket → private pipe → socket with
+//! splice(2)). The few bytes the receiver sends (its half of a TLS
+//! handshake, an alert) go the other way on a thread of their own, at most
+//! [`BACK_LIMIT`] of them.
 //!
-//! It blocks, so it runs on a blocking thread. The agent's half-close ends
-//! it cleanly (the caller then sees EOF); any error shuts both sockets down
-//! so that neither peer is left writing into, or waiting on, a dead pairing.
+//! It blocks, so it runs on a blocking thread. The sender's half-close ends
+//! it cleanly (the receiver then sees EOF); any error shuts both sockets
+//! down so that neither peer is left writing into, or waiting on, a dead
+//! pairing.
 
 use std::{
     io,
@@ -14,61 +16,61 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-/// Most bytes taken from the agent per round, and the pipe size asked for.
+/// Most bytes taken from the sender per round, and the pipe size asked for.
 pub const CHUNK: usize = 1024 * 1024;
-/// Most bytes passed from the caller to the agent: a TLS handshake with a
+/// Most bytes passed from the receiver to the sender: a TLS handshake with a
 /// certificate takes a few KiB; anything beyond this is not forwarded.
 pub const BACK_LIMIT: u64 = 256 * 1024;
 
 /// How one side connection ended.
 #[derive(Debug)]
 pub struct Forwarded {
-    /// Bytes delivered to the caller's socket.
+    /// Bytes delivered to the receiver's socket.
     pub bytes: u64,
-    /// Why it stopped before the agent's EOF, if it did.
+    /// Why it stopped before the sender's EOF, if it did.
     pub error: Option<io::Error>,
 }
 
-/// Moves bytes from `agent` to `caller` until the agent half-closes, then
-/// half-closes `caller`. Both sockets are closed on return. `counter`
-/// follows the bytes delivered as they go.
-pub fn forward(agent: TcpStream, caller: TcpStream, counter: &AtomicU64) -> Forwarded {
+/// Moves bytes from `sender` to `receiver` until the sender half-closes,
+/// then half-closes the receiver. Both sockets are closed on return.
+/// `counter` follows the bytes delivered as they go.
+pub fn forward(sender: TcpStream, receiver: TcpStream, counter: &AtomicU64) -> Forwarded {
     let mut bytes = 0;
-    let result = agent
+    let result = sender
         .set_nonblocking(false)
-        .and_then(|()| caller.set_nonblocking(false))
+        .and_then(|()| receiver.set_nonblocking(false))
         .and_then(|()| {
-            keep_alive(&agent);
-            keep_alive(&caller);
-            pass_back(&caller, &agent)
+            keep_alive(&sender);
+            keep_alive(&receiver);
+            pass_back(&receiver, &sender)
         })
-        .and_then(|()| pump(&agent, &caller, &mut bytes, counter));
+        .and_then(|()| pump(&sender, &receiver, &mut bytes, counter));
     let error = match result {
         Ok(()) => {
-            // Data still queued towards the caller is sent before this FIN.
-            let _ = caller.shutdown(Shutdown::Write);
+            // Data still queued towards the receiver is sent before this FIN.
+            let _ = receiver.shutdown(Shutdown::Write);
             // Ends the way back: its read sees EOF, its write fails.
-            let _ = caller.shutdown(Shutdown::Read);
-            let _ = agent.shutdown(Shutdown::Write);
+            let _ = receiver.shutdown(Shutdown::Read);
+            let _ = sender.shutdown(Shutdown::Write);
             None
         }
         Err(e) => {
-            // Closing the agent's socket with unread data resets it, so its
+            // Closing the sender's socket with unread data resets it, so its
             // writes fail at once instead of filling our receive buffer.
-            let _ = agent.shutdown(Shutdown::Both);
-            let _ = caller.shutdown(Shutdown::Both);
+            let _ = sender.shutdown(Shutdown::Both);
+            let _ = receiver.shutdown(Shutdown::Both);
             Some(e)
         }
     };
     Forwarded { bytes, error }
 }
 
-/// Starts copying what the caller sends to the agent, on a thread of its
-/// own, until the caller's EOF, an error, or [`BACK_LIMIT`] bytes. The
+/// Starts copying what the receiver sends to the sender, on a thread of its
+/// own, until the receiver's EOF, an error, or [`BACK_LIMIT`] bytes. The
 /// main mover shuts the sockets down when it is done, which ends this too.
-fn pass_back(caller: &TcpStream, agent: &TcpStream) -> io::Result<()> {
+fn pass_back(receiver: &TcpStream, sender: &TcpStream) -> io::Result<()> {
     use std::io::{Read, Write};
-    let (mut from, mut to) = (caller.try_clone()?, agent.try_clone()?);
+    let (mut from, mut to) = (receiver.try_clone()?, sender.try_clone()?);
     std::thread::Builder::new()
         .name("cmdop-side-back".into())
         .stack_size(64 * 1024)
@@ -91,8 +93,8 @@ fn pass_back(caller: &TcpStream, agent: &TcpStream) -> io::Result<()> {
 
 #[cfg(target_os = "linux")]
 fn pump(
-    agent: &TcpStream,
-    caller: &TcpStream,
+    sender: &TcpStream,
+    receiver: &TcpStream,
     bytes: &mut u64,
     counter: &AtomicU64,
 ) -> io::Result<()> {
@@ -120,9 +122,9 @@ fn pump(
         .map_or(64 * 1024, |n| usize::try_from(n).unwrap_or(64 * 1024));
     let read_flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
     loop {
-        // The pipe is empty here, so this takes whatever the agent has
+        // The pipe is empty here, so this takes whatever the sender has
         // queued, up to the pipe's size, and waits only while it has none.
-        let filled = again(|| splice(agent, None, &pipe_in, None, CHUNK, read_flags))?;
+        let filled = again(|| splice(sender, None, &pipe_in, None, CHUNK, read_flags))?;
         if filled == 0 {
             return Ok(());
         }
@@ -136,11 +138,11 @@ fn pump(
         };
         let mut left = filled;
         while left > 0 {
-            let sent = again(|| splice(&pipe_out, None, caller, None, left, write_flags))?;
+            let sent = again(|| splice(&pipe_out, None, receiver, None, left, write_flags))?;
             if sent == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::WriteZero,
-                    "the caller's socket took no bytes",
+                    "the receiver's socket took no bytes",
                 ));
             }
             left -= sent;
@@ -153,22 +155,22 @@ fn pump(
 /// Without splice(2): an ordinary copy through a user-space buffer.
 #[cfg(not(target_os = "linux"))]
 fn pump(
-    mut agent: &TcpStream,
-    caller: &TcpStream,
+    mut sender: &TcpStream,
+    receiver: &TcpStream,
     bytes: &mut u64,
     counter: &AtomicU64,
 ) -> io::Result<()> {
     use std::io::{Read, Write};
     let mut buf = vec![0u8; 256 * 1024];
-    let mut caller = caller;
+    let mut receiver = receiver;
     loop {
-        let n = match agent.read(&mut buf) {
+        let n = match sender.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        caller.write_all(&buf[..n])?;
+        receiver.write_all(&buf[..n])?;
         *bytes += n as u64;
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }

@@ -315,3 +315,43 @@ fn tls_servers_give_tickets_only_for_pinned_tls_side_connections() {
     assert_eq!(side_mode(true, true, &pin, true, false), None, "old agent");
     assert_eq!(side_mode(true, false, &pin, true, true), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_ticket_moves_bytes_from_the_caller_to_the_agent() {
+    let h = harness(raw::PAIRING_TIMEOUT).await;
+    let ticket = h.rendezvous.register_upload("xfer_test");
+    // The caller comes first this time; the agent (the receiver) is
+    // answered first once it arrives.
+    let mut caller = open(h.addr, Role::Caller, ticket.as_str()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut agent = open(h.addr, Role::Agent, ticket.as_str()).await;
+    assert_eq!(answer(&mut agent).await, ACCEPTED);
+    assert_eq!(answer(&mut caller).await, ACCEPTED);
+
+    const TOTAL: u64 = 8 << 20;
+    let writer = tokio::spawn(async move {
+        let buf: Vec<u8> = (0..TOTAL).map(pattern).collect();
+        caller.write_all(&buf).await.unwrap();
+        caller.shutdown().await.unwrap();
+        caller
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE * 3, agent.read_to_end(&mut got))
+        .await
+        .expect("the agent reaches EOF in time")
+        .unwrap();
+    assert_eq!(got.len() as u64, TOTAL);
+    assert!(
+        got.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)),
+        "every byte, in order"
+    );
+    assert_eq!(ticket.moved(), TOTAL, "the ticket counts the bytes moved");
+    // After the caller's half-close the control plane closes its end too.
+    let mut caller = writer.await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, caller.read_to_end(&mut rest))
+        .await
+        .expect("the caller's connection is closed")
+        .unwrap();
+    assert!(rest.is_empty());
+}

@@ -6,7 +6,9 @@
 //! download data moves one chunk at a time from the agent to the client, the
 //! agent sending more only as the control plane credits what it delivered.
 //! A large download may move to a side connection ([`crate::raw`]) that
-//! agents listing [`CAPABILITY_RAW`] open, as Exec stdout does.
+//! agents listing [`CAPABILITY_RAW`] open, as Exec stdout does; a large
+//! upload (`Cmdop.UploadWithSide`) may move to one that agents listing
+//! [`CAPABILITY_RAW_WRITE`] take, the bytes then going the other way.
 
 mod download;
 mod routes;
@@ -24,13 +26,16 @@ use crate::sessions::{ExecLink, Session};
 pub use download::{download, DownloadStream};
 pub use routes::TransferRoutes;
 pub use target::Target;
-pub use upload::upload;
+pub use upload::{upload, upload_with_side, UploadEventStream};
 
 /// Capability the control plane advertises, and agents announce in their
 /// hello, for streaming transfers.
 pub use cmdop_proto::caps::FILES as CAPABILITY;
 /// Agents that list it may move a download to a side connection.
 pub use cmdop_proto::caps::FILES_RAW as CAPABILITY_RAW;
+/// Agents that list it may take an upload's data from a side connection;
+/// servers with side connections list it for `UploadWithSide`.
+pub use cmdop_proto::caps::FILES_RAW_WRITE as CAPABILITY_RAW_WRITE;
 /// Largest upload accepted.
 pub use cmdop_proto::limits::MAX_UPLOAD_BYTES;
 /// Largest data chunk in either direction.

@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{
-    CAPABILITY, CAPABILITY_RAW, MAX_CHUNK_BYTES, MAX_TRANSFERS_PER_AGENT, TRANSFER_EVENT_QUEUE,
+    CAPABILITY, CAPABILITY_RAW, CAPABILITY_RAW_WRITE, MAX_CHUNK_BYTES, MAX_TRANSFERS_PER_AGENT,
+    TRANSFER_EVENT_QUEUE,
 };
 
 type Routes = HashMap<String, mpsc::Sender<file_uplink::Event>>;
@@ -25,16 +26,27 @@ pub struct TransferRoutes {
     supported: AtomicBool,
     /// The agent announced [`CAPABILITY_RAW`] in its hello.
     raw: AtomicBool,
+    /// The agent announced [`CAPABILITY_RAW_WRITE`] in its hello.
+    raw_write: AtomicBool,
     routes: Mutex<Routes>,
 }
 
 impl TransferRoutes {
-    /// Records whether the agent's hello listed [`CAPABILITY`] and
-    /// [`CAPABILITY_RAW`].
+    /// Records whether the agent's hello listed [`CAPABILITY`],
+    /// [`CAPABILITY_RAW`] and [`CAPABILITY_RAW_WRITE`].
     pub fn set_supported(&self, agent_capabilities: &[String]) {
         let listed = |cap: &str| agent_capabilities.iter().any(|c| c == cap);
         self.supported.store(listed(CAPABILITY), Ordering::Relaxed);
         self.raw.store(listed(CAPABILITY_RAW), Ordering::Relaxed);
+        self.raw_write
+            .store(listed(CAPABILITY_RAW_WRITE), Ordering::Relaxed);
+    }
+
+    /// True when the agent can take an upload's data from a side
+    /// connection (plain or TLS, as its exec side-connection capabilities
+    /// say).
+    pub fn raw_write_supported(&self) -> bool {
+        self.raw_write.load(Ordering::Relaxed)
     }
 
     /// True when the agent can move a download to a side connection
