@@ -125,53 +125,52 @@ impl Rendezvous {
 
     /// Makes a fresh ticket for `exec_id`, valid while the result lives.
     pub fn register(self: &Arc<Self>, exec_id: &str) -> Ticket {
-        self.register_as(exec_id, false)
+        self.fresh(exec_id, false)
     }
 
     /// Makes a fresh ticket for upload `transfer_id`: its bytes go from
     /// the caller to the agent.
     pub fn register_upload(self: &Arc<Self>, transfer_id: &str) -> Ticket {
-        self.register_as(transfer_id, true)
+        self.fresh(transfer_id, true)
     }
 
-    fn register_as(self: &Arc<Self>, exec_id: &str, upload: bool) -> Ticket {
-        let ticket = raw::new_ticket();
-        let moved = Moved::default();
-        self.slots().insert(
-            ticket.clone(),
-            Slot::Open {
-                exec_id: exec_id.to_owned(),
-                moved: moved.clone(),
-                upload,
-            },
-        );
-        Ticket {
-            rendezvous: self.clone(),
-            ticket,
-            moved,
+    /// A new random ticket for `id` (drawn again in the unlikely case that
+    /// it is in use).
+    fn fresh(self: &Arc<Self>, id: &str, upload: bool) -> Ticket {
+        loop {
+            if let Some(ticket) = self.insert(id, raw::new_ticket(), upload) {
+                return ticket;
+            }
         }
     }
 
     /// Registers `ticket`, chosen by the replica that forwarded call
     /// `exec_id` here ([`super::relay`]); `None` if it is in use already.
     pub fn register_as(self: &Arc<Self>, exec_id: &str, ticket: &str) -> Option<Ticket> {
+        self.insert(exec_id, ticket.to_owned(), false)
+    }
+
+    /// Files `ticket` for `exec_id` (`upload`: its bytes go from the caller
+    /// to the agent); `None` if the ticket is in use already.
+    fn insert(self: &Arc<Self>, exec_id: &str, ticket: String, upload: bool) -> Option<Ticket> {
         let moved = Moved::default();
         {
             let mut slots = self.slots();
-            if slots.contains_key(ticket) {
+            if slots.contains_key(&ticket) {
                 return None;
             }
             slots.insert(
-                ticket.to_owned(),
+                ticket.clone(),
                 Slot::Open {
                     exec_id: exec_id.to_owned(),
                     moved: moved.clone(),
+                    upload,
                 },
             );
         }
         Some(Ticket {
             rendezvous: self.clone(),
-            ticket: ticket.to_owned(),
+            ticket,
             moved,
         })
     }
