@@ -27,7 +27,7 @@ use tonic::{body::Body, Code, Status};
 
 use super::{routes::Target, Caller, Cluster};
 use crate::{
-    raw::relay::RelayTicket, sessions::not_started, state::SharedState, store::cluster::RouteRow,
+    raw::relays::RelayTicket, sessions::not_started, state::SharedState, store::cluster::RouteRow,
 };
 
 /// How long the first message of a call may take to arrive.

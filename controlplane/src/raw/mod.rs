@@ -14,10 +14,12 @@
 //!   two connections that present one,
 //! - [`side`]: what happens on one side connection (opening, answer),
 //! - [`splice`]: the byte mover,
-//! - [`relay`]: side connections of calls forwarded to another replica.
+//! - [`relay`]: side connections of calls forwarded to another replica;
+//!   [`relays`]: the table of their tickets.
 
 pub mod listener;
 pub mod relay;
+pub mod relays;
 pub mod rendezvous;
 mod side;
 mod splice;

@@ -23,7 +23,7 @@ use std::{
 use cmdop_proto::raw::{self, Role};
 use tokio::{net::TcpStream, sync::oneshot};
 
-use super::relay::Relays;
+use super::relays::Relays;
 
 /// Tickets that are still valid, and the connection waiting on each.
 pub struct Rendezvous {
